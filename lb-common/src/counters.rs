@@ -1,0 +1,109 @@
+//! Outcome counters and drop reasons: stable numbers, never reused (they
+//! are array indexes in the `counters`/`drops` maps and metric labels).
+
+macro_rules! numbered {
+    ($(#[$m:meta])* $name:ident, $count:ident { $($(#[$vm:meta])* $v:ident = $n:literal => $label:literal,)* }) => {
+        $(#[$m])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $v = $n,)* }
+
+        /// Number of entries (the size of the per-CPU array).
+        pub const $count: u32 = [$($n),*].len() as u32;
+
+        impl $name {
+            pub const ALL: [$name; $count as usize] = [$($name::$v),*];
+
+            /// Stable snake_case name, used in `onehop status` and metrics.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$v => $label,)* }
+            }
+        }
+
+        impl TryFrom<u32> for $name {
+            type Error = u32;
+            fn try_from(v: u32) -> Result<Self, u32> {
+                match v { $($n => Ok($name::$v),)* other => Err(other) }
+            }
+        }
+    };
+}
+
+numbered! {
+    /// What happened to a packet (not drops; see [`DropReason`]).
+    Counter, COUNTER_COUNT {
+        /// Every frame `lb_ingress` saw.
+        IngressPackets = 0 => "ingress_packets",
+        /// Not IPv4 or ARP (IPv6, LLDP, …): passed untouched.
+        PassNotIpv4 = 1 => "pass_not_ipv4",
+        /// VLAN-tagged: passed untouched (VIPs on VLAN sub-interfaces are
+        /// not served from the parent's program).
+        PassVlan = 2 => "pass_vlan",
+        /// IPv4 to an address that is no VIP and not the node: one lookup.
+        PassNotVip = 3 => "pass_not_vip",
+        /// To the node's address, not a reply to one of our NAT ports.
+        PassNodeTraffic = 4 => "pass_node_traffic",
+        /// IPv4 frame too short or malformed, not addressed to a VIP we
+        /// could identify: left to the kernel, which drops it.
+        PassMalformed = 5 => "pass_malformed",
+        /// ARP request answered with `XDP_TX`.
+        ArpReply = 6 => "arp_reply",
+        /// ARP not about a VIP: passed to the kernel.
+        ArpPass = 7 => "arp_pass",
+        /// ICMP echo request to a VIP answered with `XDP_TX`.
+        IcmpEchoReply = 8 => "icmp_echo_reply",
+        /// First packet of a flow to a local backend (DNAT, `XDP_PASS`).
+        LocalNewFlow = 9 => "local_new_flow",
+        /// Further packets of a flow to a local backend.
+        LocalEstablished = 10 => "local_established",
+        /// First packet of a flow to a remote backend (full NAT, sent out).
+        RemoteNewFlow = 11 => "remote_new_flow",
+        /// Further packets of a flow to a remote backend.
+        RemoteEstablished = 12 => "remote_established",
+        /// Remote backend's reply translated back to VIP → client and sent.
+        RemoteReply = 13 => "remote_reply",
+        /// Backend chosen by a live sessionAffinity entry.
+        AffinityHit = 14 => "affinity_hit",
+        /// A flow's backend disappeared; the flow was given a new one.
+        FlowRepicked = 15 => "flow_repicked",
+        /// Translated packet passed to the kernel because the next hop had
+        /// no neighbour entry yet (the kernel resolves and forwards it).
+        FibPassToKernel = 16 => "fib_pass_to_kernel",
+        /// Every packet `lb_egress` saw.
+        EgressPackets = 17 => "egress_packets",
+        /// Local backend's reply rewritten to come from the VIP.
+        EgressReply = 18 => "egress_reply",
+    }
+}
+
+numbered! {
+    /// Why a packet was dropped.
+    DropReason, DROP_REASON_COUNT {
+        /// ARP request for a VIP another node announces.
+        ArpNotOwned = 0 => "arp_not_owned",
+        /// To a VIP on a port/protocol no service serves.
+        NoService = 1 => "no_service",
+        /// The service has no backend.
+        NoBackend = 2 => "no_backend",
+        /// Source not in the service's loadBalancerSourceRanges.
+        SourceRange = 3 => "source_range",
+        /// IPv4 fragment to a VIP (ports are only in the first fragment).
+        Fragment = 4 => "fragment",
+        /// IPv4 options on a packet to a VIP (not parsed, by policy).
+        IpOptions = 5 => "ip_options",
+        /// Packet to a VIP shorter than its headers claim.
+        Truncated = 6 => "truncated",
+        /// Bad IPv4 header (version, length or header checksum) to a VIP.
+        BadIpHeader = 7 => "bad_ip_header",
+        /// No route to the backend's node (`bpf_fib_lookup` failed).
+        NoRoute = 8 => "no_route",
+        /// Every candidate NAT port for the flow was taken.
+        NatExhausted = 9 => "nat_exhausted",
+        /// To a VIP with a protocol other than TCP, UDP or ICMP echo.
+        UnsupportedProtocol = 10 => "unsupported_protocol",
+        /// TTL would reach zero when forwarding.
+        TtlExceeded = 11 => "ttl_exceeded",
+        /// The conntrack/rev_nat insert failed (map full and not LRU-able).
+        MapUpdate = 12 => "map_update",
+    }
+}

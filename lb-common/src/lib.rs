@@ -1,0 +1,269 @@
+//! The one definition of the interface between onehop's XDP/TC programs and
+//! its userspace: map names, sizes, `#[repr(C)]` key/value types, flag bits,
+//! counter and drop-reason numbering, and the flow hash both sides agree on.
+//!
+//! Conventions for every map type here:
+//! - IPv4 addresses are `[u8; 4]` in wire order (so `bpftool` prints
+//!   `[192,168,50,100]`), ports are `u16` in host order (prints `80`).
+//! - Only integers and byte arrays, explicit `_pad` fields, and a size
+//!   assertion per type: the kernel and userspace must see the same bytes.
+//! - Enums are never stored; the integer is, and userspace `TryFrom`s it.
+#![no_std]
+
+pub mod counters;
+pub mod hash;
+pub mod maps;
+
+pub use counters::{Counter, DropReason};
+
+/// `IPPROTO_*` numbers as they appear in the IPv4 header.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Flags of [`VipValue::flags`].
+pub mod vip_flags {
+    /// Some service uses this address: traffic to it is load-balanced.
+    pub const SERVICE: u32 = 1 << 0;
+    /// This node currently owns the address: answer ARP for it. A SERVICE
+    /// address without this flag belongs to another node, and ARP requests
+    /// for it are dropped so no local kernel answers them.
+    pub const ANNOUNCE: u32 = 1 << 1;
+    /// The node's own address: replies from remote backends to our NAT
+    /// ports arrive here. ARP for it passes to the kernel.
+    pub const NODE: u32 = 1 << 2;
+}
+
+/// Flags of [`ServiceValue::flags`].
+pub mod service_flags {
+    /// sessionAffinity ClientIP: the `affinity` map pins a client to a backend.
+    pub const AFFINITY: u32 = 1 << 0;
+    /// loadBalancerSourceRanges set: sources not in `src_ranges` are dropped.
+    pub const SOURCE_RANGES: u32 = 1 << 1;
+}
+
+/// Flags of [`BackendValue::flags`].
+pub mod backend_flags {
+    /// The slot holds a backend (array slots of removed backends are zeroed).
+    pub const VALID: u16 = 1 << 0;
+    /// The pod runs on this node: DNAT and pass to the kernel, keep the
+    /// client's source address.
+    pub const LOCAL: u16 = 1 << 1;
+}
+
+/// Flags of [`ConntrackValue::flags`] and [`RevNatValue::flags`].
+pub mod flow_flags {
+    /// The flow goes to a remote backend through full NAT.
+    pub const REMOTE: u16 = 1 << 0;
+}
+
+/// Entry of the `vips` hash map, keyed by [`Ipv4Key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// [`vip_flags`] bits.
+    pub flags: u32,
+}
+
+/// Key of maps indexed by one IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Key {
+    pub addr: [u8; 4],
+}
+
+/// Key of the `services` hash map: one frontend `VIP:port/protocol`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip: [u8; 4],
+    /// Host byte order.
+    pub port: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the `services` hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Stable id: index of `service_stats`, part of `affinity` and
+    /// `src_ranges` keys. `< MAX_SERVICES`.
+    pub id: u32,
+    /// First slot of this service's Maglev table in the `maglev` array.
+    pub maglev_offset: u32,
+    /// Number of slots (a prime); 0 = no backend, packets are dropped.
+    pub maglev_len: u32,
+    /// [`service_flags`] bits.
+    pub flags: u32,
+    /// sessionAffinity ClientIP timeout in seconds (0 when not set).
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+
+/// Value of the `backends` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    /// Pod address.
+    pub ip: [u8; 4],
+    /// Address of the node that runs the pod (next hop for remote backends).
+    pub node_ip: [u8; 4],
+    /// Target port, host byte order.
+    pub port: u16,
+    /// [`backend_flags`] bits.
+    pub flags: u16,
+    pub _pad: u32,
+}
+
+/// A 5-tuple as it appears in one packet; key of `conntrack` and `rev_nat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `conntrack` LRU map, keyed by the client's packet 5-tuple
+/// (client → VIP). Keeps an established flow on its backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackValue {
+    pub backend_id: u32,
+    /// Copy of the backend's pod address: a reused backend id with another
+    /// address means the original backend is gone and the flow is re-picked.
+    pub backend_ip: [u8; 4],
+    pub service_id: u32,
+    /// Source port used towards a remote backend (host order), else 0.
+    pub nat_port: u16,
+    /// [`flow_flags`] bits.
+    pub flags: u16,
+    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+}
+
+/// Value of the `rev_nat` LRU map, keyed by the 5-tuple of a backend's reply
+/// as it leaves the pod: the rewrite that turns it back into VIP → client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNatValue {
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+    /// Host byte order.
+    pub new_sport: u16,
+    /// Host byte order.
+    pub new_dport: u16,
+    pub service_id: u32,
+    /// [`flow_flags`] bits.
+    pub flags: u16,
+    pub _pad: u16,
+    pub _pad1: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Key of the `affinity` LRU map (sessionAffinity ClientIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: [u8; 4],
+}
+
+/// Value of the `affinity` LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// Same role as [`ConntrackValue::backend_ip`].
+    pub backend_ip: [u8; 4],
+    pub last_seen_ns: u64,
+}
+
+/// Data part of the `src_ranges` LPM-trie key. The trie key is
+/// `{ prefixlen: u32, data: SourceRangeData }` with
+/// `prefixlen = 32 + <CIDR prefix length>`: the service id is always
+/// matched in full, then the address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeData {
+    /// Service id in big-endian bytes (LPM matches bits from the first byte).
+    pub service_id: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// `prefixlen` of a `src_ranges` key for a CIDR of `prefix_len` bits.
+pub const fn source_range_prefixlen(prefix_len: u8) -> u32 {
+    32 + prefix_len as u32
+}
+
+/// Per-CPU packet/byte counters (`service_stats`, `backend_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The single element of the `config` array, written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// This node's address on the interface: source of full-NAT packets.
+    pub node_ip: [u8; 4],
+    /// Interface the programs are attached to.
+    pub ifindex: u32,
+    /// Its MAC: answered in ARP replies, source of frames sent with `XDP_TX`.
+    pub mac: [u8; 6],
+    pub _pad0: [u8; 2],
+    /// Inclusive NAT source-port range for remote backends (host order).
+    /// Keep it outside `net.ipv4.ip_local_port_range` so local sockets never
+    /// collide with it.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// Non-zero once the agent has written a complete configuration; until
+    /// then the programs pass everything.
+    pub ready: u32,
+}
+
+/// Default NAT port range: above Linux's default ephemeral range (32768–60999).
+pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
+pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
+
+macro_rules! abi_types {
+    ($($ty:ty = $size:expr),* $(,)?) => {
+        $(const _: () = assert!(core::mem::size_of::<$ty>() == $size);)*
+        #[cfg(feature = "user")]
+        mod pod_impls {
+            use super::*;
+            // SAFETY: every type listed is #[repr(C)], built only from integers
+            // and byte arrays, with explicit padding (checked by the size
+            // assertions above), so any bit pattern is a valid value.
+            $(unsafe impl aya::Pod for $ty {})*
+        }
+    };
+}
+
+abi_types! {
+    VipValue = 4,
+    Ipv4Key = 4,
+    ServiceKey = 8,
+    ServiceValue = 24,
+    BackendValue = 16,
+    FlowKey = 16,
+    ConntrackValue = 24,
+    RevNatValue = 32,
+    AffinityKey = 8,
+    AffinityValue = 16,
+    SourceRangeData = 8,
+    TrafficCounter = 16,
+    Config = 24,
+}

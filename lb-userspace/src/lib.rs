@@ -1,0 +1,5 @@
+//! onehop's userspace: a pure core (services file → desired map contents →
+//! diff) and the edges that touch the kernel (loader, map writer, ARP
+//! sender) and the outside world (file watcher, CLI).
+
+pub mod ebpf;

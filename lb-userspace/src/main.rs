@@ -1,0 +1,4 @@
+fn main() -> anyhow::Result<()> {
+    println!("{}", lb_userspace::ebpf::object()?.len());
+    Ok(())
+}
