@@ -66,8 +66,9 @@ numbered! {
         AffinityHit = 14 => "affinity_hit",
         /// A flow's backend disappeared; the flow was given a new one.
         FlowRepicked = 15 => "flow_repicked",
-        /// Translated packet passed to the kernel because the next hop had
-        /// no neighbour entry yet (the kernel resolves and forwards it).
+        /// Remote backend's reply, translated to VIP → client, passed to the
+        /// kernel because the client had no neighbour entry yet (the kernel
+        /// resolves it and forwards; later replies go out with `XDP_TX`).
         FibPassToKernel = 16 => "fib_pass_to_kernel",
         /// Every packet `lb_egress` saw.
         EgressPackets = 17 => "egress_packets",
@@ -105,5 +106,10 @@ numbered! {
         TtlExceeded = 11 => "ttl_exceeded",
         /// The conntrack/rev_nat insert failed (map full and not LRU-able).
         MapUpdate = 12 => "map_update",
+        /// The backend's node has no neighbour entry. A packet with our node
+        /// address as source cannot be handed to the kernel (martian), so
+        /// it is dropped; the agent keeps managed neighbour entries for all
+        /// backend nodes so this only happens before the first resolution.
+        NoNeighbour = 13 => "no_neighbour",
     }
 }
