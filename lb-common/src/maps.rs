@@ -87,3 +87,20 @@ pub const SRC_RANGES_MAX: u32 = 65_536;
 pub const MAGLEV_TABLE_SIZES: [u32; 10] = [
     101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521,
 ];
+
+/// Benchmark-only maps of the `lb_ingress_bench` / `bench_restore_only`
+/// programs. Not part of [`ALL`]: the agent never pins or reads them.
+pub mod bench {
+    /// Per-CPU array of one 128-byte buffer: the frame's first bytes, saved
+    /// before the ingress logic runs and restored after it.
+    pub const SCRATCH: &str = "bench_scratch";
+    /// Array of one `u32`: [`NEW_FLOW`] bit and friends, set by the bench.
+    pub const CONFIG: &str = "bench_config";
+    /// Per-CPU array of one `u32`: the source-port sequence.
+    pub const SEQ: &str = "bench_seq";
+    /// Bytes saved and restored per iteration (at most).
+    pub const SCRATCH_LEN: usize = 128;
+    /// `bench_config` bit: give every iteration a new TCP/UDP source port,
+    /// so each one is a new flow (conntrack miss, Maglev pick, NAT port).
+    pub const NEW_FLOW: u32 = 1 << 0;
+}

@@ -58,3 +58,14 @@ pub static DROPS: PerCpuArray<u64, { n(DROP_REASON_COUNT) }> = PerCpuArray::new(
 
 #[btf_map(name = "config")]
 pub static CONFIG: Array<Config, 1> = Array::new();
+
+// Benchmark-only maps (lb_common::maps::bench); not pinned by the agent.
+
+#[btf_map(name = "bench_scratch")]
+pub static BENCH_SCRATCH: PerCpuArray<[u8; m::bench::SCRATCH_LEN], 1> = PerCpuArray::new();
+
+#[btf_map(name = "bench_config")]
+pub static BENCH_CONFIG: Array<u32, 1> = Array::new();
+
+#[btf_map(name = "bench_seq")]
+pub static BENCH_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();

@@ -1,0 +1,103 @@
+//! Flow state writes: conntrack entries, reverse-NAT entries and NAT source
+//! ports. Established flows refresh their timestamps at most once a second,
+//! so a busy flow costs no map write per packet.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use lb_common::{BackendValue, Config, ConntrackValue, FlowKey, RevNatValue, hash::flow_hash};
+
+use crate::{
+    maps::{CONNTRACK, REV_NAT},
+    service::{NS_PER_SEC, flow_key},
+};
+
+/// Consecutive NAT ports tried for a new remote flow before giving up.
+const NAT_PROBES: u32 = 8;
+
+/// Reverse entry: turn `reply` back into `VIP:port → client:port`.
+#[inline(always)]
+pub fn rev_value(client: &FlowKey, service_id: u32, flags: u16, now: u64) -> RevNatValue {
+    RevNatValue {
+        new_src: client.dst,
+        new_dst: client.src,
+        new_sport: client.dport,
+        new_dport: client.sport,
+        service_id,
+        flags,
+        _pad: 0,
+        _pad1: 0,
+        last_seen_ns: now,
+    }
+}
+
+#[inline(always)]
+pub fn insert_flow(key: &FlowKey, value: &ConntrackValue) -> Result<(), i32> {
+    CONNTRACK.insert(key, value, u64::from(BPF_ANY))
+}
+
+#[inline(always)]
+pub fn insert_rev(key: &FlowKey, value: &RevNatValue) -> Result<(), i32> {
+    REV_NAT.insert(key, value, u64::from(BPF_ANY))
+}
+
+#[inline(always)]
+pub fn remove_rev(key: &FlowKey) {
+    let _ = REV_NAT.remove(key);
+}
+
+/// Refreshes an established flow's timestamps if the last refresh is more
+/// than a second old, and puts its reverse entry back if the LRU evicted it
+/// (never over another flow's entry).
+#[inline(always)]
+pub fn refresh(ct: *mut ConntrackValue, rkey: &FlowKey, rval: &RevNatValue, now: u64) {
+    // SAFETY: `ct` is a conntrack value pointer obtained in this run; a
+    // concurrent writer on another CPU can only store another timestamp.
+    let last = unsafe { (*ct).last_seen_ns };
+    if now.wrapping_sub(last) < NS_PER_SEC {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*ct).last_seen_ns = now };
+    match REV_NAT.get_ptr_mut(rkey) {
+        // SAFETY: value pointer the map just returned.
+        Some(r) => unsafe { (*r).last_seen_ns = now },
+        None => {
+            let _ = REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST));
+        }
+    }
+}
+
+/// The reply key of a remote flow: what the backend's answer looks like
+/// when it reaches this node.
+#[inline(always)]
+pub fn remote_reply_key(cfg: &Config, b: &BackendValue, nat_port: u16, proto: u8) -> FlowKey {
+    flow_key(b.ip, cfg.node_ip, b.port, nat_port, proto)
+}
+
+/// Claims a free NAT source port for a new remote flow: the range is probed
+/// from a hash-chosen start, and a port is ours once our reverse entry was
+/// inserted with `BPF_NOEXIST` (so two CPUs can never claim the same one).
+#[inline(always)]
+pub fn claim_nat_port(
+    cfg: &Config,
+    client: &FlowKey,
+    b: &BackendValue,
+    rval: &RevNatValue,
+) -> Option<u16> {
+    let min = u32::from(cfg.nat_port_min);
+    let max = u32::from(cfg.nat_port_max);
+    if max < min {
+        return None;
+    }
+    let size = max - min + 1;
+    let start = flow_hash(client.src, client.dst, client.sport, client.dport, client.proto) % size;
+    let mut i = 0;
+    while i < NAT_PROBES {
+        let port = (min + (start + i) % size) as u16;
+        let rkey = remote_reply_key(cfg, b, port, client.proto);
+        if REV_NAT.insert(&rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
+            return Some(port);
+        }
+        i += 1;
+    }
+    None
+}

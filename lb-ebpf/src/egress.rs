@@ -1,0 +1,136 @@
+//! `lb_egress` (TC, egress of the uplink): a local pod's reply
+//! `pod:port → client` leaves as `VIP:port → client`.
+//!
+//! The rewrite goes through `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with
+//! `BPF_F_PSEUDO_HDR`, not through our own arithmetic: a locally generated
+//! skb may be CHECKSUM_PARTIAL (its L4 field then holds only the
+//! pseudo-header sum, finished by the NIC), and the helpers update the field
+//! correctly for either state. `BPF_F_MARK_MANGLED_0` keeps a zero UDP
+//! checksum ("none") zero. Fragments, IP options and anything else are left
+//! alone: this program never drops, it answers "next" (`TC_ACT_UNSPEC`).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
+    programs::TcContext,
+};
+use lb_common::{Counter, flow_flags, proto};
+
+use crate::{
+    maps::REV_NAT,
+    parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, Ipv4Hdr, TcpHdr, UdpHdr},
+    service::flow_key,
+    stats,
+};
+
+const IP_CHECK_OFF: usize = ETH_LEN + 10;
+const IP_SRC_OFF: usize = ETH_LEN + 12;
+const L4_OFF: usize = ETH_LEN + IPV4_LEN;
+const TCP_CHECK_OFF: usize = L4_OFF + 16;
+const UDP_CHECK_OFF: usize = L4_OFF + 6;
+/// Headers we read: Ethernet, IPv4 without options, a full TCP header.
+const NEED: usize = L4_OFF + core::mem::size_of::<TcpHdr>();
+
+pub fn process(ctx: &TcContext) -> i32 {
+    stats::count(Counter::EgressPackets);
+    if ctx.data_end() - ctx.data() < NEED {
+        // Make the headers linear if the skb has them at all.
+        let want = core::cmp::min(ctx.len() as usize, NEED);
+        let _ = ctx.pull_data(want as u32);
+    }
+    if let Some(rw) = lookup(ctx) {
+        apply(ctx, &rw);
+    }
+    TC_ACT_UNSPEC
+}
+
+struct Rewrite {
+    old_src: [u8; 4],
+    new_src: [u8; 4],
+    old_sport: [u8; 2],
+    new_sport: [u8; 2],
+    udp: bool,
+}
+
+/// Reads the headers (direct packet access) and finds the reverse entry.
+/// Everything needed later is copied out: the helpers that write the packet
+/// invalidate packet pointers.
+#[inline(always)]
+fn lookup(ctx: &TcContext) -> Option<Rewrite> {
+    // SAFETY: the only cursor over this packet; dropped before any helper
+    // writes to it.
+    let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
+    let eth = cur.take::<EthHdr>()?;
+    if eth.proto() != ETH_P_IPV4 {
+        return None;
+    }
+    let ip = cur.take::<Ipv4Hdr>()?;
+    if ip.vihl != 0x45 || ip.is_fragment() {
+        return None;
+    }
+    let (sport, dport, udp) = match ip.proto {
+        proto::TCP => {
+            let t = cur.take::<TcpHdr>()?;
+            (t.sport, t.dport, false)
+        }
+        proto::UDP => {
+            let u = cur.take::<UdpHdr>()?;
+            (u.sport, u.dport, true)
+        }
+        _ => return None,
+    };
+    let key = flow_key(
+        ip.src,
+        ip.dst,
+        u16::from_be_bytes(sport),
+        u16::from_be_bytes(dport),
+        ip.proto,
+    );
+    let r = REV_NAT.get_ptr(key)?;
+    // SAFETY: value pointer the map just returned; copied out.
+    let r = unsafe { *r };
+    if r.flags & flow_flags::REMOTE != 0 {
+        return None;
+    }
+    Some(Rewrite {
+        old_src: ip.src,
+        new_src: r.new_src,
+        old_sport: sport,
+        new_sport: r.new_sport.to_be_bytes(),
+        udp,
+    })
+}
+
+#[inline(always)]
+fn apply(ctx: &TcContext, rw: &Rewrite) {
+    let (check_off, mangled) = if rw.udp {
+        (UDP_CHECK_OFF, u64::from(BPF_F_MARK_MANGLED_0))
+    } else {
+        (TCP_CHECK_OFF, 0)
+    };
+    // The helpers take the old and new values as the raw (network order)
+    // bytes, zero-extended.
+    let old_ip = u64::from(u32::from_ne_bytes(rw.old_src));
+    let new_ip = u64::from(u32::from_ne_bytes(rw.new_src));
+    let old_port = u64::from(u16::from_ne_bytes(rw.old_sport));
+    let new_port = u64::from(u16::from_ne_bytes(rw.new_sport));
+    // Checksums first, then the fields. The offsets lie in the headers we
+    // just read, which pull_data made linear, so none of these fail; if one
+    // did, we stop before a field changes without its checksums.
+    if ctx
+        .l4_csum_replace(check_off, old_ip, new_ip, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
+        .is_err()
+    {
+        return;
+    }
+    if ctx.l4_csum_replace(check_off, old_port, new_port, mangled | 2).is_err() {
+        return;
+    }
+    if ctx.l3_csum_replace(IP_CHECK_OFF, old_ip, new_ip, 4).is_err() {
+        return;
+    }
+    if ctx.store(IP_SRC_OFF, &rw.new_src, 0).is_err() || ctx.store(L4_OFF, &rw.new_sport, 0).is_err()
+    {
+        return;
+    }
+    stats::count(Counter::EgressReply);
+}

@@ -1,0 +1,75 @@
+//! Sending a rewritten frame on: `bpf_fib_lookup` gives the egress device
+//! and both MAC addresses for the next hop; the frame leaves with `XDP_TX`
+//! when that is the device it came in on, else with `bpf_redirect`.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
+    programs::XdpContext,
+    EbpfContext as _,
+};
+use lb_common::Counter;
+
+use crate::{parse::EthHdr, verdict::Outcome};
+
+const AF_INET: u8 = 2;
+
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+pub enum Route {
+    Hop(NextHop),
+    /// Routable, but the kernel has no neighbour entry for the next hop yet.
+    NoNeighbour,
+    /// Anything else: unreachable, blackhole, forwarding disabled, MTU.
+    Fail,
+}
+
+/// Where a packet from `src` to `dst` goes, as the kernel's FIB sees it when
+/// it arrives on the program's interface.
+#[inline(always)]
+pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u16) -> Route {
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is its "unset"
+    // state, which the helper expects for fields we do not fill.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = proto;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: ctx is this program's context and p a stack struct of the
+    // size we pass.
+    let rc = unsafe {
+        fib_lookup_helper(
+            ctx.as_ptr(),
+            &raw mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        Route::Hop(NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        Route::NoNeighbour
+    } else {
+        Route::Fail
+    }
+}
+
+/// Puts the next hop's addresses in the frame and picks the action.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, eth: &mut EthHdr, hop: &NextHop, counter: Counter) -> Outcome {
+    eth.dst = hop.dmac;
+    eth.src = hop.smac;
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        Outcome::Tx(counter)
+    } else {
+        // SAFETY: plain helper call; it only records the target device.
+        let action = unsafe { bpf_redirect(hop.ifindex, 0) };
+        Outcome::Redirect(action as u32, counter)
+    }
+}

@@ -1,0 +1,45 @@
+//! ICMP echo to a VIP is answered from XDP (so `ping VIP` works whichever
+//! backends exist). Other ICMP to a VIP is dropped: errors about flows would
+//! need their inner headers translated, which we do not do yet.
+
+use lb_common::{Counter, DropReason};
+
+use crate::{
+    csum::Delta,
+    parse::{Cursor, EthHdr, IcmpHdr, Ipv4Hdr},
+    verdict::Outcome,
+};
+
+const ECHO_REQUEST: u8 = 8;
+const ECHO_REPLY: u8 = 0;
+const REPLY_TTL: u8 = 64;
+
+/// `ip` is validated (no options, whole datagram, checksum right); `l4_len`
+/// is how many bytes the IP header says follow it.
+#[inline(always)]
+pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4_len: usize) -> Outcome {
+    if l4_len < core::mem::size_of::<IcmpHdr>() {
+        return Outcome::Drop(DropReason::Truncated);
+    }
+    let Some(icmp) = cur.take::<IcmpHdr>() else {
+        return Outcome::Drop(DropReason::Truncated);
+    };
+    if icmp.ty != ECHO_REQUEST || icmp.code != 0 {
+        return Outcome::Drop(DropReason::UnsupportedProtocol);
+    }
+    let mut d = Delta::default();
+    d.word(u16::from_be_bytes([ECHO_REQUEST, 0]), u16::from_be_bytes([ECHO_REPLY, 0]));
+    icmp.ty = ECHO_REPLY;
+    icmp.check = d.apply(u16::from_be_bytes(icmp.check)).to_be_bytes();
+
+    // Swapping the addresses leaves the IP checksum unchanged; the TTL does not.
+    core::mem::swap(&mut ip.src, &mut ip.dst);
+    let mut d = Delta::default();
+    let old = ip.ttl_proto_word();
+    ip.ttl = REPLY_TTL;
+    d.word(old, ip.ttl_proto_word());
+    ip.set_check(d.apply(ip.check()));
+
+    core::mem::swap(&mut eth.src, &mut eth.dst);
+    Outcome::Tx(Counter::IcmpEchoReply)
+}

@@ -1,0 +1,357 @@
+//! `lb_ingress`: everything that arrives on the uplink.
+//!
+//! Order: Ethernet (VLAN-tagged frames pass untouched), ARP (see `arp`),
+//! then IPv4 with ONE `vips` lookup on the destination — a miss is the hot
+//! non-VIP path and passes at once. VIP traffic takes the service path,
+//! replies to our NAT ports the node path.
+//!
+//! Service-path policy for packets to a VIP (all dropped and counted, never
+//! passed: the kernel has nothing to do with a VIP):
+//! - version != 4, IHL < 5, total length < 20: `bad_ip_header`; total length
+//!   beyond the frame: `truncated`;
+//! - IP options (IHL > 5): `ip_options` — not parsed, by policy;
+//! - fragments (MF or offset): `fragment` — ports are only in the first one;
+//! - wrong header checksum: `bad_ip_header`;
+//! - ICMP echo request is answered (see `icmp`), other ICMP and protocols
+//!   other than TCP/UDP: `unsupported_protocol`;
+//! - TTL <= 1 on a packet we would forward: `ttl_exceeded` (an echo request
+//!   is answered whatever its TTL: we are its destination);
+//! - transport header beyond the IP total length or TCP data offset < 5:
+//!   `truncated`.
+//!
+//! Node path: only a well-formed TCP/UDP packet to a NAT port whose reply
+//! 5-tuple is in `rev_nat` is touched; everything else to the node's address
+//! passes untouched (`pass_node_traffic`).
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
+use lb_common::{
+    Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, ServiceKey, SourceRangeData,
+    backend_flags, flow_flags, proto, service_flags, vip_flags, BackendValue,
+};
+
+use crate::{
+    arp,
+    conntrack::{self, rev_value},
+    csum,
+    forward::{self, Route},
+    icmp,
+    maps::{BACKEND_STATS, CONFIG, SERVICES, SERVICE_STATS, SRC_RANGES, VIPS},
+    nat::{self, Endpoint, L4},
+    parse::{
+        Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
+        Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr, UdpHdr,
+    },
+    service::{self, Choice, flow_key},
+    stats,
+    verdict::Outcome,
+};
+
+/// The whole ingress program; shared by `lb_ingress` and the benchmark.
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> u32 {
+    stats::count(Counter::IngressPackets);
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    if cfg.ready == 0 {
+        return XDP_PASS;
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    // SAFETY: the only cursor over this packet during this run.
+    let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
+    classify(ctx, &mut cur, cfg, frame_len).finish()
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext, cur: &mut Cursor<'_>, cfg: &Config, frame_len: usize) -> Outcome {
+    let Some(eth) = cur.take::<EthHdr>() else {
+        return Outcome::Pass(Counter::PassMalformed);
+    };
+    match eth.proto() {
+        ETH_P_IPV4 => {}
+        ETH_P_ARP => return arp::handle(cur, eth, cfg),
+        ETH_P_8021Q | ETH_P_8021AD => return Outcome::Pass(Counter::PassVlan),
+        _ => return Outcome::Pass(Counter::PassNotIpv4),
+    }
+    let Some(ip) = cur.take::<Ipv4Hdr>() else {
+        return Outcome::Pass(Counter::PassMalformed);
+    };
+    let Some(vip) = VIPS.get_ptr(Ipv4Key { addr: ip.dst }) else {
+        return Outcome::Pass(Counter::PassNotVip);
+    };
+    // SAFETY: value pointer the map just returned; read by value.
+    let flags = unsafe { (*vip).flags };
+    if flags & vip_flags::SERVICE != 0 {
+        service_path(ctx, cur, eth, ip, cfg, frame_len)
+    } else if flags & vip_flags::NODE != 0 {
+        node_path(ctx, cur, eth, ip, cfg, frame_len)
+    } else {
+        Outcome::Pass(Counter::PassNotVip)
+    }
+}
+
+/// Checks an IPv4 header we might act on; returns the number of bytes the
+/// header says follow it.
+#[inline(always)]
+fn check_ipv4(ip: &Ipv4Hdr, frame_len: usize) -> Result<usize, DropReason> {
+    if ip.version() != 4 || ip.ihl() < 5 {
+        return Err(DropReason::BadIpHeader);
+    }
+    let tot_len = usize::from(ip.tot_len());
+    if tot_len < IPV4_LEN {
+        return Err(DropReason::BadIpHeader);
+    }
+    if tot_len > frame_len - ETH_LEN {
+        return Err(DropReason::Truncated);
+    }
+    if ip.ihl() > 5 {
+        return Err(DropReason::IpOptions);
+    }
+    if ip.is_fragment() {
+        return Err(DropReason::Fragment);
+    }
+    if !csum::ipv4_header_ok(ip) {
+        return Err(DropReason::BadIpHeader);
+    }
+    Ok(tot_len - IPV4_LEN)
+}
+
+/// The TCP or UDP header, if the IP payload holds all of it. The flag says
+/// "TCP SYN without ACK" (a connection attempt).
+#[inline(always)]
+fn transport<'a>(cur: &mut Cursor<'a>, proto: u8, l4_len: usize) -> Result<(L4<'a>, bool), DropReason> {
+    match proto {
+        proto::TCP => {
+            if l4_len < core::mem::size_of::<TcpHdr>() {
+                return Err(DropReason::Truncated);
+            }
+            let t = cur.take::<TcpHdr>().ok_or(DropReason::Truncated)?;
+            if t.doff >> 4 < 5 {
+                return Err(DropReason::Truncated);
+            }
+            let syn_only = t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            Ok((L4::tcp(t), syn_only))
+        }
+        proto::UDP => {
+            if l4_len < core::mem::size_of::<UdpHdr>() {
+                return Err(DropReason::Truncated);
+            }
+            let u = cur.take::<UdpHdr>().ok_or(DropReason::Truncated)?;
+            Ok((L4::udp(u), false))
+        }
+        _ => Err(DropReason::UnsupportedProtocol),
+    }
+}
+
+#[inline(always)]
+fn service_path(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    cfg: &Config,
+    frame_len: usize,
+) -> Outcome {
+    let l4_len = match check_ipv4(ip, frame_len) {
+        Ok(l) => l,
+        Err(r) => return Outcome::Drop(r),
+    };
+    let proto = ip.proto;
+    if proto == proto::ICMP {
+        return icmp::handle(cur, eth, ip, l4_len);
+    }
+    if proto != proto::TCP && proto != proto::UDP {
+        return Outcome::Drop(DropReason::UnsupportedProtocol);
+    }
+    if ip.ttl <= 1 {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    let (mut l4, syn_only) = match transport(cur, proto, l4_len) {
+        Ok(t) => t,
+        Err(r) => return Outcome::Drop(r),
+    };
+    let skey = ServiceKey { vip: ip.dst, port: l4.dport(), proto, _pad: 0 };
+    let Some(svc) = SERVICES.get_ptr(skey) else {
+        return Outcome::Drop(DropReason::NoService);
+    };
+    // SAFETY: value pointer the map just returned; copied out.
+    let svc = unsafe { *svc };
+    stats::traffic(&SERVICE_STATS, svc.id, frame_len);
+    if svc.flags & service_flags::SOURCE_RANGES != 0 {
+        let k = Key::new(64, SourceRangeData { service_id: svc.id.to_be_bytes(), addr: ip.src });
+        if SRC_RANGES.get(&k).is_none() {
+            return Outcome::Drop(DropReason::SourceRange);
+        }
+    }
+    let key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (backend_id, b, established) = match service::choose(&key, &svc, syn_only, now) {
+        Ok(Choice::Established { backend_id, backend, ct }) => (backend_id, backend, Some(ct)),
+        Ok(Choice::New { backend_id, backend }) => (backend_id, backend, None),
+        Err(r) => return Outcome::Drop(r),
+    };
+    let flow = Flow { key, service_id: svc.id, backend_id, b, established, now };
+    let out = if b.flags & backend_flags::LOCAL != 0 {
+        to_local(ip, &mut l4, &flow)
+    } else {
+        to_remote(ctx, eth, ip, &mut l4, cfg, &flow)
+    };
+    if !matches!(out, Outcome::Drop(_)) {
+        stats::traffic(&BACKEND_STATS, backend_id, frame_len);
+    }
+    out
+}
+
+struct Flow {
+    key: FlowKey,
+    service_id: u32,
+    backend_id: u32,
+    b: BackendValue,
+    established: Option<*mut ConntrackValue>,
+    now: u64,
+}
+
+/// Local backend: DNAT to the pod and let the kernel route it (it also
+/// decrements the TTL). The client address is kept; `lb_egress` undoes the
+/// DNAT on the pod's reply.
+#[inline(always)]
+fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow) -> Outcome {
+    let k = &f.key;
+    let rkey = flow_key(f.b.ip, k.src, f.b.port, k.sport, k.proto);
+    let rval = rev_value(k, f.service_id, 0, f.now);
+    let counter = if let Some(ct) = f.established {
+        conntrack::refresh(ct, &rkey, &rval, f.now);
+        Counter::LocalEstablished
+    } else {
+        let ctv = ConntrackValue {
+            backend_id: f.backend_id,
+            backend_ip: f.b.ip,
+            service_id: f.service_id,
+            nat_port: 0,
+            flags: 0,
+            last_seen_ns: f.now,
+        };
+        if conntrack::insert_flow(k, &ctv).is_err() || conntrack::insert_rev(&rkey, &rval).is_err()
+        {
+            return Outcome::Drop(DropReason::MapUpdate);
+        }
+        Counter::LocalNewFlow
+    };
+    nat::rewrite(ip, l4, None, Some(Endpoint { addr: f.b.ip, port: f.b.port }), false);
+    Outcome::Pass(counter)
+}
+
+/// Remote backend: full NAT (node address and a NAT port as source, so the
+/// reply comes back through us) and straight out to the backend's node.
+#[inline(always)]
+fn to_remote(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    l4: &mut L4<'_>,
+    cfg: &Config,
+    f: &Flow,
+) -> Outcome {
+    let k = &f.key;
+    // Route first: a flow we cannot send must not claim a NAT port.
+    let hop = match forward::route(ctx, cfg.node_ip, f.b.node_ip, k.proto, ip.tot_len()) {
+        Route::Hop(h) => h,
+        Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
+        Route::Fail => return Outcome::Drop(DropReason::NoRoute),
+    };
+    let rval = rev_value(k, f.service_id, flow_flags::REMOTE, f.now);
+    let (nat_port, counter) = if let Some(ct) = f.established {
+        // SAFETY: conntrack value pointer from this run; read by value.
+        let port = unsafe { (*ct).nat_port };
+        let rkey = conntrack::remote_reply_key(cfg, &f.b, port, k.proto);
+        conntrack::refresh(ct, &rkey, &rval, f.now);
+        (port, Counter::RemoteEstablished)
+    } else {
+        let Some(port) = conntrack::claim_nat_port(cfg, k, &f.b, &rval) else {
+            return Outcome::Drop(DropReason::NatExhausted);
+        };
+        let ctv = ConntrackValue {
+            backend_id: f.backend_id,
+            backend_ip: f.b.ip,
+            service_id: f.service_id,
+            nat_port: port,
+            flags: flow_flags::REMOTE,
+            last_seen_ns: f.now,
+        };
+        if conntrack::insert_flow(k, &ctv).is_err() {
+            conntrack::remove_rev(&conntrack::remote_reply_key(cfg, &f.b, port, k.proto));
+            return Outcome::Drop(DropReason::MapUpdate);
+        }
+        (port, Counter::RemoteNewFlow)
+    };
+    nat::rewrite(
+        ip,
+        l4,
+        Some(Endpoint { addr: cfg.node_ip, port: nat_port }),
+        Some(Endpoint { addr: f.b.ip, port: f.b.port }),
+        true,
+    );
+    forward::send(ctx, eth, &hop, counter)
+}
+
+/// A remote backend's reply to one of our NAT ports: translate it back to
+/// `VIP:port → client` and send it to the client.
+#[inline(always)]
+fn node_path(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    cfg: &Config,
+    frame_len: usize,
+) -> Outcome {
+    let Ok(l4_len) = check_ipv4(ip, frame_len) else {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    };
+    let proto = ip.proto;
+    if proto != proto::TCP && proto != proto::UDP {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    }
+    let Ok((mut l4, _)) = transport(cur, proto, l4_len) else {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    };
+    let dport = l4.dport();
+    if dport < cfg.nat_port_min || dport > cfg.nat_port_max {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    }
+    let key = flow_key(ip.src, ip.dst, l4.sport(), dport, proto);
+    let Some(r) = crate::maps::REV_NAT.get_ptr(key) else {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    };
+    // SAFETY: value pointer the map just returned; copied out.
+    let r = unsafe { *r };
+    if r.flags & flow_flags::REMOTE == 0 {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    }
+    if ip.ttl <= 1 {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    let hop = match forward::route(ctx, r.new_src, r.new_dst, proto, ip.tot_len()) {
+        Route::Hop(h) => Some(h),
+        // The kernel resolves the client and forwards the translated packet
+        // (its source is the VIP, not ours, so it is no martian); it also
+        // decrements the TTL then, so we do not.
+        Route::NoNeighbour => None,
+        Route::Fail => return Outcome::Drop(DropReason::NoRoute),
+    };
+    nat::rewrite(
+        ip,
+        &mut l4,
+        Some(Endpoint { addr: r.new_src, port: r.new_sport }),
+        Some(Endpoint { addr: r.new_dst, port: r.new_dport }),
+        hop.is_some(),
+    );
+    match hop {
+        Some(h) => forward::send(ctx, eth, &h, Counter::RemoteReply),
+        None => Outcome::Pass(Counter::FibPassToKernel),
+    }
+}

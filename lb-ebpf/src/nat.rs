@@ -1,0 +1,96 @@
+//! Header rewrites with incremental checksum updates (see `csum`).
+//!
+//! UDP: a zero checksum means "none" and stays zero; an updated checksum that
+//! comes out as zero is sent as `0xffff` (RFC 768), which the receiver reads
+//! as the same value.
+
+use crate::{
+    csum::Delta,
+    parse::{Ipv4Hdr, TcpHdr, UdpHdr},
+};
+
+/// The transport header's ports and checksum, whatever the protocol.
+pub struct L4<'a> {
+    pub sport: &'a mut [u8; 2],
+    pub dport: &'a mut [u8; 2],
+    check: &'a mut [u8; 2],
+    udp: bool,
+}
+
+impl<'a> L4<'a> {
+    #[inline(always)]
+    pub fn tcp(h: &'a mut TcpHdr) -> Self {
+        Self { sport: &mut h.sport, dport: &mut h.dport, check: &mut h.check, udp: false }
+    }
+
+    #[inline(always)]
+    pub fn udp(h: &'a mut UdpHdr) -> Self {
+        Self { sport: &mut h.sport, dport: &mut h.dport, check: &mut h.check, udp: true }
+    }
+
+    #[inline(always)]
+    pub fn sport(&self) -> u16 {
+        u16::from_be_bytes(*self.sport)
+    }
+
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        u16::from_be_bytes(*self.dport)
+    }
+
+    #[inline(always)]
+    fn apply(&mut self, d: Delta) {
+        let old = u16::from_be_bytes(*self.check);
+        if self.udp && old == 0 {
+            return;
+        }
+        let mut new = d.apply(old);
+        if self.udp && new == 0 {
+            new = 0xffff;
+        }
+        *self.check = new.to_be_bytes();
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Endpoint {
+    pub addr: [u8; 4],
+    /// Host order.
+    pub port: u16,
+}
+
+/// Rewrites the source and/or destination endpoint and optionally
+/// decrements the TTL (when we forward instead of the kernel), keeping both
+/// checksums consistent.
+#[inline(always)]
+pub fn rewrite(
+    ip: &mut Ipv4Hdr,
+    l4: &mut L4<'_>,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+    dec_ttl: bool,
+) {
+    let mut l3 = Delta::default();
+    let mut tp = Delta::default();
+    if let Some(s) = src {
+        l3.addr(ip.src, s.addr);
+        tp.addr(ip.src, s.addr);
+        tp.bytes2(*l4.sport, s.port.to_be_bytes());
+        ip.src = s.addr;
+        *l4.sport = s.port.to_be_bytes();
+    }
+    if let Some(d) = dst {
+        l3.addr(ip.dst, d.addr);
+        tp.addr(ip.dst, d.addr);
+        tp.bytes2(*l4.dport, d.port.to_be_bytes());
+        ip.dst = d.addr;
+        *l4.dport = d.port.to_be_bytes();
+    }
+    if dec_ttl {
+        let old = ip.ttl_proto_word();
+        ip.ttl -= 1;
+        l3.word(old, ip.ttl_proto_word());
+    }
+    ip.set_check(l3.apply(ip.check()));
+    l4.apply(tp);
+}

@@ -1,0 +1,186 @@
+//! All packet pointer arithmetic lives here. A [`Cursor`] walks a frame
+//! front to back and hands out each header as a reference exactly once, after
+//! checking that the whole header lies before `data_end`; nothing else in the
+//! crate computes a packet address.
+//!
+//! Header types are `#[repr(C)]` structs of bytes and byte arrays: alignment
+//! 1 (frames sit at any offset) and every bit pattern valid, so a reference to
+//! checked packet bytes is a valid reference. Multi-byte fields stay in wire
+//! order; the accessors convert.
+
+use core::{marker::PhantomData, mem::size_of};
+
+/// Marker for wire headers.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]`, built only from `u8` and `[u8; N]` (so
+/// alignment 1, no padding, every bit pattern valid).
+pub unsafe trait Header {}
+
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn proto(&self) -> u16 {
+        u16::from_be_bytes(self.proto)
+    }
+}
+
+#[repr(C)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vihl >> 4
+    }
+    #[inline(always)]
+    pub fn ihl(&self) -> u8 {
+        self.vihl & 0x0f
+    }
+    #[inline(always)]
+    pub fn tot_len(&self) -> u16 {
+        u16::from_be_bytes(self.tot_len)
+    }
+    /// More-fragments set or a non-zero offset: not a whole datagram.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag) & 0x3fff != 0
+    }
+    /// The 16-bit word holding TTL and protocol, as the checksum sees it.
+    #[inline(always)]
+    pub fn ttl_proto_word(&self) -> u16 {
+        u16::from_be_bytes([self.ttl, self.proto])
+    }
+    #[inline(always)]
+    pub fn check(&self) -> u16 {
+        u16::from_be_bytes(self.check)
+    }
+    #[inline(always)]
+    pub fn set_check(&mut self, v: u16) {
+        self.check = v.to_be_bytes();
+    }
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    /// Data offset (high nibble) and reserved bits.
+    pub doff: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg: [u8; 2],
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+#[repr(C)]
+pub struct IcmpHdr {
+    pub ty: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+}
+
+// SAFETY: all of these are #[repr(C)] structs of u8 and [u8; N] only.
+unsafe impl Header for EthHdr {}
+// SAFETY: as above.
+unsafe impl Header for ArpHdr {}
+// SAFETY: as above.
+unsafe impl Header for Ipv4Hdr {}
+// SAFETY: as above.
+unsafe impl Header for TcpHdr {}
+// SAFETY: as above.
+unsafe impl Header for UdpHdr {}
+// SAFETY: as above.
+unsafe impl Header for IcmpHdr {}
+
+const _: () = assert!(size_of::<EthHdr>() == ETH_LEN);
+const _: () = assert!(size_of::<ArpHdr>() == 28);
+const _: () = assert!(size_of::<Ipv4Hdr>() == IPV4_LEN);
+const _: () = assert!(size_of::<TcpHdr>() == 20);
+const _: () = assert!(size_of::<UdpHdr>() == 8);
+const _: () = assert!(size_of::<IcmpHdr>() == 8);
+
+/// Walks a frame front to back. Every byte is handed out at most once, so
+/// the `&mut` references it returns never alias.
+pub struct Cursor<'a> {
+    pos: usize,
+    end: usize,
+    _frame: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> Cursor<'a> {
+    /// # Safety
+    /// `[data, data_end)` is the program's packet, and no other cursor or
+    /// reference into it exists while this one (or anything it returned)
+    /// lives.
+    #[inline(always)]
+    pub unsafe fn new(data: usize, data_end: usize) -> Self {
+        Self { pos: data, end: data_end, _frame: PhantomData }
+    }
+
+    /// The next `T`, if the frame holds all of it.
+    #[inline(always)]
+    pub fn take<T: Header>(&mut self) -> Option<&'a mut T> {
+        let start = self.pos;
+        let next = start + size_of::<T>();
+        if next > self.end {
+            return None;
+        }
+        self.pos = next;
+        // SAFETY: [start, next) lies inside the packet (checked just above)
+        // and was never handed out before (pos only moves forward); T is a
+        // Header, so alignment 1 and any bit pattern is valid.
+        Some(unsafe { &mut *(start as *mut T) })
+    }
+}
