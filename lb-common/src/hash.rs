@@ -11,7 +11,10 @@ const SEED: u32 = 0x6f6e_6568; // "oneh"
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -29,7 +32,10 @@ const fn finish(h: u32, len: u32) -> u32 {
 pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
     let mut h = mix(SEED, u32::from_be_bytes(src));
     h = mix(h, u32::from_be_bytes(dst));
-    h = mix(h, ((sport as u32) << 16 | dport as u32) ^ ((proto as u32) << 8));
+    h = mix(
+        h,
+        ((sport as u32) << 16 | dport as u32) ^ ((proto as u32) << 8),
+    );
     finish(h, 12)
 }
 

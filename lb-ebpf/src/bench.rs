@@ -36,7 +36,11 @@ const SEQ_PORT_BASE: u32 = 1024;
 #[inline(always)]
 fn saved_len(ctx: &XdpContext) -> u32 {
     let n = ctx.data_end() - ctx.data();
-    let m = if n > bench::SCRATCH_LEN { bench::SCRATCH_LEN as u32 } else { n as u32 };
+    let m = if n > bench::SCRATCH_LEN {
+        bench::SCRATCH_LEN as u32
+    } else {
+        n as u32
+    };
     (m.wrapping_sub(1) & (bench::SCRATCH_LEN as u32 - 1)) + 1
 }
 
@@ -74,21 +78,29 @@ fn next_source_port(ctx: &XdpContext) {
     // SAFETY: the only cursor over the packet; dropped before `ingress`
     // makes its own.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
-    let Some(eth) = cur.take::<EthHdr>() else { return };
+    let Some(eth) = cur.take::<EthHdr>() else {
+        return;
+    };
     if eth.proto() != ETH_P_IPV4 {
         return;
     }
-    let Some(ip) = cur.take::<Ipv4Hdr>() else { return };
+    let Some(ip) = cur.take::<Ipv4Hdr>() else {
+        return;
+    };
     if ip.vihl != 0x45 {
         return;
     }
     let (sport, check, zero_is_none) = match ip.proto {
         proto::TCP => {
-            let Some(t) = cur.take::<TcpHdr>() else { return };
+            let Some(t) = cur.take::<TcpHdr>() else {
+                return;
+            };
             (&mut t.sport, &mut t.check, false)
         }
         proto::UDP => {
-            let Some(u) = cur.take::<UdpHdr>() else { return };
+            let Some(u) = cur.take::<UdpHdr>() else {
+                return;
+            };
             (&mut u.sport, &mut u.check, true)
         }
         _ => return,
@@ -100,13 +112,20 @@ fn next_source_port(ctx: &XdpContext) {
     let old = u16::from_be_bytes(*check);
     if !(zero_is_none && old == 0) {
         let c = d.apply(old);
-        *check = if zero_is_none && c == 0 { 0xffff_u16 } else { c }.to_be_bytes();
+        *check = if zero_is_none && c == 0 {
+            0xffff_u16
+        } else {
+            c
+        }
+        .to_be_bytes();
     }
 }
 
 #[inline(always)]
 fn new_flow_mode() -> bool {
-    BENCH_CONFIG.get(0).is_some_and(|c| *c & bench::NEW_FLOW != 0)
+    BENCH_CONFIG
+        .get(0)
+        .is_some_and(|c| *c & bench::NEW_FLOW != 0)
 }
 
 pub fn ingress(ctx: &XdpContext) -> u32 {

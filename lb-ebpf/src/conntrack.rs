@@ -89,7 +89,13 @@ pub fn claim_nat_port(
         return None;
     }
     let size = max - min + 1;
-    let start = flow_hash(client.src, client.dst, client.sport, client.dport, client.proto) % size;
+    let start = flow_hash(
+        client.src,
+        client.dst,
+        client.sport,
+        client.dport,
+        client.proto,
+    ) % size;
     let mut i = 0;
     while i < NAT_PROBES {
         let port = (min + (start + i) % size) as u16;

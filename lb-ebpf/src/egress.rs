@@ -117,18 +117,30 @@ fn apply(ctx: &TcContext, rw: &Rewrite) {
     // just read, which pull_data made linear, so none of these fail; if one
     // did, we stop before a field changes without its checksums.
     if ctx
-        .l4_csum_replace(check_off, old_ip, new_ip, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
+        .l4_csum_replace(
+            check_off,
+            old_ip,
+            new_ip,
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        )
         .is_err()
     {
         return;
     }
-    if ctx.l4_csum_replace(check_off, old_port, new_port, mangled | 2).is_err() {
+    if ctx
+        .l4_csum_replace(check_off, old_port, new_port, mangled | 2)
+        .is_err()
+    {
         return;
     }
-    if ctx.l3_csum_replace(IP_CHECK_OFF, old_ip, new_ip, 4).is_err() {
+    if ctx
+        .l3_csum_replace(IP_CHECK_OFF, old_ip, new_ip, 4)
+        .is_err()
+    {
         return;
     }
-    if ctx.store(IP_SRC_OFF, &rw.new_src, 0).is_err() || ctx.store(L4_OFF, &rw.new_sport, 0).is_err()
+    if ctx.store(IP_SRC_OFF, &rw.new_src, 0).is_err()
+        || ctx.store(L4_OFF, &rw.new_sport, 0).is_err()
     {
         return;
     }

@@ -3,10 +3,10 @@
 //! when that is the device it came in on, else with `bpf_redirect`.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
     programs::XdpContext,
-    EbpfContext as _,
 };
 use lb_common::Counter;
 
@@ -52,7 +52,11 @@ pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u
         )
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        Route::Hop(NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
+        Route::Hop(NextHop {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        })
     } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         Route::NoNeighbour
     } else {

@@ -28,7 +28,10 @@ pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4_len: 
         return Outcome::Drop(DropReason::UnsupportedProtocol);
     }
     let mut d = Delta::default();
-    d.word(u16::from_be_bytes([ECHO_REQUEST, 0]), u16::from_be_bytes([ECHO_REPLY, 0]));
+    d.word(
+        u16::from_be_bytes([ECHO_REQUEST, 0]),
+        u16::from_be_bytes([ECHO_REPLY, 0]),
+    );
     icmp.ty = ECHO_REPLY;
     icmp.check = d.apply(u16::from_be_bytes(icmp.check)).to_be_bytes();
 

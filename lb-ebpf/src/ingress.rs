@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, ServiceKey, SourceRangeData,
-    backend_flags, flow_flags, proto, service_flags, vip_flags, BackendValue,
+    BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, ServiceKey,
+    SourceRangeData, backend_flags, flow_flags, proto, service_flags, vip_flags,
 };
 
 use crate::{
@@ -38,7 +38,7 @@ use crate::{
     csum,
     forward::{self, Route},
     icmp,
-    maps::{BACKEND_STATS, CONFIG, SERVICES, SERVICE_STATS, SRC_RANGES, VIPS},
+    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, SRC_RANGES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
@@ -122,7 +122,11 @@ fn check_ipv4(ip: &Ipv4Hdr, frame_len: usize) -> Result<usize, DropReason> {
 /// The TCP or UDP header, if the IP payload holds all of it. The flag says
 /// "TCP SYN without ACK" (a connection attempt).
 #[inline(always)]
-fn transport<'a>(cur: &mut Cursor<'a>, proto: u8, l4_len: usize) -> Result<(L4<'a>, bool), DropReason> {
+fn transport<'a>(
+    cur: &mut Cursor<'a>,
+    proto: u8,
+    l4_len: usize,
+) -> Result<(L4<'a>, bool), DropReason> {
     match proto {
         proto::TCP => {
             if l4_len < core::mem::size_of::<TcpHdr>() {
@@ -173,7 +177,12 @@ fn service_path(
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
-    let skey = ServiceKey { vip: ip.dst, port: l4.dport(), proto, _pad: 0 };
+    let skey = ServiceKey {
+        vip: ip.dst,
+        port: l4.dport(),
+        proto,
+        _pad: 0,
+    };
     let Some(svc) = SERVICES.get_ptr(skey) else {
         return Outcome::Drop(DropReason::NoService);
     };
@@ -181,7 +190,13 @@ fn service_path(
     let svc = unsafe { *svc };
     stats::traffic(&SERVICE_STATS, svc.id, frame_len);
     if svc.flags & service_flags::SOURCE_RANGES != 0 {
-        let k = Key::new(64, SourceRangeData { service_id: svc.id.to_be_bytes(), addr: ip.src });
+        let k = Key::new(
+            64,
+            SourceRangeData {
+                service_id: svc.id.to_be_bytes(),
+                addr: ip.src,
+            },
+        );
         if SRC_RANGES.get(&k).is_none() {
             return Outcome::Drop(DropReason::SourceRange);
         }
@@ -190,11 +205,25 @@ fn service_path(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let (backend_id, b, established) = match service::choose(&key, &svc, syn_only, now) {
-        Ok(Choice::Established { backend_id, backend, ct }) => (backend_id, backend, Some(ct)),
-        Ok(Choice::New { backend_id, backend }) => (backend_id, backend, None),
+        Ok(Choice::Established {
+            backend_id,
+            backend,
+            ct,
+        }) => (backend_id, backend, Some(ct)),
+        Ok(Choice::New {
+            backend_id,
+            backend,
+        }) => (backend_id, backend, None),
         Err(r) => return Outcome::Drop(r),
     };
-    let flow = Flow { key, service_id: svc.id, backend_id, b, established, now };
+    let flow = Flow {
+        key,
+        service_id: svc.id,
+        backend_id,
+        b,
+        established,
+        now,
+    };
     let out = if b.flags & backend_flags::LOCAL != 0 {
         to_local(ip, &mut l4, &flow)
     } else {
@@ -241,7 +270,16 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow) -> Outcome {
         }
         Counter::LocalNewFlow
     };
-    nat::rewrite(ip, l4, None, Some(Endpoint { addr: f.b.ip, port: f.b.port }), false);
+    nat::rewrite(
+        ip,
+        l4,
+        None,
+        Some(Endpoint {
+            addr: f.b.ip,
+            port: f.b.port,
+        }),
+        false,
+    );
     Outcome::Pass(counter)
 }
 
@@ -291,8 +329,14 @@ fn to_remote(
     nat::rewrite(
         ip,
         l4,
-        Some(Endpoint { addr: cfg.node_ip, port: nat_port }),
-        Some(Endpoint { addr: f.b.ip, port: f.b.port }),
+        Some(Endpoint {
+            addr: cfg.node_ip,
+            port: nat_port,
+        }),
+        Some(Endpoint {
+            addr: f.b.ip,
+            port: f.b.port,
+        }),
         true,
     );
     forward::send(ctx, eth, &hop, counter)
@@ -346,8 +390,14 @@ fn node_path(
     nat::rewrite(
         ip,
         &mut l4,
-        Some(Endpoint { addr: r.new_src, port: r.new_sport }),
-        Some(Endpoint { addr: r.new_dst, port: r.new_dport }),
+        Some(Endpoint {
+            addr: r.new_src,
+            port: r.new_sport,
+        }),
+        Some(Endpoint {
+            addr: r.new_dst,
+            port: r.new_dport,
+        }),
         hop.is_some(),
     );
     match hop {

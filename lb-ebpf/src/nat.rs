@@ -20,12 +20,22 @@ pub struct L4<'a> {
 impl<'a> L4<'a> {
     #[inline(always)]
     pub fn tcp(h: &'a mut TcpHdr) -> Self {
-        Self { sport: &mut h.sport, dport: &mut h.dport, check: &mut h.check, udp: false }
+        Self {
+            sport: &mut h.sport,
+            dport: &mut h.dport,
+            check: &mut h.check,
+            udp: false,
+        }
     }
 
     #[inline(always)]
     pub fn udp(h: &'a mut UdpHdr) -> Self {
-        Self { sport: &mut h.sport, dport: &mut h.dport, check: &mut h.check, udp: true }
+        Self {
+            sport: &mut h.sport,
+            dport: &mut h.dport,
+            check: &mut h.check,
+            udp: true,
+        }
     }
 
     #[inline(always)]

@@ -166,7 +166,11 @@ impl<'a> Cursor<'a> {
     /// lives.
     #[inline(always)]
     pub unsafe fn new(data: usize, data_end: usize) -> Self {
-        Self { pos: data, end: data_end, _frame: PhantomData }
+        Self {
+            pos: data,
+            end: data_end,
+            _frame: PhantomData,
+        }
     }
 
     /// The next `T`, if the frame holds all of it.

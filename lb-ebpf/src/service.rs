@@ -26,13 +26,27 @@ pub const NS_PER_SEC: u64 = 1_000_000_000;
 
 pub enum Choice {
     /// Conntrack hit on a live backend; the pointer is the conntrack value.
-    Established { backend_id: u32, backend: BackendValue, ct: *mut ConntrackValue },
-    New { backend_id: u32, backend: BackendValue },
+    Established {
+        backend_id: u32,
+        backend: BackendValue,
+        ct: *mut ConntrackValue,
+    },
+    New {
+        backend_id: u32,
+        backend: BackendValue,
+    },
 }
 
 #[inline(always)]
 pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey { src, dst, sport, dport, proto, _pad: [0; 3] }
+    FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
 }
 
 #[inline(always)]
@@ -52,11 +66,20 @@ pub fn choose(
 ) -> Result<Choice, DropReason> {
     if !syn_only && let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: value pointer the map just returned; fields read by value.
-        let (id, ip, remote) =
-            unsafe { ((*ct).backend_id, (*ct).backend_ip, (*ct).flags & flow_flags::REMOTE != 0) };
+        let (id, ip, remote) = unsafe {
+            (
+                (*ct).backend_id,
+                (*ct).backend_ip,
+                (*ct).flags & flow_flags::REMOTE != 0,
+            )
+        };
         match backend(id) {
             Some(b) if b.ip == ip && (b.flags & backend_flags::LOCAL == 0) == remote => {
-                return Ok(Choice::Established { backend_id: id, backend: b, ct });
+                return Ok(Choice::Established {
+                    backend_id: id,
+                    backend: b,
+                    ct,
+                });
             }
             _ => stats::count(Counter::FlowRepicked),
         }
@@ -66,18 +89,27 @@ pub fn choose(
     }
     let client = key.src;
     let hash = if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = AffinityKey { service_id: svc.id, client };
+        let akey = AffinityKey {
+            service_id: svc.id,
+            client,
+        };
         if let Some(a) = AFFINITY.get_ptr_mut(akey) {
             // SAFETY: value pointer the map just returned.
             let a_val = unsafe { *a };
             let live = now.wrapping_sub(a_val.last_seen_ns)
                 < u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
-            if live && let Some(b) = backend(a_val.backend_id) && b.ip == a_val.backend_ip {
+            if live
+                && let Some(b) = backend(a_val.backend_id)
+                && b.ip == a_val.backend_ip
+            {
                 // SAFETY: same pointer; a racing writer can only store another
                 // timestamp, which is as good as ours.
                 unsafe { (*a).last_seen_ns = now };
                 stats::count(Counter::AffinityHit);
-                return Ok(Choice::New { backend_id: a_val.backend_id, backend: b });
+                return Ok(Choice::New {
+                    backend_id: a_val.backend_id,
+                    backend: b,
+                });
             }
         }
         client_hash(client)
@@ -94,11 +126,21 @@ pub fn choose(
         return Err(DropReason::NoBackend);
     };
     if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = AffinityKey { service_id: svc.id, client };
-        let aval = AffinityValue { backend_id: id, backend_ip: b.ip, last_seen_ns: now };
+        let akey = AffinityKey {
+            service_id: svc.id,
+            client,
+        };
+        let aval = AffinityValue {
+            backend_id: id,
+            backend_ip: b.ip,
+            last_seen_ns: now,
+        };
         // Best effort: without the entry the next flow hashes to the same
         // backend anyway (client hash), unless the table changed.
         let _ = AFFINITY.insert(akey, aval, u64::from(BPF_ANY));
     }
-    Ok(Choice::New { backend_id: id, backend: b })
+    Ok(Choice::New {
+        backend_id: id,
+        backend: b,
+    })
 }

@@ -68,14 +68,49 @@ fn arp_fixtures() {
         long_hw.hlen = 8;
         let truncated = req(VIP).build()[..14 + 27].to_vec();
         let cases: Vec<(&str, Vec<u8>, u32, Want)> = vec![
-            ("VIP owned by another node", req(VIP_OTHER).build(), XDP_DROP, Want::D(D::ArpNotOwned)),
-            ("node address", req(NODE_IP).build(), XDP_PASS, Want::C(C::ArpPass)),
-            ("unrelated address", req(NOT_VIP).build(), XDP_PASS, Want::C(C::ArpPass)),
-            ("gratuitous ARP for a VIP", gratuitous.build(), XDP_PASS, Want::C(C::ArpPass)),
-            ("ARP reply about a VIP", reply.build(), XDP_PASS, Want::C(C::ArpPass)),
-            ("non-Ethernet ARP", not_ethernet.build(), XDP_PASS, Want::C(C::ArpPass)),
+            (
+                "VIP owned by another node",
+                req(VIP_OTHER).build(),
+                XDP_DROP,
+                Want::D(D::ArpNotOwned),
+            ),
+            (
+                "node address",
+                req(NODE_IP).build(),
+                XDP_PASS,
+                Want::C(C::ArpPass),
+            ),
+            (
+                "unrelated address",
+                req(NOT_VIP).build(),
+                XDP_PASS,
+                Want::C(C::ArpPass),
+            ),
+            (
+                "gratuitous ARP for a VIP",
+                gratuitous.build(),
+                XDP_PASS,
+                Want::C(C::ArpPass),
+            ),
+            (
+                "ARP reply about a VIP",
+                reply.build(),
+                XDP_PASS,
+                Want::C(C::ArpPass),
+            ),
+            (
+                "non-Ethernet ARP",
+                not_ethernet.build(),
+                XDP_PASS,
+                Want::C(C::ArpPass),
+            ),
             ("hlen 8", long_hw.build(), XDP_PASS, Want::C(C::ArpPass)),
-            ("truncated ARP", truncated, XDP_PASS, Want::C(C::PassMalformed)),
+            (
+                "truncated ARP",
+                truncated,
+                XDP_PASS,
+                Want::C(C::PassMalformed),
+            ),
         ];
         for (what, frame, action, want) in cases {
             lb.expect_untouched(what, &frame, action, want);
@@ -90,20 +125,40 @@ fn icmp_echo_reply() {
     with_lb(|lb| {
         let mut req = Pkt::icmp_echo(CLIENT, VIP);
         req.ttl = 1; // we are the destination: answered whatever the TTL
-        let out = lb.expect("echo request", &req.build(), XDP_TX, Want::C(C::IcmpEchoReply));
+        let out = lb.expect(
+            "echo request",
+            &req.build(),
+            XDP_TX,
+            Want::C(C::IcmpEchoReply),
+        );
         let mut want = req.clone();
         want.eth_src = req.eth_dst;
         want.eth_dst = req.eth_src;
         want.src = VIP;
         want.dst = CLIENT;
         want.ttl = 64;
-        want.l4 = L4::IcmpEcho { ty: 0, code: 0, id: 0x1234, seq: 7 };
+        want.l4 = L4::IcmpEcho {
+            ty: 0,
+            code: 0,
+            id: 0x1234,
+            seq: 7,
+        };
         assert_eq!(out, want.build());
         assert_checksums(&out);
 
         let mut other = Pkt::icmp_echo(CLIENT, VIP);
-        other.l4 = L4::IcmpEcho { ty: 13, code: 0, id: 1, seq: 1 };
-        lb.expect_untouched("timestamp request", &other.build(), XDP_DROP, Want::D(D::UnsupportedProtocol));
+        other.l4 = L4::IcmpEcho {
+            ty: 13,
+            code: 0,
+            id: 1,
+            seq: 1,
+        };
+        lb.expect_untouched(
+            "timestamp request",
+            &other.build(),
+            XDP_DROP,
+            Want::D(D::UnsupportedProtocol),
+        );
     });
 }
 
@@ -114,26 +169,62 @@ fn local_flow_new_established_and_egress_reply() {
     with_lb(|lb| {
         let (pod_ip, pod_port) = pod(LOCAL_A);
         let syn = Pkt::tcp(CLIENT, 40000, VIP, 80, SYN);
-        let out = lb.expect("local SYN", &syn.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let out = lb.expect(
+            "local SYN",
+            &syn.build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
         let mut want = syn.clone();
         want.dst = pod_ip;
         want.dport = pod_port;
         assert_eq!(out, want.build(), "DNAT to the pod, nothing else");
         assert_checksums(&out);
 
-        let ct = lb.conntrack(&flow(CLIENT, VIP, 40000, 80, proto::TCP)).expect("conntrack entry");
-        assert_eq!((ct.backend_id, ct.backend_ip, ct.service_id, ct.nat_port, ct.flags), (LOCAL_A, pod_ip, 1, 0, 0));
-        let rev = lb.rev_nat(&flow(pod_ip, CLIENT, pod_port, 40000, proto::TCP)).expect("rev_nat entry");
+        let ct = lb
+            .conntrack(&flow(CLIENT, VIP, 40000, 80, proto::TCP))
+            .expect("conntrack entry");
         assert_eq!(
-            (rev.new_src, rev.new_dst, rev.new_sport, rev.new_dport, rev.service_id, rev.flags),
+            (
+                ct.backend_id,
+                ct.backend_ip,
+                ct.service_id,
+                ct.nat_port,
+                ct.flags
+            ),
+            (LOCAL_A, pod_ip, 1, 0, 0)
+        );
+        let rev = lb
+            .rev_nat(&flow(pod_ip, CLIENT, pod_port, 40000, proto::TCP))
+            .expect("rev_nat entry");
+        assert_eq!(
+            (
+                rev.new_src,
+                rev.new_dst,
+                rev.new_sport,
+                rev.new_dport,
+                rev.service_id,
+                rev.flags
+            ),
             (VIP, CLIENT, 80, 40000, 1, 0)
         );
-        assert_eq!(lb.traffic(m::SERVICE_STATS, 1), (1, syn.build().len() as u64));
-        assert_eq!(lb.traffic(m::BACKEND_STATS, LOCAL_A), (1, syn.build().len() as u64));
+        assert_eq!(
+            lb.traffic(m::SERVICE_STATS, 1),
+            (1, syn.build().len() as u64)
+        );
+        assert_eq!(
+            lb.traffic(m::BACKEND_STATS, LOCAL_A),
+            (1, syn.build().len() as u64)
+        );
 
         let mut ack = Pkt::tcp(CLIENT, 40000, VIP, 80, ACK | PSH);
         ack.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        let out = lb.expect("local ACK", &ack.build(), XDP_PASS, Want::C(C::LocalEstablished));
+        let out = lb.expect(
+            "local ACK",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
         let mut want = ack.clone();
         want.dst = pod_ip;
         want.dport = pod_port;
@@ -200,10 +291,18 @@ fn remote_flow_new_established_and_reply() {
     with_lb(|lb| {
         let (pod_ip, pod_port) = pod(REMOTE_PEER);
         let syn = Pkt::tcp(CLIENT, 40001, VIP, 81, SYN);
-        let out = lb.expect("remote SYN", &syn.build(), XDP_TX, Want::C(C::RemoteNewFlow));
+        let out = lb.expect(
+            "remote SYN",
+            &syn.build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
         let v = view(&out);
         let nat_port = v.sport;
-        assert!((NAT_MIN..=NAT_MAX).contains(&nat_port), "NAT port {nat_port}");
+        assert!(
+            (NAT_MIN..=NAT_MAX).contains(&nat_port),
+            "NAT port {nat_port}"
+        );
         let mut want = syn.clone();
         want.eth_dst = PEER_NODE_MAC;
         want.eth_src = NODE_MAC;
@@ -215,17 +314,33 @@ fn remote_flow_new_established_and_reply() {
         assert_eq!(out, want.build());
         assert_checksums(&out);
 
-        let ct = lb.conntrack(&flow(CLIENT, VIP, 40001, 81, proto::TCP)).expect("conntrack");
-        assert_eq!((ct.backend_id, ct.nat_port, ct.flags), (REMOTE_PEER, nat_port, flow_flags::REMOTE));
+        let ct = lb
+            .conntrack(&flow(CLIENT, VIP, 40001, 81, proto::TCP))
+            .expect("conntrack");
+        assert_eq!(
+            (ct.backend_id, ct.nat_port, ct.flags),
+            (REMOTE_PEER, nat_port, flow_flags::REMOTE)
+        );
         let rkey = flow(pod_ip, NODE_IP, pod_port, nat_port, proto::TCP);
         let rev = lb.rev_nat(&rkey).expect("rev_nat");
         assert_eq!(
-            (rev.new_src, rev.new_dst, rev.new_sport, rev.new_dport, rev.flags),
+            (
+                rev.new_src,
+                rev.new_dst,
+                rev.new_sport,
+                rev.new_dport,
+                rev.flags
+            ),
             (VIP, CLIENT, 81, 40001, flow_flags::REMOTE)
         );
 
         let ack = Pkt::tcp(CLIENT, 40001, VIP, 81, ACK);
-        let out = lb.expect("remote ACK", &ack.build(), XDP_TX, Want::C(C::RemoteEstablished));
+        let out = lb.expect(
+            "remote ACK",
+            &ack.build(),
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
         let mut want = ack.clone();
         want.eth_dst = PEER_NODE_MAC;
         want.eth_src = NODE_MAC;
@@ -240,7 +355,12 @@ fn remote_flow_new_established_and_reply() {
         let mut reply = Pkt::tcp(pod_ip, pod_port, NODE_IP, nat_port, SYN | ACK);
         reply.eth_src = PEER_NODE_MAC;
         reply.eth_dst = NODE_MAC;
-        let out = lb.expect("remote reply", &reply.build(), XDP_TX, Want::C(C::RemoteReply));
+        let out = lb.expect(
+            "remote reply",
+            &reply.build(),
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
         let mut want = reply.clone();
         want.eth_src = NODE_MAC;
         want.eth_dst = CLIENT_MAC;
@@ -266,16 +386,27 @@ fn remote_udp_and_redirect() {
         let q = Pkt::udp(CLIENT, 6000, VIP, 87);
         let out = lb.expect("remote UDP", &q.build(), XDP_TX, Want::C(C::RemoteNewFlow));
         let v = view(&out);
-        assert_eq!((v.ip.source, v.ip.destination, v.dport), (NODE_IP, pod_ip, pod_port));
+        assert_eq!(
+            (v.ip.source, v.ip.destination, v.dport),
+            (NODE_IP, pod_ip, pod_port)
+        );
         assert_checksums(&out);
 
         // Backend node behind the other interface: redirect there.
         let (far_ip, far_port) = pod(REMOTE_FAR);
         let syn = Pkt::tcp(CLIENT, 40002, VIP, 82, SYN);
-        let out = lb.expect("remote via v2", &syn.build(), XDP_REDIRECT, Want::C(C::RemoteNewFlow));
+        let out = lb.expect(
+            "remote via v2",
+            &syn.build(),
+            XDP_REDIRECT,
+            Want::C(C::RemoteNewFlow),
+        );
         let v = view(&out);
         assert_eq!((v.eth_dst, v.eth_src), (FAR_NODE_MAC, NODE2_MAC));
-        assert_eq!((v.ip.source, v.ip.destination, v.dport), (NODE_IP, far_ip, far_port));
+        assert_eq!(
+            (v.ip.source, v.ip.destination, v.dport),
+            (NODE_IP, far_ip, far_port)
+        );
         assert_checksums(&out);
     });
 }
@@ -284,18 +415,39 @@ fn remote_udp_and_redirect() {
 fn remote_without_neighbour() {
     with_lb(|lb| {
         let syn = Pkt::tcp(CLIENT, 40003, VIP, 83, SYN);
-        lb.expect_untouched("backend node unresolved", &syn.build(), XDP_DROP, Want::D(D::NoNeighbour));
-        assert!(lb.rev_nat_entries().is_empty(), "no NAT port claimed for an unsendable flow");
-        assert!(lb.conntrack(&flow(CLIENT, VIP, 40003, 83, proto::TCP)).is_none());
+        lb.expect_untouched(
+            "backend node unresolved",
+            &syn.build(),
+            XDP_DROP,
+            Want::D(D::NoNeighbour),
+        );
+        assert!(
+            lb.rev_nat_entries().is_empty(),
+            "no NAT port claimed for an unsendable flow"
+        );
+        assert!(
+            lb.conntrack(&flow(CLIENT, VIP, 40003, 83, proto::TCP))
+                .is_none()
+        );
 
         // A reply to a client the kernel has not resolved yet: translated
         // and passed (its source is the VIP), TTL left to the kernel.
         let (pod_ip, pod_port) = pod(REMOTE_PEER);
         let syn = Pkt::tcp(CLIENT_NO_NEIGH, 40004, VIP, 81, SYN);
-        let out = lb.expect("remote SYN", &syn.build(), XDP_TX, Want::C(C::RemoteNewFlow));
+        let out = lb.expect(
+            "remote SYN",
+            &syn.build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
         let nat_port = view(&out).sport;
         let reply = Pkt::tcp(pod_ip, pod_port, NODE_IP, nat_port, SYN | ACK);
-        let out = lb.expect("reply, client unresolved", &reply.build(), XDP_PASS, Want::C(C::FibPassToKernel));
+        let out = lb.expect(
+            "reply, client unresolved",
+            &reply.build(),
+            XDP_PASS,
+            Want::C(C::FibPassToKernel),
+        );
         let mut want = reply.clone();
         want.src = VIP;
         want.sport = 81;
@@ -326,14 +478,27 @@ fn nat_ports_unique_and_exhaustion() {
         for p in 62000..=62003 {
             lb.insert_rev_nat(
                 flow(pod_ip, NODE_IP, pod_port, p, proto::TCP),
-                RevNatValue { flags: flow_flags::REMOTE, ..RevNatValue::default() },
+                RevNatValue {
+                    flags: flow_flags::REMOTE,
+                    ..RevNatValue::default()
+                },
             );
         }
         let syn = Pkt::tcp(CLIENT, 30000, VIP, 81, SYN);
-        lb.expect_untouched("all NAT ports taken", &syn.build(), XDP_DROP, Want::D(D::NatExhausted));
+        lb.expect_untouched(
+            "all NAT ports taken",
+            &syn.build(),
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
         // The same port range for another protocol is free.
         let q = Pkt::udp(CLIENT, 30000, VIP, 87);
-        let out = lb.expect("UDP in the same range", &q.build(), XDP_TX, Want::C(C::RemoteNewFlow));
+        let out = lb.expect(
+            "UDP in the same range",
+            &q.build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
         assert!((62000..=62003).contains(&view(&out).sport));
     });
 }
@@ -344,22 +509,84 @@ fn nat_ports_unique_and_exhaustion() {
 fn service_drops_and_source_ranges() {
     with_lb(|lb| {
         let cases: Vec<(&str, Pkt, u32, Want)> = vec![
-            ("unserved port", Pkt::tcp(CLIENT, 1, VIP, 9999, SYN), XDP_DROP, Want::D(D::NoService)),
-            ("UDP on a TCP port", Pkt::udp(CLIENT, 1, VIP, 80), XDP_DROP, Want::D(D::NoService)),
-            ("TCP on a UDP port", Pkt::tcp(CLIENT, 1, VIP, 53, SYN), XDP_DROP, Want::D(D::NoService)),
-            ("GRE to a VIP", { let mut p = Pkt::tcp(CLIENT, 1, VIP, 80, SYN); p.l4 = L4::Other(47); p }, XDP_DROP, Want::D(D::UnsupportedProtocol)),
-            ("no backend", Pkt::tcp(CLIENT, 1, VIP, 84, SYN), XDP_DROP, Want::D(D::NoBackend)),
-            ("source outside range", Pkt::tcp(CLIENT_FAR, 1, VIP, 85, SYN), XDP_DROP, Want::D(D::SourceRange)),
-            ("TTL 1", { let mut p = Pkt::tcp(CLIENT, 1, VIP, 80, SYN); p.ttl = 1; p }, XDP_DROP, Want::D(D::TtlExceeded)),
-            ("TTL 0", { let mut p = Pkt::tcp(CLIENT, 1, VIP, 80, SYN); p.ttl = 0; p }, XDP_DROP, Want::D(D::TtlExceeded)),
+            (
+                "unserved port",
+                Pkt::tcp(CLIENT, 1, VIP, 9999, SYN),
+                XDP_DROP,
+                Want::D(D::NoService),
+            ),
+            (
+                "UDP on a TCP port",
+                Pkt::udp(CLIENT, 1, VIP, 80),
+                XDP_DROP,
+                Want::D(D::NoService),
+            ),
+            (
+                "TCP on a UDP port",
+                Pkt::tcp(CLIENT, 1, VIP, 53, SYN),
+                XDP_DROP,
+                Want::D(D::NoService),
+            ),
+            (
+                "GRE to a VIP",
+                {
+                    let mut p = Pkt::tcp(CLIENT, 1, VIP, 80, SYN);
+                    p.l4 = L4::Other(47);
+                    p
+                },
+                XDP_DROP,
+                Want::D(D::UnsupportedProtocol),
+            ),
+            (
+                "no backend",
+                Pkt::tcp(CLIENT, 1, VIP, 84, SYN),
+                XDP_DROP,
+                Want::D(D::NoBackend),
+            ),
+            (
+                "source outside range",
+                Pkt::tcp(CLIENT_FAR, 1, VIP, 85, SYN),
+                XDP_DROP,
+                Want::D(D::SourceRange),
+            ),
+            (
+                "TTL 1",
+                {
+                    let mut p = Pkt::tcp(CLIENT, 1, VIP, 80, SYN);
+                    p.ttl = 1;
+                    p
+                },
+                XDP_DROP,
+                Want::D(D::TtlExceeded),
+            ),
+            (
+                "TTL 0",
+                {
+                    let mut p = Pkt::tcp(CLIENT, 1, VIP, 80, SYN);
+                    p.ttl = 0;
+                    p
+                },
+                XDP_DROP,
+                Want::D(D::TtlExceeded),
+            ),
         ];
         for (what, p, action, want) in cases {
             lb.expect_untouched(what, &p.build(), action, want);
         }
-        let out = lb.expect("source inside range", &Pkt::tcp(CLIENT, 1, VIP, 85, SYN).build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let out = lb.expect(
+            "source inside range",
+            &Pkt::tcp(CLIENT, 1, VIP, 85, SYN).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
         assert_eq!(view(&out).ip.destination, pod(LOCAL_A).0);
         // Served on a VIP announced elsewhere: the traffic still works here.
-        lb.expect("VIP owned elsewhere", &Pkt::tcp(CLIENT, 2, VIP_OTHER, 80, SYN).build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        lb.expect(
+            "VIP owned elsewhere",
+            &Pkt::tcp(CLIENT, 2, VIP_OTHER, 80, SYN).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
     });
 }
 
@@ -371,18 +598,43 @@ fn passes_untouched() {
         let mut ipv6 = not_vip.clone();
         ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
         lb.expect_untouched("IPv6", &ipv6, XDP_PASS, Want::C(C::PassNotIpv4));
-        lb.expect_untouched("node: ssh", &Pkt::tcp(CLIENT, 1, NODE_IP, 22, SYN).build(), XDP_PASS, Want::C(C::PassNodeTraffic));
-        lb.expect_untouched("node: NAT port, no entry", &Pkt::tcp(CLIENT, 1, NODE_IP, 61500, ACK).build(), XDP_PASS, Want::C(C::PassNodeTraffic));
-        lb.expect_untouched("node: ICMP", &Pkt::icmp_echo(CLIENT, NODE_IP).build(), XDP_PASS, Want::C(C::PassNodeTraffic));
+        lb.expect_untouched(
+            "node: ssh",
+            &Pkt::tcp(CLIENT, 1, NODE_IP, 22, SYN).build(),
+            XDP_PASS,
+            Want::C(C::PassNodeTraffic),
+        );
+        lb.expect_untouched(
+            "node: NAT port, no entry",
+            &Pkt::tcp(CLIENT, 1, NODE_IP, 61500, ACK).build(),
+            XDP_PASS,
+            Want::C(C::PassNodeTraffic),
+        );
+        lb.expect_untouched(
+            "node: ICMP",
+            &Pkt::icmp_echo(CLIENT, NODE_IP).build(),
+            XDP_PASS,
+            Want::C(C::PassNodeTraffic),
+        );
         let eth_only = not_vip[..14].to_vec();
-        lb.expect_untouched("Ethernet header only", &eth_only, XDP_PASS, Want::C(C::PassMalformed));
+        lb.expect_untouched(
+            "Ethernet header only",
+            &eth_only,
+            XDP_PASS,
+            Want::C(C::PassMalformed),
+        );
 
         let mut cfg = lb.config();
         cfg.ready = 0;
         lb.set_config(cfg);
         let to_vip = Pkt::tcp(CLIENT, 1, VIP, 80, SYN).build();
         lb.expect_untouched("not ready", &to_vip, XDP_PASS, Want::Nothing);
-        lb.expect_untouched("not ready: ARP", &Arp::request(CLIENT_MAC, CLIENT, VIP).build(), XDP_PASS, Want::Nothing);
+        lb.expect_untouched(
+            "not ready: ARP",
+            &Arp::request(CLIENT_MAC, CLIENT, VIP).build(),
+            XDP_PASS,
+            Want::Nothing,
+        );
     });
 }
 
@@ -415,12 +667,20 @@ fn malformed_frames() {
             }
             // Consistently shortened datagrams (tot_len says so too): the
             // transport header is incomplete.
-            let l4_hdr = match base.l4 { L4::Tcp { .. } => 20, _ => 8 };
+            let l4_hdr = match base.l4 {
+                L4::Tcp { .. } => 20,
+                _ => 8,
+            };
             for l4_len in 0..l4_hdr {
                 let mut f = full[..34 + l4_len].to_vec();
                 f[16..18].copy_from_slice(&u16::try_from(20 + l4_len).unwrap().to_be_bytes());
                 fix_ip_checksum(&mut f);
-                lb.expect_untouched(&format!("{:?} with {l4_len} L4 bytes", base.l4), &f, XDP_DROP, Want::D(D::Truncated));
+                lb.expect_untouched(
+                    &format!("{:?} with {l4_len} L4 bytes", base.l4),
+                    &f,
+                    XDP_DROP,
+                    Want::D(D::Truncated),
+                );
             }
         }
 
@@ -442,17 +702,86 @@ fn malformed_frames() {
         };
         let cases: Vec<(&str, Vec<u8>, u32, Want)> = vec![
             ("IP options", with_options, XDP_DROP, Want::D(D::IpOptions)),
-            ("more fragments", frag(0x2000), XDP_DROP, Want::D(D::Fragment)),
-            ("fragment offset", frag(0x0001), XDP_DROP, Want::D(D::Fragment)),
-            ("bad IP checksum", mutate(&|f| f[24] ^= 0x01), XDP_DROP, Want::D(D::BadIpHeader)),
-            ("version 6", mutate(&|f| { f[14] = 0x65; fix_ip_checksum(f) }), XDP_DROP, Want::D(D::BadIpHeader)),
-            ("IHL 4", mutate(&|f| { f[14] = 0x44; f[24] = 0; f[25] = 0 }), XDP_DROP, Want::D(D::BadIpHeader)),
-            ("tot_len 19", mutate(&|f| { f[16..18].copy_from_slice(&19u16.to_be_bytes()); fix_ip_checksum(f) }), XDP_DROP, Want::D(D::BadIpHeader)),
-            ("tot_len beyond frame", mutate(&|f| { let t = u16::from_be_bytes([f[16], f[17]]) + 1; f[16..18].copy_from_slice(&t.to_be_bytes()); fix_ip_checksum(f) }), XDP_DROP, Want::D(D::Truncated)),
-            ("TCP data offset 4", mutate(&|f| f[46] = 0x40), XDP_DROP, Want::D(D::Truncated)),
-            ("802.1Q tagged", vlan_tagged(&good, 0x8100), XDP_PASS, Want::C(C::PassVlan)),
-            ("802.1ad tagged", vlan_tagged(&good, 0x88a8), XDP_PASS, Want::C(C::PassVlan)),
-            ("tagged ARP for a VIP", vlan_tagged(&Arp::request(CLIENT_MAC, CLIENT, VIP).build(), 0x8100), XDP_PASS, Want::C(C::PassVlan)),
+            (
+                "more fragments",
+                frag(0x2000),
+                XDP_DROP,
+                Want::D(D::Fragment),
+            ),
+            (
+                "fragment offset",
+                frag(0x0001),
+                XDP_DROP,
+                Want::D(D::Fragment),
+            ),
+            (
+                "bad IP checksum",
+                mutate(&|f| f[24] ^= 0x01),
+                XDP_DROP,
+                Want::D(D::BadIpHeader),
+            ),
+            (
+                "version 6",
+                mutate(&|f| {
+                    f[14] = 0x65;
+                    fix_ip_checksum(f)
+                }),
+                XDP_DROP,
+                Want::D(D::BadIpHeader),
+            ),
+            (
+                "IHL 4",
+                mutate(&|f| {
+                    f[14] = 0x44;
+                    f[24] = 0;
+                    f[25] = 0
+                }),
+                XDP_DROP,
+                Want::D(D::BadIpHeader),
+            ),
+            (
+                "tot_len 19",
+                mutate(&|f| {
+                    f[16..18].copy_from_slice(&19u16.to_be_bytes());
+                    fix_ip_checksum(f)
+                }),
+                XDP_DROP,
+                Want::D(D::BadIpHeader),
+            ),
+            (
+                "tot_len beyond frame",
+                mutate(&|f| {
+                    let t = u16::from_be_bytes([f[16], f[17]]) + 1;
+                    f[16..18].copy_from_slice(&t.to_be_bytes());
+                    fix_ip_checksum(f)
+                }),
+                XDP_DROP,
+                Want::D(D::Truncated),
+            ),
+            (
+                "TCP data offset 4",
+                mutate(&|f| f[46] = 0x40),
+                XDP_DROP,
+                Want::D(D::Truncated),
+            ),
+            (
+                "802.1Q tagged",
+                vlan_tagged(&good, 0x8100),
+                XDP_PASS,
+                Want::C(C::PassVlan),
+            ),
+            (
+                "802.1ad tagged",
+                vlan_tagged(&good, 0x88a8),
+                XDP_PASS,
+                Want::C(C::PassVlan),
+            ),
+            (
+                "tagged ARP for a VIP",
+                vlan_tagged(&Arp::request(CLIENT_MAC, CLIENT, VIP).build(), 0x8100),
+                XDP_PASS,
+                Want::C(C::PassVlan),
+            ),
         ];
         for (what, frame, action, want) in cases {
             lb.expect_untouched(what, &frame, action, want);
@@ -500,12 +829,34 @@ fn affinity_pins_a_client_and_expires() {
         let other = if first == a { b } else { a };
         let other_id = if first == a { LOCAL_B } else { LOCAL_A };
         let first_id = if first == a { LOCAL_A } else { LOCAL_B };
-        let key = AffinityKey { service_id: 8, client: CLIENT };
-        lb.set_affinity(key, AffinityValue { backend_id: other_id, backend_ip: other, last_seen_ns: ktime_ns() });
-        let out = lb.expect("live affinity", &Pkt::tcp(CLIENT, 2000, VIP, 86, SYN).build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let key = AffinityKey {
+            service_id: 8,
+            client: CLIENT,
+        };
+        lb.set_affinity(
+            key,
+            AffinityValue {
+                backend_id: other_id,
+                backend_ip: other,
+                last_seen_ns: ktime_ns(),
+            },
+        );
+        let out = lb.expect(
+            "live affinity",
+            &Pkt::tcp(CLIENT, 2000, VIP, 86, SYN).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
         assert_eq!(dst_of(&out), other);
         let stale = ktime_ns() - (u64::from(AFFINITY_TIMEOUT_S) + 1) * 1_000_000_000;
-        lb.set_affinity(key, AffinityValue { backend_id: other_id, backend_ip: other, last_seen_ns: stale });
+        lb.set_affinity(
+            key,
+            AffinityValue {
+                backend_id: other_id,
+                backend_ip: other,
+                last_seen_ns: stale,
+            },
+        );
         let before = lb.counts();
         let out = lb.run(&Pkt::tcp(CLIENT, 2001, VIP, 86, SYN).build()).out;
         assert_eq!(dst_of(&out), first, "expired entry must not pin");
@@ -520,15 +871,34 @@ fn conntrack_keeps_flow_across_maglev_change() {
     with_lb(|lb| {
         let syn = Pkt::tcp(CLIENT, 5000, VIP, 88, SYN);
         let first = dst_of(&lb.run(&syn.build()).out);
-        let (moved_to, moved_id) = if first == pod(LOCAL_A).0 { (pod(LOCAL_B).0, LOCAL_B) } else { (pod(LOCAL_A).0, LOCAL_A) };
+        let (moved_to, moved_id) = if first == pod(LOCAL_A).0 {
+            (pod(LOCAL_B).0, LOCAL_B)
+        } else {
+            (pod(LOCAL_A).0, LOCAL_A)
+        };
         lb.maglev(1000, &[moved_id; MAGLEV_LEN as usize]);
         let ack = Pkt::tcp(CLIENT, 5000, VIP, 88, ACK);
-        let out = lb.expect("established after table change", &ack.build(), XDP_PASS, Want::C(C::LocalEstablished));
+        let out = lb.expect(
+            "established after table change",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
         assert_eq!(dst_of(&out), first, "established flow moved");
         // A new connection on the same tuple gets the current choice.
-        let out = lb.expect("new SYN, same tuple", &syn.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let out = lb.expect(
+            "new SYN, same tuple",
+            &syn.build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
         assert_eq!(dst_of(&out), moved_to);
-        let out = lb.expect("its ACK", &ack.build(), XDP_PASS, Want::C(C::LocalEstablished));
+        let out = lb.expect(
+            "its ACK",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
         assert_eq!(dst_of(&out), moved_to);
     });
 }
@@ -538,14 +908,28 @@ fn removed_backend_flow_is_repicked() {
     with_lb(|lb| {
         let ack = Pkt::tcp(CLIENT, 5001, VIP, 88, ACK);
         let first = dst_of(&lb.run(&Pkt::tcp(CLIENT, 5001, VIP, 88, SYN).build()).out);
-        let (gone, stays) = if first == pod(LOCAL_A).0 { (LOCAL_A, LOCAL_B) } else { (LOCAL_B, LOCAL_A) };
+        let (gone, stays) = if first == pod(LOCAL_A).0 {
+            (LOCAL_A, LOCAL_B)
+        } else {
+            (LOCAL_B, LOCAL_A)
+        };
         lb.backend(gone, BackendValue::default());
         lb.maglev(1000, &[stays; MAGLEV_LEN as usize]);
         let before = lb.counts();
-        let out = lb.expect("flow of a removed backend", &ack.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let out = lb.expect(
+            "flow of a removed backend",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
         assert_eq!(dst_of(&out), pod(stays).0);
         assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 1);
-        let out = lb.expect("then established", &ack.build(), XDP_PASS, Want::C(C::LocalEstablished));
+        let out = lb.expect(
+            "then established",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
         assert_eq!(dst_of(&out), pod(stays).0);
 
         // A reused slot with another pod address is a different backend.
@@ -578,7 +962,11 @@ fn bench_programs_restore_the_frame() {
         let d = lb.counts().minus(&before);
         assert_eq!(r.action, XDP_TX);
         assert_eq!(r.out, syn, "bench restores the frame");
-        assert_eq!(d.c(C::RemoteNewFlow), 1000, "every iteration a new flow: {d:?}");
+        assert_eq!(
+            d.c(C::RemoteNewFlow),
+            1000,
+            "every iteration a new flow: {d:?}"
+        );
         assert_eq!(lb.rev_nat_entries().len(), 1000);
 
         lb.set_bench_config(0);
@@ -596,7 +984,11 @@ fn bench_programs_restore_the_frame() {
 
 const CLIENTS: [[u8; 4]; 3] = [CLIENT, CLIENT_FAR, CLIENT_NO_NEIGH];
 
-fn random_frame(rng: &mut Rng, lb: &mut Lb, replies: &[(lb_common::FlowKey, RevNatValue)]) -> Vec<u8> {
+fn random_frame(
+    rng: &mut Rng,
+    lb: &mut Lb,
+    replies: &[(lb_common::FlowKey, RevNatValue)],
+) -> Vec<u8> {
     match rng.below(10) {
         // Fully random bytes, sometimes with a plausible ethertype.
         0 | 1 => {
@@ -611,19 +1003,37 @@ fn random_frame(rng: &mut Rng, lb: &mut Lb, replies: &[(lb_common::FlowKey, RevN
         }
         // ARP with random fields.
         2 => {
-            let mut a = Arp::request(CLIENT_MAC, rng.pick(&CLIENTS), rng.pick(&[VIP, VIP_OTHER, NODE_IP, NOT_VIP]));
-            if rng.chance(20) { a.oper = u16::try_from(rng.below(4)).unwrap(); }
-            if rng.chance(10) { a.spa = a.tpa; }
-            if rng.chance(10) { a.hlen = rng.next_u64() as u8; }
+            let mut a = Arp::request(
+                CLIENT_MAC,
+                rng.pick(&CLIENTS),
+                rng.pick(&[VIP, VIP_OTHER, NODE_IP, NOT_VIP]),
+            );
+            if rng.chance(20) {
+                a.oper = u16::try_from(rng.below(4)).unwrap();
+            }
+            if rng.chance(10) {
+                a.spa = a.tpa;
+            }
+            if rng.chance(10) {
+                a.hlen = rng.next_u64() as u8;
+            }
             let mut f = a.build();
-            if rng.chance(20) { f.truncate(14 + usize::try_from(rng.below(28)).unwrap()); }
+            if rng.chance(20) {
+                f.truncate(14 + usize::try_from(rng.below(28)).unwrap());
+            }
             f
         }
         // A reply to one of our NAT ports (or a near miss).
         3 if !replies.is_empty() => {
             let (k, _) = replies[usize::try_from(rng.below(replies.len() as u64)).unwrap()];
-            let mut p = if k.proto == proto::TCP { Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK) } else { Pkt::udp(k.src, k.sport, k.dst, k.dport) };
-            if rng.chance(20) { p.dport = p.dport.wrapping_add(1); }
+            let mut p = if k.proto == proto::TCP {
+                Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK)
+            } else {
+                Pkt::udp(k.src, k.sport, k.dst, k.dport)
+            };
+            if rng.chance(20) {
+                p.dport = p.dport.wrapping_add(1);
+            }
             mangle(rng, p)
         }
         // Structured IPv4 aimed at VIPs, the node and others.
@@ -637,11 +1047,27 @@ fn random_frame(rng: &mut Rng, lb: &mut Lb, replies: &[(lb_common::FlowKey, RevN
             let p = match rng.below(8) {
                 0..=3 => {
                     let r = rng.next_u64() as u8;
-                    Pkt::tcp(src, sport, dst, port, rng.pick(&[SYN, ACK, SYN | ACK, ACK | PSH, r]))
+                    Pkt::tcp(
+                        src,
+                        sport,
+                        dst,
+                        port,
+                        rng.pick(&[SYN, ACK, SYN | ACK, ACK | PSH, r]),
+                    )
                 }
-                4 | 5 => { let mut p = Pkt::udp(src, sport, dst, port); p.l4 = L4::Udp { zero_csum: rng.chance(20) }; p }
+                4 | 5 => {
+                    let mut p = Pkt::udp(src, sport, dst, port);
+                    p.l4 = L4::Udp {
+                        zero_csum: rng.chance(20),
+                    };
+                    p
+                }
                 6 => Pkt::icmp_echo(src, dst),
-                _ => { let mut p = Pkt::tcp(src, sport, dst, port, SYN); p.l4 = L4::Other(rng.next_u64() as u8); p }
+                _ => {
+                    let mut p = Pkt::tcp(src, sport, dst, port, SYN);
+                    p.l4 = L4::Other(rng.next_u64() as u8);
+                    p
+                }
             };
             let _ = lb;
             mangle(rng, p)
@@ -654,14 +1080,34 @@ fn mangle(rng: &mut Rng, mut p: Pkt) -> Vec<u8> {
     let r = rng.next_u64() as u8;
     p.ttl = rng.pick(&[64, 1, 0, 2, r]);
     p.payload = rng.bytes_upto(64);
-    if rng.chance(5) { p.frag = rng.next_u64() as u16; }
-    if rng.chance(5) { p.options = vec![1; 4 * usize::try_from(1 + rng.below(3)).unwrap()]; }
+    if rng.chance(5) {
+        p.frag = rng.next_u64() as u16;
+    }
+    if rng.chance(5) {
+        p.options = vec![1; 4 * usize::try_from(1 + rng.below(3)).unwrap()];
+    }
     let mut f = p.build();
-    if rng.chance(10) { let i = 14 + usize::try_from(rng.below(20)).unwrap(); f[i] ^= 1 << rng.below(8); }
-    if rng.chance(10) && f.len() > 34 { let i = 34 + usize::try_from(rng.below((f.len() - 34) as u64)).unwrap(); f[i] ^= 1 << rng.below(8); }
-    if rng.chance(10) { f.truncate(14 + usize::try_from(rng.below((f.len() - 14) as u64 + 1)).unwrap().max(0)); }
-    if rng.chance(5) { f.extend_from_slice(&rng.bytes_upto(20)); }
-    if f.len() < 14 { f.resize(14, 0); }
+    if rng.chance(10) {
+        let i = 14 + usize::try_from(rng.below(20)).unwrap();
+        f[i] ^= 1 << rng.below(8);
+    }
+    if rng.chance(10) && f.len() > 34 {
+        let i = 34 + usize::try_from(rng.below((f.len() - 34) as u64)).unwrap();
+        f[i] ^= 1 << rng.below(8);
+    }
+    if rng.chance(10) {
+        f.truncate(
+            14 + usize::try_from(rng.below((f.len() - 14) as u64 + 1))
+                .unwrap()
+                .max(0),
+        );
+    }
+    if rng.chance(5) {
+        f.extend_from_slice(&rng.bytes_upto(20));
+    }
+    if f.len() < 14 {
+        f.resize(14, 0);
+    }
     f
 }
 
@@ -680,7 +1126,10 @@ fn check_changed(input: &[u8], out: &[u8], action: u32, pods: &[[u8; 4]]) {
         assert_eq!(&out[28..32], &VIP, "answered only for the owned VIP");
         return;
     }
-    assert!(ipv4_ok_shape(input) && ipv4_ok_shape(out), "only plain IPv4 is rewritten");
+    assert!(
+        ipv4_ok_shape(input) && ipv4_ok_shape(out),
+        "only plain IPv4 is rewritten"
+    );
     assert!(ip_verifies(input), "rewrote a frame with a bad IP checksum");
     assert!(ip_verifies(out), "IP checksum broken by the rewrite");
     if input[23] == proto::ICMP {
@@ -688,22 +1137,37 @@ fn check_changed(input: &[u8], out: &[u8], action: u32, pods: &[[u8; 4]]) {
         let v = |f: &[u8]| support::packet::ones_sum(&f[34..14 + tot], 0) == 0xffff;
         assert_eq!(v(out), v(input), "ICMP checksum validity changed");
     } else {
-        assert_eq!(l4_verifies(out), l4_verifies(input), "L4 checksum validity changed");
+        assert_eq!(
+            l4_verifies(out),
+            l4_verifies(input),
+            "L4 checksum validity changed"
+        );
     }
     let src: [u8; 4] = out[26..30].try_into().unwrap();
     let dst: [u8; 4] = out[30..34].try_into().unwrap();
     let in_src: [u8; 4] = input[26..30].try_into().unwrap();
-    assert!([NODE_IP, VIP, VIP_OTHER, in_src].contains(&src), "source {src:?}");
-    assert!(pods.contains(&dst) || CLIENTS.contains(&dst), "destination {dst:?}");
+    assert!(
+        [NODE_IP, VIP, VIP_OTHER, in_src].contains(&src),
+        "source {src:?}"
+    );
+    assert!(
+        pods.contains(&dst) || CLIENTS.contains(&dst),
+        "destination {dst:?}"
+    );
 }
 
 #[test]
 fn random_frames() {
     const FRAMES: u64 = 100_000;
-    let seed = std::env::var("ONEHOP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(ktime_ns);
+    let seed = std::env::var("ONEHOP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(ktime_ns);
     eprintln!("random_frames seed {seed} (set ONEHOP_SEED to replay)");
     with_lb(|lb| {
-        let pods: Vec<[u8; 4]> = [LOCAL_A, REMOTE_PEER, REMOTE_FAR, REMOTE_NO_NEIGH, LOCAL_B].map(|i| backend_value(i).ip).to_vec();
+        let pods: Vec<[u8; 4]> = [LOCAL_A, REMOTE_PEER, REMOTE_FAR, REMOTE_NO_NEIGH, LOCAL_B]
+            .map(|i| backend_value(i).ip)
+            .to_vec();
         let mut rng = Rng::new(seed);
         let before = lb.counts();
         let mut replies = Vec::new();
@@ -714,41 +1178,88 @@ fn random_frames() {
             }
             let f = random_frame(&mut rng, lb, &replies);
             let r = lb.run(&f);
-            assert!([XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.action), "frame {i}: action {}", r.action);
+            assert!(
+                [XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.action),
+                "frame {i}: action {}",
+                r.action
+            );
             if r.out != f {
                 changed += 1;
-                let result = std::panic::catch_unwind(|| check_changed(&f, &r.out, r.action, &pods));
+                let result =
+                    std::panic::catch_unwind(|| check_changed(&f, &r.out, r.action, &pods));
                 if let Err(e) = result {
-                    panic!("seed {seed} frame {i}\n in: {f:02x?}\nout: {:02x?}\n{e:?}", r.out);
+                    panic!(
+                        "seed {seed} frame {i}\n in: {f:02x?}\nout: {:02x?}\n{e:?}",
+                        r.out
+                    );
                 }
             }
         }
         let d = lb.counts().minus(&before);
         assert_eq!(d.c(C::IngressPackets), FRAMES);
-        assert_eq!(d.outcomes(), FRAMES, "every frame exactly one outcome: {d:?}");
-        assert!(changed > FRAMES / 20, "too few frames exercised a rewrite: {changed}");
-        assert!(d.c(C::RemoteReply) > 0 && d.c(C::LocalNewFlow) > 0 && d.c(C::RemoteNewFlow) > 0 && d.c(C::ArpReply) > 0, "{d:?}");
+        assert_eq!(
+            d.outcomes(),
+            FRAMES,
+            "every frame exactly one outcome: {d:?}"
+        );
+        assert!(
+            changed > FRAMES / 20,
+            "too few frames exercised a rewrite: {changed}"
+        );
+        assert!(
+            d.c(C::RemoteReply) > 0
+                && d.c(C::LocalNewFlow) > 0
+                && d.c(C::RemoteNewFlow) > 0
+                && d.c(C::ArpReply) > 0,
+            "{d:?}"
+        );
 
         // Egress: random local-reply-like frames never change length, never
         // break a checksum, and always answer "next".
-        let local_rev: Vec<_> = lb.rev_nat_entries().into_iter().filter(|(_, v)| v.flags & flow_flags::REMOTE == 0).take(200).collect();
+        let local_rev: Vec<_> = lb
+            .rev_nat_entries()
+            .into_iter()
+            .filter(|(_, v)| v.flags & flow_flags::REMOTE == 0)
+            .take(200)
+            .collect();
         assert!(!local_rev.is_empty());
         for i in 0..10_000u32 {
             let (k, _) = local_rev[(i as usize) % local_rev.len()];
-            let p = if k.proto == proto::TCP { Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK) } else { Pkt::udp(k.src, k.sport, k.dst, k.dport) };
-            let f = if rng.chance(10) { let mut f = rng.bytes_upto(80); f.extend_from_slice(&[0; 14]); f[12] = 8; f[13] = 0; f } else { mangle(&mut rng, p) };
+            let p = if k.proto == proto::TCP {
+                Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK)
+            } else {
+                Pkt::udp(k.src, k.sport, k.dst, k.dport)
+            };
+            let f = if rng.chance(10) {
+                let mut f = rng.bytes_upto(80);
+                f.extend_from_slice(&[0; 14]);
+                f[12] = 8;
+                f[13] = 0;
+                f
+            } else {
+                mangle(&mut rng, p)
+            };
             // BPF_PROG_TEST_RUN refuses skbs whose IPv4 header is cut short
             // (EINVAL); the stack never hands such a frame to egress either.
             let mut f = f;
             if f.len() < 34 {
                 f.resize(34, 0);
             }
-            let r = lb.try_run_egress(&f).unwrap_or_else(|e| panic!("egress frame {i} {f:02x?}: {e}"));
+            let r = lb
+                .try_run_egress(&f)
+                .unwrap_or_else(|e| panic!("egress frame {i} {f:02x?}: {e}"));
             assert_eq!(r.action, TC_NEXT);
             if r.out != f {
                 assert_eq!(r.out.len(), f.len());
-                assert!(ip_verifies(&f) == ip_verifies(&r.out), "egress IP checksum validity changed, frame {i}");
-                assert_eq!(l4_verifies(&r.out), l4_verifies(&f), "egress L4 checksum validity changed, frame {i}");
+                assert!(
+                    ip_verifies(&f) == ip_verifies(&r.out),
+                    "egress IP checksum validity changed, frame {i}"
+                );
+                assert_eq!(
+                    l4_verifies(&r.out),
+                    l4_verifies(&f),
+                    "egress L4 checksum validity changed, frame {i}"
+                );
                 assert!([VIP, VIP_OTHER].contains(&<[u8; 4]>::try_from(&r.out[26..30]).unwrap()));
             }
         }

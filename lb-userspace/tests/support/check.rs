@@ -40,7 +40,15 @@ pub fn view(frame: &[u8]) -> View {
         }
         other => panic!("unexpected protocol {other:?}"),
     };
-    View { eth_dst: eth.destination, eth_src: eth.source, ip, sport, dport, l4_check, payload }
+    View {
+        eth_dst: eth.destination,
+        eth_src: eth.source,
+        ip,
+        sport,
+        dport,
+        l4_check,
+        payload,
+    }
 }
 
 /// Both checksums of `frame` equal what etherparse computes from scratch
@@ -49,17 +57,29 @@ pub fn view(frame: &[u8]) -> View {
 pub fn assert_checksums(frame: &[u8]) {
     let (_, rest) = Ethernet2Header::from_slice(frame).expect("ethernet header");
     let (ip, rest) = Ipv4Header::from_slice(rest).expect("ipv4 header");
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let l4 = &rest[..usize::from(ip.total_len) - ip.header_len()];
     match ip.protocol {
         IpNumber::TCP => {
             let (t, p) = TcpHeader::from_slice(l4).expect("tcp");
-            assert_eq!(t.checksum, t.calc_checksum_ipv4(&ip, p).expect("tcp csum"), "TCP checksum");
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(&ip, p).expect("tcp csum"),
+                "TCP checksum"
+            );
         }
         IpNumber::UDP => {
             let (u, p) = UdpHeader::from_slice(l4).expect("udp");
             if u.checksum != 0 {
-                assert_eq!(u.checksum, u.calc_checksum_ipv4(&ip, p).expect("udp csum"), "UDP checksum");
+                assert_eq!(
+                    u.checksum,
+                    u.calc_checksum_ipv4(&ip, p).expect("udp csum"),
+                    "UDP checksum"
+                );
             }
         }
         IpNumber::ICMP => {

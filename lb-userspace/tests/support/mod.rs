@@ -17,9 +17,9 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, Counter, DropReason,
-    FlowKey, Ipv4Key, RevNatValue, ServiceKey, ServiceValue, SourceRangeData, VipValue,
-    backend_flags, maps as m, proto, service_flags, vip_flags,
+    AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey,
+    Ipv4Key, RevNatValue, ServiceKey, ServiceValue, SourceRangeData, VipValue, backend_flags,
+    maps as m, proto, service_flags, vip_flags,
 };
 
 use self::netns::NetNs;
@@ -73,7 +73,13 @@ pub fn backend_value(id: u32) -> BackendValue {
         _ => panic!("no backend {id}"),
     };
     let flags = backend_flags::VALID | if local { backend_flags::LOCAL } else { 0 };
-    BackendValue { ip, node_ip, port, flags, _pad: 0 }
+    BackendValue {
+        ip,
+        node_ip,
+        port,
+        flags,
+        _pad: 0,
+    }
 }
 
 /// The standard services: (id, port, proto, backends, flags).
@@ -85,7 +91,13 @@ pub const SERVICES: &[(u32, u16, u8, &[u32], u32)] = &[
     (5, 83, proto::TCP, &[REMOTE_NO_NEIGH], 0),
     (6, 84, proto::TCP, &[], 0),
     (7, 85, proto::TCP, &[LOCAL_A], service_flags::SOURCE_RANGES),
-    (8, 86, proto::TCP, &[LOCAL_A, LOCAL_B], service_flags::AFFINITY),
+    (
+        8,
+        86,
+        proto::TCP,
+        &[LOCAL_A, LOCAL_B],
+        service_flags::AFFINITY,
+    ),
     (9, 87, proto::UDP, &[REMOTE_PEER], 0),
     (10, 88, proto::TCP, &[LOCAL_A, LOCAL_B], 0),
 ];
@@ -100,17 +112,51 @@ pub fn namespace() -> NetNs {
     let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
     let ip = |a: [u8; 4]| a.map(|b| b.to_string()).join(".");
     ns.ip(&["link", "set", "lo", "up"]);
-    ns.ip(&["link", "add", "v0", "address", &mac(NODE_MAC), "type", "veth", "peer", "name", "v1"]);
-    ns.ip(&["link", "add", "v2", "address", &mac(NODE2_MAC), "type", "veth", "peer", "name", "v3"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "v0",
+        "address",
+        &mac(NODE_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "v1",
+    ]);
+    ns.ip(&[
+        "link",
+        "add",
+        "v2",
+        "address",
+        &mac(NODE2_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "v3",
+    ]);
     for dev in ["v0", "v1", "v2", "v3"] {
         ns.ip(&["link", "set", dev, "up"]);
     }
     ns.ip(&["addr", "add", "10.200.0.1/24", "dev", "v0"]);
     ns.ip(&["addr", "add", "10.201.0.1/24", "dev", "v2"]);
-    for (addr, m, dev) in
-        [(PEER_NODE, PEER_NODE_MAC, "v0"), (CLIENT, CLIENT_MAC, "v0"), (FAR_NODE, FAR_NODE_MAC, "v2")]
-    {
-        ns.ip(&["neigh", "add", &ip(addr), "lladdr", &mac(m), "dev", dev, "nud", "permanent"]);
+    for (addr, m, dev) in [
+        (PEER_NODE, PEER_NODE_MAC, "v0"),
+        (CLIENT, CLIENT_MAC, "v0"),
+        (FAR_NODE, FAR_NODE_MAC, "v2"),
+    ] {
+        ns.ip(&[
+            "neigh",
+            "add",
+            &ip(addr),
+            "lladdr",
+            &mac(m),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
     }
     ns.sysctl("net/ipv4/ip_forward", "1");
     ns
@@ -150,8 +196,16 @@ pub struct Counts {
 impl Counts {
     pub fn minus(&self, before: &Counts) -> Counts {
         Counts {
-            counters: self.counters.iter().map(|(k, v)| (*k, v - before.counters[k])).collect(),
-            drops: self.drops.iter().map(|(k, v)| (*k, v - before.drops[k])).collect(),
+            counters: self
+                .counters
+                .iter()
+                .map(|(k, v)| (*k, v - before.counters[k]))
+                .collect(),
+            drops: self
+                .drops
+                .iter()
+                .map(|(k, v)| (*k, v - before.drops[k]))
+                .collect(),
         }
     }
     pub fn c(&self, c: Counter) -> u64 {
@@ -163,8 +217,18 @@ impl Counts {
     /// Sum of the counters that are final outcomes of one ingress packet,
     /// plus all drops: equals `IngressPackets` once the config is ready.
     pub fn outcomes(&self) -> u64 {
-        let extra = [Counter::IngressPackets, Counter::AffinityHit, Counter::FlowRepicked, Counter::EgressPackets, Counter::EgressReply];
-        self.counters.iter().filter(|(k, _)| !extra.contains(k)).map(|(_, v)| v).sum::<u64>()
+        let extra = [
+            Counter::IngressPackets,
+            Counter::AffinityHit,
+            Counter::FlowRepicked,
+            Counter::EgressPackets,
+            Counter::EgressReply,
+        ];
+        self.counters
+            .iter()
+            .filter(|(k, _)| !extra.contains(k))
+            .map(|(_, v)| v)
+            .sum::<u64>()
             + self.drops.values().sum::<u64>()
     }
 }
@@ -191,14 +255,25 @@ impl Lb {
             .map_max_entries(m::BACKEND_STATS, 1024)
             .load(object)
             .expect("load eBPF object");
-        for name in [m::programs::INGRESS, m::programs::PASS, "lb_ingress_bench", "bench_restore_only"] {
+        for name in [
+            m::programs::INGRESS,
+            m::programs::PASS,
+            "lb_ingress_bench",
+            "bench_restore_only",
+        ] {
             let p: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
             p.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         }
-        let p: &mut SchedClassifier =
-            ebpf.program_mut(m::programs::EGRESS).expect("egress").try_into().expect("tc");
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(m::programs::EGRESS)
+            .expect("egress")
+            .try_into()
+            .expect("tc");
         p.load().expect("load lb_egress");
-        Self { ebpf, ifindex: netns::ifindex("v0") }
+        Self {
+            ebpf,
+            ifindex: netns::ifindex("v0"),
+        }
     }
 
     pub fn config(&mut self) -> Config {
@@ -222,7 +297,10 @@ impl Lb {
     where
         T::Error: std::fmt::Debug,
     {
-        let map = self.ebpf.map_mut(name).unwrap_or_else(|| panic!("map {name}"));
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name}"));
         T::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e:?}"))
     }
 
@@ -243,19 +321,38 @@ impl Lb {
     }
 
     /// Installs a service whose Maglev table cycles through `backends`.
-    pub fn service_with(&mut self, vip: [u8; 4], port: u16, p: u8, id: u32, backends: &[u32], flags: u32) {
+    pub fn service_with(
+        &mut self,
+        vip: [u8; 4],
+        port: u16,
+        p: u8,
+        id: u32,
+        backends: &[u32],
+        flags: u32,
+    ) {
         let offset = id * 100;
         let len = if backends.is_empty() { 0 } else { MAGLEV_LEN };
-        let table: Vec<u32> = (0..len as usize).map(|i| backends[i % backends.len()]).collect();
+        let table: Vec<u32> = (0..len as usize)
+            .map(|i| backends[i % backends.len()])
+            .collect();
         self.maglev(offset, &table);
         self.service(
-            ServiceKey { vip, port, proto: p, _pad: 0 },
+            ServiceKey {
+                vip,
+                port,
+                proto: p,
+                _pad: 0,
+            },
             ServiceValue {
                 id,
                 maglev_offset: offset,
                 maglev_len: len,
                 flags,
-                affinity_timeout_s: if flags & service_flags::AFFINITY != 0 { AFFINITY_TIMEOUT_S } else { 0 },
+                affinity_timeout_s: if flags & service_flags::AFFINITY != 0 {
+                    AFFINITY_TIMEOUT_S
+                } else {
+                    0
+                },
                 _pad: 0,
             },
         );
@@ -263,7 +360,8 @@ impl Lb {
 
     pub fn vip(&mut self, addr: [u8; 4], flags: u32) {
         let mut h: HashMap<&mut MapData, Ipv4Key, VipValue> = self.map_mut(m::VIPS);
-        h.insert(Ipv4Key { addr }, VipValue { flags }, 0).expect("vip");
+        h.insert(Ipv4Key { addr }, VipValue { flags }, 0)
+            .expect("vip");
     }
 
     pub fn service(&mut self, k: ServiceKey, v: ServiceValue) {
@@ -279,7 +377,8 @@ impl Lb {
     pub fn maglev(&mut self, offset: u32, table: &[u32]) {
         let mut a: Array<&mut MapData, u32> = self.map_mut(m::MAGLEV);
         for (i, id) in table.iter().enumerate() {
-            a.set(offset + u32::try_from(i).expect("slot"), id, 0).expect("maglev");
+            a.set(offset + u32::try_from(i).expect("slot"), id, 0)
+                .expect("maglev");
         }
     }
 
@@ -287,7 +386,10 @@ impl Lb {
         let mut t: LpmTrie<&mut MapData, SourceRangeData, u32> = self.map_mut(m::SRC_RANGES);
         let key = Key::new(
             lb_common::source_range_prefixlen(prefix),
-            SourceRangeData { service_id: service_id.to_be_bytes(), addr },
+            SourceRangeData {
+                service_id: service_id.to_be_bytes(),
+                addr,
+            },
         );
         t.insert(&key, 1, 0).expect("src range");
     }
@@ -348,12 +450,20 @@ impl Lb {
 
     pub fn traffic(&mut self, map: &str, id: u32) -> (u64, u64) {
         let a: PerCpuArray<&mut MapData, lb_common::TrafficCounter> = self.map_mut(map);
-        a.get(&id, 0).expect("traffic").iter().fold((0, 0), |(p, b), t| (p + t.packets, b + t.bytes))
+        a.get(&id, 0)
+            .expect("traffic")
+            .iter()
+            .fold((0, 0), |(p, b), t| (p + t.packets, b + t.bytes))
     }
 
     /// Runs an XDP program of the object on `frame`, arriving on `v0`.
     pub fn run_prog(&self, name: &str, frame: &[u8], repeat: u32) -> Run {
-        let p: &Xdp = self.ebpf.program(name).expect(name).try_into().expect("xdp");
+        let p: &Xdp = self
+            .ebpf
+            .program(name)
+            .expect(name)
+            .try_into()
+            .expect("xdp");
         let len = u32::try_from(frame.len()).expect("frame length");
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
@@ -370,7 +480,10 @@ impl Lb {
             })
             .unwrap_or_else(|e| panic!("test_run {name}: {e:?}"));
         out.truncate(r.data_size_out as usize);
-        Run { action: r.return_value, out }
+        Run {
+            action: r.return_value,
+            out,
+        }
     }
 
     pub fn run(&self, frame: &[u8]) -> Run {
@@ -382,8 +495,12 @@ impl Lb {
     }
 
     pub fn try_run_egress(&self, frame: &[u8]) -> Result<Run, String> {
-        let p: &SchedClassifier =
-            self.ebpf.program(m::programs::EGRESS).expect("egress").try_into().expect("tc");
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(m::programs::EGRESS)
+            .expect("egress")
+            .try_into()
+            .expect("tc");
         let mut out = vec![0u8; frame.len() + 512];
         let r = p
             .test_run(TestRunOptions {
@@ -393,7 +510,10 @@ impl Lb {
             })
             .map_err(|e| format!("{e:?}"))?;
         out.truncate(r.data_size_out as usize);
-        Ok(Run { action: r.return_value, out })
+        Ok(Run {
+            action: r.return_value,
+            out,
+        })
     }
 
     /// Runs `frame` through `lb_ingress`, asserts the action and that exactly
@@ -411,7 +531,11 @@ impl Lb {
             Want::Nothing => {}
         }
         let expected_outcomes = u64::from(want != Want::Nothing);
-        assert_eq!(d.outcomes(), expected_outcomes, "{what}: exactly one outcome, got {d:?}");
+        assert_eq!(
+            d.outcomes(),
+            expected_outcomes,
+            "{what}: exactly one outcome, got {d:?}"
+        );
         r.out
     }
 
@@ -425,13 +549,24 @@ impl Lb {
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn ktime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     assert_eq!(rc, 0);
-    u64::try_from(ts.tv_sec).expect("time") * 1_000_000_000 + u64::try_from(ts.tv_nsec).expect("time")
+    u64::try_from(ts.tv_sec).expect("time") * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).expect("time")
 }
 
 pub fn flow(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, p: u8) -> FlowKey {
-    FlowKey { src, dst, sport, dport, proto: p, _pad: [0; 3] }
+    FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: p,
+        _pad: [0; 3],
+    }
 }

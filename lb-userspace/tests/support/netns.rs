@@ -19,7 +19,11 @@ pub struct NetNs {
 
 impl NetNs {
     pub fn new() -> Self {
-        let name = format!("ohdp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "ohdp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &name]);
         Self { name }
     }
@@ -35,7 +39,14 @@ impl NetNs {
     pub fn sysctl(&self, path: &str, value: &str) {
         run(
             "ip",
-            &["netns", "exec", &self.name, "sh", "-c", &format!("echo {value} > /proc/sys/{path}")],
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sh",
+                "-c",
+                &format!("echo {value} > /proc/sys/{path}"),
+            ],
         );
     }
 
@@ -62,12 +73,17 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}",

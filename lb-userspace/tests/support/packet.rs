@@ -8,7 +8,11 @@ pub const ETH_ARP: u16 = 0x0806;
 /// One's complement sum of `data` folded to 16 bits (not complemented).
 pub fn ones_sum(data: &[u8], mut acc: u32) -> u16 {
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
         acc += u32::from(w);
     }
     while acc > 0xffff {
@@ -28,10 +32,21 @@ pub fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u32 {
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { flags: u8, seq: u32, ack: u32 },
+    Tcp {
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
     /// `zero_csum`: send without a checksum (allowed for UDP over IPv4).
-    Udp { zero_csum: bool },
-    IcmpEcho { ty: u8, code: u8, id: u16, seq: u16 },
+    Udp {
+        zero_csum: bool,
+    },
+    IcmpEcho {
+        ty: u8,
+        code: u8,
+        id: u16,
+        seq: u16,
+    },
     Other(u8),
 }
 
@@ -60,7 +75,17 @@ pub struct Pkt {
 
 impl Pkt {
     pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Self {
-        Self::new(src, sport, dst, dport, L4::Tcp { flags, seq: 1000, ack: if flags & ACK != 0 { 77 } else { 0 } })
+        Self::new(
+            src,
+            sport,
+            dst,
+            dport,
+            L4::Tcp {
+                flags,
+                seq: 1000,
+                ack: if flags & ACK != 0 { 77 } else { 0 },
+            },
+        )
     }
 
     pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
@@ -68,7 +93,18 @@ impl Pkt {
     }
 
     pub fn icmp_echo(src: [u8; 4], dst: [u8; 4]) -> Self {
-        Self::new(src, 0, dst, 0, L4::IcmpEcho { ty: 8, code: 0, id: 0x1234, seq: 7 })
+        Self::new(
+            src,
+            0,
+            dst,
+            0,
+            L4::IcmpEcho {
+                ty: 8,
+                code: 0,
+                id: 0x1234,
+                seq: 7,
+            },
+        )
     }
 
     fn new(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, l4: L4) -> Self {
