@@ -27,13 +27,21 @@ fn main() -> Result<()> {
         println!("cargo:rustc-cfg=onehop_ebpf_stub");
         return Ok(());
     }
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir.join("../lb-ebpf");
     let root = root.to_str().context("non-UTF-8 path to lb-ebpf")?;
     // lb-common is shared with the eBPF crate: rebuild when it changes too.
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../lb-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../lb-common").display()
+    );
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -84,6 +84,5 @@ pub const SRC_RANGES_MAX: u32 = 65_536;
 
 /// Maglev table sizes: primes, each used for up to `size / 100` backends so
 /// that every backend gets its share of slots within 1%.
-pub const MAGLEV_TABLE_SIZES: [u32; 10] = [
-    101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521,
-];
+pub const MAGLEV_TABLE_SIZES: [u32; 10] =
+    [101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];

@@ -41,8 +41,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { n(m::AFFINITY_MAX)
     LruHashMap::new();
 
 #[btf_map(name = "src_ranges")]
-pub static SRC_RANGES: LpmTrie<SourceRangeData, u32, { n(m::SRC_RANGES_MAX) }> =
-    LpmTrie::new();
+pub static SRC_RANGES: LpmTrie<SourceRangeData, u32, { n(m::SRC_RANGES_MAX) }> = LpmTrie::new();
 
 #[btf_map(name = "service_stats")]
 pub static SERVICE_STATS: PerCpuArray<TrafficCounter, { n(m::MAX_SERVICES) }> = PerCpuArray::new();
