@@ -206,13 +206,14 @@ fn probe_here(
         bail!("no interface {ifname}: {}", io::Error::last_os_error());
     }
     let proto_be = ETH_P_ARP.to_be();
+    // Protocol 0 receives nothing until bind() names protocol and interface together.
     // SAFETY: plain socket(2) calls; the fds are owned right away.
     let sock = unsafe {
         OwnedFd::from_raw_fd(
             cvt(libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto_be),
+                0,
             ))
             .context("AF_PACKET socket")?,
         )

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod arp;
+pub mod capture;
 pub mod http;
 pub mod netns;
 pub mod server;
@@ -35,11 +36,13 @@ pub mod topology;
 pub mod traffic;
 
 pub use arp::{ArpFrame, ArpReply, arp_probe, arp_probe_from};
+pub use capture::{Capture, Frame};
 pub use netns::{
     ChildGuard, Netns, NsName, command_in, in_netns, spawn_in, spawn_thread_in, unique_prefix,
 };
 pub use server::{Answer, HttpServer, UdpServer};
 pub use topology::{Client, MacAddr, Node, Pod, Topology, TopologyBuilder};
 pub use traffic::{
-    HttpConn, Response, Timeouts, UdpReply, http_get, http_get_with, udp_request, udp_request_with,
+    HttpConn, Response, Timeouts, UdpReply, http_get, http_get_here, http_get_with, udp_request,
+    udp_request_here, udp_request_with,
 };

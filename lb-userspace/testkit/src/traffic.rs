@@ -75,9 +75,9 @@ impl Response {
     }
 }
 
-fn connect<N: NsName + ?Sized>(ns: &N, addr: SocketAddr, t: Timeouts) -> Result<TcpStream> {
-    let stream = in_netns(ns, || TcpStream::connect_timeout(&addr, t.connect))?
-        .with_context(|| format!("connecting to {addr} from netns {}", ns.ns_name()))?;
+fn connect_here(addr: SocketAddr, t: Timeouts) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, t.connect)
+        .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
     // Short socket timeouts; the overall reply deadline is enforced on top of them.
     stream.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -134,7 +134,15 @@ pub fn http_get_with<N: NsName + ?Sized>(
     path: &str,
     t: Timeouts,
 ) -> Result<Response> {
-    let stream = connect(ns, addr, t)?;
+    in_netns(ns, || http_get_here(addr, path, t))?
+        .with_context(|| format!("from netns {}", ns.ns_name()))
+}
+
+/// [`http_get_with`] from the calling thread's namespace: for loops that already run inside
+/// one [`in_netns`] closure or [`crate::spawn_thread_in`] thread (benchmarks), where a thread
+/// per request would distort the measurement.
+pub fn http_get_here(addr: SocketAddr, path: &str, t: Timeouts) -> Result<Response> {
+    let stream = connect_here(addr, t)?;
     let local = stream.local_addr()?;
     let mut conn = Framed::new(stream);
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -170,7 +178,13 @@ impl HttpConn {
         addr: SocketAddr,
         timeouts: Timeouts,
     ) -> Result<Self> {
-        let stream = connect(ns, addr, timeouts)?;
+        in_netns(ns, || Self::connect_here(addr, timeouts))?
+            .with_context(|| format!("from netns {}", ns.ns_name()))
+    }
+
+    /// Connects from the calling thread's namespace (see [`http_get_here`]).
+    pub fn connect_here(addr: SocketAddr, timeouts: Timeouts) -> Result<Self> {
+        let stream = connect_here(addr, timeouts)?;
         let local = stream.local_addr()?;
         Ok(Self {
             conn: Framed::new(stream),
@@ -255,9 +269,19 @@ pub fn udp_request_with<N: NsName + ?Sized>(
     bind: Option<SocketAddr>,
     timeout: Duration,
 ) -> Result<UdpReply> {
+    in_netns(ns, || udp_request_here(addr, payload, bind, timeout))?
+        .with_context(|| format!("from netns {}", ns.ns_name()))
+}
+
+/// [`udp_request_with`] from the calling thread's namespace (see [`http_get_here`]).
+pub fn udp_request_here(
+    addr: SocketAddr,
+    payload: &[u8],
+    bind: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<UdpReply> {
     let bind = bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let sock = in_netns(ns, || UdpSocket::bind(bind))?
-        .with_context(|| format!("binding udp {bind} in netns {}", ns.ns_name()))?;
+    let sock = UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?;
     sock.send_to(payload, addr)
         .with_context(|| format!("sending udp to {addr}"))?;
     let local = sock.local_addr()?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use onehop_testkit::{
-    HttpConn, MacAddr, Netns, Topology, command_in, http_get, in_netns,
+    Capture, HttpConn, MacAddr, Netns, Topology, command_in, http_get, in_netns,
     netns::{list_with_prefix, run_checked},
     spawn_in,
     topology::{self, node_ip, pod_ip},
@@ -404,4 +404,86 @@ fn spawn_in_guard_kills_on_drop_and_kill_all_clears_leftovers() {
         .stop(Duration::from_secs(2))
         .expect("stop");
     assert!(!st.success());
+}
+
+/// Whether `frame` is IPv4/UDP to `dst` and its UDP checksum verifies (a zero checksum,
+/// "none", does not count as verified).
+fn udp_to(frame: &[u8], dst: Ipv4Addr) -> Option<bool> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != 17 || ip[16..20] != dst.octets() {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let udp = &ip[ihl..total];
+    if udp[6..8] == [0, 0] {
+        return Some(false);
+    }
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&ip[12..20]);
+    add(&[0, 17]);
+    add(&u16::try_from(udp.len()).expect("len").to_be_bytes());
+    add(udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    Some(sum == 0xffff)
+}
+
+#[test]
+fn client_frames_carry_complete_checksums_like_a_wire() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(1)
+        .build()
+        .expect("topology");
+    let (client, node) = (topo.client(), topo.node(1));
+
+    // Client (offloads off) -> node: the node's eth0 must receive a finished checksum.
+    let cap = Capture::open(node.ns(), "eth0").expect("capture");
+    let to = SocketAddr::from((node.ip(), 9));
+    onehop_testkit::udp_request_with(client.ns(), to, b"csum", None, Duration::from_millis(50))
+        .ok();
+    let f = cap
+        .next_matching(Duration::from_secs(2), |f| {
+            !f.outgoing && udp_to(&f.data, node.ip()).is_some()
+        })
+        .expect("capture")
+        .expect("the datagram reached node1");
+    assert_eq!(
+        udp_to(&f.data, node.ip()),
+        Some(true),
+        "client frame with an unfinished checksum"
+    );
+
+    // Control: the node's own eth0 keeps the default offloads, and the same check must see
+    // its partial checksum (otherwise this test could not tell the difference).
+    let cap = Capture::open(client.ns(), "eth0").expect("capture");
+    onehop_testkit::udp_request_with(
+        node.ns(),
+        SocketAddr::from((client.ip(), 9)),
+        b"csum",
+        None,
+        Duration::from_millis(50),
+    )
+    .ok();
+    let f = cap
+        .next_matching(Duration::from_secs(2), |f| {
+            !f.outgoing && udp_to(&f.data, client.ip()).is_some()
+        })
+        .expect("capture")
+        .expect("the datagram reached the client");
+    assert_eq!(
+        udp_to(&f.data, client.ip()),
+        Some(false),
+        "node frame unexpectedly complete"
+    );
 }
