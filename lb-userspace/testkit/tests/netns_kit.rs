@@ -30,7 +30,20 @@ fn two_by_two() -> Topology {
 
 #[test]
 fn layout_matches_the_documented_scheme() {
+    let root_forward =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("root sysctl");
+    let root_rp =
+        std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").expect("root sysctl");
     let topo = two_by_two();
+    // Per-namespace sysctls were written from namespace threads, never to the root namespace.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("root sysctl"),
+        root_forward
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").expect("root sysctl"),
+        root_rp
+    );
     assert!(
         topo.prefix()
             .starts_with(&format!("oh{}-", std::process::id()))
@@ -486,4 +499,21 @@ fn client_frames_carry_complete_checksums_like_a_wire() {
         Some(false),
         "node frame unexpectedly complete"
     );
+}
+
+#[test]
+fn reap_stale_deletes_names_of_dead_runs_only() {
+    // pid_max is at most 2^22, so this pid cannot be alive.
+    let dead = format!("ohstale{}-0-lan", 4_194_304 + 17);
+    let alive = format!("ohstale{}-0-lan", std::process::id());
+    let guard_alive = Netns::create(&alive).expect("live-run netns");
+    let dead_ns = Netns::create(&dead).expect("dead-run netns");
+    std::mem::forget(dead_ns); // as if its process had been SIGKILLed
+    let reaped = onehop_testkit::netns::reap_stale("ohstale").expect("reap");
+    assert_eq!(reaped, vec![dead.clone()]);
+    assert_eq!(
+        list_with_prefix("ohstale").expect("list"),
+        vec![alive.clone()]
+    );
+    drop(guard_alive);
 }
