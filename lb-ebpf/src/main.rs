@@ -24,3 +24,8 @@ pub fn lb_ingress(_ctx: XdpContext) -> u32 {
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[aya_ebpf::macros::classifier]
+pub fn lb_egress(_ctx: aya_ebpf::programs::TcContext) -> i32 {
+    -1
+}
