@@ -9,12 +9,13 @@ macro_rules! numbered {
         pub enum $name { $($(#[$vm])* $v = $n,)* }
 
         /// Number of entries (the size of the per-CPU array).
+        #[expect(clippy::cast_possible_truncation, reason = "a handful of entries")]
         pub const $count: u32 = [$($n),*].len() as u32;
 
         impl $name {
             pub const ALL: [$name; $count as usize] = [$($name::$v),*];
 
-            /// Stable snake_case name, used in `onehop status` and metrics.
+            /// Stable `snake_case` name, used in `onehop status` and metrics.
             pub const fn label(self) -> &'static str {
                 match self { $($name::$v => $label,)* }
             }
@@ -104,7 +105,7 @@ numbered! {
         UnsupportedProtocol = 10 => "unsupported_protocol",
         /// TTL would reach zero when forwarding.
         TtlExceeded = 11 => "ttl_exceeded",
-        /// The conntrack/rev_nat insert failed (map full and not LRU-able).
+        /// The `conntrack`/`rev_nat` insert failed (map full and not LRU-able).
         MapUpdate = 12 => "map_update",
         /// The backend's node has no neighbour entry. A packet with our node
         /// address as source cannot be handed to the kernel (martian), so

@@ -1,6 +1,6 @@
 //! The flow hash: the kernel indexes Maglev tables with it, and userspace
 //! uses the same function to predict where a flow goes (tests, simulator).
-//! MurmurHash3 (x86_32) over 12 bytes, fixed seed: cheap in BPF (no loops,
+//! `MurmurHash3` (`x86_32`) over 12 bytes, fixed seed: cheap in BPF (no loops,
 //! no tables) and well mixed in every output bit, which Maglev's
 //! `hash % prime` needs.
 
@@ -8,6 +8,10 @@ const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 const SEED: u32 = 0x6f6e_6568; // "oneh"
 
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
@@ -17,6 +21,10 @@ const fn mix(h: u32, k: u32) -> u32 {
         .wrapping_add(0xe654_6b64)
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
 #[inline(always)]
 const fn finish(h: u32, len: u32) -> u32 {
     let mut h = h ^ len;
@@ -28,6 +36,10 @@ const fn finish(h: u32, len: u32) -> u32 {
 }
 
 /// Hash of a flow: addresses in wire order, ports in host order.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
 #[inline(always)]
 pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
     let mut h = mix(SEED, u32::from_be_bytes(src));
@@ -39,9 +51,13 @@ pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto
     finish(h, 12)
 }
 
-/// Hash used for sessionAffinity ClientIP: only the client address, so all
+/// Hash used for `sessionAffinity: ClientIP`: only the client address, so all
 /// of a client's flows pick the same backend even before the affinity
 /// entry exists.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
 #[inline(always)]
 pub const fn client_hash(client: [u8; 4]) -> u32 {
     finish(mix(SEED, u32::from_be_bytes(client)), 4)

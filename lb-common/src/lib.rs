@@ -9,6 +9,10 @@
 //!   assertion per type: the kernel and userspace must see the same bytes.
 //! - Enums are never stored; the integer is, and userspace `TryFrom`s it.
 #![no_std]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit ABI padding must be public so the types can be built with struct literals"
+)]
 
 pub mod counters;
 pub mod hash;
@@ -38,7 +42,7 @@ pub mod vip_flags {
 
 /// Flags of [`ServiceValue::flags`].
 pub mod service_flags {
-    /// sessionAffinity ClientIP: the `affinity` map pins a client to a backend.
+    /// `sessionAffinity: ClientIP`: the `affinity` map pins a client to a backend.
     pub const AFFINITY: u32 = 1 << 0;
     /// loadBalancerSourceRanges set: sources not in `src_ranges` are dropped.
     pub const SOURCE_RANGES: u32 = 1 << 1;
@@ -99,7 +103,7 @@ pub struct ServiceValue {
     pub maglev_len: u32,
     /// [`service_flags`] bits.
     pub flags: u32,
-    /// sessionAffinity ClientIP timeout in seconds (0 when not set).
+    /// `sessionAffinity: ClientIP` timeout in seconds (0 when not set).
     pub affinity_timeout_s: u32,
     pub _pad: u32,
 }
@@ -170,7 +174,7 @@ pub struct RevNatValue {
     pub last_seen_ns: u64,
 }
 
-/// Key of the `affinity` LRU map (sessionAffinity ClientIP).
+/// Key of the `affinity` LRU map (`sessionAffinity: ClientIP`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {

@@ -1,1 +1,68 @@
-fn main() {}
+//! Developer commands: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+//!
+//! Every command that needs the toolchain runs `setup` first; setup is
+//! idempotent and cheap when everything is already installed.
+
+mod build_ebpf;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "onehop developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (Debian packages, rust-src,
+    /// bpf-linker against rustc's own LLVM) and mount bpffs. Idempotent.
+    Setup,
+    /// Build the eBPF object and show its sections and, when run as root,
+    /// what the verifier says about each program.
+    BuildEbpf,
+    /// Run every check CI runs: fmt, clippy (warnings denied), all tests
+    /// (unit, packet tests run by the kernel, namespace end-to-end).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => {
+            setup::run()?;
+            build_ebpf::run()
+        }
+        Command::Test { args } => {
+            setup::run()?;
+            test::run(&args)
+        }
+    }
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub(crate) fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
+    use anyhow::Context as _;
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

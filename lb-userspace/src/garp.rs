@@ -1,0 +1,109 @@
+//! Gratuitous ARP: when this node starts announcing a VIP, tell the LAN at
+//! once (switches and neighbours update their tables) instead of waiting
+//! for caches to expire. Sent as ARP requests with sender = target = VIP,
+//! the form every stack accepts for updating an existing entry.
+
+use std::{
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use anyhow::{Context as _, Result};
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// The 42-byte frame announcing `ip` at `mac` (pure, unit-tested).
+pub fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&ip.octets());
+    f[32..38].copy_from_slice(&[0; 6]);
+    f[38..42].copy_from_slice(&ip.octets());
+    f
+}
+
+/// An `AF_PACKET` socket bound to one interface for sending ARP frames.
+pub struct ArpSender {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl ArpSender {
+    pub fn new(ifindex: u32) -> Result<Self> {
+        // SAFETY: plain socket(2); ownership taken right below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ARP.to_be()),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error())
+                .context("opening an AF_PACKET socket (needs CAP_NET_RAW)");
+        }
+        // SAFETY: fd is fresh and owned by nobody else.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            ifindex,
+        })
+    }
+
+    pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+        let f = frame(mac, ip);
+        // SAFETY: sockaddr_ll is plain data; zero is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
+        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_ifindex = i32::try_from(self.ifindex).context("ifindex out of range")?;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        // SAFETY: f and addr are valid for the sizes given.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const addr).cast(),
+                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(u32::MAX),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("sending gratuitous ARP for {ip}"));
+        }
+        Ok(())
+    }
+}
+
+/// When to (re)send gratuitous ARP after a VIP starts being announced:
+/// at once, then 1, 2 and 4 seconds later (late listeners, lost frames).
+pub const BURST_OFFSETS_MS: [u64; 4] = [0, 1000, 2000, 4000];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_a_gratuitous_arp_request() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let f = frame(mac, Ipv4Addr::new(192, 168, 50, 100));
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[20..22], &[0, 1]);
+        assert_eq!(&f[22..28], &mac);
+        assert_eq!(&f[28..32], &[192, 168, 50, 100]);
+        assert_eq!(&f[38..42], &[192, 168, 50, 100]);
+    }
+}

@@ -1,0 +1,272 @@
+//! Loads the data path onto an interface, or adopts the one already there.
+//!
+//! Maps and links are pinned under `<root>/<ifname>/`. On the first start
+//! the maps are created and pinned and the programs attached through
+//! `bpf_link`s (XDP, and TCX on egress), which are pinned too: they keep
+//! forwarding after the agent exits or is killed. A later start reuses the
+//! pinned maps (connection table included) and swaps its freshly loaded
+//! programs into the pinned links with `bpf_link_update`, which is atomic:
+//! no packet sees the interface without a program.
+
+use std::{fs, io, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapData,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::TcAttachOptions,
+    },
+    sys::SyscallError,
+};
+use lb_common::maps::{self, programs};
+use tracing::{info, warn};
+
+use crate::{bpfmaps::PinDir, ebpf, netdev::Interface};
+
+/// Sizes chosen when the maps are first created (pinned maps keep theirs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub maglev_slots: u32,
+    pub conntrack: u32,
+    pub rev_nat: u32,
+    pub affinity: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Self {
+            maglev_slots: maps::MAGLEV_SLOTS,
+            conntrack: maps::CONNTRACK_MAX,
+            rev_nat: maps::REV_NAT_MAX,
+            affinity: maps::AFFINITY_MAX,
+        }
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode if the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Driver mode only: fail if the NIC driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+impl XdpAttachMode {
+    fn flags(self) -> XdpMode {
+        match self {
+            Self::Auto => XdpMode::default(),
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// The loaded programs. Dropping it leaves the pinned links attached.
+pub struct Dataplane {
+    _ebpf: Ebpf,
+    pub pins: PinDir,
+    /// True when maps were already pinned (a restart): state was kept.
+    pub adopted: bool,
+}
+
+/// Expected (key size, value size) of every pinned map, from lb-common.
+fn expected_layout(name: &str) -> Option<(u32, u32)> {
+    use core::mem::size_of;
+
+    use lb_common::{
+        AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, FlowKey, Ipv4Key,
+        RevNatValue, ServiceKey, ServiceValue, SourceRangeData, TrafficCounter, VipValue,
+    };
+    let s = |k: usize, v: usize| Some((u32::try_from(k).ok()?, u32::try_from(v).ok()?));
+    match name {
+        maps::VIPS => s(size_of::<Ipv4Key>(), size_of::<VipValue>()),
+        maps::SERVICES => s(size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        maps::MAGLEV => s(4, 4),
+        maps::BACKENDS => s(4, size_of::<BackendValue>()),
+        maps::CONNTRACK => s(size_of::<FlowKey>(), size_of::<ConntrackValue>()),
+        maps::REV_NAT => s(size_of::<FlowKey>(), size_of::<RevNatValue>()),
+        maps::AFFINITY => s(size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+        maps::SRC_RANGES => s(4 + size_of::<SourceRangeData>(), 4),
+        maps::SERVICE_STATS | maps::BACKEND_STATS => s(4, size_of::<TrafficCounter>()),
+        maps::COUNTERS | maps::DROPS => s(4, 8),
+        maps::CONFIG => s(4, size_of::<Config>()),
+        _ => None,
+    }
+}
+
+/// Refuses to adopt pinned maps whose layout differs from this build's:
+/// the programs would read garbage. Only `onehop cleanup` (which drops the
+/// connection table) gets past it, and the error says so.
+fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
+    for name in maps::ALL {
+        let path = pins.entry(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+        let found = (info.key_size(), info.value_size());
+        let want = expected_layout(name).with_context(|| format!("no layout known for {name}"))?;
+        if found != want {
+            bail!(
+                "pinned map {} has key/value sizes {found:?}, this build expects {want:?}; \
+                 it was created by an incompatible onehop version. Run `onehop cleanup \
+                 --interface {}` (drops the connection table) and start again",
+                path.display(),
+                pins.path()
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn is_not_found(e: &LinkError) -> bool {
+    matches!(e, LinkError::SyscallError(SyscallError { io_error, .. }) if io_error.kind() == io::ErrorKind::NotFound)
+}
+
+/// Reuses the link pinned at `path` by swapping `prog` into it, or, when
+/// there is none (or it is stale: the interface was recreated), attaches
+/// `prog` afresh and pins the new link.
+fn adopt_or_attach<P>(
+    prog: &mut P,
+    path: &Path,
+    what: &str,
+    replace: impl FnOnce(&mut P, FdLink) -> Result<()>,
+    attach: impl FnOnce(&mut P) -> Result<FdLink>,
+) -> Result<()> {
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => match replace(prog, FdLink::from(pinned)) {
+            Ok(()) => {
+                info!(link = %path.display(), "swapped the new {what} program into the pinned link");
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "pinned {what} link is unusable, attaching afresh");
+                fs::remove_file(path)
+                    .with_context(|| format!("removing stale pin {}", path.display()))?;
+            }
+        },
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e).with_context(|| format!("opening the pinned {what} link")),
+    }
+    let link = attach(prog)?;
+    link.pin(path)
+        .with_context(|| format!("pinning the {what} link"))?;
+    info!(link = %path.display(), "attached {what}");
+    Ok(())
+}
+
+/// Loads (or reloads) the programs and attaches them to `iface`.
+pub fn attach(
+    iface: &Interface,
+    root: &Path,
+    sizes: Sizes,
+    mode: XdpAttachMode,
+) -> Result<Dataplane> {
+    let pins = PinDir::new(root, &iface.name);
+    fs::create_dir_all(pins.path())
+        .with_context(|| format!("creating {} (is bpffs mounted?)", pins.path().display()))?;
+    let adopted = pins.exists();
+    check_pinned_layouts(&pins)?;
+
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<_> = maps::ALL
+        .iter()
+        .map(|name| (*name, pins.entry(name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .map_max_entries(maps::MAGLEV, sizes.maglev_slots)
+        .map_max_entries(maps::CONNTRACK, sizes.conntrack)
+        .map_max_entries(maps::REV_NAT, sizes.rev_nat)
+        .map_max_entries(maps::AFFINITY, sizes.affinity);
+    let mut ebpf = loader
+        .load(ebpf::object()?)
+        .context("loading the eBPF object")?;
+
+    let xdp: &mut Xdp = ebpf
+        .program_mut(programs::INGRESS)
+        .context("lb_ingress missing from the object")?
+        .try_into()?;
+    xdp.load().context("verifying lb_ingress")?;
+    adopt_or_attach(
+        xdp,
+        &pins.entry(programs::INGRESS_LINK),
+        "XDP",
+        |xdp, fd| {
+            let id = xdp.attach_to_link(fd.try_into()?)?;
+            // The pin keeps the link attached; our handle can go.
+            drop(xdp.take_link(id)?);
+            Ok(())
+        },
+        |xdp| {
+            let id = xdp
+                .attach_to_if_index(iface.index, mode.flags())
+                .with_context(|| format!("attaching XDP to {}", iface.name))?;
+            xdp.take_link(id)?
+                .try_into()
+                .context("the kernel attached XDP without a bpf_link (kernel too old?)")
+        },
+    )?;
+
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(programs::EGRESS)
+        .context("lb_egress missing from the object")?
+        .try_into()?;
+    tc.load().context("verifying lb_egress")?;
+    adopt_or_attach(
+        tc,
+        &pins.entry(programs::EGRESS_LINK),
+        "TCX egress",
+        |tc, fd| {
+            let id = tc.attach_to_link(fd.try_into()?)?;
+            drop(tc.take_link(id)?);
+            Ok(())
+        },
+        |tc| {
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = tc
+                .attach_with_options(&iface.name, TcAttachType::Egress, options)
+                .with_context(|| {
+                    format!(
+                        "attaching TCX egress to {} (needs Linux >= 6.6)",
+                        iface.name
+                    )
+                })?;
+            tc.take_link(id)?
+                .try_into()
+                .context("TCX attach gave no bpf_link")
+        },
+    )?;
+    Ok(Dataplane {
+        _ebpf: ebpf,
+        pins,
+        adopted,
+    })
+}
+
+/// Removes everything pinned for `ifname`: the links (which detaches the
+/// programs once no process holds them) and the maps (state is lost).
+pub fn cleanup(root: &Path, ifname: &str) -> Result<bool> {
+    let pins = PinDir::new(root, ifname);
+    if !pins.path().exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(pins.path())
+        .with_context(|| format!("removing {}", pins.path().display()))?;
+    // Leave the root directory alone if other interfaces use it.
+    let _ = fs::remove_dir(root);
+    Ok(true)
+}

@@ -1,0 +1,139 @@
+//! What the agent needs to know about its interface: index, MAC, IPv4
+//! address, link state. Read with plain ioctls/getifaddrs in the calling
+//! thread's network namespace.
+
+use std::{ffi::CString, io, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The interface the programs are attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    /// First IPv4 address on the interface, if any.
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+impl Interface {
+    pub fn lookup(name: &str) -> Result<Self> {
+        let c_name = CString::new(name).context("interface name contains a NUL byte")?;
+        if name.len() >= libc::IFNAMSIZ {
+            bail!(
+                "interface name {name:?} is longer than {} bytes",
+                libc::IFNAMSIZ - 1
+            );
+        }
+        // SAFETY: c_name is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("no interface {name:?}"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            index,
+            mac: hw_addr(name).with_context(|| format!("reading the MAC of {name}"))?,
+            ipv4: first_ipv4(name).with_context(|| format!("reading the addresses of {name}"))?,
+        })
+    }
+}
+
+fn hw_addr(name: &str) -> Result<[u8; 6]> {
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src.cast_signed();
+    }
+    // SAFETY: req is a properly initialised ifreq with a NUL-terminated name
+    // (the name is shorter than IFNAMSIZ and the rest is zero).
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &raw mut req,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error()).context("SIOCGIFHWADDR");
+    }
+    // SAFETY: SIOCGIFHWADDR filled the ifru_hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *dst = (*src).cast_unsigned();
+    }
+    Ok(mac)
+}
+
+fn first_ipv4(name: &str) -> Result<Option<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: head is a valid out-pointer; freed with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, still alive.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let ifa_name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points at a sockaddr.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if ifa_name.to_bytes() == name.as_bytes() && family == libc::AF_INET {
+            // SAFETY: the family says this sockaddr is a sockaddr_in; read it
+            // unaligned because sockaddr only promises 2-byte alignment.
+            let sin = unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+/// Formats a MAC address the usual way.
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_index_and_127_0_0_1() {
+        let lo = Interface::lookup("lo").expect("lo exists in every namespace");
+        assert!(lo.index > 0);
+        assert_eq!(lo.mac, [0; 6]);
+        assert_eq!(lo.ipv4, Some(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn unknown_interface_is_an_error_naming_it() {
+        let err = Interface::lookup("nosuchif0").expect_err("must not exist");
+        assert!(format!("{err:#}").contains("nosuchif0"), "{err:#}");
+    }
+
+    #[test]
+    fn mac_format() {
+        assert_eq!(fmt_mac([0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
+    }
+}

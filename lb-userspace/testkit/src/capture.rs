@@ -1,0 +1,149 @@
+//! Frame capture on one interface of a namespace (`AF_PACKET`, all protocols), for tests
+//! that must see exactly what went over a veth: what an XDP program sent back (capture on
+//! the LAN-side peer), a gratuitous ARP, whether checksums are complete.
+//!
+//! Open the capture *before* causing the traffic: frames are queued on the socket from the
+//! moment it is bound, and only then.
+
+use std::{
+    io, mem,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::{NsName, in_netns};
+
+const ETH_P_ALL: u16 = 0x0003;
+/// Most frames one `next_matching` call inspects, whatever its timeout.
+pub const MAX_FRAMES: usize = 100_000;
+
+/// A captured frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The Ethernet frame as seen on the interface.
+    pub data: Vec<u8>,
+    /// Sent by this interface (rather than received on it).
+    pub outgoing: bool,
+}
+
+/// An `AF_PACKET` socket bound to one interface in one namespace.
+#[derive(Debug)]
+pub struct Capture {
+    fd: OwnedFd,
+    what: String,
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl Capture {
+    /// Starts capturing every frame on `ifname` in `ns`.
+    pub fn open<N: NsName + ?Sized>(ns: &N, ifname: &str) -> Result<Self> {
+        let what = format!("{ifname} in netns {}", ns.ns_name());
+        let fd =
+            in_netns(ns, || open_here(ifname))?.with_context(|| format!("capturing on {what}"))?;
+        Ok(Self { fd, what })
+    }
+
+    /// The next frame for which `pred` holds, waiting at most `timeout` (and inspecting at
+    /// most [`MAX_FRAMES`]). `Ok(None)` if none came.
+    pub fn next_matching(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Frame) -> bool,
+    ) -> Result<Option<Frame>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..MAX_FRAMES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+            if ready <= 0 {
+                continue;
+            }
+            // SAFETY: sockaddr_ll is plain old data.
+            let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            let mut len =
+                u32::try_from(mem::size_of::<libc::sockaddr_ll>()).context("sockaddr_ll size")?;
+            // SAFETY: buf, sll and len are valid for the sizes given.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw mut sll).cast(),
+                    &raw mut len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    continue;
+                }
+                return Err(e).with_context(|| format!("recv on {}", self.what));
+            }
+            let n = usize::try_from(n).context("recv length")?;
+            let frame = Frame {
+                data: buf[..n].to_vec(),
+                outgoing: sll.sll_pkttype == libc::PACKET_OUTGOING,
+            };
+            if pred(&frame) {
+                return Ok(Some(frame));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn open_here(ifname: &str) -> Result<OwnedFd> {
+    let cname = std::ffi::CString::new(ifname).context("interface name with NUL")?;
+    // SAFETY: valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {ifname}: {}", io::Error::last_os_error());
+    }
+    let proto = ETH_P_ALL.to_be();
+    // Protocol 0 receives nothing until bind() names protocol and interface together, so no
+    // frame from another interface slips in between.
+    // SAFETY: plain socket(2); owned right away.
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(
+            cvt(libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                0,
+            ))
+            .context("AF_PACKET socket")?,
+        )
+    };
+    // SAFETY: sockaddr_ll is plain old data.
+    let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
+    let len = u32::try_from(mem::size_of::<libc::sockaddr_ll>()).context("sockaddr_ll size")?;
+    // SAFETY: sll is a valid sockaddr_ll of len bytes.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), len) })
+        .context("bind AF_PACKET")?;
+    Ok(fd)
+}

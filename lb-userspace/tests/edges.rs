@@ -1,0 +1,285 @@
+//! Integration tests of the agent's kernel edges, each in its own network
+//! namespaces (never the host's interfaces): loader attach → adopt →
+//! cleanup with pinned maps and links, BTF visible to bpftool, managed
+//! neighbour entries, gratuitous ARP on the wire. Root and a real kernel.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lb_common::maps;
+use lb_userspace::{
+    bpfmaps::{Maps, PinDir},
+    garp, loader, neigh,
+    netdev::Interface,
+};
+use onehop_testkit::{netns::in_netns, topology::Topology};
+
+/// A private bpffs directory for one test, removed even when it fails.
+struct PinRoot(PathBuf);
+
+impl PinRoot {
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/onehop-test-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        Self(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn small_sizes() -> loader::Sizes {
+    loader::Sizes {
+        maglev_slots: 65_536,
+        conntrack: 4096,
+        rev_nat: 4096,
+        affinity: 1024,
+    }
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Program id of the program inside a pinned link (`bpftool link show`).
+fn link_prog_id(link: &Path) -> u64 {
+    let text = output(
+        Command::new("bpftool")
+            .args(["link", "show", "pinned"])
+            .arg(link),
+    );
+    let id = text
+        .split_whitespace()
+        .skip_while(|w| *w != "prog")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no prog id in {text:?}"));
+    id.parse().unwrap_or_else(|e| panic!("prog id {id:?}: {e}"))
+}
+
+fn attach_in(ns: &onehop_testkit::netns::Netns, root: &Path) -> anyhow::Result<bool> {
+    in_netns(ns, || {
+        let iface = Interface::lookup("eth0")?;
+        loader::attach(&iface, root, small_sizes(), loader::XdpAttachMode::Auto)
+            .map(|dp| dp.adopted)
+    })?
+}
+
+#[test]
+fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(1)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let root = PinRoot::new("lifecycle");
+    let pins = PinDir::new(root.path(), "eth0");
+
+    let iface = in_netns(node.ns(), || Interface::lookup("eth0"))
+        .expect("netns")
+        .expect("eth0");
+    assert_eq!(iface.ipv4, Some(node.ip()));
+    assert_eq!(iface.mac, node.mac().octets());
+
+    assert!(
+        !attach_in(node.ns(), root.path()).expect("first attach"),
+        "nothing was pinned before"
+    );
+    for name in maps::ALL
+        .iter()
+        .chain(&[maps::programs::INGRESS_LINK, maps::programs::EGRESS_LINK])
+    {
+        assert!(pins.entry(name).exists(), "{name} is not pinned");
+    }
+    // The loader (its Dataplane) is gone; the programs stay attached.
+    let links = output(Command::new("ip").args(["-n", node.ns().name(), "link", "show", "eth0"]));
+    assert!(
+        links.contains("xdp"),
+        "XDP detached after the loader dropped:\n{links}"
+    );
+    let xdp_link = pins.entry(maps::programs::INGRESS_LINK);
+    let tc_link = pins.entry(maps::programs::EGRESS_LINK);
+    let (xdp_before, tc_before) = (link_prog_id(&xdp_link), link_prog_id(&tc_link));
+
+    // Something in the maps that a restart must keep.
+    let vip = lb_common::Ipv4Key {
+        addr: [192, 168, 50, 200],
+    };
+    Maps::open(&pins)
+        .expect("open maps")
+        .vips
+        .insert(vip, lb_common::VipValue { flags: 1 }, 0)
+        .expect("insert vip");
+
+    assert!(
+        attach_in(node.ns(), root.path()).expect("second attach"),
+        "the restart must adopt the pins"
+    );
+    let (xdp_after, tc_after) = (link_prog_id(&xdp_link), link_prog_id(&tc_link));
+    assert_ne!(
+        xdp_before, xdp_after,
+        "the new XDP program was not swapped into the link"
+    );
+    assert_ne!(
+        tc_before, tc_after,
+        "the new TC program was not swapped into the link"
+    );
+    let m = Maps::open(&pins).expect("open maps");
+    assert!(
+        m.vips.get(&vip, 0).is_ok(),
+        "map contents lost across the restart"
+    );
+    drop(m);
+
+    // bpftool pretty-prints with field names thanks to BTF.
+    let dump = output(
+        Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(pins.entry(maps::CONFIG)),
+    );
+    for field in ["node_ip", "nat_port_min", "ready"] {
+        assert!(dump.contains(field), "bpftool shows no {field}:\n{dump}");
+    }
+
+    assert!(loader::cleanup(root.path(), "eth0").expect("cleanup"));
+    assert!(!pins.path().exists());
+    // Links are released asynchronously once their last reference is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let links =
+            output(Command::new("ip").args(["-n", node.ns().name(), "link", "show", "eth0"]));
+        if !links.contains("xdp") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "XDP still attached after cleanup:\n{links}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !loader::cleanup(root.path(), "eth0").expect("second cleanup"),
+        "nothing left to clean"
+    );
+}
+
+#[test]
+fn adopting_maps_with_another_layout_is_refused_with_advice() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let root = PinRoot::new("layout");
+    let pins = PinDir::new(root.path(), "eth0");
+    std::fs::create_dir_all(pins.path()).expect("mkdir");
+    // A `vips` map as an older, incompatible build might have left it.
+    output(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pins.entry(maps::VIPS))
+            .args([
+                "type", "hash", "key", "4", "value", "8", "entries", "16", "name", "vips",
+            ]),
+    );
+    let err = attach_in(topo.node(1).ns(), root.path()).expect_err("attach must fail");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("onehop cleanup"), "{msg}");
+}
+
+#[test]
+fn managed_neighbour_gets_resolved_by_the_kernel_and_removed() {
+    let topo = Topology::builder()
+        .nodes(2)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let (n1, n2) = (topo.node(1), topo.node(2));
+    let show = || {
+        output(Command::new("ip").args([
+            "-n",
+            n1.ns().name(),
+            "neigh",
+            "show",
+            &n2.ip().to_string(),
+        ]))
+    };
+    in_netns(n1.ns(), || {
+        let iface = Interface::lookup("eth0").expect("eth0");
+        neigh::ensure_managed(iface.index, n2.ip()).expect("add");
+        neigh::ensure_managed(iface.index, n2.ip()).expect("adding twice is idempotent");
+    })
+    .expect("netns");
+    let want = n2.mac().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = show();
+        if text.contains("managed") && text.contains(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kernel did not resolve the managed entry: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    in_netns(n1.ns(), || {
+        let iface = Interface::lookup("eth0").expect("eth0");
+        neigh::remove(iface.index, n2.ip()).expect("remove");
+        neigh::remove(iface.index, n2.ip()).expect("removing a missing entry is fine");
+    })
+    .expect("netns");
+    assert!(!show().contains("managed"), "entry still there: {}", show());
+}
+
+#[test]
+fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let vip = Ipv4Addr::new(192, 168, 50, 210);
+    let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
+    in_netns(node.ns(), || {
+        let iface = Interface::lookup("eth0").expect("eth0");
+        garp::ArpSender::new(iface.index)
+            .expect("socket")
+            .announce(iface.mac, vip)
+            .expect("send");
+    })
+    .expect("netns");
+    let frame = cap
+        .next_matching(Duration::from_secs(2), |f| {
+            f.data.len() >= 42 && f.data[12..14] == [0x08, 0x06]
+        })
+        .expect("capture")
+        .expect("no ARP frame seen on the LAN");
+    assert_eq!(
+        frame.data[..42],
+        garp::frame(node.mac().octets(), vip),
+        "unexpected frame on the wire"
+    );
+}
