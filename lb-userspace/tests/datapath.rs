@@ -1,6 +1,6 @@
 //! Packet tests of the XDP/TC data path on the real kernel: the embedded
 //! object is loaded (no pinning), maps are filled directly, frames run
-//! through BPF_PROG_TEST_RUN, and verdicts, counters and exact output bytes
+//! through `BPF_PROG_TEST_RUN`, and verdicts, counters and exact output bytes
 //! are asserted (checksums re-verified with etherparse). Each test runs in
 //! its own network namespace so `bpf_fib_lookup` has routes and permanent
 //! neighbours to find. Needs root.
@@ -648,6 +648,10 @@ fn vlan_tagged(frame: &[u8], tpid: u16) -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one fixture table per kind of damage"
+)]
 fn malformed_frames() {
     with_lb(|lb| {
         let tcp = Pkt::tcp(CLIENT, 40000, VIP, 80, SYN);
@@ -724,7 +728,7 @@ fn malformed_frames() {
                 "version 6",
                 mutate(&|f| {
                     f[14] = 0x65;
-                    fix_ip_checksum(f)
+                    fix_ip_checksum(f);
                 }),
                 XDP_DROP,
                 Want::D(D::BadIpHeader),
@@ -734,7 +738,7 @@ fn malformed_frames() {
                 mutate(&|f| {
                     f[14] = 0x44;
                     f[24] = 0;
-                    f[25] = 0
+                    f[25] = 0;
                 }),
                 XDP_DROP,
                 Want::D(D::BadIpHeader),
@@ -743,7 +747,7 @@ fn malformed_frames() {
                 "tot_len 19",
                 mutate(&|f| {
                     f[16..18].copy_from_slice(&19u16.to_be_bytes());
-                    fix_ip_checksum(f)
+                    fix_ip_checksum(f);
                 }),
                 XDP_DROP,
                 Want::D(D::BadIpHeader),
@@ -753,7 +757,7 @@ fn malformed_frames() {
                 mutate(&|f| {
                     let t = u16::from_be_bytes([f[16], f[17]]) + 1;
                     f[16..18].copy_from_slice(&t.to_be_bytes());
-                    fix_ip_checksum(f)
+                    fix_ip_checksum(f);
                 }),
                 XDP_DROP,
                 Want::D(D::Truncated),
@@ -861,7 +865,7 @@ fn affinity_pins_a_client_and_expires() {
         let out = lb.run(&Pkt::tcp(CLIENT, 2001, VIP, 86, SYN).build()).out;
         assert_eq!(dst_of(&out), first, "expired entry must not pin");
         assert_eq!(lb.counts().minus(&before).c(C::AffinityHit), 0);
-        let e = lb.affinity(&key).expect("entry rewritten");
+        let e = lb.affinity(key).expect("entry rewritten");
         assert_eq!((e.backend_id, e.backend_ip), (first_id, first));
     });
 }
@@ -992,7 +996,7 @@ fn random_frame(
     match rng.below(10) {
         // Fully random bytes, sometimes with a plausible ethertype.
         0 | 1 => {
-            let len = 14 + usize::try_from(rng.below(120)).unwrap();
+            let len = 14 + rng.index(120);
             let mut f = rng.bytes(len);
             match rng.below(3) {
                 0 => f[12..14].copy_from_slice(&0x0800u16.to_be_bytes()),
@@ -1009,23 +1013,23 @@ fn random_frame(
                 rng.pick(&[VIP, VIP_OTHER, NODE_IP, NOT_VIP]),
             );
             if rng.chance(20) {
-                a.oper = u16::try_from(rng.below(4)).unwrap();
+                a.oper = rng.u16() % 4;
             }
             if rng.chance(10) {
                 a.spa = a.tpa;
             }
             if rng.chance(10) {
-                a.hlen = rng.next_u64() as u8;
+                a.hlen = rng.u8();
             }
             let mut f = a.build();
             if rng.chance(20) {
-                f.truncate(14 + usize::try_from(rng.below(28)).unwrap());
+                f.truncate(14 + rng.index(28));
             }
             f
         }
         // A reply to one of our NAT ports (or a near miss).
         3 if !replies.is_empty() => {
-            let (k, _) = replies[usize::try_from(rng.below(replies.len() as u64)).unwrap()];
+            let (k, _) = replies[rng.index(replies.len())];
             let mut p = if k.proto == proto::TCP {
                 Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK)
             } else {
@@ -1038,15 +1042,15 @@ fn random_frame(
         }
         // Structured IPv4 aimed at VIPs, the node and others.
         _ => {
-            let r = rng.next_u64() as u8;
+            let r = rng.u8();
             let dst = rng.pick(&[VIP, VIP, VIP_OTHER, NODE_IP, NOT_VIP, [r, 1, 2, 3]]);
             let src = rng.pick(&CLIENTS);
-            let r = rng.next_u64() as u16;
+            let r = rng.u16();
             let port = rng.pick(&[80, 81, 53, 82, 83, 84, 85, 86, 87, 88, 61500, r]);
-            let sport = rng.next_u64() as u16;
+            let sport = rng.u16();
             let p = match rng.below(8) {
                 0..=3 => {
-                    let r = rng.next_u64() as u8;
+                    let r = rng.u8();
                     Pkt::tcp(
                         src,
                         sport,
@@ -1065,7 +1069,7 @@ fn random_frame(
                 6 => Pkt::icmp_echo(src, dst),
                 _ => {
                     let mut p = Pkt::tcp(src, sport, dst, port, SYN);
-                    p.l4 = L4::Other(rng.next_u64() as u8);
+                    p.l4 = L4::Other(rng.u8());
                     p
                 }
             };
@@ -1077,30 +1081,26 @@ fn random_frame(
 
 /// Random field changes, lengths, and broken checksums.
 fn mangle(rng: &mut Rng, mut p: Pkt) -> Vec<u8> {
-    let r = rng.next_u64() as u8;
+    let r = rng.u8();
     p.ttl = rng.pick(&[64, 1, 0, 2, r]);
     p.payload = rng.bytes_upto(64);
     if rng.chance(5) {
-        p.frag = rng.next_u64() as u16;
+        p.frag = rng.u16();
     }
     if rng.chance(5) {
-        p.options = vec![1; 4 * usize::try_from(1 + rng.below(3)).unwrap()];
+        p.options = vec![1; 4 * (1 + rng.index(3))];
     }
     let mut f = p.build();
     if rng.chance(10) {
-        let i = 14 + usize::try_from(rng.below(20)).unwrap();
+        let i = 14 + rng.index(20);
         f[i] ^= 1 << rng.below(8);
     }
     if rng.chance(10) && f.len() > 34 {
-        let i = 34 + usize::try_from(rng.below((f.len() - 34) as u64)).unwrap();
+        let i = 34 + rng.index(f.len() - 34);
         f[i] ^= 1 << rng.below(8);
     }
     if rng.chance(10) {
-        f.truncate(
-            14 + usize::try_from(rng.below((f.len() - 14) as u64 + 1))
-                .unwrap()
-                .max(0),
-        );
+        f.truncate(14 + rng.index(f.len() - 14 + 1));
     }
     if rng.chance(5) {
         f.extend_from_slice(&rng.bytes_upto(20));
@@ -1143,9 +1143,9 @@ fn check_changed(input: &[u8], out: &[u8], action: u32, pods: &[[u8; 4]]) {
             "L4 checksum validity changed"
         );
     }
-    let src: [u8; 4] = out[26..30].try_into().unwrap();
-    let dst: [u8; 4] = out[30..34].try_into().unwrap();
-    let in_src: [u8; 4] = input[26..30].try_into().unwrap();
+    let src: [u8; 4] = out[26..30].try_into().expect("4 bytes");
+    let dst: [u8; 4] = out[30..34].try_into().expect("4 bytes");
+    let in_src: [u8; 4] = input[26..30].try_into().expect("4 bytes");
     assert!(
         [NODE_IP, VIP, VIP_OTHER, in_src].contains(&src),
         "source {src:?}"
@@ -1157,6 +1157,10 @@ fn check_changed(input: &[u8], out: &[u8], action: u32, pods: &[[u8; 4]]) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "ingress and egress halves share the setup"
+)]
 fn random_frames() {
     const FRAMES: u64 = 100_000;
     let seed = std::env::var("ONEHOP_SEED")
@@ -1195,23 +1199,23 @@ fn random_frames() {
                 }
             }
         }
-        let d = lb.counts().minus(&before);
-        assert_eq!(d.c(C::IngressPackets), FRAMES);
+        let delta = lb.counts().minus(&before);
+        assert_eq!(delta.c(C::IngressPackets), FRAMES);
         assert_eq!(
-            d.outcomes(),
+            delta.outcomes(),
             FRAMES,
-            "every frame exactly one outcome: {d:?}"
+            "every frame exactly one outcome: {delta:?}"
         );
         assert!(
             changed > FRAMES / 20,
             "too few frames exercised a rewrite: {changed}"
         );
         assert!(
-            d.c(C::RemoteReply) > 0
-                && d.c(C::LocalNewFlow) > 0
-                && d.c(C::RemoteNewFlow) > 0
-                && d.c(C::ArpReply) > 0,
-            "{d:?}"
+            delta.c(C::RemoteReply) > 0
+                && delta.c(C::LocalNewFlow) > 0
+                && delta.c(C::RemoteNewFlow) > 0
+                && delta.c(C::ArpReply) > 0,
+            "{delta:?}"
         );
 
         // Egress: random local-reply-like frames never change length, never

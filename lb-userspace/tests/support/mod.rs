@@ -1,6 +1,6 @@
 //! Shared fixture for the data-path tests: a network namespace with veths
 //! and permanent neighbours (so `bpf_fib_lookup` succeeds inside
-//! BPF_PROG_TEST_RUN), the embedded eBPF object loaded without pinning, a
+//! `BPF_PROG_TEST_RUN`), the embedded eBPF object loaded without pinning, a
 //! standard set of VIPs/services/backends, and helpers to run frames and read
 //! counters.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
@@ -29,7 +29,7 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
-/// TC_ACT_UNSPEC (-1) as the u32 BPF_PROG_TEST_RUN reports.
+/// `TC_ACT_UNSPEC` (-1) as the u32 `BPF_PROG_TEST_RUN` reports.
 pub const TC_NEXT: u32 = u32::MAX;
 
 pub const NODE_IP: [u8; 4] = [10, 200, 0, 1];
@@ -104,7 +104,7 @@ pub const SERVICES: &[(u32, u16, u8, &[u32], u32)] = &[
 pub const AFFINITY_TIMEOUT_S: u32 = 10;
 
 /// Builds the namespace every test runs in:
-/// `v0` (10.200.0.1/24, NODE_MAC) with permanent neighbours for the peer node
+/// `v0` (10.200.0.1/24, `NODE_MAC`) with permanent neighbours for the peer node
 /// and the client, `v2` (10.201.0.1/24) with one for the far node,
 /// forwarding on (`bpf_fib_lookup` refuses to answer without it).
 pub fn namespace() -> NetNs {
@@ -419,9 +419,9 @@ impl Lb {
         h.insert(k, v, 0).expect("rev_nat insert");
     }
 
-    pub fn affinity(&mut self, k: &AffinityKey) -> Option<AffinityValue> {
+    pub fn affinity(&mut self, k: AffinityKey) -> Option<AffinityValue> {
         let h: HashMap<&mut MapData, AffinityKey, AffinityValue> = self.map_mut(m::AFFINITY);
-        h.get(k, 0).ok()
+        h.get(&k, 0).ok()
     }
 
     pub fn set_affinity(&mut self, k: AffinityKey, v: AffinityValue) {

@@ -1,5 +1,5 @@
 //! Network namespaces for data-path tests: `bpf_fib_lookup` inside
-//! BPF_PROG_TEST_RUN resolves against the namespace of the calling thread,
+//! `BPF_PROG_TEST_RUN` resolves against the namespace of the calling thread,
 //! so each test builds its own namespace (unique name, torn down by `Drop`)
 //! and runs its body on a thread that entered it with `setns`.
 

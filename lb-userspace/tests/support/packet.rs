@@ -18,7 +18,7 @@ pub fn ones_sum(data: &[u8], mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
-    acc as u16
+    u16::try_from(acc).expect("folded to 16 bits")
 }
 
 pub fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u32 {
@@ -282,7 +282,18 @@ impl Rng {
         self.below(100) < percent
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
+        (0..n).map(|_| self.u8()).collect()
+    }
+    pub fn u8(&mut self) -> u8 {
+        self.next_u64().to_le_bytes()[0]
+    }
+    pub fn u16(&mut self) -> u16 {
+        let b = self.next_u64().to_le_bytes();
+        u16::from_le_bytes([b[0], b[1]])
+    }
+    /// Uniform in `0..n`.
+    pub fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).expect("index fits")
     }
     /// Between 0 and `max - 1` random bytes.
     pub fn bytes_upto(&mut self, max: u64) -> Vec<u8> {
