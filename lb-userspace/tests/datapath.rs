@@ -8,8 +8,8 @@
 mod support;
 
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, Counter as C, DropReason as D, RevNatValue,
-    flow_flags, maps as m, proto,
+    AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter as C, DropReason as D,
+    RevNatValue, flow_flags, maps as m, proto,
 };
 use support::{
     check::{assert_checksums, ip_verifies, l4_verifies, view},
@@ -944,6 +944,57 @@ fn removed_backend_flow_is_repicked() {
         let out = lb.run(&ack.build()).out;
         assert_eq!(dst_of(&out), [10, 244, 0, 99]);
         assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 1);
+    });
+}
+
+#[test]
+fn established_refresh_is_rate_limited_and_restores_evicted_reverse_entry() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        let key = flow(CLIENT, VIP, 41000, 81, proto::TCP);
+        let out = lb.run(&Pkt::tcp(CLIENT, 41000, VIP, 81, SYN).build()).out;
+        let nat_port = view(&out).sport;
+        let rkey = flow(pod_ip, NODE_IP, pod_port, nat_port, proto::TCP);
+        let ct = lb.conntrack(&key).expect("conntrack");
+        let ack = Pkt::tcp(CLIENT, 41000, VIP, 81, ACK).build();
+
+        // Within a second: no write, the timestamp stays.
+        lb.run(&ack);
+        assert_eq!(
+            lb.conntrack(&key).expect("conntrack").last_seen_ns,
+            ct.last_seen_ns
+        );
+
+        // The LRU evicted the reverse entry and the last refresh is old: the
+        // next packet refreshes and puts the reverse entry back.
+        lb.remove_rev_nat(&rkey);
+        let old = ct.last_seen_ns - 2_000_000_000;
+        lb.set_conntrack(
+            key,
+            ConntrackValue {
+                last_seen_ns: old,
+                ..ct
+            },
+        );
+        lb.expect(
+            "established after eviction",
+            &ack,
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
+        assert!(lb.conntrack(&key).expect("conntrack").last_seen_ns > old);
+        let rev = lb.rev_nat(&rkey).expect("reverse entry restored");
+        assert_eq!(
+            (rev.new_src, rev.new_dst, rev.new_sport, rev.new_dport),
+            (VIP, CLIENT, 81, 41000)
+        );
+        let reply = Pkt::tcp(pod_ip, pod_port, NODE_IP, nat_port, ACK).build();
+        lb.expect(
+            "reply after restore",
+            &reply,
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
     });
 }
 

@@ -404,6 +404,16 @@ impl Lb {
         h.keys().count()
     }
 
+    pub fn set_conntrack(&mut self, k: FlowKey, v: ConntrackValue) {
+        let mut h: HashMap<&mut MapData, FlowKey, ConntrackValue> = self.map_mut(m::CONNTRACK);
+        h.insert(k, v, 0).expect("conntrack insert");
+    }
+
+    pub fn remove_rev_nat(&mut self, k: &FlowKey) {
+        let mut h: HashMap<&mut MapData, FlowKey, RevNatValue> = self.map_mut(m::REV_NAT);
+        h.remove(k).expect("rev_nat remove");
+    }
+
     pub fn rev_nat(&mut self, k: &FlowKey) -> Option<RevNatValue> {
         let h: HashMap<&mut MapData, FlowKey, RevNatValue> = self.map_mut(m::REV_NAT);
         h.get(k, 0).ok()
