@@ -8,4 +8,5 @@ pub mod garp;
 pub mod loader;
 pub mod neigh;
 pub mod netdev;
+pub mod peer;
 pub mod status;
