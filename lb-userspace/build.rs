@@ -16,7 +16,18 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo::rustc-check-cfg=cfg(onehop_ebpf_stub)");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let have_linker = which::which("bpf-linker").is_ok();
+    let linker = which::which("bpf-linker").ok();
+    // Rebuild once bpf-linker gets installed (cargo re-runs a build script
+    // whose rerun-if-changed path is missing on every build until it exists).
+    let watched = linker.clone().unwrap_or_else(|| {
+        let cargo_home = env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .unwrap_or_default();
+        cargo_home.join("bin/bpf-linker")
+    });
+    println!("cargo:rerun-if-changed={}", watched.display());
+    let have_linker = linker.is_some();
     if skip || !have_linker {
         if !skip {
             println!(

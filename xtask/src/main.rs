@@ -4,6 +4,7 @@
 //! idempotent and cheap when everything is already installed.
 
 mod build_ebpf;
+mod demo;
 mod setup;
 mod test;
 
@@ -25,6 +26,9 @@ enum Command {
     /// Build the eBPF object and show its sections and, when run as root,
     /// what the verifier says about each program.
     BuildEbpf,
+    /// Run the demo: the agent in network namespaces on an embedded services
+    /// file (ARP answered by XDP, requests spread over pods, status).
+    Demo,
     /// Run every check CI runs: fmt, clippy (warnings denied), all tests
     /// (unit, packet tests run by the kernel, namespace end-to-end).
     Test {
@@ -40,6 +44,13 @@ fn main() -> Result<()> {
         Command::BuildEbpf => {
             setup::run()?;
             build_ebpf::run()
+        }
+        Command::Demo => {
+            setup::run()?;
+            if lb_userspace::ebpf::object().is_err() {
+                return reexec_after_setup();
+            }
+            demo::run()
         }
         Command::Test { args } => {
             setup::run()?;
@@ -65,4 +76,19 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// On a fresh machine xtask is compiled before `setup` has installed
+/// bpf-linker, so the eBPF object it embeds is the empty stub. Once setup
+/// has run, start again through cargo, which rebuilds with the real object.
+fn reexec_after_setup() -> Result<()> {
+    const GUARD: &str = "ONEHOP_XTASK_REEXEC";
+    anyhow::ensure!(
+        std::env::var_os(GUARD).is_none(),
+        "the eBPF object is still missing after setup; see the build warnings"
+    );
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(workspace_root()).arg("xtask").args(&args).env(GUARD, "1");
+    run_cmd(&mut cmd)
 }
