@@ -3,3 +3,6 @@
 //! sender) and the outside world (file watcher, CLI).
 
 pub mod ebpf;
+pub mod ids;
+pub mod maglev;
+pub mod slots;
