@@ -6,3 +6,4 @@ pub mod ebpf;
 pub mod ids;
 pub mod maglev;
 pub mod slots;
+pub mod config;
