@@ -834,4 +834,4 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
