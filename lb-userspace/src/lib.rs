@@ -3,6 +3,7 @@
 //! sender) and the outside world (file watcher, CLI).
 
 pub mod config;
+pub mod diff;
 pub mod ebpf;
 pub mod ids;
 pub mod maglev;
