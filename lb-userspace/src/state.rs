@@ -276,11 +276,8 @@ impl DataplaneState {
         }
         let slots = SlotAllocator::rebuild(limits.maglev_slots, self.regions().map(|(_, r)| r))
             .map_err(StateError::Regions)?;
-        if let Some(&offset) = self
-            .maglev
-            .keys()
-            .find(|&&o| !slots.regions().any(|r| r.offset == o))
-        {
+        let referenced: BTreeSet<u32> = slots.regions().map(|r| r.offset).collect();
+        if let Some(&offset) = self.maglev.keys().find(|o| !referenced.contains(o)) {
             return Err(StateError::UnreferencedTable { offset });
         }
         let mut ids: BTreeSet<u32> = service_ids.keys().copied().collect();
