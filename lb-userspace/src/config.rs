@@ -1,0 +1,837 @@
+//! The services file: which VIPs this node serves, on which ports, with
+//! which backends. Parsed and validated here without I/O; the agent reads
+//! the file and watches it.
+//!
+//! ```yaml
+//! node:                      # optional; else the agent takes the interface's address
+//!   ip: 192.168.50.11
+//! nat_ports: { min: 61000, max: 65535 }   # optional; source ports of full-NAT flows
+//! announce: [192.168.50.100]              # VIPs this node answers ARP for
+//! services:
+//!   - name: web                           # DNS label, unique
+//!     vip: 192.168.50.100
+//!     ports:
+//!       - { port: 80, protocol: TCP, target_port: 8080 }
+//!     session_affinity: ClientIP          # optional: None (default) | ClientIP
+//!     session_affinity_timeout_seconds: 10800
+//!     source_ranges: [10.0.0.0/8]         # optional allow-list of clients
+//!     backends:
+//!       - { ip: 10.42.0.5, node_ip: 192.168.50.11 }
+//!       - { ip: 10.42.1.7, node_ip: 192.168.50.12 }
+//! ```
+//!
+//! Fields:
+//! - `node.ip`: this node's IPv4 address; no VIP may equal it.
+//! - `nat_ports.min`/`max`: inclusive source-port range for flows to
+//!   backends on other nodes; `1024 <= min <= max`. Keep it outside
+//!   `net.ipv4.ip_local_port_range`. Default 61000–65535.
+//! - `announce`: VIPs this node answers ARP for; each must be a service VIP.
+//!   Other service VIPs are still balanced here (traffic may arrive after a
+//!   failover) but ARP requests for them are dropped.
+//! - `services[].ports[]`: `port` and `target_port` in 1..=65535
+//!   (`target_port` defaults to `port`), `protocol` `TCP` (default) or
+//!   `UDP`. A VIP, port and protocol is served by one service only.
+//! - `session_affinity`: `ClientIP` keeps each client on one backend for
+//!   `session_affinity_timeout_seconds` (1..=86400, default 10800) of
+//!   inactivity, per port.
+//! - `source_ranges`: CIDRs (network address, no host bits) of the clients
+//!   allowed to reach the service; absent or empty allows everyone.
+//! - `backends[]`: pod address and the address of the node that runs it;
+//!   a pod whose `node_ip` is this node's is reached directly, others
+//!   through their node. A backend serves every port of its service, on
+//!   that port's `target_port`.
+//!
+//! Unknown fields are errors. All problems of a file are reported at once,
+//! each with its field path and line, e.g.
+//! `services[1].ports[0].target_port (line 14): must be 1..=65535, not 0`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use lb_common::maps;
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use crate::maglev;
+
+/// Default `session_affinity_timeout_seconds` (Kubernetes' default).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// Largest `session_affinity_timeout_seconds` (Kubernetes' limit).
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+/// Lowest allowed `nat_ports.min`: keep clear of well-known ports.
+pub const MIN_NAT_PORT: u16 = 1024;
+
+/// Capacity of the maps the configuration must fit in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries of `vips` (service VIPs plus the node address).
+    pub max_vips: u32,
+    /// Entries of `services` (one per VIP, port and protocol) and service ids.
+    pub max_services: u32,
+    /// Backend ids (distinct pod address and target port).
+    pub max_backends: u32,
+    /// Entries of `src_ranges` (one per source range and service port).
+    pub max_src_ranges: u32,
+    /// Slots of the `maglev` array.
+    pub maglev_slots: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_vips: maps::MAX_VIPS,
+            max_services: maps::MAX_SERVICES,
+            max_backends: maps::MAX_BACKENDS,
+            max_src_ranges: maps::SRC_RANGES_MAX,
+            maglev_slots: maps::MAGLEV_SLOTS,
+        }
+    }
+}
+
+/// A validated services file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicesFile {
+    /// `node.ip`, when the file pins it.
+    pub node_ip: Option<Ipv4Addr>,
+    pub nat_ports: NatPorts,
+    /// VIPs this node answers ARP for.
+    pub announce: BTreeSet<Ipv4Addr>,
+    /// In file order.
+    pub services: Vec<Service>,
+}
+
+/// Inclusive NAT source-port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatPorts {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for NatPorts {
+    fn default() -> Self {
+        Self {
+            min: lb_common::DEFAULT_NAT_PORT_MIN,
+            max: lb_common::DEFAULT_NAT_PORT_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    /// Never empty.
+    pub ports: Vec<ServicePort>,
+    pub session_affinity: SessionAffinity,
+    /// Empty: every source allowed.
+    pub source_ranges: Vec<Cidr>,
+    /// Distinct pod addresses.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IPv4 header's protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    /// Keep a client on its backend for `timeout_s` seconds of inactivity.
+    ClientIp { timeout_s: u32 },
+}
+
+/// An IPv4 network: `addr` has no bit set beyond `prefix_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/len`, rejecting host bits.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some((addr, len)) = s.split_once('/') else {
+            return Err(format!("{s:?} is not a CIDR (expected e.g. 10.0.0.0/8)"));
+        };
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 CIDR: bad address {addr:?}"))?;
+        let prefix_len = match len.parse::<u8>() {
+            Ok(l) if l <= 32 && !len.starts_with('+') => l,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not an IPv4 CIDR: prefix length must be 0..=32"
+                ));
+            }
+        };
+        let network = Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len));
+        if network != addr {
+            return Err(format!(
+                "{s:?} has host bits set (the network is {network}/{prefix_len})"
+            ));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+
+    /// Netmask of a prefix length (`len <= 32`).
+    pub const fn mask(len: u8) -> u32 {
+        if len == 0 { 0 } else { u32::MAX << (32 - len) }
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Address of the node that runs the pod.
+    pub node_ip: Ipv4Addr,
+}
+
+/// One problem in the services file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Field path, e.g. `services[1].ports[0].target_port`.
+    pub path: String,
+    /// 1-based line, 0 when unknown.
+    pub line: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path, self.message)
+        } else {
+            write!(f, "{} (line {}): {}", self.path, self.line, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not YAML, or not the expected shape (unknown field, wrong type...).
+    #[error("the services file does not parse: {0}")]
+    Syntax(#[source] Box<serde_saphyr::Error>),
+    /// Well-formed but invalid: every problem found.
+    #[error("{}", issues_text(.0))]
+    Invalid(Vec<Issue>),
+}
+
+impl ConfigError {
+    /// The semantic problems (empty for a syntax error).
+    pub fn issues(&self) -> &[Issue] {
+        match self {
+            ConfigError::Syntax(_) => &[],
+            ConfigError::Invalid(issues) => issues,
+        }
+    }
+}
+
+fn issues_text(issues: &[Issue]) -> String {
+    let mut s = format!(
+        "the services file has {} error{}:",
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for issue in issues {
+        s.push_str("\n  ");
+        s.push_str(&issue.to_string());
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Raw shape: exactly what the YAML says, with locations. Numbers are i64 and
+// addresses strings so that out-of-range values become located semantic
+// issues (all reported together) rather than a first-error parse failure.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    node: Option<Spanned<RawNode>>,
+    #[serde(default)]
+    nat_ports: Option<Spanned<RawNatPorts>>,
+    #[serde(default)]
+    announce: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    services: Option<Spanned<Vec<Spanned<RawService>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    ip: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatPorts {
+    min: Spanned<i64>,
+    max: Spanned<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    ports: Spanned<Vec<Spanned<RawPort>>>,
+    #[serde(default)]
+    session_affinity: Option<Spanned<String>>,
+    #[serde(default)]
+    session_affinity_timeout_seconds: Option<Spanned<i64>>,
+    #[serde(default)]
+    source_ranges: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    backends: Option<Vec<Spanned<RawBackend>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    port: Spanned<i64>,
+    #[serde(default)]
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    target_port: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    ip: Spanned<String>,
+    node_ip: Spanned<String>,
+}
+
+/// Parses and validates a services file against the map capacities.
+pub fn parse(text: &str, limits: &Limits) -> Result<ServicesFile, ConfigError> {
+    // An empty (or comment-only) document is an empty configuration.
+    let raw: Option<RawFile> =
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(Box::new(e)))?;
+    let raw = raw.unwrap_or(RawFile {
+        node: None,
+        nat_ports: None,
+        announce: None,
+        services: None,
+    });
+    let mut v = Validator::default();
+    let file = v.file(&raw, limits);
+    if v.issues.is_empty() {
+        Ok(file)
+    } else {
+        Err(ConfigError::Invalid(v.issues))
+    }
+}
+
+/// A service's valid parts and where they are, for cross-service checks.
+/// Invalid parts are left out (their issue is already recorded) so that one
+/// typo does not cascade into follow-up errors.
+struct Located {
+    index: usize,
+    name: Location,
+    vip: Location,
+    /// `service.vip` is only meaningful when this is `Some`.
+    vip_addr: Option<Ipv4Addr>,
+    ports: Vec<Location>,
+    backends: Vec<Location>,
+    service: Service,
+}
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<Issue>,
+}
+
+impl Validator {
+    fn issue(&mut self, path: impl Into<String>, loc: Location, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            line: loc.line(),
+            message: message.into(),
+        });
+    }
+
+    /// An address usable as a unicast host address.
+    fn host_ip(&mut self, path: &str, s: &Spanned<String>) -> Option<Ipv4Addr> {
+        let Ok(ip) = s.value.parse::<Ipv4Addr>() else {
+            self.issue(
+                path,
+                s.referenced,
+                format!("{:?} is not an IPv4 address", s.value),
+            );
+            return None;
+        };
+        let what = if ip.is_unspecified() {
+            "the unspecified address"
+        } else if ip.is_loopback() {
+            "a loopback address"
+        } else if ip.is_multicast() {
+            "a multicast address"
+        } else if ip.is_broadcast() {
+            "the broadcast address"
+        } else {
+            return Some(ip);
+        };
+        self.issue(path, s.referenced, format!("{ip} is {what}"));
+        None
+    }
+
+    fn port(&mut self, path: &str, p: &Spanned<i64>) -> Option<u16> {
+        match u16::try_from(p.value) {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                self.issue(
+                    path,
+                    p.referenced,
+                    format!("must be 1..=65535, not {}", p.value),
+                );
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, raw: &RawFile, limits: &Limits) -> ServicesFile {
+        let node_ip = raw
+            .node
+            .as_ref()
+            .and_then(|n| self.host_ip("node.ip", &n.value.ip));
+        let nat_ports = raw
+            .nat_ports
+            .as_ref()
+            .map_or_else(NatPorts::default, |n| self.nat_ports(n));
+        let services_loc = raw
+            .services
+            .as_ref()
+            .map_or(Location::UNKNOWN, |s| s.referenced);
+        let mut services = Vec::new();
+        for (i, s) in raw.services.iter().flat_map(|s| &s.value).enumerate() {
+            services.push(self.service(i, s));
+        }
+        self.cross_service(&services, node_ip, limits, services_loc);
+        let vips: BTreeSet<Ipv4Addr> = services.iter().filter_map(|l| l.vip_addr).collect();
+        let mut announce = BTreeSet::new();
+        for (i, a) in raw.announce.iter().flatten().enumerate() {
+            let path = format!("announce[{i}]");
+            let Some(ip) = self.host_ip(&path, a) else {
+                continue;
+            };
+            if !announce.insert(ip) {
+                self.issue(path, a.referenced, format!("{ip} is listed twice"));
+            } else if !vips.contains(&ip) {
+                self.issue(
+                    path,
+                    a.referenced,
+                    format!("{ip} is not the vip of any service"),
+                );
+            }
+        }
+        ServicesFile {
+            node_ip,
+            nat_ports,
+            announce,
+            services: services.into_iter().map(|l| l.service).collect(),
+        }
+    }
+
+    fn nat_ports(&mut self, n: &Spanned<RawNatPorts>) -> NatPorts {
+        let min = self.port("nat_ports.min", &n.value.min);
+        let max = self.port("nat_ports.max", &n.value.max);
+        let (Some(min), Some(max)) = (min, max) else {
+            return NatPorts::default();
+        };
+        if min < MIN_NAT_PORT {
+            self.issue(
+                "nat_ports.min",
+                n.value.min.referenced,
+                format!("must be at least {MIN_NAT_PORT}, not {min}"),
+            );
+        }
+        if min > max {
+            self.issue(
+                "nat_ports",
+                n.referenced,
+                format!("min {min} is greater than max {max}"),
+            );
+        }
+        NatPorts { min, max }
+    }
+
+    /// Checks one service on its own.
+    fn service(&mut self, i: usize, raw: &Spanned<RawService>) -> Located {
+        let s = &raw.value;
+        let p = format!("services[{i}]");
+        let name = s.name.value.clone();
+        if !is_dns_label(&name) {
+            self.issue(
+                format!("{p}.name"),
+                s.name.referenced,
+                format!(
+                    "{name:?} is not a DNS label (1-63 of a-z, 0-9 and '-', \
+                     starting and ending with a letter or digit)"
+                ),
+            );
+        }
+        let vip = self.host_ip(&format!("{p}.vip"), &s.vip);
+        let (ports, port_locs) = self.ports(&p, &s.ports);
+        let session_affinity = self.affinity(&p, s);
+        let source_ranges = self.source_ranges(&p, s.source_ranges.as_deref().unwrap_or(&[]));
+        let backends = self.backends(&p, s.backends.as_deref().unwrap_or(&[]));
+        Located {
+            index: i,
+            name: s.name.referenced,
+            vip: s.vip.referenced,
+            vip_addr: vip,
+            ports: port_locs,
+            backends: s
+                .backends
+                .iter()
+                .flatten()
+                .map(|b| b.value.node_ip.referenced)
+                .collect(),
+            service: Service {
+                name,
+                vip: vip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                ports,
+                session_affinity,
+                source_ranges,
+                backends,
+            },
+        }
+    }
+
+    fn ports(
+        &mut self,
+        p: &str,
+        raw: &Spanned<Vec<Spanned<RawPort>>>,
+    ) -> (Vec<ServicePort>, Vec<Location>) {
+        if raw.value.is_empty() {
+            self.issue(
+                format!("{p}.ports"),
+                raw.referenced,
+                "must list at least one port",
+            );
+        }
+        let mut seen: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+        let mut ports = Vec::new();
+        let mut locs = Vec::new();
+        for (j, rp) in raw.value.iter().enumerate() {
+            let pp = format!("{p}.ports[{j}]");
+            let port = self.port(&format!("{pp}.port"), &rp.value.port);
+            let target_port = match &rp.value.target_port {
+                Some(t) => self.port(&format!("{pp}.target_port"), t),
+                None => port,
+            };
+            let protocol = match &rp.value.protocol {
+                None => Some(Protocol::Tcp),
+                Some(s) => match s.value.as_str() {
+                    "TCP" => Some(Protocol::Tcp),
+                    "UDP" => Some(Protocol::Udp),
+                    other => {
+                        self.issue(
+                            format!("{pp}.protocol"),
+                            s.referenced,
+                            format!("must be TCP or UDP, not {other:?}"),
+                        );
+                        None
+                    }
+                },
+            };
+            let (Some(port), Some(target_port), Some(protocol)) = (port, target_port, protocol)
+            else {
+                continue;
+            };
+            if let Some(first) = seen.insert((port, protocol), j) {
+                self.issue(
+                    pp,
+                    rp.referenced,
+                    format!("{protocol} port {port} is already listed in {p}.ports[{first}]"),
+                );
+                continue;
+            }
+            ports.push(ServicePort {
+                port,
+                protocol,
+                target_port,
+            });
+            locs.push(rp.referenced);
+        }
+        (ports, locs)
+    }
+
+    fn affinity(&mut self, p: &str, s: &RawService) -> SessionAffinity {
+        let client_ip = match &s.session_affinity {
+            None => false,
+            Some(a) => match a.value.as_str() {
+                "None" => false,
+                "ClientIP" => true,
+                other => {
+                    self.issue(
+                        format!("{p}.session_affinity"),
+                        a.referenced,
+                        format!("must be None or ClientIP, not {other:?}"),
+                    );
+                    return SessionAffinity::None;
+                }
+            },
+        };
+        let timeout = s.session_affinity_timeout_seconds.as_ref();
+        let path = format!("{p}.session_affinity_timeout_seconds");
+        match (client_ip, timeout) {
+            (false, None) => SessionAffinity::None,
+            (false, Some(t)) => {
+                self.issue(
+                    path,
+                    t.referenced,
+                    "only allowed with session_affinity: ClientIP",
+                );
+                SessionAffinity::None
+            }
+            (true, None) => SessionAffinity::ClientIp {
+                timeout_s: DEFAULT_AFFINITY_TIMEOUT_S,
+            },
+            (true, Some(t)) => match u32::try_from(t.value) {
+                Ok(timeout_s) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&timeout_s) => {
+                    SessionAffinity::ClientIp { timeout_s }
+                }
+                _ => {
+                    self.issue(
+                        path,
+                        t.referenced,
+                        format!("must be 1..={MAX_AFFINITY_TIMEOUT_S}, not {}", t.value),
+                    );
+                    SessionAffinity::None
+                }
+            },
+        }
+    }
+
+    fn source_ranges(&mut self, p: &str, raw: &[Spanned<String>]) -> Vec<Cidr> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (k, r) in raw.iter().enumerate() {
+            let path = format!("{p}.source_ranges[{k}]");
+            match Cidr::parse(&r.value) {
+                Ok(cidr) if !seen.insert(cidr) => {
+                    self.issue(path, r.referenced, format!("{cidr} is listed twice"));
+                }
+                Ok(cidr) => out.push(cidr),
+                Err(e) => self.issue(path, r.referenced, e),
+            }
+        }
+        out
+    }
+
+    fn backends(&mut self, p: &str, raw: &[Spanned<RawBackend>]) -> Vec<Backend> {
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        for (k, b) in raw.iter().enumerate() {
+            let bp = format!("{p}.backends[{k}]");
+            let ip = self.host_ip(&format!("{bp}.ip"), &b.value.ip);
+            let node_ip = self.host_ip(&format!("{bp}.node_ip"), &b.value.node_ip);
+            let (Some(ip), Some(node_ip)) = (ip, node_ip) else {
+                continue;
+            };
+            if let Some(first) = seen.insert(ip, k) {
+                self.issue(
+                    format!("{bp}.ip"),
+                    b.value.ip.referenced,
+                    format!("{ip} is already listed in {p}.backends[{first}]"),
+                );
+                continue;
+            }
+            out.push(Backend { ip, node_ip });
+        }
+        out
+    }
+
+    fn cross_service(
+        &mut self,
+        services: &[Located],
+        node_ip: Option<Ipv4Addr>,
+        limits: &Limits,
+        services_loc: Location,
+    ) {
+        // Pod address -> (its node, where first seen); node address -> where first seen.
+        let mut pods: BTreeMap<Ipv4Addr, (Ipv4Addr, String)> = BTreeMap::new();
+        let mut node_ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        for l in services {
+            for (k, (b, loc)) in l.service.backends.iter().zip(&l.backends).enumerate() {
+                let path = format!("services[{}].backends[{k}]", l.index);
+                node_ips.entry(b.node_ip).or_insert_with(|| path.clone());
+                match pods.get(&b.ip) {
+                    Some((node, first)) if *node != b.node_ip => self.issue(
+                        format!("{path}.node_ip"),
+                        *loc,
+                        format!(
+                            "pod {} runs on {}, but {first} says it runs on {node}",
+                            b.ip, b.node_ip
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        pods.insert(b.ip, (b.node_ip, path));
+                    }
+                }
+            }
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut frontends: BTreeMap<(Ipv4Addr, u16, Protocol), usize> = BTreeMap::new();
+        for l in services {
+            let (i, s) = (l.index, &l.service);
+            let p = format!("services[{i}]");
+            if let Some(first) = names.insert(&s.name, i) {
+                self.issue(
+                    format!("{p}.name"),
+                    l.name,
+                    format!("{:?} is already the name of services[{first}]", s.name),
+                );
+            }
+            let vip_path = format!("{p}.vip");
+            let Some(vip) = l.vip_addr else {
+                continue;
+            };
+            if Some(vip) == node_ip {
+                self.issue(
+                    &vip_path,
+                    l.vip,
+                    format!("{vip} is the node's own address (node.ip)"),
+                );
+            }
+            if let Some(first) = node_ips.get(&vip) {
+                self.issue(
+                    &vip_path,
+                    l.vip,
+                    format!("{vip} is a node address (node_ip of {first})"),
+                );
+            }
+            if let Some((_, first)) = pods.get(&vip) {
+                self.issue(
+                    &vip_path,
+                    l.vip,
+                    format!("{vip} is a pod address (ip of {first})"),
+                );
+            }
+            for (j, (port, loc)) in s.ports.iter().zip(&l.ports).enumerate() {
+                if let Some(first) = frontends.insert((vip, port.port, port.protocol), i) {
+                    self.issue(
+                        format!("{p}.ports[{j}]"),
+                        *loc,
+                        format!(
+                            "{} {}:{} is already served by services[{first}]",
+                            port.protocol, vip, port.port
+                        ),
+                    );
+                }
+            }
+        }
+        self.limits(services, limits, services_loc);
+    }
+
+    fn limits(&mut self, services: &[Located], limits: &Limits, loc: Location) {
+        let services = || services.iter().map(|l| &l.service);
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let entries: u64 = services().map(|s| count(s.ports.len())).sum();
+        let vips = count(services().map(|s| s.vip).collect::<BTreeSet<_>>().len()) + 1;
+        let backends = count(
+            services()
+                .flat_map(|s| {
+                    s.ports
+                        .iter()
+                        .flat_map(move |p| s.backends.iter().map(move |b| (b.ip, p.target_port)))
+                })
+                .collect::<BTreeSet<_>>()
+                .len(),
+        );
+        let ranges: u64 = services()
+            .map(|s| count(s.ports.len()) * count(s.source_ranges.len()))
+            .sum();
+        let slots: u64 = services()
+            .map(|s| u64::from(maglev::table_size(s.backends.len())) * count(s.ports.len()))
+            .sum();
+        for (what, n, max) in [
+            (
+                "service ports (VIP, port, protocol)",
+                entries,
+                limits.max_services,
+            ),
+            (
+                "addresses in the vips map (VIPs and the node)",
+                vips,
+                limits.max_vips,
+            ),
+            (
+                "backends (pod address, target port)",
+                backends,
+                limits.max_backends,
+            ),
+            (
+                "source-range entries (ranges x ports)",
+                ranges,
+                limits.max_src_ranges,
+            ),
+            ("Maglev table slots", slots, limits.maglev_slots),
+        ] {
+            if n > u64::from(max) {
+                self.issue(
+                    "services",
+                    loc,
+                    format!("{n} {what}, more than the {max} the maps hold"),
+                );
+            }
+        }
+    }
+}
+
+/// RFC 1123 label, as Kubernetes requires of names.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

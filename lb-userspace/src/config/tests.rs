@@ -1,0 +1,693 @@
+#![expect(clippy::unwrap_used, reason = "test code: panics are failures")]
+
+use super::*;
+use proptest::prelude::*;
+
+const EXAMPLE: &str = "\
+node:
+  ip: 192.168.50.11
+nat_ports: { min: 62000, max: 63000 }
+announce: [192.168.50.100]
+services:
+  - name: web
+    vip: 192.168.50.100
+    ports:
+      - { port: 80, protocol: TCP, target_port: 8080 }
+      - { port: 53, protocol: UDP }
+    session_affinity: ClientIP
+    session_affinity_timeout_seconds: 600
+    source_ranges: [10.0.0.0/8, 192.168.50.0/24]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.11 }
+      - { ip: 10.42.1.7, node_ip: 192.168.50.12 }
+  - name: dns
+    vip: 192.168.50.101
+    ports:
+      - port: 53
+";
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn ok(text: &str) -> ServicesFile {
+    match parse(text, &Limits::default()) {
+        Ok(f) => f,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The issues of an invalid file, rendered.
+fn issues(text: &str) -> Vec<String> {
+    issues_with(text, &Limits::default())
+}
+
+fn issues_with(text: &str, limits: &Limits) -> Vec<String> {
+    match parse(text, limits) {
+        Ok(f) => panic!("expected errors, parsed {f:?}"),
+        Err(ConfigError::Syntax(e)) => panic!("expected semantic errors, got syntax error {e}"),
+        Err(e @ ConfigError::Invalid(_)) => e.issues().iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn syntax_error(text: &str) -> String {
+    match parse(text, &Limits::default()) {
+        Err(e @ ConfigError::Syntax(_)) => e.to_string(),
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+/// A one-service file with `extra` lines appended to the service (at
+/// 4-space indentation) and the ports list given.
+fn service_with(extra: &str) -> String {
+    format!(
+        "services:\n  - name: web\n    vip: 192.168.50.100\n    ports: [{{ port: 80 }}]\n{extra}"
+    )
+}
+
+#[test]
+fn parses_the_example() {
+    let f = ok(EXAMPLE);
+    assert_eq!(
+        f,
+        ServicesFile {
+            node_ip: Some(ip("192.168.50.11")),
+            nat_ports: NatPorts {
+                min: 62000,
+                max: 63000
+            },
+            announce: [ip("192.168.50.100")].into(),
+            services: vec![
+                Service {
+                    name: "web".into(),
+                    vip: ip("192.168.50.100"),
+                    ports: vec![
+                        ServicePort {
+                            port: 80,
+                            protocol: Protocol::Tcp,
+                            target_port: 8080
+                        },
+                        ServicePort {
+                            port: 53,
+                            protocol: Protocol::Udp,
+                            target_port: 53
+                        },
+                    ],
+                    session_affinity: SessionAffinity::ClientIp { timeout_s: 600 },
+                    source_ranges: vec![
+                        Cidr {
+                            addr: ip("10.0.0.0"),
+                            prefix_len: 8
+                        },
+                        Cidr {
+                            addr: ip("192.168.50.0"),
+                            prefix_len: 24
+                        },
+                    ],
+                    backends: vec![
+                        Backend {
+                            ip: ip("10.42.0.5"),
+                            node_ip: ip("192.168.50.11")
+                        },
+                        Backend {
+                            ip: ip("10.42.1.7"),
+                            node_ip: ip("192.168.50.12")
+                        },
+                    ],
+                },
+                Service {
+                    name: "dns".into(),
+                    vip: ip("192.168.50.101"),
+                    ports: vec![ServicePort {
+                        port: 53,
+                        protocol: Protocol::Tcp,
+                        target_port: 53
+                    }],
+                    session_affinity: SessionAffinity::None,
+                    source_ranges: vec![],
+                    backends: vec![],
+                },
+            ],
+        }
+    );
+}
+
+#[test]
+fn module_doc_example_is_valid() {
+    let doc = include_str!("../config.rs");
+    let mut yaml = String::new();
+    for l in doc
+        .lines()
+        .skip_while(|l| !l.starts_with("//! ```yaml"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"))
+    {
+        yaml.push_str(l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""));
+        yaml.push('\n');
+    }
+    assert!(yaml.contains("services:"), "{yaml}");
+    let f = ok(&yaml);
+    assert_eq!(f.services.len(), 1);
+    assert_eq!(
+        f.services[0].session_affinity,
+        SessionAffinity::ClientIp {
+            timeout_s: DEFAULT_AFFINITY_TIMEOUT_S
+        }
+    );
+}
+
+#[test]
+fn defaults() {
+    let f = ok(&service_with("    session_affinity: ClientIP\n"));
+    assert_eq!(f.node_ip, None);
+    assert_eq!(f.nat_ports, NatPorts::default());
+    assert_eq!(f.nat_ports.min, 61000);
+    assert_eq!(f.nat_ports.max, 65535);
+    assert!(f.announce.is_empty());
+    let s = &f.services[0];
+    assert_eq!(
+        s.ports,
+        vec![ServicePort {
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: 80
+        }]
+    );
+    assert_eq!(
+        s.session_affinity,
+        SessionAffinity::ClientIp { timeout_s: 10_800 }
+    );
+    let none = ok(&service_with("    session_affinity: None\n"));
+    assert_eq!(none.services[0].session_affinity, SessionAffinity::None);
+}
+
+#[test]
+fn empty_files_are_empty_configurations() {
+    for text in [
+        "",
+        "\n",
+        "# nothing yet\n",
+        "services: []\n",
+        "services:\n",
+        "---\n",
+    ] {
+        let f = ok(text);
+        assert!(f.services.is_empty(), "{text:?}");
+        assert_eq!(f.nat_ports, NatPorts::default());
+    }
+}
+
+#[test]
+fn unknown_fields_are_rejected_everywhere() {
+    for text in [
+        "servics: []\n".to_string(),
+        "node: { ip: 192.168.50.11, mac: x }\n".to_string(),
+        "nat_ports: { min: 2000, max: 3000, step: 1 }\n".to_string(),
+        service_with("    weight: 3\n"),
+        "services:\n  - name: web\n    vip: 192.168.50.100\n    ports: [{ port: 80, nodePort: 30080 }]\n"
+            .to_string(),
+        service_with("    backends: [{ ip: 10.42.0.5, node_ip: 192.168.50.11, zone: a }]\n"),
+    ] {
+        let msg = syntax_error(&text);
+        assert!(msg.contains("unknown field"), "{text}: {msg}");
+    }
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let msg = syntax_error("services:\n  - name: web\n    vip: [1, 2\n");
+    assert!(msg.contains("line"), "{msg}");
+    let msg = syntax_error(&service_with("    backends: 3\n"));
+    assert!(msg.contains("line 5"), "{msg}");
+    // Missing required fields are shape errors too.
+    let msg = syntax_error("services:\n  - name: web\n    ports: [{ port: 80 }]\n");
+    assert!(msg.contains("vip"), "{msg}");
+}
+
+#[test]
+fn reports_every_problem_with_path_and_line() {
+    let text = "\
+node:
+  ip: 192.168.50.11
+nat_ports: { min: 80, max: 70 }
+announce: [192.168.50.100, 192.168.50.199]
+services:
+  - name: Web_1
+    vip: 192.168.50.300
+    ports:
+      - { port: 0, protocol: SCTP }
+  - name: db
+    vip: 192.168.50.11
+    ports:
+      - { port: 5432 }
+      - { port: 5433, target_port: 70000 }
+    session_affinity_timeout_seconds: 5
+    source_ranges: [10.0.0.1/8, 10.0.0.0/33, nonsense]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.12 }
+      - { ip: 10.42.0.5, node_ip: 192.168.50.12 }
+      - { ip: 127.0.0.1, node_ip: 224.0.0.1 }
+";
+    assert_eq!(
+        issues(text),
+        vec![
+            "nat_ports.min (line 3): must be at least 1024, not 80",
+            "nat_ports (line 3): min 80 is greater than max 70",
+            "services[0].name (line 6): \"Web_1\" is not a DNS label (1-63 of a-z, 0-9 and '-', \
+             starting and ending with a letter or digit)",
+            "services[0].vip (line 7): \"192.168.50.300\" is not an IPv4 address",
+            "services[0].ports[0].port (line 9): must be 1..=65535, not 0",
+            "services[0].ports[0].protocol (line 9): must be TCP or UDP, not \"SCTP\"",
+            "services[1].ports[1].target_port (line 14): must be 1..=65535, not 70000",
+            "services[1].session_affinity_timeout_seconds (line 15): only allowed with \
+             session_affinity: ClientIP",
+            "services[1].source_ranges[0] (line 16): \"10.0.0.1/8\" has host bits set (the \
+             network is 10.0.0.0/8)",
+            "services[1].source_ranges[1] (line 16): \"10.0.0.0/33\" is not an IPv4 CIDR: \
+             prefix length must be 0..=32",
+            "services[1].source_ranges[2] (line 16): \"nonsense\" is not a CIDR (expected e.g. \
+             10.0.0.0/8)",
+            "services[1].backends[1].ip (line 19): 10.42.0.5 is already listed in \
+             services[1].backends[0]",
+            "services[1].backends[2].ip (line 20): 127.0.0.1 is a loopback address",
+            "services[1].backends[2].node_ip (line 20): 224.0.0.1 is a multicast address",
+            "services[1].vip (line 11): 192.168.50.11 is the node's own address (node.ip)",
+            "announce[0] (line 4): 192.168.50.100 is not the vip of any service",
+            "announce[1] (line 4): 192.168.50.199 is not the vip of any service",
+        ]
+    );
+}
+
+#[test]
+fn error_display_lists_all_issues() {
+    let err = parse(
+        &service_with("    session_affinity: Sticky\n    source_ranges: [1.2.3.4]\n"),
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the services file has 2 errors:\n  \
+         services[0].session_affinity (line 5): must be None or ClientIP, not \"Sticky\"\n  \
+         services[0].source_ranges[0] (line 6): \"1.2.3.4\" is not a CIDR (expected e.g. \
+         10.0.0.0/8)"
+    );
+}
+
+#[test]
+fn cross_service_checks() {
+    let text = "\
+node: { ip: 192.168.50.11 }
+announce: [192.168.50.100, 192.168.50.100]
+services:
+  - name: web
+    vip: 192.168.50.100
+    ports: [{ port: 80 }, { port: 80, protocol: UDP }, { port: 80, target_port: 81 }]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.12 }
+  - name: web
+    vip: 192.168.50.100
+    ports: [{ port: 80 }]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.13 }
+  - name: self
+    vip: 192.168.50.11
+    ports: [{ port: 443 }]
+  - name: other-node
+    vip: 192.168.50.12
+    ports: [{ port: 443 }]
+  - name: pod
+    vip: 10.42.0.5
+    ports: [{ port: 443 }]
+";
+    assert_eq!(
+        issues(text),
+        vec![
+            "services[0].ports[2] (line 6): TCP port 80 is already listed in services[0].ports[0]",
+            "services[1].backends[0].node_ip (line 13): pod 10.42.0.5 runs on 192.168.50.13, but \
+             services[0].backends[0] says it runs on 192.168.50.12",
+            "services[1].name (line 9): \"web\" is already the name of services[0]",
+            "services[1].ports[0] (line 11): TCP 192.168.50.100:80 is already served by \
+             services[0]",
+            "services[2].vip (line 15): 192.168.50.11 is the node's own address (node.ip)",
+            "services[3].vip (line 18): 192.168.50.12 is a node address (node_ip of \
+             services[0].backends[0])",
+            "services[4].vip (line 21): 10.42.0.5 is a pod address (ip of services[0].backends[0])",
+            "announce[1] (line 2): 192.168.50.100 is listed twice",
+        ]
+    );
+}
+
+#[test]
+fn vip_address_classes() {
+    for (vip, what) in [
+        ("0.0.0.0", "the unspecified address"),
+        ("127.0.0.2", "a loopback address"),
+        ("239.1.1.1", "a multicast address"),
+        ("255.255.255.255", "the broadcast address"),
+    ] {
+        let text = format!("services:\n  - name: a\n    vip: {vip}\n    ports: [{{ port: 1 }}]\n");
+        assert_eq!(
+            issues(&text),
+            vec![format!("services[0].vip (line 3): {vip} is {what}")]
+        );
+    }
+    for bad in ["1.2.3", "1.2.3.4.5", "::1", "01.2.3.4x", "", "a.b.c.d"] {
+        let text =
+            format!("services:\n  - name: a\n    vip: \"{bad}\"\n    ports: [{{ port: 1 }}]\n");
+        assert_eq!(
+            issues(&text),
+            vec![format!(
+                "services[0].vip (line 3): {bad:?} is not an IPv4 address"
+            )]
+        );
+    }
+    let text = "node: { ip: 0.0.0.0 }\n";
+    assert_eq!(
+        issues(text),
+        vec!["node.ip (line 1): 0.0.0.0 is the unspecified address"]
+    );
+}
+
+#[test]
+fn ports_and_timeouts_ranges() {
+    for (port, good) in [
+        (1, true),
+        (65535, true),
+        (0, false),
+        (65536, false),
+        (-1, false),
+    ] {
+        let text =
+            format!("services:\n  - name: a\n    vip: 10.0.0.1\n    ports: [{{ port: {port} }}]\n");
+        assert_eq!(parse(&text, &Limits::default()).is_ok(), good, "{port}");
+    }
+    for (t, good) in [
+        (1, true),
+        (86_400, true),
+        (0, false),
+        (86_401, false),
+        (-5, false),
+    ] {
+        let text = service_with(&format!(
+            "    session_affinity: ClientIP\n    session_affinity_timeout_seconds: {t}\n"
+        ));
+        match parse(&text, &Limits::default()) {
+            Ok(f) => {
+                assert!(good, "{t}");
+                assert_eq!(
+                    f.services[0].session_affinity,
+                    SessionAffinity::ClientIp {
+                        timeout_s: u32::try_from(t).unwrap()
+                    }
+                );
+            }
+            Err(e) => {
+                assert!(!good, "{t}: {e}");
+                assert_eq!(
+                    e.issues()[0].to_string(),
+                    format!(
+                        "services[0].session_affinity_timeout_seconds (line 6): must be \
+                         1..=86400, not {t}"
+                    )
+                );
+            }
+        }
+    }
+    assert_eq!(
+        issues("services:\n  - name: a\n    vip: 10.0.0.1\n    ports: []\n"),
+        vec!["services[0].ports (line 4): must list at least one port"]
+    );
+    assert_eq!(
+        issues("nat_ports: { min: 1023, max: 1023 }\n"),
+        vec!["nat_ports.min (line 1): must be at least 1024, not 1023"]
+    );
+    assert_eq!(
+        ok("nat_ports: { min: 1024, max: 1024 }\n").nat_ports,
+        NatPorts {
+            min: 1024,
+            max: 1024
+        }
+    );
+    assert_eq!(
+        issues("nat_ports: { min: 2000, max: 65536 }\n"),
+        vec!["nat_ports.max (line 1): must be 1..=65535, not 65536"]
+    );
+}
+
+#[test]
+fn limits_are_enforced() {
+    let text = "\
+services:
+  - name: a
+    vip: 10.0.0.1
+    ports: [{ port: 80 }, { port: 81, target_port: 8081 }]
+    source_ranges: [10.0.0.0/8]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.12 }
+      - { ip: 10.42.0.6, node_ip: 192.168.50.12 }
+";
+    let exact = Limits {
+        max_vips: 2,
+        max_services: 2,
+        max_backends: 4,
+        max_src_ranges: 2,
+        maglev_slots: 2 * 251,
+    };
+    ok_with(text, &exact);
+    let tight = Limits {
+        max_vips: 1,
+        max_services: 1,
+        max_backends: 3,
+        max_src_ranges: 1,
+        maglev_slots: 2 * 251 - 1,
+    };
+    assert_eq!(
+        issues_with(text, &tight),
+        vec![
+            "services (line 2): 2 service ports (VIP, port, protocol), more than the 1 the maps \
+             hold",
+            "services (line 2): 2 addresses in the vips map (VIPs and the node), more than the 1 \
+             the maps hold",
+            "services (line 2): 4 backends (pod address, target port), more than the 3 the maps \
+             hold",
+            "services (line 2): 2 source-range entries (ranges x ports), more than the 1 the maps \
+             hold",
+            "services (line 2): 502 Maglev table slots, more than the 501 the maps hold",
+        ]
+    );
+}
+
+fn ok_with(text: &str, limits: &Limits) -> ServicesFile {
+    parse(text, limits).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn cidrs() {
+    let c = Cidr::parse("10.0.0.0/8").unwrap();
+    assert_eq!(c.to_string(), "10.0.0.0/8");
+    assert!(c.contains(ip("10.255.1.2")));
+    assert!(!c.contains(ip("11.0.0.0")));
+    assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().prefix_len, 0);
+    assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+    assert_eq!(Cidr::parse("1.2.3.4/32").unwrap().addr, ip("1.2.3.4"));
+    for bad in [
+        "10.0.0.0",
+        "10.0.0.0/",
+        "10.0.0.0/-1",
+        "10.0.0.0/+8",
+        "10.0.0/8",
+        "x/8",
+        "10.0.0.0/8/8",
+    ] {
+        assert!(Cidr::parse(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        Cidr::parse("192.168.1.1/16").unwrap_err(),
+        "\"192.168.1.1/16\" has host bits set (the network is 192.168.0.0/16)"
+    );
+    assert_eq!(Cidr::mask(0), 0);
+    assert_eq!(Cidr::mask(1), 0x8000_0000);
+    assert_eq!(Cidr::mask(32), u32::MAX);
+}
+
+#[test]
+fn dns_labels() {
+    for good in ["a", "web", "web-1", "1web", &"a".repeat(63)] {
+        assert!(is_dns_label(good), "{good}");
+    }
+    for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"a".repeat(64), "é"] {
+        assert!(!is_dns_label(bad), "{bad}");
+    }
+}
+
+#[test]
+fn protocol_numbers() {
+    assert_eq!(Protocol::Tcp.number(), 6);
+    assert_eq!(Protocol::Udp.number(), 17);
+    assert_eq!(Protocol::Udp.to_string(), "UDP");
+}
+
+// --- property tests: any valid model, written as YAML, parses back to itself.
+
+fn arb_service(i: usize) -> impl Strategy<Value = Service> {
+    (
+        proptest::collection::btree_map((1u16.., any::<bool>()), 1u16.., 1..4),
+        proptest::option::of(1u32..=MAX_AFFINITY_TIMEOUT_S),
+        proptest::collection::btree_set((any::<u32>(), 0u8..=32), 0..3),
+        proptest::collection::btree_map(0u32..1000, 0u32..4, 0..5),
+    )
+        .prop_map(move |(ports, affinity, ranges, backends)| Service {
+            name: format!("svc-{i}"),
+            vip: Ipv4Addr::new(192, 168, 60, u8::try_from(i + 1).unwrap()),
+            ports: ports
+                .into_iter()
+                .map(|((port, udp), target_port)| ServicePort {
+                    port,
+                    protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+                    target_port,
+                })
+                .collect(),
+            session_affinity: affinity.map_or(SessionAffinity::None, |timeout_s| {
+                SessionAffinity::ClientIp { timeout_s }
+            }),
+            source_ranges: ranges
+                .into_iter()
+                .map(|(a, len)| Cidr {
+                    addr: Ipv4Addr::from(a & Cidr::mask(len)),
+                    prefix_len: len,
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            backends: backends
+                .into_iter()
+                .map(|(pod, node)| Backend {
+                    // One node per pod address, fixed by the pod number.
+                    ip: Ipv4Addr::from(0x0a2a_0000 + pod),
+                    node_ip: Ipv4Addr::new(
+                        192,
+                        168,
+                        50,
+                        u8::try_from(10 + (pod + node) % 4).unwrap(),
+                    ),
+                })
+                .collect(),
+        })
+}
+
+pub(crate) fn arb_file() -> impl Strategy<Value = ServicesFile> {
+    (1usize..5)
+        .prop_flat_map(|n| {
+            (
+                (0..n).map(arb_service).collect::<Vec<_>>(),
+                proptest::collection::btree_set(0..n, 0..=n),
+                any::<bool>(),
+                (1024u16..=u16::MAX, 0u16..200),
+            )
+        })
+        .prop_map(|(mut services, announce, with_node, (min, span))| {
+            // Node of each pod fixed across services (config rejects conflicts).
+            for s in &mut services {
+                for b in &mut s.backends {
+                    let pod = u32::from(b.ip) - 0x0a2a_0000;
+                    b.node_ip = Ipv4Addr::new(192, 168, 50, u8::try_from(10 + pod % 4).unwrap());
+                }
+            }
+            ServicesFile {
+                node_ip: with_node.then(|| Ipv4Addr::new(192, 168, 50, 10)),
+                nat_ports: NatPorts {
+                    min,
+                    max: min.saturating_add(span),
+                },
+                announce: announce.into_iter().map(|i| services[i].vip).collect(),
+                services,
+            }
+        })
+}
+
+pub(crate) fn to_yaml(f: &ServicesFile) -> String {
+    use std::fmt::Write as _;
+    let mut y = String::new();
+    if let Some(ip) = f.node_ip {
+        writeln!(y, "node:\n  ip: {ip}").unwrap();
+    }
+    writeln!(
+        y,
+        "nat_ports: {{ min: {}, max: {} }}",
+        f.nat_ports.min, f.nat_ports.max
+    )
+    .unwrap();
+    let announce: Vec<String> = f.announce.iter().map(ToString::to_string).collect();
+    writeln!(y, "announce: [{}]", announce.join(", ")).unwrap();
+    writeln!(y, "services:").unwrap();
+    for s in &f.services {
+        writeln!(y, "  - name: {}\n    vip: {}\n    ports:", s.name, s.vip).unwrap();
+        for p in &s.ports {
+            writeln!(
+                y,
+                "      - {{ port: {}, protocol: {}, target_port: {} }}",
+                p.port, p.protocol, p.target_port
+            )
+            .unwrap();
+        }
+        if let SessionAffinity::ClientIp { timeout_s } = s.session_affinity {
+            writeln!(
+                y,
+                "    session_affinity: ClientIP\n    session_affinity_timeout_seconds: {timeout_s}"
+            )
+            .unwrap();
+        }
+        let ranges: Vec<String> = s.source_ranges.iter().map(ToString::to_string).collect();
+        writeln!(y, "    source_ranges: [{}]", ranges.join(", ")).unwrap();
+        writeln!(y, "    backends:").unwrap();
+        for b in &s.backends {
+            writeln!(y, "      - {{ ip: {}, node_ip: {} }}", b.ip, b.node_ip).unwrap();
+        }
+        if s.backends.is_empty() {
+            y.truncate(y.len() - "    backends:\n".len());
+            writeln!(y, "    backends: []").unwrap();
+        }
+    }
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn valid_models_round_trip(file in arb_file()) {
+        let yaml = to_yaml(&file);
+        let parsed = parse(&yaml, &Limits::default()).map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
+        prop_assert_eq!(parsed, file);
+    }
+
+    /// Any port number is either accepted as itself or reported with its
+    /// path and line; parsing never panics.
+    #[test]
+    fn any_port_number(port in any::<i64>(), target in any::<i64>()) {
+        let text = format!("services:\n  - name: a\n    vip: 10.0.0.1\n    ports: [{{ port: {port}, target_port: {target} }}]\n");
+        let valid = |p: i64| (1..=65535).contains(&p);
+        match parse(&text, &Limits::default()) {
+            Ok(f) => {
+                prop_assert!(valid(port) && valid(target));
+                prop_assert_eq!(i64::from(f.services[0].ports[0].port), port);
+                prop_assert_eq!(i64::from(f.services[0].ports[0].target_port), target);
+            }
+            Err(e) => {
+                prop_assert!(!valid(port) || !valid(target));
+                for issue in e.issues() {
+                    prop_assert_eq!(issue.line, 4);
+                    prop_assert!(issue.path.starts_with("services[0].ports[0]."));
+                }
+                prop_assert_eq!(e.issues().len(), usize::from(!valid(port)) + usize::from(!valid(target)));
+            }
+        }
+    }
+
+    /// Arbitrary text never panics the parser.
+    #[test]
+    fn arbitrary_text_does_not_panic(text in "\\PC{0,200}") {
+        let _ = parse(&text, &Limits::default());
+    }
+}

@@ -1,0 +1,345 @@
+#![expect(clippy::unwrap_used, reason = "test code: panics are failures")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::config::{self, Limits, ServicesFile};
+use crate::state::{DataplaneState, Node, SrcRangeKey, plan};
+use lb_common::{backend_flags, service_flags, vip_flags};
+use proptest::prelude::*;
+
+const NODE: Node = Node {
+    ip: Ipv4Addr::new(192, 168, 50, 10),
+    ifindex: 7,
+    mac: [2, 0, 0, 0, 0, 1],
+};
+
+fn limits() -> Limits {
+    Limits {
+        maglev_slots: 1 << 16,
+        ..Limits::default()
+    }
+}
+
+/// The kernel maps as the data path sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Maps {
+    config: Config,
+    vips: BTreeMap<[u8; 4], u32>,
+    services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Array: absent = zeroed slot.
+    backends: BTreeMap<u32, BackendValue>,
+    /// Array slots ever written.
+    maglev: BTreeMap<u32, u32>,
+    src_ranges: BTreeSet<SrcRangeKey>,
+}
+
+impl Maps {
+    fn of(s: &DataplaneState) -> Self {
+        let mut m = Maps::default();
+        for op in diff(&DataplaneState::default(), s) {
+            m.apply(&op);
+        }
+        m
+    }
+
+    fn apply(&mut self, op: &MapOp) {
+        match op {
+            MapOp::PutConfig(c) => self.config = *c,
+            MapOp::PutBackend(id, b) => {
+                self.backends.insert(*id, *b);
+            }
+            MapOp::ClearBackend(id) => {
+                self.backends.remove(id);
+            }
+            MapOp::PutMaglev { offset, table } => {
+                for (slot, id) in (*offset..).zip(table) {
+                    self.maglev.insert(slot, *id);
+                }
+            }
+            MapOp::PutService(k, v) => {
+                self.services.insert(*k, *v);
+            }
+            MapOp::DelService(k) => {
+                assert!(
+                    self.services.remove(k).is_some(),
+                    "deleting a missing service"
+                );
+            }
+            MapOp::PutSrcRange(prefixlen, data) => {
+                self.src_ranges.insert(SrcRangeKey {
+                    prefixlen: *prefixlen,
+                    data: *data,
+                });
+            }
+            MapOp::DelSrcRange(prefixlen, data) => {
+                assert!(
+                    self.src_ranges.remove(&SrcRangeKey {
+                        prefixlen: *prefixlen,
+                        data: *data
+                    }),
+                    "deleting a missing source range"
+                );
+            }
+            MapOp::PutVip(a, f) => {
+                self.vips.insert(*a, *f);
+            }
+            MapOp::DelVip(a) => {
+                assert!(self.vips.remove(a).is_some(), "deleting a missing vip");
+            }
+        }
+    }
+
+    fn table(&self, v: &ServiceValue) -> Vec<u32> {
+        (v.maglev_offset..v.maglev_offset + v.maglev_len)
+            .map(|slot| self.maglev.get(&slot).copied().unwrap_or(u32::MAX))
+            .collect()
+    }
+
+    /// The maps hold exactly `s` (slots outside `s`'s tables are don't-care).
+    fn holds(&self, s: &DataplaneState) -> Result<(), TestCaseError> {
+        prop_assert_eq!(self.config, s.config);
+        prop_assert_eq!(&self.vips, &s.vips);
+        prop_assert_eq!(&self.services, &s.services);
+        prop_assert_eq!(&self.backends, &s.backends);
+        prop_assert_eq!(&self.src_ranges, &s.src_ranges);
+        for v in s.services.values() {
+            if v.maglev_len > 0 {
+                prop_assert_eq!(&self.table(v), &s.maglev[&v.maglev_offset]);
+            }
+        }
+        Ok(())
+    }
+
+    /// What a packet may observe mid-update: every service entry is old's or
+    /// new's, its table fully written, every backend it names present with
+    /// the identity that state gave it, its allow-list complete; a VIP
+    /// newly flagged has its services in place.
+    fn safe_between(
+        &self,
+        old: &DataplaneState,
+        new: &DataplaneState,
+    ) -> Result<(), TestCaseError> {
+        for (k, v) in &self.services {
+            let from = if new.services.get(k) == Some(v) {
+                new
+            } else if old.services.get(k) == Some(v) {
+                old
+            } else {
+                return Err(TestCaseError::fail(format!(
+                    "service {k:?} = {v:?} is in neither state"
+                )));
+            };
+            if v.maglev_len > 0 {
+                let table = self.table(v);
+                prop_assert_eq!(&table, &from.maglev[&v.maglev_offset], "half-written table");
+                for id in table {
+                    let Some(b) = self.backends.get(&id) else {
+                        return Err(TestCaseError::fail(format!(
+                            "table of {k:?} names missing backend {id}"
+                        )));
+                    };
+                    prop_assert!(b.flags & backend_flags::VALID != 0);
+                    let meant = from.backends[&id];
+                    prop_assert_eq!((b.ip, b.port), (meant.ip, meant.port), "backend id reused");
+                }
+            }
+            if v.flags & service_flags::SOURCE_RANGES != 0 {
+                for r in from.src_ranges.iter().filter(|r| r.service_id() == v.id) {
+                    prop_assert!(self.src_ranges.contains(r), "allow-list incomplete");
+                }
+            }
+        }
+        for (a, f) in &self.vips {
+            if new.vips.get(a) == Some(f)
+                && old.vips.get(a) != Some(f)
+                && f & vip_flags::SERVICE != 0
+            {
+                for (k, v) in new.services.iter().filter(|(k, _)| k.vip == *a) {
+                    prop_assert_eq!(self.services.get(k), Some(v), "vip before its services");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str) -> ServicesFile {
+    config::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const FILE: &str = "\
+announce: [192.168.60.1]
+services:
+  - name: web
+    vip: 192.168.60.1
+    ports: [{ port: 80, target_port: 8080 }]
+    source_ranges: [10.0.0.0/8]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.10 }
+      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }
+";
+
+#[test]
+fn same_state_no_ops() {
+    let a = plan(&DataplaneState::default(), &parse(FILE), &NODE, &limits()).unwrap();
+    assert!(diff(&a, &a).is_empty());
+    assert!(diff(&DataplaneState::default(), &DataplaneState::default()).is_empty());
+    // A restart that read `a` back and re-plans writes nothing.
+    let again = plan(&a, &parse(FILE), &NODE, &limits()).unwrap();
+    assert!(diff(&a, &again).is_empty());
+}
+
+#[test]
+fn first_apply_order() {
+    let a = plan(&DataplaneState::default(), &parse(FILE), &NODE, &limits()).unwrap();
+    let kinds: Vec<&str> = diff(&DataplaneState::default(), &a)
+        .iter()
+        .map(|op| match op {
+            MapOp::PutConfig(_) => "config",
+            MapOp::PutBackend(..) => "backend",
+            MapOp::PutMaglev { .. } => "maglev",
+            MapOp::PutSrcRange(..) => "src_range",
+            MapOp::PutService(..) => "service",
+            MapOp::PutVip(..) => "vip",
+            _ => "removal",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "config",
+            "backend",
+            "backend",
+            "maglev",
+            "src_range",
+            "service",
+            "vip",
+            "vip"
+        ]
+    );
+}
+
+#[test]
+fn backend_swap_order() {
+    let a = plan(&DataplaneState::default(), &parse(FILE), &NODE, &limits()).unwrap();
+    let text = FILE
+        .replace("10.42.0.5", "10.42.0.6")
+        .replace("10.0.0.0/8", "10.1.0.0/16");
+    let b = plan(&a, &parse(&text), &NODE, &limits()).unwrap();
+    let key = *a.services.keys().next().unwrap();
+    let (old_v, new_v) = (a.services[&key], b.services[&key]);
+    assert_ne!(old_v.maglev_offset, new_v.maglev_offset);
+    let old_id = a
+        .backends
+        .iter()
+        .find(|(_, v)| v.ip == [10, 42, 0, 5])
+        .map(|(id, _)| *id)
+        .unwrap();
+    let new_id = b
+        .backends
+        .iter()
+        .find(|(_, v)| v.ip == [10, 42, 0, 6])
+        .map(|(id, _)| *id)
+        .unwrap();
+    let cidr = |s| SrcRangeKey::new(old_v.id, config::Cidr::parse(s).unwrap());
+    let (old_r, new_r) = (cidr("10.0.0.0/8"), cidr("10.1.0.0/16"));
+    assert_eq!(
+        diff(&a, &b),
+        vec![
+            MapOp::PutBackend(new_id, b.backends[&new_id]),
+            MapOp::PutMaglev {
+                offset: new_v.maglev_offset,
+                table: b.maglev[&new_v.maglev_offset].clone()
+            },
+            MapOp::PutSrcRange(new_r.prefixlen, new_r.data),
+            MapOp::PutService(key, new_v),
+            MapOp::DelSrcRange(old_r.prefixlen, old_r.data),
+            MapOp::ClearBackend(old_id),
+        ]
+    );
+    // The reverse removes the service's VIP after its services... etc.
+    let empty = plan(&b, &parse("services: []\n"), &NODE, &limits()).unwrap();
+    let ops = diff(&b, &empty);
+    let pos = |f: &dyn Fn(&MapOp) -> bool| ops.iter().position(f).unwrap();
+    assert!(pos(&|o| matches!(o, MapOp::DelVip(_))) < pos(&|o| matches!(o, MapOp::DelService(_))));
+    assert!(
+        pos(&|o| matches!(o, MapOp::DelService(_))) < pos(&|o| matches!(o, MapOp::DelSrcRange(..)))
+    );
+    assert!(
+        pos(&|o| matches!(o, MapOp::DelSrcRange(..)))
+            < pos(&|o| matches!(o, MapOp::ClearBackend(_)))
+    );
+}
+
+fn apply_checked(old: &DataplaneState, new: &DataplaneState) -> Result<Maps, TestCaseError> {
+    let mut maps = Maps::of(old);
+    maps.holds(old)?;
+    maps.safe_between(old, new)?;
+    for op in diff(old, new) {
+        maps.apply(&op);
+        maps.safe_between(old, new)?;
+    }
+    maps.holds(new)?;
+    Ok(maps)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Over random sequences of files: applying each diff to the maps of the
+    /// previous state yields the next, every step is safe, and a state
+    /// diffed against itself is empty.
+    #[test]
+    fn diffs_apply_safely(files in proptest::collection::vec(config::tests::arb_file(), 1..6)) {
+        let mut prev = DataplaneState::default();
+        for file in &files {
+            let next = plan(&prev, file, &NODE, &limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            apply_checked(&prev, &next)?;
+            prop_assert!(diff(&next, &next).is_empty());
+            prop_assert!(diff(&next, &plan(&next, file, &NODE, &limits()).unwrap()).is_empty());
+            prev = next;
+        }
+        // And back to nothing.
+        let empty_file = ServicesFile { services: vec![], announce: BTreeSet::new(), ..files[0].clone() };
+        let empty = plan(&prev, &empty_file, &NODE, &limits()).unwrap();
+        apply_checked(&prev, &empty)?;
+    }
+
+    /// An update interrupted at any step leaves maps the next agent can
+    /// adopt and plan over, and finishing from there yields the target.
+    #[test]
+    fn interrupted_updates_recover(
+        files in proptest::collection::vec(config::tests::arb_file(), 2..3),
+        cut in any::<proptest::sample::Index>(),
+    ) {
+        let a = plan(&DataplaneState::default(), &files[0], &NODE, &limits()).unwrap();
+        let b = plan(&a, &files[1], &NODE, &limits()).unwrap();
+        let ops = diff(&a, &b);
+        let mut maps = Maps::of(&a);
+        for op in &ops[..cut.index(ops.len() + 1)] {
+            maps.apply(op);
+        }
+        // What the agent reads back: tables of the services it finds.
+        let read_back = DataplaneState {
+            config: maps.config,
+            vips: maps.vips.clone(),
+            services: maps.services.clone(),
+            backends: maps.backends.clone(),
+            maglev: maps.services.values().filter(|v| v.maglev_len > 0)
+                .map(|v| (v.maglev_offset, maps.table(v))).collect(),
+            src_ranges: maps.src_ranges.clone(),
+        };
+        read_back.allocators(&limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let c = plan(&read_back, &files[1], &NODE, &limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let done = apply_checked(&read_back, &c)?;
+        // Same service and backend entries as an uninterrupted update would
+        // give, up to ids: compare by identity.
+        let ident = |s: &DataplaneState| s.backends.values().map(|v| (v.ip, v.port, v.node_ip, v.flags)).collect::<BTreeSet<_>>();
+        prop_assert_eq!(ident(&c), ident(&b));
+        prop_assert_eq!(c.services.keys().collect::<Vec<_>>(), b.services.keys().collect::<Vec<_>>());
+        prop_assert_eq!(&c.vips, &b.vips);
+        done.holds(&c)?;
+    }
+}

@@ -1,0 +1,555 @@
+//! The desired contents of the BPF maps, computed from the services file
+//! and the previous contents ([`plan`]), and the checks that let the agent
+//! adopt contents it read back from pinned maps after a restart
+//! ([`DataplaneState::allocators`]).
+//!
+//! `plan` is stable: identities keep their ids and unchanged Maglev tables
+//! keep their region, so planning the same file over its own result (or
+//! over maps read back after a restart) changes nothing. It also never
+//! reuses, within one plan, an id or a `maglev` slot that the previous
+//! contents still use: the map writer can then apply the difference in an
+//! order where no packet sees a half-written table or a backend id that
+//! means something else (see [`crate::diff`]).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    BackendValue, Config, ServiceKey, ServiceValue, SourceRangeData, backend_flags, service_flags,
+    source_range_prefixlen, vip_flags,
+};
+
+use crate::config::{Cidr, Limits, Service, ServicePort, ServicesFile, SessionAffinity};
+use crate::ids::{IdAllocator, IdError};
+use crate::maglev;
+use crate::slots::{Region, SlotAllocator, SlotError};
+
+/// What the agent knows about the interface it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// Key of the `src_ranges` LPM trie, ordered by service id, address, then
+/// prefix length (`SourceRangeData` itself has no order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SrcRangeKey {
+    /// `32 + CIDR prefix length`.
+    pub prefixlen: u32,
+    pub data: SourceRangeData,
+}
+
+impl SrcRangeKey {
+    pub fn new(service_id: u32, cidr: Cidr) -> Self {
+        Self {
+            prefixlen: source_range_prefixlen(cidr.prefix_len),
+            data: SourceRangeData {
+                service_id: service_id.to_be_bytes(),
+                addr: cidr.addr.octets(),
+            },
+        }
+    }
+
+    pub fn service_id(&self) -> u32 {
+        u32::from_be_bytes(self.data.service_id)
+    }
+
+    /// The CIDR, if the key is well-formed (prefix 32..=64, no host bits).
+    pub fn cidr(&self) -> Option<Cidr> {
+        let len = u8::try_from(self.prefixlen.checked_sub(32)?).ok()?;
+        if len > 32 {
+            return None;
+        }
+        let addr = Ipv4Addr::from(self.data.addr);
+        (u32::from(addr) & Cidr::mask(len) == u32::from(addr)).then_some(Cidr {
+            addr,
+            prefix_len: len,
+        })
+    }
+
+    fn sort_key(&self) -> (u32, [u8; 4], u32) {
+        (self.service_id(), self.data.addr, self.prefixlen)
+    }
+}
+
+impl Ord for SrcRangeKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+impl PartialOrd for SrcRangeKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Exactly what the BPF maps should contain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataplaneState {
+    /// The single `config` element.
+    pub config: Config,
+    /// `vips`: address -> [`vip_flags`].
+    pub vips: BTreeMap<[u8; 4], u32>,
+    /// `services`.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// `backends`: the valid slots only (others are zero).
+    pub backends: BTreeMap<u32, BackendValue>,
+    /// `maglev`: the table of every service with backends, by offset.
+    pub maglev: BTreeMap<u32, Vec<u32>>,
+    /// `src_ranges` keys (the value is always 1).
+    pub src_ranges: BTreeSet<SrcRangeKey>,
+}
+
+/// Contents that no sequence of plans and partial applications produces.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("backend id {id} is out of range (the backends array has {max} slots)")]
+    BackendIdOutOfRange { id: u32, max: u32 },
+    #[error("backend slot {id} is listed but not marked valid")]
+    BackendNotValid { id: u32 },
+    #[error("backends {a} and {b} are both {identity}")]
+    DuplicateBackend { a: u32, b: u32, identity: String },
+    #[error("service {key} has id {id}, out of range (ids are < {max})")]
+    ServiceIdOutOfRange { key: String, id: u32, max: u32 },
+    #[error("services {a} and {b} share id {id}")]
+    DuplicateServiceId { a: String, b: String, id: u32 },
+    #[error("service {key} points at maglev offset {offset} where no table is")]
+    MissingTable { key: String, offset: u32 },
+    #[error("service {key} has maglev_len {expected} but its table has {found} slots")]
+    TableLength {
+        key: String,
+        expected: u32,
+        found: usize,
+    },
+    #[error("the maglev table of service {key} names backend {id}, which is not valid")]
+    DanglingBackend { key: String, id: u32 },
+    #[error("the maglev table at offset {offset} belongs to no service")]
+    UnreferencedTable { offset: u32 },
+    #[error("maglev regions: {0}")]
+    Regions(#[source] SlotError),
+    #[error("malformed src_ranges key (prefixlen {prefixlen}, address {addr})")]
+    BadSrcRange { prefixlen: u32, addr: Ipv4Addr },
+}
+
+/// Why no state could be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the current map contents are inconsistent: {0}")]
+    Inconsistent(#[from] StateError),
+    #[error("the interface address {node} is not node.ip {file} of the services file")]
+    NodeIpMismatch { node: Ipv4Addr, file: Ipv4Addr },
+    #[error("service {service}: its VIP {vip} is this node's own address")]
+    VipIsNodeIp { service: String, vip: Ipv4Addr },
+    #[error("{frontend} is served by both {a} and {b}")]
+    DuplicateFrontend {
+        frontend: String,
+        a: String,
+        b: String,
+    },
+    #[error("pod {pod} is listed on node {a} and on node {b}")]
+    ConflictingBackendNode {
+        pod: Ipv4Addr,
+        a: Ipv4Addr,
+        b: Ipv4Addr,
+    },
+    /// Ids still used by the current contents count too: they are freed
+    /// only once the new contents are written.
+    #[error("out of backend ids: {0}")]
+    BackendIds(#[source] IdError),
+    #[error("out of service ids: {0}")]
+    ServiceIds(#[source] IdError),
+    /// The current tables stay in place while new ones are written.
+    #[error("maglev array: {0}")]
+    Maglev(#[source] SlotError),
+    /// Counted over the current and new entries: both exist for a moment.
+    #[error("{what}: {count} entries during the update, more than the {max} the map holds")]
+    MapFull {
+        what: &'static str,
+        count: usize,
+        max: u32,
+    },
+}
+
+/// Allocators rebuilt from a state: what is in use in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocators {
+    pub backend_ids: IdAllocator,
+    /// Ids of services, and of `src_ranges` keys whose service is gone (a
+    /// partially applied update); a new service must not inherit them.
+    pub service_ids: IdAllocator,
+    pub slots: SlotAllocator,
+}
+
+/// `TCP 192.168.50.100:80`.
+pub fn frontend_name(key: &ServiceKey) -> String {
+    let proto = match key.proto {
+        lb_common::proto::TCP => "TCP".to_string(),
+        lb_common::proto::UDP => "UDP".to_string(),
+        other => format!("proto {other}"),
+    };
+    format!("{proto} {}:{}", Ipv4Addr::from(key.vip), key.port)
+}
+
+fn backend_identity(b: &BackendValue) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(b.ip), b.port)
+}
+
+impl DataplaneState {
+    /// The `maglev` regions the services point at.
+    pub fn regions(&self) -> impl Iterator<Item = (ServiceKey, Region)> + '_ {
+        self.services
+            .iter()
+            .filter(|(_, v)| v.maglev_len > 0)
+            .map(|(k, v)| (*k, Region::new(v.maglev_offset, v.maglev_len)))
+    }
+
+    /// Checks that the contents are consistent (every reference resolves,
+    /// ids and regions within limits and unique) and rebuilds the
+    /// allocators from them. Use it on contents read back from the maps.
+    ///
+    /// Tolerated, because an interrupted update leaves them: backends no
+    /// table uses, VIPs without services and the reverse, source ranges of
+    /// services that do not exist or have no `SOURCE_RANGES` flag.
+    pub fn allocators(&self, limits: &Limits) -> Result<Allocators, StateError> {
+        let mut identities = HashMap::new();
+        for (&id, b) in &self.backends {
+            if id >= limits.max_backends {
+                return Err(StateError::BackendIdOutOfRange {
+                    id,
+                    max: limits.max_backends,
+                });
+            }
+            if b.flags & backend_flags::VALID == 0 {
+                return Err(StateError::BackendNotValid { id });
+            }
+            let (ip, port) = backend_identity(b);
+            if let Some(a) = identities.insert((ip, port), id) {
+                return Err(StateError::DuplicateBackend {
+                    a,
+                    b: id,
+                    identity: maglev::identity(ip, port),
+                });
+            }
+        }
+        let mut service_ids: BTreeMap<u32, &ServiceKey> = BTreeMap::new();
+        for (key, v) in &self.services {
+            if v.id >= limits.max_services {
+                return Err(StateError::ServiceIdOutOfRange {
+                    key: frontend_name(key),
+                    id: v.id,
+                    max: limits.max_services,
+                });
+            }
+            if let Some(a) = service_ids.insert(v.id, key) {
+                return Err(StateError::DuplicateServiceId {
+                    a: frontend_name(a),
+                    b: frontend_name(key),
+                    id: v.id,
+                });
+            }
+        }
+        for (key, region) in self.regions() {
+            let table =
+                self.maglev
+                    .get(&region.offset)
+                    .ok_or_else(|| StateError::MissingTable {
+                        key: frontend_name(&key),
+                        offset: region.offset,
+                    })?;
+            if table.len() != region.len as usize {
+                return Err(StateError::TableLength {
+                    key: frontend_name(&key),
+                    expected: region.len,
+                    found: table.len(),
+                });
+            }
+            if let Some(&id) = table.iter().find(|id| !self.backends.contains_key(id)) {
+                return Err(StateError::DanglingBackend {
+                    key: frontend_name(&key),
+                    id,
+                });
+            }
+        }
+        let slots = SlotAllocator::rebuild(limits.maglev_slots, self.regions().map(|(_, r)| r))
+            .map_err(StateError::Regions)?;
+        let referenced: BTreeSet<u32> = slots.regions().map(|r| r.offset).collect();
+        if let Some(&offset) = self.maglev.keys().find(|o| !referenced.contains(o)) {
+            return Err(StateError::UnreferencedTable { offset });
+        }
+        let mut ids: BTreeSet<u32> = service_ids.keys().copied().collect();
+        for r in &self.src_ranges {
+            if r.cidr().is_none() {
+                return Err(StateError::BadSrcRange {
+                    prefixlen: r.prefixlen,
+                    addr: Ipv4Addr::from(r.data.addr),
+                });
+            }
+            // A stale key of an id beyond the limit cannot collide with a
+            // new service: no need to reserve it.
+            if r.service_id() < limits.max_services {
+                ids.insert(r.service_id());
+            }
+        }
+        // Both cannot fail: ids were checked against the limits above and
+        // come from sets.
+        let backend_ids = IdAllocator::rebuild(limits.max_backends, self.backends.keys().copied())
+            .expect("backend ids checked above");
+        let service_ids =
+            IdAllocator::rebuild(limits.max_services, ids).expect("service ids checked above");
+        Ok(Allocators {
+            backend_ids,
+            service_ids,
+            slots,
+        })
+    }
+}
+
+/// Computes the map contents for `file` on `node`, keeping everything of
+/// `prev` (the current contents) that still applies.
+pub fn plan(
+    prev: &DataplaneState,
+    file: &ServicesFile,
+    node: &Node,
+    limits: &Limits,
+) -> Result<DataplaneState, PlanError> {
+    let mut alloc = prev.allocators(limits)?;
+    if let Some(file_ip) = file.node_ip
+        && file_ip != node.ip
+    {
+        return Err(PlanError::NodeIpMismatch {
+            node: node.ip,
+            file: file_ip,
+        });
+    }
+    let (frontends, pods) = frontends(file, node)?;
+    let (backends, backend_ids) = plan_backends(prev, &frontends, &pods, node, &mut alloc)?;
+    let mut state = DataplaneState {
+        config: Config {
+            node_ip: node.ip.octets(),
+            ifindex: node.ifindex,
+            mac: node.mac,
+            _pad0: [0; 2],
+            nat_port_min: file.nat_ports.min,
+            nat_port_max: file.nat_ports.max,
+            ready: 1,
+        },
+        vips: plan_vips(file, node),
+        backends,
+        ..DataplaneState::default()
+    };
+    for (key, (s, p)) in frontends {
+        plan_service(prev, &mut state, &mut alloc, &backend_ids, key, s, *p)?;
+    }
+    peak_fits("vips", prev.vips.keys(), state.vips.keys(), limits.max_vips)?;
+    peak_fits(
+        "src_ranges",
+        prev.src_ranges.iter(),
+        state.src_ranges.iter(),
+        limits.max_src_ranges,
+    )?;
+    Ok(state)
+}
+
+/// Each frontend with its service and port.
+type Frontends<'a> = BTreeMap<ServiceKey, (&'a Service, &'a ServicePort)>;
+
+/// The frontends, and the node of every pod; rejects what the validated
+/// file cannot contain but a hand-built one could.
+fn frontends<'a>(
+    file: &'a ServicesFile,
+    node: &Node,
+) -> Result<(Frontends<'a>, BTreeMap<Ipv4Addr, Ipv4Addr>), PlanError> {
+    let mut frontends: Frontends<'a> = BTreeMap::new();
+    let mut pods: BTreeMap<Ipv4Addr, Ipv4Addr> = BTreeMap::new();
+    for s in &file.services {
+        if s.vip == node.ip {
+            return Err(PlanError::VipIsNodeIp {
+                service: s.name.clone(),
+                vip: s.vip,
+            });
+        }
+        for p in &s.ports {
+            let key = ServiceKey {
+                vip: s.vip.octets(),
+                port: p.port,
+                proto: p.protocol.number(),
+                _pad: 0,
+            };
+            if let Some((other, _)) = frontends.insert(key, (s, p)) {
+                return Err(PlanError::DuplicateFrontend {
+                    frontend: frontend_name(&key),
+                    a: other.name.clone(),
+                    b: s.name.clone(),
+                });
+            }
+        }
+        for b in &s.backends {
+            if let Some(&other) = pods.get(&b.ip)
+                && other != b.node_ip
+            {
+                return Err(PlanError::ConflictingBackendNode {
+                    pod: b.ip,
+                    a: other,
+                    b: b.node_ip,
+                });
+            }
+            pods.insert(b.ip, b.node_ip);
+        }
+    }
+    Ok((frontends, pods))
+}
+
+/// Backends: prev's id for a known identity, else the lowest id used
+/// neither by prev nor by the new contents. Returns the `backends` entries
+/// and the id of every identity.
+#[expect(
+    clippy::type_complexity,
+    reason = "two maps over the same ids, built together"
+)]
+fn plan_backends(
+    prev: &DataplaneState,
+    frontends: &Frontends<'_>,
+    pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    node: &Node,
+    alloc: &mut Allocators,
+) -> Result<(BTreeMap<u32, BackendValue>, HashMap<(Ipv4Addr, u16), u32>), PlanError> {
+    let prev_ids: HashMap<(Ipv4Addr, u16), u32> = prev
+        .backends
+        .iter()
+        .map(|(&id, b)| (backend_identity(b), id))
+        .collect();
+    let wanted: BTreeSet<(Ipv4Addr, u16)> = frontends
+        .values()
+        .flat_map(|(s, p)| s.backends.iter().map(|b| (b.ip, p.target_port)))
+        .collect();
+    let mut backends = BTreeMap::new();
+    let mut ids = HashMap::new();
+    for (ip, port) in wanted {
+        let id = match prev_ids.get(&(ip, port)) {
+            Some(&id) => id,
+            None => alloc
+                .backend_ids
+                .allocate()
+                .map_err(PlanError::BackendIds)?,
+        };
+        let node_ip = pods.get(&ip).copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let mut flags = backend_flags::VALID;
+        if node_ip == node.ip {
+            flags |= backend_flags::LOCAL;
+        }
+        backends.insert(
+            id,
+            BackendValue {
+                ip: ip.octets(),
+                node_ip: node_ip.octets(),
+                port,
+                flags,
+                _pad: 0,
+            },
+        );
+        ids.insert((ip, port), id);
+    }
+    Ok((backends, ids))
+}
+
+/// Adds one frontend's `services` entry, Maglev table and source ranges.
+fn plan_service(
+    prev: &DataplaneState,
+    state: &mut DataplaneState,
+    alloc: &mut Allocators,
+    backend_ids: &HashMap<(Ipv4Addr, u16), u32>,
+    key: ServiceKey,
+    s: &Service,
+    p: ServicePort,
+) -> Result<(), PlanError> {
+    let old = prev.services.get(&key);
+    let id = match old {
+        Some(v) => v.id,
+        None => alloc
+            .service_ids
+            .allocate()
+            .map_err(PlanError::ServiceIds)?,
+    };
+    let members: Vec<(String, u32)> = s
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let id = backend_ids.get(&(b.ip, p.target_port))?;
+            Some((maglev::identity(b.ip, p.target_port), *id))
+        })
+        .collect();
+    let table = maglev::build(&members);
+    // At most the largest table size.
+    let len = u32::try_from(table.len()).unwrap_or(u32::MAX);
+    let offset = if table.is_empty() {
+        0
+    } else if let Some(v) = old
+        && prev.maglev.get(&v.maglev_offset) == Some(&table)
+    {
+        v.maglev_offset
+    } else {
+        // Never a slot prev uses: the allocator still holds all of them.
+        alloc.slots.allocate(len).map_err(PlanError::Maglev)?.offset
+    };
+    if !table.is_empty() {
+        state.maglev.insert(offset, table);
+    }
+    let mut flags = 0;
+    let mut affinity_timeout_s = 0;
+    if let SessionAffinity::ClientIp { timeout_s } = s.session_affinity {
+        flags |= service_flags::AFFINITY;
+        affinity_timeout_s = timeout_s;
+    }
+    if !s.source_ranges.is_empty() {
+        flags |= service_flags::SOURCE_RANGES;
+        state
+            .src_ranges
+            .extend(s.source_ranges.iter().map(|&c| SrcRangeKey::new(id, c)));
+    }
+    state.services.insert(
+        key,
+        ServiceValue {
+            id,
+            maglev_offset: offset,
+            maglev_len: len,
+            flags,
+            affinity_timeout_s,
+            _pad: 0,
+        },
+    );
+    Ok(())
+}
+
+fn plan_vips(file: &ServicesFile, node: &Node) -> BTreeMap<[u8; 4], u32> {
+    let mut vips: BTreeMap<[u8; 4], u32> = BTreeMap::new();
+    for s in &file.services {
+        *vips.entry(s.vip.octets()).or_default() |= vip_flags::SERVICE;
+    }
+    for a in &file.announce {
+        *vips.entry(a.octets()).or_default() |= vip_flags::ANNOUNCE;
+    }
+    *vips.entry(node.ip.octets()).or_default() |= vip_flags::NODE;
+    vips
+}
+
+/// Entries are added before stale ones are deleted, so a hash map holds
+/// the union of both for a moment.
+fn peak_fits<'a, T: Ord + 'a>(
+    what: &'static str,
+    prev: impl Iterator<Item = &'a T>,
+    new: impl Iterator<Item = &'a T>,
+    max: u32,
+) -> Result<(), PlanError> {
+    let count = prev.chain(new).collect::<BTreeSet<_>>().len();
+    if count > max as usize {
+        return Err(PlanError::MapFull { what, count, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,684 @@
+#![expect(clippy::unwrap_used, reason = "test code: panics are failures")]
+
+use super::*;
+use crate::config::{self, Backend, NatPorts, Protocol, Service, ServicePort};
+use proptest::prelude::*;
+
+const NODE: Node = Node {
+    ip: Ipv4Addr::new(192, 168, 50, 10),
+    ifindex: 7,
+    mac: [2, 0, 0, 0, 0, 1],
+};
+
+fn limits() -> Limits {
+    Limits {
+        maglev_slots: 1 << 16,
+        ..Limits::default()
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn parse(text: &str) -> ServicesFile {
+    config::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn plan_ok(prev: &DataplaneState, file: &ServicesFile) -> DataplaneState {
+    plan(prev, file, &NODE, &limits()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn key(vip: &str, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        vip: ip(vip).octets(),
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+
+const FILE: &str = "\
+nat_ports: { min: 62000, max: 62999 }
+announce: [192.168.60.1]
+services:
+  - name: web
+    vip: 192.168.60.1
+    ports:
+      - { port: 80, target_port: 8080 }
+      - { port: 53, protocol: UDP }
+    session_affinity: ClientIP
+    session_affinity_timeout_seconds: 60
+    source_ranges: [10.0.0.0/8]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.10 }
+      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }
+  - name: empty
+    vip: 192.168.60.2
+    ports: [{ port: 443 }]
+";
+
+#[test]
+fn plans_every_map() {
+    let s = plan_ok(&DataplaneState::default(), &parse(FILE));
+    assert_eq!(
+        s.config,
+        Config {
+            node_ip: [192, 168, 50, 10],
+            ifindex: 7,
+            mac: [2, 0, 0, 0, 0, 1],
+            _pad0: [0; 2],
+            nat_port_min: 62000,
+            nat_port_max: 62999,
+            ready: 1,
+        }
+    );
+    assert_eq!(
+        s.vips,
+        BTreeMap::from([
+            ([192, 168, 60, 1], vip_flags::SERVICE | vip_flags::ANNOUNCE),
+            ([192, 168, 60, 2], vip_flags::SERVICE),
+            ([192, 168, 50, 10], vip_flags::NODE),
+        ])
+    );
+    // Backends sorted by identity get ids 0.. in order.
+    let local = backend_flags::VALID | backend_flags::LOCAL;
+    let remote = backend_flags::VALID;
+    let be = |ip: [u8; 4], node: [u8; 4], port, flags| BackendValue {
+        ip,
+        node_ip: node,
+        port,
+        flags,
+        _pad: 0,
+    };
+    assert_eq!(
+        s.backends,
+        BTreeMap::from([
+            (0, be([10, 42, 0, 5], [192, 168, 50, 10], 53, local)),
+            (1, be([10, 42, 0, 5], [192, 168, 50, 10], 8080, local)),
+            (2, be([10, 42, 1, 7], [192, 168, 50, 11], 53, remote)),
+            (3, be([10, 42, 1, 7], [192, 168, 50, 11], 8080, remote)),
+        ])
+    );
+    // Frontends in key order: .1:53/UDP, .1:80/TCP, .2:443/TCP.
+    let dns = s.services[&key("192.168.60.1", 53, 17)];
+    let web = s.services[&key("192.168.60.1", 80, 6)];
+    let empty = s.services[&key("192.168.60.2", 443, 6)];
+    assert_eq!(s.services.len(), 3);
+    let flags = service_flags::AFFINITY | service_flags::SOURCE_RANGES;
+    assert_eq!(
+        (
+            dns.id,
+            dns.maglev_offset,
+            dns.maglev_len,
+            dns.flags,
+            dns.affinity_timeout_s
+        ),
+        (0, 0, 251, flags, 60)
+    );
+    assert_eq!(
+        (
+            web.id,
+            web.maglev_offset,
+            web.maglev_len,
+            web.flags,
+            web.affinity_timeout_s
+        ),
+        (1, 251, 251, flags, 60)
+    );
+    assert_eq!(
+        (
+            empty.id,
+            empty.maglev_len,
+            empty.flags,
+            empty.affinity_timeout_s
+        ),
+        (2, 0, 0, 0)
+    );
+    assert_eq!(s.maglev.len(), 2);
+    assert_eq!(
+        s.maglev[&0],
+        maglev::build(&[("10.42.0.5:53", 0), ("10.42.1.7:53", 2)])
+    );
+    assert_eq!(
+        s.maglev[&251],
+        maglev::build(&[("10.42.0.5:8080", 1), ("10.42.1.7:8080", 3)])
+    );
+    let ten = Cidr::parse("10.0.0.0/8").unwrap();
+    assert_eq!(
+        s.src_ranges,
+        BTreeSet::from([SrcRangeKey::new(0, ten), SrcRangeKey::new(1, ten)])
+    );
+    let k = SrcRangeKey::new(1, ten);
+    assert_eq!(k.prefixlen, 40);
+    assert_eq!(k.data.service_id, [0, 0, 0, 1]);
+    assert_eq!(k.data.addr, [10, 0, 0, 0]);
+    assert_eq!(k.cidr(), Some(ten));
+    s.allocators(&limits()).unwrap();
+}
+
+#[test]
+fn replanning_changes_nothing() {
+    let file = parse(FILE);
+    let a = plan_ok(&DataplaneState::default(), &file);
+    assert_eq!(plan_ok(&a, &file), a);
+    // Same as a restart that read `a` back from the maps.
+    let read_back = a.clone();
+    assert_eq!(plan_ok(&read_back, &file), a);
+}
+
+#[test]
+fn ids_and_regions_are_kept_and_never_reused_at_once() {
+    let a = plan_ok(&DataplaneState::default(), &parse(FILE));
+    // Drop backend 10.42.0.5, add 10.42.2.9, drop the empty service, add one.
+    let b_text = FILE
+        .replace(
+            "      - { ip: 10.42.0.5, node_ip: 192.168.50.10 }\n",
+            "      - { ip: 10.42.2.9, node_ip: 192.168.50.12 }\n",
+        )
+        .replace(
+            "name: empty\n    vip: 192.168.60.2",
+            "name: new\n    vip: 192.168.60.3",
+        );
+    let b = plan_ok(&a, &parse(&b_text));
+    // 10.42.1.7 keeps its ids 2 and 3; the new pod gets 4 and 5, not the
+    // ids 0 and 1 that `a` still uses.
+    let ids: BTreeMap<(Ipv4Addr, u16), u32> = b
+        .backends
+        .iter()
+        .map(|(&id, v)| ((Ipv4Addr::from(v.ip), v.port), id))
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeMap::from([
+            ((ip("10.42.1.7"), 53), 2),
+            ((ip("10.42.1.7"), 8080), 3),
+            ((ip("10.42.2.9"), 53), 4),
+            ((ip("10.42.2.9"), 8080), 5),
+        ])
+    );
+    // Services keep ids; the new one does not take id 2 of the removed one.
+    assert_eq!(b.services[&key("192.168.60.1", 53, 17)].id, 0);
+    assert_eq!(b.services[&key("192.168.60.1", 80, 6)].id, 1);
+    assert_eq!(b.services[&key("192.168.60.3", 443, 6)].id, 3);
+    // Changed tables moved to regions disjoint from a's.
+    let a_regions: Vec<Region> = a.regions().map(|(_, r)| r).collect();
+    for (_, r) in b.regions() {
+        assert!(
+            a_regions.iter().all(|o| !o.overlaps(r)),
+            "{r} overlaps {a_regions:?}"
+        );
+    }
+    // Once `b` is current, freed ids and slots are reused.
+    let c_text = b_text.replace("10.42.2.9", "10.42.3.1");
+    let c = plan_ok(&b, &parse(&c_text));
+    let new_ids: BTreeSet<u32> = c
+        .backends
+        .iter()
+        .filter(|(_, v)| v.ip == [10, 42, 3, 1])
+        .map(|(&id, _)| id)
+        .collect();
+    assert_eq!(new_ids, BTreeSet::from([0, 1]));
+    assert_eq!(c.regions().map(|(_, r)| r.offset).min(), Some(0));
+}
+
+#[test]
+fn unchanged_table_keeps_its_offset_when_others_change() {
+    let a = plan_ok(&DataplaneState::default(), &parse(FILE));
+    // Only the UDP port's target changes: the TCP table stays put.
+    let b = plan_ok(
+        &a,
+        &parse(&FILE.replace(
+            "{ port: 53, protocol: UDP }",
+            "{ port: 53, protocol: UDP, target_port: 5353 }",
+        )),
+    );
+    let web = key("192.168.60.1", 80, 6);
+    let dns = key("192.168.60.1", 53, 17);
+    assert_eq!(b.services[&web], a.services[&web]);
+    assert_ne!(
+        b.services[&dns].maglev_offset,
+        a.services[&dns].maglev_offset
+    );
+    assert_eq!(b.services[&dns].id, a.services[&dns].id);
+}
+
+#[test]
+fn node_changes_update_flags_and_config() {
+    let a = plan_ok(&DataplaneState::default(), &parse(FILE));
+    let other = Node {
+        ip: ip("192.168.50.11"),
+        ifindex: 9,
+        mac: [2, 0, 0, 0, 0, 2],
+    };
+    let b = plan(&a, &parse(FILE), &other, &limits()).unwrap();
+    assert_eq!(b.config.node_ip, [192, 168, 50, 11]);
+    assert_eq!(b.config.ifindex, 9);
+    assert_eq!(b.vips.get(&[192, 168, 50, 11]), Some(&vip_flags::NODE));
+    assert_eq!(b.vips.get(&[192, 168, 50, 10]), None);
+    for v in b.backends.values() {
+        let local = v.node_ip == [192, 168, 50, 11];
+        assert_eq!(v.flags & backend_flags::LOCAL != 0, local, "{v:?}");
+    }
+    // Same ids, same tables.
+    assert_eq!(b.maglev, a.maglev);
+    assert_eq!(b.services, a.services);
+}
+
+#[test]
+fn plan_errors() {
+    let file = parse(FILE);
+    let empty = DataplaneState::default();
+    let mut pinned = file.clone();
+    pinned.node_ip = Some(ip("192.168.50.99"));
+    assert_eq!(
+        plan(&empty, &pinned, &NODE, &limits()),
+        Err(PlanError::NodeIpMismatch {
+            node: NODE.ip,
+            file: ip("192.168.50.99")
+        })
+    );
+    let mut vip_is_node = file.clone();
+    vip_is_node.services[1].vip = NODE.ip;
+    assert!(matches!(
+        plan(&empty, &vip_is_node, &NODE, &limits()),
+        Err(PlanError::VipIsNodeIp { .. })
+    ));
+    let mut dup = file.clone();
+    dup.services[1].vip = dup.services[0].vip;
+    dup.services[1].ports = vec![dup.services[0].ports[0]];
+    let err = plan(&empty, &dup, &NODE, &limits()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TCP 192.168.60.1:80 is served by both web and empty"
+    );
+    let mut conflict = file.clone();
+    conflict.services[1].backends = vec![Backend {
+        ip: ip("10.42.0.5"),
+        node_ip: ip("192.168.50.13"),
+    }];
+    assert!(matches!(
+        plan(&empty, &conflict, &NODE, &limits()),
+        Err(PlanError::ConflictingBackendNode { .. })
+    ));
+}
+
+#[test]
+fn exhaustion_is_an_error_not_a_panic() {
+    let file = parse(FILE);
+    let empty = DataplaneState::default();
+    let tight = |f: fn(&mut Limits)| {
+        let mut l = limits();
+        f(&mut l);
+        plan(&empty, &file, &NODE, &l)
+    };
+    assert!(matches!(
+        tight(|l| l.max_backends = 3),
+        Err(PlanError::BackendIds(IdError::Exhausted { max: 3 }))
+    ));
+    assert!(matches!(
+        tight(|l| l.max_services = 2),
+        Err(PlanError::ServiceIds(IdError::Exhausted { max: 2 }))
+    ));
+    assert!(matches!(
+        tight(|l| l.maglev_slots = 500),
+        Err(PlanError::Maglev(SlotError::Full { .. }))
+    ));
+    assert!(matches!(
+        tight(|l| l.max_vips = 2),
+        Err(PlanError::MapFull {
+            what: "vips",
+            count: 3,
+            max: 2
+        })
+    ));
+    assert!(matches!(
+        tight(|l| l.max_src_ranges = 1),
+        Err(PlanError::MapFull {
+            what: "src_ranges",
+            count: 2,
+            max: 1
+        })
+    ));
+    // Exactly enough slots for one full table swap: 2 x 502.
+    let a = plan(
+        &empty,
+        &file,
+        &NODE,
+        &Limits {
+            maglev_slots: 502,
+            ..limits()
+        },
+    )
+    .unwrap();
+    let changed = parse(&FILE.replace("10.42.1.7", "10.42.1.8"));
+    assert!(matches!(
+        plan(
+            &a,
+            &changed,
+            &NODE,
+            &Limits {
+                maglev_slots: 502,
+                ..limits()
+            }
+        ),
+        Err(PlanError::Maglev(_))
+    ));
+    plan(
+        &a,
+        &changed,
+        &NODE,
+        &Limits {
+            maglev_slots: 1004,
+            ..limits()
+        },
+    )
+    .unwrap();
+}
+
+fn base() -> DataplaneState {
+    plan_ok(&DataplaneState::default(), &parse(FILE))
+}
+
+#[test]
+fn allocators_reject_inconsistent_contents() {
+    let l = limits();
+    let check = |f: &dyn Fn(&mut DataplaneState)| {
+        let mut s = base();
+        f(&mut s);
+        s.allocators(&l).unwrap_err()
+    };
+    assert_eq!(
+        check(&|s| {
+            s.backends.insert(l.max_backends, s.backends[&0]);
+        }),
+        StateError::BackendIdOutOfRange {
+            id: l.max_backends,
+            max: l.max_backends
+        }
+    );
+    assert_eq!(
+        check(&|s| s.backends.get_mut(&2).unwrap().flags = 0),
+        StateError::BackendNotValid { id: 2 }
+    );
+    assert_eq!(
+        check(&|s| {
+            s.backends.insert(9, s.backends[&1]);
+        }),
+        StateError::DuplicateBackend {
+            a: 1,
+            b: 9,
+            identity: "10.42.0.5:8080".into()
+        }
+    );
+    assert!(matches!(
+        check(&|s| s.services.get_mut(&key("192.168.60.2", 443, 6)).unwrap().id = 0),
+        StateError::DuplicateServiceId { id: 0, .. }
+    ));
+    assert!(matches!(
+        check(&|s| s.services.get_mut(&key("192.168.60.2", 443, 6)).unwrap().id = u32::MAX),
+        StateError::ServiceIdOutOfRange { .. }
+    ));
+    assert!(matches!(
+        check(&|s| s
+            .services
+            .get_mut(&key("192.168.60.1", 80, 6))
+            .unwrap()
+            .maglev_offset = 7),
+        StateError::MissingTable { offset: 7, .. }
+    ));
+    assert!(matches!(
+        check(&|s| s
+            .services
+            .get_mut(&key("192.168.60.1", 80, 6))
+            .unwrap()
+            .maglev_len = 101),
+        StateError::TableLength {
+            expected: 101,
+            found: 251,
+            ..
+        }
+    ));
+    assert!(matches!(
+        check(&|s| {
+            s.backends.remove(&3);
+        }),
+        StateError::DanglingBackend { id: 3, .. }
+    ));
+    // Two services sharing one region.
+    assert!(matches!(
+        check(&|s| {
+            let web = s.services[&key("192.168.60.1", 80, 6)];
+            let dns = s.services.get_mut(&key("192.168.60.1", 53, 17)).unwrap();
+            dns.maglev_offset = web.maglev_offset;
+            s.maglev.remove(&0);
+        }),
+        StateError::Regions(SlotError::Overlap { .. })
+    ));
+    assert!(matches!(
+        check(&|s| {
+            s.maglev.insert(5000, vec![0; 101]);
+        }),
+        StateError::UnreferencedTable { offset: 5000 }
+    ));
+    assert!(matches!(
+        check(&|s| {
+            let mut k = *s.src_ranges.first().unwrap();
+            k.data.addr = [10, 0, 0, 1];
+            s.src_ranges.insert(k);
+        }),
+        StateError::BadSrcRange { prefixlen: 40, .. }
+    ));
+    let mut small = l;
+    small.maglev_slots = 400;
+    assert!(matches!(
+        base().allocators(&small),
+        Err(StateError::Regions(SlotError::OutOfBounds { .. }))
+    ));
+}
+
+#[test]
+fn allocators_tolerate_interrupted_updates() {
+    let mut s = base();
+    // An orphan backend, a VIP without services, a service VIP not yet in
+    // vips, and src ranges of a service that is gone.
+    s.backends.insert(
+        40,
+        BackendValue {
+            ip: [10, 9, 9, 9],
+            node_ip: [1, 1, 1, 1],
+            port: 1,
+            flags: backend_flags::VALID,
+            _pad: 0,
+        },
+    );
+    s.vips.insert([192, 168, 70, 1], vip_flags::SERVICE);
+    s.vips.remove(&[192, 168, 60, 2]);
+    s.src_ranges
+        .insert(SrcRangeKey::new(17, Cidr::parse("1.0.0.0/8").unwrap()));
+    let a = s.allocators(&limits()).unwrap();
+    assert!(a.backend_ids.contains(40));
+    assert!(a.service_ids.contains(17), "stale src range id is reserved");
+    // Planning over it drops the leftovers and does not reuse id 17 yet.
+    let next = plan_ok(
+        &s,
+        &parse(&format!(
+            "{FILE}  - name: x\n    vip: 192.168.60.9\n    ports: [{{ port: 1 }}]\n"
+        )),
+    );
+    assert!(!next.backends.contains_key(&40));
+    assert_eq!(next.services[&key("192.168.60.9", 1, 6)].id, 3);
+    assert!(next.src_ranges.iter().all(|r| r.service_id() != 17));
+}
+
+#[test]
+fn src_range_keys() {
+    let k = SrcRangeKey {
+        prefixlen: 31,
+        data: SourceRangeData::default(),
+    };
+    assert_eq!(k.cidr(), None);
+    let k = SrcRangeKey {
+        prefixlen: 65,
+        data: SourceRangeData::default(),
+    };
+    assert_eq!(k.cidr(), None);
+    let all = SrcRangeKey::new(3, Cidr::parse("0.0.0.0/0").unwrap());
+    assert_eq!(all.prefixlen, 32);
+    assert_eq!(all.service_id(), 3);
+    let a = SrcRangeKey::new(1, Cidr::parse("10.0.0.0/8").unwrap());
+    let b = SrcRangeKey::new(2, Cidr::parse("1.0.0.0/8").unwrap());
+    assert!(a < b, "ordered by service id first");
+    assert_eq!(frontend_name(&key("1.2.3.4", 5, 17)), "UDP 1.2.3.4:5");
+    assert_eq!(frontend_name(&key("1.2.3.4", 5, 1)), "proto 1 1.2.3.4:5");
+}
+
+/// Checks the plan against the file, independently of how it was built.
+fn check_plan(
+    prev: &DataplaneState,
+    file: &ServicesFile,
+    s: &DataplaneState,
+) -> Result<(), TestCaseError> {
+    let a = s
+        .allocators(&limits())
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(
+        a.slots.used_slots() as usize,
+        s.maglev.values().map(Vec::len).sum::<usize>()
+    );
+    let entries: usize = file.services.iter().map(|s| s.ports.len()).sum();
+    prop_assert_eq!(s.services.len(), entries);
+    for svc in &file.services {
+        for p in &svc.ports {
+            let k = ServiceKey {
+                vip: svc.vip.octets(),
+                port: p.port,
+                proto: p.protocol.number(),
+                _pad: 0,
+            };
+            let v = s.services[&k];
+            // The table is Maglev over this service's backends on this port.
+            let members: Vec<(String, u32)> = svc
+                .backends
+                .iter()
+                .map(|b| {
+                    let id = *s
+                        .backends
+                        .iter()
+                        .find(|(_, v)| v.ip == b.ip.octets() && v.port == p.target_port)
+                        .unwrap()
+                        .0;
+                    (maglev::identity(b.ip, p.target_port), id)
+                })
+                .collect();
+            let table = maglev::build(&members);
+            prop_assert_eq!(v.maglev_len as usize, table.len());
+            if !table.is_empty() {
+                prop_assert_eq!(&s.maglev[&v.maglev_offset], &table);
+            }
+            // Kept from prev when present.
+            if let Some(old) = prev.services.get(&k) {
+                prop_assert_eq!(old.id, v.id);
+                if prev.maglev.get(&old.maglev_offset) == Some(&table) {
+                    prop_assert_eq!(old.maglev_offset, v.maglev_offset);
+                }
+            } else {
+                prop_assert!(
+                    !prev.services.values().any(|o| o.id == v.id),
+                    "new service reuses a live id"
+                );
+            }
+            prop_assert_eq!(
+                v.flags & service_flags::SOURCE_RANGES != 0,
+                !svc.source_ranges.is_empty()
+            );
+            for c in &svc.source_ranges {
+                prop_assert!(s.src_ranges.contains(&SrcRangeKey::new(v.id, *c)));
+            }
+            prop_assert_eq!(
+                v.flags & service_flags::AFFINITY != 0,
+                svc.session_affinity != SessionAffinity::None
+            );
+        }
+        prop_assert!(s.vips[&svc.vip.octets()] & vip_flags::SERVICE != 0);
+    }
+    // Changed tables never overlap a region live in prev.
+    let prev_regions: Vec<Region> = prev.regions().map(|(_, r)| r).collect();
+    for (k, r) in s.regions() {
+        let kept = prev
+            .services
+            .get(&k)
+            .is_some_and(|o| o.maglev_offset == r.offset && o.maglev_len == r.len);
+        if !kept {
+            prop_assert!(prev_regions.iter().all(|o| !o.overlaps(r)));
+        }
+    }
+    // Backend ids: kept per identity; new ones avoid prev's.
+    for (id, b) in &s.backends {
+        match prev
+            .backends
+            .iter()
+            .find(|(_, o)| o.ip == b.ip && o.port == b.port)
+        {
+            Some((old_id, _)) => prop_assert_eq!(old_id, id),
+            None => prop_assert!(!prev.backends.contains_key(id)),
+        }
+        prop_assert_eq!(
+            b.flags & backend_flags::LOCAL != 0,
+            b.node_ip == NODE.ip.octets()
+        );
+    }
+    for a in &file.announce {
+        prop_assert!(s.vips[&a.octets()] & vip_flags::ANNOUNCE != 0);
+    }
+    prop_assert_eq!(s.vips[&NODE.ip.octets()], vip_flags::NODE);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn plans_are_consistent_and_stable(files in proptest::collection::vec(config::tests::arb_file(), 1..5)) {
+        let mut prev = DataplaneState::default();
+        for file in &files {
+            let next = plan(&prev, file, &NODE, &limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            check_plan(&prev, file, &next)?;
+            // Deterministic, and a fixpoint.
+            prop_assert_eq!(&plan(&prev, file, &NODE, &limits()).unwrap(), &next);
+            prop_assert_eq!(&plan(&next, file, &NODE, &limits()).unwrap(), &next);
+            prev = next;
+        }
+    }
+}
+
+#[test]
+fn plans_hand_built_files() {
+    // Building a file by hand (as the Kubernetes source will) plans too.
+    let file = ServicesFile {
+        node_ip: None,
+        nat_ports: NatPorts::default(),
+        announce: BTreeSet::new(),
+        services: vec![Service {
+            name: "a".into(),
+            vip: ip("192.168.60.1"),
+            ports: vec![ServicePort {
+                port: 1,
+                protocol: Protocol::Udp,
+                target_port: 2,
+            }],
+            session_affinity: SessionAffinity::None,
+            source_ranges: vec![],
+            backends: vec![Backend {
+                ip: ip("10.1.1.1"),
+                node_ip: ip("192.168.50.10"),
+            }],
+        }],
+    };
+    let s = plan_ok(&DataplaneState::default(), &file);
+    assert_eq!(s.backends[&0].port, 2);
+    assert_eq!(
+        s.backends[&0].flags,
+        backend_flags::VALID | backend_flags::LOCAL
+    );
+}
