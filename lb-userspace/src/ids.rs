@@ -126,7 +126,6 @@ impl IdAllocator {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "test code: panics are failures")]
 mod tests {
     use super::*;
     use proptest::prelude::*;

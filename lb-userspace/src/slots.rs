@@ -194,7 +194,6 @@ impl SlotAllocator {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "test code: panics are failures")]
 mod tests {
     use super::*;
     use proptest::prelude::*;

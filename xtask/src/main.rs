@@ -89,6 +89,9 @@ fn reexec_after_setup() -> Result<()> {
     );
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(workspace_root()).arg("xtask").args(&args).env(GUARD, "1");
+    cmd.current_dir(workspace_root())
+        .arg("xtask")
+        .args(&args)
+        .env(GUARD, "1");
     run_cmd(&mut cmd)
 }

@@ -1,5 +1,3 @@
-#![expect(clippy::unwrap_used, reason = "test code: panics are failures")]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 

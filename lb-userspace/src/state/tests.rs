@@ -1,5 +1,3 @@
-#![expect(clippy::unwrap_used, reason = "test code: panics are failures")]
-
 use super::*;
 use crate::config::{self, Backend, NatPorts, Protocol, Service, ServicePort};
 use proptest::prelude::*;

@@ -1,0 +1,618 @@
+//! End-to-end: the real `onehop` agent process on node namespaces, real
+//! HTTP/UDP servers in pod namespaces, a client on the LAN — nothing of it
+//! in the host's network namespace. Topology (from onehop-testkit):
+//!
+//! ```text
+//!  client1 192.168.50.2 ── br0 (lan) ──┬── node1 eth0 192.168.50.11 ── cni0 ── node1-pod1 10.42.1.2
+//!                                      │                                  └── node1-pod2 10.42.1.3
+//!                                      └── node2 eth0 192.168.50.12 ── cni0 ── node2-pod1 10.42.2.2
+//!                                                                         └── node2-pod2 10.42.2.3
+//! ```
+//! node1 announces the VIP 192.168.50.200; pods listen on 8080.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_common::{Counter, DropReason};
+use lb_userspace::{
+    bpfmaps::{Maps, PinDir},
+    peer,
+    status::Snapshot,
+};
+use onehop_testkit::{
+    netns::{ChildGuard, command_in, in_netns, spawn_in},
+    server::HttpServer,
+    topology::Topology,
+    traffic::{HttpConn, Timeouts},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
+const PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+
+fn vip_addr() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(VIP, PORT))
+}
+
+/// One test's world: topology, servers, pin roots, agents, scratch files.
+/// Everything is released on drop, agents first.
+struct Cluster {
+    agents: Mutex<BTreeMap<u8, ChildGuard>>,
+    _passes: Vec<peer::PassThrough>,
+    _servers: Vec<HttpServer>,
+    topo: Topology,
+    dir: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agents
+            .lock()
+            .map(|mut a| a.clear())
+            .unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for i in 1..=u8::try_from(self.topo.nodes().len()).unwrap_or(0) {
+            let _ = std::fs::remove_dir_all(self.pin_root(i));
+        }
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+struct BackendSpec {
+    node: u8,
+    pod: u8,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let topo = Topology::builder()
+            .nodes(2)
+            .pods_per_node(2)
+            .build()
+            .expect("topology");
+        let servers = topo.serve_http_all(TARGET_PORT).expect("servers");
+        // XDP_TX on a veth only delivers if the peer has an XDP program.
+        let lan_peers: Vec<String> = topo
+            .nodes()
+            .iter()
+            .map(|n| n.lan_peer().to_owned())
+            .collect();
+        let passes = in_netns(topo.lan(), || {
+            lan_peers
+                .iter()
+                .map(|p| peer::attach(p))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .expect("netns")
+        .expect("pass-through programs");
+        let dir = std::env::temp_dir().join(format!(
+            "onehop-e2e-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self {
+            agents: Mutex::new(BTreeMap::new()),
+            _passes: passes,
+            _servers: servers,
+            topo,
+            dir,
+        }
+    }
+
+    fn pin_root(&self, node: u8) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}node{node}", self.topo.prefix()))
+    }
+
+    fn config_path(&self, node: u8) -> PathBuf {
+        self.dir.join(format!("node{node}.yaml"))
+    }
+
+    fn log_path(&self, node: u8) -> PathBuf {
+        self.dir.join(format!("node{node}.log"))
+    }
+
+    /// Writes a node's services file atomically (like a `ConfigMap` update).
+    fn write_config(&self, node: u8, text: &str) {
+        let tmp = self.dir.join(format!("node{node}.yaml.tmp"));
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.config_path(node)).expect("rename config");
+    }
+
+    fn services_yaml(&self, node: u8, announce: bool, backends: &[BackendSpec]) -> String {
+        let mut y = String::new();
+        let _ = writeln!(y, "node: {{ ip: {} }}", self.topo.node(node).ip());
+        let _ = writeln!(
+            y,
+            "announce: [{}]",
+            if announce {
+                VIP.to_string()
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(y, "services:\n  - name: web\n    vip: {VIP}");
+        let _ = writeln!(
+            y,
+            "    ports: [{{ port: {PORT}, protocol: TCP, target_port: {TARGET_PORT} }}]"
+        );
+        let _ = writeln!(y, "    backends:");
+        for b in backends {
+            let pod = self.topo.node(b.node).pod(b.pod);
+            let _ = writeln!(
+                y,
+                "      - {{ ip: {}, node_ip: {} }}",
+                pod.ip(),
+                self.topo.node(b.node).ip()
+            );
+        }
+        y
+    }
+
+    fn start_agent(&self, node: u8) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(node))
+            .expect("log file");
+        let mut cmd = command_in(self.topo.node(node).ns(), env!("CARGO_BIN_EXE_onehop"));
+        cmd.args([
+            "agent",
+            "--interface",
+            "eth0",
+            "--poll-interval-ms",
+            "100",
+            "--maglev-slots",
+            "65536",
+        ])
+        .args([
+            "--conntrack-size",
+            "16384",
+            "--rev-nat-size",
+            "16384",
+            "--affinity-size",
+            "1024",
+        ])
+        .arg("--config")
+        .arg(self.config_path(node))
+        .arg("--bpffs-root")
+        .arg(self.pin_root(node))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+        let guard = spawn_in(self.topo.node(node).ns(), cmd).expect("spawn agent");
+        self.agents.lock().expect("agents").insert(node, guard);
+    }
+
+    fn kill_agent(&self, node: u8) {
+        let mut guard = self
+            .agents
+            .lock()
+            .expect("agents")
+            .remove(&node)
+            .expect("agent running");
+        // SIGKILL: no chance to clean up, like an OOM kill or a node crash.
+        let pid = i32::try_from(guard.id()).expect("pid");
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill failed");
+        let _ = guard.child_mut().wait();
+    }
+
+    fn log(&self, node: u8) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
+    fn snapshot(&self, node: u8) -> anyhow::Result<Snapshot> {
+        let maps = Maps::open(&PinDir::new(&self.pin_root(node), "eth0"))?;
+        Snapshot::read(&maps)
+    }
+
+    /// Polls the node's maps until `pred` holds (bounded).
+    fn wait_for(&self, node: u8, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = self.snapshot(node)
+                && s.config.ready != 0
+                && pred(&s)
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{node}: timed out waiting for {what}; agent log:\n{}",
+                self.log(node)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn backends_in_use(s: &Snapshot) -> usize {
+        s.backends.len()
+    }
+
+    fn get(&self) -> anyhow::Result<onehop_testkit::server::Answer> {
+        self.topo.client().http_get(vip_addr())?.answer()
+    }
+}
+
+fn all_backends() -> Vec<BackendSpec> {
+    vec![
+        BackendSpec { node: 1, pod: 1 },
+        BackendSpec { node: 1, pod: 2 },
+        BackendSpec { node: 2, pod: 1 },
+        BackendSpec { node: 2, pod: 2 },
+    ]
+}
+
+#[test]
+fn arp_spread_client_ip_remote_backends_ping_and_status() {
+    let c = Cluster::new();
+    let n2 = c.topo.node(2).ip();
+    c.write_config(1, &c.services_yaml(1, true, &all_backends()));
+    c.write_config(2, &c.services_yaml(2, false, &all_backends()));
+    // Like kube-proxy IPVS putting every LB IP on kube-ipvs0: node2's kernel
+    // would answer ARP for the VIP if onehop did not drop those requests.
+    c.topo
+        .node(2)
+        .ns()
+        .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+        .expect("vip on lo");
+    c.start_agent(1);
+    c.start_agent(2);
+    c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    c.wait_for(2, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+
+    check_arp_answered_by_the_owner_only(&c);
+
+    check_spread_and_source_addresses(&c);
+    let s1 = c.snapshot(1).expect("node1 maps");
+    assert!(s1.counter(Counter::LocalNewFlow) >= 100, "{s1:?}");
+    assert!(s1.counter(Counter::RemoteNewFlow) >= 100, "{s1:?}");
+    assert!(s1.counter(Counter::RemoteReply) > 0, "{s1:?}");
+    let svc = s1.services.first().expect("one service");
+    assert!(
+        svc.traffic.packets >= 400 * 3,
+        "service counter too low: {:?}",
+        svc.traffic
+    );
+    assert!(
+        s1.backends.iter().all(|b| b.traffic.packets > 0),
+        "every backend counts packets"
+    );
+    assert_eq!(
+        c.snapshot(2)
+            .expect("node2 maps")
+            .counter(Counter::LocalNewFlow),
+        0,
+        "node2 balanced nothing"
+    );
+
+    // ICMP echo to the VIP is answered (from XDP).
+    let ping = command_in(c.topo.client().ns(), "ping")
+        .args(["-c", "2", "-i", "0.2", "-W", "1", &VIP.to_string()])
+        .output()
+        .expect("ping");
+    assert!(
+        ping.status.success(),
+        "ping VIP failed: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(c.snapshot(1).expect("maps").counter(Counter::IcmpEchoReply) >= 2);
+
+    // A port nobody serves is dropped and counted.
+    assert!(
+        c.topo
+            .client()
+            .http_get(SocketAddr::V4(SocketAddrV4::new(VIP, 81)))
+            .is_err()
+    );
+    assert!(
+        c.snapshot(1)
+            .expect("maps")
+            .drop_count(DropReason::NoService)
+            >= 1
+    );
+
+    // `onehop status` reads the pins without the agent's help.
+    let out = Command::new(env!("CARGO_BIN_EXE_onehop"))
+        .args(["status", "--interface", "eth0", "--bpffs-root"])
+        .arg(c.pin_root(1))
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frontend = format!("{VIP}:80/TCP");
+    let node2 = n2.to_string();
+    for needle in [
+        frontend.as_str(),
+        "announced",
+        "local_new_flow",
+        "remote",
+        node2.as_str(),
+    ] {
+        assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
+    }
+}
+
+fn check_arp_answered_by_the_owner_only(c: &Cluster) {
+    // ARP: only node1 answers, from XDP, with its own MAC.
+    let replies = onehop_testkit::capture::Capture::open(c.topo.lan(), c.topo.client().lan_peer())
+        .expect("capture");
+    let mac = c
+        .topo
+        .client()
+        .arp(VIP, Duration::from_secs(2))
+        .expect("arp")
+        .expect("nobody answered ARP for the VIP");
+    assert_eq!(
+        mac,
+        c.topo.node(1).mac(),
+        "the VIP must resolve to the announcing node"
+    );
+    let n2_mac = c.topo.node(2).mac().octets();
+    let foreign = replies
+        .next_matching(Duration::from_millis(500), |f| {
+            f.data.len() >= 42
+                && f.data[12..14] == [8, 6]
+                && f.data[20..22] == [0, 2]
+                && f.data[22..28] == n2_mac
+        })
+        .expect("capture");
+    assert!(
+        foreign.is_none(),
+        "node2 answered ARP for a VIP it does not own"
+    );
+    let s2 = c.snapshot(2).expect("node2 maps");
+    assert!(
+        s2.drop_count(DropReason::ArpNotOwned) >= 1,
+        "node2 did not drop the ARP request"
+    );
+    assert!(
+        c.snapshot(1)
+            .expect("node1 maps")
+            .counter(Counter::ArpReply)
+            >= 1
+    );
+}
+
+fn check_spread_and_source_addresses(c: &Cluster) {
+    let n1 = c.topo.node(1).ip();
+    // Spread: 400 new connections, 4 backends, each within ±50% of 100.
+    let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
+    let client_ip = c.topo.client().ip();
+    for i in 0..400 {
+        let a = c
+            .get()
+            .unwrap_or_else(|e| panic!("request {i} through the VIP failed: {e:#}\n{}", c.log(1)));
+        let SocketAddr::V4(seen) = a.client else {
+            panic!("IPv6 peer")
+        };
+        if a.pod.starts_with("node1-") {
+            assert_eq!(
+                *seen.ip(),
+                client_ip,
+                "a local backend must see the real client address"
+            );
+        } else {
+            assert_eq!(
+                *seen.ip(),
+                n1,
+                "a remote backend sees the balancing node's address (full NAT)"
+            );
+        }
+        *per_pod.entry(a.pod).or_default() += 1;
+    }
+    assert_eq!(per_pod.len(), 4, "every backend must be used: {per_pod:?}");
+    for (pod, n) in &per_pod {
+        assert!(
+            (50..=150).contains(n),
+            "{pod} got {n} of 400 requests (want 100 ± 50): {per_pod:?}"
+        );
+    }
+}
+
+/// Opens `n` keep-alive connections through the VIP and returns them with
+/// the pod each one landed on.
+fn open_conns(c: &Cluster, n: usize) -> Vec<(HttpConn, String)> {
+    (0..n)
+        .map(|_| {
+            let mut conn = c.topo.client().keep_alive(vip_addr()).expect("connect");
+            let pod = conn
+                .get("/")
+                .expect("first request")
+                .answer()
+                .expect("answer")
+                .pod;
+            (conn, pod)
+        })
+        .collect()
+}
+
+#[test]
+fn adding_a_backend_keeps_open_connections_and_removing_one_moves_only_its_flows() {
+    let c = Cluster::new();
+    let mut backends = all_backends();
+    let late = backends.pop().expect("four");
+    c.write_config(1, &c.services_yaml(1, true, &backends));
+    c.start_agent(1);
+    c.wait_for(1, "3 backends", |s| Cluster::backends_in_use(s) == 3);
+    let mut conns = open_conns(&c, 24);
+
+    backends.push(late);
+    c.write_config(1, &c.services_yaml(1, true, &backends));
+    c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    for (i, (conn, pod)) in conns.iter_mut().enumerate() {
+        let again = conn
+            .get("/")
+            .unwrap_or_else(|e| panic!("connection {i} broke when a backend was added: {e:#}"));
+        assert_eq!(
+            &again.answer().expect("answer").pod,
+            pod,
+            "connection {i} moved to another backend"
+        );
+    }
+    // New connections do reach the new backend.
+    let reached_new = (0..80).any(|_| c.get().is_ok_and(|a| a.pod == "node2-pod2"));
+    assert!(reached_new, "the added backend never got a new connection");
+
+    // Remove node1-pod2: only its connections are affected.
+    let removed = "node1-pod2";
+    backends.retain(|b| !(b.node == 1 && b.pod == 2));
+    c.write_config(1, &c.services_yaml(1, true, &backends));
+    c.wait_for(1, "3 backends", |s| Cluster::backends_in_use(s) == 3);
+    let mut kept = 0;
+    for (i, (conn, pod)) in conns.iter_mut().enumerate() {
+        let result = conn.get("/").and_then(|r| r.answer());
+        if pod == removed {
+            // Its flow is re-picked to another backend, which has no such
+            // connection: the client sees a reset or a timeout, never the
+            // removed pod.
+            if let Ok(a) = result {
+                assert_ne!(
+                    a.pod, removed,
+                    "connection {i} still reaches the removed backend"
+                );
+            }
+        } else {
+            let a = result.unwrap_or_else(|e| {
+                panic!("connection {i} to {pod} broke when {removed} was removed: {e:#}")
+            });
+            assert_eq!(
+                &a.pod, pod,
+                "connection {i} moved although its backend stayed"
+            );
+            kept += 1;
+        }
+    }
+    assert!(kept > 0, "no connection landed on a surviving backend");
+    for _ in 0..60 {
+        assert_ne!(
+            c.get().expect("request").pod,
+            removed,
+            "a new connection reached the removed backend"
+        );
+    }
+    assert!(c.snapshot(1).expect("maps").counter(Counter::FlowRepicked) >= 1);
+}
+
+#[test]
+fn sigkill_and_restart_of_the_agent_loses_no_request() {
+    let c = Cluster::new();
+    c.write_config(1, &c.services_yaml(1, true, &all_backends()));
+    c.start_agent(1);
+    c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    let mut conns = open_conns(&c, 8);
+
+    let (ok, failures) = std::thread::scope(|scope| {
+        let looper = scope.spawn(|| {
+            in_netns(c.topo.client().ns(), || {
+                let mut failures = Vec::new();
+                let mut ok = 0;
+                // Bounded: 300 requests, ~15 ms apart (~5 s).
+                for i in 0..300 {
+                    match onehop_testkit::traffic::http_get_here(
+                        vip_addr(),
+                        "/",
+                        Timeouts::default(),
+                    ) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failures.push(format!("request {i}: {e:#}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+                (ok, failures)
+            })
+            .expect("netns")
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        c.kill_agent(1);
+        std::thread::sleep(Duration::from_millis(700));
+        c.start_agent(1);
+        looper.join().expect("request loop")
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of 300 requests failed across the restart: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(ok, 300);
+    assert!(
+        c.log(1).contains("adopted pinned maps"),
+        "the restarted agent did not adopt:\n{}",
+        c.log(1)
+    );
+    // Connections opened before the kill keep their backends.
+    for (i, (conn, pod)) in conns.iter_mut().enumerate() {
+        let a = conn
+            .get("/")
+            .and_then(|r| r.answer())
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert_eq!(&a.pod, pod, "connection {i} moved across the restart");
+    }
+}
+
+#[test]
+fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
+    let c = Cluster::new();
+    let good = c.services_yaml(1, true, &all_backends());
+    c.write_config(1, &good);
+    c.start_agent(1);
+    let before = c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    // Line 4 gets an impossible VIP.
+    let bad = good.replace(&format!("vip: {VIP}"), "vip: 192.168.50.300");
+    assert_ne!(bad, good);
+    c.write_config(1, &bad);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log(1).contains("rejected the services file") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not report the bad file:\n{}",
+            c.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = c.log(1);
+    assert!(
+        log.contains("services[0].vip") && log.contains("line 4"),
+        "error must name the field and line:\n{log}"
+    );
+    for i in 0..50 {
+        c.get()
+            .unwrap_or_else(|e| panic!("request {i} failed after a bad file: {e:#}"));
+    }
+    let after = c.snapshot(1).expect("maps");
+    let shape = |s: &Snapshot| {
+        s.services
+            .iter()
+            .map(|r| (r.key, r.value, r.backend_ids.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        shape(&before),
+        shape(&after),
+        "the rejected file changed the services"
+    );
+    assert_eq!(
+        before.vips, after.vips,
+        "the rejected file changed the VIPs"
+    );
+    // Fixing the file applies again.
+    let fewer: Vec<_> = all_backends().into_iter().take(2).collect();
+    c.write_config(1, &c.services_yaml(1, true, &fewer));
+    c.wait_for(1, "2 backends", |s| Cluster::backends_in_use(s) == 2);
+}
