@@ -573,7 +573,7 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
     c.write_config(1, &good);
     c.start_agent(1);
     let before = c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
-    // Line 4 gets an impossible VIP.
+    // Line 5 gets an impossible VIP.
     let bad = good.replace(&format!("vip: {VIP}"), "vip: 192.168.50.300");
     assert_ne!(bad, good);
     c.write_config(1, &bad);
@@ -588,7 +588,7 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
     }
     let log = c.log(1);
     assert!(
-        log.contains("services[0].vip") && log.contains("line 4"),
+        log.contains("services[0].vip") && log.contains("line 5"),
         "error must name the field and line:\n{log}"
     );
     for i in 0..50 {
