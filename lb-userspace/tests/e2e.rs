@@ -39,6 +39,8 @@ use onehop_testkit::{
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
 const PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
+const UDP_PORT: u16 = 53;
+const UDP_TARGET_PORT: u16 = 5353;
 
 fn vip_addr() -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(VIP, PORT))
@@ -50,6 +52,7 @@ struct Cluster {
     agents: Mutex<BTreeMap<u8, ChildGuard>>,
     _passes: Vec<peer::PassThrough>,
     _servers: Vec<HttpServer>,
+    _udp_servers: Vec<onehop_testkit::server::UdpServer>,
     topo: Topology,
     dir: PathBuf,
 }
@@ -82,6 +85,7 @@ impl Cluster {
             .build()
             .expect("topology");
         let servers = topo.serve_http_all(TARGET_PORT).expect("servers");
+        let udp_servers = topo.serve_udp_all(UDP_TARGET_PORT).expect("udp servers");
         // XDP_TX on a veth only delivers if the peer has an XDP program.
         let lan_peers: Vec<String> = topo
             .nodes()
@@ -106,6 +110,7 @@ impl Cluster {
             agents: Mutex::new(BTreeMap::new()),
             _passes: passes,
             _servers: servers,
+            _udp_servers: udp_servers,
             topo,
             dir,
         }
@@ -145,7 +150,8 @@ impl Cluster {
         let _ = writeln!(y, "services:\n  - name: web\n    vip: {VIP}");
         let _ = writeln!(
             y,
-            "    ports: [{{ port: {PORT}, protocol: TCP, target_port: {TARGET_PORT} }}]"
+            "    ports: [{{ port: {PORT}, protocol: TCP, target_port: {TARGET_PORT} }}, \
+             {{ port: {UDP_PORT}, protocol: UDP, target_port: {UDP_TARGET_PORT} }}]"
         );
         let _ = writeln!(y, "    backends:");
         for b in backends {
@@ -237,8 +243,13 @@ impl Cluster {
         }
     }
 
+    /// Pods in use (each pod is one backend per service port).
     fn backends_in_use(s: &Snapshot) -> usize {
-        s.backends.len()
+        s.backends
+            .iter()
+            .map(|b| b.value.ip)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
     }
 
     fn get(&self) -> anyhow::Result<onehop_testkit::server::Answer> {
@@ -276,11 +287,16 @@ fn arp_spread_client_ip_remote_backends_ping_and_status() {
     check_arp_answered_by_the_owner_only(&c);
 
     check_spread_and_source_addresses(&c);
+    check_udp(&c);
     let s1 = c.snapshot(1).expect("node1 maps");
     assert!(s1.counter(Counter::LocalNewFlow) >= 100, "{s1:?}");
     assert!(s1.counter(Counter::RemoteNewFlow) >= 100, "{s1:?}");
     assert!(s1.counter(Counter::RemoteReply) > 0, "{s1:?}");
-    let svc = s1.services.first().expect("one service");
+    let svc = s1
+        .services
+        .iter()
+        .find(|r| r.key.port == PORT)
+        .expect("the TCP service");
     assert!(
         svc.traffic.packets >= 400 * 3,
         "service counter too low: {:?}",
@@ -424,6 +440,39 @@ fn check_spread_and_source_addresses(c: &Cluster) {
             "{pod} got {n} of 400 requests (want 100 ± 50): {per_pod:?}"
         );
     }
+}
+
+/// UDP through the VIP: every datagram answered, from the VIP, by a pod that
+/// saw the real client (local) or the node (remote); all pods used.
+fn check_udp(c: &Cluster) {
+    let vip = SocketAddr::V4(SocketAddrV4::new(VIP, UDP_PORT));
+    let client_ip = c.topo.client().ip();
+    let mut pods = BTreeMap::<String, usize>::new();
+    for i in 0..100u32 {
+        let payload = i.to_be_bytes();
+        let r = c
+            .topo
+            .client()
+            .udp_request(vip, &payload)
+            .unwrap_or_else(|e| panic!("UDP request {i} through the VIP failed: {e:#}"));
+        assert_eq!(r.from, vip, "the reply must come from the VIP");
+        assert_eq!(r.echo, payload, "payload mangled");
+        let SocketAddr::V4(seen) = r.answer.client else {
+            panic!("IPv6 peer")
+        };
+        let want = if r.answer.pod.starts_with("node1-") {
+            client_ip
+        } else {
+            c.topo.node(1).ip()
+        };
+        assert_eq!(*seen.ip(), want, "{} saw the wrong source", r.answer.pod);
+        *pods.entry(r.answer.pod).or_default() += 1;
+    }
+    assert_eq!(
+        pods.len(),
+        4,
+        "UDP flows must reach every backend: {pods:?}"
+    );
 }
 
 /// Opens `n` keep-alive connections through the VIP and returns them with
