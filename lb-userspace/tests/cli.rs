@@ -15,7 +15,7 @@ fn workspace_file(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// The first ```yaml block of the README's "Services file" section.
+/// The first YAML code block of the README's "Services file" section.
 fn readme_services_example() -> String {
     let readme = std::fs::read_to_string(workspace_file("README.md")).expect("README.md");
     let section = readme
