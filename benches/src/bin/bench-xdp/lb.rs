@@ -188,7 +188,7 @@ impl Lb {
             p.load().with_context(|| format!("loading {name}"))?;
         }
         ensure!(
-            sizes.max_services <= m::MAX_SERVICES && sizes.max_services < m::MAX_VIPS,
+            sizes.max_services < m::MAX_SERVICES.min(m::MAX_VIPS),
             "{} services do not fit the services/vips maps",
             sizes.max_services
         );
@@ -254,10 +254,13 @@ impl Lb {
         for (table, first_id) in [(Table::Local, LOCAL_IDS), (Table::Remote, REMOTE_IDS)] {
             let local = table == Table::Local;
             let members: Vec<Member> = (0..TARGET_BACKENDS)
-                .map(|j| Member {
-                    id: first_id + j,
-                    ip: [10, 244, u8::from(!local), 11 + j as u8],
-                    port: 8080,
+                .map(|j| {
+                    let [.., last] = (11 + j).to_be_bytes();
+                    Member {
+                        id: first_id + j,
+                        ip: [10, 244, u8::from(!local), last],
+                        port: 8080,
+                    }
                 })
                 .collect();
             let ids: Vec<u32> = members.iter().map(|b| b.id).collect();
@@ -495,7 +498,7 @@ impl Lb {
 
     fn establish(&mut self, table: Table, port: u16, action: u32, want: Counter) -> Result<()> {
         self.set_table(table)?;
-        let syn = self.frame_tcp(port, TCP_SYN);
+        let syn = Self::frame_tcp(port, TCP_SYN);
         let before = self.counts()?;
         let r = self.run(m::programs::INGRESS, &syn, 1)?;
         let after = self.counts()?;
@@ -520,7 +523,7 @@ impl Lb {
     }
 
     /// A TCP frame from the client to the target service.
-    pub fn frame_tcp(&self, sport: u16, flags: u8) -> Vec<u8> {
+    pub fn frame_tcp(sport: u16, flags: u8) -> Vec<u8> {
         frames::tcp(CLIENT_MAC, NODE_MAC, CLIENT, sport, VIP, VIP_PORT, flags)
     }
 

@@ -28,29 +28,25 @@ pub fn populate(members: &[Member], size: u32) -> Vec<u32> {
         !members.is_empty() && size > 1,
         "Maglev needs backends and a prime size"
     );
-    let perm: Vec<(u32, u32)> = members
+    // Each backend's permutation: slot = (offset + k * skip) % size, walked
+    // one step at a time (pos + skip < 2 * size fits in u32).
+    let skips: Vec<u32> = members
         .iter()
-        .map(|m| {
-            // Two independent hashes of the backend: start and stride.
-            let offset = flow_hash(m.ip, [0; 4], m.port, 0, 1) % size;
-            let skip = flow_hash(m.ip, [0; 4], m.port, 0, 2) % (size - 1) + 1;
-            (offset, skip)
-        })
+        .map(|m| flow_hash(m.ip, [0; 4], m.port, 0, 2) % (size - 1) + 1)
         .collect();
-    let mut next = vec![0u32; members.len()];
+    let mut pos: Vec<u32> = members
+        .iter()
+        .map(|m| flow_hash(m.ip, [0; 4], m.port, 0, 1) % size)
+        .collect();
     let mut table = vec![u32::MAX; size as usize];
     let mut filled = 0u32;
     'fill: loop {
         for (i, m) in members.iter().enumerate() {
-            let (offset, skip) = perm[i];
-            let mut slot =
-                (u64::from(offset) + u64::from(next[i]) * u64::from(skip)) % u64::from(size);
-            while table[slot as usize] != u32::MAX {
-                next[i] += 1;
-                slot = (u64::from(offset) + u64::from(next[i]) * u64::from(skip)) % u64::from(size);
+            while table[pos[i] as usize] != u32::MAX {
+                pos[i] = (pos[i] + skips[i]) % size;
             }
-            table[slot as usize] = m.id;
-            next[i] += 1;
+            table[pos[i] as usize] = m.id;
+            pos[i] = (pos[i] + skips[i]) % size;
             filled += 1;
             if filled == size {
                 break 'fill;
