@@ -271,6 +271,45 @@ struct Outcome {
     sizes: Sizes,
     load_times: Vec<(u32, Duration)>,
     nat: NatSim,
+    cpu_load: CpuLoad,
+}
+
+/// Where the bench CPU's time went while measuring (`/proc/stat`).
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuLoad {
+    steal_pct: f64,
+    /// Non-idle time other than steal, minus what the bench itself used
+    /// (its thread's CPU time): interrupts and other tasks.
+    other_pct: f64,
+}
+
+/// (total, idle + iowait, steal) jiffies of `cpu` from /proc/stat.
+fn cpu_jiffies(cpu: usize) -> Result<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let tag = format!("cpu{cpu} ");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&tag))
+        .with_context(|| format!("no {tag}line in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    ensure!(f.len() >= 8, "short /proc/stat line");
+    Ok((f.iter().take(8).sum(), f[3] + f[4], f[7]))
+}
+
+/// CPU time (user + system) of the calling thread, in jiffies.
+fn thread_jiffies() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").context("thread stat")?;
+    let rest = stat.rsplit_once(')').context("thread stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5) are the 12th and 13th after the name.
+    let user: u64 = f.get(11).context("utime")?.parse().context("utime")?;
+    let sys: u64 = f.get(12).context("stime")?.parse().context("stime")?;
+    Ok(user + sys)
 }
 
 fn pin(cpu: usize) -> Result<()> {
@@ -355,55 +394,76 @@ fn namespace() -> Result<Netns> {
 fn bench(args: &Args, cpu: usize) -> Result<Outcome> {
     pin(cpu)?;
     let max = *args.services.last().context("no service count")?;
-    let sizes = Sizes::for_services(max);
-    let mut lb = Lb::load(sizes, cpu)?;
-    lb.base()?;
-    lb.reset_flows()?;
+    // One loaded copy of the data path per service count, all measured in
+    // the same rounds: a difference between service counts cannot come from
+    // the machine getting busier or quieter between stages.
+    let mut lbs = Vec::new();
+    let mut load_times = Vec::new();
+    for &n in &args.services {
+        let t = Instant::now();
+        let mut lb = Lb::load(Sizes::for_services(n), cpu)?;
+        lb.base()?;
+        lb.grow_to(n)?;
+        lb.reset_flows()?;
+        load_times.push((n, t.elapsed()));
+        eprintln!("bench-xdp: {n} services loaded in {:.1?}", t.elapsed());
+        lbs.push(lb);
+    }
     let cases = cases(args);
     let mut samples = Samples {
         floor: Vec::new(),
         restore: Vec::new(),
         cases: vec![vec![Vec::new(); args.services.len()]; cases.len()],
     };
-    let mut load_times = Vec::new();
     let mut nat = NatSim::default();
     // One untimed round (proofs still checked): warms the code paths, and
     // brings the LRU maps' free lists into the order they keep for the rest
     // of the run (a freshly created map hands out elements in allocation
     // order, which made the very first new-flow run ~35% cheaper).
-    for c in &cases {
-        measure(&mut lb, c, &mut NatSim::default())?;
+    for lb in &mut lbs {
+        for c in &cases {
+            measure(lb, c, &mut NatSim::default())?;
+        }
     }
-    for (stage, &n) in args.services.iter().enumerate() {
-        let t = Instant::now();
-        lb.grow_to(n)?;
-        load_times.push((n, t.elapsed()));
-        eprintln!(
-            "bench-xdp: {n} services loaded in {:.1?}; measuring",
-            t.elapsed()
-        );
-        lb.reset_flows()?;
-        for round in 0..args.runs {
-            // Round-robin, starting one case later each round, so no case
-            // always runs right after the same one.
-            for k in 0..cases.len() {
-                let i = (k + round) % cases.len();
-                let c = &cases[i];
-                #[expect(clippy::cast_precision_loss, reason = "ns per packet")]
-                let ns = measure(&mut lb, c, &mut nat)? as f64;
-                match c.kind {
-                    Kind::Floor => samples.floor.push(ns),
-                    Kind::Restore => samples.restore.push(ns),
-                    Kind::Wrapped | Kind::Direct => samples.cases[i][stage].push(ns),
-                }
+    eprintln!("bench-xdp: measuring");
+    let (t0, idle0, steal0) = cpu_jiffies(cpu)?;
+    let own0 = thread_jiffies()?;
+    let stages = lbs.len();
+    let slots = cases.len() * stages;
+    for round in 0..args.runs {
+        // Round-robin over (case, service count): a case runs at every
+        // service count back to back, and each round starts one step later,
+        // so nothing always follows the same predecessor.
+        for k in 0..slots {
+            let j = (k + round) % slots;
+            let (i, stage) = (j / stages, j % stages);
+            let c = &cases[i];
+            #[expect(clippy::cast_precision_loss, reason = "ns per packet")]
+            let ns = measure(&mut lbs[stage], c, &mut nat)? as f64;
+            match c.kind {
+                Kind::Floor => samples.floor.push(ns),
+                Kind::Restore => samples.restore.push(ns),
+                Kind::Wrapped | Kind::Direct => samples.cases[i][stage].push(ns),
             }
         }
     }
+    let (t1, idle1, steal1) = cpu_jiffies(cpu)?;
+    let own1 = thread_jiffies()?;
+    #[expect(clippy::cast_precision_loss, reason = "percentages")]
+    let cpu_load = {
+        let total = (t1 - t0).max(1) as f64;
+        let busy = (t1 - t0) - (idle1 - idle0) - (steal1 - steal0);
+        CpuLoad {
+            steal_pct: 100.0 * (steal1 - steal0) as f64 / total,
+            other_pct: 100.0 * busy.saturating_sub(own1 - own0) as f64 / total,
+        }
+    };
     Ok(Outcome {
+        cpu_load,
         names: cases.iter().map(|c| c.name).collect(),
         wrapped: cases.iter().map(|c| c.kind == Kind::Wrapped).collect(),
         samples,
-        sizes,
+        sizes: Sizes::for_services(max),
         load_times,
         nat,
     })
@@ -462,41 +522,7 @@ fn report(args: &Args, cpu: usize, o: &Outcome, elapsed: Duration) -> Result<Str
             )?;
         }
     }
-    writeln!(s)?;
-    writeln!(
-        s,
-        "# summary: median [min-max over {} runs] ns/packet, restore overhead subtracted \
-         for wrapper cases; floor {floor:.1} ns (not subtracted)",
-        args.runs
-    )?;
-    let last = args.services.len() - 1;
-    write!(s, "{:<20}", "case")?;
-    for n in &args.services {
-        write!(s, " {:>20}", format!("{n} svc"))?;
-    }
-    writeln!(
-        s,
-        " {:>10}",
-        format!("{}/{}", args.services[last], args.services[0])
-    )?;
-    for &i in &measured {
-        write!(s, "{:<20}", o.names[i])?;
-        for stage in 0..args.services.len() {
-            let v = net(i, stage);
-            let (lo, hi) = min_max(&v);
-            write!(s, " {:>20}", format!("{:.1} [{lo:.0}-{hi:.0}]", median(&v)))?;
-        }
-        let ratio = median(&net(i, last)) / median(&net(i, 0));
-        writeln!(s, " {ratio:>10.2}")?;
-    }
-    let (lo, hi) = min_max(&o.samples.floor);
-    writeln!(s, "{:<20} {floor:.1} [{lo:.0}-{hi:.0}]", "floor_xdp_pass")?;
-    let (lo, hi) = min_max(&o.samples.restore);
-    writeln!(
-        s,
-        "{:<20} {restore:.1} [{lo:.0}-{hi:.0}]",
-        "restore_overhead"
-    )?;
+    summary(&mut s, args, cpu, o, &measured, floor, restore)?;
     let loads: Vec<String> = o
         .load_times
         .iter()
@@ -504,7 +530,7 @@ fn report(args: &Args, cpu: usize, o: &Outcome, elapsed: Duration) -> Result<Str
         .collect();
     writeln!(
         s,
-        "# service loading (cumulative): {}; total {:.1}s",
+        "# loading (object + services): {}; total {:.1}s",
         loads.join(", "),
         elapsed.as_secs_f64()
     )?;
@@ -547,5 +573,74 @@ fn main() -> Result<()> {
     }
     std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("bench-xdp: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The summary table: per case and service count median [min-max], ratios.
+fn summary(
+    s: &mut String,
+    args: &Args,
+    cpu: usize,
+    o: &Outcome,
+    measured: &[usize],
+    floor: f64,
+    restore: f64,
+) -> Result<()> {
+    let net = |i: usize, stage: usize| -> Vec<f64> {
+        let sub = if o.wrapped[i] { restore } else { 0.0 };
+        o.samples.cases[i][stage].iter().map(|x| x - sub).collect()
+    };
+    writeln!(s)?;
+    writeln!(
+        s,
+        "# summary: median [min-max over {} runs] ns/packet, restore overhead subtracted \
+         for wrapper cases; floor {floor:.1} ns (not subtracted). Ratios: of the medians; \
+         median of the per-round ratios (paired); of the minima.",
+        args.runs
+    )?;
+    writeln!(
+        s,
+        "# CPU {cpu} during the measurement: {:.1}% steal (hypervisor), {:.1}% busy with other work",
+        o.cpu_load.steal_pct, o.cpu_load.other_pct
+    )?;
+    let last = args.services.len() - 1;
+    let (nl, n0) = (args.services[last], args.services[0]);
+    write!(s, "{:<20}", "case")?;
+    for n in &args.services {
+        write!(s, " {:>20}", format!("{n} svc"))?;
+    }
+    writeln!(
+        s,
+        " {:>14} {:>12}",
+        format!("{nl}/{n0} med"),
+        "paired (min)"
+    )?;
+    for &i in measured {
+        write!(s, "{:<20}", o.names[i])?;
+        for stage in 0..args.services.len() {
+            let v = net(i, stage);
+            let (lo, hi) = min_max(&v);
+            write!(s, " {:>20}", format!("{:.1} [{lo:.0}-{hi:.0}]", median(&v)))?;
+        }
+        let (a, b) = (net(i, last), net(i, 0));
+        let ratio = median(&a) / median(&b);
+        // Run r of every service count ran back to back (same round), so
+        // their ratio is free of the machine's slower drifts.
+        let paired: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        let ratio_min = min_max(&a).0 / min_max(&b).0;
+        writeln!(
+            s,
+            " {ratio:>14.2} {:>12}",
+            format!("{:.2} ({ratio_min:.2})", median(&paired))
+        )?;
+    }
+    let (lo, hi) = min_max(&o.samples.floor);
+    writeln!(s, "{:<20} {floor:.1} [{lo:.0}-{hi:.0}]", "floor_xdp_pass")?;
+    let (lo, hi) = min_max(&o.samples.restore);
+    writeln!(
+        s,
+        "{:<20} {restore:.1} [{lo:.0}-{hi:.0}]",
+        "restore_overhead"
+    )?;
     Ok(())
 }
