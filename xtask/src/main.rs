@@ -3,6 +3,7 @@
 //! Every command that needs the toolchain runs `setup` first; setup is
 //! idempotent and cheap when everything is already installed.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod setup;
@@ -36,6 +37,15 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
+    /// path via `BPF_PROG_TEST_RUN`; needs root). See benches/README.md.
+    Bench {
+        /// Which benchmark.
+        which: String,
+        /// Extra arguments for the benchmark binary (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +65,10 @@ fn main() -> Result<()> {
         Command::Test { args } => {
             setup::run()?;
             test::run(&args)
+        }
+        Command::Bench { which, args } => {
+            setup::run()?;
+            bench::run(&which, &args)
         }
     }
 }

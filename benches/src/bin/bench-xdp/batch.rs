@@ -1,0 +1,122 @@
+//! Batched map writes and drains through the raw `bpf(2)` syscall
+//! (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_LOOKUP_AND_DELETE_BATCH`; aya 0.14 does
+//! not wrap them). 100,000 services hold ~51 million Maglev slots: one
+//! syscall per slot would take most of the time budget, a batch takes
+//! seconds.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Elements per syscall: bounds the kernel's time in one call.
+const CHUNK: usize = 1 << 20;
+/// Entries per drain call; far above any hash bucket's length.
+const DRAIN_CHUNK: usize = 8192;
+
+/// The `batch` member of `union bpf_attr` (the kernel accepts a prefix).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is an initialised bpf_attr prefix of the size passed;
+    // the buffers it points to are owned by the caller for the whole call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn raw_fd(fd: BorrowedFd<'_>) -> Result<u32> {
+    u32::try_from(fd.as_raw_fd()).context("negative map fd")
+}
+
+/// Writes `keys[i] -> values[i]` (`BPF_ANY`) into an array or hash map.
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<()> {
+    ensure!(
+        keys.len() == values.len(),
+        "batch: keys and values differ in length"
+    );
+    let map_fd = raw_fd(fd)?;
+    for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let count = u32::try_from(k.len()).context("batch too large")?;
+        let mut a = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count,
+            map_fd,
+            ..BatchAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut a)
+            .with_context(|| format!("BPF_MAP_UPDATE_BATCH of {count} elements"))?;
+        ensure!(
+            a.count == count,
+            "BPF_MAP_UPDATE_BATCH wrote {} of {count} elements",
+            a.count
+        );
+    }
+    Ok(())
+}
+
+/// Deletes every entry of a (LRU) hash map; returns how many there were.
+pub fn drain<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> Result<usize> {
+    let map_fd = raw_fd(fd)?;
+    let mut keys = vec![0u8; DRAIN_CHUNK * size_of::<K>()];
+    let mut values = vec![0u8; DRAIN_CHUNK * size_of::<V>()];
+    // The batch token of a hash map is a bucket index (u32).
+    let mut token_in = 0u32;
+    let mut token_out = 0u32;
+    let mut first = true;
+    let mut total = 0usize;
+    loop {
+        let mut a = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const token_in) as u64
+            },
+            out_batch: (&raw mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(DRAIN_CHUNK).context("drain chunk")?,
+            map_fd,
+            ..BatchAttr::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut a);
+        total += a.count as usize;
+        match r {
+            Ok(()) => {
+                token_in = token_out;
+                first = false;
+            }
+            // ENOENT: no bucket left (the last call may still have returned some).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            Err(e) => return Err(e).context("BPF_MAP_LOOKUP_AND_DELETE_BATCH"),
+        }
+    }
+}
