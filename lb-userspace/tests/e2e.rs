@@ -269,7 +269,6 @@ fn all_backends() -> Vec<BackendSpec> {
 #[test]
 fn arp_spread_client_ip_remote_backends_ping_and_status() {
     let c = Cluster::new();
-    let n2 = c.topo.node(2).ip();
     c.write_config(1, &c.services_yaml(1, true, &all_backends()));
     c.write_config(2, &c.services_yaml(2, false, &all_backends()));
     // Like kube-proxy IPVS putting every LB IP on kube-ipvs0: node2's kernel
@@ -279,10 +278,27 @@ fn arp_spread_client_ip_remote_backends_ping_and_status() {
         .ns()
         .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
         .expect("vip on lo");
+    // Taking over a VIP is announced with gratuitous ARP at once.
+    let lan = onehop_testkit::capture::Capture::open(c.topo.lan(), c.topo.node(1).lan_peer())
+        .expect("capture");
     c.start_agent(1);
     c.start_agent(2);
     c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
     c.wait_for(2, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    let garp = lan
+        .next_matching(Duration::from_secs(3), |f| {
+            f.data.len() >= 42
+                && f.data[12..14] == [8, 6]
+                && f.data[28..32] == VIP.octets()
+                && f.data[38..42] == VIP.octets()
+        })
+        .expect("capture")
+        .expect("no gratuitous ARP for the VIP after node1 started announcing it");
+    assert_eq!(
+        garp.data[22..28],
+        c.topo.node(1).mac().octets(),
+        "gratuitous ARP names the wrong MAC"
+    );
 
     check_arp_answered_by_the_owner_only(&c);
 
@@ -340,29 +356,7 @@ fn arp_spread_client_ip_remote_backends_ping_and_status() {
             >= 1
     );
 
-    // `onehop status` reads the pins without the agent's help.
-    let out = Command::new(env!("CARGO_BIN_EXE_onehop"))
-        .args(["status", "--interface", "eth0", "--bpffs-root"])
-        .arg(c.pin_root(1))
-        .output()
-        .expect("status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let frontend = format!("{VIP}:80/TCP");
-    let node2 = n2.to_string();
-    for needle in [
-        frontend.as_str(),
-        "announced",
-        "local_new_flow",
-        "remote",
-        node2.as_str(),
-    ] {
-        assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
-    }
+    check_status_command(&c);
 }
 
 fn check_arp_answered_by_the_owner_only(c: &Cluster) {
@@ -473,6 +467,33 @@ fn check_udp(c: &Cluster) {
         4,
         "UDP flows must reach every backend: {pods:?}"
     );
+}
+
+fn check_status_command(c: &Cluster) {
+    let n2 = c.topo.node(2).ip();
+    // `onehop status` reads the pins without the agent's help.
+    let out = Command::new(env!("CARGO_BIN_EXE_onehop"))
+        .args(["status", "--interface", "eth0", "--bpffs-root"])
+        .arg(c.pin_root(1))
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frontend = format!("{VIP}:80/TCP");
+    let node2 = n2.to_string();
+    for needle in [
+        frontend.as_str(),
+        "announced",
+        "local_new_flow",
+        "remote",
+        node2.as_str(),
+    ] {
+        assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
+    }
 }
 
 /// Opens `n` keep-alive connections through the VIP and returns them with
