@@ -13,6 +13,7 @@ pub mod diff;
 pub mod ebpf;
 pub mod garp;
 pub mod ids;
+pub mod k8s;
 pub mod loader;
 pub mod maglev;
 pub mod neigh;

@@ -1,0 +1,6 @@
+//! The Kubernetes source: pure translation of cluster objects into the
+//! services model, and the announcer election. The watchers that feed them
+//! and the writers of Events and Leases live at the edges.
+
+pub mod election;
+pub mod translate;

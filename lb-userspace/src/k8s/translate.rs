@@ -1,0 +1,511 @@
+//! Kubernetes objects → the same validated model a services file gives
+//! ([`ServicesFile`]), so planning, diffing and map writing are shared by
+//! both sources. Pure: the watchers hand in snapshots of their stores.
+//!
+//! Rules (kube-proxy's, where it has one):
+//! - Services of type `LoadBalancer` whose `loadBalancerClass` is ours, or
+//!   unset when [`ClassFilter::unclassed`] says so. Their VIPs are the IPv4
+//!   addresses in `status.loadBalancer.ingress` (assigned by the controller).
+//! - Ports: TCP and UDP; anything else gets a warning and is ignored. The
+//!   target port comes from the `EndpointSlices` (which name each port after
+//!   the Service port and carry the number the pods resolved), else from an
+//!   integer `targetPort`.
+//! - Endpoints: the `EndpointSlices` labelled `kubernetes.io/service-name`,
+//!   IPv4 only, first address of each endpoint. Ready ones; when none is
+//!   ready, the ones that are serving while terminating. Their node's
+//!   `InternalIP` is the next hop for remote ones.
+//! - `externalTrafficPolicy: Local`: only endpoints on this node.
+//! - `sessionAffinity: ClientIP` with its timeout (default 10800 s).
+//! - `loadBalancerSourceRanges`: enforced; an unparsable one makes the whole
+//!   service be skipped (fail closed) with a warning.
+//! - Two Services may share a VIP (allow-shared-ip) on distinct ports; a
+//!   later one (by namespace/name) that claims a taken VIP:port/protocol is
+//!   skipped with a warning.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service, ServicePort as K8sServicePort},
+        discovery::v1::{Endpoint, EndpointSlice},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use crate::config::{
+    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, NatPorts, Protocol, Service as LbService,
+    ServicePort, ServicesFile, SessionAffinity,
+};
+
+/// Label `EndpointSlices` carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Which Services are ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassFilter {
+    /// Our `loadBalancerClass`.
+    pub class: String,
+    /// Also take Services without a `loadBalancerClass`.
+    pub unclassed: bool,
+}
+
+/// A Service (namespace, name) the translation has something to say about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something a user should see as a Warning Event on the Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub service: ServiceRef,
+    /// CamelCase, like Kubernetes event reasons.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Everything the translation needs; snapshots of the watchers' stores.
+pub struct Inputs<'a> {
+    pub services: &'a [Service],
+    pub slices: &'a [EndpointSlice],
+    pub nodes: &'a [Node],
+    /// This node's name (`spec.nodeName` of local endpoints).
+    pub node_name: &'a str,
+    pub class: &'a ClassFilter,
+    /// VIPs this node has been elected to announce.
+    pub announce: &'a BTreeSet<Ipv4Addr>,
+    pub nat_ports: NatPorts,
+}
+
+/// A Service this node should serve, before it becomes a [`LbService`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Translated {
+    pub service: ServiceRef,
+    pub vips: Vec<Ipv4Addr>,
+    /// `externalTrafficPolicy: Local`.
+    pub local_only: bool,
+    /// Whether a ready endpoint runs on this node (Local policy announces
+    /// only from such nodes).
+    pub has_local_endpoint: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub file: ServicesFile,
+    pub services: Vec<Translated>,
+    pub warnings: Vec<Warning>,
+}
+
+/// The `InternalIP` (IPv4) of every node.
+pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            let ip = n
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+            Some((name, ip))
+        })
+        .collect()
+}
+
+/// True when the Node's `Ready` condition is `True`.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn service_ref(svc: &Service) -> ServiceRef {
+    ServiceRef {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Whether `svc` is a `LoadBalancer` Service of ours.
+pub fn is_ours(svc: &Service, class: &ClassFilter) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return false;
+    }
+    match &spec.load_balancer_class {
+        Some(c) => *c == class.class,
+        None => class.unclassed,
+    }
+}
+
+/// IPv4 ingress addresses the controller wrote into the status.
+pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort_unstable();
+    ips.dedup();
+    ips
+}
+
+/// Endpoint conditions as the API defines their defaults: `ready` and
+/// `serving` default to true, `terminating` to false.
+fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
+    let c = ep.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    (ready, serving, terminating)
+}
+
+struct Endpoints<'a> {
+    slices: Vec<&'a EndpointSlice>,
+}
+
+impl<'a> Endpoints<'a> {
+    fn of(svc: &ServiceRef, all: &'a [EndpointSlice]) -> Self {
+        let slices = all
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
+                    && s.address_type == "IPv4"
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        == Some(&svc.name)
+            })
+            .collect();
+        Self { slices }
+    }
+
+    /// Port numbers the slices give for the Service port named `name`.
+    fn resolved_ports(&self, name: &str) -> BTreeSet<u16> {
+        self.slices
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter(|p| p.name.as_deref().unwrap_or("") == name)
+            .filter_map(|p| {
+                p.port
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n > 0)
+            })
+            .collect()
+    }
+
+    /// (address, node name) of the endpoints to use: ready ones, or the
+    /// serving-terminating ones when none is ready.
+    fn usable(&self) -> Vec<(Ipv4Addr, Option<&'a str>)> {
+        let mut ready = BTreeMap::new();
+        let mut fallback = BTreeMap::new();
+        for ep in self.slices.iter().flat_map(|s| s.endpoints.iter()) {
+            let Some(ip) = ep
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let (is_ready, serving, terminating) = conditions(ep);
+            let node = ep.node_name.as_deref();
+            if is_ready && !terminating {
+                ready.entry(ip).or_insert(node);
+            } else if serving && terminating {
+                fallback.entry(ip).or_insert(node);
+            }
+        }
+        let chosen = if ready.is_empty() { fallback } else { ready };
+        chosen.into_iter().collect()
+    }
+}
+
+fn protocol(p: &K8sServicePort) -> Option<Protocol> {
+    match p.protocol.as_deref().unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// The ports of `svc` we can serve, with their target ports.
+fn ports(
+    svc: &Service,
+    r: &ServiceRef,
+    eps: &Endpoints<'_>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<ServicePort> {
+    let mut out = Vec::new();
+    for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+        let name = p.name.clone().unwrap_or_default();
+        let Some(protocol) = protocol(p) else {
+            warnings.push(Warning {
+                service: r.clone(),
+                reason: "UnsupportedProtocol",
+                message: format!(
+                    "port {} uses protocol {}; onehop balances TCP and UDP only, the port is ignored",
+                    p.port,
+                    p.protocol.as_deref().unwrap_or("?")
+                ),
+            });
+            continue;
+        };
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let resolved = eps.resolved_ports(&name);
+        let target = match (resolved.first(), &p.target_port) {
+            (Some(first), _) => {
+                if resolved.len() > 1 {
+                    warnings.push(Warning {
+                        service: r.clone(),
+                        reason: "AmbiguousTargetPort",
+                        message: format!(
+                            "endpoints expose port {port} under several numbers {resolved:?}; onehop sends it to {first}"
+                        ),
+                    });
+                }
+                *first
+            }
+            (None, Some(IntOrString::Int(n))) => u16::try_from(*n).unwrap_or(port),
+            // No target port, or a named one with no endpoint to resolve it
+            // (nothing to send to anyway): keep the service port so the
+            // frontend exists and drops as "no backend", not "no service".
+            (None, None | Some(IntOrString::String(_))) => port,
+        };
+        out.push(ServicePort {
+            port,
+            protocol,
+            target_port: target,
+        });
+    }
+    out
+}
+
+fn affinity(svc: &Service) -> SessionAffinity {
+    let Some(spec) = &svc.spec else {
+        return SessionAffinity::None;
+    };
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return SessionAffinity::None;
+    }
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
+    SessionAffinity::ClientIp { timeout_s: timeout }
+}
+
+fn source_ranges(svc: &Service) -> Result<Vec<Cidr>, String> {
+    let mut out = Vec::new();
+    for raw in svc
+        .spec
+        .iter()
+        .flat_map(|s| s.load_balancer_source_ranges.iter().flatten())
+    {
+        let raw = raw.trim();
+        if raw.contains(':') {
+            continue; // IPv6 ranges do not apply to IPv4 traffic.
+        }
+        // Kubernetes accepts host bits in these; match on the network.
+        let (addr, len) = raw.split_once('/').unwrap_or((raw, "32"));
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{raw:?} is not a CIDR"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{raw:?} is not a CIDR"))?;
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
+        out.push(Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix_len: len,
+        });
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// A name for the model: unique, stable, readable in logs.
+fn model_name(r: &ServiceRef, vip: Ipv4Addr) -> String {
+    format!("{}/{}@{vip}", r.namespace, r.name)
+}
+
+/// The backends of a service on this node, and whether one of the usable
+/// endpoints runs here.
+fn backends(
+    r: &ServiceRef,
+    eps: &Endpoints<'_>,
+    node_name: &str,
+    local_only: bool,
+    node_ips: &BTreeMap<String, Ipv4Addr>,
+    warnings: &mut Vec<Warning>,
+) -> (Vec<Backend>, bool) {
+    let mut backends = Vec::new();
+    let mut has_local = false;
+    for (ip, node) in eps.usable() {
+        let local = node == Some(node_name);
+        has_local |= local;
+        if local_only && !local {
+            continue;
+        }
+        match node.and_then(|n| node_ips.get(n)) {
+            Some(node_ip) => backends.push(Backend {
+                ip,
+                node_ip: *node_ip,
+            }),
+            None => warnings.push(Warning {
+                service: r.clone(),
+                reason: "EndpointWithoutNode",
+                message: format!("endpoint {ip} has no node with an InternalIP; it is not used"),
+            }),
+        }
+    }
+    (backends, has_local)
+}
+
+/// Removes the ports an earlier Service already serves on one of `vips`.
+fn drop_taken_ports(
+    r: &ServiceRef,
+    vips: &[Ipv4Addr],
+    ports: &mut Vec<ServicePort>,
+    taken: &BTreeMap<(Ipv4Addr, u16, Protocol), ServiceRef>,
+    warnings: &mut Vec<Warning>,
+) {
+    for vip in vips {
+        ports.retain(|p| match taken.get(&(*vip, p.port, p.protocol)) {
+            Some(owner) => {
+                warnings.push(Warning {
+                    service: r.clone(),
+                    reason: "PortConflict",
+                    message: format!(
+                        "{vip}:{}/{} is already served for {owner}; not serving it here",
+                        p.port, p.protocol
+                    ),
+                });
+                false
+            }
+            None => true,
+        });
+    }
+}
+
+/// Translates the cluster state into this node's services model.
+pub fn translate(inputs: &Inputs<'_>) -> Translation {
+    let node_ips = node_addresses(inputs.nodes);
+    let mut warnings = Vec::new();
+    let mut services = Vec::new();
+    let mut model = Vec::new();
+    let mut taken: BTreeMap<(Ipv4Addr, u16, Protocol), ServiceRef> = BTreeMap::new();
+
+    let mut ours: Vec<&Service> = inputs
+        .services
+        .iter()
+        .filter(|s| is_ours(s, inputs.class))
+        .collect();
+    ours.sort_by_key(|s| service_ref(s));
+    for svc in ours {
+        let r = service_ref(svc);
+        let vips = ingress_ips(svc);
+        if vips.is_empty() {
+            continue; // no address assigned yet
+        }
+        let ranges = match source_ranges(svc) {
+            Ok(r) => r,
+            Err(e) => {
+                warnings.push(Warning {
+                    service: r.clone(),
+                    reason: "InvalidSourceRange",
+                    message: format!(
+                        "loadBalancerSourceRanges: {e}; the service is not served until fixed"
+                    ),
+                });
+                continue;
+            }
+        };
+        let eps = Endpoints::of(&r, inputs.slices);
+        let mut ports = ports(svc, &r, &eps, &mut warnings);
+        let local_only = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_traffic_policy.as_deref())
+            == Some("Local");
+        let (backends, has_local) = backends(
+            &r,
+            &eps,
+            inputs.node_name,
+            local_only,
+            &node_ips,
+            &mut warnings,
+        );
+        drop_taken_ports(&r, &vips, &mut ports, &taken, &mut warnings);
+        if ports.is_empty() {
+            continue;
+        }
+        for vip in &vips {
+            for p in &ports {
+                taken.insert((*vip, p.port, p.protocol), r.clone());
+            }
+            model.push(LbService {
+                name: model_name(&r, *vip),
+                vip: *vip,
+                ports: ports.clone(),
+                session_affinity: affinity(svc),
+                source_ranges: ranges.clone(),
+                backends: backends.clone(),
+            });
+        }
+        services.push(Translated {
+            service: r,
+            vips,
+            local_only,
+            has_local_endpoint: has_local,
+        });
+    }
+    let vips: BTreeSet<Ipv4Addr> = model.iter().map(|s| s.vip).collect();
+    let file = ServicesFile {
+        node_ip: node_ips.get(inputs.node_name).copied(),
+        nat_ports: inputs.nat_ports,
+        announce: inputs.announce.intersection(&vips).copied().collect(),
+        services: model,
+    };
+    warnings.sort();
+    warnings.dedup();
+    Translation {
+        file,
+        services,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+use serde_json::{Value, json};
+
+use super::*;
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+fn class() -> ClassFilter {
+    ClassFilter {
+        class: "onehop.io/l2".into(),
+        unclassed: true,
+    }
+}
+
+fn node(name: &str, ip: &str) -> Node {
+    from(json!({
+        "metadata": { "name": name },
+        "status": {
+            "addresses": [{ "type": "Hostname", "address": name }, { "type": "InternalIP", "address": ip }],
+            "conditions": [{ "type": "Ready", "status": "True" }]
+        }
+    }))
+}
+
+fn nodes() -> Vec<Node> {
+    vec![node("n1", "192.168.50.11"), node("n2", "192.168.50.12")]
+}
+
+fn service(name: &str, extra: Value) -> Service {
+    let mut v = json!({
+        "metadata": { "namespace": "default", "name": name },
+        "spec": {
+            "type": "LoadBalancer",
+            "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": "web" }]
+        },
+        "status": { "loadBalancer": { "ingress": [{ "ip": "192.168.50.200" }] } }
+    });
+    merge(&mut v, extra);
+    from(v)
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+fn ep(ip: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
+    json!({
+        "addresses": [ip], "nodeName": node,
+        "conditions": { "ready": ready, "serving": serving, "terminating": terminating }
+    })
+}
+
+fn slice(svc: &str, name: &str, port: i32, endpoints: Vec<Value>) -> EndpointSlice {
+    from(json!({
+        "metadata": { "namespace": "default", "name": name, "labels": { SERVICE_NAME_LABEL: svc } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": port, "protocol": "TCP" }],
+        "endpoints": Value::Array(endpoints)
+    }))
+}
+
+fn run(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node_name: &str,
+    announce: &[&str],
+) -> Translation {
+    let announce: BTreeSet<Ipv4Addr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
+    let ns = nodes();
+    translate(&Inputs {
+        services,
+        slices,
+        nodes: &ns,
+        node_name,
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+    })
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("ip")
+}
+
+#[test]
+fn ready_endpoints_named_target_port_and_node_ips() {
+    let svcs = [service("web", json!({}))];
+    let slices = [slice(
+        "web",
+        "web-a",
+        8080,
+        vec![
+            ep("10.42.1.2", "n1", true, true, false),
+            ep("10.42.2.2", "n2", true, true, false),
+            ep("10.42.2.3", "n2", false, false, false),
+        ],
+    )];
+    let t = run(&svcs, &slices, "n1", &["192.168.50.200"]);
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    assert_eq!(t.file.node_ip, Some(ip("192.168.50.11")));
+    assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
+    let s = &t.file.services[0];
+    assert_eq!(s.vip, ip("192.168.50.200"));
+    assert_eq!(
+        s.ports,
+        vec![ServicePort {
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: 8080
+        }]
+    );
+    assert_eq!(
+        s.backends,
+        vec![
+            Backend {
+                ip: ip("10.42.1.2"),
+                node_ip: ip("192.168.50.11")
+            },
+            Backend {
+                ip: ip("10.42.2.2"),
+                node_ip: ip("192.168.50.12")
+            },
+        ]
+    );
+    assert!(t.services[0].has_local_endpoint);
+}
+
+#[test]
+fn terminating_serving_endpoints_only_when_none_is_ready() {
+    let svcs = [service("web", json!({}))];
+    let draining = vec![
+        ep("10.42.1.2", "n1", false, true, true),
+        ep("10.42.2.2", "n2", false, false, true),
+    ];
+    let t = run(
+        &svcs,
+        &[slice("web", "a", 8080, draining.clone())],
+        "n1",
+        &[],
+    );
+    assert_eq!(
+        t.file.services[0]
+            .backends
+            .iter()
+            .map(|b| b.ip)
+            .collect::<Vec<_>>(),
+        vec![ip("10.42.1.2")]
+    );
+    let mut with_ready = draining;
+    with_ready.push(ep("10.42.2.9", "n2", true, true, false));
+    let t = run(&svcs, &[slice("web", "a", 8080, with_ready)], "n1", &[]);
+    assert_eq!(
+        t.file.services[0]
+            .backends
+            .iter()
+            .map(|b| b.ip)
+            .collect::<Vec<_>>(),
+        vec![ip("10.42.2.9")]
+    );
+}
+
+#[test]
+fn missing_conditions_mean_ready() {
+    let svcs = [service("web", json!({}))];
+    let s: EndpointSlice = from(json!({
+        "metadata": { "namespace": "default", "name": "a", "labels": { SERVICE_NAME_LABEL: "web" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": 8080 }],
+        "endpoints": [{ "addresses": ["10.42.1.2"], "nodeName": "n1" }]
+    }));
+    let t = run(&svcs, &[s], "n1", &[]);
+    assert_eq!(t.file.services[0].backends.len(), 1);
+}
+
+#[test]
+fn local_policy_keeps_only_local_endpoints() {
+    let svcs = [service(
+        "web",
+        json!({ "spec": { "externalTrafficPolicy": "Local" } }),
+    )];
+    let eps = vec![
+        ep("10.42.1.2", "n1", true, true, false),
+        ep("10.42.2.2", "n2", true, true, false),
+    ];
+    let slices = [slice("web", "a", 8080, eps)];
+    let on_n2 = run(&svcs, &slices, "n2", &[]);
+    assert_eq!(
+        on_n2.file.services[0]
+            .backends
+            .iter()
+            .map(|b| b.ip)
+            .collect::<Vec<_>>(),
+        vec![ip("10.42.2.2")]
+    );
+    assert!(on_n2.services[0].local_only && on_n2.services[0].has_local_endpoint);
+    let only_n1 = [slice(
+        "web",
+        "a",
+        8080,
+        vec![ep("10.42.1.2", "n1", true, true, false)],
+    )];
+    let on_n2 = run(&svcs, &only_n1, "n2", &[]);
+    assert!(on_n2.file.services[0].backends.is_empty());
+    assert!(
+        !on_n2.services[0].has_local_endpoint,
+        "n2 must not be eligible to announce"
+    );
+}
+
+#[test]
+fn class_filter_and_type() {
+    let ours = service(
+        "a",
+        json!({ "spec": { "loadBalancerClass": "onehop.io/l2" } }),
+    );
+    let other = service(
+        "b",
+        json!({ "spec": { "loadBalancerClass": "metallb.io/x" } }),
+    );
+    let unclassed = service(
+        "c",
+        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.168.50.201" }] } } }),
+    );
+    let cluster_ip = service("d", json!({ "spec": { "type": "ClusterIP" } }));
+    let c = class();
+    assert!(
+        is_ours(&ours, &c)
+            && !is_ours(&other, &c)
+            && is_ours(&unclassed, &c)
+            && !is_ours(&cluster_ip, &c)
+    );
+    let strict = ClassFilter {
+        unclassed: false,
+        ..class()
+    };
+    assert!(!is_ours(&unclassed, &strict));
+}
+
+#[test]
+fn no_ingress_ip_yet_means_not_served() {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [] } } }),
+    );
+    let t = run(&[svc], &[], "n1", &["192.168.50.200"]);
+    assert!(t.file.services.is_empty() && t.file.announce.is_empty());
+}
+
+#[test]
+fn unsupported_protocols_warn_and_udp_works() {
+    let svc = service(
+        "dns",
+        json!({ "spec": { "ports": [
+            { "name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353 },
+            { "name": "sctp", "port": 99, "protocol": "SCTP" }
+        ] } }),
+    );
+    let t = run(&[svc], &[], "n1", &[]);
+    assert_eq!(
+        t.file.services[0].ports,
+        vec![ServicePort {
+            port: 53,
+            protocol: Protocol::Udp,
+            target_port: 5353
+        }]
+    );
+    assert_eq!(t.warnings.len(), 1);
+    assert_eq!(t.warnings[0].reason, "UnsupportedProtocol");
+}
+
+#[test]
+fn affinity_and_source_ranges() {
+    let svc = service(
+        "web",
+        json!({ "spec": {
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": { "clientIP": { "timeoutSeconds": 60 } },
+            "loadBalancerSourceRanges": ["10.0.0.0/8", "192.168.1.7/24", "fd00::/8"]
+        } }),
+    );
+    let t = run(&[svc], &[], "n1", &[]);
+    let s = &t.file.services[0];
+    assert_eq!(
+        s.session_affinity,
+        SessionAffinity::ClientIp { timeout_s: 60 }
+    );
+    assert_eq!(
+        s.source_ranges,
+        vec![
+            Cidr {
+                addr: ip("10.0.0.0"),
+                prefix_len: 8
+            },
+            Cidr {
+                addr: ip("192.168.1.0"),
+                prefix_len: 24
+            }
+        ]
+    );
+    let default_timeout = service("x", json!({ "spec": { "sessionAffinity": "ClientIP" } }));
+    assert_eq!(
+        run(&[default_timeout], &[], "n1", &[]).file.services[0].session_affinity,
+        SessionAffinity::ClientIp {
+            timeout_s: DEFAULT_AFFINITY_TIMEOUT_S
+        }
+    );
+}
+
+#[test]
+fn bad_source_range_fails_closed() {
+    let svc = service(
+        "web",
+        json!({ "spec": { "loadBalancerSourceRanges": ["10.0.0.0/33"] } }),
+    );
+    let t = run(&[svc], &[], "n1", &[]);
+    assert!(
+        t.file.services.is_empty(),
+        "an unenforceable allow-list must not open the service"
+    );
+    assert_eq!(t.warnings[0].reason, "InvalidSourceRange");
+}
+
+#[test]
+fn shared_vip_distinct_ports_and_conflicts() {
+    let a = service(
+        "a",
+        json!({ "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] } }),
+    );
+    let b = service(
+        "b",
+        json!({ "spec": { "ports": [{ "name": "dns", "port": 53, "protocol": "UDP" }] } }),
+    );
+    let c = service(
+        "c",
+        json!({ "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 9090 }] } }),
+    );
+    let t = run(&[c, b, a], &[], "n1", &[]);
+    let served: Vec<_> = t
+        .file
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.ports[0].port))
+        .collect();
+    assert_eq!(
+        served,
+        vec![
+            ("default/a@192.168.50.200".to_owned(), 80),
+            ("default/b@192.168.50.200".to_owned(), 53)
+        ]
+    );
+    assert_eq!(t.warnings.len(), 1);
+    assert_eq!(
+        (t.warnings[0].reason, t.warnings[0].service.name.as_str()),
+        ("PortConflict", "c")
+    );
+}
+
+#[test]
+fn endpoints_without_a_known_node_are_skipped_with_a_warning() {
+    let svcs = [service("web", json!({}))];
+    let slices = [slice(
+        "web",
+        "a",
+        8080,
+        vec![ep("10.42.9.9", "ghost", true, true, false)],
+    )];
+    let t = run(&svcs, &slices, "n1", &[]);
+    assert!(t.file.services[0].backends.is_empty());
+    assert_eq!(t.warnings[0].reason, "EndpointWithoutNode");
+}
+
+#[test]
+fn ambiguous_named_port_warns_and_picks_one() {
+    let svcs = [service("web", json!({}))];
+    let slices = [
+        slice(
+            "web",
+            "a",
+            8080,
+            vec![ep("10.42.1.2", "n1", true, true, false)],
+        ),
+        slice(
+            "web",
+            "b",
+            9090,
+            vec![ep("10.42.2.2", "n2", true, true, false)],
+        ),
+    ];
+    let t = run(&svcs, &slices, "n1", &[]);
+    assert_eq!(t.file.services[0].ports[0].target_port, 8080);
+    assert_eq!(t.warnings[0].reason, "AmbiguousTargetPort");
+}
+
+#[test]
+fn slices_of_other_services_namespaces_or_families_are_ignored() {
+    let svcs = [service("web", json!({}))];
+    let mut other_ns = slice(
+        "web",
+        "x",
+        8080,
+        vec![ep("10.42.1.5", "n1", true, true, false)],
+    );
+    other_ns.metadata.namespace = Some("kube-system".into());
+    let mut v6 = slice(
+        "web",
+        "y",
+        8080,
+        vec![ep("10.42.1.6", "n1", true, true, false)],
+    );
+    v6.address_type = "IPv6".into();
+    let other_svc = slice(
+        "api",
+        "z",
+        8080,
+        vec![ep("10.42.1.7", "n1", true, true, false)],
+    );
+    let t = run(&svcs, &[other_ns, v6, other_svc], "n1", &[]);
+    assert!(t.file.services[0].backends.is_empty());
+}
+
+#[test]
+fn announce_is_limited_to_served_vips() {
+    let t = run(
+        &[service("web", json!({}))],
+        &[],
+        "n1",
+        &["192.168.50.200", "192.168.50.250"],
+    );
+    assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
+}
+
+#[test]
+fn translation_plans_like_a_file() {
+    use crate::state::{DataplaneState, Node as LbNode, plan};
+    let svcs = [service("web", json!({}))];
+    let slices = [slice(
+        "web",
+        "a",
+        8080,
+        vec![
+            ep("10.42.1.2", "n1", true, true, false),
+            ep("10.42.2.2", "n2", true, true, false),
+        ],
+    )];
+    let t = run(&svcs, &slices, "n1", &["192.168.50.200"]);
+    let node = LbNode {
+        ip: ip("192.168.50.11"),
+        ifindex: 2,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    let state = plan(
+        &DataplaneState::default(),
+        &t.file,
+        &node,
+        &crate::config::Limits::default(),
+    )
+    .expect("plan");
+    assert_eq!(state.services.len(), 1);
+    assert_eq!(state.backends.len(), 2);
+}
