@@ -1,0 +1,511 @@
+//! IP address allocation for `LoadBalancer` Services, pure and
+//! deterministic, with MetalLB's semantics so its pools and annotations work
+//! unchanged:
+//!
+//! - Pools hold CIDRs (`192.168.10.0/24`) and ranges
+//!   (`192.168.10.10-192.168.10.20`); `avoidBuggyIPs` skips `.0` and `.255`;
+//!   `autoAssign: false` pools are used only when asked for by IP or name;
+//!   `serviceAllocation` restricts a pool to namespaces / namespace labels /
+//!   service labels and orders pools by `priority` (lower first, pools
+//!   without one last, then by name). Overlapping pools are rejected.
+//! - A Service asks for addresses with `spec.loadBalancerIP` or the
+//!   `loadBalancerIPs` annotation, for a pool with `address-pool`, and for
+//!   sharing with `allow-shared-ip`; annotations are read under `onehop.io/`,
+//!   `metallb.io/` and the older `metallb.universe.tf/`, first found wins.
+//! - Services share an address only with the same sharing key, disjoint
+//!   ports (per protocol) and the same `externalTrafficPolicy`.
+//! - After a restart the controller adopts the addresses Services already
+//!   show in their status before assigning anything, so an address is never
+//!   handed out twice (MetalLB #2479).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::LabelSelector};
+
+use super::{selector, translate::ServiceRef};
+use crate::config::Protocol;
+
+/// Annotation prefixes, in the order they are looked up.
+pub const ANNOTATION_PREFIXES: [&str; 3] = ["onehop.io/", "metallb.io/", "metallb.universe.tf/"];
+
+/// The `spec` of an `IPAddressPool` (MetalLB `v1beta1` field names).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_assign: Option<bool>,
+    #[serde(
+        default,
+        rename = "avoidBuggyIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub avoid_buggy_ips: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_allocation: Option<ServiceAllocation>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAllocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_selectors: Vec<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// A validated pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// Inclusive `[first, last]` ranges, sorted, as integers.
+    ranges: Vec<(u32, u32)>,
+    auto_assign: bool,
+    avoid_buggy: bool,
+    allocation: ServiceAllocation,
+}
+
+fn parse_range(raw: &str) -> Result<(u32, u32), String> {
+    let raw = raw.trim();
+    if let Some((a, b)) = raw.split_once('-') {
+        let a: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{raw:?}: {a:?} is not an IPv4 address"))?;
+        let b: Ipv4Addr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{raw:?}: {b:?} is not an IPv4 address"))?;
+        let (a, b) = (u32::from(a), u32::from(b));
+        if a > b {
+            return Err(format!("{raw:?}: the range is backwards"));
+        }
+        return Ok((a, b));
+    }
+    let (addr, len) = raw
+        .split_once('/')
+        .ok_or_else(|| format!("{raw:?} is neither a CIDR nor a range"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{raw:?}: not an IPv4 CIDR"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{raw:?}: bad prefix length"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let first = u32::from(addr) & mask;
+    Ok((first, first | !mask))
+}
+
+impl Pool {
+    pub fn parse(name: &str, spec: &PoolSpec) -> Result<Self, String> {
+        if spec.addresses.is_empty() {
+            return Err("no addresses".into());
+        }
+        let mut ranges = Vec::new();
+        for a in &spec.addresses {
+            if a.contains(':') {
+                return Err(format!("{a:?}: IPv6 pools are not supported yet"));
+            }
+            ranges.push(parse_range(a)?);
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[1].0 <= w[0].1 {
+                return Err("addresses overlap within the pool".into());
+            }
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            ranges,
+            auto_assign: spec.auto_assign.unwrap_or(true),
+            avoid_buggy: spec.avoid_buggy_ips.unwrap_or(false),
+            allocation: spec.service_allocation.clone().unwrap_or_default(),
+        })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let ip = u32::from(ip);
+        self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&ip))
+    }
+
+    fn usable(&self, ip: u32) -> bool {
+        !(self.avoid_buggy && matches!(ip & 0xff, 0 | 255))
+    }
+
+    /// Addresses in order (lazily: pools can be large).
+    fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|(a, b)| *a..=*b)
+            .filter(|ip| self.usable(*ip))
+            .map(Ipv4Addr::from)
+    }
+
+    fn overlaps(&self, other: &Pool) -> bool {
+        self.ranges
+            .iter()
+            .any(|(a, b)| other.ranges.iter().any(|(c, d)| a <= d && c <= b))
+    }
+
+    fn serves(&self, req: &Request) -> Result<bool, String> {
+        let al = &self.allocation;
+        if !al.namespaces.is_empty() && !al.namespaces.contains(&req.service.namespace) {
+            return Ok(false);
+        }
+        Ok(
+            selector::any_matches(&al.namespace_selectors, &req.namespace_labels)?
+                && selector::any_matches(&al.service_selectors, &req.labels)?,
+        )
+    }
+}
+
+/// Validates pools; a pool overlapping an earlier one (by name) is
+/// rejected. Returns the usable pools and `(pool, problem)` for the others.
+pub fn validate_pools(specs: &[(String, PoolSpec)]) -> (Vec<Pool>, Vec<(String, String)>) {
+    let mut sorted: Vec<&(String, PoolSpec)> = specs.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut ok: Vec<Pool> = Vec::new();
+    let mut bad = Vec::new();
+    for (name, spec) in sorted {
+        match Pool::parse(name, spec) {
+            Ok(p) => match ok.iter().find(|q| q.overlaps(&p)) {
+                Some(q) => bad.push((name.clone(), format!("overlaps pool {}", q.name))),
+                None => ok.push(p),
+            },
+            Err(e) => bad.push((name.clone(), e)),
+        }
+    }
+    (ok, bad)
+}
+
+/// What a Service asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub service: ServiceRef,
+    pub labels: BTreeMap<String, String>,
+    pub namespace_labels: BTreeMap<String, String>,
+    pub requested: Vec<Ipv4Addr>,
+    pub pool: Option<String>,
+    pub sharing_key: Option<String>,
+    pub ports: BTreeSet<(u16, Protocol)>,
+    pub local: bool,
+}
+
+fn annotation<'a>(svc: &'a Service, name: &str) -> Option<&'a str> {
+    let a = svc.metadata.annotations.as_ref()?;
+    ANNOTATION_PREFIXES
+        .iter()
+        .find_map(|p| a.get(&format!("{p}{name}")).map(String::as_str))
+}
+
+impl Request {
+    /// Reads a Service's request; a malformed one is an `InvalidRequest`.
+    pub fn from_service(
+        svc: &Service,
+        namespace_labels: BTreeMap<String, String>,
+    ) -> Result<Self, AllocError> {
+        let service = ServiceRef {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        };
+        let spec = svc.spec.clone().unwrap_or_default();
+        let mut requested = Vec::new();
+        let raw_ips = annotation(svc, "loadBalancerIPs")
+            .map(str::to_owned)
+            .or(spec.load_balancer_ip.clone());
+        for raw in raw_ips
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if raw.contains(':') {
+                continue; // IPv6 families are not served yet
+            }
+            let ip = raw.parse().map_err(|_| {
+                AllocError::InvalidRequest(format!(
+                    "{raw:?} in loadBalancerIPs is not an IP address"
+                ))
+            })?;
+            requested.push(ip);
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    _ => return None,
+                };
+                Some((u16::try_from(p.port).ok()?, proto))
+            })
+            .collect();
+        Ok(Self {
+            service,
+            labels: svc.metadata.labels.clone().unwrap_or_default(),
+            namespace_labels,
+            requested,
+            pool: annotation(svc, "address-pool").map(str::to_owned),
+            sharing_key: annotation(svc, "allow-shared-ip").map(str::to_owned),
+            ports,
+            local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        })
+    }
+}
+
+/// Why a Service got no address (the `AllocationFailed` Event message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// Every candidate address is taken.
+    PoolExhausted { pools: Vec<String> },
+    /// A requested address is in no pool.
+    NotInAnyPool(Ipv4Addr),
+    /// A requested address is used by a Service it may not share with.
+    InUse { ip: Ipv4Addr, by: ServiceRef },
+    /// The `address-pool` annotation names no (valid) pool.
+    UnknownPool(String),
+    /// No pool may serve this Service (autoAssign / serviceAllocation).
+    NoPool,
+    /// The request itself is malformed.
+    InvalidRequest(String),
+}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PoolExhausted { pools } => {
+                write!(f, "no available IP in pool(s) {}", pools.join(", "))
+            }
+            Self::NotInAnyPool(ip) => write!(f, "{ip} is not in any IPAddressPool"),
+            Self::InUse { ip, by } => write!(
+                f,
+                "{ip} is already in use by {by} and cannot be shared with it"
+            ),
+            Self::UnknownPool(p) => write!(f, "unknown or invalid IPAddressPool {p:?}"),
+            Self::NoPool => f.write_str("no IPAddressPool may assign an IP to this service"),
+            Self::InvalidRequest(m) => f.write_str(m),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holder {
+    service: ServiceRef,
+    sharing_key: Option<String>,
+    ports: BTreeSet<(u16, Protocol)>,
+    local: bool,
+}
+
+impl Holder {
+    fn of(req: &Request) -> Self {
+        Self {
+            service: req.service.clone(),
+            sharing_key: req.sharing_key.clone(),
+            ports: req.ports.clone(),
+            local: req.local,
+        }
+    }
+
+    fn can_share_with(&self, req: &Request) -> bool {
+        self.service == req.service
+            || (self.sharing_key.is_some()
+                && self.sharing_key == req.sharing_key
+                && self.local == req.local
+                && self.ports.is_disjoint(&req.ports))
+    }
+}
+
+/// The allocation state of the whole cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Allocator {
+    pools: Vec<Pool>,
+    holders: BTreeMap<Ipv4Addr, Vec<Holder>>,
+    by_service: BTreeMap<ServiceRef, Vec<Ipv4Addr>>,
+}
+
+impl Allocator {
+    pub fn new(pools: Vec<Pool>) -> Self {
+        Self {
+            pools,
+            ..Self::default()
+        }
+    }
+
+    /// Replaces the pools; allocations stay (an address outside every pool
+    /// is reported by [`Allocator::assign`] when its Service is next seen).
+    pub fn set_pools(&mut self, pools: Vec<Pool>) {
+        self.pools = pools;
+    }
+
+    pub fn pool_of(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.pools
+            .iter()
+            .find(|p| p.contains(ip))
+            .map(|p| p.name.as_str())
+    }
+
+    pub fn addresses_of(&self, svc: &ServiceRef) -> &[Ipv4Addr] {
+        self.by_service.get(svc).map_or(&[], Vec::as_slice)
+    }
+
+    /// The Service holding `ip` that `req` may not share it with, if any.
+    fn conflict(&self, ip: Ipv4Addr, req: &Request) -> Option<&ServiceRef> {
+        self.holders
+            .get(&ip)?
+            .iter()
+            .find(|h| !h.can_share_with(req))
+            .map(|h| &h.service)
+    }
+
+    fn hold(&mut self, req: &Request, ips: &[Ipv4Addr]) {
+        for ip in ips {
+            let hs = self.holders.entry(*ip).or_default();
+            hs.retain(|h| h.service != req.service);
+            hs.push(Holder::of(req));
+        }
+        self.by_service.insert(req.service.clone(), ips.to_vec());
+    }
+
+    /// Frees everything `svc` holds.
+    pub fn release(&mut self, svc: &ServiceRef) {
+        for ip in self.by_service.remove(svc).unwrap_or_default() {
+            if let Some(hs) = self.holders.get_mut(&ip) {
+                hs.retain(|h| &h.service != svc);
+                if hs.is_empty() {
+                    self.holders.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Takes over addresses a Service already shows in its status (startup).
+    /// Fails if they clash with what was adopted before; the caller then
+    /// assigns that Service anew.
+    pub fn adopt(&mut self, req: &Request, ips: &[Ipv4Addr]) -> Result<(), AllocError> {
+        for ip in ips {
+            if let Some(by) = self.conflict(*ip, req) {
+                return Err(AllocError::InUse {
+                    ip: *ip,
+                    by: by.clone(),
+                });
+            }
+        }
+        self.hold(req, ips);
+        Ok(())
+    }
+
+    fn still_valid(&self, req: &Request, ips: &[Ipv4Addr]) -> bool {
+        !ips.is_empty()
+            && (req.requested.is_empty() || req.requested == ips)
+            && ips.iter().all(|ip| {
+                self.pools
+                    .iter()
+                    .find(|p| p.contains(*ip))
+                    .is_some_and(|p| {
+                        req.pool.as_ref().is_none_or(|want| *want == p.name)
+                            && p.usable(u32::from(*ip))
+                    })
+                    && self.conflict(*ip, req).is_none()
+            })
+    }
+
+    /// Assigns addresses to a Service (keeping the ones it has when they
+    /// still fit its request).
+    pub fn assign(&mut self, req: &Request) -> Result<Vec<Ipv4Addr>, AllocError> {
+        let current = self.addresses_of(&req.service).to_vec();
+        if self.still_valid(req, &current) {
+            self.hold(req, &current);
+            return Ok(current);
+        }
+        self.release(&req.service);
+        let chosen = self.choose(req)?;
+        self.hold(req, &chosen);
+        Ok(chosen)
+    }
+
+    fn choose(&self, req: &Request) -> Result<Vec<Ipv4Addr>, AllocError> {
+        if let Some(name) = &req.pool
+            && !self.pools.iter().any(|p| &p.name == name)
+        {
+            return Err(AllocError::UnknownPool(name.clone()));
+        }
+        if !req.requested.is_empty() {
+            for ip in &req.requested {
+                let pool = self
+                    .pools
+                    .iter()
+                    .find(|p| p.contains(*ip))
+                    .ok_or(AllocError::NotInAnyPool(*ip))?;
+                if req.pool.as_ref().is_some_and(|want| *want != pool.name) {
+                    return Err(AllocError::InvalidRequest(format!(
+                        "{ip} is not in pool {:?}",
+                        req.pool.clone().unwrap_or_default()
+                    )));
+                }
+                if let Some(by) = self.conflict(*ip, req) {
+                    return Err(AllocError::InUse {
+                        ip: *ip,
+                        by: by.clone(),
+                    });
+                }
+            }
+            return Ok(req.requested.clone());
+        }
+        let mut candidates: Vec<&Pool> = Vec::new();
+        for p in &self.pools {
+            let wanted = match &req.pool {
+                Some(name) => &p.name == name,
+                None => p.auto_assign && p.serves(req).map_err(AllocError::InvalidRequest)?,
+            };
+            if wanted {
+                candidates.push(p);
+            }
+        }
+        if candidates.is_empty() {
+            return Err(AllocError::NoPool);
+        }
+        candidates.sort_by_key(|p| {
+            (
+                p.allocation.priority.is_none(),
+                p.allocation.priority,
+                p.name.clone(),
+            )
+        });
+        // With a sharing key, join an address already shared under it.
+        if req.sharing_key.is_some() {
+            for p in &candidates {
+                for (ip, hs) in self.holders.range(..) {
+                    if p.contains(*ip)
+                        && p.usable(u32::from(*ip))
+                        && hs.iter().all(|h| h.can_share_with(req))
+                    {
+                        return Ok(vec![*ip]);
+                    }
+                }
+            }
+        }
+        for p in &candidates {
+            if let Some(ip) = p.addresses().find(|ip| !self.holders.contains_key(ip)) {
+                return Ok(vec![ip]);
+            }
+        }
+        Err(AllocError::PoolExhausted {
+            pools: candidates.iter().map(|p| p.name.clone()).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
