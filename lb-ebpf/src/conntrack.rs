@@ -3,15 +3,15 @@
 //! so a busy flow costs no map write per packet.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use lb_common::{BackendValue, Config, ConntrackValue, FlowKey, RevNatValue, hash::flow_hash};
+use lb_common::{
+    BackendValue, Config, ConntrackValue, FlowKey, RevNatValue,
+    hash::{NAT_PROBES, flow_hash, nat_probe},
+};
 
 use crate::{
     maps::{CONNTRACK, REV_NAT},
     service::{NS_PER_SEC, flow_key},
 };
-
-/// Consecutive NAT ports tried for a new remote flow before giving up.
-const NAT_PROBES: u32 = 8;
 
 /// Reverse entry: turn `reply` back into `VIP:port → client:port`.
 #[inline(always)]
@@ -73,9 +73,10 @@ pub fn remote_reply_key(cfg: &Config, b: &BackendValue, nat_port: u16, proto: u8
     flow_key(b.ip, cfg.node_ip, b.port, nat_port, proto)
 }
 
-/// Claims a free NAT source port for a new remote flow: the range is probed
-/// from a hash-chosen start, and a port is ours once our reverse entry was
-/// inserted with `BPF_NOEXIST` (so two CPUs can never claim the same one).
+/// Claims a free NAT source port for a new remote flow: up to `NAT_PROBES`
+/// hash-chosen ports are tried (see `lb_common::hash::nat_probe`), and a
+/// port is ours once our reverse entry was inserted with `BPF_NOEXIST` (so
+/// two CPUs can never claim the same one).
 #[inline(always)]
 pub fn claim_nat_port(
     cfg: &Config,
@@ -89,16 +90,16 @@ pub fn claim_nat_port(
         return None;
     }
     let size = max - min + 1;
-    let start = flow_hash(
+    let h = flow_hash(
         client.src,
         client.dst,
         client.sport,
         client.dport,
         client.proto,
-    ) % size;
+    );
     let mut i = 0;
     while i < NAT_PROBES {
-        let port = (min + (start + i) % size) as u16;
+        let port = (min + nat_probe(h, i, size)) as u16;
         let rkey = remote_reply_key(cfg, b, port, client.proto);
         if REV_NAT.insert(&rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(port);

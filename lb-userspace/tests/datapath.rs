@@ -503,6 +503,69 @@ fn nat_ports_unique_and_exhaustion() {
     });
 }
 
+/// One backend's NAT range 60% claimed, in the runs that linear probing
+/// leaves behind (each claim takes the first free port from a hash-chosen
+/// start): every new flow must still get a free port within the data path's
+/// bounded probes. With 8 consecutive probes from `hash % size`, several of
+/// these flows started in a run of 8+ claimed ports and were dropped as
+/// `nat_exhausted`.
+#[test]
+fn nat_ports_found_in_a_clustered_range() {
+    const SIZE: u16 = 2000;
+    const CLAIMED: usize = 1200;
+    const NEW_FLOWS: u16 = 200;
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        let mut cfg = lb.config();
+        cfg.nat_port_min = 40000;
+        cfg.nat_port_max = 40000 + SIZE - 1;
+        lb.set_config(cfg);
+        let mut rng = Rng::new(0x6e61_7470);
+        let mut taken = vec![false; usize::from(SIZE)];
+        for _ in 0..CLAIMED {
+            let mut i = rng.index(usize::from(SIZE));
+            while taken[i] {
+                i = (i + 1) % usize::from(SIZE);
+            }
+            taken[i] = true;
+            let port = 40000 + u16::try_from(i).expect("port offset");
+            lb.insert_rev_nat(
+                flow(pod_ip, NODE_IP, pod_port, port, proto::TCP),
+                RevNatValue {
+                    flags: flow_flags::REMOTE,
+                    ..RevNatValue::default()
+                },
+            );
+        }
+        let longest_run = taken
+            .iter()
+            .chain(&taken)
+            .fold((0, 0), |(run, best), &t| {
+                let run = if t { run + 1 } else { 0 };
+                (run, std::cmp::max(run, best))
+            })
+            .1;
+        assert!(
+            longest_run >= 16,
+            "the fill has long runs of claimed ports (longest {longest_run})"
+        );
+
+        let before = lb.counts();
+        for sport in 20000..20000 + NEW_FLOWS {
+            let out = lb.run(&Pkt::tcp(CLIENT, sport, VIP, 81, SYN).build());
+            assert_eq!(out.action, XDP_TX, "flow from port {sport} got no NAT port");
+            let off = usize::from(view(&out.out).sport - 40000);
+            assert!(!taken[off], "NAT port {off} handed out twice");
+            taken[off] = true;
+        }
+        let d = lb.counts().minus(&before);
+        assert_eq!(
+            (d.c(C::RemoteNewFlow), d.d(D::NatExhausted)),
+            (u64::from(NEW_FLOWS), 0)
+        );
+    });
+}
+
 // ---------------------------------------------------------------- drops and policy
 
 #[test]

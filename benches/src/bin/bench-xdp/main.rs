@@ -500,8 +500,10 @@ fn report(args: &Args, cpu: usize, o: &Outcome, elapsed: Duration) -> Result<Str
     writeln!(
         s,
         "# new_flow_remote NAT port probes (exact userspace replay of every run): mean {mean_probes:.3}, \
-         max {} of 8, exhausted {}",
-        o.nat.max_probes, o.nat.exhausted
+         max {} of {}, exhausted {}",
+        o.nat.max_probes,
+        lb_common::hash::NAT_PROBES,
+        o.nat.exhausted
     )?;
     writeln!(s, "case=floor_xdp_pass services=0 ns_per_pkt={floor:.1}")?;
     writeln!(s, "restore_overhead ns_per_pkt={restore:.1}")?;
