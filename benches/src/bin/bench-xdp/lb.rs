@@ -170,8 +170,7 @@ pub const PROGRAMS: [&str; 4] = [
 impl Lb {
     /// Loads the object sized for `sizes` on a thread inside the namespace
     /// (interface `v0`), pinned to `cpu`.
-    pub fn load(sizes: Sizes, cpu: usize) -> Result<Self> {
-        let object = lb_userspace::ebpf::object()?;
+    pub fn load(object: &[u8], sizes: Sizes, cpu: usize) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(m::MAGLEV, sizes.maglev_slots)
             .map_max_entries(m::BACKENDS, sizes.backends)
