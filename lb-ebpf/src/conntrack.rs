@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use crate::{
+    forward::NextHop,
     maps::{CONNTRACK, REV_NAT},
     service::{NS_PER_SEC, flow_key},
 };
@@ -42,6 +43,45 @@ pub fn insert_rev(key: &FlowKey, value: &RevNatValue) -> Result<(), i32> {
 #[inline(always)]
 pub fn remove_rev(key: &FlowKey) {
     let _ = REV_NAT.remove(key);
+}
+
+/// The next hop cached in a remote flow's conntrack entry, unless it is
+/// missing or due for renewal (with the timestamps, see `refresh`).
+///
+/// Staleness trade-off: a route or neighbour change (say the backend node's
+/// MAC) reaches a busy flow at most a second late, as with Katran's and
+/// Cilium's next-hop caches; in exchange an established packet costs no
+/// `bpf_fib_lookup`. Two CPUs storing the same flow's hop at once write the
+/// same lookup result; a reader can only see a mix of an old and a new MAC
+/// in the instant the neighbour's MAC itself changes.
+#[inline(always)]
+pub fn cached_hop(ct: *const ConntrackValue, now: u64) -> Option<NextHop> {
+    // SAFETY: `ct` is a conntrack value pointer obtained in this run; fields
+    // are read by value.
+    let (last, ifindex, dmac, smac) = unsafe {
+        (
+            (*ct).last_seen_ns,
+            (*ct).hop_ifindex,
+            (*ct).hop_dmac,
+            (*ct).hop_smac,
+        )
+    };
+    (ifindex != 0 && now.wrapping_sub(last) < NS_PER_SEC).then_some(NextHop {
+        ifindex,
+        smac,
+        dmac,
+    })
+}
+
+/// Stores a freshly looked-up next hop in a remote flow's entry.
+#[inline(always)]
+pub fn store_hop(ct: *mut ConntrackValue, hop: &NextHop) {
+    // SAFETY: as in `cached_hop`; see there for concurrent writers.
+    unsafe {
+        (*ct).hop_ifindex = hop.ifindex;
+        (*ct).hop_dmac = hop.dmac;
+        (*ct).hop_smac = hop.smac;
+    }
 }
 
 /// Refreshes an established flow's timestamps if the last refresh is more

@@ -194,6 +194,11 @@ fn local_flow_new_established_and_egress_reply() {
             ),
             (LOCAL_A, pod_ip, 1, 0, 0)
         );
+        assert_eq!(
+            (ct.hop_ifindex, ct.hop_dmac, ct.hop_smac),
+            (0, [0; 6], [0; 6]),
+            "local flows cache no next hop"
+        );
         let rev = lb
             .rev_nat(&flow(pod_ip, CLIENT, pod_port, 40000, proto::TCP))
             .expect("rev_nat entry");
@@ -320,6 +325,11 @@ fn remote_flow_new_established_and_reply() {
         assert_eq!(
             (ct.backend_id, ct.nat_port, ct.flags),
             (REMOTE_PEER, nat_port, flow_flags::REMOTE)
+        );
+        assert_eq!(
+            (ct.hop_ifindex, ct.hop_dmac, ct.hop_smac),
+            (lb.ifindex, PEER_NODE_MAC, NODE_MAC),
+            "the next hop is cached with the flow"
         );
         let rkey = flow(pod_ip, NODE_IP, pod_port, nat_port, proto::TCP);
         let rev = lb.rev_nat(&rkey).expect("rev_nat");
@@ -1057,6 +1067,92 @@ fn established_refresh_is_rate_limited_and_restores_evicted_reverse_entry() {
             &reply,
             XDP_TX,
             Want::C(C::RemoteReply),
+        );
+    });
+}
+
+/// `ip neigh replace` in the calling thread's namespace (the test's).
+fn set_neighbour(addr: [u8; 4], mac: [u8; 6], dev: &str) {
+    let addr = addr.map(|b| b.to_string()).join(".");
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    let out = std::process::Command::new("ip")
+        .args([
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip neigh replace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn established_remote_flow_uses_and_renews_its_cached_next_hop() {
+    const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+    with_lb(|lb| {
+        let key = flow(CLIENT, VIP, 42000, 81, proto::TCP);
+        lb.run(&Pkt::tcp(CLIENT, 42000, VIP, 81, SYN).build());
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(ct.hop_dmac, PEER_NODE_MAC);
+        let ack = Pkt::tcp(CLIENT, 42000, VIP, 81, ACK).build();
+        let dmac = |out: &[u8]| <[u8; 6]>::try_from(&out[..6]).expect("MAC");
+
+        // The backend node's MAC changes. Within the second after the last
+        // refresh, packets still go to the cached MAC: no route lookup.
+        set_neighbour(PEER_NODE, NEW_MAC, "v0");
+        let fresh = ConntrackValue {
+            last_seen_ns: ktime_ns(),
+            ..ct
+        };
+        lb.set_conntrack(key, fresh);
+        let out = lb.expect("cached hop", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(dmac(&out), PEER_NODE_MAC);
+        assert_eq!(lb.conntrack(&key).expect("conntrack"), fresh, "no write");
+
+        // Past the refresh interval: a fresh lookup, the new MAC, stored
+        // with the renewed timestamp.
+        let old = fresh.last_seen_ns - 2_000_000_000;
+        lb.set_conntrack(
+            key,
+            ConntrackValue {
+                last_seen_ns: old,
+                ..fresh
+            },
+        );
+        let out = lb.expect("renewed hop", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(dmac(&out), NEW_MAC);
+        let renewed = lb.conntrack(&key).expect("conntrack");
+        assert!(renewed.last_seen_ns > old);
+        assert_eq!(
+            (renewed.hop_ifindex, renewed.hop_dmac, renewed.hop_smac),
+            (lb.ifindex, NEW_MAC, NODE_MAC)
+        );
+
+        // An entry without a cached hop looks it up and stores it.
+        let bare = ConntrackValue {
+            last_seen_ns: ktime_ns(),
+            hop_ifindex: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
+            ..renewed
+        };
+        lb.set_conntrack(key, bare);
+        let out = lb.expect("no cached hop", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(dmac(&out), NEW_MAC);
+        let stored = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(
+            (stored.last_seen_ns, stored.hop_ifindex, stored.hop_dmac),
+            (bare.last_seen_ns, lb.ifindex, NEW_MAC)
         );
     });
 }
