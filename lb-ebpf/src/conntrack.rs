@@ -1,6 +1,7 @@
 //! Flow state writes: conntrack entries, reverse-NAT entries and NAT source
 //! ports. Established flows refresh their timestamps at most once a second,
-//! so a busy flow costs no map write per packet.
+//! so a busy flow costs no map write per packet; a remote flow's cached next
+//! hop is renewed with them.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
