@@ -63,6 +63,32 @@ pub const fn client_hash(client: [u8; 4]) -> u32 {
     finish(mix(SEED, u32::from_be_bytes(client)), 4)
 }
 
+/// NAT source ports tried for a new remote flow before it is dropped as
+/// `nat_exhausted`.
+pub const NAT_PROBES: u32 = 16;
+
+/// Offset in a NAT port range of `size` ports (`size >= 1`) of probe `i`
+/// (`0..NAT_PROBES`) for a flow with hash `h`.
+///
+/// Probes are independent: each one rehashes `h` with its index. Consecutive
+/// probes would make claimed ports cluster (linear probing): a flow starting
+/// in a run of claimed ports fails although the range is far from full. With
+/// independent probes a flow fails only with probability `load^NAT_PROBES`
+/// (60% claimed: 3e-4). A range of at most `NAT_PROBES` ports is scanned
+/// whole, so a flow is only refused there when every port is taken.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn nat_probe(h: u32, i: u32, size: u32) -> u32 {
+    if size <= NAT_PROBES {
+        h.wrapping_add(i) % size
+    } else {
+        finish(mix(h, i), 8) % size
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +108,26 @@ mod tests {
         assert_ne!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 17));
         assert_ne!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 3], 1000, 80, 6));
         assert_eq!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6));
+    }
+
+    #[test]
+    fn nat_probes_scan_small_ranges_and_scatter_in_large_ones() {
+        for size in 1..=NAT_PROBES {
+            let mut seen = [false; NAT_PROBES as usize];
+            for i in 0..NAT_PROBES {
+                seen[nat_probe(0xdead_beef, i, size) as usize] = true;
+            }
+            assert!(seen[..size as usize].iter().all(|&s| s), "size {size}");
+        }
+        // Large range: probes land far apart, not next to each other.
+        let size = 4536;
+        let mut offs = [0; NAT_PROBES as usize];
+        for (i, o) in (0..NAT_PROBES).zip(offs.iter_mut()) {
+            *o = nat_probe(0x1234_5678, i, size);
+            assert!(*o < size);
+        }
+        offs.sort_unstable();
+        let adjacent = offs.windows(2).filter(|w| w[1] - w[0] <= 1).count();
+        assert!(adjacent <= 1, "{offs:?}");
     }
 }

@@ -153,6 +153,13 @@ pub struct ConntrackValue {
     pub flags: u16,
     /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once a second).
     pub last_seen_ns: u64,
+    /// Remote flows: the next hop towards the backend's node as the last
+    /// `bpf_fib_lookup` gave it, renewed with `last_seen_ns`: egress
+    /// interface (0 = nothing cached, look it up), destination MAC (the next
+    /// hop's) and source MAC (the egress interface's). Zero for local flows.
+    pub hop_ifindex: u32,
+    pub hop_dmac: [u8; 6],
+    pub hop_smac: [u8; 6],
 }
 
 /// Value of the `rev_nat` LRU map, keyed by the 5-tuple of a backend's reply
@@ -263,7 +270,7 @@ abi_types! {
     ServiceValue = 24,
     BackendValue = 16,
     FlowKey = 16,
-    ConntrackValue = 24,
+    ConntrackValue = 40,
     RevNatValue = 32,
     AffinityKey = 8,
     AffinityValue = 16,

@@ -1,17 +1,19 @@
 //! Flow state writes: conntrack entries, reverse-NAT entries and NAT source
 //! ports. Established flows refresh their timestamps at most once a second,
-//! so a busy flow costs no map write per packet.
+//! so a busy flow costs no map write per packet; a remote flow's cached next
+//! hop is renewed with them.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use lb_common::{BackendValue, Config, ConntrackValue, FlowKey, RevNatValue, hash::flow_hash};
+use lb_common::{
+    BackendValue, Config, ConntrackValue, FlowKey, RevNatValue,
+    hash::{NAT_PROBES, flow_hash, nat_probe},
+};
 
 use crate::{
+    forward::NextHop,
     maps::{CONNTRACK, REV_NAT},
     service::{NS_PER_SEC, flow_key},
 };
-
-/// Consecutive NAT ports tried for a new remote flow before giving up.
-const NAT_PROBES: u32 = 8;
 
 /// Reverse entry: turn `reply` back into `VIP:port → client:port`.
 #[inline(always)]
@@ -44,6 +46,45 @@ pub fn remove_rev(key: &FlowKey) {
     let _ = REV_NAT.remove(key);
 }
 
+/// The next hop cached in a remote flow's conntrack entry, unless it is
+/// missing or due for renewal (with the timestamps, see `refresh`).
+///
+/// Staleness trade-off: a route or neighbour change (say the backend node's
+/// MAC) reaches a busy flow at most a second late, as with Katran's and
+/// Cilium's next-hop caches; in exchange an established packet costs no
+/// `bpf_fib_lookup`. Two CPUs storing the same flow's hop at once write the
+/// same lookup result; a reader can only see a mix of an old and a new MAC
+/// in the instant the neighbour's MAC itself changes.
+#[inline(always)]
+pub fn cached_hop(ct: *const ConntrackValue, now: u64) -> Option<NextHop> {
+    // SAFETY: `ct` is a conntrack value pointer obtained in this run; fields
+    // are read by value.
+    let (last, ifindex, dmac, smac) = unsafe {
+        (
+            (*ct).last_seen_ns,
+            (*ct).hop_ifindex,
+            (*ct).hop_dmac,
+            (*ct).hop_smac,
+        )
+    };
+    (ifindex != 0 && now.wrapping_sub(last) < NS_PER_SEC).then_some(NextHop {
+        ifindex,
+        smac,
+        dmac,
+    })
+}
+
+/// Stores a freshly looked-up next hop in a remote flow's entry.
+#[inline(always)]
+pub fn store_hop(ct: *mut ConntrackValue, hop: &NextHop) {
+    // SAFETY: as in `cached_hop`; see there for concurrent writers.
+    unsafe {
+        (*ct).hop_ifindex = hop.ifindex;
+        (*ct).hop_dmac = hop.dmac;
+        (*ct).hop_smac = hop.smac;
+    }
+}
+
 /// Refreshes an established flow's timestamps if the last refresh is more
 /// than a second old, and puts its reverse entry back if the LRU evicted it
 /// (never over another flow's entry).
@@ -73,9 +114,10 @@ pub fn remote_reply_key(cfg: &Config, b: &BackendValue, nat_port: u16, proto: u8
     flow_key(b.ip, cfg.node_ip, b.port, nat_port, proto)
 }
 
-/// Claims a free NAT source port for a new remote flow: the range is probed
-/// from a hash-chosen start, and a port is ours once our reverse entry was
-/// inserted with `BPF_NOEXIST` (so two CPUs can never claim the same one).
+/// Claims a free NAT source port for a new remote flow: up to `NAT_PROBES`
+/// hash-chosen ports are tried (see `lb_common::hash::nat_probe`), and a
+/// port is ours once our reverse entry was inserted with `BPF_NOEXIST` (so
+/// two CPUs can never claim the same one).
 #[inline(always)]
 pub fn claim_nat_port(
     cfg: &Config,
@@ -89,16 +131,16 @@ pub fn claim_nat_port(
         return None;
     }
     let size = max - min + 1;
-    let start = flow_hash(
+    let h = flow_hash(
         client.src,
         client.dst,
         client.sport,
         client.dport,
         client.proto,
-    ) % size;
+    );
     let mut i = 0;
     while i < NAT_PROBES {
-        let port = (min + (start + i) % size) as u16;
+        let port = (min + nat_probe(h, i, size)) as u16;
         let rkey = remote_reply_key(cfg, b, port, client.proto);
         if REV_NAT.insert(&rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(port);

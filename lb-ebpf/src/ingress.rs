@@ -263,6 +263,9 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow) -> Outcome {
             nat_port: 0,
             flags: 0,
             last_seen_ns: f.now,
+            hop_ifindex: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
         };
         if conntrack::insert_flow(k, &ctv).is_err() || conntrack::insert_rev(&rkey, &rval).is_err()
         {
@@ -295,11 +298,24 @@ fn to_remote(
     f: &Flow,
 ) -> Outcome {
     let k = &f.key;
-    // Route first: a flow we cannot send must not claim a NAT port.
-    let hop = match forward::route(ctx, cfg.node_ip, f.b.node_ip, k.proto, ip.tot_len()) {
-        Route::Hop(h) => h,
-        Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
-        Route::Fail => return Outcome::Drop(DropReason::NoRoute),
+    // An established flow reuses the next hop its entry caches (renewed
+    // once a second with the timestamps). Otherwise route first: a flow we
+    // cannot send must not claim a NAT port.
+    let cached = f
+        .established
+        .and_then(|ct| conntrack::cached_hop(ct, f.now));
+    let hop = match cached {
+        Some(h) => h,
+        None => match forward::route(ctx, cfg.node_ip, f.b.node_ip, k.proto, ip.tot_len()) {
+            Route::Hop(h) => {
+                if let Some(ct) = f.established {
+                    conntrack::store_hop(ct, &h);
+                }
+                h
+            }
+            Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
+            Route::Fail => return Outcome::Drop(DropReason::NoRoute),
+        },
     };
     let rval = rev_value(k, f.service_id, flow_flags::REMOTE, f.now);
     let (nat_port, counter) = if let Some(ct) = f.established {
@@ -319,6 +335,9 @@ fn to_remote(
             nat_port: port,
             flags: flow_flags::REMOTE,
             last_seen_ns: f.now,
+            hop_ifindex: hop.ifindex,
+            hop_dmac: hop.dmac,
+            hop_smac: hop.smac,
         };
         if conntrack::insert_flow(k, &ctv).is_err() {
             conntrack::remove_rev(&conntrack::remote_reply_key(cfg, &f.b, port, k.proto));

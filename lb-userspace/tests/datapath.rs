@@ -194,6 +194,11 @@ fn local_flow_new_established_and_egress_reply() {
             ),
             (LOCAL_A, pod_ip, 1, 0, 0)
         );
+        assert_eq!(
+            (ct.hop_ifindex, ct.hop_dmac, ct.hop_smac),
+            (0, [0; 6], [0; 6]),
+            "local flows cache no next hop"
+        );
         let rev = lb
             .rev_nat(&flow(pod_ip, CLIENT, pod_port, 40000, proto::TCP))
             .expect("rev_nat entry");
@@ -320,6 +325,11 @@ fn remote_flow_new_established_and_reply() {
         assert_eq!(
             (ct.backend_id, ct.nat_port, ct.flags),
             (REMOTE_PEER, nat_port, flow_flags::REMOTE)
+        );
+        assert_eq!(
+            (ct.hop_ifindex, ct.hop_dmac, ct.hop_smac),
+            (lb.ifindex, PEER_NODE_MAC, NODE_MAC),
+            "the next hop is cached with the flow"
         );
         let rkey = flow(pod_ip, NODE_IP, pod_port, nat_port, proto::TCP);
         let rev = lb.rev_nat(&rkey).expect("rev_nat");
@@ -500,6 +510,69 @@ fn nat_ports_unique_and_exhaustion() {
             Want::C(C::RemoteNewFlow),
         );
         assert!((62000..=62003).contains(&view(&out).sport));
+    });
+}
+
+/// One backend's NAT range 60% claimed, in the runs that linear probing
+/// leaves behind (each claim takes the first free port from a hash-chosen
+/// start): every new flow must still get a free port within the data path's
+/// bounded probes. With 8 consecutive probes from `hash % size`, several of
+/// these flows started in a run of 8+ claimed ports and were dropped as
+/// `nat_exhausted`.
+#[test]
+fn nat_ports_found_in_a_clustered_range() {
+    const SIZE: u16 = 2000;
+    const CLAIMED: usize = 1200;
+    const NEW_FLOWS: u16 = 200;
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        let mut cfg = lb.config();
+        cfg.nat_port_min = 40000;
+        cfg.nat_port_max = 40000 + SIZE - 1;
+        lb.set_config(cfg);
+        let mut rng = Rng::new(0x6e61_7470);
+        let mut taken = vec![false; usize::from(SIZE)];
+        for _ in 0..CLAIMED {
+            let mut i = rng.index(usize::from(SIZE));
+            while taken[i] {
+                i = (i + 1) % usize::from(SIZE);
+            }
+            taken[i] = true;
+            let port = 40000 + u16::try_from(i).expect("port offset");
+            lb.insert_rev_nat(
+                flow(pod_ip, NODE_IP, pod_port, port, proto::TCP),
+                RevNatValue {
+                    flags: flow_flags::REMOTE,
+                    ..RevNatValue::default()
+                },
+            );
+        }
+        let longest_run = taken
+            .iter()
+            .chain(&taken)
+            .fold((0, 0), |(run, best), &t| {
+                let run = if t { run + 1 } else { 0 };
+                (run, std::cmp::max(run, best))
+            })
+            .1;
+        assert!(
+            longest_run >= 16,
+            "the fill has long runs of claimed ports (longest {longest_run})"
+        );
+
+        let before = lb.counts();
+        for sport in 20000..20000 + NEW_FLOWS {
+            let out = lb.run(&Pkt::tcp(CLIENT, sport, VIP, 81, SYN).build());
+            assert_eq!(out.action, XDP_TX, "flow from port {sport} got no NAT port");
+            let off = usize::from(view(&out.out).sport - 40000);
+            assert!(!taken[off], "NAT port {off} handed out twice");
+            taken[off] = true;
+        }
+        let d = lb.counts().minus(&before);
+        assert_eq!(
+            (d.c(C::RemoteNewFlow), d.d(D::NatExhausted)),
+            (u64::from(NEW_FLOWS), 0)
+        );
     });
 }
 
@@ -994,6 +1067,92 @@ fn established_refresh_is_rate_limited_and_restores_evicted_reverse_entry() {
             &reply,
             XDP_TX,
             Want::C(C::RemoteReply),
+        );
+    });
+}
+
+/// `ip neigh replace` in the calling thread's namespace (the test's).
+fn set_neighbour(addr: [u8; 4], mac: [u8; 6], dev: &str) {
+    let addr = addr.map(|b| b.to_string()).join(".");
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    let out = std::process::Command::new("ip")
+        .args([
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip neigh replace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn established_remote_flow_uses_and_renews_its_cached_next_hop() {
+    const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+    with_lb(|lb| {
+        let key = flow(CLIENT, VIP, 42000, 81, proto::TCP);
+        lb.run(&Pkt::tcp(CLIENT, 42000, VIP, 81, SYN).build());
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(ct.hop_dmac, PEER_NODE_MAC);
+        let ack = Pkt::tcp(CLIENT, 42000, VIP, 81, ACK).build();
+        let dmac = |out: &[u8]| <[u8; 6]>::try_from(&out[..6]).expect("MAC");
+
+        // The backend node's MAC changes. Within the second after the last
+        // refresh, packets still go to the cached MAC: no route lookup.
+        set_neighbour(PEER_NODE, NEW_MAC, "v0");
+        let fresh = ConntrackValue {
+            last_seen_ns: ktime_ns(),
+            ..ct
+        };
+        lb.set_conntrack(key, fresh);
+        let out = lb.expect("cached hop", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(dmac(&out), PEER_NODE_MAC);
+        assert_eq!(lb.conntrack(&key).expect("conntrack"), fresh, "no write");
+
+        // Past the refresh interval: a fresh lookup, the new MAC, stored
+        // with the renewed timestamp.
+        let old = fresh.last_seen_ns - 2_000_000_000;
+        lb.set_conntrack(
+            key,
+            ConntrackValue {
+                last_seen_ns: old,
+                ..fresh
+            },
+        );
+        let out = lb.expect("renewed hop", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(dmac(&out), NEW_MAC);
+        let renewed = lb.conntrack(&key).expect("conntrack");
+        assert!(renewed.last_seen_ns > old);
+        assert_eq!(
+            (renewed.hop_ifindex, renewed.hop_dmac, renewed.hop_smac),
+            (lb.ifindex, NEW_MAC, NODE_MAC)
+        );
+
+        // An entry without a cached hop looks it up and stores it.
+        let bare = ConntrackValue {
+            last_seen_ns: ktime_ns(),
+            hop_ifindex: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
+            ..renewed
+        };
+        lb.set_conntrack(key, bare);
+        let out = lb.expect("no cached hop", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(dmac(&out), NEW_MAC);
+        let stored = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(
+            (stored.last_seen_ns, stored.hop_ifindex, stored.hop_dmac),
+            (bare.last_seen_ns, lb.ifindex, NEW_MAC)
         );
     });
 }

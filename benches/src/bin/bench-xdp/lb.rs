@@ -15,7 +15,7 @@ use lb_common::{
     BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, RevNatValue,
     ServiceKey, ServiceValue, VipValue, backend_flags,
     counters::{COUNTER_COUNT, DROP_REASON_COUNT},
-    hash::flow_hash,
+    hash::{NAT_PROBES, flow_hash, nat_probe},
     maps as m, proto, vip_flags,
 };
 
@@ -58,10 +58,9 @@ const LOCAL_IDS: u32 = 1;
 const REMOTE_IDS: u32 = LOCAL_IDS + TARGET_BACKENDS;
 const FILLER_IDS: u32 = REMOTE_IDS + TARGET_BACKENDS;
 
-/// Source ports of the wrapper's new-flow sequence (1024..=65535) and the
-/// data path's NAT probe count (lb-ebpf `bench.rs`, `conntrack.rs`).
+/// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
+/// `bench.rs`).
 pub const SEQ_PORTS: u32 = 65536 - 1024;
-const NAT_PROBES: u32 = 8;
 
 /// Result of [`Lb::simulate_nat`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -171,8 +170,7 @@ pub const PROGRAMS: [&str; 4] = [
 impl Lb {
     /// Loads the object sized for `sizes` on a thread inside the namespace
     /// (interface `v0`), pinned to `cpu`.
-    pub fn load(sizes: Sizes, cpu: usize) -> Result<Self> {
-        let object = lb_userspace::ebpf::object()?;
+    pub fn load(object: &[u8], sizes: Sizes, cpu: usize) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(m::MAGLEV, sizes.maglev_slots)
             .map_max_entries(m::BACKENDS, sizes.backends)
@@ -441,9 +439,8 @@ impl Lb {
             let h = flow_hash(CLIENT, VIP, sport, VIP_PORT, proto::TCP);
             let id = self.remote_table[(h % len) as usize];
             let b = self.remote_backends[&id];
-            let start = h % size;
             let claimed = (0..NAT_PROBES).find_map(|i| {
-                let port = u16::try_from(u32::from(NAT_MIN) + (start + i) % size).ok()?;
+                let port = u16::try_from(u32::from(NAT_MIN) + nat_probe(h, i, size)).ok()?;
                 let key = FlowKey {
                     src: b.ip,
                     dst: NODE_IP,

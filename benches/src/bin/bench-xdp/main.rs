@@ -44,6 +44,10 @@ struct Args {
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]
     cpu: Option<usize>,
+    /// Measure this eBPF object instead of the embedded one (A/B
+    /// experiments with scratch builds of lb-ebpf).
+    #[arg(long)]
+    object: Option<PathBuf>,
     /// Where to write the report (overwritten).
     #[arg(long, default_value_os_t = default_out())]
     out: PathBuf,
@@ -397,11 +401,19 @@ fn bench(args: &Args, cpu: usize) -> Result<Outcome> {
     // One loaded copy of the data path per service count, all measured in
     // the same rounds: a difference between service counts cannot come from
     // the machine getting busier or quieter between stages.
+    let file = match &args.object {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let object = match &file {
+        Some(bytes) => bytes.as_slice(),
+        None => lb_userspace::ebpf::object()?,
+    };
     let mut lbs = Vec::new();
     let mut load_times = Vec::new();
     for &n in &args.services {
         let t = Instant::now();
-        let mut lb = Lb::load(Sizes::for_services(n), cpu)?;
+        let mut lb = Lb::load(object, Sizes::for_services(n), cpu)?;
         lb.base()?;
         lb.grow_to(n)?;
         lb.reset_flows()?;
@@ -482,6 +494,9 @@ fn report(args: &Args, cpu: usize, o: &Outcome, elapsed: Duration) -> Result<Str
         args.repeat,
         args.repeat_new
     )?;
+    if let Some(p) = &args.object {
+        writeln!(s, "# object: {} (not the embedded one)", p.display())?;
+    }
     writeln!(
         s,
         "# maps: maglev {} slots (tables of {} / {} slots), backends {}, conntrack {}, rev_nat {}; \
@@ -500,8 +515,10 @@ fn report(args: &Args, cpu: usize, o: &Outcome, elapsed: Duration) -> Result<Str
     writeln!(
         s,
         "# new_flow_remote NAT port probes (exact userspace replay of every run): mean {mean_probes:.3}, \
-         max {} of 8, exhausted {}",
-        o.nat.max_probes, o.nat.exhausted
+         max {} of {}, exhausted {}",
+        o.nat.max_probes,
+        lb_common::hash::NAT_PROBES,
+        o.nat.exhausted
     )?;
     writeln!(s, "case=floor_xdp_pass services=0 ns_per_pkt={floor:.1}")?;
     writeln!(s, "restore_overhead ns_per_pkt={restore:.1}")?;
