@@ -31,14 +31,13 @@ use crate::{
     writer,
 };
 
+/// How the data path is attached (shared by every source of services).
 #[derive(Clone, Debug)]
 pub struct Options {
     pub interface: String,
-    pub config: PathBuf,
     pub bpffs_root: PathBuf,
     pub sizes: Sizes,
     pub xdp_mode: XdpAttachMode,
-    pub poll_interval: Duration,
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -61,15 +60,14 @@ fn remote_nodes(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-struct Agent {
-    iface: Interface,
-    opts: Options,
+/// The data path of one interface and what the agent knows about it.
+pub struct Agent {
+    pub iface: Interface,
     maps: Maps,
     /// Capacities of the maps actually pinned (a restart keeps the sizes
     /// they were created with, whatever the flags say now).
     limits: Limits,
     current: DataplaneState,
-    last_input: Option<Vec<u8>>,
     arp: garp::ArpSender,
     /// (when, VIP) gratuitous ARPs still to send.
     garp_due: Vec<(Instant, Ipv4Addr)>,
@@ -91,35 +89,9 @@ impl Agent {
         })
     }
 
-    /// One pass: read the file, and apply it if it changed.
-    fn sync(&mut self) {
-        let bytes = match std::fs::read(&self.opts.config) {
-            Ok(b) => b,
-            Err(e) => {
-                if self.last_input.is_some() {
-                    warn!(file = %self.opts.config.display(), error = %e, "cannot read the services file; keeping the current state");
-                }
-                return;
-            }
-        };
-        if self.last_input.as_deref() == Some(bytes.as_slice()) {
-            return;
-        }
-        self.last_input = Some(bytes.clone());
-        let text = String::from_utf8_lossy(&bytes);
-        let file = match config::parse(&text, &self.limits) {
-            Ok(f) => f,
-            Err(e) => {
-                error!(file = %self.opts.config.display(), "rejected the services file; the last good state stays in force:\n{e}");
-                return;
-            }
-        };
-        if let Err(e) = self.apply(&file) {
-            error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
-        }
-    }
-
-    fn apply(&mut self, file: &ServicesFile) -> Result<()> {
+    /// Makes the maps hold `file`: plans against what they hold now, writes
+    /// only the difference, re-reads them, and announces new VIPs.
+    pub fn apply(&mut self, file: &ServicesFile) -> Result<()> {
         let node = self.node(file)?;
         let desired = state::plan(&self.current, file, &node, &self.limits)?;
         let ops = diff::diff(&self.current, &desired);
@@ -153,7 +125,8 @@ impl Agent {
         }
     }
 
-    fn send_due_garps(&mut self) {
+    /// Sends the gratuitous ARPs that are due.
+    pub fn send_due_garps(&mut self) {
         let now = Instant::now();
         let still_announced = announced(&self.current);
         let (due, later): (Vec<_>, Vec<_>) = self.garp_due.drain(..).partition(|(t, _)| *t <= now);
@@ -184,61 +157,115 @@ impl Agent {
     }
 }
 
-pub async fn run(opts: Options) -> Result<()> {
-    let iface = Interface::lookup(&opts.interface)?;
-    let dataplane = loader::attach(&iface, &opts.bpffs_root, opts.sizes, opts.xdp_mode)?;
-    let maps = Maps::open(&dataplane.pins)?;
-    let current = if dataplane.adopted {
-        let state = reader::read(&maps).context("reading the pinned state")?;
-        info!(
-            services = state.services.len(),
-            backends = state.backends.len(),
-            "adopted pinned maps and links; established connections keep their backends"
-        );
-        state
-    } else {
-        DataplaneState::default()
-    };
-    let arp = garp::ArpSender::new(iface.index)?;
-    let limits = Limits {
-        maglev_slots: maps.maglev.len(),
-        ..Limits::default()
-    };
-    let mut agent = Agent {
-        iface,
-        opts,
-        limits,
-        maps,
-        current,
-        last_input: None,
-        arp,
-        garp_due: Vec::new(),
-        neighbours: BTreeSet::new(),
-    };
-    // A restart re-confirms ownership: tell the LAN again (stale caches
-    // after partitions are a classic L2-announcer failure).
-    let now = Instant::now();
-    for vip in announced(&agent.current) {
-        agent.schedule_garp(vip, now);
+impl Agent {
+    /// Attaches (or adopts) the data path and gets ready to apply.
+    pub fn start(opts: &Options) -> Result<Self> {
+        let iface = Interface::lookup(&opts.interface)?;
+        let dataplane = loader::attach(&iface, &opts.bpffs_root, opts.sizes, opts.xdp_mode)?;
+        let maps = Maps::open(&dataplane.pins)?;
+        let current = if dataplane.adopted {
+            let state = reader::read(&maps).context("reading the pinned state")?;
+            info!(
+                services = state.services.len(),
+                backends = state.backends.len(),
+                "adopted pinned maps and links; established connections keep their backends"
+            );
+            state
+        } else {
+            DataplaneState::default()
+        };
+        let arp = garp::ArpSender::new(iface.index)?;
+        let limits = Limits { maglev_slots: maps.maglev.len(), ..Limits::default() };
+        let mut agent = Self {
+            iface,
+            limits,
+            maps,
+            current,
+            arp,
+            garp_due: Vec::new(),
+            neighbours: BTreeSet::new(),
+        };
+        // A restart re-confirms ownership: tell the LAN again (stale caches
+        // after partitions are a classic L2-announcer failure).
+        let now = Instant::now();
+        for vip in announced(&agent.current) {
+            agent.schedule_garp(vip, now);
+        }
+        agent.sync_neighbours();
+        Ok(agent)
     }
-    agent.sync_neighbours();
 
+    /// The VIPs the maps currently announce.
+    pub fn announced(&self) -> BTreeSet<Ipv4Addr> {
+        announced(&self.current)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut tick = tokio::time::interval(agent.opts.poll_interval);
-    info!(interface = %agent.iface.name, file = %agent.opts.config.display(), "agent running");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// The services-file source: re-reads `config` every `poll_interval` and
+/// applies it when its bytes changed.
+pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -> Result<()> {
+    let mut agent = Agent::start(&opts)?;
+    let mut source = FileSource { path: config, last_input: None };
+    let mut tick = tokio::time::interval(poll_interval);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    info!(interface = %agent.iface.name, file = %source.path.display(), "agent running");
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            r = &mut shutdown => { r?; break; }
             _ = tick.tick() => {
-                agent.sync();
+                source.sync(&mut agent);
                 agent.send_due_garps();
             }
         }
     }
-    info!(
-        "stopping; the data path stays attached through its pinned links (`onehop cleanup` removes it)"
-    );
+    info!("stopping; the data path stays attached through its pinned links (`onehop cleanup` removes it)");
     Ok(())
+}
+
+struct FileSource {
+    path: PathBuf,
+    last_input: Option<Vec<u8>>,
+}
+
+impl FileSource {
+    /// One pass: read the file, and apply it if it changed.
+    fn sync(&mut self, agent: &mut Agent) {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) => {
+                if self.last_input.is_some() {
+                    warn!(file = %self.path.display(), error = %e, "cannot read the services file; keeping the current state");
+                }
+                return;
+            }
+        };
+        if self.last_input.as_deref() == Some(bytes.as_slice()) {
+            return;
+        }
+        self.last_input = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        let file = match config::parse(&text, &agent.limits) {
+            Ok(f) => f,
+            Err(e) => {
+                error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");
+                return;
+            }
+        };
+        if let Err(e) = agent.apply(&file) {
+            error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
+        }
+    }
+
 }

@@ -122,7 +122,6 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let opts = agent::Options {
                 interface: pins.interface,
-                config,
                 bpffs_root: pins.bpffs_root,
                 sizes: Sizes {
                     maglev_slots,
@@ -131,13 +130,13 @@ fn run(cli: Cli) -> Result<()> {
                     affinity: affinity_size,
                 },
                 xdp_mode,
-                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
             };
+            let poll = Duration::from_millis(poll_interval_ms.max(10));
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?
-                .block_on(agent::run(opts))
+                .block_on(agent::run_file(opts, config, poll))
         }
         Command::Status { pins } => {
             let dir = PinDir::new(&pins.bpffs_root, &pins.interface);
