@@ -1071,3 +1071,81 @@ fn direct_store_access() {
         "direct access is not an API request"
     );
 }
+
+/// The controller's way of writing Events: kube-runtime's recorder creates one, then
+/// patches its series on repeats.
+#[tokio::test]
+async fn event_recorder_creates_then_patches_a_series() {
+    use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
+    let (server, client) = setup();
+    let s = server.store().put(&svc("a", &[])).unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "onehop-controller".into(),
+            instance: Some("c-1".into()),
+        },
+    );
+    let note = Note {
+        type_: EventType::Normal,
+        reason: "VipAssigned".into(),
+        note: Some("192.0.2.1".into()),
+        action: "Assign".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(&s, &());
+    recorder.publish(&note, &reference).await.unwrap();
+    recorder.publish(&note, &reference).await.unwrap();
+    let events: Vec<EventV1> = server.store().list().unwrap();
+    assert_eq!(events.len(), 1);
+    let ev = &events[0];
+    assert_eq!(ev.reason.as_deref(), Some("VipAssigned"));
+    assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("a"));
+    assert_eq!(ev.series.as_ref().unwrap().count, 2);
+    assert_eq!(
+        server.request_count(Verb::Create, "events.events.k8s.io"),
+        1
+    );
+    assert_eq!(server.request_count(Verb::Patch, "events.events.k8s.io"), 1);
+}
+
+/// Leader election's building block: two candidates read the same Lease, both try to take
+/// it; exactly one replace wins, the other gets 409 Conflict.
+#[tokio::test]
+async fn lease_takeover_is_optimistic() {
+    let (_server, client) = setup();
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("onehop-leader".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec::default()),
+    };
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let seen = leases.get("onehop-leader").await.unwrap();
+    let take = |who: &str| {
+        let mut l = seen.clone();
+        l.spec.as_mut().unwrap().holder_identity = Some(who.into());
+        let leases = leases.clone();
+        async move {
+            leases
+                .replace("onehop-leader", &PostParams::default(), &l)
+                .await
+        }
+    };
+    let (a, b) = tokio::join!(take("node-a"), take("node-b"));
+    let (won, lost) = match (a, b) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("exactly one candidate must win: {other:?}"),
+    };
+    assert_eq!(api_err(lost).code, 409);
+    let holder = leases
+        .get("onehop-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(holder, won.spec.unwrap().holder_identity);
+}
