@@ -426,7 +426,18 @@ impl State {
     }
 
     /// History events after `rv`, or 410 Expired if some of them are gone.
+    ///
+    /// A version from the future is also 410. A real API server would wait for it (its
+    /// watch cache lags etcd); here it can only mean the client saw another server — a test
+    /// that replaced this one — and 410 makes a kube-runtime watcher re-list instead of
+    /// silently missing every change up to that version.
     pub fn events_after(&self, rv: u64) -> Result<impl Iterator<Item = &HistEvent>, ApiError> {
+        if rv > self.rv {
+            return Err(ApiError::expired(format!(
+                "too large resource version: {rv}, current: {}",
+                self.rv
+            )));
+        }
         if rv < self.compacted {
             return Err(ApiError::expired(format!(
                 "too old resource version: {rv} ({})",
@@ -976,6 +987,7 @@ mod tests {
         s.compact();
         assert_eq!(s.events_after(3).map(drop).unwrap_err().code, 410);
         assert_eq!(s.events_after(4).unwrap().count(), 0);
+        assert_eq!(s.events_after(5).map(drop).unwrap_err().code, 410);
     }
 
     #[test]
