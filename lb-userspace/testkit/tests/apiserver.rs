@@ -789,6 +789,17 @@ async fn raw_watch_selectors_bookmarks_and_410() {
         w.try_next().await.unwrap().is_none(),
         "stream ends after 410"
     );
+    // A version this server never reached (the client saw another server): 410 too.
+    let future = (server.store().resource_version() + 100).to_string();
+    let mut w = svcs.watch(&watch_params(), &future).await.unwrap().boxed();
+    match tokio::time::timeout(T, w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
     let e = api_err(
         svcs.list(
             &ListParams::default()
