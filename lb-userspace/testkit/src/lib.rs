@@ -27,6 +27,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod apiserver;
 pub mod arp;
 pub mod capture;
 pub mod http;
@@ -35,6 +36,7 @@ pub mod server;
 pub mod topology;
 pub mod traffic;
 
+pub use apiserver::ApiServer;
 pub use arp::{ArpFrame, ArpReply, arp_probe, arp_probe_from};
 pub use capture::{Capture, Frame};
 pub use netns::{

@@ -1,0 +1,531 @@
+//! A test Kubernetes API server speaking the real REST + watch wire protocol over plain
+//! HTTP, so the production `kube::Client` and `kube_runtime::watcher` run unchanged against
+//! it.
+//!
+//! No cluster can run on the test machines, and kube's fake clients have no watch; this is
+//! the smallest server that gives the agent and controller their real Kubernetes behaviour:
+//!
+//! - any registered resource, core (`/api/v1/...`) or grouped (`/apis/{group}/{version}/...`),
+//!   namespaced or cluster-scoped, plus cluster-wide lists/watches of namespaced ones;
+//! - GET, LIST, WATCH, POST, PUT, PATCH (merge, JSON, strategic-as-merge, server-side apply),
+//!   DELETE, DELETE collection, and the `/status` subresource;
+//! - metadata: uid, creationTimestamp, one global resourceVersion counter, generation,
+//!   generateName, deletionTimestamp + finalizers;
+//! - watches with resourceVersion semantics, 410 Expired, BOOKMARKs, streaming lists
+//!   (`sendInitialEvents`), `timeoutSeconds`;
+//! - errors as `metav1.Status` with the right code and reason.
+//!
+//! Test controls: start on a pre-bound listener (bind it inside a network namespace with
+//! [`crate::in_netns`] so agents in node namespaces reach it) or on loopback; an outage
+//! switch; request counters and a log of writes with timestamps; direct store access.
+//!
+//! Not implemented (each fails clearly or is documented where it matters): authentication
+//! and authorization, admission and schema validation (objects are stored as sent), defaulting,
+//! protobuf and Table output, aggregated discovery (`/api` and `/apis` answer in the legacy
+//! format), pagination (`limit` is ignored, a `continue` token is rejected), lists at an exact
+//! past resourceVersion (410), `dryRun` (400), garbage collection (ownerReferences and
+//! propagation policies are ignored), namespace lifecycle (objects can be created in
+//! namespaces that do not exist), `managedFields`, and subresources other than `status`.
+//! See [`patch`] for how far strategic merge and server-side apply go.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use onehop_testkit::apiserver::ApiServer;
+//! let server = ApiServer::start_local()?;
+//! let client = server.client()?; // inside a Tokio runtime
+//! # Ok(()) }
+//! ```
+
+mod http;
+pub mod patch;
+pub mod selector;
+mod store;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use hyper_util::rt::TokioIo;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+
+pub use self::store::{ApiError, EventType, ResourceDef};
+use self::store::{Deleted, State, Sub};
+
+/// Tunables of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Changes kept for watch resumption; a watch from an older resourceVersion gets 410.
+    pub history_limit: usize,
+    /// Silence after which a watch that allows bookmarks gets one (real servers: ~1 min).
+    pub bookmark_interval: Duration,
+    /// Write requests kept in the log ([`ApiServer::writes`]); older ones are dropped.
+    pub write_log_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            history_limit: 10_000,
+            bookmark_interval: Duration::from_secs(5),
+            write_log_limit: 100_000,
+        }
+    }
+}
+
+/// Kubernetes API verbs, as audit logs and RBAC name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    DeleteCollection,
+}
+
+impl Verb {
+    /// Whether the verb changes (or may change) stored objects.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Self::Create | Self::Update | Self::Patch | Self::Delete | Self::DeleteCollection
+        )
+    }
+}
+
+/// One API request, as the server counted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When the response was ready (for a watch: when it started).
+    pub at: Instant,
+    pub verb: Verb,
+    /// `plural` for the core group, `plural.group` otherwise, `/status` appended for the
+    /// subresource: `services`, `services/status`, `leases.coordination.k8s.io`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// The HTTP status code of the response.
+    pub code: u16,
+}
+
+/// `plural` or `plural.group`: how counters and [`Store::resource`] name resources.
+pub fn resource_name(rd: &ResourceDef) -> String {
+    if rd.group.is_empty() {
+        rd.plural.clone()
+    } else {
+        format!("{}.{}", rd.plural, rd.group)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    counts: BTreeMap<(Verb, String), u64>,
+    writes: VecDeque<RequestRecord>,
+}
+
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    /// The latest resourceVersion: watches wait on it.
+    rv_tx: watch::Sender<u64>,
+    stats: Mutex<Stats>,
+    available: watch::Sender<bool>,
+    config: ServerConfig,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread must not take the server down with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Runs `f` on the state and wakes watches if it changed anything.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (r, rv) = {
+            let mut s = self.lock_state();
+            let r = f(&mut s);
+            (r, s.rv)
+        };
+        self.rv_tx.send_if_modified(|cur| {
+            let changed = *cur != rv;
+            *cur = rv;
+            changed
+        });
+        r
+    }
+
+    fn record(&self, r: RequestRecord) {
+        let mut s = lock(&self.stats);
+        *s.counts.entry((r.verb, r.resource.clone())).or_default() += 1;
+        if r.verb.is_write() {
+            s.writes.push_back(r);
+            while s.writes.len() > self.config.write_log_limit {
+                s.writes.pop_front();
+            }
+        }
+    }
+}
+
+/// Direct access to the server's objects, without HTTP (nothing here is counted as a
+/// request). Writes go through the same code as API writes, so watches see them.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("resource_version", &self.resource_version())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Namespace of a typed object for direct writes: its own, or `default`.
+fn namespace_of<K: kube::Resource>(obj: &K) -> String {
+    obj.meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+impl Store {
+    /// Adds (or replaces) a resource type, e.g. a custom resource. Creating a
+    /// `CustomResourceDefinition` through the API registers its resource too.
+    pub fn register(&self, rd: ResourceDef) {
+        self.inner.with_state(|s| s.register(rd));
+    }
+
+    /// A registered resource by `plural` (core group) or `plural.group`.
+    pub fn resource(&self, name: &str) -> Option<ResourceDef> {
+        self.inner.lock_state().find(name).cloned()
+    }
+
+    /// The registered resource of a kube type.
+    pub fn resource_of<K: kube::Resource<DynamicType = ()>>(&self) -> Result<ResourceDef> {
+        let (g, v, p) = (K::group(&()), K::version(&()), K::plural(&()));
+        self.inner
+            .lock_state()
+            .resolve(&g, &v, &p)
+            .cloned()
+            .ok_or_else(|| anyhow!("resource {p}.{g}/{v} is not registered"))
+    }
+
+    /// The current (latest handed out) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.inner.lock_state().rv
+    }
+
+    /// Forgets the watch history: resuming a watch from any earlier resourceVersion gets
+    /// 410 Expired, as after an etcd compaction.
+    pub fn compact_history(&self) {
+        self.inner.with_state(State::compact);
+    }
+
+    /// Creates or replaces (unconditionally, `.status` included) an object. Metadata is
+    /// managed as for API writes (uid, resourceVersion, generation...).
+    pub fn put_value(&self, rd: &ResourceDef, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+        self.inner.with_state(|s| {
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if !name.is_empty() && s.get(rd, ns, &name).is_ok() {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                s.update(rd, ns, &name, obj, Sub::All)
+            } else {
+                s.create(rd, ns, obj, true)
+            }
+        })
+    }
+
+    pub fn get_value(&self, rd: &ResourceDef, ns: &str, name: &str) -> Option<Value> {
+        self.inner.lock_state().get(rd, ns, name).ok()
+    }
+
+    /// Objects of `rd` in namespace `ns` (`None`: all), sorted by namespace and name.
+    pub fn list_values(&self, rd: &ResourceDef, ns: Option<&str>) -> Vec<Value> {
+        self.inner.lock_state().list(rd, ns).cloned().collect()
+    }
+
+    /// Deletes as an API DELETE does (finalizers delay it). Returns whether the object is
+    /// gone.
+    pub fn delete_value(&self, rd: &ResourceDef, ns: &str, name: &str) -> Result<bool, ApiError> {
+        self.inner
+            .with_state(|s| s.delete(rd, ns, name, None))
+            .map(|d| matches!(d, Deleted::Gone(_)))
+    }
+
+    /// Typed [`Store::put_value`]; a namespaced object without namespace goes to `default`.
+    pub fn put<K>(&self, obj: &K) -> Result<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    {
+        let rd = self.resource_of::<K>()?;
+        let v = serde_json::to_value(obj).context("serializing")?;
+        let out = self.put_value(&rd, &namespace_of(obj), v)?;
+        serde_json::from_value(out).context("deserializing the stored object")
+    }
+
+    /// Typed [`Store::get_value`] (`ns` is ignored for cluster-scoped resources).
+    pub fn get<K>(&self, ns: &str, name: &str) -> Option<K>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let rd = self.resource_of::<K>().ok()?;
+        serde_json::from_value(self.get_value(&rd, ns, name)?).ok()
+    }
+
+    /// Typed [`Store::list_values`] over all namespaces.
+    pub fn list<K>(&self) -> Result<Vec<K>>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let rd = self.resource_of::<K>()?;
+        self.list_values(&rd, None)
+            .into_iter()
+            .map(|v| serde_json::from_value(v).context("deserializing a stored object"))
+            .collect()
+    }
+
+    /// Typed [`Store::delete_value`].
+    pub fn delete<K>(&self, ns: &str, name: &str) -> Result<bool>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let rd = self.resource_of::<K>()?;
+        Ok(self.delete_value(&rd, ns, name)?)
+    }
+}
+
+/// A running test API server; stops (closing every connection) on drop.
+pub struct ApiServer {
+    url: String,
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Serves on a pre-bound listener, e.g. one bound inside a network namespace with
+    /// [`crate::in_netns`] (a socket stays in the namespace it was created in).
+    pub fn start(listener: std::net::TcpListener) -> Result<Self> {
+        Self::start_with(listener, ServerConfig::default())
+    }
+
+    /// Serves on `127.0.0.1:<ephemeral>`.
+    pub fn start_local() -> Result<Self> {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding")?;
+        Self::start(l)
+    }
+
+    pub fn start_with(listener: std::net::TcpListener, config: ServerConfig) -> Result<Self> {
+        let mut addr = listener.local_addr().context("listener address")?;
+        listener
+            .set_nonblocking(true)
+            .context("making the listener non-blocking")?;
+        // The server has its own runtime on its own thread: it serves sync tests and async
+        // ones alike, and a test's runtime stalling or ending never stalls the server.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the server runtime")?;
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::TcpListener::from_std(listener).context("registering the listener")?
+        };
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::new(config.history_limit)),
+            rv_tx: watch::Sender::new(0),
+            stats: Mutex::default(),
+            available: watch::Sender::new(true),
+            config,
+        });
+        let (tx, rx) = oneshot::channel();
+        let served = Arc::clone(&inner);
+        let thread = thread::Builder::new()
+            .name("test-apiserver".into())
+            .spawn(move || {
+                rt.block_on(serve(listener, served, rx));
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .context("spawning the server thread")?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        Ok(Self {
+            url: format!("http://{addr}"),
+            addr,
+            inner,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://<ip>:<port>` (a wildcard listener is shown as 127.0.0.1).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> Store {
+        Store {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Outage switch. Going unavailable drops every open connection (watch streams end
+    /// mid-stream) and resets new ones as soon as they are accepted; going available
+    /// again serves as before, with the store intact.
+    pub fn set_available(&self, up: bool) {
+        self.inner.available.send_replace(up);
+    }
+
+    pub fn is_available(&self) -> bool {
+        *self.inner.available.borrow()
+    }
+
+    /// Requests served for `verb` on `resource` (named as in [`RequestRecord::resource`]).
+    pub fn request_count(&self, verb: Verb, resource: &str) -> u64 {
+        lock(&self.inner.stats)
+            .counts
+            .get(&(verb, resource.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every counter.
+    pub fn request_counts(&self) -> BTreeMap<(Verb, String), u64> {
+        lock(&self.inner.stats).counts.clone()
+    }
+
+    /// The write requests (create, update, patch, delete), oldest first.
+    pub fn writes(&self) -> Vec<RequestRecord> {
+        lock(&self.inner.stats).writes.iter().cloned().collect()
+    }
+
+    /// The most writes seen within any `window` (a sliding window over the write log):
+    /// with one second, the peak API writes per second.
+    pub fn peak_writes(&self, window: Duration) -> usize {
+        let stats = lock(&self.inner.stats);
+        let times: Vec<Instant> = stats.writes.iter().map(|w| w.at).collect();
+        let (mut best, mut start) = (0, 0);
+        for end in 0..times.len() {
+            while times[end].duration_since(times[start]) >= window {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+
+    /// Clears counters and the write log.
+    pub fn reset_stats(&self) {
+        *lock(&self.inner.stats) = Stats::default();
+    }
+
+    /// A kube config for this server: plain HTTP, no credentials, namespace `default`.
+    pub fn kube_config(&self) -> Result<kube::Config> {
+        let uri = self.url.parse().context("server URL")?;
+        Ok(kube::Config::new(uri))
+    }
+
+    /// A `kube::Client` for this server. Must be called within a Tokio runtime (the
+    /// client spawns its request buffer there).
+    pub fn client(&self) -> Result<kube::Client> {
+        kube::Client::try_from(self.kube_config()?).context("building the kube client")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::warn!("test API server thread panicked");
+        }
+    }
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    inner: Arc<Inner>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    // Dropping the set (on shutdown) aborts every connection task, closing its socket.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "test API server accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if !*inner.available.borrow() {
+                    // An RST, as from a server that is gone. Nothing was written, so a
+                    // zero linger loses no data.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let mut down = inner.available.subscribe();
+                let inner = Arc::clone(&inner);
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let inner = Arc::clone(&inner);
+                        async move { Ok::<_, Infallible>(http::handle(inner, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        r = conn => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "test API server connection");
+                            }
+                        }
+                        // Outage: dropping the connection closes it, mid-response or not.
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        }
+    }
+}
