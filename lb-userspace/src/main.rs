@@ -98,12 +98,12 @@ struct KubeArgs {
     /// Highest NAT source port for remote backends (Kubernetes source).
     #[arg(long, default_value_t = lb_common::DEFAULT_NAT_PORT_MAX)]
     nat_port_max: u16,
-    /// How often this node renews its Lease.
-    #[arg(long, default_value_t = 500)]
+    /// How often this node renews its Lease (one API write each).
+    #[arg(long, default_value_t = 400)]
     lease_renew_ms: u64,
     /// A node whose Lease was not renewed for this long is dead: another
-    /// node takes over its VIPs.
-    #[arg(long, default_value_t = 1500)]
+    /// node takes over its VIPs. Keep it at least 3 renew intervals.
+    #[arg(long, default_value_t = 1200)]
     lease_duration_ms: u64,
     /// Plain-HTTP API server URL instead of the cluster config (tests).
     #[arg(long, hide = true)]

@@ -107,34 +107,65 @@ where
     reader
 }
 
-/// When each node's Lease was last seen changing, on our clock.
-#[derive(Default)]
+/// Which nodes are alive, judged from Lease changes as this agent observes
+/// them through its watch.
+///
+/// A peer is dead when *our own* renewals kept arriving through the watch
+/// for a full lease duration after the peer's last change. Our echoes prove
+/// the watch was delivering (a watch delivers in resourceVersion order), so
+/// a stalled watch or an API outage never makes a healthy peer look dead,
+/// and clock skew between nodes plays no part.
 struct Liveness {
+    me: String,
     seen: BTreeMap<String, (String, Instant)>,
+    /// When our own latest renewal came back through the watch.
+    own_echo: Option<Instant>,
 }
 
 impl Liveness {
-    fn observe(&mut self, leases: &[Arc<Lease>], now: Instant) {
+    fn new(me: &str) -> Self {
+        Self {
+            me: me.to_owned(),
+            seen: BTreeMap::new(),
+            own_echo: None,
+        }
+    }
+
+    fn observe(&mut self, leases: &[Arc<Lease>], now: Instant, within: Duration) {
         for l in leases {
             let Some(holder) = l.spec.as_ref().and_then(|s| s.holder_identity.clone()) else {
                 continue;
             };
             let rv = l.resource_version().unwrap_or_default();
-            match self.seen.get(&holder) {
-                Some((old, _)) if *old == rv => {}
-                _ => {
-                    self.seen.insert(holder, (rv, now));
-                }
+            if self.seen.get(&holder).is_some_and(|(old, _)| *old == rv) {
+                continue;
             }
+            if holder == self.me {
+                if self
+                    .own_echo
+                    .is_some_and(|e| now.duration_since(e) > within)
+                {
+                    // Our watch had stalled: nobody's renewals were visible,
+                    // so give every peer a fresh start.
+                    for (_, at) in self.seen.values_mut() {
+                        *at = now;
+                    }
+                }
+                self.own_echo = Some(now);
+            }
+            self.seen.insert(holder, (rv, now));
         }
     }
 
-    fn live(&self, now: Instant, within: Duration) -> BTreeSet<String> {
-        self.seen
+    fn live(&self, within: Duration) -> BTreeSet<String> {
+        let mut live: BTreeSet<String> = self
+            .seen
             .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) < within)
+            .filter(|(_, (_, at))| self.own_echo.is_none_or(|echo| echo <= *at + within))
             .map(|(n, _)| n.clone())
-            .collect()
+            .collect();
+        live.insert(self.me.clone());
+        live
     }
 }
 
@@ -156,18 +187,21 @@ struct KubeAgent {
     stores: Stores,
     liveness: Liveness,
     last_renewed: Option<Instant>,
+    /// The `renewTime` of our last successful renewal.
+    last_renew_time: Option<Timestamp>,
     holding: bool,
     warned: BTreeSet<Warning>,
 }
 
 impl KubeAgent {
-    async fn renew(&mut self) {
+    /// Writes this node's Lease (creating it the first time).
+    async fn write_lease(&self, stamp: Timestamp) -> Result<(), kube::Error> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let name = lease_name(&self.opts.node_name);
-        let now = MicroTime(Timestamp::now());
+        let now = MicroTime(stamp);
         let secs = i32::try_from(self.opts.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let patch = serde_json::json!({ "spec": { "renewTime": now, "holderIdentity": self.opts.node_name, "leaseDurationSeconds": secs } });
-        let result = match leases
+        match leases
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
@@ -196,10 +230,25 @@ impl KubeAgent {
                     .map(|_| ())
             }
             r => r.map(|_| ()),
-        };
+        }
+    }
+
+    /// Renews this node's Lease, within one renew interval: a hung
+    /// connection must not stall the agent's loop.
+    async fn renew(&mut self) {
+        // MicroTime travels with microsecond precision: keep exactly what the
+        // echo will carry, so `own_renewal_seen` can compare them.
+        let now = Timestamp::now();
+        let stamp = Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now);
+        let result = tokio::time::timeout(self.opts.renew_interval, self.write_lease(stamp)).await;
+        let name = lease_name(&self.opts.node_name);
         match result {
-            Ok(()) => self.last_renewed = Some(Instant::now()),
-            Err(e) => warn!(error = %e, lease = %name, "could not renew this node's lease"),
+            Ok(Ok(())) => {
+                self.last_renewed = Some(Instant::now());
+                self.last_renew_time = Some(stamp);
+            }
+            Ok(Err(e)) => warn!(error = %e, lease = %name, "could not renew this node's lease"),
+            Err(_) => warn!(lease = %name, "renewing this node's lease timed out"),
         }
     }
 
@@ -207,6 +256,20 @@ impl KubeAgent {
     fn api_reachable(&self, now: Instant) -> bool {
         self.last_renewed
             .is_some_and(|t| now.duration_since(t) < self.opts.lease_duration)
+    }
+
+    /// Whether the lease watch has delivered our own latest renewal: proof
+    /// that the store is as current as our last write.
+    fn own_renewal_seen(&self) -> bool {
+        let Some(want) = self.last_renew_time else {
+            return false;
+        };
+        self.stores.leases.state().iter().any(|l| {
+            l.spec.as_ref().is_some_and(|s| {
+                s.holder_identity.as_deref() == Some(self.opts.node_name.as_str())
+                    && s.renew_time.as_ref().is_some_and(|t| t.0 >= want)
+            })
+        })
     }
 
     async fn reconcile(&mut self, agent: &mut Agent) {
@@ -221,13 +284,17 @@ impl KubeAgent {
             return;
         }
         if self.holding {
-            info!("the API answers again; resuming");
+            if !self.own_renewal_seen() {
+                return; // the watches have not caught up yet
+            }
+            info!("the API answers again and the watches caught up; resuming");
             self.holding = false;
         }
         let services = owned(self.stores.services.state());
         let slices = owned(self.stores.slices.state());
         let nodes = owned(self.stores.nodes.state());
-        self.liveness.observe(&self.stores.leases.state(), now);
+        self.liveness
+            .observe(&self.stores.leases.state(), now, self.opts.lease_duration);
         let ready: BTreeSet<String> = nodes
             .iter()
             .filter(|n| translate::node_ready(n))
@@ -235,7 +302,7 @@ impl KubeAgent {
             .collect();
         let live: BTreeSet<String> = self
             .liveness
-            .live(now, self.opts.lease_duration)
+            .live(self.opts.lease_duration)
             .intersection(&ready)
             .cloned()
             .collect();
@@ -267,6 +334,18 @@ impl KubeAgent {
         self.publish_events(&services, &t.warnings, &started).await;
     }
 
+    /// Publishes one Event, giving up after a second (Events are best
+    /// effort; the data path must not wait for them).
+    async fn publish(&self, ev: &Event, svc: &Service) -> Result<()> {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            self.recorder.publish(ev, &svc.object_ref(&())),
+        )
+        .await
+        .context("timed out")?
+        .context("rejected")
+    }
+
     async fn publish_events(
         &mut self,
         services: &[Service],
@@ -291,7 +370,7 @@ impl KubeAgent {
                     action: "Translate".into(),
                     secondary: None,
                 };
-                if let Err(e) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
+                if let Err(e) = self.publish(&ev, svc).await {
                     warn!(error = %e, service = %w.service, "could not publish an event");
                 }
             }
@@ -315,7 +394,7 @@ impl KubeAgent {
                 action: "Announce".into(),
                 secondary: None,
             };
-            if let Err(e) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
+            if let Err(e) = self.publish(&ev, svc).await {
                 warn!(error = %e, "could not publish the nodeAssigned event");
             }
         }
@@ -352,13 +431,15 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         controller: "onehop-agent".into(),
         instance: Some(opts.node_name.clone()),
     };
+    let liveness = Liveness::new(&opts.node_name);
     let mut ka = KubeAgent {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         opts,
         stores,
-        liveness: Liveness::default(),
+        liveness,
         last_renewed: None,
+        last_renew_time: None,
         holding: false,
         warned: BTreeSet::new(),
     };
@@ -416,21 +497,50 @@ mod tests {
     }
 
     #[test]
-    fn liveness_follows_observed_changes_not_timestamps() {
-        let mut l = Liveness::default();
+    fn a_peer_dies_only_while_our_own_renewals_keep_arriving() {
+        let d = Duration::from_millis(1200);
+        let mut l = Liveness::new("me");
         let t0 = Instant::now();
-        let d = Duration::from_millis(1500);
-        l.observe(&[lease("a", "1"), lease("b", "1")], t0);
-        assert_eq!(l.live(t0, d).len(), 2);
-        // a renews, b does not.
-        let t1 = t0 + Duration::from_secs(1);
-        l.observe(&[lease("a", "2"), lease("b", "1")], t1);
-        let t2 = t0 + Duration::from_millis(1600);
-        assert_eq!(l.live(t2, d), BTreeSet::from(["a".to_owned()]));
-        // b comes back.
-        l.observe(&[lease("a", "2"), lease("b", "7")], t2);
-        assert_eq!(l.live(t2, d).len(), 2);
-        assert!(l.live(t2 + d, d).is_empty());
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        l.observe(&[lease("me", "1"), lease("b", "1")], at(0), d);
+        assert_eq!(l.live(d).len(), 2);
+        // b goes silent; our renewals keep echoing.
+        for (i, ms) in [400u64, 800, 1200].iter().enumerate() {
+            l.observe(
+                &[lease("me", &format!("{}", i + 2)), lease("b", "1")],
+                at(*ms),
+                d,
+            );
+            assert!(l.live(d).contains("b"), "b is within its lease at {ms} ms");
+        }
+        l.observe(&[lease("me", "9"), lease("b", "1")], at(1600), d);
+        assert_eq!(
+            l.live(d),
+            BTreeSet::from(["me".to_owned()]),
+            "b missed a whole lease of our echoes"
+        );
+        // b renews again: alive at once.
+        l.observe(&[lease("me", "9"), lease("b", "2")], at(1700), d);
+        assert!(l.live(d).contains("b"));
+    }
+
+    #[test]
+    fn a_stalled_watch_declares_nobody_dead() {
+        let d = Duration::from_millis(1200);
+        let mut l = Liveness::new("me");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        l.observe(&[lease("me", "1"), lease("b", "1")], at(0), d);
+        // Nothing arrives for 5 s (API outage), then our echo comes first.
+        l.observe(&[lease("me", "2"), lease("b", "1")], at(5000), d);
+        assert!(
+            l.live(d).contains("b"),
+            "b must get a fresh lease after the stall"
+        );
+        l.observe(&[lease("me", "3"), lease("b", "1")], at(5400), d);
+        assert!(l.live(d).contains("b"));
+        l.observe(&[lease("me", "5"), lease("b", "1")], at(6300), d);
+        assert!(!l.live(d).contains("b"), "silent after the resync: dead");
     }
 
     #[test]

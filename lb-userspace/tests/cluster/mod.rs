@@ -123,7 +123,10 @@ impl Cluster {
             .arg("--bpffs-root")
             .arg(self.pin_root(node))
             .args(source)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ONEHOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         let guard = spawn_in(self.topo.node(node).ns(), cmd).expect("spawn agent");
