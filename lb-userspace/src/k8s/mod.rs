@@ -5,5 +5,6 @@
 pub mod agent;
 pub mod alloc;
 pub mod election;
+pub mod rbac;
 pub mod selector;
 pub mod translate;

@@ -1,0 +1,233 @@
+//! Every manifest in manifests/ parses into the Kubernetes API types it
+//! claims to be, and the RBAC it grants is exactly what the code calls
+//! (lb_userspace::k8s::rbac): nothing missing, nothing extra.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use lb_userspace::k8s::rbac::{AGENT, ApiCall};
+use serde_json::Value;
+
+const NAMESPACE: &str = "onehop-system";
+
+/// Every YAML document of every manifest, with its file name.
+fn documents() -> Vec<(String, Value)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("manifests/")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for path in files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.extend(
+            docs.into_iter()
+                .filter(|d| !d.is_null())
+                .map(|d| (name.clone(), d)),
+        );
+    }
+    out
+}
+
+fn typed<T: serde::de::DeserializeOwned>(file: &str, doc: &Value) -> T {
+    serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", doc["kind"]))
+}
+
+#[derive(Default)]
+struct Cluster {
+    cluster_roles: BTreeMap<String, Vec<PolicyRule>>,
+    roles: BTreeMap<(String, String), Vec<PolicyRule>>,
+    cluster_bindings: Vec<ClusterRoleBinding>,
+    bindings: Vec<RoleBinding>,
+    daemonsets: Vec<DaemonSet>,
+}
+
+fn load() -> Cluster {
+    let mut c = Cluster::default();
+    let docs = documents();
+    assert!(!docs.is_empty(), "no manifests found");
+    for (file, doc) in &docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        match kind {
+            "Namespace" => drop(typed::<Namespace>(file, doc)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(file, doc)),
+            "ClusterRole" => {
+                let r: ClusterRole = typed(file, doc);
+                c.cluster_roles.insert(
+                    r.metadata.name.clone().unwrap_or_default(),
+                    r.rules.unwrap_or_default(),
+                );
+            }
+            "Role" => {
+                let r: Role = typed(file, doc);
+                let key = (
+                    r.metadata.namespace.clone().unwrap_or_default(),
+                    r.metadata.name.clone().unwrap_or_default(),
+                );
+                c.roles.insert(key, r.rules.unwrap_or_default());
+            }
+            "ClusterRoleBinding" => c.cluster_bindings.push(typed(file, doc)),
+            "RoleBinding" => c.bindings.push(typed(file, doc)),
+            "DaemonSet" => c.daemonsets.push(typed(file, doc)),
+            "Deployment" => drop(typed::<Deployment>(file, doc)),
+            "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(file, doc)),
+            // Our own resources (pools, advertisements) are checked by the
+            // tests of their types.
+            _ if doc["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("onehop.io/")) => {}
+            other => panic!("{file}: unexpected kind {other:?}"),
+        }
+    }
+    c
+}
+
+/// (group, resource, verb, namespace or "*") granted to a service account.
+fn grants(c: &Cluster, sa: &str) -> BTreeSet<(String, String, String, String)> {
+    let is_sa = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(NAMESPACE)
+        })
+    };
+    let mut out = BTreeSet::new();
+    let mut add = |rules: &[PolicyRule], ns: &str| {
+        for r in rules {
+            for g in r.api_groups.iter().flatten() {
+                for res in r.resources.iter().flatten() {
+                    for v in &r.verbs {
+                        out.insert((g.clone(), res.clone(), v.clone(), ns.to_owned()));
+                    }
+                }
+            }
+        }
+    };
+    for b in c.cluster_bindings.iter().filter(|b| is_sa(&b.subjects)) {
+        let rules = c
+            .cluster_roles
+            .get(&b.role_ref.name)
+            .unwrap_or_else(|| panic!("missing ClusterRole {}", b.role_ref.name));
+        add(rules, "*");
+    }
+    for b in c.bindings.iter().filter(|b| is_sa(&b.subjects)) {
+        let ns = b.metadata.namespace.clone().unwrap_or_default();
+        let rules = match b.role_ref.kind.as_str() {
+            "Role" => c.roles.get(&(ns.clone(), b.role_ref.name.clone())),
+            _ => c.cluster_roles.get(&b.role_ref.name),
+        };
+        add(
+            rules.unwrap_or_else(|| panic!("missing role {}", b.role_ref.name)),
+            &ns,
+        );
+    }
+    out
+}
+
+fn wanted(calls: &[ApiCall]) -> BTreeSet<(String, String, String, String)> {
+    calls
+        .iter()
+        .map(|c| {
+            let ns = if c.own_namespace { NAMESPACE } else { "*" };
+            (
+                c.group.to_owned(),
+                c.resource.to_owned(),
+                c.verb.to_owned(),
+                ns.to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_manifest_parses_into_its_api_type() {
+    let c = load();
+    assert!(!c.daemonsets.is_empty());
+}
+
+#[test]
+fn agent_rbac_is_exactly_what_the_agent_calls() {
+    let c = load();
+    assert_eq!(
+        grants(&c, "onehop-agent"),
+        wanted(AGENT),
+        "agent RBAC (left) differs from k8s::rbac::AGENT (right)"
+    );
+}
+
+#[test]
+fn agent_daemonset_runs_the_kubernetes_agent_with_least_privilege() {
+    let c = load();
+    let ds = c
+        .daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("onehop-agent"))
+        .expect("agent DaemonSet");
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("onehop-agent"));
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "XDP attaches to the node's uplink"
+    );
+    let agent = &pod.containers[0];
+    let args = agent.args.clone().unwrap_or_default();
+    assert!(
+        args.iter().any(|a| a == "agent") && args.iter().any(|a| a == "--kubernetes"),
+        "{args:?}"
+    );
+    let env: BTreeSet<String> = agent.env.iter().flatten().map(|e| e.name.clone()).collect();
+    assert!(env.contains("NODE_NAME"), "the agent needs its node name");
+    let sc = agent.security_context.as_ref().expect("securityContext");
+    assert_ne!(sc.privileged, Some(true), "capabilities, not privileged");
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.clone().unwrap_or_default(), ["ALL"]);
+    assert!(
+        caps.add
+            .iter()
+            .flatten()
+            .all(|c| ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"].contains(&c.as_str()))
+    );
+    let bpffs = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.host_path.as_ref())
+        .expect("hostPath bpffs");
+    assert_eq!(bpffs.path, "/sys/fs/bpf");
+    let tolerations: Vec<String> = pod
+        .tolerations
+        .iter()
+        .flatten()
+        .filter_map(|t| t.key.clone())
+        .collect();
+    assert!(
+        tolerations
+            .iter()
+            .any(|k| k == "node-role.kubernetes.io/control-plane")
+    );
+}
