@@ -1,6 +1,6 @@
 //! Every manifest in manifests/ parses into the Kubernetes API types it
 //! claims to be, and the RBAC it grants is exactly what the code calls
-//! (lb_userspace::k8s::rbac): nothing missing, nothing extra.
+//! (`lb_userspace::k8s::rbac`): nothing missing, nothing extra.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -56,7 +56,7 @@ fn typed<T: serde::de::DeserializeOwned>(file: &str, doc: &Value) -> T {
 }
 
 #[derive(Default)]
-struct Cluster {
+struct Manifests {
     cluster_roles: BTreeMap<String, Vec<PolicyRule>>,
     roles: BTreeMap<(String, String), Vec<PolicyRule>>,
     cluster_bindings: Vec<ClusterRoleBinding>,
@@ -64,8 +64,8 @@ struct Cluster {
     daemonsets: Vec<DaemonSet>,
 }
 
-fn load() -> Cluster {
-    let mut c = Cluster::default();
+fn load() -> Manifests {
+    let mut c = Manifests::default();
     let docs = documents();
     assert!(!docs.is_empty(), "no manifests found");
     for (file, doc) in &docs {
@@ -105,7 +105,7 @@ fn load() -> Cluster {
 }
 
 /// (group, resource, verb, namespace or "*") granted to a service account.
-fn grants(c: &Cluster, sa: &str) -> BTreeSet<(String, String, String, String)> {
+fn grants(c: &Manifests, sa: &str) -> BTreeSet<(String, String, String, String)> {
     let is_sa = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
         subjects.iter().flatten().any(|s| {
             s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(NAMESPACE)
