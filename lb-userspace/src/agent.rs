@@ -38,6 +38,8 @@ pub struct Options {
     pub bpffs_root: PathBuf,
     pub sizes: Sizes,
     pub xdp_mode: XdpAttachMode,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -72,6 +74,7 @@ pub struct Agent {
     /// (when, VIP) gratuitous ARPs still to send.
     garp_due: Vec<(Instant, Ipv4Addr)>,
     neighbours: BTreeSet<Ipv4Addr>,
+    pub health: std::sync::Arc<crate::metrics::Health>,
 }
 
 impl Agent {
@@ -92,6 +95,12 @@ impl Agent {
     /// Makes the maps hold `file`: plans against what they hold now, writes
     /// only the difference, re-reads them, and announces new VIPs.
     pub fn apply(&mut self, file: &ServicesFile) -> Result<()> {
+        let result = self.apply_inner(file);
+        self.health.record(result.is_ok());
+        result
+    }
+
+    fn apply_inner(&mut self, file: &ServicesFile) -> Result<()> {
         let node = self.node(file)?;
         let desired = state::plan(&self.current, file, &node, &self.limits)?;
         let ops = diff::diff(&self.current, &desired);
@@ -179,7 +188,21 @@ impl Agent {
             maglev_slots: maps.maglev.len(),
             ..Limits::default()
         };
+        let health = std::sync::Arc::new(crate::metrics::Health::default());
+        if let Some(addr) = opts.metrics_addr {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                dataplane.pins.clone(),
+                health.clone(),
+            ));
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+        }
         let mut agent = Self {
+            health,
             iface,
             limits,
             maps,
@@ -268,6 +291,7 @@ impl FileSource {
             Ok(f) => f,
             Err(e) => {
                 error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");
+                agent.health.record(false);
                 return;
             }
         };

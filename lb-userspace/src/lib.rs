@@ -16,6 +16,7 @@ pub mod ids;
 pub mod k8s;
 pub mod loader;
 pub mod maglev;
+pub mod metrics;
 pub mod neigh;
 pub mod netdev;
 pub mod peer;

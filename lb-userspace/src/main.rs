@@ -43,6 +43,12 @@ struct Pins {
 
 #[derive(Args, Clone)]
 struct DataplaneArgs {
+    /// Address for /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "ONEHOP_METRICS_ADDR", default_value = "0.0.0.0:9478")]
+    metrics_addr: std::net::SocketAddr,
+    /// Do not serve /metrics, /healthz and /readyz.
+    #[arg(long)]
+    no_metrics: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpAttachMode,
@@ -122,6 +128,7 @@ async fn kube_client(api_server: Option<&str>) -> Result<kube::Client> {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at startup; boxing buys nothing")]
 enum Command {
     /// Attach the data path to an interface (or adopt the one already
     /// attached) and keep its maps in sync with a services file. Stopping or
@@ -216,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
                     affinity: dataplane.affinity_size,
                 },
                 xdp_mode: dataplane.xdp_mode,
+                metrics_addr: (!dataplane.no_metrics).then_some(dataplane.metrics_addr),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

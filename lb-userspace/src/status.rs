@@ -124,6 +124,16 @@ fn proto_name(p: u8) -> String {
     }
 }
 
+/// `VIP:port/PROTO`, the name of a service frontend in output and metrics.
+pub fn frontend(key: ServiceKey) -> String {
+    format!(
+        "{}:{}/{}",
+        Ipv4Addr::from(key.vip),
+        key.port,
+        proto_name(key.proto)
+    )
+}
+
 fn vip_flag_names(flags: u32) -> String {
     let mut names = Vec::new();
     for (bit, name) in [
@@ -182,12 +192,7 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
         if row.value.flags & service_flags::SOURCE_RANGES != 0 {
             opts.push("source-ranges".to_owned());
         }
-        let frontend = format!(
-            "{}:{}/{}",
-            Ipv4Addr::from(row.key.vip),
-            row.key.port,
-            proto_name(row.key.proto)
-        );
+        let frontend = frontend(row.key);
         let _ = writeln!(
             o,
             "  {frontend:<24} {:>5} {:>8} {:>7} {:<22} {:>12} {:>14}",

@@ -100,6 +100,26 @@ fn start_agent(c: &Cluster, node: u8) {
     );
 }
 
+/// GET `path` from the agent's metrics endpoint on a node: (status, body).
+fn scrape(c: &Cluster, node: u8, path: &str) -> (u16, String) {
+    let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9478));
+    let r = in_netns(c.topo.node(node).ns(), || {
+        onehop_testkit::traffic::http_get_here(addr, path, Timeouts::default())
+    })
+    .expect("netns")
+    .unwrap_or_else(|e| panic!("GET {path} on node{node}: {e:#}"));
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
 fn get(c: &Cluster) -> anyhow::Result<onehop_testkit::server::Answer> {
     c.topo.client().http_get(vip_addr())?.answer()
 }
@@ -204,6 +224,7 @@ fn arp_spread_client_ip_remote_backends_ping_and_status() {
     );
 
     check_status_command(&c);
+    check_metrics(&c);
 }
 
 fn check_arp_answered_by_the_owner_only(c: &Cluster) {
@@ -312,6 +333,42 @@ fn check_udp(c: &Cluster) {
         pods.len(),
         4,
         "UDP flows must reach every backend: {pods:?}"
+    );
+}
+
+fn check_metrics(c: &Cluster) {
+    assert_eq!(scrape(c, 1, "/healthz").0, 200);
+    assert_eq!(scrape(c, 1, "/readyz").0, 200);
+    let (code, text) = scrape(c, 1, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        sample(
+            &text,
+            &format!("onehop_service_packets_total{{service=\"{VIP}:80/TCP\"}}")
+        ) >= 400.0
+    );
+    assert!(
+        sample(
+            &text,
+            "onehop_backend_packets_total{backend=\"10.42.2.2:8080\",node=\"192.168.50.12\",location=\"remote\"}"
+        ) > 0.0
+    );
+    assert!(
+        sample(
+            &text,
+            "onehop_backend_packets_total{backend=\"10.42.1.2:8080\",node=\"192.168.50.11\",location=\"local\"}"
+        ) > 0.0
+    );
+    assert!(sample(&text, "onehop_drops_total{reason=\"no_service\"}") >= 1.0);
+    assert_eq!(
+        sample(&text, &format!("onehop_announced_vip{{vip=\"{VIP}\"}}")),
+        1.0
+    );
+    assert_eq!(sample(&text, "onehop_sync_errors_total"), 0.0);
+    let (_, node2) = scrape(c, 2, "/metrics");
+    assert!(
+        !node2.contains("onehop_announced_vip{"),
+        "node2 announces nothing:\n{node2}"
     );
 }
 
@@ -502,6 +559,15 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        scrape(&c, 1, "/readyz").0,
+        503,
+        "a rejected file makes the agent not ready"
+    );
+    assert_eq!(
+        sample(&scrape(&c, 1, "/metrics").1, "onehop_sync_errors_total"),
+        1.0
+    );
     let log = c.log(1);
     assert!(
         log.contains("services[0].vip") && log.contains("line 5"),
@@ -530,4 +596,9 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
     let fewer: Vec<_> = all_backends().into_iter().take(2).collect();
     write_config(&c, 1, &services_yaml(&c, 1, true, &fewer));
     c.wait_for(1, "2 backends", |s| pods_in_use(s) == 2);
+    assert_eq!(
+        scrape(&c, 1, "/readyz").0,
+        200,
+        "ready again once a good file is applied"
+    );
 }

@@ -1,0 +1,340 @@
+//! The agent's HTTP endpoints: `/metrics` (Prometheus text format, via
+//! prometheus-client), `/healthz` and `/readyz`.
+//!
+//! Metrics are read from the pinned maps at scrape time (the per-CPU
+//! counters summed over CPUs), so they are exactly what `onehop status`
+//! shows and survive agent restarts like the data path does.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use lb_common::{backend_flags, vip_flags};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tracing::warn;
+
+use crate::{
+    bpfmaps::{Maps, PinDir},
+    status::{self, Snapshot},
+};
+
+/// What the agent's loop reports for health and metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// A desired state was applied at least once.
+    pub applied: AtomicBool,
+    /// The last apply succeeded.
+    pub last_ok: AtomicBool,
+    /// Failed applies (rejected input or map writes) since start.
+    pub sync_errors: AtomicU64,
+}
+
+impl Health {
+    pub fn record(&self, ok: bool) {
+        self.applied.store(true, Ordering::Relaxed);
+        self.last_ok.store(ok, Ordering::Relaxed);
+        if !ok {
+            self.sync_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.applied.load(Ordering::Relaxed) && self.last_ok.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+    node: String,
+    location: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+fn i64_of(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+/// Renders a snapshot (and the agent's health) in the Prometheus text format.
+pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
+    let mut reg = Registry::with_prefix("onehop");
+    let svc_packets = Family::<ServiceLabels, Counter>::default();
+    let svc_bytes = Family::<ServiceLabels, Counter>::default();
+    for row in &s.services {
+        let l = ServiceLabels {
+            service: status::frontend(row.key),
+        };
+        svc_packets.get_or_create(&l).inc_by(row.traffic.packets);
+        svc_bytes.get_or_create(&l).inc_by(row.traffic.bytes);
+    }
+    reg.register(
+        "service_packets",
+        "Packets balanced per service (VIP:port/protocol)",
+        svc_packets,
+    );
+    reg.register("service_bytes", "Bytes balanced per service", svc_bytes);
+    let be_packets = Family::<BackendLabels, Counter>::default();
+    let be_bytes = Family::<BackendLabels, Counter>::default();
+    for b in &s.backends {
+        let l = BackendLabels {
+            backend: format!("{}:{}", std::net::Ipv4Addr::from(b.value.ip), b.value.port),
+            node: std::net::Ipv4Addr::from(b.value.node_ip).to_string(),
+            location: if b.value.flags & backend_flags::LOCAL != 0 {
+                "local"
+            } else {
+                "remote"
+            }
+            .to_owned(),
+        };
+        be_packets.get_or_create(&l).inc_by(b.traffic.packets);
+        be_bytes.get_or_create(&l).inc_by(b.traffic.bytes);
+    }
+    reg.register(
+        "backend_packets",
+        "Packets forwarded per backend",
+        be_packets,
+    );
+    reg.register("backend_bytes", "Bytes forwarded per backend", be_bytes);
+    let drops = Family::<ReasonLabels, Counter>::default();
+    for (reason, n) in &s.drops {
+        drops
+            .get_or_create(&ReasonLabels {
+                reason: reason.label().to_owned(),
+            })
+            .inc_by(*n);
+    }
+    reg.register(
+        "drops",
+        "Packets dropped by the data path, by reason",
+        drops,
+    );
+    let outcomes = Family::<OutcomeLabels, Counter>::default();
+    for (c, n) in &s.counters {
+        outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: c.label().to_owned(),
+            })
+            .inc_by(*n);
+    }
+    reg.register(
+        "packets",
+        "Packets seen by the data path, by outcome",
+        outcomes,
+    );
+    let announced = Family::<VipLabels, Gauge>::default();
+    for (ip, flags) in &s.vips {
+        if flags & vip_flags::ANNOUNCE != 0 {
+            announced
+                .get_or_create(&VipLabels {
+                    vip: std::net::Ipv4Addr::from(*ip).to_string(),
+                })
+                .set(1);
+        }
+    }
+    reg.register(
+        "announced_vip",
+        "1 for every VIP this node answers ARP for",
+        announced,
+    );
+    let flows = Gauge::<i64>::default();
+    flows.set(i64_of(s.conntrack_entries));
+    reg.register(
+        "conntrack_entries",
+        "Entries in the connection table",
+        flows,
+    );
+    let errors = Counter::<u64>::default();
+    errors.inc_by(health.sync_errors.load(Ordering::Relaxed));
+    reg.register(
+        "sync_errors",
+        "Failed applies (rejected input, map writes) since the agent started",
+        errors,
+    );
+    let mut out = String::new();
+    encode(&mut out, &reg).context("encoding metrics")?;
+    Ok(out)
+}
+
+fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r
+}
+
+fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
+    match path {
+        "/healthz" => reply(StatusCode::OK, "ok\n".into()),
+        "/readyz" if health.ready() => reply(StatusCode::OK, "ready\n".into()),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: nothing applied yet or the last apply failed\n".into(),
+        ),
+        "/metrics" => match Maps::open(pins)
+            .and_then(|m| Snapshot::read(&m))
+            .and_then(|s| render(&s, health))
+        {
+            Ok(text) => {
+                let mut r = reply(StatusCode::OK, text);
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+/// Serves the endpoints until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, pins: PinDir, health: Arc<Health>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics listener");
+                continue;
+            }
+        };
+        let (pins, health) = (pins.clone(), Arc::clone(&health));
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let r = handle(req.uri().path(), &pins, &health);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                warn!(error = %e, "metrics connection");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{
+        BackendValue, Config, Counter as C, DropReason, ServiceKey, ServiceValue, TrafficCounter,
+        proto,
+    };
+
+    use super::*;
+    use crate::status::{BackendRow, ServiceRow};
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let s = Snapshot {
+            config: Config {
+                ready: 1,
+                ..Config::default()
+            },
+            vips: vec![
+                (
+                    [192, 168, 50, 200],
+                    vip_flags::SERVICE | vip_flags::ANNOUNCE,
+                ),
+                ([192, 168, 50, 201], vip_flags::SERVICE),
+            ],
+            services: vec![ServiceRow {
+                key: ServiceKey {
+                    vip: [192, 168, 50, 200],
+                    port: 80,
+                    proto: proto::TCP,
+                    _pad: 0,
+                },
+                value: ServiceValue::default(),
+                backend_ids: vec![1],
+                traffic: TrafficCounter {
+                    packets: 7,
+                    bytes: 700,
+                },
+            }],
+            backends: vec![BackendRow {
+                id: 1,
+                value: BackendValue {
+                    ip: [10, 42, 1, 2],
+                    node_ip: [192, 168, 50, 11],
+                    port: 8080,
+                    flags: backend_flags::VALID | backend_flags::LOCAL,
+                    _pad: 0,
+                },
+                traffic: TrafficCounter {
+                    packets: 5,
+                    bytes: 500,
+                },
+            }],
+            counters: vec![(C::IngressPackets, 9)],
+            drops: vec![(DropReason::NoService, 2)],
+            conntrack_entries: 3,
+            ..Snapshot::default()
+        };
+        let h = Health::default();
+        h.record(false);
+        let text = render(&s, &h).unwrap();
+        for needle in [
+            "onehop_service_packets_total{service=\"192.168.50.200:80/TCP\"} 7",
+            "onehop_service_bytes_total{service=\"192.168.50.200:80/TCP\"} 700",
+            "onehop_backend_packets_total{backend=\"10.42.1.2:8080\",node=\"192.168.50.11\",location=\"local\"} 5",
+            "onehop_drops_total{reason=\"no_service\"} 2",
+            "onehop_packets_total{outcome=\"ingress_packets\"} 9",
+            "onehop_announced_vip{vip=\"192.168.50.200\"} 1",
+            "onehop_conntrack_entries 3",
+            "onehop_sync_errors_total 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("192.168.50.201\"} 1"),
+            "only announced VIPs are listed"
+        );
+    }
+
+    #[test]
+    fn readiness_follows_the_last_apply() {
+        let h = Health::default();
+        assert!(!h.ready(), "nothing applied yet");
+        h.record(true);
+        assert!(h.ready());
+        h.record(false);
+        assert!(!h.ready());
+        assert_eq!(h.sync_errors.load(Ordering::Relaxed), 1);
+    }
+}
