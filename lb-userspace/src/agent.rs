@@ -175,7 +175,10 @@ impl Agent {
             DataplaneState::default()
         };
         let arp = garp::ArpSender::new(iface.index)?;
-        let limits = Limits { maglev_slots: maps.maglev.len(), ..Limits::default() };
+        let limits = Limits {
+            maglev_slots: maps.maglev.len(),
+            ..Limits::default()
+        };
         let mut agent = Self {
             iface,
             limits,
@@ -216,7 +219,10 @@ pub async fn shutdown_signal() -> Result<()> {
 /// applies it when its bytes changed.
 pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -> Result<()> {
     let mut agent = Agent::start(&opts)?;
-    let mut source = FileSource { path: config, last_input: None };
+    let mut source = FileSource {
+        path: config,
+        last_input: None,
+    };
     let mut tick = tokio::time::interval(poll_interval);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -230,7 +236,9 @@ pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -
             }
         }
     }
-    info!("stopping; the data path stays attached through its pinned links (`onehop cleanup` removes it)");
+    info!(
+        "stopping; the data path stays attached through its pinned links (`onehop cleanup` removes it)"
+    );
     Ok(())
 }
 
@@ -267,5 +275,4 @@ impl FileSource {
             error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
         }
     }
-
 }

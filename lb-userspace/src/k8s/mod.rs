@@ -3,6 +3,8 @@
 //! and the writers of Events and Leases live at the edges.
 
 pub mod alloc;
+pub mod controller;
+pub mod crd;
 pub mod election;
 pub mod selector;
 pub mod translate;
