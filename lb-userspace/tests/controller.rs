@@ -1,6 +1,11 @@
 //! `onehop controller` against the test API server: the production
 //! `kube::Client`, watchers, Lease election and Event recorder over HTTP.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail the test on purpose"
+)]
+
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -283,6 +288,10 @@ async fn assigns_from_the_pool_writes_status_and_event() {
 }
 
 #[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario per annotation, read top to bottom"
+)]
 async fn requests_by_ip_annotation_and_pool() {
     bounded(async {
         let server = setup().await;
