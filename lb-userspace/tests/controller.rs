@@ -679,3 +679,220 @@ async fn keeps_going_after_an_api_outage() {
     })
     .await;
 }
+
+/// `manifests/*.yaml`, every document parsed into its k8s-openapi type.
+fn manifests() -> Vec<serde_json::Value> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests");
+    let mut docs = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let values: Vec<serde_json::Value> = serde_saphyr::from_str_multiple::<_, Vec<_>>(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for v in values.into_iter().filter(|v| !v.is_null()) {
+            let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+            let ok = match kind.as_str() {
+                "Namespace" => serde_json::from_value::<Namespace>(v.clone()).is_ok(),
+                "ServiceAccount" => {
+                    serde_json::from_value::<k8s_openapi::api::core::v1::ServiceAccount>(v.clone())
+                        .is_ok()
+                }
+                "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding" => {
+                    rbac_parts(&v).is_some()
+                }
+                "Deployment" => {
+                    serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(v.clone())
+                        .is_ok()
+                }
+                "CustomResourceDefinition" => {
+                    serde_json::from_value::<CustomResourceDefinition>(v.clone()).is_ok()
+                }
+                // Other kinds (the agent's) are someone else's to check.
+                _ => true,
+            };
+            assert!(ok, "{}: {kind} does not parse", path.display());
+            docs.push(v);
+        }
+    }
+    docs
+}
+
+/// `(subjects, roleRef)` of a binding or `rules` of a role, parsed with the
+/// document's own type.
+type RbacParts = (
+    Vec<k8s_openapi::api::rbac::v1::Subject>,
+    Option<k8s_openapi::api::rbac::v1::RoleRef>,
+    Vec<PolicyRule>,
+);
+
+fn rbac_parts(v: &serde_json::Value) -> Option<RbacParts> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let v = v.clone();
+    Some(match v["kind"].as_str()? {
+        "ClusterRole" => {
+            let r: ClusterRole = serde_json::from_value(v).ok()?;
+            (vec![], None, r.rules.unwrap_or_default())
+        }
+        "Role" => {
+            let r: Role = serde_json::from_value(v).ok()?;
+            (vec![], None, r.rules.unwrap_or_default())
+        }
+        "ClusterRoleBinding" => {
+            let b: ClusterRoleBinding = serde_json::from_value(v).ok()?;
+            (b.subjects.unwrap_or_default(), Some(b.role_ref), vec![])
+        }
+        "RoleBinding" => {
+            let b: RoleBinding = serde_json::from_value(v).ok()?;
+            (b.subjects.unwrap_or_default(), Some(b.role_ref), vec![])
+        }
+        _ => return None,
+    })
+}
+
+/// The rules bound to the controller's ServiceAccount: `(namespace or None
+/// for cluster-wide, rule)`.
+fn controller_rules(docs: &[serde_json::Value]) -> Vec<(Option<String>, PolicyRule)> {
+    let mut out = Vec::new();
+    for b in docs.iter().filter(|d| {
+        matches!(
+            d["kind"].as_str(),
+            Some("ClusterRoleBinding" | "RoleBinding")
+        )
+    }) {
+        let (subjects, role_ref, _) = rbac_parts(b).unwrap();
+        let role_ref = role_ref.unwrap();
+        let ours = subjects.iter().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == "onehop-controller"
+                && s.namespace.as_deref() == Some(NS)
+        });
+        if !ours {
+            continue;
+        }
+        let scope = b["metadata"]["namespace"].as_str().map(str::to_owned);
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(role_ref.kind.as_str())
+                    && d["metadata"]["name"].as_str() == Some(role_ref.name.as_str())
+                    && (role_ref.kind == "ClusterRole"
+                        || d["metadata"]["namespace"].as_str() == scope.as_deref())
+            })
+            .unwrap_or_else(|| panic!("{role_ref:?} not found"));
+        for rule in rbac_parts(role).unwrap().2 {
+            out.push((scope.clone(), rule));
+        }
+    }
+    out
+}
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+fn verb_name(v: onehop_testkit::apiserver::Verb) -> &'static str {
+    use onehop_testkit::apiserver::Verb;
+    match v {
+        Verb::Get => "get",
+        Verb::List => "list",
+        Verb::Watch => "watch",
+        Verb::Create => "create",
+        Verb::Update => "update",
+        Verb::Patch => "patch",
+        Verb::Delete => "delete",
+        Verb::DeleteCollection => "deletecollection",
+    }
+}
+
+/// `services/status` → ("", "services/status"); `leases.coordination.k8s.io`
+/// → ("coordination.k8s.io", "leases").
+fn split_resource(r: &str) -> (String, String) {
+    let (base, sub) = r.split_once('/').map_or((r, None), |(b, s)| (b, Some(s)));
+    let (plural, group) = base.split_once('.').unwrap_or((base, ""));
+    let resource = sub.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}"));
+    (group.to_owned(), resource)
+}
+
+/// Every API call the controller makes is allowed by the manifests' RBAC,
+/// and every rule there is used (least privilege).
+#[tokio::test]
+async fn rbac_covers_exactly_the_controllers_calls() {
+    bounded(async {
+        let docs = manifests();
+        let rules = controller_rules(&docs);
+        assert!(!rules.is_empty());
+        let server = setup().await;
+        server.reset_stats();
+        pool(&server, "a", &["192.0.2.1/32"]);
+        pool(&server, "bad", &["192.0.2.1/32"]);
+        put(&server, &svc("default", "web", &[]));
+        put(&server, &svc("other", "full", &[]));
+        let ctl = Ctl::start(&server, "c-1");
+        wait_ips(&server, "default", "web", &["192.0.2.1"]).await;
+        wait_event(
+            &server,
+            "Service",
+            "full",
+            "AllocationFailed",
+            "no available",
+        )
+        .await;
+        wait_event(&server, "IPAddressPool", "bad", "InvalidPool", "overlaps").await;
+        tokio::time::sleep(timing().retry_period * 2).await; // a renewal
+        ctl.stop().await;
+
+        let mut used = std::collections::BTreeSet::new();
+        for (verb, resource) in server.request_counts().keys() {
+            let (group, res) = split_resource(resource);
+            let verb = verb_name(*verb);
+            // Which namespaces the call went to.
+            let namespaces: std::collections::BTreeSet<Option<String>> = server
+                .writes()
+                .iter()
+                .filter(|w| w.resource == *resource && verb_name(w.verb) == verb)
+                .map(|w| w.namespace.clone())
+                .collect();
+            let allowed = |ns: &Option<String>| {
+                rules.iter().position(|(scope, r)| {
+                    (scope.is_none() || scope == ns)
+                        && r.api_groups.iter().flatten().any(|g| *g == group)
+                        && r.resources.iter().flatten().any(|x| *x == res)
+                        && r.verbs.iter().any(|v| v == verb)
+                })
+            };
+            // Reads are not in the write log: a namespaced read is checked
+            // against the controller's namespace, a cluster-wide one
+            // (services, namespaces) against cluster scope.
+            let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+                let namespaced_here = matches!(
+                    res.as_str(),
+                    "leases" | "ipaddresspools" | "ipaddresspools/status"
+                );
+                vec![namespaced_here.then(|| NS.to_owned())]
+            } else {
+                namespaces.into_iter().collect()
+            };
+            for ns in &scopes {
+                let i = allowed(ns)
+                    .unwrap_or_else(|| panic!("{verb} {resource} in {ns:?} is not allowed"));
+                used.insert((i, verb.to_owned()));
+            }
+        }
+        for (i, (scope, rule)) in rules.iter().enumerate() {
+            for verb in &rule.verbs {
+                // The recorder patches an Event only when the same one
+                // repeats, which this short run does not provoke.
+                let patch_events =
+                    verb == "patch" && rule.resources.iter().flatten().any(|r| r == "events");
+                assert!(
+                    used.contains(&(i, verb.clone())) || patch_events,
+                    "{verb} in rule {rule:?} ({scope:?}) is never used"
+                );
+            }
+        }
+    })
+    .await;
+}
