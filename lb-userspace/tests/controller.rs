@@ -754,7 +754,7 @@ fn rbac_parts(v: &serde_json::Value) -> Option<RbacParts> {
     })
 }
 
-/// The rules bound to the controller's ServiceAccount: `(namespace or None
+/// The rules bound to the controller's `ServiceAccount`: `(namespace or None
 /// for cluster-wide, rule)`.
 fn controller_rules(docs: &[serde_json::Value]) -> Vec<(Option<String>, PolicyRule)> {
     let mut out = Vec::new();
@@ -893,6 +893,72 @@ async fn rbac_covers_exactly_the_controllers_calls() {
                 );
             }
         }
+    })
+    .await;
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `onehop controller` binary: flags, `--api-server`, SIGTERM releases
+/// the Lease.
+#[tokio::test]
+async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
+    bounded(async {
+        let server = setup().await;
+        pool(&server, "a", &["192.0.2.7/32"]);
+        let mut classed = svc("default", "web", &[]);
+        classed.spec.as_mut().unwrap().load_balancer_class = Some("example.com/x".into());
+        put(&server, &classed);
+        put(&server, &svc("default", "unclassed", &[]));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_onehop"))
+            .args([
+                "controller",
+                "--api-server",
+                server.url(),
+                "--namespace",
+                NS,
+                "--class",
+                "example.com/x",
+                "--unclassed",
+                "false",
+                "--lease-duration-secs",
+                "1",
+                "--renew-deadline-ms",
+                "700",
+                "--retry-period-ms",
+                "200",
+            ])
+            .env("POD_NAME", "pod-1")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        wait_ips(&server, "default", "web", &["192.0.2.7"]).await;
+        assert_eq!(holder(&server).as_deref(), Some("pod-1"));
+        assert!(ips_of(&server, "default", "unclassed").is_empty());
+        let pid = i32::try_from(child.0.id()).unwrap();
+        // SAFETY: signalling our own child process, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < T,
+                "the controller did not exit on SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status}");
+        assert_eq!(holder(&server), None, "the Lease is released");
     })
     .await;
 }
