@@ -962,3 +962,36 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
     })
     .await;
 }
+
+/// A Service whose request turns invalid loses its address (MetalLB does
+/// the same), which then goes to a waiting Service.
+#[tokio::test]
+async fn an_invalid_request_releases_the_address() {
+    bounded(async {
+        let server = setup().await;
+        pool(&server, "a", &["192.0.2.1/32"]);
+        put(&server, &svc("default", "x", &[]));
+        let ctl = Ctl::start(&server, "c-1");
+        wait_ips(&server, "default", "x", &["192.0.2.1"]).await;
+        put(&server, &svc("default", "y", &[]));
+        wait_event(
+            &server,
+            "Service",
+            "y",
+            "AllocationFailed",
+            "no available IP",
+        )
+        .await;
+        let mut x = server.store().get::<Service>("default", "x").unwrap();
+        x.metadata.annotations = Some(BTreeMap::from([(
+            "metallb.universe.tf/loadBalancerIPs".to_owned(),
+            "nope".to_owned(),
+        )]));
+        put(&server, &x);
+        wait_event(&server, "Service", "x", "AllocationFailed", "\"nope\"").await;
+        wait_ips(&server, "default", "x", &[]).await;
+        wait_ips(&server, "default", "y", &["192.0.2.1"]).await;
+        ctl.stop().await;
+    })
+    .await;
+}

@@ -544,6 +544,10 @@ impl Leader {
         let bad_pools = self.load_pools().await;
         let mut svcs = self.caches.services.state();
         by_age(&mut svcs);
+        // Services showing addresses first: one that loses its address (a
+        // bad annotation, say) has it cleared before the address can go to
+        // a newcomer, so no two Services ever show it at once.
+        svcs.sort_by_key(|s| ingress_ips(s).is_empty());
         let mut ok = true;
         // Releases first, so a freed address can go to another Service in
         // this same pass.
@@ -712,6 +716,16 @@ impl Leader {
             if self.pool_status.get(&name) == Some(&memo) {
                 continue;
             }
+            // The transition time changes only with the condition's status.
+            let since = pool
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .find(|c| c.type_ == "Valid" && c.status == status)
+                .map_or_else(
+                    || Time(Timestamp::now()),
+                    |c| c.last_transition_time.clone(),
+                );
             let st = IPAddressPoolStatus {
                 assigned_ipv4: memo.0,
                 available_ipv4: memo.1,
@@ -720,7 +734,7 @@ impl Leader {
                     status: status.into(),
                     reason: reason.into(),
                     message,
-                    last_transition_time: Time(Timestamp::now()),
+                    last_transition_time: since,
                     observed_generation: pool.metadata.generation,
                 }],
             };

@@ -26,6 +26,7 @@ pub const VERSION: &str = "v1beta1";
     group = "onehop.io",
     version = "v1beta1",
     kind = "IPAddressPool",
+    doc = "A range of addresses onehop assigns to LoadBalancer Services (MetalLB-compatible).",
     namespaced,
     status = "IPAddressPoolStatus",
     shortname = "ipp",
@@ -102,6 +103,7 @@ pub struct IPAddressPoolStatus {
     // Only for the CRD: objects are read as [`L2Advertisement`], which
     // accepts a missing `spec` as MetalLB's guides write it.
     root = "L2AdvertisementCrd",
+    doc = "Which IPAddressPools are announced in L2 mode, from which nodes (MetalLB-compatible).",
     namespaced,
     shortname = "l2adv",
     category = "onehop",
