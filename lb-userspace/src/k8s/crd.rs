@@ -256,6 +256,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_example_manifests_deserialize() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/examples/l2.yaml");
+        let text = std::fs::read_to_string(path).expect("manifests/examples/l2.yaml");
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_str_multiple::<_, Vec<_>>(&text).unwrap();
+        assert_eq!(docs.len(), 2);
+        let pool: IPAddressPool = serde_json::from_value(docs[0].clone()).unwrap();
+        crate::k8s::alloc::Pool::parse("lan", &pool.spec).unwrap();
+        let adv: L2Advertisement = serde_json::from_value(docs[1].clone()).unwrap();
+        assert_eq!(adv.spec.ip_address_pools, ["lan"]);
+    }
+
     /// The manifests of MetalLB's L2 configuration guide, with only
     /// `apiVersion` changed.
     #[test]
