@@ -503,7 +503,7 @@ async fn bad_pools_get_a_warning_and_the_others_keep_working() {
 }
 
 #[tokio::test]
-async fn type_change_releases_the_address() {
+async fn type_or_class_change_releases_the_address() {
     bounded(async {
         let server = setup().await;
         pool(&server, "a", &["192.0.2.1/32"]);
@@ -524,6 +524,22 @@ async fn type_change_releases_the_address() {
         put(&server, &s);
         wait_ips(&server, "default", "first", &[]).await;
         wait_ips(&server, "default", "second", &["192.0.2.1"]).await;
+        // Another class (only possible by re-creating it in a real cluster;
+        // the class is immutable there).
+        put(&server, &svc("default", "third", &[]));
+        wait_event(
+            &server,
+            "Service",
+            "third",
+            "AllocationFailed",
+            "no available IP",
+        )
+        .await;
+        let mut s = server.store().get::<Service>("default", "second").unwrap();
+        s.spec.as_mut().unwrap().load_balancer_class = Some("example.com/other".into());
+        put(&server, &s);
+        wait_ips(&server, "default", "second", &[]).await;
+        wait_ips(&server, "default", "third", &["192.0.2.1"]).await;
         ctl.stop().await;
     })
     .await;

@@ -556,21 +556,22 @@ impl Leader {
             .filter(|s| is_ours(s, &self.class))
             .map(|s| service_ref(s))
             .collect();
-        for gone in self
+        let released: BTreeSet<ServiceRef> = self
             .alloc
             .services()
             .filter(|s| !present.contains(s))
             .cloned()
-            .collect::<Vec<_>>()
-        {
+            .collect();
+        for gone in &released {
             tracing::info!(service = %gone, "releasing its addresses");
-            self.alloc.release(&gone);
+            self.alloc.release(gone);
             self.notes
                 .remove(&("Service".into(), gone.namespace.clone(), gone.name.clone()));
         }
         for svc in &svcs {
             if !is_ours(svc, &self.class) {
-                ok &= self.clear_foreign(svc).await;
+                let was_ours = released.contains(&service_ref(svc));
+                ok &= self.clear_foreign(svc, was_ours).await;
                 continue;
             }
             ok &= self.assign(svc).await;
@@ -580,13 +581,16 @@ impl Leader {
     }
 
     /// A Service that is not (or no longer) ours: drop a status we wrote.
-    async fn clear_foreign(&mut self, svc: &Service) -> bool {
+    /// `was_ours`: it held addresses until this pass.
+    async fn clear_foreign(&mut self, svc: &Service, was_ours: bool) -> bool {
         let ips = ingress_ips(svc);
         let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
         // Another implementation's LoadBalancer Services are not ours to
-        // touch; a non-LoadBalancer Service showing one of our addresses
-        // lost its type while we were not looking.
-        if ips.is_empty() || is_lb || !ips.iter().any(|ip| self.alloc.pool_of(*ip).is_some()) {
+        // touch unless we held them until now; a non-LoadBalancer Service
+        // showing one of our addresses lost its type while we were not
+        // looking.
+        let shows_ours = ips.iter().any(|ip| self.alloc.pool_of(*ip).is_some());
+        if ips.is_empty() || !shows_ours || (is_lb && !was_ours) {
             return true;
         }
         self.forget(&svc.object_ref(&()));
