@@ -655,7 +655,13 @@ async fn one_leader_allocates_and_a_standby_takes_over() {
         a.kill();
         wait_for("b leads", || holder(&server).as_deref() == Some("b")).await;
         let took = t0.elapsed();
-        assert!(took < Duration::from_millis(1700), "takeover took {took:?}");
+        // The standby sees the last renewal up to a retry period late and
+        // checks once per retry period: lease + 2 retry periods, plus slack
+        // for request latency on a loaded machine.
+        let t = timing();
+        let bound = t.lease_duration + t.retry_period * 2 + Duration::from_millis(300);
+        eprintln!("takeover after a crash: {took:?} (bound {bound:?})");
+        assert!(took < bound, "takeover took {took:?}");
         put(&server, &svc("default", "s2", &[]));
         wait_ips(&server, "default", "s2", &["192.0.2.1"]).await;
         assert_eq!(ips_of(&server, "default", "s1"), ["192.0.2.0"]);
@@ -667,7 +673,10 @@ async fn one_leader_allocates_and_a_standby_takes_over() {
         b.stop().await;
         wait_for("c leads", || holder(&server).as_deref() == Some("c")).await;
         let took = t0.elapsed();
-        assert!(took < Duration::from_millis(600), "takeover took {took:?}");
+        // Released: the next attempt (within a retry period) wins.
+        let bound = t.retry_period + Duration::from_millis(300);
+        eprintln!("takeover after a clean stop: {took:?} (bound {bound:?})");
+        assert!(took < bound, "takeover took {took:?}");
         put(&server, &svc("default", "s3", &[]));
         wait_ips(&server, "default", "s3", &["192.0.2.2"]).await;
         c.stop().await;
