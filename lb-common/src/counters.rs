@@ -75,6 +75,10 @@ numbered! {
         EgressPackets = 17 => "egress_packets",
         /// Local backend's reply rewritten to come from the VIP.
         EgressReply = 18 => "egress_reply",
+        /// To a VIP or the node, but in a unicast frame for another host's
+        /// MAC (seen when the NIC does not filter: veth, promiscuous mode,
+        /// switch flooding): passed untouched, the kernel drops it.
+        PassOtherHost = 19 => "pass_other_host",
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Order: Ethernet (VLAN-tagged frames pass untouched), ARP (see `arp`),
 //! then IPv4 with ONE `vips` lookup on the destination — a miss is the hot
-//! non-VIP path and passes at once. VIP traffic takes the service path,
+//! non-VIP path and passes at once. A hit in a frame addressed to another
+//! host's MAC passes untouched (`pass_other_host`). VIP traffic takes the service path,
 //! replies to our NAT ports the node path.
 //!
 //! Service-path policy for packets to a VIP (all dropped and counted, never
@@ -82,6 +83,13 @@ fn classify(ctx: &XdpContext, cur: &mut Cursor<'_>, cfg: &Config, frame_len: usi
     let Some(vip) = VIPS.get_ptr(Ipv4Key { addr: ip.dst }) else {
         return Outcome::Pass(Counter::PassNotVip);
     };
+    // A unicast frame for another host's MAC reaches XDP whenever the NIC
+    // does not filter (veth, promiscuous Wi-Fi, a flooding switch after a
+    // failover). Only the addressee may act on it: pass it untouched and
+    // the kernel drops it as PACKET_OTHERHOST.
+    if eth.dst != cfg.mac {
+        return Outcome::Pass(Counter::PassOtherHost);
+    }
     // SAFETY: value pointer the map just returned; read by value.
     let flags = unsafe { (*vip).flags };
     if flags & vip_flags::SERVICE != 0 {

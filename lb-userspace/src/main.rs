@@ -9,6 +9,7 @@ use lb_userspace::{
     agent,
     bpfmaps::{Maps, PinDir},
     config::{self, Limits},
+    k8s,
     loader::{self, Sizes, XdpAttachMode},
     status,
 };
@@ -40,6 +41,86 @@ struct Pins {
     bpffs_root: PathBuf,
 }
 
+#[derive(Args, Clone)]
+struct DataplaneArgs {
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t)]
+    xdp_mode: XdpAttachMode,
+    /// Slots of the shared Maglev array (set when the maps are created;
+    /// each service uses 101..65521 slots depending on its backends).
+    #[arg(long, default_value_t = Sizes::default().maglev_slots)]
+    maglev_slots: u32,
+    /// Connection-table entries (set when the maps are created).
+    #[arg(long, default_value_t = Sizes::default().conntrack)]
+    conntrack_size: u32,
+    /// Reverse-NAT entries (set when the maps are created).
+    #[arg(long, default_value_t = Sizes::default().rev_nat)]
+    rev_nat_size: u32,
+    /// Session-affinity entries (set when the maps are created).
+    #[arg(long, default_value_t = Sizes::default().affinity)]
+    affinity_size: u32,
+}
+
+/// Where services come from: a file, or the Kubernetes API.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+struct SourceArgs {
+    /// Services file (YAML). Re-read whenever it changes; a bad file is
+    /// rejected and the last good state stays in force.
+    #[arg(short, long, env = "ONEHOP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Take services from the Kubernetes API (in-cluster config or
+    /// KUBECONFIG): LoadBalancer Services, EndpointSlices, Nodes, Leases.
+    #[arg(long)]
+    kubernetes: bool,
+}
+
+#[derive(Args, Clone)]
+struct KubeArgs {
+    /// How often the services file is checked for changes.
+    #[arg(long, default_value_t = 500)]
+    poll_interval_ms: u64,
+    /// This node's name (Kubernetes source; set it from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Namespace of the per-node Leases.
+    #[arg(long, env = "ONEHOP_NAMESPACE", default_value = "onehop-system")]
+    namespace: String,
+    /// The loadBalancerClass onehop serves.
+    #[arg(long, default_value = "onehop.io/l2")]
+    load_balancer_class: String,
+    /// Leave Services without a loadBalancerClass to another implementation.
+    #[arg(long)]
+    ignore_unclassed: bool,
+    /// Lowest NAT source port for remote backends (Kubernetes source).
+    #[arg(long, default_value_t = lb_common::DEFAULT_NAT_PORT_MIN)]
+    nat_port_min: u16,
+    /// Highest NAT source port for remote backends (Kubernetes source).
+    #[arg(long, default_value_t = lb_common::DEFAULT_NAT_PORT_MAX)]
+    nat_port_max: u16,
+    /// How often this node renews its Lease (one API write each).
+    #[arg(long, default_value_t = 400)]
+    lease_renew_ms: u64,
+    /// A node whose Lease was not renewed for this long is dead: another
+    /// node takes over its VIPs. Keep it at least 3 renew intervals.
+    #[arg(long, default_value_t = 1200)]
+    lease_duration_ms: u64,
+    /// Plain-HTTP API server URL instead of the cluster config (tests).
+    #[arg(long, hide = true)]
+    api_server: Option<String>,
+}
+
+/// A client for the cluster config, or for a plain-HTTP test server.
+async fn kube_client(api_server: Option<&str>) -> Result<kube::Client> {
+    let config = match api_server {
+        Some(url) => kube::Config::new(url.parse().context("--api-server is not a URL")?),
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Attach the data path to an interface (or adopt the one already
@@ -48,29 +129,12 @@ enum Command {
     Agent {
         #[command(flatten)]
         pins: Pins,
-        /// Services file (YAML). Re-read whenever it changes; a bad file is
-        /// rejected and the last good state stays in force.
-        #[arg(short, long, env = "ONEHOP_CONFIG")]
-        config: PathBuf,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value_t)]
-        xdp_mode: XdpAttachMode,
-        /// How often the services file is checked for changes.
-        #[arg(long, default_value_t = 500)]
-        poll_interval_ms: u64,
-        /// Slots of the shared Maglev array (set when the maps are created;
-        /// each service uses 101..65521 slots depending on its backends).
-        #[arg(long, default_value_t = Sizes::default().maglev_slots)]
-        maglev_slots: u32,
-        /// Connection-table entries (set when the maps are created).
-        #[arg(long, default_value_t = Sizes::default().conntrack)]
-        conntrack_size: u32,
-        /// Reverse-NAT entries (set when the maps are created).
-        #[arg(long, default_value_t = Sizes::default().rev_nat)]
-        rev_nat_size: u32,
-        /// Session-affinity entries (set when the maps are created).
-        #[arg(long, default_value_t = Sizes::default().affinity)]
-        affinity_size: u32,
+        #[command(flatten)]
+        dataplane: DataplaneArgs,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// Print services, backends, announced VIPs and counters from the pinned
     /// maps (works with or without a running agent).
@@ -203,35 +267,62 @@ fn main() -> ExitCode {
     }
 }
 
+async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
+    let node_name = kube
+        .node_name
+        .context("--kubernetes needs --node-name (or NODE_NAME)")?;
+    anyhow::ensure!(
+        kube.nat_port_min <= kube.nat_port_max,
+        "--nat-port-min is above --nat-port-max"
+    );
+    let client = kube_client(kube.api_server.as_deref()).await?;
+    let kopts = k8s::agent::Options {
+        node_name,
+        namespace: kube.namespace,
+        class: k8s::translate::ClassFilter {
+            class: kube.load_balancer_class,
+            unclassed: !kube.ignore_unclassed,
+        },
+        nat_ports: config::NatPorts {
+            min: kube.nat_port_min,
+            max: kube.nat_port_max,
+        },
+        renew_interval: Duration::from_millis(kube.lease_renew_ms.max(50)),
+        lease_duration: Duration::from_millis(kube.lease_duration_ms.max(200)),
+    };
+    k8s::agent::run(opts, kopts, client).await
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent {
             pins,
-            config,
-            xdp_mode,
-            poll_interval_ms,
-            maglev_slots,
-            conntrack_size,
-            rev_nat_size,
-            affinity_size,
+            dataplane,
+            source,
+            kube,
         } => {
             let opts = agent::Options {
                 interface: pins.interface,
                 bpffs_root: pins.bpffs_root,
                 sizes: Sizes {
-                    maglev_slots,
-                    conntrack: conntrack_size,
-                    rev_nat: rev_nat_size,
-                    affinity: affinity_size,
+                    maglev_slots: dataplane.maglev_slots,
+                    conntrack: dataplane.conntrack_size,
+                    rev_nat: dataplane.rev_nat_size,
+                    affinity: dataplane.affinity_size,
                 },
-                xdp_mode,
+                xdp_mode: dataplane.xdp_mode,
             };
-            let poll = Duration::from_millis(poll_interval_ms.max(10));
-            tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .context("starting the runtime")?
-                .block_on(agent::run_file(opts, config, poll))
+                .context("starting the runtime")?;
+            match source.config {
+                Some(config) => {
+                    let poll = Duration::from_millis(kube.poll_interval_ms.max(10));
+                    runtime.block_on(agent::run_file(opts, config, poll))
+                }
+                None => runtime.block_on(run_kubernetes(opts, kube)),
+            }
         }
         Command::Status { pins } => {
             let dir = PinDir::new(&pins.bpffs_root, &pins.interface);

@@ -488,6 +488,9 @@ fn plan_service(
     let offset = if table.is_empty() {
         0
     } else if let Some(v) = old
+        // A service without backends has offset 0 and no region of its own:
+        // the table there (if any) is another service's.
+        && v.maglev_len > 0
         && prev.maglev.get(&v.maglev_offset) == Some(&table)
     {
         v.maglev_offset

@@ -689,6 +689,18 @@ fn passes_untouched() {
             XDP_PASS,
             Want::C(C::PassNodeTraffic),
         );
+        // Flooded frames for another host (veth, promiscuous NICs, a switch
+        // that lost the MAC after a failover) must not be balanced twice.
+        for (what, dst) in [("VIP", VIP), ("node NAT reply", NODE_IP)] {
+            let mut p = Pkt::tcp(CLIENT, 1, dst, 80, SYN);
+            p.eth_dst = PEER_NODE_MAC;
+            lb.expect_untouched(
+                &format!("{what} for another MAC"),
+                &p.build(),
+                XDP_PASS,
+                Want::C(C::PassOtherHost),
+            );
+        }
         let eth_only = not_vip[..14].to_vec();
         lb.expect_untouched(
             "Ethernet header only",

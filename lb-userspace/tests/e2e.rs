@@ -14,247 +14,94 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::{
-        Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    process::Command,
     time::{Duration, Instant},
 };
 
+mod cluster;
+
+use cluster::{Cluster, TARGET_PORT, UDP_TARGET_PORT, pods_in_use};
 use lb_common::{Counter, DropReason};
-use lb_userspace::{
-    bpfmaps::{Maps, PinDir},
-    peer,
-    status::Snapshot,
-};
+use lb_userspace::status::Snapshot;
 use onehop_testkit::{
-    netns::{ChildGuard, command_in, in_netns, spawn_in},
-    server::HttpServer,
-    topology::Topology,
+    netns::{command_in, in_netns},
     traffic::{HttpConn, Timeouts},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
 const PORT: u16 = 80;
-const TARGET_PORT: u16 = 8080;
 const UDP_PORT: u16 = 53;
-const UDP_TARGET_PORT: u16 = 5353;
 
 fn vip_addr() -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(VIP, PORT))
 }
-
-/// One test's world: topology, servers, pin roots, agents, scratch files.
-/// Everything is released on drop, agents first.
-struct Cluster {
-    agents: Mutex<BTreeMap<u8, ChildGuard>>,
-    _passes: Vec<peer::PassThrough>,
-    _servers: Vec<HttpServer>,
-    _udp_servers: Vec<onehop_testkit::server::UdpServer>,
-    topo: Topology,
-    dir: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.agents
-            .lock()
-            .map(|mut a| a.clear())
-            .unwrap_or_default();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        for i in 1..=u8::try_from(self.topo.nodes().len()).unwrap_or(0) {
-            let _ = std::fs::remove_dir_all(self.pin_root(i));
-        }
-    }
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 struct BackendSpec {
     node: u8,
     pod: u8,
 }
 
-impl Cluster {
-    fn new() -> Self {
-        let topo = Topology::builder()
-            .nodes(2)
-            .pods_per_node(2)
-            .build()
-            .expect("topology");
-        let servers = topo.serve_http_all(TARGET_PORT).expect("servers");
-        let udp_servers = topo.serve_udp_all(UDP_TARGET_PORT).expect("udp servers");
-        // XDP_TX on a veth only delivers if the peer has an XDP program.
-        let lan_peers: Vec<String> = topo
-            .nodes()
-            .iter()
-            .map(|n| n.lan_peer().to_owned())
-            .collect();
-        let passes = in_netns(topo.lan(), || {
-            lan_peers
-                .iter()
-                .map(|p| peer::attach(p))
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .expect("netns")
-        .expect("pass-through programs");
-        let dir = std::env::temp_dir().join(format!(
-            "onehop-e2e-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self {
-            agents: Mutex::new(BTreeMap::new()),
-            _passes: passes,
-            _servers: servers,
-            _udp_servers: udp_servers,
-            topo,
-            dir,
+fn new_cluster() -> Cluster {
+    Cluster::new(2, 2, 1)
+}
+
+fn config_path(c: &Cluster, node: u8) -> std::path::PathBuf {
+    c.dir.join(format!("node{node}.yaml"))
+}
+
+/// Writes a node's services file atomically (like a `ConfigMap` update).
+fn write_config(c: &Cluster, node: u8, text: &str) {
+    let tmp = c.dir.join(format!("node{node}.yaml.tmp"));
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, config_path(c, node)).expect("rename config");
+}
+
+fn services_yaml(c: &Cluster, node: u8, announce: bool, backends: &[BackendSpec]) -> String {
+    let mut y = String::new();
+    let _ = writeln!(y, "node: {{ ip: {} }}", c.topo.node(node).ip());
+    let _ = writeln!(
+        y,
+        "announce: [{}]",
+        if announce {
+            VIP.to_string()
+        } else {
+            String::new()
         }
-    }
-
-    fn pin_root(&self, node: u8) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/{}node{node}", self.topo.prefix()))
-    }
-
-    fn config_path(&self, node: u8) -> PathBuf {
-        self.dir.join(format!("node{node}.yaml"))
-    }
-
-    fn log_path(&self, node: u8) -> PathBuf {
-        self.dir.join(format!("node{node}.log"))
-    }
-
-    /// Writes a node's services file atomically (like a `ConfigMap` update).
-    fn write_config(&self, node: u8, text: &str) {
-        let tmp = self.dir.join(format!("node{node}.yaml.tmp"));
-        std::fs::write(&tmp, text).expect("write config");
-        std::fs::rename(&tmp, self.config_path(node)).expect("rename config");
-    }
-
-    fn services_yaml(&self, node: u8, announce: bool, backends: &[BackendSpec]) -> String {
-        let mut y = String::new();
-        let _ = writeln!(y, "node: {{ ip: {} }}", self.topo.node(node).ip());
+    );
+    let _ = writeln!(y, "services:\n  - name: web\n    vip: {VIP}");
+    let _ = writeln!(
+        y,
+        "    ports: [{{ port: {PORT}, protocol: TCP, target_port: {TARGET_PORT} }}, \
+         {{ port: {UDP_PORT}, protocol: UDP, target_port: {UDP_TARGET_PORT} }}]"
+    );
+    let _ = writeln!(y, "    backends:");
+    for b in backends {
+        let pod = c.topo.node(b.node).pod(b.pod);
         let _ = writeln!(
             y,
-            "announce: [{}]",
-            if announce {
-                VIP.to_string()
-            } else {
-                String::new()
-            }
+            "      - {{ ip: {}, node_ip: {} }}",
+            pod.ip(),
+            c.topo.node(b.node).ip()
         );
-        let _ = writeln!(y, "services:\n  - name: web\n    vip: {VIP}");
-        let _ = writeln!(
-            y,
-            "    ports: [{{ port: {PORT}, protocol: TCP, target_port: {TARGET_PORT} }}, \
-             {{ port: {UDP_PORT}, protocol: UDP, target_port: {UDP_TARGET_PORT} }}]"
-        );
-        let _ = writeln!(y, "    backends:");
-        for b in backends {
-            let pod = self.topo.node(b.node).pod(b.pod);
-            let _ = writeln!(
-                y,
-                "      - {{ ip: {}, node_ip: {} }}",
-                pod.ip(),
-                self.topo.node(b.node).ip()
-            );
-        }
-        y
     }
+    y
+}
 
-    fn start_agent(&self, node: u8) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(node))
-            .expect("log file");
-        let mut cmd = command_in(self.topo.node(node).ns(), env!("CARGO_BIN_EXE_onehop"));
-        cmd.args([
-            "agent",
-            "--interface",
-            "eth0",
-            "--poll-interval-ms",
-            "100",
-            "--maglev-slots",
-            "65536",
-        ])
-        .args([
-            "--conntrack-size",
-            "16384",
-            "--rev-nat-size",
-            "16384",
-            "--affinity-size",
-            "1024",
-        ])
-        .arg("--config")
-        .arg(self.config_path(node))
-        .arg("--bpffs-root")
-        .arg(self.pin_root(node))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log);
-        let guard = spawn_in(self.topo.node(node).ns(), cmd).expect("spawn agent");
-        self.agents.lock().expect("agents").insert(node, guard);
-    }
+fn start_agent(c: &Cluster, node: u8) {
+    let config = config_path(c, node);
+    c.spawn_agent(
+        node,
+        &[
+            std::ffi::OsStr::new("--poll-interval-ms"),
+            "100".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+    );
+}
 
-    fn kill_agent(&self, node: u8) {
-        let mut guard = self
-            .agents
-            .lock()
-            .expect("agents")
-            .remove(&node)
-            .expect("agent running");
-        // SIGKILL: no chance to clean up, like an OOM kill or a node crash.
-        let pid = i32::try_from(guard.id()).expect("pid");
-        // SAFETY: plain kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill failed");
-        let _ = guard.child_mut().wait();
-    }
-
-    fn log(&self, node: u8) -> String {
-        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
-    }
-
-    fn snapshot(&self, node: u8) -> anyhow::Result<Snapshot> {
-        let maps = Maps::open(&PinDir::new(&self.pin_root(node), "eth0"))?;
-        Snapshot::read(&maps)
-    }
-
-    /// Polls the node's maps until `pred` holds (bounded).
-    fn wait_for(&self, node: u8, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(s) = self.snapshot(node)
-                && s.config.ready != 0
-                && pred(&s)
-            {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node{node}: timed out waiting for {what}; agent log:\n{}",
-                self.log(node)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Pods in use (each pod is one backend per service port).
-    fn backends_in_use(s: &Snapshot) -> usize {
-        s.backends
-            .iter()
-            .map(|b| b.value.ip)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    }
-
-    fn get(&self) -> anyhow::Result<onehop_testkit::server::Answer> {
-        self.topo.client().http_get(vip_addr())?.answer()
-    }
+fn get(c: &Cluster) -> anyhow::Result<onehop_testkit::server::Answer> {
+    c.topo.client().http_get(vip_addr())?.answer()
 }
 
 fn all_backends() -> Vec<BackendSpec> {
@@ -268,9 +115,9 @@ fn all_backends() -> Vec<BackendSpec> {
 
 #[test]
 fn arp_spread_client_ip_remote_backends_ping_and_status() {
-    let c = Cluster::new();
-    c.write_config(1, &c.services_yaml(1, true, &all_backends()));
-    c.write_config(2, &c.services_yaml(2, false, &all_backends()));
+    let c = new_cluster();
+    write_config(&c, 1, &services_yaml(&c, 1, true, &all_backends()));
+    write_config(&c, 2, &services_yaml(&c, 2, false, &all_backends()));
     // Like kube-proxy IPVS putting every LB IP on kube-ipvs0: node2's kernel
     // would answer ARP for the VIP if onehop did not drop those requests.
     c.topo
@@ -281,10 +128,10 @@ fn arp_spread_client_ip_remote_backends_ping_and_status() {
     // Taking over a VIP is announced with gratuitous ARP at once.
     let lan = onehop_testkit::capture::Capture::open(c.topo.lan(), c.topo.node(1).lan_peer())
         .expect("capture");
-    c.start_agent(1);
-    c.start_agent(2);
-    c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
-    c.wait_for(2, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    start_agent(&c, 1);
+    start_agent(&c, 2);
+    c.wait_for(1, "4 backends", |s| pods_in_use(s) == 4);
+    c.wait_for(2, "4 backends", |s| pods_in_use(s) == 4);
     let garp = lan
         .next_matching(Duration::from_secs(3), |f| {
             f.data.len() >= 42
@@ -406,8 +253,7 @@ fn check_spread_and_source_addresses(c: &Cluster) {
     let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
     let client_ip = c.topo.client().ip();
     for i in 0..400 {
-        let a = c
-            .get()
+        let a = get(c)
             .unwrap_or_else(|e| panic!("request {i} through the VIP failed: {e:#}\n{}", c.log(1)));
         let SocketAddr::V4(seen) = a.client else {
             panic!("IPv6 peer")
@@ -515,17 +361,17 @@ fn open_conns(c: &Cluster, n: usize) -> Vec<(HttpConn, String)> {
 
 #[test]
 fn adding_a_backend_keeps_open_connections_and_removing_one_moves_only_its_flows() {
-    let c = Cluster::new();
+    let c = new_cluster();
     let mut backends = all_backends();
     let late = backends.pop().expect("four");
-    c.write_config(1, &c.services_yaml(1, true, &backends));
-    c.start_agent(1);
-    c.wait_for(1, "3 backends", |s| Cluster::backends_in_use(s) == 3);
+    write_config(&c, 1, &services_yaml(&c, 1, true, &backends));
+    start_agent(&c, 1);
+    c.wait_for(1, "3 backends", |s| pods_in_use(s) == 3);
     let mut conns = open_conns(&c, 24);
 
     backends.push(late);
-    c.write_config(1, &c.services_yaml(1, true, &backends));
-    c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    write_config(&c, 1, &services_yaml(&c, 1, true, &backends));
+    c.wait_for(1, "4 backends", |s| pods_in_use(s) == 4);
     for (i, (conn, pod)) in conns.iter_mut().enumerate() {
         let again = conn
             .get("/")
@@ -537,14 +383,14 @@ fn adding_a_backend_keeps_open_connections_and_removing_one_moves_only_its_flows
         );
     }
     // New connections do reach the new backend.
-    let reached_new = (0..80).any(|_| c.get().is_ok_and(|a| a.pod == "node2-pod2"));
+    let reached_new = (0..80).any(|_| get(&c).is_ok_and(|a| a.pod == "node2-pod2"));
     assert!(reached_new, "the added backend never got a new connection");
 
     // Remove node1-pod2: only its connections are affected.
     let removed = "node1-pod2";
     backends.retain(|b| !(b.node == 1 && b.pod == 2));
-    c.write_config(1, &c.services_yaml(1, true, &backends));
-    c.wait_for(1, "3 backends", |s| Cluster::backends_in_use(s) == 3);
+    write_config(&c, 1, &services_yaml(&c, 1, true, &backends));
+    c.wait_for(1, "3 backends", |s| pods_in_use(s) == 3);
     let mut kept = 0;
     for (i, (conn, pod)) in conns.iter_mut().enumerate() {
         let result = conn.get("/").and_then(|r| r.answer());
@@ -572,7 +418,7 @@ fn adding_a_backend_keeps_open_connections_and_removing_one_moves_only_its_flows
     assert!(kept > 0, "no connection landed on a surviving backend");
     for _ in 0..60 {
         assert_ne!(
-            c.get().expect("request").pod,
+            get(&c).expect("request").pod,
             removed,
             "a new connection reached the removed backend"
         );
@@ -582,10 +428,10 @@ fn adding_a_backend_keeps_open_connections_and_removing_one_moves_only_its_flows
 
 #[test]
 fn sigkill_and_restart_of_the_agent_loses_no_request() {
-    let c = Cluster::new();
-    c.write_config(1, &c.services_yaml(1, true, &all_backends()));
-    c.start_agent(1);
-    c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    let c = new_cluster();
+    write_config(&c, 1, &services_yaml(&c, 1, true, &all_backends()));
+    start_agent(&c, 1);
+    c.wait_for(1, "4 backends", |s| pods_in_use(s) == 4);
     let mut conns = open_conns(&c, 8);
 
     let (ok, failures) = std::thread::scope(|scope| {
@@ -612,7 +458,7 @@ fn sigkill_and_restart_of_the_agent_loses_no_request() {
         std::thread::sleep(Duration::from_millis(700));
         c.kill_agent(1);
         std::thread::sleep(Duration::from_millis(700));
-        c.start_agent(1);
+        start_agent(&c, 1);
         looper.join().expect("request loop")
     });
     assert!(
@@ -638,15 +484,15 @@ fn sigkill_and_restart_of_the_agent_loses_no_request() {
 
 #[test]
 fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
-    let c = Cluster::new();
-    let good = c.services_yaml(1, true, &all_backends());
-    c.write_config(1, &good);
-    c.start_agent(1);
-    let before = c.wait_for(1, "4 backends", |s| Cluster::backends_in_use(s) == 4);
+    let c = new_cluster();
+    let good = services_yaml(&c, 1, true, &all_backends());
+    write_config(&c, 1, &good);
+    start_agent(&c, 1);
+    let before = c.wait_for(1, "4 backends", |s| pods_in_use(s) == 4);
     // Line 5 gets an impossible VIP.
     let bad = good.replace(&format!("vip: {VIP}"), "vip: 192.168.50.300");
     assert_ne!(bad, good);
-    c.write_config(1, &bad);
+    write_config(&c, 1, &bad);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !c.log(1).contains("rejected the services file") {
         assert!(
@@ -662,8 +508,7 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
         "error must name the field and line:\n{log}"
     );
     for i in 0..50 {
-        c.get()
-            .unwrap_or_else(|e| panic!("request {i} failed after a bad file: {e:#}"));
+        get(&c).unwrap_or_else(|e| panic!("request {i} failed after a bad file: {e:#}"));
     }
     let after = c.snapshot(1).expect("maps");
     let shape = |s: &Snapshot| {
@@ -683,6 +528,6 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
     );
     // Fixing the file applies again.
     let fewer: Vec<_> = all_backends().into_iter().take(2).collect();
-    c.write_config(1, &c.services_yaml(1, true, &fewer));
-    c.wait_for(1, "2 backends", |s| Cluster::backends_in_use(s) == 2);
+    write_config(&c, 1, &services_yaml(&c, 1, true, &fewer));
+    c.wait_for(1, "2 backends", |s| pods_in_use(s) == 2);
 }

@@ -241,6 +241,29 @@ impl<'a> Endpoints<'a> {
     }
 }
 
+/// Nodes running a usable endpoint of the Service (the election needs them
+/// for `externalTrafficPolicy: Local`).
+pub fn endpoint_nodes(svc: &ServiceRef, slices: &[EndpointSlice]) -> BTreeSet<String> {
+    Endpoints::of(svc, slices)
+        .usable()
+        .into_iter()
+        .filter_map(|(_, node)| node.map(str::to_owned))
+        .collect()
+}
+
+/// The reference of a Service, for Events and logs.
+pub fn reference(svc: &Service) -> ServiceRef {
+    service_ref(svc)
+}
+
+/// Whether the Service asks for `externalTrafficPolicy: Local`.
+pub fn local_policy(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+        == Some("Local")
+}
+
 fn protocol(p: &K8sServicePort) -> Option<Protocol> {
     match p.protocol.as_deref().unwrap_or("TCP") {
         "TCP" => Some(Protocol::Tcp),

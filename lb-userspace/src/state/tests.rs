@@ -241,6 +241,50 @@ fn unchanged_table_keeps_its_offset_when_others_change() {
     assert_eq!(b.services[&dns].id, a.services[&dns].id);
 }
 
+/// Regression (found by the Kubernetes end-to-end test): a service with no
+/// backends sits at offset 0 without a region; when it gets the same
+/// backends as the service whose table is at offset 0, it must get a region
+/// of its own, not share that one.
+#[test]
+fn a_service_gaining_backends_never_shares_another_services_table() {
+    let two = |b_backends: &str| {
+        parse(&format!(
+            "services:
+  - name: a
+    vip: 192.168.60.1
+    ports: [{{ port: 80, target_port: 8080 }}]
+    backends: [{{ ip: 10.42.0.5, node_ip: 192.168.50.10 }}, {{ ip: 10.42.1.7, node_ip: 192.168.50.11 }}]
+  - name: b
+    vip: 192.168.60.2
+    ports: [{{ port: 80, target_port: 8080 }}]
+    backends: [{b_backends}]
+"
+        ))
+    };
+    let first = plan_ok(&DataplaneState::default(), &two(""));
+    let a = key("192.168.60.1", 80, 6);
+    let b = key("192.168.60.2", 80, 6);
+    assert_eq!(first.services[&a].maglev_offset, 0);
+    assert_eq!(first.services[&b].maglev_len, 0);
+    let second = plan_ok(
+        &first,
+        &two(
+            "{ ip: 10.42.0.5, node_ip: 192.168.50.10 }, { ip: 10.42.1.7, node_ip: 192.168.50.11 }",
+        ),
+    );
+    assert_eq!(
+        second.maglev[&0], second.maglev[&second.services[&b].maglev_offset],
+        "same content"
+    );
+    assert_ne!(
+        second.services[&b].maglev_offset, 0,
+        "b must not reuse a's region"
+    );
+    second.allocators(&limits()).expect("consistent");
+    // And the next plan over it works (it failed before the fix).
+    plan_ok(&second, &two(""));
+}
+
 #[test]
 fn node_changes_update_flags_and_config() {
     let a = plan_ok(&DataplaneState::default(), &parse(FILE));

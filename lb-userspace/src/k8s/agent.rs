@@ -1,0 +1,550 @@
+//! The agent's Kubernetes source: watches Services, EndpointSlices, Nodes
+//! and the per-node Leases, elects which VIPs this node announces, and
+//! feeds the result through the same plan → diff → write path as a
+//! services file.
+//!
+//! Liveness: every agent renews one Lease (`onehop-node-<node>`) every
+//! `renew_interval`; API writes therefore grow with nodes, not services. A
+//! node is live while its Lease was seen changing within `lease_duration`
+//! — measured on this agent's own clock when the change was *observed*, so
+//! clock skew between nodes does not matter (client-go's leader election
+//! works the same way).
+//!
+//! API outages: the reflectors keep their last state and resume with
+//! backoff. While this agent cannot renew its own Lease it cannot tell a
+//! dead peer from a dead API server, so it holds the last applied state
+//! (traffic keeps flowing) instead of re-electing on stale information.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use k8s_openapi::{
+    api::{
+        coordination::v1::{Lease, LeaseSpec},
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource as _, ResourceExt as _,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{
+        WatchStreamExt as _,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::{
+    election::{self, Candidate},
+    translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
+};
+use crate::{
+    agent::{self, Agent},
+    config::NatPorts,
+};
+
+/// Label on the per-node Leases.
+pub const LEASE_LABEL: &str = "onehop.io/node-lease";
+
+/// Kubernetes-source settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This node's name (`spec.nodeName` of its pods; the downward API's
+    /// `spec.nodeName`).
+    pub node_name: String,
+    /// Namespace of the per-node Leases.
+    pub namespace: String,
+    pub class: ClassFilter,
+    pub nat_ports: NatPorts,
+    /// How often this agent renews its Lease.
+    pub renew_interval: Duration,
+    /// How long a Lease may go unrenewed before its node counts as dead.
+    pub lease_duration: Duration,
+}
+
+pub fn lease_name(node: &str) -> String {
+    format!("onehop-node-{node}")
+}
+
+/// Keeps a reflector store fed; pokes `changed` on every event.
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(_)) => changed.notify_one(),
+                Ok(None) => break,
+                // Backoff is applied by the stream; keep the last state.
+                Err(e) => warn!(error = %e, "watch error; keeping the last state and retrying"),
+            }
+        }
+    });
+    reader
+}
+
+/// Which nodes are alive, judged from Lease changes as this agent observes
+/// them through its watch.
+///
+/// A peer is dead when *our own* renewals kept arriving through the watch
+/// for a full lease duration after the peer's last change. Our echoes prove
+/// the watch was delivering (a watch delivers in resourceVersion order), so
+/// a stalled watch or an API outage never makes a healthy peer look dead,
+/// and clock skew between nodes plays no part.
+struct Liveness {
+    me: String,
+    seen: BTreeMap<String, (String, Instant)>,
+    /// When our own latest renewal came back through the watch.
+    own_echo: Option<Instant>,
+}
+
+impl Liveness {
+    fn new(me: &str) -> Self {
+        Self {
+            me: me.to_owned(),
+            seen: BTreeMap::new(),
+            own_echo: None,
+        }
+    }
+
+    fn observe(&mut self, leases: &[Arc<Lease>], now: Instant, within: Duration) {
+        for l in leases {
+            let Some(holder) = l.spec.as_ref().and_then(|s| s.holder_identity.clone()) else {
+                continue;
+            };
+            let rv = l.resource_version().unwrap_or_default();
+            if self.seen.get(&holder).is_some_and(|(old, _)| *old == rv) {
+                continue;
+            }
+            if holder == self.me {
+                if self
+                    .own_echo
+                    .is_some_and(|e| now.duration_since(e) > within)
+                {
+                    // Our watch had stalled: nobody's renewals were visible,
+                    // so give every peer a fresh start.
+                    for (_, at) in self.seen.values_mut() {
+                        *at = now;
+                    }
+                }
+                self.own_echo = Some(now);
+            }
+            self.seen.insert(holder, (rv, now));
+        }
+    }
+
+    fn live(&self, within: Duration) -> BTreeSet<String> {
+        let mut live: BTreeSet<String> = self
+            .seen
+            .iter()
+            .filter(|(_, (_, at))| self.own_echo.is_none_or(|echo| echo <= *at + within))
+            .map(|(n, _)| n.clone())
+            .collect();
+        live.insert(self.me.clone());
+        live
+    }
+}
+
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    leases: Store<Lease>,
+}
+
+fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
+    v.into_iter().map(|a| (*a).clone()).collect()
+}
+
+struct KubeAgent {
+    opts: Options,
+    client: Client,
+    recorder: Recorder,
+    stores: Stores,
+    liveness: Liveness,
+    last_renewed: Option<Instant>,
+    /// The `renewTime` of our last successful renewal.
+    last_renew_time: Option<Timestamp>,
+    holding: bool,
+    warned: BTreeSet<Warning>,
+}
+
+impl KubeAgent {
+    /// Writes this node's Lease (creating it the first time).
+    async fn write_lease(&self, stamp: Timestamp) -> Result<(), kube::Error> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let name = lease_name(&self.opts.node_name);
+        let now = MicroTime(stamp);
+        let secs = i32::try_from(self.opts.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let patch = serde_json::json!({ "spec": { "renewTime": now, "holderIdentity": self.opts.node_name, "leaseDurationSeconds": secs } });
+        match leases
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(self.opts.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            LEASE_LABEL.to_owned(),
+                            "true".to_owned(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.opts.node_name.clone()),
+                        lease_duration_seconds: Some(secs),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                leases
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Renews this node's Lease, within one renew interval: a hung
+    /// connection must not stall the agent's loop.
+    async fn renew(&mut self) {
+        // MicroTime travels with microsecond precision: keep exactly what the
+        // echo will carry, so `own_renewal_seen` can compare them.
+        let now = Timestamp::now();
+        let stamp = Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now);
+        let result = tokio::time::timeout(self.opts.renew_interval, self.write_lease(stamp)).await;
+        let name = lease_name(&self.opts.node_name);
+        match result {
+            Ok(Ok(())) => {
+                self.last_renewed = Some(Instant::now());
+                self.last_renew_time = Some(stamp);
+            }
+            Ok(Err(e)) => warn!(error = %e, lease = %name, "could not renew this node's lease"),
+            Err(_) => warn!(lease = %name, "renewing this node's lease timed out"),
+        }
+    }
+
+    /// Whether we can trust our view of the cluster right now.
+    fn api_reachable(&self, now: Instant) -> bool {
+        self.last_renewed
+            .is_some_and(|t| now.duration_since(t) < self.opts.lease_duration)
+    }
+
+    /// Whether the lease watch has delivered our own latest renewal: proof
+    /// that the store is as current as our last write.
+    fn own_renewal_seen(&self) -> bool {
+        let Some(want) = self.last_renew_time else {
+            return false;
+        };
+        self.stores.leases.state().iter().any(|l| {
+            l.spec.as_ref().is_some_and(|s| {
+                s.holder_identity.as_deref() == Some(self.opts.node_name.as_str())
+                    && s.renew_time.as_ref().is_some_and(|t| t.0 >= want)
+            })
+        })
+    }
+
+    async fn reconcile(&mut self, agent: &mut Agent) {
+        let now = Instant::now();
+        if !self.api_reachable(now) {
+            if !self.holding {
+                warn!(
+                    "cannot renew this node's lease: holding the last applied state until the API answers again"
+                );
+                self.holding = true;
+            }
+            return;
+        }
+        if self.holding {
+            if !self.own_renewal_seen() {
+                return; // the watches have not caught up yet
+            }
+            info!("the API answers again and the watches caught up; resuming");
+            self.holding = false;
+        }
+        let services = owned(self.stores.services.state());
+        let slices = owned(self.stores.slices.state());
+        let nodes = owned(self.stores.nodes.state());
+        self.liveness
+            .observe(&self.stores.leases.state(), now, self.opts.lease_duration);
+        let ready: BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| translate::node_ready(n))
+            .map(kube::ResourceExt::name_any)
+            .collect();
+        let live: BTreeSet<String> = self
+            .liveness
+            .live(self.opts.lease_duration)
+            .intersection(&ready)
+            .cloned()
+            .collect();
+        let candidates: Vec<Candidate> = services
+            .iter()
+            .filter(|s| translate::is_ours(s, &self.opts.class))
+            .map(|s| Candidate {
+                vips: translate::ingress_ips(s),
+                local_only: translate::local_policy(s),
+                endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
+                allowed_nodes: None,
+            })
+            .collect();
+        let announce = election::announced_by(&self.opts.node_name, &live, &candidates);
+        let t = translate::translate(&Inputs {
+            services: &services,
+            slices: &slices,
+            nodes: &nodes,
+            node_name: &self.opts.node_name,
+            class: &self.opts.class,
+            announce: &announce,
+            nat_ports: self.opts.nat_ports,
+        });
+        let before = agent.announced();
+        if let Err(e) = agent.apply(&t.file) {
+            warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
+        }
+        let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
+        self.publish_events(&services, &t.warnings, &started).await;
+    }
+
+    /// Publishes one Event, giving up after a second (Events are best
+    /// effort; the data path must not wait for them).
+    async fn publish(&self, ev: &Event, svc: &Service) -> Result<()> {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            self.recorder.publish(ev, &svc.object_ref(&())),
+        )
+        .await
+        .context("timed out")?
+        .context("rejected")
+    }
+
+    async fn publish_events(
+        &mut self,
+        services: &[Service],
+        warnings: &[Warning],
+        started: &BTreeSet<Ipv4Addr>,
+    ) {
+        let by_ref: BTreeMap<ServiceRef, &Service> = services
+            .iter()
+            .map(|s| (translate::reference(s), s))
+            .collect();
+        let fresh: Vec<Warning> = warnings
+            .iter()
+            .filter(|w| !self.warned.contains(*w))
+            .cloned()
+            .collect();
+        for w in fresh {
+            if let Some(svc) = by_ref.get(&w.service) {
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: w.reason.to_owned(),
+                    note: Some(w.message.clone()),
+                    action: "Translate".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.publish(&ev, svc).await {
+                    warn!(error = %e, service = %w.service, "could not publish an event");
+                }
+            }
+            self.warned.insert(w);
+        }
+        // Forget warnings that no longer apply, so they are reported again
+        // if they come back.
+        self.warned.retain(|w| warnings.contains(w));
+        for svc in services.iter().filter(|s| {
+            translate::ingress_ips(s)
+                .iter()
+                .any(|ip| started.contains(ip))
+        }) {
+            let ev = Event {
+                type_: EventType::Normal,
+                reason: "nodeAssigned".into(),
+                note: Some(format!(
+                    "announcing from node \"{}\" with protocol \"layer2\"",
+                    self.opts.node_name
+                )),
+                action: "Announce".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.publish(&ev, svc).await {
+                warn!(error = %e, "could not publish the nodeAssigned event");
+            }
+        }
+    }
+}
+
+/// Runs the agent with the Kubernetes source until SIGTERM/SIGINT.
+pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Result<()> {
+    let mut agent = Agent::start(&dataplane)?;
+    let changed = Arc::new(Notify::new());
+    let stores = Stores {
+        services: spawn_reflector(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        slices: spawn_reflector(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
+            changed.clone(),
+        ),
+        nodes: spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        leases: spawn_reflector(
+            Api::<Lease>::namespaced(client.clone(), &opts.namespace),
+            watcher::Config::default().labels(LEASE_LABEL),
+            changed.clone(),
+        ),
+    };
+    let reporter = Reporter {
+        controller: "onehop-agent".into(),
+        instance: Some(opts.node_name.clone()),
+    };
+    let liveness = Liveness::new(&opts.node_name);
+    let mut ka = KubeAgent {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        opts,
+        stores,
+        liveness,
+        last_renewed: None,
+        last_renew_time: None,
+        holding: false,
+        warned: BTreeSet::new(),
+    };
+    ka.renew().await;
+    for (what, ready) in [
+        (
+            "services",
+            ka.stores.services.wait_until_ready().await.is_ok(),
+        ),
+        (
+            "endpointslices",
+            ka.stores.slices.wait_until_ready().await.is_ok(),
+        ),
+        ("nodes", ka.stores.nodes.wait_until_ready().await.is_ok()),
+        ("leases", ka.stores.leases.wait_until_ready().await.is_ok()),
+    ] {
+        anyhow::ensure!(ready, "the {what} watcher stopped before its first list");
+    }
+    info!(node = %ka.opts.node_name, interface = %agent.iface.name, "agent running with the Kubernetes source");
+    let shutdown = agent::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut renew = tokio::time::interval(ka.opts.renew_interval);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            r = &mut shutdown => { r.context("waiting for signals")?; break; }
+            () = changed.notified() => {
+                // Coalesce bursts (a list of thousands of objects).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ka.reconcile(&mut agent).await;
+            }
+            _ = renew.tick() => {
+                ka.renew().await;
+                ka.reconcile(&mut agent).await;
+            }
+            _ = tick.tick() => agent.send_due_garps(),
+        }
+    }
+    info!("stopping; the data path stays attached through its pinned links");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, rv: &str) -> Arc<Lease> {
+        let mut l = Lease::default();
+        l.metadata.resource_version = Some(rv.into());
+        l.spec = Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            ..LeaseSpec::default()
+        });
+        Arc::new(l)
+    }
+
+    #[test]
+    fn a_peer_dies_only_while_our_own_renewals_keep_arriving() {
+        let d = Duration::from_millis(1200);
+        let mut l = Liveness::new("me");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        l.observe(&[lease("me", "1"), lease("b", "1")], at(0), d);
+        assert_eq!(l.live(d).len(), 2);
+        // b goes silent; our renewals keep echoing.
+        for (i, ms) in [400u64, 800, 1200].iter().enumerate() {
+            l.observe(
+                &[lease("me", &format!("{}", i + 2)), lease("b", "1")],
+                at(*ms),
+                d,
+            );
+            assert!(l.live(d).contains("b"), "b is within its lease at {ms} ms");
+        }
+        l.observe(&[lease("me", "9"), lease("b", "1")], at(1600), d);
+        assert_eq!(
+            l.live(d),
+            BTreeSet::from(["me".to_owned()]),
+            "b missed a whole lease of our echoes"
+        );
+        // b renews again: alive at once.
+        l.observe(&[lease("me", "9"), lease("b", "2")], at(1700), d);
+        assert!(l.live(d).contains("b"));
+    }
+
+    #[test]
+    fn a_stalled_watch_declares_nobody_dead() {
+        let d = Duration::from_millis(1200);
+        let mut l = Liveness::new("me");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        l.observe(&[lease("me", "1"), lease("b", "1")], at(0), d);
+        // Nothing arrives for 5 s (API outage), then our echo comes first.
+        l.observe(&[lease("me", "2"), lease("b", "1")], at(5000), d);
+        assert!(
+            l.live(d).contains("b"),
+            "b must get a fresh lease after the stall"
+        );
+        l.observe(&[lease("me", "3"), lease("b", "1")], at(5400), d);
+        assert!(l.live(d).contains("b"));
+        l.observe(&[lease("me", "5"), lease("b", "1")], at(6300), d);
+        assert!(!l.live(d).contains("b"), "silent after the resync: dead");
+    }
+
+    #[test]
+    fn lease_names() {
+        assert_eq!(lease_name("worker-1"), "onehop-node-worker-1");
+    }
+}

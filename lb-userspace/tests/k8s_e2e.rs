@@ -1,0 +1,528 @@
+//! End-to-end with the Kubernetes source: a test API server speaking the
+//! real REST/watch protocol runs inside the LAN (in `client2`'s namespace),
+//! every node runs `onehop agent --kubernetes` against it over plain HTTP,
+//! and a client on the LAN talks to the VIP. The objects the controller and
+//! kubelet would write (Service status, EndpointSlices, Nodes) are written
+//! straight into the server's store by the test.
+
+mod cluster;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use cluster::{Cluster, TARGET_PORT, pods_in_use};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+    events::v1::Event,
+};
+use lb_common::{DropReason, vip_flags};
+use lb_userspace::{k8s::election, status::Snapshot};
+use onehop_testkit::{
+    apiserver::ApiServer,
+    netns::in_netns,
+    traffic::{Timeouts, http_get_here},
+};
+use serde_json::{Value, json};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
+
+struct K8s {
+    c: Cluster,
+    api: ApiServer,
+}
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+fn node_name(i: u8) -> String {
+    format!("node{i}")
+}
+
+impl K8s {
+    fn new(nodes: u8) -> Self {
+        let c = Cluster::new(nodes, 1, 2);
+        let api_host = &c.topo.clients()[1];
+        let ip = api_host.ip();
+        let listener = in_netns(api_host.ns(), || TcpListener::bind((ip, 0)))
+            .expect("netns")
+            .expect("bind");
+        let api = ApiServer::start(listener).expect("api server");
+        for n in c.topo.nodes() {
+            let node: Node = from(json!({
+                "metadata": { "name": node_name(n.index()) },
+                "status": {
+                    "addresses": [{ "type": "InternalIP", "address": n.ip().to_string() }],
+                    "conditions": [{ "type": "Ready", "status": "True" }]
+                }
+            }));
+            api.store().put(&node).expect("node");
+        }
+        Self { c, api }
+    }
+
+    fn start_agent(&self, node: u8) {
+        let name = node_name(node);
+        self.c.spawn_agent(
+            node,
+            &[
+                "--kubernetes",
+                "--api-server",
+                self.api.url(),
+                "--node-name",
+                &name,
+            ],
+        );
+    }
+
+    fn put_service(&self, name: &str, vip: Ipv4Addr, extra: &Value) {
+        let mut svc = json!({
+            "metadata": { "namespace": "default", "name": name },
+            "spec": {
+                "type": "LoadBalancer",
+                "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": "web" }]
+            },
+            "status": { "loadBalancer": { "ingress": [{ "ip": vip.to_string() }] } }
+        });
+        merge(&mut svc, extra.clone());
+        self.api
+            .store()
+            .put(&from::<Service>(svc))
+            .expect("service");
+    }
+
+    /// The EndpointSlice of `svc` listing pod 1 of each node in `nodes`.
+    fn put_endpoints(&self, svc: &str, nodes: &[u8]) {
+        let endpoints: Vec<Value> = nodes
+            .iter()
+            .map(|i| {
+                json!({
+                    "addresses": [self.c.topo.node(*i).pod(1).ip().to_string()],
+                    "nodeName": node_name(*i),
+                    "conditions": { "ready": true, "serving": true, "terminating": false }
+                })
+            })
+            .collect();
+        let slice: EndpointSlice = from(json!({
+            "metadata": { "namespace": "default", "name": format!("{svc}-abc"), "labels": { "kubernetes.io/service-name": svc } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": TARGET_PORT, "protocol": "TCP" }],
+            "endpoints": endpoints
+        }));
+        self.api.store().put(&slice).expect("slice");
+    }
+
+    fn mac(&self, node: u8) -> [u8; 6] {
+        self.c.topo.node(node).mac().octets()
+    }
+
+    fn events(&self, svc: &str, reason: &str) -> Vec<Event> {
+        self.api
+            .store()
+            .list::<Event>()
+            .expect("events")
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(svc)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .collect()
+    }
+
+    /// Waits for an Event of `reason` on `svc` whose note contains `note`.
+    fn wait_event(&self, svc: &str, reason: &str, note: &str) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .events(svc, reason)
+                .into_iter()
+                .find(|e| e.note.as_deref().unwrap_or_default().contains(note));
+            if let Some(e) = found {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no {reason} event for {svc}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+fn announces(s: &Snapshot, vip: Ipv4Addr) -> bool {
+    s.vips
+        .iter()
+        .any(|(ip, f)| *ip == vip.octets() && f & vip_flags::ANNOUNCE != 0)
+}
+
+fn serves(s: &Snapshot, vip: Ipv4Addr) -> bool {
+    s.services.iter().any(|r| r.key.vip == vip.octets())
+}
+
+fn vip_addr(vip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(vip, 80))
+}
+
+/// The MAC the client's kernel currently has for `ip`.
+fn client_neighbour(k: &K8s, ip: Ipv4Addr) -> String {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            k.c.topo.client().ns().name(),
+            "neigh",
+            "show",
+            &ip.to_string(),
+        ])
+        .output()
+        .expect("ip neigh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Requests through the VIP every 50 ms for `span`: when the loop started,
+/// and (offset, ok) per request.
+fn probe_loop(k: &K8s, span: Duration) -> (Instant, Vec<(Duration, bool)>) {
+    let t = Timeouts {
+        connect: Duration::from_millis(200),
+        reply: Duration::from_millis(500),
+    };
+    in_netns(k.c.topo.client().ns(), || {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while start.elapsed() < span {
+            let at = start.elapsed();
+            out.push((at, http_get_here(vip_addr(VIP), "/", t).is_ok()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (start, out)
+    })
+    .expect("netns")
+}
+
+/// API load: lease renewals only, and independent of the number of services.
+fn check_api_writes_grow_with_nodes_not_services(k: &K8s, others: &[u8]) {
+    let window = Duration::from_secs(3);
+    k.api.reset_stats();
+    std::thread::sleep(window);
+    let one_service = k.api.writes().len();
+    for j in 1..=30u8 {
+        k.put_service(
+            &format!("extra{j}"),
+            Ipv4Addr::new(192, 168, 50, 200 + j),
+            &json!({}),
+        );
+        k.put_endpoints(&format!("extra{j}"), others);
+    }
+    for i in 1..=3 {
+        k.c.wait_for(i, "31 services", |s| s.services.len() == 31);
+    }
+    std::thread::sleep(Duration::from_secs(1)); // let the nodeAssigned events settle
+    k.api.reset_stats();
+    std::thread::sleep(window);
+    let many_services = k.api.writes().len();
+    eprintln!(
+        "API writes in {window:?} with 3 nodes: {one_service} with 1 service, {many_services} with 31 services"
+    );
+    // 3 nodes renewing every 400 ms make 22.5 writes in 3 s; allow slack.
+    assert!(
+        one_service <= 27,
+        "{one_service} writes in {window:?}: more than the lease renewals"
+    );
+    assert!(
+        many_services <= one_service + 3,
+        "writes grew with services: {one_service} -> {many_services}"
+    );
+}
+
+/// The owner dies (agent killed, NIC gone): another node must answer for
+/// the VIP within 2 s.
+fn check_failover(k: &K8s, owner: u8, names: &[String]) {
+    let owner_name = node_name(owner);
+    // The owner dies (agent killed, NIC gone): another node must answer
+    // for the VIP within 2 s.
+    let (killed, (start, probes)) = std::thread::scope(|s| {
+        let probes = s.spawn(|| probe_loop(k, Duration::from_secs(6)));
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        k.c.kill_agent(owner);
+        k.c.topo
+            .node(owner)
+            .ns()
+            .ip(&["link", "set", "eth0", "down"])
+            .expect("link down");
+        (killed, probes.join().expect("probe thread"))
+    });
+    let kill_at = killed.duration_since(start);
+    let first_fail = probes
+        .iter()
+        .find(|(t, ok)| *t >= kill_at && !ok)
+        .map(|(t, _)| *t);
+    let recovered =
+        first_fail.and_then(|f| probes.iter().find(|(t, ok)| *t > f && *ok).map(|(t, _)| *t));
+    let failover = recovered.map(|r| r.saturating_sub(kill_at));
+    eprintln!(
+        "failover: first failure {first_fail:?}, recovered {failover:?} after the owner died"
+    );
+    let failover = failover.unwrap_or_else(|| {
+        let logs: Vec<String> = (1..=3)
+            .map(|i| format!("--- node{i}\n{}", k.c.log(i)))
+            .collect();
+        let logs = logs.join("");
+        assert!(
+            first_fail.is_none(),
+            "traffic never came back: {probes:?}\n{logs}"
+        );
+        Duration::ZERO
+    });
+    assert!(
+        failover <= Duration::from_secs(2),
+        "failover took {failover:?}"
+    );
+    let survivors: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != owner_name)
+        .collect();
+    let new_owner: u8 = election::owner(VIP, survivors)
+        .expect("owner")
+        .trim_start_matches("node")
+        .parse()
+        .expect("index");
+    assert!(announces(&k.c.snapshot(new_owner).expect("maps"), VIP));
+    assert!(
+        client_neighbour(k, VIP).contains(&mac_text(k.mac(new_owner))),
+        "gratuitous ARP did not move the client to node{new_owner}: {}",
+        client_neighbour(k, VIP)
+    );
+}
+
+#[test]
+fn elected_node_announces_serves_and_fails_over_within_two_seconds() {
+    let k = K8s::new(3);
+    let names: Vec<String> = (1..=3).map(node_name).collect();
+    let owner_name = election::owner(VIP, names.iter().map(String::as_str))
+        .expect("an owner")
+        .to_owned();
+    let owner: u8 = owner_name
+        .trim_start_matches("node")
+        .parse()
+        .expect("index");
+    // Backends live on the other nodes, so the owner's death kills no pod.
+    let others: Vec<u8> = (1..=3).filter(|i| *i != owner).collect();
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &others);
+    for i in 1..=3 {
+        k.start_agent(i);
+    }
+    // Agents start one after the other; each elects among the Leases it
+    // has seen, so wait for the election to converge.
+    for i in 1..=3 {
+        k.c.wait_for(i, "the web service, election converged", |s| {
+            serves(s, VIP) && pods_in_use(s) == 2 && announces(s, VIP) == (i == owner)
+        });
+    }
+    let mac =
+        k.c.topo
+            .client()
+            .arp(VIP, Duration::from_secs(2))
+            .expect("arp")
+            .expect("nobody answered ARP");
+    assert_eq!(
+        mac.octets(),
+        k.mac(owner),
+        "the VIP must resolve to the elected node"
+    );
+    let mut pods = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let a =
+            k.c.topo
+                .client()
+                .http_get(vip_addr(VIP))
+                .unwrap_or_else(|e| panic!("request {i}: {e:#}"))
+                .answer()
+                .expect("answer");
+        pods.insert(a.pod);
+    }
+    assert_eq!(pods.len(), 2, "both backends must serve: {pods:?}");
+    let ev = k.wait_event("web", "nodeAssigned", &format!("\"{owner_name}\""));
+    assert_eq!(ev.reporting_instance.as_deref(), Some(owner_name.as_str()));
+    assert!(
+        k.c.snapshot(others[0])
+            .expect("maps")
+            .drop_count(DropReason::ArpNotOwned)
+            >= 1
+    );
+
+    check_api_writes_grow_with_nodes_not_services(&k, &others);
+    check_failover(&k, owner, &names);
+}
+
+#[test]
+fn local_policy_announces_only_from_nodes_with_local_endpoints() {
+    let k = K8s::new(3);
+    k.put_service(
+        "web",
+        VIP,
+        &json!({ "spec": { "externalTrafficPolicy": "Local" } }),
+    );
+    k.put_endpoints("web", &[2]);
+    for i in 1..=3 {
+        k.start_agent(i);
+    }
+    let s2 = k.c.wait_for(2, "announcing", |s| announces(s, VIP));
+    assert_eq!(pods_in_use(&s2), 1);
+    for i in [1, 3] {
+        let s = k.c.wait_for(i, "the service", |s| serves(s, VIP));
+        assert!(
+            !announces(&s, VIP),
+            "node{i} has no local endpoint and must not announce"
+        );
+        assert_eq!(
+            pods_in_use(&s),
+            0,
+            "node{i} must not forward Local traffic elsewhere"
+        );
+    }
+    let mac =
+        k.c.topo
+            .client()
+            .arp(VIP, Duration::from_secs(2))
+            .expect("arp")
+            .expect("no ARP answer");
+    assert_eq!(mac.octets(), k.mac(2));
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .expect("request")
+            .answer()
+            .expect("answer");
+    assert_eq!(a.pod, "node2-pod1");
+    assert_eq!(
+        a.client.ip(),
+        std::net::IpAddr::V4(k.c.topo.client().ip()),
+        "Local policy keeps the client address"
+    );
+
+    // The endpoint moves to node3: so does the announcement.
+    k.put_endpoints("web", &[3]);
+    k.c.wait_for(3, "announcing", |s| announces(s, VIP));
+    k.c.wait_for(2, "not announcing", |s| !announces(s, VIP));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client_neighbour(&k, VIP).contains(&mac_text(k.mac(3))) {
+        assert!(
+            Instant::now() < deadline,
+            "the client still uses node2 for the VIP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .expect("request")
+            .answer()
+            .expect("answer");
+    assert_eq!(a.pod, "node3-pod1");
+}
+
+#[test]
+fn outage_scaling_bad_objects_and_deletion() {
+    let k = K8s::new(2);
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &[1, 2]);
+    k.start_agent(1);
+    k.start_agent(2);
+    let names = [node_name(1), node_name(2)];
+    let owner_before: u8 = election::owner(VIP, names.iter().map(String::as_str))
+        .expect("owner")
+        .trim_start_matches("node")
+        .parse()
+        .expect("index");
+    for i in 1..=2 {
+        k.c.wait_for(i, "2 pods, election converged", |s| {
+            pods_in_use(s) == 2 && announces(s, VIP) == (i == owner_before)
+        });
+    }
+
+    // API outage longer than a lease: traffic keeps flowing, nobody re-elects.
+    let probes = std::thread::scope(|s| {
+        let probes = s.spawn(|| probe_loop(&k, Duration::from_secs(4)));
+        std::thread::sleep(Duration::from_millis(300));
+        k.api.set_available(false);
+        // Scale down while the API is unreachable; agents catch up after.
+        k.put_endpoints("web", &[1]);
+        std::thread::sleep(Duration::from_millis(2500));
+        k.api.set_available(true);
+        probes.join().expect("probe thread").1
+    });
+    let failed = probes.iter().filter(|(_, ok)| !ok).count();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the API outage",
+        probes.len()
+    );
+    for i in 1..=2 {
+        k.c.wait_for(i, "1 pod after the outage", |s| pods_in_use(s) == 1);
+    }
+    // The same node still announces: nobody re-elected on stale information.
+    let owners: Vec<u8> = (1..=2)
+        .filter(|i| announces(&k.c.snapshot(*i).expect("maps"), VIP))
+        .collect();
+    assert_eq!(
+        owners,
+        vec![owner_before],
+        "exactly the previous owner announces after the outage"
+    );
+
+    // A Service with an unenforceable allow-list gets a Warning, not served.
+    let bad_vip = Ipv4Addr::new(192, 168, 50, 201);
+    k.put_service(
+        "bad",
+        bad_vip,
+        &json!({ "spec": { "loadBalancerSourceRanges": ["10.0.0.0/33"] } }),
+    );
+    k.put_endpoints("bad", &[1]);
+    let ev = k.wait_event("bad", "InvalidSourceRange", "10.0.0.0/33");
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert!(!serves(&k.c.snapshot(1).expect("maps"), bad_vip));
+
+    // Deleting the Service removes it from the maps and ARP stops.
+    assert!(
+        k.api
+            .store()
+            .delete::<Service>("default", "web")
+            .expect("delete")
+    );
+    for i in 1..=2 {
+        k.c.wait_for(i, "web gone", |s| !serves(s, VIP) && !announces(s, VIP));
+    }
+    let still =
+        k.c.topo
+            .client()
+            .arp(VIP, Duration::from_millis(700))
+            .expect("arp");
+    assert!(
+        still.is_none(),
+        "ARP for a deleted VIP was answered by {still:?}"
+    );
+}
