@@ -1020,3 +1020,37 @@ async fn an_invalid_request_releases_the_address() {
     })
     .await;
 }
+
+/// Deleting a pool takes its addresses away: its Services move to another
+/// pool that may serve them, or are told why not.
+#[tokio::test]
+async fn deleting_a_pool_moves_or_fails_its_services() {
+    bounded(async {
+        let server = setup().await;
+        pool_with(&server, "first", &["192.0.2.1/32"], |s| {
+            s.service_allocation =
+                Some(serde_json::from_value(serde_json::json!({"priority": 1})).unwrap());
+        });
+        pool(&server, "second", &["198.51.100.1/32"]);
+        put(&server, &svc("default", "a", &[]));
+        let ctl = Ctl::start(&server, "c-1");
+        wait_ips(&server, "default", "a", &["192.0.2.1"]).await;
+        put(&server, &svc("default", "b", &[]));
+        wait_ips(&server, "default", "b", &["198.51.100.1"]).await;
+        server.store().delete::<IPAddressPool>(NS, "first").unwrap();
+        wait_event(
+            &server,
+            "Service",
+            "a",
+            "AllocationFailed",
+            "no available IP in pool(s) second",
+        )
+        .await;
+        wait_ips(&server, "default", "a", &[]).await;
+        assert_eq!(ips_of(&server, "default", "b"), ["198.51.100.1"]);
+        pool(&server, "third", &["203.0.113.9/32"]);
+        wait_ips(&server, "default", "a", &["203.0.113.9"]).await;
+        ctl.stop().await;
+    })
+    .await;
+}
