@@ -37,7 +37,7 @@ const NS: &str = "onehop-system";
 const T: Duration = Duration::from_secs(10);
 
 /// Fast election timing for tests: a crashed leader is replaced within
-/// `lease_duration + retry_period` = 1.2 s.
+/// `lease_duration + 2 * retry_period` = 1.4 s.
 fn timing() -> Timing {
     Timing {
         lease_duration: Duration::from_secs(1),

@@ -15,8 +15,9 @@
 //!
 //! Timing defaults ([`Timing::default`], client-go's): lease 15 s, renew
 //! deadline 10 s, retry 2 s. A standby takes over within
-//! `lease_duration + retry_period` (17 s) of a leader's crash, and within
-//! `retry_period` (2 s) of a clean shutdown. Assignment itself is
+//! `lease_duration + 2 * retry_period` (19 s) of a leader's crash (it sees
+//! the last renewal up to one retry late, and checks once per retry), and
+//! within `retry_period` (2 s) of a clean shutdown. Assignment itself is
 //! debounced by 100 ms. Nothing is lost in the gap: Services wait with a
 //! `<pending>` address, and existing addresses keep working (the agents
 //! serve what the statuses say).
