@@ -650,7 +650,7 @@ async fn one_leader_allocates_and_a_standby_takes_over() {
             .collect();
         assert_eq!(reporters, ["a"], "only the leader writes Events");
 
-        // A crash: b takes over once the Lease expires (lease + retry = 1.2 s).
+        // A crash: b takes over once the Lease expires (lease + 2 retries).
         let t0 = Instant::now();
         a.kill();
         wait_for("b leads", || holder(&server).as_deref() == Some("b")).await;
