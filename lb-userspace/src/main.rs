@@ -128,7 +128,6 @@ async fn kube_client(api_server: Option<&str>) -> Result<kube::Client> {
 }
 
 #[derive(Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once at startup; boxing buys nothing")]
 enum Command {
     /// Attach the data path to an interface (or adopt the one already
     /// attached) and keep its maps in sync with a services file. Stopping or
@@ -155,11 +154,106 @@ enum Command {
         #[command(flatten)]
         pins: Pins,
     },
+    /// Assign external IPs from IP address pools to `LoadBalancer` Services and
+    /// write their status (one replica at a time, elected with a Lease).
+    Controller(ControllerArgs),
     /// Validate a services file and exit (non-zero with every problem listed).
     CheckConfig {
         /// Services file (YAML).
         file: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Namespace of the leader Lease and of the IP address pools.
+    #[arg(long, env = "ONEHOP_NAMESPACE", default_value = "onehop-system")]
+    namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "onehop-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease (unique per replica); the host
+    /// name when unset.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The loadBalancerClass onehop serves.
+    #[arg(long, alias = "load-balancer-class", default_value = "onehop.io/l2")]
+    class: String,
+    /// Also serve Services without a loadBalancerClass.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    unclassed: bool,
+    /// How long a leader Lease stays valid without renewal (seconds).
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// The leader steps down after failing to renew for this long.
+    #[arg(long, default_value_t = 10_000)]
+    renew_deadline_ms: u64,
+    /// How often the leader renews and standbys try to acquire.
+    #[arg(long, default_value_t = 2_000)]
+    retry_period_ms: u64,
+    /// Plain-HTTP API server URL instead of the kubeconfig / in-cluster
+    /// config (tests).
+    #[arg(long, hide = true)]
+    api_server: Option<String>,
+}
+
+fn run_controller(args: ControllerArgs) -> Result<()> {
+    use lb_userspace::k8s::{controller, translate::ClassFilter};
+    let identity = match args.identity {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("no --identity / POD_NAME, and reading the host name failed")?
+            .trim()
+            .to_owned(),
+    };
+    let opts = controller::Options {
+        namespace: args.namespace,
+        lease_name: args.lease_name,
+        identity,
+        class: ClassFilter {
+            class: args.class,
+            unclassed: args.unclassed,
+        },
+        timing: controller::Timing {
+            lease_duration: Duration::from_secs(args.lease_duration_secs),
+            renew_deadline: Duration::from_millis(args.renew_deadline_ms),
+            retry_period: Duration::from_millis(args.retry_period_ms),
+            ..controller::Timing::default()
+        },
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(async move {
+            let client = match args.api_server {
+                Some(url) => kube::Client::try_from(kube::Config::new(
+                    url.parse().context("--api-server is not a URL")?,
+                ))
+                .context("building the API client")?,
+                None => kube::Client::try_default()
+                    .await
+                    .context("no kubeconfig or in-cluster configuration")?,
+            };
+            let shutdown = async {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no SIGTERM handler");
+                            let _ = tokio::signal::ctrl_c().await;
+                            return;
+                        }
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            Box::pin(controller::run(client, opts, shutdown)).await
+        })
 }
 
 fn main() -> ExitCode {
@@ -256,6 +350,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Controller(args) => run_controller(args),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

@@ -1,4 +1,4 @@
-//! Developer commands: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+//! Developer commands: `cargo xtask <setup|build-ebpf|test|demo|crdgen|bench>`.
 //!
 //! Every command that needs the toolchain runs `setup` first; setup is
 //! idempotent and cheap when everything is already installed.
@@ -37,6 +37,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Regenerate `manifests/crds.yaml` from the Rust types of the custom
+    /// resources (a test fails when the file is stale).
+    Crdgen,
     /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
     /// path via `BPF_PROG_TEST_RUN`; needs root). See benches/README.md.
     Bench {
@@ -65,6 +68,14 @@ fn main() -> Result<()> {
         Command::Test { args } => {
             setup::run()?;
             test::run(&args)
+        }
+        Command::Crdgen => {
+            use anyhow::Context as _;
+            let path = workspace_root().join("manifests/crds.yaml");
+            std::fs::write(&path, lb_userspace::k8s::crd::crds_yaml()?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+            Ok(())
         }
         Command::Bench { which, args } => {
             setup::run()?;

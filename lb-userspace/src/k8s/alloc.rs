@@ -24,43 +24,14 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::LabelSelector};
+use k8s_openapi::api::core::v1::Service;
 
+pub use super::crd::{PoolSpec, ServiceAllocation};
 use super::{selector, translate::ServiceRef};
 use crate::config::Protocol;
 
 /// Annotation prefixes, in the order they are looked up.
 pub const ANNOTATION_PREFIXES: [&str; 3] = ["onehop.io/", "metallb.io/", "metallb.universe.tf/"];
-
-/// The `spec` of an `IPAddressPool` (MetalLB `v1beta1` field names).
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolSpec {
-    pub addresses: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_assign: Option<bool>,
-    #[serde(
-        default,
-        rename = "avoidBuggyIPs",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub avoid_buggy_ips: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_allocation: Option<ServiceAllocation>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceAllocation {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<i32>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespace_selectors: Vec<LabelSelector>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub service_selectors: Vec<LabelSelector>,
-}
 
 /// A validated pool.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,6 +120,24 @@ impl Pool {
             .flat_map(|(a, b)| *a..=*b)
             .filter(|ip| self.usable(*ip))
             .map(Ipv4Addr::from)
+    }
+
+    /// Usable addresses, counted without walking them (pools can be /8s).
+    pub fn size(&self) -> u64 {
+        // Addresses in [0, n] ending in .0 or .255.
+        let buggy_upto = |n: u64| (n / 256) * 2 + 1 + u64::from(n % 256 == 255);
+        self.ranges
+            .iter()
+            .map(|(a, b)| {
+                let (a, b) = (u64::from(*a), u64::from(*b));
+                let all = b - a + 1;
+                if !self.avoid_buggy {
+                    return all;
+                }
+                let below = if a == 0 { 0 } else { buggy_upto(a - 1) };
+                all - (buggy_upto(b) - below)
+            })
+            .sum()
     }
 
     fn overlaps(&self, other: &Pool) -> bool {
@@ -354,6 +343,25 @@ impl Allocator {
             .iter()
             .find(|p| p.contains(ip))
             .map(|p| p.name.as_str())
+    }
+
+    /// Every Service holding addresses.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRef> {
+        self.by_service.keys()
+    }
+
+    /// `(assigned, available)` addresses of every pool, by name.
+    pub fn pool_usage(&self) -> BTreeMap<String, (u64, u64)> {
+        self.pools
+            .iter()
+            .map(|p| {
+                let assigned = self.holders.keys().filter(|ip| p.contains(**ip)).count() as u64;
+                (
+                    p.name.clone(),
+                    (assigned, p.size().saturating_sub(assigned)),
+                )
+            })
+            .collect()
     }
 
     pub fn addresses_of(&self, svc: &ServiceRef) -> &[Ipv4Addr] {

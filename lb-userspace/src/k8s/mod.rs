@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod controller;
+pub mod crd;
 pub mod election;
 pub mod rbac;
 pub mod selector;

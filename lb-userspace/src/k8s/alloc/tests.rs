@@ -443,3 +443,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pool_size_counts_usable_addresses() {
+    let spec = |addrs: &[&str], buggy: bool| PoolSpec {
+        addresses: addrs.iter().map(|a| (*a).to_owned()).collect(),
+        avoid_buggy_ips: Some(buggy),
+        ..PoolSpec::default()
+    };
+    let size = |addrs: &[&str], buggy: bool| Pool::parse("p", &spec(addrs, buggy)).unwrap().size();
+    assert_eq!(size(&["10.0.0.0/24"], false), 256);
+    assert_eq!(size(&["10.0.0.0/24"], true), 254);
+    assert_eq!(size(&["10.0.0.0/23"], true), 508);
+    assert_eq!(
+        size(&["10.0.0.10-10.0.0.20", "10.0.1.255-10.0.2.1"], true),
+        11 + 1
+    );
+    assert_eq!(size(&["0.0.0.0/0"], false), 1 << 32);
+    assert_eq!(size(&["0.0.0.0/31"], true), 1);
+    // The count agrees with the addresses handed out.
+    let p = Pool::parse("p", &spec(&["10.0.0.250-10.0.1.5"], true)).unwrap();
+    assert_eq!(p.size(), p.addresses().count() as u64);
+}

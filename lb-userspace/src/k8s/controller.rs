@@ -1,0 +1,763 @@
+//! `onehop controller`: assigns external IPs to `LoadBalancer` Services from
+//! `IPAddressPool`s, writes `status.loadBalancer.ingress`, and says what it
+//! did in Events as MetalLB does (`IPAllocated`, `AllocationFailed`).
+//!
+//! One replica allocates at a time: replicas compete for a
+//! `coordination.k8s.io` Lease with optimistic concurrency (every write is a
+//! replace carrying the resourceVersion that was read, so of two candidates
+//! exactly one wins). A candidate takes the Lease when it is free or when
+//! its record has not changed for `lease_duration` *as observed locally*
+//! (client-go's rule: no trust in other machines' clocks). The leader renews
+//! every `retry_period` and steps down when it could not renew for
+//! `renew_deadline`, which is shorter than `lease_duration`, so an old
+//! leader stops writing before anyone may take over. A leader that shuts
+//! down releases the Lease so a standby takes over at its next attempt.
+//!
+//! Timing defaults ([`Timing::default`], client-go's): lease 15 s, renew
+//! deadline 10 s, retry 2 s. A standby takes over within
+//! `lease_duration + 2 * retry_period` (19 s) of a leader's crash (it sees
+//! the last renewal up to one retry late, and checks once per retry), and
+//! within `retry_period` (2 s) of a clean shutdown. Assignment itself is
+//! debounced by 100 ms. Nothing is lost in the gap: Services wait with a
+//! `<pending>` address, and existing addresses keep working (the agents
+//! serve what the statuses say).
+//!
+//! Every replica keeps its caches warm (reflectors on Services, Namespaces
+//! and the `IPAddressPools` of its namespace, with kube's default backoff:
+//! a watch error or an API outage keeps the last state). Each time a
+//! replica becomes leader it rebuilds the allocations from the statuses the
+//! Services already show ([`Allocator::adopt`], oldest Service first) before
+//! assigning anything, so an address is never handed out twice across
+//! restarts or failovers; a Service whose status clashes with an older one
+//! gets a Warning Event and a new address.
+//!
+//! Reconciling is level-triggered and idempotent: any change (or a periodic
+//! resync, or a retry after a failed write) recomputes everything from the
+//! caches and writes only differences.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    future::Future,
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use futures::{StreamExt as _, future};
+use k8s_openapi::{
+    api::{
+        coordination::v1::{Lease, LeaseSpec},
+        core::v1::{Namespace, ObjectReference, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt as _,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{
+        WatchStreamExt as _,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::{
+    alloc::{Allocator, PoolSpec, Request, validate_pools},
+    crd::{IPAddressPool, IPAddressPoolStatus},
+    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours},
+};
+
+/// The Events' reporting controller and the status patches' field manager.
+pub const CONTROLLER_NAME: &str = "onehop-controller";
+
+/// Leader election and reconcile timing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a Lease record stays valid without a renewal (written to
+    /// the Lease in whole seconds, at least 1).
+    pub lease_duration: Duration,
+    /// The leader steps down when it could not renew for this long.
+    pub renew_deadline: Duration,
+    /// How often the leader renews and candidates try to acquire.
+    pub retry_period: Duration,
+    /// Changes arriving within this window are handled in one pass.
+    pub debounce: Duration,
+    /// Recompute everything this often even without changes.
+    pub resync: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_mins(1),
+        }
+    }
+}
+
+/// What `onehop controller` is configured with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the Lease and the `IPAddressPool`s live.
+    pub namespace: String,
+    pub lease_name: String,
+    /// Unique per replica (the pod name).
+    pub identity: String,
+    pub class: ClassFilter,
+    pub timing: Timing,
+}
+
+/// Runs the controller until `shutdown` completes (then releases the Lease
+/// if held). Returns an error only for a setup problem: API errors are
+/// logged and retried.
+pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = ()>) -> Result<()> {
+    anyhow::ensure!(
+        opts.timing.renew_deadline < opts.timing.lease_duration,
+        "the renew deadline must be shorter than the lease duration"
+    );
+    anyhow::ensure!(!opts.identity.is_empty(), "the identity must not be empty");
+    let notify = Arc::new(Notify::new());
+    let (services, w1) = reflect(Api::<Service>::all(client.clone()), &notify);
+    let (namespaces, w2) = reflect(Api::<Namespace>::all(client.clone()), &notify);
+    let (pools, w3) = reflect(
+        Api::<IPAddressPool>::namespaced(client.clone(), &opts.namespace),
+        &notify,
+    );
+    let watchers = future::join3(w1, w2, w3);
+    tokio::pin!(watchers, shutdown);
+    let mut elector = Elector::new(
+        Api::namespaced(client.clone(), &opts.namespace),
+        &opts.lease_name,
+        &opts.identity,
+        opts.timing.clone(),
+    );
+    let caches = Caches {
+        services,
+        namespaces,
+        pools,
+    };
+    loop {
+        tokio::select! {
+            _ = &mut watchers => anyhow::bail!("the watchers ended"),
+            () = &mut shutdown => return Ok(()),
+            () = elector.acquire() => {}
+        }
+        tracing::info!(identity = %opts.identity, lease = %opts.lease_name, "became the leader");
+        let mut leader = Leader::new(client.clone(), caches.clone(), &opts);
+        let end = tokio::select! {
+            _ = &mut watchers => anyhow::bail!("the watchers ended"),
+            () = &mut shutdown => End::Shutdown,
+            () = elector.hold() => End::Lost,
+            () = leader.run(&notify) => End::Lost,
+        };
+        match end {
+            End::Lost => tracing::warn!("lost the leadership; standing by"),
+            End::Shutdown => {
+                elector.release().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Why a term as leader ended.
+enum End {
+    Lost,
+    Shutdown,
+}
+
+/// A reflector whose every change wakes the reconciler.
+fn reflect<K>(api: Api<K>, notify: &Arc<Notify>) -> (Store<K>, impl Future<Output = ()> + use<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let notify = Arc::clone(notify);
+    let kind = K::kind(&()).into_owned();
+    let fut = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(move |ev| {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(
+                    error = %e, %kind,
+                    "watch failed; keeping the last state and retrying"
+                ),
+            }
+            future::ready(())
+        });
+    (reader, fut)
+}
+
+#[derive(Clone)]
+struct Caches {
+    services: Store<Service>,
+    namespaces: Store<Namespace>,
+    pools: Store<IPAddressPool>,
+}
+
+fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// The Lease side of leader election.
+struct Elector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    timing: Timing,
+    /// The Lease's resourceVersion as last seen, and when it was first seen.
+    observed: Option<(String, Instant)>,
+    held: bool,
+}
+
+impl Elector {
+    fn new(api: Api<Lease>, name: &str, identity: &str, timing: Timing) -> Self {
+        Self {
+            api,
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            timing,
+            observed: None,
+            held: false,
+        }
+    }
+
+    fn lease_seconds(&self) -> i32 {
+        i32::try_from(self.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+
+    /// One attempt to take or renew the Lease: `Ok(true)` when held after
+    /// it, `Ok(false)` when someone else validly holds it.
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let seen_at = Instant::now();
+        let now = MicroTime(Timestamp::now());
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(self.lease_seconds()),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            let created = self.api.create(&PostParams::default(), &lease).await?;
+            self.observed = Some((created.resource_version().unwrap_or_default(), seen_at));
+            return Ok(true);
+        };
+        let rv = lease.resource_version().unwrap_or_default();
+        if self.observed.as_ref().is_none_or(|(r, _)| *r != rv) {
+            self.observed = Some((rv, seen_at));
+        }
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let mine = holder.as_deref() == Some(self.identity.as_str());
+        if holder.is_some() && !mine {
+            let valid_for = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(self.timing.lease_duration, Duration::from_secs);
+            let since = self.observed.as_ref().map_or(seen_at, |(_, t)| *t);
+            if seen_at < since + valid_for {
+                return Ok(false);
+            }
+            tracing::info!(holder = ?holder, "the Lease expired; taking it over");
+        }
+        if !mine {
+            spec.acquire_time = Some(now.clone());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+        }
+        spec.holder_identity = Some(self.identity.clone());
+        spec.lease_duration_seconds = Some(self.lease_seconds());
+        spec.renew_time = Some(now);
+        // The read resourceVersion rides along: a concurrent writer makes
+        // this fail with 409 instead of being overwritten.
+        let written = self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await?;
+        self.observed = Some((written.resource_version().unwrap_or_default(), seen_at));
+        Ok(true)
+    }
+
+    /// Returns once this replica holds the Lease.
+    async fn acquire(&mut self) {
+        loop {
+            let attempt =
+                tokio::time::timeout(self.timing.retry_period, self.try_acquire_or_renew()).await;
+            match attempt {
+                Ok(Ok(true)) => {
+                    self.held = true;
+                    return;
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) if api_code(&e) == Some(409) => {
+                    tracing::debug!("lost a race for the Lease");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "acquiring the Lease failed"),
+                Err(_) => tracing::warn!("acquiring the Lease timed out"),
+            }
+            tokio::time::sleep(self.timing.retry_period).await;
+        }
+    }
+
+    /// Renews the Lease until that fails for `renew_deadline` or someone
+    /// else holds it; then returns (no longer leader).
+    async fn hold(&mut self) {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.timing.retry_period).await;
+            let started = Instant::now();
+            let left = (renewed + self.timing.renew_deadline).saturating_duration_since(started);
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => renewed = started,
+                Ok(Ok(false)) => {
+                    tracing::warn!("another replica holds the Lease");
+                    break;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the Lease failed"),
+                Err(_) => tracing::warn!("renewing the Lease timed out"),
+            }
+            if Instant::now() >= renewed + self.timing.renew_deadline {
+                tracing::warn!("could not renew the Lease within the renew deadline");
+                break;
+            }
+        }
+        self.held = false;
+    }
+
+    /// Gives the Lease up (on shutdown) so a standby need not wait for it
+    /// to expire.
+    async fn release(&mut self) {
+        if !self.held {
+            return;
+        }
+        self.held = false;
+        let attempt = async {
+            let mut lease = self.api.get(&self.name).await?;
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(self.timing.retry_period, attempt).await {
+            Ok(Ok(())) => tracing::info!("released the Lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the Lease failed"),
+            Err(_) => tracing::warn!("releasing the Lease timed out"),
+        }
+    }
+}
+
+/// Identifies the object an Event was about, for de-duplication.
+type NoteKey = (String, String, String);
+
+/// The allocating side, alive while this replica leads.
+struct Leader {
+    client: Client,
+    caches: Caches,
+    class: ClassFilter,
+    namespace: String,
+    timing: Timing,
+    recorder: Recorder,
+    alloc: Allocator,
+    /// The last Event said about each object, so a level-triggered pass
+    /// does not repeat itself.
+    notes: BTreeMap<NoteKey, (String, String)>,
+    /// Pool statuses as last written.
+    pool_status: BTreeMap<String, (i64, i64, String, String)>,
+}
+
+fn service_ref(svc: &Service) -> ServiceRef {
+    ServiceRef {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+fn note_key(r: &ObjectReference) -> NoteKey {
+    (
+        r.kind.clone().unwrap_or_default(),
+        r.namespace.clone().unwrap_or_default(),
+        r.name.clone().unwrap_or_default(),
+    )
+}
+
+/// MetalLB's rendering of an address list (Go's `%q` of a slice).
+fn quoted(ips: &[Ipv4Addr]) -> String {
+    let inner: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+    format!("[{}]", inner.join(" "))
+}
+
+/// Oldest first (they win address conflicts), then by name.
+fn by_age(svcs: &mut [Arc<Service>]) {
+    svcs.sort_by_key(|s| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            service_ref(s),
+        )
+    });
+}
+
+impl Leader {
+    fn new(client: Client, caches: Caches, opts: &Options) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_NAME.into(),
+                instance: Some(opts.identity.clone()),
+            },
+        );
+        Self {
+            client,
+            caches,
+            class: opts.class.clone(),
+            namespace: opts.namespace.clone(),
+            timing: opts.timing.clone(),
+            recorder,
+            alloc: Allocator::default(),
+            notes: BTreeMap::new(),
+            pool_status: BTreeMap::new(),
+        }
+    }
+
+    async fn run(&mut self, notify: &Notify) {
+        // An empty cache would look like "no Services": never allocate from it.
+        let ready = future::join3(
+            self.caches.services.wait_until_ready(),
+            self.caches.namespaces.wait_until_ready(),
+            self.caches.pools.wait_until_ready(),
+        )
+        .await;
+        if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() {
+            tracing::error!("a cache writer is gone");
+            return future::pending().await;
+        }
+        self.rebuild().await;
+        loop {
+            let ok = self.reconcile().await;
+            let wait = if ok {
+                self.timing.resync
+            } else {
+                self.timing.retry_period
+            };
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            tokio::time::sleep(self.timing.debounce).await;
+        }
+    }
+
+    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.caches
+            .namespaces
+            .get(&reflector::ObjectRef::new(ns))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default()
+    }
+
+    fn request(&self, svc: &Service) -> Result<Request, super::alloc::AllocError> {
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        Request::from_service(svc, self.namespace_labels(&ns))
+    }
+
+    /// Valid pools into the allocator; Warning Events for the others.
+    /// Returns the invalid ones with their problem.
+    async fn load_pools(&mut self) -> BTreeMap<String, String> {
+        let pools = self.caches.pools.state();
+        let specs: Vec<(String, PoolSpec)> = pools
+            .iter()
+            .map(|p| (p.name_any(), p.spec.clone()))
+            .collect();
+        let (ok, bad) = validate_pools(&specs);
+        self.alloc.set_pools(ok);
+        let bad: BTreeMap<String, String> = bad.into_iter().collect();
+        for p in &pools {
+            let r = p.object_ref(&());
+            match bad.get(&p.name_any()) {
+                Some(problem) => {
+                    let msg = format!("{problem}; the pool is ignored");
+                    self.note(&r, EventType::Warning, "InvalidPool", "Validate", &msg)
+                        .await;
+                }
+                None => self.forget(&r),
+            }
+        }
+        bad
+    }
+
+    /// Adopts the addresses Services already show, oldest first.
+    async fn rebuild(&mut self) {
+        self.alloc = Allocator::default();
+        self.load_pools().await;
+        let mut svcs = self.caches.services.state();
+        by_age(&mut svcs);
+        let mut adopted = 0;
+        let class = self.class.clone();
+        for svc in svcs.iter().filter(|s| is_ours(s, &class)) {
+            let ips = ingress_ips(svc);
+            if ips.is_empty() {
+                continue;
+            }
+            let Ok(req) = self.request(svc) else { continue };
+            match self.alloc.adopt(&req, &ips) {
+                Ok(()) => adopted += 1,
+                Err(e) => {
+                    let msg = format!("{e}; assigning another address");
+                    let r = svc.object_ref(&());
+                    self.note(&r, EventType::Warning, "IPConflict", "Allocate", &msg)
+                        .await;
+                }
+            }
+        }
+        tracing::info!(adopted, "rebuilt the allocations from Service statuses");
+    }
+
+    /// One level-triggered pass; false when a write failed (retry soon).
+    async fn reconcile(&mut self) -> bool {
+        let bad_pools = self.load_pools().await;
+        let mut svcs = self.caches.services.state();
+        by_age(&mut svcs);
+        // Services showing addresses first: one that loses its address (a
+        // bad annotation, say) has it cleared before the address can go to
+        // a newcomer, so no two Services ever show it at once.
+        svcs.sort_by_key(|s| ingress_ips(s).is_empty());
+        let mut ok = true;
+        // Releases first, so a freed address can go to another Service in
+        // this same pass.
+        let present: BTreeSet<ServiceRef> = svcs
+            .iter()
+            .filter(|s| is_ours(s, &self.class))
+            .map(|s| service_ref(s))
+            .collect();
+        let released: BTreeSet<ServiceRef> = self
+            .alloc
+            .services()
+            .filter(|s| !present.contains(s))
+            .cloned()
+            .collect();
+        for gone in &released {
+            tracing::info!(service = %gone, "releasing its addresses");
+            self.alloc.release(gone);
+            self.notes
+                .remove(&("Service".into(), gone.namespace.clone(), gone.name.clone()));
+        }
+        for svc in &svcs {
+            if !is_ours(svc, &self.class) {
+                let was_ours = released.contains(&service_ref(svc));
+                ok &= self.clear_foreign(svc, was_ours).await;
+                continue;
+            }
+            ok &= self.assign(svc).await;
+        }
+        ok &= self.write_pool_statuses(&bad_pools).await;
+        ok
+    }
+
+    /// A Service that is not (or no longer) ours: drop a status we wrote.
+    /// `was_ours`: it held addresses until this pass.
+    async fn clear_foreign(&mut self, svc: &Service, was_ours: bool) -> bool {
+        let ips = ingress_ips(svc);
+        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+        // Another implementation's LoadBalancer Services are not ours to
+        // touch unless we held them until now; a non-LoadBalancer Service
+        // showing one of our addresses lost its type while we were not
+        // looking.
+        let shows_ours = ips.iter().any(|ip| self.alloc.pool_of(*ip).is_some());
+        if ips.is_empty() || !shows_ours || (is_lb && !was_ours) {
+            return true;
+        }
+        self.forget(&svc.object_ref(&()));
+        self.write_ingress(svc, &[]).await
+    }
+
+    async fn assign(&mut self, svc: &Service) -> bool {
+        let r = svc.object_ref(&());
+        let current = ingress_ips(svc);
+        let result = self.request(svc).and_then(|req| self.alloc.assign(&req));
+        match result {
+            Ok(ips) => {
+                if current == ips {
+                    return true;
+                }
+                if !self.write_ingress(svc, &ips).await {
+                    return false;
+                }
+                let msg = format!("Assigned IP {}", quoted(&ips));
+                self.note(&r, EventType::Normal, "IPAllocated", "Allocate", &msg)
+                    .await;
+                true
+            }
+            Err(e) => {
+                self.alloc.release(&service_ref(svc));
+                let cleared = current.is_empty() || self.write_ingress(svc, &[]).await;
+                let msg = e.to_string();
+                self.note(&r, EventType::Warning, "AllocationFailed", "Allocate", &msg)
+                    .await;
+                cleared
+            }
+        }
+    }
+
+    /// Writes `status.loadBalancer.ingress` (empty: removes it).
+    async fn write_ingress(&self, svc: &Service, ips: &[Ipv4Addr]) -> bool {
+        let r = service_ref(svc);
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &r.namespace);
+        let ingress: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({ "ip": ip.to_string() }))
+            .collect();
+        let body = if ips.is_empty() {
+            json!({ "status": { "loadBalancer": { "ingress": null } } })
+        } else {
+            json!({ "status": { "loadBalancer": { "ingress": ingress } } })
+        };
+        let pp = PatchParams::default();
+        match api.patch_status(&r.name, &pp, &Patch::Merge(&body)).await {
+            Ok(_) => {
+                tracing::info!(service = %r, ips = ?ips, "wrote the ingress status");
+                true
+            }
+            // Deleted meanwhile: the next pass releases it.
+            Err(e) if api_code(&e) == Some(404) => true,
+            Err(e) => {
+                tracing::warn!(service = %r, error = %e, "writing the status failed");
+                false
+            }
+        }
+    }
+
+    fn forget(&mut self, r: &ObjectReference) {
+        self.notes.remove(&note_key(r));
+    }
+
+    /// Publishes an Event unless it is what was last said about `r`.
+    async fn note(
+        &mut self,
+        r: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        msg: &str,
+    ) {
+        let key = note_key(r);
+        let said = (reason.to_owned(), msg.to_owned());
+        if self.notes.get(&key) == Some(&said) {
+            return;
+        }
+        match type_ {
+            EventType::Warning => tracing::warn!(object = ?key, reason, "{msg}"),
+            EventType::Normal => tracing::info!(object = ?key, reason, "{msg}"),
+        }
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(msg.to_owned()),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        match self.recorder.publish(&ev, r).await {
+            Ok(()) => {
+                self.notes.insert(key, said);
+            }
+            // Not remembered: said again on the next pass.
+            Err(e) => tracing::warn!(error = %e, "publishing an Event failed"),
+        }
+    }
+
+    /// Pool statuses: addresses assigned and available, and whether the
+    /// pool is valid. Written only when they change.
+    async fn write_pool_statuses(&mut self, bad: &BTreeMap<String, String>) -> bool {
+        let usage = self.alloc.pool_usage();
+        let api: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut ok = true;
+        for pool in self.caches.pools.state() {
+            let name = pool.name_any();
+            let (assigned, available) = usage.get(&name).copied().unwrap_or((0, 0));
+            let (status, reason, message) = match bad.get(&name) {
+                Some(problem) => {
+                    let reason = if problem.starts_with("overlaps") {
+                        "OverlappingPool"
+                    } else {
+                        "InvalidPool"
+                    };
+                    ("False", reason, problem.clone())
+                }
+                None => ("True", "Valid", "the pool is in use".to_owned()),
+            };
+            let memo = (
+                i64::try_from(assigned).unwrap_or(i64::MAX),
+                i64::try_from(available).unwrap_or(i64::MAX),
+                status.to_owned(),
+                message.clone(),
+            );
+            if self.pool_status.get(&name) == Some(&memo) {
+                continue;
+            }
+            // The transition time changes only with the condition's status.
+            let since = pool
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .find(|c| c.type_ == "Valid" && c.status == status)
+                .map_or_else(
+                    || Time(Timestamp::now()),
+                    |c| c.last_transition_time.clone(),
+                );
+            let st = IPAddressPoolStatus {
+                assigned_ipv4: memo.0,
+                available_ipv4: memo.1,
+                conditions: vec![Condition {
+                    type_: "Valid".into(),
+                    status: status.into(),
+                    reason: reason.into(),
+                    message,
+                    last_transition_time: since,
+                    observed_generation: pool.metadata.generation,
+                }],
+            };
+            let body = json!({ "status": st });
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(_) => {
+                    self.pool_status.insert(name, memo);
+                }
+                Err(e) if api_code(&e) == Some(404) => {}
+                Err(e) => {
+                    tracing::warn!(pool = %name, error = %e, "writing the pool status failed");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+}
