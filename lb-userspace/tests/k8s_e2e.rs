@@ -20,10 +20,16 @@ use k8s_openapi::api::{
     events::v1::Event,
 };
 use lb_common::{DropReason, vip_flags};
-use lb_userspace::{k8s::election, status::Snapshot};
+use lb_userspace::{
+    k8s::{
+        crd::{IPAddressPool, PoolSpec},
+        election,
+    },
+    status::Snapshot,
+};
 use onehop_testkit::{
-    apiserver::ApiServer,
-    netns::in_netns,
+    apiserver::{ApiServer, ResourceDef},
+    netns::{command_in, in_netns, spawn_in},
     traffic::{Timeouts, http_get_here},
 };
 use serde_json::{Value, json};
@@ -147,6 +153,30 @@ impl K8s {
             assert!(Instant::now() < deadline, "no {reason} event for {svc}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The address(es) a Service's status shows.
+fn status_ips(k: &K8s, name: &str) -> Vec<String> {
+    k.api
+        .store()
+        .get::<Service>("default", name)
+        .and_then(|s| s.status?.load_balancer?.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip)
+        .collect()
+}
+
+fn wait_status(k: &K8s, name: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_ips(k, name) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: status shows {:?}, want {want:?}",
+            status_ips(k, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -524,5 +554,97 @@ fn outage_scaling_bad_objects_and_deletion() {
     assert!(
         still.is_none(),
         "ARP for a deleted VIP was answered by {still:?}"
+    );
+}
+
+/// The whole chain: the controller (a real process on the LAN) assigns
+/// addresses from a pool, the agents announce and serve what the statuses
+/// say, a client connects; a third Service finds the pool exhausted, and a
+/// deleted Service's address goes to it.
+#[test]
+fn controller_assigns_addresses_that_the_agents_serve() {
+    let k = K8s::new(2);
+    k.api.store().register(
+        ResourceDef::new("onehop.io", "v1beta1", "ipaddresspools", "IPAddressPool").with_status(),
+    );
+    let mut pool = IPAddressPool::new(
+        "lan",
+        PoolSpec {
+            addresses: vec!["192.168.50.220-192.168.50.221".into()],
+            ..PoolSpec::default()
+        },
+    );
+    pool.metadata.namespace = Some("onehop-system".into());
+    k.api.store().put(&pool).expect("pool");
+    let no_status = json!({ "status": { "loadBalancer": { "ingress": [] } } });
+    k.put_service("web", VIP, &no_status);
+    k.put_endpoints("web", &[1, 2]);
+    k.start_agent(1);
+    k.start_agent(2);
+    let api_host = k.c.topo.clients()[1].ns();
+    let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
+    cmd.args([
+        "controller",
+        "--api-server",
+        k.api.url(),
+        "--namespace",
+        "onehop-system",
+    ])
+    .args([
+        "--lease-duration-secs",
+        "1",
+        "--renew-deadline-ms",
+        "700",
+        "--retry-period-ms",
+        "200",
+    ])
+    .env("POD_NAME", "controller-0")
+    .env("RUST_LOG", "warn");
+    let _controller = spawn_in(api_host, cmd).expect("controller");
+
+    wait_status(&k, "web", &["192.168.50.220"]);
+    k.wait_event("web", "IPAllocated", "192.168.50.220");
+    let ip = Ipv4Addr::new(192, 168, 50, 220);
+    for i in 1..=2 {
+        k.c.wait_for(i, "the assigned address", |s| {
+            serves(s, ip) && pods_in_use(s) == 2
+        });
+    }
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(ip))
+            .expect("request through the assigned address")
+            .answer()
+            .expect("answer");
+    assert!(a.pod.ends_with("-pod1"), "{a:?}");
+
+    k.put_service("web2", VIP, &no_status);
+    wait_status(&k, "web2", &["192.168.50.221"]);
+    k.put_service("web3", VIP, &no_status);
+    k.wait_event("web3", "AllocationFailed", "no available IP");
+    assert!(status_ips(&k, "web3").is_empty());
+
+    assert!(
+        k.api
+            .store()
+            .delete::<Service>("default", "web")
+            .expect("delete")
+    );
+    wait_status(&k, "web3", &["192.168.50.220"]);
+    k.put_endpoints("web3", &[2]);
+    k.c.wait_for(1, "web3 on the freed address", |s| {
+        serves(s, ip) && pods_in_use(s) == 1
+    });
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(ip))
+            .expect("request")
+            .answer()
+            .expect("answer");
+    assert_eq!(
+        a.pod, "node2-pod1",
+        "the freed address now reaches web3's pod"
     );
 }
