@@ -58,6 +58,17 @@ impl K8s {
             .expect("netns")
             .expect("bind");
         let api = ApiServer::start(listener).expect("api server");
+        // As installed: the CRDs exist (the agents watch pools and advertisements).
+        api.store().register(
+            ResourceDef::new("onehop.io", "v1beta1", "ipaddresspools", "IPAddressPool")
+                .with_status(),
+        );
+        api.store().register(ResourceDef::new(
+            "onehop.io",
+            "v1beta1",
+            "l2advertisements",
+            "L2Advertisement",
+        ));
         for n in c.topo.nodes() {
             let node: Node = from(json!({
                 "metadata": { "name": node_name(n.index()) },
@@ -647,4 +658,52 @@ fn controller_assigns_addresses_that_the_agents_serve() {
         a.pod, "node2-pod1",
         "the freed address now reaches web3's pod"
     );
+}
+
+/// With an `L2Advertisement`, only nodes matching its `nodeSelectors`
+/// announce the addresses of the pools it selects.
+#[test]
+fn l2advertisement_node_selectors_choose_the_announcer() {
+    let k = K8s::new(3);
+    let mut n3: Node = k.api.store().get("", "node3").expect("node3");
+    n3.metadata.labels = Some([("onehop.io/announce".to_owned(), "yes".to_owned())].into());
+    k.api.store().put(&n3).expect("label node3");
+    let mut pool = IPAddressPool::new(
+        "lan",
+        PoolSpec {
+            addresses: vec!["192.168.50.200/30".into()],
+            ..PoolSpec::default()
+        },
+    );
+    pool.metadata.namespace = Some("onehop-system".into());
+    k.api.store().put(&pool).expect("pool");
+    let ad: lb_userspace::k8s::crd::L2Advertisement = from(json!({
+        "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
+        "metadata": { "name": "edge", "namespace": "onehop-system" },
+        "spec": { "ipAddressPools": ["lan"], "nodeSelectors": [{ "matchLabels": { "onehop.io/announce": "yes" } }] }
+    }));
+    k.api.store().put(&ad).expect("advertisement");
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &[1, 2]);
+    for i in 1..=3 {
+        k.start_agent(i);
+    }
+    for i in 1..=3 {
+        k.c.wait_for(i, "served, announced only by node3", |s| {
+            serves(s, VIP) && announces(s, VIP) == (i == 3)
+        });
+    }
+    let mac =
+        k.c.topo
+            .client()
+            .arp(VIP, Duration::from_secs(2))
+            .expect("arp")
+            .expect("no ARP answer");
+    assert_eq!(mac.octets(), k.mac(3));
+    k.c.topo
+        .client()
+        .http_get(vip_addr(VIP))
+        .expect("request via node3")
+        .answer()
+        .expect("answer");
 }

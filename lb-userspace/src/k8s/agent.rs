@@ -47,6 +47,8 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{
+    advert,
+    crd::{IPAddressPool, L2Advertisement},
     election::{self, Candidate},
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
 };
@@ -174,6 +176,8 @@ struct Stores {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     leases: Store<Lease>,
+    pools: Store<IPAddressPool>,
+    ads: Store<L2Advertisement>,
 }
 
 fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
@@ -293,6 +297,8 @@ impl KubeAgent {
         let services = owned(self.stores.services.state());
         let slices = owned(self.stores.slices.state());
         let nodes = owned(self.stores.nodes.state());
+        let pools = owned(self.stores.pools.state());
+        let ads = owned(self.stores.ads.state());
         self.liveness
             .observe(&self.stores.leases.state(), now, self.opts.lease_duration);
         let ready: BTreeSet<String> = nodes
@@ -313,7 +319,9 @@ impl KubeAgent {
                 vips: translate::ingress_ips(s),
                 local_only: translate::local_policy(s),
                 endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
-                allowed_nodes: None,
+                allowed_nodes: translate::ingress_ips(s)
+                    .first()
+                    .and_then(|vip| advert::allowed_nodes(*vip, &pools, &ads, &nodes)),
             })
             .collect();
         let announce = election::announced_by(&self.opts.node_name, &live, &candidates);
@@ -426,6 +434,16 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
             watcher::Config::default().labels(LEASE_LABEL),
             changed.clone(),
         ),
+        pools: spawn_reflector(
+            Api::<IPAddressPool>::namespaced(client.clone(), &opts.namespace),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        ads: spawn_reflector(
+            Api::<L2Advertisement>::namespaced(client.clone(), &opts.namespace),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
     };
     let reporter = Reporter {
         controller: "onehop-agent".into(),
@@ -457,6 +475,20 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         ("leases", ka.stores.leases.wait_until_ready().await.is_ok()),
     ] {
         anyhow::ensure!(ready, "the {what} watcher stopped before its first list");
+    }
+    // The CRDs may not be installed (a minimal setup): give their watchers
+    // a moment, then go on with what they have (no advertisement: any node).
+    let crds_ready = async {
+        let _ = ka.stores.pools.wait_until_ready().await;
+        let _ = ka.stores.ads.wait_until_ready().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(2), crds_ready)
+        .await
+        .is_err()
+    {
+        warn!(
+            "IPAddressPool/L2Advertisement not readable yet; announcing without advertisements until they are"
+        );
     }
     info!(node = %ka.opts.node_name, interface = %agent.iface.name, "agent running with the Kubernetes source");
     let shutdown = agent::shutdown_signal();

@@ -2,6 +2,7 @@
 //! services model, and the announcer election. The watchers that feed them
 //! and the writers of Events and Leases live at the edges.
 
+pub mod advert;
 pub mod agent;
 pub mod alloc;
 pub mod controller;

@@ -42,6 +42,11 @@ pub const AGENT: &[ApiCall] = &[
     call("coordination.k8s.io", "leases", "watch", true),
     call("coordination.k8s.io", "leases", "create", true),
     call("coordination.k8s.io", "leases", "patch", true),
+    // Pools and L2Advertisements decide which addresses are announced where.
+    call("onehop.io", "ipaddresspools", "list", true),
+    call("onehop.io", "ipaddresspools", "watch", true),
+    call("onehop.io", "l2advertisements", "list", true),
+    call("onehop.io", "l2advertisements", "watch", true),
     // Events on Services (kube-runtime's Recorder creates, then patches a series).
     call("events.k8s.io", "events", "create", false),
     call("events.k8s.io", "events", "patch", false),
