@@ -38,7 +38,9 @@ enum Command {
         args: Vec<String>,
     },
     /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
-    /// path via `BPF_PROG_TEST_RUN`; needs root). See benches/README.md.
+    /// path via `BPF_PROG_TEST_RUN`) or `e2e` (onehop vs kube-proxy iptables
+    /// and nftables vs routing, in namespaces); both need root. See
+    /// benches/README.md.
     Bench {
         /// Which benchmark.
         which: String,

@@ -22,6 +22,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("iputils-arping", "arping"),
     ("iputils-ping", "ping"),
+    // bench-e2e: the kube-proxy baselines, flushing their connection tracking between
+    // runs, and HTTP latency.
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
+    ("conntrack", "conntrack"),
+    ("wrk", "wrk"),
+    ("nginx-light", "nginx"),
 ];
 
 pub fn run() -> Result<()> {

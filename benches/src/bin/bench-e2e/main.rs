@@ -1,0 +1,403 @@
+//! `bench-e2e`: onehop against kube-proxy (iptables and nftables modes) and plain routing, on
+//! one namespace topology, for N services. See benches/README.md for the method.
+//!
+//! Order of work: for each N, for each path: install, then `runs` rounds of every workload,
+//! then uninstall (RAII). Run i of every path at one N is compared pair by pair.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use onehop_benches::e2e::{
+    http,
+    load::{self, Flows},
+    paths::{self, Installed, Target, World},
+    report::{self, Samples},
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end benchmark: onehop vs kube-proxy iptables/nftables vs routing")]
+struct Args {
+    /// Fewer, shorter runs (about 3 minutes on 2 cores).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per (path, N) and workload (at least 3 for the tables).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Service counts, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    services: Vec<u32>,
+    /// Paths, comma separated (onehop,iptables,nftables,routing).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "onehop,iptables,nftables,routing"
+    )]
+    paths: Vec<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2)]
+    secs: u32,
+    /// Offered rate of the new-flows workload, flows/s.
+    #[arg(long, default_value_t = 150_000)]
+    flow_rate: u64,
+    /// Offered rate of the CPU workload (new flows), packets/s.
+    #[arg(long, default_value_t = 20_000)]
+    cpu_rate: u64,
+    /// Concurrent wrk connections.
+    #[arg(long, default_value_t = 8)]
+    wrk_conns: u32,
+    /// The onehop binary (default: next to this one).
+    #[arg(long)]
+    onehop: Option<PathBuf>,
+    /// Output directory (default benches/results/<date>-<short commit>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Results {
+    new_flows: Samples,
+    established: Samples,
+    cpu: Samples,
+    cpu_thread: Samples,
+    http_p50: Samples,
+    http_p99: Samples,
+    http_rps: Samples,
+    install: Samples,
+    notes: BTreeMap<(String, u32), String>,
+    log: String,
+}
+
+/// One measurement.
+struct Measured {
+    /// Delivered packets per second (at the pods).
+    per_s: f64,
+    /// Machine-wide system + irq + softirq ns per delivered packet, less the same window's
+    /// share measured idle just before.
+    cpu_ns: f64,
+    /// The sending thread's CPU ns per delivered packet.
+    thread_ns: f64,
+    sent: load::Sent,
+}
+
+fn measure(
+    world: &World,
+    inst: &Installed,
+    targets: &[Target],
+    flows: Flows,
+    rate: Option<u64>,
+    secs: u32,
+    idle_baseline: bool,
+) -> Result<Measured> {
+    world.flush_conntrack();
+    if let Some(reset) = &inst.reset_flows {
+        reset()?;
+    }
+    // Warm-up: neighbour entries on the nodes, ARP of the pods.
+    load::send(
+        &world.topo,
+        targets,
+        Flows::New,
+        Some(2000),
+        Duration::from_millis(200),
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let window = Duration::from_secs(secs.into());
+    let idle_ticks = if idle_baseline {
+        // What the rest of the machine (other processes) costs in system time meanwhile.
+        let (i0, _) = load::cpu_ticks()?;
+        std::thread::sleep(window);
+        let (i1, _) = load::cpu_ticks()?;
+        i1 - i0
+    } else {
+        0
+    };
+    let rx0 = load::pod_rx(&world.topo)?;
+    let (c0, _) = load::cpu_ticks()?;
+    let sent = load::send(&world.topo, targets, flows, rate, window)?;
+    // Frames still in flight through the namespaces.
+    std::thread::sleep(Duration::from_millis(100));
+    let (c1, _) = load::cpu_ticks()?;
+    let rx1 = load::pod_rx(&world.topo)?;
+    let delivered: u64 = rx1
+        .iter()
+        .zip(&rx0)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let m = Measured {
+        per_s: delivered as f64 / sent.secs,
+        cpu_ns: (c1 - c0).saturating_sub(idle_ticks) as f64 * load::ns_per_tick()
+            / delivered.max(1) as f64,
+        thread_ns: sent.thread_cpu_ns as f64 / delivered.max(1) as f64,
+        sent,
+    };
+    Ok(m)
+}
+
+fn run_path(
+    args: &Args,
+    world: &World,
+    path: &dyn paths::DataPath,
+    n: u32,
+    services: &[onehop_benches::e2e::kubeproxy::Service],
+    res: &mut Results,
+) -> Result<()> {
+    let name = path.name();
+    let t = Instant::now();
+    let inst: Installed = path.install(world, services)?;
+    let install_s = t.elapsed().as_secs_f64();
+    res.install.push(name, n, inst.install_s);
+    let _ = writeln!(
+        res.log,
+        "{name} N={n}: installed in {install_s:.2}s (path ready {:.2}s)",
+        inst.install_s
+    );
+    println!("  {name}: installed in {install_s:.2}s");
+    for r in 0..args.runs {
+        let t = &inst.udp;
+        let new = measure(
+            world,
+            &inst,
+            t,
+            Flows::New,
+            Some(args.flow_rate),
+            args.secs,
+            false,
+        )?;
+        res.new_flows.push(name, n, new.per_s);
+        let est = measure(world, &inst, t, Flows::One, None, args.secs, false)?;
+        res.established.push(name, n, est.per_s);
+        let cpu = measure(
+            world,
+            &inst,
+            t,
+            Flows::New,
+            Some(args.cpu_rate),
+            args.secs,
+            true,
+        )?;
+        res.cpu.push(name, n, cpu.cpu_ns);
+        res.cpu_thread.push(name, n, cpu.thread_ns);
+        let w = http::wrk(&world.topo, inst.http[0].addr, args.secs, args.wrk_conns)?;
+        res.http_p50.push(name, n, w.p50_us);
+        res.http_p99.push(name, n, w.p99_us);
+        res.http_rps.push(name, n, w.requests_per_s);
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        let line = format!(
+            "{name} N={n} run={r}: new_flows/s={:.0} (offered {:.0}) established_pps={:.0} (sent {:.0}/s) cpu_ns_per_pkt={:.0} sender_ns_per_pkt={:.0} (delivered {:.0}/s) http p50={:.0}us p99={:.0}us rps={:.0} errors={}",
+            new.per_s,
+            new.sent.frames as f64 / new.sent.secs,
+            est.per_s,
+            est.sent.frames as f64 / est.sent.secs,
+            cpu.cpu_ns,
+            cpu.thread_ns,
+            cpu.per_s,
+            w.p50_us,
+            w.p99_us,
+            w.requests_per_s,
+            w.errors
+        );
+        println!("    {line}");
+        let _ = writeln!(res.log, "{line}");
+    }
+    drop(inst);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let iptables = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "cpu: {cpu}\ncores: {cores}\nkernel: {}\n{mem}\n{iptables}\n{nft}\n",
+        kernel.trim()
+    )
+}
+
+fn default_out() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let commit = std::process::Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map_or_else(
+            |_| "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    let date = std::process::Command::new("date")
+        .arg("+%F")
+        .output()
+        .map_or_else(
+            |_| "undated".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    root.join("results").join(format!("{date}-{commit}"))
+}
+
+fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
+    let paths: Vec<&str> = args.paths.iter().map(String::as_str).collect();
+    let ns = &args.services;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# bench-e2e results\n\nMedian of {} runs (min–max); ratios are onehop / baseline computed run by run.\n\
+         Topology, method and caveats: benches/README.md. Machine:\n\n```text\n{}```\n",
+        args.runs,
+        machine()
+    );
+    let sections = [
+        (
+            "New flows per second (UDP, every packet a new 5-tuple)",
+            &res.new_flows,
+            "flows/s delivered",
+            format!(
+                "Offered {} flows/s for {} s; higher is better.",
+                report::human(
+                    #[expect(clippy::cast_precision_loss, reason = "rate")]
+                    {
+                        args.flow_rate as f64
+                    }
+                ),
+                args.secs
+            ),
+        ),
+        (
+            "Established flow, packets per second at saturation (UDP, one 5-tuple)",
+            &res.established,
+            "packets/s delivered",
+            format!("The generator sends as fast as it can for {} s; higher is better.", args.secs),
+        ),
+        (
+            "CPU time per forwarded packet (new flows at a fixed rate)",
+            &res.cpu,
+            "ns/packet",
+            format!(
+                "{} new flows/s for {} s; (system + irq + softirq) time of the whole machine from /proc/stat over delivered packets, less the same time measured over an idle window just before. All namespaces share one kernel, so this includes the generator's sending; lower is better.",
+                args.cpu_rate, args.secs
+            ),
+        ),
+        (
+            "CPU time per forwarded packet in the sender's context (same runs)",
+            &res.cpu_thread,
+            "ns/packet",
+            "CPU time of the generator thread (CLOCK_THREAD_CPUTIME_ID) over delivered packets. On veth the receiving side runs in the sender's softirq context and this kernel has no IRQ time accounting, so most of the path is charged here, and none of other processes' work; lower is better.".to_owned(),
+        ),
+        (
+            "HTTP latency p50 (wrk, Connection: close, nginx in the pods)",
+            &res.http_p50,
+            "µs",
+            format!("wrk -t1 -c{} -d{}s; lower is better.", args.wrk_conns, args.secs),
+        ),
+        (
+            "HTTP latency p99",
+            &res.http_p99,
+            "µs",
+            "Same runs; lower is better.".to_owned(),
+        ),
+        (
+            "HTTP requests per second (each a new TCP connection)",
+            &res.http_rps,
+            "requests/s",
+            "Same runs; higher is better.".to_owned(),
+        ),
+        (
+            "Install time (rules loaded / agent serving the test service)",
+            &res.install,
+            "s",
+            "One install per (path, N); iptables-restore / nft -f transaction time, onehop: agent start until node1's maps hold every service.".to_owned(),
+        ),
+    ];
+    for (title, s, unit, note) in sections {
+        let _ = writeln!(
+            md,
+            "## {title}\n\n{note}\n\n{}",
+            report::table(s, &paths, ns, unit, &res.notes)
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(out.join("machine.txt"), machine())?;
+    std::fs::write(out.join("runs.log"), &res.log)?;
+    Ok(md)
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.secs = 1;
+        args.services.retain(|&n| n <= 10_000);
+    }
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    let onehop = match &args.onehop {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("onehop"),
+    };
+    let out = args.out.clone().unwrap_or_else(default_out);
+    let world = World::build(&onehop)?;
+    // Client: many short connections; keep ports from running out (namespace-local sysctls).
+    let client = world.topo.client().ns();
+    client.sysctl("net/ipv4/ip_local_port_range", "1024 65000")?;
+    client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+    let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT)?;
+    let _nginx = http::start_nginx(&world.topo, paths::HTTP_TARGET_PORT, world.scratch())?;
+    let all = paths::all();
+    let mut res = Results::default();
+    let started = Instant::now();
+    for &n in &args.services {
+        let services = paths::services(&world.topo, n);
+        println!("== N = {n} services");
+        for path in all
+            .iter()
+            .filter(|p| args.paths.iter().any(|a| a == p.name()))
+        {
+            if let Err(e) = run_path(&args, &world, path.as_ref(), n, &services, &mut res) {
+                let msg = format!("{e:#}");
+                eprintln!("  {}: N={n}: {msg}", path.name());
+                let short: String = msg
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect();
+                res.notes.insert((path.name().to_owned(), n), short);
+                let _ = writeln!(res.log, "{} N={n}: FAILED: {msg}", path.name());
+            }
+        }
+    }
+    let _ = writeln!(res.log, "total {:.0}s", started.elapsed().as_secs_f64());
+    let md = write_report(&args, &res, &out)?;
+    println!("{md}\nwritten to {}", out.display());
+    Ok(())
+}

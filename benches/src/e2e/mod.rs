@@ -1,0 +1,8 @@
+//! `bench-e2e`: onehop against kube-proxy's iptables and nftables data paths and plain
+//! routing, on one namespace topology (see benches/README.md).
+
+pub mod http;
+pub mod kubeproxy;
+pub mod load;
+pub mod paths;
+pub mod report;
