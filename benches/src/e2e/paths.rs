@@ -109,6 +109,11 @@ impl World {
         &self.scratch
     }
 
+    /// The onehop agent binary.
+    pub fn onehop(&self) -> &Path {
+        &self.onehop
+    }
+
     /// Pin root of node `i`'s agent.
     pub fn pin_root(&self, i: u8) -> PathBuf {
         PathBuf::from(format!("/sys/fs/bpf/{}node{i}", self.topo.prefix()))

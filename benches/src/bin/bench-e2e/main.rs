@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use onehop_benches::e2e::{
-    http,
+    control, http, kubeproxy,
     load::{self, Flows},
     paths::{self, Installed, Target, World},
     report::{self, Samples},
@@ -51,6 +51,16 @@ struct Args {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 8)]
     wrk_conns: u32,
+    /// Services for the control-plane measurement (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    cp_services: u32,
+    /// Backends per service for the control-plane measurement.
+    #[arg(long, default_value_t = 10)]
+    cp_backends: u32,
+    /// Write the generated kube-proxy rules for every --services count to this directory
+    /// and exit (what the baselines load, for inspection).
+    #[arg(long)]
+    dump_rules: Option<PathBuf>,
     /// The onehop binary (default: next to this one).
     #[arg(long)]
     onehop: Option<PathBuf>,
@@ -70,6 +80,7 @@ struct Results {
     http_rps: Samples,
     install: Samples,
     notes: BTreeMap<(String, u32), String>,
+    control: Option<control::ControlPlane>,
     log: String,
 }
 
@@ -342,6 +353,19 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             report::table(s, &paths, ns, unit, &res.notes)
         );
     }
+    if let Some(cp) = &res.control {
+        let _ = writeln!(
+            md,
+            "## Control plane\n\nA running agent's services file replaced by {} UDP services with {} backends each ({} backends); one measurement.\n\n             | figure | value |\n|---|---|\n| file replaced → all services in the maps | {:.2} s |\n             | file replaced → last service delivers | {:.2} s |\n| agent RSS after loading | {} MiB |\n| agent peak RSS | {} MiB |\n",
+            report::thousands(cp.services),
+            args.cp_backends,
+            report::thousands(cp.backends),
+            cp.maps_s,
+            cp.serving_s,
+            cp.rss_kib / 1024,
+            cp.hwm_kib / 1024
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("results.md"), &md)?;
     std::fs::write(out.join("machine.txt"), machine())?;
@@ -356,6 +380,9 @@ fn main() -> Result<()> {
         args.services.retain(|&n| n <= 10_000);
     }
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    if let Some(dir) = &args.dump_rules {
+        return dump_rules(&args, dir);
+    }
     let onehop = match &args.onehop {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -396,8 +423,61 @@ fn main() -> Result<()> {
             }
         }
     }
+    if args.cp_services > 0 {
+        println!(
+            "== control plane: {} services x {} backends",
+            args.cp_services, args.cp_backends
+        );
+        match control::measure(&world, args.cp_services, args.cp_backends) {
+            Ok(cp) => {
+                let line = format!(
+                    "control plane: {} services / {} backends: maps loaded {:.2}s, last service serving {:.2}s, agent RSS {} MiB (peak {} MiB)",
+                    cp.services,
+                    cp.backends,
+                    cp.maps_s,
+                    cp.serving_s,
+                    cp.rss_kib / 1024,
+                    cp.hwm_kib / 1024
+                );
+                println!("  {line}");
+                let _ = writeln!(res.log, "{line}");
+                res.control = Some(cp);
+            }
+            Err(e) => {
+                eprintln!("  control plane: {e:#}");
+                let _ = writeln!(res.log, "control plane: FAILED: {e:#}");
+            }
+        }
+    }
     let _ = writeln!(res.log, "total {:.0}s", started.elapsed().as_secs_f64());
     let md = write_report(&args, &res, &out)?;
     println!("{md}\nwritten to {}", out.display());
+    Ok(())
+}
+
+fn dump_rules(args: &Args, dir: &Path) -> Result<()> {
+    // A throwaway topology only for the pod addresses the services use.
+    let topo = onehop_testkit::Topology::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .base("ohd")
+        .build()?;
+    std::fs::create_dir_all(dir)?;
+    for &n in &args.services {
+        let svcs = paths::services(&topo, n);
+        std::fs::write(
+            dir.join(format!("iptables-{n}.rules")),
+            kubeproxy::iptables_restore(&svcs, paths::POD_CIDR),
+        )?;
+        std::fs::write(
+            dir.join(format!("nftables-{n}.nft")),
+            kubeproxy::nft_ruleset(&svcs, paths::POD_CIDR),
+        )?;
+        std::fs::write(
+            dir.join(format!("onehop-{n}-node1.yaml")),
+            paths::services_yaml(&svcs, 1, true),
+        )?;
+    }
+    println!("written to {}", dir.display());
     Ok(())
 }
