@@ -6,4 +6,5 @@ pub mod http;
 pub mod kubeproxy;
 pub mod load;
 pub mod paths;
+pub mod plot;
 pub mod report;

@@ -17,6 +17,7 @@ use onehop_benches::e2e::{
     control, http, kubeproxy,
     load::{self, Flows},
     paths::{self, Installed, Target, World},
+    plot,
     report::{self, Samples},
 };
 
@@ -61,6 +62,11 @@ struct Args {
     /// and exit (what the baselines load, for inspection).
     #[arg(long)]
     dump_rules: Option<PathBuf>,
+    /// Re-render the tables and plots of an earlier run from its `runs.log` (in this
+    /// directory, written back there) instead of measuring. `--services`, `--paths`,
+    /// `--runs` and the rates should match that run (they label the tables).
+    #[arg(long)]
+    replot: Option<PathBuf>,
     /// The onehop binary (default: next to this one).
     #[arg(long)]
     onehop: Option<PathBuf>,
@@ -273,16 +279,20 @@ fn default_out() -> PathBuf {
     root.join("results").join(format!("{date}-{commit}"))
 }
 
+#[expect(clippy::too_many_lines, reason = "one table after another")]
 fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
     let paths: Vec<&str> = args.paths.iter().map(String::as_str).collect();
     let ns = &args.services;
     let mut md = String::new();
+    let machine_text = std::fs::read_to_string(out.join("machine.txt"))
+        .ok()
+        .filter(|_| args.replot.is_some())
+        .unwrap_or_else(machine);
     let _ = writeln!(
         md,
         "# bench-e2e results\n\nMedian of {} runs (min–max); ratios are onehop / baseline computed run by run.\n\
          Topology, method and caveats: benches/README.md. Machine:\n\n```text\n{}```\n",
-        args.runs,
-        machine()
+        args.runs, machine_text
     );
     let sections = [
         (
@@ -354,22 +364,25 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
         );
     }
     if let Some(cp) = &res.control {
-        let _ = writeln!(
-            md,
-            "## Control plane\n\nA running agent's services file replaced by {} UDP services with {} backends each ({} backends); one measurement.\n\n             | figure | value |\n|---|---|\n| file replaced → all services in the maps | {:.2} s |\n             | file replaced → last service delivers | {:.2} s |\n| agent RSS after loading | {} MiB |\n| agent peak RSS | {} MiB |\n",
-            report::thousands(cp.services),
-            args.cp_backends,
-            report::thousands(cp.backends),
-            cp.maps_s,
-            cp.serving_s,
-            cp.rss_kib / 1024,
-            cp.hwm_kib / 1024
-        );
+        md.push_str(&control_md(args, cp));
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let _ = writeln!(md, "## Plots\n");
+    match plots(&paths, ns, res, out) {
+        Ok(files) => {
+            for f in files {
+                let _ = writeln!(md, "![{f}]({f})\n");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(md, "(no plots: {e:#})\n");
+        }
+    }
     std::fs::write(out.join("results.md"), &md)?;
-    std::fs::write(out.join("machine.txt"), machine())?;
-    std::fs::write(out.join("runs.log"), &res.log)?;
+    if args.replot.is_none() {
+        std::fs::write(out.join("machine.txt"), machine())?;
+        std::fs::write(out.join("runs.log"), &res.log)?;
+    }
     Ok(md)
 }
 
@@ -382,6 +395,14 @@ fn main() -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     if let Some(dir) = &args.dump_rules {
         return dump_rules(&args, dir);
+    }
+    if let Some(dir) = &args.replot {
+        let log = std::fs::read_to_string(dir.join("runs.log"))
+            .with_context(|| format!("reading {}/runs.log", dir.display()))?;
+        let res = parse_log(&log)?;
+        let md = write_report(&args, &res, dir)?;
+        println!("{md}\nwritten to {}", dir.display());
+        return Ok(());
     }
     let onehop = match &args.onehop {
         Some(p) => p.clone(),
@@ -480,4 +501,147 @@ fn dump_rules(args: &Args, dir: &Path) -> Result<()> {
     }
     println!("written to {}", dir.display());
     Ok(())
+}
+
+/// Plots into `out`; returns the file names.
+fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<String>> {
+    let mk = |samples: &Samples| -> Vec<(String, Samples, String)> {
+        paths
+            .iter()
+            .map(|p| ((*p).to_owned(), samples.clone(), (*p).to_owned()))
+            .collect()
+    };
+    let mut files = Vec::new();
+    let charts: [(&str, &str, &str, &Samples, bool); 4] = [
+        (
+            "new_flows.png",
+            "New UDP flows per second delivered vs services",
+            "flows/s",
+            &res.new_flows,
+            true,
+        ),
+        (
+            "cpu_sender.png",
+            "CPU per forwarded new-flow packet (sender context) vs services",
+            "ns/packet",
+            &res.cpu_thread,
+            true,
+        ),
+        (
+            "established.png",
+            "Established-flow packets/s at saturation vs services",
+            "packets/s",
+            &res.established,
+            false,
+        ),
+        (
+            "install.png",
+            "Install time vs services",
+            "seconds",
+            &res.install,
+            true,
+        ),
+    ];
+    for (file, title, unit, samples, log_y) in charts {
+        let owned = mk(samples);
+        let s: Vec<plot::Series<'_>> = owned
+            .iter()
+            .map(|(label, samples, path)| plot::Series {
+                label: label.clone(),
+                samples,
+                path,
+            })
+            .collect();
+        plot::vs_services(&out.join(file), title, unit, &s, ns, log_y)?;
+        files.push(file.to_owned());
+    }
+    // Latency: p50 and p99 per path.
+    let mut lat = Vec::new();
+    for p in paths {
+        lat.push((format!("{p} p50"), res.http_p50.clone(), (*p).to_owned()));
+        lat.push((format!("{p} p99"), res.http_p99.clone(), (*p).to_owned()));
+    }
+    let s: Vec<plot::Series<'_>> = lat
+        .iter()
+        .map(|(label, samples, path)| plot::Series {
+            label: label.clone(),
+            samples,
+            path,
+        })
+        .collect();
+    plot::vs_services(
+        &out.join("http_latency.png"),
+        "HTTP latency percentiles (wrk, Connection: close) vs services",
+        "µs",
+        &s,
+        ns,
+        true,
+    )?;
+    files.push("http_latency.png".to_owned());
+    Ok(files)
+}
+
+/// Rebuilds the samples from the lines `run_path` and the control plane write to `runs.log`.
+fn parse_log(log: &str) -> Result<Results> {
+    let mut res = Results::default();
+    for line in log.lines() {
+        let Some((head, rest)) = line.split_once(": ") else {
+            continue;
+        };
+        let mut h = head.split_whitespace();
+        let (Some(path), Some(n)) = (h.next(), h.next().and_then(|n| n.strip_prefix("N="))) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else { continue };
+        let num = |key: &str| -> Option<f64> {
+            rest.split_whitespace()
+                .find_map(|t| t.strip_prefix(key))
+                .map(|v| v.trim_end_matches("us").trim_end_matches('s'))
+                .and_then(|v| v.parse().ok())
+        };
+        if h.next().is_some_and(|r| r.starts_with("run=")) {
+            let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
+            res.new_flows.push(path, n, get("new_flows/s=")?);
+            res.established.push(path, n, get("established_pps=")?);
+            res.cpu.push(path, n, get("cpu_ns_per_pkt=")?);
+            res.cpu_thread.push(path, n, get("sender_ns_per_pkt=")?);
+            res.http_p50.push(path, n, get("p50=")?);
+            res.http_p99.push(path, n, get("p99=")?);
+            res.http_rps.push(path, n, get("rps=")?);
+        } else if let Some(ready) = rest
+            .split_once("(path ready ")
+            .and_then(|(_, r)| r.split('s').next())
+            .and_then(|v| v.parse().ok())
+        {
+            res.install.push(path, n, ready);
+        } else if rest.starts_with("FAILED") {
+            let short: String = rest.chars().skip(8).take(80).collect();
+            res.notes.insert((path.to_owned(), n), short);
+        }
+    }
+    log.clone_into(&mut res.log);
+    Ok(res)
+}
+
+fn control_md(args: &Args, cp: &control::ControlPlane) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Control plane\n\n\
+         A running agent's services file replaced by {} UDP services with {} backends each \
+         ({} backends); one measurement.\n\n\
+         | figure | value |\n|---|---|\n\
+         | file replaced → all services in the maps | {:.2} s |\n\
+         | file replaced → last service delivers | {:.2} s |\n\
+         | agent RSS after loading | {} MiB |\n\
+         | agent peak RSS | {} MiB |\n",
+        report::thousands(cp.services),
+        args.cp_backends,
+        report::thousands(cp.backends),
+        cp.maps_s,
+        cp.serving_s,
+        cp.rss_kib / 1024,
+        cp.hwm_kib / 1024
+    );
+    md
 }
