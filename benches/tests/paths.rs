@@ -10,25 +10,23 @@ use onehop_benches::e2e::{
     paths::{self, World},
 };
 
-/// The `onehop` binary next to this test's target directory, built if missing.
+/// The `onehop` binary of this test's profile, (re)built so it is never stale (a no-op when
+/// `cargo test` of the workspace has just built it).
 fn onehop_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> → target/<profile>/onehop
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("onehop");
-    if !bin.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-p", "lb-userspace", "--bin", "onehop"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("cargo build").success(),
-            "building onehop"
-        );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "lb-userspace", "--bin", "onehop"]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
     }
-    bin
+    assert!(
+        cmd.status().expect("cargo build").success(),
+        "building onehop"
+    );
+    dir.join("onehop")
 }
 
 #[test]

@@ -31,6 +31,17 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx-light", "nginx"),
 ];
 
+/// Debian packages without a command, and a file each provides: bench-e2e's plots
+/// (plotters renders text through `font-kit`: fontconfig and `FreeType`, and a font).
+const FILE_PACKAGES: &[(&str, &str)] = &[
+    ("libfontconfig1-dev", "/usr/include/fontconfig/fontconfig.h"),
+    ("libfreetype-dev", "/usr/include/freetype2/ft2build.h"),
+    (
+        "fonts-dejavu-core",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ),
+];
+
 pub fn run() -> Result<()> {
     install_packages()?;
     install_rust_src()?;
@@ -50,6 +61,11 @@ fn install_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(_, cmd)| !have(cmd))
+        .chain(
+            FILE_PACKAGES
+                .iter()
+                .filter(|(_, file)| !Path::new(file).exists()),
+        )
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -33,7 +33,8 @@ struct Args {
     /// Service counts, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     services: Vec<u32>,
-    /// Paths, comma separated (onehop,iptables,nftables,routing).
+    /// Paths, comma separated (onehop,iptables,nftables,routing; also routing-xdp: routing
+    /// with a pass-through XDP program on the nodes, to isolate veth's XDP cost).
     #[arg(
         long,
         value_delimiter = ',',
@@ -420,6 +421,12 @@ fn main() -> Result<()> {
     let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT)?;
     let _nginx = http::start_nginx(&world.topo, paths::HTTP_TARGET_PORT, world.scratch())?;
     let all = paths::all();
+    for p in &args.paths {
+        anyhow::ensure!(
+            all.iter().any(|a| a.name() == p),
+            "unknown path {p:?} (known: onehop, iptables, nftables, routing, routing-xdp)"
+        );
+    }
     let mut res = Results::default();
     let started = Instant::now();
     for &n in &args.services {
@@ -585,6 +592,10 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
 fn parse_log(log: &str) -> Result<Results> {
     let mut res = Results::default();
     for line in log.lines() {
+        if let Some(cp) = parse_control(line) {
+            res.control = Some(cp);
+            continue;
+        }
         let Some((head, rest)) = line.split_once(": ") else {
             continue;
         };
@@ -644,4 +655,31 @@ fn control_md(args: &Args, cp: &control::ControlPlane) -> String {
         cp.hwm_kib / 1024
     );
     md
+}
+
+/// `control plane: S services / B backends: maps loaded Xs, last service serving Ys, agent
+/// RSS R MiB (peak P MiB)`.
+fn parse_control(line: &str) -> Option<control::ControlPlane> {
+    let rest = line.strip_prefix("control plane: ")?;
+    let nums: Vec<f64> = rest
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|t| !t.is_empty() && *t != ".")
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let [services, backends, maps_s, serving_s, rss, hwm] = nums[..] else {
+        return None;
+    };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "integers printed by this program"
+    )]
+    Some(control::ControlPlane {
+        services: services as u32,
+        backends: backends as u32,
+        maps_s,
+        serving_s,
+        rss_kib: rss as u64 * 1024,
+        hwm_kib: hwm as u64 * 1024,
+    })
 }
