@@ -158,6 +158,35 @@ fn measure(
     Ok(m)
 }
 
+/// Sends bursts of new flows until every pod has received some; returns the seconds taken.
+fn wait_serving(world: &World, targets: &[Target], timeout: Duration) -> Result<f64> {
+    let start = Instant::now();
+    loop {
+        let before = load::pod_rx(&world.topo)?;
+        load::send(
+            &world.topo,
+            targets,
+            Flows::New,
+            Some(5000),
+            Duration::from_millis(100),
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+        let after = load::pod_rx(&world.topo)?;
+        if after.iter().zip(&before).all(|(a, b)| a > b) {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "not every pod receives new flows after {timeout:?}: {:?}",
+            after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 fn run_path(
     args: &Args,
     world: &World,
@@ -171,6 +200,13 @@ fn run_path(
     let inst: Installed = path.install(world, services)?;
     let install_s = t.elapsed().as_secs_f64();
     res.install.push(name, n, inst.install_s);
+    // "Installed" is each path's own signal; measure only once every pod, local and
+    // remote, really receives new flows through it.
+    let serving_s = wait_serving(world, &inst.udp, Duration::from_mins(3))?;
+    let _ = writeln!(
+        res.log,
+        "{name} N={n}: every pod receiving {serving_s:.2}s after the install"
+    );
     let _ = writeln!(
         res.log,
         "{name} N={n}: installed in {install_s:.2}s (path ready {:.2}s)",
