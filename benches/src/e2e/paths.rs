@@ -59,6 +59,8 @@ pub struct World {
     // Field order is drop order: programs on the peers, then the namespaces, then files.
     _passes: Vec<peer::PassThrough>,
     pub topo: Topology,
+    /// Longest a baseline may take to load its rules (default 2 minutes).
+    pub install_limit: Duration,
     scratch: PathBuf,
     onehop: PathBuf,
 }
@@ -99,6 +101,7 @@ impl World {
         Ok(Self {
             _passes: passes,
             topo,
+            install_limit: Duration::from_mins(2),
             scratch,
             onehop: onehop.to_path_buf(),
         })
@@ -145,6 +148,53 @@ impl World {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `cmd args` in `ns` with `text` on stdin, killing it after `limit`: a baseline
+    /// whose rules take longer to load is reported as such instead of stalling the run.
+    pub fn load_rules(
+        ns: &str,
+        cmd: &str,
+        args: &[&str],
+        text: &str,
+        limit: Duration,
+    ) -> Result<()> {
+        let mut c = command_in(ns, cmd);
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().with_context(|| format!("starting {cmd}"))?;
+        let mut pipe = child.stdin.take().context("stdin pipe")?;
+        let input = text.to_owned();
+        // Threads: the child may stop reading (or fill stderr) at any time.
+        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+        let mut err_pipe = child.stderr.take().context("stderr pipe")?;
+        let reader = std::thread::spawn(move || {
+            let mut e = String::new();
+            let _ = std::io::Read::read_to_string(&mut err_pipe, &mut e);
+            e
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().context("waiting")? {
+                break st;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = writer.join();
+                bail!("{cmd} did not finish loading within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = reader.join().unwrap_or_default();
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?
+            .with_context(|| format!("writing to {cmd}"))?;
+        ensure!(status.success(), "{cmd} {args:?} in {ns} failed: {stderr}");
+        Ok(())
     }
 
     /// Flushes the kernel connection tracking tables of both nodes (between runs, so every
@@ -337,7 +387,7 @@ impl DataPath for Iptables {
         let text = kubeproxy::iptables_restore(services, POD_CIDR);
         let start = Instant::now();
         let mut undo = vec![flush_ruleset(ns.clone())];
-        World::run_in(&ns, "iptables-restore", &["-w"], Some(&text))
+        World::load_rules(&ns, "iptables-restore", &["-w"], &text, world.install_limit)
             .context("loading the kube-proxy iptables rules")?;
         let install_s = start.elapsed().as_secs_f64();
         undo.push(static_vip_neighbour(world)?);
@@ -366,7 +416,7 @@ impl DataPath for Nftables {
         let text = kubeproxy::nft_ruleset(services, POD_CIDR);
         let start = Instant::now();
         let mut undo = vec![flush_ruleset(ns.clone())];
-        World::run_in(&ns, "nft", &["-f", "-"], Some(&text))
+        World::load_rules(&ns, "nft", &["-f", "-"], &text, world.install_limit)
             .context("loading the kube-proxy nftables rules")?;
         let install_s = start.elapsed().as_secs_f64();
         undo.push(static_vip_neighbour(world)?);

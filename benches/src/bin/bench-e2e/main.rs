@@ -53,6 +53,9 @@ struct Args {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 8)]
     wrk_conns: u32,
+    /// Longest a baseline may take to load its rules, seconds (longer: reported as n/a).
+    #[arg(long, default_value_t = 120)]
+    install_limit_s: u64,
     /// Services for the control-plane measurement (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     cp_services: u32,
@@ -449,7 +452,8 @@ fn main() -> Result<()> {
             .join("onehop"),
     };
     let out = args.out.clone().unwrap_or_else(default_out);
-    let world = World::build(&onehop)?;
+    let mut world = World::build(&onehop)?;
+    world.install_limit = Duration::from_secs(args.install_limit_s);
     // Client: many short connections; keep ports from running out (namespace-local sysctls).
     let client = world.topo.client().ns();
     client.sysctl("net/ipv4/ip_local_port_range", "1024 65000")?;
