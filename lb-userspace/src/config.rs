@@ -344,11 +344,25 @@ struct RawBackend {
     node_ip: Spanned<String>,
 }
 
+/// The YAML parser's resource budget, sized for the largest file the maps can hold.
+/// serde-saphyr's default (250,000 nodes, 1,000,000 events) stops a services file at about
+/// 10,000 services; its other limits (depth, anchors, aliases) stay at their defaults.
+fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
+    // Generous per-entry node counts: a service is ~10 nodes plus 7 per port, a backend 5.
+    let nodes = 64 * limits.max_services as usize + 8 * limits.max_backends as usize + 4096;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: nodes,
+            max_events: 4 * nodes,
+        },
+    }
+}
+
 /// Parses and validates a services file against the map capacities.
 pub fn parse(text: &str, limits: &Limits) -> Result<ServicesFile, ConfigError> {
     // An empty (or comment-only) document is an empty configuration.
-    let raw: Option<RawFile> =
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(Box::new(e)))?;
+    let raw: Option<RawFile> = serde_saphyr::from_str_with_options(text, yaml_options(limits))
+        .map_err(|e| ConfigError::Syntax(Box::new(e)))?;
     let raw = raw.unwrap_or(RawFile {
         node: None,
         nat_ports: None,

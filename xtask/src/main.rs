@@ -41,7 +41,9 @@ enum Command {
     /// resources (a test fails when the file is stale).
     Crdgen,
     /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
-    /// path via `BPF_PROG_TEST_RUN`; needs root). See benches/README.md.
+    /// path via `BPF_PROG_TEST_RUN`) or `e2e` (onehop vs kube-proxy iptables
+    /// and nftables vs routing, in namespaces); both need root. See
+    /// benches/README.md.
     Bench {
         /// Which benchmark.
         which: String,

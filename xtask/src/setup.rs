@@ -22,6 +22,24 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("iputils-arping", "arping"),
     ("iputils-ping", "ping"),
+    // bench-e2e: the kube-proxy baselines, flushing their connection tracking between
+    // runs, and HTTP latency.
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
+    ("conntrack", "conntrack"),
+    ("wrk", "wrk"),
+    ("nginx-light", "nginx"),
+];
+
+/// Debian packages without a command, and a file each provides: bench-e2e's plots
+/// (plotters renders text through `font-kit`: fontconfig and `FreeType`, and a font).
+const FILE_PACKAGES: &[(&str, &str)] = &[
+    ("libfontconfig1-dev", "/usr/include/fontconfig/fontconfig.h"),
+    ("libfreetype-dev", "/usr/include/freetype2/ft2build.h"),
+    (
+        "fonts-dejavu-core",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -43,6 +61,11 @@ fn install_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(_, cmd)| !have(cmd))
+        .chain(
+            FILE_PACKAGES
+                .iter()
+                .filter(|(_, file)| !Path::new(file).exists()),
+        )
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -689,3 +689,32 @@ proptest! {
         let _ = parse(&text, &Limits::default());
     }
 }
+
+/// The YAML budget must not be what limits a file: 12,000 services (serde-saphyr's default
+/// node budget stopped at about 10,000).
+#[test]
+fn large_files_parse() {
+    use std::fmt::Write as _;
+    let mut y = String::from("services:\n");
+    for i in 0..12_000u32 {
+        let [_, _, a, b] = i.to_be_bytes();
+        let _ = writeln!(
+            y,
+            "  - name: s{i}\n    vip: 172.20.{a}.{b}\n    ports: [{{ port: 80, protocol: TCP, target_port: 8080 }}]\n    backends:"
+        );
+        for k in 0..2u8 {
+            let _ = writeln!(
+                y,
+                "      - {{ ip: 10.42.{k}.2, node_ip: 192.168.50.{} }}",
+                11 + k
+            );
+        }
+    }
+    let limits = Limits {
+        maglev_slots: 12_000 * 251,
+        ..Limits::default()
+    };
+    let f = ok_with(&y, &limits);
+    assert_eq!(f.services.len(), 12_000);
+    assert_eq!(f.services[11_999].backends.len(), 2);
+}

@@ -1,0 +1,725 @@
+//! `bench-e2e`: onehop against kube-proxy (iptables and nftables modes) and plain routing, on
+//! one namespace topology, for N services. See benches/README.md for the method.
+//!
+//! Order of work: for each N, for each path: install, then `runs` rounds of every workload,
+//! then uninstall (RAII). Run i of every path at one N is compared pair by pair.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use onehop_benches::e2e::{
+    control, http, kubeproxy,
+    load::{self, Flows},
+    paths::{self, Installed, Target, World},
+    plot,
+    report::{self, Samples},
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end benchmark: onehop vs kube-proxy iptables/nftables vs routing")]
+struct Args {
+    /// Fewer, shorter runs (about 3 minutes on 2 cores).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per (path, N) and workload (at least 3 for the tables).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Service counts, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    services: Vec<u32>,
+    /// Paths, comma separated (onehop,iptables,nftables,routing; also routing-xdp: routing
+    /// with a pass-through XDP program on the nodes, to isolate veth's XDP cost).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "onehop,iptables,nftables,routing"
+    )]
+    paths: Vec<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2)]
+    secs: u32,
+    /// Offered rate of the new-flows workload, flows/s.
+    #[arg(long, default_value_t = 150_000)]
+    flow_rate: u64,
+    /// Offered rate of the CPU workload (new flows), packets/s.
+    #[arg(long, default_value_t = 20_000)]
+    cpu_rate: u64,
+    /// Concurrent wrk connections.
+    #[arg(long, default_value_t = 8)]
+    wrk_conns: u32,
+    /// Longest a baseline may take to load its rules, seconds (longer: reported as n/a).
+    #[arg(long, default_value_t = 120)]
+    install_limit_s: u64,
+    /// Services for the control-plane measurement (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    cp_services: u32,
+    /// Backends per service for the control-plane measurement.
+    #[arg(long, default_value_t = 10)]
+    cp_backends: u32,
+    /// Write the generated kube-proxy rules for every --services count to this directory
+    /// and exit (what the baselines load, for inspection).
+    #[arg(long)]
+    dump_rules: Option<PathBuf>,
+    /// Re-render the tables and plots of an earlier run from its `runs.log` (in this
+    /// directory, written back there) instead of measuring. `--services`, `--paths`,
+    /// `--runs` and the rates should match that run (they label the tables).
+    #[arg(long)]
+    replot: Option<PathBuf>,
+    /// The onehop binary (default: next to this one).
+    #[arg(long)]
+    onehop: Option<PathBuf>,
+    /// Output directory (default benches/results/<date>-<short commit>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Results {
+    new_flows: Samples,
+    established: Samples,
+    cpu: Samples,
+    cpu_thread: Samples,
+    http_p50: Samples,
+    http_p99: Samples,
+    http_rps: Samples,
+    install: Samples,
+    notes: BTreeMap<(String, u32), String>,
+    control: Option<control::ControlPlane>,
+    log: String,
+}
+
+/// One measurement.
+struct Measured {
+    /// Delivered packets per second (at the pods).
+    per_s: f64,
+    /// Machine-wide system + irq + softirq ns per delivered packet, less the same window's
+    /// share measured idle just before.
+    cpu_ns: f64,
+    /// The sending thread's CPU ns per delivered packet.
+    thread_ns: f64,
+    sent: load::Sent,
+}
+
+fn measure(
+    world: &World,
+    inst: &Installed,
+    targets: &[Target],
+    flows: Flows,
+    rate: Option<u64>,
+    secs: u32,
+    idle_baseline: bool,
+) -> Result<Measured> {
+    world.flush_conntrack();
+    if let Some(reset) = &inst.reset_flows {
+        reset()?;
+    }
+    // Warm-up: neighbour entries on the nodes, ARP of the pods.
+    load::send(
+        &world.topo,
+        targets,
+        Flows::New,
+        Some(2000),
+        Duration::from_millis(200),
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let window = Duration::from_secs(secs.into());
+    let idle_ticks = if idle_baseline {
+        // What the rest of the machine (other processes) costs in system time meanwhile.
+        let (i0, _) = load::cpu_ticks()?;
+        std::thread::sleep(window);
+        let (i1, _) = load::cpu_ticks()?;
+        i1 - i0
+    } else {
+        0
+    };
+    let rx0 = load::pod_rx(&world.topo)?;
+    let (c0, _) = load::cpu_ticks()?;
+    let sent = load::send(&world.topo, targets, flows, rate, window)?;
+    // Frames still in flight through the namespaces.
+    std::thread::sleep(Duration::from_millis(100));
+    let (c1, _) = load::cpu_ticks()?;
+    let rx1 = load::pod_rx(&world.topo)?;
+    let delivered: u64 = rx1
+        .iter()
+        .zip(&rx0)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let m = Measured {
+        per_s: delivered as f64 / sent.secs,
+        cpu_ns: (c1 - c0).saturating_sub(idle_ticks) as f64 * load::ns_per_tick()
+            / delivered.max(1) as f64,
+        thread_ns: sent.thread_cpu_ns as f64 / delivered.max(1) as f64,
+        sent,
+    };
+    Ok(m)
+}
+
+/// Sends bursts of new flows until every pod has received some; returns the seconds taken.
+fn wait_serving(world: &World, targets: &[Target], timeout: Duration) -> Result<f64> {
+    let start = Instant::now();
+    loop {
+        let before = load::pod_rx(&world.topo)?;
+        load::send(
+            &world.topo,
+            targets,
+            Flows::New,
+            Some(5000),
+            Duration::from_millis(100),
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+        let after = load::pod_rx(&world.topo)?;
+        if after.iter().zip(&before).all(|(a, b)| a > b) {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "not every pod receives new flows after {timeout:?}: {:?}",
+            after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+fn run_path(
+    args: &Args,
+    world: &World,
+    path: &dyn paths::DataPath,
+    n: u32,
+    services: &[onehop_benches::e2e::kubeproxy::Service],
+    res: &mut Results,
+) -> Result<()> {
+    let name = path.name();
+    let t = Instant::now();
+    let inst: Installed = path.install(world, services)?;
+    let install_s = t.elapsed().as_secs_f64();
+    res.install.push(name, n, inst.install_s);
+    // "Installed" is each path's own signal; measure only once every pod, local and
+    // remote, really receives new flows through it.
+    let serving_s = wait_serving(world, &inst.udp, Duration::from_mins(3))?;
+    let _ = writeln!(
+        res.log,
+        "{name} N={n}: every pod receiving {serving_s:.2}s after the install"
+    );
+    let _ = writeln!(
+        res.log,
+        "{name} N={n}: installed in {install_s:.2}s (path ready {:.2}s)",
+        inst.install_s
+    );
+    println!("  {name}: installed in {install_s:.2}s");
+    for r in 0..args.runs {
+        let t = &inst.udp;
+        let new = measure(
+            world,
+            &inst,
+            t,
+            Flows::New,
+            Some(args.flow_rate),
+            args.secs,
+            false,
+        )?;
+        res.new_flows.push(name, n, new.per_s);
+        let est = measure(world, &inst, t, Flows::One, None, args.secs, false)?;
+        res.established.push(name, n, est.per_s);
+        let cpu = measure(
+            world,
+            &inst,
+            t,
+            Flows::New,
+            Some(args.cpu_rate),
+            args.secs,
+            true,
+        )?;
+        res.cpu.push(name, n, cpu.cpu_ns);
+        res.cpu_thread.push(name, n, cpu.thread_ns);
+        let w = http::wrk(&world.topo, inst.http[0].addr, args.secs, args.wrk_conns)?;
+        res.http_p50.push(name, n, w.p50_us);
+        res.http_p99.push(name, n, w.p99_us);
+        res.http_rps.push(name, n, w.requests_per_s);
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        let line = format!(
+            "{name} N={n} run={r}: new_flows/s={:.0} (offered {:.0}) established_pps={:.0} (sent {:.0}/s) cpu_ns_per_pkt={:.0} sender_ns_per_pkt={:.0} (delivered {:.0}/s) http p50={:.0}us p99={:.0}us rps={:.0} errors={}",
+            new.per_s,
+            new.sent.frames as f64 / new.sent.secs,
+            est.per_s,
+            est.sent.frames as f64 / est.sent.secs,
+            cpu.cpu_ns,
+            cpu.thread_ns,
+            cpu.per_s,
+            w.p50_us,
+            w.p99_us,
+            w.requests_per_s,
+            w.errors
+        );
+        println!("    {line}");
+        let _ = writeln!(res.log, "{line}");
+    }
+    drop(inst);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let iptables = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "cpu: {cpu}\ncores: {cores}\nkernel: {}\n{mem}\n{iptables}\n{nft}\n",
+        kernel.trim()
+    )
+}
+
+fn default_out() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let commit = std::process::Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map_or_else(
+            |_| "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    let date = std::process::Command::new("date")
+        .arg("+%F")
+        .output()
+        .map_or_else(
+            |_| "undated".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    root.join("results").join(format!("{date}-{commit}"))
+}
+
+#[expect(clippy::too_many_lines, reason = "one table after another")]
+fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
+    let paths: Vec<&str> = args.paths.iter().map(String::as_str).collect();
+    let ns = &args.services;
+    let mut md = String::new();
+    let machine_text = std::fs::read_to_string(out.join("machine.txt"))
+        .ok()
+        .filter(|_| args.replot.is_some())
+        .unwrap_or_else(machine);
+    let _ = writeln!(
+        md,
+        "# bench-e2e results\n\nMedian of {} runs (min–max); ratios are onehop / baseline computed run by run.\n\
+         Topology, method and caveats: benches/README.md. Machine:\n\n```text\n{}```\n",
+        args.runs, machine_text
+    );
+    let sections = [
+        (
+            "New flows per second (UDP, every packet a new 5-tuple)",
+            &res.new_flows,
+            "flows/s delivered",
+            format!(
+                "Offered {} flows/s for {} s; higher is better.",
+                report::human(
+                    #[expect(clippy::cast_precision_loss, reason = "rate")]
+                    {
+                        args.flow_rate as f64
+                    }
+                ),
+                args.secs
+            ),
+        ),
+        (
+            "Established flow, packets per second at saturation (UDP, one 5-tuple)",
+            &res.established,
+            "packets/s delivered",
+            format!("The generator sends as fast as it can for {} s; higher is better.", args.secs),
+        ),
+        (
+            "CPU time per forwarded packet (new flows at a fixed rate)",
+            &res.cpu,
+            "ns/packet",
+            format!(
+                "{} new flows/s for {} s; (system + irq + softirq) time of the whole machine from /proc/stat over delivered packets, less the same time measured over an idle window just before. All namespaces share one kernel, so this includes the generator's sending; lower is better.",
+                args.cpu_rate, args.secs
+            ),
+        ),
+        (
+            "CPU time per forwarded packet in the sender's context (same runs)",
+            &res.cpu_thread,
+            "ns/packet",
+            "CPU time of the generator thread (CLOCK_THREAD_CPUTIME_ID) over delivered packets. On veth the receiving side runs in the sender's softirq context and this kernel has no IRQ time accounting, so most of the path is charged here, and none of other processes' work; lower is better.".to_owned(),
+        ),
+        (
+            "HTTP latency p50 (wrk, Connection: close, nginx in the pods)",
+            &res.http_p50,
+            "µs",
+            format!("wrk -t1 -c{} -d{}s; lower is better.", args.wrk_conns, args.secs),
+        ),
+        (
+            "HTTP latency p99",
+            &res.http_p99,
+            "µs",
+            "Same runs; lower is better.".to_owned(),
+        ),
+        (
+            "HTTP requests per second (each a new TCP connection)",
+            &res.http_rps,
+            "requests/s",
+            "Same runs; higher is better.".to_owned(),
+        ),
+        (
+            "Install time (rules loaded / agent serving the test service)",
+            &res.install,
+            "s",
+            "One install per (path, N); iptables-restore / nft -f transaction time, onehop: agent start until node1's maps hold every service.".to_owned(),
+        ),
+    ];
+    for (title, s, unit, note) in sections {
+        let _ = writeln!(
+            md,
+            "## {title}\n\n{note}\n\n{}",
+            report::table(s, &paths, ns, unit, &res.notes)
+        );
+    }
+    if let Some(cp) = &res.control {
+        md.push_str(&control_md(args, cp));
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let _ = writeln!(md, "## Plots\n");
+    match plots(&paths, ns, res, out) {
+        Ok(files) => {
+            for f in files {
+                let _ = writeln!(md, "![{f}]({f})\n");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(md, "(no plots: {e:#})\n");
+        }
+    }
+    std::fs::write(out.join("results.md"), &md)?;
+    if args.replot.is_none() {
+        std::fs::write(out.join("machine.txt"), machine())?;
+        std::fs::write(out.join("runs.log"), &res.log)?;
+    }
+    Ok(md)
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.secs = 1;
+        args.services.retain(|&n| n <= 10_000);
+    }
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    if let Some(dir) = &args.dump_rules {
+        return dump_rules(&args, dir);
+    }
+    if let Some(dir) = &args.replot {
+        let log = std::fs::read_to_string(dir.join("runs.log"))
+            .with_context(|| format!("reading {}/runs.log", dir.display()))?;
+        let res = parse_log(&log)?;
+        let md = write_report(&args, &res, dir)?;
+        println!("{md}\nwritten to {}", dir.display());
+        return Ok(());
+    }
+    let onehop = match &args.onehop {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("onehop"),
+    };
+    let out = args.out.clone().unwrap_or_else(default_out);
+    let mut world = World::build(&onehop)?;
+    world.install_limit = Duration::from_secs(args.install_limit_s);
+    // Client: many short connections; keep ports from running out (namespace-local sysctls).
+    let client = world.topo.client().ns();
+    client.sysctl("net/ipv4/ip_local_port_range", "1024 65000")?;
+    client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+    let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT)?;
+    let _nginx = http::start_nginx(&world.topo, paths::HTTP_TARGET_PORT, world.scratch())?;
+    let all = paths::all();
+    for p in &args.paths {
+        anyhow::ensure!(
+            all.iter().any(|a| a.name() == p),
+            "unknown path {p:?} (known: onehop, iptables, nftables, routing, routing-xdp)"
+        );
+    }
+    let mut res = Results::default();
+    let started = Instant::now();
+    for &n in &args.services {
+        let services = paths::services(&world.topo, n);
+        println!("== N = {n} services");
+        for path in all
+            .iter()
+            .filter(|p| args.paths.iter().any(|a| a == p.name()))
+        {
+            if let Err(e) = run_path(&args, &world, path.as_ref(), n, &services, &mut res) {
+                let msg = format!("{e:#}");
+                eprintln!("  {}: N={n}: {msg}", path.name());
+                let short: String = msg
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect();
+                res.notes.insert((path.name().to_owned(), n), short);
+                let _ = writeln!(res.log, "{} N={n}: FAILED: {msg}", path.name());
+            }
+        }
+    }
+    if args.cp_services > 0 {
+        println!(
+            "== control plane: {} services x {} backends",
+            args.cp_services, args.cp_backends
+        );
+        match control::measure(&world, args.cp_services, args.cp_backends) {
+            Ok(cp) => {
+                let line = format!(
+                    "control plane: {} services / {} backends: maps loaded {:.2}s, last service serving {:.2}s, agent RSS {} MiB (peak {} MiB)",
+                    cp.services,
+                    cp.backends,
+                    cp.maps_s,
+                    cp.serving_s,
+                    cp.rss_kib / 1024,
+                    cp.hwm_kib / 1024
+                );
+                println!("  {line}");
+                let _ = writeln!(res.log, "{line}");
+                res.control = Some(cp);
+            }
+            Err(e) => {
+                eprintln!("  control plane: {e:#}");
+                let _ = writeln!(res.log, "control plane: FAILED: {e:#}");
+            }
+        }
+    }
+    let _ = writeln!(res.log, "total {:.0}s", started.elapsed().as_secs_f64());
+    let md = write_report(&args, &res, &out)?;
+    println!("{md}\nwritten to {}", out.display());
+    Ok(())
+}
+
+fn dump_rules(args: &Args, dir: &Path) -> Result<()> {
+    // A throwaway topology only for the pod addresses the services use.
+    let topo = onehop_testkit::Topology::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .base("ohd")
+        .build()?;
+    std::fs::create_dir_all(dir)?;
+    for &n in &args.services {
+        let svcs = paths::services(&topo, n);
+        std::fs::write(
+            dir.join(format!("iptables-{n}.rules")),
+            kubeproxy::iptables_restore(&svcs, paths::POD_CIDR),
+        )?;
+        std::fs::write(
+            dir.join(format!("nftables-{n}.nft")),
+            kubeproxy::nft_ruleset(&svcs, paths::POD_CIDR),
+        )?;
+        std::fs::write(
+            dir.join(format!("onehop-{n}-node1.yaml")),
+            paths::services_yaml(&svcs, 1, true),
+        )?;
+    }
+    println!("written to {}", dir.display());
+    Ok(())
+}
+
+/// Plots into `out`; returns the file names.
+fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<String>> {
+    let mk = |samples: &Samples| -> Vec<(String, Samples, String)> {
+        paths
+            .iter()
+            .map(|p| ((*p).to_owned(), samples.clone(), (*p).to_owned()))
+            .collect()
+    };
+    let mut files = Vec::new();
+    let charts: [(&str, &str, &str, &Samples, bool); 4] = [
+        (
+            "new_flows.png",
+            "New UDP flows per second delivered vs services",
+            "flows/s",
+            &res.new_flows,
+            true,
+        ),
+        (
+            "cpu_sender.png",
+            "CPU per forwarded new-flow packet (sender context) vs services",
+            "ns/packet",
+            &res.cpu_thread,
+            true,
+        ),
+        (
+            "established.png",
+            "Established-flow packets/s at saturation vs services",
+            "packets/s",
+            &res.established,
+            false,
+        ),
+        (
+            "install.png",
+            "Install time vs services",
+            "seconds",
+            &res.install,
+            true,
+        ),
+    ];
+    for (file, title, unit, samples, log_y) in charts {
+        let owned = mk(samples);
+        let s: Vec<plot::Series<'_>> = owned
+            .iter()
+            .map(|(label, samples, path)| plot::Series {
+                label: label.clone(),
+                samples,
+                path,
+            })
+            .collect();
+        plot::vs_services(&out.join(file), title, unit, &s, ns, log_y)?;
+        files.push(file.to_owned());
+    }
+    // Latency: p50 and p99 per path.
+    let mut lat = Vec::new();
+    for p in paths {
+        lat.push((format!("{p} p50"), res.http_p50.clone(), (*p).to_owned()));
+        lat.push((format!("{p} p99"), res.http_p99.clone(), (*p).to_owned()));
+    }
+    let s: Vec<plot::Series<'_>> = lat
+        .iter()
+        .map(|(label, samples, path)| plot::Series {
+            label: label.clone(),
+            samples,
+            path,
+        })
+        .collect();
+    plot::vs_services(
+        &out.join("http_latency.png"),
+        "HTTP latency percentiles (wrk, Connection: close) vs services",
+        "µs",
+        &s,
+        ns,
+        true,
+    )?;
+    files.push("http_latency.png".to_owned());
+    Ok(files)
+}
+
+/// Rebuilds the samples from the lines `run_path` and the control plane write to `runs.log`.
+fn parse_log(log: &str) -> Result<Results> {
+    let mut res = Results::default();
+    for line in log.lines() {
+        if let Some(cp) = parse_control(line) {
+            res.control = Some(cp);
+            continue;
+        }
+        let Some((head, rest)) = line.split_once(": ") else {
+            continue;
+        };
+        let mut h = head.split_whitespace();
+        let (Some(path), Some(n)) = (h.next(), h.next().and_then(|n| n.strip_prefix("N="))) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else { continue };
+        let num = |key: &str| -> Option<f64> {
+            rest.split_whitespace()
+                .find_map(|t| t.strip_prefix(key))
+                .map(|v| v.trim_end_matches("us").trim_end_matches('s'))
+                .and_then(|v| v.parse().ok())
+        };
+        if h.next().is_some_and(|r| r.starts_with("run=")) {
+            let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
+            res.new_flows.push(path, n, get("new_flows/s=")?);
+            res.established.push(path, n, get("established_pps=")?);
+            res.cpu.push(path, n, get("cpu_ns_per_pkt=")?);
+            res.cpu_thread.push(path, n, get("sender_ns_per_pkt=")?);
+            res.http_p50.push(path, n, get("p50=")?);
+            res.http_p99.push(path, n, get("p99=")?);
+            res.http_rps.push(path, n, get("rps=")?);
+        } else if let Some(ready) = rest
+            .split_once("(path ready ")
+            .and_then(|(_, r)| r.split('s').next())
+            .and_then(|v| v.parse().ok())
+        {
+            res.install.push(path, n, ready);
+        } else if rest.starts_with("FAILED") {
+            let short: String = rest.chars().skip(8).take(80).collect();
+            res.notes.insert((path.to_owned(), n), short);
+        }
+    }
+    log.clone_into(&mut res.log);
+    Ok(res)
+}
+
+fn control_md(args: &Args, cp: &control::ControlPlane) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Control plane\n\n\
+         A running agent's services file replaced by {} UDP services with {} backends each \
+         ({} backends); one measurement.\n\n\
+         | figure | value |\n|---|---|\n\
+         | file replaced → all services in the maps | {:.2} s |\n\
+         | file replaced → last service delivers | {:.2} s |\n\
+         | agent RSS after loading | {} MiB |\n\
+         | agent peak RSS | {} MiB |\n",
+        report::thousands(cp.services),
+        args.cp_backends,
+        report::thousands(cp.backends),
+        cp.maps_s,
+        cp.serving_s,
+        cp.rss_kib / 1024,
+        cp.hwm_kib / 1024
+    );
+    md
+}
+
+/// `control plane: S services / B backends: maps loaded Xs, last service serving Ys, agent
+/// RSS R MiB (peak P MiB)`.
+fn parse_control(line: &str) -> Option<control::ControlPlane> {
+    let rest = line.strip_prefix("control plane: ")?;
+    let nums: Vec<f64> = rest
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|t| !t.is_empty() && *t != ".")
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let [services, backends, maps_s, serving_s, rss, hwm] = nums[..] else {
+        return None;
+    };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "integers printed by this program"
+    )]
+    Some(control::ControlPlane {
+        services: services as u32,
+        backends: backends as u32,
+        maps_s,
+        serving_s,
+        rss_kib: rss as u64 * 1024,
+        hwm_kib: hwm as u64 * 1024,
+    })
+}

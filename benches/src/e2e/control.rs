@@ -1,0 +1,187 @@
+//! Control plane: how long a running agent takes from a new services file with 10,000
+//! services (100,000 backends) until the data path serves the last one, and its memory.
+//!
+//! The agent runs on node1 with an empty services file; the bench then replaces the file
+//! (atomic rename, like a `ConfigMap` update) with `services` UDP services of `backends`
+//! backends each: the first backend of every service is node1-pod1, the others distinct
+//! addresses in 10.43.0.0/16 on node2 (never reached: only the map sizes matter). Timed:
+//! rename → every service entry in node1's `services` map (written last, after backends and
+//! Maglev tables), then → the first datagram to the LAST service's VIP arriving at node1-pod1.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use lb_userspace::bpfmaps::{Maps, PinDir};
+use onehop_testkit::{
+    netns::{command_in, spawn_in},
+    topology::node_ip,
+};
+
+use super::{
+    load::{self, Flows},
+    paths::{Target, World},
+};
+
+/// Result of the control-plane measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlPlane {
+    pub services: u32,
+    pub backends: u32,
+    /// File replaced → every service in the map.
+    pub maps_s: f64,
+    /// File replaced → first datagram to the last service delivered.
+    pub serving_s: f64,
+    /// Agent resident set after loading, KiB.
+    pub rss_kib: u64,
+    /// Agent peak resident set, KiB.
+    pub hwm_kib: u64,
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .context("field missing")?
+        .parse()
+        .context("parsing /proc/pid/status")
+}
+
+fn last_vip(services: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 20, 0, 1)) + services - 1)
+}
+
+fn file(services: u32, backends: u32, pod: Ipv4Addr) -> String {
+    let mut y = format!(
+        "node: {{ ip: {} }}\nnat_ports: {{ min: 1024, max: 65535 }}\nannounce: []\nservices:\n",
+        node_ip(1)
+    );
+    let fake = u32::from(Ipv4Addr::new(10, 43, 0, 1));
+    for i in 0..services {
+        let _ = write!(
+            y,
+            "  - name: cp-{i}\n    vip: {}\n    ports: [{{ port: 9000, protocol: UDP }}]\n    backends: [{{ ip: {pod}, node_ip: {} }}",
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 20, 0, 1)) + i),
+            node_ip(1)
+        );
+        for k in 1..backends {
+            let ip = Ipv4Addr::from(fake + i * (backends - 1) + (k - 1));
+            let _ = write!(y, ", {{ ip: {ip}, node_ip: {} }}", node_ip(2));
+        }
+        y.push_str("]\n");
+    }
+    y
+}
+
+/// Runs the measurement on `world` (no other path may be installed).
+pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPlane> {
+    let dir = world.scratch();
+    let cfg = dir.join("cp.yaml");
+    std::fs::write(&cfg, "services: []\n")?;
+    let root = world.pin_root(1);
+    let slots =
+        u64::from(lb_userspace::maglev::table_size(backends as usize)) * u64::from(services) + 1024;
+    let ns = world.topo.node(1).ns();
+    let log = std::fs::File::create(dir.join("cp.log"))?;
+    let mut cmd = command_in(ns, world.onehop());
+    cmd.args(["agent", "--interface", "eth0", "--poll-interval-ms", "100"])
+        .arg("--maglev-slots")
+        .arg(slots.to_string())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--bpffs-root")
+        .arg(&root)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    // Declared before the agent: dropped after it (the agent would re-pin).
+    let _cleanup = scopeguard(root.clone());
+    let agent = spawn_in(ns, cmd)?;
+    let pins = PinDir::new(&root, "eth0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Maps::open(&pins)
+        .and_then(|m| m.config())
+        .is_ok_and(|c| c.ready != 0)
+    {
+        if Instant::now() > deadline {
+            bail!("agent did not start: {}", agent_log(world));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pod = world.topo.node(1).pod(1);
+    let text = file(services, backends, pod.ip());
+    let tmp = dir.join("cp.yaml.tmp");
+    std::fs::write(&tmp, &text)?;
+    let before = load::pod_rx(&world.topo)?[0];
+    let start = Instant::now();
+    std::fs::rename(&tmp, &cfg)?;
+    let maps = loop {
+        if let Ok(m) = Maps::open(&pins)
+            && m.services.keys().flatten().count() >= services as usize
+        {
+            break start.elapsed().as_secs_f64();
+        }
+        if start.elapsed() > Duration::from_mins(5) {
+            bail!("services not loaded after 5 minutes: {}", agent_log(world));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Probes: 64 new flows per round to the last VIP; Maglev sends ~1 in `backends` to
+    // node1-pod1, the only real backend.
+    let target = Target {
+        addr: SocketAddrV4::new(last_vip(services), 9000),
+        mac: world.topo.node(1).mac(),
+    };
+    let serving = loop {
+        load::send(
+            &world.topo,
+            &[target],
+            Flows::New,
+            None,
+            Duration::from_millis(1),
+        )?;
+        std::thread::sleep(Duration::from_millis(10));
+        if load::pod_rx(&world.topo)?[0] > before {
+            break start.elapsed().as_secs_f64();
+        }
+        if start.elapsed() > Duration::from_secs(320) {
+            bail!("the last service never delivered: {}", agent_log(world));
+        }
+    };
+    let pid = agent.id();
+    let rss = proc_status_kib(pid, "VmRSS:")?;
+    let hwm = proc_status_kib(pid, "VmHWM:")?;
+    drop(agent);
+    Ok(ControlPlane {
+        services,
+        backends: services * backends,
+        maps_s: maps,
+        serving_s: serving,
+        rss_kib: rss,
+        hwm_kib: hwm,
+    })
+}
+
+fn agent_log(world: &World) -> String {
+    std::fs::read_to_string(world.scratch().join("cp.log")).unwrap_or_default()
+}
+
+/// Removes the agent's pins (detaching its programs) on drop.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Err(e) = lb_userspace::loader::cleanup(&self.0, "eth0") {
+            eprintln!("bench-e2e: cleanup of {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+fn scopeguard(root: std::path::PathBuf) -> Cleanup {
+    Cleanup(root)
+}

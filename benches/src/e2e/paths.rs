@@ -1,0 +1,670 @@
+//! The data paths under comparison, behind one trait, and the topology they run on.
+//!
+//! A [`DataPath`] installs itself on a [`World`] for a list of services and returns an
+//! [`Installed`] guard: the addresses a client uses for the test service, and an undo that
+//! runs on drop (panics included). Every path sees the same topology:
+//!
+//! ```text
+//!  client1 192.168.50.2 ── br0 (lan) ──┬── node1 eth0 192.168.50.11 ── cni0 ── pod1 10.42.1.2, pod2 10.42.1.3
+//!                                      └── node2 eth0 192.168.50.12 ── cni0 ── pod1 10.42.2.2, pod2 10.42.2.3
+//! ```
+//!
+//! The LAN-side veth peers of both nodes carry a pass-through XDP program for every path
+//! (onehop's `XDP_TX` on a veth needs it; keeping it for all paths keeps the topology equal).
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use lb_userspace::{
+    bpfmaps::{Maps, PinDir},
+    peer,
+};
+use onehop_testkit::{
+    MacAddr, Topology,
+    netns::{ChildGuard, command_in, in_netns, run_checked, spawn_in},
+    topology::node_ip,
+};
+
+use super::kubeproxy::{self, Port, Proto, Service};
+
+/// The test service's LoadBalancer IP.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
+/// Its cluster IP (kube-proxy baselines only).
+pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// HTTP port on the VIP and in the pods.
+pub const HTTP_PORT: u16 = 80;
+pub const HTTP_TARGET_PORT: u16 = 8080;
+/// UDP port on the VIP and in the pods.
+pub const UDP_PORT: u16 = 9000;
+pub const UDP_TARGET_PORT: u16 = 9000;
+/// kube-proxy's `--cluster-cidr`.
+pub const POD_CIDR: &str = "10.42.0.0/16";
+
+/// An address a client sends to, with the MAC its frames go to (for the raw generator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddrV4,
+    pub mac: MacAddr,
+}
+
+/// The bench topology: 1 client, 2 nodes with 2 pods each, pass-through XDP on the LAN side.
+pub struct World {
+    // Field order is drop order: programs on the peers, then the namespaces, then files.
+    _passes: Vec<peer::PassThrough>,
+    pub topo: Topology,
+    /// Longest a baseline may take to load its rules (default 2 minutes).
+    pub install_limit: Duration,
+    scratch: PathBuf,
+    onehop: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+impl World {
+    /// Builds the topology; `onehop` is the agent binary.
+    pub fn build(onehop: &Path) -> Result<Self> {
+        ensure!(
+            onehop.is_file(),
+            "onehop binary {} missing (cargo build --release -p lb-userspace --bin onehop)",
+            onehop.display()
+        );
+        let topo = Topology::builder()
+            .nodes(2)
+            .pods_per_node(2)
+            .base("ohb")
+            .build()?;
+        let peers: Vec<String> = topo
+            .nodes()
+            .iter()
+            .map(|n| n.lan_peer().to_owned())
+            .collect();
+        let passes = in_netns(topo.lan(), || {
+            peers
+                .iter()
+                .map(|p| peer::attach(p))
+                .collect::<Result<Vec<_>>>()
+        })??;
+        let scratch = std::env::temp_dir().join(topo.prefix().trim_end_matches('-'));
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        Ok(Self {
+            _passes: passes,
+            topo,
+            install_limit: Duration::from_mins(2),
+            scratch,
+            onehop: onehop.to_path_buf(),
+        })
+    }
+
+    /// Scratch directory (removed on drop).
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// The onehop agent binary.
+    pub fn onehop(&self) -> &Path {
+        &self.onehop
+    }
+
+    /// Pin root of node `i`'s agent.
+    pub fn pin_root(&self, i: u8) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}node{i}", self.topo.prefix()))
+    }
+
+    /// Runs `cmd args` in `ns`, feeding `stdin`; fails with its stderr.
+    pub fn run_in(ns: &str, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut c = command_in(ns, cmd);
+        c.args(args);
+        let Some(input) = stdin else {
+            return run_checked(&mut c);
+        };
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().with_context(|| format!("starting {cmd}"))?;
+        let mut pipe = child.stdin.take().context("stdin pipe")?;
+        // A writer thread: a chatty child could otherwise fill its stdout while we write.
+        let text = input.to_owned();
+        let writer = std::thread::spawn(move || pipe.write_all(text.as_bytes()));
+        let out = child.wait_with_output().context("waiting")?;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?
+            .with_context(|| format!("writing to {cmd}"))?;
+        ensure!(
+            out.status.success(),
+            "{cmd} {args:?} in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `cmd args` in `ns` with `text` on stdin, killing it after `limit`: a baseline
+    /// whose rules take longer to load is reported as such instead of stalling the run.
+    pub fn load_rules(
+        ns: &str,
+        cmd: &str,
+        args: &[&str],
+        text: &str,
+        limit: Duration,
+    ) -> Result<()> {
+        let mut c = command_in(ns, cmd);
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().with_context(|| format!("starting {cmd}"))?;
+        let mut pipe = child.stdin.take().context("stdin pipe")?;
+        let input = text.to_owned();
+        // Threads: the child may stop reading (or fill stderr) at any time.
+        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+        let mut err_pipe = child.stderr.take().context("stderr pipe")?;
+        let reader = std::thread::spawn(move || {
+            let mut e = String::new();
+            let _ = std::io::Read::read_to_string(&mut err_pipe, &mut e);
+            e
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().context("waiting")? {
+                break st;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = writer.join();
+                bail!("{cmd} did not finish loading within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = reader.join().unwrap_or_default();
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?
+            .with_context(|| format!("writing to {cmd}"))?;
+        ensure!(status.success(), "{cmd} {args:?} in {ns} failed: {stderr}");
+        Ok(())
+    }
+
+    /// Flushes the kernel connection tracking tables of both nodes (between runs, so every
+    /// run starts from an empty table: entries would otherwise pile up to
+    /// `nf_conntrack_max`).
+    pub fn flush_conntrack(&self) {
+        for n in self.topo.nodes() {
+            // Exit status 1 when the table is empty or conntrack is unused: fine.
+            let _ = command_in(n.ns().name(), "conntrack")
+                .arg("-F")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The test service: HTTP and UDP ports, endpoints on every pod (two local to node1, two
+/// remote).
+pub fn test_service(topo: &Topology) -> Service {
+    Service {
+        namespace: "bench".into(),
+        name: "web".into(),
+        cluster_ip: CLUSTER_IP,
+        lb_ip: VIP,
+        ports: vec![
+            Port {
+                name: "http".into(),
+                proto: Proto::Tcp,
+                port: HTTP_PORT,
+                target_port: HTTP_TARGET_PORT,
+            },
+            Port {
+                name: "udp".into(),
+                proto: Proto::Udp,
+                port: UDP_PORT,
+                target_port: UDP_TARGET_PORT,
+            },
+        ],
+        endpoints: topo.pods().map(onehop_testkit::Pod::ip).collect(),
+    }
+}
+
+/// `n` services: the test service in the middle of `n - 1` fillers (kube-proxy writes services
+/// in Go map order, so on average a lookup walks half of `KUBE-SERVICES`). Fillers have their
+/// own cluster IP (`10.96.0.0/12`) and LB IP (`172.20.0.0/14`, never routed here), one TCP
+/// port and two endpoints (one per node).
+pub fn services(topo: &Topology, n: u32) -> Vec<Service> {
+    assert!((1..=200_000).contains(&n), "n={n}");
+    let mut out = Vec::with_capacity(n as usize);
+    let endpoints = vec![topo.node(1).pod(1).ip(), topo.node(2).pod(1).ip()];
+    for i in 0..n - 1 {
+        if i == (n - 1) / 2 {
+            out.push(test_service(topo));
+        }
+        out.push(Service {
+            namespace: "bench".into(),
+            name: format!("filler-{i}"),
+            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 1, 0)) + i),
+            lb_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 20, 0, 1)) + i),
+            ports: vec![Port {
+                name: "http".into(),
+                proto: Proto::Tcp,
+                port: 80,
+                target_port: HTTP_TARGET_PORT,
+            }],
+            endpoints: endpoints.clone(),
+        });
+    }
+    if n == 1 {
+        out.push(test_service(topo));
+    }
+    out
+}
+
+/// What an installed path offers the client, and its undo.
+pub struct Installed {
+    /// HTTP addresses of the test service (one VIP, or every pod for plain routing).
+    pub http: Vec<Target>,
+    /// UDP addresses of the test service.
+    pub udp: Vec<Target>,
+    /// Seconds from the start of the install until the path served the test service.
+    pub install_s: f64,
+    /// Forgets the path's own flow state (onehop's connection and reverse-NAT tables),
+    /// run between runs like the kernel conntrack flush.
+    pub reset_flows: Option<Box<dyn Fn() -> Result<()>>>,
+    undo: Vec<Box<dyn FnOnce()>>,
+    agents: Vec<ChildGuard>,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        // Agents first (they would re-create what the undo removes), then the undos.
+        self.agents.clear();
+        while let Some(f) = self.undo.pop() {
+            f();
+        }
+    }
+}
+
+/// A data path that can be installed on the bench topology.
+pub trait DataPath {
+    /// Short name for tables (`onehop`, `iptables`, `nftables`, `routing`).
+    fn name(&self) -> &'static str;
+    /// Installs for `services` (one of which is [`test_service`]).
+    fn install(&self, world: &World, services: &[Service]) -> Result<Installed>;
+}
+
+/// Every path, in table order (`routing-xdp` only runs when asked for by name).
+pub fn all() -> Vec<Box<dyn DataPath>> {
+    vec![
+        Box::new(Onehop),
+        Box::new(Iptables),
+        Box::new(Nftables),
+        Box::new(Routing),
+        Box::new(RoutingXdpPass),
+    ]
+}
+
+fn vip_targets(mac: MacAddr) -> (Vec<Target>, Vec<Target>) {
+    (
+        vec![Target {
+            addr: SocketAddrV4::new(VIP, HTTP_PORT),
+            mac,
+        }],
+        vec![Target {
+            addr: SocketAddrV4::new(VIP, UDP_PORT),
+            mac,
+        }],
+    )
+}
+
+/// Stands in for `MetalLB`'s ARP answer with the kube-proxy baselines: a permanent neighbour
+/// entry VIP → node1's MAC in the client. Returns its undo.
+fn static_vip_neighbour(world: &World) -> Result<Box<dyn FnOnce()>> {
+    let client = world.topo.client().ns().name().to_owned();
+    let mac = world.topo.node(1).mac().to_string();
+    World::run_in(
+        &client,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &VIP.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+        None,
+    )?;
+    Ok(Box::new(move || {
+        let _ = World::run_in(
+            &client,
+            "ip",
+            &["neigh", "del", &VIP.to_string(), "dev", "eth0"],
+            None,
+        );
+    }))
+}
+
+fn flush_ruleset(ns: String) -> Box<dyn FnOnce()> {
+    Box::new(move || {
+        // The whole ruleset of node1's namespace is ours; deleting the tables (not just
+        // flushing chains) also unregisters the nat hooks, so later paths run without
+        // connection tracking.
+        if let Err(e) = World::run_in(&ns, "nft", &["flush", "ruleset"], None) {
+            eprintln!("bench-e2e: flushing the ruleset of {ns}: {e:#}");
+        }
+        let _ = command_in(&ns, "conntrack")
+            .arg("-F")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    })
+}
+
+/// kube-proxy iptables mode in node1's namespace, one `iptables-restore` transaction.
+pub struct Iptables;
+
+impl DataPath for Iptables {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
+        let ns = world.topo.node(1).ns().name().to_owned();
+        let text = kubeproxy::iptables_restore(services, POD_CIDR);
+        let start = Instant::now();
+        let mut undo = vec![flush_ruleset(ns.clone())];
+        World::load_rules(&ns, "iptables-restore", &["-w"], &text, world.install_limit)
+            .context("loading the kube-proxy iptables rules")?;
+        let install_s = start.elapsed().as_secs_f64();
+        undo.push(static_vip_neighbour(world)?);
+        let (http, udp) = vip_targets(world.topo.node(1).mac());
+        Ok(Installed {
+            http,
+            udp,
+            install_s,
+            reset_flows: None,
+            undo,
+            agents: Vec::new(),
+        })
+    }
+}
+
+/// kube-proxy nftables mode in node1's namespace, one `nft -f` transaction.
+pub struct Nftables;
+
+impl DataPath for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
+        let ns = world.topo.node(1).ns().name().to_owned();
+        let text = kubeproxy::nft_ruleset(services, POD_CIDR);
+        let start = Instant::now();
+        let mut undo = vec![flush_ruleset(ns.clone())];
+        World::load_rules(&ns, "nft", &["-f", "-"], &text, world.install_limit)
+            .context("loading the kube-proxy nftables rules")?;
+        let install_s = start.elapsed().as_secs_f64();
+        undo.push(static_vip_neighbour(world)?);
+        let (http, udp) = vip_targets(world.topo.node(1).mac());
+        Ok(Installed {
+            http,
+            udp,
+            install_s,
+            reset_flows: None,
+            undo,
+            agents: Vec::new(),
+        })
+    }
+}
+
+/// No load balancer: the client sends to pod IPs, routed by the nodes (the floor).
+pub struct Routing;
+
+impl DataPath for Routing {
+    fn name(&self) -> &'static str {
+        "routing"
+    }
+
+    fn install(&self, world: &World, _services: &[Service]) -> Result<Installed> {
+        let mut http = Vec::new();
+        let mut udp = Vec::new();
+        for n in world.topo.nodes() {
+            for p in n.pods() {
+                let mac = n.mac();
+                http.push(Target {
+                    addr: SocketAddrV4::new(p.ip(), HTTP_TARGET_PORT),
+                    mac,
+                });
+                udp.push(Target {
+                    addr: SocketAddrV4::new(p.ip(), UDP_TARGET_PORT),
+                    mac,
+                });
+            }
+        }
+        Ok(Installed {
+            http,
+            udp,
+            install_s: 0.0,
+            reset_flows: None,
+            undo: Vec::new(),
+            agents: Vec::new(),
+        })
+    }
+}
+
+/// Plain routing with a pass-through XDP program (`xdp_pass`) on both nodes' `eth0`: not a
+/// load balancer, an explanation. On a veth, any XDP program on the receiving device moves it
+/// to the NAPI path, where each skb from the stack is converted to an XDP buffer (copied
+/// when it lacks the 256-byte headroom), and `XDP_PASS` builds a new skb. This row shows
+/// what that costs with no load-balancing work at all; a NIC driver runs XDP before any
+/// skb exists, so there it is (nearly) free.
+pub struct RoutingXdpPass;
+
+impl DataPath for RoutingXdpPass {
+    fn name(&self) -> &'static str {
+        "routing-xdp"
+    }
+
+    fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
+        let mut inst = Routing.install(world, services)?;
+        for n in world.topo.nodes() {
+            let pass = in_netns(n.ns(), || peer::attach("eth0"))??;
+            inst.undo.push(Box::new(move || drop(pass)));
+        }
+        Ok(inst)
+    }
+}
+
+/// onehop: the agent on node1 (announcing the VIP) and node2 (not announcing), from a
+/// generated services file; the client finds the VIP by ARP, answered by XDP.
+pub struct Onehop;
+
+/// The services file of node `node` (1-based) for `services`.
+pub fn services_yaml(services: &[Service], node: u8, announce: bool) -> String {
+    let mut y = String::new();
+    let _ = writeln!(y, "node: {{ ip: {} }}", node_ip(node));
+    // Every port: a run of new flows claims one NAT port per remote flow, and the default
+    // 61000–65535 (4,536 per remote backend) is fewer than one run offers.
+    y.push_str("nat_ports: { min: 1024, max: 65535 }\n");
+    let _ = writeln!(
+        y,
+        "announce: [{}]",
+        if announce {
+            VIP.to_string()
+        } else {
+            String::new()
+        }
+    );
+    y.push_str("services:\n");
+    for s in services {
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{ port: {}, protocol: {}, target_port: {} }}",
+                    p.port,
+                    p.proto.upper(),
+                    p.target_port
+                )
+            })
+            .collect();
+        let backends: Vec<String> = s
+            .endpoints
+            .iter()
+            .map(|ip| format!("{{ ip: {ip}, node_ip: {} }}", node_ip(ip.octets()[2])))
+            .collect();
+        let _ = writeln!(
+            y,
+            "  - name: {}\n    vip: {}\n    ports: [{}]\n    backends: [{}]",
+            s.name,
+            s.lb_ip,
+            ports.join(", "),
+            backends.join(", ")
+        );
+    }
+    y
+}
+
+/// Maglev slots the agent needs for `services` (each port gets its own table).
+pub fn maglev_slots(services: &[Service]) -> u32 {
+    let total: u64 = services
+        .iter()
+        .map(|s| {
+            u64::from(lb_userspace::maglev::table_size(s.endpoints.len())) * s.ports.len() as u64
+        })
+        .sum();
+    u32::try_from(total + 1024).unwrap_or(u32::MAX)
+}
+
+impl Onehop {
+    fn start_agent(world: &World, node: u8, services: &[Service]) -> Result<ChildGuard> {
+        let dir = world.scratch();
+        let cfg = dir.join(format!("node{node}.yaml"));
+        std::fs::write(&cfg, services_yaml(services, node, node == 1))
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let log = std::fs::File::create(dir.join(format!("node{node}.log")))?;
+        let ns = world.topo.node(node).ns();
+        let mut cmd = command_in(ns, &world.onehop);
+        cmd.args(["agent", "--interface", "eth0", "--poll-interval-ms", "100"])
+            .arg("--maglev-slots")
+            .arg(maglev_slots(services).to_string())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--bpffs-root")
+            .arg(world.pin_root(node))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        spawn_in(ns, cmd)
+    }
+
+    /// Waits until node `node`'s maps hold `ports` service entries.
+    fn wait_ready(world: &World, node: u8, ports: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let pins = PinDir::new(&world.pin_root(node), "eth0");
+        loop {
+            if let Ok(maps) = Maps::open(&pins)
+                && maps.config().is_ok_and(|c| c.ready != 0)
+                && maps.services.keys().flatten().count() >= ports
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node{node}: agent not ready after {timeout:?}; log:\n{}",
+                    std::fs::read_to_string(world.scratch().join(format!("node{node}.log")))
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl DataPath for Onehop {
+    fn name(&self) -> &'static str {
+        "onehop"
+    }
+
+    fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
+        let ports: usize = services.iter().map(|s| s.ports.len()).sum();
+        let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
+        for node in [1u8, 2] {
+            let root = world.pin_root(node);
+            undo.push(Box::new(move || {
+                if let Err(e) = lb_userspace::loader::cleanup(&root, "eth0") {
+                    eprintln!("bench-e2e: onehop cleanup of {}: {e:#}", root.display());
+                }
+            }));
+        }
+        let start = Instant::now();
+        let mut agents = Vec::new();
+        let mut inst = Installed {
+            http: Vec::new(),
+            udp: Vec::new(),
+            install_s: 0.0,
+            reset_flows: None,
+            undo,
+            agents: Vec::new(),
+        };
+        for node in [1u8, 2] {
+            agents.push(Self::start_agent(world, node, services)?);
+        }
+        inst.agents = agents;
+        let timeout = Duration::from_secs(30 + u64::try_from(ports / 1000).unwrap_or(0) * 2);
+        Self::wait_ready(world, 1, ports, timeout)?;
+        inst.install_s = start.elapsed().as_secs_f64();
+        Self::wait_ready(world, 2, ports, timeout)?;
+        let mac = world
+            .topo
+            .client()
+            .arp(VIP, Duration::from_secs(2))?
+            .context("nobody answered ARP for the VIP")?;
+        ensure!(
+            mac == world.topo.node(1).mac(),
+            "ARP for the VIP answered with {mac}, not node1's MAC"
+        );
+        let (http, udp) = vip_targets(mac);
+        inst.http = http;
+        inst.udp = udp;
+        let roots = [world.pin_root(1), world.pin_root(2)];
+        inst.reset_flows = Some(Box::new(move || {
+            for root in &roots {
+                clear_flow_tables(root)?;
+            }
+            Ok(())
+        }));
+        Ok(inst)
+    }
+}
+
+/// Deletes every entry of onehop's `conntrack` and `rev_nat` maps under `root`.
+pub fn clear_flow_tables(root: &Path) -> Result<()> {
+    let mut maps = Maps::open(&PinDir::new(root, "eth0"))?;
+    let keys: Vec<_> = maps.conntrack.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        // An entry the data path evicted meanwhile is fine.
+        let _ = maps.conntrack.remove(k);
+    }
+    let keys: Vec<_> = maps.rev_nat.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = maps.rev_nat.remove(k);
+    }
+    Ok(())
+}

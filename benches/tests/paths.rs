@@ -1,0 +1,90 @@
+//! Privileged: every data path of `bench-e2e`, installed for 10 services, really balances
+//! the test service: HTTP through the VIP reaches pods on node1 (local) and node2 (remote),
+//! and the UDP generator's new flows arrive at the pods, also on both nodes. So the
+//! baselines are proven to work, not just loaded.
+
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+
+use onehop_benches::e2e::{
+    load::{self, Flows},
+    paths::{self, World},
+};
+
+/// The `onehop` binary of this test's profile, (re)built so it is never stale (a no-op when
+/// `cargo test` of the workspace has just built it).
+fn onehop_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/onehop
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "lb-userspace", "--bin", "onehop"]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("cargo build").success(),
+        "building onehop"
+    );
+    dir.join("onehop")
+}
+
+#[test]
+fn every_path_balances_to_local_and_remote_pods() {
+    let world = World::build(&onehop_binary()).expect("world");
+    let _http = world
+        .topo
+        .serve_http_all(paths::HTTP_TARGET_PORT)
+        .expect("http servers");
+    let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT).expect("udp sinks");
+    let services = paths::services(&world.topo, 10);
+    assert_eq!(services.len(), 10);
+    for path in paths::all() {
+        let name = path.name();
+        let inst = path
+            .install(&world, &services)
+            .unwrap_or_else(|e| panic!("{name}: install: {e:#}"));
+        let mut seen = BTreeSet::new();
+        for i in 0..60 {
+            let t = inst.http[i % inst.http.len()];
+            let r = world
+                .topo
+                .client()
+                .http_get(t.addr.into())
+                .unwrap_or_else(|e| panic!("{name}: GET {} #{i}: {e:#}", t.addr));
+            seen.insert(r.answer().expect("answer").pod);
+        }
+        assert!(
+            seen.iter().any(|p| p.starts_with("node1-"))
+                && seen.iter().any(|p| p.starts_with("node2-")),
+            "{name}: HTTP reached only {seen:?}"
+        );
+        world.flush_conntrack();
+        let before = load::pod_rx(&world.topo).expect("rx");
+        let sent = load::send(
+            &world.topo,
+            &inst.udp,
+            Flows::New,
+            Some(4000),
+            Duration::from_millis(500),
+        )
+        .expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        let after = load::pod_rx(&world.topo).expect("rx");
+        let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let delivered: u64 = per_pod.iter().sum();
+        assert!(sent.frames >= 1000, "{name}: sent only {sent:?}");
+        // A few ARP frames may be counted too; losses at 4 kpps would be a broken path.
+        assert!(
+            delivered >= sent.frames * 98 / 100 && delivered <= sent.frames + 50,
+            "{name}: sent {} delivered {delivered} ({per_pod:?})",
+            sent.frames
+        );
+        assert!(
+            per_pod[..2].iter().sum::<u64>() > delivered / 5
+                && per_pod[2..].iter().sum::<u64>() > delivered / 5,
+            "{name}: UDP not spread over local and remote pods: {per_pod:?}"
+        );
+        drop(inst);
+    }
+}
