@@ -133,6 +133,17 @@ impl K8s {
         self.api.store().put(&slice).expect("slice");
     }
 
+    /// An `IPAddressPool` in onehop-system with one address entry.
+    fn put_pool(&self, name: &str, addresses: &str) {
+        let spec = PoolSpec {
+            addresses: vec![addresses.into()],
+            ..PoolSpec::default()
+        };
+        let mut pool = IPAddressPool::new(name, spec);
+        pool.metadata.namespace = Some("onehop-system".into());
+        self.api.store().put(&pool).expect("pool");
+    }
+
     fn mac(&self, node: u8) -> [u8; 6] {
         self.c.topo.node(node).mac().octets()
     }
@@ -575,18 +586,7 @@ fn outage_scaling_bad_objects_and_deletion() {
 #[test]
 fn controller_assigns_addresses_that_the_agents_serve() {
     let k = K8s::new(2);
-    k.api.store().register(
-        ResourceDef::new("onehop.io", "v1beta1", "ipaddresspools", "IPAddressPool").with_status(),
-    );
-    let mut pool = IPAddressPool::new(
-        "lan",
-        PoolSpec {
-            addresses: vec!["192.168.50.220-192.168.50.221".into()],
-            ..PoolSpec::default()
-        },
-    );
-    pool.metadata.namespace = Some("onehop-system".into());
-    k.api.store().put(&pool).expect("pool");
+    k.put_pool("lan", "192.168.50.220-192.168.50.221");
     let no_status = json!({ "status": { "loadBalancer": { "ingress": [] } } });
     k.put_service("web", VIP, &no_status);
     k.put_endpoints("web", &[1, 2]);
@@ -668,15 +668,7 @@ fn l2advertisement_node_selectors_choose_the_announcer() {
     let mut n3: Node = k.api.store().get("", "node3").expect("node3");
     n3.metadata.labels = Some([("onehop.io/announce".to_owned(), "yes".to_owned())].into());
     k.api.store().put(&n3).expect("label node3");
-    let mut pool = IPAddressPool::new(
-        "lan",
-        PoolSpec {
-            addresses: vec!["192.168.50.200/30".into()],
-            ..PoolSpec::default()
-        },
-    );
-    pool.metadata.namespace = Some("onehop-system".into());
-    k.api.store().put(&pool).expect("pool");
+    k.put_pool("lan", "192.168.50.200/30");
     let ad: lb_userspace::k8s::crd::L2Advertisement = from(json!({
         "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
         "metadata": { "name": "edge", "namespace": "onehop-system" },
