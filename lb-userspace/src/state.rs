@@ -107,6 +107,8 @@ pub struct DataplaneState {
 /// Contents that no sequence of plans and partial applications produces.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
+    #[error("ids: {0}")]
+    Ids(#[source] IdError),
     #[error("backend id {id} is out of range (the backends array has {max} slots)")]
     BackendIdOutOfRange { id: u32, max: u32 },
     #[error("backend slot {id} is listed but not marked valid")]
@@ -294,12 +296,12 @@ impl DataplaneState {
                 ids.insert(r.service_id());
             }
         }
-        // Both cannot fail: ids were checked against the limits above and
-        // come from sets.
+        // Checked against the limits above, so these should not fail; the
+        // contents come from kernel maps, so report rather than assume.
         let backend_ids = IdAllocator::rebuild(limits.max_backends, self.backends.keys().copied())
-            .expect("backend ids checked above");
+            .map_err(StateError::Ids)?;
         let service_ids =
-            IdAllocator::rebuild(limits.max_services, ids).expect("service ids checked above");
+            IdAllocator::rebuild(limits.max_services, ids).map_err(StateError::Ids)?;
         Ok(Allocators {
             backend_ids,
             service_ids,
