@@ -108,11 +108,17 @@ impl Agent {
             info!("services file unchanged in effect; nothing to write");
             return Ok(());
         }
-        let result = writer::apply(&mut self.maps, &ops);
         let before = announced(&self.current);
-        // Whatever happened, believe the kernel, not the plan.
-        self.current = reader::read(&self.maps).context("re-reading the maps")?;
-        result?;
+        match writer::apply(&mut self.maps, &ops) {
+            // Every write landed: the maps hold exactly the plan. (Reading
+            // them back would cost a syscall per Maglev slot.)
+            Ok(()) => self.current = desired,
+            Err(e) => {
+                // A partial write: believe the kernel, not the plan.
+                self.current = reader::read(&self.maps).context("re-reading the maps")?;
+                return Err(e);
+            }
+        }
         info!(
             writes = ops.len(),
             services = self.current.services.len(),

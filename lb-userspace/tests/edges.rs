@@ -283,3 +283,63 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
         "unexpected frame on the wire"
     );
 }
+
+/// The agent keeps the plan as its view of the maps after a successful write
+/// (no read-back); this holds only if writing a diff and reading the maps
+/// back gives exactly the plan — checked here on the real kernel, across a
+/// replan that moves tables, frees regions and drops a service.
+#[test]
+fn written_plans_read_back_exactly() {
+    use lb_userspace::{
+        config::{self, Limits},
+        diff, reader,
+        state::{self, DataplaneState, Node},
+        writer,
+    };
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let root = PinRoot::new("readback");
+    assert!(!attach_in(topo.node(1).ns(), root.path()).expect("attach"));
+    let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("maps");
+    let limits = Limits {
+        maglev_slots: maps.maglev.len(),
+        ..Limits::default()
+    };
+    let node = Node {
+        ip: topo.node(1).ip(),
+        ifindex: 2,
+        mac: topo.node(1).mac().octets(),
+    };
+    let file = |extra: &str| {
+        let text = format!(
+            "announce: [192.168.50.200]
+services:
+  - name: web
+    vip: 192.168.50.200
+    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 53, protocol: UDP }}]
+    session_affinity: ClientIP
+    source_ranges: [10.0.0.0/8]
+    backends: [{{ ip: 10.42.1.2, node_ip: {n} }}, {{ ip: 10.42.2.2, node_ip: 192.168.50.12 }}{extra}]
+  - name: empty
+    vip: 192.168.50.201
+    ports: [{{ port: 443 }}]
+",
+            n = topo.node(1).ip()
+        );
+        config::parse(&text, &limits).expect("valid file")
+    };
+    let mut current = DataplaneState::default();
+    for extra in ["", ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }", ""] {
+        let desired = state::plan(&current, &file(extra), &node, &limits).expect("plan");
+        writer::apply(&mut maps, &diff::diff(&current, &desired)).expect("write");
+        assert_eq!(
+            reader::read(&maps).expect("read back"),
+            desired,
+            "the maps differ from the plan"
+        );
+        current = desired;
+    }
+}
