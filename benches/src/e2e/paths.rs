@@ -383,24 +383,36 @@ impl DataPath for Iptables {
     }
 
     fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
-        let ns = world.topo.node(1).ns().name().to_owned();
         let text = kubeproxy::iptables_restore(services, POD_CIDR);
-        let start = Instant::now();
-        let mut undo = vec![flush_ruleset(ns.clone())];
-        World::load_rules(&ns, "iptables-restore", &["-w"], &text, world.install_limit)
-            .context("loading the kube-proxy iptables rules")?;
-        let install_s = start.elapsed().as_secs_f64();
-        undo.push(static_vip_neighbour(world)?);
-        let (http, udp) = vip_targets(world.topo.node(1).mac());
-        Ok(Installed {
-            http,
-            udp,
-            install_s,
-            reset_flows: None,
-            undo,
-            agents: Vec::new(),
-        })
+        install_kube_proxy(world, "iptables-restore", &["-w"], &text)
+            .context("loading the kube-proxy iptables rules")
     }
+}
+
+/// Loads a kube-proxy ruleset into node1 in one transaction (`program args`
+/// reading `text` on stdin), timed, plus the client's static VIP neighbour
+/// standing in for MetalLB's ARP answer. Both are undone on drop.
+fn install_kube_proxy(
+    world: &World,
+    program: &str,
+    args: &[&str],
+    text: &str,
+) -> Result<Installed> {
+    let ns = world.topo.node(1).ns().name().to_owned();
+    let start = Instant::now();
+    let mut undo = vec![flush_ruleset(ns.clone())];
+    World::load_rules(&ns, program, args, text, world.install_limit)?;
+    let install_s = start.elapsed().as_secs_f64();
+    undo.push(static_vip_neighbour(world)?);
+    let (http, udp) = vip_targets(world.topo.node(1).mac());
+    Ok(Installed {
+        http,
+        udp,
+        install_s,
+        reset_flows: None,
+        undo,
+        agents: Vec::new(),
+    })
 }
 
 /// kube-proxy nftables mode in node1's namespace, one `nft -f` transaction.
@@ -412,23 +424,9 @@ impl DataPath for Nftables {
     }
 
     fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
-        let ns = world.topo.node(1).ns().name().to_owned();
         let text = kubeproxy::nft_ruleset(services, POD_CIDR);
-        let start = Instant::now();
-        let mut undo = vec![flush_ruleset(ns.clone())];
-        World::load_rules(&ns, "nft", &["-f", "-"], &text, world.install_limit)
-            .context("loading the kube-proxy nftables rules")?;
-        let install_s = start.elapsed().as_secs_f64();
-        undo.push(static_vip_neighbour(world)?);
-        let (http, udp) = vip_targets(world.topo.node(1).mac());
-        Ok(Installed {
-            http,
-            udp,
-            install_s,
-            reset_flows: None,
-            undo,
-            agents: Vec::new(),
-        })
+        install_kube_proxy(world, "nft", &["-f", "-"], &text)
+            .context("loading the kube-proxy nftables rules")
     }
 }
 
