@@ -27,6 +27,7 @@ use lb_userspace::{
     },
     status::Snapshot,
 };
+use onehop_testkit::json::merge;
 use onehop_testkit::{
     apiserver::{ApiServer, ResourceDef},
     netns::{command_in, in_netns, spawn_in},
@@ -199,17 +200,6 @@ fn wait_status(k: &K8s, name: &str, want: &[&str]) {
             status_ips(k, name)
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, p) => *b = p,
     }
 }
 

@@ -31,6 +31,7 @@ pub mod apiserver;
 pub mod arp;
 pub mod capture;
 pub mod http;
+pub mod json;
 pub mod netns;
 pub mod server;
 pub mod topology;

@@ -1,3 +1,4 @@
+use onehop_testkit::json::merge;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -28,17 +29,6 @@ fn svc(ns: &str, name: &str, extra: Value) -> Service {
     });
     merge(&mut v, extra);
     serde_json::from_value(v).unwrap()
-}
-
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, p) => *b = p,
-    }
 }
 
 fn req(ns: &str, name: &str, extra: Value) -> Request {

@@ -1,3 +1,4 @@
+use onehop_testkit::json::merge;
 use serde_json::{Value, json};
 
 use super::*;
@@ -38,17 +39,6 @@ fn service(name: &str, extra: Value) -> Service {
     });
     merge(&mut v, extra);
     from(v)
-}
-
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, p) => *b = p,
-    }
 }
 
 fn ep(ip: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
