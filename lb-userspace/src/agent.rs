@@ -97,6 +97,7 @@ impl Agent {
     pub fn apply(&mut self, file: &ServicesFile) -> Result<()> {
         let result = self.apply_inner(file);
         self.health.record(result.is_ok());
+        self.health.set_state(&self.current);
         result
     }
 
@@ -217,6 +218,7 @@ impl Agent {
             garp_due: Vec::new(),
             neighbours: BTreeSet::new(),
         };
+        agent.health.set_state(&agent.current);
         // A restart re-confirms ownership: tell the LAN again (stale caches
         // after partitions are a classic L2-announcer failure).
         let now = Instant::now();

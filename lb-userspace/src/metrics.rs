@@ -27,6 +27,7 @@ use tracing::warn;
 
 use crate::{
     bpfmaps::{Maps, PinDir},
+    state::DataplaneState,
     status::{self, Snapshot},
 };
 
@@ -39,6 +40,9 @@ pub struct Health {
     pub last_ok: AtomicBool,
     /// Failed applies (rejected input or map writes) since start.
     pub sync_errors: AtomicU64,
+    /// The agent's view of the maps, so a scrape reads only counters (not
+    /// one syscall per Maglev slot).
+    pub state: std::sync::Mutex<Option<DataplaneState>>,
 }
 
 impl Health {
@@ -47,6 +51,21 @@ impl Health {
         self.last_ok.store(ok, Ordering::Relaxed);
         if !ok {
             self.sync_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the agent's current view of the maps.
+    pub fn set_state(&self, state: &DataplaneState) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = Some(state.clone());
+        }
+    }
+
+    fn snapshot(&self, maps: &Maps) -> Result<Snapshot> {
+        let state = self.state.lock().ok().and_then(|s| s.clone());
+        match state {
+            Some(state) => Snapshot::read_with(maps, &state),
+            None => Snapshot::read(maps),
         }
     }
 
@@ -201,7 +220,7 @@ fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
             "not ready: nothing applied yet or the last apply failed\n".into(),
         ),
         "/metrics" => match Maps::open(pins)
-            .and_then(|m| Snapshot::read(&m))
+            .and_then(|m| health.snapshot(&m))
             .and_then(|s| render(&s, health))
         {
             Ok(text) => {

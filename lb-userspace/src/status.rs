@@ -12,6 +12,8 @@ use lb_common::{
 use crate::{
     bpfmaps::{Maps, sum_traffic, sum_u64},
     netdev::fmt_mac,
+    reader,
+    state::DataplaneState,
 };
 
 /// Everything `status` prints, read in one pass.
@@ -45,29 +47,37 @@ pub struct BackendRow {
 }
 
 impl Snapshot {
+    /// Reads everything from the maps (works without an agent).
     pub fn read(maps: &Maps) -> Result<Self> {
+        Self::read_with(maps, &reader::read(maps)?)
+    }
+
+    /// The same, but which VIPs, services, tables and backends exist comes
+    /// from `state` (the agent's own view, equal to the maps after every
+    /// successful write): only counters are read, not the Maglev array.
+    pub fn read_with(maps: &Maps, state: &DataplaneState) -> Result<Self> {
         let config = maps.config()?;
-        let mut vips = Vec::new();
-        for item in &maps.vips {
-            let (k, v) = item?;
-            vips.push((k.addr, v.flags));
-        }
-        vips.sort_unstable();
+        let vips = state.vips.iter().map(|(ip, flags)| (*ip, *flags)).collect();
         let mut services = Vec::new();
-        for item in &maps.services {
-            let (key, value) = item?;
-            let mut ids = BTreeSet::new();
-            for slot in value.maglev_offset..value.maglev_offset.saturating_add(value.maglev_len) {
-                ids.insert(maps.maglev.get(&slot, 0)?);
-            }
+        for (key, value) in &state.services {
+            let ids: BTreeSet<u32> = if value.maglev_len == 0 {
+                BTreeSet::new()
+            } else {
+                state
+                    .maglev
+                    .get(&value.maglev_offset)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .collect()
+            };
             services.push(ServiceRow {
-                key,
-                value,
+                key: *key,
+                value: *value,
                 backend_ids: ids.into_iter().collect(),
                 traffic: sum_traffic(&maps.service_stats, value.id)?,
             });
         }
-        services.sort_by_key(|s| s.key);
         let mut backends = Vec::new();
         for id in services
             .iter()
@@ -76,7 +86,7 @@ impl Snapshot {
         {
             backends.push(BackendRow {
                 id,
-                value: maps.backends.get(&id, 0)?,
+                value: state.backends.get(&id).copied().unwrap_or_default(),
                 traffic: sum_traffic(&maps.backend_stats, id)?,
             });
         }
