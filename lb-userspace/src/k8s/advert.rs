@@ -8,10 +8,17 @@
 //!   neither = every pool), and only from nodes matching that
 //!   advertisement's `nodeSelectors` (none = every node); several selecting
 //!   advertisements add up. An address in no pool is not announced.
-//! - `interfaces` is not applied yet: the agent serves the one interface it
-//!   was started on.
+//! - `interfaces` (none = any) limits an advertisement to nodes whose agent
+//!   serves one of the listed interfaces. An agent serves the one interface
+//!   it was started on and publishes its name on its Lease
+//!   ([`INTERFACE_ANNOTATION`]); a node whose interface is unknown (an agent
+//!   that has not renewed yet) does not match a list (fail closed: never two
+//!   announcers, at worst none until the Lease arrives).
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt as _;
@@ -22,12 +29,17 @@ use super::{
     selector,
 };
 
-/// Nodes that may announce `vip`; `None` means any node.
+/// Annotation on a node's Lease naming the interface its agent serves.
+pub const INTERFACE_ANNOTATION: &str = "onehop.io/interface";
+
+/// Nodes that may announce `vip`; `None` means any node. `interfaces` maps
+/// node names to the interface their agent serves.
 pub fn allowed_nodes(
     vip: Ipv4Addr,
     pools: &[IPAddressPool],
     ads: &[L2Advertisement],
     nodes: &[Node],
+    interfaces: &BTreeMap<String, String>,
 ) -> Option<BTreeSet<String>> {
     if ads.is_empty() {
         return None;
@@ -52,9 +64,15 @@ pub fn allowed_nodes(
             continue;
         }
         for n in nodes {
+            let name = n.name_any();
+            let on_interface = s.interfaces.is_empty()
+                || interfaces
+                    .get(&name)
+                    .is_some_and(|i| s.interfaces.contains(i));
             // An invalid selector selects nothing (fail closed).
-            if selector::any_matches(&s.node_selectors, n.labels()).unwrap_or(false) {
-                allowed.insert(n.name_any());
+            if on_interface && selector::any_matches(&s.node_selectors, n.labels()).unwrap_or(false)
+            {
+                allowed.insert(name);
             }
         }
     }
@@ -89,6 +107,20 @@ mod tests {
         serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap()
     }
 
+    /// Every test node's agent serves `eth0`.
+    fn on_eth0(
+        vip: Ipv4Addr,
+        pools: &[IPAddressPool],
+        ads: &[L2Advertisement],
+        nodes: &[Node],
+    ) -> Option<BTreeSet<String>> {
+        let ifs = nodes
+            .iter()
+            .map(|n| (n.name_any(), "eth0".to_owned()))
+            .collect();
+        allowed_nodes(vip, pools, ads, nodes, &ifs)
+    }
+
     fn names(v: &[&str]) -> BTreeSet<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -106,12 +138,12 @@ mod tests {
             node("n3", &json!({})),
         ];
         assert_eq!(
-            allowed_nodes(vip, &pools, &[], &nodes),
+            on_eth0(vip, &pools, &[], &nodes),
             None,
             "no advertisement: any node"
         );
         assert_eq!(
-            allowed_nodes(vip, &pools, &[ad(&json!({}))], &nodes),
+            on_eth0(vip, &pools, &[ad(&json!({}))], &nodes),
             Some(names(&["n1", "n2", "n3"])),
             "empty spec: all pools, all nodes"
         );
@@ -119,26 +151,26 @@ mod tests {
             &json!({ "ipAddressPools": ["lan"], "nodeSelectors": [{ "matchLabels": { "zone": "a" } }] }),
         );
         assert_eq!(
-            allowed_nodes(vip, &pools, std::slice::from_ref(&by_name), &nodes),
+            on_eth0(vip, &pools, std::slice::from_ref(&by_name), &nodes),
             Some(names(&["n1"]))
         );
         let by_label = ad(
             &json!({ "ipAddressPoolSelectors": [{ "matchLabels": { "tier": "edge" } }], "nodeSelectors": [{ "matchLabels": { "zone": "b" } }] }),
         );
         assert_eq!(
-            allowed_nodes(vip, &pools, &[by_name, by_label], &nodes),
+            on_eth0(vip, &pools, &[by_name, by_label], &nodes),
             Some(names(&["n1", "n2"])),
             "advertisements add up"
         );
         let elsewhere = ad(&json!({ "ipAddressPools": ["other"] }));
         assert_eq!(
-            allowed_nodes(vip, &pools, &[elsewhere], &nodes),
+            on_eth0(vip, &pools, &[elsewhere], &nodes),
             Some(names(&[])),
             "pool not advertised: not announced"
         );
         let outside: Ipv4Addr = "172.16.0.1".parse().unwrap();
         assert_eq!(
-            allowed_nodes(outside, &pools, &[ad(&json!({}))], &nodes),
+            on_eth0(outside, &pools, &[ad(&json!({}))], &nodes),
             Some(names(&[])),
             "address in no pool"
         );
@@ -146,9 +178,52 @@ mod tests {
             &json!({ "nodeSelectors": [{ "matchExpressions": [{ "key": "zone", "operator": "Bogus" }] }] }),
         );
         assert_eq!(
-            allowed_nodes(vip, &pools, &[bad], &nodes),
+            on_eth0(vip, &pools, &[bad], &nodes),
             Some(names(&[])),
             "invalid selector selects nothing"
+        );
+    }
+
+    #[test]
+    fn interfaces_limit_the_nodes() {
+        let vip: Ipv4Addr = "192.168.50.200".parse().unwrap();
+        let pools = [pool("lan", &["192.168.50.200/30"], &json!({}))];
+        let nodes = [
+            node("n1", &json!({})),
+            node("n2", &json!({})),
+            node("n3", &json!({})),
+        ];
+        let ifs: BTreeMap<String, String> = [("n1", "eth0"), ("n2", "bond0")]
+            .into_iter()
+            .map(|(n, i)| (n.to_owned(), i.to_owned()))
+            .collect();
+        let allowed =
+            |spec: &serde_json::Value| allowed_nodes(vip, &pools, &[ad(spec)], &nodes, &ifs);
+        assert_eq!(
+            allowed(&json!({ "interfaces": ["bond0"] })),
+            Some(names(&["n2"]))
+        );
+        assert_eq!(
+            allowed(&json!({ "interfaces": ["eth0", "bond0"] })),
+            Some(names(&["n1", "n2"])),
+            "n3's interface is unknown: it never matches a list"
+        );
+        assert_eq!(
+            allowed(&json!({ "interfaces": ["eth9"] })),
+            Some(names(&[])),
+            "no node serves the interface"
+        );
+        assert_eq!(
+            allowed(&json!({})),
+            Some(names(&["n1", "n2", "n3"])),
+            "no list: any interface, even an unknown one"
+        );
+        assert_eq!(
+            allowed(
+                &json!({ "interfaces": ["eth0"], "nodeSelectors": [{ "matchLabels": { "zone": "a" } }] })
+            ),
+            Some(names(&[])),
+            "interfaces and node selectors must both match"
         );
     }
 }

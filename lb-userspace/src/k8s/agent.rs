@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{
-    advert,
+    advert::{self, INTERFACE_ANNOTATION},
     crd::{IPAddressPool, L2Advertisement},
     election::{self, Candidate},
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
@@ -171,6 +171,18 @@ impl Liveness {
     }
 }
 
+/// Node name → the interface its agent serves, from the per-node Leases.
+fn lease_interfaces(leases: &[Arc<Lease>]) -> BTreeMap<String, String> {
+    leases
+        .iter()
+        .filter_map(|l| {
+            let node = l.spec.as_ref()?.holder_identity.clone()?;
+            let interface = l.annotations().get(INTERFACE_ANNOTATION)?.clone();
+            Some((node, interface))
+        })
+        .collect()
+}
+
 struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
@@ -180,12 +192,53 @@ struct Stores {
     ads: Store<L2Advertisement>,
 }
 
+impl Stores {
+    /// Starts one reflector per watched kind; each pokes `changed`.
+    fn spawn(client: &Client, namespace: &str, changed: &Arc<Notify>) -> Self {
+        Self {
+            services: spawn_reflector(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+                changed.clone(),
+            ),
+            slices: spawn_reflector(
+                Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
+                changed.clone(),
+            ),
+            nodes: spawn_reflector(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default(),
+                changed.clone(),
+            ),
+            leases: spawn_reflector(
+                Api::<Lease>::namespaced(client.clone(), namespace),
+                watcher::Config::default().labels(LEASE_LABEL),
+                changed.clone(),
+            ),
+            pools: spawn_reflector(
+                Api::<IPAddressPool>::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+                changed.clone(),
+            ),
+            ads: spawn_reflector(
+                Api::<L2Advertisement>::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+                changed.clone(),
+            ),
+        }
+    }
+}
+
 fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
 struct KubeAgent {
     opts: Options,
+    /// The interface this agent serves (published on its Lease for
+    /// `L2Advertisement.interfaces`).
+    interface: String,
     client: Client,
     recorder: Recorder,
     stores: Stores,
@@ -204,7 +257,14 @@ impl KubeAgent {
         let name = lease_name(&self.opts.node_name);
         let now = MicroTime(stamp);
         let secs = i32::try_from(self.opts.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let patch = serde_json::json!({ "spec": { "renewTime": now, "holderIdentity": self.opts.node_name, "leaseDurationSeconds": secs } });
+        let annotations =
+            BTreeMap::from([(INTERFACE_ANNOTATION.to_owned(), self.interface.clone())]);
+        // Every renewal restates the interface, so a restart on another
+        // interface is picked up without a separate write.
+        let patch = serde_json::json!({
+            "metadata": { "annotations": annotations },
+            "spec": { "renewTime": now, "holderIdentity": self.opts.node_name, "leaseDurationSeconds": secs }
+        });
         match leases
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -218,6 +278,7 @@ impl KubeAgent {
                             LEASE_LABEL.to_owned(),
                             "true".to_owned(),
                         )])),
+                        annotations: Some(annotations),
                         ..ObjectMeta::default()
                     },
                     spec: Some(LeaseSpec {
@@ -312,6 +373,7 @@ impl KubeAgent {
             .intersection(&ready)
             .cloned()
             .collect();
+        let interfaces = lease_interfaces(&self.stores.leases.state());
         let candidates: Vec<Candidate> = services
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
@@ -321,7 +383,7 @@ impl KubeAgent {
                 endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
                 allowed_nodes: translate::ingress_ips(s)
                     .first()
-                    .and_then(|vip| advert::allowed_nodes(*vip, &pools, &ads, &nodes)),
+                    .and_then(|vip| advert::allowed_nodes(*vip, &pools, &ads, &nodes, &interfaces)),
             })
             .collect();
         let announce = election::announced_by(&self.opts.node_name, &live, &candidates);
@@ -413,44 +475,14 @@ impl KubeAgent {
 pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Result<()> {
     let mut agent = Agent::start(&dataplane)?;
     let changed = Arc::new(Notify::new());
-    let stores = Stores {
-        services: spawn_reflector(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-        slices: spawn_reflector(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
-            changed.clone(),
-        ),
-        nodes: spawn_reflector(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-        leases: spawn_reflector(
-            Api::<Lease>::namespaced(client.clone(), &opts.namespace),
-            watcher::Config::default().labels(LEASE_LABEL),
-            changed.clone(),
-        ),
-        pools: spawn_reflector(
-            Api::<IPAddressPool>::namespaced(client.clone(), &opts.namespace),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-        ads: spawn_reflector(
-            Api::<L2Advertisement>::namespaced(client.clone(), &opts.namespace),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-    };
+    let stores = Stores::spawn(&client, &opts.namespace, &changed);
     let reporter = Reporter {
         controller: "onehop-agent".into(),
         instance: Some(opts.node_name.clone()),
     };
     let liveness = Liveness::new(&opts.node_name);
     let mut ka = KubeAgent {
+        interface: agent.iface.name.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
         opts,
@@ -526,6 +558,21 @@ mod tests {
             ..LeaseSpec::default()
         });
         Arc::new(l)
+    }
+
+    #[test]
+    fn interfaces_come_from_the_lease_annotation() {
+        let mut with = (*lease("n1", "1")).clone();
+        with.metadata.annotations = Some(BTreeMap::from([(
+            INTERFACE_ANNOTATION.to_owned(),
+            "bond0".to_owned(),
+        )]));
+        let got = lease_interfaces(&[Arc::new(with), lease("n2", "1")]);
+        assert_eq!(
+            got,
+            BTreeMap::from([("n1".to_owned(), "bond0".to_owned())]),
+            "a Lease without the annotation names no interface"
+        );
     }
 
     #[test]
