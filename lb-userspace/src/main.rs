@@ -191,6 +191,12 @@ struct ControllerArgs {
     /// How often the leader renews and standbys try to acquire.
     #[arg(long, default_value_t = 2_000)]
     retry_period_ms: u64,
+    /// Address for /metrics (Prometheus) and /healthz.
+    #[arg(long, env = "ONEHOP_METRICS_ADDR", default_value = "0.0.0.0:9479")]
+    metrics_addr: std::net::SocketAddr,
+    /// Do not serve /metrics and /healthz.
+    #[arg(long)]
+    no_metrics: bool,
     /// Plain-HTTP API server URL instead of the kubeconfig / in-cluster
     /// config (tests).
     #[arg(long, hide = true)]
@@ -198,7 +204,11 @@ struct ControllerArgs {
 }
 
 fn run_controller(args: ControllerArgs) -> Result<()> {
-    use lb_userspace::k8s::{controller, translate::ClassFilter};
+    use hyper::StatusCode;
+    use lb_userspace::{
+        k8s::{controller, ctlmetrics::ControllerMetrics, translate::ClassFilter},
+        metrics,
+    };
     let identity = match args.identity {
         Some(id) => id,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -252,7 +262,23 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
                     _ = tokio::signal::ctrl_c() => {}
                 }
             };
-            Box::pin(controller::run(client, opts, shutdown)).await
+            let metrics = std::sync::Arc::new(ControllerMetrics::default());
+            if !args.no_metrics {
+                let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+                    .await
+                    .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+                let m = metrics.clone();
+                tokio::spawn(metrics::serve_with(listener, move |path| match path {
+                    "/metrics" => metrics::metrics_reply(m.render()),
+                    "/healthz" => metrics::reply(StatusCode::OK, "ok\n".into()),
+                    _ => metrics::reply(StatusCode::NOT_FOUND, "try /metrics or /healthz\n".into()),
+                }));
+                tracing::info!(addr = %args.metrics_addr, "serving /metrics and /healthz");
+            }
+            Box::pin(controller::run_with_metrics(
+                client, opts, metrics, shutdown,
+            ))
+            .await
         })
 }
 

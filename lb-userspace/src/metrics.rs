@@ -205,7 +205,7 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
     Ok(out)
 }
 
-fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = code;
     r
@@ -219,22 +219,11 @@ fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: nothing applied yet or the last apply failed\n".into(),
         ),
-        "/metrics" => match Maps::open(pins)
-            .and_then(|m| health.snapshot(&m))
-            .and_then(|s| render(&s, health))
-        {
-            Ok(text) => {
-                let mut r = reply(StatusCode::OK, text);
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                );
-                r
-            }
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
-        },
+        "/metrics" => metrics_reply(
+            Maps::open(pins)
+                .and_then(|m| health.snapshot(&m))
+                .and_then(|s| render(&s, health)),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "try /metrics, /healthz or /readyz\n".into(),
@@ -242,8 +231,33 @@ fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the endpoints until the runtime stops.
+/// Serves the agent's endpoints until the runtime stops.
 pub async fn serve(listener: tokio::net::TcpListener, pins: PinDir, health: Arc<Health>) {
+    serve_with(listener, move |path| handle(path, &pins, &health)).await;
+}
+
+/// A `/metrics` response in the Prometheus text format (or the error).
+pub fn metrics_reply(text: Result<String>) -> Response<Full<Bytes>> {
+    match text {
+        Ok(text) => {
+            let mut r = reply(StatusCode::OK, text);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
+    }
+}
+
+/// Serves `handler` (request path → response) over HTTP/1 until the
+/// runtime stops; shared by the agent and the controller.
+pub async fn serve_with<H>(listener: tokio::net::TcpListener, handler: H)
+where
+    H: Fn(&str) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -252,10 +266,10 @@ pub async fn serve(listener: tokio::net::TcpListener, pins: PinDir, health: Arc<
                 continue;
             }
         };
-        let (pins, health) = (pins.clone(), Arc::clone(&health));
+        let handler = Arc::clone(&handler);
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let r = handle(req.uri().path(), &pins, &health);
+                let r = handler(req.uri().path());
                 async move { Ok::<_, Infallible>(r) }
             });
             if let Err(e) = http1::Builder::new()

@@ -71,6 +71,7 @@ use tokio::sync::Notify;
 use super::{
     alloc::{Allocator, PoolSpec, Request, validate_pools},
     crd::{IPAddressPool, IPAddressPoolStatus},
+    ctlmetrics::{ControllerMetrics, PoolFigures, failure_reason},
     translate::{ClassFilter, ServiceRef, ingress_ips, is_ours},
 };
 
@@ -121,6 +122,16 @@ pub struct Options {
 /// if held). Returns an error only for a setup problem: API errors are
 /// logged and retried.
 pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = ()>) -> Result<()> {
+    run_with_metrics(client, opts, Arc::default(), shutdown).await
+}
+
+/// [`run`], reporting into `metrics` (served by the caller).
+pub async fn run_with_metrics(
+    client: Client,
+    opts: Options,
+    metrics: Arc<ControllerMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     anyhow::ensure!(
         opts.timing.renew_deadline < opts.timing.lease_duration,
         "the renew deadline must be shorter than the lease duration"
@@ -153,13 +164,15 @@ pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = (
             () = elector.acquire() => {}
         }
         tracing::info!(identity = %opts.identity, lease = %opts.lease_name, "became the leader");
-        let mut leader = Leader::new(client.clone(), caches.clone(), &opts);
+        metrics.set_leader(true);
+        let mut leader = Leader::new(client.clone(), caches.clone(), &opts, metrics.clone());
         let end = tokio::select! {
             _ = &mut watchers => anyhow::bail!("the watchers ended"),
             () = &mut shutdown => End::Shutdown,
             () = elector.hold() => End::Lost,
             () = leader.run(&notify) => End::Lost,
         };
+        metrics.set_leader(false);
         match end {
             End::Lost => tracing::warn!("lost the leadership; standing by"),
             End::Shutdown => {
@@ -392,6 +405,9 @@ struct Leader {
     notes: BTreeMap<NoteKey, (String, String)>,
     /// Pool statuses as last written.
     pool_status: BTreeMap<String, (i64, i64, String, String)>,
+    metrics: Arc<ControllerMetrics>,
+    /// Services left without an address in the current pass, by reason.
+    failing: BTreeMap<&'static str, u64>,
 }
 
 fn service_ref(svc: &Service) -> ServiceRef {
@@ -426,7 +442,12 @@ fn by_age(svcs: &mut [Arc<Service>]) {
 }
 
 impl Leader {
-    fn new(client: Client, caches: Caches, opts: &Options) -> Self {
+    fn new(
+        client: Client,
+        caches: Caches,
+        opts: &Options,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -444,6 +465,8 @@ impl Leader {
             alloc: Allocator::default(),
             notes: BTreeMap::new(),
             pool_status: BTreeMap::new(),
+            metrics,
+            failing: BTreeMap::new(),
         }
     }
 
@@ -543,6 +566,7 @@ impl Leader {
     /// One level-triggered pass; false when a write failed (retry soon).
     async fn reconcile(&mut self) -> bool {
         let bad_pools = self.load_pools().await;
+        self.failing.clear();
         let mut svcs = self.caches.services.state();
         by_age(&mut svcs);
         // Services showing addresses first: one that loses its address (a
@@ -577,6 +601,7 @@ impl Leader {
             }
             ok &= self.assign(svc).await;
         }
+        self.record_metrics(&bad_pools);
         ok &= self.write_pool_statuses(&bad_pools).await;
         ok
     }
@@ -616,6 +641,7 @@ impl Leader {
                 true
             }
             Err(e) => {
+                *self.failing.entry(failure_reason(&e)).or_default() += 1;
                 self.alloc.release(&service_ref(svc));
                 let cleared = current.is_empty() || self.write_ingress(svc, &[]).await;
                 let msg = e.to_string();
@@ -649,6 +675,7 @@ impl Leader {
             Err(e) if api_code(&e) == Some(404) => true,
             Err(e) => {
                 tracing::warn!(service = %r, error = %e, "writing the status failed");
+                self.metrics.api_error();
                 false
             }
         }
@@ -688,8 +715,40 @@ impl Leader {
                 self.notes.insert(key, said);
             }
             // Not remembered: said again on the next pass.
-            Err(e) => tracing::warn!(error = %e, "publishing an Event failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing an Event failed");
+                self.metrics.api_error();
+            }
         }
+    }
+
+    /// Publishes this pass's figures to `/metrics`.
+    fn record_metrics(&mut self, bad: &BTreeMap<String, String>) {
+        let usage = self.alloc.pool_usage();
+        let figures = self
+            .caches
+            .pools
+            .state()
+            .iter()
+            .map(|p| {
+                let name = p.name_any();
+                let (assigned, available) = usage.get(&name).copied().unwrap_or((0, 0));
+                let valid = !bad.contains_key(&name);
+                (
+                    name,
+                    PoolFigures {
+                        assigned,
+                        available,
+                        valid,
+                    },
+                )
+            })
+            .collect();
+        self.metrics.record_pass(
+            figures,
+            self.alloc.services().count() as u64,
+            std::mem::take(&mut self.failing),
+        );
     }
 
     /// Pool statuses: addresses assigned and available, and whether the
@@ -754,6 +813,7 @@ impl Leader {
                 Err(e) if api_code(&e) == Some(404) => {}
                 Err(e) => {
                     tracing::warn!(pool = %name, error = %e, "writing the pool status failed");
+                    self.metrics.api_error();
                     ok = false;
                 }
             }

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod alloc;
 pub mod controller;
 pub mod crd;
+pub mod ctlmetrics;
 pub mod election;
 pub mod rbac;
 pub mod selector;
