@@ -30,8 +30,10 @@
 pub mod apiserver;
 pub mod arp;
 pub mod capture;
+pub mod forward;
 pub mod http;
 pub mod json;
+pub mod k8s;
 pub mod netns;
 pub mod server;
 pub mod topology;
@@ -40,6 +42,8 @@ pub mod traffic;
 pub use apiserver::ApiServer;
 pub use arp::{ArpFrame, ArpReply, arp_probe, arp_probe_from};
 pub use capture::{Capture, Frame};
+pub use forward::Forwarder;
+pub use k8s::{TestCluster, skip_on_real_cluster};
 pub use netns::{
     ChildGuard, Netns, NsName, command_in, in_netns, spawn_in, spawn_thread_in, unique_prefix,
 };
