@@ -35,7 +35,7 @@ use lb_userspace::k8s::{
 };
 use onehop_testkit::{
     apiserver::ApiServer,
-    k8s::{TestCluster, skip_on_real_cluster},
+    k8s::{ProofRun, TestCluster, skip_on_real_cluster},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -1150,4 +1150,44 @@ async fn deleting_a_pool_moves_or_fails_its_services() {
         ctl.stop().await;
     })
     .await;
+}
+
+/// The real-cluster mode (`cargo xtask test-cluster`), proven without a
+/// cluster: every other test of this file runs in a separate process that
+/// knows the test server only through `KUBECONFIG`, as it would know a real
+/// cluster — unique namespaces and class, CRDs created if missing, the
+/// controller binary given a kubeconfig, everything deleted afterwards.
+#[test]
+fn real_cluster_mode_runs_against_a_kubeconfig_alone() {
+    if skip_on_real_cluster("it proves the real-cluster mode against the test server") {
+        return;
+    }
+    let me = "real_cluster_mode_runs_against_a_kubeconfig_alone";
+    let run = ProofRun::run(&["--skip", me], Duration::from_secs(180)).expect("the run");
+    run.check(12).expect("real-cluster mode");
+    // The test's half that needs the write log said it was skipped.
+    assert!(
+        run.stderr
+            .contains("skipped on a real cluster: the idle-writes check"),
+        "{}",
+        run.stderr
+    );
+    // The Services had the run's own class; only the one the test wants
+    // unclassed had none. (The test server keeps objects of deleted
+    // namespaces: it has no namespace lifecycle.)
+    let own = format!("onehop.io/t-{}-", run.pid);
+    let services = run.server.store().list::<Service>().unwrap();
+    assert!(services.len() >= 5, "{services:?}");
+    for s in &services {
+        let spec = s.spec.clone().unwrap_or_default();
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let class = spec.load_balancer_class.unwrap_or_default();
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            continue;
+        }
+        assert!(
+            class.starts_with(&own) || class == "example.com/lb" || name == "unclassed",
+            "{name} has class {class:?}"
+        );
+    }
 }

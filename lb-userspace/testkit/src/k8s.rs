@@ -328,6 +328,7 @@ impl TestCluster {
         write_kubeconfig(
             &this.dir,
             &this.kubeconfig,
+            "onehop-test",
             cluster,
             upstream.auth,
             &namespace,
@@ -676,34 +677,34 @@ async fn create_unique_namespace(client: &Client) -> Result<(String, u32)> {
 fn write_kubeconfig(
     dir: &Path,
     path: &Path,
+    name: &str,
     cluster: Cluster,
     auth: AuthInfo,
     namespace: &str,
 ) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    const NAME: &str = "onehop-test";
     let kc = Kubeconfig {
         clusters: vec![NamedCluster {
-            name: NAME.into(),
+            name: name.into(),
             cluster: Some(cluster),
             ..NamedCluster::default()
         }],
         auth_infos: vec![NamedAuthInfo {
-            name: NAME.into(),
+            name: name.into(),
             auth_info: Some(auth),
             ..NamedAuthInfo::default()
         }],
         contexts: vec![NamedContext {
-            name: NAME.into(),
+            name: name.into(),
             context: Some(Context {
-                cluster: NAME.into(),
-                user: Some(NAME.into()),
+                cluster: name.into(),
+                user: Some(name.into()),
                 namespace: Some(namespace.into()),
                 ..Context::default()
             }),
             ..NamedContext::default()
         }],
-        current_context: Some(NAME.into()),
+        current_context: Some(name.into()),
         api_version: Some("v1".into()),
         kind: Some("Config".into()),
         ..Kubeconfig::default()
@@ -778,5 +779,150 @@ impl Drop for TestCluster {
             Ok(Err(e)) => say(&format!("onehop tests: cleanup failed: {e:#}")),
             Err(_) => say("onehop tests: cleanup panicked"),
         }
+    }
+}
+
+/// A run of test functions of the current test binary in real-cluster mode, against a
+/// test API server that the run sees only as an external cluster: a separate process
+/// given nothing but `ONEHOP_TEST_CLUSTER=kubeconfig` and a `KUBECONFIG` naming this
+/// server. CI has no cluster; this is how it proves the real-cluster path (opt-in switch,
+/// kubeconfig loading, forwarder, namespaces and cleanup) still works.
+pub struct ProofRun {
+    /// The "cluster": inspect what the run left behind.
+    pub server: ApiServer,
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The child's pid: its namespaces are `onehop-t-<pid>-<n>`.
+    pub pid: u32,
+}
+
+/// The context name of the proof's kubeconfig (the run's banner must show it).
+pub const PROOF_CONTEXT: &str = "onehop-proof";
+
+impl ProofRun {
+    /// Runs this test binary with the test harness arguments `args` (filters, `--exact`,
+    /// `--skip`) and `--test-threads=1`, bounded by `limit`.
+    pub fn run(args: &[&str], limit: Duration) -> Result<Self> {
+        let server = ApiServer::start_local()?;
+        let dir = std::env::temp_dir().join(format!(
+            "onehop-proof-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(
+            &dir,
+            &kubeconfig,
+            PROOF_CONTEXT,
+            Cluster {
+                server: Some(server.url().to_owned()),
+                ..Cluster::default()
+            },
+            AuthInfo::default(),
+            "default",
+        )?;
+        let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+        let exe = std::env::current_exe().context("this test binary")?;
+        let mut child = std::process::Command::new(exe)
+            .args(args)
+            .arg("--test-threads=1")
+            .env(TARGET_ENV, "kubeconfig")
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()
+            .context("starting the real-cluster-mode run")?;
+        let pid = child.id();
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the real-cluster-mode run took longer than {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Self {
+            server,
+            status,
+            stdout,
+            stderr,
+            pid,
+        })
+    }
+
+    /// What every proof checks: the run passed (at least `min_passed` tests) in
+    /// real-cluster mode, worked in namespaces of its own, created the CRDs it needed, and
+    /// deleted what it created.
+    pub fn check(&self, min_passed: usize) -> Result<()> {
+        let show = || format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        ensure!(self.status.success(), "the run failed: {}\n{}", self.status, show());
+        let passed: usize = self
+            .stdout
+            .split_once("test result: ok. ")
+            .and_then(|(_, rest)| rest.split_once(" passed; 0 failed"))
+            .and_then(|(n, _)| n.parse().ok())
+            .with_context(|| format!("no test summary\n{}", show()))?;
+        ensure!(
+            passed >= min_passed,
+            "{passed} tests passed, want at least {min_passed}\n{}",
+            show()
+        );
+        ensure!(
+            self.stderr
+                .contains(&format!("real cluster: context \"{PROOF_CONTEXT}\"")),
+            "the run did not say it targets the kubeconfig's cluster\n{}",
+            show()
+        );
+        let prefix = format!("onehop-t-{}-", self.pid);
+        let writes = self.server.writes();
+        ensure!(
+            writes.iter().any(|w| w.resource == "namespaces"
+                && w.name.as_deref().is_some_and(|n| n.starts_with(&prefix))),
+            "no test namespace {prefix}* was created"
+        );
+        // Namespaced writes in the run's namespaces, cluster-scoped ones to objects named
+        // after them; the CRDs are the one exception. (The log has no name for a create;
+        // such an object is either left over, which is checked below, or was deleted by
+        // name, which is checked here.)
+        let outside: Vec<_> = writes
+            .iter()
+            .filter(|w| w.resource != "customresourcedefinitions.apiextensions.k8s.io")
+            .filter(|w| {
+                let ours = |n: &Option<String>| n.as_deref().is_some_and(|n| n.starts_with(&prefix));
+                let cluster_scoped = w.namespace.is_none();
+                let unnamed_create = w.verb == crate::apiserver::Verb::Create && w.name.is_none();
+                !(ours(&w.namespace) || cluster_scoped && (ours(&w.name) || unnamed_create))
+            })
+            .collect();
+        ensure!(
+            outside.is_empty(),
+            "writes outside the test namespaces: {outside:?}"
+        );
+        for crd in ["ipaddresspools.onehop.io", "l2advertisements.onehop.io"] {
+            ensure!(
+                self.server.store().resource(crd).is_some(),
+                "CRD {crd} was not created"
+            );
+        }
+        let store = self.server.store();
+        let left: Vec<String> = store
+            .list::<Namespace>()?
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+        let nodes = store.list::<k8s_openapi::api::core::v1::Node>()?;
+        ensure!(nodes.is_empty(), "{} Node objects left behind", nodes.len());
+        Ok(())
     }
 }
