@@ -98,9 +98,9 @@ impl K8s {
 
     /// The index of a node named by [`K8s::node_name`].
     fn node_index(&self, name: &str) -> u8 {
-        name.rsplit_once("-node")
-            .and_then(|(_, i)| i.parse().ok())
-            .unwrap_or_else(|| panic!("not a node name: {name}"))
+        name.strip_prefix(&format!("{}-node", self.ns()))
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("not a node of this test: {name}"))
     }
 
     fn ns(&self) -> &str {
@@ -638,18 +638,18 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     let api_host = k.c.topo.clients()[1].ns();
     let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
     cmd.args(["controller", "--namespace", k.ns()])
-    .args(k.api.controller_class_args())
-    .args([
-        "--lease-duration-secs",
-        "1",
-        "--renew-deadline-ms",
-        "700",
-        "--retry-period-ms",
-        "200",
-    ])
-    .env("KUBECONFIG", k.api.kubeconfig())
-    .env("POD_NAME", "controller-0")
-    .env("RUST_LOG", "warn");
+        .args(k.api.controller_class_args())
+        .args([
+            "--lease-duration-secs",
+            "1",
+            "--renew-deadline-ms",
+            "700",
+            "--retry-period-ms",
+            "200",
+        ])
+        .env("KUBECONFIG", k.api.kubeconfig())
+        .env("POD_NAME", "controller-0")
+        .env("RUST_LOG", "warn");
     let _controller = spawn_in(api_host, cmd).expect("controller");
 
     wait_status(&k, "web", &["192.168.50.220"]);
@@ -745,7 +745,7 @@ fn real_cluster_mode_runs_against_a_kubeconfig_alone() {
         return;
     }
     let test = "controller_assigns_addresses_that_the_agents_serve";
-    let run = ProofRun::run(&[test, "--exact"], Duration::from_secs(180)).expect("the run");
+    let run = ProofRun::run(&[test, "--exact"], Duration::from_mins(3)).expect("the run");
     run.check(1).expect("real-cluster mode");
     // Through the forwarder: the agents renewed their Leases, the controller
     // its own, all in the run's namespace.
@@ -755,10 +755,17 @@ fn real_cluster_mode_runs_against_a_kubeconfig_alone() {
         .writes()
         .iter()
         .filter(|w| w.resource == "leases.coordination.k8s.io")
-        .filter(|w| w.namespace.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|w| {
+            w.namespace
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
         .filter_map(|w| w.name.clone())
         .collect();
-    let agents = leases.iter().filter(|l| l.starts_with("onehop-node-")).count();
+    let agents = leases
+        .iter()
+        .filter(|l| l.starts_with("onehop-node-"))
+        .count();
     assert_eq!(agents, 2, "agent Leases: {leases:?}");
     assert!(leases.contains("onehop-controller"), "{leases:?}");
 }

@@ -178,6 +178,13 @@ impl Upstream {
     }
 }
 
+/// `context "<name>", server <url>` of the current context of `KUBECONFIG` (which must be
+/// set): what a real-cluster run will use.
+pub fn describe_kubeconfig() -> Result<String> {
+    let u = Upstream::load()?;
+    Ok(format!("context {:?}, server {}", u.context, u.server()?))
+}
+
 /// `(scheme, host, port)` of an API server URL.
 fn split_server(url: &str) -> Result<(String, String, u16)> {
     let uri: hyper::Uri = url
@@ -864,7 +871,12 @@ impl ProofRun {
     /// deleted what it created.
     pub fn check(&self, min_passed: usize) -> Result<()> {
         let show = || format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        ensure!(self.status.success(), "the run failed: {}\n{}", self.status, show());
+        ensure!(
+            self.status.success(),
+            "the run failed: {}\n{}",
+            self.status,
+            show()
+        );
         let passed: usize = self
             .stdout
             .split_once("test result: ok. ")
@@ -897,7 +909,8 @@ impl ProofRun {
             .iter()
             .filter(|w| w.resource != "customresourcedefinitions.apiextensions.k8s.io")
             .filter(|w| {
-                let ours = |n: &Option<String>| n.as_deref().is_some_and(|n| n.starts_with(&prefix));
+                let ours =
+                    |n: &Option<String>| n.as_deref().is_some_and(|n| n.starts_with(&prefix));
                 let cluster_scoped = w.namespace.is_none();
                 let unnamed_create = w.verb == crate::apiserver::Verb::Create && w.name.is_none();
                 !(ours(&w.namespace) || cluster_scoped && (ours(&w.name) || unnamed_create))

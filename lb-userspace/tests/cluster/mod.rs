@@ -105,12 +105,7 @@ impl Cluster {
     /// Starts `onehop agent` on a node with small maps, plus `source` (the
     /// arguments that pick and configure the services source) and `env`
     /// (extra environment variables, e.g. `KUBECONFIG`).
-    pub fn spawn_agent<S: AsRef<OsStr>>(
-        &self,
-        node: u8,
-        source: &[S],
-        env: &[(&str, &OsStr)],
-    ) {
+    pub fn spawn_agent<S: AsRef<OsStr>>(&self, node: u8, source: &[S], env: &[(&str, &OsStr)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
