@@ -4,7 +4,10 @@
 //! nodes with pod bridges, pods — runs servers in pods and traffic from clients, and tears it
 //! all down on drop, panics included. Used by lb-userspace's end-to-end tests (the agent as a
 //! real process in a node namespace, XDP on the node's `eth0`), `cargo xtask demo` and
-//! `cargo xtask bench e2e`.
+//! `cargo xtask bench e2e`. For the Kubernetes-facing tests: [`apiserver`] (a test API
+//! server), [`k8s`] (a test's Kubernetes backend — that server, or on request a real cluster —
+//! with its own namespaces and cleanup) and [`forward`] (a TCP forwarder out of the
+//! namespaces to the API server).
 //!
 //! Ground rules, all enforced here so callers cannot get them wrong:
 //! - Nothing is created in the root network namespace: namespaces come from `ip netns add`,
