@@ -1067,6 +1067,9 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
                 "200",
             ])
             .env("KUBECONFIG", k.b.kubeconfig())
+            // An ephemeral metrics port (for controllers that serve one): this
+            // test may run twice at once (see the real-cluster-mode proof).
+            .env("ONEHOP_METRICS_ADDR", "127.0.0.1:0")
             .env("POD_NAME", "pod-1")
             .env("RUST_LOG", "warn")
             .spawn()
