@@ -97,6 +97,7 @@ fn start_agent(c: &Cluster, node: u8) {
             "--config".as_ref(),
             config.as_os_str(),
         ],
+        &[],
     );
 }
 

@@ -1,9 +1,11 @@
-//! End-to-end with the Kubernetes source: a test API server speaking the
-//! real REST/watch protocol runs inside the LAN (in `client2`'s namespace),
-//! every node runs `onehop agent --kubernetes` against it over plain HTTP,
-//! and a client on the LAN talks to the VIP. The objects the controller and
-//! kubelet would write (Service status, EndpointSlices, Nodes) are written
-//! straight into the server's store by the test.
+//! End-to-end with the Kubernetes source: three node namespaces each run
+//! `onehop agent --kubernetes`, a client on the LAN talks to the VIP. The API
+//! is the test API server (or, with `cargo xtask test-cluster`, a real
+//! cluster), reached from the namespaces through a forwarder inside the LAN
+//! (in `client2`'s namespace). The objects the controller and kubelet would
+//! write (Service status, EndpointSlices, Nodes) are written by the test
+//! through the API; what only the test server can do (outages, its write
+//! log) is skipped on a real cluster.
 
 mod cluster;
 
@@ -19,17 +21,18 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
     events::v1::Event,
 };
+use kube::CustomResourceExt as _;
 use lb_common::{DropReason, vip_flags};
 use lb_userspace::{
     k8s::{
-        crd::{IPAddressPool, PoolSpec},
+        crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
         election,
     },
     status::Snapshot,
 };
 use onehop_testkit::json::merge;
 use onehop_testkit::{
-    apiserver::{ApiServer, ResourceDef},
+    k8s::{MANAGED_BY, ProofRun, TestCluster, skip_on_real_cluster},
     netns::{command_in, in_netns, spawn_in},
     traffic::{Timeouts, http_get_here},
 };
@@ -39,15 +42,13 @@ const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
 
 struct K8s {
     c: Cluster,
-    api: ApiServer,
+    api: TestCluster,
+    /// Runs the test's API calls (and the kube client's background work).
+    rt: tokio::runtime::Runtime,
 }
 
 fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("valid object")
-}
-
-fn node_name(i: u8) -> String {
-    format!("node{i}")
 }
 
 impl K8s {
@@ -58,48 +59,94 @@ impl K8s {
         let listener = in_netns(api_host.ns(), || TcpListener::bind((ip, 0)))
             .expect("netns")
             .expect("bind");
-        let api = ApiServer::start(listener).expect("api server");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let api = rt
+            .block_on(TestCluster::start(Some(listener)))
+            .expect("test cluster");
+        let k = Self { c, api, rt };
         // As installed: the CRDs exist (the agents watch pools and advertisements).
-        api.store().register(
-            ResourceDef::new("onehop.io", "v1beta1", "ipaddresspools", "IPAddressPool")
-                .with_status(),
-        );
-        api.store().register(ResourceDef::new(
-            "onehop.io",
-            "v1beta1",
-            "l2advertisements",
-            "L2Advertisement",
-        ));
-        for n in c.topo.nodes() {
+        k.rt.block_on(
+            k.api
+                .ensure_crds(&[IPAddressPool::crd(), L2AdvertisementCrd::crd()]),
+        )
+        .expect("CRDs");
+        for n in k.c.topo.nodes() {
             let node: Node = from(json!({
-                "metadata": { "name": node_name(n.index()) },
+                "metadata": { "name": k.node_name(n.index()) },
                 "status": {
                     "addresses": [{ "type": "InternalIP", "address": n.ip().to_string() }],
                     "conditions": [{ "type": "Ready", "status": "True" }]
                 }
             }));
-            api.store().put(&node).expect("node");
+            k.put(&node);
         }
-        Self { c, api }
+        k
+    }
+
+    /// Node objects are cluster-scoped: their names are unique to the test.
+    fn node_name(&self, i: u8) -> String {
+        format!("{}-node{i}", self.api.namespace())
+    }
+
+    fn node_names(&self, n: u8) -> Vec<String> {
+        (1..=n).map(|i| self.node_name(i)).collect()
+    }
+
+    /// The index of a node named by [`K8s::node_name`].
+    fn node_index(&self, name: &str) -> u8 {
+        name.strip_prefix(&format!("{}-node", self.ns()))
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("not a node of this test: {name}"))
+    }
+
+    fn ns(&self) -> &str {
+        self.api.namespace()
+    }
+
+    fn put<K>(&self, obj: &K) -> K
+    where
+        K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.rt.block_on(self.api.put(obj)).expect("put")
+    }
+
+    fn get<K>(&self, ns: &str, name: &str) -> Option<K>
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        self.rt.block_on(self.api.get(ns, name)).expect("get")
+    }
+
+    fn delete_service(&self, name: &str) -> bool {
+        self.rt
+            .block_on(self.api.delete::<Service>(self.ns(), name))
+            .expect("delete")
     }
 
     fn start_agent(&self, node: u8) {
-        let name = node_name(node);
+        let name = self.node_name(node);
+        let mut args = vec![
+            "--kubernetes".to_owned(),
+            "--node-name".to_owned(),
+            name,
+            "--namespace".to_owned(),
+            self.ns().to_owned(),
+        ];
+        args.extend(self.api.agent_class_args());
         self.c.spawn_agent(
             node,
-            &[
-                "--kubernetes",
-                "--api-server",
-                self.api.url(),
-                "--node-name",
-                &name,
-            ],
+            &args,
+            &[("KUBECONFIG", self.api.kubeconfig().as_os_str())],
         );
     }
 
     fn put_service(&self, name: &str, vip: Ipv4Addr, extra: &Value) {
         let mut svc = json!({
-            "metadata": { "namespace": "default", "name": name },
+            "metadata": { "namespace": self.ns(), "name": name },
             "spec": {
                 "type": "LoadBalancer",
                 "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": "web" }]
@@ -107,42 +154,50 @@ impl K8s {
             "status": { "loadBalancer": { "ingress": [{ "ip": vip.to_string() }] } }
         });
         merge(&mut svc, extra.clone());
-        self.api
-            .store()
-            .put(&from::<Service>(svc))
-            .expect("service");
+        let mut svc: Service = from(svc);
+        self.api.classify(&mut svc);
+        self.put(&svc);
+    }
+
+    /// Writes [`K8s::endpoints`].
+    fn put_endpoints(&self, svc: &str, nodes: &[u8]) {
+        self.put(&self.endpoints(svc, nodes));
     }
 
     /// The EndpointSlice of `svc` listing pod 1 of each node in `nodes`.
-    fn put_endpoints(&self, svc: &str, nodes: &[u8]) {
+    fn endpoints(&self, svc: &str, nodes: &[u8]) -> EndpointSlice {
         let endpoints: Vec<Value> = nodes
             .iter()
             .map(|i| {
                 json!({
                     "addresses": [self.c.topo.node(*i).pod(1).ip().to_string()],
-                    "nodeName": node_name(*i),
+                    "nodeName": self.node_name(*i),
                     "conditions": { "ready": true, "serving": true, "terminating": false }
                 })
             })
             .collect();
-        let slice: EndpointSlice = from(json!({
-            "metadata": { "namespace": "default", "name": format!("{svc}-abc"), "labels": { "kubernetes.io/service-name": svc } },
+        // Labelled as ours, so a real cluster's EndpointSlice controllers leave it alone.
+        from(json!({
+            "metadata": {
+                "namespace": self.ns(),
+                "name": format!("{svc}-abc"),
+                "labels": { "kubernetes.io/service-name": svc, MANAGED_BY.0: MANAGED_BY.1 }
+            },
             "addressType": "IPv4",
             "ports": [{ "name": "http", "port": TARGET_PORT, "protocol": "TCP" }],
             "endpoints": endpoints
-        }));
-        self.api.store().put(&slice).expect("slice");
+        }))
     }
 
-    /// An `IPAddressPool` in onehop-system with one address entry.
+    /// An `IPAddressPool` in the test's namespace with one address entry.
     fn put_pool(&self, name: &str, addresses: &str) {
         let spec = PoolSpec {
             addresses: vec![addresses.into()],
             ..PoolSpec::default()
         };
         let mut pool = IPAddressPool::new(name, spec);
-        pool.metadata.namespace = Some("onehop-system".into());
-        self.api.store().put(&pool).expect("pool");
+        pool.metadata.namespace = Some(self.ns().into());
+        self.put(&pool);
     }
 
     fn mac(&self, node: u8) -> [u8; 6] {
@@ -150,9 +205,8 @@ impl K8s {
     }
 
     fn events(&self, svc: &str, reason: &str) -> Vec<Event> {
-        self.api
-            .store()
-            .list::<Event>()
+        self.rt
+            .block_on(self.api.list::<Event>())
             .expect("events")
             .into_iter()
             .filter(|e| {
@@ -181,9 +235,7 @@ impl K8s {
 
 /// The address(es) a Service's status shows.
 fn status_ips(k: &K8s, name: &str) -> Vec<String> {
-    k.api
-        .store()
-        .get::<Service>("default", name)
+    k.get::<Service>(k.ns(), name)
         .and_then(|s| s.status?.load_balancer?.ingress)
         .unwrap_or_default()
         .into_iter()
@@ -261,10 +313,14 @@ fn probe_loop(k: &K8s, span: Duration) -> (Instant, Vec<(Duration, bool)>) {
 
 /// API load: lease renewals only, and independent of the number of services.
 fn check_api_writes_grow_with_nodes_not_services(k: &K8s, others: &[u8]) {
+    let Some(server) = k.api.test_server() else {
+        skip_on_real_cluster("the API-writes-per-node check needs the write log");
+        return;
+    };
     let window = Duration::from_secs(3);
-    k.api.reset_stats();
+    server.reset_stats();
     std::thread::sleep(window);
-    let one_service = k.api.writes().len();
+    let one_service = server.writes().len();
     for j in 1..=30u8 {
         k.put_service(
             &format!("extra{j}"),
@@ -277,9 +333,9 @@ fn check_api_writes_grow_with_nodes_not_services(k: &K8s, others: &[u8]) {
         k.c.wait_for(i, "31 services", |s| s.services.len() == 31);
     }
     std::thread::sleep(Duration::from_secs(1)); // let the nodeAssigned events settle
-    k.api.reset_stats();
+    server.reset_stats();
     std::thread::sleep(window);
-    let many_services = k.api.writes().len();
+    let many_services = server.writes().len();
     eprintln!(
         "API writes in {window:?} with 3 nodes: {one_service} with 1 service, {many_services} with 31 services"
     );
@@ -297,7 +353,7 @@ fn check_api_writes_grow_with_nodes_not_services(k: &K8s, others: &[u8]) {
 /// The owner dies (agent killed, NIC gone): another node must answer for
 /// the VIP within 2 s.
 fn check_failover(k: &K8s, owner: u8, names: &[String]) {
-    let owner_name = node_name(owner);
+    let owner_name = k.node_name(owner);
     // The owner dies (agent killed, NIC gone): another node must answer
     // for the VIP within 2 s.
     let (killed, (start, probes)) = std::thread::scope(|s| {
@@ -343,11 +399,7 @@ fn check_failover(k: &K8s, owner: u8, names: &[String]) {
         .map(String::as_str)
         .filter(|n| *n != owner_name)
         .collect();
-    let new_owner: u8 = election::owner(VIP, survivors)
-        .expect("owner")
-        .trim_start_matches("node")
-        .parse()
-        .expect("index");
+    let new_owner = k.node_index(election::owner(VIP, survivors).expect("owner"));
     assert!(announces(&k.c.snapshot(new_owner).expect("maps"), VIP));
     assert!(
         client_neighbour(k, VIP).contains(&mac_text(k.mac(new_owner))),
@@ -359,14 +411,11 @@ fn check_failover(k: &K8s, owner: u8, names: &[String]) {
 #[test]
 fn elected_node_announces_serves_and_fails_over_within_two_seconds() {
     let k = K8s::new(3);
-    let names: Vec<String> = (1..=3).map(node_name).collect();
+    let names = k.node_names(3);
     let owner_name = election::owner(VIP, names.iter().map(String::as_str))
         .expect("an owner")
         .to_owned();
-    let owner: u8 = owner_name
-        .trim_start_matches("node")
-        .parse()
-        .expect("index");
+    let owner = k.node_index(&owner_name);
     // Backends live on the other nodes, so the owner's death kills no pod.
     let others: Vec<u8> = (1..=3).filter(|i| *i != owner).collect();
     k.put_service("web", VIP, &json!({}));
@@ -493,12 +542,9 @@ fn outage_scaling_bad_objects_and_deletion() {
     k.put_endpoints("web", &[1, 2]);
     k.start_agent(1);
     k.start_agent(2);
-    let names = [node_name(1), node_name(2)];
-    let owner_before: u8 = election::owner(VIP, names.iter().map(String::as_str))
-        .expect("owner")
-        .trim_start_matches("node")
-        .parse()
-        .expect("index");
+    let names = k.node_names(2);
+    let owner_before =
+        k.node_index(election::owner(VIP, names.iter().map(String::as_str)).expect("owner"));
     for i in 1..=2 {
         k.c.wait_for(i, "2 pods, election converged", |s| {
             pods_in_use(s) == 2 && announces(s, VIP) == (i == owner_before)
@@ -506,23 +552,32 @@ fn outage_scaling_bad_objects_and_deletion() {
     }
 
     // API outage longer than a lease: traffic keeps flowing, nobody re-elects.
-    let probes = std::thread::scope(|s| {
-        let probes = s.spawn(|| probe_loop(&k, Duration::from_secs(4)));
-        std::thread::sleep(Duration::from_millis(300));
-        k.api.set_available(false);
-        // Scale down while the API is unreachable; agents catch up after.
+    if let Some(server) = k.api.test_server() {
+        let probes = std::thread::scope(|s| {
+            let probes = s.spawn(|| probe_loop(&k, Duration::from_secs(4)));
+            std::thread::sleep(Duration::from_millis(300));
+            server.set_available(false);
+            // Scale down while the API is unreachable (for the test too: it
+            // writes the store); agents catch up after.
+            server
+                .store()
+                .put(&k.endpoints("web", &[1]))
+                .expect("slice");
+            std::thread::sleep(Duration::from_millis(2500));
+            server.set_available(true);
+            probes.join().expect("probe thread").1
+        });
+        let failed = probes.iter().filter(|(_, ok)| !ok).count();
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} requests failed during the API outage",
+            probes.len()
+        );
+    } else {
+        skip_on_real_cluster("the API outage (scaling down with the API up instead)");
         k.put_endpoints("web", &[1]);
-        std::thread::sleep(Duration::from_millis(2500));
-        k.api.set_available(true);
-        probes.join().expect("probe thread").1
-    });
-    let failed = probes.iter().filter(|(_, ok)| !ok).count();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed during the API outage",
-        probes.len()
-    );
+    }
     for i in 1..=2 {
         k.c.wait_for(i, "1 pod after the outage", |s| pods_in_use(s) == 1);
     }
@@ -537,24 +592,22 @@ fn outage_scaling_bad_objects_and_deletion() {
     );
 
     // A Service with an unenforceable allow-list gets a Warning, not served.
-    let bad_vip = Ipv4Addr::new(192, 168, 50, 201);
-    k.put_service(
-        "bad",
-        bad_vip,
-        &json!({ "spec": { "loadBalancerSourceRanges": ["10.0.0.0/33"] } }),
-    );
-    k.put_endpoints("bad", &[1]);
-    let ev = k.wait_event("bad", "InvalidSourceRange", "10.0.0.0/33");
-    assert_eq!(ev.type_.as_deref(), Some("Warning"));
-    assert!(!serves(&k.c.snapshot(1).expect("maps"), bad_vip));
+    // (A real API server refuses such a Service itself.)
+    if !skip_on_real_cluster("the invalid source range: a real API server rejects a /33") {
+        let bad_vip = Ipv4Addr::new(192, 168, 50, 201);
+        k.put_service(
+            "bad",
+            bad_vip,
+            &json!({ "spec": { "loadBalancerSourceRanges": ["10.0.0.0/33"] } }),
+        );
+        k.put_endpoints("bad", &[1]);
+        let ev = k.wait_event("bad", "InvalidSourceRange", "10.0.0.0/33");
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert!(!serves(&k.c.snapshot(1).expect("maps"), bad_vip));
+    }
 
     // Deleting the Service removes it from the maps and ARP stops.
-    assert!(
-        k.api
-            .store()
-            .delete::<Service>("default", "web")
-            .expect("delete")
-    );
+    assert!(k.delete_service("web"));
     for i in 1..=2 {
         k.c.wait_for(i, "web gone", |s| !serves(s, VIP) && !announces(s, VIP));
     }
@@ -584,23 +637,19 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     k.start_agent(2);
     let api_host = k.c.topo.clients()[1].ns();
     let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
-    cmd.args([
-        "controller",
-        "--api-server",
-        k.api.url(),
-        "--namespace",
-        "onehop-system",
-    ])
-    .args([
-        "--lease-duration-secs",
-        "1",
-        "--renew-deadline-ms",
-        "700",
-        "--retry-period-ms",
-        "200",
-    ])
-    .env("POD_NAME", "controller-0")
-    .env("RUST_LOG", "warn");
+    cmd.args(["controller", "--namespace", k.ns()])
+        .args(k.api.controller_class_args())
+        .args([
+            "--lease-duration-secs",
+            "1",
+            "--renew-deadline-ms",
+            "700",
+            "--retry-period-ms",
+            "200",
+        ])
+        .env("KUBECONFIG", k.api.kubeconfig())
+        .env("POD_NAME", "controller-0")
+        .env("RUST_LOG", "warn");
     let _controller = spawn_in(api_host, cmd).expect("controller");
 
     wait_status(&k, "web", &["192.168.50.220"]);
@@ -626,12 +675,7 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     k.wait_event("web3", "AllocationFailed", "no available IP");
     assert!(status_ips(&k, "web3").is_empty());
 
-    assert!(
-        k.api
-            .store()
-            .delete::<Service>("default", "web")
-            .expect("delete")
-    );
+    assert!(k.delete_service("web"));
     wait_status(&k, "web3", &["192.168.50.220"]);
     k.put_endpoints("web3", &[2]);
     k.c.wait_for(1, "web3 on the freed address", |s| {
@@ -655,16 +699,16 @@ fn controller_assigns_addresses_that_the_agents_serve() {
 #[test]
 fn l2advertisement_node_selectors_choose_the_announcer() {
     let k = K8s::new(3);
-    let mut n3: Node = k.api.store().get("", "node3").expect("node3");
+    let mut n3: Node = k.get("", &k.node_name(3)).expect("node3");
     n3.metadata.labels = Some([("onehop.io/announce".to_owned(), "yes".to_owned())].into());
-    k.api.store().put(&n3).expect("label node3");
+    k.put(&n3);
     k.put_pool("lan", "192.168.50.200/30");
     let ad: lb_userspace::k8s::crd::L2Advertisement = from(json!({
         "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
-        "metadata": { "name": "edge", "namespace": "onehop-system" },
+        "metadata": { "name": "edge", "namespace": k.ns() },
         "spec": { "ipAddressPools": ["lan"], "nodeSelectors": [{ "matchLabels": { "onehop.io/announce": "yes" } }] }
     }));
-    k.api.store().put(&ad).expect("advertisement");
+    k.put(&ad);
     k.put_service("web", VIP, &json!({}));
     k.put_endpoints("web", &[1, 2]);
     for i in 1..=3 {
@@ -688,4 +732,40 @@ fn l2advertisement_node_selectors_choose_the_announcer() {
         .expect("request via node3")
         .answer()
         .expect("answer");
+}
+
+/// The real-cluster mode (`cargo xtask test-cluster`), proven without a
+/// cluster: a scenario runs in a separate process that knows the test server
+/// (on loopback in the root namespace) only through `KUBECONFIG`, as it
+/// would know a real cluster. The agents in the node namespaces and the
+/// controller on the LAN can reach it only through the forwarder.
+#[test]
+fn real_cluster_mode_runs_against_a_kubeconfig_alone() {
+    if skip_on_real_cluster("it proves the real-cluster mode against the test server") {
+        return;
+    }
+    let test = "controller_assigns_addresses_that_the_agents_serve";
+    let run = ProofRun::run(&[test, "--exact"], Duration::from_mins(3)).expect("the run");
+    run.check(1).expect("real-cluster mode");
+    // Through the forwarder: the agents renewed their Leases, the controller
+    // its own, all in the run's namespace.
+    let prefix = format!("onehop-t-{}-", run.pid);
+    let leases: std::collections::BTreeSet<String> = run
+        .server
+        .writes()
+        .iter()
+        .filter(|w| w.resource == "leases.coordination.k8s.io")
+        .filter(|w| {
+            w.namespace
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .filter_map(|w| w.name.clone())
+        .collect();
+    let agents = leases
+        .iter()
+        .filter(|l| l.starts_with("onehop-node-"))
+        .count();
+    assert_eq!(agents, 2, "agent Leases: {leases:?}");
+    assert!(leases.contains("onehop-controller"), "{leases:?}");
 }

@@ -1,4 +1,5 @@
-//! Developer commands: `cargo xtask <setup|build-ebpf|test|demo|crdgen|bench>`.
+//! Developer commands:
+//! `cargo xtask <setup|build-ebpf|test|test-cluster|demo|crdgen|bench>`.
 //!
 //! Every command that needs the toolchain runs `setup` first; setup is
 //! idempotent and cheap when everything is already installed.
@@ -31,9 +32,31 @@ enum Command {
     /// file (ARP answered by XDP, requests spread over pods, status).
     Demo,
     /// Run every check CI runs: fmt, clippy (warnings denied), all tests
-    /// (unit, packet tests run by the kernel, namespace end-to-end).
+    /// (unit, packet tests run by the kernel, namespace end-to-end). The
+    /// Kubernetes-facing tests always use the in-repo test API server, even
+    /// when KUBECONFIG is set.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the Kubernetes-facing tests (`controller`, `k8s_e2e`) against the
+    /// REAL cluster of KUBECONFIG's current context, one test at a time.
+    ///
+    /// Use a disposable cluster with no other LoadBalancer implementation,
+    /// e.g. `k3s server --disable servicelb`, then
+    /// `KUBECONFIG=/etc/rancher/k3s/k3s.yaml cargo xtask test-cluster`
+    /// (as root: the end-to-end tests build network namespaces). Refuses to
+    /// run without KUBECONFIG. Each test works in its own namespace
+    /// `onehop-t-<pid>-<n>` with its own loadBalancerClass, creates Node
+    /// objects named after it, and deletes them and its namespaces at the
+    /// end; the onehop CRDs are created if missing and left installed.
+    /// Skipped there (they need the test server): the API-outage tests, the
+    /// controller's RBAC call log, the write-count checks, a class change
+    /// and an invalid source range (a real API server refuses both). See
+    /// README.md, "Tests without a cluster, and with one".
+    TestCluster {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -70,6 +93,10 @@ fn main() -> Result<()> {
         Command::Test { args } => {
             setup::run()?;
             test::run(&args)
+        }
+        Command::TestCluster { args } => {
+            setup::run()?;
+            test::run_cluster(&args)
         }
         Command::Crdgen => {
             use anyhow::Context as _;

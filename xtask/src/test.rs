@@ -1,16 +1,20 @@
-//! `cargo xtask test`: exactly what CI runs.
+//! `cargo xtask test`: exactly what CI runs; `cargo xtask test-cluster`: the
+//! Kubernetes-facing tests against a real cluster.
 
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use onehop_testkit::k8s::{TARGET_ENV, describe_kubeconfig};
 
-use crate::{run_cmd, workspace_root};
+use crate::{is_root, run_cmd, workspace_root};
 
 pub fn run(extra: &[String]) -> Result<()> {
     let root = workspace_root();
     let cargo = || {
         let mut c = Command::new("cargo");
-        c.current_dir(&root);
+        // Always the in-repo test API server, whatever KUBECONFIG says: a
+        // developer's kubeconfig may point at production.
+        c.current_dir(&root).env_remove(TARGET_ENV);
         c
     };
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
@@ -20,4 +24,35 @@ pub fn run(extra: &[String]) -> Result<()> {
     // the namespace tests are I/O bound and isolated by unique names.
     run_cmd(cargo().arg("test").args(extra))?;
     Ok(())
+}
+
+/// The test binaries that talk to Kubernetes.
+const KUBERNETES_TESTS: [&str; 2] = ["controller", "k8s_e2e"];
+
+pub fn run_cluster(extra: &[String]) -> Result<()> {
+    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
+        bail!(
+            "refusing to run without KUBECONFIG: point it at a disposable cluster, e.g.\n  \
+             KUBECONFIG=/etc/rancher/k3s/k3s.yaml cargo xtask test-cluster"
+        );
+    }
+    let target = describe_kubeconfig()?;
+    println!(
+        "Kubernetes-facing tests against a REAL cluster: {target} (KUBECONFIG={})",
+        std::env::var("KUBECONFIG").unwrap_or_default()
+    );
+    if !is_root() {
+        println!("warning: not root: the namespace end-to-end tests (k8s_e2e) will fail");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .env(TARGET_ENV, "kubeconfig")
+        .args(["test", "-p", "lb-userspace"]);
+    for t in KUBERNETES_TESTS {
+        cmd.args(["--test", t]);
+    }
+    // One test at a time: a shared cluster, Node objects that turn NotReady
+    // after ~40 s without a kubelet, and clear output.
+    cmd.args(["--", "--test-threads=1"]).args(extra);
+    run_cmd(&mut cmd)
 }

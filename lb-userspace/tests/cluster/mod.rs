@@ -103,8 +103,9 @@ impl Cluster {
     }
 
     /// Starts `onehop agent` on a node with small maps, plus `source` (the
-    /// arguments that pick and configure the services source).
-    pub fn spawn_agent<S: AsRef<OsStr>>(&self, node: u8, source: &[S]) {
+    /// arguments that pick and configure the services source) and `env`
+    /// (extra environment variables, e.g. `KUBECONFIG`).
+    pub fn spawn_agent<S: AsRef<OsStr>>(&self, node: u8, source: &[S], env: &[(&str, &OsStr)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -127,6 +128,7 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("ONEHOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         let guard = spawn_in(self.topo.node(node).ns(), cmd).expect("spawn agent");
