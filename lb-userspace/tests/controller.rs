@@ -1050,6 +1050,12 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         put(&k, &classed).await;
         // Unclassed on either backend (not through `put`, which would class it).
         k.b.put(&svc(&k.apps, "unclassed", &[])).await.unwrap();
+        // A free port for /metrics (this test may run twice at once: see the
+        // real-cluster-mode proof).
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_onehop"))
             .args([
                 "controller",
@@ -1067,9 +1073,7 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
                 "200",
             ])
             .env("KUBECONFIG", k.b.kubeconfig())
-            // An ephemeral metrics port (for controllers that serve one): this
-            // test may run twice at once (see the real-cluster-mode proof).
-            .env("ONEHOP_METRICS_ADDR", "127.0.0.1:0")
+            .env("ONEHOP_METRICS_ADDR", metrics.to_string())
             .env("POD_NAME", "pod-1")
             .env("RUST_LOG", "warn")
             .spawn()
@@ -1078,6 +1082,32 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         wait_ips(&k, &k.apps, "web", &["192.0.2.7"]).await;
         assert_eq!(holder(&k).await.as_deref(), Some("pod-1"));
         assert!(ips_of(&k, &k.apps, "unclassed").await.is_empty());
+        let scrape = || async move {
+            tokio::task::spawn_blocking(move || {
+                onehop_testkit::traffic::http_get_here(
+                    metrics,
+                    "/metrics",
+                    onehop_testkit::traffic::Timeouts::default(),
+                )
+            })
+            .await
+            .unwrap()
+            .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
+        };
+        let expected = [
+            "onehop_controller_leader 1",
+            "onehop_controller_pool_addresses_in_use{pool=\"a\"} 1",
+            "onehop_controller_pool_addresses{pool=\"a\"} 1",
+            "onehop_controller_pool_valid{pool=\"a\"} 1",
+            "onehop_controller_services_assigned 1",
+        ];
+        // The figures are published after the pass that wrote the status.
+        wait_for("the controller's metrics", || async {
+            scrape().await.is_ok_and(|(code, text)| {
+                code == 200 && expected.iter().all(|e| text.lines().any(|l| l == *e))
+            })
+        })
+        .await;
         let pid = i32::try_from(child.0.id()).unwrap();
         // SAFETY: signalling our own child process, which has not been reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

@@ -732,6 +732,30 @@ fn l2advertisement_node_selectors_choose_the_announcer() {
         .expect("request via node3")
         .answer()
         .expect("answer");
+    // `interfaces`: every agent serves eth0 and says so on its Lease; an
+    // advertisement for another interface leaves the address unannounced
+    // everywhere (still served), and naming eth0 brings node3 back.
+    let lease: k8s_openapi::api::coordination::v1::Lease = k
+        .get(k.ns(), &format!("onehop-node-{}", k.node_name(3)))
+        .expect("node3's lease");
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("onehop.io/interface"),
+        Some(&"eth0".to_owned())
+    );
+    for (interfaces, owner) in [(json!(["eth9"]), None), (json!(["bond0", "eth0"]), Some(3))] {
+        let mut ad = ad.clone();
+        ad.spec.interfaces = from(interfaces);
+        k.put(&ad);
+        for i in 1..=3 {
+            k.c.wait_for(i, "announced as the interfaces say", |s| {
+                serves(s, VIP) && announces(s, VIP) == (owner == Some(i))
+            });
+        }
+    }
 }
 
 /// The real-cluster mode (`cargo xtask test-cluster`), proven without a
