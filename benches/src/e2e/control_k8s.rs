@@ -12,7 +12,10 @@
 //! VIP arriving at node1-pod1. Then, on the synced agent, the incremental path: one endpoint
 //! of the last service replaced (the slice rewritten in the store, which the agent's watch
 //! delivers) until its Maglev table references the new backend and no longer the old one,
-//! several times; and the agent's RSS.
+//! several times; and the agent's RSS. "Synced" means after the agent's Event writes of
+//! the initial sync (a `nodeAssigned` Event per announced Service, published one by one
+//! after the maps are written; the agent reconciles nothing meanwhile), whose end is
+//! reported too: a change made before it would time that backlog.
 //!
 //! Is the test API server the bottleneck? It runs on a thread of this process and keeps
 //! objects as JSON values; the same LIST requests the agent makes (every Service, every
@@ -57,12 +60,17 @@ pub struct KubeControlPlane {
     /// and megabytes (timed from the client namespace, before the agent starts).
     pub api_list_s: f64,
     pub api_list_mb: f64,
-    /// Agent start → maps pinned and the program ready.
+    /// Agent start → the data path ready (`config.ready`: the agent's first complete apply).
     pub ready_s: f64,
     /// Agent start → every service in the map.
     pub maps_s: f64,
     /// Agent start → first datagram to the last service delivered.
     pub serving_s: f64,
+    /// Agent start → its last Event write of the initial sync (one `nodeAssigned` Event per
+    /// announced Service, published after the maps are written).
+    pub events_s: f64,
+    /// Event writes of the initial sync.
+    pub events: usize,
     /// One endpoint of one service replaced in the store → in the maps, per round (s).
     pub change_s: Vec<f64>,
     pub rss_kib: u64,
@@ -287,6 +295,34 @@ fn endpoint_changes(
     Ok(change_s)
 }
 
+/// Waits until the agent has written no Event for 2 s; returns (seconds from `start` to its
+/// last Event write, Event writes in all).
+fn wait_events_settled(api: &ApiServer, start: Instant) -> Result<(f64, usize)> {
+    let quiet = Duration::from_secs(2);
+    loop {
+        let events: Vec<Instant> = api
+            .writes()
+            .iter()
+            .filter(|w| w.resource == "events" || w.resource.starts_with("events."))
+            .map(|w| w.at)
+            .collect();
+        let last = events.iter().max().copied().unwrap_or(start);
+        if last.elapsed() >= quiet {
+            return Ok((
+                last.saturating_duration_since(start).as_secs_f64(),
+                events.len(),
+            ));
+        }
+        if start.elapsed() > Duration::from_mins(10) {
+            bail!(
+                "the agent was still writing Events after 10 minutes ({} so far)",
+                events.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs the measurement on `world` (no other path may be installed).
 pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeControlPlane> {
     ensure!(
@@ -346,6 +382,9 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
         std::thread::sleep(Duration::from_millis(20));
     };
     let serving_s = wait_last_serving(world, services, before, start).with_context(agent_log)?;
+    // The agent publishes its Events after the maps are written, and reconciles nothing
+    // meanwhile: "synced" means after that, or the first change would time the backlog.
+    let (events_s, events) = wait_events_settled(&api, start).with_context(agent_log)?;
 
     let maps = Maps::open(&pins)?;
     let change_s = endpoint_changes(&api, &maps, world, services, backends, &agent_log)?;
@@ -361,6 +400,8 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
         ready_s: ready_s.unwrap_or(maps_s),
         maps_s,
         serving_s,
+        events_s,
+        events,
         change_s,
         rss_kib,
         hwm_kib,
@@ -372,7 +413,7 @@ impl KubeControlPlane {
     pub fn line(&self) -> String {
         let changes: Vec<String> = self.change_s.iter().map(|s| format!("{s:.4}")).collect();
         format!(
-            "control plane kubernetes: services={} backends={} api_list_s={:.3} api_list_mb={:.1} ready_s={:.2} maps_s={:.2} serving_s={:.2} change_s={} rss_mib={} peak_mib={}",
+            "control plane kubernetes: services={} backends={} api_list_s={:.3} api_list_mb={:.1} ready_s={:.2} maps_s={:.2} serving_s={:.2} events_s={:.2} events={} change_s={} rss_mib={} peak_mib={}",
             self.services,
             self.backends,
             self.api_list_s,
@@ -380,6 +421,8 @@ impl KubeControlPlane {
             self.ready_s,
             self.maps_s,
             self.serving_s,
+            self.events_s,
+            self.events,
             changes.join(","),
             self.rss_kib / 1024,
             self.hwm_kib / 1024
@@ -403,6 +446,8 @@ impl KubeControlPlane {
             ready_s: num("ready_s")?,
             maps_s: num("maps_s")?,
             serving_s: num("serving_s")?,
+            events_s: num("events_s")?,
+            events: usize::try_from(int("events")?).ok()?,
             change_s: get("change_s")?
                 .split(',')
                 .map(str::parse)
@@ -428,6 +473,8 @@ mod tests {
             ready_s: 0.8,
             maps_s: 14.25,
             serving_s: 14.5,
+            events_s: 30.25,
+            events: 10_000,
             change_s: vec![0.0125, 0.02],
             rss_kib: 100 * 1024,
             hwm_kib: 120 * 1024,

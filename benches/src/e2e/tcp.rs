@@ -393,8 +393,9 @@ pub fn measure(
     let d0: u64 = pod_listen_drops(&world.topo)?.iter().sum();
     let (c0, _) = load::cpu_ticks()?;
     let sent = short_connections(&world.topo, &inst.http, concurrency, window)?;
-    // The last final ACKs still in flight.
-    std::thread::sleep(Duration::from_millis(100));
+    // The last final ACKs still queued on the way (an overloaded veth XDP ring or backlog
+    // drains within this).
+    std::thread::sleep(Duration::from_millis(250));
     let (c1, _) = load::cpu_ticks()?;
     let p1 = pod_passive_opens(&world.topo)?;
     let d1: u64 = pod_listen_drops(&world.topo)?.iter().sum();

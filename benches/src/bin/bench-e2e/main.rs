@@ -841,14 +841,14 @@ fn control_md(
         args.cp_backends,
         report::thousands(backends),
     );
-    let rows: [(&str, String, String); 8] = [
+    let rows: [(&str, String, String); 9] = [
         (
             "clock starts at",
             f(&|_| "file replaced".into()),
             k(&|_| "agent start".into()),
         ),
         (
-            "→ maps pinned, program ready",
+            "→ data path ready (first complete apply, `config.ready`)",
             f(&|_| "(already running)".into()),
             k(&|c| format!("{:.2} s", c.ready_s)),
         ),
@@ -863,7 +863,12 @@ fn control_md(
             k(&|c| format!("{:.2} s", c.serving_s)),
         ),
         (
-            "one endpoint of one service replaced → in the maps (median, min–max)",
+            "→ last Event of the initial sync written (API writes)",
+            "–".into(),
+            k(&|c| format!("{:.2} s ({} Events)", c.events_s, c.events)),
+        ),
+        (
+            "then: one endpoint of one service replaced → in the maps (median, min–max)",
             "–".into(),
             k(&|c| {
                 let ms: Vec<f64> = c.change_s.iter().map(|s| s * 1e3).collect();
