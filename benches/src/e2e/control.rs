@@ -42,7 +42,7 @@ pub struct ControlPlane {
     pub hwm_kib: u64,
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+pub(super) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     text.lines()
         .find_map(|l| l.strip_prefix(field))
@@ -52,7 +52,7 @@ fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
         .context("parsing /proc/pid/status")
 }
 
-fn last_vip(services: u32) -> Ipv4Addr {
+pub(super) fn last_vip(services: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 20, 0, 1)) + services - 1)
 }
 
@@ -131,28 +131,8 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // Probes: 64 new flows per round to the last VIP; Maglev sends ~1 in `backends` to
-    // node1-pod1, the only real backend.
-    let target = Target {
-        addr: SocketAddrV4::new(last_vip(services), 9000),
-        mac: world.topo.node(1).mac(),
-    };
-    let serving = loop {
-        load::send(
-            &world.topo,
-            &[target],
-            Flows::New,
-            None,
-            Duration::from_millis(1),
-        )?;
-        std::thread::sleep(Duration::from_millis(10));
-        if load::pod_rx(&world.topo)?[0] > before {
-            break start.elapsed().as_secs_f64();
-        }
-        if start.elapsed() > Duration::from_secs(320) {
-            bail!("the last service never delivered: {}", agent_log(world));
-        }
-    };
+    let serving =
+        wait_last_serving(world, services, before, start).with_context(|| agent_log(world))?;
     let pid = agent.id();
     let rss = proc_status_kib(pid, "VmRSS:")?;
     let hwm = proc_status_kib(pid, "VmHWM:")?;
@@ -167,12 +147,44 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
     })
 }
 
+/// Sends probes to the LAST service's VIP until one arrives at node1-pod1 (whose received
+/// packets were `before`); returns the seconds since `start`.
+pub(super) fn wait_last_serving(
+    world: &World,
+    services: u32,
+    before: u64,
+    start: Instant,
+) -> Result<f64> {
+    // Probes: 64 new flows per round to the last VIP; Maglev sends ~1 in `backends` to
+    // node1-pod1, the only real backend.
+    let target = Target {
+        addr: SocketAddrV4::new(last_vip(services), 9000),
+        mac: world.topo.node(1).mac(),
+    };
+    loop {
+        load::send(
+            &world.topo,
+            &[target],
+            Flows::New,
+            None,
+            Duration::from_millis(1),
+        )?;
+        std::thread::sleep(Duration::from_millis(10));
+        if load::pod_rx(&world.topo)?[0] > before {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > Duration::from_secs(320) {
+            bail!("the last service never delivered");
+        }
+    }
+}
+
 fn agent_log(world: &World) -> String {
     std::fs::read_to_string(world.scratch().join("cp.log")).unwrap_or_default()
 }
 
 /// Removes the agent's pins (detaching its programs) on drop.
-struct Cleanup(std::path::PathBuf);
+pub(super) struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -182,6 +194,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn scopeguard(root: std::path::PathBuf) -> Cleanup {
+pub(super) fn scopeguard(root: std::path::PathBuf) -> Cleanup {
     Cleanup(root)
 }

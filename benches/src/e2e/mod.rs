@@ -2,9 +2,11 @@
 //! routing, on one namespace topology (see benches/README.md).
 
 pub mod control;
+pub mod control_k8s;
 pub mod http;
 pub mod kubeproxy;
 pub mod load;
 pub mod paths;
 pub mod plot;
 pub mod report;
+pub mod tcp;

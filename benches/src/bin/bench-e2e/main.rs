@@ -14,11 +14,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use onehop_benches::e2e::{
-    control, http, kubeproxy,
+    control,
+    control_k8s::{self, KubeControlPlane},
+    http, kubeproxy,
     load::{self, Flows},
     paths::{self, Installed, Target, World},
     plot,
     report::{self, Samples},
+    tcp,
 };
 
 #[derive(Parser, Debug)]
@@ -53,6 +56,9 @@ struct Args {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 8)]
     wrk_conns: u32,
+    /// Short TCP connections kept in flight by the connection generator (see e2e/tcp.rs).
+    #[arg(long, default_value_t = 128)]
+    tcp_conns: usize,
     /// Longest a baseline may take to load its rules, seconds (longer: reported as n/a).
     #[arg(long, default_value_t = 120)]
     install_limit_s: u64,
@@ -62,6 +68,11 @@ struct Args {
     /// Backends per service for the control-plane measurement.
     #[arg(long, default_value_t = 10)]
     cp_backends: u32,
+    /// Sources of the control-plane measurement, comma separated: `file` (services file
+    /// replaced on a running agent), `kubernetes` (agent started against the test API server
+    /// seeded with the same services and EndpointSlices).
+    #[arg(long, value_delimiter = ',', default_value = "file,kubernetes")]
+    cp_sources: Vec<String>,
     /// Write the generated kube-proxy rules for every --services count to this directory
     /// and exit (what the baselines load, for inspection).
     #[arg(long)]
@@ -88,9 +99,15 @@ struct Results {
     http_p50: Samples,
     http_p99: Samples,
     http_rps: Samples,
+    tcp_pods: Samples,
+    tcp_client: Samples,
+    tcp_failures: Samples,
+    tcp_cpu: Samples,
+    tcp_cpu_thread: Samples,
     install: Samples,
     notes: BTreeMap<(String, u32), String>,
     control: Option<control::ControlPlane>,
+    control_k8s: Option<KubeControlPlane>,
     log: String,
 }
 
@@ -262,9 +279,38 @@ fn run_path(
         );
         println!("    {line}");
         let _ = writeln!(res.log, "{line}");
+        let tcp = tcp::measure(world, &inst, args.tcp_conns, args.secs)?;
+        res.tcp_pods.push(name, n, tcp.pods_per_s);
+        res.tcp_client.push(name, n, tcp.client_per_s);
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        res.tcp_failures
+            .push(name, n, tcp.sent.failures() as f64 / tcp.sent.secs);
+        res.tcp_cpu.push(name, n, tcp.cpu_ns);
+        res.tcp_cpu_thread.push(name, n, tcp.thread_ns);
+        let line = tcp_line(name, n, r, &tcp);
+        println!("    {line}");
+        let _ = writeln!(res.log, "{line}");
     }
     drop(inst);
     Ok(())
+}
+
+/// The runs.log line of one short-TCP run (parsed back by `parse_log`).
+fn tcp_line(name: &str, n: u32, r: usize, t: &tcp::TcpMeasured) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let failures_per_s = t.sent.failures() as f64 / t.sent.secs;
+    format!(
+        "{name} N={n} run={r} tcp: conns/s_pods={:.0} conns/s_client={:.0} failures/s={failures_per_s:.1} (timeouts {} errors [{}] in flight at the end {}) cpu_ns_per_conn={:.0} sender_ns_per_conn={:.0} per_pod={:?} listen_drops={}",
+        t.pods_per_s,
+        t.client_per_s,
+        t.sent.timeouts,
+        t.sent.error_text(),
+        t.sent.abandoned,
+        t.cpu_ns,
+        t.thread_ns,
+        t.per_pod,
+        t.listen_drops
+    )
 }
 
 fn machine() -> String {
@@ -390,6 +436,42 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             "Same runs; higher is better.".to_owned(),
         ),
         (
+            "Short TCP connections per second (completed at the pods)",
+            &res.tcp_pods,
+            "connections/s",
+            format!(
+                "{} connects in flight from one client thread for {} s, each closed with RST right after the handshake; handshakes completed at the pods (`Tcp: PassiveOpens` of their namespaces), HTTP port of the test service (nginx accepts); higher is better.",
+                args.tcp_conns, args.secs
+            ),
+        ),
+        (
+            "Short TCP connections per second (completed as the client saw them)",
+            &res.tcp_client,
+            "connections/s",
+            "Same runs; should equal the pods' figure (a handshake the pod did not complete shows up here only).".to_owned(),
+        ),
+        (
+            "Short TCP connections: failed connects per second",
+            &res.tcp_failures,
+            "failures/s",
+            format!(
+                "Same runs; connect errors plus connects unanswered after {} ms (a lost SYN or SYN-ACK); lower is better (ratios are meaningless when the baseline has none).",
+                tcp::CONNECT_TIMEOUT.as_millis()
+            ),
+        ),
+        (
+            "CPU time per short TCP connection (whole machine)",
+            &res.tcp_cpu,
+            "ns/connection",
+            "Same runs; (system + irq + softirq) time of the whole machine over connections completed at the pods, less an idle window just before, as for UDP. Includes the client's and nginx's socket work; lower is better.".to_owned(),
+        ),
+        (
+            "CPU time per short TCP connection in the sender's context",
+            &res.tcp_cpu_thread,
+            "ns/connection",
+            "Same runs; CPU time of the generator thread over connections completed at the pods (most of the path runs in its softirq context, as for UDP; nginx's accept/close does not); lower is better.".to_owned(),
+        ),
+        (
             "Install time (rules loaded / agent serving the test service)",
             &res.install,
             "s",
@@ -403,8 +485,12 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             report::table(s, &paths, ns, unit, &res.notes)
         );
     }
-    if let Some(cp) = &res.control {
-        md.push_str(&control_md(args, cp));
+    if res.control.is_some() || res.control_k8s.is_some() {
+        md.push_str(&control_md(
+            args,
+            res.control.as_ref(),
+            res.control_k8s.as_ref(),
+        ));
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let _ = writeln!(md, "## Plots\n");
@@ -433,6 +519,12 @@ fn main() -> Result<()> {
         args.services.retain(|&n| n <= 10_000);
     }
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    for s in &args.cp_sources {
+        anyhow::ensure!(
+            s == "file" || s == "kubernetes",
+            "unknown control-plane source {s:?} (known: file, kubernetes)"
+        );
+    }
     if let Some(dir) = &args.dump_rules {
         return dump_rules(&args, dir);
     }
@@ -491,12 +583,22 @@ fn main() -> Result<()> {
             }
         }
     }
-    if args.cp_services > 0 {
+    control_planes(&args, &world, &mut res);
+    let _ = writeln!(res.log, "total {:.0}s", started.elapsed().as_secs_f64());
+    let md = write_report(&args, &res, &out)?;
+    println!("{md}\nwritten to {}", out.display());
+    Ok(())
+}
+
+/// The control-plane measurements of `--cp-sources` (a failure is logged, not fatal).
+fn control_planes(args: &Args, world: &World, res: &mut Results) {
+    let cp_source = |s: &str| args.cp_services > 0 && args.cp_sources.iter().any(|c| c == s);
+    if cp_source("file") {
         println!(
             "== control plane: {} services x {} backends",
             args.cp_services, args.cp_backends
         );
-        match control::measure(&world, args.cp_services, args.cp_backends) {
+        match control::measure(world, args.cp_services, args.cp_backends) {
             Ok(cp) => {
                 let line = format!(
                     "control plane: {} services / {} backends: maps loaded {:.2}s, last service serving {:.2}s, agent RSS {} MiB (peak {} MiB)",
@@ -517,10 +619,24 @@ fn main() -> Result<()> {
             }
         }
     }
-    let _ = writeln!(res.log, "total {:.0}s", started.elapsed().as_secs_f64());
-    let md = write_report(&args, &res, &out)?;
-    println!("{md}\nwritten to {}", out.display());
-    Ok(())
+    if cp_source("kubernetes") {
+        println!(
+            "== control plane, Kubernetes source: {} services x {} endpoints",
+            args.cp_services, args.cp_backends
+        );
+        match control_k8s::measure(world, args.cp_services, args.cp_backends) {
+            Ok(cp) => {
+                let line = cp.line();
+                println!("  {line}");
+                let _ = writeln!(res.log, "{line}");
+                res.control_k8s = Some(cp);
+            }
+            Err(e) => {
+                eprintln!("  control plane (kubernetes): {e:#}");
+                let _ = writeln!(res.log, "control plane kubernetes: FAILED: {e:#}");
+            }
+        }
+    }
 }
 
 fn dump_rules(args: &Args, dir: &Path) -> Result<()> {
@@ -559,7 +675,7 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
             .collect()
     };
     let mut files = Vec::new();
-    let charts: [(&str, &str, &str, &Samples, bool); 4] = [
+    let charts: [(&str, &str, &str, &Samples, bool); 6] = [
         (
             "new_flows.png",
             "New UDP flows per second delivered vs services",
@@ -572,6 +688,20 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
             "CPU per forwarded new-flow packet (sender context) vs services",
             "ns/packet",
             &res.cpu_thread,
+            true,
+        ),
+        (
+            "tcp_conns.png",
+            "Short TCP connections per second (at the pods) vs services",
+            "connections/s",
+            &res.tcp_pods,
+            true,
+        ),
+        (
+            "tcp_cpu_sender.png",
+            "CPU per short TCP connection (sender context) vs services",
+            "ns/connection",
+            &res.tcp_cpu_thread,
             true,
         ),
         (
@@ -636,6 +766,10 @@ fn parse_log(log: &str) -> Result<Results> {
             res.control = Some(cp);
             continue;
         }
+        if let Some(cp) = KubeControlPlane::parse(line) {
+            res.control_k8s = Some(cp);
+            continue;
+        }
         let Some((head, rest)) = line.split_once(": ") else {
             continue;
         };
@@ -650,7 +784,16 @@ fn parse_log(log: &str) -> Result<Results> {
                 .map(|v| v.trim_end_matches("us").trim_end_matches('s'))
                 .and_then(|v| v.parse().ok())
         };
-        if h.next().is_some_and(|r| r.starts_with("run=")) {
+        let run = h.next().filter(|r| r.starts_with("run="));
+        if run.is_some() && h.next() == Some("tcp") {
+            let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
+            res.tcp_pods.push(path, n, get("conns/s_pods=")?);
+            res.tcp_client.push(path, n, get("conns/s_client=")?);
+            res.tcp_failures.push(path, n, get("failures/s=")?);
+            res.tcp_cpu.push(path, n, get("cpu_ns_per_conn=")?);
+            res.tcp_cpu_thread
+                .push(path, n, get("sender_ns_per_conn=")?);
+        } else if run.is_some() {
             let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
             res.new_flows.push(path, n, get("new_flows/s=")?);
             res.established.push(path, n, get("established_pps=")?);
@@ -674,26 +817,92 @@ fn parse_log(log: &str) -> Result<Results> {
     Ok(res)
 }
 
-fn control_md(args: &Args, cp: &control::ControlPlane) -> String {
+fn control_md(
+    args: &Args,
+    file: Option<&control::ControlPlane>,
+    k8s: Option<&KubeControlPlane>,
+) -> String {
     let mut md = String::new();
+    let (services, backends) = file
+        .map(|c| (c.services, c.backends))
+        .or(k8s.map(|c| (c.services, c.backends)))
+        .unwrap_or_default();
+    let f = |g: &dyn Fn(&control::ControlPlane) -> String| file.map_or_else(|| "–".to_owned(), g);
+    let k = |g: &dyn Fn(&KubeControlPlane) -> String| k8s.map_or_else(|| "–".to_owned(), g);
     let _ = writeln!(
         md,
         "## Control plane\n\n\
-         A running agent's services file replaced by {} UDP services with {} backends each \
-         ({} backends); one measurement.\n\n\
-         | figure | value |\n|---|---|\n\
-         | file replaced → all services in the maps | {:.2} s |\n\
-         | file replaced → last service delivers | {:.2} s |\n\
-         | agent RSS after loading | {} MiB |\n\
-         | agent peak RSS | {} MiB |\n",
-        report::thousands(cp.services),
+         {} UDP services with {} backends each ({} backends), one measurement per source. \
+         Services file: a running agent's file replaced (atomic rename). Kubernetes: the test \
+         API server seeded with the Services, their EndpointSlices and the Nodes first, then \
+         the agent started with `--kubernetes` (its initial LIST carries everything).\n\n\
+         | figure | services file | Kubernetes source |\n|---|---|---|",
+        report::thousands(services),
         args.cp_backends,
-        report::thousands(cp.backends),
-        cp.maps_s,
-        cp.serving_s,
-        cp.rss_kib / 1024,
-        cp.hwm_kib / 1024
+        report::thousands(backends),
     );
+    let rows: [(&str, String, String); 9] = [
+        (
+            "clock starts at",
+            f(&|_| "file replaced".into()),
+            k(&|_| "agent start".into()),
+        ),
+        (
+            "→ data path ready (first complete apply, `config.ready`)",
+            f(&|_| "(already running)".into()),
+            k(&|c| format!("{:.2} s", c.ready_s)),
+        ),
+        (
+            "→ all services in the maps",
+            f(&|c| format!("{:.2} s", c.maps_s)),
+            k(&|c| format!("{:.2} s", c.maps_s)),
+        ),
+        (
+            "→ last service delivers",
+            f(&|c| format!("{:.2} s", c.serving_s)),
+            k(&|c| format!("{:.2} s", c.serving_s)),
+        ),
+        (
+            "→ last Event of the initial sync written (API writes)",
+            "–".into(),
+            k(&|c| format!("{:.2} s ({} Events)", c.events_s, c.events)),
+        ),
+        (
+            "then: one endpoint of one service replaced → in the maps (median, min–max)",
+            "–".into(),
+            k(&|c| {
+                let ms: Vec<f64> = c.change_s.iter().map(|s| s * 1e3).collect();
+                let lo = ms.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ms.iter().copied().fold(0.0, f64::max);
+                format!(
+                    "{} ms ({}–{}), {} changes",
+                    report::human(report::median(&ms)),
+                    report::human(lo),
+                    report::human(hi),
+                    ms.len()
+                )
+            }),
+        ),
+        (
+            "test API server: LIST of every Service + EndpointSlice",
+            "–".into(),
+            k(&|c| format!("{:.2} s ({:.1} MB)", c.api_list_s, c.api_list_mb)),
+        ),
+        (
+            "agent RSS after loading",
+            f(&|c| format!("{} MiB", c.rss_kib / 1024)),
+            k(&|c| format!("{} MiB", c.rss_kib / 1024)),
+        ),
+        (
+            "agent peak RSS",
+            f(&|c| format!("{} MiB", c.hwm_kib / 1024)),
+            k(&|c| format!("{} MiB", c.hwm_kib / 1024)),
+        ),
+    ];
+    for (name, a, b) in rows {
+        let _ = writeln!(md, "| {name} | {a} | {b} |");
+    }
+    md.push('\n');
     md
 }
 
