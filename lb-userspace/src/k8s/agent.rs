@@ -356,7 +356,8 @@ impl KubeAgent {
             self.holding = false;
         }
         let services = owned(self.stores.services.state());
-        let slices = owned(self.stores.slices.state());
+        let slice_store = self.stores.slices.state();
+        let slices = translate::SliceIndex::new(slice_store.iter().map(|s| &**s));
         let nodes = owned(self.stores.nodes.state());
         let pools = owned(self.stores.pools.state());
         let ads = owned(self.stores.ads.state());

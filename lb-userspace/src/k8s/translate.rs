@@ -74,10 +74,47 @@ pub struct Warning {
     pub message: String,
 }
 
+/// The IPv4 EndpointSlices of each Service (by the
+/// `kubernetes.io/service-name` label), grouped once per pass so looking up
+/// one Service's slices does not scan every slice in the cluster.
+#[derive(Debug, Default)]
+pub struct SliceIndex<'a> {
+    by_service: BTreeMap<ServiceRef, Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(all: impl IntoIterator<Item = &'a EndpointSlice>) -> Self {
+        let mut by_service: BTreeMap<ServiceRef, Vec<&'a EndpointSlice>> = BTreeMap::new();
+        for s in all.into_iter().filter(|s| s.address_type == "IPv4") {
+            let (Some(namespace), Some(name)) = (
+                s.metadata.namespace.as_ref(),
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+            ) else {
+                continue;
+            };
+            by_service
+                .entry(ServiceRef {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+                .or_default()
+                .push(s);
+        }
+        Self { by_service }
+    }
+
+    fn of(&self, svc: &ServiceRef) -> &[&'a EndpointSlice] {
+        self.by_service.get(svc).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Everything the translation needs; snapshots of the watchers' stores.
 pub struct Inputs<'a> {
     pub services: &'a [Service],
-    pub slices: &'a [EndpointSlice],
+    pub slices: &'a SliceIndex<'a>,
     pub nodes: &'a [Node],
     /// This node's name (`spec.nodeName` of local endpoints).
     pub node_name: &'a str,
@@ -185,20 +222,10 @@ struct Endpoints<'a> {
 }
 
 impl<'a> Endpoints<'a> {
-    fn of(svc: &ServiceRef, all: &'a [EndpointSlice]) -> Self {
-        let slices = all
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
-                    && s.address_type == "IPv4"
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        == Some(&svc.name)
-            })
-            .collect();
-        Self { slices }
+    fn of(svc: &ServiceRef, index: &SliceIndex<'a>) -> Self {
+        Self {
+            slices: index.of(svc).to_vec(),
+        }
     }
 
     /// Port numbers the slices give for the Service port named `name`.
@@ -243,7 +270,7 @@ impl<'a> Endpoints<'a> {
 
 /// Nodes running a usable endpoint of the Service (the election needs them
 /// for `externalTrafficPolicy: Local`).
-pub fn endpoint_nodes(svc: &ServiceRef, slices: &[EndpointSlice]) -> BTreeSet<String> {
+pub fn endpoint_nodes(svc: &ServiceRef, slices: &SliceIndex<'_>) -> BTreeSet<String> {
     Endpoints::of(svc, slices)
         .usable()
         .into_iter()

@@ -67,7 +67,7 @@ fn run(
     let ns = nodes();
     translate(&Inputs {
         services,
-        slices,
+        slices: &SliceIndex::new(slices),
         nodes: &ns,
         node_name,
         class: &class(),
