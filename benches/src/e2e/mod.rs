@@ -8,3 +8,4 @@ pub mod load;
 pub mod paths;
 pub mod plot;
 pub mod report;
+pub mod xdpgen;
