@@ -27,9 +27,11 @@
 //! halves disabled and the pending `NET_RX` softirq runs when it enables them again — so the
 //! thread's CPU time holds the path's cost as with the socket generator.
 //!
-//! Rate: a test run processes `repeat` frames in batches of up to 64 (one NAPI budget, and
-//! below the veth ring's 256 slots); paced runs of a few milliseconds' worth of frames with
-//! sleeps in between offer a fixed rate.
+//! Rate: a test run processes `repeat` frames in batches of 64 (one NAPI budget, well below
+//! the veth ring's 256 slots, so nothing overflows: each batch's frames are through the node
+//! before the next batch starts). Every test run has a fixed cost (see [`RUN_WALL`]), so a
+//! fixed rate is offered as long runs (200 ms worth of frames) with sleeps in between: bursts
+//! at the path's own speed, the right count per window.
 
 use std::{
     fmt::{self, Write as _},
@@ -60,10 +62,65 @@ const _: () = assert!(FRAME_LEN == b::XDPGEN_FRAME_LEN);
 
 /// Frames per batch of a test run: one NAPI budget (`NAPI_POLL_WEIGHT`).
 const BATCH: u32 = 64;
-/// Frames per test run when sending as fast as possible.
-const UNPACED_RUN: u32 = 4096;
-/// Offered frames per paced test run: this long at the offered rate (at least one batch).
-const PACED_RUN: Duration = Duration::from_millis(2);
+/// Frames per test run at most.
+const MAX_RUN: u32 = 1 << 20;
+/// Frames of the first unpaced test run.
+const FIRST_UNPACED_RUN: u32 = 16_384;
+/// Wall time each test run aims at. Every run also sets up and tears down a page pool:
+/// about 0.25 ms of CPU and, on this 6.18 kernel, ~24 ms of waiting (an RCU grace period),
+/// whatever the run's size. Long runs keep the CPU overhead per frame small (~60 ns at
+/// 20,000 frames/s) and the wait a small share of an unpaced run.
+const RUN_WALL: Duration = Duration::from_millis(200);
+
+/// Sizes test runs: paced runs carry `RUN_WALL` worth of the offered rate (less when the
+/// path cannot keep up, never beyond the window's total); unpaced runs grow or shrink so each
+/// takes about `RUN_WALL`.
+struct RunSizer {
+    size: u32,
+    cap: u32,
+    /// Frames the whole window offers (paced only).
+    total: Option<u64>,
+}
+
+impl RunSizer {
+    fn new(rate: Option<u64>, duration: Duration) -> Self {
+        let Some(r) = rate else {
+            return Self {
+                size: FIRST_UNPACED_RUN,
+                cap: MAX_RUN,
+                total: None,
+            };
+        };
+        let worth = |d: Duration| u64::try_from(u128::from(r) * d.as_micros() / 1_000_000);
+        let cap = worth(RUN_WALL)
+            .ok()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(MAX_RUN)
+            .clamp(BATCH, MAX_RUN);
+        Self {
+            size: cap,
+            cap,
+            total: worth(duration).ok(),
+        }
+    }
+
+    /// Frames of the next run, after `offered` so far; `None`: the window is complete.
+    fn next(&self, offered: u64) -> Option<u32> {
+        let Some(total) = self.total else {
+            return Some(self.size);
+        };
+        let left = total.checked_sub(offered).filter(|&l| l > 0)?;
+        Some(u32::try_from(left).map_or(self.size, |l| l.min(self.size)))
+    }
+
+    /// Adapts the size to how long the last run took.
+    fn took(&mut self, wall: Duration) {
+        let scaled = u128::from(self.size) * RUN_WALL.as_micros() / wall.as_micros().max(1);
+        self.size = u32::try_from(scaled)
+            .unwrap_or(MAX_RUN)
+            .clamp(BATCH, self.cap);
+    }
+}
 
 /// Which generator `bench-e2e` sends UDP with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,20 +357,12 @@ impl XdpGen {
             .program(b::XDPGEN_PROGRAM)
             .context("generator program")?
             .try_into()?;
-        let per_run = match rate {
-            Some(r) => {
-                let n = u128::from(r) * PACED_RUN.as_micros() / 1_000_000;
-                u32::try_from(n)
-                    .unwrap_or(UNPACED_RUN)
-                    .clamp(BATCH, UNPACED_RUN)
-            }
-            None => UNPACED_RUN,
-        };
         // The program overwrites every byte it sends; the kernel only needs the length.
         let data = [0u8; FRAME_LEN];
         let (offered, secs, cpu) = in_netns(&self.client_ns, || -> Result<(u64, f64, u64)> {
             let start = Instant::now();
             let cpu0 = load::thread_cpu_ns();
+            let mut runs = RunSizer::new(rate, duration);
             let mut offered = 0u64;
             while start.elapsed() < duration {
                 if let Some(r) = rate {
@@ -322,24 +371,28 @@ impl XdpGen {
                     if let Some(ahead) = due.checked_sub(start.elapsed())
                         && !ahead.is_zero()
                     {
-                        std::thread::sleep(ahead.min(Duration::from_millis(5)));
+                        std::thread::sleep(ahead.min(Duration::from_millis(20)));
                         continue;
                     }
                 }
+                let Some(n) = runs.next(offered) else { break };
+                let t = Instant::now();
                 prog.test_run(TestRunOptions {
                     data_in: Some(&data),
-                    repeat: per_run,
+                    repeat: n,
                     attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
                     ..TestRunOptions::default()
                 })
                 .context("BPF_PROG_TEST_RUN of the generator (live frames)")?;
-                offered += u64::from(per_run);
+                runs.took(t.elapsed());
+                offered += u64::from(n);
             }
-            Ok((
-                offered,
-                start.elapsed().as_secs_f64(),
-                load::thread_cpu_ns().saturating_sub(cpu0),
-            ))
+            let elapsed = start.elapsed().as_secs_f64();
+            // A paced run's frames stand for `offered / rate` seconds of traffic even when the
+            // last test run ended early in its slot.
+            #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+            let window = rate.map_or(elapsed, |r| elapsed.max(offered as f64 / r as f64));
+            Ok((offered, window, load::thread_cpu_ns().saturating_sub(cpu0)))
         })??;
         let next = maps
             .state
@@ -371,16 +424,23 @@ fn ifindex(name: &str) -> Result<u32> {
 }
 
 /// Where frames may have been lost on the way to the nodes (for failure messages): each node
-/// `eth0`'s `ip -s link` and the XDP counters of its LAN-side veth (`ethtool -S`).
+/// `eth0`'s `ip -s link` (an attached XDP program shows as `prog/xdp`) and GRO state, and the
+/// XDP counters of its LAN-side veth (`ethtool -S`). A veth whose peer has NAPI off refuses
+/// `ndo_xdp_xmit` without counting it anywhere: then GRO is off and no program is attached.
 pub fn drop_report(topo: &Topology) -> String {
     let mut out = String::new();
     for n in topo.nodes() {
-        let link =
-            run_checked(command_in(n.ns().name(), "ip").args(["-s", "link", "show", "eth0"]))
-                .unwrap_or_else(|e| format!("{e:#}"));
-        let stats =
-            run_checked(command_in(topo.lan().name(), "ethtool").args(["-S", n.lan_peer()]))
-                .unwrap_or_else(|e| format!("{e:#}"));
+        let ns = n.ns().name();
+        let run = |ns: &str, cmd: &str, args: &[&str]| {
+            run_checked(command_in(ns, cmd).args(args)).unwrap_or_else(|e| format!("{e:#}"))
+        };
+        let link = run(ns, "ip", &["-d", "-s", "link", "show", "eth0"]);
+        let features = run(ns, "ethtool", &["-k", "eth0"]);
+        let gro = features
+            .lines()
+            .find(|l| l.starts_with("generic-receive-offload"))
+            .unwrap_or("generic-receive-offload: ?");
+        let stats = run(topo.lan().name(), "ethtool", &["-S", n.lan_peer()]);
         let xdp: Vec<&str> = stats
             .lines()
             .map(str::trim)
@@ -388,7 +448,7 @@ pub fn drop_report(topo: &Topology) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{} eth0:\n{link}{} (non-zero xdp counters): {}",
+            "{} eth0 ({gro}):\n{link}{} (non-zero xdp counters): {}",
             n.name(),
             n.lan_peer(),
             xdp.join(", ")
