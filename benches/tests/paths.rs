@@ -12,6 +12,7 @@ use onehop_benches::e2e::{
     paths::{self, World},
     xdpgen::{self, XdpGen},
 };
+use onehop_testkit::capture::Capture;
 
 /// The `onehop` binary of this test's profile, (re)built so it is never stale (a no-op when
 /// `cargo test` of the workspace has just built it).
@@ -89,6 +90,13 @@ fn udp_delivered(
     generate: impl FnOnce() -> anyhow::Result<Sent>,
 ) -> Vec<u64> {
     world.flush_conntrack();
+    // Pods count frames at eth0, before any checksum is verified: capture some at every pod
+    // and verify both checksums of what arrived.
+    let captures: Vec<Capture> = world
+        .topo
+        .pods()
+        .map(|p| Capture::open(p.ns(), "eth0").expect("capture"))
+        .collect();
     let before = load::pod_rx(&world.topo).expect("rx");
     let sent = generate().unwrap_or_else(|e| panic!("{what}: send: {e:#}"));
     std::thread::sleep(Duration::from_millis(300));
@@ -103,7 +111,63 @@ fn udp_delivered(
         sent.frames,
         xdpgen::drop_report(&world.topo)
     );
+    // One flow reaches one pod only: check what each capture got, 10 frames at most each.
+    let mut checked = 0;
+    for c in &captures {
+        for _ in 0..10 {
+            let Some(f) = c
+                .next_matching(Duration::from_millis(200), |f| {
+                    !f.outgoing && is_udp_to(&f.data, paths::UDP_TARGET_PORT)
+                })
+                .expect("capture")
+            else {
+                break;
+            };
+            assert!(
+                checksums_ok(&f.data),
+                "{what}: bad checksum at a pod: {:02x?}",
+                f.data
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "{what}: only {checked} UDP frames captured at the pods"
+    );
     per_pod
+}
+
+fn is_udp_to(f: &[u8], port: u16) -> bool {
+    f.len() >= 42
+        && f[12..14] == [8, 0]
+        && f[14] == 0x45
+        && f[23] == 17
+        && f[36..38] == port.to_be_bytes()
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(c.get(1).copied().unwrap_or(0)))
+        .sum()
+}
+
+fn folds_to_ones(mut s: u32) -> bool {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s == 0xffff
+}
+
+/// IPv4 header checksum and UDP checksum (present and right) of an Ethernet/IPv4/UDP frame.
+fn checksums_ok(f: &[u8]) -> bool {
+    let ip = &f[14..34];
+    let udp_len = usize::from(u16::from_be_bytes([f[38], f[39]]));
+    let Some(udp) = f.get(34..34 + udp_len) else {
+        return false;
+    };
+    let pseudo = sum16(&ip[12..20]) + 17 + u32::try_from(udp_len).expect("len");
+    folds_to_ones(sum16(ip)) && udp[6..8] != [0, 0] && folds_to_ones(pseudo + sum16(udp))
 }
 
 #[track_caller]

@@ -456,3 +456,47 @@ pub fn drop_report(topo: &Topology) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_runs_fill_the_window_exactly() {
+        let mut r = RunSizer::new(Some(20_000), Duration::from_secs(2));
+        assert_eq!(r.next(0), Some(4000));
+        assert_eq!(r.next(38_000), Some(2000));
+        assert_eq!(r.next(40_000), None);
+        // A path that keeps up: never beyond RUN_WALL worth.
+        r.took(Duration::from_millis(30));
+        assert_eq!(r.next(0), Some(4000));
+        // One that cannot: shorter runs, so the window is not overshot by much.
+        r.took(Duration::from_millis(800));
+        assert_eq!(r.next(0), Some(1000));
+        let tiny = RunSizer::new(Some(2000), Duration::from_millis(200));
+        assert_eq!(tiny.next(0), Some(400));
+        assert_eq!(tiny.next(400), None);
+        assert_eq!(
+            RunSizer::new(Some(10), Duration::from_secs(1)).next(0),
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn unpaced_runs_aim_at_run_wall() {
+        let mut r = RunSizer::new(None, Duration::from_secs(2));
+        assert_eq!(r.next(u64::MAX), Some(FIRST_UNPACED_RUN));
+        r.took(Duration::from_millis(50));
+        assert_eq!(r.next(0), Some(FIRST_UNPACED_RUN * 4));
+        r.took(Duration::from_secs(1000));
+        assert_eq!(r.next(0), Some(BATCH));
+    }
+
+    #[test]
+    fn generator_names_round_trip() {
+        for g in [Generator::Socket, Generator::Xdp] {
+            assert_eq!(g.to_string().parse::<Generator>().unwrap(), g);
+        }
+        assert!("pktgen".parse::<Generator>().is_err());
+    }
+}
