@@ -67,9 +67,9 @@ const MAX_RUN: u32 = 1 << 20;
 /// Frames of the first unpaced test run.
 const FIRST_UNPACED_RUN: u32 = 16_384;
 /// Wall time each test run aims at. Every run also sets up and tears down a page pool:
-/// about 0.25 ms of CPU and, on this 6.18 kernel, ~24 ms of sleeping (measured; likely a grace period in the teardown),
-/// whatever the run's size. Long runs keep the CPU overhead per frame small (~60 ns at
-/// 20,000 frames/s) and the wait a small share of an unpaced run.
+/// about 0.25 ms of CPU and, on this 6.18 kernel, ~24 ms of sleeping (measured; likely a
+/// grace period in the teardown), whatever the run's size. Long runs keep the CPU overhead
+/// per frame small (~60 ns at 20,000 frames/s) and the wait a small share of an unpaced run.
 const RUN_WALL: Duration = Duration::from_millis(200);
 
 /// Sizes test runs: paced runs carry `RUN_WALL` worth of the offered rate (less when the
