@@ -1,18 +1,21 @@
 //! Privileged: every data path of `bench-e2e`, installed for 10 services, really balances
 //! the test service: HTTP through the VIP reaches pods on node1 (local) and node2 (remote),
-//! the UDP generator's new flows arrive at the pods, and the short-TCP-connection
-//! generator's handshakes complete at the pods (counted there as the client counts them),
-//! also on both nodes. So the baselines are proven to work, not just loaded, and both
-//! generators are proven to count what really arrives.
+//! both UDP generators' new flows (the socket generator's and the XDP generator's, whose
+//! frames arrive at the nodes as XDP frames) arrive at the pods, also on both nodes (the XDP
+//! generator's one-flow workload too), and the short-TCP-connection generator's handshakes
+//! complete at the pods (counted there as the client counts them). So the baselines are
+//! proven to work, not just loaded, and the generators to count what really arrives.
 
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use onehop_benches::e2e::{
     http,
-    load::{self, Flows},
+    load::{self, Flows, Sent},
     paths::{self, World},
     tcp,
+    xdpgen::{self, XdpGen},
 };
+use onehop_testkit::capture::Capture;
 
 /// The `onehop` binary of this test's profile, (re)built so it is never stale (a no-op when
 /// `cargo test` of the workspace has just built it).
@@ -42,11 +45,13 @@ fn every_path_balances_to_local_and_remote_pods() {
     let _http = http::start_nginx(&world.topo, paths::HTTP_TARGET_PORT, world.scratch())
         .expect("nginx in the pods (Debian package nginx-light)");
     let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT).expect("udp sinks");
+    // GRO (so NAPI) on on the nodes' eth0 from here on: the socket generator works with it
+    // too, and the XDP generator needs it for the paths without an XDP program.
+    let xdp = XdpGen::new(&world.topo).expect("xdp generator");
     let services = paths::services(&world.topo, 10);
     assert_eq!(services.len(), 10);
     for path in paths::all() {
         let name = path.name();
-
         let inst = path
             .install(&world, &services)
             .unwrap_or_else(|e| panic!("{name}: install: {e:#}"));
@@ -65,32 +70,18 @@ fn every_path_balances_to_local_and_remote_pods() {
                 && seen.iter().any(|p| p.starts_with("node2-")),
             "{name}: HTTP reached only {seen:?}"
         );
-        world.flush_conntrack();
-        let before = load::pod_rx(&world.topo).expect("rx");
-        let sent = load::send(
-            &world.topo,
-            &inst.udp,
-            Flows::New,
-            Some(4000),
-            Duration::from_millis(500),
-        )
-        .expect("send");
-        std::thread::sleep(Duration::from_millis(300));
-        let after = load::pod_rx(&world.topo).expect("rx");
-        let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-        let delivered: u64 = per_pod.iter().sum();
-        assert!(sent.frames >= 1000, "{name}: sent only {sent:?}");
-        // A few ARP frames may be counted too; losses at 4 kpps would be a broken path.
-        assert!(
-            delivered >= sent.frames * 98 / 100 && delivered <= sent.frames + 50,
-            "{name}: sent {} delivered {delivered} ({per_pod:?})",
-            sent.frames
-        );
-        assert!(
-            per_pod[..2].iter().sum::<u64>() > delivered / 5
-                && per_pod[2..].iter().sum::<u64>() > delivered / 5,
-            "{name}: UDP not spread over local and remote pods: {per_pod:?}"
-        );
+        let window = Duration::from_millis(500);
+        let per_pod = udp_delivered(&world, &format!("{name}, socket generator"), || {
+            load::send(&world.topo, &inst.udp, Flows::New, Some(4000), window)
+        });
+        assert_spread(name, "socket", &per_pod);
+        let per_pod = udp_delivered(&world, &format!("{name}, xdp generator"), || {
+            xdp.send(&world.topo, &inst.udp, Flows::New, Some(4000), window)
+        });
+        assert_spread(name, "xdp", &per_pod);
+        udp_delivered(&world, &format!("{name}, xdp generator, one flow"), || {
+            xdp.send(&world.topo, &inst.udp, Flows::One, Some(4000), window)
+        });
         check_short_tcp(&world, &inst, name);
         drop(inst);
     }
@@ -143,5 +134,103 @@ fn check_short_tcp(world: &World, inst: &paths::Installed, name: &str) {
         per_pod[..2].iter().sum::<u64>() > at_pods / 5
             && per_pod[2..].iter().sum::<u64>() > at_pods / 5,
         "{name}: TCP not spread over local and remote pods: {per_pod:?}"
+    );
+}
+
+/// Sends with `generate` (about 2,000 frames at 4 kpps) and checks that the pods received them;
+/// returns what each pod received.
+fn udp_delivered(
+    world: &World,
+    what: &str,
+    generate: impl FnOnce() -> anyhow::Result<Sent>,
+) -> Vec<u64> {
+    world.flush_conntrack();
+    // Pods count frames at eth0, before any checksum is verified: capture some at every pod
+    // and verify both checksums of what arrived.
+    let captures: Vec<Capture> = world
+        .topo
+        .pods()
+        .map(|p| Capture::open(p.ns(), "eth0").expect("capture"))
+        .collect();
+    let before = load::pod_rx(&world.topo).expect("rx");
+    let sent = generate().unwrap_or_else(|e| panic!("{what}: send: {e:#}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let after = load::pod_rx(&world.topo).expect("rx");
+    let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let delivered: u64 = per_pod.iter().sum();
+    assert!(sent.frames >= 1000, "{what}: sent only {sent:?}");
+    // A few ARP frames may be counted too; losses at 4 kpps would be a broken path.
+    assert!(
+        delivered >= sent.frames * 98 / 100 && delivered <= sent.frames + 50,
+        "{what}: sent {} delivered {delivered} ({per_pod:?})\n{}",
+        sent.frames,
+        xdpgen::drop_report(&world.topo)
+    );
+    // One flow reaches one pod only: check what each capture got, 10 frames at most each.
+    let mut checked = 0;
+    for c in &captures {
+        for _ in 0..10 {
+            let Some(f) = c
+                .next_matching(Duration::from_millis(200), |f| {
+                    !f.outgoing && is_udp_to(&f.data, paths::UDP_TARGET_PORT)
+                })
+                .expect("capture")
+            else {
+                break;
+            };
+            assert!(
+                checksums_ok(&f.data),
+                "{what}: bad checksum at a pod: {:02x?}",
+                f.data
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "{what}: only {checked} UDP frames captured at the pods"
+    );
+    per_pod
+}
+
+fn is_udp_to(f: &[u8], port: u16) -> bool {
+    f.len() >= 42
+        && f[12..14] == [8, 0]
+        && f[14] == 0x45
+        && f[23] == 17
+        && f[36..38] == port.to_be_bytes()
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(c.get(1).copied().unwrap_or(0)))
+        .sum()
+}
+
+fn folds_to_ones(mut s: u32) -> bool {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s == 0xffff
+}
+
+/// IPv4 header checksum and UDP checksum (present and right) of an Ethernet/IPv4/UDP frame.
+fn checksums_ok(f: &[u8]) -> bool {
+    let ip = &f[14..34];
+    let udp_len = usize::from(u16::from_be_bytes([f[38], f[39]]));
+    let Some(udp) = f.get(34..34 + udp_len) else {
+        return false;
+    };
+    let pseudo = sum16(&ip[12..20]) + 17 + u32::try_from(udp_len).expect("len");
+    folds_to_ones(sum16(ip)) && udp[6..8] != [0, 0] && folds_to_ones(pseudo + sum16(udp))
+}
+
+#[track_caller]
+fn assert_spread(name: &str, generator: &str, per_pod: &[u64]) {
+    let delivered: u64 = per_pod.iter().sum();
+    assert!(
+        per_pod[..2].iter().sum::<u64>() > delivered / 5
+            && per_pod[2..].iter().sum::<u64>() > delivered / 5,
+        "{name}, {generator} generator: UDP not spread over local and remote pods: {per_pod:?}"
     );
 }

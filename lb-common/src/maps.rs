@@ -102,4 +102,50 @@ pub mod bench {
     /// `bench_config` bit: give every iteration a new TCP/UDP source port,
     /// so each one is a new flow (conntrack miss, Maglev pick, NAT port).
     pub const NEW_FLOW: u32 = 1 << 0;
+
+    /// `bench_xdpgen`: bench-e2e's XDP frame generator, run with
+    /// `BPF_PROG_TEST_RUN` in live-frames mode. Every frame is rewritten from
+    /// a template and redirected to the port (a veth) its target sits behind.
+    pub const XDPGEN_PROGRAM: &str = "bench_xdpgen";
+    /// Target index → frame template (array of [`XDPGEN_SLOT`]-byte values):
+    /// the frame's [`XDPGEN_FRAME_LEN`] bytes, then the `u32` (native order)
+    /// key of its port in [`XDPGEN_PORTS`].
+    pub const XDPGEN_FRAMES: &str = "xdpgen_frames";
+    /// Port key → interface (devmap), filled from the namespace that owns
+    /// the interfaces.
+    pub const XDPGEN_PORTS: &str = "xdpgen_ports";
+    /// Generator state, `u64` slots (array): [`XDPGEN_NEXT`],
+    /// [`XDPGEN_TARGETS`], [`XDPGEN_FLAGS`].
+    pub const XDPGEN_STATE: &str = "xdpgen_state";
+    /// State slot: number of the next frame (the program increments it;
+    /// frame `k` goes to target `k % targets` and, with
+    /// [`XDPGEN_NEW_FLOWS`], is flow `k`). One generator thread at a time.
+    pub const XDPGEN_NEXT: u32 = 0;
+    /// State slot: number of templates in use (1..=[`XDPGEN_MAX_TARGETS`]).
+    pub const XDPGEN_TARGETS: u32 = 1;
+    /// State slot: flag bits ([`XDPGEN_NEW_FLOWS`]).
+    pub const XDPGEN_FLAGS: u32 = 2;
+    /// Slots of [`XDPGEN_STATE`].
+    pub const XDPGEN_STATE_LEN: u32 = 4;
+    /// [`XDPGEN_FLAGS`] bit: frame `k` gets source port
+    /// `XDPGEN_PORT_BASE + k % XDPGEN_PORTS_PER_IP` and source address
+    /// `XDPGEN_SRC_BASE + (k / XDPGEN_PORTS_PER_IP) % XDPGEN_SRC_COUNT`.
+    pub const XDPGEN_NEW_FLOWS: u64 = 1 << 0;
+    /// Templates (targets) at most.
+    pub const XDPGEN_MAX_TARGETS: u32 = 16;
+    /// Port keys at most.
+    pub const XDPGEN_MAX_PORTS: u32 = 16;
+    /// Bytes of one frame (Ethernet/IPv4/UDP, the Ethernet minimum).
+    pub const XDPGEN_FRAME_LEN: usize = 60;
+    /// Bytes of one template slot.
+    pub const XDPGEN_SLOT: usize = 64;
+    /// First source port of the new-flow sequence.
+    pub const XDPGEN_PORT_BASE: u64 = 1024;
+    /// Source ports per source address.
+    pub const XDPGEN_PORTS_PER_IP: u64 = 60_000;
+    /// First source address of the new-flow sequence: 198.18.0.0/15, RFC
+    /// 2544's benchmarking range.
+    pub const XDPGEN_SRC_BASE: [u8; 4] = [198, 18, 0, 0];
+    /// Source addresses of the new-flow sequence.
+    pub const XDPGEN_SRC_COUNT: u64 = 131_072;
 }

@@ -1,5 +1,6 @@
 //! onehop's data path: `lb_ingress` (XDP on the uplink), `lb_egress` (TC
-//! egress on the uplink), `xdp_pass`, and the benchmark-only programs. The
+//! egress on the uplink), `xdp_pass`, and the benchmark-only programs
+//! (bench-xdp's wrappers, bench-e2e's frame generator `bench_xdpgen`). The
 //! entry points are thin: the logic lives in modules named after what they
 //! do, and every packet ends in exactly one counted outcome.
 #![no_std]
@@ -19,6 +20,7 @@ mod parse;
 mod service;
 mod stats;
 mod verdict;
+mod xdpgen;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -49,6 +51,11 @@ pub fn lb_ingress_bench(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_restore_only(ctx: XdpContext) -> u32 {
     bench::restore_only(&ctx)
+}
+
+#[xdp]
+pub fn bench_xdpgen(ctx: XdpContext) -> u32 {
+    xdpgen::generate(&ctx)
 }
 
 /// The kernel only lets GPL-compatible programs call `bpf_fib_lookup` (and

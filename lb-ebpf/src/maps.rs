@@ -3,7 +3,7 @@
 //! key and value field names.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
@@ -68,3 +68,16 @@ pub static BENCH_CONFIG: Array<u32, 1> = Array::new();
 
 #[btf_map(name = "bench_seq")]
 pub static BENCH_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+// bench-e2e's XDP frame generator (lb_common::maps::bench::XDPGEN_*); not
+// pinned by the agent.
+
+#[btf_map(name = "xdpgen_frames")]
+pub static XDPGEN_FRAMES: Array<[u8; m::bench::XDPGEN_SLOT], { n(m::bench::XDPGEN_MAX_TARGETS) }> =
+    Array::new();
+
+#[btf_map(name = "xdpgen_ports")]
+pub static XDPGEN_PORTS: DevMap<{ n(m::bench::XDPGEN_MAX_PORTS) }> = DevMap::new();
+
+#[btf_map(name = "xdpgen_state")]
+pub static XDPGEN_STATE: Array<u64, { n(m::bench::XDPGEN_STATE_LEN) }> = Array::new();

@@ -31,7 +31,8 @@ const BATCH: usize = 64;
 /// Frame length (Ethernet minimum without FCS).
 pub const FRAME_LEN: usize = 60;
 const PORTS_PER_IP: u64 = 60_000;
-static NEXT_FLOW: AtomicU64 = AtomicU64::new(0);
+/// The next flow number of the new-flows workload, shared by both generators.
+pub(crate) static NEXT_FLOW: AtomicU64 = AtomicU64::new(0);
 
 /// What to send.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +54,8 @@ pub struct Sent {
     pub thread_cpu_ns: u64,
 }
 
-fn thread_cpu_ns() -> u64 {
+/// CPU time of the calling thread.
+pub(crate) fn thread_cpu_ns() -> u64 {
     // SAFETY: timespec is plain old data.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: a valid clock id and a valid out pointer.

@@ -10,3 +10,4 @@ pub mod paths;
 pub mod plot;
 pub mod report;
 pub mod tcp;
+pub mod xdpgen;

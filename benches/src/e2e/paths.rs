@@ -56,7 +56,10 @@ pub struct Target {
 
 /// The bench topology: 1 client, 2 nodes with 2 pods each, pass-through XDP on the LAN side.
 pub struct World {
-    // Field order is drop order: programs on the peers, then the namespaces, then files.
+    // Field order is drop order: the generator, programs on the peers, then the namespaces,
+    // then files.
+    /// The XDP generator, when `bench-e2e` runs with `--generator xdp`.
+    xdp_gen: Option<super::xdpgen::XdpGen>,
     _passes: Vec<peer::PassThrough>,
     pub topo: Topology,
     /// Longest a baseline may take to load its rules (default 2 minutes).
@@ -99,12 +102,33 @@ impl World {
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
         Ok(Self {
+            xdp_gen: None,
             _passes: passes,
             topo,
             install_limit: Duration::from_mins(2),
             scratch,
             onehop: onehop.to_path_buf(),
         })
+    }
+
+    /// Sends UDP with the XDP generator from now on (see `xdpgen`).
+    pub fn use_xdp_generator(&mut self) -> Result<()> {
+        self.xdp_gen = Some(super::xdpgen::XdpGen::new(&self.topo)?);
+        Ok(())
+    }
+
+    /// Sends UDP from the client with the chosen generator (see `load::send`).
+    pub fn send(
+        &self,
+        targets: &[Target],
+        flows: super::load::Flows,
+        rate: Option<u64>,
+        duration: Duration,
+    ) -> Result<super::load::Sent> {
+        match &self.xdp_gen {
+            Some(g) => g.send(&self.topo, targets, flows, rate, duration),
+            None => super::load::send(&self.topo, targets, flows, rate, duration),
+        }
     }
 
     /// Scratch directory (removed on drop).

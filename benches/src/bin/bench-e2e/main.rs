@@ -22,6 +22,7 @@ use onehop_benches::e2e::{
     plot,
     report::{self, Samples},
     tcp,
+    xdpgen::Generator,
 };
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,11 @@ struct Args {
         default_value = "onehop,iptables,nftables,routing"
     )]
     paths: Vec<String>,
+    /// UDP generator: `xdp` (frames reach the nodes as XDP frames, as from a NIC) or
+    /// `socket` (`sendmmsg` on a packet socket; frames arrive as socket buffers). See
+    /// benches/README.md.
+    #[arg(long, default_value = "xdp")]
+    generator: Generator,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 2)]
     secs: u32,
@@ -106,6 +112,8 @@ struct Results {
     tcp_cpu_thread: Samples,
     install: Samples,
     notes: BTreeMap<(String, u32), String>,
+    /// The UDP generator, from the `generator:` line of `runs.log` when replotting.
+    generator: Option<String>,
     control: Option<control::ControlPlane>,
     control_k8s: Option<KubeControlPlane>,
     log: String,
@@ -137,13 +145,7 @@ fn measure(
         reset()?;
     }
     // Warm-up: neighbour entries on the nodes, ARP of the pods.
-    load::send(
-        &world.topo,
-        targets,
-        Flows::New,
-        Some(2000),
-        Duration::from_millis(200),
-    )?;
+    world.send(targets, Flows::New, Some(2000), Duration::from_millis(200))?;
     std::thread::sleep(Duration::from_millis(200));
     let window = Duration::from_secs(secs.into());
     let idle_ticks = if idle_baseline {
@@ -157,7 +159,7 @@ fn measure(
     };
     let rx0 = load::pod_rx(&world.topo)?;
     let (c0, _) = load::cpu_ticks()?;
-    let sent = load::send(&world.topo, targets, flows, rate, window)?;
+    let sent = world.send(targets, flows, rate, window)?;
     // Frames still in flight through the namespaces.
     std::thread::sleep(Duration::from_millis(100));
     let (c1, _) = load::cpu_ticks()?;
@@ -183,13 +185,7 @@ fn wait_serving(world: &World, targets: &[Target], timeout: Duration) -> Result<
     let start = Instant::now();
     loop {
         let before = load::pod_rx(&world.topo)?;
-        load::send(
-            &world.topo,
-            targets,
-            Flows::New,
-            Some(5000),
-            Duration::from_millis(100),
-        )?;
+        world.send(targets, Flows::New, Some(5000), Duration::from_millis(100))?;
         std::thread::sleep(Duration::from_millis(100));
         let after = load::pod_rx(&world.topo)?;
         if after.iter().zip(&before).all(|(a, b)| a > b) {
@@ -374,11 +370,21 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
         .ok()
         .filter(|_| args.replot.is_some())
         .unwrap_or_else(machine);
+    // Runs logged before the generator was recorded used the socket generator.
+    let generator = res.generator.clone().unwrap_or_else(|| {
+        if args.replot.is_some() {
+            "socket".to_owned()
+        } else {
+            args.generator.to_string()
+        }
+    });
     let _ = writeln!(
         md,
         "# bench-e2e results\n\nMedian of {} runs (min–max); ratios are onehop / baseline computed run by run.\n\
-         Topology, method and caveats: benches/README.md. Machine:\n\n```text\n{}```\n",
-        args.runs, machine_text
+         Topology, method and caveats: benches/README.md. UDP generator: `{generator}` ({}). Machine:\n\n```text\n{}```\n",
+        args.runs,
+        generator_note(&generator),
+        machine_text
     );
     let sections = [
         (
@@ -512,6 +518,18 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
     Ok(md)
 }
 
+fn generator_note(generator: &str) -> &'static str {
+    match generator {
+        "xdp" => {
+            "BPF_PROG_TEST_RUN live frames redirected into the nodes' LAN veths: frames reach the nodes as XDP frames, as from a NIC, with GRO (NAPI) on on the nodes' eth0"
+        }
+        "socket" => {
+            "sendmmsg on a packet socket in the client: frames cross the client's veth and the LAN bridge and reach the nodes as socket buffers"
+        }
+        _ => "unknown",
+    }
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.quick {
@@ -546,6 +564,9 @@ fn main() -> Result<()> {
     let out = args.out.clone().unwrap_or_else(default_out);
     let mut world = World::build(&onehop)?;
     world.install_limit = Duration::from_secs(args.install_limit_s);
+    if args.generator == Generator::Xdp {
+        world.use_xdp_generator()?;
+    }
     // Client: many short connections; keep ports from running out (namespace-local sysctls).
     let client = world.topo.client().ns();
     client.sysctl("net/ipv4/ip_local_port_range", "1024 65000")?;
@@ -560,6 +581,7 @@ fn main() -> Result<()> {
         );
     }
     let mut res = Results::default();
+    let _ = writeln!(res.log, "generator: {}", args.generator);
     let started = Instant::now();
     for &n in &args.services {
         let services = paths::services(&world.topo, n);
@@ -762,6 +784,10 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
 fn parse_log(log: &str) -> Result<Results> {
     let mut res = Results::default();
     for line in log.lines() {
+        if let Some(g) = line.strip_prefix("generator: ") {
+            res.generator = Some(g.trim().to_owned());
+            continue;
+        }
         if let Some(cp) = parse_control(line) {
             res.control = Some(cp);
             continue;
