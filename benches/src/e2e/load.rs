@@ -78,6 +78,14 @@ fn csum_add(sum: u32, data: &[u8]) -> u32 {
     })
 }
 
+/// How far a generator that has sent `sent` frames since `start` is ahead of
+/// `rate` frames/s (`None`: not ahead, or unpaced); both generators pace with it.
+pub fn ahead_of_rate(sent: u64, rate: Option<u64>, start: Instant) -> Option<Duration> {
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let due = Duration::from_secs_f64(sent as f64 / rate? as f64);
+    due.checked_sub(start.elapsed()).filter(|a| !a.is_zero())
+}
+
 /// One frame `src:sport → dst` from `src_mac` to `dst_mac`.
 pub fn udp_frame(
     src_mac: MacAddr,
@@ -197,16 +205,9 @@ pub fn send(
         let mut sent = 0u64;
         let mut t = 0usize;
         while start.elapsed() < duration {
-            if let Some(r) = rate {
-                // Pace: never ahead of rate * elapsed.
-                #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-                let due = Duration::from_secs_f64(sent as f64 / r as f64);
-                if let Some(ahead) = due.checked_sub(start.elapsed())
-                    && !ahead.is_zero()
-                {
-                    std::thread::sleep(ahead.min(Duration::from_millis(5)));
-                    continue;
-                }
+            if let Some(ahead) = ahead_of_rate(sent, rate, start) {
+                std::thread::sleep(ahead.min(Duration::from_millis(5)));
+                continue;
             }
             let k0 = match flows {
                 Flows::New => NEXT_FLOW.fetch_add(BATCH as u64, Ordering::Relaxed),

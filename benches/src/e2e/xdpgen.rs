@@ -365,15 +365,9 @@ impl XdpGen {
             let mut runs = RunSizer::new(rate, duration);
             let mut offered = 0u64;
             while start.elapsed() < duration {
-                if let Some(r) = rate {
-                    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-                    let due = Duration::from_secs_f64(offered as f64 / r as f64);
-                    if let Some(ahead) = due.checked_sub(start.elapsed())
-                        && !ahead.is_zero()
-                    {
-                        std::thread::sleep(ahead.min(Duration::from_millis(20)));
-                        continue;
-                    }
+                if let Some(ahead) = load::ahead_of_rate(offered, rate, start) {
+                    std::thread::sleep(ahead.min(Duration::from_millis(20)));
+                    continue;
                 }
                 let Some(n) = runs.next(offered) else { break };
                 let t = Instant::now();
