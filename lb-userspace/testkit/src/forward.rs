@@ -14,12 +14,13 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    thread,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use tokio::{net::TcpStream, sync::oneshot, task::JoinSet};
+use tokio::net::TcpStream;
+
+use crate::acceptor::Acceptor;
 
 /// Connections served at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -33,8 +34,7 @@ pub struct Forwarder {
     addr: SocketAddr,
     upstream: SocketAddr,
     accepted: Arc<AtomicU64>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl Forwarder {
@@ -43,33 +43,17 @@ impl Forwarder {
     /// upstream connections are made from there.
     pub fn start(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<Self> {
         let addr = listener.local_addr().context("listener address")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the forwarder runtime")?;
-        let listener = {
-            let _guard = rt.enter();
-            tokio::net::TcpListener::from_std(listener).context("registering the listener")?
-        };
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&accepted);
-        let (tx, rx) = oneshot::channel();
-        let thread = thread::Builder::new()
-            .name("tcp-forwarder".into())
-            .spawn(move || {
-                rt.block_on(serve(listener, upstream, counter, rx));
-                rt.shutdown_timeout(Duration::from_secs(1));
-            })
-            .context("spawning the forwarder thread")?;
+        let acceptor = Acceptor::start("tcp-forwarder", listener, MAX_CONNECTIONS, move |down| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Some(forward(down, upstream))
+        })?;
         Ok(Self {
             addr,
             upstream,
             accepted,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _acceptor: acceptor,
         })
     }
 
@@ -85,51 +69,6 @@ impl Forwarder {
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::warn!("forwarder thread panicked");
-        }
-    }
-}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
-    upstream: SocketAddr,
-    accepted: Arc<AtomicU64>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    // Dropping the set on shutdown aborts every connection task, closing both sockets.
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            r = listener.accept() => {
-                let down = match r {
-                    Ok((down, _)) => down,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "forwarder accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if conns.len() >= MAX_CONNECTIONS {
-                    tracing::warn!("forwarder at {MAX_CONNECTIONS} connections, closing a new one");
-                    continue;
-                }
-                accepted.fetch_add(1, Ordering::Relaxed);
-                conns.spawn(forward(down, upstream));
-            }
-        }
     }
 }
 

@@ -30,6 +30,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod acceptor;
 pub mod apiserver;
 pub mod arp;
 pub mod capture;

@@ -46,7 +46,6 @@ use std::{
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -54,10 +53,11 @@ use anyhow::{Context as _, Result, anyhow};
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 pub use self::store::{ApiError, EventType, ResourceDef};
 use self::store::{Deleted, State, Sub};
+use crate::acceptor::Acceptor;
 
 /// Tunables of a server.
 #[derive(Debug, Clone)]
@@ -313,13 +313,15 @@ impl Store {
     }
 }
 
+/// Connections served at once (each watch holds one); far above what a test opens.
+const MAX_CONNECTIONS: usize = 1024;
+
 /// A running test API server; stops (closing every connection) on drop.
 pub struct ApiServer {
     url: String,
     addr: SocketAddr,
     inner: Arc<Inner>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -345,19 +347,6 @@ impl ApiServer {
 
     pub fn start_with(listener: std::net::TcpListener, config: ServerConfig) -> Result<Self> {
         let mut addr = listener.local_addr().context("listener address")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        // The server has its own runtime on its own thread: it serves sync tests and async
-        // ones alike, and a test's runtime stalling or ending never stalls the server.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the server runtime")?;
-        let listener = {
-            let _guard = rt.enter();
-            tokio::net::TcpListener::from_std(listener).context("registering the listener")?
-        };
         let inner = Arc::new(Inner {
             state: Mutex::new(State::new(config.history_limit)),
             rv_tx: watch::Sender::new(0),
@@ -365,15 +354,10 @@ impl ApiServer {
             available: watch::Sender::new(true),
             config,
         });
-        let (tx, rx) = oneshot::channel();
         let served = Arc::clone(&inner);
-        let thread = thread::Builder::new()
-            .name("test-apiserver".into())
-            .spawn(move || {
-                rt.block_on(serve(listener, served, rx));
-                rt.shutdown_timeout(Duration::from_secs(1));
-            })
-            .context("spawning the server thread")?;
+        let acceptor = Acceptor::start("test-apiserver", listener, MAX_CONNECTIONS, move |s| {
+            connection(Arc::clone(&served), s)
+        })?;
         if addr.ip().is_unspecified() {
             addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
@@ -381,8 +365,7 @@ impl ApiServer {
             url: format!("http://{addr}"),
             addr,
             inner,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _acceptor: acceptor,
         })
     }
 
@@ -464,68 +447,36 @@ impl ApiServer {
     }
 }
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::warn!("test API server thread panicked");
-        }
-    }
-}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
+/// One accepted connection: refused with an RST during an outage, else served over HTTP/1
+/// until it closes or an outage begins.
+fn connection(
     inner: Arc<Inner>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    // Dropping the set (on shutdown) aborts every connection task, closing its socket.
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "test API server accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if !*inner.available.borrow() {
-                    // An RST, as from a server that is gone. Nothing was written, so a
-                    // zero linger loses no data.
-                    let _ = stream.set_zero_linger();
-                    drop(stream);
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let mut down = inner.available.subscribe();
-                let inner = Arc::clone(&inner);
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let inner = Arc::clone(&inner);
-                        async move { Ok::<_, Infallible>(http::handle(inner, req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        r = conn => {
-                            if let Err(e) = r {
-                                tracing::debug!(error = %e, "test API server connection");
-                            }
-                        }
-                        // Outage: dropping the connection closes it, mid-response or not.
-                        _ = down.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        }
+    stream: tokio::net::TcpStream,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    if !*inner.available.borrow() {
+        // An RST, as from a server that is gone. Nothing was written, so a
+        // zero linger loses no data.
+        let _ = stream.set_zero_linger();
+        drop(stream);
+        return None;
     }
+    let _ = stream.set_nodelay(true);
+    let mut down = inner.available.subscribe();
+    Some(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let inner = Arc::clone(&inner);
+            async move { Ok::<_, Infallible>(http::handle(inner, req).await) }
+        });
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        tokio::select! {
+            r = conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "test API server connection");
+                }
+            }
+            // Outage: dropping the connection closes it, mid-response or not.
+            _ = down.wait_for(|up| !*up) => {}
+        }
+    })
 }
