@@ -11,7 +11,7 @@
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    process::Stdio,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -78,6 +78,20 @@ fn file(services: u32, backends: u32, pod: Ipv4Addr) -> String {
     y
 }
 
+/// `onehop agent` on node1's `eth0` with `slots` Maglev slots, pinning under
+/// `world.pin_root(1)`, logging warnings to `log`; the caller adds the source.
+pub(super) fn agent_command(world: &World, slots: u64, log: std::fs::File) -> Command {
+    let mut cmd = command_in(world.topo.node(1).ns(), world.onehop());
+    cmd.args(["agent", "--interface", "eth0", "--maglev-slots"])
+        .arg(slots.to_string())
+        .arg("--bpffs-root")
+        .arg(world.pin_root(1))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// Runs the measurement on `world` (no other path may be installed).
 pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPlane> {
     let dir = world.scratch();
@@ -88,17 +102,9 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
         u64::from(lb_userspace::maglev::table_size(backends as usize)) * u64::from(services) + 1024;
     let ns = world.topo.node(1).ns();
     let log = std::fs::File::create(dir.join("cp.log"))?;
-    let mut cmd = command_in(ns, world.onehop());
-    cmd.args(["agent", "--interface", "eth0", "--poll-interval-ms", "100"])
-        .arg("--maglev-slots")
-        .arg(slots.to_string())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--bpffs-root")
-        .arg(&root)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut cmd = agent_command(world, slots, log);
+    cmd.args(["--poll-interval-ms", "100", "--config"])
+        .arg(&cfg);
     // Declared before the agent: dropped after it (the agent would re-pin).
     let _cleanup = scopeguard(root.clone());
     let agent = spawn_in(ns, cmd)?;

@@ -27,7 +27,6 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -36,12 +35,12 @@ use lb_common::{ServiceKey, proto};
 use lb_userspace::bpfmaps::{Maps, PinDir};
 use onehop_testkit::{
     apiserver::{ApiServer, ResourceDef},
-    netns::{command_in, in_netns, spawn_in},
+    netns::{in_netns, spawn_in},
 };
 use serde_json::{Value, json};
 
 use super::{
-    control::{last_vip, proc_status_kib, scopeguard, wait_last_serving},
+    control::{agent_command, last_vip, proc_status_kib, scopeguard, wait_last_serving},
     load,
     paths::World,
 };
@@ -347,19 +346,9 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
     let log_path = dir.join("cp-k8s.log");
     let log = std::fs::File::create(&log_path)?;
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut cmd = command_in(ns, world.onehop());
-    cmd.args(["agent", "--interface", "eth0", "--kubernetes"])
-        .arg("--api-server")
-        .arg(api.url())
-        .arg("--node-name")
-        .arg(node_name(1))
-        .arg("--maglev-slots")
-        .arg(slots.to_string())
-        .arg("--bpffs-root")
-        .arg(&root)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut cmd = agent_command(world, slots, log);
+    cmd.args(["--kubernetes", "--api-server", api.url(), "--node-name"])
+        .arg(node_name(1));
     // Declared before the agent: dropped after it (the agent would re-pin).
     let _cleanup = scopeguard(root.clone());
     let before = load::pod_rx(&world.topo)?[0];
