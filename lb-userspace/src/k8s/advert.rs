@@ -32,11 +32,21 @@ use super::{
 /// Annotation on a node's Lease naming the interface its agent serves.
 pub const INTERFACE_ANNOTATION: &str = "onehop.io/interface";
 
-/// Nodes that may announce `vip`; `None` means any node. `interfaces` maps
-/// node names to the interface their agent serves.
+/// The valid pools with their parsed address ranges, parsed once per pass
+/// (not once per Service).
+pub fn parse_pools(pools: &[IPAddressPool]) -> Vec<(&IPAddressPool, Pool)> {
+    pools
+        .iter()
+        .filter_map(|p| Pool::parse(&p.name_any(), &p.spec).ok().map(|q| (p, q)))
+        .collect()
+}
+
+/// Nodes that may announce `vip`; `None` means any node. `pools` come from
+/// [`parse_pools`]; `interfaces` maps node names to the interface their
+/// agent serves.
 pub fn allowed_nodes(
     vip: Ipv4Addr,
-    pools: &[IPAddressPool],
+    pools: &[(&IPAddressPool, Pool)],
     ads: &[L2Advertisement],
     nodes: &[Node],
     interfaces: &BTreeMap<String, String>,
@@ -44,10 +54,7 @@ pub fn allowed_nodes(
     if ads.is_empty() {
         return None;
     }
-    let Some(pool) = pools
-        .iter()
-        .find(|p| Pool::parse(&p.name_any(), &p.spec).is_ok_and(|q| q.contains(vip)))
-    else {
+    let Some((pool, _)) = pools.iter().find(|(_, q)| q.contains(vip)) else {
         return Some(BTreeSet::new());
     };
     let pool_name = pool.name_any();
@@ -118,7 +125,7 @@ mod tests {
             .iter()
             .map(|n| (n.name_any(), "eth0".to_owned()))
             .collect();
-        allowed_nodes(vip, pools, ads, nodes, &ifs)
+        allowed_nodes(vip, &parse_pools(pools), ads, nodes, &ifs)
     }
 
     fn names(v: &[&str]) -> BTreeSet<String> {
@@ -197,8 +204,9 @@ mod tests {
             .into_iter()
             .map(|(n, i)| (n.to_owned(), i.to_owned()))
             .collect();
-        let allowed =
-            |spec: &serde_json::Value| allowed_nodes(vip, &pools, &[ad(spec)], &nodes, &ifs);
+        let allowed = |spec: &serde_json::Value| {
+            allowed_nodes(vip, &parse_pools(&pools), &[ad(spec)], &nodes, &ifs)
+        };
         assert_eq!(
             allowed(&json!({ "interfaces": ["bond0"] })),
             Some(names(&["n2"]))

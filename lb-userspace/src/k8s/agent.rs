@@ -375,6 +375,7 @@ impl KubeAgent {
             .cloned()
             .collect();
         let interfaces = lease_interfaces(&self.stores.leases.state());
+        let parsed_pools = advert::parse_pools(&pools);
         let candidates: Vec<Candidate> = services
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
@@ -382,9 +383,9 @@ impl KubeAgent {
                 vips: translate::ingress_ips(s),
                 local_only: translate::local_policy(s),
                 endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
-                allowed_nodes: translate::ingress_ips(s)
-                    .first()
-                    .and_then(|vip| advert::allowed_nodes(*vip, &pools, &ads, &nodes, &interfaces)),
+                allowed_nodes: translate::ingress_ips(s).first().and_then(|vip| {
+                    advert::allowed_nodes(*vip, &parsed_pools, &ads, &nodes, &interfaces)
+                }),
             })
             .collect();
         let announce = election::announced_by(&self.opts.node_name, &live, &candidates);
