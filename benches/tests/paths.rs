@@ -2,7 +2,8 @@
 //! the test service: HTTP through the VIP reaches pods on node1 (local) and node2 (remote),
 //! both UDP generators' new flows (the socket generator's and the XDP generator's, whose
 //! frames arrive at the nodes as XDP frames) arrive at the pods, also on both nodes (the XDP
-//! generator's one-flow workload too), and the short-TCP-connection generator's handshakes
+//! generator's one-flow workload too), the established-flow workload finds flows to a local
+//! and a remote pod that stay there, and the short-TCP-connection generator's handshakes
 //! complete at the pods (counted there as the client counts them). So the baselines are
 //! proven to work, not just loaded, and the generators to count what really arrives.
 
@@ -12,6 +13,7 @@ use onehop_benches::e2e::{
     http,
     load::{self, Flows, Sent},
     paths::{self, World},
+    pinned::{self, Locality},
     tcp,
     xdpgen::{self, XdpGen},
 };
@@ -80,10 +82,58 @@ fn every_path_balances_to_local_and_remote_pods() {
         });
         assert_spread(name, "xdp", &per_pod);
         udp_delivered(&world, &format!("{name}, xdp generator, one flow"), || {
-            xdp.send(&world.topo, &inst.udp, Flows::One, Some(4000), window)
+            xdp.send(
+                &world.topo,
+                &inst.udp,
+                Flows::One { sport: 40_000 },
+                Some(4000),
+                window,
+            )
         });
+        check_pinned(&world, &xdp, &inst, name);
         check_short_tcp(&world, &inst, name);
         drop(inst);
+    }
+}
+
+/// The established-flow workload's probe finds a flow to a local and one to a remote pod, and
+/// the path then keeps each flow on that pod (what the workload measures).
+fn check_pinned(world: &World, xdp: &XdpGen, inst: &paths::Installed, name: &str) {
+    world.flush_conntrack();
+    if let Some(reset) = &inst.reset_flows {
+        reset().expect("reset flows");
+    }
+    for locality in [Locality::Local, Locality::Remote] {
+        let flow = pinned::find(world, &inst.udp, locality)
+            .unwrap_or_else(|e| panic!("{name}: {} flow: {e:#}", locality.name()));
+        let node = world.topo.pods().nth(flow.pod).expect("pod").node_index();
+        assert_eq!(
+            node,
+            if locality == Locality::Local { 1 } else { 2 },
+            "{name}: {} flow went to pod {}",
+            locality.name(),
+            flow.pod
+        );
+        let before = load::pod_rx(&world.topo).expect("rx");
+        let sent = xdp
+            .send(
+                &world.topo,
+                &[flow.target],
+                flow.flows(),
+                Some(4000),
+                Duration::from_millis(300),
+            )
+            .expect("xdp generator");
+        std::thread::sleep(Duration::from_millis(200));
+        let after = load::pod_rx(&world.topo).expect("rx");
+        let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let elsewhere: u64 = per_pod.iter().sum::<u64>() - per_pod[flow.pod];
+        assert!(
+            per_pod[flow.pod] >= sent.frames * 98 / 100 && elsewhere <= 5,
+            "{name}: {} flow {flow:?}: sent {} frames, pods got {per_pod:?}",
+            locality.name(),
+            sent.frames
+        );
     }
 }
 

@@ -39,8 +39,8 @@ pub(crate) static NEXT_FLOW: AtomicU64 = AtomicU64::new(0);
 pub enum Flows {
     /// Every frame a new 5-tuple.
     New,
-    /// One 5-tuple for the whole run.
-    One,
+    /// One 5-tuple per target for the whole run: the client's address and this source port.
+    One { sport: u16 },
 }
 
 /// Result of one generator run.
@@ -196,7 +196,6 @@ pub fn send(
     let targets = targets.to_vec();
     in_netns(client.ns(), move || -> Result<Sent> {
         let fd = packet_socket("eth0")?;
-        let one_flow = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
         let mut frames = vec![[0u8; FRAME_LEN]; BATCH];
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(BATCH);
         let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(BATCH);
@@ -211,14 +210,14 @@ pub fn send(
             }
             let k0 = match flows {
                 Flows::New => NEXT_FLOW.fetch_add(BATCH as u64, Ordering::Relaxed),
-                Flows::One => one_flow,
+                Flows::One { .. } => 0,
             };
             for (i, f) in frames.iter_mut().enumerate() {
                 let tgt = targets[t % targets.len()];
                 t += 1;
                 let (src, sport) = match flows {
                     Flows::New => flow_source(k0 + i as u64),
-                    Flows::One => (client_ip, 40_000),
+                    Flows::One { sport } => (client_ip, sport),
                 };
                 *f = udp_frame(src_mac, tgt.mac, src, sport, tgt.addr);
             }

@@ -7,6 +7,7 @@ pub mod http;
 pub mod kubeproxy;
 pub mod load;
 pub mod paths;
+pub mod pinned;
 pub mod plot;
 pub mod report;
 pub mod tcp;

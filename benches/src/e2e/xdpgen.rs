@@ -299,7 +299,7 @@ impl XdpGen {
                 Ipv4Addr::from(b::XDPGEN_SRC_BASE),
                 u16::try_from(b::XDPGEN_PORT_BASE).context("port base")?,
             ),
-            Flows::One => (client.ip(), 40_000),
+            Flows::One { sport } => (client.ip(), sport),
         };
         for (i, t) in (0u32..).zip(targets) {
             let mut slot = [0u8; b::XDPGEN_SLOT];
@@ -317,7 +317,7 @@ impl XdpGen {
         }
         let flags = match flows {
             Flows::New => b::XDPGEN_NEW_FLOWS,
-            Flows::One => 0,
+            Flows::One { .. } => 0,
         };
         for (slot, v) in [
             (b::XDPGEN_NEXT, first),
@@ -345,7 +345,7 @@ impl XdpGen {
         // repeats within or across runs whichever generator sent it.
         let first = match flows {
             Flows::New => load::NEXT_FLOW.load(Ordering::Relaxed),
-            Flows::One => 0,
+            Flows::One { .. } => 0,
         };
         let mut maps = self
             .maps

@@ -19,6 +19,7 @@ use onehop_benches::e2e::{
     http, kubeproxy,
     load::{self, Flows},
     paths::{self, Installed, Target, World},
+    pinned::{self, Locality},
     plot,
     report::{self, Samples},
     tcp,
@@ -59,6 +60,14 @@ struct Args {
     /// Offered rate of the CPU workload (new flows), packets/s.
     #[arg(long, default_value_t = 20_000)]
     cpu_rate: u64,
+    /// Workloads, comma separated (new, established, cpu, http, tcp); tables of the others
+    /// stay empty.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "new,established,cpu,http,tcp"
+    )]
+    workloads: Vec<Workload>,
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 8)]
     wrk_conns: u32,
@@ -96,10 +105,26 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// A workload of `run_path` (benches/README.md, "Workloads").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    /// New UDP flows per second.
+    New,
+    /// Established-flow packets per second, local and remote backend.
+    Established,
+    /// CPU per forwarded packet at a fixed rate of new flows.
+    Cpu,
+    /// HTTP latency with wrk.
+    Http,
+    /// Short TCP connections per second.
+    Tcp,
+}
+
 #[derive(Default)]
 struct Results {
     new_flows: Samples,
-    established: Samples,
+    established_local: Samples,
+    established_remote: Samples,
     cpu: Samples,
     cpu_thread: Samples,
     http_p50: Samples,
@@ -131,22 +156,27 @@ struct Measured {
     sent: load::Sent,
 }
 
-fn measure(
+/// A fresh start for one measurement: empty flow tables (kernel conntrack, onehop's maps), then
+/// a short warm-up so neighbour entries exist on the nodes and pods.
+fn fresh(world: &World, inst: &Installed, targets: &[Target]) -> Result<()> {
+    world.flush_conntrack();
+    if let Some(reset) = &inst.reset_flows {
+        reset()?;
+    }
+    world.send(targets, Flows::New, Some(2000), Duration::from_millis(200))?;
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(())
+}
+
+/// One window of `flows` to `targets` at `rate`, after `fresh` (or `pinned::find`).
+fn window(
     world: &World,
-    inst: &Installed,
     targets: &[Target],
     flows: Flows,
     rate: Option<u64>,
     secs: u32,
     idle_baseline: bool,
 ) -> Result<Measured> {
-    world.flush_conntrack();
-    if let Some(reset) = &inst.reset_flows {
-        reset()?;
-    }
-    // Warm-up: neighbour entries on the nodes, ARP of the pods.
-    world.send(targets, Flows::New, Some(2000), Duration::from_millis(200))?;
-    std::thread::sleep(Duration::from_millis(200));
     let window = Duration::from_secs(secs.into());
     let idle_ticks = if idle_baseline {
         // What the rest of the machine (other processes) costs in system time meanwhile.
@@ -178,6 +208,20 @@ fn measure(
         sent,
     };
     Ok(m)
+}
+
+/// Established-flow saturation on a flow whose backend is `locality` (see `pinned`); returns
+/// the measurement and the pod that received it.
+fn established(
+    world: &World,
+    inst: &Installed,
+    locality: Locality,
+    secs: u32,
+) -> Result<(Measured, usize)> {
+    fresh(world, inst, &inst.udp)?;
+    let flow = pinned::find(world, &inst.udp, locality)?;
+    let m = window(world, &[flow.target], flow.flows(), None, secs, false)?;
+    Ok((m, flow.pod))
 }
 
 /// Sends bursts of new flows until every pod has received some; returns the seconds taken.
@@ -229,63 +273,74 @@ fn run_path(
         inst.install_s
     );
     println!("  {name}: installed in {install_s:.2}s");
+    let on = |w: Workload| args.workloads.contains(&w);
     for r in 0..args.runs {
         let t = &inst.udp;
-        let new = measure(
-            world,
-            &inst,
-            t,
-            Flows::New,
-            Some(args.flow_rate),
-            args.secs,
-            false,
-        )?;
-        res.new_flows.push(name, n, new.per_s);
-        let est = measure(world, &inst, t, Flows::One, None, args.secs, false)?;
-        res.established.push(name, n, est.per_s);
-        let cpu = measure(
-            world,
-            &inst,
-            t,
-            Flows::New,
-            Some(args.cpu_rate),
-            args.secs,
-            true,
-        )?;
-        res.cpu.push(name, n, cpu.cpu_ns);
-        res.cpu_thread.push(name, n, cpu.thread_ns);
-        let w = http::wrk(&world.topo, inst.http[0].addr, args.secs, args.wrk_conns)?;
-        res.http_p50.push(name, n, w.p50_us);
-        res.http_p99.push(name, n, w.p99_us);
-        res.http_rps.push(name, n, w.requests_per_s);
-        #[expect(clippy::cast_precision_loss, reason = "counts")]
-        let line = format!(
-            "{name} N={n} run={r}: new_flows/s={:.0} (offered {:.0}) established_pps={:.0} (sent {:.0}/s) cpu_ns_per_pkt={:.0} sender_ns_per_pkt={:.0} (delivered {:.0}/s) http p50={:.0}us p99={:.0}us rps={:.0} errors={}",
-            new.per_s,
-            new.sent.frames as f64 / new.sent.secs,
-            est.per_s,
-            est.sent.frames as f64 / est.sent.secs,
-            cpu.cpu_ns,
-            cpu.thread_ns,
-            cpu.per_s,
-            w.p50_us,
-            w.p99_us,
-            w.requests_per_s,
-            w.errors
-        );
+        // The runs.log line of this run: `key=value` pairs that `parse_log` reads back.
+        let mut line = format!("{name} N={n} run={r}:");
+        if on(Workload::New) {
+            fresh(world, &inst, t)?;
+            let new = window(world, t, Flows::New, Some(args.flow_rate), args.secs, false)?;
+            res.new_flows.push(name, n, new.per_s);
+            #[expect(clippy::cast_precision_loss, reason = "counts")]
+            let offered = new.sent.frames as f64 / new.sent.secs;
+            let _ = write!(line, " new_flows/s={:.0} (offered {offered:.0})", new.per_s);
+        }
+        if on(Workload::Established) {
+            for locality in [Locality::Local, Locality::Remote] {
+                let (est, pod) = established(world, &inst, locality, args.secs)?;
+                let samples = match locality {
+                    Locality::Local => &mut res.established_local,
+                    Locality::Remote => &mut res.established_remote,
+                };
+                samples.push(name, n, est.per_s);
+                #[expect(clippy::cast_precision_loss, reason = "counts")]
+                let sent = est.sent.frames as f64 / est.sent.secs;
+                let _ = write!(
+                    line,
+                    " established_{}_pps={:.0} (sent {sent:.0}/s, pod {pod})",
+                    locality.name(),
+                    est.per_s
+                );
+            }
+        }
+        if on(Workload::Cpu) {
+            fresh(world, &inst, t)?;
+            let cpu = window(world, t, Flows::New, Some(args.cpu_rate), args.secs, true)?;
+            res.cpu.push(name, n, cpu.cpu_ns);
+            res.cpu_thread.push(name, n, cpu.thread_ns);
+            let _ = write!(
+                line,
+                " cpu_ns_per_pkt={:.0} sender_ns_per_pkt={:.0} (delivered {:.0}/s)",
+                cpu.cpu_ns, cpu.thread_ns, cpu.per_s
+            );
+        }
+        if on(Workload::Http) {
+            let w = http::wrk(&world.topo, inst.http[0].addr, args.secs, args.wrk_conns)?;
+            res.http_p50.push(name, n, w.p50_us);
+            res.http_p99.push(name, n, w.p99_us);
+            res.http_rps.push(name, n, w.requests_per_s);
+            let _ = write!(
+                line,
+                " http p50={:.0}us p99={:.0}us rps={:.0} errors={}",
+                w.p50_us, w.p99_us, w.requests_per_s, w.errors
+            );
+        }
         println!("    {line}");
         let _ = writeln!(res.log, "{line}");
-        let tcp = tcp::measure(world, &inst, args.tcp_conns, args.secs)?;
-        res.tcp_pods.push(name, n, tcp.pods_per_s);
-        res.tcp_client.push(name, n, tcp.client_per_s);
-        #[expect(clippy::cast_precision_loss, reason = "counts")]
-        res.tcp_failures
-            .push(name, n, tcp.sent.failures() as f64 / tcp.sent.secs);
-        res.tcp_cpu.push(name, n, tcp.cpu_ns);
-        res.tcp_cpu_thread.push(name, n, tcp.thread_ns);
-        let line = tcp_line(name, n, r, &tcp);
-        println!("    {line}");
-        let _ = writeln!(res.log, "{line}");
+        if on(Workload::Tcp) {
+            let tcp = tcp::measure(world, &inst, args.tcp_conns, args.secs)?;
+            res.tcp_pods.push(name, n, tcp.pods_per_s);
+            res.tcp_client.push(name, n, tcp.client_per_s);
+            #[expect(clippy::cast_precision_loss, reason = "counts")]
+            res.tcp_failures
+                .push(name, n, tcp.sent.failures() as f64 / tcp.sent.secs);
+            res.tcp_cpu.push(name, n, tcp.cpu_ns);
+            res.tcp_cpu_thread.push(name, n, tcp.thread_ns);
+            let line = tcp_line(name, n, r, &tcp);
+            println!("    {line}");
+            let _ = writeln!(res.log, "{line}");
+        }
     }
     drop(inst);
     Ok(())
@@ -403,10 +458,19 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             ),
         ),
         (
-            "Established flow, packets per second at saturation (UDP, one 5-tuple)",
-            &res.established,
+            "Established flow to a local backend, packets per second at saturation (UDP, one 5-tuple)",
+            &res.established_local,
             "packets/s delivered",
-            format!("The generator sends as fast as it can for {} s; higher is better.", args.secs),
+            format!(
+                "One flow that the path delivers to a pod on node1, the node receiving the VIP (found by probing, see benches/README.md); the generator sends as fast as it can for {} s; routing: straight to a node1 pod. Higher is better.",
+                args.secs
+            ),
+        ),
+        (
+            "Established flow to a remote backend, packets per second at saturation (UDP, one 5-tuple)",
+            &res.established_remote,
+            "packets/s delivered",
+            "Same, with the flow's pod on node2: the load balancers forward it over the LAN a second time; routing sends it straight to node2 (one hop, the floor a load balancer cannot reach here). Higher is better.".to_owned(),
         ),
         (
             "CPU time per forwarded packet (new flows at a fixed rate)",
@@ -697,7 +761,7 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
             .collect()
     };
     let mut files = Vec::new();
-    let charts: [(&str, &str, &str, &Samples, bool); 6] = [
+    let charts: [(&str, &str, &str, &Samples, bool); 7] = [
         (
             "new_flows.png",
             "New UDP flows per second delivered vs services",
@@ -727,10 +791,17 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
             true,
         ),
         (
-            "established.png",
-            "Established-flow packets/s at saturation vs services",
+            "established_local.png",
+            "Established flow, local backend: packets/s at saturation vs services",
             "packets/s",
-            &res.established,
+            &res.established_local,
+            false,
+        ),
+        (
+            "established_remote.png",
+            "Established flow, remote backend: packets/s at saturation vs services",
+            "packets/s",
+            &res.established_remote,
             false,
         ),
         (
@@ -820,14 +891,23 @@ fn parse_log(log: &str) -> Result<Results> {
             res.tcp_cpu_thread
                 .push(path, n, get("sender_ns_per_conn=")?);
         } else if run.is_some() {
-            let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
-            res.new_flows.push(path, n, get("new_flows/s=")?);
-            res.established.push(path, n, get("established_pps=")?);
-            res.cpu.push(path, n, get("cpu_ns_per_pkt=")?);
-            res.cpu_thread.push(path, n, get("sender_ns_per_pkt=")?);
-            res.http_p50.push(path, n, get("p50=")?);
-            res.http_p99.push(path, n, get("p99=")?);
-            res.http_rps.push(path, n, get("rps=")?);
+            // Workloads left out by `--workloads` are absent from the line. Logs from before
+            // the local/remote split have one `established_pps`, of whichever backend the
+            // path picked: not comparable, so not read.
+            for (key, samples) in [
+                ("new_flows/s=", &mut res.new_flows),
+                ("established_local_pps=", &mut res.established_local),
+                ("established_remote_pps=", &mut res.established_remote),
+                ("cpu_ns_per_pkt=", &mut res.cpu),
+                ("sender_ns_per_pkt=", &mut res.cpu_thread),
+                ("p50=", &mut res.http_p50),
+                ("p99=", &mut res.http_p99),
+                ("rps=", &mut res.http_rps),
+            ] {
+                if let Some(v) = num(key) {
+                    samples.push(path, n, v);
+                }
+            }
         } else if let Some(ready) = rest
             .split_once("(path ready ")
             .and_then(|(_, r)| r.split('s').next())
