@@ -73,7 +73,11 @@ impl PinnedFlow {
 /// node `want` names. A flow whose frames reach more than one pod is an error: the path does
 /// not keep flows on their backend.
 pub fn find(world: &World, targets: &[Target], want: Locality) -> Result<PinnedFlow> {
-    let node_of: Vec<u8> = world.topo.pods().map(|p| p.node_index()).collect();
+    let node_of: Vec<u8> = world
+        .topo
+        .pods()
+        .map(onehop_testkit::Pod::node_index)
+        .collect();
     let mut seen = Vec::new();
     for &target in targets {
         for sport in FIRST_PORT..FIRST_PORT + PROBES {
