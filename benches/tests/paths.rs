@@ -144,13 +144,13 @@ fn check_short_tcp(world: &World, inst: &paths::Installed, name: &str) {
     if let Some(reset) = &inst.reset_flows {
         reset().expect("reset flows");
     }
-    let before = tcp::pod_passive_opens(&world.topo).expect("snmp");
-    let d0 = tcp::pod_listen_drops(&world.topo).expect("netstat");
+    let before = tcp::PASSIVE_OPENS.pods(&world.topo).expect("snmp");
+    let d0 = tcp::LISTEN_DROPS.pods(&world.topo).expect("netstat");
     let sent = tcp::short_connections(&world.topo, &inst.http, 16, Duration::from_millis(1500))
         .unwrap_or_else(|e| panic!("{name}: tcp generator: {e:#}"));
     std::thread::sleep(Duration::from_millis(300));
-    let after = tcp::pod_passive_opens(&world.topo).expect("snmp");
-    let d1 = tcp::pod_listen_drops(&world.topo).expect("netstat");
+    let after = tcp::PASSIVE_OPENS.pods(&world.topo).expect("snmp");
+    let d1 = tcp::LISTEN_DROPS.pods(&world.topo).expect("netstat");
     let drops: Vec<u64> = d1.iter().zip(&d0).map(|(a, b)| a - b).collect();
     let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let at_pods: u64 = per_pod.iter().sum();

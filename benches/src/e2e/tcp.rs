@@ -294,62 +294,113 @@ pub fn short_connections(
     })?
 }
 
-/// `Tcp: PassiveOpens` of the calling thread's namespace.
-fn passive_opens_here() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp")
-        .context("reading /proc/thread-self/net/snmp")?;
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().context("no Tcp: header line")?,
-        tcp.next().context("no Tcp: value line")?,
-    );
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "PassiveOpens")
-        .context("no PassiveOpens in /proc/net/snmp")?;
-    values
-        .split_whitespace()
-        .nth(i)
-        .context("short Tcp: value line")?
-        .parse()
-        .context("PassiveOpens")
+/// A counter of `/proc/net/snmp` or `/proc/net/netstat`: its file, line group and name.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter {
+    file: &'static str,
+    group: &'static str,
+    name: &'static str,
 }
 
-/// `TcpExt: ListenDrops` of the calling thread's namespace: SYNs and final ACKs a listener
-/// dropped (full accept queue or SYN backlog).
-fn listen_drops_here() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")
-        .context("reading /proc/thread-self/net/netstat")?;
-    let mut ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (
-        ext.next().context("no TcpExt: header line")?,
-        ext.next().context("no TcpExt: value line")?,
-    );
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "ListenDrops")
-        .context("no ListenDrops in /proc/net/netstat")?;
-    values
-        .split_whitespace()
-        .nth(i)
-        .context("short TcpExt: value line")?
-        .parse()
-        .context("ListenDrops")
+/// Handshakes completed by a listener (the final ACK created the socket).
+pub const PASSIVE_OPENS: Counter = Counter {
+    file: "snmp",
+    group: "Tcp:",
+    name: "PassiveOpens",
+};
+/// SYNs and final ACKs a listener dropped (full accept queue or SYN backlog).
+pub const LISTEN_DROPS: Counter = Counter {
+    file: "netstat",
+    group: "TcpExt:",
+    name: "ListenDrops",
+};
+/// SYNs a `TIME_WAIT` socket of the same 4-tuple rejected because their timestamp was older
+/// than the last one it saw (PAWS): the sender retries after its SYN timeout (1 s).
+pub const PAWS_TIMEWAIT: Counter = Counter {
+    file: "netstat",
+    group: "TcpExt:",
+    name: "PAWSTimewait",
+};
+/// SYNs retransmitted by a connecting socket.
+pub const SYN_RETRANS: Counter = Counter {
+    file: "netstat",
+    group: "TcpExt:",
+    name: "TCPSynRetrans",
+};
+
+impl Counter {
+    /// Its value in the calling thread's namespace.
+    pub fn here(self) -> Result<u64> {
+        let path = format!("/proc/thread-self/net/{}", self.file);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let mut lines = text.lines().filter(|l| l.starts_with(self.group));
+        let (names, values) = (
+            lines
+                .next()
+                .with_context(|| format!("no {} header line in {path}", self.group))?,
+            lines
+                .next()
+                .with_context(|| format!("no {} value line in {path}", self.group))?,
+        );
+        let i = names
+            .split_whitespace()
+            .position(|n| n == self.name)
+            .with_context(|| format!("no {} in {path}", self.name))?;
+        values
+            .split_whitespace()
+            .nth(i)
+            .with_context(|| format!("short {} value line in {path}", self.group))?
+            .parse()
+            .with_context(|| format!("{} in {path}", self.name))
+    }
+
+    /// Its value in every pod, pod by pod (`topo.pods()` order).
+    pub fn pods(self, topo: &Topology) -> Result<Vec<u64>> {
+        topo.pods()
+            .map(|p| in_netns(p.ns(), || self.here())?)
+            .collect()
+    }
+
+    /// Its value in the client's namespace.
+    pub fn client(self, topo: &Topology) -> Result<u64> {
+        in_netns(topo.client().ns(), || self.here())?
+    }
 }
 
-/// Listener drops at every pod so far (`TcpExt: ListenDrops`), pod by pod.
-pub fn pod_listen_drops(topo: &Topology) -> Result<Vec<u64>> {
-    topo.pods()
-        .map(|p| in_netns(p.ns(), listen_drops_here)?)
-        .collect()
+/// What the endpoints' TCP stacks counted during a run: where lost handshakes went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Handshakes {
+    /// SYNs the pods' `TIME_WAIT` sockets rejected (PAWS).
+    pub paws_rejected: u64,
+    /// SYNs the client retransmitted.
+    pub syn_retrans: u64,
 }
 
-/// Handshakes completed at every pod so far (`Tcp: PassiveOpens`), pod by pod
-/// (`topo.pods()` order).
-pub fn pod_passive_opens(topo: &Topology) -> Result<Vec<u64>> {
-    topo.pods()
-        .map(|p| in_netns(p.ns(), passive_opens_here)?)
-        .collect()
+impl Handshakes {
+    /// Counts from now until `Handshakes::since` is called with the result.
+    pub fn start(topo: &Topology) -> Result<Self> {
+        Ok(Self {
+            paws_rejected: PAWS_TIMEWAIT.pods(topo)?.iter().sum(),
+            syn_retrans: SYN_RETRANS.client(topo)?,
+        })
+    }
+
+    /// The counts since `start`.
+    pub fn since(self, topo: &Topology) -> Result<Self> {
+        let now = Self::start(topo)?;
+        Ok(Self {
+            paws_rejected: now.paws_rejected.saturating_sub(self.paws_rejected),
+            syn_retrans: now.syn_retrans.saturating_sub(self.syn_retrans),
+        })
+    }
+
+    /// `runs.log` fields.
+    pub fn fields(&self) -> String {
+        format!(
+            "paws_rejected={} syn_retrans={}",
+            self.paws_rejected, self.syn_retrans
+        )
+    }
 }
 
 /// One measured run of short TCP connections.
@@ -369,6 +420,8 @@ pub struct TcpMeasured {
     /// SYNs or final ACKs the pods' listeners dropped (`TcpExt: ListenDrops`): not 0 means
     /// the servers, not the path, limited the run.
     pub listen_drops: u64,
+    /// Where lost handshakes went.
+    pub handshakes: Handshakes,
     pub sent: TcpSent,
 }
 
@@ -389,16 +442,18 @@ pub fn measure(
     let (i0, _) = load::cpu_ticks()?;
     std::thread::sleep(window);
     let (i1, _) = load::cpu_ticks()?;
-    let p0 = pod_passive_opens(&world.topo)?;
-    let d0: u64 = pod_listen_drops(&world.topo)?.iter().sum();
+    let p0 = PASSIVE_OPENS.pods(&world.topo)?;
+    let d0: u64 = LISTEN_DROPS.pods(&world.topo)?.iter().sum();
+    let h0 = Handshakes::start(&world.topo)?;
     let (c0, _) = load::cpu_ticks()?;
     let sent = short_connections(&world.topo, &inst.http, concurrency, window)?;
     // The last final ACKs still queued on the way (an overloaded veth XDP ring or backlog
     // drains within this).
     std::thread::sleep(Duration::from_millis(250));
     let (c1, _) = load::cpu_ticks()?;
-    let p1 = pod_passive_opens(&world.topo)?;
-    let d1: u64 = pod_listen_drops(&world.topo)?.iter().sum();
+    let p1 = PASSIVE_OPENS.pods(&world.topo)?;
+    let d1: u64 = LISTEN_DROPS.pods(&world.topo)?.iter().sum();
+    let handshakes = h0.since(&world.topo)?;
     let per_pod: Vec<u64> = p1
         .iter()
         .zip(&p0)
@@ -413,6 +468,7 @@ pub fn measure(
             / at_pods.max(1) as f64,
         thread_ns: sent.thread_cpu_ns as f64 / at_pods.max(1) as f64,
         listen_drops: d1.saturating_sub(d0),
+        handshakes,
         per_pod,
         sent,
     };
@@ -447,10 +503,10 @@ mod tests {
             addr,
             mac: onehop_testkit::MacAddr([0; 6]),
         };
-        let before = passive_opens_here().unwrap();
+        let before = PASSIVE_OPENS.here().unwrap();
         let r = run_here(&[target], 8, Duration::from_millis(200)).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let after = passive_opens_here().unwrap();
+        let after = PASSIVE_OPENS.here().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         acceptor.join().unwrap();
         assert!(r.completed > 50, "{r:?}");

@@ -68,8 +68,10 @@ struct Args {
         default_value = "new,established,cpu,http,tcp"
     )]
     workloads: Vec<Workload>,
-    /// Concurrent wrk connections.
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent wrk connections. 1: every request waits for nothing but the path (with
+    /// more, the latency is mostly queueing behind the other connections, and a path that
+    /// completes more requests per second shows the longer queue).
+    #[arg(long, default_value_t = 1)]
     wrk_conns: u32,
     /// Short TCP connections kept in flight by the connection generator (see e2e/tcp.rs).
     #[arg(long, default_value_t = 128)]
@@ -136,6 +138,7 @@ struct Results {
     tcp_cpu: Samples,
     tcp_cpu_thread: Samples,
     install: Samples,
+    agent_start: Samples,
     notes: BTreeMap<(String, u32), String>,
     /// The UDP generator, from the `generator:` line of `runs.log` when replotting.
     generator: Option<String>,
@@ -260,6 +263,9 @@ fn run_path(
     let inst: Installed = path.install(world, services)?;
     let install_s = t.elapsed().as_secs_f64();
     res.install.push(name, n, inst.install_s);
+    if let Some(s) = inst.agent_start_s {
+        res.agent_start.push(name, n, s);
+    }
     // "Installed" is each path's own signal; measure only once every pod, local and
     // remote, really receives new flows through it.
     let serving_s = wait_serving(world, &inst.udp, Duration::from_mins(3))?;
@@ -269,8 +275,11 @@ fn run_path(
     );
     let _ = writeln!(
         res.log,
-        "{name} N={n}: installed in {install_s:.2}s (path ready {:.2}s)",
-        inst.install_s
+        "{name} N={n}: installed in {install_s:.2}s (path ready {:.2}s){}",
+        inst.install_s,
+        inst.agent_start_s
+            .map(|s| format!(" agent_start={s:.3}s"))
+            .unwrap_or_default()
     );
     println!("  {name}: installed in {install_s:.2}s");
     let on = |w: Workload| args.workloads.contains(&w);
@@ -316,14 +325,21 @@ fn run_path(
             );
         }
         if on(Workload::Http) {
+            fresh(world, &inst, t)?;
+            let h0 = tcp::Handshakes::start(&world.topo)?;
             let w = http::wrk(&world.topo, inst.http[0].addr, args.secs, args.wrk_conns)?;
+            let handshakes = h0.since(&world.topo)?;
             res.http_p50.push(name, n, w.p50_us);
             res.http_p99.push(name, n, w.p99_us);
             res.http_rps.push(name, n, w.requests_per_s);
             let _ = write!(
                 line,
-                " http p50={:.0}us p99={:.0}us rps={:.0} errors={}",
-                w.p50_us, w.p99_us, w.requests_per_s, w.errors
+                " http p50={:.0}us p99={:.0}us rps={:.0} errors={} {}",
+                w.p50_us,
+                w.p99_us,
+                w.requests_per_s,
+                w.errors,
+                handshakes.fields()
             );
         }
         println!("    {line}");
@@ -351,7 +367,7 @@ fn tcp_line(name: &str, n: u32, r: usize, t: &tcp::TcpMeasured) -> String {
     #[expect(clippy::cast_precision_loss, reason = "counts")]
     let failures_per_s = t.sent.failures() as f64 / t.sent.secs;
     format!(
-        "{name} N={n} run={r} tcp: conns/s_pods={:.0} conns/s_client={:.0} failures/s={failures_per_s:.1} (timeouts {} errors [{}] in flight at the end {}) cpu_ns_per_conn={:.0} sender_ns_per_conn={:.0} per_pod={:?} listen_drops={}",
+        "{name} N={n} run={r} tcp: conns/s_pods={:.0} conns/s_client={:.0} failures/s={failures_per_s:.1} (timeouts {} errors [{}] in flight at the end {}) cpu_ns_per_conn={:.0} sender_ns_per_conn={:.0} per_pod={:?} listen_drops={} {}",
         t.pods_per_s,
         t.client_per_s,
         t.sent.timeouts,
@@ -360,7 +376,8 @@ fn tcp_line(name: &str, n: u32, r: usize, t: &tcp::TcpMeasured) -> String {
         t.cpu_ns,
         t.thread_ns,
         t.per_pod,
-        t.listen_drops
+        t.listen_drops,
+        t.handshakes.fields()
     )
 }
 
@@ -542,10 +559,10 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             "Same runs; CPU time of the generator thread over connections completed at the pods (most of the path runs in its softirq context, as for UDP; nginx's accept/close does not); lower is better.".to_owned(),
         ),
         (
-            "Install time (rules loaded / agent serving the test service)",
+            "Install time (rules transaction / services file on a running agent)",
             &res.install,
             "s",
-            "One install per (path, N); iptables-restore / nft -f transaction time, onehop: agent start until node1's maps hold every service.".to_owned(),
+            "One install per (path, N); iptables-restore / nft -f transaction time; onehop: the services file replaced on running agents (started on an empty file) until node1's maps hold every service, including up to 100 ms until the agent's next poll of the file (`--poll-interval-ms 100`).".to_owned(),
         ),
     ];
     for (title, s, unit, note) in sections {
@@ -555,6 +572,11 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             report::table(s, &paths, ns, unit, &res.notes)
         );
     }
+    let _ = writeln!(
+        md,
+        "## onehop agent cold start\n\nBefore each onehop install above: both agents started on an empty services file until node1's data path is ready (programs loaded and verified, maps created, XDP and TC attached, first apply); kube-proxy's own start is not timed. Seconds, lower is better.\n\n{}",
+        report::table(&res.agent_start, &["onehop"], ns, "s", &res.notes)
+    );
     if res.control.is_some() || res.control_k8s.is_some() {
         md.push_str(&control_md(
             args,
@@ -635,6 +657,14 @@ fn main() -> Result<()> {
     let client = world.topo.client().ns();
     client.sysctl("net/ipv4/ip_local_port_range", "1024 65000")?;
     client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+    // Pods: no TIME_WAIT sockets. One client reuses its ports within seconds at these rates,
+    // and a pod still holding the 4-tuple in TIME_WAIT rejects the new SYN when its
+    // timestamp is older (PAWS; this kernel offsets timestamps per connection), costing the
+    // client a 1 s SYN retransmit: an artifact of one client, on every path, routing too.
+    // Counted in runs.log (`paws_rejected`), which should now stay 0.
+    for pod in world.topo.pods() {
+        pod.ns().sysctl("net/ipv4/tcp_max_tw_buckets", "0")?;
+    }
     let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT)?;
     let _nginx = http::start_nginx(&world.topo, paths::HTTP_TARGET_PORT, world.scratch())?;
     let all = paths::all();
@@ -914,6 +944,9 @@ fn parse_log(log: &str) -> Result<Results> {
             .and_then(|v| v.parse().ok())
         {
             res.install.push(path, n, ready);
+            if let Some(s) = num("agent_start=") {
+                res.agent_start.push(path, n, s);
+            }
         } else if rest.starts_with("FAILED") {
             let short: String = rest.chars().skip(8).take(80).collect();
             res.notes.insert((path.to_owned(), n), short);
