@@ -22,7 +22,9 @@ use tracing::{error, info, warn};
 use crate::{
     bpfmaps::Maps,
     config::{self, Limits, ServicesFile},
-    diff, garp,
+    diff,
+    filewatch::{Stamp, Watch},
+    garp,
     loader::{self, Sizes, XdpAttachMode},
     neigh,
     netdev::Interface,
@@ -265,6 +267,7 @@ pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -
     let mut source = FileSource {
         path: config,
         last_input: None,
+        watch: Watch::default(),
     };
     let mut tick = tokio::time::interval(poll_interval);
     let shutdown = shutdown_signal();
@@ -288,11 +291,19 @@ pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -
 struct FileSource {
     path: PathBuf,
     last_input: Option<Vec<u8>>,
+    watch: Watch,
 }
 
 impl FileSource {
-    /// One pass: read the file, and apply it if it changed.
+    /// One pass: read the file if its metadata says it may have changed (see `filewatch`),
+    /// and apply it if its bytes did.
     fn sync(&mut self, agent: &mut Agent) {
+        let now = Instant::now();
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| Stamp::of(&m));
+        if !self.watch.due(stamp, now) {
+            return;
+        }
+        self.watch.read(stamp, now);
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) => {

@@ -11,6 +11,7 @@ pub mod bpfmaps;
 pub mod config;
 pub mod diff;
 pub mod ebpf;
+pub mod filewatch;
 pub mod garp;
 pub mod ids;
 pub mod k8s;

@@ -515,6 +515,15 @@ mod tests {
         assert!(after - before >= r.completed, "{before} {after} {r:?}");
     }
 
+    /// Every counter the bench reads exists under its name on this kernel (a misspelt name
+    /// would fail every run).
+    #[test]
+    fn counters_are_found() {
+        for c in [PASSIVE_OPENS, LISTEN_DROPS, PAWS_TIMEWAIT, SYN_RETRANS] {
+            c.here().unwrap_or_else(|e| panic!("{c:?}: {e:#}"));
+        }
+    }
+
     /// Nothing listens: every connect is refused, none completes, the loop does not spin.
     #[test]
     fn refused_connects_are_failures() {
