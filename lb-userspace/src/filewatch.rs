@@ -110,7 +110,10 @@ mod tests {
         let mut w = Watch::default();
         w.read(stamp(&p), t0);
         assert!(!w.due(stamp(&p), t0 + Duration::from_millis(100)));
-        assert!(!w.due(stamp(&p), t0 + (FULL_READ - Duration::from_millis(1))));
+        assert!(!w.due(
+            stamp(&p),
+            t0 + FULL_READ.checked_sub(Duration::from_millis(1)).unwrap()
+        ));
         assert!(w.due(stamp(&p), t0 + FULL_READ));
     }
 
