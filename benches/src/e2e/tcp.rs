@@ -309,26 +309,23 @@ pub const PASSIVE_OPENS: Counter = Counter {
     name: "PassiveOpens",
 };
 /// SYNs and final ACKs a listener dropped (full accept queue or SYN backlog).
-pub const LISTEN_DROPS: Counter = Counter {
-    file: "netstat",
-    group: "TcpExt:",
-    name: "ListenDrops",
-};
+pub const LISTEN_DROPS: Counter = Counter::tcp_ext("ListenDrops");
 /// SYNs a `TIME_WAIT` socket of the same 4-tuple rejected because their timestamp was older
 /// than the last one it saw (PAWS): the sender retries after its SYN timeout (1 s).
-pub const PAWS_TIMEWAIT: Counter = Counter {
-    file: "netstat",
-    group: "TcpExt:",
-    name: "PAWSTimewait",
-};
+pub const PAWS_TIMEWAIT: Counter = Counter::tcp_ext("PAWSTimewait");
 /// SYNs retransmitted by a connecting socket.
-pub const SYN_RETRANS: Counter = Counter {
-    file: "netstat",
-    group: "TcpExt:",
-    name: "TCPSynRetrans",
-};
+pub const SYN_RETRANS: Counter = Counter::tcp_ext("TCPSynRetrans");
 
 impl Counter {
+    /// A `TcpExt:` counter of `/proc/net/netstat`.
+    const fn tcp_ext(name: &'static str) -> Self {
+        Self {
+            file: "netstat",
+            group: "TcpExt:",
+            name,
+        }
+    }
+
     /// Its value in the calling thread's namespace.
     pub fn here(self) -> Result<u64> {
         let path = format!("/proc/thread-self/net/{}", self.file);
