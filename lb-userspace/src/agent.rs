@@ -72,9 +72,12 @@ pub struct Agent {
     /// they were created with, whatever the flags say now).
     limits: Limits,
     current: DataplaneState,
+    /// `current` is this agent's own plan (not contents read back from the maps), so the
+    /// next plan may take its unchanged Maglev tables (`state::replan`).
+    current_planned: bool,
     /// The input that produced `current`, while the maps are known to hold
     /// it: the same input again needs no planning (planning 10,000 services
-    /// costs most of a second; the Kubernetes source re-derives its input
+    /// takes hundreds of milliseconds; the Kubernetes source re-derives its input
     /// on every Lease renewal in the cluster).
     applied: Option<ServicesFile>,
     arp: garp::ArpSender,
@@ -114,7 +117,11 @@ impl Agent {
         }
         self.applied = None;
         let node = self.node(file)?;
-        let desired = state::plan(&self.current, file, &node, &self.limits)?;
+        let desired = if self.current_planned {
+            state::replan(&self.current, file, &node, &self.limits)?
+        } else {
+            state::plan(&self.current, file, &node, &self.limits)?
+        };
         let ops = diff::diff(&self.current, &desired);
         if ops.is_empty() {
             info!("services file unchanged in effect; nothing to write");
@@ -125,9 +132,13 @@ impl Agent {
         match writer::apply(&mut self.maps, &ops) {
             // Every write landed: the maps hold exactly the plan. (Reading
             // them back would cost a syscall per Maglev slot.)
-            Ok(()) => self.current = desired,
+            Ok(()) => {
+                self.current = desired;
+                self.current_planned = true;
+            }
             Err(e) => {
                 // A partial write: believe the kernel, not the plan.
+                self.current_planned = false;
                 self.current = reader::read(&self.maps).context("re-reading the maps")?;
                 return Err(e);
             }
@@ -227,6 +238,7 @@ impl Agent {
             limits,
             maps,
             current,
+            current_planned: false,
             applied: None,
             arp,
             garp_due: Vec::new(),

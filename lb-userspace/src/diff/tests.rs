@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::config::{self, Limits, ServicesFile};
-use crate::state::{DataplaneState, Node, SrcRangeKey, plan};
+use crate::state::{DataplaneState, Node, SrcRangeKey, plan, replan};
 use lb_common::{backend_flags, service_flags, vip_flags};
 use proptest::prelude::*;
 
@@ -297,6 +297,9 @@ proptest! {
             apply_checked(&prev, &next)?;
             prop_assert!(diff(&next, &next).is_empty());
             prop_assert!(diff(&next, &plan(&next, file, &NODE, &limits()).unwrap()).is_empty());
+            // Taking unchanged tables from a planned state gives exactly the plan.
+            let replanned = replan(&prev, file, &NODE, &limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&replanned, &next);
             prev = next;
         }
         // And back to nothing.

@@ -724,3 +724,73 @@ fn plans_hand_built_files() {
         backend_flags::VALID | backend_flags::LOCAL
     );
 }
+
+/// `(address, target port) → id` of every backend of `s`.
+fn members_of(s: &DataplaneState, backends: &[&str], port: u16) -> Vec<((Ipv4Addr, u16), u32)> {
+    backends
+        .iter()
+        .map(|b| {
+            let want = (ip(b), port);
+            let id = s
+                .backends
+                .iter()
+                .find(|(_, v)| backend_identity(v) == want)
+                .map_or_else(|| panic!("no backend {b}:{port}"), |(id, _)| *id);
+            (want, id)
+        })
+        .collect()
+}
+
+#[test]
+fn replan_takes_only_tables_that_would_be_built_the_same() {
+    let a = plan_ok(&DataplaneState::default(), &parse(FILE));
+    let web = a.services[&key("192.168.60.1", 80, 6)];
+    let members = members_of(&a, &["10.42.0.5", "10.42.1.7"], 8080);
+    // Unchanged backends: prev's table, which is what a build gives.
+    let t = unchanged_table(&a, Some(&web), &members).expect("unchanged table taken");
+    assert_eq!(t, &a.maglev[&web.maglev_offset]);
+    let named: Vec<(String, u32)> = members
+        .iter()
+        .map(|&((i, p), id)| (maglev::identity(i, p), id))
+        .collect();
+    assert_eq!(t, &maglev::build(&named));
+    // Listed twice: the same backend set.
+    let twice = [members.clone(), members.clone()].concat();
+    assert!(unchanged_table(&a, Some(&web), &twice).is_some());
+    // One backend fewer, or one more: built again.
+    assert!(unchanged_table(&a, Some(&web), &members[..1]).is_none());
+    let more = [members.clone(), vec![((ip("10.42.2.9"), 8080), 99)]].concat();
+    assert!(unchanged_table(&a, Some(&web), &more).is_none());
+    // An id that stood for another backend in prev (freed and reused): built again,
+    // since the identities, and so the table, differ.
+    let mut moved = a.clone();
+    let (_, id0) = members[0];
+    moved.backends.get_mut(&id0).unwrap().ip = ip("10.42.9.9").octets();
+    assert!(unchanged_table(&moved, Some(&web), &members).is_none());
+    // A table holding an id the members do not have: built again.
+    let mut stray = a.clone();
+    stray.maglev.get_mut(&web.maglev_offset).unwrap()[0] = 12_345;
+    assert!(unchanged_table(&stray, Some(&web), &members).is_none());
+    // No previous entry, or one without a table: built.
+    assert!(unchanged_table(&a, None, &members).is_none());
+    let empty = a.services[&key("192.168.60.2", 443, 6)];
+    assert!(unchanged_table(&a, Some(&empty), &[]).is_none());
+}
+
+#[test]
+fn replan_equals_plan_through_changes() {
+    let files = [
+        FILE.to_owned(),
+        FILE.replace("      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }\n", ""),
+        FILE.replace("10.42.1.7", "10.42.3.3"),
+        FILE.to_owned(),
+    ];
+    let mut prev = DataplaneState::default();
+    for f in &files {
+        let file = parse(f);
+        let planned = plan_ok(&prev, &file);
+        let replanned = replan(&prev, &file, &NODE, &limits()).unwrap();
+        assert_eq!(replanned, planned, "{f}");
+        prev = planned;
+    }
+}
