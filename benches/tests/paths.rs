@@ -99,10 +99,7 @@ fn every_path_balances_to_local_and_remote_pods() {
 /// The established-flow workload's probe finds a flow to a local and one to a remote pod, and
 /// the path then keeps each flow on that pod (what the workload measures).
 fn check_pinned(world: &World, xdp: &XdpGen, inst: &paths::Installed, name: &str) {
-    world.flush_conntrack();
-    if let Some(reset) = &inst.reset_flows {
-        reset().expect("reset flows");
-    }
+    inst.forget_flows(world).expect("forget flows");
     for locality in [Locality::Local, Locality::Remote] {
         let flow = pinned::find(world, &inst.udp, locality)
             .unwrap_or_else(|e| panic!("{name}: {} flow: {e:#}", locality.name()));
@@ -125,8 +122,7 @@ fn check_pinned(world: &World, xdp: &XdpGen, inst: &paths::Installed, name: &str
             )
             .expect("xdp generator");
         std::thread::sleep(Duration::from_millis(200));
-        let after = load::pod_rx(&world.topo).expect("rx");
-        let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let per_pod = load::pod_rx_since(&world.topo, &before).expect("rx");
         let elsewhere: u64 = per_pod.iter().sum::<u64>() - per_pod[flow.pod];
         assert!(
             per_pod[flow.pod] >= sent.frames * 98 / 100 && elsewhere <= 5,
@@ -140,10 +136,7 @@ fn check_pinned(world: &World, xdp: &XdpGen, inst: &paths::Installed, name: &str
 /// Short TCP connections through `inst` complete, at the pods as the client counts them,
 /// spread over local and remote pods, without failures.
 fn check_short_tcp(world: &World, inst: &paths::Installed, name: &str) {
-    world.flush_conntrack();
-    if let Some(reset) = &inst.reset_flows {
-        reset().expect("reset flows");
-    }
+    inst.forget_flows(world).expect("forget flows");
     let before = tcp::PASSIVE_OPENS.pods(&world.topo).expect("snmp");
     let d0 = tcp::LISTEN_DROPS.pods(&world.topo).expect("netstat");
     let sent = tcp::short_connections(&world.topo, &inst.http, 16, Duration::from_millis(1500))
@@ -205,8 +198,7 @@ fn udp_delivered(
     let before = load::pod_rx(&world.topo).expect("rx");
     let sent = generate().unwrap_or_else(|e| panic!("{what}: send: {e:#}"));
     std::thread::sleep(Duration::from_millis(300));
-    let after = load::pod_rx(&world.topo).expect("rx");
-    let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let per_pod = load::pod_rx_since(&world.topo, &before).expect("rx");
     let delivered: u64 = per_pod.iter().sum();
     assert!(sent.frames >= 1000, "{what}: sent only {sent:?}");
     // A few ARP frames may be counted too; losses at 4 kpps would be a broken path.

@@ -1065,13 +1065,8 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
                 class,
                 "--unclassed",
                 "false",
-                "--lease-duration-secs",
-                "1",
-                "--renew-deadline-ms",
-                "700",
-                "--retry-period-ms",
-                "200",
             ])
+            .args(TestCluster::CONTROLLER_FAST_ELECTION)
             .env("KUBECONFIG", k.b.kubeconfig())
             .env("ONEHOP_METRICS_ADDR", metrics.to_string())
             .env("POD_NAME", "pod-1")

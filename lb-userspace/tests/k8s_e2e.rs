@@ -639,14 +639,7 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
     cmd.args(["controller", "--namespace", k.ns()])
         .args(k.api.controller_class_args())
-        .args([
-            "--lease-duration-secs",
-            "1",
-            "--renew-deadline-ms",
-            "700",
-            "--retry-period-ms",
-            "200",
-        ])
+        .args(TestCluster::CONTROLLER_FAST_ELECTION)
         .env("KUBECONFIG", k.api.kubeconfig())
         .env("POD_NAME", "controller-0")
         .env("RUST_LOG", "warn");

@@ -293,6 +293,15 @@ pub fn pod_rx(topo: &Topology) -> Result<Vec<u64>> {
         .collect()
 }
 
+/// Packets every pod received since `before` (an earlier [`pod_rx`]), pod by pod.
+pub fn pod_rx_since(topo: &Topology, before: &[u64]) -> Result<Vec<u64>> {
+    Ok(pod_rx(topo)?
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect())
+}
+
 /// Bound, never-read UDP sockets on every pod's `UDP_TARGET_PORT`: the kernel delivers and
 /// then drops on a full receive buffer, and never answers with ICMP.
 pub fn udp_sinks(topo: &Topology, port: u16) -> Result<Vec<UdpSocket>> {

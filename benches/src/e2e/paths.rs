@@ -308,9 +308,22 @@ pub struct Installed {
     pub agent_start_s: Option<f64>,
     /// Forgets the path's own flow state (onehop's connection and reverse-NAT tables),
     /// run between runs like the kernel conntrack flush.
-    pub reset_flows: Option<Box<dyn Fn() -> Result<()>>>,
+    reset_flows: Option<Box<dyn Fn() -> Result<()>>>,
     undo: Vec<Box<dyn FnOnce()>>,
     agents: Vec<ChildGuard>,
+}
+
+impl Installed {
+    /// Empties every flow table on the way, so the next flows are new everywhere: kernel
+    /// conntrack on the nodes and the path's own tables (onehop's connection and
+    /// reverse-NAT maps).
+    pub fn forget_flows(&self, world: &World) -> Result<()> {
+        world.flush_conntrack();
+        match &self.reset_flows {
+            Some(reset) => reset(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for Installed {

@@ -97,12 +97,7 @@ pub fn find(world: &World, targets: &[Target], want: Locality) -> Result<PinnedF
                 Duration::from_millis(PROBE_FRAMES),
             )?;
             std::thread::sleep(Duration::from_millis(30));
-            let after = load::pod_rx(&world.topo)?;
-            let got: Vec<u64> = after
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect();
+            let got = load::pod_rx_since(&world.topo, &before)?;
             let Some((pod, &most)) = got.iter().enumerate().max_by_key(|&(_, n)| *n) else {
                 bail!("no pods");
             };

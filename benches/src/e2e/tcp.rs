@@ -430,10 +430,7 @@ pub fn measure(
     concurrency: usize,
     secs: u32,
 ) -> Result<TcpMeasured> {
-    world.flush_conntrack();
-    if let Some(reset) = &inst.reset_flows {
-        reset()?;
-    }
+    inst.forget_flows(world)?;
     let window = Duration::from_secs(secs.into());
     // Other processes' system time meanwhile (see load::cpu_ticks).
     let (i0, _) = load::cpu_ticks()?;

@@ -379,13 +379,16 @@ impl KubeAgent {
         let candidates: Vec<Candidate> = services
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
-            .map(|s| Candidate {
-                vips: translate::ingress_ips(s),
-                local_only: translate::local_policy(s),
-                endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
-                allowed_nodes: translate::ingress_ips(s).first().and_then(|vip| {
-                    advert::allowed_nodes(*vip, &parsed_pools, &ads, &nodes, &interfaces)
-                }),
+            .map(|s| {
+                let vips = translate::ingress_ips(s);
+                Candidate {
+                    allowed_nodes: vips.first().and_then(|vip| {
+                        advert::allowed_nodes(*vip, &parsed_pools, &ads, &nodes, &interfaces)
+                    }),
+                    vips,
+                    local_only: translate::local_policy(s),
+                    endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
+                }
             })
             .collect();
         let announce = election::announced_by(&self.opts.node_name, &live, &candidates);

@@ -391,6 +391,17 @@ impl TestCluster {
         }
     }
 
+    /// `onehop controller` election timing for tests: a lost leader is replaced within
+    /// about a second.
+    pub const CONTROLLER_FAST_ELECTION: [&str; 6] = [
+        "--lease-duration-secs",
+        "1",
+        "--renew-deadline-ms",
+        "700",
+        "--retry-period-ms",
+        "200",
+    ];
+
     /// `--class` / `--unclassed` for `onehop controller`.
     pub fn controller_class_args(&self) -> Vec<String> {
         vec![

@@ -162,10 +162,7 @@ struct Measured {
 /// A fresh start for one measurement: empty flow tables (kernel conntrack, onehop's maps), then
 /// a short warm-up so neighbour entries exist on the nodes and pods.
 fn fresh(world: &World, inst: &Installed, targets: &[Target]) -> Result<()> {
-    world.flush_conntrack();
-    if let Some(reset) = &inst.reset_flows {
-        reset()?;
-    }
+    inst.forget_flows(world)?;
     world.send(targets, Flows::New, Some(2000), Duration::from_millis(200))?;
     std::thread::sleep(Duration::from_millis(200));
     Ok(())
@@ -196,12 +193,7 @@ fn window(
     // Frames still in flight through the namespaces.
     std::thread::sleep(Duration::from_millis(100));
     let (c1, _) = load::cpu_ticks()?;
-    let rx1 = load::pod_rx(&world.topo)?;
-    let delivered: u64 = rx1
-        .iter()
-        .zip(&rx0)
-        .map(|(a, b)| a.saturating_sub(*b))
-        .sum();
+    let delivered: u64 = load::pod_rx_since(&world.topo, &rx0)?.iter().sum();
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     let m = Measured {
         per_s: delivered as f64 / sent.secs,
@@ -234,18 +226,13 @@ fn wait_serving(world: &World, targets: &[Target], timeout: Duration) -> Result<
         let before = load::pod_rx(&world.topo)?;
         world.send(targets, Flows::New, Some(5000), Duration::from_millis(100))?;
         std::thread::sleep(Duration::from_millis(100));
-        let after = load::pod_rx(&world.topo)?;
-        if after.iter().zip(&before).all(|(a, b)| a > b) {
+        let got = load::pod_rx_since(&world.topo, &before)?;
+        if got.iter().all(|&n| n > 0) {
             return Ok(start.elapsed().as_secs_f64());
         }
         anyhow::ensure!(
             start.elapsed() < timeout,
-            "not every pod receives new flows after {timeout:?}: {:?}",
-            after
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| a - b)
-                .collect::<Vec<_>>()
+            "not every pod receives new flows after {timeout:?}: {got:?}"
         );
     }
 }
