@@ -101,7 +101,8 @@ struct VipLabels {
     vip: String,
 }
 
-fn i64_of(v: impl TryInto<i64>) -> i64 {
+/// A counter or size as a Prometheus gauge value (saturating).
+pub fn i64_of(v: impl TryInto<i64>) -> i64 {
     v.try_into().unwrap_or(i64::MAX)
 }
 

@@ -81,14 +81,6 @@ impl TcpSent {
     }
 }
 
-fn thread_cpu_ns() -> u64 {
-    // SAFETY: timespec is plain old data.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -189,7 +181,7 @@ fn run_here(targets: &[Target], concurrency: usize, duration: Duration) -> Resul
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; concurrency.max(1)];
     let mut next_target = 0usize;
     let start = Instant::now();
-    let cpu0 = thread_cpu_ns();
+    let cpu0 = load::thread_cpu_ns();
     let mut last_sweep = start;
     while start.elapsed() < duration {
         // Refill: every free slot gets a new connect.
@@ -273,7 +265,7 @@ fn run_here(targets: &[Target], concurrency: usize, duration: Duration) -> Resul
         }
     }
     out.secs = start.elapsed().as_secs_f64();
-    out.thread_cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
+    out.thread_cpu_ns = load::thread_cpu_ns().saturating_sub(cpu0);
     out.abandoned = slots.iter().filter(|s| s.is_some()).count() as u64;
     Ok(out)
 }

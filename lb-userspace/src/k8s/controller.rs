@@ -72,7 +72,7 @@ use super::{
     alloc::{Allocator, PoolSpec, Request, validate_pools},
     crd::{IPAddressPool, IPAddressPoolStatus},
     ctlmetrics::{ControllerMetrics, PoolFigures, failure_reason},
-    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours},
+    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, reference},
 };
 
 /// The Events' reporting controller and the status patches' field manager.
@@ -410,13 +410,6 @@ struct Leader {
     failing: BTreeMap<&'static str, u64>,
 }
 
-fn service_ref(svc: &Service) -> ServiceRef {
-    ServiceRef {
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
 fn note_key(r: &ObjectReference) -> NoteKey {
     (
         r.kind.clone().unwrap_or_default(),
@@ -436,7 +429,7 @@ fn by_age(svcs: &mut [Arc<Service>]) {
     svcs.sort_by_key(|s| {
         (
             s.metadata.creation_timestamp.clone().map(|t| t.0),
-            service_ref(s),
+            reference(s),
         )
     });
 }
@@ -579,7 +572,7 @@ impl Leader {
         let present: BTreeSet<ServiceRef> = svcs
             .iter()
             .filter(|s| is_ours(s, &self.class))
-            .map(|s| service_ref(s))
+            .map(|s| reference(s))
             .collect();
         let released: BTreeSet<ServiceRef> = self
             .alloc
@@ -595,7 +588,7 @@ impl Leader {
         }
         for svc in &svcs {
             if !is_ours(svc, &self.class) {
-                let was_ours = released.contains(&service_ref(svc));
+                let was_ours = released.contains(&reference(svc));
                 ok &= self.clear_foreign(svc, was_ours).await;
                 continue;
             }
@@ -642,7 +635,7 @@ impl Leader {
             }
             Err(e) => {
                 *self.failing.entry(failure_reason(&e)).or_default() += 1;
-                self.alloc.release(&service_ref(svc));
+                self.alloc.release(&reference(svc));
                 let cleared = current.is_empty() || self.write_ingress(svc, &[]).await;
                 let msg = e.to_string();
                 self.note(&r, EventType::Warning, "AllocationFailed", "Allocate", &msg)
@@ -654,7 +647,7 @@ impl Leader {
 
     /// Writes `status.loadBalancer.ingress` (empty: removes it).
     async fn write_ingress(&self, svc: &Service, ips: &[Ipv4Addr]) -> bool {
-        let r = service_ref(svc);
+        let r = reference(svc);
         let api: Api<Service> = Api::namespaced(self.client.clone(), &r.namespace);
         let ingress: Vec<_> = ips
             .iter()

@@ -21,6 +21,7 @@ use prometheus_client::{
 };
 
 use super::alloc::AllocError;
+use crate::metrics::i64_of;
 
 /// One pool's figures as of the last reconcile pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,10 +66,6 @@ struct PoolLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl ControllerMetrics {
