@@ -7,11 +7,11 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent,
-    bpfmaps::{Maps, PinDir},
-    config::{self, Limits},
+    dataplane::loader::{self, Sizes, XdpAttachMode},
+    dataplane::maps::{Maps, PinDir},
+    dataplane::status,
     k8s,
-    loader::{self, Sizes, XdpAttachMode},
-    status,
+    plan::services_file::{self, Limits},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -206,8 +206,9 @@ struct ControllerArgs {
 fn run_controller(args: ControllerArgs) -> Result<()> {
     use hyper::StatusCode;
     use lb_userspace::{
-        k8s::{controller, ctlmetrics::ControllerMetrics, translate::ClassFilter},
-        metrics,
+        agent::metrics,
+        controller::{self, metrics::ControllerMetrics},
+        k8s::translate::ClassFilter,
     };
     let identity = match args.identity {
         Some(id) => id,
@@ -308,21 +309,21 @@ async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
         "--nat-port-min is above --nat-port-max"
     );
     let client = kube_client(kube.api_server.as_deref()).await?;
-    let kopts = k8s::agent::Options {
+    let kopts = agent::kube::Options {
         node_name,
         namespace: kube.namespace,
         class: k8s::translate::ClassFilter {
             class: kube.load_balancer_class,
             unclassed: !kube.ignore_unclassed,
         },
-        nat_ports: config::NatPorts {
+        nat_ports: services_file::NatPorts {
             min: kube.nat_port_min,
             max: kube.nat_port_max,
         },
         renew_interval: Duration::from_millis(kube.lease_renew_ms.max(50)),
         lease_duration: Duration::from_millis(kube.lease_duration_ms.max(200)),
     };
-    k8s::agent::run(opts, kopts, client).await
+    agent::kube::run(opts, kopts, client).await
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -380,7 +381,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let parsed = config::parse(&text, &Limits::default())
+            let parsed = services_file::parse(&text, &Limits::default())
                 .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
             println!(
                 "{}: OK ({} services)",

@@ -28,10 +28,12 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::CustomResourceExt as _;
-use lb_userspace::k8s::{
+use lb_userspace::{
     controller::{self, Options, Timing},
-    crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
-    translate::{ClassFilter, ingress_ips},
+    k8s::{
+        crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
+        translate::{ClassFilter, ingress_ips},
+    },
 };
 use onehop_testkit::{
     apiserver::ApiServer,

@@ -22,7 +22,7 @@ mod cluster;
 
 use cluster::{Cluster, TARGET_PORT, UDP_TARGET_PORT, pods_in_use};
 use lb_common::{Counter, DropReason};
-use lb_userspace::status::Snapshot;
+use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
     netns::{command_in, in_netns},
     traffic::{HttpConn, Timeouts},

@@ -12,9 +12,11 @@ use std::{
 
 use lb_common::maps;
 use lb_userspace::{
-    bpfmaps::{Maps, PinDir},
-    garp, loader, neigh,
-    netdev::Interface,
+    dataplane::loader,
+    dataplane::maps::{Maps, PinDir},
+    net::garp,
+    net::neigh,
+    net::netdev::Interface,
 };
 use onehop_testkit::{netns::in_netns, topology::Topology};
 
@@ -291,10 +293,11 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
 #[test]
 fn written_plans_read_back_exactly() {
     use lb_userspace::{
-        config::{self, Limits},
-        diff, reader,
-        state::{self, DataplaneState, Node},
-        writer,
+        dataplane::reader,
+        dataplane::writer,
+        plan::diff,
+        plan::services_file::{self, Limits},
+        plan::state::{self, DataplaneState, Node},
     };
     let topo = Topology::builder()
         .nodes(1)
@@ -329,7 +332,7 @@ services:
 ",
             n = topo.node(1).ip()
         );
-        config::parse(&text, &limits).expect("valid file")
+        services_file::parse(&text, &limits).expect("valid file")
     };
     let mut current = DataplaneState::default();
     for extra in ["", ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }", ""] {

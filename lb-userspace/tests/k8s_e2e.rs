@@ -24,11 +24,9 @@ use k8s_openapi::api::{
 use kube::CustomResourceExt as _;
 use lb_common::{DropReason, vip_flags};
 use lb_userspace::{
-    k8s::{
-        crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
-        election,
-    },
-    status::Snapshot,
+    agent::election,
+    dataplane::status::Snapshot,
+    k8s::crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
 };
 use onehop_testkit::json::merge;
 use onehop_testkit::{

@@ -77,7 +77,7 @@ fn wait_ready(onehop: &Path, pins: &Path, log: &Path) -> Result<()> {
 /// The demo's world; dropping it stops the agents and removes everything.
 struct Demo {
     agents: Vec<ChildGuard>,
-    _passes: Vec<lb_userspace::peer::PassThrough>,
+    _passes: Vec<lb_userspace::dataplane::peer::PassThrough>,
     _servers: Vec<onehop_testkit::server::HttpServer>,
     scratch: Scratch,
     topo: Topology,
@@ -108,7 +108,7 @@ impl Demo {
         let passes = in_netns(topo.lan(), || {
             peers
                 .iter()
-                .map(|p| lb_userspace::peer::attach(p))
+                .map(|p| lb_userspace::dataplane::peer::attach(p))
                 .collect::<Result<Vec<_>>>()
         })??;
         for n in topo.nodes() {

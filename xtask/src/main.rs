@@ -85,7 +85,7 @@ fn main() -> Result<()> {
         }
         Command::Demo => {
             setup::run()?;
-            if lb_userspace::ebpf::object().is_err() {
+            if lb_userspace::dataplane::object::object().is_err() {
                 return reexec_after_setup();
             }
             demo::run()

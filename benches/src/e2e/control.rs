@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use lb_userspace::bpfmaps::{Maps, PinDir};
+use lb_userspace::dataplane::maps::{Maps, PinDir};
 use onehop_testkit::{
     netns::{command_in, spawn_in},
     topology::node_ip,
@@ -98,8 +98,9 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
     let cfg = dir.join("cp.yaml");
     std::fs::write(&cfg, "services: []\n")?;
     let root = world.pin_root(1);
-    let slots =
-        u64::from(lb_userspace::maglev::table_size(backends as usize)) * u64::from(services) + 1024;
+    let slots = u64::from(lb_userspace::plan::maglev::table_size(backends as usize))
+        * u64::from(services)
+        + 1024;
     let ns = world.topo.node(1).ns();
     let log = std::fs::File::create(dir.join("cp.log"))?;
     let mut cmd = agent_command(world, slots, log);
@@ -194,7 +195,7 @@ pub(super) struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Err(e) = lb_userspace::loader::cleanup(&self.0, "eth0") {
+        if let Err(e) = lb_userspace::dataplane::loader::cleanup(&self.0, "eth0") {
             eprintln!("bench-e2e: cleanup of {}: {e:#}", self.0.display());
         }
     }

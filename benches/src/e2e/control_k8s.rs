@@ -32,7 +32,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::{ServiceKey, proto};
-use lb_userspace::bpfmaps::{Maps, PinDir};
+use lb_userspace::dataplane::maps::{Maps, PinDir};
 use onehop_testkit::{
     apiserver::{ApiServer, ResourceDef},
     netns::{in_netns, spawn_in},
@@ -340,7 +340,7 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
     let root = world.pin_root(1);
     // Room for every table plus one more: a changed table may be written before the old
     // one is freed.
-    let table = u64::from(lb_userspace::maglev::table_size(backends as usize));
+    let table = u64::from(lb_userspace::plan::maglev::table_size(backends as usize));
     let slots = table * (u64::from(services) + 1) + 1024;
     let ns = world.topo.node(1).ns();
     let log_path = dir.join("cp-k8s.log");

@@ -23,8 +23,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_userspace::{
-    bpfmaps::{Maps, PinDir},
-    peer,
+    dataplane::maps::{Maps, PinDir},
+    dataplane::peer,
 };
 use onehop_testkit::{
     MacAddr, Topology,
@@ -587,7 +587,8 @@ pub fn maglev_slots(services: &[Service]) -> u32 {
     let total: u64 = services
         .iter()
         .map(|s| {
-            u64::from(lb_userspace::maglev::table_size(s.endpoints.len())) * s.ports.len() as u64
+            u64::from(lb_userspace::plan::maglev::table_size(s.endpoints.len()))
+                * s.ports.len() as u64
         })
         .sum();
     u32::try_from(total + 1024).unwrap_or(u32::MAX)
@@ -665,7 +666,7 @@ impl DataPath for Onehop {
         for node in [1u8, 2] {
             let root = world.pin_root(node);
             undo.push(Box::new(move || {
-                if let Err(e) = lb_userspace::loader::cleanup(&root, "eth0") {
+                if let Err(e) = lb_userspace::dataplane::loader::cleanup(&root, "eth0") {
                     eprintln!("bench-e2e: onehop cleanup of {}: {e:#}", root.display());
                 }
             }));

@@ -219,7 +219,7 @@ impl XdpGen {
             .map_max_entries(m::CONNTRACK, 1)
             .map_max_entries(m::REV_NAT, 1)
             .map_max_entries(m::AFFINITY, 1)
-            .load(lb_userspace::ebpf::object()?)
+            .load(lb_userspace::dataplane::object::object()?)
             .context("loading the eBPF object")?;
         let prog: &mut Xdp = ebpf
             .program_mut(b::XDPGEN_PROGRAM)

@@ -35,7 +35,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use crate::config::{
+use crate::plan::services_file::{
     Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, NatPorts, Protocol, Service as LbService,
     ServicePort, ServicesFile, SessionAffinity,
 };

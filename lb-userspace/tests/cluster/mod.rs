@@ -17,9 +17,9 @@ use std::{
 };
 
 use lb_userspace::{
-    bpfmaps::{Maps, PinDir},
-    peer,
-    status::Snapshot,
+    dataplane::maps::{Maps, PinDir},
+    dataplane::peer,
+    dataplane::status::Snapshot,
 };
 use onehop_testkit::{
     netns::{ChildGuard, command_in, in_netns, spawn_in},

@@ -241,7 +241,7 @@ pub struct Run {
 impl Lb {
     /// Loads the embedded object with small maps (tests run in parallel).
     pub fn load() -> Self {
-        let object = lb_userspace::ebpf::object().expect("embedded eBPF object");
+        let object = lb_userspace::dataplane::object::object().expect("embedded eBPF object");
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(m::MAGLEV, 1 << 16)
             .map_max_entries(m::BACKENDS, 1024)

@@ -407,7 +407,7 @@ fn bench(args: &Args, cpu: usize) -> Result<Outcome> {
     };
     let object = match &file {
         Some(bytes) => bytes.as_slice(),
-        None => lb_userspace::ebpf::object()?,
+        None => lb_userspace::dataplane::object::object()?,
     };
     let mut lbs = Vec::new();
     let mut load_times = Vec::new();

@@ -429,7 +429,7 @@ fn announce_is_limited_to_served_vips() {
 
 #[test]
 fn translation_plans_like_a_file() {
-    use crate::state::{DataplaneState, Node as LbNode, plan};
+    use crate::plan::state::{DataplaneState, Node as LbNode, plan};
     let svcs = [service("web", json!({}))];
     let slices = [slice(
         "web",
@@ -450,7 +450,7 @@ fn translation_plans_like_a_file() {
         &DataplaneState::default(),
         &t.file,
         &node,
-        &crate::config::Limits::default(),
+        &crate::plan::services_file::Limits::default(),
     )
     .expect("plan");
     assert_eq!(state.services.len(), 1);

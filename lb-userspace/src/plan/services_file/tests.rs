@@ -132,7 +132,7 @@ fn parses_the_example() {
 
 #[test]
 fn module_doc_example_is_valid() {
-    let doc = include_str!("../config.rs");
+    let doc = include_str!("../services_file.rs");
     let mut yaml = String::new();
     for l in doc
         .lines()

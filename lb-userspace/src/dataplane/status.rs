@@ -10,10 +10,10 @@ use lb_common::{
 };
 
 use crate::{
-    bpfmaps::{Maps, sum_traffic, sum_u64},
-    netdev::fmt_mac,
-    reader,
-    state::DataplaneState,
+    dataplane::maps::{Maps, sum_traffic, sum_u64},
+    dataplane::reader,
+    net::netdev::fmt_mac,
+    plan::state::DataplaneState,
 };
 
 /// Everything `status` prints, read in one pass.

@@ -24,7 +24,7 @@ use aya::{
 use lb_common::maps::{self, programs};
 use tracing::{info, warn};
 
-use crate::{bpfmaps::PinDir, ebpf, netdev::Interface};
+use crate::{dataplane::maps::PinDir, dataplane::object, net::netdev::Interface};
 
 /// Sizes chosen when the maps are first created (pinned maps keep theirs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +193,7 @@ pub fn attach(
         .map_max_entries(maps::REV_NAT, sizes.rev_nat)
         .map_max_entries(maps::AFFINITY, sizes.affinity);
     let mut ebpf = loader
-        .load(ebpf::object()?)
+        .load(object::object()?)
         .context("loading the eBPF object")?;
 
     let xdp: &mut Xdp = ebpf

@@ -53,7 +53,7 @@ use lb_common::maps;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use crate::maglev;
+use crate::plan::maglev;
 
 /// Default `session_affinity_timeout_seconds` (Kubernetes' default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;

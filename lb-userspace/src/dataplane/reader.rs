@@ -8,8 +8,8 @@ use anyhow::{Context as _, Result};
 use lb_common::backend_flags;
 
 use crate::{
-    bpfmaps::Maps,
-    state::{DataplaneState, SrcRangeKey},
+    dataplane::maps::Maps,
+    plan::state::{DataplaneState, SrcRangeKey},
 };
 
 pub fn read(maps: &Maps) -> Result<DataplaneState> {

@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 
 use super::alloc::AllocError;
-use crate::metrics::i64_of;
+use crate::agent::metrics::i64_of;
 
 /// One pool's figures as of the last reconcile pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -218,7 +218,7 @@ mod tests {
             AllocError::NotInAnyPool(ip),
             AllocError::InUse {
                 ip,
-                by: super::super::translate::ServiceRef {
+                by: crate::k8s::translate::ServiceRef {
                     namespace: "a".into(),
                     name: "b".into(),
                 },

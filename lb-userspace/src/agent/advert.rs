@@ -23,10 +23,12 @@ use std::{
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt as _;
 
-use super::{
-    alloc::Pool,
-    crd::{IPAddressPool, L2Advertisement},
-    selector,
+use crate::{
+    controller::alloc::Pool,
+    k8s::{
+        crd::{IPAddressPool, L2Advertisement},
+        selector,
+    },
 };
 
 /// Annotation on a node's Lease naming the interface its agent serves.

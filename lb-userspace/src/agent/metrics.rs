@@ -26,9 +26,9 @@ use prometheus_client::{
 use tracing::warn;
 
 use crate::{
-    bpfmaps::{Maps, PinDir},
-    state::DataplaneState,
-    status::{self, Snapshot},
+    dataplane::maps::{Maps, PinDir},
+    dataplane::status::{self, Snapshot},
+    plan::state::DataplaneState,
 };
 
 /// What the agent's loop reports for health and metrics.
@@ -291,7 +291,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::status::{BackendRow, ServiceRow};
+    use crate::dataplane::status::{BackendRow, ServiceRow};
 
     #[test]
     fn renders_every_family_with_labels() {

@@ -2,8 +2,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::config::{self, Limits, ServicesFile};
-use crate::state::{DataplaneState, Node, SrcRangeKey, plan, replan};
+use crate::plan::services_file::{self, Limits, ServicesFile};
+use crate::plan::state::{DataplaneState, Node, SrcRangeKey, plan, replan};
 use lb_common::{backend_flags, service_flags, vip_flags};
 use proptest::prelude::*;
 
@@ -164,7 +164,7 @@ impl Maps {
 }
 
 fn parse(text: &str) -> ServicesFile {
-    config::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
+    services_file::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const FILE: &str = "\
@@ -241,7 +241,7 @@ fn backend_swap_order() {
         .find(|(_, v)| v.ip == [10, 42, 0, 6])
         .map(|(id, _)| *id)
         .unwrap();
-    let cidr = |s| SrcRangeKey::new(old_v.id, config::Cidr::parse(s).unwrap());
+    let cidr = |s| SrcRangeKey::new(old_v.id, services_file::Cidr::parse(s).unwrap());
     let (old_r, new_r) = (cidr("10.0.0.0/8"), cidr("10.1.0.0/16"));
     assert_eq!(
         diff(&a, &b),
@@ -290,7 +290,7 @@ proptest! {
     /// previous state yields the next, every step is safe, and a state
     /// diffed against itself is empty.
     #[test]
-    fn diffs_apply_safely(files in proptest::collection::vec(config::tests::arb_file(), 1..6)) {
+    fn diffs_apply_safely(files in proptest::collection::vec(services_file::tests::arb_file(), 1..6)) {
         let mut prev = DataplaneState::default();
         for file in &files {
             let next = plan(&prev, file, &NODE, &limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -312,7 +312,7 @@ proptest! {
     /// adopt and plan over, and finishing from there yields the target.
     #[test]
     fn interrupted_updates_recover(
-        files in proptest::collection::vec(config::tests::arb_file(), 2..3),
+        files in proptest::collection::vec(services_file::tests::arb_file(), 2..3),
         cut in any::<proptest::sample::Index>(),
     ) {
         let a = plan(&DataplaneState::default(), &files[0], &NODE, &limits()).unwrap();

@@ -11,14 +11,14 @@
 //! 7. then removals in reverse: VIPs, services, source ranges, and backends
 //!    last, once no table names them.
 //!
-//! This relies on [`crate::state::plan`]'s guarantees (no id or slot of
+//! This relies on [`crate::plan::state::plan`]'s guarantees (no id or slot of
 //! the current contents reused by a new identity or table). An interrupted
-//! update leaves maps that [`crate::state::DataplaneState::allocators`]
+//! update leaves maps that [`crate::plan::state::DataplaneState::allocators`]
 //! accepts, and the next plan finishes the job.
 
 use lb_common::{BackendValue, Config, ServiceKey, ServiceValue, SourceRangeData};
 
-use crate::state::DataplaneState;
+use crate::plan::state::DataplaneState;
 
 /// One map update.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,12 @@
 //! does not parse or validate is logged with every problem it has, and the
 //! maps keep the last good state.
 
+pub mod advert;
+pub mod election;
+pub mod filewatch;
+pub mod kube;
+pub mod metrics;
+
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
@@ -20,17 +26,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpfmaps::Maps,
-    config::{self, Limits, ServicesFile},
-    diff,
-    filewatch::{Stamp, Watch},
-    garp,
-    loader::{self, Sizes, XdpAttachMode},
-    neigh,
-    netdev::Interface,
-    reader,
-    state::{self, DataplaneState, Node},
-    writer,
+    agent::filewatch::{Stamp, Watch},
+    dataplane::loader::{self, Sizes, XdpAttachMode},
+    dataplane::maps::Maps,
+    dataplane::reader,
+    dataplane::writer,
+    net::garp,
+    net::neigh,
+    net::netdev::Interface,
+    plan::diff,
+    plan::services_file::{self, Limits, ServicesFile},
+    plan::state::{self, DataplaneState, Node},
 };
 
 /// How the data path is attached (shared by every source of services).
@@ -84,7 +90,7 @@ pub struct Agent {
     /// (when, VIP) gratuitous ARPs still to send.
     garp_due: Vec<(Instant, Ipv4Addr)>,
     neighbours: BTreeSet<Ipv4Addr>,
-    pub health: std::sync::Arc<crate::metrics::Health>,
+    pub health: std::sync::Arc<crate::agent::metrics::Health>,
 }
 
 impl Agent {
@@ -219,13 +225,13 @@ impl Agent {
             maglev_slots: maps.maglev.len(),
             ..Limits::default()
         };
-        let health = std::sync::Arc::new(crate::metrics::Health::default());
+        let health = std::sync::Arc::new(crate::agent::metrics::Health::default());
         if let Some(addr) = opts.metrics_addr {
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(tokio::net::TcpListener::from_std)
                 .with_context(|| format!("serving metrics on {addr}"))?;
-            tokio::spawn(crate::metrics::serve(
+            tokio::spawn(crate::agent::metrics::serve(
                 listener,
                 dataplane.pins.clone(),
                 health.clone(),
@@ -330,7 +336,7 @@ impl FileSource {
         }
         self.last_input = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        let file = match config::parse(&text, &agent.limits) {
+        let file = match services_file::parse(&text, &agent.limits) {
             Ok(f) => f,
             Err(e) => {
                 error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");

@@ -26,9 +26,9 @@ use std::{
 
 use k8s_openapi::api::core::v1::Service;
 
-pub use super::crd::{PoolSpec, ServiceAllocation};
-use super::{selector, translate::ServiceRef};
-use crate::config::Protocol;
+pub use crate::k8s::crd::{PoolSpec, ServiceAllocation};
+use crate::k8s::{selector, translate::ServiceRef};
+use crate::plan::services_file::Protocol;
 
 /// Annotation prefixes, in the order they are looked up.
 pub const ANNOTATION_PREFIXES: [&str; 3] = ["onehop.io/", "metallb.io/", "metallb.universe.tf/"];

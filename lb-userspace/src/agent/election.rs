@@ -16,7 +16,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use crate::maglev::stable_hash;
+use crate::plan::maglev::stable_hash;
 
 /// Seed of the election hash (any fixed value; all agents must agree).
 const SEED: u64 = 0x6f6e_6568_6f70_4c32; // "onehopL2"

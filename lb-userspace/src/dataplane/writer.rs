@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::lpm_trie::Key;
 use lb_common::{BackendValue, Config, Ipv4Key, VipValue};
 
-use crate::{bpfmaps::Maps, diff::MapOp};
+use crate::{dataplane::maps::Maps, plan::diff::MapOp};
 
 /// Writes `ops` one by one; stops at the first failure, naming the op.
 /// The caller re-reads the maps afterwards, so a partial apply is never

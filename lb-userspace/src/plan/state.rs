@@ -20,10 +20,12 @@ use lb_common::{
     source_range_prefixlen, vip_flags,
 };
 
-use crate::config::{Cidr, Limits, Service, ServicePort, ServicesFile, SessionAffinity};
-use crate::ids::{IdAllocator, IdError};
-use crate::maglev;
-use crate::slots::{Region, SlotAllocator, SlotError};
+use crate::plan::ids::{IdAllocator, IdError};
+use crate::plan::maglev;
+use crate::plan::services_file::{
+    Cidr, Limits, Service, ServicePort, ServicesFile, SessionAffinity,
+};
+use crate::plan::slots::{Region, SlotAllocator, SlotError};
 
 /// What the agent knows about the interface it serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,6 +35,9 @@
 //! resync, or a retry after a failed write) recomputes everything from the
 //! caches and writes only differences.
 
+pub mod alloc;
+pub mod metrics;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
@@ -68,10 +71,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::{
+use self::{
     alloc::{Allocator, PoolSpec, Request, validate_pools},
+    metrics::{ControllerMetrics, PoolFigures, failure_reason},
+};
+use crate::k8s::{
     crd::{IPAddressPool, IPAddressPoolStatus},
-    ctlmetrics::{ControllerMetrics, PoolFigures, failure_reason},
     translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, reference},
 };
 
@@ -499,7 +504,7 @@ impl Leader {
             .unwrap_or_default()
     }
 
-    fn request(&self, svc: &Service) -> Result<Request, super::alloc::AllocError> {
+    fn request(&self, svc: &Service) -> Result<Request, alloc::AllocError> {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         Request::from_service(svc, self.namespace_labels(&ns))
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{self, Backend, NatPorts, Protocol, Service, ServicePort};
+use crate::plan::services_file::{self, Backend, NatPorts, Protocol, Service, ServicePort};
 use proptest::prelude::*;
 
 const NODE: Node = Node {
@@ -20,7 +20,7 @@ fn ip(s: &str) -> Ipv4Addr {
 }
 
 fn parse(text: &str) -> ServicesFile {
-    config::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
+    services_file::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn plan_ok(prev: &DataplaneState, file: &ServicesFile) -> DataplaneState {
@@ -681,7 +681,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn plans_are_consistent_and_stable(files in proptest::collection::vec(config::tests::arb_file(), 1..5)) {
+    fn plans_are_consistent_and_stable(files in proptest::collection::vec(services_file::tests::arb_file(), 1..5)) {
         let mut prev = DataplaneState::default();
         for file in &files {
             let next = plan(&prev, file, &NODE, &limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;

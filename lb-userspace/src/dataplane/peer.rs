@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::maps::programs;
 
-use crate::ebpf;
+use crate::dataplane::object;
 
 /// Keeps `xdp_pass` attached to one interface; detaches on drop.
 pub struct PassThrough {
@@ -22,7 +22,7 @@ pub struct PassThrough {
 
 /// Attaches `xdp_pass` to `ifname` in the calling thread's network namespace.
 pub fn attach(ifname: &str) -> Result<PassThrough> {
-    let mut ebpf = Ebpf::load(ebpf::object()?).context("loading the eBPF object")?;
+    let mut ebpf = Ebpf::load(object::object()?).context("loading the eBPF object")?;
     let prog: &mut Xdp = ebpf
         .program_mut(programs::PASS)
         .context("xdp_pass missing from the object")?

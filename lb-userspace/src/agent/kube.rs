@@ -48,13 +48,15 @@ use tracing::{info, warn};
 
 use super::{
     advert::{self, INTERFACE_ANNOTATION},
-    crd::{IPAddressPool, L2Advertisement},
     election::{self, Candidate},
+};
+use crate::k8s::{
+    crd::{IPAddressPool, L2Advertisement},
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
 };
 use crate::{
     agent::{self, Agent},
-    config::NatPorts,
+    plan::services_file::NatPorts,
 };
 
 /// Label on the per-node Leases.

@@ -1,0 +1,11 @@
+//! The BPF edge: the embedded object, loading and pinning programs, maps and
+//! links, writing and reading the maps, and the status snapshot built from
+//! them.
+
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod peer;
+pub mod reader;
+pub mod status;
+pub mod writer;
