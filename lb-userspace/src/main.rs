@@ -11,7 +11,7 @@ use lb_userspace::{
     dataplane::maps::{Maps, PinDir},
     dataplane::status,
     k8s,
-    plan::services_file::{self, Limits},
+    plan::{model::Limits, services_file},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -316,7 +316,7 @@ async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
             class: kube.load_balancer_class,
             unclassed: !kube.ignore_unclassed,
         },
-        nat_ports: services_file::NatPorts {
+        nat_ports: lb_userspace::plan::model::NatPorts {
             min: kube.nat_port_min,
             max: kube.nat_port_max,
         },

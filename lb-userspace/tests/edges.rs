@@ -296,8 +296,8 @@ fn written_plans_read_back_exactly() {
         dataplane::reader,
         dataplane::writer,
         plan::diff,
-        plan::services_file::{self, Limits},
         plan::state::{self, DataplaneState, Node},
+        plan::{model::Limits, services_file},
     };
     let topo = Topology::builder()
         .nodes(1)

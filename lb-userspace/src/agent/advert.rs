@@ -23,12 +23,10 @@ use std::{
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt as _;
 
-use crate::{
-    controller::alloc::Pool,
-    k8s::{
-        crd::{IPAddressPool, L2Advertisement},
-        selector,
-    },
+use crate::k8s::{
+    crd::{IPAddressPool, L2Advertisement},
+    pool::Pool,
+    selector,
 };
 
 /// Annotation on a node's Lease naming the interface its agent serves.

@@ -56,7 +56,7 @@ use crate::k8s::{
 };
 use crate::{
     agent::{self, Agent},
-    plan::services_file::NatPorts,
+    plan::model::NatPorts,
 };
 
 /// Label on the per-node Leases.

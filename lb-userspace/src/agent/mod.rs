@@ -35,8 +35,11 @@ use crate::{
     net::neigh,
     net::netdev::Interface,
     plan::diff,
-    plan::services_file::{self, Limits, ServicesFile},
     plan::state::{self, DataplaneState, Node},
+    plan::{
+        model::{Limits, NodeServices},
+        services_file,
+    },
 };
 
 /// How the data path is attached (shared by every source of services).
@@ -85,7 +88,7 @@ pub struct Agent {
     /// it: the same input again needs no planning (planning 10,000 services
     /// takes hundreds of milliseconds; the Kubernetes source re-derives its input
     /// on every Lease renewal in the cluster).
-    applied: Option<ServicesFile>,
+    applied: Option<NodeServices>,
     arp: garp::ArpSender,
     /// (when, VIP) gratuitous ARPs still to send.
     garp_due: Vec<(Instant, Ipv4Addr)>,
@@ -94,7 +97,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn node(&self, file: &ServicesFile) -> Result<Node> {
+    fn node(&self, file: &NodeServices) -> Result<Node> {
         let ip = file.node_ip.or(self.iface.ipv4).with_context(|| {
             format!(
                 "no node ip: set node.ip in the file or give {} an IPv4 address",
@@ -110,14 +113,14 @@ impl Agent {
 
     /// Makes the maps hold `file`: plans against what they hold now, writes
     /// only the difference, re-reads them, and announces new VIPs.
-    pub fn apply(&mut self, file: &ServicesFile) -> Result<()> {
+    pub fn apply(&mut self, file: &NodeServices) -> Result<()> {
         let result = self.apply_inner(file);
         self.health.record(result.is_ok());
         self.health.set_state(&self.current);
         result
     }
 
-    fn apply_inner(&mut self, file: &ServicesFile) -> Result<()> {
+    fn apply_inner(&mut self, file: &NodeServices) -> Result<()> {
         if self.applied.as_ref() == Some(file) {
             return Ok(());
         }

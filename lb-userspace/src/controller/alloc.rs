@@ -26,156 +26,15 @@ use std::{
 
 use k8s_openapi::api::core::v1::Service;
 
-pub use crate::k8s::crd::{PoolSpec, ServiceAllocation};
+pub use crate::k8s::{
+    crd::{PoolSpec, ServiceAllocation},
+    pool::{Pool, validate_pools},
+};
 use crate::k8s::{selector, translate::ServiceRef};
-use crate::plan::services_file::Protocol;
+use crate::plan::model::Protocol;
 
 /// Annotation prefixes, in the order they are looked up.
 pub const ANNOTATION_PREFIXES: [&str; 3] = ["onehop.io/", "metallb.io/", "metallb.universe.tf/"];
-
-/// A validated pool.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pool {
-    pub name: String,
-    /// Inclusive `[first, last]` ranges, sorted, as integers.
-    ranges: Vec<(u32, u32)>,
-    auto_assign: bool,
-    avoid_buggy: bool,
-    allocation: ServiceAllocation,
-}
-
-fn parse_range(raw: &str) -> Result<(u32, u32), String> {
-    let raw = raw.trim();
-    if let Some((a, b)) = raw.split_once('-') {
-        let a: Ipv4Addr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{raw:?}: {a:?} is not an IPv4 address"))?;
-        let b: Ipv4Addr = b
-            .trim()
-            .parse()
-            .map_err(|_| format!("{raw:?}: {b:?} is not an IPv4 address"))?;
-        let (a, b) = (u32::from(a), u32::from(b));
-        if a > b {
-            return Err(format!("{raw:?}: the range is backwards"));
-        }
-        return Ok((a, b));
-    }
-    let (addr, len) = raw
-        .split_once('/')
-        .ok_or_else(|| format!("{raw:?} is neither a CIDR nor a range"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("{raw:?}: not an IPv4 CIDR"))?;
-    let len: u32 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("{raw:?}: bad prefix length"))?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let first = u32::from(addr) & mask;
-    Ok((first, first | !mask))
-}
-
-impl Pool {
-    pub fn parse(name: &str, spec: &PoolSpec) -> Result<Self, String> {
-        if spec.addresses.is_empty() {
-            return Err("no addresses".into());
-        }
-        let mut ranges = Vec::new();
-        for a in &spec.addresses {
-            if a.contains(':') {
-                return Err(format!("{a:?}: IPv6 pools are not supported yet"));
-            }
-            ranges.push(parse_range(a)?);
-        }
-        ranges.sort_unstable();
-        for w in ranges.windows(2) {
-            if w[1].0 <= w[0].1 {
-                return Err("addresses overlap within the pool".into());
-            }
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            ranges,
-            auto_assign: spec.auto_assign.unwrap_or(true),
-            avoid_buggy: spec.avoid_buggy_ips.unwrap_or(false),
-            allocation: spec.service_allocation.clone().unwrap_or_default(),
-        })
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let ip = u32::from(ip);
-        self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&ip))
-    }
-
-    fn usable(&self, ip: u32) -> bool {
-        !(self.avoid_buggy && matches!(ip & 0xff, 0 | 255))
-    }
-
-    /// Addresses in order (lazily: pools can be large).
-    fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.ranges
-            .iter()
-            .flat_map(|(a, b)| *a..=*b)
-            .filter(|ip| self.usable(*ip))
-            .map(Ipv4Addr::from)
-    }
-
-    /// Usable addresses, counted without walking them (pools can be /8s).
-    pub fn size(&self) -> u64 {
-        // Addresses in [0, n] ending in .0 or .255.
-        let buggy_upto = |n: u64| (n / 256) * 2 + 1 + u64::from(n % 256 == 255);
-        self.ranges
-            .iter()
-            .map(|(a, b)| {
-                let (a, b) = (u64::from(*a), u64::from(*b));
-                let all = b - a + 1;
-                if !self.avoid_buggy {
-                    return all;
-                }
-                let below = if a == 0 { 0 } else { buggy_upto(a - 1) };
-                all - (buggy_upto(b) - below)
-            })
-            .sum()
-    }
-
-    fn overlaps(&self, other: &Pool) -> bool {
-        self.ranges
-            .iter()
-            .any(|(a, b)| other.ranges.iter().any(|(c, d)| a <= d && c <= b))
-    }
-
-    fn serves(&self, req: &Request) -> Result<bool, String> {
-        let al = &self.allocation;
-        if !al.namespaces.is_empty() && !al.namespaces.contains(&req.service.namespace) {
-            return Ok(false);
-        }
-        Ok(
-            selector::any_matches(&al.namespace_selectors, &req.namespace_labels)?
-                && selector::any_matches(&al.service_selectors, &req.labels)?,
-        )
-    }
-}
-
-/// Validates pools; a pool overlapping an earlier one (by name) is
-/// rejected. Returns the usable pools and `(pool, problem)` for the others.
-pub fn validate_pools(specs: &[(String, PoolSpec)]) -> (Vec<Pool>, Vec<(String, String)>) {
-    let mut sorted: Vec<&(String, PoolSpec)> = specs.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut ok: Vec<Pool> = Vec::new();
-    let mut bad = Vec::new();
-    for (name, spec) in sorted {
-        match Pool::parse(name, spec) {
-            Ok(p) => match ok.iter().find(|q| q.overlaps(&p)) {
-                Some(q) => bad.push((name.clone(), format!("overlaps pool {}", q.name))),
-                None => ok.push(p),
-            },
-            Err(e) => bad.push((name.clone(), e)),
-        }
-    }
-    (ok, bad)
-}
 
 /// What a Service asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,6 +47,18 @@ pub struct Request {
     pub sharing_key: Option<String>,
     pub ports: BTreeSet<(u16, Protocol)>,
     pub local: bool,
+}
+
+/// Whether `pool`'s `serviceAllocation` admits the Service of `req`.
+fn serves(pool: &Pool, req: &Request) -> Result<bool, String> {
+    let al = &pool.allocation;
+    if !al.namespaces.is_empty() && !al.namespaces.contains(&req.service.namespace) {
+        return Ok(false);
+    }
+    Ok(
+        selector::any_matches(&al.namespace_selectors, &req.namespace_labels)?
+            && selector::any_matches(&al.service_selectors, &req.labels)?,
+    )
 }
 
 fn annotation<'a>(svc: &'a Service, name: &str) -> Option<&'a str> {
@@ -233,11 +104,7 @@ impl Request {
             .iter()
             .flatten()
             .filter_map(|p| {
-                let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-                    "TCP" => Protocol::Tcp,
-                    "UDP" => Protocol::Udp,
-                    _ => return None,
-                };
+                let proto = Protocol::from_name(p.protocol.as_deref().unwrap_or("TCP"))?;
                 Some((u16::try_from(p.port).ok()?, proto))
             })
             .collect();
@@ -475,7 +342,7 @@ impl Allocator {
         for p in &self.pools {
             let wanted = match &req.pool {
                 Some(name) => &p.name == name,
-                None => p.auto_assign && p.serves(req).map_err(AllocError::InvalidRequest)?,
+                None => p.auto_assign && serves(p, req).map_err(AllocError::InvalidRequest)?,
             };
             if wanted {
                 candidates.push(p);

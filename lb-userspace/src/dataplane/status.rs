@@ -6,14 +6,14 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 use anyhow::Result;
 use lb_common::{
     BackendValue, Config, Counter, DropReason, ServiceKey, ServiceValue, TrafficCounter,
-    backend_flags, proto, service_flags, vip_flags,
+    backend_flags, service_flags, vip_flags,
 };
 
 use crate::{
     dataplane::maps::{Maps, sum_traffic, sum_u64},
     dataplane::reader,
     net::netdev::fmt_mac,
-    plan::state::DataplaneState,
+    plan::{model::Frontend, state::DataplaneState},
 };
 
 /// Everything `status` prints, read in one pass.
@@ -126,22 +126,9 @@ impl Snapshot {
     }
 }
 
-fn proto_name(p: u8) -> String {
-    match p {
-        proto::TCP => "TCP".into(),
-        proto::UDP => "UDP".into(),
-        other => format!("proto{other}"),
-    }
-}
-
 /// `VIP:port/PROTO`, the name of a service frontend in output and metrics.
 pub fn frontend(key: ServiceKey) -> String {
-    format!(
-        "{}:{}/{}",
-        Ipv4Addr::from(key.vip),
-        key.port,
-        proto_name(key.proto)
-    )
+    Frontend(&key).to_string()
 }
 
 fn vip_flag_names(flags: u32) -> String {
@@ -261,6 +248,7 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::proto;
 
     fn sample() -> Snapshot {
         Snapshot {

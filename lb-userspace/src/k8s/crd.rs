@@ -264,7 +264,7 @@ mod tests {
             serde_saphyr::from_str_multiple::<_, Vec<_>>(&text).unwrap();
         assert_eq!(docs.len(), 2);
         let pool: IPAddressPool = serde_json::from_value(docs[0].clone()).unwrap();
-        crate::controller::alloc::Pool::parse("lan", &pool.spec).unwrap();
+        crate::k8s::pool::Pool::parse("lan", &pool.spec).unwrap();
         let adv: L2Advertisement = serde_json::from_value(docs[1].clone()).unwrap();
         assert_eq!(adv.spec.ip_address_pools, ["lan"]);
     }
@@ -314,7 +314,7 @@ spec:
         assert_eq!((expr.key.as_str(), expr.operator.as_str()), ("app", "In"));
         // The IPv4 part of a dual-stack pool is what onehop would serve, but
         // one IPv6 entry makes the pool invalid for now (said in an Event).
-        let err = crate::controller::alloc::Pool::parse("first-pool", &pool.spec).unwrap_err();
+        let err = crate::k8s::pool::Pool::parse("first-pool", &pool.spec).unwrap_err();
         assert!(err.contains("IPv6"), "{err}");
 
         let yaml = r"

@@ -3,6 +3,7 @@
 //! resources, label selectors and the RBAC list both programs are granted.
 
 pub mod crd;
+pub mod pool;
 pub mod rbac;
 pub mod selector;
 pub mod translate;

@@ -1,5 +1,5 @@
 //! Kubernetes objects → the same validated model a services file gives
-//! ([`ServicesFile`]), so planning, diffing and map writing are shared by
+//! ([`NodeServices`]), so planning, diffing and map writing are shared by
 //! both sources. Pure: the watchers hand in snapshots of their stores.
 //!
 //! Rules (kube-proxy's, where it has one):
@@ -35,9 +35,9 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use crate::plan::services_file::{
-    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, NatPorts, Protocol, Service as LbService,
-    ServicePort, ServicesFile, SessionAffinity,
+use crate::plan::model::{
+    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, NatPorts, NodeServices, Protocol,
+    Service as LbService, ServicePort, SessionAffinity,
 };
 
 /// Label `EndpointSlices` carry to name their Service.
@@ -138,7 +138,7 @@ pub struct Translated {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Translation {
-    pub file: ServicesFile,
+    pub file: NodeServices,
     pub services: Vec<Translated>,
     pub warnings: Vec<Warning>,
 }
@@ -292,11 +292,7 @@ pub fn local_policy(svc: &Service) -> bool {
 }
 
 fn protocol(p: &K8sServicePort) -> Option<Protocol> {
-    match p.protocol.as_deref().unwrap_or("TCP") {
-        "TCP" => Some(Protocol::Tcp),
-        "UDP" => Some(Protocol::Udp),
-        _ => None,
-    }
+    Protocol::from_name(p.protocol.as_deref().unwrap_or("TCP"))
 }
 
 /// The ports of `svc` we can serve, with their target ports.
@@ -383,22 +379,7 @@ fn source_ranges(svc: &Service) -> Result<Vec<Cidr>, String> {
             continue; // IPv6 ranges do not apply to IPv4 traffic.
         }
         // Kubernetes accepts host bits in these; match on the network.
-        let (addr, len) = raw.split_once('/').unwrap_or((raw, "32"));
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{raw:?} is not a CIDR"))?;
-        let len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{raw:?} is not a CIDR"))?;
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        };
-        out.push(Cidr {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix_len: len,
-        });
+        out.push(Cidr::parse_masked(raw)?);
     }
     out.sort_unstable();
     out.dedup();
@@ -542,7 +523,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         });
     }
     let vips: BTreeSet<Ipv4Addr> = model.iter().map(|s| s.vip).collect();
-    let file = ServicesFile {
+    let file = NodeServices {
         node_ip: node_ips.get(inputs.node_name).copied(),
         nat_ports: inputs.nat_ports,
         announce: inputs.announce.intersection(&vips).copied().collect(),

@@ -4,6 +4,7 @@
 pub mod diff;
 pub mod ids;
 pub mod maglev;
+pub mod model;
 pub mod services_file;
 pub mod slots;
 pub mod state;

@@ -49,183 +49,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use lb_common::maps;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use crate::plan::maglev;
-
-/// Default `session_affinity_timeout_seconds` (Kubernetes' default).
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
-/// Largest `session_affinity_timeout_seconds` (Kubernetes' limit).
-pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
-/// Lowest allowed `nat_ports.min`: keep clear of well-known ports.
-pub const MIN_NAT_PORT: u16 = 1024;
-
-/// Capacity of the maps the configuration must fit in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Entries of `vips` (service VIPs plus the node address).
-    pub max_vips: u32,
-    /// Entries of `services` (one per VIP, port and protocol) and service ids.
-    pub max_services: u32,
-    /// Backend ids (distinct pod address and target port).
-    pub max_backends: u32,
-    /// Entries of `src_ranges` (one per source range and service port).
-    pub max_src_ranges: u32,
-    /// Slots of the `maglev` array.
-    pub maglev_slots: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_vips: maps::MAX_VIPS,
-            max_services: maps::MAX_SERVICES,
-            max_backends: maps::MAX_BACKENDS,
-            max_src_ranges: maps::SRC_RANGES_MAX,
-            maglev_slots: maps::MAGLEV_SLOTS,
-        }
-    }
-}
-
-/// A validated services file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicesFile {
-    /// `node.ip`, when the file pins it.
-    pub node_ip: Option<Ipv4Addr>,
-    pub nat_ports: NatPorts,
-    /// VIPs this node answers ARP for.
-    pub announce: BTreeSet<Ipv4Addr>,
-    /// In file order.
-    pub services: Vec<Service>,
-}
-
-/// Inclusive NAT source-port range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NatPorts {
-    pub min: u16,
-    pub max: u16,
-}
-
-impl Default for NatPorts {
-    fn default() -> Self {
-        Self {
-            min: lb_common::DEFAULT_NAT_PORT_MIN,
-            max: lb_common::DEFAULT_NAT_PORT_MAX,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    pub name: String,
-    pub vip: Ipv4Addr,
-    /// Never empty.
-    pub ports: Vec<ServicePort>,
-    pub session_affinity: SessionAffinity,
-    /// Empty: every source allowed.
-    pub source_ranges: Vec<Cidr>,
-    /// Distinct pod addresses.
-    pub backends: Vec<Backend>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServicePort {
-    pub port: u16,
-    pub protocol: Protocol,
-    pub target_port: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// The IPv4 header's protocol number.
-    pub const fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => lb_common::proto::TCP,
-            Protocol::Udp => lb_common::proto::UDP,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SessionAffinity {
-    #[default]
-    None,
-    /// Keep a client on its backend for `timeout_s` seconds of inactivity.
-    ClientIp { timeout_s: u32 },
-}
-
-/// An IPv4 network: `addr` has no bit set beyond `prefix_len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Cidr {
-    /// Parses `a.b.c.d/len`, rejecting host bits.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((addr, len)) = s.split_once('/') else {
-            return Err(format!("{s:?} is not a CIDR (expected e.g. 10.0.0.0/8)"));
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 CIDR: bad address {addr:?}"))?;
-        let prefix_len = match len.parse::<u8>() {
-            Ok(l) if l <= 32 && !len.starts_with('+') => l,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not an IPv4 CIDR: prefix length must be 0..=32"
-                ));
-            }
-        };
-        let network = Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len));
-        if network != addr {
-            return Err(format!(
-                "{s:?} has host bits set (the network is {network}/{prefix_len})"
-            ));
-        }
-        Ok(Self { addr, prefix_len })
-    }
-
-    /// Netmask of a prefix length (`len <= 32`).
-    pub const fn mask(len: u8) -> u32 {
-        if len == 0 { 0 } else { u32::MAX << (32 - len) }
-    }
-
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.prefix_len) == u32::from(self.addr)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
-    /// Pod address.
-    pub ip: Ipv4Addr,
-    /// Address of the node that runs the pod.
-    pub node_ip: Ipv4Addr,
-}
+use super::{
+    maglev,
+    model::{
+        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, Limits, MAX_AFFINITY_TIMEOUT_S, MIN_NAT_PORT,
+        NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity,
+    },
+};
 
 /// One problem in the services file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,7 +192,7 @@ fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
 }
 
 /// Parses and validates a services file against the map capacities.
-pub fn parse(text: &str, limits: &Limits) -> Result<ServicesFile, ConfigError> {
+pub fn parse(text: &str, limits: &Limits) -> Result<NodeServices, ConfigError> {
     // An empty (or comment-only) document is an empty configuration.
     let raw: Option<RawFile> = serde_saphyr::from_str_with_options(text, yaml_options(limits))
         .map_err(|e| ConfigError::Syntax(Box::new(e)))?;
@@ -445,7 +278,7 @@ impl Validator {
         }
     }
 
-    fn file(&mut self, raw: &RawFile, limits: &Limits) -> ServicesFile {
+    fn file(&mut self, raw: &RawFile, limits: &Limits) -> NodeServices {
         let node_ip = raw
             .node
             .as_ref()
@@ -480,7 +313,7 @@ impl Validator {
                 );
             }
         }
-        ServicesFile {
+        NodeServices {
             node_ip,
             nat_ports,
             announce,
@@ -578,10 +411,10 @@ impl Validator {
             };
             let protocol = match &rp.value.protocol {
                 None => Some(Protocol::Tcp),
-                Some(s) => match s.value.as_str() {
-                    "TCP" => Some(Protocol::Tcp),
-                    "UDP" => Some(Protocol::Udp),
-                    other => {
+                Some(s) => match Protocol::from_name(&s.value) {
+                    Some(p) => Some(p),
+                    None => {
+                        let other = &s.value;
                         self.issue(
                             format!("{pp}.protocol"),
                             s.referenced,

@@ -22,8 +22,8 @@ use lb_common::{
 
 use crate::plan::ids::{IdAllocator, IdError};
 use crate::plan::maglev;
-use crate::plan::services_file::{
-    Cidr, Limits, Service, ServicePort, ServicesFile, SessionAffinity,
+use crate::plan::model::{
+    Cidr, Frontend, Limits, NodeServices, Service, ServicePort, SessionAffinity,
 };
 use crate::plan::slots::{Region, SlotAllocator, SlotError};
 
@@ -188,14 +188,9 @@ pub struct Allocators {
     pub slots: SlotAllocator,
 }
 
-/// `TCP 192.168.50.100:80`.
+/// `TCP 192.168.50.100:80`, as plan errors name a frontend.
 pub fn frontend_name(key: &ServiceKey) -> String {
-    let proto = match key.proto {
-        lb_common::proto::TCP => "TCP".to_string(),
-        lb_common::proto::UDP => "UDP".to_string(),
-        other => format!("proto {other}"),
-    };
-    format!("{proto} {}:{}", Ipv4Addr::from(key.vip), key.port)
+    format!("{:#}", Frontend(key))
 }
 
 fn backend_identity(b: &BackendValue) -> (Ipv4Addr, u16) {
@@ -326,7 +321,7 @@ impl DataplaneState {
 /// `prev` (the current contents) that still applies.
 pub fn plan(
     prev: &DataplaneState,
-    file: &ServicesFile,
+    file: &NodeServices,
     node: &Node,
     limits: &Limits,
 ) -> Result<DataplaneState, PlanError> {
@@ -340,7 +335,7 @@ pub fn plan(
 /// same table for a service.
 pub fn replan(
     prev: &DataplaneState,
-    file: &ServicesFile,
+    file: &NodeServices,
     node: &Node,
     limits: &Limits,
 ) -> Result<DataplaneState, PlanError> {
@@ -358,7 +353,7 @@ enum Tables {
 
 fn plan_with(
     prev: &DataplaneState,
-    file: &ServicesFile,
+    file: &NodeServices,
     node: &Node,
     limits: &Limits,
     tables: Tables,
@@ -416,7 +411,7 @@ type Frontends<'a> = BTreeMap<ServiceKey, (&'a Service, &'a ServicePort)>;
 /// The frontends, and the node of every pod; rejects what the validated
 /// file cannot contain but a hand-built one could.
 fn frontends<'a>(
-    file: &'a ServicesFile,
+    file: &'a NodeServices,
     node: &Node,
 ) -> Result<(Frontends<'a>, BTreeMap<Ipv4Addr, Ipv4Addr>), PlanError> {
     let mut frontends: Frontends<'a> = BTreeMap::new();
@@ -632,7 +627,7 @@ fn plan_service(
     Ok(())
 }
 
-fn plan_vips(file: &ServicesFile, node: &Node) -> BTreeMap<[u8; 4], u32> {
+fn plan_vips(file: &NodeServices, node: &Node) -> BTreeMap<[u8; 4], u32> {
     let mut vips: BTreeMap<[u8; 4], u32> = BTreeMap::new();
     for s in &file.services {
         *vips.entry(s.vip.octets()).or_default() |= vip_flags::SERVICE;

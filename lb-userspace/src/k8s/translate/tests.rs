@@ -450,7 +450,7 @@ fn translation_plans_like_a_file() {
         &DataplaneState::default(),
         &t.file,
         &node,
-        &crate::plan::services_file::Limits::default(),
+        &crate::plan::model::Limits::default(),
     )
     .expect("plan");
     assert_eq!(state.services.len(), 1);

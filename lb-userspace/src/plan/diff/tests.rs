@@ -2,8 +2,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::plan::services_file::{self, Limits, ServicesFile};
 use crate::plan::state::{DataplaneState, Node, SrcRangeKey, plan, replan};
+use crate::plan::{
+    model::{Cidr, Limits, NodeServices},
+    services_file,
+};
 use lb_common::{backend_flags, service_flags, vip_flags};
 use proptest::prelude::*;
 
@@ -163,7 +166,7 @@ impl Maps {
     }
 }
 
-fn parse(text: &str) -> ServicesFile {
+fn parse(text: &str) -> NodeServices {
     services_file::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -241,7 +244,7 @@ fn backend_swap_order() {
         .find(|(_, v)| v.ip == [10, 42, 0, 6])
         .map(|(id, _)| *id)
         .unwrap();
-    let cidr = |s| SrcRangeKey::new(old_v.id, services_file::Cidr::parse(s).unwrap());
+    let cidr = |s| SrcRangeKey::new(old_v.id, Cidr::parse(s).unwrap());
     let (old_r, new_r) = (cidr("10.0.0.0/8"), cidr("10.1.0.0/16"));
     assert_eq!(
         diff(&a, &b),
@@ -303,7 +306,7 @@ proptest! {
             prev = next;
         }
         // And back to nothing.
-        let empty_file = ServicesFile { services: vec![], announce: BTreeSet::new(), ..files[0].clone() };
+        let empty_file = NodeServices { services: vec![], announce: BTreeSet::new(), ..files[0].clone() };
         let empty = plan(&prev, &empty_file, &NODE, &limits()).unwrap();
         apply_checked(&prev, &empty)?;
     }

@@ -28,7 +28,7 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-fn ok(text: &str) -> ServicesFile {
+fn ok(text: &str) -> NodeServices {
     match parse(text, &Limits::default()) {
         Ok(f) => f,
         Err(e) => panic!("{e}"),
@@ -68,7 +68,7 @@ fn parses_the_example() {
     let f = ok(EXAMPLE);
     assert_eq!(
         f,
-        ServicesFile {
+        NodeServices {
             node_ip: Some(ip("192.168.50.11")),
             nat_ports: NatPorts {
                 min: 62000,
@@ -476,7 +476,7 @@ services:
     );
 }
 
-fn ok_with(text: &str, limits: &Limits) -> ServicesFile {
+fn ok_with(text: &str, limits: &Limits) -> NodeServices {
     parse(text, limits).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -574,7 +574,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
         })
 }
 
-pub(crate) fn arb_file() -> impl Strategy<Value = ServicesFile> {
+pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
     (1usize..5)
         .prop_flat_map(|n| {
             (
@@ -592,7 +592,7 @@ pub(crate) fn arb_file() -> impl Strategy<Value = ServicesFile> {
                     b.node_ip = Ipv4Addr::new(192, 168, 50, u8::try_from(10 + pod % 4).unwrap());
                 }
             }
-            ServicesFile {
+            NodeServices {
                 node_ip: with_node.then(|| Ipv4Addr::new(192, 168, 50, 10)),
                 nat_ports: NatPorts {
                     min,
@@ -604,7 +604,7 @@ pub(crate) fn arb_file() -> impl Strategy<Value = ServicesFile> {
         })
 }
 
-pub(crate) fn to_yaml(f: &ServicesFile) -> String {
+pub(crate) fn to_yaml(f: &NodeServices) -> String {
     use std::fmt::Write as _;
     let mut y = String::new();
     if let Some(ip) = f.node_ip {

@@ -1,5 +1,8 @@
 use super::*;
-use crate::plan::services_file::{self, Backend, NatPorts, Protocol, Service, ServicePort};
+use crate::plan::{
+    model::{Backend, NatPorts, Protocol, Service, ServicePort},
+    services_file,
+};
 use proptest::prelude::*;
 
 const NODE: Node = Node {
@@ -19,11 +22,11 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-fn parse(text: &str) -> ServicesFile {
+fn parse(text: &str) -> NodeServices {
     services_file::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn plan_ok(prev: &DataplaneState, file: &ServicesFile) -> DataplaneState {
+fn plan_ok(prev: &DataplaneState, file: &NodeServices) -> DataplaneState {
     plan(prev, file, &NODE, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -578,7 +581,7 @@ fn src_range_keys() {
 /// Checks the plan against the file, independently of how it was built.
 fn check_plan(
     prev: &DataplaneState,
-    file: &ServicesFile,
+    file: &NodeServices,
     s: &DataplaneState,
 ) -> Result<(), TestCaseError> {
     let a = s
@@ -697,7 +700,7 @@ proptest! {
 #[test]
 fn plans_hand_built_files() {
     // Building a file by hand (as the Kubernetes source will) plans too.
-    let file = ServicesFile {
+    let file = NodeServices {
         node_ip: None,
         nat_ports: NatPorts::default(),
         announce: BTreeSet::new(),

@@ -1,0 +1,261 @@
+//! The services model: what a node serves, whichever source it came from
+//! (a services file, or Kubernetes objects), and the few value types every
+//! layer names (protocols, CIDRs, frontends).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use lb_common::maps;
+
+/// Default `session_affinity_timeout_seconds` (Kubernetes' default).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// Largest `session_affinity_timeout_seconds` (Kubernetes' limit).
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+/// Lowest allowed `nat_ports.min`: keep clear of well-known ports.
+pub const MIN_NAT_PORT: u16 = 1024;
+
+/// Capacity of the maps the configuration must fit in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries of `vips` (service VIPs plus the node address).
+    pub max_vips: u32,
+    /// Entries of `services` (one per VIP, port and protocol) and service ids.
+    pub max_services: u32,
+    /// Backend ids (distinct pod address and target port).
+    pub max_backends: u32,
+    /// Entries of `src_ranges` (one per source range and service port).
+    pub max_src_ranges: u32,
+    /// Slots of the `maglev` array.
+    pub maglev_slots: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_vips: maps::MAX_VIPS,
+            max_services: maps::MAX_SERVICES,
+            max_backends: maps::MAX_BACKENDS,
+            max_src_ranges: maps::SRC_RANGES_MAX,
+            maglev_slots: maps::MAGLEV_SLOTS,
+        }
+    }
+}
+
+/// What one node serves: its services and the VIPs it announces, from
+/// a services file or translated from Kubernetes objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeServices {
+    /// `node.ip`, when the file pins it.
+    pub node_ip: Option<Ipv4Addr>,
+    pub nat_ports: NatPorts,
+    /// VIPs this node answers ARP for.
+    pub announce: BTreeSet<Ipv4Addr>,
+    /// In file order.
+    pub services: Vec<Service>,
+}
+
+/// Inclusive NAT source-port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatPorts {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for NatPorts {
+    fn default() -> Self {
+        Self {
+            min: lb_common::DEFAULT_NAT_PORT_MIN,
+            max: lb_common::DEFAULT_NAT_PORT_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    /// Never empty.
+    pub ports: Vec<ServicePort>,
+    pub session_affinity: SessionAffinity,
+    /// Empty: every source allowed.
+    pub source_ranges: Vec<Cidr>,
+    /// Distinct pod addresses.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IPv4 header's protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+        }
+    }
+
+    /// The protocol of an IPv4 header's protocol number, if served.
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::proto::TCP => Some(Protocol::Tcp),
+            lb_common::proto::UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// Kubernetes' (and the services file's) spelling: `TCP`, `UDP`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
+    /// The protocol Kubernetes names `name` (case-sensitive, as the API
+    /// is); `None` for the ones onehop does not serve (`SCTP`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Protocol::Tcp, Protocol::Udp]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A protocol number as people read it: `TCP`, `UDP`, or `proto 132`.
+pub struct ProtoName(pub u8);
+
+impl fmt::Display for ProtoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match Protocol::from_number(self.0) {
+            Some(p) => f.write_str(p.name()),
+            None => write!(f, "proto {}", self.0),
+        }
+    }
+}
+
+/// A service frontend (VIP, port, protocol) as people read it. `{}` is
+/// the label form of status output and metrics, `192.168.50.100:80/TCP`;
+/// `{:#}` the form that reads in a sentence, `TCP 192.168.50.100:80`.
+pub struct Frontend<'a>(pub &'a lb_common::ServiceKey);
+
+impl fmt::Display for Frontend<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (vip, port, proto) = (
+            Ipv4Addr::from(self.0.vip),
+            self.0.port,
+            ProtoName(self.0.proto),
+        );
+        if f.alternate() {
+            write!(f, "{proto} {vip}:{port}")
+        } else {
+            write!(f, "{vip}:{port}/{proto}")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    /// Keep a client on its backend for `timeout_s` seconds of inactivity.
+    ClientIp { timeout_s: u32 },
+}
+
+/// An IPv4 network: `addr` has no bit set beyond `prefix_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/len`, rejecting host bits.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some((addr, len)) = s.split_once('/') else {
+            return Err(format!("{s:?} is not a CIDR (expected e.g. 10.0.0.0/8)"));
+        };
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 CIDR: bad address {addr:?}"))?;
+        let prefix_len = match len.parse::<u8>() {
+            Ok(l) if l <= 32 && !len.starts_with('+') => l,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not an IPv4 CIDR: prefix length must be 0..=32"
+                ));
+            }
+        };
+        let network = Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len));
+        if network != addr {
+            return Err(format!(
+                "{s:?} has host bits set (the network is {network}/{prefix_len})"
+            ));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+
+    /// Parses `a.b.c.d/len` or a bare address (`/32`), clearing host bits
+    /// as Kubernetes does for `loadBalancerSourceRanges` and MetalLB for
+    /// pool CIDRs.
+    pub fn parse_masked(s: &str) -> Result<Self, String> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 CIDR: bad address {addr:?}"))?;
+        let prefix_len = len
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= 32 && !len.starts_with('+'))
+            .ok_or_else(|| format!("{s:?} is not an IPv4 CIDR: prefix length must be 0..=32"))?;
+        Ok(Self {
+            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)),
+            prefix_len,
+        })
+    }
+
+    /// The first and last address of the network, as integers.
+    pub const fn bounds(self) -> (u32, u32) {
+        let first = self.addr.to_bits();
+        (first, first | !Self::mask(self.prefix_len))
+    }
+
+    /// Netmask of a prefix length (`len <= 32`).
+    pub const fn mask(len: u8) -> u32 {
+        if len == 0 { 0 } else { u32::MAX << (32 - len) }
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Address of the node that runs the pod.
+    pub node_ip: Ipv4Addr,
+}
