@@ -20,6 +20,8 @@
 pub mod agent;
 pub mod controller;
 pub mod dataplane;
+pub mod http;
 pub mod k8s;
 pub mod net;
 pub mod plan;
+pub mod shutdown;

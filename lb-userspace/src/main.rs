@@ -116,17 +116,6 @@ struct KubeArgs {
     api_server: Option<String>,
 }
 
-/// A client for the cluster config, or for a plain-HTTP test server.
-async fn kube_client(api_server: Option<&str>) -> Result<kube::Client> {
-    let config = match api_server {
-        Some(url) => kube::Config::new(url.parse().context("--api-server is not a URL")?),
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Attach the data path to an interface (or adopt the one already
@@ -206,9 +195,10 @@ struct ControllerArgs {
 fn run_controller(args: ControllerArgs) -> Result<()> {
     use hyper::StatusCode;
     use lb_userspace::{
-        agent::metrics,
         controller::{self, metrics::ControllerMetrics},
+        http,
         k8s::translate::ClassFilter,
+        shutdown,
     };
     let identity = match args.identity {
         Some(id) => id,
@@ -238,29 +228,11 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(async move {
-            let client = match args.api_server {
-                Some(url) => kube::Client::try_from(kube::Config::new(
-                    url.parse().context("--api-server is not a URL")?,
-                ))
-                .context("building the API client")?,
-                None => kube::Client::try_default()
-                    .await
-                    .context("no kubeconfig or in-cluster configuration")?,
-            };
+            let client = k8s::client::client(args.api_server.as_deref()).await?;
             let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no SIGTERM handler");
-                            let _ = tokio::signal::ctrl_c().await;
-                            return;
-                        }
-                    };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                if let Err(e) = shutdown::signal().await {
+                    tracing::warn!(error = %e, "no signal handler; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             };
             let metrics = std::sync::Arc::new(ControllerMetrics::default());
@@ -269,10 +241,10 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
                     .await
                     .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
                 let m = metrics.clone();
-                tokio::spawn(metrics::serve_with(listener, move |path| match path {
-                    "/metrics" => metrics::metrics_reply(m.render()),
-                    "/healthz" => metrics::reply(StatusCode::OK, "ok\n".into()),
-                    _ => metrics::reply(StatusCode::NOT_FOUND, "try /metrics or /healthz\n".into()),
+                tokio::spawn(http::serve_with(listener, move |path| match path {
+                    "/metrics" => http::metrics_reply(m.render()),
+                    "/healthz" => http::reply(StatusCode::OK, "ok\n".into()),
+                    _ => http::reply(StatusCode::NOT_FOUND, "try /metrics or /healthz\n".into()),
                 }));
                 tracing::info!(addr = %args.metrics_addr, "serving /metrics and /healthz");
             }
@@ -308,7 +280,7 @@ async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
         kube.nat_port_min <= kube.nat_port_max,
         "--nat-port-min is above --nat-port-max"
     );
-    let client = kube_client(kube.api_server.as_deref()).await?;
+    let client = k8s::client::client(kube.api_server.as_deref()).await?;
     let kopts = agent::kube::Options {
         node_name,
         namespace: kube.namespace,

@@ -23,7 +23,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use futures::TryStreamExt as _;
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
@@ -37,9 +36,8 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams, PostParams},
     runtime::{
-        WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::Store,
         watcher,
     },
 };
@@ -53,6 +51,7 @@ use super::{
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
+    watch,
 };
 use crate::{
     agent::{self, Agent},
@@ -83,34 +82,6 @@ pub fn lease_name(node: &str) -> String {
 }
 
 /// Keeps a reflector store fed; pokes `changed` on every event.
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        loop {
-            match stream.try_next().await {
-                Ok(Some(_)) => changed.notify_one(),
-                Ok(None) => break,
-                // Backoff is applied by the stream; keep the last state.
-                Err(e) => warn!(error = %e, "watch error; keeping the last state and retrying"),
-            }
-        }
-    });
-    reader
-}
-
 /// Which nodes are alive, judged from Lease changes as this agent observes
 /// them through its watch.
 ///
@@ -198,35 +169,35 @@ impl Stores {
     /// Starts one reflector per watched kind; each pokes `changed`.
     fn spawn(client: &Client, namespace: &str, changed: &Arc<Notify>) -> Self {
         Self {
-            services: spawn_reflector(
+            services: watch::spawn(
                 Api::<Service>::all(client.clone()),
                 watcher::Config::default(),
-                changed.clone(),
+                changed,
             ),
-            slices: spawn_reflector(
+            slices: watch::spawn(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
-                changed.clone(),
+                changed,
             ),
-            nodes: spawn_reflector(
+            nodes: watch::spawn(
                 Api::<Node>::all(client.clone()),
                 watcher::Config::default(),
-                changed.clone(),
+                changed,
             ),
-            leases: spawn_reflector(
+            leases: watch::spawn(
                 Api::<Lease>::namespaced(client.clone(), namespace),
                 watcher::Config::default().labels(LEASE_LABEL),
-                changed.clone(),
+                changed,
             ),
-            pools: spawn_reflector(
+            pools: watch::spawn(
                 Api::<IPAddressPool>::namespaced(client.clone(), namespace),
                 watcher::Config::default(),
-                changed.clone(),
+                changed,
             ),
-            ads: spawn_reflector(
+            ads: watch::spawn(
                 Api::<L2Advertisement>::namespaced(client.clone(), namespace),
                 watcher::Config::default(),
-                changed.clone(),
+                changed,
             ),
         }
     }
@@ -530,7 +501,7 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         );
     }
     info!(node = %ka.opts.node_name, interface = %agent.iface.name, "agent running with the Kubernetes source");
-    let shutdown = agent::shutdown_signal();
+    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     let mut renew = tokio::time::interval(ka.opts.renew_interval);
     let mut tick = tokio::time::interval(Duration::from_millis(100));

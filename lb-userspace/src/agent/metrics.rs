@@ -5,29 +5,25 @@
 //! counters summed over CPUs), so they are exactly what `onehop status`
 //! shows and survive agent restarts like the data path does.
 
-use std::{
-    convert::Infallible,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result};
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode, body::Bytes};
 use lb_common::{backend_flags, vip_flags};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tracing::warn;
 
 use crate::{
     dataplane::maps::{Maps, PinDir},
     dataplane::status::{self, Snapshot},
+    http::{i64_of, metrics_reply, reply, serve_with},
     plan::state::DataplaneState,
 };
 
@@ -41,8 +37,9 @@ pub struct Health {
     /// Failed applies (rejected input or map writes) since start.
     pub sync_errors: AtomicU64,
     /// The agent's view of the maps, so a scrape reads only counters (not
-    /// one syscall per Maglev slot).
-    pub state: std::sync::Mutex<Option<DataplaneState>>,
+    /// one syscall per Maglev slot). Shared with the agent, never copied:
+    /// at 10,000 services it holds millions of Maglev slots.
+    pub state: Mutex<Option<Arc<DataplaneState>>>,
 }
 
 impl Health {
@@ -55,9 +52,9 @@ impl Health {
     }
 
     /// Publishes the agent's current view of the maps.
-    pub fn set_state(&self, state: &DataplaneState) {
+    pub fn set_state(&self, state: &Arc<DataplaneState>) {
         if let Ok(mut s) = self.state.lock() {
-            *s = Some(state.clone());
+            *s = Some(Arc::clone(state));
         }
     }
 
@@ -99,11 +96,6 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VipLabels {
     vip: String,
-}
-
-/// A counter or size as a Prometheus gauge value (saturating).
-pub fn i64_of(v: impl TryInto<i64>) -> i64 {
-    v.try_into().unwrap_or(i64::MAX)
 }
 
 /// Renders a snapshot (and the agent's health) in the Prometheus text format.
@@ -206,12 +198,6 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
     Ok(out)
 }
 
-pub fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r
-}
-
 fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => reply(StatusCode::OK, "ok\n".into()),
@@ -235,52 +221,6 @@ fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
 /// Serves the agent's endpoints until the runtime stops.
 pub async fn serve(listener: tokio::net::TcpListener, pins: PinDir, health: Arc<Health>) {
     serve_with(listener, move |path| handle(path, &pins, &health)).await;
-}
-
-/// A `/metrics` response in the Prometheus text format (or the error).
-pub fn metrics_reply(text: Result<String>) -> Response<Full<Bytes>> {
-    match text {
-        Ok(text) => {
-            let mut r = reply(StatusCode::OK, text);
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
-    }
-}
-
-/// Serves `handler` (request path → response) over HTTP/1 until the
-/// runtime stops; shared by the agent and the controller.
-pub async fn serve_with<H>(listener: tokio::net::TcpListener, handler: H)
-where
-    H: Fn(&str) -> Response<Full<Bytes>> + Send + Sync + 'static,
-{
-    let handler = Arc::new(handler);
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics listener");
-                continue;
-            }
-        };
-        let handler = Arc::clone(&handler);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let r = handler(req.uri().path());
-                async move { Ok::<_, Infallible>(r) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                warn!(error = %e, "metrics connection");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@ use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use lb_common::{backend_flags, vip_flags};
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -80,7 +80,7 @@ pub struct Agent {
     /// Capacities of the maps actually pinned (a restart keeps the sizes
     /// they were created with, whatever the flags say now).
     limits: Limits,
-    current: DataplaneState,
+    current: Arc<DataplaneState>,
     /// `current` is this agent's own plan (not contents read back from the maps), so the
     /// next plan may take its unchanged Maglev tables (`state::replan`).
     current_planned: bool,
@@ -93,7 +93,7 @@ pub struct Agent {
     /// (when, VIP) gratuitous ARPs still to send.
     garp_due: Vec<(Instant, Ipv4Addr)>,
     neighbours: BTreeSet<Ipv4Addr>,
-    pub health: std::sync::Arc<crate::agent::metrics::Health>,
+    pub health: Arc<metrics::Health>,
 }
 
 impl Agent {
@@ -142,13 +142,13 @@ impl Agent {
             // Every write landed: the maps hold exactly the plan. (Reading
             // them back would cost a syscall per Maglev slot.)
             Ok(()) => {
-                self.current = desired;
+                self.current = Arc::new(desired);
                 self.current_planned = true;
             }
             Err(e) => {
                 // A partial write: believe the kernel, not the plan.
                 self.current_planned = false;
-                self.current = reader::read(&self.maps).context("re-reading the maps")?;
+                self.current = Arc::new(reader::read(&self.maps).context("re-reading the maps")?);
                 return Err(e);
             }
         }
@@ -228,13 +228,13 @@ impl Agent {
             maglev_slots: maps.maglev.len(),
             ..Limits::default()
         };
-        let health = std::sync::Arc::new(crate::agent::metrics::Health::default());
+        let health = Arc::new(metrics::Health::default());
         if let Some(addr) = opts.metrics_addr {
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(tokio::net::TcpListener::from_std)
                 .with_context(|| format!("serving metrics on {addr}"))?;
-            tokio::spawn(crate::agent::metrics::serve(
+            tokio::spawn(metrics::serve(
                 listener,
                 dataplane.pins.clone(),
                 health.clone(),
@@ -246,7 +246,7 @@ impl Agent {
             iface,
             limits,
             maps,
-            current,
+            current: Arc::new(current),
             current_planned: false,
             applied: None,
             arp,
@@ -270,17 +270,6 @@ impl Agent {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() -> Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
 /// The services-file source: re-reads `config` every `poll_interval` and
 /// applies it when its bytes changed.
 pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -> Result<()> {
@@ -291,7 +280,7 @@ pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -
         watch: Watch::default(),
     };
     let mut tick = tokio::time::interval(poll_interval);
-    let shutdown = shutdown_signal();
+    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     info!(interface = %agent.iface.name, file = %source.path.display(), "agent running");
     loop {

@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 
 use super::alloc::AllocError;
-use crate::agent::metrics::i64_of;
+use crate::http::i64_of;
 
 /// One pool's figures as of the last reconcile pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

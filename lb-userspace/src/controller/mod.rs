@@ -48,7 +48,7 @@ use std::{
 };
 
 use anyhow::Result;
-use futures::{StreamExt as _, future};
+use futures::future;
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
@@ -61,13 +61,11 @@ use kube::{
     Api, Client, Resource, ResourceExt as _,
     api::{Patch, PatchParams, PostParams},
     runtime::{
-        WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
         reflector::{self, Store},
         watcher,
     },
 };
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -78,6 +76,7 @@ use self::{
 use crate::k8s::{
     crd::{IPAddressPool, IPAddressPoolStatus},
     translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, reference},
+    watch,
 };
 
 /// The Events' reporting controller and the status patches' field manager.
@@ -143,10 +142,19 @@ pub async fn run_with_metrics(
     );
     anyhow::ensure!(!opts.identity.is_empty(), "the identity must not be empty");
     let notify = Arc::new(Notify::new());
-    let (services, w1) = reflect(Api::<Service>::all(client.clone()), &notify);
-    let (namespaces, w2) = reflect(Api::<Namespace>::all(client.clone()), &notify);
-    let (pools, w3) = reflect(
+    let (services, w1) = watch::reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        &notify,
+    );
+    let (namespaces, w2) = watch::reflect(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        &notify,
+    );
+    let (pools, w3) = watch::reflect(
         Api::<IPAddressPool>::namespaced(client.clone(), &opts.namespace),
+        watcher::Config::default(),
         &notify,
     );
     let watchers = future::join3(w1, w2, w3);
@@ -195,29 +203,6 @@ enum End {
 }
 
 /// A reflector whose every change wakes the reconciler.
-fn reflect<K>(api: Api<K>, notify: &Arc<Notify>) -> (Store<K>, impl Future<Output = ()> + use<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let notify = Arc::clone(notify);
-    let kind = K::kind(&()).into_owned();
-    let fut = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .for_each(move |ev| {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                Err(e) => tracing::warn!(
-                    error = %e, %kind,
-                    "watch failed; keeping the last state and retrying"
-                ),
-            }
-            future::ready(())
-        });
-    (reader, fut)
-}
-
 #[derive(Clone)]
 struct Caches {
     services: Store<Service>,

@@ -2,8 +2,10 @@
 //! translation of cluster objects into the services model, the custom
 //! resources, label selectors and the RBAC list both programs are granted.
 
+pub mod client;
 pub mod crd;
 pub mod pool;
 pub mod rbac;
 pub mod selector;
 pub mod translate;
+pub mod watch;
