@@ -72,9 +72,16 @@ struct DataplaneArgs {
 #[group(required = true, multiple = false)]
 struct SourceArgs {
     /// Services file (YAML). Re-read whenever it changes; a bad file is
-    /// rejected and the last good state stays in force.
-    #[arg(short, long, env = "ONEHOP_CONFIG")]
-    config: Option<PathBuf>,
+    /// rejected and the last good state stays in force. (`--config` is
+    /// its former name and still accepted.)
+    #[arg(
+        short = 'f',
+        long,
+        visible_short_alias = 'c',
+        alias = "config",
+        env = "ONEHOP_SERVICES_FILE"
+    )]
+    services_file: Option<PathBuf>,
     /// Take services from the Kubernetes API (in-cluster config or
     /// KUBECONFIG): LoadBalancer Services, EndpointSlices, Nodes, Leases.
     #[arg(long)]
@@ -322,10 +329,10 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            match source.config {
-                Some(config) => {
+            match source.services_file {
+                Some(path) => {
                     let poll = Duration::from_millis(kube.poll_interval_ms.max(10));
-                    runtime.block_on(agent::run_file(opts, config, poll))
+                    runtime.block_on(agent::file::run(opts, path, poll))
                 }
                 None => runtime.block_on(run_kubernetes(opts, kube)),
             }

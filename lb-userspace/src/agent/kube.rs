@@ -25,11 +25,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use k8s_openapi::{
     api::{
-        coordination::v1::{Lease, LeaseSpec},
+        coordination::v1::Lease,
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
     jiff::Timestamp,
 };
 use kube::{
@@ -50,11 +50,12 @@ use super::{
 };
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
+    lease,
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
     watch,
 };
 use crate::{
-    agent::{self, Agent},
+    agent::{self, MapOwner},
     plan::model::NatPorts,
 };
 
@@ -207,7 +208,7 @@ fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
-struct KubeAgent {
+struct KubeSource {
     opts: Options,
     /// The interface this agent serves (published on its Lease for
     /// `L2Advertisement.interfaces`).
@@ -223,13 +224,13 @@ struct KubeAgent {
     warned: BTreeSet<Warning>,
 }
 
-impl KubeAgent {
+impl KubeSource {
     /// Writes this node's Lease (creating it the first time).
     async fn write_lease(&self, stamp: Timestamp) -> Result<(), kube::Error> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let name = lease_name(&self.opts.node_name);
         let now = MicroTime(stamp);
-        let secs = i32::try_from(self.opts.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let secs = lease::seconds(self.opts.lease_duration);
         let annotations =
             BTreeMap::from([(INTERFACE_ANNOTATION.to_owned(), self.interface.clone())]);
         // Every renewal restates the interface, so a restart on another
@@ -243,25 +244,15 @@ impl KubeAgent {
             .await
         {
             Err(kube::Error::Api(e)) if e.code == 404 => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(self.opts.namespace.clone()),
-                        labels: Some(BTreeMap::from([(
-                            LEASE_LABEL.to_owned(),
-                            "true".to_owned(),
-                        )])),
-                        annotations: Some(annotations),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.opts.node_name.clone()),
-                        lease_duration_seconds: Some(secs),
-                        acquire_time: Some(now.clone()),
-                        renew_time: Some(now),
-                        ..LeaseSpec::default()
-                    }),
-                };
+                let mut lease = lease::acquired(
+                    &name,
+                    &self.opts.node_name,
+                    self.opts.lease_duration,
+                    &now,
+                    BTreeMap::from([(LEASE_LABEL.to_owned(), "true".to_owned())]),
+                    annotations,
+                );
+                lease.metadata.namespace = Some(self.opts.namespace.clone());
                 leases
                     .create(&PostParams::default(), &lease)
                     .await
@@ -310,7 +301,7 @@ impl KubeAgent {
         })
     }
 
-    async fn reconcile(&mut self, agent: &mut Agent) {
+    async fn reconcile(&mut self, agent: &mut MapOwner) {
         let now = Instant::now();
         if !self.api_reachable(now) {
             if !self.holding {
@@ -451,7 +442,7 @@ impl KubeAgent {
 
 /// Runs the agent with the Kubernetes source until SIGTERM/SIGINT.
 pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Result<()> {
-    let mut agent = Agent::start(&dataplane)?;
+    let mut agent = MapOwner::start(&dataplane)?;
     let changed = Arc::new(Notify::new());
     let stores = Stores::spawn(&client, &opts.namespace, &changed);
     let reporter = Reporter {
@@ -459,7 +450,7 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         instance: Some(opts.node_name.clone()),
     };
     let liveness = Liveness::new(&opts.node_name);
-    let mut ka = KubeAgent {
+    let mut ka = KubeSource {
         interface: agent.iface.name.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -527,6 +518,7 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
 
     fn lease(holder: &str, rv: &str) -> Arc<Lease> {
         let mut l = Lease::default();

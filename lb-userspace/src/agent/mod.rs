@@ -1,15 +1,17 @@
-//! `onehop agent`: keeps the pinned maps equal to the services file.
+//! `onehop agent`: keeps the pinned maps of one interface equal to what
+//! this node should serve.
 //!
-//! The loop is deliberately level-triggered: every tick it compares the
-//! file's bytes with the last ones it handled, and on a change it plans the
-//! whole desired state from scratch against what the maps hold, writes only
-//! the difference, and re-reads the maps if a write failed. A file that
-//! does not parse or validate is logged with every problem it has, and the
-//! maps keep the last good state.
+//! [`MapOwner`] owns the data path (programs, pinned maps, ARP sender). Its
+//! two sources of services, [`file`] (a services file) and [`kube`] (the
+//! Kubernetes API, with the announcer [`election`]), each hand it a
+//! [`NodeServices`] whenever their input changes. Applying is
+//! level-triggered: plan the whole desired state against what the maps
+//! hold, write only the difference, and re-read the maps if a write failed;
+//! input that is rejected leaves the last good state in force.
 
 pub mod advert;
 pub mod election;
-pub mod filewatch;
+pub mod file;
 pub mod kube;
 pub mod metrics;
 
@@ -23,10 +25,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lb_common::{backend_flags, vip_flags};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    agent::filewatch::{Stamp, Watch},
     dataplane::loader::{self, Sizes, XdpAttachMode},
     dataplane::maps::Maps,
     dataplane::reader,
@@ -35,11 +36,8 @@ use crate::{
     net::neigh,
     net::netdev::Interface,
     plan::diff,
+    plan::model::{Limits, NodeServices},
     plan::state::{self, DataplaneState, Node},
-    plan::{
-        model::{Limits, NodeServices},
-        services_file,
-    },
 };
 
 /// How the data path is attached (shared by every source of services).
@@ -74,7 +72,7 @@ fn remote_nodes(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
 }
 
 /// The data path of one interface and what the agent knows about it.
-pub struct Agent {
+pub struct MapOwner {
     pub iface: Interface,
     maps: Maps,
     /// Capacities of the maps actually pinned (a restart keeps the sizes
@@ -96,7 +94,7 @@ pub struct Agent {
     pub health: Arc<metrics::Health>,
 }
 
-impl Agent {
+impl MapOwner {
     fn node(&self, file: &NodeServices) -> Result<Node> {
         let ip = file.node_ip.or(self.iface.ipv4).with_context(|| {
             format!(
@@ -206,7 +204,7 @@ impl Agent {
     }
 }
 
-impl Agent {
+impl MapOwner {
     /// Attaches (or adopts) the data path and gets ready to apply.
     pub fn start(opts: &Options) -> Result<Self> {
         let iface = Interface::lookup(&opts.interface)?;
@@ -267,77 +265,5 @@ impl Agent {
     /// The VIPs the maps currently announce.
     pub fn announced(&self) -> BTreeSet<Ipv4Addr> {
         announced(&self.current)
-    }
-}
-
-/// The services-file source: re-reads `config` every `poll_interval` and
-/// applies it when its bytes changed.
-pub async fn run_file(opts: Options, config: PathBuf, poll_interval: Duration) -> Result<()> {
-    let mut agent = Agent::start(&opts)?;
-    let mut source = FileSource {
-        path: config,
-        last_input: None,
-        watch: Watch::default(),
-    };
-    let mut tick = tokio::time::interval(poll_interval);
-    let shutdown = crate::shutdown::signal();
-    tokio::pin!(shutdown);
-    info!(interface = %agent.iface.name, file = %source.path.display(), "agent running");
-    loop {
-        tokio::select! {
-            r = &mut shutdown => { r?; break; }
-            _ = tick.tick() => {
-                source.sync(&mut agent);
-                agent.send_due_garps();
-            }
-        }
-    }
-    info!(
-        "stopping; the data path stays attached through its pinned links (`onehop cleanup` removes it)"
-    );
-    Ok(())
-}
-
-struct FileSource {
-    path: PathBuf,
-    last_input: Option<Vec<u8>>,
-    watch: Watch,
-}
-
-impl FileSource {
-    /// One pass: read the file if its metadata says it may have changed (see `filewatch`),
-    /// and apply it if its bytes did.
-    fn sync(&mut self, agent: &mut Agent) {
-        let now = Instant::now();
-        let stamp = std::fs::metadata(&self.path).ok().map(|m| Stamp::of(&m));
-        if !self.watch.due(stamp, now) {
-            return;
-        }
-        self.watch.read(stamp, now);
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) => {
-                if self.last_input.is_some() {
-                    warn!(file = %self.path.display(), error = %e, "cannot read the services file; keeping the current state");
-                }
-                return;
-            }
-        };
-        if self.last_input.as_deref() == Some(bytes.as_slice()) {
-            return;
-        }
-        self.last_input = Some(bytes.clone());
-        let text = String::from_utf8_lossy(&bytes);
-        let file = match services_file::parse(&text, &agent.limits) {
-            Ok(f) => f,
-            Err(e) => {
-                error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");
-                agent.health.record(false);
-                return;
-            }
-        };
-        if let Err(e) = agent.apply(&file) {
-            error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
-        }
     }
 }

@@ -54,7 +54,7 @@ use k8s_openapi::{
         coordination::v1::{Lease, LeaseSpec},
         core::v1::{Namespace, ObjectReference, Service},
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time},
     jiff::Timestamp,
 };
 use kube::{
@@ -75,6 +75,7 @@ use self::{
 };
 use crate::k8s::{
     crd::{IPAddressPool, IPAddressPoolStatus},
+    lease::{self, api_code},
     translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, reference},
     watch,
 };
@@ -210,13 +211,6 @@ struct Caches {
     pools: Store<IPAddressPool>,
 }
 
-fn api_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
-}
-
 /// The Lease side of leader election.
 struct Elector {
     api: Api<Lease>,
@@ -240,30 +234,20 @@ impl Elector {
         }
     }
 
-    fn lease_seconds(&self) -> i32 {
-        i32::try_from(self.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
-    }
-
     /// One attempt to take or renew the Lease: `Ok(true)` when held after
     /// it, `Ok(false)` when someone else validly holds it.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let seen_at = Instant::now();
         let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.identity.clone()),
-                    lease_duration_seconds: Some(self.lease_seconds()),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
+            let lease = lease::acquired(
+                &self.name,
+                &self.identity,
+                self.timing.lease_duration,
+                &now,
+                BTreeMap::new(),
+                BTreeMap::new(),
+            );
             let created = self.api.create(&PostParams::default(), &lease).await?;
             self.observed = Some((created.resource_version().unwrap_or_default(), seen_at));
             return Ok(true);
@@ -291,7 +275,7 @@ impl Elector {
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
         spec.holder_identity = Some(self.identity.clone());
-        spec.lease_duration_seconds = Some(self.lease_seconds());
+        spec.lease_duration_seconds = Some(lease::seconds(self.timing.lease_duration));
         spec.renew_time = Some(now);
         // The read resourceVersion rides along: a concurrent writer makes
         // this fail with 409 instead of being overwritten.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod crd;
+pub mod lease;
 pub mod pool;
 pub mod rbac;
 pub mod selector;

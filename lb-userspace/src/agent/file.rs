@@ -1,0 +1,89 @@
+//! The services-file source: the agent polls the file and applies it
+//! whenever its bytes change; a file that does not parse or validate is
+//! reported with every problem it has and the last good state stays.
+
+mod watch;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use tracing::{error, info, warn};
+
+use self::watch::{Stamp, Watch};
+use super::{MapOwner, Options};
+use crate::plan::services_file;
+
+/// The services-file source: re-reads `path` every `poll_interval` and
+/// applies it when its bytes changed.
+pub async fn run(opts: Options, path: PathBuf, poll_interval: Duration) -> Result<()> {
+    let mut agent = MapOwner::start(&opts)?;
+    let mut source = FileSource {
+        path,
+        last_input: None,
+        watch: Watch::default(),
+    };
+    let mut tick = tokio::time::interval(poll_interval);
+    let shutdown = crate::shutdown::signal();
+    tokio::pin!(shutdown);
+    info!(interface = %agent.iface.name, file = %source.path.display(), "agent running");
+    loop {
+        tokio::select! {
+            r = &mut shutdown => { r?; break; }
+            _ = tick.tick() => {
+                source.sync(&mut agent);
+                agent.send_due_garps();
+            }
+        }
+    }
+    info!(
+        "stopping; the data path stays attached through its pinned links (`onehop cleanup` removes it)"
+    );
+    Ok(())
+}
+
+struct FileSource {
+    path: PathBuf,
+    last_input: Option<Vec<u8>>,
+    watch: Watch,
+}
+
+impl FileSource {
+    /// One pass: read the file if its metadata says it may have changed (see [`watch`]),
+    /// and apply it if its bytes did.
+    fn sync(&mut self, agent: &mut MapOwner) {
+        let now = Instant::now();
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| Stamp::of(&m));
+        if !self.watch.due(stamp, now) {
+            return;
+        }
+        self.watch.read(stamp, now);
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) => {
+                if self.last_input.is_some() {
+                    warn!(file = %self.path.display(), error = %e, "cannot read the services file; keeping the current state");
+                }
+                return;
+            }
+        };
+        if self.last_input.as_deref() == Some(bytes.as_slice()) {
+            return;
+        }
+        self.last_input = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        let file = match services_file::parse(&text, &agent.limits) {
+            Ok(f) => f,
+            Err(e) => {
+                error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");
+                agent.health.record(false);
+                return;
+            }
+        };
+        if let Err(e) = agent.apply(&file) {
+            error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
+        }
+    }
+}
