@@ -104,7 +104,7 @@ impl Request {
             .iter()
             .flatten()
             .filter_map(|p| {
-                let proto = Protocol::from_name(p.protocol.as_deref().unwrap_or("TCP"))?;
+                let proto = Protocol::of_k8s_port(p.protocol.as_deref())?;
                 Some((u16::try_from(p.port).ok()?, proto))
             })
             .collect();

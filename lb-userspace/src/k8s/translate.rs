@@ -292,7 +292,7 @@ pub fn local_policy(svc: &Service) -> bool {
 }
 
 fn protocol(p: &K8sServicePort) -> Option<Protocol> {
-    Protocol::from_name(p.protocol.as_deref().unwrap_or("TCP"))
+    Protocol::of_k8s_port(p.protocol.as_deref())
 }
 
 /// The ports of `svc` we can serve, with their target ports.

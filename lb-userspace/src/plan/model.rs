@@ -130,6 +130,12 @@ impl Protocol {
             .into_iter()
             .find(|p| p.name() == name)
     }
+
+    /// The protocol of a Kubernetes port's `protocol` field, which
+    /// defaults to TCP when absent.
+    pub fn of_k8s_port(field: Option<&str>) -> Option<Self> {
+        Self::from_name(field.unwrap_or("TCP"))
+    }
 }
 
 impl fmt::Display for Protocol {
