@@ -411,18 +411,17 @@ impl Validator {
             };
             let protocol = match &rp.value.protocol {
                 None => Some(Protocol::Tcp),
-                Some(s) => match Protocol::from_name(&s.value) {
-                    Some(p) => Some(p),
-                    None => {
-                        let other = &s.value;
+                Some(s) => {
+                    let p = Protocol::from_name(&s.value);
+                    if p.is_none() {
                         self.issue(
                             format!("{pp}.protocol"),
                             s.referenced,
-                            format!("must be TCP or UDP, not {other:?}"),
+                            format!("must be TCP or UDP, not {:?}", s.value),
                         );
-                        None
                     }
-                },
+                    p
+                }
             };
             let (Some(port), Some(target_port), Some(protocol)) = (port, target_port, protocol)
             else {
