@@ -282,6 +282,25 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
         garp::frame(node.mac().octets(), vip),
         "unexpected frame on the wire"
     );
+    // The same frame read by an independent decoder, field by field
+    // (`garp::frame` is the code under test, not a reference).
+    let p = etherparse::SlicedPacket::from_ethernet(&frame.data).expect("parses as Ethernet");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link else {
+        panic!("no Ethernet II header: {:?}", p.link);
+    };
+    assert_eq!(eth.destination(), [0xff; 6], "broadcast");
+    assert_eq!(eth.source(), node.mac().octets(), "from the node's own MAC");
+    assert_eq!(eth.ether_type(), etherparse::EtherType::ARP);
+    let Some(etherparse::NetSlice::Arp(arp)) = &p.net else {
+        panic!("no ARP payload: {:?}", p.net);
+    };
+    assert_eq!(arp.hw_addr_type(), etherparse::ArpHardwareId::ETHERNET);
+    assert_eq!(arp.proto_addr_type(), etherparse::EtherType::IPV4);
+    assert_eq!(arp.operation(), etherparse::ArpOperation::REQUEST);
+    assert_eq!(arp.sender_hw_addr(), node.mac().octets());
+    assert_eq!(arp.sender_protocol_addr(), vip.octets());
+    assert_eq!(arp.target_hw_addr(), [0; 6]);
+    assert_eq!(arp.target_protocol_addr(), vip.octets());
 }
 
 /// The agent keeps the plan as its view of the maps after a successful write
