@@ -12,6 +12,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,6 +32,7 @@ use kube::CustomResourceExt as _;
 use lb_userspace::k8s::{
     controller::{self, Options, Timing},
     crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
+    ctlmetrics::ControllerMetrics,
     translate::{ClassFilter, ingress_ips},
 };
 use onehop_testkit::{
@@ -58,6 +60,8 @@ fn timing() -> Timing {
 struct Ctl {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// What the replica serves on `/metrics`.
+    metrics: Arc<ControllerMetrics>,
 }
 
 impl Ctl {
@@ -78,12 +82,33 @@ impl Ctl {
             timing: timing(),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(k.b.client(), opts, async move {
-            let _ = rx.await;
-        }));
+        let metrics = Arc::new(ControllerMetrics::default());
+        let task = tokio::spawn(controller::run_with_metrics(
+            k.b.client(),
+            opts,
+            Arc::clone(&metrics),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             stop: Some(tx),
             task,
+            metrics,
+        }
+    }
+
+    /// Whether the replica says it leads, as its `/metrics` reports it.
+    fn leads(&self) -> bool {
+        let text = self.metrics.render().expect("metrics render");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("onehop_controller_leader "))
+            .unwrap_or_else(|| panic!("no leader gauge in {text}"));
+        match value.trim() {
+            "1" => true,
+            "0" => false,
+            other => panic!("leader gauge {other:?}"),
         }
     }
 
@@ -761,9 +786,34 @@ async fn keeps_going_after_an_api_outage() {
         put(&k, &svc(&k.apps, "s1", &[])).await;
         let ctl = Ctl::start(&k, "c-1");
         wait_ips(&k, &k.apps, "s1", &["192.0.2.0"]).await;
+        assert!(ctl.leads(), "the only replica leads once it allocated");
+        let down = Instant::now();
         server.set_available(false);
         // Longer than the renew deadline: the controller steps down.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let outage = Duration::from_millis(1500);
+        let mut stepped_down = None;
+        while down.elapsed() < outage {
+            if stepped_down.is_none() && !ctl.leads() {
+                stepped_down = Some(down.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let tm = timing();
+        let stepped_down = stepped_down.unwrap_or_else(|| {
+            panic!(
+                "still leading after {outage:?} without the API (renew deadline {:?})",
+                tm.renew_deadline
+            )
+        });
+        eprintln!("stepped down {stepped_down:?} into the outage");
+        // Not at the first failed renewal (due within a retry period of the
+        // outage) but at the renew deadline, counted from the last renewal
+        // (at most a retry period and a request before the outage).
+        assert!(
+            stepped_down >= tm.renew_deadline.saturating_sub(tm.retry_period * 2),
+            "stepped down after {stepped_down:?}, well before the renew deadline"
+        );
+        assert!(!ctl.leads(), "leads again while the API is still down");
         // Changes made while the API is down for the controller (through the
         // store, since the API is down for this test too).
         server.store().put(&svc(&k.apps, "s2", &[])).unwrap();
@@ -771,6 +821,9 @@ async fn keeps_going_after_an_api_outage() {
         server.set_available(true);
         wait_ips(&k, &k.apps, "s2", &["192.0.2.0"]).await;
         wait_event(&k, "Service", "s2", "IPAllocated", "192.0.2.0").await;
+        // It allocated again because it took the Lease back.
+        assert!(ctl.leads(), "leads again after the outage");
+        assert_eq!(holder(&k).await.as_deref(), Some("c-1"));
         ctl.stop().await;
     })
     .await;
