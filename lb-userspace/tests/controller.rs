@@ -942,29 +942,6 @@ fn controller_rules(docs: &[serde_json::Value]) -> Vec<(Option<String>, PolicyRu
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
-fn verb_name(v: onehop_testkit::apiserver::Verb) -> &'static str {
-    use onehop_testkit::apiserver::Verb;
-    match v {
-        Verb::Get => "get",
-        Verb::List => "list",
-        Verb::Watch => "watch",
-        Verb::Create => "create",
-        Verb::Update => "update",
-        Verb::Patch => "patch",
-        Verb::Delete => "delete",
-        Verb::DeleteCollection => "deletecollection",
-    }
-}
-
-/// `services/status` → ("", "services/status"); `leases.coordination.k8s.io`
-/// → ("coordination.k8s.io", "leases").
-fn split_resource(r: &str) -> (String, String) {
-    let (base, sub) = r.split_once('/').map_or((r, None), |(b, s)| (b, Some(s)));
-    let (plural, group) = base.split_once('.').unwrap_or((base, ""));
-    let resource = sub.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}"));
-    (group.to_owned(), resource)
-}
-
 /// Every API call the controller makes is allowed by the manifests' RBAC,
 /// and every rule there is used (least privilege).
 #[tokio::test]
@@ -1025,13 +1002,13 @@ async fn rbac_covers_exactly_the_controllers_calls() {
 
         let mut used = std::collections::BTreeSet::new();
         for (verb, resource) in server.request_counts().keys() {
-            let (group, res) = split_resource(resource);
-            let verb = verb_name(*verb);
+            let (group, res) = onehop_testkit::apiserver::rbac_resource(resource);
+            let verb = verb.rbac_name();
             // Which namespaces the call went to.
             let namespaces: std::collections::BTreeSet<Option<String>> = server
                 .writes()
                 .iter()
-                .filter(|w| w.resource == *resource && verb_name(w.verb) == verb)
+                .filter(|w| w.resource == *resource && w.verb.rbac_name() == verb)
                 .map(|w| scope_of(w.namespace.clone()))
                 .collect();
             let allowed = |ns: &Option<String>| {
