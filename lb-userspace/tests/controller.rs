@@ -12,6 +12,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,6 +30,7 @@ use k8s_openapi::{
 };
 use kube::CustomResourceExt as _;
 use lb_userspace::{
+    controller::metrics::ControllerMetrics,
     controller::{self, Options, Timing},
     k8s::{
         crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
@@ -60,6 +62,8 @@ fn timing() -> Timing {
 struct Ctl {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// What the replica serves on `/metrics`.
+    metrics: Arc<ControllerMetrics>,
 }
 
 impl Ctl {
@@ -80,12 +84,33 @@ impl Ctl {
             timing: timing(),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(k.b.client(), opts, async move {
-            let _ = rx.await;
-        }));
+        let metrics = Arc::new(ControllerMetrics::default());
+        let task = tokio::spawn(controller::run_with_metrics(
+            k.b.client(),
+            opts,
+            Arc::clone(&metrics),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             stop: Some(tx),
             task,
+            metrics,
+        }
+    }
+
+    /// Whether the replica says it leads, as its `/metrics` reports it.
+    fn leads(&self) -> bool {
+        let text = self.metrics.render().expect("metrics render");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("onehop_controller_leader "))
+            .unwrap_or_else(|| panic!("no leader gauge in {text}"));
+        match value.trim() {
+            "1" => true,
+            "0" => false,
+            other => panic!("leader gauge {other:?}"),
         }
     }
 
@@ -763,9 +788,34 @@ async fn keeps_going_after_an_api_outage() {
         put(&k, &svc(&k.apps, "s1", &[])).await;
         let ctl = Ctl::start(&k, "c-1");
         wait_ips(&k, &k.apps, "s1", &["192.0.2.0"]).await;
+        assert!(ctl.leads(), "the only replica leads once it allocated");
+        let down = Instant::now();
         server.set_available(false);
         // Longer than the renew deadline: the controller steps down.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let outage = Duration::from_millis(1500);
+        let mut stepped_down = None;
+        while down.elapsed() < outage {
+            if stepped_down.is_none() && !ctl.leads() {
+                stepped_down = Some(down.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let tm = timing();
+        let stepped_down = stepped_down.unwrap_or_else(|| {
+            panic!(
+                "still leading after {outage:?} without the API (renew deadline {:?})",
+                tm.renew_deadline
+            )
+        });
+        eprintln!("stepped down {stepped_down:?} into the outage");
+        // Not at the first failed renewal (due within a retry period of the
+        // outage) but at the renew deadline, counted from the last renewal
+        // (at most a retry period and a request before the outage).
+        assert!(
+            stepped_down >= tm.renew_deadline.saturating_sub(tm.retry_period * 2),
+            "stepped down after {stepped_down:?}, well before the renew deadline"
+        );
+        assert!(!ctl.leads(), "leads again while the API is still down");
         // Changes made while the API is down for the controller (through the
         // store, since the API is down for this test too).
         server.store().put(&svc(&k.apps, "s2", &[])).unwrap();
@@ -773,6 +823,9 @@ async fn keeps_going_after_an_api_outage() {
         server.set_available(true);
         wait_ips(&k, &k.apps, "s2", &["192.0.2.0"]).await;
         wait_event(&k, "Service", "s2", "IPAllocated", "192.0.2.0").await;
+        // It allocated again because it took the Lease back.
+        assert!(ctl.leads(), "leads again after the outage");
+        assert_eq!(holder(&k).await.as_deref(), Some("c-1"));
         ctl.stop().await;
     })
     .await;
@@ -891,29 +944,6 @@ fn controller_rules(docs: &[serde_json::Value]) -> Vec<(Option<String>, PolicyRu
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
-fn verb_name(v: onehop_testkit::apiserver::Verb) -> &'static str {
-    use onehop_testkit::apiserver::Verb;
-    match v {
-        Verb::Get => "get",
-        Verb::List => "list",
-        Verb::Watch => "watch",
-        Verb::Create => "create",
-        Verb::Update => "update",
-        Verb::Patch => "patch",
-        Verb::Delete => "delete",
-        Verb::DeleteCollection => "deletecollection",
-    }
-}
-
-/// `services/status` → ("", "services/status"); `leases.coordination.k8s.io`
-/// → ("coordination.k8s.io", "leases").
-fn split_resource(r: &str) -> (String, String) {
-    let (base, sub) = r.split_once('/').map_or((r, None), |(b, s)| (b, Some(s)));
-    let (plural, group) = base.split_once('.').unwrap_or((base, ""));
-    let resource = sub.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}"));
-    (group.to_owned(), resource)
-}
-
 /// Every API call the controller makes is allowed by the manifests' RBAC,
 /// and every rule there is used (least privilege).
 #[tokio::test]
@@ -974,13 +1004,13 @@ async fn rbac_covers_exactly_the_controllers_calls() {
 
         let mut used = std::collections::BTreeSet::new();
         for (verb, resource) in server.request_counts().keys() {
-            let (group, res) = split_resource(resource);
-            let verb = verb_name(*verb);
+            let (group, res) = onehop_testkit::apiserver::rbac_resource(resource);
+            let verb = verb.rbac_name();
             // Which namespaces the call went to.
             let namespaces: std::collections::BTreeSet<Option<String>> = server
                 .writes()
                 .iter()
-                .filter(|w| w.resource == *resource && verb_name(w.verb) == verb)
+                .filter(|w| w.resource == *resource && w.verb.rbac_name() == verb)
                 .map(|w| scope_of(w.namespace.clone()))
                 .collect();
             let allowed = |ns: &Option<String>| {

@@ -1,7 +1,8 @@
 //! Integration tests of the agent's kernel edges, each in its own network
 //! namespaces (never the host's interfaces): loader attach → adopt →
 //! cleanup with pinned maps and links, BTF visible to bpftool, managed
-//! neighbour entries, gratuitous ARP on the wire. Root and a real kernel.
+//! neighbour entries, gratuitous ARP on the wire, the capabilities the agent
+//! needs. Root and a real kernel.
 
 use std::{
     net::Ipv4Addr,
@@ -284,6 +285,25 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
         garp::frame(node.mac().octets(), vip),
         "unexpected frame on the wire"
     );
+    // The same frame read by an independent decoder, field by field
+    // (`garp::frame` is the code under test, not a reference).
+    let p = etherparse::SlicedPacket::from_ethernet(&frame.data).expect("parses as Ethernet");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link else {
+        panic!("no Ethernet II header: {:?}", p.link);
+    };
+    assert_eq!(eth.destination(), [0xff; 6], "broadcast");
+    assert_eq!(eth.source(), node.mac().octets(), "from the node's own MAC");
+    assert_eq!(eth.ether_type(), etherparse::EtherType::ARP);
+    let Some(etherparse::NetSlice::Arp(arp)) = &p.net else {
+        panic!("no ARP payload: {:?}", p.net);
+    };
+    assert_eq!(arp.hw_addr_type(), etherparse::ArpHardwareId::ETHERNET);
+    assert_eq!(arp.proto_addr_type(), etherparse::EtherType::IPV4);
+    assert_eq!(arp.operation(), etherparse::ArpOperation::REQUEST);
+    assert_eq!(arp.sender_hw_addr(), node.mac().octets());
+    assert_eq!(arp.sender_protocol_addr(), vip.octets());
+    assert_eq!(arp.target_hw_addr(), [0; 6]);
+    assert_eq!(arp.target_protocol_addr(), vip.octets());
 }
 
 /// The agent keeps the plan as its view of the maps after a successful write
@@ -344,5 +364,123 @@ services:
             "the maps differ from the plan"
         );
         current = desired;
+    }
+}
+
+/// The capabilities `manifests/agent-daemonset.yaml` adds to the agent.
+fn daemonset_capabilities() -> Vec<String> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/agent-daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the agent DaemonSet");
+    let ds: DaemonSet = serde_saphyr::from_str(&text).expect("the agent DaemonSet parses");
+    ds.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.security_context?.capabilities?.add)
+        .unwrap_or_default()
+}
+
+/// Runs the agent (file source, announcing a VIP) in `node`'s namespace as
+/// uid 0 with `caps` as its whole capability bounding set, as the
+/// `DaemonSet`'s container runs; returns whether it got as far as
+/// announcing, and its log.
+fn agent_starts_with(
+    node: &onehop_testkit::topology::Node,
+    caps: &[String],
+    tag: &str,
+) -> (bool, String) {
+    let root = PinRoot::new(tag);
+    let dir = std::env::temp_dir().join(format!("onehop-caps-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let services = dir.join("services.yaml");
+    std::fs::write(
+        &services,
+        format!(
+            "announce: [192.168.50.230]
+services:
+  - name: web
+    vip: 192.168.50.230
+    ports: [{{ port: 80, target_port: 8080 }}]
+    backends: [{{ ip: 10.42.1.2, node_ip: {} }}]
+",
+            node.ip()
+        ),
+    )
+    .expect("services file");
+    let log_path = dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let bounding: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", &bounding, "--inh-caps", "-all", "--"])
+        .arg(env!("CARGO_BIN_EXE_onehop"))
+        .args(["agent", "--interface", "eth0", "--no-metrics"])
+        .args(["--maglev-slots", "65536", "--conntrack-size", "4096"])
+        .args(["--rev-nat-size", "4096", "--affinity-size", "1024"])
+        .arg("--config")
+        .arg(&services)
+        .arg("--bpffs-root")
+        .arg(root.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let mut agent = onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let announced = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("now announcing") {
+            break true;
+        }
+        if agent.try_wait().expect("wait").is_some() || Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(agent);
+    // Detach with full privileges, so the next run loads afresh. A run that
+    // failed before attaching left nothing to clean up, so its status is
+    // not checked; removing the pins (PinRoot's drop) detaches in any case.
+    let _ = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args(["cleanup", "--interface", "eth0", "--bpffs-root"])
+        .arg(root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (announced, text)
+}
+
+/// The capabilities the agent `DaemonSet` adds are exactly the ones the
+/// agent needs, as the kernel decides: with that set alone the agent
+/// loads, attaches and announces; without any one of them it fails.
+#[test]
+fn agent_needs_exactly_the_daemonset_capabilities() {
+    let caps = daemonset_capabilities();
+    assert!(!caps.is_empty(), "the DaemonSet adds no capability");
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let (ok, log) = agent_starts_with(node, &caps, "caps-all");
+    assert!(ok, "the agent does not start with {caps:?} alone:\n{log}");
+    for (i, missing) in caps.iter().enumerate() {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let (ok, log) = agent_starts_with(node, &fewer, &format!("caps-{i}"));
+        assert!(
+            !ok,
+            "the agent starts with {fewer:?}: the DaemonSet need not add {missing}\n{log}"
+        );
+        eprintln!(
+            "without {missing}: {}",
+            log.lines().last().unwrap_or_default()
+        );
     }
 }

@@ -20,6 +20,7 @@ use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
     events::v1::Event,
+    rbac::v1::{PolicyRule, RoleRef, Subject},
 };
 use kube::CustomResourceExt as _;
 use lb_common::{DropReason, vip_flags};
@@ -30,6 +31,7 @@ use lb_userspace::{
 };
 use onehop_testkit::json::merge;
 use onehop_testkit::{
+    apiserver::rbac_resource,
     k8s::{MANAGED_BY, ProofRun, TestCluster, skip_on_real_cluster},
     netns::{command_in, in_netns, spawn_in},
     traffic::{Timeouts, http_get_here},
@@ -783,4 +785,135 @@ fn real_cluster_mode_runs_against_a_kubeconfig_alone() {
         .count();
     assert_eq!(agents, 2, "agent Leases: {leases:?}");
     assert!(leases.contains("onehop-controller"), "{leases:?}");
+}
+
+/// `(cluster-wide, rule)` of every rule that manifests/*.yaml bind to the
+/// agent's `ServiceAccount`; `cluster-wide` is false for a Role bound in the
+/// agent's namespace.
+fn agent_rules_in_manifests() -> Vec<(bool, PolicyRule)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("manifests/")
+        .map(|e| e.expect("manifests/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("read manifest");
+        let values: Vec<Value> = serde_saphyr::from_str_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        docs.extend(values.into_iter().filter(|v| !v.is_null()));
+    }
+    let rules_of = |kind: &str, name: &str| -> Vec<PolicyRule> {
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} not in the manifests"));
+        from::<Vec<PolicyRule>>(role["rules"].clone())
+    };
+    let mut out = Vec::new();
+    for binding in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+    {
+        let subjects: Vec<Subject> = from(binding["subjects"].clone());
+        if !subjects.iter().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == "onehop-agent"
+                && s.namespace.as_deref() == Some("onehop-system")
+        }) {
+            continue;
+        }
+        let role_ref: RoleRef = from(binding["roleRef"].clone());
+        let cluster_wide = binding["kind"] == "ClusterRoleBinding";
+        for rule in rules_of(&role_ref.kind, &role_ref.name) {
+            out.push((cluster_wide, rule));
+        }
+    }
+    out
+}
+
+/// The agent's RBAC list and manifests, checked against what two agents
+/// really asked the API server for (its request log, reads included):
+/// every call is listed in `k8s::rbac::AGENT` and granted by the
+/// manifests in its scope, and every listed call was made. (That the
+/// manifests grant exactly `AGENT` is `tests/manifests.rs`'s part.)
+#[test]
+fn agent_rbac_covers_exactly_the_agents_calls() {
+    if skip_on_real_cluster("needs the test server's log of the agents' API calls") {
+        return;
+    }
+    let k = K8s::new(2);
+    let server = k.api.test_server().expect("test server");
+    let rules = agent_rules_in_manifests();
+    assert!(!rules.is_empty(), "no rule bound to onehop-agent");
+    k.put_pool("lan", "192.168.50.200/30");
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &[1, 2]);
+    // From here on every request is an agent's: the test reads the store
+    // and the agents' maps, never the API.
+    server.reset_stats();
+    k.start_agent(1);
+    k.start_agent(2);
+    let names = k.node_names(2);
+    let owner =
+        k.node_index(election::owner(VIP, names.iter().map(String::as_str)).expect("owner"));
+    for i in 1..=2 {
+        k.c.wait_for(i, "served, election converged", |s| {
+            serves(s, VIP) && announces(s, VIP) == (i == owner)
+        });
+    }
+    let store = server.store();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.list::<Event>().expect("events").iter().any(|e| {
+        e.reason.as_deref() == Some("nodeAssigned")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+    }) {
+        assert!(Instant::now() < deadline, "no nodeAssigned event");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A few Lease renewals (every 400 ms).
+    std::thread::sleep(Duration::from_secs(1));
+    let calls = server.request_scopes();
+    let own_ns = k.ns();
+    for (verb, key, ns) in &calls {
+        let verb = verb.rbac_name();
+        let (group, resource) = rbac_resource(key);
+        let listed = lb_userspace::k8s::rbac::AGENT.iter().any(|c| {
+            c.group == group
+                && c.resource == resource
+                && c.verb == verb
+                && (!c.own_namespace || ns.as_deref() == Some(own_ns))
+        });
+        assert!(listed, "{verb} {key} in {ns:?} is not in k8s::rbac::AGENT");
+        let granted = rules.iter().any(|(cluster_wide, r)| {
+            (*cluster_wide || ns.as_deref() == Some(own_ns))
+                && r.api_groups.iter().flatten().any(|g| *g == group)
+                && r.resources.iter().flatten().any(|x| *x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        });
+        assert!(
+            granted,
+            "{verb} {key} in {ns:?} is not granted to onehop-agent by manifests/"
+        );
+    }
+    for c in lb_userspace::k8s::rbac::AGENT {
+        // The recorder patches an Event only when the same one repeats,
+        // which this short run does not provoke.
+        if c.resource == "events" && c.verb == "patch" {
+            continue;
+        }
+        let used = calls.iter().any(|(verb, key, ns)| {
+            let (group, resource) = rbac_resource(key);
+            group == c.group
+                && resource == c.resource
+                && verb.rbac_name() == c.verb
+                && (!c.own_namespace || ns.as_deref() == Some(own_ns))
+        });
+        assert!(
+            used,
+            "{c:?} is listed but the agents never made it: {calls:?}"
+        );
+    }
 }

@@ -50,9 +50,49 @@ fn documents() -> Vec<(String, Value)> {
     out
 }
 
-fn typed<T: serde::de::DeserializeOwned>(file: &str, doc: &Value) -> T {
-    serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", doc["kind"]))
+/// `doc` parsed strictly as `T`. k8s-openapi skips fields it does not know,
+/// and so does the API server (with at most a warning): a misspelled field
+/// would parse here and be silently dropped on install. So the typed object
+/// is written back out and must give the document again; whatever got lost
+/// on the way is a field `T` does not have.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(file: &str, doc: &Value) -> T {
+    let kind = &doc["kind"];
+    let t: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{file}: {kind} does not parse: {e}"));
+    let back = serde_json::to_value(&t)
+        .unwrap_or_else(|e| panic!("{file}: {kind} does not serialise: {e}"));
+    let mut lost = Vec::new();
+    not_kept(doc, &back, "", &mut lost);
+    assert!(
+        lost.is_empty(),
+        "{file}: {kind} {}: not part of the API type (misspelt or misplaced?): {lost:?}",
+        doc["metadata"]["name"]
+    );
+    t
+}
+
+/// The paths of `original` that `kept` lacks or holds with another value.
+/// An explicit `null` counts as absent, as it does for the API server.
+fn not_kept(original: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, kept) {
+        (Value::Object(o), Value::Object(k)) => {
+            for (key, v) in o {
+                let here = format!("{path}.{key}");
+                match k.get(key) {
+                    Some(kv) => not_kept(v, kv, &here, out),
+                    None if v.is_null() => {}
+                    None => out.push(here),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(k)) if o.len() == k.len() => {
+            for (i, (v, kv)) in o.iter().zip(k).enumerate() {
+                not_kept(v, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if original == kept => {}
+        _ => out.push(format!("{path}: {original} became {kept}")),
+    }
 }
 
 #[derive(Default)]
@@ -212,6 +252,19 @@ fn agent_daemonset_runs_the_kubernetes_agent_with_least_privilege() {
             .flatten()
             .all(|c| ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"].contains(&c.as_str()))
     );
+    // Not only nothing beyond these: each one, or the agent cannot start.
+    // BPF: create maps, load programs and BTF, pin in bpffs; NET_ADMIN:
+    // attach XDP and TCX links (networking program types) and write
+    // neighbour entries; NET_RAW: the AF_PACKET socket of gratuitous ARP
+    // (`garp::ArpSender`); PERFMON: the verifier's pointer arithmetic on
+    // packet and map values for a non-root loader.
+    let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(
+        added,
+        BTreeSet::from(["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"]),
+        "the agent's added capabilities"
+    );
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
     let bpffs = pod
         .volumes
         .iter()

@@ -238,5 +238,33 @@ mod tests {
             owner(vip(0), ["node3", "node1", "node2"]),
             "order must not matter"
         );
+        // Concrete values, so that an agent version computing other weights
+        // (a new seed, hash or key format) fails here instead of splitting
+        // the announcements during a rolling upgrade. Derived apart from
+        // this code by a Python one-off restating the hash: FNV-1a 64
+        // (offset 0xcbf29ce484222325, prime 0x100000001b3) over the seed's
+        // 8 little-endian bytes then b"<node>#<vip>", then MurmurHash3's
+        // fmix64; the owner is the node with the highest value.
+        assert_eq!(score("node1", vip(0)), 0x0687_d1bb_fce7_da8a);
+        assert_eq!(score("node2", vip(0)), 0xc2f6_aeef_a76d_3705);
+        assert_eq!(score("node3", vip(0)), 0xfb11_ae55_6370_722a);
+        assert_eq!(pinned, Some("node3"));
+        let three = ["node1", "node2", "node3"];
+        let expected = [
+            "node3", "node3", "node3", "node2", "node1", "node3", "node2", "node2", "node1",
+            "node3", "node3", "node3",
+        ];
+        for (i, want) in (0..).zip(expected) {
+            assert_eq!(owner(vip(i), three), Some(want), "owner of {}", vip(i));
+        }
+        let five = ["worker-a", "worker-b", "worker-c", "worker-d", "worker-e"];
+        for (v, want) in [
+            (Ipv4Addr::new(10, 0, 0, 1), "worker-c"),
+            (Ipv4Addr::new(192, 0, 2, 10), "worker-b"),
+            (Ipv4Addr::new(198, 51, 100, 7), "worker-a"),
+            (Ipv4Addr::new(203, 0, 113, 200), "worker-c"),
+        ] {
+            assert_eq!(owner(v, five), Some(want), "owner of {v}");
+        }
     }
 }

@@ -106,4 +106,59 @@ mod tests {
         assert_eq!(&f[28..32], &[192, 168, 50, 100]);
         assert_eq!(&f[38..42], &[192, 168, 50, 100]);
     }
+
+    #[test]
+    fn frame_matches_etherparse() {
+        use etherparse::{
+            ArpHardwareId, ArpOperation, ArpPacket, EtherType, LinkSlice, NetSlice, PacketBuilder,
+            SlicedPacket,
+        };
+        let mac = [0x02, 0x5e, 0x11, 0xa0, 0x00, 0x07];
+        let vip = Ipv4Addr::new(10, 20, 30, 40);
+        let f = frame(mac, vip);
+
+        // The same announcement built by an independent encoder.
+        let arp = ArpPacket::new(
+            ArpHardwareId::ETHERNET,
+            EtherType::IPV4,
+            ArpOperation::REQUEST,
+            &mac,
+            &vip.octets(),
+            &[0; 6],
+            &vip.octets(),
+        )
+        .expect("valid ARP packet");
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(mac, [0xff; 6])
+            .arp(arp)
+            .write(&mut expected)
+            .expect("serialise");
+        assert_eq!(f[..], expected[..], "differs from etherparse's encoding");
+
+        // And every field as an independent decoder reads it.
+        let p = SlicedPacket::from_ethernet(&f).expect("parses as Ethernet");
+        let Some(LinkSlice::Ethernet2(eth)) = &p.link else {
+            panic!("no Ethernet II header: {:?}", p.link);
+        };
+        assert_eq!(eth.destination(), [0xff; 6], "broadcast");
+        assert_eq!(eth.source(), mac);
+        assert_eq!(eth.ether_type(), EtherType::ARP);
+        let Some(NetSlice::Arp(a)) = &p.net else {
+            panic!("no ARP payload: {:?}", p.net);
+        };
+        assert_eq!(a.hw_addr_type(), ArpHardwareId::ETHERNET);
+        assert_eq!(a.proto_addr_type(), EtherType::IPV4);
+        assert_eq!((a.hw_addr_size(), a.proto_addr_size()), (6, 4));
+        assert_eq!(a.operation(), ArpOperation::REQUEST);
+        assert_eq!(a.sender_hw_addr(), mac);
+        assert_eq!(a.sender_protocol_addr(), vip.octets());
+        assert_eq!(a.target_hw_addr(), [0; 6]);
+        assert_eq!(
+            a.target_protocol_addr(),
+            vip.octets(),
+            "gratuitous: target = sender"
+        );
+        assert!(p.transport.is_none());
+        assert_eq!(a.slice().len(), f.len() - 14, "no trailing bytes");
+    }
 }

@@ -193,6 +193,12 @@ mod tests {
             stable_hash(OFFSET_SEED, b"10.42.0.5:8080"),
             7_933_180_886_419_306_217
         );
+        // Computed by the Python one-off of
+        // `tables_match_an_independent_script`.
+        assert_eq!(
+            stable_hash(SKIP_SEED, b"10.42.0.5:8080"),
+            10_572_371_561_107_047_636
+        );
         assert_ne!(stable_hash(OFFSET_SEED, b"a"), stable_hash(SKIP_SEED, b"a"));
         let t = build(&backends(3));
         let golden: Vec<u32> = t[..16].to_vec();
@@ -202,7 +208,118 @@ mod tests {
         );
     }
 
+    /// Also produced by the Python one-off described at
+    /// `tables_match_an_independent_script`.
     const GOLDEN_PREFIX: [u32; 16] = [1, 2, 2, 0, 1, 2, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0];
+
+    /// The population loop as the paper's pseudocode writes it, kept apart
+    /// from [`build`] on purpose: whole permutation tables, a `next` index
+    /// per backend, `entry` slots holding the backend's rank. Only the
+    /// inputs are shared: identities sorted, `offset = h1 mod M`,
+    /// `skip = h2 mod (M - 1) + 1`, `stable_hash` (pinned on its own in
+    /// `hash_is_pinned`).
+    fn paper_population(backends: &[(String, u32)]) -> Vec<u32> {
+        let mut names: Vec<&(String, u32)> = backends.iter().collect();
+        names.sort();
+        names.dedup_by(|a, b| a.0 == b.0);
+        let n = names.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let m = table_size(n) as usize;
+        let permutation: Vec<Vec<usize>> = names
+            .iter()
+            .map(|(name, _)| {
+                let offset = (stable_hash(OFFSET_SEED, name.as_bytes()) % m as u64) as usize;
+                let skip = (stable_hash(SKIP_SEED, name.as_bytes()) % (m as u64 - 1) + 1) as usize;
+                (0..m).map(|j| (offset + j * skip) % m).collect()
+            })
+            .collect();
+        let mut next = vec![0usize; n];
+        let mut entry: Vec<Option<usize>> = vec![None; m];
+        let mut filled = 0;
+        'populate: loop {
+            for i in 0..n {
+                let mut c = permutation[i][next[i]];
+                while entry[c].is_some() {
+                    next[i] += 1;
+                    c = permutation[i][next[i]];
+                }
+                entry[c] = Some(i);
+                next[i] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'populate;
+                }
+            }
+        }
+        entry
+            .into_iter()
+            .map(|e| names[e.expect("every slot is filled")].1)
+            .collect()
+    }
+
+    #[test]
+    fn tables_match_the_papers_population_algorithm() {
+        for n in [1, 2, 3, 5, 7, 10, 33, 101] {
+            assert_eq!(build(&backends(n)), paper_population(&backends(n)), "n={n}");
+        }
+        let irregular: Vec<(String, u32)> = [
+            ("192.168.1.9:443", 30),
+            ("10.0.0.2:80", 20),
+            ("10.0.0.1:80", 10),
+            ("10.0.0.10:80", 7),
+            ("172.16.0.1:65535", 1000),
+        ]
+        .into_iter()
+        .map(|(k, id)| (k.to_owned(), id))
+        .collect();
+        assert_eq!(build(&irregular), paper_population(&irregular));
+    }
+
+    #[test]
+    fn tables_match_an_independent_script() {
+        // Entries computed by a Python one-off, apart from this crate: it
+        // restates stable_hash (FNV-1a 64 over the seed's 8 little-endian
+        // bytes then the identity, offset basis 0xcbf29ce484222325, prime
+        // 0x100000001b3, then MurmurHash3's fmix64), sorts the identities,
+        // takes offset = h(0x6f6e65686f702d31) % M and
+        // skip = h(0x6f6e65686f702d32) % (M - 1) + 1, and runs the paper's
+        // population pseudocode (NSDI 2016, section 3.4) verbatim.
+        let t3 = build(&backends(3));
+        assert_eq!(t3.len(), 509);
+        for (slot, id) in [(100, 0), (200, 1), (300, 0), (400, 1), (508, 2)] {
+            assert_eq!(t3[slot], id, "3 backends, slot {slot}");
+        }
+        let t7 = build(&backends(7));
+        assert_eq!(t7.len(), 1021);
+        assert_eq!(t7[..16], [1, 4, 1, 5, 4, 5, 0, 6, 0, 0, 0, 3, 1, 2, 5, 3]);
+        for (slot, id) in [(500, 2), (1000, 2), (1020, 5)] {
+            assert_eq!(t7[slot], id, "7 backends, slot {slot}");
+        }
+        let expected_shares: std::collections::BTreeMap<u32, usize> = [
+            (0, 146),
+            (1, 146),
+            (2, 146),
+            (3, 146),
+            (4, 146),
+            (5, 146),
+            (6, 145),
+        ]
+        .into();
+        assert_eq!(shares(&t7), expected_shares);
+        let t = build(&[
+            ("10.0.0.1:80", 10),
+            ("10.0.0.2:80", 20),
+            ("192.168.1.9:443", 30),
+        ]);
+        assert_eq!(
+            t[..20],
+            [
+                30, 20, 30, 20, 30, 30, 20, 10, 20, 20, 10, 30, 20, 30, 20, 10, 20, 30, 10, 20
+            ]
+        );
+    }
 
     #[test]
     fn balance_is_within_one_slot() {
@@ -320,6 +437,11 @@ mod tests {
                 }
             }
             prop_assert_eq!(build(&shuffled), build(&set));
+        }
+
+        #[test]
+        fn tables_follow_the_paper(set in backend_set()) {
+            prop_assert_eq!(build(&set), paper_population(&set));
         }
 
         #[test]

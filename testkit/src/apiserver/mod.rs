@@ -42,7 +42,7 @@ pub mod selector;
 mod store;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -101,6 +101,32 @@ impl Verb {
             Self::Create | Self::Update | Self::Patch | Self::Delete | Self::DeleteCollection
         )
     }
+
+    /// The name RBAC rules use.
+    pub fn rbac_name(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Watch => "watch",
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::DeleteCollection => "deletecollection",
+        }
+    }
+}
+
+/// `(API group, resource)` as RBAC rules name them, of a resource named as in
+/// [`RequestRecord::resource`]: `leases.coordination.k8s.io` →
+/// `("coordination.k8s.io", "leases")`, `services/status` → `("", "services/status")`.
+pub fn rbac_resource(resource: &str) -> (String, String) {
+    let (base, sub) = resource
+        .split_once('/')
+        .map_or((resource, None), |(b, s)| (b, Some(s)));
+    let (plural, group) = base.split_once('.').unwrap_or((base, ""));
+    let resource = sub.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}"));
+    (group.to_owned(), resource)
 }
 
 /// One API request, as the server counted it.
@@ -130,6 +156,9 @@ pub fn resource_name(rd: &ResourceDef) -> String {
 #[derive(Debug, Default)]
 struct Stats {
     counts: BTreeMap<(Verb, String), u64>,
+    /// Every (verb, resource, namespace) served, reads included: what RBAC
+    /// must allow.
+    scopes: BTreeSet<(Verb, String, Option<String>)>,
     writes: VecDeque<RequestRecord>,
 }
 
@@ -170,6 +199,8 @@ impl Inner {
     fn record(&self, r: RequestRecord) {
         let mut s = lock(&self.stats);
         *s.counts.entry((r.verb, r.resource.clone())).or_default() += 1;
+        s.scopes
+            .insert((r.verb, r.resource.clone(), r.namespace.clone()));
         if r.verb.is_write() {
             s.writes.push_back(r);
             while s.writes.len() > self.config.write_log_limit {
@@ -407,6 +438,13 @@ impl ApiServer {
     /// Every counter.
     pub fn request_counts(&self) -> BTreeMap<(Verb, String), u64> {
         lock(&self.inner.stats).counts.clone()
+    }
+
+    /// Every distinct `(verb, resource, namespace)` served, reads included
+    /// (`None`: a cluster-wide request); resources named as in
+    /// [`RequestRecord::resource`].
+    pub fn request_scopes(&self) -> BTreeSet<(Verb, String, Option<String>)> {
+        lock(&self.inner.stats).scopes.clone()
     }
 
     /// The write requests (create, update, patch, delete), oldest first.
