@@ -8,3 +8,5 @@ pub mod model;
 pub mod services_file;
 pub mod slots;
 pub mod state;
+#[cfg(test)]
+mod testing;

@@ -1,27 +1,14 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use super::*;
-use crate::plan::state::{DataplaneState, Node, SrcRangeKey, plan, replan};
+use crate::plan::state::{DataplaneState, SrcRangeKey, plan, replan};
+use crate::plan::testing::{NODE, limits, parse};
 use crate::plan::{
-    model::{Cidr, Limits, NodeServices},
+    model::{Cidr, NodeServices},
     services_file,
 };
 use lb_common::{backend_flags, service_flags, vip_flags};
 use proptest::prelude::*;
-
-const NODE: Node = Node {
-    ip: Ipv4Addr::new(192, 168, 50, 10),
-    ifindex: 7,
-    mac: [2, 0, 0, 0, 0, 1],
-};
-
-fn limits() -> Limits {
-    Limits {
-        maglev_slots: 1 << 16,
-        ..Limits::default()
-    }
-}
 
 /// The kernel maps as the data path sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,10 +151,6 @@ impl Maps {
         }
         Ok(())
     }
-}
-
-fn parse(text: &str) -> NodeServices {
-    services_file::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const FILE: &str = "\

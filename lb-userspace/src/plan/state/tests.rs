@@ -1,29 +1,13 @@
 use super::*;
+use crate::plan::testing::{NODE, limits, parse};
 use crate::plan::{
     model::{Backend, NatPorts, Protocol, Service, ServicePort},
     services_file,
 };
 use proptest::prelude::*;
 
-const NODE: Node = Node {
-    ip: Ipv4Addr::new(192, 168, 50, 10),
-    ifindex: 7,
-    mac: [2, 0, 0, 0, 0, 1],
-};
-
-fn limits() -> Limits {
-    Limits {
-        maglev_slots: 1 << 16,
-        ..Limits::default()
-    }
-}
-
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
-}
-
-fn parse(text: &str) -> NodeServices {
-    services_file::parse(text, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn plan_ok(prev: &DataplaneState, file: &NodeServices) -> DataplaneState {
