@@ -7,6 +7,8 @@
 //!   `[192,168,50,100]`), ports are `u16` in host order (prints `80`).
 //! - Only integers and byte arrays, explicit `_pad` fields, and a size
 //!   assertion per type: the kernel and userspace must see the same bytes.
+//!   Every type has a `const fn new` next to it, so no caller spells the
+//!   padding.
 //! - Enums are never stored; the integer is, and userspace `TryFrom`s it.
 #![no_std]
 #![expect(
@@ -71,11 +73,23 @@ pub struct VipValue {
     pub flags: u32,
 }
 
+impl VipValue {
+    pub const fn new(flags: u32) -> Self {
+        Self { flags }
+    }
+}
+
 /// Key of maps indexed by one IPv4 address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Key {
     pub addr: [u8; 4],
+}
+
+impl Ipv4Key {
+    pub const fn new(addr: [u8; 4]) -> Self {
+        Self { addr }
+    }
 }
 
 /// Key of the `services` hash map: one frontend `VIP:port/protocol`.
@@ -88,6 +102,18 @@ pub struct ServiceKey {
     /// [`proto`] number.
     pub proto: u8,
     pub _pad: u8,
+}
+
+impl ServiceKey {
+    /// `port` in host order, `proto` a [`proto`] number.
+    pub const fn new(vip: [u8; 4], port: u16, proto: u8) -> Self {
+        Self {
+            vip,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
 }
 
 /// Value of the `services` hash map.
@@ -108,6 +134,27 @@ pub struct ServiceValue {
     pub _pad: u32,
 }
 
+impl ServiceValue {
+    /// `flags` are [`service_flags`] bits; `affinity_timeout_s` 0 unless
+    /// [`service_flags::AFFINITY`] is set.
+    pub const fn new(
+        id: u32,
+        maglev_offset: u32,
+        maglev_len: u32,
+        flags: u32,
+        affinity_timeout_s: u32,
+    ) -> Self {
+        Self {
+            id,
+            maglev_offset,
+            maglev_len,
+            flags,
+            affinity_timeout_s,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of the `backends` array, indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,6 +170,19 @@ pub struct BackendValue {
     pub _pad: u32,
 }
 
+impl BackendValue {
+    /// `port` in host order, `flags` [`backend_flags`] bits.
+    pub const fn new(ip: [u8; 4], node_ip: [u8; 4], port: u16, flags: u16) -> Self {
+        Self {
+            ip,
+            node_ip,
+            port,
+            flags,
+            _pad: 0,
+        }
+    }
+}
+
 /// A 5-tuple as it appears in one packet; key of `conntrack` and `rev_nat`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -135,6 +195,20 @@ pub struct FlowKey {
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// Ports in host order, `proto` a [`proto`] number.
+    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// Value of the `conntrack` LRU map, keyed by the client's packet 5-tuple
@@ -162,6 +236,45 @@ pub struct ConntrackValue {
     pub hop_smac: [u8; 6],
 }
 
+impl ConntrackValue {
+    /// An entry with no cached next hop (see [`Self::with_hop`]).
+    #[expect(
+        clippy::similar_names,
+        reason = "parameters are named after the ABI fields they fill"
+    )]
+    pub const fn new(
+        backend_id: u32,
+        backend_ip: [u8; 4],
+        service_id: u32,
+        nat_port: u16,
+        flags: u16,
+        last_seen_ns: u64,
+    ) -> Self {
+        Self {
+            backend_id,
+            backend_ip,
+            service_id,
+            nat_port,
+            flags,
+            last_seen_ns,
+            hop_ifindex: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
+        }
+    }
+
+    /// The same entry with the next hop towards a remote backend cached.
+    #[must_use]
+    pub const fn with_hop(self, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> Self {
+        Self {
+            hop_ifindex: ifindex,
+            hop_dmac: dmac,
+            hop_smac: smac,
+            ..self
+        }
+    }
+}
+
 /// Value of the `rev_nat` LRU map, keyed by the 5-tuple of a backend's reply
 /// as it leaves the pod: the rewrite that turns it back into VIP → client.
 #[repr(C)]
@@ -181,12 +294,47 @@ pub struct RevNatValue {
     pub last_seen_ns: u64,
 }
 
+impl RevNatValue {
+    /// Ports in host order, `flags` [`flow_flags`] bits.
+    #[expect(
+        clippy::similar_names,
+        reason = "parameters are named after the ABI fields they fill"
+    )]
+    pub const fn new(
+        new_src: [u8; 4],
+        new_dst: [u8; 4],
+        new_sport: u16,
+        new_dport: u16,
+        service_id: u32,
+        flags: u16,
+        last_seen_ns: u64,
+    ) -> Self {
+        Self {
+            new_src,
+            new_dst,
+            new_sport,
+            new_dport,
+            service_id,
+            flags,
+            _pad: 0,
+            _pad1: 0,
+            last_seen_ns,
+        }
+    }
+}
+
 /// Key of the `affinity` LRU map (`sessionAffinity: ClientIP`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     pub service_id: u32,
     pub client: [u8; 4],
+}
+
+impl AffinityKey {
+    pub const fn new(service_id: u32, client: [u8; 4]) -> Self {
+        Self { service_id, client }
+    }
 }
 
 /// Value of the `affinity` LRU map.
@@ -197,6 +345,20 @@ pub struct AffinityValue {
     /// Same role as [`ConntrackValue::backend_ip`].
     pub backend_ip: [u8; 4],
     pub last_seen_ns: u64,
+}
+
+impl AffinityValue {
+    #[expect(
+        clippy::similar_names,
+        reason = "parameters are named after the ABI fields they fill"
+    )]
+    pub const fn new(backend_id: u32, backend_ip: [u8; 4], last_seen_ns: u64) -> Self {
+        Self {
+            backend_id,
+            backend_ip,
+            last_seen_ns,
+        }
+    }
 }
 
 /// Data part of the `src_ranges` LPM-trie key. The trie key is
@@ -211,6 +373,16 @@ pub struct SourceRangeData {
     pub addr: [u8; 4],
 }
 
+impl SourceRangeData {
+    /// Stores `service_id` big-endian, as the trie matches it.
+    pub const fn new(service_id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            service_id: service_id.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
 /// `prefixlen` of a `src_ranges` key for a CIDR of `prefix_len` bits.
 pub const fn source_range_prefixlen(prefix_len: u8) -> u32 {
     32 + prefix_len as u32
@@ -222,6 +394,12 @@ pub const fn source_range_prefixlen(prefix_len: u8) -> u32 {
 pub struct TrafficCounter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl TrafficCounter {
+    pub const fn new(packets: u64, bytes: u64) -> Self {
+        Self { packets, bytes }
+    }
 }
 
 /// The single element of the `config` array, written by the agent.
@@ -243,6 +421,29 @@ pub struct Config {
     /// Non-zero once the agent has written a complete configuration; until
     /// then the programs pass everything.
     pub ready: u32,
+}
+
+impl Config {
+    /// NAT ports in host order, inclusive. `ready: false` makes the
+    /// programs pass everything.
+    pub const fn new(
+        node_ip: [u8; 4],
+        ifindex: u32,
+        mac: [u8; 6],
+        nat_port_min: u16,
+        nat_port_max: u16,
+        ready: bool,
+    ) -> Self {
+        Self {
+            node_ip,
+            ifindex,
+            mac,
+            _pad0: [0; 2],
+            nat_port_min,
+            nat_port_max,
+            ready: ready as u32,
+        }
+    }
 }
 
 /// Default NAT port range: above Linux's default ephemeral range (32768–60999).

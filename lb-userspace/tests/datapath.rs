@@ -1,6 +1,8 @@
 //! Packet tests of the XDP/TC data path on the real kernel: the embedded
-//! object is loaded (no pinning), maps are filled directly, frames run
-//! through `BPF_PROG_TEST_RUN`, and verdicts, counters and exact output bytes
+//! object is loaded (no pinning) by the test-run harness, maps are
+//! provisioned from a services model through the planner and the map
+//! writer (flow state is set up directly), frames run through
+//! `BPF_PROG_TEST_RUN`, and verdicts, counters and exact output bytes
 //! are asserted (checksums re-verified with etherparse). Each test runs in
 //! its own network namespace so `bpf_fib_lookup` has routes and permanent
 //! neighbours to find. Needs root.
@@ -8,8 +10,8 @@
 mod support;
 
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter as C, DropReason as D,
-    RevNatValue, flow_flags, maps as m, proto,
+    AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue,
+    flow_flags, maps as m, proto,
 };
 use support::{
     check::{assert_checksums, ip_verifies, l4_verifies, view},
@@ -481,10 +483,7 @@ fn nat_ports_unique_and_exhaustion() {
             assert!(ports.insert(p), "NAT port {p} handed out twice");
         }
         // A range of four ports, all taken: the flow is dropped.
-        let mut cfg = lb.config();
-        cfg.nat_port_min = 62000;
-        cfg.nat_port_max = 62003;
-        lb.set_config(cfg);
+        lb.set_nat_ports(62000, 62003);
         for p in 62000..=62003 {
             lb.insert_rev_nat(
                 flow(pod_ip, NODE_IP, pod_port, p, proto::TCP),
@@ -526,10 +525,7 @@ fn nat_ports_found_in_a_clustered_range() {
     const NEW_FLOWS: u16 = 200;
     with_lb(|lb| {
         let (pod_ip, pod_port) = pod(REMOTE_PEER);
-        let mut cfg = lb.config();
-        cfg.nat_port_min = 40000;
-        cfg.nat_port_max = 40000 + SIZE - 1;
-        lb.set_config(cfg);
+        lb.set_nat_ports(40000, 40000 + SIZE - 1);
         let mut rng = Rng::new(0x6e61_7470);
         let mut taken = vec![false; usize::from(SIZE)];
         for _ in 0..CLAIMED {
@@ -709,9 +705,7 @@ fn passes_untouched() {
             Want::C(C::PassMalformed),
         );
 
-        let mut cfg = lb.config();
-        cfg.ready = 0;
-        lb.set_config(cfg);
+        lb.set_not_ready();
         let to_vip = Pkt::tcp(CLIENT, 1, VIP, 80, SYN).build();
         lb.expect_untouched("not ready", &to_vip, XDP_PASS, Want::Nothing);
         lb.expect_untouched(
@@ -965,7 +959,7 @@ fn conntrack_keeps_flow_across_maglev_change() {
         } else {
             (pod(LOCAL_A).0, LOCAL_A)
         };
-        lb.maglev(1000, &[moved_id; MAGLEV_LEN as usize]);
+        lb.set_backends(88, &[moved_id]);
         let ack = Pkt::tcp(CLIENT, 5000, VIP, 88, ACK);
         let out = lb.expect(
             "established after table change",
@@ -1002,8 +996,7 @@ fn removed_backend_flow_is_repicked() {
         } else {
             (LOCAL_B, LOCAL_A)
         };
-        lb.backend(gone, BackendValue::default());
-        lb.maglev(1000, &[stays; MAGLEV_LEN as usize]);
+        lb.remove_backend(gone);
         let before = lb.counts();
         let out = lb.expect(
             "flow of a removed backend",
@@ -1024,7 +1017,7 @@ fn removed_backend_flow_is_repicked() {
         // A reused slot with another pod address is a different backend.
         let mut reused = backend_value(stays);
         reused.ip = [10, 244, 0, 99];
-        lb.backend(stays, reused);
+        lb.write_backend(stays, reused);
         let before = lb.counts();
         let out = lb.run(&ack.build()).out;
         assert_eq!(dst_of(&out), [10, 244, 0, 99]);
@@ -1179,9 +1172,7 @@ fn bench_programs_restore_the_frame() {
         assert_eq!((r.action, &r.out), (XDP_PASS, &syn));
 
         // Room for 1000 new flows without exhausting the NAT port probes.
-        let mut cfg = lb.config();
-        cfg.nat_port_min = 20000;
-        lb.set_config(cfg);
+        lb.set_nat_ports(20000, NAT_MAX);
         lb.set_bench_config(m::bench::NEW_FLOW);
         let before = lb.counts();
         let r = lb.run_prog("lb_ingress_bench", &syn, 1000);

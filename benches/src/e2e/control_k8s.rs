@@ -252,12 +252,7 @@ fn endpoint_changes(
     agent_log: &dyn Fn() -> String,
 ) -> Result<Vec<f64>> {
     let last = services - 1;
-    let key = ServiceKey {
-        vip: last_vip(services).octets(),
-        port: UDP_PORT,
-        proto: proto::UDP,
-        _pad: 0,
-    };
+    let key = ServiceKey::new(last_vip(services).octets(), UDP_PORT, proto::UDP);
     let slices = resource(api, "endpointslices.discovery.k8s.io")?;
     let pod = world.topo.node(1).pod(1).ip();
     let mut eps = endpoints_of(last, backends, pod);

@@ -248,12 +248,7 @@ mod tests {
                 ([192, 168, 50, 201], vip_flags::SERVICE),
             ],
             services: vec![ServiceRow {
-                key: ServiceKey {
-                    vip: [192, 168, 50, 200],
-                    port: 80,
-                    proto: proto::TCP,
-                    _pad: 0,
-                },
+                key: ServiceKey::new([192, 168, 50, 200], 80, proto::TCP),
                 value: ServiceValue::default(),
                 backend_ids: vec![1],
                 traffic: TrafficCounter {
@@ -263,13 +258,12 @@ mod tests {
             }],
             backends: vec![BackendRow {
                 id: 1,
-                value: BackendValue {
-                    ip: [10, 42, 1, 2],
-                    node_ip: [192, 168, 50, 11],
-                    port: 8080,
-                    flags: backend_flags::VALID | backend_flags::LOCAL,
-                    _pad: 0,
-                },
+                value: BackendValue::new(
+                    [10, 42, 1, 2],
+                    [192, 168, 50, 11],
+                    8080,
+                    backend_flags::VALID | backend_flags::LOCAL,
+                ),
                 traffic: TrafficCounter {
                     packets: 5,
                     bytes: 500,

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+};
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, FlowKey, Ipv4Key,
     RevNatValue, ServiceKey, ServiceValue, SourceRangeData, TrafficCounter, VipValue, maps,
@@ -49,6 +52,13 @@ pub struct Maps {
     pub config: Array<MapData, Config>,
 }
 
+fn typed<T>(map: Map, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
+}
+
 fn open<T>(dir: &PinDir, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
@@ -57,7 +67,38 @@ where
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
+    typed(map, name)
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("no map {name} in the loaded object"))?;
+    typed(map, name)
+}
+
+/// Builds [`Maps`] with `$get(name)` for every map.
+macro_rules! all_maps {
+    ($get:expr) => {
+        Maps {
+            vips: $get(maps::VIPS)?,
+            services: $get(maps::SERVICES)?,
+            maglev: $get(maps::MAGLEV)?,
+            backends: $get(maps::BACKENDS)?,
+            conntrack: $get(maps::CONNTRACK)?,
+            rev_nat: $get(maps::REV_NAT)?,
+            affinity: $get(maps::AFFINITY)?,
+            src_ranges: $get(maps::SRC_RANGES)?,
+            service_stats: $get(maps::SERVICE_STATS)?,
+            backend_stats: $get(maps::BACKEND_STATS)?,
+            counters: $get(maps::COUNTERS)?,
+            drops: $get(maps::DROPS)?,
+            config: $get(maps::CONFIG)?,
+        }
+    };
 }
 
 impl Maps {
@@ -69,21 +110,14 @@ impl Maps {
                 dir.path().display()
             );
         }
-        Ok(Self {
-            vips: open(dir, maps::VIPS)?,
-            services: open(dir, maps::SERVICES)?,
-            maglev: open(dir, maps::MAGLEV)?,
-            backends: open(dir, maps::BACKENDS)?,
-            conntrack: open(dir, maps::CONNTRACK)?,
-            rev_nat: open(dir, maps::REV_NAT)?,
-            affinity: open(dir, maps::AFFINITY)?,
-            src_ranges: open(dir, maps::SRC_RANGES)?,
-            service_stats: open(dir, maps::SERVICE_STATS)?,
-            backend_stats: open(dir, maps::BACKEND_STATS)?,
-            counters: open(dir, maps::COUNTERS)?,
-            drops: open(dir, maps::DROPS)?,
-            config: open(dir, maps::CONFIG)?,
-        })
+        Ok(all_maps!(|name| open(dir, name)))
+    }
+
+    /// Takes every map out of an object loaded without pinning (the packet
+    /// tests and `bench xdp`, which run the programs with
+    /// `BPF_PROG_TEST_RUN`), checking types and key/value sizes.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(all_maps!(|name| take(ebpf, name)))
     }
 
     /// The configuration element (all zero before the agent's first write).

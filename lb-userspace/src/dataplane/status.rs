@@ -270,20 +270,8 @@ mod tests {
                 ([192, 168, 50, 101], vip_flags::SERVICE),
             ],
             services: vec![ServiceRow {
-                key: ServiceKey {
-                    vip: [192, 168, 50, 100],
-                    port: 80,
-                    proto: proto::TCP,
-                    _pad: 0,
-                },
-                value: ServiceValue {
-                    id: 3,
-                    maglev_offset: 0,
-                    maglev_len: 251,
-                    flags: service_flags::AFFINITY,
-                    affinity_timeout_s: 60,
-                    _pad: 0,
-                },
+                key: ServiceKey::new([192, 168, 50, 100], 80, proto::TCP),
+                value: ServiceValue::new(3, 0, 251, service_flags::AFFINITY, 60),
                 backend_ids: vec![0, 1],
                 traffic: TrafficCounter {
                     packets: 10,
@@ -292,13 +280,12 @@ mod tests {
             }],
             backends: vec![BackendRow {
                 id: 1,
-                value: BackendValue {
-                    ip: [10, 42, 1, 2],
-                    node_ip: [192, 168, 50, 12],
-                    port: 8080,
-                    flags: backend_flags::VALID,
-                    _pad: 0,
-                },
+                value: BackendValue::new(
+                    [10, 42, 1, 2],
+                    [192, 168, 50, 12],
+                    8080,
+                    backend_flags::VALID,
+                ),
                 traffic: TrafficCounter {
                     packets: 4,
                     bytes: 400,

@@ -48,10 +48,7 @@ impl SrcRangeKey {
     pub fn new(service_id: u32, cidr: Cidr) -> Self {
         Self {
             prefixlen: source_range_prefixlen(cidr.prefix_len),
-            data: SourceRangeData {
-                service_id: service_id.to_be_bytes(),
-                addr: cidr.addr.octets(),
-            },
+            data: SourceRangeData::new(service_id, cidr.addr.octets()),
         }
     }
 
@@ -370,15 +367,14 @@ fn plan_with(
     let (frontends, pods) = frontends(file, node)?;
     let (backends, backend_ids) = plan_backends(prev, &frontends, &pods, node, &mut alloc)?;
     let mut state = DataplaneState {
-        config: Config {
-            node_ip: node.ip.octets(),
-            ifindex: node.ifindex,
-            mac: node.mac,
-            _pad0: [0; 2],
-            nat_port_min: file.nat_ports.min,
-            nat_port_max: file.nat_ports.max,
-            ready: 1,
-        },
+        config: Config::new(
+            node.ip.octets(),
+            node.ifindex,
+            node.mac,
+            file.nat_ports.min,
+            file.nat_ports.max,
+            true,
+        ),
         vips: plan_vips(file, node),
         backends,
         ..DataplaneState::default()
@@ -424,12 +420,7 @@ fn frontends<'a>(
             });
         }
         for p in &s.ports {
-            let key = ServiceKey {
-                vip: s.vip.octets(),
-                port: p.port,
-                proto: p.protocol.number(),
-                _pad: 0,
-            };
+            let key = ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
             if let Some((other, _)) = frontends.insert(key, (s, p)) {
                 return Err(PlanError::DuplicateFrontend {
                     frontend: frontend_name(&key),
@@ -494,13 +485,7 @@ fn plan_backends(
         }
         backends.insert(
             id,
-            BackendValue {
-                ip: ip.octets(),
-                node_ip: node_ip.octets(),
-                port,
-                flags,
-                _pad: 0,
-            },
+            BackendValue::new(ip.octets(), node_ip.octets(), port, flags),
         );
         ids.insert((ip, port), id);
     }
@@ -615,14 +600,7 @@ fn plan_service(
     }
     state.services.insert(
         key,
-        ServiceValue {
-            id,
-            maglev_offset: offset,
-            maglev_len: len,
-            flags,
-            affinity_timeout_s,
-            _pad: 0,
-        },
+        ServiceValue::new(id, offset, len, flags, affinity_timeout_s),
     );
     Ok(())
 }

@@ -1,22 +1,17 @@
-//! Batched map writes and drains through the raw `bpf(2)` syscall
-//! (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_LOOKUP_AND_DELETE_BATCH`; aya 0.14 does
-//! not wrap them). 100,000 services hold ~51 million Maglev slots: one
-//! syscall per slot would take most of the time budget, a batch takes
-//! seconds.
+//! Draining the flow maps through the raw `bpf(2)` syscall
+//! (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`; aya 0.14 does not wrap it): before
+//! every new-flow run up to ~130,000 entries go, one call per 8,192.
 
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 use aya::Pod;
 
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
-/// Elements per syscall: bounds the kernel's time in one call.
-const CHUNK: usize = 1 << 20;
 /// Entries per drain call; far above any hash bucket's length.
 const DRAIN_CHUNK: usize = 8192;
 
@@ -54,33 +49,6 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 
 fn raw_fd(fd: BorrowedFd<'_>) -> Result<u32> {
     u32::try_from(fd.as_raw_fd()).context("negative map fd")
-}
-
-/// Writes `keys[i] -> values[i]` (`BPF_ANY`) into an array or hash map.
-pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<()> {
-    ensure!(
-        keys.len() == values.len(),
-        "batch: keys and values differ in length"
-    );
-    let map_fd = raw_fd(fd)?;
-    for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        let count = u32::try_from(k.len()).context("batch too large")?;
-        let mut a = BatchAttr {
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count,
-            map_fd,
-            ..BatchAttr::default()
-        };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut a)
-            .with_context(|| format!("BPF_MAP_UPDATE_BATCH of {count} elements"))?;
-        ensure!(
-            a.count == count,
-            "BPF_MAP_UPDATE_BATCH wrote {} of {count} elements",
-            a.count
-        );
-    }
-    Ok(())
 }
 
 /// Deletes every entry of a (LRU) hash map; returns how many there were.

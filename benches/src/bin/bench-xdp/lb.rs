@@ -1,32 +1,34 @@
-//! The data path under test: the embedded object loaded (nothing attached,
-//! nothing pinned) inside the bench's namespace, its maps filled with one
-//! target service plus filler services, and the helpers to run a program
-//! and read the outcome counters of one CPU.
+//! The data path under test: the embedded object loaded by the test-run
+//! harness (`onehop_testrun`, shared with the packet tests; nothing attached,
+//! nothing pinned) inside the bench's namespace, its maps provisioned
+//! through the planner and the map writer from a services model of two
+//! target services plus filler services, and the proof that every iteration
+//! of a run took the intended path.
 
-use std::os::fd::AsFd as _;
+use std::{collections::HashSet, net::Ipv4Addr, os::fd::AsFd as _};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions, Xdp},
-};
+use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
 use lb_common::{
-    BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, RevNatValue,
-    ServiceKey, ServiceValue, VipValue, backend_flags,
-    counters::{COUNTER_COUNT, DROP_REASON_COUNT},
+    BackendValue, ConntrackValue, Counter, DropReason, FlowKey, RevNatValue,
     hash::{NAT_PROBES, flow_hash, nat_probe},
-    maps as m, proto, vip_flags,
+    maps as m, proto,
+};
+use lb_userspace::plan::{
+    maglev::table_size,
+    services_file::{
+        Backend, NatPorts, Protocol, Service, ServicePort, ServicesFile, SessionAffinity,
+    },
+    state::Node,
+};
+use onehop_testrun::{
+    Counts, Harness, MapSizes,
+    frame::{Arp, Pkt, padded},
 };
 
-use crate::{
-    batch,
-    frames::{self, TCP_SYN},
-    maglev::{self, Member},
-};
+use crate::batch;
 
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+pub use onehop_testrun::{XDP_PASS, XDP_TX};
 
 pub const NODE_IP: [u8; 4] = [10, 200, 0, 1];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -34,9 +36,12 @@ pub const CLIENT: [u8; 4] = [10, 200, 0, 50];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
 pub const PEER_NODE: [u8; 4] = [10, 200, 0, 2];
 pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-/// The target service's VIP (announced: ARP is answered for it).
+/// The target services' VIP (announced: ARP is answered for it).
 pub const VIP: [u8; 4] = [192, 0, 2, 10];
-pub const VIP_PORT: u16 = 80;
+/// Port of the target service whose backends all run on this node.
+pub const LOCAL_PORT: u16 = 80;
+/// Port of the target service whose backends all run on the peer node.
+pub const REMOTE_PORT: u16 = 81;
 pub const NOT_VIP: [u8; 4] = [192, 0, 2, 99];
 /// Client ports of the two pre-established flows: below the bench's
 /// source-port sequence (1024..=65535), so new-flow runs never reuse them.
@@ -45,18 +50,18 @@ pub const EST_REMOTE_PORT: u16 = 901;
 /// NAT source ports for remote flows: as wide as possible (see README).
 pub const NAT_MIN: u16 = 1024;
 pub const NAT_MAX: u16 = 65535;
+/// Every frame is padded to the Ethernet minimum, as from a wire: one
+/// `bench_restore_only` measurement is then the restore cost of all.
+pub const FRAME_LEN: usize = 60;
 
-/// Backends per filler service, and per table of the target service. The
-/// target has more so that 64,000 new remote flows per run spread over
-/// enough (backend, NAT port) pairs: at most ~6% of each backend's ports are
-/// taken by the end of a run (see `simulate_nat` and the README).
+/// Backends per filler service, and per target service. The targets have
+/// more so that 64,000 new remote flows per run spread over enough
+/// (backend, NAT port) pairs: at most ~6% of each backend's ports are taken
+/// by the end of a run (see `simulate_nat` and the README).
 pub const FILLER_BACKENDS: u32 = 3;
 pub const TARGET_BACKENDS: u32 = 16;
-/// Backend ids: the target's local, then its remote backends, then the
-/// fillers' (id 0 stays empty).
-const LOCAL_IDS: u32 = 1;
-const REMOTE_IDS: u32 = LOCAL_IDS + TARGET_BACKENDS;
-const FILLER_IDS: u32 = REMOTE_IDS + TARGET_BACKENDS;
+/// The two target services.
+pub const TARGETS: u32 = 2;
 
 /// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
 /// `bench.rs`).
@@ -71,15 +76,6 @@ pub struct NatSim {
     pub exhausted: u32,
 }
 
-/// Which Maglev table the target service (id 0) points at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Table {
-    /// Four backends on this node: DNAT and pass.
-    Local,
-    /// Four backends on the peer node: full NAT and `XDP_TX`.
-    Remote,
-}
-
 /// Map sizes chosen at load time (reported in the output).
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
@@ -91,73 +87,94 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// Exactly what the planner needs for `max_services` services (the
+    /// targets included).
     pub fn for_services(max_services: u32) -> Self {
-        let table_target = maglev::table_size(TARGET_BACKENDS as usize);
-        let table_filler = maglev::table_size(FILLER_BACKENDS as usize);
-        let fillers = max_services.saturating_sub(1);
+        let table_target = table_size(TARGET_BACKENDS as usize);
+        let table_filler = table_size(FILLER_BACKENDS as usize);
+        let fillers = max_services.saturating_sub(TARGETS);
         Self {
             max_services,
-            maglev_slots: 2 * table_target + fillers * table_filler,
-            backends: FILLER_IDS + fillers * FILLER_BACKENDS,
+            maglev_slots: TARGETS * table_target + fillers * table_filler,
+            backends: TARGETS * TARGET_BACKENDS + fillers * FILLER_BACKENDS,
             table_target,
             table_filler,
         }
     }
 }
 
+/// The services model of `n` services: the two targets on `VIP` (ports
+/// [`LOCAL_PORT`] and [`REMOTE_PORT`]), then fillers, each on its own VIP
+/// (100.64.0.0/10 + i, announced) and port, with three remote backends of
+/// its own.
+pub fn model(n: u32) -> ServicesFile {
+    let vip = Ipv4Addr::from(VIP);
+    let service = |name: String, vip: Ipv4Addr, port: u16, backends: Vec<Backend>| Service {
+        name,
+        vip,
+        ports: vec![ServicePort {
+            port,
+            protocol: Protocol::Tcp,
+            target_port: 8080,
+        }],
+        session_affinity: SessionAffinity::None,
+        source_ranges: Vec::new(),
+        backends,
+    };
+    let target = |third: u8, node: [u8; 4]| -> Vec<Backend> {
+        (0..TARGET_BACKENDS)
+            .map(|j| {
+                let [.., last] = (11 + j).to_be_bytes();
+                Backend {
+                    ip: Ipv4Addr::new(10, 244, third, last),
+                    node_ip: Ipv4Addr::from(node),
+                }
+            })
+            .collect()
+    };
+    let mut services = vec![
+        service("target-local".into(), vip, LOCAL_PORT, target(0, NODE_IP)),
+        service(
+            "target-remote".into(),
+            vip,
+            REMOTE_PORT,
+            target(1, PEER_NODE),
+        ),
+    ];
+    let mut announce = std::collections::BTreeSet::from([vip]);
+    for i in TARGETS..n {
+        let filler_vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
+        let port = 80 + u16::try_from(i % 8).unwrap_or(0);
+        let backends = (0..FILLER_BACKENDS)
+            .map(|j| {
+                let k = (i - TARGETS) * FILLER_BACKENDS + j;
+                let [_, b1, b2, b3] = k.to_be_bytes();
+                Backend {
+                    ip: Ipv4Addr::new(10, 128 + b1, b2, b3),
+                    node_ip: Ipv4Addr::from(PEER_NODE),
+                }
+            })
+            .collect();
+        services.push(service(format!("filler-{i}"), filler_vip, port, backends));
+        announce.insert(filler_vip);
+    }
+    ServicesFile {
+        node_ip: Some(Ipv4Addr::from(NODE_IP)),
+        nat_ports: NatPorts {
+            min: NAT_MIN,
+            max: NAT_MAX,
+        },
+        announce,
+        services,
+    }
+}
+
 pub struct Lb {
-    ebpf: Ebpf,
-    ifindex: u32,
+    h: Harness,
     cpu: usize,
     pub sizes: Sizes,
-    services_loaded: u32,
-    counters: PerCpuArray<MapData, u64>,
-    drops: PerCpuArray<MapData, u64>,
-    config: Array<MapData, Config>,
     bench_config: Array<MapData, u32>,
     bench_seq: PerCpuArray<MapData, u32>,
-    /// The target's remote Maglev table and its backends (for `simulate_nat`).
-    remote_table: Vec<u32>,
-    remote_backends: std::collections::HashMap<u32, BackendValue>,
-    vips: HashMap<MapData, Ipv4Key, VipValue>,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    maglev: Array<MapData, u32>,
-    backends: Array<MapData, BackendValue>,
-    conntrack: HashMap<MapData, FlowKey, ConntrackValue>,
-    rev_nat: HashMap<MapData, FlowKey, RevNatValue>,
-}
-
-/// Counter and drop values of the bench CPU, plus their sums over all CPUs
-/// (which must move exactly like the bench CPU's: nothing else runs them).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Counts {
-    pub counters: Vec<(u64, u64)>,
-    pub drops: Vec<(u64, u64)>,
-}
-
-pub struct Run {
-    pub action: u32,
-    pub out: Vec<u8>,
-    pub ns: u64,
-}
-
-fn take<T: TryFrom<Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T::Error: std::error::Error + Send + Sync + 'static,
-{
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("no map {name} in the object"))?;
-    T::try_from(map).with_context(|| format!("map {name}: unexpected type"))
-}
-
-/// Interface index of `name` in the calling thread's namespace.
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {name} in the bench namespace");
-    Ok(i)
 }
 
 pub const PROGRAMS: [&str; 4] = [
@@ -171,246 +188,80 @@ impl Lb {
     /// Loads the object sized for `sizes` on a thread inside the namespace
     /// (interface `v0`), pinned to `cpu`.
     pub fn load(object: &[u8], sizes: Sizes, cpu: usize) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(m::MAGLEV, sizes.maglev_slots)
-            .map_max_entries(m::BACKENDS, sizes.backends)
-            .map_max_entries(m::BACKEND_STATS, sizes.backends)
-            .load(object)
-            .context("loading the eBPF object")?;
-        for name in PROGRAMS {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("no program {name}"))?
-                .try_into()
-                .with_context(|| format!("{name} is not XDP"))?;
-            p.load().with_context(|| format!("loading {name}"))?;
-        }
+        ensure!(
+            sizes.max_services >= TARGETS,
+            "at least {TARGETS} services: the two target services"
+        );
         ensure!(
             sizes.max_services < m::MAX_SERVICES.min(m::MAX_VIPS),
             "{} services do not fit the services/vips maps",
             sizes.max_services
         );
+        let map_sizes = MapSizes {
+            maglev_slots: sizes.maglev_slots,
+            backends: sizes.backends,
+            ..MapSizes::default()
+        };
+        let node = Node {
+            ip: Ipv4Addr::from(NODE_IP),
+            ifindex: onehop_testrun::ifindex("v0")?,
+            mac: NODE_MAC,
+        };
+        let mut h = Harness::load(object, &map_sizes, node)?;
+        for name in PROGRAMS {
+            ensure!(
+                h.ebpf_mut().program(name).is_some(),
+                "no program {name} in the object"
+            );
+        }
+        let mut take = |name: &str| {
+            h.ebpf_mut()
+                .take_map(name)
+                .with_context(|| format!("no map {name} in the object"))
+        };
+        let bench_config = Array::try_from(take(m::bench::CONFIG)?).context("bench_config")?;
+        let bench_seq = PerCpuArray::try_from(take(m::bench::SEQ)?).context("bench_seq")?;
         Ok(Self {
-            ifindex: ifindex("v0")?,
+            h,
             cpu,
             sizes,
-            services_loaded: 0,
-            counters: take(&mut ebpf, m::COUNTERS)?,
-            drops: take(&mut ebpf, m::DROPS)?,
-            config: take(&mut ebpf, m::CONFIG)?,
-            bench_config: take(&mut ebpf, m::bench::CONFIG)?,
-            bench_seq: take(&mut ebpf, m::bench::SEQ)?,
-            remote_table: Vec::new(),
-            remote_backends: std::collections::HashMap::new(),
-            vips: take(&mut ebpf, m::VIPS)?,
-            services: take(&mut ebpf, m::SERVICES)?,
-            maglev: take(&mut ebpf, m::MAGLEV)?,
-            backends: take(&mut ebpf, m::BACKENDS)?,
-            conntrack: take(&mut ebpf, m::CONNTRACK)?,
-            rev_nat: take(&mut ebpf, m::REV_NAT)?,
-            ebpf,
+            bench_config,
+            bench_seq,
         })
     }
 
-    /// Config, the node address, and the target service (id 0) with its two
-    /// tables (local, remote), pointing at the local one.
-    pub fn base(&mut self) -> Result<()> {
-        self.config
-            .set(
-                0,
-                Config {
-                    node_ip: NODE_IP,
-                    ifindex: self.ifindex,
-                    mac: NODE_MAC,
-                    _pad0: [0; 2],
-                    nat_port_min: NAT_MIN,
-                    nat_port_max: NAT_MAX,
-                    ready: 1,
-                },
-                0,
-            )
-            .context("config")?;
-        self.vips
-            .insert(
-                Ipv4Key { addr: NODE_IP },
-                VipValue {
-                    flags: vip_flags::NODE,
-                },
-                0,
-            )
-            .context("node address")?;
-        self.vips
-            .insert(
-                Ipv4Key { addr: VIP },
-                VipValue {
-                    flags: vip_flags::SERVICE | vip_flags::ANNOUNCE,
-                },
-                0,
-            )
-            .context("target VIP")?;
-        let size = self.sizes.table_target;
-        for (table, first_id) in [(Table::Local, LOCAL_IDS), (Table::Remote, REMOTE_IDS)] {
-            let local = table == Table::Local;
-            let members: Vec<Member> = (0..TARGET_BACKENDS)
-                .map(|j| {
-                    let [.., last] = (11 + j).to_be_bytes();
-                    Member {
-                        id: first_id + j,
-                        ip: [10, 244, u8::from(!local), last],
-                        port: 8080,
-                    }
-                })
-                .collect();
-            let ids: Vec<u32> = members.iter().map(|b| b.id).collect();
-            let values: Vec<BackendValue> = members
-                .iter()
-                .map(|b| BackendValue {
-                    ip: b.ip,
-                    node_ip: if local { NODE_IP } else { PEER_NODE },
-                    port: b.port,
-                    flags: backend_flags::VALID | if local { backend_flags::LOCAL } else { 0 },
-                    _pad: 0,
-                })
-                .collect();
-            batch::update(self.backends.map().fd().as_fd(), &ids, &values)?;
-            let table_ids = maglev::populate(&members, size);
-            if !local {
-                self.remote_table.clone_from(&table_ids);
-                self.remote_backends = ids.iter().copied().zip(values.iter().copied()).collect();
-            }
-            let offset = Self::target_offset(table, size);
-            let slots: Vec<u32> = (offset..offset + size).collect();
-            batch::update(self.maglev.map().fd().as_fd(), &slots, &table_ids)?;
-        }
-        self.set_table(Table::Local)?;
-        self.services_loaded = 1;
-        Ok(())
-    }
-
-    fn target_offset(table: Table, size: u32) -> u32 {
-        match table {
-            Table::Local => 0,
-            Table::Remote => size,
-        }
-    }
-
-    fn target_key() -> ServiceKey {
-        ServiceKey {
-            vip: VIP,
-            port: VIP_PORT,
-            proto: proto::TCP,
-            _pad: 0,
-        }
-    }
-
-    /// Points the target service at one of its tables (one map update, as
-    /// the agent switches tables).
-    pub fn set_table(&mut self, table: Table) -> Result<()> {
-        let size = self.sizes.table_target;
-        self.services
-            .insert(
-                Self::target_key(),
-                ServiceValue {
-                    id: 0,
-                    maglev_offset: Self::target_offset(table, size),
-                    maglev_len: size,
-                    flags: 0,
-                    affinity_timeout_s: 0,
-                    _pad: 0,
-                },
-                0,
-            )
-            .context("target service")
-    }
-
-    /// Adds filler services until `total` services are loaded: each on its
-    /// own VIP (announced) and port, with three remote backends of its own
-    /// and a Maglev table of its own.
-    pub fn grow_to(&mut self, total: u32) -> Result<()> {
+    /// Provisions `services` services ([`model`]) through the planner and
+    /// the map writer, as the agent would write them.
+    pub fn provision(&mut self, services: u32) -> Result<()> {
         ensure!(
-            total <= self.sizes.max_services,
+            services <= self.sizes.max_services,
             "maps sized for fewer services"
         );
-        let first = self.services_loaded;
-        if total <= first {
-            return Ok(());
-        }
-        let target_slots = 2 * self.sizes.table_target;
-        let size = self.sizes.table_filler;
-        let n = (total - first) as usize;
-        let mut vip_keys = Vec::with_capacity(n);
-        let mut svc_keys = Vec::with_capacity(n);
-        let mut svc_values = Vec::with_capacity(n);
-        let mut backend_ids = Vec::with_capacity(n * FILLER_BACKENDS as usize);
-        let mut backend_values = Vec::with_capacity(n * FILLER_BACKENDS as usize);
-        let mut slots = Vec::with_capacity(n * size as usize);
-        let mut slot_ids = Vec::with_capacity(n * size as usize);
-        for i in first..total {
-            // 100.64.0.0/10 + i: distinct VIPs, never the target's.
-            let vip = (u32::from_be_bytes([100, 64, 0, 0]) + i).to_be_bytes();
-            let port = 80 + u16::try_from(i % 8).unwrap_or(0);
-            vip_keys.push(Ipv4Key { addr: vip });
-            let offset = target_slots + (i - 1) * size;
-            svc_keys.push(ServiceKey {
-                vip,
-                port,
-                proto: proto::TCP,
-                _pad: 0,
-            });
-            svc_values.push(ServiceValue {
-                id: i,
-                maglev_offset: offset,
-                maglev_len: size,
-                flags: 0,
-                affinity_timeout_s: 0,
-                _pad: 0,
-            });
-            let members: Vec<Member> = (0..FILLER_BACKENDS)
-                .map(|j| {
-                    let k = (i - 1) * FILLER_BACKENDS + j;
-                    let [_, b1, b2, b3] = k.to_be_bytes();
-                    Member {
-                        id: FILLER_IDS + k,
-                        ip: [10, 128 + b1, b2, b3],
-                        port: 8080,
-                    }
-                })
-                .collect();
-            for b in &members {
-                backend_ids.push(b.id);
-                backend_values.push(BackendValue {
-                    ip: b.ip,
-                    node_ip: PEER_NODE,
-                    port: b.port,
-                    flags: backend_flags::VALID,
-                    _pad: 0,
-                });
-            }
-            slots.extend(offset..offset + size);
-            slot_ids.extend(maglev::populate(&members, size));
-        }
-        let vip_values = vec![
-            VipValue {
-                flags: vip_flags::SERVICE | vip_flags::ANNOUNCE,
-            };
-            n
-        ];
-        batch::update(
-            self.backends.map().fd().as_fd(),
-            &backend_ids,
-            &backend_values,
-        )
-        .context("backends")?;
-        batch::update(self.maglev.map().fd().as_fd(), &slots, &slot_ids).context("maglev")?;
-        batch::update(self.services.map().fd().as_fd(), &svc_keys, &svc_values)
-            .context("services")?;
-        batch::update(self.vips.map().fd().as_fd(), &vip_keys, &vip_values).context("vips")?;
-        self.services_loaded = total;
-        // Spot check through the ordinary per-element path.
-        let last = svc_keys.last().context("no service added")?;
-        let v = self.services.get(last, 0).context("last filler service")?;
-        ensure!(v.id == total - 1, "filler service has id {}", v.id);
+        self.h.apply(&model(services))?;
+        let planned = self.h.state().services.len();
+        ensure!(
+            planned == services as usize,
+            "{planned} services planned, {services} wanted"
+        );
         Ok(())
+    }
+
+    /// The remote target's Maglev table and the backends it names.
+    fn remote_target(&self) -> Result<(Vec<u32>, std::collections::HashMap<u32, BackendValue>)> {
+        let table = self
+            .h
+            .table(Ipv4Addr::from(VIP), REMOTE_PORT, proto::TCP)
+            .to_vec();
+        ensure!(!table.is_empty(), "the remote target has no Maglev table");
+        let backends = table
+            .iter()
+            .map(|id| {
+                let b = self.h.state().backends.get(id).copied();
+                b.map(|b| (*id, b))
+                    .with_context(|| format!("backend {id} of the remote target"))
+            })
+            .collect::<Result<_>>()?;
+        Ok((table, backends))
     }
 
     /// Replays, in userspace, the NAT port claims the next `repeat` new
@@ -425,30 +276,25 @@ impl Lb {
             .context("bench_seq")?
             .get(self.cpu)
             .context("bench_seq of the bench CPU")?;
-        let mut taken: std::collections::HashSet<FlowKey> = self
+        let mut taken: HashSet<FlowKey> = self
+            .h
+            .maps()
             .rev_nat
             .keys()
             .collect::<Result<_, _>>()
             .context("rev_nat keys")?;
+        let (table, backends) = self.remote_target()?;
         let size = u32::from(NAT_MAX) - u32::from(NAT_MIN) + 1;
-        let len = u32::try_from(self.remote_table.len()).context("table")?;
+        let len = u32::try_from(table.len()).context("table")?;
         let mut sim = NatSim::default();
         for k in 1..=repeat {
             let n = seq.wrapping_add(k);
             let sport = u16::try_from(1024 + n % SEQ_PORTS).context("port")?;
-            let h = flow_hash(CLIENT, VIP, sport, VIP_PORT, proto::TCP);
-            let id = self.remote_table[(h % len) as usize];
-            let b = self.remote_backends[&id];
+            let h = flow_hash(CLIENT, VIP, sport, REMOTE_PORT, proto::TCP);
+            let b = backends[&table[(h % len) as usize]];
             let claimed = (0..NAT_PROBES).find_map(|i| {
                 let port = u16::try_from(u32::from(NAT_MIN) + nat_probe(h, i, size)).ok()?;
-                let key = FlowKey {
-                    src: b.ip,
-                    dst: NODE_IP,
-                    sport: b.port,
-                    dport: port,
-                    proto: proto::TCP,
-                    _pad: [0; 3],
-                };
+                let key = FlowKey::new(b.ip, NODE_IP, b.port, port, proto::TCP);
                 taken.insert(key).then_some(i + 1)
             });
             match claimed {
@@ -470,126 +316,89 @@ impl Lb {
     /// Empties `conntrack` and `rev_nat`, then re-creates the two flows the
     /// established cases use. Returns the number of entries removed.
     pub fn reset_flows(&mut self) -> Result<usize> {
-        let n = batch::drain::<FlowKey, ConntrackValue>(self.conntrack.map().fd().as_fd())
+        let maps = self.h.maps();
+        let n = batch::drain::<FlowKey, ConntrackValue>(maps.conntrack.map().fd().as_fd())
             .context("draining conntrack")?
-            + batch::drain::<FlowKey, RevNatValue>(self.rev_nat.map().fd().as_fd())
+            + batch::drain::<FlowKey, RevNatValue>(maps.rev_nat.map().fd().as_fd())
                 .context("draining rev_nat")?;
         ensure!(
-            self.conntrack.keys().next().is_none() && self.rev_nat.keys().next().is_none(),
+            maps.conntrack.keys().next().is_none() && maps.rev_nat.keys().next().is_none(),
             "flow maps not empty after draining"
         );
-        self.establish(
-            Table::Local,
-            EST_LOCAL_PORT,
-            XDP_PASS,
-            Counter::LocalNewFlow,
-        )?;
-        self.establish(
-            Table::Remote,
-            EST_REMOTE_PORT,
-            XDP_TX,
-            Counter::RemoteNewFlow,
-        )?;
+        self.establish(LOCAL_PORT, EST_LOCAL_PORT, XDP_PASS, Counter::LocalNewFlow)?;
+        self.establish(REMOTE_PORT, EST_REMOTE_PORT, XDP_TX, Counter::RemoteNewFlow)?;
         Ok(n)
     }
 
-    fn establish(&mut self, table: Table, port: u16, action: u32, want: Counter) -> Result<()> {
-        self.set_table(table)?;
-        let syn = Self::frame_tcp(port, TCP_SYN);
+    fn establish(&mut self, dport: u16, sport: u16, action: u32, want: Counter) -> Result<()> {
+        let syn = frame_tcp(dport, sport, TCP_SYN);
         let before = self.counts()?;
         let r = self.run(m::programs::INGRESS, &syn, 1)?;
-        let after = self.counts()?;
-        check(&before, &after, Some(want), 1).with_context(|| format!("establishing {table:?}"))?;
+        let d = self.counts()?.minus(&before);
+        check(&d, self.cpu, Some(want), 1).with_context(|| format!("establishing {want:?}"))?;
         ensure!(
             r.action == action,
-            "establishing {table:?}: action {}",
+            "establishing {want:?}: action {}",
             r.action
         );
-        let key = FlowKey {
-            src: CLIENT,
-            dst: VIP,
-            sport: port,
-            dport: VIP_PORT,
-            proto: proto::TCP,
-            _pad: [0; 3],
-        };
-        self.conntrack
+        let key = FlowKey::new(CLIENT, VIP, sport, dport, proto::TCP);
+        self.h
+            .maps()
+            .conntrack
             .get(&key, 0)
-            .with_context(|| format!("no conntrack entry for the {table:?} flow"))?;
+            .with_context(|| format!("no conntrack entry for the {want:?} flow"))?;
         Ok(())
     }
 
-    /// A TCP frame from the client to the target service.
-    pub fn frame_tcp(sport: u16, flags: u8) -> Vec<u8> {
-        frames::tcp(CLIENT_MAC, NODE_MAC, CLIENT, sport, VIP, VIP_PORT, flags)
-    }
-
     /// Runs program `name` on `frame` arriving on `v0`, `repeat` times.
-    pub fn run(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Run> {
-        let p: &Xdp = self
-            .ebpf
-            .program(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()
-            .with_context(|| format!("{name} is not XDP"))?;
-        let len = u32::try_from(frame.len()).context("frame length")?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, len, 0, self.ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN {name}"))?;
-        out.truncate(r.data_size_out as usize);
-        Ok(Run {
-            action: r.return_value,
-            out,
-            ns: u64::try_from(r.duration.as_nanos()).context("duration")?,
-        })
+    pub fn run(&self, name: &str, frame: &[u8], repeat: u32) -> Result<onehop_testrun::Run> {
+        self.h.run_xdp(name, frame, repeat)
     }
 
     pub fn counts(&self) -> Result<Counts> {
-        let read =
-            |map: &PerCpuArray<MapData, u64>, n: u32, what: &str| -> Result<Vec<(u64, u64)>> {
-                (0..n)
-                    .map(|i| {
-                        let v = map
-                            .get(&i, 0)
-                            .with_context(|| format!("reading {what}[{i}]"))?;
-                        let here = *v
-                            .get(self.cpu)
-                            .with_context(|| format!("no CPU {} in {what}", self.cpu))?;
-                        Ok((here, v.iter().sum()))
-                    })
-                    .collect()
-            };
-        Ok(Counts {
-            counters: read(&self.counters, COUNTER_COUNT, "counters")?,
-            drops: read(&self.drops, DROP_REASON_COUNT, "drops")?,
-        })
+        self.h.counts()
+    }
+
+    pub fn cpu(&self) -> usize {
+        self.cpu
     }
 }
 
-/// The proof that every iteration took the intended path: on the bench CPU
-/// and over all CPUs, `ingress_packets` and `want` grew by exactly `repeat`,
-/// every other counter and every drop reason by zero. `want: None` means
-/// nothing may move (programs that do not run the data path).
-pub fn check(before: &Counts, after: &Counts, want: Option<Counter>, repeat: u32) -> Result<()> {
+pub const TCP_SYN: u8 = onehop_testrun::frame::SYN;
+pub const TCP_ACK: u8 = onehop_testrun::frame::ACK;
+
+/// A TCP frame (no payload) from the client to `dst:dport`.
+pub fn frame_to(dst: [u8; 4], dport: u16, sport: u16, flags: u8) -> Vec<u8> {
+    let mut p = Pkt::tcp(CLIENT, sport, dst, dport, flags);
+    p.eth_src = CLIENT_MAC;
+    p.eth_dst = NODE_MAC;
+    p.payload.clear();
+    padded(p.build(), FRAME_LEN)
+}
+
+/// A TCP frame from the client to the target service on `dport`.
+pub fn frame_tcp(dport: u16, sport: u16, flags: u8) -> Vec<u8> {
+    frame_to(VIP, dport, sport, flags)
+}
+
+/// Broadcast ARP request "who has the VIP", from the client.
+pub fn frame_arp() -> Vec<u8> {
+    padded(Arp::request(CLIENT_MAC, CLIENT, VIP).build(), FRAME_LEN)
+}
+
+/// The proof that every iteration took the intended path: in `d` (what a
+/// run changed), on the bench CPU and over all CPUs, `ingress_packets` and
+/// `want` grew by exactly `repeat`, every other counter and every drop
+/// reason by zero. `want: None` means nothing may move (programs that do
+/// not run the data path).
+pub fn check(d: &Counts, cpu: usize, want: Option<Counter>, repeat: u32) -> Result<()> {
     let mut wrong = Vec::new();
-    for (i, (b, a)) in before.counters.iter().zip(&after.counters).enumerate() {
-        let c = Counter::try_from(u32::try_from(i)?).map_err(|n| anyhow::anyhow!("counter {n}"))?;
+    for c in Counter::ALL {
         let expect = match want {
             Some(w) if c == w || c == Counter::IngressPackets => u64::from(repeat),
             _ => 0,
         };
-        let (here, all) = (a.0 - b.0, a.1 - b.1);
+        let (here, all) = (d.c_on(c, cpu), d.c(c));
         if here != expect || all != expect {
             wrong.push(format!(
                 "{}: +{here} on the bench CPU, +{all} in all (want +{expect})",
@@ -597,12 +406,10 @@ pub fn check(before: &Counts, after: &Counts, want: Option<Counter>, repeat: u32
             ));
         }
     }
-    for (i, (b, a)) in before.drops.iter().zip(&after.drops).enumerate() {
-        let d = DropReason::try_from(u32::try_from(i)?)
-            .map_err(|n| anyhow::anyhow!("drop reason {n}"))?;
-        let (here, all) = (a.0 - b.0, a.1 - b.1);
+    for r in DropReason::ALL {
+        let (here, all) = (d.d_on(r, cpu), d.d(r));
         if here != 0 || all != 0 {
-            wrong.push(format!("drop {}: +{here} (+{all} in all)", d.label()));
+            wrong.push(format!("drop {}: +{here} (+{all} in all)", r.label()));
         }
     }
     if !wrong.is_empty() {

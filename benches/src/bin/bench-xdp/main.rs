@@ -3,9 +3,7 @@
 //! benches/README.md for the method; `cargo xtask bench xdp` runs it.
 
 mod batch;
-mod frames;
 mod lb;
-mod maglev;
 
 use std::{
     fmt::Write as _,
@@ -18,10 +16,7 @@ use clap::Parser;
 use lb_common::{Counter, maps as m};
 use onehop_testkit::{Netns, in_netns, unique_prefix};
 
-use crate::{
-    frames::{TCP_ACK, TCP_SYN},
-    lb::{Lb, NatSim, SEQ_PORTS, Sizes, Table, XDP_PASS, XDP_TX},
-};
+use crate::lb::{Lb, NatSim, SEQ_PORTS, Sizes, TCP_ACK, TCP_SYN, XDP_PASS, XDP_TX};
 
 #[derive(Parser, Debug)]
 #[command(about = "ns/packet of onehop's XDP data path (BPF_PROG_TEST_RUN)")]
@@ -38,8 +33,9 @@ struct Args {
     /// iteration of a run is a 5-tuple the flow maps have never seen.
     #[arg(long, default_value_t = 64_000)]
     repeat_new: u32,
-    /// Service counts to measure, ascending.
-    #[arg(long, value_delimiter = ',', default_value = "1,1000,100000")]
+    /// Service counts to measure, ascending; at least 2 (the two target
+    /// services, local and remote backends).
+    #[arg(long, value_delimiter = ',', default_value = "2,1000,100000")]
     services: Vec<u32>,
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]
@@ -78,14 +74,13 @@ struct Case {
     want: Option<Counter>,
     /// Run with `bench_config = NEW_FLOW` after emptying the flow maps.
     new_flow: bool,
-    table: Option<Table>,
     repeat: u32,
 }
 
-#[expect(clippy::too_many_lines, reason = "one declarative list of cases")]
 fn cases(args: &Args) -> Vec<Case> {
-    let syn = Lb::frame_tcp(40_000, TCP_SYN);
-    let case = |name, kind, prog, frame: &Vec<u8>, action, want, table, new_flow| Case {
+    let syn = lb::frame_tcp(lb::LOCAL_PORT, 40_000, TCP_SYN);
+    let syn_remote = lb::frame_tcp(lb::REMOTE_PORT, 40_000, TCP_SYN);
+    let case = |name, kind, prog, frame: &Vec<u8>, action, want, new_flow| Case {
         name,
         kind,
         prog,
@@ -93,7 +88,6 @@ fn cases(args: &Args) -> Vec<Case> {
         action,
         want,
         new_flow,
-        table,
         repeat: if new_flow {
             args.repeat_new
         } else {
@@ -101,18 +95,10 @@ fn cases(args: &Args) -> Vec<Case> {
         },
     };
     let bench = "lb_ingress_bench";
-    let non_vip = frames::tcp(
-        lb::CLIENT_MAC,
-        lb::NODE_MAC,
-        lb::CLIENT,
-        40_000,
-        lb::NOT_VIP,
-        80,
-        TCP_SYN,
-    );
-    let arp = frames::arp_request(lb::CLIENT_MAC, lb::CLIENT, lb::VIP);
-    let est_local = Lb::frame_tcp(lb::EST_LOCAL_PORT, TCP_ACK);
-    let est_remote = Lb::frame_tcp(lb::EST_REMOTE_PORT, TCP_ACK);
+    let non_vip = lb::frame_to(lb::NOT_VIP, 80, 40_000, TCP_SYN);
+    let arp = lb::frame_arp();
+    let est_local = lb::frame_tcp(lb::LOCAL_PORT, lb::EST_LOCAL_PORT, TCP_ACK);
+    let est_remote = lb::frame_tcp(lb::REMOTE_PORT, lb::EST_REMOTE_PORT, TCP_ACK);
     vec![
         case(
             "floor_xdp_pass",
@@ -120,7 +106,6 @@ fn cases(args: &Args) -> Vec<Case> {
             m::programs::PASS,
             &syn,
             XDP_PASS,
-            None,
             None,
             false,
         ),
@@ -131,7 +116,6 @@ fn cases(args: &Args) -> Vec<Case> {
             &syn,
             XDP_PASS,
             None,
-            None,
             false,
         ),
         case(
@@ -141,7 +125,6 @@ fn cases(args: &Args) -> Vec<Case> {
             &non_vip,
             XDP_PASS,
             Some(Counter::PassNotVip),
-            None,
             false,
         ),
         case(
@@ -151,7 +134,6 @@ fn cases(args: &Args) -> Vec<Case> {
             &arp,
             XDP_TX,
             Some(Counter::ArpReply),
-            None,
             false,
         ),
         case(
@@ -161,17 +143,15 @@ fn cases(args: &Args) -> Vec<Case> {
             &syn,
             XDP_PASS,
             Some(Counter::LocalNewFlow),
-            Some(Table::Local),
             true,
         ),
         case(
             "new_flow_remote",
             Kind::Wrapped,
             bench,
-            &syn,
+            &syn_remote,
             XDP_TX,
             Some(Counter::RemoteNewFlow),
-            Some(Table::Remote),
             true,
         ),
         case(
@@ -181,7 +161,6 @@ fn cases(args: &Args) -> Vec<Case> {
             &est_local,
             XDP_PASS,
             Some(Counter::LocalEstablished),
-            None,
             false,
         ),
         case(
@@ -191,7 +170,6 @@ fn cases(args: &Args) -> Vec<Case> {
             &est_remote,
             XDP_TX,
             Some(Counter::RemoteEstablished),
-            None,
             false,
         ),
     ]
@@ -202,10 +180,7 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
     if c.new_flow {
         lb.reset_flows()?;
     }
-    if let Some(t) = c.table {
-        lb.set_table(t)?;
-    }
-    if c.new_flow && c.table == Some(Table::Remote) {
+    if c.new_flow && c.want == Some(Counter::RemoteNewFlow) {
         let sim = lb.simulate_nat(c.repeat)?;
         ensure!(
             sim.exhausted == 0,
@@ -222,8 +197,8 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
     lb.set_bench_config(if c.new_flow { m::bench::NEW_FLOW } else { 0 })?;
     let before = lb.counts()?;
     let r = lb.run(c.prog, &c.frame, c.repeat)?;
-    let after = lb.counts()?;
-    lb::check(&before, &after, c.want, c.repeat).with_context(|| format!("case {}", c.name))?;
+    let d = lb.counts()?.minus(&before);
+    lb::check(&d, lb.cpu(), c.want, c.repeat).with_context(|| format!("case {}", c.name))?;
     ensure!(
         r.action == c.action,
         "case {}: XDP action {} instead of {}",
@@ -414,8 +389,7 @@ fn bench(args: &Args, cpu: usize) -> Result<Outcome> {
     for &n in &args.services {
         let t = Instant::now();
         let mut lb = Lb::load(object, Sizes::for_services(n), cpu)?;
-        lb.base()?;
-        lb.grow_to(n)?;
+        lb.provision(n)?;
         lb.reset_flows()?;
         load_times.push((n, t.elapsed()));
         eprintln!("bench-xdp: {n} services loaded in {:.1?}", t.elapsed());
@@ -569,9 +543,10 @@ fn main() -> Result<()> {
     );
     ensure!(
         !args.services.is_empty()
-            && args.services[0] >= 1
+            && args.services[0] >= lb::TARGETS
             && args.services.windows(2).all(|w| w[0] < w[1]),
-        "--services must be ascending and start at 1 or more"
+        "--services must be ascending and start at {} or more",
+        lb::TARGETS
     );
     let cpu = match args.cpu {
         Some(c) => c,

@@ -15,12 +15,7 @@ fn plan_ok(prev: &DataplaneState, file: &NodeServices) -> DataplaneState {
 }
 
 fn key(vip: &str, port: u16, proto: u8) -> ServiceKey {
-    ServiceKey {
-        vip: ip(vip).octets(),
-        port,
-        proto,
-        _pad: 0,
-    }
+    ServiceKey::new(ip(vip).octets(), port, proto)
 }
 
 const FILE: &str = "\
@@ -48,15 +43,14 @@ fn plans_every_map() {
     let s = plan_ok(&DataplaneState::default(), &parse(FILE));
     assert_eq!(
         s.config,
-        Config {
-            node_ip: [192, 168, 50, 10],
-            ifindex: 7,
-            mac: [2, 0, 0, 0, 0, 1],
-            _pad0: [0; 2],
-            nat_port_min: 62000,
-            nat_port_max: 62999,
-            ready: 1,
-        }
+        Config::new(
+            [192, 168, 50, 10],
+            7,
+            [2, 0, 0, 0, 0, 1],
+            62000,
+            62999,
+            true
+        )
     );
     assert_eq!(
         s.vips,
@@ -69,13 +63,7 @@ fn plans_every_map() {
     // Backends sorted by identity get ids 0.. in order.
     let local = backend_flags::VALID | backend_flags::LOCAL;
     let remote = backend_flags::VALID;
-    let be = |ip: [u8; 4], node: [u8; 4], port, flags| BackendValue {
-        ip,
-        node_ip: node,
-        port,
-        flags,
-        _pad: 0,
-    };
+    let be = |ip: [u8; 4], node: [u8; 4], port, flags| BackendValue::new(ip, node, port, flags);
     assert_eq!(
         s.backends,
         BTreeMap::from([
@@ -513,13 +501,7 @@ fn allocators_tolerate_interrupted_updates() {
     // vips, and src ranges of a service that is gone.
     s.backends.insert(
         40,
-        BackendValue {
-            ip: [10, 9, 9, 9],
-            node_ip: [1, 1, 1, 1],
-            port: 1,
-            flags: backend_flags::VALID,
-            _pad: 0,
-        },
+        BackendValue::new([10, 9, 9, 9], [1, 1, 1, 1], 1, backend_flags::VALID),
     );
     s.vips.insert([192, 168, 70, 1], vip_flags::SERVICE);
     s.vips.remove(&[192, 168, 60, 2]);
@@ -579,12 +561,7 @@ fn check_plan(
     prop_assert_eq!(s.services.len(), entries);
     for svc in &file.services {
         for p in &svc.ports {
-            let k = ServiceKey {
-                vip: svc.vip.octets(),
-                port: p.port,
-                proto: p.protocol.number(),
-                _pad: 0,
-            };
+            let k = ServiceKey::new(svc.vip.octets(), p.port, p.protocol.number());
             let v = s.services[&k];
             // The table is Maglev over this service's backends on this port.
             let members: Vec<(String, u32)> = svc
