@@ -33,7 +33,7 @@ use lb_userspace::{
     dataplane::{maps::Maps, writer},
     plan::{
         diff::diff,
-        services_file::{Limits, ServicesFile},
+        model::{Limits, NodeServices},
         state::{DataplaneState, Node, plan},
     },
 };
@@ -262,7 +262,7 @@ impl Harness {
     /// it against the current contents, and writes the difference with the
     /// agent's writer in the writer's safe order. Returns the number of map
     /// updates.
-    pub fn apply(&mut self, model: &ServicesFile) -> Result<usize> {
+    pub fn apply(&mut self, model: &NodeServices) -> Result<usize> {
         let next = plan(&self.state, model, &self.node, &self.limits)
             .context("planning the services model")?;
         let ops = diff(&self.state, &next);

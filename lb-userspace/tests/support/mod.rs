@@ -20,8 +20,8 @@ use lb_common::{
 use lb_userspace::{
     dataplane::{maps::sum_traffic, writer},
     plan::{
-        services_file::{
-            Backend, Cidr, NatPorts, Protocol, Service, ServicePort, ServicesFile, SessionAffinity,
+        model::{
+            Backend, Cidr, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity,
         },
         state::Node,
     },
@@ -222,7 +222,7 @@ pub struct Lb {
     pub h: Harness,
     pub ifindex: u32,
     /// The services model the maps were last provisioned from.
-    pub model: ServicesFile,
+    pub model: NodeServices,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +254,7 @@ impl Lb {
             mac: NODE_MAC,
         };
         let h = Harness::load(object, &sizes, node).unwrap_or_else(|e| panic!("{e:#}"));
-        let model = ServicesFile {
+        let model = NodeServices {
             node_ip: Some(Ipv4Addr::from(NODE_IP)),
             nat_ports: NatPorts {
                 min: NAT_MIN,

@@ -16,9 +16,7 @@ use lb_common::{
 };
 use lb_userspace::plan::{
     maglev::table_size,
-    services_file::{
-        Backend, NatPorts, Protocol, Service, ServicePort, ServicesFile, SessionAffinity,
-    },
+    model::{Backend, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity},
     state::Node,
 };
 use onehop_testrun::{
@@ -107,7 +105,7 @@ impl Sizes {
 /// [`LOCAL_PORT`] and [`REMOTE_PORT`]), then fillers, each on its own VIP
 /// (100.64.0.0/10 + i, announced) and port, with three remote backends of
 /// its own.
-pub fn model(n: u32) -> ServicesFile {
+pub fn model(n: u32) -> NodeServices {
     let vip = Ipv4Addr::from(VIP);
     let service = |name: String, vip: Ipv4Addr, port: u16, backends: Vec<Backend>| Service {
         name,
@@ -158,7 +156,7 @@ pub fn model(n: u32) -> ServicesFile {
         services.push(service(format!("filler-{i}"), filler_vip, port, backends));
         announce.insert(filler_vip);
     }
-    ServicesFile {
+    NodeServices {
         node_ip: Some(Ipv4Addr::from(NODE_IP)),
         nat_ports: NatPorts {
             min: NAT_MIN,
