@@ -1,7 +1,7 @@
 //! `onehop controller` against the test API server (or, with
 //! `cargo xtask test-cluster`, a real cluster): the production `kube::Client`,
 //! watchers, Lease election and Event recorder over HTTP. Objects are seeded and
-//! read through the API (see `onehop_testkit::k8s`); what only the test server
+//! read through the API (see `onehop_apiserver::k8s`); what only the test server
 //! can do (outages, its request log) is skipped on a real cluster.
 
 #![expect(
@@ -35,8 +35,8 @@ use lb_userspace::{
         translate::{ClassFilter, ingress_ips},
     },
 };
-use onehop_testkit::{
-    apiserver::ApiServer,
+use onehop_apiserver::{
+    ApiServer,
     k8s::{ProofRun, TestCluster, skip_on_real_cluster},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -891,8 +891,8 @@ fn controller_rules(docs: &[serde_json::Value]) -> Vec<(Option<String>, PolicyRu
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
-fn verb_name(v: onehop_testkit::apiserver::Verb) -> &'static str {
-    use onehop_testkit::apiserver::Verb;
+fn verb_name(v: onehop_apiserver::Verb) -> &'static str {
+    use onehop_apiserver::Verb;
     match v {
         Verb::Get => "get",
         Verb::List => "list",

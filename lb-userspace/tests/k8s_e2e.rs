@@ -28,9 +28,11 @@ use lb_userspace::{
     dataplane::status::Snapshot,
     k8s::crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
 };
-use onehop_testkit::json::merge;
-use onehop_testkit::{
+use onehop_apiserver::{
+    json::merge,
     k8s::{MANAGED_BY, ProofRun, TestCluster, skip_on_real_cluster},
+};
+use onehop_testkit::{
     netns::{command_in, in_netns, spawn_in},
     traffic::{Timeouts, http_get_here},
 };

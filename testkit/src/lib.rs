@@ -4,10 +4,10 @@
 //! nodes with pod bridges, pods — runs servers in pods and traffic from clients, and tears it
 //! all down on drop, panics included. Used by lb-userspace's end-to-end tests (the agent as a
 //! real process in a node namespace, XDP on the node's `eth0`), `cargo xtask demo` and
-//! `cargo xtask bench e2e`. For the Kubernetes-facing tests: [`apiserver`] (a test API
-//! server), [`k8s`] (a test's Kubernetes backend — that server, or on request a real cluster —
-//! with its own namespaces and cleanup) and [`forward`] (a TCP forwarder out of the
-//! namespaces to the API server).
+//! `cargo xtask bench e2e`. The Kubernetes-facing pieces (a test API server, a test's
+//! Kubernetes backend, a TCP forwarder out of the namespaces to it) are the crate
+//! `onehop-apiserver`, so a user of namespaces alone does not build hyper, kube and
+//! k8s-openapi.
 //!
 //! Ground rules, all enforced here so callers cannot get them wrong:
 //! - Nothing is created in the root network namespace: namespaces come from `ip netns add`,
@@ -30,24 +30,16 @@
 //! # anyhow::Ok(())
 //! ```
 
-pub mod acceptor;
-pub mod apiserver;
 pub mod arp;
 pub mod capture;
-pub mod forward;
 pub mod http;
-pub mod json;
-pub mod k8s;
 pub mod netns;
 pub mod server;
 pub mod topology;
 pub mod traffic;
 
-pub use apiserver::ApiServer;
 pub use arp::{ArpFrame, ArpReply, arp_probe, arp_probe_from};
 pub use capture::{Capture, Frame};
-pub use forward::Forwarder;
-pub use k8s::{TestCluster, skip_on_real_cluster};
 pub use netns::{
     ChildGuard, Netns, NsName, command_in, in_netns, spawn_in, spawn_thread_in, unique_prefix,
 };

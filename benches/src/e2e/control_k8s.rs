@@ -1,5 +1,5 @@
 //! Control plane through the Kubernetes source: `onehop agent --kubernetes` on node1 against
-//! the test kit's API server (the real REST/watch protocol, `onehop_testkit::apiserver`),
+//! the test kit's API server (the real REST/watch protocol, `onehop_apiserver`),
 //! seeded with the same workload as the services-file measurement ([`super::control`]):
 //! `services` LoadBalancer Services (UDP 9000, `status.loadBalancer.ingress` set as the
 //! controller would), one `EndpointSlice` each with `backends` ready endpoints (node1-pod1 on
@@ -33,10 +33,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::{ServiceKey, proto};
 use lb_userspace::dataplane::maps::{Maps, PinDir};
-use onehop_testkit::{
-    apiserver::{ApiServer, ResourceDef},
-    netns::{in_netns, spawn_in},
-};
+use onehop_apiserver::{ApiServer, ResourceDef};
+use onehop_testkit::netns::{in_netns, spawn_in};
 use serde_json::{Value, json};
 
 use super::{
