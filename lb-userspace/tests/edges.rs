@@ -5,7 +5,7 @@
 
 use std::{
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -18,30 +18,7 @@ use lb_userspace::{
     net::neigh,
     net::netdev::Interface,
 };
-use onehop_testkit::{netns::in_netns, topology::Topology};
-
-/// A private bpffs directory for one test, removed even when it fails.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/onehop-test-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        Self(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use onehop_testkit::{bpffs::PinRoot, netns::in_netns, topology::Topology};
 
 fn small_sizes() -> loader::Sizes {
     loader::Sizes {
@@ -95,7 +72,7 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         .build()
         .expect("topology");
     let node = topo.node(1);
-    let root = PinRoot::new("lifecycle");
+    let root = PinRoot::unique("lifecycle").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
 
     let iface = in_netns(node.ns(), || Interface::lookup("eth0"))
@@ -193,7 +170,7 @@ fn adopting_maps_with_another_layout_is_refused_with_advice() {
         .pods_per_node(0)
         .build()
         .expect("topology");
-    let root = PinRoot::new("layout");
+    let root = PinRoot::unique("layout").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
     std::fs::create_dir_all(pins.path()).expect("mkdir");
     // A `vips` map as an older, incompatible build might have left it.
@@ -304,7 +281,7 @@ fn written_plans_read_back_exactly() {
         .pods_per_node(0)
         .build()
         .expect("topology");
-    let root = PinRoot::new("readback");
+    let root = PinRoot::unique("readback").expect("pin root");
     assert!(!attach_in(topo.node(1).ns(), root.path()).expect("attach"));
     let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("maps");
     let limits = Limits {
