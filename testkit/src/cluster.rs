@@ -172,6 +172,14 @@ pub struct Cluster {
     pub topo: Topology,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Explicitly, not by field order alone: an [`Agents`] handle held elsewhere keeps the
+        // map alive, and the agents must not outlive their namespaces and pins.
+        self.agents.kill_all();
+    }
+}
+
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
