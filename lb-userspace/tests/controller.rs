@@ -1,7 +1,7 @@
 //! `onehop controller` against the test API server (or, with
 //! `cargo xtask test-cluster`, a real cluster): the production `kube::Client`,
 //! watchers, Lease election and Event recorder over HTTP. Objects are seeded and
-//! read through the API (see `onehop_testkit::k8s`); what only the test server
+//! read through the API (see `onehop_apiserver::k8s`); what only the test server
 //! can do (outages, its request log) is skipped on a real cluster.
 
 #![expect(
@@ -37,8 +37,8 @@ use lb_userspace::{
         translate::{ClassFilter, ingress_ips},
     },
 };
-use onehop_testkit::{
-    apiserver::ApiServer,
+use onehop_apiserver::{
+    ApiServer,
     k8s::{ProofRun, TestCluster, skip_on_real_cluster},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -1004,7 +1004,7 @@ async fn rbac_covers_exactly_the_controllers_calls() {
 
         let mut used = std::collections::BTreeSet::new();
         for (verb, resource) in server.request_counts().keys() {
-            let (group, res) = onehop_testkit::apiserver::rbac_resource(resource);
+            let (group, res) = onehop_apiserver::rbac_resource(resource);
             let verb = verb.rbac_name();
             // Which namespaces the call went to.
             let namespaces: std::collections::BTreeSet<Option<String>> = server

@@ -45,15 +45,9 @@ fn new_cluster() -> Cluster {
     Cluster::new(2, 2, 1)
 }
 
-fn config_path(c: &Cluster, node: u8) -> std::path::PathBuf {
-    c.dir.join(format!("node{node}.yaml"))
-}
-
 /// Writes a node's services file atomically (like a `ConfigMap` update).
 fn write_config(c: &Cluster, node: u8, text: &str) {
-    let tmp = c.dir.join(format!("node{node}.yaml.tmp"));
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, config_path(c, node)).expect("rename config");
+    c.write_services(node, text).expect("write config");
 }
 
 fn services_yaml(c: &Cluster, node: u8, announce: bool, backends: &[BackendSpec]) -> String {
@@ -88,13 +82,13 @@ fn services_yaml(c: &Cluster, node: u8, announce: bool, backends: &[BackendSpec]
 }
 
 fn start_agent(c: &Cluster, node: u8) {
-    let config = config_path(c, node);
+    let config = c.services_path(node);
     c.spawn_agent(
         node,
         &[
             std::ffi::OsStr::new("--poll-interval-ms"),
             "100".as_ref(),
-            "--config".as_ref(),
+            "--services-file".as_ref(),
             config.as_os_str(),
         ],
         &[],

@@ -6,7 +6,7 @@
 
 use std::{
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -19,30 +19,7 @@ use lb_userspace::{
     net::neigh,
     net::netdev::Interface,
 };
-use onehop_testkit::{netns::in_netns, topology::Topology};
-
-/// A private bpffs directory for one test, removed even when it fails.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/onehop-test-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        Self(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use onehop_testkit::{bpffs::PinRoot, netns::in_netns, topology::Topology};
 
 fn small_sizes() -> loader::Sizes {
     loader::Sizes {
@@ -96,7 +73,7 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         .build()
         .expect("topology");
     let node = topo.node(1);
-    let root = PinRoot::new("lifecycle");
+    let root = PinRoot::unique("lifecycle").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
 
     let iface = in_netns(node.ns(), || Interface::lookup("eth0"))
@@ -194,7 +171,7 @@ fn adopting_maps_with_another_layout_is_refused_with_advice() {
         .pods_per_node(0)
         .build()
         .expect("topology");
-    let root = PinRoot::new("layout");
+    let root = PinRoot::unique("layout").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
     std::fs::create_dir_all(pins.path()).expect("mkdir");
     // A `vips` map as an older, incompatible build might have left it.
@@ -324,7 +301,7 @@ fn written_plans_read_back_exactly() {
         .pods_per_node(0)
         .build()
         .expect("topology");
-    let root = PinRoot::new("readback");
+    let root = PinRoot::unique("readback").expect("pin root");
     assert!(!attach_in(topo.node(1).ns(), root.path()).expect("attach"));
     let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("maps");
     let limits = Limits {
@@ -392,7 +369,7 @@ fn agent_starts_with(
     caps: &[String],
     tag: &str,
 ) -> (bool, String) {
-    let root = PinRoot::new(tag);
+    let root = PinRoot::new(tag).expect("pin root");
     let dir = std::env::temp_dir().join(format!("onehop-caps-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let services = dir.join("services.yaml");
@@ -422,7 +399,7 @@ services:
         .args(["agent", "--interface", "eth0", "--no-metrics"])
         .args(["--maglev-slots", "65536", "--conntrack-size", "4096"])
         .args(["--rev-nat-size", "4096", "--affinity-size", "1024"])
-        .arg("--config")
+        .arg("--services-file")
         .arg(&services)
         .arg("--bpffs-root")
         .arg(root.path())

@@ -29,10 +29,12 @@ use lb_userspace::{
     dataplane::status::Snapshot,
     k8s::crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
 };
-use onehop_testkit::json::merge;
-use onehop_testkit::{
-    apiserver::rbac_resource,
+use onehop_apiserver::{
+    json::merge,
     k8s::{MANAGED_BY, ProofRun, TestCluster, skip_on_real_cluster},
+    rbac_resource,
+};
+use onehop_testkit::{
     netns::{command_in, in_netns, spawn_in},
     traffic::{Timeouts, http_get_here},
 };

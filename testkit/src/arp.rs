@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::{
     netns::{NsName, in_netns},
@@ -199,12 +199,7 @@ fn probe_here(
     target: Ipv4Addr,
     timeout: Duration,
 ) -> Result<Option<ArpReply>> {
-    let cname = std::ffi::CString::new(ifname).context("interface name with NUL")?;
-    // SAFETY: valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}: {}", io::Error::last_os_error());
-    }
+    let ifindex = crate::netns::ifindex(ifname)?;
     let proto_be = ETH_P_ARP.to_be();
     // Protocol 0 receives nothing until bind() names protocol and interface together.
     // SAFETY: plain socket(2) calls; the fds are owned right away.

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::netns::{NsName, in_netns};
 
@@ -116,12 +116,7 @@ impl Capture {
 }
 
 fn open_here(ifname: &str) -> Result<OwnedFd> {
-    let cname = std::ffi::CString::new(ifname).context("interface name with NUL")?;
-    // SAFETY: valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}: {}", io::Error::last_os_error());
-    }
+    let ifindex = crate::netns::ifindex(ifname)?;
     let proto = ETH_P_ALL.to_be();
     // Protocol 0 receives nothing until bind() names protocol and interface together, so no
     // frame from another interface slips in between.

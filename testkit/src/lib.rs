@@ -2,18 +2,19 @@
 //!
 //! Builds a small bare-metal "cluster" out of network namespaces — a LAN bridge, clients,
 //! nodes with pod bridges, pods — runs servers in pods and traffic from clients, and tears it
-//! all down on drop, panics included. Used by lb-userspace's end-to-end tests (the agent as a
+//! all down on drop, panics included; [`cluster`] adds an `onehop agent` per node. Used by lb-userspace's end-to-end tests (the agent as a
 //! real process in a node namespace, XDP on the node's `eth0`), `cargo xtask demo` and
-//! `cargo xtask bench e2e`. For the Kubernetes-facing tests: [`apiserver`] (a test API
-//! server), [`k8s`] (a test's Kubernetes backend — that server, or on request a real cluster —
-//! with its own namespaces and cleanup) and [`forward`] (a TCP forwarder out of the
-//! namespaces to the API server).
+//! `cargo xtask bench e2e`. The Kubernetes-facing pieces (a test API server, a test's
+//! Kubernetes backend, a TCP forwarder out of the namespaces to it) are the crate
+//! `onehop-apiserver`, so a user of namespaces alone does not build hyper, kube and
+//! k8s-openapi.
 //!
 //! Ground rules, all enforced here so callers cannot get them wrong:
 //! - Nothing is created in the root network namespace: namespaces come from `ip netns add`,
 //!   veth pairs are created with each end directly in its namespace, addresses and bridges
 //!   exist only inside namespaces. The machine's own interfaces are never touched.
-//! - Every namespace is owned by an RAII guard from the moment it exists.
+//! - Every namespace is owned by an RAII guard ([`Netns`]) from the moment it exists, and
+//!   every pin directory on the host bpffs by one ([`PinRoot`]).
 //! - Names are unique per run (`oh<pid>-<counter>-<role>`), so parallel tests never collide.
 //! - Every network wait is bounded by a timeout, every loop by a count.
 //!
@@ -30,26 +31,23 @@
 //! # anyhow::Ok(())
 //! ```
 
-pub mod acceptor;
-pub mod apiserver;
 pub mod arp;
+pub mod bpffs;
 pub mod capture;
-pub mod forward;
+pub mod cluster;
 pub mod http;
-pub mod json;
-pub mod k8s;
 pub mod netns;
 pub mod server;
 pub mod topology;
 pub mod traffic;
 
-pub use apiserver::ApiServer;
 pub use arp::{ArpFrame, ArpReply, arp_probe, arp_probe_from};
+pub use bpffs::PinRoot;
 pub use capture::{Capture, Frame};
-pub use forward::Forwarder;
-pub use k8s::{TestCluster, skip_on_real_cluster};
+pub use cluster::Cluster;
 pub use netns::{
-    ChildGuard, Netns, NsName, command_in, in_netns, spawn_in, spawn_thread_in, unique_prefix,
+    ChildGuard, Netns, NsName, command_in, ifindex, in_netns, spawn_in, spawn_thread_in,
+    unique_prefix,
 };
 pub use server::{Answer, HttpServer, UdpServer};
 pub use topology::{Client, MacAddr, Node, Pod, Topology, TopologyBuilder};

@@ -203,6 +203,18 @@ impl Drop for Netns {
     }
 }
 
+/// The index of interface `name` in the calling thread's namespace (call it inside
+/// [`in_netns`] for a namespace's interface).
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).context("interface name with NUL")?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("no interface {name}"));
+    }
+    Ok(index)
+}
+
 /// Something naming a network namespace: a [`Netns`] guard or a plain name.
 pub trait NsName {
     /// The namespace's name under `/run/netns`.

@@ -10,13 +10,15 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
+use lb_userspace::dataplane::peer;
 use onehop_testkit::{
-    netns::{ChildGuard, command_in, in_netns, spawn_in},
+    cluster::{Agent, Cluster},
+    netns::command_in,
     topology::Topology,
 };
 
@@ -25,19 +27,6 @@ use crate::{run_cmd, workspace_root};
 const SERVICES: &str = include_str!("demo-services.yaml");
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
 const REQUESTS: usize = 200;
-
-/// Removes the demo's bpffs pins and scratch files on drop.
-struct Scratch {
-    pins: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn onehop_binary() -> Result<PathBuf> {
     let root = workspace_root();
@@ -52,36 +41,19 @@ fn onehop_binary() -> Result<PathBuf> {
     Ok(root.join("target/release/onehop"))
 }
 
-fn wait_ready(onehop: &Path, pins: &Path, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = Command::new(onehop)
-            .args(["status", "--interface", "eth0", "--bpffs-root"])
-            .arg(pins)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && !text.contains("NOT CONFIGURED") && text.contains("SERVICES (1)")
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the agent did not get ready; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// `onehop status` of the pins under `pins`.
+fn status_at(onehop: &Path, pins: &Path) -> Result<std::process::Output> {
+    Command::new(onehop)
+        .args(["status", "--interface", "eth0", "--bpffs-root"])
+        .arg(pins)
+        .output()
+        .context("running onehop status")
 }
 
-/// The demo's world; dropping it stops the agents and removes everything.
+/// The demo's world (the test kit's nodes-with-agents fixture); dropping it stops the
+/// agents and removes everything.
 struct Demo {
-    agents: Vec<ChildGuard>,
-    _passes: Vec<lb_userspace::dataplane::peer::PassThrough>,
-    _servers: Vec<onehop_testkit::server::HttpServer>,
-    scratch: Scratch,
-    topo: Topology,
-    onehop: PathBuf,
+    c: Cluster,
 }
 
 impl Demo {
@@ -92,26 +64,13 @@ impl Demo {
             .pods_per_node(2)
             .base("ohdemo")
             .build()?;
-        let servers = topo.serve_http_all(8080)?;
-        let name = topo.prefix().trim_end_matches('-').to_owned();
-        let scratch = Scratch {
-            pins: PathBuf::from(format!("/sys/fs/bpf/{name}")),
-            dir: std::env::temp_dir().join(&name),
-        };
-        std::fs::create_dir_all(&scratch.dir)?;
+        let agent =
+            Agent::new(onehop).args(["--poll-interval-ms", "200", "--maglev-slots", "65536"]);
+        let c = Cluster::new(topo, agent)?;
+        c.serve_http(8080)?;
         // veths deliver XDP_TX frames only when the peer runs an XDP program.
-        let peers: Vec<String> = topo
-            .nodes()
-            .iter()
-            .map(|n| n.lan_peer().to_owned())
-            .collect();
-        let passes = in_netns(topo.lan(), || {
-            peers
-                .iter()
-                .map(|p| lb_userspace::dataplane::peer::attach(p))
-                .collect::<Result<Vec<_>>>()
-        })??;
-        for n in topo.nodes() {
+        c.on_lan_peers(peer::attach)?;
+        for n in c.topo.nodes() {
             let pods: Vec<String> = (1..=2).map(|j| n.pod(j).ip().to_string()).collect();
             println!(
                 "   node{} eth0 {:<15} {}   pods {}",
@@ -123,27 +82,15 @@ impl Demo {
         }
         println!(
             "   client eth0 {:<15} {}",
-            topo.client().ip(),
-            topo.client().mac()
+            c.topo.client().ip(),
+            c.topo.client().mac()
         );
-        Ok(Self {
-            agents: Vec::new(),
-            _passes: passes,
-            _servers: servers,
-            scratch,
-            topo,
-            onehop,
-        })
-    }
-
-    fn pins(&self, node: u8) -> PathBuf {
-        self.scratch.pins.join(format!("node{node}"))
+        Ok(Self { c })
     }
 
     /// node1 announces the VIP; node2 serves it but drops ARP for it.
-    fn start_agents(&mut self) -> Result<()> {
+    fn start_agents(&self) -> Result<()> {
         for node in [1u8, 2] {
-            let config = self.scratch.dir.join(format!("node{node}.yaml"));
             let text = if node == 1 {
                 SERVICES.to_owned()
             } else {
@@ -151,26 +98,21 @@ impl Demo {
                     .replace("node: { ip: 192.168.50.11 }", "node: { ip: 192.168.50.12 }")
                     .replace("announce: [192.168.50.200]", "announce: []")
             };
-            std::fs::write(&config, text)?;
-            let log = self.scratch.dir.join(format!("node{node}.log"));
-            let mut cmd = command_in(self.topo.node(node).ns(), &self.onehop);
-            cmd.args([
-                "agent",
-                "--interface",
-                "eth0",
-                "--poll-interval-ms",
-                "200",
-                "--maglev-slots",
-                "65536",
-            ])
-            .arg("--config")
-            .arg(&config)
-            .arg("--bpffs-root")
-            .arg(self.pins(node))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-            self.agents.push(spawn_in(self.topo.node(node).ns(), cmd)?);
-            wait_ready(&self.onehop, &self.pins(node), &log)?;
+            self.c.write_services(node, &text)?;
+            self.c.spawn_agent(node, &self.c.services_file(node))?;
+            self.c.wait_agent(
+                node,
+                "configured data path",
+                Duration::from_secs(20),
+                || {
+                    status_at(self.c.binary(), self.c.pin_root(node)).is_ok_and(|out| {
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        out.status.success()
+                            && !text.contains("NOT CONFIGURED")
+                            && text.contains("SERVICES (1)")
+                    })
+                },
+            )?;
         }
         println!("\n== services file (embedded)\n{SERVICES}");
         Ok(())
@@ -179,6 +121,7 @@ impl Demo {
     fn show_arp(&self) -> Result<()> {
         println!("== ARP from the client: who has {VIP}?");
         let mac = self
+            .c
             .topo
             .client()
             .arp(VIP, Duration::from_secs(2))?
@@ -194,14 +137,14 @@ impl Demo {
         let addr = SocketAddr::V4(SocketAddrV4::new(VIP, 80));
         let mut seen: BTreeMap<String, (usize, std::net::IpAddr)> = BTreeMap::new();
         for _ in 0..REQUESTS {
-            let a = self.topo.client().http_get(addr)?.answer()?;
+            let a = self.c.topo.client().http_get(addr)?.answer()?;
             let e = seen.entry(a.pod).or_insert((0, a.client.ip()));
             e.0 += 1;
             e.1 = a.client.ip();
         }
         println!("   pod          requests   source address the pod saw");
         for (pod, (n, src)) in &seen {
-            let why = if *src == self.topo.client().ip() {
+            let why = if *src == self.c.topo.client().ip() {
                 "the client itself (local backend: DNAT only)"
             } else {
                 "node1 (remote backend: full NAT)"
@@ -213,7 +156,7 @@ impl Demo {
 
     fn show_ping(&self) -> Result<()> {
         println!("\n== ping {VIP} (answered from XDP)");
-        let ping = command_in(self.topo.client().ns(), "ping")
+        let ping = command_in(self.c.topo.client().ns(), "ping")
             .args(["-c", "3", "-i", "0.2", "-W", "1", &VIP.to_string()])
             .output()?;
         for line in String::from_utf8_lossy(&ping.stdout).lines() {
@@ -225,16 +168,13 @@ impl Demo {
     }
 
     fn status(&self, node: u8) -> Result<String> {
-        let out = Command::new(&self.onehop)
-            .args(["status", "--interface", "eth0", "--bpffs-root"])
-            .arg(self.pins(node))
-            .output()?;
+        let out = status_at(self.c.binary(), self.c.pin_root(node))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
 pub fn run() -> Result<()> {
-    let mut demo = Demo::build(onehop_binary()?)?;
+    let demo = Demo::build(onehop_binary()?)?;
     demo.start_agents()?;
     demo.show_arp()?;
     demo.show_requests()?;
@@ -253,6 +193,6 @@ pub fn run() -> Result<()> {
             .unwrap_or_default()
     );
     println!("\n== cleaning up");
-    drop(demo.agents.drain(..));
+    demo.c.agents().kill_all();
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use anyhow::{Result, bail};
-use onehop_testkit::k8s::{TARGET_ENV, describe_kubeconfig};
+use onehop_apiserver::k8s::{TARGET_ENV, describe_kubeconfig};
 
 use crate::{is_root, run_cmd, workspace_root};
 

@@ -11,14 +11,13 @@
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use lb_userspace::dataplane::maps::{Maps, PinDir};
 use onehop_testkit::{
-    netns::{command_in, spawn_in},
+    cluster::{NODE_INTERFACE, Source},
     topology::node_ip,
 };
 
@@ -78,18 +77,34 @@ fn file(services: u32, backends: u32, pod: Ipv4Addr) -> String {
     y
 }
 
-/// `onehop agent` on node1's `eth0` with `slots` Maglev slots, pinning under
-/// `world.pin_root(1)`, logging warnings to `log`; the caller adds the source.
-pub(super) fn agent_command(world: &World, slots: u64, log: std::fs::File) -> Command {
-    let mut cmd = command_in(world.topo.node(1).ns(), world.onehop());
-    cmd.args(["agent", "--interface", "eth0", "--maglev-slots"])
-        .arg(slots.to_string())
-        .arg("--bpffs-root")
-        .arg(world.pin_root(1))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log);
-    cmd
+/// Node1's agent for one measurement, started with `slots` Maglev slots and `source`: on
+/// drop it is killed, then its pins are removed (detaching its programs), so the next
+/// measurement or path starts from a clean node.
+pub(super) struct MeasuredAgent<'a>(&'a World);
+
+impl<'a> MeasuredAgent<'a> {
+    pub(super) fn start(world: &'a World, slots: u64, source: Source) -> Result<Self> {
+        world.spawn_agent(
+            1,
+            &source.args(["--maglev-slots".to_owned(), slots.to_string()]),
+        )?;
+        Ok(Self(world))
+    }
+
+    pub(super) fn pid(&self) -> Result<u32> {
+        self.0.agent_pid(1).context("node1's agent is gone")
+    }
+}
+
+impl Drop for MeasuredAgent<'_> {
+    fn drop(&mut self) {
+        // The agent first: it would re-pin what the cleanup removes.
+        let _ = self.0.kill_agent(1);
+        let root = self.0.pin_root(1);
+        if let Err(e) = lb_userspace::dataplane::loader::cleanup(root, NODE_INTERFACE) {
+            eprintln!("bench-e2e: cleanup of {}: {e:#}", root.display());
+        }
+    }
 }
 
 /// Runs the measurement on `world` (no other path may be installed).
@@ -97,29 +112,22 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
     let dir = world.scratch();
     let cfg = dir.join("cp.yaml");
     std::fs::write(&cfg, "services: []\n")?;
-    let root = world.pin_root(1);
     let slots = u64::from(lb_userspace::plan::maglev::table_size(backends as usize))
         * u64::from(services)
         + 1024;
-    let ns = world.topo.node(1).ns();
-    let log = std::fs::File::create(dir.join("cp.log"))?;
-    let mut cmd = agent_command(world, slots, log);
-    cmd.args(["--poll-interval-ms", "100", "--config"])
-        .arg(&cfg);
-    // Declared before the agent: dropped after it (the agent would re-pin).
-    let _cleanup = scopeguard(root.clone());
-    let agent = spawn_in(ns, cmd)?;
-    let pins = PinDir::new(&root, "eth0");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !Maps::open(&pins)
-        .and_then(|m| m.config())
-        .is_ok_and(|c| c.ready != 0)
-    {
-        if Instant::now() > deadline {
-            bail!("agent did not start: {}", agent_log(world));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let agent = MeasuredAgent::start(
+        world,
+        slots,
+        Source::file(&cfg).args(["--poll-interval-ms", "100"]),
+    )?;
+    let pins = PinDir::new(world.pin_root(1), NODE_INTERFACE);
+    world
+        .wait_agent(1, "ready data path", Duration::from_secs(30), || {
+            Maps::open(&pins)
+                .and_then(|m| m.config())
+                .is_ok_and(|c| c.ready != 0)
+        })
+        .context("agent did not start")?;
     let pod = world.topo.node(1).pod(1);
     let text = file(services, backends, pod.ip());
     let tmp = dir.join("cp.yaml.tmp");
@@ -134,13 +142,13 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
             break start.elapsed().as_secs_f64();
         }
         if start.elapsed() > Duration::from_mins(5) {
-            bail!("services not loaded after 5 minutes: {}", agent_log(world));
+            bail!("services not loaded after 5 minutes: {}", world.log(1));
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let serving =
-        wait_last_serving(world, services, before, start).with_context(|| agent_log(world))?;
-    let pid = agent.id();
+        wait_last_serving(world, services, before, start).with_context(|| world.log(1))?;
+    let pid = agent.pid()?;
     let rss = proc_status_kib(pid, "VmRSS:")?;
     let hwm = proc_status_kib(pid, "VmHWM:")?;
     drop(agent);
@@ -184,23 +192,4 @@ pub(super) fn wait_last_serving(
             bail!("the last service never delivered");
         }
     }
-}
-
-fn agent_log(world: &World) -> String {
-    std::fs::read_to_string(world.scratch().join("cp.log")).unwrap_or_default()
-}
-
-/// Removes the agent's pins (detaching its programs) on drop.
-pub(super) struct Cleanup(std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Err(e) = lb_userspace::dataplane::loader::cleanup(&self.0, "eth0") {
-            eprintln!("bench-e2e: cleanup of {}: {e:#}", self.0.display());
-        }
-    }
-}
-
-pub(super) fn scopeguard(root: std::path::PathBuf) -> Cleanup {
-    Cleanup(root)
 }

@@ -1,5 +1,5 @@
 //! Control plane through the Kubernetes source: `onehop agent --kubernetes` on node1 against
-//! the test kit's API server (the real REST/watch protocol, `onehop_testkit::apiserver`),
+//! the test kit's API server (the real REST/watch protocol, `onehop_apiserver`),
 //! seeded with the same workload as the services-file measurement ([`super::control`]):
 //! `services` LoadBalancer Services (UDP 9000, `status.loadBalancer.ingress` set as the
 //! controller would), one `EndpointSlice` each with `backends` ready endpoints (node1-pod1 on
@@ -33,14 +33,15 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::{ServiceKey, proto};
 use lb_userspace::dataplane::maps::{Maps, PinDir};
+use onehop_apiserver::{ApiServer, ResourceDef};
 use onehop_testkit::{
-    apiserver::{ApiServer, ResourceDef},
-    netns::{in_netns, spawn_in},
+    cluster::{NODE_INTERFACE, Source},
+    netns::in_netns,
 };
 use serde_json::{Value, json};
 
 use super::{
-    control::{agent_command, last_vip, proc_status_kib, scopeguard, wait_last_serving},
+    control::{MeasuredAgent, last_vip, proc_status_kib, wait_last_serving},
     load,
     paths::World,
 };
@@ -331,25 +332,16 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
     seed(&api, world, services, backends)?;
     let (api_list_s, api_list_mb) = time_lists(world, &api)?;
 
-    let dir = world.scratch();
-    let root = world.pin_root(1);
     // Room for every table plus one more: a changed table may be written before the old
     // one is freed.
     let table = u64::from(lb_userspace::plan::maglev::table_size(backends as usize));
     let slots = table * (u64::from(services) + 1) + 1024;
-    let ns = world.topo.node(1).ns();
-    let log_path = dir.join("cp-k8s.log");
-    let log = std::fs::File::create(&log_path)?;
-    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut cmd = agent_command(world, slots, log);
-    cmd.args(["--kubernetes", "--api-server", api.url(), "--node-name"])
-        .arg(node_name(1));
-    // Declared before the agent: dropped after it (the agent would re-pin).
-    let _cleanup = scopeguard(root.clone());
+    let agent_log = || world.log(1);
+    let source = Source::kubernetes(&node_name(1)).args(["--api-server", api.url()]);
     let before = load::pod_rx(&world.topo)?[0];
     let start = Instant::now();
-    let agent = spawn_in(ns, cmd)?;
-    let pins = PinDir::new(&root, "eth0");
+    let agent = MeasuredAgent::start(world, slots, source)?;
+    let pins = PinDir::new(world.pin_root(1), NODE_INTERFACE);
     let mut ready_s = None;
     let maps_s = loop {
         if let Ok(m) = Maps::open(&pins)
@@ -372,7 +364,7 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
 
     let maps = Maps::open(&pins)?;
     let change_s = endpoint_changes(&api, &maps, world, services, backends, &agent_log)?;
-    let pid = agent.id();
+    let pid = agent.pid()?;
     let rss_kib = proc_status_kib(pid, "VmRSS:")?;
     let hwm_kib = proc_status_kib(pid, "VmHWM:")?;
     drop(agent);

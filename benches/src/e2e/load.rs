@@ -143,10 +143,7 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     );
     // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(ifname)?;
-    // SAFETY: a NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(ifindex != 0, "no interface {ifname}");
+    let ifindex = onehop_testkit::netns::ifindex(ifname)?;
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(17);

@@ -16,7 +16,7 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -28,7 +28,8 @@ use lb_userspace::{
 };
 use onehop_testkit::{
     MacAddr, Topology,
-    netns::{ChildGuard, command_in, in_netns, run_checked, spawn_in},
+    cluster::{Agent, Agents, Cluster, NODE_INTERFACE},
+    netns::{command_in, in_netns, run_checked},
     topology::node_ip,
 };
 
@@ -54,23 +55,24 @@ pub struct Target {
     pub mac: MacAddr,
 }
 
-/// The bench topology: 1 client, 2 nodes with 2 pods each, pass-through XDP on the LAN side.
+/// The bench topology: 1 client, 2 nodes with 2 pods each, pass-through XDP on the LAN side;
+/// the test kit's nodes-with-agents fixture, which the onehop path starts its agents on.
 pub struct World {
-    // Field order is drop order: the generator, programs on the peers, then the namespaces,
-    // then files.
+    // Field order is drop order: the generator, then the cluster (agents, programs on the
+    // peers, pins, files, namespaces).
     /// The XDP generator, when `bench-e2e` runs with `--generator xdp`.
     xdp_gen: Option<super::xdpgen::XdpGen>,
-    _passes: Vec<peer::PassThrough>,
-    pub topo: Topology,
+    cluster: Cluster,
     /// Longest a baseline may take to load its rules (default 2 minutes).
     pub install_limit: Duration,
-    scratch: PathBuf,
-    onehop: PathBuf,
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.scratch);
+/// The world is its cluster plus the bench's generator: `world.topo`, `world.scratch()`,
+/// `world.pin_root(i)` are the cluster's.
+impl std::ops::Deref for World {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
     }
 }
 
@@ -87,27 +89,12 @@ impl World {
             .pods_per_node(2)
             .base("ohb")
             .build()?;
-        let peers: Vec<String> = topo
-            .nodes()
-            .iter()
-            .map(|n| n.lan_peer().to_owned())
-            .collect();
-        let passes = in_netns(topo.lan(), || {
-            peers
-                .iter()
-                .map(|p| peer::attach(p))
-                .collect::<Result<Vec<_>>>()
-        })??;
-        let scratch = std::env::temp_dir().join(topo.prefix().trim_end_matches('-'));
-        std::fs::create_dir_all(&scratch)
-            .with_context(|| format!("creating {}", scratch.display()))?;
+        let cluster = Cluster::new(topo, Agent::new(onehop).env("RUST_LOG", "warn"))?;
+        cluster.on_lan_peers(peer::attach)?;
         Ok(Self {
             xdp_gen: None,
-            _passes: passes,
-            topo,
+            cluster,
             install_limit: Duration::from_mins(2),
-            scratch,
-            onehop: onehop.to_path_buf(),
         })
     }
 
@@ -129,21 +116,6 @@ impl World {
             Some(g) => g.send(&self.topo, targets, flows, rate, duration),
             None => super::load::send(&self.topo, targets, flows, rate, duration),
         }
-    }
-
-    /// Scratch directory (removed on drop).
-    pub fn scratch(&self) -> &Path {
-        &self.scratch
-    }
-
-    /// The onehop agent binary.
-    pub fn onehop(&self) -> &Path {
-        &self.onehop
-    }
-
-    /// Pin root of node `i`'s agent.
-    pub fn pin_root(&self, i: u8) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/{}node{i}", self.topo.prefix()))
     }
 
     /// Runs `cmd args` in `ns`, feeding `stdin`; fails with its stderr.
@@ -310,7 +282,8 @@ pub struct Installed {
     /// run between runs like the kernel conntrack flush.
     reset_flows: Option<Box<dyn Fn() -> Result<()>>>,
     undo: Vec<Box<dyn FnOnce()>>,
-    agents: Vec<ChildGuard>,
+    /// The world's agents, when this path started them.
+    agents: Option<Agents>,
 }
 
 impl Installed {
@@ -329,7 +302,9 @@ impl Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         // Agents first (they would re-create what the undo removes), then the undos.
-        self.agents.clear();
+        if let Some(agents) = &self.agents {
+            agents.kill_all();
+        }
         while let Some(f) = self.undo.pop() {
             f();
         }
@@ -453,7 +428,7 @@ fn install_kube_proxy(
         agent_start_s: None,
         reset_flows: None,
         undo,
-        agents: Vec::new(),
+        agents: None,
     })
 }
 
@@ -503,7 +478,7 @@ impl DataPath for Routing {
             agent_start_s: None,
             reset_flows: None,
             undo: Vec::new(),
-            agents: Vec::new(),
+            agents: None,
         })
     }
 }
@@ -595,63 +570,33 @@ pub fn maglev_slots(services: &[Service]) -> u32 {
 }
 
 impl Onehop {
-    fn config_path(world: &World, node: u8) -> PathBuf {
-        world.scratch().join(format!("node{node}.yaml"))
-    }
-
     /// Replaces node `node`'s services file at once (rename), as an operator's tool would.
     fn write_config(world: &World, node: u8, services: &[Service]) -> Result<()> {
-        let cfg = Self::config_path(world, node);
-        let tmp = cfg.with_extension("yaml.new");
-        std::fs::write(
-            &tmp,
-            services_yaml(services, node, node == 1 && !services.is_empty()),
+        world.write_services(
+            node,
+            &services_yaml(services, node, node == 1 && !services.is_empty()),
         )
-        .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &cfg).with_context(|| format!("replacing {}", cfg.display()))
     }
 
     /// Starts node `node`'s agent on an empty services file; `services` only size its maps.
-    fn start_agent(world: &World, node: u8, services: &[Service]) -> Result<ChildGuard> {
-        let dir = world.scratch();
-        let cfg = Self::config_path(world, node);
+    fn start_agent(world: &World, node: u8, services: &[Service]) -> Result<()> {
         Self::write_config(world, node, &[])?;
-        let log = std::fs::File::create(dir.join(format!("node{node}.log")))?;
-        let ns = world.topo.node(node).ns();
-        let mut cmd = command_in(ns, &world.onehop);
-        cmd.args(["agent", "--interface", "eth0", "--poll-interval-ms", "100"])
-            .arg("--maglev-slots")
-            .arg(maglev_slots(services).to_string())
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--bpffs-root")
-            .arg(world.pin_root(node))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
-        spawn_in(ns, cmd)
+        let source = world
+            .services_file(node)
+            .args(["--poll-interval-ms", "100", "--maglev-slots"])
+            .args([maglev_slots(services).to_string()]);
+        world.spawn_agent(node, &source)
     }
 
     /// Waits until node `node`'s maps hold `ports` service entries.
     fn wait_ready(world: &World, node: u8, ports: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let pins = PinDir::new(&world.pin_root(node), "eth0");
-        loop {
-            if let Ok(maps) = Maps::open(&pins)
-                && maps.config().is_ok_and(|c| c.ready != 0)
-                && maps.services.keys().flatten().count() >= ports
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "node{node}: agent not ready after {timeout:?}; log:\n{}",
-                    std::fs::read_to_string(world.scratch().join(format!("node{node}.log")))
-                        .unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let pins = PinDir::new(world.pin_root(node), NODE_INTERFACE);
+        world.wait_agent(node, "ready data path", timeout, || {
+            Maps::open(&pins).is_ok_and(|maps| {
+                maps.config().is_ok_and(|c| c.ready != 0)
+                    && maps.services.keys().flatten().count() >= ports
+            })
+        })
     }
 }
 
@@ -664,7 +609,7 @@ impl DataPath for Onehop {
         let ports: usize = services.iter().map(|s| s.ports.len()).sum();
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         for node in [1u8, 2] {
-            let root = world.pin_root(node);
+            let root = world.pin_root(node).to_path_buf();
             undo.push(Box::new(move || {
                 if let Err(e) = lb_userspace::dataplane::loader::cleanup(&root, "eth0") {
                     eprintln!("bench-e2e: onehop cleanup of {}: {e:#}", root.display());
@@ -672,7 +617,6 @@ impl DataPath for Onehop {
             }));
         }
         let start = Instant::now();
-        let mut agents = Vec::new();
         let mut inst = Installed {
             http: Vec::new(),
             udp: Vec::new(),
@@ -680,12 +624,11 @@ impl DataPath for Onehop {
             agent_start_s: None,
             reset_flows: None,
             undo,
-            agents: Vec::new(),
+            agents: Some(world.agents()),
         };
         for node in [1u8, 2] {
-            agents.push(Self::start_agent(world, node, services)?);
+            Self::start_agent(world, node, services)?;
         }
-        inst.agents = agents;
         // Cold start on an empty file first, then the services on running agents: the
         // kube-proxy figures are a rules transaction on a running system, not a process
         // start, so the two are timed apart.
@@ -715,7 +658,10 @@ impl DataPath for Onehop {
         let (http, udp) = vip_targets(mac);
         inst.http = http;
         inst.udp = udp;
-        let roots = [world.pin_root(1), world.pin_root(2)];
+        let roots = [
+            world.pin_root(1).to_path_buf(),
+            world.pin_root(2).to_path_buf(),
+        ];
         inst.reset_flows = Some(Box::new(move || {
             for root in &roots {
                 clear_flow_tables(root)?;
@@ -728,7 +674,7 @@ impl DataPath for Onehop {
 
 /// Deletes every entry of onehop's `conntrack` and `rev_nat` maps under `root`.
 pub fn clear_flow_tables(root: &Path) -> Result<()> {
-    let mut maps = Maps::open(&PinDir::new(root, "eth0"))?;
+    let mut maps = Maps::open(&PinDir::new(root, NODE_INTERFACE))?;
     let keys: Vec<_> = maps.conntrack.keys().filter_map(Result::ok).collect();
     for k in &keys {
         // An entry the data path evicted meanwhile is fine.

@@ -50,7 +50,7 @@ use aya::{
 use lb_common::maps::{self as m, bench as b};
 use onehop_testkit::{
     MacAddr, Topology,
-    netns::{command_in, in_netns, run_checked},
+    netns::{command_in, ifindex, in_netns, run_checked},
 };
 
 use super::{
@@ -407,14 +407,6 @@ impl XdpGen {
             thread_cpu_ns: cpu,
         })
     }
-}
-
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: a NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {name}");
-    Ok(i)
 }
 
 /// Where frames may have been lost on the way to the nodes (for failure messages): each node

@@ -7,7 +7,6 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod check;
-pub mod netns;
 pub mod packet;
 
 use std::net::Ipv4Addr;
@@ -29,7 +28,7 @@ use lb_userspace::{
 pub use onehop_testrun::{Counts, Run, TC_NEXT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use onehop_testrun::{Harness, MapSizes};
 
-use self::netns::NetNs;
+use onehop_testkit::netns::{Netns, ifindex, unique_prefix};
 
 pub const NODE_IP: [u8; 4] = [10, 200, 0, 1];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -152,12 +151,13 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
 /// `v0` (10.200.0.1/24, `NODE_MAC`) with permanent neighbours for the peer node
 /// and the client, `v2` (10.201.0.1/24) with one for the far node,
 /// forwarding on (`bpf_fib_lookup` refuses to answer without it).
-pub fn namespace() -> NetNs {
-    let ns = NetNs::new();
+pub fn namespace() -> Netns {
+    let ns = Netns::create(&format!("{}dp", unique_prefix("ohdp"))).expect("netns");
+    let ip_in = |args: &[&str]| ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
     let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
     let ip = |a: [u8; 4]| a.map(|b| b.to_string()).join(".");
-    ns.ip(&["link", "set", "lo", "up"]);
-    ns.ip(&[
+    ip_in(&["link", "set", "lo", "up"]);
+    ip_in(&[
         "link",
         "add",
         "v0",
@@ -169,7 +169,7 @@ pub fn namespace() -> NetNs {
         "name",
         "v1",
     ]);
-    ns.ip(&[
+    ip_in(&[
         "link",
         "add",
         "v2",
@@ -182,16 +182,16 @@ pub fn namespace() -> NetNs {
         "v3",
     ]);
     for dev in ["v0", "v1", "v2", "v3"] {
-        ns.ip(&["link", "set", dev, "up"]);
+        ip_in(&["link", "set", dev, "up"]);
     }
-    ns.ip(&["addr", "add", "10.200.0.1/24", "dev", "v0"]);
-    ns.ip(&["addr", "add", "10.201.0.1/24", "dev", "v2"]);
+    ip_in(&["addr", "add", "10.200.0.1/24", "dev", "v0"]);
+    ip_in(&["addr", "add", "10.201.0.1/24", "dev", "v2"]);
     for (addr, m, dev) in [
         (PEER_NODE, PEER_NODE_MAC, "v0"),
         (CLIENT, CLIENT_MAC, "v0"),
         (FAR_NODE, FAR_NODE_MAC, "v2"),
     ] {
-        ns.ip(&[
+        ip_in(&[
             "neigh",
             "add",
             &ip(addr),
@@ -203,7 +203,8 @@ pub fn namespace() -> NetNs {
             "permanent",
         ]);
     }
-    ns.sysctl("net/ipv4/ip_forward", "1");
+    ns.sysctl("net/ipv4/ip_forward", "1")
+        .expect("forwarding on");
     ns
 }
 
@@ -215,7 +216,8 @@ pub fn with_lb(f: impl FnOnce(&mut Lb) + Send) {
         let mut lb = Lb::load();
         lb.scenario();
         f(&mut lb);
-    });
+    })
+    .expect("entering the test namespace");
 }
 
 pub struct Lb {
@@ -247,7 +249,7 @@ impl Lb {
             affinity: 4096,
             src_ranges: 1024,
         };
-        let ifindex = netns::ifindex("v0");
+        let ifindex = ifindex("v0").expect("v0 in the test namespace");
         let node = Node {
             ip: Ipv4Addr::from(NODE_IP),
             ifindex,

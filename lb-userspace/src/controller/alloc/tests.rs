@@ -1,4 +1,4 @@
-use onehop_testkit::json::merge;
+use onehop_apiserver::json::merge;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -58,7 +58,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-use crate::{apiserver::ApiServer, forward::Forwarder};
+use crate::{ApiServer, forward::Forwarder};
 
 /// The opt-in switch: `kubeconfig` runs against the cluster `KUBECONFIG` names.
 pub const TARGET_ENV: &str = "ONEHOP_TEST_CLUSTER";
@@ -923,7 +923,7 @@ impl ProofRun {
                 let ours =
                     |n: &Option<String>| n.as_deref().is_some_and(|n| n.starts_with(&prefix));
                 let cluster_scoped = w.namespace.is_none();
-                let unnamed_create = w.verb == crate::apiserver::Verb::Create && w.name.is_none();
+                let unnamed_create = w.verb == crate::Verb::Create && w.name.is_none();
                 !(ours(&w.namespace) || cluster_scoped && (ours(&w.name) || unnamed_create))
             })
             .collect();

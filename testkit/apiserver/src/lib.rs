@@ -1,3 +1,9 @@
+//! onehop's test Kubernetes API server, apart from the network-namespace kit
+//! (`onehop-testkit`) so a user of namespaces, topologies and traffic does not build
+//! hyper, kube and k8s-openapi too. Also here: [`k8s`] (a test's Kubernetes backend: this
+//! server, or on request a real cluster, with its own namespaces and cleanup), [`forward`]
+//! (a TCP forwarder out of a topology's namespaces to the API server) and [`json`].
+//!
 //! A test Kubernetes API server speaking the real REST + watch wire protocol over plain
 //! HTTP, so the production `kube::Client` and `kube_runtime::watcher` run unchanged against
 //! it.
@@ -16,7 +22,7 @@
 //! - errors as `metav1.Status` with the right code and reason.
 //!
 //! Test controls: start on a pre-bound listener (bind it inside a network namespace with
-//! [`crate::in_netns`] so agents in node namespaces reach it) or on loopback; an outage
+//! `onehop_testkit::in_netns` so agents in node namespaces reach it) or on loopback; an outage
 //! switch; request counters and a log of writes with timestamps; direct store access.
 //!
 //! Not implemented (each fails clearly or is documented where it matters): authentication
@@ -30,13 +36,17 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use onehop_testkit::apiserver::ApiServer;
+//! use onehop_apiserver::ApiServer;
 //! let server = ApiServer::start_local()?;
 //! let client = server.client()?; // inside a Tokio runtime
 //! # Ok(()) }
 //! ```
 
+pub mod acceptor;
+pub mod forward;
 mod http;
+pub mod json;
+pub mod k8s;
 pub mod patch;
 pub mod selector;
 mod store;
@@ -58,6 +68,10 @@ use tokio::sync::watch;
 pub use self::store::{ApiError, EventType, ResourceDef};
 use self::store::{Deleted, State, Sub};
 use crate::acceptor::Acceptor;
+pub use crate::{
+    forward::Forwarder,
+    k8s::{TestCluster, skip_on_real_cluster},
+};
 
 /// Tunables of a server.
 #[derive(Debug, Clone)]
@@ -365,7 +379,7 @@ impl std::fmt::Debug for ApiServer {
 
 impl ApiServer {
     /// Serves on a pre-bound listener, e.g. one bound inside a network namespace with
-    /// [`crate::in_netns`] (a socket stays in the namespace it was created in).
+    /// `onehop_testkit::in_netns` (a socket stays in the namespace it was created in).
     pub fn start(listener: std::net::TcpListener) -> Result<Self> {
         Self::start_with(listener, ServerConfig::default())
     }

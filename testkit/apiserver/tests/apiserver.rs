@@ -20,11 +20,8 @@ use kube::{
     core::Status,
     runtime::{WatchStreamExt as _, reflector, watcher, watcher::Event},
 };
-use onehop_testkit::{
-    Netns,
-    apiserver::{ApiServer, ResourceDef, ServerConfig, Verb},
-    in_netns, unique_prefix,
-};
+use onehop_apiserver::{ApiServer, ResourceDef, ServerConfig, Verb};
+use onehop_testkit::{Netns, in_netns, unique_prefix};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -4,7 +4,7 @@
 //! namespaces, a controller on the LAN) still need the Kubernetes API server, which lives in
 //! the root namespace: on loopback (the test API server) or wherever the user's kubeconfig
 //! points (a real cluster). The forwarder's listening socket is bound inside a namespace (see
-//! [`crate::in_netns`]); its own thread stays in the root namespace, so every upstream
+//! `onehop_testkit::in_netns`); its own thread stays in the root namespace, so every upstream
 //! connection is made from there, to the one address it was given and nowhere else. It copies
 //! bytes only: TLS stays end to end between the client and the API server.
 
