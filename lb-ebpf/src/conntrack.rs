@@ -140,9 +140,13 @@ pub fn claim_nat_port(
     );
     let mut i = 0;
     while i < NAT_PROBES {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "nat_probe < size = max - min + 1, so min + probe <= max, a u16"
+        )]
         let port = (min + nat_probe(h, i, size)) as u16;
         let rkey = remote_reply_key(cfg, b, port, client.proto);
-        if REV_NAT.insert(&rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
+        if REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(port);
         }
         i += 1;

@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::{
     BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, RevNatValue,
-    ServiceKey, ServiceValue, VipValue, backend_flags,
+    ServiceKey, ServiceValue, VipValue, backend_flags, bench as b,
     counters::{COUNTER_COUNT, DROP_REASON_COUNT},
     hash::{NAT_PROBES, flow_hash, nat_probe},
     maps as m, proto, vip_flags,
@@ -163,8 +163,8 @@ fn ifindex(name: &str) -> Result<u32> {
 pub const PROGRAMS: [&str; 4] = [
     m::programs::PASS,
     m::programs::INGRESS,
-    "lb_ingress_bench",
-    "bench_restore_only",
+    b::programs::INGRESS,
+    b::programs::RESTORE_ONLY,
 ];
 
 impl Lb {
@@ -198,8 +198,8 @@ impl Lb {
             counters: take(&mut ebpf, m::COUNTERS)?,
             drops: take(&mut ebpf, m::DROPS)?,
             config: take(&mut ebpf, m::CONFIG)?,
-            bench_config: take(&mut ebpf, m::bench::CONFIG)?,
-            bench_seq: take(&mut ebpf, m::bench::SEQ)?,
+            bench_config: take(&mut ebpf, b::CONFIG)?,
+            bench_seq: take(&mut ebpf, b::SEQ)?,
             remote_table: Vec::new(),
             remote_backends: std::collections::HashMap::new(),
             vips: take(&mut ebpf, m::VIPS)?,

@@ -1,0 +1,29 @@
+//! onehop's data path as a library: one module per concern, shared by the
+//! product object (`src/main.rs`: what the agent loads) and the bench object
+//! (lb-ebpf-bench: the benchmark wrappers and frame generator, which also
+//! carry the product programs they measure). Every map is declared once, in
+//! [`maps`], from lb-common's table.
+//!
+//! Public are the entry points' logic ([`ingress`], [`egress`]), the packet
+//! cursor and headers ([`parse`]), checksum deltas ([`csum`]) and the maps:
+//! what the bench object builds on. The rest stays inside the crate.
+#![no_std]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF-to-BPF calls cost instructions and the verifier follows packet \
+              pointers poorly across them: every step of the packet path is inlined on purpose"
+)]
+
+mod arp;
+mod conntrack;
+pub mod csum;
+pub mod egress;
+mod forward;
+mod icmp;
+pub mod ingress;
+pub mod maps;
+mod nat;
+pub mod parse;
+mod service;
+mod stats;
+mod verdict;
