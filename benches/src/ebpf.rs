@@ -1,8 +1,9 @@
-//! The bench eBPF object (lb-ebpf-bench), compiled by build.rs and embedded
-//! here: the product's XDP programs plus the benchmark wrappers and
-//! bench-e2e's frame generator (`lb_common::bench`).
+//! The bench eBPF object (lb-ebpf's `lb-ebpf-bench` binary), built by
+//! lb-userspace's build script and embedded here: the product's XDP programs
+//! plus the benchmark wrappers and bench-e2e's frame generator
+//! (`lb_common::bench`).
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ONEHOP_BENCH_OBJECT"));
 
 /// The embedded bench object.
 ///

@@ -1,4 +1,5 @@
-//! The benchmark ABI: programs and maps of the bench object (lb-ebpf-bench),
+//! The benchmark ABI: programs and maps of the bench object (lb-ebpf's
+//! `lb-ebpf-bench` binary),
 //! which the agent never loads. `bench-xdp` runs `lb_ingress_bench` and
 //! `bench_restore_only`; bench-e2e's XDP frame generator is `bench_xdpgen`.
 //! The bench object also carries the product's programs and maps (the
@@ -8,7 +9,7 @@
 /// Program names of the bench object besides the product's.
 pub mod programs {
     /// `lb_ingress` wrapped so every `BPF_PROG_TEST_RUN` iteration sees the
-    /// original frame (see lb-ebpf-bench).
+    /// original frame (see lb-ebpf's `lb-ebpf-bench`).
     pub const INGRESS: &str = "lb_ingress_bench";
     /// The wrapper's save and restore alone: its cost, subtracted.
     pub const RESTORE_ONLY: &str = "bench_restore_only";

@@ -1,8 +1,9 @@
 //! onehop's data path as a library: one module per concern, shared by the
-//! product object (`src/main.rs`: what the agent loads) and the bench object
-//! (lb-ebpf-bench: the benchmark wrappers and frame generator, which also
-//! carry the product programs they measure). Every map is declared once, in
-//! [`maps`], from lb-common's table.
+//! crate's two objects (one binary each), the product object
+//! (`src/bin/lb-ebpf.rs`: exactly what the agent loads) and the bench object
+//! (`src/bin/lb-ebpf-bench/`: the benchmark wrappers and frame generator,
+//! with the product's XDP programs they measure). The product's maps are
+//! declared once, in [`maps`], from lb-common's table.
 //!
 //! Public are the entry points' logic ([`ingress`], [`egress`]), the packet
 //! cursor and headers ([`parse`]), checksum deltas ([`csum`]) and the maps:

@@ -9,7 +9,7 @@ mod support;
 
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter as C, DropReason as D,
-    RevNatValue, flow_flags, maps as m, proto,
+    RevNatValue, bench, flow_flags, maps as m, proto,
 };
 use support::{
     check::{assert_checksums, ip_verifies, l4_verifies, view},
@@ -1173,7 +1173,7 @@ fn established_remote_flow_uses_and_renews_its_cached_next_hop() {
 
 #[test]
 fn bench_programs_restore_the_frame() {
-    with_lb(|lb| {
+    with_bench_lb(|lb| {
         let syn = Pkt::tcp(CLIENT, 7000, VIP, 81, SYN).build();
         let r = lb.run_prog("bench_restore_only", &syn, 100);
         assert_eq!((r.action, &r.out), (XDP_PASS, &syn));
@@ -1182,7 +1182,7 @@ fn bench_programs_restore_the_frame() {
         let mut cfg = lb.config();
         cfg.nat_port_min = 20000;
         lb.set_config(cfg);
-        lb.set_bench_config(m::bench::NEW_FLOW);
+        lb.set_bench_config(bench::NEW_FLOW);
         let before = lb.counts();
         let r = lb.run_prog("lb_ingress_bench", &syn, 1000);
         let d = lb.counts().minus(&before);

@@ -19,7 +19,7 @@ use aya::{
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey,
     Ipv4Key, RevNatValue, ServiceKey, ServiceValue, SourceRangeData, VipValue, backend_flags,
-    maps as m, proto, service_flags, vip_flags,
+    bench, maps as m, proto, service_flags, vip_flags,
 };
 
 use self::netns::NetNs;
@@ -173,6 +173,22 @@ pub fn with_lb(f: impl FnOnce(&mut Lb) + Send) {
     });
 }
 
+/// [`with_lb`] on the bench object (the benchmark programs around the same
+/// ingress code) instead of the product object.
+pub fn with_bench_lb(f: impl FnOnce(&mut Lb) + Send) {
+    let ns = namespace();
+    ns.run(|| {
+        let mut lb = Lb::load_bench();
+        lb.scenario();
+        f(&mut lb);
+    });
+}
+
+/// The bench object lb-userspace's build script builds beside the product
+/// object; the agent's binary does not embed it, the tests include it here.
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
+
 pub struct Lb {
     pub ebpf: Ebpf,
     pub ifindex: u32,
@@ -239,9 +255,36 @@ pub struct Run {
 }
 
 impl Lb {
-    /// Loads the embedded object with small maps (tests run in parallel).
+    /// Loads the embedded product object with small maps (tests run in
+    /// parallel).
     pub fn load() -> Self {
         let object = lb_userspace::ebpf::object().expect("embedded eBPF object");
+        Self::load_object(
+            object,
+            &[m::programs::INGRESS, m::programs::PASS],
+            Some(m::programs::EGRESS),
+        )
+    }
+
+    /// Loads the bench object likewise (it has no TC program).
+    pub fn load_bench() -> Self {
+        assert!(
+            !BENCH_OBJECT.is_empty(),
+            "the bench eBPF object is an empty stub (bpf-linker missing?)"
+        );
+        Self::load_object(
+            BENCH_OBJECT,
+            &[
+                m::programs::INGRESS,
+                m::programs::PASS,
+                bench::programs::INGRESS,
+                bench::programs::RESTORE_ONLY,
+            ],
+            None,
+        )
+    }
+
+    fn load_object(object: &[u8], xdp: &[&str], tc: Option<&str>) -> Self {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(m::MAGLEV, 1 << 16)
             .map_max_entries(m::BACKENDS, 1024)
@@ -255,21 +298,15 @@ impl Lb {
             .map_max_entries(m::BACKEND_STATS, 1024)
             .load(object)
             .expect("load eBPF object");
-        for name in [
-            m::programs::INGRESS,
-            m::programs::PASS,
-            "lb_ingress_bench",
-            "bench_restore_only",
-        ] {
+        for &name in xdp {
             let p: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
             p.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         }
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(m::programs::EGRESS)
-            .expect("egress")
-            .try_into()
-            .expect("tc");
-        p.load().expect("load lb_egress");
+        if let Some(name) = tc {
+            let p: &mut SchedClassifier =
+                ebpf.program_mut(name).expect(name).try_into().expect("tc");
+            p.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+        }
         Self {
             ebpf,
             ifindex: netns::ifindex("v0"),
@@ -440,7 +477,7 @@ impl Lb {
     }
 
     pub fn set_bench_config(&mut self, v: u32) {
-        let mut a: Array<&mut MapData, u32> = self.map_mut(m::bench::CONFIG);
+        let mut a: Array<&mut MapData, u32> = self.map_mut(bench::CONFIG);
         a.set(0, v, 0).expect("bench config");
     }
 

@@ -2,7 +2,8 @@
 //! built from the same library code, so `bench-xdp` can measure them as they
 //! are, plus the programs that exist only to measure them: bench-xdp's
 //! wrappers ([`bench`]) and bench-e2e's frame generator ([`xdpgen`]). Its
-//! own maps come from `lb_common::bench_maps!`, the product's from lb-ebpf.
+//! own maps come from `lb_common::bench_maps!`, the product's from the
+//! library.
 #![no_std]
 #![no_main]
 #![expect(
