@@ -1,4 +1,4 @@
-//! The data path under test: the embedded object loaded (nothing attached,
+//! The data path under test: the embedded bench object loaded (nothing attached,
 //! nothing pinned) inside the bench's namespace, its maps filled with one
 //! target service plus filler services, and the helpers to run a program
 //! and read the outcome counters of one CPU.
@@ -59,7 +59,7 @@ const REMOTE_IDS: u32 = LOCAL_IDS + TARGET_BACKENDS;
 const FILLER_IDS: u32 = REMOTE_IDS + TARGET_BACKENDS;
 
 /// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
-/// `bench.rs`).
+/// `src/bin/lb-ebpf-bench/bench.rs`).
 pub const SEQ_PORTS: u32 = 65536 - 1024;
 
 /// Result of [`Lb::simulate_nat`].

@@ -44,8 +44,8 @@ struct Args {
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]
     cpu: Option<usize>,
-    /// Measure this eBPF object instead of the embedded one (A/B
-    /// experiments with scratch builds of lb-ebpf).
+    /// Measure this bench object instead of the embedded one (A/B
+    /// experiments with scratch builds of lb-ebpf's `lb-ebpf-bench`).
     #[arg(long)]
     object: Option<PathBuf>,
     /// Where to write the report (overwritten).
