@@ -1,58 +1,25 @@
-//! Builds lb-ebpf for bpfel-unknown-none (nightly, build-std, bpf-linker,
-//! BTF) and leaves the object at `$OUT_DIR/lb-ebpf` for `include_bytes!`.
-//!
-//! With `AYA_BUILD_SKIP=1`, or when bpf-linker is not installed, an empty
-//! stub is written instead so `cargo check`/`clippy`/host unit tests work on
-//! any machine; the agent then refuses to load with a clear message.
-//! `cargo xtask setup` installs the toolchain pieces.
+//! Builds lb-ebpf and leaves its two objects in `$OUT_DIR` (empty stubs
+//! without bpf-linker; see lb-ebpf-embed): `lb-ebpf`, the product object the
+//! library embeds, and `lb-ebpf-bench`, which only the benchmarks and the
+//! bench-program tests include. The benches find it through this package's
+//! `links` metadata (`DEP_ONEHOP_EBPF_BENCH_OBJECT`), so one eBPF build serves
+//! the workspace.
 
-use std::{env, fs, path::PathBuf};
+use std::{env, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Context as _;
 
-fn main() -> Result<()> {
+fn main() -> anyhow::Result<()> {
+    lb_ebpf_embed::build(lb_ebpf_embed::Package {
+        name: "lb-ebpf",
+        dir: "../lb-ebpf",
+        watch: &["../lb-common"],
+        objects: &["lb-ebpf", "lb-ebpf-bench"],
+    })?;
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let object = out_dir.join("lb-ebpf");
-    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-    println!("cargo::rustc-check-cfg=cfg(onehop_ebpf_stub)");
-    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let linker = which::which("bpf-linker").ok();
-    // Rebuild once bpf-linker gets installed (cargo re-runs a build script
-    // whose rerun-if-changed path is missing on every build until it exists).
-    let watched = linker.clone().unwrap_or_else(|| {
-        let cargo_home = env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-            .unwrap_or_default();
-        cargo_home.join("bin/bpf-linker")
-    });
-    println!("cargo:rerun-if-changed={}", watched.display());
-    let have_linker = linker.is_some();
-    if skip || !have_linker {
-        if !skip {
-            println!(
-                "cargo:warning=bpf-linker not found: embedding an empty eBPF object (run `cargo xtask setup`)"
-            );
-        }
-        fs::write(&object, []).context("writing the eBPF stub")?;
-        println!("cargo:rustc-cfg=onehop_ebpf_stub");
-        return Ok(());
-    }
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.join("../lb-ebpf");
-    let root = root.to_str().context("non-UTF-8 path to lb-ebpf")?;
-    // lb-common is shared with the eBPF crate: rebuild when it changes too.
     println!(
-        "cargo:rerun-if-changed={}",
-        manifest_dir.join("../lb-common").display()
+        "cargo::metadata=bench_object={}",
+        out_dir.join("lb-ebpf-bench").display()
     );
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "lb-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    Ok(())
 }

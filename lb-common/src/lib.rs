@@ -1,6 +1,7 @@
 //! The one definition of the interface between onehop's XDP/TC programs and
 //! its userspace: map names, sizes, `#[repr(C)]` key/value types, flag bits,
 //! counter and drop-reason numbering, and the flow hash both sides agree on.
+//! The benchmark programs' interface is apart, in [`bench`].
 //!
 //! Conventions for every map type here:
 //! - IPv4 addresses are `[u8; 4]` in wire order (so `bpftool` prints
@@ -16,6 +17,7 @@
     reason = "explicit ABI padding must be public so the types can be built with struct literals"
 )]
 
+pub mod bench;
 pub mod counters;
 pub mod hash;
 pub mod maps;

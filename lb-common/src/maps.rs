@@ -1,56 +1,163 @@
-//! Map names (also their file names under the pin directory) and sizes.
+//! The product's maps: the one table of their names (also their file names
+//! under the pin directory), kinds, key and value types and sizes.
 //!
-//! The eBPF crate declares each map with exactly these names and sizes; the
-//! agent pins every name in [`ALL`] under `<bpffs root>/<ifname>/` and may
-//! override the sizes marked "load-time" before the maps are created.
+//! [`product_maps!`](crate::product_maps) is that table. The eBPF crate
+//! expands it into its map declarations, this module into [`TABLE`] and a
+//! name constant per map; the agent pins every map of the table under
+//! `<bpffs root>/<ifname>/` and may override the sizes of the rows marked
+//! `load_time` before the maps are created. A test parses the built object
+//! and compares it with [`TABLE`], so the object cannot drift from it.
 
-/// VIP / node address → [`crate::VipValue`] (hash). The first and, for
-/// non-VIP traffic, the only lookup on the ingress path.
-pub const VIPS: &str = "vips";
-/// [`crate::ServiceKey`] → [`crate::ServiceValue`] (hash).
-pub const SERVICES: &str = "services";
-/// Slot → backend id (`u32`, array). Holds every service's Maglev table,
-/// each at `[maglev_offset, maglev_offset + maglev_len)`. A new table is
-/// written to free slots and the service entry is switched to it in one
-/// update, so a packet never sees a half-written table.
-pub const MAGLEV: &str = "maglev";
-/// Backend id → [`crate::BackendValue`] (array).
-pub const BACKENDS: &str = "backends";
-/// Client 5-tuple → [`crate::ConntrackValue`] (LRU hash).
-pub const CONNTRACK: &str = "conntrack";
-/// Reply 5-tuple → [`crate::RevNatValue`] (LRU hash).
-pub const REV_NAT: &str = "rev_nat";
-/// [`crate::AffinityKey`] → [`crate::AffinityValue`] (LRU hash).
-pub const AFFINITY: &str = "affinity";
-/// LPM trie: `{32 + prefix, SourceRangeData}` → `u32` (1 = allowed).
-pub const SRC_RANGES: &str = "src_ranges";
-/// Service id → [`crate::TrafficCounter`] (per-CPU array).
-pub const SERVICE_STATS: &str = "service_stats";
-/// Backend id → [`crate::TrafficCounter`] (per-CPU array).
-pub const BACKEND_STATS: &str = "backend_stats";
-/// [`crate::Counter`] → packets (`u64`, per-CPU array).
-pub const COUNTERS: &str = "counters";
-/// [`crate::DropReason`] → packets (`u64`, per-CPU array).
-pub const DROPS: &str = "drops";
-/// Index 0 → [`crate::Config`] (array of one).
-pub const CONFIG: &str = "config";
+/// The kernel's `BPF_MAP_TYPE_*` number of each kind of map the programs use.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuArray = 6,
+    LruHash = 9,
+    LpmTrie = 11,
+    DevMap = 14,
+}
 
-/// Every map the programs use, in a stable order (pinning, status, cleanup).
-pub const ALL: [&str; 13] = [
-    VIPS,
-    SERVICES,
-    MAGLEV,
-    BACKENDS,
-    CONNTRACK,
-    REV_NAT,
-    AFFINITY,
-    SRC_RANGES,
-    SERVICE_STATS,
-    BACKEND_STATS,
-    COUNTERS,
-    DROPS,
-    CONFIG,
-];
+/// One row of a map table, as the kernel sees the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Bytes of a key (arrays: the `u32` index; LPM tries: the `u32`
+    /// prefix length, then the data).
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Entries the object declares.
+    pub max_entries: u32,
+    /// The loader may choose another size when it creates the map.
+    pub load_time: bool,
+}
+
+impl MapSpec {
+    /// The row of `name` in `table`.
+    pub fn find(table: &[Self], name: &str) -> Option<Self> {
+        table.iter().copied().find(|s| s.name == name)
+    }
+}
+
+/// `size_of` as the kernel's `u32` sizes.
+#[doc(hidden)]
+pub const fn size_u32(bytes: usize) -> u32 {
+    assert!(bytes <= u32::MAX as usize, "map key or value too large");
+    #[expect(clippy::cast_possible_truncation, reason = "checked just above")]
+    let n = bytes as u32;
+    n
+}
+
+/// Expands a map table (the rows of [`product_maps!`](crate::product_maps)
+/// or [`bench_maps!`](crate::bench_maps)) into a `pub const` per map name and
+/// `TABLE: [MapSpec; N]`. The kinds are spelled as the eBPF crate's BTF map
+/// types, which decide the key and value layout the kernel sees.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! map_specs {
+    ($(
+        $(#[$doc:meta])*
+        $ident:ident = $name:literal: $kind:ident<$($ty:ty),*>[$max:expr] $($load:ident)?;
+    )*) => {
+        $($(#[$doc])* pub const $ident: &str = $name;)*
+
+        /// Every map of this table, in a stable order.
+        pub const TABLE: [$crate::maps::MapSpec; [$($name),*].len()] = [$(
+            $crate::maps::MapSpec {
+                name: $name,
+                kind: $crate::map_specs!(@kind $kind),
+                key_size: $crate::map_specs!(@key $kind<$($ty),*>),
+                value_size: $crate::map_specs!(@value $kind<$($ty),*>),
+                max_entries: $max,
+                load_time: $crate::map_specs!(@load $($load)?),
+            }
+        ),*];
+    };
+    (@kind HashMap) => { $crate::maps::MapKind::Hash };
+    (@kind LruHashMap) => { $crate::maps::MapKind::LruHash };
+    (@kind Array) => { $crate::maps::MapKind::Array };
+    (@kind PerCpuArray) => { $crate::maps::MapKind::PerCpuArray };
+    (@kind LpmTrie) => { $crate::maps::MapKind::LpmTrie };
+    (@kind DevMap) => { $crate::maps::MapKind::DevMap };
+    (@key LpmTrie<$k:ty, $v:ty>) => { 4 + $crate::maps::size_u32(core::mem::size_of::<$k>()) };
+    (@key $kind:ident<$k:ty, $v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$k>()) };
+    (@key $kind:ident<$($v:ty)?>) => { 4 };
+    // `struct bpf_devmap_val`: the target's ifindex, then a program fd.
+    (@value DevMap<>) => { 8 };
+    (@value $kind:ident<$k:ty, $v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
+    (@value $kind:ident<$v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
+    (@load load_time) => { true };
+    (@load) => { false };
+}
+
+/// The product's map table: every map of the object the agent loads. Calls
+/// `$then!` with the rows `NAME = "name": Kind<Key, Value>[max_entries]`,
+/// optionally followed by `load_time`; `Kind` is the eBPF crate's BTF map
+/// type (`aya_ebpf::btf_maps`).
+#[macro_export]
+macro_rules! product_maps {
+    ($then:path) => {
+        $then! {
+            /// VIP / node address → [`crate::VipValue`] (hash). The first and,
+            /// for non-VIP traffic, the only lookup on the ingress path.
+            VIPS = "vips": HashMap<$crate::Ipv4Key, $crate::VipValue>[$crate::maps::MAX_VIPS];
+            /// [`crate::ServiceKey`] → [`crate::ServiceValue`] (hash).
+            SERVICES = "services":
+                HashMap<$crate::ServiceKey, $crate::ServiceValue>[$crate::maps::MAX_SERVICES];
+            /// Slot → backend id (`u32`, array). Holds every service's Maglev
+            /// table, each at `[maglev_offset, maglev_offset + maglev_len)`. A
+            /// new table is written to free slots and the service entry is
+            /// switched to it in one update, so a packet never sees a
+            /// half-written table.
+            MAGLEV = "maglev": Array<u32>[$crate::maps::MAGLEV_SLOTS] load_time;
+            /// Backend id → [`crate::BackendValue`] (array).
+            BACKENDS = "backends": Array<$crate::BackendValue>[$crate::maps::MAX_BACKENDS];
+            /// Client 5-tuple → [`crate::ConntrackValue`] (LRU hash).
+            CONNTRACK = "conntrack":
+                LruHashMap<$crate::FlowKey, $crate::ConntrackValue>[$crate::maps::CONNTRACK_MAX]
+                load_time;
+            /// Reply 5-tuple → [`crate::RevNatValue`] (LRU hash).
+            REV_NAT = "rev_nat":
+                LruHashMap<$crate::FlowKey, $crate::RevNatValue>[$crate::maps::REV_NAT_MAX]
+                load_time;
+            /// [`crate::AffinityKey`] → [`crate::AffinityValue`] (LRU hash).
+            AFFINITY = "affinity":
+                LruHashMap<$crate::AffinityKey, $crate::AffinityValue>[$crate::maps::AFFINITY_MAX]
+                load_time;
+            /// LPM trie: `{32 + prefix, SourceRangeData}` → `u32` (1 = allowed).
+            SRC_RANGES = "src_ranges":
+                LpmTrie<$crate::SourceRangeData, u32>[$crate::maps::SRC_RANGES_MAX];
+            /// Service id → [`crate::TrafficCounter`] (per-CPU array).
+            SERVICE_STATS = "service_stats":
+                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_SERVICES];
+            /// Backend id → [`crate::TrafficCounter`] (per-CPU array).
+            BACKEND_STATS = "backend_stats":
+                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_BACKENDS];
+            /// [`crate::Counter`] → packets (`u64`, per-CPU array).
+            COUNTERS = "counters": PerCpuArray<u64>[$crate::counters::COUNTER_COUNT];
+            /// [`crate::DropReason`] → packets (`u64`, per-CPU array).
+            DROPS = "drops": PerCpuArray<u64>[$crate::counters::DROP_REASON_COUNT];
+            /// Index 0 → [`crate::Config`] (array of one).
+            CONFIG = "config": Array<$crate::Config>[1];
+        }
+    };
+}
+
+crate::product_maps!(crate::map_specs);
+
+/// Every map name of [`TABLE`], in its order (pinning, status, cleanup).
+pub const ALL: [&str; TABLE.len()] = {
+    let mut names = [""; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        names[i] = TABLE[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// Program names in the object and their pinned link files.
 pub mod programs {
@@ -62,6 +169,8 @@ pub mod programs {
     /// XDP program that only returns `XDP_PASS`: the benchmark floor, and
     /// the program namespace tests put on veth peers so `XDP_TX` delivers.
     pub const PASS: &str = "xdp_pass";
+    /// Every program of the product object.
+    pub const ALL: [&str; 3] = [INGRESS, EGRESS, PASS];
     /// Pinned link of [`INGRESS`] in the pin directory.
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.
@@ -86,66 +195,3 @@ pub const SRC_RANGES_MAX: u32 = 65_536;
 /// that every backend gets its share of slots within 1%.
 pub const MAGLEV_TABLE_SIZES: [u32; 10] =
     [101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
-
-/// Benchmark-only maps of the `lb_ingress_bench` / `bench_restore_only`
-/// programs. Not part of [`ALL`]: the agent never pins or reads them.
-pub mod bench {
-    /// Per-CPU array of one 128-byte buffer: the frame's first bytes, saved
-    /// before the ingress logic runs and restored after it.
-    pub const SCRATCH: &str = "bench_scratch";
-    /// Array of one `u32`: [`NEW_FLOW`] bit and friends, set by the bench.
-    pub const CONFIG: &str = "bench_config";
-    /// Per-CPU array of one `u32`: the source-port sequence.
-    pub const SEQ: &str = "bench_seq";
-    /// Bytes saved and restored per iteration (at most).
-    pub const SCRATCH_LEN: usize = 128;
-    /// `bench_config` bit: give every iteration a new TCP/UDP source port,
-    /// so each one is a new flow (conntrack miss, Maglev pick, NAT port).
-    pub const NEW_FLOW: u32 = 1 << 0;
-
-    /// `bench_xdpgen`: bench-e2e's XDP frame generator, run with
-    /// `BPF_PROG_TEST_RUN` in live-frames mode. Every frame is rewritten from
-    /// a template and redirected to the port (a veth) its target sits behind.
-    pub const XDPGEN_PROGRAM: &str = "bench_xdpgen";
-    /// Target index → frame template (array of [`XDPGEN_SLOT`]-byte values):
-    /// the frame's [`XDPGEN_FRAME_LEN`] bytes, then the `u32` (native order)
-    /// key of its port in [`XDPGEN_PORTS`].
-    pub const XDPGEN_FRAMES: &str = "xdpgen_frames";
-    /// Port key → interface (devmap), filled from the namespace that owns
-    /// the interfaces.
-    pub const XDPGEN_PORTS: &str = "xdpgen_ports";
-    /// Generator state, `u64` slots (array): [`XDPGEN_NEXT`],
-    /// [`XDPGEN_TARGETS`], [`XDPGEN_FLAGS`].
-    pub const XDPGEN_STATE: &str = "xdpgen_state";
-    /// State slot: number of the next frame (the program increments it;
-    /// frame `k` goes to target `k % targets` and, with
-    /// [`XDPGEN_NEW_FLOWS`], is flow `k`). One generator thread at a time.
-    pub const XDPGEN_NEXT: u32 = 0;
-    /// State slot: number of templates in use (1..=[`XDPGEN_MAX_TARGETS`]).
-    pub const XDPGEN_TARGETS: u32 = 1;
-    /// State slot: flag bits ([`XDPGEN_NEW_FLOWS`]).
-    pub const XDPGEN_FLAGS: u32 = 2;
-    /// Slots of [`XDPGEN_STATE`].
-    pub const XDPGEN_STATE_LEN: u32 = 4;
-    /// [`XDPGEN_FLAGS`] bit: frame `k` gets source port
-    /// `XDPGEN_PORT_BASE + k % XDPGEN_PORTS_PER_IP` and source address
-    /// `XDPGEN_SRC_BASE + (k / XDPGEN_PORTS_PER_IP) % XDPGEN_SRC_COUNT`.
-    pub const XDPGEN_NEW_FLOWS: u64 = 1 << 0;
-    /// Templates (targets) at most.
-    pub const XDPGEN_MAX_TARGETS: u32 = 16;
-    /// Port keys at most.
-    pub const XDPGEN_MAX_PORTS: u32 = 16;
-    /// Bytes of one frame (Ethernet/IPv4/UDP, the Ethernet minimum).
-    pub const XDPGEN_FRAME_LEN: usize = 60;
-    /// Bytes of one template slot.
-    pub const XDPGEN_SLOT: usize = 64;
-    /// First source port of the new-flow sequence.
-    pub const XDPGEN_PORT_BASE: u64 = 1024;
-    /// Source ports per source address.
-    pub const XDPGEN_PORTS_PER_IP: u64 = 60_000;
-    /// First source address of the new-flow sequence: 198.18.0.0/15, RFC
-    /// 2544's benchmarking range.
-    pub const XDPGEN_SRC_BASE: [u8; 4] = [198, 18, 0, 0];
-    /// Source addresses of the new-flow sequence.
-    pub const XDPGEN_SRC_COUNT: u64 = 131_072;
-}

@@ -18,17 +18,15 @@ use crate::{
 /// Reverse entry: turn `reply` back into `VIP:port → client:port`.
 #[inline(always)]
 pub fn rev_value(client: &FlowKey, service_id: u32, flags: u16, now: u64) -> RevNatValue {
-    RevNatValue {
-        new_src: client.dst,
-        new_dst: client.src,
-        new_sport: client.dport,
-        new_dport: client.sport,
+    RevNatValue::new(
+        client.dst,
+        client.src,
+        client.dport,
+        client.sport,
         service_id,
         flags,
-        _pad: 0,
-        _pad1: 0,
-        last_seen_ns: now,
-    }
+        now,
+    )
 }
 
 #[inline(always)]
@@ -140,9 +138,13 @@ pub fn claim_nat_port(
     );
     let mut i = 0;
     while i < NAT_PROBES {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "nat_probe < size = max - min + 1, so min + probe <= max, a u16"
+        )]
         let port = (min + nat_probe(h, i, size)) as u16;
         let rkey = remote_reply_key(cfg, b, port, client.proto);
-        if REV_NAT.insert(&rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
+        if REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(port);
         }
         i += 1;

@@ -10,7 +10,12 @@ use crate::parse::Ipv4Hdr;
 fn fold(s: u32) -> u16 {
     let s = (s & 0xffff) + (s >> 16);
     let s = (s & 0xffff) + (s >> 16);
-    s as u16
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "two folds leave at most 0xffff"
+    )]
+    let folded = s as u16;
+    folded
 }
 
 /// Accumulated change of 16-bit words covered by one checksum.

@@ -3,7 +3,7 @@
 //!
 //! The rewrite goes through `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with
 //! `BPF_F_PSEUDO_HDR`, not through our own arithmetic: a locally generated
-//! skb may be CHECKSUM_PARTIAL (its L4 field then holds only the
+//! skb may be `CHECKSUM_PARTIAL` (its L4 field then holds only the
 //! pseudo-header sum, finished by the NIC), and the helpers update the field
 //! correctly for either state. `BPF_F_MARK_MANGLED_0` keeps a zero UDP
 //! checksum ("none") zero. Fragments, IP options and anything else are left
@@ -35,6 +35,10 @@ pub fn process(ctx: &TcContext) -> i32 {
     if ctx.data_end() - ctx.data() < NEED {
         // Make the headers linear if the skb has them at all.
         let want = core::cmp::min(ctx.len() as usize, NEED);
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "want <= NEED, a few dozen bytes"
+        )]
         let _ = ctx.pull_data(want as u32);
     }
     if let Some(rw) = lookup(ctx) {

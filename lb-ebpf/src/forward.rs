@@ -38,19 +38,23 @@ pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u
     p.family = AF_INET;
     p.l4_protocol = proto;
     p.__bindgen_anon_1.tot_len = tot_len;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
+    )]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = ifindex;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "struct bpf_fib_lookup is 64 bytes"
+    )]
+    let len = core::mem::size_of::<bpf_fib_lookup>() as i32;
     // SAFETY: ctx is this program's context and p a stack struct of the
     // size we pass.
-    let rc = unsafe {
-        fib_lookup_helper(
-            ctx.as_ptr(),
-            &raw mut p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { fib_lookup_helper(ctx.as_ptr(), &raw mut p, len, 0) };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         Route::Hop(NextHop {
             ifindex: p.ifindex,
@@ -69,11 +73,22 @@ pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u
 pub fn send(ctx: &XdpContext, eth: &mut EthHdr, hop: &NextHop, counter: Counter) -> Outcome {
     eth.dst = hop.dmac;
     eth.src = hop.smac;
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
+    )]
+    let ingress = ctx.ingress_ifindex() as u32;
+    if hop.ifindex == ingress {
         Outcome::Tx(counter)
     } else {
         // SAFETY: plain helper call; it only records the target device.
         let action = unsafe { bpf_redirect(hop.ifindex, 0) };
-        Outcome::Redirect(action as u32, counter)
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "bpf_redirect returns an XDP action: XDP_REDIRECT, or XDP_ABORTED on bad flags"
+        )]
+        let action = action as u32;
+        Outcome::Redirect(action, counter)
     }
 }

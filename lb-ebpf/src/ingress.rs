@@ -185,12 +185,7 @@ fn service_path(
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
-    let skey = ServiceKey {
-        vip: ip.dst,
-        port: l4.dport(),
-        proto,
-        _pad: 0,
-    };
+    let skey = ServiceKey::new(ip.dst, l4.dport(), proto);
     let Some(svc) = SERVICES.get_ptr(skey) else {
         return Outcome::Drop(DropReason::NoService);
     };

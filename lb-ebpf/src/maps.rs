@@ -1,83 +1,26 @@
-//! Every map of the data path, declared once with the names and sizes from
-//! `lb_common::maps`. BTF map definitions, so `bpftool map dump` prints the
-//! key and value field names.
+//! Every map of the product, declared from lb-common's one table
+//! ([`lb_common::product_maps!`]). BTF map definitions, so `bpftool map
+//! dump` prints the key and value field names.
 
-use aya_ebpf::{
-    btf_maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
-    macros::btf_map,
-};
-use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, FlowKey, Ipv4Key,
-    RevNatValue, ServiceKey, ServiceValue, SourceRangeData, TrafficCounter, VipValue,
-    counters::{COUNTER_COUNT, DROP_REASON_COUNT},
-    maps as m,
-};
+use aya_ebpf::btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
 
-const fn n(v: u32) -> usize {
-    v as usize
+/// Expands rows of an lb-common map table into BTF map statics (the bench
+/// crate expands its own table with it too).
+#[macro_export]
+macro_rules! declare_maps {
+    ($(
+        $(#[$doc:meta])*
+        $ident:ident = $name:literal: $kind:ident<$($ty:ty),*>[$max:expr] $($load:ident)?;
+    )*) => {$(
+        $(#[$doc])*
+        #[aya_ebpf::macros::btf_map(name = $name)]
+        pub static $ident: $kind<$($ty,)* { $crate::maps::entries($max) }> = $kind::new();
+    )*};
 }
 
-#[btf_map(name = "vips")]
-pub static VIPS: HashMap<Ipv4Key, VipValue, { n(m::MAX_VIPS) }> = HashMap::new();
+/// `max_entries` as the const generic aya-ebpf's map types take.
+pub const fn entries(max: u32) -> usize {
+    max as usize
+}
 
-#[btf_map(name = "services")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue, { n(m::MAX_SERVICES) }> = HashMap::new();
-
-#[btf_map(name = "maglev")]
-pub static MAGLEV: Array<u32, { n(m::MAGLEV_SLOTS) }> = Array::new();
-
-#[btf_map(name = "backends")]
-pub static BACKENDS: Array<BackendValue, { n(m::MAX_BACKENDS) }> = Array::new();
-
-#[btf_map(name = "conntrack")]
-pub static CONNTRACK: LruHashMap<FlowKey, ConntrackValue, { n(m::CONNTRACK_MAX) }> =
-    LruHashMap::new();
-
-#[btf_map(name = "rev_nat")]
-pub static REV_NAT: LruHashMap<FlowKey, RevNatValue, { n(m::REV_NAT_MAX) }> = LruHashMap::new();
-
-#[btf_map(name = "affinity")]
-pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { n(m::AFFINITY_MAX) }> =
-    LruHashMap::new();
-
-#[btf_map(name = "src_ranges")]
-pub static SRC_RANGES: LpmTrie<SourceRangeData, u32, { n(m::SRC_RANGES_MAX) }> = LpmTrie::new();
-
-#[btf_map(name = "service_stats")]
-pub static SERVICE_STATS: PerCpuArray<TrafficCounter, { n(m::MAX_SERVICES) }> = PerCpuArray::new();
-
-#[btf_map(name = "backend_stats")]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounter, { n(m::MAX_BACKENDS) }> = PerCpuArray::new();
-
-#[btf_map(name = "counters")]
-pub static COUNTERS: PerCpuArray<u64, { n(COUNTER_COUNT) }> = PerCpuArray::new();
-
-#[btf_map(name = "drops")]
-pub static DROPS: PerCpuArray<u64, { n(DROP_REASON_COUNT) }> = PerCpuArray::new();
-
-#[btf_map(name = "config")]
-pub static CONFIG: Array<Config, 1> = Array::new();
-
-// Benchmark-only maps (lb_common::maps::bench); not pinned by the agent.
-
-#[btf_map(name = "bench_scratch")]
-pub static BENCH_SCRATCH: PerCpuArray<[u8; m::bench::SCRATCH_LEN], 1> = PerCpuArray::new();
-
-#[btf_map(name = "bench_config")]
-pub static BENCH_CONFIG: Array<u32, 1> = Array::new();
-
-#[btf_map(name = "bench_seq")]
-pub static BENCH_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
-
-// bench-e2e's XDP frame generator (lb_common::maps::bench::XDPGEN_*); not
-// pinned by the agent.
-
-#[btf_map(name = "xdpgen_frames")]
-pub static XDPGEN_FRAMES: Array<[u8; m::bench::XDPGEN_SLOT], { n(m::bench::XDPGEN_MAX_TARGETS) }> =
-    Array::new();
-
-#[btf_map(name = "xdpgen_ports")]
-pub static XDPGEN_PORTS: DevMap<{ n(m::bench::XDPGEN_MAX_PORTS) }> = DevMap::new();
-
-#[btf_map(name = "xdpgen_state")]
-pub static XDPGEN_STATE: Array<u64, { n(m::bench::XDPGEN_STATE_LEN) }> = Array::new();
+lb_common::product_maps!(crate::declare_maps);

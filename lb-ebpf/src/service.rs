@@ -39,14 +39,7 @@ pub enum Choice {
 
 #[inline(always)]
 pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        src,
-        dst,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(src, dst, sport, dport, proto)
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@
 mod support;
 
 use lb_common::{
-    AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue,
+    AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue, bench,
     flow_flags, maps as m, proto,
 };
 use support::{
@@ -1166,16 +1166,16 @@ fn established_remote_flow_uses_and_renews_its_cached_next_hop() {
 
 #[test]
 fn bench_programs_restore_the_frame() {
-    with_lb(|lb| {
+    with_bench_lb(|lb| {
         let syn = Pkt::tcp(CLIENT, 7000, VIP, 81, SYN).build();
-        let r = lb.run_prog("bench_restore_only", &syn, 100);
+        let r = lb.run_prog(bench::programs::RESTORE_ONLY, &syn, 100);
         assert_eq!((r.action, &r.out), (XDP_PASS, &syn));
 
         // Room for 1000 new flows without exhausting the NAT port probes.
         lb.set_nat_ports(20000, NAT_MAX);
-        lb.set_bench_config(m::bench::NEW_FLOW);
+        lb.set_bench_config(bench::NEW_FLOW);
         let before = lb.counts();
-        let r = lb.run_prog("lb_ingress_bench", &syn, 1000);
+        let r = lb.run_prog(bench::programs::INGRESS, &syn, 1000);
         let d = lb.counts().minus(&before);
         assert_eq!(r.action, XDP_TX);
         assert_eq!(r.out, syn, "bench restores the frame");

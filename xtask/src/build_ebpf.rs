@@ -1,6 +1,6 @@
 //! `cargo xtask build-ebpf`: the same build lb-userspace's build.rs does
 //! (nightly, build-std=core, bpf-linker, BTF), run explicitly, then a report
-//! of the object's sections and of what the verifier thinks of it.
+//! of each object's sections and of what the verifier thinks of it.
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -10,8 +10,12 @@ use crate::{is_root, run_cmd, workspace_root};
 
 pub const TARGET: &str = "bpfel-unknown-none";
 
-/// Builds the object and returns its path.
-pub fn build() -> Result<PathBuf> {
+/// lb-ebpf's binaries: the product object (what the agent loads) and the
+/// bench object (the benchmarks' programs around the same code).
+const OBJECTS: [&str; 2] = ["lb-ebpf", "lb-ebpf-bench"];
+
+/// Builds both objects and returns their paths.
+pub fn build() -> Result<Vec<PathBuf>> {
     let root = workspace_root();
     run_cmd(
         Command::new("cargo")
@@ -34,22 +38,29 @@ pub fn build() -> Result<PathBuf> {
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .env_remove("RUSTUP_TOOLCHAIN"),
     )?;
-    let object = root.join("target").join(TARGET).join("release/lb-ebpf");
-    anyhow::ensure!(object.is_file(), "{} was not produced", object.display());
-    Ok(object)
+    OBJECTS
+        .iter()
+        .map(|name| {
+            let object = root.join("target").join(TARGET).join("release").join(name);
+            anyhow::ensure!(object.is_file(), "{} was not produced", object.display());
+            Ok(object)
+        })
+        .collect()
 }
 
 pub fn run() -> Result<()> {
-    let object = build()?;
-    let size = fs::metadata(&object).context("stat of the object")?.len();
-    println!("object: {} ({size} bytes)", object.display());
-    let _ = run_cmd(
-        Command::new("llvm-objdump")
-            .args(["--section-headers"])
-            .arg(&object),
-    )
-    .or_else(|_| run_cmd(Command::new("readelf").args(["-S", "-W"]).arg(&object)));
-    verifier_report(&object)
+    for object in build()? {
+        let size = fs::metadata(&object).context("stat of the object")?.len();
+        println!("object: {} ({size} bytes)", object.display());
+        let _ = run_cmd(
+            Command::new("llvm-objdump")
+                .args(["--section-headers"])
+                .arg(&object),
+        )
+        .or_else(|_| run_cmd(Command::new("readelf").args(["-S", "-W"]).arg(&object)));
+        verifier_report(&object)?;
+    }
+    Ok(())
 }
 
 /// Loads every program with bpftool into a scratch pin directory and prints

@@ -19,11 +19,28 @@ pub fn run(extra: &[String]) -> Result<()> {
     };
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(&mut clippy_ebpf(cargo()))?;
     // The default members are the host crates; privileged tests need root
     // and build their own namespaces. One test thread per core is plenty:
     // the namespace tests are I/O bound and isolated by unique names.
     run_cmd(cargo().arg("test").args(extra))?;
     Ok(())
+}
+
+/// Clippy on the eBPF crate (its library and both objects) for the BPF
+/// target, warnings denied, as aya lints its own eBPF crates: the default
+/// members are host crates only, so the plain clippy run never sees it.
+fn clippy_ebpf(mut cargo: Command) -> Command {
+    cargo
+        .args(["+nightly", "clippy", "--package", "lb-ebpf", "--target"])
+        .arg(crate::build_ebpf::TARGET)
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        // rustup sets these for the stable toolchain xtask runs under; the
+        // nightly cargo must pick its own rustc and clippy-driver.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    cargo
 }
 
 /// The test binaries that talk to Kubernetes.

@@ -47,7 +47,7 @@ use aya::{
     maps::{Array, DevMap, MapData},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
-use lb_common::maps::{self as m, bench as b};
+use lb_common::{bench as b, maps as m};
 use onehop_testkit::{
     MacAddr, Topology,
     netns::{command_in, ifindex, in_netns, run_checked},
@@ -219,14 +219,14 @@ impl XdpGen {
             .map_max_entries(m::CONNTRACK, 1)
             .map_max_entries(m::REV_NAT, 1)
             .map_max_entries(m::AFFINITY, 1)
-            .load(lb_userspace::dataplane::object::object()?)
+            .load(crate::ebpf::object()?)
             .context("loading the eBPF object")?;
         let prog: &mut Xdp = ebpf
-            .program_mut(b::XDPGEN_PROGRAM)
-            .with_context(|| format!("{} missing from the object", b::XDPGEN_PROGRAM))?
+            .program_mut(b::programs::XDPGEN)
+            .with_context(|| format!("{} missing from the object", b::programs::XDPGEN))?
             .try_into()?;
         prog.load()
-            .with_context(|| format!("verifying {}", b::XDPGEN_PROGRAM))?;
+            .with_context(|| format!("verifying {}", b::programs::XDPGEN))?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
@@ -354,7 +354,7 @@ impl XdpGen {
         self.prepare(&mut maps, topo, targets, flows, first)?;
         let prog: &Xdp = self
             .ebpf
-            .program(b::XDPGEN_PROGRAM)
+            .program(b::programs::XDPGEN)
             .context("generator program")?
             .try_into()?;
         // The program overwrites every byte it sends; the kernel only needs the length.

@@ -76,37 +76,13 @@ pub struct Dataplane {
     pub adopted: bool,
 }
 
-/// Expected (key size, value size) of every pinned map, from lb-common.
-fn expected_layout(name: &str) -> Option<(u32, u32)> {
-    use core::mem::size_of;
-
-    use lb_common::{
-        AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, FlowKey, Ipv4Key,
-        RevNatValue, ServiceKey, ServiceValue, SourceRangeData, TrafficCounter, VipValue,
-    };
-    let s = |k: usize, v: usize| Some((u32::try_from(k).ok()?, u32::try_from(v).ok()?));
-    match name {
-        maps::VIPS => s(size_of::<Ipv4Key>(), size_of::<VipValue>()),
-        maps::SERVICES => s(size_of::<ServiceKey>(), size_of::<ServiceValue>()),
-        maps::MAGLEV => s(4, 4),
-        maps::BACKENDS => s(4, size_of::<BackendValue>()),
-        maps::CONNTRACK => s(size_of::<FlowKey>(), size_of::<ConntrackValue>()),
-        maps::REV_NAT => s(size_of::<FlowKey>(), size_of::<RevNatValue>()),
-        maps::AFFINITY => s(size_of::<AffinityKey>(), size_of::<AffinityValue>()),
-        maps::SRC_RANGES => s(4 + size_of::<SourceRangeData>(), 4),
-        maps::SERVICE_STATS | maps::BACKEND_STATS => s(4, size_of::<TrafficCounter>()),
-        maps::COUNTERS | maps::DROPS => s(4, 8),
-        maps::CONFIG => s(4, size_of::<Config>()),
-        _ => None,
-    }
-}
-
-/// Refuses to adopt pinned maps whose layout differs from this build's:
-/// the programs would read garbage. Only `onehop cleanup` (which drops the
-/// connection table) gets past it, and the error says so.
+/// Refuses to adopt pinned maps whose layout differs from this build's (the
+/// map table of lb-common): the programs would read garbage. Only `onehop
+/// cleanup` (which drops the connection table) gets past it, and the error
+/// says so.
 fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
-    for name in maps::ALL {
-        let path = pins.entry(name);
+    for spec in maps::TABLE {
+        let path = pins.entry(spec.name);
         if !path.exists() {
             continue;
         }
@@ -114,7 +90,7 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
             .and_then(|m| m.info())
             .with_context(|| format!("inspecting pinned map {}", path.display()))?;
         let found = (info.key_size(), info.value_size());
-        let want = expected_layout(name).with_context(|| format!("no layout known for {name}"))?;
+        let want = (spec.key_size, spec.value_size);
         if found != want {
             bail!(
                 "pinned map {} has key/value sizes {found:?}, this build expects {want:?}; \
@@ -180,9 +156,9 @@ pub fn attach(
     check_pinned_layouts(&pins)?;
 
     let mut loader = EbpfLoader::new();
-    let paths: Vec<_> = maps::ALL
+    let paths: Vec<_> = maps::TABLE
         .iter()
-        .map(|name| (*name, pins.entry(name)))
+        .map(|spec| (spec.name, pins.entry(spec.name)))
         .collect();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());

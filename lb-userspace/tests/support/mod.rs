@@ -211,9 +211,34 @@ pub fn namespace() -> Netns {
 /// Runs `f` with a freshly loaded data path, configured with the standard
 /// scenario, on a thread inside a fresh namespace.
 pub fn with_lb(f: impl FnOnce(&mut Lb) + Send) {
+    with_object(PRODUCT, f);
+}
+
+/// [`with_lb`] on the bench object (the benchmark programs around the same
+/// ingress code) instead of the product object.
+pub fn with_bench_lb(f: impl FnOnce(&mut Lb) + Send) {
+    with_object(BENCH, f);
+}
+
+/// Which embedded object a test loads.
+#[derive(Clone, Copy)]
+enum Object {
+    /// What the agent loads.
+    Product,
+    /// The benchmark wrappers; lb-userspace's build script builds it beside
+    /// the product object, and only the tests and the benches embed it.
+    Bench,
+}
+const PRODUCT: Object = Object::Product;
+const BENCH: Object = Object::Bench;
+
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
+
+fn with_object(which: Object, f: impl FnOnce(&mut Lb) + Send) {
     let ns = namespace();
     ns.run(|| {
-        let mut lb = Lb::load();
+        let mut lb = Lb::load(which);
         lb.scenario();
         f(&mut lb);
     })
@@ -237,8 +262,19 @@ pub enum Want {
 
 impl Lb {
     /// Loads the embedded object with small maps (tests run in parallel).
-    pub fn load() -> Self {
-        let object = lb_userspace::dataplane::object::object().expect("embedded eBPF object");
+    fn load(which: Object) -> Self {
+        let object = match which {
+            Object::Product => {
+                lb_userspace::dataplane::object::object().expect("embedded eBPF object")
+            }
+            Object::Bench => {
+                assert!(
+                    !BENCH_OBJECT.is_empty(),
+                    "the bench eBPF object is an empty stub (bpf-linker missing?)"
+                );
+                BENCH_OBJECT
+            }
+        };
         let sizes = MapSizes {
             vips: 1024,
             services: 1024,
@@ -417,7 +453,7 @@ impl Lb {
         let map = self
             .h
             .ebpf_mut()
-            .map_mut(m::bench::CONFIG)
+            .map_mut(lb_common::bench::CONFIG)
             .expect("bench_config map");
         let mut a: Array<&mut MapData, u32> = Array::try_from(map).expect("bench_config type");
         a.set(0, v, 0).expect("bench config");

@@ -10,7 +10,7 @@ use std::{collections::HashSet, net::Ipv4Addr, os::fd::AsFd as _};
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
 use lb_common::{
-    BackendValue, ConntrackValue, Counter, DropReason, FlowKey, RevNatValue,
+    BackendValue, ConntrackValue, Counter, DropReason, FlowKey, RevNatValue, bench as b,
     hash::{NAT_PROBES, flow_hash, nat_probe},
     maps as m, proto,
 };
@@ -178,8 +178,8 @@ pub struct Lb {
 pub const PROGRAMS: [&str; 4] = [
     m::programs::PASS,
     m::programs::INGRESS,
-    "lb_ingress_bench",
-    "bench_restore_only",
+    b::programs::INGRESS,
+    b::programs::RESTORE_ONLY,
 ];
 
 impl Lb {
@@ -217,8 +217,8 @@ impl Lb {
                 .take_map(name)
                 .with_context(|| format!("no map {name} in the object"))
         };
-        let bench_config = Array::try_from(take(m::bench::CONFIG)?).context("bench_config")?;
-        let bench_seq = PerCpuArray::try_from(take(m::bench::SEQ)?).context("bench_seq")?;
+        let bench_config = Array::try_from(take(b::CONFIG)?).context("bench_config")?;
+        let bench_seq = PerCpuArray::try_from(take(b::SEQ)?).context("bench_seq")?;
         Ok(Self {
             h,
             cpu,

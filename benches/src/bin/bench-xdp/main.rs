@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use lb_common::{Counter, maps as m};
+use lb_common::{Counter, bench as b, maps as m};
 use onehop_testkit::{Netns, in_netns, unique_prefix};
 
 use crate::lb::{Lb, NatSim, SEQ_PORTS, Sizes, TCP_ACK, TCP_SYN, XDP_PASS, XDP_TX};
@@ -94,7 +94,7 @@ fn cases(args: &Args) -> Vec<Case> {
             args.repeat
         },
     };
-    let bench = "lb_ingress_bench";
+    let bench = b::programs::INGRESS;
     let non_vip = lb::frame_to(lb::NOT_VIP, 80, 40_000, TCP_SYN);
     let arp = lb::frame_arp();
     let est_local = lb::frame_tcp(lb::LOCAL_PORT, lb::EST_LOCAL_PORT, TCP_ACK);
@@ -112,7 +112,7 @@ fn cases(args: &Args) -> Vec<Case> {
         case(
             "restore_only",
             Kind::Restore,
-            "bench_restore_only",
+            b::programs::RESTORE_ONLY,
             &syn,
             XDP_PASS,
             None,
@@ -194,7 +194,7 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
         nat.probes += sim.probes;
         nat.max_probes = nat.max_probes.max(sim.max_probes);
     }
-    lb.set_bench_config(if c.new_flow { m::bench::NEW_FLOW } else { 0 })?;
+    lb.set_bench_config(if c.new_flow { b::NEW_FLOW } else { 0 })?;
     let before = lb.counts()?;
     let r = lb.run(c.prog, &c.frame, c.repeat)?;
     let d = lb.counts()?.minus(&before);
@@ -382,7 +382,7 @@ fn bench(args: &Args, cpu: usize) -> Result<Outcome> {
     };
     let object = match &file {
         Some(bytes) => bytes.as_slice(),
-        None => lb_userspace::dataplane::object::object()?,
+        None => onehop_benches::ebpf::object()?,
     };
     let mut lbs = Vec::new();
     let mut load_times = Vec::new();

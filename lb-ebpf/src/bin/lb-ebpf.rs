@@ -1,32 +1,21 @@
-//! onehop's data path: `lb_ingress` (XDP on the uplink), `lb_egress` (TC
-//! egress on the uplink), `xdp_pass`, and the benchmark-only programs
-//! (bench-xdp's wrappers, bench-e2e's frame generator `bench_xdpgen`). The
-//! entry points are thin: the logic lives in modules named after what they
-//! do, and every packet ends in exactly one counted outcome.
+//! The product object: exactly the programs the agent loads, `lb_ingress`
+//! (XDP on the uplink), `lb_egress` (TC egress on the uplink) and
+//! `xdp_pass` (the pass-through for veth peers), and the maps they use. The
+//! entry points are thin: the logic lives in the library's modules, and
+//! every packet ends in exactly one counted outcome.
 #![no_std]
 #![no_main]
-
-mod arp;
-mod bench;
-mod conntrack;
-mod csum;
-mod egress;
-mod forward;
-mod icmp;
-mod ingress;
-mod maps;
-mod nat;
-mod parse;
-mod service;
-mod stats;
-mod verdict;
-mod xdpgen;
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's entry-point macros hand each program its context by value"
+)]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use lb_ebpf::{egress, ingress};
 
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
@@ -41,21 +30,6 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn lb_egress(ctx: TcContext) -> i32 {
     egress::process(&ctx)
-}
-
-#[xdp]
-pub fn lb_ingress_bench(ctx: XdpContext) -> u32 {
-    bench::ingress(&ctx)
-}
-
-#[xdp]
-pub fn bench_restore_only(ctx: XdpContext) -> u32 {
-    bench::restore_only(&ctx)
-}
-
-#[xdp]
-pub fn bench_xdpgen(ctx: XdpContext) -> u32 {
-    xdpgen::generate(&ctx)
 }
 
 /// The kernel only lets GPL-compatible programs call `bpf_fib_lookup` (and

@@ -19,14 +19,15 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
-use lb_common::{maps::bench, proto};
+use lb_common::{bench, proto};
 
-use crate::{
+use lb_ebpf::{
     csum::Delta,
     ingress,
-    maps::{BENCH_CONFIG, BENCH_SCRATCH, BENCH_SEQ},
     parse::{Cursor, ETH_P_IPV4, EthHdr, Ipv4Hdr, TcpHdr, UdpHdr},
 };
+
+use crate::maps::{CONFIG as BENCH_CONFIG, SCRATCH as BENCH_SCRATCH, SEQ as BENCH_SEQ};
 
 /// First port of the benchmark's source-port sequence.
 const SEQ_PORT_BASE: u32 = 1024;
@@ -34,6 +35,10 @@ const SEQ_PORT_BASE: u32 = 1024;
 /// Bytes to save: `min(frame, 128)`, written so the verifier sees the
 /// range 1..=128 the copy helpers need (frames are never empty).
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "every value cast is at most SCRATCH_LEN (128)"
+)]
 fn saved_len(ctx: &XdpContext) -> u32 {
     let n = ctx.data_end() - ctx.data();
     let m = if n > bench::SCRATCH_LEN {
@@ -74,6 +79,10 @@ fn next_source_port(ctx: &XdpContext) {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "SEQ_PORT_BASE + (n mod (65536 - SEQ_PORT_BASE)) < 65536"
+    )]
     let port = (SEQ_PORT_BASE + n % (65536 - SEQ_PORT_BASE)) as u16;
     // SAFETY: the only cursor over the packet; dropped before `ingress`
     // makes its own.

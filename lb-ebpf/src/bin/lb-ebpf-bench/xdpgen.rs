@@ -17,13 +17,16 @@ use aya_ebpf::{
     EbpfContext as _, bindings::xdp_action::XDP_ABORTED, helpers::generated::bpf_xdp_store_bytes,
     programs::XdpContext,
 };
-use lb_common::maps::bench as b;
-
-use crate::{
+use lb_common::bench as b;
+use lb_ebpf::{
     csum::Delta,
-    maps::{XDPGEN_FRAMES, XDPGEN_PORTS, XDPGEN_STATE},
     parse::{Cursor, EthHdr, Ipv4Hdr, UdpHdr},
 };
+
+use crate::maps::{XDPGEN_FRAMES, XDPGEN_PORTS, XDPGEN_STATE};
+
+#[expect(clippy::cast_possible_truncation, reason = "60 bytes")]
+const FRAME_LEN: u32 = b::XDPGEN_FRAME_LEN as u32;
 
 #[inline(always)]
 fn state(slot: u32) -> u64 {
@@ -36,6 +39,10 @@ fn state(slot: u32) -> u64 {
 fn flow_source(k: u64) -> ([u8; 4], [u8; 2]) {
     let base = u32::from_be_bytes(b::XDPGEN_SRC_BASE);
     let ip = base + ((k / b::XDPGEN_PORTS_PER_IP) % b::XDPGEN_SRC_COUNT) as u32;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "XDPGEN_PORT_BASE + XDPGEN_PORTS_PER_IP <= 65536"
+    )]
     let port = (b::XDPGEN_PORT_BASE + k % b::XDPGEN_PORTS_PER_IP) as u16;
     (ip.to_be_bytes(), port.to_be_bytes())
 }
@@ -91,6 +98,10 @@ pub fn generate(ctx: &XdpContext) -> u32 {
         *next = k.wrapping_add(1);
         k
     };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "targets <= XDPGEN_MAX_TARGETS (checked above)"
+    )]
     let t = (k % targets) as u32;
     let Some(tpl) = XDPGEN_FRAMES.get_ptr(t) else {
         return XDP_ABORTED;
@@ -100,14 +111,8 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     }
     // SAFETY: tpl is a XDPGEN_SLOT-byte map value, the frame holds at least
     // XDPGEN_FRAME_LEN bytes (checked above), XDPGEN_FRAME_LEN < XDPGEN_SLOT.
-    let rc = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.as_ptr().cast(),
-            0,
-            tpl.cast_mut().cast(),
-            b::XDPGEN_FRAME_LEN as u32,
-        )
-    };
+    let rc =
+        unsafe { bpf_xdp_store_bytes(ctx.as_ptr().cast(), 0, tpl.cast_mut().cast(), FRAME_LEN) };
     if rc != 0 {
         return XDP_ABORTED;
     }
@@ -116,8 +121,10 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     }
     // SAFETY: tpl is valid (above); the port key sits right after the frame.
     let port = unsafe {
-        let p = tpl.cast::<u8>().add(b::XDPGEN_FRAME_LEN).cast::<u32>();
-        p.read_unaligned()
+        tpl.cast::<u8>()
+            .add(b::XDPGEN_FRAME_LEN)
+            .cast::<u32>()
+            .read_unaligned()
     };
     match XDPGEN_PORTS.redirect(port, 0) {
         Ok(a) | Err(a) => a,

@@ -1,0 +1,59 @@
+//! The bench object (never loaded by the agent): the product's XDP programs
+//! built from the same library code, so `bench-xdp` can measure them as they
+//! are, plus the programs that exist only to measure them: bench-xdp's
+//! wrappers ([`bench`]) and bench-e2e's frame generator ([`xdpgen`]). Its
+//! own maps come from `lb_common::bench_maps!`, the product's from the
+//! library.
+#![no_std]
+#![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "as in lb-ebpf: the wrappers inline the packet path they measure"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's entry-point macros hand each program its context by value"
+)]
+
+mod bench;
+mod maps;
+mod xdpgen;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_ebpf::ingress;
+
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn lb_ingress(ctx: XdpContext) -> u32 {
+    ingress::process(&ctx)
+}
+
+#[xdp]
+pub fn lb_ingress_bench(ctx: XdpContext) -> u32 {
+    bench::ingress(&ctx)
+}
+
+#[xdp]
+pub fn bench_restore_only(ctx: XdpContext) -> u32 {
+    bench::restore_only(&ctx)
+}
+
+#[xdp]
+pub fn bench_xdpgen(ctx: XdpContext) -> u32 {
+    xdpgen::generate(&ctx)
+}
+
+/// Same licence as the product object: the programs call GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
