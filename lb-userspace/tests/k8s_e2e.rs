@@ -22,12 +22,11 @@ use k8s_openapi::api::{
     events::v1::Event,
     rbac::v1::{PolicyRule, RoleRef, Subject},
 };
-use kube::CustomResourceExt as _;
 use lb_common::{DropReason, vip_flags};
 use lb_userspace::{
     agent::election,
     dataplane::status::Snapshot,
-    k8s::crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
+    k8s::crd::{self, IPAddressPool, PoolSpec},
 };
 use onehop_testkit::json::merge;
 use onehop_testkit::{
@@ -69,11 +68,8 @@ impl K8s {
             .expect("test cluster");
         let k = Self { c, api, rt };
         // As installed: the CRDs exist (the agents watch pools and advertisements).
-        k.rt.block_on(
-            k.api
-                .ensure_crds(&[IPAddressPool::crd(), L2AdvertisementCrd::crd()]),
-        )
-        .expect("CRDs");
+        k.rt.block_on(k.api.ensure_crds(&crd::crds()))
+            .expect("CRDs");
         for n in k.c.topo.nodes() {
             let node: Node = from(json!({
                 "metadata": { "name": k.node_name(n.index()) },
@@ -748,6 +744,73 @@ fn l2advertisement_node_selectors_choose_the_announcer() {
                 serves(s, VIP) && announces(s, VIP) == (owner == Some(i))
             });
         }
+    }
+    check_service_selectors_preference_and_empty_advertisement(&k);
+}
+
+/// The rest of MetalLB's L2Advertisement: `serviceSelectors`,
+/// `preferredNodeSelectors`, and an advertisement without `spec`. Replaces
+/// the advertisement `edge`.
+fn check_service_selectors_preference_and_empty_advertisement(k: &K8s) {
+    // `serviceSelectors`: an advertisement for other Services leaves web
+    // unannounced; once web carries the label, every node may announce, and
+    // `preferredNodeSelectors` picks a node the hash alone would not.
+    let names = k.node_names(3);
+    let by_hash = election::owner(VIP, names.iter().map(String::as_str)).expect("an owner");
+    let owner = k.node_index(by_hash);
+    let preferred = if owner == 1 { 2 } else { 1 };
+    let mut node: Node = k.get("", &k.node_name(preferred)).expect("node");
+    node.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("onehop.io/preferred".into(), "yes".into());
+    k.put(&node);
+    let for_web: lb_userspace::k8s::crd::L2Advertisement = from(json!({
+        "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
+        "metadata": { "name": "edge", "namespace": k.ns() },
+        "spec": {
+            "serviceSelectors": [{ "matchLabels": { "app": "web" } }],
+            "preferredNodeSelectors": [{ "matchLabels": { "onehop.io/preferred": "yes" } }]
+        }
+    }));
+    k.put(&for_web);
+    for i in 1..=3 {
+        k.c.wait_for(
+            i,
+            "not announced: the advertisement is for other Services",
+            |s| serves(s, VIP) && !announces(s, VIP),
+        );
+    }
+    k.put_service(
+        "web",
+        VIP,
+        &json!({ "metadata": { "labels": { "app": "web" } } }),
+    );
+    for i in 1..=3 {
+        k.c.wait_for(i, "announced by the preferred node", |s| {
+            serves(s, VIP) && announces(s, VIP) == (i == preferred)
+        });
+    }
+    // MetalLB's smallest advertisement has no `spec` at all: every pool from
+    // every node, so the hash's owner announces.
+    k.rt.block_on(
+        k.api
+            .delete::<lb_userspace::k8s::crd::L2Advertisement>(k.ns(), "edge"),
+    )
+    .expect("delete the advertisement");
+    let ar = kube::core::ApiResource::erase::<crd::L2AdvertisementCrd>(&());
+    let api: kube::Api<kube::core::DynamicObject> =
+        kube::Api::namespaced_with(k.api.client(), k.ns(), &ar);
+    let empty: kube::core::DynamicObject = from(json!({
+        "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
+        "metadata": { "name": "everything", "namespace": k.ns() }
+    }));
+    k.rt.block_on(api.create(&kube::api::PostParams::default(), &empty))
+        .expect("an advertisement without spec is accepted");
+    for i in 1..=3 {
+        k.c.wait_for(i, "announced by the hash's owner", |s| {
+            serves(s, VIP) && announces(s, VIP) == (i == owner)
+        });
     }
 }
 

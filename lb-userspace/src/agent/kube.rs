@@ -345,10 +345,15 @@ impl KubeSource {
             .filter(|s| translate::is_ours(s, &self.opts.class))
             .map(|s| {
                 let vips = translate::ingress_ips(s);
+                let reach = vips
+                    .first()
+                    .map(|vip| {
+                        advert::reach(*vip, s.labels(), &parsed_pools, &ads, &nodes, &interfaces)
+                    })
+                    .unwrap_or_default();
                 Candidate {
-                    allowed_nodes: vips.first().and_then(|vip| {
-                        advert::allowed_nodes(*vip, &parsed_pools, &ads, &nodes, &interfaces)
-                    }),
+                    allowed_nodes: reach.allowed,
+                    preferred_nodes: reach.preferred,
                     vips,
                     local_only: translate::local_policy(s),
                     endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
