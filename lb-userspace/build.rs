@@ -10,6 +10,10 @@ use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
+#[path = "build/ebpf_toolchain.rs"]
+#[expect(dead_code, reason = "shared with the xtask, which uses all of it")]
+mod ebpf_toolchain;
+
 fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let object = out_dir.join("lb-ebpf");
@@ -47,12 +51,19 @@ fn main() -> Result<()> {
         "cargo:rerun-if-changed={}",
         manifest_dir.join("../lb-common").display()
     );
+    let workspace = manifest_dir.join("..");
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_toolchain::pin_file(&workspace).display()
+    );
+    let pin = ebpf_toolchain::read(&workspace).map_err(anyhow::Error::msg)?;
+    let toolchain = ebpf_toolchain::resolve(&pin).map_err(anyhow::Error::msg)?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "lb-ebpf",
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&toolchain),
     )
 }

@@ -13,11 +13,12 @@ pub const TARGET: &str = "bpfel-unknown-none";
 /// Builds the object and returns its path.
 pub fn build() -> Result<PathBuf> {
     let root = workspace_root();
+    let toolchain = crate::setup::ebpf_nightly()?;
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
+            .arg(format!("+{toolchain}"))
             .args([
-                "+nightly",
                 "build",
                 "--release",
                 "--package",

@@ -7,6 +7,8 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+#[path = "../../lb-userspace/build/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
 mod setup;
 mod test;
 
