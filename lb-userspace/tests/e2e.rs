@@ -366,6 +366,13 @@ fn check_metrics(c: &Cluster) {
             < f64::EPSILON
     );
     assert!((sample(&text, "onehop_sync_errors_total") - 0.0).abs() < f64::EPSILON);
+    // At least the first sync (the services file) was timed.
+    assert!(sample(&text, "onehop_sync_duration_seconds_count") >= 1.0);
+    assert!(sample(&text, "onehop_sync_duration_seconds_bucket{le=\"+Inf\"}") >= 1.0);
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     let (_, node2) = scrape(c, 2, "/metrics");
     assert!(
         !node2.contains("onehop_announced_vip{"),
