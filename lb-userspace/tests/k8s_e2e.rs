@@ -24,7 +24,7 @@ use k8s_openapi::api::{
 };
 use lb_common::{DropReason, vip_flags};
 use lb_userspace::{
-    agent::election,
+    agent::{announcer, election},
     dataplane::status::Snapshot,
     k8s::crd::{self, IPAddressPool, PoolSpec},
 };
@@ -251,6 +251,25 @@ fn wait_status(k: &K8s, name: &str, want: &[&str]) {
     }
 }
 
+/// The node `onehop.io/announcing-node` on a Service names.
+fn announcing_node(k: &K8s, name: &str) -> Option<String> {
+    k.get::<Service>(k.ns(), name)
+        .and_then(|s| s.metadata.annotations)
+        .and_then(|a| a.get(announcer::ANNOTATION).cloned())
+}
+
+fn wait_announcing_node(k: &K8s, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while announcing_node(k, name).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the annotation says {:?}, want {want:?}",
+            announcing_node(k, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn announces(s: &Snapshot, vip: Ipv4Addr) -> bool {
     s.vips
         .iter()
@@ -395,8 +414,11 @@ fn check_failover(k: &K8s, owner: u8, names: &[String]) {
         .map(String::as_str)
         .filter(|n| *n != owner_name)
         .collect();
-    let new_owner = k.node_index(election::owner(VIP, survivors).expect("owner"));
+    let new_owner_name = election::owner(VIP, survivors).expect("owner");
+    let new_owner = k.node_index(new_owner_name);
     assert!(announces(&k.c.snapshot(new_owner).expect("maps"), VIP));
+    // kubectl shows the new announcer: the new owner wrote its name.
+    wait_announcing_node(k, "web", new_owner_name);
     assert!(
         client_neighbour(k, VIP).contains(&mac_text(k.mac(new_owner))),
         "gratuitous ARP did not move the client to node{new_owner}: {}",
@@ -451,6 +473,7 @@ fn elected_node_announces_serves_and_fails_over_within_two_seconds() {
     assert_eq!(pods.len(), 2, "both backends must serve: {pods:?}");
     let ev = k.wait_event("web", "nodeAssigned", &format!("\"{owner_name}\""));
     assert_eq!(ev.reporting_instance.as_deref(), Some(owner_name.as_str()));
+    wait_announcing_node(&k, "web", &owner_name);
     assert!(
         k.c.snapshot(others[0])
             .expect("maps")

@@ -10,6 +10,7 @@
 //! input that is rejected leaves the last good state in force.
 
 pub mod advert;
+pub mod announcer;
 pub mod election;
 pub mod file;
 pub mod kube;
