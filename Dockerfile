@@ -6,14 +6,19 @@
 
 FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
 ARG TARGETARCH
-# Nightly with rust-src for the eBPF crate (-Z build-std=core), and
-# bpf-linker linked against that nightly's own LLVM (see xtask/src/setup.rs).
-RUN rustup toolchain install nightly --profile minimal --component rust-src \
+# The nightly that rust-toolchain-ebpf pins (the one place it is named), with
+# rust-src for the eBPF crate (-Z build-std=core), and bpf-linker linked
+# against that nightly's own LLVM (see xtask/src/setup.rs). lb-userspace's
+# build script finds the toolchain under its dated name.
+COPY rust-toolchain-ebpf /rust-toolchain-ebpf
+RUN EBPF_NIGHTLY="$(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' /rust-toolchain-ebpf | head -n 1)" \
+ && rustup toolchain install "$EBPF_NIGHTLY" --profile minimal --component rust-src \
+ && LLVM_MAJOR="$(rustc +"$EBPF_NIGHTLY" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')" \
  && mkdir -p /opt/llvm/lib \
- && LLVM="$(ls "$(rustc +nightly --print sysroot)"/lib/libLLVM.so.*)" \
+ && LLVM="$(ls "$(rustc +"$EBPF_NIGHTLY" --print sysroot)"/lib/libLLVM.so.*)" \
  && ln -s "$LLVM" /opt/llvm/lib/libLLVM.so \
  && ln -s "$LLVM" "/opt/llvm/lib/$(basename "$LLVM")" \
- && LLVM_PREFIX=/opt/llvm cargo install bpf-linker --locked --no-default-features --features llvm-22
+ && LLVM_PREFIX=/opt/llvm cargo install bpf-linker --locked --no-default-features --features "llvm-$LLVM_MAJOR"
 RUN case "$TARGETARCH" in \
       amd64) echo x86_64-unknown-linux-gnu > /rust-target ;; \
       arm64) echo aarch64-unknown-linux-gnu > /rust-target \

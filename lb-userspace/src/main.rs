@@ -26,8 +26,32 @@ const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/onehop";
     long_about = None,
 )]
 struct Cli {
+    /// Log lines as text, or as JSON objects one a line (on stderr).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "ONEHOP_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum OutputFormat {
+    #[default]
+    Text,
+    /// One JSON object with stable fields (see `onehop status --help`).
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -140,9 +164,21 @@ enum Command {
     },
     /// Print services, backends, announced VIPs and counters from the pinned
     /// maps (works with or without a running agent).
+    ///
+    /// `-o json` prints one JSON object whose fields are stable (new ones may
+    /// be added; `formatVersion` changes before any is renamed or removed):
+    /// formatVersion, interface, ifindex, configured, node {ip, mac},
+    /// natPorts {min, max}, vips[] {ip, service, announced, node},
+    /// services[] {frontend, vip, port, protocol, id, slots, backendIds,
+    /// affinitySeconds, sourceRanges, packets, bytes}, backends[] {id, ip,
+    /// port, node, location, packets, bytes}, flows {conntrack, revNat,
+    /// affinity}, counters {label: n}, drops {label: n}.
     Status {
         #[command(flatten)]
         pins: Pins,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
     },
     /// Detach the data path from the interface and remove its pinned maps
     /// (the connection table is lost).
@@ -262,15 +298,25 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
         })
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Fields at the top level (`{"timestamp","level","message",...}`),
+        // as log collectors index them.
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -337,11 +383,18 @@ fn run(cli: Cli) -> Result<()> {
                 None => runtime.block_on(run_kubernetes(opts, kube)),
             }
         }
-        Command::Status { pins } => {
+        Command::Status { pins, output } => {
             let dir = PinDir::new(&pins.bpffs_root, &pins.interface);
             let maps = Maps::open(&dir)?;
             let snapshot = status::Snapshot::read(&maps)?;
-            print!("{}", status::render(&pins.interface, &snapshot));
+            match output {
+                OutputFormat::Text => print!("{}", status::render(&pins.interface, &snapshot)),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status::render_json(&pins.interface, &snapshot))
+                        .context("rendering the status as JSON")?
+                ),
+            }
             Ok(())
         }
         Command::Cleanup { pins } => {

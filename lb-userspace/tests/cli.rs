@@ -92,3 +92,75 @@ fn help_lists_the_documented_commands() {
         assert!(readme.contains(cmd), "README lacks {cmd}");
     }
 }
+
+/// `--log-format json`: every log line is one JSON object with the level,
+/// the message and the event's fields at the top level. The controller,
+/// pointed at a port nobody listens on, logs its failed attempts.
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    use std::io::{BufRead as _, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = onehop()
+        .args(["controller", "--no-metrics", "--identity", "cli-test"])
+        .args(["--retry-period-ms", "100"])
+        .args(["--api-server", &format!("http://127.0.0.1:{port}")])
+        .args(["--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run onehop controller");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lines.len() < 3 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!lines.is_empty(), "no log lines");
+    let mut warned = false;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        for field in ["timestamp", "level", "message", "target"] {
+            assert!(v.get(field).is_some(), "{field} missing: {line}");
+        }
+        // Flattened: the event's fields sit beside the message.
+        assert!(v.get("fields").is_none(), "nested fields: {line}");
+        warned |= v["level"] == "WARN" && v.get("error").is_some();
+    }
+    assert!(warned, "no WARN line with an error field: {lines:?}");
+}
+
+#[test]
+fn log_format_is_a_flag_of_every_command() {
+    for cmd in ["agent", "controller", "status"] {
+        let out = onehop().args([cmd, "--help"]).output().expect("run onehop");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--log-format <LOG_FORMAT>"), "{cmd}:\n{help}");
+    }
+    let out = onehop()
+        .args(["status", "--help"])
+        .output()
+        .expect("run onehop");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("-o, --output <OUTPUT>"), "{help}");
+    assert!(help.contains("formatVersion"), "{help}");
+}

@@ -28,12 +28,11 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::CustomResourceExt as _;
 use lb_userspace::{
     controller::metrics::ControllerMetrics,
     controller::{self, Options, Timing},
     k8s::{
-        crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
+        crd::{self, IPAddressPool, PoolSpec},
         translate::{ClassFilter, ingress_ips},
     },
 };
@@ -163,9 +162,7 @@ impl Env {
 
 async fn setup() -> Env {
     let b = TestCluster::start(None).await.expect("test cluster");
-    b.ensure_crds(&[IPAddressPool::crd(), L2AdvertisementCrd::crd()])
-        .await
-        .unwrap();
+    b.ensure_crds(&crd::crds()).await.unwrap();
     let apps = b.create_namespace("apps", &[]).await.unwrap();
     Env { b, apps }
 }
@@ -1211,6 +1208,130 @@ async fn deleting_a_pool_moves_or_fails_its_services() {
         assert_eq!(ips_of(&k, &k.apps, "b").await, ["198.51.100.1"]);
         pool(&k, "third", &["203.0.113.9/32"]).await;
         wait_ips(&k, &k.apps, "a", &["203.0.113.9"]).await;
+        ctl.stop().await;
+    })
+    .await;
+}
+
+/// The pool's `Valid` condition as `(status, reason, message)`.
+async fn valid_condition(k: &Env, name: &str) -> Option<(String, String, String)> {
+    get_pool(k, name)
+        .await
+        .and_then(|p| p.status)
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Valid")
+                .map(|c| (c.status, c.reason, c.message))
+        })
+}
+
+/// A pool deleted and created again under the same name is a new object
+/// without a status: it gets its figures and condition written again even
+/// though they equal what the controller wrote for the old one.
+#[tokio::test]
+async fn a_pool_created_again_gets_its_status_back() {
+    bounded(async {
+        let k = setup().await;
+        pool(&k, "idle", &["192.0.2.40/31"]).await;
+        pool(&k, "busy", &["192.0.2.50/32"]).await;
+        put(&k, &svc(&k.apps, "web", &[])).await;
+        let ctl = Ctl::start(&k, "c-1");
+        let shows = async |name: &str, assigned: i64, available: i64| {
+            get_pool(&k, name)
+                .await
+                .and_then(|p| p.status)
+                .is_some_and(|s| {
+                    s.assigned_ipv4 == assigned
+                        && s.available_ipv4 == available
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Valid" && c.status == "True")
+                })
+        };
+        // Both statuses as they should be, wherever web got its address.
+        let settled = async || {
+            let web = ips_of(&k, &k.apps, "web").await;
+            let on_busy = i64::from(web == ["192.0.2.50"]);
+            let on_idle = i64::from(web == ["192.0.2.40"] || web == ["192.0.2.41"]);
+            on_busy + on_idle == 1
+                && shows("idle", on_idle, 2 - on_idle).await
+                && shows("busy", on_busy, 1 - on_busy).await
+        };
+        wait_for("both statuses", settled).await;
+        for round in 0..2 {
+            for name in ["idle", "busy"] {
+                let old = get_pool(&k, name).await.unwrap();
+                assert!(k.b.delete::<IPAddressPool>(k.sys(), name).await.unwrap());
+                wait_for(&format!("{name} gone (round {round})"), async || {
+                    get_pool(&k, name).await.is_none()
+                })
+                .await;
+                let addresses = old
+                    .spec
+                    .addresses
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>();
+                pool(&k, name, &addresses).await;
+                let new = get_pool(&k, name).await.unwrap();
+                assert_ne!(new.metadata.uid, old.metadata.uid, "a new object");
+            }
+            wait_for(&format!("both statuses again (round {round})"), settled).await;
+        }
+        ctl.stop().await;
+    })
+    .await;
+}
+
+/// MetalLB's first example pool holds an IPv6 range: onehop serves the
+/// IPv4 part and warns about the rest; a pool of IPv6 alone is invalid.
+#[tokio::test]
+async fn a_dual_stack_pool_serves_its_ipv4_part_with_a_warning() {
+    bounded(async {
+        let k = setup().await;
+        pool(&k, "dual", &["fc00:f853:ccd:e799::/124", "192.0.2.60/31"]).await;
+        pool(&k, "v6", &["fc00:f853:ccd:e800::/124"]).await;
+        put(&k, &svc(&k.apps, "web", &[])).await;
+        let ctl = Ctl::start(&k, "c-1");
+        wait_ips(&k, &k.apps, "web", &["192.0.2.60"]).await;
+        wait_event(
+            &k,
+            "IPAddressPool",
+            "dual",
+            "IPv6Ignored",
+            "serving the IPv4 addresses only, ignoring fc00:f853:ccd:e799::/124",
+        )
+        .await;
+        assert_eq!(events(&k, "IPAddressPool", "dual").await[0].0, "Warning");
+        wait_for("dual's status", async || {
+            let figures = get_pool(&k, "dual")
+                .await
+                .and_then(|p| p.status)
+                .is_some_and(|s| s.assigned_ipv4 == 1 && s.available_ipv4 == 1);
+            let cond = valid_condition(&k, "dual").await;
+            figures
+                && cond.is_some_and(|(status, reason, message)| {
+                    status == "True"
+                        && reason == "IPv6Ignored"
+                        && message.contains("fc00:f853:ccd:e799::/124")
+                })
+        })
+        .await;
+        wait_event(
+            &k,
+            "IPAddressPool",
+            "v6",
+            "InvalidPool",
+            "no IPv4 addresses",
+        )
+        .await;
+        wait_for("v6's status", async || {
+            valid_condition(&k, "v6")
+                .await
+                .is_some_and(|(status, reason, _)| status == "False" && reason == "InvalidPool")
+        })
+        .await;
         ctl.stop().await;
     })
     .await;

@@ -360,6 +360,13 @@ fn check_metrics(c: &Cluster) {
             < f64::EPSILON
     );
     assert!((sample(&text, "onehop_sync_errors_total") - 0.0).abs() < f64::EPSILON);
+    // At least the first sync (the services file) was timed.
+    assert!(sample(&text, "onehop_sync_duration_seconds_count") >= 1.0);
+    assert!(sample(&text, "onehop_sync_duration_seconds_bucket{le=\"+Inf\"}") >= 1.0);
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     let (_, node2) = scrape(c, 2, "/metrics");
     assert!(
         !node2.contains("onehop_announced_vip{"),
@@ -392,6 +399,52 @@ fn check_status_command(c: &Cluster) {
     ] {
         assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
     }
+    // The same facts as JSON, read the way a script would.
+    let out = Command::new(env!("CARGO_BIN_EXE_onehop"))
+        .args([
+            "status",
+            "-o",
+            "json",
+            "--interface",
+            "eth0",
+            "--bpffs-root",
+        ])
+        .arg(c.pin_root(1))
+        .output()
+        .expect("status -o json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["formatVersion"], 1);
+    assert_eq!(v["interface"], "eth0");
+    assert_eq!(v["configured"], true);
+    let vip = v["vips"]
+        .as_array()
+        .and_then(|vips| vips.iter().find(|x| x["ip"] == VIP.to_string()))
+        .unwrap_or_else(|| panic!("{VIP} missing: {v}"));
+    assert_eq!(vip["announced"], true, "{vip}");
+    let svc = v["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["frontend"] == frontend))
+        .unwrap_or_else(|| panic!("{frontend} missing: {v}"));
+    assert_eq!(svc["protocol"], "TCP");
+    assert!(svc["packets"].as_u64().is_some_and(|p| p > 0), "{svc}");
+    let backends = v["backends"].as_array().expect("backends");
+    assert!(
+        backends
+            .iter()
+            .any(|b| b["location"] == "remote" && b["node"] == node2),
+        "{v}"
+    );
+    assert!(
+        v["counters"]["local_new_flow"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{v}"
+    );
 }
 
 /// Opens `n` keep-alive connections through the VIP and returns them with

@@ -22,12 +22,11 @@ use k8s_openapi::api::{
     events::v1::Event,
     rbac::v1::{PolicyRule, RoleRef, Subject},
 };
-use kube::CustomResourceExt as _;
 use lb_common::{DropReason, vip_flags};
 use lb_userspace::{
-    agent::election,
+    agent::{announcer, election},
     dataplane::status::Snapshot,
-    k8s::crd::{IPAddressPool, L2AdvertisementCrd, PoolSpec},
+    k8s::crd::{self, IPAddressPool, PoolSpec},
 };
 use onehop_apiserver::{
     json::merge,
@@ -71,11 +70,8 @@ impl K8s {
             .expect("test cluster");
         let k = Self { c, api, rt };
         // As installed: the CRDs exist (the agents watch pools and advertisements).
-        k.rt.block_on(
-            k.api
-                .ensure_crds(&[IPAddressPool::crd(), L2AdvertisementCrd::crd()]),
-        )
-        .expect("CRDs");
+        k.rt.block_on(k.api.ensure_crds(&crd::crds()))
+            .expect("CRDs");
         for n in k.c.topo.nodes() {
             let node: Node = from(json!({
                 "metadata": { "name": k.node_name(n.index()) },
@@ -257,6 +253,25 @@ fn wait_status(k: &K8s, name: &str, want: &[&str]) {
     }
 }
 
+/// The node `onehop.io/announcing-node` on a Service names.
+fn announcing_node(k: &K8s, name: &str) -> Option<String> {
+    k.get::<Service>(k.ns(), name)
+        .and_then(|s| s.metadata.annotations)
+        .and_then(|a| a.get(announcer::ANNOTATION).cloned())
+}
+
+fn wait_announcing_node(k: &K8s, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while announcing_node(k, name).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the annotation says {:?}, want {want:?}",
+            announcing_node(k, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn announces(s: &Snapshot, vip: Ipv4Addr) -> bool {
     s.vips
         .iter()
@@ -401,8 +416,11 @@ fn check_failover(k: &K8s, owner: u8, names: &[String]) {
         .map(String::as_str)
         .filter(|n| *n != owner_name)
         .collect();
-    let new_owner = k.node_index(election::owner(VIP, survivors).expect("owner"));
+    let new_owner_name = election::owner(VIP, survivors).expect("owner");
+    let new_owner = k.node_index(new_owner_name);
     assert!(announces(&k.c.snapshot(new_owner).expect("maps"), VIP));
+    // kubectl shows the new announcer: the new owner wrote its name.
+    wait_announcing_node(k, "web", new_owner_name);
     assert!(
         client_neighbour(k, VIP).contains(&mac_text(k.mac(new_owner))),
         "gratuitous ARP did not move the client to node{new_owner}: {}",
@@ -457,6 +475,7 @@ fn elected_node_announces_serves_and_fails_over_within_two_seconds() {
     assert_eq!(pods.len(), 2, "both backends must serve: {pods:?}");
     let ev = k.wait_event("web", "nodeAssigned", &format!("\"{owner_name}\""));
     assert_eq!(ev.reporting_instance.as_deref(), Some(owner_name.as_str()));
+    wait_announcing_node(&k, "web", &owner_name);
     assert!(
         k.c.snapshot(others[0])
             .expect("maps")
@@ -750,6 +769,73 @@ fn l2advertisement_node_selectors_choose_the_announcer() {
                 serves(s, VIP) && announces(s, VIP) == (owner == Some(i))
             });
         }
+    }
+    check_service_selectors_preference_and_empty_advertisement(&k);
+}
+
+/// The rest of MetalLB's L2Advertisement: `serviceSelectors`,
+/// `preferredNodeSelectors`, and an advertisement without `spec`. Replaces
+/// the advertisement `edge`.
+fn check_service_selectors_preference_and_empty_advertisement(k: &K8s) {
+    // `serviceSelectors`: an advertisement for other Services leaves web
+    // unannounced; once web carries the label, every node may announce, and
+    // `preferredNodeSelectors` picks a node the hash alone would not.
+    let names = k.node_names(3);
+    let by_hash = election::owner(VIP, names.iter().map(String::as_str)).expect("an owner");
+    let owner = k.node_index(by_hash);
+    let preferred = if owner == 1 { 2 } else { 1 };
+    let mut node: Node = k.get("", &k.node_name(preferred)).expect("node");
+    node.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("onehop.io/preferred".into(), "yes".into());
+    k.put(&node);
+    let for_web: lb_userspace::k8s::crd::L2Advertisement = from(json!({
+        "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
+        "metadata": { "name": "edge", "namespace": k.ns() },
+        "spec": {
+            "serviceSelectors": [{ "matchLabels": { "app": "web" } }],
+            "preferredNodeSelectors": [{ "matchLabels": { "onehop.io/preferred": "yes" } }]
+        }
+    }));
+    k.put(&for_web);
+    for i in 1..=3 {
+        k.c.wait_for(
+            i,
+            "not announced: the advertisement is for other Services",
+            |s| serves(s, VIP) && !announces(s, VIP),
+        );
+    }
+    k.put_service(
+        "web",
+        VIP,
+        &json!({ "metadata": { "labels": { "app": "web" } } }),
+    );
+    for i in 1..=3 {
+        k.c.wait_for(i, "announced by the preferred node", |s| {
+            serves(s, VIP) && announces(s, VIP) == (i == preferred)
+        });
+    }
+    // MetalLB's smallest advertisement has no `spec` at all: every pool from
+    // every node, so the hash's owner announces.
+    k.rt.block_on(
+        k.api
+            .delete::<lb_userspace::k8s::crd::L2Advertisement>(k.ns(), "edge"),
+    )
+    .expect("delete the advertisement");
+    let ar = kube::core::ApiResource::erase::<crd::L2AdvertisementCrd>(&());
+    let api: kube::Api<kube::core::DynamicObject> =
+        kube::Api::namespaced_with(k.api.client(), k.ns(), &ar);
+    let empty: kube::core::DynamicObject = from(json!({
+        "apiVersion": "onehop.io/v1beta1", "kind": "L2Advertisement",
+        "metadata": { "name": "everything", "namespace": k.ns() }
+    }));
+    k.rt.block_on(api.create(&kube::api::PostParams::default(), &empty))
+        .expect("an advertisement without spec is accepted");
+    for i in 1..=3 {
+        k.c.wait_for(i, "announced by the hash's owner", |s| {
+            serves(s, VIP) && announces(s, VIP) == (i == owner)
+        });
     }
 }
 

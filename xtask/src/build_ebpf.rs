@@ -17,11 +17,12 @@ const OBJECTS: [&str; 2] = ["lb-ebpf", "lb-ebpf-bench"];
 /// Builds both objects and returns their paths.
 pub fn build() -> Result<Vec<PathBuf>> {
     let root = workspace_root();
+    let toolchain = crate::setup::ebpf_nightly()?;
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
+            .arg(format!("+{toolchain}"))
             .args([
-                "+nightly",
                 "build",
                 "--release",
                 "--package",

@@ -7,6 +7,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+use lb_ebpf_embed::toolchain as ebpf_toolchain;
 mod setup;
 mod test;
 

@@ -3,7 +3,8 @@
 //! Facts this relies on (see shared/notes/toolchain.md): the nightly
 //! toolchain is present but ships without rust-src; bpf-linker 0.13 must be
 //! linked against the same LLVM major version as rustc, and the only LLVM 22
-//! on Debian 12 is the one inside the nightly sysroot.
+//! on Debian 12 is the one inside the nightly sysroot. The nightly is the
+//! one `rust-toolchain-ebpf` pins ([`ebpf_toolchain`]).
 
 use std::{
     env, fs,
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{is_root, run_cmd};
+use crate::{ebpf_toolchain, is_root, run_cmd, workspace_root};
 
 /// Debian packages and the command each provides.
 const PACKAGES: &[(&str, &str)] = &[
@@ -44,10 +45,18 @@ const FILE_PACKAGES: &[(&str, &str)] = &[
 
 pub fn run() -> Result<()> {
     install_packages()?;
-    install_rust_src()?;
-    install_bpf_linker()?;
+    let toolchain = ebpf_nightly()?;
+    install_rust_src(&toolchain)?;
+    install_bpf_linker(&toolchain)?;
     mount_bpffs()?;
     Ok(())
+}
+
+/// The name of the pinned eBPF nightly on this machine, or an error saying
+/// what is installed, what is wanted and how to get it.
+pub fn ebpf_nightly() -> Result<String> {
+    let pin = ebpf_toolchain::read(&workspace_root()).map_err(anyhow::Error::msg)?;
+    ebpf_toolchain::resolve(&pin).map_err(anyhow::Error::msg)
 }
 
 fn have(cmd: &str) -> bool {
@@ -84,19 +93,19 @@ fn install_packages() -> Result<()> {
     )
 }
 
-fn install_rust_src() -> Result<()> {
+fn install_rust_src(toolchain: &str) -> Result<()> {
     let out = Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .args(["component", "list", "--toolchain", toolchain, "--installed"])
         .output()
-        .context("running rustup (is the nightly toolchain installed?)")?;
+        .with_context(|| format!("running rustup (is {toolchain} installed?)"))?;
     if String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.starts_with("rust-src"))
     {
         return Ok(());
     }
-    eprintln!("setup: adding rust-src to the nightly toolchain");
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    eprintln!("setup: adding rust-src to {toolchain}");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))
 }
 
 fn bpf_linker_works() -> bool {
@@ -115,14 +124,15 @@ fn llvm_prefix() -> Result<PathBuf> {
     Ok(Path::new(&home).join(".cache/onehop/llvm"))
 }
 
-fn install_bpf_linker() -> Result<()> {
+fn install_bpf_linker(toolchain: &str) -> Result<()> {
     if bpf_linker_works() {
         return Ok(());
     }
     let out = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
+        .arg(format!("+{toolchain}"))
+        .args(["--print", "sysroot"])
         .output()
-        .context("asking nightly rustc for its sysroot")?;
+        .with_context(|| format!("asking {toolchain}'s rustc for its sysroot"))?;
     let sysroot = PathBuf::from(String::from_utf8(out.stdout)?.trim());
     let llvm = fs::read_dir(sysroot.join("lib"))
         .context("listing the nightly sysroot")?
@@ -133,7 +143,9 @@ fn install_bpf_linker() -> Result<()> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libLLVM.so."))
         })
-        .context("no libLLVM.so.* in the nightly sysroot")?;
+        .with_context(|| format!("no libLLVM.so.* in the sysroot of {toolchain}"))?;
+    let llvm_major = ebpf_toolchain::llvm_major(toolchain)
+        .with_context(|| format!("no LLVM version in `rustc +{toolchain} -vV`"))?;
     let prefix = llvm_prefix()?;
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
@@ -158,7 +170,7 @@ fn install_bpf_linker() -> Result<()> {
                 "--locked",
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &format!("llvm-{llvm_major}"),
             ])
             .env("LLVM_PREFIX", &prefix),
     )?;
@@ -179,4 +191,44 @@ fn mount_bpffs() -> Result<()> {
         return Ok(());
     }
     run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The image build reads the same pin, with its own shell parsing of
+    /// the file: run that parsing and compare it with the xtask's.
+    #[test]
+    fn the_dockerfile_builds_with_the_pinned_nightly() {
+        let root = workspace_root();
+        let dockerfile = fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+        assert!(
+            dockerfile.contains("COPY rust-toolchain-ebpf /rust-toolchain-ebpf"),
+            "the Dockerfile does not copy the pin"
+        );
+        let start = dockerfile
+            .find("EBPF_NIGHTLY=\"$(")
+            .expect("the Dockerfile sets EBPF_NIGHTLY")
+            + "EBPF_NIGHTLY=\"".len();
+        let end = start + dockerfile[start..].find(")\"").expect("end of $(...)") + 1;
+        let script = dockerfile[start..end].replace(
+            "/rust-toolchain-ebpf",
+            &root.join(ebpf_toolchain::FILE).display().to_string(),
+        );
+        let out = Command::new("sh")
+            .args(["-c", &format!("echo {script}")])
+            .output()
+            .expect("sh");
+        let pin = ebpf_toolchain::read(&root).expect("the pin");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pin.toolchain);
+        for line in dockerfile.lines() {
+            assert!(
+                !line.contains("+nightly ") && !line.contains("install nightly "),
+                "an unpinned nightly in the Dockerfile: {line}"
+            );
+        }
+        assert!(dockerfile.contains("rustup toolchain install \"$EBPF_NIGHTLY\""));
+        assert!(dockerfile.contains("--features \"llvm-$LLVM_MAJOR\""));
+    }
 }

@@ -21,6 +21,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use lb_common::maps::MapSpec;
 
+pub mod toolchain;
+
 /// One eBPF crate of the workspace to build.
 #[derive(Clone, Copy, Debug)]
 pub struct Package<'a> {
@@ -74,13 +76,22 @@ pub fn build(package: Package<'_>) -> Result<()> {
         );
     }
     let root = manifest_dir.join(package.dir);
+    // The eBPF crates sit one level below the workspace root, beside the
+    // toolchain pin.
+    let workspace = root.join("..");
+    println!(
+        "cargo:rerun-if-changed={}",
+        toolchain::pin_file(&workspace).display()
+    );
+    let pin = toolchain::read(&workspace).map_err(anyhow::Error::msg)?;
+    let nightly = toolchain::resolve(&pin).map_err(anyhow::Error::msg)?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: package.name,
             root_dir: utf8(&root)?,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&nightly),
     )?;
     for object in package.objects {
         let path = out_dir.join(object);

@@ -8,6 +8,12 @@
 //!   neither = every pool), and only from nodes matching that
 //!   advertisement's `nodeSelectors` (none = every node); several selecting
 //!   advertisements add up. An address in no pool is not announced.
+//! - `serviceSelectors` (none = every Service) limits an advertisement to
+//!   the Services whose labels match one of them.
+//! - `preferredNodeSelectors` (none = no preference): among the nodes an
+//!   advertisement allows, those matching one of them are preferred; the
+//!   election picks among preferred nodes when any is eligible, and among
+//!   all allowed nodes otherwise. Every agent computes the same sets.
 //! - `interfaces` (none = any) limits an advertisement to nodes whose agent
 //!   serves one of the listed interfaces. An agent serves the one interface
 //!   it was started on and publishes its name on its Lease
@@ -41,21 +47,35 @@ pub fn parse_pools(pools: &[IPAddressPool]) -> Vec<(&IPAddressPool, Pool)> {
         .collect()
 }
 
-/// Nodes that may announce `vip`; `None` means any node. `pools` come from
-/// [`parse_pools`]; `interfaces` maps node names to the interface their
-/// agent serves.
-pub fn allowed_nodes(
+/// Where a Service's address may be announced from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Nodes that may announce; `None` means any node.
+    pub allowed: Option<BTreeSet<String>>,
+    /// Allowed nodes an advertisement prefers (empty: no preference).
+    pub preferred: BTreeSet<String>,
+}
+
+/// Where `vip` of a Service labelled `service_labels` may be announced
+/// from. `pools` come from [`parse_pools`]; `interfaces` maps node names to
+/// the interface their agent serves.
+pub fn reach(
     vip: Ipv4Addr,
+    service_labels: &BTreeMap<String, String>,
     pools: &[(&IPAddressPool, Pool)],
     ads: &[L2Advertisement],
     nodes: &[Node],
     interfaces: &BTreeMap<String, String>,
-) -> Option<BTreeSet<String>> {
+) -> Reach {
     if ads.is_empty() {
-        return None;
+        return Reach::default();
     }
+    let mut out = Reach {
+        allowed: Some(BTreeSet::new()),
+        preferred: BTreeSet::new(),
+    };
     let Some((pool, _)) = pools.iter().find(|(_, q)| q.contains(vip)) else {
-        return Some(BTreeSet::new());
+        return out;
     };
     let pool_name = pool.name_any();
     let pool_labels = pool.labels().clone();
@@ -67,7 +87,10 @@ pub fn allowed_nodes(
             || s.ip_address_pool_selectors
                 .iter()
                 .any(|sel| selector::matches(sel, &pool_labels).unwrap_or(false));
-        if !selects {
+        // An invalid selector selects nothing (fail closed).
+        let for_service = s.service_selectors.is_empty()
+            || selector::any_matches(&s.service_selectors, service_labels).unwrap_or(false);
+        if !selects || !for_service {
             continue;
         }
         for n in nodes {
@@ -79,11 +102,18 @@ pub fn allowed_nodes(
             // An invalid selector selects nothing (fail closed).
             if on_interface && selector::any_matches(&s.node_selectors, n.labels()).unwrap_or(false)
             {
+                let preferred = !s.preferred_node_selectors.is_empty()
+                    && selector::any_matches(&s.preferred_node_selectors, n.labels())
+                        .unwrap_or(false);
+                if preferred {
+                    out.preferred.insert(name.clone());
+                }
                 allowed.insert(name);
             }
         }
     }
-    Some(allowed)
+    out.allowed = Some(allowed);
+    out
 }
 
 #[cfg(test)]
@@ -125,7 +155,7 @@ mod tests {
             .iter()
             .map(|n| (n.name_any(), "eth0".to_owned()))
             .collect();
-        allowed_nodes(vip, &parse_pools(pools), ads, nodes, &ifs)
+        reach(vip, &BTreeMap::new(), &parse_pools(pools), ads, nodes, &ifs).allowed
     }
 
     fn names(v: &[&str]) -> BTreeSet<String> {
@@ -205,7 +235,15 @@ mod tests {
             .map(|(n, i)| (n.to_owned(), i.to_owned()))
             .collect();
         let allowed = |spec: &serde_json::Value| {
-            allowed_nodes(vip, &parse_pools(&pools), &[ad(spec)], &nodes, &ifs)
+            reach(
+                vip,
+                &BTreeMap::new(),
+                &parse_pools(&pools),
+                &[ad(spec)],
+                &nodes,
+                &ifs,
+            )
+            .allowed
         };
         assert_eq!(
             allowed(&json!({ "interfaces": ["bond0"] })),
@@ -233,5 +271,102 @@ mod tests {
             Some(names(&[])),
             "interfaces and node selectors must both match"
         );
+    }
+
+    fn labels(v: &serde_json::Value) -> BTreeMap<String, String> {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    #[test]
+    fn service_selectors_limit_an_advertisement_to_matching_services() {
+        let vip: Ipv4Addr = "192.168.50.200".parse().unwrap();
+        let pools = [pool("lan", &["192.168.50.200/30"], &json!({}))];
+        let nodes = [
+            node("n1", &json!({ "zone": "a" })),
+            node("n2", &json!({ "zone": "b" })),
+        ];
+        let ifs = nodes
+            .iter()
+            .map(|n| (n.name_any(), "eth0".to_owned()))
+            .collect();
+        let ads = [
+            ad(&json!({
+                "serviceSelectors": [{ "matchLabels": { "app": "web" } }],
+                "nodeSelectors": [{ "matchLabels": { "zone": "a" } }]
+            })),
+            ad(&json!({
+                "serviceSelectors": [{ "matchExpressions": [{ "key": "app", "operator": "In", "values": ["db"] }] }],
+                "nodeSelectors": [{ "matchLabels": { "zone": "b" } }]
+            })),
+        ];
+        let allowed = |svc: &serde_json::Value| {
+            reach(vip, &labels(svc), &parse_pools(&pools), &ads, &nodes, &ifs).allowed
+        };
+        assert_eq!(allowed(&json!({ "app": "web" })), Some(names(&["n1"])));
+        assert_eq!(allowed(&json!({ "app": "db" })), Some(names(&["n2"])));
+        assert_eq!(
+            allowed(&json!({ "app": "cache" })),
+            Some(names(&[])),
+            "no advertisement applies to the Service: not announced"
+        );
+        let bad = [ad(
+            &json!({ "serviceSelectors": [{ "matchExpressions": [{ "key": "app", "operator": "Bogus" }] }] }),
+        )];
+        assert_eq!(
+            reach(
+                vip,
+                &labels(&json!({ "app": "web" })),
+                &parse_pools(&pools),
+                &bad,
+                &nodes,
+                &ifs
+            )
+            .allowed,
+            Some(names(&[])),
+            "an invalid service selector selects nothing"
+        );
+    }
+
+    #[test]
+    fn preferred_node_selectors_mark_allowed_nodes_only() {
+        let vip: Ipv4Addr = "192.168.50.200".parse().unwrap();
+        let pools = [pool("lan", &["192.168.50.200/30"], &json!({}))];
+        let nodes = [
+            node("n1", &json!({ "zone": "a", "fast": "yes" })),
+            node("n2", &json!({ "zone": "b", "fast": "yes" })),
+            node("n3", &json!({ "zone": "a" })),
+        ];
+        let ifs = nodes
+            .iter()
+            .map(|n| (n.name_any(), "eth0".to_owned()))
+            .collect();
+        let ads = [ad(&json!({
+            "nodeSelectors": [{ "matchLabels": { "zone": "a" } }],
+            "preferredNodeSelectors": [{ "matchLabels": { "fast": "yes" } }]
+        }))];
+        let r = reach(
+            vip,
+            &BTreeMap::new(),
+            &parse_pools(&pools),
+            &ads,
+            &nodes,
+            &ifs,
+        );
+        assert_eq!(r.allowed, Some(names(&["n1", "n3"])));
+        assert_eq!(
+            r.preferred,
+            names(&["n1"]),
+            "n2 matches the preference but is not allowed"
+        );
+        let plain = [ad(&json!({}))];
+        let r = reach(
+            vip,
+            &BTreeMap::new(),
+            &parse_pools(&pools),
+            &plain,
+            &nodes,
+            &ifs,
+        );
+        assert!(r.preferred.is_empty());
     }
 }

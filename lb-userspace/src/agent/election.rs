@@ -10,6 +10,10 @@
 //! `externalTrafficPolicy: Local` — it runs a ready endpoint of every Local
 //! service on that VIP (if no node runs one for all of them, any node with
 //! one of them will do, so the VIP still answers).
+//!
+//! When an advertisement prefers some of the eligible nodes
+//! (`preferredNodeSelectors`), the hash runs over those alone; the others
+//! take over only when no preferred node is eligible.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -44,6 +48,8 @@ pub struct Candidate {
     pub endpoint_nodes: BTreeSet<String>,
     /// Nodes the service's advertisement allows (`None`: all).
     pub allowed_nodes: Option<BTreeSet<String>>,
+    /// Nodes the service's advertisement prefers (empty: no preference).
+    pub preferred_nodes: BTreeSet<String>,
 }
 
 /// The owner of every VIP, given the nodes that are live and ready.
@@ -77,6 +83,14 @@ pub fn owners(live: &BTreeSet<String>, services: &[Candidate]) -> BTreeMap<Ipv4A
             } else {
                 all
             };
+        }
+        let preferred: BTreeSet<&str> = pool
+            .iter()
+            .copied()
+            .filter(|n| cands.iter().any(|c| c.preferred_nodes.contains(*n)))
+            .collect();
+        if !preferred.is_empty() {
+            pool = preferred;
         }
         if let Some(winner) = owner(vip, pool) {
             out.insert(vip, winner.to_owned());
@@ -117,6 +131,7 @@ mod tests {
                 local_only: false,
                 endpoint_nodes: BTreeSet::new(),
                 allowed_nodes: None,
+                preferred_nodes: BTreeSet::new(),
             })
             .collect()
     }
@@ -174,6 +189,7 @@ mod tests {
             local_only: true,
             endpoint_nodes: BTreeSet::from(["node2".to_owned(), "node4".to_owned()]),
             allowed_nodes: None,
+            preferred_nodes: BTreeSet::new(),
         };
         for i in 0..50 {
             let mut s = svc.clone();
@@ -199,6 +215,7 @@ mod tests {
             local_only: true,
             endpoint_nodes: BTreeSet::from(["node1".to_owned(), "node2".to_owned()]),
             allowed_nodes: None,
+            preferred_nodes: BTreeSet::new(),
         };
         let b = Candidate {
             endpoint_nodes: BTreeSet::from(["node2".to_owned(), "node3".to_owned()]),
@@ -221,10 +238,50 @@ mod tests {
             local_only: false,
             endpoint_nodes: BTreeSet::new(),
             allowed_nodes: Some(BTreeSet::from(["node3".to_owned()])),
+            preferred_nodes: BTreeSet::new(),
         };
         assert_eq!(owners(&live, std::slice::from_ref(&svc))[&vip(9)], "node3");
         live.remove("node3");
         assert!(owners(&live, &[svc]).is_empty());
+    }
+
+    #[test]
+    fn preferred_nodes_win_while_one_is_eligible() {
+        let mut live = names(5);
+        let preferred = BTreeSet::from(["node2".to_owned(), "node4".to_owned()]);
+        let svcs: Vec<Candidate> = cluster(100)
+            .into_iter()
+            .map(|c| Candidate {
+                preferred_nodes: preferred.clone(),
+                ..c
+            })
+            .collect();
+        let o = owners(&live, &svcs);
+        assert_eq!(o.len(), 100);
+        assert!(
+            o.values().all(|n| preferred.contains(n)),
+            "a non-preferred node won: {o:?}"
+        );
+        // Both preferred nodes get some: the hash still spreads among them.
+        assert!(o.values().any(|n| n == "node2") && o.values().any(|n| n == "node4"));
+        // The same answer from any order of the inputs (every node agrees).
+        let mut reversed = svcs.clone();
+        reversed.reverse();
+        assert_eq!(owners(&live, &reversed), o);
+        // The preferred nodes gone: the others take over, as without a preference.
+        live.remove("node2");
+        live.remove("node4");
+        let plain = cluster(100);
+        assert_eq!(owners(&live, &svcs), owners(&live, &plain));
+        // A preference for a node the advertisement does not allow is no preference.
+        let live = names(3);
+        let odd = Candidate {
+            allowed_nodes: Some(BTreeSet::from(["node1".to_owned(), "node3".to_owned()])),
+            preferred_nodes: BTreeSet::from(["node2".to_owned()]),
+            ..cluster(1).remove(0)
+        };
+        let winner = &owners(&live, &[odd])[&vip(0)];
+        assert!(["node1", "node3"].contains(&winner.as_str()), "{winner}");
     }
 
     #[test]

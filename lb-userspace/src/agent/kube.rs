@@ -46,6 +46,7 @@ use tracing::{info, warn};
 
 use super::{
     advert::{self, INTERFACE_ANNOTATION},
+    announcer::{self, Change},
     election::{self, Candidate},
 };
 use crate::k8s::{
@@ -222,7 +223,15 @@ struct KubeSource {
     last_renew_time: Option<Timestamp>,
     holding: bool,
     warned: BTreeSet<Warning>,
+    /// Announcer annotations written and not yet seen back through the
+    /// watch, by Service (namespace, name, uid): not written twice.
+    annotated: BTreeMap<(String, String, String), Change>,
 }
+
+/// At most this many annotation writes per pass, so a node that takes over
+/// thousands of addresses keeps its loop (and the data path's updates)
+/// responsive; the rest follow on the next passes.
+const ANNOTATIONS_PER_PASS: usize = 64;
 
 impl KubeSource {
     /// Writes this node's Lease (creating it the first time).
@@ -345,17 +354,27 @@ impl KubeSource {
             .filter(|s| translate::is_ours(s, &self.opts.class))
             .map(|s| {
                 let vips = translate::ingress_ips(s);
+                let reach = vips
+                    .first()
+                    .map(|vip| {
+                        advert::reach(*vip, s.labels(), &parsed_pools, &ads, &nodes, &interfaces)
+                    })
+                    .unwrap_or_default();
                 Candidate {
-                    allowed_nodes: vips.first().and_then(|vip| {
-                        advert::allowed_nodes(*vip, &parsed_pools, &ads, &nodes, &interfaces)
-                    }),
+                    allowed_nodes: reach.allowed,
+                    preferred_nodes: reach.preferred,
                     vips,
                     local_only: translate::local_policy(s),
                     endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
                 }
             })
             .collect();
-        let announce = election::announced_by(&self.opts.node_name, &live, &candidates);
+        let owners = election::owners(&live, &candidates);
+        let announce: BTreeSet<Ipv4Addr> = owners
+            .iter()
+            .filter(|(_, n)| **n == self.opts.node_name)
+            .map(|(vip, _)| *vip)
+            .collect();
         let t = translate::translate(&Inputs {
             services: &services,
             slices: &slices,
@@ -366,11 +385,74 @@ impl KubeSource {
             nat_ports: self.opts.nat_ports,
         });
         let before = agent.announced();
-        if let Err(e) = agent.apply(&t.file) {
+        let applied = agent.apply(&t.file);
+        if let Err(e) = &applied {
             warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
         }
         let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
         self.publish_events(&services, &t.warnings, &started).await;
+        if applied.is_ok() {
+            self.annotate(&services, &owners).await;
+        }
+    }
+
+    /// Names the announcing node on each Service this node now owns, or
+    /// removes its own name where nobody announces ([`announcer`]).
+    async fn annotate(&mut self, services: &[Service], owners: &BTreeMap<Ipv4Addr, String>) {
+        let me = self.opts.node_name.clone();
+        let mut present = BTreeSet::new();
+        let mut writes = 0;
+        for svc in services
+            .iter()
+            .filter(|s| translate::is_ours(s, &self.opts.class))
+        {
+            let Some(vip) = translate::ingress_ips(svc).first().copied() else {
+                continue;
+            };
+            let r = translate::reference(svc);
+            let key = (
+                r.namespace.clone(),
+                r.name.clone(),
+                svc.uid().unwrap_or_default(),
+            );
+            present.insert(key.clone());
+            let current = svc
+                .annotations()
+                .get(announcer::ANNOTATION)
+                .map(String::as_str);
+            let Some(change) =
+                announcer::change(&me, current, owners.get(&vip).map(String::as_str))
+            else {
+                self.annotated.remove(&key);
+                continue;
+            };
+            if self.annotated.get(&key) == Some(&change) || writes >= ANNOTATIONS_PER_PASS {
+                continue;
+            }
+            writes += 1;
+            let value = match &change {
+                Change::Set(node) => serde_json::Value::from(node.as_str()),
+                Change::Remove => serde_json::Value::Null,
+            };
+            let body = serde_json::json!({ "metadata": { "annotations": { announcer::ANNOTATION: value } } });
+            let api: Api<Service> = Api::namespaced(self.client.clone(), &r.namespace);
+            let (pp, patch) = (PatchParams::default(), Patch::Merge(&body));
+            let write = api.patch(&r.name, &pp, &patch);
+            match tokio::time::timeout(Duration::from_secs(1), write).await {
+                Ok(Ok(_)) => {
+                    info!(service = %r, change = ?change, "announcer annotation written");
+                    self.annotated.insert(key, change);
+                }
+                // Deleted meanwhile.
+                Ok(Err(e)) if lease::api_code(&e) == Some(404) => {}
+                // Retried on the next pass.
+                Ok(Err(e)) => {
+                    warn!(service = %r, error = %e, "writing the announcer annotation failed");
+                }
+                Err(_) => warn!(service = %r, "writing the announcer annotation timed out"),
+            }
+        }
+        self.annotated.retain(|k, _| present.contains(k));
     }
 
     /// Publishes one Event, giving up after a second (Events are best
@@ -461,6 +543,7 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         last_renew_time: None,
         holding: false,
         warned: BTreeSet::new(),
+        annotated: BTreeMap::new(),
     };
     ka.renew().await;
     for (what, ready) in [

@@ -1,4 +1,4 @@
-//! The agent's HTTP endpoints: `/metrics` (Prometheus text format, via
+//! The agent's HTTP endpoints: `/metrics` (OpenMetrics text, via
 //! prometheus-client), `/healthz` and `/readyz`.
 //!
 //! Metrics are read from the pinned maps at scrape time (the per-CPU
@@ -16,7 +16,12 @@ use hyper::{Response, StatusCode, body::Bytes};
 use lb_common::{backend_flags, vip_flags};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -28,7 +33,7 @@ use crate::{
 };
 
 /// What the agent's loop reports for health and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// A desired state was applied at least once.
     pub applied: AtomicBool,
@@ -40,6 +45,22 @@ pub struct Health {
     /// one syscall per Maglev slot). Shared with the agent, never copied:
     /// at 10,000 services it holds millions of Maglev slots.
     pub state: Mutex<Option<Arc<DataplaneState>>>,
+    /// How long each sync that had something to do took (planning, map
+    /// writes, re-reading the maps), as kube-proxy's sync duration.
+    pub sync_duration: Histogram,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            applied: AtomicBool::default(),
+            last_ok: AtomicBool::default(),
+            sync_errors: AtomicU64::default(),
+            state: Mutex::default(),
+            // kube-proxy's buckets: 1 ms doubling to about 16 s.
+            sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        }
+    }
 }
 
 impl Health {
@@ -186,6 +207,14 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
         "Entries in the connection table",
         flows,
     );
+    register_syncs(&mut reg, health);
+    let mut out = String::new();
+    encode(&mut out, &reg).context("encoding metrics")?;
+    Ok(out)
+}
+
+/// What the agent's loop says about its syncs.
+fn register_syncs(reg: &mut Registry, health: &Health) {
     let errors = Counter::<u64>::default();
     errors.inc_by(health.sync_errors.load(Ordering::Relaxed));
     reg.register(
@@ -193,9 +222,11 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
         "Failed applies (rejected input, map writes) since the agent started",
         errors,
     );
-    let mut out = String::new();
-    encode(&mut out, &reg).context("encoding metrics")?;
-    Ok(out)
+    reg.register(
+        "sync_duration_seconds",
+        "Time each sync that changed the desired state took (plan, map writes, re-read)",
+        health.sync_duration.clone(),
+    );
 }
 
 fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
@@ -276,6 +307,8 @@ mod tests {
         };
         let h = Health::default();
         h.record(false);
+        h.sync_duration.observe(0.003);
+        h.sync_duration.observe(0.5);
         let text = render(&s, &h).unwrap();
         for needle in [
             "onehop_service_packets_total{service=\"192.168.50.200:80/TCP\"} 7",
@@ -286,6 +319,13 @@ mod tests {
             "onehop_announced_vip{vip=\"192.168.50.200\"} 1",
             "onehop_conntrack_entries 3",
             "onehop_sync_errors_total 1",
+            "# TYPE onehop_sync_duration_seconds histogram",
+            "onehop_sync_duration_seconds_count 2",
+            "onehop_sync_duration_seconds_sum 0.503",
+            "onehop_sync_duration_seconds_bucket{le=\"0.002\"} 0",
+            "onehop_sync_duration_seconds_bucket{le=\"0.004\"} 1",
+            "onehop_sync_duration_seconds_bucket{le=\"0.512\"} 2",
+            "onehop_sync_duration_seconds_bucket{le=\"+Inf\"} 2",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

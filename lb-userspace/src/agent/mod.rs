@@ -10,6 +10,7 @@
 //! input that is rejected leaves the last good state in force.
 
 pub mod advert;
+pub mod announcer;
 pub mod election;
 pub mod file;
 pub mod kube;
@@ -112,7 +113,16 @@ impl MapOwner {
     /// Makes the maps hold `file`: plans against what they hold now, writes
     /// only the difference, re-reads them, and announces new VIPs.
     pub fn apply(&mut self, file: &NodeServices) -> Result<()> {
+        // The same input again is a no-op (every Lease renewal re-derives
+        // it); timing those would bury the real syncs under zeros.
+        let unchanged = self.applied.as_ref() == Some(file);
+        let started = Instant::now();
         let result = self.apply_inner(file);
+        if !unchanged {
+            self.health
+                .sync_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         self.health.record(result.is_ok());
         self.health.set_state(&self.current);
         result

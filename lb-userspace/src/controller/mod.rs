@@ -362,8 +362,40 @@ impl Elector {
     }
 }
 
-/// Identifies the object an Event was about, for de-duplication.
-type NoteKey = (String, String, String);
+/// Identifies the object an Event was about, for de-duplication: kind,
+/// namespace, name and uid (an object deleted and created again under the
+/// same name is a new object and is told again).
+type NoteKey = (String, String, String, String);
+
+/// The reason of the Warning Event and of the `Valid` condition of a pool
+/// whose IPv6 entries are left out.
+pub const PARTIAL_REASON: &str = "IPv6Ignored";
+
+/// What validation said about the pools of one pass, by name.
+struct PoolVerdicts {
+    /// Ignored pools and why.
+    bad: BTreeMap<String, String>,
+    /// Pools served only in part, and what is left out.
+    partial: BTreeMap<String, String>,
+}
+
+impl PoolVerdicts {
+    /// `(status, reason, message)` of a pool's `Valid` condition.
+    fn condition(&self, name: &str) -> (&'static str, &'static str, String) {
+        if let Some(problem) = self.bad.get(name) {
+            let reason = if problem.starts_with("overlaps") {
+                "OverlappingPool"
+            } else {
+                "InvalidPool"
+            };
+            return ("False", reason, problem.clone());
+        }
+        match self.partial.get(name) {
+            Some(warning) => ("True", PARTIAL_REASON, warning.clone()),
+            None => ("True", "Valid", "the pool is in use".to_owned()),
+        }
+    }
+}
 
 /// The allocating side, alive while this replica leads.
 struct Leader {
@@ -377,8 +409,10 @@ struct Leader {
     /// The last Event said about each object, so a level-triggered pass
     /// does not repeat itself.
     notes: BTreeMap<NoteKey, (String, String)>,
-    /// Pool statuses as last written.
-    pool_status: BTreeMap<String, (i64, i64, String, String)>,
+    /// Pool statuses as last written, by name and uid: a pool deleted and
+    /// created again under the same name starts without a status and must
+    /// get it written again.
+    pool_status: BTreeMap<(String, String), (i64, i64, String, String)>,
     metrics: Arc<ControllerMetrics>,
     /// Services left without an address in the current pass, by reason.
     failing: BTreeMap<&'static str, u64>,
@@ -389,6 +423,7 @@ fn note_key(r: &ObjectReference) -> NoteKey {
         r.kind.clone().unwrap_or_default(),
         r.namespace.clone().unwrap_or_default(),
         r.name.clone().unwrap_or_default(),
+        r.uid.clone().unwrap_or_default(),
     )
 }
 
@@ -478,29 +513,46 @@ impl Leader {
         Request::from_service(svc, self.namespace_labels(&ns))
     }
 
-    /// Valid pools into the allocator; Warning Events for the others.
-    /// Returns the invalid ones with their problem.
-    async fn load_pools(&mut self) -> BTreeMap<String, String> {
+    /// Valid pools into the allocator; Warning Events for the others and
+    /// for pools served only in part.
+    async fn load_pools(&mut self) -> PoolVerdicts {
         let pools = self.caches.pools.state();
         let specs: Vec<(String, PoolSpec)> = pools
             .iter()
             .map(|p| (p.name_any(), p.spec.clone()))
             .collect();
         let (ok, bad) = validate_pools(&specs);
+        let partial: BTreeMap<String, String> = ok
+            .iter()
+            .filter_map(|p| p.partial_warning().map(|w| (p.name.clone(), w)))
+            .collect();
         self.alloc.set_pools(ok);
-        let bad: BTreeMap<String, String> = bad.into_iter().collect();
+        let verdicts = PoolVerdicts {
+            bad: bad.into_iter().collect(),
+            partial,
+        };
         for p in &pools {
             let r = p.object_ref(&());
-            match bad.get(&p.name_any()) {
-                Some(problem) => {
-                    let msg = format!("{problem}; the pool is ignored");
-                    self.note(&r, EventType::Warning, "InvalidPool", "Validate", &msg)
-                        .await;
-                }
-                None => self.forget(&r),
+            let name = p.name_any();
+            if let Some(problem) = verdicts.bad.get(&name) {
+                let msg = format!("{problem}; the pool is ignored");
+                self.note(&r, EventType::Warning, "InvalidPool", "Validate", &msg)
+                    .await;
+            } else if let Some(warning) = verdicts.partial.get(&name) {
+                self.note(&r, EventType::Warning, PARTIAL_REASON, "Validate", warning)
+                    .await;
+            } else {
+                self.forget(&r);
             }
         }
-        bad
+        // Pools that are gone: a new pool of the same name is a new object.
+        let uids: BTreeSet<String> = pools.iter().filter_map(|p| p.uid()).collect();
+        self.pool_status
+            .retain(|(_, uid), _| uid.is_empty() || uids.contains(uid));
+        self.notes.retain(|(kind, _, _, uid), _| {
+            kind != "IPAddressPool" || uid.is_empty() || uids.contains(uid)
+        });
+        verdicts
     }
 
     /// Adopts the addresses Services already show, oldest first.
@@ -532,7 +584,7 @@ impl Leader {
 
     /// One level-triggered pass; false when a write failed (retry soon).
     async fn reconcile(&mut self) -> bool {
-        let bad_pools = self.load_pools().await;
+        let verdicts = self.load_pools().await;
         self.failing.clear();
         let mut svcs = self.caches.services.state();
         by_age(&mut svcs);
@@ -557,8 +609,9 @@ impl Leader {
         for gone in &released {
             tracing::info!(service = %gone, "releasing its addresses");
             self.alloc.release(gone);
-            self.notes
-                .remove(&("Service".into(), gone.namespace.clone(), gone.name.clone()));
+            self.notes.retain(|(kind, ns, name, _), _| {
+                !(kind == "Service" && *ns == gone.namespace && *name == gone.name)
+            });
         }
         for svc in &svcs {
             if !is_ours(svc, &self.class) {
@@ -568,8 +621,8 @@ impl Leader {
             }
             ok &= self.assign(svc).await;
         }
-        self.record_metrics(&bad_pools);
-        ok &= self.write_pool_statuses(&bad_pools).await;
+        self.record_metrics(&verdicts.bad);
+        ok &= self.write_pool_statuses(&verdicts).await;
         ok
     }
 
@@ -720,31 +773,22 @@ impl Leader {
 
     /// Pool statuses: addresses assigned and available, and whether the
     /// pool is valid. Written only when they change.
-    async fn write_pool_statuses(&mut self, bad: &BTreeMap<String, String>) -> bool {
+    async fn write_pool_statuses(&mut self, verdicts: &PoolVerdicts) -> bool {
         let usage = self.alloc.pool_usage();
         let api: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut ok = true;
         for pool in self.caches.pools.state() {
             let name = pool.name_any();
+            let key = (name.clone(), pool.uid().unwrap_or_default());
             let (assigned, available) = usage.get(&name).copied().unwrap_or((0, 0));
-            let (status, reason, message) = match bad.get(&name) {
-                Some(problem) => {
-                    let reason = if problem.starts_with("overlaps") {
-                        "OverlappingPool"
-                    } else {
-                        "InvalidPool"
-                    };
-                    ("False", reason, problem.clone())
-                }
-                None => ("True", "Valid", "the pool is in use".to_owned()),
-            };
+            let (status, reason, message) = verdicts.condition(&name);
             let memo = (
                 i64::try_from(assigned).unwrap_or(i64::MAX),
                 i64::try_from(available).unwrap_or(i64::MAX),
                 status.to_owned(),
                 message.clone(),
             );
-            if self.pool_status.get(&name) == Some(&memo) {
+            if self.pool_status.get(&key) == Some(&memo) {
                 continue;
             }
             // The transition time changes only with the condition's status.
@@ -775,7 +819,7 @@ impl Leader {
                 .await
             {
                 Ok(_) => {
-                    self.pool_status.insert(name, memo);
+                    self.pool_status.insert(key, memo);
                 }
                 Err(e) if api_code(&e) == Some(404) => {}
                 Err(e) => {

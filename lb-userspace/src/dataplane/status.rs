@@ -1,5 +1,22 @@
 //! `onehop status`: what the data path is doing, read from the pinned maps
 //! only — it works the same with or without a running agent.
+//!
+//! `onehop status -o json` prints one JSON object, for scripts and
+//! monitoring. Its fields are stable: new fields may be added, none are
+//! renamed, removed or change meaning without `formatVersion` changing.
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `formatVersion` | `1` |
+//! | `interface`, `ifindex` | the interface the data path is attached to |
+//! | `configured` | `false`: the agent never configured it (all traffic passes) |
+//! | `node.ip`, `node.mac` | this node's address and MAC as the data path uses them |
+//! | `natPorts.min`, `natPorts.max` | source ports for remote backends |
+//! | `vips[]` | `ip`, and booleans `service` (a service address), `announced` (this node answers ARP for it), `node` (the node's own address) |
+//! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
+//! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `packets`, `bytes` |
+//! | `flows` | entry counts: `conntrack`, `revNat`, `affinity` |
+//! | `counters`, `drops` | every data-path counter and drop reason by its metric label, zeros included |
 
 use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 
@@ -8,12 +25,16 @@ use lb_common::{
     BackendValue, Config, Counter, DropReason, ServiceKey, ServiceValue, TrafficCounter,
     backend_flags, service_flags, vip_flags,
 };
+use serde_json::{Value, json};
 
 use crate::{
     dataplane::maps::{Maps, sum_traffic, sum_u64},
     dataplane::reader,
     net::netdev::fmt_mac,
-    plan::{model::Frontend, state::DataplaneState},
+    plan::{
+        model::{Frontend, ProtoName},
+        state::DataplaneState,
+    },
 };
 
 /// Everything `status` prints, read in one pass.
@@ -148,6 +169,101 @@ fn vip_flag_names(flags: u32) -> String {
     names.join(",")
 }
 
+/// The version of [`render_json`]'s document.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+fn location(b: &BackendValue) -> &'static str {
+    if b.flags & backend_flags::VALID == 0 {
+        "empty"
+    } else if b.flags & backend_flags::LOCAL != 0 {
+        "local"
+    } else {
+        "remote"
+    }
+}
+
+/// Renders a snapshot as the JSON document `onehop status -o json` prints
+/// (fields in the module documentation).
+pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
+    let c = &s.config;
+    let vips: Vec<Value> = s
+        .vips
+        .iter()
+        .map(|(ip, flags)| {
+            json!({
+                "ip": Ipv4Addr::from(*ip).to_string(),
+                "service": flags & vip_flags::SERVICE != 0,
+                "announced": flags & vip_flags::ANNOUNCE != 0,
+                "node": flags & vip_flags::NODE != 0,
+            })
+        })
+        .collect();
+    let services: Vec<Value> = s
+        .services
+        .iter()
+        .map(|row| {
+            let affinity = (row.value.flags & service_flags::AFFINITY != 0)
+                .then_some(row.value.affinity_timeout_s);
+            json!({
+                "frontend": frontend(row.key),
+                "vip": Ipv4Addr::from(row.key.vip).to_string(),
+                "port": row.key.port,
+                "protocol": ProtoName(row.key.proto).to_string(),
+                "id": row.value.id,
+                "slots": row.value.maglev_len,
+                "backendIds": row.backend_ids,
+                "affinitySeconds": affinity,
+                "sourceRanges": row.value.flags & service_flags::SOURCE_RANGES != 0,
+                "packets": row.traffic.packets,
+                "bytes": row.traffic.bytes,
+            })
+        })
+        .collect();
+    let backends: Vec<Value> = s
+        .backends
+        .iter()
+        .map(|b| {
+            json!({
+                "id": b.id,
+                "ip": Ipv4Addr::from(b.value.ip).to_string(),
+                "port": b.value.port,
+                "node": Ipv4Addr::from(b.value.node_ip).to_string(),
+                "location": location(&b.value),
+                "packets": b.traffic.packets,
+                "bytes": b.traffic.bytes,
+            })
+        })
+        .collect();
+    let counters: serde_json::Map<String, Value> = s
+        .counters
+        .iter()
+        .map(|(k, v)| (k.label().to_owned(), json!(v)))
+        .collect();
+    let drops: serde_json::Map<String, Value> = s
+        .drops
+        .iter()
+        .map(|(k, v)| (k.label().to_owned(), json!(v)))
+        .collect();
+    json!({
+        "formatVersion": JSON_FORMAT_VERSION,
+        "interface": ifname,
+        "ifindex": c.ifindex,
+        "configured": c.ready != 0,
+        "node": { "ip": Ipv4Addr::from(c.node_ip).to_string(), "mac": fmt_mac(c.mac) },
+        "natPorts": { "min": c.nat_port_min, "max": c.nat_port_max },
+        "vips": vips,
+        "services": services,
+        "backends": backends,
+        "flows": {
+            "conntrack": s.conntrack_entries,
+            "revNat": s.rev_nat_entries,
+            "affinity": s.affinity_entries,
+        },
+        "counters": counters,
+        "drops": drops,
+    })
+}
+
 /// Renders a snapshot as the text `onehop status` prints.
 pub fn render(ifname: &str, s: &Snapshot) -> String {
     let mut o = String::new();
@@ -213,12 +329,9 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
     );
     for b in &s.backends {
         let pod = format!("{}:{}", Ipv4Addr::from(b.value.ip), b.value.port);
-        let place = if b.value.flags & backend_flags::VALID == 0 {
-            "EMPTY"
-        } else if b.value.flags & backend_flags::LOCAL != 0 {
-            "local"
-        } else {
-            "remote"
+        let place = match location(&b.value) {
+            "empty" => "EMPTY",
+            other => other,
         };
         let _ = writeln!(
             o,
@@ -321,6 +434,61 @@ mod tests {
             "zero counters are hidden:\n{text}"
         );
         assert!(!text.contains("NOT CONFIGURED"));
+    }
+
+    /// The documented fields, read back as a script would.
+    #[test]
+    fn json_has_the_documented_fields() {
+        let text = serde_json::to_string(&render_json("eth0", &sample())).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["formatVersion"], 1);
+        assert_eq!(v["interface"], "eth0");
+        assert_eq!(v["ifindex"], 4);
+        assert_eq!(v["configured"], true);
+        assert_eq!(v["node"]["ip"], "192.168.50.11");
+        assert_eq!(v["node"]["mac"], "02:00:00:00:00:11");
+        assert_eq!(v["natPorts"], json!({ "min": 61000, "max": 65535 }));
+        assert_eq!(
+            v["vips"][1],
+            json!({ "ip": "192.168.50.100", "service": true, "announced": true, "node": false })
+        );
+        assert_eq!(v["vips"][2]["announced"], false);
+        assert_eq!(v["vips"][0]["node"], true);
+        let svc = &v["services"][0];
+        assert_eq!(svc["frontend"], "192.168.50.100:80/TCP");
+        assert_eq!(svc["vip"], "192.168.50.100");
+        assert_eq!(svc["port"], 80);
+        assert_eq!(svc["protocol"], "TCP");
+        assert_eq!(svc["id"], 3);
+        assert_eq!(svc["slots"], 251);
+        assert_eq!(svc["backendIds"], json!([0, 1]));
+        assert_eq!(svc["affinitySeconds"], 60);
+        assert_eq!(svc["sourceRanges"], false);
+        assert_eq!(
+            (svc["packets"].as_u64(), svc["bytes"].as_u64()),
+            (Some(10), Some(1000))
+        );
+        assert_eq!(
+            v["backends"][0],
+            json!({ "id": 1, "ip": "10.42.1.2", "port": 8080, "node": "192.168.50.12",
+                    "location": "remote", "packets": 4, "bytes": 400 })
+        );
+        assert_eq!(
+            v["flows"],
+            json!({ "conntrack": 5, "revNat": 5, "affinity": 1 })
+        );
+        // Zeros too: a script need not guess whether a counter exists.
+        assert_eq!(
+            v["counters"],
+            json!({ "ingress_packets": 12, "arp_reply": 0 })
+        );
+        assert_eq!(v["drops"], json!({ "no_service": 2 }));
+        let mut plain = sample();
+        plain.services[0].value.flags = 0;
+        plain.config.ready = 0;
+        let v = render_json("eth0", &plain);
+        assert_eq!(v["services"][0]["affinitySeconds"], Value::Null);
+        assert_eq!(v["configured"], false);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct Pool {
     pub(crate) auto_assign: bool,
     pub(crate) avoid_buggy: bool,
     pub(crate) allocation: ServiceAllocation,
+    /// Entries left out because they are IPv6 (not served yet): MetalLB's
+    /// dual-stack pools still serve their IPv4 part, with a warning.
+    pub ipv6_ignored: Vec<String>,
 }
 
 fn parse_range(raw: &str) -> Result<(u32, u32), String> {
@@ -49,11 +52,19 @@ impl Pool {
             return Err("no addresses".into());
         }
         let mut ranges = Vec::new();
+        let mut ipv6_ignored = Vec::new();
         for a in &spec.addresses {
             if a.contains(':') {
-                return Err(format!("{a:?}: IPv6 pools are not supported yet"));
+                ipv6_ignored.push(a.trim().to_owned());
+                continue;
             }
             ranges.push(parse_range(a)?);
+        }
+        if ranges.is_empty() {
+            return Err(format!(
+                "no IPv4 addresses (IPv6 is not supported yet: {})",
+                ipv6_ignored.join(", ")
+            ));
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {
@@ -67,6 +78,18 @@ impl Pool {
             auto_assign: spec.auto_assign.unwrap_or(true),
             avoid_buggy: spec.avoid_buggy_ips.unwrap_or(false),
             allocation: spec.service_allocation.clone().unwrap_or_default(),
+            ipv6_ignored,
+        })
+    }
+
+    /// What to warn about a pool that is served only in part (`None`:
+    /// served whole).
+    pub fn partial_warning(&self) -> Option<String> {
+        (!self.ipv6_ignored.is_empty()).then(|| {
+            format!(
+                "IPv6 is not supported yet: serving the IPv4 addresses only, ignoring {}",
+                self.ipv6_ignored.join(", ")
+            )
         })
     }
 
@@ -130,4 +153,50 @@ pub fn validate_pools(specs: &[(String, PoolSpec)]) -> (Vec<Pool>, Vec<(String, 
         }
     }
     (ok, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(addresses: &[&str]) -> PoolSpec {
+        PoolSpec {
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            ..PoolSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_pool_serves_its_ipv4_part_and_says_so() {
+        let p = Pool::parse(
+            "dual",
+            &spec(&[
+                "192.168.10.0/30",
+                "fc00:f853:ccd:e799::/124",
+                "192.168.9.1-192.168.9.2",
+            ]),
+        )
+        .expect("the IPv4 part is served");
+        assert_eq!(p.size(), 6);
+        assert!(p.contains("192.168.10.3".parse().unwrap()));
+        assert!(p.contains("192.168.9.2".parse().unwrap()));
+        assert_eq!(p.ipv6_ignored, ["fc00:f853:ccd:e799::/124"]);
+        let warning = p.partial_warning().expect("a warning");
+        assert!(warning.contains("fc00:f853:ccd:e799::/124"), "{warning}");
+        let v4 = Pool::parse("v4", &spec(&["192.168.10.0/30"])).unwrap();
+        assert_eq!(v4.partial_warning(), None);
+    }
+
+    #[test]
+    fn an_ipv6_only_pool_is_invalid() {
+        let err = Pool::parse("v6", &spec(&["fc00::/120", "fc01::1-fc01::9"])).unwrap_err();
+        assert!(err.contains("no IPv4 addresses"), "{err}");
+        assert!(err.contains("fc00::/120, fc01::1-fc01::9"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_ipv4_entry_still_invalidates_a_dual_stack_pool() {
+        let err = Pool::parse("bad", &spec(&["fc00::/120", "192.168.1.300/32"])).unwrap_err();
+        assert!(err.contains("192.168.1.300"), "{err}");
+    }
 }

@@ -35,6 +35,8 @@ pub const AGENT: &[ApiCall] = &[
     call("", "services", "watch", false),
     call("", "nodes", "list", false),
     call("", "nodes", "watch", false),
+    // The announcing node's annotation on Services (agent::announcer).
+    call("", "services", "patch", false),
     call("discovery.k8s.io", "endpointslices", "list", false),
     call("discovery.k8s.io", "endpointslices", "watch", false),
     // Per-node Leases: watched for liveness, this node's renewed.
