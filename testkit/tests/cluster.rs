@@ -87,7 +87,7 @@ fn agents_start_in_their_node_with_their_pins_source_and_log_and_all_goes_on_dro
         .expect("node1's agent");
     let log = wait_for_log(&c, 1, "mark:");
     let want = format!(
-        "args: agent --interface eth0 --bpffs-root {} --maglev-slots 1024 --config {}",
+        "args: agent --interface eth0 --bpffs-root {} --maglev-slots 1024 --services-file {}",
         pins[0].display(),
         c.services_path(1).display()
     );
