@@ -28,3 +28,36 @@ pub mod parse;
 mod service;
 mod stats;
 mod verdict;
+
+/// What both objects of this crate carry: the XDP programs they share
+/// (`xdp_pass`, the pass-through that lets `XDP_TX` deliver on a veth peer,
+/// and `lb_ingress`), the licence, and the panic handler. Invoke it once at
+/// the root of each binary.
+#[macro_export]
+macro_rules! object_common {
+    () => {
+        #[aya_ebpf::macros::xdp]
+        pub fn xdp_pass(_ctx: aya_ebpf::programs::XdpContext) -> u32 {
+            aya_ebpf::bindings::xdp_action::XDP_PASS
+        }
+
+        #[aya_ebpf::macros::xdp]
+        pub fn lb_ingress(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+            $crate::ingress::process(&ctx)
+        }
+
+        /// The kernel only lets GPL-compatible programs call
+        /// `bpf_fib_lookup` (and other helpers we use); the eBPF objects are
+        /// therefore offered under MIT or GPL, which stays compatible with
+        /// the project's MIT option.
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+    };
+}

@@ -206,7 +206,8 @@ mod tests {
 
     #[test]
     fn the_workspace_pin_parses() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // lb-ebpf/embed → the workspace root.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         read(&root).expect("rust-toolchain-ebpf");
     }
 

@@ -10,37 +10,12 @@
     reason = "aya's entry-point macros hand each program its context by value"
 )]
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
-};
-use lb_ebpf::{egress, ingress};
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use lb_ebpf::egress;
 
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-#[xdp]
-pub fn lb_ingress(ctx: XdpContext) -> u32 {
-    ingress::process(&ctx)
-}
+lb_ebpf::object_common!();
 
 #[classifier]
 pub fn lb_egress(ctx: TcContext) -> i32 {
     egress::process(&ctx)
-}
-
-/// The kernel only lets GPL-compatible programs call `bpf_fib_lookup` (and
-/// other helpers we use); the eBPF object is therefore offered under MIT or
-/// GPL, which stays compatible with the project's MIT option.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }

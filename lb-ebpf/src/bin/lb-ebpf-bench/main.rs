@@ -19,18 +19,9 @@ mod bench;
 mod maps;
 mod xdpgen;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_ebpf::ingress;
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-#[xdp]
-pub fn lb_ingress(ctx: XdpContext) -> u32 {
-    ingress::process(&ctx)
-}
+lb_ebpf::object_common!();
 
 #[xdp]
 pub fn lb_ingress_bench(ctx: XdpContext) -> u32 {
@@ -45,15 +36,4 @@ pub fn bench_restore_only(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_xdpgen(ctx: XdpContext) -> u32 {
     xdpgen::generate(&ctx)
-}
-
-/// Same licence as the product object: the programs call GPL-only helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
