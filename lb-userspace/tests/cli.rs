@@ -92,3 +92,26 @@ fn help_lists_the_documented_commands() {
         assert!(readme.contains(cmd), "README lacks {cmd}");
     }
 }
+
+#[test]
+fn empty_or_cut_files_fail_check_config_and_an_explicit_empty_list_passes() {
+    for (text, needle) in [
+        ("", "is empty"),
+        ("  \n", "is empty"),
+        ("node: { ip: 192.168.50.11 }\n", "services: missing"),
+    ] {
+        let (ok, out) = check_config(text);
+        assert!(!ok, "{text:?} must fail:\n{out}");
+        assert!(
+            out.contains(needle),
+            "{text:?}: missing {needle:?} in:\n{out}"
+        );
+        assert!(
+            out.contains("services: []"),
+            "{text:?}: no advice in:\n{out}"
+        );
+    }
+    let (ok, out) = check_config("services: []\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("OK (0 services)"), "{out}");
+}
