@@ -1082,12 +1082,15 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         put(&k, &classed).await;
         // Unclassed on either backend (not through `put`, which would class it).
         k.b.put(&svc(&k.apps, "unclassed", &[])).await.unwrap();
-        // A free port for /metrics (this test may run twice at once: see the
-        // real-cluster-mode proof).
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Free ports for /metrics and the probes (this test may run twice at once: see
+        // the real-cluster-mode proof).
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (metrics, health) = (free(), free());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_onehop"))
             .args([
                 "controller",
@@ -1101,6 +1104,7 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
             .args(TestCluster::CONTROLLER_FAST_ELECTION)
             .env("KUBECONFIG", k.b.kubeconfig())
             .env("ONEHOP_METRICS_ADDR", metrics.to_string())
+            .env("ONEHOP_HEALTH_ADDR", health.to_string())
             .env("POD_NAME", "pod-1")
             .env("RUST_LOG", "warn")
             .spawn()
@@ -1109,11 +1113,11 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         wait_ips(&k, &k.apps, "web", &["192.0.2.7"]).await;
         assert_eq!(holder(&k).await.as_deref(), Some("pod-1"));
         assert!(ips_of(&k, &k.apps, "unclassed").await.is_empty());
-        let scrape = || async move {
+        let get = |addr: std::net::SocketAddr, path: &'static str| async move {
             tokio::task::spawn_blocking(move || {
                 onehop_testkit::traffic::http_get_here(
-                    metrics,
-                    "/metrics",
+                    addr,
+                    path,
                     onehop_testkit::traffic::Timeouts::default(),
                 )
             })
@@ -1121,6 +1125,7 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
             .unwrap()
             .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
         };
+        let scrape = || get(metrics, "/metrics");
         let expected = [
             "onehop_controller_leader 1",
             "onehop_controller_pool_addresses_in_use{pool=\"a\"} 1",
@@ -1135,6 +1140,11 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
             })
         })
         .await;
+        // The probe listener answers the probe and nothing that the metrics say.
+        assert_eq!(get(health, "/healthz").await.unwrap().0, 200);
+        let (code, body) = get(health, "/metrics").await.unwrap();
+        assert_eq!(code, 404, "{body}");
+        assert_eq!(get(metrics, "/healthz").await.unwrap().0, 404);
         let pid = i32::try_from(child.0.id()).unwrap();
         // SAFETY: signalling our own child process, which has not been reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

@@ -101,9 +101,18 @@ fn start_agent(c: &Cluster, node: u8) {
     );
 }
 
-/// GET `path` from the agent's metrics endpoint on a node: (status, body).
+/// The agent's default listeners: `/metrics` on loopback, the probes on every address.
+const METRICS_PORT: u16 = 9478;
+const HEALTH_PORT: u16 = 9477;
+
+/// GET `path` on a node, from the node itself, as a local scraper and the kubelet do:
+/// `/metrics` on loopback, the probes on the node's address. (status, body).
 fn scrape(c: &Cluster, node: u8, path: &str) -> (u16, String) {
-    let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9478));
+    let addr = if path == "/metrics" {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, METRICS_PORT))
+    } else {
+        SocketAddr::V4(SocketAddrV4::new(c.topo.node(node).ip(), HEALTH_PORT))
+    };
     let r = in_netns(c.topo.node(node).ns(), || {
         onehop_testkit::traffic::http_get_here(addr, path, Timeouts::default())
     })
@@ -337,9 +346,34 @@ fn check_udp(c: &Cluster) {
     );
 }
 
+/// What someone on the LAN gets from a node's HTTP endpoints: the probes, and
+/// nothing that names a pod or node address.
+fn check_endpoints_from_the_lan(c: &Cluster) {
+    let node = c.topo.node(1).ip();
+    let from_lan = |port: u16, path: &'static str| {
+        let addr = SocketAddr::V4(SocketAddrV4::new(node, port));
+        in_netns(c.topo.client().ns(), || {
+            onehop_testkit::traffic::http_get_here(addr, path, Timeouts::default())
+        })
+        .expect("netns")
+        .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    };
+    if let Ok((code, body)) = from_lan(METRICS_PORT, "/metrics") {
+        panic!("/metrics answers the LAN on {node}:{METRICS_PORT} ({code}):\n{body}");
+    }
+    let (code, body) = from_lan(HEALTH_PORT, "/metrics").expect("the probe listener answers");
+    assert_eq!(code, 404, "the probe listener serves /metrics:\n{body}");
+    assert!(!body.contains("onehop_"), "{body}");
+    for path in ["/healthz", "/readyz"] {
+        let (code, body) = from_lan(HEALTH_PORT, path).expect("probe");
+        assert_eq!(code, 200, "{path} from the LAN: {body}");
+    }
+}
+
 fn check_metrics(c: &Cluster) {
     assert_eq!(scrape(c, 1, "/healthz").0, 200);
     assert_eq!(scrape(c, 1, "/readyz").0, 200);
+    check_endpoints_from_the_lan(c);
     let (code, text) = scrape(c, 1, "/metrics");
     assert_eq!(code, 200, "{text}");
     assert!(
