@@ -20,8 +20,8 @@ use k8s_openapi::{
     api::{
         coordination::v1::Lease,
         core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Namespace, Service, ServicePort, ServiceSpec,
-            ServiceStatus,
+            LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, Service, ServicePort,
+            ServiceSpec, ServiceStatus,
         },
         events::v1::Event,
     },
@@ -587,6 +587,114 @@ async fn bad_pools_get_a_warning_and_the_others_keep_working() {
         })
         .await;
         assert!(events(&k, "IPAddressPool", "a").await.is_empty());
+        ctl.stop().await;
+    })
+    .await;
+}
+
+/// A Node object with `InternalIP` `internal` (and `ExternalIP` `external`), named after
+/// the test's namespace so that it is unique (Nodes are cluster-scoped).
+fn fake_node(k: &Env, suffix: &str, internal: &str, external: Option<&str>) -> Node {
+    let mut addresses = vec![serde_json::json!({ "type": "InternalIP", "address": internal })];
+    if let Some(e) = external {
+        addresses.push(serde_json::json!({ "type": "ExternalIP", "address": e }));
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": format!("{}-{suffix}", k.sys()) },
+        "status": { "addresses": addresses }
+    }))
+    .unwrap()
+}
+
+/// The pool's `Valid` condition as `(status, reason, message)`.
+async fn valid_condition(k: &Env, pool: &str) -> Option<(String, String, String)> {
+    get_pool(k, pool)
+        .await
+        .and_then(|p| p.status)
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Valid")
+                .map(|c| (c.status, c.reason, c.message))
+        })
+}
+
+/// A pool containing a node's address would have the announcing node answer ARP for
+/// that node's address: the whole pool is refused (`Valid=False`, reason `NodeAddress`, a
+/// Warning Event), no Service gets an address from it — not even one asking for the node's
+/// address by annotation — and a node that appears later invalidates a pool in use.
+#[tokio::test]
+async fn pools_containing_a_node_address_are_refused() {
+    bounded(async {
+        let k = setup().await;
+        k.b.put(&fake_node(&k, "n1", "192.0.2.10", Some("198.51.100.7")))
+            .await
+            .unwrap();
+        pool(&k, "a-node", &["192.0.2.8/30"]).await;
+        pool(&k, "b-external", &["198.51.100.0-198.51.100.9"]).await;
+        pool(&k, "c-ok", &["203.0.113.64/32"]).await;
+        pool(&k, "d-later", &["203.0.113.128/30"]).await;
+        let ctl = Ctl::start(&k, "c-1");
+        put(&k, &svc(&k.apps, "web", &[])).await;
+        put(
+            &k,
+            &svc(
+                &k.apps,
+                "pinned",
+                &[("metallb.io/loadBalancerIPs", "192.0.2.10")],
+            ),
+        )
+        .await;
+        for (name, addr) in [("a-node", "192.0.2.10"), ("b-external", "198.51.100.7")] {
+            wait_for(&format!("{name} refused"), async || {
+                valid_condition(&k, name)
+                    .await
+                    .is_some_and(|(st, reason, msg)| {
+                        st == "False" && reason == "NodeAddress" && msg.contains(addr)
+                    })
+            })
+            .await;
+            wait_event(&k, "IPAddressPool", name, "InvalidPool", addr).await;
+            assert!(
+                events(&k, "IPAddressPool", name)
+                    .await
+                    .iter()
+                    .all(|(t, _, _)| t == "Warning"),
+                "{name}"
+            );
+        }
+        wait_ips(&k, &k.apps, "web", &["203.0.113.64"]).await;
+        wait_event(&k, "Service", "pinned", "AllocationFailed", "192.0.2.10").await;
+        assert!(ips_of(&k, &k.apps, "pinned").await.is_empty());
+        // d-later is in use, then a node with an address in it appears.
+        put(&k, &svc(&k.apps, "second", &[])).await;
+        wait_ips(&k, &k.apps, "second", &["203.0.113.128"]).await;
+        assert_eq!(
+            valid_condition(&k, "d-later").await.map(|c| c.0).as_deref(),
+            Some("True")
+        );
+        k.b.put(&fake_node(&k, "n2", "203.0.113.130", None))
+            .await
+            .unwrap();
+        wait_for("d-later refused once the node appears", async || {
+            valid_condition(&k, "d-later")
+                .await
+                .is_some_and(|(st, reason, msg)| {
+                    st == "False" && reason == "NodeAddress" && msg.contains("203.0.113.130")
+                })
+        })
+        .await;
+        // No Service shows any node address, at any point checked.
+        for s in k.b.list::<Service>().await.unwrap() {
+            let ips: Vec<String> = ingress_ips(&s).iter().map(ToString::to_string).collect();
+            for node_ip in ["192.0.2.10", "198.51.100.7", "203.0.113.130"] {
+                assert!(
+                    !ips.iter().any(|ip| ip == node_ip),
+                    "{:?} shows {ips:?}",
+                    s.metadata.name
+                );
+            }
+        }
         ctl.stop().await;
     })
     .await;
