@@ -10,7 +10,7 @@ use lb_userspace::{
     dataplane::loader::{self, Sizes, XdpAttachMode},
     dataplane::maps::{Maps, PinDir},
     dataplane::status,
-    k8s,
+    http, k8s,
     plan::{model::Limits, services_file},
 };
 use tracing_subscriber::EnvFilter;
@@ -65,14 +65,55 @@ struct Pins {
     bpffs_root: PathBuf,
 }
 
+/// The flags saying where `/metrics` and the probes are served: the same names for the
+/// agent and the controller, with each program's defaults.
+macro_rules! listen_args {
+    ($name:ident, $metrics:expr, $health:expr) => {
+        #[derive(Args, Clone)]
+        struct $name {
+            /// Address for /metrics (Prometheus). Loopback by default: the metrics name
+            /// Services, pods and node addresses. To scrape from another host, set a
+            /// reachable address on purpose, or put kube-rbac-proxy in front.
+            #[arg(long, env = "ONEHOP_METRICS_ADDR", default_value = $metrics)]
+            metrics_addr: std::net::SocketAddr,
+            /// Do not serve /metrics.
+            #[arg(long)]
+            no_metrics: bool,
+            /// Address for the probes /healthz and /readyz, which serves nothing else
+            /// (the kubelet probes a host-network pod on the node's address).
+            #[arg(long, env = "ONEHOP_HEALTH_ADDR", default_value = $health)]
+            health_addr: std::net::SocketAddr,
+            /// Do not serve /healthz and /readyz.
+            #[arg(long)]
+            no_health: bool,
+        }
+
+        impl $name {
+            fn listen(&self) -> http::Listen {
+                http::Listen {
+                    metrics: (!self.no_metrics).then_some(self.metrics_addr),
+                    health: (!self.no_health).then_some(self.health_addr),
+                }
+            }
+        }
+    };
+}
+
+listen_args!(
+    AgentListen,
+    http::AGENT_METRICS_ADDR,
+    http::AGENT_HEALTH_ADDR
+);
+listen_args!(
+    ControllerListen,
+    http::CONTROLLER_METRICS_ADDR,
+    http::CONTROLLER_HEALTH_ADDR
+);
+
 #[derive(Args, Clone)]
 struct DataplaneArgs {
-    /// Address for /metrics (Prometheus), /healthz and /readyz.
-    #[arg(long, env = "ONEHOP_METRICS_ADDR", default_value = "0.0.0.0:9478")]
-    metrics_addr: std::net::SocketAddr,
-    /// Do not serve /metrics, /healthz and /readyz.
-    #[arg(long)]
-    no_metrics: bool,
+    #[command(flatten)]
+    listen: AgentListen,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpAttachMode,
@@ -223,12 +264,8 @@ struct ControllerArgs {
     /// How often the leader renews and standbys try to acquire.
     #[arg(long, default_value_t = 2_000)]
     retry_period_ms: u64,
-    /// Address for /metrics (Prometheus) and /healthz.
-    #[arg(long, env = "ONEHOP_METRICS_ADDR", default_value = "0.0.0.0:9479")]
-    metrics_addr: std::net::SocketAddr,
-    /// Do not serve /metrics and /healthz.
-    #[arg(long)]
-    no_metrics: bool,
+    #[command(flatten)]
+    listen: ControllerListen,
     /// Plain-HTTP API server URL instead of the kubeconfig / in-cluster
     /// config (tests).
     #[arg(long, hide = true)]
@@ -239,7 +276,6 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
     use hyper::StatusCode;
     use lb_userspace::{
         controller::{self, metrics::ControllerMetrics},
-        http,
         k8s::translate::ClassFilter,
         shutdown,
     };
@@ -279,18 +315,16 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
                 }
             };
             let metrics = std::sync::Arc::new(ControllerMetrics::default());
-            if !args.no_metrics {
-                let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-                    .await
-                    .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
-                let m = metrics.clone();
-                tokio::spawn(http::serve_with(listener, move |path| match path {
-                    "/metrics" => http::metrics_reply(m.render()),
-                    "/healthz" => http::reply(StatusCode::OK, "ok\n".into()),
-                    _ => http::reply(StatusCode::NOT_FOUND, "try /metrics or /healthz\n".into()),
-                }));
-                tracing::info!(addr = %args.metrics_addr, "serving /metrics and /healthz");
-            }
+            let m = metrics.clone();
+            http::serve_endpoints(
+                args.listen.listen(),
+                std::sync::Arc::new(move |path: &str| {
+                    (path == "/metrics").then(|| http::metrics_reply(m.render()))
+                }),
+                std::sync::Arc::new(|path: &str| {
+                    (path == "/healthz").then(|| http::reply(StatusCode::OK, "ok\n".into()))
+                }),
+            )?;
             Box::pin(controller::run_with_metrics(
                 client, opts, metrics, shutdown,
             ))
@@ -369,7 +403,7 @@ fn run(cli: Cli) -> Result<()> {
                     affinity: dataplane.affinity_size,
                 },
                 xdp_mode: dataplane.xdp_mode,
-                metrics_addr: (!dataplane.no_metrics).then_some(dataplane.metrics_addr),
+                listen: dataplane.listen.listen(),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

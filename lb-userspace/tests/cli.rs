@@ -164,3 +164,58 @@ fn log_format_is_a_flag_of_every_command() {
     assert!(help.contains("-o, --output <OUTPUT>"), "{help}");
     assert!(help.contains("formatVersion"), "{help}");
 }
+
+#[test]
+fn empty_or_cut_files_fail_check_config_and_an_explicit_empty_list_passes() {
+    for (text, needle) in [
+        ("", "is empty"),
+        ("  \n", "is empty"),
+        ("node: { ip: 192.168.50.11 }\n", "services: missing"),
+    ] {
+        let (ok, out) = check_config(text);
+        assert!(!ok, "{text:?} must fail:\n{out}");
+        assert!(
+            out.contains(needle),
+            "{text:?}: missing {needle:?} in:\n{out}"
+        );
+        assert!(
+            out.contains("services: []"),
+            "{text:?}: no advice in:\n{out}"
+        );
+    }
+    let (ok, out) = check_config("services: []\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("OK (0 services)"), "{out}");
+}
+
+/// The agent and the controller take the same listener flags, and by default keep
+/// `/metrics` on loopback (it names pods and node addresses) while the probes listen on
+/// every address for the kubelet.
+#[test]
+fn metrics_default_to_loopback_with_the_same_flags_for_both_programs() {
+    for (cmd, metrics, health) in [
+        ("agent", "127.0.0.1:9478", "0.0.0.0:9477"),
+        ("controller", "127.0.0.1:9479", "0.0.0.0:9480"),
+    ] {
+        let out = onehop().args([cmd, "--help"]).output().expect("run onehop");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for flag in [
+            "--metrics-addr",
+            "--no-metrics",
+            "--health-addr",
+            "--no-health",
+        ] {
+            assert!(text.contains(flag), "{cmd} --help lacks {flag}:\n{text}");
+        }
+        for default in [metrics, health] {
+            assert!(
+                text.contains(&format!("[default: {default}]")),
+                "{cmd}: no default {default}:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("0.0.0.0:9478") && !text.contains("0.0.0.0:9479"),
+            "{text}"
+        );
+    }
+}

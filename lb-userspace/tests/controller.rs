@@ -20,8 +20,8 @@ use k8s_openapi::{
     api::{
         coordination::v1::Lease,
         core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Namespace, Service, ServicePort, ServiceSpec,
-            ServiceStatus,
+            LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, Service, ServicePort,
+            ServiceSpec, ServiceStatus,
         },
         events::v1::Event,
     },
@@ -589,6 +589,114 @@ async fn bad_pools_get_a_warning_and_the_others_keep_working() {
     .await;
 }
 
+/// A Node object with `InternalIP` `internal` (and `ExternalIP` `external`), named after
+/// the test's namespace so that it is unique (Nodes are cluster-scoped).
+fn fake_node(k: &Env, suffix: &str, internal: &str, external: Option<&str>) -> Node {
+    let mut addresses = vec![serde_json::json!({ "type": "InternalIP", "address": internal })];
+    if let Some(e) = external {
+        addresses.push(serde_json::json!({ "type": "ExternalIP", "address": e }));
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": format!("{}-{suffix}", k.sys()) },
+        "status": { "addresses": addresses }
+    }))
+    .unwrap()
+}
+
+/// The pool's `Valid` condition as `(status, reason, message)`.
+async fn valid_condition(k: &Env, pool: &str) -> Option<(String, String, String)> {
+    get_pool(k, pool)
+        .await
+        .and_then(|p| p.status)
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Valid")
+                .map(|c| (c.status, c.reason, c.message))
+        })
+}
+
+/// A pool containing a node's address would have the announcing node answer ARP for
+/// that node's address: the whole pool is refused (`Valid=False`, reason `NodeAddress`, a
+/// Warning Event), no Service gets an address from it — not even one asking for the node's
+/// address by annotation — and a node that appears later invalidates a pool in use.
+#[tokio::test]
+async fn pools_containing_a_node_address_are_refused() {
+    bounded(async {
+        let k = setup().await;
+        k.b.put(&fake_node(&k, "n1", "192.0.2.10", Some("198.51.100.7")))
+            .await
+            .unwrap();
+        pool(&k, "a-node", &["192.0.2.8/30"]).await;
+        pool(&k, "b-external", &["198.51.100.0-198.51.100.9"]).await;
+        pool(&k, "c-ok", &["203.0.113.64/32"]).await;
+        pool(&k, "d-later", &["203.0.113.128/30"]).await;
+        let ctl = Ctl::start(&k, "c-1");
+        put(&k, &svc(&k.apps, "web", &[])).await;
+        put(
+            &k,
+            &svc(
+                &k.apps,
+                "pinned",
+                &[("metallb.io/loadBalancerIPs", "192.0.2.10")],
+            ),
+        )
+        .await;
+        for (name, addr) in [("a-node", "192.0.2.10"), ("b-external", "198.51.100.7")] {
+            wait_for(&format!("{name} refused"), async || {
+                valid_condition(&k, name)
+                    .await
+                    .is_some_and(|(st, reason, msg)| {
+                        st == "False" && reason == "NodeAddress" && msg.contains(addr)
+                    })
+            })
+            .await;
+            wait_event(&k, "IPAddressPool", name, "InvalidPool", addr).await;
+            assert!(
+                events(&k, "IPAddressPool", name)
+                    .await
+                    .iter()
+                    .all(|(t, _, _)| t == "Warning"),
+                "{name}"
+            );
+        }
+        wait_ips(&k, &k.apps, "web", &["203.0.113.64"]).await;
+        wait_event(&k, "Service", "pinned", "AllocationFailed", "192.0.2.10").await;
+        assert!(ips_of(&k, &k.apps, "pinned").await.is_empty());
+        // d-later is in use, then a node with an address in it appears.
+        put(&k, &svc(&k.apps, "second", &[])).await;
+        wait_ips(&k, &k.apps, "second", &["203.0.113.128"]).await;
+        assert_eq!(
+            valid_condition(&k, "d-later").await.map(|c| c.0).as_deref(),
+            Some("True")
+        );
+        k.b.put(&fake_node(&k, "n2", "203.0.113.130", None))
+            .await
+            .unwrap();
+        wait_for("d-later refused once the node appears", async || {
+            valid_condition(&k, "d-later")
+                .await
+                .is_some_and(|(st, reason, msg)| {
+                    st == "False" && reason == "NodeAddress" && msg.contains("203.0.113.130")
+                })
+        })
+        .await;
+        // No Service shows any node address, at any point checked.
+        for s in k.b.list::<Service>().await.unwrap() {
+            let ips: Vec<String> = ingress_ips(&s).iter().map(ToString::to_string).collect();
+            for node_ip in ["192.0.2.10", "198.51.100.7", "203.0.113.130"] {
+                assert!(
+                    !ips.iter().any(|ip| ip == node_ip),
+                    "{:?} shows {ips:?}",
+                    s.metadata.name
+                );
+            }
+        }
+        ctl.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn type_or_class_change_releases_the_address() {
     bounded(async {
@@ -1079,12 +1187,15 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         put(&k, &classed).await;
         // Unclassed on either backend (not through `put`, which would class it).
         k.b.put(&svc(&k.apps, "unclassed", &[])).await.unwrap();
-        // A free port for /metrics (this test may run twice at once: see the
-        // real-cluster-mode proof).
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Free ports for /metrics and the probes (this test may run twice at once: see
+        // the real-cluster-mode proof).
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (metrics, health) = (free(), free());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_onehop"))
             .args([
                 "controller",
@@ -1098,6 +1209,7 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
             .args(TestCluster::CONTROLLER_FAST_ELECTION)
             .env("KUBECONFIG", k.b.kubeconfig())
             .env("ONEHOP_METRICS_ADDR", metrics.to_string())
+            .env("ONEHOP_HEALTH_ADDR", health.to_string())
             .env("POD_NAME", "pod-1")
             .env("RUST_LOG", "warn")
             .spawn()
@@ -1106,11 +1218,11 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         wait_ips(&k, &k.apps, "web", &["192.0.2.7"]).await;
         assert_eq!(holder(&k).await.as_deref(), Some("pod-1"));
         assert!(ips_of(&k, &k.apps, "unclassed").await.is_empty());
-        let scrape = || async move {
+        let get = |addr: std::net::SocketAddr, path: &'static str| async move {
             tokio::task::spawn_blocking(move || {
                 onehop_testkit::traffic::http_get_here(
-                    metrics,
-                    "/metrics",
+                    addr,
+                    path,
                     onehop_testkit::traffic::Timeouts::default(),
                 )
             })
@@ -1118,6 +1230,7 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
             .unwrap()
             .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
         };
+        let scrape = || get(metrics, "/metrics");
         let expected = [
             "onehop_controller_leader 1",
             "onehop_controller_pool_addresses_in_use{pool=\"a\"} 1",
@@ -1132,6 +1245,11 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
             })
         })
         .await;
+        // The probe listener answers the probe and nothing that the metrics say.
+        assert_eq!(get(health, "/healthz").await.unwrap().0, 200);
+        let (code, body) = get(health, "/metrics").await.unwrap();
+        assert_eq!(code, 404, "{body}");
+        assert_eq!(get(metrics, "/healthz").await.unwrap().0, 404);
         let pid = i32::try_from(child.0.id()).unwrap();
         // SAFETY: signalling our own child process, which has not been reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -1211,19 +1329,6 @@ async fn deleting_a_pool_moves_or_fails_its_services() {
         ctl.stop().await;
     })
     .await;
-}
-
-/// The pool's `Valid` condition as `(status, reason, message)`.
-async fn valid_condition(k: &Env, name: &str) -> Option<(String, String, String)> {
-    get_pool(k, name)
-        .await
-        .and_then(|p| p.status)
-        .and_then(|s| {
-            s.conditions
-                .into_iter()
-                .find(|c| c.type_ == "Valid")
-                .map(|c| (c.status, c.reason, c.message))
-        })
 }
 
 /// A pool deleted and created again under the same name is a new object

@@ -95,9 +95,18 @@ fn start_agent(c: &Cluster, node: u8) {
     );
 }
 
-/// GET `path` from the agent's metrics endpoint on a node: (status, body).
+/// The agent's default listeners: `/metrics` on loopback, the probes on every address.
+const METRICS_PORT: u16 = 9478;
+const HEALTH_PORT: u16 = 9477;
+
+/// GET `path` on a node, from the node itself, as a local scraper and the kubelet do:
+/// `/metrics` on loopback, the probes on the node's address. (status, body).
 fn scrape(c: &Cluster, node: u8, path: &str) -> (u16, String) {
-    let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9478));
+    let addr = if path == "/metrics" {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, METRICS_PORT))
+    } else {
+        SocketAddr::V4(SocketAddrV4::new(c.topo.node(node).ip(), HEALTH_PORT))
+    };
     let r = in_netns(c.topo.node(node).ns(), || {
         onehop_testkit::traffic::http_get_here(addr, path, Timeouts::default())
     })
@@ -331,9 +340,34 @@ fn check_udp(c: &Cluster) {
     );
 }
 
+/// What someone on the LAN gets from a node's HTTP endpoints: the probes, and
+/// nothing that names a pod or node address.
+fn check_endpoints_from_the_lan(c: &Cluster) {
+    let node = c.topo.node(1).ip();
+    let from_lan = |port: u16, path: &'static str| {
+        let addr = SocketAddr::V4(SocketAddrV4::new(node, port));
+        in_netns(c.topo.client().ns(), || {
+            onehop_testkit::traffic::http_get_here(addr, path, Timeouts::default())
+        })
+        .expect("netns")
+        .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    };
+    if let Ok((code, body)) = from_lan(METRICS_PORT, "/metrics") {
+        panic!("/metrics answers the LAN on {node}:{METRICS_PORT} ({code}):\n{body}");
+    }
+    let (code, body) = from_lan(HEALTH_PORT, "/metrics").expect("the probe listener answers");
+    assert_eq!(code, 404, "the probe listener serves /metrics:\n{body}");
+    assert!(!body.contains("onehop_"), "{body}");
+    for path in ["/healthz", "/readyz"] {
+        let (code, body) = from_lan(HEALTH_PORT, path).expect("probe");
+        assert_eq!(code, 200, "{path} from the LAN: {body}");
+    }
+}
+
 fn check_metrics(c: &Cluster) {
     assert_eq!(scrape(c, 1, "/healthz").0, 200);
     assert_eq!(scrape(c, 1, "/readyz").0, 200);
+    check_endpoints_from_the_lan(c);
     let (code, text) = scrape(c, 1, "/metrics");
     assert_eq!(code, 200, "{text}");
     assert!(
@@ -648,5 +682,167 @@ fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
         scrape(&c, 1, "/readyz").0,
         200,
         "ready again once a good file is applied"
+    );
+}
+
+/// How many times the agent has logged a rejected services file.
+fn rejections(c: &Cluster, node: u8) -> usize {
+    c.log(node).matches("rejected the services file").count()
+}
+
+/// Waits (bounded) until the agent has logged `n` rejections.
+fn wait_rejections(c: &Cluster, node: u8, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rejections(c, node) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not reject {what}:\n{}",
+            c.log(node)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until `/readyz` on the node says 200.
+fn wait_ready(c: &Cluster, node: u8, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(c, node, "/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after {after}:\n{}",
+            c.log(node)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until the agent's log contains `needle`.
+fn wait_log(c: &Cluster, node: u8, needle: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log(node).contains(needle) {
+        assert!(Instant::now() < deadline, "no {what} in:\n{}", c.log(node));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The VIP still answers: ARP from node1, and `n` requests through it.
+fn check_still_serving(c: &Cluster, n: usize, after: &str) {
+    let mac = c
+        .topo
+        .client()
+        .arp(VIP, Duration::from_secs(2))
+        .expect("arp")
+        .unwrap_or_else(|| panic!("nobody answers ARP for the VIP after {after}"));
+    assert_eq!(mac, c.topo.node(1).mac(), "after {after}");
+    for i in 0..n {
+        get(c).unwrap_or_else(|e| panic!("request {i} failed after {after}: {e:#}"));
+    }
+}
+
+/// A services file truncated in place (`truncate -s0`, a shell's `: > file`, a
+/// non-atomic save caught half-written) is what a reader sees for a moment
+/// during a rewrite: it is rejected, the VIP keeps answering, and only an
+/// explicit `services: []` withdraws it.
+#[test]
+fn a_truncated_services_file_keeps_serving_and_only_an_explicit_empty_list_withdraws() {
+    let c = new_cluster();
+    let good = services_yaml(&c, 1, true, &all_backends());
+    write_config(&c, 1, &good);
+    start_agent(&c, 1);
+    let before = c.wait_for(1, "4 backends", |s| pods_in_use(s) == 4);
+    check_still_serving(&c, 20, "the first apply");
+    let path = c.services_path(1);
+    let shape = |s: &Snapshot| {
+        (
+            s.vips.clone(),
+            s.services
+                .iter()
+                .map(|r| (r.key, r.value, r.backend_ids.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let unchanged = |after: &str| {
+        assert_eq!(
+            shape(&before),
+            shape(&c.snapshot(1).expect("maps")),
+            "the maps changed after {after}"
+        );
+    };
+
+    // 1. Emptied in place.
+    let st = Command::new("truncate")
+        .args(["-s0"])
+        .arg(&path)
+        .status()
+        .expect("truncate");
+    assert!(st.success());
+    wait_rejections(&c, 1, 1, "a truncated (empty) file");
+    assert!(
+        c.log(1).contains("the services file is empty"),
+        "the rejection must say why:\n{}",
+        c.log(1)
+    );
+    check_still_serving(&c, 50, "truncate -s0");
+    unchanged("truncate -s0");
+    assert_eq!(
+        scrape(&c, 1, "/readyz").0,
+        503,
+        "a rejected file makes the agent not ready"
+    );
+
+    // 2. Restored, then emptied by a shell redirect and half rewritten: the
+    // file is cut inside a flow mapping, as a non-atomic save leaves it.
+    write_config(&c, 1, &good);
+    wait_ready(&c, 1, "the good file came back");
+    let cut = good
+        .find("ip: 10.42")
+        .map(|i| i + "ip: 10.4".len())
+        .expect("a backend line");
+    let partial = &good[..cut];
+    assert!(
+        lb_userspace::plan::services_file::parse(
+            partial,
+            &lb_userspace::plan::model::Limits::default()
+        )
+        .is_err(),
+        "the cut file must not parse:\n{partial}"
+    );
+    let seen = rejections(&c, 1);
+    let st = Command::new("sh")
+        .args(["-c", ": > \"$1\" && printf '%s' \"$2\" >> \"$1\"", "sh"])
+        .arg(&path)
+        .arg(partial)
+        .status()
+        .expect("sh");
+    assert!(st.success());
+    wait_rejections(&c, 1, seen + 1, "a file cut mid-document");
+    // The agent may have caught the empty moment too; the last word must be
+    // about the cut file.
+    wait_log(
+        &c,
+        1,
+        "does not parse",
+        "the cut file reported as unparsable",
+    );
+    check_still_serving(&c, 50, "a file cut mid-document");
+    unchanged("a file cut mid-document");
+
+    // 3. An explicit empty list is obeyed: the VIP is withdrawn.
+    write_config(&c, 1, "services: []\n");
+    c.wait_for(1, "no services", |s| {
+        s.services.is_empty() && s.vips.iter().all(|(ip, _)| *ip != VIP.octets())
+    });
+    assert_eq!(
+        c.topo
+            .client()
+            .arp(VIP, Duration::from_secs(1))
+            .expect("arp"),
+        None,
+        "the VIP still answers ARP after services: []"
+    );
+    assert_eq!(
+        scrape(&c, 1, "/readyz").0,
+        200,
+        "an applied empty list is a good state"
     );
 }

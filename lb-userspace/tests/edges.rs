@@ -369,7 +369,7 @@ fn agent_starts_with(
     caps: &[String],
     tag: &str,
 ) -> (bool, String) {
-    let root = PinRoot::new(tag).expect("pin root");
+    let root = PinRoot::unique(tag).expect("pin root");
     let dir = std::env::temp_dir().join(format!("onehop-caps-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let services = dir.join("services.yaml");
@@ -460,4 +460,105 @@ fn agent_needs_exactly_the_daemonset_capabilities() {
             log.lines().last().unwrap_or_default()
         );
     }
+}
+
+/// The mode bits and owner of `p`.
+fn mode_and_owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.mode() & 0o7777, m.uid())
+}
+
+fn xdp_attached(ns: &onehop_testkit::netns::Netns) -> bool {
+    output(Command::new("ip").args(["-n", ns.name(), "link", "show", "eth0"])).contains("xdp")
+}
+
+/// The pin directories are created private, and one that another user owns or
+/// may write is refused before anything is loaded or attached: whoever can
+/// write there can delete the pins (the data path detaches once the agent
+/// stops) or plant maps for the agent to adopt.
+#[test]
+fn pin_directory_is_created_private_and_foreign_or_open_ones_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let ns = topo.node(1).ns();
+    let root = PinRoot::unique("private").expect("pin root");
+    let pins = PinDir::new(root.path(), "eth0");
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let chown =
+        |p: &Path, uid: u32| std::os::unix::fs::chown(p, Some(uid), Some(uid)).expect("chown");
+    let refused = |what: &str| -> String {
+        let err = attach_in(ns, root.path()).expect_err(what);
+        assert!(!xdp_attached(ns), "{what}: XDP attached anyway");
+        format!("{err:#}")
+    };
+
+    // Pre-created by another user (what `nobody` can do on a 1777 bpffs).
+    std::fs::create_dir(root.path()).expect("mkdir");
+    chmod(root.path(), 0o700);
+    chown(root.path(), 65534);
+    let msg = refused("a root directory owned by uid 65534");
+    for needle in [
+        root.path().display().to_string(),
+        "uid 65534".into(),
+        "0700".into(),
+        "refusing".into(),
+    ] {
+        assert!(msg.contains(&needle), "missing {needle:?} in: {msg}");
+    }
+    assert!(
+        !pins.path().exists(),
+        "nothing may be created inside a refused directory"
+    );
+
+    // Ours, but open to everyone.
+    chown(root.path(), 0);
+    chmod(root.path(), 0o777);
+    let msg = refused("a world-writable root directory");
+    assert!(
+        msg.contains(&root.path().display().to_string()) && msg.contains("0777"),
+        "{msg}"
+    );
+    chmod(root.path(), 0o770);
+    let msg = refused("a group-writable root directory");
+    assert!(msg.contains("0770"), "{msg}");
+
+    // The interface's directory is held to the same rule.
+    chmod(root.path(), 0o700);
+    std::fs::create_dir(pins.path()).expect("mkdir eth0");
+    chown(pins.path(), 65534);
+    let msg = refused("an interface directory owned by uid 65534");
+    assert!(
+        msg.contains(&pins.path().display().to_string()) && msg.contains("uid 65534"),
+        "{msg}"
+    );
+    std::fs::remove_dir(pins.path()).expect("rmdir eth0");
+    std::fs::remove_dir(root.path()).expect("rmdir root");
+
+    // Fresh: both created 0700 and owned by the agent.
+    let first = attach_in(ns, root.path());
+    assert!(!first.expect("fresh attach"), "nothing was pinned before");
+    assert_eq!(mode_and_owner(root.path()), (0o700, 0), "root directory");
+    assert_eq!(
+        mode_and_owner(pins.path()),
+        (0o700, 0),
+        "interface directory"
+    );
+
+    // A restart adopts what the agent itself made.
+    assert!(
+        attach_in(ns, root.path()).expect("restart"),
+        "the restart must adopt its own pins"
+    );
+    // An agent of an earlier version made them 0755: still ours, still adopted.
+    chmod(root.path(), 0o755);
+    chmod(pins.path(), 0o755);
+    assert!(attach_in(ns, root.path()).expect("restart on 0755 directories"));
+    assert!(loader::cleanup(root.path(), "eth0").expect("cleanup"));
 }

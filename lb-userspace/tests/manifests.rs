@@ -102,6 +102,7 @@ struct Manifests {
     cluster_bindings: Vec<ClusterRoleBinding>,
     bindings: Vec<RoleBinding>,
     daemonsets: Vec<DaemonSet>,
+    deployments: Vec<Deployment>,
 }
 
 fn load() -> Manifests {
@@ -131,7 +132,7 @@ fn load() -> Manifests {
             "ClusterRoleBinding" => c.cluster_bindings.push(typed(file, doc)),
             "RoleBinding" => c.bindings.push(typed(file, doc)),
             "DaemonSet" => c.daemonsets.push(typed(file, doc)),
-            "Deployment" => drop(typed::<Deployment>(file, doc)),
+            "Deployment" => c.deployments.push(typed(file, doc)),
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(file, doc)),
             // Our own resources (pools, advertisements) are checked by the
             // tests of their types.
@@ -282,5 +283,98 @@ fn agent_daemonset_runs_the_kubernetes_agent_with_least_privilege() {
         tolerations
             .iter()
             .any(|k| k == "node-role.kubernetes.io/control-plane")
+    );
+}
+
+fn port_of(addr: &str) -> i32 {
+    let a: std::net::SocketAddr = addr.parse().expect("a socket address");
+    i32::from(a.port())
+}
+
+/// Probes reach the probe-only listener, and nothing opens `/metrics` (which names pods and
+/// node addresses) beyond loopback: the agent's ports is opened on every node.
+fn check_listeners(
+    name: &str,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    health: &str,
+    metrics: &str,
+) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let c = &pod.containers[0];
+    let ports = c.ports.clone().unwrap_or_default();
+    assert!(
+        ports.iter().all(|p| p.container_port != port_of(metrics)),
+        "{name} exposes the metrics port {metrics}"
+    );
+    let args = c.args.clone().unwrap_or_default().join(" ");
+    assert!(!args.contains("--metrics-addr"), "{name}: {args}");
+    assert!(
+        c.env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "ONEHOP_METRICS_ADDR"),
+        "{name} sets ONEHOP_METRICS_ADDR"
+    );
+    let probes: Vec<_> = [&c.liveness_probe, &c.readiness_probe]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(!probes.is_empty(), "{name} has no probes");
+    for probe in probes {
+        let get = probe.http_get.as_ref().expect("an HTTP probe");
+        let port = match &get.port {
+            IntOrString::Int(p) => *p,
+            IntOrString::String(n) => {
+                ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(n))
+                    .unwrap_or_else(|| panic!("{name}: no port named {n}"))
+                    .container_port
+            }
+        };
+        assert_eq!(
+            port,
+            port_of(health),
+            "{name}: {} is probed on {port}, not the probe listener {health}",
+            get.path.as_deref().unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn probes_hit_the_probe_listener_and_metrics_stay_private() {
+    use lb_userspace::http;
+    let c = load();
+    let ds = c
+        .daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("onehop-agent"))
+        .expect("agent DaemonSet");
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    check_listeners(
+        "agent",
+        pod,
+        http::AGENT_HEALTH_ADDR,
+        http::AGENT_METRICS_ADDR,
+    );
+    let dep = c
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("onehop-controller"))
+        .expect("controller Deployment");
+    let pod = dep
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    check_listeners(
+        "controller",
+        pod,
+        http::CONTROLLER_HEALTH_ADDR,
+        http::CONTROLLER_METRICS_ADDR,
     );
 }

@@ -56,8 +56,10 @@ pub(super) fn last_vip(services: u32) -> Ipv4Addr {
 }
 
 fn file(services: u32, backends: u32, pod: Ipv4Addr) -> String {
+    // An empty list must be explicit: the agent rejects a file without one.
+    let list = if services == 0 { " []" } else { "" };
     let mut y = format!(
-        "node: {{ ip: {} }}\nnat_ports: {{ min: 1024, max: 65535 }}\nannounce: []\nservices:\n",
+        "node: {{ ip: {} }}\nnat_ports: {{ min: 1024, max: 65535 }}\nannounce: []\nservices:{list}\n",
         node_ip(1)
     );
     let fake = u32::from(Ipv4Addr::new(10, 43, 0, 1));

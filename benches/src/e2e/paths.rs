@@ -526,7 +526,13 @@ pub fn services_yaml(services: &[Service], node: u8, announce: bool) -> String {
             String::new()
         }
     );
-    y.push_str("services:\n");
+    // An empty list must be said explicitly: the agent rejects a file without one (that is
+    // what a file truncated mid-rewrite looks like).
+    y.push_str(if services.is_empty() {
+        "services: []\n"
+    } else {
+        "services:\n"
+    });
     for s in services {
         let ports: Vec<String> = s
             .ports

@@ -483,6 +483,7 @@ impl KubeSource {
             .cloned()
             .collect();
         for w in fresh {
+            warn!(service = %w.service, reason = w.reason, "{}", w.message);
             if let Some(svc) = by_ref.get(&w.service) {
                 let ev = Event {
                     type_: EventType::Warning,

@@ -28,7 +28,7 @@ use prometheus_client::{
 use crate::{
     dataplane::maps::{Maps, PinDir},
     dataplane::status::{self, Snapshot},
-    http::{i64_of, metrics_reply, reply, serve_with},
+    http::{Handler, Listen, i64_of, metrics_reply, reply, serve_endpoints},
     plan::state::DataplaneState,
 };
 
@@ -229,29 +229,36 @@ fn register_syncs(reg: &mut Registry, health: &Health) {
     );
 }
 
-fn handle(path: &str, pins: &PinDir, health: &Health) -> Response<Full<Bytes>> {
-    match path {
+/// `/healthz` and `/readyz`: whether the agent runs and whether its last apply succeeded,
+/// nothing about what it serves.
+fn probe(path: &str, health: &Health) -> Option<Response<Full<Bytes>>> {
+    Some(match path {
         "/healthz" => reply(StatusCode::OK, "ok\n".into()),
         "/readyz" if health.ready() => reply(StatusCode::OK, "ready\n".into()),
         "/readyz" => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: nothing applied yet or the last apply failed\n".into(),
         ),
-        "/metrics" => metrics_reply(
-            Maps::open(pins)
-                .and_then(|m| health.snapshot(&m))
-                .and_then(|s| render(&s, health)),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "try /metrics, /healthz or /readyz\n".into(),
-        ),
-    }
+        _ => return None,
+    })
 }
 
-/// Serves the agent's endpoints until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, pins: PinDir, health: Arc<Health>) {
-    serve_with(listener, move |path| handle(path, &pins, &health)).await;
+/// Serves the agent's endpoints (see [`crate::http`] for which goes where) until the
+/// runtime stops.
+pub fn serve(listen: Listen, pins: PinDir, health: &Arc<Health>) -> Result<()> {
+    let h = Arc::clone(health);
+    let metrics: Handler = Arc::new(move |path: &str| {
+        (path == "/metrics").then(|| {
+            metrics_reply(
+                Maps::open(&pins)
+                    .and_then(|m| h.snapshot(&m))
+                    .and_then(|s| render(&s, &h)),
+            )
+        })
+    });
+    let h = Arc::clone(health);
+    let probes: Handler = Arc::new(move |path: &str| probe(path, &h));
+    serve_endpoints(listen, metrics, probes)
 }
 
 #[cfg(test)]

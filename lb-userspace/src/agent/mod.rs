@@ -48,8 +48,8 @@ pub struct Options {
     pub bpffs_root: PathBuf,
     pub sizes: Sizes,
     pub xdp_mode: XdpAttachMode,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: off).
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve `/metrics` and the probes.
+    pub listen: crate::http::Listen,
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -237,18 +237,7 @@ impl MapOwner {
             ..Limits::default()
         };
         let health = Arc::new(metrics::Health::default());
-        if let Some(addr) = opts.metrics_addr {
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .and_then(tokio::net::TcpListener::from_std)
-                .with_context(|| format!("serving metrics on {addr}"))?;
-            tokio::spawn(metrics::serve(
-                listener,
-                dataplane.pins.clone(),
-                health.clone(),
-            ));
-            info!(%addr, "serving /metrics, /healthz and /readyz");
-        }
+        metrics::serve(opts.listen, dataplane.pins.clone(), &health)?;
         let mut agent = Self {
             health,
             iface,

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::Service;
 
 pub use crate::k8s::{
     crd::{PoolSpec, ServiceAllocation},
-    pool::{Pool, validate_pools},
+    pool::{Pool, Rejected, validate_pools, validate_pools_against},
 };
 use crate::k8s::{selector, translate::ServiceRef};
 use crate::plan::model::Protocol;

@@ -22,7 +22,7 @@
 //! `<pending>` address, and existing addresses keep working (the agents
 //! serve what the statuses say).
 //!
-//! Every replica keeps its caches warm (reflectors on Services, Namespaces
+//! Every replica keeps its caches warm (reflectors on Services, Namespaces, Nodes
 //! and the `IPAddressPools` of its namespace, with kube's default backoff:
 //! a watch error or an API outage keeps the last state). Each time a
 //! replica becomes leader it rebuilds the allocations from the statuses the
@@ -30,6 +30,10 @@
 //! assigning anything, so an address is never handed out twice across
 //! restarts or failovers; a Service whose status clashes with an older one
 //! gets a Warning Event and a new address.
+//!
+//! A pool containing any Node's `InternalIP` or `ExternalIP` is refused as a whole
+//! (`Valid=False`, reason `NodeAddress`, and a Warning Event), like a malformed one: the
+//! node announcing such an address would answer ARP for another node's address.
 //!
 //! Reconciling is level-triggered and idempotent: any change (or a periodic
 //! resync, or a retry after a failed write) recomputes everything from the
@@ -52,7 +56,7 @@ use futures::future;
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
-        core::v1::{Namespace, ObjectReference, Service},
+        core::v1::{Namespace, Node, ObjectReference, Service},
     },
     apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time},
     jiff::Timestamp,
@@ -70,13 +74,13 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use self::{
-    alloc::{Allocator, PoolSpec, Request, validate_pools},
+    alloc::{Allocator, PoolSpec, Rejected, Request, validate_pools_against},
     metrics::{ControllerMetrics, PoolFigures, failure_reason},
 };
 use crate::k8s::{
     crd::{IPAddressPool, IPAddressPoolStatus},
     lease::{self, api_code},
-    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, reference},
+    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, node_ips, reference},
     watch,
 };
 
@@ -158,7 +162,13 @@ pub async fn run_with_metrics(
         watcher::Config::default(),
         &notify,
     );
-    let watchers = future::join3(w1, w2, w3);
+    // Nodes: a pool holding a node's address is refused.
+    let (nodes, w4) = watch::reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        &notify,
+    );
+    let watchers = future::join4(w1, w2, w3, w4);
     tokio::pin!(watchers, shutdown);
     let mut elector = Elector::new(
         Api::namespaced(client.clone(), &opts.namespace),
@@ -170,6 +180,7 @@ pub async fn run_with_metrics(
         services,
         namespaces,
         pools,
+        nodes,
     };
     loop {
         tokio::select! {
@@ -209,6 +220,7 @@ struct Caches {
     services: Store<Service>,
     namespaces: Store<Namespace>,
     pools: Store<IPAddressPool>,
+    nodes: Store<Node>,
 }
 
 /// The Lease side of leader election.
@@ -374,7 +386,7 @@ pub const PARTIAL_REASON: &str = "IPv6Ignored";
 /// What validation said about the pools of one pass, by name.
 struct PoolVerdicts {
     /// Ignored pools and why.
-    bad: BTreeMap<String, String>,
+    bad: BTreeMap<String, Rejected>,
     /// Pools served only in part, and what is left out.
     partial: BTreeMap<String, String>,
 }
@@ -383,12 +395,7 @@ impl PoolVerdicts {
     /// `(status, reason, message)` of a pool's `Valid` condition.
     fn condition(&self, name: &str) -> (&'static str, &'static str, String) {
         if let Some(problem) = self.bad.get(name) {
-            let reason = if problem.starts_with("overlaps") {
-                "OverlappingPool"
-            } else {
-                "InvalidPool"
-            };
-            return ("False", reason, problem.clone());
+            return ("False", problem.reason, problem.message.clone());
         }
         match self.partial.get(name) {
             Some(warning) => ("True", PARTIAL_REASON, warning.clone()),
@@ -474,13 +481,14 @@ impl Leader {
 
     async fn run(&mut self, notify: &Notify) {
         // An empty cache would look like "no Services": never allocate from it.
-        let ready = future::join3(
+        let ready = future::join4(
             self.caches.services.wait_until_ready(),
             self.caches.namespaces.wait_until_ready(),
             self.caches.pools.wait_until_ready(),
+            self.caches.nodes.wait_until_ready(),
         )
         .await;
-        if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() {
+        if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() || ready.3.is_err() {
             tracing::error!("a cache writer is gone");
             return future::pending().await;
         }
@@ -521,21 +529,28 @@ impl Leader {
             .iter()
             .map(|p| (p.name_any(), p.spec.clone()))
             .collect();
-        let (ok, bad) = validate_pools(&specs);
+        let nodes: Vec<Node> = self
+            .caches
+            .nodes
+            .state()
+            .iter()
+            .map(|n| (**n).clone())
+            .collect();
+        let (ok, bad) = validate_pools_against(&specs, &node_ips(&nodes));
         let partial: BTreeMap<String, String> = ok
             .iter()
             .filter_map(|p| p.partial_warning().map(|w| (p.name.clone(), w)))
             .collect();
         self.alloc.set_pools(ok);
         let verdicts = PoolVerdicts {
-            bad: bad.into_iter().collect(),
+            bad: bad.into_iter().map(|r| (r.pool.clone(), r)).collect(),
             partial,
         };
         for p in &pools {
             let r = p.object_ref(&());
             let name = p.name_any();
             if let Some(problem) = verdicts.bad.get(&name) {
-                let msg = format!("{problem}; the pool is ignored");
+                let msg = format!("{}; the pool is ignored", problem.message);
                 self.note(&r, EventType::Warning, "InvalidPool", "Validate", &msg)
                     .await;
             } else if let Some(warning) = verdicts.partial.get(&name) {
@@ -743,7 +758,7 @@ impl Leader {
     }
 
     /// Publishes this pass's figures to `/metrics`.
-    fn record_metrics(&mut self, bad: &BTreeMap<String, String>) {
+    fn record_metrics(&mut self, bad: &BTreeMap<String, Rejected>) {
         let usage = self.alloc.pool_usage();
         let figures = self
             .caches

@@ -142,6 +142,76 @@ fn adopt_or_attach<P>(
     Ok(())
 }
 
+/// Mode bits that let someone other than the owner add, remove or rename entries.
+const WRITABLE_BY_OTHERS: u32 = 0o022;
+
+/// Creates `dir` private (0700) if it is missing, and refuses one that another user owns or
+/// could write to: whoever can write the directory can delete the pins (detaching the data
+/// path when the agent stops) or plant maps the agent would adopt. bpffs is often mounted
+/// world-writable (1777), so anyone may pre-create the directory before the agent first runs.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let m = fs::metadata(parent)
+            .with_context(|| format!("{} (is bpffs mounted?)", parent.display()))?;
+        // Without the sticky bit, anyone who can write the parent can rename our directory away.
+        if m.mode() & WRITABLE_BY_OTHERS != 0 && m.mode() & 0o1000 == 0 {
+            bail!(
+                "refusing to pin under {}: mode {:04o} lets other users replace {} (make it \
+                 0755, or 1777 with the sticky bit)",
+                parent.display(),
+                m.mode() & 0o7777,
+                dir.display()
+            );
+        }
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            // The umask can only have taken bits away; say exactly what we mean.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", dir.display()))?;
+            info!(dir = %dir.display(), "created the pin directory (0700)");
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()));
+        }
+    }
+    // Not following a symlink: a link planted there would point the pins elsewhere.
+    let m = fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    let mode = m.mode() & 0o7777;
+    if !m.is_dir() {
+        bail!(
+            "refusing the pin directory {}: it is not a directory (a symlink or a file, \
+             owner uid {}); remove it and restart",
+            dir.display(),
+            m.uid()
+        );
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        bail!(
+            "refusing the pin directory {}: owned by uid {} (mode {mode:04o}), not by this \
+             agent (uid {me}); another user could delete or replace the pins. Check who \
+             created it, remove it (`onehop cleanup` or `rm -r`), and restart",
+            dir.display(),
+            m.uid()
+        );
+    }
+    if mode & WRITABLE_BY_OTHERS != 0 {
+        bail!(
+            "refusing the pin directory {}: mode {mode:04o} (owner uid {}) lets other users \
+             delete or replace the pins; make it private (`chmod 700`) or remove it, and \
+             restart",
+            dir.display(),
+            m.uid()
+        );
+    }
+    Ok(())
+}
+
 /// Loads (or reloads) the programs and attaches them to `iface`.
 pub fn attach(
     iface: &Interface,
@@ -150,8 +220,8 @@ pub fn attach(
     mode: XdpAttachMode,
 ) -> Result<Dataplane> {
     let pins = PinDir::new(root, &iface.name);
-    fs::create_dir_all(pins.path())
-        .with_context(|| format!("creating {} (is bpffs mounted?)", pins.path().display()))?;
+    private_dir(root)?;
+    private_dir(pins.path())?;
     let adopted = pins.exists();
     check_pinned_layouts(&pins)?;
 

@@ -2,7 +2,7 @@
 //! validated: the controller allocates from them, and the agent's election
 //! reads them to find which advertisements cover an address.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::{
     k8s::crd::{PoolSpec, ServiceAllocation},
@@ -139,17 +139,60 @@ impl Pool {
 /// Validates pools; a pool overlapping an earlier one (by name) is
 /// rejected. Returns the usable pools and `(pool, problem)` for the others.
 pub fn validate_pools(specs: &[(String, PoolSpec)]) -> (Vec<Pool>, Vec<(String, String)>) {
+    let (ok, bad) = validate_pools_against(specs, &BTreeMap::new());
+    (ok, bad.into_iter().map(|r| (r.pool, r.message)).collect())
+}
+
+/// A pool that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub pool: String,
+    /// The reason of its `Valid=False` condition.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// [`validate_pools`], also rejecting a pool that contains an address of a node (`node_ips`:
+/// address → node name). Handing one out would make the announcing node answer ARP for
+/// another node's address (or the ARP requests for it be dropped) and cut that node off.
+/// A rejected pool's addresses are free for another pool to claim.
+pub fn validate_pools_against(
+    specs: &[(String, PoolSpec)],
+    node_ips: &BTreeMap<Ipv4Addr, String>,
+) -> (Vec<Pool>, Vec<Rejected>) {
     let mut sorted: Vec<&(String, PoolSpec)> = specs.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut ok: Vec<Pool> = Vec::new();
     let mut bad = Vec::new();
+    let mut reject = |name: &str, reason, message| {
+        bad.push(Rejected {
+            pool: name.to_owned(),
+            reason,
+            message,
+        });
+    };
     for (name, spec) in sorted {
-        match Pool::parse(name, spec) {
-            Ok(p) => match ok.iter().find(|q| q.overlaps(&p)) {
-                Some(q) => bad.push((name.clone(), format!("overlaps pool {}", q.name))),
-                None => ok.push(p),
-            },
-            Err(e) => bad.push((name.clone(), e)),
+        let p = match Pool::parse(name, spec) {
+            Ok(p) => p,
+            Err(e) => {
+                reject(name, "InvalidPool", e);
+                continue;
+            }
+        };
+        if let Some((ip, node)) = node_ips.iter().find(|(ip, _)| p.contains(**ip)) {
+            reject(
+                name,
+                "NodeAddress",
+                format!(
+                    "contains {ip}, an address of node {node}: announcing it would take the \
+                     node's address over; leave node addresses out of the pool"
+                ),
+            );
+            continue;
+        }
+        match ok.iter().find(|q| q.overlaps(&p)) {
+            Some(q) => reject(name, "OverlappingPool", format!("overlaps pool {}", q.name)),
+            None => ok.push(p),
         }
     }
     (ok, bad)

@@ -18,6 +18,11 @@
 //! - `sessionAffinity: ClientIP` with its timeout (default 10800 s).
 //! - `loadBalancerSourceRanges`: enforced; an unparsable one makes the whole
 //!   service be skipped (fail closed) with a warning.
+//! - An ingress address that is any Node's `InternalIP` or `ExternalIP` is
+//!   neither served nor announced (a `NodeAddress` warning): XDP would answer
+//!   ARP for it, or drop the ARP requests for it on every other node, and cut
+//!   that node off. The controller never hands one out; this guards against a
+//!   status written by hand or by another controller.
 //! - Two Services may share a VIP (allow-shared-ip) on distinct ports; a
 //!   later one (by namespace/name) that claims a taken VIP:port/protocol is
 //!   skipped with a warning.
@@ -160,6 +165,25 @@ pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
             Some((name, ip))
         })
         .collect()
+}
+
+/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
+/// that must never become a VIP.
+pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+        for a in addresses.into_iter().flatten() {
+            if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+                continue;
+            }
+            if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+                out.entry(ip).or_insert_with(|| name.clone());
+            }
+        }
+    }
+    out
 }
 
 /// True when the Node's `Ready` condition is `True`.
@@ -453,6 +477,7 @@ fn drop_taken_ports(
 /// Translates the cluster state into this node's services model.
 pub fn translate(inputs: &Inputs<'_>) -> Translation {
     let node_ips = node_addresses(inputs.nodes);
+    let reserved = self::node_ips(inputs.nodes);
     let mut warnings = Vec::new();
     let mut services = Vec::new();
     let mut model = Vec::new();
@@ -466,7 +491,21 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     ours.sort_by_key(|s| service_ref(s));
     for svc in ours {
         let r = service_ref(svc);
-        let vips = ingress_ips(svc);
+        let mut vips = ingress_ips(svc);
+        vips.retain(|vip| match reserved.get(vip) {
+            Some(node) => {
+                warnings.push(Warning {
+                    service: r.clone(),
+                    reason: "NodeAddress",
+                    message: format!(
+                        "{vip} is an address of node {node}; it is neither served nor \
+                         announced (answering ARP for it would cut that node off)"
+                    ),
+                });
+                false
+            }
+            None => true,
+        });
         if vips.is_empty() {
             continue; // no address assigned yet
         }

@@ -41,6 +41,14 @@
 //!   through their node. A backend serves every port of its service, on
 //!   that port's `target_port`.
 //!
+//! The `services` key is required: an empty file, or one without a
+//! `services` list (`services:` with nothing after it included), is
+//! rejected rather than read as "no services", because that is what a file
+//! truncated in place looks like while it is being rewritten (a shell
+//! redirect, a non-atomic save). To serve nothing, write `services: []`.
+//! Replace the file atomically (write a temporary file, then rename it) so a
+//! reader never sees a half-written one.
+//!
 //! Unknown fields are errors. All problems of a file are reported at once,
 //! each with its field path and line, e.g.
 //! `services[1].ports[0].target_port (line 14): must be 1..=65535, not 0`.
@@ -85,6 +93,12 @@ pub enum ConfigError {
     /// Not YAML, or not the expected shape (unknown field, wrong type...).
     #[error("the services file does not parse: {0}")]
     Syntax(#[source] Box<serde_saphyr::Error>),
+    /// No YAML document at all: zero bytes, whitespace or comments only.
+    #[error(
+        "the services file is empty (truncated, or still being written?); \
+         to serve nothing, write `services: []`"
+    )]
+    Empty,
     /// Well-formed but invalid: every problem found.
     #[error("{}", issues_text(.0))]
     Invalid(Vec<Issue>),
@@ -94,7 +108,7 @@ impl ConfigError {
     /// The semantic problems (empty for a syntax error).
     pub fn issues(&self) -> &[Issue] {
         match self {
-            ConfigError::Syntax(_) => &[],
+            ConfigError::Syntax(_) | ConfigError::Empty => &[],
             ConfigError::Invalid(issues) => issues,
         }
     }
@@ -193,15 +207,11 @@ fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
 
 /// Parses and validates a services file against the map capacities.
 pub fn parse(text: &str, limits: &Limits) -> Result<NodeServices, ConfigError> {
-    // An empty (or comment-only) document is an empty configuration.
+    // Withdrawing every service on an empty read would turn a file caught mid-rewrite into
+    // an outage, so emptiness must be said explicitly (`services: []`).
     let raw: Option<RawFile> = serde_saphyr::from_str_with_options(text, yaml_options(limits))
         .map_err(|e| ConfigError::Syntax(Box::new(e)))?;
-    let raw = raw.unwrap_or(RawFile {
-        node: None,
-        nat_ports: None,
-        announce: None,
-        services: None,
-    });
+    let raw = raw.ok_or(ConfigError::Empty)?;
     let mut v = Validator::default();
     let file = v.file(&raw, limits);
     if v.issues.is_empty() {
@@ -291,6 +301,14 @@ impl Validator {
             .services
             .as_ref()
             .map_or(Location::UNKNOWN, |s| s.referenced);
+        if raw.services.is_none() {
+            self.issue(
+                "services",
+                Location::UNKNOWN,
+                "missing: the file lacks its `services` list (cut short, or still being \
+                 written?); to serve nothing, write `services: []`",
+            );
+        }
         let mut services = Vec::new();
         for (i, s) in raw.services.iter().flat_map(|s| &s.value).enumerate() {
             services.push(self.service(i, s));

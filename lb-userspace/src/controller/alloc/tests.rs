@@ -455,3 +455,72 @@ fn pool_size_counts_usable_addresses() {
     let p = Pool::parse("p", &spec(&["10.0.0.250-10.0.1.5"], true)).unwrap();
     assert_eq!(p.size(), p.addresses().count() as u64);
 }
+
+#[test]
+fn pools_holding_a_node_address_are_rejected() {
+    let specs = vec![
+        (
+            "a-lan".to_owned(),
+            spec(json!({ "addresses": ["192.168.50.0/24"] })),
+        ),
+        (
+            "b-range".to_owned(),
+            spec(json!({ "addresses": ["198.51.100.10-198.51.100.20"] })),
+        ),
+        (
+            "c-ok".to_owned(),
+            spec(json!({ "addresses": ["192.168.50.200-192.168.50.210", "198.51.100.21/32"] })),
+        ),
+    ];
+    let nodes = BTreeMap::from([
+        (ip("192.168.50.11"), "n1".to_owned()),
+        (ip("198.51.100.20"), "n2".to_owned()),
+    ]);
+    let (ok, bad) = validate_pools_against(&specs, &nodes);
+    assert_eq!(
+        ok.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["c-ok"],
+        "a rejected pool must not block the pools it would overlap"
+    );
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    for (r, addr, node) in [
+        (&bad[0], "192.168.50.11", "n1"),
+        (&bad[1], "198.51.100.20", "n2"),
+    ] {
+        assert_eq!(r.reason, "NodeAddress", "{r:?}");
+        assert!(
+            r.message.contains(addr) && r.message.contains(&format!("node {node}")),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        (bad[0].pool.as_str(), bad[1].pool.as_str()),
+        ("a-lan", "b-range")
+    );
+    // The last address of a range counts, and so does a single-address pool.
+    let single = vec![(
+        "d".to_owned(),
+        spec(json!({ "addresses": ["192.168.50.11/32"] })),
+    )];
+    assert_eq!(
+        validate_pools_against(&single, &nodes).1[0].reason,
+        "NodeAddress"
+    );
+    // Without nodes nothing changes: the other reasons are as before.
+    let (_, bad) = validate_pools_against(
+        &[
+            (
+                "x".to_owned(),
+                spec(json!({ "addresses": ["10.0.0.0/24"] })),
+            ),
+            (
+                "y".to_owned(),
+                spec(json!({ "addresses": ["10.0.0.0/25"] })),
+            ),
+            ("z".to_owned(), spec(json!({ "addresses": ["nope"] }))),
+        ],
+        &BTreeMap::new(),
+    );
+    let reasons: Vec<&str> = bad.iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["OverlappingPool", "InvalidPool"]);
+}

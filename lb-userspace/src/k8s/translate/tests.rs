@@ -456,3 +456,135 @@ fn translation_plans_like_a_file() {
     assert_eq!(state.services.len(), 1);
     assert_eq!(state.backends.len(), 2);
 }
+
+#[test]
+fn node_ips_are_internal_and_external_ipv4_addresses() {
+    let n3: Node = from(json!({
+        "metadata": { "name": "n3" },
+        "status": { "addresses": [
+            { "type": "Hostname", "address": "n3" },
+            { "type": "InternalIP", "address": "192.168.50.13" },
+            { "type": "InternalIP", "address": "fd00::13" },
+            { "type": "ExternalIP", "address": "203.0.113.13" },
+            { "type": "InternalDNS", "address": "n3.example" }
+        ] }
+    }));
+    let got = node_ips(&[node("n1", "192.168.50.11"), n3]);
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            (ip("192.168.50.11"), "n1".to_owned()),
+            (ip("192.168.50.13"), "n3".to_owned()),
+            (ip("203.0.113.13"), "n3".to_owned()),
+        ])
+    );
+}
+
+/// A status naming a node's own address (written by hand, or by another controller) must
+/// never reach the maps: announced, XDP would answer ARP for the node's address; merely
+/// served, every other node's XDP would drop the ARP requests for it. Either cuts the node
+/// off. The Service's other addresses are still served.
+#[test]
+fn node_addresses_are_never_served_or_announced() {
+    use crate::plan::state::{DataplaneState, Node as LbNode, plan};
+    let mut ns = nodes();
+    ns.push(from(json!({
+        "metadata": { "name": "n3" },
+        "status": {
+            "addresses": [
+                { "type": "InternalIP", "address": "192.168.50.13" },
+                { "type": "ExternalIP", "address": "198.51.100.13" }
+            ],
+            "conditions": [{ "type": "Ready", "status": "True" }]
+        }
+    })));
+    let svcs = [
+        service(
+            "web",
+            json!({ "status": { "loadBalancer": { "ingress": [
+                { "ip": "192.168.50.200" }, { "ip": "192.168.50.12" }
+            ] } } }),
+        ),
+        service(
+            "ext",
+            json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "198.51.100.13" }] } } }),
+        ),
+        service(
+            "own",
+            json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.168.50.11" }] } } }),
+        ),
+    ];
+    let slices = [
+        slice(
+            "web",
+            "w",
+            8080,
+            vec![ep("10.42.1.2", "n1", true, true, false)],
+        ),
+        slice(
+            "ext",
+            "e",
+            8080,
+            vec![ep("10.42.1.3", "n1", true, true, false)],
+        ),
+        slice(
+            "own",
+            "o",
+            8080,
+            vec![ep("10.42.1.4", "n1", true, true, false)],
+        ),
+    ];
+    // The election may have picked any of them for this node.
+    let announce: BTreeSet<Ipv4Addr> = [
+        "192.168.50.200",
+        "192.168.50.12",
+        "198.51.100.13",
+        "192.168.50.11",
+    ]
+    .iter()
+    .map(|a| ip(a))
+    .collect();
+    let t = translate(&Inputs {
+        services: &svcs,
+        slices: &SliceIndex::new(&slices),
+        nodes: &ns,
+        node_name: "n1",
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+    });
+    let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
+    assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
+    assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
+    let warned: Vec<(&str, &str, &str)> = t
+        .warnings
+        .iter()
+        .map(|w| (w.service.name.as_str(), w.reason, w.message.as_str()))
+        .collect();
+    for (svc, addr, node) in [
+        ("web", "192.168.50.12", "n2"),
+        ("ext", "198.51.100.13", "n3"),
+        ("own", "192.168.50.11", "n1"),
+    ] {
+        assert!(
+            warned.iter().any(|(s, r, m)| *s == svc
+                && *r == "NodeAddress"
+                && m.contains(addr)
+                && m.contains(&format!("node {node}"))),
+            "no NodeAddress warning for {svc} ({addr}): {warned:?}"
+        );
+    }
+    // And it plans: a node address among the VIPs would fail the whole apply.
+    let node = LbNode {
+        ip: ip("192.168.50.11"),
+        ifindex: 2,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    plan(
+        &DataplaneState::default(),
+        &t.file,
+        &node,
+        &crate::plan::model::Limits::default(),
+    )
+    .expect("plans");
+}

@@ -44,6 +44,7 @@ fn issues_with(text: &str, limits: &Limits) -> Vec<String> {
     match parse(text, limits) {
         Ok(f) => panic!("expected errors, parsed {f:?}"),
         Err(ConfigError::Syntax(e)) => panic!("expected semantic errors, got syntax error {e}"),
+        Err(ConfigError::Empty) => panic!("expected semantic errors, got an empty file"),
         Err(e @ ConfigError::Invalid(_)) => e.issues().iter().map(ToString::to_string).collect(),
     }
 }
@@ -180,19 +181,104 @@ fn defaults() {
 }
 
 #[test]
-fn empty_files_are_empty_configurations() {
+fn an_explicit_empty_list_is_an_empty_configuration() {
     for text in [
-        "",
-        "\n",
-        "# nothing yet\n",
         "services: []\n",
-        "services:\n",
-        "---\n",
+        "# nothing here yet\nservices: []\n",
+        "---\nservices: []\n",
     ] {
         let f = ok(text);
         assert!(f.services.is_empty(), "{text:?}");
+        assert!(f.announce.is_empty(), "{text:?}");
         assert_eq!(f.nat_ports, NatPorts::default());
     }
+}
+
+/// What a file truncated in place looks like to a reader: these must never
+/// be read as "serve nothing".
+#[test]
+fn empty_files_are_rejected_not_applied_as_no_services() {
+    for text in [
+        "",
+        "\n",
+        "   \n\t\n",
+        "# nothing yet\n",
+        "---\n",
+        "---\n...\n",
+    ] {
+        match parse(text, &Limits::default()) {
+            Err(e @ ConfigError::Empty) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("empty") && msg.contains("services: []"),
+                    "{text:?}: {msg}"
+                );
+            }
+            other => panic!("{text:?}: expected ConfigError::Empty, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_file_without_its_services_list_is_rejected() {
+    for text in [
+        // Cut right after the key, or before it.
+        "services:\n",
+        "services: ~\n",
+        "node: { ip: 192.168.50.11 }\n",
+        "node: { ip: 192.168.50.11 }\nnat_ports: { min: 62000, max: 63000 }\n",
+    ] {
+        let got = issues(text);
+        assert_eq!(got.len(), 1, "{text:?}: {got:?}");
+        assert!(
+            got[0].starts_with("services: missing") && got[0].contains("services: []"),
+            "{text:?}: {got:?}"
+        );
+    }
+    // Reported together with the file's other problems.
+    let got = issues("announce: [192.168.50.100]\n");
+    assert!(
+        got.iter().any(|i| i.starts_with("services: missing")),
+        "{got:?}"
+    );
+    assert!(got.iter().any(|i| i.starts_with("announce[0]")), "{got:?}");
+}
+
+/// A file cut anywhere inside a document (as a non-atomic save leaves it for
+/// a moment) is either rejected or, when the cut falls exactly between two
+/// entries, still a well-formed file; it never parses into something with
+/// more than the full file had, and an empty prefix is never "no services".
+#[test]
+fn every_prefix_of_a_file_is_rejected_or_a_subset() {
+    let full = ok(EXAMPLE);
+    let mut rejected = 0;
+    for cut in 0..EXAMPLE.len() {
+        let prefix = &EXAMPLE[..cut];
+        match parse(prefix, &Limits::default()) {
+            Err(_) => rejected += 1,
+            Ok(f) => {
+                assert!(
+                    !f.services.is_empty(),
+                    "the first {cut} bytes parse as a file without services:\n{prefix}"
+                );
+                assert!(f.services.len() <= full.services.len(), "{prefix}");
+                for s in &f.services {
+                    assert!(
+                        full.services
+                            .iter()
+                            .any(|g| g.name == s.name && g.vip == s.vip),
+                        "a prefix invented {s:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Most cuts land mid-token or mid-line and must fail.
+    assert!(
+        rejected > EXAMPLE.len() / 2,
+        "only {rejected} of {} prefixes rejected",
+        EXAMPLE.len()
+    );
 }
 
 #[test]
@@ -360,7 +446,7 @@ fn vip_address_classes() {
             )]
         );
     }
-    let text = "node: { ip: 0.0.0.0 }\n";
+    let text = "node: { ip: 0.0.0.0 }\nservices: []\n";
     assert_eq!(
         issues(text),
         vec!["node.ip (line 1): 0.0.0.0 is the unspecified address"]
@@ -417,18 +503,18 @@ fn ports_and_timeouts_ranges() {
         vec!["services[0].ports (line 4): must list at least one port"]
     );
     assert_eq!(
-        issues("nat_ports: { min: 1023, max: 1023 }\n"),
+        issues("nat_ports: { min: 1023, max: 1023 }\nservices: []\n"),
         vec!["nat_ports.min (line 1): must be at least 1024, not 1023"]
     );
     assert_eq!(
-        ok("nat_ports: { min: 1024, max: 1024 }\n").nat_ports,
+        ok("nat_ports: { min: 1024, max: 1024 }\nservices: []\n").nat_ports,
         NatPorts {
             min: 1024,
             max: 1024
         }
     );
     assert_eq!(
-        issues("nat_ports: { min: 2000, max: 65536 }\n"),
+        issues("nat_ports: { min: 2000, max: 65536 }\nservices: []\n"),
         vec!["nat_ports.max (line 1): must be 1..=65535, not 65536"]
     );
 }
