@@ -116,5 +116,9 @@ numbered! {
         /// it is dropped; the agent keeps managed neighbour entries for all
         /// backend nodes so this only happens before the first resolution.
         NoNeighbour = 13 => "no_neighbour",
+        /// ICMP echo request to a VIP whose ICMP checksum is wrong (or
+        /// longer than the checksum loop covers, `parse::MAX_SUMMED` in lb-ebpf):
+        /// answering would send a reply with a wrong checksum.
+        BadIcmpChecksum = 14 => "bad_icmp_checksum",
     }
 }

@@ -13,8 +13,9 @@
 //! - IP options (IHL > 5): `ip_options` — not parsed, by policy;
 //! - fragments (MF or offset): `fragment` — ports are only in the first one;
 //! - wrong header checksum: `bad_ip_header`;
-//! - ICMP echo request is answered (see `icmp`), other ICMP and protocols
-//!   other than TCP/UDP: `unsupported_protocol`;
+//! - ICMP echo request is answered (see `icmp`; wrong ICMP checksum:
+//!   `bad_icmp_checksum`), other ICMP and protocols other than TCP/UDP:
+//!   `unsupported_protocol`;
 //! - TTL <= 1 on a packet we would forward: `ttl_exceeded` (an echo request
 //!   is answered whatever its TTL: we are its destination);
 //! - transport header beyond the IP total length or TCP data offset < 5:

@@ -164,6 +164,51 @@ fn icmp_echo_reply() {
     });
 }
 
+#[test]
+fn icmp_echo_checksum_verified_over_the_whole_message() {
+    with_lb(|lb| {
+        // Odd and even lengths, short and about a full MTU: the check must
+        // cover every byte (the last odd byte too), not just the header.
+        for len in [0usize, 1, 57, 1000, 1472] {
+            let mut req = Pkt::icmp_echo(CLIENT, VIP);
+            req.payload = (0..len)
+                .map(|i| u8::try_from((i * 7 + 3) % 251).expect("below 251"))
+                .collect();
+            let frame = req.build();
+            let out = lb.expect(
+                &format!("good echo, {len} bytes"),
+                &frame,
+                XDP_TX,
+                Want::C(C::IcmpEchoReply),
+            );
+            assert_checksums(&out);
+
+            let icmp_check = 14 + 20 + 2;
+            let mut bad = frame.clone();
+            bad[icmp_check] ^= 0x01;
+            lb.expect_untouched(
+                &format!("bad header checksum, {len} bytes"),
+                &bad,
+                XDP_DROP,
+                Want::D(D::BadIcmpChecksum),
+            );
+            if len > 0 {
+                // A flipped payload bit with the checksum unchanged: only
+                // a sum over the payload sees it.
+                let mut bad = frame.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0x80;
+                lb.expect_untouched(
+                    &format!("corrupt payload, {len} bytes"),
+                    &bad,
+                    XDP_DROP,
+                    Want::D(D::BadIcmpChecksum),
+                );
+            }
+        }
+    });
+}
+
 // ---------------------------------------------------------------- local backends
 
 #[test]
