@@ -120,5 +120,9 @@ numbered! {
         /// longer than the checksum loop covers, `parse::MAX_SUMMED` in lb-ebpf):
         /// answering would send a reply with a wrong checksum.
         BadIcmpChecksum = 14 => "bad_icmp_checksum",
+        /// To a VIP from an address no host may send from (0/8, 127/8,
+        /// 224/4 multicast, 240/4 incl. broadcast) or from the node's own
+        /// address: dropped before any flow state, as the kernel would.
+        MartianSource = 15 => "martian_source",
     }
 }

@@ -13,6 +13,8 @@
 //! - IP options (IHL > 5): `ip_options` — not parsed, by policy;
 //! - fragments (MF or offset): `fragment` — ports are only in the first one;
 //! - wrong header checksum: `bad_ip_header`;
+//! - a martian source (0/8, 127/8, 224/4, 240/4, the node's address):
+//!   `martian_source`, before any flow state;
 //! - ICMP echo request is answered (see `icmp`; wrong ICMP checksum:
 //!   `bad_icmp_checksum`), other ICMP and protocols other than TCP/UDP:
 //!   `unsupported_protocol`;
@@ -102,6 +104,16 @@ fn classify(ctx: &XdpContext, cur: &mut Cursor<'_>, cfg: &Config, frame_len: usi
     }
 }
 
+/// A source no host may send from (RFC 1122 3.2.1.3, RFC 5735): this
+/// network (0/8), loopback (127/8), multicast (224/4), reserved and limited
+/// broadcast (240/4); or our own address. The kernel drops these as martians;
+/// a packet we translate never meets its checks, so we drop them ourselves
+/// (full NAT would otherwise carry them to a pod under our address).
+#[inline(always)]
+fn is_martian(src: [u8; 4], cfg: &Config) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] >= 224 || src == cfg.node_ip
+}
+
 /// Checks an IPv4 header we might act on; returns the number of bytes the
 /// header says follow it.
 #[inline(always)]
@@ -172,6 +184,9 @@ fn service_path(
         Ok(l) => l,
         Err(r) => return Outcome::Drop(r),
     };
+    if is_martian(ip.src, cfg) {
+        return Outcome::Drop(DropReason::MartianSource);
+    }
     let proto = ip.proto;
     if proto == proto::ICMP {
         return icmp::handle(cur, eth, ip, l4_len);

@@ -704,6 +704,74 @@ fn service_drops_and_source_ranges() {
     });
 }
 
+/// Sources no host may use (RFC 1122 3.2.1.3, RFC 5735), and the node's
+/// own address.
+const MARTIANS: [(&str, [u8; 4]); 7] = [
+    ("this network 0/8", [0, 0, 0, 0]),
+    ("this network 0/8, not zero", [0, 1, 2, 3]),
+    ("loopback 127/8", [127, 0, 0, 1]),
+    ("multicast 224/4", [224, 0, 0, 251]),
+    ("reserved 240/4", [240, 1, 2, 3]),
+    ("limited broadcast", [255, 255, 255, 255]),
+    ("the node's own address", NODE_IP),
+];
+
+#[test]
+fn martian_sources_dropped_before_any_flow_state() {
+    with_lb(|lb| {
+        for (what, src) in MARTIANS {
+            // Port 80 has a local backend, 81 a remote one (full NAT), 53 is UDP.
+            for (dport, syn) in [
+                (80, Pkt::tcp(src, 4000, VIP, 80, SYN)),
+                (81, Pkt::tcp(src, 4000, VIP, 81, SYN)),
+                (53, Pkt::udp(src, 4000, VIP, 53)),
+            ] {
+                lb.expect_untouched(
+                    &format!("{what} to port {dport}"),
+                    &syn.build(),
+                    XDP_DROP,
+                    Want::D(D::MartianSource),
+                );
+                let p = if dport == 53 { proto::UDP } else { proto::TCP };
+                assert!(
+                    lb.conntrack(&flow(src, VIP, 4000, dport, p)).is_none(),
+                    "{what}: no conntrack entry"
+                );
+            }
+            lb.expect_untouched(
+                &format!("{what}: echo request"),
+                &Pkt::icmp_echo(src, VIP).build(),
+                XDP_DROP,
+                Want::D(D::MartianSource),
+            );
+        }
+        assert!(lb.rev_nat_entries().is_empty(), "no NAT port claimed");
+        assert_eq!(lb.conntrack_len(), 0, "no flow state at all");
+
+        // Ordinary sources next to the martian ranges still work.
+        for (what, src) in [
+            ("private", CLIENT),
+            ("public", [8, 8, 8, 8]),
+            ("just below 224/4", [223, 255, 255, 254]),
+            ("just above 127/8", [128, 0, 0, 1]),
+            ("just above 0/8", [1, 0, 0, 1]),
+        ] {
+            lb.expect(
+                &format!("{what} source, local backend"),
+                &Pkt::tcp(src, 4001, VIP, 80, SYN).build(),
+                XDP_PASS,
+                Want::C(C::LocalNewFlow),
+            );
+            lb.expect(
+                &format!("{what} source, remote backend"),
+                &Pkt::tcp(src, 4001, VIP, 81, SYN).build(),
+                XDP_TX,
+                Want::C(C::RemoteNewFlow),
+            );
+        }
+    });
+}
+
 #[test]
 fn passes_untouched() {
     with_lb(|lb| {
