@@ -9,6 +9,8 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
+
 use lb_common::{
     AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue, bench,
     flow_flags, maps as m, proto,
@@ -769,6 +771,30 @@ fn martian_sources_dropped_before_any_flow_state() {
                 Want::C(C::RemoteNewFlow),
             );
         }
+    });
+}
+
+/// `loadBalancerSourceRanges` holding only IPv6 CIDRs: restricted, with no
+/// IPv4 range, so every IPv4 client is denied (not "empty list, allow all").
+#[test]
+fn source_ranges_without_ipv4_entries_deny_every_ipv4_client() {
+    with_lb(|lb| {
+        lb.set_source_ranges(80, &[], true);
+        for (what, src) in [("in-subnet client", CLIENT), ("far client", CLIENT_FAR)] {
+            lb.expect_untouched(
+                what,
+                &Pkt::tcp(src, 7100, VIP, 80, SYN).build(),
+                XDP_DROP,
+                Want::D(D::SourceRange),
+            );
+        }
+        lb.set_source_ranges(80, &[], false);
+        lb.expect(
+            "unrestricted again",
+            &Pkt::tcp(CLIENT, 7100, VIP, 80, SYN).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
     });
 }
 

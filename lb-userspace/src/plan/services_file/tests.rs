@@ -102,6 +102,7 @@ fn parses_the_example() {
                             prefix_len: 24
                         },
                     ],
+                    no_ipv4_source_range: false,
                     backends: vec![
                         Backend {
                             ip: ip("10.42.0.5"),
@@ -123,6 +124,7 @@ fn parses_the_example() {
                     }],
                     session_affinity: SessionAffinity::None,
                     source_ranges: vec![],
+                    no_ipv4_source_range: false,
                     backends: vec![],
                 },
             ],
@@ -558,6 +560,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),
+            no_ipv4_source_range: false,
             backends: backends
                 .into_iter()
                 .map(|(pod, node)| Backend {
