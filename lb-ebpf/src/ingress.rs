@@ -27,13 +27,10 @@
 //! 5-tuple is in `rev_nat` is touched; everything else to the node's address
 //! passes untouched (`pass_node_traffic`).
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, ServiceKey,
-    SourceRangeData, backend_flags, flow_flags, proto, service_flags, vip_flags,
+    backend_flags, flow_flags, proto, vip_flags,
 };
 
 use crate::{
@@ -42,7 +39,7 @@ use crate::{
     csum,
     forward::{self, Route},
     icmp,
-    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, SRC_RANGES, VIPS},
+    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
@@ -208,18 +205,6 @@ fn service_path(
     // SAFETY: value pointer the map just returned; copied out.
     let svc = unsafe { *svc };
     stats::traffic(&SERVICE_STATS, svc.id, frame_len);
-    if svc.flags & service_flags::SOURCE_RANGES != 0 {
-        let k = Key::new(
-            64,
-            SourceRangeData {
-                service_id: svc.id.to_be_bytes(),
-                addr: ip.src,
-            },
-        );
-        if SRC_RANGES.get(&k).is_none() {
-            return Outcome::Drop(DropReason::SourceRange);
-        }
-    }
     let key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };

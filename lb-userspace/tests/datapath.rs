@@ -774,6 +774,48 @@ fn martian_sources_dropped_before_any_flow_state() {
     });
 }
 
+/// kube-proxy semantics: loadBalancerSourceRanges decide whether a
+/// connection may start; a connection that started keeps going when the
+/// list changes.
+#[test]
+fn source_ranges_apply_to_new_flows_only() {
+    with_lb(|lb| {
+        let syn = Pkt::tcp(CLIENT, 7000, VIP, 85, SYN);
+        lb.expect(
+            "allowed SYN",
+            &syn.build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        lb.set_source_ranges(85, &[(Ipv4Addr::new(10, 9, 0, 0), 16)], false);
+        let ack = Pkt::tcp(CLIENT, 7000, VIP, 85, ACK);
+        let out = lb.expect(
+            "established flow after its range was removed",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        assert_eq!(dst_of(&out), pod(LOCAL_A).0);
+        lb.expect_untouched(
+            "new flow from the same source",
+            &Pkt::tcp(CLIENT, 7001, VIP, 85, SYN).build(),
+            XDP_DROP,
+            Want::D(D::SourceRange),
+        );
+        lb.expect_untouched(
+            "a new SYN on the established tuple is a new flow",
+            &syn.build(),
+            XDP_DROP,
+            Want::D(D::SourceRange),
+        );
+        assert!(
+            lb.conntrack(&flow(CLIENT, VIP, 7001, 85, proto::TCP))
+                .is_none(),
+            "a denied flow leaves no state"
+        );
+    });
+}
+
 /// `loadBalancerSourceRanges` holding only IPv6 CIDRs: restricted, with no
 /// IPv4 range, so every IPv4 client is denied (not "empty list, allow all").
 #[test]
