@@ -116,5 +116,13 @@ numbered! {
         /// it is dropped; the agent keeps managed neighbour entries for all
         /// backend nodes so this only happens before the first resolution.
         NoNeighbour = 13 => "no_neighbour",
+        /// ICMP echo request to a VIP whose ICMP checksum is wrong (or
+        /// longer than the checksum loop covers, `parse::MAX_SUMMED` in lb-ebpf):
+        /// answering would send a reply with a wrong checksum.
+        BadIcmpChecksum = 14 => "bad_icmp_checksum",
+        /// To a VIP from an address no host may send from (0/8, 127/8,
+        /// 224/4 multicast, 240/4 incl. broadcast) or from the node's own
+        /// address: dropped before any flow state, as the kernel would.
+        MartianSource = 15 => "martian_source",
     }
 }

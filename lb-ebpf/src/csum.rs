@@ -1,8 +1,9 @@
 //! Internet checksums. Rewrites update checksums incrementally (RFC 1624,
 //! eqn. 3: `HC' = ~(~HC + ~m + m')`), so a packet whose checksum was right
 //! stays right and one whose checksum was wrong stays wrong — we never vouch
-//! for bytes we did not read. Only the IPv4 header checksum is verified (20
-//! bytes, cheap); L4 checksums are left to the receiver.
+//! for bytes we did not read. The IPv4 header checksum is verified (20
+//! bytes, cheap), and an ICMP echo request's before we answer it (the
+//! reply is ours); TCP/UDP checksums are left to the receiver.
 
 use crate::parse::Ipv4Hdr;
 
@@ -45,6 +46,13 @@ impl Delta {
     pub fn apply(self, check: u16) -> u16 {
         !fold(u32::from(!check) + u32::from(fold(self.0)))
     }
+}
+
+/// True when an unfolded one's-complement sum over data that includes its
+/// checksum field says the checksum is right.
+#[inline(always)]
+pub fn sums_to_ones(s: u32) -> bool {
+    fold(s) == 0xffff
 }
 
 /// True when the 20-byte header's checksum is right (the one's-complement

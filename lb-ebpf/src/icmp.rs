@@ -1,11 +1,16 @@
 //! ICMP echo to a VIP is answered from XDP (so `ping VIP` works whichever
 //! backends exist). Other ICMP to a VIP is dropped: errors about flows would
 //! need their inner headers translated, which we do not do yet.
+//!
+//! The reply's checksum is the request's, updated incrementally, so a request
+//! with a wrong checksum would get a reply with a wrong one: the checksum is
+//! verified over the whole message first (`bad_icmp_checksum`), a loop over
+//! at most `MAX_SUMMED` bytes — more than any frame this program sees.
 
 use lb_common::{Counter, DropReason};
 
 use crate::{
-    csum::Delta,
+    csum::{self, Delta},
     parse::{Cursor, EthHdr, IcmpHdr, Ipv4Hdr},
     verdict::Outcome,
 };
@@ -26,6 +31,16 @@ pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4_len: 
     };
     if icmp.ty != ECHO_REQUEST || icmp.code != 0 {
         return Outcome::Drop(DropReason::UnsupportedProtocol);
+    }
+    let header = u32::from(u16::from_be_bytes([icmp.ty, icmp.code]))
+        + u32::from(u16::from_be_bytes(icmp.check))
+        + u32::from(u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]))
+        + u32::from(u16::from_be_bytes([icmp.rest[2], icmp.rest[3]]));
+    let Some(data) = cur.sum_ahead(l4_len - core::mem::size_of::<IcmpHdr>()) else {
+        return Outcome::Drop(DropReason::BadIcmpChecksum);
+    };
+    if !csum::sums_to_ones(header + data) {
+        return Outcome::Drop(DropReason::BadIcmpChecksum);
     }
     let mut d = Delta::default();
     d.word(

@@ -13,8 +13,11 @@
 //! - IP options (IHL > 5): `ip_options` — not parsed, by policy;
 //! - fragments (MF or offset): `fragment` — ports are only in the first one;
 //! - wrong header checksum: `bad_ip_header`;
-//! - ICMP echo request is answered (see `icmp`), other ICMP and protocols
-//!   other than TCP/UDP: `unsupported_protocol`;
+//! - a martian source (0/8, 127/8, 224/4, 240/4, the node's address):
+//!   `martian_source`, before any flow state;
+//! - ICMP echo request is answered (see `icmp`; wrong ICMP checksum:
+//!   `bad_icmp_checksum`), other ICMP and protocols other than TCP/UDP:
+//!   `unsupported_protocol`;
 //! - TTL <= 1 on a packet we would forward: `ttl_exceeded` (an echo request
 //!   is answered whatever its TTL: we are its destination);
 //! - transport header beyond the IP total length or TCP data offset < 5:
@@ -24,13 +27,10 @@
 //! 5-tuple is in `rev_nat` is touched; everything else to the node's address
 //! passes untouched (`pass_node_traffic`).
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, ServiceKey,
-    SourceRangeData, backend_flags, flow_flags, proto, service_flags, vip_flags,
+    backend_flags, flow_flags, proto, vip_flags,
 };
 
 use crate::{
@@ -39,7 +39,7 @@ use crate::{
     csum,
     forward::{self, Route},
     icmp,
-    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, SRC_RANGES, VIPS},
+    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
@@ -99,6 +99,16 @@ fn classify(ctx: &XdpContext, cur: &mut Cursor<'_>, cfg: &Config, frame_len: usi
     } else {
         Outcome::Pass(Counter::PassNotVip)
     }
+}
+
+/// A source no host may send from (RFC 1122 3.2.1.3, RFC 5735): this
+/// network (0/8), loopback (127/8), multicast (224/4), reserved and limited
+/// broadcast (240/4); or our own address. The kernel drops these as martians;
+/// a packet we translate never meets its checks, so we drop them ourselves
+/// (full NAT would otherwise carry them to a pod under our address).
+#[inline(always)]
+fn is_martian(src: [u8; 4], cfg: &Config) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] >= 224 || src == cfg.node_ip
 }
 
 /// Checks an IPv4 header we might act on; returns the number of bytes the
@@ -171,6 +181,9 @@ fn service_path(
         Ok(l) => l,
         Err(r) => return Outcome::Drop(r),
     };
+    if is_martian(ip.src, cfg) {
+        return Outcome::Drop(DropReason::MartianSource);
+    }
     let proto = ip.proto;
     if proto == proto::ICMP {
         return icmp::handle(cur, eth, ip, l4_len);
@@ -192,18 +205,6 @@ fn service_path(
     // SAFETY: value pointer the map just returned; copied out.
     let svc = unsafe { *svc };
     stats::traffic(&SERVICE_STATS, svc.id, frame_len);
-    if svc.flags & service_flags::SOURCE_RANGES != 0 {
-        let k = Key::new(
-            64,
-            SourceRangeData {
-                service_id: svc.id.to_be_bytes(),
-                addr: ip.src,
-            },
-        );
-        if SRC_RANGES.get(&k).is_none() {
-            return Outcome::Drop(DropReason::SourceRange);
-        }
-    }
     let key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };

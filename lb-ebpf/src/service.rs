@@ -4,21 +4,26 @@
 //!    while the backend slot still holds the same pod address. A TCP SYN
 //!    without ACK skips the lookup: a new connection always gets the
 //!    current choice, even if an old flow with the same tuple is remembered.
-//! 2. Otherwise the flow is new: with sessionAffinity a live affinity entry
+//! 2. Otherwise the flow is new. loadBalancerSourceRanges are checked here,
+//!    after the conntrack hit, as kube-proxy does: they decide whether a
+//!    connection may start, an established one keeps going when the list
+//!    changes, and established packets skip the LPM lookup. A denied flow
+//!    leaves no state (no affinity entry either).
+//! 3. With sessionAffinity a live affinity entry
 //!    wins; else the service's Maglev slice is indexed by the flow hash (or,
 //!    with affinity, by the client hash, so the first choice is already
 //!    stable per client).
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DropReason, FlowKey,
-    ServiceValue, backend_flags, flow_flags,
+    ServiceValue, SourceRangeData, backend_flags, flow_flags,
     hash::{client_hash, flow_hash},
     service_flags,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, MAGLEV},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, MAGLEV, SRC_RANGES},
     stats,
 };
 
@@ -75,6 +80,20 @@ pub fn choose(
                 });
             }
             _ => stats::count(Counter::FlowRepicked),
+        }
+    }
+    if svc.flags & service_flags::SOURCE_RANGES != 0 {
+        // The planner sets the flag with no entries when the service allows
+        // no IPv4 range at all: the lookup misses and every client is denied.
+        let k = Key::new(
+            64,
+            SourceRangeData {
+                service_id: svc.id.to_be_bytes(),
+                addr: key.src,
+            },
+        );
+        if SRC_RANGES.get(&k).is_none() {
+            return Err(DropReason::SourceRange);
         }
     }
     if svc.maglev_len == 0 {

@@ -9,6 +9,8 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
+
 use lb_common::{
     AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue, bench,
     flow_flags, maps as m, proto,
@@ -161,6 +163,51 @@ fn icmp_echo_reply() {
             XDP_DROP,
             Want::D(D::UnsupportedProtocol),
         );
+    });
+}
+
+#[test]
+fn icmp_echo_checksum_verified_over_the_whole_message() {
+    with_lb(|lb| {
+        // Odd and even lengths, short and about a full MTU: the check must
+        // cover every byte (the last odd byte too), not just the header.
+        for len in [0usize, 1, 57, 1000, 1472] {
+            let mut req = Pkt::icmp_echo(CLIENT, VIP);
+            req.payload = (0..len)
+                .map(|i| u8::try_from((i * 7 + 3) % 251).expect("below 251"))
+                .collect();
+            let frame = req.build();
+            let out = lb.expect(
+                &format!("good echo, {len} bytes"),
+                &frame,
+                XDP_TX,
+                Want::C(C::IcmpEchoReply),
+            );
+            assert_checksums(&out);
+
+            let icmp_check = 14 + 20 + 2;
+            let mut bad = frame.clone();
+            bad[icmp_check] ^= 0x01;
+            lb.expect_untouched(
+                &format!("bad header checksum, {len} bytes"),
+                &bad,
+                XDP_DROP,
+                Want::D(D::BadIcmpChecksum),
+            );
+            if len > 0 {
+                // A flipped payload bit with the checksum unchanged: only
+                // a sum over the payload sees it.
+                let mut bad = frame.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0x80;
+                lb.expect_untouched(
+                    &format!("corrupt payload, {len} bytes"),
+                    &bad,
+                    XDP_DROP,
+                    Want::D(D::BadIcmpChecksum),
+                );
+            }
+        }
     });
 }
 
@@ -653,6 +700,140 @@ fn service_drops_and_source_ranges() {
         lb.expect(
             "VIP owned elsewhere",
             &Pkt::tcp(CLIENT, 2, VIP_OTHER, 80, SYN).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+    });
+}
+
+/// Sources no host may use (RFC 1122 3.2.1.3, RFC 5735), and the node's
+/// own address.
+const MARTIANS: [(&str, [u8; 4]); 7] = [
+    ("this network 0/8", [0, 0, 0, 0]),
+    ("this network 0/8, not zero", [0, 1, 2, 3]),
+    ("loopback 127/8", [127, 0, 0, 1]),
+    ("multicast 224/4", [224, 0, 0, 251]),
+    ("reserved 240/4", [240, 1, 2, 3]),
+    ("limited broadcast", [255, 255, 255, 255]),
+    ("the node's own address", NODE_IP),
+];
+
+#[test]
+fn martian_sources_dropped_before_any_flow_state() {
+    with_lb(|lb| {
+        for (what, src) in MARTIANS {
+            // Port 80 has a local backend, 81 a remote one (full NAT), 53 is UDP.
+            for (dport, syn) in [
+                (80, Pkt::tcp(src, 4000, VIP, 80, SYN)),
+                (81, Pkt::tcp(src, 4000, VIP, 81, SYN)),
+                (53, Pkt::udp(src, 4000, VIP, 53)),
+            ] {
+                lb.expect_untouched(
+                    &format!("{what} to port {dport}"),
+                    &syn.build(),
+                    XDP_DROP,
+                    Want::D(D::MartianSource),
+                );
+                let p = if dport == 53 { proto::UDP } else { proto::TCP };
+                assert!(
+                    lb.conntrack(&flow(src, VIP, 4000, dport, p)).is_none(),
+                    "{what}: no conntrack entry"
+                );
+            }
+            lb.expect_untouched(
+                &format!("{what}: echo request"),
+                &Pkt::icmp_echo(src, VIP).build(),
+                XDP_DROP,
+                Want::D(D::MartianSource),
+            );
+        }
+        assert!(lb.rev_nat_entries().is_empty(), "no NAT port claimed");
+        assert_eq!(lb.conntrack_len(), 0, "no flow state at all");
+
+        // Ordinary sources next to the martian ranges still work.
+        for (what, src) in [
+            ("private", CLIENT),
+            ("public", [8, 8, 8, 8]),
+            ("just below 224/4", [223, 255, 255, 254]),
+            ("just above 127/8", [128, 0, 0, 1]),
+            ("just above 0/8", [1, 0, 0, 1]),
+        ] {
+            lb.expect(
+                &format!("{what} source, local backend"),
+                &Pkt::tcp(src, 4001, VIP, 80, SYN).build(),
+                XDP_PASS,
+                Want::C(C::LocalNewFlow),
+            );
+            lb.expect(
+                &format!("{what} source, remote backend"),
+                &Pkt::tcp(src, 4001, VIP, 81, SYN).build(),
+                XDP_TX,
+                Want::C(C::RemoteNewFlow),
+            );
+        }
+    });
+}
+
+/// kube-proxy semantics: loadBalancerSourceRanges decide whether a
+/// connection may start; a connection that started keeps going when the
+/// list changes.
+#[test]
+fn source_ranges_apply_to_new_flows_only() {
+    with_lb(|lb| {
+        let syn = Pkt::tcp(CLIENT, 7000, VIP, 85, SYN);
+        lb.expect(
+            "allowed SYN",
+            &syn.build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        lb.set_source_ranges(85, &[(Ipv4Addr::new(10, 9, 0, 0), 16)], false);
+        let ack = Pkt::tcp(CLIENT, 7000, VIP, 85, ACK);
+        let out = lb.expect(
+            "established flow after its range was removed",
+            &ack.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        assert_eq!(dst_of(&out), pod(LOCAL_A).0);
+        lb.expect_untouched(
+            "new flow from the same source",
+            &Pkt::tcp(CLIENT, 7001, VIP, 85, SYN).build(),
+            XDP_DROP,
+            Want::D(D::SourceRange),
+        );
+        lb.expect_untouched(
+            "a new SYN on the established tuple is a new flow",
+            &syn.build(),
+            XDP_DROP,
+            Want::D(D::SourceRange),
+        );
+        assert!(
+            lb.conntrack(&flow(CLIENT, VIP, 7001, 85, proto::TCP))
+                .is_none(),
+            "a denied flow leaves no state"
+        );
+    });
+}
+
+/// `loadBalancerSourceRanges` holding only IPv6 CIDRs: restricted, with no
+/// IPv4 range, so every IPv4 client is denied (not "empty list, allow all").
+#[test]
+fn source_ranges_without_ipv4_entries_deny_every_ipv4_client() {
+    with_lb(|lb| {
+        lb.set_source_ranges(80, &[], true);
+        for (what, src) in [("in-subnet client", CLIENT), ("far client", CLIENT_FAR)] {
+            lb.expect_untouched(
+                what,
+                &Pkt::tcp(src, 7100, VIP, 80, SYN).build(),
+                XDP_DROP,
+                Want::D(D::SourceRange),
+            );
+        }
+        lb.set_source_ranges(80, &[], false);
+        lb.expect(
+            "unrestricted again",
+            &Pkt::tcp(CLIENT, 7100, VIP, 80, SYN).build(),
             XDP_PASS,
             Want::C(C::LocalNewFlow),
         );

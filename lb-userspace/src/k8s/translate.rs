@@ -391,13 +391,18 @@ fn affinity(svc: &Service) -> SessionAffinity {
     SessionAffinity::ClientIp { timeout_s: timeout }
 }
 
-fn source_ranges(svc: &Service) -> Result<Vec<Cidr>, String> {
+/// The IPv4 ranges of `loadBalancerSourceRanges`, and whether the list is
+/// set but holds none (IPv6 only): then no IPv4 client is allowed, where an
+/// empty list would allow all of them.
+fn source_ranges(svc: &Service) -> Result<(Vec<Cidr>, bool), String> {
     let mut out = Vec::new();
+    let mut listed = false;
     for raw in svc
         .spec
         .iter()
         .flat_map(|s| s.load_balancer_source_ranges.iter().flatten())
     {
+        listed = true;
         let raw = raw.trim();
         if raw.contains(':') {
             continue; // IPv6 ranges do not apply to IPv4 traffic.
@@ -407,7 +412,8 @@ fn source_ranges(svc: &Service) -> Result<Vec<Cidr>, String> {
     }
     out.sort_unstable();
     out.dedup();
-    Ok(out)
+    let no_ipv4 = listed && out.is_empty();
+    Ok((out, no_ipv4))
 }
 
 /// A name for the model: unique, stable, readable in logs.
@@ -509,7 +515,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         if vips.is_empty() {
             continue; // no address assigned yet
         }
-        let ranges = match source_ranges(svc) {
+        let (ranges, no_ipv4_source_range) = match source_ranges(svc) {
             Ok(r) => r,
             Err(e) => {
                 warnings.push(Warning {
@@ -551,6 +557,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
                 ports: ports.clone(),
                 session_affinity: affinity(svc),
                 source_ranges: ranges.clone(),
+                no_ipv4_source_range,
                 backends: backends.clone(),
             });
         }

@@ -78,8 +78,13 @@ pub struct Service {
     /// Never empty.
     pub ports: Vec<ServicePort>,
     pub session_affinity: SessionAffinity,
-    /// Empty: every source allowed.
+    /// Empty: every source allowed, unless `no_ipv4_source_range`.
     pub source_ranges: Vec<Cidr>,
+    /// The service restricts its sources but names no IPv4 range (Kubernetes
+    /// `loadBalancerSourceRanges` with IPv6 CIDRs only): every IPv4 client is
+    /// denied. An empty `source_ranges` alone would mean "allow all", so a
+    /// list that lost its IPv6 entries would fail open.
+    pub no_ipv4_source_range: bool,
     /// Distinct pod addresses.
     pub backends: Vec<Backend>,
 }

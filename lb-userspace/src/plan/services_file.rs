@@ -400,6 +400,8 @@ impl Validator {
                 ports,
                 session_affinity,
                 source_ranges,
+                // The file takes IPv4 ranges only: no list loses entries.
+                no_ipv4_source_range: false,
                 backends,
             },
         }

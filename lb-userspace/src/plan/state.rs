@@ -592,7 +592,9 @@ fn plan_service(
         flags |= service_flags::AFFINITY;
         affinity_timeout_s = timeout_s;
     }
-    if !s.source_ranges.is_empty() {
+    // Restricted with no IPv4 range: the flag without entries, so the data
+    // path's lookup misses for every client (fail closed).
+    if !s.source_ranges.is_empty() || s.no_ipv4_source_range {
         flags |= service_flags::SOURCE_RANGES;
         state
             .src_ranges

@@ -134,6 +134,7 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
         } else {
             Vec::new()
         },
+        no_ipv4_source_range: false,
         backends: backends
             .iter()
             .map(|&b| {
@@ -373,6 +374,25 @@ impl Lb {
             .find(|s| s.vip == vip && s.ports.iter().any(|p| p.port == port))
             .unwrap_or_else(|| panic!("no service on port {port}"));
         s.backends = service(VIP, (0, port, proto::TCP, backends, 0)).backends;
+        self.apply();
+    }
+
+    /// The service on `VIP:port` now allows `ranges` (and, with
+    /// `no_ipv4_range`, is restricted with no IPv4 range), through the
+    /// planner.
+    pub fn set_source_ranges(&mut self, port: u16, ranges: &[(Ipv4Addr, u8)], no_ipv4_range: bool) {
+        let vip = Ipv4Addr::from(VIP);
+        let s = self
+            .model
+            .services
+            .iter_mut()
+            .find(|s| s.vip == vip && s.ports.iter().any(|p| p.port == port))
+            .unwrap_or_else(|| panic!("no service on port {port}"));
+        s.source_ranges = ranges
+            .iter()
+            .map(|&(addr, prefix_len)| Cidr { addr, prefix_len })
+            .collect();
+        s.no_ipv4_source_range = no_ipv4_range;
         self.apply();
     }
 

@@ -588,3 +588,57 @@ fn node_addresses_are_never_served_or_announced() {
     )
     .expect("plans");
 }
+
+#[test]
+fn ipv6_only_source_ranges_deny_every_ipv4_client() {
+    use crate::plan::state::{DataplaneState, Node as LbNode, plan};
+    let cases = [
+        ("v6only", json!(["fd00::/8", " 2001:db8::/32 "]), true),
+        ("mixed", json!(["fd00::/8", "10.0.0.0/8"]), false),
+        ("unset", json!(null), false),
+        ("empty", json!([]), false),
+    ];
+    let node = LbNode {
+        ip: ip("192.168.50.11"),
+        ifindex: 2,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    for (name, ranges, denied) in &cases {
+        let svc = service(
+            name,
+            json!({ "spec": { "loadBalancerSourceRanges": ranges } }),
+        );
+        let slices = [slice(
+            name,
+            "a",
+            8080,
+            vec![ep("10.42.1.2", "n1", true, true, false)],
+        )];
+        let t = run(&[svc], &slices, "n1", &[]);
+        let s = &t.file.services[0];
+        assert_eq!(s.no_ipv4_source_range, *denied, "{name}: model flag");
+        if *denied {
+            assert!(s.source_ranges.is_empty(), "{name}: no IPv4 range");
+        }
+        let state = plan(
+            &DataplaneState::default(),
+            &t.file,
+            &node,
+            &crate::plan::model::Limits::default(),
+        )
+        .expect("plan");
+        let v = state.services.values().next().expect("one service");
+        let restricted = v.flags & lb_common::service_flags::SOURCE_RANGES != 0;
+        assert_eq!(
+            restricted,
+            *denied || !s.source_ranges.is_empty(),
+            "{name}: SOURCE_RANGES flag"
+        );
+        if *denied {
+            assert!(
+                state.src_ranges.is_empty(),
+                "{name}: the flag with no entries, so the lookup always misses"
+            );
+        }
+    }
+}

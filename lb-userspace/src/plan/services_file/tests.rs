@@ -103,6 +103,7 @@ fn parses_the_example() {
                             prefix_len: 24
                         },
                     ],
+                    no_ipv4_source_range: false,
                     backends: vec![
                         Backend {
                             ip: ip("10.42.0.5"),
@@ -124,6 +125,7 @@ fn parses_the_example() {
                     }],
                     session_affinity: SessionAffinity::None,
                     source_ranges: vec![],
+                    no_ipv4_source_range: false,
                     backends: vec![],
                 },
             ],
@@ -644,6 +646,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),
+            no_ipv4_source_range: false,
             backends: backends
                 .into_iter()
                 .map(|(pod, node)| Backend {

@@ -675,6 +675,7 @@ fn plans_hand_built_files() {
             }],
             session_affinity: SessionAffinity::None,
             source_ranges: vec![],
+            no_ipv4_source_range: false,
             backends: vec![Backend {
                 ip: ip("10.1.1.1"),
                 node_ip: ip("192.168.50.10"),
@@ -757,4 +758,30 @@ fn replan_equals_plan_through_changes() {
         assert_eq!(replanned, planned, "{f}");
         prev = planned;
     }
+}
+
+/// A service restricted with no IPv4 range gets the `SOURCE_RANGES` flag and
+/// no entries (the data path's lookup then misses for every client); lifting
+/// the restriction clears the flag.
+#[test]
+fn restricted_without_ipv4_ranges_plans_the_flag_alone() {
+    let mut file = parse(FILE);
+    let web = &mut file.services[0];
+    web.source_ranges.clear();
+    web.no_ipv4_source_range = true;
+    let s = plan_ok(&DataplaneState::default(), &file);
+    for (port, p) in [(53, 17), (80, 6)] {
+        let v = s.services[&key("192.168.60.1", port, p)];
+        assert_ne!(v.flags & service_flags::SOURCE_RANGES, 0, "port {port}");
+    }
+    assert!(s.src_ranges.is_empty(), "no entry may match");
+
+    file.services[0].no_ipv4_source_range = false;
+    let s2 = plan_ok(&s, &file);
+    let v = s2.services[&key("192.168.60.1", 80, 6)];
+    assert_eq!(
+        v.flags & service_flags::SOURCE_RANGES,
+        0,
+        "unrestricted again"
+    );
 }
