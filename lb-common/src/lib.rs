@@ -407,7 +407,7 @@ impl TrafficCounter {
 /// The single element of the `config` array, written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
+pub struct DatapathConfig {
     /// This node's address on the interface: source of full-NAT packets.
     pub node_ip: [u8; 4],
     /// Interface the programs are attached to.
@@ -425,7 +425,7 @@ pub struct Config {
     pub ready: u32,
 }
 
-impl Config {
+impl DatapathConfig {
     /// NAT ports in host order, inclusive. `ready: false` makes the
     /// programs pass everything.
     pub const fn new(
@@ -479,5 +479,5 @@ abi_types! {
     AffinityValue = 16,
     SourceRangeData = 8,
     TrafficCounter = 16,
-    Config = 24,
+    DatapathConfig = 24,
 }

@@ -140,8 +140,8 @@ macro_rules! product_maps {
             COUNTERS = "counters": PerCpuArray<u64>[$crate::counters::COUNTER_COUNT];
             /// [`crate::DropReason`] → packets (`u64`, per-CPU array).
             DROPS = "drops": PerCpuArray<u64>[$crate::counters::DROP_REASON_COUNT];
-            /// Index 0 → [`crate::Config`] (array of one).
-            CONFIG = "config": Array<$crate::Config>[1];
+            /// Index 0 → [`crate::DatapathConfig`] (array of one).
+            CONFIG = "config": Array<$crate::DatapathConfig>[1];
         }
     };
 }

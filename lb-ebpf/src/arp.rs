@@ -7,7 +7,7 @@
 //! address on some device must not answer too. Gratuitous ARP (sender ==
 //! target) is never answered. Everything else goes to the kernel.
 
-use lb_common::{Config, Counter, DropReason, Ipv4Key, vip_flags};
+use lb_common::{Counter, DatapathConfig, DropReason, Ipv4Key, vip_flags};
 
 use crate::{
     maps::VIPS,
@@ -21,7 +21,7 @@ const OPER_REQUEST: [u8; 2] = [0, 1];
 const OPER_REPLY: [u8; 2] = [0, 2];
 
 #[inline(always)]
-pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &Config) -> Outcome {
+pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &DatapathConfig) -> Outcome {
     let Some(arp) = cur.take::<ArpHdr>() else {
         return Outcome::Pass(Counter::PassMalformed);
     };

@@ -5,7 +5,7 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    BackendValue, Config, ConntrackValue, FlowKey, RevNatValue,
+    BackendValue, ConntrackValue, DatapathConfig, FlowKey, RevNatValue,
     hash::{NAT_PROBES, flow_hash, nat_probe},
 };
 
@@ -108,7 +108,12 @@ pub fn refresh(ct: *mut ConntrackValue, rkey: &FlowKey, rval: &RevNatValue, now:
 /// The reply key of a remote flow: what the backend's answer looks like
 /// when it reaches this node.
 #[inline(always)]
-pub fn remote_reply_key(cfg: &Config, b: &BackendValue, nat_port: u16, proto: u8) -> FlowKey {
+pub fn remote_reply_key(
+    cfg: &DatapathConfig,
+    b: &BackendValue,
+    nat_port: u16,
+    proto: u8,
+) -> FlowKey {
     flow_key(b.ip, cfg.node_ip, b.port, nat_port, proto)
 }
 
@@ -118,7 +123,7 @@ pub fn remote_reply_key(cfg: &Config, b: &BackendValue, nat_port: u16, proto: u8
 /// two CPUs can never claim the same one).
 #[inline(always)]
 pub fn claim_nat_port(
-    cfg: &Config,
+    cfg: &DatapathConfig,
     client: &FlowKey,
     b: &BackendValue,
     rval: &RevNatValue,

@@ -29,8 +29,8 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    BackendValue, Config, ConntrackValue, Counter, DropReason, FlowKey, Ipv4Key, ServiceKey,
-    backend_flags, flow_flags, proto, vip_flags,
+    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv4Key,
+    ServiceKey, backend_flags, flow_flags, proto, vip_flags,
 };
 
 use crate::{
@@ -67,7 +67,12 @@ pub fn process(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext, cur: &mut Cursor<'_>, cfg: &Config, frame_len: usize) -> Outcome {
+fn classify(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    cfg: &DatapathConfig,
+    frame_len: usize,
+) -> Outcome {
     let Some(eth) = cur.take::<EthHdr>() else {
         return Outcome::Pass(Counter::PassMalformed);
     };
@@ -107,7 +112,7 @@ fn classify(ctx: &XdpContext, cur: &mut Cursor<'_>, cfg: &Config, frame_len: usi
 /// a packet we translate never meets its checks, so we drop them ourselves
 /// (full NAT would otherwise carry them to a pod under our address).
 #[inline(always)]
-fn is_martian(src: [u8; 4], cfg: &Config) -> bool {
+fn is_martian(src: [u8; 4], cfg: &DatapathConfig) -> bool {
     src[0] == 0 || src[0] == 127 || src[0] >= 224 || src == cfg.node_ip
 }
 
@@ -174,7 +179,7 @@ fn service_path(
     cur: &mut Cursor<'_>,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
-    cfg: &Config,
+    cfg: &DatapathConfig,
     frame_len: usize,
 ) -> Outcome {
     let l4_len = match check_ipv4(ip, frame_len) {
@@ -298,7 +303,7 @@ fn to_remote(
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
     l4: &mut L4<'_>,
-    cfg: &Config,
+    cfg: &DatapathConfig,
     f: &Flow,
 ) -> Outcome {
     let k = &f.key;
@@ -373,7 +378,7 @@ fn node_path(
     cur: &mut Cursor<'_>,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
-    cfg: &Config,
+    cfg: &DatapathConfig,
     frame_len: usize,
 ) -> Outcome {
     let Ok(l4_len) = check_ipv4(ip, frame_len) else {

@@ -264,8 +264,8 @@ pub fn serve(listen: Listen, pins: PinDir, health: &Arc<Health>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use lb_common::{
-        BackendValue, Config, Counter as C, DropReason, ServiceKey, ServiceValue, TrafficCounter,
-        proto,
+        BackendValue, Counter as C, DatapathConfig, DropReason, ServiceKey, ServiceValue,
+        TrafficCounter, proto,
     };
 
     use super::*;
@@ -274,9 +274,9 @@ mod tests {
     #[test]
     fn renders_every_family_with_labels() {
         let s = Snapshot {
-            config: Config {
+            config: DatapathConfig {
                 ready: 1,
-                ..Config::default()
+                ..DatapathConfig::default()
             },
             vips: vec![
                 (

@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, FlowKey, Ipv4Key,
+    AffinityKey, AffinityValue, BackendValue, ConntrackValue, DatapathConfig, FlowKey, Ipv4Key,
     RevNatValue, ServiceKey, ServiceValue, SourceRangeData, TrafficCounter, VipValue, maps,
 };
 
@@ -49,7 +49,7 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, TrafficCounter>,
     pub counters: PerCpuArray<MapData, u64>,
     pub drops: PerCpuArray<MapData, u64>,
-    pub config: Array<MapData, Config>,
+    pub config: Array<MapData, DatapathConfig>,
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>
@@ -121,7 +121,7 @@ impl Maps {
     }
 
     /// The configuration element (all zero before the agent's first write).
-    pub fn config(&self) -> Result<Config> {
+    pub fn config(&self) -> Result<DatapathConfig> {
         self.config.get(&0, 0).context("reading config[0]")
     }
 }

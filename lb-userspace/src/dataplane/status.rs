@@ -22,7 +22,7 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Result;
 use lb_common::{
-    BackendValue, Config, Counter, DropReason, ServiceKey, ServiceValue, TrafficCounter,
+    BackendValue, Counter, DatapathConfig, DropReason, ServiceKey, ServiceValue, TrafficCounter,
     backend_flags, service_flags, vip_flags,
 };
 use serde_json::{Value, json};
@@ -40,7 +40,7 @@ use crate::{
 /// Everything `status` prints, read in one pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub config: Config,
+    pub config: DatapathConfig,
     pub vips: Vec<([u8; 4], u32)>,
     pub services: Vec<ServiceRow>,
     pub backends: Vec<BackendRow>,
@@ -365,14 +365,14 @@ mod tests {
 
     fn sample() -> Snapshot {
         Snapshot {
-            config: Config {
+            config: DatapathConfig {
                 node_ip: [192, 168, 50, 11],
                 ifindex: 4,
                 mac: [2, 0, 0, 0, 0, 0x11],
                 nat_port_min: 61000,
                 nat_port_max: 65535,
                 ready: 1,
-                ..Config::default()
+                ..DatapathConfig::default()
             },
             vips: vec![
                 ([192, 168, 50, 11], vip_flags::NODE),

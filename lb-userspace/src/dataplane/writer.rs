@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result};
 use aya::maps::lpm_trie::Key;
-use lb_common::{BackendValue, Config, Ipv4Key, VipValue};
+use lb_common::{BackendValue, DatapathConfig, Ipv4Key, VipValue};
 
 use crate::{dataplane::maps::Maps, plan::diff::MapOp};
 
@@ -46,6 +46,6 @@ fn apply_one(maps: &mut Maps, op: &MapOp) -> Result<()> {
 
 /// Marks the data path unconfigured (it then passes every packet) without
 /// touching anything else.
-pub fn set_config(maps: &mut Maps, config: Config) -> Result<()> {
+pub fn set_config(maps: &mut Maps, config: DatapathConfig) -> Result<()> {
     maps.config.set(0, config, 0).context("writing config")
 }

@@ -16,14 +16,14 @@
 //! update leaves maps that [`crate::plan::state::DataplaneState::allocators`]
 //! accepts, and the next plan finishes the job.
 
-use lb_common::{BackendValue, Config, ServiceKey, ServiceValue, SourceRangeData};
+use lb_common::{BackendValue, DatapathConfig, ServiceKey, ServiceValue, SourceRangeData};
 
 use crate::plan::state::DataplaneState;
 
 /// One map update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapOp {
-    PutConfig(Config),
+    PutConfig(DatapathConfig),
     PutBackend(u32, BackendValue),
     /// Zero the array slot.
     ClearBackend(u32),

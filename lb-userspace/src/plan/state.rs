@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    BackendValue, Config, ServiceKey, ServiceValue, SourceRangeData, backend_flags, service_flags,
-    source_range_prefixlen, vip_flags,
+    BackendValue, DatapathConfig, ServiceKey, ServiceValue, SourceRangeData, backend_flags,
+    service_flags, source_range_prefixlen, vip_flags,
 };
 
 use crate::plan::ids::{IdAllocator, IdError};
@@ -90,7 +90,7 @@ impl PartialOrd for SrcRangeKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataplaneState {
     /// The single `config` element.
-    pub config: Config,
+    pub config: DatapathConfig,
     /// `vips`: address -> [`vip_flags`].
     pub vips: BTreeMap<[u8; 4], u32>,
     /// `services`.
@@ -367,7 +367,7 @@ fn plan_with(
     let (frontends, pods) = frontends(file, node)?;
     let (backends, backend_ids) = plan_backends(prev, &frontends, &pods, node, &mut alloc)?;
     let mut state = DataplaneState {
-        config: Config::new(
+        config: DatapathConfig::new(
             node.ip.octets(),
             node.ifindex,
             node.mac,

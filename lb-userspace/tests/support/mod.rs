@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, MapData};
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, ConntrackValue, Counter, FlowKey,
+    AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey,
     RevNatValue, ServiceKey, backend_flags, maps as m, proto, service_flags,
 };
 use lb_userspace::{
@@ -343,7 +343,7 @@ impl Lb {
     }
 
     /// The planned config (what `config` holds).
-    pub fn config(&self) -> Config {
+    pub fn config(&self) -> DatapathConfig {
         self.h.state().config
     }
 
@@ -357,7 +357,7 @@ impl Lb {
     /// own path for it, which the agent takes; the planner always plans a
     /// ready config.
     pub fn set_not_ready(&mut self) {
-        let config = Config {
+        let config = DatapathConfig {
             ready: 0,
             ..self.config()
         };

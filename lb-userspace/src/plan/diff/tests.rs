@@ -13,7 +13,7 @@ use proptest::prelude::*;
 /// The kernel maps as the data path sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Maps {
-    config: Config,
+    config: DatapathConfig,
     vips: BTreeMap<[u8; 4], u32>,
     services: BTreeMap<ServiceKey, ServiceValue>,
     /// Array: absent = zeroed slot.

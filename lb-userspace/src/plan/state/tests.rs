@@ -43,7 +43,7 @@ fn plans_every_map() {
     let s = plan_ok(&DataplaneState::default(), &parse(FILE));
     assert_eq!(
         s.config,
-        Config::new(
+        DatapathConfig::new(
             [192, 168, 50, 10],
             7,
             [2, 0, 0, 0, 0, 1],
