@@ -95,7 +95,7 @@ pub struct Source {
 }
 
 impl Source {
-    /// `--config <path>`: a services file (see [`Cluster::services_file`]).
+    /// `--services-file <path>` (see [`Cluster::services_file`]).
     pub fn file(path: impl AsRef<OsStr>) -> Self {
         Self::default().args([OsStr::new("--services-file"), path.as_ref()])
     }
