@@ -105,6 +105,18 @@ struct Manifests {
     deployments: Vec<Deployment>,
 }
 
+/// The pod template of the agent's `DaemonSet`.
+fn agent_pod(c: &Manifests) -> &k8s_openapi::api::core::v1::PodSpec {
+    c.daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("onehop-agent"))
+        .expect("agent DaemonSet")
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+}
+
 fn load() -> Manifests {
     let mut c = Manifests::default();
     let docs = documents();
@@ -219,16 +231,7 @@ fn agent_rbac_is_exactly_what_the_agent_calls() {
 #[test]
 fn agent_daemonset_runs_the_kubernetes_agent_with_least_privilege() {
     let c = load();
-    let ds = c
-        .daemonsets
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("onehop-agent"))
-        .expect("agent DaemonSet");
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
+    let pod = agent_pod(&c);
     assert_eq!(pod.service_account_name.as_deref(), Some("onehop-agent"));
     assert_eq!(
         pod.host_network,
@@ -345,16 +348,7 @@ fn check_listeners(
 fn probes_hit_the_probe_listener_and_metrics_stay_private() {
     use lb_userspace::http;
     let c = load();
-    let ds = c
-        .daemonsets
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("onehop-agent"))
-        .expect("agent DaemonSet");
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
+    let pod = agent_pod(&c);
     check_listeners(
         "agent",
         pod,

@@ -27,7 +27,7 @@ use std::{
     collections::BTreeMap,
     ffi::{OsStr, OsString},
     path::{Path, PathBuf},
-    process::{ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -48,8 +48,35 @@ pub const NODE_INTERFACE: &str = "eth0";
 #[derive(Debug, Clone)]
 pub struct Agent {
     binary: PathBuf,
+    extra: Extra,
+}
+
+/// Arguments and environment added to an agent's command line.
+#[derive(Debug, Clone, Default)]
+struct Extra {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+}
+
+impl Extra {
+    fn args<I, S>(&mut self, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    }
+
+    fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+    }
 }
 
 impl Agent {
@@ -57,8 +84,7 @@ impl Agent {
     pub fn new(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
-            args: Vec::new(),
-            env: Vec::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -69,16 +95,14 @@ impl Agent {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.extra.args(args);
         self
     }
 
     /// An environment variable for every agent (`RUST_LOG`, say).
     #[must_use]
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.extra.env(key, value);
         self
     }
 
@@ -90,8 +114,7 @@ impl Agent {
 /// Where one agent takes its services from, and anything else particular to that one start.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
-    args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
+    extra: Extra,
 }
 
 impl Source {
@@ -119,16 +142,14 @@ impl Source {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.extra.args(args);
         self
     }
 
     /// An environment variable for this agent only (after the [`Agent`]'s, so it wins).
     #[must_use]
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.extra.env(key, value);
         self
     }
 }
@@ -324,13 +345,11 @@ impl Cluster {
         let ns = self.topo.node(node).ns();
         let mut cmd = command_in(ns, &self.agent.binary);
         cmd.args(["agent", "--interface", NODE_INTERFACE, "--bpffs-root"])
-            .arg(self.pin_root(node))
-            .args(&self.agent.args)
-            .args(&source.args)
-            .envs(self.agent.env.iter().map(|(k, v)| (k, v)))
-            .envs(source.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log);
+            .arg(self.pin_root(node));
+        // The node's own source after what every agent gets, so its variables win.
+        self.agent.extra.apply(&mut cmd);
+        source.extra.apply(&mut cmd);
+        cmd.stdout(Stdio::null()).stderr(log);
         agents.insert(node, spawn_in(ns, cmd)?);
         Ok(())
     }
