@@ -79,6 +79,17 @@ numbered! {
         /// MAC (seen when the NIC does not filter: veth, promiscuous mode,
         /// switch flooding): passed untouched, the kernel drops it.
         PassOtherHost = 19 => "pass_other_host",
+        /// A packet met its flow's entry idle past its state's timeout and
+        /// started a fresh flow.
+        FlowExpired = 20 => "flow_expired",
+        /// A SYN on a closing flow (both FINs or an RST) started a fresh flow.
+        FlowReopened = 21 => "flow_reopened",
+        /// A SYN on a live flow (a retransmission, or forged): kept on its
+        /// backend and NAT port, nothing written.
+        SynOnLiveFlow = 22 => "syn_on_live_flow",
+        /// A new remote flow took over the NAT port of an expired or closed
+        /// flow.
+        NatPortReclaimed = 23 => "nat_port_reclaimed",
     }
 }
 
@@ -124,5 +135,9 @@ numbered! {
         /// 224/4 multicast, 240/4 incl. broadcast) or from the node's own
         /// address: dropped before any flow state, as the kernel would.
         MartianSource = 15 => "martian_source",
+        /// A remote flow's NAT port went to another flow while its reverse
+        /// entry was evicted: the flow's entry is removed (its next packet
+        /// starts afresh) rather than mixing two flows at the backend.
+        NatPortLost = 16 => "nat_port_lost",
     }
 }

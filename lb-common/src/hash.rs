@@ -82,10 +82,16 @@ pub const NAT_PROBES: u32 = 16;
 )]
 #[inline(always)]
 pub const fn nat_probe(h: u32, i: u32, size: u32) -> u32 {
-    if size <= NAT_PROBES {
-        h.wrapping_add(i) % size
+    let x = if size <= NAT_PROBES {
+        h.wrapping_add(i)
     } else {
-        finish(mix(h, i), 8) % size
+        finish(mix(h, i), 8)
+    };
+    // `checked_rem`, not `%`: a BPF subprogram may not end in the panic
+    // call that `%` brings when the compiler cannot see `size != 0`.
+    match x.checked_rem(size) {
+        Some(r) => r,
+        None => 0,
     }
 }
 

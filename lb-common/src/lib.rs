@@ -19,10 +19,15 @@
 
 pub mod bench;
 pub mod counters;
+pub mod flow;
 pub mod hash;
 pub mod maps;
 
 pub use counters::{Counter, DropReason};
+pub use flow::{
+    AffinityKey, AffinityValue, ConntrackValue, FlowKey, FlowScratch, FlowTimeouts, RevNatValue,
+    family, flow_flags, tcp_state,
+};
 
 /// `IPPROTO_*` numbers as they appear in the IPv4 header.
 pub mod proto {
@@ -59,12 +64,6 @@ pub mod backend_flags {
     /// The pod runs on this node: DNAT and pass to the kernel, keep the
     /// client's source address.
     pub const LOCAL: u16 = 1 << 1;
-}
-
-/// Flags of [`ConntrackValue::flags`] and [`RevNatValue::flags`].
-pub mod flow_flags {
-    /// The flow goes to a remote backend through full NAT.
-    pub const REMOTE: u16 = 1 << 0;
 }
 
 /// Entry of the `vips` hash map, keyed by [`Ipv4Key`].
@@ -185,184 +184,6 @@ impl BackendValue {
     }
 }
 
-/// A 5-tuple as it appears in one packet; key of `conntrack` and `rev_nat`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    /// Host byte order.
-    pub sport: u16,
-    /// Host byte order.
-    pub dport: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
-}
-
-impl FlowKey {
-    /// Ports in host order, `proto` a [`proto`] number.
-    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
-        Self {
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
-            _pad: [0; 3],
-        }
-    }
-}
-
-/// Value of the `conntrack` LRU map, keyed by the client's packet 5-tuple
-/// (client → VIP). Keeps an established flow on its backend.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConntrackValue {
-    pub backend_id: u32,
-    /// Copy of the backend's pod address: a reused backend id with another
-    /// address means the original backend is gone and the flow is re-picked.
-    pub backend_ip: [u8; 4],
-    pub service_id: u32,
-    /// Source port used towards a remote backend (host order), else 0.
-    pub nat_port: u16,
-    /// [`flow_flags`] bits.
-    pub flags: u16,
-    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once a second).
-    pub last_seen_ns: u64,
-    /// Remote flows: the next hop towards the backend's node as the last
-    /// `bpf_fib_lookup` gave it, renewed with `last_seen_ns`: egress
-    /// interface (0 = nothing cached, look it up), destination MAC (the next
-    /// hop's) and source MAC (the egress interface's). Zero for local flows.
-    pub hop_ifindex: u32,
-    pub hop_dmac: [u8; 6],
-    pub hop_smac: [u8; 6],
-}
-
-impl ConntrackValue {
-    /// An entry with no cached next hop (see [`Self::with_hop`]).
-    #[expect(
-        clippy::similar_names,
-        reason = "parameters are named after the ABI fields they fill"
-    )]
-    pub const fn new(
-        backend_id: u32,
-        backend_ip: [u8; 4],
-        service_id: u32,
-        nat_port: u16,
-        flags: u16,
-        last_seen_ns: u64,
-    ) -> Self {
-        Self {
-            backend_id,
-            backend_ip,
-            service_id,
-            nat_port,
-            flags,
-            last_seen_ns,
-            hop_ifindex: 0,
-            hop_dmac: [0; 6],
-            hop_smac: [0; 6],
-        }
-    }
-
-    /// The same entry with the next hop towards a remote backend cached.
-    #[must_use]
-    pub const fn with_hop(self, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> Self {
-        Self {
-            hop_ifindex: ifindex,
-            hop_dmac: dmac,
-            hop_smac: smac,
-            ..self
-        }
-    }
-}
-
-/// Value of the `rev_nat` LRU map, keyed by the 5-tuple of a backend's reply
-/// as it leaves the pod: the rewrite that turns it back into VIP → client.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RevNatValue {
-    pub new_src: [u8; 4],
-    pub new_dst: [u8; 4],
-    /// Host byte order.
-    pub new_sport: u16,
-    /// Host byte order.
-    pub new_dport: u16,
-    pub service_id: u32,
-    /// [`flow_flags`] bits.
-    pub flags: u16,
-    pub _pad: u16,
-    pub _pad1: u32,
-    pub last_seen_ns: u64,
-}
-
-impl RevNatValue {
-    /// Ports in host order, `flags` [`flow_flags`] bits.
-    #[expect(
-        clippy::similar_names,
-        reason = "parameters are named after the ABI fields they fill"
-    )]
-    pub const fn new(
-        new_src: [u8; 4],
-        new_dst: [u8; 4],
-        new_sport: u16,
-        new_dport: u16,
-        service_id: u32,
-        flags: u16,
-        last_seen_ns: u64,
-    ) -> Self {
-        Self {
-            new_src,
-            new_dst,
-            new_sport,
-            new_dport,
-            service_id,
-            flags,
-            _pad: 0,
-            _pad1: 0,
-            last_seen_ns,
-        }
-    }
-}
-
-/// Key of the `affinity` LRU map (`sessionAffinity: ClientIP`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AffinityKey {
-    pub service_id: u32,
-    pub client: [u8; 4],
-}
-
-impl AffinityKey {
-    pub const fn new(service_id: u32, client: [u8; 4]) -> Self {
-        Self { service_id, client }
-    }
-}
-
-/// Value of the `affinity` LRU map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AffinityValue {
-    pub backend_id: u32,
-    /// Same role as [`ConntrackValue::backend_ip`].
-    pub backend_ip: [u8; 4],
-    pub last_seen_ns: u64,
-}
-
-impl AffinityValue {
-    #[expect(
-        clippy::similar_names,
-        reason = "parameters are named after the ABI fields they fill"
-    )]
-    pub const fn new(backend_id: u32, backend_ip: [u8; 4], last_seen_ns: u64) -> Self {
-        Self {
-            backend_id,
-            backend_ip,
-            last_seen_ns,
-        }
-    }
-}
-
 /// Data part of the `src_ranges` LPM-trie key. The trie key is
 /// `{ prefixlen: u32, data: SourceRangeData }` with
 /// `prefixlen = 32 + <CIDR prefix length>`: the service id is always
@@ -423,11 +244,14 @@ pub struct DatapathConfig {
     /// Non-zero once the agent has written a complete configuration; until
     /// then the programs pass everything.
     pub ready: u32,
+    /// How long idle flows live, by state.
+    pub timeouts: FlowTimeouts,
 }
 
 impl DatapathConfig {
     /// NAT ports in host order, inclusive. `ready: false` makes the
-    /// programs pass everything.
+    /// programs pass everything. Flow timeouts are the defaults
+    /// ([`FlowTimeouts::DEFAULT`]; see [`Self::with_timeouts`]).
     pub const fn new(
         node_ip: [u8; 4],
         ifindex: u32,
@@ -444,7 +268,14 @@ impl DatapathConfig {
             nat_port_min,
             nat_port_max,
             ready: ready as u32,
+            timeouts: FlowTimeouts::DEFAULT,
         }
+    }
+
+    /// The same configuration with other flow timeouts.
+    #[must_use]
+    pub const fn with_timeouts(self, timeouts: FlowTimeouts) -> Self {
+        Self { timeouts, ..self }
     }
 }
 
@@ -472,12 +303,14 @@ abi_types! {
     ServiceKey = 8,
     ServiceValue = 24,
     BackendValue = 16,
-    FlowKey = 16,
-    ConntrackValue = 40,
-    RevNatValue = 32,
-    AffinityKey = 8,
-    AffinityValue = 16,
+    FlowKey = 40,
+    ConntrackValue = 56,
+    RevNatValue = 56,
+    AffinityKey = 24,
+    AffinityValue = 32,
+    FlowTimeouts = 16,
+    FlowScratch = 160,
     SourceRangeData = 8,
     TrafficCounter = 16,
-    DatapathConfig = 24,
+    DatapathConfig = 40,
 }

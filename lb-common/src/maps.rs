@@ -142,6 +142,12 @@ macro_rules! product_maps {
             DROPS = "drops": PerCpuArray<u64>[$crate::counters::DROP_REASON_COUNT];
             /// Index 0 → [`crate::DatapathConfig`] (array of one).
             CONFIG = "config": Array<$crate::DatapathConfig>[1];
+            /// Index 0 → [`crate::FlowScratch`] (per-CPU array of one): where
+            /// the data path builds a new flow's entries, because the BPF
+            /// stack (512 bytes for the whole call chain) cannot hold them
+            /// beside the packet path's own state. Holds nothing between
+            /// packets.
+            FLOW_SCRATCH = "flow_scratch": PerCpuArray<$crate::FlowScratch>[1];
         }
     };
 }

@@ -1,47 +1,28 @@
-//! Flow state writes: conntrack entries, reverse-NAT entries and NAT source
-//! ports. Established flows refresh their timestamps at most once a second,
-//! so a busy flow costs no map write per packet; a remote flow's cached next
-//! hop is renewed with them.
+//! Flow state writes: conntrack entries, reverse-NAT entries, their TCP
+//! state (see `lb_common::flow`) and NAT source ports. A busy flow refreshes
+//! its timestamps at most once a second, or when its state changes, so it
+//! costs no map write per packet; a remote flow's cached next hop is renewed
+//! with them.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    BackendValue, ConntrackValue, DatapathConfig, FlowKey, RevNatValue,
-    hash::{NAT_PROBES, flow_hash, nat_probe},
+    BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, RevNatValue,
+    flow::{self, NS_PER_SEC, Side, addr_v4},
+    flow_flags,
+    hash::{NAT_PROBES, nat_probe},
 };
 
 use crate::{
     forward::NextHop,
-    maps::{CONNTRACK, REV_NAT},
-    service::{NS_PER_SEC, flow_key},
+    maps::{CONNTRACK, FLOW_SCRATCH, REV_NAT},
+    stats,
 };
 
-/// Reverse entry: turn `reply` back into `VIP:port → client:port`.
 #[inline(always)]
-pub fn rev_value(client: &FlowKey, service_id: u32, flags: u16, now: u64) -> RevNatValue {
-    RevNatValue::new(
-        client.dst,
-        client.src,
-        client.dport,
-        client.sport,
-        service_id,
-        flags,
-        now,
-    )
-}
-
-#[inline(always)]
-pub fn insert_flow(key: &FlowKey, value: &ConntrackValue) -> Result<(), i32> {
-    CONNTRACK.insert(key, value, u64::from(BPF_ANY))
-}
-
-#[inline(always)]
-pub fn insert_rev(key: &FlowKey, value: &RevNatValue) -> Result<(), i32> {
-    REV_NAT.insert(key, value, u64::from(BPF_ANY))
-}
-
-#[inline(always)]
-pub fn remove_rev(key: &FlowKey) {
-    let _ = REV_NAT.remove(key);
+pub fn remove_flow(key: &FlowKey) {
+    let _ = CONNTRACK.remove(key);
 }
 
 /// The next hop cached in a remote flow's conntrack entry, unless it is
@@ -83,24 +64,105 @@ pub fn store_hop(ct: *mut ConntrackValue, hop: &NextHop) {
     }
 }
 
-/// Refreshes an established flow's timestamps if the last refresh is more
-/// than a second old, and puts its reverse entry back if the LRU evicted it
-/// (never over another flow's entry).
+/// Refreshes an established flow after a client packet that moves it to
+/// `state`: the timestamps if the last refresh is more than a second old or
+/// the state changed, and the reverse entry with them (put back if the LRU
+/// evicted it, never over another flow's entry).
+///
+/// Returns false when the flow's reverse entry now belongs to another flow:
+/// a remote flow's NAT port can be lost that way (the LRU evicted the entry
+/// and another flow claimed the port); the flow cannot go on with it.
 #[inline(always)]
-pub fn refresh(ct: *mut ConntrackValue, rkey: &FlowKey, rval: &RevNatValue, now: u64) {
+pub fn refresh(
+    ct: *mut ConntrackValue,
+    client: &FlowKey,
+    rkey: &FlowKey,
+    flags: u16,
+    state: u8,
+    now: u64,
+) -> bool {
     // SAFETY: `ct` is a conntrack value pointer obtained in this run; a
-    // concurrent writer on another CPU can only store another timestamp.
-    let last = unsafe { (*ct).last_seen_ns };
-    if now.wrapping_sub(last) < NS_PER_SEC {
+    // concurrent writer on another CPU can only store another timestamp or
+    // the state of a packet of the same flow.
+    let (last, old) = unsafe { ((*ct).last_seen_ns, (*ct).state) };
+    if old == state && now.wrapping_sub(last) < NS_PER_SEC {
+        return true;
+    }
+    // SAFETY: as above.
+    let service_id = unsafe {
+        (*ct).last_seen_ns = now;
+        (*ct).state = state;
+        (*ct).service_id
+    };
+    match REV_NAT.get_ptr_mut(rkey) {
+        Some(r) => {
+            // SAFETY: value pointer the map just returned.
+            if !unsafe { (*r).belongs_to(client) } {
+                return false;
+            }
+            // SAFETY: as above.
+            unsafe {
+                (*r).last_seen_ns = now;
+                (*r).state = state;
+            }
+            true
+        }
+        None => put_back_rev(
+            client,
+            rkey,
+            u64::from(service_id) << 32 | u64::from(flags) << 16 | u64::from(state),
+            now,
+        ),
+    }
+}
+
+/// Re-inserts an evicted reverse entry. Out of line: rare, and its value
+/// would otherwise take stack space on every established packet. `meta` is
+/// `service_id << 32 | flags << 16 | state` (BPF calls take five arguments).
+#[inline(never)]
+fn put_back_rev(client: &FlowKey, rkey: &FlowKey, meta: u64, now: u64) -> bool {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "unpacking the fields packed by the caller"
+    )]
+    let (service_id, flags, state) = ((meta >> 32) as u32, (meta >> 16) as u16, meta as u8);
+    let rval = RevNatValue::reverse_of(client, service_id, flags, state, now);
+    REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok()
+}
+
+/// A backend's packet of a translated flow (remote reply on ingress, local
+/// reply on egress): refreshes the reverse entry once a second, and on a
+/// state change (FIN, RST, or the backend talking after an RST) both
+/// entries. `tcp_flags` is 0 for UDP.
+#[inline(always)]
+pub fn backend_packet(r: *mut RevNatValue, proto: u8, family: u8, tcp_flags: u8, now: u64) {
+    // SAFETY: value pointer of the reverse entry obtained in this run; the
+    // fields are plain integers a racing writer can only set to another
+    // packet's values.
+    let (last, old) = unsafe { ((*r).last_seen_ns, (*r).state) };
+    let state = if proto == lb_common::proto::TCP {
+        flow::next_state(old, tcp_flags, Side::Backend)
+    } else {
+        old
+    };
+    if state == old {
+        if now.wrapping_sub(last) >= NS_PER_SEC {
+            // SAFETY: as above.
+            unsafe { (*r).last_seen_ns = now };
+        }
         return;
     }
     // SAFETY: as above.
-    unsafe { (*ct).last_seen_ns = now };
-    match REV_NAT.get_ptr_mut(rkey) {
+    let client = unsafe {
+        (*r).state = state;
+        (*r).last_seen_ns = now;
+        (*r).client_key(proto, family)
+    };
+    if let Some(ct) = CONNTRACK.get_ptr_mut(client) {
         // SAFETY: value pointer the map just returned.
-        Some(r) => unsafe { (*r).last_seen_ns = now },
-        None => {
-            let _ = REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST));
+        unsafe {
+            (*ct).state = state;
+            (*ct).last_seen_ns = now;
         }
     }
 }
@@ -114,33 +176,133 @@ pub fn remote_reply_key(
     nat_port: u16,
     proto: u8,
 ) -> FlowKey {
-    flow_key(b.ip, cfg.node_ip, b.port, nat_port, proto)
+    FlowKey::v4(b.ip, cfg.node_ip, b.port, nat_port, proto)
 }
 
-/// Claims a free NAT source port for a new remote flow: up to `NAT_PROBES`
-/// hash-chosen ports are tried (see `lb_common::hash::nat_probe`), and a
-/// port is ours once our reverse entry was inserted with `BPF_NOEXIST` (so
-/// two CPUs can never claim the same one).
+/// Takes over a reverse entry another flow held: only while it is still
+/// `last` (the expired stamp we read), so that of two CPUs reclaiming the
+/// same port exactly one wins. The stamp is swapped first; a reader that
+/// meets the entry in between sees a live entry of either flow.
 #[inline(always)]
-pub fn claim_nat_port(
+fn take_over(r: *mut RevNatValue, last: u64, rval: &RevNatValue) -> bool {
+    // SAFETY: `r` points into a map value (8-byte aligned u64 field) that
+    // stays valid for this run (RCU); BPF's atomic compare-exchange is the
+    // only safe way for two CPUs to race on it. (The target spec says "no
+    // CAS" for lack of a 32-bit one; the 64-bit `BPF_CMPXCHG` exists since
+    // Linux 5.12, and `core::sync::atomic` hides it behind that flag.)
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*r).last_seen_ns,
+            last,
+            rval.last_seen_ns,
+        )
+    };
+    if !won {
+        return false;
+    }
+    // SAFETY: the entry is ours now; written field by field, the stamp
+    // already is.
+    unsafe {
+        (*r).new_src = rval.new_src;
+        (*r).new_dst = rval.new_dst;
+        (*r).new_sport = rval.new_sport;
+        (*r).new_dport = rval.new_dport;
+        (*r).service_id = rval.service_id;
+        (*r).flags = rval.flags;
+        (*r).state = rval.state;
+    }
+    true
+}
+
+/// `create` failed to write an entry (a map that is full and not LRU).
+pub const CREATE_MAP_FAILED: u32 = 1 << 16;
+
+/// This CPU's scratch space for a new flow (see `create`).
+#[inline(always)]
+pub fn scratch() -> Option<*mut FlowScratch> {
+    FLOW_SCRATCH.get_ptr_mut(0)
+}
+
+/// Writes a new flow's entries: conntrack (`s.ctv`, filled by the caller
+/// but for the NAT port; `s.hash` its flow hash), and the reverse entry,
+/// which for a remote flow claims its NAT port. Returns the NAT port of a
+/// remote flow, 1 for a local one, 0 when no NAT port is free, or
+/// [`CREATE_MAP_FAILED`].
+///
+/// A BPF-to-BPF call, not inlined, with the entries built in the per-CPU
+/// `flow_scratch` map: with 16-byte addresses a new flow's keys and values
+/// do not fit on the stack beside the packet path's own state (512 bytes
+/// for the whole call chain); only new flows pay for the call.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values are passed by reference into the scratch map: by value they would be copied to the stack"
+)]
+#[inline(never)]
+pub fn create(cfg: &DatapathConfig, key: &FlowKey, b: &BackendValue, s: *mut FlowScratch) -> u32 {
+    // SAFETY: this CPU's slot of the per-CPU scratch array (from
+    // `scratch`), used only within this run (BPF programs are not
+    // preempted mid-run on their CPU).
+    let s = unsafe { &mut *s };
+    let remote = s.ctv.flags & flow_flags::REMOTE != 0;
+    s.rval = RevNatValue::reverse_of(
+        key,
+        s.ctv.service_id,
+        s.ctv.flags,
+        s.ctv.state,
+        s.ctv.last_seen_ns,
+    );
+    if remote {
+        let port = claim_nat_port(cfg, key.proto, s.hash, b, s);
+        if port == 0 {
+            return 0;
+        }
+        s.ctv.nat_port = port;
+    } else {
+        s.rkey = FlowKey::v4(b.ip, flow::v4_of(&key.src), b.port, key.sport, key.proto);
+        if REV_NAT
+            .insert(&s.rkey, &s.rval, u64::from(BPF_ANY))
+            .is_err()
+        {
+            return CREATE_MAP_FAILED;
+        }
+    }
+    if CONNTRACK.insert(key, &s.ctv, u64::from(BPF_ANY)).is_err() {
+        if remote {
+            let _ = REV_NAT.remove(&s.rkey);
+        }
+        return CREATE_MAP_FAILED;
+    }
+    if remote { u32::from(s.ctv.nat_port) } else { 1 }
+}
+
+/// Claims a NAT source port for a new remote flow: up to `NAT_PROBES`
+/// hash-chosen ports are tried (see `lb_common::hash::nat_probe`). A port is
+/// ours once our reverse entry (`s.rval`) was inserted with `BPF_NOEXIST`
+/// (so two CPUs can never claim the same one), or when the entry holding it
+/// is this flow's own (a flow that starts again after its conntrack entry
+/// expired keeps its port), or is expired or closed past its timeout: then
+/// it is taken over by compare-and-swap (`nat_port_reclaimed`), so closed
+/// flows give their ports back without waiting for the LRU. Leaves the
+/// claimed port's key in `s.rkey`; 0 when none was free.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values are passed by reference into the scratch map: by value they would be copied to the stack"
+)]
+#[inline(always)]
+fn claim_nat_port(
     cfg: &DatapathConfig,
-    client: &FlowKey,
+    proto: u8,
+    h: u32,
     b: &BackendValue,
-    rval: &RevNatValue,
-) -> Option<u16> {
+    s: &mut FlowScratch,
+) -> u16 {
     let min = u32::from(cfg.nat_port_min);
     let max = u32::from(cfg.nat_port_max);
-    if max < min {
-        return None;
+    if max < min || min == 0 {
+        return 0;
     }
     let size = max - min + 1;
-    let h = flow_hash(
-        client.src,
-        client.dst,
-        client.sport,
-        client.dport,
-        client.proto,
-    );
+    s.rkey = remote_reply_key(cfg, b, 0, proto);
     let mut i = 0;
     while i < NAT_PROBES {
         #[expect(
@@ -148,11 +310,39 @@ pub fn claim_nat_port(
             reason = "nat_probe < size = max - min + 1, so min + probe <= max, a u16"
         )]
         let port = (min + nat_probe(h, i, size)) as u16;
-        let rkey = remote_reply_key(cfg, b, port, client.proto);
-        if REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok() {
-            return Some(port);
+        s.rkey.dport = port;
+        if REV_NAT
+            .insert(&s.rkey, &s.rval, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            return port;
+        }
+        if let Some(r) = REV_NAT.get_ptr_mut(&s.rkey) {
+            // SAFETY: value pointer the map just returned; fields read by
+            // value.
+            // (Compared with our own value in the scratch map, not with the
+            // key: the compiler would keep the key's words live across the
+            // loop, and their spills overflow the stack.)
+            let (ours, state, last) =
+                unsafe { ((*r).same_flow(&s.rval), (*r).state, (*r).last_seen_ns) };
+            if ours {
+                if take_over(r, last, &s.rval) {
+                    return port;
+                }
+            } else if flow::expired(proto, state, last, s.rval.last_seen_ns, &cfg.timeouts)
+                && take_over(r, last, &s.rval)
+            {
+                stats::count(Counter::NatPortReclaimed);
+                return port;
+            }
         }
         i += 1;
     }
-    None
+    0
+}
+
+/// The 16-byte form of a backend's pod address (flow entries store it).
+#[inline(always)]
+pub fn backend_addr(b: &BackendValue) -> [u8; 16] {
+    addr_v4(b.ip)
 }

@@ -11,11 +11,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
-use lb_common::{Counter, flow_flags, proto};
+use lb_common::{
+    Counter,
+    flow::{family, v4_of},
+    flow_flags, proto,
+};
 
 use crate::{
+    conntrack,
     maps::REV_NAT,
     parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, Ipv4Hdr, TcpHdr, UdpHdr},
     service::flow_key,
@@ -55,9 +61,9 @@ struct Rewrite {
     udp: bool,
 }
 
-/// Reads the headers (direct packet access) and finds the reverse entry.
-/// Everything needed later is copied out: the helpers that write the packet
-/// invalidate packet pointers.
+/// Reads the headers (direct packet access), finds the reverse entry and
+/// records the packet in the flow's state. Everything needed later is copied
+/// out: the helpers that write the packet invalidate packet pointers.
 #[inline(always)]
 fn lookup(ctx: &TcContext) -> Option<Rewrite> {
     // SAFETY: the only cursor over this packet; dropped before any helper
@@ -71,14 +77,14 @@ fn lookup(ctx: &TcContext) -> Option<Rewrite> {
     if ip.vihl != 0x45 || ip.is_fragment() {
         return None;
     }
-    let (sport, dport, udp) = match ip.proto {
+    let (sport, dport, tcp_flags, udp) = match ip.proto {
         proto::TCP => {
             let t = cur.take::<TcpHdr>()?;
-            (t.sport, t.dport, false)
+            (t.sport, t.dport, t.flags, false)
         }
         proto::UDP => {
             let u = cur.take::<UdpHdr>()?;
-            (u.sport, u.dport, true)
+            (u.sport, u.dport, 0, true)
         }
         _ => return None,
     };
@@ -89,17 +95,22 @@ fn lookup(ctx: &TcContext) -> Option<Rewrite> {
         u16::from_be_bytes(dport),
         ip.proto,
     );
-    let r = REV_NAT.get_ptr(key)?;
-    // SAFETY: value pointer the map just returned; copied out.
-    let r = unsafe { *r };
-    if r.flags & flow_flags::REMOTE != 0 {
+    let rp = REV_NAT.get_ptr_mut(key)?;
+    // SAFETY: value pointer the map just returned; the fields we need are
+    // read by value.
+    let (flags, new_src, new_sport) =
+        unsafe { ((*rp).flags, v4_of(&(*rp).new_src), (*rp).new_sport) };
+    if flags & flow_flags::REMOTE != 0 {
         return None;
     }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    conntrack::backend_packet(rp, ip.proto, family::V4, tcp_flags, now);
     Some(Rewrite {
         old_src: ip.src,
-        new_src: r.new_src,
+        new_src,
         old_sport: sport,
-        new_sport: r.new_sport.to_be_bytes(),
+        new_sport: new_sport.to_be_bytes(),
         udp,
     })
 }

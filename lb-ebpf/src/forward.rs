@@ -14,6 +14,7 @@ use crate::{parse::EthHdr, verdict::Outcome};
 
 const AF_INET: u8 = 2;
 
+#[derive(Clone, Copy)]
 pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],

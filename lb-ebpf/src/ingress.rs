@@ -30,20 +30,22 @@
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv4Key,
-    ServiceKey, backend_flags, flow_flags, proto, vip_flags,
+    ServiceKey, backend_flags,
+    flow::{self, Side, family, tcp_flags},
+    flow_flags,
+    hash::flow_hash,
+    proto, vip_flags,
 };
 
 use crate::{
-    arp,
-    conntrack::{self, rev_value},
-    csum,
+    arp, conntrack, csum,
     forward::{self, Route},
     icmp,
     maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
-        Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr, UdpHdr,
+        Ipv4Hdr, TcpHdr, UdpHdr,
     },
     service::{self, Choice, flow_key},
     stats,
@@ -142,14 +144,14 @@ fn check_ipv4(ip: &Ipv4Hdr, frame_len: usize) -> Result<usize, DropReason> {
     Ok(tot_len - IPV4_LEN)
 }
 
-/// The TCP or UDP header, if the IP payload holds all of it. The flag says
-/// "TCP SYN without ACK" (a connection attempt).
+/// The TCP or UDP header, if the IP payload holds all of it, and the TCP
+/// header flags (0 for UDP).
 #[inline(always)]
 fn transport<'a>(
     cur: &mut Cursor<'a>,
     proto: u8,
     l4_len: usize,
-) -> Result<(L4<'a>, bool), DropReason> {
+) -> Result<(L4<'a>, u8), DropReason> {
     match proto {
         proto::TCP => {
             if l4_len < core::mem::size_of::<TcpHdr>() {
@@ -159,15 +161,15 @@ fn transport<'a>(
             if t.doff >> 4 < 5 {
                 return Err(DropReason::Truncated);
             }
-            let syn_only = t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            Ok((L4::tcp(t), syn_only))
+            let flags = t.flags;
+            Ok((L4::tcp(t), flags))
         }
         proto::UDP => {
             if l4_len < core::mem::size_of::<UdpHdr>() {
                 return Err(DropReason::Truncated);
             }
             let u = cur.take::<UdpHdr>().ok_or(DropReason::Truncated)?;
-            Ok((L4::udp(u), false))
+            Ok((L4::udp(u), 0))
         }
         _ => Err(DropReason::UnsupportedProtocol),
     }
@@ -199,7 +201,7 @@ fn service_path(
     if ip.ttl <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
     }
-    let (mut l4, syn_only) = match transport(cur, proto, l4_len) {
+    let (mut l4, tcp) = match transport(cur, proto, l4_len) {
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
@@ -213,28 +215,39 @@ fn service_path(
     let key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (backend_id, b, established) = match service::choose(&key, &svc, syn_only, now) {
+    let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    let choice = service::choose(&key, ip.src, &svc, syn_only, now, &cfg.timeouts);
+    let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
             backend,
             ct,
-        }) => (backend_id, backend, Some(ct)),
+            state,
+        }) => {
+            let next = if proto == proto::TCP {
+                flow::next_state(state, tcp, Side::Client)
+            } else {
+                state
+            };
+            (backend_id, backend, Some(ct), next)
+        }
         Ok(Choice::New {
             backend_id,
             backend,
-        }) => (backend_id, backend, None),
+        }) => (backend_id, backend, None, flow::initial_state(proto, tcp)),
         Err(r) => return Outcome::Drop(r),
     };
     let flow = Flow {
-        key,
+        key: &key,
         service_id: svc.id,
         backend_id,
         b,
         established,
+        state,
         now,
     };
     let out = if b.flags & backend_flags::LOCAL != 0 {
-        to_local(ip, &mut l4, &flow)
+        to_local(ip, &mut l4, cfg, &flow)
     } else {
         to_remote(ctx, eth, ip, &mut l4, cfg, &flow)
     };
@@ -244,12 +257,14 @@ fn service_path(
     out
 }
 
-struct Flow {
-    key: FlowKey,
+struct Flow<'k> {
+    key: &'k FlowKey,
     service_id: u32,
     backend_id: u32,
     b: BackendValue,
     established: Option<*mut ConntrackValue>,
+    /// The flow's TCP state after this packet.
+    state: u8,
     now: u64,
 }
 
@@ -257,27 +272,31 @@ struct Flow {
 /// decrements the TTL). The client address is kept; `lb_egress` undoes the
 /// DNAT on the pod's reply.
 #[inline(always)]
-fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow) -> Outcome {
-    let k = &f.key;
-    let rkey = flow_key(f.b.ip, k.src, f.b.port, k.sport, k.proto);
-    let rval = rev_value(k, f.service_id, 0, f.now);
+fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, cfg: &DatapathConfig, f: &Flow<'_>) -> Outcome {
+    let k = f.key;
+    let rkey = flow_key(f.b.ip, ip.src, f.b.port, k.sport, k.proto);
     let counter = if let Some(ct) = f.established {
-        conntrack::refresh(ct, &rkey, &rval, f.now);
+        // A local flow's reverse key holds the client's own tuple: no other
+        // flow can hold it, so the entry is always ours to put back.
+        conntrack::refresh(ct, k, &rkey, 0, f.state, f.now);
         Counter::LocalEstablished
     } else {
-        let ctv = ConntrackValue {
-            backend_id: f.backend_id,
-            backend_ip: f.b.ip,
-            service_id: f.service_id,
-            nat_port: 0,
-            flags: 0,
-            last_seen_ns: f.now,
-            hop_ifindex: 0,
-            hop_dmac: [0; 6],
-            hop_smac: [0; 6],
+        let Some(s) = conntrack::scratch() else {
+            return Outcome::Drop(DropReason::MapUpdate);
         };
-        if conntrack::insert_flow(k, &ctv).is_err() || conntrack::insert_rev(&rkey, &rval).is_err()
-        {
+        // SAFETY: this CPU's scratch slot, ours for this run.
+        unsafe {
+            (*s).ctv = ConntrackValue::new(
+                f.backend_id,
+                conntrack::backend_addr(&f.b),
+                f.service_id,
+                0,
+                0,
+                f.state,
+                f.now,
+            );
+        }
+        if conntrack::create(cfg, k, &f.b, s) != 1 {
             return Outcome::Drop(DropReason::MapUpdate);
         }
         Counter::LocalNewFlow
@@ -304,9 +323,9 @@ fn to_remote(
     ip: &mut Ipv4Hdr,
     l4: &mut L4<'_>,
     cfg: &DatapathConfig,
-    f: &Flow,
+    f: &Flow<'_>,
 ) -> Outcome {
-    let k = &f.key;
+    let k = f.key;
     // An established flow reuses the next hop its entry caches (renewed
     // once a second with the timestamps). Otherwise route first: a flow we
     // cannot send must not claim a NAT port.
@@ -326,32 +345,42 @@ fn to_remote(
             Route::Fail => return Outcome::Drop(DropReason::NoRoute),
         },
     };
-    let rval = rev_value(k, f.service_id, flow_flags::REMOTE, f.now);
     let (nat_port, counter) = if let Some(ct) = f.established {
         // SAFETY: conntrack value pointer from this run; read by value.
         let port = unsafe { (*ct).nat_port };
         let rkey = conntrack::remote_reply_key(cfg, &f.b, port, k.proto);
-        conntrack::refresh(ct, &rkey, &rval, f.now);
+        if !conntrack::refresh(ct, k, &rkey, flow_flags::REMOTE, f.state, f.now) {
+            // The port went to another flow while our reverse entry was
+            // gone: sending on would mix the two at the backend.
+            conntrack::remove_flow(k);
+            return Outcome::Drop(DropReason::NatPortLost);
+        }
         (port, Counter::RemoteEstablished)
     } else {
-        let Some(port) = conntrack::claim_nat_port(cfg, k, &f.b, &rval) else {
-            return Outcome::Drop(DropReason::NatExhausted);
-        };
-        let ctv = ConntrackValue {
-            backend_id: f.backend_id,
-            backend_ip: f.b.ip,
-            service_id: f.service_id,
-            nat_port: port,
-            flags: flow_flags::REMOTE,
-            last_seen_ns: f.now,
-            hop_ifindex: hop.ifindex,
-            hop_dmac: hop.dmac,
-            hop_smac: hop.smac,
-        };
-        if conntrack::insert_flow(k, &ctv).is_err() {
-            conntrack::remove_rev(&conntrack::remote_reply_key(cfg, &f.b, port, k.proto));
+        let Some(s) = conntrack::scratch() else {
             return Outcome::Drop(DropReason::MapUpdate);
+        };
+        // SAFETY: this CPU's scratch slot, ours for this run.
+        unsafe {
+            (*s).ctv = ConntrackValue::new(
+                f.backend_id,
+                conntrack::backend_addr(&f.b),
+                f.service_id,
+                0,
+                flow_flags::REMOTE,
+                f.state,
+                f.now,
+            )
+            .with_hop(hop.ifindex, hop.dmac, hop.smac);
+            (*s).hash = flow_hash(ip.src, ip.dst, k.sport, k.dport, k.proto);
         }
+        let port = match conntrack::create(cfg, k, &f.b, s) {
+            0 => return Outcome::Drop(DropReason::NatExhausted),
+            p => match u16::try_from(p) {
+                Ok(p) => p,
+                Err(_) => return Outcome::Drop(DropReason::MapUpdate),
+            },
+        };
         (port, Counter::RemoteNewFlow)
     };
     nat::rewrite(
@@ -388,7 +417,7 @@ fn node_path(
     if proto != proto::TCP && proto != proto::UDP {
         return Outcome::Pass(Counter::PassNodeTraffic);
     }
-    let Ok((mut l4, _)) = transport(cur, proto, l4_len) else {
+    let Ok((mut l4, tcp)) = transport(cur, proto, l4_len) else {
         return Outcome::Pass(Counter::PassNodeTraffic);
     };
     let dport = l4.dport();
@@ -396,18 +425,30 @@ fn node_path(
         return Outcome::Pass(Counter::PassNodeTraffic);
     }
     let key = flow_key(ip.src, ip.dst, l4.sport(), dport, proto);
-    let Some(r) = crate::maps::REV_NAT.get_ptr(key) else {
+    let Some(rp) = crate::maps::REV_NAT.get_ptr_mut(key) else {
         return Outcome::Pass(Counter::PassNodeTraffic);
     };
-    // SAFETY: value pointer the map just returned; copied out.
-    let r = unsafe { *r };
-    if r.flags & flow_flags::REMOTE == 0 {
+    // SAFETY: value pointer the map just returned; the fields we need are
+    // read by value.
+    let (flags, src, sport, dst, dport) = unsafe {
+        (
+            (*rp).flags,
+            flow::v4_of(&(*rp).new_src),
+            (*rp).new_sport,
+            flow::v4_of(&(*rp).new_dst),
+            (*rp).new_dport,
+        )
+    };
+    if flags & flow_flags::REMOTE == 0 {
         return Outcome::Pass(Counter::PassNodeTraffic);
     }
     if ip.ttl <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
     }
-    let hop = match forward::route(ctx, r.new_src, r.new_dst, proto, ip.tot_len()) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    conntrack::backend_packet(rp, proto, family::V4, tcp, now);
+    let hop = match forward::route(ctx, src, dst, proto, ip.tot_len()) {
         Route::Hop(h) => Some(h),
         // The kernel resolves the client and forwards the translated packet
         // (its source is the VIP, not ours, so it is no martian); it also
@@ -419,12 +460,12 @@ fn node_path(
         ip,
         &mut l4,
         Some(Endpoint {
-            addr: r.new_src,
-            port: r.new_sport,
+            addr: src,
+            port: sport,
         }),
         Some(Endpoint {
-            addr: r.new_dst,
-            port: r.new_dport,
+            addr: dst,
+            port: dport,
         }),
         hop.is_some(),
     );

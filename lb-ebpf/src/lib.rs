@@ -9,6 +9,12 @@
 //! cursor and headers ([`parse`]), checksum deltas ([`csum`]) and the maps:
 //! what the bench object builds on. The rest stays inside the crate.
 #![no_std]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "64-bit compare-and-swap on map values (conntrack::take_over): \
+              core::sync::atomic offers none on this target"
+)]
 #![expect(
     clippy::inline_always,
     reason = "BPF-to-BPF calls cost instructions and the verifier follows packet \

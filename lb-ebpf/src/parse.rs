@@ -112,9 +112,6 @@ pub struct TcpHdr {
     pub urg: [u8; 2],
 }
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-
 #[repr(C)]
 pub struct UdpHdr {
     pub sport: [u8; 2],

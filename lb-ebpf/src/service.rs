@@ -1,9 +1,10 @@
 //! Backend choice for a packet to a served `VIP:port`.
 //!
-//! 1. Conntrack (client 5-tuple) keeps an established flow on its backend
-//!    while the backend slot still holds the same pod address. A TCP SYN
-//!    without ACK skips the lookup: a new connection always gets the
-//!    current choice, even if an old flow with the same tuple is remembered.
+//! 1. Conntrack (client 5-tuple) keeps a live flow on its backend while the
+//!    backend slot still holds the same pod address. A SYN on a live entry
+//!    (a retransmission, or forged) keeps it too: no packet from outside
+//!    redirects a live flow. An expired entry, or a SYN on a closing one,
+//!    starts a fresh flow (see `lb_common::flow`).
 //! 2. Otherwise the flow is new. loadBalancerSourceRanges are checked here,
 //!    after the conntrack hit, as kube-proxy does: they decide whether a
 //!    connection may start, an established one keeps going when the list
@@ -17,7 +18,9 @@
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DropReason, FlowKey,
-    ServiceValue, SourceRangeData, backend_flags, flow_flags,
+    FlowTimeouts, ServiceValue, SourceRangeData, backend_flags,
+    flow::{self, NS_PER_SEC, addr_v4},
+    flow_flags,
     hash::{client_hash, flow_hash},
     service_flags,
 };
@@ -27,14 +30,14 @@ use crate::{
     stats,
 };
 
-pub const NS_PER_SEC: u64 = 1_000_000_000;
-
 pub enum Choice {
-    /// Conntrack hit on a live backend; the pointer is the conntrack value.
+    /// Conntrack hit on a live flow and backend; the pointer is the
+    /// conntrack value, `state` its TCP state before this packet.
     Established {
         backend_id: u32,
         backend: BackendValue,
         ct: *mut ConntrackValue,
+        state: u8,
     },
     New {
         backend_id: u32,
@@ -44,7 +47,7 @@ pub enum Choice {
 
 #[inline(always)]
 pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(src, dst, sport, dport, proto)
+    FlowKey::v4(src, dst, sport, dport, proto)
 }
 
 #[inline(always)]
@@ -55,29 +58,49 @@ fn backend(id: u32) -> Option<BackendValue> {
     (b.flags & backend_flags::VALID != 0).then_some(b)
 }
 
+/// `client` is the client's IPv4 address (`key.src`), `syn_only` says the
+/// packet is a TCP SYN without ACK.
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
+    client: [u8; 4],
     svc: &ServiceValue,
     syn_only: bool,
     now: u64,
+    timeouts: &FlowTimeouts,
 ) -> Result<Choice, DropReason> {
-    if !syn_only && let Some(ct) = CONNTRACK.get_ptr_mut(key) {
+    if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: value pointer the map just returned; fields read by value.
-        let (id, ip, remote) = unsafe {
+        let (id, ip, remote, state, last) = unsafe {
             (
                 (*ct).backend_id,
-                (*ct).backend_ip,
+                flow::v4_of(&(*ct).backend_ip),
                 (*ct).flags & flow_flags::REMOTE != 0,
+                (*ct).state,
+                (*ct).last_seen_ns,
             )
         };
         match backend(id) {
             Some(b) if b.ip == ip && (b.flags & backend_flags::LOCAL == 0) == remote => {
-                return Ok(Choice::Established {
-                    backend_id: id,
-                    backend: b,
-                    ct,
-                });
+                // An entry refreshed within the second is live whatever its
+                // state (timeouts are at least two seconds).
+                let over = now.wrapping_sub(last) >= NS_PER_SEC
+                    && flow::expired(key.proto, state, last, now, timeouts);
+                if over {
+                    stats::count(Counter::FlowExpired);
+                } else if syn_only && flow::closing(state) {
+                    stats::count(Counter::FlowReopened);
+                } else {
+                    if syn_only {
+                        stats::count(Counter::SynOnLiveFlow);
+                    }
+                    return Ok(Choice::Established {
+                        backend_id: id,
+                        backend: b,
+                        ct,
+                        state,
+                    });
+                }
             }
             _ => stats::count(Counter::FlowRepicked),
         }
@@ -89,7 +112,7 @@ pub fn choose(
             64,
             SourceRangeData {
                 service_id: svc.id.to_be_bytes(),
-                addr: key.src,
+                addr: client,
             },
         );
         if SRC_RANGES.get(&k).is_none() {
@@ -99,34 +122,41 @@ pub fn choose(
     if svc.maglev_len == 0 {
         return Err(DropReason::NoBackend);
     }
-    let client = key.src;
     let hash = if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = AffinityKey {
-            service_id: svc.id,
-            client,
-        };
+        let akey = AffinityKey::v4(svc.id, client);
         if let Some(a) = AFFINITY.get_ptr_mut(akey) {
-            // SAFETY: value pointer the map just returned.
-            let a_val = unsafe { *a };
-            let live = now.wrapping_sub(a_val.last_seen_ns)
-                < u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
+            // SAFETY: value pointer the map just returned; fields read by value.
+            let (last, id, ip) = unsafe {
+                (
+                    (*a).last_seen_ns,
+                    (*a).backend_id,
+                    flow::v4_of(&(*a).backend_ip),
+                )
+            };
+            let live = now.wrapping_sub(last) < u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
             if live
-                && let Some(b) = backend(a_val.backend_id)
-                && b.ip == a_val.backend_ip
+                && let Some(b) = backend(id)
+                && b.ip == ip
             {
                 // SAFETY: same pointer; a racing writer can only store another
                 // timestamp, which is as good as ours.
                 unsafe { (*a).last_seen_ns = now };
                 stats::count(Counter::AffinityHit);
                 return Ok(Choice::New {
-                    backend_id: a_val.backend_id,
+                    backend_id: id,
                     backend: b,
                 });
             }
         }
         client_hash(client)
     } else {
-        flow_hash(key.src, key.dst, key.sport, key.dport, key.proto)
+        flow_hash(
+            client,
+            flow::v4_of(&key.dst),
+            key.sport,
+            key.dport,
+            key.proto,
+        )
     };
     let slot = svc.maglev_offset.wrapping_add(hash % svc.maglev_len);
     let Some(id) = MAGLEV.get_ptr(slot) else {
@@ -138,15 +168,8 @@ pub fn choose(
         return Err(DropReason::NoBackend);
     };
     if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = AffinityKey {
-            service_id: svc.id,
-            client,
-        };
-        let aval = AffinityValue {
-            backend_id: id,
-            backend_ip: b.ip,
-            last_seen_ns: now,
-        };
+        let akey = AffinityKey::v4(svc.id, client);
+        let aval = AffinityValue::new(id, addr_v4(b.ip), now);
         // Best effort: without the entry the next flow hashes to the same
         // backend anyway (client hash), unless the table changed.
         let _ = AFFINITY.insert(akey, aval, u64::from(BPF_ANY));

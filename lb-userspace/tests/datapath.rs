@@ -13,11 +13,12 @@ use std::net::Ipv4Addr;
 
 use lb_common::{
     AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue, bench,
+    flow::{addr_v4, tcp_state, v4_of},
     flow_flags, maps as m, proto,
 };
 use support::{
     check::{assert_checksums, ip_verifies, l4_verifies, view},
-    packet::{ACK, Arp, L4, PSH, Pkt, Rng, SYN, fix_ip_checksum},
+    packet::{ACK, Arp, FIN, L4, PSH, Pkt, RST, Rng, SYN, fix_ip_checksum},
     *,
 };
 
@@ -241,7 +242,7 @@ fn local_flow_new_established_and_egress_reply() {
                 ct.nat_port,
                 ct.flags
             ),
-            (LOCAL_A, pod_ip, 1, 0, 0)
+            (LOCAL_A, addr_v4(pod_ip), 1, 0, 0)
         );
         assert_eq!(
             (ct.hop_ifindex, ct.hop_dmac, ct.hop_smac),
@@ -260,7 +261,7 @@ fn local_flow_new_established_and_egress_reply() {
                 rev.service_id,
                 rev.flags
             ),
-            (VIP, CLIENT, 80, 40000, 1, 0)
+            (addr_v4(VIP), addr_v4(CLIENT), 80, 40000, 1, 0)
         );
         assert_eq!(
             lb.traffic(m::SERVICE_STATS, 1),
@@ -390,7 +391,7 @@ fn remote_flow_new_established_and_reply() {
                 rev.new_dport,
                 rev.flags
             ),
-            (VIP, CLIENT, 81, 40001, flow_flags::REMOTE)
+            (addr_v4(VIP), addr_v4(CLIENT), 81, 40001, flow_flags::REMOTE)
         );
 
         let ack = Pkt::tcp(CLIENT, 40001, VIP, 81, ACK);
@@ -517,6 +518,19 @@ fn remote_without_neighbour() {
     });
 }
 
+/// A reverse entry of another client's live established remote flow: its
+/// NAT port is taken.
+fn live_remote_rev() -> RevNatValue {
+    let other = flow([10, 200, 0, 7], VIP, 999, 81, proto::TCP);
+    RevNatValue::reverse_of(
+        &other,
+        2,
+        flow_flags::REMOTE,
+        tcp_state::ESTABLISHED,
+        ktime_ns(),
+    )
+}
+
 #[test]
 fn nat_ports_unique_and_exhaustion() {
     with_lb(|lb| {
@@ -534,10 +548,7 @@ fn nat_ports_unique_and_exhaustion() {
         for p in 62000..=62003 {
             lb.insert_rev_nat(
                 flow(pod_ip, NODE_IP, pod_port, p, proto::TCP),
-                RevNatValue {
-                    flags: flow_flags::REMOTE,
-                    ..RevNatValue::default()
-                },
+                live_remote_rev(),
             );
         }
         let syn = Pkt::tcp(CLIENT, 30000, VIP, 81, SYN);
@@ -584,10 +595,7 @@ fn nat_ports_found_in_a_clustered_range() {
             let port = 40000 + u16::try_from(i).expect("port offset");
             lb.insert_rev_nat(
                 flow(pod_ip, NODE_IP, pod_port, port, proto::TCP),
-                RevNatValue {
-                    flags: flow_flags::REMOTE,
-                    ..RevNatValue::default()
-                },
+                live_remote_rev(),
             );
         }
         let longest_run = taken
@@ -802,12 +810,15 @@ fn source_ranges_apply_to_new_flows_only() {
             XDP_DROP,
             Want::D(D::SourceRange),
         );
-        lb.expect_untouched(
-            "a new SYN on the established tuple is a new flow",
+        // A SYN on the live tuple (a retransmission, or forged) keeps the
+        // flow where it is: the range decided when the flow started.
+        let out = lb.expect(
+            "a SYN on the live tuple stays on its flow",
             &syn.build(),
-            XDP_DROP,
-            Want::D(D::SourceRange),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
         );
+        assert_eq!(dst_of(&out), pod(LOCAL_A).0);
         assert!(
             lb.conntrack(&flow(CLIENT, VIP, 7001, 85, proto::TCP))
                 .is_none(),
@@ -1093,17 +1104,10 @@ fn affinity_pins_a_client_and_expires() {
         let other = if first == a { b } else { a };
         let other_id = if first == a { LOCAL_B } else { LOCAL_A };
         let first_id = if first == a { LOCAL_A } else { LOCAL_B };
-        let key = AffinityKey {
-            service_id: 8,
-            client: CLIENT,
-        };
+        let key = AffinityKey::v4(8, CLIENT);
         lb.set_affinity(
             key,
-            AffinityValue {
-                backend_id: other_id,
-                backend_ip: other,
-                last_seen_ns: ktime_ns(),
-            },
+            AffinityValue::new(other_id, addr_v4(other), ktime_ns()),
         );
         let out = lb.expect(
             "live affinity",
@@ -1113,20 +1117,13 @@ fn affinity_pins_a_client_and_expires() {
         );
         assert_eq!(dst_of(&out), other);
         let stale = ktime_ns() - (u64::from(AFFINITY_TIMEOUT_S) + 1) * 1_000_000_000;
-        lb.set_affinity(
-            key,
-            AffinityValue {
-                backend_id: other_id,
-                backend_ip: other,
-                last_seen_ns: stale,
-            },
-        );
+        lb.set_affinity(key, AffinityValue::new(other_id, addr_v4(other), stale));
         let before = lb.counts();
         let out = lb.run(&Pkt::tcp(CLIENT, 2001, VIP, 86, SYN).build()).out;
         assert_eq!(dst_of(&out), first, "expired entry must not pin");
         assert_eq!(lb.counts().minus(&before).c(C::AffinityHit), 0);
         let e = lb.affinity(key).expect("entry rewritten");
-        assert_eq!((e.backend_id, e.backend_ip), (first_id, first));
+        assert_eq!((e.backend_id, e.backend_ip), (first_id, addr_v4(first)));
     });
 }
 
@@ -1149,7 +1146,23 @@ fn conntrack_keeps_flow_across_maglev_change() {
             Want::C(C::LocalEstablished),
         );
         assert_eq!(dst_of(&out), first, "established flow moved");
-        // A new connection on the same tuple gets the current choice.
+        // A SYN on the live tuple keeps its backend (no packet from outside
+        // redirects a live flow) ...
+        let out = lb.expect(
+            "SYN on the live tuple",
+            &syn.build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        assert_eq!(dst_of(&out), first, "a SYN moved a live flow");
+        // ... and once the connection is over (an RST), a new connection on
+        // the same tuple gets the current choice.
+        lb.expect(
+            "RST",
+            &Pkt::tcp(CLIENT, 5000, VIP, 88, RST).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
         let out = lb.expect(
             "new SYN, same tuple",
             &syn.build(),
@@ -1214,8 +1227,12 @@ fn established_refresh_is_rate_limited_and_restores_evicted_reverse_entry() {
         let out = lb.run(&Pkt::tcp(CLIENT, 41000, VIP, 81, SYN).build()).out;
         let nat_port = view(&out).sport;
         let rkey = flow(pod_ip, NODE_IP, pod_port, nat_port, proto::TCP);
-        let ct = lb.conntrack(&key).expect("conntrack");
         let ack = Pkt::tcp(CLIENT, 41000, VIP, 81, ACK).build();
+        // The handshake's ACK moves the flow to ESTABLISHED: a state change
+        // is written at once.
+        lb.run(&ack);
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(ct.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED);
 
         // Within a second: no write, the timestamp stays.
         lb.run(&ack);
@@ -1245,7 +1262,7 @@ fn established_refresh_is_rate_limited_and_restores_evicted_reverse_entry() {
         let rev = lb.rev_nat(&rkey).expect("reverse entry restored");
         assert_eq!(
             (rev.new_src, rev.new_dst, rev.new_sport, rev.new_dport),
-            (VIP, CLIENT, 81, 41000)
+            (addr_v4(VIP), addr_v4(CLIENT), 81, 41000)
         );
         let reply = Pkt::tcp(pod_ip, pod_port, NODE_IP, nat_port, ACK).build();
         lb.expect(
@@ -1288,6 +1305,7 @@ fn established_remote_flow_uses_and_renews_its_cached_next_hop() {
     with_lb(|lb| {
         let key = flow(CLIENT, VIP, 42000, 81, proto::TCP);
         lb.run(&Pkt::tcp(CLIENT, 42000, VIP, 81, SYN).build());
+        lb.run(&Pkt::tcp(CLIENT, 42000, VIP, 81, ACK).build());
         let ct = lb.conntrack(&key).expect("conntrack");
         assert_eq!(ct.hop_dmac, PEER_NODE_MAC);
         let ack = Pkt::tcp(CLIENT, 42000, VIP, 81, ACK).build();
@@ -1425,9 +1443,9 @@ fn random_frame(
         3 if !replies.is_empty() => {
             let (k, _) = replies[rng.index(replies.len())];
             let mut p = if k.proto == proto::TCP {
-                Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK)
+                Pkt::tcp(v4_of(&k.src), k.sport, v4_of(&k.dst), k.dport, ACK)
             } else {
-                Pkt::udp(k.src, k.sport, k.dst, k.dport)
+                Pkt::udp(v4_of(&k.src), k.sport, v4_of(&k.dst), k.dport)
             };
             if rng.chance(20) {
                 p.dport = p.dport.wrapping_add(1);
@@ -1624,9 +1642,9 @@ fn random_frames() {
         for i in 0..10_000u32 {
             let (k, _) = local_rev[(i as usize) % local_rev.len()];
             let p = if k.proto == proto::TCP {
-                Pkt::tcp(k.src, k.sport, k.dst, k.dport, ACK)
+                Pkt::tcp(v4_of(&k.src), k.sport, v4_of(&k.dst), k.dport, ACK)
             } else {
-                Pkt::udp(k.src, k.sport, k.dst, k.dport)
+                Pkt::udp(v4_of(&k.src), k.sport, v4_of(&k.dst), k.dport)
             };
             let f = if rng.chance(10) {
                 let mut f = rng.bytes_upto(80);
@@ -1661,5 +1679,274 @@ fn random_frames() {
                 assert!([VIP, VIP_OTHER].contains(&<[u8; 4]>::try_from(&r.out[26..30]).unwrap()));
             }
         }
+    });
+}
+
+// ---------------------------------------------------------------- flow lifecycle
+
+/// The remote service (:81) flow from `CLIENT:sport`: its key, and the NAT
+/// port its first packet (`flags`) got.
+fn remote_flow(lb: &mut Lb, sport: u16, flags: u8) -> (lb_common::FlowKey, u16) {
+    let out = lb.expect(
+        "remote flow's first packet",
+        &Pkt::tcp(CLIENT, sport, VIP, 81, flags).build(),
+        XDP_TX,
+        Want::C(C::RemoteNewFlow),
+    );
+    (flow(CLIENT, VIP, sport, 81, proto::TCP), view(&out).sport)
+}
+
+#[test]
+fn syn_retransmission_and_syn_on_established_keep_backend_port_and_entries() {
+    with_lb(|lb| {
+        let (key, port) = remote_flow(lb, 43000, SYN);
+        let ct = lb.conntrack(&key).expect("conntrack");
+        let revs = lb.rev_nat_entries().len();
+        let syn = Pkt::tcp(CLIENT, 43000, VIP, 81, SYN).build();
+        let before = lb.counts();
+        let out = lb.expect(
+            "retransmitted SYN",
+            &syn,
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
+        assert_eq!(
+            view(&out).sport,
+            port,
+            "a retransmission claimed another NAT port"
+        );
+        assert_eq!(
+            lb.conntrack(&key).expect("conntrack"),
+            ct,
+            "nothing written"
+        );
+        assert_eq!(lb.rev_nat_entries().len(), revs, "no second reverse entry");
+        assert_eq!(lb.counts().minus(&before).c(C::SynOnLiveFlow), 1);
+
+        lb.run(&Pkt::tcp(CLIENT, 43000, VIP, 81, ACK).build());
+        let est = lb.conntrack(&key).expect("conntrack");
+        assert_ne!(est.state & tcp_state::ESTABLISHED, 0);
+        let out = lb.expect(
+            "SYN on an established flow",
+            &syn,
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
+        assert_eq!(view(&out).sport, port);
+        let after = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(
+            (after.backend_id, after.nat_port, after.state),
+            (est.backend_id, est.nat_port, est.state)
+        );
+        assert_eq!(lb.rev_nat_entries().len(), revs);
+    });
+}
+
+#[test]
+fn closed_flows_give_their_nat_ports_back_after_the_closing_timeout() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        lb.set_nat_ports(62000, 62003);
+        let mut ports = Vec::new();
+        for sport in 44000..44004 {
+            let (_, port) = remote_flow(lb, sport, SYN);
+            let reply = |f| Pkt::tcp(pod_ip, pod_port, NODE_IP, port, f).build();
+            lb.expect(
+                "SYN-ACK",
+                &reply(SYN | ACK),
+                XDP_TX,
+                Want::C(C::RemoteReply),
+            );
+            let c = |f| Pkt::tcp(CLIENT, sport, VIP, 81, f).build();
+            lb.expect("ACK", &c(ACK), XDP_TX, Want::C(C::RemoteEstablished));
+            lb.expect(
+                "client FIN",
+                &c(FIN | ACK),
+                XDP_TX,
+                Want::C(C::RemoteEstablished),
+            );
+            lb.expect(
+                "backend FIN",
+                &reply(FIN | ACK),
+                XDP_TX,
+                Want::C(C::RemoteReply),
+            );
+            lb.expect("last ACK", &c(ACK), XDP_TX, Want::C(C::RemoteEstablished));
+            let rev = lb
+                .rev_nat(&flow(pod_ip, NODE_IP, pod_port, port, proto::TCP))
+                .expect("reverse entry");
+            assert!(
+                lb_common::flow::closing(rev.state),
+                "state {:#b}",
+                rev.state
+            );
+            ports.push(port);
+        }
+        ports.sort_unstable();
+        assert_eq!(ports, [62000, 62001, 62002, 62003]);
+        let next = Pkt::tcp(CLIENT, 44100, VIP, 81, SYN).build();
+        lb.expect_untouched(
+            "closed moments ago: the ports are still held",
+            &next,
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
+        // Past the closing timeout (10 s by default).
+        lb.age_flows(11);
+        let before = lb.counts();
+        let out = lb.expect("a port came back", &next, XDP_TX, Want::C(C::RemoteNewFlow));
+        assert!((62000..=62003).contains(&view(&out).sport));
+        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
+        let rev = lb
+            .rev_nat(&flow(
+                pod_ip,
+                NODE_IP,
+                pod_port,
+                view(&out).sport,
+                proto::TCP,
+            ))
+            .expect("reverse entry");
+        assert_eq!(
+            (rev.new_dst, rev.new_dport),
+            (addr_v4(CLIENT), 44100),
+            "taken over"
+        );
+        // Established flows are not reclaimed at the same age.
+        let (_, _) = remote_flow(lb, 44200, ACK);
+    });
+}
+
+#[test]
+fn expired_udp_flows_give_their_nat_ports_back() {
+    with_lb(|lb| {
+        lb.set_nat_ports(62000, 62001);
+        for sport in [45000, 45001] {
+            lb.expect(
+                "UDP flow",
+                &Pkt::udp(CLIENT, sport, VIP, 87).build(),
+                XDP_TX,
+                Want::C(C::RemoteNewFlow),
+            );
+        }
+        let next = Pkt::udp(CLIENT, 45002, VIP, 87).build();
+        lb.expect_untouched("both held", &next, XDP_DROP, Want::D(D::NatExhausted));
+        lb.age_flows(20);
+        lb.expect_untouched(
+            "20 s idle: still held",
+            &next,
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
+        lb.age_flows(11);
+        let taken = view(&lb.expect(
+            "31 s idle: reclaimed",
+            &next,
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        ))
+        .sport;
+        // The expired flow's next datagram is a fresh flow: it gets its own
+        // port back if that one is left, never the port another flow now
+        // holds.
+        let old = Pkt::udp(CLIENT, 45000, VIP, 87).build();
+        let before = lb.counts();
+        let r = lb.run(&old);
+        let d = lb.counts().minus(&before);
+        assert_eq!(r.action, XDP_TX, "{d:?}");
+        assert_ne!(view(&r.out).sport, taken, "sent with another flow's port");
+        assert_eq!(d.c(C::RemoteNewFlow), 1, "{d:?}");
+        assert_eq!(d.c(C::FlowExpired), 1, "{d:?}");
+    });
+}
+
+#[test]
+fn a_forged_rst_does_not_end_a_flow_the_backend_goes_on_with() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        let (key, port) = remote_flow(lb, 46000, SYN);
+        let c = |f| Pkt::tcp(CLIENT, 46000, VIP, 81, f).build();
+        let reply = |f| Pkt::tcp(pod_ip, pod_port, NODE_IP, port, f).build();
+        lb.run(&reply(SYN | ACK));
+        lb.run(&c(ACK));
+        lb.expect("forged RST", &c(RST), XDP_TX, Want::C(C::RemoteEstablished));
+        assert!(lb_common::flow::closing(
+            lb.conntrack(&key).expect("ct").state
+        ));
+        // The backend checked the RST's sequence number and goes on.
+        lb.expect(
+            "backend data",
+            &reply(ACK | PSH),
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
+        let ct = lb.conntrack(&key).expect("ct");
+        assert!(!lb_common::flow::closing(ct.state), "state {:#b}", ct.state);
+        // So a SYN on the tuple is no new flow, and idle time counts with
+        // the established timeout, not the closing one.
+        lb.expect("SYN", &c(SYN), XDP_TX, Want::C(C::SynOnLiveFlow));
+        lb.age_flows(60);
+        let out = lb.expect(
+            "a minute idle",
+            &c(ACK),
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
+        assert_eq!(view(&out).sport, port);
+
+        // A real RST (the backend's): client data in flight does not reopen
+        // the flow, and a new SYN starts a fresh one.
+        lb.expect(
+            "backend RST",
+            &reply(RST | ACK),
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
+        lb.run(&c(ACK | PSH));
+        assert!(lb_common::flow::closing(
+            lb.conntrack(&key).expect("ct").state
+        ));
+        let before = lb.counts();
+        lb.run(&c(SYN));
+        let d = lb.counts().minus(&before);
+        assert_eq!(
+            (d.c(C::FlowReopened), d.c(C::RemoteNewFlow)),
+            (1, 1),
+            "{d:?}"
+        );
+        assert_eq!(lb.conntrack(&key).expect("ct").state, tcp_state::SYN_SENT);
+    });
+}
+
+#[test]
+fn local_flow_state_follows_both_sides() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        let key = flow(CLIENT, VIP, 47000, 80, proto::TCP);
+        let c = |f| Pkt::tcp(CLIENT, 47000, VIP, 80, f).build();
+        let reply = |f| Pkt::tcp(pod_ip, pod_port, CLIENT, 47000, f).build();
+        let picked = dst_of(&lb.expect("SYN", &c(SYN), XDP_PASS, Want::C(C::LocalNewFlow)));
+        assert_eq!(picked, pod_ip, "the scenario's :80 has one local backend");
+        lb.run_egress(&reply(SYN | ACK));
+        lb.run(&c(ACK));
+        lb.run_egress(&reply(FIN | ACK));
+        let ct = lb.conntrack(&key).expect("ct");
+        assert_eq!(
+            ct.state,
+            tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::BACKEND_FIN
+        );
+        let rkey = flow(pod_ip, CLIENT, pod_port, 47000, proto::TCP);
+        assert_eq!(lb.rev_nat(&rkey).expect("rev").state, ct.state);
+        lb.run(&c(FIN | ACK));
+        assert!(lb_common::flow::closing(
+            lb.conntrack(&key).expect("ct").state
+        ));
+        lb.age_flows(11);
+        lb.expect(
+            "SYN after the close",
+            &c(SYN),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        assert_eq!(lb.conntrack(&key).expect("ct").state, tcp_state::SYN_SENT);
     });
 }

@@ -53,9 +53,11 @@ pub enum L4 {
     Other(u8),
 }
 
+pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
+pub const RST: u8 = 0x04;
 pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
 
 /// An Ethernet/IPv4 frame, described field by field.
 #[derive(Clone, Debug)]

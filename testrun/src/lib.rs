@@ -114,12 +114,16 @@ pub struct Counts {
 
 /// Counters that are not the final outcome of an ingress packet: steps on
 /// the way, and the egress program's own.
-const NOT_OUTCOMES: [Counter; 5] = [
+const NOT_OUTCOMES: [Counter; 9] = [
     Counter::IngressPackets,
     Counter::AffinityHit,
     Counter::FlowRepicked,
     Counter::EgressPackets,
     Counter::EgressReply,
+    Counter::FlowExpired,
+    Counter::FlowReopened,
+    Counter::SynOnLiveFlow,
+    Counter::NatPortReclaimed,
 ];
 
 impl Counts {

@@ -457,6 +457,37 @@ impl Lb {
             .expect("rev_nat insert");
     }
 
+    /// Makes every flow entry look `secs` seconds older (idle time passing
+    /// without waiting for it).
+    pub fn age_flows(&mut self, secs: u64) {
+        let by = secs * 1_000_000_000;
+        let cts: Vec<_> = self
+            .h
+            .maps()
+            .conntrack
+            .iter()
+            .map(|r| r.expect("conntrack entry"))
+            .collect();
+        for (k, v) in cts {
+            self.set_conntrack(
+                k,
+                ConntrackValue {
+                    last_seen_ns: v.last_seen_ns - by,
+                    ..v
+                },
+            );
+        }
+        for (k, v) in self.rev_nat_entries() {
+            self.insert_rev_nat(
+                k,
+                RevNatValue {
+                    last_seen_ns: v.last_seen_ns - by,
+                    ..v
+                },
+            );
+        }
+    }
+
     pub fn affinity(&mut self, k: AffinityKey) -> Option<AffinityValue> {
         self.h.maps().affinity.get(&k, 0).ok()
     }
@@ -560,5 +591,5 @@ pub fn ktime_ns() -> u64 {
 }
 
 pub fn flow(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, p: u8) -> FlowKey {
-    FlowKey::new(src, dst, sport, dport, p)
+    FlowKey::v4(src, dst, sport, dport, p)
 }

@@ -293,7 +293,7 @@ impl Lb {
             let b = backends[&table[(h % len) as usize]];
             let claimed = (0..NAT_PROBES).find_map(|i| {
                 let port = u16::try_from(u32::from(NAT_MIN) + nat_probe(h, i, size)).ok()?;
-                let key = FlowKey::new(b.ip, NODE_IP, b.port, port, proto::TCP);
+                let key = FlowKey::v4(b.ip, NODE_IP, b.port, port, proto::TCP);
                 taken.insert(key).then_some(i + 1)
             });
             match claimed {
@@ -340,7 +340,7 @@ impl Lb {
             "establishing {want:?}: action {}",
             r.action
         );
-        let key = FlowKey::new(CLIENT, VIP, sport, dport, proto::TCP);
+        let key = FlowKey::v4(CLIENT, VIP, sport, dport, proto::TCP);
         self.h
             .maps()
             .conntrack

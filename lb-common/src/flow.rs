@@ -1,0 +1,539 @@
+//! Flow state: keys and values of the `conntrack`, `rev_nat` and `affinity`
+//! maps, the TCP lifecycle kept in them, and when an idle entry is over.
+//! The data path and the agent's sweeper both decide expiry with
+//! [`expired`], so they never disagree about which flows are gone.
+//!
+//! Every address in these types is 16 bytes: an IPv4 address fills the first
+//! four and the rest is zero (`bpftool` still shows it readably), and keys
+//! carry a [`family`] byte, so IPv6 flows need no other layout.
+//!
+//! Lifecycle (TCP; [`tcp_state`] bits, one byte in both entries of a flow):
+//! - a SYN without ACK opens a flow in `SYN_SENT`; a SYN again on a live
+//!   entry is a retransmission (or a spoofed SYN): the flow keeps its
+//!   backend and NAT port, nothing is written;
+//! - the client's first packet without SYN makes it `ESTABLISHED` (a flow
+//!   first seen mid-stream, after a restart or a failover, starts there);
+//! - a FIN sets its side's bit; with both bits the flow is closing;
+//! - an RST (either side) makes it closing at once; the backend's next
+//!   packet without SYN, RST or FIN clears it again. The backend checks an
+//!   RST's sequence number (RFC 5961) and we cannot, so a forged RST is
+//!   answered by a backend that goes on talking, and the flow stays; after a
+//!   real RST the backend has nothing left to say;
+//! - a SYN on a closing or expired entry starts a fresh flow.
+//!
+//! An entry is expired when it has been idle longer than its state's
+//! timeout ([`FlowTimeouts`], in the datapath config). Expired and closed
+//! entries free their NAT ports without waiting for table pressure: a new
+//! flow that meets one while claiming a port takes the port over.
+
+/// Address family byte of [`FlowKey`] and [`AffinityKey`].
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// Flags of [`ConntrackValue::flags`] and [`RevNatValue::flags`].
+pub mod flow_flags {
+    /// The flow goes to a remote backend through full NAT.
+    pub const REMOTE: u16 = 1 << 0;
+}
+
+/// TCP header flag bits (byte 13 of the header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Bits of [`ConntrackValue::state`] and [`RevNatValue::state`] (TCP only;
+/// UDP entries keep 0).
+pub mod tcp_state {
+    /// Opened by a SYN; the client has sent nothing else yet.
+    pub const SYN_SENT: u8 = 1 << 0;
+    /// The client sent a packet without SYN.
+    pub const ESTABLISHED: u8 = 1 << 1;
+    pub const CLIENT_FIN: u8 = 1 << 2;
+    pub const BACKEND_FIN: u8 = 1 << 3;
+    /// An RST was seen and no backend packet since.
+    pub const RST: u8 = 1 << 4;
+    /// Both FIN bits.
+    pub const BOTH_FIN: u8 = CLIENT_FIN | BACKEND_FIN;
+}
+
+/// Which side of a flow a packet comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+/// An IPv4 address in the 16-byte form of the flow types.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn addr_v4(a: [u8; 4]) -> [u8; 16] {
+    // Through integers, not byte by byte: the data path then builds a key
+    // with two 8-byte stores per address instead of sixteen byte moves
+    // (which took the BPF program past its stack limit in spills).
+    (u32::from_le_bytes(a) as u128).to_le_bytes()
+}
+
+/// The IPv4 address in the first four bytes of a 16-byte address.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn v4_of(a: &[u8; 16]) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+/// Two 16-byte addresses compared as two words each: `==` on byte arrays
+/// becomes a `bcmp` call, a loop in BPF.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    u128::from_ne_bytes(*a) == u128::from_ne_bytes(*b)
+}
+
+/// A 5-tuple as it appears in one packet; key of `conntrack` and `rev_nat`.
+/// Aligned to 8 so the data path copies and compares it in 8-byte words
+/// (the kernel's hash map keys are 8-aligned too).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub proto: u8,
+    /// [`family`] of both addresses.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// An IPv4 5-tuple: ports in host order, `proto` an `IPPROTO_*` number.
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            src: addr_v4(src),
+            dst: addr_v4(dst),
+            sport,
+            dport,
+            proto,
+            family: family::V4,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of the `conntrack` LRU map, keyed by the client's packet 5-tuple
+/// (client → VIP). Keeps a flow on its backend (and NAT port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// Copy of the backend's pod address: a reused backend id with another
+    /// address means the original backend is gone and the flow is re-picked.
+    pub backend_ip: [u8; 16],
+    /// Source port used towards a remote backend (host order), else 0.
+    pub nat_port: u16,
+    /// [`flow_flags`] bits.
+    pub flags: u16,
+    /// [`tcp_state`] bits (0 for UDP).
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once a
+    /// second, or on a state change).
+    pub last_seen_ns: u64,
+    /// Remote flows: the next hop towards the backend's node as the last
+    /// `bpf_fib_lookup` gave it, renewed with `last_seen_ns`: egress
+    /// interface (0 = nothing cached, look it up), destination MAC (the next
+    /// hop's) and source MAC (the egress interface's). Zero for local flows.
+    pub hop_ifindex: u32,
+    pub hop_dmac: [u8; 6],
+    pub hop_smac: [u8; 6],
+}
+
+impl ConntrackValue {
+    /// An entry with no cached next hop (see [`Self::with_hop`]).
+    #[expect(
+        clippy::similar_names,
+        reason = "parameters are named after the ABI fields they fill"
+    )]
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn new(
+        backend_id: u32,
+        backend_ip: [u8; 16],
+        service_id: u32,
+        nat_port: u16,
+        flags: u16,
+        state: u8,
+        last_seen_ns: u64,
+    ) -> Self {
+        Self {
+            backend_id,
+            service_id,
+            backend_ip,
+            nat_port,
+            flags,
+            state,
+            _pad: [0; 3],
+            last_seen_ns,
+            hop_ifindex: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
+        }
+    }
+
+    /// The same entry with the next hop towards a remote backend cached.
+    #[must_use]
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn with_hop(self, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> Self {
+        Self {
+            hop_ifindex: ifindex,
+            hop_dmac: dmac,
+            hop_smac: smac,
+            ..self
+        }
+    }
+}
+
+/// Value of the `rev_nat` LRU map, keyed by the 5-tuple of a backend's reply
+/// as it leaves the pod: the rewrite that turns it back into VIP → client.
+/// For a remote flow, this entry is what holds its NAT port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNatValue {
+    pub new_src: [u8; 16],
+    pub new_dst: [u8; 16],
+    /// Host byte order.
+    pub new_sport: u16,
+    /// Host byte order.
+    pub new_dport: u16,
+    pub service_id: u32,
+    /// [`flow_flags`] bits.
+    pub flags: u16,
+    /// [`tcp_state`] bits, as in the flow's conntrack entry.
+    pub state: u8,
+    pub _pad: [u8; 5],
+    pub last_seen_ns: u64,
+}
+
+impl RevNatValue {
+    /// The reverse of `client` (the client's packet key): replies are
+    /// rewritten to come from `client.dst:dport` and go to
+    /// `client.src:sport`. `flags` [`flow_flags`], `state` [`tcp_state`].
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn reverse_of(
+        client: &FlowKey,
+        service_id: u32,
+        flags: u16,
+        state: u8,
+        last_seen_ns: u64,
+    ) -> Self {
+        Self {
+            new_src: client.dst,
+            new_dst: client.src,
+            new_sport: client.dport,
+            new_dport: client.sport,
+            service_id,
+            flags,
+            state,
+            _pad: [0; 5],
+            last_seen_ns,
+        }
+    }
+
+    /// The client's key of the flow this entry translates back to (the key
+    /// of its conntrack entry).
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn client_key(&self, proto: u8, family: u8) -> FlowKey {
+        FlowKey {
+            src: self.new_dst,
+            dst: self.new_src,
+            sport: self.new_dport,
+            dport: self.new_sport,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether both entries translate replies back to the same flow.
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub fn same_flow(&self, other: &Self) -> bool {
+        same_addr(&self.new_dst, &other.new_dst)
+            && same_addr(&self.new_src, &other.new_src)
+            && self.new_dport == other.new_dport
+            && self.new_sport == other.new_sport
+    }
+
+    /// Whether this entry translates replies of the flow `client`.
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub fn belongs_to(&self, client: &FlowKey) -> bool {
+        same_addr(&self.new_dst, &client.src)
+            && same_addr(&self.new_src, &client.dst)
+            && self.new_dport == client.sport
+            && self.new_sport == client.dport
+    }
+}
+
+/// Key of the `affinity` LRU map (`sessionAffinity: ClientIP`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// [`family`] of `client`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub client: [u8; 16],
+}
+
+impl AffinityKey {
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn v4(service_id: u32, client: [u8; 4]) -> Self {
+        Self {
+            service_id,
+            family: family::V4,
+            _pad: [0; 3],
+            client: addr_v4(client),
+        }
+    }
+}
+
+/// Value of the `affinity` LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    /// Same role as [`ConntrackValue::backend_ip`].
+    pub backend_ip: [u8; 16],
+    pub _pad: u32,
+}
+
+impl AffinityValue {
+    #[expect(
+        clippy::similar_names,
+        reason = "parameters are named after the ABI fields they fill"
+    )]
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF hot path: must be inlined into the program"
+    )]
+    #[inline(always)]
+    pub const fn new(backend_id: u32, backend_ip: [u8; 16], last_seen_ns: u64) -> Self {
+        Self {
+            last_seen_ns,
+            backend_id,
+            backend_ip,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of the per-CPU `flow_scratch` map: a new flow's entries while the
+/// data path builds them (see the map's documentation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowScratch {
+    /// The reverse entry's key (a NAT port probe for remote flows).
+    pub rkey: FlowKey,
+    pub rval: RevNatValue,
+    /// The conntrack entry: filled by the packet path but for the NAT port.
+    pub ctv: ConntrackValue,
+    /// `flow_hash` of the flow (picks the NAT port probes).
+    pub hash: u32,
+    pub _pad: u32,
+}
+
+/// Idle timeouts by flow state, in seconds (part of the datapath config).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// TCP flow opened by a SYN, handshake not finished.
+    pub tcp_syn_s: u32,
+    /// TCP flow past its handshake (half-closed ones too, as in Cilium).
+    pub tcp_established_s: u32,
+    /// TCP flow after both FINs or an RST.
+    pub tcp_closing_s: u32,
+    /// UDP flow.
+    pub udp_s: u32,
+}
+
+impl FlowTimeouts {
+    /// Half-open a minute (the kernel's `SYN_SENT`/`SYN_RECV` are 120/60 s),
+    /// established six hours (Cilium; the kernel keeps five days), closing
+    /// ten seconds (Cilium's close timeout), UDP thirty seconds (the
+    /// kernel's unreplied/replied UDP timeouts are 30/120 s).
+    pub const DEFAULT: Self = Self {
+        tcp_syn_s: 60,
+        tcp_established_s: 6 * 3600,
+        tcp_closing_s: 10,
+        udp_s: 30,
+    };
+
+    /// The shortest timeout accepted: flows refresh their timestamps once a
+    /// second, so a shorter one could end a flow that is not idle.
+    pub const MIN_S: u32 = 2;
+
+    pub const fn new(
+        tcp_syn_s: u32,
+        tcp_established_s: u32,
+        tcp_closing_s: u32,
+        udp_s: u32,
+    ) -> Self {
+        Self {
+            tcp_syn_s,
+            tcp_established_s,
+            tcp_closing_s,
+            udp_s,
+        }
+    }
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// A TCP flow that is closing: both FINs seen, or an RST.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn closing(state: u8) -> bool {
+    state & tcp_state::RST != 0 || state & tcp_state::BOTH_FIN == tcp_state::BOTH_FIN
+}
+
+/// The idle timeout of an entry of protocol `proto` in `state`, seconds.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn timeout_s(proto: u8, state: u8, t: &FlowTimeouts) -> u32 {
+    if proto != crate::proto::TCP {
+        t.udp_s
+    } else if closing(state) {
+        t.tcp_closing_s
+    } else if state & tcp_state::ESTABLISHED != 0 {
+        t.tcp_established_s
+    } else {
+        t.tcp_syn_s
+    }
+}
+
+/// Whether an entry last refreshed at `last_seen_ns` is over at `now_ns`
+/// (both `CLOCK_MONOTONIC`, as `bpf_ktime_get_ns` reads it). A timestamp
+/// from the future (another CPU refreshed it a moment ago) is live.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn expired(
+    proto: u8,
+    state: u8,
+    last_seen_ns: u64,
+    now_ns: u64,
+    t: &FlowTimeouts,
+) -> bool {
+    now_ns.saturating_sub(last_seen_ns) > timeout_s(proto, state, t) as u64 * NS_PER_SEC
+}
+
+/// The state after a TCP packet with header flags `flags` from `side`, on
+/// a flow in `state` that the packet continues (a SYN that starts a fresh
+/// flow is not a transition: the new entry starts in `SYN_SENT`).
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn next_state(state: u8, flags: u8, side: Side) -> u8 {
+    if flags & tcp_flags::RST != 0 {
+        return state | tcp_state::RST;
+    }
+    let mut s = state;
+    if flags & tcp_flags::SYN == 0 {
+        if matches!(side, Side::Client) {
+            s |= tcp_state::ESTABLISHED;
+        } else if flags & tcp_flags::FIN == 0 {
+            s &= !tcp_state::RST;
+        }
+    }
+    if flags & tcp_flags::FIN != 0 {
+        s |= match side {
+            Side::Client => tcp_state::CLIENT_FIN,
+            Side::Backend => tcp_state::BACKEND_FIN,
+        };
+    }
+    s
+}
+
+/// The state a new flow starts in: `SYN_SENT` for a SYN without ACK,
+/// `ESTABLISHED` for any other TCP packet (a flow met mid-stream), 0 for UDP.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn initial_state(proto: u8, flags: u8) -> u8 {
+    if proto != crate::proto::TCP {
+        0
+    } else if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        tcp_state::SYN_SENT
+    } else {
+        next_state(0, flags, Side::Client)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+extern crate std;
+use std::format;
+
+use super::{tcp_flags as f, tcp_state as s, *};
+use crate::proto;
+
+const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30);
+
+/// Every combination of the flags that matter: FIN, SYN, RST, PSH and ACK
+/// are the five low bits.
+fn all_flags() -> impl Iterator<Item = u8> {
+    assert_eq!(f::FIN | f::SYN | f::RST | 0x08 | f::ACK, 0x1f);
+    0u8..32
+}
+
+fn all_states() -> impl Iterator<Item = u8> {
+    0u8..32
+}
+
+const SIDES: [Side; 2] = [Side::Client, Side::Backend];
+
+#[test]
+fn transitions_keep_their_invariants_for_every_state_flag_and_side() {
+    for st in all_states() {
+        for fl in all_flags() {
+            for side in SIDES {
+                let n = next_state(st, fl, side);
+                let what = format!("state {st:#07b} flags {fl:#010b} {side:?} -> {n:#07b}");
+                if fl & f::RST != 0 {
+                    assert!(closing(n), "an RST closes: {what}");
+                }
+                // FIN bits and ESTABLISHED are never taken back.
+                assert_eq!(
+                    n & st & (s::BOTH_FIN | s::ESTABLISHED),
+                    st & (s::BOTH_FIN | s::ESTABLISHED),
+                    "{what}"
+                );
+                // SYN_SENT is never set nor cleared by a transition.
+                assert_eq!(n & s::SYN_SENT, st & s::SYN_SENT, "{what}");
+                let rst_cleared = st & s::RST != 0 && n & s::RST == 0;
+                assert_eq!(
+                    rst_cleared,
+                    side == Side::Backend
+                        && fl & (f::SYN | f::RST | f::FIN) == 0
+                        && st & s::RST != 0,
+                    "only the backend's plain packets clear an RST: {what}"
+                );
+                if fl & f::SYN != 0 && fl & f::RST == 0 && fl & f::FIN == 0 {
+                    assert_eq!(n, st, "a SYN changes nothing: {what}");
+                }
+                if side == Side::Client && fl & (f::SYN | f::RST) == 0 {
+                    assert_ne!(n & s::ESTABLISHED, 0, "{what}");
+                }
+                if side == Side::Backend {
+                    assert_eq!(n & s::ESTABLISHED, st & s::ESTABLISHED, "{what}");
+                }
+                if fl & f::FIN != 0 && fl & f::RST == 0 {
+                    let bit = if side == Side::Client {
+                        s::CLIENT_FIN
+                    } else {
+                        s::BACKEND_FIN
+                    };
+                    assert_ne!(n & bit, 0, "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_whole_connection_goes_through_its_states() {
+    let mut st = initial_state(proto::TCP, f::SYN);
+    assert_eq!(st, s::SYN_SENT);
+    assert_eq!(timeout_s(proto::TCP, st, &T), 60);
+    st = next_state(st, f::SYN | f::ACK, Side::Backend);
+    assert_eq!(st, s::SYN_SENT, "the SYN-ACK does not finish the handshake");
+    st = next_state(st, f::ACK, Side::Client);
+    assert_eq!(timeout_s(proto::TCP, st, &T), 21_600);
+    st = next_state(st, f::FIN | f::ACK, Side::Backend);
+    assert!(!closing(st), "half-closed keeps the established timeout");
+    assert_eq!(timeout_s(proto::TCP, st, &T), 21_600);
+    st = next_state(st, f::FIN | f::ACK, Side::Client);
+    assert!(closing(st));
+    assert_eq!(timeout_s(proto::TCP, st, &T), 10);
+    st = next_state(st, f::ACK, Side::Client);
+    assert!(closing(st), "the last ACK does not reopen a closed flow");
+}
+
+#[test]
+fn a_forged_rst_is_undone_by_the_backend_and_a_real_one_is_not_by_the_client() {
+    let est = next_state(initial_state(proto::TCP, f::SYN), f::ACK, Side::Client);
+    let forged = next_state(est, f::RST, Side::Client);
+    assert!(closing(forged));
+    let after = next_state(forged, f::ACK, Side::Backend);
+    assert!(!closing(after), "the backend went on talking");
+    assert_eq!(after, est);
+    let real = next_state(est, f::RST | f::ACK, Side::Backend);
+    let late = next_state(real, f::ACK | 0x08, Side::Client);
+    assert!(closing(late), "client data in flight does not reopen it");
+}
+
+#[test]
+fn a_flow_first_seen_mid_stream_is_established() {
+    assert_eq!(initial_state(proto::TCP, f::ACK), s::ESTABLISHED);
+    assert_eq!(
+        initial_state(proto::TCP, f::ACK | f::FIN),
+        s::ESTABLISHED | s::CLIENT_FIN
+    );
+    assert!(closing(initial_state(proto::TCP, f::RST)));
+    assert_eq!(initial_state(proto::UDP, 0xff), 0);
+}
+
+#[test]
+fn expiry_is_after_the_timeout_of_the_state_and_never_for_future_stamps() {
+    let sec = NS_PER_SEC;
+    let t0 = 1_000 * sec;
+    for (proto, state, limit) in [
+        (proto::UDP, 0, 30u32),
+        (proto::TCP, s::SYN_SENT, 60),
+        (proto::TCP, s::ESTABLISHED, 21_600),
+        (proto::TCP, s::ESTABLISHED | s::CLIENT_FIN, 21_600),
+        (proto::TCP, s::ESTABLISHED | s::BOTH_FIN, 10),
+        (proto::TCP, s::SYN_SENT | s::RST, 10),
+    ] {
+        let l = u64::from(limit) * sec;
+        assert!(
+            !expired(proto, state, t0, t0 + l, &T),
+            "{proto} {state:#b} at the limit"
+        );
+        assert!(
+            expired(proto, state, t0, t0 + l + 1, &T),
+            "{proto} {state:#b} past the limit"
+        );
+        assert!(
+            !expired(proto, state, t0 + sec, t0, &T),
+            "stamped after now"
+        );
+    }
+}
+
+#[test]
+fn flow_keys_hold_ipv4_in_the_first_four_bytes() {
+    let k = FlowKey::v4([10, 0, 0, 1], [192, 0, 2, 1], 1234, 80, proto::TCP);
+    assert_eq!(k.src[..4], [10, 0, 0, 1]);
+    assert!(k.src[4..].iter().all(|&b| b == 0));
+    assert_eq!(v4_of(&k.dst), [192, 0, 2, 1]);
+    assert_eq!(k.family, family::V4);
+    let r = RevNatValue::reverse_of(&k, 7, 0, 0, 5);
+    assert!(r.belongs_to(&k));
+    assert_eq!(r.client_key(proto::TCP, family::V4), k);
+    let other = FlowKey::v4([10, 0, 0, 1], [192, 0, 2, 1], 1235, 80, proto::TCP);
+    assert!(!r.belongs_to(&other));
+}
