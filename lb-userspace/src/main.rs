@@ -11,7 +11,10 @@ use lb_userspace::{
     dataplane::maps::{Maps, PinDir},
     dataplane::status,
     http, k8s,
-    plan::{model::Limits, services_file},
+    plan::{
+        model::{FlowTimeouts, Limits},
+        services_file,
+    },
 };
 use tracing_subscriber::EnvFilter;
 
@@ -130,6 +133,10 @@ struct DataplaneArgs {
     /// Session-affinity entries (set when the maps are created).
     #[arg(long, default_value_t = Sizes::default().affinity)]
     affinity_size: u32,
+    /// Seconds between sweeps that delete expired flow entries (the data
+    /// path never relies on them; they keep the tables free of dead flows).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    flow_sweep_interval_secs: u64,
 }
 
 /// Where services come from: a file, or the Kubernetes API.
@@ -176,6 +183,22 @@ struct KubeArgs {
     /// Highest NAT source port for remote backends (Kubernetes source).
     #[arg(long, default_value_t = lb_common::DEFAULT_NAT_PORT_MAX)]
     nat_port_max: u16,
+    /// Seconds an idle TCP flow keeps its backend (and NAT port) before its
+    /// handshake finished (Kubernetes source; the services file has
+    /// `flow_timeouts`).
+    #[arg(long, default_value_t = FlowTimeouts::DEFAULT.tcp_syn_s)]
+    tcp_syn_timeout_secs: u32,
+    /// ... once established (Kubernetes source).
+    #[arg(long, default_value_t = FlowTimeouts::DEFAULT.tcp_established_s)]
+    tcp_established_timeout_secs: u32,
+    /// ... after both FINs or an RST: a closed remote flow's NAT port is
+    /// free again this long after the close (Kubernetes source).
+    #[arg(long, default_value_t = FlowTimeouts::DEFAULT.tcp_closing_s)]
+    tcp_closing_timeout_secs: u32,
+    /// Seconds an idle UDP flow keeps its backend and NAT port (Kubernetes
+    /// source).
+    #[arg(long, default_value_t = FlowTimeouts::DEFAULT.udp_s)]
+    udp_timeout_secs: u32,
     /// How often this node renews its Lease (one API write each).
     #[arg(long, default_value_t = 400)]
     lease_renew_ms: u64,
@@ -359,7 +382,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// The flow timeout flags, each checked against the range the services
+/// file accepts.
+fn flow_timeouts(kube: &KubeArgs) -> Result<FlowTimeouts> {
+    let range = FlowTimeouts::MIN_S..=lb_userspace::plan::model::MAX_FLOW_TIMEOUT_S;
+    for (flag, v) in [
+        ("--tcp-syn-timeout-secs", kube.tcp_syn_timeout_secs),
+        (
+            "--tcp-established-timeout-secs",
+            kube.tcp_established_timeout_secs,
+        ),
+        ("--tcp-closing-timeout-secs", kube.tcp_closing_timeout_secs),
+        ("--udp-timeout-secs", kube.udp_timeout_secs),
+    ] {
+        anyhow::ensure!(
+            range.contains(&v),
+            "{flag} must be {}..={} seconds, not {v}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(FlowTimeouts::new(
+        kube.tcp_syn_timeout_secs,
+        kube.tcp_established_timeout_secs,
+        kube.tcp_closing_timeout_secs,
+        kube.udp_timeout_secs,
+    ))
+}
+
 async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
+    let flow_timeouts = flow_timeouts(&kube)?;
     let node_name = kube
         .node_name
         .context("--kubernetes needs --node-name (or NODE_NAME)")?;
@@ -379,6 +431,7 @@ async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
             min: kube.nat_port_min,
             max: kube.nat_port_max,
         },
+        flow_timeouts,
         renew_interval: Duration::from_millis(kube.lease_renew_ms.max(50)),
         lease_duration: Duration::from_millis(kube.lease_duration_ms.max(200)),
     };
@@ -404,6 +457,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 xdp_mode: dataplane.xdp_mode,
                 listen: dataplane.listen.listen(),
+                flow_sweep_interval: Duration::from_secs(dataplane.flow_sweep_interval_secs),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

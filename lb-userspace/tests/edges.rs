@@ -364,14 +364,10 @@ fn daemonset_capabilities() -> Vec<String> {
 /// uid 0 with `caps` as its whole capability bounding set, as the
 /// `DaemonSet`'s container runs; returns whether it got as far as
 /// announcing, and its log.
-fn agent_starts_with(
-    node: &onehop_testkit::topology::Node,
-    caps: &[String],
-    tag: &str,
-) -> (bool, String) {
-    let root = PinRoot::unique(tag).expect("pin root");
-    let dir = std::env::temp_dir().join(format!("onehop-caps-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+/// The agent's arguments for one small service on `node`, pins under
+/// `root`, files in `dir`; its log goes to `dir/agent.log`.
+fn agent_args(node: &onehop_testkit::topology::Node, root: &Path, dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir).expect("temp dir");
     let services = dir.join("services.yaml");
     std::fs::write(
         &services,
@@ -387,6 +383,55 @@ services:
         ),
     )
     .expect("services file");
+    [
+        "agent",
+        "--interface",
+        "eth0",
+        "--no-metrics",
+        "--maglev-slots",
+        "65536",
+        "--conntrack-size",
+        "4096",
+        "--rev-nat-size",
+        "4096",
+        "--affinity-size",
+        "1024",
+        "--services-file",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([
+        services.display().to_string(),
+        "--bpffs-root".into(),
+        root.display().to_string(),
+    ])
+    .collect()
+}
+
+/// Waits until the agent logging to `log_path` announces (true), or exits
+/// or takes longer than 15 s (false).
+fn announces(agent: &mut onehop_testkit::netns::ChildGuard, log_path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
+        if text.contains("now announcing") {
+            return true;
+        }
+        if agent.try_wait().expect("wait").is_some() || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn agent_starts_with(
+    node: &onehop_testkit::topology::Node,
+    caps: &[String],
+    tag: &str,
+) -> (bool, String) {
+    let root = PinRoot::unique(tag).expect("pin root");
+    let dir = std::env::temp_dir().join(format!("onehop-caps-{}-{tag}", std::process::id()));
+    let args = agent_args(node, root.path(), &dir);
     let log_path = dir.join("agent.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let bounding: String = std::iter::once("-all".to_owned())
@@ -396,28 +441,12 @@ services:
     let mut cmd = Command::new("setpriv");
     cmd.args(["--bounding-set", &bounding, "--inh-caps", "-all", "--"])
         .arg(env!("CARGO_BIN_EXE_onehop"))
-        .args(["agent", "--interface", "eth0", "--no-metrics"])
-        .args(["--maglev-slots", "65536", "--conntrack-size", "4096"])
-        .args(["--rev-nat-size", "4096", "--affinity-size", "1024"])
-        .arg("--services-file")
-        .arg(&services)
-        .arg("--bpffs-root")
-        .arg(root.path())
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(log);
     let mut agent = onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let announced = loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("now announcing") {
-            break true;
-        }
-        if agent.try_wait().expect("wait").is_some() || Instant::now() >= deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let announced = announces(&mut agent, &log_path);
     drop(agent);
     // Detach with full privileges, so the next run loads afresh. A run that
     // failed before attaching left nothing to clean up, so its status is
@@ -561,4 +590,74 @@ fn pin_directory_is_created_private_and_foreign_or_open_ones_are_refused() {
     chmod(pins.path(), 0o755);
     assert!(attach_in(ns, root.path()).expect("restart on 0755 directories"));
     assert!(loader::cleanup(root.path(), "eth0").expect("cleanup"));
+}
+
+/// The agent's flow sweeper deletes expired entries from the pinned maps
+/// (by the same rule and timeouts as the data path) and leaves live ones.
+#[test]
+fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
+    use lb_common::{ConntrackValue, FlowKey, RevNatValue, flow::tcp_state, proto};
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let root = PinRoot::unique("sweep").expect("pin root");
+    let dir = std::env::temp_dir().join(format!("onehop-sweep-{}", std::process::id()));
+    let log_path = dir.join("agent.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
+    cmd.args(agent_args(node, root.path(), &dir))
+        .args(["--flow-sweep-interval-secs", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"));
+    let mut agent = onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent");
+    assert!(
+        announces(&mut agent, &log_path),
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+
+    let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("pinned maps");
+    let now = lb_userspace::dataplane::sweep::now_ns().expect("clock");
+    let s = 1_000_000_000;
+    let key = |sport| FlowKey::v4([10, 0, 0, 9], [192, 168, 50, 230], sport, 80, proto::TCP);
+    let ct = |state, last| ConntrackValue::new(0, [0; 16], 0, 0, 0, state, last);
+    let closed = tcp_state::ESTABLISHED | tcp_state::BOTH_FIN;
+    // Closed 20 s ago (closing timeout 10 s): over. Closed 1 s ago and
+    // established an hour ago: live.
+    let entries = [
+        (key(1), ct(closed, now - 20 * s), true),
+        (key(2), ct(closed, now - s), false),
+        (key(3), ct(tcp_state::ESTABLISHED, now - 3600 * s), false),
+    ];
+    for (k, v, _) in &entries {
+        maps.conntrack.insert(k, v, 0).expect("conntrack insert");
+    }
+    let rev_dead = FlowKey::v4([10, 42, 1, 2], [10, 0, 0, 9], 8080, 4000, proto::TCP);
+    maps.rev_nat
+        .insert(
+            rev_dead,
+            RevNatValue::reverse_of(&key(1), 0, 0, closed, now - 20 * s),
+            0,
+        )
+        .expect("rev_nat insert");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while maps.conntrack.get(&key(1), 0).is_ok() || maps.rev_nat.get(&rev_dead, 0).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the expired entries are still there after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (k, _, over) in &entries {
+        assert_eq!(maps.conntrack.get(k, 0).is_err(), *over, "{k:?}");
+    }
+    drop(agent);
+    let _ = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args(["cleanup", "--interface", "eth0", "--bpffs-root"])
+        .arg(root.path())
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,7 +57,7 @@ use crate::k8s::{
 };
 use crate::{
     agent::{self, MapOwner},
-    plan::model::NatPorts,
+    plan::model::{FlowTimeouts, NatPorts},
 };
 
 /// Label on the per-node Leases.
@@ -73,6 +73,7 @@ pub struct Options {
     pub namespace: String,
     pub class: ClassFilter,
     pub nat_ports: NatPorts,
+    pub flow_timeouts: FlowTimeouts,
     /// How often this agent renews its Lease.
     pub renew_interval: Duration,
     /// How long a Lease may go unrenewed before its node counts as dead.
@@ -383,6 +384,7 @@ impl KubeSource {
             class: &self.opts.class,
             announce: &announce,
             nat_ports: self.opts.nat_ports,
+            flow_timeouts: self.opts.flow_timeouts,
         });
         let before = agent.announced();
         let applied = agent.apply(&t.file);

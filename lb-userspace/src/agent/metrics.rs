@@ -48,6 +48,8 @@ pub struct Health {
     /// How long each sync that had something to do took (planning, map
     /// writes, re-reading the maps), as kube-proxy's sync duration.
     pub sync_duration: Histogram,
+    /// Flow entries the sweeper deleted (`dataplane::sweep`).
+    pub flows_swept: AtomicU64,
 }
 
 impl Default for Health {
@@ -59,6 +61,7 @@ impl Default for Health {
             state: Mutex::default(),
             // kube-proxy's buckets: 1 ms doubling to about 16 s.
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            flows_swept: AtomicU64::default(),
         }
     }
 }
@@ -221,6 +224,13 @@ fn register_syncs(reg: &mut Registry, health: &Health) {
         "sync_errors",
         "Failed applies (rejected input, map writes) since the agent started",
         errors,
+    );
+    let swept = Counter::<u64>::default();
+    swept.inc_by(health.flows_swept.load(Ordering::Relaxed));
+    reg.register(
+        "flows_swept",
+        "Expired flow entries (conntrack, rev_nat, affinity) the sweeper deleted",
+        swept,
     );
     reg.register(
         "sync_duration_seconds",

@@ -32,6 +32,7 @@ use crate::{
     dataplane::loader::{self, Sizes, XdpAttachMode},
     dataplane::maps::Maps,
     dataplane::reader,
+    dataplane::sweep,
     dataplane::writer,
     net::garp,
     net::neigh,
@@ -50,6 +51,8 @@ pub struct Options {
     pub xdp_mode: XdpAttachMode,
     /// Where to serve `/metrics` and the probes.
     pub listen: crate::http::Listen,
+    /// How often the flow sweeper runs (`dataplane::sweep`).
+    pub flow_sweep_interval: Duration,
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -238,6 +241,7 @@ impl MapOwner {
         };
         let health = Arc::new(metrics::Health::default());
         metrics::serve(opts.listen, dataplane.pins.clone(), &health)?;
+        sweep::spawn(&dataplane.pins, opts.flow_sweep_interval, health.clone())?;
         let mut agent = Self {
             health,
             iface,

@@ -41,7 +41,7 @@ use k8s_openapi::{
 };
 
 use crate::plan::model::{
-    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, NatPorts, NodeServices, Protocol,
+    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, NatPorts, NodeServices, Protocol,
     Service as LbService, ServicePort, SessionAffinity,
 };
 
@@ -127,6 +127,7 @@ pub struct Inputs<'a> {
     /// VIPs this node has been elected to announce.
     pub announce: &'a BTreeSet<Ipv4Addr>,
     pub nat_ports: NatPorts,
+    pub flow_timeouts: FlowTimeouts,
 }
 
 /// A Service this node should serve, before it becomes a [`LbService`].
@@ -572,6 +573,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     let file = NodeServices {
         node_ip: node_ips.get(inputs.node_name).copied(),
         nat_ports: inputs.nat_ports,
+        flow_timeouts: inputs.flow_timeouts,
         announce: inputs.announce.intersection(&vips).copied().collect(),
         services: model,
     };

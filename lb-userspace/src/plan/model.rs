@@ -14,6 +14,11 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 /// Lowest allowed `nat_ports.min`: keep clear of well-known ports.
 pub const MIN_NAT_PORT: u16 = 1024;
+/// Longest flow timeout accepted (30 days): beyond, a lost close would keep
+/// a NAT port for longer than anyone would want to wait.
+pub const MAX_FLOW_TIMEOUT_S: u32 = 30 * 86_400;
+
+pub use lb_common::FlowTimeouts;
 
 /// Capacity of the maps the configuration must fit in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,8 @@ pub struct NodeServices {
     /// `node.ip`, when the file pins it.
     pub node_ip: Option<Ipv4Addr>,
     pub nat_ports: NatPorts,
+    /// Idle timeouts of the data path's flow entries, by state.
+    pub flow_timeouts: FlowTimeouts,
     /// VIPs this node answers ARP for.
     pub announce: BTreeSet<Ipv4Addr>,
     /// In file order.

@@ -6,6 +6,7 @@
 //! node:                      # optional; else the agent takes the interface's address
 //!   ip: 192.168.50.11
 //! nat_ports: { min: 61000, max: 65535 }   # optional; source ports of full-NAT flows
+//! flow_timeouts: { tcp_closing: 10 }      # optional; seconds, see below
 //! announce: [192.168.50.100]              # VIPs this node answers ARP for
 //! services:
 //!   - name: web                           # DNS label, unique
@@ -25,6 +26,11 @@
 //! - `nat_ports.min`/`max`: inclusive source-port range for flows to
 //!   backends on other nodes; `1024 <= min <= max`. Keep it outside
 //!   `net.ipv4.ip_local_port_range`. Default 61000–65535.
+//! - `flow_timeouts`: how long an idle flow keeps its backend and NAT port,
+//!   in seconds, by state: `tcp_syn` (handshake not finished, default 60),
+//!   `tcp_established` (21600), `tcp_closing` (after both FINs or an RST,
+//!   10), `udp` (30); each optional, 2..=2592000. A closed flow's NAT port
+//!   is free again `tcp_closing` seconds after the close.
 //! - `announce`: VIPs this node answers ARP for; each must be a service VIP.
 //!   Other service VIPs are still balanced here (traffic may arrive after a
 //!   failover) but ARP requests for them are dropped.
@@ -63,8 +69,9 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     maglev,
     model::{
-        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, Limits, MAX_AFFINITY_TIMEOUT_S, MIN_NAT_PORT,
-        NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity,
+        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, Limits, MAX_AFFINITY_TIMEOUT_S,
+        MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, NatPorts, NodeServices, Protocol, Service, ServicePort,
+        SessionAffinity,
     },
 };
 
@@ -140,6 +147,8 @@ struct RawFile {
     #[serde(default)]
     nat_ports: Option<Spanned<RawNatPorts>>,
     #[serde(default)]
+    flow_timeouts: Option<Spanned<RawFlowTimeouts>>,
+    #[serde(default)]
     announce: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     services: Option<Spanned<Vec<Spanned<RawService>>>>,
@@ -156,6 +165,19 @@ struct RawNode {
 struct RawNatPorts {
     min: Spanned<i64>,
     max: Spanned<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlowTimeouts {
+    #[serde(default)]
+    tcp_syn: Option<Spanned<i64>>,
+    #[serde(default)]
+    tcp_established: Option<Spanned<i64>>,
+    #[serde(default)]
+    tcp_closing: Option<Spanned<i64>>,
+    #[serde(default)]
+    udp: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +319,10 @@ impl Validator {
             .nat_ports
             .as_ref()
             .map_or_else(NatPorts::default, |n| self.nat_ports(n));
+        let flow_timeouts = raw
+            .flow_timeouts
+            .as_ref()
+            .map_or_else(FlowTimeouts::default, |t| self.flow_timeouts(&t.value));
         let services_loc = raw
             .services
             .as_ref()
@@ -334,6 +360,7 @@ impl Validator {
         NodeServices {
             node_ip,
             nat_ports,
+            flow_timeouts,
             announce,
             services: services.into_iter().map(|l| l.service).collect(),
         }
@@ -360,6 +387,36 @@ impl Validator {
             );
         }
         NatPorts { min, max }
+    }
+
+    fn flow_timeouts(&mut self, raw: &RawFlowTimeouts) -> FlowTimeouts {
+        let d = FlowTimeouts::DEFAULT;
+        let mut one = |name: &str, v: &Option<Spanned<i64>>, default: u32| {
+            let Some(v) = v else {
+                return default;
+            };
+            match u32::try_from(v.value) {
+                Ok(s) if (FlowTimeouts::MIN_S..=MAX_FLOW_TIMEOUT_S).contains(&s) => s,
+                _ => {
+                    self.issue(
+                        format!("flow_timeouts.{name}"),
+                        v.referenced,
+                        format!(
+                            "must be {}..={MAX_FLOW_TIMEOUT_S} seconds, not {}",
+                            FlowTimeouts::MIN_S,
+                            v.value
+                        ),
+                    );
+                    default
+                }
+            }
+        };
+        FlowTimeouts::new(
+            one("tcp_syn", &raw.tcp_syn, d.tcp_syn_s),
+            one("tcp_established", &raw.tcp_established, d.tcp_established_s),
+            one("tcp_closing", &raw.tcp_closing, d.tcp_closing_s),
+            one("udp", &raw.udp, d.udp_s),
+        )
     }
 
     /// Checks one service on its own.

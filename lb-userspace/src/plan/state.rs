@@ -374,7 +374,8 @@ fn plan_with(
             file.nat_ports.min,
             file.nat_ports.max,
             true,
-        ),
+        )
+        .with_timeouts(file.flow_timeouts),
         vips: plan_vips(file, node),
         backends,
         ..DataplaneState::default()

@@ -299,6 +299,7 @@ impl Lb {
                 min: NAT_MIN,
                 max: NAT_MAX,
             },
+            flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
             announce: std::collections::BTreeSet::new(),
             services: Vec::new(),
         };

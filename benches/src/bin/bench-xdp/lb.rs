@@ -163,6 +163,7 @@ pub fn model(n: u32) -> NodeServices {
             min: NAT_MIN,
             max: NAT_MAX,
         },
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         announce,
         services,
     }

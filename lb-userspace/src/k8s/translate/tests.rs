@@ -73,6 +73,7 @@ fn run(
         class: &class(),
         announce: &announce,
         nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
     })
 }
 
@@ -552,6 +553,7 @@ fn node_addresses_are_never_served_or_announced() {
         class: &class(),
         announce: &announce,
         nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
     assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);

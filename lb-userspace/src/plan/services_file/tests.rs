@@ -5,6 +5,7 @@ const EXAMPLE: &str = "\
 node:
   ip: 192.168.50.11
 nat_ports: { min: 62000, max: 63000 }
+flow_timeouts: { tcp_closing: 30, udp: 60 }
 announce: [192.168.50.100]
 services:
   - name: web
@@ -75,6 +76,7 @@ fn parses_the_example() {
                 min: 62000,
                 max: 63000
             },
+            flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60),
             announce: [ip("192.168.50.100")].into(),
             services: vec![
                 Service {
@@ -687,6 +689,7 @@ pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
                     min,
                     max: min.saturating_add(span),
                 },
+                flow_timeouts: FlowTimeouts::DEFAULT,
                 announce: announce.into_iter().map(|i| services[i].vip).collect(),
                 services,
             }
@@ -806,4 +809,25 @@ fn large_files_parse() {
     let f = ok_with(&y, &limits);
     assert_eq!(f.services.len(), 12_000);
     assert_eq!(f.services[11_999].backends.len(), 2);
+}
+
+#[test]
+fn flow_timeouts_default_each_and_are_bounded() {
+    let f = ok("flow_timeouts: {}\nservices: []\n");
+    assert_eq!(f.flow_timeouts, FlowTimeouts::DEFAULT);
+    let f = ok("flow_timeouts: { tcp_established: 86400 }\nservices: []\n");
+    assert_eq!(
+        f.flow_timeouts,
+        FlowTimeouts::new(60, 86_400, 10, 30),
+        "the others keep their defaults"
+    );
+    assert_eq!(
+        issues("flow_timeouts: { tcp_syn: 1, tcp_closing: -5, udp: 2592001 }\nservices: []\n"),
+        [
+            "flow_timeouts.tcp_syn (line 1): must be 2..=2592000 seconds, not 1",
+            "flow_timeouts.tcp_closing (line 1): must be 2..=2592000 seconds, not -5",
+            "flow_timeouts.udp (line 1): must be 2..=2592000 seconds, not 2592001",
+        ]
+    );
+    assert!(syntax_error("flow_timeouts: { tcp_fin: 5 }\nservices: []\n").contains("tcp_fin"));
 }

@@ -664,6 +664,7 @@ fn plans_hand_built_files() {
     let file = NodeServices {
         node_ip: None,
         nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         announce: BTreeSet::new(),
         services: vec![Service {
             name: "a".into(),
