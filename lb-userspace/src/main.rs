@@ -114,6 +114,11 @@ listen_args!(
 struct DataplaneArgs {
     #[command(flatten)]
     listen: AgentListen,
+    /// Also serve traffic per backend on /metrics (`onehop_backend_packets_total`,
+    /// `onehop_backend_bytes_total`). Off by default: two series per backend on every
+    /// node, 200,000 at 10,000 Services of 10 endpoints each.
+    #[arg(long)]
+    backend_metrics: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpAttachMode,
@@ -458,6 +463,9 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 xdp_mode: dataplane.xdp_mode,
                 listen: dataplane.listen.listen(),
+                series: agent::metrics::Series {
+                    per_backend: dataplane.backend_metrics,
+                },
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

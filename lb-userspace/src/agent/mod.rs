@@ -50,6 +50,8 @@ pub struct Options {
     pub xdp_mode: XdpAttachMode,
     /// Where to serve `/metrics` and the probes.
     pub listen: crate::http::Listen,
+    /// The optional series of `/metrics`.
+    pub series: metrics::Series,
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -237,7 +239,7 @@ impl MapOwner {
             ..Limits::default()
         };
         let health = Arc::new(metrics::Health::default());
-        metrics::serve(opts.listen, dataplane.pins.clone(), &health)?;
+        metrics::serve(opts.listen, opts.series, dataplane.pins.clone(), &health)?;
         let mut agent = Self {
             health,
             iface,
