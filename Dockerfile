@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
-# onehop image for linux/amd64 and linux/arm64 (Raspberry Pi 4/5):
-#   docker buildx build --platform linux/amd64,linux/arm64 -t ghcr.io/onehop/onehop:0.1.0 .
+# onehop image for linux/amd64 and linux/arm64 (Raspberry Pi 4/5). For this
+# machine's platform, as the manifests name it: `cargo xtask image`
+# (docker build -t localhost/onehop:<version> .). For both platforms, into a
+# registry (then set it in kustomization.yaml):
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/onehop:0.1.0 --push .
 # The builder runs on the build machine's platform and cross-compiles the
 # userspace for the target; the eBPF object (bpfel) is the same for both.
 

@@ -117,6 +117,11 @@ listen_args!(
 struct DataplaneArgs {
     #[command(flatten)]
     listen: AgentListen,
+    /// Also serve traffic per backend on /metrics (`onehop_backend_packets_total`,
+    /// `onehop_backend_bytes_total`). Off by default: two series per backend on every
+    /// node, 200,000 at 10,000 Services of 10 endpoints each.
+    #[arg(long)]
+    backend_metrics: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpAttachMode,
@@ -137,6 +142,38 @@ struct DataplaneArgs {
     /// path never relies on them; they keep the tables free of dead flows).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     flow_sweep_interval_secs: u64,
+}
+
+/// Which Services onehop serves: the same flags for the agent and the controller
+/// (an agent and a controller given different ones disagree about what to serve).
+#[derive(Args, Clone)]
+struct ClassArgs {
+    /// The loadBalancerClass onehop serves.
+    #[arg(long, alias = "class", default_value = "onehop.io/l2")]
+    load_balancer_class: String,
+    /// Leave Services without a loadBalancerClass to another implementation
+    /// (by default onehop serves them too).
+    #[arg(long)]
+    ignore_unclassed: bool,
+    /// The controller's former spelling: `--unclassed false` is
+    /// `--ignore-unclassed`. Kept so that existing manifests keep working.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "BOOL",
+        action = clap::ArgAction::Set,
+        conflicts_with = "ignore_unclassed"
+    )]
+    unclassed: Option<bool>,
+}
+
+impl ClassArgs {
+    fn filter(self) -> k8s::translate::ClassFilter {
+        k8s::translate::ClassFilter {
+            class: self.load_balancer_class,
+            unclassed: self.unclassed.unwrap_or(!self.ignore_unclassed),
+        }
+    }
 }
 
 /// Where services come from: a file, or the Kubernetes API.
@@ -171,12 +208,8 @@ struct KubeArgs {
     /// Namespace of the per-node Leases.
     #[arg(long, env = "ONEHOP_NAMESPACE", default_value = "onehop-system")]
     namespace: String,
-    /// The loadBalancerClass onehop serves.
-    #[arg(long, default_value = "onehop.io/l2")]
-    load_balancer_class: String,
-    /// Leave Services without a loadBalancerClass to another implementation.
-    #[arg(long)]
-    ignore_unclassed: bool,
+    #[command(flatten)]
+    class: ClassArgs,
     /// Lowest NAT source port for remote backends (Kubernetes source).
     #[arg(long, default_value_t = lb_common::DEFAULT_NAT_PORT_MIN)]
     nat_port_min: u16,
@@ -272,15 +305,14 @@ struct ControllerArgs {
     /// name when unset.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// The loadBalancerClass onehop serves.
-    #[arg(long, alias = "load-balancer-class", default_value = "onehop.io/l2")]
-    class: String,
-    /// Also serve Services without a loadBalancerClass.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    unclassed: bool,
-    /// How long a leader Lease stays valid without renewal (seconds).
-    #[arg(long, default_value_t = 15)]
-    lease_duration_secs: u64,
+    #[command(flatten)]
+    class: ClassArgs,
+    /// How long a leader Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15_000)]
+    lease_duration_ms: u64,
+    /// The former spelling of `--lease-duration-ms`, in seconds.
+    #[arg(long, hide = true, conflicts_with = "lease_duration_ms")]
+    lease_duration_secs: Option<u64>,
     /// The leader steps down after failing to renew for this long.
     #[arg(long, default_value_t = 10_000)]
     renew_deadline_ms: u64,
@@ -295,35 +327,51 @@ struct ControllerArgs {
     api_server: Option<String>,
 }
 
+/// The controller's options from its flags (the former spellings included).
+fn controller_options(
+    args: &ControllerArgs,
+    identity: String,
+) -> lb_userspace::controller::Options {
+    use lb_userspace::controller;
+    let lease_duration = match args.lease_duration_secs {
+        Some(secs) => Duration::from_secs(secs),
+        None => Duration::from_millis(args.lease_duration_ms),
+    };
+    controller::Options {
+        namespace: args.namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        identity,
+        class: args.class.clone().filter(),
+        timing: controller::Timing {
+            lease_duration,
+            renew_deadline: Duration::from_millis(args.renew_deadline_ms),
+            retry_period: Duration::from_millis(args.retry_period_ms),
+            ..controller::Timing::default()
+        },
+    }
+}
+
 fn run_controller(args: ControllerArgs) -> Result<()> {
     use hyper::StatusCode;
     use lb_userspace::{
         controller::{self, metrics::ControllerMetrics},
-        k8s::translate::ClassFilter,
         shutdown,
     };
-    let identity = match args.identity {
+    let identity = match args.identity.clone() {
         Some(id) => id,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .context("no --identity / POD_NAME, and reading the host name failed")?
             .trim()
             .to_owned(),
     };
-    let opts = controller::Options {
-        namespace: args.namespace,
-        lease_name: args.lease_name,
-        identity,
-        class: ClassFilter {
-            class: args.class,
-            unclassed: args.unclassed,
-        },
-        timing: controller::Timing {
-            lease_duration: Duration::from_secs(args.lease_duration_secs),
-            renew_deadline: Duration::from_millis(args.renew_deadline_ms),
-            retry_period: Duration::from_millis(args.retry_period_ms),
-            ..controller::Timing::default()
-        },
-    };
+    let opts = controller_options(&args, identity);
+    // What it serves and how it elects, as the flags (old spellings or new) made it.
+    tracing::info!(
+        load_balancer_class = %opts.class.class,
+        unclassed = opts.class.unclassed,
+        lease_duration_ms = u64::try_from(opts.timing.lease_duration.as_millis()).unwrap_or(u64::MAX),
+        "controller starting"
+    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -410,23 +458,22 @@ fn flow_timeouts(kube: &KubeArgs) -> Result<FlowTimeouts> {
     ))
 }
 
-async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
-    let flow_timeouts = flow_timeouts(&kube)?;
+/// The Kubernetes source's options from the agent's flags (the former spellings
+/// included).
+fn kube_options(kube: &KubeArgs) -> Result<agent::kube::Options> {
+    let flow_timeouts = flow_timeouts(kube)?;
     let node_name = kube
         .node_name
+        .clone()
         .context("--kubernetes needs --node-name (or NODE_NAME)")?;
     anyhow::ensure!(
         kube.nat_port_min <= kube.nat_port_max,
         "--nat-port-min is above --nat-port-max"
     );
-    let client = k8s::client::client(kube.api_server.as_deref()).await?;
-    let kopts = agent::kube::Options {
+    Ok(agent::kube::Options {
         node_name,
-        namespace: kube.namespace,
-        class: k8s::translate::ClassFilter {
-            class: kube.load_balancer_class,
-            unclassed: !kube.ignore_unclassed,
-        },
+        namespace: kube.namespace.clone(),
+        class: kube.class.clone().filter(),
         nat_ports: lb_userspace::plan::model::NatPorts {
             min: kube.nat_port_min,
             max: kube.nat_port_max,
@@ -434,7 +481,19 @@ async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
         flow_timeouts,
         renew_interval: Duration::from_millis(kube.lease_renew_ms.max(50)),
         lease_duration: Duration::from_millis(kube.lease_duration_ms.max(200)),
-    };
+    })
+}
+
+async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
+    let kopts = kube_options(&kube)?;
+    // Logged before anything is attached, so a wrong class shows even when the start fails.
+    tracing::info!(
+        load_balancer_class = %kopts.class.class,
+        unclassed = kopts.class.unclassed,
+        lease_duration_ms = u64::try_from(kopts.lease_duration.as_millis()).unwrap_or(u64::MAX),
+        "agent starting with the Kubernetes source"
+    );
+    let client = k8s::client::client(kube.api_server.as_deref()).await?;
     agent::kube::run(opts, kopts, client).await
 }
 
@@ -458,6 +517,9 @@ fn run(cli: Cli) -> Result<()> {
                 xdp_mode: dataplane.xdp_mode,
                 listen: dataplane.listen.listen(),
                 flow_sweep_interval: Duration::from_secs(dataplane.flow_sweep_interval_secs),
+                series: agent::metrics::Series {
+                    per_backend: dataplane.backend_metrics,
+                },
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -509,6 +571,102 @@ fn run(cli: Cli) -> Result<()> {
                 parsed.services.len()
             );
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("onehop").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    fn controller(args: &[&str]) -> lb_userspace::controller::Options {
+        let mut all = vec!["controller"];
+        all.extend_from_slice(args);
+        match parse(&all) {
+            Command::Controller(a) => controller_options(&a, "id".into()),
+            _ => panic!("not the controller"),
+        }
+    }
+
+    fn agent(args: &[&str]) -> agent::kube::Options {
+        let mut all = vec!["agent", "--interface", "eth9", "--kubernetes"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--node-name", "n1"]);
+        match parse(&all) {
+            Command::Agent { kube, .. } => kube_options(&kube).expect("options"),
+            _ => panic!("not the agent"),
+        }
+    }
+
+    /// One spelling per concept for both programs; the controller's former ones
+    /// (`--class`, `--unclassed BOOL`, `--lease-duration-secs`) mean the same.
+    #[test]
+    fn old_and_new_flag_spellings_mean_the_same() {
+        let new = controller(&[
+            "--load-balancer-class",
+            "example.com/x",
+            "--ignore-unclassed",
+            "--lease-duration-ms",
+            "3000",
+        ]);
+        let old = controller(&[
+            "--class",
+            "example.com/x",
+            "--unclassed",
+            "false",
+            "--lease-duration-secs",
+            "3",
+        ]);
+        assert_eq!(new.class, old.class);
+        assert_eq!(new.class.class, "example.com/x");
+        assert!(!new.class.unclassed);
+        assert_eq!(new.timing.lease_duration, Duration::from_secs(3));
+        assert_eq!(old.timing.lease_duration, new.timing.lease_duration);
+
+        let new = agent(&[
+            "--load-balancer-class",
+            "example.com/x",
+            "--ignore-unclassed",
+        ]);
+        let old = agent(&["--class", "example.com/x", "--unclassed", "false"]);
+        assert_eq!(new.class, old.class);
+        assert_eq!(new.class.class, "example.com/x");
+        assert!(!new.class.unclassed);
+    }
+
+    #[test]
+    fn both_programs_serve_the_default_class_and_unclassed_services_by_default() {
+        let c = controller(&[]);
+        let a = agent(&[]);
+        assert_eq!(c.class, a.class);
+        assert_eq!(c.class.class, "onehop.io/l2");
+        assert!(c.class.unclassed);
+        assert_eq!(c.timing.lease_duration, Duration::from_secs(15));
+        assert_eq!(a.lease_duration, Duration::from_millis(1200));
+        assert!(controller(&["--unclassed", "true"]).class.unclassed);
+    }
+
+    #[test]
+    fn an_old_and_a_new_spelling_together_are_refused() {
+        for args in [
+            ["controller", "--ignore-unclassed", "--unclassed", "true"].as_slice(),
+            &[
+                "controller",
+                "--lease-duration-ms",
+                "1000",
+                "--lease-duration-secs",
+                "1",
+            ],
+            &["controller", "--unclassed", "maybe"],
+        ] {
+            let all = std::iter::once("onehop").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(all).is_err(), "{args:?} was accepted");
         }
     }
 }

@@ -1201,6 +1201,8 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
                 "controller",
                 "--namespace",
                 k.sys(),
+                // The former spellings of --load-balancer-class and
+                // --ignore-unclassed: manifests written for them keep working.
                 "--class",
                 class,
                 "--unclassed",

@@ -88,6 +88,8 @@ fn start_agent(c: &Cluster, node: u8) {
         &[
             std::ffi::OsStr::new("--poll-interval-ms"),
             "100".as_ref(),
+            // check_metrics reads the per-backend series too.
+            "--backend-metrics".as_ref(),
             "--services-file".as_ref(),
             config.as_os_str(),
         ],

@@ -134,7 +134,7 @@ impl K8s {
             "--namespace".to_owned(),
             self.ns().to_owned(),
         ];
-        args.extend(self.api.agent_class_args());
+        args.extend(self.api.class_args());
         self.c.spawn_agent(
             node,
             &args,
@@ -659,7 +659,7 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     let api_host = k.c.topo.clients()[1].ns();
     let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
     cmd.args(["controller", "--namespace", k.ns()])
-        .args(k.api.controller_class_args())
+        .args(k.api.class_args())
         .args(TestCluster::CONTROLLER_FAST_ELECTION)
         .env("KUBECONFIG", k.api.kubeconfig())
         .env("POD_NAME", "controller-0")

@@ -1,5 +1,5 @@
 //! Developer commands:
-//! `cargo xtask <setup|build-ebpf|test|test-cluster|demo|crdgen|bench>`.
+//! `cargo xtask <setup|build-ebpf|test|test-cluster|demo|crdgen|bundle|image|bench>`.
 //!
 //! Every command that needs the toolchain runs `setup` first; setup is
 //! idempotent and cheap when everything is already installed.
@@ -7,6 +7,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod image;
 use lb_ebpf_embed::toolchain as ebpf_toolchain;
 mod setup;
 mod test;
@@ -62,8 +63,26 @@ enum Command {
         args: Vec<String>,
     },
     /// Regenerate `manifests/crds.yaml` from the Rust types of the custom
-    /// resources (a test fails when the file is stale).
+    /// resources, and the install bundle that contains it (a test fails when
+    /// either is stale).
     Crdgen,
+    /// Regenerate the install bundle from `manifests/`: `deploy/onehop.yaml`
+    /// (every manifest in apply order, one file) and `kustomization.yaml` (the
+    /// same files, the image as its `images:` setting). A test fails when
+    /// either is stale.
+    Bundle,
+    /// Build the image the manifests name (`localhost/onehop:<version>`) with
+    /// docker from the repository's Dockerfile, for this machine's platform.
+    Image {
+        /// Also write the image to this tar file, to copy to each node and
+        /// import there: `sudo k3s ctr images import FILE`.
+        #[arg(long, value_name = "FILE")]
+        save: Option<std::path::PathBuf>,
+        /// Also import the image into this machine's k3s containerd
+        /// (`docker save | k3s ctr images import -`; as root).
+        #[arg(long)]
+        import: bool,
+    },
     /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
     /// path via `BPF_PROG_TEST_RUN`) or `e2e` (onehop vs kube-proxy iptables
     /// and nftables vs routing, in namespaces); both need root. See
@@ -105,8 +124,10 @@ fn main() -> Result<()> {
             std::fs::write(&path, lb_userspace::k8s::crd::crds_yaml()?)
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
-            Ok(())
+            image::write_bundle()
         }
+        Command::Bundle => image::write_bundle(),
+        Command::Image { save, import } => image::build(save.as_deref(), import),
         Command::Bench { which, args } => {
             setup::run()?;
             bench::run(&which, &args)

@@ -95,6 +95,16 @@ impl Health {
     }
 }
 
+/// Which optional series `/metrics` carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Series {
+    /// `onehop_backend_packets_total` and `onehop_backend_bytes_total`: two series per
+    /// backend, so 200,000 on every node at 10,000 Services of 10 endpoints each. Off
+    /// unless asked for (`--backend-metrics`); the per-service series and `onehop status`
+    /// cover the common questions.
+    pub per_backend: bool,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
@@ -123,7 +133,7 @@ struct VipLabels {
 }
 
 /// Renders a snapshot (and the agent's health) in the Prometheus text format.
-pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
+pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
     let mut reg = Registry::with_prefix("onehop");
     let svc_packets = Family::<ServiceLabels, Counter>::default();
     let svc_bytes = Family::<ServiceLabels, Counter>::default();
@@ -140,28 +150,9 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
         svc_packets,
     );
     reg.register("service_bytes", "Bytes balanced per service", svc_bytes);
-    let be_packets = Family::<BackendLabels, Counter>::default();
-    let be_bytes = Family::<BackendLabels, Counter>::default();
-    for b in &s.backends {
-        let l = BackendLabels {
-            backend: format!("{}:{}", std::net::Ipv4Addr::from(b.value.ip), b.value.port),
-            node: std::net::Ipv4Addr::from(b.value.node_ip).to_string(),
-            location: if b.value.flags & backend_flags::LOCAL != 0 {
-                "local"
-            } else {
-                "remote"
-            }
-            .to_owned(),
-        };
-        be_packets.get_or_create(&l).inc_by(b.traffic.packets);
-        be_bytes.get_or_create(&l).inc_by(b.traffic.bytes);
+    if series.per_backend {
+        register_backends(&mut reg, s);
     }
-    reg.register(
-        "backend_packets",
-        "Packets forwarded per backend",
-        be_packets,
-    );
-    reg.register("backend_bytes", "Bytes forwarded per backend", be_bytes);
     let drops = Family::<ReasonLabels, Counter>::default();
     for (reason, n) in &s.drops {
         drops
@@ -216,6 +207,32 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
     Ok(out)
 }
 
+/// Traffic per backend (two series each).
+fn register_backends(reg: &mut Registry, s: &Snapshot) {
+    let be_packets = Family::<BackendLabels, Counter>::default();
+    let be_bytes = Family::<BackendLabels, Counter>::default();
+    for b in &s.backends {
+        let l = BackendLabels {
+            backend: format!("{}:{}", std::net::Ipv4Addr::from(b.value.ip), b.value.port),
+            node: std::net::Ipv4Addr::from(b.value.node_ip).to_string(),
+            location: if b.value.flags & backend_flags::LOCAL != 0 {
+                "local"
+            } else {
+                "remote"
+            }
+            .to_owned(),
+        };
+        be_packets.get_or_create(&l).inc_by(b.traffic.packets);
+        be_bytes.get_or_create(&l).inc_by(b.traffic.bytes);
+    }
+    reg.register(
+        "backend_packets",
+        "Packets forwarded per backend",
+        be_packets,
+    );
+    reg.register("backend_bytes", "Bytes forwarded per backend", be_bytes);
+}
+
 /// What the agent's loop says about its syncs.
 fn register_syncs(reg: &mut Registry, health: &Health) {
     let errors = Counter::<u64>::default();
@@ -255,14 +272,14 @@ fn probe(path: &str, health: &Health) -> Option<Response<Full<Bytes>>> {
 
 /// Serves the agent's endpoints (see [`crate::http`] for which goes where) until the
 /// runtime stops.
-pub fn serve(listen: Listen, pins: PinDir, health: &Arc<Health>) -> Result<()> {
+pub fn serve(listen: Listen, series: Series, pins: PinDir, health: &Arc<Health>) -> Result<()> {
     let h = Arc::clone(health);
     let metrics: Handler = Arc::new(move |path: &str| {
         (path == "/metrics").then(|| {
             metrics_reply(
                 Maps::open(&pins)
                     .and_then(|m| h.snapshot(&m))
-                    .and_then(|s| render(&s, &h)),
+                    .and_then(|s| render(&s, &h, series)),
             )
         })
     });
@@ -326,7 +343,7 @@ mod tests {
         h.record(false);
         h.sync_duration.observe(0.003);
         h.sync_duration.observe(0.5);
-        let text = render(&s, &h).unwrap();
+        let text = render(&s, &h, Series { per_backend: true }).unwrap();
         for needle in [
             "onehop_service_packets_total{service=\"192.168.50.200:80/TCP\"} 7",
             "onehop_service_bytes_total{service=\"192.168.50.200:80/TCP\"} 700",
@@ -350,6 +367,51 @@ mod tests {
             !text.contains("192.168.50.201\"} 1"),
             "only announced VIPs are listed"
         );
+    }
+
+    /// Per-backend series are opt-in: by default a node exports a bounded number of
+    /// series per Service, whatever the number of endpoints.
+    #[test]
+    fn per_backend_series_only_when_asked_for() {
+        let backend = |id: u32, last: u8| BackendRow {
+            id,
+            value: BackendValue::new(
+                [10, 42, 1, last],
+                [192, 168, 50, 11],
+                8080,
+                backend_flags::VALID,
+            ),
+            traffic: TrafficCounter {
+                packets: 1,
+                bytes: 100,
+            },
+        };
+        let s = Snapshot {
+            services: vec![ServiceRow {
+                key: ServiceKey::new([192, 168, 50, 200], 80, proto::TCP),
+                value: ServiceValue::default(),
+                backend_ids: (1..=50).collect(),
+                traffic: TrafficCounter {
+                    packets: 50,
+                    bytes: 5000,
+                },
+            }],
+            backends: (1..=50u8).map(|i| backend(u32::from(i), i)).collect(),
+            ..Snapshot::default()
+        };
+        let h = Health::default();
+        let default = render(&s, &h, Series::default()).unwrap();
+        assert!(
+            default.contains("onehop_service_packets_total{service=\"192.168.50.200:80/TCP\"} 50"),
+            "{default}"
+        );
+        assert!(!default.contains("onehop_backend_"), "{default}");
+        let all = render(&s, &h, Series { per_backend: true }).unwrap();
+        let backend_lines = all
+            .lines()
+            .filter(|l| l.starts_with("onehop_backend_packets_total{"))
+            .count();
+        assert_eq!(backend_lines, 50, "{all}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Options {
     pub listen: crate::http::Listen,
     /// How often the flow sweeper runs (`dataplane::sweep`).
     pub flow_sweep_interval: Duration,
+    /// The optional series of `/metrics`.
+    pub series: metrics::Series,
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -240,7 +242,7 @@ impl MapOwner {
             ..Limits::default()
         };
         let health = Arc::new(metrics::Health::default());
-        metrics::serve(opts.listen, dataplane.pins.clone(), &health)?;
+        metrics::serve(opts.listen, opts.series, dataplane.pins.clone(), &health)?;
         sweep::spawn(&dataplane.pins, opts.flow_sweep_interval, health.clone())?;
         let mut agent = Self {
             health,

@@ -2,6 +2,7 @@
 //! translation of cluster objects into the services model, the custom
 //! resources, label selectors and the RBAC list both programs are granted.
 
+pub mod bundle;
 pub mod client;
 pub mod crd;
 pub mod lease;

@@ -394,26 +394,17 @@ impl TestCluster {
     /// `onehop controller` election timing for tests: a lost leader is replaced within
     /// about a second.
     pub const CONTROLLER_FAST_ELECTION: [&str; 6] = [
-        "--lease-duration-secs",
-        "1",
+        "--lease-duration-ms",
+        "1000",
         "--renew-deadline-ms",
         "700",
         "--retry-period-ms",
         "200",
     ];
 
-    /// `--class` / `--unclassed` for `onehop controller`.
-    pub fn controller_class_args(&self) -> Vec<String> {
-        vec![
-            "--class".into(),
-            self.class.clone(),
-            "--unclassed".into(),
-            self.serves_unclassed().to_string(),
-        ]
-    }
-
-    /// `--load-balancer-class` (and `--ignore-unclassed`) for `onehop agent`.
-    pub fn agent_class_args(&self) -> Vec<String> {
+    /// `--load-balancer-class` (and `--ignore-unclassed`): the same flags for `onehop
+    /// agent` and `onehop controller`.
+    pub fn class_args(&self) -> Vec<String> {
         let mut args = vec!["--load-balancer-class".into(), self.class.clone()];
         if !self.serves_unclassed() {
             args.push("--ignore-unclassed".into());
