@@ -124,5 +124,10 @@ numbered! {
         /// 224/4 multicast, 240/4 incl. broadcast) or from the node's own
         /// address: dropped before any flow state, as the kernel would.
         MartianSource = 15 => "martian_source",
+        /// ARP request for a VIP this node announces, while the agent's
+        /// heartbeat in the `announce` map is older than its hold time:
+        /// the agent died or hangs, its peers take the address over, and
+        /// this node must stop claiming it. Flows keep forwarding.
+        ArpStale = 16 => "arp_stale",
     }
 }
