@@ -53,8 +53,10 @@ pub async fn run(opts: Options, path: PathBuf, poll_interval: Duration) -> Resul
         tokio::select! {
             r = &mut shutdown => { r?; break; }
             _ = tick.tick() => {
-                source.sync(&mut agent);
+                // Before the sync: an address it announces must find the
+                // heartbeat current as soon as it is in the maps.
                 agent.heartbeat(hold);
+                source.sync(&mut agent);
                 agent.send_due_garps();
             }
         }

@@ -15,7 +15,7 @@
 //! dead peer from a dead API server, so it holds the last applied state
 //! (traffic keeps flowing) instead of re-electing on stale information.
 //!
-//! Crash safety: once its first election is applied, the agent renews the
+//! Crash safety: once its first election has run, the agent renews the
 //! data path's heartbeat on every turn of its loop (holding included: an
 //! API outage must not silence every node). Its hold is the Lease duration
 //! less one renew interval, so a dead agent's data path stops answering ARP
@@ -261,8 +261,8 @@ struct KubeSource {
     holding: bool,
     /// The interface could carry traffic at the last check.
     link_up: bool,
-    /// An election was applied: the maps say what this node should announce,
-    /// and the heartbeat may vouch for them.
+    /// An election has run: from then on the maps say what this node should
+    /// announce (or are about to), and the heartbeat may vouch for them.
     confirmed: bool,
     warned: BTreeSet<Warning>,
     /// Announcer annotations written and not yet seen back through the
@@ -462,12 +462,14 @@ impl KubeSource {
             nat_ports: self.opts.nat_ports,
         });
         let before = agent.announced();
+        // This agent stands by the election it just ran: vouch for it before
+        // the maps announce it, so no ARP request finds the new address
+        // without a current heartbeat.
+        self.confirmed = true;
+        self.heartbeat(agent);
         let applied = agent.apply(&t.file);
-        match &applied {
-            Ok(()) => self.confirmed = true,
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
-            }
+        if let Err(e) = &applied {
+            warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
         }
         let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
         self.publish_events(&services, &t.warnings, &started).await;
