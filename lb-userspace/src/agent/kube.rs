@@ -366,7 +366,7 @@ impl KubeSource {
         }
     }
 
-    /// Renews the data path's heartbeat once an election has been applied.
+    /// Renews the data path's heartbeat once an election has run.
     fn heartbeat(&self, agent: &mut MapOwner) {
         if self.confirmed {
             agent.heartbeat(heartbeat_hold(

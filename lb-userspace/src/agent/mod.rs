@@ -108,6 +108,8 @@ pub struct MapOwner {
     neighbours: BTreeSet<Ipv4Addr>,
     /// VIPs with an `arp_stats` entry.
     arp_stats: BTreeSet<Ipv4Addr>,
+    /// The `arp_stats` map was scanned for entries a previous agent left.
+    arp_stats_scanned: bool,
     /// When the heartbeat was last written, and the hold it was written with.
     heartbeat: Option<(Instant, Duration)>,
     /// The heartbeat write failed last time (logged once per failure run).
@@ -270,44 +272,63 @@ impl MapOwner {
     }
 
     /// Keeps one `arp_stats` entry per service VIP (the data path only
-    /// counts into existing ones); new entries start at zero.
+    /// counts into existing ones); new entries start at zero, adopted ones
+    /// keep their counts.
     fn sync_arp_stats(&mut self) {
         let wanted = service_vips(&self.current);
-        for ip in wanted.difference(&self.arp_stats) {
-            let zero = match PerCpuValues::try_from(vec![
-                ArpStats::default();
-                aya::util::nr_cpus().unwrap_or(1)
-            ]) {
+        let cpus = match aya::util::nr_cpus() {
+            Ok(n) => n,
+            Err((what, e)) => {
+                warn!(error = %e, "cannot count CPUs ({what}); per-VIP ARP counters not kept");
+                return;
+            }
+        };
+        let missing: Vec<Ipv4Addr> = wanted.difference(&self.arp_stats).copied().collect();
+        for ip in missing {
+            let zero = match PerCpuValues::try_from(vec![ArpStats::default(); cpus]) {
                 Ok(v) => v,
                 Err(e) => {
                     warn!(error = %e, "cannot size per-CPU ARP counters");
                     return;
                 }
             };
-            // BPF_NOEXIST: an adopted entry keeps its counts.
-            if let Err(e) = self
+            match self
                 .maps
                 .arp_stats
                 .insert(Ipv4Key::new(ip.octets()), zero, BPF_NOEXIST)
-                && !matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
             {
-                warn!(%ip, error = %e, "could not add the ARP counters of a VIP");
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    warn!(%ip, error = %e, "could not add the ARP counters of a VIP");
+                    continue;
+                }
             }
+            self.arp_stats.insert(ip);
         }
-        let stale: Vec<Ipv4Key> = self
-            .maps
-            .arp_stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(&Ipv4Addr::from(k.addr)))
-            .collect();
-        for key in stale {
-            if let Err(e) = self.maps.arp_stats.remove(&key) {
-                warn!(ip = %Ipv4Addr::from(key.addr), error = %e, "could not remove the ARP counters of a VIP");
+        // The first time, whatever a previous agent left; then only ours.
+        let stale: Vec<Ipv4Addr> = if self.arp_stats_scanned {
+            self.arp_stats.difference(&wanted).copied().collect()
+        } else {
+            self.maps
+                .arp_stats
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| Ipv4Addr::from(k.addr))
+                .filter(|ip| !wanted.contains(ip))
+                .collect()
+        };
+        self.arp_stats_scanned = true;
+        for ip in stale {
+            match self.maps.arp_stats.remove(&Ipv4Key::new(ip.octets())) {
+                Ok(()) => {
+                    self.arp_stats.remove(&ip);
+                }
+                Err(e) => warn!(%ip, error = %e, "could not remove the ARP counters of a VIP"),
             }
         }
         self.health.retain_vips(&wanted);
-        self.arp_stats = wanted;
     }
 
     fn schedule_garp(&mut self, vip: Ipv4Addr, from: Instant) {
@@ -389,6 +410,7 @@ impl MapOwner {
             garp_due: Vec::new(),
             neighbours: BTreeSet::new(),
             arp_stats: BTreeSet::new(),
+            arp_stats_scanned: false,
             heartbeat: None,
             heartbeat_failing: false,
             link_usable: None,
