@@ -694,6 +694,48 @@ fn a_killed_owner_stops_answering_arp_after_its_address_moves() {
     );
 }
 
+/// With the file source, a node whose interface loses carrier withholds
+/// its announce list (within the failover time) and restores it with the
+/// carrier; the services stay configured all along.
+#[test]
+fn a_node_without_carrier_withholds_its_announcements() {
+    let c = new_cluster();
+    write_config(&c, 1, &services_yaml(&c, 1, true, &all_backends()));
+    start_agent(&c, 1);
+    let announcing = |s: &Snapshot| {
+        s.vips
+            .iter()
+            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+    };
+    c.wait_for(1, "node1 announcing", |s| {
+        announcing(s) && pods_in_use(s) == 4
+    });
+    let peer = c.topo.node(1).lan_peer().to_owned();
+    c.topo
+        .lan()
+        .ip(&["link", "set", &peer, "down"])
+        .expect("carrier off");
+    let lost = Instant::now();
+    c.wait_for(1, "the announcement withheld", |s| {
+        !announcing(s) && pods_in_use(s) == 4
+    });
+    let took = lost.elapsed();
+    assert!(
+        took <= Duration::from_millis(1200),
+        "gave the address up after {took:?}"
+    );
+    assert!((sample(&scrape(&c, 1, "/metrics").1, "onehop_interface_usable")).abs() < f64::EPSILON);
+    c.topo
+        .lan()
+        .ip(&["link", "set", &peer, "up"])
+        .expect("carrier on");
+    c.wait_for(1, "node1 announcing again", announcing);
+    c.wait_sole_arp_answer(VIP, 1, Duration::from_secs(3));
+    for i in 0..10 {
+        get(&c).unwrap_or_else(|e| panic!("request {i} after the carrier came back: {e:#}"));
+    }
+}
+
 #[test]
 fn a_bad_services_file_is_rejected_with_field_and_line_and_traffic_continues() {
     let c = new_cluster();

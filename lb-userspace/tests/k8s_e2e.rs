@@ -740,6 +740,16 @@ fn an_owner_without_a_usable_link_gives_its_address_up() {
         .expect("carrier on");
     wait_moved(&k, other, owner);
     k.c.wait_sole_arp_answer(VIP, owner, Duration::from_secs(3));
+    // Through the owner again, to the peer's pod: the carrier loss flushed
+    // the owner's neighbours, and the agent must have asked for them again.
+    for i in 0..10 {
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .unwrap_or_else(|e| panic!("request {i} through node{owner} again: {e:#}"))
+            .answer()
+            .expect("answer");
+    }
 
     k.c.topo
         .node(owner)

@@ -262,6 +262,13 @@ impl MapOwner {
         if self.link_usable != Some(usable) {
             if usable {
                 info!(interface = %self.iface.name, "the interface is up with carrier: eligible to announce");
+                // Losing carrier flushes the device's neighbour entries,
+                // managed ones included: ask for every backend node again,
+                // or full-NAT flows find no next hop (`no_neighbour`).
+                if self.link_usable.is_some() {
+                    self.neighbours.clear();
+                    self.sync_neighbours();
+                }
             } else {
                 warn!(interface = %self.iface.name, "the interface is down or has no carrier: giving up every announced address");
             }
