@@ -139,5 +139,10 @@ numbered! {
         /// entry was evicted: the flow's entry is removed (its next packet
         /// starts afresh) rather than mixing two flows at the backend.
         NatPortLost = 16 => "nat_port_lost",
+        /// ARP request for a VIP this node announces, while the agent's
+        /// heartbeat in the `announce` map is older than its hold time:
+        /// the agent died or hangs, its peers take the address over, and
+        /// this node must stop claiming it. Flows keep forwarding.
+        ArpStale = 17 => "arp_stale",
     }
 }

@@ -279,6 +279,55 @@ impl DatapathConfig {
     }
 }
 
+/// The single element of the `announce` array: the agent's heartbeat, which
+/// keeps `lb_ingress` answering ARP. A crashed or wedged agent cannot give up
+/// its addresses, and its peers take them over once its Lease lapses; the
+/// data path must stop claiming them by then on its own, or two nodes answer.
+/// Both times are `bpf_ktime_get_ns()` nanoseconds (`CLOCK_MONOTONIC`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnnounceState {
+    /// When the agent last confirmed it is alive and its ownership current.
+    pub heartbeat_ns: u64,
+    /// How long after `heartbeat_ns` ARP requests are still answered. All
+    /// zero (no agent of this version ever wrote it) answers nothing.
+    pub hold_ns: u64,
+}
+
+impl AnnounceState {
+    pub const fn new(heartbeat_ns: u64, hold_ns: u64) -> Self {
+        Self {
+            heartbeat_ns,
+            hold_ns,
+        }
+    }
+
+    /// Whether ARP may be answered at `now_ns`. A heartbeat in the future
+    /// (written a moment after `now_ns` was read) counts as current.
+    pub const fn current(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.heartbeat_ns) <= self.hold_ns && self.hold_ns != 0
+    }
+}
+
+/// Per-CPU value of the `arp_stats` hash, keyed by [`Ipv4Key`]: what ARP
+/// did for one address. The agent creates and removes the entries with the
+/// address; the data path only counts into existing ones, so the map (and
+/// the metric series) never grows past the addresses configured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpStats {
+    /// ARP requests for the address that reached `lb_ingress`.
+    pub requests: u64,
+    /// Of those, answered by this node.
+    pub replies: u64,
+}
+
+impl ArpStats {
+    pub const fn new(requests: u64, replies: u64) -> Self {
+        Self { requests, replies }
+    }
+}
+
 /// Default NAT port range: above Linux's default ephemeral range (32768–60999).
 pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
 pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
@@ -313,4 +362,24 @@ abi_types! {
     SourceRangeData = 8,
     TrafficCounter = 16,
     DatapathConfig = 40,
+    AnnounceState = 16,
+    ArpStats = 16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_holds_for_exactly_its_hold_time() {
+        let a = AnnounceState::new(1_000, 500);
+        assert!(a.current(1_000));
+        assert!(a.current(1_500), "the last nanosecond of the hold");
+        assert!(!a.current(1_501));
+        assert!(a.current(900), "written just after `now` was read");
+        assert!(
+            !AnnounceState::default().current(0),
+            "never written: nothing is answered"
+        );
+    }
 }

@@ -14,6 +14,7 @@
 pub enum MapKind {
     Hash = 1,
     Array = 2,
+    PerCpuHash = 5,
     PerCpuArray = 6,
     LruHash = 9,
     LpmTrie = 11,
@@ -80,6 +81,7 @@ macro_rules! map_specs {
     (@kind LruHashMap) => { $crate::maps::MapKind::LruHash };
     (@kind Array) => { $crate::maps::MapKind::Array };
     (@kind PerCpuArray) => { $crate::maps::MapKind::PerCpuArray };
+    (@kind PerCpuHashNoPrealloc) => { $crate::maps::MapKind::PerCpuHash };
     (@kind LpmTrie) => { $crate::maps::MapKind::LpmTrie };
     (@kind DevMap) => { $crate::maps::MapKind::DevMap };
     (@key LpmTrie<$k:ty, $v:ty>) => { 4 + $crate::maps::size_u32(core::mem::size_of::<$k>()) };
@@ -148,6 +150,15 @@ macro_rules! product_maps {
             /// beside the packet path's own state. Holds nothing between
             /// packets.
             FLOW_SCRATCH = "flow_scratch": PerCpuArray<$crate::FlowScratch>[1];
+            /// Index 0 → [`crate::AnnounceState`] (array of one): the agent's
+            /// heartbeat, without which ARP goes unanswered.
+            ANNOUNCE = "announce": Array<$crate::AnnounceState>[1];
+            /// VIP → [`crate::ArpStats`] (per-CPU hash, values allocated per
+            /// entry: preallocating `MAX_VIPS` of them on every CPU would cost
+            /// megabytes per core for a handful of addresses). The agent
+            /// creates and removes the entries; the data path only counts.
+            ARP_STATS = "arp_stats":
+                PerCpuHashNoPrealloc<$crate::Ipv4Key, $crate::ArpStats>[$crate::maps::MAX_VIPS];
         }
     };
 }

@@ -6,11 +6,22 @@
 //! dropped: another node owns it, and a local kernel that happens to have the
 //! address on some device must not answer too. Gratuitous ARP (sender ==
 //! target) is never answered. Everything else goes to the kernel.
+//!
+//! Ownership is only claimed while the agent's heartbeat in the `announce`
+//! map is current: a killed agent leaves the program attached (its links
+//! are pinned), and once its Lease lapses a peer announces the address too.
+//! Past the hold time, requests for owned VIPs are dropped (`arp_stale`);
+//! traffic to the VIP keeps flowing, so clients that still send here lose
+//! nothing while their caches move to the new owner.
+//!
+//! Every request for a VIP is counted in its per-CPU `arp_stats` entry
+//! (requests, and replies when answered), if the agent made one.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{Counter, DatapathConfig, DropReason, Ipv4Key, vip_flags};
 
 use crate::{
-    maps::VIPS,
+    maps::{ANNOUNCE, ARP_STATS, VIPS},
     parse::{ArpHdr, Cursor, EthHdr},
     verdict::Outcome,
 };
@@ -38,7 +49,21 @@ pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &DatapathConfig) -> O
     };
     // SAFETY: a value pointer the map just returned; read once, by value.
     let flags = unsafe { (*v).flags };
+    let stats = ARP_STATS.get_ptr_mut(Ipv4Key { addr: vip });
+    if let Some(s) = stats {
+        // SAFETY: this CPU's copy of a live map value (it stays valid for
+        // the whole run, even if the agent deletes the entry meanwhile);
+        // only this CPU writes it, and programs are not preempted on it.
+        unsafe { (*s).requests += 1 };
+    }
     if flags & vip_flags::ANNOUNCE != 0 {
+        if !heartbeat_current() {
+            return Outcome::Drop(DropReason::ArpStale);
+        }
+        if let Some(s) = stats {
+            // SAFETY: as above.
+            unsafe { (*s).replies += 1 };
+        }
         arp.oper = OPER_REPLY;
         arp.tha = arp.sha;
         arp.tpa = arp.spa;
@@ -52,4 +77,17 @@ pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &DatapathConfig) -> O
     } else {
         Outcome::Pass(Counter::ArpPass)
     }
+}
+
+/// Whether the agent's heartbeat allows answering now.
+#[inline(always)]
+fn heartbeat_current() -> bool {
+    let Some(a) = ANNOUNCE.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: a value pointer the map just returned; copied out. The agent
+    // rewrites it whole; a torn read of one field only errs for one packet.
+    let a = unsafe { *a };
+    // SAFETY: plain helper call.
+    a.current(unsafe { bpf_ktime_get_ns() })
 }

@@ -2,7 +2,15 @@
 //! ([`lb_common::product_maps!`]). BTF map definitions, so `bpftool map
 //! dump` prints the key and value field names.
 
-use aya_ebpf::btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+
+/// A per-CPU hash whose values are allocated when an entry is inserted,
+/// not all up front for `MAX` entries on every CPU.
+pub type PerCpuHashNoPrealloc<K, V, const MAX: usize> =
+    PerCpuHashMap<K, V, MAX, { BPF_F_NO_PREALLOC as usize }>;
 
 /// Expands rows of an lb-common map table into BTF map statics (the bench
 /// crate expands its own table with it too).

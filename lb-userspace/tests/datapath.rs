@@ -11,11 +11,14 @@ mod support;
 
 use std::net::Ipv4Addr;
 
+use aya::maps::PerCpuValues;
 use lb_common::{
-    AffinityKey, AffinityValue, ConntrackValue, Counter as C, DropReason as D, RevNatValue, bench,
+    AffinityKey, AffinityValue, AnnounceState, ArpStats, ConntrackValue, Counter as C,
+    DropReason as D, Ipv4Key, RevNatValue, bench,
     flow::{addr_v4, tcp_state, v4_of},
     flow_flags, maps as m, proto,
 };
+use lb_userspace::dataplane::maps::sum_arp;
 use support::{
     check::{assert_checksums, ip_verifies, l4_verifies, view},
     packet::{ACK, Arp, FIN, L4, PSH, Pkt, RST, Rng, SYN, fix_ip_checksum},
@@ -120,6 +123,92 @@ fn arp_fixtures() {
         for (what, frame, action, want) in cases {
             lb.expect_untouched(what, &frame, action, want);
         }
+    });
+}
+
+/// A dead agent's data path stops claiming its addresses: past the hold
+/// time of the last heartbeat, ARP for an owned VIP is dropped (`arp_stale`)
+/// while flows, established or new, keep forwarding; a new heartbeat
+/// brings the replies back. Every request for a VIP with an `arp_stats`
+/// entry is counted there, replies too.
+#[test]
+fn arp_stops_when_the_heartbeat_runs_out_and_flows_keep_going() {
+    with_lb(|lb| {
+        let stats = |lb: &Lb, vip: [u8; 4]| {
+            let v =
+                lb.h.maps()
+                    .arp_stats
+                    .get(&Ipv4Key::new(vip), 0)
+                    .expect("arp_stats entry");
+            sum_arp(&v)
+        };
+        let nr_cpus = aya::util::nr_cpus().expect("nr_cpus");
+        for vip in [VIP, VIP_OTHER] {
+            let zero = PerCpuValues::try_from(vec![ArpStats::default(); nr_cpus]).expect("values");
+            lb.h.maps_mut()
+                .arp_stats
+                .insert(Ipv4Key::new(vip), zero, 0)
+                .expect("arp_stats insert");
+        }
+        let who_has = Arp::request(CLIENT_MAC, CLIENT, VIP).build();
+        lb.expect("fresh heartbeat", &who_has, XDP_TX, Want::C(C::ArpReply));
+        let established = Pkt::tcp(CLIENT, 40000, VIP, 80, SYN).build();
+        lb.expect(
+            "SYN before",
+            &established,
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+
+        // The agent's last heartbeat was written 2 s ago with a 1.2 s hold.
+        let announce = AnnounceState::new(ktime_ns() - 2_000_000_000, 1_200_000_000);
+        lb.h.maps_mut()
+            .announce
+            .set(0, announce, 0)
+            .expect("announce");
+        lb.expect_untouched("stale heartbeat", &who_has, XDP_DROP, Want::D(D::ArpStale));
+        lb.expect_untouched(
+            "another node's VIP: as before",
+            &Arp::request(CLIENT_MAC, CLIENT, VIP_OTHER).build(),
+            XDP_DROP,
+            Want::D(D::ArpNotOwned),
+        );
+        let ack = Pkt::tcp(CLIENT, 40000, VIP, 80, ACK).build();
+        lb.expect(
+            "established flow",
+            &ack,
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        let new_flow = Pkt::tcp(CLIENT, 40001, VIP, 80, SYN).build();
+        lb.expect("new flow", &new_flow, XDP_PASS, Want::C(C::LocalNewFlow));
+
+        // Never written (all zero): nothing is answered either.
+        lb.h.maps_mut()
+            .announce
+            .set(0, AnnounceState::default(), 0)
+            .expect("announce");
+        lb.expect_untouched("no heartbeat", &who_has, XDP_DROP, Want::D(D::ArpStale));
+
+        lb.h.maps_mut()
+            .heartbeat(std::time::Duration::from_millis(1200))
+            .expect("heartbeat");
+        lb.expect("renewed heartbeat", &who_has, XDP_TX, Want::C(C::ArpReply));
+
+        assert_eq!(
+            stats(lb, VIP),
+            ArpStats::new(4, 2),
+            "four requests for the VIP, two answered"
+        );
+        assert_eq!(stats(lb, VIP_OTHER), ArpStats::new(1, 0));
+        // The data path never creates entries: one per VIP, the agent's.
+        lb.expect_untouched(
+            "node address",
+            &Arp::request(CLIENT_MAC, CLIENT, NODE_IP).build(),
+            XDP_PASS,
+            Want::C(C::ArpPass),
+        );
+        assert_eq!(lb.h.maps().arp_stats.keys().count(), 2);
     });
 }
 

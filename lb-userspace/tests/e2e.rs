@@ -403,7 +403,19 @@ fn check_metrics(c: &Cluster) {
         text.ends_with("# EOF\n"),
         "OpenMetrics text ends with # EOF"
     );
+    // Per address, as MetalLB's layer2 metrics: the client's ARP was
+    // answered here, node1 took the address once and told the LAN.
+    let vip_series = |name: &str| format!("onehop_{name}{{vip=\"{VIP}\"}}");
+    assert!(sample(&text, &vip_series("arp_requests_received_total")) >= 1.0);
+    assert!(sample(&text, &vip_series("arp_replies_sent_total")) >= 1.0);
+    assert!(sample(&text, &vip_series("gratuitous_arp_sent_total")) >= 1.0);
+    assert!((sample(&text, &vip_series("ownership_changes_total")) - 1.0).abs() < f64::EPSILON);
+    assert!((sample(&text, "onehop_arp_answering") - 1.0).abs() < f64::EPSILON);
+    assert!((sample(&text, "onehop_interface_usable") - 1.0).abs() < f64::EPSILON);
     let (_, node2) = scrape(c, 2, "/metrics");
+    // node2 saw the request too, and answered none.
+    assert!(sample(&node2, &vip_series("arp_requests_received_total")) >= 1.0);
+    assert!(sample(&node2, &vip_series("arp_replies_sent_total")).abs() < f64::EPSILON);
     assert!(
         !node2.contains("onehop_announced_vip{"),
         "node2 announces nothing:\n{node2}"
@@ -620,6 +632,109 @@ fn sigkill_and_restart_of_the_agent_loses_no_request() {
             .and_then(|r| r.answer())
             .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
         assert_eq!(&a.pod, pod, "connection {i} moved across the restart");
+    }
+}
+
+/// The reproduction with the file source: the owner's agent is
+/// `SIGKILLed` with its NIC up and the address is given to node2. Its pinned
+/// XDP program used to keep answering ARP, so the client heard two nodes.
+/// Now it goes quiet once the heartbeat's hold runs out: arping sees node2
+/// alone, and connections through node2 work.
+#[test]
+fn a_killed_owner_stops_answering_arp_after_its_address_moves() {
+    let c = new_cluster();
+    write_config(&c, 1, &services_yaml(&c, 1, true, &all_backends()));
+    write_config(&c, 2, &services_yaml(&c, 2, false, &all_backends()));
+    start_agent(&c, 1);
+    start_agent(&c, 2);
+    c.wait_for(1, "node1 announcing", |s| {
+        pods_in_use(s) == 4
+            && s.vips
+                .iter()
+                .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+    });
+    c.wait_for(2, "node2 serving", |s| pods_in_use(s) == 4);
+    c.wait_sole_arp_answer(VIP, 1, Duration::from_secs(3));
+
+    c.kill_agent(1);
+    let moved = Instant::now();
+    write_config(&c, 2, &services_yaml(&c, 2, true, &all_backends()));
+    c.wait_for(2, "node2 announcing", |s| {
+        s.vips
+            .iter()
+            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+    });
+    // The file source holds its heartbeat 1.2 s (or three polls).
+    let waited = moved.elapsed();
+    let alone = waited + c.wait_sole_arp_answer(VIP, 2, Duration::from_secs(4));
+    eprintln!("node2 answers ARP alone {alone:?} after the kill (arping rounds last 1 s)");
+    let s1 = c.snapshot(1).expect("node1 maps");
+    assert!(
+        s1.drop_count(DropReason::ArpStale) >= 1,
+        "node1's data path did not drop ARP for lack of a heartbeat"
+    );
+    assert!(!s1.answering_arp(), "node1's data path still answers ARP");
+    // The client resolves the VIP afresh, to node2 alone, and connections work.
+    let mut pods = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        pods.insert(
+            get(&c)
+                .unwrap_or_else(|e| panic!("request {i} through node2: {e:#}"))
+                .pod,
+        );
+    }
+    assert_eq!(
+        pods.len(),
+        4,
+        "every backend serves through node2: {pods:?}"
+    );
+    assert!(
+        c.snapshot(2)
+            .expect("node2 maps")
+            .counter(Counter::RemoteNewFlow)
+            >= 1
+    );
+}
+
+/// With the file source, a node whose interface loses carrier withholds
+/// its announce list (within the failover time) and restores it with the
+/// carrier; the services stay configured all along.
+#[test]
+fn a_node_without_carrier_withholds_its_announcements() {
+    let c = new_cluster();
+    write_config(&c, 1, &services_yaml(&c, 1, true, &all_backends()));
+    start_agent(&c, 1);
+    let announcing = |s: &Snapshot| {
+        s.vips
+            .iter()
+            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+    };
+    c.wait_for(1, "node1 announcing", |s| {
+        announcing(s) && pods_in_use(s) == 4
+    });
+    let peer = c.topo.node(1).lan_peer().to_owned();
+    c.topo
+        .lan()
+        .ip(&["link", "set", &peer, "down"])
+        .expect("carrier off");
+    let lost = Instant::now();
+    c.wait_for(1, "the announcement withheld", |s| {
+        !announcing(s) && pods_in_use(s) == 4
+    });
+    let took = lost.elapsed();
+    assert!(
+        took <= Duration::from_millis(1200),
+        "gave the address up after {took:?}"
+    );
+    assert!((sample(&scrape(&c, 1, "/metrics").1, "onehop_interface_usable")).abs() < f64::EPSILON);
+    c.topo
+        .lan()
+        .ip(&["link", "set", &peer, "up"])
+        .expect("carrier on");
+    c.wait_for(1, "node1 announcing again", announcing);
+    c.wait_sole_arp_answer(VIP, 1, Duration::from_secs(3));
+    for i in 0..10 {
+        get(&c).unwrap_or_else(|e| panic!("request {i} after the carrier came back: {e:#}"));
     }
 }
 

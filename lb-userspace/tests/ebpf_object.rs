@@ -14,6 +14,7 @@ fn map_kinds_are_the_kernels_map_types() {
             bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
         ),
         (MapKind::LruHash, bpf_map_type::BPF_MAP_TYPE_LRU_HASH),
+        (MapKind::PerCpuHash, bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH),
         (MapKind::LpmTrie, bpf_map_type::BPF_MAP_TYPE_LPM_TRIE),
         (MapKind::DevMap, bpf_map_type::BPF_MAP_TYPE_DEVMAP),
     ] {

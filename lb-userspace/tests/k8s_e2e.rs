@@ -15,8 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster::{Cluster, TARGET_PORT, pods_in_use};
+use cluster::{Cluster, TARGET_PORT, mac_text, pods_in_use};
 use k8s_openapi::api::{
+    coordination::v1::Lease,
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
     events::v1::Event,
@@ -24,7 +25,7 @@ use k8s_openapi::api::{
 };
 use lb_common::{DropReason, vip_flags};
 use lb_userspace::{
-    agent::{announcer, election},
+    agent::{announcer, election, kube as agent_kube},
     dataplane::status::Snapshot,
     k8s::crd::{self, IPAddressPool, PoolSpec},
 };
@@ -301,13 +302,6 @@ fn client_neighbour(k: &K8s, ip: Ipv4Addr) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Requests through the VIP every 50 ms for `span`: when the loop started,
 /// and (offset, ok) per request.
 fn probe_loop(k: &K8s, span: Duration) -> (Instant, Vec<(Duration, bool)>) {
@@ -554,6 +548,239 @@ fn local_policy_announces_only_from_nodes_with_local_endpoints() {
             .answer()
             .expect("answer");
     assert_eq!(a.pod, "node3-pod1");
+}
+
+/// The elected owner of [`VIP`] among `n` nodes, and another node.
+fn owner_and_other(k: &K8s, n: u8) -> (u8, u8) {
+    let names = k.node_names(n);
+    let owner =
+        k.node_index(election::owner(VIP, names.iter().map(String::as_str)).expect("owner"));
+    let other = (1..=n).find(|i| *i != owner).expect("a second node");
+    (owner, other)
+}
+
+/// The reproduction with the Kubernetes source: the owner's agent
+/// is `SIGKILLed` with its NIC up. Its peer takes the address over once the
+/// Lease lapses, and the dead agent's pinned XDP program, which used to
+/// keep answering ARP, goes quiet: arping sees one MAC, connections go
+/// through the new owner.
+#[test]
+fn a_killed_owner_stops_answering_arp_once_a_peer_takes_over() {
+    let k = K8s::new(2);
+    let (owner, other) = owner_and_other(&k, 2);
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &[1, 2]);
+    k.start_agent(1);
+    k.start_agent(2);
+    for i in 1..=2 {
+        k.c.wait_for(i, "2 pods, election converged", |s| {
+            pods_in_use(s) == 2 && announces(s, VIP) == (i == owner)
+        });
+    }
+    k.c.wait_sole_arp_answer(VIP, owner, Duration::from_secs(3));
+    // The client's kernel resolves the VIP to the owner, as a real client's would.
+    k.c.topo
+        .client()
+        .http_get(vip_addr(VIP))
+        .expect("request before the kill");
+
+    k.c.kill_agent(owner);
+    let killed = Instant::now();
+    k.c.wait_for(other, "the takeover", |s| announces(s, VIP));
+    let took_over = killed.elapsed();
+    let alone = killed.elapsed() + k.c.wait_sole_arp_answer(VIP, other, Duration::from_secs(4));
+    eprintln!(
+        "node{other} took over {took_over:?} after the kill and answers ARP alone {alone:?} after it"
+    );
+    let s = k.c.snapshot(owner).expect("the dead owner's maps");
+    assert!(
+        announces(&s, VIP),
+        "nobody withdrew the dead agent's claim: the data path must ignore it"
+    );
+    assert!(
+        !s.answering_arp(),
+        "the dead owner's data path still answers ARP"
+    );
+    assert!(
+        s.drop_count(DropReason::ArpStale) >= 1,
+        "no ARP dropped for lack of a heartbeat"
+    );
+    for i in 0..20 {
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .unwrap_or_else(|e| panic!("request {i} after the takeover: {e:#}"))
+            .answer()
+            .expect("answer");
+    }
+    assert!(
+        client_neighbour(&k, VIP).contains(&mac_text(k.mac(other))),
+        "the client did not move to node{other}: {}",
+        client_neighbour(&k, VIP)
+    );
+    wait_announcing_node(&k, "web", &k.node_name(other));
+}
+
+/// A second way from node `node` to the API host (client2) that does not
+/// cross the node's `eth0`: a veth straight into client2's namespace, and a
+/// host route to the API address over it. The agent's API connections use
+/// it from the start, so downing `eth0` leaves the API reachable.
+fn control_path(k: &K8s, node: u8) {
+    let n = k.c.topo.node(node).ns();
+    let api = &k.c.topo.clients()[1];
+    let route = format!("{}/32", api.ip());
+    let far = format!("10.254.{node}.2");
+    let (near_cidr, far_cidr) = (format!("10.254.{node}.1/30"), format!("{far}/30"));
+    let peer = format!("ctl{node}");
+    let steps: [(&onehop_testkit::netns::Netns, Vec<&str>); 6] = [
+        (
+            n,
+            vec![
+                "link",
+                "add",
+                "ctl0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                api.ns().name(),
+            ],
+        ),
+        (n, vec!["addr", "add", &near_cidr, "dev", "ctl0"]),
+        (n, vec!["link", "set", "ctl0", "up"]),
+        (api.ns(), vec!["addr", "add", &far_cidr, "dev", &peer]),
+        (api.ns(), vec!["link", "set", &peer, "up"]),
+        (n, vec!["route", "add", &route, "via", &far, "dev", "ctl0"]),
+    ];
+    for (ns, args) in steps {
+        ns.ip(&args)
+            .unwrap_or_else(|e| panic!("control path of node{node}: ip {args:?}: {e:#}"));
+    }
+}
+
+/// Polls both nodes' maps until `to` announces [`VIP`] and `from` does not;
+/// how long that took (bounded).
+fn wait_moved(k: &K8s, from: u8, to: u8) -> Duration {
+    let start = Instant::now();
+    loop {
+        let moved =
+            |node: u8, want: bool| k.c.snapshot(node).is_ok_and(|s| announces(&s, VIP) == want);
+        if moved(to, true) && moved(from, false) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the address did not move from node{from} to node{to}\n{}",
+            k.c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The owner's interface loses carrier (its LAN side goes down), then is
+/// set down, while its agent still reaches the API over another path: each
+/// time the address moves to the peer within the failover time (the Lease
+/// duration), instead of staying with a node that renews its Lease but
+/// cannot answer (cilium#35507). With carrier back the owner is eligible
+/// again and takes its address back.
+#[test]
+fn an_owner_without_a_usable_link_gives_its_address_up() {
+    let k = K8s::new(2);
+    let (owner, other) = owner_and_other(&k, 2);
+    control_path(&k, owner);
+    k.put_service("web", VIP, &json!({}));
+    // Only the peer runs a backend: the owner's pod is cut off with its link.
+    k.put_endpoints("web", &[other]);
+    k.start_agent(1);
+    k.start_agent(2);
+    for i in 1..=2 {
+        k.c.wait_for(i, "the pod, election converged", |s| {
+            pods_in_use(s) == 1 && announces(s, VIP) == (i == owner)
+        });
+    }
+    let failover = Duration::from_millis(1200);
+    let lease = || {
+        k.get::<Lease>(k.ns(), &agent_kube::lease_name(&k.node_name(owner)))
+            .and_then(|l| l.metadata.annotations)
+            .and_then(|a| a.get(agent_kube::LINK_ANNOTATION).cloned())
+    };
+    assert_eq!(lease().as_deref(), Some("up"));
+
+    let lan_peer = k.c.topo.node(owner).lan_peer().to_owned();
+    k.c.topo
+        .lan()
+        .ip(&["link", "set", &lan_peer, "down"])
+        .expect("carrier off");
+    let took = wait_moved(&k, owner, other);
+    eprintln!("no carrier on node{owner}: the address moved in {took:?}");
+    assert!(
+        took <= failover,
+        "the address moved after {took:?}, more than {failover:?}"
+    );
+    assert_eq!(
+        lease().as_deref(),
+        Some("down"),
+        "the owner's Lease says why it is ineligible"
+    );
+    k.c.wait_sole_arp_answer(VIP, other, Duration::from_secs(3));
+    for i in 0..10 {
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .unwrap_or_else(|e| panic!("request {i} through node{other}: {e:#}"))
+            .answer()
+            .expect("answer");
+    }
+
+    k.c.topo
+        .lan()
+        .ip(&["link", "set", &lan_peer, "up"])
+        .expect("carrier on");
+    wait_moved(&k, other, owner);
+    k.c.wait_sole_arp_answer(VIP, owner, Duration::from_secs(3));
+    // Through the owner again, to the peer's pod: the carrier loss flushed
+    // the owner's neighbours, and the agent must have asked for them again.
+    for i in 0..10 {
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .unwrap_or_else(|e| panic!("request {i} through node{owner} again: {e:#}"))
+            .answer()
+            .expect("answer");
+    }
+
+    k.c.topo
+        .node(owner)
+        .ns()
+        .ip(&["link", "set", "eth0", "down"])
+        .expect("link down");
+    let took = wait_moved(&k, owner, other);
+    eprintln!("node{owner}'s eth0 down: the address moved in {took:?}");
+    assert!(
+        took <= failover,
+        "the address moved after {took:?}, more than {failover:?}"
+    );
+    k.c.wait_sole_arp_answer(VIP, other, Duration::from_secs(3));
+    let (code, metrics) = in_netns(k.c.topo.node(owner).ns(), || {
+        http_get_here(
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9478)),
+            "/metrics",
+            Timeouts::default(),
+        )
+    })
+    .expect("netns")
+    .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    .expect("metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("onehop_interface_usable 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "onehop_ownership_changes_total{{vip=\"{VIP}\"}} 4"
+        )),
+        "announced, lost, regained, lost: {metrics}"
+    );
 }
 
 #[test]

@@ -252,7 +252,12 @@ impl Harness {
             }
             .with_context(|| format!("verifying {name}"))?;
         }
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        // As a running agent keeps it: without a current heartbeat ARP goes
+        // unanswered. An hour outlasts any test or benchmark run; tests of
+        // the heartbeat itself overwrite it.
+        maps.heartbeat(std::time::Duration::from_hours(1))
+            .context("writing the agent's heartbeat")?;
         Ok(Self {
             ebpf,
             maps,

@@ -1,6 +1,11 @@
 //! The services-file source: the agent polls the file and applies it
 //! whenever its bytes change; a file that does not parse or validate is
 //! reported with every problem it has and the last good state stays.
+//!
+//! Every tick renews the heartbeat (the file is this node's own word on
+//! what it announces, adopted state included) and checks the interface:
+//! while it is down or without carrier, the file's `announce` list is
+//! withheld, and restored when the link is back.
 
 mod watch;
 
@@ -14,7 +19,18 @@ use tracing::{error, info, warn};
 
 use self::watch::{Stamp, Watch};
 use super::{MapOwner, Options};
-use crate::plan::services_file;
+use crate::plan::{model::NodeServices, services_file};
+
+/// The shortest heartbeat hold: the failover time of the Kubernetes source
+/// (its Lease duration), so both sources give a dead agent's addresses up
+/// as fast.
+const MIN_HOLD: Duration = Duration::from_millis(1200);
+
+/// How long the data path keeps answering ARP after a tick: several ticks,
+/// so a slow tick does not silence it.
+fn hold(poll_interval: Duration) -> Duration {
+    (poll_interval * 3).max(MIN_HOLD)
+}
 
 /// The services-file source: re-reads `path` every `poll_interval` and
 /// applies it when its bytes changed.
@@ -23,8 +39,12 @@ pub async fn run(opts: Options, path: PathBuf, poll_interval: Duration) -> Resul
     let mut source = FileSource {
         path,
         last_input: None,
+        last_file: None,
+        fresh: false,
+        applied_link: None,
         watch: Watch::default(),
     };
+    let hold = hold(poll_interval);
     let mut tick = tokio::time::interval(poll_interval);
     let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
@@ -33,6 +53,9 @@ pub async fn run(opts: Options, path: PathBuf, poll_interval: Duration) -> Resul
         tokio::select! {
             r = &mut shutdown => { r?; break; }
             _ = tick.tick() => {
+                // Before the sync: an address it announces must find the
+                // heartbeat current as soon as it is in the maps.
+                agent.heartbeat(hold);
                 source.sync(&mut agent);
                 agent.send_due_garps();
             }
@@ -47,13 +70,41 @@ pub async fn run(opts: Options, path: PathBuf, poll_interval: Duration) -> Resul
 struct FileSource {
     path: PathBuf,
     last_input: Option<Vec<u8>>,
+    /// The last file that parsed (what the link state is applied to).
+    last_file: Option<NodeServices>,
+    /// `last_file` is new since the last apply.
+    fresh: bool,
+    /// The link state the last apply was for.
+    applied_link: Option<bool>,
     watch: Watch,
 }
 
 impl FileSource {
     /// One pass: read the file if its metadata says it may have changed (see [`watch`]),
-    /// and apply it if its bytes did.
+    /// and apply it if its bytes did or the link state changed.
     fn sync(&mut self, agent: &mut MapOwner) {
+        self.read(agent);
+        let usable = agent.link_usable();
+        if !std::mem::take(&mut self.fresh) && self.applied_link == Some(usable) {
+            return;
+        }
+        self.applied_link = Some(usable);
+        let Some(file) = &self.last_file else {
+            // Nothing parsed yet: what the maps hold (adopted) stays.
+            return;
+        };
+        let mut effective = file.clone();
+        if !usable {
+            effective.announce.clear();
+        }
+        if let Err(e) = agent.apply(&effective) {
+            error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
+        }
+    }
+
+    /// Reads the file if its metadata says it may have changed and keeps
+    /// it in `last_file` if it is new and valid.
+    fn read(&mut self, agent: &mut MapOwner) {
         let now = Instant::now();
         let stamp = std::fs::metadata(&self.path).ok().map(|m| Stamp::of(&m));
         if !self.watch.due(stamp, now) {
@@ -82,8 +133,7 @@ impl FileSource {
                 return;
             }
         };
-        if let Err(e) = agent.apply(&file) {
-            error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
-        }
+        self.last_file = Some(file);
+        self.fresh = true;
     }
 }

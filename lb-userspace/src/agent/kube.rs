@@ -14,6 +14,17 @@
 //! backoff. While this agent cannot renew its own Lease it cannot tell a
 //! dead peer from a dead API server, so it holds the last applied state
 //! (traffic keeps flowing) instead of re-electing on stale information.
+//!
+//! Crash safety: once its first election has run, the agent renews the
+//! data path's heartbeat on every turn of its loop (holding included: an
+//! API outage must not silence every node). Its hold is the Lease duration
+//! less one renew interval, so a dead agent's data path stops answering ARP
+//! no later than its peers can declare it dead and take over.
+//!
+//! Link state: while the served interface is down or without carrier the
+//! node is ineligible. Its Lease says so ([`LINK_ANNOTATION`], written at
+//! once on a change), peers leave it out of the election, and it withdraws
+//! its own announcements, also while holding (giving up is always safe).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -62,6 +73,15 @@ use crate::{
 
 /// Label on the per-node Leases.
 pub const LEASE_LABEL: &str = "onehop.io/node-lease";
+
+/// Annotation on a node's Lease: `down` while its served interface is down
+/// or without carrier (the node may not announce), `up` otherwise. A Lease
+/// without it (an older agent) counts as `up`.
+pub const LINK_ANNOTATION: &str = "onehop.io/link";
+
+/// How often the loop checks the link, renews the heartbeat and sends due
+/// gratuitous ARP.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Kubernetes-source settings.
 #[derive(Clone, Debug)]
@@ -147,6 +167,23 @@ impl Liveness {
     }
 }
 
+/// Nodes whose Lease says their interface cannot carry traffic.
+fn link_down_nodes(leases: &[Arc<Lease>]) -> BTreeSet<String> {
+    leases
+        .iter()
+        .filter(|l| l.annotations().get(LINK_ANNOTATION).map(String::as_str) == Some("down"))
+        .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
+        .collect()
+}
+
+/// The heartbeat hold for a Lease of `lease_duration` renewed every
+/// `renew_interval`: a peer declares this node dead a full Lease duration
+/// after the last renewal it saw, which is at most one renew interval
+/// before the agent's last heartbeat. At least two loop ticks.
+fn heartbeat_hold(lease_duration: Duration, renew_interval: Duration) -> Duration {
+    lease_duration.saturating_sub(renew_interval).max(TICK * 2)
+}
+
 /// Node name → the interface its agent serves, from the per-node Leases.
 fn lease_interfaces(leases: &[Arc<Lease>]) -> BTreeMap<String, String> {
     leases
@@ -223,6 +260,11 @@ struct KubeSource {
     /// The `renewTime` of our last successful renewal.
     last_renew_time: Option<Timestamp>,
     holding: bool,
+    /// The interface could carry traffic at the last check.
+    link_up: bool,
+    /// An election has run: from then on the maps say what this node should
+    /// announce (or are about to), and the heartbeat may vouch for them.
+    confirmed: bool,
     warned: BTreeSet<Warning>,
     /// Announcer annotations written and not yet seen back through the
     /// watch, by Service (namespace, name, uid): not written twice.
@@ -241,8 +283,11 @@ impl KubeSource {
         let name = lease_name(&self.opts.node_name);
         let now = MicroTime(stamp);
         let secs = lease::seconds(self.opts.lease_duration);
-        let annotations =
-            BTreeMap::from([(INTERFACE_ANNOTATION.to_owned(), self.interface.clone())]);
+        let link = if self.link_up { "up" } else { "down" };
+        let annotations = BTreeMap::from([
+            (INTERFACE_ANNOTATION.to_owned(), self.interface.clone()),
+            (LINK_ANNOTATION.to_owned(), link.to_owned()),
+        ]);
         // Every renewal restates the interface, so a restart on another
         // interface is picked up without a separate write.
         let patch = serde_json::json!({
@@ -311,8 +356,34 @@ impl KubeSource {
         })
     }
 
+    /// Checks the link; on a change, tells the peers at once (a Lease
+    /// renewal) and re-elects. Called every tick.
+    async fn check_link(&mut self, agent: &mut MapOwner) {
+        let up = agent.link_usable();
+        if up != self.link_up {
+            self.link_up = up;
+            self.renew().await;
+            self.reconcile(agent).await;
+        }
+    }
+
+    /// Renews the data path's heartbeat once an election has run.
+    fn heartbeat(&self, agent: &mut MapOwner) {
+        if self.confirmed {
+            agent.heartbeat(heartbeat_hold(
+                self.opts.lease_duration,
+                self.opts.renew_interval,
+            ));
+        }
+    }
+
     async fn reconcile(&mut self, agent: &mut MapOwner) {
         let now = Instant::now();
+        if !self.link_up
+            && let Err(e) = agent.withdraw_announcements()
+        {
+            warn!(error = %format!("{e:#}"), "withdrawing the announcements failed");
+        }
         if !self.api_reachable(now) {
             if !self.holding {
                 warn!(
@@ -342,12 +413,18 @@ impl KubeSource {
             .filter(|n| translate::node_ready(n))
             .map(kube::ResourceExt::name_any)
             .collect();
-        let live: BTreeSet<String> = self
+        let link_down = link_down_nodes(&self.stores.leases.state());
+        let mut live: BTreeSet<String> = self
             .liveness
             .live(self.opts.lease_duration)
             .intersection(&ready)
+            .filter(|n| !link_down.contains(*n))
             .cloned()
             .collect();
+        if !self.link_up {
+            // Before our own Lease update comes back through the watch.
+            live.remove(&self.opts.node_name);
+        }
         let interfaces = lease_interfaces(&self.stores.leases.state());
         let parsed_pools = advert::parse_pools(&pools);
         let candidates: Vec<Candidate> = services
@@ -387,6 +464,11 @@ impl KubeSource {
             flow_timeouts: self.opts.flow_timeouts,
         });
         let before = agent.announced();
+        // This agent stands by the election it just ran: vouch for it before
+        // the maps announce it, so no ARP request finds the new address
+        // without a current heartbeat.
+        self.confirmed = true;
+        self.heartbeat(agent);
         let applied = agent.apply(&t.file);
         if let Err(e) = &applied {
             warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
@@ -545,6 +627,8 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         last_renewed: None,
         last_renew_time: None,
         holding: false,
+        link_up: agent.link_usable(),
+        confirmed: false,
         warned: BTreeSet::new(),
         annotated: BTreeMap::new(),
     };
@@ -581,7 +665,7 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
     let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     let mut renew = tokio::time::interval(ka.opts.renew_interval);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             r = &mut shutdown => { r.context("waiting for signals")?; break; }
@@ -594,8 +678,14 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
                 ka.renew().await;
                 ka.reconcile(&mut agent).await;
             }
-            _ = tick.tick() => agent.send_due_garps(),
+            _ = tick.tick() => {
+                ka.check_link(&mut agent).await;
+                agent.send_due_garps();
+            }
         }
+        // After every turn: a slow one (renewal timeouts, many annotation
+        // writes) must not let the heartbeat run out while the agent works.
+        ka.heartbeat(&mut agent);
     }
     info!("stopping; the data path stays attached through its pinned links");
     Ok(())
@@ -676,6 +766,42 @@ mod tests {
         assert!(l.live(d).contains("b"));
         l.observe(&[lease("me", "5"), lease("b", "1")], at(6300), d);
         assert!(!l.live(d).contains("b"), "silent after the resync: dead");
+    }
+
+    #[test]
+    fn link_down_comes_from_the_lease_annotation() {
+        let with = |node: &str, link: Option<&str>| {
+            let mut l = (*lease(node, "1")).clone();
+            l.metadata.annotations =
+                link.map(|v| BTreeMap::from([(LINK_ANNOTATION.to_owned(), v.to_owned())]));
+            Arc::new(l)
+        };
+        let got = link_down_nodes(&[
+            with("n1", Some("down")),
+            with("n2", Some("up")),
+            with("n3", None),
+        ]);
+        assert_eq!(
+            got,
+            BTreeSet::from(["n1".to_owned()]),
+            "only an explicit down makes a node ineligible (older agents say nothing)"
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_runs_out_before_peers_can_take_over() {
+        let lease = Duration::from_millis(1200);
+        let renew = Duration::from_millis(400);
+        // Peers act a full Lease after the last renewal they saw, which is at
+        // most one renew interval before the dead agent's last heartbeat.
+        let hold = heartbeat_hold(lease, renew);
+        assert!(hold + renew <= lease, "{hold:?}");
+        assert_eq!(hold, Duration::from_millis(800));
+        // A Lease barely longer than the renewal still leaves two ticks.
+        assert_eq!(
+            heartbeat_hold(Duration::from_millis(250), Duration::from_millis(200)),
+            TICK * 2
+        );
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! counters summed over CPUs), so they are exactly what `onehop status`
 //! shows and survive agent restarts like the data path does.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result};
@@ -50,6 +54,20 @@ pub struct Health {
     pub sync_duration: Histogram,
     /// Flow entries the sweeper deleted (`dataplane::sweep`).
     pub flows_swept: AtomicU64,
+    /// The interface is up with carrier (the agent may announce).
+    pub link_usable: AtomicBool,
+    /// What the agent did about each service VIP since it started; only
+    /// VIPs the maps hold are kept, so the series stay bounded by them.
+    pub vip_events: Mutex<BTreeMap<Ipv4Addr, VipEvents>>,
+}
+
+/// Agent-side announcement events of one VIP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEvents {
+    /// Gratuitous ARP frames sent for it.
+    pub garps_sent: u64,
+    /// Times this node started or stopped announcing it.
+    pub ownership_changes: u64,
 }
 
 impl Default for Health {
@@ -62,6 +80,8 @@ impl Default for Health {
             // kube-proxy's buckets: 1 ms doubling to about 16 s.
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             flows_swept: AtomicU64::default(),
+            link_usable: AtomicBool::default(),
+            vip_events: Mutex::default(),
         }
     }
 }
@@ -80,6 +100,36 @@ impl Health {
         if let Ok(mut s) = self.state.lock() {
             *s = Some(Arc::clone(state));
         }
+    }
+
+    pub fn set_link_usable(&self, usable: bool) {
+        self.link_usable.store(usable, Ordering::Relaxed);
+    }
+
+    fn events(&self) -> std::sync::MutexGuard<'_, BTreeMap<Ipv4Addr, VipEvents>> {
+        // Every change is one field increment or one retain: a panic
+        // elsewhere cannot leave the map inconsistent.
+        self.vip_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One more gratuitous ARP sent for `vip`.
+    pub fn count_garp(&self, vip: Ipv4Addr) {
+        self.events().entry(vip).or_default().garps_sent += 1;
+    }
+
+    /// This node started or stopped announcing each of `vips`.
+    pub fn count_ownership_changes<'a>(&self, vips: impl IntoIterator<Item = &'a Ipv4Addr>) {
+        let mut events = self.events();
+        for vip in vips {
+            events.entry(*vip).or_default().ownership_changes += 1;
+        }
+    }
+
+    /// Forgets the VIPs not in `vips` (they left the configuration).
+    pub fn retain_vips(&self, vips: &BTreeSet<Ipv4Addr>) {
+        self.events().retain(|vip, _| vips.contains(vip));
     }
 
     fn snapshot(&self, maps: &Maps) -> Result<Snapshot> {
@@ -194,6 +244,7 @@ pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
         "1 for every VIP this node answers ARP for",
         announced,
     );
+    register_arp(&mut reg, s, health);
     let flows = Gauge::<i64>::default();
     flows.set(i64_of(s.conntrack_entries));
     reg.register(
@@ -231,6 +282,65 @@ fn register_backends(reg: &mut Registry, s: &Snapshot) {
         be_packets,
     );
     reg.register("backend_bytes", "Bytes forwarded per backend", be_bytes);
+}
+
+/// Per-VIP ARP and announcement counters (as MetalLB's
+/// `metallb_layer2_*`), one series per service VIP the maps hold, and
+/// whether the data path may answer ARP and the link may announce.
+fn register_arp(reg: &mut Registry, s: &Snapshot, health: &Health) {
+    let requests = Family::<VipLabels, Counter>::default();
+    let replies = Family::<VipLabels, Counter>::default();
+    for (ip, a) in &s.arp {
+        let l = VipLabels {
+            vip: Ipv4Addr::from(*ip).to_string(),
+        };
+        requests.get_or_create(&l).inc_by(a.requests);
+        replies.get_or_create(&l).inc_by(a.replies);
+    }
+    reg.register(
+        "arp_requests_received",
+        "ARP requests for the VIP that reached the data path",
+        requests,
+    );
+    reg.register(
+        "arp_replies_sent",
+        "ARP replies for the VIP sent by this node",
+        replies,
+    );
+    let garps = Family::<VipLabels, Counter>::default();
+    let changes = Family::<VipLabels, Counter>::default();
+    let known: BTreeSet<Ipv4Addr> = s.arp.iter().map(|(ip, _)| Ipv4Addr::from(*ip)).collect();
+    for (vip, e) in health.events().iter().filter(|(v, _)| known.contains(v)) {
+        let l = VipLabels {
+            vip: vip.to_string(),
+        };
+        garps.get_or_create(&l).inc_by(e.garps_sent);
+        changes.get_or_create(&l).inc_by(e.ownership_changes);
+    }
+    reg.register(
+        "gratuitous_arp_sent",
+        "Gratuitous ARP frames sent for the VIP since the agent started",
+        garps,
+    );
+    reg.register(
+        "ownership_changes",
+        "Times this node started or stopped announcing the VIP since the agent started",
+        changes,
+    );
+    let answering = Gauge::<i64>::default();
+    answering.set(i64::from(s.answering_arp()));
+    reg.register(
+        "arp_answering",
+        "1 while the agent's heartbeat lets the data path answer ARP for announced VIPs",
+        answering,
+    );
+    let link = Gauge::<i64>::default();
+    link.set(i64::from(health.link_usable.load(Ordering::Relaxed)));
+    reg.register(
+        "interface_usable",
+        "1 while the served interface is up with carrier (the node may announce)",
+        link,
+    );
 }
 
 /// What the agent's loop says about its syncs.
@@ -337,10 +447,23 @@ mod tests {
             counters: vec![(C::IngressPackets, 9)],
             drops: vec![(DropReason::NoService, 2)],
             conntrack_entries: 3,
+            announce: lb_common::AnnounceState::new(1_000, 1_200_000_000),
+            read_at_ns: 2_000,
+            arp: vec![
+                ([192, 168, 50, 200], lb_common::ArpStats::new(4, 3)),
+                ([192, 168, 50, 201], lb_common::ArpStats::new(2, 0)),
+            ],
             ..Snapshot::default()
         };
         let h = Health::default();
         h.record(false);
+        let vip = Ipv4Addr::new(192, 168, 50, 200);
+        h.count_ownership_changes(&[vip]);
+        h.count_garp(vip);
+        h.count_garp(vip);
+        // A VIP that left the maps has no series, even with events.
+        h.count_garp(Ipv4Addr::new(192, 168, 50, 250));
+        h.set_link_usable(true);
         h.sync_duration.observe(0.003);
         h.sync_duration.observe(0.5);
         let text = render(&s, &h, Series { per_backend: true }).unwrap();
@@ -360,12 +483,24 @@ mod tests {
             "onehop_sync_duration_seconds_bucket{le=\"0.004\"} 1",
             "onehop_sync_duration_seconds_bucket{le=\"0.512\"} 2",
             "onehop_sync_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "onehop_arp_requests_received_total{vip=\"192.168.50.200\"} 4",
+            "onehop_arp_replies_sent_total{vip=\"192.168.50.200\"} 3",
+            "onehop_arp_requests_received_total{vip=\"192.168.50.201\"} 2",
+            "onehop_arp_replies_sent_total{vip=\"192.168.50.201\"} 0",
+            "onehop_gratuitous_arp_sent_total{vip=\"192.168.50.200\"} 2",
+            "onehop_ownership_changes_total{vip=\"192.168.50.200\"} 1",
+            "onehop_arp_answering 1",
+            "onehop_interface_usable 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert!(
             !text.contains("192.168.50.201\"} 1"),
             "only announced VIPs are listed"
+        );
+        assert!(
+            !text.contains("192.168.50.250"),
+            "a VIP the maps do not hold has no series:\n{text}"
         );
     }
 

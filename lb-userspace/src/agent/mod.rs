@@ -25,7 +25,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{backend_flags, vip_flags};
+use aya::maps::PerCpuValues;
+use lb_common::{ArpStats, Ipv4Key, backend_flags, vip_flags};
 use tracing::{info, warn};
 
 use crate::{
@@ -36,7 +37,7 @@ use crate::{
     dataplane::writer,
     net::garp,
     net::neigh,
-    net::netdev::Interface,
+    net::netdev::{self, Interface},
     plan::diff,
     plan::model::{Limits, NodeServices},
     plan::state::{self, DataplaneState, Node},
@@ -63,6 +64,19 @@ fn announced(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
         .vips
         .iter()
         .filter(|(_, flags)| *flags & vip_flags::ANNOUNCE != 0)
+        .map(|(ip, _)| Ipv4Addr::from(*ip))
+        .collect()
+}
+
+/// `BPF_NOEXIST` (linux/bpf.h): create the entry only if it is missing.
+const BPF_NOEXIST: u64 = 1;
+
+/// Service VIPs of a state: the addresses ARP is about.
+fn service_vips(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
+    state
+        .vips
+        .iter()
+        .filter(|(_, flags)| *flags & vip_flags::SERVICE != 0)
         .map(|(ip, _)| Ipv4Addr::from(*ip))
         .collect()
 }
@@ -97,6 +111,16 @@ pub struct MapOwner {
     /// (when, VIP) gratuitous ARPs still to send.
     garp_due: Vec<(Instant, Ipv4Addr)>,
     neighbours: BTreeSet<Ipv4Addr>,
+    /// VIPs with an `arp_stats` entry.
+    arp_stats: BTreeSet<Ipv4Addr>,
+    /// The `arp_stats` map was scanned for entries a previous agent left.
+    arp_stats_scanned: bool,
+    /// When the heartbeat was last written, and the hold it was written with.
+    heartbeat: Option<(Instant, Duration)>,
+    /// The heartbeat write failed last time (logged once per failure run).
+    heartbeat_failing: bool,
+    /// What the last link check found (`None`: not checked yet).
+    link_usable: Option<bool>,
     pub health: Arc<metrics::Health>,
 }
 
@@ -172,13 +196,151 @@ impl MapOwner {
             "applied the services file"
         );
         let now = Instant::now();
-        for vip in announced(&self.current).difference(&before) {
+        let after = announced(&self.current);
+        for vip in after.difference(&before) {
             info!(%vip, "now announcing");
             self.schedule_garp(*vip, now);
         }
+        for vip in before.difference(&after) {
+            info!(%vip, "no longer announcing");
+        }
+        self.health
+            .count_ownership_changes(before.symmetric_difference(&after));
         self.sync_neighbours();
+        self.sync_arp_stats();
         self.applied = Some(file.clone());
         Ok(())
+    }
+
+    /// Applies the last applied input without any announcement (nothing
+    /// when nothing is announced): this node gives its addresses up.
+    pub fn withdraw_announcements(&mut self) -> Result<()> {
+        match self.applied.clone() {
+            Some(mut input) if !input.announce.is_empty() => {
+                input.announce.clear();
+                self.apply(&input)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Renews the heartbeat that keeps the data path answering ARP for the
+    /// announced VIPs, for `hold` from now. Call it only while the maps say
+    /// what this node should announce; after `hold` without a call, the
+    /// data path goes quiet and gratuitous ARP stops.
+    pub fn heartbeat(&mut self, hold: Duration) {
+        match self.maps.heartbeat(hold) {
+            Ok(()) => {
+                if self.heartbeat_failing {
+                    info!("the heartbeat is written again; ARP is answered");
+                }
+                self.heartbeat_failing = false;
+                self.heartbeat = Some((Instant::now(), hold));
+            }
+            Err(e) => {
+                if !self.heartbeat_failing {
+                    warn!(error = %format!("{e:#}"), "could not renew the heartbeat; ARP stops being answered when it runs out");
+                }
+                self.heartbeat_failing = true;
+            }
+        }
+    }
+
+    /// Whether the heartbeat this agent last wrote still holds.
+    fn heartbeat_current(&self) -> bool {
+        self.heartbeat
+            .is_some_and(|(at, hold)| at.elapsed() <= hold)
+    }
+
+    /// Whether the interface can carry traffic (up, with carrier); logs
+    /// every change. An interface that cannot be read counts as unusable.
+    pub fn link_usable(&mut self) -> bool {
+        let usable = match netdev::usable(&self.iface.name) {
+            Ok(u) => u,
+            Err(e) => {
+                if self.link_usable != Some(false) {
+                    warn!(error = %format!("{e:#}"), "cannot read the interface's state; treating it as down");
+                }
+                false
+            }
+        };
+        if self.link_usable != Some(usable) {
+            if usable {
+                info!(interface = %self.iface.name, "the interface is up with carrier: eligible to announce");
+                // Losing carrier flushes the device's neighbour entries,
+                // managed ones included: ask for every backend node again,
+                // or full-NAT flows find no next hop (`no_neighbour`).
+                if self.link_usable.is_some() {
+                    self.neighbours.clear();
+                    self.sync_neighbours();
+                }
+            } else {
+                warn!(interface = %self.iface.name, "the interface is down or has no carrier: giving up every announced address");
+            }
+            self.link_usable = Some(usable);
+            self.health.set_link_usable(usable);
+        }
+        usable
+    }
+
+    /// Keeps one `arp_stats` entry per service VIP (the data path only
+    /// counts into existing ones); new entries start at zero, adopted ones
+    /// keep their counts.
+    fn sync_arp_stats(&mut self) {
+        let wanted = service_vips(&self.current);
+        let cpus = match aya::util::nr_cpus() {
+            Ok(n) => n,
+            Err((what, e)) => {
+                warn!(error = %e, "cannot count CPUs ({what}); per-VIP ARP counters not kept");
+                return;
+            }
+        };
+        let missing: Vec<Ipv4Addr> = wanted.difference(&self.arp_stats).copied().collect();
+        for ip in missing {
+            let zero = match PerCpuValues::try_from(vec![ArpStats::default(); cpus]) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "cannot size per-CPU ARP counters");
+                    return;
+                }
+            };
+            match self
+                .maps
+                .arp_stats
+                .insert(Ipv4Key::new(ip.octets()), zero, BPF_NOEXIST)
+            {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    warn!(%ip, error = %e, "could not add the ARP counters of a VIP");
+                    continue;
+                }
+            }
+            self.arp_stats.insert(ip);
+        }
+        // The first time, whatever a previous agent left; then only ours.
+        let stale: Vec<Ipv4Addr> = if self.arp_stats_scanned {
+            self.arp_stats.difference(&wanted).copied().collect()
+        } else {
+            self.maps
+                .arp_stats
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| Ipv4Addr::from(k.addr))
+                .filter(|ip| !wanted.contains(ip))
+                .collect()
+        };
+        self.arp_stats_scanned = true;
+        for ip in stale {
+            match self.maps.arp_stats.remove(&Ipv4Key::new(ip.octets())) {
+                Ok(()) => {
+                    self.arp_stats.remove(&ip);
+                }
+                Err(e) => warn!(%ip, error = %e, "could not remove the ARP counters of a VIP"),
+            }
+        }
+        self.health.retain_vips(&wanted);
     }
 
     fn schedule_garp(&mut self, vip: Ipv4Addr, from: Instant) {
@@ -187,18 +349,23 @@ impl MapOwner {
         }
     }
 
-    /// Sends the gratuitous ARPs that are due.
+    /// Sends the gratuitous ARPs that are due, while the heartbeat holds:
+    /// without it the data path does not answer for the address, and the
+    /// LAN must not be told otherwise. They wait for the next heartbeat.
     pub fn send_due_garps(&mut self) {
         let now = Instant::now();
         let still_announced = announced(&self.current);
+        self.garp_due
+            .retain(|(_, vip)| still_announced.contains(vip));
+        if !self.heartbeat_current() {
+            return;
+        }
         let (due, later): (Vec<_>, Vec<_>) = self.garp_due.drain(..).partition(|(t, _)| *t <= now);
         self.garp_due = later;
         for (_, vip) in due {
-            if !still_announced.contains(&vip) {
-                continue;
-            }
-            if let Err(e) = self.arp.announce(self.iface.mac, vip) {
-                warn!(error = %format!("{e:#}"), "gratuitous ARP failed");
+            match self.arp.announce(self.iface.mac, vip) {
+                Ok(()) => self.health.count_garp(vip),
+                Err(e) => warn!(error = %format!("{e:#}"), "gratuitous ARP failed"),
             }
         }
     }
@@ -255,6 +422,11 @@ impl MapOwner {
             arp,
             garp_due: Vec::new(),
             neighbours: BTreeSet::new(),
+            arp_stats: BTreeSet::new(),
+            arp_stats_scanned: false,
+            heartbeat: None,
+            heartbeat_failing: false,
+            link_usable: None,
         };
         agent.health.set_state(&agent.current);
         // A restart re-confirms ownership: tell the LAN again (stale caches
@@ -264,6 +436,8 @@ impl MapOwner {
             agent.schedule_garp(vip, now);
         }
         agent.sync_neighbours();
+        agent.sync_arp_stats();
+        agent.link_usable();
         Ok(agent)
     }
 

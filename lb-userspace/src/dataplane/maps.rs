@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, ConntrackValue, DatapathConfig, FlowKey, Ipv4Key,
-    RevNatValue, ServiceKey, ServiceValue, SourceRangeData, TrafficCounter, VipValue, maps,
+    AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, ConntrackValue,
+    DatapathConfig, FlowKey, Ipv4Key, RevNatValue, ServiceKey, ServiceValue, SourceRangeData,
+    TrafficCounter, VipValue, maps,
 };
 
 /// Where one interface's maps and links are pinned: `<root>/<ifname>/`.
@@ -50,6 +51,8 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
     pub drops: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, DatapathConfig>,
+    pub announce: Array<MapData, AnnounceState>,
+    pub arp_stats: PerCpuHashMap<MapData, Ipv4Key, ArpStats>,
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>
@@ -97,6 +100,8 @@ macro_rules! all_maps {
             counters: $get(maps::COUNTERS)?,
             drops: $get(maps::DROPS)?,
             config: $get(maps::CONFIG)?,
+            announce: $get(maps::ANNOUNCE)?,
+            arp_stats: $get(maps::ARP_STATS)?,
         }
     };
 }
@@ -124,6 +129,44 @@ impl Maps {
     pub fn config(&self) -> Result<DatapathConfig> {
         self.config.get(&0, 0).context("reading config[0]")
     }
+
+    /// The agent's heartbeat (all zero before an agent wrote one).
+    pub fn announce_state(&self) -> Result<AnnounceState> {
+        self.announce.get(&0, 0).context("reading announce[0]")
+    }
+
+    /// Renews the heartbeat: ARP for announced VIPs is answered until `hold`
+    /// after now.
+    pub fn heartbeat(&mut self, hold: std::time::Duration) -> Result<()> {
+        let hold_ns = u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX);
+        let state = AnnounceState::new(monotonic_ns()?, hold_ns);
+        self.announce
+            .set(0, state, 0)
+            .context("writing the heartbeat (announce[0])")
+    }
+}
+
+/// Now on the clock of `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`).
+pub fn monotonic_ns() -> Result<u64> {
+    // SAFETY: timespec is plain data; zero is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid out-pointer for clock_gettime.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("clock_gettime(CLOCK_MONOTONIC)");
+    }
+    let secs = u64::try_from(ts.tv_sec).context("CLOCK_MONOTONIC seconds")?;
+    let nanos = u64::try_from(ts.tv_nsec).context("CLOCK_MONOTONIC nanoseconds")?;
+    Ok(secs * 1_000_000_000 + nanos)
+}
+
+/// Sums per-CPU ARP counts over all CPUs.
+pub fn sum_arp(values: &aya::maps::PerCpuValues<ArpStats>) -> ArpStats {
+    values.iter().fold(ArpStats::default(), |a, v| {
+        ArpStats::new(
+            a.requests.wrapping_add(v.requests),
+            a.replies.wrapping_add(v.replies),
+        )
+    })
 }
 
 /// Sums a per-CPU counter over all CPUs.

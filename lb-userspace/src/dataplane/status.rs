@@ -17,18 +17,21 @@
 //! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `packets`, `bytes` |
 //! | `flows` | entry counts: `conntrack`, `revNat`, `affinity` |
 //! | `counters`, `drops` | every data-path counter and drop reason by its metric label, zeros included |
+//! | `arp.answering` | whether ARP for announced VIPs is answered now: the agent's heartbeat is within its hold time |
+//! | `arp.heartbeatAgeMs`, `arp.holdMs` | how long ago the agent last renewed the heartbeat (`null`: never), and how long it holds |
+//! | `arp.addresses[]` | `ip`, `requests` (ARP requests for it seen), `replies` (answered by this node) |
 
 use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use lb_common::{
-    BackendValue, Counter, DatapathConfig, DropReason, ServiceKey, ServiceValue, TrafficCounter,
-    backend_flags, service_flags, vip_flags,
+    AnnounceState, ArpStats, BackendValue, Counter, DatapathConfig, DropReason, ServiceKey,
+    ServiceValue, TrafficCounter, backend_flags, service_flags, vip_flags,
 };
 use serde_json::{Value, json};
 
 use crate::{
-    dataplane::maps::{Maps, sum_traffic, sum_u64},
+    dataplane::maps::{Maps, monotonic_ns, sum_arp, sum_traffic, sum_u64},
     dataplane::reader,
     net::netdev::fmt_mac,
     plan::{
@@ -49,6 +52,11 @@ pub struct Snapshot {
     pub conntrack_entries: usize,
     pub rev_nat_entries: usize,
     pub affinity_entries: usize,
+    /// The agent's heartbeat, and when (same clock) it was read.
+    pub announce: AnnounceState,
+    pub read_at_ns: u64,
+    /// ARP counts per VIP, by address.
+    pub arp: Vec<([u8; 4], ArpStats)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +127,17 @@ impl Snapshot {
         for d in DropReason::ALL {
             drops.push((d, sum_u64(&maps.drops, d as u32)?));
         }
+        let mut arp: Vec<([u8; 4], ArpStats)> = maps
+            .arp_stats
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.addr, sum_arp(&v))))
+            .collect::<Result<_, _>>()
+            .context("reading arp_stats")?;
+        arp.sort_unstable_by_key(|(ip, _)| *ip);
         Ok(Self {
+            announce: maps.announce_state()?,
+            read_at_ns: monotonic_ns()?,
+            arp,
             config,
             vips,
             services,
@@ -144,6 +162,26 @@ impl Snapshot {
             .iter()
             .find(|(k, _)| *k == d)
             .map_or(0, |(_, v)| *v)
+    }
+
+    /// How long before the read the agent renewed its heartbeat (`None`:
+    /// never).
+    pub fn heartbeat_age_ns(&self) -> Option<u64> {
+        (self.announce.hold_ns != 0)
+            .then(|| self.read_at_ns.saturating_sub(self.announce.heartbeat_ns))
+    }
+
+    /// Whether ARP for announced VIPs was being answered when read.
+    pub fn answering_arp(&self) -> bool {
+        self.announce.current(self.read_at_ns)
+    }
+
+    /// The ARP counts of `vip` (zero when it has no entry).
+    pub fn arp_stats(&self, vip: [u8; 4]) -> ArpStats {
+        self.arp
+            .iter()
+            .find(|(ip, _)| *ip == vip)
+            .map_or_else(ArpStats::default, |(_, s)| *s)
     }
 }
 
@@ -261,7 +299,34 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
         },
         "counters": counters,
         "drops": drops,
+        "arp": {
+            "answering": s.answering_arp(),
+            "heartbeatAgeMs": s.heartbeat_age_ns().map(|n| n / 1_000_000),
+            "holdMs": s.announce.hold_ns / 1_000_000,
+            "addresses": s.arp.iter().map(|(ip, a)| json!({
+                "ip": Ipv4Addr::from(*ip).to_string(),
+                "requests": a.requests,
+                "replies": a.replies,
+            })).collect::<Vec<_>>(),
+        },
     })
+}
+
+/// Whether ARP is answered, and the heartbeat that decides it.
+fn arp_line(s: &Snapshot) -> String {
+    match s.heartbeat_age_ns() {
+        None => "ARP not answered: no agent has written a heartbeat".to_owned(),
+        Some(age) => format!(
+            "ARP {}: agent heartbeat {} ms ago, held {} ms",
+            if s.answering_arp() {
+                "answered"
+            } else {
+                "NOT ANSWERED (agent gone or stuck)"
+            },
+            age / 1_000_000,
+            s.announce.hold_ns / 1_000_000
+        ),
+    }
 }
 
 /// Renders a snapshot as the text `onehop status` prints.
@@ -282,11 +347,18 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
             ""
         },
     );
+    let _ = writeln!(o, "{}", arp_line(s));
     let _ = writeln!(o, "\nVIPS ({})", s.vips.len());
     for (ip, flags) in &s.vips {
+        let a = s.arp_stats(*ip);
+        let counts = if a == ArpStats::default() {
+            String::new()
+        } else {
+            format!("  arp requests {} replies {}", a.requests, a.replies)
+        };
         let _ = writeln!(
             o,
-            "  {:<16} {}",
+            "  {:<16} {}{counts}",
             Ipv4Addr::from(*ip).to_string(),
             vip_flag_names(*flags)
         );
@@ -409,6 +481,9 @@ mod tests {
             conntrack_entries: 5,
             rev_nat_entries: 5,
             affinity_entries: 1,
+            announce: AnnounceState::new(5_000_000_000, 1_200_000_000),
+            read_at_ns: 5_300_000_000,
+            arp: vec![([192, 168, 50, 100], ArpStats::new(7, 6))],
         }
     }
 
@@ -426,6 +501,8 @@ mod tests {
             "conntrack 5  rev_nat 5  affinity 1",
             "ingress_packets",
             "no_service",
+            "ARP answered: agent heartbeat 300 ms ago, held 1200 ms",
+            "service,announced  arp requests 7 replies 6",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
@@ -483,12 +560,31 @@ mod tests {
             json!({ "ingress_packets": 12, "arp_reply": 0 })
         );
         assert_eq!(v["drops"], json!({ "no_service": 2 }));
+        assert_eq!(
+            v["arp"],
+            json!({ "answering": true, "heartbeatAgeMs": 300, "holdMs": 1200,
+                    "addresses": [{ "ip": "192.168.50.100", "requests": 7, "replies": 6 }] })
+        );
         let mut plain = sample();
         plain.services[0].value.flags = 0;
         plain.config.ready = 0;
         let v = render_json("eth0", &plain);
         assert_eq!(v["services"][0]["affinitySeconds"], Value::Null);
         assert_eq!(v["configured"], false);
+    }
+
+    #[test]
+    fn a_stale_or_missing_heartbeat_says_arp_is_not_answered() {
+        let mut s = sample();
+        s.read_at_ns = s.announce.heartbeat_ns + s.announce.hold_ns + 1;
+        assert!(render("eth0", &s).contains("ARP NOT ANSWERED"));
+        assert_eq!(render_json("eth0", &s)["arp"]["answering"], false);
+        s.announce = AnnounceState::default();
+        assert!(render("eth0", &s).contains("no agent has written a heartbeat"));
+        assert_eq!(
+            render_json("eth0", &s)["arp"]["heartbeatAgeMs"],
+            Value::Null
+        );
     }
 
     #[test]

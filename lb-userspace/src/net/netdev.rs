@@ -40,6 +40,58 @@ impl Interface {
     }
 }
 
+/// Whether `name` can carry traffic: administratively up (`IFF_UP`) and
+/// with carrier (`IFF_RUNNING`, the kernel's "operationally up"). A NIC
+/// whose cable is out, or a veth whose peer is down, is up but not running.
+pub fn usable(name: &str) -> Result<bool> {
+    let flags = if_flags(name).with_context(|| format!("reading the link state of {name}"))?;
+    let want = libc::IFF_UP | libc::IFF_RUNNING;
+    Ok(i32::from(flags) & want == want)
+}
+
+/// The `SIOCGIFFLAGS` flags of `name`.
+fn if_flags(name: &str) -> Result<libc::c_short> {
+    let fd = ioctl_socket()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: req is a properly initialised ifreq with a NUL-terminated name.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFFLAGS,
+            &raw mut req,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error()).context("SIOCGIFFLAGS");
+    }
+    // SAFETY: SIOCGIFFLAGS filled the ifru_flags member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_flags })
+}
+
+/// An `AF_INET` datagram socket, the handle interface ioctls go through.
+fn ioctl_socket() -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("socket for interface ioctls");
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// An `ifreq` naming `name`, the rest zero.
+fn ifreq(name: &str) -> Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        bail!("bad interface name {name:?}");
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src.cast_signed();
+    }
+    Ok(req)
+}
+
 fn hw_addr(name: &str) -> Result<[u8; 6]> {
     // SAFETY: plain socket(2) call; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -129,6 +181,16 @@ mod tests {
     #[test]
     fn unknown_interface_is_an_error_naming_it() {
         let err = Interface::lookup("nosuchif0").expect_err("must not exist");
+        assert!(format!("{err:#}").contains("nosuchif0"), "{err:#}");
+    }
+
+    #[test]
+    fn loopback_is_usable_and_a_missing_interface_is_an_error() {
+        assert!(
+            usable("lo").expect("lo"),
+            "lo is up where it has 127.0.0.1 (as above)"
+        );
+        let err = usable("nosuchif0").expect_err("must not exist");
         assert!(format!("{err:#}").contains("nosuchif0"), "{err:#}");
     }
 

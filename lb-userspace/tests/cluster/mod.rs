@@ -6,6 +6,8 @@
 use std::{
     collections::BTreeSet,
     ffi::OsStr,
+    fmt::Write as _,
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -16,6 +18,7 @@ use lb_userspace::{
 };
 use onehop_testkit::{
     cluster::{self, Agent, NODE_INTERFACE, Source},
+    netns::command_in,
     topology::Topology,
 };
 
@@ -91,6 +94,73 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+impl Cluster {
+    /// The MACs that answer `arping` from the (first) client for `ip` within
+    /// a second, lower-case. Broadcast requests only (`-b`): after a first
+    /// reply arping would unicast to it, and a second answerer would never
+    /// hear the question.
+    pub fn arping(&self, ip: Ipv4Addr) -> BTreeSet<String> {
+        let out = command_in(self.topo.client().ns(), "arping")
+            .args(["-b", "-w", "1", "-I", "eth0", &ip.to_string()])
+            .output()
+            .expect("running arping (Debian package iputils-arping)");
+        // Exit status 1 is "no reply": an empty set, not an error.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("reply from"))
+            .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_lowercase()))
+            .collect()
+    }
+
+    /// Polls [`Cluster::arping`] until node `node`'s MAC is the only answer,
+    /// within `within`, then checks that two more rounds see only it.
+    /// Returns how long it took.
+    pub fn wait_sole_arp_answer(&self, ip: Ipv4Addr, node: u8, within: Duration) -> Duration {
+        let want = BTreeSet::from([mac_text(self.topo.node(node).mac().octets())]);
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let got = self.arping(ip);
+            if got == want {
+                break;
+            }
+            seen.push(got);
+            assert!(
+                start.elapsed() < within,
+                "arping {ip} never saw node{node} ({want:?}) alone within {within:?}; \
+                 rounds: {seen:?}\n{}",
+                self.logs()
+            );
+        }
+        let took = start.elapsed();
+        for round in 0..2 {
+            let got = self.arping(ip);
+            assert_eq!(
+                got, want,
+                "arping {ip} round {round} after node{node} answered alone"
+            );
+        }
+        took
+    }
+
+    /// Every node's agent log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=u8::try_from(self.topo.nodes().len()).unwrap_or(u8::MAX) {
+            let _ = write!(out, "--- node{i}\n{}", self.log(i));
+        }
+        out
+    }
+}
+
+/// A MAC as `ip neigh` and arping print it (lower-cased).
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Pods in use (each pod is one backend per service port).
