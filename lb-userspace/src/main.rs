@@ -7,9 +7,10 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent,
-    dataplane::loader::{self, Sizes, XdpAttachMode},
+    dataplane::loader::{Sizes, XdpAttachMode},
     dataplane::maps::{Maps, PinDir},
     dataplane::status,
+    dataplane::uninstall,
     http, k8s,
     plan::{model::Limits, services_file},
 };
@@ -222,10 +223,28 @@ enum Command {
         output: OutputFormat,
     },
     /// Detach the data path from the interface and remove its pinned maps
-    /// (the connection table is lost).
+    /// (the connection table is lost). `uninstall --interface` does the same.
     Cleanup {
         #[command(flatten)]
         pins: Pins,
+    },
+    /// Remove onehop from this node: detach XDP and TC from every interface
+    /// that has a pin directory under the bpffs root (or only `--interface`),
+    /// then remove the pinned links, maps and directories. Idempotent. Stop
+    /// the agent for good first (delete its DaemonSet): a running agent
+    /// attaches again when it restarts. On a cluster, `manifests/uninstall.yaml`
+    /// runs it on every node.
+    Uninstall {
+        /// Only this interface (default: every one pinned under the root).
+        #[arg(short, long, env = "ONEHOP_INTERFACE")]
+        interface: Option<String>,
+        /// bpffs directory holding one subdirectory per interface.
+        #[arg(long, env = "ONEHOP_BPFFS_ROOT", default_value = DEFAULT_BPFFS_ROOT)]
+        bpffs_root: PathBuf,
+        /// After uninstalling, keep running until SIGTERM/SIGINT (the uninstall
+        /// pod's container, so the pod reads Ready once its node is done).
+        #[arg(long)]
+        wait: bool,
     },
     /// Assign external IPs from IP address pools to `LoadBalancer` Services and
     /// write their status (one replica at a time, elected with a Lease).
@@ -432,14 +451,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cleanup { pins } => {
-            if loader::cleanup(&pins.bpffs_root, &pins.interface)? {
-                println!("removed the onehop data path from {}", pins.interface);
-            } else {
-                println!(
-                    "nothing pinned for {} under {}",
-                    pins.interface,
-                    pins.bpffs_root.display()
-                );
+            print!(
+                "{}",
+                uninstall::uninstall(&pins.bpffs_root, Some(&pins.interface))?
+            );
+            Ok(())
+        }
+        Command::Uninstall {
+            interface,
+            bpffs_root,
+            wait,
+        } => {
+            let report = uninstall::uninstall(&bpffs_root, interface.as_deref())?;
+            print!("{report}");
+            if wait {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the runtime")?
+                    .block_on(lb_userspace::shutdown::signal())?;
             }
             Ok(())
         }

@@ -8,4 +8,5 @@ pub mod object;
 pub mod peer;
 pub mod reader;
 pub mod status;
+pub mod uninstall;
 pub mod writer;
