@@ -130,12 +130,14 @@ macro_rules! product_maps {
             /// LPM trie: `{32 + prefix, SourceRangeData}` → `u32` (1 = allowed).
             SRC_RANGES = "src_ranges":
                 LpmTrie<$crate::SourceRangeData, u32>[$crate::maps::SRC_RANGES_MAX];
-            /// Service id → [`crate::TrafficCounter`] (per-CPU array).
+            /// Service id → [`crate::TrafficCounter`] (per-CPU array). Load-time:
+            /// the agent sizes it from the number of possible CPUs (one copy each).
             SERVICE_STATS = "service_stats":
-                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_SERVICES];
-            /// Backend id → [`crate::TrafficCounter`] (per-CPU array).
+                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_SERVICES] load_time;
+            /// Backend id → [`crate::TrafficCounter`] (per-CPU array). Load-time,
+            /// as `service_stats`.
             BACKEND_STATS = "backend_stats":
-                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_BACKENDS];
+                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_BACKENDS] load_time;
             /// [`crate::Counter`] → packets (`u64`, per-CPU array).
             COUNTERS = "counters": PerCpuArray<u64>[$crate::counters::COUNTER_COUNT];
             /// [`crate::DropReason`] → packets (`u64`, per-CPU array).

@@ -9,6 +9,7 @@ use lb_userspace::{
     agent,
     dataplane::loader::{Sizes, XdpAttachMode},
     dataplane::maps::{Maps, PinDir},
+    dataplane::memory,
     dataplane::status,
     dataplane::uninstall,
     http, k8s,
@@ -131,6 +132,13 @@ struct DataplaneArgs {
     /// Session-affinity entries (set when the maps are created).
     #[arg(long, default_value_t = Sizes::default().affinity)]
     affinity_size: u32,
+    /// Services with traffic counters (per-CPU, set when the maps are created;
+    /// default: as many as fit 64 MiB over the possible CPUs, up to every one).
+    #[arg(long)]
+    service_stats_size: Option<u32>,
+    /// Backends with traffic counters (as `--service-stats-size`).
+    #[arg(long)]
+    backend_stats_size: Option<u32>,
 }
 
 /// Where services come from: a file, or the Kubernetes API.
@@ -212,8 +220,8 @@ enum Command {
     /// formatVersion, interface, ifindex, configured, node {ip, mac},
     /// natPorts {min, max}, vips[] {ip, service, announced, node},
     /// services[] {frontend, vip, port, protocol, id, slots, backendIds,
-    /// affinitySeconds, sourceRanges, packets, bytes}, backends[] {id, ip,
-    /// port, node, location, packets, bytes}, flows {conntrack, revNat,
+    /// affinitySeconds, sourceRanges, packets, bytes, counted}, backends[] {id,
+    /// ip, port, node, location, packets, bytes, counted}, flows {conntrack, revNat,
     /// affinity}, counters {label: n}, drops {label: n}.
     Status {
         #[command(flatten)]
@@ -412,6 +420,7 @@ fn run(cli: Cli) -> Result<()> {
             source,
             kube,
         } => {
+            let auto_stats = memory::stats_entries(memory::possible_cpus(), memory::STATS_BUDGET);
             let opts = agent::Options {
                 interface: pins.interface,
                 bpffs_root: pins.bpffs_root,
@@ -420,6 +429,8 @@ fn run(cli: Cli) -> Result<()> {
                     conntrack: dataplane.conntrack_size,
                     rev_nat: dataplane.rev_nat_size,
                     affinity: dataplane.affinity_size,
+                    service_stats: dataplane.service_stats_size.unwrap_or(auto_stats.0),
+                    backend_stats: dataplane.backend_stats_size.unwrap_or(auto_stats.1),
                 },
                 xdp_mode: dataplane.xdp_mode,
                 listen: dataplane.listen.listen(),

@@ -124,7 +124,8 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
     let mut reg = Registry::with_prefix("onehop");
     let svc_packets = Family::<ServiceLabels, Counter>::default();
     let svc_bytes = Family::<ServiceLabels, Counter>::default();
-    for row in &s.services {
+    // An id beyond the counters' size has no series: absent, not a misleading zero.
+    for row in s.services.iter().filter(|r| r.counted) {
         let l = ServiceLabels {
             service: status::frontend(row.key),
         };
@@ -139,7 +140,7 @@ pub fn render(s: &Snapshot, health: &Health) -> Result<String> {
     reg.register("service_bytes", "Bytes balanced per service", svc_bytes);
     let be_packets = Family::<BackendLabels, Counter>::default();
     let be_bytes = Family::<BackendLabels, Counter>::default();
-    for b in &s.backends {
+    for b in s.backends.iter().filter(|b| b.counted) {
         let l = BackendLabels {
             backend: format!("{}:{}", std::net::Ipv4Addr::from(b.value.ip), b.value.port),
             node: std::net::Ipv4Addr::from(b.value.node_ip).to_string(),
@@ -293,6 +294,7 @@ mod tests {
                     packets: 7,
                     bytes: 700,
                 },
+                counted: true,
             }],
             backends: vec![BackendRow {
                 id: 1,
@@ -306,6 +308,7 @@ mod tests {
                     packets: 5,
                     bytes: 500,
                 },
+                counted: true,
             }],
             counters: vec![(C::IngressPackets, 9)],
             drops: vec![(DropReason::NoService, 2)],
@@ -340,6 +343,13 @@ mod tests {
             !text.contains("192.168.50.201\"} 1"),
             "only announced VIPs are listed"
         );
+        // Beyond the counters' size: no series rather than a zero that looks measured.
+        let mut uncounted = s.clone();
+        uncounted.services[0].counted = false;
+        uncounted.backends[0].counted = false;
+        let text = render(&uncounted, &h).unwrap();
+        assert!(!text.contains("onehop_service_packets_total{"), "{text}");
+        assert!(!text.contains("onehop_backend_bytes_total{"), "{text}");
     }
 
     #[test]

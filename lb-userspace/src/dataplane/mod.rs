@@ -4,6 +4,7 @@
 
 pub mod loader;
 pub mod maps;
+pub mod memory;
 pub mod object;
 pub mod peer;
 pub mod reader;
