@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use self::watch::{Stamp, Watch};
 use super::{MapOwner, Options};
-use crate::plan::services_file;
+use crate::{net::route, plan::services_file};
 
 /// The services-file source: re-reads `path` every `poll_interval` and
 /// applies it when its bytes changed.
@@ -74,7 +74,7 @@ impl FileSource {
         }
         self.last_input = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        let file = match services_file::parse(&text, &agent.limits) {
+        let mut file = match services_file::parse(&text, &agent.limits) {
             Ok(f) => f,
             Err(e) => {
                 error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");
@@ -82,6 +82,18 @@ impl FileSource {
                 return;
             }
         };
+        // Read when the file is, so a file that names the router is caught however the
+        // routes were when it was written.
+        match route::gateways() {
+            Ok(gateways) => {
+                for (vip, what) in file.withhold(&gateways) {
+                    warn!(%vip, "{vip} is {what}; it is neither served nor announced (answering ARP for it would take the router's traffic)");
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
+            }
+        }
         if let Err(e) = agent.apply(&file) {
             error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
         }
