@@ -132,12 +132,14 @@ macro_rules! product_maps {
             /// LPM trie: `{32 + prefix, SourceRangeData}` → `u32` (1 = allowed).
             SRC_RANGES = "src_ranges":
                 LpmTrie<$crate::SourceRangeData, u32>[$crate::maps::SRC_RANGES_MAX];
-            /// Service id → [`crate::TrafficCounter`] (per-CPU array).
+            /// Service id → [`crate::TrafficCounter`] (per-CPU array). Load-time:
+            /// the agent sizes it from the number of possible CPUs (one copy each).
             SERVICE_STATS = "service_stats":
-                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_SERVICES];
-            /// Backend id → [`crate::TrafficCounter`] (per-CPU array).
+                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_SERVICES] load_time;
+            /// Backend id → [`crate::TrafficCounter`] (per-CPU array). Load-time,
+            /// as `service_stats`.
             BACKEND_STATS = "backend_stats":
-                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_BACKENDS];
+                PerCpuArray<$crate::TrafficCounter>[$crate::maps::MAX_BACKENDS] load_time;
             /// [`crate::Counter`] → packets (`u64`, per-CPU array).
             COUNTERS = "counters": PerCpuArray<u64>[$crate::counters::COUNTER_COUNT];
             /// [`crate::DropReason`] → packets (`u64`, per-CPU array).
@@ -158,7 +160,7 @@ macro_rules! product_maps {
             /// megabytes per core for a handful of addresses). The agent
             /// creates and removes the entries; the data path only counts.
             ARP_STATS = "arp_stats":
-                PerCpuHashNoPrealloc<$crate::Ipv4Key, $crate::ArpStats>[$crate::maps::MAX_VIPS];
+                PerCpuHashNoPrealloc<$crate::Ipv4Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
         }
     };
 }
@@ -197,6 +199,11 @@ pub mod programs {
 pub const MAX_VIPS: u32 = 131_072;
 pub const MAX_SERVICES: u32 = 131_072;
 pub const MAX_BACKENDS: u32 = 262_144;
+/// Addresses with per-address ARP counters (`arp_stats`): each entry holds a
+/// value per possible CPU, so the map is kept to what a node plausibly
+/// announces (2 MiB full on 128 CPUs); addresses beyond it are served and
+/// answered, only not counted.
+pub const MAX_ARP_STATS: u32 = 4096;
 /// Default slots of the `maglev` array (load-time; 16 MiB of `u32`).
 pub const MAGLEV_SLOTS: u32 = 1 << 22;
 /// Default `conntrack` size (load-time).

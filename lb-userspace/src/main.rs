@@ -7,9 +7,11 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent,
-    dataplane::loader::{self, Sizes, XdpAttachMode},
+    dataplane::loader::{Sizes, XdpAttachMode},
     dataplane::maps::{Maps, PinDir},
+    dataplane::memory,
     dataplane::status,
+    dataplane::uninstall,
     http, k8s,
     plan::{
         model::{FlowTimeouts, Limits},
@@ -138,6 +140,13 @@ struct DataplaneArgs {
     /// Session-affinity entries (set when the maps are created).
     #[arg(long, default_value_t = Sizes::default().affinity)]
     affinity_size: u32,
+    /// Services with traffic counters (per-CPU, set when the maps are created;
+    /// default: as many as fit 64 MiB over the possible CPUs, up to every one).
+    #[arg(long)]
+    service_stats_size: Option<u32>,
+    /// Backends with traffic counters (as `--service-stats-size`).
+    #[arg(long)]
+    backend_stats_size: Option<u32>,
     /// Seconds between sweeps that delete expired flow entries (the data
     /// path never relies on them; they keep the tables free of dead flows).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -267,8 +276,8 @@ enum Command {
     /// formatVersion, interface, ifindex, configured, node {ip, mac},
     /// natPorts {min, max}, vips[] {ip, service, announced, node},
     /// services[] {frontend, vip, port, protocol, id, slots, backendIds,
-    /// affinitySeconds, sourceRanges, packets, bytes}, backends[] {id, ip,
-    /// port, node, location, packets, bytes}, flows {conntrack, revNat,
+    /// affinitySeconds, sourceRanges, packets, bytes, counted}, backends[] {id,
+    /// ip, port, node, location, packets, bytes, counted}, flows {conntrack, revNat,
     /// affinity}, counters {label: n}, drops {label: n}.
     Status {
         #[command(flatten)]
@@ -278,10 +287,28 @@ enum Command {
         output: OutputFormat,
     },
     /// Detach the data path from the interface and remove its pinned maps
-    /// (the connection table is lost).
+    /// (the connection table is lost). `uninstall --interface` does the same.
     Cleanup {
         #[command(flatten)]
         pins: Pins,
+    },
+    /// Remove onehop from this node: detach XDP and TC from every interface
+    /// that has a pin directory under the bpffs root (or only `--interface`),
+    /// then remove the pinned links, maps and directories. Idempotent. Stop
+    /// the agent for good first (delete its DaemonSet): a running agent
+    /// attaches again when it restarts. On a cluster, `manifests/uninstall.yaml`
+    /// runs it on every node.
+    Uninstall {
+        /// Only this interface (default: every one pinned under the root).
+        #[arg(short, long, env = "ONEHOP_INTERFACE")]
+        interface: Option<String>,
+        /// bpffs directory holding one subdirectory per interface.
+        #[arg(long, env = "ONEHOP_BPFFS_ROOT", default_value = DEFAULT_BPFFS_ROOT)]
+        bpffs_root: PathBuf,
+        /// After uninstalling, keep running until SIGTERM/SIGINT (the uninstall
+        /// pod's container, so the pod reads Ready once its node is done).
+        #[arg(long)]
+        wait: bool,
     },
     /// Assign external IPs from IP address pools to `LoadBalancer` Services and
     /// write their status (one replica at a time, elected with a Lease).
@@ -505,6 +532,7 @@ fn run(cli: Cli) -> Result<()> {
             source,
             kube,
         } => {
+            let auto_stats = memory::stats_entries(memory::possible_cpus(), memory::STATS_BUDGET);
             let opts = agent::Options {
                 interface: pins.interface,
                 bpffs_root: pins.bpffs_root,
@@ -513,6 +541,8 @@ fn run(cli: Cli) -> Result<()> {
                     conntrack: dataplane.conntrack_size,
                     rev_nat: dataplane.rev_nat_size,
                     affinity: dataplane.affinity_size,
+                    service_stats: dataplane.service_stats_size.unwrap_or(auto_stats.0),
+                    backend_stats: dataplane.backend_stats_size.unwrap_or(auto_stats.1),
                 },
                 xdp_mode: dataplane.xdp_mode,
                 listen: dataplane.listen.listen(),
@@ -548,14 +578,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cleanup { pins } => {
-            if loader::cleanup(&pins.bpffs_root, &pins.interface)? {
-                println!("removed the onehop data path from {}", pins.interface);
-            } else {
-                println!(
-                    "nothing pinned for {} under {}",
-                    pins.interface,
-                    pins.bpffs_root.display()
-                );
+            print!(
+                "{}",
+                uninstall::uninstall(&pins.bpffs_root, Some(&pins.interface))?
+            );
+            Ok(())
+        }
+        Command::Uninstall {
+            interface,
+            bpffs_root,
+            wait,
+        } => {
+            let report = uninstall::uninstall(&bpffs_root, interface.as_deref())?;
+            print!("{report}");
+            if wait {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the runtime")?
+                    .block_on(lb_userspace::shutdown::signal())?;
             }
             Ok(())
         }

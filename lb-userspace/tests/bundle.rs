@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use lb_userspace::k8s::bundle::{self, IMAGE_NAME, MANIFESTS};
+use lb_userspace::k8s::bundle::{self, IMAGE_NAME, MANIFESTS, NOT_BUNDLED};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -57,11 +57,15 @@ fn every_manifest_is_in_the_bundle() {
         .filter(|n| Path::new(n).extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    let mut listed: Vec<String> = MANIFESTS.iter().map(|&f| f.to_owned()).collect();
+    let mut listed: Vec<String> = MANIFESTS
+        .iter()
+        .chain(&NOT_BUNDLED)
+        .map(|&f| f.to_owned())
+        .collect();
     listed.sort();
     assert_eq!(
         files, listed,
-        "manifests/*.yaml and bundle::MANIFESTS differ"
+        "manifests/*.yaml and bundle::MANIFESTS + NOT_BUNDLED differ"
     );
 }
 
@@ -150,6 +154,16 @@ fn the_bundle_names_one_local_image_never_pulled() {
         assert_eq!(policy, "IfNotPresent", "{image}");
     }
     assert!(bundle::image().starts_with(&format!("{IMAGE_NAME}:")));
+    // The manifests applied on their own run the same image.
+    for file in NOT_BUNDLED {
+        let path = format!("manifests/{file}");
+        let found = all_images(&parse(&path, &read(&path)));
+        assert!(!found.is_empty(), "{file} runs no container");
+        for (image, policy) in &found {
+            assert_eq!(image, &bundle::image(), "{file}");
+            assert_eq!(policy, "IfNotPresent", "{file}: {image}");
+        }
+    }
 }
 
 /// `kubectl kustomize DIR`, or `None` (with a note) when kubectl is not installed.

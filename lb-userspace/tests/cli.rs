@@ -79,7 +79,7 @@ fn bad_file_lists_every_problem_with_field_and_line() {
 fn help_lists_the_documented_commands() {
     let out = onehop().arg("--help").output().expect("run onehop");
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["agent", "status", "cleanup", "check-config"] {
+    for cmd in ["agent", "status", "cleanup", "uninstall", "check-config"] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
     let readme = std::fs::read_to_string(workspace_file("README.md")).expect("README.md");
@@ -87,6 +87,7 @@ fn help_lists_the_documented_commands() {
         "onehop agent",
         "onehop status",
         "onehop cleanup",
+        "onehop uninstall",
         "onehop check-config",
     ] {
         assert!(readme.contains(cmd), "README lacks {cmd}");

@@ -27,6 +27,7 @@ fn small_sizes() -> loader::Sizes {
         conntrack: 4096,
         rev_nat: 4096,
         affinity: 1024,
+        ..loader::Sizes::default()
     }
 }
 

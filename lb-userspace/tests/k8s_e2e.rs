@@ -1232,3 +1232,45 @@ fn agent_rbac_covers_exactly_the_agents_calls() {
         );
     }
 }
+
+/// A Service whose address is the node's gateway (here node1's default route goes through
+/// client1) is neither served nor announced by that node's agent, with a `GatewayAddress`
+/// Event naming the node and the route; the other Service is served as usual.
+#[test]
+fn the_nodes_gateway_is_withheld_with_an_event() {
+    let k = K8s::new(1);
+    let router = k.c.topo.client().ip();
+    k.c.topo
+        .node(1)
+        .ns()
+        .ip(&["route", "add", "default", "via", &router.to_string()])
+        .expect("default route via client1");
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &[1]);
+    k.put_service("router", router, &json!({}));
+    k.put_endpoints("router", &[1]);
+    k.start_agent(1);
+    let s = k.c.wait_for(1, "announcing the VIP", |s| announces(s, VIP));
+    let e = k.wait_event(
+        "router",
+        "GatewayAddress",
+        "is the gateway of this node's default route (via eth0)",
+    );
+    let note = e.note.unwrap_or_default();
+    assert!(
+        note.contains(&router.to_string()) && note.contains(&k.node_name(1)),
+        "{note}"
+    );
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert!(!serves(&s, router), "the gateway {router} is in the maps");
+    let s = k.c.snapshot(1).expect("maps");
+    assert!(!serves(&s, router) && !announces(&s, router));
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .expect("request")
+            .answer()
+            .expect("answer");
+    assert_eq!(a.pod, "node1-pod1");
+}

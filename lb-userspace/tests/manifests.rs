@@ -289,6 +289,82 @@ fn agent_daemonset_runs_the_kubernetes_agent_with_least_privilege() {
     );
 }
 
+/// The uninstall `DaemonSet` reaches every node (whatever its taints), in the host's network
+/// namespace and bpffs, with the agent's image, least privilege and no API access, and
+/// reads Ready only after its init container has uninstalled.
+#[test]
+fn uninstall_daemonset_runs_on_every_node_with_least_privilege() {
+    let c = load();
+    let ds = c
+        .daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("onehop-uninstall"))
+        .expect("uninstall DaemonSet");
+    assert_eq!(ds.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(pod.host_network, Some(true), "TC and TCX are per netns");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert!(
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.key.is_none() && t.operator.as_deref() == Some("Exists")),
+        "must tolerate every taint"
+    );
+    let init = pod.init_containers.as_deref().unwrap_or_default();
+    assert_eq!(init.len(), 1, "one init container does the work");
+    let main = &pod.containers;
+    assert_eq!(main.len(), 1);
+    assert_eq!(
+        init[0].args.as_deref().unwrap_or_default(),
+        ["uninstall"],
+        "every pinned interface, default root"
+    );
+    assert_eq!(
+        main[0].args.as_deref().unwrap_or_default(),
+        ["uninstall", "--wait"]
+    );
+    let agent_image = agent_pod(&c).containers[0].image.clone();
+    for container in init.iter().chain(main) {
+        assert_eq!(
+            container.image, agent_image,
+            "{}: the agent's image",
+            container.name
+        );
+        let sc = container
+            .security_context
+            .as_ref()
+            .expect("securityContext");
+        assert_ne!(sc.privileged, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.as_ref().expect("capabilities");
+        assert_eq!(caps.drop.clone().unwrap_or_default(), ["ALL"]);
+        assert_eq!(
+            caps.add.clone().unwrap_or_default(),
+            ["BPF", "NET_ADMIN"],
+            "{}",
+            container.name
+        );
+        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        assert!(
+            mounts.iter().any(|m| m.mount_path == "/sys/fs/bpf"),
+            "{}: the host bpffs",
+            container.name
+        );
+    }
+    let bpffs = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.host_path.as_ref())
+        .expect("hostPath bpffs");
+    assert_eq!(bpffs.path, "/sys/fs/bpf");
+}
+
 fn port_of(addr: &str) -> i32 {
     let a: std::net::SocketAddr = addr.parse().expect("a socket address");
     i32::from(a.port())

@@ -19,7 +19,10 @@ use tracing::{error, info, warn};
 
 use self::watch::{Stamp, Watch};
 use super::{MapOwner, Options};
-use crate::plan::{model::NodeServices, services_file};
+use crate::{
+    net::route,
+    plan::{model::NodeServices, services_file},
+};
 
 /// The shortest heartbeat hold: the failover time of the Kubernetes source
 /// (its Lease duration), so both sources give a dead agent's addresses up
@@ -125,7 +128,7 @@ impl FileSource {
         }
         self.last_input = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        let file = match services_file::parse(&text, &agent.limits) {
+        let mut file = match services_file::parse(&text, &agent.limits) {
             Ok(f) => f,
             Err(e) => {
                 error!(file = %self.path.display(), "rejected the services file; the last good state stays in force:\n{e}");
@@ -133,6 +136,18 @@ impl FileSource {
                 return;
             }
         };
+        // Read when the file is, so a file that names the router is caught however the
+        // routes were when it was written.
+        match route::gateways() {
+            Ok(gateways) => {
+                for (vip, what) in file.withhold(&gateways) {
+                    warn!(%vip, "{vip} is {what}; it is neither served nor announced (answering ARP for it would take the router's traffic)");
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
+            }
+        }
         self.last_file = Some(file);
         self.fresh = true;
     }

@@ -187,7 +187,8 @@ pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
     let mut reg = Registry::with_prefix("onehop");
     let svc_packets = Family::<ServiceLabels, Counter>::default();
     let svc_bytes = Family::<ServiceLabels, Counter>::default();
-    for row in &s.services {
+    // An id beyond the counters' size has no series: absent, not a misleading zero.
+    for row in s.services.iter().filter(|r| r.counted) {
         let l = ServiceLabels {
             service: status::frontend(row.key),
         };
@@ -262,7 +263,7 @@ pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
 fn register_backends(reg: &mut Registry, s: &Snapshot) {
     let be_packets = Family::<BackendLabels, Counter>::default();
     let be_bytes = Family::<BackendLabels, Counter>::default();
-    for b in &s.backends {
+    for b in s.backends.iter().filter(|b| b.counted) {
         let l = BackendLabels {
             backend: format!("{}:{}", std::net::Ipv4Addr::from(b.value.ip), b.value.port),
             node: std::net::Ipv4Addr::from(b.value.node_ip).to_string(),
@@ -430,6 +431,7 @@ mod tests {
                     packets: 7,
                     bytes: 700,
                 },
+                counted: true,
             }],
             backends: vec![BackendRow {
                 id: 1,
@@ -443,6 +445,7 @@ mod tests {
                     packets: 5,
                     bytes: 500,
                 },
+                counted: true,
             }],
             counters: vec![(C::IngressPackets, 9)],
             drops: vec![(DropReason::NoService, 2)],
@@ -498,6 +501,13 @@ mod tests {
             !text.contains("192.168.50.201\"} 1"),
             "only announced VIPs are listed"
         );
+        // Beyond the counters' size: no series rather than a zero that looks measured.
+        let mut uncounted = s.clone();
+        uncounted.services[0].counted = false;
+        uncounted.backends[0].counted = false;
+        let text = render(&uncounted, &h, Series { per_backend: true }).unwrap();
+        assert!(!text.contains("onehop_service_packets_total{"), "{text}");
+        assert!(!text.contains("onehop_backend_bytes_total{"), "{text}");
         assert!(
             !text.contains("192.168.50.250"),
             "a VIP the maps do not hold has no series:\n{text}"
@@ -520,6 +530,7 @@ mod tests {
                 packets: 1,
                 bytes: 100,
             },
+            counted: true,
         };
         let s = Snapshot {
             services: vec![ServiceRow {
@@ -530,6 +541,7 @@ mod tests {
                     packets: 50,
                     bytes: 5000,
                 },
+                counted: true,
             }],
             backends: (1..=50u8).map(|i| backend(u32::from(i), i)).collect(),
             ..Snapshot::default()

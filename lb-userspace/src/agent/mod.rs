@@ -31,7 +31,8 @@ use tracing::{info, warn};
 
 use crate::{
     dataplane::loader::{self, Sizes, XdpAttachMode},
-    dataplane::maps::Maps,
+    dataplane::maps::{Maps, PinDir},
+    dataplane::memory,
     dataplane::reader,
     dataplane::sweep,
     dataplane::writer,
@@ -386,12 +387,30 @@ impl MapOwner {
     }
 }
 
+/// What the maps cost this node, by the kernel's accounting (charged to the memory cgroup
+/// of the agent that created them), and which ids have traffic counters.
+fn log_map_memory(pins: &PinDir, adopted: bool) {
+    let cpus = memory::possible_cpus();
+    match memory::pinned_sizes(pins) {
+        Ok(sizes) => info!(
+            possible_cpus = cpus,
+            map_memory = %memory::mib(memory::total(&sizes, cpus)),
+            counted_services = sizes.service_stats,
+            counted_backends = sizes.backend_stats,
+            charged_to = if adopted { "the agent that created them" } else { "this agent" },
+            "map memory when full (see README: Memory)"
+        ),
+        Err(e) => warn!(error = %format!("{e:#}"), "could not size the pinned maps"),
+    }
+}
+
 impl MapOwner {
     /// Attaches (or adopts) the data path and gets ready to apply.
     pub fn start(opts: &Options) -> Result<Self> {
         let iface = Interface::lookup(&opts.interface)?;
         let dataplane = loader::attach(&iface, &opts.bpffs_root, opts.sizes, opts.xdp_mode)?;
         let maps = Maps::open(&dataplane.pins)?;
+        log_map_memory(&dataplane.pins, dataplane.adopted);
         let current = if dataplane.adopted {
             let state = reader::read(&maps).context("reading the pinned state")?;
             info!(

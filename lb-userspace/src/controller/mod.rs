@@ -34,6 +34,8 @@
 //! A pool containing any Node's `InternalIP` or `ExternalIP` is refused as a whole
 //! (`Valid=False`, reason `NodeAddress`, and a Warning Event), like a malformed one: the
 //! node announcing such an address would answer ARP for another node's address.
+//! Gateways are not checked here: the controller cannot see the nodes' routes, so each
+//! agent withholds its own gateways (`net::route`, a `GatewayAddress` Event).
 //!
 //! Reconciling is level-triggered and idempotent: any change (or a periodic
 //! resync, or a retry after a failed write) recomputes everything from the

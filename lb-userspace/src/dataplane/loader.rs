@@ -33,6 +33,10 @@ pub struct Sizes {
     pub conntrack: u32,
     pub rev_nat: u32,
     pub affinity: u32,
+    /// Entries of the per-CPU traffic counters (ids at or above are not counted);
+    /// `memory::stats_entries` picks them from the CPU count.
+    pub service_stats: u32,
+    pub backend_stats: u32,
 }
 
 impl Default for Sizes {
@@ -42,6 +46,8 @@ impl Default for Sizes {
             conntrack: maps::CONNTRACK_MAX,
             rev_nat: maps::REV_NAT_MAX,
             affinity: maps::AFFINITY_MAX,
+            service_stats: maps::MAX_SERVICES,
+            backend_stats: maps::MAX_BACKENDS,
         }
     }
 }
@@ -237,7 +243,9 @@ pub fn attach(
         .map_max_entries(maps::MAGLEV, sizes.maglev_slots)
         .map_max_entries(maps::CONNTRACK, sizes.conntrack)
         .map_max_entries(maps::REV_NAT, sizes.rev_nat)
-        .map_max_entries(maps::AFFINITY, sizes.affinity);
+        .map_max_entries(maps::AFFINITY, sizes.affinity)
+        .map_max_entries(maps::SERVICE_STATS, sizes.service_stats)
+        .map_max_entries(maps::BACKEND_STATS, sizes.backend_stats);
     let mut ebpf = loader
         .load(object::object()?)
         .context("loading the eBPF object")?;

@@ -177,18 +177,23 @@ pub fn sum_u64(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64> {
     Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
 }
 
-/// Sums a per-CPU traffic counter over all CPUs.
+/// Sums a per-CPU traffic counter over all CPUs; `None` for an index beyond the array
+/// (the counters are sized by CPU count and may cover only the lowest ids).
 pub fn sum_traffic(
     map: &PerCpuArray<MapData, TrafficCounter>,
     index: u32,
-) -> Result<TrafficCounter> {
+) -> Result<Option<TrafficCounter>> {
+    if index >= map.len() {
+        return Ok(None);
+    }
     let values = map
         .get(&index, 0)
         .with_context(|| format!("reading traffic counter {index}"))?;
-    Ok(values
-        .iter()
-        .fold(TrafficCounter::default(), |a, v| TrafficCounter {
+    Ok(Some(values.iter().fold(
+        TrafficCounter::default(),
+        |a, v| TrafficCounter {
             packets: a.packets.wrapping_add(v.packets),
             bytes: a.bytes.wrapping_add(v.bytes),
-        }))
+        },
+    )))
 }

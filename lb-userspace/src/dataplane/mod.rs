@@ -4,9 +4,11 @@
 
 pub mod loader;
 pub mod maps;
+pub mod memory;
 pub mod object;
 pub mod peer;
 pub mod reader;
 pub mod status;
 pub mod sweep;
+pub mod uninstall;
 pub mod writer;

@@ -66,6 +66,9 @@ pub struct ServiceRow {
     /// Distinct backend ids in the service's Maglev table.
     pub backend_ids: Vec<u32>,
     pub traffic: TrafficCounter,
+    /// False when the id is beyond the per-CPU counters' size (sized by CPU count, see
+    /// `dataplane::memory`): served, not counted.
+    pub counted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +76,8 @@ pub struct BackendRow {
     pub id: u32,
     pub value: BackendValue,
     pub traffic: TrafficCounter,
+    /// As [`ServiceRow::counted`].
+    pub counted: bool,
 }
 
 impl Snapshot {
@@ -104,7 +109,8 @@ impl Snapshot {
                 key: *key,
                 value: *value,
                 backend_ids: ids.into_iter().collect(),
-                traffic: sum_traffic(&maps.service_stats, value.id)?,
+                traffic: sum_traffic(&maps.service_stats, value.id)?.unwrap_or_default(),
+                counted: value.id < maps.service_stats.len(),
             });
         }
         let mut backends = Vec::new();
@@ -116,7 +122,8 @@ impl Snapshot {
             backends.push(BackendRow {
                 id,
                 value: state.backends.get(&id).copied().unwrap_or_default(),
-                traffic: sum_traffic(&maps.backend_stats, id)?,
+                traffic: sum_traffic(&maps.backend_stats, id)?.unwrap_or_default(),
+                counted: id < maps.backend_stats.len(),
             });
         }
         let mut counters = Vec::new();
@@ -254,6 +261,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
                 "sourceRanges": row.value.flags & service_flags::SOURCE_RANGES != 0,
                 "packets": row.traffic.packets,
                 "bytes": row.traffic.bytes,
+                "counted": row.counted,
             })
         })
         .collect();
@@ -269,6 +277,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
                 "location": location(&b.value),
                 "packets": b.traffic.packets,
                 "bytes": b.traffic.bytes,
+                "counted": b.counted,
             })
         })
         .collect();
@@ -330,6 +339,15 @@ fn arp_line(s: &Snapshot) -> String {
 }
 
 /// Renders a snapshot as the text `onehop status` prints.
+/// A counter's figure, or `n/c` (not counted) for an id beyond the counters' size.
+fn counted(counted: bool, n: u64) -> String {
+    if counted {
+        n.to_string()
+    } else {
+        "n/c".to_owned()
+    }
+}
+
 pub fn render(ifname: &str, s: &Snapshot) -> String {
     let mut o = String::new();
     let c = &s.config;
@@ -389,8 +407,8 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
             } else {
                 opts.join(",")
             },
-            row.traffic.packets,
-            row.traffic.bytes,
+            counted(row.counted, row.traffic.packets),
+            counted(row.counted, row.traffic.bytes),
         );
     }
     let _ = writeln!(o, "\nBACKENDS ({})", s.backends.len());
@@ -410,8 +428,8 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
             "  {:>6} {pod:<22} {:<16} {place:<7} {:>12} {:>14}",
             b.id,
             Ipv4Addr::from(b.value.node_ip).to_string(),
-            b.traffic.packets,
-            b.traffic.bytes,
+            counted(b.counted, b.traffic.packets),
+            counted(b.counted, b.traffic.bytes),
         );
     }
     let _ = writeln!(
@@ -462,6 +480,7 @@ mod tests {
                     packets: 10,
                     bytes: 1000,
                 },
+                counted: true,
             }],
             backends: vec![BackendRow {
                 id: 1,
@@ -475,6 +494,7 @@ mod tests {
                     packets: 4,
                     bytes: 400,
                 },
+                counted: true,
             }],
             counters: vec![(Counter::IngressPackets, 12), (Counter::ArpReply, 0)],
             drops: vec![(DropReason::NoService, 2)],
@@ -545,10 +565,11 @@ mod tests {
             (svc["packets"].as_u64(), svc["bytes"].as_u64()),
             (Some(10), Some(1000))
         );
+        assert_eq!(svc["counted"], true);
         assert_eq!(
             v["backends"][0],
             json!({ "id": 1, "ip": "10.42.1.2", "port": 8080, "node": "192.168.50.12",
-                    "location": "remote", "packets": 4, "bytes": 400 })
+                    "location": "remote", "packets": 4, "bytes": 400, "counted": true })
         );
         assert_eq!(
             v["flows"],
@@ -571,6 +592,28 @@ mod tests {
         let v = render_json("eth0", &plain);
         assert_eq!(v["services"][0]["affinitySeconds"], Value::Null);
         assert_eq!(v["configured"], false);
+    }
+
+    /// An id beyond the per-CPU counters' size is shown as not counted, never as zero.
+    #[test]
+    fn uncounted_ids_say_so() {
+        let mut s = sample();
+        s.services[0].counted = false;
+        s.backends[0].counted = false;
+        let text = render("eth0", &s);
+        let row = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle} row in:\n{text}"))
+                .to_owned()
+        };
+        for needle in ["192.168.50.100:80/TCP", "10.42.1.2:8080"] {
+            let r = row(needle);
+            assert_eq!(r.matches("n/c").count(), 2, "{r}");
+        }
+        let v = render_json("eth0", &s);
+        assert_eq!(v["services"][0]["counted"], false);
+        assert_eq!(v["backends"][0]["counted"], false);
     }
 
     #[test]

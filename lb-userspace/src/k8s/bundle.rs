@@ -34,6 +34,11 @@ pub const MANIFESTS: [&str; 5] = [
     "agent-daemonset.yaml",
 ];
 
+/// Manifests applied on their own, not part of the install: `uninstall.yaml`
+/// takes the data path off every node after the agents are deleted (README,
+/// "Uninstall").
+pub const NOT_BUNDLED: [&str; 1] = ["uninstall.yaml"];
+
 /// Where the bundle is written, relative to the workspace root.
 pub const BUNDLE_PATH: &str = "deploy/onehop.yaml";
 

@@ -23,6 +23,9 @@
 //!   ARP for it, or drop the ARP requests for it on every other node, and cut
 //!   that node off. The controller never hands one out; this guards against a
 //!   status written by hand or by another controller.
+//! - Likewise an address that is one of this node's gateways ([`Inputs::gateways`], from
+//!   its routes): a `GatewayAddress` warning. The controller cannot see the nodes' routes;
+//!   every agent checks its own.
 //! - Two Services may share a VIP (allow-shared-ip) on distinct ports; a
 //!   later one (by namespace/name) that claims a taken VIP:port/protocol is
 //!   skipped with a warning.
@@ -128,6 +131,8 @@ pub struct Inputs<'a> {
     pub announce: &'a BTreeSet<Ipv4Addr>,
     pub nat_ports: NatPorts,
     pub flow_timeouts: FlowTimeouts,
+    /// This node's gateways (`net::route`), each with what it is the gateway of.
+    pub gateways: &'a BTreeMap<Ipv4Addr, String>,
 }
 
 /// A Service this node should serve, before it becomes a [`LbService`].
@@ -481,6 +486,45 @@ fn drop_taken_ports(
     }
 }
 
+/// Takes out of `vips` the addresses a VIP must never be: a node's address (`reserved`) or
+/// one of this node's gateways, each with its warning.
+fn withhold_reserved(
+    r: &ServiceRef,
+    vips: &mut Vec<Ipv4Addr>,
+    reserved: &BTreeMap<Ipv4Addr, String>,
+    inputs: &Inputs<'_>,
+    warnings: &mut Vec<Warning>,
+) {
+    vips.retain(|vip| match reserved.get(vip) {
+        Some(node) => {
+            warnings.push(Warning {
+                service: r.clone(),
+                reason: "NodeAddress",
+                message: format!(
+                    "{vip} is an address of node {node}; it is neither served nor \
+                     announced (answering ARP for it would cut that node off)"
+                ),
+            });
+            false
+        }
+        None => match inputs.gateways.get(vip) {
+            Some(what) => {
+                warnings.push(Warning {
+                    service: r.clone(),
+                    reason: "GatewayAddress",
+                    message: format!(
+                        "{vip} is {what} on node {}; it is neither served nor announced \
+                         (answering ARP for it would take the router's traffic)",
+                        inputs.node_name
+                    ),
+                });
+                false
+            }
+            None => true,
+        },
+    });
+}
+
 /// Translates the cluster state into this node's services model.
 pub fn translate(inputs: &Inputs<'_>) -> Translation {
     let node_ips = node_addresses(inputs.nodes);
@@ -499,20 +543,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     for svc in ours {
         let r = service_ref(svc);
         let mut vips = ingress_ips(svc);
-        vips.retain(|vip| match reserved.get(vip) {
-            Some(node) => {
-                warnings.push(Warning {
-                    service: r.clone(),
-                    reason: "NodeAddress",
-                    message: format!(
-                        "{vip} is an address of node {node}; it is neither served nor \
-                         announced (answering ARP for it would cut that node off)"
-                    ),
-                });
-                false
-            }
-            None => true,
-        });
+        withhold_reserved(&r, &mut vips, &reserved, inputs, &mut warnings);
         if vips.is_empty() {
             continue; // no address assigned yet
         }

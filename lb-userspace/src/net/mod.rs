@@ -1,6 +1,7 @@
 //! The network-stack edge: neighbour entries for next hops, gratuitous ARP,
-//! and what the agent needs to know about its interface.
+//! what the agent needs to know about its interface, and its gateways.
 
 pub mod garp;
 pub mod neigh;
 pub mod netdev;
+pub mod route;

@@ -62,6 +62,30 @@ pub struct NodeServices {
     pub services: Vec<Service>,
 }
 
+impl NodeServices {
+    /// Takes every address of `reserved` out: its services and its announcement. Returns
+    /// the ones that were there, each with why it is reserved. (For addresses the node's
+    /// own environment reserves, such as its gateways, which no file validation can know.)
+    pub fn withhold(
+        &mut self,
+        reserved: &std::collections::BTreeMap<Ipv4Addr, String>,
+    ) -> Vec<(Ipv4Addr, String)> {
+        let mut hit = BTreeSet::new();
+        let mut keep = |vip: Ipv4Addr| {
+            let ok = !reserved.contains_key(&vip);
+            if !ok {
+                hit.insert(vip);
+            }
+            ok
+        };
+        self.services.retain(|s| keep(s.vip));
+        self.announce.retain(|vip| keep(*vip));
+        hit.into_iter()
+            .filter_map(|vip| reserved.get(&vip).map(|why| (vip, why.clone())))
+            .collect()
+    }
+}
+
 /// Inclusive NAT source-port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatPorts {

@@ -2,6 +2,7 @@
 //! fixture (`onehop_testkit::cluster`) with HTTP and UDP servers in every pod, the
 //! pass-through XDP program on the LAN-side veth peers and `onehop agent` processes with
 //! small maps, plus what only this crate can do: read a node's pinned maps.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     collections::BTreeSet,

@@ -522,7 +522,9 @@ impl Lb {
             m::BACKEND_STATS => &maps.backend_stats,
             other => panic!("{other} holds no traffic counters"),
         };
-        let t = sum_traffic(a, id).expect("traffic");
+        let t = sum_traffic(a, id)
+            .expect("traffic")
+            .unwrap_or_else(|| panic!("{map}: id {id} beyond the counters"));
         (t.packets, t.bytes)
     }
 

@@ -74,6 +74,7 @@ fn run(
         announce: &announce,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        gateways: &BTreeMap::new(),
     })
 }
 
@@ -554,6 +555,7 @@ fn node_addresses_are_never_served_or_announced() {
         announce: &announce,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        gateways: &BTreeMap::new(),
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
     assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
@@ -642,5 +644,66 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
                 "{name}: the flag with no entries, so the lookup always misses"
             );
         }
+    }
+}
+
+#[test]
+fn this_nodes_gateways_are_never_served_or_announced() {
+    let svcs = [
+        service(
+            "web",
+            json!({ "status": { "loadBalancer": { "ingress": [
+                { "ip": "192.168.50.200" }, { "ip": "192.168.50.1" }
+            ] } } }),
+        ),
+        service(
+            "router",
+            json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.168.50.1" }] } } }),
+        ),
+    ];
+    let slices = [
+        slice(
+            "web",
+            "w",
+            8080,
+            vec![ep("10.42.1.2", "n1", true, true, false)],
+        ),
+        slice(
+            "router",
+            "r",
+            8080,
+            vec![ep("10.42.1.3", "n1", true, true, false)],
+        ),
+    ];
+    let announce = BTreeSet::from([ip("192.168.50.200"), ip("192.168.50.1")]);
+    let gateways = BTreeMap::from([(
+        ip("192.168.50.1"),
+        "the gateway of this node's default route (via eth0)".to_owned(),
+    )]);
+    let ns = nodes();
+    let t = translate(&Inputs {
+        services: &svcs,
+        slices: &SliceIndex::new(&slices),
+        nodes: &ns,
+        node_name: "n1",
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        gateways: &gateways,
+    });
+    let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
+    assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
+    assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
+    for svc in ["web", "router"] {
+        assert!(
+            t.warnings.iter().any(|w| w.service.name == svc
+                && w.reason == "GatewayAddress"
+                && w.message
+                    .contains("192.168.50.1 is the gateway of this node's default route")
+                && w.message.contains("node n1")),
+            "no GatewayAddress warning for {svc}: {:?}",
+            t.warnings
+        );
     }
 }

@@ -831,3 +831,25 @@ fn flow_timeouts_default_each_and_are_bounded() {
     );
     assert!(syntax_error("flow_timeouts: { tcp_fin: 5 }\nservices: []\n").contains("tcp_fin"));
 }
+
+/// Addresses the node's environment reserves (its gateways) come out of a parsed file:
+/// their services and their announcement, nothing else.
+#[test]
+fn withheld_addresses_leave_the_rest_of_the_file() {
+    let mut f = ok(EXAMPLE);
+    let reserved = std::collections::BTreeMap::from([
+        (ip("192.168.50.100"), "the gateway".to_owned()),
+        (ip("192.168.50.1"), "another gateway".to_owned()),
+    ]);
+    let hit = f.withhold(&reserved);
+    assert_eq!(hit, [(ip("192.168.50.100"), "the gateway".to_owned())]);
+    assert_eq!(
+        f.services.iter().map(|s| s.vip).collect::<Vec<_>>(),
+        [ip("192.168.50.101")]
+    );
+    assert!(f.announce.is_empty());
+    // Nothing reserved: nothing changes.
+    let mut g = ok(EXAMPLE);
+    assert!(g.withhold(&std::collections::BTreeMap::new()).is_empty());
+    assert_eq!(g, ok(EXAMPLE));
+}
