@@ -77,8 +77,16 @@ fn map_memory_matches_the_kernels_accounting() {
             // Not preallocated (the trie; `arp_stats`, created without preallocation): the
             // kernel counts what is in use (nothing yet, but for the hash's buckets and
             // locks); ours is the map full, what the limit must allow for.
-            assert!(kernel <= ours, "{}: kernel {kernel}, ours {ours}", spec.name);
-            assert!(kernel <= 256 * 1024, "{}: {kernel} for an empty map", spec.name);
+            assert!(
+                kernel <= ours,
+                "{}: kernel {kernel}, ours {ours}",
+                spec.name
+            );
+            assert!(
+                kernel <= 256 * 1024,
+                "{}: {kernel} for an empty map",
+                spec.name
+            );
             continue;
         }
         assert!(

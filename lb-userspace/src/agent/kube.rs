@@ -377,6 +377,30 @@ impl KubeSource {
         }
     }
 
+    /// The nodes that may announce: Lease live, Node Ready, link up.
+    fn live_nodes(&mut self, nodes: &[Node], now: Instant) -> BTreeSet<String> {
+        self.liveness
+            .observe(&self.stores.leases.state(), now, self.opts.lease_duration);
+        let ready: BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| translate::node_ready(n))
+            .map(kube::ResourceExt::name_any)
+            .collect();
+        let link_down = link_down_nodes(&self.stores.leases.state());
+        let mut live: BTreeSet<String> = self
+            .liveness
+            .live(self.opts.lease_duration)
+            .intersection(&ready)
+            .filter(|n| !link_down.contains(*n))
+            .cloned()
+            .collect();
+        if !self.link_up {
+            // Before our own Lease update comes back through the watch.
+            live.remove(&self.opts.node_name);
+        }
+        live
+    }
+
     async fn reconcile(&mut self, agent: &mut MapOwner) {
         let now = Instant::now();
         if !self.link_up
@@ -406,25 +430,7 @@ impl KubeSource {
         let nodes = owned(self.stores.nodes.state());
         let pools = owned(self.stores.pools.state());
         let ads = owned(self.stores.ads.state());
-        self.liveness
-            .observe(&self.stores.leases.state(), now, self.opts.lease_duration);
-        let ready: BTreeSet<String> = nodes
-            .iter()
-            .filter(|n| translate::node_ready(n))
-            .map(kube::ResourceExt::name_any)
-            .collect();
-        let link_down = link_down_nodes(&self.stores.leases.state());
-        let mut live: BTreeSet<String> = self
-            .liveness
-            .live(self.opts.lease_duration)
-            .intersection(&ready)
-            .filter(|n| !link_down.contains(*n))
-            .cloned()
-            .collect();
-        if !self.link_up {
-            // Before our own Lease update comes back through the watch.
-            live.remove(&self.opts.node_name);
-        }
+        let live = self.live_nodes(&nodes, now);
         let interfaces = lease_interfaces(&self.stores.leases.state());
         let parsed_pools = advert::parse_pools(&pools);
         let candidates: Vec<Candidate> = services
