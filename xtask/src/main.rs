@@ -1,5 +1,5 @@
 //! Developer commands:
-//! `cargo xtask <setup|build-ebpf|test|test-cluster|demo|crdgen|bench>`.
+//! `cargo xtask <setup|build-ebpf|test|test-cluster|kernels|demo|crdgen|bench>`.
 //!
 //! Every command that needs the toolchain runs `setup` first; setup is
 //! idempotent and cheap when everything is already installed.
@@ -7,6 +7,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod kernels;
 use lb_ebpf_embed::toolchain as ebpf_toolchain;
 mod setup;
 mod test;
@@ -64,6 +65,11 @@ enum Command {
     /// Regenerate `manifests/crds.yaml` from the Rust types of the custom
     /// resources (a test fails when the file is stale).
     Crdgen,
+    /// Boot a distribution kernel (Debian's `linux-image-amd64`, or `--deb`) under qemu
+    /// and run the verifier, the packet tests and the agent's attach/restart/cleanup in
+    /// it (`--mode test`), or report the memory of the agent's maps (`--mode maps`). See
+    /// README.md, "Kernels".
+    Kernels(kernels::Options),
     /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
     /// path via `BPF_PROG_TEST_RUN`) or `e2e` (onehop vs kube-proxy iptables
     /// and nftables vs routing, in namespaces); both need root. See
@@ -106,6 +112,10 @@ fn main() -> Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
             Ok(())
+        }
+        Command::Kernels(options) => {
+            setup::run()?;
+            kernels::run(&options)
         }
         Command::Bench { which, args } => {
             setup::run()?;
