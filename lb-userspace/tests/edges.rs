@@ -206,13 +206,27 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         assert!(dump.contains(field), "bpftool shows no {field}:\n{dump}");
     }
 
-    assert!(loader::cleanup(root.path(), "eth0").expect("cleanup"));
+    cleanup_detaches_everything(node.ns(), root.path(), &pins);
+    assert!(
+        !loader::cleanup(root.path(), "eth0").expect("second cleanup"),
+        "nothing left to clean"
+    );
+}
+
+/// `loader::cleanup` removes the pins and detaches XDP and the egress filter.
+fn cleanup_detaches_everything(ns: &onehop_testkit::netns::Netns, root: &Path, pins: &PinDir) {
+    // In the interface's namespace, as `onehop cleanup` runs: a netlink filter is found
+    // through the interface.
+    assert!(
+        in_netns(ns, || loader::cleanup(root, "eth0"))
+            .expect("netns")
+            .expect("cleanup")
+    );
     assert!(!pins.path().exists());
     // Links are released asynchronously once their last reference is gone.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let links =
-            output(Command::new("ip").args(["-n", node.ns().name(), "link", "show", "eth0"]));
+        let links = output(Command::new("ip").args(["-n", ns.name(), "link", "show", "eth0"]));
         if !links.contains("xdp") {
             break;
         }
@@ -223,13 +237,9 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        egress_filter_prog_id(node.ns()),
+        egress_filter_prog_id(ns),
         None,
         "the egress filter outlived cleanup"
-    );
-    assert!(
-        !loader::cleanup(root.path(), "eth0").expect("second cleanup"),
-        "nothing left to clean"
     );
 }
 

@@ -323,21 +323,12 @@ pub fn attach(
     })
 }
 
-/// Helpers `lb_ingress` calls that arrived late enough to be missing on a supported
-/// distribution kernel, with the release that added them.
+/// Helpers the programs call, with the release that gave them to the program type: the
+/// oldest kernels a distribution might still run lack some.
 const INGRESS_HELPERS: &[(BpfHelper, &str, &str)] = &[
-    (
-        BpfHelper::BPF_FUNC_xdp_load_bytes,
-        "bpf_xdp_load_bytes",
-        "5.18",
-    ),
-    (
-        BpfHelper::BPF_FUNC_xdp_store_bytes,
-        "bpf_xdp_store_bytes",
-        "5.18",
-    ),
     (BpfHelper::BPF_FUNC_fib_lookup, "bpf_fib_lookup", "4.18"),
-    (BpfHelper::BPF_FUNC_redirect, "bpf_redirect", "4.8"),
+    (BpfHelper::BPF_FUNC_redirect, "bpf_redirect", "4.14"),
+    (BpfHelper::BPF_FUNC_ktime_get_ns, "bpf_ktime_get_ns", "4.8"),
 ];
 const EGRESS_HELPERS: &[(BpfHelper, &str, &str)] = &[
     (
@@ -431,6 +422,8 @@ fn attach_egress(
     let Some(tcx_error) = tcx_error else {
         return Ok(EgressAttachment::Tcx);
     };
+    // With its causes: ProgramError's own text names only the syscall.
+    let tcx_error = format!("{:#}", anyhow!(tcx_error));
     info!(
         interface = %iface.name,
         error = %tcx_error,
@@ -501,10 +494,14 @@ pub fn cleanup(root: &Path, ifname: &str) -> Result<bool> {
     if pins.entry(programs::EGRESS_TC_PROG).exists() {
         match tc::qdisc_detach_program(ifname, TcAttachType::Egress, programs::EGRESS) {
             Ok(()) => info!(interface = ifname, "deleted the egress filter"),
-            // The interface (and its filters) or the filter is gone already.
-            Err(TcError::IoError(e))
-                if matches!(e.kind(), io::ErrorKind::NotFound)
-                    || e.raw_os_error() == Some(libc::ENODEV) => {}
+            // The filter is gone already.
+            Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            // So is the interface, with its filters; or it lives in another network
+            // namespace than this process, where nothing can be done from here.
+            Err(TcError::IoError(e)) if e.raw_os_error() == Some(libc::ENODEV) => warn!(
+                interface = ifname,
+                "no such interface in this network namespace: no egress filter to delete"
+            ),
             Err(e) => {
                 return Err(e).with_context(|| format!("deleting the egress filter of {ifname}"));
             }
