@@ -655,6 +655,7 @@ maps_memory() {
     veth || return 1
     echo +memory > /sys/fs/cgroup/cgroup.subtree_control
     mkdir /sys/fs/cgroup/onehop
+    meminfo before
     sh -c "echo \$\$ > /sys/fs/cgroup/onehop/cgroup.procs; exec $AGENT" > /tmp/agent1.log 2>&1 &
     pid=$!
     wait_for "grep -q 'attached XDP' /tmp/agent1.log" 300 || fail "no XDP attach" || return 1
@@ -664,7 +665,13 @@ maps_memory() {
     kill -TERM $pid; wait $pid
     echo "ONEHOP-MEMCG stopped current=$(cat /sys/fs/cgroup/onehop/memory.current)"
     grep -E '^(anon|file|kernel|percpu|slab) ' /sys/fs/cgroup/onehop/memory.stat | sed 's/^/ONEHOP-MEMSTAT stopped /'
-    free -k
+    meminfo after
+}
+
+# The machine-wide view, which also counts per-CPU map values (the memory cgroup of
+# Linux 6.1 does not).
+meminfo() {
+    grep -E '^(MemAvailable|Percpu|Slab|VmallocUsed):' /proc/meminfo | sed "s/^/ONEHOP-MEMINFO $1 /"
 }
 
 @STEPS@
@@ -831,10 +838,7 @@ fn check_results(lines: &[String]) -> Result<()> {
         .filter(|(_, rc)| *rc != "0")
         .map(|(s, _)| *s)
         .collect();
-    ensure!(
-        !failed.is_empty() || !results.is_empty(),
-        "the guest ran no step"
-    );
+    ensure!(!results.is_empty(), "the guest ran no step");
     ensure!(failed.is_empty(), "failed in the VM: {failed:?}");
     Ok(())
 }
@@ -882,6 +886,24 @@ fn report_maps(lines: &[String], cpus: u32) -> Result<()> {
         .filter(|l| l.starts_with("ONEHOP-MEMCG") || l.starts_with("ONEHOP-MEMSTAT"))
     {
         println!("  {l}");
+    }
+    // /proc/meminfo before the agent started and after it stopped (the maps stay pinned).
+    let meminfo = |when: &str, key: &str| -> Option<i64> {
+        lines.iter().find_map(|l| {
+            let rest = l.strip_prefix("ONEHOP-MEMINFO ")?.strip_prefix(when)?;
+            let (k, v) = rest.trim().split_once(':')?;
+            (k == key).then(|| v.split_whitespace().next()?.parse().ok())?
+        })
+    };
+    for key in ["Percpu", "Slab", "VmallocUsed", "MemAvailable"] {
+        if let (Some(before), Some(after)) = (meminfo("before", key), meminfo("after", key)) {
+            let delta = after - before;
+            #[expect(clippy::cast_precision_loss, reason = "a figure for people")]
+            let delta_mib = delta as f64 / 1024.0;
+            println!(
+                "  /proc/meminfo {key}: {delta:+} kB ({delta_mib:+.1} MiB) with the maps pinned"
+            );
+        }
     }
     Ok(())
 }
