@@ -633,7 +633,8 @@ agent_lifecycle() {
     grep -E 'egress|TCX' /tmp/agent1.log
     /usr/sbin/tc filter show dev ohk0 egress
     ls -l /sys/fs/bpf/onehop/ohk0
-    onehop status --interface ohk0 | grep -q 192.168.77.100 || fail "status shows no VIP" || return 1
+    # The maps are written after the programs are attached.
+    wait_for "onehop status --interface ohk0 | grep -q 192.168.77.100" 60 || fail "status shows no VIP" || return 1
     kill -TERM $pid; wait $pid
     /usr/sbin/ip link show ohk0 | grep -q xdp || fail "XDP detached when the agent stopped" || return 1
     /usr/sbin/tc filter show dev ohk0 egress | grep -q lb_egress ||
