@@ -194,6 +194,10 @@ pub mod programs {
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.
     pub const EGRESS_LINK: &str = "link_lb_egress";
+    /// On kernels without TCX (< 6.6) [`EGRESS`] is a netlink `cls_bpf` filter, which
+    /// has no link to pin: the attached program is pinned here instead, recording how
+    /// it is attached (bpffs holds no plain files).
+    pub const EGRESS_TC_PROG: &str = "prog_lb_egress_tc";
 }
 
 pub const MAX_VIPS: u32 = 131_072;

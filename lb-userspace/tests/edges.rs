@@ -59,11 +59,65 @@ fn link_prog_id(link: &Path) -> u64 {
 }
 
 fn attach_in(ns: &onehop_testkit::netns::Netns, root: &Path) -> anyhow::Result<bool> {
+    attach_egress_in(ns, root).map(|(adopted, _)| adopted)
+}
+
+/// [`attach_in`], also saying how the egress program was attached (TCX, or netlink on
+/// kernels without TCX).
+fn attach_egress_in(
+    ns: &onehop_testkit::netns::Netns,
+    root: &Path,
+) -> anyhow::Result<(bool, loader::EgressAttachment)> {
     in_netns(ns, || {
         let iface = Interface::lookup("eth0")?;
         loader::attach(&iface, root, small_sizes(), loader::XdpAttachMode::Auto)
-            .map(|dp| dp.adopted)
+            .map(|dp| (dp.adopted, dp.egress))
     })?
+}
+
+/// Id of the program in the onehop egress filter of `eth0` (`tc filter show`), if any.
+fn egress_filter_prog_id(ns: &onehop_testkit::netns::Netns) -> Option<u64> {
+    let text = output(Command::new("tc").args([
+        "-n",
+        ns.name(),
+        "filter",
+        "show",
+        "dev",
+        "eth0",
+        "egress",
+    ]));
+    let line = text.lines().find(|l| l.contains("lb_egress"))?;
+    let id = line
+        .split_whitespace()
+        .skip_while(|w| *w != "id")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no program id in {line:?}"));
+    Some(id.parse().unwrap_or_else(|e| panic!("prog id {id:?}: {e}")))
+}
+
+/// Id of the program of the egress attachment: the TCX link's, or the netlink filter's
+/// (whose pinned program must be that same one).
+fn egress_prog_id(
+    ns: &onehop_testkit::netns::Netns,
+    pins: &PinDir,
+    egress: loader::EgressAttachment,
+) -> u64 {
+    match egress {
+        loader::EgressAttachment::Tcx => link_prog_id(&pins.entry(maps::programs::EGRESS_LINK)),
+        loader::EgressAttachment::Netlink => {
+            let id = egress_filter_prog_id(ns).expect("no lb_egress filter on eth0");
+            let pinned = output(
+                Command::new("bpftool")
+                    .args(["prog", "show", "pinned"])
+                    .arg(pins.entry(maps::programs::EGRESS_TC_PROG)),
+            );
+            assert!(
+                pinned.starts_with(&format!("{id}:")),
+                "the pinned egress program is not the filter's (id {id}):\n{pinned}"
+            );
+            id
+        }
+    }
 }
 
 #[test]
@@ -83,13 +137,16 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
     assert_eq!(iface.ipv4, Some(node.ip()));
     assert_eq!(iface.mac, node.mac().octets());
 
-    assert!(
-        !attach_in(node.ns(), root.path()).expect("first attach"),
-        "nothing was pinned before"
-    );
+    let (adopted, egress) = attach_egress_in(node.ns(), root.path()).expect("first attach");
+    assert!(!adopted, "nothing was pinned before");
+    // Kernels without TCX get a netlink filter, whose program is pinned instead of a link.
+    let egress_pin = match egress {
+        loader::EgressAttachment::Tcx => maps::programs::EGRESS_LINK,
+        loader::EgressAttachment::Netlink => maps::programs::EGRESS_TC_PROG,
+    };
     for name in maps::ALL
         .iter()
-        .chain(&[maps::programs::INGRESS_LINK, maps::programs::EGRESS_LINK])
+        .chain(&[maps::programs::INGRESS_LINK, egress_pin])
     {
         assert!(pins.entry(name).exists(), "{name} is not pinned");
     }
@@ -100,8 +157,10 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         "XDP detached after the loader dropped:\n{links}"
     );
     let xdp_link = pins.entry(maps::programs::INGRESS_LINK);
-    let tc_link = pins.entry(maps::programs::EGRESS_LINK);
-    let (xdp_before, tc_before) = (link_prog_id(&xdp_link), link_prog_id(&tc_link));
+    let (xdp_before, tc_before) = (
+        link_prog_id(&xdp_link),
+        egress_prog_id(node.ns(), &pins, egress),
+    );
 
     // Something in the maps that a restart must keep.
     let vip = lb_common::Ipv4Key {
@@ -113,11 +172,16 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         .insert(vip, lb_common::VipValue { flags: 1 }, 0)
         .expect("insert vip");
 
-    assert!(
-        attach_in(node.ns(), root.path()).expect("second attach"),
-        "the restart must adopt the pins"
+    let (adopted, egress_again) = attach_egress_in(node.ns(), root.path()).expect("second attach");
+    assert!(adopted, "the restart must adopt the pins");
+    assert_eq!(
+        egress_again, egress,
+        "the restart attached egress another way"
     );
-    let (xdp_after, tc_after) = (link_prog_id(&xdp_link), link_prog_id(&tc_link));
+    let (xdp_after, tc_after) = (
+        link_prog_id(&xdp_link),
+        egress_prog_id(node.ns(), &pins, egress),
+    );
     assert_ne!(
         xdp_before, xdp_after,
         "the new XDP program was not swapped into the link"
@@ -143,13 +207,27 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         assert!(dump.contains(field), "bpftool shows no {field}:\n{dump}");
     }
 
-    assert!(loader::cleanup(root.path(), "eth0").expect("cleanup"));
+    cleanup_detaches_everything(node.ns(), root.path(), &pins);
+    assert!(
+        !loader::cleanup(root.path(), "eth0").expect("second cleanup"),
+        "nothing left to clean"
+    );
+}
+
+/// `loader::cleanup` removes the pins and detaches XDP and the egress filter.
+fn cleanup_detaches_everything(ns: &onehop_testkit::netns::Netns, root: &Path, pins: &PinDir) {
+    // In the interface's namespace, as `onehop cleanup` runs: a netlink filter is found
+    // through the interface.
+    assert!(
+        in_netns(ns, || loader::cleanup(root, "eth0"))
+            .expect("netns")
+            .expect("cleanup")
+    );
     assert!(!pins.path().exists());
     // Links are released asynchronously once their last reference is gone.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let links =
-            output(Command::new("ip").args(["-n", node.ns().name(), "link", "show", "eth0"]));
+        let links = output(Command::new("ip").args(["-n", ns.name(), "link", "show", "eth0"]));
         if !links.contains("xdp") {
             break;
         }
@@ -159,9 +237,10 @@ fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        !loader::cleanup(root.path(), "eth0").expect("second cleanup"),
-        "nothing left to clean"
+    assert_eq!(
+        egress_filter_prog_id(ns),
+        None,
+        "the egress filter outlived cleanup"
     );
 }
 

@@ -1,5 +1,5 @@
 //! Developer commands:
-//! `cargo xtask <setup|build-ebpf|test|test-cluster|demo|crdgen|bundle|image|bench>`.
+//! `cargo xtask <setup|build-ebpf|test|test-cluster|kernels|demo|crdgen|bundle|image|bench>`.
 //!
 //! Every command that needs the toolchain runs `setup` first; setup is
 //! idempotent and cheap when everything is already installed.
@@ -8,6 +8,7 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod image;
+mod kernels;
 use lb_ebpf_embed::toolchain as ebpf_toolchain;
 mod setup;
 mod test;
@@ -83,6 +84,11 @@ enum Command {
         #[arg(long)]
         import: bool,
     },
+    /// Boot a distribution kernel (Debian's `linux-image-amd64`, or `--deb`) under qemu
+    /// and run the verifier, the packet tests and the agent's attach/restart/cleanup in
+    /// it (`--mode test`), or report the memory of the agent's maps (`--mode maps`). See
+    /// README.md, "Kernels".
+    Kernels(kernels::Options),
     /// Run a benchmark in release mode: `xdp` (ns/packet of the XDP data
     /// path via `BPF_PROG_TEST_RUN`) or `e2e` (onehop vs kube-proxy iptables
     /// and nftables vs routing, in namespaces); both need root. See
@@ -128,6 +134,10 @@ fn main() -> Result<()> {
         }
         Command::Bundle => image::write_bundle(),
         Command::Image { save, import } => image::build(save.as_deref(), import),
+        Command::Kernels(options) => {
+            setup::run()?;
+            kernels::run(&options)
+        }
         Command::Bench { which, args } => {
             setup::run()?;
             bench::run(&which, &args)

@@ -66,6 +66,17 @@ fn have(cmd: &str) -> bool {
         .any(|d| d.join(cmd).is_file())
 }
 
+/// Installs those of `packages` (Debian package, command it provides) whose command is
+/// missing.
+pub fn install_commands(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, cmd)| !have(cmd))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    apt_install(&missing)
+}
+
 fn install_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
@@ -77,6 +88,10 @@ fn install_packages() -> Result<()> {
         )
         .map(|(pkg, _)| *pkg)
         .collect();
+    apt_install(&missing)
+}
+
+fn apt_install(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -88,7 +103,7 @@ fn install_packages() -> Result<()> {
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

@@ -7,19 +7,31 @@
 //! pinned maps (connection table included) and swaps its freshly loaded
 //! programs into the pinned links with `bpf_link_update`, which is atomic:
 //! no packet sees the interface without a program.
+//!
+//! Kernels without TCX (before 6.6, unless backported) get the egress
+//! program as a netlink `cls_bpf` filter on a `clsact` qdisc instead, at a
+//! fixed priority and handle. Such a filter outlives the agent by itself
+//! but has no link to pin, so the attached program is pinned as the record
+//! of it; a restart replaces the program in that filter (also atomic) and
+//! `cleanup` deletes the filter. Which one a kernel has is found by trying
+//! TCX, never from the version number: distributions backport TCX.
+//!
+//! The egress program is attached before the ingress one: when attaching
+//! fails, no XDP link has been pinned, and ingress never rewrites a flow
+//! whose replies nobody would translate back.
 
 use std::{fs, io, path::Path};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapData,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, ProgramType, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
-        tc::TcAttachOptions,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
-    sys::SyscallError,
+    sys::{BpfHelper, SyscallError, is_helper_supported},
 };
 use lb_common::maps::{self, programs};
 use tracing::{info, warn};
@@ -74,12 +86,30 @@ impl XdpAttachMode {
     }
 }
 
+/// How `lb_egress` is attached to the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressAttachment {
+    /// A TCX `bpf_link`, pinned at [`programs::EGRESS_LINK`] (Linux >= 6.6 or a backport).
+    Tcx,
+    /// A netlink `cls_bpf` filter on the `clsact` qdisc at [`TC_PRIORITY`] and
+    /// [`TC_HANDLE`], its program pinned at [`programs::EGRESS_TC_PROG`].
+    Netlink,
+}
+
+/// Priority of the netlink egress filter. Fixed so that a restart finds the filter to
+/// replace without reading anything back; 1 puts it before filters of other tools, which
+/// is harmless: `lb_egress` only rewrites replies of its own flows and passes the rest on.
+pub const TC_PRIORITY: u16 = 1;
+/// Handle of the netlink egress filter ("oh").
+pub const TC_HANDLE: u32 = 0x6f68;
+
 /// The loaded programs. Dropping it leaves the pinned links attached.
 pub struct Dataplane {
     _ebpf: Ebpf,
     pub pins: PinDir,
     /// True when maps were already pinned (a restart): state was kept.
     pub adopted: bool,
+    pub egress: EgressAttachment,
 }
 
 /// Refuses to adopt pinned maps whose layout differs from this build's (the
@@ -118,13 +148,14 @@ fn is_not_found(e: &LinkError) -> bool {
 
 /// Reuses the link pinned at `path` by swapping `prog` into it, or, when
 /// there is none (or it is stale: the interface was recreated), attaches
-/// `prog` afresh and pins the new link.
+/// `prog` afresh and pins the new link. `attach` may decline (`None`: the
+/// kernel lacks this kind of link); then nothing is pinned.
 fn adopt_or_attach<P>(
     prog: &mut P,
     path: &Path,
     what: &str,
     replace: impl FnOnce(&mut P, FdLink) -> Result<()>,
-    attach: impl FnOnce(&mut P) -> Result<FdLink>,
+    attach: impl FnOnce(&mut P) -> Result<Option<FdLink>>,
 ) -> Result<()> {
     match PinnedLink::from_pin(path) {
         Ok(pinned) => match replace(prog, FdLink::from(pinned)) {
@@ -141,7 +172,9 @@ fn adopt_or_attach<P>(
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(e).with_context(|| format!("opening the pinned {what} link")),
     }
-    let link = attach(prog)?;
+    let Some(link) = attach(prog)? else {
+        return Ok(());
+    };
     link.pin(path)
         .with_context(|| format!("pinning the {what} link"))?;
     info!(link = %path.display(), "attached {what}");
@@ -254,7 +287,22 @@ pub fn attach(
         .program_mut(programs::INGRESS)
         .context("lb_ingress missing from the object")?
         .try_into()?;
-    xdp.load().context("verifying lb_ingress")?;
+    xdp.load()
+        .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
+        .context("verifying lb_ingress")?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(programs::EGRESS)
+        .context("lb_egress missing from the object")?
+        .try_into()?;
+    tc.load()
+        .map_err(|e| explain_load_error(e, ProgramType::SchedClassifier, EGRESS_HELPERS))
+        .context("verifying lb_egress")?;
+    let egress = attach_egress(tc, iface, &pins)?;
+
+    let xdp: &mut Xdp = ebpf
+        .program_mut(programs::INGRESS)
+        .context("lb_ingress missing from the object")?
+        .try_into()?;
     adopt_or_attach(
         xdp,
         &pins.entry(programs::INGRESS_LINK),
@@ -271,15 +319,90 @@ pub fn attach(
                 .with_context(|| format!("attaching XDP to {}", iface.name))?;
             xdp.take_link(id)?
                 .try_into()
-                .context("the kernel attached XDP without a bpf_link (kernel too old?)")
+                .map(Some)
+                .context("the kernel attached XDP without a bpf_link (needs Linux >= 5.9)")
         },
     )?;
+    Ok(Dataplane {
+        _ebpf: ebpf,
+        pins,
+        adopted,
+        egress,
+    })
+}
 
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(programs::EGRESS)
-        .context("lb_egress missing from the object")?
-        .try_into()?;
-    tc.load().context("verifying lb_egress")?;
+/// Helpers the programs call, with the release that gave them to the program type: the
+/// oldest kernels a distribution might still run lack some.
+const INGRESS_HELPERS: &[(BpfHelper, &str, &str)] = &[
+    (BpfHelper::BPF_FUNC_fib_lookup, "bpf_fib_lookup", "4.18"),
+    (BpfHelper::BPF_FUNC_redirect, "bpf_redirect", "4.14"),
+    (BpfHelper::BPF_FUNC_ktime_get_ns, "bpf_ktime_get_ns", "4.8"),
+];
+const EGRESS_HELPERS: &[(BpfHelper, &str, &str)] = &[
+    (
+        BpfHelper::BPF_FUNC_skb_store_bytes,
+        "bpf_skb_store_bytes",
+        "4.1",
+    ),
+    (
+        BpfHelper::BPF_FUNC_l3_csum_replace,
+        "bpf_l3_csum_replace",
+        "4.1",
+    ),
+    (
+        BpfHelper::BPF_FUNC_l4_csum_replace,
+        "bpf_l4_csum_replace",
+        "4.1",
+    ),
+];
+
+/// Adds to a failed load the helpers this kernel lacks, found by probing each one: the
+/// verifier only says `unknown func`, not which kernel release would have it.
+fn explain_load_error(
+    e: ProgramError,
+    kind: ProgramType,
+    helpers: &[(BpfHelper, &str, &str)],
+) -> anyhow::Error {
+    let missing: Vec<String> = helpers
+        .iter()
+        .filter(|(h, ..)| matches!(is_helper_supported(kind, *h), Ok(false)))
+        .map(|(_, name, since)| format!("{name} (Linux >= {since})"))
+        .collect();
+    let e = anyhow::Error::new(e);
+    if missing.is_empty() {
+        e
+    } else {
+        e.context(format!(
+            "this kernel lacks the helpers {}",
+            missing.join(", ")
+        ))
+    }
+}
+
+fn tc_filter(ifname: &str) -> io::Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        ifname,
+        TcAttachType::Egress,
+        TC_PRIORITY,
+        TcHandle::from(TC_HANDLE),
+        None,
+    )
+}
+
+/// Attaches `lb_egress`: into the pinned TCX link or the recorded netlink filter when
+/// there is one, else through a new TCX link, else (the kernel has no TCX) through a new
+/// netlink filter.
+fn attach_egress(
+    tc: &mut SchedClassifier,
+    iface: &Interface,
+    pins: &PinDir,
+) -> Result<EgressAttachment> {
+    let record = pins.entry(programs::EGRESS_TC_PROG);
+    if record.exists() {
+        attach_egress_netlink(tc, iface, &record)?;
+        return Ok(EgressAttachment::Netlink);
+    }
+    let mut tcx_error = None;
     adopt_or_attach(
         tc,
         &pins.entry(programs::EGRESS_LINK),
@@ -291,24 +414,81 @@ pub fn attach(
         },
         |tc| {
             let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-            let id = tc
-                .attach_with_options(&iface.name, TcAttachType::Egress, options)
-                .with_context(|| {
-                    format!(
-                        "attaching TCX egress to {} (needs Linux >= 6.6)",
-                        iface.name
-                    )
-                })?;
-            tc.take_link(id)?
-                .try_into()
-                .context("TCX attach gave no bpf_link")
+            match tc.attach_with_options(&iface.name, TcAttachType::Egress, options) {
+                Ok(id) => Ok(Some(
+                    tc.take_link(id)?
+                        .try_into()
+                        .context("TCX attach gave no bpf_link")?,
+                )),
+                Err(e) => {
+                    tcx_error = Some(e);
+                    Ok(None)
+                }
+            }
         },
     )?;
-    Ok(Dataplane {
-        _ebpf: ebpf,
-        pins,
-        adopted,
-    })
+    let Some(tcx_error) = tcx_error else {
+        return Ok(EgressAttachment::Tcx);
+    };
+    // With its causes: ProgramError's own text names only the syscall.
+    let tcx_error = format!("{:#}", anyhow!(tcx_error));
+    info!(
+        interface = %iface.name,
+        error = %tcx_error,
+        "TCX is not available; attaching egress as a netlink clsact filter"
+    );
+    attach_egress_netlink(tc, iface, &record)
+        .with_context(|| format!("after TCX failed too ({tcx_error})"))?;
+    Ok(EgressAttachment::Netlink)
+}
+
+/// Puts `tc` into the netlink filter at [`TC_PRIORITY`]/[`TC_HANDLE`] (replacing the
+/// program of an existing one, or creating it) and pins `tc` at `record`.
+fn attach_egress_netlink(tc: &mut SchedClassifier, iface: &Interface, record: &Path) -> Result<()> {
+    let link = match tc_filter(&iface.name)
+        .map_err(TcError::IoError)
+        .map_err(ProgramError::from)
+        .and_then(|existing| tc.attach_to_link(existing))
+    {
+        Ok(id) => {
+            info!(interface = %iface.name, "swapped the new program into the egress filter");
+            tc.take_link(id)?
+        }
+        Err(replace) => {
+            // The filter is gone (first start, or the interface was recreated).
+            // `clsact` may already be there, put by us or by another tool.
+            let qdisc = tc::qdisc_add_clsact(&iface.name).err();
+            let options = TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle: TcHandle::from(TC_HANDLE),
+                classid: None,
+            });
+            let id = tc
+                .attach_with_options(&iface.name, TcAttachType::Egress, options)
+                .map_err(|e| {
+                    let e = anyhow!(e).context(format!(
+                        "attaching the egress filter to {} (replacing an existing one: {replace})",
+                        iface.name
+                    ));
+                    match qdisc {
+                        Some(q) => e.context(format!("adding the clsact qdisc: {q}")),
+                        None => e,
+                    }
+                })?;
+            info!(interface = %iface.name, "attached egress as a netlink filter");
+            tc.take_link(id)?
+        }
+    };
+    // The filter holds the program by itself; dropping this handle would delete it.
+    std::mem::forget(link);
+    match fs::remove_file(record) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", record.display())),
+    }
+    tc.pin(record)
+        .with_context(|| format!("pinning the egress program at {}", record.display()))?;
+    Ok(())
 }
 
 /// Removes everything pinned for `ifname`: the links (which detaches the
@@ -317,6 +497,23 @@ pub fn cleanup(root: &Path, ifname: &str) -> Result<bool> {
     let pins = PinDir::new(root, ifname);
     if !pins.path().exists() {
         return Ok(false);
+    }
+    // A TCX link goes with its pin; a netlink filter stays until deleted.
+    if pins.entry(programs::EGRESS_TC_PROG).exists() {
+        match tc::qdisc_detach_program(ifname, TcAttachType::Egress, programs::EGRESS) {
+            Ok(()) => info!(interface = ifname, "deleted the egress filter"),
+            // The filter is gone already.
+            Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            // So is the interface, with its filters; or it lives in another network
+            // namespace than this process, where nothing can be done from here.
+            Err(TcError::IoError(e)) if e.raw_os_error() == Some(libc::ENODEV) => warn!(
+                interface = ifname,
+                "no such interface in this network namespace: no egress filter to delete"
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("deleting the egress filter of {ifname}"));
+            }
+        }
     }
     fs::remove_dir_all(pins.path())
         .with_context(|| format!("removing {}", pins.path().display()))?;

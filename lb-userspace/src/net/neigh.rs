@@ -107,7 +107,7 @@ fn parse_ack(buf: &[u8]) -> Result<()> {
 /// Creates (or turns into) a managed entry for `ip` on `ifindex`.
 pub fn ensure_managed(ifindex: u32, ip: Ipv4Addr) -> Result<()> {
     talk(&request(RTM_NEWNEIGH, ifindex, ip, 1))
-        .with_context(|| format!("adding managed neighbour {ip}"))
+        .with_context(|| format!("adding managed neighbour {ip} (needs Linux >= 5.16)"))
 }
 
 /// Removes the entry for `ip` (a missing entry is not an error).
