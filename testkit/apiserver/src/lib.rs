@@ -43,13 +43,18 @@
 //! ```
 
 pub mod acceptor;
+mod events;
 pub mod forward;
 mod http;
 pub mod json;
 pub mod k8s;
+mod openapi;
 pub mod patch;
+mod schema;
 pub mod selector;
 mod store;
+mod table;
+mod typed;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -65,8 +70,11 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::sync::watch;
 
-pub use self::store::{ApiError, EventType, ResourceDef};
-use self::store::{Deleted, State, Sub};
+use self::store::{Admission, Deleted, State, Sub};
+pub use self::{
+    schema::FieldError,
+    store::{ApiError, EventType, ResourceDef},
+};
 use crate::acceptor::Acceptor;
 pub use crate::{
     forward::Forwarder,
@@ -292,9 +300,9 @@ impl Store {
                 if let Some(m) = obj["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
-                s.update(rd, ns, &name, obj, Sub::All)
+                s.update(rd, ns, &name, obj, Sub::All, &mut Admission::off())
             } else {
-                s.create(rd, ns, obj, true)
+                s.create(rd, ns, obj, true, &mut Admission::off())
             }
         })
     }
