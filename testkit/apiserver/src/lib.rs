@@ -48,6 +48,7 @@ pub mod forward;
 mod http;
 pub mod json;
 pub mod k8s;
+pub mod kubectl;
 mod openapi;
 pub mod patch;
 mod schema;
@@ -498,6 +499,26 @@ impl ApiServer {
     pub fn kube_config(&self) -> Result<kube::Config> {
         let uri = self.url.parse().context("server URL")?;
         Ok(kube::Config::new(uri))
+    }
+
+    /// Writes a kubeconfig for this server to `path` (its directory is created), for
+    /// processes such as `kubectl`: one context, plain HTTP, no credentials, namespace
+    /// `namespace`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> Result<()> {
+        let dir = path
+            .parent()
+            .with_context(|| format!("{} has no directory", path.display()))?;
+        k8s::write_kubeconfig(
+            dir,
+            path,
+            "onehop-test-server",
+            kube::config::Cluster {
+                server: Some(self.url.clone()),
+                ..kube::config::Cluster::default()
+            },
+            kube::config::AuthInfo::default(),
+            namespace,
+        )
     }
 
     /// A `kube::Client` for this server. Must be called within a Tokio runtime (the

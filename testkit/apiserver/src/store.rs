@@ -979,18 +979,16 @@ impl State {
                 rd.kind, rd.version, rd.kind
             ))
         };
-        let (unknown, invalid) = match self.crd(rd).and_then(|c| c.schema.as_ref()) {
-            Some(s) => {
-                let unknown = schema::prune(obj, s);
-                schema::apply_defaults(obj, s);
-                let mut errs = Vec::new();
-                schema::validate(obj, s, "", &mut errs);
-                (unknown, errs)
-            }
-            None => (
-                typed::unknown_fields(&rd.group, &rd.kind, obj).map_err(cannot_handle)?,
-                Vec::new(),
-            ),
+        let (unknown, invalid) = if let Some(s) = self.crd(rd).and_then(|c| c.schema.as_ref()) {
+            let unknown = schema::prune(obj, s);
+            schema::apply_defaults(obj, s);
+            let mut errs = Vec::new();
+            schema::validate(obj, s, "", &mut errs);
+            (unknown, errs)
+        } else {
+            let unknown = typed::unknown_fields(&rd.group, &rd.kind, obj).map_err(cannot_handle)?;
+            typed::apply_defaults(&rd.group, &rd.kind, obj);
+            (unknown, Vec::new())
         };
         if !unknown.is_empty() {
             match directive {

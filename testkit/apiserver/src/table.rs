@@ -275,7 +275,7 @@ fn builtin_columns(rd: &ResourceDef) -> (Vec<Value>, Cells) {
                 c("Reason", 0),
                 c("Object", 0),
                 c("Message", 0),
-                name_column(),
+                c("Name", 1),
             ],
             Box::new(|o| {
                 let seen = ["lastTimestamp", "eventTime", "firstTimestamp"]

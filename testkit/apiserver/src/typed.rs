@@ -49,6 +49,52 @@ pub(crate) fn unknown_fields(
     }
 }
 
+/// The defaults the API server fills into a Service and an EndpointSlice (the kinds onehop
+/// reads ports and policies from) when a write leaves them out. Not done: a Service's
+/// cluster IP, node ports and IP families, which a real server allocates.
+pub(crate) fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
+    let set = |m: &mut serde_json::Map<String, Value>, k: &str, v: Value| {
+        m.entry(k.to_owned()).or_insert(v);
+    };
+    match (group, kind) {
+        ("", "Service") => {
+            let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+                return;
+            };
+            set(spec, "type", "ClusterIP".into());
+            set(spec, "sessionAffinity", "None".into());
+            set(spec, "internalTrafficPolicy", "Cluster".into());
+            if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+                set(spec, "externalTrafficPolicy", "Cluster".into());
+            }
+            for p in spec
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object_mut)
+            {
+                set(p, "protocol", "TCP".into());
+                if let Some(port) = p.get("port").cloned() {
+                    set(p, "targetPort", port);
+                }
+            }
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            for p in obj
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object_mut)
+            {
+                set(p, "protocol", "TCP".into());
+            }
+        }
+        _ => {}
+    }
+}
+
 fn round_trip<T: DeserializeOwned + Serialize>(obj: &mut Value) -> Result<Vec<String>, String> {
     let typed: T = match serde_json::from_value(obj.clone()) {
         Ok(t) => t,
