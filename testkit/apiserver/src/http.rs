@@ -18,8 +18,8 @@ use super::{
     patch::PatchKind,
     selector::{FieldSelector, LabelSelector},
     store::{
-        Admission, ApiError, Deleted, EventType, FieldValidation, HistEvent, ResourceDef, State,
-        Sub,
+        Admission, ApiError, CrdVersion, Deleted, EventType, FieldValidation, HistEvent,
+        ResourceDef, State, Sub,
     },
     table,
 };
@@ -362,7 +362,7 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
         (m, _) => return error_response(&method_not_allowed(m)),
     };
     let response = if verb == Verb::Watch {
-        watch(&inner, &target, &query)
+        watch(&inner, &target, &query, &parts.headers)
     } else {
         serve(&inner, verb, &target, &query, &parts.headers, &body)
     };
@@ -397,6 +397,23 @@ fn parse_rv(s: Option<&str>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// Typed `kubectl create <kind>` commands send protobuf; this server has no schemas to
+/// decode it with.
+fn refuse_protobuf(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the test API server accepts JSON only: protobuf bodies are not supported",
+        ));
+    }
+    Ok(())
+}
+
 fn serve(
     inner: &Inner,
     verb: Verb,
@@ -410,6 +427,7 @@ fn serve(
             "dryRun is not supported by the test API server",
         ));
     }
+    refuse_protobuf(headers)?;
     let parse_body = || -> Result<Value, ApiError> {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))
@@ -610,6 +628,35 @@ struct WatchStream {
     next_bookmark: tokio::time::Instant,
     rv_rx: watch::Receiver<u64>,
     done: bool,
+    /// For `Accept: ...;as=Table`: each event's object is a one-row Table.
+    table: Option<TableView>,
+}
+
+struct TableView {
+    crd: Option<CrdVersion>,
+    include: Option<String>,
+}
+
+impl WatchStream {
+    /// An event line, its object as a Table row when the watch asked for Tables.
+    fn line(&self, kind: &str, obj: &Value) -> Bytes {
+        match &self.table {
+            None => event_line(kind, obj),
+            Some(t) => {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                let table = table::table(
+                    &self.rd,
+                    t.crd.as_ref(),
+                    std::slice::from_ref(obj),
+                    t.include.as_deref(),
+                    rv,
+                );
+                event_line(kind, &table)
+            }
+        }
+    }
 }
 
 fn event_line(kind: &str, obj: &Value) -> Bytes {
@@ -650,7 +697,7 @@ impl WatchStream {
             }
             _ => return None,
         };
-        Some(event_line(kind.wire(), &e.obj))
+        Some(self.line(kind.wire(), &e.obj))
     }
 
     fn bookmark(&self, initial_end: bool) -> Bytes {
@@ -722,7 +769,12 @@ impl WatchStream {
 ///   it, while an HTTP 410 would make it retry the same watch forever).
 /// - `allowWatchBookmarks=true`: BOOKMARK events every `bookmark_interval` of silence.
 /// - `timeoutSeconds`: the response ends after that long (default 30 minutes).
-fn watch(inner: &Arc<Inner>, t: &Target, query: &Query) -> Result<Response<Body>, ApiError> {
+fn watch(
+    inner: &Arc<Inner>,
+    t: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(query)?;
     let rv = parse_rv(query.get("resourceVersion"))?;
     let bookmarks = query.flag("allowWatchBookmarks");
@@ -755,6 +807,14 @@ fn watch(inner: &Arc<Inner>, t: &Target, query: &Query) -> Result<Response<Body>
         next_bookmark: now + inner.config.bookmark_interval,
         rv_rx: inner.rv_tx.subscribe(),
         done: false,
+        table: headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(table::wants_table)
+            .then(|| TableView {
+                crd: inner.lock_state().crd(&t.rd).cloned(),
+                include: query.get("includeObject").map(str::to_owned),
+            }),
     };
     {
         let state = inner.lock_state();
@@ -771,7 +831,7 @@ fn watch(inner: &Arc<Inner>, t: &Target, query: &Query) -> Result<Response<Body>
                 let lines: Vec<Bytes> = state
                     .list(&t.rd, t.ns.as_deref())
                     .filter(|o| w.matches(o))
-                    .map(|o| event_line("ADDED", o))
+                    .map(|o| w.line("ADDED", o))
                     .collect();
                 w.queue.extend(lines);
                 w.cursor = state.rv;
