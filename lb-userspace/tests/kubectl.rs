@@ -20,7 +20,7 @@ use std::{
 use cluster::{Cluster, TARGET_PORT, pods_in_use};
 use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use lb_common::vip_flags;
-use lb_userspace::agent::announcer;
+use lb_userspace::agent::{announcer, election};
 use onehop_apiserver::{
     k8s::{MANAGED_BY, TestCluster, skip_on_real_cluster},
     kubectl::{Kubectl, parse_table},
@@ -171,21 +171,25 @@ impl World {
         spawn_in(api_host, cmd).expect("controller")
     }
 
-    /// The node whose datapath announces [`ADDRESS`], once both serve it.
+    /// The node elected to announce [`ADDRESS`], once both nodes serve it and only that
+    /// one's datapath announces it (the agents' election has converged).
     fn announcer(&self) -> u8 {
-        (1..=2)
-            .find(|i| {
-                self.c.wait_for(*i, "the address served", |s| {
-                    s.services.iter().any(|r| r.key.vip == ADDRESS.octets()) && pods_in_use(s) == 2
+        let names = [self.node_name(1), self.node_name(2)];
+        let owner = election::owner(ADDRESS, names.iter().map(String::as_str)).expect("an owner");
+        let owner = if owner == names[0] { 1 } else { 2 };
+        for i in 1..=2 {
+            self.c
+                .wait_for(i, "the address served, the election converged", |s| {
+                    let announced = s
+                        .vips
+                        .iter()
+                        .any(|(ip, f)| *ip == ADDRESS.octets() && f & vip_flags::ANNOUNCE != 0);
+                    s.services.iter().any(|r| r.key.vip == ADDRESS.octets())
+                        && pods_in_use(s) == 2
+                        && announced == (i == owner)
                 });
-                self.c
-                    .snapshot(*i)
-                    .expect("maps")
-                    .vips
-                    .iter()
-                    .any(|(ip, f)| *ip == ADDRESS.octets() && f & vip_flags::ANNOUNCE != 0)
-            })
-            .expect("a node announces the address")
+        }
+        owner
     }
 }
 

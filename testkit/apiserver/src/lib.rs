@@ -36,13 +36,13 @@
 //!
 //! Not implemented (each fails clearly or is documented where it matters): authentication
 //! and authorization, admission webhooks, CEL validation rules and the schema keywords the
-//! `schema` module lists, validation of built-in kinds beyond decoding, cluster IP and
-//! node port allocation, protobuf (request or response), `OpenAPI` v2,
-//! aggregated discovery (`/api` and `/apis` answer in the legacy format), pagination
-//! (`limit` is ignored, a `continue` token is rejected), lists at an exact past
-//! resourceVersion (410), `dryRun` (400), garbage collection (ownerReferences and
-//! propagation policies are ignored), namespace lifecycle (objects can be created in
-//! namespaces that do not exist), `managedFields`, and subresources other than `status`.
+//! `schema` module lists, validation of built-in kinds beyond decoding and names, cluster
+//! IP and node port allocation, protobuf (request or response), `OpenAPI` v2, aggregated
+//! discovery (`/api` and `/apis` answer in the legacy format), pagination (`limit` is
+//! ignored, a `continue` token is rejected), lists at an exact past resourceVersion (410),
+//! `dryRun` (400), garbage collection (ownerReferences and propagation policies are
+//! ignored), namespace lifecycle (objects can be created in namespaces that do not exist),
+//! `managedFields`, and subresources other than `status`.
 //! See [`patch`] for how far strategic merge and server-side apply go.
 //!
 //! ```no_run

@@ -414,6 +414,58 @@ fn bounds(v: &Value, s: &Value, shown: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// What is wrong with an object's name, by the rule Kubernetes applies to its kind:
+/// Services a DNS-1035 label, Namespaces an RFC 1123 label, RBAC objects a path segment
+/// (checked by every write), everything else an RFC 1123 subdomain.
+pub(crate) fn name_error(group: &str, kind: &str, name: &str) -> Option<FieldError> {
+    let label_ok = |l: &str, first_alpha: bool| {
+        let b = l.as_bytes();
+        let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+        !b.is_empty()
+            && b.iter().all(ok_char)
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+            && (!first_alpha || b[0].is_ascii_lowercase())
+    };
+    let (ok, max, rule) = match (group, kind) {
+        ("", "Service") => (
+            label_ok(name, true),
+            63,
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start \
+             with an alphabetic character, and end with an alphanumeric character (e.g. \
+             'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+        ),
+        ("", "Namespace") => (
+            label_ok(name, false),
+            63,
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
+             '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or \
+             '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        ),
+        ("rbac.authorization.k8s.io", _) => return None,
+        _ => (
+            name.split('.').all(|l| label_ok(l, false)),
+            253,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+             '-' or '.', and must start and end with an alphanumeric character (e.g. \
+             'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        ),
+    };
+    let message = if name.len() > max {
+        format!("must be no more than {max} characters")
+    } else if !ok {
+        rule.to_owned()
+    } else {
+        return None;
+    };
+    Some(FieldError {
+        reason: "FieldValueInvalid",
+        field: "metadata.name".into(),
+        message: format!("Invalid value: {}: {message}", Value::from(name)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -504,6 +556,26 @@ mod tests {
         );
         let (_, _, errs) = check(json!({}));
         assert_eq!(errs, ["spec: Required value"]);
+    }
+
+    #[test]
+    fn names_by_kind() {
+        assert!(name_error("", "Service", "web-1").is_none());
+        assert!(
+            name_error("", "Service", "1web").is_some(),
+            "DNS-1035: a letter first"
+        );
+        assert!(name_error("", "Namespace", "1ns").is_none());
+        assert!(name_error("", "Namespace", "a.b").is_some());
+        assert!(name_error("onehop.io", "IPAddressPool", "lan.v4").is_none());
+        let e = name_error("onehop.io", "IPAddressPool", "Lan_1").unwrap();
+        assert_eq!(e.field, "metadata.name");
+        assert!(
+            e.message
+                .starts_with("Invalid value: \"Lan_1\": a lowercase RFC 1123 subdomain")
+        );
+        assert!(name_error("", "Node", &"a".repeat(254)).is_some());
+        assert!(name_error("rbac.authorization.k8s.io", "Role", "system:x").is_none());
     }
 
     #[test]

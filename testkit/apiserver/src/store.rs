@@ -174,6 +174,28 @@ impl ApiError {
         Self::new(422, "Invalid", message)
     }
 
+    /// `422 Invalid` about the object `name` of `rd`, as Kubernetes words it:
+    /// `IPAddressPool.onehop.io "x" is invalid: spec.addresses: Required value`.
+    fn invalid_object(rd: &ResourceDef, name: &str, causes: Vec<FieldError>) -> Self {
+        let qualified = if rd.group.is_empty() {
+            rd.kind.clone()
+        } else {
+            format!("{}.{}", rd.kind, rd.group)
+        };
+        let rendered: Vec<String> = causes.iter().map(FieldError::render).collect();
+        let listed = if rendered.len() == 1 {
+            rendered[0].clone()
+        } else {
+            format!("[{}]", rendered.join(", "))
+        };
+        let mut e = Self::invalid(format!("{qualified} \"{name}\" is invalid: {listed}"));
+        e.name = name.into();
+        e.group = rd.group.as_str().into();
+        e.resource = rd.kind.as_str().into();
+        e.causes = Some(Box::new(causes));
+        e
+    }
+
     pub(crate) fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }
@@ -700,6 +722,11 @@ impl State {
         if name.contains('/') || name == "." || name == ".." {
             return Err(ApiError::invalid(format!("invalid name {name:?}")));
         }
+        if adm.validation.is_some()
+            && let Some(e) = schema::name_error(&rd.group, &rd.kind, &name)
+        {
+            return Err(ApiError::invalid_object(rd, &name, vec![e]));
+        }
         let key = Self::key(rd, ns, &name);
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(rd, &name));
@@ -1011,23 +1038,7 @@ impl State {
         if invalid.is_empty() {
             return Ok(());
         }
-        let qualified = if rd.group.is_empty() {
-            rd.kind.clone()
-        } else {
-            format!("{}.{}", rd.kind, rd.group)
-        };
-        let rendered: Vec<String> = invalid.iter().map(FieldError::render).collect();
-        let listed = if rendered.len() == 1 {
-            rendered[0].clone()
-        } else {
-            format!("[{}]", rendered.join(", "))
-        };
-        let mut e = ApiError::invalid(format!("{qualified} \"{name}\" is invalid: {listed}"));
-        e.name = name.into();
-        e.group = rd.group.as_str().into();
-        e.resource = rd.kind.as_str().into();
-        e.causes = Some(Box::new(invalid));
-        Err(e)
+        Err(ApiError::invalid_object(rd, name, invalid))
     }
 
     /// Creating or updating a `CustomResourceDefinition` registers the resources it serves,

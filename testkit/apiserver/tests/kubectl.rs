@@ -270,6 +270,12 @@ const MALFORMED: &[(&str, &str)] = &[
          spec.nodeSelectors[0].matchExpressions[0].operator: Required value",
     ),
     (
+        "kind: IPAddressPool\nmetadata: {name: First_Pool}\nspec: {addresses: [10.0.0.0/24]}",
+        "The IPAddressPool \"First_Pool\" is invalid: metadata.name: Invalid value: \
+         \"First_Pool\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+         characters, '-' or '.', and must start and end with an alphanumeric character",
+    ),
+    (
         "kind: L2Advertisement\nmetadata: {name: pools-string}\nspec: {ipAddressPools: lan}",
         "The L2Advertisement \"pools-string\" is invalid: spec.ipAddressPools: Invalid \
          value: \"string\": spec.ipAddressPools in body must be of type array: \"string\"",
