@@ -414,6 +414,83 @@ fn bounds(v: &Value, s: &Value, shown: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// What makes a CRD's schemas non-structural, which the API server refuses: a schema node
+/// without `type` (unless it preserves unknown fields or is int-or-string), a root that is
+/// not an object, `properties` beside `additionalProperties`, and root `metadata` saying
+/// more than `name` and `generateName`.
+pub(crate) fn crd_errors(crd: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, v) in crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(s) = v["schema"].get("openAPIV3Schema") else {
+            continue;
+        };
+        let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
+        if s.get("type").is_some_and(|t| t != "object") {
+            errs.push(FieldError {
+                reason: "FieldValueInvalid",
+                field: format!("{path}.type"),
+                message: format!("Invalid value: {}: must be object at the root", s["type"]),
+            });
+        }
+        let meta_fields = s["properties"]["metadata"]["properties"].as_object();
+        if meta_fields.is_some_and(|p| p.keys().any(|k| k != "name" && k != "generateName")) {
+            errs.push(FieldError {
+                reason: "FieldValueForbidden",
+                field: format!("{path}.properties[metadata]"),
+                message: "Forbidden: must not specify anything other than name and \
+                          generateName, but metadata is implicitly specified"
+                    .into(),
+            });
+        }
+        structural(s, &path, "object fields", &mut errs);
+    }
+    errs
+}
+
+fn structural(s: &Value, path: &str, what: &str, errs: &mut Vec<FieldError>) {
+    let typeless = s
+        .get("type")
+        .is_none_or(|t| t.as_str().is_none_or(str::is_empty));
+    if typeless && !preserves_unknown(s) && s["x-kubernetes-int-or-string"] != true {
+        errs.push(FieldError {
+            reason: "FieldValueRequired",
+            field: format!("{path}.type"),
+            message: format!("Required value: must not be empty for specified {what}"),
+        });
+    }
+    if s["properties"].is_object() && s["additionalProperties"].is_object() {
+        errs.push(FieldError {
+            reason: "FieldValueForbidden",
+            field: format!("{path}.additionalProperties"),
+            message: "Forbidden: additionalProperties and properties are mutual exclusive".into(),
+        });
+    }
+    for (k, ps) in s["properties"].as_object().into_iter().flatten() {
+        structural(
+            ps,
+            &format!("{path}.properties[{k}]"),
+            "object fields",
+            errs,
+        );
+    }
+    if let Some(is) = s.get("items").filter(|i| i.is_object()) {
+        structural(is, &format!("{path}.items"), "array items", errs);
+    }
+    if let Some(a) = s.get("additionalProperties").filter(|a| a.is_object()) {
+        structural(
+            a,
+            &format!("{path}.additionalProperties"),
+            "object fields",
+            errs,
+        );
+    }
+}
+
 /// What is wrong with an object's name, by the rule Kubernetes applies to its kind:
 /// Services a DNS-1035 label, Namespaces an RFC 1123 label, RBAC objects a path segment
 /// (checked by every write), everything else an RFC 1123 subdomain.
@@ -556,6 +633,38 @@ mod tests {
         );
         let (_, _, errs) = check(json!({}));
         assert_eq!(errs, ["spec: Required value"]);
+    }
+
+    #[test]
+    fn non_structural_crds() {
+        let crd = |schema: Value| json!({"spec": {"versions": [{"schema": {"openAPIV3Schema": schema}}]}});
+        assert!(crd_errors(&crd(schema())).is_empty());
+        let bad = crd(json!({"type": "object", "properties": {
+            "spec": {"properties": {"a": {"type": "string"}}},
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "m": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
+            "metadata": {"type": "object", "properties": {"labels": {"type": "object"}}},
+        }}));
+        let mut got: Vec<String> = crd_errors(&bad).iter().map(FieldError::render).collect();
+        got.sort();
+        let p = "spec.versions[0].schema.openAPIV3Schema";
+        assert_eq!(
+            got,
+            [
+                format!(
+                    "{p}.properties[m].additionalProperties: Forbidden: additionalProperties and \
+                     properties are mutual exclusive"
+                ),
+                format!(
+                    "{p}.properties[metadata]: Forbidden: must not specify anything other than \
+                     name and generateName, but metadata is implicitly specified"
+                ),
+                format!(
+                    "{p}.properties[spec].type: Required value: must not be empty for specified \
+                     object fields"
+                ),
+            ]
+        );
     }
 
     #[test]

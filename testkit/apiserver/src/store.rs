@@ -1015,7 +1015,14 @@ impl State {
         } else {
             let unknown = typed::unknown_fields(&rd.group, &rd.kind, obj).map_err(cannot_handle)?;
             typed::apply_defaults(&rd.group, &rd.kind, obj);
-            (unknown, Vec::new())
+            let is_crd =
+                rd.group == "apiextensions.k8s.io" && rd.kind == "CustomResourceDefinition";
+            let invalid = if is_crd {
+                schema::crd_errors(obj)
+            } else {
+                Vec::new()
+            };
+            (unknown, invalid)
         };
         if !unknown.is_empty() {
             match directive {
