@@ -14,10 +14,14 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    Inner, RequestRecord, Verb,
+    Inner, RequestRecord, Verb, events, openapi,
     patch::PatchKind,
     selector::{FieldSelector, LabelSelector},
-    store::{ApiError, Deleted, EventType, HistEvent, ResourceDef, State, Sub},
+    store::{
+        Admission, ApiError, CrdVersion, Deleted, EventType, FieldValidation, HistEvent,
+        ResourceDef, State, Sub,
+    },
+    table,
 };
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -152,6 +156,10 @@ impl Target {
 
 enum Route {
     Version,
+    OpenApiIndex,
+    OpenApiDocument(String),
+    /// kubectl asks for v2 only as protobuf, which this server does not speak.
+    OpenApiV2,
     CoreVersions,
     Groups,
     ResourceList(String, String),
@@ -167,6 +175,9 @@ fn route(state: &State, path: &str) -> Result<Route, ApiError> {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Route::Version),
+        ["openapi", "v3"] => return Ok(Route::OpenApiIndex),
+        ["openapi", "v3", rest @ ..] => return Ok(Route::OpenApiDocument(rest.join("/"))),
+        ["openapi", "v2"] => return Ok(Route::OpenApiV2),
         ["api"] => return Ok(Route::CoreVersions),
         ["apis"] => return Ok(Route::Groups),
         ["api", v] => return Ok(Route::ResourceList(String::new(), (*v).to_owned())),
@@ -209,8 +220,27 @@ fn route(state: &State, path: &str) -> Result<Route, ApiError> {
     Ok(Route::Resource(Target { rd, ns, name, sub }))
 }
 
-fn discovery(state: &State, r: &Route) -> Value {
-    match r {
+/// Short names and categories of the built-in resources, as Kubernetes has them.
+fn builtin_names(rd: &ResourceDef) -> (&'static [&'static str], &'static [&'static str]) {
+    match (rd.group.as_str(), rd.plural.as_str()) {
+        ("", "namespaces") => (&["ns"], &[]),
+        ("", "nodes") => (&["no"], &[]),
+        ("", "services") => (&["svc"], &["all"]),
+        ("", "endpoints") => (&["ep"], &[]),
+        ("", "pods") => (&["po"], &["all"]),
+        ("", "configmaps") => (&["cm"], &[]),
+        ("", "serviceaccounts") => (&["sa"], &[]),
+        ("" | "events.k8s.io", "events") => (&["ev"], &[]),
+        ("apps", "deployments") => (&["deploy"], &["all"]),
+        ("apps", "daemonsets") => (&["ds"], &["all"]),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => (&["crd", "crds"], &[]),
+        _ => (&[], &[]),
+    }
+}
+
+fn discovery(state: &State, route: &Route) -> Value {
+    match route {
+        Route::OpenApiIndex => openapi::index(state),
         Route::Version => json!({
             "major": "1", "minor": "33", "gitVersion": "v1.33.0-onehop-testkit",
             "gitCommit": "", "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z",
@@ -254,10 +284,26 @@ fn discovery(state: &State, r: &Route) -> Value {
                     "update",
                     "watch",
                 ];
-                resources.push(
-                    json!({"name": rd.plural, "singularName": rd.kind.to_lowercase(),
-                    "namespaced": rd.namespaced, "kind": rd.kind, "verbs": verbs}),
-                );
+                let mut entry = json!({"name": rd.plural, "singularName": rd.kind.to_lowercase(),
+                    "namespaced": rd.namespaced, "kind": rd.kind, "verbs": verbs});
+                let (short, categories): (Vec<String>, Vec<String>) =
+                    if let Some(crd) = state.crd(rd) {
+                        entry["singularName"] = crd.singular.clone().into();
+                        (crd.short_names.clone(), crd.categories.clone())
+                    } else {
+                        let (short, categories) = builtin_names(rd);
+                        (
+                            short.iter().map(|x| (*x).to_owned()).collect(),
+                            categories.iter().map(|x| (*x).to_owned()).collect(),
+                        )
+                    };
+                if !short.is_empty() {
+                    entry["shortNames"] = short.into();
+                }
+                if !categories.is_empty() {
+                    entry["categories"] = categories.into();
+                }
+                resources.push(entry);
                 if rd.status {
                     resources.push(json!({"name": format!("{}/status", rd.plural),
                         "singularName": "", "namespaced": rd.namespaced, "kind": rd.kind,
@@ -272,7 +318,7 @@ fn discovery(state: &State, r: &Route) -> Value {
             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
                    "resources": resources})
         }
-        Route::Resource(_) => Value::Null,
+        Route::Resource(_) | Route::OpenApiDocument(_) | Route::OpenApiV2 => Value::Null,
     }
 }
 
@@ -290,6 +336,13 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
         let state = inner.lock_state();
         match route(&state, parts.uri.path()) {
             Ok(Route::Resource(t)) => Route::Resource(t),
+            Ok(Route::OpenApiDocument(p)) => {
+                return match openapi::document(&state, &p) {
+                    Some(doc) => json_response(200, &doc),
+                    None => error_response(&not_found_path()),
+                };
+            }
+            Ok(Route::OpenApiV2) => return error_response(&not_found_path()),
             Ok(other) => return json_response(200, &discovery(&state, &other)),
             Err(e) => return error_response(&e),
         }
@@ -309,7 +362,7 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
         (m, _) => return error_response(&method_not_allowed(m)),
     };
     let response = if verb == Verb::Watch {
-        watch(&inner, &target, &query)
+        watch(&inner, &target, &query, &parts.headers)
     } else {
         serve(&inner, verb, &target, &query, &parts.headers, &body)
     };
@@ -344,6 +397,23 @@ fn parse_rv(s: Option<&str>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// Typed `kubectl create <kind>` commands send protobuf; this server has no schemas to
+/// decode it with.
+fn refuse_protobuf(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the test API server accepts JSON only: protobuf bodies are not supported",
+        ));
+    }
+    Ok(())
+}
+
 fn serve(
     inner: &Inner,
     verb: Verb,
@@ -357,15 +427,43 @@ fn serve(
             "dryRun is not supported by the test API server",
         ));
     }
+    refuse_protobuf(headers)?;
     let parse_body = || -> Result<Value, ApiError> {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))
     };
     let rd = &t.rd;
-    inner.with_state(|state| match verb {
-        Verb::Get => state
-            .get(rd, t.ns(), t.name())
-            .map(|o| json_response(200, &o)),
+    let mut adm = Admission::api(FieldValidation::parse(query.get("fieldValidation"))?);
+    let as_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wants_table);
+    let respond = |state: &State, objects: Vec<Value>, list: bool| {
+        let rv = state.rv.to_string();
+        if as_table {
+            let t = table::table(rd, state.crd(rd), &objects, query.get("includeObject"), &rv);
+            return json_response(200, &t);
+        }
+        if !list {
+            return json_response(200, &objects[0]);
+        }
+        json_response(
+            200,
+            &json!({
+                "kind": format!("{}List", rd.kind),
+                "apiVersion": rd.api_version(),
+                "metadata": {"resourceVersion": rv},
+                "items": objects,
+            }),
+        )
+    };
+    let response: Result<Response<Body>, ApiError> = inner.with_state(|state| match verb {
+        Verb::Get => {
+            let o = state
+                .get(rd, t.ns(), t.name())
+                .or_else(|e| other_event_view(state, rd, t.ns(), t.name()).ok_or(e))?;
+            Ok(respond(state, vec![o], false))
+        }
         Verb::List => {
             let (labels, fields) = selectors(query)?;
             if query.get("continue").is_some_and(|c| !c.is_empty()) {
@@ -377,28 +475,18 @@ fn serve(
             if let (Some(rv), Some("Exact")) = (rv, query.get("resourceVersionMatch")) {
                 state.check_exact(rv)?;
             }
-            let items: Vec<Value> = state
-                .list(rd, t.ns.as_deref())
-                .filter(|o| labels.matches(o) && fields.matches(o))
-                .cloned()
-                .collect();
-            Ok(json_response(
-                200,
-                &json!({
-                    "kind": format!("{}List", rd.kind),
-                    "apiVersion": rd.api_version(),
-                    "metadata": {"resourceVersion": state.rv.to_string()},
-                    "items": items,
-                }),
-            ))
+            let mut items: Vec<Value> = state.list(rd, t.ns.as_deref()).cloned().collect();
+            items.extend(other_event_views(state, rd, t.ns.as_deref()));
+            items.retain(|o| labels.matches(o) && fields.matches(o));
+            Ok(respond(state, items, true))
         }
         Verb::Create => state
-            .create(rd, t.ns(), parse_body()?, false)
+            .create(rd, t.ns(), parse_body()?, false, &mut adm)
             .map(|o| json_response(201, &o)),
         Verb::Update => state
-            .update(rd, t.ns(), t.name(), parse_body()?, t.write_sub())
+            .update(rd, t.ns(), t.name(), parse_body()?, t.write_sub(), &mut adm)
             .map(|o| json_response(200, &o)),
-        Verb::Patch => patch(state, t, query, headers, body),
+        Verb::Patch => patch(state, t, query, headers, body, &mut adm),
         Verb::Delete => {
             let opts = if body.is_empty() {
                 None
@@ -420,7 +508,41 @@ fn serve(
         }
         Verb::DeleteCollection => delete_collection(state, t, query),
         Verb::Watch => Err(method_not_allowed(&Method::GET)),
-    })
+    });
+    let mut response = response?;
+    for w in &adm.warnings {
+        // RFC 7234 warn-code 299 ("miscellaneous persistent warning"), as Kubernetes sends.
+        let text = format!("299 - {}", Value::from(w.as_str()));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    Ok(response)
+}
+
+/// The Events of the other Event API, as `rd` (one of them) shows them.
+fn other_event_views(state: &State, rd: &ResourceDef, ns: Option<&str>) -> Vec<Value> {
+    let (other, convert): (_, fn(&Value) -> Value) = if events::is_core(rd) {
+        (
+            state.resolve("events.k8s.io", "v1", "events"),
+            events::to_core,
+        )
+    } else if events::is_events_api(rd) {
+        (state.resolve("", "v1", "events"), events::to_events_api)
+    } else {
+        return Vec::new();
+    };
+    let Some(other) = other.cloned() else {
+        return Vec::new();
+    };
+    state.list(&other, ns).map(convert).collect()
+}
+
+/// One Event of the other Event API by name, as `rd` shows it.
+fn other_event_view(state: &State, rd: &ResourceDef, ns: &str, name: &str) -> Option<Value> {
+    other_event_views(state, rd, Some(ns))
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
 }
 
 fn patch(
@@ -429,6 +551,7 @@ fn patch(
     query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
+    adm: &mut Admission,
 ) -> Result<Response<Body>, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -450,6 +573,7 @@ fn patch(
         body,
         t.write_sub(),
         query.get("fieldManager"),
+        adm,
     )?;
     // Server-side apply may create.
     Ok(json_response(if existed { 200 } else { 201 }, &o))
@@ -504,6 +628,35 @@ struct WatchStream {
     next_bookmark: tokio::time::Instant,
     rv_rx: watch::Receiver<u64>,
     done: bool,
+    /// For `Accept: ...;as=Table`: each event's object is a one-row Table.
+    table: Option<TableView>,
+}
+
+struct TableView {
+    crd: Option<CrdVersion>,
+    include: Option<String>,
+}
+
+impl WatchStream {
+    /// An event line, its object as a Table row when the watch asked for Tables.
+    fn line(&self, kind: &str, obj: &Value) -> Bytes {
+        match &self.table {
+            None => event_line(kind, obj),
+            Some(t) => {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                let table = table::table(
+                    &self.rd,
+                    t.crd.as_ref(),
+                    std::slice::from_ref(obj),
+                    t.include.as_deref(),
+                    rv,
+                );
+                event_line(kind, &table)
+            }
+        }
+    }
 }
 
 fn event_line(kind: &str, obj: &Value) -> Bytes {
@@ -544,7 +697,7 @@ impl WatchStream {
             }
             _ => return None,
         };
-        Some(event_line(kind.wire(), &e.obj))
+        Some(self.line(kind.wire(), &e.obj))
     }
 
     fn bookmark(&self, initial_end: bool) -> Bytes {
@@ -616,7 +769,12 @@ impl WatchStream {
 ///   it, while an HTTP 410 would make it retry the same watch forever).
 /// - `allowWatchBookmarks=true`: BOOKMARK events every `bookmark_interval` of silence.
 /// - `timeoutSeconds`: the response ends after that long (default 30 minutes).
-fn watch(inner: &Arc<Inner>, t: &Target, query: &Query) -> Result<Response<Body>, ApiError> {
+fn watch(
+    inner: &Arc<Inner>,
+    t: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(query)?;
     let rv = parse_rv(query.get("resourceVersion"))?;
     let bookmarks = query.flag("allowWatchBookmarks");
@@ -649,6 +807,14 @@ fn watch(inner: &Arc<Inner>, t: &Target, query: &Query) -> Result<Response<Body>
         next_bookmark: now + inner.config.bookmark_interval,
         rv_rx: inner.rv_tx.subscribe(),
         done: false,
+        table: headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(table::wants_table)
+            .then(|| TableView {
+                crd: inner.lock_state().crd(&t.rd).cloned(),
+                include: query.get("includeObject").map(str::to_owned),
+            }),
     };
     {
         let state = inner.lock_state();
@@ -665,7 +831,7 @@ fn watch(inner: &Arc<Inner>, t: &Target, query: &Query) -> Result<Response<Body>
                 let lines: Vec<Bytes> = state
                     .list(&t.rd, t.ns.as_deref())
                     .filter(|o| w.matches(o))
-                    .map(|o| event_line("ADDED", o))
+                    .map(|o| w.line("ADDED", o))
                     .collect();
                 w.queue.extend(lines);
                 w.cursor = state.rv;

@@ -683,7 +683,7 @@ async fn create_unique_namespace(client: &Client) -> Result<(String, u32)> {
 }
 
 /// Writes a one-context kubeconfig (mode 0600: it may hold credentials).
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     dir: &Path,
     path: &Path,
     name: &str,

@@ -13,25 +13,36 @@
 //!
 //! - any registered resource, core (`/api/v1/...`) or grouped (`/apis/{group}/{version}/...`),
 //!   namespaced or cluster-scoped, plus cluster-wide lists/watches of namespaced ones;
-//! - GET, LIST, WATCH, POST, PUT, PATCH (merge, JSON, strategic-as-merge, server-side apply),
+//! - GET, LIST, WATCH, POST, PUT, PATCH (merge, JSON, strategic merge, server-side apply),
 //!   DELETE, DELETE collection, and the `/status` subresource;
 //! - metadata: uid, creationTimestamp, one global resourceVersion counter, generation,
 //!   generateName, deletionTimestamp + finalizers;
 //! - watches with resourceVersion semantics, 410 Expired, BOOKMARKs, streaming lists
 //!   (`sendInitialEvents`), `timeoutSeconds`;
-//! - errors as `metav1.Status` with the right code and reason.
+//! - errors as `metav1.Status` with the right code and reason;
+//! - admission as a real server does it for onehop's objects: custom resources against their
+//!   CRD's structural schema (pruning, defaults, validation; see the `schema` module),
+//!   built-in kinds decoded through their Kubernetes types, `fieldValidation`
+//!   (`Strict`/`Warn`/`Ignore`), Service and EndpointSlice port defaults;
+//! - what `kubectl` needs with validation on: `/openapi/v3`, Table responses (CRD printer
+//!   columns, the built-in printers of the kinds onehop uses), short names and categories,
+//!   strategic merge patch by patch merge key, and `events.k8s.io` Events listed as `core/v1`
+//!   ones (`kubectl describe`); [`kubectl`] runs a real one against the server.
 //!
 //! Test controls: start on a pre-bound listener (bind it inside a network namespace with
 //! `onehop_testkit::in_netns` so agents in node namespaces reach it) or on loopback; an outage
-//! switch; request counters and a log of writes with timestamps; direct store access.
+//! switch; request counters and a log of writes with timestamps; direct store access (direct
+//! writes skip admission: objects are stored as given).
 //!
 //! Not implemented (each fails clearly or is documented where it matters): authentication
-//! and authorization, admission and schema validation (objects are stored as sent), defaulting,
-//! protobuf and Table output, aggregated discovery (`/api` and `/apis` answer in the legacy
-//! format), pagination (`limit` is ignored, a `continue` token is rejected), lists at an exact
-//! past resourceVersion (410), `dryRun` (400), garbage collection (ownerReferences and
-//! propagation policies are ignored), namespace lifecycle (objects can be created in
-//! namespaces that do not exist), `managedFields`, and subresources other than `status`.
+//! and authorization, admission webhooks, CEL validation rules and the schema keywords the
+//! `schema` module lists, validation of built-in kinds beyond decoding and names, cluster
+//! IP and node port allocation, protobuf (request or response), `OpenAPI` v2, aggregated
+//! discovery (`/api` and `/apis` answer in the legacy format), pagination (`limit` is
+//! ignored, a `continue` token is rejected), lists at an exact past resourceVersion (410),
+//! `dryRun` (400), garbage collection (ownerReferences and propagation policies are
+//! ignored), namespace lifecycle (objects can be created in namespaces that do not exist),
+//! `managedFields`, and subresources other than `status`.
 //! See [`patch`] for how far strategic merge and server-side apply go.
 //!
 //! ```no_run
@@ -43,13 +54,19 @@
 //! ```
 
 pub mod acceptor;
+mod events;
 pub mod forward;
 mod http;
 pub mod json;
 pub mod k8s;
+pub mod kubectl;
+mod openapi;
 pub mod patch;
+mod schema;
 pub mod selector;
 mod store;
+mod table;
+mod typed;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -65,8 +82,11 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::sync::watch;
 
-pub use self::store::{ApiError, EventType, ResourceDef};
-use self::store::{Deleted, State, Sub};
+use self::store::{Admission, Deleted, State, Sub};
+pub use self::{
+    schema::FieldError,
+    store::{ApiError, EventType, ResourceDef},
+};
 use crate::acceptor::Acceptor;
 pub use crate::{
     forward::Forwarder,
@@ -292,9 +312,9 @@ impl Store {
                 if let Some(m) = obj["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
-                s.update(rd, ns, &name, obj, Sub::All)
+                s.update(rd, ns, &name, obj, Sub::All, &mut Admission::off())
             } else {
-                s.create(rd, ns, obj, true)
+                s.create(rd, ns, obj, true, &mut Admission::off())
             }
         })
     }
@@ -490,6 +510,26 @@ impl ApiServer {
     pub fn kube_config(&self) -> Result<kube::Config> {
         let uri = self.url.parse().context("server URL")?;
         Ok(kube::Config::new(uri))
+    }
+
+    /// Writes a kubeconfig for this server to `path` (its directory is created), for
+    /// processes such as `kubectl`: one context, plain HTTP, no credentials, namespace
+    /// `namespace`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> Result<()> {
+        let dir = path
+            .parent()
+            .with_context(|| format!("{} has no directory", path.display()))?;
+        k8s::write_kubeconfig(
+            dir,
+            path,
+            "onehop-test-server",
+            kube::config::Cluster {
+                server: Some(self.url.clone()),
+                ..kube::config::Cluster::default()
+            },
+            kube::config::AuthInfo::default(),
+            namespace,
+        )
     }
 
     /// A `kube::Client` for this server. Must be called within a Tokio runtime (the

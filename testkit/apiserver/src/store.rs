@@ -12,7 +12,11 @@ use std::{
 
 use serde_json::{Map, Value, json};
 
-use super::patch::{self, PatchKind};
+use super::{
+    patch::{self, PatchKind},
+    schema::{self, FieldError},
+    typed,
+};
 
 /// One resource type the server serves: where it lives in the URL space and how it behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +93,30 @@ impl ResourceDef {
             Self::new("", "v1", "serviceaccounts", "ServiceAccount"),
             Self::new("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
             Self::new("coordination.k8s.io", "v1", "leases", "Lease"),
+            // What the install manifests hold, so `kubectl apply` of them works.
+            Self::new("apps", "v1", "deployments", "Deployment").with_status(),
+            Self::new("apps", "v1", "daemonsets", "DaemonSet").with_status(),
+            Self::new("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+            Self::new(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "rolebindings",
+                "RoleBinding",
+            ),
+            Self::new(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "clusterroles",
+                "ClusterRole",
+            )
+            .cluster_scoped(),
+            Self::new(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "clusterrolebindings",
+                "ClusterRoleBinding",
+            )
+            .cluster_scoped(),
             Self::new("events.k8s.io", "v1", "events", "Event"),
             Self::new(
                 "apiextensions.k8s.io",
@@ -109,9 +137,12 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// `details`: the object's name, group and resource (plural), when there is one.
-    pub name: String,
-    pub group: String,
-    pub resource: String,
+    pub name: Box<str>,
+    pub group: Box<str>,
+    pub resource: Box<str>,
+    /// `details.causes` of an Invalid status: what is wrong with which field (boxed: every
+    /// fallible call of the server carries this type).
+    pub causes: Option<Box<Vec<FieldError>>>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -128,9 +159,10 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: String::new(),
-            group: String::new(),
-            resource: String::new(),
+            name: Box::default(),
+            group: Box::default(),
+            resource: Box::default(),
+            causes: None,
         }
     }
 
@@ -142,14 +174,36 @@ impl ApiError {
         Self::new(422, "Invalid", message)
     }
 
+    /// `422 Invalid` about the object `name` of `rd`, as Kubernetes words it:
+    /// `IPAddressPool.onehop.io "x" is invalid: spec.addresses: Required value`.
+    fn invalid_object(rd: &ResourceDef, name: &str, causes: Vec<FieldError>) -> Self {
+        let qualified = if rd.group.is_empty() {
+            rd.kind.clone()
+        } else {
+            format!("{}.{}", rd.kind, rd.group)
+        };
+        let rendered: Vec<String> = causes.iter().map(FieldError::render).collect();
+        let listed = if rendered.len() == 1 {
+            rendered[0].clone()
+        } else {
+            format!("[{}]", rendered.join(", "))
+        };
+        let mut e = Self::invalid(format!("{qualified} \"{name}\" is invalid: {listed}"));
+        e.name = name.into();
+        e.group = rd.group.as_str().into();
+        e.resource = rd.kind.as_str().into();
+        e.causes = Some(Box::new(causes));
+        e
+    }
+
     pub(crate) fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }
 
     fn about(mut self, rd: &ResourceDef, name: &str) -> Self {
-        name.clone_into(&mut self.name);
-        self.group.clone_from(&rd.group);
-        self.resource.clone_from(&rd.plural);
+        self.name = name.into();
+        self.group = rd.group.as_str().into();
+        self.resource = rd.plural.as_str().into();
         self
     }
 
@@ -197,8 +251,76 @@ impl ApiError {
         if !self.name.is_empty() || !self.resource.is_empty() {
             s["details"] = json!({"name": self.name, "group": self.group, "kind": self.resource});
         }
+        if let Some(causes) = &self.causes {
+            let causes: Vec<Value> = causes
+                .iter()
+                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .collect();
+            s["details"]["causes"] = causes.into();
+        }
         s
     }
+}
+
+/// What the server does with fields a write's body has and the type does not: the
+/// `fieldValidation` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    /// Drops them silently.
+    Ignore,
+    /// Drops them with a warning (the default, as in Kubernetes since 1.27).
+    Warn,
+    /// Refuses the write (what `kubectl` asks for).
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(s: Option<&str>) -> Result<Self, ApiError> {
+        match s {
+            None | Some("" | "Warn") => Ok(Self::Warn),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some("Strict") => Ok(Self::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Admission of one write: the checks a real server makes (decoding, unknown fields,
+/// CRD schema, defaults), and the warnings they produce for the response.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// `None`: no admission (a test's direct write, stored as given).
+    validation: Option<FieldValidation>,
+    pub warnings: Vec<String>,
+}
+
+impl Admission {
+    pub fn off() -> Self {
+        Self {
+            validation: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn api(v: FieldValidation) -> Self {
+        Self {
+            validation: Some(v),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// What a CRD says about one served version of its resource, beyond [`ResourceDef`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CrdVersion {
+    /// `openAPIV3Schema`.
+    pub schema: Option<Value>,
+    pub printer_columns: Vec<Value>,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    pub singular: String,
 }
 
 /// Which part of an object a write may change.
@@ -263,6 +385,8 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct State {
     registry: BTreeMap<String, ResourceDef>,
+    /// By [`ResourceDef::key`], for resources a CRD registered.
+    crds: BTreeMap<String, CrdVersion>,
     objects: BTreeMap<ObjKey, Entry>,
     /// The global resourceVersion counter: the last version handed out.
     pub rv: u64,
@@ -337,6 +461,7 @@ impl State {
             .to_le_bytes();
         let mut s = Self {
             registry: BTreeMap::new(),
+            crds: BTreeMap::new(),
             objects: BTreeMap::new(),
             rv: 0,
             history: VecDeque::new(),
@@ -353,6 +478,11 @@ impl State {
 
     pub fn register(&mut self, rd: ResourceDef) {
         self.registry.insert(rd.key(), rd);
+    }
+
+    /// What the CRD of `rd` says, if a CRD registered it.
+    pub fn crd(&self, rd: &ResourceDef) -> Option<&CrdVersion> {
+        self.crds.get(&rd.key())
     }
 
     pub fn resources(&self) -> impl Iterator<Item = &ResourceDef> {
@@ -560,9 +690,12 @@ impl State {
         ns: &str,
         mut obj: Value,
         keep_status: bool,
+        adm: &mut Admission,
     ) -> Result<Value, ApiError> {
         Self::check_type(rd, &mut obj)?;
         Self::check_namespace(rd, ns, &obj)?;
+        let shown = meta_str(&obj, "name").to_owned();
+        self.admit(rd, &shown, &mut obj, adm)?;
         if rd.namespaced && ns.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "{} is namespaced: create it in a namespace",
@@ -588,6 +721,11 @@ impl State {
         }
         if name.contains('/') || name == "." || name == ".." {
             return Err(ApiError::invalid(format!("invalid name {name:?}")));
+        }
+        if adm.validation.is_some()
+            && let Some(e) = schema::name_error(&rd.group, &rd.kind, &name)
+        {
+            return Err(ApiError::invalid_object(rd, &name, vec![e]));
         }
         let key = Self::key(rd, ns, &name);
         if self.objects.contains_key(&key) {
@@ -632,6 +770,7 @@ impl State {
         name: &str,
         new: Value,
         sub: Sub,
+        adm: &mut Admission,
     ) -> Result<Value, ApiError> {
         let key = Self::key(rd, ns, name);
         let old = self
@@ -698,6 +837,7 @@ impl State {
                 None => m.remove(f),
             };
         }
+        self.admit(rd, name, &mut cand, adm)?;
         if rd.status && spec_part(&old) != spec_part(&cand) {
             let generation = old_meta
                 .get("generation")
@@ -733,12 +873,23 @@ impl State {
         body: &[u8],
         sub: Sub,
         manager: Option<&str>,
+        adm: &mut Admission,
     ) -> Result<Value, ApiError> {
         let key = Self::key(rd, ns, name);
+        if kind == PatchKind::Strategic && self.crd(rd).is_some() {
+            // Custom resources have no Go types, so no patch merge keys.
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types \
+                 include: application/json-patch+json, application/merge-patch+json, \
+                 application/apply-patch+yaml",
+            ));
+        }
         if kind != PatchKind::Apply {
             let mut cand = self.get(rd, ns, name)?;
-            patch::patch(kind, &mut cand, body).map_err(ApiError::invalid)?;
-            return self.update(rd, ns, name, cand, sub);
+            patch::patch(kind, &mut cand, body, &rd.group, &rd.kind).map_err(ApiError::invalid)?;
+            return self.update(rd, ns, name, cand, sub, adm);
         }
         let mut config = patch::parse_apply(body).map_err(ApiError::bad_request)?;
         let manager = manager
@@ -765,12 +916,12 @@ impl State {
                 let mut obj = json!({});
                 patch::apply(&mut obj, None, &config);
                 meta_mut(&mut obj).insert("name".into(), name.into());
-                self.create(rd, ns, obj, false)?
+                self.create(rd, ns, obj, false, adm)?
             }
             Some(e) => {
                 let mut cand = e.obj.clone();
                 patch::apply(&mut cand, e.applied.get(&applied_key), &config);
-                self.update(rd, ns, name, cand, sub)?
+                self.update(rd, ns, name, cand, sub, adm)?
             }
         };
         if let Some(e) = self.objects.get_mut(&key) {
@@ -836,6 +987,67 @@ impl State {
         )))
     }
 
+    /// What a real server does to a write's object before storing it: decoding (unknown
+    /// fields dropped, reported as `fieldValidation` asks; wrong types refused), and for a
+    /// custom resource its CRD's structural schema (pruning, defaults, validation).
+    fn admit(
+        &self,
+        rd: &ResourceDef,
+        name: &str,
+        obj: &mut Value,
+        adm: &mut Admission,
+    ) -> Result<(), ApiError> {
+        let Some(directive) = adm.validation else {
+            return Ok(());
+        };
+        let cannot_handle = |why: String| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {why}",
+                rd.kind, rd.version, rd.kind
+            ))
+        };
+        let (unknown, invalid) = if let Some(s) = self.crd(rd).and_then(|c| c.schema.as_ref()) {
+            let unknown = schema::prune(obj, s);
+            schema::apply_defaults(obj, s);
+            let mut errs = Vec::new();
+            schema::validate(obj, s, "", &mut errs);
+            (unknown, errs)
+        } else {
+            let unknown = typed::unknown_fields(&rd.group, &rd.kind, obj).map_err(cannot_handle)?;
+            typed::apply_defaults(&rd.group, &rd.kind, obj);
+            let is_crd =
+                rd.group == "apiextensions.k8s.io" && rd.kind == "CustomResourceDefinition";
+            let invalid = if is_crd {
+                schema::crd_errors(obj)
+            } else {
+                Vec::new()
+            };
+            (unknown, invalid)
+        };
+        if !unknown.is_empty() {
+            match directive {
+                FieldValidation::Strict => {
+                    let list: Vec<String> = unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect();
+                    return Err(cannot_handle(format!(
+                        "strict decoding error: {}",
+                        list.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => adm
+                    .warnings
+                    .extend(unknown.iter().map(|f| format!("unknown field \"{f}\""))),
+                FieldValidation::Ignore => {}
+            }
+        }
+        if invalid.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid_object(rd, name, invalid))
+    }
+
     /// Creating or updating a `CustomResourceDefinition` registers the resources it serves,
     /// so tests can install CRDs the way a cluster does (`Foo::crd()`), or register them
     /// directly. Deleting a CRD does not unregister it.
@@ -860,6 +1072,29 @@ impl State {
             let mut def = ResourceDef::new(group, version, plural, kind);
             def.namespaced = namespaced;
             def.status = v["subresources"]["status"].is_object();
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            };
+            let names = &spec["names"];
+            self.crds.insert(
+                def.key(),
+                CrdVersion {
+                    schema: v["schema"].get("openAPIV3Schema").cloned(),
+                    printer_columns: v["additionalPrinterColumns"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                    short_names: strings(&names["shortNames"]),
+                    categories: strings(&names["categories"]),
+                    singular: names["singular"]
+                        .as_str()
+                        .map_or_else(|| kind.to_lowercase(), str::to_owned),
+                },
+            );
             self.register(def);
         }
     }
@@ -888,7 +1123,9 @@ mod tests {
     fn create_fills_metadata_and_drops_status() {
         let mut s = State::new(10);
         let r = rd(&s, "services");
-        let o = s.create(&r, "ns", svc("a"), false).unwrap();
+        let o = s
+            .create(&r, "ns", svc("a"), false, &mut Admission::off())
+            .unwrap();
         assert_eq!(o["kind"], "Service");
         assert_eq!(o["apiVersion"], "v1");
         assert_eq!(o["metadata"]["namespace"], "ns");
@@ -896,10 +1133,13 @@ mod tests {
         assert_eq!(o["metadata"]["generation"], 1);
         assert_eq!(o["metadata"]["uid"].as_str().unwrap().len(), 36);
         assert!(o.get("status").is_none());
-        let e = s.create(&r, "ns", svc("a"), false).unwrap_err();
+        let e = s
+            .create(&r, "ns", svc("a"), false, &mut Admission::off())
+            .unwrap_err();
         assert_eq!((e.code, e.reason), (409, "AlreadyExists"));
         // Same name, other namespace: fine.
-        s.create(&r, "other", svc("a"), false).unwrap();
+        s.create(&r, "other", svc("a"), false, &mut Admission::off())
+            .unwrap();
     }
 
     #[test]
@@ -907,12 +1147,24 @@ mod tests {
         let mut s = State::new(10);
         let r = rd(&s, "configmaps");
         let a = s
-            .create(&r, "ns", json!({"metadata": {"generateName": "x-"}}), false)
+            .create(
+                &r,
+                "ns",
+                json!({"metadata": {"generateName": "x-"}}),
+                false,
+                &mut Admission::off(),
+            )
             .unwrap();
         let name = a["metadata"]["name"].as_str().unwrap();
         assert!(name.starts_with("x-") && name.len() == 7, "{name}");
         let e = s
-            .create(&r, "ns", json!({"metadata": {}}), false)
+            .create(
+                &r,
+                "ns",
+                json!({"metadata": {}}),
+                false,
+                &mut Admission::off(),
+            )
             .unwrap_err();
         assert_eq!(e.code, 422);
     }
@@ -921,30 +1173,49 @@ mod tests {
     fn update_semantics() {
         let mut s = State::new(10);
         let r = rd(&s, "services");
-        let o = s.create(&r, "ns", svc("a"), false).unwrap();
+        let o = s
+            .create(&r, "ns", svc("a"), false, &mut Admission::off())
+            .unwrap();
         // No-op: same rv.
-        let same = s.update(&r, "ns", "a", o.clone(), Sub::Main).unwrap();
+        let same = s
+            .update(&r, "ns", "a", o.clone(), Sub::Main, &mut Admission::off())
+            .unwrap();
         assert_eq!(same["metadata"]["resourceVersion"], "1");
         // Status is ignored on the main resource, generation follows spec.
         let mut changed = o.clone();
         changed["spec"]["ports"][0]["port"] = 81.into();
         changed["status"] = json!({"y": 2});
-        let updated = s.update(&r, "ns", "a", changed.clone(), Sub::Main).unwrap();
+        let updated = s
+            .update(
+                &r,
+                "ns",
+                "a",
+                changed.clone(),
+                Sub::Main,
+                &mut Admission::off(),
+            )
+            .unwrap();
         assert_eq!(updated["metadata"]["resourceVersion"], "2");
         assert_eq!(updated["metadata"]["generation"], 2);
         assert!(updated.get("status").is_none());
         // Stale rv.
-        let err = s.update(&r, "ns", "a", changed, Sub::Main).unwrap_err();
+        let err = s
+            .update(&r, "ns", "a", changed, Sub::Main, &mut Admission::off())
+            .unwrap_err();
         assert_eq!((err.code, err.reason), (409, "Conflict"));
         // Status subresource changes only status, not generation.
         let mut st = updated.clone();
         st["spec"] = json!({});
         st["status"] = json!({"z": 3});
-        let u2 = s.update(&r, "ns", "a", st, Sub::Status).unwrap();
+        let u2 = s
+            .update(&r, "ns", "a", st, Sub::Status, &mut Admission::off())
+            .unwrap();
         assert_eq!(u2["status"], json!({"z": 3}));
         assert_eq!(u2["spec"]["ports"][0]["port"], 81);
         assert_eq!(u2["metadata"]["generation"], 2);
-        let err = s.update(&r, "ns", "nope", u2, Sub::Main).unwrap_err();
+        let err = s
+            .update(&r, "ns", "nope", u2, Sub::Main, &mut Admission::off())
+            .unwrap_err();
         assert_eq!(err.code, 404);
     }
 
@@ -953,14 +1224,15 @@ mod tests {
         let mut s = State::new(10);
         let r = rd(&s, "configmaps");
         let mut o = json!({"metadata": {"name": "a", "finalizers": ["f"]}});
-        o = s.create(&r, "ns", o, false).unwrap();
+        o = s.create(&r, "ns", o, false, &mut Admission::off()).unwrap();
         let Deleted::Pending(p) = s.delete(&r, "ns", "a", None).unwrap() else {
             panic!("deleted with a finalizer")
         };
         assert!(p["metadata"]["deletionTimestamp"].is_string());
         o["metadata"]["finalizers"] = json!([]);
         o["metadata"]["resourceVersion"] = p["metadata"]["resourceVersion"].clone();
-        s.update(&r, "ns", "a", o, Sub::Main).unwrap();
+        s.update(&r, "ns", "a", o, Sub::Main, &mut Admission::off())
+            .unwrap();
         assert_eq!(s.get(&r, "ns", "a").unwrap_err().code, 404);
         let evs: Vec<_> = s.events_after(0).unwrap().map(|e| e.kind).collect();
         assert_eq!(
@@ -979,6 +1251,7 @@ mod tests {
                 "ns",
                 json!({"metadata": {"name": format!("c{i}")}}),
                 false,
+                &mut Admission::off(),
             )
             .unwrap();
         }
@@ -1000,7 +1273,7 @@ mod tests {
                      "names": {"plural": "foos", "kind": "Foo"},
                      "versions": [{"name": "v1", "served": true, "subresources": {"status": {}}}]}
         });
-        s.create(&r, "", crd, false).unwrap();
+        s.create(&r, "", crd, false, &mut Admission::off()).unwrap();
         let foo = s.resolve("example.com", "v1", "foos").unwrap();
         assert!(foo.namespaced && foo.status);
     }

@@ -1157,3 +1157,179 @@ async fn lease_takeover_is_optimistic() {
         .holder_identity;
     assert_eq!(holder, won.spec.unwrap().holder_identity);
 }
+
+/// `Accept: ...;as=Table` (what `kubectl get` sends): lists, gets and watches answer
+/// `meta.k8s.io/v1` Tables, a custom resource's with its CRD's printer columns.
+#[tokio::test]
+async fn tables_for_lists_gets_and_watches() {
+    let (_server, client) = setup();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd = VipPool::crd();
+    crd.spec.versions[0].additional_printer_columns = Some(
+        serde_json::from_value(json!([
+            {"name": "CIDR", "type": "string", "jsonPath": ".spec.cidr"},
+            {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
+        ]))
+        .unwrap(),
+    );
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let pools: Api<VipPool> = Api::namespaced(client.clone(), "ns1");
+    let cidr = "192.0.2.0/24".to_owned();
+    pools
+        .create(
+            &PostParams::default(),
+            &VipPool::new("a", VipPoolSpec { cidr }),
+        )
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header(
+                "Accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .body(Vec::new())
+            .unwrap()
+    };
+    let base = "/apis/onehop.io/v1alpha1/namespaces/ns1/vippools";
+    let list: serde_json::Value =
+        serde_json::from_str(&client.request_text(get(base)).await.unwrap()).unwrap();
+    assert_eq!(list["kind"], "Table");
+    let names: Vec<&str> = list["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Name", "CIDR", "Allocated"]);
+    assert_eq!(list["rows"][0]["cells"], json!(["a", "192.0.2.0/24", null]));
+    assert_eq!(list["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    let one: serde_json::Value = serde_json::from_str(
+        &client
+            .request_text(get(&format!("{base}/a?includeObject=Object")))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(one["rows"][0]["object"]["spec"]["cidr"], "192.0.2.0/24");
+    let watched = client
+        .request_text(get(&format!("{base}?watch=1&timeoutSeconds=1")))
+        .await
+        .unwrap();
+    let events: Vec<serde_json::Value> = watched
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{watched}");
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["kind"], "Table");
+    assert_eq!(events[0]["object"]["rows"][0]["cells"][0], "a");
+    // A built-in kind: the Kubernetes printer's columns.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "ns1");
+    svcs.create(&PostParams::default(), &svc("web", &[]))
+        .await
+        .unwrap();
+    let t: serde_json::Value = serde_json::from_str(
+        &client
+            .request_text(get("/api/v1/namespaces/ns1/services"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let cells = &t["rows"][0]["cells"];
+    assert_eq!(cells[1], "LoadBalancer");
+    assert_eq!(cells[3], "<pending>");
+    assert_eq!(cells[4], "80/TCP", "the server defaulted the protocol");
+}
+
+/// Custom resources are admitted against their CRD's schema as a real server does.
+#[tokio::test]
+async fn custom_resources_are_validated_pruned_and_defaulted() {
+    let (_server, client) = setup();
+    let mut crd = VipPool::crd();
+    let schema = crd.spec.versions[0].schema.as_mut().unwrap();
+    let mut s = serde_json::to_value(&schema.open_api_v3_schema).unwrap();
+    s["properties"]["spec"]["properties"]["mode"] =
+        json!({"type": "string", "enum": ["l2", "bgp"], "default": "l2"});
+    schema.open_api_v3_schema = Some(serde_json::from_value(s).unwrap());
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
+    let ar = kube::api::ApiResource::erase::<VipPool>(&());
+    let pools: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "ns1", &ar);
+    let create = |body: serde_json::Value| {
+        let pools = pools.clone();
+        async move {
+            let mut obj = json!({"apiVersion": "onehop.io/v1alpha1", "kind": "VipPool"});
+            onehop_apiserver::json::merge(&mut obj, body);
+            pools
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(obj).unwrap(),
+                )
+                .await
+        }
+    };
+    let ok = create(json!({"metadata": {"name": "ok"}, "spec": {"cidr": "10.0.0.0/8", "x": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.data["spec"],
+        json!({"cidr": "10.0.0.0/8", "mode": "l2"}),
+        "the unknown field is pruned (fieldValidation defaults to Warn), the default applied"
+    );
+    for (body, field, reason) in [
+        (
+            json!({"metadata": {"name": "a"}, "spec": {}}),
+            "spec.cidr",
+            "FieldValueRequired",
+        ),
+        (
+            json!({"metadata": {"name": "b"}, "spec": {"cidr": 5}}),
+            "spec.cidr",
+            "FieldValueTypeInvalid",
+        ),
+        (
+            json!({"metadata": {"name": "c"}, "spec": {"cidr": "x", "mode": "ospf"}}),
+            "spec.mode",
+            "FieldValueNotSupported",
+        ),
+    ] {
+        let e = api_err(create(body).await.unwrap_err());
+        assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{e:?}");
+        assert!(
+            e.message.starts_with("VipPool.onehop.io \""),
+            "{}",
+            e.message
+        );
+        let causes = e.details.map(|d| d.causes).unwrap_or_default();
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, field);
+        assert_eq!(causes[0].reason, reason);
+    }
+    // A status write is validated too.
+    let e = api_err(
+        pools
+            .patch_status(
+                "ok",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"allocated": "three"}})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{e:?}");
+    // Custom resources have no patch merge keys: a strategic merge patch is refused.
+    let e = api_err(
+        pools
+            .patch(
+                "ok",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"cidr": "10.0.0.0/16"}})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 415, "{e:?}");
+}
