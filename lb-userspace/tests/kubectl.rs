@@ -5,10 +5,6 @@
 //! address in `kubectl get svc`, the announcing node and `kubectl describe svc`'s Events.
 //! Runs on the test server only (kubectl is pointed at it directly).
 
-#[expect(
-    dead_code,
-    reason = "the shared fixture has helpers this suite does not use"
-)]
 mod cluster;
 
 use std::{
