@@ -1973,9 +1973,9 @@ fn a_forged_rst_does_not_end_a_flow_the_backend_goes_on_with() {
         // So a SYN on the tuple is no new flow, and idle time counts with
         // the established timeout, not the closing one.
         lb.expect("SYN", &c(SYN), XDP_TX, Want::C(C::SynOnLiveFlow));
-        lb.age_flows(60);
+        lb.age_flows(20);
         let out = lb.expect(
-            "a minute idle",
+            "idle twice the closing timeout",
             &c(ACK),
             XDP_TX,
             Want::C(C::RemoteEstablished),

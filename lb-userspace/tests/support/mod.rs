@@ -459,9 +459,14 @@ impl Lb {
     }
 
     /// Makes every flow entry look `secs` seconds older (idle time passing
-    /// without waiting for it).
+    /// without waiting for it). The stamps are `CLOCK_MONOTONIC`, which
+    /// starts at boot: a machine up for less than that cannot show it.
     pub fn age_flows(&mut self, secs: u64) {
         let by = secs * 1_000_000_000;
+        assert!(
+            ktime_ns() > by + 1_000_000_000,
+            "the machine has been up for less than {secs} s"
+        );
         let cts: Vec<_> = self
             .h
             .maps()
