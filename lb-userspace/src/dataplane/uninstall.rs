@@ -336,7 +336,12 @@ fn interface_exists(ifname: &str) -> bool {
 }
 
 /// The interface's own TCX list must no longer hold a program whose link was detached.
+/// Nothing to check without a TCX link: on kernels without TCX (before 6.6) the query
+/// itself fails (`EINVAL`), and egress was a netlink filter, removed on its own.
 fn verify_tcx(ifname: &str, links: &[DetachedLink]) -> Result<()> {
+    if !links.iter().any(|l| l.link.kind == LINK_TYPE_TCX) {
+        return Ok(());
+    }
     let Some(index) = ifindex(ifname) else {
         return Ok(());
     };
