@@ -26,6 +26,11 @@
 //! entries free their NAT ports without waiting for table pressure: a new
 //! flow that meets one while claiming a port takes the port over.
 
+#![expect(
+    clippy::inline_always,
+    reason = "BPF hot path: everything here is inlined into the programs"
+)]
+
 /// Address family byte of [`FlowKey`] and [`AffinityKey`].
 pub mod family {
     pub const V4: u8 = 4;
@@ -69,10 +74,6 @@ pub enum Side {
 }
 
 /// An IPv4 address in the 16-byte form of the flow types.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn addr_v4(a: [u8; 4]) -> [u8; 16] {
     // Through integers, not byte by byte: the data path then builds a key
@@ -82,10 +83,6 @@ pub const fn addr_v4(a: [u8; 4]) -> [u8; 16] {
 }
 
 /// The IPv4 address in the first four bytes of a 16-byte address.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn v4_of(a: &[u8; 16]) -> [u8; 4] {
     [a[0], a[1], a[2], a[3]]
@@ -93,10 +90,6 @@ pub const fn v4_of(a: &[u8; 16]) -> [u8; 4] {
 
 /// Two 16-byte addresses compared as two words each: `==` on byte arrays
 /// becomes a `bcmp` call, a loop in BPF.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     u128::from_ne_bytes(*a) == u128::from_ne_bytes(*b)
@@ -122,10 +115,6 @@ pub struct FlowKey {
 
 impl FlowKey {
     /// An IPv4 5-tuple: ports in host order, `proto` an `IPPROTO_*` number.
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub const fn v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
         Self {
@@ -175,10 +164,6 @@ impl ConntrackValue {
         clippy::similar_names,
         reason = "parameters are named after the ABI fields they fill"
     )]
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub const fn new(
         backend_id: u32,
@@ -206,10 +191,6 @@ impl ConntrackValue {
 
     /// The same entry with the next hop towards a remote backend cached.
     #[must_use]
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub const fn with_hop(self, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> Self {
         Self {
@@ -246,10 +227,6 @@ impl RevNatValue {
     /// The reverse of `client` (the client's packet key): replies are
     /// rewritten to come from `client.dst:dport` and go to
     /// `client.src:sport`. `flags` [`flow_flags`], `state` [`tcp_state`].
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub const fn reverse_of(
         client: &FlowKey,
@@ -273,10 +250,6 @@ impl RevNatValue {
 
     /// The client's key of the flow this entry translates back to (the key
     /// of its conntrack entry).
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub const fn client_key(&self, proto: u8, family: u8) -> FlowKey {
         FlowKey {
@@ -291,10 +264,6 @@ impl RevNatValue {
     }
 
     /// Whether both entries translate replies back to the same flow.
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub fn same_flow(&self, other: &Self) -> bool {
         same_addr(&self.new_dst, &other.new_dst)
@@ -304,10 +273,6 @@ impl RevNatValue {
     }
 
     /// Whether this entry translates replies of the flow `client`.
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub fn belongs_to(&self, client: &FlowKey) -> bool {
         same_addr(&self.new_dst, &client.src)
@@ -329,10 +294,6 @@ pub struct AffinityKey {
 }
 
 impl AffinityKey {
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
-    )]
     #[inline(always)]
     pub const fn v4(service_id: u32, client: [u8; 4]) -> Self {
         Self {
@@ -359,10 +320,6 @@ impl AffinityValue {
     #[expect(
         clippy::similar_names,
         reason = "parameters are named after the ABI fields they fill"
-    )]
-    #[expect(
-        clippy::inline_always,
-        reason = "BPF hot path: must be inlined into the program"
     )]
     #[inline(always)]
     pub const fn new(backend_id: u32, backend_ip: [u8; 16], last_seen_ns: u64) -> Self {
@@ -444,20 +401,12 @@ impl Default for FlowTimeouts {
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// A TCP flow that is closing: both FINs seen, or an RST.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn closing(state: u8) -> bool {
     state & tcp_state::RST != 0 || state & tcp_state::BOTH_FIN == tcp_state::BOTH_FIN
 }
 
 /// The idle timeout of an entry of protocol `proto` in `state`, seconds.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn timeout_s(proto: u8, state: u8, t: &FlowTimeouts) -> u32 {
     if proto != crate::proto::TCP {
@@ -474,10 +423,6 @@ pub const fn timeout_s(proto: u8, state: u8, t: &FlowTimeouts) -> u32 {
 /// Whether an entry last refreshed at `last_seen_ns` is over at `now_ns`
 /// (both `CLOCK_MONOTONIC`, as `bpf_ktime_get_ns` reads it). A timestamp
 /// from the future (another CPU refreshed it a moment ago) is live.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn expired(
     proto: u8,
@@ -492,10 +437,6 @@ pub const fn expired(
 /// The state after a TCP packet with header flags `flags` from `side`, on
 /// a flow in `state` that the packet continues (a SYN that starts a fresh
 /// flow is not a transition: the new entry starts in `SYN_SENT`).
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn next_state(state: u8, flags: u8, side: Side) -> u8 {
     if flags & tcp_flags::RST != 0 {
@@ -520,10 +461,6 @@ pub const fn next_state(state: u8, flags: u8, side: Side) -> u8 {
 
 /// The state a new flow starts in: `SYN_SENT` for a SYN without ACK,
 /// `ESTABLISHED` for any other TCP packet (a flow met mid-stream), 0 for UDP.
-#[expect(
-    clippy::inline_always,
-    reason = "BPF hot path: must be inlined into the program"
-)]
 #[inline(always)]
 pub const fn initial_state(proto: u8, flags: u8) -> u8 {
     if proto != crate::proto::TCP {
