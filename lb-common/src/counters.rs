@@ -90,6 +90,11 @@ numbered! {
         /// A new remote flow took over the NAT port of an expired or closed
         /// flow.
         NatPortReclaimed = 23 => "nat_port_reclaimed",
+        /// A remote flow found its NAT port held by another flow (its reverse
+        /// entry was evicted, or it sat idle while the range was full and a
+        /// new UDP flow took the port): it goes on with a new port rather
+        /// than mixing two flows at the backend.
+        NatPortLost = 24 => "nat_port_lost",
     }
 }
 
@@ -135,14 +140,10 @@ numbered! {
         /// 224/4 multicast, 240/4 incl. broadcast) or from the node's own
         /// address: dropped before any flow state, as the kernel would.
         MartianSource = 15 => "martian_source",
-        /// A remote flow's NAT port went to another flow while its reverse
-        /// entry was evicted: the flow's entry is removed (its next packet
-        /// starts afresh) rather than mixing two flows at the backend.
-        NatPortLost = 16 => "nat_port_lost",
         /// ARP request for a VIP this node announces, while the agent's
         /// heartbeat in the `announce` map is older than its hold time:
         /// the agent died or hangs, its peers take the address over, and
         /// this node must stop claiming it. Flows keep forwarding.
-        ArpStale = 17 => "arp_stale",
+        ArpStale = 16 => "arp_stale",
     }
 }

@@ -344,7 +344,12 @@ pub struct FlowScratch {
     pub ctv: ConntrackValue,
     /// `flow_hash` of the flow (picks the NAT port probes).
     pub hash: u32,
-    pub _pad: u32,
+    /// While probing NAT ports: the first port held by an idle UDP flow
+    /// (0: none), and that flow's `last_seen_ns` (the compare-and-swap's
+    /// expected value).
+    pub spare_port: u16,
+    pub _pad: u16,
+    pub spare_last: u64,
 }
 
 /// Idle timeouts by flow state, in seconds (part of the datapath config).
@@ -359,18 +364,30 @@ pub struct FlowTimeouts {
     pub tcp_closing_s: u32,
     /// UDP flow.
     pub udp_s: u32,
+    /// UDP flow, when a new remote flow finds every NAT port it probes held:
+    /// a UDP flow idle this long gives its port up to it (most UDP flows are
+    /// one request and one reply, and the NAT range would otherwise bound new
+    /// UDP flows to `range / udp_s` a second). The flow it was taken from
+    /// goes on with a new port on its next datagram.
+    pub udp_reclaim_s: u32,
+    pub _pad: u32,
 }
 
 impl FlowTimeouts {
     /// Half-open a minute (the kernel's `SYN_SENT`/`SYN_RECV` are 120/60 s),
     /// established six hours (Cilium; the kernel keeps five days), closing
     /// ten seconds (Cilium's close timeout), UDP thirty seconds (the
-    /// kernel's unreplied/replied UDP timeouts are 30/120 s).
+    /// kernel's unreplied/replied UDP timeouts are 30/120 s), and five
+    /// seconds before an idle UDP flow's port may go to a new flow when the
+    /// range is full (a resolver's first retry comes after five seconds;
+    /// it finds a new port then, not a dropped packet).
     pub const DEFAULT: Self = Self {
         tcp_syn_s: 60,
         tcp_established_s: 6 * 3600,
         tcp_closing_s: 10,
         udp_s: 30,
+        udp_reclaim_s: 5,
+        _pad: 0,
     };
 
     /// The shortest timeout accepted: flows refresh their timestamps once a
@@ -382,12 +399,15 @@ impl FlowTimeouts {
         tcp_established_s: u32,
         tcp_closing_s: u32,
         udp_s: u32,
+        udp_reclaim_s: u32,
     ) -> Self {
         Self {
             tcp_syn_s,
             tcp_established_s,
             tcp_closing_s,
             udp_s,
+            udp_reclaim_s,
+            _pad: 0,
         }
     }
 }
@@ -432,6 +452,24 @@ pub const fn expired(
     t: &FlowTimeouts,
 ) -> bool {
     now_ns.saturating_sub(last_seen_ns) > timeout_s(proto, state, t) as u64 * NS_PER_SEC
+}
+
+/// Whether a flow holding a NAT port a new flow wants may give it up: over
+/// ([`expired`]), or, when every probed port is held (`pressed`), a UDP flow
+/// idle for `udp_reclaim_s`.
+#[inline(always)]
+pub const fn reclaimable(
+    proto: u8,
+    state: u8,
+    last_seen_ns: u64,
+    now_ns: u64,
+    t: &FlowTimeouts,
+    pressed: bool,
+) -> bool {
+    expired(proto, state, last_seen_ns, now_ns, t)
+        || (pressed
+            && proto == crate::proto::UDP
+            && now_ns.saturating_sub(last_seen_ns) > t.udp_reclaim_s as u64 * NS_PER_SEC)
 }
 
 /// The state after a TCP packet with header flags `flags` from `side`, on

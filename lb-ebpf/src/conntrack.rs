@@ -303,6 +303,11 @@ fn claim_nat_port(
     }
     let size = max - min + 1;
     s.rkey = remote_reply_key(cfg, b, 0, proto);
+    // A free port, or one of a flow that is over, wins at once. An idle UDP
+    // flow's port (`FlowTimeouts::udp_reclaim_s`) is only remembered: it is
+    // taken after the loop, when every probe found its port held.
+    // (Kept in the scratch map: two more live values spill past the stack.)
+    s.spare_port = 0;
     let mut i = 0;
     while i < NAT_PROBES {
         #[expect(
@@ -325,18 +330,33 @@ fn claim_nat_port(
             // loop, and their spills overflow the stack.)
             let (ours, state, last) =
                 unsafe { ((*r).same_flow(&s.rval), (*r).state, (*r).last_seen_ns) };
+            let now = s.rval.last_seen_ns;
             if ours {
                 if take_over(r, last, &s.rval) {
                     return port;
                 }
-            } else if flow::expired(proto, state, last, s.rval.last_seen_ns, &cfg.timeouts)
-                && take_over(r, last, &s.rval)
+            } else if flow::expired(proto, state, last, now, &cfg.timeouts) {
+                if take_over(r, last, &s.rval) {
+                    stats::count(Counter::NatPortReclaimed);
+                    return port;
+                }
+            } else if s.spare_port == 0
+                && flow::reclaimable(proto, state, last, now, &cfg.timeouts, true)
             {
-                stats::count(Counter::NatPortReclaimed);
-                return port;
+                s.spare_port = port;
+                s.spare_last = last;
             }
         }
         i += 1;
+    }
+    if s.spare_port != 0 {
+        s.rkey.dport = s.spare_port;
+        if let Some(r) = REV_NAT.get_ptr_mut(&s.rkey)
+            && take_over(r, s.spare_last, &s.rval)
+        {
+            stats::count(Counter::NatPortReclaimed);
+            return s.spare_port;
+        }
     }
     0
 }

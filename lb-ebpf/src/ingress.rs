@@ -345,16 +345,22 @@ fn to_remote(
             Route::Fail => return Outcome::Drop(DropReason::NoRoute),
         },
     };
-    let (nat_port, counter) = if let Some(ct) = f.established {
+    let mut established = None;
+    if let Some(ct) = f.established {
         // SAFETY: conntrack value pointer from this run; read by value.
         let port = unsafe { (*ct).nat_port };
         let rkey = conntrack::remote_reply_key(cfg, &f.b, port, k.proto);
-        if !conntrack::refresh(ct, k, &rkey, flow_flags::REMOTE, f.state, f.now) {
-            // The port went to another flow while our reverse entry was
-            // gone: sending on would mix the two at the backend.
+        if conntrack::refresh(ct, k, &rkey, flow_flags::REMOTE, f.state, f.now) {
+            established = Some(port);
+        } else {
+            // The port went to another flow (our reverse entry was evicted,
+            // or we sat idle while the range was full): sending on with it
+            // would mix the two at the backend. Go on as a new flow.
             conntrack::remove_flow(k);
-            return Outcome::Drop(DropReason::NatPortLost);
+            stats::count(Counter::NatPortLost);
         }
+    }
+    let (nat_port, counter) = if let Some(port) = established {
         (port, Counter::RemoteEstablished)
     } else {
         let Some(s) = conntrack::scratch() else {

@@ -241,6 +241,10 @@ struct KubeArgs {
     /// source).
     #[arg(long, default_value_t = FlowTimeouts::DEFAULT.udp_s)]
     udp_timeout_secs: u32,
+    /// When a new remote flow finds every NAT port it tries held, a UDP flow
+    /// idle this many seconds gives its port up (Kubernetes source).
+    #[arg(long, default_value_t = FlowTimeouts::DEFAULT.udp_reclaim_s)]
+    udp_reclaim_secs: u32,
     /// How often this node renews its Lease (one API write each).
     #[arg(long, default_value_t = 400)]
     lease_renew_ms: u64,
@@ -469,6 +473,7 @@ fn flow_timeouts(kube: &KubeArgs) -> Result<FlowTimeouts> {
         ),
         ("--tcp-closing-timeout-secs", kube.tcp_closing_timeout_secs),
         ("--udp-timeout-secs", kube.udp_timeout_secs),
+        ("--udp-reclaim-secs", kube.udp_reclaim_secs),
     ] {
         anyhow::ensure!(
             range.contains(&v),
@@ -482,6 +487,7 @@ fn flow_timeouts(kube: &KubeArgs) -> Result<FlowTimeouts> {
         kube.tcp_established_timeout_secs,
         kube.tcp_closing_timeout_secs,
         kube.udp_timeout_secs,
+        kube.udp_reclaim_secs,
     ))
 }
 

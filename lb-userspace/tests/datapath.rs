@@ -1906,45 +1906,72 @@ fn closed_flows_give_their_nat_ports_back_after_the_closing_timeout() {
 }
 
 #[test]
-fn expired_udp_flows_give_their_nat_ports_back() {
+fn udp_ports_come_back_when_idle_under_pressure_and_when_expired() {
     with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
         lb.set_nat_ports(62000, 62001);
+        let mut held = std::collections::BTreeMap::new();
         for sport in [45000, 45001] {
-            lb.expect(
+            let out = lb.expect(
                 "UDP flow",
                 &Pkt::udp(CLIENT, sport, VIP, 87).build(),
                 XDP_TX,
                 Want::C(C::RemoteNewFlow),
             );
+            held.insert(view(&out).sport, sport);
         }
         let next = Pkt::udp(CLIENT, 45002, VIP, 87).build();
-        lb.expect_untouched("both held", &next, XDP_DROP, Want::D(D::NatExhausted));
-        lb.age_flows(20);
+        lb.expect_untouched("both held, busy", &next, XDP_DROP, Want::D(D::NatExhausted));
+        lb.age_flows(3);
         lb.expect_untouched(
-            "20 s idle: still held",
+            "3 s idle: still held",
             &next,
             XDP_DROP,
             Want::D(D::NatExhausted),
         );
-        lb.age_flows(11);
+        // Past udp_reclaim (5 s), with every port held, an idle flow gives
+        // its port up to the new one.
+        lb.age_flows(3);
+        let before = lb.counts();
         let taken = view(&lb.expect(
-            "31 s idle: reclaimed",
+            "6 s idle: one given up",
             &next,
             XDP_TX,
             Want::C(C::RemoteNewFlow),
         ))
         .sport;
-        // The expired flow's next datagram is a fresh flow: it gets its own
-        // port back if that one is left, never the port another flow now
-        // holds.
-        let old = Pkt::udp(CLIENT, 45000, VIP, 87).build();
+        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
+        let rev = lb
+            .rev_nat(&flow(pod_ip, NODE_IP, pod_port, taken, proto::UDP))
+            .expect("reverse entry");
+        assert_eq!(
+            rev.new_dport, 45002,
+            "the port now translates for the new flow"
+        );
+        // The flow it was taken from goes on with its next datagram, on the
+        // other port, never on the one that now means another client.
+        let old = held[&taken];
         let before = lb.counts();
-        let r = lb.run(&old);
+        let r = lb.run(&Pkt::udp(CLIENT, old, VIP, 87).build());
         let d = lb.counts().minus(&before);
         assert_eq!(r.action, XDP_TX, "{d:?}");
         assert_ne!(view(&r.out).sport, taken, "sent with another flow's port");
-        assert_eq!(d.c(C::RemoteNewFlow), 1, "{d:?}");
-        assert_eq!(d.c(C::FlowExpired), 1, "{d:?}");
+        assert_eq!(
+            (d.c(C::NatPortLost), d.c(C::RemoteNewFlow)),
+            (1, 1),
+            "{d:?}"
+        );
+        // Past the UDP timeout (30 s) every flow is over: a new one takes a
+        // port at its first probe that holds an expired flow.
+        lb.age_flows(31);
+        let before = lb.counts();
+        lb.expect(
+            "31 s idle: expired",
+            &Pkt::udp(CLIENT, 45003, VIP, 87).build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
     });
 }
 

@@ -114,7 +114,7 @@ pub struct Counts {
 
 /// Counters that are not the final outcome of an ingress packet: steps on
 /// the way, and the egress program's own.
-const NOT_OUTCOMES: [Counter; 9] = [
+const NOT_OUTCOMES: [Counter; 10] = [
     Counter::IngressPackets,
     Counter::AffinityHit,
     Counter::FlowRepicked,
@@ -124,6 +124,7 @@ const NOT_OUTCOMES: [Counter; 9] = [
     Counter::FlowReopened,
     Counter::SynOnLiveFlow,
     Counter::NatPortReclaimed,
+    Counter::NatPortLost,
 ];
 
 impl Counts {

@@ -4,7 +4,7 @@ use std::format;
 use super::{tcp_flags as f, tcp_state as s, *};
 use crate::proto;
 
-const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30);
+const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30, 5);
 
 /// Every combination of the flags that matter: FIN, SYN, RST, PSH and ACK
 /// are the five low bits.

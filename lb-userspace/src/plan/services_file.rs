@@ -29,8 +29,11 @@
 //! - `flow_timeouts`: how long an idle flow keeps its backend and NAT port,
 //!   in seconds, by state: `tcp_syn` (handshake not finished, default 60),
 //!   `tcp_established` (21600), `tcp_closing` (after both FINs or an RST,
-//!   10), `udp` (30); each optional, 2..=2592000. A closed flow's NAT port
-//!   is free again `tcp_closing` seconds after the close.
+//!   10), `udp` (30), and `udp_reclaim` (5): when a new remote flow finds
+//!   every NAT port it tries held, a UDP flow idle this long gives its port
+//!   up (and takes a new one with its next datagram); each optional,
+//!   2..=2592000. A closed flow's NAT port is free again `tcp_closing`
+//!   seconds after the close.
 //! - `announce`: VIPs this node answers ARP for; each must be a service VIP.
 //!   Other service VIPs are still balanced here (traffic may arrive after a
 //!   failover) but ARP requests for them are dropped.
@@ -178,6 +181,8 @@ struct RawFlowTimeouts {
     tcp_closing: Option<Spanned<i64>>,
     #[serde(default)]
     udp: Option<Spanned<i64>>,
+    #[serde(default)]
+    udp_reclaim: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +421,7 @@ impl Validator {
             one("tcp_established", &raw.tcp_established, d.tcp_established_s),
             one("tcp_closing", &raw.tcp_closing, d.tcp_closing_s),
             one("udp", &raw.udp, d.udp_s),
+            one("udp_reclaim", &raw.udp_reclaim, d.udp_reclaim_s),
         )
     }
 

@@ -76,7 +76,7 @@ fn parses_the_example() {
                 min: 62000,
                 max: 63000
             },
-            flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60),
+            flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60, 5),
             announce: [ip("192.168.50.100")].into(),
             services: vec![
                 Service {
@@ -818,7 +818,7 @@ fn flow_timeouts_default_each_and_are_bounded() {
     let f = ok("flow_timeouts: { tcp_established: 86400 }\nservices: []\n");
     assert_eq!(
         f.flow_timeouts,
-        FlowTimeouts::new(60, 86_400, 10, 30),
+        FlowTimeouts::new(60, 86_400, 10, 30, 5),
         "the others keep their defaults"
     );
     assert_eq!(
