@@ -24,6 +24,13 @@
 //! is not the balancing node's, a reply not from the VIP, a mangled payload) are failures
 //! too. Connections that needed a SYN retransmission are reported, as are the datapath's
 //! counters and the backend pod's and client's TCP counters (`nstat`).
+//!
+//! The pods keep `TIME_WAIT` (the bench takes it out; a real pod has it): a NAT port comes
+//! back within seconds, while the pod may still hold its previous connection, and this kernel
+//! offsets TCP timestamps per connection, so the new SYN is refused by PAWS about every other
+//! time (`PAWSTimewait`). The pod then acknowledges the old connection; a Linux client resets
+//! that and, if it had not retransmitted yet, sends its SYN again within milliseconds
+//! (`TCP_TIMEOUT_MIN`), which gets in. Other clients wait a full retransmission timeout.
 
 use std::{
     collections::BTreeMap,
