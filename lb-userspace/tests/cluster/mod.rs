@@ -1,7 +1,8 @@
 //! The namespace world the end-to-end suites share: the test kit's nodes-with-agents
 //! fixture (`onehop_testkit::cluster`) with HTTP and UDP servers in every pod, the
-//! pass-through XDP program on the LAN-side veth peers and `onehop agent` processes with
-//! small maps, plus what only this crate can do: read a node's pinned maps.
+//! pass-through XDP program on the LAN-side veth peers and `onehop agent` processes (small
+//! maps unless a test asks for others), plus what only this crate can do: read a node's
+//! pinned maps.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
@@ -26,6 +27,18 @@ use onehop_testkit::{
 pub const TARGET_PORT: u16 = 8080;
 pub const UDP_TARGET_PORT: u16 = 5353;
 
+/// Map sizes for tests that run many agents at once.
+const SMALL_MAPS: [&str; 8] = [
+    "--maglev-slots",
+    "65536",
+    "--conntrack-size",
+    "16384",
+    "--rev-nat-size",
+    "16384",
+    "--affinity-size",
+    "1024",
+];
+
 pub struct Cluster(cluster::Cluster);
 
 impl std::ops::Deref for Cluster {
@@ -36,20 +49,23 @@ impl std::ops::Deref for Cluster {
 }
 
 impl Cluster {
+    /// Agents with small maps: many tests run at once.
     pub fn new(nodes: u8, pods_per_node: u8, clients: u8) -> Self {
+        Self::with_agent_args(nodes, pods_per_node, clients, &SMALL_MAPS)
+    }
+
+    /// Agents with `args` (map sizes and the like) on every node.
+    pub fn with_agent_args(nodes: u8, pods_per_node: u8, clients: u8, args: &[&str]) -> Self {
         let topo = Topology::builder()
             .nodes(nodes)
             .pods_per_node(pods_per_node)
             .clients(clients)
             .build()
             .expect("topology");
-        let agent = Agent::new(env!("CARGO_BIN_EXE_onehop"))
-            .args(["--maglev-slots", "65536", "--conntrack-size", "16384"])
-            .args(["--rev-nat-size", "16384", "--affinity-size", "1024"])
-            .env(
-                "RUST_LOG",
-                std::env::var("ONEHOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            );
+        let agent = Agent::new(env!("CARGO_BIN_EXE_onehop")).args(args).env(
+            "RUST_LOG",
+            std::env::var("ONEHOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let c = cluster::Cluster::new(topo, agent).expect("cluster");
         c.serve_http(TARGET_PORT).expect("servers");
         c.serve_udp(UDP_TARGET_PORT).expect("udp servers");

@@ -13,6 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use lb_common::{Counter, DropReason};
+use lb_userspace::dataplane::{
+    maps::{Maps, PinDir},
+    status::Snapshot,
+};
 use onehop_benches::e2e::{
     control,
     control_k8s::{self, KubeControlPlane},
@@ -25,11 +30,12 @@ use onehop_benches::e2e::{
     tcp,
     xdpgen::Generator,
 };
+use onehop_testkit::cluster::NODE_INTERFACE;
 
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end benchmark: onehop vs kube-proxy iptables/nftables vs routing")]
 struct Args {
-    /// Fewer, shorter runs (about 3 minutes on 2 cores).
+    /// Fewer, shorter runs (about 3 minutes on 2 cores), without the steady-state run.
     #[arg(long)]
     quick: bool,
     /// Runs per (path, N) and workload (at least 3 for the tables).
@@ -60,14 +66,22 @@ struct Args {
     /// Offered rate of the CPU workload (new flows), packets/s.
     #[arg(long, default_value_t = 20_000)]
     cpu_rate: u64,
-    /// Workloads, comma separated (new, established, cpu, http, tcp); tables of the others
-    /// stay empty.
+    /// Workloads, comma separated (new, established, cpu, http, tcp, steady); tables of the
+    /// others stay empty.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "new,established,cpu,http,tcp"
+        default_value = "new,established,cpu,http,tcp,steady"
     )]
     workloads: Vec<Workload>,
+    /// Offered rate of the steady-state workload, new flows/s.
+    #[arg(long, default_value_t = 4_000)]
+    steady_rate: u64,
+    /// Length of the steady-state workload, seconds (measured in windows of `--secs`). Longer
+    /// than the UDP flow timeout (30 s), so flows expire and their state (onehop: NAT ports)
+    /// is taken again while it runs.
+    #[arg(long, default_value_t = 40)]
+    steady_secs: u32,
     /// Concurrent wrk connections. 1: every request waits for nothing but the path (with
     /// more, the latency is mostly queueing behind the other connections, and a path that
     /// completes more requests per second shows the longer queue).
@@ -120,6 +134,8 @@ enum Workload {
     Http,
     /// Short TCP connections per second.
     Tcp,
+    /// New UDP flows per second over a longer run, flow tables never emptied.
+    Steady,
 }
 
 #[derive(Default)]
@@ -137,6 +153,8 @@ struct Results {
     tcp_failures: Samples,
     tcp_cpu: Samples,
     tcp_cpu_thread: Samples,
+    steady_last: Samples,
+    steady_min: Samples,
     install: Samples,
     agent_start: Samples,
     notes: BTreeMap<(String, u32), String>,
@@ -329,8 +347,7 @@ fn run_path(
                 handshakes.fields()
             );
         }
-        println!("    {line}");
-        let _ = writeln!(res.log, "{line}");
+        record(res, &line);
         if on(Workload::Tcp) {
             let tcp = tcp::measure(world, &inst, args.tcp_conns, args.secs)?;
             res.tcp_pods.push(name, n, tcp.pods_per_s);
@@ -340,13 +357,86 @@ fn run_path(
                 .push(name, n, tcp.sent.failures() as f64 / tcp.sent.secs);
             res.tcp_cpu.push(name, n, tcp.cpu_ns);
             res.tcp_cpu_thread.push(name, n, tcp.thread_ns);
-            let line = tcp_line(name, n, r, &tcp);
-            println!("    {line}");
-            let _ = writeln!(res.log, "{line}");
+            record(res, &tcp_line(name, n, r, &tcp));
         }
+    }
+    if on(Workload::Steady) {
+        let line = steady(args, world, &inst, name, n, res)?;
+        record(res, &line);
     }
     drop(inst);
     Ok(())
+}
+
+/// Shows a `runs.log` line and keeps it.
+fn record(res: &mut Results, line: &str) {
+    println!("    {line}");
+    let _ = writeln!(res.log, "{line}");
+}
+
+/// onehop's counters that tell what its flow state did, from node1's pinned maps: `None` for
+/// the other paths.
+fn flow_counters(world: &World, name: &str) -> Result<Option<Snapshot>> {
+    if name != "onehop" {
+        return Ok(None);
+    }
+    let maps = Maps::open(&PinDir::new(world.pin_root(1), NODE_INTERFACE))?;
+    Ok(Some(Snapshot::read(&maps)?))
+}
+
+/// The steady-state workload, once per (path, N) after the runs: new UDP flows at
+/// `--steady-rate` for `--steady-secs`, in windows of `--secs`, with the flow tables as the
+/// runs left them — emptied neither before nor during, so flows expire and their state is
+/// reclaimed while it runs (every other workload starts from empty tables). Returns the
+/// `runs.log` line.
+fn steady(
+    args: &Args,
+    world: &World,
+    inst: &Installed,
+    name: &str,
+    n: u32,
+    res: &mut Results,
+) -> Result<String> {
+    let before = flow_counters(world, name)?;
+    let windows = (args.steady_secs / args.secs).max(1);
+    let mut per_s = Vec::new();
+    let (mut frames, mut secs) = (0, 0.0);
+    for _ in 0..windows {
+        let m = window(
+            world,
+            &inst.udp,
+            Flows::New,
+            Some(args.steady_rate),
+            args.secs,
+            false,
+        )?;
+        per_s.push(m.per_s);
+        frames += m.sent.frames;
+        secs += m.sent.secs;
+    }
+    let last = per_s.last().copied().unwrap_or_default();
+    let min = per_s.iter().copied().fold(f64::INFINITY, f64::min);
+    res.steady_last.push(name, n, last);
+    res.steady_min.push(name, n, min);
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let offered = frames as f64 / secs;
+    let mut line = format!(
+        "{name} N={n} steady: steady_last/s={last:.0} steady_min/s={min:.0} (offered {offered:.0}/s for {secs:.0}s, per window {:?})",
+        per_s.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    if let (Some(b), Some(a)) = (before, flow_counters(world, name)?) {
+        let _ = write!(
+            line,
+            " nat_exhausted={} nat_port_reclaimed={} flow_expired={} remote_new_flow={} conntrack_entries={} rev_nat_entries={}",
+            a.drop_count(DropReason::NatExhausted) - b.drop_count(DropReason::NatExhausted),
+            a.counter(Counter::NatPortReclaimed) - b.counter(Counter::NatPortReclaimed),
+            a.counter(Counter::FlowExpired) - b.counter(Counter::FlowExpired),
+            a.counter(Counter::RemoteNewFlow) - b.counter(Counter::RemoteNewFlow),
+            a.conntrack_entries,
+            a.rev_nat_entries,
+        );
+    }
+    Ok(line)
 }
 
 /// The runs.log line of one short-TCP run (parsed back by `parse_log`).
@@ -546,6 +636,21 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             "Same runs; CPU time of the generator thread over connections completed at the pods (most of the path runs in its softirq context, as for UDP; nginx's accept/close does not); lower is better.".to_owned(),
         ),
         (
+            "Steady state: new flows per second, flow tables never emptied (last window)",
+            &res.steady_last,
+            "flows/s delivered",
+            format!(
+                "Once per (path, N), after the runs: new UDP flows offered at {}/s for {} s in windows of {} s, starting from the flow tables as the runs left them and never emptying them, so flows expire and their state (onehop: NAT ports) is taken again meanwhile; the last window's delivery. Every other workload starts from empty tables. Should equal the offered rate; higher is better.",
+                args.steady_rate, args.steady_secs, args.secs
+            ),
+        ),
+        (
+            "Steady state: slowest window",
+            &res.steady_min,
+            "flows/s delivered",
+            "Same run, its slowest window; runs.log has every window and onehop's counters (nat_exhausted, nat_port_reclaimed, flow_expired).".to_owned(),
+        ),
+        (
             "Install time (rules transaction / services file on a running agent)",
             &res.install,
             "s",
@@ -608,6 +713,7 @@ fn main() -> Result<()> {
     if args.quick {
         args.secs = 1;
         args.services.retain(|&n| n <= 10_000);
+        args.workloads.retain(|&w| w != Workload::Steady);
     }
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     for s in &args.cp_sources {
@@ -898,8 +1004,13 @@ fn parse_log(log: &str) -> Result<Results> {
                 .map(|v| v.trim_end_matches("us").trim_end_matches('s'))
                 .and_then(|v| v.parse().ok())
         };
-        let run = h.next().filter(|r| r.starts_with("run="));
-        if run.is_some() && h.next() == Some("tcp") {
+        let third = h.next();
+        let run = third.filter(|r| r.starts_with("run="));
+        if third == Some("steady") {
+            let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
+            res.steady_last.push(path, n, get("steady_last/s=")?);
+            res.steady_min.push(path, n, get("steady_min/s=")?);
+        } else if run.is_some() && h.next() == Some("tcp") {
             let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
             res.tcp_pods.push(path, n, get("conns/s_pods=")?);
             res.tcp_client.push(path, n, get("conns/s_client=")?);
