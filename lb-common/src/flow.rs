@@ -219,7 +219,10 @@ pub struct RevNatValue {
     pub flags: u16,
     /// [`tcp_state`] bits, as in the flow's conntrack entry.
     pub state: u8,
-    pub _pad: [u8; 5],
+    // Two fields, not `[u8; 5]`: zeroing an odd-sized array is a `memset`
+    // call in BPF, one more frame on the NAT port claim's call chain.
+    pub _pad: u8,
+    pub _pad1: u32,
     pub last_seen_ns: u64,
 }
 
@@ -243,9 +246,44 @@ impl RevNatValue {
             service_id,
             flags,
             state,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad1: 0,
             last_seen_ns,
         }
+    }
+
+    /// [`Self::reverse_of`] written in place, for the data path: there a
+    /// struct built from another pointer's arrays is copied with a
+    /// `memmove` call, one more frame on a call chain that has 512 bytes of
+    /// stack in all; `copy_nonoverlapping` (which the two distinct borrows
+    /// guarantee) is expanded inline.
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the padding is zeroed here, where it is defined"
+    )]
+    #[inline(always)]
+    pub fn set_reverse_of(
+        &mut self,
+        client: &FlowKey,
+        service_id: u32,
+        flags: u16,
+        state: u8,
+        last_seen_ns: u64,
+    ) {
+        // SAFETY: `self` and `client` are distinct borrows, so the arrays
+        // cannot overlap; both are valid for 16 bytes.
+        unsafe {
+            core::ptr::copy_nonoverlapping(&raw const client.dst, &raw mut self.new_src, 1);
+            core::ptr::copy_nonoverlapping(&raw const client.src, &raw mut self.new_dst, 1);
+        }
+        self.new_sport = client.dport;
+        self.new_dport = client.sport;
+        self.service_id = service_id;
+        self.flags = flags;
+        self.state = state;
+        self._pad = 0;
+        self._pad1 = 0;
+        self.last_seen_ns = last_seen_ns;
     }
 
     /// The client's key of the flow this entry translates back to (the key
@@ -342,6 +380,10 @@ pub struct FlowScratch {
     pub rval: RevNatValue,
     /// The conntrack entry: filled by the packet path but for the NAT port.
     pub ctv: ConntrackValue,
+    /// The new flow's client key (its conntrack key).
+    pub key: FlowKey,
+    /// The new flow's backend.
+    pub backend: crate::BackendValue,
     /// `flow_hash` of the flow (picks the NAT port probes).
     pub hash: u32,
     /// While probing NAT ports: the first port held by an idle UDP flow

@@ -358,7 +358,7 @@ abi_types! {
     AffinityKey = 24,
     AffinityValue = 32,
     FlowTimeouts = 24,
-    FlowScratch = 168,
+    FlowScratch = 224,
     SourceRangeData = 8,
     TrafficCounter = 16,
     DatapathConfig = 48,

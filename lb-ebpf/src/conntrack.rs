@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::{
     forward::NextHop,
-    maps::{CONNTRACK, FLOW_SCRATCH, REV_NAT},
+    maps::{CONFIG, CONNTRACK, FLOW_SCRATCH, REV_NAT},
     stats,
 };
 
@@ -64,19 +64,34 @@ pub fn store_hop(ct: *mut ConntrackValue, hop: &NextHop) {
     }
 }
 
+/// The key under which a flow's reverse entry is stored: the backend's
+/// reply as it reaches us, `backend → peer` (`peer` the client for a local
+/// flow, our address and NAT port for a remote one).
+#[derive(Clone, Copy)]
+pub struct ReplyKey {
+    pub backend: [u8; 4],
+    pub backend_port: u16,
+    pub peer: [u8; 4],
+    pub peer_port: u16,
+}
+
 /// Refreshes an established flow after a client packet that moves it to
 /// `state`: the timestamps if the last refresh is more than a second old or
-/// the state changed, and the reverse entry with them (put back if the LRU
-/// evicted it, never over another flow's entry).
+/// the state changed, and the reverse entry (under `reply`) with them (put
+/// back if the LRU evicted it, never over another flow's entry).
 ///
 /// Returns false when the flow's reverse entry now belongs to another flow:
 /// a remote flow's NAT port can be lost that way (the LRU evicted the entry
 /// and another flow claimed the port); the flow cannot go on with it.
+///
+/// The reverse key is built in the scratch map, and only when the entry is
+/// due: a 40-byte key on the packet path's stack would be paid by every
+/// packet's frame (the call chain has 512 bytes in all).
 #[inline(always)]
 pub fn refresh(
     ct: *mut ConntrackValue,
     client: &FlowKey,
-    rkey: &FlowKey,
+    reply: ReplyKey,
     flags: u16,
     state: u8,
     now: u64,
@@ -93,6 +108,20 @@ pub fn refresh(
         (*ct).last_seen_ns = now;
         (*ct).state = state;
         (*ct).service_id
+    };
+    let Some(s) = scratch() else {
+        return true;
+    };
+    // SAFETY: this CPU's scratch slot, ours for this run.
+    let rkey = unsafe {
+        (*s).rkey = FlowKey::v4(
+            reply.backend,
+            reply.peer,
+            reply.backend_port,
+            reply.peer_port,
+            client.proto,
+        );
+        &(*s).rkey
     };
     match REV_NAT.get_ptr_mut(rkey) {
         Some(r) => {
@@ -167,18 +196,6 @@ pub fn backend_packet(r: *mut RevNatValue, proto: u8, family: u8, tcp_flags: u8,
     }
 }
 
-/// The reply key of a remote flow: what the backend's answer looks like
-/// when it reaches this node.
-#[inline(always)]
-pub fn remote_reply_key(
-    cfg: &DatapathConfig,
-    b: &BackendValue,
-    nat_port: u16,
-    proto: u8,
-) -> FlowKey {
-    FlowKey::v4(b.ip, cfg.node_ip, b.port, nat_port, proto)
-}
-
 /// Takes over a reverse entry another flow held: only while it is still
 /// `last` (the expired stamp we read), so that of two CPUs reclaiming the
 /// same port exactly one wins. The stamp is swapped first; a reader that
@@ -202,9 +219,12 @@ fn take_over(r: *mut RevNatValue, last: u64, rval: &RevNatValue) -> bool {
     }
     // SAFETY: the entry is ours now; written field by field, the stamp
     // already is.
+    // (The addresses by `copy_nonoverlapping`: a plain assignment between
+    // two map values is a `memmove` call in BPF, one more frame on the
+    // call chain's 512 bytes of stack.)
     unsafe {
-        (*r).new_src = rval.new_src;
-        (*r).new_dst = rval.new_dst;
+        core::ptr::copy_nonoverlapping(&raw const rval.new_src, &raw mut (*r).new_src, 1);
+        core::ptr::copy_nonoverlapping(&raw const rval.new_dst, &raw mut (*r).new_dst, 1);
         (*r).new_sport = rval.new_sport;
         (*r).new_dport = rval.new_dport;
         (*r).service_id = rval.service_id;
@@ -224,41 +244,66 @@ pub fn scratch() -> Option<*mut FlowScratch> {
 }
 
 /// Writes a new flow's entries: conntrack (`s.ctv`, filled by the caller
-/// but for the NAT port; `s.hash` its flow hash), and the reverse entry,
-/// which for a remote flow claims its NAT port. Returns the NAT port of a
-/// remote flow, 1 for a local one, 0 when no NAT port is free, or
-/// [`CREATE_MAP_FAILED`].
+/// but for the NAT port; `s.hash` its flow hash; `s.backend` its backend),
+/// and the reverse entry, which for a remote flow claims its NAT port.
+/// Returns the NAT port of a remote flow, 1 for a local one, 0 when no NAT
+/// port is free, or [`CREATE_MAP_FAILED`].
 ///
-/// A BPF-to-BPF call, not inlined, with the entries built in the per-CPU
-/// `flow_scratch` map: with 16-byte addresses a new flow's keys and values
-/// do not fit on the stack beside the packet path's own state (512 bytes
-/// for the whole call chain); only new flows pay for the call.
+/// The entries are built in the per-CPU `flow_scratch` map: with 16-byte
+/// addresses a new flow's keys and values do not fit on the stack beside
+/// the packet path's own state (512 bytes for the whole call chain).
+#[inline(always)]
+pub fn create(key: &FlowKey, s: *mut FlowScratch) -> u32 {
+    // SAFETY: this CPU's scratch slot (from `scratch`), ours for this run;
+    // `key` is on our stack, so the two cannot overlap.
+    unsafe { core::ptr::copy_nonoverlapping(key, &raw mut (*s).key, 1) };
+    onehop_flow_create()
+}
+
+/// [`create`]'s body as a *global* BPF function (exported by the linker,
+/// see lb-ebpf's build script): the verifier checks it once, on its own,
+/// instead of once for every way the packet path reaches it — its NAT port
+/// claim loop was about half of the program's verification.
+///
+/// It takes no arguments, everything is in this CPU's scratch slot, which
+/// it looks up itself: the verifier types a global function's pointer
+/// arguments as plain memory, and kernels before 6.2 or so (Debian 12's
+/// 6.1: `R2 type=mem expected=fp, pkt, pkt_meta, map_key, map_value`)
+/// refuse plain memory as a map key.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and values are passed by reference into the scratch map: by value they would be copied to the stack"
 )]
+#[unsafe(no_mangle)]
 #[inline(never)]
-pub fn create(cfg: &DatapathConfig, key: &FlowKey, b: &BackendValue, s: *mut FlowScratch) -> u32 {
-    // SAFETY: this CPU's slot of the per-CPU scratch array (from
-    // `scratch`), used only within this run (BPF programs are not
-    // preempted mid-run on their CPU).
+pub extern "C" fn onehop_flow_create() -> u32 {
+    let (Some(cfg), Some(s)) = (CONFIG.get(0), scratch()) else {
+        return CREATE_MAP_FAILED;
+    };
+    // SAFETY: this CPU's slot of the per-CPU scratch array, used only
+    // within this run (BPF programs are not preempted mid-run on their
+    // CPU); the caller filled it.
     let s = unsafe { &mut *s };
     let remote = s.ctv.flags & flow_flags::REMOTE != 0;
-    s.rval = RevNatValue::reverse_of(
-        key,
+    let (service_id, flags, state, now) = (
         s.ctv.service_id,
         s.ctv.flags,
         s.ctv.state,
         s.ctv.last_seen_ns,
     );
+    s.rval.set_reverse_of(&s.key, service_id, flags, state, now);
+    // The backend's fields one by one: a copy of it would take stack.
+    let (backend, backend_port, proto) = (s.backend.ip, s.backend.port, s.key.proto);
     if remote {
-        let port = claim_nat_port(cfg, key.proto, s.hash, b, s);
+        s.rkey = FlowKey::v4(backend, cfg.node_ip, backend_port, 0, proto);
+        let port = claim_nat_port(cfg, proto, s);
         if port == 0 {
             return 0;
         }
         s.ctv.nat_port = port;
     } else {
-        s.rkey = FlowKey::v4(b.ip, flow::v4_of(&key.src), b.port, key.sport, key.proto);
+        let (client, client_port) = (flow::v4_of(&s.key.src), s.key.sport);
+        s.rkey = FlowKey::v4(backend, client, backend_port, client_port, proto);
         if REV_NAT
             .insert(&s.rkey, &s.rval, u64::from(BPF_ANY))
             .is_err()
@@ -266,7 +311,10 @@ pub fn create(cfg: &DatapathConfig, key: &FlowKey, b: &BackendValue, s: *mut Flo
             return CREATE_MAP_FAILED;
         }
     }
-    if CONNTRACK.insert(key, &s.ctv, u64::from(BPF_ANY)).is_err() {
+    if CONNTRACK
+        .insert(&s.key, &s.ctv, u64::from(BPF_ANY))
+        .is_err()
+    {
         if remote {
             let _ = REV_NAT.remove(&s.rkey);
         }
@@ -282,27 +330,22 @@ pub fn create(cfg: &DatapathConfig, key: &FlowKey, b: &BackendValue, s: *mut Flo
 /// is this flow's own (a flow that starts again after its conntrack entry
 /// expired keeps its port), or is expired or closed past its timeout: then
 /// it is taken over by compare-and-swap (`nat_port_reclaimed`), so closed
-/// flows give their ports back without waiting for the LRU. Leaves the
-/// claimed port's key in `s.rkey`; 0 when none was free.
+/// flows give their ports back without waiting for the LRU. `s.rkey` is
+/// the reply key with the port left 0 (the backend's reply to us); leaves
+/// the claimed port in it. 0 when none was free.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and values are passed by reference into the scratch map: by value they would be copied to the stack"
 )]
 #[inline(always)]
-fn claim_nat_port(
-    cfg: &DatapathConfig,
-    proto: u8,
-    h: u32,
-    b: &BackendValue,
-    s: &mut FlowScratch,
-) -> u16 {
+fn claim_nat_port(cfg: &DatapathConfig, proto: u8, s: &mut FlowScratch) -> u16 {
     let min = u32::from(cfg.nat_port_min);
     let max = u32::from(cfg.nat_port_max);
     if max < min || min == 0 {
         return 0;
     }
     let size = max - min + 1;
-    s.rkey = remote_reply_key(cfg, b, 0, proto);
+    let h = s.hash;
     // A free port, or one of a flow that is over, wins at once. An idle UDP
     // flow's port (`FlowTimeouts::udp_reclaim_s`) is only remembered: it is
     // taken after the loop, when every probe found its port held.

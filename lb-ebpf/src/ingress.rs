@@ -38,7 +38,9 @@ use lb_common::{
 };
 
 use crate::{
-    arp, conntrack, csum,
+    arp,
+    conntrack::{self, ReplyKey},
+    csum,
     forward::{self, Route},
     icmp,
     maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
@@ -209,14 +211,17 @@ fn service_path(
     let Some(svc) = SERVICES.get_ptr(skey) else {
         return Outcome::Drop(DropReason::NoService);
     };
-    // SAFETY: value pointer the map just returned; copied out.
-    let svc = unsafe { *svc };
+    // SAFETY: value pointer the map just returned, valid for this run (RCU);
+    // read in place, not copied (a copy would take 24 bytes of the frame).
+    // A hash map update swaps in a new element, so every field read here is
+    // of one version.
+    let svc = unsafe { &*svc };
     stats::traffic(&SERVICE_STATS, svc.id, frame_len);
     let key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let choice = service::choose(&key, ip.src, &svc, syn_only, now, &cfg.timeouts);
+    let choice = service::choose(&key, ip.src, svc, syn_only, now, &cfg.timeouts);
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
@@ -247,7 +252,7 @@ fn service_path(
         now,
     };
     let out = if b.flags & backend_flags::LOCAL != 0 {
-        to_local(ip, &mut l4, cfg, &flow)
+        to_local(ip, &mut l4, &flow)
     } else {
         to_remote(ctx, eth, ip, &mut l4, cfg, &flow)
     };
@@ -272,13 +277,18 @@ struct Flow<'k> {
 /// decrements the TTL). The client address is kept; `lb_egress` undoes the
 /// DNAT on the pod's reply.
 #[inline(always)]
-fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, cfg: &DatapathConfig, f: &Flow<'_>) -> Outcome {
+fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
     let k = f.key;
-    let rkey = flow_key(f.b.ip, ip.src, f.b.port, k.sport, k.proto);
     let counter = if let Some(ct) = f.established {
         // A local flow's reverse key holds the client's own tuple: no other
         // flow can hold it, so the entry is always ours to put back.
-        conntrack::refresh(ct, k, &rkey, 0, f.state, f.now);
+        let reply = ReplyKey {
+            backend: f.b.ip,
+            backend_port: f.b.port,
+            peer: ip.src,
+            peer_port: k.sport,
+        };
+        conntrack::refresh(ct, k, reply, 0, f.state, f.now);
         Counter::LocalEstablished
     } else {
         let Some(s) = conntrack::scratch() else {
@@ -295,8 +305,9 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, cfg: &DatapathConfig, f: &Flow<'_
                 f.state,
                 f.now,
             );
+            (*s).backend = f.b;
         }
-        if conntrack::create(cfg, k, &f.b, s) != 1 {
+        if conntrack::create(k, s) != 1 {
             return Outcome::Drop(DropReason::MapUpdate);
         }
         Counter::LocalNewFlow
@@ -349,8 +360,13 @@ fn to_remote(
     if let Some(ct) = f.established {
         // SAFETY: conntrack value pointer from this run; read by value.
         let port = unsafe { (*ct).nat_port };
-        let rkey = conntrack::remote_reply_key(cfg, &f.b, port, k.proto);
-        if conntrack::refresh(ct, k, &rkey, flow_flags::REMOTE, f.state, f.now) {
+        let reply = ReplyKey {
+            backend: f.b.ip,
+            backend_port: f.b.port,
+            peer: cfg.node_ip,
+            peer_port: port,
+        };
+        if conntrack::refresh(ct, k, reply, flow_flags::REMOTE, f.state, f.now) {
             established = Some(port);
         } else {
             // The port went to another flow (our reverse entry was evicted,
@@ -379,8 +395,9 @@ fn to_remote(
             )
             .with_hop(hop.ifindex, hop.dmac, hop.smac);
             (*s).hash = flow_hash(ip.src, ip.dst, k.sport, k.dport, k.proto);
+            (*s).backend = f.b;
         }
-        let port = match conntrack::create(cfg, k, &f.b, s) {
+        let port = match conntrack::create(k, s) {
             0 => return Outcome::Drop(DropReason::NatExhausted),
             p => match u16::try_from(p) {
                 Ok(p) => p,

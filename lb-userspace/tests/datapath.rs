@@ -2066,3 +2066,72 @@ fn local_flow_state_follows_both_sides() {
         assert_eq!(lb.conntrack(&key).expect("ct").state, tcp_state::SYN_SENT);
     });
 }
+
+/// The verifier's work per program, against its limit of one million
+/// processed instructions: older kernels prune less (Debian 12's 6.1 needs
+/// more for the same program), so a program that uses most of the budget
+/// here may not load there. Printed for every program, and held to half the
+/// limit on the kernel the tests run on.
+#[test]
+fn programs_leave_the_verifier_half_its_budget() {
+    const LIMIT: u32 = 1_000_000;
+    for which in [support::Which::Product, support::Which::Bench] {
+        support::with_object_of(which, |lb| {
+            for (name, insns) in lb.h.verified_insns().expect("program info") {
+                let Some(insns) = insns else {
+                    eprintln!("{name}: this kernel does not report verified_insns (before 5.16)");
+                    continue;
+                };
+                eprintln!("{name}: {insns} instructions verified");
+                assert!(
+                    insns <= LIMIT / 2,
+                    "{name}: the verifier processed {insns} of its {LIMIT} instructions here"
+                );
+            }
+        });
+    }
+}
+
+/// The sweeper against the data path: a walk of a full table takes long
+/// enough that a new flow takes over a dead flow's NAT port (rewriting its
+/// reverse entry in place) between the walk that found the entry dead and
+/// the delete. The delete must spare it: without its reverse entry the new
+/// flow's replies reach the node's kernel, which resets the connection (the
+/// soak's rare resets).
+#[test]
+fn the_sweeper_spares_an_entry_a_new_flow_took_over_during_its_walk() {
+    use lb_userspace::dataplane::sweep;
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        lb.set_nat_ports(62000, 62000);
+        let (_, port) = remote_flow(lb, 45000, SYN);
+        assert_eq!(port, 62000);
+        lb.age_flows(61);
+        let rkey = flow(pod_ip, NODE_IP, pod_port, port, proto::TCP);
+        let t = lb_common::FlowTimeouts::DEFAULT;
+        let now = sweep::now_ns().expect("clock");
+        let over = |k: &lb_common::FlowKey, v: &RevNatValue| sweep::rev_nat_over(k, v, now, &t);
+        let dead = sweep::dead_keys(&lb.h.maps().rev_nat, over);
+        assert!(dead.contains(&rkey), "the half-open flow is over: {dead:?}");
+        // Another client's SYN takes the only port while the sweep runs.
+        let before = lb.counts();
+        let out = lb.expect(
+            "the port comes back",
+            &Pkt::tcp(CLIENT, 45001, VIP, 81, SYN).build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        assert_eq!(view(&out).sport, port);
+        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
+        let deleted = sweep::delete_still_over(&mut lb.h.maps_mut().rev_nat, &dead, over);
+        assert_eq!(deleted, dead.len() - 1, "all but the taken-over entry");
+        let rev = lb.rev_nat(&rkey).expect("the new flow's reverse entry");
+        assert_eq!((rev.new_dst, rev.new_dport), (addr_v4(CLIENT), 45001));
+        lb.expect(
+            "its SYN-ACK still goes to its client",
+            &Pkt::tcp(pod_ip, pod_port, NODE_IP, port, SYN | ACK).build(),
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
+    });
+}

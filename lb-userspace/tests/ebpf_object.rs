@@ -32,3 +32,43 @@ fn the_product_object_is_the_map_table_and_the_product_programs() {
         .expect("parsing the product object");
     assert!(diff.is_empty(), "{diff:#?}");
 }
+
+/// Every program's deepest BPF-to-BPF call chain fits the verifier's 512
+/// bytes as the strictest kernels count it (each frame rounded up to 32
+/// bytes, at least 32: Debian 12's 6.1). This machine's kernel counts 16-byte
+/// steps and would load a program 6.1 refuses.
+#[test]
+fn every_call_chain_fits_the_stack_as_older_kernels_count_it() {
+    use lb_ebpf_embed::stack::{self, MAX_STACK, Rounding};
+    // The bench object too: the packet tests load it on every kernel.
+    static BENCH: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
+    let product = lb_userspace::dataplane::object::object().expect("the embedded product object");
+    let mut programs = stack::programs(product).expect("reading the product object's functions");
+    assert!(
+        programs.iter().any(|p| p.name == "lb_ingress"),
+        "{programs:?}"
+    );
+    assert!(
+        !BENCH.is_empty(),
+        "the bench object is an empty stub (bpf-linker missing?)"
+    );
+    programs.extend(stack::programs(BENCH).expect("reading the bench object's functions"));
+    assert!(
+        programs.iter().any(|p| p.name == "lb_ingress_bench"),
+        "{programs:?}"
+    );
+    for p in &programs {
+        for rounding in [Rounding::Interpreter, Rounding::Jit] {
+            let (total, frames) = p.deepest(rounding);
+            eprintln!(
+                "{} ({rounding:?}): {total} bytes, frames {frames:?}",
+                p.name
+            );
+            assert!(
+                total <= MAX_STACK,
+                "{}: a call chain of {total} stack bytes as {rounding:?} kernels count it (frames {frames:?})",
+                p.name
+            );
+        }
+    }
+}

@@ -318,6 +318,20 @@ impl Harness {
         &mut self.maps
     }
 
+    /// How many instructions the verifier processed for each loaded
+    /// program (`bpf_prog_info.verified_insns`, Linux 5.16+; `None` before),
+    /// by program name. The verifier gives up at one million: this is how
+    /// close a program is to no longer loading.
+    pub fn verified_insns(&self) -> Result<Vec<(String, Option<u32>)>> {
+        self.ebpf
+            .programs()
+            .map(|(name, p)| {
+                let info = p.info().with_context(|| format!("program {name}: info"))?;
+                Ok((name.to_owned(), info.verified_instruction_count()))
+            })
+            .collect()
+    }
+
     /// The loaded object, for maps outside [`Maps`] (the benchmark
     /// programs' own).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

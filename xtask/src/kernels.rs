@@ -62,6 +62,9 @@ pub struct Options {
     /// Run only these steps of `test` mode (`datapath`, `edges`, `agent`); all by default.
     #[arg(long)]
     pub step: Vec<String>,
+    /// Run only the tests whose names contain this (libtest filter; with `--step`).
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 /// Debian packages this needs, and a command of each.
@@ -111,7 +114,14 @@ pub fn run(o: &Options) -> Result<()> {
         );
     }
     let wanted = |step: &str| o.step.is_empty() || o.step.iter().any(|s| s == step);
-    write_initramfs(&initrd, &kernel, &bins, o.mode, &wanted)?;
+    write_initramfs(
+        &initrd,
+        &kernel,
+        &bins,
+        o.mode,
+        &wanted,
+        o.filter.as_deref(),
+    )?;
     let log = cache.join(format!(
         "{}-{}-{}cpu.log",
         kernel.release,
@@ -503,6 +513,7 @@ fn write_initramfs(
     bins: &[(String, PathBuf)],
     mode: Mode,
     wanted: &dyn Fn(&str) -> bool,
+    filter: Option<&str>,
 ) -> Result<()> {
     let mut tree = Tree::default();
     for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/root"] {
@@ -539,7 +550,7 @@ fn write_initramfs(
                 writeln!(
                     s,
                     "step {name} /usr/bin/{name} --test-threads=2 {}",
-                    tests.join(" ")
+                    filter.map_or_else(|| tests.join(" "), str::to_owned)
                 )?;
             }
             if wanted("agent") {

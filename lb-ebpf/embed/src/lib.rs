@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use lb_common::maps::MapSpec;
 
+pub mod stack;
 pub mod toolchain;
 
 /// One eBPF crate of the workspace to build.

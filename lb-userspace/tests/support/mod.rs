@@ -212,31 +212,32 @@ pub fn namespace() -> Netns {
 /// Runs `f` with a freshly loaded data path, configured with the standard
 /// scenario, on a thread inside a fresh namespace.
 pub fn with_lb(f: impl FnOnce(&mut Lb) + Send) {
-    with_object(PRODUCT, f);
+    with_object_of(PRODUCT, f);
 }
 
 /// [`with_lb`] on the bench object (the benchmark programs around the same
 /// ingress code) instead of the product object.
 pub fn with_bench_lb(f: impl FnOnce(&mut Lb) + Send) {
-    with_object(BENCH, f);
+    with_object_of(BENCH, f);
 }
 
 /// Which embedded object a test loads.
 #[derive(Clone, Copy)]
-enum Object {
+pub enum Which {
     /// What the agent loads.
     Product,
     /// The benchmark wrappers; lb-userspace's build script builds it beside
     /// the product object, and only the tests and the benches embed it.
     Bench,
 }
-const PRODUCT: Object = Object::Product;
-const BENCH: Object = Object::Bench;
+const PRODUCT: Which = Which::Product;
+const BENCH: Which = Which::Bench;
 
 static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
 
-fn with_object(which: Object, f: impl FnOnce(&mut Lb) + Send) {
+/// [`with_lb`] on the object `which`.
+pub fn with_object_of(which: Which, f: impl FnOnce(&mut Lb) + Send) {
     let ns = namespace();
     ns.run(|| {
         let mut lb = Lb::load(which);
@@ -263,12 +264,12 @@ pub enum Want {
 
 impl Lb {
     /// Loads the embedded object with small maps (tests run in parallel).
-    fn load(which: Object) -> Self {
+    fn load(which: Which) -> Self {
         let object = match which {
-            Object::Product => {
+            Which::Product => {
                 lb_userspace::dataplane::object::object().expect("embedded eBPF object")
             }
-            Object::Bench => {
+            Which::Bench => {
                 assert!(
                     !BENCH_OBJECT.is_empty(),
                     "the bench eBPF object is an empty stub (bpf-linker missing?)"
@@ -292,7 +293,14 @@ impl Lb {
             ifindex,
             mac: NODE_MAC,
         };
-        let h = Harness::load(object, &sizes, node).unwrap_or_else(|e| panic!("{e:#}"));
+        let h = Harness::load(object, &sizes, node).unwrap_or_else(|e| {
+            // A rejected program's verifier log runs to megabytes; its verdict
+            // and statistics are at the end.
+            let e = format!("{e:#}");
+            let cut = e.len().saturating_sub(4000);
+            let cut = (cut..e.len()).find(|&i| e.is_char_boundary(i)).unwrap_or(0);
+            panic!("{}{}", if cut > 0 { "…" } else { "" }, &e[cut..])
+        });
         let model = NodeServices {
             node_ip: Some(Ipv4Addr::from(NODE_IP)),
             nat_ports: NatPorts {
