@@ -319,7 +319,7 @@ proptest! {
             services: maps.services.clone(),
             backends: maps.backends.clone(),
             maglev: maps.services.values().filter(|v| v.maglev_len > 0)
-                .map(|v| (v.maglev_offset, maps.table(v))).collect(),
+                .map(|v| (v.maglev_offset, maps.table(v).into())).collect(),
             src_ranges: maps.src_ranges.clone(),
         };
         read_back.allocators(&limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
