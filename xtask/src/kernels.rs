@@ -13,7 +13,7 @@
 //! agent on a veth pair: start, restart (adopting the pins), cleanup. `maps` mode
 //! starts the agent with its default map sizes inside a memory cgroup and reports what
 //! each map is charged (bpftool's `memlock`) and what the cgroup holds, to size maps
-//! against the vCPU count. Its cgroup's `memory.max` is the agent DaemonSet's memory
+//! against the vCPU count. Its cgroup's `memory.max` is the agent `DaemonSet`'s memory
 //! limit (read from `manifests/agent-daemonset.yaml`), so the run shows the agent starting
 //! under the limit it has on a node of that many CPUs.
 
@@ -65,12 +65,12 @@ pub struct Options {
     #[arg(long)]
     pub step: Vec<String>,
     /// `memory.max` of the agent's cgroup in `maps` mode, MiB (default: the agent
-    /// DaemonSet's memory limit).
+    /// `DaemonSet`'s memory limit).
     #[arg(long)]
     pub memory_max_mib: Option<u64>,
 }
 
-/// The agent DaemonSet's memory limit in MiB, from the manifest the bundle is built from.
+/// The agent `DaemonSet`'s memory limit in MiB, from the manifest the bundle is built from.
 fn daemonset_memory_limit_mib() -> Result<u64> {
     let path = workspace_root().join("manifests/agent-daemonset.yaml");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

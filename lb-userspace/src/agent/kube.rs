@@ -305,7 +305,7 @@ impl KubeSource {
                 );
             }
             Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot read this node's routes to report its gateways")
+                warn!(error = %format!("{e:#}"), "cannot read this node's routes to report its gateways");
             }
         }
         // Every renewal restates the interface, so a restart on another

@@ -123,8 +123,8 @@ pub struct MapOwner {
     heartbeat_failing: bool,
     /// What the last link check found (`None`: not checked yet).
     link_usable: Option<bool>,
-    /// A plan was written since the heap was last trimmed ([`MapOwner::release_memory`]).
-    heap_dirty: bool,
+    /// Map writes since the heap was last trimmed ([`MapOwner::release_memory`]).
+    writes_since_trim: usize,
     pub health: Arc<metrics::Health>,
 }
 
@@ -206,7 +206,7 @@ impl MapOwner {
                 return Err(e);
             }
         }
-        self.heap_dirty = true;
+        self.writes_since_trim += ops.len();
         info!(
             writes = ops.len(),
             services = self.current.services.len(),
@@ -233,7 +233,7 @@ impl MapOwner {
     /// Releases the memory a pass freed, after a pass that wrote the maps. The sources call
     /// it once their pass has dropped its own copies of the input.
     pub fn release_memory(&mut self) {
-        if std::mem::take(&mut self.heap_dirty) {
+        if std::mem::take(&mut self.writes_since_trim) > 0 {
             trim_heap();
         }
     }
@@ -471,7 +471,7 @@ impl MapOwner {
             heartbeat: None,
             heartbeat_failing: false,
             link_usable: None,
-            heap_dirty: false,
+            writes_since_trim: 0,
         };
         agent.health.set_state(&agent.current);
         // A restart re-confirms ownership: tell the LAN again (stale caches

@@ -555,7 +555,7 @@ fn check_plan(
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(
         a.slots.used_slots() as usize,
-        s.maglev.values().map(|t| t.len()).sum::<usize>()
+        s.maglev.values().map(Table::len).sum::<usize>()
     );
     let entries: usize = file.services.iter().map(|s| s.ports.len()).sum();
     prop_assert_eq!(s.services.len(), entries);
