@@ -33,6 +33,7 @@ use lb_userspace::{
     controller::{self, Options, Timing},
     k8s::{
         crd::{self, IPAddressPool, PoolSpec},
+        lease,
         translate::{ClassFilter, ingress_ips},
     },
 };
@@ -620,6 +621,83 @@ async fn valid_condition(k: &Env, pool: &str) -> Option<(String, String, String)
 /// that node's address: the whole pool is refused (`Valid=False`, reason `NodeAddress`, a
 /// Warning Event), no Service gets an address from it — not even one asking for the node's
 /// address by annotation — and a node that appears later invalidates a pool in use.
+/// An agent's per-node Lease reporting `gateways` (what `onehop agent` writes).
+async fn node_lease(k: &Env, node: &str, gateways: &[&str]) {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let mut l = lease::acquired(
+        &lb_userspace::agent::kube::lease_name(node),
+        node,
+        Duration::from_secs(2),
+        &now,
+        BTreeMap::from([(
+            lb_userspace::agent::kube::LEASE_LABEL.to_owned(),
+            "true".to_owned(),
+        )]),
+        BTreeMap::from([(lease::GATEWAYS_ANNOTATION.to_owned(), gateways.join(","))]),
+    );
+    l.metadata.namespace = Some(k.sys().into());
+    k.b.put(&l).await.unwrap();
+}
+
+/// A pool containing a gateway that an agent reported on its Lease would have the
+/// announcing node take the router's address over: the whole pool is refused
+/// (`Valid=False`, reason `GatewayAddress`, a Warning Event), no Service gets an address
+/// from it, and a gateway reported later invalidates a pool in use.
+#[tokio::test]
+async fn pools_containing_a_gateway_are_refused() {
+    bounded(async {
+        let k = setup().await;
+        node_lease(&k, "n1", &["192.0.2.1"]).await;
+        pool(&k, "a-gateway", &["192.0.2.0/29"]).await;
+        pool(&k, "b-ok", &["203.0.113.64/32"]).await;
+        pool(&k, "c-later", &["203.0.113.128/30"]).await;
+        let ctl = Ctl::start(&k, "c-1");
+        put(&k, &svc(&k.apps, "web", &[])).await;
+        wait_for("a-gateway refused", async || {
+            valid_condition(&k, "a-gateway")
+                .await
+                .is_some_and(|(st, reason, msg)| {
+                    st == "False"
+                        && reason == "GatewayAddress"
+                        && msg.contains("192.0.2.1")
+                        && msg.contains("node n1")
+                })
+        })
+        .await;
+        wait_event(&k, "IPAddressPool", "a-gateway", "InvalidPool", "192.0.2.1").await;
+        wait_ips(&k, &k.apps, "web", &["203.0.113.64"]).await;
+        // c-later is in use, then another node reports a gateway in it.
+        put(&k, &svc(&k.apps, "second", &[])).await;
+        wait_ips(&k, &k.apps, "second", &["203.0.113.128"]).await;
+        assert_eq!(
+            valid_condition(&k, "c-later").await.map(|c| c.0).as_deref(),
+            Some("True")
+        );
+        node_lease(&k, "n2", &["203.0.113.130", "198.51.100.1"]).await;
+        wait_for("c-later refused once n2 reports its gateway", async || {
+            valid_condition(&k, "c-later")
+                .await
+                .is_some_and(|(st, reason, msg)| {
+                    st == "False" && reason == "GatewayAddress" && msg.contains("203.0.113.130")
+                })
+        })
+        .await;
+        for s in k.b.list::<Service>().await.unwrap() {
+            let ips: Vec<String> = ingress_ips(&s).iter().map(ToString::to_string).collect();
+            assert!(
+                !ips.iter()
+                    .any(|ip| ip == "192.0.2.1" || ip == "203.0.113.130"),
+                "{:?} shows {ips:?}",
+                s.metadata.name
+            );
+        }
+        ctl.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pools_containing_a_node_address_are_refused() {
     bounded(async {

@@ -115,6 +115,8 @@ impl Agent {
 #[derive(Debug, Clone, Default)]
 pub struct Source {
     extra: Extra,
+    /// Another agent binary than the cluster's, for this start only.
+    binary: Option<PathBuf>,
 }
 
 impl Source {
@@ -143,6 +145,13 @@ impl Source {
         S: AsRef<OsStr>,
     {
         self.extra.args(args);
+        self
+    }
+
+    /// Another agent binary for this start (a benchmark comparing two builds side by side).
+    #[must_use]
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
         self
     }
 
@@ -343,7 +352,7 @@ impl Cluster {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let ns = self.topo.node(node).ns();
-        let mut cmd = command_in(ns, &self.agent.binary);
+        let mut cmd = command_in(ns, source.binary.as_ref().unwrap_or(&self.agent.binary));
         cmd.args(["agent", "--interface", NODE_INTERFACE, "--bpffs-root"])
             .arg(self.pin_root(node));
         // The node's own source after what every agent gets, so its variables win.

@@ -296,11 +296,12 @@ impl Harness {
     }
 
     /// The Maglev table of `vip:port/proto` (empty without backends).
-    pub fn table(&self, vip: Ipv4Addr, port: u16, proto: u8) -> &[u32] {
+    pub fn table(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Vec<u32> {
         self.service(vip, port, proto)
             .filter(|v| v.maglev_len > 0)
             .and_then(|v| self.state.maglev.get(&v.maglev_offset))
-            .map_or(&[], Vec::as_slice)
+            .map(lb_userspace::plan::table::Table::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn node(&self) -> &Node {

@@ -13,7 +13,9 @@
 //! agent on a veth pair: start, restart (adopting the pins), cleanup. `maps` mode
 //! starts the agent with its default map sizes inside a memory cgroup and reports what
 //! each map is charged (bpftool's `memlock`) and what the cgroup holds, to size maps
-//! against the vCPU count.
+//! against the vCPU count. Its cgroup's `memory.max` is the agent `DaemonSet`'s memory
+//! limit (read from `manifests/agent-daemonset.yaml`), so the run shows the agent starting
+//! under the limit it has on a node of that many CPUs.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -65,6 +67,42 @@ pub struct Options {
     /// Run only the tests whose names contain this (libtest filter; with `--step`).
     #[arg(long)]
     pub filter: Option<String>,
+    /// `memory.max` of the agent's cgroup in `maps` mode, MiB (default: the agent
+    /// `DaemonSet`'s memory limit).
+    #[arg(long)]
+    pub memory_max_mib: Option<u64>,
+}
+
+/// The agent `DaemonSet`'s memory limit in MiB, from the manifest the bundle is built from.
+fn daemonset_memory_limit_mib() -> Result<u64> {
+    let path = workspace_root().join("manifests/agent-daemonset.yaml");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut in_limits = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t == "limits:" {
+            in_limits = true;
+        } else if in_limits && let Some(v) = t.strip_prefix("memory:") {
+            let v = v.trim();
+            return v
+                .strip_suffix("Mi")
+                .and_then(|n| n.parse().ok())
+                .or_else(|| {
+                    v.strip_suffix("Gi")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .map(|g| g * 1024)
+                })
+                .with_context(|| {
+                    format!(
+                        "memory limit {v:?} in {}: expected Mi or Gi",
+                        path.display()
+                    )
+                });
+        } else if in_limits && !t.starts_with("cpu:") {
+            in_limits = false;
+        }
+    }
+    bail!("no memory limit in {}", path.display())
 }
 
 /// Debian packages this needs, and a command of each.
@@ -114,6 +152,13 @@ pub fn run(o: &Options) -> Result<()> {
         );
     }
     let wanted = |step: &str| o.step.is_empty() || o.step.iter().any(|s| s == step);
+    let memory_max_mib = match o.memory_max_mib {
+        Some(m) => m,
+        None => daemonset_memory_limit_mib()?,
+    };
+    if o.mode == Mode::Maps {
+        println!("kernels: the agent's cgroup memory.max = {memory_max_mib} MiB");
+    }
     write_initramfs(
         &initrd,
         &kernel,
@@ -121,6 +166,7 @@ pub fn run(o: &Options) -> Result<()> {
         o.mode,
         &wanted,
         o.filter.as_deref(),
+        memory_max_mib,
     )?;
     let log = cache.join(format!(
         "{}-{}-{}cpu.log",
@@ -514,6 +560,7 @@ fn write_initramfs(
     mode: Mode,
     wanted: &dyn Fn(&str) -> bool,
     filter: Option<&str>,
+    memory_max_mib: u64,
 ) -> Result<()> {
     let mut tree = Tree::default();
     for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/root"] {
@@ -561,6 +608,7 @@ fn write_initramfs(
         Mode::Maps => "step maps maps_memory\n".to_owned(),
     };
     let init = INIT
+        .replace("@MEMORY_MAX@", &(memory_max_mib << 20).to_string())
         .replace("@INSMODS@", &insmods)
         .replace("@STEPS@", &steps);
     tree.add(
@@ -667,12 +715,20 @@ maps_memory() {
     veth || return 1
     echo +memory > /sys/fs/cgroup/cgroup.subtree_control
     mkdir /sys/fs/cgroup/onehop
+    # The DaemonSet's limit: the agent must create its maps and start under it.
+    echo @MEMORY_MAX@ > /sys/fs/cgroup/onehop/memory.max || fail "cannot set memory.max" || return 1
+    echo "ONEHOP-MEMCG limit max=$(cat /sys/fs/cgroup/onehop/memory.max)"
     meminfo before
     sh -c "echo \$\$ > /sys/fs/cgroup/onehop/cgroup.procs; exec $AGENT" > /tmp/agent1.log 2>&1 &
     pid=$!
     wait_for "grep -q 'attached XDP' /tmp/agent1.log" 300 || fail "no XDP attach" || return 1
+    # Started: its maps hold the services file and it serves the VIP.
+    wait_for "onehop status --interface ohk0 | grep -q 192.168.77.100" 300 || fail "status shows no VIP" || return 1
+    kill -0 $pid || fail "the agent exited" || return 1
     bpftool map show | sed 's/^/ONEHOP-MAP /'
-    echo "ONEHOP-MEMCG running current=$(cat /sys/fs/cgroup/onehop/memory.current)"
+    echo "ONEHOP-MEMCG running current=$(cat /sys/fs/cgroup/onehop/memory.current) peak=$(cat /sys/fs/cgroup/onehop/memory.peak 2>/dev/null)"
+    grep -E '^(oom|oom_kill|max) ' /sys/fs/cgroup/onehop/memory.events | sed 's/^/ONEHOP-MEMEVENTS /'
+    echo "ONEHOP-AGENT-RSS $(grep VmRSS /proc/$pid/status)"
     grep -E '^(anon|file|kernel|percpu|slab) ' /sys/fs/cgroup/onehop/memory.stat | sed 's/^/ONEHOP-MEMSTAT running /'
     kill -TERM $pid; wait $pid
     echo "ONEHOP-MEMCG stopped current=$(cat /sys/fs/cgroup/onehop/memory.current)"
@@ -893,10 +949,16 @@ fn report_maps(lines: &[String], cpus: u32) -> Result<()> {
     }
     let total: u64 = rows.iter().map(|r| r.3).sum();
     println!("  total {:.1} MiB", mib(total));
-    for l in lines
+    for l in lines.iter().filter(|l| {
+        [
+            "ONEHOP-MEMCG",
+            "ONEHOP-MEMSTAT",
+            "ONEHOP-MEMEVENTS",
+            "ONEHOP-AGENT-RSS",
+        ]
         .iter()
-        .filter(|l| l.starts_with("ONEHOP-MEMCG") || l.starts_with("ONEHOP-MEMSTAT"))
-    {
+        .any(|p| l.starts_with(p))
+    }) {
         println!("  {l}");
     }
     // /proc/meminfo before the agent started and after it stopped (the maps stay pinned).

@@ -27,6 +27,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -318,8 +319,14 @@ fn wait_events_settled(api: &ApiServer, start: Instant) -> Result<(f64, usize)> 
     }
 }
 
-/// Runs the measurement on `world` (no other path may be installed).
-pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeControlPlane> {
+/// Runs the measurement on `world` (no other path may be installed), with `binary` as the
+/// agent instead of the world's when given (an earlier build, measured side by side).
+pub fn measure(
+    world: &World,
+    services: u32,
+    backends: u32,
+    binary: Option<&Path>,
+) -> Result<KubeControlPlane> {
     ensure!(
         services > 0 && backends >= 2,
         "need services and 2+ backends"
@@ -337,7 +344,10 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<KubeContro
     let table = u64::from(lb_userspace::plan::maglev::table_size(backends as usize));
     let slots = table * (u64::from(services) + 1) + 1024;
     let agent_log = || world.log(1);
-    let source = Source::kubernetes(&node_name(1)).args(["--api-server", api.url()]);
+    let mut source = Source::kubernetes(&node_name(1)).args(["--api-server", api.url()]);
+    if let Some(b) = binary {
+        source = source.binary(b);
+    }
     let before = load::pod_rx(&world.topo)?[0];
     let start = Instant::now();
     let agent = MeasuredAgent::start(world, slots, source)?;

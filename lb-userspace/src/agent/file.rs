@@ -103,6 +103,8 @@ impl FileSource {
         if let Err(e) = agent.apply(&effective) {
             error!(error = %format!("{e:#}"), "applying the services file failed; the maps hold the last consistent state");
         }
+        drop(effective);
+        agent.release_memory();
     }
 
     /// Reads the file if its metadata says it may have changed and keeps

@@ -59,6 +59,7 @@ use super::{
     advert::{self, INTERFACE_ANNOTATION},
     announcer::{self, Change},
     election::{self, Candidate},
+    trim,
 };
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
@@ -213,31 +214,37 @@ impl Stores {
                 Api::<Service>::all(client.clone()),
                 watcher::Config::default(),
                 changed,
+                trim::service,
             ),
             slices: watch::spawn(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
                 changed,
+                trim::endpoint_slice,
             ),
             nodes: watch::spawn(
                 Api::<Node>::all(client.clone()),
                 watcher::Config::default(),
                 changed,
+                trim::node,
             ),
             leases: watch::spawn(
                 Api::<Lease>::namespaced(client.clone(), namespace),
                 watcher::Config::default().labels(LEASE_LABEL),
                 changed,
+                trim::lease,
             ),
             pools: watch::spawn(
                 Api::<IPAddressPool>::namespaced(client.clone(), namespace),
                 watcher::Config::default(),
                 changed,
+                |_| {},
             ),
             ads: watch::spawn(
                 Api::<L2Advertisement>::namespaced(client.clone(), namespace),
                 watcher::Config::default(),
                 changed,
+                |_| {},
             ),
         }
     }
@@ -284,10 +291,23 @@ impl KubeSource {
         let now = MicroTime(stamp);
         let secs = lease::seconds(self.opts.lease_duration);
         let link = if self.link_up { "up" } else { "down" };
-        let annotations = BTreeMap::from([
+        let mut annotations = BTreeMap::from([
             (INTERFACE_ANNOTATION.to_owned(), self.interface.clone()),
             (LINK_ANNOTATION.to_owned(), link.to_owned()),
         ]);
+        // For the controller, which refuses pools containing a node's gateway but cannot
+        // read the nodes' routes. Unreadable routes: the last report stands.
+        match crate::net::route::gateways() {
+            Ok(gw) => {
+                annotations.insert(
+                    lease::GATEWAYS_ANNOTATION.to_owned(),
+                    lease::format_gateways(gw.keys()),
+                );
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read this node's routes to report its gateways");
+            }
+        }
         // Every renewal restates the interface, so a restart on another
         // interface is picked up without a separate write.
         let patch = serde_json::json!({
@@ -402,6 +422,12 @@ impl KubeSource {
     }
 
     async fn reconcile(&mut self, agent: &mut MapOwner) {
+        self.reconcile_pass(agent).await;
+        // After the pass has dropped its copies of the cluster state.
+        agent.release_memory();
+    }
+
+    async fn reconcile_pass(&mut self, agent: &mut MapOwner) {
         let now = Instant::now();
         if !self.link_up
             && let Err(e) = agent.withdraw_announcements()

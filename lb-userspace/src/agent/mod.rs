@@ -15,6 +15,7 @@ pub mod election;
 pub mod file;
 pub mod kube;
 pub mod metrics;
+pub mod trim;
 
 use std::{
     collections::BTreeSet,
@@ -122,7 +123,22 @@ pub struct MapOwner {
     heartbeat_failing: bool,
     /// What the last link check found (`None`: not checked yet).
     link_usable: Option<bool>,
+    /// Map writes since the heap was last trimmed ([`MapOwner::release_memory`]).
+    writes_since_trim: usize,
     pub health: Arc<metrics::Health>,
+}
+
+/// Gives the heap's free pages back to the kernel. Planning 10,000 services allocates and
+/// frees tens of MiB (the translation, the plan, the diff), in small blocks between ones
+/// that stay; glibc keeps such freed memory resident, and the agent's memory limit counts
+/// it. Measured with `bench e2e` (README, "Memory").
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free memory; it
+    // takes the allocator's locks like any malloc call.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl MapOwner {
@@ -190,6 +206,7 @@ impl MapOwner {
                 return Err(e);
             }
         }
+        self.writes_since_trim += ops.len();
         info!(
             writes = ops.len(),
             services = self.current.services.len(),
@@ -211,6 +228,14 @@ impl MapOwner {
         self.sync_arp_stats();
         self.applied = Some(file.clone());
         Ok(())
+    }
+
+    /// Releases the memory a pass freed, after a pass that wrote the maps. The sources call
+    /// it once their pass has dropped its own copies of the input.
+    pub fn release_memory(&mut self) {
+        if std::mem::take(&mut self.writes_since_trim) > 0 {
+            trim_heap();
+        }
     }
 
     /// Applies the last applied input without any announcement (nothing
@@ -446,6 +471,7 @@ impl MapOwner {
             heartbeat: None,
             heartbeat_failing: false,
             link_usable: None,
+            writes_since_trim: 0,
         };
         agent.health.set_state(&agent.current);
         // A restart re-confirms ownership: tell the LAN again (stale caches

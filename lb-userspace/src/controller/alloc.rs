@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::Service;
 
 pub use crate::k8s::{
     crd::{PoolSpec, ServiceAllocation},
-    pool::{Pool, Rejected, validate_pools, validate_pools_against},
+    pool::{Pool, Rejected, validate_pools, validate_pools_against, validate_pools_reserved},
 };
 use crate::k8s::{selector, translate::ServiceRef};
 use crate::plan::model::Protocol;

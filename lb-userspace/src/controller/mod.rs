@@ -34,8 +34,10 @@
 //! A pool containing any Node's `InternalIP` or `ExternalIP` is refused as a whole
 //! (`Valid=False`, reason `NodeAddress`, and a Warning Event), like a malformed one: the
 //! node announcing such an address would answer ARP for another node's address.
-//! Gateways are not checked here: the controller cannot see the nodes' routes, so each
-//! agent withholds its own gateways (`net::route`, a `GatewayAddress` Event).
+//! Likewise a pool containing a node's gateway (reason `GatewayAddress`): the controller
+//! cannot see the nodes' routes, so each agent reports its gateways on its per-node Lease
+//! ([`lease::GATEWAYS_ANNOTATION`]), and still withholds them itself (`net::route`, a
+//! `GatewayAddress` Event on the Service) should a pool be accepted before its report.
 //!
 //! Reconciling is level-triggered and idempotent: any change (or a periodic
 //! resync, or a retry after a failed write) recomputes everything from the
@@ -76,7 +78,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use self::{
-    alloc::{Allocator, PoolSpec, Rejected, Request, validate_pools_against},
+    alloc::{Allocator, PoolSpec, Rejected, Request, validate_pools_reserved},
     metrics::{ControllerMetrics, PoolFigures, failure_reason},
 };
 use crate::k8s::{
@@ -170,7 +172,13 @@ pub async fn run_with_metrics(
         watcher::Config::default(),
         &notify,
     );
-    let watchers = future::join4(w1, w2, w3, w4);
+    // The agents' per-node Leases: a pool holding a node's gateway is refused.
+    let (leases, w5) = watch::reflect(
+        Api::<Lease>::namespaced(client.clone(), &opts.namespace),
+        watcher::Config::default().labels(crate::agent::kube::LEASE_LABEL),
+        &notify,
+    );
+    let watchers = future::join(future::join4(w1, w2, w3, w4), w5);
     tokio::pin!(watchers, shutdown);
     let mut elector = Elector::new(
         Api::namespaced(client.clone(), &opts.namespace),
@@ -183,6 +191,7 @@ pub async fn run_with_metrics(
         namespaces,
         pools,
         nodes,
+        leases,
     };
     loop {
         tokio::select! {
@@ -223,6 +232,7 @@ struct Caches {
     namespaces: Store<Namespace>,
     pools: Store<IPAddressPool>,
     nodes: Store<Node>,
+    leases: Store<Lease>,
 }
 
 /// The Lease side of leader election.
@@ -490,7 +500,13 @@ impl Leader {
             self.caches.nodes.wait_until_ready(),
         )
         .await;
-        if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() || ready.3.is_err() {
+        let leases_ready = self.caches.leases.wait_until_ready().await;
+        if ready.0.is_err()
+            || ready.1.is_err()
+            || ready.2.is_err()
+            || ready.3.is_err()
+            || leases_ready.is_err()
+        {
             tracing::error!("a cache writer is gone");
             return future::pending().await;
         }
@@ -538,7 +554,9 @@ impl Leader {
             .iter()
             .map(|n| (**n).clone())
             .collect();
-        let (ok, bad) = validate_pools_against(&specs, &node_ips(&nodes));
+        let leases = self.caches.leases.state();
+        let gateways = lease::node_gateways(leases.iter().map(|l| &**l));
+        let (ok, bad) = validate_pools_reserved(&specs, &node_ips(&nodes), &gateways);
         let partial: BTreeMap<String, String> = ok
             .iter()
             .filter_map(|p| p.partial_warning().map(|w| (p.name.clone(), w)))

@@ -34,7 +34,7 @@ pub fn read(maps: &Maps) -> Result<DataplaneState> {
                 backend_ids.insert(id);
                 table.push(id);
             }
-            state.maglev.insert(value.maglev_offset, table);
+            state.maglev.insert(value.maglev_offset, table.into());
         }
         state.services.insert(key, value);
     }

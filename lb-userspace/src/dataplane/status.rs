@@ -100,8 +100,8 @@ impl Snapshot {
                 state
                     .maglev
                     .get(&value.maglev_offset)
-                    .into_iter()
-                    .flatten()
+                    .iter()
+                    .flat_map(|t| t.ids().iter())
                     .copied()
                     .collect()
             };

@@ -160,6 +160,18 @@ pub fn validate_pools_against(
     specs: &[(String, PoolSpec)],
     node_ips: &BTreeMap<Ipv4Addr, String>,
 ) -> (Vec<Pool>, Vec<Rejected>) {
+    validate_pools_reserved(specs, node_ips, &BTreeMap::new())
+}
+
+/// [`validate_pools_against`], also rejecting a pool that contains a gateway of a node
+/// (`gateways`: address → the nodes that route through it, as their agents report them on
+/// their Leases). Announcing a gateway would take the LAN's router over, and every other
+/// node would drop the ARP requests for its own gateway.
+pub fn validate_pools_reserved(
+    specs: &[(String, PoolSpec)],
+    node_ips: &BTreeMap<Ipv4Addr, String>,
+    gateways: &BTreeMap<Ipv4Addr, Vec<String>>,
+) -> (Vec<Pool>, Vec<Rejected>) {
     let mut sorted: Vec<&(String, PoolSpec)> = specs.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut ok: Vec<Pool> = Vec::new();
@@ -186,6 +198,18 @@ pub fn validate_pools_against(
                 format!(
                     "contains {ip}, an address of node {node}: announcing it would take the \
                      node's address over; leave node addresses out of the pool"
+                ),
+            );
+            continue;
+        }
+        if let Some((ip, nodes)) = gateways.iter().find(|(ip, _)| p.contains(**ip)) {
+            reject(
+                name,
+                "GatewayAddress",
+                format!(
+                    "contains {ip}, a gateway of node {}: announcing it would take the \
+                     router's address over; leave gateway addresses out of the pool",
+                    nodes.join(", node ")
                 ),
             );
             continue;
@@ -228,6 +252,52 @@ mod tests {
         assert!(warning.contains("fc00:f853:ccd:e799::/124"), "{warning}");
         let v4 = Pool::parse("v4", &spec(&["192.168.10.0/30"])).unwrap();
         assert_eq!(v4.partial_warning(), None);
+    }
+
+    #[test]
+    fn a_pool_containing_a_gateway_is_rejected_and_frees_its_range() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let specs = vec![
+            ("a-lan".to_owned(), spec(&["192.168.1.0/24"])),
+            ("b-end".to_owned(), spec(&["192.168.2.10-192.168.2.254"])),
+            (
+                "c-overlaps-a".to_owned(),
+                spec(&["192.168.1.200-192.168.1.210"]),
+            ),
+            ("d-elsewhere".to_owned(), spec(&["192.168.3.0/28"])),
+        ];
+        let gateways = BTreeMap::from([
+            (ip("192.168.1.1"), vec!["n1".to_owned(), "n2".to_owned()]),
+            (ip("192.168.2.254"), vec!["n3".to_owned()]),
+        ]);
+        let (ok, bad) = validate_pools_reserved(&specs, &BTreeMap::new(), &gateways);
+        let names: Vec<&str> = ok.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["c-overlaps-a", "d-elsewhere"],
+            "a rejected pool must not block the pools it would overlap"
+        );
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[0].pool, "a-lan");
+        assert_eq!(bad[0].reason, "GatewayAddress");
+        assert!(
+            bad[0].message.contains("192.168.1.1,") && bad[0].message.contains("node n1, node n2"),
+            "{}",
+            bad[0].message
+        );
+        assert_eq!(
+            (bad[1].pool.as_str(), bad[1].reason),
+            ("b-end", "GatewayAddress"),
+            "the last address of a range counts"
+        );
+        // A node address is reported as such even when it is also a gateway.
+        let nodes = BTreeMap::from([(ip("192.168.1.1"), "n1".to_owned())]);
+        let (_, bad) = validate_pools_reserved(&specs[..1], &nodes, &gateways);
+        assert_eq!(bad[0].reason, "NodeAddress");
+        // Without gateways the same pools are valid.
+        let (ok, bad) = validate_pools_reserved(&specs[1..], &BTreeMap::new(), &BTreeMap::new());
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(ok.len(), 3);
     }
 
     #[test]

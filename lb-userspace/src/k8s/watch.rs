@@ -19,10 +19,26 @@ use tokio::sync::Notify;
 /// A cache of `api`'s objects selected by `config`, and the future that
 /// keeps it filled (run it, or spawn it). Watch errors are retried with
 /// kube's default backoff; the cache keeps the last state meanwhile.
+/// `managedFields` are dropped before caching: nothing reads them, and on a real
+/// cluster they are often the largest part of an object.
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     notify: &Arc<Notify>,
+) -> (Store<K>, impl Future<Output = ()> + use<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    reflect_trimmed(api, config, notify, |_| {})
+}
+
+/// [`reflect`], with `trim` applied to every object before it is cached: a program that
+/// watches thousands of objects keeps only the fields it reads.
+pub fn reflect_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: &Arc<Notify>,
+    trim: fn(&mut K),
 ) -> (Store<K>, impl Future<Output = ()> + use<K>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -32,6 +48,10 @@ where
     let kind = K::kind(&()).into_owned();
     let fut = watcher(api, config)
         .default_backoff()
+        .modify(move |obj| {
+            obj.meta_mut().managed_fields = None;
+            trim(obj);
+        })
         .reflect(writer)
         .for_each(move |ev| {
             match ev {
@@ -46,12 +66,17 @@ where
     (reader, fut)
 }
 
-/// [`reflect`], with the filling future spawned on the runtime.
-pub fn spawn<K>(api: Api<K>, config: watcher::Config, notify: &Arc<Notify>) -> Store<K>
+/// [`reflect_trimmed`], with the filling future spawned on the runtime.
+pub fn spawn<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: &Arc<Notify>,
+    trim: fn(&mut K),
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (store, fut) = reflect(api, config, notify);
+    let (store, fut) = reflect_trimmed(api, config, notify, trim);
     tokio::spawn(fut);
     store
 }

@@ -18,7 +18,7 @@
 
 use lb_common::{BackendValue, DatapathConfig, ServiceKey, ServiceValue, SourceRangeData};
 
-use crate::plan::state::DataplaneState;
+use crate::plan::state::{DataplaneState, Table};
 
 /// One map update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum MapOp {
     /// Write `table` to `maglev[offset..offset + table.len()]`.
     PutMaglev {
         offset: u32,
-        table: Vec<u32>,
+        table: Table,
     },
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
@@ -56,7 +56,7 @@ pub fn diff(old: &DataplaneState, new: &DataplaneState) -> Vec<MapOp> {
         if old.maglev.get(&offset) != Some(table) {
             ops.push(MapOp::PutMaglev {
                 offset,
-                table: table.clone(),
+                table: Table::clone(table),
             });
         }
     }

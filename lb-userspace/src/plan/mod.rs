@@ -8,5 +8,6 @@ pub mod model;
 pub mod services_file;
 pub mod slots;
 pub mod state;
+pub mod table;
 #[cfg(test)]
 mod testing;

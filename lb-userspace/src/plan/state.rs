@@ -86,6 +86,8 @@ impl PartialOrd for SrcRangeKey {
     }
 }
 
+pub use crate::plan::table::Table;
+
 /// Exactly what the BPF maps should contain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataplaneState {
@@ -98,7 +100,7 @@ pub struct DataplaneState {
     /// `backends`: the valid slots only (others are zero).
     pub backends: BTreeMap<u32, BackendValue>,
     /// `maglev`: the table of every service with backends, by offset.
-    pub maglev: BTreeMap<u32, Vec<u32>>,
+    pub maglev: BTreeMap<u32, Table>,
     /// `src_ranges` keys (the value is always 1).
     pub src_ranges: BTreeSet<SrcRangeKey>,
 }
@@ -271,6 +273,7 @@ impl DataplaneState {
                 });
             }
             if let Some(&id) = table
+                .ids()
                 .iter()
                 .find(|&&id| !present.get(id as usize).copied().unwrap_or(false))
             {
@@ -503,7 +506,7 @@ fn unchanged_table<'a>(
     prev: &'a DataplaneState,
     old: Option<&ServiceValue>,
     members: &[((Ipv4Addr, u16), u32)],
-) -> Option<&'a Vec<u32>> {
+) -> Option<&'a Table> {
     let old = old.filter(|v| v.maglev_len > 0)?;
     let table = prev.maglev.get(&old.maglev_offset)?;
     for &(key, id) in members {
@@ -518,7 +521,7 @@ fn unchanged_table<'a>(
         return None;
     }
     let mut seen = vec![false; ids.len()];
-    for id in table {
+    for id in table.ids() {
         seen[ids.binary_search(id).ok()?] = true;
     }
     seen.iter().all(|&s| s).then_some(table)
@@ -559,15 +562,15 @@ fn plan_service(
         Tables::ReuseUnchanged => unchanged_table(prev, old, &members),
         Tables::Build => None,
     };
-    let table = reused.map_or_else(
+    let table: Table = reused.map_or_else(
         || {
             let named: Vec<(String, u32)> = members
                 .iter()
                 .map(|&((ip, port), id)| (maglev::identity(ip, port), id))
                 .collect();
-            maglev::build(&named)
+            maglev::build(&named).into()
         },
-        Clone::clone,
+        Table::clone,
     );
     // At most the largest table size.
     let len = u32::try_from(table.len()).unwrap_or(u32::MAX);

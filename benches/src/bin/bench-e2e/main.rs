@@ -104,6 +104,11 @@ struct Args {
     /// seeded with the same services and EndpointSlices).
     #[arg(long, value_delimiter = ',', default_value = "file,kubernetes")]
     cp_sources: Vec<String>,
+    /// Another onehop binary (an earlier build) to measure the Kubernetes-source control
+    /// plane with too, just before this build, in the same run: before/after figures taken
+    /// side by side on the same machine load (`baseline` lines in runs.log).
+    #[arg(long)]
+    cp_baseline: Option<PathBuf>,
     /// Write the generated kube-proxy rules for every --services count to this directory
     /// and exit (what the baselines load, for inspection).
     #[arg(long)]
@@ -828,12 +833,35 @@ fn control_planes(args: &Args, world: &World, res: &mut Results) {
             }
         }
     }
+    if cp_source("kubernetes")
+        && let Some(baseline) = &args.cp_baseline
+    {
+        println!(
+            "== control plane, Kubernetes source, baseline {}: {} services x {} endpoints",
+            baseline.display(),
+            args.cp_services,
+            args.cp_backends
+        );
+        let measured = control_k8s::measure(
+            world,
+            args.cp_services,
+            args.cp_backends,
+            Some(baseline.as_path()),
+        );
+        // Not parsed back as this build's figures: the line starts with "baseline".
+        let line = match measured {
+            Ok(cp) => format!("baseline {}: {}", baseline.display(), cp.line()),
+            Err(e) => format!("baseline {}: FAILED: {e:#}", baseline.display()),
+        };
+        println!("  {line}");
+        let _ = writeln!(res.log, "{line}");
+    }
     if cp_source("kubernetes") {
         println!(
             "== control plane, Kubernetes source: {} services x {} endpoints",
             args.cp_services, args.cp_backends
         );
-        match control_k8s::measure(world, args.cp_services, args.cp_backends) {
+        match control_k8s::measure(world, args.cp_services, args.cp_backends, None) {
             Ok(cp) => {
                 let line = cp.line();
                 println!("  {line}");

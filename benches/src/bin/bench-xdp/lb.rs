@@ -248,10 +248,7 @@ impl Lb {
 
     /// The remote target's Maglev table and the backends it names.
     fn remote_target(&self) -> Result<(Vec<u32>, std::collections::HashMap<u32, BackendValue>)> {
-        let table = self
-            .h
-            .table(Ipv4Addr::from(VIP), REMOTE_PORT, proto::TCP)
-            .to_vec();
+        let table = self.h.table(Ipv4Addr::from(VIP), REMOTE_PORT, proto::TCP);
         ensure!(!table.is_empty(), "the remote target has no Maglev table");
         let backends = table
             .iter()
