@@ -223,7 +223,7 @@ pub fn with_bench_lb(f: impl FnOnce(&mut Lb) + Send) {
 
 /// Which embedded object a test loads.
 #[derive(Clone, Copy)]
-pub enum Which {
+enum Which {
     /// What the agent loads.
     Product,
     /// The benchmark wrappers; lb-userspace's build script builds it beside
@@ -236,8 +236,7 @@ const BENCH: Which = Which::Bench;
 static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
 
-/// [`with_lb`] on the object `which`.
-pub fn with_object_of(which: Which, f: impl FnOnce(&mut Lb) + Send) {
+fn with_object_of(which: Which, f: impl FnOnce(&mut Lb) + Send) {
     let ns = namespace();
     ns.run(|| {
         let mut lb = Lb::load(which);
