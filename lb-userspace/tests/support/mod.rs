@@ -135,6 +135,8 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
             Vec::new()
         },
         no_ipv4_source_range: false,
+        draining: Vec::new(),
+        backend_ports: std::collections::BTreeMap::new(),
         backends: backends
             .iter()
             .map(|&b| {
