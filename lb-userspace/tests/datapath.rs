@@ -1407,6 +1407,10 @@ fn draining_backend_keeps_established_flows_and_takes_no_new_ones() {
             backend_flags::DRAINING | backend_flags::GONE
         );
         check(lb, "removed");
+        // What an agent restarting now reads back: the draining and retired
+        // slots too, though no table names them, so their ids stay theirs.
+        let read_back = lb_userspace::dataplane::reader::read(lb.h.maps()).expect("read back");
+        assert_eq!(read_back.backends, lb.h.state().backends);
     });
 }
 
