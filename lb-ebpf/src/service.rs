@@ -84,7 +84,7 @@ fn established(key: &FlowKey, syn_only: bool, now: u64, timeouts: &FlowTimeouts)
         Some(b)
             if b.ip == ip
                 && (b.flags & backend_flags::LOCAL == 0) == remote
-                && !(key.proto == proto::UDP && b.flags & backend_flags::GONE != 0) =>
+                && !(b.flags & backend_flags::GONE != 0 && key.proto == proto::UDP) =>
         {
             // An entry refreshed within the second is live whatever its
             // state (timeouts are at least two seconds).

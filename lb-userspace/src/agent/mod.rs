@@ -195,9 +195,13 @@ impl MapOwner {
 
     /// Retired backend slots this agent may free now.
     fn releasable(&self) -> BTreeSet<u32> {
+        if self.retired_since.is_empty() {
+            return BTreeSet::new();
+        }
+        // Decided under the lock: the report can hold an id per backend.
         let report = match self.flows.lock() {
-            Ok(r) => r.clone(),
-            Err(e) => e.into_inner().clone(),
+            Ok(r) => r,
+            Err(e) => e.into_inner(),
         };
         releasable(
             &self.retired_since,
