@@ -64,6 +64,18 @@ pub mod backend_flags {
     /// The pod runs on this node: DNAT and pass to the kernel, keep the
     /// client's source address.
     pub const LOCAL: u16 = 1 << 1;
+    /// The endpoint is terminating, or gone from the service: flows already
+    /// on it keep it, but no new flow and no sessionAffinity entry chooses
+    /// it (graceful drain, as kube-proxy and Cilium do). The planner keeps
+    /// such a slot out of every Maglev table.
+    pub const DRAINING: u16 = 1 << 2;
+    /// Set with [`DRAINING`] once the endpoint has left the service
+    /// altogether. Its pod may be gone and its address handed to another
+    /// pod, which a UDP flow could not tell (TCP gets a reset): UDP flows
+    /// on it are given a new backend, as kube-proxy clears their conntrack
+    /// entries; TCP flows stay until they close or time out. The agent frees
+    /// the slot once no live TCP flow names it.
+    pub const GONE: u16 = 1 << 3;
 }
 
 /// Entry of the `vips` hash map, keyed by [`Ipv4Key`].

@@ -1,7 +1,10 @@
 //! Backend choice for a packet to a served `VIP:port`.
 //!
 //! 1. Conntrack (client 5-tuple) keeps a live flow on its backend while the
-//!    backend slot still holds the same pod address. A SYN on a live entry
+//!    backend slot still holds the same pod address, draining or not
+//!    (graceful drain: a terminating or removed endpoint keeps its flows;
+//!    only a removed one's UDP flows move, see `backend_flags::GONE`).
+//!    A SYN on a live entry
 //!    (a retransmission, or forged) keeps it too: no packet from outside
 //!    redirects a live flow. An expired entry, or a SYN on a closing one,
 //!    starts a fresh flow (see `lb_common::flow`).
@@ -11,9 +14,12 @@
 //!    changes, and established packets skip the LPM lookup. A denied flow
 //!    leaves no state (no affinity entry either).
 //! 3. With sessionAffinity a live affinity entry
-//!    wins; else the service's Maglev slice is indexed by the flow hash (or,
-//!    with affinity, by the client hash, so the first choice is already
-//!    stable per client).
+//!    wins unless its backend is draining; else the service's Maglev slice
+//!    is indexed by the flow hash (or, with affinity, by the client hash, so
+//!    the first choice is already stable per client). New flows never take
+//!    a draining backend: the planner keeps them out of the tables, and a
+//!    table slot naming one (only between two map writes of an update) is
+//!    treated as empty.
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
@@ -22,7 +28,7 @@ use lb_common::{
     flow::{self, NS_PER_SEC, addr_v4},
     flow_flags,
     hash::{client_hash, flow_hash},
-    service_flags,
+    proto, service_flags,
 };
 
 use crate::{
@@ -58,6 +64,53 @@ fn backend(id: u32) -> Option<BackendValue> {
     (b.flags & backend_flags::VALID != 0).then_some(b)
 }
 
+/// The live flow of `key`, if it has one and may keep its backend: the
+/// slot still holds the same pod (draining or not), and a UDP flow's
+/// endpoint has not left the service.
+#[inline(always)]
+fn established(key: &FlowKey, syn_only: bool, now: u64, timeouts: &FlowTimeouts) -> Option<Choice> {
+    let ct = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: value pointer the map just returned; fields read by value.
+    let (id, ip, remote, state, last) = unsafe {
+        (
+            (*ct).backend_id,
+            flow::v4_of(&(*ct).backend_ip),
+            (*ct).flags & flow_flags::REMOTE != 0,
+            (*ct).state,
+            (*ct).last_seen_ns,
+        )
+    };
+    match backend(id) {
+        Some(b)
+            if b.ip == ip
+                && (b.flags & backend_flags::LOCAL == 0) == remote
+                && !(b.flags & backend_flags::GONE != 0 && key.proto == proto::UDP) =>
+        {
+            // An entry refreshed within the second is live whatever its
+            // state (timeouts are at least two seconds).
+            let over = now.wrapping_sub(last) >= NS_PER_SEC
+                && flow::expired(key.proto, state, last, now, timeouts);
+            if over {
+                stats::count(Counter::FlowExpired);
+            } else if syn_only && flow::closing(state) {
+                stats::count(Counter::FlowReopened);
+            } else {
+                if syn_only {
+                    stats::count(Counter::SynOnLiveFlow);
+                }
+                return Some(Choice::Established {
+                    backend_id: id,
+                    backend: b,
+                    ct,
+                    state,
+                });
+            }
+        }
+        _ => stats::count(Counter::FlowRepicked),
+    }
+    None
+}
+
 /// `client` is the client's IPv4 address (`key.src`), `syn_only` says the
 /// packet is a TCP SYN without ACK.
 #[inline(always)]
@@ -69,41 +122,8 @@ pub fn choose(
     now: u64,
     timeouts: &FlowTimeouts,
 ) -> Result<Choice, DropReason> {
-    if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: value pointer the map just returned; fields read by value.
-        let (id, ip, remote, state, last) = unsafe {
-            (
-                (*ct).backend_id,
-                flow::v4_of(&(*ct).backend_ip),
-                (*ct).flags & flow_flags::REMOTE != 0,
-                (*ct).state,
-                (*ct).last_seen_ns,
-            )
-        };
-        match backend(id) {
-            Some(b) if b.ip == ip && (b.flags & backend_flags::LOCAL == 0) == remote => {
-                // An entry refreshed within the second is live whatever its
-                // state (timeouts are at least two seconds).
-                let over = now.wrapping_sub(last) >= NS_PER_SEC
-                    && flow::expired(key.proto, state, last, now, timeouts);
-                if over {
-                    stats::count(Counter::FlowExpired);
-                } else if syn_only && flow::closing(state) {
-                    stats::count(Counter::FlowReopened);
-                } else {
-                    if syn_only {
-                        stats::count(Counter::SynOnLiveFlow);
-                    }
-                    return Ok(Choice::Established {
-                        backend_id: id,
-                        backend: b,
-                        ct,
-                        state,
-                    });
-                }
-            }
-            _ => stats::count(Counter::FlowRepicked),
-        }
+    if let Some(c) = established(key, syn_only, now, timeouts) {
+        return Ok(c);
     }
     if svc.flags & service_flags::SOURCE_RANGES != 0 {
         // The planner sets the flag with no entries when the service allows
@@ -137,6 +157,7 @@ pub fn choose(
             if live
                 && let Some(b) = backend(id)
                 && b.ip == ip
+                && b.flags & backend_flags::DRAINING == 0
             {
                 // SAFETY: same pointer; a racing writer can only store another
                 // timestamp, which is as good as ours.
@@ -164,7 +185,7 @@ pub fn choose(
     };
     // SAFETY: array value pointer from the map; read by value.
     let id = unsafe { *id };
-    let Some(b) = backend(id) else {
+    let Some(b) = backend(id).filter(|b| b.flags & backend_flags::DRAINING == 0) else {
         return Err(DropReason::NoBackend);
     };
     if svc.flags & service_flags::AFFINITY != 0 {

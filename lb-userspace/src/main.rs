@@ -151,6 +151,12 @@ struct DataplaneArgs {
     /// path never relies on them; they keep the tables free of dead flows).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     flow_sweep_interval_secs: u64,
+    /// Longest time (seconds) a backend gone from its service keeps its slot
+    /// for the TCP connections still on it; it is freed sooner once a sweep
+    /// finds none. Bounds how long a connection that never ends (or a lost
+    /// close) can hold one of the backend ids.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    max_drain_secs: u64,
 }
 
 /// Which Services onehop serves: the same flags for the agent and the controller
@@ -553,6 +559,7 @@ fn run(cli: Cli) -> Result<()> {
                 xdp_mode: dataplane.xdp_mode,
                 listen: dataplane.listen.listen(),
                 flow_sweep_interval: Duration::from_secs(dataplane.flow_sweep_interval_secs),
+                max_drain: Duration::from_secs(dataplane.max_drain_secs),
                 series: agent::metrics::Series {
                     per_backend: dataplane.backend_metrics,
                 },

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use aya::maps::PerCpuValues;
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, ConntrackValue, Counter as C,
-    DropReason as D, Ipv4Key, RevNatValue, bench,
+    DropReason as D, Ipv4Key, RevNatValue, backend_flags, bench,
     flow::{addr_v4, tcp_state, v4_of},
     flow_flags, maps as m, proto,
 };
@@ -1269,11 +1269,15 @@ fn conntrack_keeps_flow_across_maglev_change() {
     });
 }
 
+/// A removed endpoint's pod may be gone and its address reused, which a UDP
+/// flow could not tell: its UDP flows move (kube-proxy clears their
+/// conntrack entries). Its TCP flows stay (see the drain tests below).
 #[test]
 fn removed_backend_flow_is_repicked() {
     with_lb(|lb| {
-        let ack = Pkt::tcp(CLIENT, 5001, VIP, 88, ACK);
-        let first = dst_of(&lb.run(&Pkt::tcp(CLIENT, 5001, VIP, 88, SYN).build()).out);
+        lb.set_backends(53, &[LOCAL_A, LOCAL_B]);
+        let dgram = Pkt::udp(CLIENT, 5001, VIP, 53);
+        let first = dst_of(&lb.run(&dgram.build()).out);
         let (gone, stays) = if first == pod(LOCAL_A).0 {
             (LOCAL_A, LOCAL_B)
         } else {
@@ -1283,7 +1287,7 @@ fn removed_backend_flow_is_repicked() {
         let before = lb.counts();
         let out = lb.expect(
             "flow of a removed backend",
-            &ack.build(),
+            &dgram.build(),
             XDP_PASS,
             Want::C(C::LocalNewFlow),
         );
@@ -1291,7 +1295,7 @@ fn removed_backend_flow_is_repicked() {
         assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 1);
         let out = lb.expect(
             "then established",
-            &ack.build(),
+            &dgram.build(),
             XDP_PASS,
             Want::C(C::LocalEstablished),
         );
@@ -1302,9 +1306,173 @@ fn removed_backend_flow_is_repicked() {
         reused.ip = [10, 244, 0, 99];
         lb.write_backend(stays, reused);
         let before = lb.counts();
-        let out = lb.run(&ack.build()).out;
+        let out = lb.run(&dgram.build()).out;
         assert_eq!(dst_of(&out), [10, 244, 0, 99]);
         assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 1);
+    });
+}
+
+/// Opens TCP flows to `VIP:port` from `sports` (SYN, then ACK); returns
+/// each flow's backend address.
+fn open_flows(lb: &mut Lb, port: u16, sports: std::ops::Range<u16>) -> Vec<(u16, [u8; 4])> {
+    sports
+        .map(|sport| {
+            let to = dst_of(&lb.run(&Pkt::tcp(CLIENT, sport, VIP, port, SYN).build()).out);
+            lb.expect(
+                "handshake ACK",
+                &Pkt::tcp(CLIENT, sport, VIP, port, ACK).build(),
+                XDP_PASS,
+                Want::C(C::LocalEstablished),
+            );
+            (sport, to)
+        })
+        .collect()
+}
+
+/// Graceful drain: a terminating backend, then a removed one, keeps every
+/// established TCP flow; no new flow goes to it; a terminating backend's
+/// UDP flows stay too.
+#[test]
+fn draining_backend_keeps_established_flows_and_takes_no_new_ones() {
+    with_lb(|lb| {
+        let (a, b) = (pod(LOCAL_A).0, pod(LOCAL_B).0);
+        let flows = open_flows(lb, 88, 6000..6040);
+        let on_a: Vec<u16> = flows
+            .iter()
+            .filter(|(_, to)| *to == a)
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(
+            !on_a.is_empty() && on_a.len() < flows.len(),
+            "the flow hash spreads flows: {flows:?}"
+        );
+        lb.set_backends(53, &[LOCAL_A, LOCAL_B]);
+        let udp_on_a = (7000..7100)
+            .find(|&sport| dst_of(&lb.run(&Pkt::udp(CLIENT, sport, VIP, 53).build()).out) == a)
+            .expect("a UDP flow on A");
+
+        let check = |lb: &mut Lb, phase: &str| {
+            let before = lb.counts();
+            for &(sport, to) in &flows {
+                let out = lb.expect(
+                    phase,
+                    &Pkt::tcp(CLIENT, sport, VIP, 88, ACK | PSH).build(),
+                    XDP_PASS,
+                    Want::C(C::LocalEstablished),
+                );
+                assert_eq!(dst_of(&out), to, "{phase}: flow {sport} moved");
+            }
+            for sport in 6100..6140 {
+                let out = lb.expect(
+                    phase,
+                    &Pkt::tcp(CLIENT, sport, VIP, 88, SYN).build(),
+                    XDP_PASS,
+                    Want::C(C::LocalNewFlow),
+                );
+                assert_eq!(
+                    dst_of(&out),
+                    b,
+                    "{phase}: new flow {sport} on the draining backend"
+                );
+                lb.expect(
+                    phase,
+                    &Pkt::tcp(CLIENT, sport, VIP, 88, RST).build(),
+                    XDP_PASS,
+                    Want::C(C::LocalEstablished),
+                );
+            }
+            assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 0, "{phase}");
+        };
+        // Terminating: in no table, its slot flagged draining.
+        lb.drain_pod(LOCAL_A);
+        let flags = lb.h.state().backends[&LOCAL_A].flags;
+        assert_eq!(
+            flags & (backend_flags::DRAINING | backend_flags::GONE),
+            backend_flags::DRAINING
+        );
+        check(lb, "terminating");
+        let out = lb.expect(
+            "UDP flow on a terminating backend",
+            &Pkt::udp(CLIENT, udp_on_a, VIP, 53).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        assert_eq!(dst_of(&out), a);
+
+        // Removed from the service: retired, same slot, flows still there.
+        lb.remove_backend(LOCAL_A);
+        let flags = lb.h.state().backends[&LOCAL_A].flags;
+        assert_eq!(
+            flags & (backend_flags::DRAINING | backend_flags::GONE),
+            backend_flags::DRAINING | backend_flags::GONE
+        );
+        check(lb, "removed");
+        // What an agent restarting now reads back: the draining and retired
+        // slots too, though no table names them, so their ids stay theirs.
+        let read_back = lb_userspace::dataplane::reader::read(lb.h.maps()).expect("read back");
+        assert_eq!(read_back.backends, lb.h.state().backends);
+    });
+}
+
+/// A sessionAffinity entry never sends a new flow to a draining backend:
+/// the client is pinned anew, while its open flow stays where it was.
+#[test]
+fn affinity_never_picks_a_draining_backend() {
+    with_lb(|lb| {
+        let first = dst_of(&lb.run(&Pkt::tcp(CLIENT, 3000, VIP, 86, SYN).build()).out);
+        lb.expect(
+            "handshake ACK",
+            &Pkt::tcp(CLIENT, 3000, VIP, 86, ACK).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        let (first_id, other_id) = if first == pod(LOCAL_A).0 {
+            (LOCAL_A, LOCAL_B)
+        } else {
+            (LOCAL_B, LOCAL_A)
+        };
+        let key = AffinityKey::v4(8, CLIENT);
+        assert_eq!(lb.affinity(key).map(|e| e.backend_id), Some(first_id));
+        lb.drain_pod(first_id);
+        let before = lb.counts();
+        for sport in 3001..3021 {
+            let out = lb.run(&Pkt::tcp(CLIENT, sport, VIP, 86, SYN).build()).out;
+            assert_eq!(
+                dst_of(&out),
+                pod(other_id).0,
+                "new flow {sport} followed affinity to a draining backend"
+            );
+        }
+        let d = lb.counts().minus(&before);
+        assert_eq!(d.c(C::LocalNewFlow), 20);
+        assert_eq!(d.c(C::AffinityHit), 19, "pinned anew after the first");
+        assert_eq!(lb.affinity(key).map(|e| e.backend_id), Some(other_id));
+        let out = lb.expect(
+            "the open flow",
+            &Pkt::tcp(CLIENT, 3000, VIP, 86, ACK).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        assert_eq!(dst_of(&out), first);
+    });
+}
+
+/// Only between two map writes can a table name a backend already flagged
+/// draining (the planner orders the writes so it does not happen); a new
+/// flow hashed there is dropped as having no backend, never sent to it.
+#[test]
+fn a_table_slot_naming_a_draining_backend_takes_no_new_flow() {
+    with_lb(|lb| {
+        lb.set_backends(88, &[LOCAL_A]);
+        let mut v = backend_value(LOCAL_A);
+        v.flags |= backend_flags::DRAINING;
+        lb.write_backend(LOCAL_A, v);
+        lb.expect(
+            "new flow",
+            &Pkt::tcp(CLIENT, 6500, VIP, 88, SYN).build(),
+            XDP_DROP,
+            Want::D(D::NoBackend),
+        );
     });
 }
 

@@ -127,6 +127,11 @@ impl K8s {
     }
 
     fn start_agent(&self, node: u8) {
+        self.start_agent_with(node, &[]);
+    }
+
+    /// [`K8s::start_agent`] with `extra` arguments.
+    fn start_agent_with(&self, node: u8, extra: &[&str]) {
         let name = self.node_name(node);
         let mut args = vec![
             "--kubernetes".to_owned(),
@@ -136,6 +141,7 @@ impl K8s {
             self.ns().to_owned(),
         ];
         args.extend(self.api.class_args());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         self.c.spawn_agent(
             node,
             &args,
@@ -548,6 +554,147 @@ fn local_policy_announces_only_from_nodes_with_local_endpoints() {
             .answer()
             .expect("answer");
     assert_eq!(a.pod, "node3-pod1");
+}
+
+/// The EndpointSlice of `svc` listing pod 1 of each node in `eps`, each with
+/// its (ready, serving, terminating) conditions.
+fn slice_with(k: &K8s, svc: &str, eps: &[(u8, bool, bool, bool)]) -> EndpointSlice {
+    let mut slice = k.endpoints(svc, &[]);
+    slice.endpoints = eps
+        .iter()
+        .map(|&(node, ready, serving, terminating)| {
+            from(json!({
+                "addresses": [k.c.topo.node(node).pod(1).ip().to_string()],
+                "nodeName": k.node_name(node),
+                "conditions": { "ready": ready, "serving": serving, "terminating": terminating }
+            }))
+        })
+        .collect();
+    slice
+}
+
+/// The drain state of pod `ip`'s backend slot on a node: `None` without one.
+fn slot_state(s: &Snapshot, ip: Ipv4Addr) -> Option<u16> {
+    use lb_common::backend_flags::{DRAINING, GONE};
+    s.backends
+        .iter()
+        .find(|b| b.value.ip == ip.octets())
+        .map(|b| b.value.flags & (DRAINING | GONE))
+}
+
+/// The must-show: a rolling replacement of a backend while 100
+/// long-lived TCP connections run on it. The old pod's endpoint turns
+/// terminating (still serving) as the new pod's appears, then goes; the
+/// connections exchange data before, during and after, and none breaks;
+/// every new connection in that window lands on the new pod. Once the
+/// connections close, the old pod's slot is freed. Bounded: 100 connections
+/// of 5 requests each and 60 new connections, within a minute.
+#[test]
+fn a_rolling_replacement_keeps_100_connections_on_the_old_pod_and_sends_new_ones_to_the_new() {
+    use lb_common::Counter;
+    use lb_common::backend_flags::{DRAINING, GONE};
+    let k = K8s::new(2);
+    let (owner, other) = owner_and_other(&k, 2);
+    // The old pod is remote to the announcing node, the new one local.
+    let (old_node, new_node) = (other, owner);
+    let old_ip = k.c.topo.node(old_node).pod(1).ip();
+    let new_ip = k.c.topo.node(new_node).pod(1).ip();
+    let (old_pod, new_pod) = (
+        format!("node{old_node}-pod1"),
+        format!("node{new_node}-pod1"),
+    );
+    k.put_service("web", VIP, &json!({}));
+    k.put(&slice_with(&k, "web", &[(old_node, true, true, false)]));
+    for i in 1..=2 {
+        // Sweeps every second, so the drained slot is freed soon after.
+        k.start_agent_with(i, &["--flow-sweep-interval-secs", "1"]);
+    }
+    k.c.wait_for(owner, "announcing the old pod", |s| {
+        announces(s, VIP) && pods_in_use(s) == 1 && slot_state(s, old_ip) == Some(0)
+    });
+
+    let mut conns: Vec<_> = (0..100)
+        .map(|i| {
+            let mut c =
+                k.c.topo
+                    .client()
+                    .keep_alive(vip_addr(VIP))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+            let a = c.get("/").expect("first request").answer().expect("answer");
+            assert_eq!(a.pod, old_pod, "connection {i}");
+            c
+        })
+        .collect();
+    let exchange = |conns: &mut Vec<onehop_testkit::traffic::HttpConn>, phase: &str| {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let a = c
+                .get("/")
+                .and_then(|r| r.answer())
+                .unwrap_or_else(|e| panic!("{phase}: connection {i} broke: {e:#}"));
+            assert_eq!(a.pod, old_pod, "{phase}: connection {i} moved");
+        }
+    };
+    let new_connections = |phase: &str| {
+        for i in 0..20 {
+            let a =
+                k.c.topo
+                    .client()
+                    .http_get(vip_addr(VIP))
+                    .unwrap_or_else(|e| panic!("{phase}: new connection {i}: {e:#}"))
+                    .answer()
+                    .expect("answer");
+            assert_eq!(
+                a.pod, new_pod,
+                "{phase}: new connection {i} reached the old pod"
+            );
+        }
+    };
+
+    // 1. The old pod terminates (still serving), the new one is ready.
+    k.put(&slice_with(
+        &k,
+        "web",
+        &[(old_node, false, true, true), (new_node, true, true, false)],
+    ));
+    k.c.wait_for(owner, "the old pod draining, the new one serving", |s| {
+        slot_state(s, old_ip) == Some(DRAINING) && slot_state(s, new_ip) == Some(0)
+    });
+    exchange(&mut conns, "old pod terminating");
+    new_connections("old pod terminating");
+
+    // 2. The old endpoint goes: its slot stays, retired, for its flows.
+    k.put(&slice_with(&k, "web", &[(new_node, true, true, false)]));
+    k.c.wait_for(owner, "the old pod retired", |s| {
+        slot_state(s, old_ip) == Some(DRAINING | GONE)
+    });
+    exchange(&mut conns, "old pod removed");
+    new_connections("old pod removed");
+    exchange(&mut conns, "after");
+
+    let s = k.c.snapshot(owner).expect("maps");
+    assert_eq!(
+        s.counter(Counter::FlowRepicked),
+        0,
+        "a flow was moved off its backend"
+    );
+
+    // 3. The connections close: once their entries are over (the closing
+    // timeout) a sweep finds no flow on the old slot, and it is freed.
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while k
+        .c
+        .snapshot(owner)
+        .is_ok_and(|s| slot_state(&s, old_ip).is_some())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old pod's slot was never freed; agent log:\n{}",
+            k.c.log(owner)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    new_connections("slot freed");
 }
 
 /// The elected owner of [`VIP`] among `n` nodes, and another node.

@@ -60,6 +60,7 @@ pub async fn run(opts: Options, path: PathBuf, poll_interval: Duration) -> Resul
                 // heartbeat current as soon as it is in the maps.
                 agent.heartbeat(hold);
                 source.sync(&mut agent);
+                agent.release_drained();
                 agent.send_due_garps();
             }
         }

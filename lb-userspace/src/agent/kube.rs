@@ -717,6 +717,7 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
             }
             _ = tick.tick() => {
                 ka.check_link(&mut agent).await;
+                agent.release_drained();
                 agent.send_due_garps();
             }
         }

@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod trim;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
@@ -56,6 +56,9 @@ pub struct Options {
     pub listen: crate::http::Listen,
     /// How often the flow sweeper runs (`dataplane::sweep`).
     pub flow_sweep_interval: Duration,
+    /// The longest a retired backend slot (an endpoint gone from its
+    /// service) waits for its TCP flows to end before it is freed anyway.
+    pub max_drain: Duration,
     /// The optional series of `/metrics`.
     pub series: metrics::Series,
 }
@@ -125,6 +128,12 @@ pub struct MapOwner {
     link_usable: Option<bool>,
     /// Map writes since the heap was last trimmed ([`MapOwner::release_memory`]).
     writes_since_trim: usize,
+    /// The sweeper's last word on which backend slots live flows name.
+    flows: sweep::Reports,
+    /// Retired backend slots of `current`, each with when this agent first
+    /// saw it retired (after a restart: when it adopted the maps).
+    retired_since: BTreeMap<u32, Instant>,
+    max_drain: Duration,
     pub health: Arc<metrics::Health>,
 }
 
@@ -139,6 +148,32 @@ fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// How long after a slot is retired a sweep must have started for its
+/// report to count: a packet that read the old Maglev table just before
+/// the slot left it may still be creating its flow entry.
+const RETIRE_SETTLE: Duration = Duration::from_secs(1);
+
+/// The retired slots that may go at `now`: no live TCP flow named them in a
+/// sweep that started once they had settled, or they have drained for
+/// `max_drain` (a flow that never ends must not pin a slot forever).
+fn releasable(
+    retired_since: &BTreeMap<u32, Instant>,
+    report: Option<&sweep::FlowReport>,
+    now: Instant,
+    max_drain: Duration,
+) -> BTreeSet<u32> {
+    retired_since
+        .iter()
+        .filter(|&(id, &since)| {
+            now.saturating_duration_since(since) >= max_drain
+                || report.is_some_and(|r| {
+                    r.started >= since + RETIRE_SETTLE && !r.tcp_backends.contains(id)
+                })
+        })
+        .map(|(&id, _)| id)
+        .collect()
 }
 
 impl MapOwner {
@@ -174,17 +209,69 @@ impl MapOwner {
         result
     }
 
+    /// Retired backend slots this agent may free now.
+    fn releasable(&self) -> BTreeSet<u32> {
+        if self.retired_since.is_empty() {
+            return BTreeSet::new();
+        }
+        // Decided under the lock: the report can hold an id per backend.
+        let report = match self.flows.lock() {
+            Ok(r) => r,
+            Err(e) => e.into_inner(),
+        };
+        releasable(
+            &self.retired_since,
+            report.as_ref(),
+            Instant::now(),
+            self.max_drain,
+        )
+    }
+
+    /// Frees the retired backend slots whose flows are over (or that have
+    /// drained for the maximum time) by applying the last input again.
+    /// Call it now and then: nothing else frees them while the input stays.
+    pub fn release_drained(&mut self) {
+        let Some(file) = self.applied.clone() else {
+            return;
+        };
+        if self.releasable().is_empty() {
+            return;
+        }
+        if let Err(e) = self.apply(&file) {
+            warn!(error = %format!("{e:#}"), "freeing drained backend slots failed");
+        }
+    }
+
+    /// Notes when each retired slot of `current` was first seen retired.
+    fn track_retired(&mut self) {
+        let now = Instant::now();
+        let retired: BTreeSet<u32> = state::retired(&self.current).collect();
+        self.retired_since.retain(|id, _| retired.contains(id));
+        for id in retired {
+            self.retired_since.entry(id).or_insert(now);
+        }
+    }
+
     fn apply_inner(&mut self, file: &NodeServices) -> Result<()> {
-        if self.applied.as_ref() == Some(file) {
+        let release = self.releasable();
+        if self.applied.as_ref() == Some(file) && release.is_empty() {
             return Ok(());
         }
         self.applied = None;
         let node = self.node(file)?;
-        let desired = if self.current_planned {
-            state::replan(&self.current, file, &node, &self.limits)?
-        } else {
-            state::plan(&self.current, file, &node, &self.limits)?
-        };
+        let desired = state::plan_with_options(
+            &self.current,
+            file,
+            &node,
+            &self.limits,
+            state::PlanOptions {
+                reuse_tables: self.current_planned,
+                release: &release,
+            },
+        )?;
+        if !release.is_empty() {
+            info!(slots = ?release, "freeing backend slots whose flows are over");
+        }
         let ops = diff::diff(&self.current, &desired);
         if ops.is_empty() {
             info!("services file unchanged in effect; nothing to write");
@@ -198,11 +285,13 @@ impl MapOwner {
             Ok(()) => {
                 self.current = Arc::new(desired);
                 self.current_planned = true;
+                self.track_retired();
             }
             Err(e) => {
                 // A partial write: believe the kernel, not the plan.
                 self.current_planned = false;
                 self.current = Arc::new(reader::read(&self.maps).context("re-reading the maps")?);
+                self.track_retired();
                 return Err(e);
             }
         }
@@ -454,7 +543,13 @@ impl MapOwner {
         };
         let health = Arc::new(metrics::Health::default());
         metrics::serve(opts.listen, opts.series, dataplane.pins.clone(), &health)?;
-        sweep::spawn(&dataplane.pins, opts.flow_sweep_interval, health.clone())?;
+        let flows = sweep::Reports::default();
+        sweep::spawn(
+            &dataplane.pins,
+            opts.flow_sweep_interval,
+            health.clone(),
+            flows.clone(),
+        )?;
         let mut agent = Self {
             health,
             iface,
@@ -472,7 +567,11 @@ impl MapOwner {
             heartbeat_failing: false,
             link_usable: None,
             writes_since_trim: 0,
+            flows,
+            retired_since: BTreeMap::new(),
+            max_drain: opts.max_drain,
         };
+        agent.track_retired();
         agent.health.set_state(&agent.current);
         // A restart re-confirms ownership: tell the LAN again (stale caches
         // after partitions are a classic L2-announcer failure).
@@ -489,5 +588,38 @@ impl MapOwner {
     /// The VIPs the maps currently announce.
     pub fn announced(&self) -> BTreeSet<Ipv4Addr> {
         announced(&self.current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_slots_go_once_a_settled_sweep_finds_no_flow_or_after_max_drain() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let max = s(3600);
+        let retired = BTreeMap::from([(1, t0), (2, t0), (3, t0 + s(100))]);
+        let report = |after: Duration, live: &[u32]| sweep::FlowReport {
+            started: t0 + after,
+            tcp_backends: live.iter().copied().collect(),
+        };
+        // No sweep yet: nothing goes before the maximum drain time.
+        assert!(releasable(&retired, None, t0 + s(50), max).is_empty());
+        // A sweep that began before the slots settled proves nothing.
+        let early = report(Duration::from_millis(500), &[]);
+        assert!(releasable(&retired, Some(&early), t0 + s(50), max).is_empty());
+        // A settled sweep: slot 1 still has a flow, 2 none, 3 retired after it.
+        let r = report(s(2), &[1]);
+        assert_eq!(
+            releasable(&retired, Some(&r), t0 + s(50), max),
+            BTreeSet::from([2])
+        );
+        // The maximum drain time frees even a slot with a flow.
+        assert_eq!(
+            releasable(&retired, Some(&r), t0 + max, max),
+            BTreeSet::from([1, 2])
+        );
     }
 }

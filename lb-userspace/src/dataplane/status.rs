@@ -14,7 +14,7 @@
 //! | `natPorts.min`, `natPorts.max` | source ports for remote backends |
 //! | `vips[]` | `ip`, and booleans `service` (a service address), `announced` (this node answers ARP for it), `node` (the node's own address) |
 //! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
-//! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `packets`, `bytes` |
+//! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `state` (`serving`; `draining`: a terminating endpoint that keeps its flows and takes no new one; `gone`: an endpoint that left its service, kept until its TCP flows end), `packets`, `bytes` |
 //! | `flows` | entry counts: `conntrack`, `revNat`, `affinity` |
 //! | `counters`, `drops` | every data-path counter and drop reason by its metric label, zeros included |
 //! | `arp.answering` | whether ARP for announced VIPs is answered now: the agent's heartbeat is within its hold time |
@@ -114,9 +114,12 @@ impl Snapshot {
             });
         }
         let mut backends = Vec::new();
+        // Every slot a table names (an empty one shows as such), and every
+        // slot that holds a backend: draining ones are in no table.
         for id in services
             .iter()
             .flat_map(|s| s.backend_ids.iter().copied())
+            .chain(state.backends.keys().copied())
             .collect::<BTreeSet<_>>()
         {
             backends.push(BackendRow {
@@ -217,6 +220,17 @@ fn vip_flag_names(flags: u32) -> String {
 /// The version of [`render_json`]'s document.
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
+/// Whether a backend takes new flows, drains, or only waits for its flows to end.
+fn drain_state(b: &BackendValue) -> &'static str {
+    if b.flags & backend_flags::GONE != 0 {
+        "gone"
+    } else if b.flags & backend_flags::DRAINING != 0 {
+        "draining"
+    } else {
+        "serving"
+    }
+}
+
 fn location(b: &BackendValue) -> &'static str {
     if b.flags & backend_flags::VALID == 0 {
         "empty"
@@ -275,6 +289,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
                 "port": b.value.port,
                 "node": Ipv4Addr::from(b.value.node_ip).to_string(),
                 "location": location(&b.value),
+                "state": drain_state(&b.value),
                 "packets": b.traffic.packets,
                 "bytes": b.traffic.bytes,
                 "counted": b.counted,
@@ -419,9 +434,10 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
     );
     for b in &s.backends {
         let pod = format!("{}:{}", Ipv4Addr::from(b.value.ip), b.value.port);
-        let place = match location(&b.value) {
-            "empty" => "EMPTY",
-            other => other,
+        let place = match (location(&b.value), drain_state(&b.value)) {
+            ("empty", _) => "EMPTY".to_owned(),
+            (other, "serving") => other.to_owned(),
+            (other, state) => format!("{other} {state}"),
         };
         let _ = writeln!(
             o,
@@ -569,7 +585,8 @@ mod tests {
         assert_eq!(
             v["backends"][0],
             json!({ "id": 1, "ip": "10.42.1.2", "port": 8080, "node": "192.168.50.12",
-                    "location": "remote", "packets": 4, "bytes": 400, "counted": true })
+                    "location": "remote", "state": "serving", "packets": 4, "bytes": 400,
+                    "counted": true })
         );
         assert_eq!(
             v["flows"],

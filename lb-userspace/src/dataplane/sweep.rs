@@ -1,5 +1,9 @@
 //! The flow sweeper: deletes flow entries that are over.
 //!
+//! Each sweep also reports which backend slots live TCP flows still name
+//! ([`FlowReport`]): the agent frees a retired (drained) backend slot only
+//! once none does (`plan::state`).
+//!
 //! Correctness never depends on it: the data path treats an expired entry
 //! as absent and takes over the NAT port of an expired or closed flow when a
 //! new flow meets it (see `lb_common::flow`). The sweep keeps the LRU tables
@@ -14,15 +18,15 @@
 //! Lease renewals.
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use aya::Pod;
 use lb_common::{
-    AffinityKey, AffinityValue, ConntrackValue, FlowKey, FlowTimeouts, RevNatValue, flow,
+    AffinityKey, AffinityValue, ConntrackValue, FlowKey, FlowTimeouts, RevNatValue, flow, proto,
 };
 use tracing::{debug, warn};
 
@@ -42,6 +46,19 @@ impl Swept {
         self.conntrack + self.rev_nat + self.affinity
     }
 }
+
+/// What one sweep saw of the flows that go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowReport {
+    /// When the sweep began: an entry created before then is in it.
+    pub started: Instant,
+    /// Backend ids of the live TCP flows. UDP flows do not hold a retired
+    /// slot: the data path moves them off it (`backend_flags::GONE`).
+    pub tcp_backends: BTreeSet<u32>,
+}
+
+/// The last report of the sweeper thread, for the agent.
+pub type Reports = Arc<Mutex<Option<FlowReport>>>;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn now_ns() -> Result<u64> {
@@ -96,16 +113,16 @@ pub fn affinity_over(
 /// the kernel. What is left is the instant between the read and the delete.
 fn sweep_map<K: Pod, V: Pod>(
     map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
-    over: impl Fn(&K, &V) -> bool,
+    mut over: impl FnMut(&K, &V) -> bool,
 ) -> usize {
-    let dead = dead_keys(map, &over);
-    delete_still_over(map, &dead, &over)
+    let dead = dead_keys(map, &mut over);
+    delete_still_over(map, &dead, over)
 }
 
 /// The first half of a sweep: the keys of the entries over now.
 pub fn dead_keys<K: Pod, V: Pod>(
     map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
-    over: impl Fn(&K, &V) -> bool,
+    mut over: impl FnMut(&K, &V) -> bool,
 ) -> Vec<K> {
     map.iter()
         .filter_map(Result::ok)
@@ -119,7 +136,7 @@ pub fn dead_keys<K: Pod, V: Pod>(
 pub fn delete_still_over<K: Pod, V: Pod>(
     map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
     keys: &[K],
-    over: impl Fn(&K, &V) -> bool,
+    mut over: impl FnMut(&K, &V) -> bool,
 ) -> usize {
     // An entry the data path deleted meanwhile is no error.
     keys.iter()
@@ -127,8 +144,9 @@ pub fn delete_still_over<K: Pod, V: Pod>(
         .count()
 }
 
-/// One sweep of `conntrack`, `rev_nat` and `affinity` at `now`.
-pub fn sweep(maps: &mut Maps, now: u64) -> Result<Swept> {
+/// One sweep of `conntrack`, `rev_nat` and `affinity` at `now`; fills
+/// `tcp_backends` with the backend ids of the TCP flows that go on.
+pub fn sweep(maps: &mut Maps, now: u64, tcp_backends: &mut BTreeSet<u32>) -> Result<Swept> {
     let t = maps.config()?.timeouts;
     let affinity_timeouts: BTreeMap<u32, u32> = maps
         .services
@@ -137,8 +155,15 @@ pub fn sweep(maps: &mut Maps, now: u64) -> Result<Swept> {
         .filter(|(_, v)| v.flags & lb_common::service_flags::AFFINITY != 0)
         .map(|(_, v)| (v.id, v.affinity_timeout_s))
         .collect();
+    let conntrack = sweep_map(&mut maps.conntrack, |k, v| {
+        let over = conntrack_over(k, v, now, &t);
+        if !over && k.proto == proto::TCP {
+            tcp_backends.insert(v.backend_id);
+        }
+        over
+    });
     Ok(Swept {
-        conntrack: sweep_map(&mut maps.conntrack, |k, v| conntrack_over(k, v, now, &t)),
+        conntrack,
         rev_nat: sweep_map(&mut maps.rev_nat, |k, v| rev_nat_over(k, v, now, &t)),
         affinity: sweep_map(&mut maps.affinity, |k, v| {
             affinity_over(k, v, now, &affinity_timeouts)
@@ -147,17 +172,34 @@ pub fn sweep(maps: &mut Maps, now: u64) -> Result<Swept> {
 }
 
 /// Sweeps the pinned maps of `pins` every `interval` on a thread of its own
-/// for as long as the process lives; counts into `health`.
-pub fn spawn(pins: &PinDir, interval: Duration, health: Arc<Health>) -> Result<()> {
+/// for as long as the process lives; counts into `health` and leaves each
+/// sweep's [`FlowReport`] in `reports`.
+pub fn spawn(
+    pins: &PinDir,
+    interval: Duration,
+    health: Arc<Health>,
+    reports: Reports,
+) -> Result<()> {
     let mut maps = Maps::open(pins).context("opening the pinned maps for the flow sweeper")?;
     std::thread::Builder::new()
         .name("flow-sweep".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(interval);
-                let result = now_ns().and_then(|now| sweep(&mut maps, now));
+                let started = Instant::now();
+                let mut tcp_backends = BTreeSet::new();
+                let result = now_ns().and_then(|now| sweep(&mut maps, now, &mut tcp_backends));
                 match result {
                     Ok(s) => {
+                        let report = FlowReport {
+                            started,
+                            tcp_backends,
+                        };
+                        match reports.lock() {
+                            Ok(mut r) => *r = Some(report),
+                            // The agent's side panicked holding it; no one reads it now.
+                            Err(e) => *e.into_inner() = Some(report),
+                        }
                         health
                             .flows_swept
                             .fetch_add(s.total() as u64, Ordering::Relaxed);

@@ -7,14 +7,21 @@
 //!   unset when [`ClassFilter::unclassed`] says so. Their VIPs are the IPv4
 //!   addresses in `status.loadBalancer.ingress` (assigned by the controller).
 //! - Ports: TCP and UDP; anything else gets a warning and is ignored. The
-//!   target port comes from the `EndpointSlices` (which name each port after
-//!   the Service port and carry the number the pods resolved), else from an
-//!   integer `targetPort`.
+//!   target port of an endpoint comes from its own `EndpointSlice` (which
+//!   names each port after the Service port and carries the number that
+//!   slice's pods resolved; pods of one Service may differ), else from an
+//!   integer `targetPort`. An endpoint whose slice cannot resolve a named
+//!   `targetPort` does not serve that port.
 //! - Endpoints: the `EndpointSlices` labelled `kubernetes.io/service-name`,
-//!   IPv4 only, first address of each endpoint. Ready ones; when none is
-//!   ready, the ones that are serving while terminating. Their node's
-//!   `InternalIP` is the next hop for remote ones.
-//! - `externalTrafficPolicy: Local`: only endpoints on this node.
+//!   IPv4 only, first address of each endpoint. New flows go to the ready
+//!   ones; when none is ready, to the ones that are serving while
+//!   terminating. Every other endpoint (terminating, or not ready) drains:
+//!   flows already on it stay, none starts. Their node's `InternalIP` is the
+//!   next hop for remote ones.
+//! - `externalTrafficPolicy: Local`: only endpoints on this node, and the
+//!   fallback to serving-terminating ones is decided from this node's
+//!   endpoints alone (as kube-proxy does): a node whose local endpoints are
+//!   all terminating uses them, whatever other nodes have.
 //! - `sessionAffinity: ClientIP` with its timeout (default 10800 s).
 //! - `loadBalancerSourceRanges`: enforced; an unparsable one makes the whole
 //!   service be skipped (fail closed) with a warning.
@@ -142,8 +149,8 @@ pub struct Translated {
     pub vips: Vec<Ipv4Addr>,
     /// `externalTrafficPolicy: Local`.
     pub local_only: bool,
-    /// Whether a ready endpoint runs on this node (Local policy announces
-    /// only from such nodes).
+    /// Whether an endpoint that takes new flows runs on this node (under
+    /// `Local`, by this node's own fallback rule).
     pub has_local_endpoint: bool,
 }
 
@@ -258,48 +265,104 @@ impl<'a> Endpoints<'a> {
         }
     }
 
-    /// Port numbers the slices give for the Service port named `name`.
-    fn resolved_ports(&self, name: &str) -> BTreeSet<u16> {
-        self.slices
+    /// Every endpoint once (the first slice that lists an address wins),
+    /// by address.
+    fn all(&self) -> BTreeMap<Ipv4Addr, Ep<'a>> {
+        let mut out = BTreeMap::new();
+        for slice in &self.slices {
+            for ep in &slice.endpoints {
+                let Some(ip) = ep
+                    .addresses
+                    .first()
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                else {
+                    continue;
+                };
+                let (ready, serving, terminating) = conditions(ep);
+                let use_ = if ready && !terminating {
+                    Use::Ready
+                } else if serving && terminating {
+                    Use::Fallback
+                } else {
+                    Use::Drain
+                };
+                out.entry(ip).or_insert(Ep {
+                    node: ep.node_name.as_deref(),
+                    slice,
+                    use_,
+                });
+            }
+        }
+        out
+    }
+
+    /// The endpoints new flows may go to (ready ones, or the
+    /// serving-terminating ones when none is ready) and the ones that only
+    /// drain, among those `keep` accepts: the fallback is decided over
+    /// exactly that set (all of the Service's, or one node's).
+    fn split(&self, keep: impl Fn(&Ep<'a>) -> bool) -> (Listed<'a>, Listed<'a>) {
+        let eps: Vec<(Ipv4Addr, Ep<'a>)> =
+            self.all().into_iter().filter(|(_, e)| keep(e)).collect();
+        let any_ready = eps.iter().any(|(_, e)| e.use_ == Use::Ready);
+        eps.into_iter()
+            .partition(|(_, e)| e.use_ == Use::Ready || (!any_ready && e.use_ == Use::Fallback))
+    }
+
+    /// (address, node name) of the endpoints new flows may go to, decided
+    /// over all of them.
+    fn usable(&self) -> Vec<(Ipv4Addr, Option<&'a str>)> {
+        self.split(|_| true)
+            .0
+            .into_iter()
+            .map(|(ip, e)| (ip, e.node))
+            .collect()
+    }
+}
+
+/// Endpoints by address.
+type Listed<'a> = Vec<(Ipv4Addr, Ep<'a>)>;
+
+/// How an endpoint is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    /// Ready and not terminating: takes new flows.
+    Ready,
+    /// Serving while terminating: takes new flows only when no endpoint
+    /// (of the set the choice is made over) is ready; drains otherwise.
+    Fallback,
+    /// Terminating and not serving, or not ready: keeps its flows only.
+    Drain,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ep<'a> {
+    node: Option<&'a str>,
+    /// The slice that lists it: its `ports` carry this endpoint's numbers.
+    slice: &'a EndpointSlice,
+    use_: Use,
+}
+
+impl Ep<'_> {
+    /// The number this endpoint's slice gives for the Service port `name`.
+    fn resolved_port(&self, name: &str) -> Option<u16> {
+        self.slice
+            .ports
             .iter()
-            .flat_map(|s| s.ports.iter().flatten())
+            .flatten()
             .filter(|p| p.name.as_deref().unwrap_or("") == name)
-            .filter_map(|p| {
+            .find_map(|p| {
                 p.port
                     .and_then(|n| u16::try_from(n).ok())
                     .filter(|n| *n > 0)
             })
-            .collect()
-    }
-
-    /// (address, node name) of the endpoints to use: ready ones, or the
-    /// serving-terminating ones when none is ready.
-    fn usable(&self) -> Vec<(Ipv4Addr, Option<&'a str>)> {
-        let mut ready = BTreeMap::new();
-        let mut fallback = BTreeMap::new();
-        for ep in self.slices.iter().flat_map(|s| s.endpoints.iter()) {
-            let Some(ip) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
-            };
-            let (is_ready, serving, terminating) = conditions(ep);
-            let node = ep.node_name.as_deref();
-            if is_ready && !terminating {
-                ready.entry(ip).or_insert(node);
-            } else if serving && terminating {
-                fallback.entry(ip).or_insert(node);
-            }
-        }
-        let chosen = if ready.is_empty() { fallback } else { ready };
-        chosen.into_iter().collect()
     }
 }
 
-/// Nodes running a usable endpoint of the Service (the election needs them
-/// for `externalTrafficPolicy: Local`).
+/// Nodes running an endpoint that takes new flows, decided over all of the
+/// Service's endpoints (the election needs them for
+/// `externalTrafficPolicy: Local`; it prefers nodes with ready endpoints
+/// while there are any, even though a node left with terminating ones only
+/// still serves them).
 pub fn endpoint_nodes(svc: &ServiceRef, slices: &SliceIndex<'_>) -> BTreeSet<String> {
     Endpoints::of(svc, slices)
         .usable()
@@ -325,13 +388,40 @@ fn protocol(p: &K8sServicePort) -> Option<Protocol> {
     Protocol::of_k8s_port(p.protocol.as_deref())
 }
 
-/// The ports of `svc` we can serve, with their target ports.
+/// A Service port as the endpoints resolve it.
+struct PortSpec {
+    port: ServicePort,
+    /// The Service port's name, which the slices' ports carry.
+    name: String,
+    target: Option<IntOrString>,
+}
+
+impl PortSpec {
+    /// The target port of this port on endpoint `ep`: its own slice's
+    /// number, else an integer `targetPort` (or the port itself when none is
+    /// given); `None` when a named `targetPort` is not resolved for it.
+    fn target_on(&self, ep: &Ep<'_>) -> Option<u16> {
+        if let Some(n) = ep.resolved_port(&self.name) {
+            return Some(n);
+        }
+        match &self.target {
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|n| *n > 0),
+            None => Some(self.port.port),
+            Some(IntOrString::String(_)) => None,
+        }
+    }
+}
+
+/// The ports of `svc` we can serve, each with the target port most of its
+/// endpoints use (the lowest when tied): backends that use another keep
+/// their own in `Service::backend_ports`.
 fn ports(
     svc: &Service,
     r: &ServiceRef,
     eps: &Endpoints<'_>,
     warnings: &mut Vec<Warning>,
-) -> Vec<ServicePort> {
+) -> Vec<PortSpec> {
+    let all = eps.all();
     let mut out = Vec::new();
     for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
         let name = p.name.clone().unwrap_or_default();
@@ -350,31 +440,33 @@ fn ports(
         let Ok(port) = u16::try_from(p.port) else {
             continue;
         };
-        let resolved = eps.resolved_ports(&name);
-        let target = match (resolved.first(), &p.target_port) {
-            (Some(first), _) => {
-                if resolved.len() > 1 {
-                    warnings.push(Warning {
-                        service: r.clone(),
-                        reason: "AmbiguousTargetPort",
-                        message: format!(
-                            "endpoints expose port {port} under several numbers {resolved:?}; onehop sends it to {first}"
-                        ),
-                    });
-                }
-                *first
-            }
-            (None, Some(IntOrString::Int(n))) => u16::try_from(*n).unwrap_or(port),
-            // No target port, or a named one with no endpoint to resolve it
-            // (nothing to send to anyway): keep the service port so the
-            // frontend exists and drops as "no backend", not "no service".
-            (None, None | Some(IntOrString::String(_))) => port,
+        let mut spec = PortSpec {
+            port: ServicePort {
+                port,
+                protocol,
+                target_port: port,
+            },
+            name,
+            target: p.target_port.clone(),
         };
-        out.push(ServicePort {
-            port,
-            protocol,
-            target_port: target,
-        });
+        let mut used: BTreeMap<u16, usize> = BTreeMap::new();
+        for ep in all.values() {
+            if let Some(n) = spec.target_on(ep) {
+                *used.entry(n).or_default() += 1;
+            }
+        }
+        // Without any endpoint to resolve a named port (nothing to send to
+        // anyway) the service port stands in, so the frontend exists and
+        // drops as "no backend", not "no service".
+        let most = used.values().copied().max().unwrap_or(0);
+        spec.port.target_port = match used.iter().find(|(_, c)| **c == most) {
+            Some((n, _)) => *n,
+            None => match &p.target_port {
+                Some(IntOrString::Int(n)) => u16::try_from(*n).unwrap_or(port),
+                None | Some(IntOrString::String(_)) => port,
+            },
+        };
+        out.push(spec);
     }
     out
 }
@@ -427,37 +519,69 @@ fn model_name(r: &ServiceRef, vip: Ipv4Addr) -> String {
     format!("{}/{}@{vip}", r.namespace, r.name)
 }
 
-/// The backends of a service on this node, and whether one of the usable
-/// endpoints runs here.
+/// The endpoints of a service this node uses.
+#[derive(Default)]
+struct Backends {
+    serving: Vec<Backend>,
+    draining: Vec<Backend>,
+    ports: BTreeMap<Ipv4Addr, Vec<ServicePort>>,
+    /// An endpoint that takes new flows runs on this node.
+    has_local: bool,
+}
+
+/// The backends of a service on this node. Under `Local` only this node's
+/// endpoints count, and whether it falls back to serving-terminating ones
+/// is decided from them alone.
 fn backends(
     r: &ServiceRef,
     eps: &Endpoints<'_>,
+    ports: &[PortSpec],
     node_name: &str,
     local_only: bool,
     node_ips: &BTreeMap<String, Ipv4Addr>,
     warnings: &mut Vec<Warning>,
-) -> (Vec<Backend>, bool) {
-    let mut backends = Vec::new();
-    let mut has_local = false;
-    for (ip, node) in eps.usable() {
-        let local = node == Some(node_name);
-        has_local |= local;
-        if local_only && !local {
-            continue;
-        }
-        match node.and_then(|n| node_ips.get(n)) {
-            Some(node_ip) => backends.push(Backend {
+) -> Backends {
+    let (serving, draining) = eps.split(|e| !local_only || e.node == Some(node_name));
+    let mut out = Backends {
+        has_local: serving.iter().any(|(_, e)| e.node == Some(node_name)),
+        ..Backends::default()
+    };
+    for (list, takes_new) in [(serving, true), (draining, false)] {
+        for (ip, ep) in list {
+            let Some(node_ip) = ep.node.and_then(|n| node_ips.get(n)) else {
+                warnings.push(Warning {
+                    service: r.clone(),
+                    reason: "EndpointWithoutNode",
+                    message: format!(
+                        "endpoint {ip} has no node with an InternalIP; it is not used"
+                    ),
+                });
+                continue;
+            };
+            let own: Vec<ServicePort> = ports
+                .iter()
+                .filter_map(|p| {
+                    Some(ServicePort {
+                        target_port: p.target_on(&ep)?,
+                        ..p.port
+                    })
+                })
+                .collect();
+            if !own.iter().copied().eq(ports.iter().map(|p| p.port)) {
+                out.ports.insert(ip, own);
+            }
+            let b = Backend {
                 ip,
                 node_ip: *node_ip,
-            }),
-            None => warnings.push(Warning {
-                service: r.clone(),
-                reason: "EndpointWithoutNode",
-                message: format!("endpoint {ip} has no node with an InternalIP; it is not used"),
-            }),
+            };
+            if takes_new {
+                out.serving.push(b);
+            } else {
+                out.draining.push(b);
+            }
         }
     }
-    (backends, has_local)
+    out
 }
 
 /// Removes the ports an earlier Service already serves on one of `vips`.
@@ -561,20 +685,18 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
             }
         };
         let eps = Endpoints::of(&r, inputs.slices);
-        let mut ports = ports(svc, &r, &eps, &mut warnings);
-        let local_only = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.external_traffic_policy.as_deref())
-            == Some("Local");
-        let (backends, has_local) = backends(
+        let specs = ports(svc, &r, &eps, &mut warnings);
+        let local_only = local_policy(svc);
+        let backends = backends(
             &r,
             &eps,
+            &specs,
             inputs.node_name,
             local_only,
             &node_ips,
             &mut warnings,
         );
+        let mut ports: Vec<ServicePort> = specs.iter().map(|p| p.port).collect();
         drop_taken_ports(&r, &vips, &mut ports, &taken, &mut warnings);
         if ports.is_empty() {
             continue;
@@ -590,14 +712,16 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
                 session_affinity: affinity(svc),
                 source_ranges: ranges.clone(),
                 no_ipv4_source_range,
-                backends: backends.clone(),
+                backends: backends.serving.clone(),
+                draining: backends.draining.clone(),
+                backend_ports: backends.ports.clone(),
             });
         }
         services.push(Translated {
             service: r,
             vips,
             local_only,
-            has_local_endpoint: has_local,
+            has_local_endpoint: backends.has_local,
         });
     }
     let vips: BTreeSet<Ipv4Addr> = model.iter().map(|s| s.vip).collect();

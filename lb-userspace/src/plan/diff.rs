@@ -2,21 +2,27 @@
 //! in an order that is safe at every step for packets in flight:
 //!
 //! 1. `config`;
-//! 2. new and changed backends (new ones take ids no current table uses);
+//! 2. new and changed backends (new ones take ids no current table uses),
+//!    except those that start draining;
 //! 3. new Maglev tables (in slots no current service points at);
 //! 4. added source ranges (a service gains its allow-list before its
 //!    `SOURCE_RANGES` flag);
 //! 5. services, each switched to its new table in one update;
 //! 6. VIPs (a new VIP appears once its services exist);
-//! 7. then removals in reverse: VIPs, services, source ranges, and backends
-//!    last, once no table names them.
+//! 7. then removals in reverse: VIPs, services, source ranges;
+//! 8. backends that start draining, once no service's table names them (the
+//!    data path refuses a draining backend to new flows, so flagging one a
+//!    table still names would drop those flows rather than balance them);
+//! 9. and cleared backends last, once no table names them.
 //!
 //! This relies on [`crate::plan::state::plan`]'s guarantees (no id or slot of
 //! the current contents reused by a new identity or table). An interrupted
 //! update leaves maps that [`crate::plan::state::DataplaneState::allocators`]
 //! accepts, and the next plan finishes the job.
 
-use lb_common::{BackendValue, DatapathConfig, ServiceKey, ServiceValue, SourceRangeData};
+use lb_common::{
+    BackendValue, DatapathConfig, ServiceKey, ServiceValue, SourceRangeData, backend_flags,
+};
 
 use crate::plan::state::{DataplaneState, Table};
 
@@ -47,8 +53,15 @@ pub fn diff(old: &DataplaneState, new: &DataplaneState) -> Vec<MapOp> {
     if old.config != new.config {
         ops.push(MapOp::PutConfig(new.config));
     }
+    let starts_draining = |id: &u32, b: &BackendValue| {
+        b.flags & backend_flags::DRAINING != 0
+            && old
+                .backends
+                .get(id)
+                .is_some_and(|o| o.flags & backend_flags::DRAINING == 0)
+    };
     for (&id, b) in &new.backends {
-        if old.backends.get(&id) != Some(b) {
+        if old.backends.get(&id) != Some(b) && !starts_draining(&id, b) {
             ops.push(MapOp::PutBackend(id, *b));
         }
     }
@@ -85,6 +98,11 @@ pub fn diff(old: &DataplaneState, new: &DataplaneState) -> Vec<MapOp> {
     }
     for r in old.src_ranges.difference(&new.src_ranges) {
         ops.push(MapOp::DelSrcRange(r.prefixlen, r.data));
+    }
+    for (&id, b) in &new.backends {
+        if starts_draining(&id, b) {
+            ops.push(MapOp::PutBackend(id, *b));
+        }
     }
     for id in old.backends.keys() {
         if !new.backends.contains_key(id) {

@@ -2,7 +2,7 @@
 //! (a services file, or Kubernetes objects), and the few value types every
 //! layer names (protocols, CIDRs, frontends).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -116,8 +116,31 @@ pub struct Service {
     /// denied. An empty `source_ranges` alone would mean "allow all", so a
     /// list that lost its IPv6 entries would fail open.
     pub no_ipv4_source_range: bool,
-    /// Distinct pod addresses.
+    /// Distinct pod addresses: the backends new flows go to.
     pub backends: Vec<Backend>,
+    /// Terminating (or not ready) endpoints: flows already on them stay, no
+    /// new flow goes to them (they are in no Maglev table). Distinct pod
+    /// addresses, none of them in `backends`. A backend that leaves both
+    /// lists drains too, until its flows are over (see `plan::state`).
+    pub draining: Vec<Backend>,
+    /// Backends (of either list) that do not serve every port at its
+    /// `target_port`: the ports each one serves, each with its own target
+    /// port. A named `targetPort` resolves per EndpointSlice, so pods of
+    /// one Service may use different numbers for it.
+    pub backend_ports: BTreeMap<Ipv4Addr, Vec<ServicePort>>,
+}
+
+impl Service {
+    /// The target port of `p` on backend `ip`, if that backend serves `p`.
+    pub fn target_port(&self, ip: Ipv4Addr, p: &ServicePort) -> Option<u16> {
+        match self.backend_ports.get(&ip) {
+            None => Some(p.target_port),
+            Some(ports) => ports
+                .iter()
+                .find(|q| q.port == p.port && q.protocol == p.protocol)
+                .map(|q| q.target_port),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

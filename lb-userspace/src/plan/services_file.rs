@@ -466,6 +466,10 @@ impl Validator {
                 // The file takes IPv4 ranges only: no list loses entries.
                 no_ipv4_source_range: false,
                 backends,
+                // A backend taken out of the file drains by itself (see
+                // `plan::state`); the file names no terminating ones.
+                draining: Vec::new(),
+                backend_ports: BTreeMap::new(),
             },
         }
     }

@@ -10,6 +10,18 @@
 //! contents still use: the map writer can then apply the difference in an
 //! order where no packet sees a half-written table or a backend id that
 //! means something else (see [`crate::diff`]).
+//!
+//! Graceful drain: a backend slot lives on after its endpoint stops taking
+//! new flows, so the flows already on it keep going.
+//! - A draining backend of the model (a terminating endpoint) keeps its slot
+//!   flagged `DRAINING` and is in no Maglev table.
+//! - A backend that leaves the model altogether is *retired*: its slot stays
+//!   with `DRAINING | GONE` (node address and locality as they were), its id
+//!   is not reused, and it is dropped only when the caller lists it in
+//!   [`PlanOptions::release`] (the agent does once no live flow names it,
+//!   or after a maximum drain time).
+//! - An identity that comes back (the same pod address and target port)
+//!   takes its old slot again, serving.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -318,14 +330,51 @@ impl DataplaneState {
 }
 
 /// Computes the map contents for `file` on `node`, keeping everything of
-/// `prev` (the current contents) that still applies.
+/// `prev` (the current contents) that still applies, retired backends
+/// included (none is released).
 pub fn plan(
     prev: &DataplaneState,
     file: &NodeServices,
     node: &Node,
     limits: &Limits,
 ) -> Result<DataplaneState, PlanError> {
-    plan_with(prev, file, node, limits, Tables::Build)
+    plan_with(prev, file, node, limits, Tables::Build, &BTreeSet::new())
+}
+
+/// How [`plan_with_options`] plans.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions<'a> {
+    /// `prev` is a plan of ours: take unchanged Maglev tables from it (see [`replan`]).
+    pub reuse_tables: bool,
+    /// Retired backend slots (`DRAINING | GONE` in `prev`) to drop. Ids of
+    /// anything else are ignored: a slot still in use is never released.
+    pub release: &'a BTreeSet<u32>,
+}
+
+/// [`plan`] or [`replan`] that also releases retired backend slots.
+pub fn plan_with_options(
+    prev: &DataplaneState,
+    file: &NodeServices,
+    node: &Node,
+    limits: &Limits,
+    opts: PlanOptions<'_>,
+) -> Result<DataplaneState, PlanError> {
+    let tables = if opts.reuse_tables {
+        Tables::ReuseUnchanged
+    } else {
+        Tables::Build
+    };
+    plan_with(prev, file, node, limits, tables, opts.release)
+}
+
+/// The retired backend slots of a state: draining and gone.
+pub fn retired(state: &DataplaneState) -> impl Iterator<Item = u32> + '_ {
+    const RETIRED: u16 = backend_flags::DRAINING | backend_flags::GONE;
+    state
+        .backends
+        .iter()
+        .filter(|(_, b)| b.flags & RETIRED == RETIRED)
+        .map(|(&id, _)| id)
 }
 
 /// [`plan`] for a `prev` that [`plan`] or [`replan`] computed: a Maglev table whose
@@ -339,7 +388,14 @@ pub fn replan(
     node: &Node,
     limits: &Limits,
 ) -> Result<DataplaneState, PlanError> {
-    plan_with(prev, file, node, limits, Tables::ReuseUnchanged)
+    plan_with(
+        prev,
+        file,
+        node,
+        limits,
+        Tables::ReuseUnchanged,
+        &BTreeSet::new(),
+    )
 }
 
 /// Where a plan's Maglev tables come from.
@@ -357,6 +413,7 @@ fn plan_with(
     node: &Node,
     limits: &Limits,
     tables: Tables,
+    release: &BTreeSet<u32>,
 ) -> Result<DataplaneState, PlanError> {
     let mut alloc = prev.allocators(limits)?;
     if let Some(file_ip) = file.node_ip
@@ -368,7 +425,8 @@ fn plan_with(
         });
     }
     let (frontends, pods) = frontends(file, node)?;
-    let (backends, backend_ids) = plan_backends(prev, &frontends, &pods, node, &mut alloc)?;
+    let (backends, backend_ids) =
+        plan_backends(prev, &frontends, &pods, node, release, &mut alloc)?;
     let mut state = DataplaneState {
         config: DatapathConfig::new(
             node.ip.octets(),
@@ -433,7 +491,7 @@ fn frontends<'a>(
                 });
             }
         }
-        for b in &s.backends {
+        for b in s.backends.iter().chain(&s.draining) {
             if let Some(&other) = pods.get(&b.ip)
                 && other != b.node_ip
             {
@@ -451,7 +509,11 @@ fn frontends<'a>(
 
 /// Backends: prev's id for a known identity, else the lowest id used
 /// neither by prev nor by the new contents. Returns the `backends` entries
-/// and the id of every identity.
+/// and the id of every identity that takes new flows (the Maglev members).
+///
+/// An identity is `DRAINING` when no frontend takes new flows to it. Slots
+/// of prev whose identity is no longer wanted are retired, not dropped,
+/// unless `release` names them (see the module documentation).
 #[expect(
     clippy::type_complexity,
     reason = "two maps over the same ids, built together"
@@ -461,6 +523,7 @@ fn plan_backends(
     frontends: &Frontends<'_>,
     pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
     node: &Node,
+    release: &BTreeSet<u32>,
     alloc: &mut Allocators,
 ) -> Result<(BTreeMap<u32, BackendValue>, HashMap<(Ipv4Addr, u16), u32>), PlanError> {
     let prev_ids: HashMap<(Ipv4Addr, u16), u32> = prev
@@ -468,13 +531,19 @@ fn plan_backends(
         .iter()
         .map(|(&id, b)| (backend_identity(b), id))
         .collect();
-    let wanted: BTreeSet<(Ipv4Addr, u16)> = frontends
-        .values()
-        .flat_map(|(s, p)| s.backends.iter().map(|b| (b.ip, p.target_port)))
-        .collect();
+    // Identity -> whether some frontend takes new flows to it.
+    let mut wanted: BTreeMap<(Ipv4Addr, u16), bool> = BTreeMap::new();
+    for (s, p) in frontends.values() {
+        let all = s.backends.iter().map(|b| (b, true));
+        for (b, serving) in all.chain(s.draining.iter().map(|b| (b, false))) {
+            if let Some(port) = s.target_port(b.ip, p) {
+                *wanted.entry((b.ip, port)).or_default() |= serving;
+            }
+        }
+    }
     let mut backends = BTreeMap::new();
     let mut ids = HashMap::new();
-    for (ip, port) in wanted {
+    for (&(ip, port), &serving) in &wanted {
         let id = match prev_ids.get(&(ip, port)) {
             Some(&id) => id,
             None => alloc
@@ -487,11 +556,26 @@ fn plan_backends(
         if node_ip == node.ip {
             flags |= backend_flags::LOCAL;
         }
+        if serving {
+            ids.insert((ip, port), id);
+        } else {
+            flags |= backend_flags::DRAINING;
+        }
         backends.insert(
             id,
             BackendValue::new(ip.octets(), node_ip.octets(), port, flags),
         );
-        ids.insert((ip, port), id);
+    }
+    // Retired slots: what prev had and the model no longer names. Their node
+    // and locality stay as they were: the flows on them go where they went.
+    for (&id, b) in &prev.backends {
+        let was_retired = b.flags & backend_flags::GONE != 0;
+        if wanted.contains_key(&backend_identity(b)) || (was_retired && release.contains(&id)) {
+            continue;
+        }
+        let mut b = *b;
+        b.flags |= backend_flags::DRAINING | backend_flags::GONE;
+        backends.insert(id, b);
     }
     Ok((backends, ids))
 }
@@ -554,7 +638,7 @@ fn plan_service(
         .backends
         .iter()
         .filter_map(|b| {
-            let key = (b.ip, p.target_port);
+            let key = (b.ip, s.target_port(b.ip, &p)?);
             Some((key, *backend_ids.get(&key)?))
         })
         .collect();

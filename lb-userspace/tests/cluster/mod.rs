@@ -180,10 +180,12 @@ pub fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Pods in use (each pod is one backend per service port).
+/// Pods new flows may go to (each pod is one backend per service port;
+/// draining and retired slots left out).
 pub fn pods_in_use(s: &Snapshot) -> usize {
     s.backends
         .iter()
+        .filter(|b| b.value.flags & lb_common::backend_flags::DRAINING == 0)
         .map(|b| b.value.ip)
         .collect::<BTreeSet<_>>()
         .len()

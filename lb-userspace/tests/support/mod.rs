@@ -135,6 +135,8 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
             Vec::new()
         },
         no_ipv4_source_range: false,
+        draining: Vec::new(),
+        backend_ports: std::collections::BTreeMap::new(),
         backends: backends
             .iter()
             .map(|&b| {
@@ -385,6 +387,20 @@ impl Lb {
         self.apply();
     }
 
+    /// Pod `id` is terminating: every service keeps its flows on it and
+    /// sends new ones elsewhere (a pod's condition, so all its services
+    /// agree). Through the planner.
+    pub fn drain_pod(&mut self, id: u32) {
+        let ip = Ipv4Addr::from(backend_value(id).ip);
+        for s in &mut self.model.services {
+            if let Some(at) = s.backends.iter().position(|b| b.ip == ip) {
+                let b = s.backends.remove(at);
+                s.draining.push(b);
+            }
+        }
+        self.apply();
+    }
+
     /// The service on `VIP:port` now allows `ranges` (and, with
     /// `no_ipv4_range`, is restricted with no IPv4 range), through the
     /// planner.
@@ -409,6 +425,7 @@ impl Lb {
         let ip = Ipv4Addr::from(backend_value(id).ip);
         for s in &mut self.model.services {
             s.backends.retain(|b| b.ip != ip);
+            s.draining.retain(|b| b.ip != ip);
         }
         self.apply();
     }

@@ -118,6 +118,8 @@ pub fn model(n: u32) -> NodeServices {
         session_affinity: SessionAffinity::None,
         source_ranges: Vec::new(),
         no_ipv4_source_range: false,
+        draining: Vec::new(),
+        backend_ports: std::collections::BTreeMap::new(),
         backends,
     };
     let target = |third: u8, node: [u8; 4]| -> Vec<Backend> {

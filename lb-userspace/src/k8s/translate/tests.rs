@@ -370,14 +370,17 @@ fn endpoints_without_a_known_node_are_skipped_with_a_warning() {
 }
 
 #[test]
-fn ambiguous_named_port_warns_and_picks_one() {
+fn named_port_resolves_per_slice() {
     let svcs = [service("web", json!({}))];
     let slices = [
         slice(
             "web",
             "a",
             8080,
-            vec![ep("10.42.1.2", "n1", true, true, false)],
+            vec![
+                ep("10.42.1.2", "n1", true, true, false),
+                ep("10.42.1.3", "n1", true, true, false),
+            ],
         ),
         slice(
             "web",
@@ -387,8 +390,142 @@ fn ambiguous_named_port_warns_and_picks_one() {
         ),
     ];
     let t = run(&svcs, &slices, "n1", &[]);
-    assert_eq!(t.file.services[0].ports[0].target_port, 8080);
-    assert_eq!(t.warnings[0].reason, "AmbiguousTargetPort");
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    let s = &t.file.services[0];
+    // The number most endpoints use is the port's; the others carry theirs.
+    assert_eq!(s.ports[0].target_port, 8080);
+    let port = |target_port| ServicePort {
+        port: 80,
+        protocol: Protocol::Tcp,
+        target_port,
+    };
+    assert_eq!(
+        s.backend_ports,
+        BTreeMap::from([(ip("10.42.2.2"), vec![port(9090)])])
+    );
+    assert_eq!(s.target_port(ip("10.42.1.2"), &s.ports[0]), Some(8080));
+    assert_eq!(s.target_port(ip("10.42.2.2"), &s.ports[0]), Some(9090));
+    // And each backend slot gets its own slice's number.
+    let node = crate::plan::state::Node {
+        ip: ip("192.168.50.11"),
+        ifindex: 1,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    let state = crate::plan::state::plan(
+        &crate::plan::state::DataplaneState::default(),
+        &t.file,
+        &node,
+        &crate::plan::model::Limits::default(),
+    )
+    .expect("plan");
+    let slots: BTreeSet<(Ipv4Addr, u16)> = state
+        .backends
+        .values()
+        .map(|b| (Ipv4Addr::from(b.ip), b.port))
+        .collect();
+    assert_eq!(
+        slots,
+        BTreeSet::from([
+            (ip("10.42.1.2"), 8080),
+            (ip("10.42.1.3"), 8080),
+            (ip("10.42.2.2"), 9090)
+        ])
+    );
+}
+
+#[test]
+fn an_endpoint_whose_slice_lacks_a_named_port_does_not_serve_it() {
+    let svcs = [service(
+        "web",
+        json!({ "spec": { "ports": [
+            { "name": "http", "port": 80, "protocol": "TCP", "targetPort": "web" },
+            { "name": "metrics", "port": 9100, "protocol": "TCP", "targetPort": "metrics" }
+        ] } }),
+    )];
+    let mut both = slice(
+        "web",
+        "a",
+        8080,
+        vec![ep("10.42.1.2", "n1", true, true, false)],
+    );
+    both.ports = Some(from(json!([
+        { "name": "http", "port": 8080, "protocol": "TCP" },
+        { "name": "metrics", "port": 9100, "protocol": "TCP" }
+    ])));
+    let http_only = slice(
+        "web",
+        "b",
+        8080,
+        vec![ep("10.42.2.2", "n2", true, true, false)],
+    );
+    let t = run(&svcs, &[both, http_only], "n1", &[]);
+    let s = &t.file.services[0];
+    let (http, metrics) = (s.ports[0], s.ports[1]);
+    assert_eq!((http.target_port, metrics.target_port), (8080, 9100));
+    assert_eq!(s.target_port(ip("10.42.2.2"), &http), Some(8080));
+    assert_eq!(s.target_port(ip("10.42.2.2"), &metrics), None);
+    assert_eq!(s.target_port(ip("10.42.1.2"), &metrics), Some(9100));
+}
+
+#[test]
+fn terminating_and_unready_endpoints_drain() {
+    let svcs = [service("web", json!({}))];
+    let eps = vec![
+        ep("10.42.1.2", "n1", false, true, true),
+        ep("10.42.1.3", "n1", false, false, true),
+        ep("10.42.2.2", "n2", false, false, false),
+        ep("10.42.2.9", "n2", true, true, false),
+    ];
+    let t = run(&svcs, &[slice("web", "a", 8080, eps)], "n1", &[]);
+    let s = &t.file.services[0];
+    let ips = |b: &[Backend]| b.iter().map(|b| b.ip).collect::<Vec<_>>();
+    assert_eq!(ips(&s.backends), vec![ip("10.42.2.9")]);
+    assert_eq!(
+        ips(&s.draining),
+        vec![ip("10.42.1.2"), ip("10.42.1.3"), ip("10.42.2.2")]
+    );
+    // All terminating: the serving ones take new flows, the rest drain.
+    let eps = vec![
+        ep("10.42.1.2", "n1", false, true, true),
+        ep("10.42.1.3", "n1", false, false, true),
+    ];
+    let t = run(&svcs, &[slice("web", "a", 8080, eps)], "n1", &[]);
+    let s = &t.file.services[0];
+    assert_eq!(ips(&s.backends), vec![ip("10.42.1.2")]);
+    assert_eq!(ips(&s.draining), vec![ip("10.42.1.3")]);
+}
+
+#[test]
+fn local_policy_falls_back_per_node() {
+    let local = json!({ "spec": { "externalTrafficPolicy": "Local" } });
+    let eps = vec![
+        // n1: terminating only (one serving); n2: one ready.
+        ep("10.42.1.2", "n1", false, true, true),
+        ep("10.42.1.3", "n1", false, false, true),
+        ep("10.42.2.2", "n2", true, true, false),
+    ];
+    let slices = [slice("web", "a", 8080, eps)];
+    let ips = |b: &[Backend]| b.iter().map(|b| b.ip).collect::<Vec<_>>();
+    let svcs = [service("web", local)];
+    let on_n1 = run(&svcs, &slices, "n1", &[]);
+    let s = &on_n1.file.services[0];
+    assert_eq!(
+        ips(&s.backends),
+        vec![ip("10.42.1.2")],
+        "n1 falls back to its own serving-terminating endpoint"
+    );
+    assert_eq!(ips(&s.draining), vec![ip("10.42.1.3")]);
+    assert!(on_n1.services[0].has_local_endpoint);
+    let on_n2 = run(&svcs, &slices, "n2", &[]);
+    let s = &on_n2.file.services[0];
+    assert_eq!(ips(&s.backends), vec![ip("10.42.2.2")]);
+    assert!(s.draining.is_empty());
+    // Under Cluster the choice is the Service's: n2's ready one everywhere.
+    let cluster = [service("web", json!({}))];
+    let on_n1 = run(&cluster, &slices, "n1", &[]);
+    let s = &on_n1.file.services[0];
+    assert_eq!(ips(&s.backends), vec![ip("10.42.2.2")]);
+    assert_eq!(ips(&s.draining), vec![ip("10.42.1.2"), ip("10.42.1.3")]);
 }
 
 #[test]

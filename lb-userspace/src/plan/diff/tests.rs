@@ -1,10 +1,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::plan::state::{DataplaneState, SrcRangeKey, plan, replan};
+use crate::plan::state::{
+    DataplaneState, PlanOptions, SrcRangeKey, plan, plan_with_options, replan,
+};
 use crate::plan::testing::{NODE, limits, parse};
 use crate::plan::{
-    model::{Cidr, NodeServices},
+    model::{Cidr, NodeServices, ServicePort},
     services_file,
 };
 use lb_common::{backend_flags, service_flags, vip_flags};
@@ -133,6 +135,11 @@ impl Maps {
                         )));
                     };
                     prop_assert!(b.flags & backend_flags::VALID != 0);
+                    prop_assert!(
+                        b.flags & backend_flags::DRAINING == 0,
+                        "a table names draining backend {}",
+                        id
+                    );
                     let meant = from.backends[&id];
                     prop_assert_eq!((b.ip, b.port), (meant.ip, meant.port), "backend id reused");
                 }
@@ -244,11 +251,21 @@ fn backend_swap_order() {
             MapOp::PutSrcRange(new_r.prefixlen, new_r.data),
             MapOp::PutService(key, new_v),
             MapOp::DelSrcRange(old_r.prefixlen, old_r.data),
-            MapOp::ClearBackend(old_id),
+            // Retired, draining: only once no table names it.
+            MapOp::PutBackend(old_id, b.backends[&old_id]),
         ]
     );
-    // The reverse removes the service's VIP after its services... etc.
-    let empty = plan(&b, &parse("services: []\n"), &NODE, &limits()).unwrap();
+    let retired_flags = a.backends[&old_id].flags | backend_flags::DRAINING | backend_flags::GONE;
+    assert_eq!(b.backends[&old_id].flags, retired_flags);
+    // The reverse removes the service's VIP after its services... etc.;
+    // the retired backend goes once released.
+    let release = BTreeSet::from([old_id]);
+    let releasing = PlanOptions {
+        reuse_tables: false,
+        release: &release,
+    };
+    let empty =
+        plan_with_options(&b, &parse("services: []\n"), &NODE, &limits(), releasing).unwrap();
     let ops = diff(&b, &empty);
     let pos = |f: &dyn Fn(&MapOp) -> bool| ops.iter().position(f).unwrap();
     assert!(pos(&|o| matches!(o, MapOp::DelVip(_))) < pos(&|o| matches!(o, MapOp::DelService(_))));
@@ -332,5 +349,153 @@ proptest! {
         prop_assert_eq!(c.services.keys().collect::<Vec<_>>(), b.services.keys().collect::<Vec<_>>());
         prop_assert_eq!(&c.vips, &b.vips);
         done.holds(&c)?;
+    }
+}
+
+/// `file` with some backends moved to `draining` and some given ports of
+/// their own, as the bits of `drain` and `own_ports` say (bit i: the i-th
+/// backend over all services).
+fn with_drain_and_ports(mut file: NodeServices, drain: u64, own_ports: u64) -> NodeServices {
+    let mut i = 0u32;
+    for s in &mut file.services {
+        let mut serving = Vec::new();
+        for b in std::mem::take(&mut s.backends) {
+            let bit = 1u64 << (i % 64);
+            i += 1;
+            if own_ports & bit != 0 {
+                // Another target for every port but the last, which it lacks.
+                let mut ports: Vec<_> = s
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        target_port: p.target_port.checked_add(1).unwrap_or(1),
+                        ..*p
+                    })
+                    .collect();
+                ports.pop();
+                s.backend_ports.insert(b.ip, ports);
+            }
+            if drain & bit != 0 {
+                s.draining.push(b);
+            } else {
+                serving.push(b);
+            }
+        }
+        s.backends = serving;
+    }
+    file
+}
+
+/// The identities a file asks for: those that take new flows, and those
+/// that only drain.
+/// Backend identities: (pod address, target port).
+type Identities = BTreeSet<(u32, u16)>;
+
+fn identities(file: &NodeServices) -> (Identities, Identities) {
+    let (mut serving, mut draining) = (BTreeSet::new(), BTreeSet::new());
+    for s in &file.services {
+        for p in &s.ports {
+            for b in &s.backends {
+                if let Some(t) = s.target_port(b.ip, p) {
+                    serving.insert((u32::from(b.ip), t));
+                }
+            }
+            for b in &s.draining {
+                if let Some(t) = s.target_port(b.ip, p) {
+                    draining.insert((u32::from(b.ip), t));
+                }
+            }
+        }
+    }
+    let draining = draining.difference(&serving).copied().collect();
+    (serving, draining)
+}
+
+fn ident(b: &BackendValue) -> (u32, u16) {
+    (u32::from_be_bytes(b.ip), b.port)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The backend slot lifecycle over random sequences of files (with
+    /// draining backends and per-backend ports) and random releases: serving
+    /// identities are plain slots in their tables; draining ones keep a slot
+    /// that no table names; a slot whose identity leaves is retired, keeps
+    /// its id and identity, and goes only when released (a release of
+    /// anything else is ignored); every update applies safely.
+    #[test]
+    fn backend_slots_drain_and_retire(
+        steps in proptest::collection::vec(
+            (services_file::tests::arb_file(), any::<u64>(), any::<u64>(), any::<u64>()),
+            1..7,
+        ),
+    ) {
+        const RETIRED: u16 = backend_flags::DRAINING | backend_flags::GONE;
+        let mut prev = DataplaneState::default();
+        for (file, drain, own_ports, release_bits) in steps {
+            let file = with_drain_and_ports(file, drain, own_ports);
+            // Any id of prev may be named; only retired ones may go.
+            let release: BTreeSet<u32> = prev
+                .backends
+                .keys()
+                .enumerate()
+                .filter(|(i, _)| release_bits & (1u64 << (i % 64)) != 0)
+                .map(|(_, id)| *id)
+                .collect();
+            let opts = PlanOptions { reuse_tables: false, release: &release };
+            let next = plan_with_options(&prev, &file, &NODE, &limits(), opts)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (serving, draining) = identities(&file);
+            for (id, b) in &next.backends {
+                let who = ident(b);
+                prop_assert!(b.flags & backend_flags::VALID != 0);
+                if serving.contains(&who) {
+                    prop_assert_eq!(b.flags & RETIRED, 0, "serving {:?} flagged", who);
+                } else if draining.contains(&who) {
+                    prop_assert_eq!(b.flags & RETIRED, backend_flags::DRAINING, "draining {:?}", who);
+                } else {
+                    prop_assert_eq!(b.flags & RETIRED, RETIRED, "{:?} left but is not retired", who);
+                    let old = prev.backends.get(id);
+                    prop_assert_eq!(old.map(ident), Some(who), "a retired slot is one prev had");
+                    prop_assert!(
+                        !(release.contains(id) && old.is_some_and(|o| o.flags & backend_flags::GONE != 0)),
+                        "released slot {} kept", id
+                    );
+                }
+            }
+            let present: BTreeSet<(u32, u16)> = next.backends.values().map(ident).collect();
+            prop_assert!(serving.is_subset(&present) && draining.is_subset(&present));
+            for (id, old) in &prev.backends {
+                match next.backends.get(id) {
+                    Some(b) => prop_assert_eq!(ident(b), ident(old), "id {} changed identity", id),
+                    None => prop_assert!(
+                        old.flags & backend_flags::GONE != 0 && release.contains(id),
+                        "slot {} dropped without being retired and released", id
+                    ),
+                }
+            }
+            // Each table holds exactly the serving backends of its frontend.
+            for s in &file.services {
+                for p in &s.ports {
+                    let k = ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
+                    let v = next.services[&k];
+                    let want: BTreeSet<(u32, u16)> = s
+                        .backends
+                        .iter()
+                        .filter_map(|b| Some((u32::from(b.ip), s.target_port(b.ip, p)?)))
+                        .collect();
+                    let got: BTreeSet<(u32, u16)> = if v.maglev_len == 0 {
+                        BTreeSet::new()
+                    } else {
+                        next.maglev[&v.maglev_offset].iter().map(|id| ident(&next.backends[&id])).collect()
+                    };
+                    prop_assert_eq!(got, want);
+                }
+            }
+            next.allocators(&limits()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            apply_checked(&prev, &next)?;
+            prev = next;
+        }
     }
 }

@@ -106,6 +106,8 @@ fn parses_the_example() {
                         },
                     ],
                     no_ipv4_source_range: false,
+                    draining: Vec::new(),
+                    backend_ports: std::collections::BTreeMap::new(),
                     backends: vec![
                         Backend {
                             ip: ip("10.42.0.5"),
@@ -128,6 +130,8 @@ fn parses_the_example() {
                     session_affinity: SessionAffinity::None,
                     source_ranges: vec![],
                     no_ipv4_source_range: false,
+                    draining: Vec::new(),
+                    backend_ports: std::collections::BTreeMap::new(),
                     backends: vec![],
                 },
             ],
@@ -649,6 +653,8 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                 .into_iter()
                 .collect(),
             no_ipv4_source_range: false,
+            draining: Vec::new(),
+            backend_ports: std::collections::BTreeMap::new(),
             backends: backends
                 .into_iter()
                 .map(|(pod, node)| Backend {

@@ -14,6 +14,24 @@ fn plan_ok(prev: &DataplaneState, file: &NodeServices) -> DataplaneState {
     plan(prev, file, &NODE, &limits()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+fn plan_releasing(
+    prev: &DataplaneState,
+    file: &NodeServices,
+    release: &BTreeSet<u32>,
+) -> DataplaneState {
+    plan_with_options(
+        prev,
+        file,
+        &NODE,
+        &limits(),
+        PlanOptions {
+            reuse_tables: false,
+            release,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn key(vip: &str, port: u16, proto: u8) -> ServiceKey {
     ServiceKey::new(ip(vip).octets(), port, proto)
 }
@@ -155,12 +173,14 @@ fn ids_and_regions_are_kept_and_never_reused_at_once() {
         );
     let b = plan_ok(&a, &parse(&b_text));
     // 10.42.1.7 keeps its ids 2 and 3; the new pod gets 4 and 5, not the
-    // ids 0 and 1 that `a` still uses.
+    // ids 0 and 1 that `a` still uses (and that drain, retired, in `b`).
     let ids: BTreeMap<(Ipv4Addr, u16), u32> = b
         .backends
         .iter()
+        .filter(|(_, v)| v.flags & backend_flags::GONE == 0)
         .map(|(&id, v)| ((Ipv4Addr::from(v.ip), v.port), id))
         .collect();
+    assert_eq!(retired(&b).collect::<Vec<_>>(), [0, 1]);
     assert_eq!(
         ids,
         BTreeMap::from([
@@ -182,7 +202,11 @@ fn ids_and_regions_are_kept_and_never_reused_at_once() {
             "{r} overlaps {a_regions:?}"
         );
     }
-    // Once `b` is current, freed ids and slots are reused.
+    // Once `b` is current and its retired slots released, freed ids and
+    // slots are reused.
+    let release: BTreeSet<u32> = retired(&b).collect();
+    let b = plan_releasing(&b, &parse(&b_text), &release);
+    assert!(retired(&b).next().is_none());
     let c_text = b_text.replace("10.42.2.9", "10.42.3.1");
     let c = plan_ok(&b, &parse(&c_text));
     let new_ids: BTreeSet<u32> = c
@@ -517,6 +541,16 @@ fn allocators_tolerate_interrupted_updates() {
             "{FILE}  - name: x\n    vip: 192.168.60.9\n    ports: [{{ port: 1 }}]\n"
         )),
     );
+    // The orphan may carry flows: it drains like any removed backend,
+    // until released.
+    assert_eq!(retired(&next).collect::<Vec<_>>(), [40]);
+    let next = plan_releasing(
+        &next,
+        &parse(&format!(
+            "{FILE}  - name: x\n    vip: 192.168.60.9\n    ports: [{{ port: 1 }}]\n"
+        )),
+        &BTreeSet::from([40]),
+    );
     assert!(!next.backends.contains_key(&40));
     assert_eq!(next.services[&key("192.168.60.9", 1, 6)].id, 3);
     assert!(next.src_ranges.iter().all(|r| r.service_id() != 17));
@@ -677,6 +711,8 @@ fn plans_hand_built_files() {
             session_affinity: SessionAffinity::None,
             source_ranges: vec![],
             no_ipv4_source_range: false,
+            draining: Vec::new(),
+            backend_ports: std::collections::BTreeMap::new(),
             backends: vec![Backend {
                 ip: ip("10.1.1.1"),
                 node_ip: ip("192.168.50.10"),
@@ -787,4 +823,97 @@ fn restricted_without_ipv4_ranges_plans_the_flag_alone() {
         0,
         "unrestricted again"
     );
+}
+
+/// One backend through its whole life: serving, terminating (drains, in no
+/// table), removed (retired: same slot, not reused), back (serving in its old
+/// slot), removed again and released (gone, its id free for the next plan).
+#[test]
+fn a_backend_drains_retires_comes_back_and_is_released() {
+    let pod = ip("10.42.0.5");
+    let file = parse(FILE);
+    let serving_state = plan_ok(&DataplaneState::default(), &file);
+    let ids_of = |s: &DataplaneState| -> BTreeMap<u32, u16> {
+        s.backends
+            .iter()
+            .filter(|(_, b)| Ipv4Addr::from(b.ip) == pod)
+            .map(|(&id, b)| (id, b.flags))
+            .collect()
+    };
+    let in_tables = |s: &DataplaneState, id: u32| s.maglev.values().any(|t| t.ids().contains(&id));
+    let pod_ids: Vec<u32> = ids_of(&serving_state).into_keys().collect();
+    assert_eq!(pod_ids.len(), 2, "one slot per target port");
+    let serving = backend_flags::VALID | backend_flags::LOCAL;
+    assert!(ids_of(&serving_state).values().all(|f| *f == serving));
+
+    // Terminating: the same slots, draining, in no table.
+    let mut terminating = file.clone();
+    let web = &mut terminating.services[0];
+    let at = web.backends.iter().position(|b| b.ip == pod).unwrap();
+    let gone = web.backends.remove(at);
+    web.draining.push(gone);
+    let draining_state = plan_ok(&serving_state, &terminating);
+    assert_eq!(
+        ids_of(&draining_state).into_keys().collect::<Vec<_>>(),
+        pod_ids
+    );
+    for (id, f) in ids_of(&draining_state) {
+        assert_eq!(f, serving | backend_flags::DRAINING);
+        assert!(!in_tables(&draining_state, id));
+    }
+    // A release names them, but they are not retired: nothing goes.
+    let all: BTreeSet<u32> = draining_state.backends.keys().copied().collect();
+    assert_eq!(
+        plan_releasing(&draining_state, &terminating, &all),
+        draining_state
+    );
+
+    // Removed: retired, still there, ids not reused by a new pod.
+    let mut removed = terminating.clone();
+    removed.services[0].draining.clear();
+    removed.services[0].backends.push(Backend {
+        ip: ip("10.42.3.3"),
+        node_ip: ip("192.168.50.11"),
+    });
+    let retired_state = plan_ok(&draining_state, &removed);
+    let retired_flags = serving | backend_flags::DRAINING | backend_flags::GONE;
+    assert!(ids_of(&retired_state).values().all(|f| *f == retired_flags));
+    assert_eq!(retired(&retired_state).collect::<Vec<_>>(), pod_ids);
+    let new_ids: BTreeSet<u32> = retired_state
+        .backends
+        .iter()
+        .filter(|(_, b)| b.ip == [10, 42, 3, 3])
+        .map(|(&id, _)| id)
+        .collect();
+    assert!(new_ids.iter().all(|id| !pod_ids.contains(id)));
+    // Planning again keeps them: only a release lets them go.
+    assert_eq!(plan_ok(&retired_state, &removed), retired_state);
+
+    // Back: its old slots, serving, in the tables again.
+    let back = plan_ok(&retired_state, &file);
+    assert_eq!(ids_of(&back).into_keys().collect::<Vec<_>>(), pod_ids);
+    for (id, f) in ids_of(&back) {
+        assert_eq!(f, serving);
+        assert!(in_tables(&back, id));
+    }
+
+    // Removed again, then released: gone, and free for the plan after.
+    let again = plan_ok(&back, &removed);
+    let release: BTreeSet<u32> = retired(&again).collect();
+    assert_eq!(release.iter().copied().collect::<Vec<_>>(), pod_ids);
+    let released = plan_releasing(&again, &removed, &release);
+    assert!(ids_of(&released).is_empty());
+    let mut another = removed.clone();
+    another.services[0].backends.push(Backend {
+        ip: ip("10.42.4.4"),
+        node_ip: ip("192.168.50.11"),
+    });
+    let reusing = plan_ok(&released, &another);
+    let reused: BTreeSet<u32> = reusing
+        .backends
+        .iter()
+        .filter(|(_, b)| b.ip == [10, 42, 4, 4])
+        .map(|(&id, _)| id)
+        .collect();
+    assert_eq!(reused, pod_ids.iter().copied().collect());
 }
