@@ -406,8 +406,7 @@ fn rewrite(ctx: *mut xdp_md, s: &Scratch, forward: bool, counter: Counter) -> Ou
     let Parsed::Quote(mut m) = message(data, end) else {
         return Outcome::Pass(Counter::PassMalformed);
     };
-    let src = (s.src.addr != 0).then_some(s.src);
-    translate(m.icmp, &mut m.q, &s.old, src, Some(s.dst));
+    translate(m.icmp, &mut m.q, &s.old, Some(s.src), Some(s.dst));
     let out_src = (s.out_src != 0).then_some(s.out_src);
     readdress(m.ip, s.outer, out_src, Some(s.out_dst), forward);
     if forward {
