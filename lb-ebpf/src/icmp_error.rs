@@ -57,11 +57,16 @@
 //!
 //! Everything here runs out of line (`#[inline(never)]` BPF-to-BPF calls,
 //! one per program entry) and only once a packet is known to be an ICMP
-//! error: the flow paths keep their instructions and stack, and this path's
-//! frame (a FIB lookup's 64 bytes and two keys) is added only beside the
-//! ingress frame, never beside a new flow's `conntrack::create`. A tail
-//! call would give it a stack of its own, but needs a program array the
-//! agent fills and every test harness loads; a call needs neither.
+//! error: the flow paths keep their instructions and stack. The XDP
+//! functions keep their lookup key, FIB parameters and everything they
+//! carry across a helper call in this CPU's `flow_scratch` slot (see
+//! `Scratch`), so their own frames stay at 88 bytes: on Linux 6.1, which
+//! rounds every frame up to 32 bytes, `lb_ingress` (344 → 352) + one of them
+//! (88 → 96) + the `memset` they call (0 → 32) is 480 of the 512 bytes, and
+//! they are never on a call chain with a new flow's `conntrack::create`. A
+//! tail call would give this path a stack of its own, but needs a program
+//! array that the agent fills and every test harness loads; a call needs
+//! neither.
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC, bpf_fib_lookup, xdp_md},
