@@ -41,6 +41,21 @@ impl Delta {
         self.bytes2([old[2], old[3]], [new[2], new[3]]);
     }
 
+    /// An IPv4 address change, both given as `u32::from_ne_bytes` of the
+    /// address bytes (so a value that sits in a register need not be
+    /// written out as bytes first).
+    #[inline(always)]
+    pub fn addr32(&mut self, old: u32, new: u32) {
+        self.addr(old.to_ne_bytes(), new.to_ne_bytes());
+    }
+
+    /// Both changes together (each at most a dozen words).
+    #[must_use]
+    #[inline(always)]
+    pub fn plus(self, other: Delta) -> Delta {
+        Delta(self.0 + other.0)
+    }
+
     /// The checksum field after the change.
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {

@@ -6,8 +6,13 @@
 //! skb may be `CHECKSUM_PARTIAL` (its L4 field then holds only the
 //! pseudo-header sum, finished by the NIC), and the helpers update the field
 //! correctly for either state. `BPF_F_MARK_MANGLED_0` keeps a zero UDP
-//! checksum ("none") zero. Fragments, IP options and anything else are left
-//! alone: this program never drops, it answers "next" (`TC_ACT_UNSPEC`).
+//! checksum ("none") zero. ICMP errors about packets we sent on to a local
+//! pod (DNAT) are translated by `icmp_error`. Of a fragmented reply only the first
+//! fragment carries the ports: it is translated as any reply
+//! (`egress_fragmented_reply`); the later ones leave with the pod's address,
+//! so the client never completes the datagram (the fragment policy is in
+//! the README). IP options and anything else are left alone: this program
+//! never drops, it answers "next" (`TC_ACT_UNSPEC`).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
@@ -21,9 +26,9 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack, icmp_error,
     maps::REV_NAT,
-    parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, Ipv4Hdr, TcpHdr, UdpHdr},
+    parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr},
     service::flow_key,
     stats,
 };
@@ -47,13 +52,26 @@ pub fn process(ctx: &TcContext) -> i32 {
         )]
         let _ = ctx.pull_data(want as u32);
     }
-    if let Some(rw) = lookup(ctx) {
-        apply(ctx, &rw);
+    match lookup(ctx) {
+        Found::Reply(rw) => apply(ctx, &rw),
+        // Out of line (see the modules): only these packets pay for them.
+        Found::IcmpError => return icmp_error::egress(ctx.skb.skb),
+        Found::Other => {}
     }
     TC_ACT_UNSPEC
 }
 
+enum Found {
+    /// A local backend's reply, and its rewrite.
+    Reply(Rewrite),
+    /// An IPv4 packet (no options) carrying an ICMP error.
+    IcmpError,
+    Other,
+}
+
 struct Rewrite {
+    /// The first fragment of a fragmented reply.
+    fragment: bool,
     old_src: [u8; 4],
     new_src: [u8; 4],
     old_sport: [u8; 2],
@@ -65,28 +83,51 @@ struct Rewrite {
 /// records the packet in the flow's state. Everything needed later is copied
 /// out: the helpers that write the packet invalidate packet pointers.
 #[inline(always)]
-fn lookup(ctx: &TcContext) -> Option<Rewrite> {
+fn lookup(ctx: &TcContext) -> Found {
+    match reply(ctx) {
+        Ok(rw) => Found::Reply(rw),
+        Err(f) => f,
+    }
+}
+
+#[inline(always)]
+fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
     // SAFETY: the only cursor over this packet; dropped before any helper
     // writes to it.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
-    let eth = cur.take::<EthHdr>()?;
+    let eth = cur.take::<EthHdr>().ok_or(Found::Other)?;
     if eth.proto() != ETH_P_IPV4 {
-        return None;
+        return Err(Found::Other);
     }
-    let ip = cur.take::<Ipv4Hdr>()?;
-    if ip.vihl != 0x45 || ip.is_fragment() {
-        return None;
+    let ip = cur.take::<Ipv4Hdr>().ok_or(Found::Other)?;
+    if ip.vihl != 0x45 {
+        return Err(Found::Other);
+    }
+    // A first fragment carries the ports and is translated as any reply
+    // (its transport checksum covers the whole datagram, and changes by the
+    // same amount); later ones cannot be told apart (module docs).
+    let fragment = ip.is_fragment();
+    if fragment && u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+        return Err(Found::Other);
     }
     let (sport, dport, tcp_flags, udp) = match ip.proto {
         proto::TCP => {
-            let t = cur.take::<TcpHdr>()?;
+            let t = cur.take::<TcpHdr>().ok_or(Found::Other)?;
             (t.sport, t.dport, t.flags, false)
         }
         proto::UDP => {
-            let u = cur.take::<UdpHdr>()?;
+            let u = cur.take::<UdpHdr>().ok_or(Found::Other)?;
             (u.sport, u.dport, 0, true)
         }
-        _ => return None,
+        proto::ICMP => {
+            let h = cur.take::<IcmpHdr>().ok_or(Found::Other)?;
+            return Err(if icmp_error::is_error(h.ty) {
+                Found::IcmpError
+            } else {
+                Found::Other
+            });
+        }
+        _ => return Err(Found::Other),
     };
     let key = flow_key(
         ip.src,
@@ -95,18 +136,19 @@ fn lookup(ctx: &TcContext) -> Option<Rewrite> {
         u16::from_be_bytes(dport),
         ip.proto,
     );
-    let rp = REV_NAT.get_ptr_mut(key)?;
+    let rp = REV_NAT.get_ptr_mut(key).ok_or(Found::Other)?;
     // SAFETY: value pointer the map just returned; the fields we need are
     // read by value.
     let (flags, new_src, new_sport) =
         unsafe { ((*rp).flags, v4_of(&(*rp).new_src), (*rp).new_sport) };
     if flags & flow_flags::REMOTE != 0 {
-        return None;
+        return Err(Found::Other);
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     conntrack::backend_packet(rp, ip.proto, family::V4, tcp_flags, now);
-    Some(Rewrite {
+    Ok(Rewrite {
+        fragment,
         old_src: ip.src,
         new_src,
         old_sport: sport,
@@ -160,4 +202,7 @@ fn apply(ctx: &TcContext, rw: &Rewrite) {
         return;
     }
     stats::count(Counter::EgressReply);
+    if rw.fragment {
+        stats::count(Counter::EgressFragmentedReply);
+    }
 }

@@ -36,6 +36,21 @@ pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its "unset"
     // state, which the helper expects for fields we do not fill.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    route_with(ctx, &mut p, src, dst, proto, tot_len)
+}
+
+/// [`route`] with the lookup's parameters in `p`, all zero on entry
+/// (memory the caller owns, e.g. a scratch map's, when its stack has no 64
+/// bytes to spare).
+#[inline(always)]
+pub fn route_with(
+    ctx: &XdpContext,
+    p: &mut bpf_fib_lookup,
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    tot_len: u16,
+) -> Route {
     p.family = AF_INET;
     p.l4_protocol = proto;
     p.__bindgen_anon_1.tot_len = tot_len;
@@ -55,7 +70,7 @@ pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u
     let len = core::mem::size_of::<bpf_fib_lookup>() as i32;
     // SAFETY: ctx is this program's context and p a stack struct of the
     // size we pass.
-    let rc = unsafe { fib_lookup_helper(ctx.as_ptr(), &raw mut p, len, 0) };
+    let rc = unsafe { fib_lookup_helper(ctx.as_ptr(), &raw mut *p, len, 0) };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         Route::Hop(NextHop {
             ifindex: p.ifindex,

@@ -1,16 +1,19 @@
 //! ICMP echo to a VIP is answered from XDP (so `ping VIP` works whichever
-//! backends exist). Other ICMP to a VIP is dropped: errors about flows would
-//! need their inner headers translated, which we do not do yet.
+//! backends exist). ICMP errors (destination unreachable, time exceeded,
+//! parameter problem) go to `icmp_error`, which forwards those about a flow
+//! to its backend. Other ICMP to a VIP is dropped.
 //!
 //! The reply's checksum is the request's, updated incrementally, so a request
 //! with a wrong checksum would get a reply with a wrong one: the checksum is
 //! verified over the whole message first (`bad_icmp_checksum`), a loop over
 //! at most `MAX_SUMMED` bytes — more than any frame this program sees.
 
-use lb_common::{Counter, DropReason};
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Counter, DatapathConfig, DropReason};
 
 use crate::{
     csum::{self, Delta},
+    icmp_error,
     parse::{Cursor, EthHdr, IcmpHdr, Ipv4Hdr},
     verdict::Outcome,
 };
@@ -22,13 +25,23 @@ const REPLY_TTL: u8 = 64;
 /// `ip` is validated (no options, whole datagram, checksum right); `l4_len`
 /// is how many bytes the IP header says follow it.
 #[inline(always)]
-pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4_len: usize) -> Outcome {
+pub fn handle(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    cfg: &DatapathConfig,
+    l4_len: usize,
+) -> Outcome {
     if l4_len < core::mem::size_of::<IcmpHdr>() {
         return Outcome::Drop(DropReason::Truncated);
     }
     let Some(icmp) = cur.take::<IcmpHdr>() else {
         return Outcome::Drop(DropReason::Truncated);
     };
+    if icmp_error::is_error(icmp.ty) {
+        return Outcome::Counted(icmp_error::to_backend(ctx.ctx, cfg));
+    }
     if icmp.ty != ECHO_REQUEST || icmp.code != 0 {
         return Outcome::Drop(DropReason::UnsupportedProtocol);
     }

@@ -16,7 +16,10 @@
 //! - a martian source (0/8, 127/8, 224/4, 240/4, the node's address):
 //!   `martian_source`, before any flow state;
 //! - ICMP echo request is answered (see `icmp`; wrong ICMP checksum:
-//!   `bad_icmp_checksum`), other ICMP and protocols other than TCP/UDP:
+//!   `bad_icmp_checksum`); ICMP errors (destination unreachable, time
+//!   exceeded, parameter problem) about a reply we sent are forwarded to
+//!   the flow's backend (see `icmp_error`; none: `icmp_error_no_flow`,
+//!   `icmp_error_malformed`); other ICMP and protocols other than TCP/UDP:
 //!   `unsupported_protocol`;
 //! - TTL <= 1 on a packet we would forward: `ttl_exceeded` (an echo request
 //!   is answered whatever its TTL: we are its destination);
@@ -24,8 +27,29 @@
 //!   `truncated`.
 //!
 //! Node path: only a well-formed TCP/UDP packet to a NAT port whose reply
-//! 5-tuple is in `rev_nat` is touched; everything else to the node's address
-//! passes untouched (`pass_node_traffic`).
+//! 5-tuple is in `rev_nat`, an ICMP error about a packet we sent to a
+//! remote backend (see `icmp_error`: sent on to the client) and the first
+//! fragment of a remote backend's fragmented reply (dropped, see below)
+//! are touched; everything else to the node's address passes untouched
+//! (`pass_node_traffic`, `pass_icmp_error_no_flow`, `pass_node_fragment`).
+//!
+//! Fragment policy. No fragment is translated: only the first carries the
+//! ports, and matching the others to it would take a table of datagrams in
+//! flight, filled in arrival order, which we do not keep. So:
+//! - a fragment to a VIP is dropped (`fragment`); clients learn the path MTU
+//!   from the ICMP errors we translate (`icmp_error`) and stop fragmenting;
+//! - a remote backend's fragmented reply: its first fragment is dropped
+//!   (`fragmented_reply`, see `fragment`), the others pass to the kernel,
+//!   which never completes the datagram and so never answers the pod with a
+//!   port unreachable;
+//! - a local backend's fragmented reply (`lb_egress`): its first fragment
+//!   is translated as any reply (`egress_fragmented_reply`), the others
+//!   leave with the pod's address and the client never completes the
+//!   datagram;
+//! - an ICMP error quoting a non-first fragment matches no flow.
+//!
+//! Either way a reply larger than the path MTU is lost, and counted; what
+//! the fragments of a local one leave untranslated is the pod's address.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
@@ -42,12 +66,12 @@ use crate::{
     conntrack::{self, ReplyKey},
     csum,
     forward::{self, Route},
-    icmp,
+    fragment, icmp, icmp_error,
     maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
-        Ipv4Hdr, TcpHdr, UdpHdr,
+        IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
     },
     service::{self, Choice, flow_key},
     stats,
@@ -195,7 +219,7 @@ fn service_path(
     }
     let proto = ip.proto;
     if proto == proto::ICMP {
-        return icmp::handle(cur, eth, ip, l4_len);
+        return icmp::handle(ctx, cur, eth, ip, cfg, l4_len);
     }
     if proto != proto::TCP && proto != proto::UDP {
         return Outcome::Drop(DropReason::UnsupportedProtocol);
@@ -433,10 +457,22 @@ fn node_path(
     cfg: &DatapathConfig,
     frame_len: usize,
 ) -> Outcome {
-    let Ok(l4_len) = check_ipv4(ip, frame_len) else {
-        return Outcome::Pass(Counter::PassNodeTraffic);
+    let l4_len = match check_ipv4(ip, frame_len) {
+        Ok(l) => l,
+        Err(DropReason::Fragment) => {
+            return Outcome::Counted(fragment::to_node(ctx.ctx, cfg));
+        }
+        Err(_) => return Outcome::Pass(Counter::PassNodeTraffic),
     };
     let proto = ip.proto;
+    if proto == proto::ICMP {
+        return match cur.take::<IcmpHdr>() {
+            Some(h) if l4_len >= core::mem::size_of::<IcmpHdr>() && icmp_error::is_error(h.ty) => {
+                Outcome::Counted(icmp_error::to_client(ctx.ctx, cfg))
+            }
+            _ => Outcome::Pass(Counter::PassNodeTraffic),
+        };
+    }
     if proto != proto::TCP && proto != proto::UDP {
         return Outcome::Pass(Counter::PassNodeTraffic);
     }

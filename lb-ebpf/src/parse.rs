@@ -128,6 +128,29 @@ pub struct IcmpHdr {
     pub rest: [u8; 4],
 }
 
+/// The first eight bytes of a TCP or UDP header: all an ICMP error must
+/// quote of it (RFC 792), and all a first fragment is sure to hold.
+#[repr(C)]
+pub struct L4Head {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// UDP: length. TCP: the sequence number's high half.
+    pub w2: [u8; 2],
+    /// UDP: checksum. TCP: the sequence number's low half.
+    pub w3: [u8; 2],
+}
+
+/// TCP header bytes 8 to 17, after [`L4Head`]: up to and including the
+/// checksum.
+#[repr(C)]
+pub struct TcpTail {
+    pub ack: [u8; 4],
+    pub doff: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+}
+
 // SAFETY: all of these are #[repr(C)] structs of u8 and [u8; N] only.
 unsafe impl Header for EthHdr {}
 // SAFETY: as above.
@@ -140,6 +163,10 @@ unsafe impl Header for TcpHdr {}
 unsafe impl Header for UdpHdr {}
 // SAFETY: as above.
 unsafe impl Header for IcmpHdr {}
+// SAFETY: as above.
+unsafe impl Header for L4Head {}
+// SAFETY: as above.
+unsafe impl Header for TcpTail {}
 
 const _: () = assert!(size_of::<EthHdr>() == ETH_LEN);
 const _: () = assert!(size_of::<ArpHdr>() == 28);
@@ -147,6 +174,8 @@ const _: () = assert!(size_of::<Ipv4Hdr>() == IPV4_LEN);
 const _: () = assert!(size_of::<TcpHdr>() == 20);
 const _: () = assert!(size_of::<UdpHdr>() == 8);
 const _: () = assert!(size_of::<IcmpHdr>() == 8);
+const _: () = assert!(size_of::<L4Head>() == 8);
+const _: () = assert!(size_of::<TcpTail>() == 10);
 
 /// Walks a frame front to back. Every byte is handed out at most once, so
 /// the `&mut` references it returns never alias.

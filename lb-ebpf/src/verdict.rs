@@ -13,6 +13,9 @@ pub enum Outcome {
     /// `bpf_redirect`'s return value (`XDP_REDIRECT` on success).
     Redirect(u32, Counter),
     Drop(DropReason),
+    /// An XDP action whose outcome an out-of-line subprogram (the ICMP
+    /// error and fragment paths) already counted.
+    Counted(u32),
 }
 
 impl Outcome {
@@ -35,6 +38,7 @@ impl Outcome {
                 stats::count_drop(r);
                 XDP_DROP
             }
+            Outcome::Counted(action) => action,
         }
     }
 }

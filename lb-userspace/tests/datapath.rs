@@ -2303,3 +2303,661 @@ fn the_sweeper_spares_an_entry_a_new_flow_took_over_during_its_walk() {
         );
     });
 }
+
+// ---------------------------------------------------------------- ICMP errors
+
+/// A router on the client's side of the LAN.
+const CLIENT_ROUTER: [u8; 4] = [10, 200, 0, 254];
+/// A router between the node and the pods (one of the pod network).
+const POD_ROUTER: [u8; 4] = [10, 244, 1, 1];
+/// "Fragmentation needed" with a next-hop MTU of 1400 (type 3, code 4).
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
+const PORT_UNREACH: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+const TTL_EXCEEDED: (u8, u8, [u8; 4]) = (11, 0, [0; 4]);
+/// Parameter problem, pointing at byte 8 of the quoted header (its TTL).
+const PARAM_PROBLEM: (u8, u8, [u8; 4]) = (12, 0, [8, 0, 0, 0]);
+
+/// An ICMP error from `src` to `dst` quoting `quote` (an IPv4 packet, or
+/// the start of one), with a right ICMP checksum.
+fn icmp_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    (ty, code, rest): (u8, u8, [u8; 4]),
+    quote: &[u8],
+) -> Pkt {
+    let mut p = Pkt::tcp(src, 0, dst, 0, 0);
+    p.l4 = L4::Other(proto::ICMP);
+    p.frag = 0;
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(quote);
+    let c = !support::packet::ones_sum(&m, 0);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    p.payload = m;
+    p
+}
+
+/// The IPv4 packet of a frame (what an error quotes), cut to `len` bytes.
+fn ip_bytes(frame: &[u8], len: usize) -> Vec<u8> {
+    let ip = &frame[14..];
+    ip[..len.min(ip.len())].to_vec()
+}
+
+/// The ICMP type, code, rest of header and quote of an error frame, after
+/// checking every checksum that can be checked: the outer IPv4 header's
+/// and the ICMP checksum (etherparse), the quoted IPv4 header's, and the
+/// quoted transport checksum when the whole quoted packet is there.
+#[track_caller]
+fn error_parts(out: &[u8]) -> (u8, u8, [u8; 4], Vec<u8>) {
+    assert_checksums(out);
+    let v = view(out);
+    let m = &v.payload;
+    let l4 = &out[34..34 + 8];
+    let quote = m.clone();
+    assert!(quote.len() >= 28, "quote of {} bytes", quote.len());
+    assert_eq!(
+        support::packet::ones_sum(&quote[..20], 0),
+        0xffff,
+        "quoted IPv4 header checksum"
+    );
+    let qtot = usize::from(u16::from_be_bytes([quote[2], quote[3]]));
+    if quote.len() == qtot {
+        let mut f = vec![0u8; 14];
+        f[12] = 8;
+        f.extend_from_slice(&quote);
+        assert_ne!(l4_verifies(&f), Some(false), "quoted transport checksum");
+    }
+    (l4[0], l4[1], l4[4..8].try_into().expect("4 bytes"), quote)
+}
+
+/// Direction (a), local backend: errors from the client's side about the
+/// replies we sent as `VIP:port` reach the pod, quoting the pod's own
+/// packet byte for byte (so its socket matches them), addressed to the pod
+/// (the kernel routes them; TTL untouched here). Every error type, UDP and
+/// TCP, whole quotes and 28-byte ones.
+#[test]
+fn icmp_errors_from_the_client_side_reach_a_local_backend() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        let q = Pkt::udp(CLIENT, 5353, VIP, 53);
+        lb.expect("UDP query", &q.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let syn = Pkt::tcp(CLIENT, 40100, VIP, 80, SYN);
+        lb.expect("SYN", &syn.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let mut udp_reply = Pkt::udp(pod_ip, pod_port, CLIENT, 5353);
+        udp_reply.payload = vec![0x5a; 1400];
+        let mut tcp_reply = Pkt::tcp(pod_ip, pod_port, CLIENT, 40100, SYN | ACK);
+        tcp_reply.payload = vec![0xa5; 100];
+        for (reply, cut) in [
+            (&udp_reply, usize::MAX),
+            (&udp_reply, 28),
+            (&tcp_reply, usize::MAX),
+            (&tcp_reply, 28),
+            (&tcp_reply, 38),
+        ] {
+            let sent = lb.run_egress(&reply.build());
+            assert_eq!(
+                view(&sent.out).ip.source,
+                VIP,
+                "egress translated the reply"
+            );
+            for (from, kind) in [
+                (CLIENT_ROUTER, FRAG_NEEDED),
+                (CLIENT, PORT_UNREACH),
+                (CLIENT_ROUTER, TTL_EXCEEDED),
+                (CLIENT_ROUTER, PARAM_PROBLEM),
+            ] {
+                let what = format!("{kind:?} from {from:?}, quote cut at {cut}");
+                let err = icmp_error(from, VIP, kind, &ip_bytes(&sent.out, cut));
+                let out = lb.expect(
+                    &what,
+                    &err.build(),
+                    XDP_PASS,
+                    Want::C(C::IcmpErrorToBackend),
+                );
+                let v = view(&out);
+                assert_eq!(
+                    (
+                        v.eth_src,
+                        v.eth_dst,
+                        v.ip.source,
+                        v.ip.destination,
+                        v.ip.time_to_live
+                    ),
+                    (err.eth_src, err.eth_dst, from, pod_ip, 64),
+                    "{what}: DNAT to the pod, nothing else"
+                );
+                let (ty, code, rest, quote) = error_parts(&out);
+                assert_eq!(
+                    (ty, code, rest),
+                    kind,
+                    "{what}: type, code, MTU/pointer kept"
+                );
+                assert_eq!(
+                    quote,
+                    ip_bytes(&reply.build(), cut),
+                    "{what}: the quote is the pod's own packet"
+                );
+            }
+        }
+        // The flow is untouched by its errors (RFC 5508: no refresh).
+        let rev = lb
+            .rev_nat(&flow(pod_ip, CLIENT, pod_port, 5353, proto::UDP))
+            .expect("rev_nat");
+        assert_eq!(rev.new_sport, 53);
+    });
+}
+
+/// Direction (a), remote backend: full NAT as the flow's packets, sent to
+/// the backend's node: `node → pod`, quoting `pod:port → node:nat_port`.
+#[test]
+fn icmp_errors_from_the_client_side_reach_a_remote_backend() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        for (first, port) in [
+            (Pkt::udp(CLIENT, 6000, VIP, 87), 87),
+            (Pkt::tcp(CLIENT, 40101, VIP, 81, SYN), 81),
+        ] {
+            let out = lb.expect(
+                "first packet",
+                &first.build(),
+                XDP_TX,
+                Want::C(C::RemoteNewFlow),
+            );
+            let nat_port = view(&out).sport;
+            let mut reply = if first.proto() == proto::UDP {
+                Pkt::udp(pod_ip, pod_port, NODE_IP, nat_port)
+            } else {
+                Pkt::tcp(pod_ip, pod_port, NODE_IP, nat_port, SYN | ACK)
+            };
+            reply.eth_src = PEER_NODE_MAC;
+            reply.payload = vec![0x77; 600];
+            let sent = lb.expect("reply", &reply.build(), XDP_TX, Want::C(C::RemoteReply));
+            assert_eq!((view(&sent).ip.source, view(&sent).sport), (VIP, port));
+            // What the client got left us with TTL 63; the quote is that
+            // packet with the backend's addresses back.
+            let mut as_sent = reply.clone();
+            as_sent.ttl = 63;
+            for cut in [usize::MAX, 28] {
+                for kind in [FRAG_NEEDED, PORT_UNREACH, TTL_EXCEEDED, PARAM_PROBLEM] {
+                    let what = format!("{kind:?}, proto {}, cut {cut}", first.proto());
+                    let err = icmp_error(CLIENT_ROUTER, VIP, kind, &ip_bytes(&sent, cut));
+                    let out =
+                        lb.expect(&what, &err.build(), XDP_TX, Want::C(C::IcmpErrorToBackend));
+                    let v = view(&out);
+                    assert_eq!(
+                        (
+                            v.eth_src,
+                            v.eth_dst,
+                            v.ip.source,
+                            v.ip.destination,
+                            v.ip.time_to_live
+                        ),
+                        (NODE_MAC, PEER_NODE_MAC, NODE_IP, pod_ip, 63),
+                        "{what}: full NAT to the backend's node"
+                    );
+                    let (ty, code, rest, quote) = error_parts(&out);
+                    assert_eq!((ty, code, rest), kind, "{what}");
+                    assert_eq!(quote, ip_bytes(&as_sent.build(), cut), "{what}: quote");
+                }
+            }
+        }
+        // An error at its last hop is not forwarded.
+        let (first, _) = remote_flow(lb, 40102, SYN);
+        let ct = lb.conntrack(&first).expect("conntrack");
+        let reply = Pkt::tcp(pod_ip, pod_port, NODE_IP, ct.nat_port, ACK);
+        let sent = lb.expect("reply", &reply.build(), XDP_TX, Want::C(C::RemoteReply));
+        let mut err = icmp_error(CLIENT_ROUTER, VIP, FRAG_NEEDED, &ip_bytes(&sent, 28));
+        err.ttl = 1;
+        lb.expect_untouched("TTL 1", &err.build(), XDP_DROP, Want::D(D::TtlExceeded));
+    });
+}
+
+/// Direction (b), remote backend: an error about a packet we full-NATed to
+/// the backend (a router on the pod's side, or the backend's node, with
+/// MTU 1400) reaches the client from the VIP, quoting the client's own
+/// packet; the client's kernel then learns the path MTU of the VIP.
+#[test]
+fn icmp_errors_about_a_remote_flow_reach_the_client() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        let mut udp = Pkt::udp(CLIENT, 6100, VIP, 87);
+        udp.payload = vec![0x11; 1422];
+        let mut syn = Pkt::tcp(CLIENT, 40110, VIP, 81, SYN);
+        syn.payload = vec![0x22; 64];
+        for client_pkt in [udp, syn] {
+            let fwd = lb.expect(
+                "forwarded",
+                &client_pkt.build(),
+                XDP_TX,
+                Want::C(C::RemoteNewFlow),
+            );
+            let v = view(&fwd);
+            assert_eq!((v.ip.source, v.ip.destination), (NODE_IP, pod_ip));
+            // The client's packet as it left us: TTL 63.
+            let mut as_sent = client_pkt.clone();
+            as_sent.ttl = 63;
+            for (from, cut) in [(POD_ROUTER, usize::MAX), (PEER_NODE, 28), (PEER_NODE, 48)] {
+                for kind in [FRAG_NEEDED, PORT_UNREACH, TTL_EXCEEDED, PARAM_PROBLEM] {
+                    let what = format!(
+                        "{kind:?} from {from:?}, proto {}, cut {cut}",
+                        client_pkt.proto()
+                    );
+                    let mut err = icmp_error(from, NODE_IP, kind, &ip_bytes(&fwd, cut));
+                    err.eth_src = PEER_NODE_MAC;
+                    let out = lb.expect(&what, &err.build(), XDP_TX, Want::C(C::IcmpErrorToClient));
+                    let v = view(&out);
+                    assert_eq!(
+                        (
+                            v.eth_src,
+                            v.eth_dst,
+                            v.ip.source,
+                            v.ip.destination,
+                            v.ip.time_to_live
+                        ),
+                        (NODE_MAC, CLIENT_MAC, VIP, CLIENT, 63),
+                        "{what}: from the VIP to the client"
+                    );
+                    let (ty, code, rest, quote) = error_parts(&out);
+                    assert_eq!((ty, code, rest), kind, "{what}");
+                    assert_eq!(quote, ip_bytes(&as_sent.build(), cut), "{what}: quote");
+                }
+            }
+        }
+        let _ = pod_port;
+
+        // A client the kernel has not resolved: translated, and left to the
+        // kernel to forward (TTL untouched), as replies are.
+        let q = Pkt::udp(CLIENT_NO_NEIGH, 6101, VIP, 87);
+        let fwd = lb.expect("forwarded", &q.build(), XDP_TX, Want::C(C::RemoteNewFlow));
+        let err = icmp_error(PEER_NODE, NODE_IP, FRAG_NEEDED, &ip_bytes(&fwd, usize::MAX));
+        let out = lb.expect(
+            "client unresolved",
+            &err.build(),
+            XDP_PASS,
+            Want::C(C::FibPassToKernel),
+        );
+        let v = view(&out);
+        assert_eq!(
+            (v.ip.source, v.ip.destination, v.ip.time_to_live),
+            (VIP, CLIENT_NO_NEIGH, 64)
+        );
+        let mut as_sent = q.clone();
+        as_sent.ttl = 63;
+        assert_eq!(error_parts(&out).3, ip_bytes(&as_sent.build(), usize::MAX));
+    });
+}
+
+/// Direction (b), local backend: the node's kernel (or a router on the
+/// pod's side) answers a packet we sent on to a local pod (DNAT); `lb_egress` makes
+/// the error come from the VIP and quote the client's own packet.
+#[test]
+fn icmp_errors_about_a_local_flow_leave_from_the_vip() {
+    with_lb(|lb| {
+        let (pod_ip, _) = pod(LOCAL_A);
+        let mut q = Pkt::udp(CLIENT, 5400, VIP, 53);
+        q.payload = vec![0x33; 1422];
+        let mut syn = Pkt::tcp(CLIENT, 40120, VIP, 80, SYN);
+        syn.payload = vec![0x44; 64];
+        for client_pkt in [q, syn] {
+            let fwd = lb.expect(
+                "DNAT",
+                &client_pkt.build(),
+                XDP_PASS,
+                Want::C(C::LocalNewFlow),
+            );
+            assert_eq!(view(&fwd).ip.destination, pod_ip);
+            for (from, cut) in [(NODE_IP, usize::MAX), (NODE_IP, 28), (POD_ROUTER, 38)] {
+                for kind in [FRAG_NEEDED, PORT_UNREACH, TTL_EXCEEDED, PARAM_PROBLEM] {
+                    let what = format!(
+                        "{kind:?} from {from:?}, proto {}, cut {cut}",
+                        client_pkt.proto()
+                    );
+                    let mut err = icmp_error(from, CLIENT, kind, &ip_bytes(&fwd, cut));
+                    err.eth_src = NODE_MAC;
+                    err.eth_dst = CLIENT_MAC;
+                    let before = lb.counts();
+                    let r = lb.run_egress(&err.build());
+                    let d = lb.counts().minus(&before);
+                    assert_eq!(r.action, TC_NEXT, "{what}");
+                    assert_eq!(
+                        (d.c(C::EgressIcmpError), d.c(C::EgressReply)),
+                        (1, 0),
+                        "{what}: {d:?}"
+                    );
+                    let v = view(&r.out);
+                    assert_eq!(
+                        (
+                            v.eth_src,
+                            v.eth_dst,
+                            v.ip.source,
+                            v.ip.destination,
+                            v.ip.time_to_live
+                        ),
+                        (NODE_MAC, CLIENT_MAC, VIP, CLIENT, 64),
+                        "{what}: from the VIP"
+                    );
+                    let (ty, code, rest, quote) = error_parts(&r.out);
+                    assert_eq!((ty, code, rest), kind, "{what}");
+                    assert_eq!(quote, ip_bytes(&client_pkt.build(), cut), "{what}: quote");
+                }
+            }
+        }
+    });
+}
+
+/// Errors that match no flow, malformed and truncated ones: never changed.
+/// To a VIP they are dropped (the kernel has nothing to do with a VIP), to
+/// the node passed (they may be about its own traffic), on egress left
+/// alone. A wrong ICMP checksum is not checked but stays exactly as wrong.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases per direction")]
+fn icmp_errors_that_match_no_flow_or_are_malformed_are_never_changed() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        let (rpod_ip, rpod_port) = pod(REMOTE_PEER);
+        lb.expect(
+            "local flow",
+            &Pkt::udp(CLIENT, 5500, VIP, 53).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        let fwd = lb.expect(
+            "remote flow",
+            &Pkt::udp(CLIENT, 5501, VIP, 87).build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        let nat_port = view(&fwd).sport;
+        let ours = Pkt::udp(VIP, 53, CLIENT, 5500).build();
+        let unknown = Pkt::udp(VIP, 53, CLIENT, 5999).build();
+        let with_options = {
+            let mut p = Pkt::udp(VIP, 53, CLIENT, 5500);
+            p.options = vec![1; 4];
+            p.build()
+        };
+        let non_first_fragment = {
+            let mut p = Pkt::udp(VIP, 53, CLIENT, 5500);
+            p.frag = 0x2000 | 0x0064;
+            p.build()
+        };
+        let quoted_icmp = Pkt::icmp_echo(VIP, CLIENT).build();
+        let ipv6ish = {
+            let mut f = ours.clone();
+            f[14] = 0x65;
+            f
+        };
+        let to_vip = |quote: &[u8]| icmp_error(CLIENT_ROUTER, VIP, FRAG_NEEDED, quote).build();
+        let mut cut_ip = to_vip(&ours);
+        let cut_len = 14 + 20 + 8 + 27;
+        cut_ip.truncate(cut_len);
+        let cases: Vec<(&str, Vec<u8>, u32, Want)> = vec![
+            (
+                "no such flow",
+                to_vip(&ip_bytes(&unknown, usize::MAX)),
+                XDP_DROP,
+                Want::D(D::IcmpErrorNoFlow),
+            ),
+            (
+                "quote with IP options",
+                to_vip(&ip_bytes(&with_options, usize::MAX)),
+                XDP_DROP,
+                Want::D(D::IcmpErrorNoFlow),
+            ),
+            (
+                "quote of a later fragment",
+                to_vip(&ip_bytes(&non_first_fragment, usize::MAX)),
+                XDP_DROP,
+                Want::D(D::IcmpErrorNoFlow),
+            ),
+            (
+                "quote of an ICMP echo reply",
+                to_vip(&ip_bytes(&quoted_icmp, usize::MAX)),
+                XDP_DROP,
+                Want::D(D::IcmpErrorNoFlow),
+            ),
+            (
+                "quote not from the VIP",
+                to_vip(&ip_bytes(
+                    &Pkt::udp(VIP_OTHER, 53, CLIENT, 5500).build(),
+                    usize::MAX,
+                )),
+                XDP_DROP,
+                Want::D(D::IcmpErrorNoFlow),
+            ),
+            (
+                "quote of 27 bytes",
+                to_vip(&ip_bytes(&ours, 27)),
+                XDP_DROP,
+                Want::D(D::IcmpErrorMalformed),
+            ),
+            (
+                "no quote",
+                to_vip(&[]),
+                XDP_DROP,
+                Want::D(D::IcmpErrorMalformed),
+            ),
+            (
+                "quote not IPv4",
+                to_vip(&ip_bytes(&ipv6ish, usize::MAX)),
+                XDP_DROP,
+                Want::D(D::IcmpErrorMalformed),
+            ),
+            (
+                "frame cut inside the quote",
+                cut_ip,
+                XDP_DROP,
+                Want::D(D::Truncated),
+            ),
+        ];
+        for (what, frame, action, want) in cases {
+            lb.expect_untouched(what, &frame, action, want);
+        }
+
+        // To the node: passed untouched.
+        let sent_remote = ip_bytes(&fwd, usize::MAX);
+        let to_node = |quote: &[u8]| {
+            let mut p = icmp_error(PEER_NODE, NODE_IP, FRAG_NEEDED, quote);
+            p.eth_src = PEER_NODE_MAC;
+            p.build()
+        };
+        let other_port = {
+            let mut p = Pkt::udp(NODE_IP, nat_port.wrapping_add(1), rpod_ip, rpod_port);
+            p.ttl = 63;
+            p.build()
+        };
+        let outside_range = Pkt::udp(NODE_IP, 40000, rpod_ip, rpod_port).build();
+        let node_own = Pkt::tcp(NODE_IP, 22, CLIENT, 50000, ACK).build();
+        let local_rev_quote = Pkt::udp(pod_ip, pod_port, CLIENT, 5500).build();
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            (
+                "no flow on that NAT port",
+                to_node(&ip_bytes(&other_port, usize::MAX)),
+                Want::C(C::PassIcmpErrorNoFlow),
+            ),
+            (
+                "port outside the NAT range",
+                to_node(&ip_bytes(&outside_range, usize::MAX)),
+                Want::C(C::PassIcmpErrorNoFlow),
+            ),
+            (
+                "the node's own connection",
+                to_node(&ip_bytes(&node_own, usize::MAX)),
+                Want::C(C::PassIcmpErrorNoFlow),
+            ),
+            (
+                "quote of a local flow's reply",
+                to_node(&ip_bytes(&local_rev_quote, usize::MAX)),
+                Want::C(C::PassIcmpErrorNoFlow),
+            ),
+            (
+                "quote of 27 bytes",
+                to_node(&sent_remote[..27]),
+                Want::C(C::PassMalformed),
+            ),
+            ("no quote", to_node(&[]), Want::C(C::PassMalformed)),
+            (
+                "echo request",
+                Pkt::icmp_echo(CLIENT, NODE_IP).build(),
+                Want::C(C::PassNodeTraffic),
+            ),
+        ];
+        for (what, frame, want) in cases {
+            lb.expect_untouched(what, &frame, XDP_PASS, want);
+        }
+
+        // Egress: left alone.
+        let local_fwd = Pkt::udp(CLIENT, 5500, pod_ip, pod_port).build();
+        let to_client = |from, quote: &[u8]| {
+            let mut p = icmp_error(from, CLIENT, FRAG_NEEDED, quote);
+            p.eth_src = NODE_MAC;
+            p.eth_dst = CLIENT_MAC;
+            p.build()
+        };
+        for (what, frame) in [
+            (
+                "no such flow",
+                to_client(
+                    NODE_IP,
+                    &ip_bytes(
+                        &Pkt::udp(CLIENT, 5998, pod_ip, pod_port).build(),
+                        usize::MAX,
+                    ),
+                ),
+            ),
+            ("error to another host than the quote's source", {
+                let mut p = icmp_error(
+                    NODE_IP,
+                    CLIENT_FAR,
+                    FRAG_NEEDED,
+                    &ip_bytes(&local_fwd, usize::MAX),
+                );
+                p.eth_src = NODE_MAC;
+                p.build()
+            }),
+            (
+                "quote of 27 bytes",
+                to_client(NODE_IP, &ip_bytes(&local_fwd, 27)),
+            ),
+            (
+                "quote of a remote flow's packet",
+                to_client(NODE_IP, &sent_remote),
+            ),
+        ] {
+            let before = lb.counts();
+            let r = lb.run_egress(&frame);
+            let d = lb.counts().minus(&before);
+            assert_eq!(
+                (r.action, d.c(C::EgressIcmpError)),
+                (TC_NEXT, 0),
+                "egress {what}"
+            );
+            assert_eq!(r.out, frame, "egress {what}: changed");
+        }
+
+        // A wrong ICMP checksum is translated, and stays exactly as wrong:
+        // the receiver drops it as it would have.
+        let sent = ip_bytes(&Pkt::udp(VIP, 53, CLIENT, 5500).build(), usize::MAX);
+        let good = to_vip(&sent);
+        let mut bad = good.clone();
+        bad[36] ^= 0x10;
+        let out_good = lb.expect("good", &good, XDP_PASS, Want::C(C::IcmpErrorToBackend));
+        let out_bad = lb.expect(
+            "bad checksum",
+            &bad,
+            XDP_PASS,
+            Want::C(C::IcmpErrorToBackend),
+        );
+        let mut fixed = out_bad.clone();
+        fixed[36] ^= 0x10;
+        assert_eq!(fixed, out_good, "only the damage differs");
+        let tot = usize::from(u16::from_be_bytes([out_bad[16], out_bad[17]]));
+        assert_ne!(
+            support::packet::ones_sum(&out_bad[34..14 + tot], 0),
+            0xffff,
+            "a wrong checksum stays wrong"
+        );
+    });
+}
+
+/// Fragment policy: the first fragment of a remote backend's reply to a
+/// NAT port is dropped (`fragmented_reply`), later fragments and unrelated
+/// ones pass; the first fragment of a local backend's reply is translated
+/// on egress as any reply, later ones leave untouched.
+#[test]
+fn fragmented_replies_are_counted_by_reason() {
+    with_lb(|lb| {
+        let (rpod_ip, rpod_port) = pod(REMOTE_PEER);
+        let fwd = lb.expect(
+            "remote flow",
+            &Pkt::udp(CLIENT, 5600, VIP, 87).build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        let nat_port = view(&fwd).sport;
+        let frag = |p: &Pkt, frag: u16| {
+            let mut p = p.clone();
+            p.frag = frag;
+            p.payload = vec![0x55; 1000];
+            p.build()
+        };
+        let mut reply = Pkt::udp(rpod_ip, rpod_port, NODE_IP, nat_port);
+        reply.eth_src = PEER_NODE_MAC;
+        lb.expect_untouched(
+            "first fragment of a remote reply",
+            &frag(&reply, 0x2000),
+            XDP_DROP,
+            Want::D(D::FragmentedReply),
+        );
+        lb.expect_untouched(
+            "a later fragment",
+            &frag(&reply, 0x2000 | 0x007e),
+            XDP_PASS,
+            Want::C(C::PassNodeFragment),
+        );
+        let mut other = reply.clone();
+        other.dport = nat_port.wrapping_add(1);
+        lb.expect_untouched(
+            "first fragment to a port of no flow",
+            &frag(&other, 0x2000),
+            XDP_PASS,
+            Want::C(C::PassNodeFragment),
+        );
+        lb.expect(
+            "the flow goes on",
+            &reply.build(),
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
+
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        lb.expect(
+            "local flow",
+            &Pkt::udp(CLIENT, 5601, VIP, 53).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        let mut local = Pkt::udp(pod_ip, pod_port, CLIENT, 5601);
+        local.eth_src = NODE_MAC;
+        local.eth_dst = CLIENT_MAC;
+        let first = frag(&local, 0x2000);
+        let before = lb.counts();
+        let r = lb.run_egress(&first);
+        let d = lb.counts().minus(&before);
+        assert_eq!(r.action, TC_NEXT);
+        assert_eq!(
+            (d.c(C::EgressReply), d.c(C::EgressFragmentedReply)),
+            (1, 1),
+            "{d:?}"
+        );
+        let mut want = local.clone();
+        want.src = VIP;
+        want.sport = 53;
+        assert_eq!(r.out, frag(&want, 0x2000), "translated as any reply");
+        let later = frag(&local, 0x2000 | 0x007e);
+        let before = lb.counts();
+        let r = lb.run_egress(&later);
+        let d = lb.counts().minus(&before);
+        assert_eq!((r.action, d.c(C::EgressReply)), (TC_NEXT, 0));
+        assert_eq!(r.out, later, "later fragments carry no ports");
+    });
+}

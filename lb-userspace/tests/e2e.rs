@@ -1135,3 +1135,156 @@ fn four_nat_ports_keep_serving_across_rounds_longer_than_the_pods_time_wait() {
         "round 2 had a SYN dropped for want of a port: {v}"
     );
 }
+
+/// The PMTU must-show: a hop with MTU 1400 between each node and its pods
+/// (the nodes' `cni0` bridges and the pods' veths, as a CNI with a smaller
+/// pod MTU sets them); a client sends 1,450-byte UDP datagrams with DF
+/// through a VIP with a local backend and one with a remote backend. The
+/// node whose pod is behind the small hop answers "fragmentation needed,
+/// MTU 1400" about the translated packet — node1's kernel for the local
+/// backend (out through `lb_egress`), node2's for the remote one (back to
+/// node1's NAT port, through `lb_ingress`) — and the client must learn the
+/// path MTU of the VIP: its socket gets `EMSGSIZE`, `IP_MTU` says 1400 and
+/// its route cache holds `mtu 1400` for the VIP. Before the translation
+/// the error named the pod (local; the client filed the MTU under the pod's
+/// address) or died in node1's kernel (remote), and the client never
+/// learned anything.
+#[test]
+fn path_mtu_discovery_through_the_vip_for_local_and_remote_backends() {
+    const VIP_LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
+    const VIP_REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 201);
+    const SMALL_MTU: &str = "1400";
+    /// A 1,450-byte IPv4 datagram: 20 + 8 + 1422.
+    const PAYLOAD: usize = 1450 - 28;
+
+    let c = Cluster::new(2, 1, 1);
+    for node in c.topo.nodes() {
+        let ns = node.ns();
+        ns.ip(&["link", "set", "cni0", "mtu", SMALL_MTU])
+            .expect("cni0 mtu");
+        for pod in node.pods() {
+            ns.ip(&["link", "set", pod.host_peer(), "mtu", SMALL_MTU])
+                .expect("pod veth mtu, node side");
+            pod.ns()
+                .ip(&["link", "set", "eth0", "mtu", SMALL_MTU])
+                .expect("pod veth mtu, pod side");
+        }
+    }
+    let (local, remote) = (c.topo.node(1).pod(1), c.topo.node(2).pod(1));
+    let mut y = String::new();
+    let _ = writeln!(y, "node: {{ ip: {} }}", c.topo.node(1).ip());
+    let _ = writeln!(y, "announce: [{VIP_LOCAL}, {VIP_REMOTE}]");
+    let _ = writeln!(y, "services:");
+    for (name, vip, pod, node) in [
+        ("local", VIP_LOCAL, local, 1),
+        ("remote", VIP_REMOTE, remote, 2),
+    ] {
+        let _ = writeln!(y, "  - name: {name}\n    vip: {vip}");
+        let _ = writeln!(
+            y,
+            "    ports: [{{ port: {UDP_PORT}, protocol: UDP, target_port: {UDP_TARGET_PORT} }}]"
+        );
+        let _ = writeln!(
+            y,
+            "    backends: [{{ ip: {}, node_ip: {} }}]",
+            pod.ip(),
+            c.topo.node(node).ip()
+        );
+    }
+    write_config(&c, 1, &y);
+    start_agent(&c, 1);
+    c.wait_for(1, "both backends", |s| pods_in_use(s) == 2);
+
+    for (what, vip, pod, counter) in [
+        ("local", VIP_LOCAL, local, Counter::EgressIcmpError),
+        ("remote", VIP_REMOTE, remote, Counter::IcmpErrorToClient),
+    ] {
+        let addr = SocketAddr::V4(SocketAddrV4::new(vip, UDP_PORT));
+        // Small datagrams go through: the backend is there and answers.
+        let r = c
+            .topo
+            .client()
+            .udp_request(addr, b"small")
+            .unwrap_or_else(|e| panic!("{what}: a small datagram through {vip}: {e:#}"));
+        assert_eq!(r.answer.pod, pod.name(), "{what}");
+        let before = c.snapshot(1).expect("node1 maps").counter(counter);
+
+        let learned = in_netns(c.topo.client().ns(), || pmtu_probe(addr, PAYLOAD))
+            .expect("netns")
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\nnode1 log:\n{}", c.log(1)));
+        assert_eq!(
+            learned,
+            Some(1400),
+            "{what}: the client never learned the path MTU of {vip}"
+        );
+        let route = command_in(c.topo.client().ns(), "ip")
+            .args(["route", "get", &vip.to_string()])
+            .output()
+            .expect("ip route get");
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(
+            route.contains("mtu 1400"),
+            "{what}: the client's route cache for {vip}: {route}"
+        );
+        let after = c.snapshot(1).expect("node1 maps").counter(counter);
+        assert!(after > before, "{what}: {counter:?} {before} -> {after}");
+    }
+}
+
+/// From inside the client's namespace: a UDP socket connected to `addr`,
+/// path-MTU discovery on (`IP_PMTUDISC_DO`: DF set, never fragmented
+/// locally), sending `payload`-byte datagrams until the kernel refuses one
+/// with `EMSGSIZE` (it learned a smaller path MTU from an ICMP error about
+/// one of them); returns the socket's `IP_MTU` then, or `None` if 100 sends
+/// 20 ms apart never met the error.
+fn pmtu_probe(addr: SocketAddr, payload: usize) -> anyhow::Result<Option<i32>> {
+    use std::os::fd::AsRawFd as _;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(addr)?;
+    let fd = sock.as_raw_fd();
+    let setopt = |name: libc::c_int, v: libc::c_int| {
+        // SAFETY: a valid socket and a c_int option value of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                name,
+                (&raw const v).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("4"),
+            )
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "setsockopt {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    };
+    setopt(libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)?;
+    let data = vec![0x5a; payload];
+    for _ in 0..100 {
+        match sock.send(&data) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                let mut mtu: libc::c_int = 0;
+                let mut len =
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("4");
+                // SAFETY: a valid socket and an out value of the size given.
+                let rc = unsafe {
+                    libc::getsockopt(
+                        fd,
+                        libc::IPPROTO_IP,
+                        libc::IP_MTU,
+                        (&raw mut mtu).cast(),
+                        &raw mut len,
+                    )
+                };
+                anyhow::ensure!(rc == 0, "IP_MTU: {}", std::io::Error::last_os_error());
+                return Ok(Some(mtu));
+            }
+            // The backend's port-unreachable or the like would show here.
+            Err(e) => return Err(anyhow::Error::new(e).context("sending a large datagram")),
+        }
+    }
+    Ok(None)
+}

@@ -114,7 +114,7 @@ pub struct Counts {
 
 /// Counters that are not the final outcome of an ingress packet: steps on
 /// the way, and the egress program's own.
-const NOT_OUTCOMES: [Counter; 10] = [
+const NOT_OUTCOMES: [Counter; 12] = [
     Counter::IngressPackets,
     Counter::AffinityHit,
     Counter::FlowRepicked,
@@ -125,6 +125,8 @@ const NOT_OUTCOMES: [Counter; 10] = [
     Counter::SynOnLiveFlow,
     Counter::NatPortReclaimed,
     Counter::NatPortLost,
+    Counter::EgressIcmpError,
+    Counter::EgressFragmentedReply,
 ];
 
 impl Counts {
