@@ -122,6 +122,12 @@ numbered! {
         /// `egress_reply`). The later fragments carry no ports and leave
         /// untranslated, so the client never completes the datagram.
         EgressFragmentedReply = 30 => "egress_fragmented_reply",
+        /// A remote backend's reply to a client the kernel has no neighbour
+        /// entry for, sent to the MAC address the client's (or its router's)
+        /// last ARP request for a VIP came from (`learned_macs`) instead of
+        /// passed to the kernel, where netfilter may drop it (kube-proxy's
+        /// `ctstate INVALID` rule: the kernel never saw the flow).
+        ReplyToLearnedMac = 31 => "reply_to_learned_mac",
     }
 }
 

@@ -340,6 +340,55 @@ impl ArpStats {
     }
 }
 
+/// Key of maps indexed by one host address: 16 bytes and a family, as in
+/// the flow keys (IPv4 in the first four bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostKey {
+    pub addr: [u8; 16],
+    /// [`flow::family`] value.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl HostKey {
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        Self {
+            addr: flow::addr_v4(addr),
+            family: flow::family::V4,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of the `learned_macs` LRU hash: the link-layer address an ARP
+/// request for one of our VIPs came from (a client on the segment, or the
+/// router in front of it), for replies the kernel has no neighbour for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedMac {
+    pub mac: [u8; 6],
+    pub _pad: u16,
+    /// Interface the request arrived on.
+    pub ifindex: u32,
+    pub _pad1: u32,
+    /// `bpf_ktime_get_ns()` when last confirmed (refreshed at most once a
+    /// second).
+    pub last_seen_ns: u64,
+}
+
+impl LearnedMac {
+    pub const fn new(mac: [u8; 6], ifindex: u32, last_seen_ns: u64) -> Self {
+        Self {
+            mac,
+            _pad: 0,
+            ifindex,
+            _pad1: 0,
+            last_seen_ns,
+        }
+    }
+}
+
 /// Default NAT port range: above Linux's default ephemeral range (32768–60999).
 pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
 pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
@@ -376,6 +425,8 @@ abi_types! {
     DatapathConfig = 48,
     AnnounceState = 16,
     ArpStats = 16,
+    HostKey = 20,
+    LearnedMac = 24,
 }
 
 #[cfg(test)]

@@ -161,6 +161,12 @@ macro_rules! product_maps {
             /// creates and removes the entries; the data path only counts.
             ARP_STATS = "arp_stats":
                 PerCpuHashNoPrealloc<$crate::Ipv4Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
+            /// Client (or router) address → [`crate::LearnedMac`] (LRU hash):
+            /// learned from the ARP requests for owned VIPs that `lb_ingress`
+            /// answers (the kernel never sees them, so it never learns these
+            /// neighbours); used only when the kernel has no neighbour entry.
+            LEARNED_MACS = "learned_macs":
+                LruHashMap<$crate::HostKey, $crate::LearnedMac>[$crate::maps::MAX_LEARNED_MACS];
         }
     };
 }
@@ -208,6 +214,9 @@ pub const MAX_BACKENDS: u32 = 262_144;
 /// announces (2 MiB full on 128 CPUs); addresses beyond it are served and
 /// answered, only not counted.
 pub const MAX_ARP_STATS: u32 = 4096;
+/// Hosts whose ARP requests for our VIPs are remembered: clients on the
+/// segment, and routers for the rest (least recently used go first).
+pub const MAX_LEARNED_MACS: u32 = 16384;
 /// Default slots of the `maglev` array (load-time; 16 MiB of `u32`).
 pub const MAGLEV_SLOTS: u32 = 1 << 22;
 /// Default `conntrack` size (load-time).

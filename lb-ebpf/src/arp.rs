@@ -16,12 +16,23 @@
 //!
 //! Every request for a VIP is counted in its per-CPU `arp_stats` entry
 //! (requests, and replies when answered), if the agent made one.
+//!
+//! The sender of a request we answer is remembered in `learned_macs`: the
+//! kernel never sees these requests, so it never learns the clients (or
+//! their router) as neighbours, and a reply for them would otherwise go to
+//! the kernel, where netfilter may drop it (see `forward::learned_hop`).
+//! Learned only from requests we answer (so only while we own the VIP),
+//! never from probes (sender 0.0.0.0); a spoofed request can mislead it as
+//! it would mislead the kernel's own ARP table, and the kernel's neighbour
+//! entry, when there is one, always wins.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{Counter, DatapathConfig, DropReason, Ipv4Key, vip_flags};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use lb_common::{
+    Counter, DatapathConfig, DropReason, HostKey, Ipv4Key, LearnedMac, flow::NS_PER_SEC, vip_flags,
+};
 
 use crate::{
-    maps::{ANNOUNCE, ARP_STATS, VIPS},
+    maps::{ANNOUNCE, ARP_STATS, LEARNED_MACS, VIPS},
     parse::{ArpHdr, Cursor, EthHdr},
     verdict::Outcome,
 };
@@ -32,7 +43,12 @@ const OPER_REQUEST: [u8; 2] = [0, 1];
 const OPER_REPLY: [u8; 2] = [0, 2];
 
 #[inline(always)]
-pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &DatapathConfig) -> Outcome {
+pub fn handle(
+    cur: &mut Cursor<'_>,
+    eth: &mut EthHdr,
+    cfg: &DatapathConfig,
+    ifindex: u32,
+) -> Outcome {
     let Some(arp) = cur.take::<ArpHdr>() else {
         return Outcome::Pass(Counter::PassMalformed);
     };
@@ -64,6 +80,15 @@ pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &DatapathConfig) -> O
             // SAFETY: as above.
             unsafe { (*s).replies += 1 };
         }
+        if arp.spa != [0; 4] {
+            let mut mac = [0u8; 8];
+            mac[..6].copy_from_slice(&arp.sha);
+            learn(
+                u32::from_ne_bytes(arp.spa),
+                u64::from_le_bytes(mac),
+                ifindex,
+            );
+        }
         arp.oper = OPER_REPLY;
         arp.tha = arp.sha;
         arp.tpa = arp.spa;
@@ -77,6 +102,34 @@ pub fn handle(cur: &mut Cursor<'_>, eth: &mut EthHdr, cfg: &DatapathConfig) -> O
     } else {
         Outcome::Pass(Counter::ArpPass)
     }
+}
+
+/// Remembers that `ip` is at `mac` on `ifindex`: a new or changed entry is
+/// written, an unchanged one has its timestamp refreshed at most once a
+/// second (a busy client's requests cost no map write each). Out of line,
+/// with scalar arguments: its key and value would otherwise take frame
+/// space on the packet path (512 bytes of stack for the whole call chain);
+/// `mac` is the address in the low six bytes, little-endian.
+#[inline(never)]
+fn learn(ip: u32, mac: u64, ifindex: u32) {
+    let key = HostKey::v4(ip.to_ne_bytes());
+    let b = mac.to_le_bytes();
+    let mac = [b[0], b[1], b[2], b[3], b[4], b[5]];
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = LEARNED_MACS.get_ptr_mut(key) {
+        // SAFETY: a value pointer the map just returned; a racing writer
+        // can only store another request's values.
+        let (known, on, last) = unsafe { ((*v).mac, (*v).ifindex, (*v).last_seen_ns) };
+        if known == mac && on == ifindex {
+            if now.wrapping_sub(last) >= NS_PER_SEC {
+                // SAFETY: as above.
+                unsafe { (*v).last_seen_ns = now };
+            }
+            return;
+        }
+    }
+    let _ = LEARNED_MACS.insert(key, LearnedMac::new(mac, ifindex, now), u64::from(BPF_ANY));
 }
 
 /// Whether the agent's heartbeat allows answering now.

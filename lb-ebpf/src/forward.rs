@@ -8,9 +8,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::Counter;
+use lb_common::{Counter, FlowScratch, HostKey};
 
-use crate::{parse::EthHdr, verdict::Outcome};
+use crate::{
+    maps::LEARNED_MACS,
+    parse::{Cursor, EthHdr},
+    verdict::Outcome,
+};
 
 const AF_INET: u8 = 2;
 
@@ -107,4 +111,87 @@ pub fn send(ctx: &XdpContext, eth: &mut EthHdr, hop: &NextHop, counter: Counter)
         let action = action as u32;
         Outcome::Redirect(action, counter)
     }
+}
+
+/// [`to_learned_mac`]'s memory, laid over this CPU's `flow_scratch` slot.
+#[repr(C)]
+struct LearnScratch {
+    fib: bpf_fib_lookup,
+    key: HostKey,
+}
+
+const _: () = assert!(core::mem::size_of::<LearnScratch>() <= core::mem::size_of::<FlowScratch>());
+const _: () =
+    assert!(core::mem::align_of::<LearnScratch>() <= core::mem::align_of::<FlowScratch>());
+
+/// For a packet from `src` to `dst` that [`route`] found routable but
+/// unresolved: addresses the frame to the MAC address the next hop's last
+/// ARP request for one of our VIPs came from (see `arp`), from `smac`
+/// (ours, the low six bytes, little-endian). Returns whether it did. Only
+/// when the next hop is out of the interface the packet came in on, the
+/// one the request came in on too (the frame goes back out of it,
+/// `XDP_TX`).
+///
+/// Out of line, with a FIB lookup of its own and the frame's Ethernet
+/// header found again from `ctx`: carrying the next hop out of [`route`],
+/// or a MAC address back, grew the packet path's frame by 40 bytes (512
+/// for the whole call chain); this runs only for unresolved destinations.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key is passed by reference into the scratch map: by value it would be copied to the stack"
+)]
+#[inline(never)]
+pub fn to_learned_mac(ctx: &XdpContext, src: u32, dst: u32, smac: u64) -> bool {
+    let Some(s) = crate::conntrack::scratch() else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, used only within this run, which
+    // creates no flow (a reply); `LearnScratch` is plain old data no larger
+    // or more aligned than the slot's type (asserted above).
+    let s = unsafe { &mut *s.cast::<LearnScratch>() };
+    // Zeroed word by word (volatile: LLVM would make a loop of plain
+    // stores a `memset` call, one more frame on the chain).
+    let words = (&raw mut s.fib).cast::<u32>();
+    for i in 0..core::mem::size_of::<bpf_fib_lookup>() / 4 {
+        // SAFETY: within `s.fib`, which is 4-byte aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    if !matches!(
+        route_with(ctx, &mut s.fib, src.to_ne_bytes(), dst.to_ne_bytes(), 0, 0),
+        Route::NoNeighbour
+    ) {
+        return false;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
+    )]
+    let ingress = ctx.ingress_ifindex() as u32;
+    if s.fib.ifindex != ingress {
+        return false;
+    }
+    // The kernel fills in the egress interface and the next hop's address
+    // (the gateway, or the destination itself) before it looks for the
+    // neighbour.
+    // SAFETY: plain integers of the struct the helper just wrote.
+    let next_hop = unsafe { s.fib.__bindgen_anon_4.ipv4_dst };
+    s.key = HostKey::v4(next_hop.to_ne_bytes());
+    let Some(v) = LEARNED_MACS.get_ptr(&s.key) else {
+        return false;
+    };
+    // SAFETY: a value pointer the map just returned; read by value.
+    let (dmac, learned_on) = unsafe { ((*v).mac, (*v).ifindex) };
+    if learned_on != ingress {
+        return false;
+    }
+    // SAFETY: the only cursor over this packet in this function; the
+    // caller holds no reference into the frame across the call.
+    let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
+    let Some(eth) = cur.take::<EthHdr>() else {
+        return false;
+    };
+    let m = smac.to_le_bytes();
+    eth.dst = dmac;
+    eth.src = [m[0], m[1], m[2], m[3], m[4], m[5]];
+    true
 }

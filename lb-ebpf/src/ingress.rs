@@ -106,7 +106,14 @@ fn classify(
     };
     match eth.proto() {
         ETH_P_IPV4 => {}
-        ETH_P_ARP => return arp::handle(cur, eth, cfg),
+        ETH_P_ARP => {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "the kernel's ifindex is a u32 that aya hands out as usize"
+            )]
+            let ifindex = ctx.ingress_ifindex() as u32;
+            return arp::handle(cur, eth, cfg, ifindex);
+        }
         ETH_P_8021Q | ETH_P_8021AD => return Outcome::Pass(Counter::PassVlan),
         _ => return Outcome::Pass(Counter::PassNotIpv4),
     }
@@ -507,12 +514,28 @@ fn node_path(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     conntrack::backend_packet(rp, proto, family::V4, tcp, now);
+    let mut learned = false;
     let hop = match forward::route(ctx, src, dst, proto, ip.tot_len()) {
         Route::Hop(h) => Some(h),
-        // The kernel resolves the client and forwards the translated packet
-        // (its source is the VIP, not ours, so it is no martian); it also
-        // decrements the TTL then, so we do not.
-        Route::NoNeighbour => None,
+        // The kernel has not resolved the client (or its router): we
+        // answered its ARP, so the kernel never heard from it. Send to the
+        // MAC that ARP came from; without one, the kernel resolves it and
+        // forwards the translated packet (its source is the VIP, not ours,
+        // so it is no martian) — unless netfilter drops it first, as
+        // kube-proxy's `ctstate INVALID` rule does with a reply of a flow
+        // the kernel never saw. The kernel decrements the TTL then, so we
+        // do not.
+        Route::NoNeighbour => {
+            let mut mac = [0u8; 8];
+            mac[..6].copy_from_slice(&cfg.mac);
+            learned = forward::to_learned_mac(
+                ctx,
+                u32::from_ne_bytes(src),
+                u32::from_ne_bytes(dst),
+                u64::from_le_bytes(mac),
+            );
+            None
+        }
         Route::Fail => return Outcome::Drop(DropReason::NoRoute),
     };
     nat::rewrite(
@@ -526,10 +549,12 @@ fn node_path(
             addr: dst,
             port: dport,
         }),
-        hop.is_some(),
+        hop.is_some() || learned,
     );
     match hop {
         Some(h) => forward::send(ctx, eth, &h, Counter::RemoteReply),
+        // Addressed by `to_learned_mac`; back out of the interface it came in on.
+        None if learned => Outcome::Tx(Counter::ReplyToLearnedMac),
         None => Outcome::Pass(Counter::FibPassToKernel),
     }
 }

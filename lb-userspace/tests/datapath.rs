@@ -2961,3 +2961,87 @@ fn fragmented_replies_are_counted_by_reason() {
         assert_eq!(r.out, later, "later fragments carry no ports");
     });
 }
+
+/// Issue 10, item 5: a remote backend's reply to a client the kernel has no
+/// neighbour entry for went to the kernel, where kube-proxy's `ctstate
+/// INVALID` rule drops it (the kernel never saw the flow) — and the kernel
+/// never learns the client, because its ARP requests for the VIP are
+/// answered here. The MAC an answered request came from is remembered and
+/// used; the kernel's own neighbour entry still wins.
+#[test]
+fn a_reply_to_an_unresolved_client_goes_to_the_mac_its_arp_came_from() {
+    const ITS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x60];
+    const SPOOF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        let remote_reply = |lb: &mut Lb, client: [u8; 4], sport: u16| {
+            let syn = Pkt::tcp(client, sport, VIP, 81, SYN);
+            let out = lb.expect(
+                "remote SYN",
+                &syn.build(),
+                XDP_TX,
+                Want::C(C::RemoteNewFlow),
+            );
+            Pkt::tcp(pod_ip, pod_port, NODE_IP, view(&out).sport, SYN | ACK)
+        };
+        let reply = remote_reply(lb, CLIENT_NO_NEIGH, 40005);
+        // Nothing to learn from a probe (sender 0.0.0.0), or from a request
+        // for an address another node owns.
+        lb.expect(
+            "probe for the VIP",
+            &Arp::request(ITS_MAC, [0; 4], VIP).build(),
+            XDP_TX,
+            Want::C(C::ArpReply),
+        );
+        lb.expect(
+            "request for another node's VIP",
+            &Arp::request(ITS_MAC, CLIENT_NO_NEIGH, VIP_OTHER).build(),
+            XDP_DROP,
+            Want::D(D::ArpNotOwned),
+        );
+        lb.expect(
+            "nothing learned yet: to the kernel",
+            &reply.build(),
+            XDP_PASS,
+            Want::C(C::FibPassToKernel),
+        );
+        lb.expect(
+            "the client asks for the VIP",
+            &Arp::request(ITS_MAC, CLIENT_NO_NEIGH, VIP).build(),
+            XDP_TX,
+            Want::C(C::ArpReply),
+        );
+        let out = lb.expect(
+            "then its reply goes to it",
+            &reply.build(),
+            XDP_TX,
+            Want::C(C::ReplyToLearnedMac),
+        );
+        let v = view(&out);
+        assert_eq!((v.eth_dst, v.eth_src), (ITS_MAC, NODE_MAC));
+        assert_eq!((v.ip.source, v.ip.destination), (VIP, CLIENT_NO_NEIGH));
+        assert_eq!((v.sport, v.dport), (81, 40005));
+        assert_eq!(
+            v.ip.time_to_live,
+            reply.ttl - 1,
+            "sent by us: TTL decremented"
+        );
+        assert_checksums(&out);
+
+        // The kernel's neighbour entry wins over a request's claim.
+        lb.expect(
+            "a request claiming CLIENT's address",
+            &Arp::request(SPOOF_MAC, CLIENT, VIP).build(),
+            XDP_TX,
+            Want::C(C::ArpReply),
+        );
+        let reply = remote_reply(lb, CLIENT, 40006);
+        let out = lb.expect(
+            "reply to CLIENT",
+            &reply.build(),
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
+        assert_eq!(view(&out).eth_dst, CLIENT_MAC);
+    });
+}

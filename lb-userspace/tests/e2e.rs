@@ -1288,3 +1288,65 @@ fn pmtu_probe(addr: SocketAddr, payload: usize) -> anyhow::Result<Option<i32>> {
     }
     Ok(None)
 }
+
+/// Issue 10, item 5: on a node running kube-proxy, a remote backend's reply
+/// to a client the node's kernel has no neighbour entry for must not depend
+/// on the kernel. The client's ARP requests for the VIP are answered in XDP,
+/// so the kernel never learns the client; a reply handed to the kernel for
+/// resolution meets kube-proxy's `-m conntrack --ctstate INVALID -j DROP`
+/// (the kernel never saw the flow) and is dropped. The data path sends it to
+/// the MAC the client's ARP request came from instead.
+#[test]
+fn remote_replies_reach_a_client_the_node_never_resolved_past_kube_proxys_invalid_rule() {
+    let c = Cluster::new(2, 1, 1);
+    let backend = c.topo.node(2).pod(1);
+    let client = c.topo.client().ip();
+    let node1 = c.topo.node(1).ns();
+    let yaml = format!(
+        "node: {{ ip: {node} }}\n\
+         announce: [{VIP}]\n\
+         services:\n  - name: web\n    vip: {VIP}\n\
+         \x20   ports: [{{ port: {PORT}, protocol: TCP, target_port: {TARGET_PORT} }}]\n\
+         \x20   backends:\n      - {{ ip: {pod}, node_ip: {pod_node} }}\n",
+        node = c.topo.node(1).ip(),
+        pod = backend.ip(),
+        pod_node = c.topo.node(2).ip(),
+    );
+    write_config(&c, 1, &yaml);
+    let rule = [
+        "FORWARD",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-j",
+        "DROP",
+    ];
+    let st = command_in(node1, "iptables")
+        .arg("-A")
+        .args(rule)
+        .status()
+        .expect("iptables");
+    assert!(st.success(), "kube-proxy's INVALID rule on node1");
+    start_agent(&c, 1);
+    c.wait_for(1, "the remote backend", |s| pods_in_use(s) == 1);
+    for i in 0..5 {
+        let a = get(&c).unwrap_or_else(|e| panic!("GET {i} through the VIP: {e:#}"));
+        assert_eq!(a.pod, backend.name(), "GET {i}");
+    }
+    let neigh = command_in(node1, "ip")
+        .args(["neigh", "show", &client.to_string()])
+        .output()
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        !neigh.contains("lladdr"),
+        "node1's kernel resolved the client after all ({neigh}): the test shows nothing"
+    );
+    let v = status_json(&c, 1);
+    assert!(
+        status_count(&v, "counters", "reply_to_learned_mac") > 0,
+        "{v}"
+    );
+    assert_eq!(status_count(&v, "counters", "fib_pass_to_kernel"), 0, "{v}");
+}
