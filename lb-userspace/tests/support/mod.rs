@@ -482,15 +482,17 @@ impl Lb {
             .expect("rev_nat insert");
     }
 
-    /// Makes every flow entry look `secs` seconds older (idle time passing
-    /// without waiting for it). The stamps are `CLOCK_MONOTONIC`, which
-    /// starts at boot: a machine up for less than that cannot show it.
+    /// Makes every flow entry look at least `secs` seconds older (idle
+    /// time passing without waiting for it). The stamps are
+    /// `CLOCK_MONOTONIC`, which starts at boot: on a machine up for less
+    /// than that (a VM of `cargo xtask kernels` runs its tests seconds
+    /// after boot) this waits until the clock has got there, and a stamp
+    /// younger than `secs` becomes 0, i.e. as old as the machine.
     pub fn age_flows(&mut self, secs: u64) {
         let by = secs * 1_000_000_000;
-        assert!(
-            ktime_ns() > by + 1_000_000_000,
-            "the machine has been up for less than {secs} s"
-        );
+        while ktime_ns() <= by + 1_000_000_000 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         let cts: Vec<_> = self
             .h
             .maps()
@@ -502,7 +504,7 @@ impl Lb {
             self.set_conntrack(
                 k,
                 ConntrackValue {
-                    last_seen_ns: v.last_seen_ns - by,
+                    last_seen_ns: v.last_seen_ns.saturating_sub(by),
                     ..v
                 },
             );
@@ -511,7 +513,7 @@ impl Lb {
             self.insert_rev_nat(
                 k,
                 RevNatValue {
-                    last_seen_ns: v.last_seen_ns - by,
+                    last_seen_ns: v.last_seen_ns.saturating_sub(by),
                     ..v
                 },
             );
