@@ -2,6 +2,7 @@
 //! links, writing and reading the maps, and the status snapshot built from
 //! them.
 
+pub mod batch;
 pub mod loader;
 pub mod maps;
 pub mod memory;

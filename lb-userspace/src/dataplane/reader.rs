@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, IterableMap as _, MapData};
 use lb_common::{BackendValue, backend_flags};
 
+use super::batch::{self, BatchAttr};
 use crate::{
     dataplane::maps::Maps,
     plan::state::{DataplaneState, SrcRangeKey},
@@ -52,26 +53,8 @@ pub fn read(maps: &Maps) -> Result<DataplaneState> {
     Ok(state)
 }
 
-/// `BPF_MAP_LOOKUP_BATCH` (linux/bpf.h).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// The kernel's own "not supported" (not in libc: never meant for user space, yet returned).
-const ENOTSUPP: i32 = 524;
 /// Slots per batch: 4,096 values are 64 KiB.
 const BATCH: u32 = 4096;
-
-/// The batch part of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
 
 /// The valid slots of the `backends` array. One syscall per 4,096 slots (the
 /// array has 262,144: one lookup each would take a good part of a second
@@ -96,26 +79,12 @@ fn read_backends(array: &Array<MapData, BackendValue>) -> Result<BTreeMap<u32, B
         };
         // SAFETY: the attribute points at buffers of `count` keys and values
         // (BackendValue is the array's value type, `repr(C)`) and at `next`,
-        // all alive for the call; the size passed is the struct's.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
+        // all alive for the call.
+        let err = unsafe { batch::call(batch::LOOKUP, &mut attr) }.err();
         let done = match &err {
             None => false,
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Some(e)
-                if first
-                    && matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
-                    ) =>
-            {
+            Some(e) if first && batch::unsupported(e) => {
                 return read_backends_one_by_one(array, len);
             }
             Some(e) => {

@@ -13,7 +13,13 @@ use anyhow::{Context as _, Result};
 use aya::maps::{IterableMap as _, MapData, lpm_trie::Key};
 use lb_common::{BackendValue, DatapathConfig, Ipv4Key, VipValue};
 
-use crate::{dataplane::maps::Maps, plan::diff::MapOp};
+use crate::{
+    dataplane::{
+        batch::{self, BatchAttr},
+        maps::Maps,
+    },
+    plan::diff::MapOp,
+};
 
 /// Writes `ops` one by one; stops at the first failure, naming the op.
 /// The caller re-reads the maps afterwards, so a partial apply is never
@@ -58,9 +64,6 @@ pub fn set_config(maps: &mut Maps, config: DatapathConfig) -> Result<()> {
 /// spends in one call) whatever the table size.
 const BATCH: usize = 1 << 16;
 
-/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6; arrays since then).
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
 /// Writes `table` to `maglev[offset..]`, in batches; one update a slot where the kernel
 /// has no batch operation for arrays.
 fn put_maglev(maps: &mut Maps, offset: u32, table: &[u32]) -> Result<()> {
@@ -72,7 +75,7 @@ fn put_maglev(maps: &mut Maps, offset: u32, table: &[u32]) -> Result<()> {
             .context("Maglev slot out of range")?;
         match update_batch(maps.maglev.map(), first, &table[done..end]) {
             Ok(()) => done = end,
-            Err(e) if batch_unsupported(&e) => {
+            Err(e) if batch::unsupported(&e) => {
                 for (slot, backend) in (first..).zip(&table[done..]) {
                     maps.maglev.set(slot, *backend, 0)?;
                 }
@@ -82,25 +85,6 @@ fn put_maglev(maps: &mut Maps, offset: u32, table: &[u32]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn batch_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
-        || e.raw_os_error() == Some(524) // ENOTSUPP, the kernel-internal "not supported"
-}
-
-/// The batch part of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
 }
 
 /// `map[first + i] = values[i]` for every `i`, in one syscall.
@@ -119,19 +103,7 @@ fn update_batch(map: &MapData, first: u32, values: &[u32]) -> io::Result<()> {
         map_fd: fd.unsigned_abs(),
         ..BatchAttr::default()
     };
-    // SAFETY: `attr` is a zero-initialised prefix of `union bpf_attr` with its size given;
-    // `keys` and `values` hold `count` u32 elements each (the map's key and value size) and
-    // outlive the call; the kernel only reads them and writes `count` back into `attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &raw mut attr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: `keys` and `values` hold `count` u32 elements each (the map's key and
+    // value size) and outlive the call; the kernel only reads them.
+    unsafe { batch::call(batch::UPDATE, &mut attr) }
 }

@@ -2,50 +2,14 @@
 //! (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`; aya 0.14 does not wrap it): before
 //! every new-flow run up to ~130,000 entries go, one call per 8,192.
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, BorrowedFd},
-};
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 use anyhow::{Context as _, Result};
 use aya::Pod;
-
-const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+use lb_userspace::dataplane::batch::{self, BatchAttr};
 
 /// Entries per drain call; far above any hash bucket's length.
 const DRAIN_CHUNK: usize = 8192;
-
-/// The `batch` member of `union bpf_attr` (the kernel accepts a prefix).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is an initialised bpf_attr prefix of the size passed;
-    // the buffers it points to are owned by the caller for the whole call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 fn raw_fd(fd: BorrowedFd<'_>) -> Result<u32> {
     u32::try_from(fd.as_raw_fd()).context("negative map fd")
@@ -75,7 +39,9 @@ pub fn drain<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> Result<usize> {
             map_fd,
             ..BatchAttr::default()
         };
-        let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut a);
+        // SAFETY: `keys` and `values` hold `DRAIN_CHUNK` keys and values of the
+        // map's sizes, the tokens one bucket index each; all outlive the call.
+        let r = unsafe { batch::call(batch::LOOKUP_AND_DELETE, &mut a) };
         total += a.count as usize;
         match r {
             Ok(()) => {
