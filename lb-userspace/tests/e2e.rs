@@ -24,7 +24,7 @@ use cluster::{Cluster, TARGET_PORT, UDP_TARGET_PORT, pods_in_use};
 use lb_common::{Counter, DropReason};
 use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
-    netns::{command_in, in_netns},
+    netns::{command_in, in_netns, nstat},
     traffic::{HttpConn, Timeouts},
 };
 
@@ -963,22 +963,6 @@ fn status_count(v: &serde_json::Value, group: &str, label: &str) -> u64 {
     v[group][label]
         .as_u64()
         .unwrap_or_else(|| panic!("no {group}.{label} in {v}"))
-}
-
-/// `nstat` counters of a namespace's kernel (absolute values, history untouched).
-fn nstat(ns: &onehop_testkit::Netns) -> BTreeMap<String, u64> {
-    let out = command_in(ns, "nstat")
-        .args(["-asz"])
-        .output()
-        .expect("nstat (Debian package iproute2)");
-    assert!(out.status.success(), "nstat failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Sockets in `TIME_WAIT` in a namespace.

@@ -51,7 +51,7 @@ use lb_common::{Counter, DropReason};
 use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
     Netns,
-    netns::command_in,
+    netns::nstat,
     server::Answer,
     traffic::{Timeouts, http_get_here},
 };
@@ -380,22 +380,6 @@ fn check_udp_reply(
         return Err(format!("payload mangled: {:?}", &data[split..]));
     }
     Ok(())
-}
-
-/// `nstat` counters of a namespace's kernel (absolute values, history untouched).
-fn nstat(ns: &Netns) -> BTreeMap<String, u64> {
-    let out = command_in(ns, "nstat")
-        .args(["-asz"])
-        .output()
-        .expect("nstat (Debian package iproute2)");
-    assert!(out.status.success(), "nstat failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The counters (and drops) that changed between two snapshots, by label.

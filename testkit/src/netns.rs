@@ -314,6 +314,24 @@ where
         .context("spawning a netns thread")
 }
 
+/// `nstat` counters of a namespace's kernel (absolute values, history
+/// untouched), by name. Panics if `nstat` (iproute2) is missing or fails:
+/// for tests.
+pub fn nstat<N: NsName + ?Sized>(ns: &N) -> std::collections::BTreeMap<String, u64> {
+    let out = command_in(ns, "nstat")
+        .args(["-asz"])
+        .output()
+        .expect("nstat (Debian package iproute2)");
+    assert!(out.status.success(), "nstat failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A [`Command`] whose child enters `ns` (in `pre_exec`, after fork, before exec).
 ///
 /// The child keeps the HOST mount namespace, so the host bpffs at `/sys/fs/bpf` and the
