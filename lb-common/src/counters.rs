@@ -191,5 +191,12 @@ numbered! {
         /// policy); passed on, the node's kernel would reassemble the reply,
         /// find no socket and answer the pod with a port unreachable.
         FragmentedReply = 19 => "fragmented_reply",
+        /// New TCP flow (a SYN, or a packet met mid-stream) while the
+        /// new-flow guard's bucket is empty: more flows are waiting for
+        /// their handshake than `HalfOpenGuard` allows — a flood of forged
+        /// SYNs. Dropped before it takes flow state, so the flood cannot
+        /// evict established flows; a real client's SYN retransmission
+        /// gets in as tokens come back.
+        HalfOpenLimit = 20 => "half_open_limit",
     }
 }

@@ -539,8 +539,13 @@ pub const fn next_state(state: u8, flags: u8, side: Side) -> u8 {
     s
 }
 
-/// The state a new flow starts in: `SYN_SENT` for a SYN without ACK,
-/// `ESTABLISHED` for any other TCP packet (a flow met mid-stream), 0 for UDP.
+/// The state a new flow starts in: `SYN_SENT` for a SYN without ACK, 0
+/// for UDP, and for any other TCP packet (a flow met mid-stream: its entry
+/// expired or was lost, or another node announced the address before) the
+/// state that packet leaves, but not yet `ESTABLISHED`: one packet from an
+/// address proves nothing (it may be forged), the client's next one does.
+/// Until then the entry lives `tcp_syn_s`, and holds a token of the
+/// new-flow guard (`HalfOpenGuard`).
 #[inline(always)]
 pub const fn initial_state(proto: u8, flags: u8) -> u8 {
     if proto != crate::proto::TCP {
@@ -548,8 +553,16 @@ pub const fn initial_state(proto: u8, flags: u8) -> u8 {
     } else if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
         tcp_state::SYN_SENT
     } else {
-        next_state(0, flags, Side::Client)
+        next_state(0, flags, Side::Client) & !tcp_state::ESTABLISHED
     }
+}
+
+/// Whether a client packet that moved a TCP flow from `before` to `after`
+/// proved it: the handshake's ACK (or the second packet of a flow met
+/// mid-stream). The flow gives its new-flow guard token back then.
+#[inline(always)]
+pub const fn proves(before: u8, after: u8) -> bool {
+    before & tcp_state::ESTABLISHED == 0 && after & tcp_state::ESTABLISHED != 0
 }
 
 #[cfg(test)]

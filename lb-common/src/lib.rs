@@ -258,6 +258,8 @@ pub struct DatapathConfig {
     pub ready: u32,
     /// How long idle flows live, by state.
     pub timeouts: FlowTimeouts,
+    /// The new-flow guard (see [`HalfOpenGuard`]).
+    pub half_open: HalfOpenGuard,
 }
 
 impl DatapathConfig {
@@ -281,6 +283,7 @@ impl DatapathConfig {
             nat_port_max,
             ready: ready as u32,
             timeouts: FlowTimeouts::DEFAULT,
+            half_open: HalfOpenGuard::for_table(maps::CONNTRACK_MAX, FlowTimeouts::DEFAULT),
         }
     }
 
@@ -289,6 +292,79 @@ impl DatapathConfig {
     pub const fn with_timeouts(self, timeouts: FlowTimeouts) -> Self {
         Self { timeouts, ..self }
     }
+
+    /// The same configuration with another new-flow guard.
+    #[must_use]
+    pub const fn with_half_open(self, half_open: HalfOpenGuard) -> Self {
+        Self { half_open, ..self }
+    }
+}
+
+/// The new-flow guard: a token bucket, shared by every CPU, that TCP flows
+/// not yet proven draw from — a SYN's, or a packet's met mid-stream. A flow
+/// gives its token back when the client's next packet proves it: the
+/// handshake's ACK, which a client with a forged source never sends,
+/// because the SYN-ACK went to the real owner of that address. Tokens of
+/// flows that never prove themselves come back only at `refill_per_s`.
+///
+/// So a flood of forged SYNs (or forged mid-stream packets) holds at most
+/// `max` entries at once plus `refill_per_s` a second, and once the bucket
+/// is empty the rest are dropped (`half_open_limit`) before they take any
+/// flow state: the LRU tables never fill with them, and never evict an
+/// established flow for them, however idle it is. Connections that finish
+/// their handshake take nothing from the bucket for long, so the rate of
+/// real new connections is not bounded by it; during a flood, new clients
+/// share the refill with the flood.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpenGuard {
+    /// Tokens when full: unproven flows at once. 0 turns the guard off.
+    pub max: u32,
+    /// Tokens added a second.
+    pub refill_per_s: u32,
+}
+
+impl HalfOpenGuard {
+    /// No guard: every new flow takes state.
+    pub const OFF: Self = Self {
+        max: 0,
+        refill_per_s: 0,
+    };
+
+    /// `max` unproven flows at once, refilled at `max / tcp_syn_s` a
+    /// second: the flows of a flood that never prove themselves each live
+    /// `tcp_syn_s` (then up to the agent's sweep interval until deleted),
+    /// so in steady state they hold about `max * (2 + sweep / tcp_syn_s)`
+    /// entries: 2.5 `max` with the defaults (60 s, 30 s).
+    pub const fn with_max(max: u32, t: FlowTimeouts) -> Self {
+        let syn = if t.tcp_syn_s == 0 { 1 } else { t.tcp_syn_s };
+        let refill = max / syn;
+        Self {
+            max,
+            refill_per_s: if refill == 0 && max != 0 { 1 } else { refill },
+        }
+    }
+
+    /// The default for a flow table of `table` entries: an eighth of it,
+    /// so a flood holds under a third of the table (see [`Self::with_max`])
+    /// and the rest stays for the flows that proved themselves.
+    pub const fn for_table(table: u32, t: FlowTimeouts) -> Self {
+        Self::with_max(table / 8, t)
+    }
+}
+
+/// The single element of the `half_open` array: the new-flow guard's
+/// bucket (see [`HalfOpenGuard`]), updated by every CPU with atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpenBudget {
+    /// Tokens left; a draw that finds none puts its token back. Read as
+    /// `i64`: two CPUs drawing the last token at once go below zero for an
+    /// instant.
+    pub tokens: u64,
+    /// `bpf_ktime_get_ns()` of the last refill; 0 until the first new flow,
+    /// which fills the bucket.
+    pub refilled_ns: u64,
 }
 
 /// The single element of the `announce` array: the agent's heartbeat, which
@@ -422,7 +498,9 @@ abi_types! {
     FlowScratch = 224,
     SourceRangeData = 8,
     TrafficCounter = 16,
-    DatapathConfig = 48,
+    DatapathConfig = 56,
+    HalfOpenGuard = 8,
+    HalfOpenBudget = 16,
     AnnounceState = 16,
     ArpStats = 16,
     HostKey = 20,

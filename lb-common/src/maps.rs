@@ -146,6 +146,9 @@ macro_rules! product_maps {
             DROPS = "drops": PerCpuArray<u64>[$crate::counters::DROP_REASON_COUNT];
             /// Index 0 → [`crate::DatapathConfig`] (array of one).
             CONFIG = "config": Array<$crate::DatapathConfig>[1];
+            /// Index 0 → [`crate::HalfOpenBudget`] (array of one): the
+            /// new-flow guard's bucket, shared by every CPU.
+            HALF_OPEN = "half_open": Array<$crate::HalfOpenBudget>[1];
             /// Index 0 → [`crate::FlowScratch`] (per-CPU array of one): where
             /// the data path builds a new flow's entries, because the BPF
             /// stack (512 bytes for the whole call chain) cannot hold them

@@ -66,7 +66,7 @@ use crate::{
     conntrack::{self, ReplyKey},
     csum,
     forward::{self, Route},
-    fragment, icmp, icmp_error,
+    fragment, guard, icmp, icmp_error,
     maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
@@ -265,12 +265,22 @@ fn service_path(
             } else {
                 state
             };
+            if proto == proto::TCP && flow::proves(state, next) {
+                guard::refund();
+            }
             (backend_id, backend, Some(ct), next)
         }
         Ok(Choice::New {
             backend_id,
             backend,
-        }) => (backend_id, backend, None, flow::initial_state(proto, tcp)),
+        }) => {
+            // An unproven TCP flow must find room before it takes state
+            // (see `guard`); UDP has no handshake to prove it by.
+            if proto == proto::TCP && !guard::admit(now) {
+                return Outcome::Drop(DropReason::HalfOpenLimit);
+            }
+            (backend_id, backend, None, flow::initial_state(proto, tcp))
+        }
         Err(r) => return Outcome::Drop(r),
     };
     let flow = Flow {
@@ -289,6 +299,9 @@ fn service_path(
     };
     if !matches!(out, Outcome::Drop(_)) {
         stats::traffic(&BACKEND_STATS, backend_id, frame_len);
+    } else if established.is_none() && proto == proto::TCP {
+        // The new flow took no state after all (no route, no NAT port).
+        guard::refund();
     }
     out
 }

@@ -27,6 +27,7 @@ pub mod csum;
 pub mod egress;
 mod forward;
 mod fragment;
+mod guard;
 mod icmp;
 mod icmp_error;
 pub mod ingress;

@@ -134,6 +134,14 @@ struct DataplaneArgs {
     /// Connection-table entries (set when the maps are created).
     #[arg(long, default_value_t = Sizes::default().conntrack)]
     conntrack_size: u32,
+    /// New-flow guard: most TCP flows at once that have not proven
+    /// themselves (a SYN whose handshake has not finished, a packet met
+    /// mid-stream); beyond it, such flows are dropped before they take
+    /// state (`half_open_limit`), so a flood of forged SYNs cannot evict
+    /// established flows. Refilled at this many over `tcp_syn` seconds a
+    /// second. Default: an eighth of --conntrack-size; 0 turns it off.
+    #[arg(long)]
+    half_open_max: Option<u32>,
     /// Reverse-NAT entries (set when the maps are created).
     #[arg(long, default_value_t = Sizes::default().rev_nat)]
     rev_nat_size: u32,
@@ -557,6 +565,9 @@ fn run(cli: Cli) -> Result<()> {
                     backend_stats: dataplane.backend_stats_size.unwrap_or(auto_stats.1),
                 },
                 xdp_mode: dataplane.xdp_mode,
+                half_open_max: dataplane
+                    .half_open_max
+                    .unwrap_or(dataplane.conntrack_size / 8),
                 listen: dataplane.listen.listen(),
                 flow_sweep_interval: Duration::from_secs(dataplane.flow_sweep_interval_secs),
                 max_drain: Duration::from_secs(dataplane.max_drain_secs),

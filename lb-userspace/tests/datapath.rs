@@ -2235,6 +2235,133 @@ fn local_flow_state_follows_both_sides() {
     });
 }
 
+/// The new-flow guard: a SYN or a packet met mid-stream takes a token; the
+/// client's next packet (the handshake's ACK) gives it back; with none
+/// left, a new TCP flow is dropped before it takes any state, while
+/// established flows and UDP go on. Found by the SYN-flood e2e: without
+/// it, forged SYNs filled the LRU tables and evicted idle established
+/// flows.
+#[test]
+fn unproven_tcp_flows_wait_for_a_token_and_give_it_back_when_proven() {
+    with_lb(|lb| {
+        lb.set_half_open(lb_common::HalfOpenGuard {
+            max: 3,
+            refill_per_s: 0,
+        });
+        let go = |lb: &mut Lb, what: &str, sport: u16, flags: u8, want: Result<C, D>| {
+            let frame = Pkt::tcp(CLIENT, sport, VIP, 80, flags).build();
+            match want {
+                Ok(c) => lb.expect(what, &frame, XDP_PASS, Want::C(c)),
+                Err(d) => lb.expect(what, &frame, XDP_DROP, Want::D(d)),
+            };
+        };
+        let (new, est, refused) = (
+            Ok(C::LocalNewFlow),
+            Ok(C::LocalEstablished),
+            Err(D::HalfOpenLimit),
+        );
+        for sport in 48000..48003 {
+            go(lb, "SYN with a token", sport, SYN, new);
+        }
+        let before = lb.conntrack_len();
+        go(lb, "a fourth SYN", 48003, SYN, refused);
+        go(lb, "a packet met mid-stream", 48004, ACK | PSH, refused);
+        assert_eq!(lb.conntrack_len(), before, "refused flows took no state");
+        lb.expect(
+            "UDP has no handshake to wait for",
+            &Pkt::udp(CLIENT, 48005, VIP, 53).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+
+        // The handshake's ACK proves the first flow and gives its token back.
+        go(lb, "the first flow's ACK", 48000, ACK, est);
+        go(lb, "its data", 48000, ACK | PSH, est);
+        go(lb, "the fourth SYN again", 48003, SYN, new);
+        go(lb, "and no more", 48006, SYN, refused);
+        go(
+            lb,
+            "a retransmitted SYN of a flow that holds a token",
+            48001,
+            SYN,
+            est,
+        );
+
+        // A flow met mid-stream is proven by its second packet.
+        go(lb, "proving the second flow", 48001, ACK, est);
+        go(lb, "mid-stream", 48004, ACK | PSH, new);
+        let key = flow(CLIENT, VIP, 48004, 80, proto::TCP);
+        assert_eq!(lb.conntrack(&key).expect("ct").state, 0, "not proven yet");
+        go(lb, "its next packet", 48004, ACK, est);
+        assert_eq!(
+            lb.conntrack(&key).expect("ct").state,
+            tcp_state::ESTABLISHED
+        );
+        go(lb, "its token came back", 48007, SYN, new);
+        go(lb, "empty again", 48008, SYN, refused);
+    });
+}
+
+/// A new flow that takes no state after all (no NAT port, no route) gives
+/// its token back.
+#[test]
+fn a_new_flow_that_takes_no_state_gives_its_token_back() {
+    with_lb(|lb| {
+        lb.set_nat_ports(64000, 64000);
+        lb.set_half_open(lb_common::HalfOpenGuard {
+            max: 2,
+            refill_per_s: 0,
+        });
+        let c = |sport, f| Pkt::tcp(CLIENT, sport, VIP, 80, f).build();
+        // The one NAT port goes to a live flow; remote SYNs then find none.
+        remote_flow(lb, 48100, SYN);
+        for sport in 48101..48104 {
+            lb.expect(
+                "no NAT port",
+                &Pkt::tcp(CLIENT, sport, VIP, 81, SYN).build(),
+                XDP_DROP,
+                Want::D(D::NatExhausted),
+            );
+        }
+        lb.expect(
+            "the last token",
+            &c(48009, SYN),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        lb.expect(
+            "none left",
+            &c(48010, SYN),
+            XDP_DROP,
+            Want::D(D::HalfOpenLimit),
+        );
+    });
+}
+
+/// The bucket refills at its rate up to its size, and the guard is off
+/// with a size of 0.
+#[test]
+fn the_new_flow_guard_refills_up_to_its_size_and_can_be_turned_off() {
+    with_lb(|lb| {
+        lb.set_half_open(lb_common::HalfOpenGuard {
+            max: 2,
+            refill_per_s: 50,
+        });
+        let c = |sport, f| Pkt::tcp(CLIENT, sport, VIP, 80, f).build();
+        let admitted = |lb: &mut Lb, ports: std::ops::Range<u16>| {
+            ports
+                .filter(|&p| lb.run(&c(p, SYN)).action == XDP_PASS)
+                .count()
+        };
+        assert_eq!(admitted(lb, 49000..49004), 2, "the full bucket");
+        // 200 ms earn 10 tokens at 50 a second; the bucket holds 2.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(admitted(lb, 49010..49014), 2, "refilled, up to its size");
+        lb.set_half_open(lb_common::HalfOpenGuard::OFF);
+        assert_eq!(admitted(lb, 49020..49030), 10, "no guard");
+    });
+}
+
 /// The verifier's work per program, against its limit of one million
 /// processed instructions: older kernels prune less (Debian 12's 6.1 needs
 /// more for the same program), so a program that uses most of the budget

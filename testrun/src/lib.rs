@@ -90,6 +90,11 @@ impl MapSizes {
             max_backends: self.backends,
             max_src_ranges: self.src_ranges,
             maglev_slots: self.maglev_slots,
+            half_open_max: lb_common::HalfOpenGuard::for_table(
+                self.conntrack,
+                lb_common::FlowTimeouts::DEFAULT,
+            )
+            .max,
         }
     }
 }

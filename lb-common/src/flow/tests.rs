@@ -100,14 +100,45 @@ fn a_forged_rst_is_undone_by_the_backend_and_a_real_one_is_not_by_the_client() {
 }
 
 #[test]
-fn a_flow_first_seen_mid_stream_is_established() {
-    assert_eq!(initial_state(proto::TCP, f::ACK), s::ESTABLISHED);
-    assert_eq!(
-        initial_state(proto::TCP, f::ACK | f::FIN),
-        s::ESTABLISHED | s::CLIENT_FIN
-    );
+fn a_flow_first_seen_mid_stream_is_established_by_the_clients_next_packet() {
+    // One packet proves nothing (its source may be forged): the entry
+    // lives the half-open timeout until the client's next packet.
+    let first = initial_state(proto::TCP, f::ACK);
+    assert_eq!(first, 0);
+    let t = FlowTimeouts::DEFAULT;
+    assert_eq!(timeout_s(proto::TCP, first, &t), t.tcp_syn_s);
+    let next = next_state(first, f::ACK, Side::Client);
+    assert_eq!(next, s::ESTABLISHED);
+    assert!(proves(first, next));
+    assert_eq!(initial_state(proto::TCP, f::ACK | f::FIN), s::CLIENT_FIN);
     assert!(closing(initial_state(proto::TCP, f::RST)));
     assert_eq!(initial_state(proto::UDP, 0xff), 0);
+}
+
+#[test]
+fn only_the_clients_first_non_syn_packet_proves_a_flow() {
+    let syn = initial_state(proto::TCP, f::SYN);
+    let retransmitted = next_state(syn, f::SYN, Side::Client);
+    assert!(!proves(syn, retransmitted), "a SYN again proves nothing");
+    let backend = next_state(syn, f::SYN | f::ACK, Side::Backend);
+    assert!(
+        !proves(syn, backend),
+        "the SYN-ACK goes to whoever owns the address"
+    );
+    let ack = next_state(syn, f::ACK, Side::Client);
+    assert!(proves(syn, ack), "the handshake's ACK");
+    assert!(!proves(ack, next_state(ack, f::ACK, Side::Client)), "once");
+    // Exhaustively: no packet of either side proves an established flow
+    // again, and a backend packet never proves one.
+    for state in 0..=u8::MAX {
+        for flags in 0..=u8::MAX {
+            let by_backend = next_state(state, flags, Side::Backend);
+            assert!(!proves(state, by_backend), "{state:#x} {flags:#x}");
+            if state & s::ESTABLISHED != 0 {
+                assert!(!proves(state, next_state(state, flags, Side::Client)));
+            }
+        }
+    }
 }
 
 #[test]

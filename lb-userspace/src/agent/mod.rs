@@ -52,6 +52,8 @@ pub struct Options {
     pub bpffs_root: PathBuf,
     pub sizes: Sizes,
     pub xdp_mode: XdpAttachMode,
+    /// The new-flow guard's size (`lb_common::HalfOpenGuard::max`).
+    pub half_open_max: u32,
     /// Where to serve `/metrics` and the probes.
     pub listen: crate::http::Listen,
     /// How often the flow sweeper runs (`dataplane::sweep`).
@@ -539,6 +541,7 @@ impl MapOwner {
         let arp = garp::ArpSender::new(iface.index)?;
         let limits = Limits {
             maglev_slots: maps.maglev.len(),
+            half_open_max: opts.half_open_max,
             ..Limits::default()
         };
         let health = Arc::new(metrics::Health::default());

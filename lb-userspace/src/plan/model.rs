@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_src_ranges: u32,
     /// Slots of the `maglev` array.
     pub maglev_slots: u32,
+    /// The new-flow guard's size (`lb_common::HalfOpenGuard::max`; 0: off):
+    /// a share of the conntrack table, which the agent sizes.
+    pub half_open_max: u32,
 }
 
 impl Default for Limits {
@@ -43,6 +46,11 @@ impl Default for Limits {
             max_backends: maps::MAX_BACKENDS,
             max_src_ranges: maps::SRC_RANGES_MAX,
             maglev_slots: maps::MAGLEV_SLOTS,
+            half_open_max: lb_common::HalfOpenGuard::for_table(
+                maps::CONNTRACK_MAX,
+                FlowTimeouts::DEFAULT,
+            )
+            .max,
         }
     }
 }

@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    BackendValue, DatapathConfig, ServiceKey, ServiceValue, SourceRangeData, backend_flags,
-    service_flags, source_range_prefixlen, vip_flags,
+    BackendValue, DatapathConfig, HalfOpenGuard, ServiceKey, ServiceValue, SourceRangeData,
+    backend_flags, service_flags, source_range_prefixlen, vip_flags,
 };
 
 use crate::plan::ids::{IdAllocator, IdError};
@@ -436,7 +436,11 @@ fn plan_with(
             file.nat_ports.max,
             true,
         )
-        .with_timeouts(file.flow_timeouts),
+        .with_timeouts(file.flow_timeouts)
+        .with_half_open(HalfOpenGuard::with_max(
+            limits.half_open_max,
+            file.flow_timeouts,
+        )),
         vips: plan_vips(file, node),
         backends,
         ..DataplaneState::default()

@@ -374,6 +374,13 @@ impl Lb {
         writer::set_config(self.h.maps_mut(), config).expect("config");
     }
 
+    /// Another new-flow guard, written straight into `config` (the planner
+    /// derives the refill from the half-open timeout; tests pick both).
+    pub fn set_half_open(&mut self, half_open: lb_common::HalfOpenGuard) {
+        let config = self.config().with_half_open(half_open);
+        writer::set_config(self.h.maps_mut(), config).expect("config");
+    }
+
     /// The service on `VIP:port` now has `backends`, through the planner.
     pub fn set_backends(&mut self, port: u16, backends: &[u32]) {
         let vip = Ipv4Addr::from(VIP);

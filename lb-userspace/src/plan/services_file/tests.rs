@@ -545,6 +545,7 @@ services:
         max_backends: 4,
         max_src_ranges: 2,
         maglev_slots: 2 * 251,
+        ..Limits::default()
     };
     ok_with(text, &exact);
     let tight = Limits {
@@ -553,6 +554,7 @@ services:
         max_backends: 3,
         max_src_ranges: 1,
         maglev_slots: 2 * 251 - 1,
+        ..Limits::default()
     };
     assert_eq!(
         issues_with(text, &tight),
