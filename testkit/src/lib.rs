@@ -35,6 +35,7 @@ pub mod arp;
 pub mod bpffs;
 pub mod capture;
 pub mod cluster;
+pub mod flood;
 pub mod http;
 pub mod netns;
 pub mod server;
