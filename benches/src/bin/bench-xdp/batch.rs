@@ -1,6 +1,7 @@
-//! Draining the flow maps through the raw `bpf(2)` syscall
-//! (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`; aya 0.14 does not wrap it): before
-//! every new-flow run up to ~130,000 entries go, one call per 8,192.
+//! Draining and filling the flow maps through the raw `bpf(2)` syscall
+//! (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`, `BPF_MAP_UPDATE_BATCH`; aya 0.14 wraps
+//! neither): before every new-flow run up to ~130,000 entries go (a full
+//! table's 524,288 come), one call per 8,192.
 
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
@@ -53,4 +54,30 @@ pub fn drain<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> Result<usize> {
             Err(e) => return Err(e).context("BPF_MAP_LOOKUP_AND_DELETE_BATCH"),
         }
     }
+}
+
+/// Inserts `entries` into a hash map, a chunk per call.
+pub fn fill<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> Result<()> {
+    let map_fd = raw_fd(fd)?;
+    for chunk in entries.chunks(DRAIN_CHUNK) {
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        let mut a = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: u32::try_from(chunk.len()).context("fill chunk")?,
+            map_fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `keys` and `values` hold `count` keys and values of the map's
+        // sizes and outlive the call; the kernel only reads them.
+        unsafe { batch::call(batch::UPDATE, &mut a) }.context("BPF_MAP_UPDATE_BATCH")?;
+        anyhow::ensure!(
+            a.count as usize == chunk.len(),
+            "BPF_MAP_UPDATE_BATCH wrote {} of {}",
+            a.count,
+            chunk.len()
+        );
+    }
+    Ok(())
 }

@@ -13,10 +13,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use lb_common::{Counter, bench as b, maps as m};
+use lb_common::{Counter, DropReason, bench as b, maps as m};
 use onehop_testkit::{Netns, in_netns, unique_prefix};
 
-use crate::lb::{Lb, NatSim, SEQ_PORTS, Sizes, TCP_ACK, TCP_SYN, XDP_PASS, XDP_TX};
+use crate::lb::{Lb, NatSim, SEQ_PORTS, Sizes, TCP_ACK, TCP_SYN, XDP_DROP, XDP_PASS, XDP_TX};
 
 #[derive(Parser, Debug)]
 #[command(about = "ns/packet of onehop's XDP data path (BPF_PROG_TEST_RUN)")]
@@ -71,16 +71,37 @@ struct Case {
     prog: &'static str,
     frame: Vec<u8>,
     action: u32,
-    want: Option<Counter>,
+    want: Want,
     /// Run with `bench_config = NEW_FLOW` after emptying the flow maps.
     new_flow: bool,
+    /// What the maps hold before the run.
+    setup: Setup,
     repeat: u32,
 }
 
+/// What every iteration of a case must count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    Counter(Counter),
+    Drop(DropReason),
+    Nothing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    /// The flow maps as the previous case left them (emptied for new flows).
+    Plain,
+    /// `conntrack` and `rev_nat` full of other flows: every insert evicts.
+    FullTable,
+    /// The new-flow guard's bucket empty: a SYN flood has drained it.
+    GuardEmpty,
+}
+
+#[expect(clippy::too_many_lines, reason = "a table of cases, one call each")]
 fn cases(args: &Args) -> Vec<Case> {
     let syn = lb::frame_tcp(lb::LOCAL_PORT, 40_000, TCP_SYN);
     let syn_remote = lb::frame_tcp(lb::REMOTE_PORT, 40_000, TCP_SYN);
-    let case = |name, kind, prog, frame: &Vec<u8>, action, want, new_flow| Case {
+    let case = |name, kind, prog, frame: &Vec<u8>, action, want, new_flow, setup| Case {
         name,
         kind,
         prog,
@@ -88,6 +109,7 @@ fn cases(args: &Args) -> Vec<Case> {
         action,
         want,
         new_flow,
+        setup,
         repeat: if new_flow {
             args.repeat_new
         } else {
@@ -99,6 +121,8 @@ fn cases(args: &Args) -> Vec<Case> {
     let arp = lb::frame_arp();
     let est_local = lb::frame_tcp(lb::LOCAL_PORT, lb::EST_LOCAL_PORT, TCP_ACK);
     let est_remote = lb::frame_tcp(lb::REMOTE_PORT, lb::EST_REMOTE_PORT, TCP_ACK);
+    let c = Want::Counter;
+    let (plain, full, empty) = (Setup::Plain, Setup::FullTable, Setup::GuardEmpty);
     vec![
         case(
             "floor_xdp_pass",
@@ -106,8 +130,9 @@ fn cases(args: &Args) -> Vec<Case> {
             m::programs::PASS,
             &syn,
             XDP_PASS,
-            None,
+            Want::Nothing,
             false,
+            plain,
         ),
         case(
             "restore_only",
@@ -115,8 +140,9 @@ fn cases(args: &Args) -> Vec<Case> {
             b::programs::RESTORE_ONLY,
             &syn,
             XDP_PASS,
-            None,
+            Want::Nothing,
             false,
+            plain,
         ),
         case(
             "non_vip_pass",
@@ -124,8 +150,9 @@ fn cases(args: &Args) -> Vec<Case> {
             m::programs::INGRESS,
             &non_vip,
             XDP_PASS,
-            Some(Counter::PassNotVip),
+            c(Counter::PassNotVip),
             false,
+            plain,
         ),
         case(
             "arp_reply",
@@ -133,8 +160,9 @@ fn cases(args: &Args) -> Vec<Case> {
             bench,
             &arp,
             XDP_TX,
-            Some(Counter::ArpReply),
+            c(Counter::ArpReply),
             false,
+            plain,
         ),
         case(
             "new_flow_local",
@@ -142,8 +170,9 @@ fn cases(args: &Args) -> Vec<Case> {
             bench,
             &syn,
             XDP_PASS,
-            Some(Counter::LocalNewFlow),
+            c(Counter::LocalNewFlow),
             true,
+            plain,
         ),
         case(
             "new_flow_remote",
@@ -151,8 +180,29 @@ fn cases(args: &Args) -> Vec<Case> {
             bench,
             &syn_remote,
             XDP_TX,
-            Some(Counter::RemoteNewFlow),
+            c(Counter::RemoteNewFlow),
             true,
+            plain,
+        ),
+        case(
+            "new_flow_local_full_table",
+            Kind::Wrapped,
+            bench,
+            &syn,
+            XDP_PASS,
+            c(Counter::LocalNewFlow),
+            true,
+            full,
+        ),
+        case(
+            "syn_flood_refused",
+            Kind::Wrapped,
+            bench,
+            &syn,
+            XDP_DROP,
+            Want::Drop(DropReason::HalfOpenLimit),
+            true,
+            empty,
         ),
         case(
             "established_local",
@@ -160,8 +210,9 @@ fn cases(args: &Args) -> Vec<Case> {
             bench,
             &est_local,
             XDP_PASS,
-            Some(Counter::LocalEstablished),
+            c(Counter::LocalEstablished),
             false,
+            plain,
         ),
         case(
             "established_remote",
@@ -169,8 +220,9 @@ fn cases(args: &Args) -> Vec<Case> {
             bench,
             &est_remote,
             XDP_TX,
-            Some(Counter::RemoteEstablished),
+            c(Counter::RemoteEstablished),
             false,
+            plain,
         ),
     ]
 }
@@ -180,7 +232,15 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
     if c.new_flow {
         lb.reset_flows()?;
     }
-    if c.new_flow && c.want == Some(Counter::RemoteNewFlow) {
+    match c.setup {
+        Setup::Plain => lb.set_bucket(None)?,
+        Setup::FullTable => {
+            lb.fill_flows()?;
+            lb.set_bucket(None)?;
+        }
+        Setup::GuardEmpty => lb.set_bucket(Some(0))?,
+    }
+    if c.new_flow && c.want == Want::Counter(Counter::RemoteNewFlow) {
         let sim = lb.simulate_nat(c.repeat)?;
         ensure!(
             sim.exhausted == 0,
@@ -198,7 +258,12 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
     let before = lb.counts()?;
     let r = lb.run(c.prog, &c.frame, c.repeat)?;
     let d = lb.counts()?.minus(&before);
-    lb::check(&d, lb.cpu(), c.want, c.repeat).with_context(|| format!("case {}", c.name))?;
+    let (counter, drop) = match c.want {
+        Want::Counter(w) => (Some(w), None),
+        Want::Drop(r) => (None, Some(r)),
+        Want::Nothing => (None, None),
+    };
+    lb::check(&d, lb.cpu(), counter, drop, c.repeat).with_context(|| format!("case {}", c.name))?;
     ensure!(
         r.action == c.action,
         "case {}: XDP action {} instead of {}",
