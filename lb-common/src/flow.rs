@@ -51,6 +51,32 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// `last_seen_ns` of a reverse entry the flow sweeper is deleting: set by
+/// compare-and-swap from the dead flow's own stamp, so a new flow that took
+/// the entry over meanwhile (and changed the stamp) keeps it, and never
+/// taken over itself (it reads as live: a timestamp from the future).
+pub const TOMBSTONE_NS: u64 = u64::MAX;
+
+/// What the flow sweeper hands `flow_sweep` (the packet data of one
+/// `BPF_PROG_TEST_RUN`): the reverse entry to delete and the stamp it had
+/// when the sweeper found it dead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepRequest {
+    pub key: FlowKey,
+    pub last_seen_ns: u64,
+}
+
+/// `flow_sweep`'s verdicts (its XDP return value).
+pub mod sweep_verdict {
+    /// The request was shorter than a [`super::SweepRequest`].
+    pub const MALFORMED: u32 = 0;
+    /// Not deleted: gone already, or its stamp is no longer the dead one.
+    pub const KEPT: u32 = 1;
+    /// Deleted.
+    pub const DELETED: u32 = 2;
+}
+
 /// Bits of [`ConntrackValue::state`] and [`RevNatValue::state`] (TCP only;
 /// UDP entries keep 0).
 pub mod tcp_state {

@@ -501,6 +501,7 @@ abi_types! {
     DatapathConfig = 56,
     HalfOpenGuard = 8,
     HalfOpenBudget = 16,
+    flow::SweepRequest = 48,
     AnnounceState = 16,
     ArpStats = 16,
     HostKey = 20,

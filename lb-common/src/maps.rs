@@ -197,8 +197,12 @@ pub mod programs {
     /// XDP program that only returns `XDP_PASS`: the benchmark floor, and
     /// the program namespace tests put on veth peers so `XDP_TX` delivers.
     pub const PASS: &str = "xdp_pass";
+    /// XDP program never attached: the agent's flow sweeper runs it
+    /// (`BPF_PROG_TEST_RUN`) on a [`crate::flow::SweepRequest`] to delete
+    /// a dead reverse entry only if no new flow took it meanwhile.
+    pub const SWEEP: &str = "flow_sweep";
     /// Every program of the product object.
-    pub const ALL: [&str; 3] = [INGRESS, EGRESS, PASS];
+    pub const ALL: [&str; 4] = [INGRESS, EGRESS, PASS, SWEEP];
     /// Pinned link of [`INGRESS`] in the pin directory.
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.

@@ -9,7 +9,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, RevNatValue,
-    flow::{self, NS_PER_SEC, Side, addr_v4},
+    flow::{self, NS_PER_SEC, Side, TOMBSTONE_NS, addr_v4},
     flow_flags,
     hash::{NAT_PROBES, nat_probe},
 };
@@ -374,7 +374,9 @@ fn claim_nat_port(cfg: &DatapathConfig, proto: u8, s: &mut FlowScratch) -> u16 {
             let (ours, state, last) =
                 unsafe { ((*r).same_flow(&s.rval), (*r).state, (*r).last_seen_ns) };
             let now = s.rval.last_seen_ns;
-            if ours {
+            if last == TOMBSTONE_NS {
+                // The sweeper is deleting it (see `sweep`): held until gone.
+            } else if ours {
                 if take_over(r, last, &s.rval) {
                     return port;
                 }

@@ -36,6 +36,7 @@ mod nat;
 pub mod parse;
 mod service;
 mod stats;
+pub mod sweep;
 mod verdict;
 
 /// What both objects of this crate carry: the XDP programs they share

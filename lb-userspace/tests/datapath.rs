@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, os::fd::AsFd as _};
 
 use aya::maps::PerCpuValues;
 use lb_common::{
@@ -2408,7 +2408,9 @@ fn the_sweeper_spares_an_entry_a_new_flow_took_over_during_its_walk() {
         let over = |k: &lb_common::FlowKey, v: &RevNatValue| sweep::rev_nat_over(k, v, now, &t);
         let dead = sweep::dead_keys(&lb.h.maps().rev_nat, over);
         assert!(dead.contains(&rkey), "the half-open flow is over: {dead:?}");
-        // Another client's SYN takes the only port while the sweep runs.
+        // The stamp the sweeper's last read saw, right before its delete.
+        let stamp = lb.rev_nat(&rkey).expect("dead entry").last_seen_ns;
+        // Another client's SYN takes the only port in between.
         let before = lb.counts();
         let out = lb.expect(
             "the port comes back",
@@ -2418,7 +2420,13 @@ fn the_sweeper_spares_an_entry_a_new_flow_took_over_during_its_walk() {
         );
         assert_eq!(view(&out).sport, port);
         assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
-        let deleted = sweep::delete_still_over(&mut lb.h.maps_mut().rev_nat, &dead, over);
+        let prog = lb.sweep_prog();
+        assert!(
+            !sweep::delete_rev_if_stamp(prog.as_fd(), &rkey, stamp).expect("flow_sweep"),
+            "deleted with the dead flow's stamp after a new flow took the entry"
+        );
+        let deleted = sweep::delete_rev_still_over(prog.as_fd(), &lb.h.maps().rev_nat, &dead, over)
+            .expect("flow_sweep");
         assert_eq!(deleted, dead.len() - 1, "all but the taken-over entry");
         let rev = lb.rev_nat(&rkey).expect("the new flow's reverse entry");
         assert_eq!((rev.new_dst, rev.new_dport), (addr_v4(CLIENT), 45001));
@@ -2427,6 +2435,68 @@ fn the_sweeper_spares_an_entry_a_new_flow_took_over_during_its_walk() {
             &Pkt::tcp(pod_ip, pod_port, NODE_IP, port, SYN | ACK).build(),
             XDP_TX,
             Want::C(C::RemoteReply),
+        );
+    });
+}
+
+/// `flow_sweep` deletes a dead reverse entry whose stamp is the one the
+/// sweeper read, and while it does (stamp swapped for the tombstone, entry
+/// not yet gone) no new flow takes the entry over, its own flow's included.
+#[test]
+fn flow_sweep_deletes_by_stamp_and_a_tombstone_is_never_taken_over() {
+    use lb_userspace::dataplane::sweep;
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        lb.set_nat_ports(62000, 62000);
+        let (key, port) = remote_flow(lb, 45100, SYN);
+        let rkey = flow(pod_ip, NODE_IP, pod_port, port, proto::TCP);
+        let live = lb.rev_nat(&rkey).expect("reverse entry");
+
+        // Mid-delete: the tombstone is in place. Neither another client's SYN
+        // nor the flow's own (its conntrack entry gone, as after expiry)
+        // takes the port.
+        lb.insert_rev_nat(
+            rkey,
+            RevNatValue {
+                last_seen_ns: lb_common::flow::TOMBSTONE_NS,
+                ..live
+            },
+        );
+        lb.expect(
+            "another client",
+            &Pkt::tcp(CLIENT, 45101, VIP, 81, SYN).build(),
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
+        assert!(lb.conntrack(&key).is_some());
+        lb.remove_conntrack(&key);
+        lb.expect(
+            "the flow itself",
+            &Pkt::tcp(CLIENT, 45100, VIP, 81, SYN).build(),
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
+
+        // A stale stamp keeps the entry; the dead one deletes it.
+        lb.insert_rev_nat(rkey, live);
+        let prog = lb.sweep_prog();
+        let stale = live.last_seen_ns.wrapping_sub(1);
+        assert!(!sweep::delete_rev_if_stamp(prog.as_fd(), &rkey, stale).expect("flow_sweep"));
+        assert!(lb.rev_nat(&rkey).is_some());
+        assert!(
+            sweep::delete_rev_if_stamp(prog.as_fd(), &rkey, live.last_seen_ns).expect("flow_sweep")
+        );
+        assert!(lb.rev_nat(&rkey).is_none());
+        assert!(
+            !sweep::delete_rev_if_stamp(prog.as_fd(), &rkey, live.last_seen_ns)
+                .expect("flow_sweep"),
+            "already gone"
+        );
+        lb.expect(
+            "the port is free again",
+            &Pkt::tcp(CLIENT, 45102, VIP, 81, SYN).build(),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
         );
     });
 }

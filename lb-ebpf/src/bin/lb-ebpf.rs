@@ -1,6 +1,7 @@
 //! The product object: exactly the programs the agent loads, `lb_ingress`
-//! (XDP on the uplink), `lb_egress` (TC egress on the uplink) and
-//! `xdp_pass` (the pass-through for veth peers), and the maps they use. The
+//! (XDP on the uplink), `lb_egress` (TC egress on the uplink), `xdp_pass`
+//! (the pass-through for veth peers) and `flow_sweep` (the sweeper's
+//! conditional delete, never attached), and the maps they use. The
 //! entry points are thin: the logic lives in the library's modules, and
 //! every packet ends in exactly one counted outcome.
 #![no_std]
@@ -10,12 +11,20 @@
     reason = "aya's entry-point macros hand each program its context by value"
 )]
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
-use lb_ebpf::egress;
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_ebpf::{egress, sweep};
 
 lb_ebpf::object_common!();
 
 #[classifier]
 pub fn lb_egress(ctx: TcContext) -> i32 {
     egress::process(&ctx)
+}
+
+#[xdp]
+pub fn flow_sweep(ctx: XdpContext) -> u32 {
+    sweep::process(&ctx)
 }

@@ -549,6 +549,10 @@ impl MapOwner {
         let flows = sweep::Reports::default();
         sweep::spawn(
             &dataplane.pins,
+            dataplane
+                .sweep_prog
+                .try_clone()
+                .context("duplicating flow_sweep's fd")?,
             opts.flow_sweep_interval,
             health.clone(),
             flows.clone(),

@@ -20,7 +20,11 @@
 //! fails, no XDP link has been pinned, and ingress never rewrites a flow
 //! whose replies nobody would translate back.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -110,6 +114,9 @@ pub struct Dataplane {
     /// True when maps were already pinned (a restart): state was kept.
     pub adopted: bool,
     pub egress: EgressAttachment,
+    /// `flow_sweep`, loaded, never attached: the flow sweeper's conditional
+    /// delete (`sweep::delete_rev_still_over`).
+    pub sweep_prog: OwnedFd,
 }
 
 /// Refuses to adopt pinned maps whose layout differs from this build's (the
@@ -290,6 +297,19 @@ pub fn attach(
     xdp.load()
         .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
         .context("verifying lb_ingress")?;
+    let sweep: &mut Xdp = ebpf
+        .program_mut(programs::SWEEP)
+        .context("flow_sweep missing from the object")?
+        .try_into()?;
+    sweep
+        .load()
+        .map_err(|e| explain_load_error(e, ProgramType::Xdp, &[]))
+        .context("verifying flow_sweep")?;
+    let sweep_prog = sweep
+        .fd()?
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating flow_sweep's fd")?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(programs::EGRESS)
         .context("lb_egress missing from the object")?
@@ -328,6 +348,7 @@ pub fn attach(
         pins,
         adopted,
         egress,
+        sweep_prog,
     })
 }
 

@@ -19,6 +19,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -104,13 +105,7 @@ pub fn affinity_over(
 /// Deletes the entries of `map` that `over` says are over; returns how many
 /// went. Keys are collected first (deleting while walking a hash map with
 /// `get_next_key` restarts the walk), and each is read again right before
-/// its delete: a walk of a full table takes long enough that the data path
-/// reclaims many of the dead entries it found (a new flow takes an expired
-/// flow's NAT port by rewriting its reverse entry in place), and deleting
-/// such an entry cuts a live flow — the backend's replies then reach the
-/// node's kernel, which resets the connection. Found by the soak: two
-/// connections in 50,000 reset in some runs, with as many replies passed to
-/// the kernel. What is left is the instant between the read and the delete.
+/// its delete.
 fn sweep_map<K: Pod, V: Pod>(
     map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
     mut over: impl FnMut(&K, &V) -> bool,
@@ -144,9 +139,106 @@ pub fn delete_still_over<K: Pod, V: Pod>(
         .count()
 }
 
+/// The second half for `rev_nat`, where a delete from here could cut a live
+/// flow: a walk of a full table takes long enough that the data path
+/// reclaims many of the dead entries it found (a new flow takes an expired
+/// flow's NAT port by rewriting its reverse entry in place, by
+/// compare-and-swap on its stamp), and deleting such an entry sends the new
+/// flow's replies to the node's kernel, which resets the connection (the
+/// soak caught two in 50,000). Each entry still over when read again is
+/// deleted by the data path's own `flow_sweep` program, which swaps the
+/// stamp read here for a tombstone first and deletes only if that swap won:
+/// a flow that took the entry over after the read changed the stamp.
+pub fn delete_rev_still_over(
+    sweep: BorrowedFd<'_>,
+    map: &aya::maps::HashMap<aya::maps::MapData, FlowKey, RevNatValue>,
+    keys: &[FlowKey],
+    mut over: impl FnMut(&FlowKey, &RevNatValue) -> bool,
+) -> Result<usize> {
+    let mut deleted = 0;
+    for k in keys {
+        let Ok(v) = map.get(k, 0) else { continue };
+        if over(k, &v) && delete_rev_if_stamp(sweep, k, v.last_seen_ns)? {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// `BPF_PROG_TEST_RUN` (linux/bpf.h).
+const PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` part of `union bpf_attr` this needs (the kernel accepts a
+/// prefix).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+/// Runs `flow_sweep` (its fd: `sweep`) on `key`: deletes the reverse entry
+/// if its stamp is still `last_seen_ns`. True when it deleted it.
+pub fn delete_rev_if_stamp(
+    sweep: BorrowedFd<'_>,
+    key: &FlowKey,
+    last_seen_ns: u64,
+) -> Result<bool> {
+    let req = flow::SweepRequest {
+        key: *key,
+        last_seen_ns,
+    };
+    // SAFETY: a #[repr(C)] struct of integers without padding (lb-common's
+    // size checks), read as its bytes while it lives.
+    let data: &[u8] = unsafe {
+        std::slice::from_raw_parts((&raw const req).cast(), size_of::<flow::SweepRequest>())
+    };
+    // XDP test runs take at least an Ethernet header's worth: a request is more.
+    let mut out = [0u8; size_of::<flow::SweepRequest>()];
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(sweep.as_raw_fd()).context("program fd")?,
+        data_size_in: u32::try_from(data.len()).context("request size")?,
+        data_size_out: u32::try_from(out.len()).context("request size")?,
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is an initialised bpf_attr prefix of the size passed;
+    // `data` and `out` outlive the call and are as long as it says.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            PROG_TEST_RUN,
+            std::ptr::from_mut(&mut attr),
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN flow_sweep");
+    }
+    match attr.retval {
+        flow::sweep_verdict::DELETED => Ok(true),
+        flow::sweep_verdict::KEPT => Ok(false),
+        other => anyhow::bail!("flow_sweep refused the request (verdict {other})"),
+    }
+}
+
 /// One sweep of `conntrack`, `rev_nat` and `affinity` at `now`; fills
-/// `tcp_backends` with the backend ids of the TCP flows that go on.
-pub fn sweep(maps: &mut Maps, now: u64, tcp_backends: &mut BTreeSet<u32>) -> Result<Swept> {
+/// `tcp_backends` with the backend ids of the TCP flows that go on. `sweep`
+/// is the `flow_sweep` program (see [`delete_rev_still_over`]).
+pub fn sweep(
+    maps: &mut Maps,
+    sweep: BorrowedFd<'_>,
+    now: u64,
+    tcp_backends: &mut BTreeSet<u32>,
+) -> Result<Swept> {
     let t = maps.config()?.timeouts;
     let affinity_timeouts: BTreeMap<u32, u32> = maps
         .services
@@ -162,9 +254,12 @@ pub fn sweep(maps: &mut Maps, now: u64, tcp_backends: &mut BTreeSet<u32>) -> Res
         }
         over
     });
+    let rev_over = |k: &FlowKey, v: &RevNatValue| rev_nat_over(k, v, now, &t);
+    let dead = dead_keys(&maps.rev_nat, rev_over);
+    let rev_nat = delete_rev_still_over(sweep, &maps.rev_nat, &dead, rev_over)?;
     Ok(Swept {
         conntrack,
-        rev_nat: sweep_map(&mut maps.rev_nat, |k, v| rev_nat_over(k, v, now, &t)),
+        rev_nat,
         affinity: sweep_map(&mut maps.affinity, |k, v| {
             affinity_over(k, v, now, &affinity_timeouts)
         }),
@@ -176,6 +271,7 @@ pub fn sweep(maps: &mut Maps, now: u64, tcp_backends: &mut BTreeSet<u32>) -> Res
 /// sweep's [`FlowReport`] in `reports`.
 pub fn spawn(
     pins: &PinDir,
+    sweep_prog: OwnedFd,
     interval: Duration,
     health: Arc<Health>,
     reports: Reports,
@@ -188,7 +284,8 @@ pub fn spawn(
                 std::thread::sleep(interval);
                 let started = Instant::now();
                 let mut tcp_backends = BTreeSet::new();
-                let result = now_ns().and_then(|now| sweep(&mut maps, now, &mut tcp_backends));
+                let result = now_ns()
+                    .and_then(|now| sweep(&mut maps, sweep_prog.as_fd(), now, &mut tcp_backends));
                 match result {
                     Ok(s) => {
                         let report = FlowReport {

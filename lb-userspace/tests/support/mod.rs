@@ -374,6 +374,23 @@ impl Lb {
         writer::set_config(self.h.maps_mut(), config).expect("config");
     }
 
+    /// `flow_sweep`'s fd (loaded by the harness, as every program).
+    pub fn sweep_prog(&mut self) -> std::os::fd::OwnedFd {
+        use std::os::fd::AsFd as _;
+        let p: &aya::programs::Xdp = self
+            .h
+            .ebpf_mut()
+            .program(lb_common::maps::programs::SWEEP)
+            .expect("flow_sweep in the object")
+            .try_into()
+            .expect("an XDP program");
+        p.fd()
+            .expect("loaded")
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("dup")
+    }
+
     /// Another new-flow guard, written straight into `config` (the planner
     /// derives the refill from the half-open timeout; tests pick both).
     pub fn set_half_open(&mut self, half_open: lb_common::HalfOpenGuard) {
@@ -462,6 +479,14 @@ impl Lb {
             .conntrack
             .insert(k, v, 0)
             .expect("conntrack insert");
+    }
+
+    pub fn remove_conntrack(&mut self, k: &FlowKey) {
+        self.h
+            .maps_mut()
+            .conntrack
+            .remove(k)
+            .expect("conntrack remove");
     }
 
     pub fn remove_rev_nat(&mut self, k: &FlowKey) {
