@@ -258,6 +258,10 @@ pub struct DatapathConfig {
     pub ready: u32,
     /// How long idle flows live, by state.
     pub timeouts: FlowTimeouts,
+    /// Seed of [`hash::flow_hash`] and [`hash::client_hash`]: the cluster's
+    /// secret, equal on every node (see [`hash`]).
+    pub hash_seed: u32,
+    pub _pad1: u32,
 }
 
 impl DatapathConfig {
@@ -281,6 +285,8 @@ impl DatapathConfig {
             nat_port_max,
             ready: ready as u32,
             timeouts: FlowTimeouts::DEFAULT,
+            hash_seed: hash::PUBLIC_SEED,
+            _pad1: 0,
         }
     }
 
@@ -288,6 +294,12 @@ impl DatapathConfig {
     #[must_use]
     pub const fn with_timeouts(self, timeouts: FlowTimeouts) -> Self {
         Self { timeouts, ..self }
+    }
+
+    /// The same configuration with another flow-hash seed.
+    #[must_use]
+    pub const fn with_hash_seed(self, hash_seed: u32) -> Self {
+        Self { hash_seed, ..self }
     }
 }
 
@@ -422,7 +434,7 @@ abi_types! {
     FlowScratch = 224,
     SourceRangeData = 8,
     TrafficCounter = 16,
-    DatapathConfig = 48,
+    DatapathConfig = 56,
     AnnounceState = 16,
     ArpStats = 16,
     HostKey = 20,
