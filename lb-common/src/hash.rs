@@ -1,12 +1,50 @@
 //! The flow hash: the kernel indexes Maglev tables with it, and userspace
 //! uses the same function to predict where a flow goes (tests, simulator).
-//! `MurmurHash3` (`x86_32`) over 12 bytes, fixed seed: cheap in BPF (no loops,
-//! no tables) and well mixed in every output bit, which Maglev's
-//! `hash % prime` needs.
+//! `MurmurHash3` (`x86_32`) over 12 bytes: cheap in BPF (no loops, no
+//! tables) and well mixed in every output bit, which Maglev's `hash % prime`
+//! needs.
+//!
+//! The seed is the cluster's secret ([`DatapathConfig::hash_seed`]), the same
+//! on every node so that every node sends a flow to the same backend: with a
+//! public seed anyone can compute offline which source ports land on one
+//! backend and aim a flood at it.
+//!
+//! [`DatapathConfig::hash_seed`]: crate::DatapathConfig::hash_seed
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
-const SEED: u32 = 0x6f6e_6568; // "oneh"
+
+/// The seed of a cluster that configured none (services-file source without
+/// `--hash-seed-file`): public, so flows can be aimed; also the seed every
+/// version before the secret used, so such a node picks as they did.
+pub const PUBLIC_SEED: u32 = 0x6f6e_6568; // "oneh"
+
+/// Shortest secret accepted for deriving a seed: shorter ones are typos or
+/// placeholders, not secrets.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The flow-hash seed of a cluster secret (any bytes, at least
+/// [`MIN_SECRET_LEN`]): `MurmurHash3_x86_32` of the secret with seed 0, so
+/// that every node derives the same seed from the same bytes. `None` for a
+/// secret too short.
+pub fn seed_of_secret(secret: &[u8]) -> Option<u32> {
+    if secret.len() < MIN_SECRET_LEN {
+        return None;
+    }
+    let mut blocks = secret.chunks_exact(4);
+    let mut h = 0u32;
+    for b in blocks.by_ref() {
+        h = mix(h, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    }
+    let mut k = 0u32;
+    for (i, &byte) in blocks.remainder().iter().enumerate() {
+        k |= u32::from(byte) << (8 * i);
+    }
+    if !blocks.remainder().is_empty() {
+        h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    }
+    Some(finish(h, u32::try_from(secret.len()).unwrap_or(u32::MAX)))
+}
 
 #[expect(
     clippy::inline_always,
@@ -35,14 +73,22 @@ const fn finish(h: u32, len: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Hash of a flow: addresses in wire order, ports in host order.
+/// Hash of a flow: addresses in wire order, ports in host order; `seed` is
+/// the cluster's ([`DatapathConfig::hash_seed`](crate::DatapathConfig::hash_seed)).
 #[expect(
     clippy::inline_always,
     reason = "BPF hot path: must be inlined into the program"
 )]
 #[inline(always)]
-pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
-    let mut h = mix(SEED, u32::from_be_bytes(src));
+pub const fn flow_hash(
+    seed: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    let mut h = mix(seed, u32::from_be_bytes(src));
     h = mix(h, u32::from_be_bytes(dst));
     h = mix(
         h,
@@ -59,8 +105,8 @@ pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto
     reason = "BPF hot path: must be inlined into the program"
 )]
 #[inline(always)]
-pub const fn client_hash(client: [u8; 4]) -> u32 {
-    finish(mix(SEED, u32::from_be_bytes(client)), 4)
+pub const fn client_hash(seed: u32, client: [u8; 4]) -> u32 {
+    finish(mix(seed, u32::from_be_bytes(client)), 4)
 }
 
 /// NAT source ports tried for a new remote flow before it is dropped as
@@ -188,24 +234,81 @@ mod tests {
         //   mmh3.hash(struct.pack("<III", w(src), w(dst),
         //             (sport << 16 | dport) ^ (proto << 8)), 0x6f6e6568, signed=False)
         assert_eq!(
-            flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6),
+            flow_hash(PUBLIC_SEED, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6),
             0x0201_45fa
         );
         assert_eq!(
-            flow_hash([192, 168, 50, 7], [192, 168, 50, 200], 40000, 443, 17),
+            flow_hash(
+                PUBLIC_SEED,
+                [192, 168, 50, 7],
+                [192, 168, 50, 200],
+                40000,
+                443,
+                17
+            ),
             0xb061_9c90
         );
         // client_hash: mmh3.hash(struct.pack("<I", w(client)), 0x6f6e6568, signed=False)
-        assert_eq!(client_hash([192, 168, 50, 7]), 0x75ef_5135);
+        assert_eq!(client_hash(PUBLIC_SEED, [192, 168, 50, 7]), 0x75ef_5135);
+    }
+
+    #[test]
+    fn the_seed_changes_every_hash() {
+        let flow = |seed| flow_hash(seed, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6);
+        assert_ne!(flow(PUBLIC_SEED), flow(PUBLIC_SEED ^ 1));
+        assert_ne!(
+            client_hash(PUBLIC_SEED, [192, 168, 50, 7]),
+            client_hash(PUBLIC_SEED ^ 0x8000_0000, [192, 168, 50, 7])
+        );
+        // The published vector with seed 0x9747b28c: the seed really is
+        // MurmurHash3's seed, not mixed in some other way.
+        assert_eq!(
+            flow_hash(0x9747_b28c, *b"aaaa", *b"aaaa", 0x6161, 0x6161, 0),
+            murmur3_x86_32(b"aaaaaaaaaaaa", 0x9747_b28c)
+        );
+    }
+
+    #[test]
+    fn secrets_give_murmur3_seeds_and_short_ones_none() {
+        assert_eq!(seed_of_secret(&[7; MIN_SECRET_LEN - 1]), None);
+        assert_eq!(seed_of_secret(b""), None);
+        for secret in [
+            &b"0123456789abcdef"[..],
+            b"0123456789abcdef0",
+            b"a secret of thirty-two bytes!!!!",
+        ] {
+            assert_eq!(seed_of_secret(secret), Some(murmur3_x86_32(secret, 0)));
+        }
+        // mmh3.hash(b"0123456789abcdef", 0, signed=False)
+        assert_eq!(
+            seed_of_secret(b"0123456789abcdef"),
+            Some(murmur3_x86_32(b"0123456789abcdef", 0))
+        );
+        assert_ne!(
+            seed_of_secret(b"0123456789abcdef"),
+            seed_of_secret(b"0123456789abcdeF")
+        );
     }
 
     #[test]
     fn ports_and_protocol_change_the_hash() {
-        let a = flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6);
-        assert_ne!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1001, 80, 6));
-        assert_ne!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 17));
-        assert_ne!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 3], 1000, 80, 6));
-        assert_eq!(a, flow_hash([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6));
+        let a = flow_hash(PUBLIC_SEED, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6);
+        assert_ne!(
+            a,
+            flow_hash(PUBLIC_SEED, [10, 0, 0, 1], [10, 0, 0, 2], 1001, 80, 6)
+        );
+        assert_ne!(
+            a,
+            flow_hash(PUBLIC_SEED, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 17)
+        );
+        assert_ne!(
+            a,
+            flow_hash(PUBLIC_SEED, [10, 0, 0, 1], [10, 0, 0, 3], 1000, 80, 6)
+        );
+        assert_eq!(
+            a,
+            flow_hash(PUBLIC_SEED, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 6)
+        );
     }
 
     #[test]

@@ -260,6 +260,10 @@ pub struct DatapathConfig {
     pub timeouts: FlowTimeouts,
     /// The new-flow guard (see [`HalfOpenGuard`]).
     pub half_open: HalfOpenGuard,
+    /// Seed of [`hash::flow_hash`] and [`hash::client_hash`]: the cluster's
+    /// secret, equal on every node (see [`hash`]).
+    pub hash_seed: u32,
+    pub _pad1: u32,
 }
 
 impl DatapathConfig {
@@ -284,6 +288,8 @@ impl DatapathConfig {
             ready: ready as u32,
             timeouts: FlowTimeouts::DEFAULT,
             half_open: HalfOpenGuard::for_table(maps::CONNTRACK_MAX, FlowTimeouts::DEFAULT),
+            hash_seed: hash::PUBLIC_SEED,
+            _pad1: 0,
         }
     }
 
@@ -291,6 +297,12 @@ impl DatapathConfig {
     #[must_use]
     pub const fn with_timeouts(self, timeouts: FlowTimeouts) -> Self {
         Self { timeouts, ..self }
+    }
+
+    /// The same configuration with another flow-hash seed.
+    #[must_use]
+    pub const fn with_hash_seed(self, hash_seed: u32) -> Self {
+        Self { hash_seed, ..self }
     }
 
     /// The same configuration with another new-flow guard.
@@ -498,7 +510,7 @@ abi_types! {
     FlowScratch = 224,
     SourceRangeData = 8,
     TrafficCounter = 16,
-    DatapathConfig = 56,
+    DatapathConfig = 64,
     HalfOpenGuard = 8,
     HalfOpenBudget = 16,
     flow::SweepRequest = 48,

@@ -252,7 +252,15 @@ fn service_path(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let choice = service::choose(&key, ip.src, svc, syn_only, now, &cfg.timeouts);
+    let choice = service::choose(
+        &key,
+        ip.src,
+        svc,
+        syn_only,
+        now,
+        &cfg.timeouts,
+        cfg.hash_seed,
+    );
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
@@ -438,7 +446,7 @@ fn to_remote(
                 f.now,
             )
             .with_hop(hop.ifindex, hop.dmac, hop.smac);
-            (*s).hash = flow_hash(ip.src, ip.dst, k.sport, k.dport, k.proto);
+            (*s).hash = flow_hash(cfg.hash_seed, ip.src, ip.dst, k.sport, k.dport, k.proto);
             (*s).backend = f.b;
         }
         let port = match conntrack::create(k, s) {

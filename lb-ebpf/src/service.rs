@@ -112,7 +112,8 @@ fn established(key: &FlowKey, syn_only: bool, now: u64, timeouts: &FlowTimeouts)
 }
 
 /// `client` is the client's IPv4 address (`key.src`), `syn_only` says the
-/// packet is a TCP SYN without ACK.
+/// packet is a TCP SYN without ACK, `hash_seed` is the cluster's flow-hash
+/// seed (from the config the caller already holds).
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
@@ -121,6 +122,7 @@ pub fn choose(
     syn_only: bool,
     now: u64,
     timeouts: &FlowTimeouts,
+    hash_seed: u32,
 ) -> Result<Choice, DropReason> {
     if let Some(c) = established(key, syn_only, now, timeouts) {
         return Ok(c);
@@ -169,9 +171,10 @@ pub fn choose(
                 });
             }
         }
-        client_hash(client)
+        client_hash(hash_seed, client)
     } else {
         flow_hash(
+            hash_seed,
             client,
             flow::v4_of(&key.dst),
             key.sport,

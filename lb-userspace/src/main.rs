@@ -165,6 +165,14 @@ struct DataplaneArgs {
     /// close) can hold one of the backend ids.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
     max_drain_secs: u64,
+    /// File holding the cluster's flow-hash secret (at least 16 bytes, read
+    /// at start): every node must be given the same one, so that all pick
+    /// the same backend for a flow. The install bundle mounts the Secret
+    /// `onehop-hash-seed` here. Without it the agent uses a public seed,
+    /// with which anyone can aim flows at one backend. A file that is
+    /// missing or too short stops the agent.
+    #[arg(long, env = "ONEHOP_HASH_SEED_FILE")]
+    hash_seed_file: Option<PathBuf>,
 }
 
 /// Which Services onehop serves: the same flags for the agent and the controller
@@ -571,6 +579,7 @@ fn run(cli: Cli) -> Result<()> {
                 listen: dataplane.listen.listen(),
                 flow_sweep_interval: Duration::from_secs(dataplane.flow_sweep_interval_secs),
                 max_drain: Duration::from_secs(dataplane.max_drain_secs),
+                hash_seed: agent::hash_seed(dataplane.hash_seed_file.as_deref())?,
                 series: agent::metrics::Series {
                     per_backend: dataplane.backend_metrics,
                 },

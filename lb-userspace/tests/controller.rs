@@ -295,6 +295,52 @@ fn bounded(f: impl Future<Output = ()>) -> impl Future<Output = ()> {
     }
 }
 
+/// The controller creates the cluster's flow-hash Secret once, with a
+/// secret long enough for `--hash-seed-file`, and never replaces it: a second
+/// replica (or a restart) leaves the bytes every agent already hashes with.
+#[tokio::test]
+async fn creates_the_hash_seed_secret_once_and_keeps_it() {
+    use k8s_openapi::api::core::v1::Secret;
+    use lb_userspace::k8s::hash_secret;
+    bounded(async {
+        let k = setup().await;
+        let secrets: kube::Api<Secret> = kube::Api::namespaced(k.b.client(), k.sys());
+        let seed_of = async || {
+            secrets
+                .get_opt(hash_secret::NAME)
+                .await
+                .expect("reading the Secret")
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(hash_secret::KEY).cloned())
+                .map(|b| b.0)
+        };
+        let c1 = Ctl::start(&k, "c-1");
+        let mut first = None;
+        wait_for("the hash seed Secret", async || {
+            first = seed_of().await;
+            first.is_some()
+        })
+        .await;
+        let first = first.expect("waited for it");
+        assert!(
+            lb_common::hash::seed_of_secret(&first).is_some(),
+            "{} bytes is too short for a seed",
+            first.len()
+        );
+        let c2 = Ctl::start(&k, "c-2");
+        assert!(
+            !hash_secret::ensure(k.b.client(), k.sys())
+                .await
+                .expect("ensure"),
+            "an existing Secret is not created again"
+        );
+        c2.stop().await;
+        c1.stop().await;
+        assert_eq!(seed_of().await, Some(first), "the secret was replaced");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn assigns_from_the_pool_writes_status_and_event() {
     bounded(async {
@@ -1210,7 +1256,7 @@ async fn rbac_covers_exactly_the_controllers_calls() {
             let scopes: Vec<Option<String>> = if namespaces.is_empty() {
                 let namespaced_here = matches!(
                     res.as_str(),
-                    "leases" | "ipaddresspools" | "ipaddresspools/status"
+                    "leases" | "ipaddresspools" | "ipaddresspools/status" | "secrets"
                 );
                 vec![namespaced_here.then(|| NS.to_owned())]
             } else {

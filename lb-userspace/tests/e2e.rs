@@ -1334,3 +1334,89 @@ fn remote_replies_reach_a_client_the_node_never_resolved_past_kube_proxys_invali
     );
     assert_eq!(status_count(&v, "counters", "fib_pass_to_kernel"), 0, "{v}");
 }
+
+/// Every service's Maglev table of a node, each slot as the backend's
+/// (address, port): ids are node-local, identities are what must match.
+fn tables_by_identity(c: &Cluster, node: u8) -> BTreeMap<String, Vec<([u8; 4], u16)>> {
+    use lb_userspace::dataplane::maps::{Maps, PinDir};
+    let maps = Maps::open(&PinDir::new(
+        c.pin_root(node),
+        onehop_testkit::cluster::NODE_INTERFACE,
+    ))
+    .expect("open the node's maps");
+    let state = lb_userspace::dataplane::reader::read(&maps).expect("read the node's maps");
+    state
+        .services
+        .iter()
+        .map(|(key, v)| {
+            let table = state
+                .maglev
+                .get(&v.maglev_offset)
+                .map(|t| {
+                    t.iter()
+                        .map(|id| {
+                            let b = state.backends[&id];
+                            (b.ip, b.port)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (format!("{key:?}"), table)
+        })
+        .collect()
+}
+
+/// Two nodes given the same secret hash flows with the same seed and hold the
+/// same Maglev tables, slot for slot, so either sends a flow to the same
+/// backend (what failover without lost connections, issue 11, rests on). An
+/// agent given a secret too short to be one stops and says why, rather than
+/// serving with a seed its peers do not have.
+#[test]
+fn nodes_given_the_same_secret_hash_and_build_tables_alike() {
+    let c = new_cluster();
+    let secret = c.scratch().join("hash-seed");
+    std::fs::write(&secret, b"the cluster's 32-byte secret....").expect("write the secret");
+    let short = c.scratch().join("short-seed");
+    std::fs::write(&short, b"too short").expect("write the short secret");
+    write_config(&c, 1, &services_yaml(&c, 1, true, &all_backends()));
+    write_config(&c, 2, &services_yaml(&c, 2, false, &all_backends()));
+    let agent = |node: u8, seed: &std::path::Path| {
+        let config = c.services_path(node);
+        c.spawn_agent(
+            node,
+            &[
+                std::ffi::OsStr::new("--services-file"),
+                config.as_os_str(),
+                "--hash-seed-file".as_ref(),
+                seed.as_os_str(),
+            ],
+            &[],
+        );
+    };
+    agent(1, &secret);
+    agent(2, &secret);
+    c.wait_for(1, "4 backends", |s| pods_in_use(s) == 4);
+    c.wait_for(2, "4 backends", |s| pods_in_use(s) == 4);
+    let want = lb_common::hash::seed_of_secret(b"the cluster's 32-byte secret....");
+    for node in [1, 2] {
+        let s = c.snapshot(node).expect("snapshot");
+        assert_eq!(Some(s.config.hash_seed), want, "node{node}'s seed");
+        assert_ne!(s.config.hash_seed, lb_common::hash::PUBLIC_SEED);
+    }
+    let (t1, t2) = (tables_by_identity(&c, 1), tables_by_identity(&c, 2));
+    assert_eq!(t1.len(), 2, "a TCP and a UDP service: {t1:?}");
+    assert!(t1.values().all(|t| !t.is_empty()));
+    assert_eq!(t1, t2, "the nodes' Maglev tables differ");
+
+    c.stop_agent(2, Duration::from_secs(5))
+        .expect("stop node2's agent");
+    agent(2, &short);
+    let err = c
+        .wait_agent(2, "an exit", Duration::from_secs(20), || false)
+        .expect_err("an agent with a 9-byte secret must not run");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("holds 9 bytes; a secret needs at least 16"),
+        "the log does not say what is wrong with the secret: {err}"
+    );
+}

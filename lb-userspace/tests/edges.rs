@@ -392,6 +392,7 @@ fn written_plans_read_back_exactly() {
         ip: topo.node(1).ip(),
         ifindex: 2,
         mac: topo.node(1).mac().octets(),
+        hash_seed: lb_common::hash::PUBLIC_SEED,
     };
     let file = |extra: &str| {
         let text = format!(

@@ -287,6 +287,44 @@ fn agent_daemonset_runs_the_kubernetes_agent_with_least_privilege() {
             .iter()
             .any(|k| k == "node-role.kubernetes.io/control-plane")
     );
+    // The flow-hash secret: the Secret the controller creates, mounted (not
+    // optional, so no agent serves with another seed) where the env points.
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| Some((v.name.as_str(), v.secret.as_ref()?)))
+        .expect("a Secret volume for the hash seed");
+    assert_eq!(
+        secret.1.secret_name.as_deref(),
+        Some(lb_userspace::k8s::hash_secret::NAME)
+    );
+    assert_ne!(
+        secret.1.optional,
+        Some(true),
+        "the seed must not be optional"
+    );
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == secret.0)
+        .expect("the hash seed Secret is mounted");
+    let file = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ONEHOP_HASH_SEED_FILE")
+        .and_then(|e| e.value.clone())
+        .expect("ONEHOP_HASH_SEED_FILE");
+    assert_eq!(
+        file,
+        format!(
+            "{}/{}",
+            mount.mount_path,
+            lb_userspace::k8s::hash_secret::KEY
+        )
+    );
 }
 
 /// The uninstall `DaemonSet` reaches every node (whatever its taints), in the host's network

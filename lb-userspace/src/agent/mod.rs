@@ -63,6 +63,39 @@ pub struct Options {
     pub max_drain: Duration,
     /// The optional series of `/metrics`.
     pub series: metrics::Series,
+    /// Seed of the data path's flow hash ([`hash_seed`]).
+    pub hash_seed: u32,
+}
+
+/// The flow-hash seed from the cluster's secret in `file`, or the public
+/// seed when there is no file (logged: flows can then be aimed at one
+/// backend). Every node must derive the same seed, so an unreadable or
+/// short secret is an error, never a fallback to another seed.
+pub fn hash_seed(file: Option<&std::path::Path>) -> Result<u32> {
+    let Some(path) = file else {
+        warn!(
+            "no --hash-seed-file: the flow hash uses the public seed, so anyone can compute \
+             which flows land on one backend; give every node the same secret"
+        );
+        return Ok(lb_common::hash::PUBLIC_SEED);
+    };
+    let secret = std::fs::read(path)
+        .with_context(|| format!("reading the hash seed file {}", path.display()))?;
+    let seed = lb_common::hash::seed_of_secret(&secret).with_context(|| {
+        format!(
+            "the hash seed file {} holds {} bytes; a secret needs at least {}",
+            path.display(),
+            secret.len(),
+            lb_common::hash::MIN_SECRET_LEN
+        )
+    })?;
+    // The fingerprint lets operators compare nodes without showing the secret.
+    info!(
+        fingerprint = %format!("{:08x}", lb_common::hash::client_hash(seed, [0; 4])),
+        "flow-hash seed read from {}",
+        path.display()
+    );
+    Ok(seed)
 }
 
 /// VIPs flagged ANNOUNCE in a state.
@@ -136,6 +169,7 @@ pub struct MapOwner {
     /// saw it retired (after a restart: when it adopted the maps).
     retired_since: BTreeMap<u32, Instant>,
     max_drain: Duration,
+    hash_seed: u32,
     pub health: Arc<metrics::Health>,
 }
 
@@ -190,6 +224,7 @@ impl MapOwner {
             ip,
             ifindex: self.iface.index,
             mac: self.iface.mac,
+            hash_seed: self.hash_seed,
         })
     }
 
@@ -577,6 +612,7 @@ impl MapOwner {
             flows,
             retired_since: BTreeMap::new(),
             max_drain: opts.max_drain,
+            hash_seed: opts.hash_seed,
         };
         agent.track_retired();
         agent.health.set_state(&agent.current);

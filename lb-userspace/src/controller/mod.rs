@@ -150,6 +150,13 @@ pub async fn run_with_metrics(
         "the renew deadline must be shorter than the lease duration"
     );
     anyhow::ensure!(!opts.identity.is_empty(), "the identity must not be empty");
+    // Not behind the election: the agents wait for the Secret, and either
+    // replica may create it (the second finds it there).
+    tokio::spawn(crate::k8s::hash_secret::ensure_until_done(
+        client.clone(),
+        opts.namespace.clone(),
+        opts.timing.retry_period,
+    ));
     let notify = Arc::new(Notify::new());
     let (services, w1) = watch::reflect(
         Api::<Service>::all(client.clone()),

@@ -45,6 +45,9 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub ifindex: u32,
     pub mac: [u8; 6],
+    /// Seed of the data path's flow hash: the cluster's secret, the same on
+    /// every node (`lb_common::hash`).
+    pub hash_seed: u32,
 }
 
 /// Key of the `src_ranges` LPM trie, ordered by service id, address, then
@@ -440,7 +443,8 @@ fn plan_with(
         .with_half_open(HalfOpenGuard::with_max(
             limits.half_open_max,
             file.flow_timeouts,
-        )),
+        ))
+        .with_hash_seed(node.hash_seed),
         vips: plan_vips(file, node),
         backends,
         ..DataplaneState::default()

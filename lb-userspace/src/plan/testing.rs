@@ -13,6 +13,7 @@ pub const NODE: Node = Node {
     ip: Ipv4Addr::new(192, 168, 50, 10),
     ifindex: 7,
     mac: [2, 0, 0, 0, 0, 1],
+    hash_seed: 0x5eed_0001,
 };
 
 /// Default limits with a Maglev array small enough to fill in a test.

@@ -32,6 +32,9 @@ use onehop_testkit::netns::{Netns, ifindex, unique_prefix};
 
 pub const NODE_IP: [u8; 4] = [10, 200, 0, 1];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The flow-hash seed of the harness: not the public one, so a data path that
+/// ignored the configured seed would pick other backends than tests expect.
+pub const HASH_SEED: u32 = 0x5ec2_e7a1;
 /// Second uplink of the namespace (a redirect target).
 pub const NODE2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
 pub const CLIENT: [u8; 4] = [10, 200, 0, 50];
@@ -293,6 +296,7 @@ impl Lb {
             ip: Ipv4Addr::from(NODE_IP),
             ifindex,
             mac: NODE_MAC,
+            hash_seed: HASH_SEED,
         };
         let h = Harness::load(object, &sizes, node).unwrap_or_else(|e| {
             // A rejected program's verifier log runs to megabytes; its verdict

@@ -218,6 +218,7 @@ impl Lb {
             ip: Ipv4Addr::from(NODE_IP),
             ifindex: onehop_testrun::ifindex("v0")?,
             mac: NODE_MAC,
+            hash_seed: lb_common::hash::PUBLIC_SEED,
         };
         let mut h = Harness::load(object, &map_sizes, node)?;
         for name in PROGRAMS {
@@ -356,7 +357,14 @@ impl Lb {
         for k in 1..=repeat {
             let n = seq.wrapping_add(k);
             let sport = u16::try_from(1024 + n % SEQ_PORTS).context("port")?;
-            let h = flow_hash(CLIENT, VIP, sport, REMOTE_PORT, proto::TCP);
+            let h = flow_hash(
+                lb_common::hash::PUBLIC_SEED,
+                CLIENT,
+                VIP,
+                sport,
+                REMOTE_PORT,
+                proto::TCP,
+            );
             let b = backends[&table[(h % len) as usize]];
             let claimed = (0..NAT_PROBES).find_map(|i| {
                 let port = u16::try_from(u32::from(NAT_MIN) + nat_probe(h, i, size)).ok()?;

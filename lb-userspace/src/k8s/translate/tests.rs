@@ -410,6 +410,7 @@ fn named_port_resolves_per_slice() {
         ip: ip("192.168.50.11"),
         ifindex: 1,
         mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
     };
     let state = crate::plan::state::plan(
         &crate::plan::state::DataplaneState::default(),
@@ -584,6 +585,7 @@ fn translation_plans_like_a_file() {
         ip: ip("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
     };
     let state = plan(
         &DataplaneState::default(),
@@ -724,6 +726,7 @@ fn node_addresses_are_never_served_or_announced() {
         ip: ip("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
     };
     plan(
         &DataplaneState::default(),
@@ -747,6 +750,7 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         ip: ip("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
     };
     for (name, ranges, denied) in &cases {
         let svc = service(

@@ -69,6 +69,7 @@ fn plans_every_map() {
             62999,
             true
         )
+        .with_hash_seed(0x5eed_0001)
     );
     assert_eq!(
         s.vips,
@@ -291,9 +292,11 @@ fn node_changes_update_flags_and_config() {
         ip: ip("192.168.50.11"),
         ifindex: 9,
         mac: [2, 0, 0, 0, 0, 2],
+        hash_seed: 0x5eed_0002,
     };
     let b = plan(&a, &parse(FILE), &other, &limits()).unwrap();
     assert_eq!(b.config.node_ip, [192, 168, 50, 11]);
+    assert_eq!(b.config.hash_seed, 0x5eed_0002, "the seed is the node's");
     assert_eq!(b.config.ifindex, 9);
     assert_eq!(b.vips.get(&[192, 168, 50, 11]), Some(&vip_flags::NODE));
     assert_eq!(b.vips.get(&[192, 168, 50, 10]), None);
