@@ -73,6 +73,7 @@ use crate::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
         IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
     },
+    partial,
     service::{self, Choice, flow_key},
     stats,
     verdict::Outcome,
@@ -368,6 +369,9 @@ fn to_remote(
     f: &Flow<'_>,
 ) -> Outcome {
     let k = f.key;
+    if !partial::finish_before_tx(ctx, ip, l4) {
+        return Outcome::Drop(DropReason::PartialChecksum);
+    }
     // An established flow reuses the next hop its entry caches (renewed
     // once a second with the timestamps). Otherwise route first: a flow we
     // cannot send must not claim a NAT port.
@@ -538,6 +542,9 @@ fn node_path(
         }
         Route::Fail => return Outcome::Drop(DropReason::NoRoute),
     };
+    if (hop.is_some() || learned) && !partial::finish_before_tx(ctx, ip, &mut l4) {
+        return Outcome::Drop(DropReason::PartialChecksum);
+    }
     nat::rewrite(
         ip,
         &mut l4,

@@ -33,6 +33,7 @@ pub mod ingress;
 pub mod maps;
 mod nat;
 pub mod parse;
+mod partial;
 mod service;
 mod stats;
 mod verdict;

@@ -1334,3 +1334,88 @@ fn remote_replies_reach_a_client_the_node_never_resolved_past_kube_proxys_invali
     );
     assert_eq!(status_count(&v, "counters", "fib_pass_to_kernel"), 0, "{v}");
 }
+
+/// The must-show of offloads: the client, the nodes and the pods keep TX checksum offload,
+/// TSO, GSO and GRO on, as a real node's NIC has them and as a kind or k3d node's veths do
+/// (every other test makes clients and pods send wire-like frames). A pod's reply then
+/// leaves its node with a partial checksum (`CHECKSUM_PARTIAL`: the field holds only the
+/// pseudo-header sum, for a NIC to finish), a veth carries it as such into the balancing
+/// node's XDP, and a reply translated there went out with a wrong checksum: every
+/// connection to a remote backend timed out. Local and remote backends, HTTP with curl (a
+/// 64 KiB upload each) and UDP with 1,400-byte datagrams.
+#[test]
+fn offloads_left_on_as_a_node_has_them_local_and_remote_backends_serve() {
+    let c = Cluster::with_topology(
+        onehop_testkit::topology::Topology::builder()
+            .nodes(2)
+            .pods_per_node(1)
+            .clients(1)
+            .offloads(onehop_testkit::topology::Offloads::Node),
+    );
+    let backends = [
+        BackendSpec { node: 1, pod: 1 },
+        BackendSpec { node: 2, pod: 1 },
+    ];
+    write_config(&c, 1, &services_yaml(&c, 1, true, &backends));
+    write_config(&c, 2, &services_yaml(&c, 2, false, &backends));
+    start_agent(&c, 1);
+    start_agent(&c, 2);
+    c.wait_for(1, "2 backends", |s| pods_in_use(s) == 2);
+    c.wait_for(2, "2 backends", |s| pods_in_use(s) == 2);
+    for (what, ns) in [
+        ("client1", c.topo.client().ns()),
+        ("node2-pod1", c.topo.node(2).pod(1).ns()),
+    ] {
+        let k = command_in(ns, "ethtool")
+            .args(["-k", "eth0"])
+            .output()
+            .expect("ethtool -k");
+        let k = String::from_utf8_lossy(&k.stdout);
+        for feature in ["tx-checksumming: on", "generic-receive-offload: on"] {
+            assert!(k.contains(feature), "{what} eth0 lacks {feature}:\n{k}");
+        }
+    }
+
+    let upload = c.scratch().join("upload");
+    std::fs::write(&upload, vec![b'x'; 64 * 1024]).expect("upload file");
+    let mut pods = BTreeMap::<String, usize>::new();
+    for i in 0..40 {
+        let out = command_in(c.topo.client().ns(), "curl")
+            .args(["-sS", "--max-time", "5", "--data-binary"])
+            .arg(format!("@{}", upload.display()))
+            .arg(format!("http://{VIP}:{PORT}/"))
+            .output()
+            .expect("curl (Debian package curl)");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {i} through the VIP: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+        let a = onehop_testkit::server::Answer::parse(&body)
+            .unwrap_or_else(|e| panic!("curl {i}: {e:#}: {body:?}"));
+        *pods.entry(a.pod).or_default() += 1;
+    }
+    assert_eq!(pods.len(), 2, "both backends answer: {pods:?}");
+
+    let udp = SocketAddr::V4(SocketAddrV4::new(VIP, UDP_PORT));
+    for i in 0..20u8 {
+        let payload = vec![i; 1400];
+        let r = c
+            .topo
+            .client()
+            .udp_request(udp, &payload)
+            .unwrap_or_else(|e| panic!("UDP {i} through the VIP: {e:#}"));
+        assert_eq!(r.from, udp, "UDP {i} answered from the VIP");
+        assert_eq!(r.echo, payload, "UDP {i} echoed whole");
+    }
+
+    let s = c.snapshot(1).expect("node1 maps");
+    assert!(s.counter(Counter::RemoteReply) > 0, "{s:?}");
+    assert!(
+        s.counter(Counter::PartialChecksumCompleted) > 0,
+        "no partial checksum reached node1: the offloads did not act ({s:?})"
+    );
+    assert_eq!(s.drop_count(DropReason::PartialChecksum), 0, "{s:?}");
+}
