@@ -26,6 +26,10 @@
 //! - transport header beyond the IP total length or TCP data offset < 5:
 //!   `truncated`.
 //!
+//! A packet of a remote flow (either way) whose transport checksum is
+//! partial, as a veth delivers it from a sender that offloads TX checksums,
+//! is finished before it is translated and sent on (see `partial`).
+//!
 //! Node path: only a well-formed TCP/UDP packet to a NAT port whose reply
 //! 5-tuple is in `rev_nat`, an ICMP error about a packet we sent to a
 //! remote backend (see `icmp_error`: sent on to the client) and the first
