@@ -1375,6 +1375,18 @@ fn offloads_left_on_as_a_node_has_them_local_and_remote_backends_serve() {
             assert!(k.contains(feature), "{what} eth0 lacks {feature}:\n{k}");
         }
     }
+    // The pods keep TSO: their peers carry no XDP program. (The client's and the nodes'
+    // eth0 lose GSO to the pass-through XDP programs on their LAN-side peers, as the kernel
+    // does to any veth whose peer runs XDP.)
+    let k = command_in(c.topo.node(2).pod(1).ns(), "ethtool")
+        .args(["-k", "eth0"])
+        .output()
+        .expect("ethtool -k");
+    let k = String::from_utf8_lossy(&k.stdout);
+    assert!(
+        k.contains("tcp-segmentation-offload: on"),
+        "node2-pod1 eth0 lacks TSO:\n{k}"
+    );
 
     let upload = c.scratch().join("upload");
     std::fs::write(&upload, vec![b'x'; 64 * 1024]).expect("upload file");
