@@ -128,6 +128,13 @@ numbered! {
         /// passed to the kernel, where netfilter may drop it (kube-proxy's
         /// `ctstate INVALID` rule: the kernel never saw the flow).
         ReplyToLearnedMac = 31 => "reply_to_learned_mac",
+        /// A packet we forward out of the interface (remote flows both ways)
+        /// arrived with a partial transport checksum (`CHECKSUM_PARTIAL`: the
+        /// field holds only the pseudo-header sum, left for a NIC to finish).
+        /// Frames from a veth whose sender offloads TX checksums carry these
+        /// (kind, k3d); nothing finishes them after `XDP_TX`, so we computed
+        /// the full checksum before translating.
+        PartialChecksumCompleted = 32 => "partial_checksum_completed",
     }
 }
 
@@ -198,5 +205,10 @@ numbered! {
         /// evict established flows; a real client's SYN retransmission
         /// gets in as tokens come back.
         HalfOpenLimit = 20 => "half_open_limit",
+        /// A packet we would forward out of the interface with a partial
+        /// transport checksum (see the `partial_checksum_completed` counter)
+        /// that we could not complete: its transport segment is longer than
+        /// the checksum loop covers or than the frame holds.
+        PartialChecksum = 21 => "partial_checksum",
     }
 }

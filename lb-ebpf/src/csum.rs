@@ -7,8 +7,9 @@
 
 use crate::parse::Ipv4Hdr;
 
+/// Folds an unfolded one's-complement sum to 16 bits (not complemented).
 #[inline(always)]
-fn fold(s: u32) -> u16 {
+pub fn fold(s: u32) -> u16 {
     let s = (s & 0xffff) + (s >> 16);
     let s = (s & 0xffff) + (s >> 16);
     #[expect(

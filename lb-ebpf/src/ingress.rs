@@ -26,6 +26,10 @@
 //! - transport header beyond the IP total length or TCP data offset < 5:
 //!   `truncated`.
 //!
+//! A packet of a remote flow (either way) whose transport checksum is
+//! partial, as a veth delivers it from a sender that offloads TX checksums,
+//! is finished before it is translated and sent on (see `partial`).
+//!
 //! Node path: only a well-formed TCP/UDP packet to a NAT port whose reply
 //! 5-tuple is in `rev_nat`, an ICMP error about a packet we sent to a
 //! remote backend (see `icmp_error`: sent on to the client) and the first
@@ -73,6 +77,7 @@ use crate::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
         IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
     },
+    partial,
     service::{self, Choice, flow_key},
     stats,
     verdict::Outcome,
@@ -389,6 +394,9 @@ fn to_remote(
     f: &Flow<'_>,
 ) -> Outcome {
     let k = f.key;
+    if !partial::finish_before_tx(ctx, ip, l4) {
+        return Outcome::Drop(DropReason::PartialChecksum);
+    }
     // An established flow reuses the next hop its entry caches (renewed
     // once a second with the timestamps). Otherwise route first: a flow we
     // cannot send must not claim a NAT port.
@@ -559,6 +567,9 @@ fn node_path(
         }
         Route::Fail => return Outcome::Drop(DropReason::NoRoute),
     };
+    if (hop.is_some() || learned) && !partial::finish_before_tx(ctx, ip, &mut l4) {
+        return Outcome::Drop(DropReason::PartialChecksum);
+    }
     nat::rewrite(
         ip,
         &mut l4,

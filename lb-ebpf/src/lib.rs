@@ -34,6 +34,7 @@ pub mod ingress;
 pub mod maps;
 mod nat;
 pub mod parse;
+mod partial;
 mod service;
 mod stats;
 pub mod sweep;

@@ -48,6 +48,20 @@ impl<'a> L4<'a> {
         u16::from_be_bytes(*self.dport)
     }
 
+    /// The checksum field, host order.
+    #[inline(always)]
+    pub fn check(&self) -> u16 {
+        u16::from_be_bytes(*self.check)
+    }
+
+    /// Stores a checksum computed over the whole segment (UDP sends a zero
+    /// result as `0xffff`, RFC 768).
+    #[inline(always)]
+    pub fn set_full_check(&mut self, c: u16) {
+        let c = if self.udp && c == 0 { 0xffff } else { c };
+        *self.check = c.to_be_bytes();
+    }
+
     #[inline(always)]
     fn apply(&mut self, d: Delta) {
         let old = u16::from_be_bytes(*self.check);

@@ -1420,3 +1420,197 @@ fn nodes_given_the_same_secret_hash_and_build_tables_alike() {
         "the log does not say what is wrong with the secret: {err}"
     );
 }
+
+/// The must-show of offloads: the client, the nodes and the pods keep TX checksum offload,
+/// TSO, GSO and GRO on, as a real node's NIC has them and as a kind or k3d node's veths do
+/// (every other test makes clients and pods send wire-like frames). A pod's reply then
+/// leaves its node with a partial checksum (`CHECKSUM_PARTIAL`: the field holds only the
+/// pseudo-header sum, for a NIC to finish), a veth carries it as such into the balancing
+/// node's XDP, and a reply translated there went out with a wrong checksum: every
+/// connection to a remote backend timed out. Local and remote backends, HTTP with curl (a
+/// 64 KiB upload each) and UDP with 1,400-byte datagrams.
+#[test]
+fn offloads_left_on_as_a_node_has_them_local_and_remote_backends_serve() {
+    let c = Cluster::with_topology(
+        onehop_testkit::topology::Topology::builder()
+            .nodes(2)
+            .pods_per_node(1)
+            .clients(1)
+            .offloads(onehop_testkit::topology::Offloads::Node),
+    );
+    let backends = [
+        BackendSpec { node: 1, pod: 1 },
+        BackendSpec { node: 2, pod: 1 },
+    ];
+    write_config(&c, 1, &services_yaml(&c, 1, true, &backends));
+    write_config(&c, 2, &services_yaml(&c, 2, false, &backends));
+    start_agent(&c, 1);
+    start_agent(&c, 2);
+    c.wait_for(1, "2 backends", |s| pods_in_use(s) == 2);
+    c.wait_for(2, "2 backends", |s| pods_in_use(s) == 2);
+    for (what, ns) in [
+        ("client1", c.topo.client().ns()),
+        ("node2-pod1", c.topo.node(2).pod(1).ns()),
+    ] {
+        let k = command_in(ns, "ethtool")
+            .args(["-k", "eth0"])
+            .output()
+            .expect("ethtool -k");
+        let k = String::from_utf8_lossy(&k.stdout);
+        for feature in ["tx-checksumming: on", "generic-receive-offload: on"] {
+            assert!(k.contains(feature), "{what} eth0 lacks {feature}:\n{k}");
+        }
+    }
+    // The pods keep TSO: their peers carry no XDP program. (The client's and the nodes'
+    // eth0 lose GSO to the pass-through XDP programs on their LAN-side peers, as the kernel
+    // does to any veth whose peer runs XDP.)
+    let k = command_in(c.topo.node(2).pod(1).ns(), "ethtool")
+        .args(["-k", "eth0"])
+        .output()
+        .expect("ethtool -k");
+    let k = String::from_utf8_lossy(&k.stdout);
+    assert!(
+        k.contains("tcp-segmentation-offload: on"),
+        "node2-pod1 eth0 lacks TSO:\n{k}"
+    );
+
+    let upload = c.scratch().join("upload");
+    std::fs::write(&upload, vec![b'x'; 64 * 1024]).expect("upload file");
+    let mut pods = BTreeMap::<String, usize>::new();
+    for i in 0..40 {
+        let out = command_in(c.topo.client().ns(), "curl")
+            .args(["-sS", "--max-time", "5", "--data-binary"])
+            .arg(format!("@{}", upload.display()))
+            .arg(format!("http://{VIP}:{PORT}/"))
+            .output()
+            .expect("curl (Debian package curl)");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {i} through the VIP: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+        let a = onehop_testkit::server::Answer::parse(&body)
+            .unwrap_or_else(|e| panic!("curl {i}: {e:#}: {body:?}"));
+        *pods.entry(a.pod).or_default() += 1;
+    }
+    assert_eq!(pods.len(), 2, "both backends answer: {pods:?}");
+
+    let udp = SocketAddr::V4(SocketAddrV4::new(VIP, UDP_PORT));
+    for i in 0..20u8 {
+        let payload = vec![i; 1400];
+        let r = c
+            .topo
+            .client()
+            .udp_request(udp, &payload)
+            .unwrap_or_else(|e| panic!("UDP {i} through the VIP: {e:#}"));
+        assert_eq!(r.from, udp, "UDP {i} answered from the VIP");
+        assert_eq!(r.echo, payload, "UDP {i} echoed whole");
+    }
+
+    let s = c.snapshot(1).expect("node1 maps");
+    assert!(s.counter(Counter::RemoteReply) > 0, "{s:?}");
+    assert!(
+        s.counter(Counter::PartialChecksumCompleted) > 0,
+        "no partial checksum reached node1: the offloads did not act ({s:?})"
+    );
+    assert_eq!(s.drop_count(DropReason::PartialChecksum), 0, "{s:?}");
+}
+
+/// 802.1Q-tags `frame` for VLAN 100.
+fn tagged_100(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// VLAN-tagged frames are passed untouched (`pass_vlan`) and ARP for a VIP in one is never
+/// answered: a VLAN is another LAN, which the VIP was not announced on. The agent turns RX
+/// VLAN offload off on its uplink so that a NIC leaves the tag in the frame for XDP to see
+/// (the node's veth strips nothing itself). The client sends tagged frames as scapy would;
+/// the LAN's bridge untags them on the way in, and its port to node1 plays a switch's
+/// trunk port, which puts the tag back into the frame on the wire (TX VLAN offload off).
+#[test]
+fn vlan_tagged_frames_pass_untouched_and_arp_in_them_is_never_answered() {
+    let c = Cluster::new(1, 1, 1);
+    write_config(
+        &c,
+        1,
+        &services_yaml(&c, 1, true, &[BackendSpec { node: 1, pod: 1 }]),
+    );
+    let node1 = c.topo.node(1);
+    let st = command_in(c.topo.lan(), "ethtool")
+        .args(["-K", node1.lan_peer(), "txvlan", "off"])
+        .status()
+        .expect("ethtool");
+    assert!(st.success(), "the LAN's port to node1 as a trunk port");
+    let offload = || {
+        let k = command_in(node1.ns(), "ethtool")
+            .args(["-k", "eth0"])
+            .output()
+            .expect("ethtool -k");
+        String::from_utf8_lossy(&k.stdout)
+            .lines()
+            .find(|l| l.starts_with("rx-vlan-offload:"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        offload().starts_with("rx-vlan-offload: on"),
+        "a veth starts with RX VLAN offload on: {}",
+        offload()
+    );
+    start_agent(&c, 1);
+    c.wait_for(1, "the backend", |s| pods_in_use(s) == 1);
+    assert!(
+        offload().starts_with("rx-vlan-offload: off"),
+        "the agent leaves RX VLAN offload on: {}\n{}",
+        offload(),
+        c.log(1)
+    );
+    assert!(
+        c.log(1).contains("a veth uplink"),
+        "the agent says what a veth uplink cannot do:\n{}",
+        c.log(1)
+    );
+
+    let client = c.topo.client();
+    let lan =
+        onehop_testkit::capture::Capture::open(c.topo.lan(), client.lan_peer()).expect("capture");
+    let before = c.snapshot(1).expect("node1 maps");
+    let (cip, vip) = (client.ip().octets(), VIP.octets());
+    let mut frames = vec![tagged_100(
+        &onehop_testrun::frame::Arp::request(client.mac().octets(), cip, vip).build(),
+    )];
+    for i in 0..5u16 {
+        let mut p = onehop_testrun::frame::Pkt::udp(cip, 5000 + i, vip, UDP_PORT);
+        p.eth_src = client.mac().octets();
+        p.eth_dst = node1.mac().octets();
+        frames.push(tagged_100(&p.build()));
+    }
+    onehop_testkit::capture::inject(client.ns(), client.ifname(), &frames).expect("inject");
+    let reply = lan
+        .next_matching(Duration::from_millis(500), |f| {
+            f.data.len() >= 42
+                && f.data[12..14] == [8, 6]
+                && f.data[20..22] == [0, 2]
+                && f.data[28..32] == vip
+        })
+        .expect("capture");
+    assert!(reply.is_none(), "an ARP reply for the VIP went out");
+    let after = c.wait_for(1, "6 tagged frames", |s| {
+        s.counter(Counter::PassVlan) >= before.counter(Counter::PassVlan) + 6
+    });
+    let grew = |k: Counter| after.counter(k) - before.counter(k);
+    assert_eq!(
+        (
+            grew(Counter::ArpReply),
+            grew(Counter::LocalNewFlow),
+            grew(Counter::LocalEstablished)
+        ),
+        (0, 0, 0),
+        "nothing on VLAN 100 answered or balanced: {after:?}"
+    );
+}

@@ -3,7 +3,9 @@
 //! the LAN-side peer), a gratuitous ARP, whether checksums are complete.
 //!
 //! Open the capture *before* causing the traffic: frames are queued on the socket from the
-//! moment it is bound, and only then.
+//! moment it is bound, and only then. [`inject`] sends frames as they are (what scapy's
+//! `sendp` does), for frames no socket of the namespace would build: VLAN-tagged ones on a
+//! kernel without 802.1Q interfaces, for instance.
 
 use std::{
     io, mem,
@@ -141,4 +143,51 @@ fn open_here(ifname: &str) -> Result<OwnedFd> {
     cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), len) })
         .context("bind AF_PACKET")?;
     Ok(fd)
+}
+
+/// Sends each of `frames` (whole Ethernet frames) out of `ifname` in `ns`, byte for byte.
+pub fn inject<N: NsName + ?Sized>(ns: &N, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
+    in_netns(ns, || inject_here(ifname, frames))?
+        .with_context(|| format!("sending frames out of {ifname} in netns {}", ns.ns_name()))
+}
+
+fn inject_here(ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let ifindex = crate::netns::ifindex(ifname)?;
+    // Protocol 0: this socket receives nothing; it only sends.
+    // SAFETY: plain socket(2); owned right away.
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(
+            cvt(libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                0,
+            ))
+            .context("AF_PACKET socket")?,
+        )
+    };
+    // SAFETY: sockaddr_ll is plain old data.
+    let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
+    sll.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
+    sll.sll_halen = 6;
+    let len = u32::try_from(mem::size_of::<libc::sockaddr_ll>()).context("sockaddr_ll size")?;
+    for f in frames {
+        anyhow::ensure!(f.len() >= 14, "a frame of {} bytes", f.len());
+        sll.sll_addr[..6].copy_from_slice(&f[..6]);
+        // SAFETY: f and sll are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const sll).cast(),
+                len,
+            )
+        };
+        if usize::try_from(sent).ok() != Some(f.len()) {
+            return Err(io::Error::last_os_error()).context("sendto AF_PACKET");
+        }
+    }
+    Ok(())
 }

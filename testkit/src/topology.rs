@@ -158,6 +158,7 @@ pub struct TopologyBuilder {
     nodes: u8,
     pods_per_node: u8,
     clients: u8,
+    offloads: Offloads,
 }
 
 impl Default for TopologyBuilder {
@@ -168,8 +169,24 @@ impl Default for TopologyBuilder {
             nodes: 2,
             pods_per_node: 2,
             clients: 1,
+            offloads: Offloads::WireLike,
         }
     }
+}
+
+/// How the kit sets the offloads of the interfaces that send into the LAN and the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Offloads {
+    /// Clients and pods send wire-like frames: TX checksum offload, TSO and GSO off on their
+    /// `eth0` (see [`wire_like_offloads`]). Nodes keep the kernel's defaults.
+    #[default]
+    WireLike,
+    /// As a real node has them, and as the veths of a kind or k3d node do: TX checksum
+    /// offload, TSO, GSO and GRO on for every client, node and pod `eth0` and every pod's
+    /// node-side peer (see [`node_offloads`]). Frames then cross the veths as the sending
+    /// stack left them: `CHECKSUM_PARTIAL` transport checksums (only the pseudo-header sum in
+    /// the field) included.
+    Node,
 }
 
 impl TopologyBuilder {
@@ -191,6 +208,13 @@ impl TopologyBuilder {
     #[must_use]
     pub fn clients(mut self, n: u8) -> Self {
         self.clients = n;
+        self
+    }
+
+    /// How the clients', nodes' and pods' interfaces offload (default [`Offloads::WireLike`]).
+    #[must_use]
+    pub fn offloads(mut self, o: Offloads) -> Self {
+        self.offloads = o;
         self
     }
 
@@ -243,11 +267,18 @@ impl TopologyBuilder {
         topo.lan.ip(&["link", "set", "br0", "up"])?;
 
         for c in 1..=self.clients {
-            let client = build_client(&topo.prefix, &lan, c, self.nodes)?;
+            let client = build_client(&topo.prefix, &lan, c, self.nodes, self.offloads)?;
             topo.clients.push(client);
         }
         for i in 1..=self.nodes {
-            let node = build_node(&topo.prefix, &lan, i, self.nodes, self.pods_per_node)?;
+            let node = build_node(
+                &topo.prefix,
+                &lan,
+                i,
+                self.nodes,
+                self.pods_per_node,
+                self.offloads,
+            )?;
             topo.nodes.push(node);
         }
         tracing::debug!(prefix = %topo.prefix, nodes = self.nodes, pods = self.pods_per_node, "topology up");
@@ -302,11 +333,34 @@ pub fn wire_like_offloads(ns: &impl NsName, dev: &str) -> Result<()> {
     Ok(())
 }
 
+/// Turns TX checksum offload, TSO, GSO and GRO on on `dev` in `ns`: what a node's NIC does by
+/// default (veths start with GRO off). A veth whose peer has an XDP program loses GSO whatever
+/// is asked here (the kernel clears it: that XDP program sees one page per frame).
+pub fn node_offloads(ns: &impl NsName, dev: &str) -> Result<()> {
+    let mut cmd = command_in(ns, "ethtool");
+    cmd.args(["-K", dev, "tx", "on", "tso", "on", "gso", "on", "gro", "on"]);
+    run_checked(&mut cmd).with_context(|| {
+        format!(
+            "ethtool -K {dev} in netns {} (ethtool is the Debian package `ethtool`: apt-get install -y ethtool)",
+            ns.ns_name()
+        )
+    })?;
+    Ok(())
+}
+
+/// Applies `o` to an interface that sends into the LAN or a pod.
+fn set_offloads(ns: &impl NsName, dev: &str, o: Offloads) -> Result<()> {
+    match o {
+        Offloads::WireLike => wire_like_offloads(ns, dev),
+        Offloads::Node => node_offloads(ns, dev),
+    }
+}
+
 fn cidr(ip: Ipv4Addr, len: u8) -> String {
     format!("{ip}/{len}")
 }
 
-fn build_client(prefix: &str, lan: &str, c: u8, nodes: u8) -> Result<Client> {
+fn build_client(prefix: &str, lan: &str, c: u8, nodes: u8, offloads: Offloads) -> Result<Client> {
     let ns = Netns::create(&format!("{prefix}client{c}"))?;
     base_sysctls(&ns, false)?;
     let ip = client_ip(c);
@@ -318,7 +372,7 @@ fn build_client(prefix: &str, lan: &str, c: u8, nodes: u8) -> Result<Client> {
     ])?;
     ns.ip(&["link", "set", "eth0", "address", &mac.to_string()])?;
     ns.ip(&["addr", "add", &cidr(ip, LAN_PREFIX_LEN), "dev", "eth0"])?;
-    wire_like_offloads(&ns, "eth0")?;
+    set_offloads(&ns, "eth0", offloads)?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     crate::netns::ip_in(lan, &["link", "set", &lan_peer, "master", "br0", "up"])?;
     for i in 1..=nodes {
@@ -341,7 +395,14 @@ fn build_client(prefix: &str, lan: &str, c: u8, nodes: u8) -> Result<Client> {
     })
 }
 
-fn build_node(prefix: &str, lan: &str, i: u8, nodes: u8, pods: u8) -> Result<Node> {
+fn build_node(
+    prefix: &str,
+    lan: &str,
+    i: u8,
+    nodes: u8,
+    pods: u8,
+    offloads: Offloads,
+) -> Result<Node> {
     let name = format!("node{i}");
     let ns = Netns::create(&format!("{prefix}{name}"))?;
     let mut node = Node {
@@ -370,6 +431,9 @@ fn build_node(prefix: &str, lan: &str, i: u8, nodes: u8, pods: u8) -> Result<Nod
     ])?;
     ns.ip(&["link", "set", "eth0", "address", &node.mac.to_string()])?;
     ns.ip(&["addr", "add", &cidr(node.ip, LAN_PREFIX_LEN), "dev", "eth0"])?;
+    if offloads == Offloads::Node {
+        node_offloads(ns, "eth0")?;
+    }
     ns.ip(&["link", "set", "eth0", "up"])?;
     crate::netns::ip_in(lan, &["link", "set", &node.lan_peer, "master", "br0", "up"])?;
 
@@ -396,13 +460,13 @@ fn build_node(prefix: &str, lan: &str, i: u8, nodes: u8, pods: u8) -> Result<Nod
         ])?;
     }
     for j in 1..=pods {
-        let pod = build_pod(prefix, &node, j)?;
+        let pod = build_pod(prefix, &node, j, offloads)?;
         node.pods.push(pod);
     }
     Ok(node)
 }
 
-fn build_pod(prefix: &str, node: &Node, j: u8) -> Result<Pod> {
+fn build_pod(prefix: &str, node: &Node, j: u8, offloads: Offloads) -> Result<Pod> {
     let name = format!("{}-pod{j}", node.name);
     let ns = Netns::create(&format!("{prefix}{name}"))?;
     base_sysctls(&ns, false)?;
@@ -423,9 +487,12 @@ fn build_pod(prefix: &str, node: &Node, j: u8) -> Result<Pod> {
     ])?;
     node.ns
         .ip(&["link", "set", &host_peer, "master", "cni0", "up"])?;
+    if offloads == Offloads::Node {
+        node_offloads(&node.ns, &host_peer)?;
+    }
     ns.ip(&["link", "set", "eth0", "address", &mac.to_string()])?;
     ns.ip(&["addr", "add", &cidr(ip, NODE_POD_PREFIX_LEN), "dev", "eth0"])?;
-    wire_like_offloads(&ns, "eth0")?;
+    set_offloads(&ns, "eth0", offloads)?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&[
         "route",

@@ -119,7 +119,7 @@ pub struct Counts {
 
 /// Counters that are not the final outcome of an ingress packet: steps on
 /// the way, and the egress program's own.
-const NOT_OUTCOMES: [Counter; 12] = [
+const NOT_OUTCOMES: [Counter; 13] = [
     Counter::IngressPackets,
     Counter::AffinityHit,
     Counter::FlowRepicked,
@@ -132,6 +132,7 @@ const NOT_OUTCOMES: [Counter; 12] = [
     Counter::NatPortLost,
     Counter::EgressIcmpError,
     Counter::EgressFragmentedReply,
+    Counter::PartialChecksumCompleted,
 ];
 
 impl Counts {

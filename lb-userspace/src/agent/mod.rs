@@ -37,6 +37,7 @@ use crate::{
     dataplane::reader,
     dataplane::sweep,
     dataplane::writer,
+    net::ethtool,
     net::garp,
     net::neigh,
     net::netdev::{self, Interface},
@@ -555,10 +556,38 @@ fn log_map_memory(pins: &PinDir, adopted: bool) {
     }
 }
 
+/// Turns RX VLAN offload off on the uplink before XDP is attached, so that
+/// tagged frames reach `lb_ingress` tagged (passed untouched, `pass_vlan`)
+/// instead of looking untagged; says what it could not do. Never fatal: a
+/// node without VLANs loses nothing either way.
+fn keep_vlan_tags(name: &str) {
+    match ethtool::keep_vlan_tags(name) {
+        Ok(t) => {
+            if !t.turned_off.is_empty() {
+                info!(interface = name, features = ?t.turned_off,
+                    "turned RX VLAN offload off: VLAN-tagged frames reach XDP tagged and pass untouched");
+            }
+            if !t.stuck_on.is_empty() {
+                warn!(interface = name, features = ?t.stuck_on,
+                    "the driver keeps RX VLAN offload on: frames tagged for any VLAN reach XDP untagged and are served as if untagged (README: VLAN-tagged frames)");
+            }
+            if t.is_veth() {
+                warn!(
+                    interface = name,
+                    "a veth uplink: a VLAN tag its sender moved to metadata (the peer's TX VLAN offload, a bridge) reaches XDP untagged and is served as if untagged; turn TX VLAN offload off on the peer (ethtool -K <peer> txvlan off) where tagged frames must pass (README: VLAN-tagged frames)"
+                );
+            }
+        }
+        Err(e) => warn!(interface = name, error = %format!("{e:#}"),
+            "could not read or change RX VLAN offload: frames tagged for any VLAN may reach XDP untagged (README: VLAN-tagged frames)"),
+    }
+}
+
 impl MapOwner {
     /// Attaches (or adopts) the data path and gets ready to apply.
     pub fn start(opts: &Options) -> Result<Self> {
         let iface = Interface::lookup(&opts.interface)?;
+        keep_vlan_tags(&iface.name);
         let dataplane = loader::attach(&iface, &opts.bpffs_root, opts.sizes, opts.xdp_mode)?;
         let maps = Maps::open(&dataplane.pins)?;
         log_map_memory(&dataplane.pins, dataplane.adopted);

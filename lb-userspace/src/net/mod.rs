@@ -1,6 +1,8 @@
 //! The network-stack edge: neighbour entries for next hops, gratuitous ARP,
-//! what the agent needs to know about its interface, and its gateways.
+//! what the agent needs to know about its interface, and its gateways, and
+//! the one setting it changes on the interface (RX VLAN offload, `ethtool`).
 
+pub mod ethtool;
 pub mod garp;
 pub mod neigh;
 pub mod netdev;

@@ -21,7 +21,7 @@ use lb_userspace::{
 use onehop_testkit::{
     cluster::{self, Agent, NODE_INTERFACE, Source},
     netns::command_in,
-    topology::Topology,
+    topology::{Topology, TopologyBuilder},
 };
 
 pub const TARGET_PORT: u16 = 8080;
@@ -56,12 +56,22 @@ impl Cluster {
 
     /// Agents with `args` (map sizes and the like) on every node.
     pub fn with_agent_args(nodes: u8, pods_per_node: u8, clients: u8, args: &[&str]) -> Self {
-        let topo = Topology::builder()
-            .nodes(nodes)
-            .pods_per_node(pods_per_node)
-            .clients(clients)
-            .build()
-            .expect("topology");
+        Self::build(
+            Topology::builder()
+                .nodes(nodes)
+                .pods_per_node(pods_per_node)
+                .clients(clients),
+            args,
+        )
+    }
+
+    /// Small-map agents on the topology `topo` builds.
+    pub fn with_topology(topo: TopologyBuilder) -> Self {
+        Self::build(topo, &SMALL_MAPS)
+    }
+
+    fn build(topo: TopologyBuilder, args: &[&str]) -> Self {
+        let topo = topo.build().expect("topology");
         let agent = Agent::new(env!("CARGO_BIN_EXE_onehop")).args(args).env(
             "RUST_LOG",
             std::env::var("ONEHOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
