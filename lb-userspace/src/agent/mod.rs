@@ -571,8 +571,10 @@ fn keep_vlan_tags(name: &str) {
                 warn!(interface = name, features = ?t.stuck_on,
                     "the driver keeps RX VLAN offload on: frames tagged for any VLAN reach XDP untagged and are served as if untagged (README: VLAN-tagged frames)");
             }
+            // Info, not a warning: containers-as-nodes (kind, k3d) always
+            // have a veth uplink and rarely VLANs; said once per start.
             if t.is_veth() {
-                warn!(
+                info!(
                     interface = name,
                     "a veth uplink: a VLAN tag its sender moved to metadata (the peer's TX VLAN offload, a bridge) reaches XDP untagged and is served as if untagged; turn TX VLAN offload off on the peer (ethtool -K <peer> txvlan off) where tagged frames must pass (README: VLAN-tagged frames)"
                 );
