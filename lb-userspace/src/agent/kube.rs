@@ -64,6 +64,7 @@ use super::{
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
     lease,
+    slice::Slice,
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
     watch,
 };
@@ -199,7 +200,9 @@ fn lease_interfaces(leases: &[Arc<Lease>]) -> BTreeMap<String, String> {
 
 struct Stores {
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    /// What the translation reads of each slice, not the objects (most of what a large
+    /// cluster's agent would otherwise hold).
+    slices: watch::Cache<Slice>,
     nodes: Store<Node>,
     leases: Store<Lease>,
     pools: Store<IPAddressPool>,
@@ -216,11 +219,11 @@ impl Stores {
                 changed,
                 trim::service,
             ),
-            slices: watch::spawn(
+            slices: watch::spawn_read(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
                 changed,
-                trim::endpoint_slice,
+                Slice::read,
             ),
             nodes: watch::spawn(
                 Api::<Node>::all(client.clone()),
@@ -451,8 +454,7 @@ impl KubeSource {
             self.holding = false;
         }
         let services = owned(self.stores.services.state());
-        let slice_store = self.stores.slices.state();
-        let slices = translate::SliceIndex::new(slice_store.iter().map(|s| &**s));
+        let slices = translate::SliceIndex::from_slices(self.stores.slices.state());
         let nodes = owned(self.stores.nodes.state());
         let pools = owned(self.stores.pools.state());
         let ads = owned(self.stores.ads.state());
