@@ -388,6 +388,7 @@ mod tests {
             unclassed: true,
         };
         let (services, nodes) = (services(), nodes());
+        let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
         let announce = BTreeSet::new();
         translate::translate(&Inputs {
             services: &services,

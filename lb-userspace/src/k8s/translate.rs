@@ -127,7 +127,8 @@ impl SliceIndex {
 
 /// Everything the translation needs; snapshots of the watchers' stores.
 pub struct Inputs<'a> {
-    pub services: &'a [Service],
+    /// Shared with the watch cache, not copied.
+    pub services: &'a [Arc<Service>],
     pub slices: &'a SliceIndex,
     pub nodes: &'a [Node],
     /// This node's name (`spec.nodeName` of local endpoints).
@@ -614,6 +615,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     let mut ours: Vec<&Service> = inputs
         .services
         .iter()
+        .map(|s| &**s)
         .filter(|s| is_ours(s, inputs.class))
         .collect();
     ours.sort_by_key(|s| service_ref(s));
