@@ -21,6 +21,11 @@ pub enum MapKind {
     DevMap = 14,
 }
 
+/// `BPF_F_NO_PREALLOC` (linux/bpf.h): entries allocated as they are inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_MMAPABLE` (linux/bpf.h, 5.5): an array user space may `mmap`.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// One row of a map table, as the kernel sees the map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSpec {
@@ -32,6 +37,8 @@ pub struct MapSpec {
     pub value_size: u32,
     /// Entries the object declares.
     pub max_entries: u32,
+    /// `map_flags` the object declares.
+    pub flags: u32,
     /// The loader may choose another size when it creates the map.
     pub load_time: bool,
 }
@@ -73,6 +80,7 @@ macro_rules! map_specs {
                 key_size: $crate::map_specs!(@key $kind<$($ty),*>),
                 value_size: $crate::map_specs!(@value $kind<$($ty),*>),
                 max_entries: $max,
+                flags: $crate::map_specs!(@flags $kind),
                 load_time: $crate::map_specs!(@load $($load)?),
             }
         ),*];
@@ -80,6 +88,7 @@ macro_rules! map_specs {
     (@kind HashMap) => { $crate::maps::MapKind::Hash };
     (@kind LruHashMap) => { $crate::maps::MapKind::LruHash };
     (@kind Array) => { $crate::maps::MapKind::Array };
+    (@kind MmapArray) => { $crate::maps::MapKind::Array };
     (@kind PerCpuArray) => { $crate::maps::MapKind::PerCpuArray };
     (@kind PerCpuHashNoPrealloc) => { $crate::maps::MapKind::PerCpuHash };
     (@kind LpmTrie) => { $crate::maps::MapKind::LpmTrie };
@@ -91,6 +100,10 @@ macro_rules! map_specs {
     (@value DevMap<>) => { 8 };
     (@value $kind:ident<$k:ty, $v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
     (@value $kind:ident<$v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
+    (@flags MmapArray) => { $crate::maps::BPF_F_MMAPABLE };
+    (@flags PerCpuHashNoPrealloc) => { $crate::maps::BPF_F_NO_PREALLOC };
+    (@flags LpmTrie) => { $crate::maps::BPF_F_NO_PREALLOC };
+    (@flags $kind:ident) => { 0 };
     (@load load_time) => { true };
     (@load) => { false };
 }
@@ -113,8 +126,9 @@ macro_rules! product_maps {
             /// table, each at `[maglev_offset, maglev_offset + maglev_len)`. A
             /// new table is written to free slots and the service entry is
             /// switched to it in one update, so a packet never sees a
-            /// half-written table.
-            MAGLEV = "maglev": Array<u32>[$crate::maps::MAGLEV_SLOTS] load_time;
+            /// half-written table. Memory-mappable: the agent writes a table
+            /// as one copy instead of the kernel checking it slot by slot.
+            MAGLEV = "maglev": MmapArray<u32>[$crate::maps::MAGLEV_SLOTS] load_time;
             /// Backend id → [`crate::BackendValue`] (array).
             BACKENDS = "backends": Array<$crate::BackendValue>[$crate::maps::MAX_BACKENDS];
             /// Client 5-tuple → [`crate::ConntrackValue`] (LRU hash).

@@ -3,7 +3,7 @@
 //! dump` prints the key and value field names.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 
@@ -11,6 +11,9 @@ use aya_ebpf::{
 /// not all up front for `MAX` entries on every CPU.
 pub type PerCpuHashNoPrealloc<K, V, const MAX: usize> =
     PerCpuHashMap<K, V, MAX, { BPF_F_NO_PREALLOC as usize }>;
+
+/// An array user space may `mmap` (the agent writes Maglev tables through it).
+pub type MmapArray<T, const MAX: usize> = Array<T, MAX, { BPF_F_MMAPABLE as usize }>;
 
 /// Expands rows of an lb-common map table into BTF map statics (the bench
 /// crate expands its own table with it too).

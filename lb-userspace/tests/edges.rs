@@ -369,7 +369,40 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
 /// replan that moves tables, frees regions and drops a service.
 #[test]
 fn written_plans_read_back_exactly() {
+    let root = PinRoot::unique("readback").expect("pin root");
+    let mappable = write_plans_and_read_back(&root, |_| {});
+    assert!(mappable, "this build's maglev array is memory-mappable");
+}
+
+/// Maps pinned by a version whose `maglev` array was not memory-mappable keep working: the
+/// writer falls back to batch updates.
+#[test]
+fn a_maglev_array_pinned_without_mmap_is_written_by_batch_updates() {
+    let root = PinRoot::unique("readback-old").expect("pin root");
+    let mappable = write_plans_and_read_back(&root, |pins| {
+        std::fs::create_dir_all(pins.path()).expect("mkdir");
+        output(
+            Command::new("bpftool")
+                .args(["map", "create"])
+                .arg(pins.entry(maps::MAGLEV))
+                .args([
+                    "type", "array", "key", "4", "value", "4", "entries", "65536", "name", "maglev",
+                ]),
+        );
+    });
+    assert!(
+        !mappable,
+        "the pinned array was created without BPF_F_MMAPABLE"
+    );
+}
+
+/// Attaches under `root` (after `prepare` has seen the pin directory), then writes three
+/// successive plans, reading the maps back after each. Whether the `maglev` array could be
+/// written through a mapping.
+fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> bool {
+    use aya::maps::IterableMap as _;
     use lb_userspace::{
+        dataplane::mapped::Mapping,
         dataplane::reader,
         dataplane::writer,
         plan::diff,
@@ -381,7 +414,7 @@ fn written_plans_read_back_exactly() {
         .pods_per_node(0)
         .build()
         .expect("topology");
-    let root = PinRoot::unique("readback").expect("pin root");
+    prepare(&PinDir::new(root.path(), "eth0"));
     assert!(!attach_in(topo.node(1).ns(), root.path()).expect("attach"));
     let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("maps");
     let limits = Limits {
@@ -423,6 +456,9 @@ services:
         );
         current = desired;
     }
+    Mapping::open(maps.maglev.map(), maps.maglev.len())
+        .expect("maglev info")
+        .is_some()
 }
 
 /// The capabilities `manifests/agent-daemonset.yaml` adds to the agent.

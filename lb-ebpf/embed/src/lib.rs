@@ -132,17 +132,19 @@ pub fn differences(object: &[u8], tables: &[&[MapSpec]], programs: &[&str]) -> R
             map.key_size(),
             map.value_size(),
             map.max_entries(),
+            map.map_flags(),
         );
         let want = (
             spec.kind as u32,
             spec.key_size,
             spec.value_size,
             spec.max_entries,
+            spec.flags,
         );
         if found != want {
             out.push(format!(
-                "map {}: (type, key size, value size, max_entries) is {found:?} in the object, \
-                 {want:?} in the table",
+                "map {}: (type, key size, value size, max_entries, flags) is {found:?} in the \
+                 object, {want:?} in the table",
                 spec.name
             ));
         }

@@ -64,6 +64,7 @@ use super::{
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
     lease,
+    slice::Slice,
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
     watch,
 };
@@ -199,7 +200,9 @@ fn lease_interfaces(leases: &[Arc<Lease>]) -> BTreeMap<String, String> {
 
 struct Stores {
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    /// What the translation reads of each slice, not the objects (most of what a large
+    /// cluster's agent would otherwise hold).
+    slices: watch::Cache<Slice>,
     nodes: Store<Node>,
     leases: Store<Lease>,
     pools: Store<IPAddressPool>,
@@ -216,11 +219,11 @@ impl Stores {
                 changed,
                 trim::service,
             ),
-            slices: watch::spawn(
+            slices: watch::spawn_read(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
                 changed,
-                trim::endpoint_slice,
+                Slice::read,
             ),
             nodes: watch::spawn(
                 Api::<Node>::all(client.clone()),
@@ -450,9 +453,8 @@ impl KubeSource {
             info!("the API answers again and the watches caught up; resuming");
             self.holding = false;
         }
-        let services = owned(self.stores.services.state());
-        let slice_store = self.stores.slices.state();
-        let slices = translate::SliceIndex::new(slice_store.iter().map(|s| &**s));
+        let services = self.stores.services.state();
+        let slices = translate::SliceIndex::from_slices(self.stores.slices.state());
         let nodes = owned(self.stores.nodes.state());
         let pools = owned(self.stores.pools.state());
         let ads = owned(self.stores.ads.state());
@@ -519,7 +521,7 @@ impl KubeSource {
 
     /// Names the announcing node on each Service this node now owns, or
     /// removes its own name where nobody announces ([`announcer`]).
-    async fn annotate(&mut self, services: &[Service], owners: &BTreeMap<Ipv4Addr, String>) {
+    async fn annotate(&mut self, services: &[Arc<Service>], owners: &BTreeMap<Ipv4Addr, String>) {
         let me = self.opts.node_name.clone();
         let mut present = BTreeSet::new();
         let mut writes = 0;
@@ -590,13 +592,13 @@ impl KubeSource {
 
     async fn publish_events(
         &mut self,
-        services: &[Service],
+        services: &[Arc<Service>],
         warnings: &[Warning],
         started: &BTreeSet<Ipv4Addr>,
     ) {
         let by_ref: BTreeMap<ServiceRef, &Service> = services
             .iter()
-            .map(|s| (translate::reference(s), s))
+            .map(|s| (translate::reference(s), &**s))
             .collect();
         let fresh: Vec<Warning> = warnings
             .iter()
@@ -646,9 +648,13 @@ impl KubeSource {
 
 /// Runs the agent with the Kubernetes source until SIGTERM/SIGINT.
 pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Result<()> {
-    let mut agent = MapOwner::start(&dataplane)?;
     let changed = Arc::new(Notify::new());
+    // The first lists (seconds at 10,000 Services) are fetched and decoded while the
+    // kernel verifies the programs, not after.
     let stores = Stores::spawn(&client, &opts.namespace, &changed);
+    let mut agent = tokio::task::spawn_blocking(move || MapOwner::start(&dataplane))
+        .await
+        .context("attaching the data path")??;
     let reporter = Reporter {
         controller: "onehop-agent".into(),
         instance: Some(opts.node_name.clone()),

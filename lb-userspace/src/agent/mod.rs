@@ -449,6 +449,9 @@ impl MapOwner {
             }
         };
         let missing: Vec<Ipv4Addr> = wanted.difference(&self.arp_stats).copied().collect();
+        // One warning per pass, not per VIP: past the map's size every further VIP fails
+        // alike, thousands of them in a large cluster, again on every pass.
+        let mut failed: Option<(usize, Ipv4Addr, aya::maps::MapError)> = None;
         for ip in missing {
             let zero = match PerCpuValues::try_from(vec![ArpStats::default(); cpus]) {
                 Ok(v) => v,
@@ -466,11 +469,17 @@ impl MapOwner {
                 Err(aya::maps::MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => {
-                    warn!(%ip, error = %e, "could not add the ARP counters of a VIP");
+                    match &mut failed {
+                        Some((n, _, _)) => *n += 1,
+                        None => failed = Some((1, ip, e)),
+                    }
                     continue;
                 }
             }
             self.arp_stats.insert(ip);
+        }
+        if let Some((vips, first, error)) = failed {
+            warn!(vips, %first, error = %error, "could not add the per-VIP ARP counters of some VIPs (their ARP answers are not counted)");
         }
         // The first time, whatever a previous agent left; then only ours.
         let stale: Vec<Ipv4Addr> = if self.arp_stats_scanned {

@@ -227,8 +227,10 @@ mod tests {
             unclassed: true,
         };
         let announce = BTreeSet::from(["192.0.2.10".parse().expect("an address")]);
+        let services: Vec<std::sync::Arc<Service>> =
+            services.iter().cloned().map(std::sync::Arc::new).collect();
         translate::translate(&Inputs {
-            services,
+            services: &services,
             slices: &index,
             nodes,
             node_name: "n1",

@@ -32,6 +32,8 @@ const COUNTER_BYTES: u64 = 16;
 /// with the `struct bpf_map` it embeds). Only a few hundred bytes; the exact value differs
 /// between kernel builds, so this is an upper bound.
 const MAP_HEADER: u64 = 1024;
+/// The kernel's page size on the machines the figures are for.
+const PAGE: u64 = 4096;
 /// `struct htab_elem` before the key: list node, free-list or LRU node, hash.
 const HTAB_ELEM: u64 = 48;
 /// `struct bucket`: list head and lock.
@@ -55,6 +57,11 @@ pub fn map_bytes(spec: &MapSpec, entries: u32, cpus: u32) -> u64 {
     let value = round8(u64::from(spec.value_size));
     MAP_HEADER
         + match spec.kind {
+            // A memory-mappable array keeps its values in whole pages, after a page of its
+            // own (kernel/bpf/arraymap.c); 4 KiB pages assumed.
+            MapKind::Array if spec.flags & maps::BPF_F_MMAPABLE != 0 => {
+                PAGE + (n * value).div_ceil(PAGE) * PAGE
+            }
             MapKind::Array => n * value,
             // A pointer per element to its per-CPU block, then one copy per CPU.
             MapKind::PerCpuArray => n * 8 + n * value * cpus,

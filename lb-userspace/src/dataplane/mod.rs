@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod loader;
+pub mod mapped;
 pub mod maps;
 pub mod memory;
 pub mod object;

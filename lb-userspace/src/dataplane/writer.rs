@@ -1,8 +1,10 @@
 //! Applies a diff to the pinned maps, in the order the diff gives (which
 //! is what keeps every intermediate state consistent for packets).
 //!
-//! Maglev tables go in with `BPF_MAP_UPDATE_BATCH`: 10,000 services of 10 backends are
-//! 10 million slots, and one syscall a slot was most of a cold start's time.
+//! Maglev tables are copied in through a memory mapping of the array ([`mapped`]), or where
+//! the pinned array is not mappable (created by an earlier version) with
+//! `BPF_MAP_UPDATE_BATCH`: 10,000 services of 10 backends are 10 million slots, and one
+//! syscall a slot was most of a cold start's time.
 
 use std::{
     io,
@@ -16,6 +18,7 @@ use lb_common::{BackendValue, DatapathConfig, Ipv4Key, VipValue};
 use crate::{
     dataplane::{
         batch::{self, BatchAttr},
+        mapped::Mapping,
         maps::Maps,
     },
     plan::diff::MapOp,
@@ -25,13 +28,24 @@ use crate::{
 /// The caller re-reads the maps afterwards, so a partial apply is never
 /// mistaken for the desired state.
 pub fn apply(maps: &mut Maps, ops: &[MapOp]) -> Result<()> {
+    let mut mapping = if ops.iter().any(|op| matches!(op, MapOp::PutMaglev { .. })) {
+        Mapping::open(maps.maglev.map(), maps.maglev.len())
+            .context("inspecting the maglev array")?
+    } else {
+        None
+    };
     for op in ops {
-        apply_one(maps, op).with_context(|| format!("applying {op:?}"))?;
+        apply_one(maps, mapping.as_mut(), op).with_context(|| format!("applying {op:?}"))?;
     }
     Ok(())
 }
 
-fn apply_one(maps: &mut Maps, op: &MapOp) -> Result<()> {
+fn apply_one(maps: &mut Maps, mapping: Option<&mut Mapping>, op: &MapOp) -> Result<()> {
+    if let (MapOp::PutMaglev { offset, table }, Some(m)) = (op, mapping) {
+        return m
+            .write(*offset, table.len(), table.iter())
+            .context("writing the maglev array through its mapping");
+    }
     match op {
         MapOp::PutConfig(config) => maps.config.set(0, *config, 0)?,
         MapOp::PutBackend(id, value) => maps.backends.set(*id, *value, 0)?,

@@ -10,5 +10,6 @@ pub mod lease;
 pub mod pool;
 pub mod rbac;
 pub mod selector;
+pub mod slice;
 pub mod translate;
 pub mod watch;

@@ -40,16 +40,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use k8s_openapi::{
     api::{
         core::v1::{Node, Service, ServicePort as K8sServicePort},
-        discovery::v1::{Endpoint, EndpointSlice},
+        discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
+use super::slice::{Slice, Use};
 use crate::plan::model::{
     Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, NatPorts, NodeServices, Protocol,
     Service as LbService, ServicePort, SessionAffinity,
@@ -91,45 +93,43 @@ pub struct Warning {
 
 /// The IPv4 EndpointSlices of each Service (by the
 /// `kubernetes.io/service-name` label), grouped once per pass so looking up
-/// one Service's slices does not scan every slice in the cluster.
+/// one Service's slices does not scan every slice in the cluster. Within a
+/// Service, slices keep the order they were given in (the first that lists
+/// an address decides its endpoint).
 #[derive(Debug, Default)]
-pub struct SliceIndex<'a> {
-    by_service: BTreeMap<ServiceRef, Vec<&'a EndpointSlice>>,
+pub struct SliceIndex {
+    by_service: BTreeMap<ServiceRef, Vec<Arc<Slice>>>,
 }
 
-impl<'a> SliceIndex<'a> {
-    pub fn new(all: impl IntoIterator<Item = &'a EndpointSlice>) -> Self {
-        let mut by_service: BTreeMap<ServiceRef, Vec<&'a EndpointSlice>> = BTreeMap::new();
-        for s in all.into_iter().filter(|s| s.address_type == "IPv4") {
-            let (Some(namespace), Some(name)) = (
-                s.metadata.namespace.as_ref(),
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-            ) else {
-                continue;
-            };
-            by_service
-                .entry(ServiceRef {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                })
-                .or_default()
-                .push(s);
+impl SliceIndex {
+    /// From full objects (tests, and callers without a [`Slice`] cache).
+    pub fn new<'a>(all: impl IntoIterator<Item = &'a EndpointSlice>) -> Self {
+        Self::from_slices(all.into_iter().filter_map(Slice::read).map(Arc::new))
+    }
+
+    /// From slices as read ([`Slice::read`]), e.g. the agent's cache.
+    pub fn from_slices(all: impl IntoIterator<Item = Arc<Slice>>) -> Self {
+        let mut by_service: BTreeMap<ServiceRef, Vec<Arc<Slice>>> = BTreeMap::new();
+        for s in all {
+            if let Some(v) = by_service.get_mut(&s.service) {
+                v.push(s);
+            } else {
+                by_service.insert(s.service.clone(), vec![s]);
+            }
         }
         Self { by_service }
     }
 
-    fn of(&self, svc: &ServiceRef) -> &[&'a EndpointSlice] {
+    fn of(&self, svc: &ServiceRef) -> &[Arc<Slice>] {
         self.by_service.get(svc).map_or(&[], Vec::as_slice)
     }
 }
 
 /// Everything the translation needs; snapshots of the watchers' stores.
 pub struct Inputs<'a> {
-    pub services: &'a [Service],
-    pub slices: &'a SliceIndex<'a>,
+    /// Shared with the watch cache, not copied.
+    pub services: &'a [Arc<Service>],
+    pub slices: &'a SliceIndex,
     pub nodes: &'a [Node],
     /// This node's name (`spec.nodeName` of local endpoints).
     pub node_name: &'a str,
@@ -244,24 +244,14 @@ pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// Endpoint conditions as the API defines their defaults: `ready` and
-/// `serving` default to true, `terminating` to false.
-fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
-    let c = ep.conditions.as_ref();
-    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-    (ready, serving, terminating)
-}
-
 struct Endpoints<'a> {
-    slices: Vec<&'a EndpointSlice>,
+    slices: &'a [Arc<Slice>],
 }
 
 impl<'a> Endpoints<'a> {
-    fn of(svc: &ServiceRef, index: &SliceIndex<'a>) -> Self {
+    fn of(svc: &ServiceRef, index: &'a SliceIndex) -> Self {
         Self {
-            slices: index.of(svc).to_vec(),
+            slices: index.of(svc),
         }
     }
 
@@ -269,27 +259,12 @@ impl<'a> Endpoints<'a> {
     /// by address.
     fn all(&self) -> BTreeMap<Ipv4Addr, Ep<'a>> {
         let mut out = BTreeMap::new();
-        for slice in &self.slices {
+        for slice in self.slices {
             for ep in &slice.endpoints {
-                let Some(ip) = ep
-                    .addresses
-                    .first()
-                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
-                else {
-                    continue;
-                };
-                let (ready, serving, terminating) = conditions(ep);
-                let use_ = if ready && !terminating {
-                    Use::Ready
-                } else if serving && terminating {
-                    Use::Fallback
-                } else {
-                    Use::Drain
-                };
-                out.entry(ip).or_insert(Ep {
-                    node: ep.node_name.as_deref(),
+                out.entry(ep.ip).or_insert(Ep {
+                    node: ep.node.as_deref(),
                     slice,
-                    use_,
+                    use_: ep.use_,
                 });
             }
         }
@@ -322,39 +297,18 @@ impl<'a> Endpoints<'a> {
 /// Endpoints by address.
 type Listed<'a> = Vec<(Ipv4Addr, Ep<'a>)>;
 
-/// How an endpoint is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Use {
-    /// Ready and not terminating: takes new flows.
-    Ready,
-    /// Serving while terminating: takes new flows only when no endpoint
-    /// (of the set the choice is made over) is ready; drains otherwise.
-    Fallback,
-    /// Terminating and not serving, or not ready: keeps its flows only.
-    Drain,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Ep<'a> {
     node: Option<&'a str>,
     /// The slice that lists it: its `ports` carry this endpoint's numbers.
-    slice: &'a EndpointSlice,
+    slice: &'a Slice,
     use_: Use,
 }
 
 impl Ep<'_> {
     /// The number this endpoint's slice gives for the Service port `name`.
     fn resolved_port(&self, name: &str) -> Option<u16> {
-        self.slice
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| p.name.as_deref().unwrap_or("") == name)
-            .find_map(|p| {
-                p.port
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|n| *n > 0)
-            })
+        self.slice.port(name)
     }
 }
 
@@ -363,7 +317,7 @@ impl Ep<'_> {
 /// `externalTrafficPolicy: Local`; it prefers nodes with ready endpoints
 /// while there are any, even though a node left with terminating ones only
 /// still serves them).
-pub fn endpoint_nodes(svc: &ServiceRef, slices: &SliceIndex<'_>) -> BTreeSet<String> {
+pub fn endpoint_nodes(svc: &ServiceRef, slices: &SliceIndex) -> BTreeSet<String> {
     Endpoints::of(svc, slices)
         .usable()
         .into_iter()
@@ -661,6 +615,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     let mut ours: Vec<&Service> = inputs
         .services
         .iter()
+        .map(|s| &**s)
         .filter(|s| is_ours(s, inputs.class))
         .collect();
     ours.sort_by_key(|s| service_ref(s));

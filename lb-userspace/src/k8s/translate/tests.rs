@@ -57,6 +57,11 @@ fn slice(svc: &str, name: &str, port: i32, endpoints: Vec<Value>) -> EndpointSli
     }))
 }
 
+/// Services as the watch cache holds them.
+fn shared(services: &[Service]) -> Vec<std::sync::Arc<Service>> {
+    services.iter().cloned().map(std::sync::Arc::new).collect()
+}
+
 fn run(
     services: &[Service],
     slices: &[EndpointSlice],
@@ -66,7 +71,7 @@ fn run(
     let announce: BTreeSet<Ipv4Addr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
     let ns = nodes();
     translate(&Inputs {
-        services,
+        services: &shared(services),
         slices: &SliceIndex::new(slices),
         nodes: &ns,
         node_name,
@@ -690,7 +695,7 @@ fn node_addresses_are_never_served_or_announced() {
         .map(ip),
     );
     let t = translate(&Inputs {
-        services: &svcs,
+        services: &shared(&svcs),
         slices: &SliceIndex::new(&slices),
         nodes: &ns,
         node_name: "n1",
@@ -827,7 +832,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
     )]);
     let ns = nodes();
     let t = translate(&Inputs {
-        services: &svcs,
+        services: &shared(&svcs),
         slices: &SliceIndex::new(&slices),
         nodes: &ns,
         node_name: "n1",
