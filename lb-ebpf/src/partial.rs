@@ -61,7 +61,13 @@ pub fn finish_before_tx(ctx: &XdpContext, ip: &Ipv4Hdr, l4: &mut L4<'_>) -> bool
             reason = "the checksum is the low 16 bits; bit 16 only says there is one"
         )]
         full => {
-            l4.set_full_check(full as u16);
+            let full = full as u16;
+            // A full checksum that only looked partial (one segment in
+            // 65,535) comes back unchanged: nothing was finished.
+            if full != l4.check() {
+                stats::count(Counter::PartialChecksumCompleted);
+                l4.set_full_check(full);
+            }
             true
         }
     }
@@ -126,6 +132,5 @@ pub extern "C" fn onehop_finish_checksum(ctx: *mut xdp_md) -> u32 {
     let Some(sum) = cur.sum_ahead(l4_len) else {
         return 0;
     };
-    stats::count(Counter::PartialChecksumCompleted);
     u32::from(!csum::fold(sum)) | 0x1_0000
 }
