@@ -144,7 +144,7 @@ pub fn arp_probe_from<N: NsName + ?Sized>(
         .with_context(|| format!("ARP for {target} on {ifname} in netns {}", ns.ns_name()))
 }
 
-pub(crate) fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

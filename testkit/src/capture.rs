@@ -152,42 +152,68 @@ pub fn inject<N: NsName + ?Sized>(ns: &N, ifname: &str, frames: &[Vec<u8>]) -> R
 }
 
 fn inject_here(ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
-    let ifindex = crate::netns::ifindex(ifname)?;
-    // Protocol 0: this socket receives nothing; it only sends.
-    // SAFETY: plain socket(2); owned right away.
-    let fd = unsafe {
-        OwnedFd::from_raw_fd(
-            cvt(libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                0,
-            ))
-            .context("AF_PACKET socket")?,
-        )
-    };
-    // SAFETY: sockaddr_ll is plain old data.
-    let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
-    sll.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
-    sll.sll_halen = 6;
-    let len = u32::try_from(mem::size_of::<libc::sockaddr_ll>()).context("sockaddr_ll size")?;
+    let mut out = FrameSender::open(ifname)?;
     for f in frames {
-        anyhow::ensure!(f.len() >= 14, "a frame of {} bytes", f.len());
-        sll.sll_addr[..6].copy_from_slice(&f[..6]);
+        out.send(f).context("sendto AF_PACKET")?;
+    }
+    Ok(())
+}
+
+/// An `AF_PACKET` socket that sends whole Ethernet frames, byte for byte, out of one
+/// interface of the calling thread's namespace (protocol 0: it receives nothing).
+pub(crate) struct FrameSender {
+    fd: OwnedFd,
+    sll: libc::sockaddr_ll,
+    len: u32,
+}
+
+impl FrameSender {
+    pub(crate) fn open(ifname: &str) -> Result<Self> {
+        let ifindex = crate::netns::ifindex(ifname)?;
+        // SAFETY: plain socket(2); owned right away.
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(
+                cvt(libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    0,
+                ))
+                .context("AF_PACKET socket")?,
+            )
+        };
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
+        sll.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
+        sll.sll_halen = 6;
+        let len = u32::try_from(mem::size_of::<libc::sockaddr_ll>()).context("sockaddr_ll size")?;
+        Ok(Self { fd, sll, len })
+    }
+
+    /// Sends `f`, an Ethernet frame (its first six bytes name the destination).
+    pub(crate) fn send(&mut self, f: &[u8]) -> io::Result<()> {
+        if f.len() < 14 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame of {} bytes", f.len()),
+            ));
+        }
+        self.sll.sll_addr[..6].copy_from_slice(&f[..6]);
         // SAFETY: f and sll are valid for the lengths given.
         let sent = unsafe {
             libc::sendto(
-                fd.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 f.as_ptr().cast(),
                 f.len(),
                 0,
-                (&raw const sll).cast(),
-                len,
+                (&raw const self.sll).cast(),
+                self.len,
             )
         };
-        if usize::try_from(sent).ok() != Some(f.len()) {
-            return Err(io::Error::last_os_error()).context("sendto AF_PACKET");
+        if usize::try_from(sent).ok() == Some(f.len()) {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
-    Ok(())
 }

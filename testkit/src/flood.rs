@@ -8,16 +8,14 @@
 //! a test address) by a seeded generator, so a run is reproducible.
 
 use std::{
-    io, mem,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    arp::cvt,
+    capture::FrameSender,
     netns::{NsName, in_netns},
     topology::MacAddr,
 };
@@ -59,48 +57,13 @@ pub fn flood<N: NsName + ?Sized>(ns: &N, ifname: &str, f: Flood) -> Result<Sent>
 }
 
 fn flood_here(ifname: &str, f: Flood) -> Result<Sent> {
-    let ifindex = crate::netns::ifindex(ifname)?;
-    // Protocol 0: a socket that only sends (nothing is queued to it).
-    // SAFETY: plain socket(2) call; the fd is owned right away.
-    let sock = unsafe {
-        OwnedFd::from_raw_fd(
-            cvt(libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                0,
-            ))
-            .context("AF_PACKET socket")?,
-        )
-    };
-    // SAFETY: sockaddr_ll is plain old data.
-    let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
-    sll.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&f.dst_mac.0);
-    let sll_len = u32::try_from(mem::size_of::<libc::sockaddr_ll>()).context("sockaddr_ll size")?;
-
+    let mut out = FrameSender::open(ifname)?;
     let mut rng = f.seed | 1;
     let start = Instant::now();
     for i in 0..f.count {
         let frame = segment(&f, next(&mut rng));
         let mut tries = 0;
-        loop {
-            // SAFETY: frame and sll are valid for the given lengths.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const sll).cast(),
-                    sll_len,
-                )
-            };
-            if usize::try_from(n).ok() == Some(frame.len()) {
-                break;
-            }
-            let e = io::Error::last_os_error();
+        while let Err(e) = out.send(&frame) {
             ensure!(
                 e.raw_os_error() == Some(libc::ENOBUFS) && tries < MAX_RETRIES,
                 "frame {i}: {e}"
