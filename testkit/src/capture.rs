@@ -122,17 +122,7 @@ fn open_here(ifname: &str) -> Result<OwnedFd> {
     let proto = ETH_P_ALL.to_be();
     // Protocol 0 receives nothing until bind() names protocol and interface together, so no
     // frame from another interface slips in between.
-    // SAFETY: plain socket(2); owned right away.
-    let fd = unsafe {
-        OwnedFd::from_raw_fd(
-            cvt(libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                0,
-            ))
-            .context("AF_PACKET socket")?,
-        )
-    };
+    let fd = packet_socket()?;
     // SAFETY: sockaddr_ll is plain old data.
     let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
     sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
@@ -159,6 +149,15 @@ fn inject_here(ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
     Ok(())
 }
 
+/// A raw `AF_PACKET` socket of protocol 0: it receives nothing until bound.
+fn packet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); owned right away.
+    let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })
+        .context("AF_PACKET socket")?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// An `AF_PACKET` socket that sends whole Ethernet frames, byte for byte, out of one
 /// interface of the calling thread's namespace (protocol 0: it receives nothing).
 pub(crate) struct FrameSender {
@@ -170,17 +169,7 @@ pub(crate) struct FrameSender {
 impl FrameSender {
     pub(crate) fn open(ifname: &str) -> Result<Self> {
         let ifindex = crate::netns::ifindex(ifname)?;
-        // SAFETY: plain socket(2); owned right away.
-        let fd = unsafe {
-            OwnedFd::from_raw_fd(
-                cvt(libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    0,
-                ))
-                .context("AF_PACKET socket")?,
-            )
-        };
+        let fd = packet_socket()?;
         // SAFETY: sockaddr_ll is plain old data.
         let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
         sll.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
