@@ -33,8 +33,8 @@ fn the_object_check_reports_every_kind_of_difference() {
     let value = size_of::<lb_common::DatapathConfig>();
     for want in [
         &format!(
-            "map config: (type, key size, value size, max_entries) is (2, 4, {value}, 1) in the \
-             object, (2, 4, {value}, 2) in the table"
+            "map config: (type, key size, value size, max_entries, flags) is (2, 4, {value}, 1, 0) \
+             in the object, (2, 4, {value}, 2, 0) in the table"
         ),
         "map bench_scratch is in the object but in no table",
         "map xdpgen_ports is in the object but in no table",
