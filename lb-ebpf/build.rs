@@ -4,7 +4,8 @@ fn main() {
     // Global BPF functions: bpf-linker internalises every symbol but the
     // programs and maps unless told otherwise, and an internal function is
     // verified inline at each call. See `conntrack::onehop_flow_create`
-    // and `partial::onehop_finish_checksum`.
+    //, `partial::onehop_finish_checksum` and `local::onehop_remember_front`.
     println!("cargo:rustc-link-arg-bins=--export=onehop_flow_create");
     println!("cargo:rustc-link-arg-bins=--export=onehop_finish_checksum");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_remember_front");
 }

@@ -41,6 +41,11 @@ pub mod family {
 pub mod flow_flags {
     /// The flow goes to a remote backend through full NAT.
     pub const REMOTE: u16 = 1 << 0;
+    /// A local flow whose replies are found through a reverse entry of its
+    /// own, because its endpoint's [`super::LocalFronts`] had no room (or
+    /// could not be written). Other local flows have none: their replies
+    /// are matched through the endpoint's fronts and the conntrack entry.
+    pub const LOCAL_REVERSE: u16 = 1 << 1;
 }
 
 /// TCP header flag bits (byte 13 of the header).
@@ -396,6 +401,75 @@ impl AffinityValue {
     }
 }
 
+/// Key of the `local_fronts` map: a local backend as its replies carry it
+/// (`pod:port`, the transport protocol).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalEndpointKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// [`family`] of `addr`.
+    pub family: u8,
+}
+
+impl LocalEndpointKey {
+    #[inline(always)]
+    pub const fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        Self {
+            addr: addr_v4(addr),
+            port,
+            proto,
+            family: family::V4,
+        }
+    }
+}
+
+/// How many service fronts one local endpoint records (see
+/// [`LocalFronts`]). Endpoints behind more services than this give their
+/// further flows a reverse entry each ([`flow_flags::LOCAL_REVERSE`]).
+pub const FRONTS_PER_ENDPOINT: usize = 4;
+
+/// States of [`Front::state`].
+pub mod front_state {
+    /// Unused.
+    pub const FREE: u64 = 0;
+    /// Claimed by a CPU (compare-and-swap from [`FREE`]) that is writing it.
+    pub const WRITING: u64 = 1;
+    /// Written: readers may use it.
+    pub const READY: u64 = 2;
+}
+
+/// One service address a local endpoint was reached through: a reply from
+/// the endpoint to a client may belong to a flow `client → vip:port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Front {
+    /// [`front_state`]; claimed and published by compare-and-swap.
+    pub state: u64,
+    pub vip: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of the `local_fronts` map: the service addresses through which
+/// flows reached a local endpoint. Written by the data path when a flow is
+/// the first through a front (one write per endpoint and front, not per
+/// flow), read by `lb_egress`, which then proves a reply belongs to a live
+/// flow with that flow's own conntrack entry. So a local flow costs one
+/// entry, its conntrack entry, instead of two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalFronts {
+    pub fronts: [Front; FRONTS_PER_ENDPOINT],
+    /// Non-zero once a flow of this endpoint found no room among the fronts
+    /// and took a reverse entry ([`flow_flags::LOCAL_REVERSE`]): replies
+    /// that match no front are then looked up in `rev_nat` as well.
+    pub overflow: u64,
+}
+
 /// Value of the per-CPU `flow_scratch` map: a new flow's entries while the
 /// data path builds them (see the map's documentation).
 #[repr(C)]
@@ -410,6 +484,13 @@ pub struct FlowScratch {
     pub key: FlowKey,
     /// The new flow's backend.
     pub backend: crate::BackendValue,
+    /// A local flow's endpoint (see [`LocalFronts`]).
+    pub endpoint: LocalEndpointKey,
+    pub _pad2: u32,
+    /// The endpoint's entry as a first flow writes it: `fronts[0]` holds the
+    /// front the flow came through, which is also what a later flow adds to
+    /// an existing entry.
+    pub fronts: LocalFronts,
     /// `flow_hash` of the flow (picks the NAT port probes).
     pub hash: u32,
     /// While probing NAT ports: the first port held by an idle UDP flow

@@ -25,8 +25,8 @@ pub mod maps;
 
 pub use counters::{Counter, DropReason};
 pub use flow::{
-    AffinityKey, AffinityValue, ConntrackValue, FlowKey, FlowScratch, FlowTimeouts, RevNatValue,
-    family, flow_flags, tcp_state,
+    AffinityKey, AffinityValue, ConntrackValue, FlowKey, FlowScratch, FlowTimeouts, Front,
+    LocalEndpointKey, LocalFronts, RevNatValue, family, flow_flags, front_state, tcp_state,
 };
 
 /// `IPPROTO_*` numbers as they appear in the IPv4 header.
@@ -507,7 +507,10 @@ abi_types! {
     AffinityKey = 24,
     AffinityValue = 32,
     FlowTimeouts = 24,
-    FlowScratch = 224,
+    FlowScratch = 384,
+    LocalEndpointKey = 20,
+    Front = 32,
+    LocalFronts = 136,
     SourceRangeData = 8,
     TrafficCounter = 16,
     DatapathConfig = 64,

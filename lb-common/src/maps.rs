@@ -184,6 +184,14 @@ macro_rules! product_maps {
             /// neighbours); used only when the kernel has no neighbour entry.
             LEARNED_MACS = "learned_macs":
                 LruHashMap<$crate::HostKey, $crate::LearnedMac>[$crate::maps::MAX_LEARNED_MACS];
+            /// Local endpoint → [`crate::LocalFronts`] (LRU hash): the
+            /// service addresses flows reached it through, so that a local
+            /// flow needs no reverse entry of its own. Written once per
+            /// endpoint and front by the data path; an active endpoint is
+            /// read by every reply, so the least recently used entries that
+            /// go first are those of pods long gone.
+            LOCAL_FRONTS = "local_fronts":
+                LruHashMap<$crate::LocalEndpointKey, $crate::LocalFronts>[$crate::maps::MAX_LOCAL_ENDPOINTS];
         }
     };
 }
@@ -238,6 +246,10 @@ pub const MAX_ARP_STATS: u32 = 4096;
 /// Hosts whose ARP requests for our VIPs are remembered: clients on the
 /// segment, and routers for the rest (least recently used go first).
 pub const MAX_LEARNED_MACS: u32 = 16384;
+/// Local endpoints (`pod:port`) whose fronts are remembered: far more than
+/// one node runs at once (Kubernetes' default is 110 pods a node), so that
+/// only endpoints of pods long gone are evicted.
+pub const MAX_LOCAL_ENDPOINTS: u32 = 4096;
 /// Default slots of the `maglev` array (load-time; 16 MiB of `u32`).
 pub const MAGLEV_SLOTS: u32 = 1 << 22;
 /// Default `conntrack` size (load-time).

@@ -8,7 +8,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, RevNatValue,
+    BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, LocalEndpointKey,
+    RevNatValue,
     flow::{self, NS_PER_SEC, Side, TOMBSTONE_NS, addr_v4},
     flow_flags,
     hash::{NAT_PROBES, nat_probe},
@@ -16,6 +17,7 @@ use lb_common::{
 
 use crate::{
     forward::NextHop,
+    local,
     maps::{CONFIG, CONNTRACK, FLOW_SCRATCH, REV_NAT},
     stats,
 };
@@ -92,7 +94,6 @@ pub fn refresh(
     ct: *mut ConntrackValue,
     client: &FlowKey,
     reply: ReplyKey,
-    flags: u16,
     state: u8,
     now: u64,
 ) -> bool {
@@ -104,14 +105,34 @@ pub fn refresh(
         return true;
     }
     // SAFETY: as above.
-    let service_id = unsafe {
+    let (service_id, mut flags) = unsafe {
         (*ct).last_seen_ns = now;
         (*ct).state = state;
-        (*ct).service_id
+        ((*ct).service_id, (*ct).flags)
     };
     let Some(s) = scratch() else {
         return true;
     };
+    if flags & (flow_flags::REMOTE | flow_flags::LOCAL_REVERSE) == 0 {
+        // A local flow's replies are found through its endpoint's fronts:
+        // make sure the front is still recorded (the entry may have been
+        // evicted), else give the flow a reverse entry after all.
+        // SAFETY: this CPU's scratch slot, ours for this run.
+        unsafe {
+            local::stage(
+                s,
+                LocalEndpointKey::v4(reply.backend, reply.backend_port, client.proto),
+                flow::v4_of(&client.dst),
+                client.dport,
+            );
+        }
+        if local::onehop_remember_front() == 1 {
+            return true;
+        }
+        flags |= flow_flags::LOCAL_REVERSE;
+        // SAFETY: as for the fields above.
+        unsafe { (*ct).flags = flags };
+    }
     // SAFETY: this CPU's scratch slot, ours for this run.
     let rkey = unsafe {
         (*s).rkey = FlowKey::v4(
@@ -159,21 +180,46 @@ fn put_back_rev(client: &FlowKey, rkey: &FlowKey, meta: u64, now: u64) -> bool {
     REV_NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok()
 }
 
-/// A backend's packet of a translated flow (remote reply on ingress, local
-/// reply on egress): refreshes the reverse entry once a second, and on a
-/// state change (FIN, RST, or the backend talking after an RST) both
-/// entries. `tcp_flags` is 0 for UDP.
+/// The state of a flow in `old` after a packet of its backend.
+#[inline(always)]
+fn after_backend_packet(old: u8, proto: u8, tcp_flags: u8) -> u8 {
+    if proto == lb_common::proto::TCP {
+        flow::next_state(old, tcp_flags, Side::Backend)
+    } else {
+        old
+    }
+}
+
+/// A local backend's reply of a flow without a reverse entry (see
+/// `local`): refreshes the conntrack entry once a second, or with a state
+/// change (FIN, RST, or the backend talking after an RST).
+#[inline(always)]
+pub fn local_backend_packet(ct: *mut ConntrackValue, proto: u8, tcp_flags: u8, now: u64) {
+    // SAFETY: conntrack value pointer obtained in this run; the fields are
+    // plain integers a racing writer can only set to another packet's
+    // values.
+    let (last, old) = unsafe { ((*ct).last_seen_ns, (*ct).state) };
+    let state = after_backend_packet(old, proto, tcp_flags);
+    if state != old || now.wrapping_sub(last) >= NS_PER_SEC {
+        // SAFETY: as above.
+        unsafe {
+            (*ct).state = state;
+            (*ct).last_seen_ns = now;
+        }
+    }
+}
+
+/// A backend's packet of a flow with a reverse entry (remote reply on
+/// ingress, local reply on egress): refreshes the reverse entry once a
+/// second, and on a state change (FIN, RST, or the backend talking after an
+/// RST) both entries. `tcp_flags` is 0 for UDP.
 #[inline(always)]
 pub fn backend_packet(r: *mut RevNatValue, proto: u8, family: u8, tcp_flags: u8, now: u64) {
     // SAFETY: value pointer of the reverse entry obtained in this run; the
     // fields are plain integers a racing writer can only set to another
     // packet's values.
     let (last, old) = unsafe { ((*r).last_seen_ns, (*r).state) };
-    let state = if proto == lb_common::proto::TCP {
-        flow::next_state(old, tcp_flags, Side::Backend)
-    } else {
-        old
-    };
+    let state = after_backend_packet(old, proto, tcp_flags);
     if state == old {
         if now.wrapping_sub(last) >= NS_PER_SEC {
             // SAFETY: as above.
@@ -285,6 +331,29 @@ pub extern "C" fn onehop_flow_create() -> u32 {
     // CPU); the caller filled it.
     let s = unsafe { &mut *s };
     let remote = s.ctv.flags & flow_flags::REMOTE != 0;
+    // The backend's fields one by one: a copy of it would take stack.
+    let (backend, backend_port, proto) = (s.backend.ip, s.backend.port, s.key.proto);
+    if !remote {
+        let (vip, vport) = (flow::v4_of(&s.key.dst), s.key.dport);
+        // SAFETY: this CPU's scratch slot, ours for this run.
+        unsafe {
+            local::stage(
+                &raw mut *s,
+                LocalEndpointKey::v4(backend, backend_port, proto),
+                vip,
+                vport,
+            );
+        }
+        if local::onehop_remember_front() == 1 {
+            // The flow's one write.
+            return if CONNTRACK.insert(&s.key, &s.ctv, u64::from(BPF_ANY)).is_ok() {
+                1
+            } else {
+                CREATE_MAP_FAILED
+            };
+        }
+        s.ctv.flags |= flow_flags::LOCAL_REVERSE;
+    }
     let (service_id, flags, state, now) = (
         s.ctv.service_id,
         s.ctv.flags,
@@ -292,8 +361,6 @@ pub extern "C" fn onehop_flow_create() -> u32 {
         s.ctv.last_seen_ns,
     );
     s.rval.set_reverse_of(&s.key, service_id, flags, state, now);
-    // The backend's fields one by one: a copy of it would take stack.
-    let (backend, backend_port, proto) = (s.backend.ip, s.backend.port, s.key.proto);
     if remote {
         s.rkey = FlowKey::v4(backend, cfg.node_ip, backend_port, 0, proto);
         let port = claim_nat_port(cfg, proto, s);

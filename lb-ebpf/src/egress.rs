@@ -26,7 +26,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, icmp_error,
+    conntrack, icmp_error, local,
     maps::REV_NAT,
     parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr},
     service::flow_key,
@@ -79,8 +79,8 @@ struct Rewrite {
     udp: bool,
 }
 
-/// Reads the headers (direct packet access), finds the reverse entry and
-/// records the packet in the flow's state. Everything needed later is copied
+/// Reads the headers (direct packet access), finds the local flow (see
+/// `local`) and records the packet in the flow's state. Everything needed later is copied
 /// out: the helpers that write the packet invalidate packet pointers.
 #[inline(always)]
 fn lookup(ctx: &TcContext) -> Found {
@@ -129,24 +129,31 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
         }
         _ => return Err(Found::Other),
     };
-    let key = flow_key(
-        ip.src,
-        ip.dst,
-        u16::from_be_bytes(sport),
-        u16::from_be_bytes(dport),
-        ip.proto,
-    );
-    let rp = REV_NAT.get_ptr_mut(key).ok_or(Found::Other)?;
-    // SAFETY: value pointer the map just returned; the fields we need are
-    // read by value.
-    let (flags, new_src, new_sport) =
-        unsafe { ((*rp).flags, v4_of(&(*rp).new_src), (*rp).new_sport) };
-    if flags & flow_flags::REMOTE != 0 {
-        return Err(Found::Other);
-    }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    conntrack::backend_packet(rp, ip.proto, family::V4, tcp_flags, now);
+    let (sport_h, dport_h) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
+    let (new_src, new_sport) = match local::reply(ip.src, sport_h, ip.dst, dport_h, ip.proto) {
+        local::Reply::Flow { ct, vip, port } => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            conntrack::local_backend_packet(ct, ip.proto, tcp_flags, now);
+            (vip, port)
+        }
+        local::Reply::Reverse => {
+            let key = flow_key(ip.src, ip.dst, sport_h, dport_h, ip.proto);
+            let rp = REV_NAT.get_ptr_mut(key).ok_or(Found::Other)?;
+            // SAFETY: value pointer the map just returned; the fields we
+            // need are read by value.
+            let (flags, new_src, new_sport) =
+                unsafe { ((*rp).flags, v4_of(&(*rp).new_src), (*rp).new_sport) };
+            if flags & flow_flags::REMOTE != 0 {
+                return Err(Found::Other);
+            }
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            conntrack::backend_packet(rp, ip.proto, family::V4, tcp_flags, now);
+            (new_src, new_sport)
+        }
+        local::Reply::None => return Err(Found::Other),
+    };
     Ok(Rewrite {
         fragment,
         old_src: ip.src,

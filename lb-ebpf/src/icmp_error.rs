@@ -80,6 +80,7 @@ use crate::{
     conntrack,
     csum::Delta,
     forward::{self, NextHop, Route},
+    local,
     maps::{BACKENDS, CONNTRACK, REV_NAT},
     parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, L4Head, TcpTail},
     stats,
@@ -493,21 +494,23 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
         port: pod_port,
         _pad: 0,
     };
-    let remote = flags & flow_flags::REMOTE != 0;
-    // What the backend sent (for a remote flow, after its node's NAT port
-    // as destination; `s.dst.port` holds that port), and the reverse entry
-    // that translated it: only a flow whose two entries agree is ours.
-    if remote {
-        s.dst.addr = n(cfg.node_ip);
-        s.out_src = n(cfg.node_ip);
-    } else {
+    if flags & flow_flags::REMOTE == 0 {
+        // A local flow: its conntrack entry, which names this pod as its
+        // backend, is all there is of it (see `local`). The kernel routes
+        // the error to the pod and decrements the TTL.
         s.dst = To {
             addr: t.dst,
             port: t.dport,
             _pad: 0,
         };
         s.out_src = 0;
+        return rewrite(ctx, s, false, Counter::IcmpErrorToBackend);
     }
+    // What the backend sent (after its node's NAT port as destination;
+    // `s.dst.port` holds that port), and the reverse entry that translated
+    // it: only a flow whose two entries agree is ours.
+    s.dst.addr = n(cfg.node_ip);
+    s.out_src = n(cfg.node_ip);
     s.key = FlowKey::v4(a(pod), a(s.dst.addr), pod_port, s.dst.port, t.proto);
     let Some(r) = REV_NAT.get_ptr(&s.key) else {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
@@ -521,10 +524,6 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
     };
     if !ours {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
-    }
-    if !remote {
-        // The kernel routes it to the pod and decrements the TTL.
-        return rewrite(ctx, s, false, Counter::IcmpErrorToBackend);
     }
     if ttl <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
@@ -643,15 +642,23 @@ fn egress_translate(ctx: &TcContext) -> bool {
     }
     let t = Tuple::of(&q);
     let outer = (n(ip.src), n(ip.dst));
-    let rkey = FlowKey::v4(q.ip.dst, q.ip.src, t.dport, t.sport, t.proto);
-    let Some(r) = REV_NAT.get_ptr(rkey) else {
-        return false;
+    let (vip, vport) = match local::reply(q.ip.dst, t.dport, q.ip.src, t.sport, t.proto) {
+        local::Reply::Flow { vip, port, .. } => (n(vip), port),
+        local::Reply::Reverse => {
+            let rkey = FlowKey::v4(q.ip.dst, q.ip.src, t.dport, t.sport, t.proto);
+            let Some(r) = REV_NAT.get_ptr(rkey) else {
+                return false;
+            };
+            // SAFETY: value pointer the map just returned; read by value.
+            let (flags, vip, vport) =
+                unsafe { ((*r).flags, n(v4_of(&(*r).new_src)), (*r).new_sport) };
+            if flags & flow_flags::REMOTE != 0 {
+                return false;
+            }
+            (vip, vport)
+        }
+        local::Reply::None => return false,
     };
-    // SAFETY: value pointer the map just returned; read by value.
-    let (flags, vip, vport) = unsafe { ((*r).flags, n(v4_of(&(*r).new_src)), (*r).new_sport) };
-    if flags & flow_flags::REMOTE != 0 {
-        return false;
-    }
     translate(
         icmp,
         &mut q,

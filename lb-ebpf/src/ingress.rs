@@ -345,7 +345,7 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
             peer: ip.src,
             peer_port: k.sport,
         };
-        conntrack::refresh(ct, k, reply, 0, f.state, f.now);
+        conntrack::refresh(ct, k, reply, f.state, f.now);
         Counter::LocalEstablished
     } else {
         let Some(s) = conntrack::scratch() else {
@@ -426,7 +426,7 @@ fn to_remote(
             peer: cfg.node_ip,
             peer_port: port,
         };
-        if conntrack::refresh(ct, k, reply, flow_flags::REMOTE, f.state, f.now) {
+        if conntrack::refresh(ct, k, reply, f.state, f.now) {
             established = Some(port);
         } else {
             // The port went to another flow (our reverse entry was evicted,

@@ -31,6 +31,7 @@ mod guard;
 mod icmp;
 mod icmp_error;
 pub mod ingress;
+mod local;
 pub mod maps;
 mod nat;
 pub mod parse;

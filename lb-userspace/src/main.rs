@@ -304,7 +304,7 @@ enum Command {
     /// services[] {frontend, vip, port, protocol, id, slots, backendIds,
     /// affinitySeconds, sourceRanges, packets, bytes, counted}, backends[] {id,
     /// ip, port, node, location, packets, bytes, counted}, flows {conntrack, revNat,
-    /// affinity}, counters {label: n}, drops {label: n}.
+    /// affinity, localEndpoints}, counters {label: n}, drops {label: n}.
     Status {
         #[command(flatten)]
         pins: Pins,

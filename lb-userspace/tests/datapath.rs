@@ -14,9 +14,10 @@ use std::{net::Ipv4Addr, os::fd::AsFd as _};
 use aya::maps::PerCpuValues;
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, ConntrackValue, Counter as C,
-    DropReason as D, Ipv4Key, RevNatValue, backend_flags, bench,
+    DropReason as D, Front, Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, backend_flags,
+    bench,
     flow::{addr_v4, tcp_state, v4_of},
-    flow_flags, maps as m, proto,
+    flow_flags, front_state, maps as m, proto,
 };
 use lb_userspace::dataplane::maps::sum_arp;
 use support::{
@@ -338,20 +339,30 @@ fn local_flow_new_established_and_egress_reply() {
             (0, [0; 6], [0; 6]),
             "local flows cache no next hop"
         );
-        let rev = lb
-            .rev_nat(&flow(pod_ip, CLIENT, pod_port, 40000, proto::TCP))
-            .expect("rev_nat entry");
-        assert_eq!(
-            (
-                rev.new_src,
-                rev.new_dst,
-                rev.new_sport,
-                rev.new_dport,
-                rev.service_id,
-                rev.flags
-            ),
-            (addr_v4(VIP), addr_v4(CLIENT), 80, 40000, 1, 0)
+        assert!(
+            lb.rev_nat_entries().is_empty(),
+            "a local flow's one write is its conntrack entry"
         );
+        let fronts = lb
+            .local_fronts(&LocalEndpointKey::v4(pod_ip, pod_port, proto::TCP))
+            .expect("the endpoint's fronts");
+        assert_eq!(
+            fronts.fronts[0],
+            Front {
+                state: front_state::READY,
+                vip: addr_v4(VIP),
+                port: 80,
+                _pad: [0; 6],
+            },
+            "the front the flow came through"
+        );
+        assert!(
+            fronts.fronts[1..]
+                .iter()
+                .all(|f| *f == Front::default()),
+            "the other fronts are free and zero"
+        );
+        assert_eq!(fronts.overflow, 0);
         assert_eq!(
             lb.traffic(m::SERVICE_STATS, 1),
             (1, syn.build().len() as u64)
@@ -2398,6 +2409,115 @@ fn a_forged_rst_does_not_end_a_flow_the_backend_goes_on_with() {
     });
 }
 
+/// The source (address, port) of the frame `lb_egress` sends on.
+fn egress_source(lb: &Lb, frame: &[u8]) -> ([u8; 4], u16) {
+    let out = lb.run_egress(frame).out;
+    let v = view(&out);
+    assert_checksums(&out);
+    (v.ip.source, v.sport)
+}
+
+/// A local flow has no reverse entry: its reply is matched through the
+/// fronts its endpoint was reached by, and only a live flow of that client
+/// port proves it (a front alone translates nothing). An endpoint's entry
+/// evicted under a live flow is written again by the flow's next packet a
+/// second later.
+#[test]
+fn local_replies_are_proven_by_their_flow_and_fronts_come_back_after_eviction() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        let c = |sport, f| Pkt::tcp(CLIENT, sport, VIP, 80, f).build();
+        let reply = |to, dport| Pkt::tcp(pod_ip, pod_port, to, dport, ACK).build();
+        lb.expect("SYN", &c(43000, SYN), XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(egress_source(lb, &reply(CLIENT, 43000)), (VIP, 80));
+        assert_eq!(
+            egress_source(lb, &reply(CLIENT, 43001)),
+            (pod_ip, pod_port),
+            "no flow from this client port: the pod's own packet"
+        );
+        assert_eq!(
+            egress_source(lb, &reply(CLIENT_FAR, 43000)),
+            (pod_ip, pod_port),
+            "no flow from this client"
+        );
+        assert!(lb.rev_nat_entries().is_empty());
+
+        let endpoint = LocalEndpointKey::v4(pod_ip, pod_port, proto::TCP);
+        lb.remove_local_fronts(&endpoint);
+        assert_eq!(
+            egress_source(lb, &reply(CLIENT, 43000)),
+            (pod_ip, pod_port),
+            "without its front the reply is not found"
+        );
+        lb.age_flows(2);
+        lb.expect(
+            "the client's next packet",
+            &c(43000, ACK),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        assert!(lb.local_fronts(&endpoint).is_some(), "the front is back");
+        assert_eq!(egress_source(lb, &reply(CLIENT, 43000)), (VIP, 80));
+        assert!(lb.rev_nat_entries().is_empty());
+    });
+}
+
+/// `LOCAL_A:8080/TCP` is behind five fronts (`VIP:80`, `:85`, `:86`,
+/// `:88` and `VIP_OTHER:80`), one more than an endpoint's entry holds: the
+/// flow through the fifth gets a reverse entry of its own, and every reply
+/// leaves from its own flow's front.
+#[test]
+fn an_endpoint_behind_more_fronts_than_its_entry_holds_gives_the_rest_reverse_entries() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        let mut flows = Vec::new();
+        let fronts = [(VIP, 80), (VIP, 85), (VIP, 86), (VIP, 88), (VIP_OTHER, 80)];
+        for (base, (vip, port)) in (44000..).step_by(100).zip(fronts) {
+            // Services 8 and 10 also have LOCAL_B: the first client port
+            // Maglev sends to LOCAL_A. (Ports differ between flows: two
+            // flows from one client port would be one connection to the pod
+            // after DNAT.)
+            let sport = (base..base + 100)
+                .find(|&sport| {
+                    let syn = Pkt::tcp(CLIENT, sport, vip, port, SYN).build();
+                    let out = lb.expect("SYN", &syn, XDP_PASS, Want::C(C::LocalNewFlow));
+                    dst_of(&out) == pod_ip
+                })
+                .expect("a client port for LOCAL_A");
+            flows.push((vip, port, sport));
+        }
+        let fronts = lb
+            .local_fronts(&LocalEndpointKey::v4(pod_ip, pod_port, proto::TCP))
+            .expect("the endpoint's fronts");
+        assert!(
+            fronts.fronts.iter().all(|f| f.state == front_state::READY),
+            "{fronts:?}"
+        );
+        assert_eq!(fronts.overflow, 1);
+        let revs = lb.rev_nat_entries();
+        assert_eq!(revs.len(), 1, "one flow has a reverse entry: {revs:?}");
+        let (rkey, rev) = revs[0];
+        let (vip, port, sport) = flows[4];
+        assert_eq!(
+            (rkey, v4_of(&rev.new_src), rev.new_sport, rev.flags),
+            (
+                flow(pod_ip, CLIENT, pod_port, sport, proto::TCP),
+                vip,
+                port,
+                flow_flags::LOCAL_REVERSE
+            )
+        );
+        let ct = lb
+            .conntrack(&flow(CLIENT, vip, sport, port, proto::TCP))
+            .expect("ct");
+        assert_eq!(ct.flags, flow_flags::LOCAL_REVERSE);
+        for (vip, port, sport) in flows {
+            let reply = Pkt::tcp(pod_ip, pod_port, CLIENT, sport, SYN | ACK).build();
+            assert_eq!(egress_source(lb, &reply), (vip, port), "reply to {sport}");
+        }
+    });
+}
+
 #[test]
 fn local_flow_state_follows_both_sides() {
     with_lb(|lb| {
@@ -2415,8 +2535,10 @@ fn local_flow_state_follows_both_sides() {
             ct.state,
             tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::BACKEND_FIN
         );
-        let rkey = flow(pod_ip, CLIENT, pod_port, 47000, proto::TCP);
-        assert_eq!(lb.rev_nat(&rkey).expect("rev").state, ct.state);
+        assert!(
+            lb.rev_nat_entries().is_empty(),
+            "the conntrack entry is the flow's only state"
+        );
         lb.run(&c(FIN | ACK));
         assert!(lb_common::flow::closing(
             lb.conntrack(&key).expect("ct").state
@@ -2834,10 +2956,10 @@ fn icmp_errors_from_the_client_side_reach_a_local_backend() {
             }
         }
         // The flow is untouched by its errors (RFC 5508: no refresh).
-        let rev = lb
-            .rev_nat(&flow(pod_ip, CLIENT, pod_port, 5353, proto::UDP))
-            .expect("rev_nat");
-        assert_eq!(rev.new_sport, 53);
+        let ct = lb
+            .conntrack(&flow(CLIENT, VIP, 5353, 53, proto::UDP))
+            .expect("conntrack");
+        assert_eq!((ct.backend_id, ct.state), (LOCAL_A, 0));
     });
 }
 

@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, ConntrackValue,
-    DatapathConfig, FlowKey, Ipv4Key, RevNatValue, ServiceKey, ServiceValue, SourceRangeData,
+    DatapathConfig, FlowKey, Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, ServiceValue, SourceRangeData,
     TrafficCounter, VipValue, maps,
 };
 
@@ -44,6 +44,7 @@ pub struct Maps {
     pub backends: Array<MapData, BackendValue>,
     pub conntrack: HashMap<MapData, FlowKey, ConntrackValue>,
     pub rev_nat: HashMap<MapData, FlowKey, RevNatValue>,
+    pub local_fronts: HashMap<MapData, LocalEndpointKey, LocalFronts>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub src_ranges: LpmTrie<MapData, SourceRangeData, u32>,
     pub service_stats: PerCpuArray<MapData, TrafficCounter>,
@@ -93,6 +94,7 @@ macro_rules! all_maps {
             backends: $get(maps::BACKENDS)?,
             conntrack: $get(maps::CONNTRACK)?,
             rev_nat: $get(maps::REV_NAT)?,
+            local_fronts: $get(maps::LOCAL_FRONTS)?,
             affinity: $get(maps::AFFINITY)?,
             src_ranges: $get(maps::SRC_RANGES)?,
             service_stats: $get(maps::SERVICE_STATS)?,

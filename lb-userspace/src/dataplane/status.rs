@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub conntrack_entries: usize,
     pub rev_nat_entries: usize,
     pub affinity_entries: usize,
+    /// Local endpoints whose fronts are recorded (`local_fronts`).
+    pub local_endpoints: usize,
     /// The agent's heartbeat, and when (same clock) it was read.
     pub announce: AnnounceState,
     pub read_at_ns: u64,
@@ -157,6 +159,7 @@ impl Snapshot {
             conntrack_entries: maps.conntrack.keys().count(),
             rev_nat_entries: maps.rev_nat.keys().count(),
             affinity_entries: maps.affinity.keys().count(),
+            local_endpoints: maps.local_fronts.keys().count(),
         })
     }
 
@@ -320,6 +323,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
             "conntrack": s.conntrack_entries,
             "revNat": s.rev_nat_entries,
             "affinity": s.affinity_entries,
+            "localEndpoints": s.local_endpoints,
         },
         "counters": counters,
         "drops": drops,
@@ -450,8 +454,8 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
     }
     let _ = writeln!(
         o,
-        "\nFLOWS  conntrack {}  rev_nat {}  affinity {}",
-        s.conntrack_entries, s.rev_nat_entries, s.affinity_entries
+        "\nFLOWS  conntrack {}  rev_nat {}  affinity {}  local endpoints {}",
+        s.conntrack_entries, s.rev_nat_entries, s.affinity_entries, s.local_endpoints
     );
     let _ = writeln!(o, "\nCOUNTERS (non-zero)");
     for (k, v) in s.counters.iter().filter(|(_, v)| *v > 0) {
@@ -517,6 +521,7 @@ mod tests {
             conntrack_entries: 5,
             rev_nat_entries: 5,
             affinity_entries: 1,
+            local_endpoints: 2,
             announce: AnnounceState::new(5_000_000_000, 1_200_000_000),
             read_at_ns: 5_300_000_000,
             arp: vec![([192, 168, 50, 100], ArpStats::new(7, 6))],
@@ -534,7 +539,7 @@ mod tests {
             "affinity=60s",
             "10.42.1.2:8080",
             "remote",
-            "conntrack 5  rev_nat 5  affinity 1",
+            "conntrack 5  rev_nat 5  affinity 1  local endpoints 2",
             "ingress_packets",
             "no_service",
             "ARP answered: agent heartbeat 300 ms ago, held 1200 ms",

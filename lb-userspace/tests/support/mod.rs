@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, MapData};
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey,
-    RevNatValue, ServiceKey, backend_flags, maps as m, proto, service_flags,
+    LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, backend_flags, maps as m, proto, service_flags,
 };
 use lb_userspace::{
     dataplane::{maps::sum_traffic, writer},
@@ -508,6 +508,26 @@ impl Lb {
             .iter()
             .map(|r| r.expect("rev_nat entry"))
             .collect()
+    }
+
+    pub fn local_fronts(&mut self, k: &LocalEndpointKey) -> Option<LocalFronts> {
+        self.h.maps().local_fronts.get(k, 0).ok()
+    }
+
+    pub fn set_local_fronts(&mut self, k: LocalEndpointKey, v: LocalFronts) {
+        self.h
+            .maps_mut()
+            .local_fronts
+            .insert(k, v, 0)
+            .expect("local_fronts insert");
+    }
+
+    pub fn remove_local_fronts(&mut self, k: &LocalEndpointKey) {
+        self.h
+            .maps_mut()
+            .local_fronts
+            .remove(k)
+            .expect("local_fronts remove");
     }
 
     pub fn insert_rev_nat(&mut self, k: FlowKey, v: RevNatValue) {

@@ -1,0 +1,228 @@
+//! Replies of local flows without a reverse entry per flow.
+//!
+//! A local flow is plain DNAT: its reply `pod:port → client:cport` lacks
+//! only the front (`vip:port`) the client used. Every front a flow reached
+//! an endpoint through is recorded once in the endpoint's `local_fronts`
+//! entry, by the first flow through it; `lb_egress` tries those fronts, and a
+//! front is the reply's only when the flow `client:cport → vip:port` is in
+//! `conntrack` with this endpoint as its backend. So the conntrack entry is
+//! a local flow's only per-flow write, and nothing in `local_fronts` can
+//! make a packet that belongs to no flow look like a reply.
+//!
+//! An endpoint behind more than [`FRONTS_PER_ENDPOINT`] fronts (or whose
+//! entry cannot be written) gives its further flows a reverse entry each, as
+//! remote flows have ([`flow_flags::LOCAL_REVERSE`]).
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use lb_common::{
+    ConntrackValue, FlowKey, Front, LocalEndpointKey, LocalFronts,
+    flow::{FRONTS_PER_ENDPOINT, addr_v4, same_addr, v4_of},
+    flow_flags, front_state,
+};
+
+use crate::{
+    conntrack::scratch,
+    maps::{BACKENDS, CONNTRACK, LOCAL_FRONTS},
+};
+
+/// Fills this CPU's scratch slot with `endpoint` and the front `vip:port`
+/// for [`onehop_remember_front`]: the endpoint's entry as a first flow
+/// writes it.
+///
+/// # Safety
+/// `s` is this CPU's scratch slot (from [`scratch`]), ours for this run.
+#[inline(always)]
+pub unsafe fn stage(
+    s: *mut lb_common::FlowScratch,
+    endpoint: LocalEndpointKey,
+    vip: [u8; 4],
+    port: u16,
+) {
+    // SAFETY: the caller's promise; field by field (a struct assignment
+    // between map values is a `memmove` call in BPF).
+    unsafe {
+        (*s).endpoint = endpoint;
+        (*s).fronts.overflow = 0;
+        let mut i = 0;
+        while i < FRONTS_PER_ENDPOINT {
+            let f = &raw mut (*s).fronts.fronts[i];
+            (*f).state = front_state::FREE;
+            (*f).vip = [0; 16];
+            (*f).port = 0;
+            (*f)._pad = [0; 6];
+            i += 1;
+        }
+        let f = &raw mut (*s).fronts.fronts[0];
+        (*f).state = front_state::READY;
+        (*f).vip = addr_v4(vip);
+        (*f).port = port;
+    }
+}
+
+/// Records the front staged in this CPU's scratch slot (see [`stage`]) in
+/// its endpoint's entry, unless it is there already: 1 once it is there,
+/// 0 when the entry has no room for it (or could not be written), which
+/// the entry then says (`overflow`).
+///
+/// A *global* BPF function (exported by the linker, see the build script):
+/// verified once, and called both by a new flow and, once a second, by an
+/// established one (its endpoint's entry may have been evicted meanwhile).
+/// No arguments: kernels before 6.2 refuse a global function's pointer
+/// argument as a map key (see `conntrack::onehop_flow_create`).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key and value live in the scratch map: by value they would be copied to the stack"
+)]
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn onehop_remember_front() -> u32 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of the per-CPU scratch array, filled by the
+    // caller (`stage`), used only within this run.
+    let s = unsafe { &*s };
+    if let Some(v) = LOCAL_FRONTS.get_ptr_mut(&s.endpoint) {
+        return u32::from(add(v, &s.fronts.fronts[0]));
+    }
+    // The endpoint's first flow: the staged entry already holds its front.
+    if LOCAL_FRONTS
+        .insert(&s.endpoint, &s.fronts, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return 1;
+    }
+    // Another CPU inserted it in between.
+    match LOCAL_FRONTS.get_ptr_mut(&s.endpoint) {
+        Some(v) => u32::from(add(v, &s.fronts.fronts[0])),
+        None => 0,
+    }
+}
+
+/// Adds `front` to the entry `v` unless it holds it: a free front is
+/// claimed by compare-and-swap, written, then published. Two CPUs adding
+/// the same front at once may both add it, which costs a front, nothing
+/// else.
+#[inline(always)]
+fn add(v: *mut LocalFronts, front: &Front) -> bool {
+    let mut i = 0;
+    while i < FRONTS_PER_ENDPOINT {
+        // SAFETY: `v` is a value pointer the map returned in this run (RCU
+        // keeps it valid); fields are read by value.
+        let f = unsafe { &raw mut (*v).fronts[i] };
+        // SAFETY: as above.
+        let (state, port) = unsafe { ((*f).state, (*f).port) };
+        // SAFETY: as above.
+        if state == front_state::READY
+            && port == front.port
+            && same_addr(unsafe { &(*f).vip }, &front.vip)
+        {
+            return true;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < FRONTS_PER_ENDPOINT {
+        // SAFETY: as above.
+        let f = unsafe { &raw mut (*v).fronts[i] };
+        if cas(f, front_state::FREE, front_state::WRITING) {
+            // SAFETY: the front is ours until published.
+            unsafe {
+                core::ptr::copy_nonoverlapping(&raw const front.vip, &raw mut (*f).vip, 1);
+                (*f).port = front.port;
+            }
+            // The swap orders the writes before it for every reader.
+            return cas(f, front_state::WRITING, front_state::READY);
+        }
+        i += 1;
+    }
+    // SAFETY: as above; any CPU may set it, it is only ever set.
+    unsafe { (*v).overflow = 1 };
+    false
+}
+
+#[inline(always)]
+fn cas(f: *mut Front, old: u64, new: u64) -> bool {
+    // SAFETY: `f` points into a map value (an 8-byte aligned u64 field)
+    // valid for this run; see `conntrack::take_over` on BPF's 64-bit
+    // compare-and-swap.
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*f).state,
+            old,
+            new,
+        )
+    };
+    won
+}
+
+/// What a local endpoint's packet to a client is.
+pub enum Reply {
+    /// The reply of this live local flow (its conntrack entry), which came
+    /// through `vip:port`.
+    Flow {
+        ct: *mut ConntrackValue,
+        vip: [u8; 4],
+        port: u16,
+    },
+    /// No front matched, but some flows of this endpoint have reverse
+    /// entries: look there.
+    Reverse,
+    /// No local flow's reply.
+    None,
+}
+
+/// Finds the local flow whose reply is `pod:pod_port → client:client_port`
+/// (`proto`): a recorded front of the endpoint whose conntrack entry names
+/// this endpoint as the flow's local backend.
+#[inline(always)]
+pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, proto: u8) -> Reply {
+    let Some(v) = LOCAL_FRONTS.get_ptr(LocalEndpointKey::v4(pod, pod_port, proto)) else {
+        return Reply::None;
+    };
+    let pod16 = addr_v4(pod);
+    let mut i = 0;
+    while i < FRONTS_PER_ENDPOINT {
+        // SAFETY: value pointer the map returned in this run; read by value.
+        let (state, vip, port) = unsafe {
+            let f = &raw const (*v).fronts[i];
+            ((*f).state, v4_of(&(*f).vip), (*f).port)
+        };
+        if state == front_state::READY
+            && let Some(ct) =
+                CONNTRACK.get_ptr_mut(FlowKey::v4(client, vip, client_port, port, proto))
+            && ours(ct, &pod16, pod_port)
+        {
+            return Reply::Flow { ct, vip, port };
+        }
+        i += 1;
+    }
+    // SAFETY: as above.
+    if unsafe { (*v).overflow } != 0 {
+        Reply::Reverse
+    } else {
+        Reply::None
+    }
+}
+
+/// Whether the conntrack entry `ct` is a local flow to `pod:pod_port`.
+#[inline(always)]
+fn ours(ct: *const ConntrackValue, pod: &[u8; 16], pod_port: u16) -> bool {
+    // SAFETY: value pointer the map returned in this run; read by value.
+    let (flags, id, ip_ok) = unsafe {
+        (
+            (*ct).flags,
+            (*ct).backend_id,
+            same_addr(&(*ct).backend_ip, pod),
+        )
+    };
+    if flags & flow_flags::REMOTE != 0 || !ip_ok {
+        return false;
+    }
+    // SAFETY: array value pointer; read by value.
+    BACKENDS
+        .get_ptr(id)
+        .is_some_and(|b| unsafe { (*b).port } == pod_port)
+}
