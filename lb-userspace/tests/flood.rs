@@ -29,7 +29,9 @@ use std::{
 mod cluster;
 
 use cluster::{Cluster, TARGET_PORT, pods_in_use};
-use lb_common::{Counter, DropReason, FlowKey, flow::v4_of, flow_flags, proto};
+use lb_common::{
+    Counter, DropReason, FlowKey, LocalEndpointKey, flow::v4_of, flow_flags, front_state, proto,
+};
 use lb_userspace::dataplane::{
     maps::{Maps, PinDir},
     status::Snapshot,
@@ -145,9 +147,10 @@ fn flood(c: &Cluster, flags: u8, count: u64, seed: u64) {
     );
 }
 
-/// Flows of `keys` that lost an entry: a flow is whole with its conntrack entry and the
-/// reverse entry the backend's replies are translated by (`backend → client` for a local
-/// flow, `backend → node:NAT port` for a remote one).
+/// Flows of `keys` that lost an entry: a flow is whole with its conntrack entry and what
+/// the backend's replies are translated by: its reverse entry (`backend → node:NAT port`)
+/// for a remote flow, its front in the endpoint's `local_fronts` entry for a local one (or
+/// a reverse entry `backend → client` if it has one).
 fn lost_entries(c: &Cluster, keys: &[FlowKey]) -> usize {
     let maps = Maps::open(&PinDir::new(c.pin_root(1), NODE_INTERFACE)).expect("maps");
     let node = c.topo.node(1).ip().octets();
@@ -159,8 +162,15 @@ fn lost_entries(c: &Cluster, keys: &[FlowKey]) -> usize {
             let backend = v4_of(&ct.backend_ip);
             let rkey = if ct.flags & flow_flags::REMOTE != 0 {
                 FlowKey::v4(backend, node, TARGET_PORT, ct.nat_port, proto::TCP)
-            } else {
+            } else if ct.flags & flow_flags::LOCAL_REVERSE != 0 {
                 FlowKey::v4(backend, v4_of(&k.src), TARGET_PORT, k.sport, proto::TCP)
+            } else {
+                let endpoint = LocalEndpointKey::v4(backend, TARGET_PORT, proto::TCP);
+                return !maps.local_fronts.get(&endpoint, 0).is_ok_and(|f| {
+                    f.fronts.iter().any(|f| {
+                        f.state == front_state::READY && f.vip == k.dst && f.port == k.dport
+                    })
+                });
             };
             maps.rev_nat.get(&rkey, 0).is_err()
         })
