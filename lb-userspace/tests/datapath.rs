@@ -357,9 +357,7 @@ fn local_flow_new_established_and_egress_reply() {
             "the front the flow came through"
         );
         assert!(
-            fronts.fronts[1..]
-                .iter()
-                .all(|f| *f == Front::default()),
+            fronts.fronts[1..].iter().all(|f| *f == Front::default()),
             "the other fronts are free and zero"
         );
         assert_eq!(fronts.overflow, 0);

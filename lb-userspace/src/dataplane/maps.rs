@@ -11,8 +11,8 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, ConntrackValue,
-    DatapathConfig, FlowKey, Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, ServiceValue, SourceRangeData,
-    TrafficCounter, VipValue, maps,
+    DatapathConfig, FlowKey, Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey,
+    ServiceValue, SourceRangeData, TrafficCounter, VipValue, maps,
 };
 
 /// Where one interface's maps and links are pinned: `<root>/<ifname>/`.

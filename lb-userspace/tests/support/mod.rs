@@ -14,7 +14,8 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, MapData};
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey,
-    LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, backend_flags, maps as m, proto, service_flags,
+    LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, backend_flags, maps as m, proto,
+    service_flags,
 };
 use lb_userspace::{
     dataplane::{maps::sum_traffic, writer},

@@ -285,9 +285,9 @@ impl Lb {
         a.set(0, bucket, 0).context("half_open")
     }
 
-    /// Fills `conntrack` and `rev_nat` to their size with established
-    /// local flows of other clients (10.201.0.0/16), so that every new
-    /// flow's inserts evict.
+    /// Fills `conntrack` to its size with established local flows of other
+    /// clients (10.201.0.0/16), so that every new flow's insert evicts. (A
+    /// local flow has no `rev_nat` entry: see lb-ebpf's `local`.)
     pub fn fill_flows(&mut self) -> Result<()> {
         let maps = self.h.maps();
         let n = maps
@@ -298,22 +298,14 @@ impl Lb {
             .max_entries();
         let pod = addr_v4(NODE_IP);
         let ct = ConntrackValue::new(0, pod, 0, 0, 0, tcp_state::ESTABLISHED, 1);
-        let (mut fwd, mut rev) = (Vec::new(), Vec::new());
+        let mut fwd = Vec::new();
         for i in 0..n {
             let [_, _, a, b] = (i / 60_000).to_be_bytes();
             let client = [10, 201, a, b];
             let port = u16::try_from(1024 + i % 60_000).context("port")?;
-            let key = FlowKey::v4(client, VIP, port, LOCAL_PORT, proto::TCP);
-            fwd.push((key, ct));
-            let rkey = FlowKey::v4(NODE_IP, client, 8080, port, proto::TCP);
-            rev.push((
-                rkey,
-                RevNatValue::reverse_of(&key, 0, 0, tcp_state::ESTABLISHED, 1),
-            ));
+            fwd.push((FlowKey::v4(client, VIP, port, LOCAL_PORT, proto::TCP), ct));
         }
-        batch::fill(maps.conntrack.map().fd().as_fd(), &fwd).context("filling conntrack")?;
-        batch::fill(maps.rev_nat.map().fd().as_fd(), &rev).context("filling rev_nat")?;
-        Ok(())
+        batch::fill(maps.conntrack.map().fd().as_fd(), &fwd).context("filling conntrack")
     }
 
     /// The remote target's Maglev table and the backends it names.
