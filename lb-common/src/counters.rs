@@ -135,6 +135,10 @@ numbered! {
         /// (kind, k3d); nothing finishes them after `XDP_TX`, so we computed
         /// the full checksum before translating.
         PartialChecksumCompleted = 32 => "partial_checksum_completed",
+        /// A new flow found its two flow-table sets full and took the slot
+        /// of the oldest unproven flow there (a TCP flow still in its
+        /// handshake, or an idle UDP flow; see `lb_common::flow::table`).
+        FlowEvicted = 33 => "flow_evicted",
     }
 }
 
@@ -210,5 +214,9 @@ numbered! {
         /// that we could not complete: its transport segment is longer than
         /// the checksum loop covers or than the frame holds.
         PartialChecksum = 21 => "partial_checksum",
+        /// New flow refused: its two flow-table sets hold only live proven
+        /// flows, which are never replaced (or another CPU claimed the
+        /// last free slot first).
+        FlowTableFull = 22 => "flow_table_full",
     }
 }

@@ -672,5 +672,7 @@ pub const fn proves(before: u8, after: u8) -> bool {
     before & tcp_state::ESTABLISHED == 0 && after & tcp_state::ESTABLISHED != 0
 }
 
+pub mod table;
+
 #[cfg(test)]
 mod tests;

@@ -141,6 +141,29 @@ pub const fn nat_probe(h: u32, i: u32, size: u32) -> u32 {
     }
 }
 
+/// The set of candidate `choice` (0 or 1) of a flow hashed `h` in a flow
+/// table of `sets` sets (see [`crate::flow::table`]). The second candidate
+/// rehashes `h` as a NAT probe would with index [`NAT_PROBES`], which no
+/// probe uses: a flow's two sets are independent of each other and of the
+/// ports it probes. `sets == 0` gives set 0 (the caller's lookup of it then
+/// fails in an empty map rather than dividing by zero).
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn flow_set(h: u32, choice: u32, sets: u32) -> u32 {
+    let x = if choice == 0 {
+        h
+    } else {
+        finish(mix(h, NAT_PROBES), 8)
+    };
+    match x.checked_rem(sets) {
+        Some(r) => r,
+        None => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,7 +263,10 @@ pub struct DatapathConfig {
     /// Seed of [`hash::flow_hash`] and [`hash::client_hash`]: the cluster's
     /// secret, equal on every node (see [`hash`]).
     pub hash_seed: u32,
-    pub _pad1: u32,
+    /// Sets in the `conntrack` flow table (its `max_entries`; see
+    /// [`flow::table`]): the data path's modulus for a flow's set. Written
+    /// with the config from the map's own size, so the two cannot differ.
+    pub flow_sets: u32,
 }
 
 impl DatapathConfig {
@@ -289,7 +292,7 @@ impl DatapathConfig {
             timeouts: FlowTimeouts::DEFAULT,
             half_open: HalfOpenGuard::for_table(maps::CONNTRACK_MAX, FlowTimeouts::DEFAULT),
             hash_seed: hash::PUBLIC_SEED,
-            _pad1: 0,
+            flow_sets: flow::table::sets_for(maps::CONNTRACK_MAX),
         }
     }
 
@@ -503,6 +506,8 @@ abi_types! {
     BackendValue = 16,
     FlowKey = 40,
     ConntrackValue = 56,
+    flow::table::FlowSlot = 96,
+    flow::table::FlowSet = 416,
     RevNatValue = 56,
     AffinityKey = 24,
     AffinityValue = 32,

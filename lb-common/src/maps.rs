@@ -131,9 +131,13 @@ macro_rules! product_maps {
             MAGLEV = "maglev": MmapArray<u32>[$crate::maps::MAGLEV_SLOTS] load_time;
             /// Backend id → [`crate::BackendValue`] (array).
             BACKENDS = "backends": Array<$crate::BackendValue>[$crate::maps::MAX_BACKENDS];
-            /// Client 5-tuple → [`crate::ConntrackValue`] (LRU hash).
+            /// Set index → [`crate::flow::table::FlowSet`] (array): the flow
+            /// table, client 5-tuple → [`crate::ConntrackValue`] in slots
+            /// claimed by compare-and-swap (see [`crate::flow::table`]).
+            /// Load-time: `max_entries` is its number of sets, which the
+            /// data path reads from the config (`flow_sets`).
             CONNTRACK = "conntrack":
-                LruHashMap<$crate::FlowKey, $crate::ConntrackValue>[$crate::maps::CONNTRACK_MAX]
+                Array<$crate::flow::table::FlowSet>[$crate::maps::CONNTRACK_SETS]
                 load_time;
             /// Reply 5-tuple → [`crate::RevNatValue`] (LRU hash).
             REV_NAT = "rev_nat":
@@ -252,8 +256,10 @@ pub const MAX_LEARNED_MACS: u32 = 16384;
 pub const MAX_LOCAL_ENDPOINTS: u32 = 4096;
 /// Default slots of the `maglev` array (load-time; 16 MiB of `u32`).
 pub const MAGLEV_SLOTS: u32 = 1 << 22;
-/// Default `conntrack` size (load-time).
+/// Default flows of `conntrack` (load-time).
 pub const CONNTRACK_MAX: u32 = 262_144;
+/// Sets of a default `conntrack` (its `max_entries`).
+pub const CONNTRACK_SETS: u32 = crate::flow::table::sets_for(CONNTRACK_MAX);
 /// Default `rev_nat` size (load-time).
 pub const REV_NAT_MAX: u32 = 262_144;
 /// Default `affinity` size (load-time).

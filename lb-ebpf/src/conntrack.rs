@@ -16,15 +16,16 @@ use lb_common::{
 };
 
 use crate::{
+    flowtable,
     forward::NextHop,
     local,
-    maps::{CONFIG, CONNTRACK, FLOW_SCRATCH, REV_NAT},
+    maps::{CONFIG, FLOW_SCRATCH, REV_NAT},
     stats,
 };
 
 #[inline(always)]
 pub fn remove_flow(key: &FlowKey) {
-    let _ = CONNTRACK.remove(key);
+    flowtable::remove(key);
 }
 
 /// The next hop cached in a remote flow's conntrack entry, unless it is
@@ -233,7 +234,7 @@ pub fn backend_packet(r: *mut RevNatValue, proto: u8, family: u8, tcp_flags: u8,
         (*r).last_seen_ns = now;
         (*r).client_key(proto, family)
     };
-    if let Some(ct) = CONNTRACK.get_ptr_mut(client) {
+    if let Some(ct) = flowtable::lookup(&client) {
         // SAFETY: value pointer the map just returned.
         unsafe {
             (*ct).state = state;
@@ -282,11 +283,39 @@ fn take_over(r: *mut RevNatValue, last: u64, rval: &RevNatValue) -> bool {
 
 /// `create` failed to write an entry (a map that is full and not LRU).
 pub const CREATE_MAP_FAILED: u32 = 1 << 16;
+/// `create` found no flow-table slot it may take (`flow_table_full`).
+pub const CREATE_TABLE_FULL: u32 = 2 << 16;
 
 /// This CPU's scratch space for a new flow (see `create`).
 #[inline(always)]
 pub fn scratch() -> Option<*mut FlowScratch> {
     FLOW_SCRATCH.get_ptr_mut(0)
+}
+
+/// Records the front of a new local flow (`key`; in this CPU's scratch
+/// slot `s`, `s.backend` its backend and `s.ctv` its value) in
+/// its endpoint's `local_fronts` entry, or marks the flow
+/// `LOCAL_REVERSE` when the entry has no room. Called by the packet path
+/// before [`create`], not by `create` itself: a call from there would add a
+/// frame to the new flow's call chain, which has no stack to spare.
+#[inline(always)]
+pub fn remember_front(key: &FlowKey, s: *mut FlowScratch) {
+    // SAFETY: this CPU's scratch slot, ours for this run; fields by value.
+    let (backend, backend_port) = unsafe { ((*s).backend.ip, (*s).backend.port) };
+    let (proto, vip, vport) = (key.proto, flow::v4_of(&key.dst), key.dport);
+    // SAFETY: as above.
+    unsafe {
+        local::stage(
+            s,
+            LocalEndpointKey::v4(backend, backend_port, proto),
+            vip,
+            vport,
+        );
+    }
+    if local::onehop_remember_front() != 1 {
+        // SAFETY: as above.
+        unsafe { (*s).ctv.flags |= flow_flags::LOCAL_REVERSE };
+    }
 }
 
 /// Writes a new flow's entries: conntrack (`s.ctv`, filled by the caller
@@ -333,26 +362,13 @@ pub extern "C" fn onehop_flow_create() -> u32 {
     let remote = s.ctv.flags & flow_flags::REMOTE != 0;
     // The backend's fields one by one: a copy of it would take stack.
     let (backend, backend_port, proto) = (s.backend.ip, s.backend.port, s.key.proto);
-    if !remote {
-        let (vip, vport) = (flow::v4_of(&s.key.dst), s.key.dport);
-        // SAFETY: this CPU's scratch slot, ours for this run.
-        unsafe {
-            local::stage(
-                &raw mut *s,
-                LocalEndpointKey::v4(backend, backend_port, proto),
-                vip,
-                vport,
-            );
-        }
-        if local::onehop_remember_front() == 1 {
-            // The flow's one write.
-            return if CONNTRACK.insert(&s.key, &s.ctv, u64::from(BPF_ANY)).is_ok() {
-                1
-            } else {
-                CREATE_MAP_FAILED
-            };
-        }
-        s.ctv.flags |= flow_flags::LOCAL_REVERSE;
+    if !remote && s.ctv.flags & flow_flags::LOCAL_REVERSE == 0 {
+        // The flow's one write (its front is recorded: `remember_front`).
+        return if flowtable::insert(s, cfg.flow_sets, &cfg.timeouts) == flowtable::INSERTED {
+            1
+        } else {
+            CREATE_TABLE_FULL
+        };
     }
     let (service_id, flags, state, now) = (
         s.ctv.service_id,
@@ -378,14 +394,9 @@ pub extern "C" fn onehop_flow_create() -> u32 {
             return CREATE_MAP_FAILED;
         }
     }
-    if CONNTRACK
-        .insert(&s.key, &s.ctv, u64::from(BPF_ANY))
-        .is_err()
-    {
-        if remote {
-            let _ = REV_NAT.remove(&s.rkey);
-        }
-        return CREATE_MAP_FAILED;
+    if flowtable::insert(s, cfg.flow_sets, &cfg.timeouts) != flowtable::INSERTED {
+        let _ = REV_NAT.remove(&s.rkey);
+        return CREATE_TABLE_FULL;
     }
     if remote { u32::from(s.ctv.nat_port) } else { 1 }
 }

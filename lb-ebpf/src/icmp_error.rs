@@ -79,9 +79,10 @@ use lb_common::{
 use crate::{
     conntrack,
     csum::Delta,
+    flowtable,
     forward::{self, NextHop, Route},
     local,
-    maps::{BACKENDS, CONNTRACK, REV_NAT},
+    maps::{BACKENDS, REV_NAT},
     parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, L4Head, TcpTail},
     stats,
     verdict::Outcome,
@@ -472,7 +473,7 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     }
     s.key = FlowKey::v4(a(t.dst), a(t.src), t.dport, t.sport, t.proto);
-    let Some(ct) = CONNTRACK.get_ptr(&s.key) else {
+    let Some(ct) = flowtable::lookup(&s.key) else {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     };
     // SAFETY: value pointer the map just returned; read by value.

@@ -59,10 +59,9 @@ use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, progra
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv4Key,
     ServiceKey, backend_flags,
+    flow::table::key_hash,
     flow::{self, Side, family, tcp_flags},
-    flow_flags,
-    hash::flow_hash,
-    proto, vip_flags,
+    flow_flags, proto, vip_flags,
 };
 
 use crate::{
@@ -257,15 +256,8 @@ fn service_path(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let choice = service::choose(
-        &key,
-        ip.src,
-        svc,
-        syn_only,
-        now,
-        &cfg.timeouts,
-        cfg.hash_seed,
-    );
+    let hash = key_hash(cfg.hash_seed, &key);
+    let choice = service::choose(&key, ip.src, svc, syn_only, now, cfg, hash);
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
@@ -287,6 +279,14 @@ fn service_path(
             backend_id,
             backend,
         }) => {
+            // The flow's sets and NAT probes: left in the scratch slot for
+            // `conntrack::create` now rather than kept live (in the packet
+            // path's frame) until then.
+            let Some(s) = conntrack::scratch() else {
+                return Outcome::Drop(DropReason::MapUpdate);
+            };
+            // SAFETY: this CPU's scratch slot, ours for this run.
+            unsafe { (*s).hash = hash };
             // An unproven TCP flow must find room before it takes state
             // (see `guard`); UDP has no handshake to prove it by.
             if proto == proto::TCP && !guard::admit(now) {
@@ -364,8 +364,11 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
             );
             (*s).backend = f.b;
         }
-        if conntrack::create(k, s) != 1 {
-            return Outcome::Drop(DropReason::MapUpdate);
+        conntrack::remember_front(k, s);
+        match conntrack::create(k, s) {
+            1 => {}
+            conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
+            _ => return Outcome::Drop(DropReason::MapUpdate),
         }
         Counter::LocalNewFlow
     };
@@ -454,11 +457,11 @@ fn to_remote(
                 f.now,
             )
             .with_hop(hop.ifindex, hop.dmac, hop.smac);
-            (*s).hash = flow_hash(cfg.hash_seed, ip.src, ip.dst, k.sport, k.dport, k.proto);
             (*s).backend = f.b;
         }
         let port = match conntrack::create(k, s) {
             0 => return Outcome::Drop(DropReason::NatExhausted),
+            conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
             p => match u16::try_from(p) {
                 Ok(p) => p,
                 Err(_) => return Outcome::Drop(DropReason::MapUpdate),

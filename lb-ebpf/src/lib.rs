@@ -25,6 +25,7 @@ mod arp;
 mod conntrack;
 pub mod csum;
 pub mod egress;
+mod flowtable;
 mod forward;
 mod fragment;
 mod guard;

@@ -24,7 +24,8 @@ use lb_common::{
 
 use crate::{
     conntrack::scratch,
-    maps::{BACKENDS, CONNTRACK, LOCAL_FRONTS},
+    flowtable,
+    maps::{BACKENDS, LOCAL_FRONTS},
 };
 
 /// Fills this CPU's scratch slot with `endpoint` and the front `vip:port`
@@ -191,8 +192,7 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
             ((*f).state, v4_of(&(*f).vip), (*f).port)
         };
         if state == front_state::READY
-            && let Some(ct) =
-                CONNTRACK.get_ptr_mut(FlowKey::v4(client, vip, client_port, port, proto))
+            && let Some(ct) = flowtable::lookup(&FlowKey::v4(client, vip, client_port, port, proto))
             && ours(ct, &pod16, pod_port)
         {
             return Reply::Flow { ct, vip, port };

@@ -23,16 +23,17 @@
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DropReason, FlowKey,
-    FlowTimeouts, ServiceValue, SourceRangeData, backend_flags,
+    AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason,
+    FlowKey, FlowTimeouts, ServiceValue, SourceRangeData, backend_flags,
     flow::{self, NS_PER_SEC, addr_v4},
     flow_flags,
-    hash::{client_hash, flow_hash},
+    hash::client_hash,
     proto, service_flags,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, MAGLEV, SRC_RANGES},
+    flowtable,
+    maps::{AFFINITY, BACKENDS, MAGLEV, SRC_RANGES},
     stats,
 };
 
@@ -56,6 +57,20 @@ pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -
     FlowKey::v4(src, dst, sport, dport, proto)
 }
 
+/// The IPv4 address in a 16-byte address field of a map value, read as
+/// one 4-byte load (byte by byte, its four bytes spill separately across
+/// the backend's lookup). The fields it reads are 4-aligned in their
+/// values (`ConntrackValue`, `AffinityValue`).
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the fields read are 4-aligned in their values (see above)"
+)]
+#[inline(always)]
+fn addr_word(a: *const [u8; 16]) -> [u8; 4] {
+    // SAFETY: the caller's field pointer, valid for this run and 4-aligned.
+    unsafe { a.cast::<u32>().read() }.to_ne_bytes()
+}
+
 #[inline(always)]
 fn backend(id: u32) -> Option<BackendValue> {
     let b = BACKENDS.get_ptr(id)?;
@@ -68,19 +83,31 @@ fn backend(id: u32) -> Option<BackendValue> {
 /// slot still holds the same pod (draining or not), and a UDP flow's
 /// endpoint has not left the service.
 #[inline(always)]
-fn established(key: &FlowKey, syn_only: bool, now: u64, timeouts: &FlowTimeouts) -> Option<Choice> {
-    let ct = CONNTRACK.get_ptr_mut(key)?;
-    // SAFETY: value pointer the map just returned; fields read by value.
-    let (id, ip, remote, state, last) = unsafe {
+fn established(
+    key: &FlowKey,
+    hash: u32,
+    sets: u32,
+    syn_only: bool,
+    now: u64,
+    timeouts: &FlowTimeouts,
+) -> Option<Choice> {
+    let ct = flowtable::find(key, hash, sets)?;
+    // SAFETY: value pointer the flow table just returned; fields read by
+    // value, the address as one word (it is 4-aligned in the value). Only
+    // what the backend check needs is read before the backend's lookup:
+    // values live across a helper call are spilled into the packet path's
+    // frame.
+    let (id, ip) = unsafe { ((*ct).backend_id, addr_word(&raw const (*ct).backend_ip)) };
+    let b = backend(id);
+    // SAFETY: as above.
+    let (remote, state, last) = unsafe {
         (
-            (*ct).backend_id,
-            flow::v4_of(&(*ct).backend_ip),
             (*ct).flags & flow_flags::REMOTE != 0,
             (*ct).state,
             (*ct).last_seen_ns,
         )
     };
-    match backend(id) {
+    match b {
         Some(b)
             if b.ip == ip
                 && (b.flags & backend_flags::LOCAL == 0) == remote
@@ -112,8 +139,9 @@ fn established(key: &FlowKey, syn_only: bool, now: u64, timeouts: &FlowTimeouts)
 }
 
 /// `client` is the client's IPv4 address (`key.src`), `syn_only` says the
-/// packet is a TCP SYN without ACK, `hash_seed` is the cluster's flow-hash
-/// seed (from the config the caller already holds).
+/// packet is a TCP SYN without ACK, `hash` is the flow's hash
+/// (`flow::table::key_hash` of `key`: its flow-table sets, and its Maglev
+/// slot without affinity).
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
@@ -121,10 +149,10 @@ pub fn choose(
     svc: &ServiceValue,
     syn_only: bool,
     now: u64,
-    timeouts: &FlowTimeouts,
-    hash_seed: u32,
+    cfg: &DatapathConfig,
+    hash: u32,
 ) -> Result<Choice, DropReason> {
-    if let Some(c) = established(key, syn_only, now, timeouts) {
+    if let Some(c) = established(key, hash, cfg.flow_sets, syn_only, now, &cfg.timeouts) {
         return Ok(c);
     }
     if svc.flags & service_flags::SOURCE_RANGES != 0 {
@@ -152,7 +180,7 @@ pub fn choose(
                 (
                     (*a).last_seen_ns,
                     (*a).backend_id,
-                    flow::v4_of(&(*a).backend_ip),
+                    addr_word(&raw const (*a).backend_ip),
                 )
             };
             let live = now.wrapping_sub(last) < u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
@@ -171,16 +199,9 @@ pub fn choose(
                 });
             }
         }
-        client_hash(hash_seed, client)
+        client_hash(cfg.hash_seed, client)
     } else {
-        flow_hash(
-            hash_seed,
-            client,
-            flow::v4_of(&key.dst),
-            key.sport,
-            key.dport,
-            key.proto,
-        )
+        hash
     };
     let slot = svc.maglev_offset.wrapping_add(hash % svc.maglev_len);
     let Some(id) = MAGLEV.get_ptr(slot) else {

@@ -710,7 +710,8 @@ fn pin_directory_is_created_private_and_foreign_or_open_ones_are_refused() {
 }
 
 /// The agent's flow sweeper deletes expired entries from the pinned maps
-/// (by the same rule and timeouts as the data path) and leaves live ones.
+/// (by the same rule and timeouts as the data path) and leaves live ones;
+/// flow-table slots it leaves to be reused in place.
 #[test]
 fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     use lb_common::{ConntrackValue, FlowKey, RevNatValue, flow::tcp_state, proto};
@@ -750,7 +751,7 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
         (key(3), ct(tcp_state::ESTABLISHED, now - 3600 * s), false),
     ];
     for (k, v, _) in &entries {
-        maps.conntrack.insert(k, v, 0).expect("conntrack insert");
+        lb_userspace::dataplane::flows::put(&mut maps, k, *v).expect("conntrack insert");
     }
     let rev_dead = FlowKey::v4([10, 42, 1, 2], [10, 0, 0, 9], 8080, 4000, proto::TCP);
     maps.rev_nat
@@ -761,15 +762,28 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
         )
         .expect("rev_nat insert");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while maps.conntrack.get(&key(1), 0).is_ok() || maps.rev_nat.get(&rev_dead, 0).is_ok() {
+    while maps.rev_nat.get(&rev_dead, 0).is_ok() {
         assert!(
             Instant::now() < deadline,
             "the expired entries are still there after 10 s"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Flow-table slots are not deleted (a new flow reuses an over one in
+    // place, see `lb_common::flow::table`): the sweep leaves every flow,
+    // and the data path's rule tells the over one from the live ones.
+    let timeouts = maps.config().expect("config").timeouts;
     for (k, _, over) in &entries {
-        assert_eq!(maps.conntrack.get(k, 0).is_err(), *over, "{k:?}");
+        let v = maps
+            .flows()
+            .and_then(|f| f.get(k))
+            .expect("flow table")
+            .unwrap_or_else(|| panic!("{k:?} left the flow table"));
+        assert_eq!(
+            lb_userspace::dataplane::sweep::conntrack_over(k, &v, now, &timeouts),
+            *over,
+            "{k:?}"
+        );
     }
     drop(agent);
     let _ = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))

@@ -156,7 +156,7 @@ fn lost_entries(c: &Cluster, keys: &[FlowKey]) -> usize {
     let node = c.topo.node(1).ip().octets();
     keys.iter()
         .filter(|k| {
-            let Ok(ct) = maps.conntrack.get(k, 0) else {
+            let Ok(Some(ct)) = maps.flows().and_then(|f| f.get(k)) else {
                 return true;
             };
             let backend = v4_of(&ct.backend_ip);

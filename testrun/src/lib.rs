@@ -247,7 +247,10 @@ impl Harness {
             .map_max_entries(m::BACKENDS, sizes.backends)
             .map_max_entries(m::BACKEND_STATS, sizes.backends)
             .map_max_entries(m::MAGLEV, sizes.maglev_slots)
-            .map_max_entries(m::CONNTRACK, sizes.conntrack)
+            .map_max_entries(
+                m::CONNTRACK,
+                lb_common::flow::table::sets_for(sizes.conntrack),
+            )
             .map_max_entries(m::REV_NAT, sizes.rev_nat)
             .map_max_entries(m::AFFINITY, sizes.affinity)
             .map_max_entries(m::SRC_RANGES, sizes.src_ranges)

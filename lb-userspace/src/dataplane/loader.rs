@@ -37,7 +37,10 @@ use aya::{
     },
     sys::{BpfHelper, SyscallError, is_helper_supported},
 };
-use lb_common::maps::{self, programs};
+use lb_common::{
+    flow,
+    maps::{self, programs},
+};
 use tracing::{info, warn};
 
 use crate::{dataplane::maps::PinDir, dataplane::object, net::netdev::Interface};
@@ -281,7 +284,7 @@ pub fn attach(
     }
     loader
         .map_max_entries(maps::MAGLEV, sizes.maglev_slots)
-        .map_max_entries(maps::CONNTRACK, sizes.conntrack)
+        .map_max_entries(maps::CONNTRACK, flow::table::sets_for(sizes.conntrack))
         .map_max_entries(maps::REV_NAT, sizes.rev_nat)
         .map_max_entries(maps::AFFINITY, sizes.affinity)
         .map_max_entries(maps::SERVICE_STATS, sizes.service_stats)

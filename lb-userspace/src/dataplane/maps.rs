@@ -10,9 +10,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, ConntrackValue,
-    DatapathConfig, FlowKey, Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey,
-    ServiceValue, SourceRangeData, TrafficCounter, VipValue, maps,
+    AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, DatapathConfig, FlowKey,
+    Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, ServiceValue, SourceRangeData,
+    TrafficCounter, VipValue, flow::table::FlowSet, maps,
 };
 
 /// Where one interface's maps and links are pinned: `<root>/<ifname>/`.
@@ -42,7 +42,7 @@ pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub maglev: Array<MapData, u32>,
     pub backends: Array<MapData, BackendValue>,
-    pub conntrack: HashMap<MapData, FlowKey, ConntrackValue>,
+    pub conntrack: Array<MapData, FlowSet>,
     pub rev_nat: HashMap<MapData, FlowKey, RevNatValue>,
     pub local_fronts: HashMap<MapData, LocalEndpointKey, LocalFronts>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -130,6 +130,16 @@ impl Maps {
     /// The configuration element (all zero before the agent's first write).
     pub fn config(&self) -> Result<DatapathConfig> {
         self.config.get(&0, 0).context("reading config[0]")
+    }
+
+    /// Writes the configuration element, with the flow table's size as
+    /// the map has it (`flow_sets`: the data path cannot read a map's size).
+    pub fn put_config(&mut self, config: DatapathConfig) -> Result<()> {
+        let config = DatapathConfig {
+            flow_sets: self.flow_sets(),
+            ..config
+        };
+        self.config.set(0, config, 0).context("writing config[0]")
     }
 
     /// The agent's heartbeat (all zero before an agent wrote one).

@@ -95,7 +95,7 @@ pub fn map_bytes(spec: &MapSpec, entries: u32, cpus: u32) -> u64 {
 pub fn entries(spec: &MapSpec, sizes: &Sizes) -> u32 {
     match spec.name {
         maps::MAGLEV => sizes.maglev_slots,
-        maps::CONNTRACK => sizes.conntrack,
+        maps::CONNTRACK => lb_common::flow::table::sets_for(sizes.conntrack),
         maps::REV_NAT => sizes.rev_nat,
         maps::AFFINITY => sizes.affinity,
         maps::SERVICE_STATS => sizes.service_stats,
@@ -150,7 +150,9 @@ pub fn pinned_sizes(pins: &PinDir) -> Result<Sizes> {
     };
     Ok(Sizes {
         maglev_slots: entries(maps::MAGLEV)?,
-        conntrack: entries(maps::CONNTRACK)?,
+        // The flow table's entries are sets of `WAYS` flows.
+        conntrack: entries(maps::CONNTRACK)?
+            .saturating_mul(u32::try_from(lb_common::flow::table::WAYS).unwrap_or(u32::MAX)),
         rev_nat: entries(maps::REV_NAT)?,
         affinity: entries(maps::AFFINITY)?,
         service_stats: entries(maps::SERVICE_STATS)?,

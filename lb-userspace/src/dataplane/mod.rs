@@ -3,6 +3,7 @@
 //! them.
 
 pub mod batch;
+pub mod flows;
 pub mod loader;
 pub mod mapped;
 pub mod maps;

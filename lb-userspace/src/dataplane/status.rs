@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendRow>,
     pub counters: Vec<(Counter, u64)>,
     pub drops: Vec<(DropReason, u64)>,
+    /// Flows in the flow table not over at `read_at_ns` (slots of flows
+    /// that are over stay until a new flow reuses them).
     pub conntrack_entries: usize,
     pub rev_nat_entries: usize,
     pub affinity_entries: usize,
@@ -92,6 +94,7 @@ impl Snapshot {
     /// from `state` (the agent's own view, equal to the maps after every
     /// successful write): only counters are read, not the Maglev array.
     pub fn read_with(maps: &Maps, state: &DataplaneState) -> Result<Self> {
+        let read_at_ns = monotonic_ns()?;
         let config = maps.config()?;
         let vips = state.vips.iter().map(|(ip, flags)| (*ip, *flags)).collect();
         let mut services = Vec::new();
@@ -148,7 +151,7 @@ impl Snapshot {
         arp.sort_unstable_by_key(|(ip, _)| *ip);
         Ok(Self {
             announce: maps.announce_state()?,
-            read_at_ns: monotonic_ns()?,
+            read_at_ns,
             arp,
             config,
             vips,
@@ -156,7 +159,7 @@ impl Snapshot {
             backends,
             counters,
             drops,
-            conntrack_entries: maps.conntrack.keys().count(),
+            conntrack_entries: live_flows(maps, &config, read_at_ns)?,
             rev_nat_entries: maps.rev_nat.keys().count(),
             affinity_entries: maps.affinity.keys().count(),
             local_endpoints: maps.local_fronts.keys().count(),
@@ -466,6 +469,17 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
         let _ = writeln!(o, "  {:<22} {v:>14}", k.label());
     }
     o
+}
+
+/// Flows of the flow table not over at `now`.
+fn live_flows(maps: &Maps, config: &DatapathConfig, now: u64) -> Result<usize> {
+    Ok(maps
+        .flows()?
+        .all()
+        .context("reading the flow table")?
+        .iter()
+        .filter(|f| !super::sweep::conntrack_over(&f.key, &f.value, now, &config.timeouts))
+        .count())
 }
 
 #[cfg(test)]

@@ -34,17 +34,17 @@ use tracing::{debug, warn};
 use super::maps::{Maps, PinDir};
 use crate::agent::metrics::Health;
 
-/// Entries deleted by one sweep.
+/// Entries deleted by one sweep (none of the flow table: its slots are
+/// reused in place, see `lb_common::flow::table`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
-    pub conntrack: usize,
     pub rev_nat: usize,
     pub affinity: usize,
 }
 
 impl Swept {
     pub fn total(&self) -> usize {
-        self.conntrack + self.rev_nat + self.affinity
+        self.rev_nat + self.affinity
     }
 }
 
@@ -247,18 +247,17 @@ pub fn sweep(
         .filter(|(_, v)| v.flags & lb_common::service_flags::AFFINITY != 0)
         .map(|(_, v)| (v.id, v.affinity_timeout_s))
         .collect();
-    let conntrack = sweep_map(&mut maps.conntrack, |k, v| {
-        let over = conntrack_over(k, v, now, &t);
-        if !over && k.proto == proto::TCP {
-            tcp_backends.insert(v.backend_id);
+    // The flow table keeps dead flows until new ones reuse their slots
+    // (a write from here could race the data path's claims): only read.
+    for f in maps.flows()?.all().context("reading the flow table")? {
+        if f.key.proto == proto::TCP && !conntrack_over(&f.key, &f.value, now, &t) {
+            tcp_backends.insert(f.value.backend_id);
         }
-        over
-    });
+    }
     let rev_over = |k: &FlowKey, v: &RevNatValue| rev_nat_over(k, v, now, &t);
     let dead = dead_keys(&maps.rev_nat, rev_over);
     let rev_nat = delete_rev_still_over(sweep, &maps.rev_nat, &dead, rev_over)?;
     Ok(Swept {
-        conntrack,
         rev_nat,
         affinity: sweep_map(&mut maps.affinity, |k, v| {
             affinity_over(k, v, now, &affinity_timeouts)
@@ -300,12 +299,7 @@ pub fn spawn(
                         health
                             .flows_swept
                             .fetch_add(s.total() as u64, Ordering::Relaxed);
-                        debug!(
-                            conntrack = s.conntrack,
-                            rev_nat = s.rev_nat,
-                            affinity = s.affinity,
-                            "flow sweep"
-                        );
+                        debug!(rev_nat = s.rev_nat, affinity = s.affinity, "flow sweep");
                     }
                     Err(e) => warn!(error = %format!("{e:#}"), "flow sweep failed"),
                 }

@@ -47,7 +47,7 @@ fn apply_one(maps: &mut Maps, mapping: Option<&mut Mapping>, op: &MapOp) -> Resu
             .context("writing the maglev array through its mapping");
     }
     match op {
-        MapOp::PutConfig(config) => maps.config.set(0, *config, 0)?,
+        MapOp::PutConfig(config) => maps.put_config(*config)?,
         MapOp::PutBackend(id, value) => maps.backends.set(*id, *value, 0)?,
         MapOp::ClearBackend(id) => maps.backends.set(*id, BackendValue::default(), 0)?,
         MapOp::PutMaglev { offset, table } => put_maglev(maps, *offset, &table.to_vec())?,
@@ -71,7 +71,7 @@ fn apply_one(maps: &mut Maps, mapping: Option<&mut Mapping>, op: &MapOp) -> Resu
 /// Marks the data path unconfigured (it then passes every packet) without
 /// touching anything else.
 pub fn set_config(maps: &mut Maps, config: DatapathConfig) -> Result<()> {
-    maps.config.set(0, config, 0).context("writing config")
+    maps.put_config(config)
 }
 
 /// Slots per `BPF_MAP_UPDATE_BATCH` call: bounds the key buffer (and the time the kernel

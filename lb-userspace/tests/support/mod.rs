@@ -18,7 +18,7 @@ use lb_common::{
     service_flags,
 };
 use lb_userspace::{
-    dataplane::{maps::sum_traffic, writer},
+    dataplane::{flows, maps::sum_traffic, writer},
     plan::{
         model::{
             Backend, Cidr, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity,
@@ -468,30 +468,50 @@ impl Lb {
     }
 
     pub fn conntrack(&mut self, k: &FlowKey) -> Option<ConntrackValue> {
-        self.h.maps().conntrack.get(k, 0).ok()
+        self.h
+            .maps()
+            .flows()
+            .expect("flow table")
+            .get(k)
+            .expect("reading the flow table")
     }
 
+    /// Slots of the flow table holding a flow, live or over (the data
+    /// path reuses an over flow's slot; nothing deletes it).
     pub fn conntrack_len(&mut self) -> usize {
-        self.h.maps().conntrack.keys().count()
+        self.h
+            .maps()
+            .flows()
+            .expect("flow table")
+            .count()
+            .expect("reading the flow table")
+    }
+
+    /// Every flow in the flow table, live or over.
+    pub fn conntrack_entries(&mut self) -> Vec<(FlowKey, ConntrackValue)> {
+        self.h
+            .maps()
+            .flows()
+            .expect("flow table")
+            .all()
+            .expect("reading the flow table")
+            .into_iter()
+            .map(|s| (s.key, s.value))
+            .collect()
     }
 
     // Flow state is the programs' own (nothing plans it): tests set it up
     // and inspect it directly.
 
     pub fn set_conntrack(&mut self, k: FlowKey, v: ConntrackValue) {
-        self.h
-            .maps_mut()
-            .conntrack
-            .insert(k, v, 0)
-            .expect("conntrack insert");
+        flows::put(self.h.maps_mut(), &k, v).expect("conntrack insert");
     }
 
     pub fn remove_conntrack(&mut self, k: &FlowKey) {
-        self.h
-            .maps_mut()
-            .conntrack
-            .remove(k)
-            .expect("conntrack remove");
+        assert!(
+            flows::remove(self.h.maps_mut(), k).expect("conntrack remove"),
+            "no conntrack entry {k:?} to remove"
+        );
     }
 
     pub fn remove_rev_nat(&mut self, k: &FlowKey) {
@@ -550,14 +570,7 @@ impl Lb {
         while ktime_ns() <= by + 1_000_000_000 {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        let cts: Vec<_> = self
-            .h
-            .maps()
-            .conntrack
-            .iter()
-            .map(|r| r.expect("conntrack entry"))
-            .collect();
-        for (k, v) in cts {
+        for (k, v) in self.conntrack_entries() {
             self.set_conntrack(
                 k,
                 ConntrackValue {

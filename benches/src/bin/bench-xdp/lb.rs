@@ -12,10 +12,15 @@ use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DropReason, FlowKey, FlowTimeouts, HalfOpenBudget,
     HalfOpenGuard, RevNatValue, bench as b,
-    flow::{addr_v4, tcp_state},
+    flow::{
+        addr_v4,
+        table::{self, FlowSet, FlowSlot},
+        tcp_state,
+    },
     hash::{NAT_PROBES, flow_hash, nat_probe},
     maps as m, proto,
 };
+use lb_userspace::dataplane::flows;
 use lb_userspace::plan::{
     maglev::table_size,
     model::{Backend, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity},
@@ -285,27 +290,37 @@ impl Lb {
         a.set(0, bucket, 0).context("half_open")
     }
 
-    /// Fills `conntrack` to its size with established local flows of other
-    /// clients (10.201.0.0/16), so that every new flow's insert evicts. (A
-    /// local flow has no `rev_nat` entry: see lb-ebpf's `local`.)
+    /// Fills every slot of the flow table with a half-open local flow of
+    /// another client (10.201.0.0/16) seen just now, so that every new
+    /// flow finds its two sets full, classifies all their slots and
+    /// replaces the oldest unproven flow (`flow_evicted`): the most a new
+    /// flow's claim can cost. The fillers are written set by set, not each
+    /// into its own hash's sets (a full table cannot be reached that way):
+    /// only their state and stamps matter to a claim, and no run looks
+    /// them up. (A local flow has no `rev_nat` entry: see lb-ebpf's
+    /// `local`.)
     pub fn fill_flows(&mut self) -> Result<()> {
         let maps = self.h.maps();
-        let n = maps
-            .conntrack
-            .map()
-            .info()
-            .context("conntrack info")?
-            .max_entries();
+        let sets = maps.flow_sets();
+        let seed = maps.config()?.hash_seed;
+        let now = lb_userspace::dataplane::maps::monotonic_ns()?;
         let pod = addr_v4(NODE_IP);
-        let ct = ConntrackValue::new(0, pod, 0, 0, 0, tcp_state::ESTABLISHED, 1);
-        let mut fwd = Vec::new();
-        for i in 0..n {
-            let [_, _, a, b] = (i / 60_000).to_be_bytes();
-            let client = [10, 201, a, b];
-            let port = u16::try_from(1024 + i % 60_000).context("port")?;
-            fwd.push((FlowKey::v4(client, VIP, port, LOCAL_PORT, proto::TCP), ct));
+        let ct = ConntrackValue::new(0, pod, 0, 0, 0, tcp_state::SYN_SENT, now);
+        let mut all = Vec::with_capacity(sets as usize);
+        let mut n = 0u32;
+        for set in 0..sets {
+            let mut s = FlowSet::default();
+            for (word, slot) in s.words.iter_mut().zip(&mut s.slots) {
+                let [_, _, a, b] = (n / 60_000).to_be_bytes();
+                let port = u16::try_from(1024 + n % 60_000).context("port")?;
+                let key = FlowKey::v4([10, 201, a, b], VIP, port, LOCAL_PORT, proto::TCP);
+                *slot = FlowSlot { key, value: ct };
+                *word = table::word(table::key_hash(seed, &key), 4, table::slot_state::READY);
+                n += 1;
+            }
+            all.push((set, s));
         }
-        batch::fill(maps.conntrack.map().fd().as_fd(), &fwd).context("filling conntrack")
+        batch::fill(maps.conntrack.map().fd().as_fd(), &all).context("filling conntrack")
     }
 
     /// The remote target's Maglev table and the backends it names.
@@ -382,13 +397,12 @@ impl Lb {
     /// Empties `conntrack` and `rev_nat`, then re-creates the two flows the
     /// established cases use. Returns the number of entries removed.
     pub fn reset_flows(&mut self) -> Result<usize> {
+        let n = flows::clear(self.h.maps_mut()).context("emptying conntrack")?;
         let maps = self.h.maps();
-        let n = batch::drain::<FlowKey, ConntrackValue>(maps.conntrack.map().fd().as_fd())
-            .context("draining conntrack")?
-            + batch::drain::<FlowKey, RevNatValue>(maps.rev_nat.map().fd().as_fd())
-                .context("draining rev_nat")?;
+        let n = n + batch::drain::<FlowKey, RevNatValue>(maps.rev_nat.map().fd().as_fd())
+            .context("draining rev_nat")?;
         ensure!(
-            maps.conntrack.keys().next().is_none() && maps.rev_nat.keys().next().is_none(),
+            maps.flows()?.count()? == 0 && maps.rev_nat.keys().next().is_none(),
             "flow maps not empty after draining"
         );
         self.establish(LOCAL_PORT, EST_LOCAL_PORT, XDP_PASS, Counter::LocalNewFlow)?;
@@ -401,7 +415,7 @@ impl Lb {
         let before = self.counts()?;
         let r = self.run(m::programs::INGRESS, &syn, 1)?;
         let d = self.counts()?.minus(&before);
-        check(&d, self.cpu, Some(want), None, 1)
+        check(&d, self.cpu, Some(want), None, None, 1)
             .with_context(|| format!("establishing {want:?}"))?;
         ensure!(
             r.action == action,
@@ -411,8 +425,8 @@ impl Lb {
         let key = FlowKey::v4(CLIENT, VIP, sport, dport, proto::TCP);
         self.h
             .maps()
-            .conntrack
-            .get(&key, 0)
+            .flows()?
+            .get(&key)?
             .with_context(|| format!("no conntrack entry for the {want:?} flow"))?;
         Ok(())
     }
@@ -457,12 +471,14 @@ pub fn frame_arp() -> Vec<u8> {
 /// run changed), on the bench CPU and over all CPUs, `ingress_packets` and
 /// `want` grew by exactly `repeat`, every other counter and every drop
 /// reason by zero. `want: None` means nothing may move (programs that do
-/// not run the data path).
+/// not run the data path); `also` is a counter that must grow by `repeat`
+/// besides `want` (a step on the way, such as `flow_evicted`).
 pub fn check(
     d: &Counts,
     cpu: usize,
     want: Option<Counter>,
     drop: Option<DropReason>,
+    also: Option<Counter>,
     repeat: u32,
 ) -> Result<()> {
     let mut wrong = Vec::new();
@@ -470,6 +486,7 @@ pub fn check(
     for c in Counter::ALL {
         let expect = match want {
             Some(w) if c == w => u64::from(repeat),
+            _ if also == Some(c) => u64::from(repeat),
             _ if c == Counter::IngressPackets && datapath => u64::from(repeat),
             _ => 0,
         };

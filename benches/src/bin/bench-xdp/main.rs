@@ -91,7 +91,7 @@ enum Want {
 enum Setup {
     /// The flow maps as the previous case left them (emptied for new flows).
     Plain,
-    /// `conntrack` and `rev_nat` full of other flows: every insert evicts.
+    /// `conntrack` full of half-open flows: every new flow replaces one.
     FullTable,
     /// The new-flow guard's bucket empty: a SYN flood has drained it.
     GuardEmpty,
@@ -263,7 +263,10 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
         Want::Drop(r) => (None, Some(r)),
         Want::Nothing => (None, None),
     };
-    lb::check(&d, lb.cpu(), counter, drop, c.repeat).with_context(|| format!("case {}", c.name))?;
+    // Every new flow into a full table replaces a half-open one.
+    let also = (c.setup == Setup::FullTable).then_some(Counter::FlowEvicted);
+    lb::check(&d, lb.cpu(), counter, drop, also, c.repeat)
+        .with_context(|| format!("case {}", c.name))?;
     ensure!(
         r.action == c.action,
         "case {}: XDP action {} instead of {}",

@@ -1,0 +1,237 @@
+//! User space's side of the `conntrack` flow table (layout and protocol:
+//! `lb_common::flow::table`): finding a flow's slot as the data path does,
+//! reading the whole table, and — for tests and the benches only — writing
+//! slots. The agent never writes the table: a slot is claimed by the data
+//! path's compare-and-swap, which a map update from here (a plain copy of
+//! the set) could interleave with; dead flows stay until a new flow reuses
+//! their slot.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, IterableMap as _, MapData};
+use lb_common::{
+    ConntrackValue, FlowKey,
+    flow::table::{
+        CHOICES, FlowSet, FlowSlot, WAYS, key_hash, next_generation, slot_state, state_of, word,
+    },
+    hash::flow_set,
+};
+
+use super::{batch, maps::Maps};
+
+/// Sets read per `BPF_MAP_LOOKUP_BATCH` call (416 bytes each).
+const CHUNK: u32 = 4096;
+
+/// The table with the hash seed the data path uses (from `config`).
+pub struct Flows<'m> {
+    table: &'m Array<MapData, FlowSet>,
+    seed: u32,
+}
+
+impl Maps {
+    /// The flow table, keyed with the configured hash seed.
+    pub fn flows(&self) -> Result<Flows<'_>> {
+        Ok(Flows {
+            table: &self.conntrack,
+            seed: self.config()?.hash_seed,
+        })
+    }
+
+    /// The number of sets of the flow table (`DatapathConfig::flow_sets`).
+    pub fn flow_sets(&self) -> u32 {
+        self.conntrack.len()
+    }
+}
+
+impl Flows<'_> {
+    /// The two sets `key` may live in.
+    pub fn sets_of(&self, key: &FlowKey) -> [u32; 2] {
+        let (h, n) = (key_hash(self.seed, key), self.table.len());
+        [flow_set(h, 0, n), flow_set(h, 1, n)]
+    }
+
+    /// The flow of `key`, as the data path would find it (over or not).
+    pub fn get(&self, key: &FlowKey) -> Result<Option<ConntrackValue>> {
+        let tag = key_hash(self.seed, key);
+        for set in self.sets_of(key) {
+            let s = self
+                .table
+                .get(&set, 0)
+                .with_context(|| format!("reading flow set {set}"))?;
+            if let Some(i) = s.find(key, tag) {
+                return Ok(Some(s.slots[i].value));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every published slot (live or over), read set by set: a flow
+    /// claimed during the walk may be missed, as with any map walk.
+    pub fn all(&self) -> Result<Vec<FlowSlot>> {
+        let mut out = Vec::new();
+        self.each_set(|_, s| out.extend(s.flows().copied()))?;
+        Ok(out)
+    }
+
+    /// The number of published slots (live or over).
+    pub fn count(&self) -> Result<usize> {
+        let mut n = 0;
+        self.each_set(|_, s| n += s.flows().count())?;
+        Ok(n)
+    }
+
+    /// Calls `f` with every set and its index: `BPF_MAP_LOOKUP_BATCH` a
+    /// chunk at a time (one syscall per set would take a good part of a
+    /// second on a large table), one lookup per set where the kernel has no
+    /// batch command.
+    fn each_set(&self, mut visit: impl FnMut(u32, &FlowSet)) -> Result<()> {
+        let sets = self.table.len();
+        let fd = u32::try_from(self.table.map().fd().as_fd().as_raw_fd()).context("map fd")?;
+        let mut keys = vec![0u32; CHUNK as usize];
+        let mut values = vec![FlowSet::default(); CHUNK as usize];
+        let (mut token_in, mut token_out) = (0u32, 0u32);
+        let mut first = true;
+        loop {
+            let mut attr = batch::BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    (&raw const token_in) as u64
+                },
+                out_batch: (&raw mut token_out) as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: CHUNK,
+                map_fd: fd,
+                ..batch::BatchAttr::default()
+            };
+            // SAFETY: `keys` and `values` hold `CHUNK` keys and values of
+            // the map's sizes, the tokens one index each; all outlive it.
+            let r = unsafe { batch::call(batch::LOOKUP, &mut attr) };
+            let got = (attr.count as usize).min(values.len());
+            keys[..got]
+                .iter()
+                .zip(&values[..got])
+                .for_each(|(&i, s)| visit(i, s));
+            match r {
+                Ok(()) => {
+                    token_in = token_out;
+                    first = false;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) if batch::unsupported(&e) && first => break,
+                Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH on conntrack"),
+            }
+        }
+        for i in 0..sets {
+            visit(
+                i,
+                &self
+                    .table
+                    .get(&i, 0)
+                    .with_context(|| format!("reading flow set {i}"))?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Writes `value` as `key`'s flow (tests and benches; see the module
+/// documentation): over its own slot, else into the first empty slot of
+/// its two sets. Fails when both are full.
+pub fn put(maps: &mut Maps, key: &FlowKey, value: ConntrackValue) -> Result<()> {
+    let seed = maps.config()?.hash_seed;
+    let tag = key_hash(seed, key);
+    let sets = maps.flows()?.sets_of(key);
+    let mut free = None;
+    for set in sets {
+        let s = maps.conntrack.get(&set, 0).context("reading a flow set")?;
+        if let Some(i) = s.find(key, tag) {
+            return write_slot(maps, set, s, i, key, value, tag);
+        }
+        if free.is_none()
+            && let Some(i) = (0..WAYS).find(|&i| state_of(s.words[i]) == slot_state::EMPTY)
+        {
+            free = Some((set, s, i));
+        }
+    }
+    match free {
+        Some((set, s, i)) => write_slot(maps, set, s, i, key, value, tag),
+        None => bail!("both flow sets of {key:?} ({sets:?}) are full"),
+    }
+}
+
+fn write_slot(
+    maps: &mut Maps,
+    set: u32,
+    mut s: FlowSet,
+    i: usize,
+    key: &FlowKey,
+    value: ConntrackValue,
+    tag: u32,
+) -> Result<()> {
+    s.slots[i] = FlowSlot { key: *key, value };
+    s.words[i] = word(tag, next_generation(s.words[i]), slot_state::READY);
+    maps.conntrack
+        .set(set, s, 0)
+        .with_context(|| format!("writing flow set {set}"))
+}
+
+/// Empties `key`'s slot; false when it had none (tests and benches).
+pub fn remove(maps: &mut Maps, key: &FlowKey) -> Result<bool> {
+    let seed = maps.config()?.hash_seed;
+    let tag = key_hash(seed, key);
+    for set in maps.flows()?.sets_of(key) {
+        let mut s = maps.conntrack.get(&set, 0).context("reading a flow set")?;
+        if let Some(i) = s.find(key, tag) {
+            s.words[i] = word(0, next_generation(s.words[i]), slot_state::EMPTY);
+            maps.conntrack
+                .set(set, s, 0)
+                .with_context(|| format!("writing flow set {set}"))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Empties the whole table (benches, between runs); returns how many
+/// slots held a flow.
+pub fn clear(maps: &mut Maps) -> Result<usize> {
+    let mut dirty = Vec::new();
+    let mut held = 0;
+    maps.flows()?.each_set(|i, s| {
+        if s.words.iter().any(|&w| w != 0) {
+            dirty.push(i);
+            held += s.flows().count();
+        }
+    })?;
+    let fd = u32::try_from(maps.conntrack.map().fd().as_fd().as_raw_fd()).context("map fd")?;
+    let zeros = vec![FlowSet::default(); CHUNK as usize];
+    for keys in dirty.chunks(CHUNK as usize) {
+        let mut a = batch::BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: zeros.as_ptr() as u64,
+            count: u32::try_from(keys.len()).context("chunk")?,
+            map_fd: fd,
+            ..batch::BatchAttr::default()
+        };
+        // SAFETY: `keys` and `zeros` hold at least `count` keys and values
+        // of the map's sizes and outlive the call; the kernel only reads them.
+        match unsafe { batch::call(batch::UPDATE, &mut a) } {
+            Ok(()) => {}
+            Err(e) if batch::unsupported(&e) => {
+                for &i in keys {
+                    maps.conntrack
+                        .set(i, FlowSet::default(), 0)
+                        .with_context(|| format!("clearing flow set {i}"))?;
+                }
+            }
+            Err(e) => return Err(e).context("BPF_MAP_UPDATE_BATCH on conntrack"),
+        }
+    }
+    Ok(held)
+}
+
+/// `CHOICES` is two: [`Flows::sets_of`] returns both.
+const _: () = assert!(CHOICES == 2);
