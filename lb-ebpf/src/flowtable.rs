@@ -161,8 +161,10 @@ const NONE: u32 = u32::MAX;
 
 /// One claim: [`INSERTED`] (the flow written), [`FULL`] or [`LOST`].
 ///
-/// First the two sets' words only (one cache line each): the flow goes to
-/// an empty slot of the set with more of them (the first set on a tie), so
+/// First the two sets' words only (one cache line each; a key is read
+/// only behind a word with the flow's tag): a slot holding this flow's key
+/// already (its entry over, closed or re-picked) is replaced in place;
+/// otherwise the flow goes to an empty slot of the set with more of them (the first set on a tie), so
 /// both fill evenly and a set is rarely full while the table has room.
 /// Without an empty slot the slots' flows are read: the first that is over
 /// is taken at once, else the oldest unproven one. The scans remember only
@@ -180,7 +182,16 @@ fn claim(s: &FlowScratch, sets: u32, timeouts: &FlowTimeouts) -> u32 {
             let (mut empty, mut first) = (0, NONE);
             let mut i = 0;
             while i < WAYS {
-                if state_of(read_word(set, i)) == slot_state::EMPTY {
+                let seen = read_word(set, i);
+                // SAFETY: as in `find`; the key is only read.
+                if ready_with(seen, tag)
+                    && same_key(unsafe { &raw const (*set).slots[i].key }, &s.key)
+                {
+                    // This flow's own earlier entry, over or re-picked:
+                    // replaced in place, so the key is never in two slots.
+                    return take(set, i, seen, s);
+                }
+                if state_of(seen) == slot_state::EMPTY {
                     empty += 1;
                     if first == NONE {
                         first = position(choice, i);
