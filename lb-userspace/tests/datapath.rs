@@ -3558,3 +3558,123 @@ fn a_reply_to_an_unresolved_client_goes_to_the_mac_its_arp_came_from() {
         assert_eq!(view(&out).eth_dst, CLIENT_MAC);
     });
 }
+
+// ---------------------------------------------------------------- flow table
+
+/// A local flow's value: to `LOCAL_A` through port 80 (service 1).
+fn local_flow(state: u8, last_seen_ns: u64) -> ConntrackValue {
+    let (ip, _) = pod(LOCAL_A);
+    ConntrackValue::new(LOCAL_A, addr_v4(ip), 1, 0, 0, state, last_seen_ns)
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// `CLOCK_MONOTONIC` once it is past `secs` (a VM of `cargo xtask kernels`
+/// runs its tests seconds after boot; stamps `secs` in the past must exist).
+fn clock_past(secs: u64) -> u64 {
+    while ktime_ns() <= (secs + 1) * SEC {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ktime_ns()
+}
+
+/// Both flow-table sets of a new flow hold live proven flows: the new
+/// flow is refused (`flow_table_full`), not one of them replaced, and they
+/// go on.
+#[test]
+fn a_full_flow_table_set_refuses_a_new_flow_and_keeps_its_established_ones() {
+    with_lb(|lb| {
+        lb.set_backends(80, &[LOCAL_A]);
+        let key = flow(CLIENT, VIP, 6100, 80, proto::TCP);
+        let [a, b] = lb.flow_sets_of(&key);
+        assert_ne!(a, b, "a flow with two distinct sets");
+        let live = local_flow(tcp_state::ESTABLISHED, ktime_ns());
+        let fillers = lb.fill_flow_sets(&key, &[live; 8]);
+        lb.expect(
+            "SYN into two full sets",
+            &Pkt::tcp(CLIENT, 6100, VIP, 80, SYN).build(),
+            XDP_DROP,
+            Want::D(D::FlowTableFull),
+        );
+        assert_eq!(lb.conntrack(&key), None);
+        for f in &fillers {
+            assert_eq!(lb.conntrack(f), Some(live), "{f:?}");
+        }
+        let f = fillers[5];
+        lb.expect(
+            "an established flow of the full set",
+            &Pkt::tcp(v4_of(&f.src), f.sport, VIP, 80, ACK).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+    });
+}
+
+/// With no empty or over slot in its sets, a new flow replaces the oldest
+/// unproven (half-open) flow there (`flow_evicted`) and nothing else.
+#[test]
+fn a_new_flow_replaces_the_oldest_half_open_flow_of_its_sets() {
+    with_lb(|lb| {
+        lb.set_backends(80, &[LOCAL_A]);
+        let now = clock_past(10);
+        let key = flow(CLIENT, VIP, 6101, 80, proto::TCP);
+        let mut values = [local_flow(tcp_state::ESTABLISHED, now); 8];
+        values[2] = local_flow(tcp_state::SYN_SENT, now - 3 * SEC);
+        values[6] = local_flow(tcp_state::SYN_SENT, now - 5 * SEC);
+        let fillers = lb.fill_flow_sets(&key, &values);
+        let before = lb.counts();
+        lb.expect(
+            "SYN into two full sets with half-open flows",
+            &Pkt::tcp(CLIENT, 6101, VIP, 80, SYN).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        assert_eq!(lb.counts().minus(&before).c(C::FlowEvicted), 1);
+        assert_eq!(
+            lb.conntrack(&key).map(|c| c.state),
+            Some(tcp_state::SYN_SENT)
+        );
+        assert_eq!(lb.conntrack(&fillers[6]), None, "the oldest made room");
+        for (i, f) in fillers.iter().enumerate().filter(|(i, _)| *i != 6) {
+            assert_eq!(lb.conntrack(f), Some(values[i]), "{f:?}");
+        }
+    });
+}
+
+/// A flow that is over (closed, or expired) gives its slot before any
+/// unproven flow does, and nothing is counted as evicted.
+#[test]
+fn a_new_flow_takes_an_over_flows_slot_before_a_half_open_one() {
+    with_lb(|lb| {
+        lb.set_backends(80, &[LOCAL_A]);
+        // Established flows idle for 2 s are over.
+        lb.set_flow_timeouts(lb_common::FlowTimeouts::new(60, 2, 10, 30, 5));
+        let now = clock_past(20);
+        let live = local_flow(tcp_state::ESTABLISHED, now);
+        let half_open = local_flow(tcp_state::SYN_SENT, now - 10 * SEC);
+        for (sport, over) in [
+            (
+                6102,
+                local_flow(tcp_state::ESTABLISHED | tcp_state::RST, now),
+            ),
+            (6103, local_flow(tcp_state::ESTABLISHED, now - 3 * SEC)),
+        ] {
+            let key = flow(CLIENT, VIP, sport, 80, proto::TCP);
+            let mut values = [live; 8];
+            values[1] = half_open;
+            values[5] = over;
+            let fillers = lb.fill_flow_sets(&key, &values);
+            let before = lb.counts();
+            lb.expect(
+                "SYN into two full sets",
+                &Pkt::tcp(CLIENT, sport, VIP, 80, SYN).build(),
+                XDP_PASS,
+                Want::C(C::LocalNewFlow),
+            );
+            assert_eq!(lb.counts().minus(&before).c(C::FlowEvicted), 0);
+            assert!(lb.conntrack(&key).is_some());
+            assert_eq!(lb.conntrack(&fillers[5]), None, "{over:?} made room");
+            assert_eq!(lb.conntrack(&fillers[1]), Some(half_open));
+        }
+    });
+}

@@ -119,7 +119,7 @@ pub struct Counts {
 
 /// Counters that are not the final outcome of an ingress packet: steps on
 /// the way, and the egress program's own.
-const NOT_OUTCOMES: [Counter; 13] = [
+const NOT_OUTCOMES: [Counter; 14] = [
     Counter::IngressPackets,
     Counter::AffinityHit,
     Counter::FlowRepicked,
@@ -133,6 +133,7 @@ const NOT_OUTCOMES: [Counter; 13] = [
     Counter::EgressIcmpError,
     Counter::EgressFragmentedReply,
     Counter::PartialChecksumCompleted,
+    Counter::FlowEvicted,
 ];
 
 impl Counts {

@@ -162,6 +162,21 @@ pub fn put(maps: &mut Maps, key: &FlowKey, value: ConntrackValue) -> Result<()> 
     }
 }
 
+/// Writes `key`'s flow into slot `way` of set `set`, whatever it held
+/// (tests: sets filled slot by slot; see the module documentation).
+pub fn put_at(
+    maps: &mut Maps,
+    set: u32,
+    way: usize,
+    key: &FlowKey,
+    value: ConntrackValue,
+) -> Result<()> {
+    anyhow::ensure!(way < WAYS, "slot {way} of a {WAYS}-slot set");
+    let tag = key_hash(maps.config()?.hash_seed, key);
+    let s = maps.conntrack.get(&set, 0).context("reading a flow set")?;
+    write_slot(maps, set, s, way, key, value, tag)
+}
+
 fn write_slot(
     maps: &mut Maps,
     set: u32,

@@ -514,6 +514,55 @@ impl Lb {
         );
     }
 
+    /// The two flow-table sets `k` may live in.
+    pub fn flow_sets_of(&mut self, k: &FlowKey) -> [u32; 2] {
+        self.h.maps().flows().expect("flow table").sets_of(k)
+    }
+
+    /// Fills both flow-table sets of `k` with flows of other clients to the
+    /// same front, `values[i]` the value of the i-th (set 0's four slots,
+    /// then set 1's), each in a set its own hash names (so lookups find
+    /// them). Returns their keys in the same order.
+    pub fn fill_flow_sets(&mut self, k: &FlowKey, values: &[ConntrackValue; 8]) -> Vec<FlowKey> {
+        use lb_common::{flow::table::key_hash, hash::flow_set};
+        let seed = self.config().hash_seed;
+        let n = self.h.maps().flow_sets();
+        let sets = self.flow_sets_of(k);
+        let mut keys = Vec::new();
+        let mut candidates = (1..=254u8)
+            .flat_map(|a| (1024..=65535u16).map(move |port| ([10, 9, a, 1], port)))
+            .map(|(client, port)| {
+                flow(
+                    client,
+                    lb_common::flow::v4_of(&k.dst),
+                    port,
+                    k.dport,
+                    k.proto,
+                )
+            });
+        for (i, set) in sets.iter().enumerate() {
+            for way in 0..lb_common::flow::table::WAYS {
+                let key = candidates
+                    .by_ref()
+                    .find(|c| {
+                        let h = key_hash(seed, c);
+                        c != k && (flow_set(h, 0, n) == *set || flow_set(h, 1, n) == *set)
+                    })
+                    .expect("a client key hashing to the set");
+                flows::put_at(self.h.maps_mut(), *set, way, &key, values[i * 4 + way])
+                    .expect("writing a flow slot");
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// Flow timeouts, through the planner.
+    pub fn set_flow_timeouts(&mut self, t: lb_common::FlowTimeouts) {
+        self.model.flow_timeouts = t;
+        self.apply();
+    }
+
     pub fn remove_rev_nat(&mut self, k: &FlowKey) {
         self.h.maps_mut().rev_nat.remove(k).expect("rev_nat remove");
     }
