@@ -1,8 +1,11 @@
-//! The flow sweeper: deletes flow entries that are over.
+//! The flow sweeper: deletes reverse-NAT and affinity entries that are
+//! over. The `conntrack` flow table it only reads: a dead flow's slot is
+//! reused in place by a new flow (`lb_common::flow::table`), and a write
+//! from here could race the data path's compare-and-swap claims.
 //!
 //! Each sweep also reports which backend slots live TCP flows still name
-//! ([`FlowReport`]): the agent frees a retired (drained) backend slot only
-//! once none does (`plan::state`).
+//! ([`FlowReport`], from a scan of the whole flow table): the agent frees a
+//! retired (drained) backend slot only once none does (`plan::state`).
 //!
 //! Correctness never depends on it: the data path treats an expired entry
 //! as absent and takes over the NAT port of an expired or closed flow when a
