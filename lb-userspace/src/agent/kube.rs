@@ -70,7 +70,7 @@ use crate::k8s::{
 };
 use crate::{
     agent::{self, MapOwner},
-    plan::model::{FlowTimeouts, NatPorts},
+    plan::model::{FlowTimeouts, MaglevSize, NatPorts},
 };
 
 /// Label on the per-node Leases.
@@ -96,6 +96,9 @@ pub struct Options {
     pub class: ClassFilter,
     pub nat_ports: NatPorts,
     pub flow_timeouts: FlowTimeouts,
+    /// Maglev table size of the Services without the
+    /// `onehop.io/maglev-table-size` annotation.
+    pub maglev_table_size: MaglevSize,
     /// How often this agent renews its Lease.
     pub renew_interval: Duration,
     /// How long a Lease may go unrenewed before its node counts as dead.
@@ -501,6 +504,7 @@ impl KubeSource {
             announce: &announce,
             nat_ports: self.opts.nat_ports,
             flow_timeouts: self.opts.flow_timeouts,
+            maglev_table_size: self.opts.maglev_table_size,
         });
         let before = agent.announced();
         // This agent stands by the election it just ran: vouch for it before
