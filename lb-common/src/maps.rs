@@ -240,7 +240,8 @@ pub const MAX_ARP_STATS: u32 = 4096;
 pub const MAX_LEARNED_MACS: u32 = 16384;
 /// Default slots of the `maglev` array (load-time): room for
 /// [`MAGLEV_DEFAULT_TABLES`] tables of [`MAGLEV_DEFAULT_TABLE_SIZE`] slots
-/// (12,546,048 slots, 48 MiB of `u32`).
+/// (12,546,048 slots; 96 MiB of kernel memory, which keeps each 4-byte
+/// value of an array in 8).
 pub const MAGLEV_SLOTS: u32 = MAGLEV_DEFAULT_TABLES * MAGLEV_DEFAULT_TABLE_SIZE;
 /// Tables (one per frontend: VIP, port, protocol) the default `maglev`
 /// array holds at the default size: 10,000 frontends, plus a fifth for the

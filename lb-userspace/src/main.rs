@@ -127,11 +127,11 @@ struct DataplaneArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpAttachMode,
-    /// Slots of the shared Maglev array (set when the maps are created; 4
+    /// Slots of the shared Maglev array (set when the maps are created; 8
     /// bytes of kernel memory each). Each service port's table takes its
     /// Maglev table size in slots, and a table being replaced takes them
     /// twice for a moment. Default: 12,288 tables of --maglev-table-size
-    /// (12,546,048 slots, 48 MiB, at the default 1021).
+    /// (12,546,048 slots, 96 MiB, at the default 1021).
     #[arg(long)]
     maglev_slots: Option<u32>,
     /// Connection-table entries (set when the maps are created).

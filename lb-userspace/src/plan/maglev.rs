@@ -607,7 +607,7 @@ mod tests {
         1.0 / (n + 1) as f64 + 0.08
     }
 
-    /// The same for any backend set. Measured with `examples/maglev_remap.rs`
+    /// The same for any backend set. Measured with `lb-userspace/examples/maglev_remap.rs`
     /// (200 random sets at each n of 40..=110, 20 at each n of 1..=200),
     /// Maglev's extra disruption at 1021 slots averages up to 5% of the
     /// hashes (40 to 60 backends, 17 to 25 slots each) and reached 8.7% in
