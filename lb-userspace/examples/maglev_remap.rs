@@ -3,7 +3,7 @@
 //! and with the sizes that followed the backend count before (`even_size`).
 //!
 //! ```sh
-//! cargo run --release -p lb-userspace --example maglev_remap -- [MAX_N [SETS [SIZE [MIN_N]]]]
+//! cargo run -p lb-userspace --example maglev_remap -- [MAX_N [SETS [SIZE [MIN_N]]]]
 //! ```
 //!
 //! For every n of `MIN_N..=MAX_N` (default 1..=200), SETS (default 20) random backend
