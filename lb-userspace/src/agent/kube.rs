@@ -70,7 +70,11 @@ use crate::k8s::{
 };
 use crate::{
     agent::{self, MapOwner},
-    plan::model::{FlowTimeouts, MaglevSize, NatPorts},
+    plan::{
+        model::{FlowTimeouts, MaglevSize, NatPorts},
+        slots::SlotError,
+        state::PlanError,
+    },
 };
 
 /// Label on the per-node Leases.
@@ -513,11 +517,23 @@ impl KubeSource {
         self.confirmed = true;
         self.heartbeat(agent);
         let applied = agent.apply(&t.file);
+        let mut warnings = t.warnings.clone();
         if let Err(e) = &applied {
             warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
+            if let Some(PlanError::Maglev(SlotError::Full { capacity, .. })) =
+                e.downcast_ref::<PlanError>()
+            {
+                warnings.extend(translate::maglev_full_warnings(
+                    &t,
+                    &self.opts.node_name,
+                    *capacity,
+                    |key| agent.table_len(key),
+                ));
+                warnings.sort();
+            }
         }
         let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
-        self.publish_events(&services, &t.warnings, &started).await;
+        self.publish_events(&services, &warnings, &started).await;
         if applied.is_ok() {
             self.annotate(&services, &owners).await;
         }

@@ -69,6 +69,63 @@ use crate::plan::model::{
 /// `lb_common::maps::MAGLEV_TABLE_SIZES`).
 pub const MAGLEV_TABLE_SIZE_ANNOTATION: &str = "onehop.io/maglev-table-size";
 
+/// Warnings for the Services with a frontend whose table the maps lack
+/// (`current` gives the table length the maps hold for a frontend, if they
+/// hold it), after a plan failed for want of Maglev slots (`capacity` in
+/// all): the whole update waits, so their changes are not applied on this
+/// node, and a Service new to it is not served there.
+pub fn maglev_full_warnings(
+    t: &Translation,
+    node_name: &str,
+    capacity: u32,
+    current: impl Fn(&lb_common::ServiceKey) -> Option<u32>,
+) -> Vec<Warning> {
+    let owners: BTreeMap<String, &ServiceRef> = t
+        .services
+        .iter()
+        .flat_map(|tr| {
+            tr.vips
+                .iter()
+                .map(move |vip| (model_name(&tr.service, *vip), &tr.service))
+        })
+        .collect();
+    let mut out: Vec<Warning> = t
+        .file
+        .services
+        .iter()
+        .filter(|s| {
+            s.ports.iter().any(|p| {
+                let members = s
+                    .backends
+                    .iter()
+                    .filter(|b| s.target_port(b.ip, p).is_some())
+                    .count();
+                let wanted = crate::plan::maglev::table_size(
+                    s.table_size(t.file.maglev_table_size),
+                    members,
+                );
+                let key = lb_common::ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
+                current(&key) != Some(wanted)
+            })
+        })
+        .filter_map(|s| owners.get(&s.name))
+        .map(|r| Warning {
+            service: (*r).clone(),
+            reason: "MaglevArrayFull",
+            message: format!(
+                "the Maglev array of node {node_name} ({capacity} slots) has no room for this \
+                 Service's tables: no change is applied on that node (and a Service new to it \
+                 is not served there) until they fit. Give Services smaller \
+                 {MAGLEV_TABLE_SIZE_ANNOTATION} sizes, or restart the agent with a larger \
+                 --maglev-slots after onehop cleanup"
+            ),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Label `EndpointSlices` carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

@@ -1033,3 +1033,28 @@ fn a_table_that_grows_past_its_configured_size_says_so() {
     let again = run(&[big], &[big_slice], "n1", &[]);
     assert_eq!(again.warnings, t.warnings[..1]);
 }
+
+#[test]
+fn a_full_maglev_array_names_the_services_whose_tables_wait() {
+    let (a, a_slice) = sized_service("a", 201, None, 2);
+    let (b, b_slice) = sized_service("b", 202, None, 2);
+    let t = run(&[a, b], &[a_slice, b_slice], "n1", &[]);
+    let at = |vip: u8| move |k: &lb_common::ServiceKey| k.vip == [192, 168, 50, vip];
+    // The maps hold a's table only; b not at all.
+    let w = maglev_full_warnings(&t, "n1", 2048, |k| at(201)(k).then_some(1021));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].service.name, "b");
+    assert_eq!(w[0].reason, "MaglevArrayFull");
+    assert!(
+        w[0].message
+            .contains("the Maglev array of node n1 (2048 slots) has no room"),
+        "{}",
+        w[0].message
+    );
+    // b is in the maps but without its table (its endpoints came after it).
+    let w = maglev_full_warnings(&t, "n1", 2048, |k| Some(if at(201)(k) { 1021 } else { 0 }));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].service.name, "b");
+    assert!(maglev_full_warnings(&t, "n1", 2048, |_| Some(1021)).is_empty());
+    assert_eq!(maglev_full_warnings(&t, "n1", 2048, |_| None).len(), 2);
+}
