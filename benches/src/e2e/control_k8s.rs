@@ -341,7 +341,10 @@ pub fn measure(
 
     // Room for every table plus one more: a changed table may be written before the old
     // one is freed.
-    let table = u64::from(lb_userspace::plan::maglev::table_size(backends as usize));
+    let table = u64::from(lb_userspace::plan::maglev::table_size(
+        lb_userspace::plan::maglev::MaglevSize::DEFAULT,
+        backends as usize,
+    ));
     let slots = table * (u64::from(services) + 1) + 1024;
     let agent_log = || world.log(1);
     let mut source = Source::kubernetes(&node_name(1)).args(["--api-server", api.url()]);
