@@ -33,7 +33,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::{ServiceKey, proto};
-use lb_userspace::dataplane::maps::{Maps, PinDir};
+use lb_userspace::{
+    dataplane::maps::{Maps, PinDir},
+    k8s::watch,
+};
 use onehop_apiserver::{ApiServer, ResourceDef};
 use onehop_testkit::{
     cluster::{NODE_INTERFACE, Source},
@@ -192,8 +195,8 @@ fn seed(api: &ApiServer, world: &World, services: u32, backends: u32) -> Result<
 }
 
 /// GET `path` over plain HTTP/1.1 (`Connection: close`) from the calling thread; returns
-/// the bytes received (status line and headers included) after checking for `200`.
-fn http_get_here(addr: SocketAddr, path: &str) -> Result<usize> {
+/// the response (status line and headers included) after checking for `200`.
+fn http_get_here(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_mins(1)))?;
@@ -209,16 +212,43 @@ fn http_get_here(addr: SocketAddr, path: &str) -> Result<usize> {
         "GET {path}: {}",
         String::from_utf8_lossy(&body[..body.len().min(200)])
     );
-    Ok(body.len())
+    Ok(body)
 }
 
-/// The agent's two big LISTs, timed from the client namespace: (seconds, megabytes).
+/// LIST `path` in pages of the agent's size, as its watches list; returns the bytes received.
+fn list_paged_here(addr: SocketAddr, path: &str) -> Result<usize> {
+    let mut bytes = 0;
+    let mut token = String::new();
+    loop {
+        let mut url = format!("{path}?limit={}", watch::LIST_PAGE_SIZE);
+        if !token.is_empty() {
+            url.push_str("&continue=");
+            url.push_str(&token);
+        }
+        let response = http_get_here(addr, &url)?;
+        bytes += response.len();
+        let body = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| &response[at + 4..])
+            .with_context(|| format!("GET {url}: no body"))?;
+        let list: Value =
+            serde_json::from_slice(body).with_context(|| format!("GET {url}: not JSON"))?;
+        match list["metadata"]["continue"].as_str() {
+            Some(next) if !next.is_empty() => next.clone_into(&mut token),
+            _ => return Ok(bytes),
+        }
+    }
+}
+
+/// The agent's two big LISTs (in pages, as it lists), timed from the client namespace:
+/// (seconds, megabytes).
 fn time_lists(world: &World, api: &ApiServer) -> Result<(f64, f64)> {
     let addr = api.addr();
     in_netns(world.topo.client().ns(), move || -> Result<(f64, f64)> {
         let start = Instant::now();
-        let a = http_get_here(addr, "/api/v1/services")?;
-        let b = http_get_here(addr, "/apis/discovery.k8s.io/v1/endpointslices")?;
+        let a = list_paged_here(addr, "/api/v1/services")?;
+        let b = list_paged_here(addr, "/apis/discovery.k8s.io/v1/endpointslices")?;
         #[expect(clippy::cast_precision_loss, reason = "sizes")]
         let mb = (a + b) as f64 / 1e6;
         Ok((start.elapsed().as_secs_f64(), mb))
@@ -291,10 +321,13 @@ fn endpoint_changes(
     Ok(change_s)
 }
 
-/// Waits until the agent has written no Event for 2 s; returns (seconds from `start` to its
-/// last Event write, Event writes in all).
+/// Waits until the agent has written no Event for 2 s, counted from its last Event or from
+/// now, whichever is later (the agent may not have begun: it publishes once the maps are
+/// written, which is when this is called); returns (seconds from `start` to its last Event
+/// write, Event writes in all).
 fn wait_events_settled(api: &ApiServer, start: Instant) -> Result<(f64, usize)> {
     let quiet = Duration::from_secs(2);
+    let called = Instant::now();
     loop {
         let events: Vec<Instant> = api
             .writes()
@@ -303,7 +336,7 @@ fn wait_events_settled(api: &ApiServer, start: Instant) -> Result<(f64, usize)> 
             .map(|w| w.at)
             .collect();
         let last = events.iter().max().copied().unwrap_or(start);
-        if last.elapsed() >= quiet {
+        if last.max(called).elapsed() >= quiet {
             return Ok((
                 last.saturating_duration_since(start).as_secs_f64(),
                 events.len(),
