@@ -68,6 +68,10 @@ pub struct KubeControlPlane {
     pub ready_s: f64,
     /// Agent start → every service in the map.
     pub maps_s: f64,
+    /// CPU time (user + system, every thread, the verifier's included) the agent had used
+    /// when every service was in the map: what the sync costs, apart from what the other
+    /// programs of a shared machine take of the clock. Absent from older `runs.log` lines.
+    pub maps_cpu_s: Option<f64>,
     /// Agent start → first datagram to the last service delivered.
     pub serving_s: f64,
     /// Agent start → its last Event write of the initial sync (one `nodeAssigned` Event per
@@ -400,6 +404,7 @@ pub fn measure(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let maps_cpu_s = cpu_seconds(agent.pid()?)?;
     let serving_s = wait_last_serving(world, services, before, start).with_context(agent_log)?;
     // The agent publishes its Events after the maps are written, and reconciles nothing
     // meanwhile: "synced" means after that, or the first change would time the backlog.
@@ -418,6 +423,7 @@ pub fn measure(
         api_list_mb,
         ready_s: ready_s.unwrap_or(maps_s),
         maps_s,
+        maps_cpu_s: Some(maps_cpu_s),
         serving_s,
         events_s,
         events,
@@ -427,18 +433,44 @@ pub fn measure(
     })
 }
 
+/// User + system CPU seconds process `pid` has used (`/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = stat_cpu_ticks(&stat).with_context(|| format!("{path}: {stat}"))?;
+    // SAFETY: sysconf reads a constant of the C library.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) = {hz}");
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks of one process")]
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, counted after the command
+/// name, which is in parentheses and may hold spaces and parentheses itself.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after) = stat.rsplit_once(')')?;
+    // `after` starts at field 3 (the state).
+    let mut fields = after.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 impl KubeControlPlane {
     /// The `runs.log` line (read back by [`KubeControlPlane::parse`]).
     pub fn line(&self) -> String {
         let changes: Vec<String> = self.change_s.iter().map(|s| format!("{s:.4}")).collect();
         format!(
-            "control plane kubernetes: services={} backends={} api_list_s={:.3} api_list_mb={:.1} ready_s={:.2} maps_s={:.2} serving_s={:.2} events_s={:.2} events={} change_s={} rss_mib={} peak_mib={}",
+            "control plane kubernetes: services={} backends={} api_list_s={:.3} api_list_mb={:.1} ready_s={:.2} maps_s={:.2}{} serving_s={:.2} events_s={:.2} events={} change_s={} rss_mib={} peak_mib={}",
             self.services,
             self.backends,
             self.api_list_s,
             self.api_list_mb,
             self.ready_s,
             self.maps_s,
+            self.maps_cpu_s
+                .map(|c| format!(" maps_cpu_s={c:.2}"))
+                .unwrap_or_default(),
             self.serving_s,
             self.events_s,
             self.events,
@@ -464,6 +496,7 @@ impl KubeControlPlane {
             api_list_mb: num("api_list_mb")?,
             ready_s: num("ready_s")?,
             maps_s: num("maps_s")?,
+            maps_cpu_s: num("maps_cpu_s"),
             serving_s: num("serving_s")?,
             events_s: num("events_s")?,
             events: usize::try_from(int("events")?).ok()?,
@@ -491,6 +524,7 @@ mod tests {
             api_list_mb: 31.2,
             ready_s: 0.8,
             maps_s: 14.25,
+            maps_cpu_s: Some(2.5),
             serving_s: 14.5,
             events_s: 30.25,
             events: 10_000,
@@ -498,7 +532,21 @@ mod tests {
             rss_kib: 100 * 1024,
             hwm_kib: 120 * 1024,
         };
-        assert_eq!(KubeControlPlane::parse(&cp.line()), Some(cp));
+        assert_eq!(KubeControlPlane::parse(&cp.line()), Some(cp.clone()));
+        // Lines of runs before the CPU time was taken still parse.
+        let older = cp.line().replace(" maps_cpu_s=2.50", "");
+        assert!(!older.contains("maps_cpu_s"));
+        let parsed = KubeControlPlane::parse(&older);
+        assert_eq!(parsed.map(|p| p.maps_cpu_s), Some(None));
+    }
+
+    #[test]
+    fn cpu_ticks_from_a_stat_line() {
+        let line =
+            "4242 (onehop (x) y) S 1 4242 4242 0 -1 4194560 2270 0 0 0 157 62 0 0 20 0 5 0 1 1 1";
+        assert_eq!(stat_cpu_ticks(line), Some(157 + 62));
+        assert_eq!(stat_cpu_ticks("4242 (cut"), None);
+        assert!(cpu_seconds(std::process::id()).is_ok());
     }
 
     #[test]
