@@ -47,9 +47,8 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams, PostParams},
     runtime::{
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         reflector::Store,
-        watcher,
     },
 };
 use tokio::sync::Notify;
@@ -63,6 +62,7 @@ use super::{
 };
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
+    events::Recorder,
     lease,
     slice::Slice,
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
@@ -222,37 +222,37 @@ impl Stores {
         Self {
             services: watch::spawn(
                 Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 trim::service,
             ),
             slices: watch::spawn_read(
                 Api::<EndpointSlice>::all(client.clone()),
-                watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
+                watch::config().labels(translate::SERVICE_NAME_LABEL),
                 changed,
                 Slice::read,
             ),
             nodes: watch::spawn(
                 Api::<Node>::all(client.clone()),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 trim::node,
             ),
             leases: watch::spawn(
                 Api::<Lease>::namespaced(client.clone(), namespace),
-                watcher::Config::default().labels(LEASE_LABEL),
+                watch::config().labels(LEASE_LABEL),
                 changed,
                 trim::lease,
             ),
             pools: watch::spawn(
                 Api::<IPAddressPool>::namespaced(client.clone(), namespace),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 |_| {},
             ),
             ads: watch::spawn(
                 Api::<L2Advertisement>::namespaced(client.clone(), namespace),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 |_| {},
             ),
