@@ -14,8 +14,7 @@ use std::{net::Ipv4Addr, os::fd::AsFd as _};
 use aya::maps::PerCpuValues;
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, ConntrackValue, Counter as C,
-    DropReason as D, Front, Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, backend_flags,
-    bench,
+    DropReason as D, Front, Ipv4Key, LocalEndpointKey, RevNatValue, backend_flags, bench,
     flow::{addr_v4, tcp_state, v4_of},
     flow_flags, front_state, maps as m, proto,
 };
