@@ -25,23 +25,6 @@ use std::net::Ipv4Addr;
 
 use lb_userspace::plan::maglev::{self, MaglevSize};
 
-/// Hashes sampled when the two tables differ in size.
-const SAMPLES: u64 = 200_000;
-
-fn remapped(before: &[u32], after: &[u32]) -> f64 {
-    if before.len() == after.len() {
-        let moved = before.iter().zip(after).filter(|(a, b)| a != b).count();
-        return moved as f64 / before.len() as f64;
-    }
-    let moved = (0..SAMPLES)
-        .filter(|&i| {
-            let h = maglev::stable_hash(0x0072_656d_6170, &i.to_le_bytes());
-            before[(h % before.len() as u64) as usize] != after[(h % after.len() as u64) as usize]
-        })
-        .count();
-    moved as f64 / SAMPLES as f64
-}
-
 /// Largest deviation of a backend's share from the mean, relative.
 fn unevenness(table: &[u32]) -> f64 {
     let shares = maglev::shares(table);
@@ -88,12 +71,12 @@ fn main() -> Result<(), String> {
             let all: Vec<(String, u32)> = keys.into_iter().zip(0..).collect();
             let some = &all[..n];
             let (before, after) = (maglev::build(some, size), maglev::build(&all, size));
-            let r = remapped(&before, &after);
+            let r = maglev::remapped(&before, &after);
             sum += r;
             max = max.max(r);
             uneven = uneven.max(unevenness(&after));
             let old = |k: usize| MaglevSize::new(maglev::even_size(k)).unwrap_or_default();
-            old_sum += remapped(
+            old_sum += maglev::remapped(
                 &maglev::build(some, old(n)),
                 &maglev::build(&all, old(n + 1)),
             );

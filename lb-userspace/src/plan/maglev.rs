@@ -278,6 +278,33 @@ pub fn shares(table: &[u32]) -> std::collections::BTreeMap<u32, usize> {
     counts
 }
 
+/// Share of flow hashes whose backend differs between two tables whose ids
+/// stand for the same backends (test and measurement helper: the remap
+/// tests and `examples/maglev_remap.rs`). Equal sizes: exact, slot by slot
+/// (the data path takes `hash % size`). Different sizes: over
+/// [`REMAP_SAMPLES`] well-mixed hashes.
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    reason = "a measurement: counts far below 2^52, hashes reduced mod a table size"
+)]
+pub fn remapped(before: &[u32], after: &[u32]) -> f64 {
+    if before.len() == after.len() {
+        let moved = before.iter().zip(after).filter(|(a, b)| a != b).count();
+        return moved as f64 / before.len() as f64;
+    }
+    let moved = (0..REMAP_SAMPLES)
+        .filter(|&i| {
+            let h = stable_hash(0x0072_656d_6170, &i.to_le_bytes());
+            before[(h % before.len() as u64) as usize] != after[(h % after.len() as u64) as usize]
+        })
+        .count();
+    moved as f64 / REMAP_SAMPLES as f64
+}
+
+/// Hashes [`remapped`] samples when the two tables differ in size.
+pub const REMAP_SAMPLES: u64 = 200_000;
+
 #[cfg(test)]
 #[expect(
     clippy::cast_precision_loss,
@@ -577,27 +604,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// Share of flow hashes whose backend differs between two tables whose
-    /// ids stand for the same backends. Equal sizes: exact, slot by slot
-    /// (the data path takes `hash % size`). Different sizes: over 200,000
-    /// well-mixed hashes.
-    const SAMPLES: u64 = 200_000;
-
-    fn remapped(before: &[u32], after: &[u32]) -> f64 {
-        if before.len() == after.len() {
-            let moved = before.iter().zip(after).filter(|(a, b)| a != b).count();
-            return moved as f64 / before.len() as f64;
-        }
-        let moved = (0..SAMPLES)
-            .filter(|&i| {
-                let h = stable_hash(0x0072_656d_6170, &i.to_le_bytes());
-                before[(h % before.len() as u64) as usize]
-                    != after[(h % after.len() as u64) as usize]
-            })
-            .count();
-        moved as f64 / SAMPLES as f64
     }
 
     /// The most a one-backend change at `n` -> `n + 1` backends remaps at
