@@ -580,13 +580,9 @@ impl State {
         self.compacted = self.rv;
     }
 
-    /// History events after `rv`, or 410 Expired if some of them are gone.
-    ///
-    /// A version from the future is also 410. A real API server would wait for it (its
-    /// watch cache lags etcd); here it can only mean the client saw another server — a test
-    /// that replaced this one — and 410 makes a kube-runtime watcher re-list instead of
-    /// silently missing every change up to that version.
-    pub fn events_after(&self, rv: u64) -> Result<impl Iterator<Item = &HistEvent>, ApiError> {
+    /// 410 Expired unless the history reaches back to `rv` and `rv` is not from the future
+    /// (see [`Self::events_after`]).
+    fn check_served(&self, rv: u64) -> Result<(), ApiError> {
         if rv > self.rv {
             return Err(ApiError::expired(format!(
                 "too large resource version: {rv}, current: {}",
@@ -599,6 +595,17 @@ impl State {
                 self.compacted
             )));
         }
+        Ok(())
+    }
+
+    /// History events after `rv`, or 410 Expired if some of them are gone.
+    ///
+    /// A version from the future is also 410. A real API server would wait for it (its
+    /// watch cache lags etcd); here it can only mean the client saw another server — a test
+    /// that replaced this one — and 410 makes a kube-runtime watcher re-list instead of
+    /// silently missing every change up to that version.
+    pub fn events_after(&self, rv: u64) -> Result<impl Iterator<Item = &HistEvent>, ApiError> {
+        self.check_served(rv)?;
         let start = self.history.partition_point(|e| e.rv <= rv);
         Ok(self.history.range(start..))
     }
@@ -680,18 +687,7 @@ impl State {
         limit: Option<usize>,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<ListPage, ApiError> {
-        if rv > self.rv {
-            return Err(ApiError::expired(format!(
-                "too large resource version: {rv}, current: {}",
-                self.rv
-            )));
-        }
-        if rv < self.compacted {
-            return Err(ApiError::expired(format!(
-                "too old resource version: {rv} ({})",
-                self.compacted
-            )));
-        }
+        self.check_served(rv)?;
         let rkey = rd.key();
         let ns = if rd.namespaced { ns } else { None };
         let in_scope = |r: &str, n: &str| r == rkey && ns.is_none_or(|ns| ns == n);
