@@ -63,8 +63,9 @@ pub unsafe fn stage(
 
 /// Records the front staged in this CPU's scratch slot (see [`stage`]) in
 /// its endpoint's entry, unless it is there already: 1 once it is there,
-/// 0 when the entry has no room for it (or could not be written), which
-/// the entry then says (`overflow`).
+/// 0 when the entry has no room for it, which the entry then says
+/// (`overflow`), or could not be written at all (the LRU found no element:
+/// the flow's next refresh tries again).
 ///
 /// A *global* BPF function (exported by the linker, see the build script):
 /// verified once, and called both by a new flow and, once a second, by an

@@ -2508,10 +2508,30 @@ fn an_endpoint_behind_more_fronts_than_its_entry_holds_gives_the_rest_reverse_en
             .conntrack(&flow(CLIENT, vip, sport, port, proto::TCP))
             .expect("ct");
         assert_eq!(ct.flags, flow_flags::LOCAL_REVERSE);
-        for (vip, port, sport) in flows {
+        for &(vip, port, sport) in &flows {
             let reply = Pkt::tcp(pod_ip, pod_port, CLIENT, sport, SYN | ACK).build();
             assert_eq!(egress_source(lb, &reply), (vip, port), "reply to {sport}");
         }
+
+        // The entry evicted: the flow with a reverse entry writes it again
+        // with its next packet (its own front, now that there is room).
+        let endpoint = LocalEndpointKey::v4(pod_ip, pod_port, proto::TCP);
+        lb.remove_local_fronts(&endpoint);
+        lb.age_flows(2);
+        let (vip, port, sport) = flows[4];
+        lb.expect(
+            "the fifth flow's next packet",
+            &Pkt::tcp(CLIENT, sport, vip, port, ACK).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        let fronts = lb.local_fronts(&endpoint).expect("the entry is back");
+        assert_eq!(
+            (fronts.fronts[0].vip, fronts.fronts[0].port),
+            (addr_v4(vip), port)
+        );
+        let reply = Pkt::tcp(pod_ip, pod_port, CLIENT, sport, ACK).build();
+        assert_eq!(egress_source(lb, &reply), (vip, port));
     });
 }
 
