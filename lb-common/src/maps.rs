@@ -254,8 +254,15 @@ pub const MAX_LEARNED_MACS: u32 = 16384;
 /// one node runs at once (Kubernetes' default is 110 pods a node), so that
 /// only endpoints of pods long gone are evicted.
 pub const MAX_LOCAL_ENDPOINTS: u32 = 4096;
-/// Default slots of the `maglev` array (load-time; 16 MiB of `u32`).
-pub const MAGLEV_SLOTS: u32 = 1 << 22;
+/// Default slots of the `maglev` array (load-time): room for
+/// [`MAGLEV_DEFAULT_TABLES`] tables of [`MAGLEV_DEFAULT_TABLE_SIZE`] slots
+/// (12,546,048 slots; 96 MiB of kernel memory, which keeps each 4-byte
+/// value of an array in 8).
+pub const MAGLEV_SLOTS: u32 = MAGLEV_DEFAULT_TABLES * MAGLEV_DEFAULT_TABLE_SIZE;
+/// Tables (one per frontend: VIP, port, protocol) the default `maglev`
+/// array holds at the default size: 10,000 frontends, plus a fifth for the
+/// tables that are written next to the ones they replace during an update.
+pub const MAGLEV_DEFAULT_TABLES: u32 = 12_288;
 /// Default flows of `conntrack` (load-time).
 pub const CONNTRACK_MAX: u32 = 262_144;
 /// Sets of a default `conntrack` (its `max_entries`).
@@ -267,7 +274,19 @@ pub const AFFINITY_MAX: u32 = 65_536;
 /// Source ranges over all services.
 pub const SRC_RANGES_MAX: u32 = 65_536;
 
-/// Maglev table sizes: primes, each used for up to `size / 100` backends so
-/// that every backend gets its share of slots within 1%.
+/// The Maglev table sizes a service may have: primes (Maglev's permutations
+/// need a prime), about doubling from one to the next.
 pub const MAGLEV_TABLE_SIZES: [u32; 10] =
     [101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+/// Table size of a service that sets none: fixed, whatever its backend
+/// count, so that a backend joining or leaving moves about `1/N` of the
+/// hashes (a size that followed the count would remap nearly all of them
+/// each time it changed).
+pub const MAGLEV_DEFAULT_TABLE_SIZE: u32 = 1021;
+/// Fewest slots a backend gets before the table grows past its configured
+/// size: below it Maglev's shares (`floor` or `ceil` of `M / N` slots)
+/// differ from the mean by more than 10%.
+pub const MAGLEV_MIN_SLOTS_PER_BACKEND: u32 = 10;
+/// Slots per backend from which every share is within 1% of the mean:
+/// status and metrics count tables with fewer as uneven.
+pub const MAGLEV_EVEN_SLOTS_PER_BACKEND: u32 = 100;

@@ -80,7 +80,8 @@ pub struct ReplyKey {
 
 /// Refreshes an established flow after a client packet that moves it to
 /// `state`: the timestamps if the last refresh is more than a second old or
-/// the state changed, and the reverse entry (under `reply`) with them (put
+/// the state changed, and with them a local flow's endpoint entry (see
+/// `local`) and the reverse entry of a flow that has one (under `reply`; put
 /// back if the LRU evicted it, never over another flow's entry).
 ///
 /// Returns false when the flow's reverse entry now belongs to another flow:
@@ -114,10 +115,11 @@ pub fn refresh(
     let Some(s) = scratch() else {
         return true;
     };
-    if flags & (flow_flags::REMOTE | flow_flags::LOCAL_REVERSE) == 0 {
-        // A local flow's replies are found through its endpoint's fronts:
-        // make sure the front is still recorded (the entry may have been
-        // evicted), else give the flow a reverse entry after all.
+    if flags & flow_flags::REMOTE == 0 {
+        // A local flow's replies are found through its endpoint's entry:
+        // make sure it is there (the LRU may have evicted it) and holds the
+        // flow's front, or says `overflow` for a flow with a reverse entry.
+        // Without room for the front, the flow takes a reverse entry.
         // SAFETY: this CPU's scratch slot, ours for this run.
         unsafe {
             local::stage(
@@ -127,12 +129,15 @@ pub fn refresh(
                 client.dport,
             );
         }
-        if local::onehop_remember_front() == 1 {
-            return true;
+        let recorded = local::onehop_remember_front() == 1;
+        if flags & flow_flags::LOCAL_REVERSE == 0 {
+            if recorded {
+                return true;
+            }
+            flags |= flow_flags::LOCAL_REVERSE;
+            // SAFETY: as for the fields above.
+            unsafe { (*ct).flags = flags };
         }
-        flags |= flow_flags::LOCAL_REVERSE;
-        // SAFETY: as for the fields above.
-        unsafe { (*ct).flags = flags };
     }
     // SAFETY: this CPU's scratch slot, ours for this run.
     let rkey = unsafe {

@@ -19,17 +19,11 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
-use lb_common::{
-    Counter,
-    flow::{family, v4_of},
-    flow_flags, proto,
-};
+use lb_common::{Counter, flow::family, proto};
 
 use crate::{
     conntrack, icmp_error, local,
-    maps::REV_NAT,
     parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr},
-    service::flow_key,
     stats,
 };
 
@@ -137,20 +131,11 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
             conntrack::local_backend_packet(ct, ip.proto, tcp_flags, now);
             (vip, port)
         }
-        local::Reply::Reverse => {
-            let key = flow_key(ip.src, ip.dst, sport_h, dport_h, ip.proto);
-            let rp = REV_NAT.get_ptr_mut(key).ok_or(Found::Other)?;
-            // SAFETY: value pointer the map just returned; the fields we
-            // need are read by value.
-            let (flags, new_src, new_sport) =
-                unsafe { ((*rp).flags, v4_of(&(*rp).new_src), (*rp).new_sport) };
-            if flags & flow_flags::REMOTE != 0 {
-                return Err(Found::Other);
-            }
+        local::Reply::Reversed { r, vip, port } => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
-            conntrack::backend_packet(rp, ip.proto, family::V4, tcp_flags, now);
-            (new_src, new_sport)
+            conntrack::backend_packet(r, ip.proto, family::V4, tcp_flags, now);
+            (vip, port)
         }
         local::Reply::None => return Err(Found::Other),
     };

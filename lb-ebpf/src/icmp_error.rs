@@ -644,19 +644,8 @@ fn egress_translate(ctx: &TcContext) -> bool {
     let t = Tuple::of(&q);
     let outer = (n(ip.src), n(ip.dst));
     let (vip, vport) = match local::reply(q.ip.dst, t.dport, q.ip.src, t.sport, t.proto) {
-        local::Reply::Flow { vip, port, .. } => (n(vip), port),
-        local::Reply::Reverse => {
-            let rkey = FlowKey::v4(q.ip.dst, q.ip.src, t.dport, t.sport, t.proto);
-            let Some(r) = REV_NAT.get_ptr(rkey) else {
-                return false;
-            };
-            // SAFETY: value pointer the map just returned; read by value.
-            let (flags, vip, vport) =
-                unsafe { ((*r).flags, n(v4_of(&(*r).new_src)), (*r).new_sport) };
-            if flags & flow_flags::REMOTE != 0 {
-                return false;
-            }
-            (vip, vport)
+        local::Reply::Flow { vip, port, .. } | local::Reply::Reversed { vip, port, .. } => {
+            (n(vip), port)
         }
         local::Reply::None => return false,
     };

@@ -17,7 +17,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    ConntrackValue, FlowKey, Front, LocalEndpointKey, LocalFronts,
+    ConntrackValue, FlowKey, Front, LocalEndpointKey, LocalFronts, RevNatValue,
     flow::{FRONTS_PER_ENDPOINT, addr_v4, same_addr, v4_of},
     flow_flags, front_state,
 };
@@ -25,7 +25,7 @@ use lb_common::{
 use crate::{
     conntrack::scratch,
     flowtable,
-    maps::{BACKENDS, LOCAL_FRONTS},
+    maps::{BACKENDS, LOCAL_FRONTS, REV_NAT},
 };
 
 /// Fills this CPU's scratch slot with `endpoint` and the front `vip:port`
@@ -64,8 +64,9 @@ pub unsafe fn stage(
 
 /// Records the front staged in this CPU's scratch slot (see [`stage`]) in
 /// its endpoint's entry, unless it is there already: 1 once it is there,
-/// 0 when the entry has no room for it (or could not be written), which
-/// the entry then says (`overflow`).
+/// 0 when the entry has no room for it, which the entry then says
+/// (`overflow`), or could not be written at all (the LRU found no element:
+/// the flow's next refresh tries again).
 ///
 /// A *global* BPF function (exported by the linker, see the build script):
 /// verified once, and called both by a new flow and, once a second, by an
@@ -168,16 +169,22 @@ pub enum Reply {
         vip: [u8; 4],
         port: u16,
     },
-    /// No front matched, but some flows of this endpoint have reverse
-    /// entries: look there.
-    Reverse,
+    /// The reply of a local flow with a reverse entry of its own
+    /// ([`flow_flags::LOCAL_REVERSE`]), which came through `vip:port`.
+    Reversed {
+        r: *mut RevNatValue,
+        vip: [u8; 4],
+        port: u16,
+    },
     /// No local flow's reply.
     None,
 }
 
 /// Finds the local flow whose reply is `pod:pod_port → client:client_port`
 /// (`proto`): a recorded front of the endpoint whose conntrack entry names
-/// this endpoint as the flow's local backend.
+/// this endpoint as the flow's local backend, or, when the endpoint's
+/// entry says some of its flows have reverse entries, the reply's reverse
+/// entry.
 #[inline(always)]
 pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, proto: u8) -> Reply {
     let Some(v) = LOCAL_FRONTS.get_ptr(LocalEndpointKey::v4(pod, pod_port, proto)) else {
@@ -200,11 +207,19 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
         i += 1;
     }
     // SAFETY: as above.
-    if unsafe { (*v).overflow } != 0 {
-        Reply::Reverse
-    } else {
-        Reply::None
+    if unsafe { (*v).overflow } == 0 {
+        return Reply::None;
     }
+    let Some(r) = REV_NAT.get_ptr_mut(FlowKey::v4(pod, client, pod_port, client_port, proto))
+    else {
+        return Reply::None;
+    };
+    // SAFETY: value pointer the map just returned; read by value.
+    let (flags, vip, port) = unsafe { ((*r).flags, v4_of(&(*r).new_src), (*r).new_sport) };
+    if flags & flow_flags::REMOTE != 0 {
+        return Reply::None;
+    }
+    Reply::Reversed { r, vip, port }
 }
 
 /// Whether the conntrack entry `ct` is a local flow to `pod:pod_port`.

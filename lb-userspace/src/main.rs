@@ -14,7 +14,7 @@ use lb_userspace::{
     dataplane::uninstall,
     http, k8s,
     plan::{
-        model::{FlowTimeouts, Limits},
+        model::{FlowTimeouts, Limits, MaglevSize},
         services_file,
     },
 };
@@ -127,10 +127,13 @@ struct DataplaneArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpAttachMode,
-    /// Slots of the shared Maglev array (set when the maps are created;
-    /// each service uses 101..65521 slots depending on its backends).
-    #[arg(long, default_value_t = Sizes::default().maglev_slots)]
-    maglev_slots: u32,
+    /// Slots of the shared Maglev array (set when the maps are created; 8
+    /// bytes of kernel memory each). Each service port's table takes its
+    /// Maglev table size in slots, and a table being replaced takes them
+    /// twice for a moment. Default: 12,288 tables of --maglev-table-size
+    /// (12,546,048 slots, 96 MiB, at the default 1021).
+    #[arg(long)]
+    maglev_slots: Option<u32>,
     /// Connection-table entries (set when the maps are created).
     #[arg(long, default_value_t = Sizes::default().conntrack)]
     conntrack_size: u32,
@@ -267,6 +270,16 @@ struct KubeArgs {
     /// idle this many seconds gives its port up (Kubernetes source).
     #[arg(long, default_value_t = FlowTimeouts::DEFAULT.udp_reclaim_s)]
     udp_reclaim_secs: u32,
+    /// Maglev table size (slots) of every Service without the
+    /// `onehop.io/maglev-table-size` annotation: one of 101, 251, 509, 1021,
+    /// 2039, 4093, 8191, 16381, 32749, 65521. Fixed whatever the backend
+    /// count, so one backend joining or leaving moves about 1/N of new
+    /// flows; keep it well above the backend count of most Services (a
+    /// Service whose backends would get fewer than 10 slots each gets a
+    /// bigger table). Give every node the same (Kubernetes source; the
+    /// services file has `maglev_table_size`).
+    #[arg(long, default_value_t = MaglevSize::DEFAULT, conflicts_with = "services_file")]
+    maglev_table_size: MaglevSize,
     /// How often this node renews its Lease (one API write each).
     #[arg(long, default_value_t = 400)]
     lease_renew_ms: u64,
@@ -534,8 +547,24 @@ fn kube_options(kube: &KubeArgs) -> Result<agent::kube::Options> {
             max: kube.nat_port_max,
         },
         flow_timeouts,
+        maglev_table_size: kube.maglev_table_size,
         renew_interval: Duration::from_millis(kube.lease_renew_ms.max(50)),
         lease_duration: Duration::from_millis(kube.lease_duration_ms.max(200)),
+    })
+}
+
+/// `--maglev-slots`, or room for `MAGLEV_DEFAULT_TABLES` tables of the
+/// default table size.
+fn maglev_slots(dataplane: &DataplaneArgs, source: &SourceArgs, kube: &KubeArgs) -> u32 {
+    dataplane.maglev_slots.unwrap_or_else(|| {
+        // A services file's sizes are not known before it is read: its array
+        // is sized for the built-in default.
+        let size = if source.kubernetes {
+            kube.maglev_table_size
+        } else {
+            MaglevSize::DEFAULT
+        };
+        lb_common::maps::MAGLEV_DEFAULT_TABLES.saturating_mul(size.get())
     })
 }
 
@@ -565,7 +594,7 @@ fn run(cli: Cli) -> Result<()> {
                 interface: pins.interface,
                 bpffs_root: pins.bpffs_root,
                 sizes: Sizes {
-                    maglev_slots: dataplane.maglev_slots,
+                    maglev_slots: maglev_slots(&dataplane, &source, &kube),
                     conntrack: dataplane.conntrack_size,
                     rev_nat: dataplane.rev_nat_size,
                     affinity: dataplane.affinity_size,

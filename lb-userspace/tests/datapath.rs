@@ -2508,10 +2508,30 @@ fn an_endpoint_behind_more_fronts_than_its_entry_holds_gives_the_rest_reverse_en
             .conntrack(&flow(CLIENT, vip, sport, port, proto::TCP))
             .expect("ct");
         assert_eq!(ct.flags, flow_flags::LOCAL_REVERSE);
-        for (vip, port, sport) in flows {
+        for &(vip, port, sport) in &flows {
             let reply = Pkt::tcp(pod_ip, pod_port, CLIENT, sport, SYN | ACK).build();
             assert_eq!(egress_source(lb, &reply), (vip, port), "reply to {sport}");
         }
+
+        // The entry evicted: the flow with a reverse entry writes it again
+        // with its next packet (its own front, now that there is room).
+        let endpoint = LocalEndpointKey::v4(pod_ip, pod_port, proto::TCP);
+        lb.remove_local_fronts(&endpoint);
+        lb.age_flows(2);
+        let (vip, port, sport) = flows[4];
+        lb.expect(
+            "the fifth flow's next packet",
+            &Pkt::tcp(CLIENT, sport, vip, port, ACK).build(),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        let fronts = lb.local_fronts(&endpoint).expect("the entry is back");
+        assert_eq!(
+            (fronts.fronts[0].vip, fronts.fronts[0].port),
+            (addr_v4(vip), port)
+        );
+        let reply = Pkt::tcp(pod_ip, pod_port, CLIENT, sport, ACK).build();
+        assert_eq!(egress_source(lb, &reply), (vip, port));
     });
 }
 
@@ -2659,9 +2679,12 @@ fn a_new_flow_that_takes_no_state_gives_its_token_back() {
 #[test]
 fn the_new_flow_guard_refills_up_to_its_size_and_can_be_turned_off() {
     with_lb(|lb| {
+        // One token a second: slow enough that no token comes back while
+        // four SYNs run even on an emulated VM (Debian 12's kernel under
+        // TCG once took more than 20 ms for them, a token at 50 a second).
         lb.set_half_open(lb_common::HalfOpenGuard {
             max: 2,
-            refill_per_s: 50,
+            refill_per_s: 1,
         });
         let c = |sport, f| Pkt::tcp(CLIENT, sport, VIP, 80, f).build();
         let admitted = |lb: &mut Lb, ports: std::ops::Range<u16>| {
@@ -2670,8 +2693,8 @@ fn the_new_flow_guard_refills_up_to_its_size_and_can_be_turned_off() {
                 .count()
         };
         assert_eq!(admitted(lb, 49000..49004), 2, "the full bucket");
-        // 200 ms earn 10 tokens at 50 a second; the bucket holds 2.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // 2.5 s earn 2.5 tokens; the bucket holds 2.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
         assert_eq!(admitted(lb, 49010..49014), 2, "refilled, up to its size");
         lb.set_half_open(lb_common::HalfOpenGuard::OFF);
         assert_eq!(admitted(lb, 49020..49030), 10, "no guard");

@@ -1421,3 +1421,106 @@ fn the_nodes_gateway_is_withheld_with_an_event() {
             .expect("answer");
     assert_eq!(a.pod, "node1-pod1");
 }
+
+/// Maglev table sizes through the real agent: `--maglev-table-size` for the Services
+/// without the annotation, the annotation's size for the one that has it, an invalid
+/// annotation a Warning Event and the flag's size, and a changed annotation a new table.
+#[test]
+fn maglev_table_sizes_from_the_flag_and_the_annotation() {
+    let k = K8s::new(1);
+    let annotated = |size: &str| json!({ "metadata": { "annotations": { "onehop.io/maglev-table-size": size } } });
+    let (bad_vip, plain_vip) = (
+        Ipv4Addr::new(192, 168, 50, 201),
+        Ipv4Addr::new(192, 168, 50, 202),
+    );
+    k.put_service("own", VIP, &annotated("16381"));
+    k.put_endpoints("own", &[1]);
+    k.put_service("bad", bad_vip, &annotated("1000"));
+    k.put_endpoints("bad", &[1]);
+    k.put_service("plain", plain_vip, &json!({}));
+    k.put_endpoints("plain", &[1]);
+    k.start_agent_with(1, &["--maglev-table-size", "2039"]);
+    let slots = |s: &Snapshot, vip: Ipv4Addr| {
+        s.services
+            .iter()
+            .find(|r| r.key.vip == vip.octets())
+            .map(|r| r.value.maglev_len)
+    };
+    let s = k.c.wait_for(1, "all three served", |s| {
+        [VIP, bad_vip, plain_vip].iter().all(|v| serves(s, *v))
+    });
+    assert_eq!(
+        [VIP, bad_vip, plain_vip].map(|v| slots(&s, v)),
+        [Some(16381), Some(2039), Some(2039)]
+    );
+    let e = k.wait_event(
+        "bad",
+        "InvalidMaglevTableSize",
+        "the default size 2039 is used",
+    );
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert!(
+        e.note
+            .unwrap_or_default()
+            .contains("1000 is not a Maglev table size"),
+        "the Event names the value"
+    );
+    k.put_service("own", VIP, &annotated("4093"));
+    k.c.wait_for(1, "the annotated service's table rebuilt at 4093", |s| {
+        slots(s, VIP) == Some(4093)
+    });
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .expect("request")
+            .answer()
+            .expect("answer");
+    assert_eq!(a.pod, "node1-pod1");
+}
+
+/// A Service whose Maglev table does not fit the array: a `MaglevArrayFull` Warning Event on
+/// it, the Services already in the maps keep serving, and a smaller size lets it in.
+#[test]
+fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
+    let k = K8s::new(1);
+    let sized = |size: &str| json!({ "metadata": { "annotations": { "onehop.io/maglev-table-size": size } } });
+    let (b_vip, c_vip) = (
+        Ipv4Addr::new(192, 168, 50, 201),
+        Ipv4Addr::new(192, 168, 50, 202),
+    );
+    // The test agents' array has 65,536 slots: 32749 + 16381 leave 16,406.
+    k.put_service("a", VIP, &sized("32749"));
+    k.put_endpoints("a", &[1]);
+    k.put_service("b", b_vip, &sized("16381"));
+    k.put_endpoints("b", &[1]);
+    k.start_agent(1);
+    k.c.wait_for(1, "a and b served", |s| serves(s, VIP) && serves(s, b_vip));
+    k.put_service("c", c_vip, &sized("32749"));
+    k.put_endpoints("c", &[1]);
+    let e = k.wait_event("c", "MaglevArrayFull", "(65536 slots) has no room");
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    let s = k.c.snapshot(1).expect("maps");
+    assert!(serves(&s, VIP) && serves(&s, b_vip));
+    // Not served, or (when its EndpointSlice came in a later pass) served without a table.
+    let c_slots = s
+        .services
+        .iter()
+        .find(|r| r.key.vip == c_vip.octets())
+        .map(|r| r.value.maglev_len);
+    assert!(c_slots.is_none_or(|n| n == 0), "c has a table: {c_slots:?}");
+    let a =
+        k.c.topo
+            .client()
+            .http_get(vip_addr(VIP))
+            .expect("request")
+            .answer()
+            .expect("answer");
+    assert_eq!(a.pod, "node1-pod1");
+    k.put_service("c", c_vip, &sized("1021"));
+    k.c.wait_for(1, "c served with 1021 slots", |s| {
+        s.services
+            .iter()
+            .any(|r| r.key.vip == c_vip.octets() && r.value.maglev_len == 1021)
+    });
+}

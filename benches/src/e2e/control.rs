@@ -114,8 +114,10 @@ pub fn measure(world: &World, services: u32, backends: u32) -> Result<ControlPla
     let dir = world.scratch();
     let cfg = dir.join("cp.yaml");
     std::fs::write(&cfg, "services: []\n")?;
-    let slots = u64::from(lb_userspace::plan::maglev::table_size(backends as usize))
-        * u64::from(services)
+    let slots = u64::from(lb_userspace::plan::maglev::table_size(
+        lb_userspace::plan::maglev::MaglevSize::DEFAULT,
+        backends as usize,
+    )) * u64::from(services)
         + 1024;
     let agent = MeasuredAgent::start(
         world,

@@ -33,7 +33,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::{ServiceKey, proto};
-use lb_userspace::dataplane::maps::{Maps, PinDir};
+use lb_userspace::{
+    dataplane::maps::{Maps, PinDir},
+    k8s::watch,
+};
 use onehop_apiserver::{ApiServer, ResourceDef};
 use onehop_testkit::{
     cluster::{NODE_INTERFACE, Source},
@@ -65,6 +68,10 @@ pub struct KubeControlPlane {
     pub ready_s: f64,
     /// Agent start → every service in the map.
     pub maps_s: f64,
+    /// CPU time (user + system, every thread, the verifier's included) the agent had used
+    /// when every service was in the map: what the sync costs, apart from what the other
+    /// programs of a shared machine take of the clock. Absent from older `runs.log` lines.
+    pub maps_cpu_s: Option<f64>,
     /// Agent start → first datagram to the last service delivered.
     pub serving_s: f64,
     /// Agent start → its last Event write of the initial sync (one `nodeAssigned` Event per
@@ -192,8 +199,8 @@ fn seed(api: &ApiServer, world: &World, services: u32, backends: u32) -> Result<
 }
 
 /// GET `path` over plain HTTP/1.1 (`Connection: close`) from the calling thread; returns
-/// the bytes received (status line and headers included) after checking for `200`.
-fn http_get_here(addr: SocketAddr, path: &str) -> Result<usize> {
+/// the response (status line and headers included) after checking for `200`.
+fn http_get_here(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_mins(1)))?;
@@ -209,16 +216,43 @@ fn http_get_here(addr: SocketAddr, path: &str) -> Result<usize> {
         "GET {path}: {}",
         String::from_utf8_lossy(&body[..body.len().min(200)])
     );
-    Ok(body.len())
+    Ok(body)
 }
 
-/// The agent's two big LISTs, timed from the client namespace: (seconds, megabytes).
+/// LIST `path` in pages of the agent's size, as its watches list; returns the bytes received.
+fn list_paged_here(addr: SocketAddr, path: &str) -> Result<usize> {
+    let mut bytes = 0;
+    let mut token = String::new();
+    loop {
+        let mut url = format!("{path}?limit={}", watch::LIST_PAGE_SIZE);
+        if !token.is_empty() {
+            url.push_str("&continue=");
+            url.push_str(&token);
+        }
+        let response = http_get_here(addr, &url)?;
+        bytes += response.len();
+        let body = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| &response[at + 4..])
+            .with_context(|| format!("GET {url}: no body"))?;
+        let list: Value =
+            serde_json::from_slice(body).with_context(|| format!("GET {url}: not JSON"))?;
+        match list["metadata"]["continue"].as_str() {
+            Some(next) if !next.is_empty() => next.clone_into(&mut token),
+            _ => return Ok(bytes),
+        }
+    }
+}
+
+/// The agent's two big LISTs (in pages, as it lists), timed from the client namespace:
+/// (seconds, megabytes).
 fn time_lists(world: &World, api: &ApiServer) -> Result<(f64, f64)> {
     let addr = api.addr();
     in_netns(world.topo.client().ns(), move || -> Result<(f64, f64)> {
         let start = Instant::now();
-        let a = http_get_here(addr, "/api/v1/services")?;
-        let b = http_get_here(addr, "/apis/discovery.k8s.io/v1/endpointslices")?;
+        let a = list_paged_here(addr, "/api/v1/services")?;
+        let b = list_paged_here(addr, "/apis/discovery.k8s.io/v1/endpointslices")?;
         #[expect(clippy::cast_precision_loss, reason = "sizes")]
         let mb = (a + b) as f64 / 1e6;
         Ok((start.elapsed().as_secs_f64(), mb))
@@ -291,10 +325,13 @@ fn endpoint_changes(
     Ok(change_s)
 }
 
-/// Waits until the agent has written no Event for 2 s; returns (seconds from `start` to its
-/// last Event write, Event writes in all).
+/// Waits until the agent has written no Event for 2 s, counted from its last Event or from
+/// now, whichever is later (the agent may not have begun: it publishes once the maps are
+/// written, which is when this is called); returns (seconds from `start` to its last Event
+/// write, Event writes in all).
 fn wait_events_settled(api: &ApiServer, start: Instant) -> Result<(f64, usize)> {
     let quiet = Duration::from_secs(2);
+    let called = Instant::now();
     loop {
         let events: Vec<Instant> = api
             .writes()
@@ -303,7 +340,7 @@ fn wait_events_settled(api: &ApiServer, start: Instant) -> Result<(f64, usize)> 
             .map(|w| w.at)
             .collect();
         let last = events.iter().max().copied().unwrap_or(start);
-        if last.elapsed() >= quiet {
+        if last.max(called).elapsed() >= quiet {
             return Ok((
                 last.saturating_duration_since(start).as_secs_f64(),
                 events.len(),
@@ -341,7 +378,10 @@ pub fn measure(
 
     // Room for every table plus one more: a changed table may be written before the old
     // one is freed.
-    let table = u64::from(lb_userspace::plan::maglev::table_size(backends as usize));
+    let table = u64::from(lb_userspace::plan::maglev::table_size(
+        lb_userspace::plan::maglev::MaglevSize::DEFAULT,
+        backends as usize,
+    ));
     let slots = table * (u64::from(services) + 1) + 1024;
     let agent_log = || world.log(1);
     let mut source = Source::kubernetes(&node_name(1)).args(["--api-server", api.url()]);
@@ -367,6 +407,7 @@ pub fn measure(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let maps_cpu_s = cpu_seconds(agent.pid()?)?;
     let serving_s = wait_last_serving(world, services, before, start).with_context(agent_log)?;
     // The agent publishes its Events after the maps are written, and reconciles nothing
     // meanwhile: "synced" means after that, or the first change would time the backlog.
@@ -385,6 +426,7 @@ pub fn measure(
         api_list_mb,
         ready_s: ready_s.unwrap_or(maps_s),
         maps_s,
+        maps_cpu_s: Some(maps_cpu_s),
         serving_s,
         events_s,
         events,
@@ -394,18 +436,44 @@ pub fn measure(
     })
 }
 
+/// User + system CPU seconds process `pid` has used (`/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = stat_cpu_ticks(&stat).with_context(|| format!("{path}: {stat}"))?;
+    // SAFETY: sysconf reads a constant of the C library.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) = {hz}");
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks of one process")]
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, counted after the command
+/// name, which is in parentheses and may hold spaces and parentheses itself.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after) = stat.rsplit_once(')')?;
+    // `after` starts at field 3 (the state).
+    let mut fields = after.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 impl KubeControlPlane {
     /// The `runs.log` line (read back by [`KubeControlPlane::parse`]).
     pub fn line(&self) -> String {
         let changes: Vec<String> = self.change_s.iter().map(|s| format!("{s:.4}")).collect();
         format!(
-            "control plane kubernetes: services={} backends={} api_list_s={:.3} api_list_mb={:.1} ready_s={:.2} maps_s={:.2} serving_s={:.2} events_s={:.2} events={} change_s={} rss_mib={} peak_mib={}",
+            "control plane kubernetes: services={} backends={} api_list_s={:.3} api_list_mb={:.1} ready_s={:.2} maps_s={:.2}{} serving_s={:.2} events_s={:.2} events={} change_s={} rss_mib={} peak_mib={}",
             self.services,
             self.backends,
             self.api_list_s,
             self.api_list_mb,
             self.ready_s,
             self.maps_s,
+            self.maps_cpu_s
+                .map(|c| format!(" maps_cpu_s={c:.2}"))
+                .unwrap_or_default(),
             self.serving_s,
             self.events_s,
             self.events,
@@ -431,6 +499,7 @@ impl KubeControlPlane {
             api_list_mb: num("api_list_mb")?,
             ready_s: num("ready_s")?,
             maps_s: num("maps_s")?,
+            maps_cpu_s: num("maps_cpu_s"),
             serving_s: num("serving_s")?,
             events_s: num("events_s")?,
             events: usize::try_from(int("events")?).ok()?,
@@ -458,6 +527,7 @@ mod tests {
             api_list_mb: 31.2,
             ready_s: 0.8,
             maps_s: 14.25,
+            maps_cpu_s: Some(2.5),
             serving_s: 14.5,
             events_s: 30.25,
             events: 10_000,
@@ -465,7 +535,21 @@ mod tests {
             rss_kib: 100 * 1024,
             hwm_kib: 120 * 1024,
         };
-        assert_eq!(KubeControlPlane::parse(&cp.line()), Some(cp));
+        assert_eq!(KubeControlPlane::parse(&cp.line()), Some(cp.clone()));
+        // Lines of runs before the CPU time was taken still parse.
+        let older = cp.line().replace(" maps_cpu_s=2.50", "");
+        assert!(!older.contains("maps_cpu_s"));
+        let parsed = KubeControlPlane::parse(&older);
+        assert_eq!(parsed.map(|p| p.maps_cpu_s), Some(None));
+    }
+
+    #[test]
+    fn cpu_ticks_from_a_stat_line() {
+        let line =
+            "4242 (onehop (x) y) S 1 4242 4242 0 -1 4194560 2270 0 0 0 157 62 0 0 20 0 5 0 1 1 1";
+        assert_eq!(stat_cpu_ticks(line), Some(157 + 62));
+        assert_eq!(stat_cpu_ticks("4242 (cut"), None);
+        assert!(cpu_seconds(std::process::id()).is_ok());
     }
 
     #[test]

@@ -568,8 +568,10 @@ pub fn maglev_slots(services: &[Service]) -> u32 {
     let total: u64 = services
         .iter()
         .map(|s| {
-            u64::from(lb_userspace::plan::maglev::table_size(s.endpoints.len()))
-                * s.ports.len() as u64
+            u64::from(lb_userspace::plan::maglev::table_size(
+                lb_userspace::plan::maglev::MaglevSize::DEFAULT,
+                s.endpoints.len(),
+            )) * s.ports.len() as u64
         })
         .sum();
     u32::try_from(total + 1024).unwrap_or(u32::MAX)

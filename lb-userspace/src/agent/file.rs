@@ -151,6 +151,18 @@ impl FileSource {
                 warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
             }
         }
+        for s in &file.services {
+            if let Some((configured, grown)) = s.grown_table(file.maglev_table_size) {
+                warn!(
+                    service = %s.name,
+                    configured = configured.get(),
+                    slots = grown,
+                    "more than {} backends would get fewer than 10 slots each of the {configured}-slot Maglev table, so it has {grown} slots; it changes size again when the backends cross {} (remapping most new flows): set the service's maglev_table_size to keep it fixed",
+                    configured.get() / lb_common::maps::MAGLEV_MIN_SLOTS_PER_BACKEND,
+                    configured.get() / lb_common::maps::MAGLEV_MIN_SLOTS_PER_BACKEND,
+                );
+            }
+        }
         self.last_file = Some(file);
         self.fresh = true;
     }

@@ -47,9 +47,8 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams, PostParams},
     runtime::{
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         reflector::Store,
-        watcher,
     },
 };
 use tokio::sync::Notify;
@@ -63,6 +62,7 @@ use super::{
 };
 use crate::k8s::{
     crd::{IPAddressPool, L2Advertisement},
+    events::Recorder,
     lease,
     slice::Slice,
     translate::{self, ClassFilter, Inputs, ServiceRef, Warning},
@@ -70,7 +70,11 @@ use crate::k8s::{
 };
 use crate::{
     agent::{self, MapOwner},
-    plan::model::{FlowTimeouts, NatPorts},
+    plan::{
+        model::{FlowTimeouts, MaglevSize, NatPorts},
+        slots::SlotError,
+        state::PlanError,
+    },
 };
 
 /// Label on the per-node Leases.
@@ -96,6 +100,9 @@ pub struct Options {
     pub class: ClassFilter,
     pub nat_ports: NatPorts,
     pub flow_timeouts: FlowTimeouts,
+    /// Maglev table size of the Services without the
+    /// `onehop.io/maglev-table-size` annotation.
+    pub maglev_table_size: MaglevSize,
     /// How often this agent renews its Lease.
     pub renew_interval: Duration,
     /// How long a Lease may go unrenewed before its node counts as dead.
@@ -215,37 +222,37 @@ impl Stores {
         Self {
             services: watch::spawn(
                 Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 trim::service,
             ),
             slices: watch::spawn_read(
                 Api::<EndpointSlice>::all(client.clone()),
-                watcher::Config::default().labels(translate::SERVICE_NAME_LABEL),
+                watch::config().labels(translate::SERVICE_NAME_LABEL),
                 changed,
                 Slice::read,
             ),
             nodes: watch::spawn(
                 Api::<Node>::all(client.clone()),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 trim::node,
             ),
             leases: watch::spawn(
                 Api::<Lease>::namespaced(client.clone(), namespace),
-                watcher::Config::default().labels(LEASE_LABEL),
+                watch::config().labels(LEASE_LABEL),
                 changed,
                 trim::lease,
             ),
             pools: watch::spawn(
                 Api::<IPAddressPool>::namespaced(client.clone(), namespace),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 |_| {},
             ),
             ads: watch::spawn(
                 Api::<L2Advertisement>::namespaced(client.clone(), namespace),
-                watcher::Config::default(),
+                watch::config(),
                 changed,
                 |_| {},
             ),
@@ -501,6 +508,7 @@ impl KubeSource {
             announce: &announce,
             nat_ports: self.opts.nat_ports,
             flow_timeouts: self.opts.flow_timeouts,
+            maglev_table_size: self.opts.maglev_table_size,
         });
         let before = agent.announced();
         // This agent stands by the election it just ran: vouch for it before
@@ -509,11 +517,23 @@ impl KubeSource {
         self.confirmed = true;
         self.heartbeat(agent);
         let applied = agent.apply(&t.file);
+        let mut warnings = t.warnings.clone();
         if let Err(e) = &applied {
             warn!(error = %format!("{e:#}"), "applying the cluster state failed; the maps hold the last consistent state");
+            if let Some(PlanError::Maglev(SlotError::Full { capacity, .. })) =
+                e.downcast_ref::<PlanError>()
+            {
+                warnings.extend(translate::maglev_full_warnings(
+                    &t,
+                    &self.opts.node_name,
+                    *capacity,
+                    |key| agent.table_len(key),
+                ));
+                warnings.sort();
+            }
         }
         let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
-        self.publish_events(&services, &t.warnings, &started).await;
+        self.publish_events(&services, &warnings, &started).await;
         if applied.is_ok() {
             self.annotate(&services, &owners).await;
         }

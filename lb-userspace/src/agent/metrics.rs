@@ -253,10 +253,38 @@ pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
         "Entries in the connection table",
         flows,
     );
+    register_maglev(&mut reg, s);
     register_syncs(&mut reg, health);
     let mut out = String::new();
     encode(&mut out, &reg).context("encoding metrics")?;
     Ok(out)
+}
+
+/// The `maglev` array's use, and how many tables are uneven.
+fn register_maglev(reg: &mut Registry, s: &Snapshot) {
+    let slots = Gauge::<i64>::default();
+    slots.set(i64::from(s.maglev_slots));
+    reg.register(
+        "maglev_slots",
+        "Slots of the Maglev array (--maglev-slots when the maps were created)",
+        slots,
+    );
+    let used = Gauge::<i64>::default();
+    used.set(i64::try_from(s.maglev_slots_used()).unwrap_or(i64::MAX));
+    reg.register(
+        "maglev_slots_used",
+        "Slots of the Maglev array the services' tables take; a changed table needs its \
+         size again free while it is written",
+        used,
+    );
+    let uneven = Gauge::<i64>::default();
+    uneven.set(i64_of(s.uneven_services()));
+    reg.register(
+        "maglev_uneven_services",
+        "Service ports whose Maglev table gives backends fewer than 100 slots each (their \
+         shares of new flows differ by more than 1%)",
+        uneven,
+    );
 }
 
 /// Traffic per backend (two series each).
@@ -559,6 +587,32 @@ mod tests {
             .filter(|l| l.starts_with("onehop_backend_packets_total{"))
             .count();
         assert_eq!(backend_lines, 50, "{all}");
+    }
+
+    #[test]
+    fn maglev_use_and_uneven_tables() {
+        let row = |len: u32, backends: u32| ServiceRow {
+            key: ServiceKey::new([192, 168, 50, 200], 80, proto::TCP),
+            value: ServiceValue::new(0, 0, len, 0, 0),
+            backend_ids: (0..backends).collect(),
+            traffic: TrafficCounter::default(),
+            counted: true,
+        };
+        let s = Snapshot {
+            // 1021 slots for 10 backends (even), 1021 for 11 and 16381 for
+            // 200 (uneven), and a service without backends.
+            services: vec![row(1021, 10), row(1021, 11), row(16381, 200), row(0, 0)],
+            maglev_slots: 65_536,
+            ..Snapshot::default()
+        };
+        let text = render(&s, &Health::default(), Series::default()).unwrap();
+        for needle in [
+            "onehop_maglev_slots 65536",
+            "onehop_maglev_slots_used 18423",
+            "onehop_maglev_uneven_services 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]

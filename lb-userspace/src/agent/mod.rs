@@ -672,6 +672,12 @@ impl MapOwner {
     pub fn announced(&self) -> BTreeSet<Ipv4Addr> {
         announced(&self.current)
     }
+
+    /// The Maglev table length the maps hold for the frontend `key`
+    /// (0: no backend), if they hold it.
+    pub fn table_len(&self, key: &lb_common::ServiceKey) -> Option<u32> {
+        self.current.services.get(key).map(|v| v.maglev_len)
+    }
 }
 
 #[cfg(test)]

@@ -69,9 +69,8 @@ use kube::{
     Api, Client, Resource, ResourceExt as _,
     api::{Patch, PatchParams, PostParams},
     runtime::{
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         reflector::{self, Store},
-        watcher,
     },
 };
 use serde_json::json;
@@ -83,6 +82,7 @@ use self::{
 };
 use crate::k8s::{
     crd::{IPAddressPool, IPAddressPoolStatus},
+    events::Recorder,
     lease::{self, api_code},
     translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, node_ips, reference},
     watch,
@@ -160,29 +160,25 @@ pub async fn run_with_metrics(
     let notify = Arc::new(Notify::new());
     let (services, w1) = watch::reflect(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+        watch::config(),
         &notify,
     );
     let (namespaces, w2) = watch::reflect(
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+        watch::config(),
         &notify,
     );
     let (pools, w3) = watch::reflect(
         Api::<IPAddressPool>::namespaced(client.clone(), &opts.namespace),
-        watcher::Config::default(),
+        watch::config(),
         &notify,
     );
     // Nodes: a pool holding a node's address is refused.
-    let (nodes, w4) = watch::reflect(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        &notify,
-    );
+    let (nodes, w4) = watch::reflect(Api::<Node>::all(client.clone()), watch::config(), &notify);
     // The agents' per-node Leases: a pool holding a node's gateway is refused.
     let (leases, w5) = watch::reflect(
         Api::<Lease>::namespaced(client.clone(), &opts.namespace),
-        watcher::Config::default().labels(crate::agent::kube::LEASE_LABEL),
+        watch::config().labels(crate::agent::kube::LEASE_LABEL),
         &notify,
     );
     let watchers = future::join(future::join4(w1, w2, w3, w4), w5);

@@ -13,8 +13,9 @@
 //! | `node.ip`, `node.mac` | this node's address and MAC as the data path uses them |
 //! | `natPorts.min`, `natPorts.max` | source ports for remote backends |
 //! | `vips[]` | `ip`, and booleans `service` (a service address), `announced` (this node answers ARP for it), `node` (the node's own address) |
-//! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
+//! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `slotsPerBackend` (`slots` over the backends, one decimal; `null`: none; under 100, backends' shares of new flows differ by more than 1%), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
 //! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `state` (`serving`; `draining`: a terminating endpoint that keeps its flows and takes no new one; `gone`: an endpoint that left its service, kept until its TCP flows end), `packets`, `bytes` |
+//! | `maglev` | `slots` (of the `maglev` array), `used` (by the services' tables), `unevenServices` (with `slotsPerBackend` under 100) |
 //! | `flows` | entry counts: `conntrack`, `revNat`, `affinity` |
 //! | `counters`, `drops` | every data-path counter and drop reason by its metric label, zeros included |
 //! | `arp.answering` | whether ARP for announced VIPs is answered now: the agent's heartbeat is within its hold time |
@@ -35,6 +36,7 @@ use crate::{
     dataplane::reader,
     net::netdev::fmt_mac,
     plan::{
+        maglev,
         model::{Frontend, ProtoName},
         state::DataplaneState,
     },
@@ -61,6 +63,8 @@ pub struct Snapshot {
     pub read_at_ns: u64,
     /// ARP counts per VIP, by address.
     pub arp: Vec<([u8; 4], ArpStats)>,
+    /// Slots of the `maglev` array (its size when the maps were created).
+    pub maglev_slots: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +77,18 @@ pub struct ServiceRow {
     /// False when the id is beyond the per-CPU counters' size (sized by CPU count, see
     /// `dataplane::memory`): served, not counted.
     pub counted: bool,
+}
+
+impl ServiceRow {
+    /// Slots per backend of its Maglev table (`None`: no backend).
+    pub fn slots_per_backend(&self) -> Option<f64> {
+        maglev::slots_per_backend(self.value.maglev_len, self.backend_ids.len())
+    }
+
+    /// Fewer than `MAGLEV_EVEN_SLOTS_PER_BACKEND` slots per backend.
+    pub fn uneven(&self) -> bool {
+        !maglev::is_even(self.value.maglev_len, self.backend_ids.len())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,7 +179,23 @@ impl Snapshot {
             rev_nat_entries: maps.rev_nat.keys().count(),
             affinity_entries: maps.affinity.keys().count(),
             local_endpoints: maps.local_fronts.keys().count(),
+            maglev_slots: maps.maglev.len(),
         })
+    }
+
+    /// Slots of the `maglev` array the services' tables take.
+    pub fn maglev_slots_used(&self) -> u64 {
+        self.services
+            .iter()
+            .map(|r| u64::from(r.value.maglev_len))
+            .sum()
+    }
+
+    /// Services whose table gives its backends fewer than
+    /// `MAGLEV_EVEN_SLOTS_PER_BACKEND` slots each: their backends' shares of
+    /// new flows differ by more than 1%.
+    pub fn uneven_services(&self) -> usize {
+        self.services.iter().filter(|r| r.uneven()).count()
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
@@ -276,6 +308,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
                 "protocol": ProtoName(row.key.proto).to_string(),
                 "id": row.value.id,
                 "slots": row.value.maglev_len,
+                "slotsPerBackend": row.slots_per_backend().map(|v| (v * 10.0).round() / 10.0),
                 "backendIds": row.backend_ids,
                 "affinitySeconds": affinity,
                 "sourceRanges": row.value.flags & service_flags::SOURCE_RANGES != 0,
@@ -322,6 +355,11 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
         "vips": vips,
         "services": services,
         "backends": backends,
+        "maglev": {
+            "slots": s.maglev_slots,
+            "used": s.maglev_slots_used(),
+            "unevenServices": s.uneven_services(),
+        },
         "flows": {
             "conntrack": s.conntrack_entries,
             "revNat": s.rev_nat_entries,
@@ -370,6 +408,46 @@ fn counted(counted: bool, n: u64) -> String {
     }
 }
 
+/// The SERVICES section of [`render`].
+fn services_section(o: &mut String, s: &Snapshot) {
+    let _ = writeln!(o, "\nSERVICES ({})", s.services.len());
+    let _ = writeln!(
+        o,
+        "  {:<24} {:>5} {:>8} {:>7} {:<22} {:>12} {:>14}",
+        "FRONTEND", "ID", "BACKENDS", "SLOTS", "OPTIONS", "PACKETS", "BYTES"
+    );
+    for row in &s.services {
+        let mut opts = Vec::new();
+        if row.value.flags & service_flags::AFFINITY != 0 {
+            opts.push(format!("affinity={}s", row.value.affinity_timeout_s));
+        }
+        if row.value.flags & service_flags::SOURCE_RANGES != 0 {
+            opts.push("source-ranges".to_owned());
+        }
+        if row.uneven()
+            && let Some(per) = row.slots_per_backend()
+        {
+            // Shares of new flows are floor or ceil of this many slots.
+            opts.push(format!("uneven={per:.0}/backend"));
+        }
+        let frontend = frontend(row.key);
+        let _ = writeln!(
+            o,
+            "  {frontend:<24} {:>5} {:>8} {:>7} {:<22} {:>12} {:>14}",
+            row.value.id,
+            row.backend_ids.len(),
+            row.value.maglev_len,
+            if opts.is_empty() {
+                "-".to_owned()
+            } else {
+                opts.join(",")
+            },
+            counted(row.counted, row.traffic.packets),
+            counted(row.counted, row.traffic.bytes),
+        );
+    }
+}
+
 pub fn render(ifname: &str, s: &Snapshot) -> String {
     let mut o = String::new();
     let c = &s.config;
@@ -403,36 +481,7 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
             vip_flag_names(*flags)
         );
     }
-    let _ = writeln!(o, "\nSERVICES ({})", s.services.len());
-    let _ = writeln!(
-        o,
-        "  {:<24} {:>5} {:>8} {:>7} {:<22} {:>12} {:>14}",
-        "FRONTEND", "ID", "BACKENDS", "SLOTS", "OPTIONS", "PACKETS", "BYTES"
-    );
-    for row in &s.services {
-        let mut opts = Vec::new();
-        if row.value.flags & service_flags::AFFINITY != 0 {
-            opts.push(format!("affinity={}s", row.value.affinity_timeout_s));
-        }
-        if row.value.flags & service_flags::SOURCE_RANGES != 0 {
-            opts.push("source-ranges".to_owned());
-        }
-        let frontend = frontend(row.key);
-        let _ = writeln!(
-            o,
-            "  {frontend:<24} {:>5} {:>8} {:>7} {:<22} {:>12} {:>14}",
-            row.value.id,
-            row.backend_ids.len(),
-            row.value.maglev_len,
-            if opts.is_empty() {
-                "-".to_owned()
-            } else {
-                opts.join(",")
-            },
-            counted(row.counted, row.traffic.packets),
-            counted(row.counted, row.traffic.bytes),
-        );
-    }
+    services_section(&mut o, s);
     let _ = writeln!(o, "\nBACKENDS ({})", s.backends.len());
     let _ = writeln!(
         o,
@@ -455,6 +504,14 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
             counted(b.counted, b.traffic.bytes),
         );
     }
+    let _ = writeln!(
+        o,
+        "\nMAGLEV  slots used {} of {}  services under {} slots a backend {}",
+        s.maglev_slots_used(),
+        s.maglev_slots,
+        lb_common::maps::MAGLEV_EVEN_SLOTS_PER_BACKEND,
+        s.uneven_services(),
+    );
     let _ = writeln!(
         o,
         "\nFLOWS  conntrack {}  rev_nat {}  affinity {}  local endpoints {}",
@@ -539,6 +596,7 @@ mod tests {
             announce: AnnounceState::new(5_000_000_000, 1_200_000_000),
             read_at_ns: 5_300_000_000,
             arp: vec![([192, 168, 50, 100], ArpStats::new(7, 6))],
+            maglev_slots: 4096,
         }
     }
 
@@ -593,6 +651,7 @@ mod tests {
         assert_eq!(svc["protocol"], "TCP");
         assert_eq!(svc["id"], 3);
         assert_eq!(svc["slots"], 251);
+        assert_eq!(svc["slotsPerBackend"], 125.5);
         assert_eq!(svc["backendIds"], json!([0, 1]));
         assert_eq!(svc["affinitySeconds"], 60);
         assert_eq!(svc["sourceRanges"], false);
@@ -609,7 +668,11 @@ mod tests {
         );
         assert_eq!(
             v["flows"],
-            json!({ "conntrack": 5, "revNat": 5, "affinity": 1 })
+            json!({ "conntrack": 5, "revNat": 5, "affinity": 1, "localEndpoints": 2 })
+        );
+        assert_eq!(
+            v["maglev"],
+            json!({ "slots": 4096, "used": 251, "unevenServices": 0 })
         );
         // Zeros too: a script need not guess whether a counter exists.
         assert_eq!(
@@ -628,6 +691,31 @@ mod tests {
         let v = render_json("eth0", &plain);
         assert_eq!(v["services"][0]["affinitySeconds"], Value::Null);
         assert_eq!(v["configured"], false);
+    }
+
+    /// A table with fewer than 100 slots a backend says so, in text and JSON.
+    #[test]
+    fn uneven_tables_are_flagged() {
+        let mut s = sample();
+        s.services[0].value.maglev_len = 1021;
+        s.services[0].backend_ids = (0..20).collect();
+        let text = render("eth0", &s);
+        assert!(text.contains("uneven=51/backend"), "{text}");
+        assert!(
+            text.contains("MAGLEV  slots used 1021 of 4096  services under 100 slots a backend 1"),
+            "{text}"
+        );
+        let v = render_json("eth0", &s);
+        assert_eq!(v["services"][0]["slotsPerBackend"], 51.1);
+        assert_eq!(v["maglev"]["unevenServices"], 1);
+        s.services[0].backend_ids = (0..10).collect();
+        assert!(!render("eth0", &s).contains("uneven"));
+        assert_eq!(s.uneven_services(), 0);
+        s.services[0].backend_ids.clear();
+        assert_eq!(
+            render_json("eth0", &s)["services"][0]["slotsPerBackend"],
+            Value::Null
+        );
     }
 
     /// An id beyond the per-CPU counters' size is shown as not counted, never as zero.

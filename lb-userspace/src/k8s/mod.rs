@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod client;
 pub mod crd;
+pub mod events;
 pub mod hash_secret;
 pub mod lease;
 pub mod pool;

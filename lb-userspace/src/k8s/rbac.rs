@@ -49,7 +49,7 @@ pub const AGENT: &[ApiCall] = &[
     call("onehop.io", "ipaddresspools", "watch", true),
     call("onehop.io", "l2advertisements", "list", true),
     call("onehop.io", "l2advertisements", "watch", true),
-    // Events on Services (kube-runtime's Recorder creates, then patches a series).
+    // Events on Services (`k8s::events::Recorder` creates, then patches a series).
     call("events.k8s.io", "events", "create", false),
     call("events.k8s.io", "events", "patch", false),
 ];

@@ -399,6 +399,7 @@ mod tests {
             announce: &announce,
             nat_ports: NatPorts::default(),
             flow_timeouts: FlowTimeouts::default(),
+            maglev_table_size: crate::plan::model::MaglevSize::DEFAULT,
             gateways: &BTreeMap::new(),
         })
     }

@@ -36,6 +36,14 @@
 //! - Two Services may share a VIP (allow-shared-ip) on distinct ports; a
 //!   later one (by namespace/name) that claims a taken VIP:port/protocol is
 //!   skipped with a warning.
+//! - Maglev table size: the annotation [`MAGLEV_TABLE_SIZE_ANNOTATION`] on
+//!   the Service, else the agent's `--maglev-table-size`
+//!   ([`Inputs::maglev_table_size`]). A value that is not an allowed size
+//!   is an `InvalidMaglevTableSize` warning and the default applies (not the
+//!   last good value: a node that restarts must still build the table its
+//!   peers build). A Service whose backends would get fewer than 10 slots
+//!   each has a bigger table (`plan::maglev::table_size`) and a
+//!   `MaglevTableGrown` warning.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -53,9 +61,70 @@ use k8s_openapi::{
 
 use super::slice::{Slice, Use};
 use crate::plan::model::{
-    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, NatPorts, NodeServices, Protocol,
-    Service as LbService, ServicePort, SessionAffinity,
+    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, MaglevSize, NatPorts, NodeServices,
+    Protocol, Service as LbService, ServicePort, SessionAffinity,
 };
+
+/// Annotation on a Service that sets its own Maglev table size (one of
+/// `lb_common::maps::MAGLEV_TABLE_SIZES`).
+pub const MAGLEV_TABLE_SIZE_ANNOTATION: &str = "onehop.io/maglev-table-size";
+
+/// Warnings for the Services with a frontend whose table the maps lack
+/// (`current` gives the table length the maps hold for a frontend, if they
+/// hold it), after a plan failed for want of Maglev slots (`capacity` in
+/// all): the whole update waits, so their changes are not applied on this
+/// node, and a Service new to it is not served there.
+pub fn maglev_full_warnings(
+    t: &Translation,
+    node_name: &str,
+    capacity: u32,
+    current: impl Fn(&lb_common::ServiceKey) -> Option<u32>,
+) -> Vec<Warning> {
+    let owners: BTreeMap<String, &ServiceRef> = t
+        .services
+        .iter()
+        .flat_map(|tr| {
+            tr.vips
+                .iter()
+                .map(move |vip| (model_name(&tr.service, *vip), &tr.service))
+        })
+        .collect();
+    let mut out: Vec<Warning> = t
+        .file
+        .services
+        .iter()
+        .filter(|s| {
+            s.ports.iter().any(|p| {
+                let members = s
+                    .backends
+                    .iter()
+                    .filter(|b| s.target_port(b.ip, p).is_some())
+                    .count();
+                let wanted = crate::plan::maglev::table_size(
+                    s.table_size(t.file.maglev_table_size),
+                    members,
+                );
+                let key = lb_common::ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
+                current(&key) != Some(wanted)
+            })
+        })
+        .filter_map(|s| owners.get(&s.name))
+        .map(|r| Warning {
+            service: (*r).clone(),
+            reason: "MaglevArrayFull",
+            message: format!(
+                "the Maglev array of node {node_name} ({capacity} slots) has no room for this \
+                 Service's tables: no change is applied on that node (and a Service new to it \
+                 is not served there) until they fit. Give Services smaller \
+                 {MAGLEV_TABLE_SIZE_ANNOTATION} sizes, or restart the agent with a larger \
+                 --maglev-slots after onehop cleanup"
+            ),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// Label `EndpointSlices` carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -138,6 +207,8 @@ pub struct Inputs<'a> {
     pub announce: &'a BTreeSet<Ipv4Addr>,
     pub nat_ports: NatPorts,
     pub flow_timeouts: FlowTimeouts,
+    /// Table size of the Services that set none (`--maglev-table-size`).
+    pub maglev_table_size: MaglevSize,
     /// This node's gateways (`net::route`), each with what it is the gateway of.
     pub gateways: &'a BTreeMap<Ipv4Addr, String>,
 }
@@ -468,6 +539,59 @@ fn source_ranges(svc: &Service) -> Result<(Vec<Cidr>, bool), String> {
     Ok((out, no_ipv4))
 }
 
+/// The Service's own Maglev table size, if its annotation gives a valid one.
+fn maglev_table_size(
+    svc: &Service,
+    r: &ServiceRef,
+    default: MaglevSize,
+    warnings: &mut Vec<Warning>,
+) -> Option<MaglevSize> {
+    let raw = svc
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(MAGLEV_TABLE_SIZE_ANNOTATION)?;
+    match MaglevSize::parse(raw) {
+        Ok(size) => Some(size),
+        Err(e) => {
+            warnings.push(Warning {
+                service: r.clone(),
+                reason: "InvalidMaglevTableSize",
+                message: format!(
+                    "annotation {MAGLEV_TABLE_SIZE_ANNOTATION}: {e}; the default size {default} \
+                     is used"
+                ),
+            });
+            None
+        }
+    }
+}
+
+/// A warning when `s`'s table grows past its configured size. The message
+/// names sizes only, so it does not change (and is not sent again) with
+/// every backend that comes or goes.
+fn grown_warning(r: &ServiceRef, s: &LbService, default: MaglevSize) -> Option<Warning> {
+    let (configured, grown) = s.grown_table(default)?;
+    Some(Warning {
+        service: r.clone(),
+        reason: "MaglevTableGrown",
+        message: grown_message(configured, grown),
+    })
+}
+
+/// Why a table has `grown` slots instead of its `configured` size, and what
+/// to do about it.
+fn grown_message(configured: MaglevSize, grown: u32) -> String {
+    let limit = configured.get() / lb_common::maps::MAGLEV_MIN_SLOTS_PER_BACKEND;
+    format!(
+        "more than {limit} backends would get fewer than 10 slots each in a \
+         {configured}-slot Maglev table (their shares of new flows more than 10% apart), \
+         so the table has {grown} slots; the size changes again when the backends cross \
+         {limit}, and that change remaps most new flows. Set the annotation \
+         {MAGLEV_TABLE_SIZE_ANNOTATION}: \"{grown}\" to keep it fixed"
+    )
+}
+
 /// A name for the model: unique, stable, readable in logs.
 fn model_name(r: &ServiceRef, vip: Ipv4Addr) -> String {
     format!("{}/{}@{vip}", r.namespace, r.name)
@@ -656,6 +780,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         if ports.is_empty() {
             continue;
         }
+        let table_size = maglev_table_size(svc, &r, inputs.maglev_table_size, &mut warnings);
         for vip in &vips {
             for p in &ports {
                 taken.insert((*vip, p.port, p.protocol), r.clone());
@@ -667,10 +792,17 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
                 session_affinity: affinity(svc),
                 source_ranges: ranges.clone(),
                 no_ipv4_source_range,
+                maglev_table_size: table_size,
                 backends: backends.serving.clone(),
                 draining: backends.draining.clone(),
                 backend_ports: backends.ports.clone(),
             });
+        }
+        if let Some(w) = model
+            .last()
+            .and_then(|s| grown_warning(&r, s, inputs.maglev_table_size))
+        {
+            warnings.push(w);
         }
         services.push(Translated {
             service: r,
@@ -684,6 +816,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         node_ip: node_ips.get(inputs.node_name).copied(),
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
+        maglev_table_size: inputs.maglev_table_size,
         announce: inputs.announce.intersection(&vips).copied().collect(),
         services: model,
     };

@@ -18,6 +18,7 @@ pub const MIN_NAT_PORT: u16 = 1024;
 /// a NAT port for longer than anyone would want to wait.
 pub const MAX_FLOW_TIMEOUT_S: u32 = 30 * 86_400;
 
+pub use crate::plan::maglev::MaglevSize;
 pub use lb_common::FlowTimeouts;
 
 /// Capacity of the maps the configuration must fit in.
@@ -64,6 +65,9 @@ pub struct NodeServices {
     pub nat_ports: NatPorts,
     /// Idle timeouts of the data path's flow entries, by state.
     pub flow_timeouts: FlowTimeouts,
+    /// Maglev table size of the services that set none (cluster-wide: every
+    /// node must be given the same).
+    pub maglev_table_size: MaglevSize,
     /// VIPs this node answers ARP for.
     pub announce: BTreeSet<Ipv4Addr>,
     /// In file order.
@@ -124,6 +128,9 @@ pub struct Service {
     /// denied. An empty `source_ranges` alone would mean "allow all", so a
     /// list that lost its IPv6 entries would fail open.
     pub no_ipv4_source_range: bool,
+    /// The service's own Maglev table size, instead of
+    /// [`NodeServices::maglev_table_size`].
+    pub maglev_table_size: Option<MaglevSize>,
     /// Distinct pod addresses: the backends new flows go to.
     pub backends: Vec<Backend>,
     /// Terminating (or not ready) endpoints: flows already on them stay, no
@@ -139,6 +146,35 @@ pub struct Service {
 }
 
 impl Service {
+    /// The Maglev table size the service is configured with, `default`
+    /// unless it sets its own.
+    pub fn table_size(&self, default: MaglevSize) -> MaglevSize {
+        self.maglev_table_size.unwrap_or(default)
+    }
+
+    /// When some port's backends would get fewer than 10 slots each of the
+    /// configured size: that size, and the (larger) one the tables get
+    /// (`plan::maglev::table_size`).
+    pub fn grown_table(&self, default: MaglevSize) -> Option<(MaglevSize, u32)> {
+        let configured = self.table_size(default);
+        let most = self
+            .ports
+            .iter()
+            .map(|p| {
+                self.backends
+                    .iter()
+                    .filter(|b| self.target_port(b.ip, p).is_some())
+                    .count()
+            })
+            .max()?;
+        crate::plan::maglev::too_small(configured, most).then(|| {
+            (
+                configured,
+                crate::plan::maglev::table_size(configured, most),
+            )
+        })
+    }
+
     /// The target port of `p` on backend `ip`, if that backend serves `p`.
     pub fn target_port(&self, ip: Ipv4Addr, p: &ServicePort) -> Option<u16> {
         match self.backend_ports.get(&ip) {

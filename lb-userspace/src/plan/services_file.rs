@@ -7,6 +7,7 @@
 //!   ip: 192.168.50.11
 //! nat_ports: { min: 61000, max: 65535 }   # optional; source ports of full-NAT flows
 //! flow_timeouts: { tcp_closing: 10 }      # optional; seconds, see below
+//! maglev_table_size: 1021                 # optional; every node's file must say the same
 //! announce: [192.168.50.100]              # VIPs this node answers ARP for
 //! services:
 //!   - name: web                           # DNS label, unique
@@ -16,6 +17,7 @@
 //!     session_affinity: ClientIP          # optional: None (default) | ClientIP
 //!     session_affinity_timeout_seconds: 10800
 //!     source_ranges: [10.0.0.0/8]         # optional allow-list of clients
+//!     maglev_table_size: 16381            # optional; this service's own table size
 //!     backends:
 //!       - { ip: 10.42.0.5, node_ip: 192.168.50.11 }
 //!       - { ip: 10.42.1.7, node_ip: 192.168.50.12 }
@@ -34,6 +36,13 @@
 //!   up (and takes a new one with its next datagram); each optional,
 //!   2..=2592000. A closed flow's NAT port is free again `tcp_closing`
 //!   seconds after the close.
+//! - `maglev_table_size`: slots of each service's Maglev table, one of 101,
+//!   251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521 (default 1021).
+//!   The size does not follow the backend count, so a backend joining or
+//!   leaving moves about `1/N` of new flows; a service whose backends would
+//!   get fewer than 10 slots each gets the smallest size with 100 each
+//!   instead (see `plan::maglev`). Every node must use the same sizes, or
+//!   a VIP that fails over sends new flows elsewhere.
 //! - `announce`: VIPs this node answers ARP for; each must be a service VIP.
 //!   Other service VIPs are still balanced here (traffic may arrive after a
 //!   failover) but ARP requests for them are dropped.
@@ -45,6 +54,8 @@
 //!   inactivity, per port.
 //! - `source_ranges`: CIDRs (network address, no host bits) of the clients
 //!   allowed to reach the service; absent or empty allows everyone.
+//! - `services[].maglev_table_size`: this service's table size instead of
+//!   the file's `maglev_table_size` (the same sizes allowed).
 //! - `backends[]`: pod address and the address of the node that runs it;
 //!   a pod whose `node_ip` is this node's is reached directly, others
 //!   through their node. A backend serves every port of its service, on
@@ -73,8 +84,8 @@ use super::{
     maglev,
     model::{
         Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, Limits, MAX_AFFINITY_TIMEOUT_S,
-        MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, NatPorts, NodeServices, Protocol, Service, ServicePort,
-        SessionAffinity,
+        MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, MaglevSize, NatPorts, NodeServices, Protocol, Service,
+        ServicePort, SessionAffinity,
     },
 };
 
@@ -152,6 +163,8 @@ struct RawFile {
     #[serde(default)]
     flow_timeouts: Option<Spanned<RawFlowTimeouts>>,
     #[serde(default)]
+    maglev_table_size: Option<Spanned<i64>>,
+    #[serde(default)]
     announce: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     services: Option<Spanned<Vec<Spanned<RawService>>>>,
@@ -197,6 +210,8 @@ struct RawService {
     session_affinity_timeout_seconds: Option<Spanned<i64>>,
     #[serde(default)]
     source_ranges: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    maglev_table_size: Option<Spanned<i64>>,
     #[serde(default)]
     backends: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -301,6 +316,25 @@ impl Validator {
         None
     }
 
+    fn maglev_size(&mut self, path: &str, v: &Spanned<i64>) -> Option<MaglevSize> {
+        let size = u32::try_from(v.value)
+            .map_err(|_| {
+                format!(
+                    "{} is not a Maglev table size; use one of {}",
+                    v.value,
+                    maglev::allowed_sizes()
+                )
+            })
+            .and_then(MaglevSize::new);
+        match size {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.issue(path, v.referenced, e);
+                None
+            }
+        }
+    }
+
     fn port(&mut self, path: &str, p: &Spanned<i64>) -> Option<u16> {
         match u16::try_from(p.value) {
             Ok(port) if port > 0 => Some(port),
@@ -328,6 +362,11 @@ impl Validator {
             .flow_timeouts
             .as_ref()
             .map_or_else(FlowTimeouts::default, |t| self.flow_timeouts(&t.value));
+        let maglev_table_size = raw
+            .maglev_table_size
+            .as_ref()
+            .and_then(|v| self.maglev_size("maglev_table_size", v))
+            .unwrap_or_default();
         let services_loc = raw
             .services
             .as_ref()
@@ -344,7 +383,7 @@ impl Validator {
         for (i, s) in raw.services.iter().flat_map(|s| &s.value).enumerate() {
             services.push(self.service(i, s));
         }
-        self.cross_service(&services, node_ip, limits, services_loc);
+        self.cross_service(&services, node_ip, limits, services_loc, maglev_table_size);
         let vips: BTreeSet<Ipv4Addr> = services.iter().filter_map(|l| l.vip_addr).collect();
         let mut announce = BTreeSet::new();
         for (i, a) in raw.announce.iter().flatten().enumerate() {
@@ -366,6 +405,7 @@ impl Validator {
             node_ip,
             nat_ports,
             flow_timeouts,
+            maglev_table_size,
             announce,
             services: services.into_iter().map(|l| l.service).collect(),
         }
@@ -444,6 +484,10 @@ impl Validator {
         let (ports, port_locs) = self.ports(&p, &s.ports);
         let session_affinity = self.affinity(&p, s);
         let source_ranges = self.source_ranges(&p, s.source_ranges.as_deref().unwrap_or(&[]));
+        let maglev_table_size = s
+            .maglev_table_size
+            .as_ref()
+            .and_then(|v| self.maglev_size(&format!("{p}.maglev_table_size"), v));
         let backends = self.backends(&p, s.backends.as_deref().unwrap_or(&[]));
         Located {
             index: i,
@@ -465,6 +509,7 @@ impl Validator {
                 source_ranges,
                 // The file takes IPv4 ranges only: no list loses entries.
                 no_ipv4_source_range: false,
+                maglev_table_size,
                 backends,
                 // A backend taken out of the file drains by itself (see
                 // `plan::state`); the file names no terminating ones.
@@ -624,6 +669,7 @@ impl Validator {
         node_ip: Option<Ipv4Addr>,
         limits: &Limits,
         services_loc: Location,
+        maglev_table_size: MaglevSize,
     ) {
         // Pod address -> (its node, where first seen); node address -> where first seen.
         let mut pods: BTreeMap<Ipv4Addr, (Ipv4Addr, String)> = BTreeMap::new();
@@ -698,10 +744,16 @@ impl Validator {
                 }
             }
         }
-        self.limits(services, limits, services_loc);
+        self.limits(services, limits, services_loc, maglev_table_size);
     }
 
-    fn limits(&mut self, services: &[Located], limits: &Limits, loc: Location) {
+    fn limits(
+        &mut self,
+        services: &[Located],
+        limits: &Limits,
+        loc: Location,
+        maglev_table_size: MaglevSize,
+    ) {
         let services = || services.iter().map(|l| &l.service);
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let entries: u64 = services().map(|s| count(s.ports.len())).sum();
@@ -720,7 +772,10 @@ impl Validator {
             .map(|s| count(s.ports.len()) * count(s.source_ranges.len()))
             .sum();
         let slots: u64 = services()
-            .map(|s| u64::from(maglev::table_size(s.backends.len())) * count(s.ports.len()))
+            .map(|s| {
+                let size = s.table_size(maglev_table_size);
+                u64::from(maglev::table_size(size, s.backends.len())) * count(s.ports.len())
+            })
             .sum();
         for (what, n, max) in [
             (

@@ -181,7 +181,11 @@ pub enum PlanError {
     #[error("out of service ids: {0}")]
     ServiceIds(#[source] IdError),
     /// The current tables stay in place while new ones are written.
-    #[error("maglev array: {0}")]
+    #[error(
+        "maglev array: {0}; the maps keep their last state until tables fit \
+         (start the agent with a larger --maglev-slots after `onehop cleanup`, or give \
+         services smaller Maglev table sizes: README, Maglev table sizes)"
+    )]
     Maglev(#[source] SlotError),
     /// Counted over the current and new entries: both exist for a moment.
     #[error("{what}: {count} entries during the update, more than the {max} the map holds")]
@@ -459,6 +463,7 @@ fn plan_with(
             key,
             s,
             *p,
+            s.table_size(file.maglev_table_size),
         )?;
     }
     peak_fits("vips", prev.vips.keys(), state.vips.keys(), limits.max_vips)?;
@@ -598,6 +603,7 @@ fn unchanged_table<'a>(
     prev: &'a DataplaneState,
     old: Option<&ServiceValue>,
     members: &[((Ipv4Addr, u16), u32)],
+    size: maglev::MaglevSize,
 ) -> Option<&'a Table> {
     let old = old.filter(|v| v.maglev_len > 0)?;
     let table = prev.maglev.get(&old.maglev_offset)?;
@@ -609,7 +615,7 @@ fn unchanged_table<'a>(
     let mut ids: Vec<u32> = members.iter().map(|&(_, id)| id).collect();
     ids.sort_unstable();
     ids.dedup();
-    if table.len() != maglev::table_size(ids.len()) as usize {
+    if table.len() != maglev::table_size(size, ids.len()) as usize {
         return None;
     }
     let mut seen = vec![false; ids.len()];
@@ -633,6 +639,7 @@ fn plan_service(
     key: ServiceKey,
     s: &Service,
     p: ServicePort,
+    size: maglev::MaglevSize,
 ) -> Result<(), PlanError> {
     let old = prev.services.get(&key);
     let id = match old {
@@ -651,7 +658,7 @@ fn plan_service(
         })
         .collect();
     let reused = match tables {
-        Tables::ReuseUnchanged => unchanged_table(prev, old, &members),
+        Tables::ReuseUnchanged => unchanged_table(prev, old, &members, size),
         Tables::Build => None,
     };
     let table: Table = reused.map_or_else(
@@ -660,7 +667,7 @@ fn plan_service(
                 .iter()
                 .map(|&((ip, port), id)| (maglev::identity(ip, port), id))
                 .collect();
-            maglev::build(&named).into()
+            maglev::build(&named, size).into()
         },
         Table::clone,
     );

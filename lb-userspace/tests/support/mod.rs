@@ -139,6 +139,7 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
             Vec::new()
         },
         no_ipv4_source_range: false,
+        maglev_table_size: None,
         draining: Vec::new(),
         backend_ports: std::collections::BTreeMap::new(),
         backends: backends
@@ -314,6 +315,7 @@ impl Lb {
                 max: NAT_MAX,
             },
             flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+            maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
             announce: std::collections::BTreeSet::new(),
             services: Vec::new(),
         };

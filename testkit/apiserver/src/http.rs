@@ -397,6 +397,95 @@ fn parse_rv(s: Option<&str>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// `limit`: none, or 0, lists everything.
+fn parse_limit(s: Option<&str>) -> Result<Option<usize>, ApiError> {
+    match s {
+        None | Some("") => Ok(None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if n <= 0 => Ok(None),
+            Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            Err(_) => Err(ApiError::bad_request(format!("invalid limit {s:?}"))),
+        },
+    }
+}
+
+const CONTINUE_VERSION: &str = "meta.k8s.io/v1";
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A paged list's `continue` token: the resourceVersion every page reads and the key the
+/// next page starts after, as kube-apiserver's (opaque to clients; hex here, URL-safe).
+fn continue_token(rv: u64, last: &(String, String)) -> String {
+    let json = json!({"v": CONTINUE_VERSION, "rv": rv, "start": [last.0, last.1]}).to_string();
+    let mut hex = String::with_capacity(2 * json.len());
+    for b in json.bytes() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
+}
+
+fn parse_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+    let invalid = |why: &str| ApiError::bad_request(format!("invalid continue token: {why}"));
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| invalid("not hex"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(&e.to_string()))?;
+    if v["v"] != CONTINUE_VERSION {
+        return Err(invalid("unknown version"));
+    }
+    let rv = v["rv"]
+        .as_u64()
+        .ok_or_else(|| invalid("no resourceVersion"))?;
+    match (v["start"][0].as_str(), v["start"][1].as_str()) {
+        (Some(ns), Some(name)) => Ok((rv, (ns.to_owned(), name.to_owned()))),
+        _ => Err(invalid("no start key")),
+    }
+}
+
+/// Where a LIST reads: the resourceVersion and the key it starts after. A first page reads
+/// the current state, or the exact version asked for (`resourceVersionMatch=Exact`); a
+/// continued one the first page's version from the token's key on.
+fn list_position(
+    state: &State,
+    t: &Target,
+    query: &Query,
+) -> Result<(u64, Option<(String, String)>), ApiError> {
+    let rv = parse_rv(query.get("resourceVersion"))?;
+    let Some(token) = query.get("continue").filter(|c| !c.is_empty()) else {
+        return Ok(match (rv, query.get("resourceVersionMatch")) {
+            (Some(rv), Some("Exact")) => (rv, None),
+            _ => (state.rv, None),
+        });
+    };
+    // What kube-apiserver refuses with a continue token, as it does.
+    if rv.is_some_and(|rv| rv != 0) {
+        return Err(ApiError::bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    if query
+        .get("resourceVersionMatch")
+        .is_some_and(|m| !m.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "resourceVersionMatch is forbidden when continue is provided",
+        ));
+    }
+    let (at, last) = parse_continue(token)?;
+    if t.rd.namespaced && t.ns.as_deref().is_some_and(|ns| ns != last.0) {
+        return Err(ApiError::bad_request(
+            "invalid continue token: it continues a list of another namespace",
+        ));
+    }
+    Ok((at, Some(last)))
+}
+
 /// Typed `kubectl create <kind>` commands send protobuf; this server has no schemas to
 /// decode it with.
 fn refuse_protobuf(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -438,21 +527,25 @@ fn serve(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(table::wants_table);
-    let respond = |state: &State, objects: Vec<Value>, list: bool| {
+    // `list_meta`: the list's resourceVersion, continue token and remaining item count.
+    let respond = |state: &State, objects: Vec<Value>, list_meta: Option<Value>| {
         let rv = state.rv.to_string();
         if as_table {
-            let t = table::table(rd, state.crd(rd), &objects, query.get("includeObject"), &rv);
+            let mut t = table::table(rd, state.crd(rd), &objects, query.get("includeObject"), &rv);
+            if let Some(meta) = list_meta {
+                t["metadata"] = meta;
+            }
             return json_response(200, &t);
         }
-        if !list {
+        let Some(meta) = list_meta else {
             return json_response(200, &objects[0]);
-        }
+        };
         json_response(
             200,
             &json!({
                 "kind": format!("{}List", rd.kind),
                 "apiVersion": rd.api_version(),
-                "metadata": {"resourceVersion": rv},
+                "metadata": meta,
                 "items": objects,
             }),
         )
@@ -462,23 +555,11 @@ fn serve(
             let o = state
                 .get(rd, t.ns(), t.name())
                 .or_else(|e| other_event_view(state, rd, t.ns(), t.name()).ok_or(e))?;
-            Ok(respond(state, vec![o], false))
+            Ok(respond(state, vec![o], None))
         }
         Verb::List => {
-            let (labels, fields) = selectors(query)?;
-            if query.get("continue").is_some_and(|c| !c.is_empty()) {
-                return Err(ApiError::bad_request(
-                    "this server never issues continue tokens (lists are never paginated)",
-                ));
-            }
-            let rv = parse_rv(query.get("resourceVersion"))?;
-            if let (Some(rv), Some("Exact")) = (rv, query.get("resourceVersionMatch")) {
-                state.check_exact(rv)?;
-            }
-            let mut items: Vec<Value> = state.list(rd, t.ns.as_deref()).cloned().collect();
-            items.extend(other_event_views(state, rd, t.ns.as_deref()));
-            items.retain(|o| labels.matches(o) && fields.matches(o));
-            Ok(respond(state, items, true))
+            let (items, meta) = list(state, t, query)?;
+            Ok(respond(state, items, Some(meta)))
         }
         Verb::Create => state
             .create(rd, t.ns(), parse_body()?, false, &mut adm)
@@ -518,6 +599,52 @@ fn serve(
         }
     }
     Ok(response)
+}
+
+/// A LIST: its items and its list metadata (resourceVersion; continue token and remaining
+/// item count when paged).
+fn list(state: &State, t: &Target, query: &Query) -> Result<(Vec<Value>, Value), ApiError> {
+    let rd = &t.rd;
+    let (labels, fields) = selectors(query)?;
+    let keep = |o: &Value| labels.matches(o) && fields.matches(o);
+    if events::is_core(rd) || events::is_events_api(rd) {
+        // Each Event API lists the other's Events too, from another key range:
+        // these lists come whole, as a server that ignores `limit` answers.
+        if query.get("continue").is_some_and(|c| !c.is_empty()) {
+            return Err(ApiError::bad_request(
+                "invalid continue token: lists of Events are never paged here",
+            ));
+        }
+        let mut items: Vec<Value> = state.list(rd, t.ns.as_deref()).cloned().collect();
+        items.extend(other_event_views(state, rd, t.ns.as_deref()));
+        items.retain(keep);
+        let meta = json!({"resourceVersion": state.rv.to_string()});
+        return Ok((items, meta));
+    }
+    let (at, after) = list_position(state, t, query)?;
+    let limit = parse_limit(query.get("limit"))?;
+    let page = state
+        .list_at(rd, t.ns.as_deref(), at, after.as_ref(), limit, keep)
+        .map_err(|e| {
+            if after.is_some() {
+                ApiError::expired(
+                    "The provided continue parameter is too old to display a \
+                     consistent list result. You can start a new list without the \
+                     continue parameter.",
+                )
+            } else {
+                e
+            }
+        })?;
+    let mut meta = json!({"resourceVersion": page.rv.to_string()});
+    if let Some(last) = page.last.as_ref().filter(|_| page.remaining > 0) {
+        meta["continue"] = continue_token(page.rv, last).into();
+        // As kube-apiserver: the count is known only for an unfiltered list.
+        if labels.is_empty() && fields.is_empty() {
+            meta["remainingItemCount"] = page.remaining.into();
+        }
+    }
+    Ok((page.items, meta))
 }
 
 /// The Events of the other Event API, as `rd` (one of them) shows them.

@@ -19,6 +19,10 @@
 //!   generateName, deletionTimestamp + finalizers;
 //! - watches with resourceVersion semantics, 410 Expired, BOOKMARKs, streaming lists
 //!   (`sendInitialEvents`), `timeoutSeconds`;
+//! - paged lists (`limit`, `continue`, `remainingItemCount`) whose pages all read the first
+//!   page's resourceVersion, and lists at an exact past resourceVersion, both rebuilt from
+//!   the watch history as etcd serves them from its revisions (410 Expired once the history
+//!   no longer reaches back; lists of Events come whole);
 //! - errors as `metav1.Status` with the right code and reason;
 //! - admission as a real server does it for onehop's objects: custom resources against their
 //!   CRD's structural schema (pruning, defaults, validation; see the `schema` module),
@@ -38,9 +42,8 @@
 //! and authorization, admission webhooks, CEL validation rules and the schema keywords the
 //! `schema` module lists, validation of built-in kinds beyond decoding and names, cluster
 //! IP and node port allocation, protobuf (request or response), `OpenAPI` v2, aggregated
-//! discovery (`/api` and `/apis` answer in the legacy format), pagination (`limit` is
-//! ignored, a `continue` token is rejected), lists at an exact past resourceVersion (410),
-//! `dryRun` (400), garbage collection (ownerReferences and propagation policies are
+//! discovery (`/api` and `/apis` answer in the legacy format), the inconsistent continue
+//! token a real server offers with an expired one, `dryRun` (400), garbage collection (ownerReferences and propagation policies are
 //! ignored), namespace lifecycle (objects can be created in namespaces that do not exist),
 //! `managedFields`, and subresources other than `status`.
 //! See [`patch`] for how far strategic merge and server-side apply go.

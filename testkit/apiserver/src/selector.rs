@@ -154,6 +154,11 @@ impl LabelSelector {
             .map(Self)
     }
 
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `obj`'s `metadata.labels` satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");
@@ -186,6 +191,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(Vec<String>, bool, String)>);
 
 impl FieldSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.trim().is_empty() {
             return Ok(Self::default());

@@ -397,6 +397,31 @@ pub(crate) struct State {
     rng: u64,
 }
 
+/// One page of a list ([`State::list_at`]).
+#[derive(Debug)]
+pub(crate) struct ListPage {
+    pub items: Vec<Value>,
+    /// The resourceVersion the page was read at.
+    pub rv: u64,
+    /// (namespace, name) of the last item: where the next page starts after.
+    pub last: Option<(String, String)>,
+    /// Selected items after this page.
+    pub remaining: u64,
+}
+
+/// Two iterators sorted by key, merged in key order (the keys are distinct).
+fn merge_by_key<'a, K: Ord + Copy, V>(
+    a: impl Iterator<Item = (K, V)> + 'a,
+    b: impl Iterator<Item = (K, V)> + 'a,
+) -> impl Iterator<Item = (K, V)> + 'a {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((ka, _)), Some((kb, _))) if kb < ka => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
     obj.get("metadata")
         .and_then(|m| m.get(field))
@@ -555,13 +580,9 @@ impl State {
         self.compacted = self.rv;
     }
 
-    /// History events after `rv`, or 410 Expired if some of them are gone.
-    ///
-    /// A version from the future is also 410. A real API server would wait for it (its
-    /// watch cache lags etcd); here it can only mean the client saw another server — a test
-    /// that replaced this one — and 410 makes a kube-runtime watcher re-list instead of
-    /// silently missing every change up to that version.
-    pub fn events_after(&self, rv: u64) -> Result<impl Iterator<Item = &HistEvent>, ApiError> {
+    /// 410 Expired unless the history reaches back to `rv` and `rv` is not from the future
+    /// (see [`Self::events_after`]).
+    fn check_served(&self, rv: u64) -> Result<(), ApiError> {
         if rv > self.rv {
             return Err(ApiError::expired(format!(
                 "too large resource version: {rv}, current: {}",
@@ -574,20 +595,19 @@ impl State {
                 self.compacted
             )));
         }
-        let start = self.history.partition_point(|e| e.rv <= rv);
-        Ok(self.history.range(start..))
+        Ok(())
     }
 
-    /// Whether a list at exactly `rv` can be served (only the current state is kept).
-    pub fn check_exact(&self, rv: u64) -> Result<(), ApiError> {
-        if rv == self.rv {
-            Ok(())
-        } else {
-            Err(ApiError::expired(format!(
-                "too old resource version: {rv} ({}); this server keeps only the current state",
-                self.rv
-            )))
-        }
+    /// History events after `rv`, or 410 Expired if some of them are gone.
+    ///
+    /// A version from the future is also 410. A real API server would wait for it (its
+    /// watch cache lags etcd); here it can only mean the client saw another server — a test
+    /// that replaced this one — and 410 makes a kube-runtime watcher re-list instead of
+    /// silently missing every change up to that version.
+    pub fn events_after(&self, rv: u64) -> Result<impl Iterator<Item = &HistEvent>, ApiError> {
+        self.check_served(rv)?;
+        let start = self.history.partition_point(|e| e.rv <= rv);
+        Ok(self.history.range(start..))
     }
 
     fn commit(
@@ -648,6 +668,71 @@ impl State {
                 *r == rkey && (!namespaced || ns.is_none_or(|ns| ns == n))
             })
             .map(|(_, e)| &e.obj)
+    }
+
+    /// One page of the objects of `rd` (in one namespace or, None, all) as they were at
+    /// resourceVersion `rv`: those `keep` selects, sorted by namespace and name, after the
+    /// key `after`, at most `limit`. Read as etcd serves kube-apiserver's paged lists: every
+    /// page of one list reads the same revision, so objects written between pages show in
+    /// none or in their old state, never twice and never missing. The past is rebuilt from
+    /// the history (the state before the first change after `rv` of each key written
+    /// since); once that history is compacted past `rv` the read is 410 Expired, as etcd
+    /// answers for a compacted revision.
+    pub(crate) fn list_at(
+        &self,
+        rd: &ResourceDef,
+        ns: Option<&str>,
+        rv: u64,
+        after: Option<&(String, String)>,
+        limit: Option<usize>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<ListPage, ApiError> {
+        self.check_served(rv)?;
+        let rkey = rd.key();
+        let ns = if rd.namespaced { ns } else { None };
+        let in_scope = |r: &str, n: &str| r == rkey && ns.is_none_or(|ns| ns == n);
+        let past_after =
+            |k: &(&str, &str)| after.is_none_or(|(an, am)| *k > (an.as_str(), am.as_str()));
+        // The state at `rv` of each key written since: the `prev` of its first later write
+        // (None: it did not exist then).
+        let mut then: BTreeMap<(&str, &str), Option<&Value>> = BTreeMap::new();
+        let start = self.history.partition_point(|e| e.rv <= rv);
+        for e in self.history.range(start..) {
+            if in_scope(&e.rkey, &e.namespace) {
+                then.entry((e.namespace.as_str(), meta_str(&e.obj, "name")))
+                    .or_insert(e.prev.as_ref());
+            }
+        }
+        let first = match (after, ns) {
+            (Some((n, m)), _) => (rkey.clone(), n.clone(), m.clone()),
+            (None, Some(n)) => (rkey.clone(), n.to_owned(), String::new()),
+            (None, None) => (rkey.clone(), String::new(), String::new()),
+        };
+        let unchanged = self
+            .objects
+            .range(first..)
+            .take_while(|((r, n, _), _)| *r == rkey && ns.is_none_or(|ns| ns == n))
+            .map(|((_, n, m), e)| ((n.as_str(), m.as_str()), &e.obj))
+            .filter(|(k, _)| past_after(k) && !then.contains_key(k));
+        let rewound = then
+            .iter()
+            .filter(|(k, _)| past_after(k))
+            .filter_map(|(k, v)| v.map(|v| (*k, v)));
+        let mut page = ListPage {
+            items: Vec::new(),
+            rv,
+            last: None,
+            remaining: 0,
+        };
+        for (k, v) in merge_by_key(unchanged, rewound).filter(|(_, v)| keep(v)) {
+            if limit.is_some_and(|l| page.items.len() >= l) {
+                page.remaining += 1;
+            } else {
+                page.items.push(v.clone());
+                page.last = Some((k.0.to_owned(), k.1.to_owned()));
+            }
+        }
+        Ok(page)
     }
 
     /// Fills in `apiVersion`/`kind`, rejecting a body that names another type.
@@ -1261,6 +1346,167 @@ mod tests {
         assert_eq!(s.events_after(3).map(drop).unwrap_err().code, 410);
         assert_eq!(s.events_after(4).unwrap().count(), 0);
         assert_eq!(s.events_after(5).map(drop).unwrap_err().code, 410);
+    }
+
+    /// Pages `rd` at `rv` `limit` at a time, from `after` to the end.
+    fn page_through(
+        s: &State,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        rv: u64,
+        limit: usize,
+    ) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .list_at(r, ns, rv, after.as_ref(), Some(limit), |_| true)
+                .unwrap();
+            assert_eq!(page.rv, rv);
+            assert!(page.items.len() <= limit);
+            let full = page.items.len() == limit;
+            all.extend(page.items);
+            if page.remaining == 0 {
+                return all;
+            }
+            assert!(full, "a page short of its limit with more to come");
+            after = page.last;
+        }
+    }
+
+    /// One list paged while objects are created, changed and deleted between its pages
+    /// (and objects of another resource written in the same key space) holds exactly the
+    /// objects of its first page's version, each as it was then.
+    #[test]
+    fn paged_lists_read_the_first_pages_version() {
+        struct Pager {
+            ns: Option<&'static str>,
+            rv: u64,
+            limit: usize,
+            after: Option<(String, String)>,
+            got: Vec<Value>,
+            want: Vec<Value>,
+        }
+        let mut s = State::new(100_000);
+        let (svcs, maps) = (rd(&s, "services"), rd(&s, "configmaps"));
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            usize::try_from(rng % n).unwrap()
+        };
+        let namespaces = ["ns0", "ns1", "ns2"];
+        let mut pagers: Vec<Pager> = Vec::new();
+        let mut finished = 0;
+        for step in 0..2_000 {
+            let r = if next(4) == 0 { &maps } else { &svcs };
+            let ns = namespaces[next(3)];
+            let name = format!("o{}", next(40));
+            let mut adm = Admission::off();
+            match (s.get(r, ns, &name), next(3)) {
+                (Err(_), _) => {
+                    let o =
+                        json!({"metadata": {"name": name, "labels": {"step": step.to_string()}}});
+                    s.create(r, ns, o, false, &mut adm).unwrap();
+                }
+                (Ok(_), 0) => drop(s.delete(r, ns, &name, None).unwrap()),
+                (Ok(mut o), _) => {
+                    o["metadata"]["labels"]["step"] = step.to_string().into();
+                    s.update(r, ns, &name, o, Sub::All, &mut adm).unwrap();
+                }
+            }
+            for p in &mut pagers {
+                let page = s
+                    .list_at(&svcs, p.ns, p.rv, p.after.as_ref(), Some(p.limit), |_| true)
+                    .unwrap();
+                let served = p.got.len() + page.items.len();
+                assert_eq!(usize::try_from(page.remaining), Ok(p.want.len() - served));
+                p.got.extend(page.items);
+                p.after = page.last;
+            }
+            pagers.retain(|p| {
+                let done = p.got.len() == p.want.len();
+                if done {
+                    assert_eq!(p.got, p.want, "a paged list at {}", p.rv);
+                    finished += 1;
+                }
+                !done
+            });
+            if step % 7 == 0 {
+                let ns = [None, Some("ns1")][next(2)];
+                pagers.push(Pager {
+                    ns,
+                    rv: s.rv,
+                    limit: 1 + next(9),
+                    after: None,
+                    got: Vec::new(),
+                    want: s.list(&svcs, ns).cloned().collect(),
+                });
+            }
+        }
+        assert!(finished > 200, "{finished} paged lists finished");
+        // A list at an old version, read whole or in pages of any size, is that version's.
+        let rv = s.rv;
+        let want: Vec<Value> = s.list(&svcs, None).cloned().collect();
+        for i in 0..50 {
+            s.delete(&svcs, "ns0", &format!("o{i}"), None).ok();
+            s.delete(&svcs, "ns2", &format!("o{i}"), None).ok();
+        }
+        assert_ne!(s.list(&svcs, None).count(), want.len());
+        for limit in [1, 2, 5, 1_000] {
+            assert_eq!(page_through(&s, &svcs, None, rv, limit), want);
+        }
+        let whole = s.list_at(&svcs, None, rv, None, None, |_| true).unwrap();
+        assert_eq!((whole.items, whole.remaining), (want, 0));
+    }
+
+    #[test]
+    fn paging_past_the_history_is_expired() {
+        let mut s = State::new(3);
+        let r = rd(&s, "configmaps");
+        let mut adm = Admission::off();
+        for i in 0..3 {
+            let o = json!({"metadata": {"name": format!("c{i}")}});
+            s.create(&r, "ns", o, false, &mut adm).unwrap();
+        }
+        let first = s.list_at(&r, None, s.rv, None, Some(2), |_| true).unwrap();
+        assert_eq!((first.items.len(), first.remaining), (2, 1));
+        // Still within the history: the snapshot holds.
+        s.delete(&r, "ns", "c2", None).unwrap();
+        let rest = s
+            .list_at(&r, None, first.rv, first.last.as_ref(), Some(2), |_| true)
+            .unwrap();
+        assert_eq!(rest.items[0]["metadata"]["name"], "c2");
+        // Three more writes push the first page's version out of the history.
+        for i in 3..6 {
+            let o = json!({"metadata": {"name": format!("c{i}")}});
+            s.create(&r, "ns", o, false, &mut adm).unwrap();
+        }
+        let e = s
+            .list_at(&r, None, first.rv, first.last.as_ref(), Some(2), |_| true)
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (410, "Expired"));
+        let e = s
+            .list_at(&r, None, s.rv + 1, None, None, |_| true)
+            .unwrap_err();
+        assert_eq!(e.code, 410);
+    }
+
+    #[test]
+    fn selected_pages_skip_what_is_not_selected() {
+        let mut s = State::new(100);
+        let r = rd(&s, "configmaps");
+        let mut adm = Admission::off();
+        for i in 0..10 {
+            let o = json!({"metadata": {"name": format!("c{i}"), "labels": {"odd": (i % 2).to_string()}}});
+            s.create(&r, "ns", o, false, &mut adm).unwrap();
+        }
+        let odd = |o: &Value| o["metadata"]["labels"]["odd"] == "1";
+        let page = s.list_at(&r, None, s.rv, None, Some(2), odd).unwrap();
+        let names: Vec<&Value> = page.items.iter().map(|o| &o["metadata"]["name"]).collect();
+        assert_eq!(names, ["c1", "c3"]);
+        assert_eq!(page.remaining, 3);
     }
 
     #[test]

@@ -1333,3 +1333,197 @@ async fn custom_resources_are_validated_pruned_and_defaulted() {
     );
     assert_eq!(e.code, 415, "{e:?}");
 }
+
+/// A server keeping 50 changes, with Services s0..s9 in namespaces a and b (label `app`:
+/// even or odd).
+async fn paging_setup() -> (ApiServer, Client) {
+    let server = ApiServer::start_with(
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+        ServerConfig {
+            history_limit: 50,
+            ..ServerConfig::default()
+        },
+    )
+    .expect("server");
+    let client = server.client().expect("client");
+    for ns in ["a", "b"] {
+        let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+        for i in 0..10 {
+            let app = if i % 2 == 0 { "even" } else { "odd" };
+            svcs.create(
+                &PostParams::default(),
+                &svc(&format!("s{i}"), &[("app", app)]),
+            )
+            .await
+            .expect("created");
+        }
+    }
+    (server, client)
+}
+
+/// Lists paged as kube-apiserver pages them: `limit`, `continue`, `remainingItemCount`, every
+/// page at the first page's resourceVersion while objects change between the pages.
+#[tokio::test]
+async fn paged_lists_hold_the_first_pages_version() {
+    let (_server, client) = paging_setup().await;
+    let all: Api<Service> = Api::all(client.clone());
+    let whole = all.list(&ListParams::default()).await.unwrap();
+    assert_eq!(whole.items.len(), 20);
+    assert!(whole.metadata.continue_.is_none());
+
+    // Pages of 3 while, between them, one not yet listed is deleted, one changed and one
+    // created: the pages hold the list as it was at the first page, once each.
+    let mut lp = ListParams::default().limit(3);
+    let mut paged = Vec::new();
+    let mut page_count = 0;
+    loop {
+        let page = all.list(&lp).await.unwrap();
+        page_count += 1;
+        assert_eq!(
+            page.metadata.resource_version,
+            whole.metadata.resource_version
+        );
+        paged.extend(page.items);
+        let Some(token) = page.metadata.continue_ else {
+            assert_eq!(page.metadata.remaining_item_count, None);
+            break;
+        };
+        assert_eq!(
+            page.metadata.remaining_item_count,
+            Some(20 - i64::try_from(paged.len()).unwrap())
+        );
+        if page_count == 1 {
+            let b: Api<Service> = Api::namespaced(client.clone(), "b");
+            b.delete("s9", &DeleteParams::default()).await.unwrap();
+            b.patch(
+                "s8",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"app": "changed"}}})),
+            )
+            .await
+            .unwrap();
+            b.create(&PostParams::default(), &svc("s99", &[]))
+                .await
+                .unwrap();
+        }
+        lp = lp.continue_token(&token);
+    }
+    assert_eq!(page_count, 7);
+    let key = |s: &Service| (s.namespace(), s.name_any(), s.resource_version());
+    assert_eq!(
+        paged.iter().map(key).collect::<Vec<_>>(),
+        whole.items.iter().map(key).collect::<Vec<_>>()
+    );
+    assert_eq!(paged[18].labels()["app"], "even", "b/s8 as it was");
+    // A new list sees the writes.
+    let now = all.list(&ListParams::default().limit(100)).await.unwrap();
+    assert_ne!(
+        now.metadata.resource_version,
+        whole.metadata.resource_version
+    );
+    assert_eq!(now.items.len(), 20);
+    assert!(now.items.iter().any(|s| s.name_any() == "s99"));
+
+    // With a selector: pages of what it selects, no remaining count (unknown to a real
+    // server), in one namespace.
+    let a: Api<Service> = Api::namespaced(client.clone(), "a");
+    let mut lp = ListParams::default().labels("app=odd").limit(2);
+    let mut odd = Vec::new();
+    loop {
+        let page = a.list(&lp).await.unwrap();
+        assert_eq!(page.metadata.remaining_item_count, None);
+        odd.extend(page.items.iter().map(ResourceExt::name_any));
+        match page.metadata.continue_ {
+            Some(token) => lp = lp.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(odd, ["s1", "s3", "s5", "s7", "s9"]);
+
+    // A list at an exact past version is that version's, paged or not.
+    let then = all
+        .list(
+            &ListParams::default()
+                .at(whole.metadata.resource_version.as_deref().unwrap())
+                .matching(kube::api::VersionMatch::Exact)
+                .limit(500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        then.items.iter().map(key).collect::<Vec<_>>(),
+        whole.items.iter().map(key).collect::<Vec<_>>()
+    );
+}
+
+/// The errors kube-apiserver answers for a continue token it cannot serve, and a
+/// kube-runtime watcher (the agent's initial LIST) paging through a small page size.
+#[tokio::test]
+async fn paged_list_errors_and_the_watchers_pages() {
+    let (server, client) = paging_setup().await;
+    let all: Api<Service> = Api::all(client.clone());
+    // What kube-apiserver refuses: a token that is not one (400), a token with a
+    // resourceVersion (400), a token whose version the history no longer reaches (410:
+    // the client starts the list again).
+    let first = all.list(&ListParams::default().limit(5)).await.unwrap();
+    let token = first.metadata.continue_.unwrap();
+    let e = api_err(
+        all.list(&ListParams::default().continue_token("not-a-token"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (400, "BadRequest"));
+    let raw = client
+        .request_text(
+            hyper::Request::get(format!(
+                "/api/v1/services?limit=5&continue={token}&resourceVersion=1"
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(raw).code, 400);
+    let b: Api<Service> = Api::namespaced(client.clone(), "b");
+    let e = api_err(
+        b.list(&ListParams::default().limit(5).continue_token(&token))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e.code, 400,
+        "a token of the cluster-wide list in namespace b"
+    );
+    // The history keeps 50 changes: the 51st since the token's version drops it.
+    for i in 0..51 {
+        b.create(&PostParams::default(), &svc(&format!("t{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    let e = api_err(
+        all.list(&ListParams::default().limit(5).continue_token(&token))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+
+    // kube-runtime's watcher pages its initial list (the agent's is 500 a page).
+    server.reset_stats();
+    let (reader, writer) = reflector::store::<Service>();
+    let watch = watcher(all.clone(), watcher::Config::default().page_size(4))
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(watch.for_each(|_| futures::future::ready(())));
+    tokio::time::timeout(T, reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    task.abort();
+    let listed = all.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(reader.state().len(), listed);
+    assert_eq!(
+        server.request_count(Verb::List, "services"),
+        u64::try_from(listed.div_ceil(4) + 1).unwrap(),
+        "one LIST a page, then the check's own"
+    );
+}

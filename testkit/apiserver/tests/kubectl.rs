@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 use kube::{Api, api::PostParams};
 use onehop_apiserver::{
-    ApiServer,
+    ApiServer, Verb,
     kubectl::{Kubectl, Output, parse_table},
 };
 use serde_json::json;
@@ -371,6 +371,48 @@ spec:
     - {name: http, port: 80, targetPort: 8080}
     - {name: https, port: 443, targetPort: 8443}
 ";
+
+/// `kubectl get --chunk-size` pages through the server's `continue` tokens: Tables (the
+/// default output) and JSON lists hold every object once, in as many LISTs as pages.
+#[test]
+fn kubectl_pages_lists_with_chunk_size() {
+    let (server, kubectl) = setup();
+    let store = server.store();
+    for ns in ["a", "b"] {
+        for i in 0..3 {
+            store
+                .put_value(
+                    &store.resource("services").expect("services"),
+                    ns,
+                    json!({"apiVersion": "v1", "kind": "Service",
+                           "metadata": {"name": format!("s{i}"), "namespace": ns},
+                           "spec": {"ports": [{"port": 80}]}}),
+                )
+                .expect("seeded");
+        }
+    }
+    server.reset_stats();
+    let t = table(&kubectl, &["svc", "-A", "--chunk-size=2"]);
+    let names: Vec<String> = t[1..]
+        .iter()
+        .map(|r| format!("{}/{}", r[0], r[1]))
+        .collect();
+    assert_eq!(names, ["a/s0", "a/s1", "a/s2", "b/s0", "b/s1", "b/s2"]);
+    assert_eq!(server.request_count(Verb::List, "services"), 3);
+    let out = ok(
+        &kubectl,
+        &["get", "svc", "-n", "b", "--chunk-size=2", "-o", "json"],
+    );
+    let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["s0", "s1", "s2"]);
+    assert_eq!(server.request_count(Verb::List, "services"), 5);
+}
 
 #[tokio::test]
 async fn kubectl_patches_merge_by_key_and_describe_lists_events() {

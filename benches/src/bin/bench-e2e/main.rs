@@ -1106,7 +1106,7 @@ fn control_md(
         args.cp_backends,
         report::thousands(backends),
     );
-    let rows: [(&str, String, String); 9] = [
+    let rows: [(&str, String, String); 10] = [
         (
             "clock starts at",
             f(&|_| "file replaced".into()),
@@ -1121,6 +1121,14 @@ fn control_md(
             "→ all services in the maps",
             f(&|c| format!("{:.2} s", c.maps_s)),
             k(&|c| format!("{:.2} s", c.maps_s)),
+        ),
+        (
+            "  agent CPU time by then (user + system)",
+            "–".into(),
+            k(&|c| {
+                c.maps_cpu_s
+                    .map_or_else(|| "–".into(), |cpu| format!("{cpu:.2} s"))
+            }),
         ),
         (
             "→ last service delivers",

@@ -22,7 +22,7 @@ use lb_common::{
 };
 use lb_userspace::dataplane::flows;
 use lb_userspace::plan::{
-    maglev::table_size,
+    maglev::{MaglevSize, even_size, table_size},
     model::{Backend, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity},
     state::Node,
 };
@@ -103,8 +103,8 @@ impl Sizes {
     /// Exactly what the planner needs for `max_services` services (the
     /// targets included).
     pub fn for_services(max_services: u32) -> Self {
-        let table_target = table_size(TARGET_BACKENDS as usize);
-        let table_filler = table_size(FILLER_BACKENDS as usize);
+        let table_target = table_size(bench_size(TARGET_BACKENDS), TARGET_BACKENDS as usize);
+        let table_filler = table_size(bench_size(FILLER_BACKENDS), FILLER_BACKENDS as usize);
         let fillers = max_services.saturating_sub(TARGETS);
         Self {
             max_services,
@@ -114,6 +114,14 @@ impl Sizes {
             table_filler,
         }
     }
+}
+
+/// The table size of a service of `backends` backends here: the size that
+/// followed the backend count before services had a fixed default, so that
+/// the figures stay comparable with earlier runs (and 100,000 services fit
+/// in 51 million slots, not 102 million).
+fn bench_size(backends: u32) -> MaglevSize {
+    MaglevSize::new(even_size(backends as usize)).unwrap_or_default()
 }
 
 /// The services model of `n` services: the two targets on `VIP` (ports
@@ -133,6 +141,9 @@ pub fn model(n: u32) -> NodeServices {
         session_affinity: SessionAffinity::None,
         source_ranges: Vec::new(),
         no_ipv4_source_range: false,
+        maglev_table_size: Some(bench_size(
+            u32::try_from(backends.len()).unwrap_or(u32::MAX),
+        )),
         draining: Vec::new(),
         backend_ports: std::collections::BTreeMap::new(),
         backends,
@@ -181,6 +192,7 @@ pub fn model(n: u32) -> NodeServices {
             max: NAT_MAX,
         },
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
         announce,
         services,
     }

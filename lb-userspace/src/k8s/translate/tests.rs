@@ -68,6 +68,17 @@ fn run(
     node_name: &str,
     announce: &[&str],
 ) -> Translation {
+    run_sized(services, slices, node_name, announce, MaglevSize::DEFAULT)
+}
+
+/// [`run`] with `--maglev-table-size size`.
+fn run_sized(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node_name: &str,
+    announce: &[&str],
+    size: MaglevSize,
+) -> Translation {
     let announce: BTreeSet<Ipv4Addr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
     let ns = nodes();
     translate(&Inputs {
@@ -79,6 +90,7 @@ fn run(
         announce: &announce,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: size,
         gateways: &BTreeMap::new(),
     })
 }
@@ -703,6 +715,7 @@ fn node_addresses_are_never_served_or_announced() {
         announce: &announce,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
         gateways: &BTreeMap::new(),
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
@@ -840,6 +853,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
         announce: &announce,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
         gateways: &gateways,
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
@@ -856,4 +870,191 @@ fn this_nodes_gateways_are_never_served_or_announced() {
             t.warnings
         );
     }
+}
+
+/// A Service on its own VIP with `n` ready endpoints (10.42.{vip}.x on n2), its
+/// annotations as given.
+fn sized_service(
+    name: &str,
+    vip: u8,
+    annotation: Option<&str>,
+    n: u32,
+) -> (Service, EndpointSlice) {
+    let mut extra = json!({
+        "status": { "loadBalancer": { "ingress": [{ "ip": format!("192.168.50.{vip}") }] } }
+    });
+    if let Some(a) = annotation {
+        merge(
+            &mut extra,
+            json!({ "metadata": { "annotations": { MAGLEV_TABLE_SIZE_ANNOTATION: a } } }),
+        );
+    }
+    let eps = (0..n)
+        .map(|i| {
+            let [_, _, hi, lo] = (i + 2).to_be_bytes();
+            ep(&format!("10.{vip}.{hi}.{lo}"), "n2", true, true, false)
+        })
+        .collect();
+    (service(name, extra), slice(name, name, 8080, eps))
+}
+
+fn plan_of(t: &Translation) -> crate::plan::state::DataplaneState {
+    use crate::plan::state::{DataplaneState, Node as LbNode, plan};
+    let node = LbNode {
+        ip: ip("192.168.50.11"),
+        ifindex: 2,
+        mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
+    };
+    plan(
+        &DataplaneState::default(),
+        &t.file,
+        &node,
+        &crate::plan::model::Limits::default(),
+    )
+    .expect("plan")
+}
+
+/// The table length the plan gave the service on `vip`.
+fn slots_of(state: &crate::plan::state::DataplaneState, vip: u8) -> u32 {
+    state
+        .services
+        .iter()
+        .find(|(k, _)| k.vip == [192, 168, 50, vip])
+        .map(|(_, v)| v.maglev_len)
+        .expect("the service is planned")
+}
+
+#[test]
+fn maglev_table_size_from_the_annotation_or_the_flag() {
+    let (own, own_slice) = sized_service("own", 201, Some("16381"), 3);
+    let (bad, bad_slice) = sized_service("bad", 202, Some("1000"), 3);
+    let (plain, plain_slice) = sized_service("plain", 203, None, 3);
+    let (spaced, spaced_slice) = sized_service("spaced", 204, Some(" 251 "), 3);
+    let svcs = [own, bad, plain, spaced];
+    let slices = [own_slice, bad_slice, plain_slice, spaced_slice];
+    let t = run(&svcs, &slices, "n1", &[]);
+    assert_eq!(t.file.maglev_table_size, MaglevSize::DEFAULT);
+    let by_vip = |vip: u8| {
+        t.file
+            .services
+            .iter()
+            .find(|s| s.vip == Ipv4Addr::new(192, 168, 50, vip))
+            .expect("served")
+            .maglev_table_size
+            .map(MaglevSize::get)
+    };
+    assert_eq!(by_vip(201), Some(16381));
+    assert_eq!(by_vip(202), None, "an invalid value is not used");
+    assert_eq!(by_vip(203), None);
+    assert_eq!(by_vip(204), Some(251));
+    assert_eq!(
+        t.warnings,
+        vec![Warning {
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: "bad".into()
+            },
+            reason: "InvalidMaglevTableSize",
+            message: "annotation onehop.io/maglev-table-size: 1000 is not a Maglev table \
+                      size; use one of 101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, \
+                      65521; the default size 1021 is used"
+                .into(),
+        }]
+    );
+    let state = plan_of(&t);
+    assert_eq!(
+        [201, 202, 203, 204].map(|vip| slots_of(&state, vip)),
+        [16381, 1021, 1021, 251]
+    );
+    // Another cluster-wide default: the services without a valid
+    // annotation of their own take it.
+    let t = run_sized(&svcs, &slices, "n1", &[], MaglevSize::new(4093).unwrap());
+    assert_eq!(t.file.maglev_table_size.get(), 4093);
+    assert!(
+        t.warnings[0]
+            .message
+            .ends_with("the default size 4093 is used")
+    );
+    let state = plan_of(&t);
+    assert_eq!(
+        [201, 202, 203, 204].map(|vip| slots_of(&state, vip)),
+        [16381, 4093, 4093, 251]
+    );
+}
+
+#[test]
+fn a_table_that_grows_past_its_configured_size_says_so() {
+    // 103 backends would get 9 or 10 of 1021 slots: the table grows to 16381.
+    let (big, big_slice) = sized_service("big", 201, None, 103);
+    let (fits, fits_slice) = sized_service("fits", 202, None, 102);
+    let (own, own_slice) = sized_service("own", 203, Some("2039"), 103);
+    let (tiny, tiny_slice) = sized_service("tiny", 204, Some("101"), 11);
+    let t = run(
+        &[big, fits, own, tiny],
+        &[big_slice, fits_slice, own_slice, tiny_slice],
+        "n1",
+        &[],
+    );
+    let grown: Vec<(&str, &str)> = t
+        .warnings
+        .iter()
+        .map(|w| (w.service.name.as_str(), w.reason))
+        .collect();
+    assert_eq!(
+        grown,
+        [("big", "MaglevTableGrown"), ("tiny", "MaglevTableGrown")]
+    );
+    let big_warning = &t.warnings[0].message;
+    for needle in [
+        "more than 102 backends",
+        "1021-slot Maglev table",
+        "so the table has 16381 slots",
+        "onehop.io/maglev-table-size: \"16381\"",
+    ] {
+        assert!(
+            big_warning.contains(needle),
+            "{needle:?} not in {big_warning}"
+        );
+    }
+    assert!(
+        t.warnings[1]
+            .message
+            .contains("so the table has 1021 slots")
+    );
+    let state = plan_of(&t);
+    assert_eq!(
+        [201, 202, 203, 204].map(|vip| slots_of(&state, vip)),
+        [16381, 1021, 2039, 1021]
+    );
+    // The message names sizes only: another backend count past the step is
+    // the same warning (no new Event for each endpoint that comes or goes).
+    let (big, big_slice) = sized_service("big", 201, None, 150);
+    let again = run(&[big], &[big_slice], "n1", &[]);
+    assert_eq!(again.warnings, t.warnings[..1]);
+}
+
+#[test]
+fn a_full_maglev_array_names_the_services_whose_tables_wait() {
+    let (a, a_slice) = sized_service("a", 201, None, 2);
+    let (b, b_slice) = sized_service("b", 202, None, 2);
+    let t = run(&[a, b], &[a_slice, b_slice], "n1", &[]);
+    let at = |vip: u8| move |k: &lb_common::ServiceKey| k.vip == [192, 168, 50, vip];
+    // The maps hold a's table only; b not at all.
+    let w = maglev_full_warnings(&t, "n1", 2048, |k| at(201)(k).then_some(1021));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].service.name, "b");
+    assert_eq!(w[0].reason, "MaglevArrayFull");
+    assert!(
+        w[0].message
+            .contains("the Maglev array of node n1 (2048 slots) has no room"),
+        "{}",
+        w[0].message
+    );
+    // b is in the maps but without its table (its endpoints came after it).
+    let w = maglev_full_warnings(&t, "n1", 2048, |k| Some(if at(201)(k) { 1021 } else { 0 }));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].service.name, "b");
+    assert!(maglev_full_warnings(&t, "n1", 2048, |_| Some(1021)).is_empty());
+    assert_eq!(maglev_full_warnings(&t, "n1", 2048, |_| None).len(), 2);
 }

@@ -77,6 +77,7 @@ fn parses_the_example() {
                 max: 63000
             },
             flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60, 5),
+            maglev_table_size: MaglevSize::DEFAULT,
             announce: [ip("192.168.50.100")].into(),
             services: vec![
                 Service {
@@ -106,6 +107,7 @@ fn parses_the_example() {
                         },
                     ],
                     no_ipv4_source_range: false,
+                    maglev_table_size: None,
                     draining: Vec::new(),
                     backend_ports: std::collections::BTreeMap::new(),
                     backends: vec![
@@ -130,6 +132,7 @@ fn parses_the_example() {
                     session_affinity: SessionAffinity::None,
                     source_ranges: vec![],
                     no_ipv4_source_range: false,
+                    maglev_table_size: None,
                     draining: Vec::new(),
                     backend_ports: std::collections::BTreeMap::new(),
                     backends: vec![],
@@ -535,6 +538,7 @@ services:
     vip: 10.0.0.1
     ports: [{ port: 80 }, { port: 81, target_port: 8081 }]
     source_ranges: [10.0.0.0/8]
+    maglev_table_size: 251
     backends:
       - { ip: 10.42.0.5, node_ip: 192.168.50.12 }
       - { ip: 10.42.0.6, node_ip: 192.168.50.12 }
@@ -622,6 +626,75 @@ fn protocol_numbers() {
     assert_eq!(Protocol::Udp.to_string(), "UDP");
 }
 
+#[test]
+fn maglev_table_sizes() {
+    let f = ok("services: []\n");
+    assert_eq!(f.maglev_table_size, MaglevSize::DEFAULT);
+    let f = ok(&format!(
+        "maglev_table_size: 4093\n{}    maglev_table_size: 101\n  - name: dns\n    vip: 192.168.50.101\n    ports: [{{ port: 53 }}]\n",
+        service_with("")
+    ));
+    assert_eq!(f.maglev_table_size.get(), 4093);
+    assert_eq!(
+        f.services[0].maglev_table_size.map(MaglevSize::get),
+        Some(101)
+    );
+    assert_eq!(f.services[1].maglev_table_size, None);
+    assert_eq!(f.services[1].table_size(f.maglev_table_size).get(), 4093);
+    assert_eq!(
+        issues("maglev_table_size: 1000\nservices: []\n"),
+        [
+            "maglev_table_size (line 1): 1000 is not a Maglev table size; use one of \
+          101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521"
+        ]
+    );
+    assert_eq!(
+        issues(&service_with("    maglev_table_size: -5\n")),
+        [
+            "services[0].maglev_table_size (line 5): -5 is not a Maglev table size; use one of \
+          101, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521"
+        ]
+    );
+    assert_eq!(
+        issues(&service_with("    maglev_table_size: 99999999999\n")).len(),
+        1
+    );
+    assert!(syntax_error(&service_with("    maglev_table_size: big\n")).contains("line 5"));
+}
+
+#[test]
+fn maglev_slots_count_the_configured_sizes() {
+    // Two one-port services of 2 backends: 2 x 1021 slots at the default.
+    let text = |default: &str, own: &str| {
+        format!(
+            "{default}services:\n  - name: a\n    vip: 10.0.0.1\n    ports: [{{ port: 80 }}]\n{own}    backends: [{{ ip: 10.1.0.1, node_ip: 10.2.0.1 }}, {{ ip: 10.1.0.2, node_ip: 10.2.0.1 }}]\n  - name: b\n    vip: 10.0.0.2\n    ports: [{{ port: 80 }}]\n    backends: [{{ ip: 10.1.0.3, node_ip: 10.2.0.1 }}, {{ ip: 10.1.0.4, node_ip: 10.2.0.1 }}]\n"
+        )
+    };
+    let fits = Limits {
+        maglev_slots: 2 * 1021,
+        ..Limits::default()
+    };
+    assert!(parse(&text("", ""), &fits).is_ok());
+    let short = Limits {
+        maglev_slots: 2 * 1021 - 1,
+        ..Limits::default()
+    };
+    let e = parse(&text("", ""), &short).unwrap_err().to_string();
+    assert!(
+        e.contains("2042 Maglev table slots, more than the 2041"),
+        "{e}"
+    );
+    // A smaller size of the file or of a service fits where the default does not.
+    assert!(parse(&text("maglev_table_size: 509\n", ""), &short).is_ok());
+    assert!(parse(&text("", "    maglev_table_size: 251\n"), &short).is_ok());
+    // A table that grows (here 2 backends in 101 slots hold, 11 would not) is
+    // counted at its grown size.
+    let e = parse(&text("", "    maglev_table_size: 65521\n"), &short)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("66542 Maglev table slots"), "{e}");
+}
+
 // --- property tests: any valid model, written as YAML, parses back to itself.
 
 fn arb_service(i: usize) -> impl Strategy<Value = Service> {
@@ -630,8 +703,9 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
         proptest::option::of(1u32..=MAX_AFFINITY_TIMEOUT_S),
         proptest::collection::btree_set((any::<u32>(), 0u8..=32), 0..3),
         proptest::collection::btree_map(0u32..1000, 0u32..4, 0..5),
+        proptest::option::of(arb_maglev_size()),
     )
-        .prop_map(move |(ports, affinity, ranges, backends)| Service {
+        .prop_map(move |(ports, affinity, ranges, backends, size)| Service {
             name: format!("svc-{i}"),
             vip: Ipv4Addr::new(192, 168, 60, u8::try_from(i + 1).unwrap()),
             ports: ports
@@ -655,6 +729,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                 .into_iter()
                 .collect(),
             no_ipv4_source_range: false,
+            maglev_table_size: size,
             draining: Vec::new(),
             backend_ports: std::collections::BTreeMap::new(),
             backends: backends
@@ -673,6 +748,13 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
         })
 }
 
+/// The smaller table sizes: the planner's test limits hold a few services'
+/// tables of these twice over.
+fn arb_maglev_size() -> impl Strategy<Value = MaglevSize> {
+    proptest::sample::select(vec![101u32, 251, 509, 1021])
+        .prop_map(|m| MaglevSize::new(m).expect("an allowed size"))
+}
+
 pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
     (1usize..5)
         .prop_flat_map(|n| {
@@ -681,9 +763,10 @@ pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
                 proptest::collection::btree_set(0..n, 0..=n),
                 any::<bool>(),
                 (1024u16..=u16::MAX, 0u16..200),
+                arb_maglev_size(),
             )
         })
-        .prop_map(|(mut services, announce, with_node, (min, span))| {
+        .prop_map(|(mut services, announce, with_node, (min, span), size)| {
             // Node of each pod fixed across services (config rejects conflicts).
             for s in &mut services {
                 for b in &mut s.backends {
@@ -698,6 +781,7 @@ pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
                     max: min.saturating_add(span),
                 },
                 flow_timeouts: FlowTimeouts::DEFAULT,
+                maglev_table_size: size,
                 announce: announce.into_iter().map(|i| services[i].vip).collect(),
                 services,
             }
@@ -716,6 +800,7 @@ pub(crate) fn to_yaml(f: &NodeServices) -> String {
         f.nat_ports.min, f.nat_ports.max
     )
     .unwrap();
+    writeln!(y, "maglev_table_size: {}", f.maglev_table_size).unwrap();
     let announce: Vec<String> = f.announce.iter().map(ToString::to_string).collect();
     writeln!(y, "announce: [{}]", announce.join(", ")).unwrap();
     writeln!(y, "services:").unwrap();
@@ -738,6 +823,9 @@ pub(crate) fn to_yaml(f: &NodeServices) -> String {
         }
         let ranges: Vec<String> = s.source_ranges.iter().map(ToString::to_string).collect();
         writeln!(y, "    source_ranges: [{}]", ranges.join(", ")).unwrap();
+        if let Some(size) = s.maglev_table_size {
+            writeln!(y, "    maglev_table_size: {size}").unwrap();
+        }
         writeln!(y, "    backends:").unwrap();
         for b in &s.backends {
             writeln!(y, "      - {{ ip: {}, node_ip: {} }}", b.ip, b.node_ip).unwrap();
@@ -795,7 +883,7 @@ proptest! {
 #[test]
 fn large_files_parse() {
     use std::fmt::Write as _;
-    let mut y = String::from("services:\n");
+    let mut y = String::from("maglev_table_size: 251\nservices:\n");
     for i in 0..12_000u32 {
         let [_, _, a, b] = i.to_be_bytes();
         let _ = writeln!(

@@ -1,7 +1,7 @@
 use super::*;
 use crate::plan::testing::{NODE, limits, parse};
 use crate::plan::{
-    model::{Backend, NatPorts, Protocol, Service, ServicePort},
+    model::{Backend, MaglevSize, NatPorts, Protocol, Service, ServicePort},
     services_file,
 };
 use proptest::prelude::*;
@@ -32,12 +32,19 @@ fn plan_releasing(
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+fn size251() -> MaglevSize {
+    MaglevSize::new(251).unwrap()
+}
+
 fn key(vip: &str, port: u16, proto: u8) -> ServiceKey {
     ServiceKey::new(ip(vip).octets(), port, proto)
 }
 
+/// Tables of 251 slots, the size two backends had when sizes followed the
+/// backend count: the offsets below were written for it.
 const FILE: &str = "\
 nat_ports: { min: 62000, max: 62999 }
+maglev_table_size: 251
 announce: [192.168.60.1]
 services:
   - name: web
@@ -130,11 +137,11 @@ fn plans_every_map() {
     assert_eq!(s.maglev.len(), 2);
     assert_eq!(
         s.maglev[&0].to_vec(),
-        maglev::build(&[("10.42.0.5:53", 0), ("10.42.1.7:53", 2)])
+        maglev::build(&[("10.42.0.5:53", 0), ("10.42.1.7:53", 2)], size251())
     );
     assert_eq!(
         s.maglev[&251].to_vec(),
-        maglev::build(&[("10.42.0.5:8080", 1), ("10.42.1.7:8080", 3)])
+        maglev::build(&[("10.42.0.5:8080", 1), ("10.42.1.7:8080", 3)], size251())
     );
     let ten = Cidr::parse("10.0.0.0/8").unwrap();
     assert_eq!(
@@ -614,7 +621,7 @@ fn check_plan(
                     (maglev::identity(b.ip, p.target_port), id)
                 })
                 .collect();
-            let table = maglev::build(&members);
+            let table = maglev::build(&members, svc.table_size(file.maglev_table_size));
             prop_assert_eq!(v.maglev_len as usize, table.len());
             if !table.is_empty() {
                 prop_assert_eq!(&s.maglev[&v.maglev_offset].to_vec(), &table);
@@ -702,6 +709,7 @@ fn plans_hand_built_files() {
         node_ip: None,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: crate::plan::model::MaglevSize::DEFAULT,
         announce: BTreeSet::new(),
         services: vec![Service {
             name: "a".into(),
@@ -714,6 +722,7 @@ fn plans_hand_built_files() {
             session_affinity: SessionAffinity::None,
             source_ranges: vec![],
             no_ipv4_source_range: false,
+            maglev_table_size: None,
             draining: Vec::new(),
             backend_ports: std::collections::BTreeMap::new(),
             backends: vec![Backend {
@@ -752,36 +761,39 @@ fn replan_takes_only_tables_that_would_be_built_the_same() {
     let web = a.services[&key("192.168.60.1", 80, 6)];
     let members = members_of(&a, &["10.42.0.5", "10.42.1.7"], 8080);
     // Unchanged backends: prev's table, which is what a build gives.
-    let t = unchanged_table(&a, Some(&web), &members).expect("unchanged table taken");
+    let t = unchanged_table(&a, Some(&web), &members, size251()).expect("unchanged table taken");
     assert_eq!(t, &a.maglev[&web.maglev_offset]);
     let named: Vec<(String, u32)> = members
         .iter()
         .map(|&((i, p), id)| (maglev::identity(i, p), id))
         .collect();
-    assert_eq!(t.to_vec(), maglev::build(&named));
+    assert_eq!(t.to_vec(), maglev::build(&named, size251()));
     // Listed twice: the same backend set.
     let twice = [members.clone(), members.clone()].concat();
-    assert!(unchanged_table(&a, Some(&web), &twice).is_some());
+    assert!(unchanged_table(&a, Some(&web), &twice, size251()).is_some());
     // One backend fewer, or one more: built again.
-    assert!(unchanged_table(&a, Some(&web), &members[..1]).is_none());
+    assert!(unchanged_table(&a, Some(&web), &members[..1], size251()).is_none());
     let more = [members.clone(), vec![((ip("10.42.2.9"), 8080), 99)]].concat();
-    assert!(unchanged_table(&a, Some(&web), &more).is_none());
+    assert!(unchanged_table(&a, Some(&web), &more, size251()).is_none());
+    // Another configured size: built again, at that size.
+    let other = MaglevSize::DEFAULT;
+    assert!(unchanged_table(&a, Some(&web), &members, other).is_none());
     // An id that stood for another backend in prev (freed and reused): built again,
     // since the identities, and so the table, differ.
     let mut moved = a.clone();
     let (_, id0) = members[0];
     moved.backends.get_mut(&id0).unwrap().ip = ip("10.42.9.9").octets();
-    assert!(unchanged_table(&moved, Some(&web), &members).is_none());
+    assert!(unchanged_table(&moved, Some(&web), &members, size251()).is_none());
     // A table holding an id the members do not have: built again.
     let mut stray = a.clone();
     let mut slots = stray.maglev[&web.maglev_offset].to_vec();
     slots[0] = 12_345;
     stray.maglev.insert(web.maglev_offset, slots.into());
-    assert!(unchanged_table(&stray, Some(&web), &members).is_none());
+    assert!(unchanged_table(&stray, Some(&web), &members, size251()).is_none());
     // No previous entry, or one without a table: built.
-    assert!(unchanged_table(&a, None, &members).is_none());
+    assert!(unchanged_table(&a, None, &members, size251()).is_none());
     let empty = a.services[&key("192.168.60.2", 443, 6)];
-    assert!(unchanged_table(&a, Some(&empty), &[]).is_none());
+    assert!(unchanged_table(&a, Some(&empty), &[], size251()).is_none());
 }
 
 #[test]
