@@ -35,6 +35,7 @@ use onehop_apiserver::{
     rbac_resource,
 };
 use onehop_testkit::{
+    Answer,
     netns::{command_in, in_netns, spawn_in},
     traffic::{Timeouts, http_get_here},
 };
@@ -222,6 +223,18 @@ impl K8s {
     }
 
     /// Waits for an Event of `reason` on `svc` whose note contains `note`.
+    /// One HTTP GET from the client through `vip`: which pod answered, and whom it saw.
+    #[track_caller]
+    fn answer_via(&self, vip: Ipv4Addr) -> Answer {
+        self.c
+            .topo
+            .client()
+            .http_get(vip_addr(vip))
+            .expect("request")
+            .answer()
+            .expect("answer")
+    }
+
     fn wait_event(&self, svc: &str, reason: &str, note: &str) -> Event {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -520,13 +533,7 @@ fn local_policy_announces_only_from_nodes_with_local_endpoints() {
             .expect("arp")
             .expect("no ARP answer");
     assert_eq!(mac.octets(), k.mac(2));
-    let a =
-        k.c.topo
-            .client()
-            .http_get(vip_addr(VIP))
-            .expect("request")
-            .answer()
-            .expect("answer");
+    let a = k.answer_via(VIP);
     assert_eq!(a.pod, "node2-pod1");
     assert_eq!(
         a.client.ip(),
@@ -546,13 +553,7 @@ fn local_policy_announces_only_from_nodes_with_local_endpoints() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let a =
-        k.c.topo
-            .client()
-            .http_get(vip_addr(VIP))
-            .expect("request")
-            .answer()
-            .expect("answer");
+    let a = k.answer_via(VIP);
     assert_eq!(a.pod, "node3-pod1");
 }
 
@@ -1069,13 +1070,7 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     k.c.wait_for(1, "web3 on the freed address", |s| {
         serves(s, ip) && pods_in_use(s) == 1
     });
-    let a =
-        k.c.topo
-            .client()
-            .http_get(vip_addr(ip))
-            .expect("request")
-            .answer()
-            .expect("answer");
+    let a = k.answer_via(ip);
     assert_eq!(
         a.pod, "node2-pod1",
         "the freed address now reaches web3's pod"
@@ -1412,13 +1407,7 @@ fn the_nodes_gateway_is_withheld_with_an_event() {
     assert!(!serves(&s, router), "the gateway {router} is in the maps");
     let s = k.c.snapshot(1).expect("maps");
     assert!(!serves(&s, router) && !announces(&s, router));
-    let a =
-        k.c.topo
-            .client()
-            .http_get(vip_addr(VIP))
-            .expect("request")
-            .answer()
-            .expect("answer");
+    let a = k.answer_via(VIP);
     assert_eq!(a.pod, "node1-pod1");
 }
 
@@ -1469,13 +1458,7 @@ fn maglev_table_sizes_from_the_flag_and_the_annotation() {
     k.c.wait_for(1, "the annotated service's table rebuilt at 4093", |s| {
         slots(s, VIP) == Some(4093)
     });
-    let a =
-        k.c.topo
-            .client()
-            .http_get(vip_addr(VIP))
-            .expect("request")
-            .answer()
-            .expect("answer");
+    let a = k.answer_via(VIP);
     assert_eq!(a.pod, "node1-pod1");
 }
 
@@ -1509,13 +1492,7 @@ fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
         .find(|r| r.key.vip == c_vip.octets())
         .map(|r| r.value.maglev_len);
     assert!(c_slots.is_none_or(|n| n == 0), "c has a table: {c_slots:?}");
-    let a =
-        k.c.topo
-            .client()
-            .http_get(vip_addr(VIP))
-            .expect("request")
-            .answer()
-            .expect("answer");
+    let a = k.answer_via(VIP);
     assert_eq!(a.pod, "node1-pod1");
     k.put_service("c", c_vip, &sized("1021"));
     k.c.wait_for(1, "c served with 1021 slots", |s| {

@@ -643,12 +643,7 @@ fn node_ips_are_internal_and_external_ipv4_addresses() {
 /// served, every other node's XDP would drop the ARP requests for it. Either cuts the node
 /// off. The Service's other addresses are still served.
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: a service on each kind of node address, and the one that is served"
-)]
 fn node_addresses_are_never_served_or_announced() {
-    use crate::plan::state::{DataplaneState, Node as LbNode, plan};
     let mut ns = nodes();
     ns.push(from(json!({
         "metadata": { "name": "n3" },
@@ -740,19 +735,7 @@ fn node_addresses_are_never_served_or_announced() {
         );
     }
     // And it plans: a node address among the VIPs would fail the whole apply.
-    let node = LbNode {
-        ip: ip("192.168.50.11"),
-        ifindex: 2,
-        mac: [2, 0, 0, 0, 0, 1],
-        hash_seed: lb_common::hash::PUBLIC_SEED,
-    };
-    plan(
-        &DataplaneState::default(),
-        &t.file,
-        &node,
-        &crate::plan::model::Limits::default(),
-    )
-    .expect("plans");
+    plan_of(&t);
 }
 
 #[test]
