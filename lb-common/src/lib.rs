@@ -264,8 +264,9 @@ pub struct DatapathConfig {
     /// secret, equal on every node (see [`hash`]).
     pub hash_seed: u32,
     /// Sets in the `conntrack` flow table (its `max_entries`; see
-    /// [`flow::table`]): the data path's modulus for a flow's set. Written
-    /// with the config from the map's own size, so the two cannot differ.
+    /// [`flow::table`]): the data path's modulus for a flow's set, planned
+    /// from the map's own size (a config for another size is refused when
+    /// written: the data path would look for flows in the wrong sets).
     pub flow_sets: u32,
 }
 
@@ -312,6 +313,12 @@ impl DatapathConfig {
     #[must_use]
     pub const fn with_half_open(self, half_open: HalfOpenGuard) -> Self {
         Self { half_open, ..self }
+    }
+
+    /// The same configuration for a flow table of `flow_sets` sets.
+    #[must_use]
+    pub const fn with_flow_sets(self, flow_sets: u32) -> Self {
+        Self { flow_sets, ..self }
     }
 }
 

@@ -419,6 +419,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
     let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("maps");
     let limits = Limits {
         maglev_slots: maps.maglev.len(),
+        flow_sets: maps.flow_sets(),
         ..Limits::default()
     };
     let node = Node {

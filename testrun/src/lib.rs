@@ -95,6 +95,7 @@ impl MapSizes {
                 lb_common::FlowTimeouts::DEFAULT,
             )
             .max,
+            flow_sets: lb_common::flow::table::sets_for(self.conntrack),
         }
     }
 }

@@ -617,6 +617,7 @@ impl MapOwner {
         let limits = Limits {
             maglev_slots: maps.maglev.len(),
             half_open_max: opts.half_open_max,
+            flow_sets: maps.flow_sets(),
             ..Limits::default()
         };
         let health = Arc::new(metrics::Health::default());

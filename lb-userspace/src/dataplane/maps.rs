@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap},
@@ -132,13 +132,16 @@ impl Maps {
         self.config.get(&0, 0).context("reading config[0]")
     }
 
-    /// Writes the configuration element, with the flow table's size as
-    /// the map has it (`flow_sets`: the data path cannot read a map's size).
+    /// Writes the configuration element. Its `flow_sets` must be the flow
+    /// table's size (the data path cannot read a map's size, and with
+    /// another modulus it would look for every flow in the wrong sets).
     pub fn put_config(&mut self, config: DatapathConfig) -> Result<()> {
-        let config = DatapathConfig {
-            flow_sets: self.flow_sets(),
-            ..config
-        };
+        let sets = self.flow_sets();
+        ensure!(
+            config.flow_sets == sets,
+            "a configuration for a flow table of {} sets, but conntrack has {sets}",
+            config.flow_sets
+        );
         self.config.set(0, config, 0).context("writing config[0]")
     }
 

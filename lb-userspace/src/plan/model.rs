@@ -37,6 +37,10 @@ pub struct Limits {
     /// The new-flow guard's size (`lb_common::HalfOpenGuard::max`; 0: off):
     /// a share of the conntrack table, which the agent sizes.
     pub half_open_max: u32,
+    /// Sets of the `conntrack` flow table as the agent created (or adopted)
+    /// it: the data path's modulus for a flow's set
+    /// (`DatapathConfig::flow_sets`).
+    pub flow_sets: u32,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
                 FlowTimeouts::DEFAULT,
             )
             .max,
+            flow_sets: lb_common::flow::table::sets_for(maps::CONNTRACK_MAX),
         }
     }
 }

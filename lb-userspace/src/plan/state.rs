@@ -448,7 +448,8 @@ fn plan_with(
             limits.half_open_max,
             file.flow_timeouts,
         ))
-        .with_hash_seed(node.hash_seed),
+        .with_hash_seed(node.hash_seed)
+        .with_flow_sets(limits.flow_sets),
         vips: plan_vips(file, node),
         backends,
         ..DataplaneState::default()
