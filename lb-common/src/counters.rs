@@ -135,6 +135,12 @@ numbered! {
         /// (kind, k3d); nothing finishes them after `XDP_TX`, so we computed
         /// the full checksum before translating.
         PartialChecksumCompleted = 32 => "partial_checksum_completed",
+        /// First packet of a flow sent to its backend's node by direct
+        /// server return (only the MAC addresses rewritten, `XDP_TX`); that
+        /// node delivers it to the pod.
+        DirectNewFlow = 33 => "direct_new_flow",
+        /// Further packets of a direct-return flow.
+        DirectEstablished = 34 => "direct_established",
     }
 }
 
@@ -210,5 +216,18 @@ numbered! {
         /// that we could not complete: its transport segment is longer than
         /// the checksum loop covers or than the frame holds.
         PartialChecksum = 21 => "partial_checksum",
+        /// Direct server return on: a packet to a VIP this node does not
+        /// announce, of a flow that would leave the node (a new flow whose
+        /// backend is on another node, or a direct-return flow of this
+        /// node's). Such frames were sent here by the announcer with tables
+        /// that differ from ours (during an update), or by a client whose
+        /// ARP cache still names us after the address moved (its next
+        /// attempt reaches the new announcer). Only the announcer sends VIP
+        /// frames to other nodes, so none travels on to a third node.
+        NotAnnouncer = 22 => "not_announcer",
+        /// A direct-return flow's packet came from the MAC address it would
+        /// be sent to: two nodes that both announce the VIP (one of them with
+        /// a stopped agent, tables frozen) would bounce it between them.
+        DirectLoop = 23 => "direct_loop",
     }
 }

@@ -46,6 +46,11 @@ pub mod flow_flags {
     /// could not be written). Other local flows have none: their replies
     /// are matched through the endpoint's fronts and the conntrack entry.
     pub const LOCAL_REVERSE: u16 = 1 << 1;
+    /// Set with [`REMOTE`]: the flow goes to its backend's node by direct
+    /// server return (the frame unchanged but for its MAC addresses). It
+    /// has no reverse entry and no NAT port: the backend's node holds the
+    /// flow too, and the replies leave from there.
+    pub const DIRECT: u16 = 1 << 2;
 }
 
 /// TCP header flag bits (byte 13 of the header).

@@ -171,6 +171,23 @@ pub fn refresh(
     }
 }
 
+/// Refreshes a direct-return flow after a client packet that moves it to
+/// `state`: its timestamps once a second or on a state change. It has no
+/// reverse entry; its backend's node keeps the flow's other half.
+#[inline(always)]
+pub fn refresh_direct(ct: *mut ConntrackValue, state: u8, now: u64) {
+    // SAFETY: conntrack value pointer obtained in this run; a racing writer
+    // can only store another packet's values of the same flow.
+    let (last, old) = unsafe { ((*ct).last_seen_ns, (*ct).state) };
+    if old != state || now.wrapping_sub(last) >= NS_PER_SEC {
+        // SAFETY: as above.
+        unsafe {
+            (*ct).last_seen_ns = now;
+            (*ct).state = state;
+        }
+    }
+}
+
 /// Re-inserts an evicted reverse entry. Out of line: rare, and its value
 /// would otherwise take stack space on every established packet. `meta` is
 /// `service_id << 32 | flags << 16 | state` (BPF calls take five arguments).
@@ -296,8 +313,9 @@ pub fn scratch() -> Option<*mut FlowScratch> {
 
 /// Writes a new flow's entries: conntrack (`s.ctv`, filled by the caller
 /// but for the NAT port; `s.hash` its flow hash; `s.backend` its backend),
-/// and the reverse entry, which for a remote flow claims its NAT port.
-/// Returns the NAT port of a remote flow, 1 for a local one, 0 when no NAT
+/// and the reverse entry, which for a remote flow claims its NAT port (a
+/// direct-return flow has none). Returns the NAT port of a full-NAT flow, 1
+/// for a local or direct-return one, 0 when no NAT
 /// port is free, or [`CREATE_MAP_FAILED`].
 ///
 /// The entries are built in the per-CPU `flow_scratch` map: with 16-byte
@@ -335,6 +353,14 @@ pub extern "C" fn onehop_flow_create() -> u32 {
     // within this run (BPF programs are not preempted mid-run on their
     // CPU); the caller filled it.
     let s = unsafe { &mut *s };
+    if s.ctv.flags & flow_flags::DIRECT != 0 {
+        // A direct-return flow's one write: no reverse entry, no NAT port.
+        return if CONNTRACK.insert(&s.key, &s.ctv, u64::from(BPF_ANY)).is_ok() {
+            1
+        } else {
+            CREATE_MAP_FAILED
+        };
+    }
     let remote = s.ctv.flags & flow_flags::REMOTE != 0;
     // The backend's fields one by one: a copy of it would take stack.
     let (backend, backend_port, proto) = (s.backend.ip, s.backend.port, s.key.proto);

@@ -103,6 +103,8 @@ pub struct Options {
     /// Maglev table size of the Services without the
     /// `onehop.io/maglev-table-size` annotation.
     pub maglev_table_size: MaglevSize,
+    /// `--direct-return` (see `NodeServices::direct_return`).
+    pub direct_return: bool,
     /// How often this agent renews its Lease.
     pub renew_interval: Duration,
     /// How long a Lease may go unrenewed before its node counts as dead.
@@ -509,6 +511,7 @@ impl KubeSource {
             nat_ports: self.opts.nat_ports,
             flow_timeouts: self.opts.flow_timeouts,
             maglev_table_size: self.opts.maglev_table_size,
+            direct_return: self.opts.direct_return,
         });
         let before = agent.announced();
         // This agent stands by the election it just ran: vouch for it before

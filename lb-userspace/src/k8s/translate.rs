@@ -209,6 +209,8 @@ pub struct Inputs<'a> {
     pub flow_timeouts: FlowTimeouts,
     /// Table size of the Services that set none (`--maglev-table-size`).
     pub maglev_table_size: MaglevSize,
+    /// `--direct-return`.
+    pub direct_return: bool,
     /// This node's gateways (`net::route`), each with what it is the gateway of.
     pub gateways: &'a BTreeMap<Ipv4Addr, String>,
 }
@@ -817,6 +819,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
         maglev_table_size: inputs.maglev_table_size,
+        direct_return: inputs.direct_return,
         announce: inputs.announce.intersection(&vips).copied().collect(),
         services: model,
     };

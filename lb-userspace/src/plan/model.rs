@@ -68,6 +68,10 @@ pub struct NodeServices {
     /// Maglev table size of the services that set none (cluster-wide: every
     /// node must be given the same).
     pub maglev_table_size: MaglevSize,
+    /// Direct server return to backends on nodes of this node's segment
+    /// (`state::Node::segment`); full NAT to the others, and to all when
+    /// off. Cluster-wide: every node must be given the same.
+    pub direct_return: bool,
     /// VIPs this node answers ARP for.
     pub announce: BTreeSet<Ipv4Addr>,
     /// In file order.

@@ -91,6 +91,7 @@ fn run_sized(
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: size,
+        direct_return: false,
         gateways: &BTreeMap::new(),
     })
 }
@@ -428,6 +429,7 @@ fn named_port_resolves_per_slice() {
         ifindex: 1,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     let state = crate::plan::state::plan(
         &crate::plan::state::DataplaneState::default(),
@@ -603,6 +605,7 @@ fn translation_plans_like_a_file() {
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     let state = plan(
         &DataplaneState::default(),
@@ -711,6 +714,7 @@ fn node_addresses_are_never_served_or_announced() {
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: MaglevSize::DEFAULT,
+        direct_return: false,
         gateways: &BTreeMap::new(),
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
@@ -752,6 +756,7 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     for (name, ranges, denied) in &cases {
         let svc = service(
@@ -837,6 +842,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: MaglevSize::DEFAULT,
+        direct_return: false,
         gateways: &gateways,
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
@@ -888,6 +894,7 @@ fn plan_of(t: &Translation) -> crate::plan::state::DataplaneState {
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     plan(
         &DataplaneState::default(),
