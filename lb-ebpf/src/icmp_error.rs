@@ -11,6 +11,7 @@
 //! | arrives | quotes | becomes (outer; quote) | counter |
 //! | --- | --- | --- | --- |
 //! | uplink, to the VIP, local flow | `VIP:port → client` | `src → pod`; `pod:tport → client` | `icmp_error_to_backend` |
+//! | uplink, to the VIP, direct-return flow | `VIP:port → client` | unchanged, sent to the pod's node (which translates it as a local flow's) | `icmp_error_to_backend` |
 //! | uplink, to the VIP, remote flow | `VIP:port → client` | `node → pod`, sent to the pod's node; `pod:tport → node:nat_port` | `icmp_error_to_backend` |
 //! | uplink, to the node, remote flow | `node:nat_port → pod:tport` | `VIP → client`, sent to the client; `client → VIP:port` | `icmp_error_to_client` |
 //! | `lb_egress`, local flow | `client → pod:tport` | `VIP → client`; `client → VIP:port` | `egress_icmp_error` |
@@ -489,6 +490,9 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
     if pod != s.out_dst {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     }
+    if flags & flow_flags::DIRECT != 0 {
+        return to_direct_node(ctx, s, cfg, pod_node, tot_len);
+    }
     s.src = To {
         addr: pod,
         port: pod_port,
@@ -533,6 +537,44 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
         Route::NoNeighbour => Outcome::Drop(DropReason::NoNeighbour),
         Route::Fail => Outcome::Drop(DropReason::NoRoute),
     }
+}
+
+/// An error about a direct-return flow goes as the flow's packets do:
+/// unchanged but for its MAC addresses, to the backend's node, which holds
+/// the flow and translates the error for its pod (a local flow there).
+#[inline(always)]
+fn to_direct_node(
+    ctx: *mut xdp_md,
+    s: &mut Scratch,
+    cfg: &DatapathConfig,
+    node: u32,
+    tot_len: u16,
+) -> Outcome {
+    match route(ctx, s, cfg.node_ip, a(node), tot_len) {
+        // SAFETY: plain integers of the struct the helper just wrote; the
+        // kernel leaves the next hop's address in the destination.
+        Route::Hop(_) if unsafe { s.fib.__bindgen_anon_4.ipv4_dst } == node => {}
+        Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
+        _ => return Outcome::Drop(DropReason::NoRoute),
+    }
+    let (data, end) = xdp_bounds(ctx);
+    let Parsed::Quote(m) = message(data, end) else {
+        return Outcome::Drop(DropReason::IcmpErrorMalformed);
+    };
+    let hop = NextHop {
+        ifindex: s.fib.ifindex,
+        smac: s.fib.smac,
+        dmac: s.fib.dmac,
+    };
+    if m.eth.src == hop.dmac {
+        return Outcome::Drop(DropReason::DirectLoop);
+    }
+    forward::send(
+        &XdpContext::new(ctx),
+        m.eth,
+        &hop,
+        Counter::IcmpErrorToBackend,
+    )
 }
 
 /// `lb_ingress`, an ICMP error to the node's address (outer header

@@ -738,6 +738,31 @@ fn direct_return_the_backends_node_serves_the_flow_with_the_clients_address() {
                 "the reply leaves the backend's node from the VIP"
             );
             assert_checksums(&r.out);
+            if sent_on.is_empty() {
+                // A router on the client's side answers that reply with an
+                // error to the VIP, which reaches the announcer: it goes on
+                // as the flow's packets do, and the backend's node hands it
+                // to the pod quoting the pod's own packet.
+                let err = icmp_error(CLIENT_ROUTER, VIP, FRAG_NEEDED, &ip_bytes(&r.out, 28));
+                let err = err.build();
+                let out = a.expect(
+                    "error at the announcer",
+                    &err,
+                    XDP_TX,
+                    Want::C(C::IcmpErrorToBackend),
+                );
+                assert_eq!((&out[..6], &out[12..]), (&PEER_NODE_MAC[..], &err[12..]));
+                let out = b.expect(
+                    "error at the backend's node",
+                    &out,
+                    XDP_PASS,
+                    Want::C(C::IcmpErrorToBackend),
+                );
+                let v = view(&out);
+                assert_eq!((v.ip.source, v.ip.destination), (CLIENT_ROUTER, peer_pod));
+                let (_, _, _, quote) = error_parts(&out);
+                assert_eq!(quote, ip_bytes(&reply.build(), 28), "the pod's own packet");
+            }
             sent_on.push(sport);
         }
         assert!(
