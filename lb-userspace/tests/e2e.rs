@@ -1614,3 +1614,131 @@ fn vlan_tagged_frames_pass_untouched_and_arp_in_them_is_never_answered() {
         "nothing on VLAN 100 answered or balanced: {after:?}"
     );
 }
+
+/// Whether a frame on node1's LAN port carries an answer of node2's pods:
+/// IPv4 from one of them (full NAT, on its way to node1), or from the VIP
+/// with their answer line (`pod=node2-…`, on its way to the client).
+fn carries_a_node2_answer(c: &Cluster, frame: &onehop_testkit::capture::Frame) -> bool {
+    let d = &frame.data;
+    if d.len() < 34 || d[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let src = Ipv4Addr::new(d[26], d[27], d[28], d[29]);
+    c.topo.node(2).pods().iter().any(|p| p.ip() == src)
+        || (src == VIP && d.windows(10).any(|w| w == b"pod=node2-"))
+}
+
+/// GETs (new connections) and UDP requests through the VIP until both of
+/// node2's pods answered `n` times; returns the source address each answering
+/// pod saw, and checks that every answer came from the VIP.
+fn answers_from_node2(c: &Cluster, n: usize) -> BTreeMap<String, Ipv4Addr> {
+    let mut seen = BTreeMap::new();
+    let mut count = 0;
+    let vip_udp = SocketAddr::V4(SocketAddrV4::new(VIP, UDP_PORT));
+    for i in 0..400u32 {
+        let a = get(c).unwrap_or_else(|e| panic!("GET {i} through the VIP: {e:#}\n{}", c.log(1)));
+        let r = c
+            .topo
+            .client()
+            .udp_request(vip_udp, &i.to_be_bytes())
+            .unwrap_or_else(|e| panic!("UDP request {i} through the VIP: {e:#}"));
+        assert_eq!(r.from, vip_udp, "the UDP answer comes from the VIP");
+        for (pod, client) in [(a.pod, a.client), (r.answer.pod, r.answer.client)] {
+            let SocketAddr::V4(client) = client else {
+                panic!("IPv6 peer")
+            };
+            if pod.starts_with("node2-") {
+                count += 1;
+                if let Some(before) = seen.insert(pod.clone(), *client.ip()) {
+                    assert_eq!(before, *client.ip(), "{pod} saw two sources");
+                }
+            }
+        }
+        if count >= n && seen.len() == 2 {
+            return seen;
+        }
+    }
+    panic!("node2's pods answered {count} times, {seen:?}");
+}
+
+/// Direct server return across two nodes with agents: node2's pods see the
+/// client's own address (TCP and UDP), and their answers never reach the
+/// announcer (node1): no frame from the VIP or a node2 pod crosses node1's
+/// LAN port, while under full NAT (before the switch) every answer does.
+#[test]
+fn direct_return_remote_pods_see_the_client_and_answer_past_the_announcer() {
+    let c = new_cluster();
+    let with_mode = |node: u8, direct: bool| {
+        format!(
+            "direct_return: {direct}\n{}",
+            services_yaml(&c, node, node == 1, &all_backends())
+        )
+    };
+    write_config(&c, 1, &with_mode(1, false));
+    write_config(&c, 2, &with_mode(2, false));
+    start_agent(&c, 1);
+    start_agent(&c, 2);
+    c.wait_for(1, "four backends", |s| pods_in_use(s) == 4);
+    c.wait_for(2, "four backends", |s| pods_in_use(s) == 4);
+    let client = c.topo.client().ip();
+    let node1_port = c.topo.node(1).lan_peer().to_owned();
+
+    // Full NAT: node2's pods see node1, and their answers go through it.
+    let capture = onehop_testkit::capture::Capture::open(c.topo.lan(), &node1_port)
+        .expect("capture on node1's LAN port");
+    let seen = answers_from_node2(&c, 10);
+    assert!(
+        seen.values().all(|ip| *ip == c.topo.node(1).ip()),
+        "full NAT: {seen:?}"
+    );
+    let through = capture
+        .next_matching(Duration::from_secs(2), |f| carries_a_node2_answer(&c, f))
+        .expect("capture");
+    assert!(through.is_some(), "under full NAT the answers cross node1");
+    drop(capture);
+
+    write_config(&c, 1, &with_mode(1, true));
+    write_config(&c, 2, &with_mode(2, true));
+    let direct = |s: &Snapshot| s.config.flags & lb_common::config_flags::DIRECT_RETURN != 0;
+    let node2 = c.topo.node(2).ip().octets();
+    c.wait_for(1, "direct return, node2's pods DIRECT", |s| {
+        let on_node2 = || s.backends.iter().filter(|b| b.value.node_ip == node2);
+        direct(s)
+            && on_node2().count() > 0
+            && on_node2().all(|b| b.value.flags & lb_common::backend_flags::DIRECT != 0)
+    });
+    c.wait_for(2, "direct return", direct);
+    let before1 = c.snapshot(1).expect("node1 maps");
+    let before2 = c.snapshot(2).expect("node2 maps");
+
+    let capture = onehop_testkit::capture::Capture::open(c.topo.lan(), &node1_port)
+        .expect("capture on node1's LAN port");
+    let seen = answers_from_node2(&c, 20);
+    assert!(
+        seen.values().all(|ip| *ip == client),
+        "direct return: node2's pods see the client {client}: {seen:?}"
+    );
+    // Every frame of those exchanges is queued on the socket by now (each
+    // answer reached the client before the next request); the wait only
+    // bounds the read.
+    let through = capture
+        .next_matching(Duration::from_millis(500), |f| {
+            carries_a_node2_answer(&c, f)
+        })
+        .expect("capture");
+    assert!(
+        through.is_none(),
+        "an answer crossed node1: {:02x?}",
+        through.map(|f| f.data)
+    );
+
+    let after1 = c.snapshot(1).expect("node1 maps");
+    let after2 = c.snapshot(2).expect("node2 maps");
+    let delta = |a: &Snapshot, b: &Snapshot, k: Counter| a.counter(k) - b.counter(k);
+    assert!(delta(&after1, &before1, Counter::DirectNewFlow) >= 20);
+    assert_eq!(delta(&after1, &before1, Counter::RemoteNewFlow), 0);
+    assert_eq!(delta(&after1, &before1, Counter::RemoteReply), 0);
+    assert!(delta(&after2, &before2, Counter::LocalNewFlow) >= 20);
+    assert!(delta(&after2, &before2, Counter::EgressReply) >= 20);
+    assert_eq!(after2.drop_count(DropReason::NotAnnouncer), 0);
+}
