@@ -1742,3 +1742,124 @@ fn direct_return_remote_pods_see_the_client_and_answer_past_the_announcer() {
     assert!(delta(&after2, &before2, Counter::EgressReply) >= 20);
     assert_eq!(after2.drop_count(DropReason::NotAnnouncer), 0);
 }
+
+/// What the connections did across an announcer's death.
+struct Failover {
+    /// Connections that carried on, on their pod.
+    kept: usize,
+    /// Connections that broke (reset, timed out) or moved, with why.
+    broken: Vec<String>,
+    /// The longest request among those that carried on.
+    longest: Duration,
+    /// The new announcer's counts.
+    node2: Snapshot,
+}
+
+/// 40 keep-alive connections through node1 to pods on node2 and node3;
+/// then node1 dies (agent killed, NIC down) and node2 takes the VIP over
+/// (its file says so, as an election would); then one request on each
+/// connection.
+fn failover(direct: bool) -> Failover {
+    let c = Cluster::new(3, 2, 1);
+    let backends: Vec<BackendSpec> = [(2, 1), (2, 2), (3, 1), (3, 2)]
+        .into_iter()
+        .map(|(node, pod)| BackendSpec { node, pod })
+        .collect();
+    let yaml = |node: u8, announce: bool| {
+        format!(
+            "direct_return: {direct}\n{}",
+            services_yaml(&c, node, announce, &backends)
+        )
+    };
+    for node in 1..=3 {
+        write_config(&c, node, &yaml(node, node == 1));
+        start_agent(&c, node);
+    }
+    for node in 1..=3 {
+        c.wait_for(node, "four backends", |s| pods_in_use(s) == 4);
+    }
+    c.wait_sole_arp_answer(VIP, 1, Duration::from_secs(3));
+    let client = c.topo.client().ip();
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let mut conn = c.topo.client().keep_alive(vip_addr()).expect("connect");
+        let a = conn
+            .get("/")
+            .and_then(|r| r.answer())
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let SocketAddr::V4(seen) = a.client else {
+            panic!("IPv6 peer")
+        };
+        let want = if direct { client } else { c.topo.node(1).ip() };
+        assert_eq!(*seen.ip(), want, "the source {} sees", a.pod);
+        conns.push((conn, a.pod));
+    }
+    let pods: std::collections::BTreeSet<_> = conns.iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(pods.len(), 4, "{pods:?}");
+
+    c.kill_agent(1);
+    let st = command_in(c.topo.node(1).ns(), "ip")
+        .args(["link", "set", "eth0", "down"])
+        .status()
+        .expect("ip link");
+    assert!(st.success(), "node1's NIC down");
+    write_config(&c, 2, &yaml(2, true));
+    c.wait_for(2, "node2 announcing", |s| {
+        s.vips
+            .iter()
+            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+    });
+    let mut out = Failover {
+        kept: 0,
+        broken: Vec::new(),
+        longest: Duration::ZERO,
+        node2: c.snapshot(2).expect("node2 maps"),
+    };
+    for (i, (conn, pod)) in conns.iter_mut().enumerate() {
+        let started = Instant::now();
+        match conn.get("/").and_then(|r| r.answer()) {
+            Ok(a) if a.pod == *pod => {
+                out.kept += 1;
+                out.longest = out.longest.max(started.elapsed());
+            }
+            Ok(a) => out.broken.push(format!("{i}: {pod} -> {}", a.pod)),
+            Err(e) => out.broken.push(format!("{i} to {pod}: {e:#}")),
+        }
+    }
+    out.node2 = c.snapshot(2).expect("node2 maps");
+    out
+}
+
+/// With direct return every connection carries on, on its pod, with no
+/// reset: the new announcer has no entry for them and sends each to the pod
+/// Maglev picks, whose node still holds the flow.
+#[test]
+fn direct_return_connections_survive_the_announcers_death() {
+    let f = failover(true);
+    eprintln!(
+        "direct return: {} of 40 connections kept across the failover; the longest request \
+         after node2 announced took {:?}",
+        f.kept, f.longest
+    );
+    assert!(f.broken.is_empty(), "broken: {:#?}", f.broken);
+    assert!(
+        f.node2.counter(Counter::DirectNewFlow) >= 1,
+        "node2 sent flows it had no entry for on to node3"
+    );
+    assert_eq!(f.node2.drop_count(DropReason::NotAnnouncer), 0);
+}
+
+/// The comparison: under full NAT the connections node1 translated break,
+/// since their NAT state died with it (the failure mode direct return
+/// removes; if full NAT ever keeps them, this test has to change).
+#[test]
+fn full_nat_connections_to_other_nodes_break_when_the_announcer_dies() {
+    let f = failover(false);
+    eprintln!(
+        "full NAT: {} of 40 connections kept across the failover, {} broke: {:#?}",
+        f.kept,
+        f.broken.len(),
+        f.broken
+    );
+    assert!(!f.broken.is_empty(), "every connection survived full NAT");
+}
