@@ -651,6 +651,20 @@ pub const fn next_state(state: u8, flags: u8, side: Side) -> u8 {
     s
 }
 
+/// The state of a direct-return flow on the node that sends it on: the
+/// backend's packets never pass this node, so the client's FIN closes it
+/// here (its closing timeout, not the established one, then runs). The
+/// backend's node keeps the flow's whole state; a packet that comes after
+/// this entry is gone goes to the backend Maglev picks, that node.
+#[inline(always)]
+pub const fn direct_state(state: u8) -> u8 {
+    if state & tcp_state::CLIENT_FIN != 0 {
+        state | tcp_state::BACKEND_FIN
+    } else {
+        state
+    }
+}
+
 /// The state a new flow starts in: `SYN_SENT` for a SYN without ACK, 0
 /// for UDP, and for any other TCP packet (a flow met mid-stream: its entry
 /// expired or was lost, or another node announced the address before) the

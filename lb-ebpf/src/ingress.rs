@@ -563,8 +563,9 @@ fn to_direct(ctx: &XdpContext, eth: &mut EthHdr, f: &Flow<'_>, hop: &forward::Ne
     if eth.src == hop.dmac {
         return Outcome::Drop(DropReason::DirectLoop);
     }
+    let state = flow::direct_state(f.state);
     let counter = if let Some(ct) = f.established {
-        conntrack::refresh_direct(ct, f.state, f.now);
+        conntrack::refresh_direct(ct, state, f.now);
         Counter::DirectEstablished
     } else {
         let Some(s) = conntrack::scratch() else {
@@ -578,7 +579,7 @@ fn to_direct(ctx: &XdpContext, eth: &mut EthHdr, f: &Flow<'_>, hop: &forward::Ne
                 f.service_id,
                 0,
                 flow_flags::REMOTE | flow_flags::DIRECT,
-                f.state,
+                state,
                 f.now,
             )
             .with_hop(hop.ifindex, hop.dmac, hop.smac);

@@ -680,6 +680,15 @@ fn direct_return_sends_the_frame_on_with_only_its_macs_changed() {
             XDP_TX,
             Want::C(C::DirectEstablished),
         );
+        // The backend's FIN never passes here: the client's closes the flow.
+        let fin = Pkt::tcp(CLIENT, 40001, VIP, 81, FIN | ACK).build();
+        lb.expect("client FIN", &fin, XDP_TX, Want::C(C::DirectEstablished));
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(
+            ct.state & tcp_state::BOTH_FIN,
+            tcp_state::BOTH_FIN,
+            "{ct:?}"
+        );
     });
 }
 

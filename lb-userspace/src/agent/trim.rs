@@ -239,7 +239,6 @@ mod tests {
             nat_ports: NatPorts::default(),
             flow_timeouts: FlowTimeouts::default(),
             maglev_table_size: crate::plan::model::MaglevSize::DEFAULT,
-            direct_return: false,
             gateways: &BTreeMap::new(),
         })
     }

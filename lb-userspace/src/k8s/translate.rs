@@ -61,8 +61,8 @@ use k8s_openapi::{
 
 use super::slice::{Slice, Use};
 use crate::plan::model::{
-    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, MaglevSize, NatPorts, NodeServices,
-    Protocol, Service as LbService, ServicePort, SessionAffinity,
+    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, DirectReturn, FlowTimeouts, MaglevSize, NatPorts,
+    NodeServices, Protocol, Service as LbService, ServicePort, SessionAffinity,
 };
 
 /// Annotation on a Service that sets its own Maglev table size (one of
@@ -209,8 +209,6 @@ pub struct Inputs<'a> {
     pub flow_timeouts: FlowTimeouts,
     /// Table size of the Services that set none (`--maglev-table-size`).
     pub maglev_table_size: MaglevSize,
-    /// `--direct-return`.
-    pub direct_return: bool,
     /// This node's gateways (`net::route`), each with what it is the gateway of.
     pub gateways: &'a BTreeMap<Ipv4Addr, String>,
 }
@@ -819,7 +817,8 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
         maglev_table_size: inputs.maglev_table_size,
-        direct_return: inputs.direct_return,
+        // The agent adds the nodes it sees live (`agent::kube`).
+        direct_return: DirectReturn::Off,
         announce: inputs.announce.intersection(&vips).copied().collect(),
         services: model,
     };

@@ -89,9 +89,9 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     maglev,
     model::{
-        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, Limits, MAX_AFFINITY_TIMEOUT_S,
-        MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, MaglevSize, NatPorts, NodeServices, Protocol, Service,
-        ServicePort, SessionAffinity,
+        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, DirectReturn, FlowTimeouts, Limits,
+        MAX_AFFINITY_TIMEOUT_S, MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, MaglevSize, NatPorts,
+        NodeServices, Protocol, Service, ServicePort, SessionAffinity,
     },
 };
 
@@ -414,7 +414,11 @@ impl Validator {
             nat_ports,
             flow_timeouts,
             maglev_table_size,
-            direct_return: raw.direct_return.unwrap_or(false),
+            direct_return: if raw.direct_return.unwrap_or(false) {
+                DirectReturn::Segment
+            } else {
+                DirectReturn::Off
+            },
             announce,
             services: services.into_iter().map(|l| l.service).collect(),
         }

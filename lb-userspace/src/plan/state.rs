@@ -35,7 +35,7 @@ use lb_common::{
 use crate::plan::ids::{IdAllocator, IdError};
 use crate::plan::maglev;
 use crate::plan::model::{
-    Cidr, Frontend, Limits, NodeServices, Service, ServicePort, SessionAffinity,
+    Cidr, DirectReturn, Frontend, Limits, NodeServices, Service, ServicePort, SessionAffinity,
 };
 use crate::plan::slots::{Region, SlotAllocator, SlotError};
 
@@ -49,7 +49,7 @@ pub struct Node {
     /// every node (`lb_common::hash`).
     pub hash_seed: u32,
     /// The interface's subnet: with `NodeServices::direct_return`, backends
-    /// on nodes in it are reached by direct server return. `None` (no
+    /// on nodes in it may be reached by direct server return. `None` (no
     /// address on the interface, or a /32): none is.
     pub segment: Option<Cidr>,
 }
@@ -441,7 +441,7 @@ fn plan_with(
         &frontends,
         &pods,
         node,
-        file.direct_return,
+        &file.direct_return,
         release,
         &mut alloc,
     )?;
@@ -460,7 +460,7 @@ fn plan_with(
             file.flow_timeouts,
         ))
         .with_hash_seed(node.hash_seed)
-        .with_flags(if file.direct_return {
+        .with_flags(if file.direct_return.on() {
             config_flags::DIRECT_RETURN
         } else {
             0
@@ -552,7 +552,7 @@ fn plan_backends(
     frontends: &Frontends<'_>,
     pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
     node: &Node,
-    file_direct: bool,
+    file_direct: &DirectReturn,
     release: &BTreeSet<u32>,
     alloc: &mut Allocators,
 ) -> Result<(BTreeMap<u32, BackendValue>, HashMap<(Ipv4Addr, u16), u32>), PlanError> {
@@ -616,8 +616,10 @@ fn plan_backends(
 /// direct server return: only on this node's segment, where the frame can
 /// be addressed to that node's MAC; beyond a router it would come back to
 /// the announcer. (The data path checks the FIB's next hop again.)
-fn direct_to(direct_return: bool, node: &Node, node_ip: Ipv4Addr) -> bool {
-    direct_return && !node_ip.is_unspecified() && node.segment.is_some_and(|s| s.contains(node_ip))
+fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: Ipv4Addr) -> bool {
+    !node_ip.is_unspecified()
+        && node.segment.is_some_and(|s| s.contains(node_ip))
+        && direct_return.allows(node_ip)
 }
 
 /// The frontend's table in `prev` when building it again would give the same table (for a

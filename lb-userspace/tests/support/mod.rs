@@ -21,7 +21,8 @@ use lb_userspace::{
     dataplane::{maps::sum_traffic, writer},
     plan::{
         model::{
-            Backend, Cidr, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity,
+            Backend, Cidr, DirectReturn, NatPorts, NodeServices, Protocol, Service, ServicePort,
+            SessionAffinity,
         },
         state::Node,
     },
@@ -292,7 +293,7 @@ impl Lb {
     pub fn peer(ip: [u8; 4], mac: [u8; 6]) -> Self {
         let mut lb = Self::load_as(PRODUCT, ip, mac);
         lb.model.node_ip = Some(Ipv4Addr::from(ip));
-        lb.model.direct_return = true;
+        lb.model.direct_return = DirectReturn::Segment;
         lb.model.services.push(service(VIP_OTHER, OTHER_SERVICE));
         lb.model
             .services
@@ -348,7 +349,7 @@ impl Lb {
             },
             flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
             maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
-            direct_return: false,
+            direct_return: lb_userspace::plan::model::DirectReturn::Off,
             announce: std::collections::BTreeSet::new(),
             services: Vec::new(),
         };
@@ -399,7 +400,11 @@ impl Lb {
 
     /// Direct server return on or off, through the planner.
     pub fn set_direct_return(&mut self, on: bool) {
-        self.model.direct_return = on;
+        self.model.direct_return = if on {
+            DirectReturn::Segment
+        } else {
+            DirectReturn::Off
+        };
         self.apply();
     }
 

@@ -188,7 +188,7 @@ pub fn model(n: u32) -> NodeServices {
         },
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
-        direct_return: false,
+        direct_return: lb_userspace::plan::model::DirectReturn::Off,
         announce,
         services,
     }

@@ -91,7 +91,6 @@ fn run_sized(
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: size,
-        direct_return: false,
         gateways: &BTreeMap::new(),
     })
 }
@@ -714,7 +713,6 @@ fn node_addresses_are_never_served_or_announced() {
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: MaglevSize::DEFAULT,
-        direct_return: false,
         gateways: &BTreeMap::new(),
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
@@ -842,7 +840,6 @@ fn this_nodes_gateways_are_never_served_or_announced() {
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: MaglevSize::DEFAULT,
-        direct_return: false,
         gateways: &gateways,
     });
     let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();

@@ -333,7 +333,7 @@ fn direct_return_marks_backends_on_the_segment() {
         }),
         ..NODE
     };
-    let flags_of = |direct: bool, node: &Node| {
+    let flags_of = |direct: DirectReturn, node: &Node| {
         let mut file = parse(&text);
         file.direct_return = direct;
         let s = plan(&DataplaneState::default(), &file, node, &limits()).unwrap();
@@ -344,20 +344,28 @@ fn direct_return_marks_backends_on_the_segment() {
             .collect();
         (by_pod, s.config.flags)
     };
-    let (on, config) = flags_of(true, &node);
+    let (on, config) = flags_of(DirectReturn::Segment, &node);
     assert_eq!(config, config_flags::DIRECT_RETURN);
     let direct = |f: u16| f & backend_flags::DIRECT != 0;
     assert!(!direct(on[&ip("10.42.0.5")]), "local");
     assert!(direct(on[&ip("10.42.1.7")]), "on the segment");
     assert!(!direct(on[&ip("10.42.2.9")]), "beyond a router: full NAT");
-    let (off, config) = flags_of(false, &node);
+    let (off, config) = flags_of(DirectReturn::Off, &node);
     assert_eq!(config, 0);
     assert!(off.values().all(|&f| !direct(f)), "{off:?}");
-    let (unknown, _) = flags_of(true, &NODE);
+    let (unknown, _) = flags_of(DirectReturn::Segment, &NODE);
     assert!(
         unknown.values().all(|&f| !direct(f)),
         "no segment known: full NAT"
     );
+    // Kubernetes: only the nodes whose agent is live.
+    let live = BTreeSet::from([ip("192.168.51.12")]);
+    let (others, config) = flags_of(DirectReturn::Nodes(live), &node);
+    assert_eq!(config, config_flags::DIRECT_RETURN);
+    assert!(others.values().all(|&f| !direct(f)), "{others:?}");
+    let live = BTreeSet::from([ip("192.168.50.11")]);
+    let (peer, _) = flags_of(DirectReturn::Nodes(live), &node);
+    assert!(direct(peer[&ip("10.42.1.7")]), "a live peer on the segment");
 }
 
 #[test]
@@ -754,7 +762,7 @@ fn plans_hand_built_files() {
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: crate::plan::model::MaglevSize::DEFAULT,
-        direct_return: false,
+        direct_return: crate::plan::model::DirectReturn::Off,
         announce: BTreeSet::new(),
         services: vec![Service {
             name: "a".into(),
