@@ -284,16 +284,10 @@ struct KubeArgs {
     /// this node's segment (the interface's subnet) whose agent is live
     /// (its Lease) go to that node as they are, only the MAC addresses
     /// rewritten, and the backend sees the client's address; backends on
-    /// other nodes get full NAT. `false`: full NAT to every remote backend.
+    /// other nodes get full NAT. Off: full NAT to every remote backend.
     /// Give every node the same (Kubernetes source; the services file has
     /// `direct_return`).
-    #[arg(
-        long,
-        env = "ONEHOP_DIRECT_RETURN",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        conflicts_with = "services_file"
-    )]
+    #[arg(long, env = "ONEHOP_DIRECT_RETURN", conflicts_with = "services_file")]
     direct_return: bool,
     /// How often this node renews its Lease (one API write each).
     #[arg(long, default_value_t = 400)]
