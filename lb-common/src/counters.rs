@@ -139,6 +139,12 @@ numbered! {
         /// of the oldest unproven flow there (a TCP flow still in its
         /// handshake, or an idle UDP flow; see `lb_common::flow::table`).
         FlowEvicted = 33 => "flow_evicted",
+        /// First packet of a flow sent to its backend's node by direct
+        /// server return (only the MAC addresses rewritten, `XDP_TX`); that
+        /// node delivers it to the pod.
+        DirectNewFlow = 34 => "direct_new_flow",
+        /// Further packets of a direct-return flow.
+        DirectEstablished = 35 => "direct_established",
     }
 }
 
@@ -218,5 +224,18 @@ numbered! {
         /// flows, which are never replaced (or another CPU claimed the
         /// last free slot first).
         FlowTableFull = 22 => "flow_table_full",
+        /// Direct server return on: a packet to a VIP this node does not
+        /// announce, of a flow that would leave the node (a new flow whose
+        /// backend is on another node, or a direct-return flow of this
+        /// node's). Such frames were sent here by the announcer with tables
+        /// that differ from ours (during an update), or by a client whose
+        /// ARP cache still names us after the address moved (its next
+        /// attempt reaches the new announcer). Only the announcer sends VIP
+        /// frames to other nodes, so none travels on to a third node.
+        NotAnnouncer = 23 => "not_announcer",
+        /// A direct-return flow's packet came from the MAC address it would
+        /// be sent to: two nodes that both announce the VIP (one of them with
+        /// a stopped agent, tables frozen) would bounce it between them.
+        DirectLoop = 24 => "direct_loop",
     }
 }

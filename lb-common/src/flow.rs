@@ -46,6 +46,11 @@ pub mod flow_flags {
     /// could not be written). Other local flows have none: their replies
     /// are matched through the endpoint's fronts and the conntrack entry.
     pub const LOCAL_REVERSE: u16 = 1 << 1;
+    /// Set with [`REMOTE`]: the flow goes to its backend's node by direct
+    /// server return (the frame unchanged but for its MAC addresses). It
+    /// has no reverse entry and no NAT port: the backend's node holds the
+    /// flow too, and the replies leave from there.
+    pub const DIRECT: u16 = 1 << 2;
 }
 
 /// TCP header flag bits (byte 13 of the header).
@@ -644,6 +649,20 @@ pub const fn next_state(state: u8, flags: u8, side: Side) -> u8 {
         };
     }
     s
+}
+
+/// The state of a direct-return flow on the node that sends it on: the
+/// backend's packets never pass this node, so the client's FIN closes it
+/// here (its closing timeout, not the established one, then runs). The
+/// backend's node keeps the flow's whole state; a packet that comes after
+/// this entry is gone goes to the backend Maglev picks, that node.
+#[inline(always)]
+pub const fn direct_state(state: u8) -> u8 {
+    if state & tcp_state::CLIENT_FIN != 0 {
+        state | tcp_state::BACKEND_FIN
+    } else {
+        state
+    }
 }
 
 /// The state a new flow starts in: `SYN_SENT` for a SYN without ACK, 0

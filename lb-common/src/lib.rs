@@ -76,6 +76,22 @@ pub mod backend_flags {
     /// entries; TCP flows stay until they close or time out. The agent frees
     /// the slot once no live TCP flow names it.
     pub const GONE: u16 = 1 << 3;
+    /// The pod runs on another node of this node's L2 segment, and direct
+    /// server return is on: a new flow's frame goes to that node unchanged
+    /// but for its Ethernet addresses, and that node's own `lb_ingress`
+    /// delivers it to the pod (the client's address kept; the reply leaves
+    /// from there). Without it a remote backend is reached by full NAT.
+    pub const DIRECT: u16 = 1 << 4;
+}
+
+/// Flags of [`DatapathConfig::flags`].
+pub mod config_flags {
+    /// Direct server return is on in this cluster: other nodes may send
+    /// this node frames for VIPs it does not announce. A new flow to such a
+    /// VIP is then served only by a local backend, and nothing for it is
+    /// sent on to another node (`not_announcer`), so a frame never goes
+    /// announcer → node → third node, whatever the nodes' tables say.
+    pub const DIRECT_RETURN: u16 = 1 << 0;
 }
 
 /// Entry of the `vips` hash map, keyed by [`Ipv4Key`].
@@ -247,7 +263,8 @@ pub struct DatapathConfig {
     pub ifindex: u32,
     /// Its MAC: answered in ARP replies, source of frames sent with `XDP_TX`.
     pub mac: [u8; 6],
-    pub _pad0: [u8; 2],
+    /// [`config_flags`] bits.
+    pub flags: u16,
     /// Inclusive NAT source-port range for remote backends (host order).
     /// Keep it outside `net.ipv4.ip_local_port_range` so local sockets never
     /// collide with it.
@@ -286,7 +303,7 @@ impl DatapathConfig {
             node_ip,
             ifindex,
             mac,
-            _pad0: [0; 2],
+            flags: 0,
             nat_port_min,
             nat_port_max,
             ready: ready as u32,
@@ -307,6 +324,12 @@ impl DatapathConfig {
     #[must_use]
     pub const fn with_hash_seed(self, hash_seed: u32) -> Self {
         Self { hash_seed, ..self }
+    }
+
+    /// The same configuration with other [`config_flags`].
+    #[must_use]
+    pub const fn with_flags(self, flags: u16) -> Self {
+        Self { flags, ..self }
     }
 
     /// The same configuration with another new-flow guard.

@@ -172,6 +172,23 @@ pub fn refresh(
     }
 }
 
+/// Refreshes a direct-return flow after a client packet that moves it to
+/// `state`: its timestamps once a second or on a state change. It has no
+/// reverse entry; its backend's node keeps the flow's other half.
+#[inline(always)]
+pub fn refresh_direct(ct: *mut ConntrackValue, state: u8, now: u64) {
+    // SAFETY: conntrack value pointer obtained in this run; a racing writer
+    // can only store another packet's values of the same flow.
+    let (last, old) = unsafe { ((*ct).last_seen_ns, (*ct).state) };
+    if old != state || now.wrapping_sub(last) >= NS_PER_SEC {
+        // SAFETY: as above.
+        unsafe {
+            (*ct).last_seen_ns = now;
+            (*ct).state = state;
+        }
+    }
+}
+
 /// Re-inserts an evicted reverse entry. Out of line: rare, and its value
 /// would otherwise take stack space on every established packet. `meta` is
 /// `service_id << 32 | flags << 16 | state` (BPF calls take five arguments).
@@ -286,12 +303,12 @@ fn take_over(r: *mut RevNatValue, last: u64, rval: &RevNatValue) -> bool {
     true
 }
 
-/// `create` failed to write an entry (a map that is full and not LRU).
+/// `onehop_flow_create` failed to write an entry (a map that is full and not LRU).
 pub const CREATE_MAP_FAILED: u32 = 1 << 16;
-/// `create` found no flow-table slot it may take (`flow_table_full`).
+/// `onehop_flow_create` found no flow-table slot it may take (`flow_table_full`).
 pub const CREATE_TABLE_FULL: u32 = 2 << 16;
 
-/// This CPU's scratch space for a new flow (see `create`).
+/// This CPU's scratch space for a new flow (see `onehop_flow_create`).
 #[inline(always)]
 pub fn scratch() -> Option<*mut FlowScratch> {
     FLOW_SCRATCH.get_ptr_mut(0)
@@ -301,7 +318,7 @@ pub fn scratch() -> Option<*mut FlowScratch> {
 /// slot `s`, `s.backend` its backend and `s.ctv` its value) in
 /// its endpoint's `local_fronts` entry, or marks the flow
 /// `LOCAL_REVERSE` when the entry has no room. Called by the packet path
-/// before [`create`], not by `create` itself: a call from there would add a
+/// before [`onehop_flow_create`], not by it: a call from there would add a
 /// frame to the new flow's call chain, which has no stack to spare.
 #[inline(always)]
 pub fn remember_front(key: &FlowKey, s: *mut FlowScratch) {
@@ -323,27 +340,22 @@ pub fn remember_front(key: &FlowKey, s: *mut FlowScratch) {
     }
 }
 
-/// Writes a new flow's entries: conntrack (`s.ctv`, filled by the caller
-/// but for the NAT port; `s.hash` its flow hash; `s.backend` its backend),
-/// and the reverse entry, which for a remote flow claims its NAT port.
-/// Returns the NAT port of a remote flow, 1 for a local one, 0 when no NAT
-/// port is free, or [`CREATE_MAP_FAILED`].
+/// Writes the new flow of this CPU's scratch slot `s`: its conntrack entry
+/// (`s.key`, written by the packet path for every packet; `s.ctv`, filled
+/// by the caller but for the NAT port; `s.hash` its flow hash; `s.backend`
+/// its backend), and the reverse entry, which for a full-NAT flow claims
+/// its NAT port (a direct-return flow has none). Returns the NAT port of a
+/// full-NAT flow, 1 for a local or direct-return one, 0 when no NAT port is
+/// free, [`CREATE_TABLE_FULL`] or [`CREATE_MAP_FAILED`].
 ///
 /// The entries are built in the per-CPU `flow_scratch` map: with 16-byte
 /// addresses a new flow's keys and values do not fit on the stack beside
 /// the packet path's own state (512 bytes for the whole call chain).
-#[inline(always)]
-pub fn create(key: &FlowKey, s: *mut FlowScratch) -> u32 {
-    // SAFETY: this CPU's scratch slot (from `scratch`), ours for this run;
-    // `key` is on our stack, so the two cannot overlap.
-    unsafe { core::ptr::copy_nonoverlapping(key, &raw mut (*s).key, 1) };
-    onehop_flow_create()
-}
-
-/// [`create`]'s body as a *global* BPF function (exported by the linker,
-/// see lb-ebpf's build script): the verifier checks it once, on its own,
-/// instead of once for every way the packet path reaches it — its NAT port
-/// claim loop was about half of the program's verification.
+///
+/// A *global* BPF function (exported by the linker, see lb-ebpf's build
+/// script): the verifier checks it once, on its own, instead of once for
+/// every way the packet path reaches it — its NAT port claim loop was about
+/// half of the program's verification.
 ///
 /// It takes no arguments, everything is in this CPU's scratch slot, which
 /// it looks up itself: the verifier types a global function's pointer
@@ -367,8 +379,12 @@ pub extern "C" fn onehop_flow_create() -> u32 {
     let remote = s.ctv.flags & flow_flags::REMOTE != 0;
     // The backend's fields one by one: a copy of it would take stack.
     let (backend, backend_port, proto) = (s.backend.ip, s.backend.port, s.key.proto);
-    if !remote && s.ctv.flags & flow_flags::LOCAL_REVERSE == 0 {
-        // The flow's one write (its front is recorded: `remember_front`).
+    if (!remote && s.ctv.flags & flow_flags::LOCAL_REVERSE == 0)
+        || s.ctv.flags & flow_flags::DIRECT != 0
+    {
+        // The flow's one write: a local flow's front is recorded
+        // (`remember_front`), a direct-return flow has no reverse entry and
+        // no NAT port.
         return if flowtable::insert(s, cfg.flow_sets, &cfg.timeouts) == flowtable::INSERTED {
             1
         } else {

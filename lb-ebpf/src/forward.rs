@@ -43,6 +43,31 @@ pub fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u
     route_with(ctx, &mut p, src, dst, proto, tot_len)
 }
 
+/// [`route`] to another node; with `on_link`, only when the node itself is
+/// the next hop (direct server return): a frame for a VIP handed to a
+/// router would come back to whoever announces the VIP.
+#[inline(always)]
+pub fn route_to_node(
+    ctx: &XdpContext,
+    src: [u8; 4],
+    node: [u8; 4],
+    proto: u8,
+    tot_len: u16,
+    on_link: bool,
+) -> Route {
+    // SAFETY: as in `route`.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let r = route_with(ctx, &mut p, src, node, proto, tot_len);
+    // The kernel leaves the next hop's address (the gateway, or the
+    // destination itself) in the destination field.
+    // SAFETY: plain integers of the struct the helper just wrote.
+    let via = unsafe { p.__bindgen_anon_4.ipv4_dst };
+    match r {
+        Route::Hop(_) if on_link && via != u32::from_ne_bytes(node) => Route::Fail,
+        other => other,
+    }
+}
+
 /// [`route`] with the lookup's parameters in `p`, all zero on entry
 /// (memory the caller owns, e.g. a scratch map's, when its stack has no 64
 /// bytes to spare).

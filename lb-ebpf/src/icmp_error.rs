@@ -11,6 +11,7 @@
 //! | arrives | quotes | becomes (outer; quote) | counter |
 //! | --- | --- | --- | --- |
 //! | uplink, to the VIP, local flow | `VIP:port → client` | `src → pod`; `pod:tport → client` | `icmp_error_to_backend` |
+//! | uplink, to the VIP, direct-return flow | `VIP:port → client` | unchanged, sent to the pod's node (which translates it as a local flow's) | `icmp_error_to_backend` |
 //! | uplink, to the VIP, remote flow | `VIP:port → client` | `node → pod`, sent to the pod's node; `pod:tport → node:nat_port` | `icmp_error_to_backend` |
 //! | uplink, to the node, remote flow | `node:nat_port → pod:tport` | `VIP → client`, sent to the client; `client → VIP:port` | `icmp_error_to_client` |
 //! | `lb_egress`, local flow | `client → pod:tport` | `VIP → client`; `client → VIP:port` | `egress_icmp_error` |
@@ -63,7 +64,7 @@
 //! `Scratch`), so their own frames stay at 88 bytes: on Linux 6.1, which
 //! rounds every frame up to 32 bytes, `lb_ingress` (344 → 352) + one of them
 //! (88 → 96) + the `memset` they call (0 → 32) is 480 of the 512 bytes, and
-//! they are never on a call chain with a new flow's `conntrack::create`. A
+//! they are never on a call chain with a new flow's `conntrack::onehop_flow_create`. A
 //! tail call would give this path a stack of its own, but needs a program
 //! array that the agent fills and every test harness loads; a call needs
 //! neither.
@@ -271,8 +272,8 @@ fn readdress(
 }
 
 /// Scratch memory of the XDP error paths, laid over this CPU's
-/// `flow_scratch` slot (which only a new flow's `conntrack::create` uses,
-/// and an error never creates a flow). `lb_ingress`'s own frame leaves a
+/// `flow_scratch` slot (which the service path uses for its flow's key and
+/// a new flow's entries; an error takes another path and creates no flow). `lb_ingress`'s own frame leaves a
 /// call about 150 bytes of stack; the lookup key and the FIB lookup's
 /// parameters alone would take 104. Everything read before a helper call
 /// and needed after it is kept here too: LLVM keeps each byte of an
@@ -490,6 +491,9 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
     if pod != s.out_dst {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     }
+    if flags & flow_flags::DIRECT != 0 {
+        return to_direct_node(ctx, s, cfg, pod_node, tot_len);
+    }
     s.src = To {
         addr: pod,
         port: pod_port,
@@ -534,6 +538,44 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
         Route::NoNeighbour => Outcome::Drop(DropReason::NoNeighbour),
         Route::Fail => Outcome::Drop(DropReason::NoRoute),
     }
+}
+
+/// An error about a direct-return flow goes as the flow's packets do:
+/// unchanged but for its MAC addresses, to the backend's node, which holds
+/// the flow and translates the error for its pod (a local flow there).
+#[inline(always)]
+fn to_direct_node(
+    ctx: *mut xdp_md,
+    s: &mut Scratch,
+    cfg: &DatapathConfig,
+    node: u32,
+    tot_len: u16,
+) -> Outcome {
+    match route(ctx, s, cfg.node_ip, a(node), tot_len) {
+        // SAFETY: plain integers of the struct the helper just wrote; the
+        // kernel leaves the next hop's address in the destination.
+        Route::Hop(_) if unsafe { s.fib.__bindgen_anon_4.ipv4_dst } == node => {}
+        Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
+        _ => return Outcome::Drop(DropReason::NoRoute),
+    }
+    let (data, end) = xdp_bounds(ctx);
+    let Parsed::Quote(m) = message(data, end) else {
+        return Outcome::Drop(DropReason::IcmpErrorMalformed);
+    };
+    let hop = NextHop {
+        ifindex: s.fib.ifindex,
+        smac: s.fib.smac,
+        dmac: s.fib.dmac,
+    };
+    if m.eth.src == hop.dmac {
+        return Outcome::Drop(DropReason::DirectLoop);
+    }
+    forward::send(
+        &XdpContext::new(ctx),
+        m.eth,
+        &hop,
+        Counter::IcmpErrorToBackend,
+    )
 }
 
 /// `lb_ingress`, an ICMP error to the node's address (outer header

@@ -30,6 +30,16 @@
 //! partial, as a veth delivers it from a sender that offloads TX checksums,
 //! is finished before it is translated and sent on (see `partial`).
 //!
+//! Direct server return (backends flagged `DIRECT`): see `to_direct`. With
+//! it on (`config_flags::DIRECT_RETURN`), only the node that announces a
+//! VIP sends its frames on to other nodes: elsewhere a new flow is served
+//! by a local backend or dropped (`not_announcer`), and so is a packet of a
+//! direct-return flow this node started while it announced the VIP. A
+//! frame another node sent us is thus never sent on to a third node, and
+//! tables that differ between nodes during an update cannot make one loop.
+//! (Two nodes that both take themselves for the announcer, one with a
+//! stopped agent, are caught by the next hop: `direct_loop`.)
+//!
 //! Node path: only a well-formed TCP/UDP packet to a NAT port whose reply
 //! 5-tuple is in `rev_nat`, an ICMP error about a packet we sent to a
 //! remote backend (see `icmp_error`: sent on to the client) and the first
@@ -55,10 +65,12 @@
 //! Either way a reply larger than the path MTU is lost, and counted; what
 //! the fragments of a local one leave untranslated is the pod's address.
 
+use core::ptr::NonNull;
+
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv4Key,
-    ServiceKey, backend_flags,
+    ServiceKey, backend_flags, config_flags,
     flow::table::key_hash,
     flow::{self, Side, family, tcp_flags},
     flow_flags, proto, vip_flags,
@@ -137,7 +149,7 @@ fn classify(
     // SAFETY: value pointer the map just returned; read by value.
     let flags = unsafe { (*vip).flags };
     if flags & vip_flags::SERVICE != 0 {
-        service_path(ctx, cur, eth, ip, cfg, frame_len)
+        service_path(ctx, cur, eth, ip, cfg, frame_len, flags)
     } else if flags & vip_flags::NODE != 0 {
         node_path(ctx, cur, eth, ip, cfg, frame_len)
     } else {
@@ -220,6 +232,7 @@ fn service_path(
     ip: &mut Ipv4Hdr,
     cfg: &DatapathConfig,
     frame_len: usize,
+    vip: u32,
 ) -> Outcome {
     let l4_len = match check_ipv4(ip, frame_len) {
         Ok(l) => l,
@@ -252,12 +265,23 @@ fn service_path(
     // of one version.
     let svc = unsafe { &*svc };
     stats::traffic(&SERVICE_STATS, svc.id, frame_len);
-    let key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
+    // The flow's key lives in this CPU's scratch slot, where a new flow's
+    // entry is built from it: on the stack its 40 bytes would stay in the
+    // packet path's frame across the whole call chain of a new flow.
+    let Some(s) = conntrack::scratch() else {
+        return Outcome::Drop(DropReason::MapUpdate);
+    };
+    // SAFETY: this CPU's scratch slot, ours for this run (nothing on the
+    // service path uses its `key` but this flow).
+    let key = unsafe {
+        (*s).key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
+        &(*s).key
+    };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let hash = key_hash(cfg.hash_seed, &key);
-    let choice = service::choose(&key, ip.src, svc, syn_only, now, cfg, hash);
+    let hash = key_hash(cfg.hash_seed, key);
+    let choice = service::choose(key, ip.src, svc, syn_only, now, cfg, hash);
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
@@ -273,18 +297,15 @@ fn service_path(
             if proto == proto::TCP && flow::proves(state, next) {
                 guard::refund();
             }
-            (backend_id, backend, Some(ct), next)
+            (backend_id, backend, NonNull::new(ct), next)
         }
         Ok(Choice::New {
             backend_id,
             backend,
         }) => {
             // The flow's sets and NAT probes: left in the scratch slot for
-            // `conntrack::create` now rather than kept live (in the packet
+            // `conntrack::onehop_flow_create` now rather than kept live (in the packet
             // path's frame) until then.
-            let Some(s) = conntrack::scratch() else {
-                return Outcome::Drop(DropReason::MapUpdate);
-            };
             // SAFETY: this CPU's scratch slot, ours for this run.
             unsafe { (*s).hash = hash };
             // An unproven TCP flow must find room before it takes state
@@ -297,7 +318,7 @@ fn service_path(
         Err(r) => return Outcome::Drop(r),
     };
     let flow = Flow {
-        key: &key,
+        key,
         service_id: svc.id,
         backend_id,
         b,
@@ -305,11 +326,7 @@ fn service_path(
         state,
         now,
     };
-    let out = if b.flags & backend_flags::LOCAL != 0 {
-        to_local(ip, &mut l4, &flow)
-    } else {
-        to_remote(ctx, eth, ip, &mut l4, cfg, &flow)
-    };
+    let out = dispatch(ctx, eth, ip, &mut l4, cfg, &flow, vip);
     if !matches!(out, Outcome::Drop(_)) {
         stats::traffic(&BACKEND_STATS, backend_id, frame_len);
     } else if established.is_none() && proto == proto::TCP {
@@ -319,15 +336,102 @@ fn service_path(
     out
 }
 
+/// Where a flow's packet goes: to a local pod, to a remote one's node by
+/// direct return or by full NAT, or nowhere (`not_announcer`). `vip` is the
+/// destination's `vip_flags`.
+#[inline(always)]
+fn dispatch(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    l4: &mut L4<'_>,
+    cfg: &DatapathConfig,
+    f: &Flow<'_>,
+    vip: u32,
+) -> Outcome {
+    let local = f.b.flags & backend_flags::LOCAL != 0;
+    // A flow keeps the way it started (its entry says which); a new one
+    // takes its backend's.
+    let direct = !local
+        && match f.ct() {
+            Some(ct) => {
+                // SAFETY: conntrack value pointer from this run; read by value.
+                let flags = unsafe { (*ct).flags };
+                flags & flow_flags::DIRECT != 0
+            }
+            None => f.b.flags & backend_flags::DIRECT != 0,
+        };
+    if local {
+        return to_local(ip, l4, f);
+    }
+    if cfg.flags & config_flags::DIRECT_RETURN != 0
+        && vip & vip_flags::ANNOUNCE == 0
+        && (direct || f.established.is_none())
+    {
+        // Another node may have sent this frame here (see `not_announcer`).
+        return Outcome::Drop(DropReason::NotAnnouncer);
+    }
+    // After `XDP_TX` nothing would finish a partial checksum (see `partial`).
+    if !partial::finish_before_tx(ctx, ip, l4) {
+        return Outcome::Drop(DropReason::PartialChecksum);
+    }
+    // One lookup for both ways out (each its own would take its own stack).
+    let hop = match next_hop(ctx, ip.tot_len(), cfg, f, direct) {
+        Ok(h) => h,
+        Err(r) => return Outcome::Drop(r),
+    };
+    if direct {
+        to_direct(ctx, eth, f, &hop)
+    } else {
+        to_remote(ctx, eth, ip, l4, cfg, f, &hop)
+    }
+}
+
+/// The next hop towards a remote backend's node: the one its flow's entry
+/// caches (renewed once a second with the timestamps), else the FIB's
+/// (then cached). Direct return needs the node itself as the next hop.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    tot_len: u16,
+    cfg: &DatapathConfig,
+    f: &Flow<'_>,
+    direct: bool,
+) -> Result<forward::NextHop, DropReason> {
+    if let Some(h) = f.ct().and_then(|ct| conntrack::cached_hop(ct, f.now)) {
+        return Ok(h);
+    }
+    match forward::route_to_node(ctx, cfg.node_ip, f.b.node_ip, f.key.proto, tot_len, direct) {
+        Route::Hop(h) => {
+            if let Some(ct) = f.ct() {
+                conntrack::store_hop(ct, &h);
+            }
+            Ok(h)
+        }
+        Route::NoNeighbour => Err(DropReason::NoNeighbour),
+        Route::Fail => Err(DropReason::NoRoute),
+    }
+}
+
 struct Flow<'k> {
     key: &'k FlowKey,
     service_id: u32,
     backend_id: u32,
     b: BackendValue,
-    established: Option<*mut ConntrackValue>,
+    /// The flow's conntrack value, when it has one (a pointer with no niche
+    /// would make this 16 bytes of the packet path's frame: see [`Self::ct`]).
+    established: Option<NonNull<ConntrackValue>>,
     /// The flow's TCP state after this packet.
     state: u8,
     now: u64,
+}
+
+impl Flow<'_> {
+    /// The flow's conntrack value, when it has one.
+    #[inline(always)]
+    fn ct(&self) -> Option<*mut ConntrackValue> {
+        self.established.map(NonNull::as_ptr)
+    }
 }
 
 /// Local backend: DNAT to the pod and let the kernel route it (it also
@@ -336,7 +440,7 @@ struct Flow<'k> {
 #[inline(always)]
 fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
     let k = f.key;
-    let counter = if let Some(ct) = f.established {
+    let counter = if let Some(ct) = f.ct() {
         // A local flow's reverse key holds the client's own tuple: no other
         // flow can hold it, so the entry is always ours to put back.
         let reply = ReplyKey {
@@ -365,7 +469,7 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
             (*s).backend = f.b;
         }
         conntrack::remember_front(k, s);
-        match conntrack::create(k, s) {
+        match conntrack::onehop_flow_create() {
             1 => {}
             conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
             _ => return Outcome::Drop(DropReason::MapUpdate),
@@ -387,6 +491,8 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
 
 /// Remote backend: full NAT (node address and a NAT port as source, so the
 /// reply comes back through us) and straight out to the backend's node.
+/// `hop` is the next hop towards the backend's node, found first: a flow
+/// we cannot send must not claim a NAT port.
 #[inline(always)]
 fn to_remote(
     ctx: &XdpContext,
@@ -395,32 +501,11 @@ fn to_remote(
     l4: &mut L4<'_>,
     cfg: &DatapathConfig,
     f: &Flow<'_>,
+    hop: &forward::NextHop,
 ) -> Outcome {
     let k = f.key;
-    if !partial::finish_before_tx(ctx, ip, l4) {
-        return Outcome::Drop(DropReason::PartialChecksum);
-    }
-    // An established flow reuses the next hop its entry caches (renewed
-    // once a second with the timestamps). Otherwise route first: a flow we
-    // cannot send must not claim a NAT port.
-    let cached = f
-        .established
-        .and_then(|ct| conntrack::cached_hop(ct, f.now));
-    let hop = match cached {
-        Some(h) => h,
-        None => match forward::route(ctx, cfg.node_ip, f.b.node_ip, k.proto, ip.tot_len()) {
-            Route::Hop(h) => {
-                if let Some(ct) = f.established {
-                    conntrack::store_hop(ct, &h);
-                }
-                h
-            }
-            Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
-            Route::Fail => return Outcome::Drop(DropReason::NoRoute),
-        },
-    };
     let mut established = None;
-    if let Some(ct) = f.established {
+    if let Some(ct) = f.ct() {
         // SAFETY: conntrack value pointer from this run; read by value.
         let port = unsafe { (*ct).nat_port };
         let reply = ReplyKey {
@@ -459,7 +544,7 @@ fn to_remote(
             .with_hop(hop.ifindex, hop.dmac, hop.smac);
             (*s).backend = f.b;
         }
-        let port = match conntrack::create(k, s) {
+        let port = match conntrack::onehop_flow_create() {
             0 => return Outcome::Drop(DropReason::NatExhausted),
             conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
             p => match u16::try_from(p) {
@@ -482,7 +567,52 @@ fn to_remote(
         }),
         true,
     );
-    forward::send(ctx, eth, &hop, counter)
+    forward::send(ctx, eth, hop, counter)
+}
+
+/// Remote backend on our segment, direct server return: the frame goes to
+/// the backend's node as it came but for its Ethernet addresses (no IP or
+/// transport field changes, so no checksum work and no MTU cost); that
+/// node's `lb_ingress` picks the same backend (same tables), local there,
+/// and its `lb_egress` sends the pod's reply straight to the client. The
+/// flow's one write is its conntrack entry.
+#[inline(always)]
+fn to_direct(ctx: &XdpContext, eth: &mut EthHdr, f: &Flow<'_>, hop: &forward::NextHop) -> Outcome {
+    // The frame came from the node we would send it to: both of us take
+    // ourselves for the announcer, and it would bounce between us.
+    if eth.src == hop.dmac {
+        return Outcome::Drop(DropReason::DirectLoop);
+    }
+    let state = flow::direct_state(f.state);
+    let counter = if let Some(ct) = f.ct() {
+        conntrack::refresh_direct(ct, state, f.now);
+        Counter::DirectEstablished
+    } else {
+        let Some(s) = conntrack::scratch() else {
+            return Outcome::Drop(DropReason::MapUpdate);
+        };
+        // SAFETY: this CPU's scratch slot, ours for this run.
+        unsafe {
+            (*s).ctv = ConntrackValue::new(
+                f.backend_id,
+                conntrack::backend_addr(&f.b),
+                f.service_id,
+                0,
+                flow_flags::REMOTE | flow_flags::DIRECT,
+                state,
+                f.now,
+            )
+            .with_hop(hop.ifindex, hop.dmac, hop.smac);
+            (*s).backend = f.b;
+        }
+        match conntrack::onehop_flow_create() {
+            1 => {}
+            conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
+            _ => return Outcome::Drop(DropReason::MapUpdate),
+        }
+        Counter::DirectNewFlow
+    };
+    forward::send(ctx, eth, hop, counter)
 }
 
 /// A remote backend's reply to one of our NAT ports: translate it back to

@@ -280,6 +280,15 @@ struct KubeArgs {
     /// services file has `maglev_table_size`).
     #[arg(long, default_value_t = MaglevSize::DEFAULT, conflicts_with = "services_file")]
     maglev_table_size: MaglevSize,
+    /// Direct server return: new flows to a backend on another node of
+    /// this node's segment (the interface's subnet) whose agent is live
+    /// (its Lease) go to that node as they are, only the MAC addresses
+    /// rewritten, and the backend sees the client's address; backends on
+    /// other nodes get full NAT. Off: full NAT to every remote backend.
+    /// Give every node the same (Kubernetes source; the services file has
+    /// `direct_return`).
+    #[arg(long, env = "ONEHOP_DIRECT_RETURN", conflicts_with = "services_file")]
+    direct_return: bool,
     /// How often this node renews its Lease (one API write each).
     #[arg(long, default_value_t = 400)]
     lease_renew_ms: u64,
@@ -548,6 +557,7 @@ fn kube_options(kube: &KubeArgs) -> Result<agent::kube::Options> {
         },
         flow_timeouts,
         maglev_table_size: kube.maglev_table_size,
+        direct_return: kube.direct_return,
         renew_interval: Duration::from_millis(kube.lease_renew_ms.max(50)),
         lease_duration: Duration::from_millis(kube.lease_duration_ms.max(200)),
     })

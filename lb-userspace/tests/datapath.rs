@@ -15,6 +15,7 @@ use aya::maps::PerCpuValues;
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, ConntrackValue, Counter as C,
     DropReason as D, Front, Ipv4Key, LocalEndpointKey, RevNatValue, backend_flags, bench,
+    config_flags,
     flow::{addr_v4, tcp_state, v4_of},
     flow_flags, front_state, maps as m, proto,
 };
@@ -565,6 +566,310 @@ fn remote_udp_and_redirect() {
             (NODE_IP, far_ip, far_port)
         );
         assert_checksums(&out);
+    });
+}
+
+// ---------------------------------------------------------------- direct server return
+
+/// The announcer's side: a new flow to a backend on another node of the
+/// segment leaves with only its MAC addresses rewritten (no IP or transport
+/// byte changes: TTL, addresses, ports and checksums as they came), and the
+/// flow's one write is its conntrack entry (no reverse entry, no NAT port).
+/// A backend beyond the segment keeps full NAT, and a flow keeps the way it
+/// started when the mode changes.
+#[test]
+fn direct_return_sends_the_frame_on_with_only_its_macs_changed() {
+    with_lb(|lb| {
+        lb.set_direct_return(true);
+        let state = lb.h.state().clone();
+        assert_eq!(
+            state.config.flags & config_flags::DIRECT_RETURN,
+            config_flags::DIRECT_RETURN
+        );
+        for (id, direct) in [
+            (REMOTE_PEER, true),
+            (REMOTE_NO_NEIGH, true),
+            (REMOTE_FAR, false),
+            (LOCAL_A, false),
+        ] {
+            let f = state.backends[&id].flags;
+            assert_eq!(
+                f & backend_flags::DIRECT != 0,
+                direct,
+                "backend {id}: {f:#x}"
+            );
+        }
+
+        let syn = Pkt::tcp(CLIENT, 40001, VIP, 81, SYN).build();
+        let out = lb.expect("direct SYN", &syn, XDP_TX, Want::C(C::DirectNewFlow));
+        assert_eq!(out[..6], PEER_NODE_MAC, "to the backend's node");
+        assert_eq!(out[6..12], NODE_MAC, "from us");
+        assert_eq!(
+            out[12..],
+            syn[12..],
+            "EtherType, IP header and segment as they came"
+        );
+        let key = flow(CLIENT, VIP, 40001, 81, proto::TCP);
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(
+            (ct.backend_id, ct.nat_port, ct.flags),
+            (REMOTE_PEER, 0, flow_flags::REMOTE | flow_flags::DIRECT)
+        );
+        assert_eq!(
+            (ct.hop_ifindex, ct.hop_dmac, ct.hop_smac),
+            (lb.ifindex, PEER_NODE_MAC, NODE_MAC),
+            "the next hop is cached with the flow"
+        );
+        assert!(
+            lb.rev_nat_entries().is_empty(),
+            "no reverse entry and no NAT port: the conntrack entry is the one write"
+        );
+
+        let mut ack = Pkt::tcp(CLIENT, 40001, VIP, 81, ACK | PSH);
+        ack.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        let ack = ack.build();
+        let out = lb.expect("direct ACK", &ack, XDP_TX, Want::C(C::DirectEstablished));
+        assert_eq!(
+            (&out[..6], &out[6..12]),
+            (&PEER_NODE_MAC[..], &NODE_MAC[..])
+        );
+        assert_eq!(out[12..], ack[12..]);
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_ne!(ct.state & tcp_state::ESTABLISHED, 0, "{ct:?}");
+        assert!(lb.rev_nat_entries().is_empty());
+
+        let far = Pkt::tcp(CLIENT, 40002, VIP, 82, SYN).build();
+        let out = lb.expect(
+            "beyond the segment",
+            &far,
+            XDP_REDIRECT,
+            Want::C(C::RemoteNewFlow),
+        );
+        assert_eq!(view(&out).ip.source, NODE_IP, "full NAT");
+
+        lb.set_direct_return(false);
+        let syn3 = Pkt::tcp(CLIENT, 40003, VIP, 81, SYN).build();
+        lb.expect(
+            "direct return off",
+            &syn3,
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        lb.expect(
+            "a direct flow keeps its way",
+            &ack,
+            XDP_TX,
+            Want::C(C::DirectEstablished),
+        );
+        // The backend's FIN never passes here: the client's closes the flow.
+        let fin = Pkt::tcp(CLIENT, 40001, VIP, 81, FIN | ACK).build();
+        lb.expect("client FIN", &fin, XDP_TX, Want::C(C::DirectEstablished));
+        let ct = lb.conntrack(&key).expect("conntrack");
+        assert_eq!(
+            ct.state & tcp_state::BOTH_FIN,
+            tcp_state::BOTH_FIN,
+            "{ct:?}"
+        );
+    });
+}
+
+/// UDP goes the same way, and a partial checksum (a client on a veth) is
+/// finished first, since nothing would after `XDP_TX`: only the checksum
+/// field differs from what came.
+#[test]
+fn direct_return_udp_and_partial_checksums() {
+    with_lb(|lb| {
+        lb.set_direct_return(true);
+        let q = Pkt::udp(CLIENT, 5000, VIP, 87).build();
+        let out = lb.expect("direct UDP", &q, XDP_TX, Want::C(C::DirectNewFlow));
+        assert_eq!((&out[..6], &out[12..]), (&PEER_NODE_MAC[..], &q[12..]));
+
+        let partial = partial_checksum(&Pkt::tcp(CLIENT, 40004, VIP, 81, SYN).build());
+        let out = lb.expect(
+            "direct SYN, partial",
+            &partial,
+            XDP_TX,
+            Want::C(C::DirectNewFlow),
+        );
+        assert_eq!(l4_verifies(&out), Some(true));
+        assert_eq!(
+            (&out[12..50], &out[52..]),
+            (&partial[12..50], &partial[52..])
+        );
+    });
+}
+
+/// Both nodes, each its own data path: what the announcer sends on reaches
+/// the backend's node, which picks the same backend (the same tables),
+/// delivers to its pod with the client's address, and turns the pod's reply
+/// into `VIP:port → client`. A mid-flow packet at an announcer without the
+/// flow (a failover) goes to the same node, which still holds the flow.
+#[test]
+fn direct_return_the_backends_node_serves_the_flow_with_the_clients_address() {
+    with_lb(|a| {
+        let (local_pod, port) = pod(LOCAL_A);
+        let (peer_pod, peer_port) = pod(REMOTE_PEER);
+        let backends = [(local_pod, NODE_IP), (peer_pod, PEER_NODE)];
+        a.set_direct_return(true);
+        a.add_service(90, port, &backends);
+        let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
+        b.add_service(90, port, &backends);
+
+        let mut sent_on = Vec::new();
+        for sport in 41000..41040 {
+            let syn = Pkt::tcp(CLIENT, sport, VIP, 90, SYN);
+            let r = a.run(&syn.build());
+            if r.action == XDP_PASS {
+                assert_eq!(view(&r.out).ip.destination, local_pod, "sport {sport}");
+                continue;
+            }
+            assert_eq!(r.action, XDP_TX, "sport {sport}");
+            let out = b.expect(
+                "at the backend's node",
+                &r.out,
+                XDP_PASS,
+                Want::C(C::LocalNewFlow),
+            );
+            let mut want = syn.clone();
+            want.eth_src = NODE_MAC;
+            want.eth_dst = PEER_NODE_MAC;
+            want.dst = peer_pod;
+            want.dport = peer_port;
+            assert_eq!(
+                out,
+                want.build(),
+                "DNAT to the pod, the client's address kept"
+            );
+
+            let mut reply = Pkt::tcp(peer_pod, peer_port, CLIENT, sport, SYN | ACK);
+            reply.eth_src = PEER_NODE_MAC;
+            reply.eth_dst = CLIENT_MAC;
+            let r = b.run_egress(&reply.build());
+            let mut want = reply.clone();
+            want.src = VIP;
+            want.sport = 90;
+            assert_eq!(
+                r.out,
+                want.build(),
+                "the reply leaves the backend's node from the VIP"
+            );
+            assert_checksums(&r.out);
+            if sent_on.is_empty() {
+                // A router on the client's side answers that reply with an
+                // error to the VIP, which reaches the announcer: it goes on
+                // as the flow's packets do, and the backend's node hands it
+                // to the pod quoting the pod's own packet.
+                let err = icmp_error(CLIENT_ROUTER, VIP, FRAG_NEEDED, &ip_bytes(&r.out, 28));
+                let err = err.build();
+                let out = a.expect(
+                    "error at the announcer",
+                    &err,
+                    XDP_TX,
+                    Want::C(C::IcmpErrorToBackend),
+                );
+                assert_eq!((&out[..6], &out[12..]), (&PEER_NODE_MAC[..], &err[12..]));
+                let out = b.expect(
+                    "error at the backend's node",
+                    &out,
+                    XDP_PASS,
+                    Want::C(C::IcmpErrorToBackend),
+                );
+                let v = view(&out);
+                assert_eq!((v.ip.source, v.ip.destination), (CLIENT_ROUTER, peer_pod));
+                let (_, _, _, quote) = error_parts(&out);
+                assert_eq!(quote, ip_bytes(&reply.build(), 28), "the pod's own packet");
+            }
+            sent_on.push(sport);
+        }
+        assert!(
+            (5..35).contains(&sent_on.len()),
+            "two backends share the flows: {} of 40 sent on",
+            sent_on.len()
+        );
+        assert!(a.rev_nat_entries().is_empty() && b.rev_nat_entries().is_empty());
+
+        // The announcer lost the flow (a new announcer after a failover):
+        // its next packet, mid-stream, goes where Maglev says, to the node
+        // that holds it.
+        let sport = sent_on[0];
+        a.remove_conntrack(&flow(CLIENT, VIP, sport, 90, proto::TCP));
+        let ack = Pkt::tcp(CLIENT, sport, VIP, 90, ACK).build();
+        let out = a.expect(
+            "mid-flow, no entry",
+            &ack,
+            XDP_TX,
+            Want::C(C::DirectNewFlow),
+        );
+        assert_eq!(out[..6], PEER_NODE_MAC);
+        b.expect(
+            "the backend's node still holds the flow",
+            &out,
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+    });
+}
+
+/// A node never sends a frame another node sent it on to a third node: with
+/// tables that disagree (the backend's node still has an older backend set),
+/// the frame is dropped and counted there, and nothing is written. The rule
+/// is the announcement: the same node, announcing, would send it on. A
+/// direct flow of a node that stopped announcing is dropped too (the client
+/// retries at the new announcer), and a frame of a direct flow that comes
+/// back from the node it goes to is never bounced.
+#[test]
+fn direct_return_never_sends_a_forwarded_frame_to_a_third_node() {
+    with_lb(|a| {
+        let (peer_pod, port) = pod(REMOTE_PEER);
+        a.set_direct_return(true);
+        a.add_service(90, port, &[(peer_pod, PEER_NODE)]);
+        let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
+        // B's tables lag: the service's backend is a pod on a third node.
+        b.add_service(90, port, &[([10, 244, 4, 16], THIRD_NODE)]);
+        b.add_service(91, 9090, &[(pod(REMOTE_FAR).0, FAR_NODE)]);
+        a.add_service(91, 9090, &[(peer_pod, PEER_NODE)]);
+
+        for (dport, what) in [(90, "direct at B"), (91, "full NAT at B")] {
+            let syn = Pkt::tcp(CLIENT, 42000, VIP, dport, SYN).build();
+            let out = a.expect("sent on to B", &syn, XDP_TX, Want::C(C::DirectNewFlow));
+            b.expect(what, &out, XDP_DROP, Want::D(D::NotAnnouncer));
+        }
+        assert_eq!(b.conntrack_len(), 0, "nothing written at B");
+
+        // Only the announcement stops it: announcing, B sends it on.
+        b.set_announced(true);
+        let syn = Pkt::tcp(CLIENT, 42000, VIP, 90, SYN).build();
+        let out = a.expect("sent on to B", &syn, XDP_TX, Want::C(C::DirectEstablished));
+        let out = b.expect("B announcing", &out, XDP_TX, Want::C(C::DirectNewFlow));
+        assert_eq!(out[..6], THIRD_NODE_MAC);
+
+        // A frame of A's direct flow from B's MAC: B takes itself for the
+        // announcer too and sent it back.
+        let ack = Pkt::tcp(CLIENT, 42000, VIP, 90, ACK);
+        let mut back = ack.clone();
+        back.eth_src = PEER_NODE_MAC;
+        a.expect(
+            "back from B",
+            &back.build(),
+            XDP_DROP,
+            Want::D(D::DirectLoop),
+        );
+
+        // A stops announcing the VIP: its direct flow goes nowhere from here.
+        a.set_announced(false);
+        a.expect(
+            "no longer the announcer",
+            &ack.build(),
+            XDP_DROP,
+            Want::D(D::NotAnnouncer),
+        );
+        let syn = Pkt::tcp(CLIENT, 42001, VIP, 90, SYN).build();
+        a.expect(
+            "new flow, not the announcer",
+            &syn,
+            XDP_DROP,
+            Want::D(D::NotAnnouncer),
+        );
     });
 }
 

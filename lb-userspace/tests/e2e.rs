@@ -1614,3 +1614,269 @@ fn vlan_tagged_frames_pass_untouched_and_arp_in_them_is_never_answered() {
         "nothing on VLAN 100 answered or balanced: {after:?}"
     );
 }
+
+/// Whether a frame on node1's LAN port carries an answer of node2's pods:
+/// IPv4 from one of them (full NAT, on its way to node1), or from the VIP
+/// with their answer line (`pod=node2-…`, on its way to the client).
+fn carries_a_node2_answer(c: &Cluster, frame: &onehop_testkit::capture::Frame) -> bool {
+    let d = &frame.data;
+    if d.len() < 34 || d[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let src = Ipv4Addr::new(d[26], d[27], d[28], d[29]);
+    c.topo.node(2).pods().iter().any(|p| p.ip() == src)
+        || (src == VIP && d.windows(10).any(|w| w == b"pod=node2-"))
+}
+
+/// GETs (new connections), and with `udp` UDP requests, through the VIP
+/// until node2's pods answered `n` times, both of them; returns the source
+/// address each answering pod saw, and checks that every UDP answer came
+/// from the VIP.
+fn answers_from_node2(c: &Cluster, n: usize, udp: bool) -> BTreeMap<String, Ipv4Addr> {
+    let mut seen = BTreeMap::new();
+    let mut count = 0;
+    let vip_udp = SocketAddr::V4(SocketAddrV4::new(VIP, UDP_PORT));
+    for i in 0..400u32 {
+        let a = get(c).unwrap_or_else(|e| panic!("GET {i} through the VIP: {e:#}\n{}", c.log(1)));
+        let mut answers = vec![(a.pod, a.client)];
+        if udp {
+            let r = c
+                .topo
+                .client()
+                .udp_request(vip_udp, &i.to_be_bytes())
+                .unwrap_or_else(|e| panic!("UDP request {i} through the VIP: {e:#}"));
+            assert_eq!(r.from, vip_udp, "the UDP answer comes from the VIP");
+            answers.push((r.answer.pod, r.answer.client));
+        }
+        for (pod, client) in answers {
+            let SocketAddr::V4(client) = client else {
+                panic!("IPv6 peer")
+            };
+            if pod.starts_with("node2-") {
+                count += 1;
+                if let Some(before) = seen.insert(pod.clone(), *client.ip()) {
+                    assert_eq!(before, *client.ip(), "{pod} saw two sources");
+                }
+            }
+        }
+        if count >= n && seen.len() == 2 {
+            return seen;
+        }
+    }
+    panic!("node2's pods answered {count} times, {seen:?}");
+}
+
+/// Direct server return across two nodes with agents: node2's pods see the
+/// client's own address (TCP and UDP), and their answers never reach the
+/// announcer (node1): no frame from the VIP or a node2 pod crosses node1's
+/// LAN port, while under full NAT (before the switch) every answer does.
+#[test]
+fn direct_return_remote_pods_see_the_client_and_answer_past_the_announcer() {
+    let c = new_cluster();
+    let with_mode = |node: u8, direct: bool| {
+        format!(
+            "direct_return: {direct}\n{}",
+            services_yaml(&c, node, node == 1, &all_backends())
+        )
+    };
+    write_config(&c, 1, &with_mode(1, false));
+    write_config(&c, 2, &with_mode(2, false));
+    start_agent(&c, 1);
+    start_agent(&c, 2);
+    c.wait_for(1, "four backends", |s| pods_in_use(s) == 4);
+    c.wait_for(2, "four backends", |s| pods_in_use(s) == 4);
+    let client = c.topo.client().ip();
+    let node1_port = c.topo.node(1).lan_peer().to_owned();
+
+    // Full NAT: node2's pods see node1, and their answers go through it.
+    let capture = onehop_testkit::capture::Capture::open(c.topo.lan(), &node1_port)
+        .expect("capture on node1's LAN port");
+    // TCP only: a UDP flow of this part whose source port the client used
+    // again after the switch would rightly keep its way (full NAT).
+    let seen = answers_from_node2(&c, 10, false);
+    assert!(
+        seen.values().all(|ip| *ip == c.topo.node(1).ip()),
+        "full NAT: {seen:?}"
+    );
+    let through = capture
+        .next_matching(Duration::from_secs(2), |f| carries_a_node2_answer(&c, f))
+        .expect("capture");
+    assert!(through.is_some(), "under full NAT the answers cross node1");
+    drop(capture);
+
+    write_config(&c, 1, &with_mode(1, true));
+    write_config(&c, 2, &with_mode(2, true));
+    let direct = |s: &Snapshot| s.config.flags & lb_common::config_flags::DIRECT_RETURN != 0;
+    let node2 = c.topo.node(2).ip().octets();
+    c.wait_for(1, "direct return, node2's pods DIRECT", |s| {
+        let on_node2 = || s.backends.iter().filter(|b| b.value.node_ip == node2);
+        direct(s)
+            && on_node2().count() > 0
+            && on_node2().all(|b| b.value.flags & lb_common::backend_flags::DIRECT != 0)
+    });
+    c.wait_for(2, "direct return", direct);
+    let before1 = c.snapshot(1).expect("node1 maps");
+    let before2 = c.snapshot(2).expect("node2 maps");
+
+    let capture = onehop_testkit::capture::Capture::open(c.topo.lan(), &node1_port)
+        .expect("capture on node1's LAN port");
+    let seen = answers_from_node2(&c, 20, true);
+    assert!(
+        seen.values().all(|ip| *ip == client),
+        "direct return: node2's pods see the client {client}: {seen:?}"
+    );
+    // Every frame of those exchanges is queued on the socket by now (each
+    // answer reached the client before the next request); the wait only
+    // bounds the read.
+    let through = capture
+        .next_matching(Duration::from_millis(500), |f| {
+            carries_a_node2_answer(&c, f)
+        })
+        .expect("capture");
+    assert!(
+        through.is_none(),
+        "an answer crossed node1: {:02x?}",
+        through.map(|f| f.data)
+    );
+
+    let after1 = c.snapshot(1).expect("node1 maps");
+    let after2 = c.snapshot(2).expect("node2 maps");
+    let delta = |a: &Snapshot, b: &Snapshot, k: Counter| a.counter(k) - b.counter(k);
+    // (A UDP source port the client used twice is one flow: new or
+    // established, counted either way.)
+    let both = |a: &Snapshot, b: &Snapshot, k: [Counter; 2]| delta(a, b, k[0]) + delta(a, b, k[1]);
+    let direct = [Counter::DirectNewFlow, Counter::DirectEstablished];
+    let local = [Counter::LocalNewFlow, Counter::LocalEstablished];
+    assert!(both(&after1, &before1, direct) >= 20);
+    for k in [
+        Counter::RemoteNewFlow,
+        Counter::RemoteEstablished,
+        Counter::RemoteReply,
+    ] {
+        assert_eq!(delta(&after1, &before1, k), 0, "{k:?} on node1");
+    }
+    assert!(both(&after2, &before2, local) >= 20);
+    assert!(delta(&after2, &before2, Counter::EgressReply) >= 20);
+    assert_eq!(after2.drop_count(DropReason::NotAnnouncer), 0);
+}
+
+/// What the connections did across an announcer's death.
+struct Failover {
+    /// Connections that carried on, on their pod.
+    kept: usize,
+    /// Connections that broke (reset, timed out) or moved, with why.
+    broken: Vec<String>,
+    /// The longest request among those that carried on.
+    longest: Duration,
+    /// The new announcer's counts.
+    node2: Snapshot,
+}
+
+/// 40 keep-alive connections through node1 to pods on node2 and node3;
+/// then node1 dies (agent killed, NIC down) and node2 takes the VIP over
+/// (its file says so, as an election would); then one request on each
+/// connection.
+fn failover(direct: bool) -> Failover {
+    let c = Cluster::new(3, 2, 1);
+    let backends: Vec<BackendSpec> = [(2, 1), (2, 2), (3, 1), (3, 2)]
+        .into_iter()
+        .map(|(node, pod)| BackendSpec { node, pod })
+        .collect();
+    let yaml = |node: u8, announce: bool| {
+        format!(
+            "direct_return: {direct}\n{}",
+            services_yaml(&c, node, announce, &backends)
+        )
+    };
+    for node in 1..=3 {
+        write_config(&c, node, &yaml(node, node == 1));
+        start_agent(&c, node);
+    }
+    for node in 1..=3 {
+        c.wait_for(node, "four backends", |s| pods_in_use(s) == 4);
+    }
+    c.wait_sole_arp_answer(VIP, 1, Duration::from_secs(3));
+    let client = c.topo.client().ip();
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let mut conn = c.topo.client().keep_alive(vip_addr()).expect("connect");
+        let a = conn
+            .get("/")
+            .and_then(|r| r.answer())
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let SocketAddr::V4(seen) = a.client else {
+            panic!("IPv6 peer")
+        };
+        let want = if direct { client } else { c.topo.node(1).ip() };
+        assert_eq!(*seen.ip(), want, "the source {} sees", a.pod);
+        conns.push((conn, a.pod));
+    }
+    let pods: std::collections::BTreeSet<_> = conns.iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(pods.len(), 4, "{pods:?}");
+
+    c.kill_agent(1);
+    let st = command_in(c.topo.node(1).ns(), "ip")
+        .args(["link", "set", "eth0", "down"])
+        .status()
+        .expect("ip link");
+    assert!(st.success(), "node1's NIC down");
+    write_config(&c, 2, &yaml(2, true));
+    c.wait_for(2, "node2 announcing", |s| {
+        s.vips
+            .iter()
+            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+    });
+    let mut out = Failover {
+        kept: 0,
+        broken: Vec::new(),
+        longest: Duration::ZERO,
+        node2: c.snapshot(2).expect("node2 maps"),
+    };
+    for (i, (conn, pod)) in conns.iter_mut().enumerate() {
+        let started = Instant::now();
+        match conn.get("/").and_then(|r| r.answer()) {
+            Ok(a) if a.pod == *pod => {
+                out.kept += 1;
+                out.longest = out.longest.max(started.elapsed());
+            }
+            Ok(a) => out.broken.push(format!("{i}: {pod} -> {}", a.pod)),
+            Err(e) => out.broken.push(format!("{i} to {pod}: {e:#}")),
+        }
+    }
+    out.node2 = c.snapshot(2).expect("node2 maps");
+    out
+}
+
+/// With direct return every connection carries on, on its pod, with no
+/// reset: the new announcer has no entry for them and sends each to the pod
+/// Maglev picks, whose node still holds the flow.
+#[test]
+fn direct_return_connections_survive_the_announcers_death() {
+    let f = failover(true);
+    eprintln!(
+        "direct return: {} of 40 connections kept across the failover; the longest request \
+         after node2 announced took {:?}",
+        f.kept, f.longest
+    );
+    assert!(f.broken.is_empty(), "broken: {:#?}", f.broken);
+    assert!(
+        f.node2.counter(Counter::DirectNewFlow) >= 1,
+        "node2 sent flows it had no entry for on to node3"
+    );
+    assert_eq!(f.node2.drop_count(DropReason::NotAnnouncer), 0);
+}
+
+/// The comparison: under full NAT the connections node1 translated break,
+/// since their NAT state died with it (the failure mode direct return
+/// removes; if full NAT ever keeps them, this test has to change).
+#[test]
+fn full_nat_connections_to_other_nodes_break_when_the_announcer_dies() {
+    let f = failover(false);
+    eprintln!(
+        "full NAT: {} of 40 connections kept across the failover, {} broke: {:#?}",
+        f.kept,
+        f.broken.len(),
+        f.broken
+    );
+    assert!(!f.broken.is_empty(), "every connection survived full NAT");
+}

@@ -427,6 +427,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
         ifindex: 2,
         mac: topo.node(1).mac().octets(),
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     let file = |extra: &str| {
         let text = format!(

@@ -1501,3 +1501,64 @@ fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
             .any(|r| r.key.vip == c_vip.octets() && r.value.maglev_len == 1021)
     });
 }
+
+/// `--direct-return` with the Kubernetes source: pods on the other nodes
+/// see the client's address, the announcer sends their flows on by direct
+/// return (no full NAT); once a node's agent is gone (its Lease lapses) its
+/// pods get full NAT for new flows again.
+#[test]
+fn direct_return_reaches_pods_on_nodes_with_a_live_agent_with_the_client_address() {
+    use lb_common::{Counter, backend_flags::DIRECT};
+    let k = K8s::new(3);
+    let (owner, other) = owner_and_other(&k, 3);
+    k.put_service("web", VIP, &json!({}));
+    k.put_endpoints("web", &[1, 2, 3]);
+    for i in 1..=3 {
+        k.start_agent_with(i, &["--direct-return"]);
+    }
+    let direct_on = |s: &Snapshot, node: u8| {
+        let ip = k.c.topo.node(node).ip().octets();
+        s.backends
+            .iter()
+            .any(|b| b.value.node_ip == ip && b.value.flags & DIRECT != 0)
+    };
+    k.c.wait_for(owner, "announcing, the other nodes' pods direct", |s| {
+        announces(s, VIP)
+            && pods_in_use(s) == 3
+            && (1..=3).filter(|&n| n != owner).all(|n| direct_on(s, n))
+    });
+    for i in (1..=3).filter(|&n| n != owner) {
+        k.c.wait_for(i, "the service", |s| serves(s, VIP) && pods_in_use(s) == 3);
+    }
+    let client = std::net::IpAddr::V4(k.c.topo.client().ip());
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let a = k.answer_via(VIP);
+        assert_eq!(a.client.ip(), client, "{} sees the client", a.pod);
+        pods.insert(a.pod);
+    }
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let s = k.c.snapshot(owner).expect("maps");
+    assert!(s.counter(Counter::DirectNewFlow) > 0);
+    assert_eq!(s.counter(Counter::RemoteNewFlow), 0);
+
+    // The other node's agent dies: its Lease lapses, its pods get full NAT.
+    k.c.kill_agent(other);
+    k.c.wait_for(owner, "full NAT to the dead agent's node", |s| {
+        !direct_on(s, other)
+    });
+    let announcer = std::net::IpAddr::V4(k.c.topo.node(owner).ip());
+    let mut seen = false;
+    for _ in 0..60 {
+        let a = k.answer_via(VIP);
+        if a.pod == format!("node{other}-pod1") {
+            assert_eq!(
+                a.client.ip(),
+                announcer,
+                "full NAT: the pod sees the announcer"
+            );
+            seen = true;
+        }
+    }
+    assert!(seen, "no request reached node{other}'s pod");
+}

@@ -182,3 +182,20 @@ fn flow_keys_hold_ipv4_in_the_first_four_bytes() {
     let other = FlowKey::v4([10, 0, 0, 1], [192, 0, 2, 1], 1235, 80, proto::TCP);
     assert!(!r.belongs_to(&other));
 }
+
+#[test]
+fn a_direct_flow_closes_with_the_clients_fin_on_the_node_that_sends_it_on() {
+    let est = next_state(s::SYN_SENT, f::ACK, Side::Client);
+    assert_eq!(direct_state(est), est, "established stays");
+    let fin = next_state(est, f::FIN | f::ACK, Side::Client);
+    assert!(!closing(fin), "a full-NAT flow waits for the backend's FIN");
+    assert!(
+        closing(direct_state(fin)),
+        "the backend's FIN never passes here"
+    );
+    let t = FlowTimeouts::DEFAULT;
+    assert_eq!(
+        timeout_s(proto::TCP, direct_state(fin), &t),
+        t.tcp_closing_s
+    );
+}

@@ -71,7 +71,7 @@ use crate::k8s::{
 use crate::{
     agent::{self, MapOwner},
     plan::{
-        model::{FlowTimeouts, MaglevSize, NatPorts},
+        model::{DirectReturn, FlowTimeouts, MaglevSize, NatPorts},
         slots::SlotError,
         state::PlanError,
     },
@@ -103,6 +103,9 @@ pub struct Options {
     /// Maglev table size of the Services without the
     /// `onehop.io/maglev-table-size` annotation.
     pub maglev_table_size: MaglevSize,
+    /// `--direct-return`: direct server return to backends on live nodes of
+    /// the segment (see `DirectReturn`).
+    pub direct_return: bool,
     /// How often this agent renews its Lease.
     pub renew_interval: Duration,
     /// How long a Lease may go unrenewed before its node counts as dead.
@@ -183,6 +186,24 @@ fn link_down_nodes(leases: &[Arc<Lease>]) -> BTreeSet<String> {
         .filter(|l| l.annotations().get(LINK_ANNOTATION).map(String::as_str) == Some("down"))
         .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
         .collect()
+}
+
+/// With `on`, direct return to the backends on the nodes whose agent is live
+/// (its Lease fresh, the node Ready, its link up): their XDP program
+/// delivers a frame for a VIP to their pod. A node whose agent never ran, or
+/// stopped, gets full NAT for new flows (its flows keep the way they
+/// started).
+fn direct_peers(on: bool, nodes: &[Node], live: &BTreeSet<String>) -> DirectReturn {
+    if !on {
+        return DirectReturn::Off;
+    }
+    DirectReturn::Nodes(
+        translate::node_addresses(nodes)
+            .into_iter()
+            .filter(|(name, _)| live.contains(name))
+            .map(|(_, ip)| ip)
+            .collect(),
+    )
 }
 
 /// The heartbeat hold for a Lease of `lease_duration` renewed every
@@ -498,7 +519,7 @@ impl KubeSource {
             warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
             BTreeMap::new()
         });
-        let t = translate::translate(&Inputs {
+        let mut t = translate::translate(&Inputs {
             gateways: &gateways,
             services: &services,
             slices: &slices,
@@ -510,6 +531,7 @@ impl KubeSource {
             flow_timeouts: self.opts.flow_timeouts,
             maglev_table_size: self.opts.maglev_table_size,
         });
+        t.file.direct_return = direct_peers(self.opts.direct_return, &nodes, &live);
         let before = agent.announced();
         // This agent stands by the election it just ran: vouch for it before
         // the maps announce it, so no ARP request finds the new address

@@ -42,7 +42,7 @@ use crate::{
     net::neigh,
     net::netdev::{self, Interface},
     plan::diff,
-    plan::model::{Limits, NodeServices},
+    plan::model::{Cidr, Limits, NodeServices},
     plan::state::{self, DataplaneState, Node},
 };
 
@@ -226,6 +226,14 @@ impl MapOwner {
             ifindex: self.iface.index,
             mac: self.iface.mac,
             hash_seed: self.hash_seed,
+            segment: self
+                .iface
+                .ipv4
+                .zip(self.iface.ipv4_prefix_len)
+                .map(|(addr, prefix_len)| Cidr {
+                    addr: Ipv4Addr::from(u32::from(addr) & Cidr::mask(prefix_len)),
+                    prefix_len,
+                }),
         })
     }
 

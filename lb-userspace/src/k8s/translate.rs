@@ -61,8 +61,8 @@ use k8s_openapi::{
 
 use super::slice::{Slice, Use};
 use crate::plan::model::{
-    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, MaglevSize, NatPorts, NodeServices,
-    Protocol, Service as LbService, ServicePort, SessionAffinity,
+    Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, DirectReturn, FlowTimeouts, MaglevSize, NatPorts,
+    NodeServices, Protocol, Service as LbService, ServicePort, SessionAffinity,
 };
 
 /// Annotation on a Service that sets its own Maglev table size (one of
@@ -817,6 +817,8 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
         maglev_table_size: inputs.maglev_table_size,
+        // The agent adds the nodes it sees live (`agent::kube`).
+        direct_return: DirectReturn::Off,
         announce: inputs.announce.intersection(&vips).copied().collect(),
         services: model,
     };

@@ -14,6 +14,8 @@ pub struct Interface {
     pub mac: [u8; 6],
     /// First IPv4 address on the interface, if any.
     pub ipv4: Option<Ipv4Addr>,
+    /// Its prefix length (the interface's subnet).
+    pub ipv4_prefix_len: Option<u8>,
 }
 
 impl Interface {
@@ -31,11 +33,13 @@ impl Interface {
             return Err(io::Error::last_os_error())
                 .with_context(|| format!("no interface {name:?}"));
         }
+        let addr = first_ipv4(name).with_context(|| format!("reading the addresses of {name}"))?;
         Ok(Self {
             name: name.to_owned(),
             index,
             mac: hw_addr(name).with_context(|| format!("reading the MAC of {name}"))?,
-            ipv4: first_ipv4(name).with_context(|| format!("reading the addresses of {name}"))?,
+            ipv4: addr.map(|(ip, _)| ip),
+            ipv4_prefix_len: addr.map(|(_, len)| len),
         })
     }
 }
@@ -126,7 +130,8 @@ fn hw_addr(name: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-fn first_ipv4(name: &str) -> Result<Option<Ipv4Addr>> {
+/// The first IPv4 address of `name` and its prefix length.
+fn first_ipv4(name: &str) -> Result<Option<(Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: head is a valid out-pointer; freed with freeifaddrs below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -149,7 +154,20 @@ fn first_ipv4(name: &str) -> Result<Option<Ipv4Addr>> {
             // SAFETY: the family says this sockaddr is a sockaddr_in; read it
             // unaligned because sockaddr only promises 2-byte alignment.
             let sin = unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
-            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            let mask = if ifa.ifa_netmask.is_null() {
+                u32::MAX
+            } else {
+                // SAFETY: a non-null netmask of an AF_INET entry is a
+                // sockaddr_in too; read unaligned as above.
+                let m = unsafe { ifa.ifa_netmask.cast::<libc::sockaddr_in>().read_unaligned() };
+                u32::from_be(m.sin_addr.s_addr)
+            };
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "a u32 has at most 32 leading ones"
+            )]
+            let len = mask.leading_ones() as u8;
+            found = Some((Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), len));
             break;
         }
     }
@@ -176,6 +194,7 @@ mod tests {
         assert!(lo.index > 0);
         assert_eq!(lo.mac, [0; 6]);
         assert_eq!(lo.ipv4, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(lo.ipv4_prefix_len, Some(8), "127.0.0.1/8");
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct NodeServices {
     /// Maglev table size of the services that set none (cluster-wide: every
     /// node must be given the same).
     pub maglev_table_size: MaglevSize,
+    /// Which remote backends are reached by direct server return (the
+    /// others by full NAT).
+    pub direct_return: DirectReturn,
     /// VIPs this node answers ARP for.
     pub announce: BTreeSet<Ipv4Addr>,
     /// In file order.
@@ -100,6 +103,41 @@ impl NodeServices {
         hit.into_iter()
             .filter_map(|vip| reserved.get(&vip).map(|why| (vip, why.clone())))
             .collect()
+    }
+}
+
+/// Which backends on other nodes get direct server return: only ever those
+/// whose node is on this node's segment (`state::Node::segment`), where a
+/// frame can be addressed to the node's MAC, and whose node runs the agent
+/// (a node without onehop's XDP program would route a frame for the VIP
+/// back to the announcer until its TTL ran out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DirectReturn {
+    /// Full NAT to every remote backend.
+    #[default]
+    Off,
+    /// Every node on the segment: the services file, whose writer vouches
+    /// that every node runs the agent.
+    Segment,
+    /// The nodes on the segment with these addresses: with Kubernetes, the
+    /// nodes whose agent's Lease is live.
+    Nodes(BTreeSet<Ipv4Addr>),
+}
+
+impl DirectReturn {
+    /// Whether direct return is on at all (the data path's
+    /// `config_flags::DIRECT_RETURN`).
+    pub fn on(&self) -> bool {
+        *self != Self::Off
+    }
+
+    /// Whether a backend on the node `node_ip`, on the segment, gets it.
+    pub fn allows(&self, node_ip: Ipv4Addr) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Segment => true,
+            Self::Nodes(nodes) => nodes.contains(&node_ip),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! nat_ports: { min: 61000, max: 65535 }   # optional; source ports of full-NAT flows
 //! flow_timeouts: { tcp_closing: 10 }      # optional; seconds, see below
 //! maglev_table_size: 1021                 # optional; every node's file must say the same
+//! direct_return: true                     # optional; every node's file must say the same
 //! announce: [192.168.50.100]              # VIPs this node answers ARP for
 //! services:
 //!   - name: web                           # DNS label, unique
@@ -43,6 +44,11 @@
 //!   get fewer than 10 slots each gets the smallest size with 100 each
 //!   instead (see `plan::maglev`). Every node must use the same sizes, or
 //!   a VIP that fails over sends new flows elsewhere.
+//! - `direct_return`: `true` sends new flows to backends on other nodes of
+//!   this node's segment (the interface's subnet) by direct server return:
+//!   the frame goes to that node as it is, and the backend sees the
+//!   client's address. Every node the backends run on must run the agent.
+//!   Default `false`: full NAT to every remote backend.
 //! - `announce`: VIPs this node answers ARP for; each must be a service VIP.
 //!   Other service VIPs are still balanced here (traffic may arrive after a
 //!   failover) but ARP requests for them are dropped.
@@ -83,9 +89,9 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     maglev,
     model::{
-        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, FlowTimeouts, Limits, MAX_AFFINITY_TIMEOUT_S,
-        MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, MaglevSize, NatPorts, NodeServices, Protocol, Service,
-        ServicePort, SessionAffinity,
+        Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, DirectReturn, FlowTimeouts, Limits,
+        MAX_AFFINITY_TIMEOUT_S, MAX_FLOW_TIMEOUT_S, MIN_NAT_PORT, MaglevSize, NatPorts,
+        NodeServices, Protocol, Service, ServicePort, SessionAffinity,
     },
 };
 
@@ -164,6 +170,8 @@ struct RawFile {
     flow_timeouts: Option<Spanned<RawFlowTimeouts>>,
     #[serde(default)]
     maglev_table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    direct_return: Option<bool>,
     #[serde(default)]
     announce: Option<Vec<Spanned<String>>>,
     #[serde(default)]
@@ -406,6 +414,11 @@ impl Validator {
             nat_ports,
             flow_timeouts,
             maglev_table_size,
+            direct_return: if raw.direct_return.unwrap_or(false) {
+                DirectReturn::Segment
+            } else {
+                DirectReturn::Off
+            },
             announce,
             services: services.into_iter().map(|l| l.service).collect(),
         }

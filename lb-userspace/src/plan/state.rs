@@ -29,13 +29,13 @@ use std::net::Ipv4Addr;
 
 use lb_common::{
     BackendValue, DatapathConfig, HalfOpenGuard, ServiceKey, ServiceValue, SourceRangeData,
-    backend_flags, service_flags, source_range_prefixlen, vip_flags,
+    backend_flags, config_flags, service_flags, source_range_prefixlen, vip_flags,
 };
 
 use crate::plan::ids::{IdAllocator, IdError};
 use crate::plan::maglev;
 use crate::plan::model::{
-    Cidr, Frontend, Limits, NodeServices, Service, ServicePort, SessionAffinity,
+    Cidr, DirectReturn, Frontend, Limits, NodeServices, Service, ServicePort, SessionAffinity,
 };
 use crate::plan::slots::{Region, SlotAllocator, SlotError};
 
@@ -48,6 +48,10 @@ pub struct Node {
     /// Seed of the data path's flow hash: the cluster's secret, the same on
     /// every node (`lb_common::hash`).
     pub hash_seed: u32,
+    /// The interface's subnet: with `NodeServices::direct_return`, backends
+    /// on nodes in it may be reached by direct server return. `None` (no
+    /// address on the interface, or a /32): none is.
+    pub segment: Option<Cidr>,
 }
 
 /// Key of the `src_ranges` LPM trie, ordered by service id, address, then
@@ -432,8 +436,15 @@ fn plan_with(
         });
     }
     let (frontends, pods) = frontends(file, node)?;
-    let (backends, backend_ids) =
-        plan_backends(prev, &frontends, &pods, node, release, &mut alloc)?;
+    let (backends, backend_ids) = plan_backends(
+        prev,
+        &frontends,
+        &pods,
+        node,
+        &file.direct_return,
+        release,
+        &mut alloc,
+    )?;
     let mut state = DataplaneState {
         config: DatapathConfig::new(
             node.ip.octets(),
@@ -449,7 +460,12 @@ fn plan_with(
             file.flow_timeouts,
         ))
         .with_hash_seed(node.hash_seed)
-        .with_flow_sets(limits.flow_sets),
+        .with_flow_sets(limits.flow_sets)
+        .with_flags(if file.direct_return.on() {
+            config_flags::DIRECT_RETURN
+        } else {
+            0
+        }),
         vips: plan_vips(file, node),
         backends,
         ..DataplaneState::default()
@@ -537,6 +553,7 @@ fn plan_backends(
     frontends: &Frontends<'_>,
     pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
     node: &Node,
+    file_direct: &DirectReturn,
     release: &BTreeSet<u32>,
     alloc: &mut Allocators,
 ) -> Result<(BTreeMap<u32, BackendValue>, HashMap<(Ipv4Addr, u16), u32>), PlanError> {
@@ -569,6 +586,8 @@ fn plan_backends(
         let mut flags = backend_flags::VALID;
         if node_ip == node.ip {
             flags |= backend_flags::LOCAL;
+        } else if direct_to(file_direct, node, node_ip) {
+            flags |= backend_flags::DIRECT;
         }
         if serving {
             ids.insert((ip, port), id);
@@ -592,6 +611,16 @@ fn plan_backends(
         backends.insert(id, b);
     }
     Ok((backends, ids))
+}
+
+/// Whether a backend on the node `node_ip` (not this one) is reached by
+/// direct server return: only on this node's segment, where the frame can
+/// be addressed to that node's MAC; beyond a router it would come back to
+/// the announcer. (The data path checks the FIB's next hop again.)
+fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: Ipv4Addr) -> bool {
+    !node_ip.is_unspecified()
+        && node.segment.is_some_and(|s| s.contains(node_ip))
+        && direct_return.allows(node_ip)
 }
 
 /// The frontend's table in `prev` when building it again would give the same table (for a

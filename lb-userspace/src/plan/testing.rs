@@ -14,6 +14,7 @@ pub const NODE: Node = Node {
     ifindex: 7,
     mac: [2, 0, 0, 0, 0, 1],
     hash_seed: 0x5eed_0001,
+    segment: None,
 };
 
 /// Default limits with a Maglev array small enough to fill in a test.

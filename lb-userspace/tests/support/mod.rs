@@ -21,7 +21,8 @@ use lb_userspace::{
     dataplane::{flows, maps::sum_traffic, writer},
     plan::{
         model::{
-            Backend, Cidr, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity,
+            Backend, Cidr, DirectReturn, NatPorts, NodeServices, Protocol, Service, ServicePort,
+            SessionAffinity,
         },
         state::Node,
     },
@@ -49,6 +50,15 @@ pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const FAR_NODE: [u8; 4] = [10, 201, 0, 2];
 pub const FAR_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
 pub const NO_NEIGH_NODE: [u8; 4] = [10, 200, 0, 3];
+/// A third node on the segment, with a neighbour entry (direct return).
+pub const THIRD_NODE: [u8; 4] = [10, 200, 0, 4];
+pub const THIRD_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+/// The subnet of `v0`: the node's segment (`PEER_NODE` and `NO_NEIGH_NODE`
+/// are on it, `FAR_NODE` is not).
+pub const SEGMENT: Cidr = Cidr {
+    addr: Ipv4Addr::new(10, 200, 0, 0),
+    prefix_len: 24,
+};
 /// Owned (SERVICE | ANNOUNCE).
 pub const VIP: [u8; 4] = [192, 0, 2, 10];
 /// Served but announced by another node (SERVICE only).
@@ -156,7 +166,7 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
 }
 
 /// Builds the namespace every test runs in:
-/// `v0` (10.200.0.1/24, `NODE_MAC`) with permanent neighbours for the peer node
+/// `v0` (10.200.0.1/24, `NODE_MAC`) with permanent neighbours for the peer and third nodes
 /// and the client, `v2` (10.201.0.1/24) with one for the far node,
 /// forwarding on (`bpf_fib_lookup` refuses to answer without it).
 pub fn namespace() -> Netns {
@@ -196,6 +206,7 @@ pub fn namespace() -> Netns {
     ip_in(&["addr", "add", "10.201.0.1/24", "dev", "v2"]);
     for (addr, m, dev) in [
         (PEER_NODE, PEER_NODE_MAC, "v0"),
+        (THIRD_NODE, THIRD_NODE_MAC, "v0"),
         (CLIENT, CLIENT_MAC, "v0"),
         (FAR_NODE, FAR_NODE_MAC, "v2"),
     ] {
@@ -271,6 +282,27 @@ pub enum Want {
 impl Lb {
     /// Loads the embedded object with small maps (tests run in parallel).
     fn load(which: Which) -> Self {
+        Self::load_as(which, NODE_IP, NODE_MAC)
+    }
+
+    /// Another node of the same segment (`10.200.0.0/24`) in this namespace:
+    /// the product object loaded again with maps of its own, for a node with
+    /// address `ip` and MAC `mac` (frames for it arrive on `v0` as well),
+    /// provisioned with the scenario's services as that node plans them
+    /// (its own pods local), announcing nothing, direct return on.
+    pub fn peer(ip: [u8; 4], mac: [u8; 6]) -> Self {
+        let mut lb = Self::load_as(PRODUCT, ip, mac);
+        lb.model.node_ip = Some(Ipv4Addr::from(ip));
+        lb.model.direct_return = DirectReturn::Segment;
+        lb.model.services.push(service(VIP_OTHER, OTHER_SERVICE));
+        lb.model
+            .services
+            .extend(SERVICES.iter().map(|&row| service(VIP, row)));
+        lb.apply();
+        lb
+    }
+
+    fn load_as(which: Which, node_ip: [u8; 4], node_mac: [u8; 6]) -> Self {
         let object = match which {
             Which::Product => {
                 lb_userspace::dataplane::object::object().expect("embedded eBPF object")
@@ -295,10 +327,11 @@ impl Lb {
         };
         let ifindex = ifindex("v0").expect("v0 in the test namespace");
         let node = Node {
-            ip: Ipv4Addr::from(NODE_IP),
+            ip: Ipv4Addr::from(node_ip),
             ifindex,
-            mac: NODE_MAC,
+            mac: node_mac,
             hash_seed: HASH_SEED,
+            segment: Some(SEGMENT),
         };
         let h = Harness::load(object, &sizes, node).unwrap_or_else(|e| {
             // A rejected program's verifier log runs to megabytes; its verdict
@@ -309,13 +342,14 @@ impl Lb {
             panic!("{}{}", if cut > 0 { "…" } else { "" }, &e[cut..])
         });
         let model = NodeServices {
-            node_ip: Some(Ipv4Addr::from(NODE_IP)),
+            node_ip: Some(Ipv4Addr::from(node_ip)),
             nat_ports: NatPorts {
                 min: NAT_MIN,
                 max: NAT_MAX,
             },
             flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
             maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
+            direct_return: lb_userspace::plan::model::DirectReturn::Off,
             announce: std::collections::BTreeSet::new(),
             services: Vec::new(),
         };
@@ -362,6 +396,49 @@ impl Lb {
     /// The planned config (what `config` holds).
     pub fn config(&self) -> DatapathConfig {
         self.h.state().config
+    }
+
+    /// Direct server return on or off, through the planner.
+    pub fn set_direct_return(&mut self, on: bool) {
+        self.model.direct_return = if on {
+            DirectReturn::Segment
+        } else {
+            DirectReturn::Off
+        };
+        self.apply();
+    }
+
+    /// A service `VIP:port/TCP` (id `id` in the model's name) with
+    /// `backends` given by pod address and node address, all on `target`
+    /// port, through the planner.
+    pub fn add_service(&mut self, port: u16, target: u16, backends: &[([u8; 4], [u8; 4])]) {
+        self.model.services.push(Service {
+            name: format!("svc-port-{port}"),
+            ports: vec![ServicePort {
+                port,
+                protocol: Protocol::Tcp,
+                target_port: target,
+            }],
+            backends: backends
+                .iter()
+                .map(|&(ip, node_ip)| Backend {
+                    ip: Ipv4Addr::from(ip),
+                    node_ip: Ipv4Addr::from(node_ip),
+                })
+                .collect(),
+            ..service(VIP, (0, port, proto::TCP, &[], 0))
+        });
+        self.apply();
+    }
+
+    /// The VIP `VIP` announced here or not, through the planner.
+    pub fn set_announced(&mut self, on: bool) {
+        if on {
+            self.model.announce.insert(Ipv4Addr::from(VIP));
+        } else {
+            self.model.announce.remove(&Ipv4Addr::from(VIP));
+        }
+        self.apply();
     }
 
     /// New NAT source-port range, through the planner.

@@ -193,6 +193,7 @@ pub fn model(n: u32) -> NodeServices {
         },
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
+        direct_return: lb_userspace::plan::model::DirectReturn::Off,
         announce,
         services,
     }
@@ -236,6 +237,7 @@ impl Lb {
             ifindex: onehop_testrun::ifindex("v0")?,
             mac: NODE_MAC,
             hash_seed: lb_common::hash::PUBLIC_SEED,
+            segment: None,
         };
         let mut h = Harness::load(object, &map_sizes, node)?;
         for name in PROGRAMS {

@@ -428,6 +428,7 @@ fn named_port_resolves_per_slice() {
         ifindex: 1,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     let state = crate::plan::state::plan(
         &crate::plan::state::DataplaneState::default(),
@@ -603,6 +604,7 @@ fn translation_plans_like_a_file() {
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     let state = plan(
         &DataplaneState::default(),
@@ -752,6 +754,7 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     for (name, ranges, denied) in &cases {
         let svc = service(
@@ -888,6 +891,7 @@ fn plan_of(t: &Translation) -> crate::plan::state::DataplaneState {
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
     };
     plan(
         &DataplaneState::default(),

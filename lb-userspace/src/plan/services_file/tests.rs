@@ -78,6 +78,7 @@ fn parses_the_example() {
             },
             flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60, 5),
             maglev_table_size: MaglevSize::DEFAULT,
+            direct_return: crate::plan::model::DirectReturn::Off,
             announce: [ip("192.168.50.100")].into(),
             services: vec![
                 Service {
@@ -627,6 +628,20 @@ fn protocol_numbers() {
 }
 
 #[test]
+fn direct_return_is_off_unless_the_file_turns_it_on() {
+    assert_eq!(ok("services: []\n").direct_return, DirectReturn::Off);
+    assert_eq!(
+        ok("direct_return: true\nservices: []\n").direct_return,
+        DirectReturn::Segment
+    );
+    assert_eq!(
+        ok("direct_return: false\nservices: []\n").direct_return,
+        DirectReturn::Off
+    );
+    assert!(syntax_error("direct_return: sometimes\nservices: []\n").contains("line 1"));
+}
+
+#[test]
 fn maglev_table_sizes() {
     let f = ok("services: []\n");
     assert_eq!(f.maglev_table_size, MaglevSize::DEFAULT);
@@ -782,6 +797,7 @@ pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
                 },
                 flow_timeouts: FlowTimeouts::DEFAULT,
                 maglev_table_size: size,
+                direct_return: crate::plan::model::DirectReturn::Off,
                 announce: announce.into_iter().map(|i| services[i].vip).collect(),
                 services,
             }
@@ -801,6 +817,7 @@ pub(crate) fn to_yaml(f: &NodeServices) -> String {
     )
     .unwrap();
     writeln!(y, "maglev_table_size: {}", f.maglev_table_size).unwrap();
+    writeln!(y, "direct_return: {}", f.direct_return.on()).unwrap();
     let announce: Vec<String> = f.announce.iter().map(ToString::to_string).collect();
     writeln!(y, "announce: [{}]", announce.join(", ")).unwrap();
     writeln!(y, "services:").unwrap();

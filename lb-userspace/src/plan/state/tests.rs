@@ -300,6 +300,7 @@ fn node_changes_update_flags_and_config() {
         ifindex: 9,
         mac: [2, 0, 0, 0, 0, 2],
         hash_seed: 0x5eed_0002,
+        segment: None,
     };
     let b = plan(&a, &parse(FILE), &other, &limits()).unwrap();
     assert_eq!(b.config.node_ip, [192, 168, 50, 11]);
@@ -314,6 +315,57 @@ fn node_changes_update_flags_and_config() {
     // Same ids, same tables.
     assert_eq!(b.maglev, a.maglev);
     assert_eq!(b.services, a.services);
+}
+
+/// Direct return marks the backends on other nodes of the segment, and
+/// only with the file's switch on; the config says whether it is on.
+#[test]
+fn direct_return_marks_backends_on_the_segment() {
+    let text = FILE.replace(
+        "      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }\n",
+        "      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }\n      \
+         - { ip: 10.42.2.9, node_ip: 192.168.51.12 }\n",
+    );
+    let node = Node {
+        segment: Some(Cidr {
+            addr: ip("192.168.50.0"),
+            prefix_len: 24,
+        }),
+        ..NODE
+    };
+    let flags_of = |direct: DirectReturn, node: &Node| {
+        let mut file = parse(&text);
+        file.direct_return = direct;
+        let s = plan(&DataplaneState::default(), &file, node, &limits()).unwrap();
+        let by_pod: BTreeMap<Ipv4Addr, u16> = s
+            .backends
+            .values()
+            .map(|b| (Ipv4Addr::from(b.ip), b.flags))
+            .collect();
+        (by_pod, s.config.flags)
+    };
+    let (on, config) = flags_of(DirectReturn::Segment, &node);
+    assert_eq!(config, config_flags::DIRECT_RETURN);
+    let direct = |f: u16| f & backend_flags::DIRECT != 0;
+    assert!(!direct(on[&ip("10.42.0.5")]), "local");
+    assert!(direct(on[&ip("10.42.1.7")]), "on the segment");
+    assert!(!direct(on[&ip("10.42.2.9")]), "beyond a router: full NAT");
+    let (off, config) = flags_of(DirectReturn::Off, &node);
+    assert_eq!(config, 0);
+    assert!(off.values().all(|&f| !direct(f)), "{off:?}");
+    let (unknown, _) = flags_of(DirectReturn::Segment, &NODE);
+    assert!(
+        unknown.values().all(|&f| !direct(f)),
+        "no segment known: full NAT"
+    );
+    // Kubernetes: only the nodes whose agent is live.
+    let live = BTreeSet::from([ip("192.168.51.12")]);
+    let (others, config) = flags_of(DirectReturn::Nodes(live), &node);
+    assert_eq!(config, config_flags::DIRECT_RETURN);
+    assert!(others.values().all(|&f| !direct(f)), "{others:?}");
+    let live = BTreeSet::from([ip("192.168.50.11")]);
+    let (peer, _) = flags_of(DirectReturn::Nodes(live), &node);
+    assert!(direct(peer[&ip("10.42.1.7")]), "a live peer on the segment");
 }
 
 #[test]
@@ -710,6 +762,7 @@ fn plans_hand_built_files() {
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: crate::plan::model::MaglevSize::DEFAULT,
+        direct_return: crate::plan::model::DirectReturn::Off,
         announce: BTreeSet::new(),
         services: vec![Service {
             name: "a".into(),
