@@ -15,6 +15,7 @@ pub mod election;
 pub mod file;
 pub mod kube;
 pub mod metrics;
+pub mod renewer;
 pub mod trim;
 
 use std::{
