@@ -650,6 +650,9 @@ pub async fn run(dataplane: agent::Options, opts: Options, config: kube::Config)
         warned: BTreeSet::new(),
         annotated: BTreeMap::new(),
     };
+    // The first renewal before the first pass, as the lists take longer: a pass that found
+    // none would hold (and warn) until the next one.
+    ka.renewer.renewed().await;
     for (what, ready) in [
         (
             "services",
