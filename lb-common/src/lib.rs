@@ -442,8 +442,8 @@ impl AnnounceState {
     }
 }
 
-/// Per-CPU value of the `arp_stats` hash, keyed by [`Ipv4Key`]: what ARP
-/// did for one address. The agent creates and removes the entries with the
+/// Value of the `arp_stats` hash, keyed by [`Ipv4Key`]: what ARP did for
+/// one address, on every CPU together. The agent creates and removes the entries with the
 /// address; the data path only counts into existing ones, so the map (and
 /// the metric series) never grows past the addresses configured.
 #[repr(C)]

@@ -91,6 +91,7 @@ macro_rules! map_specs {
     (@kind MmapArray) => { $crate::maps::MapKind::Array };
     (@kind PerCpuArray) => { $crate::maps::MapKind::PerCpuArray };
     (@kind PerCpuHashNoPrealloc) => { $crate::maps::MapKind::PerCpuHash };
+    (@kind HashNoPrealloc) => { $crate::maps::MapKind::Hash };
     (@kind LpmTrie) => { $crate::maps::MapKind::LpmTrie };
     (@kind DevMap) => { $crate::maps::MapKind::DevMap };
     (@key LpmTrie<$k:ty, $v:ty>) => { 4 + $crate::maps::size_u32(core::mem::size_of::<$k>()) };
@@ -102,6 +103,7 @@ macro_rules! map_specs {
     (@value $kind:ident<$v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
     (@flags MmapArray) => { $crate::maps::BPF_F_MMAPABLE };
     (@flags PerCpuHashNoPrealloc) => { $crate::maps::BPF_F_NO_PREALLOC };
+    (@flags HashNoPrealloc) => { $crate::maps::BPF_F_NO_PREALLOC };
     (@flags LpmTrie) => { $crate::maps::BPF_F_NO_PREALLOC };
     (@flags $kind:ident) => { 0 };
     (@load load_time) => { true };
@@ -176,12 +178,14 @@ macro_rules! product_maps {
             /// Index 0 → [`crate::AnnounceState`] (array of one): the agent's
             /// heartbeat, without which ARP goes unanswered.
             ANNOUNCE = "announce": Array<$crate::AnnounceState>[1];
-            /// VIP → [`crate::ArpStats`] (per-CPU hash, values allocated per
-            /// entry: preallocating `MAX_VIPS` of them on every CPU would cost
-            /// megabytes per core for a handful of addresses). The agent
+            /// VIP → [`crate::ArpStats`] (hash, one value shared by every CPU,
+            /// entries allocated as they are inserted). Sized for every VIP:
+            /// ARP requests are rare next to packets, so the data path adds
+            /// atomically into one copy instead of keeping one per CPU, which
+            /// on a 128-CPU node would cost 2 KiB per address. The agent
             /// creates and removes the entries; the data path only counts.
             ARP_STATS = "arp_stats":
-                PerCpuHashNoPrealloc<$crate::Ipv4Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
+                HashNoPrealloc<$crate::Ipv4Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
             /// Client (or router) address → [`crate::LearnedMac`] (LRU hash):
             /// learned from the ARP requests for owned VIPs that `lb_ingress`
             /// answers (the kernel never sees them, so it never learns these
@@ -242,11 +246,11 @@ pub mod programs {
 pub const MAX_VIPS: u32 = 131_072;
 pub const MAX_SERVICES: u32 = 131_072;
 pub const MAX_BACKENDS: u32 = 262_144;
-/// Addresses with per-address ARP counters (`arp_stats`): each entry holds a
-/// value per possible CPU, so the map is kept to what a node plausibly
-/// announces (2 MiB full on 128 CPUs); addresses beyond it are served and
-/// answered, only not counted.
-pub const MAX_ARP_STATS: u32 = 4096;
+/// Addresses with ARP counters (`arp_stats`): every VIP the `vips` map can
+/// hold, so every service address is counted. Not preallocated: the kernel
+/// charges an entry (~72 bytes, whatever the CPU count) per address
+/// configured, not for the whole table.
+pub const MAX_ARP_STATS: u32 = MAX_VIPS;
 /// Hosts whose ARP requests for our VIPs are remembered: clients on the
 /// segment, and routers for the rest (least recently used go first).
 pub const MAX_LEARNED_MACS: u32 = 16384;

@@ -14,8 +14,9 @@
 //! traffic to the VIP keeps flowing, so clients that still send here lose
 //! nothing while their caches move to the new owner.
 //!
-//! Every request for a VIP is counted in its per-CPU `arp_stats` entry
-//! (requests, and replies when answered), if the agent made one.
+//! Every request for a VIP is counted in its `arp_stats` entry (requests,
+//! and replies when answered), if the agent made one: one copy for every
+//! CPU, added to atomically (ARP is rare next to packets).
 //!
 //! The sender of a request we answer is remembered in `learned_macs`: the
 //! kernel never sees these requests, so it never learns the clients (or
@@ -25,6 +26,8 @@
 //! never from probes (sender 0.0.0.0); a spoofed request can mislead it as
 //! it would mislead the kernel's own ARP table, and the kernel's neighbour
 //! entry, when there is one, always wins.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use lb_common::{
@@ -67,10 +70,10 @@ pub fn handle(
     let flags = unsafe { (*v).flags };
     let stats = ARP_STATS.get_ptr_mut(Ipv4Key { addr: vip });
     if let Some(s) = stats {
-        // SAFETY: this CPU's copy of a live map value (it stays valid for
-        // the whole run, even if the agent deletes the entry meanwhile);
-        // only this CPU writes it, and programs are not preempted on it.
-        unsafe { (*s).requests += 1 };
+        // SAFETY: a live map value (it stays valid for the whole run, even
+        // if the agent deletes the entry meanwhile); every CPU changes it
+        // only atomically. A plain atomic add, which every BPF target has.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*s).requests, 1) };
     }
     if flags & vip_flags::ANNOUNCE != 0 {
         if !heartbeat_current() {
@@ -78,7 +81,9 @@ pub fn handle(
         }
         if let Some(s) = stats {
             // SAFETY: as above.
-            unsafe { (*s).replies += 1 };
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*s).replies, 1)
+            };
         }
         if arp.spa != [0; 4] {
             let mut mac = [0u8; 8];

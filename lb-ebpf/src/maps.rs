@@ -4,13 +4,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 
-/// A per-CPU hash whose values are allocated when an entry is inserted,
-/// not all up front for `MAX` entries on every CPU.
-pub type PerCpuHashNoPrealloc<K, V, const MAX: usize> =
-    PerCpuHashMap<K, V, MAX, { BPF_F_NO_PREALLOC as usize }>;
+/// A hash whose entries are allocated when they are inserted, not all up
+/// front for `MAX` entries.
+pub type HashNoPrealloc<K, V, const MAX: usize> =
+    HashMap<K, V, MAX, { BPF_F_NO_PREALLOC as usize }>;
 
 /// An array user space may `mmap` (the agent writes Maglev tables through it).
 pub type MmapArray<T, const MAX: usize> = Array<T, MAX, { BPF_F_MMAPABLE as usize }>;

@@ -587,8 +587,8 @@ async fn run_kubernetes(opts: agent::Options, kube: KubeArgs) -> Result<()> {
         lease_duration_ms = u64::try_from(kopts.lease_duration.as_millis()).unwrap_or(u64::MAX),
         "agent starting with the Kubernetes source"
     );
-    let client = k8s::client::client(kube.api_server.as_deref()).await?;
-    agent::kube::run(opts, kopts, client).await
+    let config = k8s::client::config(kube.api_server.as_deref()).await?;
+    agent::kube::run(opts, kopts, config).await
 }
 
 fn run(cli: Cli) -> Result<()> {

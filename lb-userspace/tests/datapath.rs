@@ -11,15 +11,13 @@ mod support;
 
 use std::{net::Ipv4Addr, os::fd::AsFd as _};
 
-use aya::maps::PerCpuValues;
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, ConntrackValue, Counter as C,
     DropReason as D, Front, Ipv4Key, LocalEndpointKey, RevNatValue, backend_flags, bench,
     config_flags,
     flow::{addr_v4, tcp_state, v4_of},
-    flow_flags, front_state, maps as m, proto,
+    flow_flags, front_state, maps as m, proto, vip_flags,
 };
-use lb_userspace::dataplane::maps::sum_arp;
 use support::{
     check::{assert_checksums, ip_verifies, l4_verifies, view},
     packet::{ACK, Arp, FIN, L4, PSH, Pkt, RST, Rng, SYN, fix_ip_checksum, ones_sum, pseudo_sum},
@@ -136,19 +134,15 @@ fn arp_fixtures() {
 fn arp_stops_when_the_heartbeat_runs_out_and_flows_keep_going() {
     with_lb(|lb| {
         let stats = |lb: &Lb, vip: [u8; 4]| {
-            let v =
-                lb.h.maps()
-                    .arp_stats
-                    .get(&Ipv4Key::new(vip), 0)
-                    .expect("arp_stats entry");
-            sum_arp(&v)
+            lb.h.maps()
+                .arp_stats
+                .get(&Ipv4Key::new(vip), 0)
+                .expect("arp_stats entry")
         };
-        let nr_cpus = aya::util::nr_cpus().expect("nr_cpus");
         for vip in [VIP, VIP_OTHER] {
-            let zero = PerCpuValues::try_from(vec![ArpStats::default(); nr_cpus]).expect("values");
             lb.h.maps_mut()
                 .arp_stats
-                .insert(Ipv4Key::new(vip), zero, 0)
+                .insert(Ipv4Key::new(vip), ArpStats::default(), 0)
                 .expect("arp_stats insert");
         }
         let who_has = Arp::request(CLIENT_MAC, CLIENT, VIP).build();
@@ -210,6 +204,44 @@ fn arp_stops_when_the_heartbeat_runs_out_and_flows_keep_going() {
             Want::C(C::ArpPass),
         );
         assert_eq!(lb.h.maps().arp_stats.keys().count(), 2);
+    });
+}
+
+/// Every address the `vips` map can hold gets ARP counters: at 10,000
+/// service addresses a map of 4,096 refused the rest on every agent pass.
+/// One copy for every CPU, so the count is the total whatever CPU ran.
+#[test]
+fn every_address_the_vips_map_holds_has_arp_counters() {
+    with_lb(|lb| {
+        let addr = |i: u32| {
+            let [_, b, c, d] = i.to_be_bytes();
+            [10, b, c, d]
+        };
+        for i in 0..m::MAX_VIPS {
+            lb.h.maps_mut()
+                .arp_stats
+                .insert(Ipv4Key::new(addr(i)), ArpStats::default(), 0)
+                .unwrap_or_else(|e| panic!("arp_stats entry {} of {}: {e}", i + 1, m::MAX_VIPS));
+        }
+        let last = addr(m::MAX_VIPS - 1);
+        lb.h.maps_mut()
+            .vips
+            .insert(
+                Ipv4Key::new(last),
+                lb_common::VipValue::new(vip_flags::SERVICE | vip_flags::ANNOUNCE),
+                0,
+            )
+            .expect("vips insert");
+        let who_has = Arp::request(CLIENT_MAC, CLIENT, last).build();
+        lb.expect("the last address", &who_has, XDP_TX, Want::C(C::ArpReply));
+        lb.expect("again", &who_has, XDP_TX, Want::C(C::ArpReply));
+        assert_eq!(
+            lb.h.maps()
+                .arp_stats
+                .get(&Ipv4Key::new(last), 0)
+                .expect("arp_stats entry"),
+            ArpStats::new(2, 2)
+        );
     });
 }
 

@@ -268,6 +268,50 @@ fn adopting_maps_with_another_layout_is_refused_with_advice() {
     assert!(msg.contains("onehop cleanup"), "{msg}");
 }
 
+/// An agent upgraded from a release whose `arp_stats` was a per-CPU hash of
+/// 4,096 addresses (same key and value sizes, another kind) creates it anew
+/// with room for every VIP, instead of failing to open it or keeping it small.
+#[test]
+fn an_earlier_releases_arp_counters_are_created_anew() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let root = PinRoot::unique("arpstats").expect("pin root");
+    let pins = PinDir::new(root.path(), "eth0");
+    assert!(!attach_in(topo.node(1).ns(), root.path()).expect("first attach"));
+    std::fs::remove_file(pins.entry(maps::ARP_STATS)).expect("unpin arp_stats");
+    output(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pins.entry(maps::ARP_STATS))
+            .args([
+                "type",
+                "percpu_hash",
+                "key",
+                "4",
+                "value",
+                "16",
+                "entries",
+                "4096",
+                "name",
+                "arp_stats",
+                "flags",
+                "1",
+            ]),
+    );
+    assert!(attach_in(topo.node(1).ns(), root.path()).expect("upgrade attach"));
+    Maps::open(&pins).expect("the upgraded agent opens every map");
+    let info = aya::maps::MapData::from_pin(pins.entry(maps::ARP_STATS))
+        .and_then(|m| m.info())
+        .expect("arp_stats info");
+    assert_eq!(
+        (info.max_entries(), info.map_flags()),
+        (maps::MAX_VIPS, maps::BPF_F_NO_PREALLOC)
+    );
+}
+
 #[test]
 fn managed_neighbour_gets_resolved_by_the_kernel_and_removed() {
     let topo = Topology::builder()

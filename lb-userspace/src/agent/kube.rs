@@ -4,7 +4,9 @@
 //! services file.
 //!
 //! Liveness: every agent renews one Lease (`onehop-node-<node>`) every
-//! `renew_interval`; API writes therefore grow with nodes, not services. A
+//! `renew_interval`; API writes therefore grow with nodes, not services.
+//! The renewals run on a thread of their own ([`super::renewer`]), so a long
+//! pass of this loop (a large initial sync) never delays them. A
 //! node is live while its Lease was seen changing within `lease_duration`
 //! — measured on this agent's own clock when the change was *observed*, so
 //! clock skew between nodes does not matter (client-go's leader election
@@ -34,18 +36,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Node, Service},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::apis::meta::v1::MicroTime,
-    jiff::Timestamp,
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client, Resource as _, ResourceExt as _,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
     runtime::{
         events::{Event, EventType, Reporter},
         reflector::Store,
@@ -58,6 +56,7 @@ use super::{
     advert::{self, INTERFACE_ANNOTATION},
     announcer::{self, Change},
     election::{self, Candidate},
+    renewer::{LeaseWriter, Renewer},
     trim,
 };
 use crate::k8s::{
@@ -287,16 +286,12 @@ fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
 
 struct KubeSource {
     opts: Options,
-    /// The interface this agent serves (published on its Lease for
-    /// `L2Advertisement.interfaces`).
-    interface: String,
     client: Client,
     recorder: Recorder,
     stores: Stores,
     liveness: Liveness,
-    last_renewed: Option<Instant>,
-    /// The `renewTime` of our last successful renewal.
-    last_renew_time: Option<Timestamp>,
+    /// Renews this node's Lease on a thread of its own.
+    renewer: Renewer,
     holding: bool,
     /// The interface could carry traffic at the last check.
     link_up: bool,
@@ -315,88 +310,18 @@ struct KubeSource {
 const ANNOTATIONS_PER_PASS: usize = 64;
 
 impl KubeSource {
-    /// Writes this node's Lease (creating it the first time).
-    async fn write_lease(&self, stamp: Timestamp) -> Result<(), kube::Error> {
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let name = lease_name(&self.opts.node_name);
-        let now = MicroTime(stamp);
-        let secs = lease::seconds(self.opts.lease_duration);
-        let link = if self.link_up { "up" } else { "down" };
-        let mut annotations = BTreeMap::from([
-            (INTERFACE_ANNOTATION.to_owned(), self.interface.clone()),
-            (LINK_ANNOTATION.to_owned(), link.to_owned()),
-        ]);
-        // For the controller, which refuses pools containing a node's gateway but cannot
-        // read the nodes' routes. Unreadable routes: the last report stands.
-        match crate::net::route::gateways() {
-            Ok(gw) => {
-                annotations.insert(
-                    lease::GATEWAYS_ANNOTATION.to_owned(),
-                    lease::format_gateways(gw.keys()),
-                );
-            }
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot read this node's routes to report its gateways");
-            }
-        }
-        // Every renewal restates the interface, so a restart on another
-        // interface is picked up without a separate write.
-        let patch = serde_json::json!({
-            "metadata": { "annotations": annotations },
-            "spec": { "renewTime": now, "holderIdentity": self.opts.node_name, "leaseDurationSeconds": secs }
-        });
-        match leases
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let mut lease = lease::acquired(
-                    &name,
-                    &self.opts.node_name,
-                    self.opts.lease_duration,
-                    &now,
-                    BTreeMap::from([(LEASE_LABEL.to_owned(), "true".to_owned())]),
-                    annotations,
-                );
-                lease.metadata.namespace = Some(self.opts.namespace.clone());
-                leases
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
-            }
-            r => r.map(|_| ()),
-        }
-    }
-
-    /// Renews this node's Lease, within one renew interval: a hung
-    /// connection must not stall the agent's loop.
-    async fn renew(&mut self) {
-        // MicroTime travels with microsecond precision: keep exactly what the
-        // echo will carry, so `own_renewal_seen` can compare them.
-        let now = Timestamp::now();
-        let stamp = Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now);
-        let result = tokio::time::timeout(self.opts.renew_interval, self.write_lease(stamp)).await;
-        let name = lease_name(&self.opts.node_name);
-        match result {
-            Ok(Ok(())) => {
-                self.last_renewed = Some(Instant::now());
-                self.last_renew_time = Some(stamp);
-            }
-            Ok(Err(e)) => warn!(error = %e, lease = %name, "could not renew this node's lease"),
-            Err(_) => warn!(lease = %name, "renewing this node's lease timed out"),
-        }
-    }
-
     /// Whether we can trust our view of the cluster right now.
     fn api_reachable(&self, now: Instant) -> bool {
-        self.last_renewed
-            .is_some_and(|t| now.duration_since(t) < self.opts.lease_duration)
+        self.renewer
+            .last()
+            .at
+            .is_some_and(|t| now.saturating_duration_since(t) < self.opts.lease_duration)
     }
 
     /// Whether the lease watch has delivered our own latest renewal: proof
     /// that the store is as current as our last write.
     fn own_renewal_seen(&self) -> bool {
-        let Some(want) = self.last_renew_time else {
+        let Some(want) = self.renewer.last().stamp else {
             return false;
         };
         self.stores.leases.state().iter().any(|l| {
@@ -407,19 +332,22 @@ impl KubeSource {
         })
     }
 
-    /// Checks the link; on a change, tells the peers at once (a Lease
-    /// renewal) and re-elects. Called every tick.
+    /// Checks the link; on a change, tells the peers at once (the renewer
+    /// writes the Lease) and re-elects. Called every tick.
     async fn check_link(&mut self, agent: &mut MapOwner) {
         let up = agent.link_usable();
         if up != self.link_up {
             self.link_up = up;
-            self.renew().await;
+            self.renewer.set_link(up);
             self.reconcile(agent).await;
         }
     }
 
-    /// Renews the data path's heartbeat once an election has run.
+    /// The loop's sign of life, given on every turn and after each API call
+    /// of a long pass: the Lease is renewed while it comes, and the data
+    /// path's heartbeat (once an election has run) keeps ARP answered.
     fn heartbeat(&self, agent: &mut MapOwner) {
+        self.renewer.alive();
         if self.confirmed {
             agent.heartbeat(heartbeat_hold(
                 self.opts.lease_duration,
@@ -555,15 +483,21 @@ impl KubeSource {
             }
         }
         let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
-        self.publish_events(&services, &warnings, &started).await;
+        self.publish_events(agent, &services, &warnings, &started)
+            .await;
         if applied.is_ok() {
-            self.annotate(&services, &owners).await;
+            self.annotate(agent, &services, &owners).await;
         }
     }
 
     /// Names the announcing node on each Service this node now owns, or
     /// removes its own name where nobody announces ([`announcer`]).
-    async fn annotate(&mut self, services: &[Arc<Service>], owners: &BTreeMap<Ipv4Addr, String>) {
+    async fn annotate(
+        &mut self,
+        agent: &mut MapOwner,
+        services: &[Arc<Service>],
+        owners: &BTreeMap<Ipv4Addr, String>,
+    ) {
         let me = self.opts.node_name.clone();
         let mut present = BTreeSet::new();
         let mut writes = 0;
@@ -603,7 +537,9 @@ impl KubeSource {
             let api: Api<Service> = Api::namespaced(self.client.clone(), &r.namespace);
             let (pp, patch) = (PatchParams::default(), Patch::Merge(&body));
             let write = api.patch(&r.name, &pp, &patch);
-            match tokio::time::timeout(Duration::from_secs(1), write).await {
+            let written = tokio::time::timeout(Duration::from_secs(1), write).await;
+            self.heartbeat(agent);
+            match written {
                 Ok(Ok(_)) => {
                     info!(service = %r, change = ?change, "announcer annotation written");
                     self.annotated.insert(key, change);
@@ -634,6 +570,7 @@ impl KubeSource {
 
     async fn publish_events(
         &mut self,
+        agent: &mut MapOwner,
         services: &[Arc<Service>],
         warnings: &[Warning],
         started: &BTreeSet<Ipv4Addr>,
@@ -657,7 +594,9 @@ impl KubeSource {
                     action: "Translate".into(),
                     secondary: None,
                 };
-                if let Err(e) = self.publish(&ev, svc).await {
+                let published = self.publish(&ev, svc).await;
+                self.heartbeat(agent);
+                if let Err(e) = published {
                     warn!(error = %e, service = %w.service, "could not publish an event");
                 }
             }
@@ -681,7 +620,10 @@ impl KubeSource {
                 action: "Announce".into(),
                 secondary: None,
             };
-            if let Err(e) = self.publish(&ev, svc).await {
+            // One API call per Service: thousands on an initial sync.
+            let published = self.publish(&ev, svc).await;
+            self.heartbeat(agent);
+            if let Err(e) = published {
                 warn!(error = %e, "could not publish the nodeAssigned event");
             }
         }
@@ -689,7 +631,8 @@ impl KubeSource {
 }
 
 /// Runs the agent with the Kubernetes source until SIGTERM/SIGINT.
-pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Result<()> {
+pub async fn run(dataplane: agent::Options, opts: Options, config: kube::Config) -> Result<()> {
+    let client = crate::k8s::client::from_config(config.clone())?;
     let changed = Arc::new(Notify::new());
     // The first lists (seconds at 10,000 Services) are fetched and decoded while the
     // kernel verifies the programs, not after.
@@ -702,22 +645,36 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
         instance: Some(opts.node_name.clone()),
     };
     let liveness = Liveness::new(&opts.node_name);
+    let link_up = agent.link_usable();
+    // Renews at once, then every renew interval, whatever the loop below is doing.
+    let renewer = Renewer::spawn(
+        config,
+        LeaseWriter {
+            namespace: opts.namespace.clone(),
+            node_name: opts.node_name.clone(),
+            interface: agent.iface.name.clone(),
+            lease_duration: opts.lease_duration,
+            renew_interval: opts.renew_interval,
+            stall_limit: super::renewer::LOOP_STALL_LIMIT,
+        },
+        link_up,
+    )?;
     let mut ka = KubeSource {
-        interface: agent.iface.name.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
         opts,
         stores,
         liveness,
-        last_renewed: None,
-        last_renew_time: None,
+        renewer,
         holding: false,
-        link_up: agent.link_usable(),
+        link_up,
         confirmed: false,
         warned: BTreeSet::new(),
         annotated: BTreeMap::new(),
     };
-    ka.renew().await;
+    // The first renewal before the first pass, as the lists take longer: a pass that found
+    // none would hold (and warn) until the next one.
+    ka.renewer.renewed().await;
     for (what, ready) in [
         (
             "services",
@@ -749,7 +706,6 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
     info!(node = %ka.opts.node_name, interface = %agent.iface.name, "agent running with the Kubernetes source");
     let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
-    let mut renew = tokio::time::interval(ka.opts.renew_interval);
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -759,8 +715,8 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 ka.reconcile(&mut agent).await;
             }
-            _ = renew.tick() => {
-                ka.renew().await;
+            // Re-elect on each renewal, as the peers' Leases are judged against ours.
+            () = ka.renewer.renewed() => {
                 ka.reconcile(&mut agent).await;
             }
             _ = tick.tick() => {
@@ -769,8 +725,8 @@ pub async fn run(dataplane: agent::Options, opts: Options, client: Client) -> Re
                 agent.send_due_garps();
             }
         }
-        // After every turn: a slow one (renewal timeouts, many annotation
-        // writes) must not let the heartbeat run out while the agent works.
+        // After every turn: a slow one (many annotation writes) must not let
+        // the heartbeat run out while the agent works.
         ka.heartbeat(&mut agent);
     }
     info!("stopping; the data path stays attached through its pinned links");

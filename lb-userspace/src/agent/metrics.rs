@@ -356,6 +356,13 @@ fn register_arp(reg: &mut Registry, s: &Snapshot, health: &Health) {
         "Times this node started or stopped announcing the VIP since the agent started",
         changes,
     );
+    let uncounted = Gauge::<i64>::default();
+    uncounted.set(i64::try_from(s.arp_uncounted()).unwrap_or(i64::MAX));
+    reg.register(
+        "arp_uncounted_addresses",
+        "Service addresses without ARP counters (served and answered, not counted; no per-address ARP series)",
+        uncounted,
+    );
     let answering = Gauge::<i64>::default();
     answering.set(i64::from(s.answering_arp()));
     reg.register(
@@ -521,6 +528,7 @@ mod tests {
             "onehop_gratuitous_arp_sent_total{vip=\"192.168.50.200\"} 2",
             "onehop_ownership_changes_total{vip=\"192.168.50.200\"} 1",
             "onehop_arp_answering 1",
+            "onehop_arp_uncounted_addresses 0",
             "onehop_interface_usable 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

@@ -15,6 +15,7 @@ pub mod election;
 pub mod file;
 pub mod kube;
 pub mod metrics;
+pub mod renewer;
 pub mod trim;
 
 use std::{
@@ -26,7 +27,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::PerCpuValues;
 use lb_common::{ArpStats, Ipv4Key, backend_flags, vip_flags};
 use tracing::{info, warn};
 
@@ -156,6 +156,8 @@ pub struct MapOwner {
     arp_stats: BTreeSet<Ipv4Addr>,
     /// The `arp_stats` map was scanned for entries a previous agent left.
     arp_stats_scanned: bool,
+    /// Service VIPs the last pass could not give an `arp_stats` entry.
+    arp_uncounted: Uncounted,
     /// When the heartbeat was last written, and the hold it was written with.
     heartbeat: Option<(Instant, Duration)>,
     /// The heartbeat write failed last time (logged once per failure run).
@@ -184,6 +186,52 @@ fn trim_heap() {
     // takes the allocator's locks like any malloc call.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// How often a lasting shortfall of ARP counters is said again.
+const UNCOUNTED_REMINDER: Duration = Duration::from_hours(1);
+
+/// Service addresses without ARP counters, as one condition: said when it
+/// starts (or grows), again at most every [`UNCOUNTED_REMINDER`] while it
+/// lasts, and when it ends; the agent reconciles on every Lease renewal, and
+/// thousands of addresses would otherwise make a warning each pass.
+#[derive(Debug, Default)]
+struct Uncounted {
+    /// Addresses without counters after the last pass.
+    count: usize,
+    /// When the condition was last said, and with what count.
+    said: Option<(Instant, usize)>,
+}
+
+/// What [`Uncounted::update`] asks the caller to log.
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    Quiet,
+    Warn,
+    Cleared,
+}
+
+impl Uncounted {
+    fn update(&mut self, count: usize, now: Instant) -> Report {
+        let was = std::mem::replace(&mut self.count, count);
+        if count == 0 {
+            self.said = None;
+            return if was > 0 {
+                Report::Cleared
+            } else {
+                Report::Quiet
+            };
+        }
+        let due = self.said.is_none_or(|(at, said)| {
+            count > said || now.saturating_duration_since(at) >= UNCOUNTED_REMINDER
+        });
+        if due {
+            self.said = Some((now, count));
+            Report::Warn
+        } else {
+            Report::Quiet
+        }
     }
 }
 
@@ -446,49 +494,13 @@ impl MapOwner {
 
     /// Keeps one `arp_stats` entry per service VIP (the data path only
     /// counts into existing ones); new entries start at zero, adopted ones
-    /// keep their counts.
+    /// keep their counts. The map holds every VIP the `vips` map can; should
+    /// it be full anyway (maps pinned by an older agent, memory), announced
+    /// VIPs get the room first and the shortfall is one condition
+    /// ([`Uncounted`]), not a warning per pass.
     fn sync_arp_stats(&mut self) {
         let wanted = service_vips(&self.current);
-        let cpus = match aya::util::nr_cpus() {
-            Ok(n) => n,
-            Err((what, e)) => {
-                warn!(error = %e, "cannot count CPUs ({what}); per-VIP ARP counters not kept");
-                return;
-            }
-        };
-        let missing: Vec<Ipv4Addr> = wanted.difference(&self.arp_stats).copied().collect();
-        // One warning per pass, not per VIP: past the map's size every further VIP fails
-        // alike, thousands of them in a large cluster, again on every pass.
-        let mut failed: Option<(usize, Ipv4Addr, aya::maps::MapError)> = None;
-        for ip in missing {
-            let zero = match PerCpuValues::try_from(vec![ArpStats::default(); cpus]) {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(error = %e, "cannot size per-CPU ARP counters");
-                    return;
-                }
-            };
-            match self
-                .maps
-                .arp_stats
-                .insert(Ipv4Key::new(ip.octets()), zero, BPF_NOEXIST)
-            {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    match &mut failed {
-                        Some((n, _, _)) => *n += 1,
-                        None => failed = Some((1, ip, e)),
-                    }
-                    continue;
-                }
-            }
-            self.arp_stats.insert(ip);
-        }
-        if let Some((vips, first, error)) = failed {
-            warn!(vips, %first, error = %error, "could not add the per-VIP ARP counters of some VIPs (their ARP answers are not counted)");
-        }
+        // Removals first: they make the room the insertions may need.
         // The first time, whatever a previous agent left; then only ours.
         let stale: Vec<Ipv4Addr> = if self.arp_stats_scanned {
             self.arp_stats.difference(&wanted).copied().collect()
@@ -509,6 +521,50 @@ impl MapOwner {
                 }
                 Err(e) => warn!(%ip, error = %e, "could not remove the ARP counters of a VIP"),
             }
+        }
+        let announced = announced(&self.current);
+        let (mut missing, others): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = wanted
+            .difference(&self.arp_stats)
+            .partition(|ip| announced.contains(*ip));
+        missing.extend(others);
+        let mut uncounted = 0;
+        let mut first_error: Option<(Ipv4Addr, aya::maps::MapError)> = None;
+        for (i, ip) in missing.iter().enumerate() {
+            match self.maps.arp_stats.insert(
+                Ipv4Key::new(ip.octets()),
+                ArpStats::default(),
+                BPF_NOEXIST,
+            ) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    // Full: every further insertion would fail alike.
+                    uncounted += missing.len() - i;
+                    first_error.get_or_insert((*ip, aya::maps::MapError::SyscallError(e)));
+                    break;
+                }
+                Err(e) => {
+                    uncounted += 1;
+                    first_error.get_or_insert((*ip, e));
+                    continue;
+                }
+            }
+            self.arp_stats.insert(*ip);
+        }
+        match self.arp_uncounted.update(uncounted, Instant::now()) {
+            Report::Quiet => {}
+            Report::Warn => {
+                let (first, error) = first_error.map_or_else(
+                    || (String::new(), String::new()),
+                    |(ip, e)| (ip.to_string(), e.to_string()),
+                );
+                warn!(vips = uncounted, %first, %error,
+                    "some service addresses have no ARP counters: they are answered, only not counted (onehop status: \"without ARP counters\"); said again hourly while it lasts");
+            }
+            Report::Cleared => info!("every service address has its ARP counters again"),
         }
         self.health.retain_vips(&wanted);
     }
@@ -654,6 +710,7 @@ impl MapOwner {
             neighbours: BTreeSet::new(),
             arp_stats: BTreeSet::new(),
             arp_stats_scanned: false,
+            arp_uncounted: Uncounted::default(),
             heartbeat: None,
             heartbeat_failing: false,
             link_usable: None,
@@ -692,6 +749,31 @@ impl MapOwner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shortfall_of_arp_counters_is_one_condition_not_a_warning_per_pass() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut u = Uncounted::default();
+        assert_eq!(u.update(0, at(0)), Report::Quiet);
+        assert_eq!(u.update(5904, at(1)), Report::Warn, "it starts");
+        // Every renewal reconciles: the same shortfall is not said again...
+        for s in 2..600 {
+            assert_eq!(u.update(5904, at(s)), Report::Quiet, "pass at {s} s");
+        }
+        // ...unless it grows,
+        assert_eq!(u.update(6000, at(600)), Report::Warn);
+        assert_eq!(
+            u.update(5990, at(601)),
+            Report::Quiet,
+            "shrinking is no news"
+        );
+        // or lasts an hour.
+        assert_eq!(u.update(5990, at(600 + 3600)), Report::Warn);
+        assert_eq!(u.update(0, at(4300)), Report::Cleared, "it ends");
+        assert_eq!(u.update(0, at(4301)), Report::Quiet);
+        assert_eq!(u.update(3, at(4302)), Report::Warn, "it starts again");
+    }
 
     #[test]
     fn retired_slots_go_once_a_settled_sweep_finds_no_flow_or_after_max_drain() {

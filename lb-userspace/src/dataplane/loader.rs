@@ -122,6 +122,11 @@ pub struct Dataplane {
     pub sweep_prog: OwnedFd,
 }
 
+/// Maps that only hold counts the agent may start again: pinned by an
+/// earlier version with another kind, flags or size (`arp_stats` was a
+/// per-CPU hash of 4,096 entries), they are created anew instead of adopted.
+const REBUILT_ON_CHANGE: [&str; 1] = [maps::ARP_STATS];
+
 /// Refuses to adopt pinned maps whose layout differs from this build's (the
 /// map table of lb-common): the programs would read garbage. Only `onehop
 /// cleanup` (which drops the connection table) gets past it, and the error
@@ -135,6 +140,23 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
         let info = MapData::from_pin(&path)
             .and_then(|m| m.info())
             .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+        if REBUILT_ON_CHANGE.contains(&spec.name) {
+            let found = (
+                info.map_type().map_or(u32::MAX, |t| t as u32),
+                info.map_flags(),
+                info.max_entries(),
+            );
+            if found != (spec.kind as u32, spec.flags, spec.max_entries) {
+                // The programs still attached keep the old map until they are replaced.
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {} to create it anew", path.display()))?;
+                info!(
+                    map = spec.name,
+                    "the pinned map is of an earlier version's kind or size: created anew (its counts start again)"
+                );
+                continue;
+            }
+        }
         let found = (info.key_size(), info.value_size());
         let want = (spec.key_size, spec.value_size);
         if found != want {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
 };
 use lb_common::{
     AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, DatapathConfig, FlowKey,
@@ -53,7 +53,7 @@ pub struct Maps {
     pub drops: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, DatapathConfig>,
     pub announce: Array<MapData, AnnounceState>,
-    pub arp_stats: PerCpuHashMap<MapData, Ipv4Key, ArpStats>,
+    pub arp_stats: HashMap<MapData, Ipv4Key, ArpStats>,
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>
@@ -172,16 +172,6 @@ pub fn monotonic_ns() -> Result<u64> {
     let secs = u64::try_from(ts.tv_sec).context("CLOCK_MONOTONIC seconds")?;
     let nanos = u64::try_from(ts.tv_nsec).context("CLOCK_MONOTONIC nanoseconds")?;
     Ok(secs * 1_000_000_000 + nanos)
-}
-
-/// Sums per-CPU ARP counts over all CPUs.
-pub fn sum_arp(values: &aya::maps::PerCpuValues<ArpStats>) -> ArpStats {
-    values.iter().fold(ArpStats::default(), |a, v| {
-        ArpStats::new(
-            a.requests.wrapping_add(v.requests),
-            a.replies.wrapping_add(v.replies),
-        )
-    })
 }
 
 /// Sums a per-CPU counter over all CPUs.

@@ -49,7 +49,8 @@ const fn round8(n: u64) -> u64 {
 
 /// Bytes the kernel charges for a map of `spec`'s kind and key/value sizes with
 /// `entries` entries on a machine with `cpus` possible CPUs, once it is full (hash maps
-/// and arrays are allocated in full when created; an LPM trie grows with its entries).
+/// and arrays are allocated in full when created; an LPM trie and the hashes created
+/// without preallocation grow with their entries).
 pub fn map_bytes(spec: &MapSpec, entries: u32, cpus: u32) -> u64 {
     let n = u64::from(entries);
     let cpus = u64::from(cpus);
@@ -69,9 +70,15 @@ pub fn map_bytes(spec: &MapSpec, entries: u32, cpus: u32) -> u64 {
                 let lru = spec.kind == MapKind::LruHash;
                 let buckets = n.next_power_of_two().max(1);
                 let elem = HTAB_ELEM + key + value;
-                // A plain hash keeps one spare element per CPU (and a pointer to it) for
-                // updates that replace an entry; an LRU hash does not.
-                let spare = if lru { 0 } else { cpus * (elem + 8) };
+                // A preallocated plain hash keeps one spare element per CPU (and a pointer
+                // to it) for updates that replace an entry; an LRU hash does not, nor does
+                // one that allocates its elements as they are inserted (`arp_stats`).
+                let prealloc = spec.flags & maps::BPF_F_NO_PREALLOC == 0;
+                let spare = if lru || !prealloc {
+                    0
+                } else {
+                    cpus * (elem + 8)
+                };
                 HTAB_BUCKET * buckets + HTAB_LOCKS_PER_CPU * cpus + elem * n + spare
             }
             // Allocated per element (no preallocation): the element, a pointer to its

@@ -21,6 +21,7 @@
 //! | `arp.answering` | whether ARP for announced VIPs is answered now: the agent's heartbeat is within its hold time |
 //! | `arp.heartbeatAgeMs`, `arp.holdMs` | how long ago the agent last renewed the heartbeat (`null`: never), and how long it holds |
 //! | `arp.addresses[]` | `ip`, `requests` (ARP requests for it seen), `replies` (answered by this node) |
+//! | `arp.uncounted` | service addresses without ARP counters (`arp n/c` in the text): served and answered, not counted |
 
 use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 
@@ -32,7 +33,7 @@ use lb_common::{
 use serde_json::{Value, json};
 
 use crate::{
-    dataplane::maps::{Maps, monotonic_ns, sum_arp, sum_traffic, sum_u64},
+    dataplane::maps::{Maps, monotonic_ns, sum_traffic, sum_u64},
     dataplane::reader,
     net::netdev::fmt_mac,
     plan::{
@@ -161,7 +162,7 @@ impl Snapshot {
         let mut arp: Vec<([u8; 4], ArpStats)> = maps
             .arp_stats
             .iter()
-            .map(|r| r.map(|(k, v)| (k.addr, sum_arp(&v))))
+            .map(|r| r.map(|(k, v)| (k.addr, v)))
             .collect::<Result<_, _>>()
             .context("reading arp_stats")?;
         arp.sort_unstable_by_key(|(ip, _)| *ip);
@@ -226,10 +227,24 @@ impl Snapshot {
 
     /// The ARP counts of `vip` (zero when it has no entry).
     pub fn arp_stats(&self, vip: [u8; 4]) -> ArpStats {
+        self.arp_entry(vip).unwrap_or_default()
+    }
+
+    /// The ARP counts of `vip`, if it has counters (`arp` is sorted by address:
+    /// thousands of VIPs are looked up one by one).
+    pub fn arp_entry(&self, vip: [u8; 4]) -> Option<ArpStats> {
         self.arp
+            .binary_search_by_key(&vip, |(ip, _)| *ip)
+            .ok()
+            .map(|i| self.arp[i].1)
+    }
+
+    /// Service addresses without ARP counters (served and answered, not counted).
+    pub fn arp_uncounted(&self) -> usize {
+        self.vips
             .iter()
-            .find(|(ip, _)| *ip == vip)
-            .map_or_else(ArpStats::default, |(_, s)| *s)
+            .filter(|(ip, flags)| flags & vip_flags::SERVICE != 0 && self.arp_entry(*ip).is_none())
+            .count()
     }
 }
 
@@ -372,6 +387,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
             "answering": s.answering_arp(),
             "heartbeatAgeMs": s.heartbeat_age_ns().map(|n| n / 1_000_000),
             "holdMs": s.announce.hold_ns / 1_000_000,
+            "uncounted": s.arp_uncounted(),
             "addresses": s.arp.iter().map(|(ip, a)| json!({
                 "ip": Ipv4Addr::from(*ip).to_string(),
                 "requests": a.requests,
@@ -468,11 +484,12 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
     let _ = writeln!(o, "{}", arp_line(s));
     let _ = writeln!(o, "\nVIPS ({})", s.vips.len());
     for (ip, flags) in &s.vips {
-        let a = s.arp_stats(*ip);
-        let counts = if a == ArpStats::default() {
-            String::new()
-        } else {
-            format!("  arp requests {} replies {}", a.requests, a.replies)
+        let counts = match s.arp_entry(*ip) {
+            None if flags & vip_flags::SERVICE != 0 => "  arp n/c".to_owned(),
+            Some(a) if a != ArpStats::default() => {
+                format!("  arp requests {} replies {}", a.requests, a.replies)
+            }
+            _ => String::new(),
         };
         let _ = writeln!(
             o,
@@ -616,6 +633,8 @@ mod tests {
             "no_service",
             "ARP answered: agent heartbeat 300 ms ago, held 1200 ms",
             "service,announced  arp requests 7 replies 6",
+            // A service address without ARP counters says so; the node's own has none.
+            "192.168.50.101   service,(owned by another node: ARP dropped)  arp n/c",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
@@ -682,7 +701,7 @@ mod tests {
         assert_eq!(v["drops"], json!({ "no_service": 2 }));
         assert_eq!(
             v["arp"],
-            json!({ "answering": true, "heartbeatAgeMs": 300, "holdMs": 1200,
+            json!({ "answering": true, "heartbeatAgeMs": 300, "holdMs": 1200, "uncounted": 1,
                     "addresses": [{ "ip": "192.168.50.100", "requests": 7, "replies": 6 }] })
         );
         let mut plain = sample();

@@ -361,6 +361,12 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Respons
         (&Method::DELETE, false) => Verb::DeleteCollection,
         (m, _) => return error_response(&method_not_allowed(m)),
     };
+    if verb.is_write() {
+        let latency = inner.write_latency(&target.counter_key());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
     let response = if verb == Verb::Watch {
         watch(&inner, &target, &query, &parts.headers)
     } else {

@@ -206,6 +206,9 @@ pub(crate) struct Inner {
     stats: Mutex<Stats>,
     available: watch::Sender<bool>,
     config: ServerConfig,
+    /// Time each write to a resource (named as in [`RequestRecord::resource`])
+    /// takes before it is served: a loaded or throttling API server.
+    write_latency: Mutex<BTreeMap<String, Duration>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,6 +234,14 @@ impl Inner {
             changed
         });
         r
+    }
+
+    /// The latency [`ApiServer::set_write_latency`] set for writes to `resource`.
+    pub(crate) fn write_latency(&self, resource: &str) -> Duration {
+        lock(&self.write_latency)
+            .get(resource)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn record(&self, r: RequestRecord) {
@@ -421,6 +432,7 @@ impl ApiServer {
             stats: Mutex::default(),
             available: watch::Sender::new(true),
             config,
+            write_latency: Mutex::default(),
         });
         let served = Arc::clone(&inner);
         let acceptor = Acceptor::start("test-apiserver", listener, MAX_CONNECTIONS, move |s| {
@@ -457,6 +469,18 @@ impl ApiServer {
     /// again serves as before, with the store intact.
     pub fn set_available(&self, up: bool) {
         self.inner.available.send_replace(up);
+    }
+
+    /// Makes every later write to `resource` (named as in [`RequestRecord::resource`],
+    /// e.g. `events.events.k8s.io`) wait `latency` before it is served, as on a loaded or
+    /// throttling API server; `Duration::ZERO` serves them at once again.
+    pub fn set_write_latency(&self, resource: &str, latency: Duration) {
+        let mut l = lock(&self.inner.write_latency);
+        if latency.is_zero() {
+            l.remove(resource);
+        } else {
+            l.insert(resource.to_owned(), latency);
+        }
     }
 
     pub fn is_available(&self) -> bool {
