@@ -81,59 +81,11 @@ impl Flows<'_> {
         Ok(n)
     }
 
-    /// Calls `f` with every set and its index: `BPF_MAP_LOOKUP_BATCH` a
-    /// chunk at a time (one syscall per set would take a good part of a
-    /// second on a large table), one lookup per set where the kernel has no
-    /// batch command.
-    fn each_set(&self, mut visit: impl FnMut(u32, &FlowSet)) -> Result<()> {
-        let sets = self.table.len();
-        let fd = u32::try_from(self.table.map().fd().as_fd().as_raw_fd()).context("map fd")?;
-        let mut keys = vec![0u32; CHUNK as usize];
-        let mut values = vec![FlowSet::default(); CHUNK as usize];
-        let (mut token_in, mut token_out) = (0u32, 0u32);
-        let mut first = true;
-        loop {
-            let mut attr = batch::BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    (&raw const token_in) as u64
-                },
-                out_batch: (&raw mut token_out) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: CHUNK,
-                map_fd: fd,
-                ..batch::BatchAttr::default()
-            };
-            // SAFETY: `keys` and `values` hold `CHUNK` keys and values of
-            // the map's sizes, the tokens one index each; all outlive it.
-            let r = unsafe { batch::call(batch::LOOKUP, &mut attr) };
-            let got = (attr.count as usize).min(values.len());
-            keys[..got]
-                .iter()
-                .zip(&values[..got])
-                .for_each(|(&i, s)| visit(i, s));
-            match r {
-                Ok(()) => {
-                    token_in = token_out;
-                    first = false;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Err(e) if batch::unsupported(&e) && first => break,
-                Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH on conntrack"),
-            }
-        }
-        for i in 0..sets {
-            visit(
-                i,
-                &self
-                    .table
-                    .get(&i, 0)
-                    .with_context(|| format!("reading flow set {i}"))?,
-            );
-        }
-        Ok(())
+    /// Calls `visit` with every set and its index, read in batches (one
+    /// syscall per set would take a good part of a second on a large
+    /// table).
+    fn each_set(&self, visit: impl FnMut(u32, &FlowSet)) -> Result<()> {
+        batch::each_in_array(self.table, CHUNK, "conntrack", visit)
     }
 }
 
