@@ -250,7 +250,7 @@ pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
     flows.set(i64_of(s.conntrack_entries));
     reg.register(
         "conntrack_entries",
-        "Entries in the connection table",
+        "Flows in the connection table that are not over (slots of dead flows wait for reuse)",
         flows,
     );
     register_maglev(&mut reg, s);

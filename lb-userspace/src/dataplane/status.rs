@@ -16,7 +16,7 @@
 //! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `slotsPerBackend` (`slots` over the backends, one decimal; `null`: none; under 100, backends' shares of new flows differ by more than 1%), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
 //! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `state` (`serving`; `draining`: a terminating endpoint that keeps its flows and takes no new one; `gone`: an endpoint that left its service, kept until its TCP flows end), `packets`, `bytes` |
 //! | `maglev` | `slots` (of the `maglev` array), `used` (by the services' tables), `unevenServices` (with `slotsPerBackend` under 100) |
-//! | `flows` | entry counts: `conntrack`, `revNat`, `affinity` |
+//! | `flows` | entry counts: `conntrack` (live flows), `revNat`, `affinity`, `localEndpoints` |
 //! | `counters`, `drops` | every data-path counter and drop reason by its metric label, zeros included |
 //! | `arp.answering` | whether ARP for announced VIPs is answered now: the agent's heartbeat is within its hold time |
 //! | `arp.heartbeatAgeMs`, `arp.holdMs` | how long ago the agent last renewed the heartbeat (`null`: never), and how long it holds |
