@@ -145,6 +145,12 @@ numbered! {
         DirectNewFlow = 34 => "direct_new_flow",
         /// Further packets of a direct-return flow.
         DirectEstablished = 35 => "direct_established",
+        /// With direct return, a new flow at a node that does not announce
+        /// its VIP (sent here by a node whose tables differ from ours during
+        /// an update) that our Maglev table would send to another node:
+        /// served by this node's fallback backend of the service instead
+        /// (`ServiceValue::local_fallback`), never sent on.
+        DirectLocalFallback = 36 => "direct_local_fallback",
     }
 }
 

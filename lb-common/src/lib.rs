@@ -160,7 +160,13 @@ pub struct ServiceValue {
     pub flags: u32,
     /// `sessionAffinity: ClientIP` timeout in seconds (0 when not set).
     pub affinity_timeout_s: u32,
-    pub _pad: u32,
+    /// With direct return, one of this node's own serving backends of the
+    /// service, as its id + 1 (0: none): a node that does not announce the
+    /// VIP serves with it a new flow that its Maglev table would send to
+    /// another node (tables differ between nodes during an update; see
+    /// [`Self::local_fallback`]). A pinned value of an older release (0)
+    /// reads as none.
+    pub local_fallback: u32,
 }
 
 impl ServiceValue {
@@ -179,8 +185,23 @@ impl ServiceValue {
             maglev_len,
             flags,
             affinity_timeout_s,
-            _pad: 0,
+            local_fallback: 0,
         }
+    }
+
+    /// Names `id` (a backend id) as the service's local fallback.
+    #[must_use]
+    pub const fn with_local_fallback(mut self, id: Option<u32>) -> Self {
+        self.local_fallback = match id {
+            Some(id) => id.wrapping_add(1),
+            None => 0,
+        };
+        self
+    }
+
+    /// The backend id of the local fallback, if there is one.
+    pub const fn local_fallback(&self) -> Option<u32> {
+        self.local_fallback.checked_sub(1)
     }
 }
 

@@ -33,8 +33,10 @@
 //! Direct server return (backends flagged `DIRECT`): see `to_direct`. With
 //! it on (`config_flags::DIRECT_RETURN`), only the node that announces a
 //! VIP sends its frames on to other nodes: elsewhere a new flow is served
-//! by a local backend or dropped (`not_announcer`), and so is a packet of a
-//! direct-return flow this node started while it announced the VIP. A
+//! by a local backend — the one Maglev picks, or, when it picks another
+//! node's, the service's local fallback (`direct_local_fallback`) — or
+//! dropped when the node has none (`not_announcer`), and so is a packet of
+//! a direct-return flow this node started while it announced the VIP. A
 //! frame another node sent us is thus never sent on to a third node, and
 //! tables that differ between nodes during an update cannot make one loop.
 //! (Two nodes that both take themselves for the announcer, one with a
@@ -281,7 +283,10 @@ fn service_path(
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     let hash = key_hash(cfg.hash_seed, key);
-    let choice = service::choose(key, ip.src, svc, syn_only, now, cfg, hash);
+    // With direct return only the announcer sends new flows on to other
+    // nodes (see `not_announcer`).
+    let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
+    let choice = service::choose(key, ip.src, svc, syn_only, now, cfg, hash, sends_on);
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,

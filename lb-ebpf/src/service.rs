@@ -79,6 +79,19 @@ fn backend(id: u32) -> Option<BackendValue> {
     (b.flags & backend_flags::VALID != 0).then_some(b)
 }
 
+/// The service's fallback backend on this node (see
+/// `ServiceValue::local_fallback`), while it is local and serving.
+#[inline(always)]
+fn local_fallback(svc: &ServiceValue) -> Option<(u32, BackendValue)> {
+    let id = svc.local_fallback.checked_sub(1)?;
+    let b = backend(id)?;
+    if b.flags & backend_flags::LOCAL == 0 || b.flags & backend_flags::DRAINING != 0 {
+        return None;
+    }
+    stats::count(Counter::DirectLocalFallback);
+    Some((id, b))
+}
+
 /// The live flow of `key`, if it has one and may keep its backend: the
 /// slot still holds the same pod (draining or not), and a UDP flow's
 /// endpoint has not left the service.
@@ -141,7 +154,12 @@ fn established(
 /// `client` is the client's IPv4 address (`key.src`), `syn_only` says the
 /// packet is a TCP SYN without ACK, `hash` is the flow's hash
 /// (`flow::table::key_hash` of `key`: its flow-table sets, and its Maglev
-/// slot without affinity).
+/// slot without affinity), `sends_on` whether a new flow may go to another
+/// node's backend (otherwise: `local_fallback`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into its one caller, whose registers these are"
+)]
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
@@ -151,6 +169,7 @@ pub fn choose(
     now: u64,
     cfg: &DatapathConfig,
     hash: u32,
+    sends_on: bool,
 ) -> Result<Choice, DropReason> {
     if let Some(c) = established(key, hash, cfg.flow_sets, syn_only, now, &cfg.timeouts) {
         return Ok(c);
@@ -211,6 +230,13 @@ pub fn choose(
     let id = unsafe { *id };
     let Some(b) = backend(id).filter(|b| b.flags & backend_flags::DRAINING == 0) else {
         return Err(DropReason::NoBackend);
+    };
+    // A node that may not send a new flow on serves it with its own
+    // fallback backend of the service when its table picks another node's.
+    let (id, b) = if sends_on || b.flags & backend_flags::LOCAL != 0 {
+        (id, b)
+    } else {
+        local_fallback(svc).ok_or(DropReason::NotAnnouncer)?
     };
     if svc.flags & service_flags::AFFINITY != 0 {
         let akey = AffinityKey::v4(svc.id, client);

@@ -905,6 +905,59 @@ fn direct_return_never_sends_a_forwarded_frame_to_a_third_node() {
     });
 }
 
+/// While the tables differ (B's still names a pod on a third node beside
+/// its own), a frame the announcer sent to B's pod is served at B by B's
+/// own pod of the service whichever pod B's table picks: a node that does
+/// not announce the VIP never sends it on, and does not drop it either
+/// while it has a serving pod of the service (`direct_local_fallback`).
+#[test]
+fn direct_return_a_lagging_node_serves_with_its_own_pod_instead_of_dropping() {
+    with_lb(|a| {
+        let (peer_pod, port) = pod(REMOTE_PEER);
+        a.set_direct_return(true);
+        a.add_service(92, port, &[(peer_pod, PEER_NODE)]);
+        let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
+        b.add_service(
+            92,
+            port,
+            &[(peer_pod, PEER_NODE), ([10, 244, 4, 16], THIRD_NODE)],
+        );
+
+        let before = b.counts();
+        for sport in 43000..43040 {
+            let syn = Pkt::tcp(CLIENT, sport, VIP, 92, SYN).build();
+            let out = a.expect("sent on to B", &syn, XDP_TX, Want::C(C::DirectNewFlow));
+            let r = b.run(&out);
+            assert_eq!(r.action, XDP_PASS, "sport {sport}: served at B");
+            let v = view(&r.out);
+            assert_eq!(
+                (v.ip.source, v.ip.destination),
+                (CLIENT, peer_pod),
+                "sport {sport}: B's own pod, the client's address kept"
+            );
+        }
+        let d = b.counts().minus(&before);
+        assert_eq!(d.c(C::LocalNewFlow), 40, "every flow served locally");
+        assert!(
+            (5..35).contains(&d.c(C::DirectLocalFallback)),
+            "B's table picks the third node's pod for some: {} of 40 by fallback",
+            d.c(C::DirectLocalFallback)
+        );
+        assert_eq!(d.d(D::NotAnnouncer), 0);
+        assert_eq!(b.conntrack_len(), 40, "B holds every flow");
+
+        // The flow stays on the pod that took it.
+        let before = b.counts();
+        for sport in 43000..43040 {
+            let ack = Pkt::tcp(CLIENT, sport, VIP, 92, ACK).build();
+            let out = a.expect("sent on to B", &ack, XDP_TX, Want::C(C::DirectEstablished));
+            let out = b.expect("at B", &out, XDP_PASS, Want::C(C::LocalEstablished));
+            assert_eq!(view(&out).ip.destination, peer_pod, "sport {sport}");
+        }
+        assert_eq!(b.counts().minus(&before).c(C::DirectLocalFallback), 0);
+    });
+}
+
 /// `frame` as a veth delivers a locally sent packet whose sender offloads
 /// TX checksums (`CHECKSUM_PARTIAL`): the transport checksum field holds only
 /// the folded pseudo-header sum, for a NIC to finish.

@@ -733,11 +733,44 @@ fn plan_service(
             .src_ranges
             .extend(s.source_ranges.iter().map(|&c| SrcRangeKey::new(id, c)));
     }
+    let local_fallback = if state.config.flags & config_flags::DIRECT_RETURN != 0 {
+        local_fallback(&state.backends, &members, id)
+    } else {
+        None
+    };
     state.services.insert(
         key,
-        ServiceValue::new(id, offset, len, flags, affinity_timeout_s),
+        ServiceValue::new(id, offset, len, flags, affinity_timeout_s)
+            .with_local_fallback(local_fallback),
     );
     Ok(())
+}
+
+/// The serving backend of this node that a node not announcing the VIP
+/// gives a new flow whose Maglev pick is elsewhere (`ServiceValue::
+/// local_fallback`): one of the service's local members, spread over them
+/// by service id so that several services do not all fall back to one pod.
+/// Only tables that differ between nodes (an update under way) send such
+/// flows here, so one pod per service takes them; the others still take
+/// their Maglev share.
+fn local_fallback(
+    backends: &BTreeMap<u32, BackendValue>,
+    members: &[((Ipv4Addr, u16), u32)],
+    service_id: u32,
+) -> Option<u32> {
+    let mut local: Vec<u32> = members
+        .iter()
+        .map(|&(_, id)| id)
+        .filter(|id| {
+            backends.get(id).is_some_and(|b| {
+                b.flags & backend_flags::LOCAL != 0 && b.flags & backend_flags::DRAINING == 0
+            })
+        })
+        .collect();
+    local.sort_unstable();
+    local.dedup();
+    let n = u32::try_from(local.len()).ok().filter(|&n| n > 0)?;
+    local.get(usize::try_from(service_id % n).ok()?).copied()
 }
 
 fn plan_vips(file: &NodeServices, node: &Node) -> BTreeMap<[u8; 4], u32> {

@@ -368,6 +368,49 @@ fn direct_return_marks_backends_on_the_segment() {
     assert!(direct(peer[&ip("10.42.1.7")]), "a live peer on the segment");
 }
 
+/// With direct return every service names one of this node's serving
+/// backends as its fallback (spread over them by service id), and none
+/// when the node has no serving backend of it or direct return is off.
+#[test]
+fn direct_return_names_a_local_fallback_per_service() {
+    let text = FILE.replace(
+        "      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }\n",
+        "      - { ip: 10.42.1.7, node_ip: 192.168.50.11 }\n      \
+         - { ip: 10.42.0.6, node_ip: 192.168.50.10 }\n",
+    );
+    let plan_with = |direct: DirectReturn, text: &str| {
+        let mut file = parse(text);
+        file.direct_return = direct;
+        plan(&DataplaneState::default(), &file, &NODE, &limits()).unwrap()
+    };
+    let s = plan_with(DirectReturn::Segment, &text);
+    let web: Vec<&ServiceValue> = [key("192.168.60.1", 80, 6), key("192.168.60.1", 53, 17)]
+        .iter()
+        .map(|k| &s.services[k])
+        .collect();
+    let mut chosen = BTreeSet::new();
+    for v in &web {
+        let id = v.local_fallback().expect("a local fallback");
+        let b = s.backends[&id];
+        assert_ne!(b.flags & backend_flags::LOCAL, 0, "{b:?}");
+        assert_eq!(b.flags & backend_flags::DRAINING, 0, "{b:?}");
+        chosen.insert(Ipv4Addr::from(b.ip));
+    }
+    assert_eq!(
+        chosen,
+        BTreeSet::from([ip("10.42.0.5"), ip("10.42.0.6")]),
+        "two services, two local pods: one each"
+    );
+    let empty = &s.services[&key("192.168.60.2", 443, 6)];
+    assert_eq!(empty.local_fallback(), None, "no backend at all");
+    let off = plan_with(DirectReturn::Off, &text);
+    assert!(off.services.values().all(|v| v.local_fallback == 0));
+    // Only remote backends: nothing to fall back to.
+    let remote = FILE.replace("node_ip: 192.168.50.10", "node_ip: 192.168.50.12");
+    let r = plan_with(DirectReturn::Segment, &remote);
+    assert!(r.services.values().all(|v| v.local_fallback().is_none()));
+}
+
 #[test]
 fn plan_errors() {
     let file = parse(FILE);
