@@ -3,9 +3,11 @@
 fn main() {
     // Global BPF functions: bpf-linker internalises every symbol but the
     // programs and maps unless told otherwise, and an internal function is
-    // verified inline at each call. See `conntrack::onehop_flow_create`
-    //, `partial::onehop_finish_checksum` and `local::onehop_remember_front`.
+    // verified inline at each call. See `conntrack::onehop_flow_create`,
+    // `partial::onehop_finish_checksum`, `local::onehop_remember_front`
+    // and `icmp::onehop_icmp_echo`.
     println!("cargo:rustc-link-arg-bins=--export=onehop_flow_create");
     println!("cargo:rustc-link-arg-bins=--export=onehop_finish_checksum");
     println!("cargo:rustc-link-arg-bins=--export=onehop_remember_front");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_icmp_echo");
 }

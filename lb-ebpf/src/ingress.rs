@@ -245,7 +245,11 @@ fn service_path(
     }
     let proto = ip.proto;
     if proto == proto::ICMP {
-        return icmp::handle(ctx, cur, eth, ip, cfg, l4_len);
+        return match icmp::is_error(cur, l4_len) {
+            Ok(true) => Outcome::Counted(icmp_error::to_backend(ctx.ctx, cfg)),
+            Ok(false) => Outcome::Counted(icmp::onehop_icmp_echo(ctx.ctx)),
+            Err(r) => Outcome::Drop(r),
+        };
     }
     if proto != proto::TCP && proto != proto::UDP {
         return Outcome::Drop(DropReason::UnsupportedProtocol);
