@@ -331,11 +331,12 @@ enum Command {
     /// `-o json` prints one JSON object whose fields are stable (new ones may
     /// be added; `formatVersion` changes before any is renamed or removed):
     /// formatVersion, interface, ifindex, configured, node {ip, mac},
-    /// natPorts {min, max}, vips[] {ip, service, announced, node},
-    /// services[] {frontend, vip, port, protocol, id, slots, backendIds,
-    /// affinitySeconds, sourceRanges, packets, bytes, counted}, backends[] {id,
-    /// ip, port, node, location, packets, bytes, counted}, flows {conntrack, revNat,
-    /// affinity, localEndpoints}, counters {label: n}, drops {label: n}.
+    /// natPorts {min, max}, directReturn, vips[] {ip, service, announced,
+    /// node}, services[] {frontend, vip, port, protocol, id, slots,
+    /// backendIds, affinitySeconds, sourceRanges, packets, bytes, counted},
+    /// backends[] {id, ip, port, node, location, direct, state, packets,
+    /// bytes, counted}, flows {conntrack, revNat, affinity, localEndpoints},
+    /// counters {label: n}, drops {label: n}.
     Status {
         #[command(flatten)]
         pins: Pins,

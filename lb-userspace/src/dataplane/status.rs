@@ -12,9 +12,10 @@
 //! | `configured` | `false`: the agent never configured it (all traffic passes) |
 //! | `node.ip`, `node.mac` | this node's address and MAC as the data path uses them |
 //! | `natPorts.min`, `natPorts.max` | source ports for remote backends |
+//! | `directReturn` | whether new flows to backends flagged `direct` leave by direct server return |
 //! | `vips[]` | `ip`, and booleans `service` (a service address), `announced` (this node answers ARP for it), `node` (the node's own address) |
 //! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `slotsPerBackend` (`slots` over the backends, one decimal; `null`: none; under 100, backends' shares of new flows differ by more than 1%), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
-//! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `state` (`serving`; `draining`: a terminating endpoint that keeps its flows and takes no new one; `gone`: an endpoint that left its service, kept until its TCP flows end), `packets`, `bytes` |
+//! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `direct` (a remote backend reached by direct server return: only the frame's MACs rewritten, the pod sees the client; otherwise full NAT), `state` (`serving`; `draining`: a terminating endpoint that keeps its flows and takes no new one; `gone`: an endpoint that left its service, kept until its TCP flows end), `packets`, `bytes` |
 //! | `maglev` | `slots` (of the `maglev` array), `used` (by the services' tables), `unevenServices` (with `slotsPerBackend` under 100) |
 //! | `flows` | entry counts: `conntrack` (live flows), `revNat`, `affinity`, `localEndpoints` |
 //! | `counters`, `drops` | every data-path counter and drop reason by its metric label, zeros included |
@@ -28,7 +29,7 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use lb_common::{
     AnnounceState, ArpStats, BackendValue, Counter, DatapathConfig, DropReason, ServiceKey,
-    ServiceValue, TrafficCounter, backend_flags, service_flags, vip_flags,
+    ServiceValue, TrafficCounter, backend_flags, config_flags, service_flags, vip_flags,
 };
 use serde_json::{Value, json};
 
@@ -284,6 +285,15 @@ fn drain_state(b: &BackendValue) -> &'static str {
     }
 }
 
+fn direct_return(c: &DatapathConfig) -> bool {
+    c.flags & config_flags::DIRECT_RETURN != 0
+}
+
+/// A remote backend reached by direct server return.
+fn direct(b: &BackendValue) -> bool {
+    b.flags & backend_flags::DIRECT != 0
+}
+
 fn location(b: &BackendValue) -> &'static str {
     if b.flags & backend_flags::VALID == 0 {
         "empty"
@@ -343,6 +353,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
                 "port": b.value.port,
                 "node": Ipv4Addr::from(b.value.node_ip).to_string(),
                 "location": location(&b.value),
+                "direct": direct(&b.value),
                 "state": drain_state(&b.value),
                 "packets": b.traffic.packets,
                 "bytes": b.traffic.bytes,
@@ -367,6 +378,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
         "configured": c.ready != 0,
         "node": { "ip": Ipv4Addr::from(c.node_ip).to_string(), "mac": fmt_mac(c.mac) },
         "natPorts": { "min": c.nat_port_min, "max": c.nat_port_max },
+        "directReturn": direct_return(c),
         "vips": vips,
         "services": services,
         "backends": backends,
@@ -469,12 +481,17 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
     let c = &s.config;
     let _ = writeln!(
         o,
-        "interface {ifname} (ifindex {}): node {} mac {} nat ports {}-{}{}",
+        "interface {ifname} (ifindex {}): node {} mac {} nat ports {}-{}{}{}",
         c.ifindex,
         Ipv4Addr::from(c.node_ip),
         fmt_mac(c.mac),
         c.nat_port_min,
         c.nat_port_max,
+        if direct_return(c) {
+            " direct return"
+        } else {
+            ""
+        },
         if c.ready == 0 {
             "  [NOT CONFIGURED: passing all traffic]"
         } else {
@@ -509,6 +526,10 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
         let pod = format!("{}:{}", Ipv4Addr::from(b.value.ip), b.value.port);
         let place = match (location(&b.value), drain_state(&b.value)) {
             ("empty", _) => "EMPTY".to_owned(),
+            ("remote", state) if direct(&b.value) => match state {
+                "serving" => "direct".to_owned(),
+                state => format!("direct {state}"),
+            },
             (other, "serving") => other.to_owned(),
             (other, state) => format!("{other} {state}"),
         };
@@ -617,6 +638,29 @@ mod tests {
         }
     }
 
+    /// Direct return shows in the header and on the backends it reaches.
+    #[test]
+    fn direct_return_shows_in_text_and_json() {
+        let mut s = sample();
+        assert_eq!(render_json("eth0", &s)["directReturn"], json!(false));
+        s.config.flags |= config_flags::DIRECT_RETURN;
+        s.backends[0].value.flags |= backend_flags::DIRECT;
+        let text = render("eth0", &s);
+        assert!(
+            text.contains("nat ports 61000-65535 direct return"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("10.42.1.2:8080"))
+            .expect("the backend's row");
+        assert!(row.contains(" direct "), "{row}");
+        let v = render_json("eth0", &s);
+        assert_eq!(v["directReturn"], json!(true));
+        assert_eq!(v["backends"][0]["direct"], json!(true));
+        assert_eq!(v["backends"][0]["location"], json!("remote"));
+    }
+
     #[test]
     fn renders_every_section() {
         let text = render("eth0", &sample());
@@ -682,8 +726,8 @@ mod tests {
         assert_eq!(
             v["backends"][0],
             json!({ "id": 1, "ip": "10.42.1.2", "port": 8080, "node": "192.168.50.12",
-                    "location": "remote", "state": "serving", "packets": 4, "bytes": 400,
-                    "counted": true })
+                    "location": "remote", "direct": false, "state": "serving", "packets": 4,
+                    "bytes": 400, "counted": true })
         );
         assert_eq!(
             v["flows"],
