@@ -1759,6 +1759,27 @@ fn drops_since(k: &K8s, before: &(Vec<Vec<(DropReason, u64)>>, u64)) -> String {
     out.join(", ")
 }
 
+/// `SIGKILLs` node `owner`'s agent and starts it again; returns once the new
+/// one has adopted the pinned maps and runs, with how long that took: it
+/// decides whether the Lease (1.2 s) lapses and a peer takes the address
+/// meanwhile.
+fn restart_the_agent(k: &K8s, owner: u8) -> Duration {
+    let logged = |what: &str| k.c.log(owner).matches(what).count();
+    let (adopted, running) = (logged("adopted pinned maps"), logged("agent running"));
+    k.c.kill_agent(owner);
+    let killed = Instant::now();
+    k.start_agent_with(owner, &["--direct-return"]);
+    while logged("adopted pinned maps") == adopted || logged("agent running") == running {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the restarted agent did not adopt its maps and run:\n{}",
+            k.c.log(owner)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    killed.elapsed()
+}
+
 const RESTARTED: &str = "(b) announcer's agent restarted";
 const KILLED: &str = "(a) announcer killed, NIC down";
 const MOVED: &str = "(c) L2Advertisement moved it";
@@ -1890,21 +1911,16 @@ fn direct_return_keeps_200_connections_and_affinity_across_restart_failover_and_
     // (b) The announcer's agent restarts; its data path never stopped.
     let before = drops_now(&k);
     swarm.begin(RESTARTED);
-    let adopted = k.c.log(owner).matches("adopted pinned maps").count();
-    k.c.kill_agent(owner);
-    k.start_agent_with(owner, &["--direct-return"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while k.c.log(owner).matches("adopted pinned maps").count() == adopted {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted agent did not adopt its maps:\n{}",
-            k.c.log(owner)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let restart = restart_the_agent(&k, owner);
     k.c.wait_sole_arp_answer(VIP, owner, Duration::from_secs(10));
     settle(RESTARTED);
-    dropped.push((RESTARTED, drops_since(&k, &before)));
+    dropped.push((
+        RESTARTED,
+        format!(
+            "the agent ran again {restart:?} after the kill; {}",
+            drops_since(&k, &before)
+        ),
+    ));
     assert_eq!(sticky_pods(&k, &sources, RESTARTED), sticky);
 
     // (a) The announcer dies: the Lease moves the address.
