@@ -134,6 +134,11 @@ impl K8s {
 
     /// [`K8s::start_agent`] with `extra` arguments.
     fn start_agent_with(&self, node: u8, extra: &[&str]) {
+        self.start_agent_env(node, extra, &[]);
+    }
+
+    /// [`K8s::start_agent_with`] with `env` variables too.
+    fn start_agent_env(&self, node: u8, extra: &[&str], env: &[(&str, &str)]) {
         let name = self.node_name(node);
         let mut args = vec![
             "--kubernetes".to_owned(),
@@ -144,11 +149,9 @@ impl K8s {
         ];
         args.extend(self.api.class_args());
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        self.c.spawn_agent(
-            node,
-            &args,
-            &[("KUBECONFIG", self.api.kubeconfig().as_os_str())],
-        );
+        let mut vars = vec![("KUBECONFIG", self.api.kubeconfig().as_os_str())];
+        vars.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        self.c.spawn_agent(node, &args, &vars);
     }
 
     fn put_service(&self, name: &str, vip: Ipv4Addr, extra: &Value) {
@@ -1978,11 +1981,15 @@ fn full_nat_200_connections_break_when_the_announcer_dies() {
     k.put_service("web", VIP, &json!({}));
     k.put_endpoints("web", &pods);
     for i in 1..=3 {
-        k.start_agent(i);
+        // Full NAT said explicitly: it stays the comparison whatever the default.
+        k.start_agent_env(i, &[], &[("ONEHOP_DIRECT_RETURN", "false")]);
     }
     for i in 1..=3 {
-        k.c.wait_for(i, "the service, election converged", |s| {
-            serves(s, VIP) && pods_in_use(s) == 2 && announces(s, VIP) == (i == owner)
+        k.c.wait_for(i, "the service, election converged, full NAT", |s| {
+            serves(s, VIP)
+                && pods_in_use(s) == 2
+                && announces(s, VIP) == (i == owner)
+                && pods.iter().all(|n| !direct_to(&k, s, *n))
         });
     }
     k.c.wait_sole_arp_answer(VIP, owner, Duration::from_secs(3));

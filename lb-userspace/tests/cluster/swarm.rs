@@ -89,6 +89,8 @@ impl Report {
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    /// Stop without waiting for the answers in flight (a test that failed).
+    abort: AtomicBool,
     /// Index into `names` of the phase requests are charged to now.
     phase: AtomicUsize,
     names: Mutex<Vec<String>>,
@@ -189,8 +191,8 @@ impl Swarm {
         let len = groups.len();
         for (i, mut c) in conns.into_iter().enumerate() {
             // Spread the first sends over one pacing interval.
-            let (i32_, n32) = (u32::try_from(i).unwrap_or(0), u32::try_from(n).unwrap_or(1));
-            c.next_send = Instant::now() + pace * i32_ / n32.max(1);
+            let (at, of) = (u32::try_from(i).unwrap_or(0), u32::try_from(n).unwrap_or(1));
+            c.next_send = Instant::now() + pace * at / of.max(1);
             groups[i % len].push(c);
         }
         let workers = groups
@@ -280,6 +282,7 @@ impl Swarm {
 
 impl Drop for Swarm {
     fn drop(&mut self) {
+        self.shared.abort.store(true, Ordering::Relaxed);
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -385,7 +388,7 @@ fn drive(mut conns: Vec<Conn>, shared: &Shared, pace: Duration) {
                 });
             }
         }
-        if stopping && waiting.is_empty() {
+        if stopping && (waiting.is_empty() || shared.abort.load(Ordering::Relaxed)) {
             return;
         }
         if fds.is_empty() {
