@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod swarm;
+
 use lb_userspace::{
     dataplane::maps::{Maps, PinDir},
     dataplane::peer,
