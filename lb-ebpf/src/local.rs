@@ -182,15 +182,21 @@ pub enum Reply {
 
 /// Finds the local flow whose reply is `pod:pod_port → client:client_port`
 /// (`proto`): a recorded front of the endpoint whose conntrack entry names
-/// this endpoint as the flow's local backend, or, when the endpoint's
-/// entry says some of its flows have reverse entries, the reply's reverse
-/// entry.
+/// this endpoint as the flow's local backend — of several, the one seen
+/// last — or, when the endpoint's entry says some of its flows have reverse
+/// entries, the reply's reverse entry.
+///
+/// Several fronts match when the client used one port for flows through
+/// two of them: after DNAT the pod sees them as one connection, so only
+/// the newest can be live there, and the older one's entry (closed, or
+/// idle) stays in the table until its slot is reused.
 #[inline(always)]
 pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, proto: u8) -> Reply {
     let Some(v) = LOCAL_FRONTS.get_ptr(LocalEndpointKey::v4(pod, pod_port, proto)) else {
         return Reply::None;
     };
     let pod16 = addr_v4(pod);
+    let mut newest: Option<(*mut ConntrackValue, [u8; 4], u16, u64)> = None;
     let mut i = 0;
     while i < FRONTS_PER_ENDPOINT {
         // SAFETY: value pointer the map returned in this run; read by value.
@@ -202,9 +208,16 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
             && let Some(ct) = flowtable::lookup(&FlowKey::v4(client, vip, client_port, port, proto))
             && ours(ct, &pod16, pod_port)
         {
-            return Reply::Flow { ct, vip, port };
+            // SAFETY: value pointer the flow table returned; read by value.
+            let last = unsafe { (*ct).last_seen_ns };
+            if newest.is_none_or(|(_, _, _, seen)| last > seen) {
+                newest = Some((ct, vip, port, last));
+            }
         }
         i += 1;
+    }
+    if let Some((ct, vip, port, _)) = newest {
+        return Reply::Flow { ct, vip, port };
     }
     // SAFETY: as above.
     if unsafe { (*v).overflow } == 0 {

@@ -2849,6 +2849,52 @@ fn local_replies_are_proven_by_their_flow_and_fronts_come_back_after_eviction() 
     });
 }
 
+/// A client that opens a connection from the same port to another front of
+/// the same pod, once its first one through the other front is over (a
+/// client reusing its port across two addresses, or two services of one
+/// pod): the pod sees one connection after the other with the same
+/// addresses and ports, and its replies belong to the newer one, whatever
+/// order its endpoint's fronts were recorded in. (Found by `bench e2e`'s
+/// path check: SYN-ACKs left from the older front and the connection timed
+/// out.)
+#[test]
+fn a_local_reply_leaves_from_the_newest_flow_of_its_client_port() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(LOCAL_A);
+        let reply = |f| Pkt::tcp(pod_ip, pod_port, CLIENT, 45000, f).build();
+        for (vip, what) in [(VIP_OTHER, "first front"), (VIP, "second front")] {
+            let syn = Pkt::tcp(CLIENT, 45000, vip, 80, SYN).build();
+            let out = lb.expect(what, &syn, XDP_PASS, Want::C(C::LocalNewFlow));
+            assert_eq!(dst_of(&out), pod_ip);
+            assert_eq!(egress_source(lb, &reply(SYN | ACK)), (vip, 80), "{what}");
+            lb.expect(
+                "the client ends it",
+                &Pkt::tcp(CLIENT, 45000, vip, 80, RST).build(),
+                XDP_PASS,
+                Want::C(C::LocalEstablished),
+            );
+            lb.age_flows(2);
+        }
+        let fronts = lb
+            .local_fronts(&LocalEndpointKey::v4(pod_ip, pod_port, proto::TCP))
+            .expect("the endpoint's fronts");
+        assert_eq!(
+            (fronts.fronts[0].vip, fronts.fronts[0].port),
+            (addr_v4(VIP_OTHER), 80),
+            "the older front is the first one recorded"
+        );
+        // Back to the first front: its flow is again the newest.
+        let syn = Pkt::tcp(CLIENT, 45000, VIP_OTHER, 80, SYN).build();
+        lb.expect(
+            "first front again",
+            &syn,
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        assert_eq!(egress_source(lb, &reply(SYN | ACK)), (VIP_OTHER, 80));
+    });
+}
+
 /// `LOCAL_A:8080/TCP` is behind five fronts (`VIP:80`, `:85`, `:86`,
 /// `:88` and `VIP_OTHER:80`), one more than an endpoint's entry holds: the
 /// flow through the fifth gets a reverse entry of its own, and every reply
