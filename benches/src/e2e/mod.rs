@@ -12,3 +12,4 @@ pub mod plot;
 pub mod report;
 pub mod tcp;
 pub mod xdpgen;
+pub mod xdpstats;

@@ -39,6 +39,12 @@ use super::kubeproxy::{self, Port, Proto, Service};
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
 /// Its cluster IP (kube-proxy baselines only).
 pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The remote test service's LoadBalancer IP: its endpoints are node2's pods only, so every
+/// flow to it crosses the LAN a second time (full NAT, kube-proxy) or is handed to node2
+/// (direct return).
+pub const REMOTE_VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 201);
+/// Its cluster IP (kube-proxy baselines only).
+pub const REMOTE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 /// HTTP port on the VIP and in the pods.
 pub const HTTP_PORT: u16 = 80;
 pub const HTTP_TARGET_PORT: u16 = 8080;
@@ -216,35 +222,60 @@ pub fn test_service(topo: &Topology) -> Service {
         name: "web".into(),
         cluster_ip: CLUSTER_IP,
         lb_ip: VIP,
-        ports: vec![
-            Port {
-                name: "http".into(),
-                proto: Proto::Tcp,
-                port: HTTP_PORT,
-                target_port: HTTP_TARGET_PORT,
-            },
-            Port {
-                name: "udp".into(),
-                proto: Proto::Udp,
-                port: UDP_PORT,
-                target_port: UDP_TARGET_PORT,
-            },
-        ],
+        ports: test_ports(),
         endpoints: topo.pods().map(onehop_testkit::Pod::ip).collect(),
     }
 }
 
-/// `n` services: the test service in the middle of `n - 1` fillers (kube-proxy writes services
-/// in Go map order, so on average a lookup walks half of `KUBE-SERVICES`). Fillers have their
-/// own cluster IP (`10.96.0.0/12`) and LB IP (`172.20.0.0/14`, never routed here), one TCP
-/// port and two endpoints (one per node).
+/// The remote test service: the same ports, endpoints on node2's pods only (the remote
+/// workloads).
+pub fn remote_service(topo: &Topology) -> Service {
+    Service {
+        namespace: "bench".into(),
+        name: "web-remote".into(),
+        cluster_ip: REMOTE_CLUSTER_IP,
+        lb_ip: REMOTE_VIP,
+        ports: test_ports(),
+        endpoints: topo
+            .node(2)
+            .pods()
+            .iter()
+            .map(onehop_testkit::Pod::ip)
+            .collect(),
+    }
+}
+
+fn test_ports() -> Vec<Port> {
+    vec![
+        Port {
+            name: "http".into(),
+            proto: Proto::Tcp,
+            port: HTTP_PORT,
+            target_port: HTTP_TARGET_PORT,
+        },
+        Port {
+            name: "udp".into(),
+            proto: Proto::Udp,
+            port: UDP_PORT,
+            target_port: UDP_TARGET_PORT,
+        },
+    ]
+}
+
+/// `n` services: the test service and the remote test service in the middle of `n - 2`
+/// fillers (kube-proxy writes services in Go map order, so on average a lookup walks half of
+/// `KUBE-SERVICES`); at `n = 1` the two test services. Fillers have their own cluster IP
+/// (`10.96.0.0/12`) and LB IP (`172.20.0.0/14`, never routed here), one TCP port and two
+/// endpoints (one per node).
 pub fn services(topo: &Topology, n: u32) -> Vec<Service> {
     assert!((1..=200_000).contains(&n), "n={n}");
-    let mut out = Vec::with_capacity(n as usize);
+    let mut out = Vec::with_capacity(n as usize + 1);
     let endpoints = vec![topo.node(1).pod(1).ip(), topo.node(2).pod(1).ip()];
-    for i in 0..n - 1 {
-        if i == (n - 1) / 2 {
+    let fillers = n.saturating_sub(2);
+    for i in 0..fillers {
+        if i == fillers / 2 {
             out.push(test_service(topo));
+            out.push(remote_service(topo));
         }
         out.push(Service {
             namespace: "bench".into(),
@@ -260,8 +291,9 @@ pub fn services(topo: &Topology, n: u32) -> Vec<Service> {
             endpoints: endpoints.clone(),
         });
     }
-    if n == 1 {
+    if fillers == 0 {
         out.push(test_service(topo));
+        out.push(remote_service(topo));
     }
     out
 }
@@ -272,6 +304,10 @@ pub struct Installed {
     pub http: Vec<Target>,
     /// UDP addresses of the test service.
     pub udp: Vec<Target>,
+    /// HTTP addresses of the remote test service (routing: node2's pods).
+    pub remote_http: Vec<Target>,
+    /// UDP addresses of the remote test service.
+    pub remote_udp: Vec<Target>,
     /// Seconds from the start of the install until the path served the test service: the
     /// rules' transaction for kube-proxy, the services file on a running agent for onehop.
     pub install_s: f64,
@@ -313,7 +349,7 @@ impl Drop for Installed {
 
 /// A data path that can be installed on the bench topology.
 pub trait DataPath {
-    /// Short name for tables (`onehop`, `iptables`, `nftables`, `routing`).
+    /// Short name for tables (`onehop`, `onehop-direct`, `iptables`, `nftables`, `routing`).
     fn name(&self) -> &'static str;
     /// Installs for `services` (one of which is [`test_service`]).
     fn install(&self, world: &World, services: &[Service]) -> Result<Installed>;
@@ -322,7 +358,8 @@ pub trait DataPath {
 /// Every path, in table order (`routing-xdp` only runs when asked for by name).
 pub fn all() -> Vec<Box<dyn DataPath>> {
     vec![
-        Box::new(Onehop),
+        Box::new(Onehop { direct: false }),
+        Box::new(Onehop { direct: true }),
         Box::new(Iptables),
         Box::new(Nftables),
         Box::new(Routing),
@@ -330,48 +367,55 @@ pub fn all() -> Vec<Box<dyn DataPath>> {
     ]
 }
 
-fn vip_targets(mac: MacAddr) -> (Vec<Target>, Vec<Target>) {
+/// The HTTP and UDP targets of the service on `vip`, reached through `mac`.
+fn vip_targets(vip: Ipv4Addr, mac: MacAddr) -> (Vec<Target>, Vec<Target>) {
     (
         vec![Target {
-            addr: SocketAddrV4::new(VIP, HTTP_PORT),
+            addr: SocketAddrV4::new(vip, HTTP_PORT),
             mac,
         }],
         vec![Target {
-            addr: SocketAddrV4::new(VIP, UDP_PORT),
+            addr: SocketAddrV4::new(vip, UDP_PORT),
             mac,
         }],
     )
 }
 
 /// Stands in for `MetalLB`'s ARP answer with the kube-proxy baselines: a permanent neighbour
-/// entry VIP → node1's MAC in the client. Returns its undo.
+/// entry VIP → node1's MAC in the client, for both test services. Returns its undo.
 fn static_vip_neighbour(world: &World) -> Result<Box<dyn FnOnce()>> {
     let client = world.topo.client().ns().name().to_owned();
     let mac = world.topo.node(1).mac().to_string();
-    World::run_in(
-        &client,
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            &VIP.to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-        None,
-    )?;
-    Ok(Box::new(move || {
-        let _ = World::run_in(
+    let undo_client = client.clone();
+    let undo: Box<dyn FnOnce()> = Box::new(move || {
+        for vip in [VIP, REMOTE_VIP] {
+            let _ = World::run_in(
+                &undo_client,
+                "ip",
+                &["neigh", "del", &vip.to_string(), "dev", "eth0"],
+                None,
+            );
+        }
+    });
+    for vip in [VIP, REMOTE_VIP] {
+        World::run_in(
             &client,
             "ip",
-            &["neigh", "del", &VIP.to_string(), "dev", "eth0"],
+            &[
+                "neigh",
+                "replace",
+                &vip.to_string(),
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
             None,
-        );
-    }))
+        )?;
+    }
+    Ok(undo)
 }
 
 fn flush_ruleset(ns: String) -> Box<dyn FnOnce()> {
@@ -420,10 +464,13 @@ fn install_kube_proxy(
     World::load_rules(&ns, program, args, text, world.install_limit)?;
     let install_s = start.elapsed().as_secs_f64();
     undo.push(static_vip_neighbour(world)?);
-    let (http, udp) = vip_targets(world.topo.node(1).mac());
+    let (http, udp) = vip_targets(VIP, world.topo.node(1).mac());
+    let (remote_http, remote_udp) = vip_targets(REMOTE_VIP, world.topo.node(1).mac());
     Ok(Installed {
         http,
         udp,
+        remote_http,
+        remote_udp,
         install_s,
         agent_start_s: None,
         reset_flows: None,
@@ -456,24 +503,33 @@ impl DataPath for Routing {
     }
 
     fn install(&self, world: &World, _services: &[Service]) -> Result<Installed> {
-        let mut http = Vec::new();
-        let mut udp = Vec::new();
-        for n in world.topo.nodes() {
+        let (mut http, mut udp) = (Vec::new(), Vec::new());
+        let (mut remote_http, mut remote_udp) = (Vec::new(), Vec::new());
+        for (i, n) in world.topo.nodes().iter().enumerate() {
             for p in n.pods() {
                 let mac = n.mac();
-                http.push(Target {
+                let h = Target {
                     addr: SocketAddrV4::new(p.ip(), HTTP_TARGET_PORT),
                     mac,
-                });
-                udp.push(Target {
+                };
+                let u = Target {
                     addr: SocketAddrV4::new(p.ip(), UDP_TARGET_PORT),
                     mac,
-                });
+                };
+                http.push(h);
+                udp.push(u);
+                // The remote test service's endpoints: node2's pods, sent straight there.
+                if i == 1 {
+                    remote_http.push(h);
+                    remote_udp.push(u);
+                }
             }
         }
         Ok(Installed {
             http,
             udp,
+            remote_http,
+            remote_udp,
             install_s: 0.0,
             agent_start_s: None,
             reset_flows: None,
@@ -506,22 +562,30 @@ impl DataPath for RoutingXdpPass {
     }
 }
 
-/// onehop: the agent on node1 (announcing the VIP) and node2 (not announcing), from a
-/// generated services file; the client finds the VIP by ARP, answered by XDP.
-pub struct Onehop;
+/// onehop: the agent on node1 (announcing the VIPs) and node2 (not announcing), from a
+/// generated services file; the client finds the VIPs by ARP, answered by XDP. `direct`:
+/// both files say `direct_return: true`, so node1 hands every new flow to a node2 pod over
+/// to node2 (`onehop-direct`); otherwise full NAT (`onehop`).
+pub struct Onehop {
+    pub direct: bool,
+}
 
 /// The services file of node `node` (1-based) for `services`.
-pub fn services_yaml(services: &[Service], node: u8, announce: bool) -> String {
+pub fn services_yaml(services: &[Service], node: u8, announce: bool, direct: bool) -> String {
     let mut y = String::new();
     let _ = writeln!(y, "node: {{ ip: {} }}", node_ip(node));
     // Every port: a run of new flows claims one NAT port per remote flow, and the default
     // 61000–65535 (4,536 per remote backend) is fewer than one run offers.
     y.push_str("nat_ports: { min: 1024, max: 65535 }\n");
+    if direct {
+        // Every node of the bench runs the agent, which is what the setting vouches for.
+        y.push_str("direct_return: true\n");
+    }
     let _ = writeln!(
         y,
         "announce: [{}]",
         if announce {
-            VIP.to_string()
+            format!("{VIP}, {REMOTE_VIP}")
         } else {
             String::new()
         }
@@ -579,16 +643,21 @@ pub fn maglev_slots(services: &[Service]) -> u32 {
 
 impl Onehop {
     /// Replaces node `node`'s services file at once (rename), as an operator's tool would.
-    fn write_config(world: &World, node: u8, services: &[Service]) -> Result<()> {
+    fn write_config(&self, world: &World, node: u8, services: &[Service]) -> Result<()> {
         world.write_services(
             node,
-            &services_yaml(services, node, node == 1 && !services.is_empty()),
+            &services_yaml(
+                services,
+                node,
+                node == 1 && !services.is_empty(),
+                self.direct,
+            ),
         )
     }
 
     /// Starts node `node`'s agent on an empty services file; `services` only size its maps.
-    fn start_agent(world: &World, node: u8, services: &[Service]) -> Result<()> {
-        Self::write_config(world, node, &[])?;
+    fn start_agent(&self, world: &World, node: u8, services: &[Service]) -> Result<()> {
+        self.write_config(world, node, &[])?;
         let source = world
             .services_file(node)
             .args(["--poll-interval-ms", "100", "--maglev-slots"])
@@ -610,7 +679,11 @@ impl Onehop {
 
 impl DataPath for Onehop {
     fn name(&self) -> &'static str {
-        "onehop"
+        if self.direct {
+            "onehop-direct"
+        } else {
+            "onehop"
+        }
     }
 
     fn install(&self, world: &World, services: &[Service]) -> Result<Installed> {
@@ -628,6 +701,8 @@ impl DataPath for Onehop {
         let mut inst = Installed {
             http: Vec::new(),
             udp: Vec::new(),
+            remote_http: Vec::new(),
+            remote_udp: Vec::new(),
             install_s: 0.0,
             agent_start_s: None,
             reset_flows: None,
@@ -635,7 +710,7 @@ impl DataPath for Onehop {
             agents: Some(world.agents()),
         };
         for node in [1u8, 2] {
-            Self::start_agent(world, node, services)?;
+            self.start_agent(world, node, services)?;
         }
         // Cold start on an empty file first, then the services on running agents: the
         // kube-proxy figures are a rules transaction on a running system, not a process
@@ -649,23 +724,25 @@ impl DataPath for Onehop {
         }
         let start = Instant::now();
         for node in [1u8, 2] {
-            Self::write_config(world, node, services)?;
+            self.write_config(world, node, services)?;
         }
         Self::wait_ready(world, 1, ports, timeout)?;
         inst.install_s = start.elapsed().as_secs_f64();
         Self::wait_ready(world, 2, ports, timeout)?;
-        let mac = world
-            .topo
-            .client()
-            .arp(VIP, Duration::from_secs(2))?
-            .context("nobody answered ARP for the VIP")?;
-        ensure!(
-            mac == world.topo.node(1).mac(),
-            "ARP for the VIP answered with {mac}, not node1's MAC"
-        );
-        let (http, udp) = vip_targets(mac);
-        inst.http = http;
-        inst.udp = udp;
+        for vip in [VIP, REMOTE_VIP] {
+            let mac = world
+                .topo
+                .client()
+                .arp(vip, Duration::from_secs(2))?
+                .with_context(|| format!("nobody answered ARP for {vip}"))?;
+            ensure!(
+                mac == world.topo.node(1).mac(),
+                "ARP for {vip} answered with {mac}, not node1's MAC"
+            );
+        }
+        let mac = world.topo.node(1).mac();
+        (inst.http, inst.udp) = vip_targets(VIP, mac);
+        (inst.remote_http, inst.remote_udp) = vip_targets(REMOTE_VIP, mac);
         let roots = [
             world.pin_root(1).to_path_buf(),
             world.pin_root(2).to_path_buf(),

@@ -68,7 +68,12 @@ fn cell(v: &[f64]) -> String {
 /// Ratio onehop / `base` computed run by run (run i of onehop against run i of the baseline, measured in
 /// the same pass), as median (min–max).
 pub fn ratios(samples: &Samples, base: &str, n: u32) -> Option<Vec<f64>> {
-    let ours = samples.get("onehop", n)?;
+    ratios_of(samples, "onehop", base, n)
+}
+
+/// Ratio `ours` / `base` computed run by run, as [`ratios`].
+pub fn ratios_of(samples: &Samples, ours: &str, base: &str, n: u32) -> Option<Vec<f64>> {
+    let ours = samples.get(ours, n)?;
     let theirs = samples.get(base, n)?;
     let r: Vec<f64> = ours
         .iter()
@@ -77,6 +82,32 @@ pub fn ratios(samples: &Samples, base: &str, n: u32) -> Option<Vec<f64>> {
         .map(|(o, t)| o / t)
         .collect();
     (!r.is_empty()).then_some(r)
+}
+
+/// Whether `path` is one of onehop's modes (`onehop`, `onehop-direct`): the numerators of the
+/// ratio rows.
+pub fn is_onehop(path: &str) -> bool {
+    path == "onehop" || path.starts_with("onehop-")
+}
+
+/// The ratio rows of a table over `paths`: every onehop mode against every baseline, then
+/// each other onehop mode against full NAT (`onehop`).
+fn ratio_rows<'a>(paths: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    let ours: Vec<&str> = paths.iter().copied().filter(|p| is_onehop(p)).collect();
+    let mut rows = Vec::new();
+    for o in &ours {
+        for base in paths.iter().filter(|p| !is_onehop(p)) {
+            rows.push((*o, *base));
+        }
+    }
+    if ours.contains(&"onehop") {
+        rows.extend(
+            ours.iter()
+                .filter(|o| **o != "onehop")
+                .map(|o| (*o, "onehop")),
+        );
+    }
+    rows
 }
 
 /// A table: one row per path, one column per service count, then the onehop/baseline ratios.
@@ -112,10 +143,10 @@ pub fn table(
         }
         t.push('\n');
     }
-    for base in paths.iter().filter(|p| **p != "onehop") {
-        let _ = write!(t, "| onehop / {base} |");
+    for (ours, base) in ratio_rows(paths) {
+        let _ = write!(t, "| {ours} / {base} |");
         for &n in ns {
-            match ratios(s, base, n) {
+            match ratios_of(s, ours, base, n) {
                 Some(r) => {
                     let (lo, hi) = min_max(&r);
                     let _ = write!(t, " {:.2}× ({lo:.2}–{hi:.2}) |", median(&r));
@@ -168,6 +199,27 @@ mod tests {
             t.contains("| onehop / iptables | 2.00× (1.00–3.00) | – |"),
             "{t}"
         );
+        for (a, b) in [(50.0, 100.0), (600.0, 100.0), (50.0, 100.0)] {
+            s.push("onehop-direct", 1, a);
+            s.push("routing", 1, b);
+        }
+        let t = table(
+            &s,
+            &["onehop", "onehop-direct", "iptables", "routing"],
+            &[1],
+            "x",
+            &BTreeMap::new(),
+        );
+        for row in [
+            "| onehop / iptables | 2.00× (1.00–3.00) |",
+            "| onehop / routing | 2.00× (1.00–3.00) |",
+            "| onehop-direct / iptables | 0.50× (0.50–6.00) |",
+            "| onehop-direct / routing | 0.50× (0.50–6.00) |",
+            "| onehop-direct / onehop | 0.50× (0.25–2.00) |",
+        ] {
+            assert!(t.contains(row), "{row} missing in\n{t}");
+        }
+        assert!(!t.contains("| onehop / onehop-direct"), "{t}");
         assert_eq!(thousands(100_000), "100,000");
         assert_eq!(human(123_456.0), "123k");
     }

@@ -422,6 +422,17 @@ pub fn measure(
     concurrency: usize,
     secs: u32,
 ) -> Result<TcpMeasured> {
+    measure_to(world, inst, &inst.http, concurrency, secs)
+}
+
+/// [`measure`] to `targets` of `inst` (the remote test service's, for the remote workloads).
+pub fn measure_to(
+    world: &World,
+    inst: &Installed,
+    targets: &[Target],
+    concurrency: usize,
+    secs: u32,
+) -> Result<TcpMeasured> {
     inst.forget_flows(world)?;
     let window = Duration::from_secs(secs.into());
     // Other processes' system time meanwhile (see load::cpu_ticks).
@@ -432,7 +443,7 @@ pub fn measure(
     let d0: u64 = LISTEN_DROPS.pods(&world.topo)?.iter().sum();
     let h0 = Handshakes::start(&world.topo)?;
     let (c0, _) = load::cpu_ticks()?;
-    let sent = short_connections(&world.topo, &inst.http, concurrency, window)?;
+    let sent = short_connections(&world.topo, targets, concurrency, window)?;
     // The last final ACKs still queued on the way (an overloaded veth XDP ring or backlog
     // drains within this).
     std::thread::sleep(Duration::from_millis(250));

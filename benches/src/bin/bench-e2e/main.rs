@@ -29,6 +29,7 @@ use onehop_benches::e2e::{
     report::{self, Samples},
     tcp,
     xdpgen::Generator,
+    xdpstats,
 };
 use onehop_testkit::cluster::NODE_INTERFACE;
 
@@ -44,12 +45,13 @@ struct Args {
     /// Service counts, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     services: Vec<u32>,
-    /// Paths, comma separated (onehop,iptables,nftables,routing; also routing-xdp: routing
-    /// with a pass-through XDP program on the nodes, to isolate veth's XDP cost).
+    /// Paths, comma separated (onehop: full NAT to remote backends; onehop-direct: direct
+    /// server return to them; iptables, nftables, routing; also routing-xdp: routing with a
+    /// pass-through XDP program on the nodes, to isolate veth's XDP cost).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "onehop,iptables,nftables,routing"
+        default_value = "onehop,onehop-direct,iptables,nftables,routing"
     )]
     paths: Vec<String>,
     /// UDP generator: `xdp` (frames reach the nodes as XDP frames, as from a NIC) or
@@ -66,12 +68,12 @@ struct Args {
     /// Offered rate of the CPU workload (new flows), packets/s.
     #[arg(long, default_value_t = 20_000)]
     cpu_rate: u64,
-    /// Workloads, comma separated (new, established, cpu, http, tcp, steady); tables of the
-    /// others stay empty.
+    /// Workloads, comma separated (new, established, cpu, http, tcp, remote, steady); tables
+    /// of the others stay empty.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "new,established,cpu,http,tcp,steady"
+        default_value = "new,established,cpu,http,tcp,remote,steady"
     )]
     workloads: Vec<Workload>,
     /// Offered rate of the steady-state workload, new flows/s.
@@ -139,6 +141,9 @@ enum Workload {
     Http,
     /// Short TCP connections per second.
     Tcp,
+    /// New flows/s, CPU per new flow, HTTP latency and short TCP connections/s to the remote
+    /// test service (every endpoint on node2).
+    Remote,
     /// New UDP flows per second over a longer run, flow tables never emptied.
     Steady,
 }
@@ -160,6 +165,18 @@ struct Results {
     tcp_cpu_thread: Samples,
     steady_last: Samples,
     steady_min: Samples,
+    remote_new: Samples,
+    remote_cpu: Samples,
+    remote_cpu_thread: Samples,
+    /// onehop's `lb_ingress` ns per packet on node1 (the announcer) and node2, from the
+    /// kernel's program statistics, in the remote CPU runs.
+    remote_xdp_node1: Samples,
+    remote_xdp_node2: Samples,
+    remote_http_p50: Samples,
+    remote_http_p99: Samples,
+    remote_http_rps: Samples,
+    remote_tcp_pods: Samples,
+    remote_tcp_cpu_thread: Samples,
     install: Samples,
     agent_start: Samples,
     notes: BTreeMap<(String, u32), String>,
@@ -352,24 +369,152 @@ fn run_path(
                 handshakes.fields()
             );
         }
-        record(res, &line);
-        if on(Workload::Tcp) {
-            let tcp = tcp::measure(world, &inst, args.tcp_conns, args.secs)?;
-            res.tcp_pods.push(name, n, tcp.pods_per_s);
-            res.tcp_client.push(name, n, tcp.client_per_s);
-            #[expect(clippy::cast_precision_loss, reason = "counts")]
-            res.tcp_failures
-                .push(name, n, tcp.sent.failures() as f64 / tcp.sent.secs);
-            res.tcp_cpu.push(name, n, tcp.cpu_ns);
-            res.tcp_cpu_thread.push(name, n, tcp.thread_ns);
-            record(res, &tcp_line(name, n, r, &tcp));
+        if on(Workload::Remote) {
+            remote_udp(world, &inst, name, n, args, res, &mut line)?;
         }
+        record(res, &line);
+        tcp_runs(args, world, &inst, name, n, r, res)?;
     }
     if on(Workload::Steady) {
         let line = steady(args, world, &inst, name, n, res)?;
         record(res, &line);
     }
     drop(inst);
+    Ok(())
+}
+
+/// The remote workloads over UDP and HTTP, to the remote test service (every endpoint on
+/// node2): new flows/s at `--flow-rate` (onehop's counters say how many found no NAT port:
+/// 2 s at 150,000/s is 150,000 new flows per remote backend, more than the 64,512 NAT ports
+/// full NAT has for each), CPU per new flow at `--cpu-rate` (the generator thread, which holds
+/// both nodes' receive paths, and for onehop its `lb_ingress` on each node from the kernel's
+/// program statistics), and HTTP latency. Appends to `line`.
+fn remote_udp(
+    world: &World,
+    inst: &Installed,
+    name: &str,
+    n: u32,
+    args: &Args,
+    res: &mut Results,
+    line: &mut String,
+) -> Result<()> {
+    let t = &inst.remote_udp;
+    fresh(world, inst, t)?;
+    let before = flow_counters(world, name)?;
+    let new = window(world, t, Flows::New, Some(args.flow_rate), args.secs, false)?;
+    res.remote_new.push(name, n, new.per_s);
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let offered = new.sent.frames as f64 / new.sent.secs;
+    let _ = write!(
+        line,
+        " remote_new_flows/s={:.0} (offered {offered:.0})",
+        new.per_s
+    );
+    if let (Some(b), Some(a)) = (before, flow_counters(world, name)?) {
+        let _ = write!(
+            line,
+            " (node1: remote_new_flow={} direct_new_flow={} nat_exhausted={} flow_table_full={} drops={})",
+            a.counter(Counter::RemoteNewFlow) - b.counter(Counter::RemoteNewFlow),
+            a.counter(Counter::DirectNewFlow) - b.counter(Counter::DirectNewFlow),
+            a.drop_count(DropReason::NatExhausted) - b.drop_count(DropReason::NatExhausted),
+            a.drop_count(DropReason::FlowTableFull) - b.drop_count(DropReason::FlowTableFull),
+            DropReason::ALL
+                .iter()
+                .map(|&r| a.drop_count(r) - b.drop_count(r))
+                .sum::<u64>(),
+        );
+    }
+    fresh(world, inst, t)?;
+    let onehop = report::is_onehop(name);
+    // Held only around this window: it makes every BPF program on the machine slower.
+    let stats = onehop
+        .then(onehop_benches::e2e::xdpstats::enable)
+        .transpose()?;
+    let x0 = if onehop { Some(xdp_runs(world)?) } else { None };
+    let cpu = window(world, t, Flows::New, Some(args.cpu_rate), args.secs, true)?;
+    let x1 = if onehop { Some(xdp_runs(world)?) } else { None };
+    drop(stats);
+    res.remote_cpu.push(name, n, cpu.cpu_ns);
+    res.remote_cpu_thread.push(name, n, cpu.thread_ns);
+    let _ = write!(
+        line,
+        " remote_cpu_ns_per_pkt={:.0} remote_sender_ns_per_pkt={:.0} (delivered {:.0}/s)",
+        cpu.cpu_ns, cpu.thread_ns, cpu.per_s
+    );
+    if let (Some([a1, a2]), Some([b1, b2])) = (x0, x1) {
+        let per = |b: &xdpstats::RunStats, a: &xdpstats::RunStats| {
+            b.ns_per_run_since(a).unwrap_or(f64::NAN)
+        };
+        let (n1, n2) = (per(&b1, &a1), per(&b2, &a2));
+        res.remote_xdp_node1.push(name, n, n1);
+        res.remote_xdp_node2.push(name, n, n2);
+        let _ = write!(
+            line,
+            " remote_xdp_node1_ns={n1:.0} remote_xdp_node2_ns={n2:.0} (runs {} / {})",
+            b1.count - a1.count,
+            b2.count - a2.count
+        );
+    }
+    fresh(world, inst, t)?;
+    let h0 = tcp::Handshakes::start(&world.topo)?;
+    let w = http::wrk(
+        &world.topo,
+        inst.remote_http[0].addr,
+        args.secs,
+        args.wrk_conns,
+    )?;
+    let handshakes = h0.since(&world.topo)?;
+    res.remote_http_p50.push(name, n, w.p50_us);
+    res.remote_http_p99.push(name, n, w.p99_us);
+    res.remote_http_rps.push(name, n, w.requests_per_s);
+    let _ = write!(
+        line,
+        " remote_http remote_p50={:.0}us remote_p99={:.0}us remote_rps={:.0} errors={} {}",
+        w.p50_us,
+        w.p99_us,
+        w.requests_per_s,
+        w.errors,
+        handshakes.fields()
+    );
+    Ok(())
+}
+
+/// Run statistics of node1's and node2's `lb_ingress`.
+fn xdp_runs(world: &World) -> Result<[xdpstats::RunStats; 2]> {
+    Ok([
+        xdpstats::ingress(world.pin_root(1))?,
+        xdpstats::ingress(world.pin_root(2))?,
+    ])
+}
+
+/// Run `r`'s short-TCP workloads (`tcp`, and `remote`'s to the remote test service), each
+/// its own `runs.log` line.
+fn tcp_runs(
+    args: &Args,
+    world: &World,
+    inst: &Installed,
+    name: &str,
+    n: u32,
+    r: usize,
+    res: &mut Results,
+) -> Result<()> {
+    if args.workloads.contains(&Workload::Tcp) {
+        let tcp = tcp::measure(world, inst, args.tcp_conns, args.secs)?;
+        res.tcp_pods.push(name, n, tcp.pods_per_s);
+        res.tcp_client.push(name, n, tcp.client_per_s);
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        res.tcp_failures
+            .push(name, n, tcp.sent.failures() as f64 / tcp.sent.secs);
+        res.tcp_cpu.push(name, n, tcp.cpu_ns);
+        res.tcp_cpu_thread.push(name, n, tcp.thread_ns);
+        record(res, &tcp_line(name, n, r, "tcp", &tcp));
+    }
+    if args.workloads.contains(&Workload::Remote) {
+        let tcp = tcp::measure_to(world, inst, &inst.remote_http, args.tcp_conns, args.secs)?;
+        res.remote_tcp_pods.push(name, n, tcp.pods_per_s);
+        res.remote_tcp_cpu_thread.push(name, n, tcp.thread_ns);
+        record(res, &tcp_line(name, n, r, "tcp_remote", &tcp));
+    }
     Ok(())
 }
 
@@ -382,7 +527,7 @@ fn record(res: &mut Results, line: &str) {
 /// onehop's counters that tell what its flow state did, from node1's pinned maps: `None` for
 /// the other paths.
 fn flow_counters(world: &World, name: &str) -> Result<Option<Snapshot>> {
-    if name != "onehop" {
+    if !report::is_onehop(name) {
         return Ok(None);
     }
     let maps = Maps::open(&PinDir::new(world.pin_root(1), NODE_INTERFACE))?;
@@ -432,11 +577,12 @@ fn steady(
     if let (Some(b), Some(a)) = (before, flow_counters(world, name)?) {
         let _ = write!(
             line,
-            " nat_exhausted={} nat_port_reclaimed={} flow_expired={} remote_new_flow={} conntrack_entries={} rev_nat_entries={}",
+            " nat_exhausted={} nat_port_reclaimed={} flow_expired={} remote_new_flow={} direct_new_flow={} conntrack_entries={} rev_nat_entries={}",
             a.drop_count(DropReason::NatExhausted) - b.drop_count(DropReason::NatExhausted),
             a.counter(Counter::NatPortReclaimed) - b.counter(Counter::NatPortReclaimed),
             a.counter(Counter::FlowExpired) - b.counter(Counter::FlowExpired),
             a.counter(Counter::RemoteNewFlow) - b.counter(Counter::RemoteNewFlow),
+            a.counter(Counter::DirectNewFlow) - b.counter(Counter::DirectNewFlow),
             a.conntrack_entries,
             a.rev_nat_entries,
         );
@@ -444,12 +590,13 @@ fn steady(
     Ok(line)
 }
 
-/// The runs.log line of one short-TCP run (parsed back by `parse_log`).
-fn tcp_line(name: &str, n: u32, r: usize, t: &tcp::TcpMeasured) -> String {
+/// The runs.log line of one short-TCP run (parsed back by `parse_log`); `what` is `tcp` or
+/// `tcp_remote`.
+fn tcp_line(name: &str, n: u32, r: usize, what: &str, t: &tcp::TcpMeasured) -> String {
     #[expect(clippy::cast_precision_loss, reason = "counts")]
     let failures_per_s = t.sent.failures() as f64 / t.sent.secs;
     format!(
-        "{name} N={n} run={r} tcp: conns/s_pods={:.0} conns/s_client={:.0} failures/s={failures_per_s:.1} (timeouts {} errors [{}] in flight at the end {}) cpu_ns_per_conn={:.0} sender_ns_per_conn={:.0} per_pod={:?} listen_drops={} {}",
+        "{name} N={n} run={r} {what}: conns/s_pods={:.0} conns/s_client={:.0} failures/s={failures_per_s:.1} (timeouts {} errors [{}] in flight at the end {}) cpu_ns_per_conn={:.0} sender_ns_per_conn={:.0} per_pod={:?} listen_drops={} {}",
         t.pods_per_s,
         t.client_per_s,
         t.sent.timeouts,
@@ -641,6 +788,81 @@ fn write_report(args: &Args, res: &Results, out: &Path) -> Result<String> {
             "Same runs; CPU time of the generator thread over connections completed at the pods (most of the path runs in its softirq context, as for UDP; nginx's accept/close does not); lower is better.".to_owned(),
         ),
         (
+            "Remote backends: new flows per second (UDP, the remote test service)",
+            &res.remote_new,
+            "flows/s delivered",
+            format!(
+                "The remote test service (VIP {}, every endpoint on node2): every packet a new 5-tuple, offered at {} flows/s for {} s, from empty flow tables: {} new flows per remote backend per run, more than the 64,512 NAT ports per backend onehop's full NAT has here (runs.log: `nat_exhausted`). onehop-direct hands each flow to node2 with no NAT port. Higher is better.",
+                paths::REMOTE_VIP,
+                args.flow_rate,
+                args.secs,
+                args.flow_rate * u64::from(args.secs) / 2
+            ),
+        ),
+        (
+            "Remote backends: CPU time per new flow in the sender's context",
+            &res.remote_cpu_thread,
+            "ns/packet",
+            format!(
+                "{} new flows/s for {} s to the remote test service; CPU time of the generator thread over delivered packets: both nodes' receive paths (the announcer's and node2's) run there on veth, so this is the whole path; lower is better.",
+                args.cpu_rate, args.secs
+            ),
+        ),
+        (
+            "Remote backends: CPU time per new flow, whole machine",
+            &res.remote_cpu,
+            "ns/packet",
+            "Same runs; (system + irq + softirq) of the whole machine less an idle window, 10 ms ticks; lower is better.".to_owned(),
+        ),
+        (
+            "Remote backends: onehop's XDP program on the announcer (node1), per packet",
+            &res.remote_xdp_node1,
+            "ns/packet",
+            "Same runs; run time per run of node1's `lb_ingress` from the kernel's program statistics (`BPF_ENABLE_STATS`, on during these windows only). Full NAT: the flow's NAT port and reverse entry, the rewrite, XDP_TX; direct return: the flow's entry, the MAC rewrite, XDP_TX. The XDP program alone, not veth's or the stack's work; onehop paths only.".to_owned(),
+        ),
+        (
+            "Remote backends: onehop's XDP program on node2 (the backend's node), per packet",
+            &res.remote_xdp_node2,
+            "ns/packet",
+            "Same runs; node2's `lb_ingress`: under full NAT it passes a frame addressed to the pod; under direct return it is the one that delivers the flow to its local pod (DNAT, the flow's entry).".to_owned(),
+        ),
+        (
+            "Remote backends: HTTP latency p50",
+            &res.remote_http_p50,
+            "µs",
+            format!(
+                "wrk -t1 -c{} -d{}s to the remote test service; under direct return the reply leaves node2 straight to the client; lower is better.",
+                args.wrk_conns, args.secs
+            ),
+        ),
+        (
+            "Remote backends: HTTP latency p99",
+            &res.remote_http_p99,
+            "µs",
+            "Same runs; lower is better.".to_owned(),
+        ),
+        (
+            "Remote backends: HTTP requests per second",
+            &res.remote_http_rps,
+            "requests/s",
+            "Same runs; higher is better.".to_owned(),
+        ),
+        (
+            "Remote backends: short TCP connections per second (completed at the pods)",
+            &res.remote_tcp_pods,
+            "connections/s",
+            format!(
+                "As the short-TCP workload, to the remote test service ({} in flight, {} s); runs.log `tcp_remote` lines have failures and drops; higher is better.",
+                args.tcp_conns, args.secs
+            ),
+        ),
+        (
+            "Remote backends: CPU time per short TCP connection in the sender's context",
+            &res.remote_tcp_cpu_thread,
+            "ns/connection",
+            "Same runs; lower is better.".to_owned(),
+        ),
+        (
             "Steady state: new flows per second, flow tables never emptied (last window)",
             &res.steady_last,
             "flows/s delivered",
@@ -769,7 +991,7 @@ fn main() -> Result<()> {
     for p in &args.paths {
         anyhow::ensure!(
             all.iter().any(|a| a.name() == p),
-            "unknown path {p:?} (known: onehop, iptables, nftables, routing, routing-xdp)"
+            "unknown path {p:?} (known: onehop, onehop-direct, iptables, nftables, routing, routing-xdp)"
         );
     }
     let mut res = Results::default();
@@ -896,7 +1118,7 @@ fn dump_rules(args: &Args, dir: &Path) -> Result<()> {
         )?;
         std::fs::write(
             dir.join(format!("onehop-{n}-node1.yaml")),
-            paths::services_yaml(&svcs, 1, true),
+            paths::services_yaml(&svcs, 1, true, false),
         )?;
     }
     println!("written to {}", dir.display());
@@ -904,6 +1126,7 @@ fn dump_rules(args: &Args, dir: &Path) -> Result<()> {
 }
 
 /// Plots into `out`; returns the file names.
+#[expect(clippy::too_many_lines, reason = "a table of charts")]
 fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<String>> {
     let mk = |samples: &Samples| -> Vec<(String, Samples, String)> {
         paths
@@ -912,7 +1135,7 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
             .collect()
     };
     let mut files = Vec::new();
-    let charts: [(&str, &str, &str, &Samples, bool); 7] = [
+    let charts: [(&str, &str, &str, &Samples, bool); 9] = [
         (
             "new_flows.png",
             "New UDP flows per second delivered vs services",
@@ -954,6 +1177,20 @@ fn plots(paths: &[&str], ns: &[u32], res: &Results, out: &Path) -> Result<Vec<St
             "packets/s",
             &res.established_remote,
             false,
+        ),
+        (
+            "remote_new_flows.png",
+            "Remote backends: new UDP flows per second delivered vs services",
+            "flows/s",
+            &res.remote_new,
+            true,
+        ),
+        (
+            "remote_cpu_sender.png",
+            "Remote backends: CPU per new-flow packet (sender context) vs services",
+            "ns/packet",
+            &res.remote_cpu_thread,
+            true,
         ),
         (
             "install.png",
@@ -1038,8 +1275,14 @@ fn parse_log(log: &str) -> Result<Results> {
             let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
             res.steady_last.push(path, n, get("steady_last/s=")?);
             res.steady_min.push(path, n, get("steady_min/s=")?);
-        } else if run.is_some() && h.next() == Some("tcp") {
+        } else if let (Some(_), Some(what @ ("tcp" | "tcp_remote"))) = (run, h.next()) {
             let get = |k: &str| num(k).with_context(|| format!("{k} missing in {line:?}"));
+            if what == "tcp_remote" {
+                res.remote_tcp_pods.push(path, n, get("conns/s_pods=")?);
+                res.remote_tcp_cpu_thread
+                    .push(path, n, get("sender_ns_per_conn=")?);
+                continue;
+            }
             res.tcp_pods.push(path, n, get("conns/s_pods=")?);
             res.tcp_client.push(path, n, get("conns/s_client=")?);
             res.tcp_failures.push(path, n, get("failures/s=")?);
@@ -1059,6 +1302,14 @@ fn parse_log(log: &str) -> Result<Results> {
                 ("p50=", &mut res.http_p50),
                 ("p99=", &mut res.http_p99),
                 ("rps=", &mut res.http_rps),
+                ("remote_new_flows/s=", &mut res.remote_new),
+                ("remote_cpu_ns_per_pkt=", &mut res.remote_cpu),
+                ("remote_sender_ns_per_pkt=", &mut res.remote_cpu_thread),
+                ("remote_xdp_node1_ns=", &mut res.remote_xdp_node1),
+                ("remote_xdp_node2_ns=", &mut res.remote_xdp_node2),
+                ("remote_p50=", &mut res.remote_http_p50),
+                ("remote_p99=", &mut res.remote_http_p99),
+                ("remote_rps=", &mut res.remote_http_rps),
             ] {
                 if let Some(v) = num(key) {
                     samples.push(path, n, v);

@@ -1,7 +1,7 @@
 //! The data path under test: the embedded object loaded by the test-run
 //! harness (`onehop_testrun`, shared with the packet tests; nothing attached,
 //! nothing pinned) inside the bench's namespace, its maps provisioned
-//! through the planner and the map writer from a services model of two
+//! through the planner and the map writer from a services model of three
 //! target services plus filler services, and the proof that every iteration
 //! of a run took the intended path.
 
@@ -23,7 +23,10 @@ use lb_common::{
 use lb_userspace::dataplane::flows;
 use lb_userspace::plan::{
     maglev::{MaglevSize, even_size, table_size},
-    model::{Backend, NatPorts, NodeServices, Protocol, Service, ServicePort, SessionAffinity},
+    model::{
+        Backend, Cidr, DirectReturn, NatPorts, NodeServices, Protocol, Service, ServicePort,
+        SessionAffinity,
+    },
     state::Node,
 };
 use onehop_testrun::{
@@ -49,17 +52,28 @@ pub const CLIENT: [u8; 4] = [10, 200, 0, 50];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
 pub const PEER_NODE: [u8; 4] = [10, 200, 0, 2];
 pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// A second peer node on the segment, the one node whose agent the model
+/// vouches for (`DirectReturn::Nodes`): its backends are reached by direct
+/// server return, the first peer's by full NAT, in the same run.
+pub const DIRECT_NODE: [u8; 4] = [10, 200, 0, 3];
+pub const DIRECT_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+/// The node's segment (`v0`'s subnet): direct return only reaches nodes in it.
+pub const SEGMENT: &str = "10.200.0.0/24";
 /// The target services' VIP (announced: ARP is answered for it).
 pub const VIP: [u8; 4] = [192, 0, 2, 10];
 /// Port of the target service whose backends all run on this node.
 pub const LOCAL_PORT: u16 = 80;
 /// Port of the target service whose backends all run on the peer node.
 pub const REMOTE_PORT: u16 = 81;
+/// Port of the target service whose backends all run on the direct-return
+/// node.
+pub const DIRECT_PORT: u16 = 82;
 pub const NOT_VIP: [u8; 4] = [192, 0, 2, 99];
-/// Client ports of the two pre-established flows: below the bench's
+/// Client ports of the three pre-established flows: below the bench's
 /// source-port sequence (1024..=65535), so new-flow runs never reuse them.
 pub const EST_LOCAL_PORT: u16 = 900;
 pub const EST_REMOTE_PORT: u16 = 901;
+pub const EST_DIRECT_PORT: u16 = 902;
 /// NAT source ports for remote flows: as wide as possible (see README).
 pub const NAT_MIN: u16 = 1024;
 pub const NAT_MAX: u16 = 65535;
@@ -73,8 +87,9 @@ pub const FRAME_LEN: usize = 60;
 /// by the end of a run (see `simulate_nat` and the README).
 pub const FILLER_BACKENDS: u32 = 3;
 pub const TARGET_BACKENDS: u32 = 16;
-/// The two target services.
-pub const TARGETS: u32 = 2;
+/// The three target services (local, remote by full NAT, remote by direct
+/// return).
+pub const TARGETS: u32 = 3;
 
 /// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
 /// `bench.rs`).
@@ -124,10 +139,15 @@ fn bench_size(backends: u32) -> MaglevSize {
     MaglevSize::new(even_size(backends as usize)).unwrap_or_default()
 }
 
-/// The services model of `n` services: the two targets on `VIP` (ports
-/// [`LOCAL_PORT`] and [`REMOTE_PORT`]), then fillers, each on its own VIP
-/// (100.64.0.0/10 + i, announced) and port, with three remote backends of
-/// its own.
+/// The services model of `n` services: the three targets on `VIP` (ports
+/// [`LOCAL_PORT`], [`REMOTE_PORT`] and [`DIRECT_PORT`]), then fillers, each
+/// on its own VIP (100.64.0.0/10 + i, announced) and port, with three
+/// remote backends of its own (full NAT, as the remote target's). Direct
+/// return is on for [`DIRECT_NODE`] only, as the Kubernetes source turns it
+/// on for the nodes whose agent is live: the planner sets
+/// `config_flags::DIRECT_RETURN`, and the data path then serves every case
+/// as it would in such a cluster (the VIP is announced here, so the flag
+/// changes no other case's path).
 pub fn model(n: u32) -> NodeServices {
     let vip = Ipv4Addr::from(VIP);
     let service = |name: String, vip: Ipv4Addr, port: u16, backends: Vec<Backend>| Service {
@@ -167,6 +187,12 @@ pub fn model(n: u32) -> NodeServices {
             REMOTE_PORT,
             target(1, PEER_NODE),
         ),
+        service(
+            "target-direct".into(),
+            vip,
+            DIRECT_PORT,
+            target(2, DIRECT_NODE),
+        ),
     ];
     let mut announce = std::collections::BTreeSet::from([vip]);
     for i in TARGETS..n {
@@ -193,7 +219,9 @@ pub fn model(n: u32) -> NodeServices {
         },
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
-        direct_return: lb_userspace::plan::model::DirectReturn::Off,
+        direct_return: DirectReturn::Nodes(std::collections::BTreeSet::from([Ipv4Addr::from(
+            DIRECT_NODE,
+        )])),
         announce,
         services,
     }
@@ -237,7 +265,7 @@ impl Lb {
             ifindex: onehop_testrun::ifindex("v0")?,
             mac: NODE_MAC,
             hash_seed: lb_common::hash::PUBLIC_SEED,
-            segment: None,
+            segment: Some(Cidr::parse(SEGMENT).map_err(anyhow::Error::msg)?),
         };
         let mut h = Harness::load(object, &map_sizes, node)?;
         for name in PROGRAMS {
@@ -408,8 +436,8 @@ impl Lb {
         self.bench_config.set(0, bits, 0).context("bench_config")
     }
 
-    /// Empties `conntrack` and `rev_nat`, then re-creates the two flows the
-    /// established cases use. Returns the number of entries removed.
+    /// Empties `conntrack` and `rev_nat`, then re-creates the three flows
+    /// the established cases use. Returns the number of entries removed.
     pub fn reset_flows(&mut self) -> Result<usize> {
         let n = flows::clear(self.h.maps_mut()).context("emptying conntrack")?;
         let maps = self.h.maps();
@@ -421,6 +449,7 @@ impl Lb {
         );
         self.establish(LOCAL_PORT, EST_LOCAL_PORT, XDP_PASS, Counter::LocalNewFlow)?;
         self.establish(REMOTE_PORT, EST_REMOTE_PORT, XDP_TX, Counter::RemoteNewFlow)?;
+        self.establish(DIRECT_PORT, EST_DIRECT_PORT, XDP_TX, Counter::DirectNewFlow)?;
         Ok(n)
     }
 

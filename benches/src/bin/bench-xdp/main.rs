@@ -33,9 +33,10 @@ struct Args {
     /// iteration of a run is a 5-tuple the flow maps have never seen.
     #[arg(long, default_value_t = 64_000)]
     repeat_new: u32,
-    /// Service counts to measure, ascending; at least 2 (the two target
-    /// services, local and remote backends).
-    #[arg(long, value_delimiter = ',', default_value = "2,1000,100000")]
+    /// Service counts to measure, ascending; at least 3 (the three target
+    /// services: local backends, remote by full NAT, remote by direct
+    /// return).
+    #[arg(long, value_delimiter = ',', default_value = "3,1000,100000")]
     services: Vec<u32>,
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]
@@ -101,6 +102,7 @@ enum Setup {
 fn cases(args: &Args) -> Vec<Case> {
     let syn = lb::frame_tcp(lb::LOCAL_PORT, 40_000, TCP_SYN);
     let syn_remote = lb::frame_tcp(lb::REMOTE_PORT, 40_000, TCP_SYN);
+    let syn_direct = lb::frame_tcp(lb::DIRECT_PORT, 40_000, TCP_SYN);
     let case = |name, kind, prog, frame: &Vec<u8>, action, want, new_flow, setup| Case {
         name,
         kind,
@@ -121,6 +123,7 @@ fn cases(args: &Args) -> Vec<Case> {
     let arp = lb::frame_arp();
     let est_local = lb::frame_tcp(lb::LOCAL_PORT, lb::EST_LOCAL_PORT, TCP_ACK);
     let est_remote = lb::frame_tcp(lb::REMOTE_PORT, lb::EST_REMOTE_PORT, TCP_ACK);
+    let est_direct = lb::frame_tcp(lb::DIRECT_PORT, lb::EST_DIRECT_PORT, TCP_ACK);
     let c = Want::Counter;
     let (plain, full, empty) = (Setup::Plain, Setup::FullTable, Setup::GuardEmpty);
     vec![
@@ -185,6 +188,16 @@ fn cases(args: &Args) -> Vec<Case> {
             plain,
         ),
         case(
+            "new_flow_direct",
+            Kind::Wrapped,
+            bench,
+            &syn_direct,
+            XDP_TX,
+            c(Counter::DirectNewFlow),
+            true,
+            plain,
+        ),
+        case(
             "new_flow_local_full_table",
             Kind::Wrapped,
             bench,
@@ -221,6 +234,16 @@ fn cases(args: &Args) -> Vec<Case> {
             &est_remote,
             XDP_TX,
             c(Counter::RemoteEstablished),
+            false,
+            plain,
+        ),
+        case(
+            "established_direct",
+            Kind::Wrapped,
+            bench,
+            &est_direct,
+            XDP_TX,
+            c(Counter::DirectEstablished),
             false,
             plain,
         ),
@@ -397,7 +420,7 @@ fn highest_allowed_cpu() -> Result<usize> {
 
 /// The namespace `bpf_fib_lookup` answers from: `v0` is the uplink
 /// (10.200.0.1/24, the node's MAC) with permanent neighbours for the client
-/// and the peer node, forwarding on (the helper refuses without it).
+/// and the two peer nodes, forwarding on (the helper refuses without it).
 fn namespace() -> Result<Netns> {
     let ns = Netns::create(&format!("{}xdp", unique_prefix("ohb")))?;
     let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
@@ -420,6 +443,7 @@ fn namespace() -> Result<Netns> {
     ns.ip(&["addr", "add", "10.200.0.1/24", "dev", "v0"])?;
     for (addr, m) in [
         (lb::PEER_NODE, lb::PEER_NODE_MAC),
+        (lb::DIRECT_NODE, lb::DIRECT_NODE_MAC),
         (lb::CLIENT, lb::CLIENT_MAC),
     ] {
         ns.ip(&[
