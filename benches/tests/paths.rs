@@ -101,13 +101,11 @@ fn every_path_balances_to_local_and_remote_pods() {
 /// XDP generator's new flows (every one delivered): what the remote figures measure is the way
 /// to a backend on another node.
 fn check_remote_service(world: &World, xdp: &XdpGen, inst: &paths::Installed, name: &str) {
-    // From empty flow tables, as every workload of the bench starts. Without this, right
-    // after the short-TCP check (thousands of client ports to the other VIP, half of them to
-    // node2's pods), onehop-direct failed a GET here by connect timeout in the one run tried:
-    // a client port reused towards another front of the same pod while the older flow's
-    // entry is still in node2's table (reported to the lead; not a bench matter).
-    inst.forget_flows(world)
-        .unwrap_or_else(|e| panic!("{name}: emptying the flow tables: {e:#}"));
+    // Not from empty flow tables: right after the short-TCP check, thousands of client
+    // ports went to the other VIP, half of them to node2's pods, and the GETs below reuse
+    // some of them towards the same pods through this service's address. The pods' replies
+    // must leave from this front, not the older flows' (`local::reply` in lb-ebpf; it took
+    // the first recorded front once, and onehop-direct's GETs timed out here).
     let mut seen = BTreeSet::new();
     for i in 0..20 {
         let t = inst.remote_http[i % inst.remote_http.len()];
