@@ -196,7 +196,15 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
         return Reply::None;
     };
     let pod16 = addr_v4(pod);
-    let mut newest: Option<(*mut ConntrackValue, [u8; 4], u16, u64)> = None;
+    // Plain initialised values, not an `Option`: the compiler reads an
+    // `Option`'s payload before its tag, and kernels before 6.x refuse a
+    // read of stack never written ("invalid read from stack", 5.15).
+    let (mut newest, mut newest_vip, mut newest_port, mut newest_seen) = (
+        core::ptr::null_mut::<ConntrackValue>(),
+        [0u8; 4],
+        0u16,
+        0u64,
+    );
     let mut i = 0;
     while i < FRONTS_PER_ENDPOINT {
         // SAFETY: value pointer the map returned in this run; read by value.
@@ -210,14 +218,18 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
         {
             // SAFETY: value pointer the flow table returned; read by value.
             let last = unsafe { (*ct).last_seen_ns };
-            if newest.is_none_or(|(_, _, _, seen)| last > seen) {
-                newest = Some((ct, vip, port, last));
+            if newest.is_null() || last > newest_seen {
+                (newest, newest_vip, newest_port, newest_seen) = (ct, vip, port, last);
             }
         }
         i += 1;
     }
-    if let Some((ct, vip, port, _)) = newest {
-        return Reply::Flow { ct, vip, port };
+    if !newest.is_null() {
+        return Reply::Flow {
+            ct: newest,
+            vip: newest_vip,
+            port: newest_port,
+        };
     }
     // SAFETY: as above.
     if unsafe { (*v).overflow } == 0 {
