@@ -160,10 +160,11 @@ pub struct ServiceValue {
     pub flags: u32,
     /// `sessionAffinity: ClientIP` timeout in seconds (0 when not set).
     pub affinity_timeout_s: u32,
-    /// With direct return, one of this node's own serving backends of the
-    /// service, as its id + 1 (0: none): a node that does not announce the
-    /// VIP serves with it a new flow that its Maglev table would send to
-    /// another node (tables differ between nodes during an update; see
+    /// With direct return, one of this node's own backends of the service
+    /// (serving if it has one, else one that is leaving it), as its id + 1
+    /// (0: none): a node that does not announce the VIP serves with it a
+    /// new flow that its Maglev table would send to another node (tables
+    /// differ between nodes during an update; see
     /// [`Self::local_fallback`]). A pinned value of an older release (0)
     /// reads as none.
     pub local_fallback: u32,

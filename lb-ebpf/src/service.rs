@@ -80,12 +80,15 @@ fn backend(id: u32) -> Option<BackendValue> {
 }
 
 /// The service's fallback backend on this node (see
-/// `ServiceValue::local_fallback`), while it is local and serving.
+/// `ServiceValue::local_fallback`), while it is local. The planner names a
+/// draining one only when the node has no serving one: the node that sent
+/// us the flow still counts it as the service's, and dropping is the only
+/// other choice.
 #[inline(always)]
 fn local_fallback(svc: &ServiceValue) -> Option<(u32, BackendValue)> {
     let id = svc.local_fallback.checked_sub(1)?;
     let b = backend(id)?;
-    if b.flags & backend_flags::LOCAL == 0 || b.flags & backend_flags::DRAINING != 0 {
+    if b.flags & backend_flags::LOCAL == 0 {
         return None;
     }
     stats::count(Counter::DirectLocalFallback);

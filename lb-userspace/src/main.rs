@@ -280,20 +280,19 @@ struct KubeArgs {
     /// services file has `maglev_table_size`).
     #[arg(long, default_value_t = MaglevSize::DEFAULT, conflicts_with = "services_file")]
     maglev_table_size: MaglevSize,
-    /// Direct server return (`--direct-return` or `--direct-return=true`;
-    /// off by default): new flows to a backend on another node of this
-    /// node's segment (the interface's subnet) whose agent is live (its
-    /// Lease) go to that node as they are, only the MAC addresses
-    /// rewritten, and the backend sees the client's address; backends on
-    /// other nodes get full NAT. Off: full NAT to every remote backend.
-    /// Give every node the same (Kubernetes source; the services file has
-    /// `direct_return`).
+    /// Direct server return (on by default; `--direct-return=false` turns
+    /// it off): new flows to a backend on another node of this node's
+    /// segment (the interface's subnet) whose agent is live (its Lease) go
+    /// to that node as they are, only the MAC addresses rewritten, and the
+    /// backend sees the client's address; backends on other nodes get full
+    /// NAT. Off: full NAT to every remote backend. Give every node the same
+    /// (Kubernetes source; the services file has `direct_return`).
     #[arg(
         long,
         env = "ONEHOP_DIRECT_RETURN",
         value_name = "BOOL",
         num_args = 0..=1,
-        default_value_t = false,
+        default_value_t = true,
         default_missing_value = "true",
         action = clap::ArgAction::Set,
         conflicts_with = "services_file"

@@ -958,6 +958,62 @@ fn direct_return_a_lagging_node_serves_with_its_own_pod_instead_of_dropping() {
     });
 }
 
+/// The node whose pod is leaving the service (terminating, then removed)
+/// while the announcer, not yet caught up, still sends it new flows for
+/// that pod: it serves them with the leaving pod (its only one), never
+/// drops them for want of a serving one, and the flows stay there.
+#[test]
+fn direct_return_a_node_serves_a_lagging_announcers_flows_with_its_leaving_pod() {
+    with_lb(|a| {
+        let (peer_pod, port) = pod(REMOTE_PEER);
+        a.set_direct_return(true);
+        // A's tables: the pod on B is the service's only one.
+        a.add_service(93, port, &[(peer_pod, PEER_NODE)]);
+        let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
+        b.add_service(
+            93,
+            port,
+            &[(peer_pod, PEER_NODE), ([10, 244, 4, 17], THIRD_NODE)],
+        );
+        let mut sport = 44000;
+        for (step, leave) in [
+            ("terminating", Lb::drain_pod as fn(&mut Lb, u32)),
+            ("removed", Lb::remove_backend),
+        ] {
+            leave(&mut b, REMOTE_PEER);
+            let before = b.counts();
+            for _ in 0..20 {
+                let syn = Pkt::tcp(CLIENT, sport, VIP, 93, SYN).build();
+                let out = a.expect("sent on to B", &syn, XDP_TX, Want::C(C::DirectNewFlow));
+                let r = b.run(&out);
+                assert_eq!(r.action, XDP_PASS, "{step}, sport {sport}: served at B");
+                let v = view(&r.out);
+                assert_eq!(
+                    (v.ip.source, v.ip.destination),
+                    (CLIENT, peer_pod),
+                    "{step}, sport {sport}: the leaving pod, the client's address kept"
+                );
+                sport += 1;
+            }
+            let d = b.counts().minus(&before);
+            assert_eq!(
+                d.c(C::LocalNewFlow),
+                20,
+                "{step}: every flow served locally"
+            );
+            assert_eq!(d.c(C::DirectLocalFallback), 20, "{step}: all by fallback");
+            assert_eq!(d.d(D::NotAnnouncer), 0, "{step}");
+        }
+        // Every flow stays on the pod that took it.
+        for sport in 44000..sport {
+            let ack = Pkt::tcp(CLIENT, sport, VIP, 93, ACK).build();
+            let out = a.expect("sent on to B", &ack, XDP_TX, Want::C(C::DirectEstablished));
+            let out = b.expect("at B", &out, XDP_PASS, Want::C(C::LocalEstablished));
+            assert_eq!(view(&out).ip.destination, peer_pod, "sport {sport}");
+        }
+    });
+}
+
 /// `frame` as a veth delivers a locally sent packet whose sender offloads
 /// TX checksums (`CHECKSUM_PARTIAL`): the transport checksum field holds only
 /// the folded pseudo-header sum, for a NIC to finish.

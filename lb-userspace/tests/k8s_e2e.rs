@@ -24,7 +24,7 @@ use k8s_openapi::api::{
     events::v1::Event,
     rbac::v1::{PolicyRule, RoleRef, Subject},
 };
-use lb_common::{DropReason, vip_flags};
+use lb_common::{DropReason, config_flags, vip_flags};
 use lb_userspace::{
     agent::{announcer, election, kube as agent_kube},
     dataplane::status::Snapshot,
@@ -1044,6 +1044,14 @@ fn outage_scaling_bad_objects_and_deletion() {
     }
     for i in 1..=2 {
         k.c.wait_for(i, "1 pod after the outage", |s| pods_in_use(s) == 1);
+    }
+    // Direct return is the default. While the two agents caught up one after
+    // the other, the one not announcing served what the other still sent it
+    // (with the pod that was leaving) instead of dropping it.
+    for i in 1..=2 {
+        let s = k.c.snapshot(i).expect("maps");
+        assert_ne!(s.config.flags & config_flags::DIRECT_RETURN, 0, "node{i}");
+        assert_eq!(s.drop_count(DropReason::NotAnnouncer), 0, "node{i}");
     }
     // The same node still announces: nobody re-elected on stale information.
     let owners: Vec<u8> = (1..=2)

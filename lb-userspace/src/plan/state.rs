@@ -35,7 +35,8 @@ use lb_common::{
 use crate::plan::ids::{IdAllocator, IdError};
 use crate::plan::maglev;
 use crate::plan::model::{
-    Cidr, DirectReturn, Frontend, Limits, NodeServices, Service, ServicePort, SessionAffinity,
+    Backend, Cidr, DirectReturn, Frontend, Limits, NodeServices, Service, ServicePort,
+    SessionAffinity,
 };
 use crate::plan::slots::{Region, SlotAllocator, SlotError};
 
@@ -378,9 +379,11 @@ pub fn plan_with_options(
     plan_with(prev, file, node, limits, tables, opts.release)
 }
 
+/// The flags of a retired backend slot.
+const RETIRED: u16 = backend_flags::DRAINING | backend_flags::GONE;
+
 /// The retired backend slots of a state: draining and gone.
 pub fn retired(state: &DataplaneState) -> impl Iterator<Item = u32> + '_ {
-    const RETIRED: u16 = backend_flags::DRAINING | backend_flags::GONE;
     state
         .backends
         .iter()
@@ -539,7 +542,7 @@ fn frontends<'a>(
 
 /// Backends: prev's id for a known identity, else the lowest id used
 /// neither by prev nor by the new contents. Returns the `backends` entries
-/// and the id of every identity that takes new flows (the Maglev members).
+/// and the id of every identity the model names (serving or draining).
 ///
 /// An identity is `DRAINING` when no frontend takes new flows to it. Slots
 /// of prev whose identity is no longer wanted are retired, not dropped,
@@ -589,9 +592,8 @@ fn plan_backends(
         } else if direct_to(file_direct, node, node_ip) {
             flags |= backend_flags::DIRECT;
         }
-        if serving {
-            ids.insert((ip, port), id);
-        } else {
+        ids.insert((ip, port), id);
+        if !serving {
             flags |= backend_flags::DRAINING;
         }
         backends.insert(
@@ -679,14 +681,18 @@ fn plan_service(
             .allocate()
             .map_err(PlanError::ServiceIds)?,
     };
-    let members: Vec<((Ipv4Addr, u16), u32)> = s
-        .backends
-        .iter()
-        .filter_map(|b| {
-            let key = (b.ip, s.target_port(b.ip, &p)?);
-            Some((key, *backend_ids.get(&key)?))
-        })
-        .collect();
+    let ids_of = |backends: &'_ [Backend]| -> Vec<((Ipv4Addr, u16), u32)> {
+        backends
+            .iter()
+            .filter_map(|b| {
+                let key = (b.ip, s.target_port(b.ip, &p)?);
+                Some((key, *backend_ids.get(&key)?))
+            })
+            .collect()
+    };
+    // The serving endpoints (every identity a frontend serves is planned
+    // without `DRAINING`).
+    let members = ids_of(&s.backends);
     let reused = match tables {
         Tables::ReuseUnchanged => unchanged_table(prev, old, &members, size),
         Tables::Build => None,
@@ -734,7 +740,11 @@ fn plan_service(
             .extend(s.source_ranges.iter().map(|&c| SrcRangeKey::new(id, c)));
     }
     let local_fallback = if state.config.flags & config_flags::DIRECT_RETURN != 0 {
-        local_fallback(&state.backends, &members, id)
+        let leaving = Leaving {
+            terminating: &ids_of(&s.draining),
+            previous: old.and_then(ServiceValue::local_fallback),
+        };
+        local_fallback(&state.backends, &members, &leaving, id)
     } else {
         None
     };
@@ -746,31 +756,58 @@ fn plan_service(
     Ok(())
 }
 
-/// The serving backend of this node that a node not announcing the VIP
-/// gives a new flow whose Maglev pick is elsewhere (`ServiceValue::
-/// local_fallback`): one of the service's local members, spread over them
-/// by service id so that several services do not all fall back to one pod.
+/// A service's local pods that no longer take new flows, which its
+/// fallback may still name (see [`local_fallback`]).
+struct Leaving<'a> {
+    /// Its terminating endpoints (the model's `draining`).
+    terminating: &'a [((Ipv4Addr, u16), u32)],
+    /// The fallback the previous plan named.
+    previous: Option<u32>,
+}
+
+/// The backend of this node that a node not announcing the VIP gives a new
+/// flow whose Maglev pick is elsewhere (`ServiceValue::local_fallback`).
 /// Only tables that differ between nodes (an update under way) send such
-/// flows here, so one pod per service takes them; the others still take
-/// their Maglev share.
+/// flows here, and the announcer that sent this one believes the service
+/// has a pod on this node. In order:
+/// - one of the service's local serving pods, spread over them by service
+///   id so that several services do not all fall back to one pod;
+/// - else one of its local terminating pods: the announcer has not yet
+///   seen it leave, and a terminating pod still serves for its grace period;
+/// - else the previous fallback, once its endpoint has left the service
+///   altogether, while its slot is retired but not yet released (the
+///   announcer may still be catching up with the removal).
+///
+/// Dropping is the only other choice, so a pod that has stopped serving
+/// loses nothing by being picked.
 fn local_fallback(
     backends: &BTreeMap<u32, BackendValue>,
     members: &[((Ipv4Addr, u16), u32)],
+    leaving: &Leaving<'_>,
     service_id: u32,
 ) -> Option<u32> {
-    let mut local: Vec<u32> = members
-        .iter()
-        .map(|&(_, id)| id)
-        .filter(|id| {
-            backends.get(id).is_some_and(|b| {
-                b.flags & backend_flags::LOCAL != 0 && b.flags & backend_flags::DRAINING == 0
+    let local = |b: &BackendValue| b.flags & backend_flags::LOCAL != 0;
+    let serving = |b: &BackendValue| local(b) && b.flags & backend_flags::DRAINING == 0;
+    let pick = |of: &[((Ipv4Addr, u16), u32)], ok: &dyn Fn(&BackendValue) -> bool| {
+        let mut ids: Vec<u32> = of
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|id| backends.get(id).is_some_and(ok))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let n = u32::try_from(ids.len()).ok().filter(|&n| n > 0)?;
+        ids.get(usize::try_from(service_id % n).ok()?).copied()
+    };
+    pick(members, &serving)
+        .or_else(|| pick(leaving.terminating, &local))
+        .or_else(|| {
+            leaving.previous.filter(|id| {
+                backends
+                    .get(id)
+                    .is_some_and(|b| local(b) && b.flags & RETIRED == RETIRED)
             })
         })
-        .collect();
-    local.sort_unstable();
-    local.dedup();
-    let n = u32::try_from(local.len()).ok().filter(|&n| n > 0)?;
-    local.get(usize::try_from(service_id % n).ok()?).copied()
 }
 
 fn plan_vips(file: &NodeServices, node: &Node) -> BTreeMap<[u8; 4], u32> {

@@ -411,6 +411,75 @@ fn direct_return_names_a_local_fallback_per_service() {
     assert!(r.services.values().all(|v| v.local_fallback().is_none()));
 }
 
+/// A node whose own pod leaves the service keeps naming it as the fallback
+/// (terminating, then retired) while it has no serving pod of the service,
+/// until the slot is released; a serving local pod takes over at once.
+#[test]
+fn direct_return_falls_back_on_the_leaving_pod_until_its_slot_is_freed() {
+    let mut file = parse(FILE);
+    file.direct_return = DirectReturn::Segment;
+    let web = key("192.168.60.1", 80, 6);
+    let fallback_ip = |s: &DataplaneState| {
+        s.services[&web]
+            .local_fallback()
+            .map(|id| (Ipv4Addr::from(s.backends[&id].ip), s.backends[&id].flags))
+    };
+    let serving = plan_ok(&DataplaneState::default(), &file);
+    let pod = ip("10.42.0.5");
+    assert_eq!(fallback_ip(&serving).map(|f| f.0), Some(pod));
+
+    // Terminating: still named, flagged draining.
+    let mut terminating = file.clone();
+    let b = terminating.services[0].backends.remove(0);
+    assert_eq!(b.ip, pod);
+    terminating.services[0].draining.push(b);
+    let t = plan_ok(&serving, &terminating);
+    let (at, flags) = fallback_ip(&t).expect("the terminating pod");
+    assert_eq!(at, pod);
+    assert_ne!(flags & backend_flags::DRAINING, 0);
+    assert_eq!(flags & backend_flags::GONE, 0);
+
+    // Gone from the service (and the model): the retired slot, kept.
+    let mut gone = terminating.clone();
+    gone.services[0].draining.clear();
+    let g = plan_ok(&t, &gone);
+    let (at, flags) = fallback_ip(&g).expect("the retired slot");
+    assert_eq!(at, pod);
+    assert_eq!(
+        flags & (backend_flags::DRAINING | backend_flags::GONE),
+        backend_flags::DRAINING | backend_flags::GONE
+    );
+    // Planning again over that keeps it; a plan from empty maps never
+    // invents one (nothing was there to leave).
+    assert_eq!(fallback_ip(&plan_ok(&g, &gone)).map(|f| f.0), Some(pod));
+    assert_eq!(
+        plan_ok(&DataplaneState::default(), &gone).services[&web].local_fallback(),
+        None
+    );
+    // Freed: no fallback any more.
+    let id = g.services[&web].local_fallback().expect("named");
+    let freed = plan_releasing(&g, &gone, &BTreeSet::from([id]));
+    assert!(!freed.backends.contains_key(&id));
+    assert_eq!(freed.services[&web].local_fallback(), None);
+
+    // A serving local pod comes (back): it is named, not the leaving one.
+    let mut back = gone.clone();
+    back.services[0].backends.push(Backend {
+        ip: ip("10.42.0.9"),
+        node_ip: NODE.ip,
+    });
+    let s = plan_ok(&g, &back);
+    let (at, flags) = fallback_ip(&s).expect("the new pod");
+    assert_eq!((at, flags & backend_flags::DRAINING), (ip("10.42.0.9"), 0));
+    // A terminating pod of another node is never named.
+    let mut remote = terminating.clone();
+    remote.services[0].draining[0].node_ip = ip("192.168.50.11");
+    assert_eq!(
+        plan_ok(&DataplaneState::default(), &remote).services[&web].local_fallback(),
+        None
+    );
+}
+
 #[test]
 fn plan_errors() {
     let file = parse(FILE);
