@@ -790,11 +790,16 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     let ct = |state, last| ConntrackValue::new(0, [0; 16], 0, 0, 0, state, last);
     let closed = tcp_state::ESTABLISHED | tcp_state::BOTH_FIN;
     // Closed 20 s ago (closing timeout 10 s): over. Closed 1 s ago and
-    // established an hour ago: live.
+    // established an hour ago (or at boot, on a machine up for less: the
+    // clock counts from boot): live.
     let entries = [
         (key(1), ct(closed, now - 20 * s), true),
         (key(2), ct(closed, now - s), false),
-        (key(3), ct(tcp_state::ESTABLISHED, now - 3600 * s), false),
+        (
+            key(3),
+            ct(tcp_state::ESTABLISHED, now.saturating_sub(3600 * s).max(1)),
+            false,
+        ),
     ];
     for (k, v, _) in &entries {
         lb_userspace::dataplane::flows::put(&mut maps, k, *v).expect("conntrack insert");
