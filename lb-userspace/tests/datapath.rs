@@ -905,6 +905,22 @@ fn direct_return_never_sends_a_forwarded_frame_to_a_third_node() {
     });
 }
 
+/// The announcer `a` (direct return on) and a peer B whose tables differ
+/// for the service on `port`: A's names only B's pod (`REMOTE_PEER`), B's
+/// also `third_pod` on a third node. Returns B and its pod.
+fn lagging_peer(a: &mut Lb, port: u16, third_pod: [u8; 4]) -> (Lb, [u8; 4]) {
+    let (peer_pod, target) = pod(REMOTE_PEER);
+    a.set_direct_return(true);
+    a.add_service(port, target, &[(peer_pod, PEER_NODE)]);
+    let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
+    b.add_service(
+        port,
+        target,
+        &[(peer_pod, PEER_NODE), (third_pod, THIRD_NODE)],
+    );
+    (b, peer_pod)
+}
+
 /// While the tables differ (B's still names a pod on a third node beside
 /// its own), a frame the announcer sent to B's pod is served at B by B's
 /// own pod of the service whichever pod B's table picks: a node that does
@@ -913,15 +929,7 @@ fn direct_return_never_sends_a_forwarded_frame_to_a_third_node() {
 #[test]
 fn direct_return_a_lagging_node_serves_with_its_own_pod_instead_of_dropping() {
     with_lb(|a| {
-        let (peer_pod, port) = pod(REMOTE_PEER);
-        a.set_direct_return(true);
-        a.add_service(92, port, &[(peer_pod, PEER_NODE)]);
-        let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
-        b.add_service(
-            92,
-            port,
-            &[(peer_pod, PEER_NODE), ([10, 244, 4, 16], THIRD_NODE)],
-        );
+        let (mut b, peer_pod) = lagging_peer(a, 92, [10, 244, 4, 16]);
 
         let before = b.counts();
         for sport in 43000..43040 {
@@ -965,16 +973,7 @@ fn direct_return_a_lagging_node_serves_with_its_own_pod_instead_of_dropping() {
 #[test]
 fn direct_return_a_node_serves_a_lagging_announcers_flows_with_its_leaving_pod() {
     with_lb(|a| {
-        let (peer_pod, port) = pod(REMOTE_PEER);
-        a.set_direct_return(true);
-        // A's tables: the pod on B is the service's only one.
-        a.add_service(93, port, &[(peer_pod, PEER_NODE)]);
-        let mut b = Lb::peer(PEER_NODE, PEER_NODE_MAC);
-        b.add_service(
-            93,
-            port,
-            &[(peer_pod, PEER_NODE), ([10, 244, 4, 17], THIRD_NODE)],
-        );
+        let (mut b, peer_pod) = lagging_peer(a, 93, [10, 244, 4, 17]);
         let mut sport = 44000;
         for (step, leave) in [
             ("terminating", Lb::drain_pod as fn(&mut Lb, u32)),
