@@ -51,7 +51,7 @@ use lb_common::{Counter, DropReason};
 use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
     Netns,
-    netns::nstat,
+    netns::{command_in, nstat},
     server::Answer,
     traffic::{Timeouts, http_get_here},
 };
@@ -451,6 +451,8 @@ fn start(c: &Cluster) -> Snapshot {
 /// kernels.
 struct Counts {
     node1: Snapshot,
+    /// node2's kernel (no agent there): where a packet node1 sent on can still be lost.
+    node2: BTreeMap<String, u64>,
     pod: BTreeMap<String, u64>,
     client: BTreeMap<String, u64>,
 }
@@ -459,6 +461,7 @@ impl Counts {
     fn read(c: &Cluster, node1: Snapshot) -> Self {
         Self {
             node1,
+            node2: nstat(c.topo.node(2).ns()),
             pod: nstat(c.topo.node(2).pod(1).ns()),
             client: nstat(c.topo.client().ns()),
         }
@@ -480,12 +483,49 @@ fn capacity(cfg: &lb_common::DatapathConfig, offered_per_s: f64) -> String {
     )
 }
 
+/// The non-zero drop and error counters of `eth0` in `ns` (`ethtool -S`): a frame that
+/// XDP sent on (`XDP_TX`) and that veth could not queue for its peer is counted only there.
+fn veth_drops(ns: &Netns) -> String {
+    let out = match command_in(ns, "ethtool").args(["-S", "eth0"]).output() {
+        Ok(o) => o,
+        Err(e) => return format!("ethtool: {e}"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let drops: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            let v: u64 = v.trim().parse().ok()?;
+            (v != 0 && (k.contains("drop") || k.contains("err"))).then(|| format!("{k} {v}"))
+        })
+        .collect();
+    if drops.is_empty() {
+        "none".to_owned()
+    } else {
+        drops.join(", ")
+    }
+}
+
 fn report(before: &Counts, after: &Counts) -> String {
     format!(
-        "node1: {}\n  node1 entries at the end: conntrack {}, rev_nat {}\n  pod: {}\n  client: {}",
+        "node1: {}\n  node1 entries at the end: conntrack {}, rev_nat {}\n  node2: {}\n  pod: {}\n  \
+         client: {}",
         changed(&before.node1, &after.node1),
         after.node1.conntrack_entries,
         after.node1.rev_nat_entries,
+        nstat_changed(
+            &before.node2,
+            &after.node2,
+            &[
+                "IpForwDatagrams",
+                "IpInDiscards",
+                "IpInHdrErrors",
+                "IpInAddrErrors",
+                "IpExtInNoRoutes",
+                "IpOutNoRoutes",
+                "IpOutDiscards",
+            ],
+        ),
         nstat_changed(
             &before.pod,
             &after.pod,
@@ -500,6 +540,10 @@ fn report(before: &Counts, after: &Counts) -> String {
                 "TcpEstabResets",
                 "UdpInDatagrams",
                 "UdpOutDatagrams",
+                "UdpInErrors",
+                "UdpRcvbufErrors",
+                "UdpInCsumErrors",
+                "UdpNoPorts",
             ],
         ),
         nstat_changed(
@@ -512,6 +556,8 @@ fn report(before: &Counts, after: &Counts) -> String {
                 "TcpEstabResets",
                 "UdpInDatagrams",
                 "UdpNoPorts",
+                "UdpInErrors",
+                "UdpRcvbufErrors",
             ],
         ),
     )
@@ -553,7 +599,10 @@ fn fifty_thousand_connections_and_requests_to_a_remote_backend_with_the_default_
     eprintln!("{report}");
     assert!(
         tcp.failed == 0 && udp.failed == 0,
-        "{report}\nTCP failures (first {SHOWN}): {:#?}\nUDP failures (first {SHOWN}): {:#?}\nagent log:\n{}",
+        "{report}\n  veth drops: node1 {}; node2 {}\nTCP failures (first {SHOWN}): {:#?}\n\
+         UDP failures (first {SHOWN}): {:#?}\nagent log:\n{}",
+        veth_drops(c.topo.node(1).ns()),
+        veth_drops(c.topo.node(2).ns()),
         tcp.failures,
         udp.failures,
         c.log(1)
