@@ -480,6 +480,7 @@ fn plan_with(
             &mut state,
             &mut alloc,
             &backend_ids,
+            &pods,
             key,
             s,
             *p,
@@ -668,6 +669,7 @@ fn plan_service(
     state: &mut DataplaneState,
     alloc: &mut Allocators,
     backend_ids: &HashMap<(Ipv4Addr, u16), u32>,
+    pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
     key: ServiceKey,
     s: &Service,
     p: ServicePort,
@@ -743,6 +745,7 @@ fn plan_service(
         let leaving = Leaving {
             terminating: &ids_of(&s.draining),
             previous: old.and_then(ServiceValue::local_fallback),
+            pods,
         };
         local_fallback(&state.backends, &members, &leaving, id)
     } else {
@@ -763,6 +766,9 @@ struct Leaving<'a> {
     terminating: &'a [((Ipv4Addr, u16), u32)],
     /// The fallback the previous plan named.
     previous: Option<u32>,
+    /// Every pod address the model names: a retired slot's address among them has
+    /// gone to another pod, which must not get the flows of the one that left.
+    pods: &'a BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
 /// The backend of this node that a node not announcing the VIP gives a new
@@ -776,7 +782,8 @@ struct Leaving<'a> {
 ///   seen it leave, and a terminating pod still serves for its grace period;
 /// - else the previous fallback, once its endpoint has left the service
 ///   altogether, while its slot is retired but not yet released (the
-///   announcer may still be catching up with the removal).
+///   announcer may still be catching up with the removal) and no pod the
+///   model names has its address (a pod address can be handed out again).
 ///
 /// Dropping is the only other choice, so a pod that has stopped serving
 /// loses nothing by being picked.
@@ -803,9 +810,11 @@ fn local_fallback(
         .or_else(|| pick(leaving.terminating, &local))
         .or_else(|| {
             leaving.previous.filter(|id| {
-                backends
-                    .get(id)
-                    .is_some_and(|b| local(b) && b.flags & RETIRED == RETIRED)
+                backends.get(id).is_some_and(|b| {
+                    local(b)
+                        && b.flags & RETIRED == RETIRED
+                        && !leaving.pods.contains_key(&Ipv4Addr::from(b.ip))
+                })
             })
         })
 }

@@ -413,7 +413,8 @@ fn direct_return_names_a_local_fallback_per_service() {
 
 /// A node whose own pod leaves the service keeps naming it as the fallback
 /// (terminating, then retired) while it has no serving pod of the service,
-/// until the slot is released; a serving local pod takes over at once.
+/// until the slot is released or its address goes to another pod; a serving
+/// local pod takes over at once.
 #[test]
 fn direct_return_falls_back_on_the_leaving_pod_until_its_slot_is_freed() {
     let mut file = parse(FILE);
@@ -456,6 +457,16 @@ fn direct_return_falls_back_on_the_leaving_pod_until_its_slot_is_freed() {
         plan_ok(&DataplaneState::default(), &gone).services[&web].local_fallback(),
         None
     );
+    // Its address handed to another pod (of another service): not named any
+    // more, though the slot is still retired.
+    let mut reused = gone.clone();
+    reused.services[1].backends.push(Backend {
+        ip: pod,
+        node_ip: NODE.ip,
+    });
+    let after = plan_ok(&g, &reused);
+    assert_eq!(after.services[&web].local_fallback(), None);
+    assert!(retired(&after).any(|id| Ipv4Addr::from(after.backends[&id].ip) == pod));
     // Freed: no fallback any more.
     let id = g.services[&web].local_fallback().expect("named");
     let freed = plan_releasing(&g, &gone, &BTreeSet::from([id]));
