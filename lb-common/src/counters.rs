@@ -35,7 +35,7 @@ numbered! {
     Counter, COUNTER_COUNT {
         /// Every frame `lb_ingress` saw.
         IngressPackets = 0 => "ingress_packets",
-        /// Not IPv4 or ARP (IPv6, LLDP, …): passed untouched.
+        /// Not IPv4, IPv6 or ARP (LLDP, …): passed untouched.
         PassNotIpv4 = 1 => "pass_not_ipv4",
         /// VLAN-tagged: passed untouched (VIPs on VLAN sub-interfaces are
         /// not served from the parent's program).
@@ -151,6 +151,15 @@ numbered! {
         /// served by this node's fallback backend of the service instead
         /// (`ServiceValue::local_fallback`), never sent on.
         DirectLocalFallback = 36 => "direct_local_fallback",
+        /// IPv6 frame while `xdp_programs` holds no `lb_ingress6` (the agent
+        /// has not loaded it yet): passed untouched.
+        PassIpv6Unserved = 37 => "pass_ipv6_unserved",
+        /// Neighbor Solicitation for an announced IPv6 VIP answered with a
+        /// Neighbor Advertisement (`XDP_TX`).
+        NdpAdvert = 38 => "ndp_advert",
+        /// Neighbor Discovery not about a VIP (or not a solicitation):
+        /// passed to the kernel.
+        NdpPass = 39 => "ndp_pass",
     }
 }
 
@@ -243,5 +252,20 @@ numbered! {
         /// be sent to: two nodes that both announce the VIP (one of them with
         /// a stopped agent, tables frozen) would bounce it between them.
         DirectLoop = 24 => "direct_loop",
+        /// Neighbor Solicitation for an IPv6 VIP another node announces
+        /// (as `arp_not_owned`).
+        NdpNotOwned = 25 => "ndp_not_owned",
+        /// Neighbor Solicitation for an IPv6 VIP this node announces, while
+        /// the agent's heartbeat is stale (as `arp_stale`).
+        NdpStale = 26 => "ndp_stale",
+        /// Neighbor Solicitation for an IPv6 VIP that fails RFC 4861's
+        /// checks (7.1.1: hop limit 255, code 0, length, ICMPv6 checksum,
+        /// a unicast target, options of non-zero length, no source
+        /// link-layer option from the unspecified address): never answered.
+        NdpInvalid = 27 => "ndp_invalid",
+        /// IPv6 packet to a VIP whose extension headers are outside the
+        /// written policy (`lb_ingress6`: more than four, a routing header
+        /// with segments left, or one we do not walk): not ours to serve.
+        Ipv6ExtHeader = 28 => "ipv6_ext_header",
     }
 }

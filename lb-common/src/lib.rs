@@ -34,6 +34,8 @@ pub mod proto {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// ICMPv6 (next header 58).
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Flags of [`VipValue::flags`].
@@ -145,6 +147,45 @@ impl ServiceKey {
     }
 }
 
+/// Key of maps indexed by one IPv6 address (`vips6`, `ndp_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv6Key {
+    pub addr: [u8; 16],
+}
+
+impl Ipv6Key {
+    pub const fn new(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+}
+
+/// Key of the `services6` hash map: one IPv6 frontend `[VIP]:port/protocol`.
+/// Its value is a [`ServiceValue`] as for IPv4: service ids, Maglev tables
+/// and backend ids are one space for both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub vip: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ServiceKey6 {
+    /// `port` in host order, `proto` a [`proto`] number.
+    pub const fn new(vip: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            vip,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of the `services` hash map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,6 +271,58 @@ impl BackendValue {
             port,
             flags,
             _pad: 0,
+        }
+    }
+}
+
+/// Value of the `backends6` hash, keyed by backend id (`u32`): an IPv6
+/// backend. The ids are those of [`BackendValue`] (one space for both
+/// families, so `backend_stats` and the flow entries need no family); an
+/// IPv6 backend's id has no valid entry in `backends`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue6 {
+    /// Pod address.
+    pub ip: [u8; 16],
+    /// IPv6 address of the node that runs the pod (all zero when it has
+    /// none: then the backend is only served where it is local).
+    pub node_ip: [u8; 16],
+    /// Target port, host byte order.
+    pub port: u16,
+    /// [`backend_flags`] bits.
+    pub flags: u16,
+    pub _pad: u32,
+}
+
+impl BackendValue6 {
+    /// `port` in host order, `flags` [`backend_flags`] bits.
+    pub const fn new(ip: [u8; 16], node_ip: [u8; 16], port: u16, flags: u16) -> Self {
+        Self {
+            ip,
+            node_ip,
+            port,
+            flags,
+            _pad: 0,
+        }
+    }
+}
+
+/// Data part of the `src_ranges6` LPM-trie key: as [`SourceRangeData`],
+/// with an IPv6 address (`prefixlen = 32 + <CIDR prefix length>`, see
+/// [`source_range_prefixlen`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeData6 {
+    /// Service id in big-endian bytes.
+    pub service_id: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+impl SourceRangeData6 {
+    pub const fn new(service_id: u32, addr: [u8; 16]) -> Self {
+        Self {
+            service_id: service_id.to_be_bytes(),
+            addr,
         }
     }
 }
@@ -464,7 +557,9 @@ impl AnnounceState {
     }
 }
 
-/// Value of the `arp_stats` hash, keyed by [`Ipv4Key`]: what ARP did for
+/// Value of the `arp_stats` hash, keyed by [`Ipv4Key`] (and of `ndp_stats`,
+/// keyed by [`Ipv6Key`], where a request is a Neighbor Solicitation and a
+/// reply a Neighbor Advertisement): what ARP did for
 /// one address, on every CPU together. The agent creates and removes the entries with the
 /// address; the data path only counts into existing ones, so the map (and
 /// the metric series) never grows past the addresses configured.
@@ -499,6 +594,14 @@ impl HostKey {
         Self {
             addr: flow::addr_v4(addr),
             family: flow::family::V4,
+            _pad: [0; 3],
+        }
+    }
+
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self {
+            addr,
+            family: flow::family::V6,
             _pad: [0; 3],
         }
     }
@@ -554,8 +657,12 @@ abi_types! {
     VipValue = 4,
     Ipv4Key = 4,
     ServiceKey = 8,
+    Ipv6Key = 16,
+    ServiceKey6 = 20,
     ServiceValue = 24,
     BackendValue = 16,
+    BackendValue6 = 40,
+    SourceRangeData6 = 20,
     FlowKey = 40,
     ConntrackValue = 56,
     flow::table::FlowSlot = 96,

@@ -17,6 +17,7 @@ pub enum MapKind {
     PerCpuHash = 5,
     PerCpuArray = 6,
     LruHash = 9,
+    ProgArray = 3,
     LpmTrie = 11,
     DevMap = 14,
 }
@@ -94,11 +95,14 @@ macro_rules! map_specs {
     (@kind HashNoPrealloc) => { $crate::maps::MapKind::Hash };
     (@kind LpmTrie) => { $crate::maps::MapKind::LpmTrie };
     (@kind DevMap) => { $crate::maps::MapKind::DevMap };
+    (@kind ProgramArray) => { $crate::maps::MapKind::ProgArray };
     (@key LpmTrie<$k:ty, $v:ty>) => { 4 + $crate::maps::size_u32(core::mem::size_of::<$k>()) };
     (@key $kind:ident<$k:ty, $v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$k>()) };
     (@key $kind:ident<$($v:ty)?>) => { 4 };
     // `struct bpf_devmap_val`: the target's ifindex, then a program fd.
     (@value DevMap<>) => { 8 };
+    // A program's file descriptor as user space writes it.
+    (@value ProgramArray<>) => { 4 };
     (@value $kind:ident<$k:ty, $v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
     (@value $kind:ident<$v:ty>) => { $crate::maps::size_u32(core::mem::size_of::<$v>()) };
     (@flags MmapArray) => { $crate::maps::BPF_F_MMAPABLE };
@@ -200,6 +204,38 @@ macro_rules! product_maps {
             /// go first are those of pods long gone.
             LOCAL_FRONTS = "local_fronts":
                 LruHashMap<$crate::LocalEndpointKey, $crate::LocalFronts>[$crate::maps::MAX_LOCAL_ENDPOINTS];
+            /// IPv6 VIP / node address → [`crate::VipValue`] (hash, entries
+            /// allocated as they are inserted: an IPv4-only node pays
+            /// nothing for it). As `vips`, for IPv6 destinations.
+            VIPS6 = "vips6":
+                HashNoPrealloc<$crate::Ipv6Key, $crate::VipValue>[$crate::maps::MAX_VIPS];
+            /// [`crate::ServiceKey6`] → [`crate::ServiceValue`] (hash,
+            /// allocated as inserted): the IPv6 frontends, whose ids, Maglev
+            /// tables and backend ids share the IPv4 ones' spaces.
+            SERVICES6 = "services6":
+                HashNoPrealloc<$crate::ServiceKey6, $crate::ServiceValue>[$crate::maps::MAX_SERVICES];
+            /// Backend id → [`crate::BackendValue6`] (hash, allocated as
+            /// inserted): IPv6 backends, by the ids of `backends`.
+            BACKENDS6 = "backends6":
+                HashNoPrealloc<u32, $crate::BackendValue6>[$crate::maps::MAX_BACKENDS];
+            /// LPM trie: `{32 + prefix, SourceRangeData6}` → `u32` (1 = allowed):
+            /// `src_ranges` for IPv6 clients.
+            SRC_RANGES6 = "src_ranges6":
+                LpmTrie<$crate::SourceRangeData6, u32>[$crate::maps::SRC_RANGES_MAX];
+            /// IPv6 VIP → [`crate::ArpStats`] (hash, allocated as inserted):
+            /// `arp_stats` for Neighbor Solicitations (requests) and the
+            /// Neighbor Advertisements that answered them (replies).
+            NDP_STATS = "ndp_stats":
+                HashNoPrealloc<$crate::Ipv6Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
+            /// [`crate::maps::xdp_slot`] → XDP program (program array):
+            /// `lb_ingress` tail-calls `lb_ingress6` for IPv6 frames, so the
+            /// IPv6 path has a stack frame (512 bytes) of its own. The agent
+            /// fills it when it loads the programs; an empty slot passes
+            /// IPv6 untouched (`pass_ipv6_unserved`).
+            XDP_PROGRAMS = "xdp_programs": ProgramArray<>[$crate::maps::xdp_slot::COUNT];
+            /// [`crate::maps::tc_slot`] → TC program (program array): as
+            /// `xdp_programs`, `lb_egress` → `lb_egress6`.
+            TC_PROGRAMS = "tc_programs": ProgramArray<>[$crate::maps::tc_slot::COUNT];
         }
     };
 }
@@ -231,8 +267,14 @@ pub mod programs {
     /// (`BPF_PROG_TEST_RUN`) on a [`crate::flow::SweepRequest`] to delete
     /// a dead reverse entry only if no new flow took it meanwhile.
     pub const SWEEP: &str = "flow_sweep";
+    /// XDP program never attached: `lb_ingress` tail-calls it (slot
+    /// [`super::xdp_slot::INGRESS6`] of `xdp_programs`) for IPv6 frames.
+    pub const INGRESS6: &str = "lb_ingress6";
+    /// TC program never attached: `lb_egress` tail-calls it (slot
+    /// [`super::tc_slot::EGRESS6`] of `tc_programs`) for IPv6 packets.
+    pub const EGRESS6: &str = "lb_egress6";
     /// Every program of the product object.
-    pub const ALL: [&str; 4] = [INGRESS, EGRESS, PASS, SWEEP];
+    pub const ALL: [&str; 6] = [INGRESS, EGRESS, PASS, SWEEP, INGRESS6, EGRESS6];
     /// Pinned link of [`INGRESS`] in the pin directory.
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.
@@ -241,6 +283,20 @@ pub mod programs {
     /// has no link to pin: the attached program is pinned here instead, recording how
     /// it is attached (bpffs holds no plain files).
     pub const EGRESS_TC_PROG: &str = "prog_lb_egress_tc";
+}
+
+/// Slots of `xdp_programs`.
+pub mod xdp_slot {
+    /// `lb_ingress6`.
+    pub const INGRESS6: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// Slots of `tc_programs`.
+pub mod tc_slot {
+    /// `lb_egress6`.
+    pub const EGRESS6: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 pub const MAX_VIPS: u32 = 131_072;

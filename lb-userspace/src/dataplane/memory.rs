@@ -95,6 +95,8 @@ pub fn map_bytes(spec: &MapSpec, entries: u32, cpus: u32) -> u64 {
             }
             // `struct bpf_dtab_netdev` per slot (not in the product table today).
             MapKind::DevMap => n * (8 + 64),
+            // A program pointer per slot (the programs are charged on their own).
+            MapKind::ProgArray => n * 8,
         }
 }
 
