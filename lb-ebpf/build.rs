@@ -4,10 +4,14 @@ fn main() {
     // Global BPF functions: bpf-linker internalises every symbol but the
     // programs and maps unless told otherwise, and an internal function is
     // verified inline at each call. See `conntrack::onehop_flow_create`,
-    // `partial::onehop_finish_checksum`, `local::onehop_remember_front`
-    // and `icmp::onehop_icmp_echo`.
+    // `partial::onehop_finish_checksum`, `local::onehop_remember_front`,
+    // `icmp::onehop_icmp_echo`, `ingress6::onehop_icmp6_echo`,
+    // `ndp::onehop_ndp_solicitation`, `csum::onehop_nd_options_sum`.
     println!("cargo:rustc-link-arg-bins=--export=onehop_flow_create");
     println!("cargo:rustc-link-arg-bins=--export=onehop_finish_checksum");
     println!("cargo:rustc-link-arg-bins=--export=onehop_remember_front");
     println!("cargo:rustc-link-arg-bins=--export=onehop_icmp_echo");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_icmp6_echo");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_ndp_solicitation");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_nd_options_sum");
 }

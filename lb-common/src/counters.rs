@@ -267,5 +267,8 @@ numbered! {
         /// written policy (`lb_ingress6`: more than four, a routing header
         /// with segments left, or one we do not walk): not ours to serve.
         Ipv6ExtHeader = 28 => "ipv6_ext_header",
+        /// A Neighbor Solicitation we would answer, but the frame could
+        /// not be resized to the advertisement (`bpf_xdp_adjust_tail`).
+        NdpNoRoom = 29 => "ndp_no_room",
     }
 }

@@ -233,9 +233,6 @@ macro_rules! product_maps {
             /// fills it when it loads the programs; an empty slot passes
             /// IPv6 untouched (`pass_ipv6_unserved`).
             XDP_PROGRAMS = "xdp_programs": ProgramArray<>[$crate::maps::xdp_slot::COUNT];
-            /// [`crate::maps::tc_slot`] → TC program (program array): as
-            /// `xdp_programs`, `lb_egress` → `lb_egress6`.
-            TC_PROGRAMS = "tc_programs": ProgramArray<>[$crate::maps::tc_slot::COUNT];
         }
     };
 }
@@ -270,11 +267,8 @@ pub mod programs {
     /// XDP program never attached: `lb_ingress` tail-calls it (slot
     /// [`super::xdp_slot::INGRESS6`] of `xdp_programs`) for IPv6 frames.
     pub const INGRESS6: &str = "lb_ingress6";
-    /// TC program never attached: `lb_egress` tail-calls it (slot
-    /// [`super::tc_slot::EGRESS6`] of `tc_programs`) for IPv6 packets.
-    pub const EGRESS6: &str = "lb_egress6";
     /// Every program of the product object.
-    pub const ALL: [&str; 6] = [INGRESS, EGRESS, PASS, SWEEP, INGRESS6, EGRESS6];
+    pub const ALL: [&str; 5] = [INGRESS, EGRESS, PASS, SWEEP, INGRESS6];
     /// Pinned link of [`INGRESS`] in the pin directory.
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.
@@ -289,13 +283,6 @@ pub mod programs {
 pub mod xdp_slot {
     /// `lb_ingress6`.
     pub const INGRESS6: u32 = 0;
-    pub const COUNT: u32 = 1;
-}
-
-/// Slots of `tc_programs`.
-pub mod tc_slot {
-    /// `lb_egress6`.
-    pub const EGRESS6: u32 = 0;
     pub const COUNT: u32 = 1;
 }
 

@@ -117,9 +117,18 @@ pub fn handle(
 /// `mac` is the address in the low six bytes, little-endian.
 #[inline(never)]
 fn learn(ip: u32, mac: u64, ifindex: u32) {
-    let key = HostKey::v4(ip.to_ne_bytes());
     let b = mac.to_le_bytes();
-    let mac = [b[0], b[1], b[2], b[3], b[4], b[5]];
+    remember(
+        HostKey::v4(ip.to_ne_bytes()),
+        [b[0], b[1], b[2], b[3], b[4], b[5]],
+        ifindex,
+    );
+}
+
+/// [`learn`]'s work for any address family (`ndp` learns IPv6 hosts from
+/// the solicitations it answers).
+#[inline(always)]
+pub fn remember(key: HostKey, mac: [u8; 6], ifindex: u32) {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(v) = LEARNED_MACS.get_ptr_mut(key) {
@@ -137,9 +146,9 @@ fn learn(ip: u32, mac: u64, ifindex: u32) {
     let _ = LEARNED_MACS.insert(key, LearnedMac::new(mac, ifindex, now), u64::from(BPF_ANY));
 }
 
-/// Whether the agent's heartbeat allows answering now.
+/// Whether the agent's heartbeat allows answering now (ARP and NDP).
 #[inline(always)]
-fn heartbeat_current() -> bool {
+pub fn heartbeat_current() -> bool {
     let Some(a) = ANNOUNCE.get_ptr(0) else {
         return false;
     };

@@ -5,7 +5,9 @@
 //! bytes, cheap), and an ICMP echo request's before we answer it (the
 //! reply is ours); TCP/UDP checksums are left to the receiver.
 
-use crate::parse::Ipv4Hdr;
+use aya_ebpf::bindings::xdp_md;
+
+use crate::parse::{Addr16, Cursor, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr};
 
 /// Folds an unfolded one's-complement sum to 16 bits (not complemented).
 #[inline(always)]
@@ -87,4 +89,41 @@ pub fn ipv4_header_ok(ip: &Ipv4Hdr) -> bool {
         + w([ip.dst[0], ip.dst[1]])
         + w([ip.dst[2], ip.dst[3]]);
     fold(s) == 0xffff
+}
+
+/// What [`onehop_nd_options_sum`] returns when the frame does not hold the
+/// bytes.
+pub const SUM_OUT_OF_FRAME: u32 = u32::MAX;
+
+/// The unfolded one's-complement sum of the `len` bytes after a Neighbor
+/// Discovery message's fixed part (its options), in a frame of Ethernet,
+/// IPv6 and the message, or [`SUM_OUT_OF_FRAME`].
+///
+/// A *global* BPF function (exported by lb-ebpf's build script): the
+/// verifier walks its loop once, and the caller goes on from one state
+/// whatever the length — inlined, every way out of the loop was a state of
+/// its own, and what follows was verified again for each.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn onehop_nd_options_sum(ctx: *mut xdp_md, len: u32) -> u32 {
+    // Volatile loads keep the context itself the argument (see
+    // `partial::onehop_finish_checksum`).
+    // SAFETY: `ctx` is the program's context, valid for the whole run.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx).data),
+            core::ptr::read_volatile(&raw const (*ctx).data_end),
+        )
+    };
+    // SAFETY: reads only; the caller holds no reference it writes through
+    // while this runs.
+    let mut cur = unsafe { Cursor::new(data as usize, end as usize) };
+    if cur.take::<EthHdr>().is_none()
+        || cur.take::<Ipv6Hdr>().is_none()
+        || cur.take::<IcmpHdr>().is_none()
+        || cur.take::<Addr16>().is_none()
+    {
+        return SUM_OUT_OF_FRAME;
+    }
+    cur.sum_ahead(len as usize).unwrap_or(SUM_OUT_OF_FRAME)
 }

@@ -75,7 +75,9 @@ use lb_common::{
     ServiceKey, backend_flags, config_flags,
     flow::table::key_hash,
     flow::{self, Side, family, tcp_flags},
-    flow_flags, proto, vip_flags,
+    flow_flags,
+    maps::xdp_slot,
+    proto, vip_flags,
 };
 
 use crate::{
@@ -84,11 +86,11 @@ use crate::{
     csum,
     forward::{self, Route},
     fragment, guard, icmp, icmp_error,
-    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
+    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS, XDP_PROGRAMS},
     nat::{self, Endpoint, L4},
     parse::{
-        Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, EthHdr, IPV4_LEN,
-        IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
+        Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, EthHdr,
+        IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
     },
     partial,
     service::{self, Choice, flow_key},
@@ -124,6 +126,14 @@ fn classify(
     };
     match eth.proto() {
         ETH_P_IPV4 => {}
+        ETH_P_IPV6 => {
+            // Its own program, its own stack (see `ingress6`). Returns only
+            // when the slot is empty.
+            // SAFETY: a tail call from the program itself (not from a
+            // function it calls), into an XDP program of this object.
+            unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::INGRESS6) };
+            return Outcome::Pass(Counter::PassIpv6Unserved);
+        }
         ETH_P_ARP => {
             #[expect(
                 clippy::cast_possible_truncation,
@@ -198,7 +208,7 @@ fn check_ipv4(ip: &Ipv4Hdr, frame_len: usize) -> Result<usize, DropReason> {
 /// The TCP or UDP header, if the IP payload holds all of it, and the TCP
 /// header flags (0 for UDP).
 #[inline(always)]
-fn transport<'a>(
+pub fn transport<'a>(
     cur: &mut Cursor<'a>,
     proto: u8,
     l4_len: usize,

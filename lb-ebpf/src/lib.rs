@@ -32,9 +32,11 @@ mod guard;
 mod icmp;
 mod icmp_error;
 pub mod ingress;
+pub mod ingress6;
 mod local;
 pub mod maps;
 mod nat;
+mod ndp;
 pub mod parse;
 mod partial;
 mod service;
@@ -44,7 +46,7 @@ mod verdict;
 
 /// What both objects of this crate carry: the XDP programs they share
 /// (`xdp_pass`, the pass-through that lets `XDP_TX` deliver on a veth peer,
-/// and `lb_ingress`), the licence, and the panic handler. Invoke it once at
+/// `lb_ingress` and `lb_ingress6`), the licence, and the panic handler. Invoke it once at
 /// the root of each binary.
 #[macro_export]
 macro_rules! object_common {
@@ -57,6 +59,12 @@ macro_rules! object_common {
         #[aya_ebpf::macros::xdp]
         pub fn lb_ingress(ctx: aya_ebpf::programs::XdpContext) -> u32 {
             $crate::ingress::process(&ctx)
+        }
+
+        /// Tail-called by `lb_ingress` for IPv6 frames (never attached).
+        #[aya_ebpf::macros::xdp]
+        pub fn lb_ingress6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+            $crate::ingress6::process(&ctx)
         }
 
         /// The kernel only lets GPL-compatible programs call

@@ -21,6 +21,8 @@ pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_LEN: usize = 40;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -99,6 +101,55 @@ impl Ipv4Hdr {
 }
 
 #[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (high nibble), traffic class and flow label.
+    pub vtcfl: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vtcfl[0] >> 4
+    }
+    #[inline(always)]
+    pub fn payload_len(&self) -> u16 {
+        u16::from_be_bytes(self.payload_len)
+    }
+}
+
+/// The first eight bytes of an IPv6 extension header (hop-by-hop,
+/// routing, destination options, fragment): the next header, the length
+/// in 8-byte units after the first eight (except the fragment header,
+/// which is always eight), and six bytes of its own.
+#[repr(C)]
+pub struct Ipv6Ext {
+    pub next: u8,
+    pub len: u8,
+    /// Routing header: routing type, then segments left.
+    pub data: [u8; 6],
+}
+
+/// A 16-byte address in a message (a Neighbor Discovery target).
+#[repr(C)]
+pub struct Addr16 {
+    pub addr: [u8; 16],
+}
+
+/// A link-layer address option (RFC 4861 4.6.1) for Ethernet: type 1
+/// (source) or 2 (target), length 1 (eight bytes).
+#[repr(C)]
+pub struct NdLlOpt {
+    pub ty: u8,
+    pub len: u8,
+    pub mac: [u8; 6],
+}
+
+#[repr(C)]
 pub struct TcpHdr {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
@@ -160,6 +211,14 @@ unsafe impl Header for Ipv4Hdr {}
 // SAFETY: as above.
 unsafe impl Header for TcpHdr {}
 // SAFETY: as above.
+unsafe impl Header for Ipv6Hdr {}
+// SAFETY: as above.
+unsafe impl Header for Ipv6Ext {}
+// SAFETY: as above.
+unsafe impl Header for Addr16 {}
+// SAFETY: as above.
+unsafe impl Header for NdLlOpt {}
+// SAFETY: as above.
 unsafe impl Header for UdpHdr {}
 // SAFETY: as above.
 unsafe impl Header for IcmpHdr {}
@@ -172,6 +231,10 @@ const _: () = assert!(size_of::<EthHdr>() == ETH_LEN);
 const _: () = assert!(size_of::<ArpHdr>() == 28);
 const _: () = assert!(size_of::<Ipv4Hdr>() == IPV4_LEN);
 const _: () = assert!(size_of::<TcpHdr>() == 20);
+const _: () = assert!(size_of::<Ipv6Hdr>() == IPV6_LEN);
+const _: () = assert!(size_of::<Ipv6Ext>() == 8);
+const _: () = assert!(size_of::<Addr16>() == 16);
+const _: () = assert!(size_of::<NdLlOpt>() == 8);
 const _: () = assert!(size_of::<UdpHdr>() == 8);
 const _: () = assert!(size_of::<IcmpHdr>() == 8);
 const _: () = assert!(size_of::<L4Head>() == 8);
@@ -212,6 +275,27 @@ impl<'a> Cursor<'a> {
         // and was never handed out before (pos only moves forward); T is a
         // Header, so alignment 1 and any bit pattern is valid.
         Some(unsafe { &mut *(start as *mut T) })
+    }
+
+    /// Steps over the next `len` bytes (an extension header's rest), if
+    /// the frame holds them; `len` is at most [`MAX_SKIP`].
+    #[inline(always)]
+    pub fn skip(&mut self, len: usize) -> Option<()> {
+        if len > MAX_SKIP {
+            return None;
+        }
+        let next = self.pos + len;
+        if next > self.end {
+            return None;
+        }
+        self.pos = next;
+        Some(())
+    }
+
+    /// Bytes from the cursor to the end of the frame.
+    #[inline(always)]
+    pub fn left(&self) -> usize {
+        self.end.saturating_sub(self.pos)
     }
 
     /// The one's-complement sum, unfolded, of the next `len` bytes as
@@ -261,3 +345,7 @@ impl<'a> Cursor<'a> {
 /// it keeps the verifier's walk through the loop short. The sum cannot
 /// overflow: 2048 words of at most 0xffff.
 pub const MAX_SUMMED: usize = 4096;
+
+/// Longest step [`Cursor::skip`] takes: an IPv6 extension header's length
+/// byte counts at most 255 units of eight bytes after its first eight.
+pub const MAX_SKIP: usize = 2040;

@@ -1559,9 +1559,13 @@ fn passes_untouched() {
     with_lb(|lb| {
         let not_vip = Pkt::tcp(CLIENT, 1, NOT_VIP, 80, SYN).build();
         lb.expect_untouched("not a VIP", &not_vip, XDP_PASS, Want::C(C::PassNotVip));
+        let mut lldp = not_vip.clone();
+        lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+        lb.expect_untouched("LLDP", &lldp, XDP_PASS, Want::C(C::PassNotIpv4));
+        // IPv6 goes to `lb_ingress6` (tests/datapath6.rs): to no VIP there.
         let mut ipv6 = not_vip.clone();
         ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        lb.expect_untouched("IPv6", &ipv6, XDP_PASS, Want::C(C::PassNotIpv4));
+        lb.expect_untouched("IPv6", &ipv6, XDP_PASS, Want::C(C::PassNotVip));
         lb.expect_untouched(
             "node: ssh",
             &Pkt::tcp(CLIENT, 1, NODE_IP, 22, SYN).build(),

@@ -266,6 +266,7 @@ impl Harness {
             }
             .with_context(|| format!("verifying {name}"))?;
         }
+        lb_userspace::dataplane::loader::fill_program_arrays(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         // As a running agent keeps it: without a current heartbeat ARP goes
         // unanswered. An hour outlasts any test or benchmark run; tests of

@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapData,
+    maps::{MapData, ProgramArray},
     programs::{
         LinkOrder, ProgramError, ProgramType, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -39,7 +39,7 @@ use aya::{
 };
 use lb_common::{
     flow,
-    maps::{self, programs},
+    maps::{self, programs, xdp_slot},
 };
 use tracing::{info, warn};
 
@@ -335,6 +335,15 @@ pub fn attach(
         .as_fd()
         .try_clone_to_owned()
         .context("duplicating flow_sweep's fd")?;
+    let ingress6: &mut Xdp = ebpf
+        .program_mut(programs::INGRESS6)
+        .context("lb_ingress6 missing from the object")?
+        .try_into()?;
+    ingress6
+        .load()
+        .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
+        .context("verifying lb_ingress6")?;
+    fill_program_arrays(&mut ebpf)?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(programs::EGRESS)
         .context("lb_egress missing from the object")?
@@ -375,6 +384,32 @@ pub fn attach(
         egress,
         sweep_prog,
     })
+}
+
+/// Puts the loaded programs that `lb_ingress` tail-calls into their slots
+/// of the program arrays (`xdp_programs`). Before the ingress program is
+/// attached or swapped into its link: until its slot is filled, IPv6 passes
+/// untouched. The arrays are pinned, so the programs in them keep serving
+/// after the agent exits; a restart puts its own in place, one slot update
+/// each (atomic for the packets).
+pub fn fill_program_arrays(ebpf: &mut Ebpf) -> Result<()> {
+    let ingress6: &Xdp = ebpf
+        .program(programs::INGRESS6)
+        .context("lb_ingress6 missing from the object")?
+        .try_into()?;
+    let fd = ingress6
+        .fd()
+        .context("lb_ingress6 is not loaded")?
+        .try_clone()
+        .context("duplicating lb_ingress6's fd")?;
+    let mut slots: ProgramArray<_> = ebpf
+        .map_mut(maps::XDP_PROGRAMS)
+        .context("xdp_programs missing from the object")?
+        .try_into()?;
+    slots
+        .set(xdp_slot::INGRESS6, &fd, 0)
+        .context("putting lb_ingress6 into xdp_programs")?;
+    Ok(())
 }
 
 /// Helpers the programs call, with the release that gave them to the program type: the

@@ -27,6 +27,7 @@ use lb_userspace::{
         state::Node,
     },
 };
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
 pub use onehop_testrun::{Counts, Run, TC_NEXT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use onehop_testrun::{Harness, MapSizes};
 

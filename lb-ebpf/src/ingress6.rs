@@ -1,0 +1,285 @@
+//! `lb_ingress6`: the IPv6 frames of the uplink. `lb_ingress` tail-calls
+//! it (slot `xdp_slot::INGRESS6` of `xdp_programs`), so the IPv6 path has a
+//! stack frame and a verifier budget of its own; when the slot is empty
+//! (the agent has not loaded it), IPv6 passes untouched
+//! (`pass_ipv6_unserved`).
+//!
+//! Order: a Neighbor Solicitation goes to `ndp` (its target, not its
+//! destination, says whether it is about a VIP). Anything else takes ONE
+//! `vips6` lookup on the destination — a miss passes at once
+//! (`pass_not_vip`); a hit in a frame for another host's MAC passes
+//! untouched (`pass_other_host`); the node's own addresses pass
+//! (`pass_node_traffic`).
+//!
+//! Policy for packets to a VIP (all dropped and counted, never passed: the
+//! kernel has nothing to do with a VIP):
+//! - version != 6: `bad_ip_header`; payload length beyond the frame:
+//!   `truncated`;
+//! - a martian source (`::`, `::1`, multicast `ff00::/8`, IPv4-mapped
+//!   `::ffff:0:0/96`), which the kernel drops as well: `martian_source`;
+//! - extension headers: up to four are stepped over — a hop-by-hop header
+//!   (first only), destination options, and routing headers with no
+//!   segments left (the packet has reached its last destination). A
+//!   fragment header: `fragment` (only the first fragment carries the
+//!   ports, as with IPv4). More than four, a routing header with segments
+//!   left, or a hop-by-hop header not first: `ipv6_ext_header`. AH, ESP and
+//!   any other next header: `unsupported_protocol`;
+//! - ICMPv6 echo request right after the IPv6 header: answered (see
+//!   `onehop_icmp6_echo`; wrong checksum: `bad_icmp_checksum`); behind
+//!   extension headers: `ipv6_ext_header`; other ICMPv6 (errors are not
+//!   translated for IPv6 yet): `unsupported_protocol`;
+//! - hop limit <= 1 on a packet we would forward: `ttl_exceeded`;
+//! - a transport header beyond the payload, or TCP data offset < 5:
+//!   `truncated`;
+//! - to a `[VIP]:port` no service serves: `no_service`.
+//!
+//! Not built yet (issue 14's next step): forwarding to an IPv6 service's
+//! backends (Maglev, flow state, local DNAT, direct return, full NAT) and
+//! translating ICMPv6 errors. Until then a packet to a served `[VIP]:port`
+//! is counted against its service and dropped as `no_backend`; the agent
+//! writes no `services6` entry yet, so no deployment meets this.
+
+use aya_ebpf::{
+    bindings::{xdp_action::XDP_PASS, xdp_md},
+    programs::XdpContext,
+};
+use lb_common::{Counter, DatapathConfig, DropReason, Ipv6Key, ServiceKey6, proto, vip_flags};
+
+use crate::{
+    csum::{self, Delta},
+    ingress::transport,
+    maps::{CONFIG, SERVICE_STATS, SERVICES6, VIPS6},
+    ndp::{self, pseudo_sum},
+    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Ext, Ipv6Hdr},
+    stats,
+    verdict::Outcome,
+};
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST_OPTIONS: u8 = 60;
+/// Extension headers stepped over before the transport header.
+const MAX_EXTENSIONS: usize = 4;
+const ECHO_REQUEST: u8 = 128;
+const ECHO_REPLY: u8 = 129;
+const REPLY_HOP_LIMIT: u8 = 64;
+
+/// The whole IPv6 program (`lb_ingress` counted the frame already).
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    if cfg.ready == 0 {
+        return XDP_PASS;
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    // SAFETY: the only cursor over this packet during this run.
+    let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
+    classify(ctx, &mut cur, cfg, frame_len).finish()
+}
+
+#[inline(always)]
+fn classify(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    cfg: &DatapathConfig,
+    frame_len: usize,
+) -> Outcome {
+    let (Some(eth), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
+        return Outcome::Pass(Counter::PassMalformed);
+    };
+    // The ICMPv6 header, when it comes first: a solicitation is told by it.
+    let icmp = if ip.next == proto::ICMPV6 {
+        cur.take::<IcmpHdr>()
+    } else {
+        None
+    };
+    if let Some(h) = &icmp
+        && h.ty == ndp::SOLICITATION
+    {
+        return Outcome::Counted(ndp::onehop_ndp_solicitation(ctx.ctx));
+    }
+    let Some(vip) = VIPS6.get_ptr(Ipv6Key { addr: ip.dst }) else {
+        return Outcome::Pass(Counter::PassNotVip);
+    };
+    // See `ingress::classify`.
+    if eth.dst != cfg.mac {
+        return Outcome::Pass(Counter::PassOtherHost);
+    }
+    // SAFETY: value pointer the map just returned; read by value.
+    let flags = unsafe { (*vip).flags };
+    if flags & vip_flags::SERVICE != 0 {
+        service_path(ctx, cur, ip, icmp.is_some(), frame_len)
+    } else if flags & vip_flags::NODE != 0 {
+        Outcome::Pass(Counter::PassNodeTraffic)
+    } else {
+        Outcome::Pass(Counter::PassNotVip)
+    }
+}
+
+/// A source no host may send from (RFC 4291 2.5.2, 2.5.3, 2.7, 2.5.5.2):
+/// unspecified, loopback, multicast, IPv4-mapped. The kernel drops these
+/// (`ip6_rcv_core`); a packet we translate never meets its checks.
+#[inline(always)]
+fn is_martian(src: &[u8; 16]) -> bool {
+    let head = u128::from_be_bytes(*src);
+    head <= 1 || src[0] == 0xff || head >> 32 == 0xffff
+}
+
+/// Steps over the extension headers of the written policy (module docs)
+/// from `next`; returns the transport protocol and the headers' bytes.
+#[inline(always)]
+fn skip_extensions(cur: &mut Cursor<'_>, mut next: u8) -> Result<(u8, usize), DropReason> {
+    let mut len = 0usize;
+    let mut i = 0;
+    while i < MAX_EXTENSIONS {
+        match next {
+            HOP_BY_HOP if i == 0 => {}
+            DEST_OPTIONS | ROUTING => {}
+            FRAGMENT => return Err(DropReason::Fragment),
+            HOP_BY_HOP => return Err(DropReason::Ipv6ExtHeader),
+            _ => return Ok((next, len)),
+        }
+        let h = cur.take::<Ipv6Ext>().ok_or(DropReason::Truncated)?;
+        if next == ROUTING && h.data[1] != 0 {
+            // Segments left: the packet is on its way to another address.
+            return Err(DropReason::Ipv6ExtHeader);
+        }
+        let rest = usize::from(h.len) * 8;
+        cur.skip(rest).ok_or(DropReason::Truncated)?;
+        len += 8 + rest;
+        next = h.next;
+        i += 1;
+    }
+    match next {
+        HOP_BY_HOP | DEST_OPTIONS | ROUTING => Err(DropReason::Ipv6ExtHeader),
+        FRAGMENT => Err(DropReason::Fragment),
+        _ => Ok((next, len)),
+    }
+}
+
+/// A length within one IPv6 payload (at most 65,535) as a BPF call's
+/// argument.
+#[inline(always)]
+fn payload_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[inline(always)]
+fn service_path(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    ip: &Ipv6Hdr,
+    icmp_first: bool,
+    frame_len: usize,
+) -> Outcome {
+    if ip.version() != 6 {
+        return Outcome::Drop(DropReason::BadIpHeader);
+    }
+    let payload = usize::from(ip.payload_len());
+    if payload > frame_len - ETH_LEN - IPV6_LEN {
+        return Outcome::Drop(DropReason::Truncated);
+    }
+    if is_martian(&ip.src) {
+        return Outcome::Drop(DropReason::MartianSource);
+    }
+    if icmp_first {
+        return Outcome::Counted(onehop_icmp6_echo(ctx.ctx, payload_u32(payload)));
+    }
+    let (proto, ext) = match skip_extensions(cur, ip.next) {
+        Ok(t) => t,
+        Err(r) => return Outcome::Drop(r),
+    };
+    let Some(l4_len) = payload.checked_sub(ext) else {
+        return Outcome::Drop(DropReason::Truncated);
+    };
+    if proto == proto::ICMPV6 {
+        // Nothing we answer comes behind extension headers (module docs).
+        return Outcome::Drop(DropReason::Ipv6ExtHeader);
+    }
+    if proto != proto::TCP && proto != proto::UDP {
+        return Outcome::Drop(DropReason::UnsupportedProtocol);
+    }
+    if ip.hop_limit <= 1 {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    let (l4, _tcp) = match transport(cur, proto, l4_len) {
+        Ok(t) => t,
+        Err(r) => return Outcome::Drop(r),
+    };
+    let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(ip.dst, l4.dport(), proto)) else {
+        return Outcome::Drop(DropReason::NoService);
+    };
+    // SAFETY: value pointer the map just returned; read by value.
+    let id = unsafe { (*svc).id };
+    stats::traffic(&SERVICE_STATS, id, frame_len);
+    // See the module docs: no IPv6 forwarding yet.
+    Outcome::Drop(DropReason::NoBackend)
+}
+
+/// An ICMPv6 message to a VIP right after the IPv6 header, `len` bytes
+/// long: an echo request is answered in place, its checksum verified first
+/// over the whole message (the reply's is the request's, updated);
+/// anything else is dropped. Returns the XDP action, the outcome counted.
+///
+/// A *global* BPF function (exported by lb-ebpf's build script), as
+/// `icmp::onehop_icmp_echo`: its checksum loop is verified once, not once
+/// for every way `lb_ingress6` reaches it (which took the program past the
+/// verifier's million instructions).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn onehop_icmp6_echo(ctx: *mut xdp_md, len: u32) -> u32 {
+    // Volatile loads keep the context itself the argument (see
+    // `partial::onehop_finish_checksum`).
+    // SAFETY: `ctx` is the program's context, valid for the whole run.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx).data),
+            core::ptr::read_volatile(&raw const (*ctx).data_end),
+        )
+    };
+    // SAFETY: the only cursor over the packet while this runs: the caller
+    // holds none it uses after the call.
+    let mut cur = unsafe { Cursor::new(data as usize, end as usize) };
+    let out = match (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) {
+        (Some(eth), Some(ip)) => echo(&mut cur, eth, ip, len as usize),
+        _ => Outcome::Drop(DropReason::Truncated),
+    };
+    out.finish()
+}
+
+#[inline(always)]
+fn echo(cur: &mut Cursor<'_>, eth: &mut EthHdr, ip: &mut Ipv6Hdr, l4_len: usize) -> Outcome {
+    let Some(rest_len) = l4_len.checked_sub(core::mem::size_of::<IcmpHdr>()) else {
+        return Outcome::Drop(DropReason::Truncated);
+    };
+    let Some(h) = cur.take::<IcmpHdr>() else {
+        return Outcome::Drop(DropReason::Truncated);
+    };
+    if h.ty != ECHO_REQUEST || h.code != 0 {
+        return Outcome::Drop(DropReason::UnsupportedProtocol);
+    }
+    let w = |b: [u8; 2]| u32::from(u16::from_be_bytes(b));
+    let header =
+        w([h.ty, h.code]) + w(h.check) + w([h.rest[0], h.rest[1]]) + w([h.rest[2], h.rest[3]]);
+    let Some(rest) = cur.sum_ahead(rest_len) else {
+        return Outcome::Drop(DropReason::BadIcmpChecksum);
+    };
+    if !csum::sums_to_ones(pseudo_sum(&ip.src, &ip.dst, proto::ICMPV6, l4_len) + header + rest) {
+        return Outcome::Drop(DropReason::BadIcmpChecksum);
+    }
+    // Swapping the addresses leaves the pseudo-header's sum as it was.
+    let mut d = Delta::default();
+    d.word(
+        u16::from_be_bytes([ECHO_REQUEST, 0]),
+        u16::from_be_bytes([ECHO_REPLY, 0]),
+    );
+    h.ty = ECHO_REPLY;
+    h.check = d.apply(u16::from_be_bytes(h.check)).to_be_bytes();
+    core::mem::swap(&mut ip.src, &mut ip.dst);
+    ip.hop_limit = REPLY_HOP_LIMIT;
+    core::mem::swap(&mut eth.src, &mut eth.dst);
+    Outcome::Tx(Counter::IcmpEchoReply)
+}

@@ -1,0 +1,635 @@
+//! IPv6 packet tests of the data path (`lb_ingress6`, tail-called by
+//! `lb_ingress`), beside the IPv4 ones in `datapath.rs`: Neighbor
+//! Discovery for VIPs, ICMPv6 echo, and the written policy for IPv6
+//! packets to a VIP (martian sources, extension headers, malformed
+//! frames). Same harness: the product object in a namespace of its own,
+//! frames through `BPF_PROG_TEST_RUN`, exact bytes and counters asserted;
+//! checksums are checked with this file's own sums. Needs root.
+
+mod support;
+
+use aya::maps::{HashMap, MapData, ProgramArray};
+use lb_common::{
+    AnnounceState, ArpStats, Counter as C, DropReason as D, HostKey, Ipv6Key, LearnedMac,
+    ServiceKey6, ServiceValue, VipValue, maps as m, proto, vip_flags,
+};
+use support::*;
+
+const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+/// A VIP another node announces.
+const VIP6_OTHER: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20,
+];
+/// The node's own address (`NODE` only: the kernel's to answer).
+const NODE6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+const NOT_VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99,
+];
+const CLIENT6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x50,
+];
+const UNSPECIFIED: [u8; 16] = [0; 16];
+const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+const OTHER_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+const SERVICE_ID: u32 = 900;
+const ICMPV6: u8 = proto::ICMPV6;
+
+// ------------------------------------------------------------ frames
+
+/// The one's-complement sum of `data` as big-endian words, folded.
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    u16::try_from(s).expect("folded")
+}
+
+fn sum(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+/// The transport checksum of `l4` (its checksum field zero) from `src` to
+/// `dst` with next header `next` (RFC 8200 8.1).
+fn l4_checksum(src: &[u8; 16], dst: &[u8; 16], next: u8, l4: &[u8]) -> u16 {
+    let len = u32::try_from(l4.len()).expect("length");
+    let pseudo = sum(src) + sum(dst) + (len >> 16) + (len & 0xffff) + u32::from(next);
+    !fold(pseudo + sum(l4))
+}
+
+/// Whether an ICMPv6 message's checksum verifies.
+fn icmp6_verifies(src: &[u8; 16], dst: &[u8; 16], l4: &[u8]) -> bool {
+    let len = u32::try_from(l4.len()).expect("length");
+    fold(sum(src) + sum(dst) + (len >> 16) + (len & 0xffff) + u32::from(ICMPV6) + sum(l4)) == 0xffff
+}
+
+/// An Ethernet + IPv6 frame: `ext` (whole extension headers) then `l4`,
+/// the first header's type `next`.
+#[derive(Clone)]
+struct Frame6 {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+    next: u8,
+    ext: Vec<u8>,
+    l4: Vec<u8>,
+    /// Overrides the payload length field.
+    payload_len: Option<u16>,
+    version: u8,
+}
+
+impl Frame6 {
+    fn new(src: [u8; 16], dst: [u8; 16], next: u8, l4: Vec<u8>) -> Self {
+        Self {
+            eth_dst: NODE_MAC,
+            eth_src: CLIENT_MAC,
+            src,
+            dst,
+            hop_limit: 64,
+            next,
+            ext: Vec::new(),
+            l4,
+            payload_len: None,
+            version: 6,
+        }
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&self.eth_dst);
+        f.extend_from_slice(&self.eth_src);
+        f.extend_from_slice(&[0x86, 0xdd]);
+        f.extend_from_slice(&[self.version << 4, 0, 0, 0]);
+        let len = self
+            .payload_len
+            .unwrap_or_else(|| u16::try_from(self.ext.len() + self.l4.len()).expect("length"));
+        f.extend_from_slice(&len.to_be_bytes());
+        f.push(self.next);
+        f.push(self.hop_limit);
+        f.extend_from_slice(&self.src);
+        f.extend_from_slice(&self.dst);
+        f.extend_from_slice(&self.ext);
+        f.extend_from_slice(&self.l4);
+        f
+    }
+}
+
+/// An ICMPv6 message with its checksum from `src` to `dst`.
+fn icmp6(src: &[u8; 16], dst: &[u8; 16], ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(body);
+    let c = l4_checksum(src, dst, ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn solicited_node(a: &[u8; 16]) -> [u8; 16] {
+    let mut s = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    s[13..].copy_from_slice(&a[13..]);
+    s
+}
+
+fn solicited_node_mac(a: &[u8; 16]) -> [u8; 6] {
+    [0x33, 0x33, 0xff, a[13], a[14], a[15]]
+}
+
+/// A Neighbor Solicitation for `target` with `options` (whole options).
+fn ns(src: [u8; 16], dst: [u8; 16], target: &[u8; 16], options: &[u8]) -> Frame6 {
+    let mut body = vec![0; 4];
+    body.extend_from_slice(target);
+    body.extend_from_slice(options);
+    let mut f = Frame6::new(src, dst, ICMPV6, icmp6(&src, &dst, 135, 0, &body));
+    f.hop_limit = 255;
+    f.eth_dst = if dst[0] == 0xff {
+        solicited_node_mac(target)
+    } else {
+        NODE_MAC
+    };
+    f
+}
+
+fn source_ll(mac: [u8; 6]) -> Vec<u8> {
+    let mut o = vec![1, 1];
+    o.extend_from_slice(&mac);
+    o
+}
+
+/// The address-resolution solicitation a client sends for `target`.
+fn resolve(target: &[u8; 16]) -> Frame6 {
+    ns(
+        CLIENT6,
+        solicited_node(target),
+        target,
+        &source_ll(CLIENT_MAC),
+    )
+}
+
+/// The advertisement we expect for `target` to `to`/`to_mac`.
+fn advert(target: &[u8; 16], to: [u8; 16], to_mac: [u8; 6], flags: u8) -> Vec<u8> {
+    let mut body = vec![flags, 0, 0, 0];
+    body.extend_from_slice(target);
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&NODE_MAC);
+    let mut f = Frame6::new(*target, to, ICMPV6, icmp6(target, &to, 136, 0, &body));
+    f.hop_limit = 255;
+    f.eth_dst = to_mac;
+    f.eth_src = NODE_MAC;
+    f.build()
+}
+
+fn echo_request(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Frame6 {
+    let mut body = vec![0x12, 0x34, 0, 1];
+    body.extend_from_slice(payload);
+    Frame6::new(src, dst, ICMPV6, icmp6(&src, &dst, 128, 0, &body))
+}
+
+fn tcp(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let mut t = vec![0; 20];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    let c = l4_checksum(&src, &dst, proto::TCP, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// An extension header of type-agnostic layout: `next`, then eight bytes
+/// in all (`data` its six bytes after the length).
+fn ext(next: u8, data: [u8; 6]) -> Vec<u8> {
+    let mut e = vec![next, 0];
+    e.extend_from_slice(&data);
+    e
+}
+
+// ------------------------------------------------------------ maps
+
+fn hash<'a, K: aya::Pod, V: aya::Pod>(
+    lb: &'a mut Lb,
+    name: &str,
+) -> HashMap<&'a mut MapData, K, V> {
+    HashMap::try_from(
+        lb.h.ebpf_mut()
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("{name} in the object")),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The IPv6 addresses as the agent writes them: `VIP6` announced here,
+/// `VIP6_OTHER` announced elsewhere, `NODE6` the node's; an `ndp_stats`
+/// entry per VIP; one service `[VIP6]:80/TCP` (no backend written).
+fn provision(lb: &mut Lb) {
+    let mut vips = hash::<Ipv6Key, VipValue>(lb, m::VIPS6);
+    for (a, f) in [
+        (VIP6, vip_flags::SERVICE | vip_flags::ANNOUNCE),
+        (VIP6_OTHER, vip_flags::SERVICE),
+        (NODE6, vip_flags::NODE),
+    ] {
+        vips.insert(Ipv6Key::new(a), VipValue::new(f), 0)
+            .expect("vips6");
+    }
+    let mut stats = hash::<Ipv6Key, ArpStats>(lb, m::NDP_STATS);
+    for a in [VIP6, VIP6_OTHER] {
+        stats
+            .insert(Ipv6Key::new(a), ArpStats::default(), 0)
+            .expect("ndp_stats");
+    }
+    let mut services = hash::<ServiceKey6, ServiceValue>(lb, m::SERVICES6);
+    services
+        .insert(
+            ServiceKey6::new(VIP6, 80, proto::TCP),
+            ServiceValue::new(SERVICE_ID, 0, 0, 0, 0),
+            0,
+        )
+        .expect("services6");
+}
+
+fn ndp_stats(lb: &mut Lb, a: [u8; 16]) -> ArpStats {
+    hash::<Ipv6Key, ArpStats>(lb, m::NDP_STATS)
+        .get(&Ipv6Key::new(a), 0)
+        .expect("ndp_stats entry")
+}
+
+fn with_lb6(f: impl FnOnce(&mut Lb) + Send) {
+    with_lb(|lb| {
+        provision(lb);
+        f(lb);
+    });
+}
+
+// ------------------------------------------------------------ NDP
+
+#[test]
+fn a_solicitation_for_an_announced_vip_is_answered_with_the_owners_advertisement() {
+    with_lb6(|lb| {
+        let out = lb.expect(
+            "address resolution",
+            &resolve(&VIP6).build(),
+            XDP_TX,
+            Want::C(C::NdpAdvert),
+        );
+        assert_eq!(
+            out,
+            advert(&VIP6, CLIENT6, CLIENT_MAC, 0x60),
+            "solicited, override"
+        );
+        assert!(icmp6_verifies(&VIP6, &CLIENT6, &out[54..]), "checksum");
+        assert_eq!(ndp_stats(lb, VIP6), ArpStats::new(1, 1));
+        let learned = hash::<HostKey, LearnedMac>(lb, m::LEARNED_MACS)
+            .get(&HostKey::v6(CLIENT6), 0)
+            .expect("the client's MAC learned");
+        assert_eq!((learned.mac, learned.ifindex), (CLIENT_MAC, lb.ifindex));
+
+        // Reachability confirmation: unicast, no options (64 bytes of
+        // frame grow to the advertisement's 86).
+        let nud = ns(CLIENT6, VIP6, &VIP6, &[]);
+        let out = lb.expect("unicast probe", &nud.build(), XDP_TX, Want::C(C::NdpAdvert));
+        assert_eq!(out, advert(&VIP6, CLIENT6, CLIENT_MAC, 0x60));
+
+        // Duplicate address detection of our VIP: to all nodes, not solicited.
+        let dad = ns(UNSPECIFIED, solicited_node(&VIP6), &VIP6, &[]);
+        let out = lb.expect("DAD probe", &dad.build(), XDP_TX, Want::C(C::NdpAdvert));
+        assert_eq!(out, advert(&VIP6, ALL_NODES, ALL_NODES_MAC, 0x20));
+        assert!(icmp6_verifies(&VIP6, &ALL_NODES, &out[54..]));
+
+        // Longer: a nonce option before the source address (shrinks to 86).
+        let mut opts = vec![14, 1, 1, 2, 3, 4, 5, 6];
+        opts.extend(source_ll(CLIENT_MAC));
+        let long = ns(CLIENT6, solicited_node(&VIP6), &VIP6, &opts);
+        let out = lb.expect("with a nonce", &long.build(), XDP_TX, Want::C(C::NdpAdvert));
+        assert_eq!(out, advert(&VIP6, CLIENT6, CLIENT_MAC, 0x60));
+        assert_eq!(ndp_stats(lb, VIP6), ArpStats::new(4, 4));
+    });
+}
+
+#[test]
+fn only_the_owner_answers_and_other_solicitations_are_the_kernels() {
+    with_lb6(|lb| {
+        lb.expect_untouched(
+            "a VIP another node announces",
+            &resolve(&VIP6_OTHER).build(),
+            XDP_DROP,
+            Want::D(D::NdpNotOwned),
+        );
+        assert_eq!(ndp_stats(lb, VIP6_OTHER), ArpStats::new(1, 0));
+        lb.expect_untouched(
+            "the node's own address",
+            &resolve(&NODE6).build(),
+            XDP_PASS,
+            Want::C(C::NdpPass),
+        );
+        lb.expect_untouched(
+            "an address that is not ours",
+            &resolve(&NOT_VIP6).build(),
+            XDP_PASS,
+            Want::C(C::NdpPass),
+        );
+        let mut other_host = ns(CLIENT6, VIP6, &VIP6, &source_ll(CLIENT_MAC));
+        other_host.eth_dst = OTHER_HOST_MAC;
+        lb.expect_untouched(
+            "unicast to another host's MAC",
+            &other_host.build(),
+            XDP_PASS,
+            Want::C(C::PassOtherHost),
+        );
+        let mut truncated = resolve(&VIP6).build();
+        truncated.truncate(14 + 40 + 8 + 10);
+        lb.expect_untouched(
+            "cut inside the target",
+            &truncated,
+            XDP_PASS,
+            Want::C(C::NdpPass),
+        );
+        assert_eq!(
+            ndp_stats(lb, VIP6),
+            ArpStats::new(0, 0),
+            "none reached a check"
+        );
+
+        // The agent's heartbeat ran out: the address is no longer claimed.
+        let stale = AnnounceState::new(ktime_ns() - 2_000_000_000, 1_200_000_000);
+        lb.h.maps_mut().announce.set(0, stale, 0).expect("announce");
+        lb.expect_untouched(
+            "stale heartbeat",
+            &resolve(&VIP6).build(),
+            XDP_DROP,
+            Want::D(D::NdpStale),
+        );
+        lb.h.maps_mut()
+            .heartbeat(std::time::Duration::from_mins(1))
+            .expect("heartbeat");
+        lb.expect(
+            "fresh heartbeat",
+            &resolve(&VIP6).build(),
+            XDP_TX,
+            Want::C(C::NdpAdvert),
+        );
+    });
+}
+
+#[test]
+fn solicitations_that_fail_rfc_4861s_checks_are_never_answered() {
+    with_lb6(|lb| {
+        let good = resolve(&VIP6);
+        let mut hop = good.clone();
+        hop.hop_limit = 254;
+        let mut code = good.clone();
+        code.l4[1] = 1;
+        let c = l4_checksum(&code.src, &code.dst, ICMPV6, &{
+            let mut m = code.l4.clone();
+            m[2..4].copy_from_slice(&[0, 0]);
+            m
+        });
+        code.l4[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut bad_sum = good.clone();
+        bad_sum.l4[2] ^= 0x40;
+        let mut short = good.clone();
+        short.payload_len = Some(20);
+        let zero_len_option = ns(
+            CLIENT6,
+            solicited_node(&VIP6),
+            &VIP6,
+            &[1, 0, 0, 0, 0, 0, 0, 0],
+        );
+        let dad_with_source = ns(
+            UNSPECIFIED,
+            solicited_node(&VIP6),
+            &VIP6,
+            &source_ll(CLIENT_MAC),
+        );
+        let dad_unicast = ns(UNSPECIFIED, VIP6, &VIP6, &[]);
+        let elsewhere = ns(CLIENT6, NOT_VIP6, &VIP6, &source_ll(CLIENT_MAC));
+        let mut beyond = good.clone();
+        beyond.payload_len = Some(200);
+        for (what, f) in [
+            ("hop limit 254", hop),
+            ("code 1", code),
+            ("wrong checksum", bad_sum),
+            ("payload length 20", short),
+            ("an option of length 0", zero_len_option),
+            ("DAD with a source address option", dad_with_source),
+            ("DAD to the unicast target", dad_unicast),
+            ("to an address neither the target nor its group", elsewhere),
+            ("payload length beyond the frame", beyond),
+        ] {
+            lb.expect_untouched(what, &f.build(), XDP_DROP, Want::D(D::NdpInvalid));
+        }
+        assert_eq!(ndp_stats(lb, VIP6), ArpStats::new(9, 0));
+    });
+}
+
+// ------------------------------------------------------------ echo
+
+#[test]
+fn icmpv6_echo_to_a_vip_is_answered_and_a_bad_checksum_is_not() {
+    with_lb6(|lb| {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(1200).collect();
+        let req = echo_request(CLIENT6, VIP6, &payload);
+        let out = lb.expect("ping", &req.build(), XDP_TX, Want::C(C::IcmpEchoReply));
+        let mut body = vec![0x12, 0x34, 0, 1];
+        body.extend_from_slice(&payload);
+        let mut want = Frame6::new(VIP6, CLIENT6, ICMPV6, icmp6(&VIP6, &CLIENT6, 129, 0, &body));
+        want.eth_dst = CLIENT_MAC;
+        want.eth_src = NODE_MAC;
+        assert_eq!(out, want.build(), "reply");
+        assert!(icmp6_verifies(&VIP6, &CLIENT6, &out[54..]));
+
+        // Behind a destination options header: not answered (policy).
+        let mut with_ext = echo_request(CLIENT6, VIP6, b"abc");
+        with_ext.ext = ext(ICMPV6, [1, 4, 0, 0, 0, 0]);
+        with_ext.next = 60;
+        lb.expect_untouched(
+            "ping behind options",
+            &with_ext.build(),
+            XDP_DROP,
+            Want::D(D::Ipv6ExtHeader),
+        );
+        // An odd length: the last byte is summed alone.
+        let odd = echo_request(CLIENT6, VIP6, b"abcde");
+        let out = lb.expect("odd ping", &odd.build(), XDP_TX, Want::C(C::IcmpEchoReply));
+        assert!(icmp6_verifies(&VIP6, &CLIENT6, &out[54..]));
+
+        let mut bad = echo_request(CLIENT6, VIP6, b"abcd");
+        bad.l4[3] ^= 1;
+        lb.expect_untouched(
+            "bad checksum",
+            &bad.build(),
+            XDP_DROP,
+            Want::D(D::BadIcmpChecksum),
+        );
+        lb.expect_untouched(
+            "ping to an address that is not a VIP",
+            &echo_request(CLIENT6, NOT_VIP6, b"x").build(),
+            XDP_PASS,
+            Want::C(C::PassNotVip),
+        );
+        lb.expect_untouched(
+            "ping to the node",
+            &echo_request(CLIENT6, NODE6, b"x").build(),
+            XDP_PASS,
+            Want::C(C::PassNodeTraffic),
+        );
+        let unreachable = Frame6::new(
+            CLIENT6,
+            VIP6,
+            ICMPV6,
+            icmp6(&CLIENT6, &VIP6, 1, 4, &[0; 52]),
+        );
+        lb.expect_untouched(
+            "an ICMPv6 error (not translated yet)",
+            &unreachable.build(),
+            XDP_DROP,
+            Want::D(D::UnsupportedProtocol),
+        );
+    });
+}
+
+// ------------------------------------------------------------ policy
+
+#[test]
+fn ipv6_packets_to_a_vip_outside_the_written_policy_are_dropped_and_counted() {
+    with_lb6(|lb| {
+        let to_vip = |src: [u8; 16]| Frame6::new(src, VIP6, proto::TCP, tcp(src, VIP6, 80));
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&CLIENT);
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        for (what, src) in [
+            ("unspecified source", UNSPECIFIED),
+            ("loopback source", loopback),
+            ("multicast source", ALL_NODES),
+            ("IPv4-mapped source", mapped),
+        ] {
+            lb.expect_untouched(
+                what,
+                &to_vip(src).build(),
+                XDP_DROP,
+                Want::D(D::MartianSource),
+            );
+        }
+        let with = |next: u8, headers: Vec<u8>| {
+            let mut f = to_vip(CLIENT6);
+            f.next = next;
+            f.ext = headers;
+            f
+        };
+        let fragment = with(44, ext(proto::TCP, [0, 1, 0, 0, 0, 1]));
+        let routing_left = with(43, ext(proto::TCP, [0, 1, 0, 0, 0, 0]));
+        let five: Vec<u8> = (0..5)
+            .flat_map(|i| ext(if i == 4 { proto::TCP } else { 60 }, [1, 4, 0, 0, 0, 0]))
+            .collect();
+        let too_many = with(60, five);
+        let hop_by_hop_second = with(
+            60,
+            [
+                ext(0, [1, 4, 0, 0, 0, 0]),
+                ext(proto::TCP, [1, 4, 0, 0, 0, 0]),
+            ]
+            .concat(),
+        );
+        let esp = with(50, vec![0; 16]);
+        let mut v4_inside = to_vip(CLIENT6);
+        v4_inside.version = 4;
+        let mut beyond = to_vip(CLIENT6);
+        beyond.payload_len = Some(400);
+        let mut last_hop = to_vip(CLIENT6);
+        last_hop.hop_limit = 1;
+        let no_service = Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81));
+        for (what, f, r) in [
+            ("fragment header", fragment, D::Fragment),
+            (
+                "routing header with segments left",
+                routing_left,
+                D::Ipv6ExtHeader,
+            ),
+            ("five extension headers", too_many, D::Ipv6ExtHeader),
+            ("hop-by-hop not first", hop_by_hop_second, D::Ipv6ExtHeader),
+            ("ESP", esp, D::UnsupportedProtocol),
+            ("version 4 in an IPv6 frame", v4_inside, D::BadIpHeader),
+            ("payload length beyond the frame", beyond, D::Truncated),
+            ("hop limit 1", last_hop, D::TtlExceeded),
+            ("a port no service serves", no_service, D::NoService),
+        ] {
+            lb.expect_untouched(what, &f.build(), XDP_DROP, Want::D(r));
+        }
+        let mut cut = to_vip(CLIENT6).build();
+        cut.truncate(14 + 40 + 12);
+        lb.expect_untouched(
+            "TCP header cut short",
+            &cut,
+            XDP_DROP,
+            Want::D(D::Truncated),
+        );
+        let mut hbh_dst = with(0, ext(60, [1, 4, 0, 0, 0, 0]));
+        hbh_dst.ext.extend(ext(proto::TCP, [1, 4, 0, 0, 0, 0]));
+        hbh_dst.l4 = tcp(CLIENT6, VIP6, 81);
+        lb.expect_untouched(
+            "hop-by-hop then options: stepped over",
+            &hbh_dst.build(),
+            XDP_DROP,
+            Want::D(D::NoService),
+        );
+    });
+}
+
+#[test]
+fn ipv6_that_is_not_for_a_vip_here_passes_untouched() {
+    with_lb6(|lb| {
+        let to_vip = |src: [u8; 16]| Frame6::new(src, VIP6, proto::TCP, tcp(src, VIP6, 80));
+        lb.expect_untouched(
+            "not a VIP",
+            &Frame6::new(CLIENT6, NOT_VIP6, proto::TCP, tcp(CLIENT6, NOT_VIP6, 80)).build(),
+            XDP_PASS,
+            Want::C(C::PassNotVip),
+        );
+        let mut other_host = to_vip(CLIENT6);
+        other_host.eth_dst = OTHER_HOST_MAC;
+        lb.expect_untouched(
+            "a VIP in a frame for another host",
+            &other_host.build(),
+            XDP_PASS,
+            Want::C(C::PassOtherHost),
+        );
+        let mut header_only = to_vip(CLIENT6).build();
+        header_only.truncate(14 + 39);
+        lb.expect_untouched(
+            "IPv6 header cut short",
+            &header_only,
+            XDP_PASS,
+            Want::C(C::PassMalformed),
+        );
+    });
+}
+
+#[test]
+fn without_lb_ingress6_in_its_slot_ipv6_passes_untouched() {
+    with_lb6(|lb| {
+        let mut slots = ProgramArray::try_from(
+            lb.h.ebpf_mut()
+                .map_mut(m::XDP_PROGRAMS)
+                .expect("xdp_programs"),
+        )
+        .expect("a program array");
+        slots
+            .clear_index(&lb_common::maps::xdp_slot::INGRESS6)
+            .expect("emptying the slot");
+        for f in [resolve(&VIP6), echo_request(CLIENT6, VIP6, b"x")] {
+            lb.expect_untouched(
+                "IPv6 with an empty slot",
+                &f.build(),
+                XDP_PASS,
+                Want::C(C::PassIpv6Unserved),
+            );
+        }
+    });
+}
