@@ -43,5 +43,9 @@ fn the_object_check_reports_every_kind_of_difference() {
     ] {
         assert!(diff.iter().any(|d| d == want), "{want:?} not in {diff:#?}");
     }
-    assert_eq!(diff.len(), bench::TABLE.len() + 1 + 5 + 1, "{diff:#?}");
+    assert_eq!(
+        diff.len(),
+        bench::TABLE.len() + 1 + bench::programs::ALL.len() + 1,
+        "{diff:#?}"
+    );
 }

@@ -97,6 +97,56 @@ pub const fn flow_hash(
     finish(h, 12)
 }
 
+/// The four words of an IPv6 address, mixed into `h` in wire order.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+const fn mix16(mut h: u32, a: &[u8; 16]) -> u32 {
+    let mut i = 0;
+    while i < 16 {
+        h = mix(h, u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
+        i += 4;
+    }
+    h
+}
+
+/// [`flow_hash`] of an IPv6 flow: every word of both addresses counts (a
+/// hash of their first words alone would give every client of one /32 the
+/// same sets and the same backend).
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn flow_hash6(
+    seed: u32,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    let mut h = mix16(seed, src);
+    h = mix16(h, dst);
+    h = mix(
+        h,
+        ((sport as u32) << 16 | dport as u32) ^ ((proto as u32) << 8),
+    );
+    finish(h, 36)
+}
+
+/// [`client_hash`] of an IPv6 client.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn client_hash6(seed: u32, client: &[u8; 16]) -> u32 {
+    finish(mix16(seed, client), 16)
+}
+
 /// Hash used for `sessionAffinity: ClientIP`: only the client address, so all
 /// of a client's flows pick the same backend even before the affinity
 /// entry exists.
@@ -197,6 +247,39 @@ mod tests {
         }
         let len = u32::try_from(key.len()).expect("test keys are short");
         finish(h, len)
+    }
+
+    /// The IPv6 hashes are MurmurHash3 of the words in wire order (read
+    /// big-endian, as the IPv4 ones are), so they inherit its mixing; and
+    /// every word of an address counts.
+    #[test]
+    fn ipv6_hashes_are_murmur3_of_every_word() {
+        let src: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x50];
+        let dst: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        // The words as MurmurHash3 reads its blocks (little-endian bytes).
+        let words = |a: &[u8; 16]| {
+            let mut out = [0u8; 16];
+            for (o, w) in out.chunks_mut(4).zip(a.chunks(4)) {
+                o.copy_from_slice(&u32::from_be_bytes([w[0], w[1], w[2], w[3]]).to_le_bytes());
+            }
+            out
+        };
+        let mut key = [0u8; 36];
+        key[..16].copy_from_slice(&words(&src));
+        key[16..32].copy_from_slice(&words(&dst));
+        key[32..].copy_from_slice(&((40000u32 << 16 | 443) ^ (6 << 8)).to_le_bytes());
+        assert_eq!(
+            flow_hash6(7, &src, &dst, 40000, 443, 6),
+            murmur3_x86_32(&key, 7)
+        );
+        assert_eq!(client_hash6(7, &src), murmur3_x86_32(&words(&src), 7));
+        let mut other = src;
+        other[15] ^= 1;
+        assert_ne!(client_hash6(7, &src), client_hash6(7, &other));
+        assert_ne!(
+            flow_hash6(7, &src, &dst, 40000, 443, 6),
+            flow_hash6(7, &other, &dst, 40000, 443, 6)
+        );
     }
 
     #[test]

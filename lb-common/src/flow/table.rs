@@ -99,6 +99,9 @@ pub const fn ready_with(w: u64, tag: u32) -> bool {
 /// flow, so a new flow computes it once.
 #[inline(always)]
 pub const fn key_hash(seed: u32, k: &FlowKey) -> u32 {
+    if k.family == super::family::V6 {
+        return crate::hash::flow_hash6(seed, &k.src, &k.dst, k.sport, k.dport, k.proto);
+    }
     crate::hash::flow_hash(
         seed,
         super::v4_of(&k.src),
