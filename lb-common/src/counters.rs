@@ -270,5 +270,9 @@ numbered! {
         /// A Neighbor Solicitation we would answer, but the frame could
         /// not be resized to the advertisement (`bpf_xdp_adjust_tail`).
         NdpNoRoom = 29 => "ndp_no_room",
+        /// IPv6 packet to a service while `xdp_programs` holds no
+        /// `lb_service6` (never passed: the kernel has nothing to do with a
+        /// VIP).
+        Ipv6Unserved = 30 => "ipv6_unserved",
     }
 }

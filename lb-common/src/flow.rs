@@ -163,6 +163,20 @@ impl FlowKey {
             _pad: [0; 2],
         }
     }
+
+    /// An IPv6 5-tuple, as [`Self::v4`].
+    #[inline(always)]
+    pub const fn v6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family: family::V6,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Value of the `conntrack` LRU map, keyed by the client's packet 5-tuple
@@ -377,6 +391,16 @@ impl AffinityKey {
             client: addr_v4(client),
         }
     }
+
+    #[inline(always)]
+    pub const fn v6(service_id: u32, client: [u8; 16]) -> Self {
+        Self {
+            service_id,
+            family: family::V6,
+            _pad: [0; 3],
+            client,
+        }
+    }
 }
 
 /// Value of the `affinity` LRU map.
@@ -427,6 +451,16 @@ impl LocalEndpointKey {
             port,
             proto,
             family: family::V4,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            family: family::V6,
         }
     }
 }

@@ -249,7 +249,7 @@ mod tests {
         finish(h, len)
     }
 
-    /// The IPv6 hashes are MurmurHash3 of the words in wire order (read
+    /// The IPv6 hashes are `MurmurHash3` of the words in wire order (read
     /// big-endian, as the IPv4 ones are), so they inherit its mixing; and
     /// every word of an address counts.
     #[test]
@@ -267,7 +267,7 @@ mod tests {
         let mut key = [0u8; 36];
         key[..16].copy_from_slice(&words(&src));
         key[16..32].copy_from_slice(&words(&dst));
-        key[32..].copy_from_slice(&((40000u32 << 16 | 443) ^ (6 << 8)).to_le_bytes());
+        key[32..].copy_from_slice(&((40000u32 << 16 | 0x01bb) ^ (6 << 8)).to_le_bytes());
         assert_eq!(
             flow_hash6(7, &src, &dst, 40000, 443, 6),
             murmur3_x86_32(&key, 7)

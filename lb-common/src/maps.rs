@@ -228,11 +228,15 @@ macro_rules! product_maps {
             NDP_STATS = "ndp_stats":
                 HashNoPrealloc<$crate::Ipv6Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
             /// [`crate::maps::xdp_slot`] → XDP program (program array):
-            /// `lb_ingress` tail-calls `lb_ingress6` for IPv6 frames, so the
-            /// IPv6 path has a stack frame (512 bytes) of its own. The agent
+            /// `lb_ingress` tail-calls `lb_ingress6` for IPv6 frames, and
+            /// that `lb_service6` for a flow's packets, so each has a stack
+            /// frame (512 bytes) of its own. The agent
             /// fills it when it loads the programs; an empty slot passes
             /// IPv6 untouched (`pass_ipv6_unserved`).
             XDP_PROGRAMS = "xdp_programs": ProgramArray<>[$crate::maps::xdp_slot::COUNT];
+            /// [`crate::maps::tc_slot`] → TC program (program array): as
+            /// `xdp_programs`, `lb_egress` → `lb_egress6`.
+            TC_PROGRAMS = "tc_programs": ProgramArray<>[$crate::maps::tc_slot::COUNT];
         }
     };
 }
@@ -267,8 +271,15 @@ pub mod programs {
     /// XDP program never attached: `lb_ingress` tail-calls it (slot
     /// [`super::xdp_slot::INGRESS6`] of `xdp_programs`) for IPv6 frames.
     pub const INGRESS6: &str = "lb_ingress6";
+    /// XDP program never attached: `lb_ingress6` tail-calls it (slot
+    /// [`super::xdp_slot::SERVICE6`]) for a TCP or UDP packet to an IPv6
+    /// service, whose flow it takes.
+    pub const SERVICE6: &str = "lb_service6";
+    /// TC program never attached: `lb_egress` tail-calls it (slot
+    /// [`super::tc_slot::EGRESS6`] of `tc_programs`) for IPv6 packets.
+    pub const EGRESS6: &str = "lb_egress6";
     /// Every program of the product object.
-    pub const ALL: [&str; 5] = [INGRESS, EGRESS, PASS, SWEEP, INGRESS6];
+    pub const ALL: [&str; 7] = [INGRESS, EGRESS, PASS, SWEEP, INGRESS6, SERVICE6, EGRESS6];
     /// Pinned link of [`INGRESS`] in the pin directory.
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.
@@ -283,6 +294,15 @@ pub mod programs {
 pub mod xdp_slot {
     /// `lb_ingress6`.
     pub const INGRESS6: u32 = 0;
+    /// `lb_service6`.
+    pub const SERVICE6: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Slots of `tc_programs`.
+pub mod tc_slot {
+    /// `lb_egress6`.
+    pub const EGRESS6: u32 = 0;
     pub const COUNT: u32 = 1;
 }
 

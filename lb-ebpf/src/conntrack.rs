@@ -8,14 +8,14 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, LocalEndpointKey,
-    RevNatValue,
+    BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, RevNatValue,
     flow::{self, NS_PER_SEC, Side, TOMBSTONE_NS, addr_v4},
     flow_flags,
     hash::{NAT_PROBES, nat_probe},
 };
 
 use crate::{
+    family::{Family, V4},
     flowtable,
     forward::NextHop,
     local,
@@ -25,7 +25,7 @@ use crate::{
 
 #[inline(always)]
 pub fn remove_flow(key: &FlowKey) {
-    flowtable::remove(key);
+    flowtable::remove::<V4>(key);
 }
 
 /// The next hop cached in a remote flow's conntrack entry, unless it is
@@ -70,11 +70,13 @@ pub fn store_hop(ct: *mut ConntrackValue, hop: &NextHop) {
 /// The key under which a flow's reverse entry is stored: the backend's
 /// reply as it reaches us, `backend → peer` (`peer` the client for a local
 /// flow, our address and NAT port for a remote one).
+/// The addresses by reference: an IPv6 key's two 16-byte addresses by
+/// value would be spilled to the packet path's stack.
 #[derive(Clone, Copy)]
-pub struct ReplyKey {
-    pub backend: [u8; 4],
+pub struct ReplyKey<'a, F: Family> {
+    pub backend: &'a F::Addr,
     pub backend_port: u16,
-    pub peer: [u8; 4],
+    pub peer: &'a F::Addr,
     pub peer_port: u16,
 }
 
@@ -92,10 +94,10 @@ pub struct ReplyKey {
 /// due: a 40-byte key on the packet path's stack would be paid by every
 /// packet's frame (the call chain has 512 bytes in all).
 #[inline(always)]
-pub fn refresh(
+pub fn refresh<F: Family>(
     ct: *mut ConntrackValue,
     client: &FlowKey,
-    reply: ReplyKey,
+    reply: ReplyKey<'_, F>,
     state: u8,
     now: u64,
 ) -> bool {
@@ -122,10 +124,10 @@ pub fn refresh(
         // Without room for the front, the flow takes a reverse entry.
         // SAFETY: this CPU's scratch slot, ours for this run.
         unsafe {
-            local::stage(
+            local::stage::<F>(
                 s,
-                LocalEndpointKey::v4(reply.backend, reply.backend_port, client.proto),
-                flow::v4_of(&client.dst),
+                F::endpoint_key(reply.backend, reply.backend_port, client.proto),
+                F::narrow(&client.dst),
                 client.dport,
             );
         }
@@ -141,7 +143,7 @@ pub fn refresh(
     }
     // SAFETY: this CPU's scratch slot, ours for this run.
     let rkey = unsafe {
-        (*s).rkey = FlowKey::v4(
+        (*s).rkey = F::flow_key(
             reply.backend,
             reply.peer,
             reply.backend_port,
@@ -237,7 +239,7 @@ pub fn local_backend_packet(ct: *mut ConntrackValue, proto: u8, tcp_flags: u8, n
 /// second, and on a state change (FIN, RST, or the backend talking after an
 /// RST) both entries. `tcp_flags` is 0 for UDP.
 #[inline(always)]
-pub fn backend_packet(r: *mut RevNatValue, proto: u8, family: u8, tcp_flags: u8, now: u64) {
+pub fn backend_packet<F: Family>(r: *mut RevNatValue, proto: u8, tcp_flags: u8, now: u64) {
     // SAFETY: value pointer of the reverse entry obtained in this run; the
     // fields are plain integers a racing writer can only set to another
     // packet's values.
@@ -254,9 +256,9 @@ pub fn backend_packet(r: *mut RevNatValue, proto: u8, family: u8, tcp_flags: u8,
     let client = unsafe {
         (*r).state = state;
         (*r).last_seen_ns = now;
-        (*r).client_key(proto, family)
+        (*r).client_key(proto, F::FAMILY)
     };
-    if let Some(ct) = flowtable::lookup(&client) {
+    if let Some(ct) = flowtable::lookup::<F>(&client) {
         // SAFETY: value pointer the map just returned.
         unsafe {
             (*ct).state = state;
@@ -321,15 +323,15 @@ pub fn scratch() -> Option<*mut FlowScratch> {
 /// before [`onehop_flow_create`], not by it: a call from there would add a
 /// frame to the new flow's call chain, which has no stack to spare.
 #[inline(always)]
-pub fn remember_front(key: &FlowKey, s: *mut FlowScratch) {
+pub fn remember_front<F: Family>(key: &FlowKey, s: *mut FlowScratch, backend: F::Addr) {
     // SAFETY: this CPU's scratch slot, ours for this run; fields by value.
-    let (backend, backend_port) = unsafe { ((*s).backend.ip, (*s).backend.port) };
-    let (proto, vip, vport) = (key.proto, flow::v4_of(&key.dst), key.dport);
+    let backend_port = unsafe { (*s).backend.port };
+    let (proto, vip, vport) = (key.proto, F::narrow(&key.dst), key.dport);
     // SAFETY: as above.
     unsafe {
-        local::stage(
+        local::stage::<F>(
             s,
-            LocalEndpointKey::v4(backend, backend_port, proto),
+            F::endpoint_key(&backend, backend_port, proto),
             vip,
             vport,
         );
@@ -406,8 +408,21 @@ pub extern "C" fn onehop_flow_create() -> u32 {
         }
         s.ctv.nat_port = port;
     } else {
-        let (client, client_port) = (flow::v4_of(&s.key.src), s.key.sport);
-        s.rkey = FlowKey::v4(backend, client, backend_port, client_port, proto);
+        // A local flow's reverse key: the pod's reply to the client. From
+        // the 16-byte fields, whatever the family (an IPv6 flow's
+        // `s.backend` holds only its port and flags).
+        // Field by field: a struct built from other map values' arrays is
+        // a 40-byte temporary on the stack, which has none to spare.
+        // SAFETY: distinct fields of one scratch slot, 16 bytes each.
+        unsafe {
+            core::ptr::copy_nonoverlapping(&raw const s.ctv.backend_ip, &raw mut s.rkey.src, 1);
+            core::ptr::copy_nonoverlapping(&raw const s.key.src, &raw mut s.rkey.dst, 1);
+        }
+        s.rkey.sport = backend_port;
+        s.rkey.dport = s.key.sport;
+        s.rkey.proto = proto;
+        s.rkey.family = s.key.family;
+        s.rkey._pad = [0; 2];
         if REV_NAT
             .insert(&s.rkey, &s.rval, u64::from(BPF_ANY))
             .is_err()

@@ -52,6 +52,12 @@ impl Delta {
         self.addr(old.to_ne_bytes(), new.to_ne_bytes());
     }
 
+    /// A change already summed (one's-complement, unfolded, below 2^31).
+    #[inline(always)]
+    pub fn from_sum(s: u32) -> Delta {
+        Delta(s)
+    }
+
     /// Both changes together (each at most a dozen words).
     #[must_use]
     #[inline(always)]

@@ -19,11 +19,16 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
-use lb_common::{Counter, flow::family, proto};
+use lb_common::{Counter, maps::tc_slot, proto};
 
 use crate::{
-    conntrack, icmp_error, local,
-    parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr},
+    conntrack,
+    family::V4,
+    icmp_error, local,
+    maps::TC_PROGRAMS,
+    parse::{
+        Cursor, ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
+    },
     stats,
 };
 
@@ -35,8 +40,18 @@ const UDP_CHECK_OFF: usize = L4_OFF + 6;
 /// Headers we read: Ethernet, IPv4 without options, a full TCP header.
 const NEED: usize = L4_OFF + core::mem::size_of::<TcpHdr>();
 
+#[inline(always)]
 pub fn process(ctx: &TcContext) -> i32 {
     stats::count(Counter::EgressPackets);
+    // SAFETY: the skb's protocol field, read by value.
+    if unsafe { (*ctx.skb.skb).protocol } == u32::from(ETH_P_IPV6.to_be()) {
+        // IPv6 in a program of its own (see `egress6`). Returns only when
+        // the slot is empty.
+        // SAFETY: a tail call from the program itself (this function is
+        // inlined into it), into a TC program of this object.
+        unsafe { TC_PROGRAMS.tail_call(ctx, tc_slot::EGRESS6) };
+        return TC_ACT_UNSPEC;
+    }
     if ctx.data_end() - ctx.data() < NEED {
         // Make the headers linear if the skb has them at all.
         let want = core::cmp::min(ctx.len() as usize, NEED);
@@ -124,7 +139,8 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
         _ => return Err(Found::Other),
     };
     let (sport_h, dport_h) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
-    let (new_src, new_sport) = match local::reply(ip.src, sport_h, ip.dst, dport_h, ip.proto) {
+    let (new_src, new_sport) = match local::reply::<V4>(ip.src, sport_h, ip.dst, dport_h, ip.proto)
+    {
         local::Reply::Flow { ct, vip, port } => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
@@ -134,7 +150,7 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
         local::Reply::Reversed { r, vip, port } => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
-            conntrack::backend_packet(r, ip.proto, family::V4, tcp_flags, now);
+            conntrack::backend_packet::<V4>(r, ip.proto, tcp_flags, now);
             (vip, port)
         }
         local::Reply::None => return Err(Found::Other),

@@ -7,12 +7,13 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use lb_common::{
     ConntrackValue, Counter, FlowKey, FlowScratch, FlowTimeouts,
     flow::table::{
-        CHOICES, FlowSet, WAYS, key_hash, next_generation, ready_with, slot_state, state_of,
-        victim, victim_class, word,
+        CHOICES, FlowSet, WAYS, next_generation, ready_with, slot_state, state_of, victim,
+        victim_class, word,
     },
     hash::flow_set,
 };
 
+use crate::family::Family;
 use crate::{
     maps::{CONFIG, CONNTRACK},
     stats,
@@ -102,20 +103,20 @@ fn find_slot(key: &FlowKey, h: u32, sets: u32) -> *mut ConntrackValue {
 
 /// [`find`] with the hash seed and table size from the config.
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<*mut ConntrackValue> {
+pub fn lookup<F: Family>(key: &FlowKey) -> Option<*mut ConntrackValue> {
     let cfg = CONFIG.get(0)?;
-    find(key, key_hash(cfg.hash_seed, key), cfg.flow_sets)
+    find(key, F::key_hash(cfg.hash_seed, key), cfg.flow_sets)
 }
 
 /// Gives up the slot of `key`: a flow that cannot go on (its NAT port is
 /// lost) starts afresh with its next packet. Out of line: rare, and its
 /// loop would otherwise take the packet path's stack.
 #[inline(never)]
-pub fn remove(key: &FlowKey) {
+pub fn remove<F: Family>(key: &FlowKey) {
     let Some(cfg) = CONFIG.get(0) else {
         return;
     };
-    let h = key_hash(cfg.hash_seed, key);
+    let h = F::key_hash(cfg.hash_seed, key);
     let mut c = 0;
     while c < CHOICES {
         if let Some(set) = CONNTRACK.get_ptr_mut(flow_set(h, c, cfg.flow_sets)) {

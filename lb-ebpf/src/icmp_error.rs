@@ -80,6 +80,7 @@ use lb_common::{
 use crate::{
     conntrack,
     csum::Delta,
+    family::V4,
     flowtable,
     forward::{self, NextHop, Route},
     local,
@@ -474,7 +475,7 @@ fn from_client_side(ctx: *mut xdp_md, cfg: &DatapathConfig) -> Outcome {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     }
     s.key = FlowKey::v4(a(t.dst), a(t.src), t.dport, t.sport, t.proto);
-    let Some(ct) = flowtable::lookup(&s.key) else {
+    let Some(ct) = flowtable::lookup::<V4>(&s.key) else {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     };
     // SAFETY: value pointer the map just returned; read by value.
@@ -685,7 +686,7 @@ fn egress_translate(ctx: &TcContext) -> bool {
     }
     let t = Tuple::of(&q);
     let outer = (n(ip.src), n(ip.dst));
-    let (vip, vport) = match local::reply(q.ip.dst, t.dport, q.ip.src, t.sport, t.proto) {
+    let (vip, vport) = match local::reply::<V4>(q.ip.dst, t.dport, q.ip.src, t.sport, t.proto) {
         local::Reply::Flow { vip, port, .. } | local::Reply::Reversed { vip, port, .. } => {
             (n(vip), port)
         }

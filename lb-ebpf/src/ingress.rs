@@ -73,9 +73,9 @@ use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, progra
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv4Key,
     ServiceKey, backend_flags, config_flags,
-    flow::table::key_hash,
-    flow::{self, Side, family, tcp_flags},
+    flow::{self, Side, tcp_flags},
     flow_flags,
+    hash::flow_hash,
     maps::xdp_slot,
     proto, vip_flags,
 };
@@ -84,6 +84,7 @@ use crate::{
     arp,
     conntrack::{self, ReplyKey},
     csum,
+    family::V4,
     forward::{self, Route},
     fragment, guard, icmp, icmp_error,
     maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS, XDP_PROGRAMS},
@@ -93,7 +94,7 @@ use crate::{
         IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
     },
     partial,
-    service::{self, Choice, flow_key},
+    service::{self, Choice},
     stats,
     verdict::Outcome,
 };
@@ -290,17 +291,19 @@ fn service_path(
     // SAFETY: this CPU's scratch slot, ours for this run (nothing on the
     // service path uses its `key` but this flow).
     let key = unsafe {
-        (*s).key = flow_key(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
+        (*s).key = FlowKey::v4(ip.src, ip.dst, l4.sport(), l4.dport(), proto);
         &(*s).key
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let hash = key_hash(cfg.hash_seed, key);
+    // `key_hash` of an IPv4 key, without its test of the family (the IPv6
+    // hash's code would take registers, and stack, on this path).
+    let hash = flow_hash(cfg.hash_seed, ip.src, ip.dst, l4.sport(), l4.dport(), proto);
     // With direct return only the announcer sends new flows on to other
     // nodes (see `not_announcer`).
     let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-    let choice = service::choose(key, ip.src, svc, syn_only, now, cfg, hash, sends_on);
+    let choice = service::choose::<V4>(key, ip.src, svc, syn_only, now, cfg, hash, sends_on);
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
@@ -462,10 +465,10 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
     let counter = if let Some(ct) = f.ct() {
         // A local flow's reverse key holds the client's own tuple: no other
         // flow can hold it, so the entry is always ours to put back.
-        let reply = ReplyKey {
-            backend: f.b.ip,
+        let reply = ReplyKey::<V4> {
+            backend: &f.b.ip,
             backend_port: f.b.port,
-            peer: ip.src,
+            peer: &ip.src,
             peer_port: k.sport,
         };
         conntrack::refresh(ct, k, reply, f.state, f.now);
@@ -487,7 +490,7 @@ fn to_local(ip: &mut Ipv4Hdr, l4: &mut L4<'_>, f: &Flow<'_>) -> Outcome {
             );
             (*s).backend = f.b;
         }
-        conntrack::remember_front(k, s);
+        conntrack::remember_front::<V4>(k, s, f.b.ip);
         match conntrack::onehop_flow_create() {
             1 => {}
             conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
@@ -527,10 +530,10 @@ fn to_remote(
     if let Some(ct) = f.ct() {
         // SAFETY: conntrack value pointer from this run; read by value.
         let port = unsafe { (*ct).nat_port };
-        let reply = ReplyKey {
-            backend: f.b.ip,
+        let reply = ReplyKey::<V4> {
+            backend: &f.b.ip,
             backend_port: f.b.port,
-            peer: cfg.node_ip,
+            peer: &cfg.node_ip,
             peer_port: port,
         };
         if conntrack::refresh(ct, k, reply, f.state, f.now) {
@@ -671,7 +674,7 @@ fn node_path(
     if dport < cfg.nat_port_min || dport > cfg.nat_port_max {
         return Outcome::Pass(Counter::PassNodeTraffic);
     }
-    let key = flow_key(ip.src, ip.dst, l4.sport(), dport, proto);
+    let key = FlowKey::v4(ip.src, ip.dst, l4.sport(), dport, proto);
     let Some(rp) = crate::maps::REV_NAT.get_ptr_mut(key) else {
         return Outcome::Pass(Counter::PassNodeTraffic);
     };
@@ -694,7 +697,7 @@ fn node_path(
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    conntrack::backend_packet(rp, proto, family::V4, tcp, now);
+    conntrack::backend_packet::<V4>(rp, proto, tcp, now);
     let mut learned = false;
     let hop = match forward::route(ctx, src, dst, proto, ip.tot_len()) {
         Route::Hop(h) => Some(h),

@@ -33,25 +33,25 @@
 //!   `truncated`;
 //! - to a `[VIP]:port` no service serves: `no_service`.
 //!
-//! Not built yet (issue 14's next step): forwarding to an IPv6 service's
-//! backends (Maglev, flow state, local DNAT, direct return, full NAT) and
-//! translating ICMPv6 errors. Until then a packet to a served `[VIP]:port`
-//! is counted against its service and dropped as `no_backend`; the agent
-//! writes no `services6` entry yet, so no deployment meets this.
+//!
+//! A TCP or UDP packet that passes is handed to `lb_service6` by another
+//! tail call (see `service6`), which takes its flow; with that slot empty
+//! it is dropped (`ipv6_unserved`). ICMPv6 errors are not translated yet.
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, xdp_md},
     programs::XdpContext,
 };
-use lb_common::{Counter, DatapathConfig, DropReason, Ipv6Key, ServiceKey6, proto, vip_flags};
+use lb_common::{
+    Counter, DatapathConfig, DropReason, Ipv6Key, ServiceKey6, maps::xdp_slot, proto, vip_flags,
+};
 
 use crate::{
     csum::{self, Delta},
     ingress::transport,
-    maps::{CONFIG, SERVICE_STATS, SERVICES6, VIPS6},
+    maps::{CONFIG, SERVICES6, VIPS6, XDP_PROGRAMS},
     ndp::{self, pseudo_sum},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Ext, Ipv6Hdr},
-    stats,
     verdict::Outcome,
 };
 
@@ -131,7 +131,7 @@ fn is_martian(src: &[u8; 16]) -> bool {
 /// Steps over the extension headers of the written policy (module docs)
 /// from `next`; returns the transport protocol and the headers' bytes.
 #[inline(always)]
-fn skip_extensions(cur: &mut Cursor<'_>, mut next: u8) -> Result<(u8, usize), DropReason> {
+pub fn skip_extensions(cur: &mut Cursor<'_>, mut next: u8) -> Result<(u8, usize), DropReason> {
     let mut len = 0usize;
     let mut i = 0;
     while i < MAX_EXTENSIONS {
@@ -205,18 +205,23 @@ fn service_path(
     if ip.hop_limit <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
     }
-    let (l4, _tcp) = match transport(cur, proto, l4_len) {
+    let (l4, _) = match transport(cur, proto, l4_len) {
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
-    let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(ip.dst, l4.dport(), proto)) else {
+    if SERVICES6
+        .get_ptr(ServiceKey6::new(ip.dst, l4.dport(), proto))
+        .is_none()
+    {
         return Outcome::Drop(DropReason::NoService);
-    };
-    // SAFETY: value pointer the map just returned; read by value.
-    let id = unsafe { (*svc).id };
-    stats::traffic(&SERVICE_STATS, id, frame_len);
-    // See the module docs: no IPv6 forwarding yet.
-    Outcome::Drop(DropReason::NoBackend)
+    }
+    // The flow's work in a program of its own (`service6`): its 16-byte
+    // addresses take more stack than this one has left beside `ndp`'s
+    // chain. Returns only when the slot is empty.
+    // SAFETY: a tail call from the program itself (this function is
+    // inlined into it), into an XDP program of this object.
+    unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::SERVICE6) };
+    Outcome::Drop(DropReason::Ipv6Unserved)
 }
 
 /// An ICMPv6 message to a VIP right after the IPv6 header, `len` bytes

@@ -25,6 +25,8 @@ mod arp;
 mod conntrack;
 pub mod csum;
 pub mod egress;
+pub mod egress6;
+mod family;
 mod flowtable;
 mod forward;
 mod fragment;
@@ -40,6 +42,7 @@ mod ndp;
 pub mod parse;
 mod partial;
 mod service;
+pub mod service6;
 mod stats;
 pub mod sweep;
 mod verdict;
@@ -65,6 +68,12 @@ macro_rules! object_common {
         #[aya_ebpf::macros::xdp]
         pub fn lb_ingress6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
             $crate::ingress6::process(&ctx)
+        }
+
+        /// Tail-called by `lb_ingress6` for a flow's packets (never attached).
+        #[aya_ebpf::macros::xdp]
+        pub fn lb_service6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+            $crate::service6::process(&ctx)
         }
 
         /// The kernel only lets GPL-compatible programs call

@@ -17,15 +17,16 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    ConntrackValue, FlowKey, Front, LocalEndpointKey, LocalFronts, RevNatValue,
-    flow::{FRONTS_PER_ENDPOINT, addr_v4, same_addr, v4_of},
+    ConntrackValue, Front, LocalEndpointKey, LocalFronts, RevNatValue,
+    flow::{FRONTS_PER_ENDPOINT, same_addr},
     flow_flags, front_state,
 };
 
 use crate::{
     conntrack::scratch,
+    family::Family,
     flowtable,
-    maps::{BACKENDS, LOCAL_FRONTS, REV_NAT},
+    maps::{LOCAL_FRONTS, REV_NAT},
 };
 
 /// Puts `endpoint` and the front `vip:port` in this CPU's scratch slot for
@@ -37,10 +38,10 @@ use crate::{
 /// # Safety
 /// `s` is this CPU's scratch slot (from [`scratch`]), ours for this run.
 #[inline(always)]
-pub unsafe fn stage(
+pub unsafe fn stage<F: Family>(
     s: *mut lb_common::FlowScratch,
     endpoint: LocalEndpointKey,
-    vip: [u8; 4],
+    vip: F::Addr,
     port: u16,
 ) {
     // SAFETY: the caller's promise; field by field (a struct assignment
@@ -49,7 +50,7 @@ pub unsafe fn stage(
         (*s).endpoint = endpoint;
         let f = &raw mut (*s).fronts.fronts[0];
         (*f).state = front_state::READY;
-        (*f).vip = addr_v4(vip);
+        (*f).vip = F::wide(&vip);
         (*f).port = port;
         (*f)._pad = [0; 6];
     }
@@ -171,19 +172,19 @@ fn cas(f: *mut Front, old: u64, new: u64) -> bool {
 }
 
 /// What a local endpoint's packet to a client is.
-pub enum Reply {
+pub enum Reply<F: Family> {
     /// The reply of this live local flow (its conntrack entry), which came
     /// through `vip:port`.
     Flow {
         ct: *mut ConntrackValue,
-        vip: [u8; 4],
+        vip: F::Addr,
         port: u16,
     },
     /// The reply of a local flow with a reverse entry of its own
     /// ([`flow_flags::LOCAL_REVERSE`]), which came through `vip:port`.
     Reversed {
         r: *mut RevNatValue,
-        vip: [u8; 4],
+        vip: F::Addr,
         port: u16,
     },
     /// No local flow's reply.
@@ -201,17 +202,23 @@ pub enum Reply {
 /// the newest can be live there, and the older one's entry (closed, or
 /// idle) stays in the table until its slot is reused.
 #[inline(always)]
-pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, proto: u8) -> Reply {
-    let Some(v) = LOCAL_FRONTS.get_ptr(LocalEndpointKey::v4(pod, pod_port, proto)) else {
+pub fn reply<F: Family>(
+    pod: F::Addr,
+    pod_port: u16,
+    client: F::Addr,
+    client_port: u16,
+    proto: u8,
+) -> Reply<F> {
+    let Some(v) = LOCAL_FRONTS.get_ptr(F::endpoint_key(&pod, pod_port, proto)) else {
         return Reply::None;
     };
-    let pod16 = addr_v4(pod);
+    let pod16 = F::wide(&pod);
     // Plain initialised values, not an `Option`: the compiler reads an
     // `Option`'s payload before its tag, and kernels before 6.x refuse a
     // read of stack never written ("invalid read from stack", 5.15).
     let (mut newest, mut newest_vip, mut newest_port, mut newest_seen) = (
         core::ptr::null_mut::<ConntrackValue>(),
-        [0u8; 4],
+        F::narrow(&[0u8; 16]),
         0u16,
         0u64,
     );
@@ -220,11 +227,12 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
         // SAFETY: value pointer the map returned in this run; read by value.
         let (state, vip, port) = unsafe {
             let f = &raw const (*v).fronts[i];
-            ((*f).state, v4_of(&(*f).vip), (*f).port)
+            ((*f).state, F::narrow(&(*f).vip), (*f).port)
         };
         if state == front_state::READY
-            && let Some(ct) = flowtable::lookup(&FlowKey::v4(client, vip, client_port, port, proto))
-            && ours(ct, &pod16, pod_port)
+            && let Some(ct) =
+                flowtable::lookup::<F>(&F::flow_key(&client, &vip, client_port, port, proto))
+            && ours::<F>(ct, &pod16, pod_port)
         {
             // SAFETY: value pointer the flow table returned; read by value.
             let last = unsafe { (*ct).last_seen_ns };
@@ -245,12 +253,12 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
     if unsafe { (*v).overflow } == 0 {
         return Reply::None;
     }
-    let Some(r) = REV_NAT.get_ptr_mut(FlowKey::v4(pod, client, pod_port, client_port, proto))
+    let Some(r) = REV_NAT.get_ptr_mut(F::flow_key(&pod, &client, pod_port, client_port, proto))
     else {
         return Reply::None;
     };
     // SAFETY: value pointer the map just returned; read by value.
-    let (flags, vip, port) = unsafe { ((*r).flags, v4_of(&(*r).new_src), (*r).new_sport) };
+    let (flags, vip, port) = unsafe { ((*r).flags, F::narrow(&(*r).new_src), (*r).new_sport) };
     if flags & flow_flags::REMOTE != 0 {
         return Reply::None;
     }
@@ -259,7 +267,7 @@ pub fn reply(pod: [u8; 4], pod_port: u16, client: [u8; 4], client_port: u16, pro
 
 /// Whether the conntrack entry `ct` is a local flow to `pod:pod_port`.
 #[inline(always)]
-fn ours(ct: *const ConntrackValue, pod: &[u8; 16], pod_port: u16) -> bool {
+fn ours<F: Family>(ct: *const ConntrackValue, pod: &[u8; 16], pod_port: u16) -> bool {
     // SAFETY: value pointer the map returned in this run; read by value.
     let (flags, id, ip_ok) = unsafe {
         (
@@ -271,8 +279,5 @@ fn ours(ct: *const ConntrackValue, pod: &[u8; 16], pod_port: u16) -> bool {
     if flags & flow_flags::REMOTE != 0 || !ip_ok {
         return false;
     }
-    // SAFETY: array value pointer; read by value.
-    BACKENDS
-        .get_ptr(id)
-        .is_some_and(|b| unsafe { (*b).port } == pod_port)
+    F::port_of(id) == Some(pod_port)
 }

@@ -6,7 +6,7 @@
 
 use crate::{
     csum::Delta,
-    parse::{Ipv4Hdr, TcpHdr, UdpHdr},
+    parse::{Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr},
 };
 
 /// The transport header's ports and checksum, whatever the protocol.
@@ -117,4 +117,28 @@ pub fn rewrite(
     }
     ip.set_check(l3.apply(ip.check()));
     l4.apply(tp);
+}
+
+/// Rewrites an IPv6 packet's destination to `addr:port`, keeping the
+/// transport checksum consistent (IPv6 has no header checksum; the kernel
+/// decrements the hop limit when it routes the packet on). The change is
+/// summed as 32-bit words (one's-complement sums fold the same way).
+#[inline(always)]
+pub fn rewrite_dst6(ip: &mut Ipv6Hdr, l4: &mut L4<'_>, addr: &[u8; 16], port: u16) {
+    let word = |a: &[u8; 16], i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < 16 {
+        sum += u64::from(!word(&ip.dst, i)) + u64::from(word(addr, i));
+        i += 4;
+    }
+    sum += u64::from(!u16::from_be_bytes(*l4.dport)) + u64::from(port);
+    // Fold to 16 bits: the 32-bit words' sum is the 16-bit words' sum,
+    // folded (RFC 1071's associativity).
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    #[expect(clippy::cast_possible_truncation, reason = "folded below 2^33")]
+    let folded = Delta::from_sum((sum & 0xffff) as u32 + (sum >> 16) as u32);
+    ip.dst = *addr;
+    *l4.dport = port.to_be_bytes();
+    l4.apply(folded);
 }

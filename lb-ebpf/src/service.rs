@@ -21,62 +21,34 @@
 //!    table slot naming one (only between two map writes of an update) is
 //!    treated as empty.
 
-use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
+use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason,
-    FlowKey, FlowTimeouts, ServiceValue, SourceRangeData, backend_flags,
-    flow::{self, NS_PER_SEC, addr_v4},
-    flow_flags,
-    hash::client_hash,
-    proto, service_flags,
+    AffinityValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowTimeouts,
+    ServiceValue, backend_flags,
+    flow::{self, NS_PER_SEC},
+    flow_flags, proto, service_flags,
 };
 
 use crate::{
+    family::Family,
     flowtable,
-    maps::{AFFINITY, BACKENDS, MAGLEV, SRC_RANGES},
+    maps::{AFFINITY, MAGLEV},
     stats,
 };
 
-pub enum Choice {
+pub enum Choice<F: Family> {
     /// Conntrack hit on a live flow and backend; the pointer is the
     /// conntrack value, `state` its TCP state before this packet.
     Established {
         backend_id: u32,
-        backend: BackendValue,
+        backend: F::Backend,
         ct: *mut ConntrackValue,
         state: u8,
     },
     New {
         backend_id: u32,
-        backend: BackendValue,
+        backend: F::Backend,
     },
-}
-
-#[inline(always)]
-pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::v4(src, dst, sport, dport, proto)
-}
-
-/// The IPv4 address in a 16-byte address field of a map value, read as
-/// one 4-byte load (byte by byte, its four bytes spill separately across
-/// the backend's lookup). The fields it reads are 4-aligned in their
-/// values (`ConntrackValue`, `AffinityValue`).
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "the fields read are 4-aligned in their values (see above)"
-)]
-#[inline(always)]
-fn addr_word(a: *const [u8; 16]) -> [u8; 4] {
-    // SAFETY: the caller's field pointer, valid for this run and 4-aligned.
-    unsafe { a.cast::<u32>().read() }.to_ne_bytes()
-}
-
-#[inline(always)]
-fn backend(id: u32) -> Option<BackendValue> {
-    let b = BACKENDS.get_ptr(id)?;
-    // SAFETY: array value pointer from the map; copied out by value.
-    let b = unsafe { *b };
-    (b.flags & backend_flags::VALID != 0).then_some(b)
 }
 
 /// The service's fallback backend on this node (see
@@ -85,10 +57,10 @@ fn backend(id: u32) -> Option<BackendValue> {
 /// us the flow still counts it as the service's, and dropping is the only
 /// other choice.
 #[inline(always)]
-fn local_fallback(svc: &ServiceValue) -> Option<(u32, BackendValue)> {
+fn local_fallback<F: Family>(svc: &ServiceValue) -> Option<(u32, F::Backend)> {
     let id = svc.local_fallback.checked_sub(1)?;
-    let b = backend(id)?;
-    if b.flags & backend_flags::LOCAL == 0 {
+    let b = F::backend(id)?;
+    if F::flags(&b) & backend_flags::LOCAL == 0 {
         return None;
     }
     stats::count(Counter::DirectLocalFallback);
@@ -99,22 +71,22 @@ fn local_fallback(svc: &ServiceValue) -> Option<(u32, BackendValue)> {
 /// slot still holds the same pod (draining or not), and a UDP flow's
 /// endpoint has not left the service.
 #[inline(always)]
-fn established(
+fn established<F: Family>(
     key: &FlowKey,
     hash: u32,
     sets: u32,
     syn_only: bool,
     now: u64,
     timeouts: &FlowTimeouts,
-) -> Option<Choice> {
+) -> Option<Choice<F>> {
     let ct = flowtable::find(key, hash, sets)?;
     // SAFETY: value pointer the flow table just returned; fields read by
     // value, the address as one word (it is 4-aligned in the value). Only
     // what the backend check needs is read before the backend's lookup:
     // values live across a helper call are spilled into the packet path's
     // frame.
-    let (id, ip) = unsafe { ((*ct).backend_id, addr_word(&raw const (*ct).backend_ip)) };
-    let b = backend(id);
+    let (id, ip) = unsafe { ((*ct).backend_id, F::save(&raw const (*ct).backend_ip)) };
+    let b = F::backend(id);
     // SAFETY: as above.
     let (remote, state, last) = unsafe {
         (
@@ -125,9 +97,9 @@ fn established(
     };
     match b {
         Some(b)
-            if b.ip == ip
-                && (b.flags & backend_flags::LOCAL == 0) == remote
-                && !(b.flags & backend_flags::GONE != 0 && key.proto == proto::UDP) =>
+            if F::is(&b, &ip)
+                && (F::flags(&b) & backend_flags::LOCAL == 0) == remote
+                && !(F::flags(&b) & backend_flags::GONE != 0 && key.proto == proto::UDP) =>
         {
             // An entry refreshed within the second is live whatever its
             // state (timeouts are at least two seconds).
@@ -154,7 +126,7 @@ fn established(
     None
 }
 
-/// `client` is the client's IPv4 address (`key.src`), `syn_only` says the
+/// `client` is the client's address (`key.src`), `syn_only` says the
 /// packet is a TCP SYN without ACK, `hash` is the flow's hash
 /// (`flow::table::key_hash` of `key`: its flow-table sets, and its Maglev
 /// slot without affinity), `sends_on` whether a new flow may go to another
@@ -164,52 +136,43 @@ fn established(
     reason = "inlined into its one caller, whose registers these are"
 )]
 #[inline(always)]
-pub fn choose(
+pub fn choose<F: Family>(
     key: &FlowKey,
-    client: [u8; 4],
+    client: F::Addr,
     svc: &ServiceValue,
     syn_only: bool,
     now: u64,
     cfg: &DatapathConfig,
     hash: u32,
     sends_on: bool,
-) -> Result<Choice, DropReason> {
-    if let Some(c) = established(key, hash, cfg.flow_sets, syn_only, now, &cfg.timeouts) {
+) -> Result<Choice<F>, DropReason> {
+    if let Some(c) = established::<F>(key, hash, cfg.flow_sets, syn_only, now, &cfg.timeouts) {
         return Ok(c);
     }
-    if svc.flags & service_flags::SOURCE_RANGES != 0 {
-        // The planner sets the flag with no entries when the service allows
-        // no IPv4 range at all: the lookup misses and every client is denied.
-        let k = Key::new(
-            64,
-            SourceRangeData {
-                service_id: svc.id.to_be_bytes(),
-                addr: client,
-            },
-        );
-        if SRC_RANGES.get(&k).is_none() {
-            return Err(DropReason::SourceRange);
-        }
+    // The planner sets the flag with no entries when the service allows no
+    // range of the client's family: the lookup misses, every client denied.
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.id, &client) {
+        return Err(DropReason::SourceRange);
     }
     if svc.maglev_len == 0 {
         return Err(DropReason::NoBackend);
     }
     let hash = if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = AffinityKey::v4(svc.id, client);
+        let akey = F::affinity_key(svc.id, &client);
         if let Some(a) = AFFINITY.get_ptr_mut(akey) {
             // SAFETY: value pointer the map just returned; fields read by value.
             let (last, id, ip) = unsafe {
                 (
                     (*a).last_seen_ns,
                     (*a).backend_id,
-                    addr_word(&raw const (*a).backend_ip),
+                    F::save(&raw const (*a).backend_ip),
                 )
             };
             let live = now.wrapping_sub(last) < u64::from(svc.affinity_timeout_s) * NS_PER_SEC;
             if live
-                && let Some(b) = backend(id)
-                && b.ip == ip
-                && b.flags & backend_flags::DRAINING == 0
+                && let Some(b) = F::backend(id)
+                && F::is(&b, &ip)
+                && F::flags(&b) & backend_flags::DRAINING == 0
             {
                 // SAFETY: same pointer; a racing writer can only store another
                 // timestamp, which is as good as ours.
@@ -221,7 +184,7 @@ pub fn choose(
                 });
             }
         }
-        client_hash(cfg.hash_seed, client)
+        F::client_hash(cfg.hash_seed, &client)
     } else {
         hash
     };
@@ -231,19 +194,19 @@ pub fn choose(
     };
     // SAFETY: array value pointer from the map; read by value.
     let id = unsafe { *id };
-    let Some(b) = backend(id).filter(|b| b.flags & backend_flags::DRAINING == 0) else {
+    let Some(b) = F::backend(id).filter(|b| F::flags(b) & backend_flags::DRAINING == 0) else {
         return Err(DropReason::NoBackend);
     };
     // A node that may not send a new flow on serves it with its own
     // fallback backend of the service when its table picks another node's.
-    let (id, b) = if sends_on || b.flags & backend_flags::LOCAL != 0 {
+    let (id, b) = if sends_on || F::flags(&b) & backend_flags::LOCAL != 0 {
         (id, b)
     } else {
-        local_fallback(svc).ok_or(DropReason::NotAnnouncer)?
+        local_fallback::<F>(svc).ok_or(DropReason::NotAnnouncer)?
     };
     if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = AffinityKey::v4(svc.id, client);
-        let aval = AffinityValue::new(id, addr_v4(b.ip), now);
+        let akey = F::affinity_key(svc.id, &client);
+        let aval = AffinityValue::new(id, F::wide(&F::addr(&b)), now);
         // Best effort: without the entry the next flow hashes to the same
         // backend anyway (client hash), unless the table changed.
         let _ = AFFINITY.insert(akey, aval, u64::from(BPF_ANY));

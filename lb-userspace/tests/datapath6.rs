@@ -8,10 +8,11 @@
 
 mod support;
 
-use aya::maps::{HashMap, MapData, ProgramArray};
+use aya::maps::{HashMap, LpmTrie, MapData, ProgramArray, lpm_trie::Key};
 use lb_common::{
-    AnnounceState, ArpStats, Counter as C, DropReason as D, HostKey, Ipv6Key, LearnedMac,
-    ServiceKey6, ServiceValue, VipValue, maps as m, proto, vip_flags,
+    AnnounceState, ArpStats, BackendValue6, Counter as C, DropReason as D, FlowKey, HostKey,
+    Ipv6Key, LearnedMac, ServiceKey6, ServiceValue, SourceRangeData6, VipValue, backend_flags,
+    flow::tcp_state, maps as m, proto, service_flags, vip_flags,
 };
 use support::*;
 
@@ -37,6 +38,18 @@ const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 const OTHER_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
 const SERVICE_ID: u32 = 900;
+/// A pod on this node, and one on another node.
+const POD6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+const POD6_REMOTE: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b];
+const POD_PORT: u16 = 8080;
+const LOCAL_ID: u32 = 50;
+const REMOTE_ID: u32 = 51;
+/// Where the IPv6 services' Maglev tables sit in `maglev` (past what the
+/// planner gives the IPv4 scenario).
+const TABLE_AT: u32 = 60_000;
+const TABLE_LEN: u32 = 7;
+/// `[VIP6]:81/TCP` has only the remote pod.
+const REMOTE_TABLE_AT: u32 = 60_100;
 const ICMPV6: u8 = proto::ICMPV6;
 
 // ------------------------------------------------------------ frames
@@ -192,14 +205,52 @@ fn echo_request(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Frame6 {
 }
 
 fn tcp(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
+    tcp_seg(src, 40000, dst, dport, 0x02, b"")
+}
+
+/// A TCP segment with `flags` and `data`, its checksum right.
+fn tcp_seg(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let mut t = vec![0; 20];
-    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
     t[2..4].copy_from_slice(&dport.to_be_bytes());
     t[12] = 5 << 4;
-    t[13] = 0x02;
+    t[13] = flags;
+    t.extend_from_slice(data);
     let c = l4_checksum(&src, &dst, proto::TCP, &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     t
+}
+
+fn udp_dgram(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut u = vec![0; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&u16::try_from(8 + data.len()).expect("length").to_be_bytes());
+    u.extend_from_slice(data);
+    let c = l4_checksum(&src, &dst, proto::UDP, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// Whether a TCP or UDP segment's checksum verifies.
+fn l4_verifies(src: &[u8; 16], dst: &[u8; 16], next: u8, l4: &[u8]) -> bool {
+    let len = u32::try_from(l4.len()).expect("length");
+    fold(sum(src) + sum(dst) + (len >> 16) + (len & 0xffff) + u32::from(next) + sum(l4)) == 0xffff
+}
+
+/// The addresses of an IPv6 frame.
+fn addrs(f: &[u8]) -> ([u8; 16], [u8; 16]) {
+    (
+        f[22..38].try_into().expect("source"),
+        f[38..54].try_into().expect("destination"),
+    )
 }
 
 /// An extension header of type-agnostic layout: `next`, then eight bytes
@@ -243,14 +294,35 @@ fn provision(lb: &mut Lb) {
             .insert(Ipv6Key::new(a), ArpStats::default(), 0)
             .expect("ndp_stats");
     }
+    let mut backends = hash::<u32, BackendValue6>(lb, m::BACKENDS6);
+    let valid = backend_flags::VALID;
+    for (id, ip, flags) in [
+        (LOCAL_ID, POD6, valid | backend_flags::LOCAL),
+        (REMOTE_ID, POD6_REMOTE, valid),
+    ] {
+        backends
+            .insert(id, BackendValue6::new(ip, [0; 16], POD_PORT, flags), 0)
+            .expect("backends6");
+    }
+    for (at, id) in [(TABLE_AT, LOCAL_ID), (REMOTE_TABLE_AT, REMOTE_ID)] {
+        for slot in at..at + TABLE_LEN {
+            lb.h.maps_mut().maglev.set(slot, id, 0).expect("maglev");
+        }
+    }
     let mut services = hash::<ServiceKey6, ServiceValue>(lb, m::SERVICES6);
-    services
-        .insert(
-            ServiceKey6::new(VIP6, 80, proto::TCP),
-            ServiceValue::new(SERVICE_ID, 0, 0, 0, 0),
-            0,
-        )
-        .expect("services6");
+    for (port, p, at, id) in [
+        (80, proto::TCP, TABLE_AT, SERVICE_ID),
+        (80, proto::UDP, TABLE_AT, SERVICE_ID + 1),
+        (81, proto::TCP, REMOTE_TABLE_AT, SERVICE_ID + 2),
+    ] {
+        services
+            .insert(
+                ServiceKey6::new(VIP6, port, p),
+                ServiceValue::new(id, at, TABLE_LEN, 0, 0),
+                0,
+            )
+            .expect("services6");
+    }
 }
 
 fn ndp_stats(lb: &mut Lb, a: [u8; 16]) -> ArpStats {
@@ -544,7 +616,7 @@ fn ipv6_packets_to_a_vip_outside_the_written_policy_are_dropped_and_counted() {
         beyond.payload_len = Some(400);
         let mut last_hop = to_vip(CLIENT6);
         last_hop.hop_limit = 1;
-        let no_service = Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81));
+        let no_service = Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 82));
         for (what, f, r) in [
             ("fragment header", fragment, D::Fragment),
             (
@@ -572,7 +644,7 @@ fn ipv6_packets_to_a_vip_outside_the_written_policy_are_dropped_and_counted() {
         );
         let mut hbh_dst = with(0, ext(60, [1, 4, 0, 0, 0, 0]));
         hbh_dst.ext.extend(ext(proto::TCP, [1, 4, 0, 0, 0, 0]));
-        hbh_dst.l4 = tcp(CLIENT6, VIP6, 81);
+        hbh_dst.l4 = tcp(CLIENT6, VIP6, 82);
         lb.expect_untouched(
             "hop-by-hop then options: stepped over",
             &hbh_dst.build(),
@@ -631,5 +703,157 @@ fn without_lb_ingress6_in_its_slot_ipv6_passes_untouched() {
                 Want::C(C::PassIpv6Unserved),
             );
         }
+    });
+}
+
+// ------------------------------------------------------------ flows
+
+#[test]
+fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip() {
+    with_lb6(|lb| {
+        let syn = Frame6::new(
+            CLIENT6,
+            VIP6,
+            proto::TCP,
+            tcp_seg(CLIENT6, 40000, VIP6, 80, 0x02, b""),
+        );
+        let out = lb.expect("SYN", &syn.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(addrs(&out), (CLIENT6, POD6), "DNAT to the pod, client kept");
+        assert_eq!(&out[56..58], &POD_PORT.to_be_bytes(), "target port");
+        assert!(
+            l4_verifies(&CLIENT6, &POD6, proto::TCP, &out[54..]),
+            "TCP checksum"
+        );
+        let key = FlowKey::v6(CLIENT6, VIP6, 40000, 80, proto::TCP);
+        let ct = lb.conntrack(&key).expect("the flow's entry");
+        assert_eq!((ct.backend_id, ct.backend_ip), (LOCAL_ID, POD6));
+        assert_eq!(ct.state, tcp_state::SYN_SENT);
+
+        // The pod's SYN-ACK leaves from the VIP.
+        let synack = Frame6::new(
+            POD6,
+            CLIENT6,
+            proto::TCP,
+            tcp_seg(POD6, POD_PORT, CLIENT6, 40000, 0x12, b""),
+        );
+        let before = lb.counts();
+        let r = lb.run_egress(&synack.build());
+        let d = lb.counts().minus(&before);
+        assert_eq!(r.action, TC_NEXT);
+        assert_eq!(d.c(C::EgressReply), 1, "{d:?}");
+        assert_eq!(addrs(&r.out), (VIP6, CLIENT6), "from the VIP");
+        assert_eq!(
+            &r.out[54..56],
+            &80u16.to_be_bytes(),
+            "from the service port"
+        );
+        assert!(
+            l4_verifies(&VIP6, &CLIENT6, proto::TCP, &r.out[54..]),
+            "reply checksum"
+        );
+
+        let ack = Frame6::new(
+            CLIENT6,
+            VIP6,
+            proto::TCP,
+            tcp_seg(CLIENT6, 40000, VIP6, 80, 0x10, b"GET / HTTP/1.1\r\n\r\n"),
+        );
+        let out = lb.expect("ACK", &ack.build(), XDP_PASS, Want::C(C::LocalEstablished));
+        assert!(l4_verifies(&CLIENT6, &POD6, proto::TCP, &out[54..]));
+        let ct = lb.conntrack(&key).expect("the flow's entry");
+        assert_ne!(ct.state & tcp_state::ESTABLISHED, 0, "{:#x}", ct.state);
+
+        // A reply to another client port is no flow's: it leaves untouched.
+        let stray = Frame6::new(
+            POD6,
+            CLIENT6,
+            proto::TCP,
+            tcp_seg(POD6, POD_PORT, CLIENT6, 40001, 0x10, b""),
+        )
+        .build();
+        let r = lb.run_egress(&stray);
+        assert_eq!((r.action, &r.out), (TC_NEXT, &stray));
+
+        // UDP too, and each flow keeps its own entry.
+        let q = Frame6::new(
+            CLIENT6,
+            VIP6,
+            proto::UDP,
+            udp_dgram(CLIENT6, 5353, VIP6, 80, b"query"),
+        );
+        let out = lb.expect("UDP", &q.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(addrs(&out), (CLIENT6, POD6));
+        assert!(l4_verifies(&CLIENT6, &POD6, proto::UDP, &out[54..]));
+        let a = Frame6::new(
+            POD6,
+            CLIENT6,
+            proto::UDP,
+            udp_dgram(POD6, POD_PORT, CLIENT6, 5353, b"answer"),
+        );
+        let r = lb.run_egress(&a.build());
+        assert_eq!(addrs(&r.out), (VIP6, CLIENT6));
+        assert!(l4_verifies(&VIP6, &CLIENT6, proto::UDP, &r.out[54..]));
+        assert_eq!(lb.traffic(m::SERVICE_STATS, SERVICE_ID).0, 2, "SYN and ACK");
+        assert_eq!(
+            lb.traffic(m::SERVICE_STATS, SERVICE_ID + 1).0,
+            1,
+            "the query"
+        );
+        assert_eq!(lb.traffic(m::BACKEND_STATS, LOCAL_ID).0, 3);
+    });
+}
+
+#[test]
+fn ipv6_source_ranges_and_backends_on_other_nodes() {
+    with_lb6(|lb| {
+        // Restricted to the client's /128: others are refused before any state.
+        let mut ranges: LpmTrie<&mut MapData, SourceRangeData6, u32> = LpmTrie::try_from(
+            lb.h.ebpf_mut()
+                .map_mut(m::SRC_RANGES6)
+                .expect("src_ranges6"),
+        )
+        .expect("an LPM trie");
+        ranges
+            .insert(
+                &Key::new(32 + 128, SourceRangeData6::new(SERVICE_ID, CLIENT6)),
+                1,
+                0,
+            )
+            .expect("src_ranges6");
+        let mut services = hash::<ServiceKey6, ServiceValue>(lb, m::SERVICES6);
+        services
+            .insert(
+                ServiceKey6::new(VIP6, 80, proto::TCP),
+                ServiceValue::new(
+                    SERVICE_ID,
+                    TABLE_AT,
+                    TABLE_LEN,
+                    service_flags::SOURCE_RANGES,
+                    0,
+                ),
+                0,
+            )
+            .expect("services6");
+        let mut other = CLIENT6;
+        other[15] = 0x51;
+        lb.expect_untouched(
+            "a client outside the ranges",
+            &Frame6::new(other, VIP6, proto::TCP, tcp(other, VIP6, 80)).build(),
+            XDP_DROP,
+            Want::D(D::SourceRange),
+        );
+        lb.expect(
+            "the client in them",
+            &Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 80)).build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        // Another node's pod: not reached over IPv6 yet, and said so.
+        lb.expect_untouched(
+            "a remote IPv6 backend",
+            &Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81)).build(),
+            XDP_DROP,
+            Want::D(D::NoRoute),
+        );
     });
 }

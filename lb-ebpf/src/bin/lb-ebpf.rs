@@ -15,13 +15,19 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb_ebpf::{egress, sweep};
+use lb_ebpf::{egress, egress6, sweep};
 
 lb_ebpf::object_common!();
 
 #[classifier]
 pub fn lb_egress(ctx: TcContext) -> i32 {
     egress::process(&ctx)
+}
+
+/// Tail-called by `lb_egress` for IPv6 packets (never attached).
+#[classifier]
+pub fn lb_egress6(ctx: TcContext) -> i32 {
+    egress6::process(&ctx)
 }
 
 #[xdp]

@@ -39,7 +39,7 @@ use aya::{
 };
 use lb_common::{
     flow,
-    maps::{self, programs, xdp_slot},
+    maps::{self, programs, tc_slot, xdp_slot},
 };
 use tracing::{info, warn};
 
@@ -335,14 +335,23 @@ pub fn attach(
         .as_fd()
         .try_clone_to_owned()
         .context("duplicating flow_sweep's fd")?;
-    let ingress6: &mut Xdp = ebpf
-        .program_mut(programs::INGRESS6)
-        .context("lb_ingress6 missing from the object")?
+    for (name, _) in XDP_TAIL_CALLS {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
+            .with_context(|| format!("verifying {name}"))?;
+    }
+    let egress6: &mut SchedClassifier = ebpf
+        .program_mut(programs::EGRESS6)
+        .context("lb_egress6 missing from the object")?
         .try_into()?;
-    ingress6
+    egress6
         .load()
-        .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
-        .context("verifying lb_ingress6")?;
+        .map_err(|e| explain_load_error(e, ProgramType::SchedClassifier, EGRESS_HELPERS))
+        .context("verifying lb_egress6")?;
     fill_program_arrays(&mut ebpf)?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(programs::EGRESS)
@@ -386,29 +395,59 @@ pub fn attach(
     })
 }
 
-/// Puts the loaded programs that `lb_ingress` tail-calls into their slots
-/// of the program arrays (`xdp_programs`). Before the ingress program is
-/// attached or swapped into its link: until its slot is filled, IPv6 passes
-/// untouched. The arrays are pinned, so the programs in them keep serving
-/// after the agent exits; a restart puts its own in place, one slot update
-/// each (atomic for the packets).
+/// The XDP programs the ingress path tail-calls, by their slot of
+/// `xdp_programs`.
+const XDP_TAIL_CALLS: [(&str, u32); 2] = [
+    (programs::INGRESS6, xdp_slot::INGRESS6),
+    (programs::SERVICE6, xdp_slot::SERVICE6),
+];
+
+/// Puts the loaded programs that `lb_ingress`, `lb_ingress6` and `lb_egress`
+/// tail-call into their slots of `xdp_programs` and `tc_programs`. Before the ingress program is
+/// attached or swapped into its link: until its slot is filled, IPv6
+/// passes untouched. The array is pinned, so the programs in it keep
+/// serving after the agent exits; a restart puts its own in place, one
+/// slot update each (atomic for the packets).
 pub fn fill_program_arrays(ebpf: &mut Ebpf) -> Result<()> {
-    let ingress6: &Xdp = ebpf
-        .program(programs::INGRESS6)
-        .context("lb_ingress6 missing from the object")?
+    for (name, slot) in XDP_TAIL_CALLS {
+        let prog: &Xdp = ebpf
+            .program(name)
+            .with_context(|| format!("{name} missing from the object"))?
+            .try_into()?;
+        let fd = prog
+            .fd()
+            .with_context(|| format!("{name} is not loaded"))?
+            .try_clone()
+            .with_context(|| format!("duplicating {name}'s fd"))?;
+        let mut slots: ProgramArray<_> = ebpf
+            .map_mut(maps::XDP_PROGRAMS)
+            .context("xdp_programs missing from the object")?
+            .try_into()?;
+        slots
+            .set(slot, &fd, 0)
+            .with_context(|| format!("putting {name} into xdp_programs"))?;
+    }
+    // An object without `lb_egress` (the bench object) has nothing that
+    // calls into `tc_programs`.
+    if ebpf.program(programs::EGRESS).is_none() {
+        return Ok(());
+    }
+    let egress6: &SchedClassifier = ebpf
+        .program(programs::EGRESS6)
+        .context("lb_egress6 missing from the object")?
         .try_into()?;
-    let fd = ingress6
+    let fd = egress6
         .fd()
-        .context("lb_ingress6 is not loaded")?
+        .context("lb_egress6 is not loaded")?
         .try_clone()
-        .context("duplicating lb_ingress6's fd")?;
+        .context("duplicating lb_egress6's fd")?;
     let mut slots: ProgramArray<_> = ebpf
-        .map_mut(maps::XDP_PROGRAMS)
-        .context("xdp_programs missing from the object")?
+        .map_mut(maps::TC_PROGRAMS)
+        .context("tc_programs missing from the object")?
         .try_into()?;
     slots
-        .set(xdp_slot::INGRESS6, &fd, 0)
-        .context("putting lb_ingress6 into xdp_programs")?;
+        .set(tc_slot::EGRESS6, &fd, 0)
+        .context("putting lb_egress6 into tc_programs")?;
     Ok(())
 }
 
