@@ -468,6 +468,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
     };
     let node = Node {
         ip: topo.node(1).ip(),
+        ip6: None,
         ifindex: 2,
         mac: topo.node(1).mac().octets(),
         hash_seed: lb_common::hash::PUBLIC_SEED,

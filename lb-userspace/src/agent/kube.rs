@@ -438,10 +438,10 @@ impl KubeSource {
             })
             .collect();
         let owners = election::owners(&live, &candidates);
-        let announce: BTreeSet<Ipv4Addr> = owners
+        let announce: BTreeSet<std::net::IpAddr> = owners
             .iter()
             .filter(|(_, n)| **n == self.opts.node_name)
-            .map(|(vip, _)| *vip)
+            .map(|(vip, _)| std::net::IpAddr::V4(*vip))
             .collect();
         let gateways = crate::net::route::gateways().unwrap_or_else(|e| {
             warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");

@@ -271,6 +271,7 @@ impl MapOwner {
         })?;
         Ok(Node {
             ip,
+            ip6: file.node_ip6.or(self.iface.ipv6),
             ifindex: self.iface.index,
             mac: self.iface.mac,
             hash_seed: self.hash_seed,
@@ -278,10 +279,7 @@ impl MapOwner {
                 .iface
                 .ipv4
                 .zip(self.iface.ipv4_prefix_len)
-                .map(|(addr, prefix_len)| Cidr {
-                    addr: Ipv4Addr::from(u32::from(addr) & Cidr::mask(prefix_len)),
-                    prefix_len,
-                }),
+                .map(|(addr, prefix_len)| Cidr::v4(addr, prefix_len)),
         })
     }
 

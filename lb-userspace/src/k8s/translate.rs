@@ -47,7 +47,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
 
@@ -104,7 +104,12 @@ pub fn maglev_full_warnings(
                     s.table_size(t.file.maglev_table_size),
                     members,
                 );
-                let key = lb_common::ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
+                // The callback knows the IPv4 frontends' tables (a frontend
+                // it cannot name counts as lacking its table).
+                let std::net::IpAddr::V4(vip) = s.vip else {
+                    return true;
+                };
+                let key = lb_common::ServiceKey::new(vip.octets(), p.port, p.protocol.number());
                 current(&key) != Some(wanted)
             })
         })
@@ -204,7 +209,7 @@ pub struct Inputs<'a> {
     pub node_name: &'a str,
     pub class: &'a ClassFilter,
     /// VIPs this node has been elected to announce.
-    pub announce: &'a BTreeSet<Ipv4Addr>,
+    pub announce: &'a BTreeSet<IpAddr>,
     pub nat_ports: NatPorts,
     pub flow_timeouts: FlowTimeouts,
     /// Table size of the Services that set none (`--maglev-table-size`).
@@ -514,29 +519,22 @@ fn affinity(svc: &Service) -> SessionAffinity {
     SessionAffinity::ClientIp { timeout_s: timeout }
 }
 
-/// The IPv4 ranges of `loadBalancerSourceRanges`, and whether the list is
-/// set but holds none (IPv6 only): then no IPv4 client is allowed, where an
-/// empty list would allow all of them.
-fn source_ranges(svc: &Service) -> Result<(Vec<Cidr>, bool), String> {
+/// The ranges of `loadBalancerSourceRanges`, of both families: each VIP
+/// matches its clients against its own family's, and a list of the other
+/// family only denies every client of the VIP (`model::Service::source_ranges`).
+fn source_ranges(svc: &Service) -> Result<Vec<Cidr>, String> {
     let mut out = Vec::new();
-    let mut listed = false;
     for raw in svc
         .spec
         .iter()
         .flat_map(|s| s.load_balancer_source_ranges.iter().flatten())
     {
-        listed = true;
-        let raw = raw.trim();
-        if raw.contains(':') {
-            continue; // IPv6 ranges do not apply to IPv4 traffic.
-        }
         // Kubernetes accepts host bits in these; match on the network.
-        out.push(Cidr::parse_masked(raw)?);
+        out.push(Cidr::parse_masked(raw.trim())?);
     }
     out.sort_unstable();
     out.dedup();
-    let no_ipv4 = listed && out.is_empty();
-    Ok((out, no_ipv4))
+    Ok(out)
 }
 
 /// The Service's own Maglev table size, if its annotation gives a valid one.
@@ -602,7 +600,7 @@ fn model_name(r: &ServiceRef, vip: Ipv4Addr) -> String {
 struct Backends {
     serving: Vec<Backend>,
     draining: Vec<Backend>,
-    ports: BTreeMap<Ipv4Addr, Vec<ServicePort>>,
+    ports: BTreeMap<IpAddr, Vec<ServicePort>>,
     /// An endpoint that takes new flows runs on this node.
     has_local: bool,
 }
@@ -646,11 +644,11 @@ fn backends(
                 })
                 .collect();
             if !own.iter().copied().eq(ports.iter().map(|p| p.port)) {
-                out.ports.insert(ip, own);
+                out.ports.insert(ip.into(), own);
             }
             let b = Backend {
-                ip,
-                node_ip: *node_ip,
+                ip: ip.into(),
+                node_ip: (*node_ip).into(),
             };
             if takes_new {
                 out.serving.push(b);
@@ -750,7 +748,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         if vips.is_empty() {
             continue; // no address assigned yet
         }
-        let (ranges, no_ipv4_source_range) = match source_ranges(svc) {
+        let ranges = match source_ranges(svc) {
             Ok(r) => r,
             Err(e) => {
                 warnings.push(Warning {
@@ -787,11 +785,10 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
             }
             model.push(LbService {
                 name: model_name(&r, *vip),
-                vip: *vip,
+                vip: IpAddr::V4(*vip),
                 ports: ports.clone(),
                 session_affinity: affinity(svc),
                 source_ranges: ranges.clone(),
-                no_ipv4_source_range,
                 maglev_table_size: table_size,
                 backends: backends.serving.clone(),
                 draining: backends.draining.clone(),
@@ -811,9 +808,10 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
             has_local_endpoint: backends.has_local,
         });
     }
-    let vips: BTreeSet<Ipv4Addr> = model.iter().map(|s| s.vip).collect();
+    let vips: BTreeSet<IpAddr> = model.iter().map(|s| s.vip).collect();
     let file = NodeServices {
         node_ip: node_ips.get(inputs.node_name).copied(),
+        node_ip6: None,
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
         maglev_table_size: inputs.maglev_table_size,

@@ -79,7 +79,7 @@ fn run_sized(
     announce: &[&str],
     size: MaglevSize,
 ) -> Translation {
-    let announce: BTreeSet<Ipv4Addr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
+    let announce: BTreeSet<IpAddr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
     let ns = nodes();
     translate(&Inputs {
         services: &shared(services),
@@ -95,7 +95,11 @@ fn run_sized(
     })
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
     s.parse().expect("ip")
 }
 
@@ -114,7 +118,7 @@ fn ready_endpoints_named_target_port_and_node_ips() {
     )];
     let t = run(&svcs, &slices, "n1", &["192.168.50.200"]);
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
-    assert_eq!(t.file.node_ip, Some(ip("192.168.50.11")));
+    assert_eq!(t.file.node_ip, Some(ip4("192.168.50.11")));
     assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
     let s = &t.file.services[0];
     assert_eq!(s.vip, ip("192.168.50.200"));
@@ -311,6 +315,12 @@ fn affinity_and_source_ranges() {
             Cidr {
                 addr: ip("192.168.1.0"),
                 prefix_len: 24
+            },
+            // Kept: it matches no IPv4 client, but a list of IPv6 ranges
+            // only must still restrict (see `model::Service::source_ranges`).
+            Cidr {
+                addr: ip("fd00::"),
+                prefix_len: 8
             }
         ]
     );
@@ -424,7 +434,8 @@ fn named_port_resolves_per_slice() {
     assert_eq!(s.target_port(ip("10.42.2.2"), &s.ports[0]), Some(9090));
     // And each backend slot gets its own slice's number.
     let node = crate::plan::state::Node {
-        ip: ip("192.168.50.11"),
+        ip6: None,
+        ip: ip4("192.168.50.11"),
         ifindex: 1,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -437,10 +448,10 @@ fn named_port_resolves_per_slice() {
         &crate::plan::model::Limits::default(),
     )
     .expect("plan");
-    let slots: BTreeSet<(Ipv4Addr, u16)> = state
+    let slots: BTreeSet<(IpAddr, u16)> = state
         .backends
         .values()
-        .map(|b| (Ipv4Addr::from(b.ip), b.port))
+        .map(|b| (IpAddr::from(b.ip), b.port))
         .collect();
     assert_eq!(
         slots,
@@ -600,7 +611,8 @@ fn translation_plans_like_a_file() {
     )];
     let t = run(&svcs, &slices, "n1", &["192.168.50.200"]);
     let node = LbNode {
-        ip: ip("192.168.50.11"),
+        ip6: None,
+        ip: ip4("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -633,9 +645,9 @@ fn node_ips_are_internal_and_external_ipv4_addresses() {
     assert_eq!(
         got,
         BTreeMap::from([
-            (ip("192.168.50.11"), "n1".to_owned()),
-            (ip("192.168.50.13"), "n3".to_owned()),
-            (ip("203.0.113.13"), "n3".to_owned()),
+            (ip4("192.168.50.11"), "n1".to_owned()),
+            (ip4("192.168.50.13"), "n3".to_owned()),
+            (ip4("203.0.113.13"), "n3".to_owned()),
         ])
     );
 }
@@ -715,7 +727,7 @@ fn node_addresses_are_never_served_or_announced() {
         maglev_table_size: MaglevSize::DEFAULT,
         gateways: &BTreeMap::new(),
     });
-    let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
+    let served: Vec<IpAddr> = t.file.services.iter().map(|s| s.vip).collect();
     assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
     assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
     let warned: Vec<(&str, &str, &str)> = t
@@ -750,7 +762,8 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         ("empty", json!([]), false),
     ];
     let node = LbNode {
-        ip: ip("192.168.50.11"),
+        ip: ip4("192.168.50.11"),
+        ip6: None,
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -769,9 +782,22 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         )];
         let t = run(&[svc], &slices, "n1", &[]);
         let s = &t.file.services[0];
-        assert_eq!(s.no_ipv4_source_range, *denied, "{name}: model flag");
+        // Every range is kept, of both families: only those of the VIP's
+        // family match, but the others restrict.
+        let v4_ranges = s.source_ranges.iter().filter(|c| c.addr.is_ipv4()).count();
+        assert_eq!(
+            *denied,
+            !s.source_ranges.is_empty() && v4_ranges == 0,
+            "{name}: model ranges {:?}",
+            s.source_ranges
+        );
         if *denied {
-            assert!(s.source_ranges.is_empty(), "{name}: no IPv4 range");
+            assert!(
+                s.source_ranges
+                    .iter()
+                    .all(|c| matches!(c.addr, IpAddr::V6(_))),
+                "{name}: no IPv4 range"
+            );
         }
         let state = plan(
             &DataplaneState::default(),
@@ -784,7 +810,7 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         let restricted = v.flags & lb_common::service_flags::SOURCE_RANGES != 0;
         assert_eq!(
             restricted,
-            *denied || !s.source_ranges.is_empty(),
+            !s.source_ranges.is_empty(),
             "{name}: SOURCE_RANGES flag"
         );
         if *denied {
@@ -826,7 +852,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
     ];
     let announce = BTreeSet::from([ip("192.168.50.200"), ip("192.168.50.1")]);
     let gateways = BTreeMap::from([(
-        ip("192.168.50.1"),
+        ip4("192.168.50.1"),
         "the gateway of this node's default route (via eth0)".to_owned(),
     )]);
     let ns = nodes();
@@ -842,7 +868,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
         maglev_table_size: MaglevSize::DEFAULT,
         gateways: &gateways,
     });
-    let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
+    let served: Vec<IpAddr> = t.file.services.iter().map(|s| s.vip).collect();
     assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
     assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
     for svc in ["web", "router"] {
@@ -887,7 +913,8 @@ fn sized_service(
 fn plan_of(t: &Translation) -> crate::plan::state::DataplaneState {
     use crate::plan::state::{DataplaneState, Node as LbNode, plan};
     let node = LbNode {
-        ip: ip("192.168.50.11"),
+        ip6: None,
+        ip: ip4("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
