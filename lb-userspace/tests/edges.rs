@@ -5,6 +5,7 @@
 //! needs. Root and a real kernel.
 
 use std::{
+    collections::BTreeSet,
     net::Ipv4Addr,
     path::Path,
     process::Command,
@@ -16,6 +17,7 @@ use lb_userspace::{
     dataplane::loader,
     dataplane::maps::{Maps, PinDir},
     net::garp,
+    net::ndp,
     net::neigh,
     net::netdev::Interface,
 };
@@ -405,6 +407,138 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
     assert_eq!(arp.sender_protocol_addr(), vip.octets());
     assert_eq!(arp.target_hw_addr(), [0; 6]);
     assert_eq!(arp.target_protocol_addr(), vip.octets());
+}
+
+/// An unsolicited Neighbor Advertisement of an IPv6 VIP, as it leaves the
+/// interface: every field, and the ICMPv6 checksum recomputed independently.
+#[test]
+fn unsolicited_na_leaves_the_interface_with_every_field() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let vip: std::net::Ipv6Addr = "fd00:60::1:210".parse().expect("an IPv6 address");
+    let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
+    in_netns(node.ns(), || {
+        let iface = Interface::lookup("eth0").expect("eth0");
+        ndp::NdpSender::new(iface.index)
+            .expect("socket")
+            .advertise(iface.mac, vip)
+            .expect("send");
+    })
+    .expect("netns");
+    // The node's own IPv6 stack may send other ICMPv6 (router solicitations,
+    // MLD reports): only an advertisement whose target is the VIP is ours.
+    let frame = cap
+        .next_matching(Duration::from_secs(2), |f| {
+            f.data.len() >= ndp::NA_FRAME_LEN
+                && f.data[12..14] == [0x86, 0xdd]
+                && f.data[20] == 58
+                && f.data[54] == 136
+                && f.data[62..78] == vip.octets()
+        })
+        .expect("capture")
+        .expect("no Neighbor Advertisement seen on the LAN");
+    let mac = node.mac().octets();
+    assert_eq!(
+        frame.data[..ndp::NA_FRAME_LEN],
+        ndp::na_frame(mac, vip),
+        "unexpected frame on the wire"
+    );
+    let d = &frame.data;
+    assert_eq!(&d[0..6], &[0x33, 0x33, 0, 0, 0, 1], "to all nodes");
+    assert_eq!(&d[6..12], &mac, "from the node's own MAC");
+    assert_eq!(d[14] >> 4, 6, "IPv6");
+    assert_eq!(u16::from_be_bytes([d[18], d[19]]), 32, "payload length");
+    assert_eq!(d[21], 255, "hop limit");
+    assert_eq!(&d[22..38], &vip.octets(), "source: the VIP");
+    assert_eq!(&d[38..54], &ndp::ALL_NODES.octets(), "destination ff02::1");
+    assert_eq!((d[54], d[55]), (136, 0), "Neighbor Advertisement, code 0");
+    assert_eq!(d[58], 0x20, "Override set, Solicited and Router clear");
+    assert_eq!(&d[59..62], &[0, 0, 0], "reserved");
+    assert_eq!(&d[62..78], &vip.octets(), "target: the VIP");
+    assert_eq!(
+        &d[78..80],
+        &[2, 1],
+        "Target Link-Layer Address option, 8 bytes"
+    );
+    assert_eq!(&d[80..86], &mac, "the interface's MAC");
+    // The checksum, recomputed here from RFC 8200's pseudo-header.
+    let mut sum: u32 = 0;
+    let mut words = |b: &[u8]| {
+        for w in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+    };
+    words(&d[22..54]);
+    words(&[0, 0, 0, 32, 0, 0, 0, 58]);
+    words(&d[54..86]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "the ICMPv6 checksum does not verify");
+    let p = etherparse::SlicedPacket::from_ethernet(d).expect("parses as Ethernet");
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+        panic!("no ICMPv6: {:?}", p.transport);
+    };
+    let etherparse::Icmpv6Type::NeighborAdvertisement(na) = icmp.icmp_type() else {
+        panic!("not a Neighbor Advertisement: {:?}", icmp.icmp_type());
+    };
+    assert!(na.r#override && !na.solicited && !na.router);
+}
+
+/// `ip maddr` lists a VIP's solicited-node MAC while the VIP is announced,
+/// once however often it is joined, and not after; the kernel's own
+/// groups of the interface stay.
+#[test]
+fn solicited_node_membership_follows_the_announced_vips() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let vip: std::net::Ipv6Addr = "fd00:60::ab:cdef".parse().expect("an IPv6 address");
+    let mac = "33:33:ff:ab:cd:ef";
+    let maddr = || {
+        output(Command::new("ip").args([
+            "netns",
+            "exec",
+            node.ns().name(),
+            "ip",
+            "maddr",
+            "show",
+            "dev",
+            "eth0",
+        ]))
+    };
+    let before = maddr();
+    assert!(!before.contains(mac), "{before}");
+    let reconcile = |vips: &[std::net::Ipv6Addr]| {
+        in_netns(node.ns(), || {
+            let failed =
+                ndp::reconcile("eth0", &vips.iter().copied().collect()).expect("reconcile");
+            assert!(failed.is_empty(), "{failed:?}");
+            ndp::joined("eth0").expect("joined")
+        })
+        .expect("netns")
+    };
+    let joined = reconcile(&[vip]);
+    assert_eq!(joined, BTreeSet::from([ndp::solicited_node_mac(vip)]));
+    let during = maddr();
+    assert_eq!(during.matches(mac).count(), 1, "{during}");
+    // Again, as a restarted agent would: still one membership.
+    reconcile(&[vip]);
+    assert_eq!(maddr().matches(mac).count(), 1, "{}", maddr());
+    // The VIP goes: so does its group, and only it.
+    assert!(reconcile(&[]).is_empty());
+    let after = maddr();
+    assert!(!after.contains(mac), "{after}");
+    for line in before.lines().filter(|l| l.contains("link")) {
+        assert!(after.contains(line.trim()), "lost {line:?}: {after}");
+    }
 }
 
 /// The agent keeps the plan as its view of the maps after a successful write

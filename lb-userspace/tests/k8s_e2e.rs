@@ -299,11 +299,11 @@ fn wait_announcing_node(k: &K8s, name: &str, want: &str) {
 fn announces(s: &Snapshot, vip: Ipv4Addr) -> bool {
     s.vips
         .iter()
-        .any(|(ip, f)| *ip == vip.octets() && f & vip_flags::ANNOUNCE != 0)
+        .any(|(ip, f)| *ip == vip && f & vip_flags::ANNOUNCE != 0)
 }
 
 fn serves(s: &Snapshot, vip: Ipv4Addr) -> bool {
-    s.services.iter().any(|r| r.key.vip == vip.octets())
+    s.services.iter().any(|r| r.key.vip() == vip)
 }
 
 fn vip_addr(vip: Ipv4Addr) -> SocketAddr {
@@ -647,8 +647,8 @@ fn slot_state(s: &Snapshot, ip: Ipv4Addr) -> Option<u16> {
     use lb_common::backend_flags::{DRAINING, GONE};
     s.backends
         .iter()
-        .find(|b| b.value.ip == ip.octets())
-        .map(|b| b.value.flags & (DRAINING | GONE))
+        .find(|b| b.value.ip() == ip)
+        .map(|b| b.value.flags() & (DRAINING | GONE))
 }
 
 /// The must-show: a rolling replacement of a backend while 100
@@ -1508,7 +1508,7 @@ fn maglev_table_sizes_from_the_flag_and_the_annotation() {
     let slots = |s: &Snapshot, vip: Ipv4Addr| {
         s.services
             .iter()
-            .find(|r| r.key.vip == vip.octets())
+            .find(|r| r.key.vip() == vip)
             .map(|r| r.value.maglev_len)
     };
     let s = k.c.wait_for(1, "all three served", |s| {
@@ -1565,7 +1565,7 @@ fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
     let c_slots = s
         .services
         .iter()
-        .find(|r| r.key.vip == c_vip.octets())
+        .find(|r| r.key.vip() == c_vip)
         .map(|r| r.value.maglev_len);
     assert!(c_slots.is_none_or(|n| n == 0), "c has a table: {c_slots:?}");
     let a = k.answer_via(VIP);
@@ -1574,7 +1574,7 @@ fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
     k.c.wait_for(1, "c served with 1021 slots", |s| {
         s.services
             .iter()
-            .any(|r| r.key.vip == c_vip.octets() && r.value.maglev_len == 1021)
+            .any(|r| r.key.vip() == c_vip && r.value.maglev_len == 1021)
     });
 }
 
@@ -1593,10 +1593,10 @@ fn direct_return_reaches_pods_on_nodes_with_a_live_agent_with_the_client_address
         k.start_agent_with(i, &["--direct-return"]);
     }
     let direct_on = |s: &Snapshot, node: u8| {
-        let ip = k.c.topo.node(node).ip().octets();
+        let ip = k.c.topo.node(node).ip();
         s.backends
             .iter()
-            .any(|b| b.value.node_ip == ip && b.value.flags & DIRECT != 0)
+            .any(|b| b.value.node_ip() == ip && b.value.flags() & DIRECT != 0)
     };
     k.c.wait_for(owner, "announcing, the other nodes' pods direct", |s| {
         announces(s, VIP)
@@ -1641,10 +1641,10 @@ fn direct_return_reaches_pods_on_nodes_with_a_live_agent_with_the_client_address
 
 /// Whether node `node`'s pods are direct-return backends in `s`.
 fn direct_to(k: &K8s, s: &Snapshot, node: u8) -> bool {
-    let ip = k.c.topo.node(node).ip().octets();
+    let ip = k.c.topo.node(node).ip();
     s.backends
         .iter()
-        .any(|b| b.value.node_ip == ip && b.value.flags & lb_common::backend_flags::DIRECT != 0)
+        .any(|b| b.value.node_ip() == ip && b.value.flags() & lb_common::backend_flags::DIRECT != 0)
 }
 
 /// The nodes that run the test's pods: every node but the owner of [`VIP`].
@@ -1835,11 +1835,7 @@ fn direct_return_cluster(k: &K8s) -> u8 {
     }
     for i in 1..=3 {
         k.c.wait_for(i, "both services, election converged, pods direct", |s| {
-            s.services
-                .iter()
-                .filter(|r| r.key.vip == VIP.octets())
-                .count()
-                == 2
+            s.services.iter().filter(|r| r.key.vip() == VIP).count() == 2
                 && pods_in_use(s) == 2
                 && announces(s, VIP) == (i == owner)
                 && (i != owner || pods.iter().all(|n| direct_to(k, s, *n)))
@@ -2091,7 +2087,7 @@ impl Drop for Stopped {
 fn web_packets(s: &Snapshot) -> u64 {
     s.services
         .iter()
-        .filter(|r| r.key.vip == VIP.octets() && r.key.port == 80)
+        .filter(|r| r.key.vip() == VIP && r.key.port() == 80)
         .map(|r| r.traffic.packets)
         .sum()
 }

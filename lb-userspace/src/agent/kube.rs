@@ -30,7 +30,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -421,7 +421,7 @@ impl KubeSource {
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
             .map(|s| {
-                let vips = translate::ingress_ips(s);
+                let vips = translate::ingress_addrs(s);
                 let reach = vips
                     .first()
                     .map(|vip| {
@@ -438,10 +438,10 @@ impl KubeSource {
             })
             .collect();
         let owners = election::owners(&live, &candidates);
-        let announce: BTreeSet<std::net::IpAddr> = owners
+        let announce: BTreeSet<IpAddr> = owners
             .iter()
             .filter(|(_, n)| **n == self.opts.node_name)
-            .map(|(vip, _)| std::net::IpAddr::V4(*vip))
+            .map(|(vip, _)| *vip)
             .collect();
         let gateways = crate::net::route::gateways().unwrap_or_else(|e| {
             warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
@@ -482,7 +482,7 @@ impl KubeSource {
                 warnings.sort();
             }
         }
-        let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
+        let started: BTreeSet<IpAddr> = agent.announced().difference(&before).copied().collect();
         self.publish_events(agent, &services, &warnings, &started)
             .await;
         if applied.is_ok() {
@@ -496,7 +496,7 @@ impl KubeSource {
         &mut self,
         agent: &mut MapOwner,
         services: &[Arc<Service>],
-        owners: &BTreeMap<Ipv4Addr, String>,
+        owners: &BTreeMap<IpAddr, String>,
     ) {
         let me = self.opts.node_name.clone();
         let mut present = BTreeSet::new();
@@ -505,7 +505,7 @@ impl KubeSource {
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
         {
-            let Some(vip) = translate::ingress_ips(svc).first().copied() else {
+            let Some(vip) = translate::ingress_addrs(svc).first().copied() else {
                 continue;
             };
             let r = translate::reference(svc);
@@ -573,7 +573,7 @@ impl KubeSource {
         agent: &mut MapOwner,
         services: &[Arc<Service>],
         warnings: &[Warning],
-        started: &BTreeSet<Ipv4Addr>,
+        started: &BTreeSet<IpAddr>,
     ) {
         let by_ref: BTreeMap<ServiceRef, &Service> = services
             .iter()
@@ -606,7 +606,7 @@ impl KubeSource {
         // if they come back.
         self.warned.retain(|w| warnings.contains(w));
         for svc in services.iter().filter(|s| {
-            translate::ingress_ips(s)
+            translate::ingress_addrs(s)
                 .iter()
                 .any(|ip| started.contains(ip))
         }) {

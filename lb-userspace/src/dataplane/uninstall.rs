@@ -84,6 +84,9 @@ pub struct Removed {
     /// Map pins (and any other files) removed with the directory.
     pub files: Vec<String>,
     pub dir: PathBuf,
+    /// Solicited-node multicast groups of announced IPv6 VIPs the interface
+    /// was left to receive, which it no longer does.
+    pub multicast_left: usize,
 }
 
 /// What one run did, for every interface it found.
@@ -140,6 +143,13 @@ impl fmt::Display for Report {
                     f,
                     "  deleted the clsact egress filter running {}",
                     programs::EGRESS
+                )?;
+            }
+            if r.multicast_left > 0 {
+                writeln!(
+                    f,
+                    "  left {} solicited-node multicast groups of IPv6 VIPs",
+                    r.multicast_left
                 )?;
             }
             writeln!(
@@ -386,6 +396,17 @@ pub fn uninstall_interface(root: &Path, ifname: &str) -> Result<Option<Removed>>
     if !out.interface_missing {
         out.tc_filters = remove_clsact_egress(ifname)?;
         verify_tcx(ifname, &out.links)?;
+        // The agent's groups outlive it (a restarted agent takes them over);
+        // with the data path gone nothing answers for them.
+        let joined = crate::net::ndp::joined(ifname)?;
+        let failed = crate::net::ndp::reconcile(ifname, &std::collections::BTreeSet::new())?;
+        if !failed.is_empty() {
+            bail!(
+                "leaving the solicited-node multicast groups of {ifname}: {}",
+                failed.join("; ")
+            );
+        }
+        out.multicast_left = joined.len();
     }
     let mut files: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?

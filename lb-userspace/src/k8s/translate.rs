@@ -5,19 +5,23 @@
 //! Rules (kube-proxy's, where it has one):
 //! - Services of type `LoadBalancer` whose `loadBalancerClass` is ours, or
 //!   unset when [`ClassFilter::unclassed`] says so. Their VIPs are the IPv4
-//!   addresses in `status.loadBalancer.ingress` (assigned by the controller).
+//!   and IPv6 addresses in `status.loadBalancer.ingress` (assigned by the
+//!   controller); a dual-stack Service has one of each, and each becomes a
+//!   service of the model with the endpoints of its own family.
 //! - Ports: TCP and UDP; anything else gets a warning and is ignored. The
 //!   target port of an endpoint comes from its own `EndpointSlice` (which
 //!   names each port after the Service port and carries the number that
 //!   slice's pods resolved; pods of one Service may differ), else from an
 //!   integer `targetPort`. An endpoint whose slice cannot resolve a named
 //!   `targetPort` does not serve that port.
-//! - Endpoints: the `EndpointSlices` labelled `kubernetes.io/service-name`,
-//!   IPv4 only, first address of each endpoint. New flows go to the ready
-//!   ones; when none is ready, to the ones that are serving while
-//!   terminating. Every other endpoint (terminating, or not ready) drains:
-//!   flows already on it stay, none starts. Their node's `InternalIP` is the
-//!   next hop for remote ones.
+//! - Endpoints: the `EndpointSlices` labelled `kubernetes.io/service-name`
+//!   (`addressType` `IPv4` or `IPv6`), first address of each endpoint. New
+//!   flows go to the ready ones; when none is ready, to the ones that are
+//!   serving while terminating. Every other endpoint (terminating, or not
+//!   ready) drains: flows already on it stay, none starts. Their node's
+//!   `InternalIP` of the endpoint's family is the next hop for remote ones;
+//!   an IPv6 endpoint whose node has no IPv6 `InternalIP` is named by the
+//!   IPv4 one (local there, not reachable from other nodes).
 //! - `externalTrafficPolicy: Local`: only endpoints on this node, and the
 //!   fallback to serving-terminating ones is decided from this node's
 //!   endpoints alone (as kube-proxy does): a node whose local endpoints are
@@ -47,7 +51,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -64,6 +68,7 @@ use crate::plan::model::{
     Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, DirectReturn, FlowTimeouts, MaglevSize, NatPorts,
     NodeServices, Protocol, Service as LbService, ServicePort, SessionAffinity,
 };
+use crate::plan::state::AnyServiceKey;
 
 /// Annotation on a Service that sets its own Maglev table size (one of
 /// `lb_common::maps::MAGLEV_TABLE_SIZES`).
@@ -78,7 +83,7 @@ pub fn maglev_full_warnings(
     t: &Translation,
     node_name: &str,
     capacity: u32,
-    current: impl Fn(&lb_common::ServiceKey) -> Option<u32>,
+    current: impl Fn(&AnyServiceKey) -> Option<u32>,
 ) -> Vec<Warning> {
     let owners: BTreeMap<String, &ServiceRef> = t
         .services
@@ -104,12 +109,7 @@ pub fn maglev_full_warnings(
                     s.table_size(t.file.maglev_table_size),
                     members,
                 );
-                // The callback knows the IPv4 frontends' tables (a frontend
-                // it cannot name counts as lacking its table).
-                let std::net::IpAddr::V4(vip) = s.vip else {
-                    return true;
-                };
-                let key = lb_common::ServiceKey::new(vip.octets(), p.port, p.protocol.number());
+                let key = AnyServiceKey::new(s.vip, p.port, p.protocol.number());
                 current(&key) != Some(wanted)
             })
         })
@@ -165,7 +165,7 @@ pub struct Warning {
     pub message: String,
 }
 
-/// The IPv4 EndpointSlices of each Service (by the
+/// The IPv4 and IPv6 EndpointSlices of each Service (by the
 /// `kubernetes.io/service-name` label), grouped once per pass so looking up
 /// one Service's slices does not scan every slice in the cluster. Within a
 /// Service, slices keep the order they were given in (the first that lists
@@ -222,7 +222,7 @@ pub struct Inputs<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Translated {
     pub service: ServiceRef,
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub local_only: bool,
     /// Whether an endpoint that takes new flows runs on this node (under
@@ -237,8 +237,9 @@ pub struct Translation {
     pub warnings: Vec<Warning>,
 }
 
-/// The `InternalIP` (IPv4) of every node.
-pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
+/// The first `InternalIP` of every node that parses as a `T` (`Ipv4Addr`
+/// or `Ipv6Addr`).
+fn internal_ips<T: std::str::FromStr>(nodes: &[Node]) -> BTreeMap<String, T> {
     nodes
         .iter()
         .filter_map(|n| {
@@ -250,15 +251,25 @@ pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
                 .as_ref()?
                 .iter()
                 .filter(|a| a.type_ == "InternalIP")
-                .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+                .find_map(|a| a.address.parse::<T>().ok())?;
             Some((name, ip))
         })
         .collect()
 }
 
-/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
-/// that must never become a VIP.
-pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
+/// The `InternalIP` (IPv4) of every node.
+pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
+    internal_ips(nodes)
+}
+
+/// The IPv6 `InternalIP` of every node that has one (dual-stack or IPv6 clusters).
+pub fn node_addresses6(nodes: &[Node]) -> BTreeMap<String, Ipv6Addr> {
+    internal_ips(nodes)
+}
+
+/// Every `InternalIP` and `ExternalIP` of both families of every node, with
+/// the node's name: addresses that must never become a VIP.
+pub fn node_ips_all(nodes: &[Node]) -> BTreeMap<IpAddr, String> {
     let mut out = BTreeMap::new();
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
@@ -267,12 +278,24 @@ pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
             if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
                 continue;
             }
-            if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+            if let Ok(ip) = a.address.parse::<IpAddr>() {
                 out.entry(ip).or_insert_with(|| name.clone());
             }
         }
     }
     out
+}
+
+/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
+/// that must never become a VIP (the controller's IPv4 pools).
+pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
+    node_ips_all(nodes)
+        .into_iter()
+        .filter_map(|(ip, name)| match ip {
+            IpAddr::V4(a) => Some((a, name)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// True when the Node's `Ready` condition is `True`.
@@ -302,9 +325,22 @@ pub fn is_ours(svc: &Service, class: &ClassFilter) -> bool {
     }
 }
 
-/// IPv4 ingress addresses the controller wrote into the status.
+/// IPv4 ingress addresses the controller wrote into the status (the
+/// controller's view; the agent serves [`ingress_addrs`]).
 pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> = svc
+    ingress_addrs(svc)
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Ingress addresses of both families the controller wrote into the
+/// status, IPv4 first, each once.
+pub fn ingress_addrs(svc: &Service) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = svc
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
@@ -333,7 +369,7 @@ impl<'a> Endpoints<'a> {
 
     /// Every endpoint once (the first slice that lists an address wins),
     /// by address.
-    fn all(&self) -> BTreeMap<Ipv4Addr, Ep<'a>> {
+    fn all(&self) -> BTreeMap<IpAddr, Ep<'a>> {
         let mut out = BTreeMap::new();
         for slice in self.slices {
             for ep in &slice.endpoints {
@@ -352,8 +388,7 @@ impl<'a> Endpoints<'a> {
     /// drain, among those `keep` accepts: the fallback is decided over
     /// exactly that set (all of the Service's, or one node's).
     fn split(&self, keep: impl Fn(&Ep<'a>) -> bool) -> (Listed<'a>, Listed<'a>) {
-        let eps: Vec<(Ipv4Addr, Ep<'a>)> =
-            self.all().into_iter().filter(|(_, e)| keep(e)).collect();
+        let eps: Vec<(IpAddr, Ep<'a>)> = self.all().into_iter().filter(|(_, e)| keep(e)).collect();
         let any_ready = eps.iter().any(|(_, e)| e.use_ == Use::Ready);
         eps.into_iter()
             .partition(|(_, e)| e.use_ == Use::Ready || (!any_ready && e.use_ == Use::Fallback))
@@ -361,7 +396,7 @@ impl<'a> Endpoints<'a> {
 
     /// (address, node name) of the endpoints new flows may go to, decided
     /// over all of them.
-    fn usable(&self) -> Vec<(Ipv4Addr, Option<&'a str>)> {
+    fn usable(&self) -> Vec<(IpAddr, Option<&'a str>)> {
         self.split(|_| true)
             .0
             .into_iter()
@@ -371,7 +406,7 @@ impl<'a> Endpoints<'a> {
 }
 
 /// Endpoints by address.
-type Listed<'a> = Vec<(Ipv4Addr, Ep<'a>)>;
+type Listed<'a> = Vec<(IpAddr, Ep<'a>)>;
 
 #[derive(Clone, Copy, Debug)]
 struct Ep<'a> {
@@ -591,11 +626,11 @@ fn grown_message(configured: MaglevSize, grown: u32) -> String {
 }
 
 /// A name for the model: unique, stable, readable in logs.
-fn model_name(r: &ServiceRef, vip: Ipv4Addr) -> String {
+fn model_name(r: &ServiceRef, vip: IpAddr) -> String {
     format!("{}/{}@{vip}", r.namespace, r.name)
 }
 
-/// The endpoints of a service this node uses.
+/// The endpoints of a service this node uses, of both families.
 #[derive(Default)]
 struct Backends {
     serving: Vec<Backend>,
@@ -603,6 +638,55 @@ struct Backends {
     ports: BTreeMap<IpAddr, Vec<ServicePort>>,
     /// An endpoint that takes new flows runs on this node.
     has_local: bool,
+}
+
+impl Backends {
+    /// The backends of `vip`'s family: what its service of the model gets.
+    fn of_family(
+        &self,
+        vip: IpAddr,
+    ) -> (
+        Vec<Backend>,
+        Vec<Backend>,
+        BTreeMap<IpAddr, Vec<ServicePort>>,
+    ) {
+        let same = |b: &&Backend| b.ip.is_ipv6() == vip.is_ipv6();
+        (
+            self.serving.iter().filter(same).copied().collect(),
+            self.draining.iter().filter(same).copied().collect(),
+            self.ports
+                .iter()
+                .filter(|(ip, _)| ip.is_ipv6() == vip.is_ipv6())
+                .map(|(ip, p)| (*ip, p.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Node name -> its `InternalIP` of each family.
+struct NodeIps {
+    v4: BTreeMap<String, Ipv4Addr>,
+    v6: BTreeMap<String, Ipv6Addr>,
+}
+
+impl NodeIps {
+    fn of_nodes(nodes: &[Node]) -> Self {
+        Self {
+            v4: node_addresses(nodes),
+            v6: node_addresses6(nodes),
+        }
+    }
+
+    /// The address that names `node` as the node of an endpoint `ip`: its
+    /// `InternalIP` of `ip`'s family; for an IPv6 endpoint on a node without
+    /// an IPv6 one, its IPv4 one (see `model::Backend::node_ip`).
+    fn of(&self, node: &str, ip: IpAddr) -> Option<IpAddr> {
+        let v4 = self.v4.get(node).map(|a| IpAddr::V4(*a));
+        match ip {
+            IpAddr::V4(_) => v4,
+            IpAddr::V6(_) => self.v6.get(node).map(|a| IpAddr::V6(*a)).or(v4),
+        }
+    }
 }
 
 /// The backends of a service on this node. Under `Local` only this node's
@@ -614,7 +698,7 @@ fn backends(
     ports: &[PortSpec],
     node_name: &str,
     local_only: bool,
-    node_ips: &BTreeMap<String, Ipv4Addr>,
+    node_ips: &NodeIps,
     warnings: &mut Vec<Warning>,
 ) -> Backends {
     let (serving, draining) = eps.split(|e| !local_only || e.node == Some(node_name));
@@ -624,7 +708,7 @@ fn backends(
     };
     for (list, takes_new) in [(serving, true), (draining, false)] {
         for (ip, ep) in list {
-            let Some(node_ip) = ep.node.and_then(|n| node_ips.get(n)) else {
+            let Some(node_ip) = ep.node.and_then(|n| node_ips.of(n, ip)) else {
                 warnings.push(Warning {
                     service: r.clone(),
                     reason: "EndpointWithoutNode",
@@ -644,12 +728,9 @@ fn backends(
                 })
                 .collect();
             if !own.iter().copied().eq(ports.iter().map(|p| p.port)) {
-                out.ports.insert(ip.into(), own);
+                out.ports.insert(ip, own);
             }
-            let b = Backend {
-                ip: ip.into(),
-                node_ip: (*node_ip).into(),
-            };
+            let b = Backend { ip, node_ip };
             if takes_new {
                 out.serving.push(b);
             } else {
@@ -663,9 +744,9 @@ fn backends(
 /// Removes the ports an earlier Service already serves on one of `vips`.
 fn drop_taken_ports(
     r: &ServiceRef,
-    vips: &[Ipv4Addr],
+    vips: &[IpAddr],
     ports: &mut Vec<ServicePort>,
-    taken: &BTreeMap<(Ipv4Addr, u16, Protocol), ServiceRef>,
+    taken: &BTreeMap<(IpAddr, u16, Protocol), ServiceRef>,
     warnings: &mut Vec<Warning>,
 ) {
     for vip in vips {
@@ -675,8 +756,9 @@ fn drop_taken_ports(
                     service: r.clone(),
                     reason: "PortConflict",
                     message: format!(
-                        "{vip}:{}/{} is already served for {owner}; not serving it here",
-                        p.port, p.protocol
+                        "{}/{} is already served for {owner}; not serving it here",
+                        std::net::SocketAddr::new(*vip, p.port),
+                        p.protocol
                     ),
                 });
                 false
@@ -690,8 +772,8 @@ fn drop_taken_ports(
 /// one of this node's gateways, each with its warning.
 fn withhold_reserved(
     r: &ServiceRef,
-    vips: &mut Vec<Ipv4Addr>,
-    reserved: &BTreeMap<Ipv4Addr, String>,
+    vips: &mut Vec<IpAddr>,
+    reserved: &BTreeMap<IpAddr, String>,
     inputs: &Inputs<'_>,
     warnings: &mut Vec<Warning>,
 ) {
@@ -707,7 +789,11 @@ fn withhold_reserved(
             });
             false
         }
-        None => match inputs.gateways.get(vip) {
+        // The gateways are IPv4 routes' (`net::route`).
+        None => match match vip {
+            IpAddr::V4(a) => inputs.gateways.get(a),
+            IpAddr::V6(_) => None,
+        } {
             Some(what) => {
                 warnings.push(Warning {
                     service: r.clone(),
@@ -727,12 +813,12 @@ fn withhold_reserved(
 
 /// Translates the cluster state into this node's services model.
 pub fn translate(inputs: &Inputs<'_>) -> Translation {
-    let node_ips = node_addresses(inputs.nodes);
-    let reserved = self::node_ips(inputs.nodes);
+    let node_ips = NodeIps::of_nodes(inputs.nodes);
+    let reserved = node_ips_all(inputs.nodes);
     let mut warnings = Vec::new();
     let mut services = Vec::new();
     let mut model = Vec::new();
-    let mut taken: BTreeMap<(Ipv4Addr, u16, Protocol), ServiceRef> = BTreeMap::new();
+    let mut taken: BTreeMap<(IpAddr, u16, Protocol), ServiceRef> = BTreeMap::new();
 
     let mut ours: Vec<&Service> = inputs
         .services
@@ -743,7 +829,7 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     ours.sort_by_key(|s| service_ref(s));
     for svc in ours {
         let r = service_ref(svc);
-        let mut vips = ingress_ips(svc);
+        let mut vips = ingress_addrs(svc);
         withhold_reserved(&r, &mut vips, &reserved, inputs, &mut warnings);
         if vips.is_empty() {
             continue; // no address assigned yet
@@ -783,16 +869,18 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
             for p in &ports {
                 taken.insert((*vip, p.port, p.protocol), r.clone());
             }
+            // Each family's VIP gets its own family's endpoints.
+            let (serving, draining, backend_ports) = backends.of_family(*vip);
             model.push(LbService {
                 name: model_name(&r, *vip),
-                vip: IpAddr::V4(*vip),
+                vip: *vip,
                 ports: ports.clone(),
                 session_affinity: affinity(svc),
                 source_ranges: ranges.clone(),
                 maglev_table_size: table_size,
-                backends: backends.serving.clone(),
-                draining: backends.draining.clone(),
-                backend_ports: backends.ports.clone(),
+                backends: serving,
+                draining,
+                backend_ports,
             });
         }
         if let Some(w) = model
@@ -810,8 +898,8 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     }
     let vips: BTreeSet<IpAddr> = model.iter().map(|s| s.vip).collect();
     let file = NodeServices {
-        node_ip: node_ips.get(inputs.node_name).copied(),
-        node_ip6: None,
+        node_ip: node_ips.v4.get(inputs.node_name).copied(),
+        node_ip6: node_ips.v6.get(inputs.node_name).copied(),
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
         maglev_table_size: inputs.maglev_table_size,

@@ -187,24 +187,41 @@ impl AnyServiceKey {
     }
 }
 
-impl FrontendKey for AnyServiceKey {
-    fn vip(&self) -> IpAddr {
+impl AnyServiceKey {
+    /// The VIP, of either family.
+    pub fn vip(&self) -> IpAddr {
         match self {
-            Self::V4(k) => k.vip(),
-            Self::V6(k) => k.vip(),
+            Self::V4(k) => IpAddr::from(k.vip),
+            Self::V6(k) => IpAddr::from(k.vip),
         }
     }
-    fn port(&self) -> u16 {
+
+    /// Host order.
+    pub fn port(&self) -> u16 {
         match self {
             Self::V4(k) => k.port,
             Self::V6(k) => k.port,
         }
     }
-    fn proto(&self) -> u8 {
+
+    /// A `lb_common::proto` number.
+    pub fn proto(&self) -> u8 {
         match self {
             Self::V4(k) => k.proto,
             Self::V6(k) => k.proto,
         }
+    }
+}
+
+impl FrontendKey for AnyServiceKey {
+    fn vip(&self) -> IpAddr {
+        Self::vip(self)
+    }
+    fn port(&self) -> u16 {
+        Self::port(self)
+    }
+    fn proto(&self) -> u8 {
+        Self::proto(self)
     }
 }
 

@@ -1053,7 +1053,7 @@ fn a_full_maglev_array_names_the_services_whose_tables_wait() {
     let (a, a_slice) = sized_service("a", 201, None, 2);
     let (b, b_slice) = sized_service("b", 202, None, 2);
     let t = run(&[a, b], &[a_slice, b_slice], "n1", &[]);
-    let at = |vip: u8| move |k: &lb_common::ServiceKey| k.vip == [192, 168, 50, vip];
+    let at = |vip: u8| move |k: &AnyServiceKey| k.vip() == IpAddr::from([192, 168, 50, vip]);
     // The maps hold a's table only; b not at all.
     let w = maglev_full_warnings(&t, "n1", 2048, |k| at(201)(k).then_some(1021));
     assert_eq!(w.len(), 1, "{w:?}");
@@ -1071,4 +1071,195 @@ fn a_full_maglev_array_names_the_services_whose_tables_wait() {
     assert_eq!(w[0].service.name, "b");
     assert!(maglev_full_warnings(&t, "n1", 2048, |_| Some(1021)).is_empty());
     assert_eq!(maglev_full_warnings(&t, "n1", 2048, |_| None).len(), 2);
+}
+
+/// `n1` with an IPv4 and an IPv6 `InternalIP`, `n2` with an IPv4 one only.
+fn dual_stack_nodes() -> Vec<Node> {
+    let n1 = from(json!({
+        "metadata": { "name": "n1" },
+        "status": {
+            "addresses": [
+                { "type": "InternalIP", "address": "192.168.50.11" },
+                { "type": "InternalIP", "address": "fd00:50::11" }
+            ],
+            "conditions": [{ "type": "Ready", "status": "True" }]
+        }
+    }));
+    vec![n1, node("n2", "192.168.50.12")]
+}
+
+fn slice6(svc: &str, name: &str, port: i32, endpoints: Vec<Value>) -> EndpointSlice {
+    let mut s = slice(svc, name, port, endpoints);
+    s.address_type = "IPv6".into();
+    s
+}
+
+/// A dual-stack Service: one service of the model per family, each with the
+/// endpoints of its family; an IPv6 endpoint's node is named by its IPv6
+/// `InternalIP`, or by its IPv4 one where it has none.
+/// The dual-stack Service `web` with endpoints of both families, on n1.
+fn dual_stack_translation() -> Translation {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [
+            { "ip": "fd00:60::200" }, { "ip": "192.168.50.200" }
+        ] } } }),
+    );
+    let slices = [
+        slice(
+            "web",
+            "web-v4",
+            8080,
+            vec![
+                ep("10.42.1.2", "n1", true, true, false),
+                ep("10.42.2.2", "n2", true, true, false),
+            ],
+        ),
+        slice6(
+            "web",
+            "web-v6",
+            8080,
+            vec![
+                ep("fd00:42:1::2", "n1", true, true, false),
+                ep("fd00:42:2::2", "n2", true, true, false),
+                ep("fd00:42:1::3", "n1", false, false, true),
+            ],
+        ),
+    ];
+    let ns = dual_stack_nodes();
+    let announce = BTreeSet::from([ip("192.168.50.200"), ip("fd00:60::200")]);
+    translate(&Inputs {
+        services: &shared(&[svc]),
+        slices: &SliceIndex::new(&slices),
+        nodes: &ns,
+        node_name: "n1",
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
+        gateways: &BTreeMap::new(),
+    })
+}
+
+#[test]
+fn a_dual_stack_service_gives_one_service_per_family() {
+    let t = dual_stack_translation();
+    let announce = BTreeSet::from([ip("192.168.50.200"), ip("fd00:60::200")]);
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    assert_eq!(t.file.node_ip, Some(ip4("192.168.50.11")));
+    assert_eq!(t.file.node_ip6, Some("fd00:50::11".parse().unwrap()));
+    assert_eq!(t.file.announce, announce);
+    assert_eq!(
+        t.services[0].vips,
+        [ip("192.168.50.200"), ip("fd00:60::200")],
+        "IPv4 first"
+    );
+    let [v4, v6] = &t.file.services[..] else {
+        panic!("two services: {:?}", t.file.services);
+    };
+    assert_eq!(v4.vip, ip("192.168.50.200"));
+    assert_eq!(
+        v4.backends,
+        [
+            Backend {
+                ip: ip("10.42.1.2"),
+                node_ip: ip("192.168.50.11")
+            },
+            Backend {
+                ip: ip("10.42.2.2"),
+                node_ip: ip("192.168.50.12")
+            }
+        ]
+    );
+    assert!(v4.draining.is_empty());
+    assert_eq!(v6.vip, ip("fd00:60::200"));
+    assert_eq!(
+        v6.backends,
+        [
+            Backend {
+                ip: ip("fd00:42:1::2"),
+                node_ip: ip("fd00:50::11")
+            },
+            Backend {
+                ip: ip("fd00:42:2::2"),
+                node_ip: ip("192.168.50.12")
+            }
+        ]
+    );
+    assert_eq!(
+        v6.draining,
+        [Backend {
+            ip: ip("fd00:42:1::3"),
+            node_ip: ip("fd00:50::11")
+        }]
+    );
+    assert_ne!(v4.name, v6.name);
+}
+
+/// Planned on n1: the IPv6 pod there is local, the one on n2 has no IPv6
+/// next hop (all zero).
+#[test]
+fn a_dual_stack_service_plans_both_families() {
+    let t = dual_stack_translation();
+    let node = crate::plan::state::Node {
+        ip: ip4("192.168.50.11"),
+        ip6: t.file.node_ip6,
+        ifindex: 2,
+        mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
+    };
+    let state = crate::plan::state::plan(
+        &crate::plan::state::DataplaneState::default(),
+        &t.file,
+        &node,
+        &crate::plan::model::Limits::default(),
+    )
+    .expect("plan");
+    assert_eq!((state.services.len(), state.services6.len()), (1, 1));
+    let local = |b: &lb_common::BackendValue6| b.flags & lb_common::backend_flags::LOCAL != 0;
+    let by_ip = |a: &str| {
+        let want: std::net::Ipv6Addr = a.parse().unwrap();
+        *state
+            .backends6
+            .values()
+            .find(|b| b.ip == want.octets())
+            .expect("planned")
+    };
+    assert!(local(&by_ip("fd00:42:1::2")));
+    assert!(!local(&by_ip("fd00:42:2::2")));
+    assert_eq!(by_ip("fd00:42:2::2").node_ip, [0; 16]);
+}
+
+/// An IPv6 ingress address that is a node's IPv6 address is neither served
+/// nor announced, as for IPv4.
+#[test]
+fn an_ipv6_node_address_is_never_a_vip() {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "fd00:50::11" }] } } }),
+    );
+    let ns = dual_stack_nodes();
+    let announce = BTreeSet::from([ip("fd00:50::11")]);
+    let t = translate(&Inputs {
+        services: &shared(&[svc]),
+        slices: &SliceIndex::new(&[]),
+        nodes: &ns,
+        node_name: "n2",
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
+        gateways: &BTreeMap::new(),
+    });
+    assert!(t.file.services.is_empty() && t.file.announce.is_empty());
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w.reason == "NodeAddress" && w.message.contains("fd00:50::11")),
+        "{:?}",
+        t.warnings
+    );
 }

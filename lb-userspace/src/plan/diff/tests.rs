@@ -3,7 +3,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::*;
 use std::net::IpAddr;
 
-use crate::plan::model::FrontendKey as _;
 use crate::plan::state::{
     AnyServiceKey, BackendSlot, DataplaneState, PlanOptions, SrcRangeKey, SrcRangeKey6, plan,
     plan_with_options, replan,
