@@ -20,7 +20,7 @@ pub mod trim;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -177,13 +177,15 @@ fn stats_keys(maps: &Maps) -> BTreeSet<IpAddr> {
     v4.chain(v6).collect()
 }
 
-/// Node addresses of remote backends: the next hops XDP needs MACs for.
-fn remote_nodes(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
+/// Node addresses of remote backends of both families: the next hops XDP
+/// needs MACs for (an IPv6 backend without a node address has none).
+fn remote_nodes(state: &DataplaneState) -> BTreeSet<IpAddr> {
     state
-        .backends
-        .values()
-        .filter(|b| b.flags & backend_flags::VALID != 0 && b.flags & backend_flags::LOCAL == 0)
-        .map(|b| Ipv4Addr::from(b.node_ip))
+        .all_backends()
+        .map(|(_, b)| b)
+        .filter(|b| b.flags() & backend_flags::VALID != 0 && b.flags() & backend_flags::LOCAL == 0)
+        .map(|b| b.node_ip())
+        .filter(|ip| !ip.is_unspecified())
         .collect()
 }
 
@@ -212,7 +214,7 @@ pub struct MapOwner {
     /// was last made to receive (`None`: to be reconciled, at start or after
     /// a failure).
     multicast: Option<BTreeSet<Ipv6Addr>>,
-    neighbours: BTreeSet<Ipv4Addr>,
+    neighbours: BTreeSet<IpAddr>,
     /// VIPs with an `arp_stats` (IPv4) or `ndp_stats` (IPv6) entry.
     arp_stats: BTreeSet<IpAddr>,
     /// The `arp_stats` and `ndp_stats` maps were scanned for entries a
