@@ -789,6 +789,134 @@ fn agent_needs_exactly_the_daemonset_capabilities() {
     }
 }
 
+/// Replaces `path` (atomically, as the agent wants it) with a services file
+/// serving the IPv6 `vip` with a pod on the node `node_ip`, announced or not.
+fn write_services6(path: &Path, vip: std::net::Ipv6Addr, node_ip: Ipv4Addr, announce: bool) {
+    let text = format!(
+        "announce: [{}]
+services:
+  - name: web6
+    vip: \"{vip}\"
+    ports: [{{ port: 80, target_port: 8080 }}]
+    backends: [{{ ip: \"fd00:42::2\", node_ip: {node_ip} }}]
+",
+        if announce {
+            format!("\"{vip}\"")
+        } else {
+            String::new()
+        },
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("services file");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The agent on `node` serving `services`, its log in `dir/log`.
+fn spawn_agent6(
+    node: &onehop_testkit::topology::Node,
+    root: &Path,
+    dir: &Path,
+    services: &Path,
+    log: &str,
+) -> onehop_testkit::netns::ChildGuard {
+    let mut args = agent_args(node, root, dir);
+    let i = args
+        .iter()
+        .position(|a| a == "--services-file")
+        .expect("flag");
+    args[i + 1] = services.display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).expect("log file"));
+    onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent")
+}
+
+/// The agent announcing an IPv6 VIP from a services file: unsolicited
+/// Neighbor Advertisements on the LAN, the solicited-node group joined
+/// while it announces and left when it stops; a restart neither duplicates
+/// nor loses the membership, and `onehop cleanup` leaves it.
+#[test]
+fn the_agent_announces_an_ipv6_vip_and_receives_its_solicitations() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let root = PinRoot::unique("ndp-agent").expect("pin root");
+    let dir = std::env::temp_dir().join(format!("onehop-ndp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Not `services.yaml`: `agent_args` writes its own IPv4 file there.
+    let services = dir.join("services6.yaml");
+    let vip: std::net::Ipv6Addr = "fd00:60::ab:cdef".parse().expect("an IPv6 address");
+    write_services6(&services, vip, node.ip(), true);
+    let mac = "33:33:ff:ab:cd:ef";
+    let maddr = || {
+        output(Command::new("ip").args(["-n", node.ns().name(), "maddr", "show", "dev", "eth0"]))
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                maddr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
+    let agent = spawn_agent6(node, root.path(), &dir, &services, "agent1.log");
+    wait("the solicited-node group", &|| maddr().contains(mac));
+    let na = cap
+        .next_matching(Duration::from_secs(10), |f| {
+            f.data.len() >= ndp::NA_FRAME_LEN
+                && f.data[12..14] == [0x86, 0xdd]
+                && f.data[54] == 136
+                && f.data[62..78] == vip.octets()
+        })
+        .expect("capture")
+        .expect("no unsolicited Neighbor Advertisement for the VIP");
+    assert_eq!(
+        na.data[..ndp::NA_FRAME_LEN],
+        ndp::na_frame(node.mac().octets(), vip)
+    );
+    // A restarted agent takes the membership over: still exactly one.
+    drop(agent);
+    let agent = spawn_agent6(node, root.path(), &dir, &services, "agent2.log");
+    wait("the restarted agent", &|| {
+        std::fs::read_to_string(dir.join("agent2.log"))
+            .unwrap_or_default()
+            .contains("agent running")
+    });
+    assert_eq!(maddr().matches(mac).count(), 1, "{}", maddr());
+    // No longer announced: the group is left.
+    write_services6(&services, vip, node.ip(), false);
+    wait("the group to be left", &|| !maddr().contains(mac));
+    // Announced again, then cleaned up: left by cleanup.
+    write_services6(&services, vip, node.ip(), true);
+    wait("the group joined again", &|| maddr().contains(mac));
+    drop(agent);
+    let out = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args(["cleanup", "--interface", "eth0", "--bpffs-root"])
+        .arg(root.path())
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !maddr().contains(mac),
+        "cleanup left the group: {}",
+        maddr()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The mode bits and owner of `p`.
 fn mode_and_owner(p: &Path) -> (u32, u32) {
     use std::os::unix::fs::MetadataExt as _;

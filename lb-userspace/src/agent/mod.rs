@@ -454,8 +454,8 @@ impl MapOwner {
         self.writes_since_trim += ops.len();
         info!(
             writes = ops.len(),
-            services = self.current.services.len(),
-            backends = self.current.backends.len(),
+            services = self.current.services.len() + self.current.services6.len(),
+            backends = self.current.backends.len() + self.current.backends6.len(),
             "applied the services file"
         );
         let now = Instant::now();
@@ -753,8 +753,8 @@ impl MapOwner {
         let current = if dataplane.adopted {
             let state = reader::read(&maps).context("reading the pinned state")?;
             info!(
-                services = state.services.len(),
-                backends = state.backends.len(),
+                services = state.services.len() + state.services6.len(),
+                backends = state.backends.len() + state.backends6.len(),
                 "adopted pinned maps and links; established connections keep their backends"
             );
             state
