@@ -423,15 +423,17 @@ impl Ep<'_> {
     }
 }
 
-/// Nodes running an endpoint that takes new flows, decided over all of the
-/// Service's endpoints (the election needs them for
+/// Nodes running an endpoint of one family (`v6`) that takes new flows,
+/// decided over all of the Service's endpoints: the nodes that serve its
+/// addresses of that family (the election needs them for
 /// `externalTrafficPolicy: Local`; it prefers nodes with ready endpoints
 /// while there are any, even though a node left with terminating ones only
 /// still serves them).
-pub fn endpoint_nodes(svc: &ServiceRef, slices: &SliceIndex) -> BTreeSet<String> {
+pub fn endpoint_nodes_of(svc: &ServiceRef, slices: &SliceIndex, v6: bool) -> BTreeSet<String> {
     Endpoints::of(svc, slices)
         .usable()
         .into_iter()
+        .filter(|(ip, _)| ip.is_ipv6() == v6)
         .filter_map(|(_, node)| node.map(str::to_owned))
         .collect()
 }
