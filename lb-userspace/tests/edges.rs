@@ -833,6 +833,40 @@ fn spawn_agent6(
     onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent")
 }
 
+/// `onehop status -o json` on `node` lists the IPv6 `vip` (announced), its
+/// service and local backend, and the VIP's NDP counters.
+fn status_lists_ipv6(node: &onehop_testkit::topology::Node, root: &Path, vip: std::net::Ipv6Addr) {
+    let out = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args([
+            "status",
+            "--interface",
+            "eth0",
+            "-o",
+            "json",
+            "--bpffs-root",
+        ])
+        .arg(root)
+        .output()
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let vips = v["vips"].as_array().expect("vips");
+    assert!(
+        vips.iter()
+            .any(|x| x["ip"] == vip.to_string() && x["announced"] == true),
+        "{vips:?}"
+    );
+    assert_eq!(v["services"][0]["frontend"], format!("[{vip}]:80/TCP"));
+    assert_eq!(v["backends"][0]["ip"], "fd00:42::2");
+    assert_eq!(v["backends"][0]["location"], "local");
+    assert_eq!(v["ndp"]["addresses"][0]["ip"], vip.to_string());
+    assert_eq!(v["ndp"]["uncounted"], 0);
+}
+
 /// The agent announcing an IPv6 VIP from a services file: unsolicited
 /// Neighbor Advertisements on the LAN, the solicited-node group joined
 /// while it announces and left when it stops; a restart neither duplicates
@@ -892,6 +926,7 @@ fn the_agent_announces_an_ipv6_vip_and_receives_its_solicitations() {
             .contains("agent running")
     });
     assert_eq!(maddr().matches(mac).count(), 1, "{}", maddr());
+    status_lists_ipv6(node, root.path(), vip);
     // No longer announced: the group is left.
     write_services6(&services, vip, node.ip(), false);
     wait("the group to be left", &|| !maddr().contains(mac));
