@@ -141,13 +141,8 @@ impl FileSource {
         };
         // Read when the file is, so a file that names the router is caught however the
         // routes were when it was written.
-        match route::gateways() {
+        match route::all_gateways() {
             Ok(gateways) => {
-                // IPv4 routes only: an IPv6 router is not checked yet.
-                let gateways = gateways
-                    .into_iter()
-                    .map(|(ip, what)| (std::net::IpAddr::V4(ip), what))
-                    .collect();
                 for (vip, what) in file.withhold(&gateways) {
                     warn!(%vip, "{vip} is {what}; it is neither served nor announced (answering ARP for it would take the router's traffic)");
                 }

@@ -462,7 +462,7 @@ impl KubeSource {
             .filter(|(_, n)| **n == self.opts.node_name)
             .map(|(vip, _)| *vip)
             .collect();
-        let gateways = crate::net::route::gateways().unwrap_or_else(|e| {
+        let gateways = crate::net::route::all_gateways().unwrap_or_else(|e| {
             warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
             BTreeMap::new()
         });

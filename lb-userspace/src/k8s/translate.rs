@@ -214,8 +214,9 @@ pub struct Inputs<'a> {
     pub flow_timeouts: FlowTimeouts,
     /// Table size of the Services that set none (`--maglev-table-size`).
     pub maglev_table_size: MaglevSize,
-    /// This node's gateways (`net::route`), each with what it is the gateway of.
-    pub gateways: &'a BTreeMap<Ipv4Addr, String>,
+    /// This node's gateways of both families (`net::route`), each with what it is the
+    /// gateway of.
+    pub gateways: &'a BTreeMap<IpAddr, String>,
 }
 
 /// A Service this node should serve, before it becomes a [`LbService`].
@@ -791,11 +792,7 @@ fn withhold_reserved(
             });
             false
         }
-        // The gateways are IPv4 routes' (`net::route`).
-        None => match match vip {
-            IpAddr::V4(a) => inputs.gateways.get(a),
-            IpAddr::V6(_) => None,
-        } {
+        None => match inputs.gateways.get(vip) {
             Some(what) => {
                 warnings.push(Warning {
                     service: r.clone(),

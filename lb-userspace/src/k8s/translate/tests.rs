@@ -852,7 +852,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
     ];
     let announce = BTreeSet::from([ip("192.168.50.200"), ip("192.168.50.1")]);
     let gateways = BTreeMap::from([(
-        ip4("192.168.50.1"),
+        ip("192.168.50.1"),
         "the gateway of this node's default route (via eth0)".to_owned(),
     )]);
     let ns = nodes();
