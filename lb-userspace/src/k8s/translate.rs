@@ -387,18 +387,23 @@ impl<'a> Endpoints<'a> {
     /// The endpoints new flows may go to (ready ones, or the
     /// serving-terminating ones when none is ready) and the ones that only
     /// drain, among those `keep` accepts: the fallback is decided over
-    /// exactly that set (all of the Service's, or one node's).
-    fn split(&self, keep: impl Fn(&Ep<'a>) -> bool) -> (Listed<'a>, Listed<'a>) {
-        let eps: Vec<(IpAddr, Ep<'a>)> = self.all().into_iter().filter(|(_, e)| keep(e)).collect();
+    /// exactly that set (all of the Service's endpoints of one family, or
+    /// one node's; each family's addresses are served by their own).
+    fn split(&self, keep: impl Fn(&IpAddr, &Ep<'a>) -> bool) -> (Listed<'a>, Listed<'a>) {
+        let eps: Vec<(IpAddr, Ep<'a>)> = self
+            .all()
+            .into_iter()
+            .filter(|(ip, e)| keep(ip, e))
+            .collect();
         let any_ready = eps.iter().any(|(_, e)| e.use_ == Use::Ready);
         eps.into_iter()
             .partition(|(_, e)| e.use_ == Use::Ready || (!any_ready && e.use_ == Use::Fallback))
     }
 
-    /// (address, node name) of the endpoints new flows may go to, decided
-    /// over all of them.
-    fn usable(&self) -> Vec<(IpAddr, Option<&'a str>)> {
-        self.split(|_| true)
+    /// (address, node name) of the endpoints of one family (`v6`) new flows
+    /// may go to, decided over all of that family's.
+    fn usable(&self, v6: bool) -> Vec<(IpAddr, Option<&'a str>)> {
+        self.split(|ip, _| ip.is_ipv6() == v6)
             .0
             .into_iter()
             .map(|(ip, e)| (ip, e.node))
@@ -432,9 +437,8 @@ impl Ep<'_> {
 /// still serves them).
 pub fn endpoint_nodes_of(svc: &ServiceRef, slices: &SliceIndex, v6: bool) -> BTreeSet<String> {
     Endpoints::of(svc, slices)
-        .usable()
+        .usable(v6)
         .into_iter()
-        .filter(|(ip, _)| ip.is_ipv6() == v6)
         .filter_map(|(_, node)| node.map(str::to_owned))
         .collect()
 }
@@ -704,12 +708,15 @@ fn backends(
     node_ips: &NodeIps,
     warnings: &mut Vec<Warning>,
 ) -> Backends {
-    let (serving, draining) = eps.split(|e| !local_only || e.node == Some(node_name));
-    let mut out = Backends {
-        has_local: serving.iter().any(|(_, e)| e.node == Some(node_name)),
-        ..Backends::default()
-    };
-    for (list, takes_new) in [(serving, true), (draining, false)] {
+    let mut out = Backends::default();
+    let mut lists = Vec::new();
+    for v6 in [false, true] {
+        let (serving, draining) =
+            eps.split(|ip, e| ip.is_ipv6() == v6 && (!local_only || e.node == Some(node_name)));
+        out.has_local |= serving.iter().any(|(_, e)| e.node == Some(node_name));
+        lists.extend([(serving, true), (draining, false)]);
+    }
+    for (list, takes_new) in lists {
         for (ip, ep) in list {
             let Some(node_ip) = ep.node.and_then(|n| node_ips.of(n, ip)) else {
                 warnings.push(Warning {

@@ -1263,3 +1263,57 @@ fn an_ipv6_node_address_is_never_a_vip() {
         t.warnings
     );
 }
+
+/// Whether serving-terminating endpoints take new flows is decided per
+/// family: the IPv6 address falls back on its terminating endpoint while
+/// the IPv4 one has a ready endpoint of its own.
+#[test]
+fn the_fallback_to_terminating_endpoints_is_decided_per_family() {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [
+            { "ip": "192.168.50.200" }, { "ip": "fd00:60::200" }
+        ] } } }),
+    );
+    let slices = [
+        slice(
+            "web",
+            "web-v4",
+            8080,
+            vec![ep("10.42.2.2", "n2", true, true, false)],
+        ),
+        slice6(
+            "web",
+            "web-v6",
+            8080,
+            vec![ep("fd00:42:1::2", "n1", false, true, true)],
+        ),
+    ];
+    let ns = dual_stack_nodes();
+    let t = translate(&Inputs {
+        services: &shared(&[svc]),
+        slices: &SliceIndex::new(&slices),
+        nodes: &ns,
+        node_name: "n1",
+        class: &class(),
+        announce: &BTreeSet::new(),
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
+        gateways: &BTreeMap::new(),
+    });
+    let [v4, v6] = &t.file.services[..] else {
+        panic!("two services: {:?}", t.file.services);
+    };
+    assert_eq!(v4.backends.len(), 1);
+    assert_eq!(
+        v6.backends,
+        [Backend {
+            ip: ip("fd00:42:1::2"),
+            node_ip: ip("fd00:50::11")
+        }],
+        "no ready IPv6 endpoint: the serving-terminating one takes new flows"
+    );
+    assert!(v6.draining.is_empty());
+    assert!(t.services[0].has_local_endpoint);
+}
