@@ -568,6 +568,63 @@ fn elected_node_announces_serves_and_fails_over_within_two_seconds() {
     check_failover(&k, owner, &names);
 }
 
+/// A dual-stack Service: every agent serves both addresses, each with its
+/// own family's endpoints; each address is elected on its own, and the
+/// IPv6 address's owner (and only it) receives its solicited-node group.
+#[test]
+fn a_dual_stack_service_is_served_in_both_families_and_its_ipv6_address_announced() {
+    let k = K8s::new(2);
+    let vip6: std::net::Ipv6Addr = "fd00:60::200".parse().expect("an IPv6 address");
+    k.put_service(
+        "web",
+        VIP,
+        &json!({ "status": { "loadBalancer": { "ingress": [
+            { "ip": VIP.to_string() }, { "ip": vip6.to_string() }
+        ] } } }),
+    );
+    k.put_endpoints("web", &[1, 2]);
+    let mut six = k.endpoints("web", &[1, 2]);
+    six.metadata.name = Some("web-v6".into());
+    six.address_type = "IPv6".into();
+    for (i, ep) in six.endpoints.iter_mut().enumerate() {
+        ep.addresses = vec![format!("fd00:42::{}", i + 1)];
+    }
+    k.put(&six);
+    let names = k.node_names(2);
+    let owner6 =
+        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
+    for i in 1..=2 {
+        k.start_agent(i);
+    }
+    let group = "33:33:ff:00:02:00";
+    for i in 1..=2 {
+        k.c.wait_for(i, "both families served, the election converged", |s| {
+            let six = s
+                .services
+                .iter()
+                .any(|r| r.key.vip() == std::net::IpAddr::V6(vip6));
+            let announced6 = s
+                .vips
+                .iter()
+                .any(|(ip, f)| *ip == vip6 && f & vip_flags::ANNOUNCE != 0);
+            serves(s, VIP) && six && pods_in_use(s) == 4 && announced6 == (i == owner6)
+        });
+        let maddr = Command::new("ip")
+            .args([
+                "-n",
+                k.c.topo.node(i).ns().name(),
+                "maddr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .expect("ip maddr");
+        let maddr = String::from_utf8_lossy(&maddr.stdout);
+        assert_eq!(maddr.contains(group), i == owner6, "node{i}: {maddr}");
+    }
+}
+
 #[test]
 fn local_policy_announces_only_from_nodes_with_local_endpoints() {
     let k = K8s::new(3);
