@@ -574,6 +574,40 @@ fn a_maglev_array_pinned_without_mmap_is_written_by_batch_updates() {
     );
 }
 
+/// An IPv6 service of the read-back test with `pods`: its own maps, ids and
+/// slots shared with IPv4.
+fn six(pods: &str) -> String {
+    format!(
+        "  - name: web6
+    vip: \"fd00:60::200\"
+    ports: [{{ port: 80, target_port: 8080 }}]
+    session_affinity: ClientIP
+    source_ranges: [\"fd00:10::/32\", 10.0.0.0/8]
+    backends: [{pods}]
+"
+    )
+}
+
+/// The read-back test's services file: two IPv4 services (`extra` backends
+/// more for the first) and the IPv6 service `v6` (none when empty).
+fn readback_file(node_ip: Ipv4Addr, extra: &str, v6: &str) -> String {
+    format!(
+        "announce: [192.168.50.200{a6}]
+services:
+  - name: web
+    vip: 192.168.50.200
+    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 53, protocol: UDP }}]
+    session_affinity: ClientIP
+    source_ranges: [10.0.0.0/8]
+    backends: [{{ ip: 10.42.1.2, node_ip: {node_ip} }}, {{ ip: 10.42.2.2, node_ip: 192.168.50.12 }}{extra}]
+  - name: empty
+    vip: 192.168.50.201
+    ports: [{{ port: 443 }}]
+{v6}",
+        a6 = if v6.is_empty() { "" } else { ", \"fd00:60::200\"" },
+    )
+}
+
 /// Attaches under `root` (after `prepare` has seen the pin directory), then writes three
 /// successive plans, reading the maps back after each. Whether the `maglev` array could be
 /// written through a mapping.
@@ -584,7 +618,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
         dataplane::reader,
         dataplane::writer,
         plan::diff,
-        plan::state::{self, DataplaneState, Node},
+        plan::state::{self, DataplaneState, Node, PlanOptions},
         plan::{model::Limits, services_file},
     };
     let topo = Topology::builder()
@@ -602,41 +636,59 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
     };
     let node = Node {
         ip: topo.node(1).ip(),
-        ip6: None,
+        ip6: Some("fd00:50::11".parse().expect("an IPv6 address")),
         ifindex: 2,
         mac: topo.node(1).mac().octets(),
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
     };
-    let file = |extra: &str| {
-        let text = format!(
-            "announce: [192.168.50.200]
-services:
-  - name: web
-    vip: 192.168.50.200
-    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 53, protocol: UDP }}]
-    session_affinity: ClientIP
-    source_ranges: [10.0.0.0/8]
-    backends: [{{ ip: 10.42.1.2, node_ip: {n} }}, {{ ip: 10.42.2.2, node_ip: 192.168.50.12 }}{extra}]
-  - name: empty
-    vip: 192.168.50.201
-    ports: [{{ port: 443 }}]
-",
-            n = topo.node(1).ip()
-        );
-        services_file::parse(&text, &limits).expect("valid file")
+    let file = |extra: &str, v6: &str| {
+        services_file::parse(&readback_file(topo.node(1).ip(), extra, v6), &limits)
+            .expect("valid file")
     };
+    let one6 = "{ ip: \"fd00:42::2\", node_ip: \"fd00:50::11\" }";
+    let two6 = format!("{one6}, {{ ip: \"fd00:42::3\", node_ip: \"fd00:50::12\" }}");
+    let more = ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }";
+    let even_more =
+        ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }, { ip: 10.42.2.4, node_ip: 192.168.50.12 }";
     let mut current = DataplaneState::default();
-    for extra in ["", ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }", ""] {
-        let desired = state::plan(&current, &file(extra), &node, &limits).expect("plan");
+    let mut ever6 = std::collections::BTreeSet::new();
+    // The IPv6 service goes (its backends retire), its ids are released, and
+    // then taken by IPv4 backends: an id moves from backends6 to backends.
+    for (extra, v6, release) in [
+        ("", six(one6), false),
+        (more, six(&two6), false),
+        ("", six(&two6), false),
+        ("", String::new(), false),
+        ("", String::new(), true),
+        (even_more, String::new(), false),
+    ] {
+        let release: std::collections::BTreeSet<u32> = if release {
+            state::retired(&current).collect()
+        } else {
+            std::collections::BTreeSet::new()
+        };
+        let opts = PlanOptions {
+            reuse_tables: false,
+            release: &release,
+        };
+        let desired = state::plan_with_options(&current, &file(extra, &v6), &node, &limits, opts)
+            .expect("plan");
         writer::apply(&mut maps, &diff::diff(&current, &desired)).expect("write");
         assert_eq!(
             reader::read(&maps).expect("read back"),
             desired,
             "the maps differ from the plan"
         );
+        ever6.extend(desired.backends6.keys().copied());
         current = desired;
     }
+    assert!(current.backends6.is_empty() && current.services6.is_empty());
+    assert!(
+        current.backends.keys().any(|id| ever6.contains(id)),
+        "no released IPv6 id ({ever6:?}) taken by an IPv4 backend: {:?}",
+        current.backends.keys()
+    );
     Mapping::open(maps.maglev.map(), maps.maglev.len())
         .expect("maglev info")
         .is_some()
