@@ -336,7 +336,9 @@ enum Command {
     /// backendIds, affinitySeconds, sourceRanges, packets, bytes, counted},
     /// backends[] {id, ip, port, node, location, direct, state, packets,
     /// bytes, counted}, flows {conntrack, revNat, affinity, localEndpoints},
-    /// counters {label: n}, drops {label: n}.
+    /// counters {label: n}, drops {label: n}, arp {answering, heartbeatAgeMs,
+    /// holdMs, uncounted, addresses[]}, ndp {uncounted, addresses[]}. IPv6
+    /// addresses appear in vips, services and backends beside IPv4 ones.
     Status {
         #[command(flatten)]
         pins: Pins,

@@ -50,7 +50,7 @@ fn check_config(text: &str) -> (bool, String) {
 fn readme_example_validates() {
     let (ok, out) = check_config(&readme_services_example());
     assert!(ok, "the README's services file example is rejected:\n{out}");
-    assert!(out.contains("OK (1 services)"), "{out}");
+    assert!(out.contains("OK (2 services)"), "{out}");
 }
 
 #[test]

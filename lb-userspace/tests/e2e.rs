@@ -184,7 +184,7 @@ fn arp_spread_client_ip_remote_backends_ping_and_status() {
     let svc = s1
         .services
         .iter()
-        .find(|r| r.key.port == PORT)
+        .find(|r| r.key.port() == PORT)
         .expect("the TCP service");
     assert!(
         svc.traffic.packets >= 400 * 3,
@@ -623,7 +623,7 @@ fn a_killed_owner_stops_answering_arp_after_its_address_moves() {
         pods_in_use(s) == 4
             && s.vips
                 .iter()
-                .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+                .any(|(ip, f)| *ip == VIP && f & lb_common::vip_flags::ANNOUNCE != 0)
     });
     c.wait_for(2, "node2 serving", |s| pods_in_use(s) == 4);
     c.wait_sole_arp_answer(VIP, 1, Duration::from_secs(3));
@@ -634,7 +634,7 @@ fn a_killed_owner_stops_answering_arp_after_its_address_moves() {
     c.wait_for(2, "node2 announcing", |s| {
         s.vips
             .iter()
-            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+            .any(|(ip, f)| *ip == VIP && f & lb_common::vip_flags::ANNOUNCE != 0)
     });
     // The file source holds its heartbeat 1.2 s (or three polls).
     let waited = moved.elapsed();
@@ -679,7 +679,7 @@ fn a_node_without_carrier_withholds_its_announcements() {
     let announcing = |s: &Snapshot| {
         s.vips
             .iter()
-            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+            .any(|(ip, f)| *ip == VIP && f & lb_common::vip_flags::ANNOUNCE != 0)
     };
     c.wait_for(1, "node1 announcing", |s| {
         announcing(s) && pods_in_use(s) == 4
@@ -919,7 +919,7 @@ fn a_truncated_services_file_keeps_serving_and_only_an_explicit_empty_list_withd
     // 3. An explicit empty list is obeyed: the VIP is withdrawn.
     write_config(&c, 1, "services: []\n");
     c.wait_for(1, "no services", |s| {
-        s.services.is_empty() && s.vips.iter().all(|(ip, _)| *ip != VIP.octets())
+        s.services.is_empty() && s.vips.iter().all(|(ip, _)| *ip != VIP)
     });
     assert_eq!(
         c.topo
@@ -1707,12 +1707,12 @@ fn direct_return_remote_pods_see_the_client_and_answer_past_the_announcer() {
     write_config(&c, 1, &with_mode(1, true));
     write_config(&c, 2, &with_mode(2, true));
     let direct = |s: &Snapshot| s.config.flags & lb_common::config_flags::DIRECT_RETURN != 0;
-    let node2 = c.topo.node(2).ip().octets();
+    let node2 = c.topo.node(2).ip();
     c.wait_for(1, "direct return, node2's pods DIRECT", |s| {
-        let on_node2 = || s.backends.iter().filter(|b| b.value.node_ip == node2);
+        let on_node2 = || s.backends.iter().filter(|b| b.value.node_ip() == node2);
         direct(s)
             && on_node2().count() > 0
-            && on_node2().all(|b| b.value.flags & lb_common::backend_flags::DIRECT != 0)
+            && on_node2().all(|b| b.value.flags() & lb_common::backend_flags::DIRECT != 0)
     });
     c.wait_for(2, "direct return", direct);
     let before1 = c.snapshot(1).expect("node1 maps");
@@ -1824,7 +1824,7 @@ fn failover(direct: bool) -> Failover {
     c.wait_for(2, "node2 announcing", |s| {
         s.vips
             .iter()
-            .any(|(ip, f)| *ip == VIP.octets() && f & lb_common::vip_flags::ANNOUNCE != 0)
+            .any(|(ip, f)| *ip == VIP && f & lb_common::vip_flags::ANNOUNCE != 0)
     });
     let mut out = Failover {
         kept: 0,

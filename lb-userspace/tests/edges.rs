@@ -5,6 +5,7 @@
 //! needs. Root and a real kernel.
 
 use std::{
+    collections::BTreeSet,
     net::Ipv4Addr,
     path::Path,
     process::Command,
@@ -16,6 +17,7 @@ use lb_userspace::{
     dataplane::loader,
     dataplane::maps::{Maps, PinDir},
     net::garp,
+    net::ndp,
     net::neigh,
     net::netdev::Interface,
 };
@@ -407,6 +409,138 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
     assert_eq!(arp.target_protocol_addr(), vip.octets());
 }
 
+/// An unsolicited Neighbor Advertisement of an IPv6 VIP, as it leaves the
+/// interface: every field, and the ICMPv6 checksum recomputed independently.
+#[test]
+fn unsolicited_na_leaves_the_interface_with_every_field() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let vip: std::net::Ipv6Addr = "fd00:60::1:210".parse().expect("an IPv6 address");
+    let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
+    in_netns(node.ns(), || {
+        let iface = Interface::lookup("eth0").expect("eth0");
+        ndp::NdpSender::new(iface.index)
+            .expect("socket")
+            .advertise(iface.mac, vip)
+            .expect("send");
+    })
+    .expect("netns");
+    // The node's own IPv6 stack may send other ICMPv6 (router solicitations,
+    // MLD reports): only an advertisement whose target is the VIP is ours.
+    let frame = cap
+        .next_matching(Duration::from_secs(2), |f| {
+            f.data.len() >= ndp::NA_FRAME_LEN
+                && f.data[12..14] == [0x86, 0xdd]
+                && f.data[20] == 58
+                && f.data[54] == 136
+                && f.data[62..78] == vip.octets()
+        })
+        .expect("capture")
+        .expect("no Neighbor Advertisement seen on the LAN");
+    let mac = node.mac().octets();
+    assert_eq!(
+        frame.data[..ndp::NA_FRAME_LEN],
+        ndp::na_frame(mac, vip),
+        "unexpected frame on the wire"
+    );
+    let d = &frame.data;
+    assert_eq!(&d[0..6], &[0x33, 0x33, 0, 0, 0, 1], "to all nodes");
+    assert_eq!(&d[6..12], &mac, "from the node's own MAC");
+    assert_eq!(d[14] >> 4, 6, "IPv6");
+    assert_eq!(u16::from_be_bytes([d[18], d[19]]), 32, "payload length");
+    assert_eq!(d[21], 255, "hop limit");
+    assert_eq!(&d[22..38], &vip.octets(), "source: the VIP");
+    assert_eq!(&d[38..54], &ndp::ALL_NODES.octets(), "destination ff02::1");
+    assert_eq!((d[54], d[55]), (136, 0), "Neighbor Advertisement, code 0");
+    assert_eq!(d[58], 0x20, "Override set, Solicited and Router clear");
+    assert_eq!(&d[59..62], &[0, 0, 0], "reserved");
+    assert_eq!(&d[62..78], &vip.octets(), "target: the VIP");
+    assert_eq!(
+        &d[78..80],
+        &[2, 1],
+        "Target Link-Layer Address option, 8 bytes"
+    );
+    assert_eq!(&d[80..86], &mac, "the interface's MAC");
+    // The checksum, recomputed here from RFC 8200's pseudo-header.
+    let mut sum: u32 = 0;
+    let mut words = |b: &[u8]| {
+        for w in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+    };
+    words(&d[22..54]);
+    words(&[0, 0, 0, 32, 0, 0, 0, 58]);
+    words(&d[54..86]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "the ICMPv6 checksum does not verify");
+    let p = etherparse::SlicedPacket::from_ethernet(d).expect("parses as Ethernet");
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+        panic!("no ICMPv6: {:?}", p.transport);
+    };
+    let etherparse::Icmpv6Type::NeighborAdvertisement(na) = icmp.icmp_type() else {
+        panic!("not a Neighbor Advertisement: {:?}", icmp.icmp_type());
+    };
+    assert!(na.r#override && !na.solicited && !na.router);
+}
+
+/// `ip maddr` lists a VIP's solicited-node MAC while the VIP is announced,
+/// once however often it is joined, and not after; the kernel's own
+/// groups of the interface stay.
+#[test]
+fn solicited_node_membership_follows_the_announced_vips() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let vip: std::net::Ipv6Addr = "fd00:60::ab:cdef".parse().expect("an IPv6 address");
+    let mac = "33:33:ff:ab:cd:ef";
+    let maddr = || {
+        output(Command::new("ip").args([
+            "netns",
+            "exec",
+            node.ns().name(),
+            "ip",
+            "maddr",
+            "show",
+            "dev",
+            "eth0",
+        ]))
+    };
+    let before = maddr();
+    assert!(!before.contains(mac), "{before}");
+    let reconcile = |vips: &[std::net::Ipv6Addr]| {
+        in_netns(node.ns(), || {
+            let failed =
+                ndp::reconcile("eth0", &vips.iter().copied().collect()).expect("reconcile");
+            assert!(failed.is_empty(), "{failed:?}");
+            ndp::joined("eth0").expect("joined")
+        })
+        .expect("netns")
+    };
+    let joined = reconcile(&[vip]);
+    assert_eq!(joined, BTreeSet::from([ndp::solicited_node_mac(vip)]));
+    let during = maddr();
+    assert_eq!(during.matches(mac).count(), 1, "{during}");
+    // Again, as a restarted agent would: still one membership.
+    reconcile(&[vip]);
+    assert_eq!(maddr().matches(mac).count(), 1, "{}", maddr());
+    // The VIP goes: so does its group, and only it.
+    assert!(reconcile(&[]).is_empty());
+    let after = maddr();
+    assert!(!after.contains(mac), "{after}");
+    for line in before.lines().filter(|l| l.contains("link")) {
+        assert!(after.contains(line.trim()), "lost {line:?}: {after}");
+    }
+}
+
 /// The agent keeps the plan as its view of the maps after a successful write
 /// (no read-back); this holds only if writing a diff and reading the maps
 /// back gives exactly the plan — checked here on the real kernel, across a
@@ -440,6 +574,40 @@ fn a_maglev_array_pinned_without_mmap_is_written_by_batch_updates() {
     );
 }
 
+/// An IPv6 service of the read-back test with `pods`: its own maps, ids and
+/// slots shared with IPv4.
+fn six(pods: &str) -> String {
+    format!(
+        "  - name: web6
+    vip: \"fd00:60::200\"
+    ports: [{{ port: 80, target_port: 8080 }}]
+    session_affinity: ClientIP
+    source_ranges: [\"fd00:10::/32\", 10.0.0.0/8]
+    backends: [{pods}]
+"
+    )
+}
+
+/// The read-back test's services file: two IPv4 services (`extra` backends
+/// more for the first) and the IPv6 service `v6` (none when empty).
+fn readback_file(node_ip: Ipv4Addr, extra: &str, v6: &str) -> String {
+    format!(
+        "announce: [192.168.50.200{a6}]
+services:
+  - name: web
+    vip: 192.168.50.200
+    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 53, protocol: UDP }}]
+    session_affinity: ClientIP
+    source_ranges: [10.0.0.0/8]
+    backends: [{{ ip: 10.42.1.2, node_ip: {node_ip} }}, {{ ip: 10.42.2.2, node_ip: 192.168.50.12 }}{extra}]
+  - name: empty
+    vip: 192.168.50.201
+    ports: [{{ port: 443 }}]
+{v6}",
+        a6 = if v6.is_empty() { "" } else { ", \"fd00:60::200\"" },
+    )
+}
+
 /// Attaches under `root` (after `prepare` has seen the pin directory), then writes three
 /// successive plans, reading the maps back after each. Whether the `maglev` array could be
 /// written through a mapping.
@@ -450,7 +618,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
         dataplane::reader,
         dataplane::writer,
         plan::diff,
-        plan::state::{self, DataplaneState, Node},
+        plan::state::{self, DataplaneState, Node, PlanOptions},
         plan::{model::Limits, services_file},
     };
     let topo = Topology::builder()
@@ -468,40 +636,59 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
     };
     let node = Node {
         ip: topo.node(1).ip(),
+        ip6: Some("fd00:50::11".parse().expect("an IPv6 address")),
         ifindex: 2,
         mac: topo.node(1).mac().octets(),
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
     };
-    let file = |extra: &str| {
-        let text = format!(
-            "announce: [192.168.50.200]
-services:
-  - name: web
-    vip: 192.168.50.200
-    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 53, protocol: UDP }}]
-    session_affinity: ClientIP
-    source_ranges: [10.0.0.0/8]
-    backends: [{{ ip: 10.42.1.2, node_ip: {n} }}, {{ ip: 10.42.2.2, node_ip: 192.168.50.12 }}{extra}]
-  - name: empty
-    vip: 192.168.50.201
-    ports: [{{ port: 443 }}]
-",
-            n = topo.node(1).ip()
-        );
-        services_file::parse(&text, &limits).expect("valid file")
+    let file = |extra: &str, v6: &str| {
+        services_file::parse(&readback_file(topo.node(1).ip(), extra, v6), &limits)
+            .expect("valid file")
     };
+    let one6 = "{ ip: \"fd00:42::2\", node_ip: \"fd00:50::11\" }";
+    let two6 = format!("{one6}, {{ ip: \"fd00:42::3\", node_ip: \"fd00:50::12\" }}");
+    let more = ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }";
+    let even_more =
+        ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }, { ip: 10.42.2.4, node_ip: 192.168.50.12 }";
     let mut current = DataplaneState::default();
-    for extra in ["", ", { ip: 10.42.2.3, node_ip: 192.168.50.12 }", ""] {
-        let desired = state::plan(&current, &file(extra), &node, &limits).expect("plan");
+    let mut ever6 = std::collections::BTreeSet::new();
+    // The IPv6 service goes (its backends retire), its ids are released, and
+    // then taken by IPv4 backends: an id moves from backends6 to backends.
+    for (extra, v6, release) in [
+        ("", six(one6), false),
+        (more, six(&two6), false),
+        ("", six(&two6), false),
+        ("", String::new(), false),
+        ("", String::new(), true),
+        (even_more, String::new(), false),
+    ] {
+        let release: std::collections::BTreeSet<u32> = if release {
+            state::retired(&current).collect()
+        } else {
+            std::collections::BTreeSet::new()
+        };
+        let opts = PlanOptions {
+            reuse_tables: false,
+            release: &release,
+        };
+        let desired = state::plan_with_options(&current, &file(extra, &v6), &node, &limits, opts)
+            .expect("plan");
         writer::apply(&mut maps, &diff::diff(&current, &desired)).expect("write");
         assert_eq!(
             reader::read(&maps).expect("read back"),
             desired,
             "the maps differ from the plan"
         );
+        ever6.extend(desired.backends6.keys().copied());
         current = desired;
     }
+    assert!(current.backends6.is_empty() && current.services6.is_empty());
+    assert!(
+        current.backends.keys().any(|id| ever6.contains(id)),
+        "no released IPv6 id ({ever6:?}) taken by an IPv4 backend: {:?}",
+        current.backends.keys()
+    );
     Mapping::open(maps.maglev.map(), maps.maglev.len())
         .expect("maglev info")
         .is_some()
@@ -652,6 +839,169 @@ fn agent_needs_exactly_the_daemonset_capabilities() {
             log.lines().last().unwrap_or_default()
         );
     }
+}
+
+/// Replaces `path` (atomically, as the agent wants it) with a services file
+/// serving the IPv6 `vip` with a pod on the node `node_ip`, announced or not.
+fn write_services6(path: &Path, vip: std::net::Ipv6Addr, node_ip: Ipv4Addr, announce: bool) {
+    let text = format!(
+        "announce: [{}]
+services:
+  - name: web6
+    vip: \"{vip}\"
+    ports: [{{ port: 80, target_port: 8080 }}]
+    backends: [{{ ip: \"fd00:42::2\", node_ip: {node_ip} }}]
+",
+        if announce {
+            format!("\"{vip}\"")
+        } else {
+            String::new()
+        },
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("services file");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The agent on `node` serving `services`, its log in `dir/log`.
+fn spawn_agent6(
+    node: &onehop_testkit::topology::Node,
+    root: &Path,
+    dir: &Path,
+    services: &Path,
+    log: &str,
+) -> onehop_testkit::netns::ChildGuard {
+    let mut args = agent_args(node, root, dir);
+    let i = args
+        .iter()
+        .position(|a| a == "--services-file")
+        .expect("flag");
+    args[i + 1] = services.display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).expect("log file"));
+    onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent")
+}
+
+/// `onehop status -o json` on `node` lists the IPv6 `vip` (announced), its
+/// service and local backend, and the VIP's NDP counters.
+fn status_lists_ipv6(node: &onehop_testkit::topology::Node, root: &Path, vip: std::net::Ipv6Addr) {
+    let out = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args([
+            "status",
+            "--interface",
+            "eth0",
+            "-o",
+            "json",
+            "--bpffs-root",
+        ])
+        .arg(root)
+        .output()
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let vips = v["vips"].as_array().expect("vips");
+    assert!(
+        vips.iter()
+            .any(|x| x["ip"] == vip.to_string() && x["announced"] == true),
+        "{vips:?}"
+    );
+    assert_eq!(v["services"][0]["frontend"], format!("[{vip}]:80/TCP"));
+    assert_eq!(v["backends"][0]["ip"], "fd00:42::2");
+    assert_eq!(v["backends"][0]["location"], "local");
+    assert_eq!(v["ndp"]["addresses"][0]["ip"], vip.to_string());
+    assert_eq!(v["ndp"]["uncounted"], 0);
+}
+
+/// The agent announcing an IPv6 VIP from a services file: unsolicited
+/// Neighbor Advertisements on the LAN, the solicited-node group joined
+/// while it announces and left when it stops; a restart neither duplicates
+/// nor loses the membership, and `onehop cleanup` leaves it.
+#[test]
+fn the_agent_announces_an_ipv6_vip_and_receives_its_solicitations() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let root = PinRoot::unique("ndp-agent").expect("pin root");
+    let dir = std::env::temp_dir().join(format!("onehop-ndp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Not `services.yaml`: `agent_args` writes its own IPv4 file there.
+    let services = dir.join("services6.yaml");
+    let vip: std::net::Ipv6Addr = "fd00:60::ab:cdef".parse().expect("an IPv6 address");
+    write_services6(&services, vip, node.ip(), true);
+    let mac = "33:33:ff:ab:cd:ef";
+    let maddr = || {
+        output(Command::new("ip").args(["-n", node.ns().name(), "maddr", "show", "dev", "eth0"]))
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                maddr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
+    let agent = spawn_agent6(node, root.path(), &dir, &services, "agent1.log");
+    wait("the solicited-node group", &|| maddr().contains(mac));
+    let na = cap
+        .next_matching(Duration::from_secs(10), |f| {
+            f.data.len() >= ndp::NA_FRAME_LEN
+                && f.data[12..14] == [0x86, 0xdd]
+                && f.data[54] == 136
+                && f.data[62..78] == vip.octets()
+        })
+        .expect("capture")
+        .expect("no unsolicited Neighbor Advertisement for the VIP");
+    assert_eq!(
+        na.data[..ndp::NA_FRAME_LEN],
+        ndp::na_frame(node.mac().octets(), vip)
+    );
+    // A restarted agent takes the membership over: still exactly one.
+    drop(agent);
+    let agent = spawn_agent6(node, root.path(), &dir, &services, "agent2.log");
+    wait("the restarted agent", &|| {
+        std::fs::read_to_string(dir.join("agent2.log"))
+            .unwrap_or_default()
+            .contains("agent running")
+    });
+    assert_eq!(maddr().matches(mac).count(), 1, "{}", maddr());
+    status_lists_ipv6(node, root.path(), vip);
+    // No longer announced: the group is left.
+    write_services6(&services, vip, node.ip(), false);
+    wait("the group to be left", &|| !maddr().contains(mac));
+    // Announced again, then cleaned up: left by cleanup.
+    write_services6(&services, vip, node.ip(), true);
+    wait("the group joined again", &|| maddr().contains(mac));
+    drop(agent);
+    let out = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args(["cleanup", "--interface", "eth0", "--bpffs-root"])
+        .arg(root.path())
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !maddr().contains(mac),
+        "cleanup left the group: {}",
+        maddr()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The mode bits and owner of `p`.

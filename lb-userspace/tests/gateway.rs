@@ -41,10 +41,10 @@ fn the_nodes_gateway_is_neither_served_nor_announced() {
     c.spawn_agent(1, &["--services-file", &source], &[]);
     let s = c.wait_for(1, "the web service", |s| pods_in_use(s) == 1);
 
-    let vips: Vec<Ipv4Addr> = s.vips.iter().map(|(ip, _)| Ipv4Addr::from(*ip)).collect();
-    assert!(vips.contains(&VIP), "{vips:?}");
+    let vips: Vec<std::net::IpAddr> = s.vips.iter().map(|(ip, _)| *ip).collect();
+    assert!(vips.contains(&VIP.into()), "{vips:?}");
     assert!(
-        !vips.contains(&router),
+        !vips.contains(&router.into()),
         "the gateway {router} is in the maps: {vips:?}"
     );
     assert_eq!(s.services.len(), 1, "{:?}", s.services);

@@ -299,11 +299,11 @@ fn wait_announcing_node(k: &K8s, name: &str, want: &str) {
 fn announces(s: &Snapshot, vip: Ipv4Addr) -> bool {
     s.vips
         .iter()
-        .any(|(ip, f)| *ip == vip.octets() && f & vip_flags::ANNOUNCE != 0)
+        .any(|(ip, f)| *ip == vip && f & vip_flags::ANNOUNCE != 0)
 }
 
 fn serves(s: &Snapshot, vip: Ipv4Addr) -> bool {
-    s.services.iter().any(|r| r.key.vip == vip.octets())
+    s.services.iter().any(|r| r.key.vip() == vip)
 }
 
 fn vip_addr(vip: Ipv4Addr) -> SocketAddr {
@@ -568,6 +568,63 @@ fn elected_node_announces_serves_and_fails_over_within_two_seconds() {
     check_failover(&k, owner, &names);
 }
 
+/// A dual-stack Service: every agent serves both addresses, each with its
+/// own family's endpoints; each address is elected on its own, and the
+/// IPv6 address's owner (and only it) receives its solicited-node group.
+#[test]
+fn a_dual_stack_service_is_served_in_both_families_and_its_ipv6_address_announced() {
+    let k = K8s::new(2);
+    let vip6: std::net::Ipv6Addr = "fd00:60::200".parse().expect("an IPv6 address");
+    k.put_service(
+        "web",
+        VIP,
+        &json!({ "status": { "loadBalancer": { "ingress": [
+            { "ip": VIP.to_string() }, { "ip": vip6.to_string() }
+        ] } } }),
+    );
+    k.put_endpoints("web", &[1, 2]);
+    let mut six = k.endpoints("web", &[1, 2]);
+    six.metadata.name = Some("web-v6".into());
+    six.address_type = "IPv6".into();
+    for (i, ep) in six.endpoints.iter_mut().enumerate() {
+        ep.addresses = vec![format!("fd00:42::{}", i + 1)];
+    }
+    k.put(&six);
+    let names = k.node_names(2);
+    let owner6 =
+        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
+    for i in 1..=2 {
+        k.start_agent(i);
+    }
+    let group = "33:33:ff:00:02:00";
+    for i in 1..=2 {
+        k.c.wait_for(i, "both families served, the election converged", |s| {
+            let six = s
+                .services
+                .iter()
+                .any(|r| r.key.vip() == std::net::IpAddr::V6(vip6));
+            let announced6 = s
+                .vips
+                .iter()
+                .any(|(ip, f)| *ip == vip6 && f & vip_flags::ANNOUNCE != 0);
+            serves(s, VIP) && six && pods_in_use(s) == 4 && announced6 == (i == owner6)
+        });
+        let maddr = Command::new("ip")
+            .args([
+                "-n",
+                k.c.topo.node(i).ns().name(),
+                "maddr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .expect("ip maddr");
+        let maddr = String::from_utf8_lossy(&maddr.stdout);
+        assert_eq!(maddr.contains(group), i == owner6, "node{i}: {maddr}");
+    }
+}
+
 #[test]
 fn local_policy_announces_only_from_nodes_with_local_endpoints() {
     let k = K8s::new(3);
@@ -647,8 +704,8 @@ fn slot_state(s: &Snapshot, ip: Ipv4Addr) -> Option<u16> {
     use lb_common::backend_flags::{DRAINING, GONE};
     s.backends
         .iter()
-        .find(|b| b.value.ip == ip.octets())
-        .map(|b| b.value.flags & (DRAINING | GONE))
+        .find(|b| b.value.ip() == ip)
+        .map(|b| b.value.flags() & (DRAINING | GONE))
 }
 
 /// The must-show: a rolling replacement of a backend while 100
@@ -1508,7 +1565,7 @@ fn maglev_table_sizes_from_the_flag_and_the_annotation() {
     let slots = |s: &Snapshot, vip: Ipv4Addr| {
         s.services
             .iter()
-            .find(|r| r.key.vip == vip.octets())
+            .find(|r| r.key.vip() == vip)
             .map(|r| r.value.maglev_len)
     };
     let s = k.c.wait_for(1, "all three served", |s| {
@@ -1565,7 +1622,7 @@ fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
     let c_slots = s
         .services
         .iter()
-        .find(|r| r.key.vip == c_vip.octets())
+        .find(|r| r.key.vip() == c_vip)
         .map(|r| r.value.maglev_len);
     assert!(c_slots.is_none_or(|n| n == 0), "c has a table: {c_slots:?}");
     let a = k.answer_via(VIP);
@@ -1574,7 +1631,7 @@ fn a_full_maglev_array_is_an_event_on_the_service_left_out() {
     k.c.wait_for(1, "c served with 1021 slots", |s| {
         s.services
             .iter()
-            .any(|r| r.key.vip == c_vip.octets() && r.value.maglev_len == 1021)
+            .any(|r| r.key.vip() == c_vip && r.value.maglev_len == 1021)
     });
 }
 
@@ -1593,10 +1650,10 @@ fn direct_return_reaches_pods_on_nodes_with_a_live_agent_with_the_client_address
         k.start_agent_with(i, &["--direct-return"]);
     }
     let direct_on = |s: &Snapshot, node: u8| {
-        let ip = k.c.topo.node(node).ip().octets();
+        let ip = k.c.topo.node(node).ip();
         s.backends
             .iter()
-            .any(|b| b.value.node_ip == ip && b.value.flags & DIRECT != 0)
+            .any(|b| b.value.node_ip() == ip && b.value.flags() & DIRECT != 0)
     };
     k.c.wait_for(owner, "announcing, the other nodes' pods direct", |s| {
         announces(s, VIP)
@@ -1641,10 +1698,10 @@ fn direct_return_reaches_pods_on_nodes_with_a_live_agent_with_the_client_address
 
 /// Whether node `node`'s pods are direct-return backends in `s`.
 fn direct_to(k: &K8s, s: &Snapshot, node: u8) -> bool {
-    let ip = k.c.topo.node(node).ip().octets();
+    let ip = k.c.topo.node(node).ip();
     s.backends
         .iter()
-        .any(|b| b.value.node_ip == ip && b.value.flags & lb_common::backend_flags::DIRECT != 0)
+        .any(|b| b.value.node_ip() == ip && b.value.flags() & lb_common::backend_flags::DIRECT != 0)
 }
 
 /// The nodes that run the test's pods: every node but the owner of [`VIP`].
@@ -1835,11 +1892,7 @@ fn direct_return_cluster(k: &K8s) -> u8 {
     }
     for i in 1..=3 {
         k.c.wait_for(i, "both services, election converged, pods direct", |s| {
-            s.services
-                .iter()
-                .filter(|r| r.key.vip == VIP.octets())
-                .count()
-                == 2
+            s.services.iter().filter(|r| r.key.vip() == VIP).count() == 2
                 && pods_in_use(s) == 2
                 && announces(s, VIP) == (i == owner)
                 && (i != owner || pods.iter().all(|n| direct_to(k, s, *n)))
@@ -2091,7 +2144,7 @@ impl Drop for Stopped {
 fn web_packets(s: &Snapshot) -> u64 {
     s.services
         .iter()
-        .filter(|r| r.key.vip == VIP.octets() && r.key.port == 80)
+        .filter(|r| r.key.vip() == VIP && r.key.port() == 80)
         .map(|r| r.traffic.packets)
         .sum()
 }

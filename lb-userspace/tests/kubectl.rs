@@ -179,8 +179,8 @@ impl World {
                     let announced = s
                         .vips
                         .iter()
-                        .any(|(ip, f)| *ip == ADDRESS.octets() && f & vip_flags::ANNOUNCE != 0);
-                    s.services.iter().any(|r| r.key.vip == ADDRESS.octets())
+                        .any(|(ip, f)| *ip == ADDRESS && f & vip_flags::ANNOUNCE != 0);
+                    s.services.iter().any(|r| r.key.vip() == ADDRESS)
                         && pods_in_use(s) == 2
                         && announced == (i == owner)
                 });

@@ -23,7 +23,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use k8s_openapi::api::core::v1::Node;
@@ -60,7 +60,7 @@ pub struct Reach {
 /// from. `pools` come from [`parse_pools`]; `interfaces` maps node names to
 /// the interface their agent serves.
 pub fn reach(
-    vip: Ipv4Addr,
+    vip: IpAddr,
     service_labels: &BTreeMap<String, String>,
     pools: &[(&IPAddressPool, Pool)],
     ads: &[L2Advertisement],
@@ -74,7 +74,14 @@ pub fn reach(
         allowed: Some(BTreeSet::new()),
         preferred: BTreeSet::new(),
     };
-    let Some((pool, _)) = pools.iter().find(|(_, q)| q.contains(vip)) else {
+    // The pools are IPv4 ranges (`k8s::pool`): no pool covers an IPv6 VIP,
+    // so where advertisements exist it is announced by no node until the
+    // pools know IPv6 ranges.
+    let covers = |q: &Pool| match vip {
+        IpAddr::V4(a) => q.contains(a),
+        IpAddr::V6(_) => false,
+    };
+    let Some((pool, _)) = pools.iter().find(|(_, q)| covers(q)) else {
         return out;
     };
     let pool_name = pool.name_any();
@@ -121,6 +128,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn pool(name: &str, addresses: &[&str], labels: &serde_json::Value) -> IPAddressPool {
         serde_json::from_value(json!({
@@ -155,7 +163,15 @@ mod tests {
             .iter()
             .map(|n| (n.name_any(), "eth0".to_owned()))
             .collect();
-        reach(vip, &BTreeMap::new(), &parse_pools(pools), ads, nodes, &ifs).allowed
+        reach(
+            vip.into(),
+            &BTreeMap::new(),
+            &parse_pools(pools),
+            ads,
+            nodes,
+            &ifs,
+        )
+        .allowed
     }
 
     fn names(v: &[&str]) -> BTreeSet<String> {
@@ -236,7 +252,7 @@ mod tests {
             .collect();
         let allowed = |spec: &serde_json::Value| {
             reach(
-                vip,
+                vip.into(),
                 &BTreeMap::new(),
                 &parse_pools(&pools),
                 &[ad(spec)],
@@ -300,7 +316,15 @@ mod tests {
             })),
         ];
         let allowed = |svc: &serde_json::Value| {
-            reach(vip, &labels(svc), &parse_pools(&pools), &ads, &nodes, &ifs).allowed
+            reach(
+                vip.into(),
+                &labels(svc),
+                &parse_pools(&pools),
+                &ads,
+                &nodes,
+                &ifs,
+            )
+            .allowed
         };
         assert_eq!(allowed(&json!({ "app": "web" })), Some(names(&["n1"])));
         assert_eq!(allowed(&json!({ "app": "db" })), Some(names(&["n2"])));
@@ -314,7 +338,7 @@ mod tests {
         )];
         assert_eq!(
             reach(
-                vip,
+                vip.into(),
                 &labels(&json!({ "app": "web" })),
                 &parse_pools(&pools),
                 &bad,
@@ -345,7 +369,7 @@ mod tests {
             "preferredNodeSelectors": [{ "matchLabels": { "fast": "yes" } }]
         }))];
         let r = reach(
-            vip,
+            vip.into(),
             &BTreeMap::new(),
             &parse_pools(&pools),
             &ads,
@@ -360,7 +384,7 @@ mod tests {
         );
         let plain = [ad(&json!({}))];
         let r = reach(
-            vip,
+            vip.into(),
             &BTreeMap::new(),
             &parse_pools(&pools),
             &plain,

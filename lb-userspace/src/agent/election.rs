@@ -11,13 +11,17 @@
 //! service on that VIP (if no node runs one for all of them, any node with
 //! one of them will do, so the VIP still answers).
 //!
+//! IPv4 and IPv6 VIPs are elected alike (`node # vip` with the address as
+//! written, so an IPv4 VIP's owner is what it always was); a dual-stack
+//! Service's two VIPs are two elections and may land on different nodes.
+//!
 //! When an advertisement prefers some of the eligible nodes
 //! (`preferredNodeSelectors`), the hash runs over those alone; the others
 //! take over only when no preferred node is eligible.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use crate::plan::maglev::stable_hash;
@@ -26,13 +30,18 @@ use crate::plan::maglev::stable_hash;
 const SEED: u64 = 0x6f6e_6568_6f70_4c32; // "onehopL2"
 
 /// The weight of `node` for `vip`; the highest wins.
-pub fn score(node: &str, vip: Ipv4Addr) -> u64 {
+pub fn score(node: &str, vip: impl Into<IpAddr>) -> u64 {
+    let vip: IpAddr = vip.into();
     stable_hash(SEED, format!("{node}#{vip}").as_bytes())
 }
 
 /// The winner among `eligible` (ties, astronomically unlikely, go to the
 /// smaller name so the answer stays deterministic).
-pub fn owner<'a>(vip: Ipv4Addr, eligible: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn owner<'a>(
+    vip: impl Into<IpAddr>,
+    eligible: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let vip: IpAddr = vip.into();
     eligible
         .into_iter()
         .max_by(|a, b| score(a, vip).cmp(&score(b, vip)).then_with(|| b.cmp(a)))
@@ -41,7 +50,7 @@ pub fn owner<'a>(vip: Ipv4Addr, eligible: impl IntoIterator<Item = &'a str>) -> 
 /// What the election needs to know about one Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub local_only: bool,
     /// Nodes running a usable endpoint of the service.
@@ -53,8 +62,8 @@ pub struct Candidate {
 }
 
 /// The owner of every VIP, given the nodes that are live and ready.
-pub fn owners(live: &BTreeSet<String>, services: &[Candidate]) -> BTreeMap<Ipv4Addr, String> {
-    let mut per_vip: BTreeMap<Ipv4Addr, Vec<&Candidate>> = BTreeMap::new();
+pub fn owners(live: &BTreeSet<String>, services: &[Candidate]) -> BTreeMap<IpAddr, String> {
+    let mut per_vip: BTreeMap<IpAddr, Vec<&Candidate>> = BTreeMap::new();
     for c in services {
         for vip in &c.vips {
             per_vip.entry(*vip).or_default().push(c);
@@ -104,7 +113,7 @@ pub fn announced_by(
     node: &str,
     live: &BTreeSet<String>,
     services: &[Candidate],
-) -> BTreeSet<Ipv4Addr> {
+) -> BTreeSet<IpAddr> {
     owners(live, services)
         .into_iter()
         .filter(|(_, n)| n == node)
@@ -115,13 +124,14 @@ pub fn announced_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn names(n: usize) -> BTreeSet<String> {
         (1..=n).map(|i| format!("node{i}")).collect()
     }
 
-    fn vip(i: u32) -> Ipv4Addr {
-        Ipv4Addr::from(0xc0a8_3200 + i)
+    fn vip(i: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0xc0a8_3200 + i))
     }
 
     fn cluster(vips: u32) -> Vec<Candidate> {
@@ -179,6 +189,36 @@ mod tests {
         for (n, c) in per {
             assert!((850..=1150).contains(&c), "{n} owns {c} of 4000 VIPs");
         }
+    }
+
+    /// IPv6 VIPs are elected like IPv4 ones: one owner each, the same on
+    /// every node, spread over the nodes; the two VIPs of a dual-stack
+    /// Service are two elections.
+    #[test]
+    fn ipv6_vips_have_one_owner_each() {
+        let live = names(3);
+        let v6 = |i: u16| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, i));
+        let dual: Vec<Candidate> = (0..300)
+            .map(|i| Candidate {
+                vips: vec![vip(u32::from(i)), v6(i)],
+                ..cluster(1)[0].clone()
+            })
+            .collect();
+        let o = owners(&live, &dual);
+        assert_eq!(o.len(), 600);
+        for i in 0..300 {
+            assert_eq!(
+                o[&v6(i)],
+                owner(v6(i), live.iter().map(String::as_str)).unwrap()
+            );
+        }
+        for n in &live {
+            let c = (0..300).filter(|&i| o[&v6(i)] == *n).count();
+            assert!((60..=140).contains(&c), "{n} owns {c} of 300 IPv6 VIPs");
+        }
+        // The IPv4 half is elected as it always was.
+        let v4_only = owners(&live, &cluster(300));
+        assert!(v4_only.iter().all(|(v, n)| o[v] == *n));
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl FileSource {
         };
         // Read when the file is, so a file that names the router is caught however the
         // routes were when it was written.
-        match route::gateways() {
+        match route::all_gateways() {
             Ok(gateways) => {
                 for (vip, what) in file.withhold(&gateways) {
                     warn!(%vip, "{vip} is {what}; it is neither served nor announced (answering ARP for it would take the router's traffic)");

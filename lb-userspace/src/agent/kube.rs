@@ -30,7 +30,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -203,6 +203,36 @@ fn direct_peers(on: bool, nodes: &[Node], live: &BTreeSet<String>) -> DirectRetu
             .map(|(_, ip)| ip)
             .collect(),
     )
+}
+
+/// The election's candidates of one Service: one per address family it has
+/// addresses of, each with the nodes its advertisement allows for the
+/// family's first address (`reach`) and, for `externalTrafficPolicy:
+/// Local`, the nodes running a usable endpoint of that family: a dual-stack
+/// Service's addresses are elected apart, each by the pods that serve it.
+fn candidates_of(
+    svc: &Service,
+    slices: &translate::SliceIndex,
+    reach: impl Fn(IpAddr) -> advert::Reach,
+) -> Vec<Candidate> {
+    let all = translate::ingress_addrs(svc);
+    let r = translate::reference(svc);
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        let vips: Vec<IpAddr> = all.iter().copied().filter(|v| v.is_ipv6() == v6).collect();
+        let Some(first) = vips.first() else {
+            continue;
+        };
+        let reach = reach(*first);
+        out.push(Candidate {
+            allowed_nodes: reach.allowed,
+            preferred_nodes: reach.preferred,
+            vips,
+            local_only: translate::local_policy(svc),
+            endpoint_nodes: translate::endpoint_nodes_of(&r, slices, v6),
+        });
+    }
+    out
 }
 
 /// The heartbeat hold for a Lease of `lease_duration` renewed every
@@ -417,33 +447,22 @@ impl KubeSource {
         let live = self.live_nodes(&nodes, now);
         let interfaces = lease_interfaces(&self.stores.leases.state());
         let parsed_pools = advert::parse_pools(&pools);
-        let candidates: Vec<Candidate> = services
+        let mut candidates = Vec::new();
+        for s in services
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
-            .map(|s| {
-                let vips = translate::ingress_ips(s);
-                let reach = vips
-                    .first()
-                    .map(|vip| {
-                        advert::reach(*vip, s.labels(), &parsed_pools, &ads, &nodes, &interfaces)
-                    })
-                    .unwrap_or_default();
-                Candidate {
-                    allowed_nodes: reach.allowed,
-                    preferred_nodes: reach.preferred,
-                    vips,
-                    local_only: translate::local_policy(s),
-                    endpoint_nodes: translate::endpoint_nodes(&translate::reference(s), &slices),
-                }
-            })
-            .collect();
+        {
+            let reach =
+                |vip| advert::reach(vip, s.labels(), &parsed_pools, &ads, &nodes, &interfaces);
+            candidates.extend(candidates_of(s, &slices, reach));
+        }
         let owners = election::owners(&live, &candidates);
-        let announce: BTreeSet<Ipv4Addr> = owners
+        let announce: BTreeSet<IpAddr> = owners
             .iter()
             .filter(|(_, n)| **n == self.opts.node_name)
             .map(|(vip, _)| *vip)
             .collect();
-        let gateways = crate::net::route::gateways().unwrap_or_else(|e| {
+        let gateways = crate::net::route::all_gateways().unwrap_or_else(|e| {
             warn!(error = %format!("{e:#}"), "cannot read this node's routes; gateways are not withheld");
             BTreeMap::new()
         });
@@ -482,7 +501,7 @@ impl KubeSource {
                 warnings.sort();
             }
         }
-        let started: BTreeSet<Ipv4Addr> = agent.announced().difference(&before).copied().collect();
+        let started: BTreeSet<IpAddr> = agent.announced().difference(&before).copied().collect();
         self.publish_events(agent, &services, &warnings, &started)
             .await;
         if applied.is_ok() {
@@ -496,7 +515,7 @@ impl KubeSource {
         &mut self,
         agent: &mut MapOwner,
         services: &[Arc<Service>],
-        owners: &BTreeMap<Ipv4Addr, String>,
+        owners: &BTreeMap<IpAddr, String>,
     ) {
         let me = self.opts.node_name.clone();
         let mut present = BTreeSet::new();
@@ -505,7 +524,7 @@ impl KubeSource {
             .iter()
             .filter(|s| translate::is_ours(s, &self.opts.class))
         {
-            let Some(vip) = translate::ingress_ips(svc).first().copied() else {
+            let Some(vip) = translate::ingress_addrs(svc).first().copied() else {
                 continue;
             };
             let r = translate::reference(svc);
@@ -573,7 +592,7 @@ impl KubeSource {
         agent: &mut MapOwner,
         services: &[Arc<Service>],
         warnings: &[Warning],
-        started: &BTreeSet<Ipv4Addr>,
+        started: &BTreeSet<IpAddr>,
     ) {
         let by_ref: BTreeMap<ServiceRef, &Service> = services
             .iter()
@@ -606,7 +625,7 @@ impl KubeSource {
         // if they come back.
         self.warned.retain(|w| warnings.contains(w));
         for svc in services.iter().filter(|s| {
-            translate::ingress_ips(s)
+            translate::ingress_addrs(s)
                 .iter()
                 .any(|ip| started.contains(ip))
         }) {
@@ -737,6 +756,52 @@ pub async fn run(dataplane: agent::Options, opts: Options, config: kube::Config)
 mod tests {
     use super::*;
     use k8s_openapi::api::coordination::v1::LeaseSpec;
+
+    /// A dual-stack Service is two candidates, one per family, each with the
+    /// nodes of its own family's endpoints and its own address's reach.
+    #[test]
+    fn a_dual_stack_service_is_one_candidate_per_family() {
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "namespace": "default", "name": "web" },
+            "spec": { "type": "LoadBalancer", "externalTrafficPolicy": "Local" },
+            "status": { "loadBalancer": { "ingress": [
+                { "ip": "fd00:60::1" }, { "ip": "192.168.50.200" }
+            ] } }
+        }))
+        .expect("a Service");
+        let slice = |family: &str, ip: &str, node: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "namespace": "default", "name": format!("web-{family}"),
+                              "labels": { translate::SERVICE_NAME_LABEL: "web" } },
+                "addressType": family,
+                "endpoints": [{ "addresses": [ip], "nodeName": node }]
+            }))
+            .expect("an EndpointSlice")
+        };
+        let slices = translate::SliceIndex::new(&[
+            slice("IPv4", "10.42.1.2", "n1"),
+            slice("IPv6", "fd00:42::2", "n2"),
+        ]);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let c = candidates_of(&svc, &slices, |vip| {
+            asked.borrow_mut().push(vip);
+            advert::Reach::default()
+        });
+        let v4: IpAddr = "192.168.50.200".parse().unwrap();
+        let v6: IpAddr = "fd00:60::1".parse().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].vips, [v4]);
+        assert_eq!(c[0].endpoint_nodes, BTreeSet::from(["n1".to_owned()]));
+        assert_eq!(c[1].vips, [v6]);
+        assert_eq!(c[1].endpoint_nodes, BTreeSet::from(["n2".to_owned()]));
+        assert!(c.iter().all(|c| c.local_only));
+        assert_eq!(
+            *asked.borrow(),
+            [v4, v6],
+            "each family's reach from its own address"
+        );
+    }
 
     fn lease(holder: &str, rv: &str) -> Arc<Lease> {
         let mut l = Lease::default();

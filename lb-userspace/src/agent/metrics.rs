@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -58,13 +58,14 @@ pub struct Health {
     pub link_usable: AtomicBool,
     /// What the agent did about each service VIP since it started; only
     /// VIPs the maps hold are kept, so the series stay bounded by them.
-    pub vip_events: Mutex<BTreeMap<Ipv4Addr, VipEvents>>,
+    pub vip_events: Mutex<BTreeMap<IpAddr, VipEvents>>,
 }
 
 /// Agent-side announcement events of one VIP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipEvents {
-    /// Gratuitous ARP frames sent for it.
+    /// Gratuitous ARP frames (IPv4) or unsolicited Neighbor Advertisements
+    /// (IPv6) sent for it.
     pub garps_sent: u64,
     /// Times this node started or stopped announcing it.
     pub ownership_changes: u64,
@@ -106,7 +107,7 @@ impl Health {
         self.link_usable.store(usable, Ordering::Relaxed);
     }
 
-    fn events(&self) -> std::sync::MutexGuard<'_, BTreeMap<Ipv4Addr, VipEvents>> {
+    fn events(&self) -> std::sync::MutexGuard<'_, BTreeMap<IpAddr, VipEvents>> {
         // Every change is one field increment or one retain: a panic
         // elsewhere cannot leave the map inconsistent.
         self.vip_events
@@ -114,13 +115,13 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One more gratuitous ARP sent for `vip`.
-    pub fn count_garp(&self, vip: Ipv4Addr) {
+    /// One more gratuitous ARP (or unsolicited Neighbor Advertisement) sent for `vip`.
+    pub fn count_garp(&self, vip: IpAddr) {
         self.events().entry(vip).or_default().garps_sent += 1;
     }
 
     /// This node started or stopped announcing each of `vips`.
-    pub fn count_ownership_changes<'a>(&self, vips: impl IntoIterator<Item = &'a Ipv4Addr>) {
+    pub fn count_ownership_changes<'a>(&self, vips: impl IntoIterator<Item = &'a IpAddr>) {
         let mut events = self.events();
         for vip in vips {
             events.entry(*vip).or_default().ownership_changes += 1;
@@ -128,7 +129,7 @@ impl Health {
     }
 
     /// Forgets the VIPs not in `vips` (they left the configuration).
-    pub fn retain_vips(&self, vips: &BTreeSet<Ipv4Addr>) {
+    pub fn retain_vips(&self, vips: &BTreeSet<IpAddr>) {
         self.events().retain(|vip, _| vips.contains(vip));
     }
 
@@ -235,14 +236,14 @@ pub fn render(s: &Snapshot, health: &Health, series: Series) -> Result<String> {
         if flags & vip_flags::ANNOUNCE != 0 {
             announced
                 .get_or_create(&VipLabels {
-                    vip: std::net::Ipv4Addr::from(*ip).to_string(),
+                    vip: ip.to_string(),
                 })
                 .set(1);
         }
     }
     reg.register(
         "announced_vip",
-        "1 for every VIP this node answers ARP for",
+        "1 for every VIP this node answers ARP (IPv4) or Neighbor Solicitations (IPv6) for",
         announced,
     );
     register_arp(&mut reg, s, health);
@@ -293,9 +294,9 @@ fn register_backends(reg: &mut Registry, s: &Snapshot) {
     let be_bytes = Family::<BackendLabels, Counter>::default();
     for b in s.backends.iter().filter(|b| b.counted) {
         let l = BackendLabels {
-            backend: format!("{}:{}", std::net::Ipv4Addr::from(b.value.ip), b.value.port),
-            node: std::net::Ipv4Addr::from(b.value.node_ip).to_string(),
-            location: if b.value.flags & backend_flags::LOCAL != 0 {
+            backend: std::net::SocketAddr::new(b.value.ip(), b.value.port()).to_string(),
+            node: b.value.node_ip().to_string(),
+            location: if b.value.flags() & backend_flags::LOCAL != 0 {
                 "local"
             } else {
                 "remote"
@@ -313,37 +314,49 @@ fn register_backends(reg: &mut Registry, s: &Snapshot) {
     reg.register("backend_bytes", "Bytes forwarded per backend", be_bytes);
 }
 
-/// Per-VIP ARP and announcement counters (as MetalLB's
-/// `metallb_layer2_*`), one series per service VIP the maps hold, and
-/// whether the data path may answer ARP and the link may announce.
+/// Per-VIP ARP (IPv4) and NDP (IPv6) and announcement counters (as
+/// MetalLB's `metallb_layer2_*`), one series per service VIP the maps hold,
+/// and whether the data path may answer ARP and NDP and the link may announce.
 fn register_arp(reg: &mut Registry, s: &Snapshot, health: &Health) {
-    let requests = Family::<VipLabels, Counter>::default();
-    let replies = Family::<VipLabels, Counter>::default();
-    for (ip, a) in &s.arp {
-        let l = VipLabels {
-            vip: Ipv4Addr::from(*ip).to_string(),
-        };
-        requests.get_or_create(&l).inc_by(a.requests);
-        replies.get_or_create(&l).inc_by(a.replies);
+    for (v6, proto, request, reply) in [
+        (false, "arp", "ARP requests", "ARP replies"),
+        (
+            true,
+            "ndp",
+            "Neighbor Solicitations",
+            "Neighbor Advertisements",
+        ),
+    ] {
+        let requests = Family::<VipLabels, Counter>::default();
+        let replies = Family::<VipLabels, Counter>::default();
+        for (ip, a) in s.neighbour_stats(v6) {
+            let l = VipLabels {
+                vip: ip.to_string(),
+            };
+            requests.get_or_create(&l).inc_by(a.requests);
+            replies.get_or_create(&l).inc_by(a.replies);
+        }
+        reg.register(
+            format!("{proto}_requests_received"),
+            format!("{request} for the VIP that reached the data path"),
+            requests,
+        );
+        reg.register(
+            format!("{proto}_replies_sent"),
+            format!("{reply} for the VIP sent by this node in answer"),
+            replies,
+        );
     }
-    reg.register(
-        "arp_requests_received",
-        "ARP requests for the VIP that reached the data path",
-        requests,
-    );
-    reg.register(
-        "arp_replies_sent",
-        "ARP replies for the VIP sent by this node",
-        replies,
-    );
     let garps = Family::<VipLabels, Counter>::default();
+    let nas = Family::<VipLabels, Counter>::default();
     let changes = Family::<VipLabels, Counter>::default();
-    let known: BTreeSet<Ipv4Addr> = s.arp.iter().map(|(ip, _)| Ipv4Addr::from(*ip)).collect();
+    let known: BTreeSet<IpAddr> = s.arp.iter().map(|(ip, _)| *ip).collect();
     for (vip, e) in health.events().iter().filter(|(v, _)| known.contains(v)) {
         let l = VipLabels {
             vip: vip.to_string(),
         };
-        garps.get_or_create(&l).inc_by(e.garps_sent);
+        let sent = if vip.is_ipv6() { &nas } else { &garps };
+        sent.get_or_create(&l).inc_by(e.garps_sent);
         changes.get_or_create(&l).inc_by(e.ownership_changes);
     }
     reg.register(
@@ -352,9 +365,22 @@ fn register_arp(reg: &mut Registry, s: &Snapshot, health: &Health) {
         garps,
     );
     reg.register(
+        "unsolicited_na_sent",
+        "Unsolicited Neighbor Advertisements sent for the IPv6 VIP since the agent started",
+        nas,
+    );
+    reg.register(
         "ownership_changes",
         "Times this node started or stopped announcing the VIP since the agent started",
         changes,
+    );
+    let ndp_uncounted = Gauge::<i64>::default();
+    ndp_uncounted.set(i64::try_from(s.ndp_uncounted()).unwrap_or(i64::MAX));
+    reg.register(
+        "ndp_uncounted_addresses",
+        "IPv6 service addresses without NDP counters (served and answered, not counted; no \
+         per-address NDP series)",
+        ndp_uncounted,
     );
     let uncounted = Gauge::<i64>::default();
     uncounted.set(i64::try_from(s.arp_uncounted()).unwrap_or(i64::MAX));
@@ -443,23 +469,25 @@ mod tests {
 
     use super::*;
     use crate::dataplane::status::{BackendRow, ServiceRow};
+    use crate::plan::state::{AnyServiceKey, BackendSlot};
+    use std::net::Ipv4Addr;
 
-    #[test]
-    fn renders_every_family_with_labels() {
-        let s = Snapshot {
+    /// A node with one announced and one other VIP, a service and a backend.
+    fn sample() -> Snapshot {
+        Snapshot {
             config: DatapathConfig {
                 ready: 1,
                 ..DatapathConfig::default()
             },
             vips: vec![
                 (
-                    [192, 168, 50, 200],
+                    IpAddr::from([192, 168, 50, 200]),
                     vip_flags::SERVICE | vip_flags::ANNOUNCE,
                 ),
-                ([192, 168, 50, 201], vip_flags::SERVICE),
+                (IpAddr::from([192, 168, 50, 201]), vip_flags::SERVICE),
             ],
             services: vec![ServiceRow {
-                key: ServiceKey::new([192, 168, 50, 200], 80, proto::TCP),
+                key: AnyServiceKey::V4(ServiceKey::new([192, 168, 50, 200], 80, proto::TCP)),
                 value: ServiceValue::default(),
                 backend_ids: vec![1],
                 traffic: TrafficCounter {
@@ -470,12 +498,12 @@ mod tests {
             }],
             backends: vec![BackendRow {
                 id: 1,
-                value: BackendValue::new(
+                value: BackendSlot::V4(BackendValue::new(
                     [10, 42, 1, 2],
                     [192, 168, 50, 11],
                     8080,
                     backend_flags::VALID | backend_flags::LOCAL,
-                ),
+                )),
                 traffic: TrafficCounter {
                     packets: 5,
                     bytes: 500,
@@ -488,19 +516,30 @@ mod tests {
             announce: lb_common::AnnounceState::new(1_000, 1_200_000_000),
             read_at_ns: 2_000,
             arp: vec![
-                ([192, 168, 50, 200], lb_common::ArpStats::new(4, 3)),
-                ([192, 168, 50, 201], lb_common::ArpStats::new(2, 0)),
+                (
+                    IpAddr::from([192, 168, 50, 200]),
+                    lb_common::ArpStats::new(4, 3),
+                ),
+                (
+                    IpAddr::from([192, 168, 50, 201]),
+                    lb_common::ArpStats::new(2, 0),
+                ),
             ],
             ..Snapshot::default()
-        };
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let s = sample();
         let h = Health::default();
         h.record(false);
-        let vip = Ipv4Addr::new(192, 168, 50, 200);
+        let vip = IpAddr::V4(Ipv4Addr::new(192, 168, 50, 200));
         h.count_ownership_changes(&[vip]);
         h.count_garp(vip);
         h.count_garp(vip);
         // A VIP that left the maps has no series, even with events.
-        h.count_garp(Ipv4Addr::new(192, 168, 50, 250));
+        h.count_garp(IpAddr::V4(Ipv4Addr::new(192, 168, 50, 250)));
         h.set_link_usable(true);
         h.sync_duration.observe(0.003);
         h.sync_duration.observe(0.5);
@@ -550,18 +589,54 @@ mod tests {
         );
     }
 
+    /// IPv6 VIPs get NDP series and their unsolicited advertisements, apart
+    /// from the ARP ones.
+    #[test]
+    fn ipv6_vips_have_ndp_series() {
+        let mut s = sample();
+        let vip6: IpAddr = "fd00:60::1".parse().unwrap();
+        s.vips
+            .push((vip6, vip_flags::SERVICE | vip_flags::ANNOUNCE));
+        s.vips
+            .push(("fd00:60::2".parse().unwrap(), vip_flags::SERVICE));
+        s.arp.push((vip6, lb_common::ArpStats::new(3, 2)));
+        let h = Health::default();
+        h.count_garp(vip6);
+        h.count_ownership_changes(&[vip6]);
+        let text = render(&s, &h, Series::default()).unwrap();
+        for needle in [
+            "onehop_ndp_requests_received_total{vip=\"fd00:60::1\"} 3",
+            "onehop_ndp_replies_sent_total{vip=\"fd00:60::1\"} 2",
+            "onehop_unsolicited_na_sent_total{vip=\"fd00:60::1\"} 1",
+            "onehop_ownership_changes_total{vip=\"fd00:60::1\"} 1",
+            "onehop_announced_vip{vip=\"fd00:60::1\"} 1",
+            "onehop_ndp_uncounted_addresses 1",
+            "onehop_arp_uncounted_addresses 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("onehop_arp_requests_received_total{vip=\"fd00"),
+            "no ARP series for an IPv6 VIP:\n{text}"
+        );
+        assert!(
+            !text.contains("onehop_gratuitous_arp_sent_total{vip=\"fd00"),
+            "{text}"
+        );
+    }
+
     /// Per-backend series are opt-in: by default a node exports a bounded number of
     /// series per Service, whatever the number of endpoints.
     #[test]
     fn per_backend_series_only_when_asked_for() {
         let backend = |id: u32, last: u8| BackendRow {
             id,
-            value: BackendValue::new(
+            value: BackendSlot::V4(BackendValue::new(
                 [10, 42, 1, last],
                 [192, 168, 50, 11],
                 8080,
                 backend_flags::VALID,
-            ),
+            )),
             traffic: TrafficCounter {
                 packets: 1,
                 bytes: 100,
@@ -570,7 +645,7 @@ mod tests {
         };
         let s = Snapshot {
             services: vec![ServiceRow {
-                key: ServiceKey::new([192, 168, 50, 200], 80, proto::TCP),
+                key: AnyServiceKey::V4(ServiceKey::new([192, 168, 50, 200], 80, proto::TCP)),
                 value: ServiceValue::default(),
                 backend_ids: (1..=50).collect(),
                 traffic: TrafficCounter {
@@ -600,7 +675,7 @@ mod tests {
     #[test]
     fn maglev_use_and_uneven_tables() {
         let row = |len: u32, backends: u32| ServiceRow {
-            key: ServiceKey::new([192, 168, 50, 200], 80, proto::TCP),
+            key: AnyServiceKey::V4(ServiceKey::new([192, 168, 50, 200], 80, proto::TCP)),
             value: ServiceValue::new(0, 0, len, 0, 0),
             backend_ids: (0..backends).collect(),
             traffic: TrafficCounter::default(),

@@ -20,14 +20,14 @@ pub mod trim;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{ArpStats, Ipv4Key, backend_flags, vip_flags};
+use lb_common::{ArpStats, Ipv4Key, Ipv6Key, backend_flags, vip_flags};
 use tracing::{info, warn};
 
 use crate::{
@@ -38,9 +38,9 @@ use crate::{
     dataplane::sweep,
     dataplane::writer,
     net::ethtool,
-    net::garp,
     net::neigh,
     net::netdev::{self, Interface},
+    net::{garp, ndp},
     plan::diff,
     plan::model::{Cidr, Limits, NodeServices},
     plan::state::{self, DataplaneState, Node},
@@ -99,36 +99,93 @@ pub fn hash_seed(file: Option<&std::path::Path>) -> Result<u32> {
     Ok(seed)
 }
 
-/// VIPs flagged ANNOUNCE in a state.
-fn announced(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
-    state
+/// The addresses of both VIP maps whose flags have `flag`.
+fn vips_with(state: &DataplaneState, flag: u32) -> BTreeSet<IpAddr> {
+    let v4 = state
         .vips
         .iter()
+        .filter(|(_, flags)| *flags & flag != 0)
+        .map(|(ip, _)| IpAddr::from(*ip));
+    let v6 = state
+        .vips6
+        .iter()
+        .filter(|(_, flags)| *flags & flag != 0)
+        .map(|(ip, _)| IpAddr::from(*ip));
+    v4.chain(v6).collect()
+}
+
+/// VIPs of both families flagged ANNOUNCE in a state.
+fn announced(state: &DataplaneState) -> BTreeSet<IpAddr> {
+    vips_with(state, vip_flags::ANNOUNCE)
+}
+
+/// The IPv6 VIPs a state announces: the solicited-node groups the
+/// interface must receive.
+fn announced6(state: &DataplaneState) -> BTreeSet<Ipv6Addr> {
+    state
+        .vips6
+        .iter()
         .filter(|(_, flags)| *flags & vip_flags::ANNOUNCE != 0)
-        .map(|(ip, _)| Ipv4Addr::from(*ip))
+        .map(|(ip, _)| Ipv6Addr::from(*ip))
         .collect()
 }
 
 /// `BPF_NOEXIST` (linux/bpf.h): create the entry only if it is missing.
 const BPF_NOEXIST: u64 = 1;
 
-/// Service VIPs of a state: the addresses ARP is about.
-fn service_vips(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
-    state
-        .vips
-        .iter()
-        .filter(|(_, flags)| *flags & vip_flags::SERVICE != 0)
-        .map(|(ip, _)| Ipv4Addr::from(*ip))
-        .collect()
+/// Service VIPs of a state, of both families: the addresses ARP and NDP
+/// are about.
+fn service_vips(state: &DataplaneState) -> BTreeSet<IpAddr> {
+    vips_with(state, vip_flags::SERVICE)
 }
 
-/// Node addresses of remote backends: the next hops XDP needs MACs for.
-fn remote_nodes(state: &DataplaneState) -> BTreeSet<Ipv4Addr> {
+/// Creates the zeroed `arp_stats` (IPv4) or `ndp_stats` (IPv6) entry of `ip`,
+/// unless it exists.
+fn insert_stats(maps: &mut Maps, ip: IpAddr) -> Result<(), aya::maps::MapError> {
+    match ip {
+        IpAddr::V4(a) => {
+            maps.arp_stats
+                .insert(Ipv4Key::new(a.octets()), ArpStats::default(), BPF_NOEXIST)
+        }
+        IpAddr::V6(a) => {
+            maps.ndp_stats
+                .insert(Ipv6Key::new(a.octets()), ArpStats::default(), BPF_NOEXIST)
+        }
+    }
+}
+
+/// Removes the `arp_stats` or `ndp_stats` entry of `ip`.
+fn remove_stats(maps: &mut Maps, ip: IpAddr) -> Result<(), aya::maps::MapError> {
+    match ip {
+        IpAddr::V4(a) => maps.arp_stats.remove(&Ipv4Key::new(a.octets())),
+        IpAddr::V6(a) => maps.ndp_stats.remove(&Ipv6Key::new(a.octets())),
+    }
+}
+
+/// Every address with an `arp_stats` or `ndp_stats` entry.
+fn stats_keys(maps: &Maps) -> BTreeSet<IpAddr> {
+    let v4 = maps
+        .arp_stats
+        .keys()
+        .filter_map(Result::ok)
+        .map(|k| IpAddr::from(k.addr));
+    let v6 = maps
+        .ndp_stats
+        .keys()
+        .filter_map(Result::ok)
+        .map(|k| IpAddr::from(k.addr));
+    v4.chain(v6).collect()
+}
+
+/// Node addresses of remote backends of both families: the next hops XDP
+/// needs MACs for (an IPv6 backend without a node address has none).
+fn remote_nodes(state: &DataplaneState) -> BTreeSet<IpAddr> {
     state
-        .backends
-        .values()
-        .filter(|b| b.flags & backend_flags::VALID != 0 && b.flags & backend_flags::LOCAL == 0)
-        .map(|b| Ipv4Addr::from(b.node_ip))
+        .all_backends()
+        .map(|(_, b)| b)
+        .filter(|b| b.flags() & backend_flags::VALID != 0 && b.flags() & backend_flags::LOCAL == 0)
+        .map(|b| b.node_ip())
+        .filter(|ip| !ip.is_unspecified())
         .collect()
 }
 
@@ -149,12 +206,19 @@ pub struct MapOwner {
     /// on every Lease renewal in the cluster).
     applied: Option<NodeServices>,
     arp: garp::ArpSender,
-    /// (when, VIP) gratuitous ARPs still to send.
-    garp_due: Vec<(Instant, Ipv4Addr)>,
-    neighbours: BTreeSet<Ipv4Addr>,
-    /// VIPs with an `arp_stats` entry.
-    arp_stats: BTreeSet<Ipv4Addr>,
-    /// The `arp_stats` map was scanned for entries a previous agent left.
+    ndp: ndp::NdpSender,
+    /// (when, VIP) gratuitous ARPs (IPv4) and unsolicited Neighbor
+    /// Advertisements (IPv6) still to send.
+    garp_due: Vec<(Instant, IpAddr)>,
+    /// The announced IPv6 VIPs whose solicited-node groups the interface
+    /// was last made to receive (`None`: to be reconciled, at start or after
+    /// a failure).
+    multicast: Option<BTreeSet<Ipv6Addr>>,
+    neighbours: BTreeSet<IpAddr>,
+    /// VIPs with an `arp_stats` (IPv4) or `ndp_stats` (IPv6) entry.
+    arp_stats: BTreeSet<IpAddr>,
+    /// The `arp_stats` and `ndp_stats` maps were scanned for entries a
+    /// previous agent left.
     arp_stats_scanned: bool,
     /// Service VIPs the last pass could not give an `arp_stats` entry.
     arp_uncounted: Uncounted,
@@ -271,6 +335,7 @@ impl MapOwner {
         })?;
         Ok(Node {
             ip,
+            ip6: file.node_ip6.or(self.iface.ipv6),
             ifindex: self.iface.index,
             mac: self.iface.mac,
             hash_seed: self.hash_seed,
@@ -278,10 +343,7 @@ impl MapOwner {
                 .iface
                 .ipv4
                 .zip(self.iface.ipv4_prefix_len)
-                .map(|(addr, prefix_len)| Cidr {
-                    addr: Ipv4Addr::from(u32::from(addr) & Cidr::mask(prefix_len)),
-                    prefix_len,
-                }),
+                .map(|(addr, prefix_len)| Cidr::v4(addr, prefix_len)),
         })
     }
 
@@ -392,8 +454,8 @@ impl MapOwner {
         self.writes_since_trim += ops.len();
         info!(
             writes = ops.len(),
-            services = self.current.services.len(),
-            backends = self.current.backends.len(),
+            services = self.current.services.len() + self.current.services6.len(),
+            backends = self.current.backends.len() + self.current.backends6.len(),
             "applied the services file"
         );
         let now = Instant::now();
@@ -409,6 +471,7 @@ impl MapOwner {
             .count_ownership_changes(before.symmetric_difference(&after));
         self.sync_neighbours();
         self.sync_arp_stats();
+        self.sync_multicast();
         self.applied = Some(file.clone());
         Ok(())
     }
@@ -492,6 +555,30 @@ impl MapOwner {
         usable
     }
 
+    /// Makes the interface receive the solicited-node group of every
+    /// announced IPv6 VIP, and no other that an agent joined: without it the
+    /// NIC drops the Neighbor Solicitations for the VIP before XDP sees
+    /// them. Reconciled against the interface's own list (so a restart
+    /// neither leaks nor loses a membership), and only when the announced
+    /// set changed or the last attempt failed.
+    fn sync_multicast(&mut self) {
+        let wanted = announced6(&self.current);
+        if self.multicast.as_ref() == Some(&wanted) {
+            return;
+        }
+        match ndp::reconcile(&self.iface.name, &wanted) {
+            Ok(failed) if failed.is_empty() => self.multicast = Some(wanted),
+            Ok(failed) => {
+                warn!(interface = %self.iface.name, errors = ?failed, "could not update every solicited-node multicast membership; Neighbor Solicitations for some IPv6 VIPs may not reach XDP (retried on the next change)");
+                self.multicast = None;
+            }
+            Err(e) => {
+                warn!(interface = %self.iface.name, error = %format!("{e:#}"), "could not read the interface's multicast memberships; retried on the next change");
+                self.multicast = None;
+            }
+        }
+    }
+
     /// Keeps one `arp_stats` entry per service VIP (the data path only
     /// counts into existing ones); new entries start at zero, adopted ones
     /// keep their counts. The map holds every VIP the `vips` map can; should
@@ -502,20 +589,17 @@ impl MapOwner {
         let wanted = service_vips(&self.current);
         // Removals first: they make the room the insertions may need.
         // The first time, whatever a previous agent left; then only ours.
-        let stale: Vec<Ipv4Addr> = if self.arp_stats_scanned {
+        let stale: Vec<IpAddr> = if self.arp_stats_scanned {
             self.arp_stats.difference(&wanted).copied().collect()
         } else {
-            self.maps
-                .arp_stats
-                .keys()
-                .filter_map(Result::ok)
-                .map(|k| Ipv4Addr::from(k.addr))
-                .filter(|ip| !wanted.contains(ip))
+            stats_keys(&self.maps)
+                .difference(&wanted)
+                .copied()
                 .collect()
         };
         self.arp_stats_scanned = true;
         for ip in stale {
-            match self.maps.arp_stats.remove(&Ipv4Key::new(ip.octets())) {
+            match remove_stats(&mut self.maps, ip) {
                 Ok(()) => {
                     self.arp_stats.remove(&ip);
                 }
@@ -523,18 +607,14 @@ impl MapOwner {
             }
         }
         let announced = announced(&self.current);
-        let (mut missing, others): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = wanted
+        let (mut missing, others): (Vec<IpAddr>, Vec<IpAddr>) = wanted
             .difference(&self.arp_stats)
             .partition(|ip| announced.contains(*ip));
         missing.extend(others);
         let mut uncounted = 0;
-        let mut first_error: Option<(Ipv4Addr, aya::maps::MapError)> = None;
+        let mut first_error: Option<(IpAddr, aya::maps::MapError)> = None;
         for (i, ip) in missing.iter().enumerate() {
-            match self.maps.arp_stats.insert(
-                Ipv4Key::new(ip.octets()),
-                ArpStats::default(),
-                BPF_NOEXIST,
-            ) {
+            match insert_stats(&mut self.maps, *ip) {
                 Ok(()) => {}
                 Err(aya::maps::MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
@@ -569,7 +649,7 @@ impl MapOwner {
         self.health.retain_vips(&wanted);
     }
 
-    fn schedule_garp(&mut self, vip: Ipv4Addr, from: Instant) {
+    fn schedule_garp(&mut self, vip: IpAddr, from: Instant) {
         for ms in garp::BURST_OFFSETS_MS {
             self.garp_due.push((from + Duration::from_millis(ms), vip));
         }
@@ -589,9 +669,13 @@ impl MapOwner {
         let (due, later): (Vec<_>, Vec<_>) = self.garp_due.drain(..).partition(|(t, _)| *t <= now);
         self.garp_due = later;
         for (_, vip) in due {
-            match self.arp.announce(self.iface.mac, vip) {
+            let sent = match vip {
+                IpAddr::V4(v) => self.arp.announce(self.iface.mac, v),
+                IpAddr::V6(v) => self.ndp.advertise(self.iface.mac, v),
+            };
+            match sent {
                 Ok(()) => self.health.count_garp(vip),
-                Err(e) => warn!(error = %format!("{e:#}"), "gratuitous ARP failed"),
+                Err(e) => warn!(error = %format!("{e:#}"), "announcing {vip} to the LAN failed"),
             }
         }
     }
@@ -669,8 +753,8 @@ impl MapOwner {
         let current = if dataplane.adopted {
             let state = reader::read(&maps).context("reading the pinned state")?;
             info!(
-                services = state.services.len(),
-                backends = state.backends.len(),
+                services = state.services.len() + state.services6.len(),
+                backends = state.backends.len() + state.backends6.len(),
                 "adopted pinned maps and links; established connections keep their backends"
             );
             state
@@ -678,6 +762,7 @@ impl MapOwner {
             DataplaneState::default()
         };
         let arp = garp::ArpSender::new(iface.index)?;
+        let ndp = ndp::NdpSender::new(iface.index)?;
         let limits = Limits {
             maglev_slots: maps.maglev.len(),
             half_open_max: opts.half_open_max,
@@ -706,7 +791,9 @@ impl MapOwner {
             current_planned: false,
             applied: None,
             arp,
+            ndp,
             garp_due: Vec::new(),
+            multicast: None,
             neighbours: BTreeSet::new(),
             arp_stats: BTreeSet::new(),
             arp_stats_scanned: false,
@@ -730,19 +817,20 @@ impl MapOwner {
         }
         agent.sync_neighbours();
         agent.sync_arp_stats();
+        agent.sync_multicast();
         agent.link_usable();
         Ok(agent)
     }
 
-    /// The VIPs the maps currently announce.
-    pub fn announced(&self) -> BTreeSet<Ipv4Addr> {
+    /// The VIPs (of both families) the maps currently announce.
+    pub fn announced(&self) -> BTreeSet<IpAddr> {
         announced(&self.current)
     }
 
     /// The Maglev table length the maps hold for the frontend `key`
     /// (0: no backend), if they hold it.
-    pub fn table_len(&self, key: &lb_common::ServiceKey) -> Option<u32> {
-        self.current.services.get(key).map(|v| v.maglev_len)
+    pub fn table_len(&self, key: &crate::plan::state::AnyServiceKey) -> Option<u32> {
+        self.current.service(key).map(|v| v.maglev_len)
     }
 }
 

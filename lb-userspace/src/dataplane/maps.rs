@@ -10,9 +10,10 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, DatapathConfig, FlowKey,
-    Ipv4Key, LocalEndpointKey, LocalFronts, RevNatValue, ServiceKey, ServiceValue, SourceRangeData,
-    TrafficCounter, VipValue, flow::table::FlowSet, maps,
+    AffinityKey, AffinityValue, AnnounceState, ArpStats, BackendValue, BackendValue6,
+    DatapathConfig, FlowKey, Ipv4Key, Ipv6Key, LocalEndpointKey, LocalFronts, RevNatValue,
+    ServiceKey, ServiceKey6, ServiceValue, SourceRangeData, SourceRangeData6, TrafficCounter,
+    VipValue, flow::table::FlowSet, maps,
 };
 
 /// Where one interface's maps and links are pinned: `<root>/<ifname>/`.
@@ -54,6 +55,11 @@ pub struct Maps {
     pub config: Array<MapData, DatapathConfig>,
     pub announce: Array<MapData, AnnounceState>,
     pub arp_stats: HashMap<MapData, Ipv4Key, ArpStats>,
+    pub vips6: HashMap<MapData, Ipv6Key, VipValue>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    pub backends6: HashMap<MapData, u32, BackendValue6>,
+    pub src_ranges6: LpmTrie<MapData, SourceRangeData6, u32>,
+    pub ndp_stats: HashMap<MapData, Ipv6Key, ArpStats>,
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>
@@ -104,6 +110,11 @@ macro_rules! all_maps {
             config: $get(maps::CONFIG)?,
             announce: $get(maps::ANNOUNCE)?,
             arp_stats: $get(maps::ARP_STATS)?,
+            vips6: $get(maps::VIPS6)?,
+            services6: $get(maps::SERVICES6)?,
+            backends6: $get(maps::BACKENDS6)?,
+            src_ranges6: $get(maps::SRC_RANGES6)?,
+            ndp_stats: $get(maps::NDP_STATS)?,
         }
     };
 }

@@ -11,7 +11,7 @@ use lb_common::{BackendValue, backend_flags};
 use super::batch;
 use crate::{
     dataplane::maps::Maps,
-    plan::state::{DataplaneState, SrcRangeKey},
+    plan::state::{DataplaneState, SrcRangeKey, SrcRangeKey6},
 };
 
 pub fn read(maps: &Maps) -> Result<DataplaneState> {
@@ -23,25 +23,29 @@ pub fn read(maps: &Maps) -> Result<DataplaneState> {
         let (k, v) = item.context("reading vips")?;
         state.vips.insert(k.addr, v.flags);
     }
+    for item in &maps.vips6 {
+        let (k, v) = item.context("reading vips6")?;
+        state.vips6.insert(k.addr, v.flags);
+    }
     for item in &maps.services {
         let (key, value) = item.context("reading services")?;
-        if value.maglev_len > 0 {
-            let mut table = Vec::with_capacity(value.maglev_len as usize);
-            for slot in value.maglev_offset..value.maglev_offset.saturating_add(value.maglev_len) {
-                let id = maps
-                    .maglev
-                    .get(&slot, 0)
-                    .with_context(|| format!("reading maglev[{slot}]"))?;
-                table.push(id);
-            }
-            state.maglev.insert(value.maglev_offset, table.into());
-        }
+        read_table(maps, &value, &mut state)?;
         state.services.insert(key, value);
+    }
+    for item in &maps.services6 {
+        let (key, value) = item.context("reading services6")?;
+        read_table(maps, &value, &mut state)?;
+        state.services6.insert(key, value);
     }
     // Every slot that holds a backend, not only those the tables name: a
     // draining or retired one is in no table, and forgetting it would let
     // the next plan give its id to another backend under its flows.
     state.backends = read_backends(&maps.backends)?;
+    // A hash: only the ids of IPv6 backends have entries.
+    for item in &maps.backends6 {
+        let (id, b) = item.context("reading backends6")?;
+        state.backends6.insert(id, b);
+    }
     for item in &maps.src_ranges {
         let (key, _) = item.context("reading src_ranges")?;
         state.src_ranges.insert(SrcRangeKey {
@@ -49,7 +53,35 @@ pub fn read(maps: &Maps) -> Result<DataplaneState> {
             data: key.data(),
         });
     }
+    for item in &maps.src_ranges6 {
+        let (key, _) = item.context("reading src_ranges6")?;
+        state.src_ranges6.insert(SrcRangeKey6 {
+            prefixlen: key.prefix_len(),
+            data: key.data(),
+        });
+    }
     Ok(state)
+}
+
+/// Reads the Maglev table a service entry points at into `state.maglev`.
+fn read_table(
+    maps: &Maps,
+    value: &lb_common::ServiceValue,
+    state: &mut DataplaneState,
+) -> Result<()> {
+    if value.maglev_len == 0 {
+        return Ok(());
+    }
+    let mut table = Vec::with_capacity(value.maglev_len as usize);
+    for slot in value.maglev_offset..value.maglev_offset.saturating_add(value.maglev_len) {
+        let id = maps
+            .maglev
+            .get(&slot, 0)
+            .with_context(|| format!("reading maglev[{slot}]"))?;
+        table.push(id);
+    }
+    state.maglev.insert(value.maglev_offset, table.into());
+    Ok(())
 }
 
 /// Slots per batch: 4,096 values are 64 KiB.

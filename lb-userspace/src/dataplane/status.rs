@@ -13,7 +13,7 @@
 //! | `node.ip`, `node.mac` | this node's address and MAC as the data path uses them |
 //! | `natPorts.min`, `natPorts.max` | source ports for remote backends |
 //! | `directReturn` | whether new flows to backends flagged `direct` leave by direct server return |
-//! | `vips[]` | `ip`, and booleans `service` (a service address), `announced` (this node answers ARP for it), `node` (the node's own address) |
+//! | `vips[]` | `ip` (IPv4 or IPv6), and booleans `service` (a service address), `announced` (this node answers ARP or, for IPv6, Neighbor Solicitations for it), `node` (the node's own address) |
 //! | `services[]` | `frontend` (`VIP:port/PROTO`), `vip`, `port`, `protocol` (`TCP`/`UDP`), `id`, `slots` (Maglev table size), `slotsPerBackend` (`slots` over the backends, one decimal; `null`: none; under 100, backends' shares of new flows differ by more than 1%), `backendIds`, `affinitySeconds` (`null`: no session affinity), `sourceRanges` (boolean), `packets`, `bytes` |
 //! | `backends[]` | `id`, `ip`, `port`, `node` (the node IP it runs on), `location` (`local`, `remote`, or `empty` for a slot without a backend), `direct` (a remote backend reached by direct server return: only the frame's MACs rewritten, the pod sees the client; otherwise full NAT), `state` (`serving`; `draining`: a terminating endpoint that keeps its flows and takes no new one; `gone`: an endpoint that left its service, kept until its TCP flows end), `packets`, `bytes` |
 //! | `maglev` | `slots` (of the `maglev` array), `used` (by the services' tables), `unevenServices` (with `slotsPerBackend` under 100) |
@@ -22,14 +22,20 @@
 //! | `arp.answering` | whether ARP for announced VIPs is answered now: the agent's heartbeat is within its hold time |
 //! | `arp.heartbeatAgeMs`, `arp.holdMs` | how long ago the agent last renewed the heartbeat (`null`: never), and how long it holds |
 //! | `arp.addresses[]` | `ip`, `requests` (ARP requests for it seen), `replies` (answered by this node) |
-//! | `arp.uncounted` | service addresses without ARP counters (`arp n/c` in the text): served and answered, not counted |
+//! | `arp.uncounted` | IPv4 service addresses without ARP counters (`arp n/c` in the text): served and answered, not counted |
+//! | `ndp.addresses[]` | `ip`, `requests` (Neighbor Solicitations for it seen), `replies` (answered by this node with a Neighbor Advertisement); answered while `arp.answering` (one heartbeat for both) |
+//! | `ndp.uncounted` | IPv6 service addresses without NDP counters (`ndp n/c` in the text) |
 
-use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    AnnounceState, ArpStats, BackendValue, Counter, DatapathConfig, DropReason, ServiceKey,
-    ServiceValue, TrafficCounter, backend_flags, config_flags, service_flags, vip_flags,
+    AnnounceState, ArpStats, BackendValue, Counter, DatapathConfig, DropReason, ServiceValue,
+    TrafficCounter, backend_flags, config_flags, service_flags, vip_flags,
 };
 use serde_json::{Value, json};
 
@@ -40,7 +46,7 @@ use crate::{
     plan::{
         maglev,
         model::{Frontend, ProtoName},
-        state::DataplaneState,
+        state::{AnyServiceKey, BackendSlot, DataplaneState},
     },
 };
 
@@ -48,7 +54,8 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub config: DatapathConfig,
-    pub vips: Vec<([u8; 4], u32)>,
+    /// `vips` and `vips6`, IPv4 first.
+    pub vips: Vec<(IpAddr, u32)>,
     pub services: Vec<ServiceRow>,
     pub backends: Vec<BackendRow>,
     pub counters: Vec<(Counter, u64)>,
@@ -63,15 +70,16 @@ pub struct Snapshot {
     /// The agent's heartbeat, and when (same clock) it was read.
     pub announce: AnnounceState,
     pub read_at_ns: u64,
-    /// ARP counts per VIP, by address.
-    pub arp: Vec<([u8; 4], ArpStats)>,
+    /// ARP (`arp_stats`, IPv4) and NDP (`ndp_stats`, IPv6) counts per VIP,
+    /// sorted by address.
+    pub arp: Vec<(IpAddr, ArpStats)>,
     /// Slots of the `maglev` array (its size when the maps were created).
     pub maglev_slots: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRow {
-    pub key: ServiceKey,
+    pub key: AnyServiceKey,
     pub value: ServiceValue,
     /// Distinct backend ids in the service's Maglev table.
     pub backend_ids: Vec<u32>,
@@ -96,7 +104,9 @@ impl ServiceRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendRow {
     pub id: u32,
-    pub value: BackendValue,
+    /// Its `backends` or `backends6` entry (an empty IPv4 one for a slot a
+    /// table names but no map holds).
+    pub value: BackendSlot,
     pub traffic: TrafficCounter,
     /// As [`ServiceRow::counted`].
     pub counted: bool,
@@ -114,9 +124,12 @@ impl Snapshot {
     pub fn read_with(maps: &Maps, state: &DataplaneState) -> Result<Self> {
         let read_at_ns = monotonic_ns()?;
         let config = maps.config()?;
-        let vips = state.vips.iter().map(|(ip, flags)| (*ip, *flags)).collect();
+        let v4 = state.vips.iter().map(|(ip, f)| (IpAddr::from(*ip), *f));
+        let vips = v4
+            .chain(state.vips6.iter().map(|(ip, f)| (IpAddr::from(*ip), *f)))
+            .collect();
         let mut services = Vec::new();
-        for (key, value) in &state.services {
+        for (key, value) in state.all_services() {
             let ids: BTreeSet<u32> = if value.maglev_len == 0 {
                 BTreeSet::new()
             } else {
@@ -129,7 +142,7 @@ impl Snapshot {
                     .collect()
             };
             services.push(ServiceRow {
-                key: *key,
+                key,
                 value: *value,
                 backend_ids: ids.into_iter().collect(),
                 traffic: sum_traffic(&maps.service_stats, value.id)?.unwrap_or_default(),
@@ -142,12 +155,14 @@ impl Snapshot {
         for id in services
             .iter()
             .flat_map(|s| s.backend_ids.iter().copied())
-            .chain(state.backends.keys().copied())
+            .chain(state.all_backends().map(|(id, _)| id))
             .collect::<BTreeSet<_>>()
         {
             backends.push(BackendRow {
                 id,
-                value: state.backends.get(&id).copied().unwrap_or_default(),
+                value: state
+                    .backend(id)
+                    .unwrap_or(BackendSlot::V4(BackendValue::default())),
                 traffic: sum_traffic(&maps.backend_stats, id)?.unwrap_or_default(),
                 counted: id < maps.backend_stats.len(),
             });
@@ -160,12 +175,16 @@ impl Snapshot {
         for d in DropReason::ALL {
             drops.push((d, sum_u64(&maps.drops, d as u32)?));
         }
-        let mut arp: Vec<([u8; 4], ArpStats)> = maps
+        let mut arp: Vec<(IpAddr, ArpStats)> = maps
             .arp_stats
             .iter()
-            .map(|r| r.map(|(k, v)| (k.addr, v)))
+            .map(|r| r.map(|(k, v)| (IpAddr::from(k.addr), v)))
             .collect::<Result<_, _>>()
             .context("reading arp_stats")?;
+        for r in &maps.ndp_stats {
+            let (k, v) = r.context("reading ndp_stats")?;
+            arp.push((IpAddr::from(k.addr), v));
+        }
         arp.sort_unstable_by_key(|(ip, _)| *ip);
         Ok(Self {
             announce: maps.announce_state()?,
@@ -226,31 +245,51 @@ impl Snapshot {
         self.announce.current(self.read_at_ns)
     }
 
-    /// The ARP counts of `vip` (zero when it has no entry).
-    pub fn arp_stats(&self, vip: [u8; 4]) -> ArpStats {
-        self.arp_entry(vip).unwrap_or_default()
+    /// The ARP (or, for IPv6, NDP) counts of `vip` (zero when it has no entry).
+    pub fn arp_stats(&self, vip: impl Into<IpAddr>) -> ArpStats {
+        self.arp_entry(vip.into()).unwrap_or_default()
     }
 
-    /// The ARP counts of `vip`, if it has counters (`arp` is sorted by address:
-    /// thousands of VIPs are looked up one by one).
-    pub fn arp_entry(&self, vip: [u8; 4]) -> Option<ArpStats> {
+    /// The ARP or NDP counts of `vip`, if it has counters (`arp` is sorted by
+    /// address: thousands of VIPs are looked up one by one).
+    pub fn arp_entry(&self, vip: IpAddr) -> Option<ArpStats> {
         self.arp
             .binary_search_by_key(&vip, |(ip, _)| *ip)
             .ok()
             .map(|i| self.arp[i].1)
     }
 
-    /// Service addresses without ARP counters (served and answered, not counted).
-    pub fn arp_uncounted(&self) -> usize {
+    /// Service addresses of one family (`v6`) without ARP/NDP counters.
+    fn uncounted(&self, v6: bool) -> usize {
         self.vips
             .iter()
-            .filter(|(ip, flags)| flags & vip_flags::SERVICE != 0 && self.arp_entry(*ip).is_none())
+            .filter(|(ip, flags)| {
+                ip.is_ipv6() == v6
+                    && flags & vip_flags::SERVICE != 0
+                    && self.arp_entry(*ip).is_none()
+            })
             .count()
+    }
+
+    /// IPv4 service addresses without ARP counters (served and answered, not counted).
+    pub fn arp_uncounted(&self) -> usize {
+        self.uncounted(false)
+    }
+
+    /// IPv6 service addresses without NDP counters (served and answered, not counted).
+    pub fn ndp_uncounted(&self) -> usize {
+        self.uncounted(true)
+    }
+
+    /// The ARP (IPv4) or NDP (IPv6) entries.
+    pub fn neighbour_stats(&self, v6: bool) -> impl Iterator<Item = &(IpAddr, ArpStats)> + '_ {
+        self.arp.iter().filter(move |(ip, _)| ip.is_ipv6() == v6)
     }
 }
 
-/// `VIP:port/PROTO`, the name of a service frontend in output and metrics.
-pub fn frontend(key: ServiceKey) -> String {
+/// `VIP:port/PROTO` (`[VIP]:port/PROTO` for IPv6), the name of a service
+/// frontend in output and metrics.
+pub fn frontend(key: AnyServiceKey) -> String {
     Frontend(&key).to_string()
 }
 
@@ -266,7 +305,7 @@ fn vip_flag_names(flags: u32) -> String {
         }
     }
     if flags & vip_flags::SERVICE != 0 && flags & vip_flags::ANNOUNCE == 0 {
-        names.push("(owned by another node: ARP dropped)");
+        names.push("(owned by another node: ARP/NDP dropped)");
     }
     names.join(",")
 }
@@ -275,10 +314,10 @@ fn vip_flag_names(flags: u32) -> String {
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
 /// Whether a backend takes new flows, drains, or only waits for its flows to end.
-fn drain_state(b: &BackendValue) -> &'static str {
-    if b.flags & backend_flags::GONE != 0 {
+fn drain_state(b: &BackendSlot) -> &'static str {
+    if b.flags() & backend_flags::GONE != 0 {
         "gone"
-    } else if b.flags & backend_flags::DRAINING != 0 {
+    } else if b.flags() & backend_flags::DRAINING != 0 {
         "draining"
     } else {
         "serving"
@@ -290,14 +329,14 @@ fn direct_return(c: &DatapathConfig) -> bool {
 }
 
 /// A remote backend reached by direct server return.
-fn direct(b: &BackendValue) -> bool {
-    b.flags & backend_flags::DIRECT != 0
+fn direct(b: &BackendSlot) -> bool {
+    b.flags() & backend_flags::DIRECT != 0
 }
 
-fn location(b: &BackendValue) -> &'static str {
-    if b.flags & backend_flags::VALID == 0 {
+fn location(b: &BackendSlot) -> &'static str {
+    if b.flags() & backend_flags::VALID == 0 {
         "empty"
-    } else if b.flags & backend_flags::LOCAL != 0 {
+    } else if b.flags() & backend_flags::LOCAL != 0 {
         "local"
     } else {
         "remote"
@@ -313,7 +352,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
         .iter()
         .map(|(ip, flags)| {
             json!({
-                "ip": Ipv4Addr::from(*ip).to_string(),
+                "ip": ip.to_string(),
                 "service": flags & vip_flags::SERVICE != 0,
                 "announced": flags & vip_flags::ANNOUNCE != 0,
                 "node": flags & vip_flags::NODE != 0,
@@ -328,9 +367,9 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
                 .then_some(row.value.affinity_timeout_s);
             json!({
                 "frontend": frontend(row.key),
-                "vip": Ipv4Addr::from(row.key.vip).to_string(),
-                "port": row.key.port,
-                "protocol": ProtoName(row.key.proto).to_string(),
+                "vip": row.key.vip().to_string(),
+                "port": row.key.port(),
+                "protocol": ProtoName(row.key.proto()).to_string(),
                 "id": row.value.id,
                 "slots": row.value.maglev_len,
                 "slotsPerBackend": row.slots_per_backend().map(|v| (v * 10.0).round() / 10.0),
@@ -349,9 +388,9 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
         .map(|b| {
             json!({
                 "id": b.id,
-                "ip": Ipv4Addr::from(b.value.ip).to_string(),
-                "port": b.value.port,
-                "node": Ipv4Addr::from(b.value.node_ip).to_string(),
+                "ip": b.value.ip().to_string(),
+                "port": b.value.port(),
+                "node": b.value.node_ip().to_string(),
                 "location": location(&b.value),
                 "direct": direct(&b.value),
                 "state": drain_state(&b.value),
@@ -400,16 +439,30 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
             "heartbeatAgeMs": s.heartbeat_age_ns().map(|n| n / 1_000_000),
             "holdMs": s.announce.hold_ns / 1_000_000,
             "uncounted": s.arp_uncounted(),
-            "addresses": s.arp.iter().map(|(ip, a)| json!({
-                "ip": Ipv4Addr::from(*ip).to_string(),
-                "requests": a.requests,
-                "replies": a.replies,
-            })).collect::<Vec<_>>(),
+            "addresses": addresses(s, false),
+        },
+        "ndp": {
+            "uncounted": s.ndp_uncounted(),
+            "addresses": addresses(s, true),
         },
     })
 }
 
-/// Whether ARP is answered, and the heartbeat that decides it.
+/// The `addresses` of the JSON `arp` (IPv4) or `ndp` (IPv6) object.
+fn addresses(s: &Snapshot, v6: bool) -> Vec<Value> {
+    s.neighbour_stats(v6)
+        .map(|(ip, a)| {
+            json!({
+                "ip": ip.to_string(),
+                "requests": a.requests,
+                "replies": a.replies,
+            })
+        })
+        .collect()
+}
+
+/// Whether ARP (and NDP, by the same heartbeat) is answered, and the
+/// heartbeat that decides it.
 fn arp_line(s: &Snapshot) -> String {
     match s.heartbeat_age_ns() {
         None => "ARP not answered: no agent has written a heartbeat".to_owned(),
@@ -501,17 +554,18 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
     let _ = writeln!(o, "{}", arp_line(s));
     let _ = writeln!(o, "\nVIPS ({})", s.vips.len());
     for (ip, flags) in &s.vips {
+        let what = if ip.is_ipv6() { "ndp" } else { "arp" };
         let counts = match s.arp_entry(*ip) {
-            None if flags & vip_flags::SERVICE != 0 => "  arp n/c".to_owned(),
+            None if flags & vip_flags::SERVICE != 0 => format!("  {what} n/c"),
             Some(a) if a != ArpStats::default() => {
-                format!("  arp requests {} replies {}", a.requests, a.replies)
+                format!("  {what} requests {} replies {}", a.requests, a.replies)
             }
             _ => String::new(),
         };
         let _ = writeln!(
             o,
             "  {:<16} {}{counts}",
-            Ipv4Addr::from(*ip).to_string(),
+            ip.to_string(),
             vip_flag_names(*flags)
         );
     }
@@ -523,7 +577,7 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
         "ID", "POD", "NODE", "WHERE", "PACKETS", "BYTES"
     );
     for b in &s.backends {
-        let pod = format!("{}:{}", Ipv4Addr::from(b.value.ip), b.value.port);
+        let pod = std::net::SocketAddr::new(b.value.ip(), b.value.port()).to_string();
         let place = match (location(&b.value), drain_state(&b.value)) {
             ("empty", _) => "EMPTY".to_owned(),
             ("remote", state) if direct(&b.value) => match state {
@@ -537,7 +591,7 @@ pub fn render(ifname: &str, s: &Snapshot) -> String {
             o,
             "  {:>6} {pod:<22} {:<16} {place:<7} {:>12} {:>14}",
             b.id,
-            Ipv4Addr::from(b.value.node_ip).to_string(),
+            b.value.node_ip().to_string(),
             counted(b.counted, b.traffic.packets),
             counted(b.counted, b.traffic.bytes),
         );
@@ -580,7 +634,11 @@ fn live_flows(maps: &Maps, config: &DatapathConfig, now: u64) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::proto;
+    use lb_common::{BackendValue6, ServiceKey, ServiceKey6, proto};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
 
     fn sample() -> Snapshot {
         Snapshot {
@@ -594,15 +652,15 @@ mod tests {
                 ..DatapathConfig::default()
             },
             vips: vec![
-                ([192, 168, 50, 11], vip_flags::NODE),
+                (ip("192.168.50.11"), vip_flags::NODE),
                 (
-                    [192, 168, 50, 100],
+                    ip("192.168.50.100"),
                     vip_flags::SERVICE | vip_flags::ANNOUNCE,
                 ),
-                ([192, 168, 50, 101], vip_flags::SERVICE),
+                (ip("192.168.50.101"), vip_flags::SERVICE),
             ],
             services: vec![ServiceRow {
-                key: ServiceKey::new([192, 168, 50, 100], 80, proto::TCP),
+                key: AnyServiceKey::V4(ServiceKey::new([192, 168, 50, 100], 80, proto::TCP)),
                 value: ServiceValue::new(3, 0, 251, service_flags::AFFINITY, 60),
                 backend_ids: vec![0, 1],
                 traffic: TrafficCounter {
@@ -613,12 +671,12 @@ mod tests {
             }],
             backends: vec![BackendRow {
                 id: 1,
-                value: BackendValue::new(
+                value: BackendSlot::V4(BackendValue::new(
                     [10, 42, 1, 2],
                     [192, 168, 50, 12],
                     8080,
                     backend_flags::VALID,
-                ),
+                )),
                 traffic: TrafficCounter {
                     packets: 4,
                     bytes: 400,
@@ -633,7 +691,7 @@ mod tests {
             local_endpoints: 2,
             announce: AnnounceState::new(5_000_000_000, 1_200_000_000),
             read_at_ns: 5_300_000_000,
-            arp: vec![([192, 168, 50, 100], ArpStats::new(7, 6))],
+            arp: vec![(ip("192.168.50.100"), ArpStats::new(7, 6))],
             maglev_slots: 4096,
         }
     }
@@ -644,7 +702,10 @@ mod tests {
         let mut s = sample();
         assert_eq!(render_json("eth0", &s)["directReturn"], json!(false));
         s.config.flags |= config_flags::DIRECT_RETURN;
-        s.backends[0].value.flags |= backend_flags::DIRECT;
+        let BackendSlot::V4(b) = &mut s.backends[0].value else {
+            unreachable!("the sample's backend is IPv4")
+        };
+        b.flags |= backend_flags::DIRECT;
         let text = render("eth0", &s);
         assert!(
             text.contains("nat ports 61000-65535 direct return"),
@@ -667,7 +728,7 @@ mod tests {
         for needle in [
             "node 192.168.50.11 mac 02:00:00:00:00:11 nat ports 61000-65535",
             "192.168.50.100   service,announced",
-            "192.168.50.101   service,(owned by another node: ARP dropped)",
+            "192.168.50.101   service,(owned by another node: ARP/NDP dropped)",
             "192.168.50.100:80/TCP",
             "affinity=60s",
             "10.42.1.2:8080",
@@ -678,7 +739,7 @@ mod tests {
             "ARP answered: agent heartbeat 300 ms ago, held 1200 ms",
             "service,announced  arp requests 7 replies 6",
             // A service address without ARP counters says so; the node's own has none.
-            "192.168.50.101   service,(owned by another node: ARP dropped)  arp n/c",
+            "192.168.50.101   service,(owned by another node: ARP/NDP dropped)  arp n/c",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
@@ -815,6 +876,65 @@ mod tests {
             render_json("eth0", &s)["arp"]["heartbeatAgeMs"],
             Value::Null
         );
+    }
+
+    /// IPv6 VIPs, services and backends are listed beside the IPv4 ones,
+    /// with their NDP counts apart from the ARP ones.
+    #[test]
+    fn ipv6_entries_show_in_text_and_json() {
+        let mut s = sample();
+        let vip6: std::net::Ipv6Addr = "fd00:60::1".parse().unwrap();
+        s.vips
+            .push((IpAddr::V6(vip6), vip_flags::SERVICE | vip_flags::ANNOUNCE));
+        s.vips.push((ip("fd00:60::2"), vip_flags::SERVICE));
+        s.services.push(ServiceRow {
+            key: AnyServiceKey::V6(ServiceKey6::new(vip6.octets(), 443, proto::TCP)),
+            value: ServiceValue::new(4, 251, 251, service_flags::SOURCE_RANGES, 0),
+            backend_ids: vec![2],
+            traffic: TrafficCounter::default(),
+            counted: true,
+        });
+        let pod: std::net::Ipv6Addr = "fd00:42::5".parse().unwrap();
+        let node: std::net::Ipv6Addr = "fd00:50::12".parse().unwrap();
+        s.backends.push(BackendRow {
+            id: 2,
+            value: BackendSlot::V6(BackendValue6::new(
+                pod.octets(),
+                node.octets(),
+                8443,
+                backend_flags::VALID,
+            )),
+            traffic: TrafficCounter::default(),
+            counted: true,
+        });
+        s.arp.push((IpAddr::V6(vip6), ArpStats::new(3, 2)));
+        let text = render("eth0", &s);
+        for needle in [
+            "fd00:60::1       service,announced  ndp requests 3 replies 2",
+            "fd00:60::2       service,(owned by another node: ARP/NDP dropped)  ndp n/c",
+            "[fd00:60::1]:443/TCP",
+            "[fd00:42::5]:8443",
+            "fd00:50::12",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let v = render_json("eth0", &s);
+        assert_eq!(v["vips"][3]["ip"], "fd00:60::1");
+        assert_eq!(v["services"][1]["frontend"], "[fd00:60::1]:443/TCP");
+        assert_eq!(v["services"][1]["vip"], "fd00:60::1");
+        assert_eq!(v["backends"][1]["ip"], "fd00:42::5");
+        assert_eq!(v["backends"][1]["node"], "fd00:50::12");
+        assert_eq!(
+            v["arp"]["addresses"],
+            json!([{ "ip": "192.168.50.100", "requests": 7, "replies": 6 }]),
+            "ARP lists IPv4 addresses only"
+        );
+        assert_eq!(
+            v["ndp"],
+            json!({ "uncounted": 1,
+                    "addresses": [{ "ip": "fd00:60::1", "requests": 3, "replies": 2 }] })
+        );
+        assert_eq!(v["arp"]["uncounted"], 1);
     }
 
     #[test]

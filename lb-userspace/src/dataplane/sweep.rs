@@ -243,12 +243,14 @@ pub fn sweep(
     tcp_backends: &mut BTreeSet<u32>,
 ) -> Result<Swept> {
     let t = maps.config()?.timeouts;
-    let affinity_timeouts: BTreeMap<u32, u32> = maps
-        .services
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| v.flags & lb_common::service_flags::AFFINITY != 0)
-        .map(|(_, v)| (v.id, v.affinity_timeout_s))
+    // Both families' services: their ids are one space, and an IPv6
+    // service's affinity entries must not look like those of a service gone.
+    let v4 = maps.services.iter().filter_map(Result::ok).map(|(_, v)| v);
+    let v6 = maps.services6.iter().filter_map(Result::ok).map(|(_, v)| v);
+    let affinity_timeouts: BTreeMap<u32, u32> = v4
+        .chain(v6)
+        .filter(|v| v.flags & lb_common::service_flags::AFFINITY != 0)
+        .map(|v| (v.id, v.affinity_timeout_s))
         .collect();
     // The flow table keeps dead flows until new ones reuse their slots
     // (a write from here could race the data path's claims): only read.

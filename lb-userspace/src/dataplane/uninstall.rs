@@ -84,6 +84,12 @@ pub struct Removed {
     /// Map pins (and any other files) removed with the directory.
     pub files: Vec<String>,
     pub dir: PathBuf,
+    /// Solicited-node multicast groups of announced IPv6 VIPs the interface
+    /// was left to receive, which it no longer does.
+    pub multicast_left: usize,
+    /// Why some of them could not be left (the rest of the cleanup is done
+    /// regardless: they only make the NIC accept a few multicast frames).
+    pub multicast_problem: Option<String>,
 }
 
 /// What one run did, for every interface it found.
@@ -140,6 +146,19 @@ impl fmt::Display for Report {
                     f,
                     "  deleted the clsact egress filter running {}",
                     programs::EGRESS
+                )?;
+            }
+            if r.multicast_left > 0 {
+                writeln!(
+                    f,
+                    "  left {} solicited-node multicast groups of IPv6 VIPs",
+                    r.multicast_left
+                )?;
+            }
+            if let Some(p) = &r.multicast_problem {
+                writeln!(
+                    f,
+                    "  could not leave every solicited-node multicast group: {p}"
                 )?;
             }
             writeln!(
@@ -386,6 +405,7 @@ pub fn uninstall_interface(root: &Path, ifname: &str) -> Result<Option<Removed>>
     if !out.interface_missing {
         out.tc_filters = remove_clsact_egress(ifname)?;
         verify_tcx(ifname, &out.links)?;
+        leave_multicast(ifname, &mut out);
     }
     let mut files: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?
@@ -396,6 +416,25 @@ pub fn uninstall_interface(root: &Path, ifname: &str) -> Result<Option<Removed>>
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     out.files = files;
     Ok(Some(out))
+}
+
+/// Leaves the solicited-node groups the agent joined on `ifname`: they
+/// outlive it (a restarted agent takes them over), and with the data path
+/// gone nothing answers for them. Best effort, recorded in `out`.
+fn leave_multicast(ifname: &str, out: &mut Removed) {
+    let result = crate::net::ndp::joined(ifname).and_then(|joined| {
+        let failed = crate::net::ndp::reconcile(ifname, &std::collections::BTreeSet::new())?;
+        Ok((joined.len(), failed))
+    });
+    match result {
+        Ok((n, failed)) => {
+            out.multicast_left = n.saturating_sub(failed.len());
+            if !failed.is_empty() {
+                out.multicast_problem = Some(failed.join("; "));
+            }
+        }
+        Err(e) => out.multicast_problem = Some(format!("{e:#}")),
+    }
 }
 
 /// The interfaces with a pin directory under `root`, sorted.

@@ -4,11 +4,11 @@
 //! string), the same endpoints as [`Slice`]s about a tenth of that.
 //!
 //! The reading rules live here once, applied when a slice is cached: the slice's family
-//! (IPv4 only), its Service (the `kubernetes.io/service-name` label), the first address of
+//! (`IPv4` or `IPv6`; `FQDN` slices are left out), its Service (the `kubernetes.io/service-name` label), the first address of
 //! each endpoint, its conditions with the API's defaults, and the numbers of the slice's
 //! named ports.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
@@ -44,17 +44,18 @@ impl Use {
     }
 }
 
-/// One endpoint with an IPv4 address.
+/// One endpoint with an address of its slice's family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoint {
-    /// Its first address (an endpoint whose first address is not IPv4 is left out).
-    pub ip: Ipv4Addr,
+    /// Its first address (an endpoint whose first address is not of the
+    /// slice's family is left out).
+    pub ip: IpAddr,
     /// `nodeName`, shared between the endpoints of a slice on the same node.
     pub node: Option<Arc<str>>,
     pub use_: Use,
 }
 
-/// An IPv4 `EndpointSlice` of a Service, as the translation reads it.
+/// An IPv4 or IPv6 `EndpointSlice` of a Service, as the translation reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
     pub service: ServiceRef,
@@ -68,9 +69,11 @@ impl Slice {
     /// The slice as the translation reads it; `None` for one it ignores (another address
     /// family, or no namespace or Service label).
     pub fn read(s: &EndpointSlice) -> Option<Self> {
-        if s.address_type != "IPv4" {
-            return None;
-        }
+        let v6 = match s.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            _ => return None,
+        };
         let namespace = s.metadata.namespace.as_ref()?;
         let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
         let ports = s
@@ -87,7 +90,12 @@ impl Slice {
             .endpoints
             .iter()
             .filter_map(|ep| {
-                let ip = ep.addresses.first()?.parse::<Ipv4Addr>().ok()?;
+                let ip = ep
+                    .addresses
+                    .first()?
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| ip.is_ipv6() == v6)?;
                 let node = ep.node_name.as_deref().map(|n| {
                     if let Some(known) = nodes.iter().find(|k| &***k == n) {
                         Arc::clone(known)
@@ -191,9 +199,34 @@ mod tests {
         }
     }
 
+    /// An IPv6 slice gives the endpoints whose first address is IPv6; FQDN
+    /// slices are ignored.
     #[test]
-    fn reads_only_ipv4_slices_of_a_service_and_their_first_addresses() {
-        assert!(Slice::read(&full_slice("ns", "a", Some("web"), "IPv6")).is_none());
+    fn reads_ipv6_slices_and_ignores_fqdn_ones() {
+        assert!(Slice::read(&full_slice("ns", "a", Some("web"), "FQDN")).is_none());
+        let mut s = full_slice("ns", "a", Some("web"), "IPv6");
+        s.endpoints = ["fd00:42::5", "10.0.0.1", "fd00:42::zz", "fd00:42::6"]
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![(*a).into()],
+                node_name: Some("n1".into()),
+                ..Endpoint::default()
+            })
+            .collect();
+        let got = Slice::read(&s).expect("an IPv6 slice of a service");
+        let ips: Vec<IpAddr> = got.endpoints.iter().map(|e| e.ip).collect();
+        assert_eq!(
+            ips,
+            [
+                "fd00:42::5".parse::<IpAddr>().unwrap(),
+                "fd00:42::6".parse().unwrap()
+            ],
+            "only addresses of the slice's family"
+        );
+    }
+
+    #[test]
+    fn reads_slices_of_a_service_and_their_first_addresses() {
         assert!(Slice::read(&full_slice("ns", "a", None, "IPv4")).is_none());
         let mut s = full_slice("ns", "a", Some("web"), "IPv4");
         s.endpoints = ["10.0.0.1", "fd00::1", "10.0.0.300", "10.0.0.2"]
@@ -240,10 +273,10 @@ mod tests {
                 name: "web".into()
             }
         );
-        let ips: Vec<Ipv4Addr> = got.endpoints.iter().map(|e| e.ip).collect();
+        let ips: Vec<IpAddr> = got.endpoints.iter().map(|e| e.ip).collect();
         assert_eq!(
             ips,
-            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+            [IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])],
             "an endpoint counts by its first address, and only if that is IPv4"
         );
         assert_eq!(got.port("http"), Some(8080), "the first usable number");

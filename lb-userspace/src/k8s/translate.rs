@@ -5,19 +5,23 @@
 //! Rules (kube-proxy's, where it has one):
 //! - Services of type `LoadBalancer` whose `loadBalancerClass` is ours, or
 //!   unset when [`ClassFilter::unclassed`] says so. Their VIPs are the IPv4
-//!   addresses in `status.loadBalancer.ingress` (assigned by the controller).
+//!   and IPv6 addresses in `status.loadBalancer.ingress` (assigned by the
+//!   controller); a dual-stack Service has one of each, and each becomes a
+//!   service of the model with the endpoints of its own family.
 //! - Ports: TCP and UDP; anything else gets a warning and is ignored. The
 //!   target port of an endpoint comes from its own `EndpointSlice` (which
 //!   names each port after the Service port and carries the number that
 //!   slice's pods resolved; pods of one Service may differ), else from an
 //!   integer `targetPort`. An endpoint whose slice cannot resolve a named
 //!   `targetPort` does not serve that port.
-//! - Endpoints: the `EndpointSlices` labelled `kubernetes.io/service-name`,
-//!   IPv4 only, first address of each endpoint. New flows go to the ready
-//!   ones; when none is ready, to the ones that are serving while
-//!   terminating. Every other endpoint (terminating, or not ready) drains:
-//!   flows already on it stay, none starts. Their node's `InternalIP` is the
-//!   next hop for remote ones.
+//! - Endpoints: the `EndpointSlices` labelled `kubernetes.io/service-name`
+//!   (`addressType` `IPv4` or `IPv6`), first address of each endpoint. New
+//!   flows go to the ready ones; when none is ready, to the ones that are
+//!   serving while terminating. Every other endpoint (terminating, or not
+//!   ready) drains: flows already on it stay, none starts. Their node's
+//!   `InternalIP` of the endpoint's family is the next hop for remote ones;
+//!   an IPv6 endpoint whose node has no IPv6 `InternalIP` is named by the
+//!   IPv4 one (local there, not reachable from other nodes).
 //! - `externalTrafficPolicy: Local`: only endpoints on this node, and the
 //!   fallback to serving-terminating ones is decided from this node's
 //!   endpoints alone (as kube-proxy does): a node whose local endpoints are
@@ -47,7 +51,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -64,6 +68,7 @@ use crate::plan::model::{
     Backend, Cidr, DEFAULT_AFFINITY_TIMEOUT_S, DirectReturn, FlowTimeouts, MaglevSize, NatPorts,
     NodeServices, Protocol, Service as LbService, ServicePort, SessionAffinity,
 };
+use crate::plan::state::AnyServiceKey;
 
 /// Annotation on a Service that sets its own Maglev table size (one of
 /// `lb_common::maps::MAGLEV_TABLE_SIZES`).
@@ -78,7 +83,7 @@ pub fn maglev_full_warnings(
     t: &Translation,
     node_name: &str,
     capacity: u32,
-    current: impl Fn(&lb_common::ServiceKey) -> Option<u32>,
+    current: impl Fn(&AnyServiceKey) -> Option<u32>,
 ) -> Vec<Warning> {
     let owners: BTreeMap<String, &ServiceRef> = t
         .services
@@ -104,7 +109,7 @@ pub fn maglev_full_warnings(
                     s.table_size(t.file.maglev_table_size),
                     members,
                 );
-                let key = lb_common::ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
+                let key = AnyServiceKey::new(s.vip, p.port, p.protocol.number());
                 current(&key) != Some(wanted)
             })
         })
@@ -160,7 +165,7 @@ pub struct Warning {
     pub message: String,
 }
 
-/// The IPv4 EndpointSlices of each Service (by the
+/// The IPv4 and IPv6 EndpointSlices of each Service (by the
 /// `kubernetes.io/service-name` label), grouped once per pass so looking up
 /// one Service's slices does not scan every slice in the cluster. Within a
 /// Service, slices keep the order they were given in (the first that lists
@@ -204,20 +209,21 @@ pub struct Inputs<'a> {
     pub node_name: &'a str,
     pub class: &'a ClassFilter,
     /// VIPs this node has been elected to announce.
-    pub announce: &'a BTreeSet<Ipv4Addr>,
+    pub announce: &'a BTreeSet<IpAddr>,
     pub nat_ports: NatPorts,
     pub flow_timeouts: FlowTimeouts,
     /// Table size of the Services that set none (`--maglev-table-size`).
     pub maglev_table_size: MaglevSize,
-    /// This node's gateways (`net::route`), each with what it is the gateway of.
-    pub gateways: &'a BTreeMap<Ipv4Addr, String>,
+    /// This node's gateways of both families (`net::route`), each with what it is the
+    /// gateway of.
+    pub gateways: &'a BTreeMap<IpAddr, String>,
 }
 
 /// A Service this node should serve, before it becomes a [`LbService`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Translated {
     pub service: ServiceRef,
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub local_only: bool,
     /// Whether an endpoint that takes new flows runs on this node (under
@@ -232,8 +238,9 @@ pub struct Translation {
     pub warnings: Vec<Warning>,
 }
 
-/// The `InternalIP` (IPv4) of every node.
-pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
+/// The first `InternalIP` of every node that parses as a `T` (`Ipv4Addr`
+/// or `Ipv6Addr`).
+fn internal_ips<T: std::str::FromStr>(nodes: &[Node]) -> BTreeMap<String, T> {
     nodes
         .iter()
         .filter_map(|n| {
@@ -245,15 +252,25 @@ pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
                 .as_ref()?
                 .iter()
                 .filter(|a| a.type_ == "InternalIP")
-                .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+                .find_map(|a| a.address.parse::<T>().ok())?;
             Some((name, ip))
         })
         .collect()
 }
 
-/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
-/// that must never become a VIP.
-pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
+/// The `InternalIP` (IPv4) of every node.
+pub fn node_addresses(nodes: &[Node]) -> BTreeMap<String, Ipv4Addr> {
+    internal_ips(nodes)
+}
+
+/// The IPv6 `InternalIP` of every node that has one (dual-stack or IPv6 clusters).
+pub fn node_addresses6(nodes: &[Node]) -> BTreeMap<String, Ipv6Addr> {
+    internal_ips(nodes)
+}
+
+/// Every `InternalIP` and `ExternalIP` of both families of every node, with
+/// the node's name: addresses that must never become a VIP.
+pub fn node_ips_all(nodes: &[Node]) -> BTreeMap<IpAddr, String> {
     let mut out = BTreeMap::new();
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
@@ -262,12 +279,24 @@ pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
             if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
                 continue;
             }
-            if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+            if let Ok(ip) = a.address.parse::<IpAddr>() {
                 out.entry(ip).or_insert_with(|| name.clone());
             }
         }
     }
     out
+}
+
+/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
+/// that must never become a VIP (the controller's IPv4 pools).
+pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
+    node_ips_all(nodes)
+        .into_iter()
+        .filter_map(|(ip, name)| match ip {
+            IpAddr::V4(a) => Some((a, name)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// True when the Node's `Ready` condition is `True`.
@@ -297,9 +326,22 @@ pub fn is_ours(svc: &Service, class: &ClassFilter) -> bool {
     }
 }
 
-/// IPv4 ingress addresses the controller wrote into the status.
+/// IPv4 ingress addresses the controller wrote into the status (the
+/// controller's view; the agent serves [`ingress_addrs`]).
 pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> = svc
+    ingress_addrs(svc)
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Ingress addresses of both families the controller wrote into the
+/// status, IPv4 first, each once.
+pub fn ingress_addrs(svc: &Service) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = svc
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
@@ -328,7 +370,7 @@ impl<'a> Endpoints<'a> {
 
     /// Every endpoint once (the first slice that lists an address wins),
     /// by address.
-    fn all(&self) -> BTreeMap<Ipv4Addr, Ep<'a>> {
+    fn all(&self) -> BTreeMap<IpAddr, Ep<'a>> {
         let mut out = BTreeMap::new();
         for slice in self.slices {
             for ep in &slice.endpoints {
@@ -345,19 +387,23 @@ impl<'a> Endpoints<'a> {
     /// The endpoints new flows may go to (ready ones, or the
     /// serving-terminating ones when none is ready) and the ones that only
     /// drain, among those `keep` accepts: the fallback is decided over
-    /// exactly that set (all of the Service's, or one node's).
-    fn split(&self, keep: impl Fn(&Ep<'a>) -> bool) -> (Listed<'a>, Listed<'a>) {
-        let eps: Vec<(Ipv4Addr, Ep<'a>)> =
-            self.all().into_iter().filter(|(_, e)| keep(e)).collect();
+    /// exactly that set (all of the Service's endpoints of one family, or
+    /// one node's; each family's addresses are served by their own).
+    fn split(&self, keep: impl Fn(&IpAddr, &Ep<'a>) -> bool) -> (Listed<'a>, Listed<'a>) {
+        let eps: Vec<(IpAddr, Ep<'a>)> = self
+            .all()
+            .into_iter()
+            .filter(|(ip, e)| keep(ip, e))
+            .collect();
         let any_ready = eps.iter().any(|(_, e)| e.use_ == Use::Ready);
         eps.into_iter()
             .partition(|(_, e)| e.use_ == Use::Ready || (!any_ready && e.use_ == Use::Fallback))
     }
 
-    /// (address, node name) of the endpoints new flows may go to, decided
-    /// over all of them.
-    fn usable(&self) -> Vec<(Ipv4Addr, Option<&'a str>)> {
-        self.split(|_| true)
+    /// (address, node name) of the endpoints of one family (`v6`) new flows
+    /// may go to, decided over all of that family's.
+    fn usable(&self, v6: bool) -> Vec<(IpAddr, Option<&'a str>)> {
+        self.split(|ip, _| ip.is_ipv6() == v6)
             .0
             .into_iter()
             .map(|(ip, e)| (ip, e.node))
@@ -366,7 +412,7 @@ impl<'a> Endpoints<'a> {
 }
 
 /// Endpoints by address.
-type Listed<'a> = Vec<(Ipv4Addr, Ep<'a>)>;
+type Listed<'a> = Vec<(IpAddr, Ep<'a>)>;
 
 #[derive(Clone, Copy, Debug)]
 struct Ep<'a> {
@@ -383,14 +429,15 @@ impl Ep<'_> {
     }
 }
 
-/// Nodes running an endpoint that takes new flows, decided over all of the
-/// Service's endpoints (the election needs them for
+/// Nodes running an endpoint of one family (`v6`) that takes new flows,
+/// decided over all of the Service's endpoints: the nodes that serve its
+/// addresses of that family (the election needs them for
 /// `externalTrafficPolicy: Local`; it prefers nodes with ready endpoints
 /// while there are any, even though a node left with terminating ones only
 /// still serves them).
-pub fn endpoint_nodes(svc: &ServiceRef, slices: &SliceIndex) -> BTreeSet<String> {
+pub fn endpoint_nodes_of(svc: &ServiceRef, slices: &SliceIndex, v6: bool) -> BTreeSet<String> {
     Endpoints::of(svc, slices)
-        .usable()
+        .usable(v6)
         .into_iter()
         .filter_map(|(_, node)| node.map(str::to_owned))
         .collect()
@@ -514,29 +561,22 @@ fn affinity(svc: &Service) -> SessionAffinity {
     SessionAffinity::ClientIp { timeout_s: timeout }
 }
 
-/// The IPv4 ranges of `loadBalancerSourceRanges`, and whether the list is
-/// set but holds none (IPv6 only): then no IPv4 client is allowed, where an
-/// empty list would allow all of them.
-fn source_ranges(svc: &Service) -> Result<(Vec<Cidr>, bool), String> {
+/// The ranges of `loadBalancerSourceRanges`, of both families: each VIP
+/// matches its clients against its own family's, and a list of the other
+/// family only denies every client of the VIP (`model::Service::source_ranges`).
+fn source_ranges(svc: &Service) -> Result<Vec<Cidr>, String> {
     let mut out = Vec::new();
-    let mut listed = false;
     for raw in svc
         .spec
         .iter()
         .flat_map(|s| s.load_balancer_source_ranges.iter().flatten())
     {
-        listed = true;
-        let raw = raw.trim();
-        if raw.contains(':') {
-            continue; // IPv6 ranges do not apply to IPv4 traffic.
-        }
         // Kubernetes accepts host bits in these; match on the network.
-        out.push(Cidr::parse_masked(raw)?);
+        out.push(Cidr::parse_masked(raw.trim())?);
     }
     out.sort_unstable();
     out.dedup();
-    let no_ipv4 = listed && out.is_empty();
-    Ok((out, no_ipv4))
+    Ok(out)
 }
 
 /// The Service's own Maglev table size, if its annotation gives a valid one.
@@ -593,18 +633,67 @@ fn grown_message(configured: MaglevSize, grown: u32) -> String {
 }
 
 /// A name for the model: unique, stable, readable in logs.
-fn model_name(r: &ServiceRef, vip: Ipv4Addr) -> String {
+fn model_name(r: &ServiceRef, vip: IpAddr) -> String {
     format!("{}/{}@{vip}", r.namespace, r.name)
 }
 
-/// The endpoints of a service this node uses.
+/// The endpoints of a service this node uses, of both families.
 #[derive(Default)]
 struct Backends {
     serving: Vec<Backend>,
     draining: Vec<Backend>,
-    ports: BTreeMap<Ipv4Addr, Vec<ServicePort>>,
+    ports: BTreeMap<IpAddr, Vec<ServicePort>>,
     /// An endpoint that takes new flows runs on this node.
     has_local: bool,
+}
+
+impl Backends {
+    /// The backends of `vip`'s family: what its service of the model gets.
+    fn of_family(
+        &self,
+        vip: IpAddr,
+    ) -> (
+        Vec<Backend>,
+        Vec<Backend>,
+        BTreeMap<IpAddr, Vec<ServicePort>>,
+    ) {
+        let same = |b: &&Backend| b.ip.is_ipv6() == vip.is_ipv6();
+        (
+            self.serving.iter().filter(same).copied().collect(),
+            self.draining.iter().filter(same).copied().collect(),
+            self.ports
+                .iter()
+                .filter(|(ip, _)| ip.is_ipv6() == vip.is_ipv6())
+                .map(|(ip, p)| (*ip, p.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Node name -> its `InternalIP` of each family.
+struct NodeIps {
+    v4: BTreeMap<String, Ipv4Addr>,
+    v6: BTreeMap<String, Ipv6Addr>,
+}
+
+impl NodeIps {
+    fn of_nodes(nodes: &[Node]) -> Self {
+        Self {
+            v4: node_addresses(nodes),
+            v6: node_addresses6(nodes),
+        }
+    }
+
+    /// The address that names `node` as the node of an endpoint `ip`: its
+    /// `InternalIP` of `ip`'s family; for an IPv6 endpoint on a node without
+    /// an IPv6 one, its IPv4 one (see `model::Backend::node_ip`).
+    fn of(&self, node: &str, ip: IpAddr) -> Option<IpAddr> {
+        let v4 = self.v4.get(node).map(|a| IpAddr::V4(*a));
+        match ip {
+            IpAddr::V4(_) => v4,
+            IpAddr::V6(_) => self.v6.get(node).map(|a| IpAddr::V6(*a)).or(v4),
+        }
+    }
 }
 
 /// The backends of a service on this node. Under `Local` only this node's
@@ -616,17 +705,20 @@ fn backends(
     ports: &[PortSpec],
     node_name: &str,
     local_only: bool,
-    node_ips: &BTreeMap<String, Ipv4Addr>,
+    node_ips: &NodeIps,
     warnings: &mut Vec<Warning>,
 ) -> Backends {
-    let (serving, draining) = eps.split(|e| !local_only || e.node == Some(node_name));
-    let mut out = Backends {
-        has_local: serving.iter().any(|(_, e)| e.node == Some(node_name)),
-        ..Backends::default()
-    };
-    for (list, takes_new) in [(serving, true), (draining, false)] {
+    let mut out = Backends::default();
+    let mut lists = Vec::new();
+    for v6 in [false, true] {
+        let (serving, draining) =
+            eps.split(|ip, e| ip.is_ipv6() == v6 && (!local_only || e.node == Some(node_name)));
+        out.has_local |= serving.iter().any(|(_, e)| e.node == Some(node_name));
+        lists.extend([(serving, true), (draining, false)]);
+    }
+    for (list, takes_new) in lists {
         for (ip, ep) in list {
-            let Some(node_ip) = ep.node.and_then(|n| node_ips.get(n)) else {
+            let Some(node_ip) = ep.node.and_then(|n| node_ips.of(n, ip)) else {
                 warnings.push(Warning {
                     service: r.clone(),
                     reason: "EndpointWithoutNode",
@@ -648,10 +740,7 @@ fn backends(
             if !own.iter().copied().eq(ports.iter().map(|p| p.port)) {
                 out.ports.insert(ip, own);
             }
-            let b = Backend {
-                ip,
-                node_ip: *node_ip,
-            };
+            let b = Backend { ip, node_ip };
             if takes_new {
                 out.serving.push(b);
             } else {
@@ -665,9 +754,9 @@ fn backends(
 /// Removes the ports an earlier Service already serves on one of `vips`.
 fn drop_taken_ports(
     r: &ServiceRef,
-    vips: &[Ipv4Addr],
+    vips: &[IpAddr],
     ports: &mut Vec<ServicePort>,
-    taken: &BTreeMap<(Ipv4Addr, u16, Protocol), ServiceRef>,
+    taken: &BTreeMap<(IpAddr, u16, Protocol), ServiceRef>,
     warnings: &mut Vec<Warning>,
 ) {
     for vip in vips {
@@ -677,8 +766,9 @@ fn drop_taken_ports(
                     service: r.clone(),
                     reason: "PortConflict",
                     message: format!(
-                        "{vip}:{}/{} is already served for {owner}; not serving it here",
-                        p.port, p.protocol
+                        "{}/{} is already served for {owner}; not serving it here",
+                        std::net::SocketAddr::new(*vip, p.port),
+                        p.protocol
                     ),
                 });
                 false
@@ -692,8 +782,8 @@ fn drop_taken_ports(
 /// one of this node's gateways, each with its warning.
 fn withhold_reserved(
     r: &ServiceRef,
-    vips: &mut Vec<Ipv4Addr>,
-    reserved: &BTreeMap<Ipv4Addr, String>,
+    vips: &mut Vec<IpAddr>,
+    reserved: &BTreeMap<IpAddr, String>,
     inputs: &Inputs<'_>,
     warnings: &mut Vec<Warning>,
 ) {
@@ -729,12 +819,12 @@ fn withhold_reserved(
 
 /// Translates the cluster state into this node's services model.
 pub fn translate(inputs: &Inputs<'_>) -> Translation {
-    let node_ips = node_addresses(inputs.nodes);
-    let reserved = self::node_ips(inputs.nodes);
+    let node_ips = NodeIps::of_nodes(inputs.nodes);
+    let reserved = node_ips_all(inputs.nodes);
     let mut warnings = Vec::new();
     let mut services = Vec::new();
     let mut model = Vec::new();
-    let mut taken: BTreeMap<(Ipv4Addr, u16, Protocol), ServiceRef> = BTreeMap::new();
+    let mut taken: BTreeMap<(IpAddr, u16, Protocol), ServiceRef> = BTreeMap::new();
 
     let mut ours: Vec<&Service> = inputs
         .services
@@ -745,12 +835,12 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     ours.sort_by_key(|s| service_ref(s));
     for svc in ours {
         let r = service_ref(svc);
-        let mut vips = ingress_ips(svc);
+        let mut vips = ingress_addrs(svc);
         withhold_reserved(&r, &mut vips, &reserved, inputs, &mut warnings);
         if vips.is_empty() {
             continue; // no address assigned yet
         }
-        let (ranges, no_ipv4_source_range) = match source_ranges(svc) {
+        let ranges = match source_ranges(svc) {
             Ok(r) => r,
             Err(e) => {
                 warnings.push(Warning {
@@ -785,17 +875,18 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
             for p in &ports {
                 taken.insert((*vip, p.port, p.protocol), r.clone());
             }
+            // Each family's VIP gets its own family's endpoints.
+            let (serving, draining, backend_ports) = backends.of_family(*vip);
             model.push(LbService {
                 name: model_name(&r, *vip),
                 vip: *vip,
                 ports: ports.clone(),
                 session_affinity: affinity(svc),
                 source_ranges: ranges.clone(),
-                no_ipv4_source_range,
                 maglev_table_size: table_size,
-                backends: backends.serving.clone(),
-                draining: backends.draining.clone(),
-                backend_ports: backends.ports.clone(),
+                backends: serving,
+                draining,
+                backend_ports,
             });
         }
         if let Some(w) = model
@@ -811,9 +902,10 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
             has_local_endpoint: backends.has_local,
         });
     }
-    let vips: BTreeSet<Ipv4Addr> = model.iter().map(|s| s.vip).collect();
+    let vips: BTreeSet<IpAddr> = model.iter().map(|s| s.vip).collect();
     let file = NodeServices {
-        node_ip: node_ips.get(inputs.node_name).copied(),
+        node_ip: node_ips.v4.get(inputs.node_name).copied(),
+        node_ip6: node_ips.v6.get(inputs.node_name).copied(),
         nat_ports: inputs.nat_ports,
         flow_timeouts: inputs.flow_timeouts,
         maglev_table_size: inputs.maglev_table_size,

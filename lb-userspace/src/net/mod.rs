@@ -4,6 +4,7 @@
 
 pub mod ethtool;
 pub mod garp;
+pub mod ndp;
 pub mod neigh;
 pub mod netdev;
 pub mod route;

@@ -3,11 +3,12 @@
 //! next-hop MACs for backend nodes from `bpf_fib_lookup`, which fails until
 //! the neighbour is resolved — and a full-NAT packet cannot be handed to the
 //! kernel to trigger resolution (its source is our own address). So the
-//! agent asks the kernel to keep every backend node resolved.
+//! agent asks the kernel to keep every backend node resolved, by its IPv4
+//! or IPv6 address (IPv6 next hops are resolved by neighbour discovery).
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -25,9 +26,10 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Builds one `RTM_NEWNEIGH`/`RTM_DELNEIGH` request (pure, unit-tested).
-fn request(kind: u16, ifindex: u32, ip: Ipv4Addr, seq: u32) -> Vec<u8> {
+fn request(kind: u16, ifindex: u32, ip: IpAddr, seq: u32) -> Vec<u8> {
     let flags = match kind {
         RTM_NEWNEIGH => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         _ => NLM_F_REQUEST | NLM_F_ACK,
@@ -39,16 +41,22 @@ fn request(kind: u16, ifindex: u32, ip: Ipv4Addr, seq: u32) -> Vec<u8> {
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
     // struct ndmsg { family u8, pad u8, pad u16, ifindex i32, state u16, flags u8, type u8 }
-    msg.push(AF_INET);
+    let (family, addr): (u8, Vec<u8>) = match ip {
+        IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
+        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
+    };
+    msg.push(family);
     msg.extend_from_slice(&[0, 0, 0]);
     msg.extend_from_slice(&ifindex.to_ne_bytes());
     msg.extend_from_slice(&0u16.to_ne_bytes()); // NUD_NONE: let the kernel resolve it
     msg.push(0);
     msg.push(0);
-    // NDA_DST
-    msg.extend_from_slice(&8u16.to_ne_bytes());
+    // NDA_DST: the attribute header, then the address (4 or 16 bytes, both
+    // already 4-aligned).
+    let dst_len = u16::try_from(4 + addr.len()).unwrap_or(u16::MAX);
+    msg.extend_from_slice(&dst_len.to_ne_bytes());
     msg.extend_from_slice(&NDA_DST.to_ne_bytes());
-    msg.extend_from_slice(&ip.octets());
+    msg.extend_from_slice(&addr);
     if kind == RTM_NEWNEIGH {
         msg.extend_from_slice(&8u16.to_ne_bytes());
         msg.extend_from_slice(&NDA_FLAGS_EXT.to_ne_bytes());
@@ -105,13 +113,15 @@ fn parse_ack(buf: &[u8]) -> Result<()> {
 }
 
 /// Creates (or turns into) a managed entry for `ip` on `ifindex`.
-pub fn ensure_managed(ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+pub fn ensure_managed(ifindex: u32, ip: impl Into<IpAddr>) -> Result<()> {
+    let ip = ip.into();
     talk(&request(RTM_NEWNEIGH, ifindex, ip, 1))
         .with_context(|| format!("adding managed neighbour {ip} (needs Linux >= 5.16)"))
 }
 
 /// Removes the entry for `ip` (a missing entry is not an error).
-pub fn remove(ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+pub fn remove(ifindex: u32, ip: impl Into<IpAddr>) -> Result<()> {
+    let ip = ip.into();
     match talk(&request(RTM_DELNEIGH, ifindex, ip, 2)) {
         Err(e)
             if e.downcast_ref::<io::Error>()
@@ -127,10 +137,30 @@ pub fn remove(ifindex: u32, ip: Ipv4Addr) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn new_neigh_request_layout_ipv6() {
+        let ip = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x12);
+        let m = request(RTM_NEWNEIGH, 7, ip.into(), 9);
+        assert_eq!(m.len(), 16 + 12 + 20 + 8);
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
+        assert_eq!(m[16], AF_INET6);
+        assert_eq!(
+            u16::from_ne_bytes([m[28], m[29]]),
+            20,
+            "NDA_DST of 16 bytes"
+        );
+        assert_eq!(&m[32..48], &ip.octets());
+        assert_eq!(u16::from_ne_bytes([m[50], m[51]]), NDA_FLAGS_EXT);
+    }
 
     #[test]
     fn new_neigh_request_layout() {
-        let m = request(RTM_NEWNEIGH, 7, Ipv4Addr::new(192, 168, 50, 12), 9);
+        let m = request(RTM_NEWNEIGH, 7, Ipv4Addr::new(192, 168, 50, 12).into(), 9);
         assert_eq!(m.len(), 16 + 12 + 8 + 8);
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,

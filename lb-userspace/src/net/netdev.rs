@@ -1,8 +1,12 @@
 //! What the agent needs to know about its interface: index, MAC, IPv4
-//! address, link state. Read with plain ioctls/getifaddrs in the calling
+//! and IPv6 addresses, link state. Read with plain ioctls/getifaddrs in the calling
 //! thread's network namespace.
 
-use std::{ffi::CString, io, net::Ipv4Addr};
+use std::{
+    ffi::CString,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -16,6 +20,9 @@ pub struct Interface {
     pub ipv4: Option<Ipv4Addr>,
     /// Its prefix length (the interface's subnet).
     pub ipv4_prefix_len: Option<u8>,
+    /// First global IPv6 address on the interface (not link-local), if any:
+    /// the node's IPv6 address unless the services file sets `node.ip6`.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Interface {
@@ -33,13 +40,15 @@ impl Interface {
             return Err(io::Error::last_os_error())
                 .with_context(|| format!("no interface {name:?}"));
         }
-        let addr = first_ipv4(name).with_context(|| format!("reading the addresses of {name}"))?;
+        let (addr, ipv6) =
+            first_addresses(name).with_context(|| format!("reading the addresses of {name}"))?;
         Ok(Self {
             name: name.to_owned(),
             index,
             mac: hw_addr(name).with_context(|| format!("reading the MAC of {name}"))?,
             ipv4: addr.map(|(ip, _)| ip),
             ipv4_prefix_len: addr.map(|(_, len)| len),
+            ipv6,
         })
     }
 }
@@ -130,14 +139,20 @@ fn hw_addr(name: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// The first IPv4 address of `name` and its prefix length.
-fn first_ipv4(name: &str) -> Result<Option<(Ipv4Addr, u8)>> {
+/// An interface's first IPv4 address with its prefix length, and its first
+/// global IPv6 address.
+type Addresses = (Option<(Ipv4Addr, u8)>, Option<Ipv6Addr>);
+
+/// The first IPv4 address of `name` with its prefix length, and its first
+/// global IPv6 address (link-local ones name no node beyond the link).
+fn first_addresses(name: &str) -> Result<Addresses> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: head is a valid out-pointer; freed with freeifaddrs below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
         return Err(io::Error::last_os_error()).context("getifaddrs");
     }
     let mut found = None;
+    let mut found6 = None;
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: cur is a node of the list getifaddrs returned, still alive.
@@ -150,7 +165,19 @@ fn first_ipv4(name: &str) -> Result<Option<(Ipv4Addr, u8)>> {
         let ifa_name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
         // SAFETY: ifa_addr is non-null and points at a sockaddr.
         let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if ifa_name.to_bytes() == name.as_bytes() && family == libc::AF_INET {
+        if ifa_name.to_bytes() != name.as_bytes() {
+            continue;
+        }
+        if family == libc::AF_INET6 && found6.is_none() {
+            // SAFETY: the family says this sockaddr is a sockaddr_in6; read
+            // unaligned because sockaddr only promises 2-byte alignment.
+            let sin6 = unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            if !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_multicast() {
+                found6 = Some(ip);
+            }
+        }
+        if family == libc::AF_INET && found.is_none() {
             // SAFETY: the family says this sockaddr is a sockaddr_in; read it
             // unaligned because sockaddr only promises 2-byte alignment.
             let sin = unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
@@ -168,12 +195,11 @@ fn first_ipv4(name: &str) -> Result<Option<(Ipv4Addr, u8)>> {
             )]
             let len = mask.leading_ones() as u8;
             found = Some((Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), len));
-            break;
         }
     }
     // SAFETY: head came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
-    Ok(found)
+    Ok((found, found6))
 }
 
 /// Formats a MAC address the usual way.

@@ -6,8 +6,13 @@
 //! so each agent reads its own (`/proc/net/route` of its network namespace: the host's, for
 //! the agent's host-network pod) and withholds such an address, with a `GatewayAddress`
 //! warning (an Event on the Service with the Kubernetes source, a log line with a file).
+//! IPv6 routes (`/proc/net/ipv6_route`) count as well: an IPv6 VIP equal to a router's
+//! address would have Neighbor Solicitations for the router answered by the announcer.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -61,6 +66,60 @@ pub fn parse(text: &str) -> BTreeMap<Ipv4Addr, String> {
     out
 }
 
+/// The gateways of this namespace's IPv4 and IPv6 routes, each with what it is the
+/// gateway of (IPv6 routes unreadable, as where IPv6 is off: the IPv4 ones alone).
+pub fn all_gateways() -> Result<BTreeMap<IpAddr, String>> {
+    let mut out: BTreeMap<IpAddr, String> = gateways()?
+        .into_iter()
+        .map(|(ip, what)| (IpAddr::V4(ip), what))
+        .collect();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        out.extend(parse6(&text).into_iter().map(|(ip, w)| (IpAddr::V6(ip), w)));
+    }
+    Ok(out)
+}
+
+/// `/proc/net/ipv6_route`: one route a line, space-separated, no header: destination
+/// (32 hex digits, network order), its prefix length (hex), source and its length, next
+/// hop, metric, refcnt, use, flags (hex), interface.
+pub fn parse6(text: &str) -> BTreeMap<Ipv6Addr, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [dst, dst_len, _, _, gw, _, _, _, flags, iface] = f[..] else {
+            continue;
+        };
+        let (Some(dst), Some(len), Some(gw), Some(flags)) =
+            (addr6(dst), hex(dst_len), addr6(gw), hex(flags))
+        else {
+            continue;
+        };
+        if flags & (RTF_UP | RTF_GATEWAY) != RTF_UP | RTF_GATEWAY || gw.is_unspecified() {
+            continue;
+        }
+        let what = if len == 0 {
+            format!("the gateway of this node's default IPv6 route (via {iface})")
+        } else {
+            format!("a gateway of this node's route to {dst}/{len} (via {iface})")
+        };
+        out.entry(gw)
+            .and_modify(|w: &mut String| {
+                if len == 0 {
+                    w.clone_from(&what);
+                }
+            })
+            .or_insert(what);
+    }
+    out
+}
+
+fn addr6(s: &str) -> Option<Ipv6Addr> {
+    (s.len() == 32)
+        .then(|| u128::from_str_radix(s, 16).ok())
+        .flatten()
+        .map(Ipv6Addr::from)
+}
+
 fn hex(s: &str) -> Option<u32> {
     u32::from_str_radix(s, 16).ok()
 }
@@ -73,6 +132,32 @@ fn addr(s: &str) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_default_and_specific_gateways() {
+        let text = "\
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000050000000000000000000000001 00000400 00000001 00000000 00000003     eth0
+fd000099000000000000000000000000 40 00000000000000000000000000000000 00 fd000050000000000000000000000002 00000400 00000001 00000000 00000003     eth0
+fd000050000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+garbage
+";
+        let g = parse6(text);
+        let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            g,
+            BTreeMap::from([
+                (
+                    ip("fd00:50::1"),
+                    "the gateway of this node's default IPv6 route (via eth0)".to_owned()
+                ),
+                (
+                    ip("fd00:50::2"),
+                    "a gateway of this node's route to fd00:99::/64 (via eth0)".to_owned()
+                ),
+            ])
+        );
+    }
 
     /// Network-order bytes as `/proc/net/route` prints them on this machine.
     fn h(ip: [u8; 4]) -> String {

@@ -31,16 +31,17 @@
 //! everywhere.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use lb_common::maps::{
     MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_EVEN_SLOTS_PER_BACKEND, MAGLEV_MIN_SLOTS_PER_BACKEND,
     MAGLEV_TABLE_SIZES,
 };
 
-/// Identity string of a backend, the input of its permutation.
-pub fn identity(ip: Ipv4Addr, port: u16) -> String {
-    SocketAddrV4::new(ip, port).to_string()
+/// Identity string of a backend, the input of its permutation:
+/// `10.42.0.5:8080`, or `[fd00::5]:8080` for an IPv6 pod.
+pub fn identity(ip: impl Into<IpAddr>, port: u16) -> String {
+    SocketAddr::new(ip.into(), port).to_string()
 }
 
 /// A configured table size: one of [`MAGLEV_TABLE_SIZES`].
@@ -314,6 +315,7 @@ pub const REMAP_SAMPLES: u64 = 200_000;
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::net::Ipv4Addr;
 
     /// The size the table of `n` backends had when sizes followed the
     /// backend count (and still has once grown): the tests written for

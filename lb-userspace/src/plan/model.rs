@@ -1,10 +1,14 @@
 //! The services model: what a node serves, whichever source it came from
 //! (a services file, or Kubernetes objects), and the few value types every
 //! layer names (protocols, CIDRs, frontends).
+//!
+//! Addresses are of either family (`IpAddr`): a service's VIP and its
+//! backends are of one family, and a dual-stack Kubernetes Service becomes
+//! two services, one per family.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::maps;
 
@@ -67,6 +71,9 @@ impl Default for Limits {
 pub struct NodeServices {
     /// `node.ip`, when the file pins it.
     pub node_ip: Option<Ipv4Addr>,
+    /// `node.ip6`, when the file pins it: the node's IPv6 address, the
+    /// `node_ip` of its IPv6 backends.
+    pub node_ip6: Option<Ipv6Addr>,
     pub nat_ports: NatPorts,
     /// Idle timeouts of the data path's flow entries, by state.
     pub flow_timeouts: FlowTimeouts,
@@ -76,8 +83,8 @@ pub struct NodeServices {
     /// Which remote backends are reached by direct server return (the
     /// others by full NAT).
     pub direct_return: DirectReturn,
-    /// VIPs this node answers ARP for.
-    pub announce: BTreeSet<Ipv4Addr>,
+    /// VIPs this node answers ARP (IPv4) or Neighbor Solicitations (IPv6) for.
+    pub announce: BTreeSet<IpAddr>,
     /// In file order.
     pub services: Vec<Service>,
 }
@@ -88,10 +95,10 @@ impl NodeServices {
     /// own environment reserves, such as its gateways, which no file validation can know.)
     pub fn withhold(
         &mut self,
-        reserved: &std::collections::BTreeMap<Ipv4Addr, String>,
-    ) -> Vec<(Ipv4Addr, String)> {
+        reserved: &std::collections::BTreeMap<IpAddr, String>,
+    ) -> Vec<(IpAddr, String)> {
         let mut hit = BTreeSet::new();
-        let mut keep = |vip: Ipv4Addr| {
+        let mut keep = |vip: IpAddr| {
             let ok = !reserved.contains_key(&vip);
             if !ok {
                 hit.insert(vip);
@@ -160,17 +167,18 @@ impl Default for NatPorts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    pub vip: Ipv4Addr,
+    /// IPv4 or IPv6; every backend is of its family.
+    pub vip: IpAddr,
     /// Never empty.
     pub ports: Vec<ServicePort>,
     pub session_affinity: SessionAffinity,
-    /// Empty: every source allowed, unless `no_ipv4_source_range`.
+    /// The clients allowed, of either family; empty: every client. Only the
+    /// ranges of the VIP's family can match (its clients are of that
+    /// family), but the others count: a service restricted to ranges of
+    /// the other family only denies every client (fail closed), as
+    /// Kubernetes `loadBalancerSourceRanges` means it. Dropping them would
+    /// leave an empty list, which would allow everyone.
     pub source_ranges: Vec<Cidr>,
-    /// The service restricts its sources but names no IPv4 range (Kubernetes
-    /// `loadBalancerSourceRanges` with IPv6 CIDRs only): every IPv4 client is
-    /// denied. An empty `source_ranges` alone would mean "allow all", so a
-    /// list that lost its IPv6 entries would fail open.
-    pub no_ipv4_source_range: bool,
     /// The service's own Maglev table size, instead of
     /// [`NodeServices::maglev_table_size`].
     pub maglev_table_size: Option<MaglevSize>,
@@ -185,7 +193,7 @@ pub struct Service {
     /// `target_port`: the ports each one serves, each with its own target
     /// port. A named `targetPort` resolves per EndpointSlice, so pods of
     /// one Service may use different numbers for it.
-    pub backend_ports: BTreeMap<Ipv4Addr, Vec<ServicePort>>,
+    pub backend_ports: BTreeMap<IpAddr, Vec<ServicePort>>,
 }
 
 impl Service {
@@ -218,8 +226,23 @@ impl Service {
         })
     }
 
+    /// Whether the service restricts its clients (`source_ranges` of any
+    /// family): the data path's `SOURCE_RANGES` flag.
+    pub fn restricted(&self) -> bool {
+        !self.source_ranges.is_empty()
+    }
+
+    /// The source ranges that can match a client of the VIP's family.
+    pub fn own_family_ranges(&self) -> impl Iterator<Item = Cidr> + '_ {
+        let v6 = self.vip.is_ipv6();
+        self.source_ranges
+            .iter()
+            .copied()
+            .filter(move |c| c.addr.is_ipv6() == v6)
+    }
+
     /// The target port of `p` on backend `ip`, if that backend serves `p`.
-    pub fn target_port(&self, ip: Ipv4Addr, p: &ServicePort) -> Option<u16> {
+    pub fn target_port(&self, ip: IpAddr, p: &ServicePort) -> Option<u16> {
         match self.backend_ports.get(&ip) {
             None => Some(p.target_port),
             Some(ports) => ports
@@ -302,22 +325,53 @@ impl fmt::Display for ProtoName {
     }
 }
 
-/// A service frontend (VIP, port, protocol) as people read it. `{}` is
-/// the label form of status output and metrics, `192.168.50.100:80/TCP`;
+/// A service frontend (VIP, port, protocol) as people read it, of a
+/// `services` ([`lb_common::ServiceKey`]) or `services6`
+/// ([`lb_common::ServiceKey6`]) key. `{}` is the label form of status
+/// output and metrics, `192.168.50.100:80/TCP` or `[fd00::100]:80/TCP`;
 /// `{:#}` the form that reads in a sentence, `TCP 192.168.50.100:80`.
-pub struct Frontend<'a>(pub &'a lb_common::ServiceKey);
+pub struct Frontend<'a, K = lb_common::ServiceKey>(pub &'a K);
 
-impl fmt::Display for Frontend<'_> {
+/// A `services` or `services6` key: the frontend's parts, whatever its family.
+pub trait FrontendKey {
+    fn vip(&self) -> IpAddr;
+    fn port(&self) -> u16;
+    fn proto(&self) -> u8;
+}
+
+impl FrontendKey for lb_common::ServiceKey {
+    fn vip(&self) -> IpAddr {
+        IpAddr::from(self.vip)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl FrontendKey for lb_common::ServiceKey6 {
+    fn vip(&self) -> IpAddr {
+        IpAddr::from(self.vip)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl<K: FrontendKey> fmt::Display for Frontend<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (vip, port, proto) = (
-            Ipv4Addr::from(self.0.vip),
-            self.0.port,
-            ProtoName(self.0.proto),
-        );
+        let (port, proto) = (self.0.port(), ProtoName(self.0.proto()));
+        // `SocketAddr` brackets an IPv6 address, so the port stays readable.
+        let at = std::net::SocketAddr::new(self.0.vip(), port);
         if f.alternate() {
-            write!(f, "{proto} {vip}:{port}")
+            write!(f, "{proto} {at}")
         } else {
-            write!(f, "{vip}:{port}/{proto}")
+            write!(f, "{at}/{proto}")
         }
     }
 }
@@ -330,31 +384,71 @@ pub enum SessionAffinity {
     ClientIp { timeout_s: u32 },
 }
 
-/// An IPv4 network: `addr` has no bit set beyond `prefix_len`.
+/// An IPv4 or IPv6 network: `addr` has no bit set beyond `prefix_len`
+/// (at most 32 for IPv4, 128 for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix_len: u8,
 }
 
-impl Cidr {
-    /// Parses `a.b.c.d/len`, rejecting host bits.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((addr, len)) = s.split_once('/') else {
+/// Bits of an address of `addr`'s family.
+const fn width(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// The address with every bit beyond `len` cleared (`len` at most its width).
+fn masked(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & Cidr::mask(len))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & Cidr::mask6(len))),
+    }
+}
+
+/// The address and prefix length of `a.b.c.d/len` or `x::y/len`; `bare`
+/// gives a bare address (no `/len`) its family's full length.
+fn split_cidr(s: &str, bare: bool) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some(parts) => parts,
+        None if bare => (s, ""),
+        None => {
             return Err(format!("{s:?} is not a CIDR (expected e.g. 10.0.0.0/8)"));
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 CIDR: bad address {addr:?}"))?;
-        let prefix_len = match len.parse::<u8>() {
-            Ok(l) if l <= 32 && !len.starts_with('+') => l,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not an IPv4 CIDR: prefix length must be 0..=32"
-                ));
-            }
-        };
-        let network = Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len));
+        }
+    };
+    // The family is the address's; the messages name it, so that an IPv4
+    // CIDR's problems read as they always have.
+    let family = if addr.contains(':') { "IPv6" } else { "IPv4" };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not an {family} CIDR: bad address {addr:?}"))?;
+    let max = width(addr);
+    if len.is_empty() && bare {
+        return Ok((addr, max));
+    }
+    match len.parse::<u8>() {
+        Ok(l) if l <= max && !len.starts_with('+') => Ok((addr, l)),
+        _ => Err(format!(
+            "{s:?} is not an {family} CIDR: prefix length must be 0..={max}"
+        )),
+    }
+}
+
+impl Cidr {
+    /// An IPv4 network (`prefix_len <= 32`), host bits cleared.
+    pub fn v4(addr: Ipv4Addr, prefix_len: u8) -> Self {
+        Self {
+            addr: masked(IpAddr::V4(addr), prefix_len.min(32)),
+            prefix_len: prefix_len.min(32),
+        }
+    }
+
+    /// Parses `a.b.c.d/len` or `x::y/len`, rejecting host bits.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix_len) = split_cidr(s, false)?;
+        let network = masked(addr, prefix_len);
         if network != addr {
             return Err(format!(
                 "{s:?} has host bits set (the network is {network}/{prefix_len})"
@@ -363,38 +457,48 @@ impl Cidr {
         Ok(Self { addr, prefix_len })
     }
 
-    /// Parses `a.b.c.d/len` or a bare address (`/32`), clearing host bits
-    /// as Kubernetes does for `loadBalancerSourceRanges` and MetalLB for
-    /// pool CIDRs.
+    /// Parses `a.b.c.d/len`, `x::y/len` or a bare address (`/32`, `/128`),
+    /// clearing host bits as Kubernetes does for `loadBalancerSourceRanges`
+    /// and MetalLB for pool CIDRs.
     pub fn parse_masked(s: &str) -> Result<Self, String> {
-        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 CIDR: bad address {addr:?}"))?;
-        let prefix_len = len
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= 32 && !len.starts_with('+'))
-            .ok_or_else(|| format!("{s:?} is not an IPv4 CIDR: prefix length must be 0..=32"))?;
+        let (addr, prefix_len) = split_cidr(s, true)?;
         Ok(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)),
+            addr: masked(addr, prefix_len),
             prefix_len,
         })
     }
 
-    /// The first and last address of the network, as integers.
+    /// The first and last address of an IPv4 network, as integers: the
+    /// IPv4 address pools' form (`k8s::pool`, which never passes an IPv6
+    /// CIDR here). An IPv6 network has no IPv4 addresses: `(1, 0)`, a
+    /// backwards (empty) range.
     pub const fn bounds(self) -> (u32, u32) {
-        let first = self.addr.to_bits();
-        (first, first | !Self::mask(self.prefix_len))
+        match self.addr {
+            IpAddr::V4(a) => {
+                let first = a.to_bits();
+                (first, first | !Self::mask(self.prefix_len))
+            }
+            IpAddr::V6(_) => (1, 0),
+        }
     }
 
-    /// Netmask of a prefix length (`len <= 32`).
+    /// IPv4 netmask of a prefix length (`len <= 32`).
     pub const fn mask(len: u8) -> u32 {
         if len == 0 { 0 } else { u32::MAX << (32 - len) }
     }
 
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    /// IPv6 netmask of a prefix length (`len <= 128`).
+    pub const fn mask6(len: u8) -> u128 {
+        if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        }
+    }
+
+    /// Whether `ip` is in the network (never for the other family).
+    pub fn contains(self, ip: IpAddr) -> bool {
+        ip.is_ipv6() == self.addr.is_ipv6() && masked(ip, self.prefix_len) == self.addr
     }
 }
 
@@ -406,8 +510,11 @@ impl fmt::Display for Cidr {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
-    /// Pod address.
-    pub ip: Ipv4Addr,
-    /// Address of the node that runs the pod.
-    pub node_ip: Ipv4Addr,
+    /// Pod address, of its service's family.
+    pub ip: IpAddr,
+    /// Address of the node that runs the pod: for an IPv4 pod the node's
+    /// IPv4 address; for an IPv6 pod its IPv6 address, or its IPv4 address
+    /// where it has no IPv6 one known (then the pod is reached only from
+    /// its own node: the data path has no IPv6 next hop for it).
+    pub node_ip: IpAddr,
 }

@@ -5,6 +5,7 @@
 //! ```yaml
 //! node:                      # optional; else the agent takes the interface's address
 //!   ip: 192.168.50.11
+//!   ip6: fd00:50::11         # optional: the node's IPv6 address
 //! nat_ports: { min: 61000, max: 65535 }   # optional; source ports of full-NAT flows
 //! flow_timeouts: { tcp_closing: 10 }      # optional; seconds, see below
 //! maglev_table_size: 1021                 # optional; every node's file must say the same
@@ -26,6 +27,16 @@
 //!
 //! Fields:
 //! - `node.ip`: this node's IPv4 address; no VIP may equal it.
+//! - `node.ip6`: this node's IPv6 address (default: the interface's global
+//!   IPv6 address, if any); no VIP may equal it. IPv6 backends whose
+//!   `node_ip` is this address are local.
+//!
+//! Addresses may be IPv4 or IPv6 throughout (VIPs, `announce`, backends,
+//! `source_ranges`). A service's VIP and its backends' `ip` are of one
+//! family (a dual-stack service is two services, one per VIP). An IPv6
+//! backend's `node_ip` is its node's IPv6 address, or, where the node has
+//! none, its IPv4 address: such a backend is then served only by its own
+//! node (the data path has no IPv6 address to reach it through).
 //! - `nat_ports.min`/`max`: inclusive source-port range for flows to
 //!   backends on other nodes; `1024 <= min <= max`. Keep it outside
 //!   `net.ipv4.ip_local_port_range`. Default 61000–65535.
@@ -49,9 +60,10 @@
 //!   the frame goes to that node as it is, and the backend sees the
 //!   client's address. Every node the backends run on must run the agent.
 //!   Default `false`: full NAT to every remote backend.
-//! - `announce`: VIPs this node answers ARP for; each must be a service VIP.
-//!   Other service VIPs are still balanced here (traffic may arrive after a
-//!   failover) but ARP requests for them are dropped.
+//! - `announce`: VIPs this node answers ARP (IPv4) or Neighbor Solicitations
+//!   (IPv6) for; each must be a service VIP. Other service VIPs are still
+//!   balanced here (traffic may arrive after a failover) but ARP requests
+//!   and Neighbor Solicitations for them are dropped.
 //! - `services[].ports[]`: `port` and `target_port` in 1..=65535
 //!   (`target_port` defaults to `port`), `protocol` `TCP` (default) or
 //!   `UDP`. A VIP, port and protocol is served by one service only.
@@ -59,7 +71,9 @@
 //!   `session_affinity_timeout_seconds` (1..=86400, default 10800) of
 //!   inactivity, per port.
 //! - `source_ranges`: CIDRs (network address, no host bits) of the clients
-//!   allowed to reach the service; absent or empty allows everyone.
+//!   allowed to reach the service; absent or empty allows everyone. Ranges
+//!   of the other family than the VIP's match no client, but still restrict:
+//!   a service whose ranges are all of the other family denies everyone.
 //! - `services[].maglev_table_size`: this service's table size instead of
 //!   the file's `maglev_table_size` (the same sizes allowed).
 //! - `backends[]`: pod address and the address of the node that runs it;
@@ -81,7 +95,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -181,7 +195,10 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
-    ip: Spanned<String>,
+    #[serde(default)]
+    ip: Option<Spanned<String>>,
+    #[serde(default)]
+    ip6: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -279,7 +296,7 @@ struct Located {
     name: Location,
     vip: Location,
     /// `service.vip` is only meaningful when this is `Some`.
-    vip_addr: Option<Ipv4Addr>,
+    vip_addr: Option<IpAddr>,
     ports: Vec<Location>,
     backends: Vec<Location>,
     service: Service,
@@ -299,29 +316,53 @@ impl Validator {
         });
     }
 
-    /// An address usable as a unicast host address.
-    fn host_ip(&mut self, path: &str, s: &Spanned<String>) -> Option<Ipv4Addr> {
-        let Ok(ip) = s.value.parse::<Ipv4Addr>() else {
+    /// An address of either family usable as a unicast host address.
+    fn host_ip(&mut self, path: &str, s: &Spanned<String>) -> Option<IpAddr> {
+        let Ok(ip) = s.value.parse::<IpAddr>() else {
+            // A colon says the writer meant IPv6.
+            let family = if s.value.contains(':') {
+                "IPv6"
+            } else {
+                "IPv4"
+            };
             self.issue(
                 path,
                 s.referenced,
-                format!("{:?} is not an IPv4 address", s.value),
+                format!("{:?} is not an {family} address", s.value),
             );
             return None;
         };
-        let what = if ip.is_unspecified() {
-            "the unspecified address"
-        } else if ip.is_loopback() {
-            "a loopback address"
-        } else if ip.is_multicast() {
-            "a multicast address"
-        } else if ip.is_broadcast() {
-            "the broadcast address"
-        } else {
-            return Some(ip);
+        let what = match ip {
+            IpAddr::V4(ip) if ip.is_broadcast() => "the broadcast address",
+            IpAddr::V6(ip) if ip.is_unicast_link_local() => {
+                "a link-local address (it names no host beyond one link)"
+            }
+            IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some() => {
+                "an IPv4-mapped address (write the IPv4 address)"
+            }
+            _ if ip.is_unspecified() => "the unspecified address",
+            _ if ip.is_loopback() => "a loopback address",
+            _ if ip.is_multicast() => "a multicast address",
+            _ => return Some(ip),
         };
         self.issue(path, s.referenced, format!("{ip} is {what}"));
         None
+    }
+
+    /// A host address of one family (`node.ip`, `node.ip6`).
+    fn host_ip_of<T>(
+        &mut self,
+        path: &str,
+        s: &Spanned<String>,
+        pick: fn(IpAddr) -> Option<T>,
+        other: &str,
+    ) -> Option<T> {
+        let ip = self.host_ip(path, s)?;
+        let found = pick(ip);
+        if found.is_none() {
+            self.issue(path, s.referenced, format!("{ip} is {other}"));
+        }
+        found
     }
 
     fn maglev_size(&mut self, path: &str, v: &Spanned<i64>) -> Option<MaglevSize> {
@@ -358,10 +399,29 @@ impl Validator {
     }
 
     fn file(&mut self, raw: &RawFile, limits: &Limits) -> NodeServices {
-        let node_ip = raw
-            .node
-            .as_ref()
-            .and_then(|n| self.host_ip("node.ip", &n.value.ip));
+        let node = raw.node.as_ref().map(|n| &n.value);
+        let node_ip = node.and_then(|n| n.ip.as_ref()).and_then(|ip| {
+            self.host_ip_of(
+                "node.ip",
+                ip,
+                |ip| match ip {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                },
+                "an IPv6 address (node.ip6 takes the node's IPv6 address)",
+            )
+        });
+        let node_ip6 = node.and_then(|n| n.ip6.as_ref()).and_then(|ip| {
+            self.host_ip_of(
+                "node.ip6",
+                ip,
+                |ip| match ip {
+                    IpAddr::V6(a) => Some(a),
+                    IpAddr::V4(_) => None,
+                },
+                "an IPv4 address (node.ip takes the node's IPv4 address)",
+            )
+        });
         let nat_ports = raw
             .nat_ports
             .as_ref()
@@ -391,8 +451,14 @@ impl Validator {
         for (i, s) in raw.services.iter().flat_map(|s| &s.value).enumerate() {
             services.push(self.service(i, s));
         }
-        self.cross_service(&services, node_ip, limits, services_loc, maglev_table_size);
-        let vips: BTreeSet<Ipv4Addr> = services.iter().filter_map(|l| l.vip_addr).collect();
+        self.cross_service(
+            &services,
+            [node_ip.map(IpAddr::V4), node_ip6.map(IpAddr::V6)],
+            limits,
+            services_loc,
+            maglev_table_size,
+        );
+        let vips: BTreeSet<IpAddr> = services.iter().filter_map(|l| l.vip_addr).collect();
         let mut announce = BTreeSet::new();
         for (i, a) in raw.announce.iter().flatten().enumerate() {
             let path = format!("announce[{i}]");
@@ -411,6 +477,7 @@ impl Validator {
         }
         NodeServices {
             node_ip,
+            node_ip6,
             nat_ports,
             flow_timeouts,
             maglev_table_size,
@@ -501,7 +568,7 @@ impl Validator {
             .maglev_table_size
             .as_ref()
             .and_then(|v| self.maglev_size(&format!("{p}.maglev_table_size"), v));
-        let backends = self.backends(&p, s.backends.as_deref().unwrap_or(&[]));
+        let backends = self.backends(&p, &name, vip, s.backends.as_deref().unwrap_or(&[]));
         Located {
             index: i,
             name: s.name.referenced,
@@ -516,12 +583,10 @@ impl Validator {
                 .collect(),
             service: Service {
                 name,
-                vip: vip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                vip: vip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 ports,
                 session_affinity,
                 source_ranges,
-                // The file takes IPv4 ranges only: no list loses entries.
-                no_ipv4_source_range: false,
                 maglev_table_size,
                 backends,
                 // A backend taken out of the file drains by itself (see
@@ -653,9 +718,16 @@ impl Validator {
         out
     }
 
-    fn backends(&mut self, p: &str, raw: &[Spanned<RawBackend>]) -> Vec<Backend> {
+    /// The backends of service `name` (path `p`) with VIP `vip` (if valid).
+    fn backends(
+        &mut self,
+        p: &str,
+        name: &str,
+        vip: Option<IpAddr>,
+        raw: &[Spanned<RawBackend>],
+    ) -> Vec<Backend> {
         let mut out = Vec::new();
-        let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for (k, b) in raw.iter().enumerate() {
             let bp = format!("{p}.backends[{k}]");
             let ip = self.host_ip(&format!("{bp}.ip"), &b.value.ip);
@@ -663,6 +735,34 @@ impl Validator {
             let (Some(ip), Some(node_ip)) = (ip, node_ip) else {
                 continue;
             };
+            if let Some(vip) = vip
+                && vip.is_ipv6() != ip.is_ipv6()
+            {
+                self.issue(
+                    format!("{bp}.ip"),
+                    b.value.ip.referenced,
+                    format!(
+                        "{ip} is {}, but the vip of service {name:?} is {} (a service's \
+                         backends are of its VIP's family; list the other family's under \
+                         a service of its own)",
+                        family(ip),
+                        family(vip)
+                    ),
+                );
+                continue;
+            }
+            // An IPv4 pod is reached through its node's IPv4 address; an
+            // IPv6 pod's node may be named by either (see the module docs).
+            if ip.is_ipv4() && node_ip.is_ipv6() {
+                self.issue(
+                    format!("{bp}.node_ip"),
+                    b.value.node_ip.referenced,
+                    format!(
+                        "{node_ip} is IPv6, but the IPv4 pod {ip} needs its node's IPv4 address"
+                    ),
+                );
+                continue;
+            }
             if let Some(first) = seen.insert(ip, k) {
                 self.issue(
                     format!("{bp}.ip"),
@@ -679,14 +779,14 @@ impl Validator {
     fn cross_service(
         &mut self,
         services: &[Located],
-        node_ip: Option<Ipv4Addr>,
+        node_ips_own: [Option<IpAddr>; 2],
         limits: &Limits,
         services_loc: Location,
         maglev_table_size: MaglevSize,
     ) {
         // Pod address -> (its node, where first seen); node address -> where first seen.
-        let mut pods: BTreeMap<Ipv4Addr, (Ipv4Addr, String)> = BTreeMap::new();
-        let mut node_ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        let mut pods: BTreeMap<IpAddr, (IpAddr, String)> = BTreeMap::new();
+        let mut node_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
         for l in services {
             for (k, (b, loc)) in l.service.backends.iter().zip(&l.backends).enumerate() {
                 let path = format!("services[{}].backends[{k}]", l.index);
@@ -708,7 +808,7 @@ impl Validator {
             }
         }
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut frontends: BTreeMap<(Ipv4Addr, u16, Protocol), usize> = BTreeMap::new();
+        let mut frontends: BTreeMap<(IpAddr, u16, Protocol), usize> = BTreeMap::new();
         for l in services {
             let (i, s) = (l.index, &l.service);
             let p = format!("services[{i}]");
@@ -723,11 +823,15 @@ impl Validator {
             let Some(vip) = l.vip_addr else {
                 continue;
             };
-            if Some(vip) == node_ip {
+            if let Some(field) = ["node.ip", "node.ip6"]
+                .into_iter()
+                .zip(node_ips_own)
+                .find_map(|(field, own)| (own == Some(vip)).then_some(field))
+            {
                 self.issue(
                     &vip_path,
                     l.vip,
-                    format!("{vip} is the node's own address (node.ip)"),
+                    format!("{vip} is the node's own address ({field})"),
                 );
             }
             if let Some(first) = node_ips.get(&vip) {
@@ -750,8 +854,9 @@ impl Validator {
                         format!("{p}.ports[{j}]"),
                         *loc,
                         format!(
-                            "{} {}:{} is already served by services[{first}]",
-                            port.protocol, vip, port.port
+                            "{} {} is already served by services[{first}]",
+                            port.protocol,
+                            std::net::SocketAddr::new(vip, port.port)
                         ),
                     );
                 }
@@ -769,8 +874,21 @@ impl Validator {
     ) {
         let services = || services.iter().map(|l| &l.service);
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        // `services`/`services6`, `vips`/`vips6` and `src_ranges`/`src_ranges6`
+        // are maps of their own, each as large as its IPv4 twin: the fuller
+        // family counts. Service ids, backend ids and Maglev slots are one
+        // space for both.
+        let fuller = |f: &dyn Fn(bool) -> u64| f(false).max(f(true));
+        let services_of = |v6: bool| services().filter(move |s| s.vip.is_ipv6() == v6);
         let entries: u64 = services().map(|s| count(s.ports.len())).sum();
-        let vips = count(services().map(|s| s.vip).collect::<BTreeSet<_>>().len()) + 1;
+        let vips = fuller(&|v6| {
+            count(
+                services_of(v6)
+                    .map(|s| s.vip)
+                    .collect::<BTreeSet<_>>()
+                    .len(),
+            ) + 1
+        });
         let backends = count(
             services()
                 .flat_map(|s| {
@@ -781,9 +899,11 @@ impl Validator {
                 .collect::<BTreeSet<_>>()
                 .len(),
         );
-        let ranges: u64 = services()
-            .map(|s| count(s.ports.len()) * count(s.source_ranges.len()))
-            .sum();
+        let ranges = fuller(&|v6| {
+            services_of(v6)
+                .map(|s| count(s.ports.len()) * count(s.own_family_ranges().count()))
+                .sum()
+        });
         let slots: u64 = services()
             .map(|s| {
                 let size = s.table_size(maglev_table_size);
@@ -822,6 +942,11 @@ impl Validator {
             }
         }
     }
+}
+
+/// `IPv4` or `IPv6`, as messages name an address's family.
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() { "IPv6" } else { "IPv4" }
 }
 
 /// RFC 1123 label, as Kubernetes requires of names.

@@ -22,20 +22,28 @@
 //!   or after a maximum drain time).
 //! - An identity that comes back (the same pod address and target port)
 //!   takes its old slot again, serving.
+//!
+//! IPv6: `vips6`, `services6`, `backends6` and `src_ranges6` are planned as
+//! their IPv4 twins. Service ids, backend ids and `maglev` slots are one
+//! space for both families: an id is in `backends` or in `backends6`, never
+//! both (the data path reads an IPv6 service's ids in `backends6` only, and
+//! the plan never gives an id the current contents still use to anything
+//! else, so an id changes family only after the writer has cleared it).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BackendValue, DatapathConfig, HalfOpenGuard, ServiceKey, ServiceValue, SourceRangeData,
-    backend_flags, config_flags, service_flags, source_range_prefixlen, vip_flags,
+    BackendValue, BackendValue6, DatapathConfig, HalfOpenGuard, ServiceKey, ServiceKey6,
+    ServiceValue, SourceRangeData, SourceRangeData6, backend_flags, config_flags, service_flags,
+    source_range_prefixlen, vip_flags,
 };
 
 use crate::plan::ids::{IdAllocator, IdError};
 use crate::plan::maglev;
 use crate::plan::model::{
-    Backend, Cidr, DirectReturn, Frontend, Limits, NodeServices, Service, ServicePort,
+    Backend, Cidr, DirectReturn, Frontend, FrontendKey, Limits, NodeServices, Service, ServicePort,
     SessionAffinity,
 };
 use crate::plan::slots::{Region, SlotAllocator, SlotError};
@@ -44,6 +52,10 @@ use crate::plan::slots::{Region, SlotAllocator, SlotError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
     pub ip: Ipv4Addr,
+    /// The node's IPv6 address, if it has one: `node_ip` of its IPv6
+    /// backends (which are local when their node is named by it), and a
+    /// `NODE` entry of `vips6`.
+    pub ip6: Option<Ipv6Addr>,
     pub ifindex: u32,
     pub mac: [u8; 6],
     /// Seed of the data path's flow hash: the cluster's secret, the same on
@@ -65,11 +77,15 @@ pub struct SrcRangeKey {
 }
 
 impl SrcRangeKey {
-    pub fn new(service_id: u32, cidr: Cidr) -> Self {
-        Self {
+    /// The key of an IPv4 `cidr`; `None` for an IPv6 one (see [`SrcRangeKey6`]).
+    pub fn new(service_id: u32, cidr: Cidr) -> Option<Self> {
+        let IpAddr::V4(addr) = cidr.addr else {
+            return None;
+        };
+        Some(Self {
             prefixlen: source_range_prefixlen(cidr.prefix_len),
-            data: SourceRangeData::new(service_id, cidr.addr.octets()),
-        }
+            data: SourceRangeData::new(service_id, addr.octets()),
+        })
     }
 
     pub fn service_id(&self) -> u32 {
@@ -84,7 +100,7 @@ impl SrcRangeKey {
         }
         let addr = Ipv4Addr::from(self.data.addr);
         (u32::from(addr) & Cidr::mask(len) == u32::from(addr)).then_some(Cidr {
-            addr,
+            addr: IpAddr::V4(addr),
             prefix_len: len,
         })
     }
@@ -94,15 +110,172 @@ impl SrcRangeKey {
     }
 }
 
-impl Ord for SrcRangeKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.sort_key().cmp(&other.sort_key())
+/// Key of the `src_ranges6` LPM trie: [`SrcRangeKey`] for IPv6 ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SrcRangeKey6 {
+    /// `32 + CIDR prefix length`.
+    pub prefixlen: u32,
+    pub data: SourceRangeData6,
+}
+
+impl SrcRangeKey6 {
+    /// The key of an IPv6 `cidr`; `None` for an IPv4 one (see [`SrcRangeKey`]).
+    pub fn new(service_id: u32, cidr: Cidr) -> Option<Self> {
+        let IpAddr::V6(addr) = cidr.addr else {
+            return None;
+        };
+        Some(Self {
+            prefixlen: source_range_prefixlen(cidr.prefix_len),
+            data: SourceRangeData6::new(service_id, addr.octets()),
+        })
+    }
+
+    pub fn service_id(&self) -> u32 {
+        u32::from_be_bytes(self.data.service_id)
+    }
+
+    /// The CIDR, if the key is well-formed (prefix 32..=160, no host bits).
+    pub fn cidr(&self) -> Option<Cidr> {
+        let len = u8::try_from(self.prefixlen.checked_sub(32)?).ok()?;
+        if len > 128 {
+            return None;
+        }
+        let addr = Ipv6Addr::from(self.data.addr);
+        (u128::from(addr) & Cidr::mask6(len) == u128::from(addr)).then_some(Cidr {
+            addr: IpAddr::V6(addr),
+            prefix_len: len,
+        })
+    }
+
+    fn sort_key(&self) -> (u32, [u8; 16], u32) {
+        (self.service_id(), self.data.addr, self.prefixlen)
     }
 }
 
-impl PartialOrd for SrcRangeKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+macro_rules! order_by_sort_key {
+    ($($t:ty),*) => {$(
+        impl Ord for $t {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.sort_key().cmp(&other.sort_key())
+            }
+        }
+
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+    )*};
+}
+
+order_by_sort_key!(SrcRangeKey, SrcRangeKey6);
+
+/// A `services` or `services6` key: one frontend of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AnyServiceKey {
+    V4(ServiceKey),
+    V6(ServiceKey6),
+}
+
+impl AnyServiceKey {
+    /// The key of `vip:port/proto` in its family's map.
+    pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+        match vip {
+            IpAddr::V4(a) => Self::V4(ServiceKey::new(a.octets(), port, proto)),
+            IpAddr::V6(a) => Self::V6(ServiceKey6::new(a.octets(), port, proto)),
+        }
+    }
+}
+
+impl AnyServiceKey {
+    /// The VIP, of either family.
+    pub fn vip(&self) -> IpAddr {
+        match self {
+            Self::V4(k) => IpAddr::from(k.vip),
+            Self::V6(k) => IpAddr::from(k.vip),
+        }
+    }
+
+    /// Host order.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::V4(k) => k.port,
+            Self::V6(k) => k.port,
+        }
+    }
+
+    /// A `lb_common::proto` number.
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.proto,
+            Self::V6(k) => k.proto,
+        }
+    }
+}
+
+impl FrontendKey for AnyServiceKey {
+    fn vip(&self) -> IpAddr {
+        Self::vip(self)
+    }
+    fn port(&self) -> u16 {
+        Self::port(self)
+    }
+    fn proto(&self) -> u8 {
+        Self::proto(self)
+    }
+}
+
+/// A backend slot of either family: the `backends` or the `backends6`
+/// entry of an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendSlot {
+    V4(BackendValue),
+    V6(BackendValue6),
+}
+
+impl BackendSlot {
+    /// [`backend_flags`] bits.
+    pub fn flags(&self) -> u16 {
+        match self {
+            Self::V4(b) => b.flags,
+            Self::V6(b) => b.flags,
+        }
+    }
+
+    fn set_flags(&mut self, flags: u16) {
+        match self {
+            Self::V4(b) => b.flags = flags,
+            Self::V6(b) => b.flags = flags,
+        }
+    }
+
+    /// Pod address.
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            Self::V4(b) => IpAddr::from(b.ip),
+            Self::V6(b) => IpAddr::from(b.ip),
+        }
+    }
+
+    /// Target port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::V4(b) => b.port,
+            Self::V6(b) => b.port,
+        }
+    }
+
+    /// The node's address (unspecified when unknown).
+    pub fn node_ip(&self) -> IpAddr {
+        match self {
+            Self::V4(b) => IpAddr::from(b.node_ip),
+            Self::V6(b) => IpAddr::from(b.node_ip),
+        }
+    }
+
+    /// (pod address, target port): what the id stands for.
+    pub fn identity(&self) -> (IpAddr, u16) {
+        (self.ip(), self.port())
     }
 }
 
@@ -119,10 +292,19 @@ pub struct DataplaneState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     /// `backends`: the valid slots only (others are zero).
     pub backends: BTreeMap<u32, BackendValue>,
-    /// `maglev`: the table of every service with backends, by offset.
+    /// `maglev`: the table of every service (of either family) with
+    /// backends, by offset.
     pub maglev: BTreeMap<u32, Table>,
     /// `src_ranges` keys (the value is always 1).
     pub src_ranges: BTreeSet<SrcRangeKey>,
+    /// `vips6`: IPv6 address -> [`vip_flags`].
+    pub vips6: BTreeMap<[u8; 16], u32>,
+    /// `services6`: IPv6 frontends, with ids and tables of the shared spaces.
+    pub services6: BTreeMap<ServiceKey6, ServiceValue>,
+    /// `backends6`: IPv6 backends, by ids none of which is in `backends`.
+    pub backends6: BTreeMap<u32, BackendValue6>,
+    /// `src_ranges6` keys (the value is always 1).
+    pub src_ranges6: BTreeSet<SrcRangeKey6>,
 }
 
 /// Contents that no sequence of plans and partial applications produces.
@@ -134,6 +316,8 @@ pub enum StateError {
     BackendIdOutOfRange { id: u32, max: u32 },
     #[error("backend slot {id} is listed but not marked valid")]
     BackendNotValid { id: u32 },
+    #[error("backend id {id} is both in backends and in backends6")]
+    BackendInBothFamilies { id: u32 },
     #[error("backends {a} and {b} are both {identity}")]
     DuplicateBackend { a: u32, b: u32, identity: String },
     #[error("service {key} has id {id}, out of range (ids are < {max})")]
@@ -155,7 +339,7 @@ pub enum StateError {
     #[error("maglev regions: {0}")]
     Regions(#[source] SlotError),
     #[error("malformed src_ranges key (prefixlen {prefixlen}, address {addr})")]
-    BadSrcRange { prefixlen: u32, addr: Ipv4Addr },
+    BadSrcRange { prefixlen: u32, addr: IpAddr },
 }
 
 /// Why no state could be planned.
@@ -165,8 +349,10 @@ pub enum PlanError {
     Inconsistent(#[from] StateError),
     #[error("the interface address {node} is not node.ip {file} of the services file")]
     NodeIpMismatch { node: Ipv4Addr, file: Ipv4Addr },
+    #[error("the node's IPv6 address {node} is not node.ip6 {file} of the services file")]
+    NodeIp6Mismatch { node: Ipv6Addr, file: Ipv6Addr },
     #[error("service {service}: its VIP {vip} is this node's own address")]
-    VipIsNodeIp { service: String, vip: Ipv4Addr },
+    VipIsNodeIp { service: String, vip: IpAddr },
     #[error("{frontend} is served by both {a} and {b}")]
     DuplicateFrontend {
         frontend: String,
@@ -174,10 +360,15 @@ pub enum PlanError {
         b: String,
     },
     #[error("pod {pod} is listed on node {a} and on node {b}")]
-    ConflictingBackendNode {
-        pod: Ipv4Addr,
-        a: Ipv4Addr,
-        b: Ipv4Addr,
+    ConflictingBackendNode { pod: IpAddr, a: IpAddr, b: IpAddr },
+    #[error(
+        "service {service}: backend {backend} is not of the family of its VIP {vip} \
+         (a dual-stack service is two services, one per family)"
+    )]
+    MixedFamilies {
+        service: String,
+        vip: IpAddr,
+        backend: IpAddr,
     },
     /// Ids still used by the current contents count too: they are freed
     /// only once the new contents are written.
@@ -212,21 +403,89 @@ pub struct Allocators {
 }
 
 /// `TCP 192.168.50.100:80`, as plan errors name a frontend.
-pub fn frontend_name(key: &ServiceKey) -> String {
+pub fn frontend_name<K: FrontendKey>(key: &K) -> String {
     format!("{:#}", Frontend(key))
 }
 
-fn backend_identity(b: &BackendValue) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(b.ip), b.port)
-}
-
 impl DataplaneState {
-    /// The `maglev` regions the services point at.
-    pub fn regions(&self) -> impl Iterator<Item = (ServiceKey, Region)> + '_ {
-        self.services
+    /// Every frontend of both families with its entry.
+    pub fn all_services(&self) -> impl Iterator<Item = (AnyServiceKey, &ServiceValue)> + '_ {
+        let v4 = self
+            .services
             .iter()
+            .map(|(k, v)| (AnyServiceKey::V4(*k), v));
+        v4.chain(
+            self.services6
+                .iter()
+                .map(|(k, v)| (AnyServiceKey::V6(*k), v)),
+        )
+    }
+
+    /// The entry of a frontend of either family.
+    pub fn service(&self, key: &AnyServiceKey) -> Option<&ServiceValue> {
+        match key {
+            AnyServiceKey::V4(k) => self.services.get(k),
+            AnyServiceKey::V6(k) => self.services6.get(k),
+        }
+    }
+
+    fn insert_service(&mut self, key: AnyServiceKey, value: ServiceValue) {
+        match key {
+            AnyServiceKey::V4(k) => self.services.insert(k, value),
+            AnyServiceKey::V6(k) => self.services6.insert(k, value),
+        };
+    }
+
+    /// Every backend slot of both families, by id.
+    pub fn all_backends(&self) -> impl Iterator<Item = (u32, BackendSlot)> + '_ {
+        let v4 = self
+            .backends
+            .iter()
+            .map(|(&id, b)| (id, BackendSlot::V4(*b)));
+        v4.chain(
+            self.backends6
+                .iter()
+                .map(|(&id, b)| (id, BackendSlot::V6(*b))),
+        )
+    }
+
+    /// The slot of backend `id`, in whichever family's map holds it.
+    pub fn backend(&self, id: u32) -> Option<BackendSlot> {
+        self.backends
+            .get(&id)
+            .map(|b| BackendSlot::V4(*b))
+            .or_else(|| self.backends6.get(&id).map(|b| BackendSlot::V6(*b)))
+    }
+
+    /// The service ids the source ranges of both families name (below the
+    /// limit: a stale key of an id beyond it cannot collide with a new
+    /// service, so it needs no reserving); an error for a malformed key.
+    fn range_service_ids(&self, limits: &Limits) -> Result<BTreeSet<u32>, StateError> {
+        let ranges4 = self.src_ranges.iter().map(|r| {
+            let addr = IpAddr::from(r.data.addr);
+            (r.cidr(), r.prefixlen, addr, r.service_id())
+        });
+        let ranges6 = self.src_ranges6.iter().map(|r| {
+            let addr = IpAddr::from(r.data.addr);
+            (r.cidr(), r.prefixlen, addr, r.service_id())
+        });
+        let mut ids = BTreeSet::new();
+        for (cidr, prefixlen, addr, service_id) in ranges4.chain(ranges6) {
+            if cidr.is_none() {
+                return Err(StateError::BadSrcRange { prefixlen, addr });
+            }
+            if service_id < limits.max_services {
+                ids.insert(service_id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The `maglev` regions the services of both families point at.
+    pub fn regions(&self) -> impl Iterator<Item = (AnyServiceKey, Region)> + '_ {
+        self.all_services()
             .filter(|(_, v)| v.maglev_len > 0)
-            .map(|(k, v)| (*k, Region::new(v.maglev_offset, v.maglev_len)))
+            .map(|(k, v)| (k, Region::new(v.maglev_offset, v.maglev_len)))
     }
 
     /// Checks that the contents are consistent (every reference resolves,
@@ -238,17 +497,24 @@ impl DataplaneState {
     /// services that do not exist or have no `SOURCE_RANGES` flag.
     pub fn allocators(&self, limits: &Limits) -> Result<Allocators, StateError> {
         let mut identities = HashMap::new();
-        for (&id, b) in &self.backends {
+        if let Some(&id) = self
+            .backends6
+            .keys()
+            .find(|id| self.backends.contains_key(id))
+        {
+            return Err(StateError::BackendInBothFamilies { id });
+        }
+        for (id, b) in self.all_backends() {
             if id >= limits.max_backends {
                 return Err(StateError::BackendIdOutOfRange {
                     id,
                     max: limits.max_backends,
                 });
             }
-            if b.flags & backend_flags::VALID == 0 {
+            if b.flags() & backend_flags::VALID == 0 {
                 return Err(StateError::BackendNotValid { id });
             }
-            let (ip, port) = backend_identity(b);
+            let (ip, port) = b.identity();
             if let Some(a) = identities.insert((ip, port), id) {
                 return Err(StateError::DuplicateBackend {
                     a,
@@ -257,19 +523,19 @@ impl DataplaneState {
                 });
             }
         }
-        let mut service_ids: BTreeMap<u32, &ServiceKey> = BTreeMap::new();
-        for (key, v) in &self.services {
+        let mut service_ids: BTreeMap<u32, AnyServiceKey> = BTreeMap::new();
+        for (key, v) in self.all_services() {
             if v.id >= limits.max_services {
                 return Err(StateError::ServiceIdOutOfRange {
-                    key: frontend_name(key),
+                    key: frontend_name(&key),
                     id: v.id,
                     max: limits.max_services,
                 });
             }
             if let Some(a) = service_ids.insert(v.id, key) {
                 return Err(StateError::DuplicateServiceId {
-                    a: frontend_name(a),
-                    b: frontend_name(key),
+                    a: frontend_name(&a),
+                    b: frontend_name(&key),
                     id: v.id,
                 });
             }
@@ -278,7 +544,7 @@ impl DataplaneState {
         // backends each): an array indexed by id, not a map lookup per slot. Ids were
         // checked against the limit above.
         let mut present = vec![false; limits.max_backends as usize];
-        for &id in self.backends.keys() {
+        for (id, _) in self.all_backends() {
             present[id as usize] = true;
         }
         for (key, region) in self.regions() {
@@ -314,23 +580,12 @@ impl DataplaneState {
             return Err(StateError::UnreferencedTable { offset });
         }
         let mut ids: BTreeSet<u32> = service_ids.keys().copied().collect();
-        for r in &self.src_ranges {
-            if r.cidr().is_none() {
-                return Err(StateError::BadSrcRange {
-                    prefixlen: r.prefixlen,
-                    addr: Ipv4Addr::from(r.data.addr),
-                });
-            }
-            // A stale key of an id beyond the limit cannot collide with a
-            // new service: no need to reserve it.
-            if r.service_id() < limits.max_services {
-                ids.insert(r.service_id());
-            }
-        }
+        ids.extend(self.range_service_ids(limits)?);
         // Checked against the limits above, so these should not fail; the
         // contents come from kernel maps, so report rather than assume.
-        let backend_ids = IdAllocator::rebuild(limits.max_backends, self.backends.keys().copied())
-            .map_err(StateError::Ids)?;
+        let backend_ids =
+            IdAllocator::rebuild(limits.max_backends, self.all_backends().map(|(id, _)| id))
+                .map_err(StateError::Ids)?;
         let service_ids =
             IdAllocator::rebuild(limits.max_services, ids).map_err(StateError::Ids)?;
         Ok(Allocators {
@@ -385,10 +640,9 @@ const RETIRED: u16 = backend_flags::DRAINING | backend_flags::GONE;
 /// The retired backend slots of a state: draining and gone.
 pub fn retired(state: &DataplaneState) -> impl Iterator<Item = u32> + '_ {
     state
-        .backends
-        .iter()
-        .filter(|(_, b)| b.flags & RETIRED == RETIRED)
-        .map(|(&id, _)| id)
+        .all_backends()
+        .filter(|(_, b)| b.flags() & RETIRED == RETIRED)
+        .map(|(id, _)| id)
 }
 
 /// [`plan`] for a `prev` that [`plan`] or [`replan`] computed: a Maglev table whose
@@ -438,6 +692,14 @@ fn plan_with(
             file: file_ip,
         });
     }
+    if let (Some(file_ip), Some(node_ip)) = (file.node_ip6, node.ip6)
+        && file_ip != node_ip
+    {
+        return Err(PlanError::NodeIp6Mismatch {
+            node: node_ip,
+            file: file_ip,
+        });
+    }
     let (frontends, pods) = frontends(file, node)?;
     let (backends, backend_ids) = plan_backends(
         prev,
@@ -469,10 +731,19 @@ fn plan_with(
         } else {
             0
         }),
-        vips: plan_vips(file, node),
-        backends,
         ..DataplaneState::default()
     };
+    (state.vips, state.vips6) = plan_vips(file, node);
+    for (id, b) in backends {
+        match b {
+            BackendSlot::V4(b) => {
+                state.backends.insert(id, b);
+            }
+            BackendSlot::V6(b) => {
+                state.backends6.insert(id, b);
+            }
+        }
+    }
     for (key, (s, p)) in frontends {
         plan_service(
             prev,
@@ -489,34 +760,61 @@ fn plan_with(
     }
     peak_fits("vips", prev.vips.keys(), state.vips.keys(), limits.max_vips)?;
     peak_fits(
+        "vips6",
+        prev.vips6.keys(),
+        state.vips6.keys(),
+        limits.max_vips,
+    )?;
+    peak_fits(
         "src_ranges",
         prev.src_ranges.iter(),
         state.src_ranges.iter(),
+        limits.max_src_ranges,
+    )?;
+    peak_fits(
+        "src_ranges6",
+        prev.src_ranges6.iter(),
+        state.src_ranges6.iter(),
         limits.max_src_ranges,
     )?;
     Ok(state)
 }
 
 /// Each frontend with its service and port.
-type Frontends<'a> = BTreeMap<ServiceKey, (&'a Service, &'a ServicePort)>;
+type Frontends<'a> = BTreeMap<AnyServiceKey, (&'a Service, &'a ServicePort)>;
+
+/// Pod address -> the address of its node.
+type Pods = BTreeMap<IpAddr, IpAddr>;
+
+/// Backend identity (pod address, target port) -> id.
+type BackendIds = HashMap<(IpAddr, u16), u32>;
 
 /// The frontends, and the node of every pod; rejects what the validated
 /// file cannot contain but a hand-built one could.
-fn frontends<'a>(
-    file: &'a NodeServices,
-    node: &Node,
-) -> Result<(Frontends<'a>, BTreeMap<Ipv4Addr, Ipv4Addr>), PlanError> {
+fn frontends<'a>(file: &'a NodeServices, node: &Node) -> Result<(Frontends<'a>, Pods), PlanError> {
     let mut frontends: Frontends<'a> = BTreeMap::new();
-    let mut pods: BTreeMap<Ipv4Addr, Ipv4Addr> = BTreeMap::new();
+    let mut pods: Pods = BTreeMap::new();
     for s in &file.services {
-        if s.vip == node.ip {
+        if s.vip == IpAddr::V4(node.ip) || node.ip6.map(IpAddr::V6) == Some(s.vip) {
             return Err(PlanError::VipIsNodeIp {
                 service: s.name.clone(),
                 vip: s.vip,
             });
         }
+        if let Some(b) = s
+            .backends
+            .iter()
+            .chain(&s.draining)
+            .find(|b| b.ip.is_ipv6() != s.vip.is_ipv6())
+        {
+            return Err(PlanError::MixedFamilies {
+                service: s.name.clone(),
+                vip: s.vip,
+                backend: b.ip,
+            });
+        }
         for p in &s.ports {
-            let key = ServiceKey::new(s.vip.octets(), p.port, p.protocol.number());
+            let key = AnyServiceKey::new(s.vip, p.port, p.protocol.number());
             if let Some((other, _)) = frontends.insert(key, (s, p)) {
                 return Err(PlanError::DuplicateFrontend {
                     frontend: frontend_name(&key),
@@ -548,26 +846,21 @@ fn frontends<'a>(
 /// An identity is `DRAINING` when no frontend takes new flows to it. Slots
 /// of prev whose identity is no longer wanted are retired, not dropped,
 /// unless `release` names them (see the module documentation).
-#[expect(
-    clippy::type_complexity,
-    reason = "two maps over the same ids, built together"
-)]
 fn plan_backends(
     prev: &DataplaneState,
     frontends: &Frontends<'_>,
-    pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    pods: &Pods,
     node: &Node,
     file_direct: &DirectReturn,
     release: &BTreeSet<u32>,
     alloc: &mut Allocators,
-) -> Result<(BTreeMap<u32, BackendValue>, HashMap<(Ipv4Addr, u16), u32>), PlanError> {
-    let prev_ids: HashMap<(Ipv4Addr, u16), u32> = prev
-        .backends
-        .iter()
-        .map(|(&id, b)| (backend_identity(b), id))
+) -> Result<(BTreeMap<u32, BackendSlot>, BackendIds), PlanError> {
+    let prev_ids: BackendIds = prev
+        .all_backends()
+        .map(|(id, b)| (b.identity(), id))
         .collect();
     // Identity -> whether some frontend takes new flows to it.
-    let mut wanted: BTreeMap<(Ipv4Addr, u16), bool> = BTreeMap::new();
+    let mut wanted: BTreeMap<(IpAddr, u16), bool> = BTreeMap::new();
     for (s, p) in frontends.values() {
         let all = s.backends.iter().map(|b| (b, true));
         for (b, serving) in all.chain(s.draining.iter().map(|b| (b, false))) {
@@ -586,31 +879,52 @@ fn plan_backends(
                 .allocate()
                 .map_err(PlanError::BackendIds)?,
         };
-        let node_ip = pods.get(&ip).copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let node_ip = pods.get(&ip).copied();
         let mut flags = backend_flags::VALID;
-        if node_ip == node.ip {
+        let local = node_ip
+            .is_some_and(|n| n == IpAddr::V4(node.ip) || Some(n) == node.ip6.map(IpAddr::V6));
+        if local {
             flags |= backend_flags::LOCAL;
-        } else if direct_to(file_direct, node, node_ip) {
+        } else if let Some(IpAddr::V4(n)) = node_ip
+            && ip.is_ipv4()
+            && direct_to(file_direct, node, n)
+        {
+            // Direct return is IPv4 only: the data path finds another
+            // node's MAC through its IPv4 address on the segment.
             flags |= backend_flags::DIRECT;
         }
         ids.insert((ip, port), id);
         if !serving {
             flags |= backend_flags::DRAINING;
         }
-        backends.insert(
-            id,
-            BackendValue::new(ip.octets(), node_ip.octets(), port, flags),
-        );
+        let slot = match ip {
+            IpAddr::V4(ip) => {
+                let n = match node_ip {
+                    Some(IpAddr::V4(n)) => n,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                BackendSlot::V4(BackendValue::new(ip.octets(), n.octets(), port, flags))
+            }
+            IpAddr::V6(ip) => {
+                // A node named by its IPv4 address has no IPv6 next hop:
+                // all zero, and the data path serves the pod only locally.
+                let n = match node_ip {
+                    Some(IpAddr::V6(n)) => n,
+                    _ => Ipv6Addr::UNSPECIFIED,
+                };
+                BackendSlot::V6(BackendValue6::new(ip.octets(), n.octets(), port, flags))
+            }
+        };
+        backends.insert(id, slot);
     }
     // Retired slots: what prev had and the model no longer names. Their node
     // and locality stay as they were: the flows on them go where they went.
-    for (&id, b) in &prev.backends {
-        let was_retired = b.flags & backend_flags::GONE != 0;
-        if wanted.contains_key(&backend_identity(b)) || (was_retired && release.contains(&id)) {
+    for (id, mut b) in prev.all_backends() {
+        let was_retired = b.flags() & backend_flags::GONE != 0;
+        if wanted.contains_key(&b.identity()) || (was_retired && release.contains(&id)) {
             continue;
         }
-        let mut b = *b;
-        b.flags |= backend_flags::DRAINING | backend_flags::GONE;
+        b.set_flags(b.flags() | backend_flags::DRAINING | backend_flags::GONE);
         backends.insert(id, b);
     }
     Ok((backends, ids))
@@ -622,7 +936,9 @@ fn plan_backends(
 /// the announcer. (The data path checks the FIB's next hop again.)
 fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: Ipv4Addr) -> bool {
     !node_ip.is_unspecified()
-        && node.segment.is_some_and(|s| s.contains(node_ip))
+        && node
+            .segment
+            .is_some_and(|s| s.contains(IpAddr::V4(node_ip)))
         && direct_return.allows(node_ip)
 }
 
@@ -635,13 +951,13 @@ fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: Ipv4Addr) -> bo
 fn unchanged_table<'a>(
     prev: &'a DataplaneState,
     old: Option<&ServiceValue>,
-    members: &[((Ipv4Addr, u16), u32)],
+    members: &[((IpAddr, u16), u32)],
     size: maglev::MaglevSize,
 ) -> Option<&'a Table> {
     let old = old.filter(|v| v.maglev_len > 0)?;
     let table = prev.maglev.get(&old.maglev_offset)?;
     for &(key, id) in members {
-        if prev.backends.get(&id).map(backend_identity) != Some(key) {
+        if prev.backend(id).map(|b| b.identity()) != Some(key) {
             return None;
         }
     }
@@ -668,14 +984,14 @@ fn plan_service(
     tables: Tables,
     state: &mut DataplaneState,
     alloc: &mut Allocators,
-    backend_ids: &HashMap<(Ipv4Addr, u16), u32>,
-    pods: &BTreeMap<Ipv4Addr, Ipv4Addr>,
-    key: ServiceKey,
+    backend_ids: &BackendIds,
+    pods: &Pods,
+    key: AnyServiceKey,
     s: &Service,
     p: ServicePort,
     size: maglev::MaglevSize,
 ) -> Result<(), PlanError> {
-    let old = prev.services.get(&key);
+    let old = prev.service(&key);
     let id = match old {
         Some(v) => v.id,
         None => alloc
@@ -683,7 +999,7 @@ fn plan_service(
             .allocate()
             .map_err(PlanError::ServiceIds)?,
     };
-    let ids_of = |backends: &'_ [Backend]| -> Vec<((Ipv4Addr, u16), u32)> {
+    let ids_of = |backends: &'_ [Backend]| -> Vec<((IpAddr, u16), u32)> {
         backends
             .iter()
             .filter_map(|b| {
@@ -733,13 +1049,17 @@ fn plan_service(
         flags |= service_flags::AFFINITY;
         affinity_timeout_s = timeout_s;
     }
-    // Restricted with no IPv4 range: the flag without entries, so the data
-    // path's lookup misses for every client (fail closed).
-    if !s.source_ranges.is_empty() || s.no_ipv4_source_range {
+    // Only the ranges of the VIP's family go to its trie; restricted to
+    // ranges of the other family only, the flag stands without entries, so
+    // the data path's lookup misses for every client (fail closed).
+    if s.restricted() {
         flags |= service_flags::SOURCE_RANGES;
-        state
-            .src_ranges
-            .extend(s.source_ranges.iter().map(|&c| SrcRangeKey::new(id, c)));
+        for c in s.own_family_ranges() {
+            match key {
+                AnyServiceKey::V4(_) => state.src_ranges.extend(SrcRangeKey::new(id, c)),
+                AnyServiceKey::V6(_) => state.src_ranges6.extend(SrcRangeKey6::new(id, c)),
+            }
+        }
     }
     let local_fallback = if state.config.flags & config_flags::DIRECT_RETURN != 0 {
         let leaving = Leaving {
@@ -747,11 +1067,11 @@ fn plan_service(
             previous: old.and_then(ServiceValue::local_fallback),
             pods,
         };
-        local_fallback(&state.backends, &members, &leaving, id)
+        local_fallback(state, &members, &leaving, id)
     } else {
         None
     };
-    state.services.insert(
+    state.insert_service(
         key,
         ServiceValue::new(id, offset, len, flags, affinity_timeout_s)
             .with_local_fallback(local_fallback),
@@ -763,12 +1083,12 @@ fn plan_service(
 /// fallback may still name (see [`local_fallback`]).
 struct Leaving<'a> {
     /// Its terminating endpoints (the model's `draining`).
-    terminating: &'a [((Ipv4Addr, u16), u32)],
+    terminating: &'a [((IpAddr, u16), u32)],
     /// The fallback the previous plan named.
     previous: Option<u32>,
     /// Every pod address the model names: a retired slot's address among them has
     /// gone to another pod, which must not get the flows of the one that left.
-    pods: &'a BTreeMap<Ipv4Addr, Ipv4Addr>,
+    pods: &'a Pods,
 }
 
 /// The backend of this node that a node not announcing the VIP gives a new
@@ -788,18 +1108,18 @@ struct Leaving<'a> {
 /// Dropping is the only other choice, so a pod that has stopped serving
 /// loses nothing by being picked.
 fn local_fallback(
-    backends: &BTreeMap<u32, BackendValue>,
-    members: &[((Ipv4Addr, u16), u32)],
+    state: &DataplaneState,
+    members: &[((IpAddr, u16), u32)],
     leaving: &Leaving<'_>,
     service_id: u32,
 ) -> Option<u32> {
-    let local = |b: &BackendValue| b.flags & backend_flags::LOCAL != 0;
-    let serving = |b: &BackendValue| local(b) && b.flags & backend_flags::DRAINING == 0;
-    let pick = |of: &[((Ipv4Addr, u16), u32)], ok: &dyn Fn(&BackendValue) -> bool| {
+    let local = |b: &BackendSlot| b.flags() & backend_flags::LOCAL != 0;
+    let serving = |b: &BackendSlot| local(b) && b.flags() & backend_flags::DRAINING == 0;
+    let pick = |of: &[((IpAddr, u16), u32)], ok: &dyn Fn(&BackendSlot) -> bool| {
         let mut ids: Vec<u32> = of
             .iter()
             .map(|&(_, id)| id)
-            .filter(|id| backends.get(id).is_some_and(ok))
+            .filter(|&id| state.backend(id).as_ref().is_some_and(ok))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -809,25 +1129,35 @@ fn local_fallback(
     pick(members, &serving)
         .or_else(|| pick(leaving.terminating, &local))
         .or_else(|| {
-            leaving.previous.filter(|id| {
-                backends.get(id).is_some_and(|b| {
-                    local(b)
-                        && b.flags & RETIRED == RETIRED
-                        && !leaving.pods.contains_key(&Ipv4Addr::from(b.ip))
+            leaving.previous.filter(|&id| {
+                state.backend(id).is_some_and(|b| {
+                    local(&b)
+                        && b.flags() & RETIRED == RETIRED
+                        && !leaving.pods.contains_key(&b.ip())
                 })
             })
         })
 }
 
-fn plan_vips(file: &NodeServices, node: &Node) -> BTreeMap<[u8; 4], u32> {
-    let mut vips: BTreeMap<[u8; 4], u32> = BTreeMap::new();
+/// `vips` and `vips6`.
+type Vips = (BTreeMap<[u8; 4], u32>, BTreeMap<[u8; 16], u32>);
+
+fn plan_vips(file: &NodeServices, node: &Node) -> Vips {
+    let mut vips: Vips = Default::default();
+    let mut add = |ip: IpAddr, flag: u32| match ip {
+        IpAddr::V4(a) => *vips.0.entry(a.octets()).or_default() |= flag,
+        IpAddr::V6(a) => *vips.1.entry(a.octets()).or_default() |= flag,
+    };
     for s in &file.services {
-        *vips.entry(s.vip.octets()).or_default() |= vip_flags::SERVICE;
+        add(s.vip, vip_flags::SERVICE);
     }
     for a in &file.announce {
-        *vips.entry(a.octets()).or_default() |= vip_flags::ANNOUNCE;
+        add(*a, vip_flags::ANNOUNCE);
     }
-    *vips.entry(node.ip.octets()).or_default() |= vip_flags::NODE;
+    add(IpAddr::V4(node.ip), vip_flags::NODE);
+    if let Some(ip6) = node.ip6 {
+        add(IpAddr::V6(ip6), vip_flags::NODE);
+    }
     vips
 }
 

@@ -1,6 +1,6 @@
 //! Fixtures the planner's unit tests share.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
     model::{Limits, NodeServices},
@@ -11,6 +11,7 @@ use super::{
 /// The node every planner test plans for.
 pub const NODE: Node = Node {
     ip: Ipv4Addr::new(192, 168, 50, 10),
+    ip6: Some(Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10)),
     ifindex: 7,
     mac: [2, 0, 0, 0, 0, 1],
     hash_seed: 0x5eed_0001,

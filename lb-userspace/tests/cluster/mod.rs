@@ -197,8 +197,8 @@ pub fn mac_text(mac: [u8; 6]) -> String {
 pub fn pods_in_use(s: &Snapshot) -> usize {
     s.backends
         .iter()
-        .filter(|b| b.value.flags & lb_common::backend_flags::DRAINING == 0)
-        .map(|b| b.value.ip)
+        .filter(|b| b.value.flags() & lb_common::backend_flags::DRAINING == 0)
+        .map(|b| b.value.ip())
         .collect::<BTreeSet<_>>()
         .len()
 }

@@ -57,7 +57,7 @@ pub const THIRD_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
 /// The subnet of `v0`: the node's segment (`PEER_NODE` and `NO_NEIGH_NODE`
 /// are on it, `FAR_NODE` is not).
 pub const SEGMENT: Cidr = Cidr {
-    addr: Ipv4Addr::new(10, 200, 0, 0),
+    addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 200, 0, 0)),
     prefix_len: 24,
 };
 /// Owned (SERVICE | ANNOUNCE).
@@ -128,7 +128,7 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
     let target_port = backends.first().map_or(port, |&b| backend_value(b).port);
     Service {
         name: format!("svc-{id}"),
-        vip: Ipv4Addr::from(vip),
+        vip: Ipv4Addr::from(vip).into(),
         ports: vec![ServicePort {
             port,
             protocol,
@@ -142,14 +142,10 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
             SessionAffinity::None
         },
         source_ranges: if flags & service_flags::SOURCE_RANGES != 0 {
-            vec![Cidr {
-                addr: SOURCE_RANGE.0,
-                prefix_len: SOURCE_RANGE.1,
-            }]
+            vec![Cidr::v4(SOURCE_RANGE.0, SOURCE_RANGE.1)]
         } else {
             Vec::new()
         },
-        no_ipv4_source_range: false,
         maglev_table_size: None,
         draining: Vec::new(),
         backend_ports: std::collections::BTreeMap::new(),
@@ -158,8 +154,8 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
             .map(|&b| {
                 let v = backend_value(b);
                 Backend {
-                    ip: Ipv4Addr::from(v.ip),
-                    node_ip: Ipv4Addr::from(v.node_ip),
+                    ip: Ipv4Addr::from(v.ip).into(),
+                    node_ip: Ipv4Addr::from(v.node_ip).into(),
                 }
             })
             .collect(),
@@ -329,6 +325,7 @@ impl Lb {
         let ifindex = ifindex("v0").expect("v0 in the test namespace");
         let node = Node {
             ip: Ipv4Addr::from(node_ip),
+            ip6: None,
             ifindex,
             mac: node_mac,
             hash_seed: HASH_SEED,
@@ -344,6 +341,7 @@ impl Lb {
         });
         let model = NodeServices {
             node_ip: Some(Ipv4Addr::from(node_ip)),
+            node_ip6: None,
             nat_ports: NatPorts {
                 min: NAT_MIN,
                 max: NAT_MAX,
@@ -370,7 +368,7 @@ impl Lb {
     pub fn scenario(&mut self) {
         self.model.services.push(service(VIP_OTHER, OTHER_SERVICE));
         self.apply();
-        self.model.announce.insert(Ipv4Addr::from(VIP));
+        self.model.announce.insert(Ipv4Addr::from(VIP).into());
         for &row in SERVICES {
             self.model.services.push(service(VIP, row));
             self.apply();
@@ -423,8 +421,8 @@ impl Lb {
             backends: backends
                 .iter()
                 .map(|&(ip, node_ip)| Backend {
-                    ip: Ipv4Addr::from(ip),
-                    node_ip: Ipv4Addr::from(node_ip),
+                    ip: Ipv4Addr::from(ip).into(),
+                    node_ip: Ipv4Addr::from(node_ip).into(),
                 })
                 .collect(),
             ..service(VIP, (0, port, proto::TCP, &[], 0))
@@ -435,9 +433,9 @@ impl Lb {
     /// The VIP `VIP` announced here or not, through the planner.
     pub fn set_announced(&mut self, on: bool) {
         if on {
-            self.model.announce.insert(Ipv4Addr::from(VIP));
+            self.model.announce.insert(Ipv4Addr::from(VIP).into());
         } else {
-            self.model.announce.remove(&Ipv4Addr::from(VIP));
+            self.model.announce.remove(&Ipv4Addr::from(VIP).into());
         }
         self.apply();
     }
@@ -511,10 +509,10 @@ impl Lb {
     }
 
     /// The service on `VIP:port` now allows `ranges` (and, with
-    /// `no_ipv4_range`, is restricted with no IPv4 range), through the
-    /// planner.
+    /// `no_ipv4_range`, an IPv6 range too, which restricts it but matches no
+    /// IPv4 client), through the planner.
     pub fn set_source_ranges(&mut self, port: u16, ranges: &[(Ipv4Addr, u8)], no_ipv4_range: bool) {
-        let vip = Ipv4Addr::from(VIP);
+        let vip = std::net::IpAddr::from(VIP);
         let s = self
             .model
             .services
@@ -523,9 +521,12 @@ impl Lb {
             .unwrap_or_else(|| panic!("no service on port {port}"));
         s.source_ranges = ranges
             .iter()
-            .map(|&(addr, prefix_len)| Cidr { addr, prefix_len })
+            .map(|&(addr, prefix_len)| Cidr::v4(addr, prefix_len))
             .collect();
-        s.no_ipv4_source_range = no_ipv4_range;
+        if no_ipv4_range {
+            s.source_ranges
+                .push(Cidr::parse("2001:db8::/32").expect("an IPv6 CIDR"));
+        }
         self.apply();
     }
 

@@ -79,7 +79,7 @@ fn run_sized(
     announce: &[&str],
     size: MaglevSize,
 ) -> Translation {
-    let announce: BTreeSet<Ipv4Addr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
+    let announce: BTreeSet<IpAddr> = announce.iter().map(|a| a.parse().expect("ip")).collect();
     let ns = nodes();
     translate(&Inputs {
         services: &shared(services),
@@ -95,7 +95,11 @@ fn run_sized(
     })
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
     s.parse().expect("ip")
 }
 
@@ -114,7 +118,7 @@ fn ready_endpoints_named_target_port_and_node_ips() {
     )];
     let t = run(&svcs, &slices, "n1", &["192.168.50.200"]);
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
-    assert_eq!(t.file.node_ip, Some(ip("192.168.50.11")));
+    assert_eq!(t.file.node_ip, Some(ip4("192.168.50.11")));
     assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
     let s = &t.file.services[0];
     assert_eq!(s.vip, ip("192.168.50.200"));
@@ -311,6 +315,12 @@ fn affinity_and_source_ranges() {
             Cidr {
                 addr: ip("192.168.1.0"),
                 prefix_len: 24
+            },
+            // Kept: it matches no IPv4 client, but a list of IPv6 ranges
+            // only must still restrict (see `model::Service::source_ranges`).
+            Cidr {
+                addr: ip("fd00::"),
+                prefix_len: 8
             }
         ]
     );
@@ -424,7 +434,8 @@ fn named_port_resolves_per_slice() {
     assert_eq!(s.target_port(ip("10.42.2.2"), &s.ports[0]), Some(9090));
     // And each backend slot gets its own slice's number.
     let node = crate::plan::state::Node {
-        ip: ip("192.168.50.11"),
+        ip6: None,
+        ip: ip4("192.168.50.11"),
         ifindex: 1,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -437,10 +448,10 @@ fn named_port_resolves_per_slice() {
         &crate::plan::model::Limits::default(),
     )
     .expect("plan");
-    let slots: BTreeSet<(Ipv4Addr, u16)> = state
+    let slots: BTreeSet<(IpAddr, u16)> = state
         .backends
         .values()
-        .map(|b| (Ipv4Addr::from(b.ip), b.port))
+        .map(|b| (IpAddr::from(b.ip), b.port))
         .collect();
     assert_eq!(
         slots,
@@ -600,7 +611,8 @@ fn translation_plans_like_a_file() {
     )];
     let t = run(&svcs, &slices, "n1", &["192.168.50.200"]);
     let node = LbNode {
-        ip: ip("192.168.50.11"),
+        ip6: None,
+        ip: ip4("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -633,9 +645,9 @@ fn node_ips_are_internal_and_external_ipv4_addresses() {
     assert_eq!(
         got,
         BTreeMap::from([
-            (ip("192.168.50.11"), "n1".to_owned()),
-            (ip("192.168.50.13"), "n3".to_owned()),
-            (ip("203.0.113.13"), "n3".to_owned()),
+            (ip4("192.168.50.11"), "n1".to_owned()),
+            (ip4("192.168.50.13"), "n3".to_owned()),
+            (ip4("203.0.113.13"), "n3".to_owned()),
         ])
     );
 }
@@ -715,7 +727,7 @@ fn node_addresses_are_never_served_or_announced() {
         maglev_table_size: MaglevSize::DEFAULT,
         gateways: &BTreeMap::new(),
     });
-    let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
+    let served: Vec<IpAddr> = t.file.services.iter().map(|s| s.vip).collect();
     assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
     assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
     let warned: Vec<(&str, &str, &str)> = t
@@ -750,7 +762,8 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         ("empty", json!([]), false),
     ];
     let node = LbNode {
-        ip: ip("192.168.50.11"),
+        ip: ip4("192.168.50.11"),
+        ip6: None,
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -769,9 +782,22 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         )];
         let t = run(&[svc], &slices, "n1", &[]);
         let s = &t.file.services[0];
-        assert_eq!(s.no_ipv4_source_range, *denied, "{name}: model flag");
+        // Every range is kept, of both families: only those of the VIP's
+        // family match, but the others restrict.
+        let v4_ranges = s.source_ranges.iter().filter(|c| c.addr.is_ipv4()).count();
+        assert_eq!(
+            *denied,
+            !s.source_ranges.is_empty() && v4_ranges == 0,
+            "{name}: model ranges {:?}",
+            s.source_ranges
+        );
         if *denied {
-            assert!(s.source_ranges.is_empty(), "{name}: no IPv4 range");
+            assert!(
+                s.source_ranges
+                    .iter()
+                    .all(|c| matches!(c.addr, IpAddr::V6(_))),
+                "{name}: no IPv4 range"
+            );
         }
         let state = plan(
             &DataplaneState::default(),
@@ -784,7 +810,7 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         let restricted = v.flags & lb_common::service_flags::SOURCE_RANGES != 0;
         assert_eq!(
             restricted,
-            *denied || !s.source_ranges.is_empty(),
+            !s.source_ranges.is_empty(),
             "{name}: SOURCE_RANGES flag"
         );
         if *denied {
@@ -842,7 +868,7 @@ fn this_nodes_gateways_are_never_served_or_announced() {
         maglev_table_size: MaglevSize::DEFAULT,
         gateways: &gateways,
     });
-    let served: Vec<Ipv4Addr> = t.file.services.iter().map(|s| s.vip).collect();
+    let served: Vec<IpAddr> = t.file.services.iter().map(|s| s.vip).collect();
     assert_eq!(served, [ip("192.168.50.200")], "{:?}", t.file.services);
     assert_eq!(t.file.announce, BTreeSet::from([ip("192.168.50.200")]));
     for svc in ["web", "router"] {
@@ -887,7 +913,8 @@ fn sized_service(
 fn plan_of(t: &Translation) -> crate::plan::state::DataplaneState {
     use crate::plan::state::{DataplaneState, Node as LbNode, plan};
     let node = LbNode {
-        ip: ip("192.168.50.11"),
+        ip6: None,
+        ip: ip4("192.168.50.11"),
         ifindex: 2,
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -1026,7 +1053,7 @@ fn a_full_maglev_array_names_the_services_whose_tables_wait() {
     let (a, a_slice) = sized_service("a", 201, None, 2);
     let (b, b_slice) = sized_service("b", 202, None, 2);
     let t = run(&[a, b], &[a_slice, b_slice], "n1", &[]);
-    let at = |vip: u8| move |k: &lb_common::ServiceKey| k.vip == [192, 168, 50, vip];
+    let at = |vip: u8| move |k: &AnyServiceKey| k.vip() == IpAddr::from([192, 168, 50, vip]);
     // The maps hold a's table only; b not at all.
     let w = maglev_full_warnings(&t, "n1", 2048, |k| at(201)(k).then_some(1021));
     assert_eq!(w.len(), 1, "{w:?}");
@@ -1044,4 +1071,249 @@ fn a_full_maglev_array_names_the_services_whose_tables_wait() {
     assert_eq!(w[0].service.name, "b");
     assert!(maglev_full_warnings(&t, "n1", 2048, |_| Some(1021)).is_empty());
     assert_eq!(maglev_full_warnings(&t, "n1", 2048, |_| None).len(), 2);
+}
+
+/// `n1` with an IPv4 and an IPv6 `InternalIP`, `n2` with an IPv4 one only.
+fn dual_stack_nodes() -> Vec<Node> {
+    let n1 = from(json!({
+        "metadata": { "name": "n1" },
+        "status": {
+            "addresses": [
+                { "type": "InternalIP", "address": "192.168.50.11" },
+                { "type": "InternalIP", "address": "fd00:50::11" }
+            ],
+            "conditions": [{ "type": "Ready", "status": "True" }]
+        }
+    }));
+    vec![n1, node("n2", "192.168.50.12")]
+}
+
+fn slice6(svc: &str, name: &str, port: i32, endpoints: Vec<Value>) -> EndpointSlice {
+    let mut s = slice(svc, name, port, endpoints);
+    s.address_type = "IPv6".into();
+    s
+}
+
+/// A dual-stack Service: one service of the model per family, each with the
+/// endpoints of its family; an IPv6 endpoint's node is named by its IPv6
+/// `InternalIP`, or by its IPv4 one where it has none.
+/// The dual-stack Service `web` with endpoints of both families, on n1.
+fn dual_stack_translation() -> Translation {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [
+            { "ip": "fd00:60::200" }, { "ip": "192.168.50.200" }
+        ] } } }),
+    );
+    let slices = [
+        slice(
+            "web",
+            "web-v4",
+            8080,
+            vec![
+                ep("10.42.1.2", "n1", true, true, false),
+                ep("10.42.2.2", "n2", true, true, false),
+            ],
+        ),
+        slice6(
+            "web",
+            "web-v6",
+            8080,
+            vec![
+                ep("fd00:42:1::2", "n1", true, true, false),
+                ep("fd00:42:2::2", "n2", true, true, false),
+                ep("fd00:42:1::3", "n1", false, false, true),
+            ],
+        ),
+    ];
+    let ns = dual_stack_nodes();
+    let announce = BTreeSet::from([ip("192.168.50.200"), ip("fd00:60::200")]);
+    translate(&Inputs {
+        services: &shared(&[svc]),
+        slices: &SliceIndex::new(&slices),
+        nodes: &ns,
+        node_name: "n1",
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
+        gateways: &BTreeMap::new(),
+    })
+}
+
+#[test]
+fn a_dual_stack_service_gives_one_service_per_family() {
+    let t = dual_stack_translation();
+    let announce = BTreeSet::from([ip("192.168.50.200"), ip("fd00:60::200")]);
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    assert_eq!(t.file.node_ip, Some(ip4("192.168.50.11")));
+    assert_eq!(t.file.node_ip6, Some("fd00:50::11".parse().unwrap()));
+    assert_eq!(t.file.announce, announce);
+    assert_eq!(
+        t.services[0].vips,
+        [ip("192.168.50.200"), ip("fd00:60::200")],
+        "IPv4 first"
+    );
+    let [v4, v6] = &t.file.services[..] else {
+        panic!("two services: {:?}", t.file.services);
+    };
+    assert_eq!(v4.vip, ip("192.168.50.200"));
+    assert_eq!(
+        v4.backends,
+        [
+            Backend {
+                ip: ip("10.42.1.2"),
+                node_ip: ip("192.168.50.11")
+            },
+            Backend {
+                ip: ip("10.42.2.2"),
+                node_ip: ip("192.168.50.12")
+            }
+        ]
+    );
+    assert!(v4.draining.is_empty());
+    assert_eq!(v6.vip, ip("fd00:60::200"));
+    assert_eq!(
+        v6.backends,
+        [
+            Backend {
+                ip: ip("fd00:42:1::2"),
+                node_ip: ip("fd00:50::11")
+            },
+            Backend {
+                ip: ip("fd00:42:2::2"),
+                node_ip: ip("192.168.50.12")
+            }
+        ]
+    );
+    assert_eq!(
+        v6.draining,
+        [Backend {
+            ip: ip("fd00:42:1::3"),
+            node_ip: ip("fd00:50::11")
+        }]
+    );
+    assert_ne!(v4.name, v6.name);
+}
+
+/// Planned on n1: the IPv6 pod there is local, the one on n2 has no IPv6
+/// next hop (all zero).
+#[test]
+fn a_dual_stack_service_plans_both_families() {
+    let t = dual_stack_translation();
+    let node = crate::plan::state::Node {
+        ip: ip4("192.168.50.11"),
+        ip6: t.file.node_ip6,
+        ifindex: 2,
+        mac: [2, 0, 0, 0, 0, 1],
+        hash_seed: lb_common::hash::PUBLIC_SEED,
+        segment: None,
+    };
+    let state = crate::plan::state::plan(
+        &crate::plan::state::DataplaneState::default(),
+        &t.file,
+        &node,
+        &crate::plan::model::Limits::default(),
+    )
+    .expect("plan");
+    assert_eq!((state.services.len(), state.services6.len()), (1, 1));
+    let local = |b: &lb_common::BackendValue6| b.flags & lb_common::backend_flags::LOCAL != 0;
+    let by_ip = |a: &str| {
+        let want: std::net::Ipv6Addr = a.parse().unwrap();
+        *state
+            .backends6
+            .values()
+            .find(|b| b.ip == want.octets())
+            .expect("planned")
+    };
+    assert!(local(&by_ip("fd00:42:1::2")));
+    assert!(!local(&by_ip("fd00:42:2::2")));
+    assert_eq!(by_ip("fd00:42:2::2").node_ip, [0; 16]);
+}
+
+/// An IPv6 ingress address that is a node's IPv6 address is neither served
+/// nor announced, as for IPv4.
+#[test]
+fn an_ipv6_node_address_is_never_a_vip() {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "fd00:50::11" }] } } }),
+    );
+    let ns = dual_stack_nodes();
+    let announce = BTreeSet::from([ip("fd00:50::11")]);
+    let t = translate(&Inputs {
+        services: &shared(&[svc]),
+        slices: &SliceIndex::new(&[]),
+        nodes: &ns,
+        node_name: "n2",
+        class: &class(),
+        announce: &announce,
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
+        gateways: &BTreeMap::new(),
+    });
+    assert!(t.file.services.is_empty() && t.file.announce.is_empty());
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w.reason == "NodeAddress" && w.message.contains("fd00:50::11")),
+        "{:?}",
+        t.warnings
+    );
+}
+
+/// Whether serving-terminating endpoints take new flows is decided per
+/// family: the IPv6 address falls back on its terminating endpoint while
+/// the IPv4 one has a ready endpoint of its own.
+#[test]
+fn the_fallback_to_terminating_endpoints_is_decided_per_family() {
+    let svc = service(
+        "web",
+        json!({ "status": { "loadBalancer": { "ingress": [
+            { "ip": "192.168.50.200" }, { "ip": "fd00:60::200" }
+        ] } } }),
+    );
+    let slices = [
+        slice(
+            "web",
+            "web-v4",
+            8080,
+            vec![ep("10.42.2.2", "n2", true, true, false)],
+        ),
+        slice6(
+            "web",
+            "web-v6",
+            8080,
+            vec![ep("fd00:42:1::2", "n1", false, true, true)],
+        ),
+    ];
+    let ns = dual_stack_nodes();
+    let t = translate(&Inputs {
+        services: &shared(&[svc]),
+        slices: &SliceIndex::new(&slices),
+        nodes: &ns,
+        node_name: "n1",
+        class: &class(),
+        announce: &BTreeSet::new(),
+        nat_ports: NatPorts::default(),
+        flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
+        maglev_table_size: MaglevSize::DEFAULT,
+        gateways: &BTreeMap::new(),
+    });
+    let [v4, v6] = &t.file.services[..] else {
+        panic!("two services: {:?}", t.file.services);
+    };
+    assert_eq!(v4.backends.len(), 1);
+    assert_eq!(
+        v6.backends,
+        [Backend {
+            ip: ip("fd00:42:1::2"),
+            node_ip: ip("fd00:50::11")
+        }],
+        "no ready IPv6 endpoint: the serving-terminating one takes new flows"
+    );
+    assert!(v6.draining.is_empty());
+    assert!(t.services[0].has_local_endpoint);
 }

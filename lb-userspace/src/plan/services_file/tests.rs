@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::net::Ipv6Addr;
 
 const EXAMPLE: &str = "\
 node:
@@ -25,7 +26,11 @@ services:
       - port: 53
 ";
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
@@ -71,7 +76,8 @@ fn parses_the_example() {
     assert_eq!(
         f,
         NodeServices {
-            node_ip: Some(ip("192.168.50.11")),
+            node_ip: Some(ip4("192.168.50.11")),
+            node_ip6: None,
             nat_ports: NatPorts {
                 min: 62000,
                 max: 63000
@@ -107,7 +113,6 @@ fn parses_the_example() {
                             prefix_len: 24
                         },
                     ],
-                    no_ipv4_source_range: false,
                     maglev_table_size: None,
                     draining: Vec::new(),
                     backend_ports: std::collections::BTreeMap::new(),
@@ -132,7 +137,6 @@ fn parses_the_example() {
                     }],
                     session_affinity: SessionAffinity::None,
                     source_ranges: vec![],
-                    no_ipv4_source_range: false,
                     maglev_table_size: None,
                     draining: Vec::new(),
                     backend_ports: std::collections::BTreeMap::new(),
@@ -441,20 +445,43 @@ fn vip_address_classes() {
         ("127.0.0.2", "a loopback address"),
         ("239.1.1.1", "a multicast address"),
         ("255.255.255.255", "the broadcast address"),
+        ("::", "the unspecified address"),
+        ("::1", "a loopback address"),
+        ("ff02::1", "a multicast address"),
+        (
+            "fe80::1",
+            "a link-local address (it names no host beyond one link)",
+        ),
+        (
+            "::ffff:10.0.0.1",
+            "an IPv4-mapped address (write the IPv4 address)",
+        ),
     ] {
-        let text = format!("services:\n  - name: a\n    vip: {vip}\n    ports: [{{ port: 1 }}]\n");
+        // Quoted: a bare `::` is not a YAML scalar.
+        let text =
+            format!("services:\n  - name: a\n    vip: \"{vip}\"\n    ports: [{{ port: 1 }}]\n");
         assert_eq!(
             issues(&text),
             vec![format!("services[0].vip (line 3): {vip} is {what}")]
         );
     }
-    for bad in ["1.2.3", "1.2.3.4.5", "::1", "01.2.3.4x", "", "a.b.c.d"] {
+    for bad in ["1.2.3", "1.2.3.4.5", "01.2.3.4x", "", "a.b.c.d"] {
         let text =
             format!("services:\n  - name: a\n    vip: \"{bad}\"\n    ports: [{{ port: 1 }}]\n");
         assert_eq!(
             issues(&text),
             vec![format!(
                 "services[0].vip (line 3): {bad:?} is not an IPv4 address"
+            )]
+        );
+    }
+    for bad in ["fd00::1::2", "fd00:x::1", "1:2:3:4:5:6:7:8:9"] {
+        let text =
+            format!("services:\n  - name: a\n    vip: \"{bad}\"\n    ports: [{{ port: 1 }}]\n");
+        assert_eq!(
+            issues(&text),
+            vec![format!(
+                "services[0].vip (line 3): {bad:?} is not an IPv6 address"
             )]
         );
     }
@@ -712,17 +739,31 @@ fn maglev_slots_count_the_configured_sizes() {
 
 // --- property tests: any valid model, written as YAML, parses back to itself.
 
-fn arb_service(i: usize) -> impl Strategy<Value = Service> {
+/// Service `i`, IPv6 when `v6` (with ranges of both families either way).
+fn arb_service(i: usize, v6: bool) -> impl Strategy<Value = Service> {
     (
         proptest::collection::btree_map((1u16.., any::<bool>()), 1u16.., 1..4),
         proptest::option::of(1u32..=MAX_AFFINITY_TIMEOUT_S),
-        proptest::collection::btree_set((any::<u32>(), 0u8..=32), 0..3),
+        proptest::collection::btree_set((any::<u128>(), 0u8..=128, any::<bool>()), 0..3),
         proptest::collection::btree_map(0u32..1000, 0u32..4, 0..5),
         proptest::option::of(arb_maglev_size()),
     )
         .prop_map(move |(ports, affinity, ranges, backends, size)| Service {
             name: format!("svc-{i}"),
-            vip: Ipv4Addr::new(192, 168, 60, u8::try_from(i + 1).unwrap()),
+            vip: if v6 {
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    0x60,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::try_from(i + 1).unwrap(),
+                ))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(192, 168, 60, u8::try_from(i + 1).unwrap()))
+            },
             ports: ports
                 .into_iter()
                 .map(|((port, udp), target_port)| ServicePort {
@@ -736,31 +777,71 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
             }),
             source_ranges: ranges
                 .into_iter()
-                .map(|(a, len)| Cidr {
-                    addr: Ipv4Addr::from(a & Cidr::mask(len)),
-                    prefix_len: len,
+                .map(|(a, len, six)| {
+                    if six {
+                        Cidr {
+                            addr: IpAddr::V6(Ipv6Addr::from(a & Cidr::mask6(len))),
+                            prefix_len: len,
+                        }
+                    } else {
+                        let a = u32::try_from(a & u128::from(u32::MAX)).unwrap();
+                        Cidr::v4(Ipv4Addr::from(a), len % 33)
+                    }
                 })
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),
-            no_ipv4_source_range: false,
             maglev_table_size: size,
             draining: Vec::new(),
             backend_ports: std::collections::BTreeMap::new(),
             backends: backends
                 .into_iter()
                 .map(|(pod, node)| Backend {
-                    // One node per pod address, fixed by the pod number.
-                    ip: Ipv4Addr::from(0x0a2a_0000 + pod),
-                    node_ip: Ipv4Addr::new(
-                        192,
-                        168,
-                        50,
-                        u8::try_from(10 + (pod + node) % 4).unwrap(),
-                    ),
+                    // One node per pod address, fixed by the pod number (by `arb_file`).
+                    ip: pod_ip(pod, v6),
+                    node_ip: node_ip(pod + node, v6),
                 })
                 .collect(),
         })
+}
+
+/// Pod `n`'s address (`10.42.x.y` or `fd00:42::n`).
+fn pod_ip(n: u32, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(0xfd00_0042_u128 << 96 | u128::from(n)))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(0x0a2a_0000 + n))
+    }
+}
+
+/// The pod number of a [`pod_ip`] address.
+fn pod_number(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a) - 0x0a2a_0000,
+        IpAddr::V6(a) => u32::try_from(u128::from(a) & 0xffff_ffff).unwrap(),
+    }
+}
+
+/// The node of pod `n`: one of four, named by their IPv4 address for an
+/// IPv4 pod, and for an IPv6 pod by their IPv6 address (nodes 10 and 11) or
+/// by their IPv4 one (nodes 12 and 13, as if they had no IPv6 address).
+fn node_ip(n: u32, v6: bool) -> IpAddr {
+    let node = u8::try_from(10 + n % 4).unwrap();
+    if v6 && node < 12 {
+        // fd00:50::10 and fd00:50::11, as the planner tests' node is fd00:50::10.
+        IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0x50,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0x10 + u16::from(node - 10),
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(192, 168, 50, node))
+    }
 }
 
 /// The smaller table sizes: the planner's test limits hold a few services'
@@ -772,9 +853,14 @@ fn arb_maglev_size() -> impl Strategy<Value = MaglevSize> {
 
 pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
     (1usize..5)
-        .prop_flat_map(|n| {
+        .prop_flat_map(|n| proptest::collection::vec(any::<bool>(), n))
+        .prop_flat_map(|v6| {
+            let n = v6.len();
             (
-                (0..n).map(arb_service).collect::<Vec<_>>(),
+                v6.into_iter()
+                    .enumerate()
+                    .map(|(i, v6)| arb_service(i, v6))
+                    .collect::<Vec<_>>(),
                 proptest::collection::btree_set(0..n, 0..=n),
                 any::<bool>(),
                 (1024u16..=u16::MAX, 0u16..200),
@@ -785,12 +871,12 @@ pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
             // Node of each pod fixed across services (config rejects conflicts).
             for s in &mut services {
                 for b in &mut s.backends {
-                    let pod = u32::from(b.ip) - 0x0a2a_0000;
-                    b.node_ip = Ipv4Addr::new(192, 168, 50, u8::try_from(10 + pod % 4).unwrap());
+                    b.node_ip = node_ip(pod_number(b.ip), b.ip.is_ipv6());
                 }
             }
             NodeServices {
                 node_ip: with_node.then(|| Ipv4Addr::new(192, 168, 50, 10)),
+                node_ip6: with_node.then(|| Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10)),
                 nat_ports: NatPorts {
                     min,
                     max: min.saturating_add(span),
@@ -807,8 +893,14 @@ pub(crate) fn arb_file() -> impl Strategy<Value = NodeServices> {
 pub(crate) fn to_yaml(f: &NodeServices) -> String {
     use std::fmt::Write as _;
     let mut y = String::new();
+    if f.node_ip.is_some() || f.node_ip6.is_some() {
+        writeln!(y, "node:").unwrap();
+    }
     if let Some(ip) = f.node_ip {
-        writeln!(y, "node:\n  ip: {ip}").unwrap();
+        writeln!(y, "  ip: {ip}").unwrap();
+    }
+    if let Some(ip) = f.node_ip6 {
+        writeln!(y, "  ip6: {ip}").unwrap();
     }
     writeln!(
         y,
@@ -818,7 +910,7 @@ pub(crate) fn to_yaml(f: &NodeServices) -> String {
     .unwrap();
     writeln!(y, "maglev_table_size: {}", f.maglev_table_size).unwrap();
     writeln!(y, "direct_return: {}", f.direct_return.on()).unwrap();
-    let announce: Vec<String> = f.announce.iter().map(ToString::to_string).collect();
+    let announce: Vec<String> = f.announce.iter().map(|a| format!("\"{a}\"")).collect();
     writeln!(y, "announce: [{}]", announce.join(", ")).unwrap();
     writeln!(y, "services:").unwrap();
     for s in &f.services {
@@ -838,14 +930,19 @@ pub(crate) fn to_yaml(f: &NodeServices) -> String {
             )
             .unwrap();
         }
-        let ranges: Vec<String> = s.source_ranges.iter().map(ToString::to_string).collect();
+        let ranges: Vec<String> = s.source_ranges.iter().map(|r| format!("\"{r}\"")).collect();
         writeln!(y, "    source_ranges: [{}]", ranges.join(", ")).unwrap();
         if let Some(size) = s.maglev_table_size {
             writeln!(y, "    maglev_table_size: {size}").unwrap();
         }
         writeln!(y, "    backends:").unwrap();
         for b in &s.backends {
-            writeln!(y, "      - {{ ip: {}, node_ip: {} }}", b.ip, b.node_ip).unwrap();
+            writeln!(
+                y,
+                "      - {{ ip: \"{}\", node_ip: \"{}\" }}",
+                b.ip, b.node_ip
+            )
+            .unwrap();
         }
         if s.backends.is_empty() {
             y.truncate(y.len() - "    backends:\n".len());
@@ -965,4 +1062,150 @@ fn withheld_addresses_leave_the_rest_of_the_file() {
     let mut g = ok(EXAMPLE);
     assert!(g.withhold(&std::collections::BTreeMap::new()).is_empty());
     assert_eq!(g, ok(EXAMPLE));
+}
+
+#[test]
+fn parses_ipv6_services() {
+    let f = ok("\
+node:
+  ip: 192.168.50.11
+  ip6: fd00:50::11
+announce: [\"fd00:60::1\", 192.168.50.100]
+services:
+  - name: web6
+    vip: fd00:60::1
+    ports: [{ port: 80, target_port: 8080 }]
+    source_ranges: [\"fd00:10::/32\", 10.0.0.0/8]
+    backends:
+      - { ip: \"fd00:42::5\", node_ip: \"fd00:50::11\" }
+      - { ip: \"fd00:42::7\", node_ip: 192.168.50.12 }
+  - name: web
+    vip: 192.168.50.100
+    ports: [{ port: 80 }]
+");
+    assert_eq!(f.node_ip6, Some("fd00:50::11".parse().unwrap()));
+    assert_eq!(f.announce, [ip("fd00:60::1"), ip("192.168.50.100")].into());
+    let s = &f.services[0];
+    assert_eq!(s.vip, ip("fd00:60::1"));
+    assert_eq!(
+        s.source_ranges,
+        [
+            Cidr::parse("fd00:10::/32").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap()
+        ]
+    );
+    assert_eq!(
+        s.own_family_ranges().collect::<Vec<_>>(),
+        [Cidr::parse("fd00:10::/32").unwrap()]
+    );
+    assert_eq!(
+        s.backends,
+        [
+            Backend {
+                ip: ip("fd00:42::5"),
+                node_ip: ip("fd00:50::11")
+            },
+            Backend {
+                ip: ip("fd00:42::7"),
+                node_ip: ip("192.168.50.12")
+            },
+        ]
+    );
+    // An IPv6 address in block context needs no quotes.
+    let g = ok("services:\n  - name: a\n    vip: 2001:db8::1\n    ports: [{ port: 1 }]\n");
+    assert_eq!(g.services[0].vip, ip("2001:db8::1"));
+}
+
+#[test]
+fn ipv6_errors_name_the_service_and_the_field() {
+    let text = "\
+node: { ip: \"fd00:50::11\", ip6: 192.168.50.11 }
+services:
+  - name: web6
+    vip: fd00:60::1
+    ports: [{ port: 80 }]
+    source_ranges: [\"fd00:10::1/32\", \"fd00::/129\"]
+    backends:
+      - { ip: 10.42.0.5, node_ip: 192.168.50.12 }
+  - name: web
+    vip: 192.168.50.100
+    ports: [{ port: 80 }]
+    backends:
+      - { ip: \"fd00:42::5\", node_ip: \"fd00:50::12\" }
+      - { ip: 10.42.0.6, node_ip: \"fd00:50::12\" }
+";
+    assert_eq!(
+        issues(text),
+        vec![
+            "node.ip (line 1): fd00:50::11 is an IPv6 address (node.ip6 takes the node's IPv6 \
+             address)",
+            "node.ip6 (line 1): 192.168.50.11 is an IPv4 address (node.ip takes the node's IPv4 \
+             address)",
+            "services[0].source_ranges[0] (line 6): \"fd00:10::1/32\" has host bits set (the \
+             network is fd00:10::/32)",
+            "services[0].source_ranges[1] (line 6): \"fd00::/129\" is not an IPv6 CIDR: prefix \
+             length must be 0..=128",
+            "services[0].backends[0].ip (line 8): 10.42.0.5 is IPv4, but the vip of service \
+             \"web6\" is IPv6 (a service's backends are of its VIP's family; list the other \
+             family's under a service of its own)",
+            "services[1].backends[0].ip (line 13): fd00:42::5 is IPv6, but the vip of service \
+             \"web\" is IPv4 (a service's backends are of its VIP's family; list the other \
+             family's under a service of its own)",
+            "services[1].backends[1].node_ip (line 14): fd00:50::12 is IPv6, but the IPv4 pod \
+             10.42.0.6 needs its node's IPv4 address",
+        ]
+    );
+    let own = "\
+node: { ip6: \"fd00:50::11\" }
+services:
+  - name: a
+    vip: fd00:50::11
+    ports: [{ port: 80 }]
+  - name: b
+    vip: fd00:60::1
+    ports: [{ port: 80 }, { port: 80 }]
+";
+    assert_eq!(
+        issues(own),
+        vec![
+            "services[1].ports[1] (line 8): TCP port 80 is already listed in services[1].ports[0]",
+            "services[0].vip (line 4): fd00:50::11 is the node's own address (node.ip6)",
+        ]
+    );
+    let dup = "\
+services:
+  - name: a
+    vip: fd00:60::1
+    ports: [{ port: 80 }]
+  - name: b
+    vip: fd00:60::1
+    ports: [{ port: 80 }]
+";
+    assert_eq!(
+        issues(dup),
+        vec!["services[1].ports[0] (line 7): TCP [fd00:60::1]:80 is already served by services[0]"]
+    );
+}
+
+#[test]
+fn ipv6_cidrs() {
+    let c = Cidr::parse("fd00::/8").unwrap();
+    assert_eq!(c.to_string(), "fd00::/8");
+    assert!(c.contains(ip("fdff::1")));
+    assert!(!c.contains(ip("fe00::1")));
+    assert!(!c.contains(ip("10.0.0.1")), "never the other family");
+    assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("::1")));
+    assert_eq!(Cidr::parse("::/0").unwrap().prefix_len, 0);
+    assert_eq!(Cidr::parse_masked("fd00::1/8").unwrap(), c);
+    assert_eq!(Cidr::parse_masked("fd00::1").unwrap().prefix_len, 128);
+    assert_eq!(Cidr::parse_masked("10.1.2.3").unwrap().prefix_len, 32);
+    assert_eq!(Cidr::mask6(0), 0);
+    assert_eq!(Cidr::mask6(128), u128::MAX);
+    assert_eq!(Cidr::mask6(1), 1 << 127);
+    // The IPv4 pools' bounds: an IPv6 network has none (an empty range).
+    assert_eq!(
+        Cidr::parse("10.0.0.0/8").unwrap().bounds(),
+        (0x0a00_0000, 0x0aff_ffff)
+    );
+    assert_eq!(c.bounds(), (1, 0));
 }

@@ -6,7 +6,11 @@ use crate::plan::{
 };
 use proptest::prelude::*;
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
@@ -37,7 +41,7 @@ fn size251() -> MaglevSize {
 }
 
 fn key(vip: &str, port: u16, proto: u8) -> ServiceKey {
-    ServiceKey::new(ip(vip).octets(), port, proto)
+    ServiceKey::new(ip4(vip).octets(), port, proto)
 }
 
 /// Tables of 251 slots, the size two backends had when sizes followed the
@@ -146,9 +150,12 @@ fn plans_every_map() {
     let ten = Cidr::parse("10.0.0.0/8").unwrap();
     assert_eq!(
         s.src_ranges,
-        BTreeSet::from([SrcRangeKey::new(0, ten), SrcRangeKey::new(1, ten)])
+        BTreeSet::from([
+            SrcRangeKey::new(0, ten).unwrap(),
+            SrcRangeKey::new(1, ten).unwrap()
+        ])
     );
-    let k = SrcRangeKey::new(1, ten);
+    let k = SrcRangeKey::new(1, ten).unwrap();
     assert_eq!(k.prefixlen, 40);
     assert_eq!(k.data.service_id, [0, 0, 0, 1]);
     assert_eq!(k.data.addr, [10, 0, 0, 0]);
@@ -182,11 +189,11 @@ fn ids_and_regions_are_kept_and_never_reused_at_once() {
     let b = plan_ok(&a, &parse(&b_text));
     // 10.42.1.7 keeps its ids 2 and 3; the new pod gets 4 and 5, not the
     // ids 0 and 1 that `a` still uses (and that drain, retired, in `b`).
-    let ids: BTreeMap<(Ipv4Addr, u16), u32> = b
+    let ids: BTreeMap<(IpAddr, u16), u32> = b
         .backends
         .iter()
         .filter(|(_, v)| v.flags & backend_flags::GONE == 0)
-        .map(|(&id, v)| ((Ipv4Addr::from(v.ip), v.port), id))
+        .map(|(&id, v)| ((IpAddr::from(v.ip), v.port), id))
         .collect();
     assert_eq!(retired(&b).collect::<Vec<_>>(), [0, 1]);
     assert_eq!(
@@ -296,7 +303,8 @@ fn a_service_gaining_backends_never_shares_another_services_table() {
 fn node_changes_update_flags_and_config() {
     let a = plan_ok(&DataplaneState::default(), &parse(FILE));
     let other = Node {
-        ip: ip("192.168.50.11"),
+        ip: ip4("192.168.50.11"),
+        ip6: None,
         ifindex: 9,
         mac: [2, 0, 0, 0, 0, 2],
         hash_seed: 0x5eed_0002,
@@ -337,10 +345,10 @@ fn direct_return_marks_backends_on_the_segment() {
         let mut file = parse(&text);
         file.direct_return = direct;
         let s = plan(&DataplaneState::default(), &file, node, &limits()).unwrap();
-        let by_pod: BTreeMap<Ipv4Addr, u16> = s
+        let by_pod: BTreeMap<IpAddr, u16> = s
             .backends
             .values()
-            .map(|b| (Ipv4Addr::from(b.ip), b.flags))
+            .map(|b| (IpAddr::from(b.ip), b.flags))
             .collect();
         (by_pod, s.config.flags)
     };
@@ -359,11 +367,11 @@ fn direct_return_marks_backends_on_the_segment() {
         "no segment known: full NAT"
     );
     // Kubernetes: only the nodes whose agent is live.
-    let live = BTreeSet::from([ip("192.168.51.12")]);
+    let live = BTreeSet::from([ip4("192.168.51.12")]);
     let (others, config) = flags_of(DirectReturn::Nodes(live), &node);
     assert_eq!(config, config_flags::DIRECT_RETURN);
     assert!(others.values().all(|&f| !direct(f)), "{others:?}");
-    let live = BTreeSet::from([ip("192.168.50.11")]);
+    let live = BTreeSet::from([ip4("192.168.50.11")]);
     let (peer, _) = flags_of(DirectReturn::Nodes(live), &node);
     assert!(direct(peer[&ip("10.42.1.7")]), "a live peer on the segment");
 }
@@ -394,7 +402,7 @@ fn direct_return_names_a_local_fallback_per_service() {
         let b = s.backends[&id];
         assert_ne!(b.flags & backend_flags::LOCAL, 0, "{b:?}");
         assert_eq!(b.flags & backend_flags::DRAINING, 0, "{b:?}");
-        chosen.insert(Ipv4Addr::from(b.ip));
+        chosen.insert(IpAddr::from(b.ip));
     }
     assert_eq!(
         chosen,
@@ -423,7 +431,7 @@ fn direct_return_falls_back_on_the_leaving_pod_until_its_slot_is_freed() {
     let fallback_ip = |s: &DataplaneState| {
         s.services[&web]
             .local_fallback()
-            .map(|id| (Ipv4Addr::from(s.backends[&id].ip), s.backends[&id].flags))
+            .map(|id| (IpAddr::from(s.backends[&id].ip), s.backends[&id].flags))
     };
     let serving = plan_ok(&DataplaneState::default(), &file);
     let pod = ip("10.42.0.5");
@@ -462,7 +470,7 @@ fn direct_return_falls_back_on_the_leaving_pod_until_its_slot_is_freed() {
     let mut reused = gone.clone();
     reused.services[1].backends.push(Backend {
         ip: pod,
-        node_ip: NODE.ip,
+        node_ip: NODE.ip.into(),
     });
     let after = plan_ok(&g, &reused);
     assert_eq!(after.services[&web].local_fallback(), None);
@@ -477,7 +485,7 @@ fn direct_return_falls_back_on_the_leaving_pod_until_its_slot_is_freed() {
     let mut back = gone.clone();
     back.services[0].backends.push(Backend {
         ip: ip("10.42.0.9"),
-        node_ip: NODE.ip,
+        node_ip: NODE.ip.into(),
     });
     let s = plan_ok(&g, &back);
     let (at, flags) = fallback_ip(&s).expect("the new pod");
@@ -496,16 +504,16 @@ fn plan_errors() {
     let file = parse(FILE);
     let empty = DataplaneState::default();
     let mut pinned = file.clone();
-    pinned.node_ip = Some(ip("192.168.50.99"));
+    pinned.node_ip = Some(ip4("192.168.50.99"));
     assert_eq!(
         plan(&empty, &pinned, &NODE, &limits()),
         Err(PlanError::NodeIpMismatch {
             node: NODE.ip,
-            file: ip("192.168.50.99")
+            file: ip4("192.168.50.99")
         })
     );
     let mut vip_is_node = file.clone();
-    vip_is_node.services[1].vip = NODE.ip;
+    vip_is_node.services[1].vip = NODE.ip.into();
     assert!(matches!(
         plan(&empty, &vip_is_node, &NODE, &limits()),
         Err(PlanError::VipIsNodeIp { .. })
@@ -715,7 +723,7 @@ fn allocators_tolerate_interrupted_updates() {
     s.vips.insert([192, 168, 70, 1], vip_flags::SERVICE);
     s.vips.remove(&[192, 168, 60, 2]);
     s.src_ranges
-        .insert(SrcRangeKey::new(17, Cidr::parse("1.0.0.0/8").unwrap()));
+        .insert(SrcRangeKey::new(17, Cidr::parse("1.0.0.0/8").unwrap()).unwrap());
     let a = s.allocators(&limits()).unwrap();
     assert!(a.backend_ids.contains(40));
     assert!(a.service_ids.contains(17), "stale src range id is reserved");
@@ -753,14 +761,22 @@ fn src_range_keys() {
         data: SourceRangeData::default(),
     };
     assert_eq!(k.cidr(), None);
-    let all = SrcRangeKey::new(3, Cidr::parse("0.0.0.0/0").unwrap());
+    let all = SrcRangeKey::new(3, Cidr::parse("0.0.0.0/0").unwrap()).unwrap();
     assert_eq!(all.prefixlen, 32);
     assert_eq!(all.service_id(), 3);
-    let a = SrcRangeKey::new(1, Cidr::parse("10.0.0.0/8").unwrap());
-    let b = SrcRangeKey::new(2, Cidr::parse("1.0.0.0/8").unwrap());
+    let a = SrcRangeKey::new(1, Cidr::parse("10.0.0.0/8").unwrap()).unwrap();
+    let b = SrcRangeKey::new(2, Cidr::parse("1.0.0.0/8").unwrap()).unwrap();
     assert!(a < b, "ordered by service id first");
     assert_eq!(frontend_name(&key("1.2.3.4", 5, 17)), "UDP 1.2.3.4:5");
     assert_eq!(frontend_name(&key("1.2.3.4", 5, 1)), "proto 1 1.2.3.4:5");
+}
+
+/// The `vips`/`vips6` flags of `a` in `s`.
+fn vip_flags_of(s: &DataplaneState, a: IpAddr) -> u32 {
+    match a {
+        IpAddr::V4(a) => s.vips.get(&a.octets()).copied().unwrap_or(0),
+        IpAddr::V6(a) => s.vips6.get(&a.octets()).copied().unwrap_or(0),
+    }
 }
 
 /// Checks the plan against the file, independently of how it was built.
@@ -777,22 +793,23 @@ fn check_plan(
         s.maglev.values().map(Table::len).sum::<usize>()
     );
     let entries: usize = file.services.iter().map(|s| s.ports.len()).sum();
-    prop_assert_eq!(s.services.len(), entries);
+    prop_assert_eq!(s.services.len() + s.services6.len(), entries);
     for svc in &file.services {
         for p in &svc.ports {
-            let k = ServiceKey::new(svc.vip.octets(), p.port, p.protocol.number());
-            let v = s.services[&k];
+            let k = AnyServiceKey::new(svc.vip, p.port, p.protocol.number());
+            prop_assert_eq!(matches!(k, AnyServiceKey::V6(_)), svc.vip.is_ipv6());
+            let v = *s.service(&k).expect("every frontend planned");
             // The table is Maglev over this service's backends on this port.
             let members: Vec<(String, u32)> = svc
                 .backends
                 .iter()
                 .map(|b| {
-                    let id = *s
-                        .backends
-                        .iter()
-                        .find(|(_, v)| v.ip == b.ip.octets() && v.port == p.target_port)
-                        .unwrap()
-                        .0;
+                    let (id, slot) = s
+                        .all_backends()
+                        .find(|(_, v)| v.identity() == (b.ip, p.target_port))
+                        .unwrap();
+                    // In the map of the pod's family.
+                    assert_eq!(matches!(slot, BackendSlot::V6(_)), b.ip.is_ipv6());
                     (maglev::identity(b.ip, p.target_port), id)
                 })
                 .collect();
@@ -802,61 +819,72 @@ fn check_plan(
                 prop_assert_eq!(&s.maglev[&v.maglev_offset].to_vec(), &table);
             }
             // Kept from prev when present.
-            if let Some(old) = prev.services.get(&k) {
+            if let Some(old) = prev.service(&k) {
                 prop_assert_eq!(old.id, v.id);
                 if prev.maglev.get(&old.maglev_offset).map(Table::to_vec) == Some(table) {
                     prop_assert_eq!(old.maglev_offset, v.maglev_offset);
                 }
             } else {
                 prop_assert!(
-                    !prev.services.values().any(|o| o.id == v.id),
+                    !prev.all_services().any(|(_, o)| o.id == v.id),
                     "new service reuses a live id"
                 );
             }
+            // Restricted by ranges of any family; only its own family's in its trie.
             prop_assert_eq!(
                 v.flags & service_flags::SOURCE_RANGES != 0,
                 !svc.source_ranges.is_empty()
             );
             for c in &svc.source_ranges {
-                prop_assert!(s.src_ranges.contains(&SrcRangeKey::new(v.id, *c)));
+                let in4 = SrcRangeKey::new(v.id, *c).is_some_and(|k| s.src_ranges.contains(&k));
+                let in6 = SrcRangeKey6::new(v.id, *c).is_some_and(|k| s.src_ranges6.contains(&k));
+                let own = c.addr.is_ipv6() == svc.vip.is_ipv6();
+                prop_assert_eq!(in4 || in6, own, "range {} of {}", c, svc.vip);
             }
             prop_assert_eq!(
                 v.flags & service_flags::AFFINITY != 0,
                 svc.session_affinity != SessionAffinity::None
             );
         }
-        prop_assert!(s.vips[&svc.vip.octets()] & vip_flags::SERVICE != 0);
+        prop_assert!(vip_flags_of(s, svc.vip) & vip_flags::SERVICE != 0);
     }
     // Changed tables never overlap a region live in prev.
     let prev_regions: Vec<Region> = prev.regions().map(|(_, r)| r).collect();
     for (k, r) in s.regions() {
         let kept = prev
-            .services
-            .get(&k)
+            .service(&k)
             .is_some_and(|o| o.maglev_offset == r.offset && o.maglev_len == r.len);
         if !kept {
             prop_assert!(prev_regions.iter().all(|o| !o.overlaps(r)));
         }
     }
-    // Backend ids: kept per identity; new ones avoid prev's.
-    for (id, b) in &s.backends {
+    // Backend ids, one space for both families: kept per identity; new ones
+    // avoid prev's, whatever its family.
+    for (id, b) in s.all_backends() {
         match prev
-            .backends
-            .iter()
-            .find(|(_, o)| o.ip == b.ip && o.port == b.port)
+            .all_backends()
+            .find(|(_, o)| o.identity() == b.identity())
         {
             Some((old_id, _)) => prop_assert_eq!(old_id, id),
-            None => prop_assert!(!prev.backends.contains_key(id)),
+            None => prop_assert!(prev.backend(id).is_none()),
         }
-        prop_assert_eq!(
-            b.flags & backend_flags::LOCAL != 0,
-            b.node_ip == NODE.ip.octets()
-        );
+        let local =
+            b.node_ip() == IpAddr::V4(NODE.ip) || NODE.ip6.map(IpAddr::V6) == Some(b.node_ip());
+        // An IPv6 pod whose node is named by its IPv4 address has no IPv6
+        // next hop (all zero): local only when that node is this one.
+        let by_v4_node = b.ip().is_ipv6() && b.node_ip().is_unspecified();
+        if !by_v4_node {
+            prop_assert_eq!(b.flags() & backend_flags::LOCAL != 0, local);
+        }
     }
+    prop_assert!(s.backends.keys().all(|id| !s.backends6.contains_key(id)));
     for a in &file.announce {
-        prop_assert!(s.vips[&a.octets()] & vip_flags::ANNOUNCE != 0);
+        prop_assert!(vip_flags_of(s, *a) & vip_flags::ANNOUNCE != 0);
     }
     prop_assert_eq!(s.vips[&NODE.ip.octets()], vip_flags::NODE);
+    if let Some(ip6) = NODE.ip6 {
+        prop_assert_eq!(s.vips6[&ip6.octets()], vip_flags::NODE);
+    }
     Ok(())
 }
 
@@ -882,6 +910,7 @@ fn plans_hand_built_files() {
     // Building a file by hand (as the Kubernetes source will) plans too.
     let file = NodeServices {
         node_ip: None,
+        node_ip6: None,
         nat_ports: NatPorts::default(),
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: crate::plan::model::MaglevSize::DEFAULT,
@@ -897,7 +926,6 @@ fn plans_hand_built_files() {
             }],
             session_affinity: SessionAffinity::None,
             source_ranges: vec![],
-            no_ipv4_source_range: false,
             maglev_table_size: None,
             draining: Vec::new(),
             backend_ports: std::collections::BTreeMap::new(),
@@ -916,16 +944,15 @@ fn plans_hand_built_files() {
 }
 
 /// `(address, target port) → id` of every backend of `s`.
-fn members_of(s: &DataplaneState, backends: &[&str], port: u16) -> Vec<((Ipv4Addr, u16), u32)> {
+fn members_of(s: &DataplaneState, backends: &[&str], port: u16) -> Vec<((IpAddr, u16), u32)> {
     backends
         .iter()
         .map(|b| {
             let want = (ip(b), port);
             let id = s
-                .backends
-                .iter()
-                .find(|(_, v)| backend_identity(v) == want)
-                .map_or_else(|| panic!("no backend {b}:{port}"), |(id, _)| *id);
+                .all_backends()
+                .find(|(_, v)| v.identity() == want)
+                .map_or_else(|| panic!("no backend {b}:{port}"), |(id, _)| id);
             (want, id)
         })
         .collect()
@@ -958,7 +985,7 @@ fn replan_takes_only_tables_that_would_be_built_the_same() {
     // since the identities, and so the table, differ.
     let mut moved = a.clone();
     let (_, id0) = members[0];
-    moved.backends.get_mut(&id0).unwrap().ip = ip("10.42.9.9").octets();
+    moved.backends.get_mut(&id0).unwrap().ip = ip4("10.42.9.9").octets();
     assert!(unchanged_table(&moved, Some(&web), &members, size251()).is_none());
     // A table holding an id the members do not have: built again.
     let mut stray = a.clone();
@@ -990,23 +1017,27 @@ fn replan_equals_plan_through_changes() {
     }
 }
 
-/// A service restricted with no IPv4 range gets the `SOURCE_RANGES` flag and
-/// no entries (the data path's lookup then misses for every client); lifting
-/// the restriction clears the flag.
+/// A service restricted to ranges of the other family only gets the
+/// `SOURCE_RANGES` flag and no entries in its own family's trie (the data
+/// path's lookup then misses for every client: fail closed), for either
+/// family; lifting the restriction clears the flag.
 #[test]
-fn restricted_without_ipv4_ranges_plans_the_flag_alone() {
+fn restricted_to_the_other_family_plans_the_flag_alone() {
     let mut file = parse(FILE);
     let web = &mut file.services[0];
-    web.source_ranges.clear();
-    web.no_ipv4_source_range = true;
+    web.source_ranges = vec![Cidr::parse("fd00::/8").unwrap()];
     let s = plan_ok(&DataplaneState::default(), &file);
     for (port, p) in [(53, 17), (80, 6)] {
         let v = s.services[&key("192.168.60.1", port, p)];
         assert_ne!(v.flags & service_flags::SOURCE_RANGES, 0, "port {port}");
     }
     assert!(s.src_ranges.is_empty(), "no entry may match");
+    assert!(
+        s.src_ranges6.is_empty(),
+        "an IPv4 service's ranges go nowhere else"
+    );
 
-    file.services[0].no_ipv4_source_range = false;
+    file.services[0].source_ranges.clear();
     let s2 = plan_ok(&s, &file);
     let v = s2.services[&key("192.168.60.1", 80, 6)];
     assert_eq!(
@@ -1014,6 +1045,13 @@ fn restricted_without_ipv4_ranges_plans_the_flag_alone() {
         0,
         "unrestricted again"
     );
+
+    // The same for an IPv6 service restricted to IPv4 ranges.
+    let six = parse(&FILE6.replace("fd00:10::/32", "10.0.0.0/8"));
+    let s6 = plan_ok(&DataplaneState::default(), &six);
+    let v = s6.services6[&key6("fd00:60::1", 80, 6)];
+    assert_ne!(v.flags & service_flags::SOURCE_RANGES, 0);
+    assert!(s6.src_ranges6.is_empty() && s6.src_ranges.is_empty());
 }
 
 /// One backend through its whole life: serving, terminating (drains, in no
@@ -1027,7 +1065,7 @@ fn a_backend_drains_retires_comes_back_and_is_released() {
     let ids_of = |s: &DataplaneState| -> BTreeMap<u32, u16> {
         s.backends
             .iter()
-            .filter(|(_, b)| Ipv4Addr::from(b.ip) == pod)
+            .filter(|(_, b)| IpAddr::from(b.ip) == pod)
             .map(|(&id, b)| (id, b.flags))
             .collect()
     };
@@ -1107,4 +1145,210 @@ fn a_backend_drains_retires_comes_back_and_is_released() {
         .map(|(&id, _)| id)
         .collect();
     assert_eq!(reused, pod_ids.iter().copied().collect());
+}
+
+fn key6(vip: &str, port: u16, proto: u8) -> ServiceKey6 {
+    let vip: Ipv6Addr = vip.parse().unwrap();
+    ServiceKey6::new(vip.octets(), port, proto)
+}
+
+/// An IPv6 service: a pod on this node (named by its IPv6 address), one on
+/// another node with an IPv6 address, and one on a node known only by its
+/// IPv4 address.
+const FILE6: &str = "\
+maglev_table_size: 251
+announce: [\"fd00:60::1\"]
+services:
+  - name: web6
+    vip: fd00:60::1
+    ports: [{ port: 80, target_port: 8080 }]
+    source_ranges: [\"fd00:10::/32\"]
+    backends:
+      - { ip: \"fd00:42::5\", node_ip: \"fd00:50::10\" }
+      - { ip: \"fd00:42::7\", node_ip: \"fd00:50::11\" }
+      - { ip: \"fd00:42::9\", node_ip: 192.168.50.12 }
+  - name: quiet6
+    vip: fd00:60::2
+    ports: [{ port: 443 }]
+";
+
+#[test]
+fn plans_the_ipv6_maps() {
+    let s = plan_ok(&DataplaneState::default(), &parse(FILE6));
+    let v6 = |a: &str| a.parse::<Ipv6Addr>().unwrap().octets();
+    assert_eq!(
+        s.vips6,
+        BTreeMap::from([
+            (v6("fd00:60::1"), vip_flags::SERVICE | vip_flags::ANNOUNCE),
+            (v6("fd00:60::2"), vip_flags::SERVICE),
+            (v6("fd00:50::10"), vip_flags::NODE),
+        ])
+    );
+    assert_eq!(
+        s.vips,
+        BTreeMap::from([([192, 168, 50, 10], vip_flags::NODE)]),
+        "no IPv6 address in the IPv4 map"
+    );
+    assert!(s.services.is_empty() && s.backends.is_empty() && s.src_ranges.is_empty());
+    let be = |ip: &str, node: [u8; 16], flags| BackendValue6::new(v6(ip), node, 8080, flags);
+    let valid = backend_flags::VALID;
+    assert_eq!(
+        s.backends6,
+        BTreeMap::from([
+            (
+                0,
+                be(
+                    "fd00:42::5",
+                    v6("fd00:50::10"),
+                    valid | backend_flags::LOCAL
+                )
+            ),
+            (1, be("fd00:42::7", v6("fd00:50::11"), valid)),
+            // No IPv6 address for its node: all zero, served only where local.
+            (2, be("fd00:42::9", [0; 16], valid)),
+        ])
+    );
+    let web = s.services6[&key6("fd00:60::1", 80, 6)];
+    let quiet = s.services6[&key6("fd00:60::2", 443, 6)];
+    assert_eq!((web.id, quiet.id), (0, 1));
+    assert_eq!(web.flags, service_flags::SOURCE_RANGES);
+    assert_eq!((quiet.maglev_len, quiet.flags), (0, 0));
+    assert_eq!(
+        s.maglev[&web.maglev_offset].to_vec(),
+        maglev::build(
+            &[
+                ("[fd00:42::5]:8080", 0),
+                ("[fd00:42::7]:8080", 1),
+                ("[fd00:42::9]:8080", 2)
+            ],
+            size251()
+        ),
+        "Maglev over the IPv6 identities, as for IPv4"
+    );
+    let range = SrcRangeKey6::new(0, Cidr::parse("fd00:10::/32").unwrap()).unwrap();
+    assert_eq!(s.src_ranges6, BTreeSet::from([range]));
+    assert_eq!(range.prefixlen, 64);
+    assert_eq!(range.cidr(), Some(Cidr::parse("fd00:10::/32").unwrap()));
+    s.allocators(&limits()).unwrap();
+    assert_eq!(plan_ok(&s, &parse(FILE6)), s, "stable");
+    // A pod whose node is named by this node's IPv4 address is local too.
+    let here = FILE6.replace("node_ip: 192.168.50.12", "node_ip: 192.168.50.10");
+    let h = plan_ok(&DataplaneState::default(), &parse(&here));
+    assert_eq!(h.backends6[&2].flags, valid | backend_flags::LOCAL);
+}
+
+/// Both families side by side: one space of service ids, backend ids and
+/// Maglev slots; each entry in its own family's map.
+#[test]
+fn dual_stack_shares_ids_and_slots() {
+    let text = format!(
+        "{FILE}{}",
+        FILE6
+            .split_once("services:\n")
+            .unwrap()
+            .1
+            .replace("announce", "#")
+    );
+    let mut file = parse(&text);
+    file.announce.insert(ip("fd00:60::1"));
+    let s = plan_ok(&DataplaneState::default(), &file);
+    assert_eq!((s.services.len(), s.services6.len()), (3, 2));
+    let ids: BTreeSet<u32> = s.all_services().map(|(_, v)| v.id).collect();
+    assert_eq!(ids.len(), 5, "service ids are unique over both families");
+    let backend_ids: Vec<u32> = s.all_backends().map(|(id, _)| id).collect();
+    assert_eq!(backend_ids.len(), 4 + 3);
+    assert!(s.backends.keys().all(|id| !s.backends6.contains_key(id)));
+    let regions: Vec<Region> = s.regions().map(|(_, r)| r).collect();
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            assert!(!a.overlaps(*b), "{a:?} {b:?}");
+        }
+    }
+    assert_eq!(
+        s.vips6[&"fd00:60::1".parse::<Ipv6Addr>().unwrap().octets()],
+        vip_flags::SERVICE | vip_flags::ANNOUNCE
+    );
+    s.allocators(&limits()).unwrap();
+    // Removing the IPv6 services leaves the IPv4 ones as they were.
+    let v4_only = plan_ok(&s, &parse(FILE));
+    assert_eq!(v4_only.services, s.services);
+    assert!(v4_only.services6.is_empty());
+    assert!(
+        v4_only
+            .backends6
+            .values()
+            .all(|b| b.flags & RETIRED == RETIRED),
+        "the IPv6 backends drain, retired"
+    );
+}
+
+/// A backend id freed by one family is taken by the other only once the
+/// clear of its old entry was planned and applied; never within one plan.
+#[test]
+fn backend_ids_move_between_families_only_after_release() {
+    let v4 = "\
+services:
+  - name: a
+    vip: 192.168.60.1
+    ports: [{ port: 80 }]
+    backends: [{ ip: 10.42.0.5, node_ip: 192.168.50.11 }]
+";
+    let v6 = |pods: &str| {
+        format!(
+            "services:\n  - name: b\n    vip: \"fd00:60::1\"\n    ports: [{{ port: 80 }}]\n    backends: [{pods}]\n"
+        )
+    };
+    let one = "{ ip: \"fd00:42::5\", node_ip: \"fd00:50::11\" }";
+    let two = format!("{one}, {{ ip: \"fd00:42::6\", node_ip: \"fd00:50::11\" }}");
+    let a = plan_ok(&DataplaneState::default(), &parse(v4));
+    assert_eq!(a.backends.keys().copied().collect::<Vec<_>>(), [0]);
+    // The IPv4 pod leaves: its slot retires; the IPv6 pod gets another id.
+    let b = plan_ok(&a, &parse(&v6(one)));
+    assert_eq!(retired(&b).collect::<Vec<_>>(), [0]);
+    assert_eq!(b.backends6.keys().copied().collect::<Vec<_>>(), [1]);
+    // Released: id 0 leaves `backends`, and no IPv6 backend takes it in
+    // the same plan.
+    let c = plan_releasing(&b, &parse(&v6(&two)), &BTreeSet::from([0]));
+    assert!(c.backends.is_empty());
+    assert_eq!(c.backends6.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert!(crate::plan::diff::diff(&b, &c).contains(&crate::plan::diff::MapOp::ClearBackend(0)));
+    // The next plan may give id 0 to an IPv6 backend.
+    let three = format!("{two}, {{ ip: \"fd00:42::7\", node_ip: \"fd00:50::11\" }}");
+    let d = plan_ok(&c, &parse(&v6(&three)));
+    assert_eq!(d.backends6.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(d.backends.is_empty());
+    d.allocators(&limits()).unwrap();
+    // Contents with one id in both maps are refused.
+    let mut both = d.clone();
+    both.backends.insert(0, a.backends[&0]);
+    assert_eq!(
+        both.allocators(&limits()),
+        Err(StateError::BackendInBothFamilies { id: 0 })
+    );
+}
+
+#[test]
+fn ipv6_plan_errors() {
+    let file = parse(FILE6);
+    let mut mixed = file.clone();
+    mixed.services[0].backends.push(Backend {
+        ip: ip("10.42.0.5"),
+        node_ip: ip("192.168.50.11"),
+    });
+    assert!(matches!(
+        plan(&DataplaneState::default(), &mixed, &NODE, &limits()),
+        Err(PlanError::MixedFamilies { .. })
+    ));
+    let mut is_node = file.clone();
+    is_node.services[1].vip = ip("fd00:50::10");
+    assert!(matches!(
+        plan(&DataplaneState::default(), &is_node, &NODE, &limits()),
+        Err(PlanError::VipIsNodeIp { .. })
+    ));
+    let mut pinned = file;
+    pinned.node_ip6 = Some("fd00:50::99".parse().unwrap());
+    assert!(matches!(
+        plan(&DataplaneState::default(), &pinned, &NODE, &limits()),
+        Err(PlanError::NodeIp6Mismatch { .. })
+    ));
 }
