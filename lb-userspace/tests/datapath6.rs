@@ -8,7 +8,7 @@
 
 mod support;
 
-use aya::maps::{HashMap, LpmTrie, MapData, ProgramArray, lpm_trie::Key};
+use aya::maps::{HashMap, MapData, ProgramArray, lpm_trie::Key};
 use lb_common::{
     AnnounceState, ArpStats, BackendValue6, Counter as C, DropReason as D, FlowKey, HostKey,
     Ipv6Key, LearnedMac, ServiceKey6, ServiceValue, SourceRangeData6, VipValue, backend_flags,
@@ -279,7 +279,7 @@ fn hash<'a, K: aya::Pod, V: aya::Pod>(
 /// `VIP6_OTHER` announced elsewhere, `NODE6` the node's; an `ndp_stats`
 /// entry per VIP; one service `[VIP6]:80/TCP` (no backend written).
 fn provision(lb: &mut Lb) {
-    let mut vips = hash::<Ipv6Key, VipValue>(lb, m::VIPS6);
+    let vips = &mut lb.h.maps_mut().vips6;
     for (a, f) in [
         (VIP6, vip_flags::SERVICE | vip_flags::ANNOUNCE),
         (VIP6_OTHER, vip_flags::SERVICE),
@@ -288,13 +288,13 @@ fn provision(lb: &mut Lb) {
         vips.insert(Ipv6Key::new(a), VipValue::new(f), 0)
             .expect("vips6");
     }
-    let mut stats = hash::<Ipv6Key, ArpStats>(lb, m::NDP_STATS);
+    let stats = &mut lb.h.maps_mut().ndp_stats;
     for a in [VIP6, VIP6_OTHER] {
         stats
             .insert(Ipv6Key::new(a), ArpStats::default(), 0)
             .expect("ndp_stats");
     }
-    let mut backends = hash::<u32, BackendValue6>(lb, m::BACKENDS6);
+    let backends = &mut lb.h.maps_mut().backends6;
     let valid = backend_flags::VALID;
     for (id, ip, flags) in [
         (LOCAL_ID, POD6, valid | backend_flags::LOCAL),
@@ -309,7 +309,7 @@ fn provision(lb: &mut Lb) {
             lb.h.maps_mut().maglev.set(slot, id, 0).expect("maglev");
         }
     }
-    let mut services = hash::<ServiceKey6, ServiceValue>(lb, m::SERVICES6);
+    let services = &mut lb.h.maps_mut().services6;
     for (port, p, at, id) in [
         (80, proto::TCP, TABLE_AT, SERVICE_ID),
         (80, proto::UDP, TABLE_AT, SERVICE_ID + 1),
@@ -326,7 +326,8 @@ fn provision(lb: &mut Lb) {
 }
 
 fn ndp_stats(lb: &mut Lb, a: [u8; 16]) -> ArpStats {
-    hash::<Ipv6Key, ArpStats>(lb, m::NDP_STATS)
+    lb.h.maps()
+        .ndp_stats
         .get(&Ipv6Key::new(a), 0)
         .expect("ndp_stats entry")
 }
@@ -807,20 +808,15 @@ fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip(
 fn ipv6_source_ranges_and_backends_on_other_nodes() {
     with_lb6(|lb| {
         // Restricted to the client's /128: others are refused before any state.
-        let mut ranges: LpmTrie<&mut MapData, SourceRangeData6, u32> = LpmTrie::try_from(
-            lb.h.ebpf_mut()
-                .map_mut(m::SRC_RANGES6)
-                .expect("src_ranges6"),
-        )
-        .expect("an LPM trie");
-        ranges
+        lb.h.maps_mut()
+            .src_ranges6
             .insert(
                 &Key::new(32 + 128, SourceRangeData6::new(SERVICE_ID, CLIENT6)),
                 1,
                 0,
             )
             .expect("src_ranges6");
-        let mut services = hash::<ServiceKey6, ServiceValue>(lb, m::SERVICES6);
+        let services = &mut lb.h.maps_mut().services6;
         services
             .insert(
                 ServiceKey6::new(VIP6, 80, proto::TCP),

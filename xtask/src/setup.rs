@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("iputils-arping", "arping"),
     ("iputils-ping", "ping"),
+    // The IPv6 end-to-end test's client: neighbour discovery as a host does it.
+    ("ndisc6", "ndisc6"),
     // bench-e2e: the kube-proxy baselines, flushing their connection tracking between
     // runs, and HTTP latency.
     ("iptables", "iptables-restore"),
