@@ -152,7 +152,7 @@ pub fn model(n: u32) -> NodeServices {
     let vip = Ipv4Addr::from(VIP);
     let service = |name: String, vip: Ipv4Addr, port: u16, backends: Vec<Backend>| Service {
         name,
-        vip,
+        vip: vip.into(),
         ports: vec![ServicePort {
             port,
             protocol: Protocol::Tcp,
@@ -160,7 +160,6 @@ pub fn model(n: u32) -> NodeServices {
         }],
         session_affinity: SessionAffinity::None,
         source_ranges: Vec::new(),
-        no_ipv4_source_range: false,
         maglev_table_size: Some(bench_size(
             u32::try_from(backends.len()).unwrap_or(u32::MAX),
         )),
@@ -173,8 +172,8 @@ pub fn model(n: u32) -> NodeServices {
             .map(|j| {
                 let [.., last] = (11 + j).to_be_bytes();
                 Backend {
-                    ip: Ipv4Addr::new(10, 244, third, last),
-                    node_ip: Ipv4Addr::from(node),
+                    ip: Ipv4Addr::new(10, 244, third, last).into(),
+                    node_ip: Ipv4Addr::from(node).into(),
                 }
             })
             .collect()
@@ -194,7 +193,7 @@ pub fn model(n: u32) -> NodeServices {
             target(2, DIRECT_NODE),
         ),
     ];
-    let mut announce = std::collections::BTreeSet::from([vip]);
+    let mut announce = std::collections::BTreeSet::from([vip.into()]);
     for i in TARGETS..n {
         let filler_vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
         let port = 80 + u16::try_from(i % 8).unwrap_or(0);
@@ -203,16 +202,17 @@ pub fn model(n: u32) -> NodeServices {
                 let k = (i - TARGETS) * FILLER_BACKENDS + j;
                 let [_, b1, b2, b3] = k.to_be_bytes();
                 Backend {
-                    ip: Ipv4Addr::new(10, 128 + b1, b2, b3),
-                    node_ip: Ipv4Addr::from(PEER_NODE),
+                    ip: Ipv4Addr::new(10, 128 + b1, b2, b3).into(),
+                    node_ip: Ipv4Addr::from(PEER_NODE).into(),
                 }
             })
             .collect();
         services.push(service(format!("filler-{i}"), filler_vip, port, backends));
-        announce.insert(filler_vip);
+        announce.insert(filler_vip.into());
     }
     NodeServices {
         node_ip: Some(Ipv4Addr::from(NODE_IP)),
+        node_ip6: None,
         nat_ports: NatPorts {
             min: NAT_MIN,
             max: NAT_MAX,
@@ -262,6 +262,7 @@ impl Lb {
         };
         let node = Node {
             ip: Ipv4Addr::from(NODE_IP),
+            ip6: None,
             ifindex: onehop_testrun::ifindex("v0")?,
             mac: NODE_MAC,
             hash_seed: lb_common::hash::PUBLIC_SEED,
