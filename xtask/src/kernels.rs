@@ -9,7 +9,7 @@
 //! its serial console is the log, and it is killed when the time is up.
 //!
 //! `test` mode loads the programs (the verifier's verdict) and runs the packet tests
-//! (`datapath`), the loader's attach → adopt → cleanup test (`edges`), and the real
+//! (`datapath`, `datapath6`), the loader's attach → adopt → cleanup test (`edges`), and the real
 //! agent on a veth pair: start, restart (adopting the pins), cleanup. `maps` mode
 //! starts the agent with its default map sizes inside a memory cgroup and reports what
 //! each map is charged (bpftool's `memlock`) and what the cgroup holds, to size maps
@@ -61,7 +61,8 @@ pub struct Options {
     /// Software emulation even when KVM is available.
     #[arg(long)]
     pub no_kvm: bool,
-    /// Run only these steps of `test` mode (`datapath`, `edges`, `agent`); all by default.
+    /// Run only these steps of `test` mode (`datapath`, `datapath6`, `edges`, `agent`); all
+    /// by default.
     #[arg(long)]
     pub step: Vec<String>,
     /// Run only the tests whose names contain this (libtest filter; with `--step`).
@@ -128,6 +129,7 @@ const TOOLS: &[&str] = &[
 /// The test binaries the guest runs, and the tests of each (empty: all).
 const TESTS: &[(&str, &[&str])] = &[
     ("datapath", &[]),
+    ("datapath6", &[]),
     (
         "edges",
         &["attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches"],
@@ -148,7 +150,7 @@ pub fn run(o: &Options) -> Result<()> {
     for step in &o.step {
         ensure!(
             TESTS.iter().any(|(n, _)| n == step) || step == "agent",
-            "unknown step {step:?}: datapath, edges or agent"
+            "unknown step {step:?}: datapath, datapath6, edges or agent"
         );
     }
     let wanted = |step: &str| o.step.is_empty() || o.step.iter().any(|s| s == step);
