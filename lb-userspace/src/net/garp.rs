@@ -3,13 +3,11 @@
 //! for caches to expire. Sent as ARP requests with sender = target = VIP,
 //! the form every stack accepts for updating an existing entry.
 
-use std::{
-    io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
+
+use crate::net::raw::FrameSender;
 
 const ETH_P_ARP: u16 = 0x0806;
 
@@ -31,58 +29,18 @@ pub fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// An `AF_PACKET` socket bound to one interface for sending ARP frames.
-pub struct ArpSender {
-    fd: OwnedFd,
-    ifindex: u32,
-}
+/// Sends gratuitous ARP out of one interface.
+pub struct ArpSender(FrameSender);
 
 impl ArpSender {
     pub fn new(ifindex: u32) -> Result<Self> {
-        // SAFETY: plain socket(2); ownership taken right below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .context("opening an AF_PACKET socket (needs CAP_NET_RAW)");
-        }
-        // SAFETY: fd is fresh and owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            ifindex,
-        })
+        FrameSender::new(ifindex).map(Self)
     }
 
     pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
-        let f = frame(mac, ip);
-        // SAFETY: sockaddr_ll is plain data; zero is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
-        addr.sll_protocol = ETH_P_ARP.to_be();
-        addr.sll_ifindex = i32::try_from(self.ifindex).context("ifindex out of range")?;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        // SAFETY: f and addr are valid for the sizes given.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&raw const addr).cast(),
-                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(u32::MAX),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("sending gratuitous ARP for {ip}"));
-        }
-        Ok(())
+        self.0
+            .send(&frame(mac, ip))
+            .with_context(|| format!("sending gratuitous ARP for {ip}"))
     }
 }
 

@@ -24,6 +24,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::net::raw::FrameSender;
+
 const ETH_P_IPV6: u16 = 0x86dd;
 /// ICMPv6 Neighbor Advertisement.
 const NA_TYPE: u8 = 136;
@@ -118,55 +120,19 @@ pub fn na_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
     f
 }
 
-/// An `AF_PACKET` socket bound to one interface for sending advertisements.
-pub struct NdpSender {
-    fd: OwnedFd,
-    ifindex: u32,
-}
+/// Sends unsolicited Neighbor Advertisements out of one interface.
+pub struct NdpSender(FrameSender);
 
 impl NdpSender {
     pub fn new(ifindex: u32) -> Result<Self> {
-        // SAFETY: plain socket(2); ownership taken right below. Protocol 0:
-        // the socket only sends, it receives nothing.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .context("opening an AF_PACKET socket for NDP (needs CAP_NET_RAW)");
-        }
-        // SAFETY: fd is fresh and owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            ifindex,
-        })
+        FrameSender::new(ifindex).map(Self)
     }
 
     /// Sends one unsolicited Neighbor Advertisement of `vip` at `mac`.
     pub fn advertise(&self, mac: [u8; 6], vip: Ipv6Addr) -> Result<()> {
-        let f = na_frame(mac, vip);
-        // SAFETY: sockaddr_ll is plain data; zero is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = u16::try_from(libc::AF_PACKET).context("AF_PACKET")?;
-        addr.sll_protocol = ETH_P_IPV6.to_be();
-        addr.sll_ifindex = i32::try_from(self.ifindex).context("ifindex out of range")?;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&f[0..6]);
-        // SAFETY: f and addr are valid for the sizes given.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&raw const addr).cast(),
-                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(u32::MAX),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("sending an unsolicited Neighbor Advertisement for {vip}")
-            });
-        }
-        Ok(())
+        self.0
+            .send(&na_frame(mac, vip))
+            .with_context(|| format!("sending an unsolicited Neighbor Advertisement for {vip}"))
     }
 }
 
