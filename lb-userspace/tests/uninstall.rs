@@ -121,7 +121,7 @@ fn attach_clsact_egress(c: &Cluster, node: u8) {
             .program_mut(programs::EGRESS)
             .ok_or_else(|| anyhow::anyhow!("no {}", programs::EGRESS))?
             .try_into()?;
-        prog.load()?;
+        lb_userspace::dataplane::loader::verify(|| prog.load())?;
         match tc::qdisc_add_clsact(NODE_INTERFACE) {
             Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}

@@ -30,7 +30,7 @@ use aya::{
 };
 use lb_common::{Counter, DropReason, ServiceKey, ServiceValue, maps as m};
 use lb_userspace::{
-    dataplane::{maps::Maps, writer},
+    dataplane::{loader::verify, maps::Maps, writer},
     plan::{
         diff::diff,
         model::{Limits, NodeServices},
@@ -260,8 +260,8 @@ impl Harness {
             .context("loading the eBPF object")?;
         for (name, program) in ebpf.programs_mut() {
             match program {
-                Program::Xdp(p) => p.load(),
-                Program::SchedClassifier(p) => p.load(),
+                Program::Xdp(p) => verify(|| p.load()),
+                Program::SchedClassifier(p) => verify(|| p.load()),
                 _ => bail!("program {name}: neither XDP nor TC, the harness cannot run it"),
             }
             .with_context(|| format!("verifying {name}"))?;

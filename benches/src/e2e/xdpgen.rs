@@ -225,7 +225,7 @@ impl XdpGen {
             .program_mut(b::programs::XDPGEN)
             .with_context(|| format!("{} missing from the object", b::programs::XDPGEN))?
             .try_into()?;
-        prog.load()
+        lb_userspace::dataplane::loader::verify(|| prog.load())
             .with_context(|| format!("verifying {}", b::programs::XDPGEN))?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)

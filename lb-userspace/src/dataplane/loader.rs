@@ -319,15 +319,14 @@ pub fn attach(
         .program_mut(programs::INGRESS)
         .context("lb_ingress missing from the object")?
         .try_into()?;
-    xdp.load()
+    verify(|| xdp.load())
         .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
         .context("verifying lb_ingress")?;
     let sweep: &mut Xdp = ebpf
         .program_mut(programs::SWEEP)
         .context("flow_sweep missing from the object")?
         .try_into()?;
-    sweep
-        .load()
+    verify(|| sweep.load())
         .map_err(|e| explain_load_error(e, ProgramType::Xdp, &[]))
         .context("verifying flow_sweep")?;
     let sweep_prog = sweep
@@ -340,7 +339,7 @@ pub fn attach(
             .program_mut(name)
             .with_context(|| format!("{name} missing from the object"))?
             .try_into()?;
-        prog.load()
+        verify(|| prog.load())
             .map_err(|e| explain_load_error(e, ProgramType::Xdp, INGRESS_HELPERS))
             .with_context(|| format!("verifying {name}"))?;
     }
@@ -348,8 +347,7 @@ pub fn attach(
         .program_mut(programs::EGRESS6)
         .context("lb_egress6 missing from the object")?
         .try_into()?;
-    egress6
-        .load()
+    verify(|| egress6.load())
         .map_err(|e| explain_load_error(e, ProgramType::SchedClassifier, EGRESS_HELPERS))
         .context("verifying lb_egress6")?;
     fill_program_arrays(&mut ebpf)?;
@@ -357,7 +355,7 @@ pub fn attach(
         .program_mut(programs::EGRESS)
         .context("lb_egress missing from the object")?
         .try_into()?;
-    tc.load()
+    verify(|| tc.load())
         .map_err(|e| explain_load_error(e, ProgramType::SchedClassifier, EGRESS_HELPERS))
         .context("verifying lb_egress")?;
     let egress = attach_egress(tc, iface, &pins)?;
@@ -475,6 +473,34 @@ const EGRESS_HELPERS: &[(BpfHelper, &str, &str)] = &[
         "4.1",
     ),
 ];
+
+/// Attempts [`verify`] makes before it lets `EAGAIN` through.
+const VERIFY_ATTEMPTS: usize = 5;
+
+/// Runs a program's `load`, again when the verifier gave up with `EAGAIN`.
+///
+/// The verifier abandons a program when a signal is pending on the loading
+/// thread (a child exiting under a runtime that handles `SIGCHLD` is enough),
+/// and a program as big as `lb_ingress` takes a second or more to verify, so
+/// a busy process meets this now and then. libbpf retries such loads; a
+/// failed load leaves the program unloaded, so it can be loaded again.
+pub fn verify(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < VERIFY_ATTEMPTS =>
+            {
+                warn!(
+                    attempt,
+                    "the verifier was interrupted by a signal; loading again"
+                );
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
 
 /// Adds to a failed load the helpers this kernel lacks, found by probing each one: the
 /// verifier only says `unknown func`, not which kernel release would have it.
@@ -640,4 +666,62 @@ pub fn cleanup(root: &Path, ifname: &str) -> Result<bool> {
     // Leave the root directory alone if other interfaces use it.
     let _ = fs::remove_dir(root);
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, io};
+
+    use aya::programs::ProgramError;
+    use aya_obj::VerifierLog;
+
+    use super::{VERIFY_ATTEMPTS, verify};
+
+    fn failed(errno: i32) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(errno),
+            verifier_log: VerifierLog::new(String::new()),
+        }
+    }
+
+    /// Loads that fail with `errno` `fails` times, then succeed; returns the
+    /// outcome and how many loads ran.
+    fn run(errno: i32, fails: usize) -> (Result<(), ProgramError>, usize) {
+        let calls = Cell::new(0);
+        let outcome = verify(|| {
+            calls.set(calls.get() + 1);
+            if calls.get() <= fails {
+                Err(failed(errno))
+            } else {
+                Ok(())
+            }
+        });
+        (outcome, calls.get())
+    }
+
+    #[test]
+    fn an_interrupted_verification_is_run_again() {
+        let (outcome, calls) = run(libc::EAGAIN, 2);
+        assert!(outcome.is_ok());
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn interruptions_stop_after_the_last_attempt() {
+        let (outcome, calls) = run(libc::EAGAIN, usize::MAX);
+        assert_eq!(calls, VERIFY_ATTEMPTS);
+        assert!(matches!(
+            outcome,
+            Err(ProgramError::LoadError { io_error, .. }) if io_error.raw_os_error() == Some(libc::EAGAIN)
+        ));
+    }
+
+    #[test]
+    fn a_rejected_program_is_not_loaded_again() {
+        let (outcome, calls) = run(libc::EACCES, usize::MAX);
+        assert_eq!(calls, 1);
+        assert!(outcome.is_err());
+        let (outcome, calls) = run(libc::EACCES, 0);
+        assert_eq!((outcome.is_ok(), calls), (true, 1));
+    }
 }

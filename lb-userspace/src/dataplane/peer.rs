@@ -27,7 +27,7 @@ pub fn attach(ifname: &str) -> Result<PassThrough> {
         .program_mut(programs::PASS)
         .context("xdp_pass missing from the object")?
         .try_into()?;
-    prog.load().context("verifying xdp_pass")?;
+    super::loader::verify(|| prog.load()).context("verifying xdp_pass")?;
     prog.attach(ifname, XdpMode::default())
         .with_context(|| format!("attaching xdp_pass to {ifname}"))?;
     Ok(PassThrough { _ebpf: ebpf })
