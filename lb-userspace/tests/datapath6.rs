@@ -14,6 +14,7 @@ use lb_common::{
     Ipv6Key, LearnedMac, ServiceKey6, ServiceValue, SourceRangeData6, VipValue, backend_flags,
     flow::tcp_state, maps as m, proto, service_flags, vip_flags,
 };
+use onehop_testrun::frame6::{Frame6, icmp6, l4_checksum6, l4_verifies6, tcp6, udp6};
 use support::*;
 
 const VIP6: [u8; 16] = [
@@ -54,94 +55,9 @@ const ICMPV6: u8 = proto::ICMPV6;
 
 // ------------------------------------------------------------ frames
 
-/// The one's-complement sum of `data` as big-endian words, folded.
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    u16::try_from(s).expect("folded")
-}
-
-fn sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-/// The transport checksum of `l4` (its checksum field zero) from `src` to
-/// `dst` with next header `next` (RFC 8200 8.1).
-fn l4_checksum(src: &[u8; 16], dst: &[u8; 16], next: u8, l4: &[u8]) -> u16 {
-    let len = u32::try_from(l4.len()).expect("length");
-    let pseudo = sum(src) + sum(dst) + (len >> 16) + (len & 0xffff) + u32::from(next);
-    !fold(pseudo + sum(l4))
-}
-
-/// Whether an ICMPv6 message's checksum verifies.
-fn icmp6_verifies(src: &[u8; 16], dst: &[u8; 16], l4: &[u8]) -> bool {
-    let len = u32::try_from(l4.len()).expect("length");
-    fold(sum(src) + sum(dst) + (len >> 16) + (len & 0xffff) + u32::from(ICMPV6) + sum(l4)) == 0xffff
-}
-
-/// An Ethernet + IPv6 frame: `ext` (whole extension headers) then `l4`,
-/// the first header's type `next`.
-#[derive(Clone)]
-struct Frame6 {
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
-    src: [u8; 16],
-    dst: [u8; 16],
-    hop_limit: u8,
-    next: u8,
-    ext: Vec<u8>,
-    l4: Vec<u8>,
-    /// Overrides the payload length field.
-    payload_len: Option<u16>,
-    version: u8,
-}
-
-impl Frame6 {
-    fn new(src: [u8; 16], dst: [u8; 16], next: u8, l4: Vec<u8>) -> Self {
-        Self {
-            eth_dst: NODE_MAC,
-            eth_src: CLIENT_MAC,
-            src,
-            dst,
-            hop_limit: 64,
-            next,
-            ext: Vec::new(),
-            l4,
-            payload_len: None,
-            version: 6,
-        }
-    }
-
-    fn build(&self) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(&self.eth_dst);
-        f.extend_from_slice(&self.eth_src);
-        f.extend_from_slice(&[0x86, 0xdd]);
-        f.extend_from_slice(&[self.version << 4, 0, 0, 0]);
-        let len = self
-            .payload_len
-            .unwrap_or_else(|| u16::try_from(self.ext.len() + self.l4.len()).expect("length"));
-        f.extend_from_slice(&len.to_be_bytes());
-        f.push(self.next);
-        f.push(self.hop_limit);
-        f.extend_from_slice(&self.src);
-        f.extend_from_slice(&self.dst);
-        f.extend_from_slice(&self.ext);
-        f.extend_from_slice(&self.l4);
-        f
-    }
-}
-
-/// An ICMPv6 message with its checksum from `src` to `dst`.
-fn icmp6(src: &[u8; 16], dst: &[u8; 16], ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![ty, code, 0, 0];
-    m.extend_from_slice(body);
-    let c = l4_checksum(src, dst, ICMPV6, &m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    m
+/// A frame from the client to the node's MAC.
+fn frame6(src: [u8; 16], dst: [u8; 16], next: u8, l4: Vec<u8>) -> Frame6 {
+    Frame6::new((CLIENT_MAC, NODE_MAC), src, dst, next, l4)
 }
 
 fn solicited_node(a: &[u8; 16]) -> [u8; 16] {
@@ -159,7 +75,7 @@ fn ns(src: [u8; 16], dst: [u8; 16], target: &[u8; 16], options: &[u8]) -> Frame6
     let mut body = vec![0; 4];
     body.extend_from_slice(target);
     body.extend_from_slice(options);
-    let mut f = Frame6::new(src, dst, ICMPV6, icmp6(&src, &dst, 135, 0, &body));
+    let mut f = frame6(src, dst, ICMPV6, icmp6(&src, &dst, 135, 0, &body));
     f.hop_limit = 255;
     f.eth_dst = if dst[0] == 0xff {
         solicited_node_mac(target)
@@ -191,7 +107,7 @@ fn advert(target: &[u8; 16], to: [u8; 16], to_mac: [u8; 6], flags: u8) -> Vec<u8
     body.extend_from_slice(target);
     body.extend_from_slice(&[2, 1]);
     body.extend_from_slice(&NODE_MAC);
-    let mut f = Frame6::new(*target, to, ICMPV6, icmp6(target, &to, 136, 0, &body));
+    let mut f = frame6(*target, to, ICMPV6, icmp6(target, &to, 136, 0, &body));
     f.hop_limit = 255;
     f.eth_dst = to_mac;
     f.eth_src = NODE_MAC;
@@ -201,48 +117,11 @@ fn advert(target: &[u8; 16], to: [u8; 16], to_mac: [u8; 6], flags: u8) -> Vec<u8
 fn echo_request(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Frame6 {
     let mut body = vec![0x12, 0x34, 0, 1];
     body.extend_from_slice(payload);
-    Frame6::new(src, dst, ICMPV6, icmp6(&src, &dst, 128, 0, &body))
+    frame6(src, dst, ICMPV6, icmp6(&src, &dst, 128, 0, &body))
 }
 
 fn tcp(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
-    tcp_seg(src, 40000, dst, dport, 0x02, b"")
-}
-
-/// A TCP segment with `flags` and `data`, its checksum right.
-fn tcp_seg(
-    src: [u8; 16],
-    sport: u16,
-    dst: [u8; 16],
-    dport: u16,
-    flags: u8,
-    data: &[u8],
-) -> Vec<u8> {
-    let mut t = vec![0; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t.extend_from_slice(data);
-    let c = l4_checksum(&src, &dst, proto::TCP, &t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    t
-}
-
-fn udp_dgram(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, data: &[u8]) -> Vec<u8> {
-    let mut u = vec![0; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&u16::try_from(8 + data.len()).expect("length").to_be_bytes());
-    u.extend_from_slice(data);
-    let c = l4_checksum(&src, &dst, proto::UDP, &u);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    u
-}
-
-/// Whether a TCP or UDP segment's checksum verifies.
-fn l4_verifies(src: &[u8; 16], dst: &[u8; 16], next: u8, l4: &[u8]) -> bool {
-    let len = u32::try_from(l4.len()).expect("length");
-    fold(sum(src) + sum(dst) + (len >> 16) + (len & 0xffff) + u32::from(next) + sum(l4)) == 0xffff
+    tcp6(src, 40000, dst, dport, 0x02, b"")
 }
 
 /// The addresses of an IPv6 frame.
@@ -355,7 +234,10 @@ fn a_solicitation_for_an_announced_vip_is_answered_with_the_owners_advertisement
             advert(&VIP6, CLIENT6, CLIENT_MAC, 0x60),
             "solicited, override"
         );
-        assert!(icmp6_verifies(&VIP6, &CLIENT6, &out[54..]), "checksum");
+        assert!(
+            l4_verifies6(&VIP6, &CLIENT6, ICMPV6, &out[54..]),
+            "checksum"
+        );
         assert_eq!(ndp_stats(lb, VIP6), ArpStats::new(1, 1));
         let learned = hash::<HostKey, LearnedMac>(lb, m::LEARNED_MACS)
             .get(&HostKey::v6(CLIENT6), 0)
@@ -372,7 +254,7 @@ fn a_solicitation_for_an_announced_vip_is_answered_with_the_owners_advertisement
         let dad = ns(UNSPECIFIED, solicited_node(&VIP6), &VIP6, &[]);
         let out = lb.expect("DAD probe", &dad.build(), XDP_TX, Want::C(C::NdpAdvert));
         assert_eq!(out, advert(&VIP6, ALL_NODES, ALL_NODES_MAC, 0x20));
-        assert!(icmp6_verifies(&VIP6, &ALL_NODES, &out[54..]));
+        assert!(l4_verifies6(&VIP6, &ALL_NODES, ICMPV6, &out[54..]));
 
         // Longer: a nonce option before the source address (shrinks to 86).
         let mut opts = vec![14, 1, 1, 2, 3, 4, 5, 6];
@@ -457,7 +339,7 @@ fn solicitations_that_fail_rfc_4861s_checks_are_never_answered() {
         hop.hop_limit = 254;
         let mut code = good.clone();
         code.l4[1] = 1;
-        let c = l4_checksum(&code.src, &code.dst, ICMPV6, &{
+        let c = l4_checksum6(&code.src, &code.dst, ICMPV6, &{
             let mut m = code.l4.clone();
             m[2..4].copy_from_slice(&[0, 0]);
             m
@@ -510,11 +392,11 @@ fn icmpv6_echo_to_a_vip_is_answered_and_a_bad_checksum_is_not() {
         let out = lb.expect("ping", &req.build(), XDP_TX, Want::C(C::IcmpEchoReply));
         let mut body = vec![0x12, 0x34, 0, 1];
         body.extend_from_slice(&payload);
-        let mut want = Frame6::new(VIP6, CLIENT6, ICMPV6, icmp6(&VIP6, &CLIENT6, 129, 0, &body));
+        let mut want = frame6(VIP6, CLIENT6, ICMPV6, icmp6(&VIP6, &CLIENT6, 129, 0, &body));
         want.eth_dst = CLIENT_MAC;
         want.eth_src = NODE_MAC;
         assert_eq!(out, want.build(), "reply");
-        assert!(icmp6_verifies(&VIP6, &CLIENT6, &out[54..]));
+        assert!(l4_verifies6(&VIP6, &CLIENT6, ICMPV6, &out[54..]));
 
         // Behind a destination options header: not answered (policy).
         let mut with_ext = echo_request(CLIENT6, VIP6, b"abc");
@@ -529,7 +411,7 @@ fn icmpv6_echo_to_a_vip_is_answered_and_a_bad_checksum_is_not() {
         // An odd length: the last byte is summed alone.
         let odd = echo_request(CLIENT6, VIP6, b"abcde");
         let out = lb.expect("odd ping", &odd.build(), XDP_TX, Want::C(C::IcmpEchoReply));
-        assert!(icmp6_verifies(&VIP6, &CLIENT6, &out[54..]));
+        assert!(l4_verifies6(&VIP6, &CLIENT6, ICMPV6, &out[54..]));
 
         let mut bad = echo_request(CLIENT6, VIP6, b"abcd");
         bad.l4[3] ^= 1;
@@ -551,7 +433,7 @@ fn icmpv6_echo_to_a_vip_is_answered_and_a_bad_checksum_is_not() {
             XDP_PASS,
             Want::C(C::PassNodeTraffic),
         );
-        let unreachable = Frame6::new(
+        let unreachable = frame6(
             CLIENT6,
             VIP6,
             ICMPV6,
@@ -571,7 +453,7 @@ fn icmpv6_echo_to_a_vip_is_answered_and_a_bad_checksum_is_not() {
 #[test]
 fn ipv6_packets_to_a_vip_outside_the_written_policy_are_dropped_and_counted() {
     with_lb6(|lb| {
-        let to_vip = |src: [u8; 16]| Frame6::new(src, VIP6, proto::TCP, tcp(src, VIP6, 80));
+        let to_vip = |src: [u8; 16]| frame6(src, VIP6, proto::TCP, tcp(src, VIP6, 80));
         let mut mapped = [0u8; 16];
         mapped[10..12].copy_from_slice(&[0xff, 0xff]);
         mapped[12..].copy_from_slice(&CLIENT);
@@ -617,7 +499,7 @@ fn ipv6_packets_to_a_vip_outside_the_written_policy_are_dropped_and_counted() {
         beyond.payload_len = Some(400);
         let mut last_hop = to_vip(CLIENT6);
         last_hop.hop_limit = 1;
-        let no_service = Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 82));
+        let no_service = frame6(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 82));
         for (what, f, r) in [
             ("fragment header", fragment, D::Fragment),
             (
@@ -658,10 +540,10 @@ fn ipv6_packets_to_a_vip_outside_the_written_policy_are_dropped_and_counted() {
 #[test]
 fn ipv6_that_is_not_for_a_vip_here_passes_untouched() {
     with_lb6(|lb| {
-        let to_vip = |src: [u8; 16]| Frame6::new(src, VIP6, proto::TCP, tcp(src, VIP6, 80));
+        let to_vip = |src: [u8; 16]| frame6(src, VIP6, proto::TCP, tcp(src, VIP6, 80));
         lb.expect_untouched(
             "not a VIP",
-            &Frame6::new(CLIENT6, NOT_VIP6, proto::TCP, tcp(CLIENT6, NOT_VIP6, 80)).build(),
+            &frame6(CLIENT6, NOT_VIP6, proto::TCP, tcp(CLIENT6, NOT_VIP6, 80)).build(),
             XDP_PASS,
             Want::C(C::PassNotVip),
         );
@@ -712,17 +594,17 @@ fn without_lb_ingress6_in_its_slot_ipv6_passes_untouched() {
 #[test]
 fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip() {
     with_lb6(|lb| {
-        let syn = Frame6::new(
+        let syn = frame6(
             CLIENT6,
             VIP6,
             proto::TCP,
-            tcp_seg(CLIENT6, 40000, VIP6, 80, 0x02, b""),
+            tcp6(CLIENT6, 40000, VIP6, 80, 0x02, b""),
         );
         let out = lb.expect("SYN", &syn.build(), XDP_PASS, Want::C(C::LocalNewFlow));
         assert_eq!(addrs(&out), (CLIENT6, POD6), "DNAT to the pod, client kept");
         assert_eq!(&out[56..58], &POD_PORT.to_be_bytes(), "target port");
         assert!(
-            l4_verifies(&CLIENT6, &POD6, proto::TCP, &out[54..]),
+            l4_verifies6(&CLIENT6, &POD6, proto::TCP, &out[54..]),
             "TCP checksum"
         );
         let key = FlowKey::v6(CLIENT6, VIP6, 40000, 80, proto::TCP);
@@ -731,11 +613,11 @@ fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip(
         assert_eq!(ct.state, tcp_state::SYN_SENT);
 
         // The pod's SYN-ACK leaves from the VIP.
-        let synack = Frame6::new(
+        let synack = frame6(
             POD6,
             CLIENT6,
             proto::TCP,
-            tcp_seg(POD6, POD_PORT, CLIENT6, 40000, 0x12, b""),
+            tcp6(POD6, POD_PORT, CLIENT6, 40000, 0x12, b""),
         );
         let before = lb.counts();
         let r = lb.run_egress(&synack.build());
@@ -749,51 +631,51 @@ fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip(
             "from the service port"
         );
         assert!(
-            l4_verifies(&VIP6, &CLIENT6, proto::TCP, &r.out[54..]),
+            l4_verifies6(&VIP6, &CLIENT6, proto::TCP, &r.out[54..]),
             "reply checksum"
         );
 
-        let ack = Frame6::new(
+        let ack = frame6(
             CLIENT6,
             VIP6,
             proto::TCP,
-            tcp_seg(CLIENT6, 40000, VIP6, 80, 0x10, b"GET / HTTP/1.1\r\n\r\n"),
+            tcp6(CLIENT6, 40000, VIP6, 80, 0x10, b"GET / HTTP/1.1\r\n\r\n"),
         );
         let out = lb.expect("ACK", &ack.build(), XDP_PASS, Want::C(C::LocalEstablished));
-        assert!(l4_verifies(&CLIENT6, &POD6, proto::TCP, &out[54..]));
+        assert!(l4_verifies6(&CLIENT6, &POD6, proto::TCP, &out[54..]));
         let ct = lb.conntrack(&key).expect("the flow's entry");
         assert_ne!(ct.state & tcp_state::ESTABLISHED, 0, "{:#x}", ct.state);
 
         // A reply to another client port is no flow's: it leaves untouched.
-        let stray = Frame6::new(
+        let stray = frame6(
             POD6,
             CLIENT6,
             proto::TCP,
-            tcp_seg(POD6, POD_PORT, CLIENT6, 40001, 0x10, b""),
+            tcp6(POD6, POD_PORT, CLIENT6, 40001, 0x10, b""),
         )
         .build();
         let r = lb.run_egress(&stray);
         assert_eq!((r.action, &r.out), (TC_NEXT, &stray));
 
         // UDP too, and each flow keeps its own entry.
-        let q = Frame6::new(
+        let q = frame6(
             CLIENT6,
             VIP6,
             proto::UDP,
-            udp_dgram(CLIENT6, 5353, VIP6, 80, b"query"),
+            udp6(CLIENT6, 5353, VIP6, 80, b"query"),
         );
         let out = lb.expect("UDP", &q.build(), XDP_PASS, Want::C(C::LocalNewFlow));
         assert_eq!(addrs(&out), (CLIENT6, POD6));
-        assert!(l4_verifies(&CLIENT6, &POD6, proto::UDP, &out[54..]));
-        let a = Frame6::new(
+        assert!(l4_verifies6(&CLIENT6, &POD6, proto::UDP, &out[54..]));
+        let a = frame6(
             POD6,
             CLIENT6,
             proto::UDP,
-            udp_dgram(POD6, POD_PORT, CLIENT6, 5353, b"answer"),
+            udp6(POD6, POD_PORT, CLIENT6, 5353, b"answer"),
         );
         let r = lb.run_egress(&a.build());
         assert_eq!(addrs(&r.out), (VIP6, CLIENT6));
-        assert!(l4_verifies(&VIP6, &CLIENT6, proto::UDP, &r.out[54..]));
+        assert!(l4_verifies6(&VIP6, &CLIENT6, proto::UDP, &r.out[54..]));
         assert_eq!(lb.traffic(m::SERVICE_STATS, SERVICE_ID).0, 2, "SYN and ACK");
         assert_eq!(
             lb.traffic(m::SERVICE_STATS, SERVICE_ID + 1).0,
@@ -834,20 +716,20 @@ fn ipv6_source_ranges_and_backends_on_other_nodes() {
         other[15] = 0x51;
         lb.expect_untouched(
             "a client outside the ranges",
-            &Frame6::new(other, VIP6, proto::TCP, tcp(other, VIP6, 80)).build(),
+            &frame6(other, VIP6, proto::TCP, tcp(other, VIP6, 80)).build(),
             XDP_DROP,
             Want::D(D::SourceRange),
         );
         lb.expect(
             "the client in them",
-            &Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 80)).build(),
+            &frame6(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 80)).build(),
             XDP_PASS,
             Want::C(C::LocalNewFlow),
         );
         // Another node's pod: not reached over IPv6 yet, and said so.
         lb.expect_untouched(
             "a remote IPv6 backend",
-            &Frame6::new(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81)).build(),
+            &frame6(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81)).build(),
             XDP_DROP,
             Want::D(D::NoRoute),
         );

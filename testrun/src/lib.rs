@@ -19,6 +19,7 @@
 //! for; and lb-userspace's tests can depend on it as a dev-dependency.
 
 pub mod frame;
+pub mod frame6;
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
