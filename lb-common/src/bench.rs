@@ -65,6 +65,14 @@ pub const SCRATCH_LEN: usize = 128;
 /// `bench_config` bit: give every iteration a new TCP/UDP source port,
 /// so each one is a new flow (conntrack miss, Maglev pick, NAT port).
 pub const NEW_FLOW: u32 = 1 << 0;
+/// `bench_config` bit: put the frame in `bench_scratch` back *before* each
+/// iteration instead of after it. An IPv6 packet leaves `lb_ingress_bench`
+/// by tail calls (`lb_ingress6`, `lb_service6`) and never returns to it, so
+/// the next iteration undoes what the last one did; the bench writes the
+/// frame into `bench_scratch` before the run, and the run's output is the
+/// last iteration's. The work per iteration is the same (one save, one
+/// restore), so `bench_restore_only` stays the overhead.
+pub const RESTORE_FIRST: u32 = 1 << 1;
 
 /// State slot: number of the next frame (the program increments it;
 /// frame `k` goes to target `k % targets` and, with

@@ -5,10 +5,14 @@
 //! target services plus filler services, and the proof that every iteration
 //! of a run took the intended path.
 
-use std::{collections::HashSet, net::Ipv4Addr, os::fd::AsFd as _};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
+use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DropReason, FlowKey, FlowTimeouts, HalfOpenBudget,
     HalfOpenGuard, RevNatValue, bench as b,
@@ -32,6 +36,7 @@ use lb_userspace::plan::{
 use onehop_testrun::{
     Counts, Harness, MapSizes,
     frame::{Arp, Pkt, padded},
+    frame6::{Frame6, l4_verifies6, tcp6},
 };
 
 use crate::batch;
@@ -69,11 +74,31 @@ pub const REMOTE_PORT: u16 = 81;
 /// node.
 pub const DIRECT_PORT: u16 = 82;
 pub const NOT_VIP: [u8; 4] = [192, 0, 2, 99];
+/// The node's, the client's and the IPv6 target service's addresses.
+pub const NODE_IP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0001);
+pub const CLIENT6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0050);
+pub const PEER_NODE6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0002);
+pub const VIP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0010);
+/// Port of the IPv6 target service (`[VIP6]`), whose backends all run on
+/// this node (pods on other nodes are not served over IPv6 yet).
+pub const LOCAL6_PORT: u16 = 80;
+pub const NOT_VIP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0099);
+/// The pods of the IPv6 target: `fd00:244::11` and up.
+const POD6_BASE: u128 = 0xfd00_0244_0000_0000_0000_0000_0000_0000;
+/// Where the IPv6 fillers' VIPs start (`2001:db8:64::`).
+const FILLER6_BASE: u128 = 0x2001_0db8_0064_0000_0000_0000_0000_0000;
+/// Where the IPv6 fillers' pods start (`fd00:128::`).
+const FILLER6_PODS: u128 = 0xfd00_0128_0000_0000_0000_0000_0000_0000;
+
+const fn v6(a: u128) -> [u8; 16] {
+    a.to_be_bytes()
+}
 /// Client ports of the three pre-established flows: below the bench's
 /// source-port sequence (1024..=65535), so new-flow runs never reuse them.
 pub const EST_LOCAL_PORT: u16 = 900;
 pub const EST_REMOTE_PORT: u16 = 901;
 pub const EST_DIRECT_PORT: u16 = 902;
+pub const EST_LOCAL6_PORT: u16 = 903;
 /// NAT source ports for remote flows: as wide as possible (see README).
 pub const NAT_MIN: u16 = 1024;
 pub const NAT_MAX: u16 = 65535;
@@ -87,9 +112,9 @@ pub const FRAME_LEN: usize = 60;
 /// by the end of a run (see `simulate_nat` and the README).
 pub const FILLER_BACKENDS: u32 = 3;
 pub const TARGET_BACKENDS: u32 = 16;
-/// The three target services (local, remote by full NAT, remote by direct
-/// return).
-pub const TARGETS: u32 = 3;
+/// The four target services (local, remote by full NAT, remote by direct
+/// return; local over IPv6).
+pub const TARGETS: u32 = 4;
 
 /// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
 /// `bench.rs`).
@@ -139,10 +164,13 @@ fn bench_size(backends: u32) -> MaglevSize {
     MaglevSize::new(even_size(backends as usize)).unwrap_or_default()
 }
 
-/// The services model of `n` services: the three targets on `VIP` (ports
-/// [`LOCAL_PORT`], [`REMOTE_PORT`] and [`DIRECT_PORT`]), then fillers, each
-/// on its own VIP (100.64.0.0/10 + i, announced) and port, with three
-/// remote backends of its own (full NAT, as the remote target's). Direct
+/// The services model of `n` services: the three IPv4 targets on `VIP`
+/// (ports [`LOCAL_PORT`], [`REMOTE_PORT`] and [`DIRECT_PORT`]) and the IPv6
+/// one on `[VIP6]:LOCAL6_PORT`, then fillers, each on its own VIP
+/// (announced) and port with three remote backends of its own (full NAT,
+/// as the remote target's): one in two IPv4 (100.64.0.0/10 + i), the
+/// others IPv6 (`2001:db8:64::` + i), so each family's maps hold about
+/// half of the services. Direct
 /// return is on for [`DIRECT_NODE`] only, as the Kubernetes source turns it
 /// on for the nodes whose agent is live: the planner sets
 /// `config_flags::DIRECT_RETURN`, and the data path then serves every case
@@ -150,9 +178,9 @@ fn bench_size(backends: u32) -> MaglevSize {
 /// changes no other case's path).
 pub fn model(n: u32) -> NodeServices {
     let vip = Ipv4Addr::from(VIP);
-    let service = |name: String, vip: Ipv4Addr, port: u16, backends: Vec<Backend>| Service {
+    let service = |name: String, vip: IpAddr, port: u16, backends: Vec<Backend>| Service {
         name,
-        vip: vip.into(),
+        vip,
         ports: vec![ServicePort {
             port,
             protocol: Protocol::Tcp,
@@ -179,40 +207,45 @@ pub fn model(n: u32) -> NodeServices {
             .collect()
     };
     let mut services = vec![
-        service("target-local".into(), vip, LOCAL_PORT, target(0, NODE_IP)),
+        service(
+            "target-local".into(),
+            vip.into(),
+            LOCAL_PORT,
+            target(0, NODE_IP),
+        ),
         service(
             "target-remote".into(),
-            vip,
+            vip.into(),
             REMOTE_PORT,
             target(1, PEER_NODE),
         ),
         service(
             "target-direct".into(),
-            vip,
+            vip.into(),
             DIRECT_PORT,
             target(2, DIRECT_NODE),
         ),
+        service(
+            "target-local6".into(),
+            Ipv6Addr::from(VIP6).into(),
+            LOCAL6_PORT,
+            (0..TARGET_BACKENDS)
+                .map(|j| Backend {
+                    ip: Ipv6Addr::from(POD6_BASE + 11 + u128::from(j)).into(),
+                    node_ip: Ipv6Addr::from(NODE_IP6).into(),
+                })
+                .collect(),
+        ),
     ];
-    let mut announce = std::collections::BTreeSet::from([vip.into()]);
+    let mut announce = std::collections::BTreeSet::from([vip.into(), Ipv6Addr::from(VIP6).into()]);
     for i in TARGETS..n {
-        let filler_vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
-        let port = 80 + u16::try_from(i % 8).unwrap_or(0);
-        let backends = (0..FILLER_BACKENDS)
-            .map(|j| {
-                let k = (i - TARGETS) * FILLER_BACKENDS + j;
-                let [_, b1, b2, b3] = k.to_be_bytes();
-                Backend {
-                    ip: Ipv4Addr::new(10, 128 + b1, b2, b3).into(),
-                    node_ip: Ipv4Addr::from(PEER_NODE).into(),
-                }
-            })
-            .collect();
+        let (filler_vip, port, backends) = filler(i);
         services.push(service(format!("filler-{i}"), filler_vip, port, backends));
-        announce.insert(filler_vip.into());
+        announce.insert(filler_vip);
     }
     NodeServices {
         node_ip: Some(Ipv4Addr::from(NODE_IP)),
-        node_ip6: None,
+        node_ip6: Some(Ipv6Addr::from(NODE_IP6)),
         nat_ports: NatPorts {
             min: NAT_MIN,
             max: NAT_MAX,
@@ -227,12 +260,42 @@ pub fn model(n: u32) -> NodeServices {
     }
 }
 
+/// Filler `i`: its VIP, port and backends (see [`model`]).
+fn filler(i: u32) -> (IpAddr, u16, Vec<Backend>) {
+    let port = 80 + u16::try_from(i % 8).unwrap_or(0);
+    let ipv6 = i % 2 == 1;
+    let vip: IpAddr = if ipv6 {
+        Ipv6Addr::from(FILLER6_BASE + u128::from(i)).into()
+    } else {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i).into()
+    };
+    let backends = (0..FILLER_BACKENDS)
+        .map(|j| {
+            let k = (i - TARGETS) * FILLER_BACKENDS + j;
+            let [_, b1, b2, b3] = k.to_be_bytes();
+            if ipv6 {
+                Backend {
+                    ip: Ipv6Addr::from(FILLER6_PODS + u128::from(k)).into(),
+                    node_ip: Ipv6Addr::from(PEER_NODE6).into(),
+                }
+            } else {
+                Backend {
+                    ip: Ipv4Addr::new(10, 128 + b1, b2, b3).into(),
+                    node_ip: Ipv4Addr::from(PEER_NODE).into(),
+                }
+            }
+        })
+        .collect();
+    (vip, port, backends)
+}
+
 pub struct Lb {
     h: Harness,
     cpu: usize,
     pub sizes: Sizes,
     bench_config: Array<MapData, u32>,
     bench_seq: PerCpuArray<MapData, u32>,
+    bench_scratch: PerCpuArray<MapData, [u8; b::SCRATCH_LEN]>,
 }
 
 pub const PROGRAMS: [&str; 4] = [
@@ -248,7 +311,7 @@ impl Lb {
     pub fn load(object: &[u8], sizes: Sizes, cpu: usize) -> Result<Self> {
         ensure!(
             sizes.max_services >= TARGETS,
-            "at least {TARGETS} services: the two target services"
+            "at least {TARGETS} services: the target services"
         );
         ensure!(
             sizes.max_services < m::MAX_SERVICES.min(m::MAX_VIPS),
@@ -262,7 +325,7 @@ impl Lb {
         };
         let node = Node {
             ip: Ipv4Addr::from(NODE_IP),
-            ip6: None,
+            ip6: Some(Ipv6Addr::from(NODE_IP6)),
             ifindex: onehop_testrun::ifindex("v0")?,
             mac: NODE_MAC,
             hash_seed: lb_common::hash::PUBLIC_SEED,
@@ -282,12 +345,14 @@ impl Lb {
         };
         let bench_config = Array::try_from(take(b::CONFIG)?).context("bench_config")?;
         let bench_seq = PerCpuArray::try_from(take(b::SEQ)?).context("bench_seq")?;
+        let bench_scratch = PerCpuArray::try_from(take(b::SCRATCH)?).context("bench_scratch")?;
         Ok(Self {
             h,
             cpu,
             sizes,
             bench_config,
             bench_seq,
+            bench_scratch,
         })
     }
 
@@ -299,7 +364,8 @@ impl Lb {
             "maps sized for fewer services"
         );
         self.h.apply(&model(services))?;
-        let planned = self.h.state().services.len();
+        let state = self.h.state();
+        let planned = state.services.len() + state.services6.len();
         ensure!(
             planned == services as usize,
             "{planned} services planned, {services} wanted"
@@ -448,31 +514,52 @@ impl Lb {
             maps.flows()?.count()? == 0 && maps.rev_nat.keys().next().is_none(),
             "flow maps not empty after draining"
         );
-        self.establish(LOCAL_PORT, EST_LOCAL_PORT, XDP_PASS, Counter::LocalNewFlow)?;
-        self.establish(REMOTE_PORT, EST_REMOTE_PORT, XDP_TX, Counter::RemoteNewFlow)?;
-        self.establish(DIRECT_PORT, EST_DIRECT_PORT, XDP_TX, Counter::DirectNewFlow)?;
+        for (dport, sport, action, want) in [
+            (LOCAL_PORT, EST_LOCAL_PORT, XDP_PASS, Counter::LocalNewFlow),
+            (REMOTE_PORT, EST_REMOTE_PORT, XDP_TX, Counter::RemoteNewFlow),
+            (DIRECT_PORT, EST_DIRECT_PORT, XDP_TX, Counter::DirectNewFlow),
+        ] {
+            let key = FlowKey::v4(CLIENT, VIP, sport, dport, proto::TCP);
+            self.establish(&frame_tcp(dport, sport, TCP_SYN), key, action, want)?;
+        }
+        let key = FlowKey::v6(CLIENT6, VIP6, EST_LOCAL6_PORT, LOCAL6_PORT, proto::TCP);
+        let syn = frame_tcp6(EST_LOCAL6_PORT, TCP_SYN);
+        self.establish(&syn, key, XDP_PASS, Counter::LocalNewFlow)?;
         Ok(n)
     }
 
-    fn establish(&mut self, dport: u16, sport: u16, action: u32, want: Counter) -> Result<()> {
-        let syn = frame_tcp(dport, sport, TCP_SYN);
+    fn establish(&mut self, syn: &[u8], key: FlowKey, action: u32, want: Counter) -> Result<()> {
         let before = self.counts()?;
-        let r = self.run(m::programs::INGRESS, &syn, 1)?;
+        let r = self.run(m::programs::INGRESS, syn, 1)?;
         let d = self.counts()?.minus(&before);
         check(&d, self.cpu, Some(want), None, None, 1)
-            .with_context(|| format!("establishing {want:?}"))?;
+            .with_context(|| format!("establishing {want:?} to {key:?}"))?;
         ensure!(
             r.action == action,
             "establishing {want:?}: action {}",
             r.action
         );
-        let key = FlowKey::v4(CLIENT, VIP, sport, dport, proto::TCP);
         self.h
             .maps()
             .flows()?
             .get(&key)?
-            .with_context(|| format!("no conntrack entry for the {want:?} flow"))?;
+            .with_context(|| format!("no conntrack entry for the {want:?} flow {key:?}"))?;
         Ok(())
+    }
+
+    /// Puts `frame` in `bench_scratch` on every CPU: what a `RESTORE_FIRST`
+    /// run restores before its first iteration.
+    pub fn set_scratch(&mut self, frame: &[u8]) -> Result<()> {
+        let mut buf = [0u8; b::SCRATCH_LEN];
+        let n = frame.len().min(b::SCRATCH_LEN);
+        buf[..n].copy_from_slice(&frame[..n]);
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let values = PerCpuValues::try_from(vec![buf; cpus]).context("bench_scratch values")?;
+        self.bench_scratch
+            .set(0, values, 0)
+            .context("bench_scratch")
     }
 
     /// Runs program `name` on `frame` arriving on `v0`, `repeat` times.
@@ -504,6 +591,62 @@ pub fn frame_to(dst: [u8; 4], dport: u16, sport: u16, flags: u8) -> Vec<u8> {
 /// A TCP frame from the client to the target service on `dport`.
 pub fn frame_tcp(dport: u16, sport: u16, flags: u8) -> Vec<u8> {
     frame_to(VIP, dport, sport, flags)
+}
+
+/// A TCP frame (no payload) from the IPv6 client to `[VIP6]:LOCAL6_PORT`:
+/// 74 bytes, over the Ethernet minimum.
+pub fn frame_tcp6(sport: u16, flags: u8) -> Vec<u8> {
+    frame6(VIP6, sport, flags)
+}
+
+/// A TCP frame (no payload) from the IPv6 client to port 80 of `dst`.
+pub fn frame_to6(dst: [u8; 16], flags: u8) -> Vec<u8> {
+    frame6(dst, 40_000, flags)
+}
+
+fn frame6(dst: [u8; 16], sport: u16, flags: u8) -> Vec<u8> {
+    let l4 = tcp6(CLIENT6, sport, dst, LOCAL6_PORT, flags, b"");
+    Frame6::new((CLIENT_MAC, NODE_MAC), CLIENT6, dst, proto::TCP, l4).build()
+}
+
+/// The proof that the last iteration of a `RESTORE_FIRST` run (whose
+/// output is that iteration's, not the original frame) saw `frame`: `out`
+/// is `frame` sent on to one of the IPv6 target's pods, at its target port,
+/// the source and everything else kept (the source port aside, which a
+/// new-flow run changes), and its TCP checksum verifies.
+pub fn check_dnat6(out: &[u8], frame: &[u8]) -> Result<()> {
+    const DST: std::ops::Range<usize> = 38..54;
+    const PORTS: std::ops::Range<usize> = 54..58;
+    const CHECK: std::ops::Range<usize> = 70..72;
+    ensure!(
+        out.len() == frame.len(),
+        "length {} instead of {}",
+        out.len(),
+        frame.len()
+    );
+    let dst = u128::from_be_bytes(out[DST].try_into().context("destination")?);
+    let pods = POD6_BASE + 11..POD6_BASE + 11 + u128::from(TARGET_BACKENDS);
+    ensure!(
+        pods.contains(&dst),
+        "destination {} is none of the target's pods",
+        Ipv6Addr::from(dst)
+    );
+    ensure!(
+        out[56..58] == 8080u16.to_be_bytes(),
+        "destination port not the pods'"
+    );
+    let kept = |r: std::ops::Range<usize>| out[r.clone()] == frame[r];
+    ensure!(
+        kept(0..DST.start) && kept(CHECK.end..out.len()) && kept(PORTS.end..CHECK.start),
+        "bytes besides the destination, the ports and the checksum changed"
+    );
+    let l4: &[u8] = &out[PORTS.start..];
+    let dst: [u8; 16] = out[DST].try_into().context("destination")?;
+    ensure!(
+        l4_verifies6(&CLIENT6, &dst, proto::TCP, l4),
+        "TCP checksum broken"
+    );
+    Ok(())
 }
 
 /// Broadcast ARP request "who has the VIP", from the client.
