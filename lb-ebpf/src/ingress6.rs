@@ -31,25 +31,25 @@
 //! - hop limit <= 1 on a packet we would forward: `ttl_exceeded`;
 //! - a transport header beyond the payload, or TCP data offset < 5:
 //!   `truncated`;
-//! - to a `[VIP]:port` no service serves: `no_service`.
-//!
+//! - to a `[VIP]:port` no service serves: `no_service` (from `lb_service6`,
+//!   which looks the service up).
 //!
 //! A TCP or UDP packet that passes is handed to `lb_service6` by another
-//! tail call (see `service6`), which takes its flow; with that slot empty
-//! it is dropped (`ipv6_unserved`). ICMPv6 errors are not translated yet.
+//! tail call (see `service6`), which takes its flow, with the VIP's flags in
+//! this CPU's `flow_scratch` slot; with that slot empty it is dropped
+//! (`ipv6_unserved`). ICMPv6 errors are not translated yet.
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, xdp_md},
     programs::XdpContext,
 };
-use lb_common::{
-    Counter, DatapathConfig, DropReason, Ipv6Key, ServiceKey6, maps::xdp_slot, proto, vip_flags,
-};
+use lb_common::{Counter, DatapathConfig, DropReason, Ipv6Key, maps::xdp_slot, proto, vip_flags};
 
 use crate::{
+    conntrack,
     csum::{self, Delta},
     ingress::transport,
-    maps::{CONFIG, SERVICES6, VIPS6, XDP_PROGRAMS},
+    maps::{CONFIG, VIPS6, XDP_PROGRAMS},
     ndp::{self, pseudo_sum},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Ext, Ipv6Hdr},
     verdict::Outcome,
@@ -111,7 +111,7 @@ fn classify(
     // SAFETY: value pointer the map just returned; read by value.
     let flags = unsafe { (*vip).flags };
     if flags & vip_flags::SERVICE != 0 {
-        service_path(ctx, cur, ip, icmp.is_some(), frame_len)
+        service_path(ctx, cur, ip, flags, icmp.is_some(), frame_len)
     } else if flags & vip_flags::NODE != 0 {
         Outcome::Pass(Counter::PassNodeTraffic)
     } else {
@@ -172,6 +172,7 @@ fn service_path(
     ctx: &XdpContext,
     cur: &mut Cursor<'_>,
     ip: &Ipv6Hdr,
+    vip: u32,
     icmp_first: bool,
     frame_len: usize,
 ) -> Outcome {
@@ -205,16 +206,16 @@ fn service_path(
     if ip.hop_limit <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
     }
-    let (l4, _) = match transport(cur, proto, l4_len) {
-        Ok(t) => t,
-        Err(r) => return Outcome::Drop(r),
-    };
-    if SERVICES6
-        .get_ptr(ServiceKey6::new(ip.dst, l4.dport(), proto))
-        .is_none()
-    {
-        return Outcome::Drop(DropReason::NoService);
+    if let Err(r) = transport(cur, proto, l4_len) {
+        return Outcome::Drop(r);
     }
+    let Some(s) = conntrack::scratch() else {
+        return Outcome::Drop(DropReason::MapUpdate);
+    };
+    // SAFETY: this CPU's scratch slot, ours for this run, tail calls
+    // included: `lb_service6` reads the flags back instead of looking the
+    // VIP up again (the service it looks up itself: one lookup either way).
+    unsafe { (*s).vip_flags = vip };
     // The flow's work in a program of its own (`service6`): its 16-byte
     // addresses take more stack than this one has left beside `ndp`'s
     // chain. Returns only when the slot is empty.

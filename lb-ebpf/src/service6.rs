@@ -15,8 +15,8 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv6Key,
-    ServiceKey6, backend_flags, config_flags,
+    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, ServiceKey6,
+    backend_flags, config_flags,
     flow::{self, Side, tcp_flags},
     proto, vip_flags,
 };
@@ -27,7 +27,7 @@ use crate::{
     guard,
     ingress::transport,
     ingress6::skip_extensions,
-    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES6, VIPS6},
+    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES6},
     nat::{self, L4},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr},
     service::{self, Choice},
@@ -55,11 +55,6 @@ fn flow_path(cur: &mut Cursor<'_>, cfg: &DatapathConfig, frame_len: usize) -> Ou
     let (Some(_), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Outcome::Drop(DropReason::Truncated);
     };
-    let Some(v) = VIPS6.get_ptr(Ipv6Key { addr: ip.dst }) else {
-        return Outcome::Drop(DropReason::NoService);
-    };
-    // SAFETY: value pointer the map just returned; read by value.
-    let vip = unsafe { (*v).flags };
     let payload = usize::from(ip.payload_len());
     if payload > frame_len - ETH_LEN - IPV6_LEN {
         return Outcome::Drop(DropReason::Truncated);
@@ -75,6 +70,7 @@ fn flow_path(cur: &mut Cursor<'_>, cfg: &DatapathConfig, frame_len: usize) -> Ou
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
+    // The service, looked up here only: `lb_ingress6` checked the rest.
     let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(ip.dst, l4.dport(), proto)) else {
         return Outcome::Drop(DropReason::NoService);
     };
@@ -85,7 +81,10 @@ fn flow_path(cur: &mut Cursor<'_>, cfg: &DatapathConfig, frame_len: usize) -> Ou
     let Some(s) = conntrack::scratch() else {
         return Outcome::Drop(DropReason::MapUpdate);
     };
-    // SAFETY: this CPU's scratch slot, ours for this run.
+    // SAFETY: this CPU's scratch slot, ours for this run; `lb_ingress6`
+    // wrote the VIP's flags there before its tail call.
+    let vip = unsafe { (*s).vip_flags };
+    // SAFETY: as above.
     // Field by field, the addresses straight from the packet: a `FlowKey`
     // built first would be a 40-byte temporary on the stack.
     let key = unsafe {
