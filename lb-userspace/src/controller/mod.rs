@@ -39,6 +39,11 @@
 //! ([`lease::GATEWAYS_ANNOTATION`]), and still withholds them itself (`net::route`, a
 //! `GatewayAddress` Event on the Service) should a pool be accepted before its report.
 //!
+//! Pools may hold IPv4 and IPv6 ranges; a Service gets one address per family
+//! its `ipFamilyPolicy` and `ipFamilies` ask for, all from one pool
+//! ([`alloc`]), written to its status in `ipFamilies` order. Pool statuses
+//! and metrics count each family apart.
+//!
 //! Reconciling is level-triggered and idempotent: any change (or a periodic
 //! resync, or a retry after a failed write) recomputes everything from the
 //! caches and writes only differences.
