@@ -1665,6 +1665,19 @@ async fn dual_stack_pools_serve_single_prefer_and_require_dual_stack_services() 
         );
         put(&k, &wrong).await;
         wait_event(&k, "Service", "wrong", "AllocationFailed", "is IPv6").await;
+        // Turning RequireDualStack with no pair free: the Service keeps the
+        // address it has, and the Event says so.
+        let upgraded = family_svc(&k.apps, "six", "RequireDualStack", &["IPv6", "IPv4"], &[]);
+        put(&k, &upgraded).await;
+        wait_event(
+            &k,
+            "Service",
+            "six",
+            "AllocationFailed",
+            "(IPv4, IPv6 exhausted); keeping [\"fc00:f853:ccd:e800::\"]",
+        )
+        .await;
+        assert_eq!(ips_of(&k, &k.apps, "six").await, ["fc00:f853:ccd:e800::"]);
         ctl.stop().await;
     })
     .await;

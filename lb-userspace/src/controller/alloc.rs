@@ -439,6 +439,22 @@ impl Allocator {
         Ok(())
     }
 
+    /// After a failed [`Allocator::assign`] for lack of addresses: lets
+    /// `req`'s Service keep `ips` (what its status shows, its last good
+    /// state) when every one is still in a pool, usable and not taken by a
+    /// Service it may not share with. Returns whether it did.
+    pub fn keep_last(&mut self, req: &Request, ips: &[IpAddr]) -> bool {
+        let valid = !ips.is_empty()
+            && ips.iter().all(|ip| {
+                self.pool_holding(*ip).is_some_and(|p| p.usable(*ip))
+                    && self.conflict(*ip, req).is_none()
+            });
+        if valid {
+            self.hold(req, ips);
+        }
+        valid
+    }
+
     /// Whether `ip`, held by `req`'s Service, may stay its address.
     fn keeps(&self, req: &Request, ip: IpAddr) -> bool {
         req.families.contains(&Family::of(ip))

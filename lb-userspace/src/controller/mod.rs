@@ -673,7 +673,8 @@ impl Leader {
     async fn assign(&mut self, svc: &Service) -> bool {
         let r = svc.object_ref(&());
         let current = ingress_ips(svc);
-        let result = self.request(svc).and_then(|req| self.alloc.assign(&req));
+        let req = self.request(svc);
+        let result = req.clone().and_then(|req| self.alloc.assign(&req));
         match result {
             Ok(ips) => {
                 if current == ips {
@@ -689,9 +690,27 @@ impl Leader {
             }
             Err(e) => {
                 *self.failing.entry(failure_reason(&e)).or_default() += 1;
-                self.alloc.release(&reference(svc));
-                let cleared = current.is_empty() || self.write_ingress(svc, &[]).await;
-                let msg = e.to_string();
+                // Out of addresses for what the Service now asks (a policy
+                // turned RequireDualStack, say): the addresses it shows keep
+                // working rather than go, as long as they are still valid.
+                let capacity = matches!(
+                    e,
+                    alloc::AllocError::PoolExhausted { .. }
+                        | alloc::AllocError::NoPoolForFamilies { .. }
+                );
+                let kept = capacity
+                    && req
+                        .as_ref()
+                        .is_ok_and(|req| self.alloc.keep_last(req, &current));
+                if !kept {
+                    self.alloc.release(&reference(svc));
+                }
+                let cleared = kept || current.is_empty() || self.write_ingress(svc, &[]).await;
+                let msg = if kept {
+                    format!("{e}; keeping {}", quoted(&current))
+                } else {
+                    e.to_string()
+                };
                 self.note(&r, EventType::Warning, "AllocationFailed", "Allocate", &msg)
                     .await;
                 cleared

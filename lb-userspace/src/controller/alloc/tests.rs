@@ -1002,3 +1002,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_failed_upgrade_to_require_dual_stack_keeps_the_last_good_addresses() {
+    let mut a = Allocator::new(pools(&[(
+        "dual",
+        json!({ "addresses": ["10.0.0.0/31", "fd00::/128"] }),
+    )]));
+    let six = fam("six", "SingleStack", &["IPv6"], json!({}));
+    assert_eq!(a.assign(&six).unwrap(), ips(&["fd00::"]));
+    let web = req("d", "web", json!({}));
+    assert_eq!(a.assign(&web).unwrap(), ips(&["10.0.0.0"]));
+    let upgraded = fam("web", "RequireDualStack", &["IPv4", "IPv6"], json!({}));
+    let e = a.assign(&upgraded).unwrap_err();
+    assert_eq!(
+        e,
+        AllocError::PoolExhausted {
+            pools: vec!["dual".into()],
+            families: vec![Family::V6],
+        }
+    );
+    assert!(a.addresses_of(&r("d", "web")).is_empty(), "assign released");
+    assert!(a.keep_last(&upgraded, &ips(&["10.0.0.0"])));
+    assert_eq!(a.addresses_of(&r("d", "web")), ips(&["10.0.0.0"]));
+    assert_eq!(
+        a.assign(&req("d", "other", json!({}))).unwrap(),
+        ips(&["10.0.0.1"]),
+        "a kept address is not handed out again"
+    );
+    // Nothing to keep when the address left the pools or is someone else's.
+    assert!(!a.keep_last(&upgraded, &ips(&["10.9.9.9"])));
+    assert!(!a.keep_last(&upgraded, &ips(&["10.0.0.1"])));
+    assert!(!a.keep_last(&upgraded, &[]));
+    // Once an IPv6 address is free the upgrade goes through, keeping IPv4.
+    a.release(&r("d", "six"));
+    assert_eq!(a.assign(&upgraded).unwrap(), ips(&["10.0.0.0", "fd00::"]));
+}
