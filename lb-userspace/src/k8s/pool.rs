@@ -448,6 +448,15 @@ mod tests {
             ("b-end", "GatewayAddress"),
             "the last address of a range counts"
         );
+        // A node's IPv6 address in a dual-stack pool counts as much.
+        let six = BTreeMap::from([("fd00:60::11".parse::<IpAddr>().unwrap(), "n6".to_owned())]);
+        let dual = [(
+            "dual".to_owned(),
+            spec(&["192.168.9.0/24", "fd00:60::/120"]),
+        )];
+        let (_, bad) = validate_pools_reserved(&dual, &six, &BTreeMap::new());
+        assert_eq!(bad[0].reason, "NodeAddress");
+        assert!(bad[0].message.contains("fd00:60::11"), "{}", bad[0].message);
         // A node address is reported as such even when it is also a gateway.
         let nodes = BTreeMap::from([(ipa("192.168.1.1"), "n1".to_owned())]);
         let (_, bad) = validate_pools_reserved(&specs[..1], &nodes, &gateways);

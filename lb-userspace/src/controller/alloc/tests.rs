@@ -1038,3 +1038,64 @@ fn a_failed_upgrade_to_require_dual_stack_keeps_the_last_good_addresses() {
     a.release(&r("d", "six"));
     assert_eq!(a.assign(&upgraded).unwrap(), ips(&["10.0.0.0", "fd00::"]));
 }
+
+/// A small pool of one family from random bounds: `(entries, is IPv6, avoidBuggyIPs)`.
+fn small_pool() -> impl Strategy<Value = (Vec<String>, bool, bool)> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec((0u32..600, 0u32..40), 1..4),
+    )
+        .prop_map(|(v6, buggy, spans)| {
+            // Disjoint ranges: each starts past the previous one's end.
+            let mut at = 0u32;
+            let mut entries = Vec::new();
+            for (gap, len) in spans {
+                let (first, last) = (at + gap, at + gap + len);
+                at = last + 1;
+                let name = |n: u32| {
+                    if v6 {
+                        format!("fd00::{n:x}")
+                    } else {
+                        std::net::Ipv4Addr::from(0x0a00_0000 + n).to_string()
+                    }
+                };
+                entries.push(format!("{}-{}", name(first), name(last)));
+            }
+            (entries, v6, buggy)
+        })
+}
+
+proptest! {
+    /// The bounds arithmetic agrees with walking the addresses one by one:
+    /// the count (with avoidBuggyIPs, which spares IPv6) and the lowest free
+    /// address whatever is taken.
+    #[test]
+    fn bounds_arithmetic_matches_enumeration(
+        (entries, v6, buggy) in small_pool(),
+        taken_bits in proptest::collection::vec(any::<bool>(), 0..700),
+    ) {
+        let p = Pool::parse(
+            "p",
+            &spec(json!({ "addresses": entries, "avoidBuggyIPs": buggy })),
+        )
+        .unwrap();
+        let all: Vec<IpAddr> = p.addresses().collect();
+        let family = if v6 { Family::V6 } else { Family::V4 };
+        prop_assert_eq!(p.size_of(family), all.len() as u128);
+        prop_assert_eq!(p.size(), all.len() as u128);
+        let taken: BTreeSet<IpAddr> = all
+            .iter()
+            .zip(&taken_bits)
+            .filter(|(_, t)| **t)
+            .map(|(ip, _)| *ip)
+            .collect();
+        let naive = all.iter().copied().find(|ip| !taken.contains(ip));
+        prop_assert_eq!(p.first_free(family, |ip| taken.contains(&ip)), naive);
+        let other = if v6 { Family::V4 } else { Family::V6 };
+        prop_assert_eq!(p.first_free(other, |_| false), None);
+        for ip in &all {
+            prop_assert!(p.contains(*ip));
+        }
+    }
+}
