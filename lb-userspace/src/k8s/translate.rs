@@ -287,18 +287,6 @@ pub fn node_ips_all(nodes: &[Node]) -> BTreeMap<IpAddr, String> {
     out
 }
 
-/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
-/// that must never become a VIP (the controller's IPv4 pools).
-pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
-    node_ips_all(nodes)
-        .into_iter()
-        .filter_map(|(ip, name)| match ip {
-            IpAddr::V4(a) => Some((a, name)),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
 /// True when the Node's `Ready` condition is `True`.
 pub fn node_ready(node: &Node) -> bool {
     node.status
