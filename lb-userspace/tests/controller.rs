@@ -1359,8 +1359,8 @@ async fn the_binary_assigns_and_releases_its_lease_on_sigterm() {
         let scrape = || get(metrics, "/metrics");
         let expected = [
             "onehop_controller_leader 1",
-            "onehop_controller_pool_addresses_in_use{pool=\"a\"} 1",
-            "onehop_controller_pool_addresses{pool=\"a\"} 1",
+            "onehop_controller_pool_addresses_in_use{pool=\"a\",family=\"ipv4\"} 1",
+            "onehop_controller_pool_addresses{pool=\"a\",family=\"ipv4\"} 1",
             "onehop_controller_pool_valid{pool=\"a\"} 1",
             "onehop_controller_services_assigned 1",
         ];
@@ -1515,53 +1515,196 @@ async fn a_pool_created_again_gets_its_status_back() {
     .await;
 }
 
-/// MetalLB's first example pool holds an IPv6 range: onehop serves the
-/// IPv4 part and warns about the rest; a pool of IPv6 alone is invalid.
+/// The pools' statuses and metrics of
+/// [`dual_stack_pools_serve_single_prefer_and_require_dual_stack_services`]
+/// once its pools are full: counted per family, no series for a family a
+/// pool lacks.
+async fn check_per_family_figures(k: &Env, ctl: &Ctl) {
+    wait_for("per-family pool statuses", async || {
+        let st = |p: Option<IPAddressPool>| {
+            p.and_then(|p| p.status).map(|s| {
+                (
+                    s.assigned_ipv4,
+                    s.available_ipv4,
+                    s.assigned_ipv6,
+                    s.available_ipv6,
+                )
+            })
+        };
+        st(get_pool(k, "dual").await) == Some((2, 0, 2, 0))
+            && st(get_pool(k, "v6only").await) == Some((0, 0, 1, 3))
+            && valid_condition(k, "dual")
+                .await
+                .is_some_and(|(status, reason, _)| status == "True" && reason == "Valid")
+    })
+    .await;
+    let text = ctl.metrics.render().unwrap();
+    for line in [
+        "onehop_controller_pool_addresses_in_use{pool=\"dual\",family=\"ipv6\"} 2",
+        "onehop_controller_pool_addresses{pool=\"v6only\",family=\"ipv6\"} 4",
+        "onehop_controller_pool_addresses_in_use{pool=\"dual\",family=\"ipv4\"} 2",
+        "onehop_controller_services_unassigned{reason=\"pool_exhausted\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("pool=\"v6only\",family=\"ipv4\""),
+        "no series for a family the pool lacks:\n{text}"
+    );
+}
+
+/// A Service of `policy` with `ipFamilies` `families`.
+fn family_svc(
+    ns: &str,
+    name: &str,
+    policy: &str,
+    families: &[&str],
+    annotations: &[(&str, &str)],
+) -> Service {
+    let mut s = svc(ns, name, annotations);
+    let spec = s.spec.as_mut().unwrap();
+    spec.ip_family_policy = Some(policy.into());
+    spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
+    s
+}
+
+/// MetalLB's dual-stack pools: a `SingleStack` IPv6 Service, a
+/// `RequireDualStack` one (both families from one pool, in `ipFamilies`
+/// order) and a `PreferDualStack` one get their addresses; `RequireDualStack`
+/// gets nothing once a family runs out, and says why; pool statuses and
+/// metrics count per family; a restarted controller adopts the IPv6
+/// addresses the statuses show.
 #[tokio::test]
-async fn a_dual_stack_pool_serves_its_ipv4_part_with_a_warning() {
+async fn dual_stack_pools_serve_single_prefer_and_require_dual_stack_services() {
     bounded(async {
         let k = setup().await;
-        pool(&k, "dual", &["fc00:f853:ccd:e799::/124", "192.0.2.60/31"]).await;
-        pool(&k, "v6", &["fc00:f853:ccd:e800::/124"]).await;
-        put(&k, &svc(&k.apps, "web", &[])).await;
-        let ctl = Ctl::start(&k, "c-1");
-        wait_ips(&k, &k.apps, "web", &["192.0.2.60"]).await;
-        wait_event(
-            &k,
-            "IPAddressPool",
-            "dual",
-            "IPv6Ignored",
-            "serving the IPv4 addresses only, ignoring fc00:f853:ccd:e799::/124",
-        )
-        .await;
-        assert_eq!(events(&k, "IPAddressPool", "dual").await[0].0, "Warning");
-        wait_for("dual's status", async || {
-            let figures = get_pool(&k, "dual")
-                .await
-                .and_then(|p| p.status)
-                .is_some_and(|s| s.assigned_ipv4 == 1 && s.available_ipv4 == 1);
-            let cond = valid_condition(&k, "dual").await;
-            figures
-                && cond.is_some_and(|(status, reason, message)| {
-                    status == "True"
-                        && reason == "IPv6Ignored"
-                        && message.contains("fc00:f853:ccd:e799::/124")
-                })
+        pool(&k, "dual", &["fc00:f853:ccd:e799::/127", "192.0.2.60/31"]).await;
+        pool_with(&k, "v6only", &["fc00:f853:ccd:e800::/126"], |s| {
+            s.service_allocation = Some(crd::ServiceAllocation {
+                priority: Some(1),
+                ..crd::ServiceAllocation::default()
+            });
         })
         .await;
-        wait_event(
+        put(
             &k,
-            "IPAddressPool",
-            "v6",
-            "InvalidPool",
-            "no IPv4 addresses",
+            &family_svc(&k.apps, "six", "SingleStack", &["IPv6"], &[]),
         )
         .await;
+        let mut ctl = Ctl::start(&k, "c-1");
+        wait_ips(&k, &k.apps, "six", &["fc00:f853:ccd:e800::"]).await;
+        // RequireDualStack passes over the higher-priority IPv6-only pool.
+        let both = family_svc(&k.apps, "both", "RequireDualStack", &["IPv6", "IPv4"], &[]);
+        put(&k, &both).await;
+        wait_ips(&k, &k.apps, "both", &["fc00:f853:ccd:e799::", "192.0.2.60"]).await;
+        wait_event(
+            &k,
+            "Service",
+            "both",
+            "IPAllocated",
+            "Assigned IP [\"fc00:f853:ccd:e799::\" \"192.0.2.60\"]",
+        )
+        .await;
+        let pref = family_svc(
+            &k.apps,
+            "pref",
+            "PreferDualStack",
+            &["IPv4", "IPv6"],
+            &[("metallb.io/address-pool", "dual")],
+        );
+        put(&k, &pref).await;
+        wait_ips(
+            &k,
+            &k.apps,
+            "pref",
+            &["192.0.2.61", "fc00:f853:ccd:e799::1"],
+        )
+        .await;
+        // The pool is full in both families: all or nothing.
+        let late = family_svc(&k.apps, "late", "RequireDualStack", &["IPv4", "IPv6"], &[]);
+        put(&k, &late).await;
+        wait_event(
+            &k,
+            "Service",
+            "late",
+            "AllocationFailed",
+            "no available IP in pool(s) dual (IPv4, IPv6 exhausted)",
+        )
+        .await;
+        assert!(ips_of(&k, &k.apps, "late").await.is_empty());
+        check_per_family_figures(&k, &ctl).await;
+        // A freed pair goes to the waiting Service, whole.
+        assert!(k.b.delete::<Service>(&k.apps, "both").await.unwrap());
+        wait_ips(&k, &k.apps, "late", &["192.0.2.60", "fc00:f853:ccd:e799::"]).await;
+        // A new leader adopts every address the statuses show, IPv6 too:
+        // nothing is renumbered and no address is handed out twice.
+        ctl.stop().await;
+        ctl = Ctl::start(&k, "c-2");
+        put(
+            &k,
+            &family_svc(&k.apps, "six2", "SingleStack", &["IPv6"], &[]),
+        )
+        .await;
+        wait_ips(&k, &k.apps, "six2", &["fc00:f853:ccd:e800::1"]).await;
+        wait_ips(&k, &k.apps, "six", &["fc00:f853:ccd:e800::"]).await;
+        wait_ips(
+            &k,
+            &k.apps,
+            "pref",
+            &["192.0.2.61", "fc00:f853:ccd:e799::1"],
+        )
+        .await;
+        wait_ips(&k, &k.apps, "late", &["192.0.2.60", "fc00:f853:ccd:e799::"]).await;
+        // An address of a family the Service does not have is refused.
+        let wrong = family_svc(
+            &k.apps,
+            "wrong",
+            "SingleStack",
+            &["IPv4"],
+            &[("metallb.io/loadBalancerIPs", "fc00:f853:ccd:e800::3")],
+        );
+        put(&k, &wrong).await;
+        wait_event(&k, "Service", "wrong", "AllocationFailed", "is IPv6").await;
+        // Turning RequireDualStack with no pair free: the Service keeps the
+        // address it has, and the Event says so.
+        let upgraded = family_svc(&k.apps, "six", "RequireDualStack", &["IPv6", "IPv4"], &[]);
+        put(&k, &upgraded).await;
+        wait_event(
+            &k,
+            "Service",
+            "six",
+            "AllocationFailed",
+            "(IPv4, IPv6 exhausted); keeping [\"fc00:f853:ccd:e800::\"]",
+        )
+        .await;
+        assert_eq!(ips_of(&k, &k.apps, "six").await, ["fc00:f853:ccd:e800::"]);
+        ctl.stop().await;
+    })
+    .await;
+}
+
+/// An IPv6-only pool is valid, and a pool mixing families in one range is
+/// not (MetalLB refuses it too).
+#[tokio::test]
+async fn ipv6_only_pools_are_valid_and_mixed_ranges_are_not() {
+    bounded(async {
+        let k = setup().await;
+        pool(&k, "v6", &["fc00:f853:ccd:e800::/124"]).await;
+        pool(&k, "mixed", &["192.0.2.70-fc00:f853:ccd:e900::1"]).await;
+        let ctl = Ctl::start(&k, "c-1");
         wait_for("v6's status", async || {
             valid_condition(&k, "v6")
                 .await
-                .is_some_and(|(status, reason, _)| status == "False" && reason == "InvalidPool")
+                .is_some_and(|(status, _, _)| status == "True")
         })
+        .await;
+        wait_event(
+            &k,
+            "IPAddressPool",
+            "mixed",
+            "InvalidPool",
+            "mixes an IPv4 and an IPv6 address",
+        )
         .await;
         ctl.stop().await;
     })

@@ -1194,40 +1194,6 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Turns IPv6 on for `dev` in `ns` (the kit turns it off everywhere) with no
-/// duplicate address detection or router solicitations, and gives it `addr`.
-fn ipv6_on(ns: &onehop_testkit::netns::Netns, dev: &str, addr: &str) {
-    for (key, value) in [
-        ("disable_ipv6", "0"),
-        ("accept_dad", "0"),
-        ("accept_ra", "0"),
-        ("router_solicitations", "0"),
-    ] {
-        ns.sysctl(&format!("net/ipv6/conf/{dev}/{key}"), value)
-            .expect("sysctl");
-    }
-    ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
-        .expect("address");
-}
-
-/// IPv6 on the LAN (`fd00:60::/64`: client `::50`, node 1 `::1`) and on
-/// node 1's pod network (`fd00:42::/64`: the node `::1`, its first pod
-/// `::2`), the node forwarding between them.
-fn ipv6_lan(topo: &Topology) {
-    let node = topo.node(1);
-    let pod = node.pod(1);
-    ipv6_on(topo.client().ns(), "eth0", "fd00:60::50/64");
-    ipv6_on(node.ns(), "eth0", "fd00:60::1/64");
-    ipv6_on(node.ns(), "cni0", "fd00:42::1/64");
-    node.ns()
-        .sysctl("net/ipv6/conf/all/forwarding", "1")
-        .expect("forwarding");
-    ipv6_on(pod.ns(), "eth0", "fd00:42::2/64");
-    pod.ns()
-        .ip(&["-6", "route", "add", "default", "via", "fd00:42::1"])
-        .expect("the pod's route");
-}
-
 /// An IPv6 VIP served end to end from a services file, with real peers: the
 /// client resolves it with `ndisc6` (answered by XDP with the node's MAC),
 /// pings it with `ping -6`, and fetches from the pod behind it with
@@ -1244,7 +1210,7 @@ fn an_ipv6_vip_is_resolved_pinged_and_served_with_the_clients_address() {
     let node = topo.node(1);
     let pod = node.pod(1);
     let client = topo.client();
-    ipv6_lan(&topo);
+    topo.ipv6_lan().expect("IPv6 on the LAN");
     let server = onehop_testkit::server::HttpServer::start(
         pod.ns(),
         pod.name(),

@@ -37,7 +37,8 @@ use onehop_apiserver::{
 };
 use onehop_testkit::{
     Answer,
-    netns::{command_in, in_netns, spawn_in},
+    netns::{ChildGuard, command_in, in_netns, spawn_in},
+    server::HttpServer,
     traffic::{Timeouts, http_get_here},
 };
 use serde_json::{Value, json};
@@ -154,6 +155,20 @@ impl K8s {
         self.c.spawn_agent(node, &args, &vars);
     }
 
+    /// The real `onehop controller`, in the API host's namespace (it reaches
+    /// the API there), with fast election; stopped when the guard drops.
+    fn start_controller(&self) -> ChildGuard {
+        let api_host = self.c.topo.clients()[1].ns();
+        let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
+        cmd.args(["controller", "--namespace", self.ns()])
+            .args(self.api.class_args())
+            .args(TestCluster::CONTROLLER_FAST_ELECTION)
+            .env("KUBECONFIG", self.api.kubeconfig())
+            .env("POD_NAME", "controller-0")
+            .env("RUST_LOG", "warn");
+        spawn_in(api_host, cmd).expect("controller")
+    }
+
     fn put_service(&self, name: &str, vip: Ipv4Addr, extra: &Value) {
         let mut svc = json!({
             "metadata": { "namespace": self.ns(), "name": name },
@@ -199,10 +214,28 @@ impl K8s {
         }))
     }
 
+    /// The IPv6 EndpointSlice of `svc` (`<svc>-v6`): [`K8s::endpoints`]
+    /// with `(node, pod address)` pairs.
+    fn endpoints6(&self, svc: &str, pods: &[(u8, &str)]) -> EndpointSlice {
+        let nodes: Vec<u8> = pods.iter().map(|(n, _)| *n).collect();
+        let mut six = self.endpoints(svc, &nodes);
+        six.metadata.name = Some(format!("{svc}-v6"));
+        six.address_type = "IPv6".into();
+        for (ep, (_, ip)) in six.endpoints.iter_mut().zip(pods) {
+            ep.addresses = vec![(*ip).to_owned()];
+        }
+        six
+    }
+
     /// An `IPAddressPool` in the test's namespace with one address entry.
     fn put_pool(&self, name: &str, addresses: &str) {
+        self.put_pool_of(name, &[addresses]);
+    }
+
+    /// An `IPAddressPool` in the test's namespace with these entries.
+    fn put_pool_of(&self, name: &str, addresses: &[&str]) {
         let spec = PoolSpec {
-            addresses: vec![addresses.into()],
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
             ..PoolSpec::default()
         };
         let mut pool = IPAddressPool::new(name, spec);
@@ -583,13 +616,7 @@ fn a_dual_stack_service_is_served_in_both_families_and_its_ipv6_address_announce
         ] } } }),
     );
     k.put_endpoints("web", &[1, 2]);
-    let mut six = k.endpoints("web", &[1, 2]);
-    six.metadata.name = Some("web-v6".into());
-    six.address_type = "IPv6".into();
-    for (i, ep) in six.endpoints.iter_mut().enumerate() {
-        ep.addresses = vec![format!("fd00:42::{}", i + 1)];
-    }
-    k.put(&six);
+    k.put(&k.endpoints6("web", &[(1, "fd00:42::1"), (2, "fd00:42::2")]));
     let names = k.node_names(2);
     let owner6 =
         k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
@@ -623,6 +650,94 @@ fn a_dual_stack_service_is_served_in_both_families_and_its_ipv6_address_announce
         let maddr = String::from_utf8_lossy(&maddr.stdout);
         assert_eq!(maddr.contains(group), i == owner6, "node{i}: {maddr}");
     }
+}
+
+/// `curl` (`-6` for IPv6) from the client to `url`, retried for a few
+/// seconds (the client resolves the address first): the response body.
+fn curl_from_client(k: &K8s, url: &str, v6: bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let family = if v6 { "-6" } else { "-4" };
+        let out = command_in(k.c.topo.client().ns(), "curl")
+            .args([family, "-sS", "--max-time", "2", url])
+            .output()
+            .expect("curl");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {family} {url}: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            k.c.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Dual-stack through the controller and the agent: a MetalLB
+/// `IPAddressPool` holding an IPv4 and an IPv6 range and an
+/// `L2Advertisement` for it; the real controller gives a `RequireDualStack`
+/// Service one address of each family, in its `ipFamilies` order; the real
+/// agent announces both (ARP and NDP), and a client reaches the pod with
+/// `curl` and `curl -6`, the pod seeing the client's own address each time.
+#[test]
+fn a_require_dual_stack_service_gets_both_families_from_the_controller_and_serves_both() {
+    let k = K8s::new(1);
+    k.c.topo.ipv6_lan().expect("IPv6 on the LAN");
+    let pod = k.c.topo.node(1).pod(1);
+    // The kit's server listens on the pod's IPv4 address only.
+    let _server6 = HttpServer::start(
+        pod.ns(),
+        pod.name(),
+        SocketAddr::new("fd00:42::2".parse().expect("an address"), TARGET_PORT),
+    )
+    .expect("the pod's IPv6 server");
+    k.put_pool_of("dual", &["192.168.50.220/31", "fd00:60::200-fd00:60::2ff"]);
+    k.put(&advertisement(&k, &json!({ "ipAddressPools": ["dual"] })));
+    k.put_service(
+        "web",
+        VIP,
+        &json!({
+            "spec": { "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"] },
+            "status": { "loadBalancer": { "ingress": [] } }
+        }),
+    );
+    k.put_endpoints("web", &[1]);
+    k.put(&k.endpoints6("web", &[(1, "fd00:42::2")]));
+    k.start_agent(1);
+    let _controller = k.start_controller();
+
+    wait_status(&k, "web", &["fd00:60::200", "192.168.50.220"]);
+    k.wait_event(
+        "web",
+        "IPAllocated",
+        "[\"fd00:60::200\" \"192.168.50.220\"]",
+    );
+    let (vip4, vip6): (Ipv4Addr, std::net::Ipv6Addr) = (
+        "192.168.50.220".parse().expect("an address"),
+        "fd00:60::200".parse().expect("an address"),
+    );
+    k.c.wait_for(1, "both addresses served and announced", |s| {
+        let announced6 = s
+            .vips
+            .iter()
+            .any(|(ip, f)| *ip == vip6 && f & vip_flags::ANNOUNCE != 0);
+        serves(s, vip4) && announces(s, vip4) && announced6
+    });
+    let client = k.c.topo.client();
+    let body = curl_from_client(&k, &format!("http://{vip4}/"), false);
+    assert!(body.contains(&format!("pod={}", pod.name())), "{body}");
+    assert!(
+        body.contains(&format!("client={}:", client.ip())),
+        "the pod saw another address: {body}"
+    );
+    let body = curl_from_client(&k, &format!("http://[{vip6}]/"), true);
+    assert!(body.contains(&format!("pod={}", pod.name())), "{body}");
+    assert!(
+        body.contains("client=[fd00:60::50]:"),
+        "the pod saw another address: {body}"
+    );
 }
 
 #[test]
@@ -1164,15 +1279,7 @@ fn controller_assigns_addresses_that_the_agents_serve() {
     k.put_endpoints("web", &[1, 2]);
     k.start_agent(1);
     k.start_agent(2);
-    let api_host = k.c.topo.clients()[1].ns();
-    let mut cmd = command_in(api_host, env!("CARGO_BIN_EXE_onehop"));
-    cmd.args(["controller", "--namespace", k.ns()])
-        .args(k.api.class_args())
-        .args(TestCluster::CONTROLLER_FAST_ELECTION)
-        .env("KUBECONFIG", k.api.kubeconfig())
-        .env("POD_NAME", "controller-0")
-        .env("RUST_LOG", "warn");
-    let _controller = spawn_in(api_host, cmd).expect("controller");
+    let _controller = k.start_controller();
 
     wait_status(&k, "web", &["192.168.50.220"]);
     k.wait_event("web", "IPAllocated", "192.168.50.220");

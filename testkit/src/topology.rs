@@ -552,6 +552,23 @@ impl Topology {
         &self.clients
     }
 
+    /// IPv6 on the LAN (`fd00:60::/64`: the client `::50`, node 1 `::1`) and
+    /// on node 1's pod network (`fd00:42::/64`: the node `::1`, its first pod
+    /// `::2`), node 1 forwarding between them. The kit turns IPv6 off
+    /// everywhere; a test that wants it calls this.
+    pub fn ipv6_lan(&self) -> Result<()> {
+        let node = self.node(1);
+        let pod = node.pod(1);
+        ipv6_on(self.client().ns(), "eth0", "fd00:60::50/64")?;
+        ipv6_on(node.ns(), "eth0", "fd00:60::1/64")?;
+        ipv6_on(node.ns(), "cni0", "fd00:42::1/64")?;
+        node.ns().sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        ipv6_on(pod.ns(), "eth0", "fd00:42::2/64")?;
+        pod.ns()
+            .ip(&["-6", "route", "add", "default", "via", "fd00:42::1"])
+            .context("the pod's IPv6 route")
+    }
+
     /// All nodes, `node1` first.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
@@ -799,4 +816,20 @@ impl Pod {
     pub fn serve_udp(&self, port: u16) -> Result<UdpServer> {
         UdpServer::start(&self.ns, &self.name, self.addr(port))
     }
+}
+
+/// Turns IPv6 on for `dev` in `ns` with no duplicate address detection or
+/// router solicitations (they would delay or disturb the test's traffic),
+/// and gives it `addr`.
+pub fn ipv6_on(ns: &Netns, dev: &str, addr: &str) -> Result<()> {
+    for (key, value) in [
+        ("disable_ipv6", "0"),
+        ("accept_dad", "0"),
+        ("accept_ra", "0"),
+        ("router_solicitations", "0"),
+    ] {
+        ns.sysctl(&format!("net/ipv6/conf/{dev}/{key}"), value)?;
+    }
+    ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
+        .with_context(|| format!("{addr} on {dev}"))
 }

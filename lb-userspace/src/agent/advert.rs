@@ -74,14 +74,9 @@ pub fn reach(
         allowed: Some(BTreeSet::new()),
         preferred: BTreeSet::new(),
     };
-    // The pools are IPv4 ranges (`k8s::pool`): no pool covers an IPv6 VIP,
-    // so where advertisements exist it is announced by no node until the
-    // pools know IPv6 ranges.
-    let covers = |q: &Pool| match vip {
-        IpAddr::V4(a) => q.contains(a),
-        IpAddr::V6(_) => false,
-    };
-    let Some((pool, _)) = pools.iter().find(|(_, q)| covers(q)) else {
+    // Pools hold ranges of both families; a range covers only addresses of
+    // its own family (an IPv6 VIP is never "in" an IPv4 range).
+    let Some((pool, _)) = pools.iter().find(|(_, q)| q.contains(vip)) else {
         return out;
     };
     let pool_name = pool.name_any();
@@ -392,5 +387,40 @@ mod tests {
             &ifs,
         );
         assert!(r.preferred.is_empty());
+    }
+
+    /// A dual-stack pool covers its IPv6 addresses too: an advertisement
+    /// selecting it decides where they are announced; an IPv6 address in no
+    /// pool (or only "in" an IPv4 range's numbers) is announced nowhere.
+    #[test]
+    fn ipv6_addresses_of_a_dual_stack_pool_follow_its_advertisement() {
+        let pools = [
+            pool(
+                "dual",
+                &["192.168.50.200/30", "fd00:60::200/126"],
+                &json!({}),
+            ),
+            pool("v4", &["0.0.0.0/1"], &json!({})),
+        ];
+        let nodes = [node("n1", &json!({ "zone": "a" })), node("n2", &json!({}))];
+        let ads = [ad(&json!({
+            "ipAddressPools": ["dual"],
+            "nodeSelectors": [{ "matchLabels": { "zone": "a" } }]
+        }))];
+        let allowed = |vip: &str| {
+            reach(
+                vip.parse().unwrap(),
+                &BTreeMap::new(),
+                &parse_pools(&pools),
+                &ads,
+                &nodes,
+                &BTreeMap::new(),
+            )
+            .allowed
+        };
+        assert_eq!(allowed("fd00:60::203"), Some(names(&["n1"])));
+        assert_eq!(allowed("192.168.50.201"), Some(names(&["n1"])));
+        assert_eq!(allowed("fd00:60::204"), Some(names(&[])));
+        assert_eq!(allowed("::1:2"), Some(names(&[])), "not in the IPv4 /1");
     }
 }

@@ -20,14 +20,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::alloc::AllocError;
+use super::alloc::{AllocError, Family as IpFamily};
 use crate::http::i64_of;
 
 /// One pool's figures as of the last reconcile pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolFigures {
-    pub assigned: u64,
-    pub available: u64,
+    /// `(assigned, available)` per family the pool holds (none when the
+    /// pool is invalid). Available IPv6 addresses can exceed any gauge: they
+    /// saturate at `i64::MAX`.
+    pub families: BTreeMap<IpFamily, (u64, u128)>,
     pub valid: bool,
 }
 
@@ -50,6 +52,7 @@ pub struct ControllerMetrics {
 pub fn failure_reason(e: &AllocError) -> &'static str {
     match e {
         AllocError::PoolExhausted { .. } => "pool_exhausted",
+        AllocError::NoPoolForFamilies { .. } => "no_pool_for_families",
         AllocError::NotInAnyPool(_) => "not_in_any_pool",
         AllocError::InUse { .. } => "in_use",
         AllocError::UnknownPool(_) => "unknown_pool",
@@ -61,6 +64,13 @@ pub fn failure_reason(e: &AllocError) -> &'static str {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: String,
+}
+
+/// A pool's address figures come per family (`ipv4`, `ipv6`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolFamilyLabels {
+    pool: String,
+    family: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,18 +113,25 @@ impl ControllerMetrics {
         let leader = Gauge::<i64>::default();
         leader.set(i64::from(self.leader.load(Ordering::Relaxed)));
         reg.register("leader", "1 while this replica allocates addresses", leader);
-        let in_use = Family::<PoolLabels, Gauge>::default();
-        let total = Family::<PoolLabels, Gauge>::default();
+        let in_use = Family::<PoolFamilyLabels, Gauge>::default();
+        let total = Family::<PoolFamilyLabels, Gauge>::default();
         let valid = Family::<PoolLabels, Gauge>::default();
         let assigned = Gauge::<i64>::default();
         let failing = Family::<ReasonLabels, Gauge>::default();
         if let Ok(p) = self.pass.lock() {
             for (name, f) in &p.pools {
+                for (family, (assigned, available)) in &f.families {
+                    let l = PoolFamilyLabels {
+                        pool: name.clone(),
+                        family: family.label().to_owned(),
+                    };
+                    in_use.get_or_create(&l).set(i64_of(*assigned));
+                    let all = available.saturating_add(u128::from(*assigned));
+                    total
+                        .get_or_create(&l)
+                        .set(i64::try_from(all).unwrap_or(i64::MAX));
+                }
                 let l = PoolLabels { pool: name.clone() };
-                in_use.get_or_create(&l).set(i64_of(f.assigned));
-                total
-                    .get_or_create(&l)
-                    .set(i64_of(f.assigned.saturating_add(f.available)));
                 valid.get_or_create(&l).set(i64::from(f.valid));
             }
             assigned.set(i64_of(p.assigned_services));
@@ -128,10 +145,14 @@ impl ControllerMetrics {
         }
         reg.register(
             "pool_addresses_in_use",
-            "Addresses of the pool assigned to Services",
+            "Addresses of the pool assigned to Services, per family",
             in_use,
         );
-        reg.register("pool_addresses", "Addresses in the pool (IPv4)", total);
+        reg.register(
+            "pool_addresses",
+            "Usable addresses in the pool, per family (at most 2^63-1)",
+            total,
+        );
         reg.register(
             "pool_valid",
             "1 if the pool is valid (0: malformed or overlapping; it is ignored)",
@@ -173,8 +194,10 @@ mod tests {
                 (
                     "lan".to_owned(),
                     PoolFigures {
-                        assigned: 3,
-                        available: 5,
+                        families: BTreeMap::from([
+                            (IpFamily::V4, (3, 5)),
+                            (IpFamily::V6, (1, u128::MAX)),
+                        ]),
                         valid: true,
                     },
                 ),
@@ -187,8 +210,10 @@ mod tests {
         let text = m.render().unwrap();
         for line in [
             "onehop_controller_leader 1",
-            "onehop_controller_pool_addresses_in_use{pool=\"lan\"} 3",
-            "onehop_controller_pool_addresses{pool=\"lan\"} 8",
+            "onehop_controller_pool_addresses_in_use{pool=\"lan\",family=\"ipv4\"} 3",
+            "onehop_controller_pool_addresses{pool=\"lan\",family=\"ipv4\"} 8",
+            "onehop_controller_pool_addresses_in_use{pool=\"lan\",family=\"ipv6\"} 1",
+            "onehop_controller_pool_addresses{pool=\"lan\",family=\"ipv6\"} 9223372036854775807",
             "onehop_controller_pool_valid{pool=\"lan\"} 1",
             "onehop_controller_pool_valid{pool=\"broken\"} 0",
             "onehop_controller_services_assigned 3",
@@ -214,10 +239,17 @@ mod tests {
     fn every_allocation_error_has_its_own_reason() {
         let ip = std::net::Ipv4Addr::new(192, 168, 1, 1);
         let all = [
-            AllocError::PoolExhausted { pools: vec![] },
-            AllocError::NotInAnyPool(ip),
+            AllocError::PoolExhausted {
+                pools: vec![],
+                families: vec![],
+            },
+            AllocError::NoPoolForFamilies {
+                policy: super::super::alloc::FamilyPolicy::RequireDualStack,
+                families: vec![],
+            },
+            AllocError::NotInAnyPool(ip.into()),
             AllocError::InUse {
-                ip,
+                ip: ip.into(),
                 by: crate::k8s::translate::ServiceRef {
                     namespace: "a".into(),
                     name: "b".into(),

@@ -39,6 +39,11 @@
 //! ([`lease::GATEWAYS_ANNOTATION`]), and still withholds them itself (`net::route`, a
 //! `GatewayAddress` Event on the Service) should a pool be accepted before its report.
 //!
+//! Pools may hold IPv4 and IPv6 ranges; a Service gets one address per family
+//! its `ipFamilyPolicy` and `ipFamilies` ask for, all from one pool
+//! ([`alloc`]), written to its status in `ipFamilies` order. Pool statuses
+//! and metrics count each family apart.
+//!
 //! Reconciling is level-triggered and idempotent: any change (or a periodic
 //! resync, or a retry after a failed write) recomputes everything from the
 //! caches and writes only differences.
@@ -50,7 +55,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     future::Future,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -77,14 +82,14 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use self::{
-    alloc::{Allocator, PoolSpec, Rejected, Request, validate_pools_reserved},
+    alloc::{Allocator, Family, PoolSpec, Rejected, Request, Usage, validate_pools_reserved},
     metrics::{ControllerMetrics, PoolFigures, failure_reason},
 };
 use crate::k8s::{
     crd::{IPAddressPool, IPAddressPoolStatus},
     events::Recorder,
     lease::{self, api_code},
-    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, node_ips, reference},
+    translate::{ClassFilter, ServiceRef, ingress_ips, is_ours, node_ips_all, reference},
     watch,
 };
 
@@ -394,16 +399,10 @@ impl Elector {
 /// same name is a new object and is told again).
 type NoteKey = (String, String, String, String);
 
-/// The reason of the Warning Event and of the `Valid` condition of a pool
-/// whose IPv6 entries are left out.
-pub const PARTIAL_REASON: &str = "IPv6Ignored";
-
 /// What validation said about the pools of one pass, by name.
 struct PoolVerdicts {
     /// Ignored pools and why.
     bad: BTreeMap<String, Rejected>,
-    /// Pools served only in part, and what is left out.
-    partial: BTreeMap<String, String>,
 }
 
 impl PoolVerdicts {
@@ -412,10 +411,7 @@ impl PoolVerdicts {
         if let Some(problem) = self.bad.get(name) {
             return ("False", problem.reason, problem.message.clone());
         }
-        match self.partial.get(name) {
-            Some(warning) => ("True", PARTIAL_REASON, warning.clone()),
-            None => ("True", "Valid", "the pool is in use".to_owned()),
-        }
+        ("True", "Valid", "the pool is in use".to_owned())
     }
 }
 
@@ -434,7 +430,7 @@ struct Leader {
     /// Pool statuses as last written, by name and uid: a pool deleted and
     /// created again under the same name starts without a status and must
     /// get it written again.
-    pool_status: BTreeMap<(String, String), (i64, i64, String, String)>,
+    pool_status: BTreeMap<(String, String), ([i64; 4], String, String)>,
     metrics: Arc<ControllerMetrics>,
     /// Services left without an address in the current pass, by reason.
     failing: BTreeMap<&'static str, u64>,
@@ -450,7 +446,7 @@ fn note_key(r: &ObjectReference) -> NoteKey {
 }
 
 /// MetalLB's rendering of an address list (Go's `%q` of a slice).
-fn quoted(ips: &[Ipv4Addr]) -> String {
+fn quoted(ips: &[IpAddr]) -> String {
     let inner: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
     format!("[{}]", inner.join(" "))
 }
@@ -542,8 +538,7 @@ impl Leader {
         Request::from_service(svc, self.namespace_labels(&ns))
     }
 
-    /// Valid pools into the allocator; Warning Events for the others and
-    /// for pools served only in part.
+    /// Valid pools into the allocator; Warning Events for the others.
     async fn load_pools(&mut self) -> PoolVerdicts {
         let pools = self.caches.pools.state();
         let specs: Vec<(String, PoolSpec)> = pools
@@ -559,15 +554,12 @@ impl Leader {
             .collect();
         let leases = self.caches.leases.state();
         let gateways = lease::node_gateways(leases.iter().map(|l| &**l));
-        let (ok, bad) = validate_pools_reserved(&specs, &node_ips(&nodes), &gateways);
-        let partial: BTreeMap<String, String> = ok
-            .iter()
-            .filter_map(|p| p.partial_warning().map(|w| (p.name.clone(), w)))
-            .collect();
+        // Node addresses of both families: a dual-stack pool must not hold
+        // a node's IPv6 address either (its NDP would be taken over).
+        let (ok, bad) = validate_pools_reserved(&specs, &node_ips_all(&nodes), &gateways);
         self.alloc.set_pools(ok);
         let verdicts = PoolVerdicts {
             bad: bad.into_iter().map(|r| (r.pool.clone(), r)).collect(),
-            partial,
         };
         for p in &pools {
             let r = p.object_ref(&());
@@ -575,9 +567,6 @@ impl Leader {
             if let Some(problem) = verdicts.bad.get(&name) {
                 let msg = format!("{}; the pool is ignored", problem.message);
                 self.note(&r, EventType::Warning, "InvalidPool", "Validate", &msg)
-                    .await;
-            } else if let Some(warning) = verdicts.partial.get(&name) {
-                self.note(&r, EventType::Warning, PARTIAL_REASON, "Validate", warning)
                     .await;
             } else {
                 self.forget(&r);
@@ -684,7 +673,8 @@ impl Leader {
     async fn assign(&mut self, svc: &Service) -> bool {
         let r = svc.object_ref(&());
         let current = ingress_ips(svc);
-        let result = self.request(svc).and_then(|req| self.alloc.assign(&req));
+        let req = self.request(svc);
+        let result = req.clone().and_then(|req| self.alloc.assign(&req));
         match result {
             Ok(ips) => {
                 if current == ips {
@@ -700,9 +690,27 @@ impl Leader {
             }
             Err(e) => {
                 *self.failing.entry(failure_reason(&e)).or_default() += 1;
-                self.alloc.release(&reference(svc));
-                let cleared = current.is_empty() || self.write_ingress(svc, &[]).await;
-                let msg = e.to_string();
+                // Out of addresses for what the Service now asks (a policy
+                // turned RequireDualStack, say): the addresses it shows keep
+                // working rather than go, as long as they are still valid.
+                let capacity = matches!(
+                    e,
+                    alloc::AllocError::PoolExhausted { .. }
+                        | alloc::AllocError::NoPoolForFamilies { .. }
+                );
+                let kept = capacity
+                    && req
+                        .as_ref()
+                        .is_ok_and(|req| self.alloc.keep_last(req, &current));
+                if !kept {
+                    self.alloc.release(&reference(svc));
+                }
+                let cleared = kept || current.is_empty() || self.write_ingress(svc, &[]).await;
+                let msg = if kept {
+                    format!("{e}; keeping {}", quoted(&current))
+                } else {
+                    e.to_string()
+                };
                 self.note(&r, EventType::Warning, "AllocationFailed", "Allocate", &msg)
                     .await;
                 cleared
@@ -711,7 +719,7 @@ impl Leader {
     }
 
     /// Writes `status.loadBalancer.ingress` (empty: removes it).
-    async fn write_ingress(&self, svc: &Service, ips: &[Ipv4Addr]) -> bool {
+    async fn write_ingress(&self, svc: &Service, ips: &[IpAddr]) -> bool {
         let r = reference(svc);
         let api: Api<Service> = Api::namespaced(self.client.clone(), &r.namespace);
         let ingress: Vec<_> = ips
@@ -790,16 +798,18 @@ impl Leader {
             .iter()
             .map(|p| {
                 let name = p.name_any();
-                let (assigned, available) = usage.get(&name).copied().unwrap_or((0, 0));
+                let u = usage.get(&name).copied().unwrap_or_default();
                 let valid = !bad.contains_key(&name);
-                (
-                    name,
-                    PoolFigures {
-                        assigned,
-                        available,
-                        valid,
-                    },
-                )
+                // A family the pool does not hold has no series.
+                let families = [Family::V4, Family::V6]
+                    .into_iter()
+                    .filter(|f| u.holds[Usage::index(*f)])
+                    .map(|f| {
+                        let i = Usage::index(f);
+                        (f, (u.assigned[i], u.available[i]))
+                    })
+                    .collect();
+                (name, PoolFigures { families, valid })
             })
             .collect();
         self.metrics.record_pass(
@@ -818,11 +828,19 @@ impl Leader {
         for pool in self.caches.pools.state() {
             let name = pool.name_any();
             let key = (name.clone(), pool.uid().unwrap_or_default());
-            let (assigned, available) = usage.get(&name).copied().unwrap_or((0, 0));
+            let u = usage.get(&name).copied().unwrap_or_default();
             let (status, reason, message) = verdicts.condition(&name);
+            // The status fields are int64 (MetalLB's): an IPv6 pool's free
+            // addresses saturate there.
+            let count = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+            let (v4, v6) = (Usage::index(Family::V4), Usage::index(Family::V6));
             let memo = (
-                i64::try_from(assigned).unwrap_or(i64::MAX),
-                i64::try_from(available).unwrap_or(i64::MAX),
+                [
+                    count(u128::from(u.assigned[v4])),
+                    count(u.available[v4]),
+                    count(u128::from(u.assigned[v6])),
+                    count(u.available[v6]),
+                ],
                 status.to_owned(),
                 message.clone(),
             );
@@ -840,8 +858,10 @@ impl Leader {
                     |c| c.last_transition_time.clone(),
                 );
             let st = IPAddressPoolStatus {
-                assigned_ipv4: memo.0,
-                available_ipv4: memo.1,
+                assigned_ipv4: memo.0[0],
+                available_ipv4: memo.0[1],
+                assigned_ipv6: memo.0[2],
+                available_ipv6: memo.0[3],
                 conditions: vec![Condition {
                     type_: "Valid".into(),
                     status: status.into(),

@@ -38,14 +38,15 @@ pub const VERSION: &str = "v1beta1";
     printcolumn = r#"{"name":"Avoid Buggy IPs","type":"boolean","jsonPath":".spec.avoidBuggyIPs"}"#,
     printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#,
     printcolumn = r#"{"name":"Assigned","type":"integer","jsonPath":".status.assignedIPv4"}"#,
-    printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.availableIPv4"}"#
+    printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.availableIPv4"}"#,
+    printcolumn = r#"{"name":"Assigned IPv6","type":"integer","jsonPath":".status.assignedIPv6","priority":10}"#,
+    printcolumn = r#"{"name":"Available IPv6","type":"integer","jsonPath":".status.availableIPv6","priority":10}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
-    /// CIDRs (`192.168.10.0/24`) and inclusive ranges
-    /// (`192.168.10.10-192.168.10.20`). IPv6 entries are not served yet: a
-    /// pool holding some serves its IPv4 part and says so (a Warning Event
-    /// and its `Valid` condition's reason `IPv6Ignored`).
+    /// IPv4 and IPv6 CIDRs (`192.168.10.0/24`, `fc00::/120`) and inclusive
+    /// ranges (`192.168.10.10-192.168.10.20`, `fc00::10-fc00::20`, both ends
+    /// of one family). A pool may hold both families (dual-stack).
     pub addresses: Vec<String>,
     /// Whether Services get addresses from this pool without asking for it
     /// by name or address (default true).
@@ -54,7 +55,7 @@ pub struct PoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = true))]
     pub auto_assign: Option<bool>,
-    /// Skip addresses ending in `.0` and `.255` (default false).
+    /// Skip IPv4 addresses ending in `.0` and `.255` (default false).
     #[serde(
         default,
         rename = "avoidBuggyIPs",
@@ -89,12 +90,18 @@ pub struct ServiceAllocation {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IPAddressPoolStatus {
-    /// Addresses of this pool held by Services.
+    /// IPv4 addresses of this pool held by Services.
     #[serde(rename = "assignedIPv4", default)]
     pub assigned_ipv4: i64,
-    /// Addresses of this pool still free.
+    /// IPv4 addresses of this pool still free.
     #[serde(rename = "availableIPv4", default)]
     pub available_ipv4: i64,
+    /// IPv6 addresses of this pool held by Services.
+    #[serde(rename = "assignedIPv6", default)]
+    pub assigned_ipv6: i64,
+    /// IPv6 addresses of this pool still free (at most 2^63-1: a /64 has more).
+    #[serde(rename = "availableIPv6", default)]
+    pub available_ipv6: i64,
     /// `Valid`: `True`, or `False` with the reason the pool is ignored
     /// (`InvalidPool`, `OverlappingPool`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -391,13 +398,11 @@ spec:
         );
         let expr = &al.service_selectors[0].match_expressions.as_ref().unwrap()[0];
         assert_eq!((expr.key.as_str(), expr.operator.as_str()), ("app", "In"));
-        // The IPv4 part of a dual-stack pool is served; the IPv6 entry is
-        // left out with a warning (an Event and the Valid condition).
+        // A dual-stack pool: both families are served; avoidBuggyIPs drops
+        // .0 and .255 of the IPv4 /24 and nothing of the IPv6 entry.
         let parsed = crate::k8s::pool::Pool::parse("first-pool", &pool.spec).unwrap();
-        // avoidBuggyIPs drops .0 and .255 of the /24.
-        assert_eq!(parsed.size(), 254 + 5);
-        let warning = parsed.partial_warning().unwrap();
-        assert!(warning.contains("IPv6"), "{warning}");
+        assert_eq!(parsed.size_of(crate::k8s::pool::Family::V4), 254 + 5);
+        assert!(parsed.has(crate::k8s::pool::Family::V6));
 
         let yaml = r"
 apiVersion: onehop.io/v1beta1

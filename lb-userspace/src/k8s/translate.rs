@@ -287,18 +287,6 @@ pub fn node_ips_all(nodes: &[Node]) -> BTreeMap<IpAddr, String> {
     out
 }
 
-/// Every IPv4 `InternalIP` and `ExternalIP` of every node, with the node's name: addresses
-/// that must never become a VIP (the controller's IPv4 pools).
-pub fn node_ips(nodes: &[Node]) -> BTreeMap<Ipv4Addr, String> {
-    node_ips_all(nodes)
-        .into_iter()
-        .filter_map(|(ip, name)| match ip {
-            IpAddr::V4(a) => Some((a, name)),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
 /// True when the Node's `Ready` condition is `True`.
 pub fn node_ready(node: &Node) -> bool {
     node.status
@@ -326,16 +314,25 @@ pub fn is_ours(svc: &Service, class: &ClassFilter) -> bool {
     }
 }
 
-/// IPv4 ingress addresses the controller wrote into the status (the
-/// controller's view; the agent serves [`ingress_addrs`]).
-pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    ingress_addrs(svc)
+/// The ingress addresses of both families in the status, in its order (the
+/// controller's view: a dual-stack Service lists them in `ipFamilies`
+/// order), each once. The agent serves [`ingress_addrs`].
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// Ingress addresses of both families the controller wrote into the

@@ -468,17 +468,22 @@ impl Cidr {
         })
     }
 
-    /// The first and last address of an IPv4 network, as integers: the
-    /// IPv4 address pools' form (`k8s::pool`, which never passes an IPv6
-    /// CIDR here). An IPv6 network has no IPv4 addresses: `(1, 0)`, a
-    /// backwards (empty) range.
-    pub const fn bounds(self) -> (u32, u32) {
+    /// The first and last address of the network as integers of its
+    /// family's width (an IPv4 network's fit in the low 32 bits): the
+    /// address pools' ranges (`k8s::pool`).
+    pub const fn bounds(self) -> (u128, u128) {
         match self.addr {
             IpAddr::V4(a) => {
                 let first = a.to_bits();
-                (first, first | !Self::mask(self.prefix_len))
+                (
+                    first as u128,
+                    (first | !Self::mask(self.prefix_len)) as u128,
+                )
             }
-            IpAddr::V6(_) => (1, 0),
+            IpAddr::V6(a) => {
+                let first = a.to_bits();
+                (first, first | !Self::mask6(self.prefix_len))
+            }
         }
     }
 

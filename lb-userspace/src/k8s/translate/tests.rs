@@ -630,7 +630,7 @@ fn translation_plans_like_a_file() {
 }
 
 #[test]
-fn node_ips_are_internal_and_external_ipv4_addresses() {
+fn node_ips_are_internal_and_external_addresses_of_both_families() {
     let n3: Node = from(json!({
         "metadata": { "name": "n3" },
         "status": { "addresses": [
@@ -641,13 +641,15 @@ fn node_ips_are_internal_and_external_ipv4_addresses() {
             { "type": "InternalDNS", "address": "n3.example" }
         ] }
     }));
-    let got = node_ips(&[node("n1", "192.168.50.11"), n3]);
+    let got = node_ips_all(&[node("n1", "192.168.50.11"), n3]);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert_eq!(
         got,
         BTreeMap::from([
-            (ip4("192.168.50.11"), "n1".to_owned()),
-            (ip4("192.168.50.13"), "n3".to_owned()),
-            (ip4("203.0.113.13"), "n3".to_owned()),
+            (ip("192.168.50.11"), "n1".to_owned()),
+            (ip("192.168.50.13"), "n3".to_owned()),
+            (ip("203.0.113.13"), "n3".to_owned()),
+            (ip("fd00::13"), "n3".to_owned()),
         ])
     );
 }

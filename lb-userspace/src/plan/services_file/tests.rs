@@ -1202,10 +1202,22 @@ fn ipv6_cidrs() {
     assert_eq!(Cidr::mask6(0), 0);
     assert_eq!(Cidr::mask6(128), u128::MAX);
     assert_eq!(Cidr::mask6(1), 1 << 127);
-    // The IPv4 pools' bounds: an IPv6 network has none (an empty range).
+    // The pools' bounds, in each family's width.
     assert_eq!(
         Cidr::parse("10.0.0.0/8").unwrap().bounds(),
         (0x0a00_0000, 0x0aff_ffff)
     );
-    assert_eq!(c.bounds(), (1, 0));
+    assert_eq!(
+        c.bounds(),
+        (0xfd00_u128 << 112, (0xfd00_u128 << 112) | (u128::MAX >> 8))
+    );
+    assert_eq!(
+        Cidr::parse("::/0").unwrap().bounds(),
+        (0, u128::MAX),
+        "no overflow at /0"
+    );
+    assert_eq!(
+        Cidr::parse("0.0.0.0/0").unwrap().bounds(),
+        (0, u128::from(u32::MAX))
+    );
 }
