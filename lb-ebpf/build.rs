@@ -6,7 +6,8 @@ fn main() {
     // verified inline at each call. See `conntrack::onehop_flow_create`,
     // `partial::onehop_finish_checksum`, `local::onehop_remember_front`,
     // `icmp::onehop_icmp_echo`, `ingress6::onehop_icmp6_echo`,
-    // `ndp::onehop_ndp_solicitation`, `csum::onehop_nd_options_sum`.
+    // `ndp::onehop_ndp_solicitation`, `csum::onehop_nd_options_sum`,
+    // `service6::onehop_direct6`.
     println!("cargo:rustc-link-arg-bins=--export=onehop_flow_create");
     println!("cargo:rustc-link-arg-bins=--export=onehop_finish_checksum");
     println!("cargo:rustc-link-arg-bins=--export=onehop_remember_front");
@@ -14,4 +15,5 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=--export=onehop_icmp6_echo");
     println!("cargo:rustc-link-arg-bins=--export=onehop_ndp_solicitation");
     println!("cargo:rustc-link-arg-bins=--export=onehop_nd_options_sum");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_direct6");
 }

@@ -17,6 +17,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 #[derive(Clone, Copy)]
 pub struct NextHop {
@@ -68,6 +69,73 @@ pub fn route_to_node(
     }
 }
 
+/// Zeroes `p` word by word (volatile: LLVM would make a loop of plain
+/// stores a `memset` call, one more frame on the chain).
+#[inline(always)]
+pub fn zero(p: &mut bpf_fib_lookup) {
+    let words = (&raw mut *p).cast::<u32>();
+    for i in 0..core::mem::size_of::<bpf_fib_lookup>() / 4 {
+        // SAFETY: within `*p`, which is 4-byte aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// The lookup's parameters laid over this CPU's `flow_scratch` slot, zeroed,
+/// for a caller whose stack has no 64 bytes to spare and whose flow, if
+/// any, is already created (the slot's contents are gone).
+#[inline(always)]
+pub fn scratch_params() -> Option<&'static mut bpf_fib_lookup> {
+    let s = crate::conntrack::scratch()?;
+    // SAFETY: this CPU's scratch slot, used only within this run;
+    // `bpf_fib_lookup` is plain old data no larger or more aligned than the
+    // slot's type (asserted with `LearnScratch`).
+    let p = unsafe { &mut *s.cast::<bpf_fib_lookup>() };
+    zero(p);
+    Some(p)
+}
+
+/// [`route_to_node`] for IPv6, always on-link: the next hop towards `node`
+/// (an IPv6 packet of `len` bytes from `src`) when it is `node` itself.
+/// `p` all zero on entry, as [`route_with`]'s.
+#[inline(always)]
+pub fn route6_to_node(
+    ctx: &XdpContext,
+    p: &mut bpf_fib_lookup,
+    src: &[u8; 16],
+    node: &[u8; 16],
+    len: u16,
+) -> Route {
+    p.family = AF_INET6;
+    p.__bindgen_anon_1.tot_len = len;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
+    )]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = ifindex;
+    // The kernel's words are the addresses' bytes in order.
+    p.__bindgen_anon_3.ipv6_src = words(src);
+    p.__bindgen_anon_4.ipv6_dst = words(node);
+    let r = lookup(ctx, p);
+    // SAFETY: plain integers of the struct the helper just wrote: the next
+    // hop's address (the gateway, or the destination itself).
+    let via = unsafe { p.__bindgen_anon_4.ipv6_dst };
+    match r {
+        Route::Hop(_) if via != words(node) => Route::Fail,
+        other => other,
+    }
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
 /// [`route`] with the lookup's parameters in `p`, all zero on entry
 /// (memory the caller owns, e.g. a scratch map's, when its stack has no 64
 /// bytes to spare).
@@ -91,6 +159,12 @@ pub fn route_with(
     p.ifindex = ifindex;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    lookup(ctx, p)
+}
+
+/// The FIB lookup of the parameters in `p` (either family).
+#[inline(always)]
+fn lookup(ctx: &XdpContext, p: &mut bpf_fib_lookup) -> Route {
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_possible_wrap,
@@ -174,13 +248,7 @@ pub fn to_learned_mac(ctx: &XdpContext, src: u32, dst: u32, smac: u64) -> bool {
     // creates no flow (a reply); `LearnScratch` is plain old data no larger
     // or more aligned than the slot's type (asserted above).
     let s = unsafe { &mut *s.cast::<LearnScratch>() };
-    // Zeroed word by word (volatile: LLVM would make a loop of plain
-    // stores a `memset` call, one more frame on the chain).
-    let words = (&raw mut s.fib).cast::<u32>();
-    for i in 0..core::mem::size_of::<bpf_fib_lookup>() / 4 {
-        // SAFETY: within `s.fib`, which is 4-byte aligned.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
+    zero(&mut s.fib);
     if !matches!(
         route_with(ctx, &mut s.fib, src.to_ne_bytes(), dst.to_ne_bytes(), 0, 0),
         Route::NoNeighbour

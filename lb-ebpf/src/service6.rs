@@ -10,24 +10,31 @@
 //! table. A local backend gets the packet by DNAT (`XDP_PASS`); its reply
 //! goes back through `lb_egress6`.
 //!
-//! Not built yet (issue 14): other nodes' IPv6 backends (direct return,
-//! full NAT): a flow Maglev gives one of them is dropped (`no_route`).
+//! A backend on another node is reached by direct server return when its
+//! node runs the agent and is on our segment (`to_direct`: the frame goes
+//! to that node unchanged but for its Ethernet addresses). Not built yet
+//! (issue 14): full NAT over IPv6; a flow Maglev gives a backend that direct
+//! return cannot reach is dropped (`no_route`).
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action::XDP_PASS, xdp_md},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
 use lb_common::{
-    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, ServiceKey6,
-    backend_flags, config_flags,
-    flow::{self, Side, tcp_flags},
+    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
+    ServiceKey6, backend_flags, config_flags,
+    flow::{self, Side, flow_flags, tcp_flags},
     proto, vip_flags,
 };
 
 use crate::{
     conntrack::{self, ReplyKey},
     family::{Backend6, Family as _, V6},
-    guard,
+    forward, guard,
     ingress::transport,
     ingress6::skip_extensions,
-    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES6},
+    maps::{BACKEND_STATS, BACKENDS6, CONFIG, SERVICE_STATS, SERVICES6},
     nat::{self, L4},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr},
     service::{self, Choice},
@@ -44,14 +51,19 @@ pub fn process(ctx: &XdpContext) -> u32 {
     let frame_len = ctx.data_end() - ctx.data();
     // SAFETY: the only cursor over this packet during this run.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
-    flow_path(&mut cur, cfg, frame_len).finish()
+    flow_path(ctx, &mut cur, cfg, frame_len).finish()
 }
 
 /// The checks `lb_ingress6` made, made again where they give what this
 /// program needs (the headers, the service, the VIP's flags); a packet
 /// that fails one here was changed under us, and is dropped.
 #[inline(always)]
-fn flow_path(cur: &mut Cursor<'_>, cfg: &DatapathConfig, frame_len: usize) -> Outcome {
+fn flow_path(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    cfg: &DatapathConfig,
+    frame_len: usize,
+) -> Outcome {
     let (Some(_), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Outcome::Drop(DropReason::Truncated);
     };
@@ -136,20 +148,126 @@ fn flow_path(cur: &mut Cursor<'_>, cfg: &DatapathConfig, frame_len: usize) -> Ou
             }
             Err(r) => return Outcome::Drop(r),
         };
-    if V6::flags(&b) & backend_flags::LOCAL == 0 {
-        // See the module docs: other nodes' IPv6 backends are not reached yet.
-        if ct.is_none() && proto == proto::TCP {
-            guard::refund();
+    let out = if V6::flags(&b) & backend_flags::LOCAL != 0 {
+        to_local(ip, &mut l4, key, svc.id, backend_id, &b, ct, state, now)
+    } else {
+        // A flow keeps the way it started (its entry says which); a new one
+        // takes its backend's.
+        let direct = match ct {
+            // SAFETY: conntrack value pointer from this run; read by value.
+            Some(ct) => (unsafe { (*ct).flags }) & flow_flags::DIRECT != 0,
+            None => V6::flags(&b) & backend_flags::DIRECT != 0,
+        };
+        if !direct {
+            // Full NAT over IPv6 is not built (module docs).
+            Outcome::Drop(DropReason::NoRoute)
+        } else if cfg.flags & config_flags::DIRECT_RETURN != 0 && vip & vip_flags::ANNOUNCE == 0 {
+            // Another node may have sent this frame here (see `ingress`).
+            Outcome::Drop(DropReason::NotAnnouncer)
+        } else {
+            to_direct(ctx, svc.id, backend_id, &b, ct, state, now)
         }
-        return Outcome::Drop(DropReason::NoRoute);
-    }
-    let out = to_local(ip, &mut l4, key, svc.id, backend_id, &b, ct, state, now);
+    };
     if !matches!(out, Outcome::Drop(_)) {
         stats::traffic(&BACKEND_STATS, backend_id, frame_len);
     } else if ct.is_none() && proto == proto::TCP {
         guard::refund();
     }
     out
+}
+
+/// Remote backend whose node runs the agent, on our segment: direct server
+/// return, as IPv4's `ingress::to_direct`. The frame goes to that node as it
+/// came but for its Ethernet addresses; the node's `lb_service6` picks the
+/// same backend, local there, and its `lb_egress6` answers the client from
+/// the VIP. A new flow's one write is its flow-table entry, made before the
+/// next hop is looked up (in `onehop_direct6`, out of line): a packet that
+/// finds no route is dropped, and the flow's next packet looks again.
+#[inline(always)]
+fn to_direct(
+    ctx: &XdpContext,
+    service_id: u32,
+    backend_id: u32,
+    b: &Backend6,
+    ct: Option<*mut ConntrackValue>,
+    state: u8,
+    now: u64,
+) -> Outcome {
+    let state = flow::direct_state(state);
+    let new_flow = if let Some(ct) = ct {
+        conntrack::refresh_direct(ct, state, now);
+        0
+    } else {
+        let Some(s) = conntrack::scratch() else {
+            return Outcome::Drop(DropReason::MapUpdate);
+        };
+        let flags = flow_flags::REMOTE | flow_flags::DIRECT;
+        stage(s, service_id, backend_id, b, flags, state, now);
+        match conntrack::onehop_flow_create() {
+            1 => {}
+            conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
+            _ => return Outcome::Drop(DropReason::MapUpdate),
+        }
+        1
+    };
+    Outcome::Counted(onehop_direct6(ctx.ctx, backend_id, new_flow))
+}
+
+/// The direct-return frame of [`to_direct`] on its way: the next hop
+/// towards the node of backend `backend_id` (which must be that node
+/// itself: beyond a router the frame would come back to the announcer),
+/// the frame addressed to it, and the outcome counted (`direct_new_flow`
+/// when `new_flow` is 1, else `direct_established`). Returns the XDP
+/// action.
+///
+/// A *global* BPF function (exported by lb-ebpf's build script), so its
+/// frame is not `lb_service6`'s (full); the lookup's 64-byte parameters are
+/// laid over the scratch slot, the flow being created by then.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn onehop_direct6(ctx: *mut xdp_md, backend_id: u32, new_flow: u32) -> u32 {
+    let counter = if new_flow == 1 {
+        Counter::DirectNewFlow
+    } else {
+        Counter::DirectEstablished
+    };
+    direct_hop(&XdpContext::new(ctx), backend_id, counter).finish()
+}
+
+#[inline(always)]
+fn direct_hop(ctx: &XdpContext, backend_id: u32, counter: Counter) -> Outcome {
+    let Some(b) = BACKENDS6.get_ptr(backend_id) else {
+        return Outcome::Drop(DropReason::NoBackend);
+    };
+    // Volatile loads keep the context itself the argument (see
+    // `partial::onehop_finish_checksum`).
+    // SAFETY: `ctx` is the program's context, valid for the whole run.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data),
+            core::ptr::read_volatile(&raw const (*ctx.ctx).data_end),
+        )
+    };
+    // SAFETY: the only cursor over the packet while this runs: the caller
+    // holds none it uses after the call.
+    let mut cur = unsafe { Cursor::new(data as usize, end as usize) };
+    let (Some(eth), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
+        return Outcome::Drop(DropReason::Truncated);
+    };
+    let Some(p) = forward::scratch_params() else {
+        return Outcome::Drop(DropReason::MapUpdate);
+    };
+    // SAFETY: a value pointer `backends6` returned in this run.
+    let node = unsafe { &(*b).node_ip };
+    // The packet's whole length, as the lookup's MTU check wants it.
+    let len = ip
+        .payload_len()
+        .saturating_add(u16::try_from(IPV6_LEN).unwrap_or(u16::MAX));
+    match forward::route6_to_node(ctx, p, &ip.src, node, len) {
+        forward::Route::Hop(hop) if eth.src == hop.dmac => Outcome::Drop(DropReason::DirectLoop),
+        forward::Route::Hop(hop) => forward::send(ctx, eth, &hop, counter),
+        _ => Outcome::Drop(DropReason::NoRoute),
+    }
 }
 
 /// Local backend: DNAT to the pod and let the kernel route it; the client's
@@ -185,26 +303,7 @@ fn to_local(
         let Some(s) = conntrack::scratch() else {
             return Outcome::Drop(DropReason::MapUpdate);
         };
-        // SAFETY: this CPU's scratch slot, ours for this run. An IPv6
-        // flow's `backend` holds its port and flags only (the create path
-        // reads the address from `ctv`).
-        // Field by field: a whole value built first would be a 56-byte
-        // temporary on the stack, which this path has none of to spare.
-        unsafe {
-            let v = &raw mut (*s).ctv;
-            (*v).backend_id = backend_id;
-            (*v).service_id = service_id;
-            core::ptr::copy_nonoverlapping(b.ip(), &raw mut (*v).backend_ip, 1);
-            (*v).nat_port = 0;
-            (*v).flags = 0;
-            (*v).state = state;
-            (*v)._pad = [0; 3];
-            (*v).last_seen_ns = now;
-            (*v).hop_ifindex = 0;
-            (*v).hop_dmac = [0; 6];
-            (*v).hop_smac = [0; 6];
-            (*s).backend = BackendValue::new([0; 4], [0; 4], V6::port(b), V6::flags(b));
-        }
+        stage(s, service_id, backend_id, b, 0, state, now);
         conntrack::remember_front::<V6>(k, s, *b.ip());
         match conntrack::onehop_flow_create() {
             1 => {}
@@ -215,4 +314,37 @@ fn to_local(
     };
     nat::rewrite_dst6(ip, l4, b.ip(), V6::port(b));
     Outcome::Pass(counter)
+}
+
+/// Puts a new flow's entry in this CPU's scratch slot `s` for
+/// `conntrack::onehop_flow_create`. An IPv6 flow's `backend` holds its port
+/// and flags only (the create path reads the address from `ctv`).
+#[inline(always)]
+fn stage(
+    s: *mut FlowScratch,
+    service_id: u32,
+    backend_id: u32,
+    b: &Backend6,
+    flags: u16,
+    state: u8,
+    now: u64,
+) {
+    // SAFETY: this CPU's scratch slot, ours for this run.
+    // Field by field: a whole value built first would be a 56-byte
+    // temporary on the stack, which this path has none of to spare.
+    unsafe {
+        let v = &raw mut (*s).ctv;
+        (*v).backend_id = backend_id;
+        (*v).service_id = service_id;
+        core::ptr::copy_nonoverlapping(b.ip(), &raw mut (*v).backend_ip, 1);
+        (*v).nat_port = 0;
+        (*v).flags = flags;
+        (*v).state = state;
+        (*v)._pad = [0; 3];
+        (*v).last_seen_ns = now;
+        (*v).hop_ifindex = 0;
+        (*v).hop_dmac = [0; 6];
+        (*v).hop_smac = [0; 6];
+        (*s).backend = BackendValue::new([0; 4], [0; 4], V6::port(b), V6::flags(b));
+    }
 }

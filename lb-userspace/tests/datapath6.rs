@@ -51,6 +51,16 @@ const TABLE_AT: u32 = 60_000;
 const TABLE_LEN: u32 = 7;
 /// `[VIP6]:81/TCP` has only the remote pod.
 const REMOTE_TABLE_AT: u32 = 60_100;
+/// `[VIP6]:84/TCP` has only `POD6_DIRECT`, on the peer node (direct return);
+/// `[VIP6]:85/TCP` only pods on nodes direct return cannot reach.
+const DIRECT_TABLE_AT: u32 = 60_200;
+const UNREACHABLE_TABLE_AT: u32 = 60_300;
+const POD6_DIRECT: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0c];
+const DIRECT_ID: u32 = 52;
+/// Pods on a node beyond a router (`2001:db8:ffff::9`) and on one with no
+/// neighbour entry (`2001:db8::77`).
+const ROUTED_ID: u32 = 53;
+const NO_NEIGH_ID: u32 = 54;
 const ICMPV6: u8 = proto::ICMPV6;
 
 // ------------------------------------------------------------ frames
@@ -183,16 +193,42 @@ fn provision(lb: &mut Lb) {
             .insert(id, BackendValue6::new(ip, [0; 16], POD_PORT, flags), 0)
             .expect("backends6");
     }
-    for (at, id) in [(TABLE_AT, LOCAL_ID), (REMOTE_TABLE_AT, REMOTE_ID)] {
+    let node6 = |a: &str| a.parse::<std::net::Ipv6Addr>().expect("address").octets();
+    let direct = valid | backend_flags::DIRECT;
+    for (id, ip, node, flags) in [
+        (DIRECT_ID, POD6_DIRECT, node6(PEER_NODE6_ADDR), direct),
+        (ROUTED_ID, POD6_REMOTE, node6("2001:db8:ffff::9"), direct),
+        (NO_NEIGH_ID, POD6_REMOTE, node6("2001:db8::77"), direct),
+    ] {
+        backends
+            .insert(id, BackendValue6::new(ip, node, POD_PORT, flags), 0)
+            .expect("backends6");
+    }
+    for (at, id) in [
+        (TABLE_AT, LOCAL_ID),
+        (REMOTE_TABLE_AT, REMOTE_ID),
+        (DIRECT_TABLE_AT, DIRECT_ID),
+    ] {
         for slot in at..at + TABLE_LEN {
             lb.h.maps_mut().maglev.set(slot, id, 0).expect("maglev");
         }
+    }
+    // Half and half: which of the two a flow meets depends on its hash.
+    for slot in UNREACHABLE_TABLE_AT..UNREACHABLE_TABLE_AT + TABLE_LEN {
+        let id = if slot % 2 == 0 {
+            ROUTED_ID
+        } else {
+            NO_NEIGH_ID
+        };
+        lb.h.maps_mut().maglev.set(slot, id, 0).expect("maglev");
     }
     let services = &mut lb.h.maps_mut().services6;
     for (port, p, at, id) in [
         (80, proto::TCP, TABLE_AT, SERVICE_ID),
         (80, proto::UDP, TABLE_AT, SERVICE_ID + 1),
         (81, proto::TCP, REMOTE_TABLE_AT, SERVICE_ID + 2),
+        (84, proto::TCP, DIRECT_TABLE_AT, SERVICE_ID + 3),
+        (85, proto::TCP, UNREACHABLE_TABLE_AT, SERVICE_ID + 4),
     ] {
         services
             .insert(
@@ -726,12 +762,107 @@ fn ipv6_source_ranges_and_backends_on_other_nodes() {
             XDP_PASS,
             Want::C(C::LocalNewFlow),
         );
-        // Another node's pod: not reached over IPv6 yet, and said so.
+        // Another node's pod where direct return cannot take it: IPv6 has
+        // no full NAT yet, and says so.
         lb.expect_untouched(
-            "a remote IPv6 backend",
+            "a remote IPv6 backend without direct return",
             &frame6(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81)).build(),
             XDP_DROP,
             Want::D(D::NoRoute),
+        );
+    });
+}
+
+/// Direct return over IPv6: a flow to a pod on the peer node leaves for
+/// that node's MAC (found through its IPv6 address), the frame otherwise
+/// as it came (addresses, ports, hop limit, checksums); its packets keep
+/// the way; a frame from that node itself is not sent back to it; a node
+/// off the segment or unresolved gets nothing; and a node that does not
+/// announce the VIP never sends such a flow on.
+#[test]
+fn an_ipv6_flow_to_a_pod_on_a_direct_return_node_goes_there_as_it_came() {
+    with_lb6(|lb| {
+        let syn = frame6(
+            CLIENT6,
+            VIP6,
+            proto::TCP,
+            tcp6(CLIENT6, 40000, VIP6, 84, 0x02, b""),
+        )
+        .build();
+        let out = lb.expect("SYN", &syn, XDP_TX, Want::C(C::DirectNewFlow));
+        assert_eq!(&out[0..6], &PEER_NODE_MAC, "to the peer node");
+        assert_eq!(&out[6..12], &NODE_MAC, "from this node");
+        assert_eq!(&out[12..], &syn[12..], "the rest as it came");
+        let key = FlowKey::v6(CLIENT6, VIP6, 40000, 84, proto::TCP);
+        let ct = lb.conntrack(&key).expect("the flow's entry");
+        assert_eq!((ct.backend_id, ct.backend_ip), (DIRECT_ID, POD6_DIRECT));
+        assert_ne!(
+            ct.flags & lb_common::flow::flow_flags::DIRECT,
+            0,
+            "{:#x}",
+            ct.flags
+        );
+        assert_eq!(lb.traffic(m::BACKEND_STATS, DIRECT_ID).0, 1);
+
+        let ack = frame6(
+            CLIENT6,
+            VIP6,
+            proto::TCP,
+            tcp6(CLIENT6, 40000, VIP6, 84, 0x10, b"data"),
+        )
+        .build();
+        let out = lb.expect("ACK", &ack, XDP_TX, Want::C(C::DirectEstablished));
+        assert_eq!((&out[0..6], &out[12..]), (&PEER_NODE_MAC[..], &ack[12..]));
+
+        // From the peer node's MAC: both of us would take ourselves for the
+        // announcer, and the frame would bounce.
+        let mut looped = frame6(
+            CLIENT6,
+            VIP6,
+            proto::TCP,
+            tcp6(CLIENT6, 40001, VIP6, 84, 0x02, b""),
+        );
+        looped.eth_src = PEER_NODE_MAC;
+        lb.expect(
+            "from the peer node",
+            &looped.build(),
+            XDP_DROP,
+            Want::D(D::DirectLoop),
+        );
+
+        // Off the segment or unresolved: dropped, never sent to a router.
+        for sport in 41000..41008 {
+            let f = frame6(
+                CLIENT6,
+                VIP6,
+                proto::TCP,
+                tcp6(CLIENT6, sport, VIP6, 85, 0x02, b""),
+            );
+            lb.expect(
+                "unreachable node",
+                &f.build(),
+                XDP_DROP,
+                Want::D(D::NoRoute),
+            );
+        }
+
+        // This node no longer announces the VIP while direct return is on:
+        // not even the established flow is sent on.
+        let config = lb.config();
+        let config = lb_common::DatapathConfig {
+            flags: config.flags | lb_common::config_flags::DIRECT_RETURN,
+            ..config
+        };
+        lb_userspace::dataplane::writer::set_config(lb.h.maps_mut(), config).expect("config");
+        lb.h.maps_mut()
+            .vips6
+            .insert(Ipv6Key::new(VIP6), VipValue::new(vip_flags::SERVICE), 0)
+            .expect("vips6");
+        lb.expect_untouched(
+            "not the announcer",
+            &ack,
+            XDP_DROP,
+            Want::D(D::NotAnnouncer),
         );
     });
 }

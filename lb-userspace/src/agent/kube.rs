@@ -196,9 +196,14 @@ fn direct_peers(on: bool, nodes: &[Node], live: &BTreeSet<String>) -> DirectRetu
     if !on {
         return DirectReturn::Off;
     }
+    let v4 = translate::node_addresses(nodes)
+        .into_iter()
+        .map(|(name, ip)| (name, IpAddr::V4(ip)));
+    let v6 = translate::node_addresses6(nodes)
+        .into_iter()
+        .map(|(name, ip)| (name, IpAddr::V6(ip)));
     DirectReturn::Nodes(
-        translate::node_addresses(nodes)
-            .into_iter()
+        v4.chain(v6)
             .filter(|(name, _)| live.contains(name))
             .map(|(_, ip)| ip)
             .collect(),

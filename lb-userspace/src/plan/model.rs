@@ -127,8 +127,9 @@ pub enum DirectReturn {
     /// that every node runs the agent.
     Segment,
     /// The nodes on the segment with these addresses: with Kubernetes, the
-    /// nodes whose agent's Lease is live.
-    Nodes(BTreeSet<Ipv4Addr>),
+    /// nodes whose agent's Lease is live, by each of their addresses (IPv4,
+    /// and IPv6 where they have one: an IPv6 pod's node is named by it).
+    Nodes(BTreeSet<IpAddr>),
 }
 
 impl DirectReturn {
@@ -139,7 +140,7 @@ impl DirectReturn {
     }
 
     /// Whether a backend on the node `node_ip`, on the segment, gets it.
-    pub fn allows(&self, node_ip: Ipv4Addr) -> bool {
+    pub fn allows(&self, node_ip: IpAddr) -> bool {
         match self {
             Self::Off => false,
             Self::Segment => true,

@@ -885,12 +885,13 @@ fn plan_backends(
             .is_some_and(|n| n == IpAddr::V4(node.ip) || Some(n) == node.ip6.map(IpAddr::V6));
         if local {
             flags |= backend_flags::LOCAL;
-        } else if let Some(IpAddr::V4(n)) = node_ip
-            && ip.is_ipv4()
+        } else if let Some(n) = node_ip
+            && n.is_ipv4() == ip.is_ipv4()
             && direct_to(file_direct, node, n)
         {
-            // Direct return is IPv4 only: the data path finds another
-            // node's MAC through its IPv4 address on the segment.
+            // The data path finds the other node's MAC through its address
+            // of the pod's family (an IPv6 pod on a node known only by its
+            // IPv4 address is reached from its own node only).
             flags |= backend_flags::DIRECT;
         }
         ids.insert((ip, port), id);
@@ -933,13 +934,16 @@ fn plan_backends(
 /// Whether a backend on the node `node_ip` (not this one) is reached by
 /// direct server return: only on this node's segment, where the frame can
 /// be addressed to that node's MAC; beyond a router it would come back to
-/// the announcer. (The data path checks the FIB's next hop again.)
-fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: Ipv4Addr) -> bool {
-    !node_ip.is_unspecified()
-        && node
-            .segment
-            .is_some_and(|s| s.contains(IpAddr::V4(node_ip)))
-        && direct_return.allows(node_ip)
+/// the announcer. The data path checks the FIB's next hop again, and for an
+/// IPv6 node that check is the only one (the node knows its IPv4 segment
+/// only): one beyond a router gets its packets dropped (`no_route`), as it
+/// would without direct return, IPv6 having no full NAT yet.
+fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: IpAddr) -> bool {
+    let on_segment = match node_ip {
+        IpAddr::V4(_) => node.segment.is_some_and(|s| s.contains(node_ip)),
+        IpAddr::V6(_) => true,
+    };
+    !node_ip.is_unspecified() && on_segment && direct_return.allows(node_ip)
 }
 
 /// The frontend's table in `prev` when building it again would give the same table (for a

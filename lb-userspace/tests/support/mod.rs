@@ -163,9 +163,10 @@ fn service(vip: [u8; 4], row: (u32, u16, u8, &[u32], u32)) -> Service {
 }
 
 /// Builds the namespace every test runs in:
-/// `v0` (10.200.0.1/24, `NODE_MAC`) with permanent neighbours for the peer and third nodes
-/// and the client, `v2` (10.201.0.1/24) with one for the far node,
-/// forwarding on (`bpf_fib_lookup` refuses to answer without it).
+/// `v0` (10.200.0.1/24 and `2001:db8::1/64`, `NODE_MAC`) with permanent neighbours for the
+/// peer (both families) and third nodes and the client, `v2` (10.201.0.1/24) with one for
+/// the far node, forwarding on in both families (`bpf_fib_lookup` refuses to answer
+/// without it).
 pub fn namespace() -> Netns {
     let ns = Netns::create(&format!("{}dp", unique_prefix("ohdp"))).expect("netns");
     let ip_in = |args: &[&str]| ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
@@ -221,8 +222,30 @@ pub fn namespace() -> Netns {
     }
     ns.sysctl("net/ipv4/ip_forward", "1")
         .expect("forwarding on");
+    // IPv6 (datapath6.rs): the node's address on the segment and the peer
+    // node's, for direct return's lookup of its MAC.
+    ip_in(&["-6", "addr", "add", NODE6_CIDR, "dev", "v0", "nodad"]);
+    ip_in(&[
+        "-6",
+        "neigh",
+        "add",
+        PEER_NODE6_ADDR,
+        "lladdr",
+        &mac(PEER_NODE_MAC),
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ]);
+    ns.sysctl("net/ipv6/conf/all/forwarding", "1")
+        .expect("IPv6 forwarding on");
     ns
 }
+
+/// `v0`'s IPv6 address and segment.
+pub const NODE6_CIDR: &str = "2001:db8::1/64";
+/// The peer node's IPv6 address (its MAC is `PEER_NODE_MAC`).
+pub const PEER_NODE6_ADDR: &str = "2001:db8::2";
 
 /// Runs `f` with a freshly loaded data path, configured with the standard
 /// scenario, on a thread inside a fresh namespace.

@@ -252,7 +252,7 @@ pub fn model(n: u32) -> NodeServices {
         },
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
-        direct_return: DirectReturn::Nodes(std::collections::BTreeSet::from([Ipv4Addr::from(
+        direct_return: DirectReturn::Nodes(std::collections::BTreeSet::from([IpAddr::from(
             DIRECT_NODE,
         )])),
         announce,

@@ -367,11 +367,11 @@ fn direct_return_marks_backends_on_the_segment() {
         "no segment known: full NAT"
     );
     // Kubernetes: only the nodes whose agent is live.
-    let live = BTreeSet::from([ip4("192.168.51.12")]);
+    let live = BTreeSet::from([ip("192.168.51.12")]);
     let (others, config) = flags_of(DirectReturn::Nodes(live), &node);
     assert_eq!(config, config_flags::DIRECT_RETURN);
     assert!(others.values().all(|&f| !direct(f)), "{others:?}");
-    let live = BTreeSet::from([ip4("192.168.50.11")]);
+    let live = BTreeSet::from([ip("192.168.50.11")]);
     let (peer, _) = flags_of(DirectReturn::Nodes(live), &node);
     assert!(direct(peer[&ip("10.42.1.7")]), "a live peer on the segment");
 }
@@ -1235,6 +1235,51 @@ fn plans_the_ipv6_maps() {
     let here = FILE6.replace("node_ip: 192.168.50.12", "node_ip: 192.168.50.10");
     let h = plan_ok(&DataplaneState::default(), &parse(&here));
     assert_eq!(h.backends6[&2].flags, valid | backend_flags::LOCAL);
+}
+
+/// IPv6 pods on other nodes get direct return by their node's IPv6
+/// address, as IPv4 ones by their node's IPv4 address: in the services
+/// file for every node, with Kubernetes for the live ones only; never for a
+/// pod whose node is known by its IPv4 address alone (no IPv6 next hop).
+#[test]
+fn direct_return_marks_ipv6_backends_by_their_nodes_ipv6_address() {
+    let node = Node {
+        segment: Some(Cidr::parse("192.168.50.0/24").unwrap()),
+        ..NODE
+    };
+    let flags_of = |direct: DirectReturn| {
+        let mut file = parse(FILE6);
+        file.direct_return = direct;
+        let s = plan(&DataplaneState::default(), &file, &node, &limits()).unwrap();
+        let by_pod: BTreeMap<Ipv6Addr, u16> = s
+            .backends6
+            .values()
+            .map(|b| (Ipv6Addr::from(b.ip), b.flags))
+            .collect();
+        (by_pod, s.config.flags)
+    };
+    let direct = |f: u16| f & backend_flags::DIRECT != 0;
+    let pod = |a: &str| a.parse::<Ipv6Addr>().unwrap();
+    let (all, config) = flags_of(DirectReturn::Segment);
+    assert_eq!(config, config_flags::DIRECT_RETURN);
+    assert!(!direct(all[&pod("fd00:42::5")]), "local");
+    assert!(
+        direct(all[&pod("fd00:42::7")]),
+        "a peer by its IPv6 address"
+    );
+    assert!(
+        !direct(all[&pod("fd00:42::9")]),
+        "a node known by its IPv4 address only"
+    );
+    let (live, _) = flags_of(DirectReturn::Nodes(BTreeSet::from([ip("fd00:50::11")])));
+    assert!(direct(live[&pod("fd00:42::7")]), "a live peer");
+    let (other, _) = flags_of(DirectReturn::Nodes(BTreeSet::from([ip("192.168.50.11")])));
+    assert!(
+        other.values().all(|&f| !direct(f)),
+        "live by its IPv4 address only: its IPv6 pods' node is another name"
+    );
+    let (off, _) = flags_of(DirectReturn::Off);
+    assert!(off.values().all(|&f| !direct(f)), "{off:?}");
 }
 
 /// Both families side by side: one space of service ids, backend ids and
