@@ -82,6 +82,10 @@ pub const VIP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0010);
 /// Port of the IPv6 target service (`[VIP6]`), whose backends all run on
 /// this node (pods on other nodes are not served over IPv6 yet).
 pub const LOCAL6_PORT: u16 = 80;
+/// Port of the IPv6 target service whose pods all run on the direct-return
+/// node (`DIRECT_NODE6`, the same node as `DIRECT_NODE`).
+pub const DIRECT6_PORT: u16 = 82;
+pub const DIRECT_NODE6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0003);
 pub const NOT_VIP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0099);
 /// The pods of the IPv6 target: `fd00:244::11` and up.
 const POD6_BASE: u128 = 0xfd00_0244_0000_0000_0000_0000_0000_0000;
@@ -99,6 +103,7 @@ pub const EST_LOCAL_PORT: u16 = 900;
 pub const EST_REMOTE_PORT: u16 = 901;
 pub const EST_DIRECT_PORT: u16 = 902;
 pub const EST_LOCAL6_PORT: u16 = 903;
+pub const EST_DIRECT6_PORT: u16 = 904;
 /// NAT source ports for remote flows: as wide as possible (see README).
 pub const NAT_MIN: u16 = 1024;
 pub const NAT_MAX: u16 = 65535;
@@ -112,9 +117,9 @@ pub const FRAME_LEN: usize = 60;
 /// by the end of a run (see `simulate_nat` and the README).
 pub const FILLER_BACKENDS: u32 = 3;
 pub const TARGET_BACKENDS: u32 = 16;
-/// The four target services (local, remote by full NAT, remote by direct
-/// return; local over IPv6).
-pub const TARGETS: u32 = 4;
+/// The five target services (local, remote by full NAT, remote by direct
+/// return; local and direct return over IPv6).
+pub const TARGETS: u32 = 5;
 
 /// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
 /// `bench.rs`).
@@ -206,6 +211,15 @@ pub fn model(n: u32) -> NodeServices {
             })
             .collect()
     };
+    // The IPv6 targets' pods: `fd00:244:<n>::11` and up.
+    let target6 = |n: u128, node: [u8; 16]| -> Vec<Backend> {
+        (0..TARGET_BACKENDS)
+            .map(|j| Backend {
+                ip: Ipv6Addr::from(POD6_BASE + (n << 80) + 11 + u128::from(j)).into(),
+                node_ip: Ipv6Addr::from(node).into(),
+            })
+            .collect()
+    };
     let mut services = vec![
         service(
             "target-local".into(),
@@ -229,12 +243,13 @@ pub fn model(n: u32) -> NodeServices {
             "target-local6".into(),
             Ipv6Addr::from(VIP6).into(),
             LOCAL6_PORT,
-            (0..TARGET_BACKENDS)
-                .map(|j| Backend {
-                    ip: Ipv6Addr::from(POD6_BASE + 11 + u128::from(j)).into(),
-                    node_ip: Ipv6Addr::from(NODE_IP6).into(),
-                })
-                .collect(),
+            target6(0, NODE_IP6),
+        ),
+        service(
+            "target-direct6".into(),
+            Ipv6Addr::from(VIP6).into(),
+            DIRECT6_PORT,
+            target6(1, DIRECT_NODE6),
         ),
     ];
     let mut announce = std::collections::BTreeSet::from([vip.into(), Ipv6Addr::from(VIP6).into()]);
@@ -252,9 +267,10 @@ pub fn model(n: u32) -> NodeServices {
         },
         flow_timeouts: lb_common::FlowTimeouts::DEFAULT,
         maglev_table_size: lb_userspace::plan::model::MaglevSize::DEFAULT,
-        direct_return: DirectReturn::Nodes(std::collections::BTreeSet::from([IpAddr::from(
-            DIRECT_NODE,
-        )])),
+        direct_return: DirectReturn::Nodes(std::collections::BTreeSet::from([
+            IpAddr::from(DIRECT_NODE),
+            IpAddr::from(DIRECT_NODE6),
+        ])),
         announce,
         services,
     }
@@ -522,9 +538,23 @@ impl Lb {
             let key = FlowKey::v4(CLIENT, VIP, sport, dport, proto::TCP);
             self.establish(&frame_tcp(dport, sport, TCP_SYN), key, action, want)?;
         }
-        let key = FlowKey::v6(CLIENT6, VIP6, EST_LOCAL6_PORT, LOCAL6_PORT, proto::TCP);
-        let syn = frame_tcp6(EST_LOCAL6_PORT, TCP_SYN);
-        self.establish(&syn, key, XDP_PASS, Counter::LocalNewFlow)?;
+        for (dport, sport, action, want) in [
+            (
+                LOCAL6_PORT,
+                EST_LOCAL6_PORT,
+                XDP_PASS,
+                Counter::LocalNewFlow,
+            ),
+            (
+                DIRECT6_PORT,
+                EST_DIRECT6_PORT,
+                XDP_TX,
+                Counter::DirectNewFlow,
+            ),
+        ] {
+            let key = FlowKey::v6(CLIENT6, VIP6, sport, dport, proto::TCP);
+            self.establish(&frame_tcp6(dport, sport, TCP_SYN), key, action, want)?;
+        }
         Ok(n)
     }
 
@@ -593,57 +623,72 @@ pub fn frame_tcp(dport: u16, sport: u16, flags: u8) -> Vec<u8> {
     frame_to(VIP, dport, sport, flags)
 }
 
-/// A TCP frame (no payload) from the IPv6 client to `[VIP6]:LOCAL6_PORT`:
-/// 74 bytes, over the Ethernet minimum.
-pub fn frame_tcp6(sport: u16, flags: u8) -> Vec<u8> {
-    frame6(VIP6, sport, flags)
+/// A TCP frame (no payload) from the IPv6 client to `[VIP6]:dport`: 74
+/// bytes, over the Ethernet minimum.
+pub fn frame_tcp6(dport: u16, sport: u16, flags: u8) -> Vec<u8> {
+    frame6(VIP6, dport, sport, flags)
 }
 
 /// A TCP frame (no payload) from the IPv6 client to port 80 of `dst`.
 pub fn frame_to6(dst: [u8; 16], flags: u8) -> Vec<u8> {
-    frame6(dst, 40_000, flags)
+    frame6(dst, LOCAL6_PORT, 40_000, flags)
 }
 
-fn frame6(dst: [u8; 16], sport: u16, flags: u8) -> Vec<u8> {
-    let l4 = tcp6(CLIENT6, sport, dst, LOCAL6_PORT, flags, b"");
+fn frame6(dst: [u8; 16], dport: u16, sport: u16, flags: u8) -> Vec<u8> {
+    let l4 = tcp6(CLIENT6, sport, dst, dport, flags, b"");
     Frame6::new((CLIENT_MAC, NODE_MAC), CLIENT6, dst, proto::TCP, l4).build()
 }
 
+const DST6: std::ops::Range<usize> = 38..54;
+const PORTS6: std::ops::Range<usize> = 54..58;
+const CHECK6: std::ops::Range<usize> = 70..72;
+
 /// The proof that the last iteration of a `RESTORE_FIRST` run (whose
-/// output is that iteration's, not the original frame) saw `frame`: `out`
-/// is `frame` sent on to one of the IPv6 target's pods, at its target port,
-/// the source and everything else kept (the source port aside, which a
-/// new-flow run changes), and its TCP checksum verifies.
-pub fn check_dnat6(out: &[u8], frame: &[u8]) -> Result<()> {
-    const DST: std::ops::Range<usize> = 38..54;
-    const PORTS: std::ops::Range<usize> = 54..58;
-    const CHECK: std::ops::Range<usize> = 70..72;
+/// output is that iteration's, not the original frame) saw `frame`, by the
+/// way its output left: for `local_*` counters, `frame` sent on to one of
+/// the local IPv6 target's pods at its target port; for `direct_*`, `frame`
+/// addressed to the direct-return node's MAC, its IP packet untouched.
+/// Either way the source and everything else is kept (the source port
+/// aside, which a new-flow run changes) and the TCP checksum verifies.
+pub fn check_out6(out: &[u8], frame: &[u8], want: Counter) -> Result<()> {
     ensure!(
         out.len() == frame.len(),
         "length {} instead of {}",
         out.len(),
         frame.len()
     );
-    let dst = u128::from_be_bytes(out[DST].try_into().context("destination")?);
-    let pods = POD6_BASE + 11..POD6_BASE + 11 + u128::from(TARGET_BACKENDS);
-    ensure!(
-        pods.contains(&dst),
-        "destination {} is none of the target's pods",
-        Ipv6Addr::from(dst)
-    );
-    ensure!(
-        out[56..58] == 8080u16.to_be_bytes(),
-        "destination port not the pods'"
-    );
     let kept = |r: std::ops::Range<usize>| out[r.clone()] == frame[r];
+    let dst: [u8; 16] = out[DST6].try_into().context("destination")?;
+    if matches!(want, Counter::DirectNewFlow | Counter::DirectEstablished) {
+        ensure!(
+            out[0..6] == DIRECT_NODE_MAC && out[6..12] == NODE_MAC,
+            "not addressed from this node to the direct-return node"
+        );
+        ensure!(
+            kept(12..PORTS6.start)
+                && kept(PORTS6.start + 2..CHECK6.start)
+                && kept(CHECK6.end..out.len()),
+            "direct return changed the IP packet"
+        );
+    } else {
+        let pod = u128::from_be_bytes(dst);
+        let pods = POD6_BASE + 11..POD6_BASE + 11 + u128::from(TARGET_BACKENDS);
+        ensure!(
+            pods.contains(&pod),
+            "destination {} is none of the target's pods",
+            Ipv6Addr::from(pod)
+        );
+        ensure!(
+            out[56..58] == 8080u16.to_be_bytes(),
+            "destination port not the pods'"
+        );
+        ensure!(
+            kept(0..DST6.start) && kept(CHECK6.end..out.len()) && kept(PORTS6.end..CHECK6.start),
+            "bytes besides the destination, the ports and the checksum changed"
+        );
+    }
     ensure!(
-        kept(0..DST.start) && kept(CHECK.end..out.len()) && kept(PORTS.end..CHECK.start),
-        "bytes besides the destination, the ports and the checksum changed"
-    );
-    let l4: &[u8] = &out[PORTS.start..];
-    let dst: [u8; 16] = out[DST].try_into().context("destination")?;
-    ensure!(
-        l4_verifies6(&CLIENT6, &dst, proto::TCP, l4),
+        l4_verifies6(&CLIENT6, &dst, proto::TCP, &out[PORTS6.start..]),
         "TCP checksum broken"
     );
     Ok(())

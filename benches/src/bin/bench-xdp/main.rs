@@ -33,10 +33,10 @@ struct Args {
     /// iteration of a run is a 5-tuple the flow maps have never seen.
     #[arg(long, default_value_t = 64_000)]
     repeat_new: u32,
-    /// Service counts to measure, ascending; at least 4 (the four target
+    /// Service counts to measure, ascending; at least 5 (the five target
     /// services: local backends, remote by full NAT, remote by direct
-    /// return, and local backends over IPv6).
-    #[arg(long, value_delimiter = ',', default_value = "4,1000,100000")]
+    /// return, and local backends and direct return over IPv6).
+    #[arg(long, value_delimiter = ',', default_value = "5,1000,100000")]
     services: Vec<u32>,
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]
@@ -124,8 +124,10 @@ fn cases(args: &Args) -> Vec<Case> {
     let est_local = lb::frame_tcp(lb::LOCAL_PORT, lb::EST_LOCAL_PORT, TCP_ACK);
     let est_remote = lb::frame_tcp(lb::REMOTE_PORT, lb::EST_REMOTE_PORT, TCP_ACK);
     let est_direct = lb::frame_tcp(lb::DIRECT_PORT, lb::EST_DIRECT_PORT, TCP_ACK);
-    let syn6 = lb::frame_tcp6(40_000, TCP_SYN);
-    let est_local6 = lb::frame_tcp6(lb::EST_LOCAL6_PORT, TCP_ACK);
+    let syn6 = lb::frame_tcp6(lb::LOCAL6_PORT, 40_000, TCP_SYN);
+    let syn_direct6 = lb::frame_tcp6(lb::DIRECT6_PORT, 40_000, TCP_SYN);
+    let est_local6 = lb::frame_tcp6(lb::LOCAL6_PORT, lb::EST_LOCAL6_PORT, TCP_ACK);
+    let est_direct6 = lb::frame_tcp6(lb::DIRECT6_PORT, lb::EST_DIRECT6_PORT, TCP_ACK);
     let non_vip6 = lb::frame_to6(lb::NOT_VIP6, TCP_SYN);
     let c = Want::Counter;
     let (plain, full, empty) = (Setup::Plain, Setup::FullTable, Setup::GuardEmpty);
@@ -280,6 +282,26 @@ fn cases(args: &Args) -> Vec<Case> {
             false,
             plain,
         ),
+        case(
+            "new_flow_direct6",
+            Kind::Wrapped,
+            bench,
+            &syn_direct6,
+            XDP_TX,
+            c(Counter::DirectNewFlow),
+            true,
+            plain,
+        ),
+        case(
+            "established_direct6",
+            Kind::Wrapped,
+            bench,
+            &est_direct6,
+            XDP_TX,
+            c(Counter::DirectEstablished),
+            false,
+            plain,
+        ),
     ]
 }
 
@@ -337,7 +359,10 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
         c.action
     );
     if first {
-        lb::check_dnat6(&r.out, &c.frame)
+        let Want::Counter(want) = c.want else {
+            bail!("case {}: an IPv6 case proves its path by a counter", c.name);
+        };
+        lb::check_out6(&r.out, &c.frame, want)
             .with_context(|| format!("case {}: the last iteration's output", c.name))?;
     } else {
         ensure!(
@@ -463,8 +488,10 @@ fn highest_allowed_cpu() -> Result<usize> {
 }
 
 /// The namespace `bpf_fib_lookup` answers from: `v0` is the uplink
-/// (10.200.0.1/24, the node's MAC) with permanent neighbours for the client
-/// and the two peer nodes, forwarding on (the helper refuses without it).
+/// (10.200.0.1/24 and `2001:db8::1/64`, the node's MAC) with permanent
+/// neighbours for the client and the two peer nodes (the direct-return one
+/// by both its addresses), forwarding on in both families (the helper
+/// refuses without it).
 fn namespace() -> Result<Netns> {
     let ns = Netns::create(&format!("{}xdp", unique_prefix("ohb")))?;
     let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
@@ -503,6 +530,29 @@ fn namespace() -> Result<Netns> {
         ])?;
     }
     ns.sysctl("net/ipv4/ip_forward", "1")?;
+    let ip6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a).to_string();
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", ip6(lb::NODE_IP6)),
+        "dev",
+        "v0",
+        "nodad",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        &ip6(lb::DIRECT_NODE6),
+        "lladdr",
+        &mac(lb::DIRECT_NODE_MAC),
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ])?;
+    ns.sysctl("net/ipv6/conf/all/forwarding", "1")?;
     Ok(ns)
 }
 
