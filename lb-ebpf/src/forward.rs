@@ -19,6 +19,17 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// The interface the packet came in on.
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
+    )]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    ifindex
+}
+
 #[derive(Clone, Copy)]
 pub struct NextHop {
     pub ifindex: u32,
@@ -107,11 +118,7 @@ pub fn route6_to_node(
 ) -> Route {
     p.family = AF_INET6;
     p.__bindgen_anon_1.tot_len = len;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
-    )]
-    let ifindex = ctx.ingress_ifindex() as u32;
+    let ifindex = ingress_ifindex(ctx);
     p.ifindex = ifindex;
     // The kernel's words are the addresses' bytes in order.
     p.__bindgen_anon_3.ipv6_src = words(src);
@@ -151,11 +158,7 @@ pub fn route_with(
     p.family = AF_INET;
     p.l4_protocol = proto;
     p.__bindgen_anon_1.tot_len = tot_len;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
-    )]
-    let ifindex = ctx.ingress_ifindex() as u32;
+    let ifindex = ingress_ifindex(ctx);
     p.ifindex = ifindex;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
@@ -192,11 +195,7 @@ fn lookup(ctx: &XdpContext, p: &mut bpf_fib_lookup) -> Route {
 pub fn send(ctx: &XdpContext, eth: &mut EthHdr, hop: &NextHop, counter: Counter) -> Outcome {
     eth.dst = hop.dmac;
     eth.src = hop.smac;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
-    )]
-    let ingress = ctx.ingress_ifindex() as u32;
+    let ingress = ingress_ifindex(ctx);
     if hop.ifindex == ingress {
         Outcome::Tx(counter)
     } else {
@@ -255,11 +254,7 @@ pub fn to_learned_mac(ctx: &XdpContext, src: u32, dst: u32, smac: u64) -> bool {
     ) {
         return false;
     }
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
-    )]
-    let ingress = ctx.ingress_ifindex() as u32;
+    let ingress = ingress_ifindex(ctx);
     if s.fib.ifindex != ingress {
         return false;
     }

@@ -136,11 +136,7 @@ fn classify(
             return Outcome::Pass(Counter::PassIpv6Unserved);
         }
         ETH_P_ARP => {
-            #[expect(
-                clippy::cast_possible_truncation,
-                reason = "the kernel's ifindex is a u32 that aya hands out as usize"
-            )]
-            let ifindex = ctx.ingress_ifindex() as u32;
+            let ifindex = forward::ingress_ifindex(ctx);
             return arp::handle(cur, eth, cfg, ifindex);
         }
         ETH_P_8021Q | ETH_P_8021AD => return Outcome::Pass(Counter::PassVlan),

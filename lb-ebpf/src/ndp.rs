@@ -46,7 +46,7 @@ use lb_common::{
 };
 
 use crate::{
-    arp, csum,
+    arp, csum, forward,
     maps::{CONFIG, NDP_STATS, VIPS6},
     parse::{Addr16, Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr, NdLlOpt},
     verdict::Outcome,
@@ -216,11 +216,7 @@ fn solicitation(
     if let Some(s) = stats {
         add(s, true);
     }
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the kernel's ifindex is a u32 that aya hands out as usize"
-    )]
-    let ifindex = ctx.ingress_ifindex() as u32;
+    let ifindex = forward::ingress_ifindex(ctx);
     if let Some(mac) = source_ll {
         arp::remember(HostKey::v6(ip.src), mac, ifindex);
     }
