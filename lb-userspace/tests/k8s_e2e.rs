@@ -781,8 +781,9 @@ fn curl_from_client(k: &K8s, url: &str, v6: bool) -> String {
 /// twice that (one data point per run; the ratio is printed, not
 /// asserted). Then the survivor is the one answer to ARP for the IPv4
 /// address and to Neighbor Discovery (`ndisc6`) for the IPv6 one, receives
-/// the IPv6 address's solicited-node group, and the client's caches moved
-/// to its MAC before anything asked.
+/// the IPv6 address's solicited-node group, sent a gratuitous ARP and an
+/// unsolicited Neighbor Advertisement (its metrics), the client's caches
+/// moved to its MAC before anything asked, and its own pods answer.
 #[test]
 fn a_dual_stack_address_fails_over_as_fast_as_its_ipv4_twin() {
     const MARGIN: Duration = Duration::from_millis(500);
@@ -869,6 +870,13 @@ fn a_dual_stack_address_fails_over_as_fast_as_its_ipv4_twin() {
     let maddr = multicast_addresses(&k, heir);
     let group = mac_text(lb_userspace::net::ndp::solicited_node_mac(vip6));
     assert!(maddr.contains(&group), "node{heir} lacks {group}: {maddr}");
+    // What moved the client's caches: the heir's announcements on takeover.
+    for series in [
+        format!("onehop_gratuitous_arp_sent_total{{vip=\"{VIP}\"}}"),
+        format!("onehop_unsolicited_na_sent_total{{vip=\"{vip6}\"}}"),
+    ] {
+        assert!(metric(&k, heir, &series) >= 1, "node{heir}: {series}");
+    }
     check_both_served_by(&k, vip6, heir);
 }
 
@@ -2568,6 +2576,17 @@ fn while_paused(k: &K8s, node: u8, change: impl FnOnce()) -> Paused {
 
 /// The value of `onehop_drops_total{reason="<reason>"}` on node `node`'s `/metrics`.
 fn metrics_drops(k: &K8s, node: u8, reason: &str) -> u64 {
+    metric(
+        k,
+        node,
+        &format!("onehop_drops_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// The value of the series `series` (name and labels) on node `node`'s
+/// `/metrics`.
+#[track_caller]
+fn metric(k: &K8s, node: u8, series: &str) -> u64 {
     let metrics = in_netns(k.c.topo.node(node).ns(), || {
         http_get_here(
             SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9478)),
@@ -2578,7 +2597,7 @@ fn metrics_drops(k: &K8s, node: u8, reason: &str) -> u64 {
     .expect("netns")
     .map(|r| String::from_utf8_lossy(&r.body).into_owned())
     .expect("metrics");
-    let series = format!("onehop_drops_total{{reason=\"{reason}\"}} ");
+    let series = format!("{series} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&series)?.parse().ok())
