@@ -22,6 +22,10 @@
 //!   unicast), e.g. node1's eth0 is `02:00:c0:a8:32:0b`. Deterministic, so an ARP or
 //!   fib-lookup expectation can be written down; identical across runs is fine because every
 //!   topology is its own L2 world.
+//! - IPv6 is off unless a test turns it on ([`Topology::ipv6_lan`],
+//!   [`Topology::ipv6_lan_all_nodes`]): LAN `fd00:60::/64` (client `::50`, node `i` `::i`,
+//!   VIPs from `::200`), node `i`'s pods `fd00:42:<i-1>::/64` (`cni0` `::1`, pod `j` `::1+j`),
+//!   no routes between nodes' pod networks.
 //! - Routing is host-gw style: each node routes the other nodes' pod CIDRs via their LAN ips;
 //!   the client routes every pod CIDR via the owning node (the "plain routing" baseline).
 //!
@@ -31,7 +35,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     str::FromStr,
     time::Duration,
 };
@@ -96,6 +100,36 @@ pub fn cni_ip(i: u8) -> Ipv4Addr {
 /// Ip of pod `j` (1-based) on node `i`: `10.42.i.(1+j)`.
 pub fn pod_ip(i: u8, j: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 42, i, 1 + j)
+}
+
+/// The client's IPv6 address on the LAN ([`Topology::ipv6_lan`]): `fd00:60::50`.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 0x50);
+
+/// LAN IPv6 address of node `i` ([`Topology::ipv6_node`]): `fd00:60::<i>`
+/// (`fd00:60::/64`; VIPs from `fd00:60::200` on are never assigned).
+pub fn node_ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, u16::from(i))
+}
+
+/// `cni0` IPv6 address of node `i`: `::1` of its pod network
+/// `fd00:42:<i-1>::/64` (node 1's is `fd00:42::/64`).
+pub fn cni_ip6(i: u8) -> Ipv6Addr {
+    pod_ip6(i, 0)
+}
+
+/// IPv6 address of pod `j` (1-based) on node `i`: `fd00:42:<i-1>::<1+j>`
+/// (node 1's first pod is `fd00:42::2`).
+pub fn pod_ip6(i: u8, j: u8) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd00,
+        0x42,
+        u16::from(i.saturating_sub(1)),
+        0,
+        0,
+        0,
+        0,
+        1 + u16::from(j),
+    )
 }
 
 /// An Ethernet address.
@@ -552,21 +586,47 @@ impl Topology {
         &self.clients
     }
 
-    /// IPv6 on the LAN (`fd00:60::/64`: the client `::50`, node 1 `::1`) and
-    /// on node 1's pod network (`fd00:42::/64`: the node `::1`, its first pod
-    /// `::2`), node 1 forwarding between them. The kit turns IPv6 off
+    /// IPv6 on the LAN (`fd00:60::/64`: the client `::50`) and on node 1
+    /// ([`Topology::ipv6_node`]: LAN `fd00:60::1`, pod network
+    /// `fd00:42::/64`, its first pod `fd00:42::2`). The kit turns IPv6 off
     /// everywhere; a test that wants it calls this.
     pub fn ipv6_lan(&self) -> Result<()> {
-        let node = self.node(1);
-        let pod = node.pod(1);
-        ipv6_on(self.client().ns(), "eth0", "fd00:60::50/64")?;
-        ipv6_on(node.ns(), "eth0", "fd00:60::1/64")?;
-        ipv6_on(node.ns(), "cni0", "fd00:42::1/64")?;
+        ipv6_on(self.client().ns(), "eth0", &format!("{CLIENT_IP6}/64"))?;
+        self.ipv6_node(1)
+    }
+
+    /// [`Topology::ipv6_lan`] on every node: each serves IPv6 to its own pods.
+    pub fn ipv6_lan_all_nodes(&self) -> Result<()> {
+        self.ipv6_lan()?;
+        for n in self.nodes.iter().skip(1) {
+            self.ipv6_node(n.index)?;
+        }
+        Ok(())
+    }
+
+    /// IPv6 on node `i`: its LAN side ([`node_ip6`]), its pod network
+    /// (`cni0` [`cni_ip6`], the pods [`pod_ip6`], default-routed via
+    /// `cni0`), the node forwarding between them. No routes to other nodes'
+    /// pod networks.
+    pub fn ipv6_node(&self, i: u8) -> Result<()> {
+        let node = self.node(i);
+        ipv6_on(node.ns(), "eth0", &format!("{}/64", node_ip6(i)))?;
+        ipv6_on(node.ns(), "cni0", &format!("{}/64", cni_ip6(i)))?;
         node.ns().sysctl("net/ipv6/conf/all/forwarding", "1")?;
-        ipv6_on(pod.ns(), "eth0", "fd00:42::2/64")?;
-        pod.ns()
-            .ip(&["-6", "route", "add", "default", "via", "fd00:42::1"])
-            .context("the pod's IPv6 route")
+        for pod in node.pods() {
+            ipv6_on(pod.ns(), "eth0", &format!("{}/64", pod_ip6(i, pod.index())))?;
+            pod.ns()
+                .ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &cni_ip6(i).to_string(),
+                ])
+                .with_context(|| format!("the IPv6 route of {}", pod.name()))?;
+        }
+        Ok(())
     }
 
     /// All nodes, `node1` first.

@@ -9,7 +9,7 @@ use std::{
     collections::BTreeSet,
     ffi::OsStr,
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -143,32 +143,75 @@ impl Cluster {
             .collect()
     }
 
-    /// Polls [`Cluster::arping`] until node `node`'s MAC is the only answer,
-    /// within `within`, then checks that two more rounds see only it.
-    /// Returns how long it took.
-    pub fn wait_sole_arp_answer(&self, ip: Ipv4Addr, node: u8, within: Duration) -> Duration {
+    /// The MACs that answer `ndisc6` from the (first) client for `ip` within
+    /// a second (one Neighbor Solicitation, to `ip`'s solicited-node group;
+    /// every answer, `-m`), lower-case. The client needs IPv6
+    /// ([`onehop_testkit::topology::Topology::ipv6_lan`]).
+    pub fn ndisc(&self, ip: Ipv6Addr) -> BTreeSet<String> {
+        let out = command_in(self.topo.client().ns(), "ndisc6")
+            .args([
+                "-q",
+                "-m",
+                "-n",
+                "-r",
+                "1",
+                "-w",
+                "1000",
+                &ip.to_string(),
+                "eth0",
+            ])
+            .output()
+            .expect("running ndisc6 (Debian package ndisc6)");
+        // Exit status 2 is "no reply": an empty set, not an error.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_lowercase())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Who answers for `ip` on the LAN: [`Cluster::arping`] for IPv4,
+    /// [`Cluster::ndisc`] for IPv6.
+    pub fn neighbour_answers(&self, ip: IpAddr) -> BTreeSet<String> {
+        match ip {
+            IpAddr::V4(v4) => self.arping(v4),
+            IpAddr::V6(v6) => self.ndisc(v6),
+        }
+    }
+
+    /// Polls [`Cluster::neighbour_answers`] (ARP, or Neighbor Discovery for
+    /// an IPv6 `ip`) until node `node`'s MAC is the only answer, within
+    /// `within`, then checks that two more rounds see only it. Returns how
+    /// long it took.
+    pub fn wait_sole_arp_answer(
+        &self,
+        ip: impl Into<IpAddr>,
+        node: u8,
+        within: Duration,
+    ) -> Duration {
+        let ip = ip.into();
         let want = BTreeSet::from([mac_text(self.topo.node(node).mac().octets())]);
         let start = Instant::now();
         let mut seen = Vec::new();
         loop {
-            let got = self.arping(ip);
+            let got = self.neighbour_answers(ip);
             if got == want {
                 break;
             }
             seen.push(got);
             assert!(
                 start.elapsed() < within,
-                "arping {ip} never saw node{node} ({want:?}) alone within {within:?}; \
+                "{ip} never answered by node{node} ({want:?}) alone within {within:?}; \
                  rounds: {seen:?}\n{}",
                 self.logs()
             );
         }
         let took = start.elapsed();
         for round in 0..2 {
-            let got = self.arping(ip);
+            let got = self.neighbour_answers(ip);
             assert_eq!(
                 got, want,
-                "arping {ip} round {round} after node{node} answered alone"
+                "{ip}: round {round} after node{node} answered alone"
             );
         }
         took
