@@ -39,7 +39,7 @@ use onehop_testkit::{
     Answer,
     netns::{ChildGuard, command_in, in_netns, spawn_in},
     server::HttpServer,
-    topology::{CLIENT_IP6, pod_ip6},
+    topology::{CLIENT_IP6, node_ip6, pod_ip6},
     traffic::{Timeouts, http_get_here},
 };
 use serde_json::{Value, json};
@@ -88,6 +88,24 @@ impl K8s {
             k.put(&node);
         }
         k
+    }
+
+    /// The Node objects again, with each node's IPv6 address
+    /// ([`node_ip6`]) beside its IPv4 one, as in a dual-stack cluster.
+    fn dual_stack_nodes(&self) {
+        for n in self.c.topo.nodes() {
+            let node: Node = from(json!({
+                "metadata": { "name": self.node_name(n.index()) },
+                "status": {
+                    "addresses": [
+                        { "type": "InternalIP", "address": n.ip().to_string() },
+                        { "type": "InternalIP", "address": node_ip6(n.index()).to_string() }
+                    ],
+                    "conditions": [{ "type": "Ready", "status": "True" }]
+                }
+            }));
+            self.put(&node);
+        }
     }
 
     /// Node objects are cluster-scoped: their names are unique to the test.
@@ -2049,6 +2067,83 @@ fn direct_return_reaches_pods_on_nodes_with_a_live_agent_with_the_client_address
         }
     }
     assert!(seen, "no request reached node{other}'s pod");
+}
+
+/// Issue 14: IPv6 pods on other nodes, by direct return. Three nodes with
+/// IPv6 (their Node objects list both `InternalIP`s), an IPv6 Service with
+/// a pod on every node, agents with direct return: the announcer marks the
+/// other nodes' IPv6 pods direct (by those nodes' IPv6 addresses), and
+/// `curl -6`'s requests reach every pod, each seeing the client's own
+/// address; the announcer counts direct flows, the other nodes local ones
+/// (their pods' replies leave from there, from the VIP).
+#[test]
+fn ipv6_direct_return_reaches_pods_on_other_nodes_with_the_clients_address() {
+    use lb_common::{Counter, backend_flags::DIRECT};
+    let k = K8s::new(3);
+    let _servers6 = serve_ipv6_in_every_pod(&k);
+    k.dual_stack_nodes();
+    let vip6: Ipv6Addr = "fd00:60::300".parse().expect("an IPv6 address");
+    let names = k.node_names(3);
+    let owner =
+        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
+    k.put_service(
+        "web6",
+        VIP,
+        &json!({
+            "spec": { "ipFamilies": ["IPv6"] },
+            "status": { "loadBalancer": { "ingress": [{ "ip": vip6.to_string() }] } }
+        }),
+    );
+    let pods6: Vec<(u8, String)> = (1..=3).map(|i| (i, pod_ip6(i, 1).to_string())).collect();
+    let pods6: Vec<(u8, &str)> = pods6.iter().map(|(i, ip)| (*i, ip.as_str())).collect();
+    k.put(&k.endpoints6("web6", &pods6));
+    for i in 1..=3 {
+        k.start_agent_with(i, &["--direct-return"]);
+    }
+    let direct_on = |s: &Snapshot, node: u8| {
+        s.backends.iter().any(|b| {
+            b.value.node_ip() == IpAddr::V6(node_ip6(node)) && b.value.flags() & DIRECT != 0
+        })
+    };
+    k.c.wait_for(
+        owner,
+        "announcing, the other nodes' IPv6 pods direct",
+        |s| {
+            announces(s, vip6)
+                && pods_in_use(s) == 3
+                && (1..=3).filter(|&n| n != owner).all(|n| direct_on(s, n))
+        },
+    );
+    for i in (1..=3).filter(|&n| n != owner) {
+        k.c.wait_for(i, "the service", |s| serves(s, vip6) && pods_in_use(s) == 3);
+    }
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let a = k.answer_via(vip6);
+        assert_eq!(
+            a.client.ip(),
+            IpAddr::V6(CLIENT_IP6),
+            "{} sees the client",
+            a.pod
+        );
+        pods.insert(a.pod);
+    }
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let s = k.c.snapshot(owner).expect("maps");
+    assert!(s.counter(Counter::DirectNewFlow) > 0);
+    assert_eq!(s.counter(Counter::RemoteNewFlow), 0);
+    for i in (1..=3).filter(|&n| n != owner) {
+        let s = k.c.snapshot(i).expect("maps");
+        assert!(
+            s.counter(Counter::LocalNewFlow) > 0,
+            "node{i} served none of the direct flows"
+        );
+        assert_eq!(
+            s.counter(Counter::DirectNewFlow),
+            0,
+            "node{i} sent flows on"
+        );
+    }
 }
 
 /// Whether node `node`'s pods are direct-return backends in `s`.
