@@ -776,8 +776,8 @@ fn curl_from_client(k: &K8s, url: &str, v6: bool) -> String {
 
 /// Issue 14: an IPv6 address fails over as fast as an IPv4 one. Three
 /// nodes, a dual-stack Service (`externalTrafficPolicy: Local`, one pod of
-/// each family on every node: IPv6 backends on other nodes are not reached
-/// yet, so each node must serve its own), and the owner dies (agent
+/// each family on every node, so that each node serves its own and the
+/// figures hold the announcement's move only, not another node's), and the owner dies (agent
 /// `SIGKILLed`, NIC down, as in [`check_failover`]) while a probe loop runs
 /// through each address at once, from the same client with the same HTTP
 /// client and timeouts.
