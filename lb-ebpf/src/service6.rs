@@ -31,7 +31,9 @@ use lb_common::{
 use crate::{
     conntrack::{self, ReplyKey},
     family::{Backend6, Family as _, V6},
-    forward, guard,
+    flowtable,
+    forward::{self, NextHop},
+    guard,
     ingress::transport,
     ingress6::skip_extensions,
     maps::{BACKEND_STATS, BACKENDS6, CONFIG, SERVICE_STATS, SERVICES6},
@@ -194,9 +196,23 @@ fn to_direct(
     now: u64,
 ) -> Outcome {
     let state = flow::direct_state(state);
-    let new_flow = if let Some(ct) = ct {
+    let mode = if let Some(ct) = ct {
+        // Before the refresh: the cached hop is as fresh as the timestamps,
+        // which the refresh renews once a second (as IPv4's `next_hop`).
+        let cached = conntrack::cached_hop(ct, now);
         conntrack::refresh_direct(ct, state, now);
-        0
+        match (cached, conntrack::scratch()) {
+            (Some(h), Some(s)) => {
+                // SAFETY: this CPU's scratch slot, ours for this run.
+                unsafe {
+                    (*s).ctv.hop_ifindex = h.ifindex;
+                    (*s).ctv.hop_dmac = h.dmac;
+                    (*s).ctv.hop_smac = h.smac;
+                }
+                DIRECT6_CACHED
+            }
+            _ => DIRECT6_LOOKUP,
+        }
     } else {
         let Some(s) = conntrack::scratch() else {
             return Outcome::Drop(DropReason::MapUpdate);
@@ -208,37 +224,52 @@ fn to_direct(
             conntrack::CREATE_TABLE_FULL => return Outcome::Drop(DropReason::FlowTableFull),
             _ => return Outcome::Drop(DropReason::MapUpdate),
         }
-        1
+        DIRECT6_NEW
     };
-    Outcome::Counted(onehop_direct6(ctx.ctx, backend_id, new_flow))
+    Outcome::Counted(onehop_direct6(ctx.ctx, backend_id, mode))
 }
+
+/// [`onehop_direct6`]'s modes: a new flow (its next packet caches the
+/// hop); an established flow whose next hop is to be looked up and cached;
+/// one whose cached hop the caller put in the scratch slot's `ctv`.
+const DIRECT6_NEW: u32 = 1;
+const DIRECT6_LOOKUP: u32 = 0;
+const DIRECT6_CACHED: u32 = 2;
+
+/// The hop in the scratch slot's `ctv` and the flow's key there must not be
+/// where `onehop_direct6`'s lookup parameters lie over the slot.
+const _: () = assert!(
+    core::mem::offset_of!(FlowScratch, ctv)
+        >= core::mem::size_of::<aya_ebpf::bindings::bpf_fib_lookup>()
+        && core::mem::offset_of!(FlowScratch, key)
+            >= core::mem::size_of::<aya_ebpf::bindings::bpf_fib_lookup>()
+);
 
 /// The direct-return frame of [`to_direct`] on its way: the next hop
 /// towards the node of backend `backend_id` (which must be that node
 /// itself: beyond a router the frame would come back to the announcer),
 /// the frame addressed to it, and the outcome counted (`direct_new_flow`
-/// when `new_flow` is 1, else `direct_established`). Returns the XDP
-/// action.
+/// for `DIRECT6_NEW`, else `direct_established`). With `DIRECT6_CACHED` the
+/// hop is the one the caller put in the scratch slot's `ctv`; else it is
+/// looked up in the FIB and, for `DIRECT6_LOOKUP`, cached in the flow's
+/// entry. Returns the XDP action.
 ///
 /// A *global* BPF function (exported by lb-ebpf's build script), so its
 /// frame is not `lb_service6`'s (full); the lookup's 64-byte parameters are
-/// laid over the scratch slot, the flow being created by then.
+/// laid over the scratch slot's start, the flow being created by then.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn onehop_direct6(ctx: *mut xdp_md, backend_id: u32, new_flow: u32) -> u32 {
-    let counter = if new_flow == 1 {
+pub(crate) extern "C" fn onehop_direct6(ctx: *mut xdp_md, backend_id: u32, mode: u32) -> u32 {
+    let counter = if mode == DIRECT6_NEW {
         Counter::DirectNewFlow
     } else {
         Counter::DirectEstablished
     };
-    direct_hop(&XdpContext::new(ctx), backend_id, counter).finish()
+    direct_hop(&XdpContext::new(ctx), backend_id, mode, counter).finish()
 }
 
 #[inline(always)]
-fn direct_hop(ctx: &XdpContext, backend_id: u32, counter: Counter) -> Outcome {
-    let Some(b) = BACKENDS6.get_ptr(backend_id) else {
-        return Outcome::Drop(DropReason::NoBackend);
-    };
+fn direct_hop(ctx: &XdpContext, backend_id: u32, mode: u32, counter: Counter) -> Outcome {
     // Volatile loads keep the context itself the argument (see
     // `partial::onehop_finish_checksum`).
     // SAFETY: `ctx` is the program's context, valid for the whole run.
@@ -254,20 +285,51 @@ fn direct_hop(ctx: &XdpContext, backend_id: u32, counter: Counter) -> Outcome {
     let (Some(eth), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Outcome::Drop(DropReason::Truncated);
     };
-    let Some(p) = forward::scratch_params() else {
+    let Some(s) = conntrack::scratch() else {
         return Outcome::Drop(DropReason::MapUpdate);
     };
-    // SAFETY: a value pointer `backends6` returned in this run.
-    let node = unsafe { &(*b).node_ip };
-    // The packet's whole length, as the lookup's MTU check wants it.
-    let len = ip
-        .payload_len()
-        .saturating_add(u16::try_from(IPV6_LEN).unwrap_or(u16::MAX));
-    match forward::route6_to_node(ctx, p, &ip.src, node, len) {
-        forward::Route::Hop(hop) if eth.src == hop.dmac => Outcome::Drop(DropReason::DirectLoop),
-        forward::Route::Hop(hop) => forward::send(ctx, eth, &hop, counter),
-        _ => Outcome::Drop(DropReason::NoRoute),
+    let hop = if mode == DIRECT6_CACHED {
+        // SAFETY: this CPU's scratch slot, where the caller put the hop.
+        unsafe {
+            NextHop {
+                ifindex: (*s).ctv.hop_ifindex,
+                dmac: (*s).ctv.hop_dmac,
+                smac: (*s).ctv.hop_smac,
+            }
+        }
+    } else {
+        let Some(b) = BACKENDS6.get_ptr(backend_id) else {
+            return Outcome::Drop(DropReason::NoBackend);
+        };
+        let Some(p) = forward::scratch_params() else {
+            return Outcome::Drop(DropReason::MapUpdate);
+        };
+        // SAFETY: a value pointer `backends6` returned in this run.
+        let node = unsafe { &(*b).node_ip };
+        // The packet's whole length, as the lookup's MTU check wants it.
+        let len = ip
+            .payload_len()
+            .saturating_add(u16::try_from(IPV6_LEN).unwrap_or(u16::MAX));
+        let forward::Route::Hop(hop) = forward::route6_to_node(ctx, p, &ip.src, node, len) else {
+            return Outcome::Drop(DropReason::NoRoute);
+        };
+        if mode == DIRECT6_LOOKUP {
+            // Cached in the flow's entry, found again by the key
+            // `lb_service6` left in the slot (past the lookup's parameters,
+            // asserted above): carried across this call, the entry's
+            // pointer would take a stack slot the caller has none of.
+            // SAFETY: this CPU's scratch slot, ours for this run.
+            let key = unsafe { &(*s).key };
+            if let Some(ct) = flowtable::lookup::<V6>(key) {
+                conntrack::store_hop(ct, &hop);
+            }
+        }
+        hop
+    };
+    if eth.src == hop.dmac {
+        return Outcome::Drop(DropReason::DirectLoop);
     }
+    forward::send(ctx, eth, &hop, counter)
 }
 
 /// Local backend: DNAT to the pod and let the kernel route it; the client's

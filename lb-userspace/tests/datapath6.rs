@@ -776,7 +776,7 @@ fn ipv6_source_ranges_and_backends_on_other_nodes() {
 /// Direct return over IPv6: a flow to a pod on the peer node leaves for
 /// that node's MAC (found through its IPv6 address), the frame otherwise
 /// as it came (addresses, ports, hop limit, checksums); its packets keep
-/// the way; a frame from that node itself is not sent back to it; a node
+/// the way, by a next hop kept in the flow's entry; a frame from that node itself is not sent back to it; a node
 /// off the segment or unresolved gets nothing; and a node that does not
 /// announce the VIP never sends such a flow on.
 #[test]
@@ -813,6 +813,31 @@ fn an_ipv6_flow_to_a_pod_on_a_direct_return_node_goes_there_as_it_came() {
         .build();
         let out = lb.expect("ACK", &ack, XDP_TX, Want::C(C::DirectEstablished));
         assert_eq!((&out[0..6], &out[12..]), (&PEER_NODE_MAC[..], &ack[12..]));
+        // The next hop is now kept in the flow's entry, and used: with the
+        // node's neighbour entry gone, the flow's packets still find it.
+        let ct = lb.conntrack(&key).expect("the flow's entry");
+        assert_eq!((ct.hop_dmac, ct.hop_smac), (PEER_NODE_MAC, NODE_MAC));
+        assert_ne!(ct.hop_ifindex, 0);
+        let neigh = |verb: &str, extra: &[&str]| {
+            let mut args = vec!["-6", "neigh", verb, PEER_NODE6_ADDR];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["dev", "v0"]);
+            let st = std::process::Command::new("ip")
+                .args(&args)
+                .status()
+                .expect("ip neigh");
+            assert!(st.success(), "ip {args:?}");
+        };
+        neigh("del", &[]);
+        let out = lb.expect(
+            "ACK, hop cached",
+            &ack,
+            XDP_TX,
+            Want::C(C::DirectEstablished),
+        );
+        assert_eq!(&out[0..6], &PEER_NODE_MAC);
+        let mac = PEER_NODE_MAC.map(|b| format!("{b:02x}")).join(":");
+        neigh("add", &["lladdr", &mac, "nud", "permanent"]);
 
         // From the peer node's MAC: both of us would take ourselves for the
         // announcer, and the frame would bounce.
