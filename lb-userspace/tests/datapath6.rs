@@ -65,6 +65,17 @@ const ICMPV6: u8 = proto::ICMPV6;
 
 // ------------------------------------------------------------ frames
 
+/// A TCP segment from the client to `[VIP6]:dport`, as it arrives.
+fn tcp_to_vip(sport: u16, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+    frame6(
+        CLIENT6,
+        VIP6,
+        proto::TCP,
+        tcp6(CLIENT6, sport, VIP6, dport, flags, data),
+    )
+    .build()
+}
+
 /// A frame from the client to the node's MAC.
 fn frame6(src: [u8; 16], dst: [u8; 16], next: u8, l4: Vec<u8>) -> Frame6 {
     Frame6::new((CLIENT_MAC, NODE_MAC), src, dst, next, l4)
@@ -782,13 +793,7 @@ fn ipv6_source_ranges_and_backends_on_other_nodes() {
 #[test]
 fn an_ipv6_flow_to_a_pod_on_a_direct_return_node_goes_there_as_it_came() {
     with_lb6(|lb| {
-        let syn = frame6(
-            CLIENT6,
-            VIP6,
-            proto::TCP,
-            tcp6(CLIENT6, 40000, VIP6, 84, 0x02, b""),
-        )
-        .build();
+        let syn = tcp_to_vip(40000, 84, 0x02, b"");
         let out = lb.expect("SYN", &syn, XDP_TX, Want::C(C::DirectNewFlow));
         assert_eq!(&out[0..6], &PEER_NODE_MAC, "to the peer node");
         assert_eq!(&out[6..12], &NODE_MAC, "from this node");
@@ -804,13 +809,7 @@ fn an_ipv6_flow_to_a_pod_on_a_direct_return_node_goes_there_as_it_came() {
         );
         assert_eq!(lb.traffic(m::BACKEND_STATS, DIRECT_ID).0, 1);
 
-        let ack = frame6(
-            CLIENT6,
-            VIP6,
-            proto::TCP,
-            tcp6(CLIENT6, 40000, VIP6, 84, 0x10, b"data"),
-        )
-        .build();
+        let ack = tcp_to_vip(40000, 84, 0x10, b"data");
         let out = lb.expect("ACK", &ack, XDP_TX, Want::C(C::DirectEstablished));
         assert_eq!((&out[0..6], &out[12..]), (&PEER_NODE_MAC[..], &ack[12..]));
         // The next hop is now kept in the flow's entry, and used: with the
