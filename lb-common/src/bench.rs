@@ -19,11 +19,12 @@ pub mod programs {
     pub const XDPGEN: &str = "bench_xdpgen";
     /// Every program of the bench object: the product's XDP programs
     /// (measured as they are: the floor and the direct cases), then these.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         crate::maps::programs::PASS,
         crate::maps::programs::INGRESS,
         crate::maps::programs::INGRESS6,
         crate::maps::programs::SERVICE6,
+        crate::maps::programs::NAT6,
         INGRESS,
         RESTORE_ONLY,
         XDPGEN,

@@ -400,6 +400,10 @@ pub struct DatapathConfig {
     /// from the map's own size (a config for another size is refused when
     /// written: the data path would look for flows in the wrong sets).
     pub flow_sets: u32,
+    /// This node's IPv6 address on the interface: source of IPv6 full-NAT
+    /// packets. All zero: the node has none, and IPv6 flows to backends
+    /// that direct return cannot reach are dropped (`no_route`).
+    pub node_ip6: [u8; 16],
 }
 
 impl DatapathConfig {
@@ -426,7 +430,14 @@ impl DatapathConfig {
             half_open: HalfOpenGuard::for_table(maps::CONNTRACK_MAX, FlowTimeouts::DEFAULT),
             hash_seed: hash::PUBLIC_SEED,
             flow_sets: flow::table::sets_for(maps::CONNTRACK_MAX),
+            node_ip6: [0; 16],
         }
+    }
+
+    /// The same configuration with the node's IPv6 address.
+    #[must_use]
+    pub const fn with_node_ip6(self, node_ip6: [u8; 16]) -> Self {
+        Self { node_ip6, ..self }
     }
 
     /// The same configuration with other flow timeouts.
@@ -677,7 +688,7 @@ abi_types! {
     LocalFronts = 136,
     SourceRangeData = 8,
     TrafficCounter = 16,
-    DatapathConfig = 64,
+    DatapathConfig = 80,
     HalfOpenGuard = 8,
     HalfOpenBudget = 16,
     flow::SweepRequest = 48,

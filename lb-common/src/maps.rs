@@ -278,8 +278,15 @@ pub mod programs {
     /// TC program never attached: `lb_egress` tail-calls it (slot
     /// [`super::tc_slot::EGRESS6`] of `tc_programs`) for IPv6 packets.
     pub const EGRESS6: &str = "lb_egress6";
+    /// XDP program never attached: `lb_service6` tail-calls it (slot
+    /// [`super::xdp_slot::NAT6`]) for a flow to a backend on another node
+    /// reached by full NAT, and `lb_ingress6` for a packet to one of the
+    /// node's NAT ports (a reply of such a flow).
+    pub const NAT6: &str = "lb_nat6";
     /// Every program of the product object.
-    pub const ALL: [&str; 7] = [INGRESS, EGRESS, PASS, SWEEP, INGRESS6, SERVICE6, EGRESS6];
+    pub const ALL: [&str; 8] = [
+        INGRESS, EGRESS, PASS, SWEEP, INGRESS6, SERVICE6, NAT6, EGRESS6,
+    ];
     /// Pinned link of [`INGRESS`] in the pin directory.
     pub const INGRESS_LINK: &str = "link_lb_ingress";
     /// Pinned link of [`EGRESS`] in the pin directory.
@@ -296,7 +303,9 @@ pub mod xdp_slot {
     pub const INGRESS6: u32 = 0;
     /// `lb_service6`.
     pub const SERVICE6: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// `lb_nat6`.
+    pub const NAT6: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Slots of `tc_programs`.

@@ -9,7 +9,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, RevNatValue,
-    flow::{self, NS_PER_SEC, Side, TOMBSTONE_NS, addr_v4},
+    flow::{self, NS_PER_SEC, Side, TOMBSTONE_NS, addr_v4, family},
     flow_flags,
     hash::{NAT_PROBES, nat_probe},
 };
@@ -78,6 +78,31 @@ pub struct ReplyKey<'a, F: Family> {
     pub backend_port: u16,
     pub peer: &'a F::Addr,
     pub peer_port: u16,
+}
+
+/// Writes an IPv6 flow key into `k` (a scratch slot's) field by field,
+/// the addresses straight from where they are: a `FlowKey` built first
+/// would be a 40-byte temporary on the caller's stack.
+#[inline(always)]
+pub fn write_key6(
+    k: *mut FlowKey,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) {
+    // SAFETY: the caller's slot, valid and ours for this run; the
+    // addresses are 16 bytes each and not inside the key.
+    unsafe {
+        core::ptr::copy_nonoverlapping(src, &raw mut (*k).src, 1);
+        core::ptr::copy_nonoverlapping(dst, &raw mut (*k).dst, 1);
+        (*k).sport = sport;
+        (*k).dport = dport;
+        (*k).proto = proto;
+        (*k).family = family::V6;
+        (*k)._pad = [0; 2];
+    }
 }
 
 /// Refreshes an established flow after a client packet that moves it to
@@ -401,7 +426,23 @@ pub extern "C" fn onehop_flow_create() -> u32 {
     );
     s.rval.set_reverse_of(&s.key, service_id, flags, state, now);
     if remote {
-        s.rkey = FlowKey::v4(backend, cfg.node_ip, backend_port, 0, proto);
+        if s.key.family == family::V6 {
+            // The pod's reply to our IPv6 address, field by field (as the
+            // local key below).
+            // SAFETY: distinct fields of one scratch slot and the config,
+            // 16 bytes each.
+            unsafe {
+                core::ptr::copy_nonoverlapping(&raw const s.ctv.backend_ip, &raw mut s.rkey.src, 1);
+                core::ptr::copy_nonoverlapping(&raw const cfg.node_ip6, &raw mut s.rkey.dst, 1);
+            }
+            s.rkey.sport = backend_port;
+            s.rkey.dport = 0;
+            s.rkey.proto = proto;
+            s.rkey.family = family::V6;
+            s.rkey._pad = [0; 2];
+        } else {
+            s.rkey = FlowKey::v4(backend, cfg.node_ip, backend_port, 0, proto);
+        }
         let port = claim_nat_port(cfg, proto, s);
         if port == 0 {
             return 0;

@@ -29,7 +29,7 @@ pub struct Delta(u32);
 impl Delta {
     #[inline(always)]
     pub fn word(&mut self, old: u16, new: u16) {
-        // At most a dozen words per packet: far from overflowing u32.
+        // At most a few dozen words per packet: far from overflowing u32.
         self.0 += u32::from(!old) + u32::from(new);
     }
 

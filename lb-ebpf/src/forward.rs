@@ -105,6 +105,28 @@ pub fn scratch_params() -> Option<&'static mut bpf_fib_lookup> {
     Some(p)
 }
 
+/// [`route`] for IPv6: where an IPv6 packet of `len` bytes from `src` to
+/// `dst` goes. `p` all zero on entry, as [`route_with`]'s; the kernel
+/// leaves the egress interface and the next hop's address in it (on
+/// success, and when the neighbour is unresolved).
+#[inline(always)]
+pub fn route6(
+    ctx: &XdpContext,
+    p: &mut bpf_fib_lookup,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    len: u16,
+) -> Route {
+    p.family = AF_INET6;
+    p.__bindgen_anon_1.tot_len = len;
+    let ifindex = ingress_ifindex(ctx);
+    p.ifindex = ifindex;
+    // The kernel's words are the addresses' bytes in order.
+    p.__bindgen_anon_3.ipv6_src = words(src);
+    p.__bindgen_anon_4.ipv6_dst = words(dst);
+    lookup(ctx, p)
+}
+
 /// [`route_to_node`] for IPv6, always on-link: the next hop towards `node`
 /// (an IPv6 packet of `len` bytes from `src`) when it is `node` itself.
 /// `p` all zero on entry, as [`route_with`]'s.
@@ -116,14 +138,7 @@ pub fn route6_to_node(
     node: &[u8; 16],
     len: u16,
 ) -> Route {
-    p.family = AF_INET6;
-    p.__bindgen_anon_1.tot_len = len;
-    let ifindex = ingress_ifindex(ctx);
-    p.ifindex = ifindex;
-    // The kernel's words are the addresses' bytes in order.
-    p.__bindgen_anon_3.ipv6_src = words(src);
-    p.__bindgen_anon_4.ipv6_dst = words(node);
-    let r = lookup(ctx, p);
+    let r = route6(ctx, p, src, node, len);
     // SAFETY: plain integers of the struct the helper just wrote: the next
     // hop's address (the gateway, or the destination itself).
     let via = unsafe { p.__bindgen_anon_4.ipv6_dst };
@@ -131,6 +146,21 @@ pub fn route6_to_node(
         Route::Hop(_) if via != words(node) => Route::Fail,
         other => other,
     }
+}
+
+/// The next hop's IPv6 address (the gateway, or the destination itself)
+/// that a lookup of [`route6`] left in `p`.
+#[inline(always)]
+pub fn via6(p: &bpf_fib_lookup) -> [u8; 16] {
+    // SAFETY: plain integers of the struct the helper wrote.
+    let w = unsafe { p.__bindgen_anon_4.ipv6_dst };
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        a[i * 4..i * 4 + 4].copy_from_slice(&w[i].to_ne_bytes());
+        i += 1;
+    }
+    a
 }
 
 #[inline(always)]

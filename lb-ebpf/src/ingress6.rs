@@ -51,13 +51,13 @@ use crate::{
     ingress::transport,
     maps::{CONFIG, VIPS6, XDP_PROGRAMS},
     ndp::{self, pseudo_sum},
-    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Ext, Ipv6Hdr},
+    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Ext, Ipv6Hdr, L4Head},
     verdict::Outcome,
 };
 
 const HOP_BY_HOP: u8 = 0;
 const ROUTING: u8 = 43;
-const FRAGMENT: u8 = 44;
+pub const FRAGMENT: u8 = 44;
 const DEST_OPTIONS: u8 = 60;
 /// Extension headers stepped over before the transport header.
 const MAX_EXTENSIONS: usize = 4;
@@ -113,10 +113,45 @@ fn classify(
     if flags & vip_flags::SERVICE != 0 {
         service_path(ctx, cur, ip, flags, icmp.is_some(), frame_len)
     } else if flags & vip_flags::NODE != 0 {
-        Outcome::Pass(Counter::PassNodeTraffic)
+        node_path(ctx, cur, ip, cfg, flags)
     } else {
         Outcome::Pass(Counter::PassNotVip)
     }
+}
+
+/// A packet to one of the node's addresses: a TCP or UDP packet to a NAT
+/// port, or a fragment, may be a remote backend's reply to a full-NAT flow,
+/// which `lb_nat6` translates (another tail call, `flags` left for it in
+/// this CPU's scratch slot); the rest is the node's.
+#[inline(always)]
+fn node_path(
+    ctx: &XdpContext,
+    cur: &mut Cursor<'_>,
+    ip: &Ipv6Hdr,
+    cfg: &DatapathConfig,
+    flags: u32,
+) -> Outcome {
+    let nat = match ip.next {
+        proto::TCP | proto::UDP => cur.take::<L4Head>().is_some_and(|h| {
+            let port = u16::from_be_bytes(h.dport);
+            port >= cfg.nat_port_min && port <= cfg.nat_port_max
+        }),
+        FRAGMENT => true,
+        _ => false,
+    };
+    if !nat {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    }
+    let Some(s) = conntrack::scratch() else {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    };
+    // SAFETY: this CPU's scratch slot, ours for this run, tail calls
+    // included (see `service_path`).
+    unsafe { (*s).vip_flags = flags };
+    // SAFETY: a tail call from the program itself (this function is
+    // inlined into it), into an XDP program of this object.
+    unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::NAT6) };
+    Outcome::Pass(Counter::PassNodeTraffic)
 }
 
 /// A source no host may send from (RFC 4291 2.5.2, 2.5.3, 2.7, 2.5.5.2):

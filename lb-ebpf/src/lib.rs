@@ -38,6 +38,7 @@ pub mod ingress6;
 mod local;
 pub mod maps;
 mod nat;
+pub mod nat6;
 mod ndp;
 pub mod parse;
 mod partial;
@@ -49,7 +50,7 @@ mod verdict;
 
 /// What both objects of this crate carry: the XDP programs they share
 /// (`xdp_pass`, the pass-through that lets `XDP_TX` deliver on a veth peer,
-/// `lb_ingress` and `lb_ingress6`), the licence, and the panic handler. Invoke it once at
+/// `lb_ingress`, `lb_ingress6`, `lb_service6` and `lb_nat6`), the licence, and the panic handler. Invoke it once at
 /// the root of each binary.
 #[macro_export]
 macro_rules! object_common {
@@ -74,6 +75,13 @@ macro_rules! object_common {
         #[aya_ebpf::macros::xdp]
         pub fn lb_service6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
             $crate::service6::process(&ctx)
+        }
+
+        /// Tail-called by `lb_service6` and `lb_ingress6` for full NAT over
+        /// IPv6 (never attached).
+        #[aya_ebpf::macros::xdp]
+        pub fn lb_nat6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+            $crate::nat6::process(&ctx)
         }
 
         /// The kernel only lets GPL-compatible programs call

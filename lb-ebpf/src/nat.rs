@@ -121,24 +121,62 @@ pub fn rewrite(
 
 /// Rewrites an IPv6 packet's destination to `addr:port`, keeping the
 /// transport checksum consistent (IPv6 has no header checksum; the kernel
-/// decrements the hop limit when it routes the packet on). The change is
-/// summed as 32-bit words (one's-complement sums fold the same way).
+/// decrements the hop limit when it routes the packet on).
 #[inline(always)]
 pub fn rewrite_dst6(ip: &mut Ipv6Hdr, l4: &mut L4<'_>, addr: &[u8; 16], port: u16) {
-    let word = |a: &[u8; 16], i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let mut sum = 0u64;
+    rewrite6(ip, l4, None, Some((addr, port)));
+}
+
+/// Rewrites an IPv6 packet's source and/or destination to `addr:port`,
+/// keeping the transport checksum consistent. The hop limit is the
+/// caller's: IPv6 has no header checksum to keep.
+#[inline(always)]
+pub fn rewrite6(
+    ip: &mut Ipv6Hdr,
+    l4: &mut L4<'_>,
+    src: Option<(&[u8; 16], u16)>,
+    dst: Option<(&[u8; 16], u16)>,
+) {
+    let mut d = Delta::default();
+    if let Some((addr, port)) = src {
+        replace_addr(&mut d, &mut ip.src, addr);
+        d.word(u16::from_be_bytes(*l4.sport), port);
+        *l4.sport = port.to_be_bytes();
+    }
+    if let Some((addr, port)) = dst {
+        replace_addr(&mut d, &mut ip.dst, addr);
+        d.word(u16::from_be_bytes(*l4.dport), port);
+        *l4.dport = port.to_be_bytes();
+    }
+    l4.apply(d);
+}
+
+/// Writes `new` over the address `field`, adding the change to `d`, two
+/// bytes at a time. Every access is volatile, the running sum included, so
+/// each word is summed before the next is read: left to itself LLVM reads
+/// all the bytes of both addresses first, sums them at the end, and spills
+/// each byte to an 8-byte stack slot meanwhile (two rewritten addresses
+/// took 512 bytes, the whole BPF stack).
+#[inline(always)]
+fn replace_addr(d: &mut Delta, field: &mut [u8; 16], new: &[u8; 16]) {
+    let mut sum = 0u32;
     let mut i = 0;
     while i < 16 {
-        sum += u64::from(!word(&ip.dst, i)) + u64::from(word(addr, i));
-        i += 4;
+        // SAFETY: `i + 2 <= 16`: two bytes within each array, accessed as
+        // bytes (no alignment needed); `field` and `new` are distinct
+        // borrows; `sum` is a local.
+        unsafe {
+            let at = field.as_mut_ptr().add(i).cast::<[u8; 2]>();
+            let old = u16::from_be_bytes(core::ptr::read_volatile(at));
+            let w = core::ptr::read_volatile(new.as_ptr().add(i).cast::<[u8; 2]>());
+            core::ptr::write_volatile(at, w);
+            let change = u32::from(!old) + u32::from(u16::from_be_bytes(w));
+            core::ptr::write_volatile(
+                &raw mut sum,
+                core::ptr::read_volatile(&raw const sum) + change,
+            );
+        }
+        i += 2;
     }
-    sum += u64::from(!u16::from_be_bytes(*l4.dport)) + u64::from(port);
-    // Fold to 16 bits: the 32-bit words' sum is the 16-bit words' sum,
-    // folded (RFC 1071's associativity).
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    #[expect(clippy::cast_possible_truncation, reason = "folded below 2^33")]
-    let folded = Delta::from_sum((sum & 0xffff) as u32 + (sum >> 16) as u32);
-    ip.dst = *addr;
-    *l4.dport = port.to_be_bytes();
-    l4.apply(folded);
+    *d = d.plus(Delta::from_sum(sum));
 }

@@ -54,7 +54,15 @@ pub fn finish_before_tx(ctx: &XdpContext, ip: &Ipv4Hdr, l4: &mut L4<'_>) -> bool
     if l4.check() != pseudo_header(ip) {
         return true;
     }
-    match onehop_finish_checksum(ctx.ctx) {
+    complete(l4, onehop_finish_checksum(ctx.ctx))
+}
+
+/// Stores what a finishing function (`onehop_finish_checksum` or its IPv6
+/// twin) returned for `l4`'s partial checksum: false when it could not
+/// finish it.
+#[inline(always)]
+pub fn complete(l4: &mut L4<'_>, full: u32) -> bool {
+    match full {
         0 => false,
         #[expect(
             clippy::cast_possible_truncation,

@@ -12,12 +12,15 @@
 //!
 //! A backend on another node is reached by direct server return when its
 //! node runs the agent and is on our segment (`to_direct`: the frame goes
-//! to that node unchanged but for its Ethernet addresses). Not built yet
-//! (issue 14): full NAT over IPv6; a flow Maglev gives a backend that direct
-//! return cannot reach is dropped (`no_route`).
+//! to that node unchanged but for its Ethernet addresses); any other
+//! remote backend by full NAT, in a program of its own (`lb_nat6`, see
+//! `nat6`).
 
 use aya_ebpf::{
-    bindings::{xdp_action::XDP_PASS, xdp_md},
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_md,
+    },
     helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
@@ -25,6 +28,7 @@ use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
     ServiceKey6, backend_flags, config_flags,
     flow::{self, Side, flow_flags, tcp_flags},
+    maps::xdp_slot,
     proto, vip_flags,
 };
 
@@ -36,7 +40,7 @@ use crate::{
     guard,
     ingress::transport,
     ingress6::skip_extensions,
-    maps::{BACKEND_STATS, BACKENDS6, CONFIG, SERVICE_STATS, SERVICES6},
+    maps::{BACKEND_STATS, BACKENDS6, CONFIG, SERVICE_STATS, SERVICES6, XDP_PROGRAMS},
     nat::{self, L4},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr},
     service::{self, Choice},
@@ -99,17 +103,9 @@ fn flow_path(
     // wrote the VIP's flags there before its tail call.
     let vip = unsafe { (*s).vip_flags };
     // SAFETY: as above.
-    // Field by field, the addresses straight from the packet: a `FlowKey`
-    // built first would be a 40-byte temporary on the stack.
     let key = unsafe {
         let k = &raw mut (*s).key;
-        core::ptr::copy_nonoverlapping(&raw const ip.src, &raw mut (*k).src, 1);
-        core::ptr::copy_nonoverlapping(&raw const ip.dst, &raw mut (*k).dst, 1);
-        (*k).sport = l4.sport();
-        (*k).dport = l4.dport();
-        (*k).proto = proto;
-        (*k).family = V6::FAMILY;
-        (*k)._pad = [0; 2];
+        conntrack::write_key6(k, &ip.src, &ip.dst, l4.sport(), l4.dport(), proto);
         &*k
     };
     // SAFETY: plain helper call.
@@ -160,22 +156,59 @@ fn flow_path(
             Some(ct) => (unsafe { (*ct).flags }) & flow_flags::DIRECT != 0,
             None => V6::flags(&b) & backend_flags::DIRECT != 0,
         };
-        if !direct {
-            // Full NAT over IPv6 is not built (module docs).
-            Outcome::Drop(DropReason::NoRoute)
-        } else if cfg.flags & config_flags::DIRECT_RETURN != 0 && vip & vip_flags::ANNOUNCE == 0 {
+        if cfg.flags & config_flags::DIRECT_RETURN != 0
+            && vip & vip_flags::ANNOUNCE == 0
+            && (direct || ct.is_none())
+        {
             // Another node may have sent this frame here (see `ingress`).
             Outcome::Drop(DropReason::NotAnnouncer)
-        } else {
+        } else if direct {
             to_direct(ctx, svc.id, backend_id, &b, ct, state, now)
+        } else {
+            to_nat(ctx, svc.id, backend_id, &b, ct, state, now)
         }
     };
-    if !matches!(out, Outcome::Drop(_)) {
-        stats::traffic(&BACKEND_STATS, backend_id, frame_len);
-    } else if ct.is_none() && proto == proto::TCP {
-        guard::refund();
+    match out {
+        Outcome::Drop(_) => {
+            if ct.is_none() && proto == proto::TCP {
+                guard::refund();
+            }
+        }
+        // A direct-return frame that `onehop_direct6` did not send on (no
+        // route, or a loop): its reason is counted, and its new flow keeps
+        // its entry and token, as a half-open flow whose next packet looks
+        // for the way again.
+        Outcome::Counted(XDP_DROP) => {}
+        _ => stats::traffic(&BACKEND_STATS, backend_id, frame_len),
     }
     out
+}
+
+/// Remote backend that direct return cannot reach: full NAT, in `lb_nat6`
+/// (see `nat6`), which this tail-calls with the flow staged in this CPU's
+/// scratch slot; it counts the backend's traffic and refunds the token of a
+/// new flow it drops. Returns only when that program's slot is empty.
+#[inline(always)]
+fn to_nat(
+    ctx: &XdpContext,
+    service_id: u32,
+    backend_id: u32,
+    b: &Backend6,
+    ct: Option<*mut ConntrackValue>,
+    state: u8,
+    now: u64,
+) -> Outcome {
+    let Some(s) = conntrack::scratch() else {
+        return Outcome::Drop(DropReason::MapUpdate);
+    };
+    stage(s, service_id, backend_id, b, flow_flags::REMOTE, state, now);
+    // SAFETY: this CPU's scratch slot, ours for this run, tail calls
+    // included.
+    unsafe { (*s).established = u16::from(ct.is_some()) };
+    // SAFETY: a tail call from the program itself (this function is
+    // inlined into it), into an XDP program of this object.
+    unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::NAT6) };
+    Outcome::Drop(DropReason::Ipv6Unserved)
 }
 
 /// Remote backend whose node runs the agent, on our segment: direct server

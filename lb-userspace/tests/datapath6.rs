@@ -14,7 +14,7 @@ use lb_common::{
     Ipv6Key, LearnedMac, ServiceKey6, ServiceValue, SourceRangeData6, VipValue, backend_flags,
     flow::tcp_state, maps as m, proto, service_flags, vip_flags,
 };
-use onehop_testrun::frame6::{Frame6, icmp6, l4_checksum6, l4_verifies6, tcp6, udp6};
+use onehop_testrun::frame6::{Frame6, icmp6, l4_checksum6, l4_verifies6, pseudo_sum6, tcp6, udp6};
 use support::*;
 
 const VIP6: [u8; 16] = [
@@ -196,15 +196,15 @@ fn provision(lb: &mut Lb) {
     }
     let backends = &mut lb.h.maps_mut().backends6;
     let valid = backend_flags::VALID;
-    for (id, ip, flags) in [
-        (LOCAL_ID, POD6, valid | backend_flags::LOCAL),
-        (REMOTE_ID, POD6_REMOTE, valid),
+    let node6 = |a: &str| a.parse::<std::net::Ipv6Addr>().expect("address").octets();
+    for (id, ip, node, flags) in [
+        (LOCAL_ID, POD6, [0; 16], valid | backend_flags::LOCAL),
+        (REMOTE_ID, POD6_REMOTE, node6(PEER_NODE6_ADDR), valid),
     ] {
         backends
-            .insert(id, BackendValue6::new(ip, [0; 16], POD_PORT, flags), 0)
+            .insert(id, BackendValue6::new(ip, node, POD_PORT, flags), 0)
             .expect("backends6");
     }
-    let node6 = |a: &str| a.parse::<std::net::Ipv6Addr>().expect("address").octets();
     let direct = valid | backend_flags::DIRECT;
     for (id, ip, node, flags) in [
         (DIRECT_ID, POD6_DIRECT, node6(PEER_NODE6_ADDR), direct),
@@ -238,6 +238,7 @@ fn provision(lb: &mut Lb) {
         (80, proto::TCP, TABLE_AT, SERVICE_ID),
         (80, proto::UDP, TABLE_AT, SERVICE_ID + 1),
         (81, proto::TCP, REMOTE_TABLE_AT, SERVICE_ID + 2),
+        (81, proto::UDP, REMOTE_TABLE_AT, SERVICE_ID + 5),
         (84, proto::TCP, DIRECT_TABLE_AT, SERVICE_ID + 3),
         (85, proto::TCP, UNREACHABLE_TABLE_AT, SERVICE_ID + 4),
     ] {
@@ -773,15 +774,230 @@ fn ipv6_source_ranges_and_backends_on_other_nodes() {
             XDP_PASS,
             Want::C(C::LocalNewFlow),
         );
-        // Another node's pod where direct return cannot take it: IPv6 has
-        // no full NAT yet, and says so.
+        // Another node's pod where direct return cannot take it, on a node
+        // without an IPv6 address of its own: full NAT has no source.
         lb.expect_untouched(
-            "a remote IPv6 backend without direct return",
+            "a remote IPv6 backend without direct return or node address",
             &frame6(CLIENT6, VIP6, proto::TCP, tcp(CLIENT6, VIP6, 81)).build(),
             XDP_DROP,
             Want::D(D::NoRoute),
         );
     });
+}
+
+/// The pseudo-header sum an IPv6 segment's checksum field holds while it is
+/// partial (a local socket's, left for the NIC: see lb-ebpf's `partial`).
+fn partial6(f: &mut [u8], next: u8, check_at: usize) {
+    let (src, dst) = addrs(f);
+    let sum = pseudo_sum6(&src, &dst, next, f.len() - 54);
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = u16::try_from((folded & 0xffff) + (folded >> 16)).expect("folded");
+    f[54 + check_at..54 + check_at + 2].copy_from_slice(&folded.to_be_bytes());
+}
+
+/// Full NAT over IPv6 (`lb_nat6`): a flow to a pod on another node that
+/// direct return cannot take leaves from the node's IPv6 address and a NAT
+/// port for the pod, hop limit decremented, checksums right; its packets
+/// keep the port; the pod's replies to that port come back from the VIP to
+/// the client — through the kernel while the client is unresolved, to the
+/// MAC its solicitation came from once it sent one, to its neighbour entry
+/// once the kernel has one, a partial checksum finished on the way; a
+/// reply's first fragment is dropped, other traffic to the node passes.
+#[test]
+fn an_ipv6_flow_to_a_pod_on_another_node_goes_by_full_nat_and_its_replies_come_back_from_the_vip() {
+    with_lb6(|lb| {
+        let config = lb.config().with_node_ip6(NODE6);
+        lb_userspace::dataplane::writer::set_config(lb.h.maps_mut(), config).expect("config");
+        let syn = tcp_to_vip(40000, 81, 0x02, b"");
+        let out = lb.expect("SYN", &syn, XDP_TX, Want::C(C::RemoteNewFlow));
+        assert_eq!(
+            (&out[0..6], &out[6..12]),
+            (&PEER_NODE_MAC[..], &NODE_MAC[..])
+        );
+        assert_eq!(
+            addrs(&out),
+            (NODE6, POD6_REMOTE),
+            "from the node, to the pod"
+        );
+        assert_eq!(out[21], 63, "hop limit decremented");
+        let nat_port = u16::from_be_bytes([out[54], out[55]]);
+        assert!(
+            (config.nat_port_min..=config.nat_port_max).contains(&nat_port),
+            "{nat_port}"
+        );
+        assert_eq!(&out[56..58], &POD_PORT.to_be_bytes());
+        assert!(l4_verifies6(&NODE6, &POD6_REMOTE, proto::TCP, &out[54..]));
+        let key = FlowKey::v6(CLIENT6, VIP6, 40000, 81, proto::TCP);
+        let ct = lb.conntrack(&key).expect("the flow's entry");
+        assert_eq!((ct.backend_id, ct.nat_port), (REMOTE_ID, nat_port));
+        assert_ne!(ct.flags & lb_common::flow::flow_flags::REMOTE, 0);
+        let rkey = FlowKey::v6(POD6_REMOTE, NODE6, POD_PORT, nat_port, proto::TCP);
+        let r = lb.rev_nat(&rkey).expect("the reverse entry holds the port");
+        assert_eq!((r.new_src, r.new_dst), (VIP6, CLIENT6));
+        assert_eq!((r.new_sport, r.new_dport), (81, 40000));
+
+        // Retransmitted: same port, nothing new.
+        let out = lb.expect("SYN again", &syn, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(u16::from_be_bytes([out[54], out[55]]), nat_port);
+
+        // The pod's SYN-ACK, while the kernel has no neighbour entry for the
+        // client: translated and handed to the kernel, hop limit left to it.
+        let reply = |flags: u8, data: &[u8]| {
+            let mut f = Frame6::new(
+                (PEER_NODE_MAC, NODE_MAC),
+                POD6_REMOTE,
+                NODE6,
+                proto::TCP,
+                tcp6(POD6_REMOTE, POD_PORT, NODE6, nat_port, flags, data),
+            );
+            f.hop_limit = 64;
+            f.build()
+        };
+        let check_reply = |out: &[u8]| {
+            assert_eq!(addrs(out), (VIP6, CLIENT6));
+            assert_eq!(&out[54..58], &[0, 81, 0x9c, 0x40], "VIP port 81 to 40000");
+            assert!(l4_verifies6(&VIP6, &CLIENT6, proto::TCP, &out[54..]));
+        };
+        let out = lb.expect(
+            "SYN-ACK, client unresolved",
+            &reply(0x12, b""),
+            XDP_PASS,
+            Want::C(C::FibPassToKernel),
+        );
+        check_reply(&out);
+        assert_eq!(out[21], 64);
+        // The client resolves the VIP: its MAC is learned, and used.
+        lb.expect(
+            "the client's solicitation",
+            &resolve(&VIP6).build(),
+            XDP_TX,
+            Want::C(C::NdpAdvert),
+        );
+        let out = lb.expect(
+            "SYN-ACK, client learned",
+            &reply(0x12, b""),
+            XDP_TX,
+            Want::C(C::ReplyToLearnedMac),
+        );
+        check_reply(&out);
+        assert_eq!((&out[0..6], &out[6..12]), (&CLIENT_MAC[..], &NODE_MAC[..]));
+        assert_eq!(out[21], 63);
+        // Once the kernel knows the client, its entry is used; a partial
+        // checksum (a veth uplink) is finished first.
+        let mac = CLIENT_MAC.map(|b| format!("{b:02x}")).join(":");
+        let client = std::net::Ipv6Addr::from(CLIENT6).to_string();
+        let st = std::process::Command::new("ip")
+            .args(["-6", "neigh", "replace", &client, "lladdr", &mac])
+            .args(["dev", "v0", "nud", "permanent"])
+            .status()
+            .expect("ip neigh");
+        assert!(st.success());
+        let mut partial = reply(0x10, b"HTTP/1.1 200 OK\r\n\r\n");
+        partial6(&mut partial, proto::TCP, 16);
+        let before = lb.counts();
+        let out = lb.expect(
+            "data, partial checksum",
+            &partial,
+            XDP_TX,
+            Want::C(C::RemoteReply),
+        );
+        check_reply(&out);
+        assert_eq!(lb.counts().minus(&before).c(C::PartialChecksumCompleted), 1);
+        assert_eq!(&out[0..6], &CLIENT_MAC);
+
+        // The client's ACK keeps the flow's port and next hop.
+        let ack = tcp_to_vip(40000, 81, 0x10, b"");
+        let out = lb.expect("ACK", &ack, XDP_TX, Want::C(C::RemoteEstablished));
+        assert_eq!(addrs(&out), (NODE6, POD6_REMOTE));
+        assert_eq!(u16::from_be_bytes([out[54], out[55]]), nat_port);
+        assert!(l4_verifies6(&NODE6, &POD6_REMOTE, proto::TCP, &out[54..]));
+
+        let udp_port = udp_by_full_nat(lb);
+        assert_eq!(lb.traffic(m::BACKEND_STATS, REMOTE_ID).0, 4);
+        fragments_and_node_traffic(lb, udp_port);
+    });
+}
+
+/// UDP by full NAT over IPv6, both ways; returns the flow's NAT port.
+fn udp_by_full_nat(lb: &mut Lb) -> u16 {
+    let q = frame6(
+        CLIENT6,
+        VIP6,
+        proto::UDP,
+        udp6(CLIENT6, 5353, VIP6, 81, b"query"),
+    );
+    let out = lb.expect("UDP", &q.build(), XDP_TX, Want::C(C::RemoteNewFlow));
+    assert_eq!(addrs(&out), (NODE6, POD6_REMOTE));
+    let udp_port = u16::from_be_bytes([out[54], out[55]]);
+    assert!(l4_verifies6(&NODE6, &POD6_REMOTE, proto::UDP, &out[54..]));
+    let a = Frame6::new(
+        (PEER_NODE_MAC, NODE_MAC),
+        POD6_REMOTE,
+        NODE6,
+        proto::UDP,
+        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port, b"answer"),
+    );
+    let out = lb.expect("UDP answer", &a.build(), XDP_TX, Want::C(C::RemoteReply));
+    assert_eq!(addrs(&out), (VIP6, CLIENT6));
+    assert_eq!(&out[54..58], &[0, 81, 0x14, 0xe9]);
+    assert!(l4_verifies6(&VIP6, &CLIENT6, proto::UDP, &out[54..]));
+    udp_port
+}
+
+/// For [`an_ipv6_flow_to_a_pod_on_another_node_goes_by_full_nat_and_its_replies_come_back_from_the_vip`],
+/// with `udp_port` the NAT port of its UDP flow: a reply's first fragment
+/// cannot be delivered, and is dropped; the other fragments, and traffic
+/// to the node off the flows' NAT ports, are the node's.
+fn fragments_and_node_traffic(lb: &mut Lb, udp_port: u16) {
+    // A reply's first fragment cannot be delivered: dropped; the
+    // others, and traffic to the node off the NAT ports, are the node's.
+    let mut frag = Frame6::new(
+        (PEER_NODE_MAC, NODE_MAC),
+        POD6_REMOTE,
+        NODE6,
+        44,
+        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port, b"big answer"),
+    );
+    frag.ext = vec![proto::UDP, 0, 0, 1, 0, 0, 0, 7];
+    lb.expect_untouched(
+        "first fragment",
+        &frag.build(),
+        XDP_DROP,
+        Want::D(D::FragmentedReply),
+    );
+    frag.ext = vec![proto::UDP, 0, 0, 0xb9, 0, 0, 0, 7];
+    lb.expect_untouched(
+        "later fragment",
+        &frag.build(),
+        XDP_PASS,
+        Want::C(C::PassNodeFragment),
+    );
+    let ssh = Frame6::new(
+        (CLIENT_MAC, NODE_MAC),
+        CLIENT6,
+        NODE6,
+        proto::TCP,
+        tcp6(CLIENT6, 40000, NODE6, 22, 0x02, b""),
+    );
+    lb.expect_untouched(
+        "to the node",
+        &ssh.build(),
+        XDP_PASS,
+        Want::C(C::PassNodeTraffic),
+    );
+    let stray = Frame6::new(
+        (PEER_NODE_MAC, NODE_MAC),
+        POD6_REMOTE,
+        NODE6,
+        proto::UDP,
+        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port.wrapping_add(1), b"x"),
+    );
+    lb.expect_untouched(
+        "no flow's port",
+        &stray.build(),
+        XDP_PASS,
+        Want::C(C::PassNodeTraffic),
+    );
 }
 
 /// Direct return over IPv6: a flow to a pod on the peer node leaves for
@@ -867,6 +1083,13 @@ fn an_ipv6_flow_to_a_pod_on_a_direct_return_node_goes_there_as_it_came() {
                 &f.build(),
                 XDP_DROP,
                 Want::D(D::NoRoute),
+            );
+        }
+        for id in [ROUTED_ID, NO_NEIGH_ID] {
+            assert_eq!(
+                lb.traffic(m::BACKEND_STATS, id).0,
+                0,
+                "backend {id} counted traffic it never got"
             );
         }
 

@@ -122,6 +122,31 @@ fn egress_prog_id(
     }
 }
 
+/// The interface's first global IPv6 address comes with its prefix length:
+/// the agent's IPv6 segment (which pods on other nodes direct return may
+/// reach, the rest going by full NAT).
+#[test]
+fn the_interface_lookup_reads_the_ipv6_address_with_its_prefix() {
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(1)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let before = in_netns(node.ns(), || Interface::lookup("eth0"))
+        .expect("netns")
+        .expect("eth0");
+    assert_eq!((before.ipv6, before.ipv6_prefix_len), (None, None));
+    topo.ipv6_node(1).expect("IPv6 on node 1");
+    let iface = in_netns(node.ns(), || Interface::lookup("eth0"))
+        .expect("netns")
+        .expect("eth0");
+    assert_eq!(
+        (iface.ipv6, iface.ipv6_prefix_len),
+        (Some(onehop_testkit::topology::node_ip6(1)), Some(64))
+    );
+}
+
 #[test]
 fn attach_then_restart_adopts_pins_and_swaps_programs_then_cleanup_detaches() {
     let topo = Topology::builder()
@@ -641,6 +666,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
         mac: topo.node(1).mac().octets(),
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
+        segment6: None,
     };
     let file = |extra: &str, v6: &str| {
         services_file::parse(&readback_file(topo.node(1).ip(), extra, v6), &limits)

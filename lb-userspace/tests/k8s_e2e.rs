@@ -2146,6 +2146,60 @@ fn ipv6_direct_return_reaches_pods_on_other_nodes_with_the_clients_address() {
     }
 }
 
+/// Full NAT over IPv6 (direct return off): the announcer of an IPv6-only
+/// Service sends flows to other nodes' IPv6 pods from its own IPv6 address
+/// and a NAT port, and translates their replies back; `curl -6`'s requests
+/// reach every pod, the announcer's own seeing the client and the others
+/// the announcer.
+#[test]
+fn ipv6_full_nat_reaches_pods_on_other_nodes_from_the_announcers_address() {
+    use lb_common::Counter;
+    let k = K8s::new(3);
+    let _servers6 = serve_ipv6_in_every_pod(&k);
+    k.dual_stack_nodes();
+    let vip6: Ipv6Addr = "fd00:60::301".parse().expect("an IPv6 address");
+    let names = k.node_names(3);
+    let owner =
+        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
+    k.put_service(
+        "web6",
+        VIP,
+        &json!({
+            "spec": { "ipFamilies": ["IPv6"] },
+            "status": { "loadBalancer": { "ingress": [{ "ip": vip6.to_string() }] } }
+        }),
+    );
+    let pods6: Vec<(u8, String)> = (1..=3).map(|i| (i, pod_ip6(i, 1).to_string())).collect();
+    let pods6: Vec<(u8, &str)> = pods6.iter().map(|(i, ip)| (*i, ip.as_str())).collect();
+    k.put(&k.endpoints6("web6", &pods6));
+    for i in 1..=3 {
+        k.start_agent_with(i, &["--direct-return=false"]);
+    }
+    k.c.wait_for(owner, "announcing, all three IPv6 pods", |s| {
+        announces(s, vip6) && pods_in_use(s) == 3
+    });
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let a = k.answer_via(vip6);
+        let local = a.pod == format!("node{owner}-pod1");
+        let want = if local {
+            IpAddr::V6(CLIENT_IP6)
+        } else {
+            IpAddr::V6(node_ip6(owner))
+        };
+        assert_eq!(a.client.ip(), want, "what {} sees", a.pod);
+        pods.insert(a.pod);
+    }
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let s = k.c.snapshot(owner).expect("maps");
+    assert!(s.counter(Counter::RemoteNewFlow) > 0);
+    assert!(
+        s.counter(Counter::RemoteReply) + s.counter(Counter::ReplyToLearnedMac) > 0,
+        "replies translated in XDP"
+    );
+    assert_eq!(s.counter(Counter::DirectNewFlow), 0);
+}
+
 /// Whether node `node`'s pods are direct-return backends in `s`.
 fn direct_to(k: &K8s, s: &Snapshot, node: u8) -> bool {
     let ip = k.c.topo.node(node).ip();

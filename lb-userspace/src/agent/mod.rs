@@ -344,6 +344,11 @@ impl MapOwner {
                 .ipv4
                 .zip(self.iface.ipv4_prefix_len)
                 .map(|(addr, prefix_len)| Cidr::v4(addr, prefix_len)),
+            segment6: self
+                .iface
+                .ipv6
+                .zip(self.iface.ipv6_prefix_len)
+                .map(|(addr, prefix_len)| Cidr::v6(addr, prefix_len)),
         })
     }
 

@@ -395,9 +395,10 @@ pub fn attach(
 
 /// The XDP programs the ingress path tail-calls, by their slot of
 /// `xdp_programs`.
-const XDP_TAIL_CALLS: [(&str, u32); 2] = [
+const XDP_TAIL_CALLS: [(&str, u32); 3] = [
     (programs::INGRESS6, xdp_slot::INGRESS6),
     (programs::SERVICE6, xdp_slot::SERVICE6),
+    (programs::NAT6, xdp_slot::NAT6),
 ];
 
 /// Puts the loaded programs that `lb_ingress`, `lb_ingress6` and `lb_egress`

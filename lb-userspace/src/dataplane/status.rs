@@ -10,7 +10,7 @@
 //! | `formatVersion` | `1` |
 //! | `interface`, `ifindex` | the interface the data path is attached to |
 //! | `configured` | `false`: the agent never configured it (all traffic passes) |
-//! | `node.ip`, `node.mac` | this node's address and MAC as the data path uses them |
+//! | `node.ip`, `node.ip6`, `node.mac` | this node's address, IPv6 address (`null`: none) and MAC as the data path uses them (the addresses are the sources of full NAT) |
 //! | `natPorts.min`, `natPorts.max` | source ports for remote backends |
 //! | `directReturn` | whether new flows to backends flagged `direct` leave by direct server return |
 //! | `vips[]` | `ip` (IPv4 or IPv6), and booleans `service` (a service address), `announced` (this node answers ARP or, for IPv6, Neighbor Solicitations for it), `node` (the node's own address) |
@@ -29,7 +29,7 @@
 use std::{
     collections::BTreeSet,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context as _, Result};
@@ -415,7 +415,7 @@ pub fn render_json(ifname: &str, s: &Snapshot) -> Value {
         "interface": ifname,
         "ifindex": c.ifindex,
         "configured": c.ready != 0,
-        "node": { "ip": Ipv4Addr::from(c.node_ip).to_string(), "mac": fmt_mac(c.mac) },
+        "node": node_json(c),
         "natPorts": { "min": c.nat_port_min, "max": c.nat_port_max },
         "directReturn": direct_return(c),
         "vips": vips,
@@ -529,14 +529,29 @@ fn services_section(o: &mut String, s: &Snapshot) {
     }
 }
 
+/// `node` of the JSON status.
+fn node_json(c: &DatapathConfig) -> Value {
+    json!({
+        "ip": Ipv4Addr::from(c.node_ip).to_string(),
+        "ip6": node_ip6(c).map(|a| a.to_string()),
+        "mac": fmt_mac(c.mac),
+    })
+}
+
+/// The node's IPv6 address, the source of IPv6 full NAT, if it has one.
+fn node_ip6(c: &DatapathConfig) -> Option<Ipv6Addr> {
+    (c.node_ip6 != [0; 16]).then(|| Ipv6Addr::from(c.node_ip6))
+}
+
 pub fn render(ifname: &str, s: &Snapshot) -> String {
     let mut o = String::new();
     let c = &s.config;
     let _ = writeln!(
         o,
-        "interface {ifname} (ifindex {}): node {} mac {} nat ports {}-{}{}{}",
+        "interface {ifname} (ifindex {}): node {}{} mac {} nat ports {}-{}{}{}",
         c.ifindex,
         Ipv4Addr::from(c.node_ip),
+        node_ip6(c).map_or(String::new(), |a| format!(" {a}")),
         fmt_mac(c.mac),
         c.nat_port_min,
         c.nat_port_max,

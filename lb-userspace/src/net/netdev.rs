@@ -23,6 +23,8 @@ pub struct Interface {
     /// First global IPv6 address on the interface (not link-local), if any:
     /// the node's IPv6 address unless the services file sets `node.ip6`.
     pub ipv6: Option<Ipv6Addr>,
+    /// Its prefix length (the interface's IPv6 subnet).
+    pub ipv6_prefix_len: Option<u8>,
 }
 
 impl Interface {
@@ -40,7 +42,7 @@ impl Interface {
             return Err(io::Error::last_os_error())
                 .with_context(|| format!("no interface {name:?}"));
         }
-        let (addr, ipv6) =
+        let (addr, addr6) =
             first_addresses(name).with_context(|| format!("reading the addresses of {name}"))?;
         Ok(Self {
             name: name.to_owned(),
@@ -48,7 +50,8 @@ impl Interface {
             mac: hw_addr(name).with_context(|| format!("reading the MAC of {name}"))?,
             ipv4: addr.map(|(ip, _)| ip),
             ipv4_prefix_len: addr.map(|(_, len)| len),
-            ipv6,
+            ipv6: addr6.map(|(ip, _)| ip),
+            ipv6_prefix_len: addr6.map(|(_, len)| len),
         })
     }
 }
@@ -139,12 +142,13 @@ fn hw_addr(name: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// An interface's first IPv4 address with its prefix length, and its first
-/// global IPv6 address.
-type Addresses = (Option<(Ipv4Addr, u8)>, Option<Ipv6Addr>);
+/// An interface's first IPv4 address and its first global IPv6 address,
+/// each with its prefix length.
+type Addresses = (Option<(Ipv4Addr, u8)>, Option<(Ipv6Addr, u8)>);
 
-/// The first IPv4 address of `name` with its prefix length, and its first
-/// global IPv6 address (link-local ones name no node beyond the link).
+/// The first IPv4 address of `name` and its first global IPv6 address
+/// (link-local ones name no node beyond the link), each with its prefix
+/// length.
 fn first_addresses(name: &str) -> Result<Addresses> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: head is a valid out-pointer; freed with freeifaddrs below.
@@ -174,7 +178,24 @@ fn first_addresses(name: &str) -> Result<Addresses> {
             let sin6 = unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned() };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             if !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_multicast() {
-                found6 = Some(ip);
+                let len = if ifa.ifa_netmask.is_null() {
+                    128
+                } else {
+                    // SAFETY: a non-null netmask of an AF_INET6 entry is a
+                    // sockaddr_in6 too; read unaligned as above.
+                    let m = unsafe {
+                        ifa.ifa_netmask
+                            .cast::<libc::sockaddr_in6>()
+                            .read_unaligned()
+                    };
+                    #[expect(
+                        clippy::cast_possible_truncation,
+                        reason = "a u128 has at most 128 leading ones"
+                    )]
+                    let len = u128::from_be_bytes(m.sin6_addr.s6_addr).leading_ones() as u8;
+                    len
+                };
+                found6 = Some((ip, len));
             }
         }
         if family == libc::AF_INET && found.is_none() {

@@ -446,6 +446,14 @@ impl Cidr {
         }
     }
 
+    /// An IPv6 network (`prefix_len <= 128`), host bits cleared.
+    pub fn v6(addr: Ipv6Addr, prefix_len: u8) -> Self {
+        Self {
+            addr: masked(IpAddr::V6(addr), prefix_len.min(128)),
+            prefix_len: prefix_len.min(128),
+        }
+    }
+
     /// Parses `a.b.c.d/len` or `x::y/len`, rejecting host bits.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (addr, prefix_len) = split_cidr(s, false)?;

@@ -65,6 +65,10 @@ pub struct Node {
     /// on nodes in it may be reached by direct server return. `None` (no
     /// address on the interface, or a /32): none is.
     pub segment: Option<Cidr>,
+    /// The same for IPv6: the prefix of the interface's first global IPv6
+    /// address (`None`: no IPv6 pod on another node is reached by direct
+    /// return; full NAT takes them).
+    pub segment6: Option<Cidr>,
 }
 
 /// Key of the `src_ranges` LPM trie, ordered by service id, address, then
@@ -726,6 +730,7 @@ fn plan_with(
         ))
         .with_hash_seed(node.hash_seed)
         .with_flow_sets(limits.flow_sets)
+        .with_node_ip6(node.ip6.map_or([0; 16], |a| a.octets()))
         .with_flags(if file.direct_return.on() {
             config_flags::DIRECT_RETURN
         } else {
@@ -932,17 +937,16 @@ fn plan_backends(
 }
 
 /// Whether a backend on the node `node_ip` (not this one) is reached by
-/// direct server return: only on this node's segment, where the frame can
-/// be addressed to that node's MAC; beyond a router it would come back to
-/// the announcer. The data path checks the FIB's next hop again, and for an
-/// IPv6 node that check is the only one (the node knows its IPv4 segment
-/// only): one beyond a router gets its packets dropped (`no_route`), as it
-/// would without direct return, IPv6 having no full NAT yet.
+/// direct server return: only on this node's segment of that family, where
+/// the frame can be addressed to that node's MAC; beyond a router it would
+/// come back to the announcer, and full NAT takes it. The data path checks
+/// the FIB's next hop again.
 fn direct_to(direct_return: &DirectReturn, node: &Node, node_ip: IpAddr) -> bool {
-    let on_segment = match node_ip {
-        IpAddr::V4(_) => node.segment.is_some_and(|s| s.contains(node_ip)),
-        IpAddr::V6(_) => true,
+    let segment = match node_ip {
+        IpAddr::V4(_) => node.segment,
+        IpAddr::V6(_) => node.segment6,
     };
+    let on_segment = segment.is_some_and(|s| s.contains(node_ip));
     !node_ip.is_unspecified() && on_segment && direct_return.allows(node_ip)
 }
 

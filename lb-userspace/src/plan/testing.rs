@@ -16,6 +16,7 @@ pub const NODE: Node = Node {
     mac: [2, 0, 0, 0, 0, 1],
     hash_seed: 0x5eed_0001,
     segment: None,
+    segment6: None,
 };
 
 /// Default limits with a Maglev array small enough to fill in a test.

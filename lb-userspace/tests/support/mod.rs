@@ -353,6 +353,7 @@ impl Lb {
             mac: node_mac,
             hash_seed: HASH_SEED,
             segment: Some(SEGMENT),
+            segment6: None,
         };
         let h = Harness::load(object, &sizes, node).unwrap_or_else(|e| {
             // A rejected program's verifier log runs to megabytes; its verdict

@@ -64,6 +64,8 @@ pub const DIRECT_NODE: [u8; 4] = [10, 200, 0, 3];
 pub const DIRECT_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 /// The node's segment (`v0`'s subnet): direct return only reaches nodes in it.
 pub const SEGMENT: &str = "10.200.0.0/24";
+/// Its IPv6 subnet (`NODE_IP6`'s, on `v0`).
+pub const SEGMENT6: &str = "2001:db8::/64";
 /// The target services' VIP (announced: ARP is answered for it).
 pub const VIP: [u8; 4] = [192, 0, 2, 10];
 /// Port of the target service whose backends all run on this node.
@@ -79,9 +81,12 @@ pub const NODE_IP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0001);
 pub const CLIENT6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0050);
 pub const PEER_NODE6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0002);
 pub const VIP6: [u8; 16] = v6(0x2001_0db8_0000_0000_0000_0000_0000_0010);
-/// Port of the IPv6 target service (`[VIP6]`), whose backends all run on
-/// this node (pods on other nodes are not served over IPv6 yet).
+/// Port of the IPv6 target service (`[VIP6]`) whose backends all run on
+/// this node.
 pub const LOCAL6_PORT: u16 = 80;
+/// Port of the IPv6 target service whose pods all run on the peer node
+/// (`PEER_NODE6`, reached by full NAT).
+pub const REMOTE6_PORT: u16 = 81;
 /// Port of the IPv6 target service whose pods all run on the direct-return
 /// node (`DIRECT_NODE6`, the same node as `DIRECT_NODE`).
 pub const DIRECT6_PORT: u16 = 82;
@@ -104,6 +109,7 @@ pub const EST_REMOTE_PORT: u16 = 901;
 pub const EST_DIRECT_PORT: u16 = 902;
 pub const EST_LOCAL6_PORT: u16 = 903;
 pub const EST_DIRECT6_PORT: u16 = 904;
+pub const EST_REMOTE6_PORT: u16 = 905;
 /// NAT source ports for remote flows: as wide as possible (see README).
 pub const NAT_MIN: u16 = 1024;
 pub const NAT_MAX: u16 = 65535;
@@ -117,9 +123,9 @@ pub const FRAME_LEN: usize = 60;
 /// by the end of a run (see `simulate_nat` and the README).
 pub const FILLER_BACKENDS: u32 = 3;
 pub const TARGET_BACKENDS: u32 = 16;
-/// The five target services (local, remote by full NAT, remote by direct
-/// return; local and direct return over IPv6).
-pub const TARGETS: u32 = 5;
+/// The six target services (local, remote by full NAT, remote by direct
+/// return; the same three over IPv6).
+pub const TARGETS: u32 = 6;
 
 /// Source ports of the wrapper's new-flow sequence (1024..=65535; lb-ebpf
 /// `bench.rs`).
@@ -251,6 +257,12 @@ pub fn model(n: u32) -> NodeServices {
             DIRECT6_PORT,
             target6(1, DIRECT_NODE6),
         ),
+        service(
+            "target-remote6".into(),
+            Ipv6Addr::from(VIP6).into(),
+            REMOTE6_PORT,
+            target6(2, PEER_NODE6),
+        ),
     ];
     let mut announce = std::collections::BTreeSet::from([vip.into(), Ipv6Addr::from(VIP6).into()]);
     for i in TARGETS..n {
@@ -346,6 +358,7 @@ impl Lb {
             mac: NODE_MAC,
             hash_seed: lb_common::hash::PUBLIC_SEED,
             segment: Some(Cidr::parse(SEGMENT).map_err(anyhow::Error::msg)?),
+            segment6: Some(Cidr::parse(SEGMENT6).map_err(anyhow::Error::msg)?),
         };
         let mut h = Harness::load(object, &map_sizes, node)?;
         for name in PROGRAMS {
@@ -550,6 +563,12 @@ impl Lb {
                 EST_DIRECT6_PORT,
                 XDP_TX,
                 Counter::DirectNewFlow,
+            ),
+            (
+                REMOTE6_PORT,
+                EST_REMOTE6_PORT,
+                XDP_TX,
+                Counter::RemoteNewFlow,
             ),
         ] {
             let key = FlowKey::v6(CLIENT6, VIP6, sport, dport, proto::TCP);

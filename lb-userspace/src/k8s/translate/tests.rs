@@ -440,6 +440,7 @@ fn named_port_resolves_per_slice() {
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
+        segment6: None,
     };
     let state = crate::plan::state::plan(
         &crate::plan::state::DataplaneState::default(),
@@ -617,6 +618,7 @@ fn translation_plans_like_a_file() {
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
+        segment6: None,
     };
     let state = plan(
         &DataplaneState::default(),
@@ -770,6 +772,7 @@ fn ipv6_only_source_ranges_deny_every_ipv4_client() {
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
+        segment6: None,
     };
     for (name, ranges, denied) in &cases {
         let svc = service(
@@ -921,6 +924,7 @@ fn plan_of(t: &Translation) -> crate::plan::state::DataplaneState {
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
+        segment6: None,
     };
     plan(
         &DataplaneState::default(),
@@ -1211,6 +1215,7 @@ fn a_dual_stack_service_plans_both_families() {
         mac: [2, 0, 0, 0, 0, 1],
         hash_seed: lb_common::hash::PUBLIC_SEED,
         segment: None,
+        segment6: None,
     };
     let state = crate::plan::state::plan(
         &crate::plan::state::DataplaneState::default(),

@@ -81,6 +81,7 @@ fn plans_every_map() {
             true
         )
         .with_hash_seed(0x5eed_0001)
+        .with_node_ip6(NODE.ip6.expect("the test node's IPv6 address").octets())
     );
     assert_eq!(
         s.vips,
@@ -309,9 +310,14 @@ fn node_changes_update_flags_and_config() {
         mac: [2, 0, 0, 0, 0, 2],
         hash_seed: 0x5eed_0002,
         segment: None,
+        segment6: None,
     };
     let b = plan(&a, &parse(FILE), &other, &limits()).unwrap();
     assert_eq!(b.config.node_ip, [192, 168, 50, 11]);
+    assert_eq!(
+        b.config.node_ip6, [0; 16],
+        "no IPv6 address: no IPv6 full NAT"
+    );
     assert_eq!(b.config.hash_seed, 0x5eed_0002, "the seed is the node's");
     assert_eq!(b.config.ifindex, 9);
     assert_eq!(b.vips.get(&[192, 168, 50, 11]), Some(&vip_flags::NODE));
@@ -1239,18 +1245,25 @@ fn plans_the_ipv6_maps() {
 
 /// IPv6 pods on other nodes get direct return by their node's IPv6
 /// address, as IPv4 ones by their node's IPv4 address: in the services
-/// file for every node, with Kubernetes for the live ones only; never for a
-/// pod whose node is known by its IPv4 address alone (no IPv6 next hop).
+/// file for every node on the interface's IPv6 segment, with Kubernetes for
+/// the live ones only; never for a pod whose node is known by its IPv4
+/// address alone (no IPv6 next hop) or beyond a router, nor on a node
+/// without an IPv6 segment (full NAT takes those).
 #[test]
 fn direct_return_marks_ipv6_backends_by_their_nodes_ipv6_address() {
-    let node = Node {
+    let mut node = Node {
         segment: Some(Cidr::parse("192.168.50.0/24").unwrap()),
+        segment6: Some(Cidr::parse("fd00:50::/64").unwrap()),
         ..NODE
     };
-    let flags_of = |direct: DirectReturn| {
-        let mut file = parse(FILE6);
+    let text = FILE6.replace(
+        "  - name: quiet6",
+        "      - { ip: \"fd00:42::b\", node_ip: \"fd00:51::11\" }\n  - name: quiet6",
+    );
+    let flags_of = |direct: DirectReturn, node: &Node| {
+        let mut file = parse(&text);
         file.direct_return = direct;
-        let s = plan(&DataplaneState::default(), &file, &node, &limits()).unwrap();
+        let s = plan(&DataplaneState::default(), &file, node, &limits()).unwrap();
         let by_pod: BTreeMap<Ipv6Addr, u16> = s
             .backends6
             .values()
@@ -1260,8 +1273,9 @@ fn direct_return_marks_ipv6_backends_by_their_nodes_ipv6_address() {
     };
     let direct = |f: u16| f & backend_flags::DIRECT != 0;
     let pod = |a: &str| a.parse::<Ipv6Addr>().unwrap();
-    let (all, config) = flags_of(DirectReturn::Segment);
+    let (all, config) = flags_of(DirectReturn::Segment, &node);
     assert_eq!(config, config_flags::DIRECT_RETURN);
+    assert!(!direct(all[&pod("fd00:42::b")]), "a node beyond a router");
     assert!(!direct(all[&pod("fd00:42::5")]), "local");
     assert!(
         direct(all[&pod("fd00:42::7")]),
@@ -1271,15 +1285,27 @@ fn direct_return_marks_ipv6_backends_by_their_nodes_ipv6_address() {
         !direct(all[&pod("fd00:42::9")]),
         "a node known by its IPv4 address only"
     );
-    let (live, _) = flags_of(DirectReturn::Nodes(BTreeSet::from([ip("fd00:50::11")])));
+    let (live, _) = flags_of(
+        DirectReturn::Nodes(BTreeSet::from([ip("fd00:50::11")])),
+        &node,
+    );
     assert!(direct(live[&pod("fd00:42::7")]), "a live peer");
-    let (other, _) = flags_of(DirectReturn::Nodes(BTreeSet::from([ip("192.168.50.11")])));
+    let (other, _) = flags_of(
+        DirectReturn::Nodes(BTreeSet::from([ip("192.168.50.11")])),
+        &node,
+    );
     assert!(
         other.values().all(|&f| !direct(f)),
         "live by its IPv4 address only: its IPv6 pods' node is another name"
     );
-    let (off, _) = flags_of(DirectReturn::Off);
+    let (off, _) = flags_of(DirectReturn::Off, &node);
     assert!(off.values().all(|&f| !direct(f)), "{off:?}");
+    node.segment6 = None;
+    let (none, _) = flags_of(DirectReturn::Segment, &node);
+    assert!(
+        none.values().all(|&f| !direct(f)),
+        "no IPv6 segment: {none:?}"
+    );
 }
 
 /// Both families side by side: one space of service ids, backend ids and
