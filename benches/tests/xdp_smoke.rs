@@ -10,7 +10,7 @@ use std::process::Command;
 fn every_bench_xdp_case_takes_its_path_at_two_service_counts() {
     let out = std::env::temp_dir().join(format!("onehop-xdp-smoke-{}.txt", std::process::id()));
     let run = Command::new(env!("CARGO_BIN_EXE_bench-xdp"))
-        .args(["--runs", "1", "--services", "5,200"])
+        .args(["--runs", "1", "--services", "6,200"])
         .args(["--repeat", "2000", "--repeat-new", "2000"])
         .arg("--out")
         .arg(&out)
@@ -39,8 +39,10 @@ fn every_bench_xdp_case_takes_its_path_at_two_service_counts() {
         "established_local6",
         "new_flow_direct6",
         "established_direct6",
+        "new_flow_remote6",
+        "established_remote6",
     ] {
-        for n in [5, 200] {
+        for n in [6, 200] {
             let line = format!("case={case} services={n} ns_per_pkt=");
             assert!(report.contains(&line), "no {line} in the report:\n{report}");
         }

@@ -539,9 +539,9 @@ pub struct FlowScratch {
     /// (0: none), and that flow's `last_seen_ns` (the compare-and-swap's
     /// expected value).
     pub spare_port: u16,
-    /// `lb_service6` to `lb_nat6`: non-zero when the flow has an entry (an
-    /// established flow, its entry looked up again there), zero for a new
-    /// one.
+    /// `lb_service6` to `lb_nat6`: whether the flow has an entry, and
+    /// whether `lb_nat6` must find it again (lb-ebpf's `nat6::NEW`,
+    /// `LOOK_UP`, `CACHED`).
     pub established: u16,
     pub spare_last: u64,
 }

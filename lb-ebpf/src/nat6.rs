@@ -39,7 +39,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Counter, DatapathConfig, DropReason, HostKey,
+    BackendValue6, ConntrackValue, Counter, DatapathConfig, DropReason, FlowScratch, HostKey,
     flow::{flow_flags, same_addr},
     proto, vip_flags,
 };
@@ -60,6 +60,14 @@ use crate::{
     stats,
     verdict::Outcome,
 };
+
+/// What `lb_service6` tells `lb_nat6` of a flow (`FlowScratch::established`):
+/// a new one; an established one whose entry is due for a refresh or has
+/// no next hop cached (found again here); one with nothing due, its NAT
+/// port and cached next hop in the slot's `ctv`.
+pub const NEW: u16 = 0;
+pub const LOOK_UP: u16 = 1;
+pub const CACHED: u16 = 2;
 
 /// The whole program.
 #[inline(always)]
@@ -85,7 +93,8 @@ pub fn process(ctx: &XdpContext) -> u32 {
 
 /// A flow's packet, `lb_service6` having chosen its backend: the flow's
 /// key, its entry as it would be created (backend, service, state, time)
-/// and, for a flow that has one, `established` are in the scratch slot.
+/// and what it knows of the flow's entry (`established`: [`NEW`],
+/// [`LOOK_UP`], [`CACHED`]) are in the scratch slot.
 #[inline(always)]
 fn to_backend(
     ctx: &XdpContext,
@@ -99,12 +108,12 @@ fn to_backend(
         return Outcome::Drop(DropReason::MapUpdate);
     };
     // SAFETY: this CPU's scratch slot, ours for this run.
-    let (backend_id, established, proto) =
-        unsafe { ((*s).ctv.backend_id, (*s).established != 0, (*s).key.proto) };
-    let out = forward_nat(ctx, cur, eth, ip, cfg, backend_id, established);
+    let (backend_id, mode, proto) =
+        unsafe { ((*s).ctv.backend_id, (*s).established, (*s).key.proto) };
+    let out = forward_nat(ctx, cur, eth, ip, cfg, backend_id, mode);
     match out {
         Outcome::Drop(_) => {
-            if !established && proto == proto::TCP {
+            if mode == NEW && proto == proto::TCP {
                 // The token `lb_service6` drew for this flow (see `guard`).
                 guard::refund();
             }
@@ -122,7 +131,7 @@ fn forward_nat(
     ip: &mut Ipv6Hdr,
     cfg: &DatapathConfig,
     backend_id: u32,
-    established: bool,
+    mode: u16,
 ) -> Outcome {
     if cfg.node_ip6 == [0; 16] {
         // The node has no IPv6 address to translate from.
@@ -149,32 +158,8 @@ fn forward_nat(
     let Some(s) = conntrack::scratch() else {
         return Outcome::Drop(DropReason::MapUpdate);
     };
-    // SAFETY: this CPU's scratch slot, ours for this run: the flow's key
-    // and staged entry, which `lb_service6` wrote.
-    let (key, state, now) = unsafe { (&(*s).key, (*s).ctv.state, (*s).ctv.last_seen_ns) };
-    let mut port = 0u16;
-    let mut ct = None;
-    if established && let Some(c) = flowtable::lookup::<V6>(key) {
-        // SAFETY: conntrack value pointer from this run; read by value.
-        let p = unsafe { (*c).nat_port };
-        let reply = ReplyKey::<V6> {
-            backend: &b.ip,
-            backend_port: b.port,
-            peer: &cfg.node_ip6,
-            peer_port: p,
-        };
-        if p != 0 && conntrack::refresh(c, key, reply, state, now) {
-            port = p;
-            ct = Some(c);
-        } else {
-            // The port went to another flow (see `ingress::to_remote`):
-            // go on as a new flow.
-            flowtable::remove::<V6>(key);
-            stats::count(Counter::NatPortLost);
-        }
-    }
-    let cached = ct.and_then(|c| conntrack::cached_hop(c, now));
-    let hop = if let Some(h) = cached {
+    let Known { mut port, ct, hop } = known(s, b, cfg, mode);
+    let hop = if let Some(h) = hop {
         h
     } else {
         // Over the slot's reverse entry, which the flow's creation below
@@ -227,6 +212,71 @@ fn forward_nat(
     );
     ip.hop_limit -= 1;
     forward::send(ctx, eth, &hop, counter)
+}
+
+/// What [`forward_nat`] knows of a flow before it is sent: its NAT port (0:
+/// none, it goes on as a new flow), its entry when found again here (where
+/// a freshly looked-up next hop is cached), and its cached next hop.
+struct Known {
+    port: u16,
+    ct: Option<*mut ConntrackValue>,
+    hop: Option<NextHop>,
+}
+
+/// [`Known`] of the flow staged in the scratch slot `s`, to backend `b`:
+/// from the slot itself ([`CACHED`]), or from its entry, refreshed as
+/// IPv4's remote flows' are ([`LOOK_UP`]); nothing for a new flow.
+#[inline(always)]
+fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16) -> Known {
+    // SAFETY: this CPU's scratch slot, ours for this run: the flow's key
+    // and staged entry, which `lb_service6` wrote.
+    let (key, state, now) = unsafe { (&(*s).key, (*s).ctv.state, (*s).ctv.last_seen_ns) };
+    if mode == CACHED {
+        // SAFETY: as above; `lb_service6` put the port and hop there.
+        return unsafe {
+            Known {
+                port: (*s).ctv.nat_port,
+                ct: None,
+                hop: Some(NextHop {
+                    ifindex: (*s).ctv.hop_ifindex,
+                    dmac: (*s).ctv.hop_dmac,
+                    smac: (*s).ctv.hop_smac,
+                }),
+            }
+        };
+    }
+    let none = Known {
+        port: 0,
+        ct: None,
+        hop: None,
+    };
+    if mode != LOOK_UP {
+        return none;
+    }
+    let Some(c) = flowtable::lookup::<V6>(key) else {
+        return none;
+    };
+    // SAFETY: conntrack value pointer from this run; read by value.
+    let p = unsafe { (*c).nat_port };
+    let reply = ReplyKey::<V6> {
+        backend: &b.ip,
+        backend_port: b.port,
+        peer: &cfg.node_ip6,
+        peer_port: p,
+    };
+    if p != 0 && conntrack::refresh(c, key, reply, state, now) {
+        Known {
+            port: p,
+            ct: Some(c),
+            hop: conntrack::cached_hop(c, now),
+        }
+    } else {
+        // The port went to another flow (see `ingress::to_remote`): go on
+        // as a new flow.
+        flowtable::remove::<V6>(key);
+        stats::count(Counter::NatPortLost);
+        none
+    }
 }
 
 /// A packet to the node's IPv6 address that `lb_ingress6` found on a NAT

@@ -42,6 +42,7 @@ use crate::{
     ingress6::skip_extensions,
     maps::{BACKEND_STATS, BACKENDS6, CONFIG, SERVICE_STATS, SERVICES6, XDP_PROGRAMS},
     nat::{self, L4},
+    nat6,
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr},
     service::{self, Choice},
     stats,
@@ -202,9 +203,31 @@ fn to_nat(
         return Outcome::Drop(DropReason::MapUpdate);
     };
     stage(s, service_id, backend_id, b, flow_flags::REMOTE, state, now);
+    let mode = match ct {
+        None => nat6::NEW,
+        Some(ct) => {
+            // SAFETY: conntrack value pointer from this run; read by value.
+            let (old, port) = unsafe { ((*ct).state, (*ct).nat_port) };
+            // Nothing due (as `conntrack::refresh` decides: the hop is as
+            // fresh as the timestamps): `lb_nat6` need not find the entry.
+            match conntrack::cached_hop(ct, now) {
+                Some(h) if old == state && port != 0 => {
+                    // SAFETY: this CPU's scratch slot, ours for this run.
+                    unsafe {
+                        (*s).ctv.nat_port = port;
+                        (*s).ctv.hop_ifindex = h.ifindex;
+                        (*s).ctv.hop_dmac = h.dmac;
+                        (*s).ctv.hop_smac = h.smac;
+                    }
+                    nat6::CACHED
+                }
+                _ => nat6::LOOK_UP,
+            }
+        }
+    };
     // SAFETY: this CPU's scratch slot, ours for this run, tail calls
     // included.
-    unsafe { (*s).established = u16::from(ct.is_some()) };
+    unsafe { (*s).established = mode };
     // SAFETY: a tail call from the program itself (this function is
     // inlined into it), into an XDP program of this object.
     unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::NAT6) };

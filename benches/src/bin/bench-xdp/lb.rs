@@ -658,6 +658,7 @@ fn frame6(dst: [u8; 16], dport: u16, sport: u16, flags: u8) -> Vec<u8> {
     Frame6::new((CLIENT_MAC, NODE_MAC), CLIENT6, dst, proto::TCP, l4).build()
 }
 
+const SRC6: std::ops::Range<usize> = 22..38;
 const DST6: std::ops::Range<usize> = 38..54;
 const PORTS6: std::ops::Range<usize> = 54..58;
 const CHECK6: std::ops::Range<usize> = 70..72;
@@ -666,9 +667,12 @@ const CHECK6: std::ops::Range<usize> = 70..72;
 /// output is that iteration's, not the original frame) saw `frame`, by the
 /// way its output left: for `local_*` counters, `frame` sent on to one of
 /// the local IPv6 target's pods at its target port; for `direct_*`, `frame`
-/// addressed to the direct-return node's MAC, its IP packet untouched.
-/// Either way the source and everything else is kept (the source port
-/// aside, which a new-flow run changes) and the TCP checksum verifies.
+/// addressed to the direct-return node's MAC, its IP packet untouched (in
+/// both, the source and everything else is kept, the source port aside,
+/// which a new-flow run changes); for `remote_*`, `frame` translated by full
+/// NAT: addressed to the peer node's MAC, from the node's IPv6 address to
+/// one of the remote target's pods at its target port, hop limit one less.
+/// The TCP checksum verifies in every case.
 pub fn check_out6(out: &[u8], frame: &[u8], want: Counter) -> Result<()> {
     ensure!(
         out.len() == frame.len(),
@@ -689,6 +693,31 @@ pub fn check_out6(out: &[u8], frame: &[u8], want: Counter) -> Result<()> {
                 && kept(CHECK6.end..out.len()),
             "direct return changed the IP packet"
         );
+    } else if matches!(want, Counter::RemoteNewFlow | Counter::RemoteEstablished) {
+        ensure!(
+            out[0..6] == PEER_NODE_MAC && out[6..12] == NODE_MAC,
+            "not addressed from this node to the peer node"
+        );
+        let pod = u128::from_be_bytes(dst);
+        let base = POD6_BASE + (2 << 80) + 11;
+        ensure!(
+            (base..base + u128::from(TARGET_BACKENDS)).contains(&pod),
+            "destination {} is none of the remote target's pods",
+            Ipv6Addr::from(pod)
+        );
+        ensure!(
+            out[SRC6] == NODE_IP6 && out[56..58] == 8080u16.to_be_bytes(),
+            "not from this node's address to the pods' port"
+        );
+        ensure!(
+            out[21] == frame[21] - 1 && kept(12..21),
+            "hop limit not decremented, or the header's start changed"
+        );
+        ensure!(
+            l4_verifies6(&NODE_IP6, &dst, proto::TCP, &out[PORTS6.start..]),
+            "TCP checksum broken"
+        );
+        return Ok(());
     } else {
         let pod = u128::from_be_bytes(dst);
         let pods = POD6_BASE + 11..POD6_BASE + 11 + u128::from(TARGET_BACKENDS);

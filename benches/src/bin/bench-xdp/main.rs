@@ -36,7 +36,7 @@ struct Args {
     /// Service counts to measure, ascending; at least 5 (the five target
     /// services: local backends, remote by full NAT, remote by direct
     /// return, and local backends and direct return over IPv6).
-    #[arg(long, value_delimiter = ',', default_value = "5,1000,100000")]
+    #[arg(long, value_delimiter = ',', default_value = "6,1000,100000")]
     services: Vec<u32>,
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]

@@ -1301,10 +1301,10 @@ fn direct_return_marks_ipv6_backends_by_their_nodes_ipv6_address() {
     let (off, _) = flags_of(DirectReturn::Off, &node);
     assert!(off.values().all(|&f| !direct(f)), "{off:?}");
     node.segment6 = None;
-    let (none, _) = flags_of(DirectReturn::Segment, &node);
+    let (unsegmented, _) = flags_of(DirectReturn::Segment, &node);
     assert!(
-        none.values().all(|&f| !direct(f)),
-        "no IPv6 segment: {none:?}"
+        unsegmented.values().all(|&f| !direct(f)),
+        "no IPv6 segment: {unsegmented:?}"
     );
 }
 
