@@ -95,10 +95,11 @@ numbered! {
         /// new UDP flow took the port): it goes on with a new port rather
         /// than mixing two flows at the backend.
         NatPortLost = 24 => "nat_port_lost",
-        /// An ICMP error from the client's side about a reply we sent
-        /// (quoting `VIP:port → client`), translated to quote what the
+        /// An ICMP or ICMPv6 error from the client's side about a reply we
+        /// sent (quoting `VIP:port → client`), translated to quote what the
         /// backend sent and forwarded to it (local: DNAT to the pod, passed
-        /// to the kernel; remote: full NAT to the backend's node, sent out).
+        /// to the kernel; remote: full NAT to the backend's node, sent out;
+        /// direct return: sent unchanged to the backend's node).
         IcmpErrorToBackend = 25 => "icmp_error_to_backend",
         /// An ICMP error to the node about a packet we sent to a remote
         /// backend (quoting `node:nat_port → pod`), translated to quote
@@ -112,10 +113,11 @@ numbered! {
         /// fragment of a reply of ours (non-first fragments carry no ports
         /// and cannot be told apart): passed to the kernel.
         PassNodeFragment = 28 => "pass_node_fragment",
-        /// An ICMP error leaving through `lb_egress` about a packet we
-        /// forwarded to a local backend (quoting `client → pod`, sent by
-        /// this node's kernel or a router on the pod's side), translated to
-        /// quote `client → VIP:port` and to come from the VIP.
+        /// An ICMP error leaving through `lb_egress` (an ICMPv6 error
+        /// through `lb_egress6`) about a packet we forwarded to a local
+        /// backend (quoting `client → pod`, sent by this node's kernel, a
+        /// router on the pod's side or the pod), translated to quote
+        /// `client → VIP:port` and to come from the VIP.
         EgressIcmpError = 29 => "egress_icmp_error",
         /// The first fragment of a local backend's fragmented reply,
         /// translated on egress as any reply (also counted in
@@ -210,13 +212,14 @@ numbered! {
         /// the agent died or hangs, its peers take the address over, and
         /// this node must stop claiming it. Flows keep forwarding.
         ArpStale = 16 => "arp_stale",
-        /// ICMP error to a VIP whose quoted packet belongs to no live flow
-        /// (or to a flow whose backend slot now holds another pod): the
-        /// kernel has nothing to do with a VIP.
+        /// ICMP or ICMPv6 error to a VIP whose quoted packet belongs to no
+        /// live flow (or to a flow whose backend slot now holds another
+        /// pod; for IPv6 also a quote with extension headers): the kernel
+        /// has nothing to do with a VIP.
         IcmpErrorNoFlow = 17 => "icmp_error_no_flow",
-        /// ICMP error to a VIP too short to quote an IPv4 header and eight
-        /// bytes of its transport header, or quoting no IPv4 header: never
-        /// translated.
+        /// ICMP (ICMPv6) error to a VIP too short to quote an IPv4 (IPv6)
+        /// header and eight bytes of its transport header, or quoting no
+        /// such header: never translated.
         IcmpErrorMalformed = 18 => "icmp_error_malformed",
         /// First fragment of a remote backend's fragmented reply to one of
         /// our NAT ports. Fragments are not translated (README, fragment

@@ -5,9 +5,12 @@
 //! work: a local skb may carry a partial checksum).
 //!
 //! Only a TCP or UDP header right after the IPv6 header is looked at (a
-//! pod's reply carries no extension headers); ICMPv6 errors about packets
-//! we forwarded to a pod are not translated yet. Never drops: anything it
-//! does not translate goes on as it is (`TC_ACT_UNSPEC`).
+//! pod's reply carries no extension headers). ICMPv6 errors about packets
+//! we forwarded to a local pod (DNAT), right after the IPv6 header too,
+//! are translated by `icmp6_error` (a Packet Too Big from this node's
+//! kernel when the pod's link has the smaller MTU, the pod's own errors).
+//! Never drops: anything it does not translate goes on as it is
+//! (`TC_ACT_UNSPEC`).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
@@ -19,8 +22,8 @@ use lb_common::{Counter, proto};
 use crate::{
     conntrack,
     family::V6,
-    local,
-    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr, TcpHdr, UdpHdr},
+    icmp6_error, local,
+    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr, TcpHdr, UdpHdr},
     stats,
 };
 
@@ -42,10 +45,22 @@ pub fn process(ctx: &TcContext) -> i32 {
         )]
         let _ = ctx.pull_data(want as u32);
     }
-    if let Some(rw) = reply(ctx) {
-        apply(ctx, &rw);
+    match reply(ctx) {
+        Found::Reply(rw) => apply(ctx, &rw),
+        // Inlined (see `icmp6_error`): as a call, its frame would add to
+        // this program's.
+        Found::IcmpError => return icmp6_error::egress(ctx.skb.skb),
+        Found::Other => {}
     }
     TC_ACT_UNSPEC
+}
+
+enum Found {
+    /// A local backend's reply, and its rewrite.
+    Reply(Rewrite),
+    /// An ICMPv6 error right after the IPv6 header.
+    IcmpError,
+    Other,
 }
 
 struct Rewrite {
@@ -61,25 +76,41 @@ struct Rewrite {
 /// later is copied out: the helpers that write the packet invalidate
 /// packet pointers.
 #[inline(always)]
-fn reply(ctx: &TcContext) -> Option<Rewrite> {
+fn reply(ctx: &TcContext) -> Found {
+    match rewrite_of(ctx) {
+        Ok(rw) => Found::Reply(rw),
+        Err(f) => f,
+    }
+}
+
+#[inline(always)]
+fn rewrite_of(ctx: &TcContext) -> Result<Rewrite, Found> {
     // SAFETY: the only cursor over this packet; dropped before any helper
     // writes to it.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
-    let _ = cur.take::<EthHdr>()?;
-    let ip = cur.take::<Ipv6Hdr>()?;
+    let _ = cur.take::<EthHdr>().ok_or(Found::Other)?;
+    let ip = cur.take::<Ipv6Hdr>().ok_or(Found::Other)?;
     if ip.version() != 6 {
-        return None;
+        return Err(Found::Other);
     }
     let (sport, dport, tcp_flags, udp) = match ip.next {
         proto::TCP => {
-            let t = cur.take::<TcpHdr>()?;
+            let t = cur.take::<TcpHdr>().ok_or(Found::Other)?;
             (t.sport, t.dport, t.flags, false)
         }
         proto::UDP => {
-            let u = cur.take::<UdpHdr>()?;
+            let u = cur.take::<UdpHdr>().ok_or(Found::Other)?;
             (u.sport, u.dport, 0, true)
         }
-        _ => return None,
+        proto::ICMPV6 => {
+            let h = cur.take::<IcmpHdr>().ok_or(Found::Other)?;
+            return Err(if icmp6_error::is_error(h.ty) {
+                Found::IcmpError
+            } else {
+                Found::Other
+            });
+        }
+        _ => return Err(Found::Other),
     };
     let (sport_h, dport_h) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
     let (new_src, new_sport) = match local::reply::<V6>(ip.src, sport_h, ip.dst, dport_h, ip.next) {
@@ -95,9 +126,9 @@ fn reply(ctx: &TcContext) -> Option<Rewrite> {
             conntrack::backend_packet::<V6>(r, ip.next, tcp_flags, now);
             (vip, port)
         }
-        local::Reply::None => return None,
+        local::Reply::None => return Err(Found::Other),
     };
-    Some(Rewrite {
+    Ok(Rewrite {
         old_src: ip.src,
         new_src,
         old_sport: sport,

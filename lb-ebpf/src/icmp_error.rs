@@ -1,7 +1,8 @@
 //! ICMP errors about translated flows: destination unreachable (with
 //! fragmentation needed and its next-hop MTU), time exceeded and parameter
 //! problem, in both directions, so that path-MTU discovery and error
-//! reporting work through the VIP as they would without us.
+//! reporting work through the VIP as they would without us. ICMPv6 errors
+//! about IPv6 flows: `icmp6_error`, which mirrors this design.
 //!
 //! An error quotes the start of the packet it is about (RFC 792: its IP
 //! header and at least eight bytes after it, the ports). We translate the

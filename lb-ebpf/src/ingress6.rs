@@ -25,9 +25,11 @@
 //!   left, or a hop-by-hop header not first: `ipv6_ext_header`. AH, ESP and
 //!   any other next header: `unsupported_protocol`;
 //! - ICMPv6 echo request right after the IPv6 header: answered (see
-//!   `onehop_icmp6_echo`; wrong checksum: `bad_icmp_checksum`); behind
-//!   extension headers: `ipv6_ext_header`; other ICMPv6 (errors are not
-//!   translated for IPv6 yet): `unsupported_protocol`;
+//!   `onehop_icmp6_echo`; wrong checksum: `bad_icmp_checksum`); an ICMPv6
+//!   error (types 1 to 4) right after it: translated for the flow it is
+//!   about, or dropped (`icmp_error_no_flow`, `icmp_error_malformed`; see
+//!   `icmp6_error`); either behind extension headers: `ipv6_ext_header`;
+//!   other ICMPv6: `unsupported_protocol`;
 //! - hop limit <= 1 on a packet we would forward: `ttl_exceeded`;
 //! - a transport header beyond the payload, or TCP data offset < 5:
 //!   `truncated`;
@@ -37,7 +39,8 @@
 //! A TCP or UDP packet that passes is handed to `lb_service6` by another
 //! tail call (see `service6`), which takes its flow, with the VIP's flags in
 //! this CPU's `flow_scratch` slot; with that slot empty it is dropped
-//! (`ipv6_unserved`). ICMPv6 errors are not translated yet.
+//! (`ipv6_unserved`). ICMPv6 errors are translated out of line, in
+//! `icmp6_error::onehop_icmp6_error`.
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, xdp_md},
@@ -48,6 +51,7 @@ use lb_common::{Counter, DatapathConfig, DropReason, Ipv6Key, maps::xdp_slot, pr
 use crate::{
     conntrack,
     csum::{self, Delta},
+    icmp6_error,
     ingress::transport,
     maps::{CONFIG, VIPS6, XDP_PROGRAMS},
     ndp::{self, pseudo_sum},
@@ -111,7 +115,7 @@ fn classify(
     // SAFETY: value pointer the map just returned; read by value.
     let flags = unsafe { (*vip).flags };
     if flags & vip_flags::SERVICE != 0 {
-        service_path(ctx, cur, ip, flags, icmp.is_some(), frame_len)
+        service_path(ctx, cur, ip, flags, icmp.map(|h| h.ty), frame_len)
     } else if flags & vip_flags::NODE != 0 {
         node_path(ctx, cur, ip, cfg, flags)
     } else {
@@ -208,7 +212,7 @@ fn service_path(
     cur: &mut Cursor<'_>,
     ip: &Ipv6Hdr,
     vip: u32,
-    icmp_first: bool,
+    icmp_first: Option<u8>,
     frame_len: usize,
 ) -> Outcome {
     if ip.version() != 6 {
@@ -221,8 +225,14 @@ fn service_path(
     if is_martian(&ip.src) {
         return Outcome::Drop(DropReason::MartianSource);
     }
-    if icmp_first {
-        return Outcome::Counted(onehop_icmp6_echo(ctx.ctx, payload_u32(payload)));
+    if let Some(ty) = icmp_first {
+        // Out of line, each in a global function of its own (see them).
+        let len = payload_u32(payload);
+        return Outcome::Counted(if icmp6_error::is_error(ty) {
+            icmp6_error::onehop_icmp6_error(ctx.ctx, len)
+        } else {
+            onehop_icmp6_echo(ctx.ctx, len)
+        });
     }
     let (proto, ext) = match skip_extensions(cur, ip.next) {
         Ok(t) => t,

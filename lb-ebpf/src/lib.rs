@@ -32,6 +32,7 @@ mod forward;
 mod fragment;
 mod guard;
 mod icmp;
+mod icmp6_error;
 mod icmp_error;
 pub mod ingress;
 pub mod ingress6;

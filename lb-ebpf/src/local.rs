@@ -18,7 +18,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     ConntrackValue, Front, LocalEndpointKey, LocalFronts, RevNatValue,
-    flow::{FRONTS_PER_ENDPOINT, same_addr},
+    flow::{FRONTS_PER_ENDPOINT, family, same_addr},
     flow_flags, front_state,
 };
 
@@ -216,19 +216,25 @@ pub fn reply<F: Family>(
     // Plain initialised values, not an `Option`: the compiler reads an
     // `Option`'s payload before its tag, and kernels before 6.x refuse a
     // read of stack never written ("invalid read from stack", 5.15).
-    let (mut newest, mut newest_vip, mut newest_port, mut newest_seen) = (
+    // IPv6 keeps the newest front as its pointer into the entry, not as a
+    // copy of its address: LLVM kept a copy's 16 bytes in 16 stack slots,
+    // which `lb_egress6` (with `icmp6_error`'s egress path inlined) has
+    // none of. IPv4 keeps its 4-byte copy: as a pointer, the verifier
+    // walked twice the states in `lb_egress`.
+    let by_pointer = F::FAMILY == family::V6;
+    let (mut newest, mut newest_vip, mut newest_front, mut newest_port, mut newest_seen) = (
         core::ptr::null_mut::<ConntrackValue>(),
         F::narrow(&[0u8; 16]),
+        core::ptr::null::<Front>(),
         0u16,
         0u64,
     );
     let mut i = 0;
     while i < FRONTS_PER_ENDPOINT {
         // SAFETY: value pointer the map returned in this run; read by value.
-        let (state, vip, port) = unsafe {
-            let f = &raw const (*v).fronts[i];
-            ((*f).state, F::narrow(&(*f).vip), (*f).port)
-        };
+        let f = unsafe { &raw const (*v).fronts[i] };
+        // SAFETY: as above.
+        let (state, vip, port) = unsafe { ((*f).state, F::narrow(&(*f).vip), (*f).port) };
         if state == front_state::READY
             && let Some(ct) =
                 flowtable::lookup::<F>(&F::flow_key(&client, &vip, client_port, port, proto))
@@ -237,15 +243,28 @@ pub fn reply<F: Family>(
             // SAFETY: value pointer the flow table returned; read by value.
             let last = unsafe { (*ct).last_seen_ns };
             if newest.is_null() || last > newest_seen {
-                (newest, newest_vip, newest_port, newest_seen) = (ct, vip, port, last);
+                if by_pointer {
+                    newest_front = f;
+                } else {
+                    newest_vip = vip;
+                }
+                (newest, newest_port, newest_seen) = (ct, port, last);
             }
         }
         i += 1;
     }
-    if !newest.is_null() {
+    if !newest.is_null() && (!by_pointer || !newest_front.is_null()) {
+        let vip = if by_pointer {
+            // SAFETY: a front of the entry, valid for this run; a front
+            // once READY is never written again (fronts are only ever
+            // added), so it still holds what the loop matched.
+            F::narrow(unsafe { &(*newest_front).vip })
+        } else {
+            newest_vip
+        };
         return Reply::Flow {
             ct: newest,
-            vip: newest_vip,
+            vip,
             port: newest_port,
         };
     }

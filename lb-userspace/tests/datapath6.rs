@@ -481,15 +481,16 @@ fn icmpv6_echo_to_a_vip_is_answered_and_a_bad_checksum_is_not() {
             XDP_PASS,
             Want::C(C::PassNodeTraffic),
         );
-        let unreachable = frame6(
+        // Neither an echo request nor an error (see `icmpv6_errors_*`).
+        let echo_reply = frame6(
             CLIENT6,
             VIP6,
             ICMPV6,
-            icmp6(&CLIENT6, &VIP6, 1, 4, &[0; 52]),
+            icmp6(&CLIENT6, &VIP6, 129, 0, &[0x12, 0x34, 0, 1]),
         );
         lb.expect_untouched(
-            "an ICMPv6 error (not translated yet)",
-            &unreachable.build(),
+            "an echo reply to a VIP",
+            &echo_reply.build(),
             XDP_DROP,
             Want::D(D::UnsupportedProtocol),
         );
@@ -1111,5 +1112,419 @@ fn an_ipv6_flow_to_a_pod_on_a_direct_return_node_goes_there_as_it_came() {
             XDP_DROP,
             Want::D(D::NotAnnouncer),
         );
+    });
+}
+
+// ------------------------------------------------------------ ICMPv6 errors
+
+/// A router on the client's side of the LAN, and one between the node and
+/// the pods.
+const CLIENT_ROUTER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+];
+const POD_ROUTER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
+/// Packet Too Big, MTU 1400 (type 2, code 0, the MTU in the 4 bytes after
+/// the checksum).
+const TOO_BIG: (u8, u8, [u8; 4]) = (2, 0, [0, 0, 0x05, 0x78]);
+const PORT_UNREACH6: (u8, u8, [u8; 4]) = (1, 4, [0; 4]);
+const HOP_LIMIT_EXCEEDED: (u8, u8, [u8; 4]) = (3, 0, [0; 4]);
+/// Parameter problem, pointing at byte 7 of the quote (its hop limit).
+const PARAM_PROBLEM6: (u8, u8, [u8; 4]) = (4, 0, [0, 0, 0, 7]);
+const ERROR_KINDS: [(u8, u8, [u8; 4]); 4] =
+    [TOO_BIG, PORT_UNREACH6, HOP_LIMIT_EXCEEDED, PARAM_PROBLEM6];
+
+/// An ICMPv6 error from `src` to `dst` quoting `quote` (an IPv6 packet, or
+/// the start of one), its checksum right.
+fn icmp6_error(
+    src: [u8; 16],
+    dst: [u8; 16],
+    (ty, code, rest): (u8, u8, [u8; 4]),
+    quote: &[u8],
+) -> Frame6 {
+    let mut body = rest.to_vec();
+    body.extend_from_slice(quote);
+    frame6(src, dst, ICMPV6, icmp6(&src, &dst, ty, code, &body))
+}
+
+/// The IPv6 packet of a frame (what an error quotes), cut to `len` bytes.
+fn ip6_bytes(frame: &[u8], len: usize) -> Vec<u8> {
+    let ip = &frame[14..];
+    ip[..len.min(ip.len())].to_vec()
+}
+
+/// The type, code, rest of header and quote of an ICMPv6 error frame, after
+/// checking every checksum that can be checked, each recomputed over the
+/// whole message: the ICMPv6 checksum (this file's sums and etherparse's),
+/// and the quoted transport checksum when the whole quoted packet is there.
+#[track_caller]
+fn error_parts6(out: &[u8]) -> (u8, u8, [u8; 4], Vec<u8>) {
+    let (src, dst) = addrs(out);
+    assert_eq!(out[20], ICMPV6, "next header");
+    let payload = usize::from(u16::from_be_bytes([out[18], out[19]]));
+    assert_eq!(out.len(), 54 + payload, "payload length");
+    let m = &out[54..];
+    assert!(l4_verifies6(&src, &dst, ICMPV6, m), "ICMPv6 checksum");
+    let p = etherparse::SlicedPacket::from_ethernet(out).expect("etherparse parses the error");
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else {
+        panic!("etherparse sees no ICMPv6: {:?}", p.transport);
+    };
+    let again = etherparse::Icmpv6Header::with_checksum(icmp.icmp_type(), src, dst, icmp.payload())
+        .expect("etherparse computes the checksum");
+    assert_eq!(
+        again.checksum,
+        icmp.checksum(),
+        "etherparse's ICMPv6 checksum"
+    );
+    let quote = m[8..].to_vec();
+    assert!(quote.len() >= 48, "quote of {} bytes", quote.len());
+    let qlen = usize::from(u16::from_be_bytes([quote[4], quote[5]]));
+    if quote.len() == 40 + qlen {
+        let (qsrc, qdst): ([u8; 16], [u8; 16]) = (
+            quote[8..24].try_into().expect("16 bytes"),
+            quote[24..40].try_into().expect("16 bytes"),
+        );
+        assert!(
+            l4_verifies6(&qsrc, &qdst, quote[6], &quote[40..]),
+            "quoted transport checksum"
+        );
+    }
+    (m[0], m[1], m[4..8].try_into().expect("4 bytes"), quote)
+}
+
+/// Uplink, local flow: errors from the client's side about the replies we
+/// sent as `[VIP]:port` reach the pod, quoting the pod's own packet byte for
+/// byte (so its socket matches them), addressed to the pod and passed to the
+/// kernel (which routes them; hop limit untouched here). Every error type,
+/// Packet Too Big's MTU kept, UDP and TCP, whole quotes and 48-byte ones
+/// (and a TCP quote of 58 bytes, which holds the checksum); a quoted zero
+/// UDP checksum stays zero. The flow is left as it was.
+#[test]
+fn icmpv6_errors_to_a_vip_about_a_local_flow_reach_the_pod_translated() {
+    with_lb6(|lb| {
+        let q = frame6(
+            CLIENT6,
+            VIP6,
+            proto::UDP,
+            udp6(CLIENT6, 5353, VIP6, 80, b"q"),
+        );
+        lb.expect("UDP query", &q.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let syn = tcp_to_vip(40100, 80, 0x02, b"");
+        lb.expect("SYN", &syn, XDP_PASS, Want::C(C::LocalNewFlow));
+        let udp_reply = frame6(
+            POD6,
+            CLIENT6,
+            proto::UDP,
+            udp6(POD6, POD_PORT, CLIENT6, 5353, &[0x5a; 1000]),
+        )
+        .build();
+        let tcp_reply = frame6(
+            POD6,
+            CLIENT6,
+            proto::TCP,
+            tcp6(POD6, POD_PORT, CLIENT6, 40100, 0x12, &[0xa5; 100]),
+        )
+        .build();
+        // A zero UDP checksum is invalid over IPv6, but stays as it is.
+        let mut udp_zero = udp_reply.clone();
+        udp_zero[54 + 6..54 + 8].copy_from_slice(&[0, 0]);
+        let keys = [
+            FlowKey::v6(CLIENT6, VIP6, 5353, 80, proto::UDP),
+            FlowKey::v6(CLIENT6, VIP6, 40100, 80, proto::TCP),
+        ];
+        for (reply, cut) in [
+            (&udp_reply, usize::MAX),
+            (&udp_reply, 48),
+            (&udp_zero, 48),
+            (&tcp_reply, usize::MAX),
+            (&tcp_reply, 48),
+            (&tcp_reply, 58),
+        ] {
+            let sent = lb.run_egress(reply);
+            assert_eq!(addrs(&sent.out).0, VIP6, "egress translated the reply");
+            let flows: Vec<_> = keys.iter().map(|k| lb.conntrack(k)).collect();
+            for (from, kind) in [
+                (CLIENT_ROUTER6, TOO_BIG),
+                (CLIENT6, PORT_UNREACH6),
+                (CLIENT_ROUTER6, HOP_LIMIT_EXCEEDED),
+                (CLIENT_ROUTER6, PARAM_PROBLEM6),
+            ] {
+                let what = format!("{kind:?}, quote cut at {cut}");
+                let err = icmp6_error(from, VIP6, kind, &ip6_bytes(&sent.out, cut)).build();
+                let out = lb.expect(&what, &err, XDP_PASS, Want::C(C::IcmpErrorToBackend));
+                assert_eq!(out.len(), err.len(), "{what}: length");
+                assert_eq!(
+                    &out[..18],
+                    &err[..18],
+                    "{what}: Ethernet, version, class, label"
+                );
+                assert_eq!(
+                    (&out[18..22], addrs(&out)),
+                    (&err[18..22], (from, POD6)),
+                    "{what}: DNAT to the pod, payload length, next header and hop limit kept"
+                );
+                let (ty, code, rest, quote) = error_parts6(&out);
+                assert_eq!(
+                    (ty, code, rest),
+                    kind,
+                    "{what}: type, code, MTU/pointer kept"
+                );
+                assert_eq!(
+                    quote,
+                    ip6_bytes(reply, cut),
+                    "{what}: the quote is the pod's own packet"
+                );
+            }
+            // Errors never refresh or change their flow.
+            let after: Vec<_> = keys.iter().map(|k| lb.conntrack(k)).collect();
+            assert_eq!(after, flows, "the flows, after their errors");
+        }
+    });
+}
+
+/// Uplink, direct-return flow: the error goes to the pod's node as the
+/// flow's frames do, unchanged but for its Ethernet addresses (that node
+/// holds the flow as a local one and translates it there); the flow's
+/// entry is left as it was.
+#[test]
+fn icmpv6_errors_to_a_vip_about_a_direct_return_flow_go_to_the_pods_node_unchanged() {
+    with_lb6(|lb| {
+        let syn = tcp_to_vip(40000, 84, 0x02, b"");
+        lb.expect("SYN", &syn, XDP_TX, Want::C(C::DirectNewFlow));
+        let key = FlowKey::v6(CLIENT6, VIP6, 40000, 84, proto::TCP);
+        let flow = lb.conntrack(&key).expect("the flow's entry");
+        // The peer node's pod answered from the VIP (its `lb_egress6`).
+        let reply = frame6(
+            VIP6,
+            CLIENT6,
+            proto::TCP,
+            tcp6(VIP6, 84, CLIENT6, 40000, 0x12, &[0x11; 64]),
+        )
+        .build();
+        for kind in ERROR_KINDS {
+            for cut in [usize::MAX, 48] {
+                let what = format!("{kind:?}, quote cut at {cut}");
+                let err = icmp6_error(CLIENT_ROUTER6, VIP6, kind, &ip6_bytes(&reply, cut)).build();
+                let out = lb.expect(&what, &err, XDP_TX, Want::C(C::IcmpErrorToBackend));
+                assert_eq!(&out[0..6], &PEER_NODE_MAC, "{what}: to the peer node");
+                assert_eq!(&out[6..12], &NODE_MAC, "{what}: from this node");
+                assert_eq!(&out[12..], &err[12..], "{what}: the rest as it came");
+            }
+        }
+        assert_eq!(lb.conntrack(&key), Some(flow), "the flow, after its errors");
+        // From the peer node itself: it would come back.
+        let mut looped = icmp6_error(CLIENT_ROUTER6, VIP6, TOO_BIG, &ip6_bytes(&reply, 48));
+        looped.eth_src = PEER_NODE_MAC;
+        lb.expect_untouched(
+            "from the peer node",
+            &looped.build(),
+            XDP_DROP,
+            Want::D(D::DirectLoop),
+        );
+    });
+}
+
+/// Errors to a VIP that match no flow, and malformed ones: dropped and
+/// counted, never changed. A quote with extension headers (a fragment
+/// header too) matches no flow (policy in `icmp6_error`).
+#[test]
+fn icmpv6_errors_to_a_vip_that_match_no_flow_or_are_malformed_are_dropped_and_counted() {
+    with_lb6(|lb| {
+        let q = frame6(
+            CLIENT6,
+            VIP6,
+            proto::UDP,
+            udp6(CLIENT6, 5353, VIP6, 80, b"q"),
+        );
+        lb.expect("UDP query", &q.build(), XDP_PASS, Want::C(C::LocalNewFlow));
+        let reply = |src: [u8; 16], sport: u16, dport: u16| {
+            frame6(
+                src,
+                CLIENT6,
+                proto::UDP,
+                udp6(src, sport, CLIENT6, dport, b"answer"),
+            )
+        };
+        let ours = reply(VIP6, 80, 5353);
+        let to_vip = |quote: &[u8]| icmp6_error(CLIENT_ROUTER6, VIP6, TOO_BIG, quote).build();
+        // The reply's own quote is translated: the cases below differ from
+        // it in one thing each.
+        lb.expect(
+            "the flow's own",
+            &to_vip(&ip6_bytes(&ours.build(), 48)),
+            XDP_PASS,
+            Want::C(C::IcmpErrorToBackend),
+        );
+        let with_ext = |next: u8, header: Vec<u8>| {
+            let mut f = ours.clone();
+            f.next = next;
+            f.ext = header;
+            ip6_bytes(&f.build(), usize::MAX)
+        };
+        let mut tcp_quote = ours.clone();
+        tcp_quote.next = proto::TCP;
+        tcp_quote.l4 = tcp6(VIP6, 80, CLIENT6, 5353, 0x12, b"");
+        let mut icmp_quote = ours.clone();
+        icmp_quote.next = ICMPV6;
+        icmp_quote.l4 = icmp6(&VIP6, &CLIENT6, 129, 0, &[0; 8]);
+        for (what, quote) in [
+            (
+                "another client port",
+                ip6_bytes(&reply(VIP6, 80, 5354).build(), 48),
+            ),
+            (
+                "another service port",
+                ip6_bytes(&reply(VIP6, 81, 5353).build(), 48),
+            ),
+            ("another protocol's flow", ip6_bytes(&tcp_quote.build(), 48)),
+            ("an ICMPv6 quote", ip6_bytes(&icmp_quote.build(), 48)),
+            (
+                "not from the VIP the error is sent to",
+                ip6_bytes(&reply(VIP6_OTHER, 80, 5353).build(), 48),
+            ),
+            (
+                "a fragment header in the quote",
+                with_ext(44, ext(proto::UDP, [0, 1, 0, 0, 0, 1])),
+            ),
+            (
+                "destination options in the quote",
+                with_ext(60, ext(proto::UDP, [1, 4, 0, 0, 0, 0])),
+            ),
+        ] {
+            lb.expect_untouched(what, &to_vip(&quote), XDP_DROP, Want::D(D::IcmpErrorNoFlow));
+        }
+        let mut v4 = ip6_bytes(&ours.build(), 48);
+        v4[0] = 0x45;
+        for (what, quote) in [
+            ("a quote of 47 bytes", ip6_bytes(&ours.build(), 47)),
+            ("an IPv6 header only", ip6_bytes(&ours.build(), 40)),
+            ("no quote", Vec::new()),
+            ("an IPv4 packet quoted", v4),
+        ] {
+            lb.expect_untouched(
+                what,
+                &to_vip(&quote),
+                XDP_DROP,
+                Want::D(D::IcmpErrorMalformed),
+            );
+        }
+        // Cut short by the frame, not by its length fields.
+        let mut cut = to_vip(&ip6_bytes(&ours.build(), usize::MAX));
+        cut.truncate(54 + 8 + 44);
+        lb.expect_untouched(
+            "a frame cut in the quote",
+            &cut,
+            XDP_DROP,
+            Want::D(D::Truncated),
+        );
+        // Behind an extension header of its own: policy (`ingress6`).
+        let mut behind = icmp6_error(CLIENT_ROUTER6, VIP6, TOO_BIG, &ip6_bytes(&ours.build(), 48));
+        behind.ext = ext(ICMPV6, [1, 4, 0, 0, 0, 0]);
+        behind.next = 60;
+        lb.expect_untouched(
+            "behind options",
+            &behind.build(),
+            XDP_DROP,
+            Want::D(D::Ipv6ExtHeader),
+        );
+        // The flow was never touched by any of them.
+        let ct = lb
+            .conntrack(&FlowKey::v6(CLIENT6, VIP6, 5353, 80, proto::UDP))
+            .expect("the flow's entry");
+        assert_eq!((ct.backend_id, ct.backend_ip), (LOCAL_ID, POD6));
+    });
+}
+
+/// `lb_egress6`, local flow: the node's kernel (a Packet Too Big when the
+/// pod's link has the smaller MTU), a router on the pod's side or the pod
+/// itself answers a packet we sent on to the pod; the error leaves from
+/// the VIP, quoting the client's own packet. Every error type, UDP and TCP,
+/// whole quotes and cut ones. Errors about no flow leave untouched.
+#[test]
+fn icmpv6_errors_about_a_local_flow_leave_from_the_vip() {
+    with_lb6(|lb| {
+        let q = frame6(
+            CLIENT6,
+            VIP6,
+            proto::UDP,
+            udp6(CLIENT6, 5400, VIP6, 80, &[0x33; 1200]),
+        )
+        .build();
+        let syn = tcp_to_vip(40120, 80, 0x02, &[0x44; 64]);
+        for client_pkt in [q, syn] {
+            let fwd = lb.expect("DNAT", &client_pkt, XDP_PASS, Want::C(C::LocalNewFlow));
+            assert_eq!(addrs(&fwd).1, POD6);
+            for (from, cut) in [
+                (NODE6, usize::MAX),
+                (NODE6, 48),
+                (POD_ROUTER6, 58),
+                (POD6, usize::MAX),
+            ] {
+                for kind in ERROR_KINDS {
+                    let what =
+                        format!("{kind:?} from {from:?}, next {}, cut {cut}", client_pkt[20]);
+                    let mut err = icmp6_error(from, CLIENT6, kind, &ip6_bytes(&fwd, cut));
+                    err.eth_src = NODE_MAC;
+                    err.eth_dst = CLIENT_MAC;
+                    let err = err.build();
+                    let before = lb.counts();
+                    let r = lb.run_egress(&err);
+                    let d = lb.counts().minus(&before);
+                    assert_eq!(r.action, TC_NEXT, "{what}");
+                    assert_eq!(
+                        (d.c(C::EgressIcmpError), d.c(C::EgressReply)),
+                        (1, 0),
+                        "{what}: {d:?}"
+                    );
+                    assert_eq!(r.out.len(), err.len(), "{what}: length");
+                    assert_eq!(&r.out[..22], &err[..22], "{what}: all but the addresses");
+                    assert_eq!(addrs(&r.out), (VIP6, CLIENT6), "{what}: from the VIP");
+                    let (ty, code, rest, quote) = error_parts6(&r.out);
+                    assert_eq!((ty, code, rest), kind, "{what}");
+                    assert_eq!(quote, ip6_bytes(&client_pkt, cut), "{what}: quote");
+                }
+            }
+        }
+        // About no flow of ours (another client port), or not to the client
+        // the quote is from: left as they are.
+        let stray = frame6(
+            CLIENT6,
+            POD6,
+            proto::UDP,
+            udp6(CLIENT6, 5401, POD6, POD_PORT, b"x"),
+        )
+        .build();
+        let fwd = lb.expect(
+            "DNAT",
+            &frame6(
+                CLIENT6,
+                VIP6,
+                proto::UDP,
+                udp6(CLIENT6, 5402, VIP6, 80, b"x"),
+            )
+            .build(),
+            XDP_PASS,
+            Want::C(C::LocalNewFlow),
+        );
+        for (what, err) in [
+            (
+                "no flow",
+                icmp6_error(NODE6, CLIENT6, TOO_BIG, &ip6_bytes(&stray, 48)),
+            ),
+            (
+                "to another host",
+                icmp6_error(NODE6, CLIENT_ROUTER6, TOO_BIG, &ip6_bytes(&fwd, 48)),
+            ),
+            (
+                "a quote of 47 bytes",
+                icmp6_error(NODE6, CLIENT6, TOO_BIG, &ip6_bytes(&fwd, 47)),
+            ),
+        ] {
+            let err = err.build();
+            let before = lb.counts();
+            let r = lb.run_egress(&err);
+            let d = lb.counts().minus(&before);
+            assert_eq!((r.action, &r.out), (TC_NEXT, &err), "{what}");
+            assert_eq!(d.c(C::EgressIcmpError), 0, "{what}");
+        }
     });
 }

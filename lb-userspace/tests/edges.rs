@@ -1332,3 +1332,201 @@ fn an_ipv6_vip_is_resolved_pinged_and_served_with_the_clients_address() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Path-MTU discovery through an IPv6 VIP, as
+/// `e2e::path_mtu_discovery_through_the_vip_for_local_and_remote_backends`
+/// for IPv4: a hop with MTU 1400 between the node and its pod (`cni0` and
+/// the pod's veth, as a CNI with a smaller pod MTU sets them); the client
+/// sends datagrams of 1,450 bytes of payload (1,498-byte packets: they fit
+/// the LAN's 1500, not the pod's hop) with `IPV6_DONTFRAG` through the VIP
+/// to its local backend. The node's kernel answers "Packet Too Big, MTU
+/// 1400" about the translated packet (`client → [pod]`), out through
+/// `lb_egress6`, which makes it come from the VIP and quote what the client
+/// sent; the client must learn the VIP's path MTU: its socket gets
+/// `EMSGSIZE`, `IPV6_MTU` says 1400 and its route cache holds `mtu 1400`
+/// for the VIP. Untranslated, the error named the pod and the node, and
+/// the client's kernel matched it to no socket.
+#[test]
+fn path_mtu_discovery_through_an_ipv6_vip_to_a_local_backend() {
+    const SMALL_MTU: &str = "1400";
+    const PAYLOAD: usize = 1450;
+    const PORT: u16 = 53;
+    const TARGET_PORT: u16 = 5353;
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(1)
+        .clients(1)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let pod = node.pod(1);
+    let client = topo.client();
+    topo.ipv6_lan().expect("IPv6 on the LAN");
+    for (ns, dev, what) in [
+        (node.ns(), "cni0", "cni0"),
+        (node.ns(), pod.host_peer(), "pod veth, node side"),
+        (pod.ns(), "eth0", "pod veth, pod side"),
+    ] {
+        ns.ip(&["link", "set", dev, "mtu", SMALL_MTU])
+            .unwrap_or_else(|e| panic!("{what} mtu: {e:#}"));
+    }
+    let _server = onehop_testkit::server::UdpServer::start(
+        pod.ns(),
+        pod.name(),
+        std::net::SocketAddr::new("fd00:42::2".parse().expect("an address"), TARGET_PORT),
+    )
+    .expect("the pod's UDP server");
+    // A veth delivers what XDP sends back only to a peer with an XDP
+    // program of its own (see `dataplane::peer`): the VIP's advertisements.
+    let _pass = in_netns(topo.lan(), || {
+        lb_userspace::dataplane::peer::attach(node.lan_peer())
+    })
+    .expect("the LAN namespace")
+    .expect("the pass-through program");
+    let root = PinRoot::unique("v6-pmtu").expect("pin root");
+    let dir = std::env::temp_dir().join(format!("onehop-v6-pmtu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Not `services.yaml`: `agent_args` writes its own IPv4 file there.
+    let services = dir.join("services6.yaml");
+    let vip: std::net::Ipv6Addr = "fd00:60::ab:cd01".parse().expect("an IPv6 address");
+    let text = format!(
+        "announce: [\"{vip}\"]
+services:
+  - name: dns6
+    vip: \"{vip}\"
+    ports: [{{ port: {PORT}, protocol: UDP, target_port: {TARGET_PORT} }}]
+    backends: [{{ ip: \"fd00:42::2\", node_ip: {} }}]
+",
+        node.ip()
+    );
+    std::fs::write(&services, text).expect("services file");
+    let _agent = spawn_agent6(node, root.path(), &dir, &services, "agent.log");
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let addr = std::net::SocketAddr::new(vip.into(), PORT);
+
+    // Small datagrams go through once the agent serves: the pod answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match in_netns(client.ns(), || small_exchange6(addr)).expect("the client's namespace") {
+            Ok(answer) if answer.contains(pod.name()) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "no answer through {addr}: {other:?}\nagent log:\n{}",
+                log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let translated = || counter_of(node, root.path(), "egress_icmp_error");
+    let before = translated();
+
+    let learned = in_netns(client.ns(), || pmtu_probe6(addr, PAYLOAD))
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", log()));
+    assert_eq!(
+        learned,
+        Some(1400),
+        "the client never learned the path MTU of {vip}"
+    );
+    let route = output(Command::new("ip").args([
+        "-n",
+        client.ns().name(),
+        "-6",
+        "route",
+        "get",
+        &vip.to_string(),
+    ]));
+    assert!(
+        route.contains("mtu 1400"),
+        "the client's route cache for {vip}: {route}"
+    );
+    let after = translated();
+    assert!(after > before, "egress_icmp_error {before} -> {after}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The data path's counter `name` on `node`, from `onehop status -o json`.
+fn counter_of(node: &onehop_testkit::topology::Node, root: &Path, name: &str) -> u64 {
+    let out = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args([
+            "status",
+            "--interface",
+            "eth0",
+            "-o",
+            "json",
+            "--bpffs-root",
+        ])
+        .arg(root)
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counters.{name} in {v}"))
+}
+
+/// One small datagram to `addr` from a fresh socket and its answer (from
+/// inside the client's namespace).
+fn small_exchange6(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    let sock = std::net::UdpSocket::bind("[::]:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    sock.connect(addr)?;
+    sock.send(b"small")?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// From inside the client's namespace: a UDP socket connected to `addr`,
+/// path-MTU discovery on (`IPV6_PMTUDISC_DO` and `IPV6_DONTFRAG`: never
+/// fragmented locally), sending `payload`-byte datagrams until the kernel
+/// refuses one with `EMSGSIZE` (it learned a smaller path MTU from a Packet
+/// Too Big about one of them); returns the socket's `IPV6_MTU` then, or
+/// `None` if 100 sends 20 ms apart never met the error.
+fn pmtu_probe6(addr: std::net::SocketAddr, payload: usize) -> anyhow::Result<Option<i32>> {
+    use std::os::fd::AsRawFd as _;
+    let sock = std::net::UdpSocket::bind("[::]:0")?;
+    sock.connect(addr)?;
+    let fd = sock.as_raw_fd();
+    let int_len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())?;
+    let setopt = |name: libc::c_int, v: libc::c_int| {
+        // SAFETY: a valid socket and a c_int option value of its size.
+        let rc = unsafe {
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, name, (&raw const v).cast(), int_len)
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "setsockopt {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    };
+    setopt(libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)?;
+    setopt(libc::IPV6_DONTFRAG, 1)?;
+    let data = vec![0x5a; payload];
+    for _ in 0..100 {
+        match sock.send(&data) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                let mut mtu: libc::c_int = 0;
+                let mut len = int_len;
+                // SAFETY: a valid socket and an out value of the size given.
+                let rc = unsafe {
+                    libc::getsockopt(
+                        fd,
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_MTU,
+                        (&raw mut mtu).cast(),
+                        &raw mut len,
+                    )
+                };
+                anyhow::ensure!(rc == 0, "IPV6_MTU: {}", std::io::Error::last_os_error());
+                return Ok(Some(mtu));
+            }
+            // The backend's port-unreachable or the like would show here.
+            Err(e) => return Err(anyhow::Error::new(e).context("sending a large datagram")),
+        }
+    }
+    Ok(None)
+}
