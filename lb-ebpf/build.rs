@@ -8,7 +8,7 @@ fn main() {
     // `icmp::onehop_icmp_echo`, `ingress6::onehop_icmp6_echo`,
     // `ndp::onehop_ndp_solicitation`, `csum::onehop_nd_options_sum`,
     // `service6::onehop_direct6`, `nat6::onehop_finish_checksum6`,
-    // `icmp6_error::onehop_icmp6_error`.
+    // `icmp6_error::onehop_icmp6_error`, `icmp6_error::onehop_icmp6_error_to_client`.
     println!("cargo:rustc-link-arg-bins=--export=onehop_flow_create");
     println!("cargo:rustc-link-arg-bins=--export=onehop_finish_checksum");
     println!("cargo:rustc-link-arg-bins=--export=onehop_remember_front");
@@ -19,4 +19,5 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=--export=onehop_direct6");
     println!("cargo:rustc-link-arg-bins=--export=onehop_finish_checksum6");
     println!("cargo:rustc-link-arg-bins=--export=onehop_icmp6_error");
+    println!("cargo:rustc-link-arg-bins=--export=onehop_icmp6_error_to_client");
 }

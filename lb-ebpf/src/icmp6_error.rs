@@ -15,13 +15,15 @@
 //! | --- | --- | --- | --- |
 //! | uplink, to the VIP, local flow | `[VIP]:port → client` | `src → pod`; `[pod]:tport → client` | `icmp_error_to_backend` |
 //! | uplink, to the VIP, direct-return flow | `[VIP]:port → client` | unchanged, sent to the pod's node (which translates it as a local flow's) | `icmp_error_to_backend` |
+//! | uplink, to the VIP, full-NAT flow (`nat6`) | `[VIP]:port → client` | `node → pod`, sent to the pod's node; `[pod]:tport → [node]:nat_port` | `icmp_error_to_backend` |
+//! | uplink, to the node's IPv6 address, full-NAT flow | `[node]:nat_port → [pod]:tport` | `VIP → client`, sent to the client; `client → [VIP]:port` | `icmp_error_to_client` |
 //! | `lb_egress6`, local flow | `client → [pod]:tport` | `VIP → client`; `client → [VIP]:port` | `egress_icmp_error` |
 //!
-//! Not translated yet: errors about IPv6 full-NAT flows (`nat6`). One to
-//! the VIP quoting such a flow's reply is dropped (`icmp_error_no_flow`);
-//! one to the node's address quoting `[node]:nat_port → pod` is the
-//! kernel's, untranslated (`lb_ingress6` passes ICMPv6 to the node, as all
-//! of the node's traffic but its NAT ports' TCP and UDP).
+//! An error sent on by XDP (to another node, or to the client) has its
+//! hop limit decremented, as the flow's packets; one whose hop limit is
+//! spent is dropped (`ttl_exceeded`). An error to the client whose next hop
+//! the kernel has not resolved is translated and handed to the kernel, as
+//! a reply would be (`fib_pass_to_kernel`).
 //!
 //! The outer source of an error to a client is the VIP: the pod network's
 //! addresses mean nothing on the client's side, and a Packet Too Big from
@@ -58,11 +60,13 @@
 //! Policy for errors that match nothing, to a VIP: dropped, as the kernel
 //! has nothing to do with a VIP — `icmp_error_no_flow` (a quote of another
 //! protocol, with extension headers, not from the VIP the error is sent
-//! to, of no live flow, of a full-NAT flow, or of a flow whose backend slot
-//! now holds another pod) or `icmp_error_malformed` (too short for an IPv6
-//! header and eight bytes, or no IPv6 header in the quote). On egress:
-//! left alone. Nothing is changed before an error is known to match a
-//! live flow.
+//! to, of no live flow, or of a flow whose backend slot now holds another
+//! pod) or `icmp_error_malformed` (too short for an IPv6 header and eight
+//! bytes, or no IPv6 header in the quote). To the node's address: passed
+//! untouched, as it may be about the node's own traffic
+//! (`pass_icmp_error_no_flow`; malformed: `pass_malformed`). On egress:
+//! left alone. Nothing is changed before an error is known to match a live
+//! flow.
 //!
 //! The uplink path is a *global* BPF function ([`onehop_icmp6_error`],
 //! exported by lb-ebpf's build script), as `ingress6::onehop_icmp6_echo`:
@@ -94,7 +98,7 @@ use crate::{
     flowtable,
     forward::{self, Route},
     local,
-    maps::BACKENDS6,
+    maps::{BACKENDS6, CONFIG, REV_NAT},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr, L4Head, TcpTail},
     stats,
     verdict::Outcome,
@@ -266,6 +270,8 @@ struct Scratch {
     pod: [u8; 16],
     node: [u8; 16],
     pod_port: u16,
+    /// A full-NAT flow's NAT port.
+    nat_port: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<Scratch>() <= core::mem::size_of::<FlowScratch>());
@@ -364,10 +370,9 @@ fn to_backend(ctx: *mut xdp_md, l4_len: usize) -> Outcome {
     // SAFETY: value pointer the flow table just returned; read by value.
     let (backend_id, flags) = unsafe { ((*ct).backend_id, (*ct).flags) };
     let direct = flags & flow_flags::DIRECT != 0;
-    if flags & flow_flags::REMOTE != 0 && !direct {
-        // Full NAT: its errors are not translated yet (module docs).
-        return Outcome::Drop(DropReason::IcmpErrorNoFlow);
-    }
+    let nat = flags & flow_flags::REMOTE != 0 && !direct;
+    // SAFETY: as above.
+    s.nat_port = unsafe { (*ct).nat_port };
     let Some(b) = BACKENDS6.get_ptr(backend_id) else {
         return Outcome::Drop(DropReason::IcmpErrorNoFlow);
     };
@@ -384,6 +389,9 @@ fn to_backend(ctx: *mut xdp_md, l4_len: usize) -> Outcome {
     }
     if direct {
         return to_direct_node(ctx, s, l4_len);
+    }
+    if nat {
+        return to_nat_node(ctx, s, l4_len);
     }
     // A local flow: DNAT to the pod, the kernel routes the error there (and
     // decrements the hop limit), as the flow's packets.
@@ -402,6 +410,170 @@ fn to_backend(ctx: *mut xdp_md, l4_len: usize) -> Outcome {
         s.pod_port,
     );
     Outcome::Pass(Counter::IcmpErrorToBackend)
+}
+
+/// An error about a full-NAT flow goes as the flow's packets do: from the
+/// node's IPv6 address to the pod, quoting `[pod]:tport → [node]:nat_port`
+/// (the reply the pod sent), to the next hop towards the pod's node.
+#[inline(always)]
+fn to_nat_node(ctx: *mut xdp_md, s: &mut Scratch, l4_len: usize) -> Outcome {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Outcome::Drop(DropReason::MapUpdate);
+    };
+    if cfg.node_ip6 == [0; 16] {
+        return Outcome::Drop(DropReason::NoRoute);
+    }
+    forward::zero(&mut s.fib);
+    let len = u16::try_from(l4_len + IPV6_LEN).unwrap_or(u16::MAX);
+    let xdp = XdpContext::new(ctx);
+    let hop = match forward::route6(&xdp, &mut s.fib, &cfg.node_ip6, &s.node, len) {
+        Route::Hop(h) => h,
+        Route::NoNeighbour => return Outcome::Drop(DropReason::NoNeighbour),
+        Route::Fail => return Outcome::Drop(DropReason::NoRoute),
+    };
+    let Parsed::Quote(m) = message(ctx, l4_len) else {
+        return Outcome::Drop(DropReason::IcmpErrorMalformed);
+    };
+    if m.ip.hop_limit <= 1 {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    let mut check = m.q.check;
+    translate(
+        m.icmp,
+        (check.as_deref_mut(), m.q.udp),
+        &mut Endpoint {
+            addr: &mut m.q.ip.src,
+            port: m.q.sport,
+            outer: &mut m.ip.dst,
+        },
+        &s.pod,
+        s.pod_port,
+    );
+    translate(
+        m.icmp,
+        (check, m.q.udp),
+        &mut Endpoint {
+            addr: &mut m.q.ip.dst,
+            port: m.q.dport,
+            outer: &mut m.ip.src,
+        },
+        &cfg.node_ip6,
+        s.nat_port,
+    );
+    m.ip.hop_limit -= 1;
+    forward::send(&xdp, m.eth, &hop, Counter::IcmpErrorToBackend)
+}
+
+/// `lb_ingress6`, an ICMPv6 error (types 1 to 4) to the node's IPv6 address
+/// right after the IPv6 header, `len` bytes long (within the frame, checked
+/// by the caller): about a packet of a full-NAT flow we sent towards its
+/// pod, it is translated back into what the client sent and sent to the
+/// client from the VIP (module docs); anything else is the node's, passed
+/// untouched. Returns the XDP action, the outcome counted.
+///
+/// A *global* BPF function (exported by lb-ebpf's build script), as
+/// [`onehop_icmp6_error`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn onehop_icmp6_error_to_client(ctx: *mut xdp_md, len: u32) -> u32 {
+    to_client(ctx, len as usize).finish()
+}
+
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key is passed by reference into the scratch map: by value it would be copied to the stack"
+)]
+#[inline(always)]
+fn to_client(ctx: *mut xdp_md, l4_len: usize) -> Outcome {
+    let (Some(cfg), Some(s)) = (CONFIG.get(0), scratch()) else {
+        return Outcome::Pass(Counter::PassIcmpErrorNoFlow);
+    };
+    match message(ctx, l4_len) {
+        Parsed::Quote(m) => {
+            // The quote is our full-NATed packet: from this node's address
+            // and a NAT port to the pod.
+            let sport = u16::from_be_bytes(*m.q.sport);
+            if !same_addr(&m.q.ip.src, &m.ip.dst)
+                || !same_addr(&m.ip.dst, &cfg.node_ip6)
+                || sport < cfg.nat_port_min
+                || sport > cfg.nat_port_max
+            {
+                return Outcome::Pass(Counter::PassIcmpErrorNoFlow);
+            }
+            // The pod's reply key, `[pod]:tport → [node]:nat_port`.
+            s.key.src = m.q.ip.dst;
+            s.key.dst = m.q.ip.src;
+            s.key.sport = u16::from_be_bytes(*m.q.dport);
+            s.key.dport = sport;
+            s.key.proto = m.q.ip.next;
+            s.key.family = V6::FAMILY;
+            s.key._pad = [0; 2];
+        }
+        Parsed::Malformed => return Outcome::Pass(Counter::PassMalformed),
+        Parsed::NoFlow => return Outcome::Pass(Counter::PassIcmpErrorNoFlow),
+    }
+    let Some(r) = REV_NAT.get_ptr(&s.key) else {
+        return Outcome::Pass(Counter::PassIcmpErrorNoFlow);
+    };
+    // SAFETY: value pointer the map just returned; its fields are copied
+    // into the scratch slot (see `Scratch`): the VIP and service port in
+    // `pod`/`pod_port`, the client and its port in `node`/`nat_port`.
+    unsafe {
+        if (*r).flags & flow_flags::REMOTE == 0 {
+            return Outcome::Pass(Counter::PassIcmpErrorNoFlow);
+        }
+        s.pod = (*r).new_src;
+        s.pod_port = (*r).new_sport;
+        s.node = (*r).new_dst;
+        s.nat_port = (*r).new_dport;
+    }
+    forward::zero(&mut s.fib);
+    let len = u16::try_from(l4_len + IPV6_LEN).unwrap_or(u16::MAX);
+    let xdp = XdpContext::new(ctx);
+    let (hop, counter) = match forward::route6(&xdp, &mut s.fib, &s.pod, &s.node, len) {
+        Route::Hop(h) => (Some(h), Counter::IcmpErrorToClient),
+        // As a reply would be: translated, and the kernel resolves the
+        // client, forwards it and decrements the hop limit.
+        Route::NoNeighbour => (None, Counter::FibPassToKernel),
+        Route::Fail => return Outcome::Drop(DropReason::NoRoute),
+    };
+    let Parsed::Quote(m) = message(ctx, l4_len) else {
+        return Outcome::Pass(Counter::PassMalformed);
+    };
+    if hop.is_some() && m.ip.hop_limit <= 1 {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
+    let mut check = m.q.check;
+    // The quote becomes `client → [VIP]:port`, the error `VIP → client`.
+    translate(
+        m.icmp,
+        (check.as_deref_mut(), m.q.udp),
+        &mut Endpoint {
+            addr: &mut m.q.ip.src,
+            port: m.q.sport,
+            outer: &mut m.ip.dst,
+        },
+        &s.node,
+        s.nat_port,
+    );
+    translate(
+        m.icmp,
+        (check, m.q.udp),
+        &mut Endpoint {
+            addr: &mut m.q.ip.dst,
+            port: m.q.dport,
+            outer: &mut m.ip.src,
+        },
+        &s.pod,
+        s.pod_port,
+    );
+    match hop {
+        Some(h) => {
+            m.ip.hop_limit -= 1;
+            forward::send(&xdp, m.eth, &h, counter)
+        }
+        None => Outcome::Pass(counter),
+    }
 }
 
 /// An error about a direct-return flow goes as the flow's packets do:

@@ -9,7 +9,10 @@
 //! `vips6` lookup on the destination — a miss passes at once
 //! (`pass_not_vip`); a hit in a frame for another host's MAC passes
 //! untouched (`pass_other_host`); the node's own addresses pass
-//! (`pass_node_traffic`).
+//! (`pass_node_traffic`) but for what may belong to a full-NAT flow: TCP and
+//! UDP on a NAT port and fragments go to `lb_nat6` (a third tail call), an
+//! ICMPv6 error right after the header to
+//! `icmp6_error::onehop_icmp6_error_to_client`.
 //!
 //! Policy for packets to a VIP (all dropped and counted, never passed: the
 //! kernel has nothing to do with a VIP):
@@ -117,7 +120,7 @@ fn classify(
     if flags & vip_flags::SERVICE != 0 {
         service_path(ctx, cur, ip, flags, icmp.map(|h| h.ty), frame_len)
     } else if flags & vip_flags::NODE != 0 {
-        node_path(ctx, cur, ip, cfg, flags)
+        node_path(ctx, cur, ip, cfg, flags, icmp.map(|h| h.ty), frame_len)
     } else {
         Outcome::Pass(Counter::PassNotVip)
     }
@@ -126,7 +129,9 @@ fn classify(
 /// A packet to one of the node's addresses: a TCP or UDP packet to a NAT
 /// port, or a fragment, may be a remote backend's reply to a full-NAT flow,
 /// which `lb_nat6` translates (another tail call, `flags` left for it in
-/// this CPU's scratch slot); the rest is the node's.
+/// this CPU's scratch slot); an ICMPv6 error (`icmp`, its type when it
+/// comes right after the IPv6 header) may be about such a flow's packet
+/// (`icmp6_error`); the rest is the node's.
 #[inline(always)]
 fn node_path(
     ctx: &XdpContext,
@@ -134,7 +139,21 @@ fn node_path(
     ip: &Ipv6Hdr,
     cfg: &DatapathConfig,
     flags: u32,
+    icmp: Option<u8>,
+    frame_len: usize,
 ) -> Outcome {
+    if let Some(ty) = icmp
+        && icmp6_error::is_error(ty)
+    {
+        let payload = usize::from(ip.payload_len());
+        if payload > frame_len - ETH_LEN - IPV6_LEN {
+            return Outcome::Pass(Counter::PassMalformed);
+        }
+        return Outcome::Counted(icmp6_error::onehop_icmp6_error_to_client(
+            ctx.ctx,
+            payload_u32(payload),
+        ));
+    }
     let nat = match ip.next {
         proto::TCP | proto::UDP => cur.take::<L4Head>().is_some_and(|h| {
             let port = u16::from_be_bytes(h.dport);

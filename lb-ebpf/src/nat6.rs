@@ -31,7 +31,7 @@
 //!   remote backend's reply is dropped (`fragmented_reply`), since nothing
 //!   could deliver the datagram; other fragments pass (`pass_node_fragment`).
 //!
-//! Not translated yet: ICMPv6 errors about full-NAT flows.
+//! ICMPv6 errors about these flows, both ways, are `icmp6_error`'s.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action::XDP_PASS, xdp_md},

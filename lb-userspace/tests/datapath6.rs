@@ -1281,6 +1281,101 @@ fn icmpv6_errors_to_a_vip_about_a_local_flow_reach_the_pod_translated() {
     });
 }
 
+/// Full-NAT flows (`lb_nat6`), both ways. From the client's side, an error
+/// about a reply we sent from `[VIP]:port` goes to the pod's node from the
+/// node's address, quoting the pod's own reply to our NAT port; from the
+/// pod's side, an error to the node's address about a packet we sent to
+/// the pod goes to the client from the VIP, quoting the client's own
+/// packet — handed to the kernel while the client is unresolved. Hop limits
+/// are decremented where we send on; every checksum verifies; errors
+/// quoting no NAT port of ours are the node's.
+#[test]
+fn icmpv6_errors_about_a_full_nat_flow_are_translated_both_ways() {
+    with_lb6(|lb| {
+        let config = lb.config().with_node_ip6(NODE6);
+        lb_userspace::dataplane::writer::set_config(lb.h.maps_mut(), config).expect("config");
+        let q = frame6(
+            CLIENT6,
+            VIP6,
+            proto::UDP,
+            udp6(CLIENT6, 5353, VIP6, 81, &[0x33; 600]),
+        )
+        .build();
+        let sent = lb.expect("UDP query", &q, XDP_TX, Want::C(C::RemoteNewFlow));
+        let nat_port = u16::from_be_bytes([sent[54], sent[55]]);
+        let mut r = Frame6::new(
+            (PEER_NODE_MAC, NODE_MAC),
+            POD6_REMOTE,
+            NODE6,
+            proto::UDP,
+            udp6(POD6_REMOTE, POD_PORT, NODE6, nat_port, &[0x44; 900]),
+        );
+        r.hop_limit = 64;
+        let r = r.build();
+        let same_but_hop_limit = |quote: &[u8], packet: &[u8], what: &str| {
+            assert_eq!(quote.len(), packet.len(), "{what}: quote length");
+            assert_eq!(
+                (&quote[..7], &quote[8..]),
+                (&packet[..7], &packet[8..]),
+                "{what}"
+            );
+            assert_eq!(quote[7] + 1, packet[7], "{what}: the hop we were");
+        };
+        // From the pod's side, before the kernel knows the client: the
+        // error goes to the kernel translated.
+        let router = POD6; // any address on the pod's side
+        for (kind, cut) in [(TOO_BIG, usize::MAX), (PORT_UNREACH6, 48)] {
+            let what = format!("to the node, {kind:?}, cut at {cut}");
+            let err = icmp6_error(router, NODE6, kind, &ip6_bytes(&sent, cut)).build();
+            let out = lb.expect(&what, &err, XDP_PASS, Want::C(C::FibPassToKernel));
+            assert_eq!(addrs(&out), (VIP6, CLIENT6), "{what}");
+            let (ty, code, rest, quote) = error_parts6(&out);
+            assert_eq!((ty, code, rest), kind, "{what}");
+            same_but_hop_limit(&quote, &ip6_bytes(&q, cut), &what);
+        }
+        let mac = CLIENT_MAC.map(|b| format!("{b:02x}")).join(":");
+        let client = std::net::Ipv6Addr::from(CLIENT6).to_string();
+        let st = std::process::Command::new("ip")
+            .args(["-6", "neigh", "replace", &client, "lladdr", &mac])
+            .args(["dev", "v0", "nud", "permanent"])
+            .status()
+            .expect("ip neigh");
+        assert!(st.success());
+        let err = icmp6_error(router, NODE6, TOO_BIG, &ip6_bytes(&sent, usize::MAX)).build();
+        let out = lb.expect("to the node", &err, XDP_TX, Want::C(C::IcmpErrorToClient));
+        assert_eq!((&out[0..6], &out[6..12]), (&CLIENT_MAC[..], &NODE_MAC[..]));
+        assert_eq!(out[21] + 1, err[21], "hop limit decremented");
+        let (_, _, _, quote) = error_parts6(&out);
+        same_but_hop_limit(&quote, &ip6_bytes(&q, usize::MAX), "to the node, resolved");
+
+        // From the client's side, about the reply it got.
+        let reply = lb.expect("the pod's reply", &r, XDP_TX, Want::C(C::RemoteReply));
+        assert_eq!(addrs(&reply), (VIP6, CLIENT6));
+        for (kind, cut) in [(TOO_BIG, usize::MAX), (PORT_UNREACH6, 48)] {
+            let what = format!("to the VIP, {kind:?}, cut at {cut}");
+            let err = icmp6_error(CLIENT_ROUTER6, VIP6, kind, &ip6_bytes(&reply, cut)).build();
+            let out = lb.expect(&what, &err, XDP_TX, Want::C(C::IcmpErrorToBackend));
+            assert_eq!(&out[0..6], &PEER_NODE_MAC, "{what}: to the pod's node");
+            assert_eq!(addrs(&out), (NODE6, POD6_REMOTE), "{what}");
+            assert_eq!(out[21] + 1, err[21], "{what}: hop limit decremented");
+            let (ty, code, rest, quote) = error_parts6(&out);
+            assert_eq!((ty, code, rest), kind, "{what}");
+            same_but_hop_limit(&quote, &ip6_bytes(&r, cut), &what);
+        }
+
+        // Quoting no NAT port of ours: the node's.
+        let mut stray = sent.clone();
+        stray[54..56].copy_from_slice(&(nat_port ^ 1).to_be_bytes());
+        let err = icmp6_error(router, NODE6, TOO_BIG, &ip6_bytes(&stray, 48)).build();
+        lb.expect_untouched(
+            "no flow's port",
+            &err,
+            XDP_PASS,
+            Want::C(C::PassIcmpErrorNoFlow),
+        );
+    });
+}
+
 /// Uplink, direct-return flow: the error goes to the pod's node as the
 /// flow's frames do, unchanged but for its Ethernet addresses (that node
 /// holds the flow as a local one and translates it there); the flow's
