@@ -437,6 +437,17 @@ fn to_nat_node(ctx: *mut xdp_md, s: &mut Scratch, l4_len: usize) -> Outcome {
     if m.ip.hop_limit <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
     }
+    let m = readdress(m, (&s.pod, s.pod_port), (&cfg.node_ip6, s.nat_port));
+    m.ip.hop_limit -= 1;
+    forward::send(&xdp, m.eth, &hop, Counter::IcmpErrorToBackend)
+}
+
+/// Full NAT's rewrite of an error, both ends: the quote's source becomes
+/// `src` (and the outer destination its address), the quote's destination
+/// `dst` (and the outer source its address). Returns what is left to send
+/// the error on: its Ethernet and IPv6 headers.
+#[inline(always)]
+fn readdress<'a>(m: Message<'a>, src: (&[u8; 16], u16), dst: (&[u8; 16], u16)) -> Sendable<'a> {
     let mut check = m.q.check;
     translate(
         m.icmp,
@@ -446,8 +457,8 @@ fn to_nat_node(ctx: *mut xdp_md, s: &mut Scratch, l4_len: usize) -> Outcome {
             port: m.q.sport,
             outer: &mut m.ip.dst,
         },
-        &s.pod,
-        s.pod_port,
+        src.0,
+        src.1,
     );
     translate(
         m.icmp,
@@ -457,11 +468,19 @@ fn to_nat_node(ctx: *mut xdp_md, s: &mut Scratch, l4_len: usize) -> Outcome {
             port: m.q.dport,
             outer: &mut m.ip.src,
         },
-        &cfg.node_ip6,
-        s.nat_port,
+        dst.0,
+        dst.1,
     );
-    m.ip.hop_limit -= 1;
-    forward::send(&xdp, m.eth, &hop, Counter::IcmpErrorToBackend)
+    Sendable {
+        eth: m.eth,
+        ip: m.ip,
+    }
+}
+
+/// The outer headers of a rewritten error ([`readdress`]).
+struct Sendable<'a> {
+    eth: &'a mut EthHdr,
+    ip: &'a mut Ipv6Hdr,
 }
 
 /// `lb_ingress6`, an ICMPv6 error (types 1 to 4) to the node's IPv6 address
@@ -543,30 +562,8 @@ fn to_client(ctx: *mut xdp_md, l4_len: usize) -> Outcome {
     if hop.is_some() && m.ip.hop_limit <= 1 {
         return Outcome::Drop(DropReason::TtlExceeded);
     }
-    let mut check = m.q.check;
     // The quote becomes `client → [VIP]:port`, the error `VIP → client`.
-    translate(
-        m.icmp,
-        (check.as_deref_mut(), m.q.udp),
-        &mut Endpoint {
-            addr: &mut m.q.ip.src,
-            port: m.q.sport,
-            outer: &mut m.ip.dst,
-        },
-        &s.node,
-        s.nat_port,
-    );
-    translate(
-        m.icmp,
-        (check, m.q.udp),
-        &mut Endpoint {
-            addr: &mut m.q.ip.dst,
-            port: m.q.dport,
-            outer: &mut m.ip.src,
-        },
-        &s.pod,
-        s.pod_port,
-    );
+    let m = readdress(m, (&s.node, s.nat_port), (&s.pod, s.pod_port));
     match hop {
         Some(h) => {
             m.ip.hop_limit -= 1;

@@ -2083,20 +2083,7 @@ fn ipv6_direct_return_reaches_pods_on_other_nodes_with_the_clients_address() {
     let _servers6 = serve_ipv6_in_every_pod(&k);
     k.dual_stack_nodes();
     let vip6: Ipv6Addr = "fd00:60::300".parse().expect("an IPv6 address");
-    let names = k.node_names(3);
-    let owner =
-        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
-    k.put_service(
-        "web6",
-        VIP,
-        &json!({
-            "spec": { "ipFamilies": ["IPv6"] },
-            "status": { "loadBalancer": { "ingress": [{ "ip": vip6.to_string() }] } }
-        }),
-    );
-    let pods6: Vec<(u8, String)> = (1..=3).map(|i| (i, pod_ip6(i, 1).to_string())).collect();
-    let pods6: Vec<(u8, &str)> = pods6.iter().map(|(i, ip)| (*i, ip.as_str())).collect();
-    k.put(&k.endpoints6("web6", &pods6));
+    let owner = ipv6_service_on_every_node(&k, vip6);
     for i in 1..=3 {
         k.start_agent_with(i, &["--direct-return"]);
     }
@@ -2158,20 +2145,7 @@ fn ipv6_full_nat_reaches_pods_on_other_nodes_from_the_announcers_address() {
     let _servers6 = serve_ipv6_in_every_pod(&k);
     k.dual_stack_nodes();
     let vip6: Ipv6Addr = "fd00:60::301".parse().expect("an IPv6 address");
-    let names = k.node_names(3);
-    let owner =
-        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
-    k.put_service(
-        "web6",
-        VIP,
-        &json!({
-            "spec": { "ipFamilies": ["IPv6"] },
-            "status": { "loadBalancer": { "ingress": [{ "ip": vip6.to_string() }] } }
-        }),
-    );
-    let pods6: Vec<(u8, String)> = (1..=3).map(|i| (i, pod_ip6(i, 1).to_string())).collect();
-    let pods6: Vec<(u8, &str)> = pods6.iter().map(|(i, ip)| (*i, ip.as_str())).collect();
-    k.put(&k.endpoints6("web6", &pods6));
+    let owner = ipv6_service_on_every_node(&k, vip6);
     for i in 1..=3 {
         k.start_agent_with(i, &["--direct-return=false"]);
     }
@@ -2198,6 +2172,26 @@ fn ipv6_full_nat_reaches_pods_on_other_nodes_from_the_announcers_address() {
         "replies translated in XDP"
     );
     assert_eq!(s.counter(Counter::DirectNewFlow), 0);
+}
+
+/// An IPv6-only Service `web6` at `vip6` whose endpoints are a pod on each
+/// of the three nodes; returns the node the election gives `vip6`.
+fn ipv6_service_on_every_node(k: &K8s, vip6: Ipv6Addr) -> u8 {
+    let names = k.node_names(3);
+    let owner =
+        k.node_index(election::owner(vip6, names.iter().map(String::as_str)).expect("an owner"));
+    k.put_service(
+        "web6",
+        VIP,
+        &json!({
+            "spec": { "ipFamilies": ["IPv6"] },
+            "status": { "loadBalancer": { "ingress": [{ "ip": vip6.to_string() }] } }
+        }),
+    );
+    let pods6: Vec<(u8, String)> = (1..=3).map(|i| (i, pod_ip6(i, 1).to_string())).collect();
+    let pods6: Vec<(u8, &str)> = pods6.iter().map(|(i, ip)| (*i, ip.as_str())).collect();
+    k.put(&k.endpoints6("web6", &pods6));
+    owner
 }
 
 /// Whether node `node`'s pods are direct-return backends in `s`.
