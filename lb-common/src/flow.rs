@@ -535,9 +535,9 @@ pub struct FlowScratch {
     pub fronts: LocalFronts,
     /// `flow_hash` of the flow (picks the NAT port probes).
     pub hash: u32,
-    /// While probing NAT ports: the first port held by an idle UDP flow
-    /// (0: none), and that flow's `last_seen_ns` (the compare-and-swap's
-    /// expected value).
+    /// While probing NAT ports: the first port held by a flow that may give
+    /// it up under pressure (`reclaimable`; 0: none), and that flow's
+    /// `last_seen_ns` (the compare-and-swap's expected value).
     pub spare_port: u16,
     /// `lb_service6` to `lb_nat6`: whether the flow has an entry, and
     /// whether `lb_nat6` must find it again (lb-ebpf's `nat6::NEW`,
@@ -564,7 +564,16 @@ pub struct FlowTimeouts {
     /// UDP flows to `range / udp_s` a second). The flow it was taken from
     /// goes on with a new port on its next datagram.
     pub udp_reclaim_s: u32,
-    pub _pad: u32,
+    /// TCP flow closed by both FINs, when a new remote flow finds every NAT
+    /// port it probes held: a flow closed this long gives its port up to it.
+    /// Its backend socket may still be in `TIME_WAIT` (a minute on Linux),
+    /// which the closing timeout does not wait out either: the backend
+    /// takes the new SYN as the next incarnation (or answers with an ACK
+    /// that the client resets and retries at once). Without this a closed
+    /// flow holds its port for `tcp_closing_s`, and the NAT range bounds new
+    /// TCP flows to one backend at `range / tcp_closing_s` a second, with
+    /// probes failing long before that.
+    pub tcp_reclaim_s: u32,
 }
 
 impl FlowTimeouts {
@@ -574,14 +583,17 @@ impl FlowTimeouts {
     /// kernel's unreplied/replied UDP timeouts are 30/120 s), and five
     /// seconds before an idle UDP flow's port may go to a new flow when the
     /// range is full (a resolver's first retry comes after five seconds;
-    /// it finds a new port then, not a dropped packet).
+    /// it finds a new port then, not a dropped packet); two seconds before
+    /// a closed TCP flow's port may (the kernel's `tcp_tw_reuse` takes a
+    /// `TIME_WAIT` port after one; ours is the shortest timeout there is,
+    /// [`Self::MIN_S`]).
     pub const DEFAULT: Self = Self {
         tcp_syn_s: 60,
         tcp_established_s: 6 * 3600,
         tcp_closing_s: 10,
         udp_s: 30,
         udp_reclaim_s: 5,
-        _pad: 0,
+        tcp_reclaim_s: 2,
     };
 
     /// The shortest timeout accepted: flows refresh their timestamps once a
@@ -594,6 +606,7 @@ impl FlowTimeouts {
         tcp_closing_s: u32,
         udp_s: u32,
         udp_reclaim_s: u32,
+        tcp_reclaim_s: u32,
     ) -> Self {
         Self {
             tcp_syn_s,
@@ -601,7 +614,7 @@ impl FlowTimeouts {
             tcp_closing_s,
             udp_s,
             udp_reclaim_s,
-            _pad: 0,
+            tcp_reclaim_s,
         }
     }
 }
@@ -648,9 +661,12 @@ pub const fn expired(
     now_ns.saturating_sub(last_seen_ns) > timeout_s(proto, state, t) as u64 * NS_PER_SEC
 }
 
-/// Whether a flow holding a NAT port a new flow wants may give it up: over
-/// ([`expired`]), or, when every probed port is held (`pressed`), a UDP flow
-/// idle for `udp_reclaim_s`.
+/// Whether a flow holding a NAT port may give it up to a new flow that
+/// found every port it probed held (one that is over gives it up at once,
+/// see [`expired`]): a UDP flow idle for `udp_reclaim_s`, or a TCP flow
+/// closed by both FINs `tcp_reclaim_s` ago. Not one closed by an RST
+/// alone: one packet from outside can forge that, and the flow goes on if
+/// the backend does.
 #[inline(always)]
 pub const fn reclaimable(
     proto: u8,
@@ -658,12 +674,15 @@ pub const fn reclaimable(
     last_seen_ns: u64,
     now_ns: u64,
     t: &FlowTimeouts,
-    pressed: bool,
 ) -> bool {
-    expired(proto, state, last_seen_ns, now_ns, t)
-        || (pressed
-            && proto == crate::proto::UDP
-            && now_ns.saturating_sub(last_seen_ns) > t.udp_reclaim_s as u64 * NS_PER_SEC)
+    let idle = now_ns.saturating_sub(last_seen_ns);
+    if proto == crate::proto::UDP {
+        idle > t.udp_reclaim_s as u64 * NS_PER_SEC
+    } else {
+        proto == crate::proto::TCP
+            && state & tcp_state::BOTH_FIN == tcp_state::BOTH_FIN
+            && idle > t.tcp_reclaim_s as u64 * NS_PER_SEC
+    }
 }
 
 /// The state after a TCP packet with header flags `flags` from `side`, on

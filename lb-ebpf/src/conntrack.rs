@@ -483,9 +483,11 @@ pub extern "C" fn onehop_flow_create() -> u32 {
 /// ours once our reverse entry (`s.rval`) was inserted with `BPF_NOEXIST`
 /// (so two CPUs can never claim the same one), or when the entry holding it
 /// is this flow's own (a flow that starts again after its conntrack entry
-/// expired keeps its port), or is expired or closed past its timeout: then
-/// it is taken over by compare-and-swap (`nat_port_reclaimed`), so closed
-/// flows give their ports back without waiting for the LRU. `s.rkey` is
+/// expired keeps its port), or is expired or closed past its timeout, or,
+/// when every probe found its port held, idle or closed for a shorter
+/// while (`flow::reclaimable`): then it is taken over by compare-and-swap
+/// (`nat_port_reclaimed`), so closed flows give their ports back without
+/// waiting for the LRU. `s.rkey` is
 /// the reply key with the port left 0 (the backend's reply to us); leaves
 /// the claimed port in it. 0 when none was free.
 #[expect(
@@ -501,9 +503,10 @@ fn claim_nat_port(cfg: &DatapathConfig, proto: u8, s: &mut FlowScratch) -> u16 {
     }
     let size = max - min + 1;
     let h = s.hash;
-    // A free port, or one of a flow that is over, wins at once. An idle UDP
-    // flow's port (`FlowTimeouts::udp_reclaim_s`) is only remembered: it is
-    // taken after the loop, when every probe found its port held.
+    // A free port, or one of a flow that is over, wins at once. The port of
+    // an idle UDP flow or a closed TCP one (`flow::reclaimable`) is only
+    // remembered: it is taken after the loop, when every probe found its
+    // port held.
     // (Kept in the scratch map: two more live values spill past the stack.)
     s.spare_port = 0;
     let mut i = 0;
@@ -540,8 +543,7 @@ fn claim_nat_port(cfg: &DatapathConfig, proto: u8, s: &mut FlowScratch) -> u16 {
                     stats::count(Counter::NatPortReclaimed);
                     return port;
                 }
-            } else if s.spare_port == 0
-                && flow::reclaimable(proto, state, last, now, &cfg.timeouts, true)
+            } else if s.spare_port == 0 && flow::reclaimable(proto, state, last, now, &cfg.timeouts)
             {
                 s.spare_port = port;
                 s.spare_last = last;

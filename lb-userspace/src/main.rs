@@ -270,6 +270,11 @@ struct KubeArgs {
     /// idle this many seconds gives its port up (Kubernetes source).
     #[arg(long, default_value_t = FlowTimeouts::DEFAULT.udp_reclaim_s)]
     udp_reclaim_secs: u32,
+    /// When a new remote flow finds every NAT port it tries held, a TCP flow
+    /// closed by both FINs this many seconds ago gives its port up
+    /// (Kubernetes source).
+    #[arg(long, default_value_t = FlowTimeouts::DEFAULT.tcp_reclaim_s)]
+    tcp_reclaim_secs: u32,
     /// Maglev table size (slots) of every Service without the
     /// `onehop.io/maglev-table-size` annotation: one of 101, 251, 509, 1021,
     /// 2039, 4093, 8191, 16381, 32749, 65521. Fixed whatever the backend
@@ -530,6 +535,7 @@ fn flow_timeouts(kube: &KubeArgs) -> Result<FlowTimeouts> {
         ("--tcp-closing-timeout-secs", kube.tcp_closing_timeout_secs),
         ("--udp-timeout-secs", kube.udp_timeout_secs),
         ("--udp-reclaim-secs", kube.udp_reclaim_secs),
+        ("--tcp-reclaim-secs", kube.tcp_reclaim_secs),
     ] {
         anyhow::ensure!(
             range.contains(&v),
@@ -544,6 +550,7 @@ fn flow_timeouts(kube: &KubeArgs) -> Result<FlowTimeouts> {
         kube.tcp_closing_timeout_secs,
         kube.udp_timeout_secs,
         kube.udp_reclaim_secs,
+        kube.tcp_reclaim_secs,
     ))
 }
 

@@ -2653,77 +2653,139 @@ fn syn_retransmission_and_syn_on_established_keep_backend_port_and_entries() {
     });
 }
 
-#[test]
-fn closed_flows_give_their_nat_ports_back_after_the_closing_timeout() {
-    with_lb(|lb| {
-        let (pod_ip, pod_port) = pod(REMOTE_PEER);
-        lb.set_nat_ports(62000, 62003);
-        let mut ports = Vec::new();
-        for sport in 44000..44004 {
-            let (_, port) = remote_flow(lb, sport, SYN);
-            let reply = |f| Pkt::tcp(pod_ip, pod_port, NODE_IP, port, f).build();
-            lb.expect(
-                "SYN-ACK",
-                &reply(SYN | ACK),
-                XDP_TX,
-                Want::C(C::RemoteReply),
-            );
-            let c = |f| Pkt::tcp(CLIENT, sport, VIP, 81, f).build();
-            lb.expect("ACK", &c(ACK), XDP_TX, Want::C(C::RemoteEstablished));
-            lb.expect(
-                "client FIN",
-                &c(FIN | ACK),
-                XDP_TX,
-                Want::C(C::RemoteEstablished),
-            );
+/// How [`tcp_flow_to`] leaves a remote flow it opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    BothFins,
+    Rst,
+    Open,
+}
+
+/// A TCP connection from `CLIENT:sport` through the VIP to the remote pod,
+/// established, then closed as `end` says. Returns its NAT port.
+fn tcp_flow_to(lb: &mut Lb, sport: u16, end: Ending) -> u16 {
+    let (pod_ip, pod_port) = pod(REMOTE_PEER);
+    let (_, port) = remote_flow(lb, sport, SYN);
+    let reply = |f| Pkt::tcp(pod_ip, pod_port, NODE_IP, port, f).build();
+    let c = |f| Pkt::tcp(CLIENT, sport, VIP, 81, f).build();
+    lb.expect(
+        "SYN-ACK",
+        &reply(SYN | ACK),
+        XDP_TX,
+        Want::C(C::RemoteReply),
+    );
+    lb.expect("ACK", &c(ACK), XDP_TX, Want::C(C::RemoteEstablished));
+    match end {
+        Ending::BothFins => {
+            let est = Want::C(C::RemoteEstablished);
+            lb.expect("client FIN", &c(FIN | ACK), XDP_TX, est);
             lb.expect(
                 "backend FIN",
                 &reply(FIN | ACK),
                 XDP_TX,
                 Want::C(C::RemoteReply),
             );
-            lb.expect("last ACK", &c(ACK), XDP_TX, Want::C(C::RemoteEstablished));
+            lb.expect("last ACK", &c(ACK), XDP_TX, est);
+        }
+        Ending::Rst => {
+            lb.expect("client RST", &c(RST), XDP_TX, Want::C(C::RemoteEstablished));
+        }
+        Ending::Open => {}
+    }
+    let rev = lb
+        .rev_nat(&flow(pod_ip, NODE_IP, pod_port, port, proto::TCP))
+        .expect("reverse entry");
+    assert_eq!(
+        lb_common::flow::closing(rev.state),
+        end != Ending::Open,
+        "{end:?}: state {:#b}",
+        rev.state
+    );
+    port
+}
+
+/// A closed flow's NAT port comes back to a new flow that finds every port
+/// it probes held once the flow is `tcp_reclaim` (2 s) closed by both FINs,
+/// else at the closing timeout (10 s; a flow an RST alone closed waits for
+/// it: one packet from outside can forge that); a live flow's never.
+#[test]
+fn closed_flows_give_their_nat_ports_back_under_pressure_and_after_the_closing_timeout() {
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        lb.set_nat_ports(62000, 62003);
+        let mut ports = std::collections::BTreeMap::new();
+        for (sport, end) in [
+            (44000, Ending::BothFins),
+            (44001, Ending::BothFins),
+            (44002, Ending::Rst),
+            (44003, Ending::Open),
+        ] {
+            ports.insert(tcp_flow_to(lb, sport, end), end);
+        }
+        assert_eq!(
+            ports.keys().copied().collect::<Vec<_>>(),
+            [62000, 62001, 62002, 62003]
+        );
+        let syn = |sport| Pkt::tcp(CLIENT, sport, VIP, 81, SYN).build();
+        let taken_by = |lb: &mut Lb, sport, what: &str| {
+            let before = lb.counts();
+            let out = lb.expect(what, &syn(sport), XDP_TX, Want::C(C::RemoteNewFlow));
+            assert_eq!(
+                lb.counts().minus(&before).c(C::NatPortReclaimed),
+                1,
+                "{what}"
+            );
+            let port = view(&out).sport;
             let rev = lb
                 .rev_nat(&flow(pod_ip, NODE_IP, pod_port, port, proto::TCP))
                 .expect("reverse entry");
-            assert!(
-                lb_common::flow::closing(rev.state),
-                "state {:#b}",
-                rev.state
+            assert_eq!(
+                (rev.new_dst, rev.new_dport),
+                (addr_v4(CLIENT), sport),
+                "{what}: taken over"
             );
-            ports.push(port);
-        }
-        ports.sort_unstable();
-        assert_eq!(ports, [62000, 62001, 62002, 62003]);
-        let next = Pkt::tcp(CLIENT, 44100, VIP, 81, SYN).build();
+            port
+        };
         lb.expect_untouched(
             "closed moments ago: the ports are still held",
-            &next,
+            &syn(44100),
             XDP_DROP,
             Want::D(D::NatExhausted),
         );
-        // Past the closing timeout (10 s by default).
-        lb.age_flows(11);
-        let before = lb.counts();
-        let out = lb.expect("a port came back", &next, XDP_TX, Want::C(C::RemoteNewFlow));
-        assert!((62000..=62003).contains(&view(&out).sport));
-        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
-        let rev = lb
-            .rev_nat(&flow(
-                pod_ip,
-                NODE_IP,
-                pod_port,
-                view(&out).sport,
-                proto::TCP,
-            ))
-            .expect("reverse entry");
-        assert_eq!(
-            (rev.new_dst, rev.new_dport),
-            (addr_v4(CLIENT), 44100),
-            "taken over"
+        lb.age_flows(1);
+        lb.expect_untouched(
+            "closed 1 s ago: still held",
+            &syn(44100),
+            XDP_DROP,
+            Want::D(D::NatExhausted),
         );
-        // Established flows are not reclaimed at the same age.
-        let (_, _) = remote_flow(lb, 44200, ACK);
+        // Past tcp_reclaim (2 s), with every port held, the flows closed
+        // by both FINs give theirs up, one to each new flow.
+        lb.age_flows(2);
+        let first = taken_by(lb, 44100, "3 s after both FINs");
+        let second = taken_by(lb, 44101, "the other flow closed by both FINs");
+        assert_eq!(
+            (ports[&first], ports[&second]),
+            (Ending::BothFins, Ending::BothFins),
+            "{first} {second}"
+        );
+        lb.expect_untouched(
+            "closed by an RST 3 s ago, or open: held",
+            &syn(44102),
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
+        // Past the closing timeout (10 s by default) the RST's flow is over;
+        // the open one, idle as long, keeps its port.
+        lb.age_flows(8);
+        let third = taken_by(lb, 44102, "11 s after the RST");
+        assert_eq!(ports[&third], Ending::Rst);
+        lb.expect_untouched(
+            "established: held",
+            &syn(44103),
+            XDP_DROP,
+            Want::D(D::NatExhausted),
+        );
     });
 }
 
@@ -4166,7 +4228,7 @@ fn a_new_flow_takes_an_over_flows_slot_before_a_half_open_one() {
     with_lb(|lb| {
         lb.set_backends(80, &[LOCAL_A]);
         // Established flows idle for 2 s are over.
-        lb.set_flow_timeouts(lb_common::FlowTimeouts::new(60, 2, 10, 30, 5));
+        lb.set_flow_timeouts(lb_common::FlowTimeouts::new(60, 2, 10, 30, 5, 2));
         let now = clock_past(20);
         let live = local_flow(tcp_state::ESTABLISHED, now);
         let half_open = local_flow(tcp_state::SYN_SENT, now - 10 * SEC);

@@ -188,7 +188,7 @@ mod tests {
     use super::*;
     use crate::proto;
 
-    const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30, 5);
+    const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30, 5, 2);
     const NOW: u64 = 100_000 * NS_PER_SEC;
 
     #[test]

@@ -4,7 +4,7 @@ use std::format;
 use super::{tcp_flags as f, tcp_state as s, *};
 use crate::proto;
 
-const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30, 5);
+const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30, 5, 2);
 
 /// Every combination of the flags that matter: FIN, SYN, RST, PSH and ACK
 /// are the five low bits.
@@ -167,6 +167,39 @@ fn expiry_is_after_the_timeout_of_the_state_and_never_for_future_stamps() {
             "stamped after now"
         );
     }
+}
+
+/// Under pressure a port goes only from a flow that is done with it, or
+/// whose next packet can take another: idle UDP after `udp_reclaim_s`, TCP
+/// closed by both FINs after `tcp_reclaim_s`; never a live TCP flow nor one
+/// an RST alone closed (forgeable), whatever its age short of expiry.
+#[test]
+fn under_pressure_only_idle_udp_and_tcp_closed_by_both_fins_give_their_port() {
+    let sec = NS_PER_SEC;
+    let t0 = 1_000 * sec;
+    for st in all_states() {
+        for (proto, limit) in [(proto::UDP, Some(5u32)), (proto::TCP, None)] {
+            let limit = if proto == proto::TCP {
+                (st & s::BOTH_FIN == s::BOTH_FIN).then_some(2u32)
+            } else {
+                limit
+            };
+            for age in [0, 1, 2, 3, 5, 6, 9] {
+                let now = t0 + age * sec + 1;
+                let want = limit.is_some_and(|l| age >= u64::from(l));
+                assert_eq!(
+                    reclaimable(proto, st, t0, now, &T),
+                    want,
+                    "{proto} {st:#b} {age} s after"
+                );
+            }
+            assert!(
+                !reclaimable(proto, st, t0 + sec, t0, &T),
+                "stamped after now"
+            );
+        }
+    }
+    assert!(!reclaimable(proto::ICMP, 0, 0, 1_000 * sec, &T));
 }
 
 #[test]

@@ -45,9 +45,11 @@
 //!   `tcp_established` (21600), `tcp_closing` (after both FINs or an RST,
 //!   10), `udp` (30), and `udp_reclaim` (5): when a new remote flow finds
 //!   every NAT port it tries held, a UDP flow idle this long gives its port
-//!   up (and takes a new one with its next datagram); each optional,
-//!   2..=2592000. A closed flow's NAT port is free again `tcp_closing`
-//!   seconds after the close.
+//!   up (and takes a new one with its next datagram), and `tcp_reclaim`
+//!   (2): then a TCP flow closed by both FINs this long ago gives its port
+//!   up; each optional, 2..=2592000. A closed flow's NAT port is free
+//!   again `tcp_closing` seconds after the close, or `tcp_reclaim` seconds
+//!   after it when a new flow needs it.
 //! - `maglev_table_size`: slots of each service's Maglev table, one of 101,
 //!   251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521 (default 1021).
 //!   The size does not follow the backend count, so a backend joining or
@@ -221,6 +223,8 @@ struct RawFlowTimeouts {
     udp: Option<Spanned<i64>>,
     #[serde(default)]
     udp_reclaim: Option<Spanned<i64>>,
+    #[serde(default)]
+    tcp_reclaim: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -542,6 +546,7 @@ impl Validator {
             one("tcp_closing", &raw.tcp_closing, d.tcp_closing_s),
             one("udp", &raw.udp, d.udp_s),
             one("udp_reclaim", &raw.udp_reclaim, d.udp_reclaim_s),
+            one("tcp_reclaim", &raw.tcp_reclaim, d.tcp_reclaim_s),
         )
     }
 

@@ -82,7 +82,7 @@ fn parses_the_example() {
                 min: 62000,
                 max: 63000
             },
-            flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60, 5),
+            flow_timeouts: FlowTimeouts::new(60, 21_600, 30, 60, 5, 2),
             maglev_table_size: MaglevSize::DEFAULT,
             direct_return: crate::plan::model::DirectReturn::Off,
             announce: [ip("192.168.50.100")].into(),
@@ -1028,15 +1028,23 @@ fn flow_timeouts_default_each_and_are_bounded() {
     let f = ok("flow_timeouts: { tcp_established: 86400 }\nservices: []\n");
     assert_eq!(
         f.flow_timeouts,
-        FlowTimeouts::new(60, 86_400, 10, 30, 5),
+        FlowTimeouts::new(60, 86_400, 10, 30, 5, 2),
         "the others keep their defaults"
     );
+    let f = ok("flow_timeouts: { udp_reclaim: 7, tcp_reclaim: 3 }\nservices: []\n");
     assert_eq!(
-        issues("flow_timeouts: { tcp_syn: 1, tcp_closing: -5, udp: 2592001 }\nservices: []\n"),
+        (f.flow_timeouts.udp_reclaim_s, f.flow_timeouts.tcp_reclaim_s),
+        (7, 3)
+    );
+    assert_eq!(
+        issues(
+            "flow_timeouts: { tcp_syn: 1, tcp_closing: -5, udp: 2592001, tcp_reclaim: 0 }\nservices: []\n"
+        ),
         [
             "flow_timeouts.tcp_syn (line 1): must be 2..=2592000 seconds, not 1",
             "flow_timeouts.tcp_closing (line 1): must be 2..=2592000 seconds, not -5",
             "flow_timeouts.udp (line 1): must be 2..=2592000 seconds, not 2592001",
+            "flow_timeouts.tcp_reclaim (line 1): must be 2..=2592000 seconds, not 0",
         ]
     );
     assert!(syntax_error("flow_timeouts: { tcp_fin: 5 }\nservices: []\n").contains("tcp_fin"));
