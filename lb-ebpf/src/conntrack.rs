@@ -56,7 +56,24 @@ pub fn cached_hop(ct: *const ConntrackValue, now: u64) -> Option<NextHop> {
     })
 }
 
-/// Stores a freshly looked-up next hop in a remote flow's entry.
+/// The next hop a value holds, whatever its age: a flow entry's (see
+/// [`cached_hop`]), or the one a program staged in the scratch slot's
+/// `ctv` for the next (`lb_service6` for `lb_nat6` and `onehop_direct6`).
+#[inline(always)]
+pub fn stored_hop(ct: *const ConntrackValue) -> NextHop {
+    // SAFETY: `ct` is a conntrack or scratch value pointer obtained in this
+    // run; fields are read by value.
+    unsafe {
+        NextHop {
+            ifindex: (*ct).hop_ifindex,
+            dmac: (*ct).hop_dmac,
+            smac: (*ct).hop_smac,
+        }
+    }
+}
+
+/// Stores a freshly looked-up next hop in a remote flow's entry, or one
+/// for the next program in the scratch slot's `ctv` (see [`stored_hop`]).
 #[inline(always)]
 pub fn store_hop(ct: *mut ConntrackValue, hop: &NextHop) {
     // SAFETY: as in `cached_hop`; see there for concurrent writers.

@@ -187,9 +187,7 @@ fn forward_nat(
         // SAFETY: this CPU's scratch slot, ours for this run.
         unsafe {
             (*s).ctv.nat_port = 0;
-            (*s).ctv.hop_ifindex = hop.ifindex;
-            (*s).ctv.hop_dmac = hop.dmac;
-            (*s).ctv.hop_smac = hop.smac;
+            conntrack::store_hop(&raw mut (*s).ctv, &hop);
         }
         port = match conntrack::onehop_flow_create() {
             0 => return Outcome::Drop(DropReason::NatExhausted),
@@ -237,11 +235,7 @@ fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16
             Known {
                 port: (*s).ctv.nat_port,
                 ct: None,
-                hop: Some(NextHop {
-                    ifindex: (*s).ctv.hop_ifindex,
-                    dmac: (*s).ctv.hop_dmac,
-                    smac: (*s).ctv.hop_smac,
-                }),
+                hop: Some(conntrack::stored_hop(&raw const (*s).ctv)),
             }
         };
     }

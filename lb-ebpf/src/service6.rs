@@ -35,9 +35,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, ReplyKey},
     family::{Backend6, Family as _, V6},
-    flowtable,
-    forward::{self, NextHop},
-    guard,
+    flowtable, forward, guard,
     ingress::transport,
     ingress6::skip_extensions,
     maps::{BACKEND_STATS, BACKENDS6, CONFIG, SERVICE_STATS, SERVICES6, XDP_PROGRAMS},
@@ -215,9 +213,7 @@ fn to_nat(
                     // SAFETY: this CPU's scratch slot, ours for this run.
                     unsafe {
                         (*s).ctv.nat_port = port;
-                        (*s).ctv.hop_ifindex = h.ifindex;
-                        (*s).ctv.hop_dmac = h.dmac;
-                        (*s).ctv.hop_smac = h.smac;
+                        conntrack::store_hop(&raw mut (*s).ctv, &h);
                     }
                     nat6::CACHED
                 }
@@ -260,11 +256,7 @@ fn to_direct(
         match (cached, conntrack::scratch()) {
             (Some(h), Some(s)) => {
                 // SAFETY: this CPU's scratch slot, ours for this run.
-                unsafe {
-                    (*s).ctv.hop_ifindex = h.ifindex;
-                    (*s).ctv.hop_dmac = h.dmac;
-                    (*s).ctv.hop_smac = h.smac;
-                }
+                conntrack::store_hop(unsafe { &raw mut (*s).ctv }, &h);
                 DIRECT6_CACHED
             }
             _ => DIRECT6_LOOKUP,
@@ -346,13 +338,7 @@ fn direct_hop(ctx: &XdpContext, backend_id: u32, mode: u32, counter: Counter) ->
     };
     let hop = if mode == DIRECT6_CACHED {
         // SAFETY: this CPU's scratch slot, where the caller put the hop.
-        unsafe {
-            NextHop {
-                ifindex: (*s).ctv.hop_ifindex,
-                dmac: (*s).ctv.hop_dmac,
-                smac: (*s).ctv.hop_smac,
-            }
-        }
+        conntrack::stored_hop(unsafe { &raw const (*s).ctv })
     } else {
         let Some(b) = BACKENDS6.get_ptr(backend_id) else {
             return Outcome::Drop(DropReason::NoBackend);

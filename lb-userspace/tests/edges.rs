@@ -21,7 +21,11 @@ use lb_userspace::{
     net::neigh,
     net::netdev::Interface,
 };
-use onehop_testkit::{bpffs::PinRoot, netns::in_netns, topology::Topology};
+use onehop_testkit::{
+    bpffs::PinRoot,
+    netns::in_netns,
+    topology::{Topology, node_ip6, pod_ip6},
+};
 
 fn small_sizes() -> loader::Sizes {
     loader::Sizes {
@@ -143,7 +147,7 @@ fn the_interface_lookup_reads_the_ipv6_address_with_its_prefix() {
         .expect("eth0");
     assert_eq!(
         (iface.ipv6, iface.ipv6_prefix_len),
-        (Some(onehop_testkit::topology::node_ip6(1)), Some(64))
+        (Some(node_ip6(1)), Some(64))
     );
 }
 
@@ -1333,51 +1337,49 @@ fn an_ipv6_vip_is_resolved_pinged_and_served_with_the_clients_address() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Path-MTU discovery through an IPv6 VIP, as
+/// Path-MTU discovery through IPv6 VIPs, as
 /// `e2e::path_mtu_discovery_through_the_vip_for_local_and_remote_backends`
-/// for IPv4: a hop with MTU 1400 between the node and its pod (`cni0` and
+/// for IPv4: a hop with MTU 1400 between each node and its pod (`cni0` and
 /// the pod's veth, as a CNI with a smaller pod MTU sets them); the client
 /// sends datagrams of 1,450 bytes of payload (1,498-byte packets: they fit
-/// the LAN's 1500, not the pod's hop) with `IPV6_DONTFRAG` through the VIP
-/// to its local backend. The node's kernel answers "Packet Too Big, MTU
-/// 1400" about the translated packet (`client → [pod]`), out through
-/// `lb_egress6`, which makes it come from the VIP and quote what the client
-/// sent; the client must learn the VIP's path MTU: its socket gets
-/// `EMSGSIZE`, `IPV6_MTU` says 1400 and its route cache holds `mtu 1400`
-/// for the VIP. Untranslated, the error named the pod and the node, and
-/// the client's kernel matched it to no socket.
+/// the LAN's 1500, not the pod's hop) with `IPV6_DONTFRAG` through a VIP.
+/// - To node1's own pod: node1's kernel answers "Packet Too Big, MTU 1400"
+///   about the translated packet (`client → [pod]`), out through
+///   `lb_egress6`, which makes it come from the VIP and quote what the
+///   client sent (`egress_icmp_error`).
+/// - To node2's pod, by full NAT (node2 runs no agent): node2's kernel
+///   answers node1's address about `[node1]:nat_port → [pod]`; node1's XDP
+///   sends it to the client from the VIP, quoting `client → [VIP]:port`
+///   (`icmp_error_to_client`).
+///
+/// The client must learn each VIP's path MTU: its socket gets `EMSGSIZE`,
+/// `IPV6_MTU` says 1400 and its route cache holds `mtu 1400` for the VIP.
+/// Untranslated, the errors named a pod or the node, and the client's
+/// kernel matched them to no socket.
 #[test]
-fn path_mtu_discovery_through_an_ipv6_vip_to_a_local_backend() {
+fn path_mtu_discovery_through_ipv6_vips_to_local_and_remote_backends() {
     const SMALL_MTU: &str = "1400";
     const PAYLOAD: usize = 1450;
     const PORT: u16 = 53;
     const TARGET_PORT: u16 = 5353;
     let topo = Topology::builder()
-        .nodes(1)
+        .nodes(2)
         .pods_per_node(1)
         .clients(1)
         .build()
         .expect("topology");
-    let node = topo.node(1);
-    let pod = node.pod(1);
     let client = topo.client();
-    topo.ipv6_lan().expect("IPv6 on the LAN");
-    for (ns, dev, what) in [
-        (node.ns(), "cni0", "cni0"),
-        (node.ns(), pod.host_peer(), "pod veth, node side"),
-        (pod.ns(), "eth0", "pod veth, pod side"),
-    ] {
-        ns.ip(&["link", "set", dev, "mtu", SMALL_MTU])
-            .unwrap_or_else(|e| panic!("{what} mtu: {e:#}"));
-    }
-    let _server = onehop_testkit::server::UdpServer::start(
-        pod.ns(),
-        pod.name(),
-        std::net::SocketAddr::new("fd00:42::2".parse().expect("an address"), TARGET_PORT),
-    )
-    .expect("the pod's UDP server");
+    topo.ipv6_lan_all_nodes()
+        .expect("IPv6 on the LAN and the nodes");
+    let servers: Vec<_> = topo
+        .nodes()
+        .iter()
+        .map(|node| small_pod_hop6(node, SMALL_MTU, TARGET_PORT))
+        .collect();
+    let node = topo.node(1);
     // A veth delivers what XDP sends back only to a peer with an XDP
-    // program of its own (see `dataplane::peer`): the VIP's advertisements.
+    // program of its own (see `dataplane::peer`): the VIP's advertisements,
+    // and the frames to node2.
     let _pass = in_netns(topo.lan(), || {
         lb_userspace::dataplane::peer::attach(node.lan_peer())
     })
@@ -1388,61 +1390,105 @@ fn path_mtu_discovery_through_an_ipv6_vip_to_a_local_backend() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     // Not `services.yaml`: `agent_args` writes its own IPv4 file there.
     let services = dir.join("services6.yaml");
-    let vip: std::net::Ipv6Addr = "fd00:60::ab:cd01".parse().expect("an IPv6 address");
+    let vip_local: std::net::Ipv6Addr = "fd00:60::ab:cd01".parse().expect("an IPv6 address");
+    let vip_remote: std::net::Ipv6Addr = "fd00:60::ab:cd02".parse().expect("an IPv6 address");
     let text = format!(
-        "announce: [\"{vip}\"]
+        "announce: [\"{vip_local}\", \"{vip_remote}\"]
 services:
-  - name: dns6
-    vip: \"{vip}\"
+  - name: local6
+    vip: \"{vip_local}\"
     ports: [{{ port: {PORT}, protocol: UDP, target_port: {TARGET_PORT} }}]
-    backends: [{{ ip: \"fd00:42::2\", node_ip: {} }}]
+    backends: [{{ ip: \"{}\", node_ip: {} }}]
+  - name: remote6
+    vip: \"{vip_remote}\"
+    ports: [{{ port: {PORT}, protocol: UDP, target_port: {TARGET_PORT} }}]
+    backends: [{{ ip: \"{}\", node_ip: \"{}\" }}]
 ",
-        node.ip()
+        pod_ip6(1, 1),
+        node.ip(),
+        pod_ip6(2, 1),
+        node_ip6(2),
     );
     std::fs::write(&services, text).expect("services file");
     let _agent = spawn_agent6(node, root.path(), &dir, &services, "agent.log");
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-    let addr = std::net::SocketAddr::new(vip.into(), PORT);
 
-    // Small datagrams go through once the agent serves: the pod answers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match in_netns(client.ns(), || small_exchange6(addr)).expect("the client's namespace") {
-            Ok(answer) if answer.contains(pod.name()) => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "no answer through {addr}: {other:?}\nagent log:\n{}",
-                log()
-            ),
+    for (what, vip, pod, counter) in [
+        ("local", vip_local, node.pod(1), "egress_icmp_error"),
+        (
+            "remote",
+            vip_remote,
+            topo.node(2).pod(1),
+            "icmp_error_to_client",
+        ),
+    ] {
+        let addr = std::net::SocketAddr::new(vip.into(), PORT);
+        // Small datagrams go through once the agent serves: the pod answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match in_netns(client.ns(), || small_exchange6(addr)).expect("the client's namespace") {
+                Ok(answer) if answer.contains(pod.name()) => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{what}: no answer through {addr}: {other:?}\nagent log:\n{}",
+                    log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let translated = || counter_of(node, root.path(), "egress_icmp_error");
-    let before = translated();
+        let translated = || counter_of(node, root.path(), counter);
+        let before = translated();
 
-    let learned = in_netns(client.ns(), || pmtu_probe6(addr, PAYLOAD))
-        .expect("the client's namespace")
-        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", log()));
-    assert_eq!(
-        learned,
-        Some(1400),
-        "the client never learned the path MTU of {vip}"
-    );
-    let route = output(Command::new("ip").args([
-        "-n",
-        client.ns().name(),
-        "-6",
-        "route",
-        "get",
-        &vip.to_string(),
-    ]));
-    assert!(
-        route.contains("mtu 1400"),
-        "the client's route cache for {vip}: {route}"
-    );
-    let after = translated();
-    assert!(after > before, "egress_icmp_error {before} -> {after}");
+        let learned = in_netns(client.ns(), || pmtu_probe6(addr, PAYLOAD))
+            .expect("the client's namespace")
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\nagent log:\n{}", log()));
+        assert_eq!(
+            learned,
+            Some(1400),
+            "{what}: the client never learned the path MTU of {vip}"
+        );
+        let route = output(Command::new("ip").args([
+            "-n",
+            client.ns().name(),
+            "-6",
+            "route",
+            "get",
+            &vip.to_string(),
+        ]));
+        assert!(
+            route.contains("mtu 1400"),
+            "{what}: the client's route cache for {vip}: {route}"
+        );
+        let after = translated();
+        assert!(after > before, "{what}: {counter} {before} -> {after}");
+    }
+    drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The MTU of the hop between `node` and its first pod (`cni0` and both
+/// ends of the pod's veth) set to `mtu`, and a UDP server on the pod's
+/// IPv6 address, port `port`.
+fn small_pod_hop6(
+    node: &onehop_testkit::topology::Node,
+    mtu: &str,
+    port: u16,
+) -> onehop_testkit::server::UdpServer {
+    let pod = node.pod(1);
+    for (ns, dev, what) in [
+        (node.ns(), "cni0", "cni0"),
+        (node.ns(), pod.host_peer(), "pod veth, node side"),
+        (pod.ns(), "eth0", "pod veth, pod side"),
+    ] {
+        ns.ip(&["link", "set", dev, "mtu", mtu])
+            .unwrap_or_else(|e| panic!("{} {what} mtu: {e:#}", node.name()));
+    }
+    onehop_testkit::server::UdpServer::start(
+        pod.ns(),
+        pod.name(),
+        std::net::SocketAddr::new(pod_ip6(node.index(), 1).into(), port),
+    )
+    .expect("a pod's UDP server")
 }
 
 /// The data path's counter `name` on `node`, from `onehop status -o json`.
