@@ -2746,19 +2746,12 @@ fn closed_flows_give_their_nat_ports_back_under_pressure_and_after_the_closing_t
             );
             port
         };
-        lb.expect_untouched(
-            "closed moments ago: the ports are still held",
-            &syn(44100),
-            XDP_DROP,
-            Want::D(D::NatExhausted),
-        );
+        let held = |lb: &mut Lb, sport, what: &str| {
+            lb.expect_untouched(what, &syn(sport), XDP_DROP, Want::D(D::NatExhausted));
+        };
+        held(lb, 44100, "closed moments ago: the ports are still held");
         lb.age_flows(1);
-        lb.expect_untouched(
-            "closed 1 s ago: still held",
-            &syn(44100),
-            XDP_DROP,
-            Want::D(D::NatExhausted),
-        );
+        held(lb, 44100, "closed 1 s ago: still held");
         // Past tcp_reclaim (2 s), with every port held, the flows closed
         // by both FINs give theirs up, one to each new flow.
         lb.age_flows(2);
@@ -2769,23 +2762,13 @@ fn closed_flows_give_their_nat_ports_back_under_pressure_and_after_the_closing_t
             (Ending::BothFins, Ending::BothFins),
             "{first} {second}"
         );
-        lb.expect_untouched(
-            "closed by an RST 3 s ago, or open: held",
-            &syn(44102),
-            XDP_DROP,
-            Want::D(D::NatExhausted),
-        );
+        held(lb, 44102, "closed by an RST 3 s ago, or open: held");
         // Past the closing timeout (10 s by default) the RST's flow is over;
         // the open one, idle as long, keeps its port.
         lb.age_flows(8);
         let third = taken_by(lb, 44102, "11 s after the RST");
         assert_eq!(ports[&third], Ending::Rst);
-        lb.expect_untouched(
-            "established: held",
-            &syn(44103),
-            XDP_DROP,
-            Want::D(D::NatExhausted),
-        );
+        held(lb, 44103, "established: held");
     });
 }
 

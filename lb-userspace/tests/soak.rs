@@ -2,8 +2,10 @@
 //! services whose only backend is on another node (full NAT) with the default NAT range
 //! (61000–65535, 4,536 ports) and the agent's default map sizes: 50,000 short TCP
 //! connections and 50,000 UDP request/replies at a steady rate, both at once, over
-//! `ONEHOP_SOAK_SECS` seconds (default 150, at least 120), with zero failures. Flow state is
-//! never reset: the whole run is one agent, one set of maps.
+//! `ONEHOP_SOAK_SECS` seconds (default 150, at least 120), with zero failures and no new
+//! flow ever refused for want of a NAT port. Flow state is never reset: the whole run is one
+//! agent, one set of maps. The same over IPv6 (the pod's IPv6 address behind node1's, VIP
+//! `fd00:60::ab:200`) for a minute, 20,000 of each; the two soaks run one after the other.
 //!
 //! ```text
 //!  client1 ── lan ──┬── node1 (agent, announces the VIP) ── node1-pod1
@@ -34,7 +36,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
     sync::{
         Mutex, PoisonError,
@@ -52,11 +54,16 @@ use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
     Netns,
     netns::{command_in, nstat},
-    server::Answer,
+    server::{Answer, HttpServer, UdpServer},
+    topology::{node_ip6, pod_ip6},
     traffic::{Timeouts, http_get_here},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
+/// On the LAN's IPv6 prefix (`fd00:60::/64`), as an IPv6 pool would give it.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0xab, 0x200);
+/// The two soaks load the same two cores: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const TCP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
 const CONNECTIONS: u64 = 50_000;
@@ -166,7 +173,7 @@ fn wait_for_slot(slot: Instant) -> Duration {
 /// What a reply must say: answered by `pod`, which saw the balancing node as the client.
 struct Expect {
     pod: String,
-    node: Ipv4Addr,
+    node: IpAddr,
 }
 
 impl Expect {
@@ -175,7 +182,7 @@ impl Expect {
             return Err(format!("answered by {} instead of {}", a.pod, self.pod));
         }
         match a.client {
-            SocketAddr::V4(seen) if *seen.ip() == self.node => Ok(()),
+            seen if seen.ip() == self.node => Ok(()),
             other => Err(format!(
                 "the pod saw {other}, not the balancing node {}",
                 self.node
@@ -275,7 +282,12 @@ fn udp_load(
                     if Instant::now() > give_up {
                         return Err(format!("request {i} and later: never sent"));
                     }
-                    let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))
+                    let any: IpAddr = if addr.is_ipv4() {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    };
+                    let sock = UdpSocket::bind(SocketAddr::new(any, 0))
                         .map_err(|e| format!("request {i}: bind: {e}"))?;
                     sock.set_nonblocking(true)
                         .map_err(|e| format!("request {i}: non-blocking: {e}"))?;
@@ -426,7 +438,29 @@ fn start(c: &Cluster) -> Snapshot {
         pod = c.topo.node(2).pod(1).ip(),
         pod_node = c.topo.node(2).ip(),
     );
-    c.write_services(1, &yaml).expect("services file");
+    start_with(c, &yaml)
+}
+
+/// [`start`] for IPv6: the VIP [`VIP6`], the pod's IPv6 address on node2's.
+fn start6(c: &Cluster) -> Snapshot {
+    let yaml = format!(
+        "node: {{ ip: {node1} }}\n\
+         announce: [\"{VIP6}\"]\n\
+         services:\n  - name: web6\n    vip: \"{VIP6}\"\n\
+         \x20   ports: [{{ port: {TCP_PORT}, protocol: TCP, target_port: {TARGET_PORT} }}, \
+         {{ port: {UDP_PORT}, protocol: UDP, target_port: {UDP_TARGET_PORT} }}]\n\
+         \x20   backends:\n      - {{ ip: \"{pod}\", node_ip: \"{pod_node}\" }}\n",
+        node1 = c.topo.node(1).ip(),
+        pod = pod_ip6(2, 1),
+        pod_node = node_ip6(2),
+    );
+    start_with(c, &yaml)
+}
+
+/// Node1's agent on the services file `yaml`, once it serves the remote backend with the
+/// default NAT range.
+fn start_with(c: &Cluster, yaml: &str) -> Snapshot {
+    c.write_services(1, yaml).expect("services file");
     let file = c.services_path(1);
     c.spawn_agent(
         1,
@@ -568,36 +602,93 @@ fn report(before: &Counts, after: &Counts) -> String {
 
 #[test]
 fn fifty_thousand_connections_and_requests_to_a_remote_backend_with_the_default_nat_range() {
-    let secs = soak_secs();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     // The agent's default map sizes: LRU pressure as on a real node.
     let c = Cluster::with_agent_args(2, 1, 1, &[]);
     let before = Counts::read(&c, start(&c));
     let expect = Expect {
         pod: c.topo.node(2).pod(1).name().to_owned(),
-        node: c.topo.node(1).ip(),
+        node: c.topo.node(1).ip().into(),
     };
+    let (tcp, udp) = (
+        SocketAddr::new(VIP.into(), TCP_PORT),
+        SocketAddr::new(VIP.into(), UDP_PORT),
+    );
+    soak(
+        &c,
+        &before,
+        soak_secs(),
+        (CONNECTIONS, REQUESTS),
+        (tcp, udp),
+        &expect,
+    );
+}
+
+/// The same over IPv6 (`lb_nat6`: the node's IPv6 address and the same NAT range), shorter:
+/// a minute, 20,000 connections and 20,000 requests at the same rate.
+#[test]
+fn twenty_thousand_ipv6_connections_and_requests_to_a_remote_backend_by_full_nat() {
+    const SECS: u64 = 60;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let c = Cluster::with_agent_args(2, 1, 1, &[]);
+    c.topo
+        .ipv6_lan_all_nodes()
+        .expect("IPv6 on the LAN and the nodes");
+    let pod = c.topo.node(2).pod(1);
+    let _http = HttpServer::start(
+        pod.ns(),
+        pod.name(),
+        SocketAddr::new(pod_ip6(2, 1).into(), TARGET_PORT),
+    )
+    .expect("the pod's IPv6 HTTP server");
+    let _udp = UdpServer::start(
+        pod.ns(),
+        pod.name(),
+        SocketAddr::new(pod_ip6(2, 1).into(), UDP_TARGET_PORT),
+    )
+    .expect("the pod's IPv6 UDP server");
+    let before = Counts::read(&c, start6(&c));
+    let expect = Expect {
+        pod: pod.name().to_owned(),
+        node: node_ip6(1).into(),
+    };
+    let (tcp, udp) = (
+        SocketAddr::new(VIP6.into(), TCP_PORT),
+        SocketAddr::new(VIP6.into(), UDP_PORT),
+    );
+    let n = CONNECTIONS * SECS / 150;
+    soak(&c, &before, SECS, (n, n), (tcp, udp), &expect);
+}
+
+/// The soak itself: `tcp_n` connections to `tcp` and `udp_n` requests to `udp` from the
+/// client, evenly over `secs`, all answered as `expect` says, with no NAT port ever
+/// missing; counters from `before` on.
+fn soak(
+    c: &Cluster,
+    before: &Counts,
+    secs: u64,
+    (tcp_n, udp_n): (u64, u64),
+    (tcp_addr, udp_addr): (SocketAddr, SocketAddr),
+    expect: &Expect,
+) {
     let span = Duration::from_secs(secs);
-    let tcp_period = span / u32::try_from(CONNECTIONS).expect("small");
-    let udp_period = span / u32::try_from(REQUESTS).expect("small");
+    let tcp_period = span / u32::try_from(tcp_n).expect("small");
+    let udp_period = span / u32::try_from(udp_n).expect("small");
     // Bounded: nothing starts later than a minute after the schedule's end.
     let give_up = Instant::now() + span + Duration::from_mins(1);
-    let tcp_addr = SocketAddr::V4(SocketAddrV4::new(VIP, TCP_PORT));
-    let udp_addr = SocketAddr::V4(SocketAddrV4::new(VIP, UDP_PORT));
     let client = c.topo.client().ns();
     let ((mut tcp, tcp_took), (mut udp, udp_took)) = std::thread::scope(|scope| {
-        let tcp =
-            scope.spawn(|| tcp_load(client, tcp_addr, CONNECTIONS, tcp_period, give_up, &expect));
-        let udp =
-            scope.spawn(|| udp_load(client, udp_addr, REQUESTS, udp_period, give_up, &expect));
+        let tcp = scope.spawn(|| tcp_load(client, tcp_addr, tcp_n, tcp_period, give_up, expect));
+        let udp = scope.spawn(|| udp_load(client, udp_addr, udp_n, udp_period, give_up, expect));
         (tcp.join().expect("TCP load"), udp.join().expect("UDP load"))
     });
-    let after = Counts::read(&c, c.snapshot(1).expect("node1 maps"));
+    let after = Counts::read(c, c.snapshot(1).expect("node1 maps"));
     let report = format!(
         "soak over {secs} s, one remote backend:\n  {}\n  {}\n  {}\n  {}",
         capacity(&before.node1.config, 1.0 / tcp_period.as_secs_f64()),
-        tcp.summary("TCP connections", CONNECTIONS, tcp_took),
-        udp.summary("UDP requests", REQUESTS, udp_took),
-        report(&before, &after),
+        tcp.summary("TCP connections", tcp_n, tcp_took),
+        udp.summary("UDP requests", udp_n, udp_took),
+        report(before, &after),
     );
     eprintln!("{report}");
     assert!(
@@ -610,8 +701,8 @@ fn fifty_thousand_connections_and_requests_to_a_remote_backend_with_the_default_
         udp.failures,
         c.log(1)
     );
-    assert_eq!(tcp.ok, CONNECTIONS, "{report}");
-    assert_eq!(udp.ok, REQUESTS, "{report}");
+    assert_eq!(tcp.ok, tcp_n, "{report}");
+    assert_eq!(udp.ok, udp_n, "{report}");
     // Zero failures can hide dropped SYNs that a retransmission got through: at this load
     // (a third of the range busy at most) a new flow never finds all its probes held.
     let exhausted = after.node1.drop_count(DropReason::NatExhausted)
