@@ -786,6 +786,32 @@ mod tests {
         assert!(controller(&["--unclassed", "true"]).class.unclassed);
     }
 
+    /// The flow timeout flags reach the data path's config, each bounded as
+    /// the services file's are.
+    #[test]
+    fn flow_timeout_flags_are_taken_and_bounded() {
+        assert_eq!(agent(&[]).flow_timeouts, FlowTimeouts::DEFAULT);
+        let t = agent(&["--tcp-reclaim-secs", "5", "--udp-reclaim-secs", "7"]).flow_timeouts;
+        assert_eq!((t.tcp_reclaim_s, t.udp_reclaim_s), (5, 7));
+        for flag in ["--tcp-reclaim-secs", "--tcp-closing-timeout-secs"] {
+            let all = [
+                "agent",
+                "--interface",
+                "eth9",
+                "--kubernetes",
+                "--node-name",
+                "n1",
+                flag,
+                "1",
+            ];
+            let Command::Agent { kube, .. } = parse(&all) else {
+                panic!("not the agent")
+            };
+            let e = kube_options(&kube).expect_err("1 s accepted");
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+    }
+
     #[test]
     fn an_old_and_a_new_spelling_together_are_refused() {
         for args in [
