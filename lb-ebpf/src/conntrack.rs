@@ -504,9 +504,9 @@ pub extern "C" fn onehop_flow_create() -> u32 {
 /// when every probe found its port held, idle or closed for a shorter
 /// while (`flow::reclaimable`): then it is taken over by compare-and-swap
 /// (`nat_port_reclaimed`), so closed flows give their ports back without
-/// waiting for the LRU. `s.rkey` is
-/// the reply key with the port left 0 (the backend's reply to us); leaves
-/// the claimed port in it. 0 when none was free.
+/// waiting for the LRU. `s.rkey` is the reply key with the port left 0 (the
+/// backend's reply to us); leaves the claimed port in it. 0 when none was
+/// free.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and values are passed by reference into the scratch map: by value they would be copied to the stack"
