@@ -38,6 +38,10 @@ struct Args {
     /// return, and local backends and direct return over IPv6).
     #[arg(long, value_delimiter = ',', default_value = "6,1000,100000")]
     services: Vec<u32>,
+    /// Measure only these cases (by name, comma-separated; the floor and the
+    /// restore overhead always): for A/B runs and profiles of one path.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// CPU to pin to (default: the highest CPU this process may use).
     #[arg(long)]
     cpu: Option<usize>,
@@ -611,7 +615,21 @@ fn bench(args: &Args, cpu: usize) -> Result<Outcome> {
         eprintln!("bench-xdp: {n} services loaded in {:.1?}", t.elapsed());
         lbs.push(lb);
     }
-    let cases = cases(args);
+    let cases: Vec<Case> = cases(args)
+        .into_iter()
+        .filter(|c| {
+            matches!(c.kind, Kind::Floor | Kind::Restore)
+                || args.only.is_empty()
+                || args.only.iter().any(|o| o == c.name)
+        })
+        .collect();
+    if let Some(o) = args
+        .only
+        .iter()
+        .find(|o| !cases.iter().any(|c| c.name == o.as_str()))
+    {
+        bail!("--only: no case named {o:?}");
+    }
     let mut samples = Samples {
         floor: Vec::new(),
         restore: Vec::new(),
