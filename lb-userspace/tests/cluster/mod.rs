@@ -105,21 +105,35 @@ impl Cluster {
         Snapshot::read(&maps)
     }
 
-    /// Polls the node's maps until `pred` holds (bounded).
+    /// Polls the node's maps until `pred` holds: for 15 s once the agent's data path is
+    /// ready, and up to a minute before for it to get ready. An agent that was just
+    /// started verifies its programs first (seconds of CPU each), and a test that starts
+    /// three of them while another test does the same on a 2-core CI machine can take more
+    /// than 15 s to get there.
     pub fn wait_for(&self, node: u8, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let started = Instant::now();
+        let mut deadline = None;
         loop {
-            if let Ok(s) = self.snapshot(node)
-                && s.config.ready != 0
-                && pred(&s)
-            {
-                return s;
+            match self.snapshot(node) {
+                Ok(s) if s.config.ready != 0 => {
+                    if pred(&s) {
+                        return s;
+                    }
+                    let d =
+                        *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(15));
+                    assert!(
+                        Instant::now() < d,
+                        "node{node}: timed out waiting for {what}; agent log:\n{}",
+                        self.log(node)
+                    );
+                }
+                _ => assert!(
+                    started.elapsed() < Duration::from_mins(1),
+                    "node{node}: the data path was not ready after a minute (waiting for \
+                     {what}); agent log:\n{}",
+                    self.log(node)
+                ),
             }
-            assert!(
-                Instant::now() < deadline,
-                "node{node}: timed out waiting for {what}; agent log:\n{}",
-                self.log(node)
-            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
