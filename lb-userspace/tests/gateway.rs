@@ -39,7 +39,19 @@ fn the_nodes_gateway_is_neither_served_nor_announced() {
     .expect("services file");
     let source = c.services_path(1).to_string_lossy().into_owned();
     c.spawn_agent(1, &["--services-file", &source], &[]);
-    let s = c.wait_for(1, "the web service", |s| pods_in_use(s) == 1);
+    c.wait_for(1, "the web service", |s| pods_in_use(s) == 1);
+    // The maps once the whole file is applied: backends are written before VIPs, so the
+    // web service's pod can be there before its VIP is (and the router's, were it served).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !c.log(1).contains("applied the services file") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file was never applied:\n{}",
+            c.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = c.snapshot(1).expect("node1's maps");
 
     let vips: Vec<std::net::IpAddr> = s.vips.iter().map(|(ip, _)| *ip).collect();
     assert!(vips.contains(&VIP.into()), "{vips:?}");
