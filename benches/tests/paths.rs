@@ -184,6 +184,8 @@ fn check_short_tcp(world: &World, inst: &paths::Installed, name: &str) {
     inst.forget_flows(world).expect("forget flows");
     let before = tcp::PASSIVE_OPENS.pods(&world.topo).expect("snmp");
     let d0 = tcp::LISTEN_DROPS.pods(&world.topo).expect("netstat");
+    let c0 = inst.onehop_counters().expect("onehop counters");
+    let e0 = tcp::EMBRYONIC_RSTS.pods(&world.topo).expect("netstat");
     let sent = tcp::short_connections(&world.topo, &inst.http, 16, Duration::from_millis(1500))
         .unwrap_or_else(|e| panic!("{name}: tcp generator: {e:#}"));
     std::thread::sleep(Duration::from_millis(300));
@@ -192,7 +194,21 @@ fn check_short_tcp(world: &World, inst: &paths::Installed, name: &str) {
     let drops: Vec<u64> = d1.iter().zip(&d0).map(|(a, b)| a - b).collect();
     let per_pod: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let at_pods: u64 = per_pod.iter().sum();
-    eprintln!("{name}: tcp {sent:?}, at the pods {per_pod:?}");
+    let c1 = inst.onehop_counters().expect("onehop counters");
+    let e1 = tcp::EMBRYONIC_RSTS.pods(&world.topo).expect("netstat");
+    let embryonic: Vec<u64> = e1.iter().zip(&e0).map(|(a, b)| a - b).collect();
+    let moved: Vec<String> = c1
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - c0.get(k).copied().unwrap_or(0);
+            (d != 0).then(|| format!("{k} {d}"))
+        })
+        .collect();
+    eprintln!(
+        "{name}: tcp {sent:?}, at the pods {per_pod:?} (reset before the final ACK \
+         {embryonic:?}), onehop counters [{}]",
+        moved.join(", ")
+    );
     assert!(
         sent.completed >= 300,
         "{name}: only {} short connections completed: {sent:?} ({per_pod:?})",
@@ -214,7 +230,8 @@ fn check_short_tcp(world: &World, inst: &paths::Installed, name: &str) {
     let slack = sent.abandoned + sent.completed / 100;
     assert!(
         at_pods + slack >= sent.completed && at_pods <= sent.completed + slack,
-        "{name}: client completed {} handshakes, pods {at_pods} ({per_pod:?}), in flight at the end {}",
+        "{name}: client completed {} handshakes, pods {at_pods} ({per_pod:?}, reset before \
+         the final ACK {embryonic:?}), in flight at the end {}",
         sent.completed,
         sent.abandoned
     );

@@ -13,6 +13,7 @@
 //! (onehop's `XDP_TX` on a veth needs it; keeping it for all paths keeps the topology equal).
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
@@ -25,6 +26,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use lb_userspace::{
     dataplane::maps::{Maps, PinDir},
     dataplane::peer,
+    dataplane::status::Snapshot,
 };
 use onehop_testkit::{
     MacAddr, Topology,
@@ -317,6 +319,8 @@ pub struct Installed {
     /// Forgets the path's own flow state (onehop's connection and reverse-NAT tables),
     /// run between runs like the kernel conntrack flush.
     reset_flows: Option<Box<dyn Fn() -> Result<()>>>,
+    /// onehop: the nodes' pin roots, whose counters [`Installed::onehop_counters`] reads.
+    pin_roots: Vec<std::path::PathBuf>,
     undo: Vec<Box<dyn FnOnce()>>,
     /// The world's agents, when this path started them.
     agents: Option<Agents>,
@@ -332,6 +336,22 @@ impl Installed {
             Some(reset) => reset(),
             None => Ok(()),
         }
+    }
+
+    /// onehop's counters and drop reasons, summed over its nodes by name (empty for the
+    /// other paths): what a failed check prints to say where packets went.
+    pub fn onehop_counters(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for root in &self.pin_roots {
+            let maps = Maps::open(&PinDir::new(root, NODE_INTERFACE))?;
+            let snap = Snapshot::read(&maps)
+                .with_context(|| format!("reading the counters under {}", root.display()))?;
+            let counters = snap.counters.iter().map(|(c, v)| (c.label(), *v));
+            for (name, v) in counters.chain(snap.drops.iter().map(|(d, v)| (d.label(), *v))) {
+                *out.entry(name.to_owned()).or_default() += v;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -474,6 +494,7 @@ fn install_kube_proxy(
         install_s,
         agent_start_s: None,
         reset_flows: None,
+        pin_roots: Vec::new(),
         undo,
         agents: None,
     })
@@ -533,6 +554,7 @@ impl DataPath for Routing {
             install_s: 0.0,
             agent_start_s: None,
             reset_flows: None,
+            pin_roots: Vec::new(),
             undo: Vec::new(),
             agents: None,
         })
@@ -706,6 +728,7 @@ impl DataPath for Onehop {
             install_s: 0.0,
             agent_start_s: None,
             reset_flows: None,
+            pin_roots: Vec::new(),
             undo,
             agents: Some(world.agents()),
         };
@@ -747,6 +770,7 @@ impl DataPath for Onehop {
             world.pin_root(1).to_path_buf(),
             world.pin_root(2).to_path_buf(),
         ];
+        inst.pin_roots = roots.to_vec();
         inst.reset_flows = Some(Box::new(move || {
             for root in &roots {
                 clear_flow_tables(root)?;
