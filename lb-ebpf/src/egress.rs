@@ -16,13 +16,11 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use lb_common::{Counter, maps::tc_slot, proto};
 
 use crate::{
-    conntrack,
     family::V4,
     icmp_error, local,
     maps::TC_PROGRAMS,
@@ -52,16 +50,8 @@ pub fn process(ctx: &TcContext) -> i32 {
         unsafe { TC_PROGRAMS.tail_call(ctx, tc_slot::EGRESS6) };
         return TC_ACT_UNSPEC;
     }
-    if ctx.data_end() - ctx.data() < NEED {
-        // Make the headers linear if the skb has them at all.
-        let want = core::cmp::min(ctx.len() as usize, NEED);
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "want <= NEED, a few dozen bytes"
-        )]
-        let _ = ctx.pull_data(want as u32);
-    }
-    match lookup(ctx) {
+    linearize(ctx, NEED);
+    match found(reply(ctx)) {
         Found::Reply(rw) => apply(ctx, &rw),
         // Out of line (see the modules): only these packets pay for them.
         Found::IcmpError => return icmp_error::egress(ctx.skb.skb),
@@ -70,12 +60,68 @@ pub fn process(ctx: &TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-enum Found {
-    /// A local backend's reply, and its rewrite.
-    Reply(Rewrite),
-    /// An IPv4 packet (no options) carrying an ICMP error.
+/// Makes the first `need` bytes linear (all of the skb if it is shorter),
+/// so the headers can be read directly.
+#[inline(always)]
+pub(crate) fn linearize(ctx: &TcContext, need: usize) {
+    if ctx.data_end() - ctx.data() < need {
+        let want = core::cmp::min(ctx.len() as usize, need);
+        let _ = ctx.pull_data(u32::try_from(want).unwrap_or(u32::MAX));
+    }
+}
+
+/// What follows a reply's IP header, for both families.
+pub(crate) enum Transport {
+    /// TCP or UDP: the ports (as on the wire), TCP's flags, UDP or not.
+    Ports([u8; 2], [u8; 2], u8, bool),
+    /// An ICMP error (of the family's ICMP).
     IcmpError,
     Other,
+}
+
+/// Reads the transport header of `next` (the IP header's protocol) at
+/// `cur`; `icmp` is the family's ICMP protocol and `is_error` its error
+/// types.
+#[inline(always)]
+pub(crate) fn transport(
+    cur: &mut Cursor<'_>,
+    next: u8,
+    icmp: u8,
+    is_error: impl FnOnce(u8) -> bool,
+) -> Transport {
+    match next {
+        proto::TCP => cur.take::<TcpHdr>().map_or(Transport::Other, |t| {
+            Transport::Ports(t.sport, t.dport, t.flags, false)
+        }),
+        proto::UDP => cur.take::<UdpHdr>().map_or(Transport::Other, |u| {
+            Transport::Ports(u.sport, u.dport, 0, true)
+        }),
+        p if p == icmp => match cur.take::<IcmpHdr>() {
+            Some(h) if is_error(h.ty) => Transport::IcmpError,
+            _ => Transport::Other,
+        },
+        _ => Transport::Other,
+    }
+}
+
+/// What a packet on the uplink's egress is to us.
+pub(crate) enum Found<R> {
+    /// A local backend's reply, and its rewrite.
+    Reply(R),
+    /// An ICMP error (no IPv4 options; for IPv6 right after the header).
+    IcmpError,
+    Other,
+}
+
+/// The reply `r` found, or what was found instead. (Matched as one enum
+/// rather than as the `Result`, `lb_egress6` verified in 184,000 steps
+/// rather than 232,000.)
+#[inline(always)]
+pub(crate) fn found<R>(r: Result<R, Found<R>>) -> Found<R> {
+    match r {
+        Ok(rw) => Found::Reply(rw),
+        Err(f) => f,
+    }
 }
 
 struct Rewrite {
@@ -89,18 +135,11 @@ struct Rewrite {
 }
 
 /// Reads the headers (direct packet access), finds the local flow (see
-/// `local`) and records the packet in the flow's state. Everything needed later is copied
-/// out: the helpers that write the packet invalidate packet pointers.
+/// `local`) and records the packet in the flow's state. Everything needed
+/// later is copied out: the helpers that write the packet invalidate
+/// packet pointers.
 #[inline(always)]
-fn lookup(ctx: &TcContext) -> Found {
-    match reply(ctx) {
-        Ok(rw) => Found::Reply(rw),
-        Err(f) => f,
-    }
-}
-
-#[inline(always)]
-fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
+fn reply(ctx: &TcContext) -> Result<Rewrite, Found<Rewrite>> {
     // SAFETY: the only cursor over this packet; dropped before any helper
     // writes to it.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
@@ -116,45 +155,22 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found> {
     // (its transport checksum covers the whole datagram, and changes by the
     // same amount); later ones cannot be told apart (module docs).
     let fragment = ip.is_fragment();
-    if fragment && u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+    if fragment && ip.is_later_fragment() {
         return Err(Found::Other);
     }
-    let (sport, dport, tcp_flags, udp) = match ip.proto {
-        proto::TCP => {
-            let t = cur.take::<TcpHdr>().ok_or(Found::Other)?;
-            (t.sport, t.dport, t.flags, false)
-        }
-        proto::UDP => {
-            let u = cur.take::<UdpHdr>().ok_or(Found::Other)?;
-            (u.sport, u.dport, 0, true)
-        }
-        proto::ICMP => {
-            let h = cur.take::<IcmpHdr>().ok_or(Found::Other)?;
-            return Err(if icmp_error::is_error(h.ty) {
-                Found::IcmpError
-            } else {
-                Found::Other
-            });
-        }
-        _ => return Err(Found::Other),
-    };
-    let (sport_h, dport_h) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
-    let (new_src, new_sport) = match local::reply::<V4>(ip.src, sport_h, ip.dst, dport_h, ip.proto)
-    {
-        local::Reply::Flow { ct, vip, port } => {
-            // SAFETY: plain helper call.
-            let now = unsafe { bpf_ktime_get_ns() };
-            conntrack::local_backend_packet(ct, ip.proto, tcp_flags, now);
-            (vip, port)
-        }
-        local::Reply::Reversed { r, vip, port } => {
-            // SAFETY: plain helper call.
-            let now = unsafe { bpf_ktime_get_ns() };
-            conntrack::backend_packet::<V4>(r, ip.proto, tcp_flags, now);
-            (vip, port)
-        }
-        local::Reply::None => return Err(Found::Other),
-    };
+    let (sport, dport, tcp_flags, udp) =
+        match transport(&mut cur, ip.proto, proto::ICMP, icmp_error::is_error) {
+            Transport::Ports(s, d, f, u) => (s, d, f, u),
+            Transport::IcmpError => return Err(Found::IcmpError),
+            Transport::Other => return Err(Found::Other),
+        };
+    let (new_src, new_sport) = local::record_reply::<V4>(
+        (ip.src, u16::from_be_bytes(sport)),
+        (ip.dst, u16::from_be_bytes(dport)),
+        ip.proto,
+        tcp_flags,
+    )
+    .ok_or(Found::Other)?;
     Ok(Rewrite {
         fragment,
         old_src: ip.src,

@@ -14,16 +14,15 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use lb_common::{Counter, proto};
 
 use crate::{
-    conntrack,
+    egress::{self, Found, Transport, found},
     family::V6,
     icmp6_error, local,
-    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr, TcpHdr, UdpHdr},
+    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr, TcpHdr},
     stats,
 };
 
@@ -36,16 +35,8 @@ const NEED: usize = L4_OFF + core::mem::size_of::<TcpHdr>();
 
 /// The whole program (`lb_egress` counted the packet).
 pub fn process(ctx: &TcContext) -> i32 {
-    if ctx.data_end() - ctx.data() < NEED {
-        // Make the headers linear if the skb has them at all.
-        let want = core::cmp::min(ctx.len() as usize, NEED);
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "want <= NEED, a few dozen bytes"
-        )]
-        let _ = ctx.pull_data(want as u32);
-    }
-    match reply(ctx) {
+    egress::linearize(ctx, NEED);
+    match found(reply(ctx)) {
         Found::Reply(rw) => apply(ctx, &rw),
         // Inlined (see `icmp6_error`): as a call, its frame would add to
         // this program's.
@@ -53,14 +44,6 @@ pub fn process(ctx: &TcContext) -> i32 {
         Found::Other => {}
     }
     TC_ACT_UNSPEC
-}
-
-enum Found {
-    /// A local backend's reply, and its rewrite.
-    Reply(Rewrite),
-    /// An ICMPv6 error right after the IPv6 header.
-    IcmpError,
-    Other,
 }
 
 struct Rewrite {
@@ -76,15 +59,7 @@ struct Rewrite {
 /// later is copied out: the helpers that write the packet invalidate
 /// packet pointers.
 #[inline(always)]
-fn reply(ctx: &TcContext) -> Found {
-    match rewrite_of(ctx) {
-        Ok(rw) => Found::Reply(rw),
-        Err(f) => f,
-    }
-}
-
-#[inline(always)]
-fn rewrite_of(ctx: &TcContext) -> Result<Rewrite, Found> {
+fn reply(ctx: &TcContext) -> Result<Rewrite, Found<Rewrite>> {
     // SAFETY: the only cursor over this packet; dropped before any helper
     // writes to it.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
@@ -93,41 +68,19 @@ fn rewrite_of(ctx: &TcContext) -> Result<Rewrite, Found> {
     if ip.version() != 6 {
         return Err(Found::Other);
     }
-    let (sport, dport, tcp_flags, udp) = match ip.next {
-        proto::TCP => {
-            let t = cur.take::<TcpHdr>().ok_or(Found::Other)?;
-            (t.sport, t.dport, t.flags, false)
-        }
-        proto::UDP => {
-            let u = cur.take::<UdpHdr>().ok_or(Found::Other)?;
-            (u.sport, u.dport, 0, true)
-        }
-        proto::ICMPV6 => {
-            let h = cur.take::<IcmpHdr>().ok_or(Found::Other)?;
-            return Err(if icmp6_error::is_error(h.ty) {
-                Found::IcmpError
-            } else {
-                Found::Other
-            });
-        }
-        _ => return Err(Found::Other),
-    };
-    let (sport_h, dport_h) = (u16::from_be_bytes(sport), u16::from_be_bytes(dport));
-    let (new_src, new_sport) = match local::reply::<V6>(ip.src, sport_h, ip.dst, dport_h, ip.next) {
-        local::Reply::Flow { ct, vip, port } => {
-            // SAFETY: plain helper call.
-            let now = unsafe { bpf_ktime_get_ns() };
-            conntrack::local_backend_packet(ct, ip.next, tcp_flags, now);
-            (vip, port)
-        }
-        local::Reply::Reversed { r, vip, port } => {
-            // SAFETY: plain helper call.
-            let now = unsafe { bpf_ktime_get_ns() };
-            conntrack::backend_packet::<V6>(r, ip.next, tcp_flags, now);
-            (vip, port)
-        }
-        local::Reply::None => return Err(Found::Other),
-    };
+    let (sport, dport, tcp_flags, udp) =
+        match egress::transport(&mut cur, ip.next, proto::ICMPV6, icmp6_error::is_error) {
+            Transport::Ports(s, d, f, u) => (s, d, f, u),
+            Transport::IcmpError => return Err(Found::IcmpError),
+            Transport::Other => return Err(Found::Other),
+        };
+    let (new_src, new_sport) = local::record_reply::<V6>(
+        (ip.src, u16::from_be_bytes(sport)),
+        (ip.dst, u16::from_be_bytes(dport)),
+        ip.next,
+        tcp_flags,
+    )
+    .ok_or(Found::Other)?;
     Ok(Rewrite {
         old_src: ip.src,
         new_src,

@@ -32,7 +32,7 @@ use crate::{
 /// The reply key of a first fragment, if it is one and holds its ports.
 #[inline(always)]
 fn first_fragment_key(cur: &mut Cursor<'_>, ip: &Ipv4Hdr) -> Option<FlowKey> {
-    if ip.vihl != 0x45 || u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+    if ip.vihl != 0x45 || ip.is_later_fragment() {
         return None;
     }
     if ip.proto != proto::TCP && ip.proto != proto::UDP {

@@ -99,7 +99,8 @@ use crate::{
     forward::{self, Route},
     local,
     maps::{BACKENDS6, CONFIG, REV_NAT},
-    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr, L4Head, TcpTail},
+    parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr},
+    quote::{self, ICMP_LEN, Parsed, Quote, QuotedIp as _},
     stats,
     verdict::Outcome,
 };
@@ -110,13 +111,8 @@ pub const PACKET_TOO_BIG: u8 = 2;
 pub const TIME_EXCEEDED: u8 = 3;
 pub const PARAM_PROBLEM: u8 = 4;
 
-const ICMP_LEN: usize = core::mem::size_of::<IcmpHdr>();
-/// The shortest quote we can match: an IPv6 header and the ports.
-const MIN_QUOTE: usize = IPV6_LEN + core::mem::size_of::<L4Head>();
-/// A quote that holds a TCP header's checksum (bytes 16 and 17).
-const TCP_CHECK_QUOTE: usize = MIN_QUOTE + core::mem::size_of::<TcpTail>();
 /// What `lb_egress6` makes linear for an error: every header we may rewrite.
-const EGRESS_NEED: usize = ETH_LEN + IPV6_LEN + ICMP_LEN + TCP_CHECK_QUOTE;
+const EGRESS_NEED: usize = ETH_LEN + IPV6_LEN + ICMP_LEN + Ipv6Hdr::TCP_CHECK_QUOTE;
 
 /// ICMPv6 types whose message quotes the packet it is about and that we
 /// translate (every error type RFC 4443 defines).
@@ -126,76 +122,6 @@ pub fn is_error(ty: u8) -> bool {
         ty,
         DEST_UNREACH | PACKET_TOO_BIG | TIME_EXCEEDED | PARAM_PROBLEM
     )
-}
-
-/// The quoted packet of an error, as far as we may rewrite it.
-struct Quote<'a> {
-    ip: &'a mut Ipv6Hdr,
-    sport: &'a mut [u8; 2],
-    dport: &'a mut [u8; 2],
-    /// The quoted transport checksum, if the quote holds it.
-    check: Option<&'a mut [u8; 2]>,
-    udp: bool,
-}
-
-enum Parsed<T> {
-    /// A quote of a TCP or UDP packet that may be one of ours.
-    Quote(T),
-    /// Too short for a quoted IPv6 header and eight bytes, or not IPv6.
-    Malformed,
-    /// Well formed, but quoting nothing a flow of ours could have sent.
-    NoFlow,
-}
-
-/// Parses an error message right after the outer IPv6 header; `l4_len` is
-/// what that header says follows it.
-#[inline(always)]
-fn parse<'a>(cur: &mut Cursor<'a>, l4_len: usize) -> Parsed<(&'a mut IcmpHdr, Quote<'a>)> {
-    if l4_len < ICMP_LEN + MIN_QUOTE {
-        return Parsed::Malformed;
-    }
-    let Some(icmp) = cur.take::<IcmpHdr>() else {
-        return Parsed::Malformed;
-    };
-    if !is_error(icmp.ty) {
-        return Parsed::NoFlow;
-    }
-    let Some(ip) = cur.take::<Ipv6Hdr>() else {
-        return Parsed::Malformed;
-    };
-    if ip.version() != 6 {
-        return Parsed::Malformed;
-    }
-    // Extension headers (a fragment header too) would move the ports, and
-    // our flows' packets carry none (module docs).
-    let udp = match ip.next {
-        proto::UDP => true,
-        proto::TCP => false,
-        _ => return Parsed::NoFlow,
-    };
-    let Some(head) = cur.take::<L4Head>() else {
-        return Parsed::Malformed;
-    };
-    let L4Head {
-        sport, dport, w3, ..
-    } = head;
-    let check = if udp {
-        Some(w3)
-    } else if l4_len >= ICMP_LEN + TCP_CHECK_QUOTE {
-        cur.take::<TcpTail>().map(|t| &mut t.check)
-    } else {
-        None
-    };
-    Parsed::Quote((
-        icmp,
-        Quote {
-            ip,
-            sport,
-            dport,
-            check,
-            udp,
-        },
-    ))
 }
 
 /// Adds the change of a 16-byte address to `d`.
@@ -235,17 +161,7 @@ fn translate(
     transport.bytes2(*e.port, port);
     let mut icmp_d = transport;
     addr16(&mut icmp_d, e.outer, new);
-    if let Some(c) = check {
-        let old = u16::from_be_bytes(*c);
-        if !(udp && old == 0) {
-            let mut new = transport.apply(old);
-            if udp && new == 0 {
-                new = 0xffff;
-            }
-            *c = new.to_be_bytes();
-            icmp_d.word(old, new);
-        }
-    }
+    quote::follow_transport(check, udp, transport, &mut icmp_d);
     *e.addr = *new;
     *e.port = port;
     *e.outer = *new;
@@ -291,7 +207,7 @@ struct Message<'a> {
     eth: &'a mut EthHdr,
     ip: &'a mut Ipv6Hdr,
     icmp: &'a mut IcmpHdr,
-    q: Quote<'a>,
+    q: Quote<'a, Ipv6Hdr>,
 }
 
 /// Parses the frame of `ctx`: Ethernet, IPv6, an ICMPv6 error of `l4_len`
@@ -317,11 +233,7 @@ fn message<'a>(ctx: *mut xdp_md, l4_len: usize) -> Parsed<Message<'a>> {
     let (Some(eth), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Parsed::Malformed;
     };
-    match parse(&mut cur, l4_len) {
-        Parsed::Quote((icmp, q)) => Parsed::Quote(Message { eth, ip, icmp, q }),
-        Parsed::Malformed => Parsed::Malformed,
-        Parsed::NoFlow => Parsed::NoFlow,
-    }
+    quote::parse(&mut cur, l4_len, is_error).map(|(icmp, q)| Message { eth, ip, icmp, q })
 }
 
 /// `lb_ingress6`, an ICMPv6 error (types 1 to 4) to a VIP right after the
@@ -637,7 +549,9 @@ struct Quoted {
 /// Parses the error on the skb (direct packet access) after the Ethernet
 /// header: the outer IPv6 header and the message.
 #[inline(always)]
-fn egress_message<'a>(ctx: &TcContext) -> Option<(&'a mut Ipv6Hdr, &'a mut IcmpHdr, Quote<'a>)> {
+fn egress_message<'a>(
+    ctx: &TcContext,
+) -> Option<(&'a mut Ipv6Hdr, &'a mut IcmpHdr, Quote<'a, Ipv6Hdr>)> {
     // SAFETY: the only cursor over this packet while its references live;
     // no helper that changes the packet runs meanwhile (TC programs may
     // write packet data directly).
@@ -648,7 +562,7 @@ fn egress_message<'a>(ctx: &TcContext) -> Option<(&'a mut Ipv6Hdr, &'a mut IcmpH
     if ip.version() != 6 || ip.next != proto::ICMPV6 {
         return None;
     }
-    match parse(&mut cur, usize::from(ip.payload_len())) {
+    match quote::parse::<Ipv6Hdr>(&mut cur, usize::from(ip.payload_len()), is_error) {
         // The quote is the client's packet after our DNAT, and the error
         // goes back to that client.
         Parsed::Quote((icmp, q)) if same_addr(&q.ip.src, &ip.dst) => Some((ip, icmp, q)),

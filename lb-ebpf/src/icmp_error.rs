@@ -86,7 +86,8 @@ use crate::{
     forward::{self, NextHop, Route},
     local,
     maps::{BACKENDS, REV_NAT},
-    parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr, L4Head, TcpTail},
+    parse::{Cursor, ETH_LEN, ETH_P_IPV4, EthHdr, IPV4_LEN, IcmpHdr, Ipv4Hdr},
+    quote::{self, ICMP_LEN, Parsed, Quote, QuotedIp as _},
     stats,
     verdict::Outcome,
 };
@@ -95,102 +96,14 @@ pub const DEST_UNREACH: u8 = 3;
 pub const TIME_EXCEEDED: u8 = 11;
 pub const PARAM_PROBLEM: u8 = 12;
 
-const ICMP_LEN: usize = core::mem::size_of::<IcmpHdr>();
-/// The shortest quote we can match: an IPv4 header and the ports.
-const MIN_QUOTE: usize = IPV4_LEN + core::mem::size_of::<L4Head>();
-/// A quote that holds a TCP header's checksum (bytes 16 and 17).
-const TCP_CHECK_QUOTE: usize = MIN_QUOTE + core::mem::size_of::<TcpTail>();
 /// What `lb_egress` makes linear for an error: every header we may rewrite.
-const EGRESS_NEED: usize = ETH_LEN + IPV4_LEN + ICMP_LEN + TCP_CHECK_QUOTE;
+const EGRESS_NEED: usize = ETH_LEN + IPV4_LEN + ICMP_LEN + Ipv4Hdr::TCP_CHECK_QUOTE;
 
 /// ICMP types whose message quotes the packet they are about and that we
 /// translate.
 #[inline(always)]
 pub fn is_error(ty: u8) -> bool {
     ty == DEST_UNREACH || ty == TIME_EXCEEDED || ty == PARAM_PROBLEM
-}
-
-/// The quoted packet of an error, as far as we may rewrite it.
-struct Quote<'a> {
-    ip: &'a mut Ipv4Hdr,
-    sport: &'a mut [u8; 2],
-    dport: &'a mut [u8; 2],
-    /// The quoted transport checksum, if the quote holds it.
-    check: Option<&'a mut [u8; 2]>,
-    udp: bool,
-}
-
-impl Quote<'_> {
-    #[inline(always)]
-    fn sport(&self) -> u16 {
-        u16::from_be_bytes(*self.sport)
-    }
-    #[inline(always)]
-    fn dport(&self) -> u16 {
-        u16::from_be_bytes(*self.dport)
-    }
-}
-
-enum Parsed<T> {
-    /// A quote of a TCP or UDP packet that may be one of ours.
-    Quote(T),
-    /// Too short for a quoted IPv4 header and eight bytes, or not IPv4.
-    Malformed,
-    /// Well formed, but quoting nothing a flow of ours could have sent.
-    NoFlow,
-}
-
-/// Parses an error message after the outer IPv4 header; `l4_len` is what
-/// that header says follows it.
-#[inline(always)]
-fn parse<'a>(cur: &mut Cursor<'a>, l4_len: usize) -> Parsed<(&'a mut IcmpHdr, Quote<'a>)> {
-    if l4_len < ICMP_LEN + MIN_QUOTE {
-        return Parsed::Malformed;
-    }
-    let Some(icmp) = cur.take::<IcmpHdr>() else {
-        return Parsed::Malformed;
-    };
-    if !is_error(icmp.ty) {
-        return Parsed::NoFlow;
-    }
-    let Some(ip) = cur.take::<Ipv4Hdr>() else {
-        return Parsed::Malformed;
-    };
-    if ip.version() != 4 || ip.ihl() < 5 {
-        return Parsed::Malformed;
-    }
-    // Options would move the ports; a non-first fragment has none.
-    if ip.ihl() != 5 || u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
-        return Parsed::NoFlow;
-    }
-    let udp = match ip.proto {
-        proto::UDP => true,
-        proto::TCP => false,
-        _ => return Parsed::NoFlow,
-    };
-    let Some(head) = cur.take::<L4Head>() else {
-        return Parsed::Malformed;
-    };
-    let L4Head {
-        sport, dport, w3, ..
-    } = head;
-    let check = if udp {
-        Some(w3)
-    } else if l4_len >= ICMP_LEN + TCP_CHECK_QUOTE {
-        cur.take::<TcpTail>().map(|t| &mut t.check)
-    } else {
-        None
-    };
-    Parsed::Quote((
-        icmp,
-        Quote {
-            ip,
-            sport,
-            dport,
-            check,
-            udp,
-        },
-    ))
 }
 
 /// A new endpoint: address as `u32::from_ne_bytes`, port in host order.
@@ -210,7 +123,13 @@ struct To {
 /// back byte by byte beside the writes, each byte took a stack slot of
 /// its own.
 #[inline(always)]
-fn translate(icmp: &mut IcmpHdr, q: &mut Quote<'_>, old: &Tuple, src: Option<To>, dst: Option<To>) {
+fn translate(
+    icmp: &mut IcmpHdr,
+    q: &mut Quote<'_, Ipv4Hdr>,
+    old: &Tuple,
+    src: Option<To>,
+    dst: Option<To>,
+) {
     let mut addrs = Delta::default();
     let mut ports = Delta::default();
     if let Some(s) = src {
@@ -231,17 +150,7 @@ fn translate(icmp: &mut IcmpHdr, q: &mut Quote<'_>, old: &Tuple, src: Option<To>
     let ip_new = addrs.apply(ip_old);
     q.ip.set_check(ip_new);
     icmp_d.word(ip_old, ip_new);
-    if let Some(c) = q.check.as_deref_mut() {
-        let old = u16::from_be_bytes(*c);
-        if !(q.udp && old == 0) {
-            let mut new = transport.apply(old);
-            if q.udp && new == 0 {
-                new = 0xffff;
-            }
-            *c = new.to_be_bytes();
-            icmp_d.word(old, new);
-        }
-    }
+    quote::follow_transport(q.check.as_deref_mut(), q.udp, transport, &mut icmp_d);
     icmp.check = icmp_d.apply(u16::from_be_bytes(icmp.check)).to_be_bytes();
 }
 
@@ -329,7 +238,7 @@ struct Message<'a> {
     eth: &'a mut EthHdr,
     ip: &'a mut Ipv4Hdr,
     icmp: &'a mut IcmpHdr,
-    q: Quote<'a>,
+    q: Quote<'a, Ipv4Hdr>,
 }
 
 /// Parses an Ethernet frame holding an ICMP error whose outer IPv4 header
@@ -347,11 +256,7 @@ fn message<'a>(data: usize, end: usize) -> Parsed<Message<'a>> {
         return Parsed::Malformed;
     };
     let l4_len = usize::from(ip.tot_len()).saturating_sub(IPV4_LEN);
-    match parse(&mut cur, l4_len) {
-        Parsed::Quote((icmp, q)) => Parsed::Quote(Message { eth, ip, icmp, q }),
-        Parsed::Malformed => Parsed::Malformed,
-        Parsed::NoFlow => Parsed::NoFlow,
-    }
+    quote::parse(&mut cur, l4_len, is_error).map(|(icmp, q)| Message { eth, ip, icmp, q })
 }
 
 /// The addresses (as `u32::from_ne_bytes`) and ports (host order) of a
@@ -369,7 +274,7 @@ struct Tuple {
 
 impl Tuple {
     #[inline(always)]
-    fn of(q: &Quote<'_>) -> Self {
+    fn of(q: &Quote<'_, Ipv4Hdr>) -> Self {
         Self {
             src: n(q.ip.src),
             dst: n(q.ip.dst),
@@ -677,7 +582,7 @@ fn egress_translate(ctx: &TcContext) -> bool {
         return false;
     }
     let l4_len = usize::from(ip.tot_len()).saturating_sub(IPV4_LEN);
-    let Parsed::Quote((icmp, mut q)) = parse(&mut cur, l4_len) else {
+    let Parsed::Quote((icmp, mut q)) = quote::parse::<Ipv4Hdr>(&mut cur, l4_len, is_error) else {
         return false;
     };
     // The quote is the client's packet after our DNAT, and the error goes

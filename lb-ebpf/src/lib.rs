@@ -43,6 +43,7 @@ pub mod nat6;
 mod ndp;
 pub mod parse;
 mod partial;
+mod quote;
 mod service;
 pub mod service6;
 mod stats;

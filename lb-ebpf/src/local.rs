@@ -15,7 +15,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     ConntrackValue, Front, LocalEndpointKey, LocalFronts, RevNatValue,
     flow::{FRONTS_PER_ENDPOINT, family, same_addr},
@@ -23,7 +23,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::scratch,
+    conntrack::{self, scratch},
     family::Family,
     flowtable,
     maps::{LOCAL_FRONTS, REV_NAT},
@@ -189,6 +189,34 @@ pub enum Reply<F: Family> {
     },
     /// No local flow's reply.
     None,
+}
+
+/// [`reply`], and the reply recorded in its flow's state (a TCP reply's
+/// `tcp_flags` move the flow's state as a backend's packet): the front
+/// (`vip`, `port`) the reply leaves from, or `None` when it is no local
+/// flow's.
+#[inline(always)]
+pub fn record_reply<F: Family>(
+    (pod, pod_port): (F::Addr, u16),
+    (client, client_port): (F::Addr, u16),
+    proto: u8,
+    tcp_flags: u8,
+) -> Option<(F::Addr, u16)> {
+    match reply::<F>(pod, pod_port, client, client_port, proto) {
+        Reply::Flow { ct, vip, port } => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            conntrack::local_backend_packet(ct, proto, tcp_flags, now);
+            Some((vip, port))
+        }
+        Reply::Reversed { r, vip, port } => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            conntrack::backend_packet::<F>(r, proto, tcp_flags, now);
+            Some((vip, port))
+        }
+        Reply::None => None,
+    }
 }
 
 /// Finds the local flow whose reply is `pod:pod_port → client:client_port`

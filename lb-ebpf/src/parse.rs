@@ -85,6 +85,11 @@ impl Ipv4Hdr {
     pub fn is_fragment(&self) -> bool {
         u16::from_be_bytes(self.frag) & 0x3fff != 0
     }
+    /// A fragment with a non-zero offset: no transport header in it.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag) & 0x1fff != 0
+    }
     /// The 16-bit word holding TTL and protocol, as the checksum sees it.
     #[inline(always)]
     pub fn ttl_proto_word(&self) -> u16 {
