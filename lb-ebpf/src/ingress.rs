@@ -73,7 +73,7 @@ use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, progra
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, Ipv4Key,
     ServiceKey, backend_flags, config_flags,
-    flow::{self, Side, tcp_flags},
+    flow::{self, tcp_flags},
     flow_flags,
     hash::flow_hash,
     maps::xdp_slot,
@@ -306,33 +306,19 @@ fn service_path(
             backend,
             ct,
             state,
-        }) => {
-            let next = if proto == proto::TCP {
-                flow::next_state(state, tcp, Side::Client)
-            } else {
-                state
-            };
-            if proto == proto::TCP && flow::proves(state, next) {
-                guard::refund();
-            }
-            (backend_id, backend, NonNull::new(ct), next)
-        }
+        }) => (
+            backend_id,
+            backend,
+            NonNull::new(ct),
+            service::next_state(state, proto, tcp),
+        ),
         Ok(Choice::New {
             backend_id,
             backend,
-        }) => {
-            // The flow's sets and NAT probes: left in the scratch slot for
-            // `conntrack::onehop_flow_create` now rather than kept live (in the packet
-            // path's frame) until then.
-            // SAFETY: this CPU's scratch slot, ours for this run.
-            unsafe { (*s).hash = hash };
-            // An unproven TCP flow must find room before it takes state
-            // (see `guard`); UDP has no handshake to prove it by.
-            if proto == proto::TCP && !guard::admit(now) {
-                return Outcome::Drop(DropReason::HalfOpenLimit);
-            }
-            (backend_id, backend, None, flow::initial_state(proto, tcp))
-        }
+        }) => match service::admit(s, hash, (proto, tcp), now) {
+            Ok(state) => (backend_id, backend, None, state),
+            Err(r) => return Outcome::Drop(r),
+        },
         Err(r) => return Outcome::Drop(r),
     };
     let flow = Flow {

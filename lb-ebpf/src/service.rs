@@ -23,15 +23,15 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    AffinityValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowTimeouts,
-    ServiceValue, backend_flags,
-    flow::{self, NS_PER_SEC},
+    AffinityValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
+    FlowTimeouts, ServiceValue, backend_flags,
+    flow::{self, NS_PER_SEC, Side},
     flow_flags, proto, service_flags,
 };
 
 use crate::{
     family::Family,
-    flowtable,
+    flowtable, guard,
     maps::{AFFINITY, MAGLEV},
     stats,
 };
@@ -215,4 +215,40 @@ pub fn choose<F: Family>(
         backend_id: id,
         backend: b,
     })
+}
+
+/// The state a client's packet of `proto` with TCP flags `tcp` leaves an
+/// established flow in, now in `state`; a packet that proves a TCP flow
+/// gives back its new-flow guard token.
+#[inline(always)]
+pub fn next_state(state: u8, proto: u8, tcp: u8) -> u8 {
+    if proto != proto::TCP {
+        return state;
+    }
+    let next = flow::next_state(state, tcp, Side::Client);
+    if flow::proves(state, next) {
+        guard::refund();
+    }
+    next
+}
+
+/// Admits a new flow of `proto` (TCP flags `tcp`): its initial state, or
+/// `HalfOpenLimit` when the new-flow guard refuses an unproven TCP flow
+/// (it must find room before it takes state, see `guard`; UDP has no
+/// handshake to prove it by). The flow's `hash` is left in this CPU's
+/// scratch slot `s` for `conntrack::onehop_flow_create` rather than kept
+/// live (in the packet path's frame) until then.
+#[inline(always)]
+pub fn admit(
+    s: *mut FlowScratch,
+    hash: u32,
+    (proto, tcp): (u8, u8),
+    now: u64,
+) -> Result<u8, DropReason> {
+    // SAFETY: this CPU's scratch slot, the caller's for this run.
+    unsafe { (*s).hash = hash };
+    if proto == proto::TCP && !guard::admit(now) {
+        return Err(DropReason::HalfOpenLimit);
+    }
+    Ok(flow::initial_state(proto, tcp))
 }

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use lb_common::{
     BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
     ServiceKey6, backend_flags, config_flags,
-    flow::{self, Side, flow_flags, tcp_flags},
+    flow::{self, flow_flags, tcp_flags},
     maps::xdp_slot,
     proto, vip_flags,
 };
@@ -121,28 +121,19 @@ fn flow_path(
                 backend,
                 ct,
                 state,
-            }) => {
-                let next = if proto == proto::TCP {
-                    flow::next_state(state, tcp, Side::Client)
-                } else {
-                    state
-                };
-                if proto == proto::TCP && flow::proves(state, next) {
-                    guard::refund();
-                }
-                (backend_id, backend, Some(ct), next)
-            }
+            }) => (
+                backend_id,
+                backend,
+                Some(ct),
+                service::next_state(state, proto, tcp),
+            ),
             Ok(Choice::New {
                 backend_id,
                 backend,
-            }) => {
-                // SAFETY: this CPU's scratch slot, ours for this run.
-                unsafe { (*s).hash = hash };
-                if proto == proto::TCP && !guard::admit(now) {
-                    return Outcome::Drop(DropReason::HalfOpenLimit);
-                }
-                (backend_id, backend, None, flow::initial_state(proto, tcp))
-            }
+            }) => match service::admit(s, hash, (proto, tcp), now) {
+                Ok(state) => (backend_id, backend, None, state),
+                Err(r) => return Outcome::Drop(r),
+            },
             Err(r) => return Outcome::Drop(r),
         };
     let out = if V6::flags(&b) & backend_flags::LOCAL != 0 {
