@@ -541,23 +541,6 @@ fn namespace() -> Result<Netns> {
         ns.ip(&["link", "set", dev, "up"])?;
     }
     ns.ip(&["addr", "add", "10.200.0.1/24", "dev", "v0"])?;
-    for (addr, m) in [
-        (lb::PEER_NODE, lb::PEER_NODE_MAC),
-        (lb::DIRECT_NODE, lb::DIRECT_NODE_MAC),
-        (lb::CLIENT, lb::CLIENT_MAC),
-    ] {
-        ns.ip(&[
-            "neigh",
-            "add",
-            &ip(addr),
-            "lladdr",
-            &mac(m),
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ])?;
-    }
     ns.sysctl("net/ipv4/ip_forward", "1")?;
     let ip6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a).to_string();
     ns.ip(&[
@@ -569,15 +552,18 @@ fn namespace() -> Result<Netns> {
         "v0",
         "nodad",
     ])?;
+    // Permanent neighbours for the peers of both families.
     for (addr, m) in [
-        (lb::DIRECT_NODE6, lb::DIRECT_NODE_MAC),
-        (lb::PEER_NODE6, lb::PEER_NODE_MAC),
+        (ip(lb::PEER_NODE), lb::PEER_NODE_MAC),
+        (ip(lb::DIRECT_NODE), lb::DIRECT_NODE_MAC),
+        (ip(lb::CLIENT), lb::CLIENT_MAC),
+        (ip6(lb::DIRECT_NODE6), lb::DIRECT_NODE_MAC),
+        (ip6(lb::PEER_NODE6), lb::PEER_NODE_MAC),
     ] {
         ns.ip(&[
-            "-6",
             "neigh",
             "add",
-            &ip6(addr),
+            &addr,
             "lladdr",
             &mac(m),
             "dev",
