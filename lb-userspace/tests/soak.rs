@@ -49,7 +49,7 @@ use std::{
 mod cluster;
 
 use cluster::{Cluster, TARGET_PORT, UDP_TARGET_PORT, pods_in_use};
-use lb_common::{Counter, DropReason};
+use lb_common::{Counter, DropReason, vip_flags};
 use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
     Netns,
@@ -438,7 +438,7 @@ fn start(c: &Cluster) -> Snapshot {
         pod = c.topo.node(2).pod(1).ip(),
         pod_node = c.topo.node(2).ip(),
     );
-    start_with(c, &yaml)
+    start_with(c, &yaml, VIP.into())
 }
 
 /// [`start`] for IPv6: the VIP [`VIP6`], the pod's IPv6 address on node2's.
@@ -454,12 +454,16 @@ fn start6(c: &Cluster) -> Snapshot {
         pod = pod_ip6(2, 1),
         pod_node = node_ip6(2),
     );
-    start_with(c, &yaml)
+    start_with(c, &yaml, VIP6.into())
 }
 
 /// Node1's agent on the services file `yaml`, once it serves the remote backend with the
-/// default NAT range.
-fn start_with(c: &Cluster, yaml: &str) -> Snapshot {
+/// default NAT range and announces `vip`. (The agent writes backends before VIPs: a soak
+/// started on the backend alone once sent its first requests while the VIP was not yet in
+/// the maps. The client's Neighbor Solicitation went to node1's kernel, the client asked
+/// again a second later, and the requests queued meanwhile overflowed its queue: the first
+/// 149 UDP requests of the IPv6 soak went unanswered on a loaded CI machine.)
+fn start_with(c: &Cluster, yaml: &str, vip: IpAddr) -> Snapshot {
     c.write_services(1, yaml).expect("services file");
     let file = c.services_path(1);
     c.spawn_agent(
@@ -472,7 +476,12 @@ fn start_with(c: &Cluster, yaml: &str) -> Snapshot {
         ],
         &[],
     );
-    let ready = c.wait_for(1, "the remote backend", |s| pods_in_use(s) == 1);
+    let ready = c.wait_for(1, "the remote backend, the VIP announced", |s| {
+        pods_in_use(s) == 1
+            && s.vips
+                .iter()
+                .any(|(ip, f)| *ip == vip && f & vip_flags::ANNOUNCE != 0)
+    });
     assert_eq!(
         (ready.config.nat_port_min, ready.config.nat_port_max),
         (61000, 65535),
