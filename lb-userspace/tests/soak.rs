@@ -458,11 +458,15 @@ fn start6(c: &Cluster) -> Snapshot {
 }
 
 /// Node1's agent on the services file `yaml`, once it serves the remote backend with the
-/// default NAT range and announces `vip`. (The agent writes backends before VIPs: a soak
-/// started on the backend alone once sent its first requests while the VIP was not yet in
-/// the maps. The client's Neighbor Solicitation went to node1's kernel, the client asked
-/// again a second later, and the requests queued meanwhile overflowed its queue: the first
-/// 149 UDP requests of the IPv6 soak went unanswered on a loaded CI machine.)
+/// default NAT range, announces `vip` and has carried one connection through it; node1's
+/// maps then.
+///
+/// The soak measures flows over time on a node that has served for a while, not a path's
+/// first packets (other tests do). On a loaded CI machine the IPv6 soak's first half second
+/// was lost twice before this waited for both: once the client solicited the VIP before it
+/// was in the maps (the agent writes backends first) and asked again a second later, its
+/// queued requests overflowing meanwhile; once node1 had not yet resolved node2, which the
+/// agent asks the kernel to do once the backend is applied (`no_neighbour` 339).
 fn start_with(c: &Cluster, yaml: &str, vip: IpAddr) -> Snapshot {
     c.write_services(1, yaml).expect("services file");
     let file = c.services_path(1);
@@ -487,7 +491,13 @@ fn start_with(c: &Cluster, yaml: &str, vip: IpAddr) -> Snapshot {
         (61000, 65535),
         "not the default NAT range"
     );
-    ready
+    // TCP retransmits its SYN until both neighbours are resolved.
+    onehop_testkit::in_netns(c.topo.client().ns(), || {
+        http_get_here(SocketAddr::new(vip, TCP_PORT), "/", TCP_TIMEOUTS)
+    })
+    .expect("entering the client's namespace")
+    .expect("a first connection through the VIP");
+    c.snapshot(1).expect("node1's maps")
 }
 
 /// The counters the report compares: node1's data path, the backend pod's and the client's
