@@ -70,37 +70,35 @@ pub(crate) fn linearize(ctx: &TcContext, need: usize) {
     }
 }
 
-/// What follows a reply's IP header, for both families.
-pub(crate) enum Transport {
-    /// TCP or UDP: the ports (as on the wire), TCP's flags, UDP or not.
-    Ports([u8; 2], [u8; 2], u8, bool),
-    /// An ICMP error (of the family's ICMP).
-    IcmpError,
-    Other,
-}
+/// A reply's source and destination port (as on the wire), TCP's flags,
+/// and whether it is UDP.
+pub(crate) type Ports = ([u8; 2], [u8; 2], u8, bool);
 
-/// Reads the transport header of `next` (the IP header's protocol) at
-/// `cur`; `icmp` is the family's ICMP protocol and `is_error` its error
-/// types.
+/// The [`Ports`] of the TCP or UDP header of `next` (the IP header's
+/// protocol) at `cur`; what else was found when there is none: an error of
+/// the family's ICMP (`icmp`, whose error types `is_error` tells), or
+/// anything else.
 #[inline(always)]
-pub(crate) fn transport(
+pub(crate) fn transport<R>(
     cur: &mut Cursor<'_>,
     next: u8,
     icmp: u8,
     is_error: impl FnOnce(u8) -> bool,
-) -> Transport {
+) -> Result<Ports, Found<R>> {
     match next {
-        proto::TCP => cur.take::<TcpHdr>().map_or(Transport::Other, |t| {
-            Transport::Ports(t.sport, t.dport, t.flags, false)
-        }),
-        proto::UDP => cur.take::<UdpHdr>().map_or(Transport::Other, |u| {
-            Transport::Ports(u.sport, u.dport, 0, true)
-        }),
+        proto::TCP => cur
+            .take::<TcpHdr>()
+            .map(|t| (t.sport, t.dport, t.flags, false))
+            .ok_or(Found::Other),
+        proto::UDP => cur
+            .take::<UdpHdr>()
+            .map(|u| (u.sport, u.dport, 0, true))
+            .ok_or(Found::Other),
         p if p == icmp => match cur.take::<IcmpHdr>() {
-            Some(h) if is_error(h.ty) => Transport::IcmpError,
-            _ => Transport::Other,
+            Some(h) if is_error(h.ty) => Err(Found::IcmpError),
+            _ => Err(Found::Other),
         },
-        _ => Transport::Other,
+        _ => Err(Found::Other),
     }
 }
 
@@ -159,11 +157,7 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found<Rewrite>> {
         return Err(Found::Other);
     }
     let (sport, dport, tcp_flags, udp) =
-        match transport(&mut cur, ip.proto, proto::ICMP, icmp_error::is_error) {
-            Transport::Ports(s, d, f, u) => (s, d, f, u),
-            Transport::IcmpError => return Err(Found::IcmpError),
-            Transport::Other => return Err(Found::Other),
-        };
+        transport(&mut cur, ip.proto, proto::ICMP, icmp_error::is_error)?;
     let (new_src, new_sport) = local::record_reply::<V4>(
         (ip.src, u16::from_be_bytes(sport)),
         (ip.dst, u16::from_be_bytes(dport)),

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use lb_common::{Counter, proto};
 
 use crate::{
-    egress::{self, Found, Transport, found},
+    egress::{self, Found, found},
     family::V6,
     icmp6_error, local,
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr, TcpHdr},
@@ -69,11 +69,7 @@ fn reply(ctx: &TcContext) -> Result<Rewrite, Found<Rewrite>> {
         return Err(Found::Other);
     }
     let (sport, dport, tcp_flags, udp) =
-        match egress::transport(&mut cur, ip.next, proto::ICMPV6, icmp6_error::is_error) {
-            Transport::Ports(s, d, f, u) => (s, d, f, u),
-            Transport::IcmpError => return Err(Found::IcmpError),
-            Transport::Other => return Err(Found::Other),
-        };
+        egress::transport(&mut cur, ip.next, proto::ICMPV6, icmp6_error::is_error)?;
     let (new_src, new_sport) = local::record_reply::<V6>(
         (ip.src, u16::from_be_bytes(sport)),
         (ip.dst, u16::from_be_bytes(dport)),
