@@ -462,11 +462,12 @@ fn start6(c: &Cluster) -> Snapshot {
 /// maps then.
 ///
 /// The soak measures flows over time on a node that has served for a while, not a path's
-/// first packets (other tests do). On a loaded CI machine the IPv6 soak's first half second
-/// was lost twice before this waited for both: once the client solicited the VIP before it
-/// was in the maps (the agent writes backends first) and asked again a second later, its
-/// queued requests overflowing meanwhile; once node1 had not yet resolved node2, which the
-/// agent asks the kernel to do once the backend is applied (`no_neighbour` 339).
+/// first packets (other tests do). On a loaded CI machine the IPv6 soak lost its first half
+/// second twice before this waited for both. Once with no drop on node1: most likely the
+/// client solicited the VIP before it was in the maps (the agent writes backends first),
+/// asked again a second later, and its queued requests overflowed meanwhile. Once because
+/// node1 had not yet resolved node2, which the agent asks the kernel to do once the backend
+/// is applied (`no_neighbour` 339).
 fn start_with(c: &Cluster, yaml: &str, vip: IpAddr) -> Snapshot {
     c.write_services(1, yaml).expect("services file");
     let file = c.services_path(1);
