@@ -300,6 +300,7 @@ fn service_path(
     // nodes (see `not_announcer`).
     let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
     let choice = service::choose::<V4>(key, ip.src, svc, syn_only, now, cfg, hash, sends_on);
+    service::stage_hash(s, hash);
     let (backend_id, b, established, state) = match choice {
         Ok(Choice::Established {
             backend_id,
@@ -315,7 +316,7 @@ fn service_path(
         Ok(Choice::New {
             backend_id,
             backend,
-        }) => match service::admit(s, hash, (proto, tcp), now) {
+        }) => match service::admit((proto, tcp), now) {
             Ok(state) => (backend_id, backend, None, state),
             Err(r) => return Outcome::Drop(r),
         },

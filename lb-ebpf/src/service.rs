@@ -232,21 +232,25 @@ pub fn next_state(state: u8, proto: u8, tcp: u8) -> u8 {
     next
 }
 
+/// Leaves the flow's `hash` in this CPU's scratch slot `s`, where
+/// `conntrack::onehop_flow_create` takes it (its flow-table sets and NAT
+/// port probes), rather than keeping it live in the packet path's frame.
+/// For every packet, not only a new flow's: an established remote flow
+/// whose NAT port went to another flow is created again (`nat_port_lost`),
+/// and with a stale hash from the slot its entry would land in another
+/// flow's sets, where its next packet never finds it.
+#[inline(always)]
+pub fn stage_hash(s: *mut FlowScratch, hash: u32) {
+    // SAFETY: this CPU's scratch slot, the caller's for this run.
+    unsafe { (*s).hash = hash };
+}
+
 /// Admits a new flow of `proto` (TCP flags `tcp`): its initial state, or
 /// `HalfOpenLimit` when the new-flow guard refuses an unproven TCP flow
 /// (it must find room before it takes state, see `guard`; UDP has no
-/// handshake to prove it by). The flow's `hash` is left in this CPU's
-/// scratch slot `s` for `conntrack::onehop_flow_create` rather than kept
-/// live (in the packet path's frame) until then.
+/// handshake to prove it by).
 #[inline(always)]
-pub fn admit(
-    s: *mut FlowScratch,
-    hash: u32,
-    (proto, tcp): (u8, u8),
-    now: u64,
-) -> Result<u8, DropReason> {
-    // SAFETY: this CPU's scratch slot, the caller's for this run.
-    unsafe { (*s).hash = hash };
+pub fn admit((proto, tcp): (u8, u8), now: u64) -> Result<u8, DropReason> {
     if proto == proto::TCP && !guard::admit(now) {
         return Err(DropReason::HalfOpenLimit);
     }

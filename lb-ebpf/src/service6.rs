@@ -114,28 +114,29 @@ fn flow_path(
     // With direct return only the announcer sends new flows on to other
     // nodes (see `ingress`).
     let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-    let (backend_id, b, ct, state) =
-        match service::choose::<V6>(key, ip.src, svc, syn_only, now, cfg, hash, sends_on) {
-            Ok(Choice::Established {
-                backend_id,
-                backend,
-                ct,
-                state,
-            }) => (
-                backend_id,
-                backend,
-                Some(ct),
-                service::next_state(state, proto, tcp),
-            ),
-            Ok(Choice::New {
-                backend_id,
-                backend,
-            }) => match service::admit(s, hash, (proto, tcp), now) {
-                Ok(state) => (backend_id, backend, None, state),
-                Err(r) => return Outcome::Drop(r),
-            },
+    let choice = service::choose::<V6>(key, ip.src, svc, syn_only, now, cfg, hash, sends_on);
+    service::stage_hash(s, hash);
+    let (backend_id, b, ct, state) = match choice {
+        Ok(Choice::Established {
+            backend_id,
+            backend,
+            ct,
+            state,
+        }) => (
+            backend_id,
+            backend,
+            Some(ct),
+            service::next_state(state, proto, tcp),
+        ),
+        Ok(Choice::New {
+            backend_id,
+            backend,
+        }) => match service::admit((proto, tcp), now) {
+            Ok(state) => (backend_id, backend, None, state),
             Err(r) => return Outcome::Drop(r),
-        };
+        },
+        Err(r) => return Outcome::Drop(r),
+    };
     let out = if V6::flags(&b) & backend_flags::LOCAL != 0 {
         to_local(ip, &mut l4, key, svc.id, backend_id, &b, ct, state, now)
     } else {

@@ -2828,6 +2828,22 @@ fn udp_ports_come_back_when_idle_under_pressure_and_when_expired() {
             (1, 1),
             "{d:?}"
         );
+        // Its entry was written again where its own hash puts it (not where
+        // the last new flow's did), so its next datagram finds it.
+        let again = view(&r.out).sport;
+        let key = flow(CLIENT, VIP, old, 87, proto::UDP);
+        assert_eq!(
+            lb.conntrack(&key).map(|v| v.nat_port),
+            Some(again),
+            "the flow's entry, in its own sets"
+        );
+        let out = lb.expect(
+            "the flow's next datagram",
+            &Pkt::udp(CLIENT, old, VIP, 87).build(),
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
+        assert_eq!(view(&out).sport, again, "the flow keeps its new port");
         // Past the UDP timeout (30 s) every flow is over: a new one takes a
         // port at its first probe that holds an expired flow.
         lb.age_flows(31);

@@ -919,6 +919,67 @@ fn an_ipv6_flow_to_a_pod_on_another_node_goes_by_full_nat_and_its_replies_come_b
     });
 }
 
+/// An IPv6 UDP flow whose NAT port went to another flow (idle past
+/// `udp_reclaim` while the range was full) goes on with a new port, and its
+/// entry is written again in its own flow-table sets: its next datagram
+/// finds it and keeps the port (not the sets of the last new flow, whose
+/// hash the CPU's scratch slot held).
+#[test]
+fn an_ipv6_flow_that_lost_its_nat_port_goes_on_with_a_new_one_and_keeps_it() {
+    with_lb6(|lb| {
+        lb.set_nat_ports(62000, 62001);
+        let config = lb.config().with_node_ip6(NODE6);
+        lb_userspace::dataplane::writer::set_config(lb.h.maps_mut(), config).expect("config");
+        let query = |sport| {
+            frame6(
+                CLIENT6,
+                VIP6,
+                proto::UDP,
+                udp6(CLIENT6, sport, VIP6, 81, b"query"),
+            )
+            .build()
+        };
+        let port_of = |out: &[u8]| u16::from_be_bytes([out[54], out[55]]);
+        let mut held = std::collections::BTreeMap::new();
+        for sport in [45000, 45001] {
+            let out = lb.expect("UDP flow", &query(sport), XDP_TX, Want::C(C::RemoteNewFlow));
+            held.insert(port_of(&out), sport);
+        }
+        lb.age_flows(6);
+        let taken = port_of(&lb.expect(
+            "a third flow, both ports idle 6 s",
+            &query(45002),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        ));
+        let old = held[&taken];
+        let before = lb.counts();
+        let r = lb.run(&query(old));
+        let d = lb.counts().minus(&before);
+        assert_eq!(r.action, XDP_TX, "{d:?}");
+        assert_eq!(
+            (d.c(C::NatPortLost), d.c(C::RemoteNewFlow)),
+            (1, 1),
+            "{d:?}"
+        );
+        let again = port_of(&r.out);
+        assert_ne!(again, taken, "sent with another flow's port");
+        let key = FlowKey::v6(CLIENT6, VIP6, old, 81, proto::UDP);
+        assert_eq!(
+            lb.conntrack(&key).map(|v| v.nat_port),
+            Some(again),
+            "the flow's entry, in its own sets"
+        );
+        let out = lb.expect(
+            "the flow's next datagram",
+            &query(old),
+            XDP_TX,
+            Want::C(C::RemoteEstablished),
+        );
+        assert_eq!(port_of(&out), again, "the flow keeps its new port");
+    });
+}
+
 /// UDP by full NAT over IPv6, both ways; returns the flow's NAT port.
 fn udp_by_full_nat(lb: &mut Lb) -> u16 {
     let q = frame6(
