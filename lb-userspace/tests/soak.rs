@@ -5,11 +5,14 @@
 //! `ONEHOP_SOAK_SECS` seconds (default 150, at least 120), with zero failures and no new
 //! flow ever refused for want of a NAT port. Flow state is never reset: the whole run is one
 //! agent, one set of maps. The same over IPv6 (the pod's IPv6 address behind node1's, VIP
-//! `fd00:60::ab:200`) for a minute, 20,000 of each; the two soaks run one after the other.
+//! `fd00:60::ab:200`) for a minute, 20,000 of each; and by direct return (an agent on node2
+//! too, serving its pod locally and answering the client from the VIP) for a minute,
+//! 20,000 of each. The soaks run one after the other.
 //!
 //! ```text
 //!  client1 ── lan ──┬── node1 (agent, announces the VIP) ── node1-pod1
-//!                   └── node2 ── node2-pod1 (the only backend: HTTP :8080, UDP :5353)
+//!                   └── node2 (agent only for direct return) ── node2-pod1
+//!                                   (the only backend: HTTP :8080, UDP :5353)
 //! ```
 //!
 //! Wire-like frames: the test kit turns TX checksum offload, TSO and GSO off on the client's
@@ -49,7 +52,7 @@ use std::{
 mod cluster;
 
 use cluster::{Cluster, TARGET_PORT, UDP_TARGET_PORT, pods_in_use};
-use lb_common::{Counter, DropReason, vip_flags};
+use lb_common::{Counter, DropReason, backend_flags, config_flags, vip_flags};
 use lb_userspace::dataplane::status::Snapshot;
 use onehop_testkit::{
     Netns,
@@ -170,10 +173,11 @@ fn wait_for_slot(slot: Instant) -> Duration {
     }
 }
 
-/// What a reply must say: answered by `pod`, which saw the balancing node as the client.
+/// What a reply must say: answered by `pod`, which saw `source` as the client (the balancing
+/// node under full NAT, the client itself under direct return).
 struct Expect {
     pod: String,
-    node: IpAddr,
+    source: IpAddr,
 }
 
 impl Expect {
@@ -182,11 +186,8 @@ impl Expect {
             return Err(format!("answered by {} instead of {}", a.pod, self.pod));
         }
         match a.client {
-            seen if seen.ip() == self.node => Ok(()),
-            other => Err(format!(
-                "the pod saw {other}, not the balancing node {}",
-                self.node
-            )),
+            seen if seen.ip() == self.source => Ok(()),
+            other => Err(format!("the pod saw {other}, not {}", self.source)),
         }
     }
 }
@@ -427,18 +428,63 @@ fn nstat_changed(
 /// node1 serves the VIP (TCP and UDP) with one backend, node2's pod, and the default NAT
 /// range; returns node1's maps once ready.
 fn start(c: &Cluster) -> Snapshot {
-    let yaml = format!(
-        "node: {{ ip: {node1} }}\n\
-         announce: [{VIP}]\n\
+    start_with(c, &services(c, 1, false), VIP.into(), |_| true)
+}
+
+/// The services file of `node`: the VIP (TCP and UDP) with one backend, node2's pod;
+/// announced by node1; direct return on or off.
+fn services(c: &Cluster, node: u8, direct: bool) -> String {
+    format!(
+        "node: {{ ip: {ip} }}\n\
+         direct_return: {direct}\n\
+         announce: [{announce}]\n\
          services:\n  - name: web\n    vip: {VIP}\n\
          \x20   ports: [{{ port: {TCP_PORT}, protocol: TCP, target_port: {TARGET_PORT} }}, \
          {{ port: {UDP_PORT}, protocol: UDP, target_port: {UDP_TARGET_PORT} }}]\n\
          \x20   backends:\n      - {{ ip: {pod}, node_ip: {pod_node} }}\n",
-        node1 = c.topo.node(1).ip(),
+        ip = c.topo.node(node).ip(),
+        announce = if node == 1 {
+            VIP.to_string()
+        } else {
+            String::new()
+        },
         pod = c.topo.node(2).pod(1).ip(),
         pod_node = c.topo.node(2).ip(),
+    )
+}
+
+/// Direct return: node2's agent serves the pod locally and sends its answers straight to the
+/// client; node1's announces the VIP and sends the flows on to node2. Both nodes' maps once
+/// ready.
+fn start_direct(c: &Cluster) -> (Snapshot, Snapshot) {
+    spawn_on(c, 2, &services(c, 2, true));
+    c.wait_for(2, "the local backend, direct return", |s| {
+        pods_in_use(s) == 1 && s.config.flags & config_flags::DIRECT_RETURN != 0
+    });
+    let node1 = start_with(c, &services(c, 1, true), VIP.into(), |s| {
+        s.config.flags & config_flags::DIRECT_RETURN != 0
+            && s.backends
+                .iter()
+                .all(|b| b.value.flags() & backend_flags::DIRECT != 0)
+    });
+    // After the first connection, as node1's.
+    (node1, c.snapshot(2).expect("node2's maps"))
+}
+
+/// An agent on `node` with the services file `yaml`, polled every 100 ms.
+fn spawn_on(c: &Cluster, node: u8, yaml: &str) {
+    c.write_services(node, yaml).expect("services file");
+    let file = c.services_path(node);
+    c.spawn_agent(
+        node,
+        &[
+            "--poll-interval-ms".as_ref(),
+            "100".as_ref(),
+            "--services-file".as_ref(),
+            file.as_os_str(),
+        ],
+        &[],
     );
-    start_with(c, &yaml, VIP.into())
 }
 
 /// [`start`] for IPv6: the VIP [`VIP6`], the pod's IPv6 address on node2's.
@@ -454,12 +500,12 @@ fn start6(c: &Cluster) -> Snapshot {
         pod = pod_ip6(2, 1),
         pod_node = node_ip6(2),
     );
-    start_with(c, &yaml, VIP6.into())
+    start_with(c, &yaml, VIP6.into(), |_| true)
 }
 
 /// Node1's agent on the services file `yaml`, once it serves the remote backend with the
-/// default NAT range, announces `vip` and has carried one connection through it; node1's
-/// maps then.
+/// default NAT range, announces `vip`, its maps say `ready` and it has carried one
+/// connection through it; node1's maps then.
 ///
 /// The soak measures flows over time on a node that has served for a while, not a path's
 /// first packets (other tests do). On a loaded CI machine the IPv6 soak lost its first half
@@ -468,24 +514,14 @@ fn start6(c: &Cluster) -> Snapshot {
 /// asked again a second later, and its queued requests overflowed meanwhile. Once because
 /// node1 had not yet resolved node2, which the agent asks the kernel to do once the backend
 /// is applied (`no_neighbour` 339).
-fn start_with(c: &Cluster, yaml: &str, vip: IpAddr) -> Snapshot {
-    c.write_services(1, yaml).expect("services file");
-    let file = c.services_path(1);
-    c.spawn_agent(
-        1,
-        &[
-            "--poll-interval-ms".as_ref(),
-            "100".as_ref(),
-            "--services-file".as_ref(),
-            file.as_os_str(),
-        ],
-        &[],
-    );
+fn start_with(c: &Cluster, yaml: &str, vip: IpAddr, ready: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    spawn_on(c, 1, yaml);
     let ready = c.wait_for(1, "the remote backend, the VIP announced", |s| {
         pods_in_use(s) == 1
             && s.vips
                 .iter()
                 .any(|(ip, f)| *ip == vip && f & vip_flags::ANNOUNCE != 0)
+            && ready(s)
     });
     assert_eq!(
         (ready.config.nat_port_min, ready.config.nat_port_max),
@@ -505,16 +541,19 @@ fn start_with(c: &Cluster, yaml: &str, vip: IpAddr) -> Snapshot {
 /// kernels.
 struct Counts {
     node1: Snapshot,
-    /// node2's kernel (no agent there): where a packet node1 sent on can still be lost.
+    /// node2's data path, when it has an agent (direct return).
+    node2_maps: Option<Snapshot>,
+    /// node2's kernel: where a packet node1 sent on can still be lost.
     node2: BTreeMap<String, u64>,
     pod: BTreeMap<String, u64>,
     client: BTreeMap<String, u64>,
 }
 
 impl Counts {
-    fn read(c: &Cluster, node1: Snapshot) -> Self {
+    fn read(c: &Cluster, node1: Snapshot, node2_maps: Option<Snapshot>) -> Self {
         Self {
             node1,
+            node2_maps,
             node2: nstat(c.topo.node(2).ns()),
             pod: nstat(c.topo.node(2).pod(1).ns()),
             client: nstat(c.topo.client().ns()),
@@ -564,9 +603,18 @@ fn veth_drops(ns: &Netns) -> String {
 }
 
 fn report(before: &Counts, after: &Counts) -> String {
+    let node2_maps = match (&before.node2_maps, &after.node2_maps) {
+        (Some(b), Some(a)) => format!(
+            "node2's data path: {}\n  node2 entries at the end: conntrack {}, rev_nat {}\n  ",
+            changed(b, a),
+            a.conntrack_entries,
+            a.rev_nat_entries
+        ),
+        _ => String::new(),
+    };
     format!(
-        "node1: {}\n  node1 entries at the end: conntrack {}, rev_nat {}\n  node2: {}\n  pod: {}\n  \
-         client: {}",
+        "node1: {}\n  node1 entries at the end: conntrack {}, rev_nat {}\n  {node2_maps}node2: {}\n  \
+         pod: {}\n  client: {}",
         changed(&before.node1, &after.node1),
         after.node1.conntrack_entries,
         after.node1.rev_nat_entries,
@@ -625,10 +673,10 @@ fn fifty_thousand_connections_and_requests_to_a_remote_backend_with_the_default_
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     // The agent's default map sizes: LRU pressure as on a real node.
     let c = Cluster::with_agent_args(2, 1, 1, &[]);
-    let before = Counts::read(&c, start(&c));
+    let before = Counts::read(&c, start(&c), None);
     let expect = Expect {
         pod: c.topo.node(2).pod(1).name().to_owned(),
-        node: c.topo.node(1).ip().into(),
+        source: c.topo.node(1).ip().into(),
     };
     let (tcp, udp) = (
         SocketAddr::new(VIP.into(), TCP_PORT),
@@ -667,10 +715,10 @@ fn twenty_thousand_ipv6_connections_and_requests_to_a_remote_backend_by_full_nat
         SocketAddr::new(pod_ip6(2, 1).into(), UDP_TARGET_PORT),
     )
     .expect("the pod's IPv6 UDP server");
-    let before = Counts::read(&c, start6(&c));
+    let before = Counts::read(&c, start6(&c), None);
     let expect = Expect {
         pod: pod.name().to_owned(),
-        node: node_ip6(1).into(),
+        source: node_ip6(1).into(),
     };
     let (tcp, udp) = (
         SocketAddr::new(VIP6.into(), TCP_PORT),
@@ -678,6 +726,52 @@ fn twenty_thousand_ipv6_connections_and_requests_to_a_remote_backend_by_full_nat
     );
     let n = CONNECTIONS * SECS / 150;
     soak(&c, &before, SECS, (n, n), (tcp, udp), &expect);
+}
+
+/// Direct server return under the same churn, for a minute (20,000 connections and 20,000
+/// requests): node1 announces the VIP and sends each flow's frames on to node2 as they came
+/// but for the MACs; node2's agent serves them to its pod, whose answers go from the VIP
+/// straight to the client. The pod sees the client's own address; both nodes' flow tables
+/// live through the client's source ports coming back on closed and idle flows.
+#[test]
+fn twenty_thousand_direct_return_connections_and_requests_keep_the_clients_address() {
+    const SECS: u64 = 60;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let c = Cluster::with_agent_args(2, 1, 1, &[]);
+    let (node1, node2) = start_direct(&c);
+    let before = Counts::read(&c, node1, Some(node2));
+    let expect = Expect {
+        pod: c.topo.node(2).pod(1).name().to_owned(),
+        source: c.topo.client().ip().into(),
+    };
+    let (tcp, udp) = (
+        SocketAddr::new(VIP.into(), TCP_PORT),
+        SocketAddr::new(VIP.into(), UDP_PORT),
+    );
+    let n = CONNECTIONS * SECS / 150;
+    soak(&c, &before, SECS, (n, n), (tcp, udp), &expect);
+    // Every flow went the direct way on node1 and was served locally on node2: each
+    // connection started a flow on both (fresh, or again on a closed one's source port).
+    let after = (
+        c.snapshot(1).expect("node1 maps"),
+        c.snapshot(2).expect("node2 maps"),
+    );
+    let before2 = before.node2_maps.as_ref().expect("node2's maps");
+    let delta = |b: &Snapshot, a: &Snapshot, k| a.counter(k) - b.counter(k);
+    let n1 = |k| delta(&before.node1, &after.0, k);
+    let n2 = |k| delta(before2, &after.1, k);
+    assert_eq!(
+        (n1(Counter::RemoteNewFlow), n1(Counter::RemoteEstablished)),
+        (0, 0),
+        "full NAT on node1 under direct return: {}",
+        changed(&before.node1, &after.0)
+    );
+    assert!(
+        n1(Counter::DirectNewFlow) >= n && n2(Counter::LocalNewFlow) >= n,
+        "fewer new flows than connections: node1 {}; node2 {}",
+        changed(&before.node1, &after.0),
+        changed(before2, &after.1)
+    );
 }
 
 /// The soak itself: `tcp_n` connections to `tcp` and `udp_n` requests to `udp` from the
@@ -702,10 +796,22 @@ fn soak(
         let udp = scope.spawn(|| udp_load(client, udp_addr, udp_n, udp_period, give_up, expect));
         (tcp.join().expect("TCP load"), udp.join().expect("UDP load"))
     });
-    let after = Counts::read(c, c.snapshot(1).expect("node1 maps"));
+    let after = Counts::read(
+        c,
+        c.snapshot(1).expect("node1 maps"),
+        before
+            .node2_maps
+            .as_ref()
+            .map(|_| c.snapshot(2).expect("node2 maps")),
+    );
+    let offered = 1.0 / tcp_period.as_secs_f64();
+    let path = if before.node1.config.flags & config_flags::DIRECT_RETURN != 0 {
+        format!("direct return, offered {offered:.0}/s of each")
+    } else {
+        capacity(&before.node1.config, offered)
+    };
     let report = format!(
-        "soak over {secs} s, one remote backend:\n  {}\n  {}\n  {}\n  {}",
-        capacity(&before.node1.config, 1.0 / tcp_period.as_secs_f64()),
+        "soak over {secs} s, one remote backend:\n  {path}\n  {}\n  {}\n  {}",
         tcp.summary("TCP connections", tcp_n, tcp_took),
         udp.summary("UDP requests", udp_n, udp_took),
         report(before, &after),
@@ -714,12 +820,12 @@ fn soak(
     assert!(
         tcp.failed == 0 && udp.failed == 0,
         "{report}\n  veth drops: node1 {}; node2 {}\nTCP failures (first {SHOWN}): {:#?}\n\
-         UDP failures (first {SHOWN}): {:#?}\nagent log:\n{}",
+         UDP failures (first {SHOWN}): {:#?}\nagent logs:\n{}",
         veth_drops(c.topo.node(1).ns()),
         veth_drops(c.topo.node(2).ns()),
         tcp.failures,
         udp.failures,
-        c.log(1)
+        c.logs()
     );
     assert_eq!(tcp.ok, tcp_n, "{report}");
     assert_eq!(udp.ok, udp_n, "{report}");
