@@ -566,13 +566,13 @@ pub struct FlowTimeouts {
     pub udp_reclaim_s: u32,
     /// TCP flow closed by both FINs, when a new remote flow finds every NAT
     /// port it probes held: a flow closed this long gives its port up to it.
-    /// Its backend socket may still be in `TIME_WAIT` (a minute on Linux),
-    /// which the closing timeout does not wait out either: the backend
-    /// takes the new SYN as the next incarnation (or answers with an ACK
-    /// that the client resets and retries at once). Without this a closed
-    /// flow holds its port for `tcp_closing_s`, and the NAT range bounds new
-    /// TCP flows to one backend at `range / tcp_closing_s` a second, with
-    /// probes failing long before that.
+    /// Its backend socket may still be in `TIME_WAIT` (a minute on Linux,
+    /// for which the port is otherwise held, see [`reverse_over`]): the
+    /// backend takes the new SYN as the next incarnation (or answers with
+    /// an ACK that the client resets and retries). Without this a closed
+    /// flow holds its port for [`TIME_WAIT_S`], and the NAT range bounds new
+    /// TCP flows to one backend at `range / 60` a second, with probes
+    /// failing long before that.
     pub tcp_reclaim_s: u32,
 }
 
@@ -659,6 +659,36 @@ pub const fn expired(
     t: &FlowTimeouts,
 ) -> bool {
     now_ns.saturating_sub(last_seen_ns) > timeout_s(proto, state, t) as u64 * NS_PER_SEC
+}
+
+/// How long the backend may keep a connection closed by both FINs in
+/// `TIME_WAIT`, seconds: Linux's `TCP_TIMEWAIT_LEN`, which no sysctl changes
+/// (FreeBSD's 2 MSL is as long). A NAT port is not handed out again within
+/// it while others are free (see [`reverse_over`]).
+pub const TIME_WAIT_S: u32 = 60;
+
+/// Whether a reverse entry (and for a remote flow the NAT port it holds) is
+/// over at `now_ns`: as [`expired`], but a TCP flow closed by both FINs
+/// holds it for [`TIME_WAIT_S`] at least. Its backend may still hold the
+/// connection in `TIME_WAIT` that long; a new flow on the same port then
+/// meets it, and the new SYN is refused by PAWS about every other time
+/// (timestamps are offset per connection), costing the client an RST and a
+/// retry. A new flow that finds every port it probes held still takes such
+/// a port, after `tcp_reclaim_s` (see [`reclaimable`]): under pressure a
+/// retry is better than a drop. An RST leaves nothing in `TIME_WAIT`.
+#[inline(always)]
+pub const fn reverse_over(
+    proto: u8,
+    state: u8,
+    last_seen_ns: u64,
+    now_ns: u64,
+    t: &FlowTimeouts,
+) -> bool {
+    expired(proto, state, last_seen_ns, now_ns, t)
+        && !(proto == crate::proto::TCP
+            && state & tcp_state::BOTH_FIN == tcp_state::BOTH_FIN
+            && state & tcp_state::RST == 0
+            && now_ns.saturating_sub(last_seen_ns) <= TIME_WAIT_S as u64 * NS_PER_SEC)
 }
 
 /// Whether a flow holding a NAT port may give it up to a new flow that

@@ -500,9 +500,10 @@ pub extern "C" fn onehop_flow_create() -> u32 {
 /// ours once our reverse entry (`s.rval`) was inserted with `BPF_NOEXIST`
 /// (so two CPUs can never claim the same one), or when the entry holding it
 /// is this flow's own (a flow that starts again after its conntrack entry
-/// expired keeps its port), or is expired or closed past its timeout, or,
-/// when every probe found its port held, idle or closed for a shorter
-/// while (`flow::reclaimable`): then it is taken over by compare-and-swap
+/// expired keeps its port), or is over (`flow::reverse_over`: expired or
+/// closed past its timeout, and past the backend's `TIME_WAIT` when closed
+/// by both FINs), or, when every probe found its port held, idle or closed
+/// for a shorter while (`flow::reclaimable`): then it is taken over by compare-and-swap
 /// (`nat_port_reclaimed`), so closed flows give their ports back without
 /// waiting for the LRU. `s.rkey` is the reply key with the port left 0 (the
 /// backend's reply to us); leaves the claimed port in it. 0 when none was
@@ -555,7 +556,7 @@ fn claim_nat_port(cfg: &DatapathConfig, proto: u8, s: &mut FlowScratch) -> u16 {
                 if take_over(r, last, &s.rval) {
                     return port;
                 }
-            } else if flow::expired(proto, state, last, now, &cfg.timeouts) {
+            } else if flow::reverse_over(proto, state, last, now, &cfg.timeouts) {
                 if take_over(r, last, &s.rval) {
                     stats::count(Counter::NatPortReclaimed);
                     return port;

@@ -2772,6 +2772,58 @@ fn closed_flows_give_their_nat_ports_back_under_pressure_and_after_the_closing_t
     });
 }
 
+/// A port closed by both FINs is not handed out again while the backend may
+/// still hold the connection in `TIME_WAIT` (`flow::TIME_WAIT_S`, 60 s) and
+/// a new flow finds another free: past the closing timeout (10 s) a new flow
+/// whose first probe meets it goes on to a free port; past `TIME_WAIT` it
+/// takes it at once.
+#[test]
+fn a_port_closed_by_both_fins_waits_out_the_backends_time_wait_while_others_are_free() {
+    use lb_common::{flow::table::key_hash, hash::nat_probe};
+    with_lb(|lb| {
+        let (pod_ip, pod_port) = pod(REMOTE_PEER);
+        lb.set_nat_ports(62000, 62002);
+        let closed = tcp_flow_to(lb, 44000, Ending::BothFins);
+        let seed = lb.config().hash_seed;
+        // A client port whose first probe is the closed flow's port.
+        let probing_closed = |from: u16| {
+            (from..u16::MAX)
+                .find(|&sport| {
+                    let h = key_hash(seed, &flow(CLIENT, VIP, sport, 81, proto::TCP));
+                    u32::from(closed) == 62000 + nat_probe(h, 0, 3)
+                })
+                .expect("a client port")
+        };
+        let syn = |sport| Pkt::tcp(CLIENT, sport, VIP, 81, SYN).build();
+        lb.age_flows(11);
+        let sport = probing_closed(45000);
+        let before = lb.counts();
+        let out = lb.expect(
+            "closed 11 s ago, within TIME_WAIT",
+            &syn(sport),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        assert_ne!(view(&out).sport, closed, "a port the backend may hold");
+        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 0);
+        let rev = lb
+            .rev_nat(&flow(pod_ip, NODE_IP, pod_port, closed, proto::TCP))
+            .expect("the closed flow's reverse entry");
+        assert_eq!(rev.new_dport, 44000, "still the closed flow's");
+        lb.age_flows(50);
+        let sport = probing_closed(sport + 1);
+        let before = lb.counts();
+        let out = lb.expect(
+            "closed 61 s ago, past TIME_WAIT",
+            &syn(sport),
+            XDP_TX,
+            Want::C(C::RemoteNewFlow),
+        );
+        assert_eq!(view(&out).sport, closed, "over: taken at its first probe");
+        assert_eq!(lb.counts().minus(&before).c(C::NatPortReclaimed), 1);
+    });
+}
+
 #[test]
 fn udp_ports_come_back_when_idle_under_pressure_and_when_expired() {
     with_lb(|lb| {

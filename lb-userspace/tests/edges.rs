@@ -1136,8 +1136,10 @@ fn pin_directory_is_created_private_and_foreign_or_open_ones_are_refused() {
 }
 
 /// The agent's flow sweeper deletes expired entries from the pinned maps
-/// (by the same rule and timeouts as the data path) and leaves live ones;
-/// flow-table slots it leaves to be reused in place.
+/// (by the same rules and timeouts as the data path) and leaves live ones,
+/// and the reverse entry of a flow closed by both FINs while its backend
+/// may still be in `TIME_WAIT`; flow-table slots it leaves to be reused in
+/// place.
 #[test]
 fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     use lb_common::{ConntrackValue, FlowKey, RevNatValue, flow::tcp_state, proto};
@@ -1164,8 +1166,14 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     );
 
     let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("pinned maps");
-    let now = lb_userspace::dataplane::sweep::now_ns().expect("clock");
     let s = 1_000_000_000;
+    let clock = || lb_userspace::dataplane::sweep::now_ns().expect("clock");
+    // The clock counts from boot, and a VM's tests may run sooner than the
+    // oldest stamp below.
+    while clock() < 71 * s {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let now = clock();
     let key = |sport| FlowKey::v4([10, 0, 0, 9], [192, 168, 50, 230], sport, 80, proto::TCP);
     let ct = |state, last| ConntrackValue::new(0, [0; 16], 0, 0, 0, state, last);
     let closed = tcp_state::ESTABLISHED | tcp_state::BOTH_FIN;
@@ -1184,14 +1192,23 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     for (k, v, _) in &entries {
         lb_userspace::dataplane::flows::put(&mut maps, k, *v).expect("conntrack insert");
     }
+    // Reverse entries of flows closed by both FINs: 70 s ago, over; 20 s
+    // ago, past the closing timeout but within the backend's TIME_WAIT
+    // (60 s), kept.
     let rev_dead = FlowKey::v4([10, 42, 1, 2], [10, 0, 0, 9], 8080, 4000, proto::TCP);
-    maps.rev_nat
-        .insert(
-            rev_dead,
-            RevNatValue::reverse_of(&key(1), 0, 0, closed, now - 20 * s),
-            0,
-        )
-        .expect("rev_nat insert");
+    let rev_time_wait = FlowKey::v4([10, 42, 1, 2], [10, 0, 0, 9], 8080, 4001, proto::TCP);
+    for (k, flow, closed_at) in [
+        (rev_dead, key(1), now - 70 * s),
+        (rev_time_wait, key(2), now - 20 * s),
+    ] {
+        maps.rev_nat
+            .insert(
+                k,
+                RevNatValue::reverse_of(&flow, 0, 0, closed, closed_at),
+                0,
+            )
+            .expect("rev_nat insert");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while maps.rev_nat.get(&rev_dead, 0).is_ok() {
         assert!(
@@ -1200,6 +1217,10 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        maps.rev_nat.get(&rev_time_wait, 0).is_ok(),
+        "swept within the backend's TIME_WAIT"
+    );
     // Flow-table slots are not deleted (a new flow reuses an over one in
     // place, see `lb_common::flow::table`): the sweep leaves every flow,
     // and the data path's rule tells the over one from the live ones.

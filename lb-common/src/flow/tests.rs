@@ -169,6 +169,42 @@ fn expiry_is_after_the_timeout_of_the_state_and_never_for_future_stamps() {
     }
 }
 
+/// A reverse entry is over when its flow is, but one closed by both FINs
+/// (the backend may be in `TIME_WAIT`) only past `TIME_WAIT_S` too; one an
+/// RST closed, or closed by FINs and then an RST, at its closing timeout.
+#[test]
+fn a_reverse_entry_closed_by_both_fins_outlasts_the_backends_time_wait() {
+    let sec = NS_PER_SEC;
+    let t0 = 1_000 * sec;
+    let tw = u64::from(TIME_WAIT_S) * sec;
+    let closing = u64::from(T.tcp_closing_s) * sec;
+    let fins = s::ESTABLISHED | s::BOTH_FIN;
+    for (proto, state, over_after) in [
+        (proto::TCP, fins, tw),
+        (proto::TCP, fins | s::RST, closing),
+        (proto::TCP, s::ESTABLISHED | s::RST, closing),
+        (proto::TCP, s::SYN_SENT | s::RST, closing),
+        (proto::TCP, s::ESTABLISHED, 21_600 * sec),
+        (proto::UDP, 0, u64::from(T.udp_s) * sec),
+    ] {
+        assert!(
+            !reverse_over(proto, state, t0, t0 + over_after, &T),
+            "{proto} {state:#b} at {over_after}"
+        );
+        assert!(
+            reverse_over(proto, state, t0, t0 + over_after + 1, &T),
+            "{proto} {state:#b} past {over_after}"
+        );
+    }
+    // A closing timeout longer than TIME_WAIT rules alone.
+    let long = FlowTimeouts {
+        tcp_closing_s: 90,
+        ..T
+    };
+    assert!(!reverse_over(proto::TCP, fins, t0, t0 + 90 * sec, &long));
+    assert!(reverse_over(proto::TCP, fins, t0, t0 + 90 * sec + 1, &long));
+}
+
 /// Under pressure a port goes only from a flow that is done with it, or
 /// whose next packet can take another: idle UDP after `udp_reclaim_s`, TCP
 /// closed by both FINs after `tcp_reclaim_s`; never a live TCP flow nor one

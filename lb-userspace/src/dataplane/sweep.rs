@@ -14,8 +14,10 @@
 //! evicts what is dead rather than a live flow's entry, and it frees NAT
 //! ports that no new flow happens to probe.
 //!
-//! It decides with the same [`flow::expired`] as the data path and the
-//! timeouts the data path holds (the `config` map), and runs on its own
+//! It decides by the data path's own rules ([`flow::expired`] for flows,
+//! [`flow::reverse_over`] for reverse entries, which keeps a port closed by
+//! both FINs out of use while the backend may still be in `TIME_WAIT`) and
+//! the timeouts the data path holds (the `config` map), and runs on its own
 //! thread with its own map handles, so a sweep of a full table (hundreds of
 //! thousands of entries, a syscall or two each) never delays the agent's
 //! Lease renewals.
@@ -88,7 +90,7 @@ pub fn conntrack_over(k: &FlowKey, v: &ConntrackValue, now: u64, t: &FlowTimeout
 /// Whether a reverse entry is over at `now`. A reverse key's protocol is
 /// its flow's.
 pub fn rev_nat_over(k: &FlowKey, v: &RevNatValue, now: u64, t: &FlowTimeouts) -> bool {
-    flow::expired(k.proto, v.state, v.last_seen_ns, now, t)
+    flow::reverse_over(k.proto, v.state, v.last_seen_ns, now, t)
 }
 
 /// Whether an affinity entry is over at `now`, given each service's
