@@ -7,7 +7,8 @@
 //! agent, one set of maps. The same over IPv6 (the pod's IPv6 address behind node1's, VIP
 //! `fd00:60::ab:200`) for a minute, 20,000 of each; and by direct return (an agent on node2
 //! too, serving its pod locally and answering the client from the VIP) for a minute,
-//! 20,000 of each. The soaks run one after the other.
+//! 20,000 of each. And at a rate the NAT range holds for the pod's `TIME_WAIT`, that no new
+//! connection ever meets it. The soaks run one after the other.
 //!
 //! ```text
 //!  client1 ── lan ──┬── node1 (agent, announces the VIP) ── node1-pod1
