@@ -693,7 +693,7 @@ pub const fn reverse_over(
 
 /// Whether a flow holding a NAT port may give it up to a new flow that
 /// found every port it probed held (one that is over gives it up at once,
-/// see [`expired`]): a UDP flow idle for `udp_reclaim_s`, or a TCP flow
+/// see [`reverse_over`]): a UDP flow idle for `udp_reclaim_s`, or a TCP flow
 /// closed by both FINs `tcp_reclaim_s` ago. Not one closed by an RST
 /// alone: one packet from outside can forge that, and the flow goes on if
 /// the backend does.

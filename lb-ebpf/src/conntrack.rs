@@ -503,9 +503,9 @@ pub extern "C" fn onehop_flow_create() -> u32 {
 /// expired keeps its port), or is over (`flow::reverse_over`: expired or
 /// closed past its timeout, and past the backend's `TIME_WAIT` when closed
 /// by both FINs), or, when every probe found its port held, idle or closed
-/// for a shorter while (`flow::reclaimable`): then it is taken over by compare-and-swap
-/// (`nat_port_reclaimed`), so closed flows give their ports back without
-/// waiting for the LRU. `s.rkey` is the reply key with the port left 0 (the
+/// for a shorter while (`flow::reclaimable`): then it is taken over by
+/// compare-and-swap (`nat_port_reclaimed`), so closed flows give their
+/// ports back without waiting for the LRU. `s.rkey` is the reply key with the port left 0 (the
 /// backend's reply to us); leaves the claimed port in it. 0 when none was
 /// free.
 #[expect(

@@ -996,7 +996,8 @@ fn four_nat_ports_to_node2(c: &Cluster) -> String {
 /// one after it were dropped (`nat_exhausted`) forever: nothing ever freed a
 /// port. Now a flow closed by both FINs gives its port to a new flow that
 /// finds every port held once it is `tcp_reclaim` (2 s by default) old, and
-/// to any new flow after the closing timeout (10 s): `nat_port_reclaimed`.
+/// to any new flow once the pod's `TIME_WAIT` (60 s) is over:
+/// `nat_port_reclaimed`.
 ///
 /// Wire-like checksums: the test kit turns TX checksum offload (and TSO/GSO)
 /// off on the client's and the pods' interfaces, so every frame the XDP
