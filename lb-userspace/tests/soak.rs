@@ -182,6 +182,14 @@ struct Expect {
 }
 
 impl Expect {
+    /// Answered by node2's pod, the backend of every soak here.
+    fn node2_pod(c: &Cluster, source: IpAddr) -> Self {
+        Self {
+            pod: c.topo.node(2).pod(1).name().to_owned(),
+            source,
+        }
+    }
+
     fn check(&self, a: &Answer) -> Result<(), String> {
         if a.pod != self.pod {
             return Err(format!("answered by {} instead of {}", a.pod, self.pod));
@@ -674,20 +682,13 @@ fn fifty_thousand_connections_and_requests_to_a_remote_backend_with_the_default_
     // The agent's default map sizes: LRU pressure as on a real node.
     let c = Cluster::with_agent_args(2, 1, 1, &[]);
     let before = Counts::read(&c, start(&c), None);
-    let expect = Expect {
-        pod: c.topo.node(2).pod(1).name().to_owned(),
-        source: c.topo.node(1).ip().into(),
-    };
-    let (tcp, udp) = (
-        SocketAddr::new(VIP.into(), TCP_PORT),
-        SocketAddr::new(VIP.into(), UDP_PORT),
-    );
+    let expect = Expect::node2_pod(&c, c.topo.node(1).ip().into());
     let _ = soak(
         &c,
         &before,
         soak_secs(),
         (CONNECTIONS, REQUESTS),
-        (tcp, udp),
+        VIP.into(),
         &expect,
     );
 }
@@ -716,16 +717,9 @@ fn twenty_thousand_ipv6_connections_and_requests_to_a_remote_backend_by_full_nat
     )
     .expect("the pod's IPv6 UDP server");
     let before = Counts::read(&c, start6(&c), None);
-    let expect = Expect {
-        pod: pod.name().to_owned(),
-        source: node_ip6(1).into(),
-    };
-    let (tcp, udp) = (
-        SocketAddr::new(VIP6.into(), TCP_PORT),
-        SocketAddr::new(VIP6.into(), UDP_PORT),
-    );
+    let expect = Expect::node2_pod(&c, node_ip6(1).into());
     let n = CONNECTIONS * SECS / 150;
-    let _ = soak(&c, &before, SECS, (n, n), (tcp, udp), &expect);
+    let _ = soak(&c, &before, SECS, (n, n), VIP6.into(), &expect);
 }
 
 /// Below `range / TIME_WAIT` new connections a second to one backend, a NAT port never
@@ -748,15 +742,8 @@ fn connections_below_range_over_time_wait_never_meet_the_pods_time_wait() {
         (s.config.nat_port_min, s.config.nat_port_max) == (61000, 61499)
     });
     let before = Counts::read(&c, node1, None);
-    let expect = Expect {
-        pod: c.topo.node(2).pod(1).name().to_owned(),
-        source: c.topo.node(1).ip().into(),
-    };
-    let (tcp, udp) = (
-        SocketAddr::new(VIP.into(), TCP_PORT),
-        SocketAddr::new(VIP.into(), UDP_PORT),
-    );
-    let after = soak(&c, &before, SECS, (N, N), (tcp, udp), &expect);
+    let expect = Expect::node2_pod(&c, c.topo.node(1).ip().into());
+    let after = soak(&c, &before, SECS, (N, N), VIP.into(), &expect);
     let d = |b: &BTreeMap<String, u64>, a: &BTreeMap<String, u64>, k: &str| {
         a.get(k).copied().unwrap_or(0) - b.get(k).copied().unwrap_or(0)
     };
@@ -783,16 +770,9 @@ fn twenty_thousand_direct_return_connections_and_requests_keep_the_clients_addre
     let c = Cluster::with_agent_args(2, 1, 1, &[]);
     let (node1, node2) = start_direct(&c);
     let before = Counts::read(&c, node1, Some(node2));
-    let expect = Expect {
-        pod: c.topo.node(2).pod(1).name().to_owned(),
-        source: c.topo.client().ip().into(),
-    };
-    let (tcp, udp) = (
-        SocketAddr::new(VIP.into(), TCP_PORT),
-        SocketAddr::new(VIP.into(), UDP_PORT),
-    );
+    let expect = Expect::node2_pod(&c, c.topo.client().ip().into());
     let n = CONNECTIONS * SECS / 150;
-    let after = soak(&c, &before, SECS, (n, n), (tcp, udp), &expect);
+    let after = soak(&c, &before, SECS, (n, n), VIP.into(), &expect);
     // Every flow went the direct way on node1 and was served locally on node2: each
     // connection started a flow on both (fresh, or again on a closed one's source port).
     let (before2, after2) = (
@@ -816,17 +796,21 @@ fn twenty_thousand_direct_return_connections_and_requests_keep_the_clients_addre
     );
 }
 
-/// The soak itself: `tcp_n` connections to `tcp` and `udp_n` requests to `udp` from the
-/// client, evenly over `secs`, all answered as `expect` says, with no NAT port ever
+/// The soak itself: `tcp_n` connections to `vip`'s TCP port and `udp_n` requests to its UDP
+/// port from the client, evenly over `secs`, all answered as `expect` says, with no NAT port ever
 /// missing; counters from `before` on. Returns the counters at the end.
 fn soak(
     c: &Cluster,
     before: &Counts,
     secs: u64,
     (tcp_n, udp_n): (u64, u64),
-    (tcp_addr, udp_addr): (SocketAddr, SocketAddr),
+    vip: IpAddr,
     expect: &Expect,
 ) -> Counts {
+    let (tcp_addr, udp_addr) = (
+        SocketAddr::new(vip, TCP_PORT),
+        SocketAddr::new(vip, UDP_PORT),
+    );
     let span = Duration::from_secs(secs);
     let tcp_period = span / u32::try_from(tcp_n).expect("small");
     let udp_period = span / u32::try_from(udp_n).expect("small");
