@@ -64,7 +64,9 @@
 //! pod) or `icmp_error_malformed` (too short for an IPv6 header and eight
 //! bytes, or no IPv6 header in the quote). To the node's address: passed
 //! untouched, as it may be about the node's own traffic
-//! (`pass_icmp_error_no_flow`; malformed: `pass_malformed`). On egress:
+//! (`pass_icmp_error_no_flow`; malformed: `pass_malformed`; from a martian
+//! source — `::`, `::1`, multicast, IPv4-mapped, the node's own address —
+//! whatever it quotes: `pass_node_traffic`, the kernel drops it). On egress:
 //! left alone. Nothing is changed before an error is known to match a live
 //! flow.
 //!
@@ -97,7 +99,7 @@ use crate::{
     family::{Family as _, V6},
     flowtable,
     forward::{self, Route},
-    local,
+    ingress6, local,
     maps::{BACKENDS6, CONFIG, REV_NAT},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Hdr},
     quote::{self, ICMP_LEN, Parsed, Quote, QuotedIp as _},
@@ -420,6 +422,11 @@ fn to_client(ctx: *mut xdp_md, l4_len: usize) -> Outcome {
         return Outcome::Pass(Counter::PassIcmpErrorNoFlow);
     };
     match message(ctx, l4_len) {
+        // An error names its flow in its quote, whatever its own source:
+        // one from a source no host sends from is the kernel's to drop.
+        Parsed::Quote(m) if ingress6::is_martian(&m.ip.src, cfg) => {
+            return Outcome::Pass(Counter::PassNodeTraffic);
+        }
         Parsed::Quote(m) => {
             // The quote is our full-NATed packet: from this node's address
             // and a NAT port to the pod.

@@ -639,6 +639,11 @@ fn node_path(
         Err(_) => return Outcome::Pass(Counter::PassNodeTraffic),
     };
     let proto = ip.proto;
+    // Nothing from a martian source is translated (an ICMP error names its
+    // flow in its quote, whatever its own source): the kernel's to drop.
+    if is_martian(ip.src, cfg) {
+        return Outcome::Pass(Counter::PassNodeTraffic);
+    }
     if proto == proto::ICMP {
         return match cur.take::<IcmpHdr>() {
             Some(h) if l4_len >= core::mem::size_of::<IcmpHdr>() && icmp_error::is_error(h.ty) => {

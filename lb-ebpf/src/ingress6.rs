@@ -9,7 +9,8 @@
 //! `vips6` lookup on the destination — a miss passes at once
 //! (`pass_not_vip`); a hit in a frame for another host's MAC passes
 //! untouched (`pass_other_host`); the node's own addresses pass
-//! (`pass_node_traffic`) but for what may belong to a full-NAT flow: TCP and
+//! (`pass_node_traffic`; not IPv6 or cut short: `pass_malformed`, never
+//! translated) but for what may belong to a full-NAT flow: TCP and
 //! UDP on a NAT port and fragments go to `lb_nat6` (a third tail call), an
 //! ICMPv6 error right after the header to
 //! `icmp6_error::onehop_icmp6_error_to_client`.
@@ -19,7 +20,8 @@
 //! - version != 6: `bad_ip_header`; payload length beyond the frame:
 //!   `truncated`;
 //! - a martian source (`::`, `::1`, multicast `ff00::/8`, IPv4-mapped
-//!   `::ffff:0:0/96`), which the kernel drops as well: `martian_source`;
+//!   `::ffff:0:0/96`, the node's own address), which the kernel drops as
+//!   well: `martian_source`;
 //! - extension headers: up to four are stepped over — a hop-by-hop header
 //!   (first only), destination options, and routing headers with no
 //!   segments left (the packet has reached its last destination). A
@@ -118,7 +120,7 @@ fn classify(
     // SAFETY: value pointer the map just returned; read by value.
     let flags = unsafe { (*vip).flags };
     if flags & vip_flags::SERVICE != 0 {
-        service_path(ctx, cur, ip, flags, icmp.map(|h| h.ty), frame_len)
+        service_path(ctx, cur, ip, cfg, flags, icmp.map(|h| h.ty), frame_len)
     } else if flags & vip_flags::NODE != 0 {
         node_path(ctx, cur, ip, cfg, flags, icmp.map(|h| h.ty), frame_len)
     } else {
@@ -142,13 +144,16 @@ fn node_path(
     icmp: Option<u8>,
     frame_len: usize,
 ) -> Outcome {
+    // A packet that is no IPv6 or is cut short is the kernel's to drop:
+    // nothing of it is translated (its transport header may even lie past
+    // the frame).
+    let payload = usize::from(ip.payload_len());
+    if ip.version() != 6 || payload > frame_len - ETH_LEN - IPV6_LEN {
+        return Outcome::Pass(Counter::PassMalformed);
+    }
     if let Some(ty) = icmp
         && icmp6_error::is_error(ty)
     {
-        let payload = usize::from(ip.payload_len());
-        if payload > frame_len - ETH_LEN - IPV6_LEN {
-            return Outcome::Pass(Counter::PassMalformed);
-        }
         return Outcome::Counted(icmp6_error::onehop_icmp6_error_to_client(
             ctx.ctx,
             payload_u32(payload),
@@ -178,12 +183,14 @@ fn node_path(
 }
 
 /// A source no host may send from (RFC 4291 2.5.2, 2.5.3, 2.7, 2.5.5.2):
-/// unspecified, loopback, multicast, IPv4-mapped. The kernel drops these
-/// (`ip6_rcv_core`); a packet we translate never meets its checks.
+/// unspecified, loopback, multicast, IPv4-mapped; or the node's own
+/// address (`node_ip6`), as IPv4's `is_martian`. The kernel drops these
+/// (`ip6_rcv_core`); a packet we translate never meets its checks, and full
+/// NAT would carry one to a pod under the node's own address.
 #[inline(always)]
-fn is_martian(src: &[u8; 16]) -> bool {
+pub fn is_martian(src: &[u8; 16], cfg: &DatapathConfig) -> bool {
     let head = u128::from_be_bytes(*src);
-    head <= 1 || src[0] == 0xff || head >> 32 == 0xffff
+    head <= 1 || src[0] == 0xff || head >> 32 == 0xffff || head == u128::from_be_bytes(cfg.node_ip6)
 }
 
 /// Steps over the extension headers of the written policy (module docs)
@@ -230,6 +237,7 @@ fn service_path(
     ctx: &XdpContext,
     cur: &mut Cursor<'_>,
     ip: &Ipv6Hdr,
+    cfg: &DatapathConfig,
     vip: u32,
     icmp_first: Option<u8>,
     frame_len: usize,
@@ -241,7 +249,7 @@ fn service_path(
     if payload > frame_len - ETH_LEN - IPV6_LEN {
         return Outcome::Drop(DropReason::Truncated);
     }
-    if is_martian(&ip.src) {
+    if is_martian(&ip.src, cfg) {
         return Outcome::Drop(DropReason::MartianSource);
     }
     if let Some(ty) = icmp_first {

@@ -8,10 +8,10 @@
 //! whether it is ours:
 //! - a VIP with ANNOUNCE, while the agent's heartbeat is current: answered
 //!   in place (`ndp_advert`), if it passes RFC 4861's checks (7.1.1; else
-//!   `ndp_invalid`): hop limit 255, code 0, at least 24 bytes, a right
-//!   ICMPv6 checksum, options of non-zero length, and from the unspecified
-//!   address (duplicate address detection) only to the solicited-node
-//!   group and without a source link-layer address;
+//!   `ndp_invalid`): IP version 6, hop limit 255, code 0, at least 24
+//!   bytes, a right ICMPv6 checksum, options of non-zero length, and from
+//!   the unspecified address (duplicate address detection) only to the
+//!   solicited-node group and without a source link-layer address;
 //! - a VIP with ANNOUNCE and a stale heartbeat: dropped (`ndp_stale`), as
 //!   ARP is (`arp_stale`);
 //! - a SERVICE VIP without ANNOUNCE: another node owns it, dropped
@@ -239,7 +239,8 @@ fn valid(
     target: &[u8; 16],
 ) -> Option<Option<[u8; 6]>> {
     let len = usize::from(ip.payload_len());
-    if ip.hop_limit != ND_HOP_LIMIT
+    if ip.version() != 6
+        || ip.hop_limit != ND_HOP_LIMIT
         || icmp.code != 0
         || !(ND_LEN..=MAX_SOLICITATION).contains(&len)
         || target[0] == 0xff

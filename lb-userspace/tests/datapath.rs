@@ -2363,6 +2363,7 @@ fn random_frame(
             }
             mangle(rng, p)
         }
+        4 if !replies.is_empty() => random_icmp_error(rng, replies),
         // Structured IPv4 aimed at VIPs, the node and others.
         _ => {
             let r = rng.u8();
@@ -2400,6 +2401,40 @@ fn random_frame(
             mangle(rng, p)
         }
     }
+}
+
+/// An ICMP error to the node about a packet of one of the NAT flows of
+/// `replies`, from sources hosts may and may not send from.
+fn random_icmp_error(rng: &mut Rng, replies: &[(lb_common::FlowKey, RevNatValue)]) -> Vec<u8> {
+    let (k, _) = replies[rng.index(replies.len())];
+    let (pod, node) = (v4_of(&k.src), v4_of(&k.dst));
+    let sent = if k.proto == proto::TCP {
+        Pkt::tcp(node, k.dport, pod, k.sport, ACK)
+    } else {
+        Pkt::udp(node, k.dport, pod, k.sport)
+    };
+    let from = rng.pick(&[
+        PEER_NODE,
+        PEER_NODE,
+        [127, 0, 0, 1],
+        [224, 0, 0, 5],
+        NODE_IP,
+    ]);
+    let cut = rng.pick(&[usize::MAX, 28, 48]);
+    let mut err = icmp_error(
+        from,
+        NODE_IP,
+        rng.pick(&[FRAG_NEEDED, PORT_UNREACH]),
+        &ip_bytes(&sent.build(), cut),
+    );
+    err.eth_src = PEER_NODE_MAC;
+    // Not `mangle`: it would replace the message.
+    let mut f = err.build();
+    if rng.chance(20) {
+        let i = 14 + rng.index(f.len() - 14);
+        f[i] ^= 1 << rng.below(8);
+    }
+    f
 }
 
 /// Random field changes, lengths, and broken checksums.
@@ -2470,6 +2505,10 @@ fn check_changed(input: &[u8], out: &[u8], action: u32, pods: &[[u8; 4]]) {
     let dst: [u8; 4] = out[30..34].try_into().expect("4 bytes");
     let in_src: [u8; 4] = input[26..30].try_into().expect("4 bytes");
     assert!(
+        !(in_src[0] == 0 || in_src[0] == 127 || in_src[0] >= 224 || in_src == NODE_IP),
+        "translated a packet from {in_src:?}"
+    );
+    assert!(
         [NODE_IP, VIP, VIP_OTHER, in_src].contains(&src),
         "source {src:?}"
     );
@@ -2516,7 +2555,8 @@ fn random_frames() {
                     std::panic::catch_unwind(|| check_changed(&f, &r.out, r.action, &pods));
                 if let Err(e) = result {
                     panic!(
-                        "seed {seed} frame {i}\n in: {f:02x?}\nout: {:02x?}\n{e:?}",
+                        "seed {seed} frame {i}: {}\n in: {f:02x?}\nout: {:02x?}",
+                        panic_text(&*e),
                         r.out
                     );
                 }
@@ -2537,7 +2577,8 @@ fn random_frames() {
             delta.c(C::RemoteReply) > 0
                 && delta.c(C::LocalNewFlow) > 0
                 && delta.c(C::RemoteNewFlow) > 0
-                && delta.c(C::ArpReply) > 0,
+                && delta.c(C::ArpReply) > 0
+                && delta.c(C::IcmpErrorToClient) + delta.c(C::FibPassToKernel) > 0,
             "{delta:?}"
         );
 
@@ -3728,6 +3769,23 @@ fn icmp_errors_about_a_remote_flow_reach_the_client() {
         let mut as_sent = q.clone();
         as_sent.ttl = 63;
         assert_eq!(error_parts(&out).3, ip_bytes(&as_sent.build(), usize::MAX));
+
+        // From a source no host sends from (whatever flow it quotes): the
+        // kernel's to drop.
+        for (what, from) in [
+            ("loopback", [127, 0, 0, 1]),
+            ("multicast", [224, 0, 0, 1]),
+            ("the node's own", NODE_IP),
+        ] {
+            let mut err = icmp_error(from, NODE_IP, FRAG_NEEDED, &ip_bytes(&fwd, usize::MAX));
+            err.eth_src = PEER_NODE_MAC;
+            lb.expect_untouched(
+                &format!("from a {what} source"),
+                &err.build(),
+                XDP_PASS,
+                Want::C(C::PassNodeTraffic),
+            );
+        }
     });
 }
 

@@ -835,6 +835,14 @@ impl Lb {
     }
 }
 
+/// The message of a caught panic (a random-frame test's failed check).
+pub fn panic_text(e: &(dyn std::any::Any + Send)) -> &str {
+    e.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| e.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
+}
+
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn ktime_ns() -> u64 {
     let mut ts = libc::timespec {
