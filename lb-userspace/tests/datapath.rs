@@ -2403,31 +2403,52 @@ fn random_frame(
     }
 }
 
-/// An ICMP error to the node about a packet of one of the NAT flows of
-/// `replies`, from sources hosts may and may not send from.
+/// An ICMP error about a packet of one of the NAT flows of `replies`: to
+/// the node about what we sent the pod, or to the VIP about what the client
+/// got, from sources hosts may and may not send from.
 fn random_icmp_error(rng: &mut Rng, replies: &[(lb_common::FlowKey, RevNatValue)]) -> Vec<u8> {
-    let (k, _) = replies[rng.index(replies.len())];
-    let (pod, node) = (v4_of(&k.src), v4_of(&k.dst));
-    let sent = if k.proto == proto::TCP {
-        Pkt::tcp(node, k.dport, pod, k.sport, ACK)
+    let (k, v) = replies[rng.index(replies.len())];
+    let err = if rng.chance(50) {
+        // From the pod's side, about the packet we sent it.
+        let (pod, node) = (v4_of(&k.src), v4_of(&k.dst));
+        let sent = if k.proto == proto::TCP {
+            Pkt::tcp(node, k.dport, pod, k.sport, ACK)
+        } else {
+            Pkt::udp(node, k.dport, pod, k.sport)
+        };
+        let from = rng.pick(&[
+            PEER_NODE,
+            PEER_NODE,
+            [127, 0, 0, 1],
+            [224, 0, 0, 5],
+            NODE_IP,
+        ]);
+        let cut = rng.pick(&[usize::MAX, 28, 48]);
+        let mut e = icmp_error(
+            from,
+            NODE_IP,
+            rng.pick(&[FRAG_NEEDED, PORT_UNREACH]),
+            &ip_bytes(&sent.build(), cut),
+        );
+        e.eth_src = PEER_NODE_MAC;
+        e
     } else {
-        Pkt::udp(node, k.dport, pod, k.sport)
+        // From the client's side, about the reply it got from the VIP.
+        let (vip, client) = (v4_of(&v.new_src), v4_of(&v.new_dst));
+        let got = if k.proto == proto::TCP {
+            Pkt::tcp(vip, v.new_sport, client, v.new_dport, ACK)
+        } else {
+            Pkt::udp(vip, v.new_sport, client, v.new_dport)
+        };
+        let from = rng.pick(&[client, CLIENT_FAR, [127, 0, 0, 1]]);
+        let cut = rng.pick(&[usize::MAX, 28, 48]);
+        icmp_error(
+            from,
+            vip,
+            rng.pick(&[FRAG_NEEDED, PORT_UNREACH, TTL_EXCEEDED]),
+            &ip_bytes(&got.build(), cut),
+        )
     };
-    let from = rng.pick(&[
-        PEER_NODE,
-        PEER_NODE,
-        [127, 0, 0, 1],
-        [224, 0, 0, 5],
-        NODE_IP,
-    ]);
-    let cut = rng.pick(&[usize::MAX, 28, 48]);
-    let mut err = icmp_error(
-        from,
-        NODE_IP,
-        rng.pick(&[FRAG_NEEDED, PORT_UNREACH]),
-        &ip_bytes(&sent.build(), cut),
-    );
-    err.eth_src = PEER_NODE_MAC;
     // Not `mangle`: it would replace the message.
     let mut f = err.build();
     if rng.chance(20) {
@@ -2578,7 +2599,8 @@ fn random_frames() {
                 && delta.c(C::LocalNewFlow) > 0
                 && delta.c(C::RemoteNewFlow) > 0
                 && delta.c(C::ArpReply) > 0
-                && delta.c(C::IcmpErrorToClient) + delta.c(C::FibPassToKernel) > 0,
+                && delta.c(C::IcmpErrorToClient) + delta.c(C::FibPassToKernel) > 0
+                && delta.c(C::IcmpErrorToBackend) > 0,
             "{delta:?}"
         );
 

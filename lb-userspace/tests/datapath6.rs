@@ -2137,13 +2137,14 @@ fn random_ipv6_frames() {
     });
 }
 
-/// Pods' replies of local flows, damaged or not, through `lb_egress`: what
-/// it changes comes from the VIP and keeps its checksum's validity.
+/// Pods' replies of local flows and ICMPv6 errors about their packets,
+/// damaged or not, through `lb_egress`: what it changes comes from the VIP
+/// and keeps its checksum's validity.
 fn random_egress6(lb: &mut Lb, rng: &mut Rng) {
-    // Egress: pods' replies of local flows, damaged or not.
     for sport in 42000..42020 {
         lb.run(&tcp_to_vip(sport, 80, 0x02, b""));
     }
+    let before = lb.counts();
     for i in 0..10_000u32 {
         let sport = 42000 + u16::try_from(i % 24).expect("small");
         let l4 = if rng.chance(50) {
@@ -2156,10 +2157,30 @@ fn random_egress6(lb: &mut Lb, rng: &mut Rng) {
         } else {
             proto::UDP
         };
-        let mut f = mangle6(
-            rng,
-            Frame6::new((NODE_MAC, CLIENT_MAC), POD6, CLIENT6, next, l4),
-        );
+        let frame = if rng.chance(20) {
+            // An error about a packet sent on to the pod, from the node,
+            // a router on the pod's side or the pod.
+            let sent = frame6(
+                CLIENT6,
+                POD6,
+                proto::TCP,
+                tcp6(CLIENT6, sport, POD6, POD_PORT, 0x10, b""),
+            )
+            .build();
+            let cut = rng.pick(&[usize::MAX, 48, 58]);
+            let from = rng.pick(&[NODE6, POD_ROUTER6, POD6]);
+            let mut e = icmp6_error(
+                from,
+                CLIENT6,
+                rng.pick(&ERROR_KINDS),
+                &ip6_bytes(&sent, cut),
+            );
+            (e.eth_src, e.eth_dst) = (NODE_MAC, CLIENT_MAC);
+            e
+        } else {
+            Frame6::new((NODE_MAC, CLIENT_MAC), POD6, CLIENT6, next, l4)
+        };
+        let mut f = mangle6(rng, frame);
         // BPF_PROG_TEST_RUN refuses skbs shorter than the IPv6 header.
         if f.len() < 54 {
             f.resize(54, 0);
@@ -2179,7 +2200,12 @@ fn random_egress6(lb: &mut Lb, rng: &mut Rng) {
                 // Shorter than its payload length, as a non-linear
                 // skb's linear part is: the ports and checksum are
                 // rewritten (incrementally), nothing past them.
-                let header = if f[20] == proto::TCP { 20 } else { 8 };
+                // (An error's quote is translated too: not compared.)
+                let header = match f[20] {
+                    proto::TCP => 20,
+                    ICMPV6 => f.len(),
+                    _ => 8,
+                };
                 let l4_end = r.out.len().min(54 + header);
                 assert_eq!(
                     &r.out[l4_end..],
@@ -2197,4 +2223,9 @@ fn random_egress6(lb: &mut Lb, rng: &mut Rng) {
             );
         }
     }
+    let d = lb.counts().minus(&before);
+    assert!(
+        d.c(C::EgressReply) > 0 && d.c(C::EgressIcmpError) > 0,
+        "replies and errors translated: {d:?}"
+    );
 }
