@@ -2311,11 +2311,7 @@ fn bench_programs_restore_the_frame() {
 
 const CLIENTS: [[u8; 4]; 3] = [CLIENT, CLIENT_FAR, CLIENT_NO_NEIGH];
 
-fn random_frame(
-    rng: &mut Rng,
-    lb: &mut Lb,
-    replies: &[(lb_common::FlowKey, RevNatValue)],
-) -> Vec<u8> {
+fn random_frame(rng: &mut Rng, replies: &[(lb_common::FlowKey, RevNatValue)]) -> Vec<u8> {
     match rng.below(10) {
         // Fully random bytes, sometimes with a plausible ethertype.
         0 | 1 => {
@@ -2397,7 +2393,6 @@ fn random_frame(
                     p
                 }
             };
-            let _ = lb;
             mangle(rng, p)
         }
     }
@@ -2540,59 +2535,19 @@ fn check_changed(input: &[u8], out: &[u8], action: u32, pods: &[[u8; 4]]) {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "ingress and egress halves share the setup"
-)]
 fn random_frames() {
     const FRAMES: u64 = 100_000;
-    let seed = std::env::var("ONEHOP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(ktime_ns);
-    eprintln!("random_frames seed {seed} (set ONEHOP_SEED to replay)");
+    let seed = random_seed("random_frames");
     with_lb(|lb| {
         let pods: Vec<[u8; 4]> = [LOCAL_A, REMOTE_PEER, REMOTE_FAR, REMOTE_NO_NEIGH, LOCAL_B]
             .map(|i| backend_value(i).ip)
             .to_vec();
         let mut rng = Rng::new(seed);
-        let before = lb.counts();
-        let mut replies = Vec::new();
-        let mut changed = 0u64;
-        for i in 0..FRAMES {
-            if i % 5000 == 0 {
-                replies = lb.rev_nat_entries().into_iter().take(200).collect();
-            }
-            let f = random_frame(&mut rng, lb, &replies);
-            let r = lb.run(&f);
-            assert!(
-                [XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.action),
-                "frame {i}: action {}",
-                r.action
-            );
-            if r.out != f {
-                changed += 1;
-                let result =
-                    std::panic::catch_unwind(|| check_changed(&f, &r.out, r.action, &pods));
-                if let Err(e) = result {
-                    panic!(
-                        "seed {seed} frame {i}: {}\n in: {f:02x?}\nout: {:02x?}",
-                        panic_text(&*e),
-                        r.out
-                    );
-                }
-            }
-        }
-        let delta = lb.counts().minus(&before);
-        assert_eq!(delta.c(C::IngressPackets), FRAMES);
-        assert_eq!(
-            delta.outcomes(),
-            FRAMES,
-            "every frame exactly one outcome: {delta:?}"
-        );
-        assert!(
-            changed > FRAMES / 20,
-            "too few frames exercised a rewrite: {changed}"
+        let delta = random_frames_through(
+            lb,
+            (seed, FRAMES, lb_common::flow::family::V4),
+            |replies| random_frame(&mut rng, replies),
+            |f, out, action| check_changed(f, out, action, &pods),
         );
         assert!(
             delta.c(C::RemoteReply) > 0

@@ -2071,55 +2071,16 @@ fn martian6(a: &[u8; 16]) -> bool {
 #[test]
 fn random_ipv6_frames() {
     const FRAMES: u64 = 60_000;
-    let seed = std::env::var("ONEHOP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(ktime_ns);
-    eprintln!("random_ipv6_frames seed {seed} (set ONEHOP_SEED to replay)");
+    let seed = random_seed("random_ipv6_frames");
     with_lb6(|lb| {
         let config = lb.config().with_node_ip6(NODE6);
         lb_userspace::dataplane::writer::set_config(lb.h.maps_mut(), config).expect("config");
         let mut rng = Rng::new(seed);
-        let before = lb.counts();
-        let mut replies = Vec::new();
-        let mut changed = 0u64;
-        for i in 0..FRAMES {
-            if i % 5000 == 0 {
-                replies = lb
-                    .rev_nat_entries()
-                    .into_iter()
-                    .filter(|(k, _)| k.family == lb_common::flow::family::V6)
-                    .take(200)
-                    .collect();
-            }
-            let f = random_frame6(&mut rng, &replies);
-            let r = lb.run(&f);
-            assert!(
-                [XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.action),
-                "frame {i}: action {}",
-                r.action
-            );
-            if r.out != f {
-                changed += 1;
-                if let Err(e) = std::panic::catch_unwind(|| check_changed6(&f, &r.out, r.action)) {
-                    panic!(
-                        "seed {seed} frame {i}: {}\n in: {f:02x?}\nout: {:02x?}",
-                        panic_text(&*e),
-                        r.out
-                    );
-                }
-            }
-        }
-        let d = lb.counts().minus(&before);
-        assert_eq!(d.c(C::IngressPackets), FRAMES);
-        assert_eq!(
-            d.outcomes(),
-            FRAMES,
-            "every frame exactly one outcome: {d:?}"
-        );
-        assert!(
-            changed > FRAMES / 20,
-            "too few frames exercised a rewrite: {changed}"
+        let d = random_frames_through(
+            lb,
+            (seed, FRAMES, lb_common::flow::family::V6),
+            |replies| random_frame6(&mut rng, replies),
+            check_changed6,
         );
         for c in [
             C::LocalNewFlow,

@@ -836,11 +836,83 @@ impl Lb {
 }
 
 /// The message of a caught panic (a random-frame test's failed check).
-pub fn panic_text(e: &(dyn std::any::Any + Send)) -> &str {
+fn panic_text(e: &(dyn std::any::Any + Send)) -> &str {
     e.downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| e.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)")
+}
+
+/// The seed of the random-frame test `test`: `ONEHOP_SEED` (to replay a
+/// failure) or the clock; printed.
+pub fn random_seed(test: &str) -> u64 {
+    let seed = std::env::var("ONEHOP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(ktime_ns);
+    eprintln!("{test} seed {seed} (set ONEHOP_SEED to replay)");
+    seed
+}
+
+/// A random-frame test's run: `frames` frames from `make` through
+/// `lb_ingress`, flows piling up in the tables as they come (nothing is
+/// reset between frames). `make` gets the NAT flows of `family` (their
+/// reverse entries, up to 200, read again every 5,000 frames); `check`
+/// judges every frame the program changed (input, output, action), its
+/// failure reported with the seed and the frames. Every frame must end in
+/// one of XDP's actions with exactly one outcome counted, and more than one
+/// in twenty must have been changed. Returns the counters' change.
+pub fn random_frames_through(
+    lb: &mut Lb,
+    (seed, frames, family): (u64, u64, u8),
+    mut make: impl FnMut(&[(FlowKey, RevNatValue)]) -> Vec<u8>,
+    check: impl Fn(&[u8], &[u8], u32),
+) -> Counts {
+    let before = lb.counts();
+    let mut replies = Vec::new();
+    let mut changed = 0u64;
+    for i in 0..frames {
+        if i % 5000 == 0 {
+            replies = lb
+                .rev_nat_entries()
+                .into_iter()
+                .filter(|(k, _)| k.family == family)
+                .take(200)
+                .collect();
+        }
+        let f = make(&replies);
+        let r = lb.run(&f);
+        assert!(
+            [XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.action),
+            "frame {i}: action {}",
+            r.action
+        );
+        if r.out != f {
+            changed += 1;
+            let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check(&f, &r.out, r.action);
+            }));
+            if let Err(e) = judged {
+                panic!(
+                    "seed {seed} frame {i}: {}\n in: {f:02x?}\nout: {:02x?}",
+                    panic_text(&*e),
+                    r.out
+                );
+            }
+        }
+    }
+    let d = lb.counts().minus(&before);
+    assert_eq!(d.c(Counter::IngressPackets), frames);
+    assert_eq!(
+        d.outcomes(),
+        frames,
+        "every frame exactly one outcome: {d:?}"
+    );
+    assert!(
+        changed > frames / 20,
+        "too few frames exercised a rewrite: {changed}"
+    );
+    d
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
