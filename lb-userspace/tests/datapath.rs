@@ -2444,8 +2444,44 @@ fn random_icmp_error(rng: &mut Rng, replies: &[(lb_common::FlowKey, RevNatValue)
             &ip_bytes(&got.build(), cut),
         )
     };
-    // Not `mangle`: it would replace the message.
-    let mut f = err.build();
+    flip_a_bit_now_and_then(rng, err.build())
+}
+
+/// A pod's reply of the local flow `k` (its reverse key), an ICMP error
+/// about the packet the pod got, or garbage, for `lb_egress`; damaged or
+/// not.
+fn random_egress_frame(rng: &mut Rng, k: &lb_common::FlowKey) -> Vec<u8> {
+    let (pod, client) = (v4_of(&k.src), v4_of(&k.dst));
+    if rng.chance(10) {
+        let mut f = rng.bytes_upto(80);
+        f.extend_from_slice(&[0; 14]);
+        f[12] = 8;
+        f[13] = 0;
+        f
+    } else if rng.chance(20) {
+        // An error about the packet the pod got, from the node or a router
+        // on the pod's side.
+        let got = if k.proto == proto::TCP {
+            Pkt::tcp(client, k.dport, pod, k.sport, ACK)
+        } else {
+            Pkt::udp(client, k.dport, pod, k.sport)
+        };
+        let cut = rng.pick(&[usize::MAX, 28, 38]);
+        let kind = rng.pick(&[FRAG_NEEDED, PORT_UNREACH, TTL_EXCEEDED, PARAM_PROBLEM]);
+        let from = rng.pick(&[NODE_IP, POD_ROUTER]);
+        let mut err = icmp_error(from, client, kind, &ip_bytes(&got.build(), cut));
+        (err.eth_src, err.eth_dst) = (NODE_MAC, CLIENT_MAC);
+        flip_a_bit_now_and_then(rng, err.build())
+    } else if k.proto == proto::TCP {
+        mangle(rng, Pkt::tcp(pod, k.sport, client, k.dport, ACK))
+    } else {
+        mangle(rng, Pkt::udp(pod, k.sport, client, k.dport))
+    }
+}
+
+/// `f` with one bit past its Ethernet header flipped, one time in five (for
+/// messages `mangle` would replace).
+fn flip_a_bit_now_and_then(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
     if rng.chance(20) {
         let i = 14 + rng.index(f.len() - 14);
         f[i] ^= 1 << rng.below(8);
@@ -2559,8 +2595,9 @@ fn random_frames() {
             "{delta:?}"
         );
 
-        // Egress: random local-reply-like frames never change length, never
-        // break a checksum, and always answer "next".
+        // Egress: random local-reply-like frames and ICMP errors about
+        // local flows never change length, never break a checksum, and
+        // always answer "next".
         let local_rev: Vec<_> = lb
             .rev_nat_entries()
             .into_iter()
@@ -2568,22 +2605,10 @@ fn random_frames() {
             .take(200)
             .collect();
         assert!(!local_rev.is_empty());
+        let before = lb.counts();
         for i in 0..10_000u32 {
             let (k, _) = local_rev[(i as usize) % local_rev.len()];
-            let p = if k.proto == proto::TCP {
-                Pkt::tcp(v4_of(&k.src), k.sport, v4_of(&k.dst), k.dport, ACK)
-            } else {
-                Pkt::udp(v4_of(&k.src), k.sport, v4_of(&k.dst), k.dport)
-            };
-            let f = if rng.chance(10) {
-                let mut f = rng.bytes_upto(80);
-                f.extend_from_slice(&[0; 14]);
-                f[12] = 8;
-                f[13] = 0;
-                f
-            } else {
-                mangle(&mut rng, p)
-            };
+            let f = random_egress_frame(&mut rng, &k);
             // BPF_PROG_TEST_RUN refuses skbs whose IPv4 header is cut short
             // (EINVAL); the stack never hands such a frame to egress either.
             let mut f = f;
@@ -2605,9 +2630,26 @@ fn random_frames() {
                     l4_verifies(&f),
                     "egress L4 checksum validity changed, frame {i}"
                 );
+                if f[23] == proto::ICMP && ipv4_ok_shape(&f) {
+                    let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
+                    let icmp_ok = |x: &[u8]| {
+                        x.get(34..14 + tot)
+                            .map(|m| support::packet::ones_sum(m, 0) == 0xffff)
+                    };
+                    assert_eq!(
+                        icmp_ok(&r.out),
+                        icmp_ok(&f),
+                        "egress ICMP checksum validity changed, frame {i}"
+                    );
+                }
                 assert!([VIP, VIP_OTHER].contains(&<[u8; 4]>::try_from(&r.out[26..30]).unwrap()));
             }
         }
+        let d = lb.counts().minus(&before);
+        assert!(
+            d.c(C::EgressReply) > 0 && d.c(C::EgressIcmpError) > 0,
+            "replies and errors translated: {d:?}"
+        );
     });
 }
 
