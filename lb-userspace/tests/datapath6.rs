@@ -995,6 +995,18 @@ fn an_ipv6_flow_that_lost_its_nat_port_goes_on_with_a_new_one_and_keeps_it() {
     });
 }
 
+/// A UDP datagram from the remote pod to the node's `port` (a full-NAT
+/// reply when `port` is a flow's), as it arrives from the pod's node.
+fn pod_udp_to_node(port: u16, data: &[u8]) -> Frame6 {
+    Frame6::new(
+        (PEER_NODE_MAC, NODE_MAC),
+        POD6_REMOTE,
+        NODE6,
+        proto::UDP,
+        udp6(POD6_REMOTE, POD_PORT, NODE6, port, data),
+    )
+}
+
 /// UDP by full NAT over IPv6, both ways; returns the flow's NAT port.
 fn udp_by_full_nat(lb: &mut Lb) -> u16 {
     let q = frame6(
@@ -1007,13 +1019,7 @@ fn udp_by_full_nat(lb: &mut Lb) -> u16 {
     assert_eq!(addrs(&out), (NODE6, POD6_REMOTE));
     let udp_port = u16::from_be_bytes([out[54], out[55]]);
     assert!(l4_verifies6(&NODE6, &POD6_REMOTE, proto::UDP, &out[54..]));
-    let a = Frame6::new(
-        (PEER_NODE_MAC, NODE_MAC),
-        POD6_REMOTE,
-        NODE6,
-        proto::UDP,
-        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port, b"answer"),
-    );
+    let a = pod_udp_to_node(udp_port, b"answer");
     let out = lb.expect("UDP answer", &a.build(), XDP_TX, Want::C(C::RemoteReply));
     assert_eq!(addrs(&out), (VIP6, CLIENT6));
     assert_eq!(&out[54..58], &[0, 81, 0x14, 0xe9]);
@@ -1028,13 +1034,8 @@ fn udp_by_full_nat(lb: &mut Lb) -> u16 {
 fn fragments_and_node_traffic(lb: &mut Lb, udp_port: u16) {
     // A reply's first fragment cannot be delivered: dropped; the
     // others, and traffic to the node off the NAT ports, are the node's.
-    let mut frag = Frame6::new(
-        (PEER_NODE_MAC, NODE_MAC),
-        POD6_REMOTE,
-        NODE6,
-        44,
-        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port, b"big answer"),
-    );
+    let mut frag = pod_udp_to_node(udp_port, b"big answer");
+    frag.next = 44;
     frag.ext = vec![proto::UDP, 0, 0, 1, 0, 0, 0, 7];
     lb.expect_untouched(
         "first fragment",
@@ -1051,13 +1052,7 @@ fn fragments_and_node_traffic(lb: &mut Lb, udp_port: u16) {
     );
     // A reply cut short (its payload length beyond the frame) or not IPv6
     // is the kernel's to drop, never translated.
-    let reply = Frame6::new(
-        (PEER_NODE_MAC, NODE_MAC),
-        POD6_REMOTE,
-        NODE6,
-        proto::UDP,
-        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port, b"an answer"),
-    );
+    let reply = pod_udp_to_node(udp_port, b"an answer");
     let mut cut = reply.build();
     cut.truncate(cut.len() - 4);
     let mut not_v6 = reply.clone();
@@ -1081,13 +1076,7 @@ fn fragments_and_node_traffic(lb: &mut Lb, udp_port: u16) {
         XDP_PASS,
         Want::C(C::PassNodeTraffic),
     );
-    let stray = Frame6::new(
-        (PEER_NODE_MAC, NODE_MAC),
-        POD6_REMOTE,
-        NODE6,
-        proto::UDP,
-        udp6(POD6_REMOTE, POD_PORT, NODE6, udp_port.wrapping_add(1), b"x"),
-    );
+    let stray = pod_udp_to_node(udp_port.wrapping_add(1), b"x");
     lb.expect_untouched(
         "no flow's port",
         &stray.build(),
