@@ -2500,25 +2500,7 @@ fn mangle(rng: &mut Rng, mut p: Pkt) -> Vec<u8> {
     if rng.chance(5) {
         p.options = vec![1; 4 * (1 + rng.index(3))];
     }
-    let mut f = p.build();
-    if rng.chance(10) {
-        let i = 14 + rng.index(20);
-        f[i] ^= 1 << rng.below(8);
-    }
-    if rng.chance(10) && f.len() > 34 {
-        let i = 34 + rng.index(f.len() - 34);
-        f[i] ^= 1 << rng.below(8);
-    }
-    if rng.chance(10) {
-        f.truncate(14 + rng.index(f.len() - 14 + 1));
-    }
-    if rng.chance(5) {
-        f.extend_from_slice(&rng.bytes_upto(20));
-    }
-    if f.len() < 14 {
-        f.resize(14, 0);
-    }
-    f
+    support::packet::damage(rng, p.build(), 20)
 }
 
 fn ipv4_ok_shape(f: &[u8]) -> bool {

@@ -1764,22 +1764,7 @@ fn mangle6(rng: &mut Rng, mut f: Frame6) -> Vec<u8> {
     if rng.chance(5) {
         f.payload_len = Some(rng.u16() % 200);
     }
-    let mut b = f.build();
-    if rng.chance(10) {
-        let i = 14 + rng.index(40);
-        b[i] ^= 1 << rng.below(8);
-    }
-    if rng.chance(10) && b.len() > 54 {
-        let i = 54 + rng.index(b.len() - 54);
-        b[i] ^= 1 << rng.below(8);
-    }
-    if rng.chance(10) {
-        b.truncate(14 + rng.index(b.len() - 14 + 1));
-    }
-    if rng.chance(5) {
-        b.extend_from_slice(&rng.bytes_upto(20));
-    }
-    b
+    support::packet::damage(rng, f.build(), 40)
 }
 
 /// Extension headers before a transport header `last`: none to three of

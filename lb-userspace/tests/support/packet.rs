@@ -48,3 +48,27 @@ impl Rng {
         xs[usize::try_from(self.below(xs.len() as u64)).expect("index")]
     }
 }
+
+/// `f` (Ethernet, then an IP header of `ip_len` bytes) damaged as a bad
+/// link or sender would: a bit of the IP header flipped one time in ten, a
+/// bit past it one time in ten, the frame cut short (never inside its
+/// Ethernet header) one time in ten, up to 19 bytes of trailer one time in
+/// twenty.
+pub fn damage(rng: &mut Rng, mut f: Vec<u8>, ip_len: usize) -> Vec<u8> {
+    if rng.chance(10) {
+        let i = 14 + rng.index(ip_len);
+        f[i] ^= 1 << rng.below(8);
+    }
+    let l4 = 14 + ip_len;
+    if rng.chance(10) && f.len() > l4 {
+        let i = l4 + rng.index(f.len() - l4);
+        f[i] ^= 1 << rng.below(8);
+    }
+    if rng.chance(10) {
+        f.truncate(14 + rng.index(f.len() - 14 + 1));
+    }
+    if rng.chance(5) {
+        f.extend_from_slice(&rng.bytes_upto(20));
+    }
+    f
+}
