@@ -31,6 +31,7 @@ fn every_bench_xdp_case_takes_its_path_at_two_service_counts() {
         "new_flow_direct",
         "new_flow_local_full_table",
         "syn_flood_refused",
+        "flow_write_floor",
         "established_local",
         "established_remote",
         "established_direct",
@@ -47,4 +48,8 @@ fn every_bench_xdp_case_takes_its_path_at_two_service_counts() {
             assert!(report.contains(&line), "no {line} in the report:\n{report}");
         }
     }
+    assert!(
+        report.contains("new_flow_local") && report.contains("/ flow_write_floor"),
+        "no new-flow ratios to the entry-write floor in the report:\n{report}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The benchmark ABI: programs and maps of the bench object (lb-ebpf's
 //! `lb-ebpf-bench` binary),
-//! which the agent never loads. `bench-xdp` runs `lb_ingress_bench` and
-//! `bench_restore_only`; bench-e2e's XDP frame generator is `bench_xdpgen`.
+//! which the agent never loads. `bench-xdp` runs `lb_ingress_bench`,
+//! `bench_restore_only` and `bench_flow_floor`; bench-e2e's XDP frame generator is `bench_xdpgen`.
 //! The bench object also carries the product's programs and maps (the
 //! wrappers run the real ingress logic), declared by
 //! [`product_maps!`](crate::product_maps).
@@ -17,9 +17,12 @@ pub mod programs {
     /// live-frames mode. Every frame is rewritten from a template and
     /// redirected to the port (a veth) its target sits behind.
     pub const XDPGEN: &str = "bench_xdpgen";
+    /// One new flow's entry written into `conntrack` and nothing else:
+    /// the memory cost under every new flow, reported beside them.
+    pub const FLOW_FLOOR: &str = "bench_flow_floor";
     /// Every program of the bench object: the product's XDP programs
     /// (measured as they are: the floor and the direct cases), then these.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         crate::maps::programs::PASS,
         crate::maps::programs::INGRESS,
         crate::maps::programs::INGRESS6,
@@ -28,6 +31,7 @@ pub mod programs {
         INGRESS,
         RESTORE_ONLY,
         XDPGEN,
+        FLOW_FLOOR,
     ];
 }
 

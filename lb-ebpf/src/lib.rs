@@ -6,8 +6,8 @@
 //! declared once, in [`maps`], from lb-common's table.
 //!
 //! Public are the entry points' logic ([`ingress`], [`egress`]), the packet
-//! cursor and headers ([`parse`]), checksum deltas ([`csum`]) and the maps:
-//! what the bench object builds on. The rest stays inside the crate.
+//! cursor and headers ([`parse`]), checksum deltas ([`csum`]), the flow
+//! table ([`flowtable`]) and the maps: what the bench object builds on. The rest stays inside the crate.
 #![no_std]
 #![feature(core_intrinsics)]
 #![expect(
@@ -27,7 +27,7 @@ pub mod csum;
 pub mod egress;
 pub mod egress6;
 mod family;
-mod flowtable;
+pub mod flowtable;
 mod forward;
 mod fragment;
 mod guard;

@@ -326,11 +326,12 @@ pub struct Lb {
     bench_scratch: PerCpuArray<MapData, [u8; b::SCRATCH_LEN]>,
 }
 
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     m::programs::PASS,
     m::programs::INGRESS,
     b::programs::INGRESS,
     b::programs::RESTORE_ONLY,
+    b::programs::FLOW_FLOOR,
 ];
 
 impl Lb {
@@ -614,6 +615,11 @@ impl Lb {
     /// Runs program `name` on `frame` arriving on `v0`, `repeat` times.
     pub fn run(&self, name: &str, frame: &[u8], repeat: u32) -> Result<onehop_testrun::Run> {
         self.h.run_xdp(name, frame, repeat)
+    }
+
+    /// Flows in `conntrack` (published slots).
+    pub fn flow_count(&self) -> Result<usize> {
+        self.h.maps().flows()?.count()
     }
 
     pub fn counts(&self) -> Result<Counts> {

@@ -58,6 +58,10 @@ fn default_out() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/xdp-latest.txt")
 }
 
+/// The case that writes one flow entry and nothing else (see lb-ebpf's
+/// bench `floor`): the new-flow cases are reported against it.
+const FLOW_FLOOR: &str = "flow_write_floor";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// `xdp_pass`: the floor (reported, never subtracted).
@@ -90,6 +94,9 @@ enum Want {
     Counter(Counter),
     Drop(DropReason),
     Nothing,
+    /// No counter moves, and the flow table holds one flow more per
+    /// iteration (`flow_write_floor`).
+    FlowEntries,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +236,16 @@ fn cases(args: &Args) -> Vec<Case> {
             empty,
         ),
         case(
+            FLOW_FLOOR,
+            Kind::Wrapped,
+            b::programs::FLOW_FLOOR,
+            &syn,
+            XDP_PASS,
+            Want::FlowEntries,
+            true,
+            plain,
+        ),
+        case(
             "established_local",
             Kind::Wrapped,
             bench,
@@ -334,6 +351,9 @@ fn cases(args: &Args) -> Vec<Case> {
 /// One timed run of `c`, with its proof; returns the kernel's ns/iteration.
 fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
     if c.new_flow {
+        // The flows it re-creates need the guard's tokens, which the case
+        // before may have drained (`syn_flood_refused`).
+        lb.set_bucket(None)?;
         lb.reset_flows()?;
     }
     match c.setup {
@@ -368,14 +388,27 @@ fn measure(lb: &mut Lb, c: &Case, nat: &mut NatSim) -> Result<u64> {
     }
     let new_flow = if c.new_flow { b::NEW_FLOW } else { 0 };
     lb.set_bench_config(new_flow | if first { b::RESTORE_FIRST } else { 0 })?;
+    let flows_before = match c.want {
+        Want::FlowEntries => lb.flow_count()?,
+        _ => 0,
+    };
     let before = lb.counts()?;
     let r = lb.run(c.prog, &c.frame, c.repeat)?;
     let d = lb.counts()?.minus(&before);
     let (counter, drop) = match c.want {
         Want::Counter(w) => (Some(w), None),
         Want::Drop(r) => (None, Some(r)),
-        Want::Nothing => (None, None),
+        Want::Nothing | Want::FlowEntries => (None, None),
     };
+    if c.want == Want::FlowEntries {
+        let added = lb.flow_count()?.saturating_sub(flows_before);
+        ensure!(
+            added == c.repeat as usize,
+            "case {}: {added} flows written for {} iterations",
+            c.name,
+            c.repeat
+        );
+    }
     // Every new flow into a full table replaces a half-open one.
     let also = (c.setup == Setup::FullTable).then_some(Counter::FlowEvicted);
     lb::check(&d, lb.cpu(), counter, drop, also, c.repeat)
@@ -846,6 +879,7 @@ fn summary(
             format!("{:.2} ({ratio_min:.2})", median(&paired))
         )?;
     }
+    above_floor(s, args, o, measured, &net)?;
     let (lo, hi) = min_max(&o.samples.floor);
     writeln!(s, "{:<20} {floor:.1} [{lo:.0}-{hi:.0}]", "floor_xdp_pass")?;
     let (lo, hi) = min_max(&o.samples.restore);
@@ -854,5 +888,40 @@ fn summary(
         "{:<20} {restore:.1} [{lo:.0}-{hi:.0}]",
         "restore_overhead"
     )?;
+    Ok(())
+}
+
+/// Each new-flow case against `flow_write_floor` at each service count:
+/// the median of the per-round ratios (both ran in the same round), so the
+/// machine's drift between rounds cancels out.
+fn above_floor(
+    s: &mut String,
+    args: &Args,
+    o: &Outcome,
+    measured: &[usize],
+    net: &dyn Fn(usize, usize) -> Vec<f64>,
+) -> Result<()> {
+    let Some(&f) = measured.iter().find(|&&i| o.names[i] == FLOW_FLOOR) else {
+        return Ok(());
+    };
+    writeln!(
+        s,
+        "# new flows / {FLOW_FLOOR} (one entry written, nothing else): median of the per-round ratios"
+    )?;
+    for &i in measured {
+        if i == f || !o.names[i].starts_with("new_flow") {
+            continue;
+        }
+        write!(s, "{:<20}", o.names[i])?;
+        for stage in 0..args.services.len() {
+            let paired: Vec<f64> = net(i, stage)
+                .iter()
+                .zip(&net(f, stage))
+                .map(|(x, y)| x / y)
+                .collect();
+            write!(s, " {:>20}", format!("{:.2}x", median(&paired)))?;
+        }
+        writeln!(s)?;
+    }
     Ok(())
 }

@@ -171,3 +171,17 @@ pub fn restore_only(ctx: &XdpContext) -> u32 {
     restore(ctx, len);
     XDP_PASS
 }
+
+/// `bench_flow_floor`'s wrapper: as [`ingress`] with `NEW_FLOW` (every
+/// iteration a new source port, the frame restored after it), around
+/// [`crate::floor::write`] instead of the data path.
+pub fn flow_floor(ctx: &XdpContext) -> u32 {
+    let len = saved_len(ctx);
+    if !save(ctx, len) {
+        return XDP_ABORTED;
+    }
+    next_source_port(ctx);
+    let action = crate::floor::write(ctx);
+    restore(ctx, len);
+    action
+}

@@ -16,6 +16,7 @@
 )]
 
 mod bench;
+mod floor;
 mod maps;
 mod xdpgen;
 
@@ -36,4 +37,9 @@ pub fn bench_restore_only(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_xdpgen(ctx: XdpContext) -> u32 {
     xdpgen::generate(&ctx)
+}
+
+#[xdp]
+pub fn bench_flow_floor(ctx: XdpContext) -> u32 {
+    bench::flow_floor(&ctx)
 }
