@@ -1,7 +1,7 @@
 //! The benchmark ABI: programs and maps of the bench object (lb-ebpf's
-//! `lb-ebpf-bench` binary),
-//! which the agent never loads. `bench-xdp` runs `lb_ingress_bench`,
-//! `bench_restore_only` and `bench_flow_floor`; bench-e2e's XDP frame generator is `bench_xdpgen`.
+//! `lb-ebpf-bench` binary), which the agent never loads. `bench-xdp` runs
+//! `lb_ingress_bench`, `bench_restore_only` and `bench_flow_floor`;
+//! bench-e2e's XDP frame generator is `bench_xdpgen`.
 //! The bench object also carries the product's programs and maps (the
 //! wrappers run the real ingress logic), declared by
 //! [`product_maps!`](crate::product_maps).
