@@ -153,8 +153,8 @@ numbered! {
         /// served by this node's fallback backend of the service instead
         /// (`ServiceValue::local_fallback`), never sent on.
         DirectLocalFallback = 36 => "direct_local_fallback",
-        /// IPv6 frame while `xdp_programs` holds no `lb_ingress6` (the agent
-        /// has not loaded it yet): passed untouched.
+        /// ICMPv6 frame while `xdp_programs` holds no `lb_ingress6` (the
+        /// agent has not loaded it yet): passed untouched.
         PassIpv6Unserved = 37 => "pass_ipv6_unserved",
         /// Neighbor Solicitation for an announced IPv6 VIP answered with a
         /// Neighbor Advertisement (`XDP_TX`).
@@ -267,14 +267,15 @@ numbered! {
         /// link-layer option from the unspecified address): never answered.
         NdpInvalid = 27 => "ndp_invalid",
         /// IPv6 packet to a VIP whose extension headers are outside the
-        /// written policy (`lb_ingress6`: more than four, a routing header
+        /// written policy (see `ingress6`: more than four, a routing header
         /// with segments left, or one we do not walk): not ours to serve.
         Ipv6ExtHeader = 28 => "ipv6_ext_header",
         /// A Neighbor Solicitation we would answer, but the frame could
         /// not be resized to the advertisement (`bpf_xdp_adjust_tail`).
         NdpNoRoom = 29 => "ndp_no_room",
         /// IPv6 packet to a service while `xdp_programs` holds no
-        /// `lb_service6` (never passed: the kernel has nothing to do with a
+        /// `lb_service6`, or one of a full-NAT flow while it holds no
+        /// `lb_nat6` (never passed: the kernel has nothing to do with a
         /// VIP).
         Ipv6Unserved = 30 => "ipv6_unserved",
     }

@@ -525,9 +525,9 @@ pub struct FlowScratch {
     pub backend: crate::BackendValue,
     /// A local flow's endpoint (see [`LocalFronts`]).
     pub endpoint: LocalEndpointKey,
-    /// The packet's VIP's [`vip_flags`](crate::vip_flags), as `lb_ingress6`
-    /// found them before its tail call to `lb_service6` (one lookup of
-    /// `vips6` fewer per IPv6 packet).
+    /// The packet's VIP's [`vip_flags`](crate::vip_flags), as `lb_ingress`
+    /// found them before its tail call to `lb_service6` or `lb_nat6` (one
+    /// lookup of `vips6` fewer per IPv6 packet).
     pub vip_flags: u32,
     /// The endpoint's entry as a first flow writes it: `fronts[0]` holds the
     /// front the flow came through, which is also what a later flow adds to

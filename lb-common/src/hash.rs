@@ -128,13 +128,56 @@ pub const fn flow_hash6(
     dport: u16,
     proto: u8,
 ) -> u32 {
-    let mut h = mix16(seed, src);
-    h = mix16(h, dst);
+    flow_hash6_words(seed, &words(src), &words(dst), sport, dport, proto)
+}
+
+/// [`flow_hash6`] of addresses given as their four words, each
+/// `u32::from_be_bytes` of four address bytes: the data path reads them
+/// from its 4-aligned flow key a word at a time.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+pub const fn flow_hash6_words(
+    seed: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, src[i]);
+        i += 1;
+    }
+    i = 0;
+    while i < 4 {
+        h = mix(h, dst[i]);
+        i += 1;
+    }
     h = mix(
         h,
         ((sport as u32) << 16 | dport as u32) ^ ((proto as u32) << 8),
     );
     finish(h, 36)
+}
+
+/// An address's four words, as [`flow_hash6_words`] takes them.
+#[expect(
+    clippy::inline_always,
+    reason = "BPF hot path: must be inlined into the program"
+)]
+#[inline(always)]
+const fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_be_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_be_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_be_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_be_bytes([a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 /// [`client_hash`] of an IPv6 client.

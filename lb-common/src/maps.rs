@@ -228,11 +228,13 @@ macro_rules! product_maps {
             NDP_STATS = "ndp_stats":
                 HashNoPrealloc<$crate::Ipv6Key, $crate::ArpStats>[$crate::maps::MAX_ARP_STATS];
             /// [`crate::maps::xdp_slot`] → XDP program (program array):
-            /// `lb_ingress` tail-calls `lb_ingress6` for IPv6 frames, and
-            /// that `lb_service6` for a flow's packets, so each has a stack
-            /// frame (512 bytes) of its own. The agent
-            /// fills it when it loads the programs; an empty slot passes
-            /// IPv6 untouched (`pass_ipv6_unserved`).
+            /// `lb_ingress` tail-calls `lb_ingress6` for ICMPv6, `lb_service6`
+            /// for a packet to an IPv6 service and `lb_nat6` for one to a NAT
+            /// port of the node's IPv6 address, so each has a stack frame
+            /// (512 bytes) of its own. The agent fills it when it loads the
+            /// programs; an empty slot passes ICMPv6 untouched
+            /// (`pass_ipv6_unserved`) and drops service traffic
+            /// (`ipv6_unserved`).
             XDP_PROGRAMS = "xdp_programs": ProgramArray<>[$crate::maps::xdp_slot::COUNT];
             /// [`crate::maps::tc_slot`] → TC program (program array): as
             /// `xdp_programs`, `lb_egress` → `lb_egress6`.
@@ -269,18 +271,19 @@ pub mod programs {
     /// a dead reverse entry only if no new flow took it meanwhile.
     pub const SWEEP: &str = "flow_sweep";
     /// XDP program never attached: `lb_ingress` tail-calls it (slot
-    /// [`super::xdp_slot::INGRESS6`] of `xdp_programs`) for IPv6 frames.
+    /// [`super::xdp_slot::INGRESS6`] of `xdp_programs`) for IPv6 frames
+    /// whose next header is ICMPv6 (Neighbor Discovery, echo, errors).
     pub const INGRESS6: &str = "lb_ingress6";
-    /// XDP program never attached: `lb_ingress6` tail-calls it (slot
-    /// [`super::xdp_slot::SERVICE6`]) for a TCP or UDP packet to an IPv6
-    /// service, whose flow it takes.
+    /// XDP program never attached: `lb_ingress` tail-calls it (slot
+    /// [`super::xdp_slot::SERVICE6`]) for a packet to an IPv6 service
+    /// address, whose flow it takes.
     pub const SERVICE6: &str = "lb_service6";
     /// TC program never attached: `lb_egress` tail-calls it (slot
     /// [`super::tc_slot::EGRESS6`] of `tc_programs`) for IPv6 packets.
     pub const EGRESS6: &str = "lb_egress6";
     /// XDP program never attached: `lb_service6` tail-calls it (slot
     /// [`super::xdp_slot::NAT6`]) for a flow to a backend on another node
-    /// reached by full NAT, and `lb_ingress6` for a packet to one of the
+    /// reached by full NAT, and `lb_ingress` for a packet to one of the
     /// node's NAT ports (a reply of such a flow).
     pub const NAT6: &str = "lb_nat6";
     /// Every program of the product object.

@@ -112,13 +112,49 @@ pub fn write_key6(
     // SAFETY: the caller's slot, valid and ours for this run; the
     // addresses are 16 bytes each and not inside the key.
     unsafe {
-        core::ptr::copy_nonoverlapping(src, &raw mut (*k).src, 1);
-        core::ptr::copy_nonoverlapping(dst, &raw mut (*k).dst, 1);
+        store_words(&raw mut (*k).src, src);
+        store_words(&raw mut (*k).dst, dst);
         (*k).sport = sport;
         (*k).dport = dport;
         (*k).proto = proto;
         (*k).family = family::V6;
         (*k)._pad = [0; 2];
+    }
+}
+
+/// Copies an address from the packet (read byte by byte: nothing promises
+/// its alignment) into a key's 4-aligned field as four 4-byte words, the
+/// width the hash, the service key and the checksum read back: a word
+/// read over bytes just stored one by one waits for them to reach the
+/// cache (no store forwarding).
+///
+/// # Safety
+/// `to` is a `FlowKey`'s `src` or `dst`, valid and ours for this run.
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "a FlowKey's addresses are 4-aligned (asserted below)"
+)]
+#[inline(always)]
+unsafe fn store_words(to: *mut [u8; 16], from: &[u8; 16]) {
+    const _: () = assert!(
+        core::mem::align_of::<FlowKey>() >= 4
+            && core::mem::offset_of!(FlowKey, src) % 4 == 0
+            && core::mem::offset_of!(FlowKey, dst) % 4 == 0
+    );
+    let w = to.cast::<u32>();
+    let mut i = 0;
+    while i < 4 {
+        let b = 4 * i;
+        // SAFETY: word `i` of the field (the caller's promise, above).
+        unsafe {
+            w.add(i).write(u32::from_ne_bytes([
+                from[b],
+                from[b + 1],
+                from[b + 2],
+                from[b + 3],
+            ]));
+        }
+        i += 1;
     }
 }
 

@@ -7,7 +7,10 @@
 
 use aya_ebpf::bindings::xdp_md;
 
-use crate::parse::{Addr16, Cursor, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr};
+use crate::{
+    family::words,
+    parse::{Addr16, Cursor, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr},
+};
 
 /// Folds an unfolded one's-complement sum to 16 bits (not complemented).
 #[inline(always)]
@@ -50,6 +53,36 @@ impl Delta {
     #[inline(always)]
     pub fn addr32(&mut self, old: u32, new: u32) {
         self.addr(old.to_ne_bytes(), new.to_ne_bytes());
+    }
+
+    /// An IPv6 address change, both addresses read where they lie in
+    /// 4-byte words (native byte order, the sum turned around once at the
+    /// end: RFC 1071 2(B)), not byte by byte.
+    ///
+    /// # Safety
+    /// `old` and `new` are 4-aligned: fields of map values or of the scratch
+    /// slot (see the callers' assertions), never of the packet, whose
+    /// alignment nothing promises.
+    #[inline(always)]
+    pub unsafe fn addr6(&mut self, old: &[u8; 16], new: &[u8; 16]) {
+        let sum = |a: &[u8; 16]| {
+            // SAFETY: 4-aligned (the caller's promise).
+            unsafe { words(a) }.map(u64::from).iter().sum::<u64>()
+        };
+        // Each complemented word is 0xffff_ffff less the word.
+        let s = 4 * 0xffff_ffff - sum(old) + sum(new);
+        let s = (s & 0xffff_ffff) + (s >> 32);
+        let s = (s & 0xffff_ffff) + (s >> 32);
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "two folds leave at most 0xffff_ffff"
+        )]
+        let native = fold(s as u32);
+        self.0 += u32::from(if cfg!(target_endian = "little") {
+            native.swap_bytes()
+        } else {
+            native
+        });
     }
 
     /// A change already summed (one's-complement, unfolded, below 2^31).

@@ -3,15 +3,15 @@
 //! are written once: where a family's backends, source ranges and
 //! affinity entries are, and how its addresses sit in the 16-byte fields
 //! of the flow types. `lb_ingress` instantiates them with [`V4`] (the code
-//! it ran before, inlined the same way), `lb_ingress6` and `lb_egress6`
+//! it ran before, inlined the same way), `lb_service6` and `lb_egress6`
 //! with [`V6`].
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
-    AffinityKey, BackendValue, BackendValue6, FlowKey, LocalEndpointKey, SourceRangeData,
-    SourceRangeData6, backend_flags,
-    flow::{addr_v4, family, same_addr, v4_of},
-    hash::{client_hash, client_hash6, flow_hash, flow_hash6},
+    AffinityKey, AffinityValue, BackendValue, BackendValue6, ConntrackValue, FlowKey,
+    LocalEndpointKey, SourceRangeData, SourceRangeData6, backend_flags,
+    flow::{addr_v4, family, v4_of},
+    hash::{client_hash, client_hash6, flow_hash, flow_hash6_words},
 };
 
 use crate::maps::{BACKENDS, BACKENDS6, SRC_RANGES, SRC_RANGES6};
@@ -64,6 +64,15 @@ pub struct V4;
 #[derive(Clone, Copy)]
 pub struct V6;
 
+/// The flow entries' and affinity entries' records of a pod address
+/// ([`Family::save`]) are 4-aligned in their values.
+const RECORDS_ALIGNED: () = assert!(
+    core::mem::align_of::<ConntrackValue>() >= 4
+        && core::mem::offset_of!(ConntrackValue, backend_ip) % 4 == 0
+        && core::mem::align_of::<AffinityValue>() >= 4
+        && core::mem::offset_of!(AffinityValue, backend_ip) % 4 == 0
+);
+
 /// The IPv4 address in a 16-byte address field of a map value, read as
 /// one 4-byte load (byte by byte, its four bytes spill separately across
 /// the backend's lookup). The fields it reads are 4-aligned in their
@@ -74,8 +83,27 @@ pub struct V6;
 )]
 #[inline(always)]
 fn addr_word(a: *const [u8; 16]) -> [u8; 4] {
+    let () = RECORDS_ALIGNED;
     // SAFETY: the caller's field pointer, valid for this run and 4-aligned.
     unsafe { a.cast::<u32>().read() }.to_ne_bytes()
+}
+
+/// The four 4-byte words of an address, read in native byte order where
+/// it lies: one load each, not sixteen byte loads (which is all a `[u8; 16]`
+/// promises LLVM).
+///
+/// # Safety
+/// `a` is 4-aligned: a field of a map value or of the scratch slot whose
+/// offset and type say so (the callers assert it), never the packet's.
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the caller promises a 4-aligned field (see above)"
+)]
+#[inline(always)]
+pub unsafe fn words(a: &[u8; 16]) -> [u32; 4] {
+    let w = a.as_ptr().cast::<u32>();
+    // SAFETY: four words within the 16 bytes, 4-aligned (the caller's).
+    unsafe { [w.read(), w.add(1).read(), w.add(2).read(), w.add(3).read()] }
 }
 
 impl Family for V4 {
@@ -210,8 +238,15 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn is(b: &Backend6, a: &*const [u8; 16]) -> bool {
-        // SAFETY: a map value's field, valid for this run (see `save`).
-        same_addr(b.ip(), unsafe { &**a })
+        const _: () = assert!(
+            core::mem::align_of::<BackendValue6>() >= 4
+                && core::mem::offset_of!(BackendValue6, ip) % 4 == 0
+        );
+        let () = RECORDS_ALIGNED;
+        // SAFETY: 4-aligned fields of map values, valid for this run: the
+        // backend's address (asserted above) and a flow entry's record
+        // (`RECORDS_ALIGNED`, see `save`).
+        unsafe { words(b.ip()) == words(&**a) }
     }
     #[inline(always)]
     fn wide(a: &[u8; 16]) -> [u8; 16] {
@@ -250,7 +285,21 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn key_hash(seed: u32, k: &FlowKey) -> u32 {
-        flow_hash6(seed, &k.src, &k.dst, k.sport, k.dport, k.proto)
+        const _: () = assert!(
+            core::mem::align_of::<FlowKey>() >= 4
+                && core::mem::offset_of!(FlowKey, src) % 4 == 0
+                && core::mem::offset_of!(FlowKey, dst) % 4 == 0
+        );
+        // SAFETY: a key's addresses are 4-aligned (asserted above).
+        let (src, dst) = unsafe { (words(&k.src), words(&k.dst)) };
+        flow_hash6_words(
+            seed,
+            &src.map(u32::from_be),
+            &dst.map(u32::from_be),
+            k.sport,
+            k.dport,
+            k.proto,
+        )
     }
     #[inline(always)]
     fn port_of(id: u32) -> Option<u16> {

@@ -76,7 +76,6 @@ use lb_common::{
     flow::{self, tcp_flags},
     flow_flags,
     hash::flow_hash,
-    maps::xdp_slot,
     proto, vip_flags,
 };
 
@@ -86,8 +85,8 @@ use crate::{
     csum,
     family::V4,
     forward::{self, Route},
-    fragment, guard, icmp, icmp_error,
-    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS, XDP_PROGRAMS},
+    fragment, guard, icmp, icmp_error, ingress6,
+    maps::{BACKEND_STATS, CONFIG, SERVICE_STATS, SERVICES, VIPS},
     nat::{self, Endpoint, L4},
     parse::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, EthHdr,
@@ -127,14 +126,7 @@ fn classify(
     };
     match eth.proto() {
         ETH_P_IPV4 => {}
-        ETH_P_IPV6 => {
-            // Its own program, its own stack (see `ingress6`). Returns only
-            // when the slot is empty.
-            // SAFETY: a tail call from the program itself (not from a
-            // function it calls), into an XDP program of this object.
-            unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::INGRESS6) };
-            return Outcome::Pass(Counter::PassIpv6Unserved);
-        }
+        ETH_P_IPV6 => return ingress6::dispatch(ctx, cur, eth, cfg, frame_len),
         ETH_P_ARP => {
             let ifindex = forward::ingress_ifindex(ctx);
             return arp::handle(cur, eth, cfg, ifindex);

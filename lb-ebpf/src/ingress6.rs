@@ -1,22 +1,31 @@
-//! `lb_ingress6`: the IPv6 frames of the uplink. `lb_ingress` tail-calls
-//! it (slot `xdp_slot::INGRESS6` of `xdp_programs`), so the IPv6 path has a
-//! stack frame and a verifier budget of its own; when the slot is empty
-//! (the agent has not loaded it), IPv6 passes untouched
-//! (`pass_ipv6_unserved`).
+//! IPv6 on the uplink. `lb_ingress` reads the IPv6 header and sends the
+//! frame on by ONE tail call (`dispatch`, inlined into it), so that each
+//! program has a stack frame and a verifier budget of its own:
+//! - next header ICMPv6: to `lb_ingress6`, this module's program (slot
+//!   `xdp_slot::INGRESS6` of `xdp_programs`);
+//! - anything else takes ONE `vips6` lookup on the destination — a miss
+//!   passes at once (`pass_not_vip`); a hit in a frame for another host's
+//!   MAC passes untouched (`pass_other_host`); a service address, its
+//!   header checked (version, length, source: below), goes to
+//!   `lb_service6`, which takes the flow (see `service6`); the node's own
+//!   addresses pass (`pass_node_traffic`; not IPv6 or cut short:
+//!   `pass_malformed`, never translated) but for what may belong to a
+//!   full-NAT flow: TCP and UDP on a NAT port and fragments go to
+//!   `lb_nat6`.
 //!
-//! Order: a Neighbor Solicitation goes to `ndp` (its target, not its
-//! destination, says whether it is about a VIP). Anything else takes ONE
-//! `vips6` lookup on the destination — a miss passes at once
-//! (`pass_not_vip`); a hit in a frame for another host's MAC passes
-//! untouched (`pass_other_host`); the node's own addresses pass
-//! (`pass_node_traffic`; not IPv6 or cut short: `pass_malformed`, never
-//! translated) but for what may belong to a full-NAT flow: TCP and
-//! UDP on a NAT port and fragments go to `lb_nat6` (a third tail call), an
-//! ICMPv6 error right after the header to
-//! `icmp6_error::onehop_icmp6_error_to_client`.
+//! An empty slot passes ICMPv6 untouched (`pass_ipv6_unserved`) and drops
+//! service traffic (`ipv6_unserved`).
 //!
-//! Policy for packets to a VIP (all dropped and counted, never passed: the
-//! kernel has nothing to do with a VIP):
+//! `lb_ingress6`: a Neighbor Solicitation goes to `ndp` (its target, not
+//! its destination, says whether it is about a VIP). Anything else takes
+//! the `vips6` lookup: as above, but for the node's own addresses an
+//! ICMPv6 error may be about a full-NAT flow's packet
+//! (`icmp6_error::onehop_icmp6_error_to_client`); to a service address,
+//! echo requests are answered and errors translated (below).
+//!
+//! The written policy for packets to a VIP, which `dispatch`,
+//! `lb_ingress6` and `lb_service6` apply (all dropped and counted, never
+//! passed: the kernel has nothing to do with a VIP):
 //! - version != 6: `bad_ip_header`; payload length beyond the frame:
 //!   `truncated`;
 //! - a martian source (`::`, `::1`, multicast `ff00::/8`, IPv4-mapped
@@ -34,30 +43,29 @@
 //!   error (types 1 to 4) right after it: translated for the flow it is
 //!   about, or dropped (`icmp_error_no_flow`, `icmp_error_malformed`; see
 //!   `icmp6_error`); either behind extension headers: `ipv6_ext_header`;
-//!   other ICMPv6: `unsupported_protocol`;
+//!   other ICMPv6: `unsupported_protocol`; an ICMPv6 header cut short:
+//!   `truncated`;
 //! - hop limit <= 1 on a packet we would forward: `ttl_exceeded`;
 //! - a transport header beyond the payload, or TCP data offset < 5:
 //!   `truncated`;
-//! - to a `[VIP]:port` no service serves: `no_service` (from `lb_service6`,
-//!   which looks the service up).
+//! - to a `[VIP]:port` no service serves: `no_service`.
 //!
-//! A TCP or UDP packet that passes is handed to `lb_service6` by another
-//! tail call (see `service6`), which takes its flow, with the VIP's flags in
-//! this CPU's `flow_scratch` slot; with that slot empty it is dropped
-//! (`ipv6_unserved`). ICMPv6 errors are translated out of line, in
+//! ICMPv6 errors are translated out of line, in
 //! `icmp6_error::onehop_icmp6_error`.
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, xdp_md},
     programs::XdpContext,
 };
-use lb_common::{Counter, DatapathConfig, DropReason, Ipv6Key, maps::xdp_slot, proto, vip_flags};
+use lb_common::{
+    Counter, DatapathConfig, DropReason, Ipv6Key, VipValue, flow::same_addr, maps::xdp_slot, proto,
+    vip_flags,
+};
 
 use crate::{
     conntrack,
     csum::{self, Delta},
     icmp6_error,
-    ingress::transport,
     maps::{CONFIG, VIPS6, XDP_PROGRAMS},
     ndp::{self, pseudo_sum},
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, IcmpHdr, Ipv6Ext, Ipv6Hdr, L4Head},
@@ -99,18 +107,13 @@ fn classify(
     let (Some(eth), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Outcome::Pass(Counter::PassMalformed);
     };
-    // The ICMPv6 header, when it comes first: a solicitation is told by it.
-    let icmp = if ip.next == proto::ICMPV6 {
-        cur.take::<IcmpHdr>()
-    } else {
-        None
-    };
-    if let Some(h) = &icmp
-        && h.ty == ndp::SOLICITATION
-    {
+    // `lb_ingress` sends here only frames whose next header is ICMPv6; a
+    // solicitation is told by the ICMPv6 header.
+    let icmp = cur.take::<IcmpHdr>().map(|h| h.ty);
+    if icmp == Some(ndp::SOLICITATION) {
         return Outcome::Counted(ndp::onehop_ndp_solicitation(ctx.ctx));
     }
-    let Some(vip) = VIPS6.get_ptr(Ipv6Key { addr: ip.dst }) else {
+    let Some(vip) = vip(ip) else {
         return Outcome::Pass(Counter::PassNotVip);
     };
     // See `ingress::classify`.
@@ -120,66 +123,154 @@ fn classify(
     // SAFETY: value pointer the map just returned; read by value.
     let flags = unsafe { (*vip).flags };
     if flags & vip_flags::SERVICE != 0 {
-        service_path(ctx, cur, ip, cfg, flags, icmp.map(|h| h.ty), frame_len)
+        let payload = match service_payload(ip, cfg, frame_len) {
+            Ok(p) => payload_u32(p),
+            Err(r) => return Outcome::Drop(r),
+        };
+        // Out of line, each in a global function of its own (see them).
+        match icmp {
+            None => Outcome::Drop(DropReason::Truncated),
+            Some(ty) if icmp6_error::is_error(ty) => {
+                Outcome::Counted(icmp6_error::onehop_icmp6_error(ctx.ctx, payload))
+            }
+            Some(_) => Outcome::Counted(onehop_icmp6_echo(ctx.ctx, payload)),
+        }
     } else if flags & vip_flags::NODE != 0 {
-        node_path(ctx, cur, ip, cfg, flags, icmp.map(|h| h.ty), frame_len)
+        // An ICMPv6 error may be about a full-NAT flow's packet; the rest
+        // is the node's.
+        let Some(payload) = node_payload(ip, frame_len) else {
+            return Outcome::Pass(Counter::PassMalformed);
+        };
+        match icmp {
+            Some(ty) if icmp6_error::is_error(ty) => Outcome::Counted(
+                icmp6_error::onehop_icmp6_error_to_client(ctx.ctx, payload_u32(payload)),
+            ),
+            _ => Outcome::Pass(Counter::PassNodeTraffic),
+        }
     } else {
         Outcome::Pass(Counter::PassNotVip)
     }
 }
 
-/// A packet to one of the node's addresses: a TCP or UDP packet to a NAT
-/// port, or a fragment, may be a remote backend's reply to a full-NAT flow,
-/// which `lb_nat6` translates (another tail call, `flags` left for it in
-/// this CPU's scratch slot); an ICMPv6 error (`icmp`, its type when it
-/// comes right after the IPv6 header) may be about such a flow's packet
-/// (`icmp6_error`); the rest is the node's.
+/// An IPv6 frame in `lb_ingress` (`eth` its Ethernet header, `cur` past
+/// it): ICMPv6 right after the IPv6 header goes to `lb_ingress6` (this
+/// module's program); anything else takes ONE `vips6` lookup on the
+/// destination (module docs). A packet to a service address goes to
+/// `lb_service6`, the VIP's flags in this CPU's scratch slot: one tail call
+/// for a flow's packet. The slot calls return only when the slot is empty.
 #[inline(always)]
-fn node_path(
+pub fn dispatch(
     ctx: &XdpContext,
     cur: &mut Cursor<'_>,
-    ip: &Ipv6Hdr,
+    eth: &EthHdr,
     cfg: &DatapathConfig,
-    flags: u32,
-    icmp: Option<u8>,
     frame_len: usize,
 ) -> Outcome {
-    // A packet that is no IPv6 or is cut short is the kernel's to drop:
-    // nothing of it is translated (its transport header may even lie past
-    // the frame).
-    let payload = usize::from(ip.payload_len());
-    if ip.version() != 6 || payload > frame_len - ETH_LEN - IPV6_LEN {
+    let Some(ip) = cur.take::<Ipv6Hdr>() else {
         return Outcome::Pass(Counter::PassMalformed);
-    }
-    if let Some(ty) = icmp
-        && icmp6_error::is_error(ty)
-    {
-        return Outcome::Counted(icmp6_error::onehop_icmp6_error_to_client(
-            ctx.ctx,
-            payload_u32(payload),
-        ));
-    }
-    let nat = match ip.next {
-        proto::TCP | proto::UDP => cur.take::<L4Head>().is_some_and(|h| {
-            let port = u16::from_be_bytes(h.dport);
-            port >= cfg.nat_port_min && port <= cfg.nat_port_max
-        }),
-        FRAGMENT => true,
-        _ => false,
     };
-    if !nat {
-        return Outcome::Pass(Counter::PassNodeTraffic);
+    if ip.next == proto::ICMPV6 {
+        // SAFETY: a tail call from the program itself (this function is
+        // inlined into it), into an XDP program of this object.
+        unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::INGRESS6) };
+        return Outcome::Pass(Counter::PassIpv6Unserved);
     }
+    let Some(vip) = vip(ip) else {
+        return Outcome::Pass(Counter::PassNotVip);
+    };
+    // See `ingress::classify`.
+    if eth.dst != cfg.mac {
+        return Outcome::Pass(Counter::PassOtherHost);
+    }
+    // SAFETY: value pointer the map just returned; read by value.
+    let flags = unsafe { (*vip).flags };
+    let slot = if flags & vip_flags::SERVICE != 0 {
+        if let Err(r) = service_payload(ip, cfg, frame_len) {
+            return Outcome::Drop(r);
+        }
+        xdp_slot::SERVICE6
+    } else if flags & vip_flags::NODE != 0 {
+        // A TCP or UDP packet to a NAT port, or a fragment, may be a remote
+        // backend's reply to a full-NAT flow, which `lb_nat6` translates;
+        // the rest is the node's.
+        if node_payload(ip, frame_len).is_none() {
+            return Outcome::Pass(Counter::PassMalformed);
+        }
+        let nat = match ip.next {
+            proto::TCP | proto::UDP => cur.take::<L4Head>().is_some_and(|h| {
+                let port = u16::from_be_bytes(h.dport);
+                port >= cfg.nat_port_min && port <= cfg.nat_port_max
+            }),
+            FRAGMENT => true,
+            _ => false,
+        };
+        if !nat {
+            return Outcome::Pass(Counter::PassNodeTraffic);
+        }
+        xdp_slot::NAT6
+    } else {
+        return Outcome::Pass(Counter::PassNotVip);
+    };
     let Some(s) = conntrack::scratch() else {
-        return Outcome::Pass(Counter::PassNodeTraffic);
+        return Outcome::Drop(DropReason::MapUpdate);
     };
     // SAFETY: this CPU's scratch slot, ours for this run, tail calls
-    // included (see `service_path`).
+    // included: `lb_service6` and `lb_nat6` read the flags back instead of
+    // looking the VIP up again.
     unsafe { (*s).vip_flags = flags };
     // SAFETY: a tail call from the program itself (this function is
     // inlined into it), into an XDP program of this object.
-    unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::NAT6) };
-    Outcome::Pass(Counter::PassNodeTraffic)
+    unsafe { XDP_PROGRAMS.tail_call(ctx, slot) };
+    if slot == xdp_slot::NAT6 {
+        Outcome::Pass(Counter::PassNodeTraffic)
+    } else {
+        Outcome::Drop(DropReason::Ipv6Unserved)
+    }
+}
+
+/// The `vips6` entry of a packet's destination, looked up with the
+/// address where the packet holds it: the key takes no stack (of which
+/// `lb_service6` has none to spare) and no copy.
+#[inline(always)]
+pub fn vip(ip: &Ipv6Hdr) -> Option<*const VipValue> {
+    const _: () =
+        assert!(core::mem::size_of::<Ipv6Key>() == 16 && core::mem::align_of::<Ipv6Key>() == 1);
+    // SAFETY: `Ipv6Key` is `repr(C)` around one `[u8; 16]`: the field's
+    // layout and alignment (asserted above); the map only reads it, during
+    // the call.
+    let key = unsafe { &*(&raw const ip.dst).cast::<Ipv6Key>() };
+    VIPS6.get_ptr(key)
+}
+
+/// The payload length of a packet to one of the node's addresses, or
+/// `None` for one that is no IPv6 or is cut short: the kernel's to drop,
+/// nothing of it translated (its transport header may even lie past the
+/// frame).
+#[inline(always)]
+pub fn node_payload(ip: &Ipv6Hdr, frame_len: usize) -> Option<usize> {
+    let payload = usize::from(ip.payload_len());
+    (ip.version() == 6 && payload <= frame_len - ETH_LEN - IPV6_LEN).then_some(payload)
+}
+
+/// The payload length of a packet to a service address, after the
+/// policy's checks of its IPv6 header (version, length, source).
+#[inline(always)]
+pub fn service_payload(
+    ip: &Ipv6Hdr,
+    cfg: &DatapathConfig,
+    frame_len: usize,
+) -> Result<usize, DropReason> {
+    if ip.version() != 6 {
+        return Err(DropReason::BadIpHeader);
+    }
+    let payload = usize::from(ip.payload_len());
+    if payload > frame_len - ETH_LEN - IPV6_LEN {
+        return Err(DropReason::Truncated);
+    }
+    if is_martian(&ip.src, cfg) {
+        return Err(DropReason::MartianSource);
+    }
+    Ok(payload)
 }
 
 /// A source no host may send from (RFC 4291 2.5.2, 2.5.3, 2.7, 2.5.5.2):
@@ -189,8 +280,17 @@ fn node_path(
 /// NAT would carry one to a pod under the node's own address.
 #[inline(always)]
 pub fn is_martian(src: &[u8; 16], cfg: &DatapathConfig) -> bool {
-    let head = u128::from_be_bytes(*src);
-    head <= 1 || src[0] == 0xff || head >> 32 == 0xffff || head == u128::from_be_bytes(cfg.node_ip6)
+    // The packet's bytes are read one at a time (nothing promises their
+    // alignment): the common source, whose first byte is neither 0 nor
+    // 0xff, is told by one of them and the node's address.
+    match src[0] {
+        0xff => true,
+        0 => {
+            let head = u128::from_be_bytes(*src);
+            head <= 1 || head >> 32 == 0xffff || same_addr(src, &cfg.node_ip6)
+        }
+        _ => same_addr(src, &cfg.node_ip6),
+    }
 }
 
 /// Steps over the extension headers of the written policy (module docs)
@@ -230,71 +330,6 @@ pub fn skip_extensions(cur: &mut Cursor<'_>, mut next: u8) -> Result<(u8, usize)
 #[inline(always)]
 fn payload_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-#[inline(always)]
-fn service_path(
-    ctx: &XdpContext,
-    cur: &mut Cursor<'_>,
-    ip: &Ipv6Hdr,
-    cfg: &DatapathConfig,
-    vip: u32,
-    icmp_first: Option<u8>,
-    frame_len: usize,
-) -> Outcome {
-    if ip.version() != 6 {
-        return Outcome::Drop(DropReason::BadIpHeader);
-    }
-    let payload = usize::from(ip.payload_len());
-    if payload > frame_len - ETH_LEN - IPV6_LEN {
-        return Outcome::Drop(DropReason::Truncated);
-    }
-    if is_martian(&ip.src, cfg) {
-        return Outcome::Drop(DropReason::MartianSource);
-    }
-    if let Some(ty) = icmp_first {
-        // Out of line, each in a global function of its own (see them).
-        let len = payload_u32(payload);
-        return Outcome::Counted(if icmp6_error::is_error(ty) {
-            icmp6_error::onehop_icmp6_error(ctx.ctx, len)
-        } else {
-            onehop_icmp6_echo(ctx.ctx, len)
-        });
-    }
-    let (proto, ext) = match skip_extensions(cur, ip.next) {
-        Ok(t) => t,
-        Err(r) => return Outcome::Drop(r),
-    };
-    let Some(l4_len) = payload.checked_sub(ext) else {
-        return Outcome::Drop(DropReason::Truncated);
-    };
-    if proto == proto::ICMPV6 {
-        // Nothing we answer comes behind extension headers (module docs).
-        return Outcome::Drop(DropReason::Ipv6ExtHeader);
-    }
-    if proto != proto::TCP && proto != proto::UDP {
-        return Outcome::Drop(DropReason::UnsupportedProtocol);
-    }
-    if ip.hop_limit <= 1 {
-        return Outcome::Drop(DropReason::TtlExceeded);
-    }
-    if let Err(r) = transport(cur, proto, l4_len) {
-        return Outcome::Drop(r);
-    }
-    let Some(s) = conntrack::scratch() else {
-        return Outcome::Drop(DropReason::MapUpdate);
-    };
-    // SAFETY: this CPU's scratch slot, ours for this run, tail calls
-    // included: `lb_service6` reads the flags back instead of looking the
-    // VIP up again (the service it looks up itself: one lookup either way).
-    unsafe { (*s).vip_flags = vip };
-    // The flow's work in a program of its own (`service6`): its 16-byte
-    // addresses take more stack than this one has left beside `ndp`'s
-    // chain. Returns only when the slot is empty.
-    // SAFETY: a tail call from the program itself (this function is
-    // inlined into it), into an XDP program of this object.
-    unsafe { XDP_PROGRAMS.tail_call(ctx, xdp_slot::SERVICE6) };
-    Outcome::Drop(DropReason::Ipv6Unserved)
 }
 
 /// An ICMPv6 message to a VIP right after the IPv6 header, `len` bytes

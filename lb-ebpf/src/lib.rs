@@ -52,8 +52,8 @@ mod verdict;
 
 /// What both objects of this crate carry: the XDP programs they share
 /// (`xdp_pass`, the pass-through that lets `XDP_TX` deliver on a veth peer,
-/// `lb_ingress`, `lb_ingress6`, `lb_service6` and `lb_nat6`), the licence, and the panic handler. Invoke it once at
-/// the root of each binary.
+/// `lb_ingress`, `lb_ingress6`, `lb_service6` and `lb_nat6`), the licence,
+/// and the panic handler. Invoke it once at the root of each binary.
 #[macro_export]
 macro_rules! object_common {
     () => {
@@ -67,19 +67,21 @@ macro_rules! object_common {
             $crate::ingress::process(&ctx)
         }
 
-        /// Tail-called by `lb_ingress` for IPv6 frames (never attached).
+        /// Tail-called by `lb_ingress` for IPv6 frames whose next header is
+        /// ICMPv6 (never attached).
         #[aya_ebpf::macros::xdp]
         pub fn lb_ingress6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
             $crate::ingress6::process(&ctx)
         }
 
-        /// Tail-called by `lb_ingress6` for a flow's packets (never attached).
+        /// Tail-called by `lb_ingress` for a packet to an IPv6 service
+        /// (never attached).
         #[aya_ebpf::macros::xdp]
         pub fn lb_service6(ctx: aya_ebpf::programs::XdpContext) -> u32 {
             $crate::service6::process(&ctx)
         }
 
-        /// Tail-called by `lb_service6` and `lb_ingress6` for full NAT over
+        /// Tail-called by `lb_service6` and `lb_ingress` for full NAT over
         /// IPv6 (never attached).
         #[aya_ebpf::macros::xdp]
         pub fn lb_nat6(ctx: aya_ebpf::programs::XdpContext) -> u32 {

@@ -121,10 +121,30 @@ pub fn rewrite(
 
 /// Rewrites an IPv6 packet's destination to `addr:port`, keeping the
 /// transport checksum consistent (IPv6 has no header checksum; the kernel
-/// decrements the hop limit when it routes the packet on).
+/// decrements the hop limit when it routes the packet on). `old` is the
+/// packet's destination as the caller copied it (the flow's key): the
+/// change is summed from that copy and from `addr` in words
+/// ([`Delta::addr6`]), not from the packet byte by byte.
+///
+/// # Safety
+/// `old` and `addr` are 4-aligned fields of map values or of the scratch
+/// slot (see [`Delta::addr6`]).
 #[inline(always)]
-pub fn rewrite_dst6(ip: &mut Ipv6Hdr, l4: &mut L4<'_>, addr: &[u8; 16], port: u16) {
-    rewrite6(ip, l4, None, Some((addr, port)));
+pub unsafe fn rewrite_dst6(
+    ip: &mut Ipv6Hdr,
+    l4: &mut L4<'_>,
+    old: &[u8; 16],
+    addr: &[u8; 16],
+    port: u16,
+) {
+    let mut d = Delta::default();
+    // SAFETY: the caller's promise.
+    unsafe { d.addr6(old, addr) };
+    // SAFETY: distinct 16-byte arrays (a map value's, the packet's).
+    unsafe { core::ptr::copy_nonoverlapping(addr, &raw mut ip.dst, 1) };
+    d.word(u16::from_be_bytes(*l4.dport), port);
+    *l4.dport = port.to_be_bytes();
+    l4.apply(d);
 }
 
 /// Rewrites an IPv6 packet's source and/or destination to `addr:port`,

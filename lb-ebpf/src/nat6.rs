@@ -1,7 +1,7 @@
 //! `lb_nat6`: full NAT over IPv6, both ways, in a program of its own (slot
 //! `xdp_slot::NAT6` of `xdp_programs`): `lb_service6`, whose stack is full
 //! with a flow's 16-byte addresses, tail-calls it for a flow to a backend on
-//! another node that direct return cannot reach; `lb_ingress6` for a packet
+//! another node that direct return cannot reach; `lb_ingress` for a packet
 //! to the node's IPv6 address on one of the NAT ports (a reply of such a
 //! flow) or for an IPv6 fragment to the node. Which way a packet goes is in
 //! this CPU's `flow_scratch` slot: the VIP's flags the tail-calling program
@@ -273,7 +273,7 @@ fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16
     }
 }
 
-/// A packet to the node's IPv6 address that `lb_ingress6` found on a NAT
+/// A packet to the node's IPv6 address that `lb_ingress` found on a NAT
 /// port, or a fragment: a remote backend's reply is translated back to
 /// `[VIP]:port → client` and sent to the client; anything else is the
 /// node's.

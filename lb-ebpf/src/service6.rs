@@ -1,11 +1,14 @@
 //! `lb_service6`: the flow of an IPv6 packet to a served `[VIP]:port`.
-//! `lb_ingress6` checks the packet against the written policy and finds
-//! the service, then tail-calls this program (slot `xdp_slot::SERVICE6`
-//! of `xdp_programs`): a flow's 16-byte addresses take more stack than
-//! `lb_ingress6` has left beside its Neighbor Discovery chain.
+//! `lb_ingress` finds the VIP and checks the IPv6 header (see `ingress6`),
+//! then tail-calls this program (slot `xdp_slot::SERVICE6` of
+//! `xdp_programs`) with the VIP's flags in this CPU's scratch slot: a
+//! flow's 16-byte addresses take more stack than `lb_ingress` has left
+//! beside IPv4's path. This program checks the rest of the written policy
+//! (extension headers, protocol, hop limit, transport header) and looks
+//! the service up.
 //!
-//! As IPv4's service path (`ingress`), with the same code for the choice
-//! of a backend (`service`, through `family::V6`: `backends6`,
+//! The flow's work is IPv4's (`ingress`), with the same code for the
+//! choice of a backend (`service`, through `family::V6`: `backends6`,
 //! `src_ranges6`, the affinity and flow keys of family 6) and the same flow
 //! table. A local backend gets the packet by DNAT (`XDP_PASS`); its reply
 //! goes back through `lb_egress6`.
@@ -25,8 +28,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
-    ServiceKey6, backend_flags, config_flags,
+    BackendValue, BackendValue6, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey,
+    FlowScratch, ServiceKey6, backend_flags, config_flags,
     flow::{self, flow_flags, tcp_flags},
     maps::xdp_slot,
     proto, vip_flags,
@@ -47,21 +50,23 @@ use crate::{
     verdict::Outcome,
 };
 
-/// The whole program (`lb_ingress6` checked the packet).
+/// The whole program (`lb_ingress` counted the frame already).
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return XDP_PASS;
     };
+    if cfg.ready == 0 {
+        return XDP_PASS;
+    }
     let frame_len = ctx.data_end() - ctx.data();
     // SAFETY: the only cursor over this packet during this run.
     let mut cur = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
     flow_path(ctx, &mut cur, cfg, frame_len).finish()
 }
 
-/// The checks `lb_ingress6` made, made again where they give what this
-/// program needs (the headers, the service, the VIP's flags); a packet
-/// that fails one here was changed under us, and is dropped.
+/// A packet to a service address, which `lb_ingress` found: the written
+/// policy (see `ingress6`), then its flow.
 #[inline(always)]
 fn flow_path(
     ctx: &XdpContext,
@@ -72,6 +77,8 @@ fn flow_path(
     let (Some(_), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Outcome::Drop(DropReason::Truncated);
     };
+    // `lb_ingress` checked the header against the policy; the length is
+    // checked again, as this program steps through the payload.
     let payload = usize::from(ip.payload_len());
     if payload > frame_len - ETH_LEN - IPV6_LEN {
         return Outcome::Drop(DropReason::Truncated);
@@ -83,30 +90,41 @@ fn flow_path(
     let Some(l4_len) = payload.checked_sub(ext) else {
         return Outcome::Drop(DropReason::Truncated);
     };
+    if proto == proto::ICMPV6 {
+        // Nothing we answer comes behind extension headers (see `ingress6`).
+        return Outcome::Drop(DropReason::Ipv6ExtHeader);
+    }
+    if proto != proto::TCP && proto != proto::UDP {
+        return Outcome::Drop(DropReason::UnsupportedProtocol);
+    }
+    if ip.hop_limit <= 1 {
+        return Outcome::Drop(DropReason::TtlExceeded);
+    }
     let (mut l4, tcp) = match transport(cur, proto, l4_len) {
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
-    // The service, looked up here only: `lb_ingress6` checked the rest.
-    let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(ip.dst, l4.dport(), proto)) else {
+    let Some(s) = conntrack::scratch() else {
+        return Outcome::Drop(DropReason::MapUpdate);
+    };
+    // The flow's key first: what follows reads the addresses from it, in
+    // words, not from the packet byte by byte.
+    // SAFETY: this CPU's scratch slot, ours for this run.
+    let key = unsafe {
+        let k = &raw mut (*s).key;
+        conntrack::write_key6(k, &ip.src, &ip.dst, l4.sport(), l4.dport(), proto);
+        &*k
+    };
+    let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(key.dst, key.dport, proto)) else {
         return Outcome::Drop(DropReason::NoService);
     };
     // SAFETY: value pointer the map just returned, valid for this run; read
     // in place (see `ingress::service_path`).
     let svc = unsafe { &*svc };
     stats::traffic(&SERVICE_STATS, svc.id, frame_len);
-    let Some(s) = conntrack::scratch() else {
-        return Outcome::Drop(DropReason::MapUpdate);
-    };
-    // SAFETY: this CPU's scratch slot, ours for this run; `lb_ingress6`
+    // SAFETY: this CPU's scratch slot, ours for this run; `lb_ingress`
     // wrote the VIP's flags there before its tail call.
     let vip = unsafe { (*s).vip_flags };
-    // SAFETY: as above.
-    let key = unsafe {
-        let k = &raw mut (*s).key;
-        conntrack::write_key6(k, &ip.src, &ip.dst, l4.sport(), l4.dport(), proto);
-        &*k
-    };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
@@ -366,6 +384,15 @@ fn direct_hop(ctx: &XdpContext, backend_id: u32, mode: u32, counter: Counter) ->
     forward::send(ctx, eth, &hop, counter)
 }
 
+/// `to_local` sums the rewrite's change from the flow key's destination
+/// (the packet's, copied) and the backend's address in 4-byte words.
+const ALIGNED_ADDRS: () = assert!(
+    core::mem::align_of::<FlowKey>() >= 4
+        && core::mem::offset_of!(FlowKey, dst) % 4 == 0
+        && core::mem::align_of::<BackendValue6>() >= 4
+        && core::mem::offset_of!(BackendValue6, ip) % 4 == 0
+);
+
 /// Local backend: DNAT to the pod and let the kernel route it; the client's
 /// address is kept, and `lb_egress6` undoes the DNAT on the pod's reply. A
 /// new flow's one write is its flow-table slot (its front is recorded once
@@ -408,7 +435,10 @@ fn to_local(
         }
         Counter::LocalNewFlow
     };
-    nat::rewrite_dst6(ip, l4, b.ip(), V6::port(b));
+    let () = ALIGNED_ADDRS;
+    // SAFETY: 4-aligned fields (`ALIGNED_ADDRS`): `k` is the scratch slot's
+    // key, `b` a `backends6` value.
+    unsafe { nat::rewrite_dst6(ip, l4, &k.dst, b.ip(), V6::port(b)) };
     Outcome::Pass(counter)
 }
 
