@@ -631,7 +631,7 @@ fn ipv6_that_is_not_for_a_vip_here_passes_untouched() {
 }
 
 #[test]
-fn without_lb_ingress6_in_its_slot_ipv6_passes_untouched() {
+fn with_its_slot_empty_ipv6_is_passed_or_dropped_untouched() {
     with_lb6(|lb| {
         let mut slots = ProgramArray::try_from(
             lb.h.ebpf_mut()
@@ -642,14 +642,44 @@ fn without_lb_ingress6_in_its_slot_ipv6_passes_untouched() {
         slots
             .clear_index(&lb_common::maps::xdp_slot::INGRESS6)
             .expect("emptying the slot");
+        slots
+            .clear_index(&lb_common::maps::xdp_slot::SERVICE6)
+            .expect("emptying the slot");
+        // ICMPv6 is `lb_ingress6`'s: the kernel's while it is not loaded.
         for f in [resolve(&VIP6), echo_request(CLIENT6, VIP6, b"x")] {
             lb.expect_untouched(
-                "IPv6 with an empty slot",
+                "ICMPv6 with an empty slot",
                 &f.build(),
                 XDP_PASS,
                 Want::C(C::PassIpv6Unserved),
             );
         }
+        // A service's packet is never the kernel's; another address's is,
+        // without any slot.
+        let syn = frame6(
+            CLIENT6,
+            VIP6,
+            proto::TCP,
+            tcp6(CLIENT6, 40000, VIP6, 80, 0x02, b""),
+        );
+        lb.expect_untouched(
+            "TCP to a service with an empty slot",
+            &syn.build(),
+            XDP_DROP,
+            Want::D(D::Ipv6Unserved),
+        );
+        lb.expect_untouched(
+            "TCP to no VIP",
+            &frame6(
+                CLIENT6,
+                NOT_VIP6,
+                proto::TCP,
+                tcp6(CLIENT6, 40000, NOT_VIP6, 80, 0x02, b""),
+            )
+            .build(),
+            XDP_PASS,
+            Want::C(C::PassNotVip),
+        );
     });
 }
 
