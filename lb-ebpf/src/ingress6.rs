@@ -156,8 +156,9 @@ fn classify(
 /// it): ICMPv6 right after the IPv6 header goes to `lb_ingress6` (this
 /// module's program); anything else takes ONE `vips6` lookup on the
 /// destination (module docs). A packet to a service address goes to
-/// `lb_service6`, the VIP's flags in this CPU's scratch slot: one tail call
-/// for a flow's packet. The slot calls return only when the slot is empty.
+/// `lb_service6`, one to a NAT port of the node's address to `lb_nat6`, the
+/// VIP's flags in this CPU's scratch slot: one tail call for a flow's
+/// packet. The tail calls return only when their slot is empty.
 #[inline(always)]
 pub fn dispatch(
     ctx: &XdpContext,
@@ -211,8 +212,14 @@ pub fn dispatch(
     } else {
         return Outcome::Pass(Counter::PassNotVip);
     };
+    // Where the packet stays when `slot` cannot take it.
+    let unserved = if slot == xdp_slot::NAT6 {
+        Outcome::Pass(Counter::PassNodeTraffic)
+    } else {
+        Outcome::Drop(DropReason::Ipv6Unserved)
+    };
     let Some(s) = conntrack::scratch() else {
-        return Outcome::Drop(DropReason::MapUpdate);
+        return unserved;
     };
     // SAFETY: this CPU's scratch slot, ours for this run, tail calls
     // included: `lb_service6` and `lb_nat6` read the flags back instead of
@@ -221,11 +228,7 @@ pub fn dispatch(
     // SAFETY: a tail call from the program itself (this function is
     // inlined into it), into an XDP program of this object.
     unsafe { XDP_PROGRAMS.tail_call(ctx, slot) };
-    if slot == xdp_slot::NAT6 {
-        Outcome::Pass(Counter::PassNodeTraffic)
-    } else {
-        Outcome::Drop(DropReason::Ipv6Unserved)
-    }
+    unserved
 }
 
 /// The `vips6` entry of a packet's destination, looked up with the
