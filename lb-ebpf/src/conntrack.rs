@@ -132,15 +132,11 @@ pub fn write_key6(
 /// `to` is a `FlowKey`'s `src` or `dst`, valid and ours for this run.
 #[expect(
     clippy::cast_ptr_alignment,
-    reason = "a FlowKey's addresses are 4-aligned (asserted below)"
+    reason = "a FlowKey's addresses are 4-aligned (ADDRS_WORD_ALIGNED)"
 )]
 #[inline(always)]
 unsafe fn store_words(to: *mut [u8; 16], from: &[u8; 16]) {
-    const _: () = assert!(
-        core::mem::align_of::<FlowKey>() >= 4
-            && core::mem::offset_of!(FlowKey, src) % 4 == 0
-            && core::mem::offset_of!(FlowKey, dst) % 4 == 0
-    );
+    let () = lb_common::flow::ADDRS_WORD_ALIGNED;
     let w = to.cast::<u32>();
     let mut i = 0;
     while i < 4 {

@@ -8,9 +8,9 @@
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
-    AffinityKey, AffinityValue, BackendValue, BackendValue6, ConntrackValue, FlowKey,
-    LocalEndpointKey, SourceRangeData, SourceRangeData6, backend_flags,
-    flow::{addr_v4, family, v4_of},
+    AffinityKey, BackendValue, BackendValue6, FlowKey, LocalEndpointKey, SourceRangeData,
+    SourceRangeData6, backend_flags,
+    flow::{ADDRS_WORD_ALIGNED, addr_v4, family, v4_of},
     hash::{client_hash, client_hash6, flow_hash, flow_hash6_words},
 };
 
@@ -64,15 +64,6 @@ pub struct V4;
 #[derive(Clone, Copy)]
 pub struct V6;
 
-/// The flow entries' and affinity entries' records of a pod address
-/// ([`Family::save`]) are 4-aligned in their values.
-const RECORDS_ALIGNED: () = assert!(
-    core::mem::align_of::<ConntrackValue>() >= 4
-        && core::mem::offset_of!(ConntrackValue, backend_ip) % 4 == 0
-        && core::mem::align_of::<AffinityValue>() >= 4
-        && core::mem::offset_of!(AffinityValue, backend_ip) % 4 == 0
-);
-
 /// The IPv4 address in a 16-byte address field of a map value, read as
 /// one 4-byte load (byte by byte, its four bytes spill separately across
 /// the backend's lookup). The fields it reads are 4-aligned in their
@@ -83,8 +74,9 @@ const RECORDS_ALIGNED: () = assert!(
 )]
 #[inline(always)]
 fn addr_word(a: *const [u8; 16]) -> [u8; 4] {
-    let () = RECORDS_ALIGNED;
-    // SAFETY: the caller's field pointer, valid for this run and 4-aligned.
+    let () = ADDRS_WORD_ALIGNED;
+    // SAFETY: the caller's field pointer, valid for this run and 4-aligned
+    // (`ADDRS_WORD_ALIGNED`).
     unsafe { a.cast::<u32>().read() }.to_ne_bytes()
 }
 
@@ -93,8 +85,8 @@ fn addr_word(a: *const [u8; 16]) -> [u8; 4] {
 /// promises LLVM).
 ///
 /// # Safety
-/// `a` is 4-aligned: a field of a map value or of the scratch slot whose
-/// offset and type say so (the callers assert it), never the packet's.
+/// `a` is 4-aligned: one of the fields `ADDRS_WORD_ALIGNED` names, in a map
+/// value or the scratch slot, never the packet's.
 #[expect(
     clippy::cast_ptr_alignment,
     reason = "the caller promises a 4-aligned field (see above)"
@@ -238,14 +230,10 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn is(b: &Backend6, a: &*const [u8; 16]) -> bool {
-        const _: () = assert!(
-            core::mem::align_of::<BackendValue6>() >= 4
-                && core::mem::offset_of!(BackendValue6, ip) % 4 == 0
-        );
-        let () = RECORDS_ALIGNED;
-        // SAFETY: 4-aligned fields of map values, valid for this run: the
-        // backend's address (asserted above) and a flow entry's record
-        // (`RECORDS_ALIGNED`, see `save`).
+        let () = ADDRS_WORD_ALIGNED;
+        // SAFETY: 4-aligned fields of map values (`ADDRS_WORD_ALIGNED`),
+        // valid for this run: the backend's address and a flow entry's
+        // record (see `save`).
         unsafe { words(b.ip()) == words(&**a) }
     }
     #[inline(always)]
@@ -285,12 +273,8 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn key_hash(seed: u32, k: &FlowKey) -> u32 {
-        const _: () = assert!(
-            core::mem::align_of::<FlowKey>() >= 4
-                && core::mem::offset_of!(FlowKey, src) % 4 == 0
-                && core::mem::offset_of!(FlowKey, dst) % 4 == 0
-        );
-        // SAFETY: a key's addresses are 4-aligned (asserted above).
+        let () = ADDRS_WORD_ALIGNED;
+        // SAFETY: a key's addresses are 4-aligned (`ADDRS_WORD_ALIGNED`).
         let (src, dst) = unsafe { (words(&k.src), words(&k.dst)) };
         flow_hash6_words(
             seed,

@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BackendValue, BackendValue6, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey,
-    FlowScratch, ServiceKey6, backend_flags, config_flags,
+    BackendValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
+    ServiceKey6, backend_flags, config_flags,
     flow::{self, flow_flags, tcp_flags},
     maps::xdp_slot,
     proto, vip_flags,
@@ -384,15 +384,6 @@ fn direct_hop(ctx: &XdpContext, backend_id: u32, mode: u32, counter: Counter) ->
     forward::send(ctx, eth, &hop, counter)
 }
 
-/// `to_local` sums the rewrite's change from the flow key's destination
-/// (the packet's, copied) and the backend's address in 4-byte words.
-const ALIGNED_ADDRS: () = assert!(
-    core::mem::align_of::<FlowKey>() >= 4
-        && core::mem::offset_of!(FlowKey, dst) % 4 == 0
-        && core::mem::align_of::<BackendValue6>() >= 4
-        && core::mem::offset_of!(BackendValue6, ip) % 4 == 0
-);
-
 /// Local backend: DNAT to the pod and let the kernel route it; the client's
 /// address is kept, and `lb_egress6` undoes the DNAT on the pod's reply. A
 /// new flow's one write is its flow-table slot (its front is recorded once
@@ -435,9 +426,9 @@ fn to_local(
         }
         Counter::LocalNewFlow
     };
-    let () = ALIGNED_ADDRS;
-    // SAFETY: 4-aligned fields (`ALIGNED_ADDRS`): `k` is the scratch slot's
-    // key, `b` a `backends6` value.
+    let () = flow::ADDRS_WORD_ALIGNED;
+    // SAFETY: 4-aligned fields (`ADDRS_WORD_ALIGNED`): `k` is the scratch
+    // slot's key, `b` a `backends6` value.
     unsafe { nat::rewrite_dst6(ip, l4, &k.dst, b.ip(), V6::port(b)) };
     Outcome::Pass(counter)
 }
