@@ -72,7 +72,7 @@ pub const SCRATCH_LEN: usize = 128;
 pub const NEW_FLOW: u32 = 1 << 0;
 /// `bench_config` bit: put the frame in `bench_scratch` back *before* each
 /// iteration instead of after it. An IPv6 packet leaves `lb_ingress_bench`
-/// by tail calls (`lb_ingress6`, `lb_service6`) and never returns to it, so
+/// by a tail call (to `lb_service6`, and on to `lb_nat6`) and never returns to it, so
 /// the next iteration undoes what the last one did; the bench writes the
 /// frame into `bench_scratch` before the run, and the run's output is the
 /// last iteration's. The work per iteration is the same (one save, one

@@ -1,5 +1,5 @@
-//! IPv6 packet tests of the data path (`lb_ingress6`, tail-called by
-//! `lb_ingress`), beside the IPv4 ones in `datapath.rs`: Neighbor
+//! IPv6 packet tests of the data path (`lb_ingress`'s IPv6 dispatch and the
+//! programs it tail-calls: `lb_ingress6`, `lb_service6`, `lb_nat6`), beside the IPv4 ones in `datapath.rs`: Neighbor
 //! Discovery for VIPs, ICMPv6 echo, and the written policy for IPv6
 //! packets to a VIP (martian sources, extension headers, malformed
 //! frames). Same harness: the product object in a namespace of its own,
@@ -2067,7 +2067,7 @@ fn martian6(a: &[u8; 16]) -> bool {
 
 /// `random_frames` (datapath.rs) for IPv6: 60,000 random, damaged and
 /// well-formed frames through `lb_ingress` (and on to `lb_ingress6`,
-/// `lb_service6`, `lb_nat6`), flows piling up in the tables as they come
+/// `lb_service6` or `lb_nat6`), flows piling up in the tables as they come
 /// (nothing is reset between frames): each frame counted once, with one
 /// outcome; whatever changed checked by `check_changed6`; then pods'
 /// replies, damaged or not, through `lb_egress` (on to `lb_egress6`), whose
