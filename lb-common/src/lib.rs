@@ -94,6 +94,15 @@ pub mod config_flags {
     /// sent on to another node (`not_announcer`), so a frame never goes
     /// announcer → node → third node, whatever the nodes' tables say.
     pub const DIRECT_RETURN: u16 = 1 << 0;
+    /// The flow table may hold live IPv6 flows that a version before the
+    /// IPv6 tag ([`crate::hash::flow_tag6`]) wrote: a table adopted at an
+    /// upgrade. An IPv6 flow the table does not hold under its own tag is
+    /// then looked for under the one of then
+    /// ([`crate::flow::table::legacy_tag`]), so the connection keeps its
+    /// backend. The agent sets it when it adopts a table and clears it once
+    /// its flow sweeper finds no such flow live: the second look costs a
+    /// new flow two more sets read.
+    pub const LEGACY_TAGS6: u16 = 1 << 1;
 }
 
 /// Entry of the `vips` hash map, keyed by [`Ipv4Key`].

@@ -11,7 +11,7 @@ use lb_common::{
     AffinityKey, BackendValue, BackendValue6, FlowKey, LocalEndpointKey, SourceRangeData,
     SourceRangeData6, backend_flags,
     flow::{ADDRS_WORD_ALIGNED, addr_v4, family, v4_of},
-    hash::{client_hash, client_hash6, flow_hash, flow_hash6_words},
+    hash::{client_hash, client_hash6, flow_hash, flow_hash6_words, flow_tag6_words},
 };
 
 use crate::maps::{BACKENDS, BACKENDS6, SRC_RANGES, SRC_RANGES6};
@@ -57,6 +57,13 @@ pub trait Family: Copy {
     /// its test of the family (the other family's hash would take
     /// registers, and stack, on paths that never meet its keys).
     fn key_hash(seed: u32, k: &FlowKey) -> u32;
+    /// `lb_common::flow::table::maglev_hash` of a key of this family
+    /// whose [`Self::key_hash`] is `tag`.
+    fn maglev_hash(seed: u32, k: &FlowKey, tag: u32) -> u32;
+    /// Whether a slot of this family may carry the tag of an earlier
+    /// version, its Maglev hash (`lb_common::flow::table::legacy_tag`), in
+    /// a table adopted at an upgrade (`config_flags::LEGACY_TAGS6`).
+    const LEGACY_TAGS: bool;
 }
 
 #[derive(Clone, Copy)]
@@ -178,6 +185,11 @@ impl Family for V4 {
         )
     }
     #[inline(always)]
+    fn maglev_hash(_: u32, _: &FlowKey, tag: u32) -> u32 {
+        tag
+    }
+    const LEGACY_TAGS: bool = false;
+    #[inline(always)]
     fn port_of(id: u32) -> Option<u16> {
         // SAFETY: array value pointer; read by value.
         BACKENDS.get_ptr(id).map(|b| unsafe { (*b).port })
@@ -276,18 +288,41 @@ impl Family for V6 {
         let () = ADDRS_WORD_ALIGNED;
         // SAFETY: a key's addresses are 4-aligned (`ADDRS_WORD_ALIGNED`).
         let (src, dst) = unsafe { (words(&k.src), words(&k.dst)) };
-        flow_hash6_words(
+        flow_tag6_words(
             seed,
-            &src.map(u32::from_be),
-            &dst.map(u32::from_be),
+            &src.map(u32::from_le),
+            &dst.map(u32::from_le),
             k.sport,
             k.dport,
             k.proto,
         )
     }
     #[inline(always)]
+    fn maglev_hash(seed: u32, k: &FlowKey, _: u32) -> u32 {
+        maglev_hash6(seed, k)
+    }
+    const LEGACY_TAGS: bool = true;
+    #[inline(always)]
     fn port_of(id: u32) -> Option<u16> {
         // SAFETY: hash value pointer; read by value.
         BACKENDS6.get_ptr(id).map(|b| unsafe { (*b).port })
     }
+}
+
+/// `V6::maglev_hash`, out of line: only a flow the table does not hold
+/// needs it, and inlined, its nine rounds' values took their own slots of
+/// `lb_service6`'s frame.
+#[inline(never)]
+fn maglev_hash6(seed: u32, k: &FlowKey) -> u32 {
+    let () = ADDRS_WORD_ALIGNED;
+    // SAFETY: a key's addresses are 4-aligned (`ADDRS_WORD_ALIGNED`).
+    let (src, dst) = unsafe { (words(&k.src), words(&k.dst)) };
+    flow_hash6_words(
+        seed,
+        &src.map(u32::from_be),
+        &dst.map(u32::from_be),
+        k.sport,
+        k.dport,
+        k.proto,
+    )
 }

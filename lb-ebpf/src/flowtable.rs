@@ -5,7 +5,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use lb_common::{
-    ConntrackValue, Counter, FlowKey, FlowScratch, FlowTimeouts,
+    ConntrackValue, Counter, DatapathConfig, FlowKey, FlowScratch, FlowTimeouts, config_flags,
     flow::table::{
         CHOICES, FlowSet, WAYS, next_generation, ready_with, slot_state, state_of, victim,
         victim_class, word,
@@ -101,16 +101,54 @@ fn find_slot(key: &FlowKey, h: u32, sets: u32) -> *mut ConntrackValue {
     core::ptr::null_mut()
 }
 
-/// [`find`] with the hash seed and table size from the config.
+/// Whether a slot of `F` may still carry the tag an earlier version gave
+/// its flow (`config_flags::LEGACY_TAGS6`).
+#[inline(always)]
+fn legacy<F: Family>(cfg: &DatapathConfig) -> bool {
+    F::LEGACY_TAGS && cfg.flags & config_flags::LEGACY_TAGS6 != 0
+}
+
+/// The live slot of `key`, tagged `tag` (`F::key_hash`), or, while the
+/// table may hold them, under the tag an earlier version gave it.
+#[inline(always)]
+pub fn find_any<F: Family>(
+    key: &FlowKey,
+    tag: u32,
+    cfg: &DatapathConfig,
+) -> Option<*mut ConntrackValue> {
+    if let Some(ct) = find(key, tag, cfg.flow_sets) {
+        return Some(ct);
+    }
+    if !legacy::<F>(cfg) {
+        return None;
+    }
+    let ct = find_legacy::<F>(key, tag, cfg.hash_seed, cfg.flow_sets);
+    (!ct.is_null()).then_some(ct)
+}
+
+/// [`find_any`]'s look under the earlier tag, out of line: the Maglev
+/// hash's values stay out of the packet path's frame. A new flow then
+/// computes that hash twice, only while an adopted table may hold such
+/// flows.
+#[inline(never)]
+fn find_legacy<F: Family>(key: &FlowKey, tag: u32, seed: u32, sets: u32) -> *mut ConntrackValue {
+    find_slot(key, F::maglev_hash(seed, key, tag), sets)
+}
+
+/// [`find_any`] with the config read here.
 #[inline(always)]
 pub fn lookup<F: Family>(key: &FlowKey) -> Option<*mut ConntrackValue> {
     let cfg = CONFIG.get(0)?;
-    find(key, F::key_hash(cfg.hash_seed, key), cfg.flow_sets)
+    find_any::<F>(key, F::key_hash(cfg.hash_seed, key), cfg)
 }
 
 /// Gives up the slot of `key`: a flow that cannot go on (its NAT port is
 /// lost) starts afresh with its next packet. Out of line: rare, and its
-/// loop would otherwise take the packet path's stack.
+/// loop would otherwise take the packet path's stack. Only the slot under
+/// the flow's own tag: a flow found under an earlier version's tag
+/// (`find_any`) that starts afresh gets a slot under its own, which every
+/// lookup tries first, so the old slot is never found again (a second loop
+/// here doubled what the verifier walks in `lb_nat6`).
 #[inline(never)]
 pub fn remove<F: Family>(key: &FlowKey) {
     let Some(cfg) = CONFIG.get(0) else {

@@ -67,19 +67,17 @@ fn local_fallback<F: Family>(svc: &ServiceValue) -> Option<(u32, F::Backend)> {
     Some((id, b))
 }
 
-/// The live flow of `key`, if it has one and may keep its backend: the
-/// slot still holds the same pod (draining or not), and a UDP flow's
-/// endpoint has not left the service.
+/// The live flow of `key`, whose entry is `ct`, if it may keep its
+/// backend: the slot still holds the same pod (draining or not), and a UDP
+/// flow's endpoint has not left the service.
 #[inline(always)]
 fn established<F: Family>(
     key: &FlowKey,
-    hash: u32,
-    sets: u32,
+    ct: *mut ConntrackValue,
     syn_only: bool,
     now: u64,
     timeouts: &FlowTimeouts,
 ) -> Option<Choice<F>> {
-    let ct = flowtable::find(key, hash, sets)?;
     // SAFETY: value pointer the flow table just returned; fields read by
     // value, the address as one word (it is 4-aligned in the value). Only
     // what the backend check needs is read before the backend's lookup:
@@ -126,11 +124,14 @@ fn established<F: Family>(
     None
 }
 
-/// `client` is the client's address (`key.src`), `syn_only` says the
-/// packet is a TCP SYN without ACK, `hash` is the flow's hash
-/// (`flow::table::key_hash` of `key`: its flow-table sets, and its Maglev
-/// slot without affinity), `sends_on` whether a new flow may go to another
-/// node's backend (otherwise: `local_fallback`).
+/// `client` is the client's address (`key.src`; IPv6 passes the key's own
+/// field, not the packet's: a copy of its 16 bytes would sit in 16 stack
+/// slots across the flow table's lookup), `syn_only` says the
+/// packet is a TCP SYN without ACK, `hash` is the flow's tag
+/// (`flow::table::key_hash` of `key`: its flow-table sets; for IPv4 also
+/// its Maglev hash, which an IPv6 flow computes only when the table does
+/// not hold it), `sends_on` whether a new flow may go to another node's
+/// backend (otherwise: `local_fallback`).
 #[expect(
     clippy::too_many_arguments,
     reason = "inlined into its one caller, whose registers these are"
@@ -138,7 +139,7 @@ fn established<F: Family>(
 #[inline(always)]
 pub fn choose<F: Family>(
     key: &FlowKey,
-    client: F::Addr,
+    client: &F::Addr,
     svc: &ServiceValue,
     syn_only: bool,
     now: u64,
@@ -146,19 +147,21 @@ pub fn choose<F: Family>(
     hash: u32,
     sends_on: bool,
 ) -> Result<Choice<F>, DropReason> {
-    if let Some(c) = established::<F>(key, hash, cfg.flow_sets, syn_only, now, &cfg.timeouts) {
+    if let Some(ct) = flowtable::find_any::<F>(key, hash, cfg)
+        && let Some(c) = established::<F>(key, ct, syn_only, now, &cfg.timeouts)
+    {
         return Ok(c);
     }
     // The planner sets the flag with no entries when the service allows no
     // range of the client's family: the lookup misses, every client denied.
-    if svc.flags & service_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.id, &client) {
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.id, client) {
         return Err(DropReason::SourceRange);
     }
     if svc.maglev_len == 0 {
         return Err(DropReason::NoBackend);
     }
     let hash = if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = F::affinity_key(svc.id, &client);
+        let akey = F::affinity_key(svc.id, client);
         if let Some(a) = AFFINITY.get_ptr_mut(akey) {
             // SAFETY: value pointer the map just returned; fields read by value.
             let (last, id, ip) = unsafe {
@@ -184,9 +187,9 @@ pub fn choose<F: Family>(
                 });
             }
         }
-        F::client_hash(cfg.hash_seed, &client)
+        F::client_hash(cfg.hash_seed, client)
     } else {
-        hash
+        F::maglev_hash(cfg.hash_seed, key, hash)
     };
     let slot = svc.maglev_offset.wrapping_add(hash % svc.maglev_len);
     let Some(id) = MAGLEV.get_ptr(slot) else {
@@ -205,7 +208,7 @@ pub fn choose<F: Family>(
         local_fallback::<F>(svc).ok_or(DropReason::NotAnnouncer)?
     };
     if svc.flags & service_flags::AFFINITY != 0 {
-        let akey = F::affinity_key(svc.id, &client);
+        let akey = F::affinity_key(svc.id, client);
         let aval = AffinityValue::new(id, F::wide(&F::addr(&b)), now);
         // Best effort: without the entry the next flow hashes to the same
         // backend anyway (client hash), unless the table changed.

@@ -132,7 +132,7 @@ fn flow_path(
     // With direct return only the announcer sends new flows on to other
     // nodes (see `ingress`).
     let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-    let choice = service::choose::<V6>(key, ip.src, svc, syn_only, now, cfg, hash, sends_on);
+    let choice = service::choose::<V6>(key, &key.src, svc, syn_only, now, cfg, hash, sends_on);
     service::stage_hash(s, hash);
     let (backend_id, b, ct, state) = match choice {
         Ok(Choice::Established {

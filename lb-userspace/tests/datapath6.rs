@@ -10,10 +10,17 @@ mod support;
 
 use aya::maps::{HashMap, MapData, ProgramArray, lpm_trie::Key};
 use lb_common::{
-    AnnounceState, ArpStats, BackendValue6, Counter as C, DropReason as D, FlowKey, HostKey,
-    Ipv6Key, LearnedMac, ServiceKey6, ServiceValue, SourceRangeData6, VipValue, backend_flags,
-    flow::tcp_state, maps as m, proto, service_flags, vip_flags,
+    AnnounceState, ArpStats, BackendValue6, ConntrackValue, Counter as C, DropReason as D, FlowKey,
+    HostKey, Ipv6Key, LearnedMac, ServiceKey6, ServiceValue, SourceRangeData6, VipValue,
+    backend_flags, config_flags,
+    flow::{
+        Front, LocalEndpointKey, LocalFronts, front_state,
+        table::{key_hash, legacy_tag},
+        tcp_state,
+    },
+    maps as m, proto, service_flags, vip_flags,
 };
+use lb_userspace::dataplane::flows;
 use onehop_testrun::frame6::{Frame6, icmp6, l4_checksum6, l4_verifies6, pseudo_sum6, tcp6, udp6};
 use support::{packet::Rng, *};
 
@@ -777,6 +784,130 @@ fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip(
             "the query"
         );
         assert_eq!(lb.traffic(m::BACKEND_STATS, LOCAL_ID).0, 3);
+    });
+}
+
+/// Records `[VIP6]:80` as a front of `pod`'s TCP endpoint, as its flows'
+/// first packet did (`local_fronts`): replies from the pod are looked for
+/// through it.
+fn recorded_front(lb: &mut Lb, pod: [u8; 16]) {
+    let mut fronts = LocalFronts::default();
+    fronts.fronts[0] = Front {
+        state: front_state::READY,
+        vip: VIP6,
+        port: 80,
+        _pad: [0; 6],
+    };
+    lb.h.maps_mut()
+        .local_fronts
+        .insert(LocalEndpointKey::v6(pod, POD_PORT, proto::TCP), fronts, 0)
+        .expect("local_fronts");
+}
+
+/// A flow that an earlier version wrote, in the table the agent adopted at
+/// its upgrade: its slot carries the tag of then, the flow's Maglev hash
+/// (`flow::table::legacy_tag`), in that tag's sets. While the config says
+/// the table may hold such flows (`config_flags::LEGACY_TAGS6`, which the
+/// agent sets on adoption), its packets find it and keep its pod, which
+/// the service's Maglev table does not name; its replies leave from the
+/// VIP; user space finds it; no second slot is written for it. A new flow
+/// takes a slot under today's tag. Once the flag is off (the sweeper found
+/// no such flow live), a slot of the old tag is no longer looked for.
+#[test]
+fn an_ipv6_flow_an_earlier_version_wrote_keeps_its_pod_after_the_upgrade() {
+    const OLD_POD: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0d];
+    const OLD_ID: u32 = 55;
+    with_lb6(|lb| {
+        let local = backend_flags::VALID | backend_flags::LOCAL;
+        lb.h.maps_mut()
+            .backends6
+            .insert(
+                OLD_ID,
+                BackendValue6::new(OLD_POD, [0; 16], POD_PORT, local),
+                0,
+            )
+            .expect("backends6");
+        let key = FlowKey::v6(CLIENT6, VIP6, 40100, 80, proto::TCP);
+        let config = lb.h.maps().config().expect("config");
+        let seed = config.hash_seed;
+        let legacy = |flags| config.with_flags(flags);
+        lb.h.maps_mut()
+            .put_config(legacy(config.flags | config_flags::LEGACY_TAGS6))
+            .expect("config");
+        let old_tag = legacy_tag(seed, &key).expect("an IPv6 flow had another tag");
+        assert_ne!(old_tag, key_hash(seed, &key));
+        // Seconds ago: the data path refreshes an entry's stamp at most
+        // once a second.
+        let then = ktime_ns().saturating_sub(3_000_000_000);
+        let entry = ConntrackValue::new(
+            OLD_ID,
+            OLD_POD,
+            SERVICE_ID,
+            0,
+            0,
+            tcp_state::ESTABLISHED,
+            then,
+        );
+        flows::put_tagged(lb.h.maps_mut(), &key, entry, old_tag).expect("the old slot");
+        recorded_front(lb, OLD_POD);
+
+        let ack = tcp_to_vip(40100, 80, 0x10, b"more");
+        for _ in 0..2 {
+            let out = lb.expect("ACK", &ack, XDP_PASS, Want::C(C::LocalEstablished));
+            assert_eq!(addrs(&out), (CLIENT6, OLD_POD), "its own pod, not Maglev's");
+            assert!(l4_verifies6(&CLIENT6, &OLD_POD, proto::TCP, &out[54..]));
+        }
+        let reply = frame6(
+            OLD_POD,
+            CLIENT6,
+            proto::TCP,
+            tcp6(OLD_POD, POD_PORT, CLIENT6, 40100, 0x10, b""),
+        );
+        let r = lb.run_egress(&reply.build());
+        assert_eq!(
+            addrs(&r.out),
+            (VIP6, CLIENT6),
+            "the reply leaves from the VIP"
+        );
+        assert!(l4_verifies6(&VIP6, &CLIENT6, proto::TCP, &r.out[54..]));
+
+        let ct = lb.conntrack(&key).expect("found under its old tag");
+        assert_eq!((ct.backend_id, ct.backend_ip), (OLD_ID, OLD_POD));
+        assert!(ct.last_seen_ns > then, "the packets refreshed it");
+        let slots = lb.conntrack_entries();
+        assert_eq!(
+            slots.iter().filter(|(k, _)| *k == key).count(),
+            1,
+            "one slot"
+        );
+
+        // A new flow of the same client: today's tag, Maglev's pod.
+        let next = FlowKey::v6(CLIENT6, VIP6, 40101, 80, proto::TCP);
+        let syn = tcp_to_vip(40101, 80, 0x02, b"");
+        let out = lb.expect("SYN", &syn, XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(addrs(&out), (CLIENT6, POD6));
+        let tags = lb.h.maps().flows().expect("flow table").sets_of(&next);
+        let sets: Vec<_> = tags
+            .iter()
+            .map(|&set| lb.h.maps().conntrack.get(&set, 0).expect("a set"))
+            .collect();
+        assert!(
+            sets.iter()
+                .any(|s| s.find(&next, key_hash(seed, &next)).is_some()),
+            "the new flow's slot carries today's tag"
+        );
+
+        // The flag off: another flow of the old tag is not found; its
+        // packet is a flow the table does not hold, Maglev's pod's.
+        lb.h.maps_mut()
+            .put_config(legacy(config.flags & !config_flags::LEGACY_TAGS6))
+            .expect("config");
+        let gone = FlowKey::v6(CLIENT6, VIP6, 40102, 80, proto::TCP);
+        let tag = legacy_tag(seed, &gone).expect("an IPv6 flow had another tag");
+        flows::put_tagged(lb.h.maps_mut(), &gone, entry, tag).expect("the old slot");
+        let syn = tcp_to_vip(40102, 80, 0x02, b"");
+        let out = lb.expect("SYN", &syn, XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(addrs(&out), (CLIENT6, POD6), "not the old slot's pod");
     });
 }
 

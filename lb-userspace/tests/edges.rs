@@ -1245,6 +1245,118 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An upgrade from a version before the IPv6 tag: the restarted agent
+/// adopts a flow table holding a live IPv6 flow under its Maglev hash (as
+/// that version wrote it), so it sets `config_flags::LEGACY_TAGS6`, and
+/// keeps it while its sweeper finds the flow live; once the flow is over,
+/// the flag goes. A first start, on no pins, never sets it.
+#[test]
+fn an_adopted_tables_earlier_ipv6_tags_are_looked_for_until_their_flows_are_over() {
+    use lb_common::{
+        ConntrackValue, FlowKey, config_flags,
+        flow::{table::legacy_tag, tcp_state},
+        proto,
+    };
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let node = topo.node(1);
+    let root = PinRoot::unique("tags").expect("pin root");
+    let dir = std::env::temp_dir().join(format!("onehop-tags-{}", std::process::id()));
+    let log_path = dir.join("agent.log");
+    // Starts the agent and waits for `ready` in its log (15 s at most).
+    let start = |log: &Path, ready: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
+        cmd.args(agent_args(node, root.path(), &dir))
+            .args(["--flow-sweep-interval-secs", "1"])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"));
+        let agent = onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(ready) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no {ready:?} in 15 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    };
+    let pins = PinDir::new(root.path(), "eth0");
+    let legacy =
+        |maps: &Maps| maps.config().expect("config").flags & config_flags::LEGACY_TAGS6 != 0;
+    // Polls `want` for up to 10 s.
+    let within = |maps: &Maps, want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while legacy(maps) != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        legacy(maps) == want
+    };
+    let agent = start(&log_path, "now announcing");
+    let mut maps = Maps::open(&pins).expect("pinned maps");
+    assert!(!legacy(&maps), "a first start adopted nothing");
+    drop(agent);
+
+    let s = 1_000_000_000;
+    let clock = || lb_userspace::dataplane::sweep::now_ns().expect("clock");
+    while clock() < 30 * s {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0x20, 1, 0xd, 0xb8]);
+    a[15] = 9;
+    let key = FlowKey::v6(a, [0xfd; 16], 40000, 80, proto::TCP);
+    let seed = maps.config().expect("config").hash_seed;
+    let tag = legacy_tag(seed, &key).expect("an IPv6 flow had another tag");
+    let flow = |state, last| ConntrackValue::new(0, [0; 16], 0, 0, 0, state, last);
+    lb_userspace::dataplane::flows::put_tagged(
+        &mut maps,
+        &key,
+        flow(tcp_state::ESTABLISHED, clock()),
+        tag,
+    )
+    .expect("the old slot");
+
+    let restart_log = dir.join("agent-restarted.log");
+    let agent = start(&restart_log, "adopted pinned maps");
+    assert!(
+        within(&maps, true),
+        "the adopted table's old tags are not looked for"
+    );
+    // Sweeps every second find the flow live: the flag stays.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(legacy(&maps), "cleared while an old-tagged flow is live");
+    // Closed by both FINs 20 s ago (closing timeout 10 s): over.
+    let closed = tcp_state::ESTABLISHED | tcp_state::BOTH_FIN;
+    lb_userspace::dataplane::flows::put_tagged(
+        &mut maps,
+        &key,
+        flow(closed, clock() - 20 * s),
+        tag,
+    )
+    .expect("the old slot, over");
+    assert!(
+        within(&maps, false),
+        "still looked for after its last flow ended"
+    );
+    let text = std::fs::read_to_string(&restart_log).unwrap_or_default();
+    assert!(
+        text.contains("no live IPv6 flow of an earlier version's tag"),
+        "{text}"
+    );
+    drop(agent);
+    let _ = onehop_testkit::netns::command_in(node.ns(), env!("CARGO_BIN_EXE_onehop"))
+        .args(["cleanup", "--interface", "eth0", "--bpffs-root"])
+        .arg(root.path())
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An IPv6 VIP served end to end from a services file, with real peers: the
 /// client resolves it with `ndisc6` (answered by XDP with the node's MAC),
 /// pings it with `ping -6`, and fetches from the pod behind it with

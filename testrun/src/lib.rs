@@ -97,6 +97,7 @@ impl MapSizes {
             )
             .max,
             flow_sets: lb_common::flow::table::sets_for(self.conntrack),
+            legacy_tags6: false,
         }
     }
 }

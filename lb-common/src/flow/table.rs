@@ -94,11 +94,23 @@ pub const fn ready_with(w: u64, tag: u32) -> bool {
     state_of(w) == slot_state::READY && tag_of(w) == tag
 }
 
-/// A flow's hash: its tag in a slot's word, and (through
-/// [`crate::hash::flow_set`]) its two sets. The Maglev hash of the same
-/// flow, so a new flow computes it once.
+/// A flow's tag: in its slot's word, and (through
+/// [`crate::hash::flow_set`]) its two sets. An IPv4 flow's is its Maglev
+/// hash ([`maglev_hash`]), so a new flow computes one hash. An IPv6 flow's
+/// is [`crate::hash::flow_tag6`], a hash several times cheaper than its
+/// Maglev hash, which only a flow the table does not hold needs.
 #[inline(always)]
 pub const fn key_hash(seed: u32, k: &FlowKey) -> u32 {
+    if k.family == super::family::V6 {
+        return crate::hash::flow_tag6(seed, &k.src, &k.dst, k.sport, k.dport, k.proto);
+    }
+    maglev_hash(seed, k)
+}
+
+/// The hash that picks a new flow's Maglev slot (without session
+/// affinity): the same on every node and in every version.
+#[inline(always)]
+pub const fn maglev_hash(seed: u32, k: &FlowKey) -> u32 {
     if k.family == super::family::V6 {
         return crate::hash::flow_hash6(seed, &k.src, &k.dst, k.sport, k.dport, k.proto);
     }
@@ -110,6 +122,30 @@ pub const fn key_hash(seed: u32, k: &FlowKey) -> u32 {
         k.dport,
         k.proto,
     )
+}
+
+/// The tag an earlier version gave the flow of `k`, when it differs from
+/// [`key_hash`]'s: an IPv6 flow's Maglev hash (before the IPv6 tag was
+/// [`crate::hash::flow_tag6`]). A flow written then, in a table the agent
+/// adopted at its upgrade, is found under that tag: the data path and user
+/// space look there when the flow's own tag finds nothing, so the
+/// connection keeps its backend (and its NAT port) across the upgrade.
+/// Such slots are never written again; they end as any flow does.
+#[inline(always)]
+pub const fn legacy_tag(seed: u32, k: &FlowKey) -> Option<u32> {
+    if k.family == super::family::V6 {
+        return Some(maglev_hash(seed, k));
+    }
+    None
+}
+
+/// Whether a slot tagged `tag` holding `k` was written by a version before
+/// today's tag of its family (see [`legacy_tag`]).
+pub const fn is_legacy(seed: u32, tag: u32, k: &FlowKey) -> bool {
+    match legacy_tag(seed, k) {
+        Some(old) => old == tag && tag != key_hash(seed, k),
+        None => false,
+    }
 }
 
 /// Sets of a table meant to hold `entries` flows.
@@ -190,6 +226,30 @@ mod tests {
 
     const T: FlowTimeouts = FlowTimeouts::new(60, 21_600, 10, 30, 5, 2);
     const NOW: u64 = 100_000 * NS_PER_SEC;
+
+    /// An IPv4 flow's tag is its Maglev hash; an IPv6 flow's is not, and
+    /// its earlier tag is its Maglev hash.
+    #[test]
+    fn tags_and_maglev_hashes_by_family() {
+        let v4 = FlowKey::v4([10, 0, 0, 1], [192, 0, 2, 10], 40000, 80, proto::TCP);
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[15] = 1;
+        let v6 = FlowKey::v6(a, [0x20; 16], 40000, 80, proto::TCP);
+        for seed in [1, crate::hash::PUBLIC_SEED] {
+            assert_eq!(key_hash(seed, &v4), maglev_hash(seed, &v4));
+            assert_eq!(legacy_tag(seed, &v4), None);
+            assert_ne!(key_hash(seed, &v6), maglev_hash(seed, &v6));
+            assert_eq!(legacy_tag(seed, &v6), Some(maglev_hash(seed, &v6)));
+            assert!(is_legacy(seed, maglev_hash(seed, &v6), &v6));
+            assert!(!is_legacy(seed, key_hash(seed, &v6), &v6));
+            assert!(!is_legacy(seed, key_hash(seed, &v4), &v4));
+            assert_eq!(
+                maglev_hash(seed, &v6),
+                crate::hash::flow_hash6(seed, &v6.src, &v6.dst, 40000, 80, proto::TCP)
+            );
+        }
+    }
 
     #[test]
     fn words_keep_tag_generation_and_state_apart() {

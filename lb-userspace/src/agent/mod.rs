@@ -325,6 +325,14 @@ fn releasable(
         .collect()
 }
 
+/// Whether the sweeper's last report shows the adopted flow table without
+/// a live IPv6 flow of an earlier version's tag (none yet: not known).
+/// Every report is of a sweep after this agent's programs took over, so
+/// no such flow is written after it.
+fn legacy_tags_over(report: Option<&sweep::FlowReport>) -> bool {
+    report.is_some_and(|r| !r.legacy_tags6)
+}
+
 impl MapOwner {
     fn node(&self, file: &NodeServices) -> Result<Node> {
         let ip = file.node_ip.or(self.iface.ipv4).with_context(|| {
@@ -389,13 +397,30 @@ impl MapOwner {
     }
 
     /// Frees the retired backend slots whose flows are over (or that have
-    /// drained for the maximum time) by applying the last input again.
-    /// Call it now and then: nothing else frees them while the input stays.
+    /// drained for the maximum time), and ends the data path's second look
+    /// for IPv6 flows of an earlier version's tag once none is left, by
+    /// applying the last input again. Call it now and then: nothing else
+    /// does either while the input stays.
     pub fn release_drained(&mut self) {
         let Some(file) = self.applied.clone() else {
             return;
         };
-        if self.releasable().is_empty() {
+        let legacy_over = self.limits.legacy_tags6 && {
+            let report = match self.flows.lock() {
+                Ok(r) => r,
+                Err(e) => e.into_inner(),
+            };
+            legacy_tags_over(report.as_ref())
+        };
+        if legacy_over {
+            info!(
+                "no live IPv6 flow of an earlier version's tag is left in the flow table: \
+                 new IPv6 flows no longer look for one"
+            );
+            self.limits.legacy_tags6 = false;
+            // The same input plans another config now.
+            self.applied = None;
+        } else if self.releasable().is_empty() {
             return;
         }
         if let Err(e) = self.apply(&file) {
@@ -772,6 +797,9 @@ impl MapOwner {
             maglev_slots: maps.maglev.len(),
             half_open_max: opts.half_open_max,
             flow_sets: maps.flow_sets(),
+            // An adopted table may hold flows an earlier version tagged;
+            // the sweeper tells when none is left (`release_drained`).
+            legacy_tags6: dataplane.adopted,
             ..Limits::default()
         };
         let health = Arc::new(metrics::Health::default());
@@ -869,6 +897,18 @@ mod tests {
     }
 
     #[test]
+    fn the_look_for_earlier_tags_ends_with_a_sweep_that_found_none_live() {
+        let report = |legacy_tags6| sweep::FlowReport {
+            started: Instant::now(),
+            tcp_backends: BTreeSet::new(),
+            legacy_tags6,
+        };
+        assert!(!legacy_tags_over(None), "no sweep yet");
+        assert!(!legacy_tags_over(Some(&report(true))));
+        assert!(legacy_tags_over(Some(&report(false))));
+    }
+
+    #[test]
     fn retired_slots_go_once_a_settled_sweep_finds_no_flow_or_after_max_drain() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
@@ -877,6 +917,7 @@ mod tests {
         let report = |after: Duration, live: &[u32]| sweep::FlowReport {
             started: t0 + after,
             tcp_backends: live.iter().copied().collect(),
+            legacy_tags6: false,
         };
         // No sweep yet: nothing goes before the maximum drain time.
         assert!(releasable(&retired, None, t0 + s(50), max).is_empty());

@@ -13,7 +13,8 @@ use aya::maps::{Array, IterableMap as _, MapData};
 use lb_common::{
     ConntrackValue, FlowKey,
     flow::table::{
-        CHOICES, FlowSet, FlowSlot, WAYS, key_hash, next_generation, slot_state, state_of, word,
+        CHOICES, FlowSet, FlowSlot, WAYS, is_legacy, key_hash, legacy_tag, next_generation,
+        slot_state, state_of, tag_of, word,
     },
     hash::flow_set,
 };
@@ -47,20 +48,33 @@ impl Maps {
 impl Flows<'_> {
     /// The two sets `key` may live in.
     pub fn sets_of(&self, key: &FlowKey) -> [u32; 2] {
-        let (h, n) = (key_hash(self.seed, key), self.table.len());
-        [flow_set(h, 0, n), flow_set(h, 1, n)]
+        self.sets_of_tag(key_hash(self.seed, key))
+    }
+
+    /// The two sets of a flow tagged `tag`.
+    fn sets_of_tag(&self, tag: u32) -> [u32; 2] {
+        let n = self.table.len();
+        [flow_set(tag, 0, n), flow_set(tag, 1, n)]
+    }
+
+    /// The tags `key`'s slot may have, in the order the data path looks:
+    /// its own, then the one an earlier version gave it
+    /// (`flow::table::legacy_tag`).
+    fn tags(&self, key: &FlowKey) -> impl Iterator<Item = u32> {
+        core::iter::once(key_hash(self.seed, key)).chain(legacy_tag(self.seed, key))
     }
 
     /// The flow of `key`, as the data path would find it (over or not).
     pub fn get(&self, key: &FlowKey) -> Result<Option<ConntrackValue>> {
-        let tag = key_hash(self.seed, key);
-        for set in self.sets_of(key) {
-            let s = self
-                .table
-                .get(&set, 0)
-                .with_context(|| format!("reading flow set {set}"))?;
-            if let Some(i) = s.find(key, tag) {
-                return Ok(Some(s.slots[i].value));
+        for tag in self.tags(key) {
+            for set in self.sets_of_tag(tag) {
+                let s = self
+                    .table
+                    .get(&set, 0)
+                    .with_context(|| format!("reading flow set {set}"))?;
+                if let Some(i) = s.find(key, tag) {
+                    return Ok(Some(s.slots[i].value));
+                }
             }
         }
         Ok(None)
@@ -71,6 +85,23 @@ impl Flows<'_> {
     pub fn all(&self) -> Result<Vec<FlowSlot>> {
         let mut out = Vec::new();
         self.each_set(|_, s| out.extend(s.flows().copied()))?;
+        Ok(out)
+    }
+
+    /// [`Self::all`], each slot with whether an earlier version wrote it
+    /// under another tag (`flow::table::is_legacy`).
+    pub fn all_marked(&self) -> Result<Vec<(FlowSlot, bool)>> {
+        let mut out = Vec::new();
+        self.each_set(|_, s| {
+            out.extend(
+                (0..WAYS)
+                    .filter(|&i| state_of(s.words[i]) == slot_state::READY)
+                    .map(|i| {
+                        let tag = tag_of(s.words[i]);
+                        (s.slots[i], is_legacy(self.seed, tag, &s.slots[i].key))
+                    }),
+            );
+        })?;
         Ok(out)
     }
 
@@ -93,9 +124,14 @@ impl Flows<'_> {
 /// documentation): over its own slot, else into the first empty slot of
 /// its two sets. Fails when both are full.
 pub fn put(maps: &mut Maps, key: &FlowKey, value: ConntrackValue) -> Result<()> {
-    let seed = maps.config()?.hash_seed;
-    let tag = key_hash(seed, key);
-    let sets = maps.flows()?.sets_of(key);
+    let tag = key_hash(maps.config()?.hash_seed, key);
+    put_tagged(maps, key, value, tag)
+}
+
+/// [`put`] with the slot tagged `tag` and in that tag's sets: tests write
+/// a flow as an earlier version did (`flow::table::legacy_tag`).
+pub fn put_tagged(maps: &mut Maps, key: &FlowKey, value: ConntrackValue, tag: u32) -> Result<()> {
+    let sets = maps.flows()?.sets_of_tag(tag);
     let mut free = None;
     for set in sets {
         let s = maps.conntrack.get(&set, 0).context("reading a flow set")?;
@@ -147,9 +183,11 @@ fn write_slot(
 
 /// Empties `key`'s slot; false when it had none (tests and benches).
 pub fn remove(maps: &mut Maps, key: &FlowKey) -> Result<bool> {
-    let seed = maps.config()?.hash_seed;
-    let tag = key_hash(seed, key);
-    for set in maps.flows()?.sets_of(key) {
+    let flows = maps.flows()?;
+    let found = flows
+        .tags(key)
+        .flat_map(|tag| flows.sets_of_tag(tag).map(|set| (tag, set)));
+    for (tag, set) in found.collect::<Vec<_>>() {
         let mut s = maps.conntrack.get(&set, 0).context("reading a flow set")?;
         if let Some(i) = s.find(key, tag) {
             s.words[i] = word(0, next_generation(s.words[i]), slot_state::EMPTY);

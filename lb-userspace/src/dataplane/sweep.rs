@@ -61,6 +61,10 @@ pub struct FlowReport {
     /// Backend ids of the live TCP flows. UDP flows do not hold a retired
     /// slot: the data path moves them off it (`backend_flags::GONE`).
     pub tcp_backends: BTreeSet<u32>,
+    /// Whether a live flow's slot carries an earlier version's tag
+    /// (`flow::table::is_legacy`): while one does, the data path must look
+    /// for flows under it too (`config_flags::LEGACY_TAGS6`).
+    pub legacy_tags6: bool,
 }
 
 /// The last report of the sweeper thread, for the agent.
@@ -236,13 +240,13 @@ pub fn delete_rev_if_stamp(
 }
 
 /// One sweep of `conntrack`, `rev_nat` and `affinity` at `now`; fills
-/// `tcp_backends` with the backend ids of the TCP flows that go on. `sweep`
-/// is the `flow_sweep` program (see [`delete_rev_still_over`]).
+/// `report` with what the flows that go on need. `sweep` is the
+/// `flow_sweep` program (see [`delete_rev_still_over`]).
 pub fn sweep(
     maps: &mut Maps,
     sweep: BorrowedFd<'_>,
     now: u64,
-    tcp_backends: &mut BTreeSet<u32>,
+    report: &mut FlowReport,
 ) -> Result<Swept> {
     let t = maps.config()?.timeouts;
     // Both families' services: their ids are one space, and an IPv6
@@ -256,10 +260,18 @@ pub fn sweep(
         .collect();
     // The flow table keeps dead flows until new ones reuse their slots
     // (a write from here could race the data path's claims): only read.
-    for f in maps.flows()?.all().context("reading the flow table")? {
-        if f.key.proto == proto::TCP && !conntrack_over(&f.key, &f.value, now, &t) {
-            tcp_backends.insert(f.value.backend_id);
+    for (f, legacy) in maps
+        .flows()?
+        .all_marked()
+        .context("reading the flow table")?
+    {
+        if conntrack_over(&f.key, &f.value, now, &t) {
+            continue;
         }
+        if f.key.proto == proto::TCP {
+            report.tcp_backends.insert(f.value.backend_id);
+        }
+        report.legacy_tags6 |= legacy;
     }
     let rev_over = |k: &FlowKey, v: &RevNatValue| rev_nat_over(k, v, now, &t);
     let dead = dead_keys(&maps.rev_nat, rev_over);
@@ -288,16 +300,15 @@ pub fn spawn(
         .spawn(move || {
             loop {
                 std::thread::sleep(interval);
-                let started = Instant::now();
-                let mut tcp_backends = BTreeSet::new();
-                let result = now_ns()
-                    .and_then(|now| sweep(&mut maps, sweep_prog.as_fd(), now, &mut tcp_backends));
+                let mut report = FlowReport {
+                    started: Instant::now(),
+                    tcp_backends: BTreeSet::new(),
+                    legacy_tags6: false,
+                };
+                let result =
+                    now_ns().and_then(|now| sweep(&mut maps, sweep_prog.as_fd(), now, &mut report));
                 match result {
                     Ok(s) => {
-                        let report = FlowReport {
-                            started,
-                            tcp_backends,
-                        };
                         match reports.lock() {
                             Ok(mut r) => *r = Some(report),
                             // The agent's side panicked holding it; no one reads it now.

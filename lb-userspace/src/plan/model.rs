@@ -45,6 +45,9 @@ pub struct Limits {
     /// it: the data path's modulus for a flow's set
     /// (`DatapathConfig::flow_sets`).
     pub flow_sets: u32,
+    /// The adopted flow table may still hold live IPv6 flows of a version
+    /// before the IPv6 tag (`config_flags::LEGACY_TAGS6`).
+    pub legacy_tags6: bool,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             )
             .max,
             flow_sets: lb_common::flow::table::sets_for(maps::CONNTRACK_MAX),
+            legacy_tags6: false,
         }
     }
 }

@@ -679,6 +679,18 @@ enum Tables {
     ReuseUnchanged,
 }
 
+/// The data path's [`config_flags`] for `file` on a node with `limits`.
+fn config_flags_of(file: &NodeServices, limits: &Limits) -> u16 {
+    let mut flags = 0;
+    if file.direct_return.on() {
+        flags |= config_flags::DIRECT_RETURN;
+    }
+    if limits.legacy_tags6 {
+        flags |= config_flags::LEGACY_TAGS6;
+    }
+    flags
+}
+
 fn plan_with(
     prev: &DataplaneState,
     file: &NodeServices,
@@ -731,11 +743,7 @@ fn plan_with(
         .with_hash_seed(node.hash_seed)
         .with_flow_sets(limits.flow_sets)
         .with_node_ip6(node.ip6.map_or([0; 16], |a| a.octets()))
-        .with_flags(if file.direct_return.on() {
-            config_flags::DIRECT_RETURN
-        } else {
-            0
-        }),
+        .with_flags(config_flags_of(file, limits)),
         ..DataplaneState::default()
     };
     (state.vips, state.vips6) = plan_vips(file, node);

@@ -300,6 +300,26 @@ fn a_service_gaining_backends_never_shares_another_services_table() {
     plan_ok(&second, &two(""));
 }
 
+/// An adopted table that may hold IPv6 flows of an earlier tag gets the
+/// config flag that makes the data path look there; nothing else changes,
+/// and the flag goes when the limits say the last such flow is over.
+#[test]
+fn an_adopted_tables_earlier_tags_are_in_the_config_until_they_are_over() {
+    let before = Limits {
+        legacy_tags6: true,
+        ..limits()
+    };
+    let a = plan(&DataplaneState::default(), &parse(FILE), &NODE, &before).unwrap();
+    assert_eq!(a.config.flags, config_flags::LEGACY_TAGS6);
+    let b = plan(&a, &parse(FILE), &NODE, &limits()).unwrap();
+    assert_eq!(b.config.flags, 0);
+    assert_eq!(
+        crate::plan::diff::diff(&a, &b).len(),
+        1,
+        "only the config is written"
+    );
+}
+
 #[test]
 fn node_changes_update_flags_and_config() {
     let a = plan_ok(&DataplaneState::default(), &parse(FILE));
