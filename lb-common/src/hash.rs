@@ -168,9 +168,9 @@ pub const fn flow_hash6_words(
 /// The flow-table tag of an IPv6 flow ([`crate::flow::table::key_hash`]).
 ///
 /// Not [`flow_hash6`]: its nine `MurmurHash3` rounds (29 multiplications,
-/// some 130 BPF instructions) were a third of `lb_service6`'s time for an
-/// established flow, and `xxHash32`, shallower but about as many
-/// instructions, was no faster. This is one pass of NH (the hash of UMAC
+/// a rotation in each step, which BPF has no instruction for) were a third
+/// of `lb_service6`'s time for an established flow, and `xxHash32`,
+/// shallower but about as many instructions, was no faster. This is one pass of NH (the hash of UMAC
 /// and VHASH): the words in pairs, each word plus a key, the two
 /// multiplied into 64 bits, the products summed; the two halves folded,
 /// then `MurmurHash3`'s finaliser. Seven multiplications in all. The keys
@@ -262,11 +262,12 @@ pub const fn flow_tag6(
 )]
 #[inline(always)]
 const fn le_words(a: &[u8; 16]) -> [u32; 4] {
+    let w = words(a);
     [
-        u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
+        w[0].swap_bytes(),
+        w[1].swap_bytes(),
+        w[2].swap_bytes(),
+        w[3].swap_bytes(),
     ]
 }
 

@@ -1135,6 +1135,23 @@ fn pin_directory_is_created_private_and_foreign_or_open_ones_are_refused() {
     assert!(loader::cleanup(root.path(), "eth0").expect("cleanup"));
 }
 
+/// The agent of [`agent_args`] with a flow sweep every second, logging to
+/// `log`.
+fn spawn_sweeping_agent(
+    node: &onehop_testkit::topology::Node,
+    root: &Path,
+    dir: &Path,
+    log: &Path,
+) -> onehop_testkit::netns::ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
+    cmd.args(agent_args(node, root, dir))
+        .args(["--flow-sweep-interval-secs", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent")
+}
+
 /// The agent's flow sweeper deletes expired entries from the pinned maps
 /// (by the same rules and timeouts as the data path) and leaves live ones,
 /// and the reverse entry of a flow closed by both FINs while its backend
@@ -1152,13 +1169,7 @@ fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     let root = PinRoot::unique("sweep").expect("pin root");
     let dir = std::env::temp_dir().join(format!("onehop-sweep-{}", std::process::id()));
     let log_path = dir.join("agent.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
-    cmd.args(agent_args(node, root.path(), &dir))
-        .args(["--flow-sweep-interval-secs", "1"])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).expect("log file"));
-    let mut agent = onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent");
+    let mut agent = spawn_sweeping_agent(node, root.path(), &dir, &log_path);
     assert!(
         announces(&mut agent, &log_path),
         "{}",
@@ -1268,13 +1279,7 @@ fn an_adopted_tables_earlier_ipv6_tags_are_looked_for_until_their_flows_are_over
     let log_path = dir.join("agent.log");
     // Starts the agent and waits for `ready` in its log (15 s at most).
     let start = |log: &Path, ready: &str| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onehop"));
-        cmd.args(agent_args(node, root.path(), &dir))
-            .args(["--flow-sweep-interval-secs", "1"])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).expect("log file"));
-        let agent = onehop_testkit::netns::spawn_in(node.ns(), cmd).expect("spawn the agent");
+        let agent = spawn_sweeping_agent(node, root.path(), &dir, log);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let text = std::fs::read_to_string(log).unwrap_or_default();
