@@ -170,12 +170,12 @@ pub const fn flow_hash6_words(
 /// Not [`flow_hash6`]: its nine `MurmurHash3` rounds (29 multiplications,
 /// a rotation in each step, which BPF has no instruction for) were a third
 /// of `lb_service6`'s time for an established flow, and `xxHash32`,
-/// shallower but about as many instructions, was no faster. This is one pass of NH (the hash of UMAC
-/// and VHASH): the words in pairs, each word plus a key, the two
-/// multiplied into 64 bits, the products summed; the two halves folded,
-/// then `MurmurHash3`'s finaliser. Seven multiplications in all. The keys
-/// are the seed with one constant each, so the tag stays the cluster
-/// secret's.
+/// shallower but about as many instructions, was no faster. This is one
+/// pass of NH (the hash of UMAC and VHASH): the words in pairs, each word
+/// plus a key, the two multiplied into 64 bits, the products summed; the
+/// two halves folded, then `MurmurHash3`'s finaliser. Seven
+/// multiplications in all. The keys are the seed with one constant each,
+/// so the tag stays the cluster secret's.
 ///
 /// A tag is the node's own: which two sets a flow's slot is in, and which
 /// slots to compare keys with. Maglev keeps [`flow_hash6`]: the backend a
@@ -503,8 +503,8 @@ mod tests {
                     load[flow_set(tag, 0, SETS) as usize] += 1;
                     moved += u32::from(flow_tag6(seed ^ 1, &s, &dst, port, 443, 6) != tag);
                 }
-                // 64 a set on average; binomial, so a set above 110 or
-                // below 28 is a one-in-a-billion event for random tags.
+                // 64 a set on average; with random tags, some set of the
+                // 1,024 above 110 or below 28 has a chance of 2 in 10,000.
                 let (lo, hi) = (load.iter().min(), load.iter().max());
                 assert!(
                     lo >= Some(&28) && hi <= Some(&110),

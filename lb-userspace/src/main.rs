@@ -159,7 +159,9 @@ struct DataplaneArgs {
     #[arg(long)]
     backend_stats_size: Option<u32>,
     /// Seconds between sweeps that delete expired flow entries (the data
-    /// path never relies on them; they keep the tables free of dead flows).
+    /// path never relies on them; they keep the tables free of dead flows)
+    /// and tell when an adopted flow table holds no live IPv6 flow of an
+    /// earlier version's tag.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     flow_sweep_interval_secs: u64,
     /// Longest time (seconds) a backend gone from its service keeps its slot

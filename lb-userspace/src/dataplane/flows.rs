@@ -59,7 +59,8 @@ impl Flows<'_> {
 
     /// The tags `key`'s slot may have, in the order the data path looks:
     /// its own, then the one an earlier version gave it
-    /// (`flow::table::legacy_tag`).
+    /// (`flow::table::legacy_tag`; the data path looks there only while
+    /// `config_flags::LEGACY_TAGS6` is on).
     fn tags(&self, key: &FlowKey) -> impl Iterator<Item = u32> {
         core::iter::once(key_hash(self.seed, key)).chain(legacy_tag(self.seed, key))
     }
