@@ -49,7 +49,18 @@ fn every_path_balances_to_local_and_remote_pods() {
     let _sinks = load::udp_sinks(&world.topo, paths::UDP_TARGET_PORT).expect("udp sinks");
     // GRO (so NAPI) on on the nodes' eth0 from here on: the socket generator works with it
     // too, and the XDP generator needs it for the paths without an XDP program.
-    let xdp = XdpGen::new(&world.topo).expect("xdp generator");
+    let mut xdp = XdpGen::new(&world.topo).expect("xdp generator");
+    // The socket generator and HTTP still check every path where the kernel refuses it.
+    let refused = xdp.live_frames_refused();
+    if let Some(why) = &refused {
+        // Past the test harness's capture: the log of a passing run must say so too.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "paths: the XDP generator's checks are skipped, this kernel refuses it: {why}"
+        );
+    }
+    let xdp = refused.is_none().then_some(xdp);
     let services = paths::services(&world.topo, 10);
     assert_eq!(services.len(), 10);
     for path in paths::all() {
@@ -77,22 +88,26 @@ fn every_path_balances_to_local_and_remote_pods() {
             load::send(&world.topo, &inst.udp, Flows::New, Some(4000), window)
         });
         assert_spread(name, "socket", &per_pod);
-        let per_pod = udp_delivered(&world, &format!("{name}, xdp generator"), || {
-            xdp.send(&world.topo, &inst.udp, Flows::New, Some(4000), window)
-        });
-        assert_spread(name, "xdp", &per_pod);
-        udp_delivered(&world, &format!("{name}, xdp generator, one flow"), || {
-            xdp.send(
-                &world.topo,
-                &inst.udp,
-                Flows::One { sport: 40_000 },
-                Some(4000),
-                window,
-            )
-        });
-        check_pinned(&world, &xdp, &inst, name);
+        if let Some(xdp) = &xdp {
+            let per_pod = udp_delivered(&world, &format!("{name}, xdp generator"), || {
+                xdp.send(&world.topo, &inst.udp, Flows::New, Some(4000), window)
+            });
+            assert_spread(name, "xdp", &per_pod);
+            udp_delivered(&world, &format!("{name}, xdp generator, one flow"), || {
+                xdp.send(
+                    &world.topo,
+                    &inst.udp,
+                    Flows::One { sport: 40_000 },
+                    Some(4000),
+                    window,
+                )
+            });
+            check_pinned(&world, xdp, &inst, name);
+        }
         check_short_tcp(&world, &inst, name);
-        check_remote_service(&world, &xdp, &inst, name);
+        if let Some(xdp) = &xdp {
+            check_remote_service(&world, xdp, &inst, name);
+        }
         drop(inst);
     }
 }

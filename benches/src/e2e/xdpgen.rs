@@ -205,6 +205,36 @@ pub struct XdpGen {
 }
 
 impl XdpGen {
+    /// Why this kernel will not run XDP programs on live frames
+    /// (`BPF_F_TEST_XDP_LIVE_FRAMES`) for the generator, if it will not: some
+    /// sandboxes refuse it even to root, with `EPERM` for a program that only
+    /// returns `XDP_PASS`. Probed with the object's `xdp_pass` on one zeroed
+    /// frame, in the client's namespace (the frame ends in its loopback's
+    /// stack, which drops it).
+    pub fn live_frames_refused(&mut self) -> Option<String> {
+        let probe = (|| -> Result<()> {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut("xdp_pass")
+                .context("xdp_pass missing from the object")?
+                .try_into()?;
+            prog.load().context("loading xdp_pass")?;
+            let prog: &Xdp = prog;
+            let data = [0u8; FRAME_LEN];
+            in_netns(&self.client_ns, || {
+                prog.test_run(TestRunOptions {
+                    data_in: Some(&data),
+                    repeat: 1,
+                    attrs: TestRunAttrs::new().xdp_live_frames(1),
+                    ..TestRunOptions::default()
+                })
+                .context("BPF_PROG_TEST_RUN of xdp_pass on a live frame")
+            })??;
+            Ok(())
+        })();
+        probe.err().map(|e| format!("{e:#}"))
+    }
+
     /// Loads `bench_xdpgen`, points one port per node at the node's LAN-side veth and turns
     /// GRO on on every node's `eth0`.
     pub fn new(topo: &Topology) -> Result<Self> {
