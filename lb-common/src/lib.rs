@@ -284,8 +284,8 @@ impl BackendValue {
     }
 }
 
-/// Value of the `backends6` hash, keyed by backend id (`u32`): an IPv6
-/// backend. The ids are those of [`BackendValue`] (one space for both
+/// Value of the `backends6` array, indexed by backend id: an IPv6 backend
+/// (a slot without [`backend_flags::VALID`] holds none). The ids are those of [`BackendValue`] (one space for both
 /// families, so `backend_stats` and the flow entries need no family); an
 /// IPv6 backend's id has no valid entry in `backends`.
 #[repr(C)]

@@ -214,10 +214,15 @@ macro_rules! product_maps {
             /// tables and backend ids share the IPv4 ones' spaces.
             SERVICES6 = "services6":
                 HashNoPrealloc<$crate::ServiceKey6, $crate::ServiceValue>[$crate::maps::MAX_SERVICES];
-            /// Backend id → [`crate::BackendValue6`] (hash, allocated as
-            /// inserted): IPv6 backends, by the ids of `backends`.
+            /// Backend id → [`crate::BackendValue6`] (array, as `backends`):
+            /// IPv6 backends, by the ids of `backends`; a slot without
+            /// [`crate::backend_flags::VALID`] holds none. An array, not a
+            /// hash, though it costs every node its 10 MiB: every packet of
+            /// an IPv6 flow reads it, and an index is cheaper than hashing
+            /// the key and walking a bucket. An earlier version's hash is
+            /// carried over into it when the agent starts (`dataplane::loader`).
             BACKENDS6 = "backends6":
-                HashNoPrealloc<u32, $crate::BackendValue6>[$crate::maps::MAX_BACKENDS];
+                Array<$crate::BackendValue6>[$crate::maps::MAX_BACKENDS];
             /// LPM trie: `{32 + prefix, SourceRangeData6}` → `u32` (1 = allowed):
             /// `src_ranges` for IPv6 clients.
             SRC_RANGES6 = "src_ranges6":

@@ -196,9 +196,11 @@ impl Family for V4 {
     }
 }
 
-/// An IPv6 backend: its entry in `backends6`, in place. A hash map's value
-/// stays valid for the whole run (an update swaps in a new element), and
-/// a copy of its 40 bytes would take stack the IPv6 path has little of.
+/// An IPv6 backend: its entry in `backends6`, in place, because a copy of
+/// its 40 bytes would take stack the IPv6 path has little of. The agent
+/// writes an array's value in place, but no more than a copy would: a copy
+/// is several loads too, the agent changes only the flags of a backend in
+/// use, and gives its id to another pod only once its flows are over.
 #[derive(Clone, Copy)]
 pub struct Backend6(*const BackendValue6);
 
@@ -218,7 +220,7 @@ impl Family for V6 {
     #[inline(always)]
     fn backend(id: u32) -> Option<Backend6> {
         let b = BACKENDS6.get_ptr(id)?;
-        // SAFETY: hash value pointer from the map, valid for this run.
+        // SAFETY: array value pointer from the map, valid for this run.
         (unsafe { (*b).flags } & backend_flags::VALID != 0).then_some(Backend6(b))
     }
     #[inline(always)]
@@ -304,7 +306,7 @@ impl Family for V6 {
     const LEGACY_TAGS: bool = true;
     #[inline(always)]
     fn port_of(id: u32) -> Option<u16> {
-        // SAFETY: hash value pointer; read by value.
+        // SAFETY: array value pointer; read by value.
         BACKENDS6.get_ptr(id).map(|b| unsafe { (*b).port })
     }
 }

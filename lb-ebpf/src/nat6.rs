@@ -153,7 +153,7 @@ fn forward_nat(
         return Outcome::Drop(DropReason::NoBackend);
     };
     // SAFETY: a value pointer `backends6` returned in this run, read in
-    // place (a hash map's value stays valid for the run).
+    // place (see `family::Backend6`).
     let b = unsafe { &*b };
     let Some(s) = conntrack::scratch() else {
         return Outcome::Drop(DropReason::MapUpdate);

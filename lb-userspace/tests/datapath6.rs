@@ -209,7 +209,7 @@ fn provision(lb: &mut Lb) {
         (REMOTE_ID, POD6_REMOTE, node6(PEER_NODE6_ADDR), valid),
     ] {
         backends
-            .insert(id, BackendValue6::new(ip, node, POD_PORT, flags), 0)
+            .set(id, BackendValue6::new(ip, node, POD_PORT, flags), 0)
             .expect("backends6");
     }
     let direct = valid | backend_flags::DIRECT;
@@ -219,7 +219,7 @@ fn provision(lb: &mut Lb) {
         (NO_NEIGH_ID, POD6_REMOTE, node6("2001:db8::77"), direct),
     ] {
         backends
-            .insert(id, BackendValue6::new(ip, node, POD_PORT, flags), 0)
+            .set(id, BackendValue6::new(ip, node, POD_PORT, flags), 0)
             .expect("backends6");
     }
     for (at, id) in [
@@ -821,7 +821,7 @@ fn an_ipv6_flow_an_earlier_version_wrote_keeps_its_pod_after_the_upgrade() {
         let local = backend_flags::VALID | backend_flags::LOCAL;
         lb.h.maps_mut()
             .backends6
-            .insert(
+            .set(
                 OLD_ID,
                 BackendValue6::new(OLD_POD, [0; 16], POD_PORT, local),
                 0,

@@ -343,6 +343,111 @@ fn an_earlier_releases_arp_counters_are_created_anew() {
     );
 }
 
+/// Pins at `at` a map of `backends6`'s key and value sizes, of `kind`
+/// (`bpftool`'s name; a hash is allocated as inserted, as the version before
+/// the array made it), holding `backends`.
+fn create_backends6(at: &Path, kind: &str, backends: &[(u32, lb_common::BackendValue6)]) {
+    use aya::maps::{HashMap, Map, MapData};
+    let flags = if kind == "hash" { "1" } else { "0" };
+    output(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(at)
+            .args(["type", kind, "key", "4", "value", "40", "entries", "262144"])
+            .args(["name", "backends6", "flags", flags]),
+    );
+    if backends.is_empty() {
+        return;
+    }
+    let data = MapData::from_pin(at).expect("the earlier map");
+    let mut earlier: HashMap<MapData, u32, lb_common::BackendValue6> =
+        HashMap::try_from(Map::from_map_data(data).expect("map")).expect("a hash");
+    for (id, b) in backends {
+        earlier.insert(id, b, 0).expect("the earlier hash's entry");
+    }
+}
+
+/// An agent upgraded from a version whose `backends6` was a hash keyed by
+/// backend id (same key and value sizes, another kind) carries its entries
+/// into the new array before any program reads it, so the IPv6 backends
+/// keep their ids, which their flows name: from the hash at its pin, and
+/// from one an earlier start set aside and died before it had copied (with
+/// or without the new array it had created, empty).
+#[test]
+fn an_earlier_versions_ipv6_backends_are_carried_into_the_array() {
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::{BackendValue6, backend_flags};
+    use lb_userspace::dataplane::reader;
+    let topo = Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology");
+    let ns = topo.node(1).ns();
+    let root = PinRoot::unique("backends6").expect("pin root");
+    let pins = PinDir::new(root.path(), "eth0");
+    let aside = pins.entry("backends6_earlier");
+    assert!(!attach_in(ns, root.path()).expect("first attach"));
+    let valid = backend_flags::VALID;
+    let backends: Vec<(u32, BackendValue6)> = [
+        (3, 0x0a, valid | backend_flags::LOCAL),
+        (7, 0x0b, valid | backend_flags::DIRECT),
+        (200_000, 0x0c, valid | backend_flags::DRAINING),
+    ]
+    .into_iter()
+    .map(|(id, last, flags)| {
+        let mut pod = [0xfd, 0, 0, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        pod[15] = last;
+        let node = [0xfd, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12];
+        (id, BackendValue6::new(pod, node, 8080, flags))
+    })
+    .collect();
+    let mut maps = Maps::open(&pins).expect("maps");
+    for (id, b) in &backends {
+        maps.backends6.set(*id, *b, 0).expect("backends6");
+    }
+    let before = reader::read(&maps).expect("read");
+    assert_eq!(
+        before
+            .backends6
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect::<Vec<_>>(),
+        backends
+    );
+    drop(maps);
+    for (at, beside_an_empty_array) in [
+        (pins.entry(maps::BACKENDS6), false),
+        (aside.clone(), false),
+        (aside.clone(), true),
+    ] {
+        let what = format!(
+            "{} (beside an empty array: {beside_an_empty_array})",
+            at.display()
+        );
+        // The programs still attached keep the array they were loaded with.
+        std::fs::remove_file(pins.entry(maps::BACKENDS6)).expect("unpin backends6");
+        if beside_an_empty_array {
+            create_backends6(&pins.entry(maps::BACKENDS6), "array", &[]);
+        }
+        create_backends6(&at, "hash", &backends);
+        assert!(
+            attach_in(ns, root.path()).expect("upgrade attach"),
+            "{what}"
+        );
+        assert!(!aside.exists(), "{what}: the earlier hash is still pinned");
+        let data = MapData::from_pin(pins.entry(maps::BACKENDS6)).expect("backends6");
+        let _: Array<MapData, BackendValue6> =
+            Array::try_from(Map::from_map_data(data).expect("map")).expect("an array");
+        let maps = Maps::open(&pins).expect("the upgraded agent opens every map");
+        assert_eq!(
+            reader::read(&maps).expect("read").backends6,
+            before.backends6,
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn managed_neighbour_gets_resolved_by_the_kernel_and_removed() {
     let topo = Topology::builder()

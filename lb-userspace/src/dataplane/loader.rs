@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, ProgramArray},
+    maps::{Array, HashMap, MapData, ProgramArray},
     programs::{
         LinkOrder, ProgramError, ProgramType, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -38,7 +38,7 @@ use aya::{
     sys::{BpfHelper, SyscallError, is_helper_supported},
 };
 use lb_common::{
-    flow,
+    BackendValue6, flow,
     maps::{self, programs, tc_slot, xdp_slot},
 };
 use tracing::{info, warn};
@@ -126,6 +126,67 @@ pub struct Dataplane {
 /// earlier version with another kind, flags or size (`arp_stats` was a
 /// per-CPU hash of 4,096 entries), they are created anew instead of adopted.
 const REBUILT_ON_CHANGE: [&str; 1] = [maps::ARP_STATS];
+
+/// The pinned `backends6` of an earlier version is a hash (of the same key
+/// and value sizes) where this one has an array. Its entries are state the
+/// agent cannot rebuild: the ids its flows are pinned to. It is set aside
+/// under this name (bpffs refuses names with a dot) before the programs
+/// are loaded (which creates the new array), its entries copied into the
+/// new array before any program that reads it runs, and only then
+/// unpinned: an agent that dies midway carries them over on its next start.
+const EARLIER_BACKENDS6: &str = "backends6_earlier";
+
+/// Sets an earlier version's `backends6` hash aside (see
+/// [`EARLIER_BACKENDS6`]). One set aside already, by a start that did not
+/// finish, stays the source: a `backends6` array beside it is that start's,
+/// written again from it.
+fn set_aside_earlier_backends6(pins: &PinDir) -> Result<()> {
+    let (path, aside) = (pins.entry(maps::BACKENDS6), pins.entry(EARLIER_BACKENDS6));
+    if aside.exists() || !path.exists() {
+        return Ok(());
+    }
+    let info = MapData::from_pin(&path)
+        .and_then(|m| m.info())
+        .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+    if info.map_type().map_or(u32::MAX, |t| t as u32) != maps::MapKind::Hash as u32 {
+        return Ok(());
+    }
+    fs::rename(&path, &aside).with_context(|| {
+        format!(
+            "setting the earlier version's hash {} aside as {}",
+            path.display(),
+            aside.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Copies the entries of an earlier version's `backends6` hash, set aside,
+/// into the `backends6` array the load created, then unpins the hash.
+fn carry_over_earlier_backends6(pins: &PinDir) -> Result<()> {
+    let aside = pins.entry(EARLIER_BACKENDS6);
+    if !aside.exists() {
+        return Ok(());
+    }
+    let earlier: HashMap<MapData, u32, BackendValue6> =
+        super::maps::open_pinned(&aside, EARLIER_BACKENDS6)?;
+    let mut array: Array<MapData, BackendValue6> =
+        super::maps::open_pinned(&pins.entry(maps::BACKENDS6), maps::BACKENDS6)?;
+    let mut n = 0;
+    for item in &earlier {
+        let (id, b) = item.with_context(|| format!("reading {}", aside.display()))?;
+        array
+            .set(id, b, 0)
+            .with_context(|| format!("carrying backend {id} over into backends6"))?;
+        n += 1;
+    }
+    fs::remove_file(&aside).with_context(|| format!("unpinning {}", aside.display()))?;
+    info!(
+        entries = n,
+        "carried the IPv6 backends of an earlier version's backends6 hash into this version's array"
+    );
+    Ok(())
+}
 
 /// Refuses to adopt pinned maps whose layout differs from this build's (the
 /// map table of lb-common): the programs would read garbage. Only `onehop
@@ -294,6 +355,7 @@ pub fn attach(
     private_dir(root)?;
     private_dir(pins.path())?;
     let adopted = pins.exists();
+    set_aside_earlier_backends6(&pins)?;
     check_pinned_layouts(&pins)?;
 
     let mut loader = EbpfLoader::new();
@@ -314,6 +376,9 @@ pub fn attach(
     let mut ebpf = loader
         .load(object::object()?)
         .context("loading the eBPF object")?;
+    // Before any program that reads the new array is put where packets
+    // reach it (`fill_program_arrays`, the link swap).
+    carry_over_earlier_backends6(&pins)?;
 
     let xdp: &mut Xdp = ebpf
         .program_mut(programs::INGRESS)

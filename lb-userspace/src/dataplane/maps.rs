@@ -57,7 +57,7 @@ pub struct Maps {
     pub arp_stats: HashMap<MapData, Ipv4Key, ArpStats>,
     pub vips6: HashMap<MapData, Ipv6Key, VipValue>,
     pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
-    pub backends6: HashMap<MapData, u32, BackendValue6>,
+    pub backends6: Array<MapData, BackendValue6>,
     pub src_ranges6: LpmTrie<MapData, SourceRangeData6, u32>,
     pub ndp_stats: HashMap<MapData, Ipv6Key, ArpStats>,
 }
@@ -73,8 +73,16 @@ fn open<T>(dir: &PinDir, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let path = dir.entry(name);
-    let data = MapData::from_pin(&path)
+    open_pinned(&dir.entry(name), name)
+}
+
+/// The map pinned at `path` (`name` for errors), checking its type and
+/// key/value sizes.
+pub(crate) fn open_pinned<T>(path: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
     typed(map, name)

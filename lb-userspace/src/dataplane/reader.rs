@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData};
-use lb_common::{BackendValue, backend_flags};
+use aya::{
+    Pod,
+    maps::{Array, MapData},
+};
+use lb_common::backend_flags;
 
 use super::batch;
 use crate::{
@@ -40,12 +43,8 @@ pub fn read(maps: &Maps) -> Result<DataplaneState> {
     // Every slot that holds a backend, not only those the tables name: a
     // draining or retired one is in no table, and forgetting it would let
     // the next plan give its id to another backend under its flows.
-    state.backends = read_backends(&maps.backends)?;
-    // A hash: only the ids of IPv6 backends have entries.
-    for item in &maps.backends6 {
-        let (id, b) = item.context("reading backends6")?;
-        state.backends6.insert(id, b);
-    }
+    state.backends = read_slots(&maps.backends, "backends", |b| b.flags)?;
+    state.backends6 = read_slots(&maps.backends6, "backends6", |b| b.flags)?;
     for item in &maps.src_ranges {
         let (key, _) = item.context("reading src_ranges")?;
         state.src_ranges.insert(SrcRangeKey {
@@ -89,10 +88,16 @@ const BATCH: u32 = 4096;
 
 /// The valid slots of the `backends` array (262,144 slots: read in batches,
 /// see `batch::each_in_array`).
-fn read_backends(array: &Array<MapData, BackendValue>) -> Result<BTreeMap<u32, BackendValue>> {
+/// The slots of a backend array that hold a backend (`flags` has
+/// [`backend_flags::VALID`]), by id.
+fn read_slots<V: Pod + Default>(
+    array: &Array<MapData, V>,
+    what: &str,
+    flags: impl Fn(&V) -> u16,
+) -> Result<BTreeMap<u32, V>> {
     let mut out = BTreeMap::new();
-    batch::each_in_array(array, BATCH, "backends", |k, v| {
-        if v.flags & backend_flags::VALID != 0 {
+    batch::each_in_array(array, BATCH, what, |k, v| {
+        if flags(v) & backend_flags::VALID != 0 {
             out.insert(k, *v);
         }
     })?;

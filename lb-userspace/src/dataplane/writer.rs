@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{IterableMap as _, MapData, lpm_trie::Key};
-use lb_common::{BackendValue, DatapathConfig, Ipv4Key, Ipv6Key, VipValue};
+use lb_common::{BackendValue, BackendValue6, DatapathConfig, Ipv4Key, Ipv6Key, VipValue};
 
 use crate::{
     dataplane::{
@@ -64,8 +64,8 @@ fn apply_one(maps: &mut Maps, mapping: Option<&mut Mapping>, op: &MapOp) -> Resu
                 .insert(Ipv4Key { addr: *addr }, VipValue { flags: *flags }, 0)?;
         }
         MapOp::DelVip(addr) => maps.vips.remove(&Ipv4Key { addr: *addr })?,
-        MapOp::PutBackend6(id, value) => maps.backends6.insert(id, value, 0)?,
-        MapOp::DelBackend6(id) => maps.backends6.remove(id)?,
+        MapOp::PutBackend6(id, value) => maps.backends6.set(*id, *value, 0)?,
+        MapOp::ClearBackend6(id) => maps.backends6.set(*id, BackendValue6::default(), 0)?,
         MapOp::PutService6(key, value) => maps.services6.insert(key, value, 0)?,
         MapOp::DelService6(key) => maps.services6.remove(key)?,
         MapOp::PutSrcRange6(prefixlen, data) => {

@@ -42,10 +42,9 @@ pub enum MapOp {
     PutBackend(u32, BackendValue),
     /// Zero the array slot.
     ClearBackend(u32),
-    /// `backends6[id] = value` (a hash: the entry is created).
     PutBackend6(u32, BackendValue6),
-    /// Delete `backends6[id]`.
-    DelBackend6(u32),
+    /// Zero the `backends6` slot.
+    ClearBackend6(u32),
     /// Write `table` to `maglev[offset..offset + table.len()]`.
     PutMaglev {
         offset: u32,
@@ -79,7 +78,7 @@ fn put_backend(id: u32, b: BackendSlot) -> MapOp {
 fn clear_backend(id: u32, b: BackendSlot) -> MapOp {
     match b {
         BackendSlot::V4(_) => MapOp::ClearBackend(id),
-        BackendSlot::V6(_) => MapOp::DelBackend6(id),
+        BackendSlot::V6(_) => MapOp::ClearBackend6(id),
     }
 }
 

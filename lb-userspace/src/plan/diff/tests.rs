@@ -89,7 +89,7 @@ impl Maps {
             MapOp::PutBackend6(id, b) => {
                 self.backends6.insert(*id, *b);
             }
-            MapOp::DelBackend6(id) => {
+            MapOp::ClearBackend6(id) => {
                 assert!(
                     self.backends6.remove(id).is_some(),
                     "deleting a missing backends6 entry"
@@ -633,7 +633,7 @@ fn an_id_changing_family_is_cleared_first() {
     assert_eq!(
         diff(&old, &new),
         vec![
-            MapOp::DelBackend6(4),
+            MapOp::ClearBackend6(4),
             MapOp::PutBackend(4, b4),
             MapOp::ClearBackend(3),
             MapOp::PutBackend6(3, b6),
