@@ -57,7 +57,7 @@ pub struct MapSizes {
     pub vips: u32,
     /// `services` and `service_stats`.
     pub services: u32,
-    /// `backends` and `backend_stats`.
+    /// `backends`, `backends6` (the same ids) and `backend_stats`.
     pub backends: u32,
     pub maglev_slots: u32,
     pub conntrack: u32,
@@ -249,6 +249,7 @@ impl Harness {
             .map_max_entries(m::SERVICES, sizes.services)
             .map_max_entries(m::SERVICE_STATS, sizes.services)
             .map_max_entries(m::BACKENDS, sizes.backends)
+            .map_max_entries(m::BACKENDS6, sizes.backends)
             .map_max_entries(m::BACKEND_STATS, sizes.backends)
             .map_max_entries(m::MAGLEV, sizes.maglev_slots)
             .map_max_entries(
