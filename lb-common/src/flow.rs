@@ -406,7 +406,8 @@ impl AffinityKey {
 /// The 16-byte address fields the data path reads and writes as 4-byte
 /// words lie 4-aligned in their types: flow keys' addresses, flow and
 /// affinity entries' records of the pod address, an IPv6 backend's
-/// address. The data path's word accesses rest on this (they name it).
+/// address, a reverse entry's addresses, the node's IPv6 address. The data
+/// path's word accesses rest on this (they name it).
 pub const ADDRS_WORD_ALIGNED: () = assert!(
     core::mem::align_of::<FlowKey>() >= 4
         && core::mem::offset_of!(FlowKey, src) % 4 == 0
@@ -417,6 +418,11 @@ pub const ADDRS_WORD_ALIGNED: () = assert!(
         && core::mem::offset_of!(AffinityValue, backend_ip) % 4 == 0
         && core::mem::align_of::<crate::BackendValue6>() >= 4
         && core::mem::offset_of!(crate::BackendValue6, ip) % 4 == 0
+        && core::mem::align_of::<RevNatValue>() >= 4
+        && core::mem::offset_of!(RevNatValue, new_src) % 4 == 0
+        && core::mem::offset_of!(RevNatValue, new_dst) % 4 == 0
+        && core::mem::align_of::<crate::DatapathConfig>() >= 4
+        && core::mem::offset_of!(crate::DatapathConfig, node_ip6) % 4 == 0
 );
 
 /// Value of the `affinity` LRU map.

@@ -119,84 +119,51 @@ pub fn rewrite(
     l4.apply(tp);
 }
 
-/// Rewrites an IPv6 packet's destination to `addr:port`, keeping the
-/// transport checksum consistent (IPv6 has no header checksum; the kernel
-/// decrements the hop limit when it routes the packet on). `old` is the
-/// packet's destination as the caller copied it (the flow's key): the
-/// change is summed from that copy and from `addr` in words
-/// ([`Delta::addr6`]), not from the packet byte by byte.
+/// One end of an IPv6 packet rewritten: `old` is the packet's address as
+/// the caller copied it (the flow's key, or a reply's), `new` and `port`
+/// (host order) what it becomes.
+#[derive(Clone, Copy)]
+pub struct Change6<'a> {
+    pub old: &'a [u8; 16],
+    pub new: &'a [u8; 16],
+    pub port: u16,
+}
+
+/// Rewrites an IPv6 packet's source and/or destination, keeping the
+/// transport checksum consistent. The change is summed from the copies of
+/// the old addresses and from the new ones in words ([`Delta::addr6`]),
+/// not from the packet byte by byte. The hop limit is the caller's: IPv6
+/// has no header checksum to keep.
 ///
 /// # Safety
-/// `old` and `addr` are 4-aligned fields of map values or of the scratch
-/// slot (see [`Delta::addr6`]).
+/// Every address of `src` and `dst` is a 4-aligned field of a map value or
+/// of the scratch slot (see [`Delta::addr6`]).
 #[inline(always)]
-pub unsafe fn rewrite_dst6(
+pub unsafe fn rewrite6(
     ip: &mut Ipv6Hdr,
     l4: &mut L4<'_>,
-    old: &[u8; 16],
-    addr: &[u8; 16],
-    port: u16,
+    src: Option<Change6<'_>>,
+    dst: Option<Change6<'_>>,
 ) {
     let mut d = Delta::default();
-    // SAFETY: the caller's promise.
-    unsafe { d.addr6(old, addr) };
-    // SAFETY: distinct 16-byte arrays (a map value's, the packet's).
-    unsafe { core::ptr::copy_nonoverlapping(addr, &raw mut ip.dst, 1) };
-    d.word(u16::from_be_bytes(*l4.dport), port);
-    *l4.dport = port.to_be_bytes();
-    l4.apply(d);
-}
-
-/// Rewrites an IPv6 packet's source and/or destination to `addr:port`,
-/// keeping the transport checksum consistent. The hop limit is the
-/// caller's: IPv6 has no header checksum to keep.
-#[inline(always)]
-pub fn rewrite6(
-    ip: &mut Ipv6Hdr,
-    l4: &mut L4<'_>,
-    src: Option<(&[u8; 16], u16)>,
-    dst: Option<(&[u8; 16], u16)>,
-) {
-    let mut d = Delta::default();
-    if let Some((addr, port)) = src {
-        replace_addr(&mut d, &mut ip.src, addr);
-        d.word(u16::from_be_bytes(*l4.sport), port);
-        *l4.sport = port.to_be_bytes();
-    }
-    if let Some((addr, port)) = dst {
-        replace_addr(&mut d, &mut ip.dst, addr);
-        d.word(u16::from_be_bytes(*l4.dport), port);
-        *l4.dport = port.to_be_bytes();
-    }
-    l4.apply(d);
-}
-
-/// Writes `new` over the address `field`, adding the change to `d`, two
-/// bytes at a time. Every access is volatile, the running sum included, so
-/// each word is summed before the next is read: left to itself LLVM reads
-/// all the bytes of both addresses first, sums them at the end, and spills
-/// each byte to an 8-byte stack slot meanwhile (two rewritten addresses
-/// took 512 bytes, the whole BPF stack).
-#[inline(always)]
-fn replace_addr(d: &mut Delta, field: &mut [u8; 16], new: &[u8; 16]) {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 16 {
-        // SAFETY: `i + 2 <= 16`: two bytes within each array, accessed as
-        // bytes (no alignment needed); `field` and `new` are distinct
-        // borrows; `sum` is a local.
+    if let Some(c) = src {
+        // SAFETY: the caller's promise; `c.new` is a map value's or the
+        // scratch slot's, distinct from the packet.
         unsafe {
-            let at = field.as_mut_ptr().add(i).cast::<[u8; 2]>();
-            let old = u16::from_be_bytes(core::ptr::read_volatile(at));
-            let w = core::ptr::read_volatile(new.as_ptr().add(i).cast::<[u8; 2]>());
-            core::ptr::write_volatile(at, w);
-            let change = u32::from(!old) + u32::from(u16::from_be_bytes(w));
-            core::ptr::write_volatile(
-                &raw mut sum,
-                core::ptr::read_volatile(&raw const sum) + change,
-            );
+            d.addr6(c.old, c.new);
+            core::ptr::copy_nonoverlapping(c.new, &raw mut ip.src, 1);
         }
-        i += 2;
+        d.word(u16::from_be_bytes(*l4.sport), c.port);
+        *l4.sport = c.port.to_be_bytes();
     }
-    *d = d.plus(Delta::from_sum(sum));
+    if let Some(c) = dst {
+        // SAFETY: as above.
+        unsafe {
+            d.addr6(c.old, c.new);
+            core::ptr::copy_nonoverlapping(c.new, &raw mut ip.dst, 1);
+        }
+        d.word(u16::from_be_bytes(*l4.dport), c.port);
+        *l4.dport = c.port.to_be_bytes();
+    }
+    l4.apply(d);
 }

@@ -40,7 +40,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendValue6, ConntrackValue, Counter, DatapathConfig, DropReason, FlowScratch, HostKey,
-    flow::{flow_flags, same_addr},
+    flow::{self, flow_flags, same_addr},
     proto, vip_flags,
 };
 
@@ -202,12 +202,23 @@ fn forward_nat(
     if !finish_before_tx(ctx, ip, &mut l4, proto, l4_len, ext) {
         return Outcome::Drop(DropReason::PartialChecksum);
     }
-    nat::rewrite6(
-        ip,
-        &mut l4,
-        Some((&cfg.node_ip6, port)),
-        Some((&b.ip, b.port)),
-    );
+    let () = flow::ADDRS_WORD_ALIGNED;
+    // SAFETY: this CPU's scratch slot: the flow's key, which `lb_service6`
+    // wrote from this packet's addresses.
+    let key = unsafe { &(*s).key };
+    let src = nat::Change6 {
+        old: &key.src,
+        new: &cfg.node_ip6,
+        port,
+    };
+    let dst = nat::Change6 {
+        old: &key.dst,
+        new: &b.ip,
+        port: b.port,
+    };
+    // SAFETY: 4-aligned fields (`ADDRS_WORD_ALIGNED`): the scratch slot's
+    // key, the config's and a `backends6` value's addresses.
+    unsafe { nat::rewrite6(ip, &mut l4, Some(src), Some(dst)) };
     ip.hop_limit -= 1;
     forward::send(ctx, eth, &hop, counter)
 }
@@ -273,6 +284,12 @@ fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16
     }
 }
 
+/// `to_client`'s reply key lies past the FIB lookup's parameters, which
+/// `forward::scratch_params` lays over the scratch slot's start.
+const REPLY_KEY_CLEAR: () = assert!(
+    core::mem::offset_of!(FlowScratch, key) >= core::mem::size_of::<bpf_fib_lookup>()
+);
+
 /// A packet to the node's IPv6 address that `lb_ingress` found on a NAT
 /// port, or a fragment: a remote backend's reply is translated back to
 /// `[VIP]:port → client` and sent to the client; anything else is the
@@ -300,9 +317,11 @@ fn to_client(
         return Outcome::Pass(Counter::PassNodeTraffic);
     };
     // SAFETY: this CPU's scratch slot, ours for this run (a reply creates
-    // no flow).
+    // no flow). The slot's `key`, not its `rkey`: the rewrite below reads
+    // the packet's addresses from it after the FIB lookup's parameters
+    // were laid over the slot's start (`REPLY_KEY_CLEAR`).
     let key = unsafe {
-        let k = &raw mut (*s).rkey;
+        let k = &raw mut (*s).key;
         conntrack::write_key6(k, &ip.src, &ip.dst, l4.sport(), l4.dport(), proto);
         &*k
     };
@@ -321,7 +340,8 @@ fn to_client(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     conntrack::backend_packet::<V6>(rp, proto, tcp, now);
-    // Over the slot's key, which found the entry already.
+    // Over the slot's start, clear of the key (`REPLY_KEY_CLEAR`).
+    let () = REPLY_KEY_CLEAR;
     let Some(p) = forward::scratch_params() else {
         return Outcome::Drop(DropReason::MapUpdate);
     };
@@ -342,12 +362,21 @@ fn to_client(
     if hop.is_some() && !finish_before_tx(ctx, ip, &mut l4, proto, l4_len, 0) {
         return Outcome::Drop(DropReason::PartialChecksum);
     }
-    nat::rewrite6(
-        ip,
-        &mut l4,
-        Some((&r.new_src, r.new_sport)),
-        Some((&r.new_dst, r.new_dport)),
-    );
+    let () = flow::ADDRS_WORD_ALIGNED;
+    let src = nat::Change6 {
+        old: &key.src,
+        new: &r.new_src,
+        port: r.new_sport,
+    };
+    let dst = nat::Change6 {
+        old: &key.dst,
+        new: &r.new_dst,
+        port: r.new_dport,
+    };
+    // SAFETY: 4-aligned fields (`ADDRS_WORD_ALIGNED`): the scratch slot's
+    // reply key, written from this packet's addresses, and the reverse
+    // entry's.
+    unsafe { nat::rewrite6(ip, &mut l4, Some(src), Some(dst)) };
     match hop {
         Some(h) => {
             ip.hop_limit -= 1;

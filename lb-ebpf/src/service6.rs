@@ -427,9 +427,14 @@ fn to_local(
         Counter::LocalNewFlow
     };
     let () = flow::ADDRS_WORD_ALIGNED;
+    let dst = nat::Change6 {
+        old: &k.dst,
+        new: b.ip(),
+        port: V6::port(b),
+    };
     // SAFETY: 4-aligned fields (`ADDRS_WORD_ALIGNED`): `k` is the scratch
     // slot's key, `b` a `backends6` value.
-    unsafe { nat::rewrite_dst6(ip, l4, &k.dst, b.ip(), V6::port(b)) };
+    unsafe { nat::rewrite6(ip, l4, None, Some(dst)) };
     Outcome::Pass(counter)
 }
 
