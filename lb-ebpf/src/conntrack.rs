@@ -122,6 +122,24 @@ pub fn write_key6(
     }
 }
 
+/// Zeroes a byte array of a value being staged, one store a byte. LLVM
+/// turns a plain (or volatile) store of a small zeroed array into a call
+/// of the `memset` subprogram, a BPF-to-BPF call and a loop, which costs
+/// more than the few stores on a path every packet of a flow takes.
+///
+/// # Safety
+/// `p` is valid for writes and ours for this run.
+#[inline(always)]
+pub unsafe fn zero<const N: usize>(p: *mut [u8; N]) {
+    let b = p.cast::<u8>();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: byte `i` of the array (the caller's promise).
+        unsafe { b.add(i).write_volatile(0) };
+        i += 1;
+    }
+}
+
 /// Copies an address from the packet (read byte by byte: nothing promises
 /// its alignment) into a key's 4-aligned field as four 4-byte words, the
 /// width the hash, the service key and the checksum read back: a word

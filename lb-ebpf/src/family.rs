@@ -105,6 +105,27 @@ pub unsafe fn words(a: &[u8; 16]) -> [u32; 4] {
     unsafe { [w.read(), w.add(1).read(), w.add(2).read(), w.add(3).read()] }
 }
 
+/// Writes the four 4-byte words `w` over an address, one store each.
+///
+/// # Safety
+/// `to` is 4-aligned, valid and ours for the run: one of the fields
+/// `ADDRS_WORD_ALIGNED` names, in a map value or the scratch slot.
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the caller promises a 4-aligned field (see above)"
+)]
+#[inline(always)]
+pub unsafe fn put_words(to: *mut [u8; 16], w: [u32; 4]) {
+    let p = to.cast::<u32>();
+    // SAFETY: four words within the 16 bytes, 4-aligned (the caller's).
+    unsafe {
+        p.write(w[0]);
+        p.add(1).write(w[1]);
+        p.add(2).write(w[2]);
+        p.add(3).write(w[3]);
+    }
+}
+
 impl Family for V4 {
     type Addr = [u8; 4];
     type Backend = BackendValue;

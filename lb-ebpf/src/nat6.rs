@@ -286,9 +286,8 @@ fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16
 
 /// `to_client`'s reply key lies past the FIB lookup's parameters, which
 /// `forward::scratch_params` lays over the scratch slot's start.
-const REPLY_KEY_CLEAR: () = assert!(
-    core::mem::offset_of!(FlowScratch, key) >= core::mem::size_of::<bpf_fib_lookup>()
-);
+const REPLY_KEY_CLEAR: () =
+    assert!(core::mem::offset_of!(FlowScratch, key) >= core::mem::size_of::<bpf_fib_lookup>());
 
 /// A packet to the node's IPv6 address that `lb_ingress` found on a NAT
 /// port, or a fragment: a remote backend's reply is translated back to

@@ -37,7 +37,7 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, ReplyKey},
-    family::{Backend6, Family as _, V6},
+    family::{self, Backend6, Family as _, V6},
     flowtable, forward, guard,
     ingress::transport,
     ingress6::skip_extensions,
@@ -451,22 +451,26 @@ fn stage(
     state: u8,
     now: u64,
 ) {
-    // SAFETY: this CPU's scratch slot, ours for this run.
+    let () = flow::ADDRS_WORD_ALIGNED;
+    // SAFETY: this CPU's scratch slot, ours for this run; the address is
+    // copied between 4-aligned fields (`ADDRS_WORD_ALIGNED`).
     // Field by field: a whole value built first would be a 56-byte
-    // temporary on the stack, which this path has none of to spare.
+    // temporary on the stack, which this path has none of to spare. Every
+    // packet of a remote flow comes here: the byte arrays are zeroed with
+    // `conntrack::zero` (see there), not by calls of `memset`.
     unsafe {
         let v = &raw mut (*s).ctv;
         (*v).backend_id = backend_id;
         (*v).service_id = service_id;
-        core::ptr::copy_nonoverlapping(b.ip(), &raw mut (*v).backend_ip, 1);
+        family::put_words(&raw mut (*v).backend_ip, family::words(b.ip()));
         (*v).nat_port = 0;
         (*v).flags = flags;
         (*v).state = state;
-        (*v)._pad = [0; 3];
+        conntrack::zero(&raw mut (*v)._pad);
         (*v).last_seen_ns = now;
         (*v).hop_ifindex = 0;
-        (*v).hop_dmac = [0; 6];
-        (*v).hop_smac = [0; 6];
+        conntrack::zero(&raw mut (*v).hop_dmac);
+        conntrack::zero(&raw mut (*v).hop_smac);
         (*s).backend = BackendValue::new([0; 4], [0; 4], V6::port(b), V6::flags(b));
     }
 }
