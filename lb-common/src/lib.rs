@@ -285,9 +285,10 @@ impl BackendValue {
 }
 
 /// Value of the `backends6` array, indexed by backend id: an IPv6 backend
-/// (a slot without [`backend_flags::VALID`] holds none). The ids are those of [`BackendValue`] (one space for both
-/// families, so `backend_stats` and the flow entries need no family); an
-/// IPv6 backend's id has no valid entry in `backends`.
+/// (a slot without [`backend_flags::VALID`] holds none). The ids are those
+/// of [`BackendValue`] (one space for both families, so `backend_stats` and
+/// the flow entries need no family); an IPv6 backend's id has no valid
+/// entry in `backends`, nor an IPv4 backend's in `backends6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendValue6 {

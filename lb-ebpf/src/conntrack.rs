@@ -122,7 +122,8 @@ pub fn write_key6(
     }
 }
 
-/// Zeroes a byte array of a value being staged, one store a byte. LLVM
+/// Zeroes a byte array of a value being staged, one store a byte (as
+/// `forward::zero` does the lookup's parameters a word at a time). LLVM
 /// turns a plain (or volatile) store of a small zeroed array into a call
 /// of the `memset` subprogram, a BPF-to-BPF call and a loop, which costs
 /// more than the few stores on a path every packet of a flow takes.

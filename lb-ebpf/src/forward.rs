@@ -93,7 +93,8 @@ pub fn zero(p: &mut bpf_fib_lookup) {
 
 /// The lookup's parameters laid over this CPU's `flow_scratch` slot, zeroed,
 /// for a caller whose stack has no 64 bytes to spare and whose flow, if
-/// any, is already created (the slot's contents are gone).
+/// any, is already created (the slot's first 64 bytes are gone; what lies
+/// past them stays).
 #[inline(always)]
 pub fn scratch_params() -> Option<&'static mut bpf_fib_lookup> {
     let s = crate::conntrack::scratch()?;

@@ -27,6 +27,15 @@ use onehop_testkit::{
     topology::{Topology, node_ip6, pod_ip6},
 };
 
+/// One node and no pods: where most of these tests attach.
+fn one_node() -> Topology {
+    Topology::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .build()
+        .expect("topology")
+}
+
 fn small_sizes() -> loader::Sizes {
     loader::Sizes {
         maglev_slots: 65_536,
@@ -277,11 +286,7 @@ fn cleanup_detaches_everything(ns: &onehop_testkit::netns::Netns, root: &Path, p
 
 #[test]
 fn adopting_maps_with_another_layout_is_refused_with_advice() {
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let root = PinRoot::unique("layout").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
     std::fs::create_dir_all(pins.path()).expect("mkdir");
@@ -304,11 +309,7 @@ fn adopting_maps_with_another_layout_is_refused_with_advice() {
 /// with room for every VIP, instead of failing to open it or keeping it small.
 #[test]
 fn an_earlier_releases_arp_counters_are_created_anew() {
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let root = PinRoot::unique("arpstats").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
     assert!(!attach_in(topo.node(1).ns(), root.path()).expect("first attach"));
@@ -378,11 +379,7 @@ fn an_earlier_versions_ipv6_backends_are_carried_into_the_array() {
     use aya::maps::{Array, Map, MapData};
     use lb_common::{BackendValue6, backend_flags};
     use lb_userspace::dataplane::reader;
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let ns = topo.node(1).ns();
     let root = PinRoot::unique("backends6").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
@@ -495,11 +492,7 @@ fn managed_neighbour_gets_resolved_by_the_kernel_and_removed() {
 
 #[test]
 fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let vip = Ipv4Addr::new(192, 168, 50, 210);
     let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
@@ -547,11 +540,7 @@ fn gratuitous_arp_leaves_the_interface_with_vip_as_sender_and_target() {
 /// interface: every field, and the ICMPv6 checksum recomputed independently.
 #[test]
 fn unsolicited_na_leaves_the_interface_with_every_field() {
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let vip: std::net::Ipv6Addr = "fd00:60::1:210".parse().expect("an IPv6 address");
     let cap = onehop_testkit::capture::Capture::open(topo.lan(), node.lan_peer()).expect("capture");
@@ -628,11 +617,7 @@ fn unsolicited_na_leaves_the_interface_with_every_field() {
 /// groups of the interface stay.
 #[test]
 fn solicited_node_membership_follows_the_announced_vips() {
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let vip: std::net::Ipv6Addr = "fd00:60::ab:cdef".parse().expect("an IPv6 address");
     let mac = "33:33:ff:ab:cd:ef";
@@ -755,11 +740,7 @@ fn write_plans_and_read_back(root: &PinRoot, prepare: impl FnOnce(&PinDir)) -> b
         plan::state::{self, DataplaneState, Node, PlanOptions},
         plan::{model::Limits, services_file},
     };
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     prepare(&PinDir::new(root.path(), "eth0"));
     assert!(!attach_in(topo.node(1).ns(), root.path()).expect("attach"));
     let mut maps = Maps::open(&PinDir::new(root.path(), "eth0")).expect("maps");
@@ -954,11 +935,7 @@ fn agent_starts_with(
 fn agent_needs_exactly_the_daemonset_capabilities() {
     let caps = daemonset_capabilities();
     assert!(!caps.is_empty(), "the DaemonSet adds no capability");
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let (ok, log) = agent_starts_with(node, &caps, "caps-all");
     assert!(ok, "the agent does not start with {caps:?} alone:\n{log}");
@@ -1060,11 +1037,7 @@ fn status_lists_ipv6(node: &onehop_testkit::topology::Node, root: &Path, vip: st
 /// nor loses the membership, and `onehop cleanup` leaves it.
 #[test]
 fn the_agent_announces_an_ipv6_vip_and_receives_its_solicitations() {
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let root = PinRoot::unique("ndp-agent").expect("pin root");
     let dir = std::env::temp_dir().join(format!("onehop-ndp-{}", std::process::id()));
@@ -1157,11 +1130,7 @@ fn xdp_attached(ns: &onehop_testkit::netns::Netns) -> bool {
 #[test]
 fn pin_directory_is_created_private_and_foreign_or_open_ones_are_refused() {
     use std::os::unix::fs::PermissionsExt as _;
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let ns = topo.node(1).ns();
     let root = PinRoot::unique("private").expect("pin root");
     let pins = PinDir::new(root.path(), "eth0");
@@ -1265,11 +1234,7 @@ fn spawn_sweeping_agent(
 #[test]
 fn flow_sweeper_deletes_expired_entries_and_keeps_live_ones() {
     use lb_common::{ConntrackValue, FlowKey, RevNatValue, flow::tcp_state, proto};
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let root = PinRoot::unique("sweep").expect("pin root");
     let dir = std::env::temp_dir().join(format!("onehop-sweep-{}", std::process::id()));
@@ -1373,11 +1338,7 @@ fn an_adopted_tables_earlier_ipv6_tags_are_looked_for_until_their_flows_are_over
         flow::{table::legacy_tag, tcp_state},
         proto,
     };
-    let topo = Topology::builder()
-        .nodes(1)
-        .pods_per_node(0)
-        .build()
-        .expect("topology");
+    let topo = one_node();
     let node = topo.node(1);
     let root = PinRoot::unique("tags").expect("pin root");
     let dir = std::env::temp_dir().join(format!("onehop-tags-{}", std::process::id()));

@@ -86,10 +86,9 @@ fn read_table(
 /// Slots per batch: 4,096 values are 64 KiB.
 const BATCH: u32 = 4096;
 
-/// The valid slots of the `backends` array (262,144 slots: read in batches,
-/// see `batch::each_in_array`).
-/// The slots of a backend array that hold a backend (`flags` has
-/// [`backend_flags::VALID`]), by id.
+/// The slots of a backend array (`backends`, `backends6`) that hold a
+/// backend (`flags` has [`backend_flags::VALID`]), by id: 262,144 slots,
+/// read in batches (see `batch::each_in_array`).
 fn read_slots<V: Pod + Default>(
     array: &Array<MapData, V>,
     what: &str,
