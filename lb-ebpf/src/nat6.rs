@@ -258,7 +258,11 @@ fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16
     if mode != LOOK_UP {
         return none;
     }
-    let Some(c) = flowtable::lookup::<V6>(key) else {
+    // The tag `lb_service6` took of this key and staged (`service::stage_hash`):
+    // not computed again.
+    // SAFETY: this CPU's scratch slot, ours for this run.
+    let tag = unsafe { (*s).hash };
+    let Some(c) = flowtable::find_any::<V6>(key, tag, cfg) else {
         return none;
     };
     // SAFETY: conntrack value pointer from this run; read by value.
