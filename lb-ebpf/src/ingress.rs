@@ -24,7 +24,9 @@
 //! - TTL <= 1 on a packet we would forward: `ttl_exceeded` (an echo request
 //!   is answered whatever its TTL: we are its destination);
 //! - transport header beyond the IP total length or TCP data offset < 5:
-//!   `truncated`.
+//!   `truncated`;
+//! - no live flow, and no service on its `VIP:port`: `no_service` (a live
+//!   flow's packet is not looked up: see `service`).
 //!
 //! A packet of a remote flow (either way) whose transport checksum is
 //! partial, as a veth delivers it from a sender that offloads TX checksums,
@@ -92,9 +94,7 @@ use crate::{
         Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, EthHdr,
         IPV4_LEN, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr,
     },
-    partial,
-    service::{self, Choice},
-    stats,
+    partial, service, stats,
     verdict::Outcome,
 };
 
@@ -260,16 +260,6 @@ fn service_path(
         Ok(t) => t,
         Err(r) => return Outcome::Drop(r),
     };
-    let skey = ServiceKey::new(ip.dst, l4.dport(), proto);
-    let Some(svc) = SERVICES.get_ptr(skey) else {
-        return Outcome::Drop(DropReason::NoService);
-    };
-    // SAFETY: value pointer the map just returned, valid for this run (RCU);
-    // read in place, not copied (a copy would take 24 bytes of the frame).
-    // A hash map update swaps in a new element, so every field read here is
-    // of one version.
-    let svc = unsafe { &*svc };
-    stats::traffic(&SERVICE_STATS, svc.id, frame_len);
     // The flow's key lives in this CPU's scratch slot, where a new flow's
     // entry is built from it: on the stack its 40 bytes would stay in the
     // packet path's frame across the whole call chain of a new flow.
@@ -288,35 +278,47 @@ fn service_path(
     // `key_hash` of an IPv4 key, without its test of the family (the IPv6
     // hash's code would take registers, and stack, on this path).
     let hash = flow_hash(cfg.hash_seed, ip.src, ip.dst, l4.sport(), l4.dport(), proto);
-    // With direct return only the announcer sends new flows on to other
-    // nodes (see `not_announcer`).
-    let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-    let choice = service::choose::<V4>(key, &ip.src, svc, syn_only, now, cfg, hash, sends_on);
+    // The live flow first; only a new one looks its service up (see
+    // `service`).
+    let live = service::live::<V4>(key, syn_only, now, cfg, hash);
     service::stage_hash(s, hash);
-    let (backend_id, b, established, state) = match choice {
-        Ok(Choice::Established {
-            backend_id,
-            backend,
-            ct,
+    let (service_id, backend_id, b, established, state) = if let Some(l) = live {
+        stats::traffic(&SERVICE_STATS, l.service_id, frame_len);
+        let state = service::next_state(l.state, proto, tcp);
+        (
+            l.service_id,
+            l.backend_id,
+            l.backend,
+            NonNull::new(l.ct),
             state,
-        }) => (
-            backend_id,
-            backend,
-            NonNull::new(ct),
-            service::next_state(state, proto, tcp),
-        ),
-        Ok(Choice::New {
-            backend_id,
-            backend,
-        }) => match service::admit((proto, tcp), now) {
-            Ok(state) => (backend_id, backend, None, state),
+        )
+    } else {
+        let skey = ServiceKey::new(ip.dst, l4.dport(), proto);
+        let Some(svc) = SERVICES.get_ptr(skey) else {
+            return Outcome::Drop(DropReason::NoService);
+        };
+        // SAFETY: value pointer the map just returned, valid for this run
+        // (RCU); read in place, not copied (a copy would take 24 bytes of
+        // the frame). A hash map update swaps in a new element, so every
+        // field read here is of one version.
+        let svc = unsafe { &*svc };
+        stats::traffic(&SERVICE_STATS, svc.id, frame_len);
+        // With direct return only the announcer sends new flows on to
+        // other nodes (see `not_announcer`).
+        let sends_on =
+            cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
+        let picked = match service::pick::<V4>(key, &ip.src, svc, now, cfg, hash, sends_on) {
+            Ok(p) => p,
             Err(r) => return Outcome::Drop(r),
-        },
-        Err(r) => return Outcome::Drop(r),
+        };
+        match service::admit((proto, tcp), now) {
+            Ok(state) => (svc.id, picked.backend_id, picked.backend, None, state),
+            Err(r) => return Outcome::Drop(r),
+        }
     };
     let flow = Flow {
         key,
-        service_id: svc.id,
+        service_id,
         backend_id,
         b,
         established,

@@ -48,7 +48,8 @@
 //! - hop limit <= 1 on a packet we would forward: `ttl_exceeded`;
 //! - a transport header beyond the payload, or TCP data offset < 5:
 //!   `truncated`;
-//! - to a `[VIP]:port` no service serves: `no_service`.
+//! - no live flow, and no service on its `[VIP]:port`: `no_service` (a
+//!   live flow's packet is not looked up: see `service`).
 //!
 //! ICMPv6 errors are translated out of line, in
 //! `icmp6_error::onehop_icmp6_error`.

@@ -1,14 +1,20 @@
 //! Backend choice for a packet to a served `VIP:port`.
 //!
-//! 1. Conntrack (client 5-tuple) keeps a live flow on its backend while the
-//!    backend slot still holds the same pod address, draining or not
-//!    (graceful drain: a terminating or removed endpoint keeps its flows;
-//!    only a removed one's UDP flows move, see `backend_flags::GONE`).
-//!    A SYN on a live entry
+//! 1. Conntrack (client 5-tuple) first, before the service's own lookup
+//!    ([`live`]): it keeps a live flow on its backend while the backend
+//!    slot still holds the same pod address, draining or not (graceful
+//!    drain: a terminating or removed endpoint keeps its flows; only a
+//!    removed one's UDP flows move, see `backend_flags::GONE`). So does a
+//!    deleted Service, or a port taken out of one: it takes no new flow,
+//!    and its established flows drain as a removed endpoint's do — as
+//!    IPVS's connection table and the conntrack entries of kube-proxy's
+//!    DNAT keep them. The flow's traffic counts to the service it started
+//!    under (its entry's `service_id`). A SYN on a live entry
 //!    (a retransmission, or forged) keeps it too: no packet from outside
 //!    redirects a live flow. An expired entry, or a SYN on a closing one,
 //!    starts a fresh flow (see `lb_common::flow`).
-//! 2. Otherwise the flow is new. loadBalancerSourceRanges are checked here,
+//! 2. Otherwise the flow is new ([`pick`]), and the caller looks its
+//!    service up. loadBalancerSourceRanges are checked here,
 //!    after the conntrack hit, as kube-proxy does: they decide whether a
 //!    connection may start, an established one keeps going when the list
 //!    changes, and established packets skip the LPM lookup. A denied flow
@@ -20,6 +26,10 @@
 //!    a draining backend: the planner keeps them out of the tables, and a
 //!    table slot naming one (only between two map writes of an update) is
 //!    treated as empty.
+//!
+//! The service's lookup is the costliest step of an established packet
+//! after the flow's (a hash of the 8- or 20-byte frontend key), which is
+//! why the flow is looked for first.
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
@@ -36,19 +46,22 @@ use crate::{
     stats,
 };
 
-pub enum Choice<F: Family> {
-    /// Conntrack hit on a live flow and backend; the pointer is the
-    /// conntrack value, `state` its TCP state before this packet.
-    Established {
-        backend_id: u32,
-        backend: F::Backend,
-        ct: *mut ConntrackValue,
-        state: u8,
-    },
-    New {
-        backend_id: u32,
-        backend: F::Backend,
-    },
+/// A live flow and its backend (see [`live`]).
+pub struct Live<F: Family> {
+    pub backend_id: u32,
+    pub backend: F::Backend,
+    /// The service the flow started under (its entry's `service_id`).
+    pub service_id: u32,
+    /// The flow's conntrack value.
+    pub ct: *mut ConntrackValue,
+    /// Its TCP state before this packet.
+    pub state: u8,
+}
+
+/// The backend a new flow takes (see [`pick`]).
+pub struct Picked<F: Family> {
+    pub backend_id: u32,
+    pub backend: F::Backend,
 }
 
 /// The service's fallback backend on this node (see
@@ -77,7 +90,7 @@ fn established<F: Family>(
     syn_only: bool,
     now: u64,
     timeouts: &FlowTimeouts,
-) -> Option<Choice<F>> {
+) -> Option<Live<F>> {
     // SAFETY: value pointer the flow table just returned; fields read by
     // value, the address as one word (it is 4-aligned in the value). Only
     // what the backend check needs is read before the backend's lookup:
@@ -86,11 +99,12 @@ fn established<F: Family>(
     let (id, ip) = unsafe { ((*ct).backend_id, F::save(&raw const (*ct).backend_ip)) };
     let b = F::backend(id);
     // SAFETY: as above.
-    let (remote, state, last) = unsafe {
+    let (remote, state, last, service_id) = unsafe {
         (
             (*ct).flags & flow_flags::REMOTE != 0,
             (*ct).state,
             (*ct).last_seen_ns,
+            (*ct).service_id,
         )
     };
     match b {
@@ -111,9 +125,10 @@ fn established<F: Family>(
                 if syn_only {
                     stats::count(Counter::SynOnLiveFlow);
                 }
-                return Some(Choice::Established {
+                return Some(Live {
                     backend_id: id,
                     backend: b,
+                    service_id,
                     ct,
                     state,
                 });
@@ -124,34 +139,38 @@ fn established<F: Family>(
     None
 }
 
-/// `client` is the client's address (`key.src`; IPv6 passes the key's own
-/// field, not the packet's: a copy of its 16 bytes would sit in 16 stack
-/// slots across the flow table's lookup), `syn_only` says the
-/// packet is a TCP SYN without ACK, `hash` is the flow's tag
-/// (`flow::table::key_hash` of `key`: its flow-table sets; for IPv4 also
-/// its Maglev hash, which an IPv6 flow computes only when the table does
-/// not hold it), `sends_on` whether a new flow may go to another node's
-/// backend (otherwise: `local_fallback`).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined into its one caller, whose registers these are"
-)]
+/// The live flow of `key`, if it has one that may go on (module docs, 1).
+/// `syn_only` says the packet is a TCP SYN without ACK, `hash` is the
+/// flow's tag (`flow::table::key_hash` of `key`: its flow-table sets).
 #[inline(always)]
-pub fn choose<F: Family>(
+pub fn live<F: Family>(
     key: &FlowKey,
-    client: &F::Addr,
-    svc: &ServiceValue,
     syn_only: bool,
     now: u64,
     cfg: &DatapathConfig,
     hash: u32,
+) -> Option<Live<F>> {
+    let ct = flowtable::find_any::<F>(key, hash, cfg)?;
+    established::<F>(key, ct, syn_only, now, &cfg.timeouts)
+}
+
+/// The backend of a new flow of `key` to the service `svc` (module docs,
+/// 2 and 3). `client` is the client's address (`key.src`; IPv6 passes the
+/// key's own field, not the packet's: a copy of its 16 bytes would sit in
+/// 16 stack slots across the lookups), `hash` the flow's tag (as for
+/// [`live`]; for IPv4 also its Maglev hash, which an IPv6 flow computes
+/// from the key), `sends_on` whether a new flow may go to another node's
+/// backend (otherwise: `local_fallback`).
+#[inline(always)]
+pub fn pick<F: Family>(
+    key: &FlowKey,
+    client: &F::Addr,
+    svc: &ServiceValue,
+    now: u64,
+    cfg: &DatapathConfig,
+    hash: u32,
     sends_on: bool,
-) -> Result<Choice<F>, DropReason> {
-    if let Some(ct) = flowtable::find_any::<F>(key, hash, cfg)
-        && let Some(c) = established::<F>(key, ct, syn_only, now, &cfg.timeouts)
-    {
-        return Ok(c);
-    }
+) -> Result<Picked<F>, DropReason> {
     // The planner sets the flag with no entries when the service allows no
     // range of the client's family: the lookup misses, every client denied.
     if svc.flags & service_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.id, client) {
@@ -181,7 +200,7 @@ pub fn choose<F: Family>(
                 // timestamp, which is as good as ours.
                 unsafe { (*a).last_seen_ns = now };
                 stats::count(Counter::AffinityHit);
-                return Ok(Choice::New {
+                return Ok(Picked {
                     backend_id: id,
                     backend: b,
                 });
@@ -214,7 +233,7 @@ pub fn choose<F: Family>(
         // backend anyway (client hash), unless the table changed.
         let _ = AFFINITY.insert(akey, aval, u64::from(BPF_ANY));
     }
-    Ok(Choice::New {
+    Ok(Picked {
         backend_id: id,
         backend: b,
     })

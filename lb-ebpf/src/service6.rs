@@ -4,8 +4,8 @@
 //! `xdp_programs`) with the VIP's flags in this CPU's scratch slot: a
 //! flow's 16-byte addresses take more stack than `lb_ingress` has left
 //! beside IPv4's path. This program checks the rest of the written policy
-//! (extension headers, protocol, hop limit, transport header) and looks
-//! the service up.
+//! (extension headers, protocol, hop limit, transport header), finds the
+//! packet's flow and, for a new one, looks the service up (see `service`).
 //!
 //! The flow's work is IPv4's (`ingress`), with the same code for the
 //! choice of a backend (`service`, through `family::V6`: `backends6`,
@@ -45,8 +45,7 @@ use crate::{
     nat::{self, L4},
     nat6,
     parse::{Cursor, ETH_LEN, EthHdr, IPV6_LEN, Ipv6Hdr},
-    service::{self, Choice},
-    stats,
+    service, stats,
     verdict::Outcome,
 };
 
@@ -115,13 +114,6 @@ fn flow_path(
         conntrack::write_key6(k, &ip.src, &ip.dst, l4.sport(), l4.dport(), proto);
         &*k
     };
-    let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(key.dst, key.dport, proto)) else {
-        return Outcome::Drop(DropReason::NoService);
-    };
-    // SAFETY: value pointer the map just returned, valid for this run; read
-    // in place (see `ingress::service_path`).
-    let svc = unsafe { &*svc };
-    stats::traffic(&SERVICE_STATS, svc.id, frame_len);
     // SAFETY: this CPU's scratch slot, ours for this run; `lb_ingress`
     // wrote the VIP's flags there before its tail call.
     let vip = unsafe { (*s).vip_flags };
@@ -129,34 +121,37 @@ fn flow_path(
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     let hash = V6::key_hash(cfg.hash_seed, key);
-    // With direct return only the announcer sends new flows on to other
-    // nodes (see `ingress`).
-    let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-    let choice = service::choose::<V6>(key, &key.src, svc, syn_only, now, cfg, hash, sends_on);
+    // The live flow first; only a new one looks its service up (see
+    // `service`).
+    let live = service::live::<V6>(key, syn_only, now, cfg, hash);
     service::stage_hash(s, hash);
-    let (backend_id, b, ct, state) = match choice {
-        Ok(Choice::Established {
-            backend_id,
-            backend,
-            ct,
-            state,
-        }) => (
-            backend_id,
-            backend,
-            Some(ct),
-            service::next_state(state, proto, tcp),
-        ),
-        Ok(Choice::New {
-            backend_id,
-            backend,
-        }) => match service::admit((proto, tcp), now) {
-            Ok(state) => (backend_id, backend, None, state),
+    let (service_id, backend_id, b, ct, state) = if let Some(l) = live {
+        stats::traffic(&SERVICE_STATS, l.service_id, frame_len);
+        let state = service::next_state(l.state, proto, tcp);
+        (l.service_id, l.backend_id, l.backend, Some(l.ct), state)
+    } else {
+        let Some(svc) = SERVICES6.get_ptr(ServiceKey6::new(key.dst, key.dport, proto)) else {
+            return Outcome::Drop(DropReason::NoService);
+        };
+        // SAFETY: value pointer the map just returned, valid for this run;
+        // read in place (see `ingress::service_path`).
+        let svc = unsafe { &*svc };
+        stats::traffic(&SERVICE_STATS, svc.id, frame_len);
+        // With direct return only the announcer sends new flows on to
+        // other nodes (see `ingress`).
+        let sends_on =
+            cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
+        let picked = match service::pick::<V6>(key, &key.src, svc, now, cfg, hash, sends_on) {
+            Ok(p) => p,
             Err(r) => return Outcome::Drop(r),
-        },
-        Err(r) => return Outcome::Drop(r),
+        };
+        match service::admit((proto, tcp), now) {
+            Ok(state) => (svc.id, picked.backend_id, picked.backend, None, state),
+            Err(r) => return Outcome::Drop(r),
+        }
     };
     let out = if V6::flags(&b) & backend_flags::LOCAL != 0 {
-        to_local(ip, &mut l4, key, svc.id, backend_id, &b, ct, state, now)
+        to_local(ip, &mut l4, key, service_id, backend_id, &b, ct, state, now)
     } else {
         // A flow keeps the way it started (its entry says which); a new one
         // takes its backend's.
@@ -172,9 +167,9 @@ fn flow_path(
             // Another node may have sent this frame here (see `ingress`).
             Outcome::Drop(DropReason::NotAnnouncer)
         } else if direct {
-            to_direct(ctx, svc.id, backend_id, &b, ct, state, now)
+            to_direct(ctx, service_id, backend_id, &b, ct, state, now)
         } else {
-            to_nat(ctx, svc.id, backend_id, &b, ct, state, now)
+            to_nat(ctx, service_id, backend_id, &b, ct, state, now)
         }
     };
     match out {

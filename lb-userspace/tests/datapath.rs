@@ -2068,6 +2068,89 @@ fn draining_backend_keeps_established_flows_and_takes_no_new_ones() {
     });
 }
 
+/// A deleted Service takes no new flow at once, while its established TCP
+/// flows drain on their pod, counted to the service they started under, as
+/// a removed endpoint's do (the flow is found before the service's lookup);
+/// its UDP flows, whose backend is gone with it, are dropped.
+#[test]
+fn a_deleted_services_tcp_flows_drain_and_it_takes_no_new_flow() {
+    with_lb(|lb| {
+        const POD: [u8; 4] = [10, 244, 0, 90];
+        lb.add_tcp_udp_service(90, 9090, POD);
+        let id = |lb: &Lb, p: u8| {
+            lb.h.state()
+                .services
+                .get(&lb_common::ServiceKey::new(VIP, 90, p))
+                .map(|v| v.id)
+        };
+        let tcp_id = id(lb, proto::TCP).expect("the TCP service");
+        assert!(id(lb, proto::UDP).is_some(), "the UDP service");
+        let tcp = |sport: u16, flags: u8| Pkt::tcp(CLIENT, sport, VIP, 90, flags).build();
+        let udp = Pkt::udp(CLIENT, 6501, VIP, 90).build();
+        let out = lb.expect("SYN", &tcp(6500, SYN), XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(dst_of(&out), POD);
+        lb.expect(
+            "ACK",
+            &tcp(6500, ACK),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        let out = lb.expect("UDP", &udp, XDP_PASS, Want::C(C::LocalNewFlow));
+        assert_eq!(dst_of(&out), POD);
+
+        lb.remove_services_on(90);
+        assert_eq!((id(lb, proto::TCP), id(lb, proto::UDP)), (None, None));
+        let retired =
+            lb.h.state()
+                .backends
+                .values()
+                .find(|b| b.ip == POD)
+                .map(|b| b.flags & (backend_flags::DRAINING | backend_flags::GONE));
+        assert_eq!(
+            retired,
+            Some(backend_flags::DRAINING | backend_flags::GONE),
+            "the pod's slot is retired, not freed"
+        );
+        let counted = lb.traffic(m::SERVICE_STATS, tcp_id).0;
+        for _ in 0..3 {
+            let out = lb.expect(
+                "the deleted service's established flow",
+                &tcp(6500, ACK | PSH),
+                XDP_PASS,
+                Want::C(C::LocalEstablished),
+            );
+            assert_eq!(dst_of(&out), POD);
+            assert_eq!(l4_verifies(&out), Some(true), "DNAT checksum");
+        }
+        assert_eq!(
+            lb.traffic(m::SERVICE_STATS, tcp_id).0,
+            counted + 3,
+            "counted to the service it started under"
+        );
+        lb.expect(
+            "a new flow to the deleted service",
+            &tcp(6502, SYN),
+            XDP_DROP,
+            Want::D(D::NoService),
+        );
+        let before = lb.counts();
+        lb.expect(
+            "the deleted service's UDP flow",
+            &udp,
+            XDP_DROP,
+            Want::D(D::NoService),
+        );
+        assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 1);
+        // The drained flow ends as any other does.
+        lb.expect(
+            "its FIN",
+            &tcp(6500, FIN | ACK),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+    });
+}
+
 /// A sessionAffinity entry never sends a new flow to a draining backend:
 /// the client is pinned anew, while its open flow stays where it was.
 #[test]

@@ -787,6 +787,92 @@ fn an_ipv6_flow_to_a_local_pod_is_dnated_kept_and_its_replies_come_from_the_vip(
     });
 }
 
+/// A deleted service takes no new flow, while its established TCP flows
+/// drain on their pod, counted to the service they started under; its UDP
+/// flows, whose backend is gone with it, are dropped (as for IPv4: the flow
+/// is found before the service's lookup).
+#[test]
+fn a_deleted_ipv6_services_tcp_flows_drain_and_it_takes_no_new_flow() {
+    with_lb6(|lb| {
+        let tcp = |sport: u16, flags: u8| {
+            frame6(
+                CLIENT6,
+                VIP6,
+                proto::TCP,
+                tcp6(CLIENT6, sport, VIP6, 80, flags, b""),
+            )
+            .build()
+        };
+        let udp = frame6(
+            CLIENT6,
+            VIP6,
+            proto::UDP,
+            udp6(CLIENT6, 5400, VIP6, 80, b"q"),
+        )
+        .build();
+        lb.expect("SYN", &tcp(40100, 0x02), XDP_PASS, Want::C(C::LocalNewFlow));
+        lb.expect(
+            "ACK",
+            &tcp(40100, 0x10),
+            XDP_PASS,
+            Want::C(C::LocalEstablished),
+        );
+        lb.expect("UDP", &udp, XDP_PASS, Want::C(C::LocalNewFlow));
+
+        // What the planner writes when the service goes: its frontends
+        // leave `services6`, its pod's slot is retired.
+        for p in [proto::TCP, proto::UDP] {
+            lb.h.maps_mut()
+                .services6
+                .remove(&ServiceKey6::new(VIP6, 80, p))
+                .expect("services6");
+        }
+        let retired = backend_flags::VALID
+            | backend_flags::LOCAL
+            | backend_flags::DRAINING
+            | backend_flags::GONE;
+        lb.h.maps_mut()
+            .backends6
+            .set(
+                LOCAL_ID,
+                BackendValue6::new(POD6, [0; 16], POD_PORT, retired),
+                0,
+            )
+            .expect("backends6");
+
+        let counted = lb.traffic(m::SERVICE_STATS, SERVICE_ID).0;
+        for _ in 0..3 {
+            let out = lb.expect(
+                "the deleted service's established flow",
+                &tcp(40100, 0x18),
+                XDP_PASS,
+                Want::C(C::LocalEstablished),
+            );
+            assert_eq!(addrs(&out), (CLIENT6, POD6));
+            assert!(l4_verifies6(&CLIENT6, &POD6, proto::TCP, &out[54..]));
+        }
+        assert_eq!(
+            lb.traffic(m::SERVICE_STATS, SERVICE_ID).0,
+            counted + 3,
+            "counted to the service it started under"
+        );
+        lb.expect(
+            "a new flow to the deleted service",
+            &tcp(40101, 0x02),
+            XDP_DROP,
+            Want::D(D::NoService),
+        );
+        let before = lb.counts();
+        lb.expect(
+            "the deleted service's UDP flow",
+            &udp,
+            XDP_DROP,
+            Want::D(D::NoService),
+        );
+        assert_eq!(lb.counts().minus(&before).c(C::FlowRepicked), 1);
+    });
+}
+
 /// Records `[VIP6]:80` as a front of `pod`'s TCP endpoint, as its flows'
 /// first packet did (`local_fronts`): replies from the pod are looked for
 /// through it.

@@ -454,6 +454,43 @@ impl Lb {
         self.apply();
     }
 
+    /// A service `VIP:port` for both TCP and UDP with one pod, `pod` on this
+    /// node, on `target` port, through the planner.
+    pub fn add_tcp_udp_service(&mut self, port: u16, target: u16, pod: [u8; 4]) {
+        self.model.services.push(Service {
+            name: format!("svc-both-{port}"),
+            ports: [Protocol::Tcp, Protocol::Udp]
+                .into_iter()
+                .map(|protocol| ServicePort {
+                    port,
+                    protocol,
+                    target_port: target,
+                })
+                .collect(),
+            backends: vec![Backend {
+                ip: Ipv4Addr::from(pod).into(),
+                node_ip: Ipv4Addr::from(NODE_IP).into(),
+            }],
+            ..service(VIP, (0, port, proto::TCP, &[], 0))
+        });
+        self.apply();
+    }
+
+    /// Deletes every service on `VIP:port`, through the planner.
+    pub fn remove_services_on(&mut self, port: u16) {
+        let vip = std::net::IpAddr::from(VIP);
+        let before = self.model.services.len();
+        self.model
+            .services
+            .retain(|s| !(s.vip == vip && s.ports.iter().any(|p| p.port == port)));
+        assert_ne!(
+            self.model.services.len(),
+            before,
+            "no service on port {port}"
+        );
+        self.apply();
+    }
+
     /// The VIP `VIP` announced here or not, through the planner.
     pub fn set_announced(&mut self, on: bool) {
         if on {
