@@ -231,6 +231,13 @@ impl Backend6 {
         // SAFETY: a value pointer `backends6` returned in this run.
         unsafe { &(*self.0).ip }
     }
+
+    /// The entry itself, in place.
+    #[inline(always)]
+    pub fn value(&self) -> &BackendValue6 {
+        // SAFETY: a value pointer `backends6` returned in this run.
+        unsafe { &*self.0 }
+    }
 }
 
 impl Family for V6 {

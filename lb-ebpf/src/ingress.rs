@@ -303,11 +303,7 @@ fn service_path(
         // field read here is of one version.
         let svc = unsafe { &*svc };
         stats::traffic(&SERVICE_STATS, svc.id, frame_len);
-        // With direct return only the announcer sends new flows on to
-        // other nodes (see `not_announcer`).
-        let sends_on =
-            cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-        let picked = match service::pick::<V4>(key, &ip.src, svc, now, cfg, hash, sends_on) {
+        let picked = match service::pick::<V4>(key, &ip.src, svc, now, cfg, hash, vip) {
             Ok(p) => p,
             Err(r) => return Outcome::Drop(r),
         };

@@ -33,13 +33,16 @@
 //!
 //! ICMPv6 errors about these flows, both ways, are `icmp6_error`'s.
 
+use core::ptr::NonNull;
+
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action::XDP_PASS, xdp_md},
     helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use lb_common::{
-    BackendValue6, ConntrackValue, Counter, DatapathConfig, DropReason, FlowScratch, HostKey,
+    BackendValue6, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
+    HostKey,
     flow::{self, flow_flags, same_addr},
     proto, vip_flags,
 };
@@ -62,12 +65,12 @@ use crate::{
 };
 
 /// What `lb_service6` tells `lb_nat6` of a flow (`FlowScratch::established`):
-/// a new one; an established one whose entry is due for a refresh or has
-/// no next hop cached (found again here); one with nothing due, its NAT
-/// port and cached next hop in the slot's `ctv`.
+/// a new one, or an established one whose entry is due for a refresh or
+/// has no next hop cached (found again here). An established flow with
+/// nothing due never comes here: `lb_service6` sends it itself
+/// ([`translate_and_send`]).
 pub const NEW: u16 = 0;
 pub const LOOK_UP: u16 = 1;
-pub const CACHED: u16 = 2;
 
 /// The whole program.
 #[inline(always)]
@@ -94,7 +97,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
 /// A flow's packet, `lb_service6` having chosen its backend: the flow's
 /// key, its entry as it would be created (backend, service, state, time)
 /// and what it knows of the flow's entry (`established`: [`NEW`],
-/// [`LOOK_UP`], [`CACHED`]) are in the scratch slot.
+/// [`LOOK_UP`]) are in the scratch slot.
 #[inline(always)]
 fn to_backend(
     ctx: &XdpContext,
@@ -158,8 +161,12 @@ fn forward_nat(
     let Some(s) = conntrack::scratch() else {
         return Outcome::Drop(DropReason::MapUpdate);
     };
-    let Known { mut port, ct, hop } = known(s, b, cfg, mode);
-    let hop = if let Some(h) = hop {
+    let Known { mut port, ct } = known(s, b, cfg, mode);
+    // SAFETY: this CPU's scratch slot, ours for this run: the time
+    // `lb_service6` staged.
+    let now = unsafe { (*s).ctv.last_seen_ns };
+    // A found entry was refreshed: its hop is as fresh as its timestamps.
+    let hop = if let Some(h) = ct.and_then(|c| conntrack::cached_hop(c.as_ptr(), now)) {
         h
     } else {
         // Over the slot's reverse entry, which the flow's creation below
@@ -173,7 +180,7 @@ fn forward_nat(
         match forward::route6(ctx, p, &cfg.node_ip6, &b.node_ip, len) {
             Route::Hop(h) => {
                 if let Some(c) = ct {
-                    conntrack::store_hop(c, &h);
+                    conntrack::store_hop(c.as_ptr(), &h);
                 }
                 h
             }
@@ -199,62 +206,99 @@ fn forward_nat(
         };
         Counter::RemoteNewFlow
     };
-    if !finish_before_tx(ctx, ip, &mut l4, proto, l4_len, ext) {
-        return Outcome::Drop(DropReason::PartialChecksum);
-    }
-    let () = flow::ADDRS_WORD_ALIGNED;
     // SAFETY: this CPU's scratch slot: the flow's key, which `lb_service6`
     // wrote from this packet's addresses.
     let key = unsafe { &(*s).key };
-    let src = nat::Change6 {
-        old: &key.src,
-        new: &cfg.node_ip6,
+    let to = Translation {
+        key,
+        node: &cfg.node_ip6,
         port,
+        backend: b,
+    };
+    translate_and_send(
+        ctx,
+        eth,
+        ip,
+        &mut l4,
+        (proto, l4_len, ext),
+        &to,
+        &hop,
+        counter,
+    )
+}
+
+/// A full-NAT flow's translation: its client key, the node's address and
+/// NAT port it leaves from, and its backend.
+pub struct Translation<'a> {
+    pub key: &'a FlowKey,
+    pub node: &'a [u8; 16],
+    pub port: u16,
+    pub backend: &'a BackendValue6,
+}
+
+/// The last steps of a full-NAT flow's packet to its backend: a partial
+/// checksum finished (`shape`: the transport protocol, its length, and the
+/// extension headers' before it), both addresses and ports rewritten as
+/// `to` says, the hop limit decremented, the frame sent to `hop` and
+/// `counter` counted. `lb_nat6`'s, and `lb_service6`'s for an established
+/// flow with nothing due (its NAT port and next hop are in its entry):
+/// that one takes no tail call and stages nothing.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into both callers, whose registers these are"
+)]
+#[inline(always)]
+pub fn translate_and_send(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    l4: &mut L4<'_>,
+    (proto, l4_len, ext): (u8, usize, usize),
+    to: &Translation<'_>,
+    hop: &NextHop,
+    counter: Counter,
+) -> Outcome {
+    if !finish_before_tx(ctx, ip, l4, proto, l4_len, ext) {
+        return Outcome::Drop(DropReason::PartialChecksum);
+    }
+    let () = flow::ADDRS_WORD_ALIGNED;
+    let src = nat::Change6 {
+        old: &to.key.src,
+        new: to.node,
+        port: to.port,
     };
     let dst = nat::Change6 {
-        old: &key.dst,
-        new: &b.ip,
-        port: b.port,
+        old: &to.key.dst,
+        new: &to.backend.ip,
+        port: to.backend.port,
     };
-    // SAFETY: 4-aligned fields (`ADDRS_WORD_ALIGNED`): the scratch slot's
-    // key, the config's and a `backends6` value's addresses.
-    unsafe { nat::rewrite6(ip, &mut l4, Some(src), Some(dst)) };
+    // SAFETY: 4-aligned fields (`ADDRS_WORD_ALIGNED`): a flow key's, the
+    // config's and a `backends6` value's addresses.
+    unsafe { nat::rewrite6(ip, l4, Some(src), Some(dst)) };
     ip.hop_limit -= 1;
-    forward::send(ctx, eth, &hop, counter)
+    forward::send(ctx, eth, hop, counter)
 }
 
 /// What [`forward_nat`] knows of a flow before it is sent: its NAT port (0:
-/// none, it goes on as a new flow), its entry when found again here (where
-/// a freshly looked-up next hop is cached), and its cached next hop.
+/// none, it goes on as a new flow), and its entry when found again here
+/// (which holds its cached next hop, or caches a freshly looked-up one).
+/// Not an `Option` of a raw pointer: with no niche, its `None` leaves the
+/// pointer undefined, and LLVM spills that register, which the verifier
+/// refuses (`!read_ok`).
 struct Known {
     port: u16,
-    ct: Option<*mut ConntrackValue>,
-    hop: Option<NextHop>,
+    ct: Option<NonNull<ConntrackValue>>,
 }
 
 /// [`Known`] of the flow staged in the scratch slot `s`, to backend `b`:
-/// from the slot itself ([`CACHED`]), or from its entry, refreshed as
-/// IPv4's remote flows' are ([`LOOK_UP`]); nothing for a new flow.
+/// from its entry, refreshed as IPv4's remote flows' are ([`LOOK_UP`]);
+/// nothing for a new flow.
 #[inline(always)]
 fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16) -> Known {
     // SAFETY: this CPU's scratch slot, ours for this run: the flow's key
     // and staged entry, which `lb_service6` wrote.
     let (key, state, now) = unsafe { (&(*s).key, (*s).ctv.state, (*s).ctv.last_seen_ns) };
-    if mode == CACHED {
-        // SAFETY: as above; `lb_service6` put the port and hop there.
-        return unsafe {
-            Known {
-                port: (*s).ctv.nat_port,
-                ct: None,
-                hop: Some(conntrack::stored_hop(&raw const (*s).ctv)),
-            }
-        };
-    }
-    let none = Known {
-        port: 0,
-        ct: None,
-        hop: None,
-    };
+    let none = Known { port: 0, ct: None };
     if mode != LOOK_UP {
         return none;
     }
@@ -276,8 +320,7 @@ fn known(s: *mut FlowScratch, b: &BackendValue6, cfg: &DatapathConfig, mode: u16
     if p != 0 && conntrack::refresh(c, key, reply, state, now) {
         Known {
             port: p,
-            ct: Some(c),
-            hop: conntrack::cached_hop(c, now),
+            ct: NonNull::new(c),
         }
     } else {
         // The port went to another flow (see `ingress::to_remote`): go on

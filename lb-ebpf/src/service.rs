@@ -35,9 +35,9 @@
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     AffinityValue, ConntrackValue, Counter, DatapathConfig, DropReason, FlowKey, FlowScratch,
-    FlowTimeouts, ServiceValue, backend_flags,
+    FlowTimeouts, ServiceValue, backend_flags, config_flags,
     flow::{self, NS_PER_SEC, Side},
-    flow_flags, proto, service_flags,
+    flow_flags, proto, service_flags, vip_flags,
 };
 
 use crate::{
@@ -160,8 +160,10 @@ pub fn live<F: Family>(
 /// key's own field, not the packet's: a copy of its 16 bytes would sit in
 /// 16 stack slots across the lookups), `hash` the flow's tag (as for
 /// [`live`]; for IPv4 also its Maglev hash, which an IPv6 flow computes
-/// from the key), `sends_on` whether a new flow may go to another node's
-/// backend (otherwise: `local_fallback`).
+/// from the key), `vip` the destination's `vip_flags`: with direct return
+/// only the announcer sends new flows on to other nodes (see `ingress`,
+/// `not_announcer`); any other node serves them with its service's
+/// `local_fallback`.
 #[inline(always)]
 pub fn pick<F: Family>(
     key: &FlowKey,
@@ -170,7 +172,7 @@ pub fn pick<F: Family>(
     now: u64,
     cfg: &DatapathConfig,
     hash: u32,
-    sends_on: bool,
+    vip: u32,
 ) -> Result<Picked<F>, DropReason> {
     // The planner sets the flag with no entries when the service allows no
     // range of the client's family: the lookup misses, every client denied.
@@ -222,6 +224,7 @@ pub fn pick<F: Family>(
     };
     // A node that may not send a new flow on serves it with its own
     // fallback backend of the service when its table picks another node's.
+    let sends_on = cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
     let (id, b) = if sends_on || F::flags(&b) & backend_flags::LOCAL != 0 {
         (id, b)
     } else {

@@ -73,7 +73,7 @@ fn flow_path(
     cfg: &DatapathConfig,
     frame_len: usize,
 ) -> Outcome {
-    let (Some(_), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
+    let (Some(eth), Some(ip)) = (cur.take::<EthHdr>(), cur.take::<Ipv6Hdr>()) else {
         return Outcome::Drop(DropReason::Truncated);
     };
     // `lb_ingress` checked the header against the policy; the length is
@@ -137,11 +137,7 @@ fn flow_path(
         // read in place (see `ingress::service_path`).
         let svc = unsafe { &*svc };
         stats::traffic(&SERVICE_STATS, svc.id, frame_len);
-        // With direct return only the announcer sends new flows on to
-        // other nodes (see `ingress`).
-        let sends_on =
-            cfg.flags & config_flags::DIRECT_RETURN == 0 || vip & vip_flags::ANNOUNCE != 0;
-        let picked = match service::pick::<V6>(key, &key.src, svc, now, cfg, hash, sends_on) {
+        let picked = match service::pick::<V6>(key, &key.src, svc, now, cfg, hash, vip) {
             Ok(p) => p,
             Err(r) => return Outcome::Drop(r),
         };
@@ -169,7 +165,18 @@ fn flow_path(
         } else if direct {
             to_direct(ctx, service_id, backend_id, &b, ct, state, now)
         } else {
-            to_nat(ctx, service_id, backend_id, &b, ct, state, now)
+            to_nat(
+                ctx,
+                (eth, ip, &mut l4),
+                (proto, l4_len, ext),
+                cfg,
+                key,
+                (service_id, backend_id),
+                &b,
+                ct,
+                state,
+                now,
+            )
         }
     };
     match out {
@@ -188,43 +195,65 @@ fn flow_path(
     out
 }
 
-/// Remote backend that direct return cannot reach: full NAT, in `lb_nat6`
-/// (see `nat6`), which this tail-calls with the flow staged in this CPU's
-/// scratch slot; it counts the backend's traffic and refunds the token of a
-/// new flow it drops. Returns only when that program's slot is empty.
+/// Remote backend that direct return cannot reach: full NAT. An
+/// established flow with nothing due (as `conntrack::refresh` decides: its
+/// timestamps refreshed within the second, the state unchanged, its next
+/// hop cached as fresh) is translated and sent from here
+/// (`nat6::translate_and_send`); any other goes to `lb_nat6` (see `nat6`),
+/// which this tail-calls with the flow staged in this CPU's scratch slot; it
+/// counts the backend's traffic and refunds the token of a new flow it
+/// drops. Returns only when that program's slot is empty.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into its one caller, whose registers these are"
+)]
 #[inline(always)]
 fn to_nat(
     ctx: &XdpContext,
-    service_id: u32,
-    backend_id: u32,
+    (eth, ip, l4): (&mut EthHdr, &mut Ipv6Hdr, &mut L4<'_>),
+    shape: (u8, usize, usize),
+    cfg: &DatapathConfig,
+    key: &FlowKey,
+    (service_id, backend_id): (u32, u32),
     b: &Backend6,
     ct: Option<*mut ConntrackValue>,
     state: u8,
     now: u64,
 ) -> Outcome {
+    if let Some(ct) = ct {
+        // SAFETY: conntrack value pointer from this run; read by value.
+        let (old, port) = unsafe { ((*ct).state, (*ct).nat_port) };
+        if old == state
+            && port != 0
+            && cfg.node_ip6 != [0; 16]
+            && let Some(hop) = conntrack::cached_hop(ct, now)
+        {
+            let to = nat6::Translation {
+                key,
+                node: &cfg.node_ip6,
+                port,
+                backend: b.value(),
+            };
+            return nat6::translate_and_send(
+                ctx,
+                eth,
+                ip,
+                l4,
+                shape,
+                &to,
+                &hop,
+                Counter::RemoteEstablished,
+            );
+        }
+    }
     let Some(s) = conntrack::scratch() else {
         return Outcome::Drop(DropReason::MapUpdate);
     };
     stage(s, service_id, backend_id, b, flow_flags::REMOTE, state, now);
-    let mode = match ct {
-        None => nat6::NEW,
-        Some(ct) => {
-            // SAFETY: conntrack value pointer from this run; read by value.
-            let (old, port) = unsafe { ((*ct).state, (*ct).nat_port) };
-            // Nothing due (as `conntrack::refresh` decides: the hop is as
-            // fresh as the timestamps): `lb_nat6` need not find the entry.
-            match conntrack::cached_hop(ct, now) {
-                Some(h) if old == state && port != 0 => {
-                    // SAFETY: this CPU's scratch slot, ours for this run.
-                    unsafe {
-                        (*s).ctv.nat_port = port;
-                        conntrack::store_hop(&raw mut (*s).ctv, &h);
-                    }
-                    nat6::CACHED
-                }
-                _ => nat6::LOOK_UP,
-            }
-        }
+    let mode = if ct.is_some() {
+        nat6::LOOK_UP
+    } else {
+        nat6::NEW
     };
     // SAFETY: this CPU's scratch slot, ours for this run, tail calls
     // included.
