@@ -561,9 +561,8 @@ pub struct FlowScratch {
     /// it up under pressure (`reclaimable`; 0: none), and that flow's
     /// `last_seen_ns` (the compare-and-swap's expected value).
     pub spare_port: u16,
-    /// `lb_service6` to `lb_nat6`: whether the flow has an entry, and
-    /// whether `lb_nat6` must find it again (lb-ebpf's `nat6::NEW`,
-    /// `LOOK_UP`, `CACHED`).
+    /// `lb_service6` to `lb_nat6`: whether the flow has an entry, which
+    /// `lb_nat6` then finds again (lb-ebpf's `nat6::NEW`, `LOOK_UP`).
     pub established: u16,
     pub spare_last: u64,
 }

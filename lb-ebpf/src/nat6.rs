@@ -1,7 +1,9 @@
 //! `lb_nat6`: full NAT over IPv6, both ways, in a program of its own (slot
 //! `xdp_slot::NAT6` of `xdp_programs`): `lb_service6`, whose stack is full
 //! with a flow's 16-byte addresses, tail-calls it for a flow to a backend on
-//! another node that direct return cannot reach; `lb_ingress` for a packet
+//! another node that direct return cannot reach, but for an established
+//! flow with nothing due, which it translates and sends itself with this
+//! module's [`translate_and_send`]; `lb_ingress` for a packet
 //! to the node's IPv6 address on one of the NAT ports (a reply of such a
 //! flow) or for an IPv6 fragment to the node. Which way a packet goes is in
 //! this CPU's `flow_scratch` slot: the VIP's flags the tail-calling program
