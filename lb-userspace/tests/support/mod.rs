@@ -476,6 +476,17 @@ impl Lb {
         self.apply();
     }
 
+    /// What the frontend of a deleted service does with packets that have no
+    /// live flow there: a new TCP flow (`syn`) is dropped, and so is the UDP
+    /// flow `udp`, whose backend is gone, after it is re-picked.
+    pub fn expect_no_service_for_new_flows(&mut self, syn: &[u8], udp: &[u8]) {
+        let drop = Want::D(lb_common::DropReason::NoService);
+        self.expect("a new flow to the deleted service", syn, XDP_DROP, drop);
+        let before = self.counts();
+        self.expect("the deleted service's UDP flow", udp, XDP_DROP, drop);
+        assert_eq!(self.counts().minus(&before).c(Counter::FlowRepicked), 1);
+    }
+
     /// Deletes every service on `VIP:port`, through the planner.
     pub fn remove_services_on(&mut self, port: u16) {
         let vip = std::net::IpAddr::from(VIP);
