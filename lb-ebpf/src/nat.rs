@@ -147,23 +147,29 @@ pub unsafe fn rewrite6(
 ) {
     let mut d = Delta::default();
     if let Some(c) = src {
-        // SAFETY: the caller's promise; `c.new` is a map value's or the
-        // scratch slot's, distinct from the packet.
-        unsafe {
-            d.addr6(c.old, c.new);
-            core::ptr::copy_nonoverlapping(c.new, &raw mut ip.src, 1);
-        }
-        d.word(u16::from_be_bytes(*l4.sport), c.port);
-        *l4.sport = c.port.to_be_bytes();
+        // SAFETY: the caller's promise.
+        unsafe { change6(&mut d, &mut ip.src, l4.sport, c) };
     }
     if let Some(c) = dst {
-        // SAFETY: as above.
-        unsafe {
-            d.addr6(c.old, c.new);
-            core::ptr::copy_nonoverlapping(c.new, &raw mut ip.dst, 1);
-        }
-        d.word(u16::from_be_bytes(*l4.dport), c.port);
-        *l4.dport = c.port.to_be_bytes();
+        // SAFETY: the caller's promise.
+        unsafe { change6(&mut d, &mut ip.dst, l4.dport, c) };
     }
     l4.apply(d);
+}
+
+/// One end of [`rewrite6`]: `c` written over the packet's address `addr`
+/// and port `port`, the checksum change added to `d`.
+///
+/// # Safety
+/// As [`rewrite6`]'s: `c`'s addresses are 4-aligned fields of a map value
+/// or of the scratch slot, so `c.new` is distinct from the packet.
+#[inline(always)]
+unsafe fn change6(d: &mut Delta, addr: &mut [u8; 16], port: &mut [u8; 2], c: Change6<'_>) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        d.addr6(c.old, c.new);
+        core::ptr::copy_nonoverlapping(c.new, addr, 1);
+    }
+    d.word(u16::from_be_bytes(*port), c.port);
+    *port = c.port.to_be_bytes();
 }

@@ -480,8 +480,9 @@ fn stage(
     // copied between 4-aligned fields (`ADDRS_WORD_ALIGNED`).
     // Field by field: a whole value built first would be a 56-byte
     // temporary on the stack, which this path has none of to spare. Every
-    // packet of a remote flow comes here: the byte arrays are zeroed with
-    // `conntrack::zero` (see there), not by calls of `memset`.
+    // new flow comes here, and every packet of a full-NAT flow whose entry
+    // is due: the byte arrays are zeroed with `conntrack::zero` (see
+    // there), not by calls of `memset`.
     unsafe {
         let v = &raw mut (*s).ctv;
         (*v).backend_id = backend_id;
